@@ -1,0 +1,156 @@
+"""Integrations and targets in DynamoDB, behind an in-memory TTL cache (the hot path never calls Genesys).
+
+Table layout (TargetsTable): partition key ``integrationId``, sort key ``targetId``. The integration's
+own record sits under the sort key ``#integration``, so one Query per integration returns it together
+with all its targets. Each item keeps the model as JSON in ``doc`` (no float/Decimal juggling) plus a
+few top-level attributes for operators and conditions: ``version``, ``enabled``, ``syncedAt``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from relay.adapters.aws import client
+from relay.errors import DependencyUnavailable
+from relay.models.targets import Integration, Target
+
+INTEGRATION_SORT_KEY = "#integration"
+
+
+@dataclass(frozen=True)
+class IntegrationEntry:
+    integration: Integration
+    targets: tuple[Target, ...]
+
+    def target(self, target_id: str) -> Target | None:
+        return next((t for t in self.targets if t.target_id == target_id), None)
+
+
+class TargetStore:
+    def __init__(
+        self,
+        table_name: str,
+        *,
+        cache_ttl_seconds: float = 60.0,
+        dynamodb: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._table = table_name
+        self._ttl = cache_ttl_seconds
+        self._dynamodb = dynamodb
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[float, IntegrationEntry | None]] = {}
+
+    @property
+    def _ddb(self) -> Any:
+        return self._dynamodb or client("dynamodb")
+
+    # --- reads (cached) ---------------------------------------------------------------------------
+    def get(self, integration_id: str) -> IntegrationEntry | None:
+        """The integration and its targets, or None if unknown. Cached, negative answers included."""
+        now = self._clock()
+        with self._lock:
+            hit = self._cache.get(integration_id)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        entry = self._load(integration_id)
+        with self._lock:
+            self._cache[integration_id] = (now + self._ttl, entry)
+        return entry
+
+    def get_target(self, integration_id: str, target_id: str) -> Target | None:
+        entry = self.get(integration_id)
+        return entry.target(target_id) if entry else None
+
+    def invalidate(self, integration_id: str | None = None) -> None:
+        with self._lock:
+            if integration_id is None:
+                self._cache.clear()
+            else:
+                self._cache.pop(integration_id, None)
+
+    def _load(self, integration_id: str) -> IntegrationEntry | None:
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "integrationId = :id",
+            "ExpressionAttributeValues": {":id": {"S": integration_id}},
+            "ConsistentRead": False,
+        }
+        try:
+            while True:
+                page = self._ddb.query(**kwargs)
+                items.extend(page.get("Items", []))
+                if "LastEvaluatedKey" not in page:
+                    break
+                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        except (ClientError, BotoCoreError) as exc:
+            raise DependencyUnavailable(f"targets table unavailable ({type(exc).__name__})") from None
+        integration: Integration | None = None
+        targets: list[Target] = []
+        for item in items:
+            doc = json.loads(item["doc"]["S"])
+            if item["targetId"]["S"] == INTEGRATION_SORT_KEY:
+                integration = Integration.model_validate(doc)
+            else:
+                targets.append(Target.model_validate(doc))
+        if integration is None:
+            return None
+        return IntegrationEntry(integration, tuple(sorted(targets, key=lambda t: t.target_id)))
+
+    def list_integration_ids(self) -> list[str]:
+        """Every integration id in the table (operator commands only: this scans)."""
+        ids: set[str] = set()
+        kwargs: dict[str, Any] = {"TableName": self._table, "ProjectionExpression": "integrationId"}
+        while True:
+            page = self._ddb.scan(**kwargs)
+            ids.update(item["integrationId"]["S"] for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return sorted(ids)
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    # --- writes (config sync, operator commands) ---------------------------------------------------
+    def put_integration(self, integration: Integration) -> None:
+        self._put(INTEGRATION_SORT_KEY, integration)
+
+    def put_target(self, target: Target) -> None:
+        self._put(target.target_id, target)
+
+    def delete_target(self, integration_id: str, target_id: str) -> None:
+        self._ddb.delete_item(
+            TableName=self._table,
+            Key={"integrationId": {"S": integration_id}, "targetId": {"S": target_id}},
+        )
+        self.invalidate(integration_id)
+
+    def set_target_enabled(self, integration_id: str, target_id: str, enabled: bool) -> None:
+        """Enable or disable a target in place (the dispatcher disables a target that answers 410)."""
+        target = self._load_fresh_target(integration_id, target_id)
+        if target is None:
+            return
+        self.put_target(target.model_copy(update={"enabled": enabled, "version": target.version + 1}))
+
+    def _load_fresh_target(self, integration_id: str, target_id: str) -> Target | None:
+        self.invalidate(integration_id)
+        return self.get_target(integration_id, target_id)
+
+    def _put(self, sort_key: str, record: Integration | Target) -> None:
+        item: dict[str, Any] = {
+            "integrationId": {"S": record.integration_id},
+            "targetId": {"S": sort_key},
+            "doc": {"S": record.model_dump_json(by_alias=True)},
+            "version": {"N": str(record.version)},
+            "enabled": {"BOOL": record.enabled},
+        }
+        if record.synced_at:
+            item["syncedAt"] = {"S": record.synced_at}
+        self._ddb.put_item(TableName=self._table, Item=item)
+        self.invalidate(record.integration_id)

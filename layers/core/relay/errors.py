@@ -1,0 +1,119 @@
+"""One rooted hierarchy, grouped by what the caller must do.
+
+    RelayError
+    ├── ConfigurationError            the deployment is wrong: fix settings, not input
+    ├── RejectedRequest               the client sent something we refuse (maps to a 4xx, never retried)
+    │   ├── BadRequest (400)   ├── InvalidSignature (401)   ├── UnknownIntegration (404)
+    │   ├── MethodNotAllowed (405)    ├── PayloadTooLarge (413)  └── UnsupportedMediaType (415)
+    ├── DependencyUnavailable         an AWS dependency failed: answer 503 + Retry-After, the sender retries
+    ├── UnsafeUrl                     a target URL breaks the URL policy (scheme, private address, ...)
+    ├── DeliveryError                 one delivery attempt failed
+    │   ├── RetryableDelivery         timeouts, connection errors, 408/425/429/5xx, breaker open
+    │   └── PermanentDelivery         other 4xx, 3xx: straight to the dead-letter queue
+    │       └── TargetGone            410: disable the target, dead-letter
+    └── GenesysError                  talking to Genesys Cloud failed (config sync only)
+
+Each trigger (API handler, SQS handler, CLI) maps these to outcomes in exactly one place.
+Messages never contain secret values.
+"""
+
+from __future__ import annotations
+
+
+class RelayError(Exception):
+    """Root of every error the relay raises on purpose."""
+
+
+class ConfigurationError(RelayError):
+    """A required setting is missing or invalid."""
+
+
+class RejectedRequest(RelayError):
+    """Client input we refuse; carries the HTTP status and a stable error code."""
+
+    status: int = 400
+    code: str = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class BadRequest(RejectedRequest):
+    status = 400
+    code = "bad_request"
+
+
+class InvalidSignature(RejectedRequest):
+    status = 401
+    code = "invalid_signature"
+
+
+class UnknownIntegration(RejectedRequest):
+    status = 404
+    code = "unknown_integration"
+
+
+class MethodNotAllowed(RejectedRequest):
+    status = 405
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(RejectedRequest):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(RejectedRequest):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class DependencyUnavailable(RelayError):
+    """An AWS dependency (SQS, DynamoDB, S3, Secrets Manager) failed; the caller should retry later."""
+
+    def __init__(self, message: str, *, retry_after_seconds: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class UnsafeUrl(RelayError):
+    """A target URL that the URL policy refuses."""
+
+
+class DeliveryError(RelayError):
+    """One delivery attempt to a target failed."""
+
+    def __init__(self, message: str, *, status: int | None = None, error_code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_code = error_code
+
+
+class RetryableDelivery(DeliveryError):
+    """Worth trying again later (timeouts, connection errors, 408/425/429/5xx)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        error_code: str | None = None,
+        retry_after_seconds: float | None = None,
+    ) -> None:
+        super().__init__(message, status=status, error_code=error_code)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class PermanentDelivery(DeliveryError):
+    """Will never succeed as sent (other 4xx, 3xx): dead-letter at once with the reason."""
+
+
+class TargetGone(PermanentDelivery):
+    """The target answered 410 Gone: disable it and dead-letter."""
+
+
+class GenesysError(RelayError):
+    """Talking to Genesys Cloud failed."""

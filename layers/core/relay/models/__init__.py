@@ -1,0 +1,1 @@
+"""Pydantic models: the data that crosses a boundary (HTTP, SQS, DynamoDB, Secrets Manager)."""

@@ -1,0 +1,74 @@
+"""Integrations and delivery targets as the relay stores them (DynamoDB) and uses them.
+
+Secret *values* never live here: a target names the Secrets Manager secret that holds each value
+(``*_secret_name``), see relay.adapters.secrets.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class CamelModel(BaseModel):
+    """camelCase on the wire and in DynamoDB, snake_case in Python."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+
+class RetryMatrix(CamelModel):
+    """The seed's retry matrix; the defaults are the seed's."""
+
+    attempts: int = Field(3, ge=1, le=50)
+    base_interval_ms: int = Field(1_000, ge=0)
+    max_interval_ms: int = Field(30_000, ge=0)
+    multiplier: float = Field(2.0, ge=1.0)
+
+
+class SecurityType(StrEnum):
+    NONE = "none"
+    BASIC = "basic"
+    BEARER = "bearer"
+
+
+class TargetSecurity(CamelModel):
+    type: SecurityType = SecurityType.NONE
+    # Secrets Manager name holding the bearer token or "user:password"; None when type is none.
+    secret_name: str | None = None
+
+
+class Integration(CamelModel):
+    """A Genesys Cloud Open Messaging integration whose webhook events the intake accepts."""
+
+    integration_id: str
+    name: str
+    enabled: bool = True
+    # Secrets Manager name holding the X-Hub-Signature-256 secret (current + previous for rotation).
+    signature_secret_name: str
+    version: int = 1
+    synced_at: str | None = None
+
+
+class Target(CamelModel):
+    """A downstream endpoint that receives the events of one integration."""
+
+    integration_id: str
+    target_id: str
+    name: str
+    enabled: bool = True
+    url: str
+    method: Literal["POST", "PUT"] = "POST"
+    headers: dict[str, str] = Field(default_factory=dict)
+    security: TargetSecurity = Field(default_factory=TargetSecurity)
+    # Standard Webhooks signing secret ("whsec_..."), current + previous while it rotates.
+    signing_secret_name: str | None = None
+    # AES-256-GCM envelope encryption key; None means envelopes go out in clear.
+    encryption_key_name: str | None = None
+    retry_matrix: RetryMatrix = Field(default_factory=RetryMatrix)
+    connect_timeout_seconds: float | None = Field(None, gt=0)
+    read_timeout_seconds: float | None = Field(None, gt=0)
+    version: int = 1
+    synced_at: str | None = None

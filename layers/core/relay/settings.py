@@ -1,0 +1,102 @@
+"""Settings: one validated model read lazily from the environment and cached per container.
+
+Never read os.environ anywhere else. Tests and the local stack set the environment first and then
+call ``get_settings.cache_clear()``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
+
+from relay.errors import ConfigurationError
+
+
+def _csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+CsvList = Annotated[list[str], BeforeValidator(_csv)]
+
+
+class Settings(BaseModel):
+    """Everything the functions and the CLI read from the environment (names are the env vars)."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+
+    # --- deployment -------------------------------------------------------------------------------
+    stage: Literal["local", "dev", "prod"] = Field("local", alias="RELAY_STAGE")
+    region: str = Field("us-east-1", alias="AWS_REGION")
+    metrics_namespace: str = Field("GenesysRelay", alias="POWERTOOLS_METRICS_NAMESPACE")
+    service_name: str = Field("relay", alias="POWERTOOLS_SERVICE_NAME")
+
+    # --- resources (set by template.yaml; None where a function does not need them) ------------------
+    targets_table: str | None = Field(None, alias="TARGETS_TABLE")
+    breaker_table: str | None = Field(None, alias="BREAKER_TABLE")
+    idempotency_table: str | None = Field(None, alias="IDEMPOTENCY_TABLE")
+    delivery_queue_url: str | None = Field(None, alias="DELIVERY_QUEUE_URL")
+    dead_letter_queue_url: str | None = Field(None, alias="DEAD_LETTER_QUEUE_URL")
+    audit_bucket: str | None = Field(None, alias="AUDIT_BUCKET")
+    # Secrets Manager names are "<prefix>/<kind>/<id>"; see relay.adapters.secrets.
+    secrets_prefix: str = Field("relay/local", alias="SECRETS_PREFIX")
+
+    # --- URL policy ---------------------------------------------------------------------------------
+    # Only the local stack sets this: it lets targets be http://127.0.0.1:PORT loopback receivers.
+    allow_loopback_targets: bool = Field(False, alias="RELAY_ALLOW_LOOPBACK_TARGETS")
+
+    # --- caches -------------------------------------------------------------------------------------
+    target_cache_ttl_seconds: float = Field(60.0, alias="TARGET_CACHE_TTL_SECONDS", ge=0)
+    secret_cache_ttl_seconds: int = Field(300, alias="SECRET_CACHE_TTL_SECONDS", ge=0)
+
+    # --- intake -------------------------------------------------------------------------------------
+    max_body_bytes: int = Field(262_144, alias="MAX_BODY_BYTES", gt=0)
+    idempotency_ttl_seconds: int = Field(3_600, alias="IDEMPOTENCY_TTL_SECONDS", gt=0)
+    # EventBridge partner events carry no integration id: they fan out to this integration's targets.
+    eventbridge_integration_id: str | None = Field(None, alias="EVENTBRIDGE_INTEGRATION_ID")
+
+    # --- dispatcher ---------------------------------------------------------------------------------
+    delivery_concurrency: int = Field(10, alias="DELIVERY_CONCURRENCY", ge=1, le=100)
+    per_target_concurrency: int = Field(10, alias="PER_TARGET_CONCURRENCY", ge=1, le=100)
+    connect_timeout_seconds: float = Field(3.0, alias="CONNECT_TIMEOUT_SECONDS", gt=0)
+    read_timeout_seconds: float = Field(10.0, alias="READ_TIMEOUT_SECONDS", gt=0)
+    response_body_limit_bytes: int = Field(65_536, alias="RESPONSE_BODY_LIMIT_BYTES", ge=0)
+    breaker_failure_threshold: int = Field(5, alias="BREAKER_FAILURE_THRESHOLD", ge=1)
+    breaker_reset_seconds: float = Field(30.0, alias="BREAKER_RESET_SECONDS", gt=0)
+    breaker_max_reset_seconds: float = Field(600.0, alias="BREAKER_MAX_RESET_SECONDS", gt=0)
+    max_retry_delay_seconds: int = Field(43_200, alias="MAX_RETRY_DELAY_SECONDS", ge=0, le=43_200)
+
+    # --- config sync (Genesys Cloud) ----------------------------------------------------------------
+    genesys_region: str = Field("mypurecloud.com", alias="GENESYS_REGION")
+    genesys_api_host: str | None = Field(None, alias="GENESYS_API_HOST")
+    genesys_credentials_secret: str | None = Field(None, alias="GENESYS_CREDENTIALS_SECRET")
+    genesys_client_id: str | None = Field(None, alias="GENESYS_CLIENT_ID")
+    genesys_client_secret: SecretStr | None = Field(None, alias="GENESYS_CLIENT_SECRET")
+    genesys_open_messaging_integration_ids: CsvList = Field(
+        default_factory=list, alias="GENESYS_OPEN_MESSAGING_INTEGRATION_IDS"
+    )
+    genesys_webhook_integration_ids: CsvList = Field(
+        default_factory=list, alias="GENESYS_WEBHOOK_INTEGRATION_IDS"
+    )
+    genesys_timeout_seconds: float = Field(10.0, alias="GENESYS_TIMEOUT_SECONDS", gt=0)
+
+    def need(self, field: str) -> str:
+        """The value of an optional resource setting that this caller cannot run without."""
+        value = getattr(self, field)
+        if not value:
+            alias = type(self).model_fields[field].alias or field.upper()
+            raise ConfigurationError(f"setting {alias} is required here but not set")
+        return str(value)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    try:
+        return Settings.model_validate(dict(os.environ))
+    except ValueError as exc:  # pydantic.ValidationError; never echo values (they may be secrets)
+        fields = ", ".join(str(e["loc"][0]) for e in getattr(exc, "errors", lambda: [])())
+        raise ConfigurationError(f"invalid settings: {fields or exc.__class__.__name__}") from None
