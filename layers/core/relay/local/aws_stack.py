@@ -1,0 +1,222 @@
+"""moto's server on loopback, standing in for AWS, with the template's resources created in it.
+
+The server runs as a child process (its own interpreter, so it does not compete with the relay for
+the GIL) bound to 127.0.0.1. ``create_resources`` walks template.yaml and creates each queue (with
+its redrive policy), table (keys, TTL) and bucket under a name prefix, then records their physical
+ids so ``Template.resolve`` can evaluate ``!Ref`` and ``!GetAtt`` the way CloudFormation would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from relay.local.template import FunctionSpec, PhysicalResource, Template
+
+REGION = "us-east-1"
+# Dummy credentials: moto accepts anything, and real AWS must never be reached from local mode.
+LOCAL_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "local",
+    "AWS_SECRET_ACCESS_KEY": "local",
+    "AWS_SESSION_TOKEN": "local",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class MotoServer:
+    """``moto_server`` in a child process on 127.0.0.1; a context manager."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> str:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"moto server exited with {self._process.returncode}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/moto-api/data.json", timeout=1):
+                    return self.url
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"moto server did not answer on {self.url} within {timeout} s")
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+
+    def __enter__(self) -> MotoServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class LocalResources:
+    endpoint_url: str
+    prefix: str
+    template: Template
+    delivery_queue_url: str
+    dead_letter_queue_url: str
+    targets_table: str
+    breaker_table: str
+    idempotency_table: str
+    audit_bucket: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    def function(self, logical_id: str) -> FunctionSpec:
+        return self.template.function(logical_id)
+
+
+def local_client(service: str, endpoint_url: str) -> Any:
+    return boto3.session.Session(
+        aws_access_key_id="local", aws_secret_access_key="local", region_name=REGION
+    ).client(service, endpoint_url=endpoint_url, config=Config(retries={"max_attempts": 2}))
+
+
+def create_resources(template: Template, endpoint_url: str, prefix: str) -> LocalResources:
+    """Create the template's queues, tables and buckets in moto; return their names and the functions' env."""
+    template.pseudo["AWS::StackName"] = prefix
+    _create_queues(template, endpoint_url, prefix)
+    _create_tables(template, endpoint_url, prefix)
+    _create_buckets(template, endpoint_url, prefix)
+    env = function_environment(template, endpoint_url)
+    return LocalResources(
+        endpoint_url=endpoint_url,
+        prefix=prefix,
+        template=template,
+        delivery_queue_url=template.ref("DeliveryQueue"),
+        dead_letter_queue_url=template.ref("DeadLetterQueue"),
+        targets_table=template.ref("TargetsTable"),
+        breaker_table=template.ref("BreakerTable"),
+        idempotency_table=template.ref("IdempotencyTable"),
+        audit_bucket=template.ref("AuditBucket"),
+        env=env,
+    )
+
+
+def function_environment(template: Template, endpoint_url: str) -> dict[str, str]:
+    """The union of every function's environment (they agree on shared names), plus local-mode settings."""
+    env: dict[str, str] = {}
+    for logical_id in template.resources_of_type("AWS::Serverless::Function"):
+        for name, value in template.function(logical_id).environment.items():
+            if value or name not in env:
+                env[name] = value
+    env.update(LOCAL_CREDENTIALS)
+    env.update(
+        {
+            "AWS_ENDPOINT_URL": endpoint_url,
+            "AWS_REGION": REGION,
+            "AWS_DEFAULT_REGION": REGION,
+            "RELAY_STAGE": "local",
+            "RELAY_ALLOW_LOOPBACK_TARGETS": "true",
+        }
+    )
+    return env
+
+
+def _create_queues(template: Template, endpoint_url: str, prefix: str) -> None:
+    sqs = local_client("sqs", endpoint_url)
+    queues = template.resources_of_type("AWS::SQS::Queue")
+    # Queues first, redrive policies second: a redrive policy names another queue's ARN.
+    for logical_id in queues:
+        name = f"{prefix}-{logical_id}"
+        url = sqs.create_queue(QueueName=name)["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        template.physical[logical_id] = PhysicalResource(
+            url, {"Arn": arn, "QueueName": name, "QueueUrl": url}
+        )
+    for logical_id in queues:
+        props = template.resolve(template.properties(logical_id))
+        attributes = {
+            key: json.dumps(value) if isinstance(value, dict) else str(value)
+            for key, value in props.items()
+            if key
+            in (
+                "VisibilityTimeout",
+                "MessageRetentionPeriod",
+                "DelaySeconds",
+                "RedrivePolicy",
+                "ReceiveMessageWaitTimeSeconds",
+                "MaximumMessageSize",
+            )
+        }
+        if attributes:
+            sqs.set_queue_attributes(QueueUrl=template.ref(logical_id), Attributes=attributes)
+
+
+def _create_tables(template: Template, endpoint_url: str, prefix: str) -> None:
+    dynamodb = local_client("dynamodb", endpoint_url)
+    for logical_id in template.resources_of_type("AWS::DynamoDB::Table"):
+        props = template.resolve(template.properties(logical_id))
+        name = f"{prefix}-{logical_id}"
+        dynamodb.create_table(
+            TableName=name,
+            KeySchema=props["KeySchema"],
+            AttributeDefinitions=props["AttributeDefinitions"],
+            BillingMode=props.get("BillingMode", "PAY_PER_REQUEST"),
+        )
+        ttl = props.get("TimeToLiveSpecification")
+        if ttl and ttl.get("Enabled"):
+            dynamodb.update_time_to_live(
+                TableName=name,
+                TimeToLiveSpecification={"AttributeName": ttl["AttributeName"], "Enabled": True},
+            )
+        arn = f"arn:aws:dynamodb:{REGION}:123456789012:table/{name}"
+        template.physical[logical_id] = PhysicalResource(name, {"Arn": arn})
+
+
+def _create_buckets(template: Template, endpoint_url: str, prefix: str) -> None:
+    s3 = local_client("s3", endpoint_url)
+    for logical_id in template.resources_of_type("AWS::S3::Bucket"):
+        name = f"{prefix}-{logical_id}".lower()
+        s3.create_bucket(Bucket=name)
+        template.physical[logical_id] = PhysicalResource(name, {"Arn": f"arn:aws:s3:::{name}"})
+
+
+def apply_environment(env: dict[str, str]) -> None:
+    """Make ``env`` the process environment for relay code and forget every cached client and setting."""
+    os.environ.update(env)
+    forget_cached_configuration()
+
+
+def forget_cached_configuration() -> None:
+    from relay.adapters.aws import reset_clients
+    from relay.adapters.secrets import reset_secret_cache
+    from relay.settings import get_settings
+
+    get_settings.cache_clear()
+    reset_clients()
+    reset_secret_cache()

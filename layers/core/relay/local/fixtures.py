@@ -1,0 +1,58 @@
+"""The fixtures file: the integrations and targets the local stack's fake Genesys Cloud serves.
+
+A target whose URL is ``http://127.0.0.1:0/...`` (port 0) gets a demo receiver started by the local
+stack on a free port, and its URL rewritten to that port; any other URL is used as it is (your own
+receiver). Only the local stack allows http://127.0.0.1 targets.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from relay.models.targets import RetryMatrix, SecurityType
+
+DEFAULT_FIXTURES = Path(__file__).resolve().parents[4] / "events" / "fixtures" / "local.json"
+
+
+class _FixtureModel(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
+
+
+class FixtureSecurity(_FixtureModel):
+    type: SecurityType = SecurityType.NONE
+    value: str | None = None
+
+
+class FixtureTarget(_FixtureModel):
+    id: str
+    name: str
+    url: str
+    method: Literal["POST", "PUT"] = "POST"
+    enabled: bool = True
+    headers: dict[str, str] = Field(default_factory=dict)
+    security: FixtureSecurity = Field(default_factory=FixtureSecurity)
+    signing_secret: str | None = Field(None, alias="signingSecret")
+    encryption_key: str | None = Field(None, alias="encryptionKey")
+    retry_matrix: RetryMatrix | None = Field(None, alias="retryMatrix")
+
+
+class FixtureIntegration(_FixtureModel):
+    id: str
+    name: str
+    signature_secret: str = Field(alias="signatureSecret", min_length=16)
+    targets: list[FixtureTarget] = Field(default_factory=list)
+
+
+class Fixtures(_FixtureModel):
+    integrations: list[FixtureIntegration]
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> Fixtures:
+        return cls.model_validate(json.loads(Path(path or DEFAULT_FIXTURES).read_text()))
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True)

@@ -1,0 +1,39 @@
+"""Shared fixtures: a moto server over real HTTP, and the template's resources created in it.
+
+Everything AWS is faked at the boundary only: the relay's own code runs unchanged against moto's
+server, reached through AWS_ENDPOINT_URL.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from relay.local.aws_stack import LocalResources, MotoServer, create_resources, forget_cached_configuration
+from relay.local.template import load_template
+
+ROOT = Path(__file__).resolve().parents[1]
+EVENTS = ROOT / "events"
+_prefixes = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    with MotoServer() as server:
+        yield server.url
+
+
+@pytest.fixture
+def aws_stack(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalResources]:
+    """Fresh queues, tables and bucket (unique prefix) and the functions' environment pointing at them."""
+    prefix = f"t{os.getpid()}-{next(_prefixes)}"
+    resources = create_resources(load_template(parameters={"Stage": "local"}), moto_endpoint, prefix)
+    for name, value in resources.env.items():
+        monkeypatch.setenv(name, value)
+    forget_cached_configuration()
+    yield resources
+    forget_cached_configuration()

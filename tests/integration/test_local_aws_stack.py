@@ -1,0 +1,57 @@
+"""The local stack builds AWS resources from template.yaml itself, not from a second copy."""
+
+from __future__ import annotations
+
+import json
+
+from relay.adapters.aws import client
+from relay.local.aws_stack import LocalResources
+from relay.settings import get_settings
+
+
+def test_queues_match_the_template_including_the_redrive_policy(aws_stack: LocalResources) -> None:
+    # Given the template's DeliveryQueue properties
+    template = aws_stack.template
+    expected = template.resolve(template.properties("DeliveryQueue"))
+
+    # When we read the queue moto holds
+    attrs = client("sqs").get_queue_attributes(QueueUrl=aws_stack.delivery_queue_url, AttributeNames=["All"])[
+        "Attributes"
+    ]
+
+    # Then its visibility timeout and redrive policy are the template's
+    assert int(attrs["VisibilityTimeout"]) == int(expected["VisibilityTimeout"])
+    redrive = json.loads(attrs["RedrivePolicy"])
+    assert int(redrive["maxReceiveCount"]) == int(expected["RedrivePolicy"]["maxReceiveCount"])
+    dlq_arn = client("sqs").get_queue_attributes(
+        QueueUrl=aws_stack.dead_letter_queue_url, AttributeNames=["QueueArn"]
+    )["Attributes"]["QueueArn"]
+    assert redrive["deadLetterTargetArn"] == dlq_arn
+
+
+def test_tables_have_the_template_keys_and_ttl(aws_stack: LocalResources) -> None:
+    ddb = client("dynamodb")
+    for logical_id, table in (
+        ("BreakerTable", aws_stack.breaker_table),
+        ("TargetsTable", aws_stack.targets_table),
+    ):
+        props = aws_stack.template.properties(logical_id)
+        described = ddb.describe_table(TableName=table)["Table"]
+        assert described["KeySchema"] == props["KeySchema"]
+    ttl = ddb.describe_time_to_live(TableName=aws_stack.breaker_table)["TimeToLiveDescription"]
+    assert (
+        ttl["AttributeName"]
+        == aws_stack.template.properties("BreakerTable")["TimeToLiveSpecification"]["AttributeName"]
+    )
+
+
+def test_function_environment_resolves_to_the_created_resources(aws_stack: LocalResources) -> None:
+    settings = get_settings()
+    assert settings.stage == "local"
+    assert settings.delivery_queue_url == aws_stack.delivery_queue_url
+    assert settings.targets_table == aws_stack.targets_table
+    assert settings.audit_bucket == aws_stack.audit_bucket
+    assert settings.allow_loopback_targets is True
+    assert (
+        client("s3").head_bucket(Bucket=aws_stack.audit_bucket)["ResponseMetadata"]["HTTPStatusCode"] == 200
+    )
