@@ -1,0 +1,91 @@
+"""Sending delivery tasks to the delivery queue (SQS SendMessageBatch), all or nothing as seen by the caller.
+
+``send`` returns only once every body is in the queue. Entries SQS refuses in a batch answer are sent
+again (a few times, with a short pause); if some still fail, or SQS cannot be reached, it raises
+``DependencyUnavailable`` so the intake answers 503 and the sender (Genesys, or Lambda's async retry)
+tries again. A repeated send is harmless: the dispatcher and the receivers deduplicate on the
+deterministic ``deliveryId`` inside each body.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from relay.adapters.aws import client
+from relay.errors import DependencyUnavailable
+
+# SQS limits: 10 entries and 256 KiB in total per SendMessageBatch call; 256 KiB per message, counting
+# the message attributes the dispatcher may add later (hence the headroom the intake keeps).
+MAX_BATCH_ENTRIES = 10
+MAX_BATCH_BYTES = 262_144
+MAX_MESSAGE_BYTES = 262_144
+ATTRIBUTE_HEADROOM_BYTES = 16_384
+MAX_INLINE_BODY_BYTES = MAX_MESSAGE_BYTES - ATTRIBUTE_HEADROOM_BYTES
+
+
+def plan_batches(bodies: Sequence[str]) -> list[list[int]]:
+    """Indexes of ``bodies`` grouped into batches within SQS's count and total-size limits."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    current_bytes = 0
+    for index, body in enumerate(bodies):
+        size = len(body.encode("utf-8"))
+        if current and (len(current) == MAX_BATCH_ENTRIES or current_bytes + size > MAX_BATCH_BYTES):
+            batches.append(current)
+            current, current_bytes = [], 0
+        current.append(index)
+        current_bytes += size
+    if current:
+        batches.append(current)
+    return batches
+
+
+class SqsDeliveryQueue:
+    """The delivery queue. ``sqs`` and ``sleep`` are injectable (tests, benchmarks)."""
+
+    def __init__(
+        self,
+        queue_url: str,
+        *,
+        sqs: Any = None,
+        attempts: int = 3,
+        backoff_seconds: float = 0.05,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._queue_url = queue_url
+        self._sqs = sqs
+        self._attempts = attempts
+        self._backoff = backoff_seconds
+        self._sleep = sleep
+
+    @property
+    def _client(self) -> Any:
+        return self._sqs or client("sqs")
+
+    def send(self, bodies: Sequence[str]) -> None:
+        """Queue every body (one message each) or raise DependencyUnavailable."""
+        for batch in plan_batches(bodies):
+            self._send_batch({str(i): bodies[i] for i in batch})
+
+    def _send_batch(self, pending: dict[str, str]) -> None:
+        for attempt in range(self._attempts):
+            if attempt:
+                self._sleep(self._backoff * (2 ** (attempt - 1)))
+            entries = [{"Id": entry_id, "MessageBody": body} for entry_id, body in pending.items()]
+            try:
+                answer = self._client.send_message_batch(QueueUrl=self._queue_url, Entries=entries)
+            except (ClientError, BotoCoreError) as exc:
+                last_error = type(exc).__name__
+                continue
+            failed = {entry["Id"] for entry in answer.get("Failed", [])}
+            pending = {entry_id: body for entry_id, body in pending.items() if entry_id in failed}
+            if not pending:
+                return
+            last_error = "per-entry failures: " + ", ".join(
+                sorted({str(entry.get("Code", "?")) for entry in answer.get("Failed", [])})
+            )
+        raise DependencyUnavailable(f"delivery queue unavailable ({last_error})")

@@ -1,0 +1,506 @@
+"""The intake: let in every genuine Genesys Cloud event exactly once, fast, and nothing else.
+
+Two triggers reach the same ``Intake``:
+
+* **API Gateway HTTP API (payload v2)**, ``POST /webhooks/{integrationId}`` from Genesys Open Messaging:
+  method, size, content type, integration, signature, JSON, schema are checked in that order (cheap
+  and input-only checks first, one DynamoDB read at most before the signature is known good); the
+  event is claimed in the idempotency store, one ``DeliveryTask`` per enabled target is queued, and
+  the answer is 202. Refusals are 4xx JSON ``{"error", "message"}``; an AWS dependency that fails is
+  503 with ``Retry-After`` so Genesys retries; client input never causes a 5xx.
+* **EventBridge** (Genesys' partner event source), routed by a rule: no signature (the trust is the
+  AWS partner source), fanned out to the targets of ``EVENTBRIDGE_INTEGRATION_ID``. Failures raise,
+  so Lambda's asynchronous retries and the function's on-failure destination keep the event.
+
+Errors become answers in exactly one place: ``Intake.handle_http``.
+
+Bodies too large for one SQS message (with headroom for the dispatcher's attributes) are stored once
+in the audit bucket under ``events/`` and queued by reference (claim check), up to ``MAX_BODY_BYTES``;
+larger bodies get 413. See docs/intake.md.
+
+Every collaborator (integration lookup, secret lookup, queue, idempotency store, claim-check store,
+clock, metrics) is a constructor parameter, so tests and the benchmark run this with in-memory fakes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from relay.adapters.delivery_queue import MAX_INLINE_BODY_BYTES
+from relay.adapters.secrets import RotatingSecret
+from relay.adapters.target_store import IntegrationEntry
+from relay.errors import (
+    BadRequest,
+    ConfigurationError,
+    DependencyUnavailable,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    RejectedRequest,
+    UnknownIntegration,
+    UnsupportedMediaType,
+)
+from relay.logic.signature import SIGNATURE_HEADER, verify_signature
+from relay.models.delivery import DeliveryTask, EventSource, S3Ref
+from relay.models.genesys import OPEN_MESSAGE, GenesysEventBridgeEvent
+from relay.observability import logger
+from relay.settings import Settings, get_settings
+
+# Stable namespace for deterministic delivery ids: the same (integration, event, target) always gets the
+# same deliveryId, so even a re-queue after a partial failure is deduplicated by the receivers.
+DELIVERY_ID_NAMESPACE = uuid.UUID("5b0f6a3e-9d2c-4f61-8a7e-3c1d2b4a5e60")
+_JSON_TYPES = ("application/json",)
+# A JSON escape of a UTF-16 surrogate: only then is the costlier lone-surrogate check needed.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+# --- collaborators --------------------------------------------------------------------------------------
+
+
+class IntegrationLookup(Protocol):
+    def get(self, integration_id: str) -> IntegrationEntry | None: ...
+
+
+class TaskQueue(Protocol):
+    def send(self, bodies: Sequence[str]) -> None:
+        """Queue every body or raise DependencyUnavailable."""
+
+
+class ClaimCheckStore(Protocol):
+    def put(self, key: str, body: bytes) -> S3Ref:
+        """Store ``body`` under ``key`` (idempotent) or raise DependencyUnavailable."""
+
+
+class MetricsRecorder(Protocol):
+    def count(self, name: str, value: int = 1, *, reason: str | None = None) -> None: ...
+
+
+class IdempotencyStore(Protocol):
+    def claim(self, key: str) -> Claim:
+        """Claim ``key`` for this attempt, or say who already has it."""
+
+    def complete(self, claim: Claim, response: str) -> None:
+        """Record the answer for ``claim`` so repeats get it without queueing again."""
+
+    def release(self, claim: Claim) -> None:
+        """Forget a claim whose attempt failed, so a repeat can queue."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of ``IdempotencyStore.claim``.
+
+    ``state`` is ``acquired`` (this attempt must queue, then complete or release with ``token``),
+    ``completed`` (a previous attempt queued; ``response`` is its answer), or ``in_progress``
+    (another attempt holds the claim right now).
+    """
+
+    key: str
+    state: str
+    token: str | None = None
+    response: str | None = None
+
+
+class RequestInProgress(Exception):
+    """A concurrent repeat of an event is being queued right now: ask the sender to retry shortly."""
+
+    def __init__(self, retry_after_seconds: int = 1) -> None:
+        super().__init__("the same event is being accepted right now; retry shortly")
+        self.retry_after_seconds = retry_after_seconds
+
+
+class _NoMetrics:
+    def count(self, name: str, value: int = 1, *, reason: str | None = None) -> None:
+        return None
+
+
+# --- HTTP request ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    method: str
+    integration_id: str
+    headers: Mapping[str, str]  # lower-cased names
+    body: bytes
+
+
+def is_http_event(event: Mapping[str, Any]) -> bool:
+    context = event.get("requestContext")
+    return isinstance(context, dict) and isinstance(context.get("http"), dict)
+
+
+def is_eventbridge_event(event: Mapping[str, Any]) -> bool:
+    return "detail-type" in event and "source" in event and "detail" in event
+
+
+def _read_http_request(event: Mapping[str, Any], max_body_bytes: int) -> HttpRequest:
+    """Method, path parameter, lower-cased headers and the raw body of a payload-v2 event."""
+    method = str(event["requestContext"]["http"].get("method", "")).upper()
+    headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
+    path_parameters = event.get("pathParameters") or {}
+    integration_id = str(path_parameters.get("integrationId") or "")
+    raw = event.get("body")
+    text = raw if isinstance(raw, str) else ""
+    if event.get("isBase64Encoded"):
+        # Refuse before decoding: 4 base64 characters carry 3 bytes.
+        if len(text) // 4 * 3 > max_body_bytes + 3:
+            raise PayloadTooLarge(f"the body is larger than {max_body_bytes} bytes")
+        try:
+            body = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest("the body is marked base64-encoded but is not valid base64") from None
+    else:
+        body = text.encode("utf-8", errors="surrogatepass")
+    return HttpRequest(method=method, integration_id=integration_id, headers=headers, body=body)
+
+
+def _json_response(
+    status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    return {
+        "statusCode": status,
+        "headers": {"content-type": "application/json", **(headers or {})},
+        "body": json.dumps(body, separators=(",", ":")),
+    }
+
+
+def _describe_validation_error(error: ValidationError) -> str:
+    fields = []
+    for item in error.errors():
+        # The discriminator's tag is not a field the sender wrote.
+        loc = [str(part) for part in item["loc"] if part not in ("Text", "Event", "Receipt", "Structured")]
+        fields.append(f"{'.'.join(loc) or '(body)'}: {item['msg']}")
+    return "; ".join(sorted(set(fields))[:10])
+
+
+def _lone_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+# --- the intake -----------------------------------------------------------------------------------------
+
+
+class Intake:
+    def __init__(
+        self,
+        *,
+        integrations: IntegrationLookup,
+        get_secret: Callable[[str], RotatingSecret],
+        queue: TaskQueue,
+        idempotency: IdempotencyStore | None = None,
+        claim_checks: ClaimCheckStore | None = None,
+        max_body_bytes: int = 262_144,
+        eventbridge_integration_id: str | None = None,
+        max_inline_body_bytes: int = MAX_INLINE_BODY_BYTES,
+        metrics: MetricsRecorder | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._integrations = integrations
+        self._get_secret = get_secret
+        self._queue = queue
+        self._idempotency = idempotency
+        self._claim_checks = claim_checks
+        self._max_body_bytes = max_body_bytes
+        self._eventbridge_integration_id = eventbridge_integration_id
+        self._max_inline_body_bytes = max_inline_body_bytes
+        self._metrics = metrics or _NoMetrics()
+        self._now = now
+
+    # --- entry points -----------------------------------------------------------------------------------
+    def handle(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        """Route a Lambda event to the HTTP or the EventBridge path."""
+        if is_http_event(event):
+            return self.handle_http(event)
+        if is_eventbridge_event(event):
+            return self.handle_eventbridge(event)
+        raise ConfigurationError("the intake received an event that is neither HTTP API v2 nor EventBridge")
+
+    def handle_http(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        """An API Gateway HTTP API (payload v2) event in, an API Gateway response out. Never raises."""
+        started = time.perf_counter()
+        try:
+            response = self._accept_http(event)
+        except RejectedRequest as rejected:
+            self._metrics.count("EventsRejected", reason=rejected.code)
+            logger.info("request rejected", extra={"status": rejected.status, "error": rejected.code})
+            return _json_response(rejected.status, {"error": rejected.code, "message": rejected.message})
+        except RequestInProgress as busy:
+            # 429 is retried by Genesys like a 5xx, and is not a server failure.
+            logger.info("concurrent repeat still in progress")
+            return _json_response(
+                429,
+                {"error": "duplicate_in_progress", "message": str(busy)},
+                {"retry-after": str(busy.retry_after_seconds)},
+            )
+        except DependencyUnavailable as unavailable:
+            logger.warning("dependency unavailable", extra={"reason": str(unavailable)})
+            return _json_response(
+                503,
+                {"error": "service_unavailable", "message": "a dependency is unavailable; retry later"},
+                {"retry-after": str(unavailable.retry_after_seconds)},
+            )
+        except Exception:  # a bug or a deployment error: never leak details to the caller
+            logger.exception("intake failed")
+            return _json_response(500, {"error": "internal_error", "message": "internal error"})
+        logger.debug("accepted", extra={"elapsed_ms": round((time.perf_counter() - started) * 1000, 3)})
+        return response
+
+    def handle_eventbridge(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        """A Genesys EventBridge event: fan out, or raise (Lambda retries, then on-failure destination)."""
+        try:
+            parsed = GenesysEventBridgeEvent.model_validate(event)
+        except ValidationError as invalid:
+            detail = _describe_validation_error(invalid)
+            raise BadRequest(f"invalid Genesys EventBridge event: {detail}") from None
+        integration_id = self._eventbridge_integration_id
+        if not integration_id:
+            raise ConfigurationError("EVENTBRIDGE_INTEGRATION_ID is not set; cannot route EventBridge events")
+        entry = self._integrations.get(integration_id)
+        if entry is None or not entry.integration.enabled:
+            raise ConfigurationError(f"EventBridge integration {integration_id} is unknown or disabled")
+        answer = self._fan_out(
+            entry,
+            event_id=parsed.id,
+            event_key=f"eventbridge\n{integration_id}\n{parsed.id}",
+            event=dict(event),
+            raw=None,
+            source="eventbridge",
+        )
+        return answer
+
+    # --- HTTP path ----------------------------------------------------------------------------------------
+    def _accept_http(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        request = _read_http_request(event, self._max_body_bytes)
+        if request.method != "POST":
+            raise MethodNotAllowed(f"method {request.method or '(none)'} is not allowed; use POST")
+        if len(request.body) > self._max_body_bytes:
+            raise PayloadTooLarge(f"the body is larger than {self._max_body_bytes} bytes")
+        media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media_type not in _JSON_TYPES:
+            raise UnsupportedMediaType("the content type must be application/json")
+        if not request.integration_id:
+            raise UnknownIntegration("no integration id in the path")
+        entry = self._integrations.get(request.integration_id)
+        if entry is None or not entry.integration.enabled:
+            raise UnknownIntegration(f"integration {request.integration_id} is not known here")
+        secret = self._get_secret(entry.integration.signature_secret_name)
+        verify_signature(request.body, request.headers.get(SIGNATURE_HEADER), secret.values())
+        message = self._parse_open_message(request.body)
+        channel = message["channel"]
+        answer = self._fan_out(
+            entry,
+            event_id=message["id"],
+            # Genesys retries re-send the same id and channel.time: together they name the event.
+            event_key=f"open-messaging\n{entry.integration.integration_id}\n{message['id']}\n{channel['time']}",
+            event=message,
+            raw=request.body,
+            source="open-messaging",
+        )
+        return _json_response(202, answer)
+
+    def _parse_open_message(self, body: bytes) -> dict[str, Any]:
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("the body is not UTF-8 text") from None
+        try:
+            message = json.loads(text)
+        except (ValueError, RecursionError):
+            raise BadRequest("the body is not valid JSON") from None
+        if _SURROGATE_ESCAPE.search(text) and _lone_surrogates(json.dumps(message, ensure_ascii=False)):
+            raise BadRequest("the body contains an unpaired UTF-16 surrogate escape")
+        if not isinstance(message, dict):
+            raise BadRequest("the body must be a JSON object (an Open Messaging message)")
+        try:
+            OPEN_MESSAGE.validate_python(message)
+        except ValidationError as invalid:
+            detail = _describe_validation_error(invalid)
+            raise BadRequest(
+                f"the message does not match the Open Messaging schema: {detail}",
+                code="invalid_message",
+            ) from None
+        return message
+
+    # --- shared path --------------------------------------------------------------------------------------
+    def _fan_out(
+        self,
+        entry: IntegrationEntry,
+        *,
+        event_id: str,
+        event_key: str,
+        event: dict[str, Any],
+        raw: bytes | None,
+        source: EventSource,
+    ) -> dict[str, Any]:
+        """Queue one task per enabled target, once per ``event_key``; repeats get the first answer."""
+        key = "intake#" + hashlib.sha256(event_key.encode("utf-8")).hexdigest()
+        claim = self._idempotency.claim(key) if self._idempotency else None
+        if claim is not None and claim.state == "completed" and claim.response is not None:
+            self._metrics.count("EventsDuplicate")
+            logger.info("duplicate event answered from the idempotency record", extra={"event_id": event_id})
+            answer: dict[str, Any] = json.loads(claim.response)
+            return answer
+        if claim is not None and claim.state != "acquired":
+            raise RequestInProgress()
+        try:
+            answer = self._queue_tasks(entry, key=key, event_id=event_id, event=event, raw=raw, source=source)
+        except BaseException:
+            if claim is not None and self._idempotency is not None:
+                self._release_quietly(claim)
+            raise
+        if claim is not None and self._idempotency is not None:
+            # If this write fails the tasks are queued but the claim stays in progress until its lease
+            # ends; a repeat then queues again with the same deliveryIds (receivers deduplicate).
+            self._idempotency.complete(claim, json.dumps(answer, separators=(",", ":")))
+        self._metrics.count("EventsAccepted")
+        return answer
+
+    def _release_quietly(self, claim: Claim) -> None:
+        assert self._idempotency is not None
+        try:
+            self._idempotency.release(claim)
+        except DependencyUnavailable:
+            # The claim's lease runs out on its own (shorter than Genesys' retry period).
+            logger.warning("could not release the idempotency claim")
+
+    def _queue_tasks(
+        self,
+        entry: IntegrationEntry,
+        *,
+        key: str,
+        event_id: str,
+        event: dict[str, Any],
+        raw: bytes | None,
+        source: EventSource,
+    ) -> dict[str, Any]:
+        integration_id = entry.integration.integration_id
+        targets = [target for target in entry.targets if target.enabled]
+        received_at = self._now()
+        event_json = json.dumps(event, separators=(",", ":"), ensure_ascii=True)
+        event_ref: S3Ref | None = None
+        if targets and len(event_json) + 1_024 > self._max_inline_body_bytes:
+            stored = raw if raw is not None else event_json.encode("ascii")
+            event_ref = self._claim_check(key, integration_id, stored)
+        bodies: list[str] = []
+        delivery_ids: list[str] = []
+        for target in targets:
+            delivery_id = uuid.uuid5(DELIVERY_ID_NAMESPACE, f"{key}\n{target.target_id}")
+            task = DeliveryTask(
+                delivery_id=delivery_id,
+                integration_id=integration_id,
+                target_id=target.target_id,
+                event_id=event_id,
+                event_source=source,
+                received_at=received_at,
+                event=None if event_ref else {},
+                event_ref=event_ref,
+            )
+            bodies.append(_task_body(task, None if event_ref else event_json))
+            delivery_ids.append(str(delivery_id))
+        if bodies:
+            self._queue.send(bodies)
+            self._metrics.count("TasksQueued", len(bodies))
+        logger.info(
+            "event accepted",
+            extra={"integration_id": integration_id, "event_id": event_id, "tasks": len(bodies)},
+        )
+        return {
+            "status": "accepted",
+            "eventId": event_id,
+            "integrationId": integration_id,
+            "deliveryIds": delivery_ids,
+            "claimCheck": event_ref is not None,
+        }
+
+    def _claim_check(self, key: str, integration_id: str, body: bytes) -> S3Ref:
+        if self._claim_checks is None:
+            raise PayloadTooLarge("the body is too large to queue and no claim-check store is configured")
+        return self._claim_checks.put(f"events/{integration_id}/{key.removeprefix('intake#')}.json", body)
+
+
+def _task_body(task: DeliveryTask, event_json: str | None) -> str:
+    """The task as JSON, with the event spliced in already serialized (serialized once for all targets).
+
+    ASCII-only (``ensure_ascii``): SQS refuses some valid Unicode characters (e.g. U+FFFE), escapes never.
+    """
+    head = task.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"event"})
+    text = json.dumps(head, separators=(",", ":"), ensure_ascii=True)
+    if event_json is None:
+        return text
+    return text[:-1] + ',"event":' + event_json + "}"
+
+
+# --- per-container wiring ---------------------------------------------------------------------------------
+
+
+class PowertoolsMetrics:
+    """The architecture's intake metrics through the shared powertools Metrics (EMF)."""
+
+    def count(self, name: str, value: int = 1, *, reason: str | None = None) -> None:
+        from aws_lambda_powertools.metrics import MetricUnit, single_metric
+
+        from relay.observability import metrics
+
+        if reason is None:
+            metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+            return
+        # A dimension only this metric has: emitted on its own so it does not spread to the others.
+        with single_metric(
+            name=name,
+            unit=MetricUnit.Count,
+            value=value,
+            namespace=metrics.namespace,
+            default_dimensions=metrics.default_dimensions,
+        ) as metric:
+            metric.add_dimension(name="reason", value=reason)
+
+
+def build_intake(settings: Settings) -> Intake:
+    """The intake wired to AWS as ``settings`` describe it."""
+    from relay.adapters.delivery_queue import SqsDeliveryQueue
+    from relay.adapters.secrets import get_secret
+    from relay.adapters.target_store import TargetStore
+
+    return Intake(
+        integrations=TargetStore(
+            settings.need("targets_table"), cache_ttl_seconds=settings.target_cache_ttl_seconds
+        ),
+        get_secret=get_secret,
+        queue=SqsDeliveryQueue(settings.need("delivery_queue_url")),
+        max_body_bytes=settings.max_body_bytes,
+        eventbridge_integration_id=settings.eventbridge_integration_id,
+        metrics=PowertoolsMetrics(),
+    )
+
+
+_container: tuple[Settings, Intake] | None = None
+
+
+def container_intake() -> Intake:
+    """The intake held once per container; rebuilt when the settings were re-read (tests, local stack)."""
+    global _container
+    settings = get_settings()
+    if _container is None or _container[0] is not settings:
+        _container = (settings, build_intake(settings))
+    return _container[1]
+
+
+def handle_lambda_event(event: Mapping[str, Any]) -> dict[str, Any]:
+    """The intake Lambda's one entry point (API Gateway HTTP API v2 or EventBridge)."""
+    return container_intake().handle(event)

@@ -1,0 +1,148 @@
+"""What Genesys Cloud sends the relay: Open Messaging outbound notifications and EventBridge events.
+
+Genesys adds fields over time, so every model keeps fields it does not know (``extra="allow"``) and
+the intake queues the event exactly as received, never a re-dump of the model: the model only decides
+whether an event is acceptable. Field names are Genesys' own (camelCase).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+
+NonEmpty = Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+class GenesysModel(BaseModel):
+    """Tolerant of new fields and keeps them (they reach the targets untouched)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+# --- Open Messaging outbound notification -------------------------------------------------------------
+
+
+class Participant(GenesysModel):
+    id: NonEmpty
+    id_type: str | None = Field(None, alias="idType")
+    nickname: str | None = None
+    first_name: str | None = Field(None, alias="firstName")
+    last_name: str | None = Field(None, alias="lastName")
+
+
+class Channel(GenesysModel):
+    # The Open Messaging integration id.
+    id: NonEmpty
+    platform: str = "Open"
+    type: str = "Private"
+    to: Participant | None = None
+    from_: Participant | None = Field(None, alias="from")
+    # With ``id`` the message's identity: Genesys retries re-send both unchanged.
+    time: datetime
+    message_id: str | None = Field(None, alias="messageId")
+    metadata: dict[str, Any] | None = None
+
+
+class Attachment(GenesysModel):
+    id: str | None = None
+    media_type: str = Field(alias="mediaType")  # Image | Video | Audio | File | Link
+    url: str | None = None
+    mime: str | None = None
+    filename: str | None = None
+    content_size_bytes: int | None = Field(None, alias="contentSizeBytes", ge=0)
+
+
+class Content(GenesysModel):
+    content_type: str = Field(alias="contentType")  # "Attachment" (others appear for structured messages)
+    attachment: Attachment | None = None
+
+
+class Typing(GenesysModel):
+    type: str = "On"
+    duration: int | None = Field(None, ge=0)
+
+
+class MessageEvent(GenesysModel):
+    event_type: NonEmpty = Field(alias="eventType")  # "Typing"
+    typing: Typing | None = None
+
+
+class _OpenMessageBase(GenesysModel):
+    id: NonEmpty
+    channel: Channel
+    direction: str | None = None
+    originating_entity: str | None = Field(None, alias="originatingEntity")
+    conversation_id: str | None = Field(None, alias="conversationId")
+
+
+class TextMessage(_OpenMessageBase):
+    type: Literal["Text"]
+    text: str | None = None
+    content: list[Content] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _text_or_content(self) -> TextMessage:
+        if not self.text and not self.content:
+            raise ValueError("a Text message needs text or content")
+        return self
+
+
+class EventMessage(_OpenMessageBase):
+    type: Literal["Event"]
+    events: list[MessageEvent] = Field(min_length=1)
+
+
+class ReceiptMessage(_OpenMessageBase):
+    type: Literal["Receipt"]
+    status: NonEmpty  # Sent | Delivered | Read | Failed | Published | Removed
+    is_final_receipt: bool | None = Field(None, alias="isFinalReceipt")
+    reasons: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class StructuredMessage(_OpenMessageBase):
+    """Quick replies, cards, carousels: not documented for the webhook, accepted so none is lost."""
+
+    type: Literal["Structured"]
+    text: str | None = None
+    content: list[Content] = Field(default_factory=list)
+
+
+OpenMessage = Annotated[
+    TextMessage | EventMessage | ReceiptMessage | StructuredMessage, Field(discriminator="type")
+]
+OPEN_MESSAGE = TypeAdapter(OpenMessage)
+
+
+# --- Amazon EventBridge integration ------------------------------------------------------------------
+
+PARTNER_SOURCE_PREFIX = "aws.partner/genesys.com"
+
+
+class EventBridgeDetail(GenesysModel):
+    topic_name: NonEmpty = Field(alias="topicName")
+    version: str | None = None
+    event_body: dict[str, Any] = Field(alias="eventBody")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    timestamp: datetime | None = None
+
+
+class GenesysEventBridgeEvent(GenesysModel):
+    """An EventBridge event from Genesys' partner event source ``aws.partner/genesys.com/...``."""
+
+    version: str = "0"
+    id: NonEmpty
+    detail_type: NonEmpty = Field(alias="detail-type")
+    source: NonEmpty
+    account: str | None = None
+    time: datetime | None = None
+    region: str | None = None
+    resources: list[str] = Field(default_factory=list)
+    detail: EventBridgeDetail
+
+    @model_validator(mode="after")
+    def _genesys_source(self) -> GenesysEventBridgeEvent:
+        if not self.source.startswith(PARTNER_SOURCE_PREFIX):
+            raise ValueError(f"source must start with {PARTNER_SOURCE_PREFIX}")
+        return self
