@@ -45,7 +45,7 @@ serve: $(VENV)/.synced
 
 lint: $(VENV)/.synced
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check layers functions tests bench
+	$(VENV)/bin/ruff format --check .
 
 typecheck: $(VENV)/.synced
 	$(VENV)/bin/mypy
