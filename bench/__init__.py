@@ -1,0 +1,1 @@
+"""Benchmarks: each ``*_bench.py`` prints its figures as one JSON object (its last stdout line)."""
