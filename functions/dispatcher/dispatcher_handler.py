@@ -1,0 +1,14 @@
+"""DispatcherFunction: SQS batch of DeliveryTasks -> concurrent deliveries -> partial batch response.
+
+Wiring only; the delivery engine is relay.logic.dispatch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relay.logic.dispatch import container_dispatcher
+
+
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return container_dispatcher().handle_batch(event.get("Records", []))

@@ -1,0 +1,325 @@
+"""A loopback HTTP receiver standing in for a downstream target (demo, tests, chaos runs).
+
+    receiver = Receiver(signing_secrets={"/hooks/crm": ["whsec_..."]})
+    url = receiver.start()                  # http://127.0.0.1:<port>
+    receiver.behaviour = Behaviour(latency_seconds=0.2, fault_rate=0.1)   # change at any time
+    ...
+    receiver.unique_delivery_ids            # webhook-ids answered 2xx at least once
+    receiver.stop()
+
+It answers like a careful real receiver: verifies Standard Webhooks signatures when it knows the
+path's secrets (401 otherwise), decrypts encrypted envelopes when it knows the key, deduplicates on
+``webhook-id``. Scripted behaviour (a ``Behaviour``, per path or for all): fixed latency, a status
+sequence, a fault rate (5xx, 429 with Retry-After, timeouts, dropped connections) and a down switch.
+
+Bound to 127.0.0.1 only. ``disable_nagle_algorithm`` avoids the ~40 ms keep-alive artifact of
+http.server (headers and body in separate writes meeting delayed ACK).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
+
+from relay.receiver_sdk import InvalidDelivery, decrypt_event, verify_signature
+
+Fault = Literal["5xx", "429", "timeout", "drop"]
+
+
+@dataclass
+class Behaviour:
+    """How the receiver answers. Mutable; replace or edit it while the receiver runs."""
+
+    latency_seconds: float = 0.0
+    # Answered in order, one per request, before falling back to ``status`` and the fault rate.
+    status_sequence: deque[int] = field(default_factory=deque)
+    status: int = 200
+    fault_rate: float = 0.0
+    faults: tuple[Fault, ...] = ("5xx",)
+    retry_after_seconds: int = 1
+    # A "timeout" fault holds the request this long before answering 200 (past any sane read timeout).
+    hang_seconds: float = 30.0
+    # Down: every connection is dropped without an answer (a dead upstream).
+    up: bool = True
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        self.status_sequence = deque(self.status_sequence)
+        self._rng = random.Random(self.seed)
+        self._lock = threading.Lock()
+
+    def next_action(self) -> tuple[str, int]:
+        """("answer", status) or ("drop"|"hang", 0), decided for one request."""
+        with self._lock:
+            if not self.up:
+                return "drop", 0
+            if self.status_sequence:
+                return "answer", self.status_sequence.popleft()
+            if self.fault_rate > 0 and self._rng.random() < self.fault_rate:
+                fault = self._rng.choice(self.faults)
+                if fault == "drop":
+                    return "drop", 0
+                if fault == "timeout":
+                    return "hang", 0
+                if fault == "429":
+                    return "answer", 429
+                return "answer", self._rng.choice((500, 502, 503, 504))
+            return "answer", self.status
+
+
+@dataclass(frozen=True)
+class ReceivedRequest:
+    """One request as the receiver saw it, and what it answered."""
+
+    method: str
+    path: str
+    headers: dict[str, str]  # lower-cased names
+    body: bytes
+    received_at: float
+    answered: int | None  # None: dropped or hung
+    webhook_id: str | None
+    signature_valid: bool | None  # None: no secrets known for this path
+    envelope: dict[str, Any] | None
+    event: dict[str, Any] | None  # sourceEvent, decrypted when the key is known
+    encrypted: bool
+    decryption_error: str | None
+    duplicate: bool  # an earlier request with this webhook-id was already answered 2xx
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Receiver:
+    def __init__(
+        self,
+        *,
+        behaviour: Behaviour | None = None,
+        signing_secrets: Mapping[str, Iterable[str]] | None = None,
+        encryption_secrets: Mapping[str, Iterable[str]] | None = None,
+        reject_invalid_signatures: bool = True,
+    ) -> None:
+        """``signing_secrets`` / ``encryption_secrets`` map a request path (or "*" for any) to secrets."""
+        self.behaviour = behaviour or Behaviour()
+        self.path_behaviours: dict[str, Behaviour] = {}
+        self._signing = {path: list(values) for path, values in (signing_secrets or {}).items()}
+        self._encryption = {path: list(values) for path, values in (encryption_secrets or {}).items()}
+        self._reject_invalid = reject_invalid_signatures
+        self._lock = threading.Lock()
+        self._requests: list[ReceivedRequest] = []
+        self._accepted_ids: set[str] = set()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.url = ""
+
+    # --- configuration at runtime ---------------------------------------------------------------------
+    def set_secrets(self, path: str, *, signing: Iterable[str] = (), encryption: Iterable[str] = ()) -> None:
+        with self._lock:
+            if signing:
+                self._signing[path] = list(signing)
+            if encryption:
+                self._encryption[path] = list(encryption)
+
+    def behaviour_for(self, path: str) -> Behaviour:
+        return self.path_behaviours.get(path, self.behaviour)
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+    def start(self, port: int = 0) -> str:
+        """Listen on 127.0.0.1 (``port`` 0: any free port); return the base URL."""
+        handler = _make_handler(self)
+        server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        server.daemon_threads = True
+        server.block_on_close = False
+        self._server = server
+        self._stopping.clear()
+        self._thread = threading.Thread(target=server.serve_forever, name="receiver", daemon=True)
+        self._thread.start()
+        self.url = f"http://127.0.0.1:{server.server_address[1]}"
+        return self.url
+
+    def stop(self) -> None:
+        self._stopping.set()  # wakes hanging and slow requests
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> Receiver:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- what was received ----------------------------------------------------------------------------
+    @property
+    def requests(self) -> list[ReceivedRequest]:
+        """Every request, whatever it was answered."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def deliveries(self) -> list[ReceivedRequest]:
+        """Requests answered 2xx (duplicates included, flagged)."""
+        return [r for r in self.requests if r.answered is not None and 200 <= r.answered < 300]
+
+    @property
+    def unique_delivery_ids(self) -> set[str]:
+        with self._lock:
+            return set(self._accepted_ids)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._requests.clear()
+            self._accepted_ids.clear()
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> bool:
+        """Until ``count`` unique deliveries arrived (True) or the timeout passed (False)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.unique_delivery_ids) >= count:
+                return True
+            self._stopping.wait(0.02)
+        return len(self.unique_delivery_ids) >= count
+
+    # --- request handling (called by the handler threads) --------------------------------------------
+    def _secrets(self, table: dict[str, list[str]], path: str) -> list[str] | None:
+        with self._lock:
+            found = table.get(path, table.get("*"))
+            return list(found) if found is not None else None
+
+    def _inspect(self, path: str, headers: dict[str, str], body: bytes) -> dict[str, Any]:
+        signing = self._secrets(self._signing, path)
+        valid: bool | None = None
+        if signing is not None:
+            try:
+                verify_signature(headers, body, signing)
+                valid = True
+            except InvalidDelivery:
+                valid = False
+        envelope: dict[str, Any] | None = None
+        event: dict[str, Any] | None = None
+        error: str | None = None
+        try:
+            parsed = json.loads(body)
+            envelope = parsed if isinstance(parsed, dict) else None
+        except ValueError:
+            error = "body is not JSON"
+        encrypted = bool(envelope and envelope.get("encryptionDirective"))
+        if envelope is not None:
+            keys = self._secrets(self._encryption, path)
+            if not encrypted:
+                source = envelope.get("sourceEvent")
+                event = source if isinstance(source, dict) else None
+            elif keys is not None:
+                try:
+                    event = decrypt_event(envelope, keys)
+                except InvalidDelivery as exc:
+                    error = str(exc)
+        return {
+            "signature_valid": valid,
+            "envelope": envelope,
+            "event": event,
+            "encrypted": encrypted,
+            "error": error,
+        }
+
+    def _record(
+        self, method: str, path: str, headers: dict[str, str], body: bytes, answered: int | None
+    ) -> bool:
+        info = self._inspect(path, headers, body)
+        webhook_id = headers.get("webhook-id")
+        with self._lock:
+            duplicate = webhook_id is not None and webhook_id in self._accepted_ids
+            if answered is not None and 200 <= answered < 300 and webhook_id:
+                self._accepted_ids.add(webhook_id)
+            self._requests.append(
+                ReceivedRequest(
+                    method=method,
+                    path=path,
+                    headers=headers,
+                    body=body,
+                    received_at=time.time(),
+                    answered=answered,
+                    webhook_id=webhook_id,
+                    signature_valid=info["signature_valid"],
+                    envelope=info["envelope"],
+                    event=info["event"],
+                    encrypted=info["encrypted"],
+                    decryption_error=info["error"],
+                    duplicate=duplicate,
+                )
+            )
+        return duplicate
+
+    def _signature_rejected(self, path: str, headers: dict[str, str], body: bytes) -> bool:
+        if not self._reject_invalid:
+            return False
+        signing = self._secrets(self._signing, path)
+        if signing is None:
+            return False
+        try:
+            verify_signature(headers, body, signing)
+        except InvalidDelivery:
+            return True
+        return False
+
+
+def _make_handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+        server_version = "relay-local-receiver"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+            return
+
+        def _answer(self, status: int, payload: dict[str, Any], extra: Mapping[str, str] = {}) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in extra.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _handle(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            path = self.path.split("?", 1)[0]
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            behaviour = receiver.behaviour_for(path)
+            action, status = behaviour.next_action()
+            if behaviour.latency_seconds > 0:
+                receiver._stopping.wait(behaviour.latency_seconds)
+            if action == "drop":
+                receiver._record(self.command, path, headers, body, None)
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
+            if action == "hang":
+                receiver._record(self.command, path, headers, body, None)
+                receiver._stopping.wait(behaviour.hang_seconds)
+                self.close_connection = True
+                return
+            if 200 <= status < 300 and receiver._signature_rejected(path, headers, body):
+                status = 401
+            duplicate = receiver._record(self.command, path, headers, body, status)
+            extra = {"Retry-After": str(behaviour.retry_after_seconds)} if status == 429 else {}
+            self._answer(status, {"status": status, "duplicate": duplicate}, extra)
+
+        do_POST = _handle
+        do_PUT = _handle
+
+    return Handler

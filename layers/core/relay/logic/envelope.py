@@ -1,0 +1,168 @@
+"""Build what goes on the wire for one delivery attempt: the 2.1 envelope, its body and its headers."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from relay import __version__
+from relay.adapters.secrets import RotatingSecret
+from relay.errors import ConfigurationError
+from relay.logic import crypto, webhook_signing
+from relay.models.delivery import DeliveryTask
+from relay.models.envelope import FORMAT_VERSION, DeliveryEnvelope, EncryptionDirective
+from relay.models.targets import SecurityType, Target
+
+USER_AGENT = f"genesys-relay/{__version__} (+formatVersion {FORMAT_VERSION})"
+
+# Headers only the relay sets. A target's custom headers never replace them (compared lower-cased),
+# nor any header that framing or the connection depends on.
+RELAY_HEADERS = frozenset(
+    {
+        "content-type",
+        "x-delivery-id",
+        "x-format-version",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "authorization",
+        "user-agent",
+    }
+)
+TRANSPORT_HEADERS = frozenset({"content-length", "host", "transfer-encoding", "connection", "expect"})
+
+
+@dataclass(frozen=True)
+class TargetSecrets:
+    """The secrets a target's deliveries use (each None when the target has none of that kind)."""
+
+    signing: RotatingSecret | None = None
+    auth: RotatingSecret | None = None
+    encryption: RotatingSecret | None = None
+
+
+@dataclass(frozen=True)
+class OutboundRequest:
+    method: str
+    url: str
+    body: bytes
+    headers: dict[str, str]
+    encrypted: bool
+
+
+def iso_utc(moment: datetime) -> str:
+    """ISO 8601 in UTC with milliseconds and 'Z', like JavaScript's toISOString (the seed's format)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def encryption_key_for(
+    secret: RotatingSecret, cache: crypto.KeyCache, *, target_id: str
+) -> crypto.EncryptionKey:
+    """The derived key of the target's current encryption key version; fails loudly without keyId/salt."""
+    what = f"encryption secret of target {target_id}"
+    if not secret.key_id:
+        raise ConfigurationError(f"{what} has no keyId")
+    salt = crypto.parse_salt(secret.salt, what=what)
+    return cache.key_for(secret.current.get_secret_value(), key_id=secret.key_id, salt=salt)
+
+
+def build_envelope(
+    task: DeliveryTask,
+    event: dict[str, Any],
+    target: Target,
+    *,
+    now: datetime,
+    key: crypto.EncryptionKey | None,
+) -> DeliveryEnvelope:
+    directive: EncryptionDirective | None = None
+    if key is not None:
+        plaintext = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+        sealed = crypto.seal(plaintext, key.key, associated_data=str(task.delivery_id).encode())
+        directive = EncryptionDirective(
+            encrypted_payload=sealed.ciphertext.hex(),
+            iv=sealed.iv.hex(),
+            auth_tag=sealed.tag.hex(),
+            salt=key.salt.hex(),
+            key_id=key.key_id,
+        )
+    return DeliveryEnvelope(
+        delivery_id=task.delivery_id,
+        timestamp=iso_utc(now),
+        retry_matrix=target.retry_matrix,
+        encryption_directive=directive,
+        source_event={} if directive else event,
+    )
+
+
+def _authorization(target: Target, auth: RotatingSecret | None) -> str | None:
+    if target.security.type is SecurityType.NONE:
+        return None
+    if auth is None:
+        raise ConfigurationError(
+            f"target {target.target_id} uses {target.security.type} auth but has no secret"
+        )
+    value = auth.current.get_secret_value()
+    if target.security.type is SecurityType.BEARER:
+        return f"Bearer {value}"
+    return "Basic " + base64.b64encode(value.encode()).decode()
+
+
+def _custom_headers(target: Target) -> dict[str, str]:
+    kept: dict[str, str] = {}
+    for name, value in target.headers.items():
+        lowered = name.lower()
+        if lowered in RELAY_HEADERS or lowered in TRANSPORT_HEADERS or lowered.startswith("webhook-"):
+            continue
+        if any(c in name + value for c in "\r\n\0"):
+            continue  # header injection: never forward
+        kept[name] = value
+    return kept
+
+
+def build_headers(
+    envelope: DeliveryEnvelope, body: bytes, target: Target, secrets: TargetSecrets, *, now: datetime
+) -> dict[str, str]:
+    msg_id = str(envelope.delivery_id)
+    timestamp = int(now.timestamp())
+    headers = _custom_headers(target)
+    headers.update(
+        {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "X-Delivery-Id": msg_id,
+            "X-Format-Version": envelope.format_version,
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+        }
+    )
+    if secrets.signing is not None:
+        headers["webhook-signature"] = webhook_signing.sign(msg_id, timestamp, body, secrets.signing.values())
+    authorization = _authorization(target, secrets.auth)
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    return headers
+
+
+def build_request(
+    task: DeliveryTask,
+    event: dict[str, Any],
+    target: Target,
+    secrets: TargetSecrets,
+    *,
+    key_cache: crypto.KeyCache,
+    now: datetime,
+) -> OutboundRequest:
+    """Everything one attempt sends. Raises ConfigurationError rather than ever sending in clear a
+    target that wants encryption."""
+    key = None
+    if target.encryption_key_name is not None:
+        if secrets.encryption is None:
+            raise ConfigurationError(f"target {target.target_id} wants encryption but has no key")
+        key = encryption_key_for(secrets.encryption, key_cache, target_id=target.target_id)
+    envelope = build_envelope(task, event, target, now=now, key=key)
+    body = envelope.to_json_bytes()
+    headers = build_headers(envelope, body, target, secrets, now=now)
+    return OutboundRequest(target.method, target.url, body, headers, encrypted=key is not None)

@@ -1,0 +1,79 @@
+"""Standard Webhooks signatures (https://www.standardwebhooks.com), scheme ``v1``.
+
+``webhook-signature`` is a space-separated list of ``v1,<base64 HMAC-SHA256 of "{id}.{ts}.{body}">``,
+one entry per valid secret, so a receiver holding either the current or the previous secret verifies
+while a secret rotates. Secrets are ``whsec_`` + base64 of the key bytes.
+
+Pure stdlib (plus relay.errors): receivers may use ``verify`` too (see relay.receiver_sdk).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping
+
+from relay.errors import ConfigurationError, InvalidSignature
+
+SECRET_PREFIX = "whsec_"
+DEFAULT_TOLERANCE_SECONDS = 300
+
+
+def secret_key(secret: str) -> bytes:
+    """The HMAC key bytes of a ``whsec_`` secret (the prefix is optional, as in standardwebhooks)."""
+    encoded = secret[len(SECRET_PREFIX) :] if secret.startswith(SECRET_PREFIX) else secret
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigurationError("signing secret is not whsec_ + base64") from None
+
+
+def _signature(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def sign(msg_id: str, timestamp: int, body: bytes, secrets: Iterable[str]) -> str:
+    """The ``webhook-signature`` header value: one ``v1`` entry per secret, current first."""
+    entries = [f"v1,{_signature(secret_key(s), msg_id, timestamp, body)}" for s in secrets]
+    if not entries:
+        raise ConfigurationError("no signing secret to sign with")
+    return " ".join(entries)
+
+
+def verify(
+    headers: Mapping[str, str],
+    body: bytes,
+    secrets: Iterable[str],
+    *,
+    now: float,
+    tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS,
+) -> str:
+    """Check a request's Standard Webhooks headers; return its ``webhook-id``.
+
+    Headers are matched case-insensitively. Any secret may match any ``v1`` entry. Every malformed
+    input ends as ``InvalidSignature``; nothing else escapes.
+    """
+    lowered = {k.lower(): v for k, v in headers.items()}
+    msg_id = lowered.get("webhook-id", "")
+    raw_ts = lowered.get("webhook-timestamp", "")
+    raw_sig = lowered.get("webhook-signature", "")
+    if not msg_id or not raw_ts or not raw_sig:
+        raise InvalidSignature("missing webhook-id, webhook-timestamp or webhook-signature")
+    try:
+        timestamp = int(raw_ts)
+    except ValueError:
+        raise InvalidSignature("webhook-timestamp is not an integer") from None
+    if abs(now - timestamp) > tolerance_seconds:
+        raise InvalidSignature("webhook-timestamp outside the tolerance")
+    offered = [part[3:] for part in raw_sig.split() if part.startswith("v1,")]
+    for secret in secrets:
+        try:
+            expected = _signature(secret_key(secret), msg_id, timestamp, body)
+        except ConfigurationError:
+            continue
+        if any(hmac.compare_digest(expected.encode(), sig.encode()) for sig in offered):
+            return msg_id
+    raise InvalidSignature("no matching v1 signature")

@@ -1,0 +1,140 @@
+"""For receivers: check a relay delivery and get the Genesys event out of it.
+
+Usage in a receiver's request handler (``body`` is the raw request body, bytes)::
+
+    from relay.receiver_sdk import open_delivery, InvalidDelivery
+
+    try:
+        delivery = open_delivery(headers, body, signing_secrets=["whsec_..."],
+                                 encryption_secrets=["my-encryption-key"])
+    except InvalidDelivery:
+        return 401
+    if seen(delivery.delivery_id):      # the same deliveryId arrives again on a retry
+        return 200
+    handle(delivery.event)
+
+``open_delivery`` verifies the Standard Webhooks signature (``webhook-id``, ``webhook-timestamp``
+within 5 minutes, ``webhook-signature`` v1, any of the secrets you pass, so rotation works), parses
+the 2.1 envelope and, when it is encrypted, decrypts ``encryptionDirective`` (AES-256-GCM, key =
+scrypt(secret, salt, N=16384, r=8, p=1, 32 bytes), associated data = deliveryId). Derived keys are
+cached in this process, so scrypt runs once per key version, not per message.
+
+Depends only on the standard library and ``cryptography``; see docs/receivers.md.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from relay.errors import InvalidSignature
+from relay.logic import crypto, webhook_signing
+
+__all__ = ["Delivery", "InvalidDelivery", "decrypt_event", "open_delivery", "verify_signature"]
+
+_keys = crypto.KeyCache()
+
+
+class InvalidDelivery(ValueError):
+    """The request is not a genuine, readable relay delivery (bad signature, stale, tampered, wrong key)."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    delivery_id: str
+    envelope: dict[str, Any]
+    event: dict[str, Any]
+    encrypted: bool
+    key_id: str | None
+
+
+def _as_list(secrets: str | Iterable[str]) -> list[str]:
+    return [secrets] if isinstance(secrets, str) else list(secrets)
+
+
+def verify_signature(
+    headers: Mapping[str, str],
+    body: bytes,
+    signing_secrets: str | Iterable[str],
+    *,
+    tolerance_seconds: int = 300,
+    now: float | None = None,
+) -> str:
+    """Verify the Standard Webhooks headers; return the ``webhook-id`` (= deliveryId)."""
+    try:
+        return webhook_signing.verify(
+            headers,
+            body,
+            _as_list(signing_secrets),
+            now=time.time() if now is None else now,
+            tolerance_seconds=tolerance_seconds,
+        )
+    except InvalidSignature as exc:
+        raise InvalidDelivery(str(exc)) from None
+
+
+def decrypt_event(envelope: Mapping[str, Any], encryption_secrets: str | Iterable[str]) -> dict[str, Any]:
+    """The Genesys event of a 2.1 envelope: decrypted if it is encrypted, ``sourceEvent`` otherwise."""
+    directive = envelope.get("encryptionDirective")
+    if not directive:
+        event = envelope.get("sourceEvent")
+        if not isinstance(event, dict):
+            raise InvalidDelivery("envelope has no sourceEvent")
+        return event
+    try:
+        if directive.get("algorithm") != "aes-256-gcm" or directive.get("keyDerivation") != "scrypt":
+            raise InvalidDelivery("unsupported encryptionDirective")
+        salt = bytes.fromhex(directive["salt"])
+        sealed = crypto.Sealed(
+            iv=bytes.fromhex(directive["iv"]),
+            ciphertext=bytes.fromhex(directive["encryptedPayload"]),
+            tag=bytes.fromhex(directive["authTag"]),
+        )
+        aad = str(envelope["deliveryId"]).encode()
+        key_id = str(directive.get("keyId", ""))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        if isinstance(exc, InvalidDelivery):
+            raise
+        raise InvalidDelivery("malformed encryptionDirective") from None
+    for secret in _as_list(encryption_secrets):
+        key = _keys.key_for(secret, key_id=key_id, salt=salt)
+        try:
+            plaintext = crypto.unseal(sealed, key.key, associated_data=aad)
+        except crypto.DecryptionFailed:
+            continue
+        event = json.loads(plaintext)
+        if not isinstance(event, dict):
+            raise InvalidDelivery("decrypted payload is not a JSON object")
+        return event
+    raise InvalidDelivery("no key decrypts this envelope (wrong key, wrong deliveryId or tampered)")
+
+
+def open_delivery(
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    signing_secrets: str | Iterable[str] | None,
+    encryption_secrets: str | Iterable[str] = (),
+    tolerance_seconds: int = 300,
+    now: float | None = None,
+) -> Delivery:
+    """Verify (unless ``signing_secrets`` is None), parse and, if needed, decrypt one delivery."""
+    if signing_secrets is not None:
+        verify_signature(headers, body, signing_secrets, tolerance_seconds=tolerance_seconds, now=now)
+    try:
+        envelope = json.loads(body)
+    except ValueError:
+        raise InvalidDelivery("body is not JSON") from None
+    if not isinstance(envelope, dict) or envelope.get("formatVersion") != "2.1":
+        raise InvalidDelivery("not a formatVersion 2.1 envelope")
+    directive = envelope.get("encryptionDirective") or {}
+    return Delivery(
+        delivery_id=str(envelope.get("deliveryId", "")),
+        envelope=envelope,
+        event=decrypt_event(envelope, encryption_secrets),
+        encrypted=bool(directive),
+        key_id=directive.get("keyId") if isinstance(directive, dict) else None,
+    )

@@ -1,0 +1,72 @@
+"""The dispatcher handler, loaded from template.yaml like the local stack loads it, end to end against
+moto (targets, secrets) and a real loopback receiver."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from test_dispatch_support import (
+    ENCRYPTED_TARGET,
+    ENCRYPTION_SECRET,
+    PLAIN_TARGET,
+    SIGNING_SECRET,
+    load_handler,
+    seed_target,
+    sqs_event,
+)
+
+from relay.local.aws_stack import LocalResources
+from relay.local.receiver import Behaviour, Receiver
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver(
+        signing_secrets={"*": [SIGNING_SECRET]}, encryption_secrets={"*": [ENCRYPTION_SECRET]}
+    ) as running:
+        yield running
+
+
+def test_a_batch_reaches_the_receiver_as_signed_2_1_envelopes(
+    aws_stack: LocalResources, receiver: Receiver
+) -> None:
+    # Given both sample targets pointing at a loopback receiver, one of them encrypting
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm", target_id=PLAIN_TARGET)
+    seed_target(aws_stack, f"{receiver.url}/hooks/archive", target_id=ENCRYPTED_TARGET, encrypted=True)
+    handler = load_handler(aws_stack)
+    event = sqs_event("sqs_delivery_batch.json")
+
+    # When the handler gets the sample batch
+    response = handler(event, None)
+
+    # Then nothing failed, and the receiver verified and decrypted both envelopes
+    assert response == {"batchItemFailures": []}
+    got = {r.path: r for r in receiver.deliveries}
+    assert set(got) == {"/hooks/crm", "/hooks/archive"}
+    assert all(r.signature_valid for r in got.values())
+    assert got["/hooks/crm"].envelope is not None and got["/hooks/crm"].envelope["formatVersion"] == "2.1"
+    assert got["/hooks/crm"].event == got["/hooks/archive"].event
+    assert got["/hooks/archive"].encrypted and got["/hooks/archive"].envelope["sourceEvent"] == {}
+
+
+def test_failed_records_are_reported_as_batch_item_failures(
+    aws_stack: LocalResources, receiver: Receiver
+) -> None:
+    # Given a receiver that answers 503 to every request
+    receiver.behaviour = Behaviour(status=503)
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm", target_id=PLAIN_TARGET)
+    seed_target(aws_stack, f"{receiver.url}/hooks/archive", target_id=ENCRYPTED_TARGET, encrypted=True)
+    handler = load_handler(aws_stack)
+    event = sqs_event("sqs_delivery_batch.json")
+
+    # When the handler gets the batch
+    response = handler(event, None)
+
+    # Then both records are reported failed, so SQS makes them visible again
+    assert sorted(f["itemIdentifier"] for f in response["batchItemFailures"]) == sorted(
+        r["messageId"] for r in event["Records"]
+    )
+    assert len(receiver.requests) == 2

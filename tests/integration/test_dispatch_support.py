@@ -1,0 +1,122 @@
+"""Shared helpers for the dispatcher's integration tests (no tests here).
+
+Targets and secrets are seeded through the relay's own stores into moto; the handler is loaded the
+way the local stack loads it: from template.yaml's CodeUri and Handler, with importlib.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from relay.adapters.secrets import RotatingSecret, SecretKind, put_secret, secret_name
+from relay.adapters.target_store import TargetStore
+from relay.local.aws_stack import LocalResources
+from relay.models.targets import Integration, RetryMatrix, SecurityType, Target, TargetSecurity
+
+ROOT = Path(__file__).resolve().parents[2]
+EVENTS = ROOT / "events"
+INTEGRATION_ID = "6685901b-6d0e-43db-95ff-d64406e9dce2"
+PLAIN_TARGET = "3f1d2c4b-5a69-4e7f-8a1b-2c3d4e5f6a70"
+ENCRYPTED_TARGET = "9b8a7c6d-5e4f-4a3b-9c2d-1e0f9a8b7c6d"
+SIGNING_SECRET = "whsec_bG9jYWwtZGVtby1zaWduaW5nLXNlY3JldC0wMDE="
+OLD_SIGNING_SECRET = "whsec_b2xkLXNpZ25pbmctc2VjcmV0LXN0aWxsLXZhbGlkIQ=="
+BEARER = "local-demo-bearer-token"
+ENCRYPTION_SECRET = "local-demo-encryption-key-0001"
+ENCRYPTION_SALT = "00112233445566778899aabbccddeeff"
+
+
+def load_handler(resources: LocalResources) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+    spec = resources.function("DispatcherFunction")
+    module_name, func = spec.handler_module, spec.handler_function
+    path = spec.code_dir / f"{module_name}.py"
+    module_spec = importlib.util.spec_from_file_location(f"dispatcher_under_test_{uuid.uuid4().hex}", path)
+    assert module_spec and module_spec.loader
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    handler: Callable[[dict[str, Any], Any], dict[str, Any]] = getattr(module, func)
+    return handler
+
+
+def seed_target(
+    resources: LocalResources,
+    url: str,
+    *,
+    target_id: str = PLAIN_TARGET,
+    encrypted: bool = False,
+    enabled: bool = True,
+    attempts: int = 3,
+    headers: dict[str, str] | None = None,
+    previous_signing_secret: str | None = None,
+    read_timeout_seconds: float | None = None,
+) -> Target:
+    """One integration with one target in the TargetsTable, and the target's secrets in Secrets Manager."""
+    store = TargetStore(resources.targets_table)
+    store.put_integration(
+        Integration(
+            integration_id=INTEGRATION_ID,
+            name="Acme Open Channel",
+            signature_secret_name=secret_name(SecretKind.SIGNATURE, INTEGRATION_ID),
+        )
+    )
+    signing = secret_name(SecretKind.SIGNING, target_id)
+    put_secret(signing, RotatingSecret(current=SIGNING_SECRET, previous=previous_signing_secret))
+    auth = secret_name(SecretKind.AUTH, target_id)
+    put_secret(auth, RotatingSecret(current=BEARER))
+    encryption = None
+    if encrypted:
+        encryption = secret_name(SecretKind.ENCRYPTION, target_id)
+        put_secret(encryption, RotatingSecret(current=ENCRYPTION_SECRET, key_id="k1", salt=ENCRYPTION_SALT))
+    target = Target(
+        integration_id=INTEGRATION_ID,
+        target_id=target_id,
+        name=f"target-{target_id[:8]}",
+        enabled=enabled,
+        url=url,
+        headers=headers if headers is not None else {"X-Team": "crm"},
+        security=TargetSecurity(type=SecurityType.BEARER, secret_name=auth),
+        signing_secret_name=signing,
+        encryption_key_name=encryption,
+        retry_matrix=RetryMatrix(attempts=attempts, base_interval_ms=200, max_interval_ms=2000, multiplier=2),
+        read_timeout_seconds=read_timeout_seconds,
+    )
+    store.put_target(target)
+    return target
+
+
+def sqs_event(name: str = "sqs_delivery_batch.json") -> dict[str, Any]:
+    event: dict[str, Any] = json.loads((EVENTS / name).read_text())
+    return copy.deepcopy(event)
+
+
+def task_record(
+    target_id: str = PLAIN_TARGET,
+    *,
+    delivery_id: str | None = None,
+    receive_count: int = 1,
+    attempts: int | None = None,
+    deferrals: int | None = None,
+    event: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An SQS event record carrying one DeliveryTask (shaped like the samples in events/)."""
+    record: dict[str, Any] = sqs_event()["Records"][0]
+    body = json.loads(record["body"])
+    body["targetId"] = target_id
+    body["deliveryId"] = delivery_id or str(uuid.uuid4())
+    if event is not None:
+        body["event"] = event
+    record["body"] = json.dumps(body)
+    record["messageId"] = str(uuid.uuid4())
+    record["attributes"]["ApproximateReceiveCount"] = str(receive_count)
+    attrs: dict[str, Any] = {}
+    if attempts is not None:
+        attrs["relay-attempts"] = {"stringValue": str(attempts), "dataType": "Number"}
+    if deferrals is not None:
+        attrs["relay-deferrals"] = {"stringValue": str(deferrals), "dataType": "Number"}
+    record["messageAttributes"] = attrs
+    return record
