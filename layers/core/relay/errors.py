@@ -12,6 +12,11 @@
     │   └── PermanentDelivery         other 4xx, 3xx: straight to the dead-letter queue
     │       └── TargetGone            410: disable the target, dead-letter
     └── GenesysError                  talking to Genesys Cloud failed (config sync only)
+        ├── GenesysAuthError (401)    ├── GenesysForbidden (403, names the scope)
+        ├── GenesysNotFound (404)     ├── GenesysRateLimited (429 past our bound)
+        ├── GenesysUnavailable        connection failures, 5xx
+        │   └── GenesysTimeout        connect/read timeout
+        └── GenesysMalformedResponse  2xx with a body we cannot read
 
 Each trigger (API handler, SQS handler, CLI) maps these to outcomes in exactly one place.
 Messages never contain secret values.
@@ -117,3 +122,39 @@ class TargetGone(PermanentDelivery):
 
 class GenesysError(RelayError):
     """Talking to Genesys Cloud failed."""
+
+
+class GenesysAuthError(GenesysError):
+    """Login failed, or a fresh token was refused (401): check the OAuth client id and secret."""
+
+
+class GenesysForbidden(GenesysError):
+    """403: the OAuth client lacks a permission; ``scope`` names it."""
+
+    def __init__(self, message: str, *, scope: str) -> None:
+        super().__init__(message)
+        self.scope = scope
+
+
+class GenesysNotFound(GenesysError):
+    """404: the integration (or credential) named in settings does not exist."""
+
+
+class GenesysRateLimited(GenesysError):
+    """429 past our bound on Retry-After waits: this run ends, the next scheduled run tries again."""
+
+    def __init__(self, message: str, *, retry_after_seconds: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class GenesysUnavailable(GenesysError):
+    """Connection refused or reset, TLS failure, or a 5xx from Genesys Cloud."""
+
+
+class GenesysTimeout(GenesysUnavailable):
+    """Connect or read timeout (GENESYS_TIMEOUT_SECONDS)."""
+
+
+class GenesysMalformedResponse(GenesysError):
+    """Genesys answered 2xx with a body that is not the JSON we expect."""

@@ -83,6 +83,10 @@ class Settings(BaseModel):
         default_factory=list, alias="GENESYS_WEBHOOK_INTEGRATION_IDS"
     )
     genesys_timeout_seconds: float = Field(10.0, alias="GENESYS_TIMEOUT_SECONDS", gt=0)
+    # 429 from Genesys: wait out Retry-After at most this many times, each wait at most this long;
+    # past either bound the sync run ends with GenesysRateLimited (the next scheduled run retries).
+    genesys_max_rate_limit_retries: int = Field(3, alias="GENESYS_MAX_RATE_LIMIT_RETRIES", ge=0, le=10)
+    genesys_max_retry_after_seconds: float = Field(10.0, alias="GENESYS_MAX_RETRY_AFTER_SECONDS", ge=0, le=60)
 
     def need(self, field: str) -> str:
         """The value of an optional resource setting that this caller cannot run without."""

@@ -1,0 +1,20 @@
+"""ConfigSyncFunction: on a schedule, read target configs from Genesys Cloud into DynamoDB + Secrets Manager.
+
+Wiring only; the sync itself is relay.logic.config_sync. The Genesys SDK (its own layer) loads here
+and nowhere else. A GenesysError ends the run as a Lambda error (the alarm sees it); rejected
+configs do not: they are reported in the result, the log and the TargetsRejected metric.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relay.logic.config_sync import sync_targets
+from relay.observability import logger, metrics
+from relay.settings import get_settings
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return sync_targets(get_settings()).to_dict()

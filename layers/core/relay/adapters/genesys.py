@@ -1,0 +1,356 @@
+"""Genesys Cloud through the official SDK (``PureCloudPlatformClientV2``), made safe for a Lambda.
+
+Only config sync uses this module, and the SDK is imported lazily inside it (about 3 s and 220 MB):
+the intake and dispatcher never load it. What the SDK does not do, this wrapper does:
+
+- **Token expiry.** The SDK discards ``expires_in`` and never refreshes client-credentials tokens.
+  We read ``expires_in`` from the token response, log in again shortly before it runs out, and once
+  more on a 401 (a token revoked early).
+- **Timeouts and Retry-After.** The SDK has no request timeout and its urllib3 ``Retry`` sleeps on
+  ``Retry-After`` silently (up to 6 h) on every method. Before the first request we give its pool
+  connect/read timeouts and ``Retry(total=0, respect_retry_after_header=False)``; we honour 429
+  ourselves, up to a bound, then end the run with ``GenesysRateLimited``.
+- **Errors.** ``ApiException`` and urllib3's exceptions become our ``GenesysError`` subclasses; a 403
+  names the permission the OAuth client lacks. No message carries a token or a secret.
+
+Responses go through the SDK's own models and come back as plain JSON-shaped dicts (camelCase keys),
+so the logic layer never touches SDK types.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import SecretStr
+
+from relay.errors import (
+    ConfigurationError,
+    GenesysAuthError,
+    GenesysError,
+    GenesysForbidden,
+    GenesysMalformedResponse,
+    GenesysNotFound,
+    GenesysRateLimited,
+    GenesysTimeout,
+    GenesysUnavailable,
+)
+from relay.observability import logger
+from relay.settings import Settings
+
+# Log in again when less than this share of the token's lifetime is left (at least 30 s).
+_REFRESH_MARGIN_RATIO = 0.1
+_REFRESH_MARGIN_MIN_SECONDS = 30.0
+# Genesys answers 429 with Retry-After; if it ever does not, wait this long.
+_DEFAULT_RETRY_AFTER_SECONDS = 1.0
+
+# The permission each call needs, for the 403 message.
+SCOPE_OPEN_MESSAGING = "messaging:integration:view"
+SCOPE_INTEGRATIONS = "integrations:integration:view"
+SCOPE_CREDENTIALS = "integrations:credential:view"
+
+
+@dataclass(frozen=True)
+class GenesysCredentials:
+    client_id: str
+    client_secret: SecretStr
+
+
+def api_host_for(settings: Settings) -> str:
+    """GENESYS_API_HOST if set, else the SDK's host for GENESYS_REGION.
+
+    GENESYS_REGION may be an AWS-style region (``eu-west-1``, ``us_east_1``) or a Genesys Cloud domain
+    (``mypurecloud.ie``).
+    """
+    if settings.genesys_api_host:
+        return settings.genesys_api_host.rstrip("/")
+    region = settings.genesys_region.strip()
+    from PureCloudPlatformClientV2 import PureCloudRegionHosts
+
+    by_name = {member.name: member for member in PureCloudRegionHosts}
+    member = by_name.get(region.replace("-", "_").lower())
+    if member is not None:
+        host: str = member.get_api_host()
+        return host
+    for member in PureCloudRegionHosts:
+        if member.get_api_host() == f"https://api.{region}":
+            host = member.get_api_host()
+            return host
+    raise ConfigurationError(
+        f"GENESYS_REGION {region!r} is neither a known region nor a Genesys Cloud domain"
+    )
+
+
+def credentials_from_settings(
+    settings: Settings, read_secret: Callable[[str], Any] | None = None
+) -> GenesysCredentials:
+    """GENESYS_CLIENT_ID/SECRET (local mode) or the Secrets Manager secret GENESYS_CREDENTIALS_SECRET.
+
+    The secret has the relay's shape: ``{"current": <client secret>, "keyId": <client id>}``.
+    """
+    if settings.genesys_client_id and settings.genesys_client_secret:
+        return GenesysCredentials(settings.genesys_client_id, settings.genesys_client_secret)
+    if settings.genesys_credentials_secret:
+        if read_secret is None:
+            from relay.adapters.secrets import get_secret
+
+            read_secret = get_secret
+        secret = read_secret(settings.genesys_credentials_secret)
+        if not secret.key_id:
+            raise ConfigurationError(
+                f"secret {settings.genesys_credentials_secret} lacks keyId (the Genesys OAuth client id)"
+            )
+        return GenesysCredentials(secret.key_id, secret.current)
+    raise ConfigurationError(
+        "Genesys credentials missing: set GENESYS_CREDENTIALS_SECRET, or GENESYS_CLIENT_ID and "
+        "GENESYS_CLIENT_SECRET (local mode)"
+    )
+
+
+def _retry_after_seconds(headers: Any) -> float:
+    value = None
+    if headers is not None:
+        value = headers.get("Retry-After") or headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else _DEFAULT_RETRY_AFTER_SECONDS
+    except ValueError:  # an HTTP-date: Genesys does not send these; wait the default
+        return _DEFAULT_RETRY_AFTER_SECONDS
+
+
+class GenesysClient:
+    """A logged-in Genesys Cloud API client with timeouts, token refresh and bounded 429 handling."""
+
+    def __init__(
+        self,
+        api_host: str,
+        credentials: GenesysCredentials,
+        *,
+        timeout_seconds: float = 10.0,
+        max_rate_limit_retries: int = 3,
+        max_retry_after_seconds: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.api_host = api_host.rstrip("/")
+        self._credentials = credentials
+        self._timeout_seconds = timeout_seconds
+        self._max_rate_limit_retries = max_rate_limit_retries
+        self._max_retry_after_seconds = max_retry_after_seconds
+        self._clock = clock
+        self._sleep = sleep
+        self._expires_at: float | None = None
+        self._last_response: Any = None
+        self.logins = 0  # how many times this client logged in (reported by the sync)
+        self.rate_limit_waits: list[float] = []  # Retry-After waits honoured, in seconds
+        self._api_client = self._make_api_client()
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, credentials: GenesysCredentials | None = None, **kwargs: Any
+    ) -> GenesysClient:
+        return cls(
+            api_host_for(settings),
+            credentials or credentials_from_settings(settings),
+            timeout_seconds=settings.genesys_timeout_seconds,
+            max_rate_limit_retries=settings.genesys_max_rate_limit_retries,
+            max_retry_after_seconds=settings.genesys_max_retry_after_seconds,
+            **kwargs,
+        )
+
+    # --- SDK set-up --------------------------------------------------------------------------------
+    def _make_api_client(self) -> Any:
+        import urllib3
+        from PureCloudPlatformClientV2 import ApiClient, Configuration
+        from PureCloudPlatformClientV2.logger import LogLevel
+
+        # The SDK's logger would write request headers (the bearer token) if a config file enabled it.
+        Configuration().logger.log_level = LogLevel.LNone
+        api_client = ApiClient(host=self.api_host)
+        http_client = api_client.get_http_client()
+        # Must happen before the first request: urllib3 makes its connection pools lazily from these.
+        pool_kw = http_client.rest_client.pool_manager.connection_pool_kw
+        pool_kw["timeout"] = urllib3.Timeout(connect=self._timeout_seconds, read=self._timeout_seconds)
+        pool_kw["retries"] = urllib3.Retry(total=0, respect_retry_after_header=False, raise_on_status=False)
+
+        def remember(response: Any) -> Any:
+            self._last_response = response
+            return response
+
+        http_client.set_post_request_hook(remember)
+        return api_client
+
+    # --- login -------------------------------------------------------------------------------------
+    def login(self) -> None:
+        """Client-credentials login; remembers when the token expires (the SDK does not)."""
+        from PureCloudPlatformClientV2.rest import ApiException
+
+        rate_limited = 0
+        while True:
+            started = self._clock()
+            self._last_response = None
+            try:
+                self._api_client.get_client_credentials_token(
+                    self._credentials.client_id, self._credentials.client_secret.get_secret_value()
+                )
+                break
+            except ApiException as exc:
+                if exc.status != 429:
+                    raise self._translate(exc, what="login", scope=None) from None
+                self._wait_out_rate_limit(exc, what="login", already=rate_limited)
+                rate_limited += 1
+            except (ValueError, KeyError, TypeError):
+                raise GenesysMalformedResponse(
+                    "Genesys token endpoint answered with an unreadable body"
+                ) from None
+            except Exception as exc:  # noqa: BLE001 - urllib3 errors, mapped to our hierarchy right here
+                raise self._translate(exc, what="login", scope=None) from None
+        try:
+            expires_in = float(json.loads(self._last_response.data)["expires_in"])
+        except (AttributeError, ValueError, KeyError, TypeError):
+            raise GenesysMalformedResponse("Genesys token response lacks a numeric expires_in") from None
+        margin = max(_REFRESH_MARGIN_MIN_SECONDS, expires_in * _REFRESH_MARGIN_RATIO)
+        self._expires_at = started + max(0.0, expires_in - margin)
+        self.logins += 1
+        logger.info("genesys login", extra={"api_host": self.api_host, "expires_in": expires_in})
+
+    def _ensure_token(self) -> None:
+        if self._expires_at is None or self._clock() >= self._expires_at:
+            self.login()
+
+    # --- reads ---------------------------------------------------------------------------------------
+    def get_open_integration(self, integration_id: str) -> dict[str, Any]:
+        from PureCloudPlatformClientV2 import ConversationsApi
+
+        api = ConversationsApi(self._api_client)
+        return self._call(
+            lambda: api.get_conversations_messaging_integrations_open_integration_id(integration_id),
+            what=f"open messaging integration {integration_id}",
+            scope=SCOPE_OPEN_MESSAGING,
+        )
+
+    def get_integration(self, integration_id: str) -> dict[str, Any]:
+        from PureCloudPlatformClientV2 import IntegrationsApi
+
+        api = IntegrationsApi(self._api_client)
+        return self._call(
+            lambda: api.get_integration(integration_id),
+            what=f"integration {integration_id}",
+            scope=SCOPE_INTEGRATIONS,
+        )
+
+    def get_integration_config(self, integration_id: str) -> dict[str, Any]:
+        from PureCloudPlatformClientV2 import IntegrationsApi
+
+        api = IntegrationsApi(self._api_client)
+        return self._call(
+            lambda: api.get_integration_config_current(integration_id),
+            what=f"configuration of integration {integration_id}",
+            scope=SCOPE_INTEGRATIONS,
+        )
+
+    def get_credential(self, credential_id: str) -> dict[str, Any]:
+        from PureCloudPlatformClientV2 import IntegrationsApi
+
+        api = IntegrationsApi(self._api_client)
+        return self._call(
+            lambda: api.get_integrations_credential(credential_id),
+            what=f"credential {credential_id}",
+            scope=SCOPE_CREDENTIALS,
+        )
+
+    # --- one call, with token refresh, bounded 429 handling and error mapping ----------------------
+    def _call(self, request: Callable[[], Any], *, what: str, scope: str) -> dict[str, Any]:
+        from PureCloudPlatformClientV2.rest import ApiException
+
+        relogged = False
+        rate_limited = 0
+        while True:
+            self._ensure_token()
+            self._last_response = None
+            try:
+                model = request()
+            except ApiException as exc:
+                if exc.status == 401 and not relogged:
+                    relogged = True  # token revoked or expired early: one fresh login, then give up
+                    self._expires_at = None
+                    continue
+                if exc.status == 429:
+                    self._wait_out_rate_limit(exc, what=what, already=rate_limited)
+                    rate_limited += 1
+                    continue
+                raise self._translate(exc, what=what, scope=scope) from None
+            except (ValueError, KeyError, TypeError, AttributeError):
+                # The SDK's deserializer chokes on bodies that are not the JSON it expects.
+                raise GenesysMalformedResponse(f"Genesys answered {what} with an unreadable body") from None
+            except Exception as exc:  # noqa: BLE001 - urllib3 errors, mapped right here
+                raise self._translate(exc, what=what, scope=scope) from None
+            return self._to_json(model, what)
+
+    def _wait_out_rate_limit(self, exc: Any, *, what: str, already: int) -> None:
+        """Sleep for Retry-After if within our bounds, else end the run with GenesysRateLimited."""
+        wait = _retry_after_seconds(exc.headers)
+        if already < self._max_rate_limit_retries and wait <= self._max_retry_after_seconds:
+            self.rate_limit_waits.append(wait)
+            logger.warning("genesys rate limited; waiting", extra={"what": what, "wait_s": wait})
+            self._sleep(wait)
+            return
+        raise GenesysRateLimited(
+            f"Genesys Cloud rate limit on {what}: still 429 after {already} wait(s) "
+            f"(Retry-After {wait:g} s; bounds: {self._max_rate_limit_retries} waits of at most "
+            f"{self._max_retry_after_seconds:g} s); this run ends, the next scheduled run retries",
+            retry_after_seconds=wait,
+        ) from None
+
+    def _to_json(self, model: Any, what: str) -> dict[str, Any]:
+        raw = getattr(self._last_response, "data", None)
+        try:
+            parsed = json.loads(raw) if raw is not None else None
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict) or model is None:
+            raise GenesysMalformedResponse(f"Genesys answered {what} with a body that is not a JSON object")
+        doc: dict[str, Any] = self._api_client.sanitize_for_serialization(model)
+        return doc
+
+    def _translate(self, exc: Exception, *, what: str, scope: str | None) -> GenesysError:
+        import urllib3
+        from PureCloudPlatformClientV2.rest import ApiException
+
+        if isinstance(exc, ApiException):
+            status = exc.status or 0
+            if status == 0:  # the SDK's wrapping of a TLS failure
+                return GenesysUnavailable(f"TLS failure talking to Genesys Cloud ({what})")
+            if status in (400, 401) and scope is None:
+                return GenesysAuthError(
+                    f"Genesys login refused ({status}): check the OAuth client id and secret "
+                    "and that the client uses the Client Credentials grant"
+                )
+            if status == 401:
+                return GenesysAuthError(f"Genesys refused a fresh token reading {what} (401)")
+            if status == 403:
+                return GenesysForbidden(
+                    f"Genesys denied reading {what} (403): the OAuth client's role lacks the "
+                    f"permission {scope}",
+                    scope=scope or "",
+                )
+            if status == 404:
+                return GenesysNotFound(f"Genesys has no {what} (404)")
+            if status >= 500:
+                return GenesysUnavailable(f"Genesys Cloud answered {status} reading {what}")
+            return GenesysError(f"Genesys Cloud answered {status} reading {what}")
+        if isinstance(exc, urllib3.exceptions.HTTPError):
+            reason = getattr(exc, "reason", None) or exc
+            if isinstance(reason, urllib3.exceptions.TimeoutError) or isinstance(
+                exc, urllib3.exceptions.TimeoutError
+            ):
+                return GenesysTimeout(
+                    f"Genesys Cloud did not answer {what} within {self._timeout_seconds:g} s "
+                    f"({type(reason).__name__})"
+                )
+            return GenesysUnavailable(f"cannot reach Genesys Cloud for {what} ({type(reason).__name__})")
+        if isinstance(exc, OSError):
+            return GenesysUnavailable(f"cannot reach Genesys Cloud for {what} ({type(exc).__name__})")
+        return GenesysError(f"unexpected failure talking to Genesys Cloud for {what} ({type(exc).__name__})")

@@ -1,0 +1,162 @@
+"""A downstream target's configuration as read from Genesys Cloud, validated before it becomes a Target.
+
+The seed's schema (``id`` UUID, ``name``, ``enabled``, ``url``, ``method`` POST|PUT, ``headers``,
+``security`` none|basic|bearer with its value) plus what delivery needs: the open-messaging
+integration whose events it receives, the signing secret, the encryption key, the retry matrix and
+timeouts. Secret values are SecretStr; ``safe_errors`` reports validation problems without them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from relay.models.targets import RetryMatrix, SecurityType
+
+# Headers the relay sets itself (or that HTTP owns); a config must not override them.
+RESERVED_HEADERS = frozenset(
+    {
+        "authorization",
+        "connection",
+        "content-length",
+        "content-type",
+        "host",
+        "transfer-encoding",
+        "webhook-id",
+        "webhook-signature",
+        "webhook-timestamp",
+    }
+)
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+MIN_ENCRYPTION_KEY_CHARS = 16
+MIN_SIGNING_SECRET_BYTES = 16
+
+
+class WebhookSecurity(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    type: SecurityType = SecurityType.NONE
+    value: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _value_matches_type(self) -> WebhookSecurity:
+        if self.type is SecurityType.NONE:
+            if self.value is not None:
+                raise ValueError("security type none takes no value")
+            return self
+        if self.value is None or not self.value.get_secret_value():
+            raise ValueError(f"security type {self.type.value} needs a value")
+        if self.type is SecurityType.BASIC and ":" not in self.value.get_secret_value():
+            raise ValueError("basic security value must be 'user:password'")
+        return self
+
+
+class WebhookConfig(BaseModel):
+    """One webhook integration from Genesys Cloud, after validation (the URL policy is checked apart)."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
+
+    id: UUID
+    name: str = Field(min_length=1, max_length=200)
+    enabled: bool
+    url: str = Field(min_length=1, max_length=2048)
+    method: Literal["POST", "PUT"] = "POST"
+    headers: dict[str, str] = Field(default_factory=dict)
+    security: WebhookSecurity = Field(default_factory=WebhookSecurity)
+    # The Open Messaging integration whose events this target receives.
+    integration_id: str = Field(alias="openMessagingIntegrationId", min_length=1)
+    signing_secret: SecretStr | None = Field(None, alias="signingSecret")
+    encryption_key: SecretStr | None = Field(None, alias="encryptionKey")
+    retry_matrix: RetryMatrix = Field(default_factory=RetryMatrix, alias="retryMatrix")
+    connect_timeout_seconds: float | None = Field(None, alias="connectTimeoutSeconds", gt=0, le=30)
+    read_timeout_seconds: float | None = Field(None, alias="readTimeoutSeconds", gt=0, le=60)
+    # Genesys' configuration version, for the log only.
+    config_version: int | None = Field(None, alias="configVersion")
+
+    @field_validator("headers")
+    @classmethod
+    def _safe_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"header name {name!r} is not a valid HTTP token")
+            if name.lower() in RESERVED_HEADERS:
+                raise ValueError(f"header {name} is set by the relay and cannot be configured")
+            if "\r" in value or "\n" in value:
+                raise ValueError(f"header {name} has a line break in its value")
+        return headers
+
+    @field_validator("signing_secret")
+    @classmethod
+    def _standard_webhooks_secret(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is None:
+            return None
+        raw = secret.get_secret_value()
+        if not raw.startswith("whsec_"):
+            raise ValueError("signing secret must be 'whsec_' followed by base64")
+        try:
+            decoded = base64.b64decode(raw.removeprefix("whsec_"), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("signing secret must be 'whsec_' followed by base64") from None
+        if len(decoded) < MIN_SIGNING_SECRET_BYTES:
+            raise ValueError(f"signing secret must hold at least {MIN_SIGNING_SECRET_BYTES} bytes")
+        return secret
+
+    @field_validator("encryption_key")
+    @classmethod
+    def _long_enough_key(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and len(key.get_secret_value()) < MIN_ENCRYPTION_KEY_CHARS:
+            raise ValueError(f"encryption key must have at least {MIN_ENCRYPTION_KEY_CHARS} characters")
+        return key
+
+
+def safe_errors(exc: ValidationError) -> str:
+    """A validation error as 'field: problem; ...' without the offending input (it may be a secret)."""
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in error["loc"]) or "config"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def webhook_config_from_genesys(
+    integration: dict[str, Any], config: dict[str, Any], secret_values: dict[str, str | None]
+) -> WebhookConfig:
+    """Build (and validate) a WebhookConfig from Genesys' integration, its current config and secrets.
+
+    ``secret_values`` maps the credential keys (``security``, ``signingSecret``, ``encryptionKey``)
+    to the values read from Genesys, or None when Genesys redacted them.
+    """
+    properties = config.get("properties") or {}
+    if not isinstance(properties, dict):
+        properties = {}
+    security_type = properties.get("securityType", SecurityType.NONE.value)
+    doc: dict[str, Any] = {
+        "id": integration.get("id"),
+        "name": integration.get("name") or config.get("name"),
+        "enabled": integration.get("intendedState") == "ENABLED",
+        "url": properties.get("url"),
+        "method": properties.get("method", "POST"),
+        "headers": properties.get("headers") or {},
+        "security": {"type": security_type, "value": secret_values.get("security")},
+        "openMessagingIntegrationId": properties.get("openMessagingIntegrationId"),
+        "signingSecret": secret_values.get("signingSecret"),
+        "encryptionKey": secret_values.get("encryptionKey"),
+        "configVersion": config.get("version"),
+    }
+    for optional in ("retryMatrix", "connectTimeoutSeconds", "readTimeoutSeconds"):
+        if properties.get(optional) is not None:
+            doc[optional] = properties[optional]
+    return WebhookConfig.model_validate(doc)

@@ -1,0 +1,147 @@
+"""Config sync end to end: the real Genesys SDK against the fake Genesys API over HTTP, into moto.
+
+The fake is seeded from the default fixtures file; DynamoDB and Secrets Manager are moto's server.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+
+import pytest
+
+from relay.adapters.aws import client
+from relay.adapters.secrets import SecretKind, get_secret, secret_name
+from relay.adapters.target_store import TargetStore
+from relay.local.aws_stack import LocalResources, forget_cached_configuration
+from relay.local.fake_genesys import FakeGenesys
+from relay.local.fixtures import Fixtures
+from relay.logic.config_sync import sync_targets
+from relay.models.targets import SecurityType
+from relay.settings import get_settings
+
+pytestmark = pytest.mark.integration
+
+FIXTURES = Fixtures.load()
+INTEGRATION = FIXTURES.integrations[0]
+CRM, ARCHIVE = INTEGRATION.targets
+SECRET_VALUES = [
+    INTEGRATION.signature_secret,
+    *(t.security.value for t in INTEGRATION.targets if t.security.value),
+    *(t.signing_secret for t in INTEGRATION.targets if t.signing_secret),
+    *(t.encryption_key for t in INTEGRATION.targets if t.encryption_key),
+]
+
+
+@pytest.fixture(scope="module")
+def fake_genesys() -> Iterator[FakeGenesys]:
+    with FakeGenesys(FIXTURES) as fake:
+        yield fake
+
+
+@pytest.fixture
+def genesys(
+    fake_genesys: FakeGenesys, aws_stack: LocalResources, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[FakeGenesys]:
+    """The fake, reset to the fixtures, with the sync's settings pointing at it and a fresh secrets prefix."""
+    fake_genesys.load(FIXTURES)
+    fake_genesys.clear_faults()
+    for name, value in fake_genesys.settings_env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("RELAY_ALLOW_LOOPBACK_TARGETS", "true")
+    monkeypatch.setenv("SECRETS_PREFIX", f"relay/test-{secrets.token_hex(4)}")
+    forget_cached_configuration()
+    yield fake_genesys
+    fake_genesys.clear_faults()
+
+
+def _store() -> TargetStore:
+    return TargetStore(get_settings().need("targets_table"), cache_ttl_seconds=0)
+
+
+def test_sync_stores_validated_targets_and_secret_values_apart(genesys: FakeGenesys) -> None:
+    # When the sync runs against the fake Genesys API
+    report = sync_targets(get_settings())
+
+    # Then the integration and both targets are stored, versioned and timestamped
+    assert report.rejected == []
+    entry = _store().get(INTEGRATION.id)
+    assert entry is not None
+    assert entry.integration.name == INTEGRATION.name
+    assert entry.integration.signature_secret_name == secret_name(SecretKind.SIGNATURE, INTEGRATION.id)
+    assert [t.target_id for t in entry.targets] == sorted([CRM.id, ARCHIVE.id])
+    crm = entry.target(CRM.id)
+    assert crm is not None
+    assert (crm.url, crm.method, crm.headers) == (CRM.url, "POST", {"X-Team": "crm"})
+    assert crm.security.type is SecurityType.BEARER
+    assert crm.version == 1 and crm.synced_at == report.synced_at
+    assert crm.retry_matrix.base_interval_ms == 200
+    archive = entry.target(ARCHIVE.id)
+    assert archive is not None and archive.encryption_key_name == secret_name(
+        SecretKind.ENCRYPTION, ARCHIVE.id
+    )
+
+    # And the secret values live in Secrets Manager under the names the records give
+    assert get_secret(entry.integration.signature_secret_name).values() == [INTEGRATION.signature_secret]
+    assert crm.security.secret_name is not None
+    assert get_secret(crm.security.secret_name).values() == [CRM.security.value]
+    assert archive.signing_secret_name is not None
+    assert get_secret(archive.signing_secret_name).values() == [ARCHIVE.signing_secret]
+    key = get_secret(archive.encryption_key_name or "")
+    assert key.current.get_secret_value() == ARCHIVE.encryption_key
+    assert key.salt is not None and len(bytes.fromhex(key.salt)) == 16
+    assert key.key_id
+
+    # And no secret value is anywhere in DynamoDB
+    items = client("dynamodb").scan(TableName=get_settings().need("targets_table"))["Items"]
+    raw = json.dumps(items)
+    assert len(items) == 3
+    for value in SECRET_VALUES:
+        assert value not in raw
+
+
+def test_unchanged_config_keeps_versions_and_secrets(genesys: FakeGenesys) -> None:
+    # Given a first sync
+    sync_targets(get_settings())
+    key_before = get_secret(secret_name(SecretKind.ENCRYPTION, ARCHIVE.id), force_fetch=True)
+
+    # When nothing changed in Genesys and the sync runs again
+    report = sync_targets(get_settings())
+
+    # Then versions stay, syncedAt moves, no secret gets a new version, the salt is kept
+    assert report.changed == [] and report.secrets_written == 0
+    crm = _store().get_target(INTEGRATION.id, CRM.id)
+    assert crm is not None and crm.version == 1 and crm.synced_at == report.synced_at
+    key_after = get_secret(secret_name(SecretKind.ENCRYPTION, ARCHIVE.id), force_fetch=True)
+    assert (key_after.salt, key_after.key_id) == (key_before.salt, key_before.key_id)
+
+
+def test_changed_encryption_key_gets_a_new_salt_and_key_id(genesys: FakeGenesys) -> None:
+    # Given a first sync
+    sync_targets(get_settings())
+    before = get_secret(secret_name(SecretKind.ENCRYPTION, ARCHIVE.id), force_fetch=True)
+
+    # When the key is changed in Genesys and the sync runs again
+    genesys.set_credential(ARCHIVE.id, "encryptionKey", "a-brand-new-encryption-key-0002")
+    report = sync_targets(get_settings())
+
+    # Then the secret holds the new key with a fresh salt and key id
+    after = get_secret(secret_name(SecretKind.ENCRYPTION, ARCHIVE.id), force_fetch=True)
+    assert after.current.get_secret_value() == "a-brand-new-encryption-key-0002"
+    assert after.salt != before.salt and after.key_id != before.key_id
+    assert after.salt is not None and len(bytes.fromhex(after.salt)) == 16
+    assert ARCHIVE.id in report.changed
+
+
+def test_changed_config_bumps_the_target_version(genesys: FakeGenesys) -> None:
+    # Given a first sync
+    sync_targets(get_settings())
+
+    # When an admin changes the target's headers in Genesys
+    genesys.update_config_properties(CRM.id, headers={"X-Team": "crm-2"})
+    sync_targets(get_settings())
+
+    # Then the stored target carries the change under the next version
+    crm = _store().get_target(INTEGRATION.id, CRM.id)
+    assert crm is not None and crm.headers == {"X-Team": "crm-2"} and crm.version == 2
