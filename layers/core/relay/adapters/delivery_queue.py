@@ -17,6 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from relay.adapters.aws import client
 from relay.errors import DependencyUnavailable
+from relay.models.delivery import S3Ref
 
 # SQS limits: 10 entries and 256 KiB in total per SendMessageBatch call; 256 KiB per message, counting
 # the message attributes the dispatcher may add later (hence the headroom the intake keeps).
@@ -72,6 +73,7 @@ class SqsDeliveryQueue:
             self._send_batch({str(i): bodies[i] for i in batch})
 
     def _send_batch(self, pending: dict[str, str]) -> None:
+        last_error = "no attempt made"
         for attempt in range(self._attempts):
             if attempt:
                 self._sleep(self._backoff * (2 ** (attempt - 1)))
@@ -89,3 +91,46 @@ class SqsDeliveryQueue:
                 sorted({str(entry.get("Code", "?")) for entry in answer.get("Failed", [])})
             )
         raise DependencyUnavailable(f"delivery queue unavailable ({last_error})")
+
+
+class S3ClaimCheckStore:
+    """Claim check: an event too large for one SQS message is stored once in the audit bucket.
+
+    Keys are deterministic (``events/<integrationId>/<event key hash>.json``), so a retried intake
+    overwrites the same object. The bucket's lifecycle rule expires ``events/`` after the queue's
+    retention period.
+    """
+
+    def __init__(self, bucket: str, *, s3: Any = None) -> None:
+        self._bucket = bucket
+        self._s3 = s3
+
+    def put(self, key: str, body: bytes) -> S3Ref:
+        s3 = self._s3 or client("s3")
+        try:
+            s3.put_object(Bucket=self._bucket, Key=key, Body=body, ContentType="application/json")
+        except (ClientError, BotoCoreError) as exc:
+            raise DependencyUnavailable(f"audit bucket unavailable ({type(exc).__name__})") from None
+        return S3Ref(bucket=self._bucket, key=key)
+
+
+class InMemoryDeliveryQueue:
+    """A queue in process memory with the same contract (tests, benchmarks)."""
+
+    def __init__(self) -> None:
+        self.bodies: list[str] = []
+
+    def send(self, bodies: Sequence[str]) -> None:
+        self.bodies.extend(bodies)
+
+
+class InMemoryClaimCheckStore:
+    """Claim checks in process memory (tests, benchmarks)."""
+
+    def __init__(self, bucket: str = "in-memory") -> None:
+        self.bucket = bucket
+        self.objects: dict[str, bytes] = {}
+
+    def put(self, key: str, body: bytes) -> S3Ref:
+        self.objects[key] = body
+        return S3Ref(bucket=self.bucket, key=key)

@@ -39,6 +39,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from relay.adapters.delivery_queue import MAX_INLINE_BODY_BYTES
+from relay.adapters.idempotency import Claim
 from relay.adapters.secrets import RotatingSecret
 from relay.adapters.target_store import IntegrationEntry
 from relay.errors import (
@@ -95,21 +96,6 @@ class IdempotencyStore(Protocol):
 
     def release(self, claim: Claim) -> None:
         """Forget a claim whose attempt failed, so a repeat can queue."""
-
-
-@dataclass(frozen=True)
-class Claim:
-    """The outcome of ``IdempotencyStore.claim``.
-
-    ``state`` is ``acquired`` (this attempt must queue, then complete or release with ``token``),
-    ``completed`` (a previous attempt queued; ``response`` is its answer), or ``in_progress``
-    (another attempt holds the claim right now).
-    """
-
-    key: str
-    state: str
-    token: str | None = None
-    response: str | None = None
 
 
 class RequestInProgress(Exception):
@@ -210,6 +196,9 @@ class Intake:
         max_inline_body_bytes: int = MAX_INLINE_BODY_BYTES,
         metrics: MetricsRecorder | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        in_progress_wait_seconds: float = 1.0,
+        in_progress_poll_seconds: float = 0.1,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._integrations = integrations
         self._get_secret = get_secret
@@ -221,6 +210,9 @@ class Intake:
         self._max_inline_body_bytes = max_inline_body_bytes
         self._metrics = metrics or _NoMetrics()
         self._now = now
+        self._in_progress_polls = max(0, int(in_progress_wait_seconds / in_progress_poll_seconds))
+        self._in_progress_poll = in_progress_poll_seconds
+        self._sleep = sleep
 
     # --- entry points -----------------------------------------------------------------------------------
     def handle(self, event: Mapping[str, Any]) -> dict[str, Any]:
@@ -350,7 +342,7 @@ class Intake:
     ) -> dict[str, Any]:
         """Queue one task per enabled target, once per ``event_key``; repeats get the first answer."""
         key = "intake#" + hashlib.sha256(event_key.encode("utf-8")).hexdigest()
-        claim = self._idempotency.claim(key) if self._idempotency else None
+        claim = self._claim(key)
         if claim is not None and claim.state == "completed" and claim.response is not None:
             self._metrics.count("EventsDuplicate")
             logger.info("duplicate event answered from the idempotency record", extra={"event_id": event_id})
@@ -365,11 +357,27 @@ class Intake:
                 self._release_quietly(claim)
             raise
         if claim is not None and self._idempotency is not None:
-            # If this write fails the tasks are queued but the claim stays in progress until its lease
-            # ends; a repeat then queues again with the same deliveryIds (receivers deduplicate).
-            self._idempotency.complete(claim, json.dumps(answer, separators=(",", ":")))
+            try:
+                self._idempotency.complete(claim, json.dumps(answer, separators=(",", ":")))
+            except DependencyUnavailable:
+                # Every task is queued, so the answer is still 202. The claim stays in progress until its
+                # lease ends; a later repeat would queue again with the same deliveryIds, which the
+                # dispatcher's receivers deduplicate on.
+                logger.warning("could not record the idempotency answer", extra={"event_id": event_id})
         self._metrics.count("EventsAccepted")
         return answer
+
+    def _claim(self, key: str) -> Claim | None:
+        """Claim ``key``; while a concurrent repeat holds it, wait briefly for its answer."""
+        if self._idempotency is None:
+            return None
+        claim = self._idempotency.claim(key)
+        for _ in range(self._in_progress_polls):
+            if claim.state != "in_progress":
+                break
+            self._sleep(self._in_progress_poll)
+            claim = self._idempotency.claim(key)
+        return claim
 
     def _release_quietly(self, claim: Claim) -> None:
         assert self._idempotency is not None
@@ -473,7 +481,8 @@ class PowertoolsMetrics:
 
 def build_intake(settings: Settings) -> Intake:
     """The intake wired to AWS as ``settings`` describe it."""
-    from relay.adapters.delivery_queue import SqsDeliveryQueue
+    from relay.adapters.delivery_queue import S3ClaimCheckStore, SqsDeliveryQueue
+    from relay.adapters.idempotency import DynamoDBIdempotencyStore
     from relay.adapters.secrets import get_secret
     from relay.adapters.target_store import TargetStore
 
@@ -483,6 +492,10 @@ def build_intake(settings: Settings) -> Intake:
         ),
         get_secret=get_secret,
         queue=SqsDeliveryQueue(settings.need("delivery_queue_url")),
+        idempotency=DynamoDBIdempotencyStore(
+            settings.need("idempotency_table"), ttl_seconds=settings.idempotency_ttl_seconds
+        ),
+        claim_checks=S3ClaimCheckStore(settings.audit_bucket) if settings.audit_bucket else None,
         max_body_bytes=settings.max_body_bytes,
         eventbridge_integration_id=settings.eventbridge_integration_id,
         metrics=PowertoolsMetrics(),

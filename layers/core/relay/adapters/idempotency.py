@@ -1,0 +1,216 @@
+"""The intake's idempotency records: one conditional write per event decides who queues it.
+
+Layout (IdempotencyTable, the powertools idempotency layout): ``id`` (hash key), ``status``
+(``INPROGRESS`` | ``COMPLETED``), ``expiration`` (epoch seconds; the table's TTL attribute),
+``in_progress_expiration`` (epoch milliseconds: the claim's lease), ``token`` (which attempt holds the
+claim) and ``data`` (the answer to replay).
+
+``claim`` is a single ``PutItem`` whose condition lets it through only if no live record exists::
+
+    attribute_not_exists(id) OR expiration < now OR (status = INPROGRESS AND in_progress_expiration < now)
+
+so of any number of concurrent repeats exactly one wins; the others learn from the failed condition
+(``ReturnValuesOnConditionCheckFailure=ALL_OLD``) whether the winner has finished (replay its answer) or
+is still queueing (ask the sender to retry). The lease is longer than the intake's Lambda timeout, so a
+live attempt never loses its claim, and short enough that a crashed attempt blocks repeats only briefly.
+``complete`` and ``release`` are conditional on the claim's token, so a stale attempt cannot touch a
+newer claim. DynamoDB TTL deletes lazily, which is why the condition compares ``expiration`` itself.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from relay.adapters.aws import client
+from relay.errors import DependencyUnavailable
+
+STATUS_IN_PROGRESS = "INPROGRESS"
+STATUS_COMPLETED = "COMPLETED"
+# Longer than the intake's Lambda timeout (8 s in template.yaml); shorter than Genesys' retry period.
+DEFAULT_LEASE_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of ``IdempotencyStore.claim``.
+
+    ``state`` is ``acquired`` (this attempt must queue, then complete or release with ``token``),
+    ``completed`` (a previous attempt queued; ``response`` is its answer), or ``in_progress``
+    (another attempt holds the claim right now).
+    """
+
+    key: str
+    state: Literal["acquired", "completed", "in_progress"]
+    token: str | None = None
+    response: str | None = None
+
+
+class DynamoDBIdempotencyStore:
+    """Claims in the IdempotencyTable. ``dynamodb`` and ``clock`` (epoch seconds) are injectable."""
+
+    def __init__(
+        self,
+        table_name: str,
+        *,
+        ttl_seconds: int,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        dynamodb: Any = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._table = table_name
+        self._ttl = ttl_seconds
+        self._lease = lease_seconds
+        self._dynamodb = dynamodb
+        self._clock = clock
+
+    @property
+    def _ddb(self) -> Any:
+        return self._dynamodb or client("dynamodb")
+
+    def claim(self, key: str) -> Claim:
+        now = self._clock()
+        token = uuid.uuid4().hex
+        try:
+            self._ddb.put_item(
+                TableName=self._table,
+                Item={
+                    "id": {"S": key},
+                    "status": {"S": STATUS_IN_PROGRESS},
+                    "expiration": {"N": str(int(now) + self._ttl)},
+                    "in_progress_expiration": {"N": str(int((now + self._lease) * 1000))},
+                    "token": {"S": token},
+                },
+                ConditionExpression=(
+                    "attribute_not_exists(#id) OR #expiry < :now"
+                    " OR (#status = :in_progress AND #lease_expiry < :now_ms)"
+                ),
+                ExpressionAttributeNames={
+                    "#id": "id",
+                    "#expiry": "expiration",
+                    "#status": "status",
+                    "#lease_expiry": "in_progress_expiration",
+                },
+                ExpressionAttributeValues={
+                    ":now": {"N": str(int(now))},
+                    ":now_ms": {"N": str(int(now * 1000))},
+                    ":in_progress": {"S": STATUS_IN_PROGRESS},
+                },
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise DependencyUnavailable(f"idempotency table unavailable ({_code(exc)})") from None
+            return self._existing(key, exc.response.get("Item"))
+        except BotoCoreError as exc:
+            raise DependencyUnavailable(f"idempotency table unavailable ({type(exc).__name__})") from None
+        return Claim(key=key, state="acquired", token=token)
+
+    def _existing(self, key: str, item: dict[str, Any] | None) -> Claim:
+        if item is None:  # an older DynamoDB (or emulator) that does not return the item: read it
+            try:
+                found = self._ddb.get_item(TableName=self._table, Key={"id": {"S": key}}, ConsistentRead=True)
+                item = found.get("Item")
+            except (ClientError, BotoCoreError) as exc:
+                raise DependencyUnavailable(f"idempotency table unavailable ({type(exc).__name__})") from None
+        if item is None:  # released between our write and our read: the next attempt will win it
+            return Claim(key=key, state="in_progress")
+        if item.get("status", {}).get("S") == STATUS_COMPLETED and "data" in item:
+            return Claim(key=key, state="completed", response=item["data"]["S"])
+        return Claim(key=key, state="in_progress")
+
+    def complete(self, claim: Claim, response: str) -> None:
+        try:
+            self._ddb.update_item(
+                TableName=self._table,
+                Key={"id": {"S": claim.key}},
+                UpdateExpression="SET #status = :completed, #data = :data REMOVE #lease_expiry",
+                ConditionExpression="#token = :token",
+                ExpressionAttributeNames={
+                    "#status": "status",
+                    "#data": "data",
+                    "#lease_expiry": "in_progress_expiration",
+                    "#token": "token",
+                },
+                ExpressionAttributeValues={
+                    ":completed": {"S": STATUS_COMPLETED},
+                    ":data": {"S": response},
+                    ":token": {"S": claim.token or ""},
+                },
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return  # the lease ran out and another attempt took over; it will complete
+            raise DependencyUnavailable(f"idempotency table unavailable ({_code(exc)})") from None
+        except BotoCoreError as exc:
+            raise DependencyUnavailable(f"idempotency table unavailable ({type(exc).__name__})") from None
+
+    def release(self, claim: Claim) -> None:
+        try:
+            self._ddb.delete_item(
+                TableName=self._table,
+                Key={"id": {"S": claim.key}},
+                ConditionExpression="#token = :token",
+                ExpressionAttributeNames={"#token": "token"},
+                ExpressionAttributeValues={":token": {"S": claim.token or ""}},
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return
+            raise DependencyUnavailable(f"idempotency table unavailable ({_code(exc)})") from None
+        except BotoCoreError as exc:
+            raise DependencyUnavailable(f"idempotency table unavailable ({type(exc).__name__})") from None
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", "ClientError"))
+
+
+class InMemoryIdempotencyStore:
+    """The same semantics in process memory (one container): for tests, benchmarks and tooling."""
+
+    def __init__(
+        self,
+        *,
+        ttl_seconds: int = 3_600,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._ttl = ttl_seconds
+        self._lease = lease_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        # key -> (status, expiration, lease expiry, token, data)
+        self.records: dict[str, tuple[str, float, float, str, str | None]] = {}
+
+    def claim(self, key: str) -> Claim:
+        now = self._clock()
+        with self._lock:
+            record = self.records.get(key)
+            if record is not None and record[1] >= now:
+                status, _, lease_expiry, _, data = record
+                if status == STATUS_COMPLETED:
+                    return Claim(key=key, state="completed", response=data)
+                if lease_expiry >= now:
+                    return Claim(key=key, state="in_progress")
+            token = uuid.uuid4().hex
+            self.records[key] = (STATUS_IN_PROGRESS, now + self._ttl, now + self._lease, token, None)
+        return Claim(key=key, state="acquired", token=token)
+
+    def complete(self, claim: Claim, response: str) -> None:
+        with self._lock:
+            record = self.records.get(claim.key)
+            if record is not None and record[3] == claim.token:
+                self.records[claim.key] = (STATUS_COMPLETED, record[1], record[2], record[3], response)
+
+    def release(self, claim: Claim) -> None:
+        with self._lock:
+            record = self.records.get(claim.key)
+            if record is not None and record[3] == claim.token:
+                del self.records[claim.key]

@@ -1,0 +1,112 @@
+"""The Genesys models: every sample validates, unknown fields are kept, broken messages name the field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from relay.models.genesys import (
+    OPEN_MESSAGE,
+    EventMessage,
+    GenesysEventBridgeEvent,
+    ReceiptMessage,
+    TextMessage,
+)
+
+EVENTS = Path(__file__).resolve().parents[2] / "events"
+
+
+def sample(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((EVENTS / name).read_text())
+    return loaded
+
+
+def test_text_sample_with_an_attachment() -> None:
+    message = OPEN_MESSAGE.validate_python(sample("openmessaging_text.json"))
+    assert isinstance(message, TextMessage)
+    assert message.text and message.content[0].attachment is not None
+    assert message.content[0].attachment.media_type == "File"
+    assert message.channel.from_ is not None and message.channel.from_.nickname == "Acme Open Channel"
+
+
+def test_typing_event_sample() -> None:
+    message = OPEN_MESSAGE.validate_python(sample("openmessaging_typing.json"))
+    assert isinstance(message, EventMessage)
+    assert message.events[0].event_type == "Typing"
+    assert message.events[0].typing is not None and message.events[0].typing.duration == 5000
+
+
+def test_receipt_sample() -> None:
+    message = OPEN_MESSAGE.validate_python(sample("openmessaging_receipt.json"))
+    assert isinstance(message, ReceiptMessage)
+    assert message.status == "Delivered" and message.is_final_receipt is False
+
+
+def test_unknown_fields_are_kept_at_every_level() -> None:
+    # Given a message with fields Genesys may add one day
+    data = sample("openmessaging_text.json")
+    data["brandNewField"] = {"x": 1}
+    data["channel"]["newChannelField"] = "kept"
+    data["content"][0]["attachment"]["sha256"] = "abc"
+
+    # When it is validated
+    message = OPEN_MESSAGE.validate_python(data)
+
+    # Then nothing was dropped
+    dumped = message.model_dump(by_alias=True, mode="json")
+    assert dumped["brandNewField"] == {"x": 1}
+    assert dumped["channel"]["newChannelField"] == "kept"
+    assert dumped["content"][0]["attachment"]["sha256"] == "abc"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda d: d.pop("id"), "id"),
+        (lambda d: d["channel"].pop("time"), "channel.time"),
+        (lambda d: d["channel"].update(time="not a time"), "channel.time"),
+        (lambda d: d.update(type="Unknown"), "type"),
+        (lambda d: d.update(text="", content=[]), "Text"),
+        (lambda d: d["content"][0]["attachment"].pop("mediaType"), "content.0.attachment.mediaType"),
+    ],
+)
+def test_invalid_messages_name_the_failing_field(change: Any, field: str) -> None:
+    data = sample("openmessaging_text.json")
+    change(data)
+    with pytest.raises(ValidationError) as caught:
+        OPEN_MESSAGE.validate_python(data)
+    assert field in str(caught.value)
+
+
+def test_an_event_message_needs_events() -> None:
+    data = sample("openmessaging_typing.json")
+    data["events"] = []
+    with pytest.raises(ValidationError):
+        OPEN_MESSAGE.validate_python(data)
+
+
+def test_eventbridge_sample_from_the_genesys_partner_source() -> None:
+    event = GenesysEventBridgeEvent.model_validate(sample("eventbridge_conversation_start.json"))
+    assert event.detail_type.startswith("v2.detail.events.conversation")
+    assert event.detail.topic_name.endswith(".customer.start")
+    assert event.detail.event_body["conversationId"] == "1734d888-3c0e-47bc-bacb-e9996a16b682"
+    assert event.detail.metadata["CorrelationId"]
+
+
+def test_eventbridge_events_from_other_sources_are_refused() -> None:
+    data = sample("eventbridge_conversation_start.json")
+    data["source"] = "aws.partner/someone-else.com/x"
+    with pytest.raises(ValidationError) as caught:
+        GenesysEventBridgeEvent.model_validate(data)
+    assert "aws.partner/genesys.com" in str(caught.value)
+
+
+def test_eventbridge_unknown_fields_are_kept() -> None:
+    data = sample("eventbridge_conversation_start.json")
+    data["detail"]["futureField"] = [1, 2]
+    event = GenesysEventBridgeEvent.model_validate(data)
+    assert event.detail.model_dump(by_alias=True)["futureField"] == [1, 2]

@@ -1,0 +1,537 @@
+"""The intake's logic with in-memory collaborators: every answer it gives, and what it queues."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from test_intake_fakes import (
+    INTEGRATION_ID,
+    PREVIOUS_SECRET,
+    SECRET,
+    CountingMetrics,
+    Integrations,
+    Secrets,
+    answer,
+    http_event,
+    make_entry,
+    make_intake,
+    sample,
+)
+
+from relay.adapters.delivery_queue import (
+    MAX_BATCH_BYTES,
+    InMemoryClaimCheckStore,
+    InMemoryDeliveryQueue,
+    SqsDeliveryQueue,
+    plan_batches,
+)
+from relay.adapters.idempotency import InMemoryIdempotencyStore
+from relay.errors import BadRequest, ConfigurationError, DependencyUnavailable
+from relay.models.delivery import DeliveryTask
+from relay.models.genesys import OPEN_MESSAGE
+
+
+def tasks(queue: InMemoryDeliveryQueue) -> list[DeliveryTask]:
+    return [DeliveryTask.model_validate_json(body) for body in queue.bodies]
+
+
+def refusal(response: dict[str, Any]) -> tuple[int, str]:
+    body = answer(response)
+    assert set(body) == {"error", "message"} and body["message"]
+    assert response["headers"]["content-type"] == "application/json"
+    return response["statusCode"], body["error"]
+
+
+# --- acceptance and fan-out -----------------------------------------------------------------------------
+
+
+def test_one_task_per_enabled_target_carrying_the_event_as_received() -> None:
+    # Given an integration with three targets, one disabled
+    intake, queue = make_intake(
+        integrations=Integrations(make_entry(("t-a", "t-b", "t-c"), disabled=("t-b",)))
+    )
+    message = sample("openmessaging_text.json")
+    message["futureField"] = {"kept": True}
+
+    # When Genesys posts a signed message
+    response = intake.handle(http_event(message))
+
+    # Then 202, and one task per enabled target with the event untouched (unknown fields included)
+    assert response["statusCode"] == 202
+    queued = tasks(queue)
+    assert sorted(t.target_id for t in queued) == ["t-a", "t-c"]
+    assert all(t.event == message and t.event_id == message["id"] for t in queued)
+    assert all(t.integration_id == INTEGRATION_ID and t.event_source == "open-messaging" for t in queued)
+    assert answer(response)["deliveryIds"] == [str(t.delivery_id) for t in queued]
+    assert len({t.delivery_id for t in queued}) == 2
+
+
+@pytest.mark.parametrize(
+    "name", ["openmessaging_text.json", "openmessaging_typing.json", "openmessaging_receipt.json"]
+)
+def test_every_genesys_sample_is_accepted(name: str) -> None:
+    intake, queue = make_intake()
+    assert intake.handle(http_event(sample(name)))["statusCode"] == 202
+    assert len(queue.bodies) == 2
+
+
+def test_the_api_gateway_samples_are_signed_for_the_default_fixtures() -> None:
+    for name in ("apigw_text.json", "apigw_typing.json", "apigw_receipt.json", "apigw_text_base64_hex.json"):
+        intake, queue = make_intake()
+        response = intake.handle(sample(name))
+        assert response["statusCode"] == 202, (name, response)
+        assert len(queue.bodies) == 2
+
+
+def test_base64_encoded_bodies_are_decoded_before_the_signature_check() -> None:
+    intake, queue = make_intake()
+    response = intake.handle(http_event(base64_body=True))
+    assert response["statusCode"] == 202
+    assert tasks(queue)[0].event == sample("openmessaging_text.json")
+
+
+def test_header_names_are_case_insensitive() -> None:
+    event = http_event()
+    signature = event["headers"].pop("x-hub-signature-256")
+    event["headers"] = {"Content-Type": "Application/JSON; charset=utf-8", "X-Hub-Signature-256": signature}
+    intake, _ = make_intake()
+    assert intake.handle(event)["statusCode"] == 202
+
+
+def test_previous_signature_secret_still_works_during_rotation() -> None:
+    intake, _ = make_intake(get_secret=Secrets(current=SECRET, previous=PREVIOUS_SECRET))
+    assert intake.handle(http_event(sign_with=PREVIOUS_SECRET))["statusCode"] == 202
+
+
+def test_task_bodies_are_ascii_so_sqs_accepts_any_unicode_text() -> None:
+    # U+FFFE is valid Unicode that SQS refuses in a message body; escaped, it is plain ASCII
+    message = sample("openmessaging_text.json")
+    message["text"] = "caf\u00e9 \ufffe \U0001f600"
+    intake, queue = make_intake()
+    assert intake.handle(http_event(message))["statusCode"] == 202
+    assert all(body.isascii() for body in queue.bodies)
+    assert tasks(queue)[0].event == message
+
+
+# --- rejections ---------------------------------------------------------------------------------------
+
+
+def test_signature_missing_malformed_and_mismatched_are_told_apart() -> None:
+    intake, queue = make_intake()
+    missing = http_event(sign_with=None)
+    malformed = http_event(headers={"x-hub-signature-256": "sha256=not-a-digest"})
+    mismatched = http_event(sign_with="someone-elses-secret-0000")
+    assert refusal(intake.handle(missing)) == (401, "signature_missing")
+    assert refusal(intake.handle(malformed)) == (401, "signature_malformed")
+    response = intake.handle(mismatched)
+    assert refusal(response) == (401, "signature_mismatch")
+    assert SECRET not in response["body"]
+    assert queue.bodies == []
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "JSON object"),
+        ('"text"', "JSON object"),
+        ('{"text": "\\ud800"}', "surrogate"),
+    ],
+)
+def test_malformed_json_is_400(body: str, fragment: str) -> None:
+    intake, queue = make_intake()
+    response = intake.handle(http_event(body))
+    assert refusal(response) == (400, "bad_request")
+    assert fragment in answer(response)["message"]
+    assert queue.bodies == []
+
+
+def test_a_body_that_is_not_utf8_is_400() -> None:
+    intake, _ = make_intake()
+    assert refusal(intake.handle(http_event(b"\xff\xfe{}", base64_body=True))) == (400, "bad_request")
+
+
+def test_invalid_base64_is_400() -> None:
+    event = http_event()
+    event["isBase64Encoded"] = True
+    event["body"] = "***not base64***"
+    intake, _ = make_intake()
+    assert refusal(intake.handle(event)) == (400, "bad_request")
+
+
+def test_schema_invalid_message_is_400_naming_the_fields() -> None:
+    message = sample("openmessaging_text.json")
+    del message["channel"]["time"]
+    message["content"][0]["attachment"].pop("mediaType")
+    intake, queue = make_intake()
+    response = intake.handle(http_event(message))
+    assert refusal(response) == (400, "invalid_message")
+    assert "channel.time" in answer(response)["message"]
+    assert "content.0.attachment.mediaType" in answer(response)["message"]
+    assert queue.bodies == []
+
+
+def test_unknown_and_disabled_integrations_are_404() -> None:
+    disabled = make_entry()
+    disabled = type(disabled)(disabled.integration.model_copy(update={"enabled": False}), disabled.targets)
+    intake, _ = make_intake()
+    assert refusal(intake.handle(http_event(integration_id="nope"))) == (404, "unknown_integration")
+    assert refusal(intake.handle(http_event(integration_id=""))) == (404, "unknown_integration")
+    intake, _ = make_intake(integrations=Integrations(disabled))
+    assert refusal(intake.handle(http_event())) == (404, "unknown_integration")
+
+
+@pytest.mark.parametrize("base64_body", [False, True])
+def test_bodies_over_the_limit_are_413_before_any_lookup(base64_body: bool) -> None:
+    integrations = Integrations(make_entry())
+    intake, _ = make_intake(integrations=integrations, max_body_bytes=1_000)
+    message = sample("openmessaging_text.json")
+    message["text"] = "x" * 2_000
+    response = intake.handle(http_event(message, base64_body=base64_body))
+    assert refusal(response) == (413, "payload_too_large")
+    assert integrations.lookups == 0
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded", "json"])
+def test_wrong_content_type_is_415(content_type: str | None) -> None:
+    event = http_event()
+    if content_type is None:
+        del event["headers"]["content-type"]
+    else:
+        event["headers"]["content-type"] = content_type
+    intake, _ = make_intake()
+    assert refusal(intake.handle(event)) == (415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH", "OPTIONS"])
+def test_other_methods_are_405(method: str) -> None:
+    intake, _ = make_intake()
+    assert refusal(intake.handle(http_event(method=method))) == (405, "method_not_allowed")
+
+
+def test_rejections_are_counted_by_reason() -> None:
+    metrics = CountingMetrics()
+    intake, _ = make_intake(metrics=metrics)
+    intake.handle(http_event(sign_with=None))
+    intake.handle(http_event(method="GET"))
+    intake.handle(http_event())
+    assert metrics.counts[("EventsRejected", "signature_missing")] == 1
+    assert metrics.counts[("EventsRejected", "method_not_allowed")] == 1
+    assert metrics.counts[("EventsAccepted", None)] == 1
+    assert metrics.counts[("TasksQueued", None)] == 2
+
+
+# --- exactly once in the queue --------------------------------------------------------------------------
+
+
+def test_a_genesys_retry_is_answered_the_same_and_not_queued_again() -> None:
+    metrics = CountingMetrics()
+    intake, queue = make_intake(metrics=metrics)
+    first = intake.handle(http_event())
+    repeat = intake.handle(http_event())
+    assert first["statusCode"] == repeat["statusCode"] == 202
+    assert first["body"] == repeat["body"]
+    assert len(queue.bodies) == 2
+    assert metrics.counts[("EventsDuplicate", None)] == 1
+
+
+def test_same_id_with_another_channel_time_is_a_new_event() -> None:
+    intake, queue = make_intake()
+    message = sample("openmessaging_text.json")
+    intake.handle(http_event(message))
+    message["channel"]["time"] = "2026-03-25T13:21:00.000Z"
+    assert intake.handle(http_event(message))["statusCode"] == 202
+    assert len(queue.bodies) == 4
+
+
+class FlakyQueue(InMemoryDeliveryQueue):
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def send(self, bodies: Sequence[str]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise DependencyUnavailable("queue down", retry_after_seconds=7)
+        super().send(bodies)
+
+
+def test_when_queueing_fails_the_answer_is_503_and_the_repeat_can_queue() -> None:
+    intake, queue = make_intake(queue=FlakyQueue(failures=1))
+    failed = intake.handle(http_event())
+    assert failed["statusCode"] == 503
+    assert failed["headers"]["retry-after"] == "7"
+    assert queue.bodies == []
+    repeat = intake.handle(http_event())
+    assert repeat["statusCode"] == 202
+    assert len(queue.bodies) == 2
+
+
+class BlockingQueue(InMemoryDeliveryQueue):
+    """Holds the first send until released, so a concurrent repeat arrives mid-queueing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def send(self, bodies: Sequence[str]) -> None:
+        self.entered.set()
+        assert self.release.wait(5)
+        super().send(bodies)
+
+
+def test_a_concurrent_repeat_is_not_queued_twice_and_gets_429_while_in_progress() -> None:
+    queue = BlockingQueue()
+    intake, _ = make_intake(queue=queue)
+    results: list[dict[str, Any]] = []
+    first = threading.Thread(target=lambda: results.append(intake.handle(http_event())))
+    first.start()
+    assert queue.entered.wait(5)
+    busy = intake.handle(http_event())
+    queue.release.set()
+    first.join(5)
+    assert busy["statusCode"] == 429 and busy["headers"]["retry-after"] == "1"
+    assert results[0]["statusCode"] == 202
+    assert len(queue.bodies) == 2
+    # and once the first finished, the repeat gets the same 202
+    assert intake.handle(http_event())["body"] == results[0]["body"]
+
+
+def test_a_concurrent_repeat_waits_briefly_for_the_first_answer() -> None:
+    queue = BlockingQueue()
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        queue.release.set()  # the first attempt finishes while the repeat waits
+        first.join(5)
+
+    intake, _ = make_intake(queue=queue, in_progress_wait_seconds=1.0, sleep=sleep)
+    results: list[dict[str, Any]] = []
+    first = threading.Thread(target=lambda: results.append(intake.handle(http_event())))
+    first.start()
+    assert queue.entered.wait(5)
+    repeat = intake.handle(http_event())
+    assert repeat["statusCode"] == 202 and repeat["body"] == results[0]["body"]
+    assert len(queue.bodies) == 2 and sleeps
+
+
+def test_many_concurrent_repeats_queue_exactly_once() -> None:
+    intake, queue = make_intake(in_progress_wait_seconds=0.0)
+    statuses: list[int] = []
+    threads = [
+        threading.Thread(target=lambda: statuses.append(intake.handle(http_event())["statusCode"]))
+        for _ in range(16)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert len(queue.bodies) == 2
+    assert set(statuses) <= {202, 429} and 202 in statuses
+
+
+class FailingIdempotency(InMemoryIdempotencyStore):
+    def __init__(self, *, claim_fails: bool = False, complete_fails: bool = False) -> None:
+        super().__init__()
+        self.claim_fails = claim_fails
+        self.complete_fails = complete_fails
+
+    def claim(self, key: str) -> Any:
+        if self.claim_fails:
+            raise DependencyUnavailable("idempotency table down")
+        return super().claim(key)
+
+    def complete(self, claim: Any, response: str) -> None:
+        if self.complete_fails:
+            raise DependencyUnavailable("idempotency table down")
+        super().complete(claim, response)
+
+
+def test_idempotency_table_unavailable_before_queueing_is_503_and_nothing_queued() -> None:
+    intake, queue = make_intake(idempotency=FailingIdempotency(claim_fails=True))
+    response = intake.handle(http_event())
+    assert response["statusCode"] == 503 and "retry-after" in response["headers"]
+    assert queue.bodies == []
+
+
+def test_idempotency_table_failing_after_queueing_still_answers_202() -> None:
+    intake, queue = make_intake(idempotency=FailingIdempotency(complete_fails=True))
+    assert intake.handle(http_event())["statusCode"] == 202
+    assert len(queue.bodies) == 2
+
+
+def test_repeats_after_the_record_expired_are_queued_again_with_the_same_delivery_ids() -> None:
+    now = [1_000_000.0]
+    intake, queue = make_intake(idempotency=InMemoryIdempotencyStore(ttl_seconds=60, clock=lambda: now[0]))
+    first = intake.handle(http_event())
+    now[0] += 61
+    second = intake.handle(http_event())
+    assert len(queue.bodies) == 4
+    assert answer(first)["deliveryIds"] == answer(second)["deliveryIds"]
+
+
+# --- dependencies ---------------------------------------------------------------------------------------
+
+
+class DownIntegrations:
+    def get(self, integration_id: str) -> Any:
+        raise DependencyUnavailable("targets table unavailable")
+
+
+def down_secrets(name: str) -> Any:
+    raise DependencyUnavailable("Secrets Manager unavailable")
+
+
+@pytest.mark.parametrize("override", [{"integrations": DownIntegrations()}, {"get_secret": down_secrets}])
+def test_dynamodb_or_secrets_unavailable_is_503_with_retry_after(override: dict[str, Any]) -> None:
+    intake, queue = make_intake(**override)
+    response = intake.handle(http_event())
+    assert response["statusCode"] == 503
+    assert int(response["headers"]["retry-after"]) > 0
+    assert answer(response)["error"] == "service_unavailable"
+    assert queue.bodies == []
+
+
+class FakeSqs:
+    """A boto3 SQS client stand-in that fails chosen entries for the first ``failing_calls`` calls."""
+
+    def __init__(self, failing_calls: int, fail_every: int = 2) -> None:
+        self.failing_calls = failing_calls
+        self.fail_every = fail_every
+        self.calls: list[list[str]] = []
+        self.stored: list[str] = []
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, str]]) -> dict[str, Any]:  # noqa: N803
+        self.calls.append([entry["Id"] for entry in Entries])
+        failing = self.failing_calls > 0
+        self.failing_calls -= 1
+        failed = []
+        for index, entry in enumerate(Entries):
+            if failing and index % self.fail_every == 0:
+                failed.append({"Id": entry["Id"], "Code": "InternalError", "SenderFault": False})
+            else:
+                self.stored.append(entry["MessageBody"])
+        return {"Successful": [], "Failed": failed}
+
+
+def test_per_entry_batch_failures_are_retried_until_every_message_is_queued() -> None:
+    sqs = FakeSqs(failing_calls=2)
+    queue = SqsDeliveryQueue("https://sqs/q", sqs=sqs, sleep=lambda s: None)
+    target_ids = tuple(f"t-{i:02d}" for i in range(12))
+    intake, _ = make_intake(queue=queue, integrations=Integrations(make_entry(target_ids)))
+    response = intake.handle(http_event())
+    assert response["statusCode"] == 202
+    assert sorted(json.loads(body)["targetId"] for body in sqs.stored) == list(target_ids)
+    assert len(sqs.calls) > 2  # 12 targets -> 2 batches, plus retries of the failed entries
+
+
+def test_per_entry_failures_that_persist_are_503_and_the_repeat_can_queue() -> None:
+    sqs = FakeSqs(failing_calls=3)
+    queue = SqsDeliveryQueue("https://sqs/q", sqs=sqs, sleep=lambda s: None)
+    intake, _ = make_intake(queue=queue)
+    assert intake.handle(http_event())["statusCode"] == 503
+    assert intake.handle(http_event())["statusCode"] == 202
+    assert len({json.loads(body)["deliveryId"] for body in sqs.stored}) == 2
+
+
+def test_batches_respect_sqs_count_and_size_limits() -> None:
+    small = ["x" * 100] * 25
+    assert [len(batch) for batch in plan_batches(small)] == [10, 10, 5]
+    big = ["x" * 100_000] * 5
+    batches = plan_batches(big)
+    assert all(sum(len(big[i]) for i in batch) <= MAX_BATCH_BYTES for batch in batches)
+    assert sorted(i for batch in batches for i in batch) == list(range(5))
+
+
+# --- claim check ------------------------------------------------------------------------------------------
+
+
+def test_bodies_too_large_for_one_sqs_message_are_claim_checked() -> None:
+    # Given an inline limit smaller than the message
+    store = InMemoryClaimCheckStore(bucket="audit")
+    intake, queue = make_intake(claim_checks=store, max_inline_body_bytes=2_000)
+    message = sample("openmessaging_text.json")
+    message["text"] = "y" * 3_000
+    event = http_event(message)
+
+    # When it arrives
+    response = intake.handle(event)
+
+    # Then the raw body is stored once under events/ and every task refers to it
+    assert response["statusCode"] == 202 and answer(response)["claimCheck"] is True
+    assert len(store.objects) == 1
+    key, stored = next(iter(store.objects.items()))
+    assert key.startswith(f"events/{INTEGRATION_ID}/") and stored == event["body"].encode()
+    queued = tasks(queue)
+    assert len(queued) == 2
+    assert all(t.event is None and t.event_ref is not None and t.event_ref.key == key for t in queued)
+
+
+def test_without_a_claim_check_store_large_bodies_are_413() -> None:
+    intake, queue = make_intake(claim_checks=None, max_inline_body_bytes=2_000)
+    message = sample("openmessaging_text.json")
+    message["text"] = "y" * 3_000
+    assert refusal(intake.handle(http_event(message))) == (413, "payload_too_large")
+    assert queue.bodies == []
+
+
+# --- EventBridge ----------------------------------------------------------------------------------------
+
+
+def test_eventbridge_events_fan_out_to_the_configured_integration() -> None:
+    intake, queue = make_intake(eventbridge_integration_id=INTEGRATION_ID)
+    event = sample("eventbridge_conversation_start.json")
+    result = intake.handle(event)
+    queued = tasks(queue)
+    assert len(queued) == 2 and result["deliveryIds"] == [str(t.delivery_id) for t in queued]
+    assert all(
+        t.event_source == "eventbridge" and t.event == event and t.event_id == event["id"] for t in queued
+    )
+    # A redelivery of the same EventBridge event is not queued again
+    intake.handle(event)
+    assert len(queue.bodies) == 2
+
+
+def test_eventbridge_failures_raise_so_lambda_retries_them() -> None:
+    event = sample("eventbridge_conversation_start.json")
+    unconfigured, _ = make_intake()
+    with pytest.raises(ConfigurationError):
+        unconfigured.handle(event)
+    down, _ = make_intake(eventbridge_integration_id=INTEGRATION_ID, queue=FlakyQueue(failures=1))
+    with pytest.raises(DependencyUnavailable):
+        down.handle(event)
+    retried = down.handle(event)  # Lambda's retry of the same event now queues it
+    assert len(retried["deliveryIds"]) == 2
+    invalid = dict(event, detail={"topicName": "x"})
+    with pytest.raises(BadRequest):
+        down.handle(invalid)
+
+
+def test_an_event_that_is_neither_http_nor_eventbridge_raises() -> None:
+    intake, _ = make_intake()
+    with pytest.raises(ConfigurationError):
+        intake.handle({"Records": []})
+
+
+def test_every_queued_event_is_a_valid_open_message() -> None:
+    intake, queue = make_intake()
+    for name in ("openmessaging_text.json", "openmessaging_typing.json", "openmessaging_receipt.json"):
+        intake.handle(http_event(sample(name)))
+    for task in tasks(queue):
+        OPEN_MESSAGE.validate_python(task.event)
+
+
+def test_base64_size_guard_does_not_refuse_bodies_at_the_limit() -> None:
+    message = sample("openmessaging_typing.json")
+    body = json.dumps(message, separators=(",", ":")).encode()
+    intake, _ = make_intake(max_body_bytes=len(body))
+    event = http_event(message, base64_body=True)
+    assert base64.b64decode(event["body"]) == body
+    assert intake.handle(event)["statusCode"] == 202
