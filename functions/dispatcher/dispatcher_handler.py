@@ -1,6 +1,7 @@
 """DispatcherFunction: SQS batch of DeliveryTasks -> concurrent deliveries -> partial batch response.
 
-Wiring only; the delivery engine is relay.logic.dispatch.
+Wiring only; the delivery engine is relay.logic.dispatch (metrics and audit are flushed there, once
+per batch, because each target gets its own metric dimension and audit object).
 """
 
 from __future__ import annotations
@@ -11,4 +12,6 @@ from relay.logic.dispatch import container_dispatcher
 
 
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return container_dispatcher().handle_batch(event.get("Records", []))
+    return container_dispatcher().handle_batch(
+        event.get("Records", []), invocation_id=getattr(context, "aws_request_id", None)
+    )

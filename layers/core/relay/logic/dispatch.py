@@ -1,30 +1,78 @@
-"""The dispatcher: deliver one SQS batch of DeliveryTasks concurrently and report partial failures."""
+"""The dispatcher: deliver one SQS batch of DeliveryTasks concurrently and settle every record.
+
+For each batch:
+
+1. parse each record; poison (unparseable body), unknown and disabled targets go to the DLQ at once;
+2. group the records by target and read each target's breaker once (fail open if DynamoDB fails):
+   closed → deliver; open → defer; reset timeout over → claim the single half-open probe with a
+   conditional write (the loser defers);
+3. send the probes first, then everything else, concurrently: a pool of DELIVERY_CONCURRENCY
+   threads, at most PER_TARGET_CONCURRENCY in flight per target;
+4. settle each record from its outcome (relay.logic.outcomes): delivered; retry scheduled with
+   ChangeMessageVisibility and reported failed; dead-lettered by the dispatcher (permanent, gone,
+   exhausted) and reported done; deferred (re-queued with DelaySeconds, attempts unchanged) and
+   reported done;
+5. fold each target's results into its breaker (one conditional write, only when something changed),
+   write one audit object per target, flush the metrics, return ``batchItemFailures``.
+
+A record is reported failed only when SQS should show it again: a scheduled retry, or a step that
+could not be completed (then the redrive policy's maxReceiveCount is the backstop).
+"""
 
 from __future__ import annotations
 
+import random
 import threading
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
+from itertools import chain, zip_longest
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
+from relay.adapters.audit import AuditSink, S3AuditSink
+from relay.adapters.breaker_store import BreakerStore, BreakerStoreUnavailable, DynamoBreakerStore
+from relay.adapters.delivery_queue_ops import S3ClaimCheckReader, SqsDeliveryQueueOps
 from relay.adapters.http import HttpSender
 from relay.adapters.secrets import RotatingSecret, get_secret
 from relay.adapters.target_store import TargetStore
 from relay.errors import ConfigurationError, DependencyUnavailable
-from relay.logic import crypto
+from relay.logic import breaker, crypto, retry
+from relay.logic.delivery_metrics import BatchMetrics, Metric
 from relay.logic.envelope import TargetSecrets, build_request
+from relay.logic.outcomes import Outcome, Verdict, classify
 from relay.logic.url_policy import check_address
+from relay.models.breaker import BreakerState, Phase, target_key
 from relay.models.delivery import DeliveryTask
 from relay.models.targets import Target
 from relay.observability import logger
 from relay.settings import Settings, get_settings
 
 SecretReader = Callable[[str], RotatingSecret]
+
+# DLQ reasons (relay-dlq-reason), as in docs/architecture.md.
+REASON_EXHAUSTED = "exhausted"
+REASON_PERMANENT = "permanent-status"
+REASON_GONE = "target-gone"
+REASON_POISON = "poison"
+REASON_UNKNOWN_TARGET = "unknown-target"
+REASON_TARGET_DISABLED = "target-disabled"
+
+# Audit outcomes.
+DELIVERED = "delivered"
+RETRY_SCHEDULED = "retry-scheduled"
+DEAD_LETTERED = "dead-lettered"
+DEFERRED = "deferred"
+LEFT_FOR_REDELIVERY = "left-for-redelivery"  # a settle step failed: SQS shows it again
+
+REDACTED = "[redacted]"
 
 
 @dataclass(frozen=True)
@@ -38,13 +86,72 @@ class SqsRecord:
     @classmethod
     def from_event(cls, record: Mapping[str, Any]) -> SqsRecord:
         attributes = record.get("attributes") or {}
+        try:
+            receive_count = int(attributes.get("ApproximateReceiveCount", "1"))
+        except (TypeError, ValueError):
+            receive_count = 1
         return cls(
-            message_id=str(record["messageId"]),
+            message_id=str(record.get("messageId", "")),
             receipt_handle=str(record.get("receiptHandle", "")),
             body=str(record.get("body", "")),
-            receive_count=int(attributes.get("ApproximateReceiveCount", "1")),
+            receive_count=receive_count,
             message_attributes=record.get("messageAttributes") or {},
         )
+
+    @property
+    def attempts_before(self) -> int:
+        """Attempts made before this receive (earlier receives and earlier messages of a deferral chain)."""
+        return retry.attempts_before(self.message_attributes) + max(0, self.receive_count - 1)
+
+
+@dataclass
+class Item:
+    """One record on its way through the batch."""
+
+    record: SqsRecord
+    task: DeliveryTask
+    target: Target
+    key: str
+    attempt: int
+    outcome: Outcome | None = None
+    probe: bool = False
+    breaker_phase: str = "unknown"  # as read for this batch; "unknown" when the store failed
+
+
+@dataclass
+class Lane:
+    """The records of one target in this batch and what its breaker said."""
+
+    key: str
+    target: Target
+    items: list[Item]
+    state: BreakerState | None  # None: the breaker store failed (fail open, no writes)
+    admission: breaker.Admission = breaker.Admission.DELIVER
+    defer_until: float = 0.0
+
+    def __post_init__(self) -> None:
+        for index, item in enumerate(self.items):
+            item.probe = self.admission is breaker.Admission.PROBE and index == 0
+            item.breaker_phase = self.state.phase.value if self.state else "unknown"
+
+
+@dataclass
+class Batch:
+    invocation_id: str
+    started: datetime
+    metrics: BatchMetrics
+    failures: list[str] = field(default_factory=list)
+    audit: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fail(self, record: SqsRecord) -> None:
+        with self.lock:
+            self.failures.append(record.message_id)
+
+    def log(self, target_id: str, line: dict[str, Any]) -> None:
+        with self.lock:
+            self.audit[target_id].append(line)
+        logger.info("delivery", extra={k: v for k, v in line.items() if k != "responseBody"})
 
 
 class Dispatcher:
@@ -54,32 +161,263 @@ class Dispatcher:
         settings: Settings,
         targets: TargetStore,
         http: HttpSender,
+        queue: SqsDeliveryQueueOps,
+        breakers: BreakerStore,
+        audit: AuditSink | None,
         secrets: SecretReader = get_secret,
-        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        claim_checks: S3ClaimCheckReader | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
     ) -> None:
         self._settings = settings
         self._targets = targets
         self._http = http
+        self._queue = queue
+        self._breakers = breakers
+        self._audit = audit
         self._secrets = secrets
-        self._now = now
+        self._claim_checks = claim_checks or S3ClaimCheckReader()
+        self._clock = clock
+        self._rng = rng or random.Random()
         self._keys = crypto.KeyCache()
         self._pool = ThreadPoolExecutor(
             max_workers=settings.delivery_concurrency, thread_name_prefix="deliver"
         )
-        self._lock = threading.Lock()
-
-    def handle_batch(self, records: list[Mapping[str, Any]]) -> dict[str, list[dict[str, str]]]:
-        parsed = [SqsRecord.from_event(r) for r in records]
-        results = list(self._pool.map(self._deliver_one, parsed))
-        return {
-            "batchItemFailures": [
-                {"itemIdentifier": r.message_id} for r, ok in zip(parsed, results, strict=True) if not ok
-            ]
-        }
+        self._target_slots: dict[str, threading.BoundedSemaphore] = {}
+        self._slots_lock = threading.Lock()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
         self._http.close()
+
+    # --- the batch ------------------------------------------------------------------------------------
+    def handle_batch(
+        self, records: Sequence[Mapping[str, Any]], *, invocation_id: str | None = None
+    ) -> dict[str, list[dict[str, str]]]:
+        batch = Batch(
+            invocation_id=invocation_id or str(uuid.uuid4()),
+            started=self._now(),
+            metrics=BatchMetrics(
+                namespace=self._settings.metrics_namespace, service=self._settings.service_name
+            ),
+        )
+        lanes = self._lanes([SqsRecord.from_event(r) for r in records], batch)
+        probes = [lane.items[0] for lane in lanes if lane.admission is breaker.Admission.PROBE]
+        self._run(probes, batch)
+        self._run(self._interleave(self._after_probes(lane, batch) for lane in lanes), batch)
+        for lane in lanes:
+            self._record_breaker(lane, batch)
+        self._write_audit(batch)
+        batch.metrics.flush()
+        return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in batch.failures]}
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
+
+    # --- 1. parse and resolve -------------------------------------------------------------------------
+    def _lanes(self, records: list[SqsRecord], batch: Batch) -> list[Lane]:
+        grouped: dict[str, list[Item]] = {}
+        for record in records:
+            item = self._resolve(record, batch)
+            if item is not None:
+                grouped.setdefault(item.key, []).append(item)
+        return [self._admit(key, items, batch) for key, items in grouped.items()]
+
+    def _resolve(self, record: SqsRecord, batch: Batch) -> Item | None:
+        try:
+            task = DeliveryTask.model_validate_json(record.body)
+        except ValidationError:
+            self._dead_letter_unattempted(record, None, REASON_POISON, "body is not a DeliveryTask", batch)
+            return None
+        try:
+            target = self._targets.get_target(task.integration_id, task.target_id)
+        except DependencyUnavailable as exc:
+            logger.warning(
+                "targets table unavailable", extra={"messageId": record.message_id, "error": str(exc)}
+            )
+            batch.fail(record)
+            return None
+        if target is None:
+            self._dead_letter_unattempted(record, task, REASON_UNKNOWN_TARGET, "no such target", batch)
+            return None
+        if not target.enabled:
+            self._dead_letter_unattempted(record, task, REASON_TARGET_DISABLED, "target is disabled", batch)
+            return None
+        return Item(
+            record=record,
+            task=task,
+            target=target,
+            key=target_key(task.integration_id, task.target_id),
+            attempt=record.attempts_before + 1,
+        )
+
+    # --- 2. the breaker -------------------------------------------------------------------------------
+    def _policy(self, target: Target) -> breaker.BreakerPolicy:
+        connect, read = self._timeouts(target)
+        return breaker.BreakerPolicy(
+            failure_threshold=self._settings.breaker_failure_threshold,
+            reset_seconds=self._settings.breaker_reset_seconds,
+            max_reset_seconds=self._settings.breaker_max_reset_seconds,
+            # The probe's lease outlives its request; after it, another dispatcher may probe.
+            probe_lease_seconds=connect + read + 5.0,
+        )
+
+    def _admit(self, key: str, items: list[Item], batch: Batch) -> Lane:
+        target = items[0].target
+        try:
+            state = self._breakers.load(key)
+        except BreakerStoreUnavailable as exc:
+            logger.warning(
+                "breaker store unavailable: failing open", extra={"targetKey": key, "error": str(exc)}
+            )
+            batch.metrics.breaker_store_unavailable()
+            return Lane(key, target, items, None)
+        admission, claim = breaker.admit(state, self._clock(), self._policy(target))
+        if admission is breaker.Admission.PROBE and claim is not None:
+            try:
+                won = self._breakers.save(key, claim, expected_version=state.version)
+            except BreakerStoreUnavailable:
+                batch.metrics.breaker_store_unavailable()
+                won = False
+            if won:
+                batch.metrics.count(Metric.BREAKER_HALF_OPENED, target.target_id)
+                return Lane(key, target, items, claim, breaker.Admission.PROBE)
+            # Another dispatcher holds the probe: come back when its lease ends.
+            return Lane(key, target, items, state, breaker.Admission.DEFER, defer_until=claim.until)
+        return Lane(key, target, items, state, admission, defer_until=state.until)
+
+    def _after_probes(self, lane: Lane, batch: Batch) -> list[Item]:
+        """The items of a lane still to deliver; defers the rest."""
+        if lane.admission is breaker.Admission.DELIVER:
+            return lane.items
+        rest = lane.items
+        seconds = lane.defer_until - self._clock()
+        if lane.admission is breaker.Admission.PROBE:
+            rest = lane.items[1:]
+            probe = lane.items[0].outcome
+            if probe is not None and probe.status is not None and not probe.endpoint_unhealthy:
+                return rest  # the endpoint answered: the breaker closes, the rest may go now
+            trips = lane.state.trips + 1 if lane.state else 1
+            seconds = self._policy(lane.target).reset_after(trips)
+        for item in rest:
+            self._defer(item, seconds, batch)
+        return []
+
+    def _record_breaker(self, lane: Lane, batch: Batch) -> None:
+        if lane.state is None:
+            return
+        healthy = [
+            not item.outcome.endpoint_unhealthy for item in lane.items if item.outcome and _reached(item)
+        ]
+        if lane.admission is breaker.Admission.PROBE and not _reached(lane.items[0]):
+            return  # the probe never reached the endpoint; its lease will lapse
+        state, holds_probe = lane.state, lane.admission is breaker.Admission.PROBE
+        policy = self._policy(lane.target)
+        for _ in range(3):
+            new = breaker.record(state, healthy, self._clock(), policy, holds_probe=holds_probe)
+            if new is None:
+                return
+            try:
+                if self._breakers.save(lane.key, new, expected_version=state.version):
+                    self._count_transition(state, new, lane.target.target_id, batch)
+                    return
+                state = self._breakers.load(lane.key)  # someone else wrote: fold into theirs
+            except BreakerStoreUnavailable:
+                batch.metrics.breaker_store_unavailable()
+                return
+            holds_probe = False
+
+    @staticmethod
+    def _count_transition(old: BreakerState, new: BreakerState, target_id: str, batch: Batch) -> None:
+        if new.phase is Phase.OPEN and old.phase is not Phase.OPEN:
+            batch.metrics.count(Metric.BREAKER_OPENED, target_id)
+            logger.warning(
+                "breaker opened", extra={"targetId": target_id, "until": new.until, "trips": new.trips}
+            )
+        elif new.phase is Phase.CLOSED and old.phase is not Phase.CLOSED:
+            batch.metrics.count(Metric.BREAKER_CLOSED, target_id)
+            logger.info("breaker closed", extra={"targetId": target_id})
+
+    # --- 3. deliver -----------------------------------------------------------------------------------
+    @staticmethod
+    def _interleave(per_lane: Iterable[list[Item]]) -> list[Item]:
+        """Round-robin across targets, so one busy target's cap does not hold the pool's head."""
+        return [item for item in chain.from_iterable(zip_longest(*per_lane)) if item is not None]
+
+    def _run(self, items: list[Item], batch: Batch) -> None:
+        futures: list[Future[None]] = [self._pool.submit(self._deliver, item, batch) for item in items]
+        wait(futures)
+        for future in futures:
+            if future.exception() is not None:  # a bug, not an outcome: let SQS show the record again
+                logger.exception("delivery crashed", exc_info=future.exception())
+
+    def _slot(self, key: str) -> threading.BoundedSemaphore:
+        with self._slots_lock:
+            slot = self._target_slots.get(key)
+            if slot is None:
+                slot = self._target_slots[key] = threading.BoundedSemaphore(
+                    self._settings.per_target_concurrency
+                )
+            return slot
+
+    def _timeouts(self, target: Target) -> tuple[float, float]:
+        return (
+            target.connect_timeout_seconds or self._settings.connect_timeout_seconds,
+            target.read_timeout_seconds or self._settings.read_timeout_seconds,
+        )
+
+    def _deliver(self, item: Item, batch: Batch) -> None:
+        try:
+            with self._slot(item.key):
+                self._attempt(item, batch)
+        except Exception:
+            batch.fail(item.record)
+            raise
+
+    def _attempt(self, item: Item, batch: Batch) -> None:
+        started = self._now()
+        target, task = item.target, item.task
+        secrets: TargetSecrets | None = None
+        try:
+            event = task.event
+            if event is None and task.event_ref is not None:
+                event = self._claim_checks.load(task.event_ref)
+            if event is None:
+                raise ValueError("task has neither event nor eventRef")
+            secrets = self._target_secrets(target)
+            request = build_request(task, event, target, secrets, key_cache=self._keys, now=started)
+        except (ConfigurationError, DependencyUnavailable) as exc:
+            code = "configuration" if isinstance(exc, ConfigurationError) else "dependency-unavailable"
+            item.outcome = Outcome(Verdict.RETRYABLE, None, code)
+            self._settle(item, batch, _line(item, batch, started, self._now(), error=str(exc)))
+            return
+        except ValueError:
+            self._dead_letter_unattempted(
+                item.record, task, REASON_POISON, "claim-checked event unreadable", batch
+            )
+            return
+        connect, read = self._timeouts(target)
+        result = self._http.send(
+            request.method,
+            request.url,
+            body=request.body,
+            headers=request.headers,
+            connect_timeout=connect,
+            read_timeout=read,
+        )
+        finished = self._now()
+        item.outcome = classify(result, now=finished)
+        batch.metrics.latency(target.target_id, result.elapsed_ms)
+        line = _line(item, batch, started, finished, error=result.error)
+        line.update(
+            latencyMs=round(result.elapsed_ms, 3),
+            encrypted=request.encrypted,
+            responseBytes=len(result.body),
+            responseTruncated=result.body_truncated,
+        )
+        if not request.encrypted:  # never keep what an encrypted target may echo back in clear
+            line["responseBody"] = _scrub(result.body.decode("utf-8", "replace"), secrets)
+        self._settle(item, batch, line)
 
     def _target_secrets(self, target: Target) -> TargetSecrets:
         def read(name: str | None) -> RotatingSecret | None:
@@ -91,42 +429,199 @@ class Dispatcher:
             encryption=read(target.encryption_key_name),
         )
 
-    def _deliver_one(self, record: SqsRecord) -> bool:
+    # --- 4. settle --------------------------------------------------------------------------------------
+    def _settle(self, item: Item, batch: Batch, line: dict[str, Any]) -> None:
+        outcome = item.outcome
+        assert outcome is not None
+        target_id = item.target.target_id
+        if outcome.verdict is Verdict.DELIVERED:
+            batch.metrics.count(Metric.DELIVERED, target_id)
+            line["outcome"] = DELIVERED
+        else:
+            batch.metrics.count(Metric.DELIVERY_FAILED, target_id)
+            if outcome.verdict is Verdict.RETRYABLE and not retry.exhausted(
+                item.target.retry_matrix, item.attempt
+            ):
+                self._schedule_retry(item, outcome, batch, line)
+            else:
+                reason = {
+                    Verdict.RETRYABLE: REASON_EXHAUSTED,
+                    Verdict.GONE: REASON_GONE,
+                }.get(outcome.verdict, REASON_PERMANENT)
+                if outcome.verdict is Verdict.GONE:
+                    self._disable(item)
+                self._dead_letter(item, reason, outcome, batch, line)
+        batch.log(target_id, line)
+
+    def _schedule_retry(self, item: Item, outcome: Outcome, batch: Batch, line: dict[str, Any]) -> None:
+        delay = retry.retry_delay_seconds(
+            item.target.retry_matrix,
+            item.attempt,
+            rng=self._rng,
+            retry_after_seconds=outcome.retry_after_seconds,
+            max_delay_seconds=self._settings.max_retry_delay_seconds,
+        )
         try:
-            task = DeliveryTask.model_validate_json(record.body)
-        except ValidationError:
-            logger.warning("unparseable delivery task", extra={"messageId": record.message_id})
-            return False
+            self._queue.schedule_retry(item.record.receipt_handle, delay)
+            line.update(outcome=RETRY_SCHEDULED, retryInSeconds=delay)
+        except DependencyUnavailable:
+            line.update(outcome=RETRY_SCHEDULED, retryInSeconds=None)  # the queue's own visibility timeout
+        batch.metrics.count(Metric.RETRIED, item.target.target_id)
+        batch.fail(item.record)
+
+    def _disable(self, item: Item) -> None:
         try:
-            target = self._targets.get_target(task.integration_id, task.target_id)
-            if target is None or not target.enabled or task.event is None:
-                return False
-            request = build_request(
-                task, task.event, target, self._target_secrets(target), key_cache=self._keys, now=self._now()
-            )
-        except (ConfigurationError, DependencyUnavailable) as exc:
+            self._targets.set_target_enabled(item.task.integration_id, item.task.target_id, False)
+            logger.warning("target disabled: it answered 410 Gone", extra={"targetId": item.target.target_id})
+        except Exception as exc:  # the DLQ send below matters more than the flag
             logger.warning(
-                "delivery not attempted", extra={"deliveryId": str(task.delivery_id), "error": str(exc)}
+                "could not disable target", extra={"targetId": item.target.target_id, "error": repr(exc)}
             )
-            return False
-        result = self._http.send(
-            request.method,
-            request.url,
-            body=request.body,
-            headers=request.headers,
-            connect_timeout=target.connect_timeout_seconds or self._settings.connect_timeout_seconds,
-            read_timeout=target.read_timeout_seconds or self._settings.read_timeout_seconds,
+
+    def _dead_letter(
+        self, item: Item, reason: str, outcome: Outcome, batch: Batch, line: dict[str, Any]
+    ) -> None:
+        try:
+            self._queue.dead_letter(
+                item.record.body,
+                item.record.message_attributes,
+                reason=reason,
+                attempts=item.attempt,
+                integration_id=item.task.integration_id,
+                target_id=item.task.target_id,
+                last_status=outcome.status,
+                last_error=outcome.error_code,
+            )
+        except DependencyUnavailable:
+            line.update(outcome=LEFT_FOR_REDELIVERY, dlqReason=reason)
+            batch.fail(item.record)
+            return
+        line.update(outcome=DEAD_LETTERED, dlqReason=reason)
+        batch.metrics.count(Metric.DEAD_LETTERED, item.target.target_id)
+
+    def _dead_letter_unattempted(
+        self, record: SqsRecord, task: DeliveryTask | None, reason: str, why: str, batch: Batch
+    ) -> None:
+        target_id = task.target_id if task else None
+        try:
+            self._queue.dead_letter(
+                record.body,
+                record.message_attributes,
+                reason=reason,
+                attempts=record.attempts_before,
+                integration_id=task.integration_id if task else None,
+                target_id=target_id,
+                last_status=None,
+                last_error=why,
+            )
+        except DependencyUnavailable:
+            logger.warning("DLQ unavailable", extra={"messageId": record.message_id, "reason": reason})
+            batch.fail(record)
+            return
+        logger.warning(
+            "dead-lettered without an attempt", extra={"messageId": record.message_id, "reason": reason}
         )
-        ok = result.status is not None and 200 <= result.status < 300
-        logger.info(
-            "delivery attempt",
-            extra={
-                "deliveryId": str(task.delivery_id),
-                "status": result.status,
-                "errorCode": result.error_code,
-            },
-        )
-        return ok
+        if target_id:
+            batch.metrics.count(Metric.DEAD_LETTERED, target_id)
+            now = self._now()
+            batch.log(
+                target_id,
+                {
+                    **_base_line(record, task, batch, now, now),
+                    "outcome": DEAD_LETTERED,
+                    "dlqReason": reason,
+                    "errorCode": reason,
+                },
+            )
+
+    def _defer(self, item: Item, seconds_until_probe: float, batch: Batch) -> None:
+        delay = retry.deferral_delay_seconds(seconds_until_probe, rng=self._rng)
+        now = self._now()
+        line = _line(item, batch, now, now, error=None)
+        line.update(attempt=None, deferredSeconds=delay)
+        try:
+            self._queue.defer(
+                item.record.body,
+                item.record.message_attributes,
+                attempts=item.record.attempts_before,
+                deferrals=retry.deferrals_before(item.record.message_attributes) + 1,
+                delay_seconds=delay,
+            )
+            line["outcome"] = DEFERRED
+            batch.metrics.count(Metric.DEFERRED, item.target.target_id)
+        except DependencyUnavailable:
+            # Could not re-queue: keep the message hidden until the breaker may half-open instead.
+            try:
+                self._queue.schedule_retry(item.record.receipt_handle, delay)
+            except DependencyUnavailable:
+                pass
+            line["outcome"] = LEFT_FOR_REDELIVERY
+            batch.fail(item.record)
+        batch.log(item.target.target_id, line)
+
+    # --- 5. audit -------------------------------------------------------------------------------------
+    def _write_audit(self, batch: Batch) -> None:
+        if self._audit is None:
+            return
+        date = batch.started.strftime("%Y-%m-%d")
+        for target_id, lines in batch.audit.items():
+            try:
+                self._audit.write(date, target_id, batch.invocation_id, lines)
+            except DependencyUnavailable as exc:
+                logger.warning("audit object not written", extra={"targetId": target_id, "error": str(exc)})
+
+
+def _reached(item: Item) -> bool:
+    """The attempt got as far as an HTTP answer or a network failure: what the breaker judges."""
+    return item.outcome is not None and item.outcome.reached_endpoint
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _base_line(
+    record: SqsRecord, task: DeliveryTask | None, batch: Batch, started: datetime, finished: datetime
+) -> dict[str, Any]:
+    return {
+        "invocationId": batch.invocation_id,
+        "messageId": record.message_id,
+        "deliveryId": str(task.delivery_id) if task else None,
+        "eventId": task.event_id if task else None,
+        "integrationId": task.integration_id if task else None,
+        "targetId": task.target_id if task else None,
+        "startedAt": _iso(started),
+        "finishedAt": _iso(finished),
+    }
+
+
+def _line(
+    item: Item, batch: Batch, started: datetime, finished: datetime, *, error: str | None
+) -> dict[str, Any]:
+    outcome = item.outcome
+    return {
+        **_base_line(item.record, item.task, batch, started, finished),
+        "urlHost": urlsplit(item.target.url).hostname,
+        "attempt": item.attempt,
+        "probe": item.probe,
+        "status": outcome.status if outcome else None,
+        "latencyMs": None,
+        "outcome": None,
+        "errorCode": outcome.error_code if outcome else None,
+        "error": error,
+        "breakerState": Phase.HALF_OPEN.value if item.probe else item.breaker_phase,
+    }
+
+
+def _scrub(text: str, secrets: TargetSecrets | None) -> str:
+    """Remove the target's own secret values from a response body an endpoint may have echoed."""
+    if secrets is None:
+        return text
+    for secret in (secrets.auth, secrets.signing):
+        for value in secret.values() if secret else []:
+            if len(value) >= 4:
+                text = text.replace(value, REDACTED)
+    return text
 
 
 _container: tuple[Settings, Dispatcher] | None = None
@@ -160,4 +655,9 @@ def _build(settings: Settings) -> Dispatcher:
             body_limit_bytes=settings.response_body_limit_bytes,
             address_check=partial(check_address, allow_loopback=settings.allow_loopback_targets),
         ),
+        queue=SqsDeliveryQueueOps(
+            settings.need("delivery_queue_url"), settings.need("dead_letter_queue_url")
+        ),
+        breakers=DynamoBreakerStore(settings.need("breaker_table")),
+        audit=S3AuditSink(settings.audit_bucket) if settings.audit_bucket else None,
     )

@@ -1,0 +1,128 @@
+"""Circuit-breaker state per target in the BreakerTable, written only with conditional, versioned puts.
+
+Item (key ``targetKey`` = "<integrationId>#<targetId>"): ``phase``, ``consecutiveFailures``, ``trips``,
+``until``, ``version``, ``updatedAt``, ``expiresAt`` (TTL: an idle target's record disappears, which
+reads as a fresh closed breaker).
+
+``save`` succeeds only if the stored version is still the one the caller read (``attribute_not_exists``
+for version 0), so concurrent dispatchers never overwrite each other's transitions and exactly one of
+them wins the half-open probe. ``InMemoryBreakerStore`` has the same semantics (tests, benchmarks).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from relay.adapters.aws import client
+from relay.errors import DependencyUnavailable
+from relay.models.breaker import BreakerState, Phase
+
+RECORD_TTL_SECONDS = 7 * 24 * 3600
+
+
+class BreakerStoreUnavailable(DependencyUnavailable):
+    """The breaker table could not be read or written (the dispatcher fails open)."""
+
+
+class BreakerStore(Protocol):
+    def load(self, key: str) -> BreakerState:
+        """The stored state, or a fresh closed state (version 0) if there is none."""
+        ...
+
+    def save(self, key: str, state: BreakerState, *, expected_version: int) -> bool:
+        """Store ``state`` if the stored version is ``expected_version``; False if another wrote first."""
+        ...
+
+
+class DynamoBreakerStore:
+    def __init__(
+        self, table_name: str, *, dynamodb: Any = None, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._table = table_name
+        self._dynamodb = dynamodb
+        self._clock = clock
+
+    @property
+    def _ddb(self) -> Any:
+        return self._dynamodb or client("dynamodb")
+
+    def load(self, key: str) -> BreakerState:
+        try:
+            item = self._ddb.get_item(
+                TableName=self._table, Key={"targetKey": {"S": key}}, ConsistentRead=True
+            ).get("Item")
+        except (ClientError, BotoCoreError) as exc:
+            raise BreakerStoreUnavailable(f"breaker table unreadable ({type(exc).__name__})") from None
+        if not item:
+            return BreakerState()
+        try:
+            return BreakerState(
+                phase=Phase(item["phase"]["S"]),
+                consecutive_failures=int(item["consecutiveFailures"]["N"]),
+                trips=int(item["trips"]["N"]),
+                until=float(item["until"]["N"]),
+                version=int(item["version"]["N"]),
+            )
+        except (KeyError, ValueError) as exc:
+            raise BreakerStoreUnavailable(
+                f"breaker record {key} is malformed ({type(exc).__name__})"
+            ) from None
+
+    def save(self, key: str, state: BreakerState, *, expected_version: int) -> bool:
+        now = self._clock()
+        item = {
+            "targetKey": {"S": key},
+            "phase": {"S": state.phase.value},
+            "consecutiveFailures": {"N": str(state.consecutive_failures)},
+            "trips": {"N": str(state.trips)},
+            "until": {"N": repr(state.until)},
+            "version": {"N": str(state.version)},
+            "updatedAt": {"N": str(int(now))},
+            "expiresAt": {"N": str(int(now) + RECORD_TTL_SECONDS)},
+        }
+        if expected_version == 0:
+            condition: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(targetKey)"}
+        else:
+            condition = {
+                "ConditionExpression": "#version = :expected",
+                "ExpressionAttributeNames": {"#version": "version"},
+                "ExpressionAttributeValues": {":expected": {"N": str(expected_version)}},
+            }
+        try:
+            self._ddb.put_item(TableName=self._table, Item=item, **condition)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise BreakerStoreUnavailable(f"breaker table unwritable ({type(exc).__name__})") from None
+        except BotoCoreError as exc:
+            raise BreakerStoreUnavailable(f"breaker table unwritable ({type(exc).__name__})") from None
+        return True
+
+
+class InMemoryBreakerStore:
+    """Same conditional semantics as the DynamoDB store, in one process. Counts calls for benchmarks."""
+
+    def __init__(self) -> None:
+        self._states: dict[str, BreakerState] = {}
+        self._lock = threading.Lock()
+        self.reads = 0
+        self.writes = 0
+
+    def load(self, key: str) -> BreakerState:
+        with self._lock:
+            self.reads += 1
+            return self._states.get(key, BreakerState())
+
+    def save(self, key: str, state: BreakerState, *, expected_version: int) -> bool:
+        with self._lock:
+            self.writes += 1
+            current = self._states.get(key)
+            if (current.version if current else 0) != expected_version:
+                return False
+            self._states[key] = state
+            return True

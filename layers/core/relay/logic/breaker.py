@@ -1,0 +1,106 @@
+"""The per-target circuit breaker as a pure transition function (the store is relay.adapters.breaker_store).
+
+    closed ──N consecutive failures──▶ open ──reset timeout elapsed, probe claimed──▶ half-open
+      ▲                                 ▲                                               │
+      └──────────── probe succeeded ────┼───────────────────────────────────────────────┤
+                                        └──────────── probe failed ─────────────────────┘
+
+- The reset timeout grows with consecutive trips: reset * 2^(trips-1), capped at max_reset.
+- Half-open admits exactly one probe across every dispatcher: the open → half-open transition is a
+  conditional, versioned write, and only the writer that wins it sends the probe. The probe holds a
+  lease; if its dispatcher dies, another may claim a new probe after the lease.
+- Every state change bumps ``version``; stores write only if the stored version is still the one read.
+
+Nothing here does I/O or reads a clock: callers pass ``now`` (epoch seconds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from relay.models.breaker import BreakerState, Phase
+
+__all__ = ["Admission", "BreakerPolicy", "BreakerState", "Phase", "admit", "record", "seconds_until_probe"]
+
+
+class Admission(StrEnum):
+    DELIVER = "deliver"  # closed: go ahead
+    PROBE = "probe"  # write the returned half-open state; if the write wins, send exactly one probe
+    DEFER = "defer"  # open, or someone else's probe is in flight
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    failure_threshold: int = 5
+    reset_seconds: float = 30.0
+    max_reset_seconds: float = 600.0
+    probe_lease_seconds: float = 60.0
+
+    def reset_after(self, trips: int) -> float:
+        exponent = min(max(0, trips - 1), 32)
+        return float(min(self.max_reset_seconds, self.reset_seconds * 2**exponent))
+
+
+def admit(state: BreakerState, now: float, policy: BreakerPolicy) -> tuple[Admission, BreakerState | None]:
+    """Whether records for this target may go now; for PROBE, the half-open state to claim."""
+    if state.phase is Phase.CLOSED:
+        return Admission.DELIVER, None
+    if now < state.until:
+        return Admission.DEFER, None
+    # OPEN past its reset timeout, or HALF_OPEN whose probe lease lapsed: claim the (single) probe.
+    claimed = replace(
+        state, phase=Phase.HALF_OPEN, until=now + policy.probe_lease_seconds, version=state.version + 1
+    )
+    return Admission.PROBE, claimed
+
+
+def _opened(state: BreakerState, now: float, policy: BreakerPolicy) -> BreakerState:
+    trips = state.trips + 1
+    return BreakerState(
+        phase=Phase.OPEN,
+        consecutive_failures=state.consecutive_failures,
+        trips=trips,
+        until=now + policy.reset_after(trips),
+        version=state.version + 1,
+    )
+
+
+def record(
+    state: BreakerState,
+    healthy: Sequence[bool],
+    now: float,
+    policy: BreakerPolicy,
+    *,
+    holds_probe: bool = False,
+) -> BreakerState | None:
+    """Fold a batch's results for one target, in order, into the state; None when nothing changes.
+
+    ``healthy[i]`` is False when attempt i found the endpoint failing (timeouts, connection errors,
+    5xx, 429...). With ``holds_probe`` the first result is this dispatcher's half-open probe.
+    Results that arrive while the breaker is open or another dispatcher probes change nothing.
+    """
+    if not healthy:
+        return None
+    if state.phase is Phase.HALF_OPEN:
+        if not holds_probe:
+            return None
+        if not healthy[0]:
+            return _opened(replace(state, consecutive_failures=state.consecutive_failures + 1), now, policy)
+        closed = BreakerState(Phase.CLOSED, 0, 0, 0.0, state.version + 1)
+        return record(closed, healthy[1:], now, policy) or closed
+    if state.phase is Phase.OPEN:
+        return None
+    failures = state.consecutive_failures
+    for ok in healthy:
+        failures = 0 if ok else failures + 1
+        if failures >= policy.failure_threshold:
+            return _opened(replace(state, consecutive_failures=failures), now, policy)
+    if failures == state.consecutive_failures:
+        return None  # a healthy closed breaker is never written: no hot item
+    return replace(state, consecutive_failures=failures, version=state.version + 1)
+
+
+def seconds_until_probe(state: BreakerState, now: float) -> float:
+    return max(0.0, state.until - now)

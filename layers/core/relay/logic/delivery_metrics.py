@@ -1,0 +1,71 @@
+"""The dispatcher's CloudWatch metrics (EMF through powertools), names and dimensions exactly as in
+docs/architecture.md: per-target counts carry the dimensions ``service`` and ``target``;
+``BreakerStoreUnavailable`` carries ``service`` only.
+
+A batch accumulates here and is flushed once at the end: one EMF object per target (so each target's
+values sit under its own dimension), plus one service-level object when the breaker store failed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from enum import StrEnum
+
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
+
+
+class Metric(StrEnum):
+    DELIVERED = "Delivered"
+    DELIVERY_FAILED = "DeliveryFailed"
+    RETRIED = "Retried"
+    DEFERRED = "Deferred"
+    DEAD_LETTERED = "DeadLettered"
+    DELIVERY_LATENCY = "DeliveryLatency"
+    BREAKER_OPENED = "BreakerOpened"
+    BREAKER_HALF_OPENED = "BreakerHalfOpened"
+    BREAKER_CLOSED = "BreakerClosed"
+    BREAKER_STORE_UNAVAILABLE = "BreakerStoreUnavailable"
+
+
+TARGET_DIMENSION = "target"
+
+
+class BatchMetrics:
+    def __init__(self, *, namespace: str, service: str) -> None:
+        self._namespace = namespace
+        self._service = service
+        self._lock = threading.Lock()
+        self._counts: dict[str, dict[Metric, float]] = defaultdict(lambda: defaultdict(float))
+        self._latencies: dict[str, list[float]] = defaultdict(list)
+        self._store_unavailable = 0
+
+    def count(self, metric: Metric, target_id: str, value: float = 1.0) -> None:
+        with self._lock:
+            self._counts[target_id][metric] += value
+
+    def latency(self, target_id: str, milliseconds: float) -> None:
+        with self._lock:
+            self._latencies[target_id].append(round(milliseconds, 3))
+
+    def breaker_store_unavailable(self) -> None:
+        with self._lock:
+            self._store_unavailable += 1
+
+    def flush(self) -> None:
+        with self._lock:
+            counts, self._counts = self._counts, defaultdict(lambda: defaultdict(float))
+            latencies, self._latencies = self._latencies, defaultdict(list)
+            unavailable, self._store_unavailable = self._store_unavailable, 0
+        for target_id in sorted(set(counts) | set(latencies)):
+            emf = EphemeralMetrics(namespace=self._namespace, service=self._service)
+            emf.add_dimension(TARGET_DIMENSION, target_id)
+            for metric, value in counts.get(target_id, {}).items():
+                emf.add_metric(metric.value, MetricUnit.Count, value)
+            for value in latencies.get(target_id, []):
+                emf.add_metric(Metric.DELIVERY_LATENCY.value, MetricUnit.Milliseconds, value)
+            emf.flush_metrics()
+        if unavailable:
+            emf = EphemeralMetrics(namespace=self._namespace, service=self._service)
+            emf.add_metric(Metric.BREAKER_STORE_UNAVAILABLE.value, MetricUnit.Count, unavailable)
+            emf.flush_metrics()

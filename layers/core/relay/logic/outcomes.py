@@ -1,0 +1,88 @@
+"""What one delivery attempt's result means: the seed's response-code pipeline, done right.
+
+    2xx                                   delivered
+    408, 425, 429, 5xx                    retryable (Retry-After honoured, see relay.logic.retry)
+    timeouts, connection errors           retryable
+    410                                   gone: disable the target, dead-letter
+    3xx (redirects are not followed)      permanent: dead-letter at once
+    other 4xx, 1xx, anything else         permanent: dead-letter at once
+    connect-time address refused          permanent (the URL policy will not change its mind)
+
+This is the one place HTTP results become outcomes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+
+from relay.adapters.http import (
+    CONNECT_TIMEOUT,
+    CONNECTION_ERROR,
+    READ_TIMEOUT,
+    HttpResult,
+)
+
+RETRYABLE_STATUSES = frozenset({408, 425, 429})
+RETRYABLE_ERRORS = frozenset({CONNECT_TIMEOUT, READ_TIMEOUT, CONNECTION_ERROR})
+
+
+class Verdict(StrEnum):
+    DELIVERED = "delivered"
+    RETRYABLE = "retryable"
+    PERMANENT = "permanent"
+    GONE = "gone"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    verdict: Verdict
+    status: int | None
+    error_code: str | None
+    retry_after_seconds: float | None = None
+
+    @property
+    def reached_endpoint(self) -> bool:
+        """An HTTP answer or a network failure; not a local problem (secrets, policy) before sending."""
+        return self.status is not None or self.error_code in RETRYABLE_ERRORS
+
+    @property
+    def endpoint_unhealthy(self) -> bool:
+        """Counts as a failure for the circuit breaker: timeouts, connection errors, 408/425/429/5xx.
+        A 4xx or 3xx answer means the endpoint is up (the request was wrong), so it counts as healthy."""
+        return self.verdict is Verdict.RETRYABLE and self.reached_endpoint
+
+
+def parse_retry_after(value: str | None, *, now: datetime) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP-date); None when absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def classify(result: HttpResult, *, now: datetime) -> Outcome:
+    status = result.status
+    if status is None:
+        code = result.error_code or CONNECTION_ERROR
+        if code in RETRYABLE_ERRORS:
+            return Outcome(Verdict.RETRYABLE, None, code)
+        return Outcome(Verdict.PERMANENT, None, code)
+    if 200 <= status < 300:
+        return Outcome(Verdict.DELIVERED, status, None)
+    if status == 410:
+        return Outcome(Verdict.GONE, status, "http-410")
+    if status in RETRYABLE_STATUSES or 500 <= status < 600:
+        retry_after = parse_retry_after(result.headers.get("retry-after"), now=now)
+        return Outcome(Verdict.RETRYABLE, status, f"http-{status}", retry_after)
+    return Outcome(Verdict.PERMANENT, status, f"http-{status}")

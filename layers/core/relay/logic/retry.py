@@ -1,0 +1,85 @@
+"""When to try again: attempt numbers from the message, full-jitter backoff from the target's matrix.
+
+The attempt number survives everything SQS does to a message: ``ApproximateReceiveCount`` counts the
+receives of *this* message, and the ``relay-attempts`` attribute carries the attempts made before a
+deferral re-queue created it (a deferral is a new message, so its receive count starts again at 1).
+
+    attempt of this receive = relay-attempts + ApproximateReceiveCount
+
+Backoff for the n-th failed attempt ("full jitter"): uniform(0, min(maxInterval, base * multiplier^(n-1))).
+A receiver's Retry-After is honoured as a floor, clamped to ``max_delay_seconds`` (SQS allows a
+visibility timeout of at most 12 h).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping
+from typing import Any
+
+from relay.models.delivery import ATTR_ATTEMPTS, ATTR_DEFERRALS
+from relay.models.targets import RetryMatrix
+
+SQS_MAX_VISIBILITY_SECONDS = 43_200
+SQS_MAX_DELAY_SECONDS = 900
+
+
+def int_attribute(message_attributes: Mapping[str, Any], name: str) -> int:
+    """A Number message attribute as it appears in a Lambda SQS event (``stringValue``); 0 if absent."""
+    raw = message_attributes.get(name) or {}
+    value = raw.get("stringValue", raw.get("StringValue")) if isinstance(raw, Mapping) else None
+    try:
+        return max(0, int(str(value)))
+    except ValueError:
+        return 0
+
+
+def attempts_before(message_attributes: Mapping[str, Any]) -> int:
+    return int_attribute(message_attributes, ATTR_ATTEMPTS)
+
+
+def deferrals_before(message_attributes: Mapping[str, Any]) -> int:
+    return int_attribute(message_attributes, ATTR_DEFERRALS)
+
+
+def attempt_number(message_attributes: Mapping[str, Any], receive_count: int) -> int:
+    """1-based number of the attempt this receive is about to make."""
+    return attempts_before(message_attributes) + max(1, receive_count)
+
+
+def exhausted(matrix: RetryMatrix, attempt: int) -> bool:
+    """True when attempt ``attempt`` was the last the matrix allows."""
+    return attempt >= matrix.attempts
+
+
+def backoff_ceiling_seconds(matrix: RetryMatrix, attempt: int) -> float:
+    exponent = max(0, attempt - 1)
+    # Guard the power: a large attempt number must not overflow before the cap applies.
+    ceiling_ms: float = matrix.max_interval_ms
+    if exponent < 64:
+        ceiling_ms = min(matrix.max_interval_ms, matrix.base_interval_ms * matrix.multiplier**exponent)
+    return float(ceiling_ms) / 1000.0
+
+
+def retry_delay_seconds(
+    matrix: RetryMatrix,
+    attempt: int,
+    *,
+    rng: random.Random,
+    retry_after_seconds: float | None = None,
+    max_delay_seconds: int = SQS_MAX_VISIBILITY_SECONDS,
+) -> int:
+    """Whole seconds until the next attempt after attempt ``attempt`` failed (a visibility timeout)."""
+    cap = min(max_delay_seconds, SQS_MAX_VISIBILITY_SECONDS)
+    delay = rng.uniform(0.0, backoff_ceiling_seconds(matrix, attempt))
+    if retry_after_seconds is not None:
+        delay = max(delay, min(retry_after_seconds, cap))
+    return min(cap, max(0, math.ceil(delay)))
+
+
+def deferral_delay_seconds(seconds_until_probe: float, *, rng: random.Random) -> int:
+    """DelaySeconds for a record re-queued while its target's breaker is open: until the breaker may
+    half-open, plus a little jitter so deferred records do not all return in the same second."""
+    delay = math.ceil(max(1.0, seconds_until_probe)) + rng.randint(0, 2)
+    return min(SQS_MAX_DELAY_SECONDS, delay)
