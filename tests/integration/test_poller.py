@@ -1,0 +1,304 @@
+"""The local SQS event source mapping against moto: batches, window, concurrency, partial failures."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from relay.adapters.aws import client
+from relay.local.aws_stack import LocalResources
+from relay.local.lambda_runtime import LocalFunction
+from relay.local.poller import SqsEventSource, SqsPoller
+
+pytestmark = pytest.mark.integration
+
+
+class Consumer:
+    """A test function: records what it got, optionally fails some records or raises."""
+
+    def __init__(
+        self,
+        fail: Callable[[dict[str, Any], int], bool] = lambda record, seen: False,
+        delay: float = 0.0,
+        answer: Callable[[list[dict[str, Any]], int], Any] | None = None,
+    ) -> None:
+        self.fail = fail
+        self.delay = delay
+        self.answer = answer
+        self.lock = threading.Lock()
+        self.batches: list[list[dict[str, Any]]] = []
+        self.seen: dict[str, int] = {}
+        self.running = 0
+        self.max_running = 0
+
+    def __call__(self, event: dict[str, Any], context: Any) -> Any:
+        records = event["Records"]
+        with self.lock:
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+            self.batches.append(records)
+            call = len(self.batches)
+            for record in records:
+                self.seen[record["body"]] = self.seen.get(record["body"], 0) + 1
+        try:
+            time.sleep(self.delay)
+            if self.answer is not None:
+                return self.answer(records, call)
+            failed = [r for r in records if self.fail(r, self.seen[r["body"]])]
+            return {"batchItemFailures": [{"itemIdentifier": r["messageId"]} for r in failed]}
+        finally:
+            with self.lock:
+                self.running -= 1
+
+    @property
+    def bodies(self) -> list[str]:
+        with self.lock:
+            return [r["body"] for batch in self.batches for r in batch]
+
+
+def eventually(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+def send(queue_url: str, *bodies: str, **attributes: str) -> None:
+    message_attributes = {k: {"DataType": "String", "StringValue": v} for k, v in attributes.items()}
+    for body in bodies:
+        client("sqs").send_message(QueueUrl=queue_url, MessageBody=body, MessageAttributes=message_attributes)
+
+
+def queue_depth(queue_url: str) -> int:
+    attrs = client("sqs").get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+@pytest.fixture
+def fast_queue(aws_stack: LocalResources) -> LocalResources:
+    """The template's delivery queue with a 2 s visibility timeout and redrive after 2 receives."""
+    redrive = json.loads(
+        client("sqs").get_queue_attributes(
+            QueueUrl=aws_stack.delivery_queue_url, AttributeNames=["RedrivePolicy"]
+        )["Attributes"]["RedrivePolicy"]
+    )
+    redrive["maxReceiveCount"] = 2
+    client("sqs").set_queue_attributes(
+        QueueUrl=aws_stack.delivery_queue_url,
+        Attributes={"VisibilityTimeout": "2", "RedrivePolicy": json.dumps(redrive)},
+    )
+    return aws_stack
+
+
+@pytest.fixture
+def make_poller(aws_stack: LocalResources) -> Iterator[Callable[..., SqsPoller]]:
+    pollers: list[SqsPoller] = []
+
+    def make(consumer: Consumer, **overrides: Any) -> SqsPoller:
+        source = dataclasses.replace(SqsEventSource.from_template(aws_stack.template), **overrides)
+        function = LocalFunction.from_template(aws_stack.template, "DispatcherFunction", handler=consumer)
+        poller = SqsPoller(source, function, client("sqs"))
+        pollers.append(poller)
+        poller.start()
+        return poller
+
+    yield make
+    for poller in pollers:
+        poller.stop()
+
+
+def test_event_source_settings_come_from_the_template(aws_stack: LocalResources) -> None:
+    # Given the dispatcher's SQS event in template.yaml
+    template = aws_stack.template
+    event = template.resolve(template.properties("DispatcherFunction")["Events"]["Deliveries"]["Properties"])
+
+    # When the poller reads its configuration
+    source = SqsEventSource.from_template(template)
+
+    # Then it polls the created delivery queue with the template's settings
+    assert source.queue_url == aws_stack.delivery_queue_url
+    assert source.batch_size == int(event["BatchSize"])
+    assert source.batching_window_seconds == float(event["MaximumBatchingWindowInSeconds"])
+    assert source.maximum_concurrency == int(event["ScalingConfig"]["MaximumConcurrency"])
+    assert source.report_batch_item_failures is True
+
+
+def test_records_have_the_lambda_sqs_shape(aws_stack: LocalResources, make_poller: Any) -> None:
+    # Given a message with a message attribute
+    consumer = Consumer()
+    send(aws_stack.delivery_queue_url, '{"hello": "world"}', **{"relay-attempts": "2"})
+
+    # When the poller hands it to the function
+    make_poller(consumer)
+    eventually(lambda: len(consumer.bodies) == 1)
+
+    # Then the record is what Lambda's SQS event source sends
+    record = consumer.batches[0][0]
+    arn = client("sqs").get_queue_attributes(
+        QueueUrl=aws_stack.delivery_queue_url, AttributeNames=["QueueArn"]
+    )["Attributes"]["QueueArn"]
+    assert record["eventSource"] == "aws:sqs"
+    assert record["eventSourceARN"] == arn
+    assert record["awsRegion"] == "us-east-1"
+    assert record["body"] == '{"hello": "world"}'
+    assert record["md5OfBody"] == hashlib.md5(record["body"].encode()).hexdigest()
+    assert record["attributes"]["ApproximateReceiveCount"] == "1"
+    assert {"SentTimestamp", "ApproximateFirstReceiveTimestamp"} <= set(record["attributes"])
+    assert record["messageAttributes"]["relay-attempts"] == {
+        "stringValue": "2",
+        "stringListValues": [],
+        "binaryListValues": [],
+        "dataType": "String",
+    }
+    assert record["messageId"] and record["receiptHandle"]
+
+
+def test_batches_never_exceed_the_batch_size(aws_stack: LocalResources, make_poller: Any) -> None:
+    # Given ten messages already waiting
+    bodies = [f"m{i}" for i in range(10)]
+    send(aws_stack.delivery_queue_url, *bodies)
+    consumer = Consumer()
+
+    # When a poller with batch size 4 drains the queue
+    make_poller(consumer, batch_size=4, batching_window_seconds=1, maximum_concurrency=2)
+    eventually(lambda: len(consumer.bodies) >= 10 and queue_depth(aws_stack.delivery_queue_url) == 0)
+
+    # Then each message was handled once, in batches of at most four, and a full batch was formed
+    assert sorted(consumer.bodies) == sorted(bodies)
+    sizes = [len(b) for b in consumer.batches]
+    assert max(sizes) == 4
+    assert all(size <= 4 for size in sizes)
+
+
+def test_the_batching_window_gathers_messages_sent_apart(aws_stack: LocalResources, make_poller: Any) -> None:
+    # Given a poller with a 3 s window and room for ten records
+    consumer = Consumer()
+    make_poller(consumer, batch_size=10, batching_window_seconds=3, maximum_concurrency=1)
+
+    # When three messages arrive a little apart, well inside the window
+    for body in ("w1", "w2", "w3"):
+        send(aws_stack.delivery_queue_url, body)
+        time.sleep(0.3)
+    eventually(lambda: len(consumer.bodies) == 3)
+
+    # Then they reach the function as one batch
+    assert [[r["body"] for r in batch] for batch in consumer.batches] == [["w1", "w2", "w3"]]
+
+
+def test_maximum_concurrency_is_never_exceeded(aws_stack: LocalResources, make_poller: Any) -> None:
+    # Given more single-record work than two slots can run at once
+    bodies = [f"c{i}" for i in range(8)]
+    send(aws_stack.delivery_queue_url, *bodies)
+    consumer = Consumer(delay=0.3)
+
+    # When a poller with maximum concurrency 2 runs it
+    poller = make_poller(consumer, batch_size=1, batching_window_seconds=0, maximum_concurrency=2)
+    eventually(lambda: len(consumer.bodies) == 8)
+    poller.wait_idle(10)
+
+    # Then two invocations ran side by side, never more
+    assert consumer.max_running == 2
+    assert poller.stats().max_in_flight == 2
+    assert sorted(consumer.bodies) == sorted(bodies)
+
+
+def test_partial_batch_response_deletes_successes_and_redelivers_failures(
+    fast_queue: LocalResources, make_poller: Any
+) -> None:
+    # Given a function that fails record "b" the first time it sees it
+    send(fast_queue.delivery_queue_url, "a", "b", "c")
+    consumer = Consumer(fail=lambda record, seen: record["body"] == "b" and seen == 1)
+
+    # When the poller runs until the queue is empty
+    poller = make_poller(consumer, batch_size=10, batching_window_seconds=0, maximum_concurrency=2)
+    eventually(lambda: consumer.seen.get("b") == 2 and queue_depth(fast_queue.delivery_queue_url) == 0)
+    poller.wait_idle(10)
+
+    # Then "a" and "c" were deleted after one delivery and "b" came back after its visibility timeout
+    assert consumer.seen == {"a": 1, "b": 2, "c": 1}
+    retried = [r for batch in consumer.batches for r in batch if r["body"] == "b"]
+    assert [r["attributes"]["ApproximateReceiveCount"] for r in retried] == ["1", "2"]
+    assert poller.stats().records_deleted == 3
+
+
+@pytest.mark.parametrize(
+    "first_answer",
+    [
+        pytest.param("raise", id="handler-exception"),
+        pytest.param({"batchItemFailures": [{"itemIdentifier": "not-in-this-batch"}]}, id="unknown-id"),
+        pytest.param({"batchItemFailures": "all"}, id="not-a-list"),
+    ],
+)
+def test_an_error_or_invalid_answer_fails_the_whole_batch(
+    fast_queue: LocalResources, make_poller: Any, first_answer: Any
+) -> None:
+    # Given a function whose first answer is an error or an invalid batch response
+    def answer(records: list[dict[str, Any]], call: int) -> Any:
+        if call == 1 and first_answer == "raise":
+            raise RuntimeError("boom")
+        return first_answer if call == 1 else {"batchItemFailures": []}
+
+    send(fast_queue.delivery_queue_url, "x", "y")
+    consumer = Consumer(answer=answer)
+
+    # When the poller runs until the queue is empty
+    poller = make_poller(consumer, batch_size=10, batching_window_seconds=0, maximum_concurrency=1)
+    eventually(lambda: queue_depth(fast_queue.delivery_queue_url) == 0 and len(consumer.bodies) >= 4)
+    poller.wait_idle(10)
+
+    # Then both records came back for a second delivery (nothing was deleted after the first)
+    assert consumer.seen == {"x": 2, "y": 2}
+    assert poller.stats().failed_invocations == 1
+
+
+def test_records_that_keep_failing_reach_the_dlq_by_the_redrive_policy(
+    fast_queue: LocalResources, make_poller: Any
+) -> None:
+    # Given a function that always fails record "poison"
+    send(fast_queue.delivery_queue_url, "ok", "poison")
+    consumer = Consumer(fail=lambda record, seen: record["body"] == "poison")
+
+    # When the poller runs past maxReceiveCount (2) receives of it
+    make_poller(consumer, batch_size=10, batching_window_seconds=0, maximum_concurrency=2)
+    sqs = client("sqs")
+    eventually(
+        lambda: (
+            int(
+                sqs.get_queue_attributes(
+                    QueueUrl=fast_queue.dead_letter_queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+                )["Attributes"]["ApproximateNumberOfMessages"]
+            )
+            == 1
+        )
+    )
+
+    # Then the DLQ holds "poison", received twice, and "ok" was delivered once and deleted
+    dead = sqs.receive_message(QueueUrl=fast_queue.dead_letter_queue_url, MaxNumberOfMessages=10)["Messages"]
+    assert [m["Body"] for m in dead] == ["poison"]
+    assert consumer.seen == {"ok": 1, "poison": 2}
+    assert queue_depth(fast_queue.delivery_queue_url) == 0
+
+
+def test_stop_waits_for_invocations_in_flight(aws_stack: LocalResources, make_poller: Any) -> None:
+    # Given an invocation that is running
+    send(aws_stack.delivery_queue_url, "slow")
+    consumer = Consumer(delay=1.0)
+    poller = make_poller(consumer, batch_size=1, batching_window_seconds=0, maximum_concurrency=2)
+    eventually(lambda: consumer.running == 1)
+
+    # When the poller is stopped
+    poller.stop()
+
+    # Then the invocation finished, its record was deleted, and no poller thread is left
+    assert consumer.running == 0
+    assert poller.stats().records_deleted == 1
+    assert queue_depth(aws_stack.delivery_queue_url) == 0
+    assert not [t for t in threading.enumerate() if t.name.startswith("sqs-poller")]
