@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import threading
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -14,8 +16,11 @@ import pytest
 from relay.adapters.aws import client
 from relay.adapters.secrets import RotatingSecret, SecretKind, put_secret, secret_name
 from relay.adapters.target_store import TargetStore
+from relay.errors import ConfigurationError
 from relay.local.aws_stack import LocalResources
 from relay.local.fixtures import Fixtures
+from relay.local.template import Template
+from relay.logic.signature import sign
 from relay.models.delivery import DeliveryTask
 from relay.models.targets import Integration, Target
 from relay.settings import get_settings
@@ -24,14 +29,16 @@ ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"
 
 
-def load_intake_handler() -> ModuleType:
+def load_intake_handler(template: Template) -> ModuleType:
     """The handler module the way the local stack loads it (CodeUri + Handler from template.yaml)."""
-    path = ROOT / "functions" / "intake" / "intake_handler.py"
-    spec = importlib.util.spec_from_file_location("intake_handler", path)
+    function = template.function("IntakeFunction")
+    path = function.code_dir / f"{function.handler_module}.py"
+    spec = importlib.util.spec_from_file_location(function.handler_module, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("intake_handler", module)
+    sys.modules.setdefault(function.handler_module, module)
     spec.loader.exec_module(module)
+    assert callable(getattr(module, function.handler_function))
     return module
 
 
@@ -81,7 +88,7 @@ def drain(queue_url: str) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def intake_handler(aws_stack: LocalResources) -> ModuleType:
-    return load_intake_handler()
+    return load_intake_handler(aws_stack.template)
 
 
 def test_signed_text_event_is_queued_once_per_target(
@@ -103,3 +110,210 @@ def test_signed_text_event_is_queued_once_per_target(
     assert sorted(answer["deliveryIds"]) == sorted(str(t.delivery_id) for t in tasks)
     sent = json.loads(event["body"])
     assert all(t.event == sent and t.event_id == sent["id"] for t in tasks)
+
+
+def test_a_genesys_retry_is_not_queued_again_and_gets_the_same_answer(
+    aws_stack: LocalResources, intake_handler: ModuleType
+) -> None:
+    # Given an event already accepted
+    seed_fixture_integrations()
+    event = json.loads((EVENTS / "apigw_typing.json").read_text())
+    first = intake_handler.lambda_handler(event, LambdaContext())
+
+    # When Genesys retries it (same id and channel.time)
+    repeat = intake_handler.lambda_handler(event, LambdaContext())
+
+    # Then the same 202 body, and the queue holds only the first attempt's tasks
+    assert first["statusCode"] == repeat["statusCode"] == 202
+    assert repeat["body"] == first["body"]
+    assert len(drain(aws_stack.delivery_queue_url)) == 2
+    record = client("dynamodb").scan(TableName=aws_stack.idempotency_table)["Items"]
+    assert [item["status"]["S"] for item in record] == ["COMPLETED"]
+    assert int(record[0]["expiration"]["N"]) > time.time() + get_settings().idempotency_ttl_seconds - 60
+
+
+def test_concurrent_repeats_are_queued_exactly_once(
+    aws_stack: LocalResources, intake_handler: ModuleType
+) -> None:
+    # Given eight copies of one event arriving at the same time
+    seed_fixture_integrations()
+    event = json.loads((EVENTS / "apigw_receipt.json").read_text())
+    intake_handler.lambda_handler(json.loads((EVENTS / "apigw_typing.json").read_text()), LambdaContext())
+    drain(aws_stack.delivery_queue_url)  # warm: caches and clients exist before the race
+    barrier = threading.Barrier(8)
+    statuses: list[int] = []
+
+    def post() -> None:
+        barrier.wait()
+        statuses.append(intake_handler.lambda_handler(event, LambdaContext())["statusCode"])
+
+    # When they race through the handler
+    threads = [threading.Thread(target=post) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    # Then one attempt queued the tasks and no repeat queued them again
+    assert len(drain(aws_stack.delivery_queue_url)) == 2
+    assert set(statuses) <= {202, 429} and 202 in statuses
+
+
+def test_sqs_unavailable_is_503_with_retry_after_and_the_retry_queues(
+    aws_stack: LocalResources, intake_handler: ModuleType
+) -> None:
+    # Given the delivery queue is gone (SQS refuses every send)
+    seed_fixture_integrations()
+    sqs = client("sqs")
+    attributes = sqs.get_queue_attributes(QueueUrl=aws_stack.delivery_queue_url, AttributeNames=["All"])
+    sqs.delete_queue(QueueUrl=aws_stack.delivery_queue_url)
+    event = json.loads((EVENTS / "apigw_text.json").read_text())
+
+    # When Genesys posts, the answer is 503 with Retry-After, so Genesys retries
+    failed = intake_handler.lambda_handler(event, LambdaContext())
+    assert failed["statusCode"] == 503, failed
+    assert int(failed["headers"]["retry-after"]) > 0
+    assert json.loads(failed["body"])["error"] == "service_unavailable"
+
+    # And once SQS is back, the retry is queued (the failed attempt did not leave a completed claim)
+    keep = {"VisibilityTimeout", "RedrivePolicy", "MessageRetentionPeriod"}
+    name = aws_stack.delivery_queue_url.rsplit("/", 1)[1]
+    sqs.create_queue(
+        QueueName=name, Attributes={k: v for k, v in attributes["Attributes"].items() if k in keep}
+    )
+    retried = intake_handler.lambda_handler(event, LambdaContext())
+    assert retried["statusCode"] == 202
+    assert len(drain(aws_stack.delivery_queue_url)) == 2
+
+
+def test_bodies_too_large_for_sqs_are_claim_checked_in_the_audit_bucket(
+    aws_stack: LocalResources, intake_handler: ModuleType
+) -> None:
+    # Given a Text message just under MAX_BODY_BYTES, too large for one SQS message with headroom
+    seed_fixture_integrations()
+    message = json.loads((EVENTS / "openmessaging_text.json").read_text())
+    message["text"] = "z" * (get_settings().max_body_bytes - 2_000)
+    event = signed_event(message)
+
+    # When it arrives
+    response = intake_handler.lambda_handler(event, LambdaContext())
+
+    # Then the body is in the audit bucket under events/, and every task refers to it
+    assert response["statusCode"] == 202, response
+    tasks = [DeliveryTask.model_validate(body) for body in drain(aws_stack.delivery_queue_url)]
+    assert len(tasks) == 2
+    ref = tasks[0].event_ref
+    assert ref is not None and all(t.event is None and t.event_ref == ref for t in tasks)
+    assert ref.bucket == aws_stack.audit_bucket and ref.key.startswith("events/")
+    stored = client("s3").get_object(Bucket=ref.bucket, Key=ref.key)["Body"].read()
+    assert json.loads(stored) == message
+
+
+def test_a_body_over_the_limit_is_413_from_the_handler(
+    aws_stack: LocalResources, intake_handler: ModuleType
+) -> None:
+    seed_fixture_integrations()
+    message = json.loads((EVENTS / "openmessaging_text.json").read_text())
+    message["text"] = "z" * (get_settings().max_body_bytes + 1)
+    response = intake_handler.lambda_handler(signed_event(message), LambdaContext())
+    assert response["statusCode"] == 413
+    assert json.loads(response["body"])["error"] == "payload_too_large"
+    assert drain(aws_stack.delivery_queue_url) == []
+
+
+def test_a_wrong_signature_is_401_json_and_nothing_is_queued(
+    aws_stack: LocalResources, intake_handler: ModuleType
+) -> None:
+    seed_fixture_integrations()
+    event = json.loads((EVENTS / "apigw_text.json").read_text())
+    event["body"] = event["body"].replace("help", "HELP")
+    response = intake_handler.lambda_handler(event, LambdaContext())
+    assert response["statusCode"] == 401
+    assert json.loads(response["body"])["error"] == "signature_mismatch"
+    assert drain(aws_stack.delivery_queue_url) == []
+
+
+def test_rotation_accepts_the_previous_signature_secret(
+    aws_stack: LocalResources, intake_handler: ModuleType
+) -> None:
+    # Given the secret was rotated: the fixtures' secret is now the previous one
+    fixtures = Fixtures.load()
+    old = fixtures.integrations[0].signature_secret
+    name = secret_name(SecretKind.SIGNATURE, fixtures.integrations[0].id)
+    seed_fixture_integrations()
+    put_secret(name, RotatingSecret(current="a-brand-new-signature-secret-01", previous=old))
+
+    # When Genesys still signs with the old one, it is accepted
+    response = intake_handler.lambda_handler(
+        json.loads((EVENTS / "apigw_text.json").read_text()), LambdaContext()
+    )
+    assert response["statusCode"] == 202
+    assert len(drain(aws_stack.delivery_queue_url)) == 2
+
+
+def test_eventbridge_events_reach_the_same_delivery_path(
+    aws_stack: LocalResources, intake_handler: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given EventBridge events are routed to the fixtures' integration
+    fixtures = seed_fixture_integrations()
+    monkeypatch.setenv("EVENTBRIDGE_INTEGRATION_ID", fixtures.integrations[0].id)
+    get_settings.cache_clear()
+    event = json.loads((EVENTS / "eventbridge_conversation_start.json").read_text())
+
+    # When the rule invokes the intake with a Genesys partner event (twice: at-least-once delivery)
+    intake_handler.lambda_handler(event, LambdaContext())
+    intake_handler.lambda_handler(event, LambdaContext())
+
+    # Then one task per target, tagged as an EventBridge event
+    tasks = [DeliveryTask.model_validate(body) for body in drain(aws_stack.delivery_queue_url)]
+    assert len(tasks) == 2
+    assert all(t.event_source == "eventbridge" and t.event == event for t in tasks)
+
+
+def test_eventbridge_failures_raise_for_lambda_to_retry(
+    aws_stack: LocalResources, intake_handler: ModuleType
+) -> None:
+    # Without EVENTBRIDGE_INTEGRATION_ID the event cannot be routed: the invocation fails, Lambda retries
+    # it and finally hands it to the on-failure destination, instead of it being dropped.
+    seed_fixture_integrations()
+    event = json.loads((EVENTS / "eventbridge_conversation_start.json").read_text())
+    with pytest.raises(ConfigurationError):
+        intake_handler.lambda_handler(event, LambdaContext())
+    assert drain(aws_stack.delivery_queue_url) == []
+
+
+def signed_event(message: dict[str, Any]) -> dict[str, Any]:
+    fixture = Fixtures.load().integrations[0]
+    event = json.loads((EVENTS / "apigw_text.json").read_text())
+    body = json.dumps(message, separators=(",", ":"))
+    event["body"] = body
+    event["headers"]["x-hub-signature-256"] = sign(body.encode(), fixture.signature_secret)
+    event["headers"]["content-length"] = str(len(body))
+    return event
+
+
+def emf_records(output: str) -> list[dict[str, Any]]:
+    records = []
+    for line in output.splitlines():
+        if line.startswith("{") and '"_aws"' in line:
+            records.append(json.loads(line))
+    return records
+
+
+def total(value: float | list[float]) -> float:
+    return sum(value) if isinstance(value, list) else value
+
+
+def test_metrics_name_the_rejection_reason_without_tagging_later_events(
+    aws_stack: LocalResources, intake_handler: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seed_fixture_integrations()
+    bad = json.loads((EVENTS / "apigw_text.json").read_text())
+    del bad["headers"]["x-hub-signature-256"]
+    intake_handler.lambda_handler(bad, LambdaContext())
+    intake_handler.lambda_handler(json.loads((EVENTS / "apigw_text.json").read_text()), LambdaContext())
+    rejected, accepted = emf_records(capsys.readouterr().out)
+    assert total(rejected["EventsRejected"]) == 1 and rejected["reason"] == "signature_missing"
+    assert total(accepted["EventsAccepted"]) == 1 and total(accepted["TasksQueued"]) == 2
+    assert "reason" not in accepted
+    assert rejected["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "GenesysRelay"

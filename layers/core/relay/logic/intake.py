@@ -461,22 +461,15 @@ class PowertoolsMetrics:
     """The architecture's intake metrics through the shared powertools Metrics (EMF)."""
 
     def count(self, name: str, value: int = 1, *, reason: str | None = None) -> None:
-        from aws_lambda_powertools.metrics import MetricUnit, single_metric
+        from aws_lambda_powertools.metrics import MetricUnit
 
         from relay.observability import metrics
 
-        if reason is None:
-            metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
-            return
-        # A dimension only this metric has: emitted on its own so it does not spread to the others.
-        with single_metric(
-            name=name,
-            unit=MetricUnit.Count,
-            value=value,
-            namespace=metrics.namespace,
-            default_dimensions=metrics.default_dimensions,
-        ) as metric:
-            metric.add_dimension(name="reason", value=reason)
+        if reason is not None:
+            # A rejection is the only metric of its invocation, and log_metrics clears dimensions on
+            # flush, so the reason dimension never spreads to another metric.
+            metrics.add_dimension(name="reason", value=reason)
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
 
 
 def build_intake(settings: Settings) -> Intake:

@@ -1,0 +1,105 @@
+"""The intake's idempotency claims against DynamoDB (moto server over HTTP): conditional writes decide."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from relay.adapters.aws import client
+from relay.adapters.idempotency import DynamoDBIdempotencyStore
+from relay.local.aws_stack import LocalResources
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(aws_stack: LocalResources, clock: Clock) -> DynamoDBIdempotencyStore:
+    return DynamoDBIdempotencyStore(
+        aws_stack.idempotency_table, ttl_seconds=3_600, lease_seconds=10, clock=clock
+    )
+
+
+def test_first_claim_wins_and_a_repeat_sees_it_in_progress(store: DynamoDBIdempotencyStore) -> None:
+    first = store.claim("intake#a")
+    repeat = store.claim("intake#a")
+    assert first.state == "acquired" and first.token
+    assert repeat.state == "in_progress" and repeat.token is None
+
+
+def test_a_completed_claim_replays_its_answer(
+    store: DynamoDBIdempotencyStore, aws_stack: LocalResources
+) -> None:
+    claim = store.claim("intake#b")
+    store.complete(claim, '{"status":"accepted"}')
+    repeat = store.claim("intake#b")
+    assert (repeat.state, repeat.response) == ("completed", '{"status":"accepted"}')
+    item = client("dynamodb").get_item(TableName=aws_stack.idempotency_table, Key={"id": {"S": "intake#b"}})[
+        "Item"
+    ]
+    assert item["status"]["S"] == "COMPLETED" and "in_progress_expiration" not in item
+    assert int(item["expiration"]["N"]) == 1_800_000_000 + 3_600  # the table's TTL attribute
+
+
+def test_a_released_claim_can_be_claimed_again(store: DynamoDBIdempotencyStore) -> None:
+    claim = store.claim("intake#c")
+    store.release(claim)
+    assert store.claim("intake#c").state == "acquired"
+
+
+def test_a_crashed_attempt_blocks_only_until_its_lease_ends(
+    store: DynamoDBIdempotencyStore, clock: Clock
+) -> None:
+    store.claim("intake#d")  # never completed nor released: the Lambda died
+    clock.now += 5
+    assert store.claim("intake#d").state == "in_progress"
+    clock.now += 6
+    assert store.claim("intake#d").state == "acquired"
+
+
+def test_a_stale_attempt_cannot_complete_or_release_a_newer_claim(
+    store: DynamoDBIdempotencyStore, clock: Clock
+) -> None:
+    stale = store.claim("intake#e")
+    clock.now += 11
+    current = store.claim("intake#e")
+    store.complete(stale, '{"stale":true}')
+    store.release(stale)
+    assert store.claim("intake#e").state == "in_progress"
+    store.complete(current, '{"current":true}')
+    assert store.claim("intake#e").response == '{"current":true}'
+
+
+def test_records_past_their_expiration_count_as_gone_before_ttl_deletes_them(
+    store: DynamoDBIdempotencyStore, clock: Clock
+) -> None:
+    store.complete(store.claim("intake#f"), "{}")
+    clock.now += 3_601
+    assert store.claim("intake#f").state == "acquired"
+
+
+def test_concurrent_claims_have_exactly_one_winner(store: DynamoDBIdempotencyStore) -> None:
+    barrier = threading.Barrier(8)
+    states: list[str] = []
+
+    def race() -> None:
+        barrier.wait()
+        states.append(store.claim("intake#g").state)
+
+    threads = [threading.Thread(target=race) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(states) == ["acquired"] + ["in_progress"] * 7
