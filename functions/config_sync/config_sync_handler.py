@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from relay.logic.config_sync import sync_targets
+from relay.logic.config_sync import sync_targets, warm_up
 from relay.observability import logger, metrics
 from relay.settings import get_settings
+
+# The SDK takes ~3 s to import: do it in the init phase (full CPU, not billed against the schedule).
+warm_up()
 
 
 @logger.inject_lambda_context(clear_state=True)

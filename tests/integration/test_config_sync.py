@@ -45,8 +45,7 @@ def genesys(
     fake_genesys: FakeGenesys, aws_stack: LocalResources, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[FakeGenesys]:
     """The fake, reset to the fixtures, with the sync's settings pointing at it and a fresh secrets prefix."""
-    fake_genesys.load(FIXTURES)
-    fake_genesys.clear_faults()
+    fake_genesys.reset(FIXTURES)
     for name, value in fake_genesys.settings_env().items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("RELAY_ALLOW_LOOPBACK_TARGETS", "true")
@@ -145,3 +144,130 @@ def test_changed_config_bumps_the_target_version(genesys: FakeGenesys) -> None:
     # Then the stored target carries the change under the next version
     crm = _store().get_target(INTEGRATION.id, CRM.id)
     assert crm is not None and crm.headers == {"X-Team": "crm-2"} and crm.version == 2
+
+
+# --- rejections: the last good config stays in force ----------------------------------------------
+
+
+def _rejected_ids(report_rejected: list[dict[str, str]]) -> list[str]:
+    return [r["id"] for r in report_rejected]
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"method": "GET"}, "method"),
+        ({"url": "ftp://files.example.com/drop"}, "only https"),
+        ({"url": "https://169.254.169.254/latest/meta-data"}, "link-local"),
+        ({"url": "https://10.1.2.3/hook"}, "private"),
+        ({"headers": {"Authorization": "Bearer sneaky"}}, "set by the relay"),
+        ({"securityType": "basic"}, "user:password"),
+        (
+            {"openMessagingIntegrationId": "not-a-configured-integration"},
+            "GENESYS_OPEN_MESSAGING_INTEGRATION_IDS",
+        ),
+    ],
+)
+def test_invalid_config_is_rejected_and_the_stored_target_stays(
+    genesys: FakeGenesys, change: dict[str, object], reason: str
+) -> None:
+    # Given a good first sync
+    sync_targets(get_settings())
+    before = _store().get_target(INTEGRATION.id, CRM.id)
+
+    # When an admin breaks the target's config in Genesys and the sync runs again
+    genesys.update_config_properties(CRM.id, **change)
+    report = sync_targets(get_settings())
+
+    # Then the target is reported with a reason, and the stored record is the last good one
+    assert [(r.id, r.kind) for r in report.rejected] == [(CRM.id, "target")]
+    assert reason in report.rejected[0].reason
+    assert _store().get_target(INTEGRATION.id, CRM.id) == before
+    # And the other target synced as usual
+    assert ARCHIVE.id in report.targets
+    # And the rejection reason never carries a secret value
+    for value in SECRET_VALUES:
+        assert value not in report.rejected[0].reason
+
+
+def test_disabled_config_is_rejected_and_the_last_good_config_stays(genesys: FakeGenesys) -> None:
+    sync_targets(get_settings())
+    genesys.set_intended_state(CRM.id, "DISABLED")
+
+    report = sync_targets(get_settings())
+
+    assert [r.id for r in report.rejected] == [CRM.id] and "disabled" in report.rejected[0].reason
+    crm = _store().get_target(INTEGRATION.id, CRM.id)
+    assert crm is not None and crm.enabled and crm.version == 1
+
+
+def test_a_config_never_seen_valid_is_not_stored(genesys: FakeGenesys) -> None:
+    genesys.update_config_properties(CRM.id, url="http://crm.example.com/hook")
+
+    report = sync_targets(get_settings())
+
+    assert [r.id for r in report.rejected] == [CRM.id]
+    assert _store().get_target(INTEGRATION.id, CRM.id) is None
+
+
+def test_loopback_targets_need_the_local_setting(
+    genesys: FakeGenesys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RELAY_ALLOW_LOOPBACK_TARGETS", "false")
+    forget_cached_configuration()
+
+    report = sync_targets(get_settings())
+
+    assert sorted(r.id for r in report.rejected) == sorted([CRM.id, ARCHIVE.id])
+    assert all("only https" in r.reason for r in report.rejected)
+    entry = _store().get(INTEGRATION.id)
+    assert entry is not None and entry.targets == ()
+
+
+def test_missing_integration_is_rejected_and_others_sync(
+    genesys: FakeGenesys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = "0b0b0b0b-0000-4000-8000-000000000000"
+    monkeypatch.setenv("GENESYS_WEBHOOK_INTEGRATION_IDS", f"{CRM.id},{missing}")
+    forget_cached_configuration()
+
+    report = sync_targets(get_settings())
+
+    assert report.targets == [CRM.id]
+    assert [(r.id, "404" in r.reason) for r in report.rejected] == [(missing, True)]
+
+
+def test_malformed_answer_for_one_target_keeps_its_last_good_config(genesys: FakeGenesys) -> None:
+    sync_targets(get_settings())
+    before = _store().get_target(INTEGRATION.id, CRM.id)
+    genesys.malform(path=rf"/api/v2/integrations/{CRM.id}/config/current$")
+
+    report = sync_targets(get_settings())
+
+    assert [r.id for r in report.rejected] == [CRM.id]
+    assert _store().get_target(INTEGRATION.id, CRM.id) == before
+
+
+def test_redacted_credentials_keep_the_value_secrets_manager_holds(genesys: FakeGenesys) -> None:
+    # Given a first sync stored the bearer token
+    sync_targets(get_settings())
+
+    # When Genesys starts answering the credential redacted
+    genesys.set_credential(CRM.id, "security", "********")
+    report = sync_targets(get_settings())
+
+    # Then the target still syncs and the stored token is unchanged
+    assert CRM.id in report.targets and report.rejected == []
+    token = get_secret(secret_name(SecretKind.AUTH, CRM.id), force_fetch=True)
+    assert token.values() == [CRM.security.value]
+
+
+def test_rotated_signing_secret_keeps_the_old_one_as_previous(genesys: FakeGenesys) -> None:
+    sync_targets(get_settings())
+    new_secret = "whsec_bmV3LXNpZ25pbmctc2VjcmV0LWZvci1yb3RhdGlvbg=="
+
+    genesys.set_credential(CRM.id, "signingSecret", new_secret)
+    sync_targets(get_settings())
+
+    signing = get_secret(secret_name(SecretKind.SIGNING, CRM.id), force_fetch=True)
+    assert signing.values() == [new_secret, CRM.signing_secret]

@@ -53,6 +53,13 @@ SCOPE_INTEGRATIONS = "integrations:integration:view"
 SCOPE_CREDENTIALS = "integrations:credential:view"
 
 
+def load_sdk() -> Any:
+    """Import the SDK (about 3 s). Config sync calls this during Lambda init, where CPU is free."""
+    import PureCloudPlatformClientV2
+
+    return PureCloudPlatformClientV2
+
+
 @dataclass(frozen=True)
 class GenesysCredentials:
     client_id: str
@@ -222,44 +229,44 @@ class GenesysClient:
 
     # --- reads ---------------------------------------------------------------------------------------
     def get_open_integration(self, integration_id: str) -> dict[str, Any]:
-        from PureCloudPlatformClientV2 import ConversationsApi
-
-        api = ConversationsApi(self._api_client)
-        return self._call(
-            lambda: api.get_conversations_messaging_integrations_open_integration_id(integration_id),
+        return self._read(
+            "ConversationsApi",
+            "get_conversations_messaging_integrations_open_integration_id",
+            integration_id,
             what=f"open messaging integration {integration_id}",
             scope=SCOPE_OPEN_MESSAGING,
         )
 
     def get_integration(self, integration_id: str) -> dict[str, Any]:
-        from PureCloudPlatformClientV2 import IntegrationsApi
-
-        api = IntegrationsApi(self._api_client)
-        return self._call(
-            lambda: api.get_integration(integration_id),
+        return self._read(
+            "IntegrationsApi",
+            "get_integration",
+            integration_id,
             what=f"integration {integration_id}",
             scope=SCOPE_INTEGRATIONS,
         )
 
     def get_integration_config(self, integration_id: str) -> dict[str, Any]:
-        from PureCloudPlatformClientV2 import IntegrationsApi
-
-        api = IntegrationsApi(self._api_client)
-        return self._call(
-            lambda: api.get_integration_config_current(integration_id),
+        return self._read(
+            "IntegrationsApi",
+            "get_integration_config_current",
+            integration_id,
             what=f"configuration of integration {integration_id}",
             scope=SCOPE_INTEGRATIONS,
         )
 
     def get_credential(self, credential_id: str) -> dict[str, Any]:
-        from PureCloudPlatformClientV2 import IntegrationsApi
-
-        api = IntegrationsApi(self._api_client)
-        return self._call(
-            lambda: api.get_integrations_credential(credential_id),
+        return self._read(
+            "IntegrationsApi",
+            "get_integrations_credential",
+            credential_id,
             what=f"credential {credential_id}",
             scope=SCOPE_CREDENTIALS,
         )
+
+    def _read(self, api_class: str, method: str, ident: str, *, what: str, scope: str) -> dict[str, Any]:
+        api = getattr(load_sdk(), api_class)(self._api_client)
+        return self._call(lambda: getattr(api, method)(ident), what=what, scope=scope)
 
     # --- one call, with token refresh, bounded 429 handling and error mapping ----------------------
     def _call(self, request: Callable[[], Any], *, what: str, scope: str) -> dict[str, Any]:
@@ -343,9 +350,11 @@ class GenesysClient:
             return GenesysError(f"Genesys Cloud answered {status} reading {what}")
         if isinstance(exc, urllib3.exceptions.HTTPError):
             reason = getattr(exc, "reason", None) or exc
-            if isinstance(reason, urllib3.exceptions.TimeoutError) or isinstance(
-                exc, urllib3.exceptions.TimeoutError
-            ):
+            # urllib3 makes NewConnectionError a ConnectTimeoutError, yet it is a refusal, not a timeout.
+            timed_out = isinstance(reason, urllib3.exceptions.TimeoutError) and not isinstance(
+                reason, urllib3.exceptions.NewConnectionError
+            )
+            if timed_out:
                 return GenesysTimeout(
                     f"Genesys Cloud did not answer {what} within {self._timeout_seconds:g} s "
                     f"({type(reason).__name__})"

@@ -250,6 +250,16 @@ class FakeGenesys:
         with self._lock:
             self._faults.clear()
 
+    def clear_requests(self) -> None:
+        with self._lock:
+            self._requests.clear()
+
+    def reset(self, fixtures: Fixtures) -> None:
+        """Serve ``fixtures`` again, with no pending faults and an empty request log (between tests)."""
+        self.load(fixtures)
+        self.clear_faults()
+        self.clear_requests()
+
     def expire_tokens(self) -> None:
         """Every token issued so far is now expired: API calls answer 401 until a new login."""
         with self._lock:
@@ -372,6 +382,12 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body leave in separate writes; no delayed-ACK stall
     server_version = "FakeGenesys/1"
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (a timeout test): nothing to answer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet; tests read .requests
         return

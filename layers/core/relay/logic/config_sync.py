@@ -79,6 +79,13 @@ class _Rejected(Exception):
     """One config is skipped; the message is safe to log (no secret values)."""
 
 
+def warm_up() -> None:
+    """Load the Genesys SDK now (the handler calls this at import, inside Lambda's init phase)."""
+    from relay.adapters.genesys import load_sdk
+
+    load_sdk()
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 

@@ -1,0 +1,306 @@
+"""GenesysClient drives the real PureCloudPlatformClientV2 SDK over HTTP against the fake Genesys API.
+
+Every error path the issue names: expired tokens (before expiry and on a 401), 403 naming the scope,
+429 with Retry-After (honoured up to a bound, never slept on by urllib3), slow responses past the
+timeout, malformed bodies, connection failures, bad credentials.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+from pydantic import SecretStr
+
+from relay.adapters.genesys import (
+    SCOPE_INTEGRATIONS,
+    SCOPE_OPEN_MESSAGING,
+    GenesysClient,
+    GenesysCredentials,
+    api_host_for,
+)
+from relay.errors import (
+    GenesysAuthError,
+    GenesysError,
+    GenesysForbidden,
+    GenesysMalformedResponse,
+    GenesysNotFound,
+    GenesysRateLimited,
+    GenesysTimeout,
+    GenesysUnavailable,
+)
+from relay.local.fake_genesys import FakeGenesys, Fault
+from relay.local.fixtures import Fixtures
+from relay.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+FIXTURES = Fixtures.load()
+OPEN_ID = FIXTURES.integrations[0].id
+TARGET_ID = FIXTURES.integrations[0].targets[0].id
+TOKEN_PATH = r"^/oauth/token$"
+API_PATH = r"^/api/v2/"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class RecordingSleep:
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeGenesys]:
+    with FakeGenesys(FIXTURES, token_lifetime_seconds=3_600) as server:
+        yield server
+
+
+@pytest.fixture
+def genesys(fake: FakeGenesys) -> Iterator[FakeGenesys]:
+    fake.reset(FIXTURES)
+    yield fake
+    fake.clear_faults()
+
+
+def _client(fake: FakeGenesys, *, secret: str | None = None, **kwargs: object) -> GenesysClient:
+    credentials = GenesysCredentials(fake.client_id, SecretStr(secret or fake.client_secret))
+    options: dict[str, object] = {"timeout_seconds": 2.0, "sleep": RecordingSleep()}
+    options.update(kwargs)
+    return GenesysClient(fake.base_url, credentials, **options)  # type: ignore[arg-type]
+
+
+def _assert_no_secret(exc: BaseException, fake: FakeGenesys) -> None:
+    text = f"{exc} {exc!r}"
+    assert fake.client_secret not in text
+    assert "Bearer" not in text
+
+
+def test_reads_deserialize_through_the_sdk_models(genesys: FakeGenesys) -> None:
+    client = _client(genesys)
+
+    open_integration = client.get_open_integration(OPEN_ID)
+    integration = client.get_integration(TARGET_ID)
+    config = client.get_integration_config(TARGET_ID)
+    credential = client.get_credential(config["credentials"]["security"]["id"])
+
+    assert open_integration["id"] == OPEN_ID and open_integration["status"] == "Active"
+    assert integration["intendedState"] == "ENABLED"
+    assert integration["integrationType"]["id"] == "webhook"
+    assert config["properties"]["openMessagingIntegrationId"] == OPEN_ID
+    assert credential["credentialFields"] == {"value": FIXTURES.integrations[0].targets[0].security.value}
+    assert client.logins == 1
+
+
+def test_logs_in_again_before_the_token_expires(genesys: FakeGenesys) -> None:
+    # Given a client logged in with a one-hour token
+    clock = FakeClock()
+    client = _client(genesys, clock=clock)
+    client.get_integration(TARGET_ID)
+    logins_before = genesys.count(TOKEN_PATH)
+
+    # When the clock nears the token's expiry (inside the refresh margin) and we read again
+    clock.now += 3_600 - 60
+    client.get_integration(TARGET_ID)
+
+    # Then the client logged in again first, so the fake never saw an expired token
+    assert genesys.count(TOKEN_PATH) == logins_before + 1
+    assert client.logins == 2
+    assert all(r.authorized for r in genesys.requests if r.method == "GET")
+
+
+def test_a_401_triggers_one_fresh_login_and_the_read_succeeds(genesys: FakeGenesys) -> None:
+    client = _client(genesys)
+    client.get_integration(TARGET_ID)
+
+    # When Genesys revokes every token early
+    genesys.expire_tokens()
+    result = client.get_integration(TARGET_ID)
+
+    # Then the client logged in once more and got its answer
+    assert result["id"] == TARGET_ID
+    assert client.logins == 2
+
+
+def test_a_401_after_a_fresh_login_is_an_auth_error(genesys: FakeGenesys) -> None:
+    client = _client(genesys)
+    genesys.add_fault(Fault("status", status=401, path=API_PATH, times=2))
+
+    with pytest.raises(GenesysAuthError) as caught:
+        client.get_integration(TARGET_ID)
+
+    assert client.logins == 2
+    _assert_no_secret(caught.value, genesys)
+
+
+def test_wrong_client_secret_is_an_auth_error_without_the_secret(genesys: FakeGenesys) -> None:
+    client = _client(genesys, secret="definitely-not-the-secret")
+
+    with pytest.raises(GenesysAuthError, match="client id and secret") as caught:
+        client.get_integration(TARGET_ID)
+
+    assert "definitely-not-the-secret" not in str(caught.value)
+    assert genesys.count(API_PATH) == 0
+
+
+@pytest.mark.parametrize(
+    ("read", "scope"),
+    [("get_open_integration", SCOPE_OPEN_MESSAGING), ("get_integration", SCOPE_INTEGRATIONS)],
+)
+def test_403_names_the_missing_permission(genesys: FakeGenesys, read: str, scope: str) -> None:
+    client = _client(genesys)
+    genesys.deny(path=API_PATH)
+
+    with pytest.raises(GenesysForbidden) as caught:
+        getattr(client, read)(OPEN_ID if read == "get_open_integration" else TARGET_ID)
+
+    assert caught.value.scope == scope
+    assert scope in str(caught.value)
+
+
+def test_429_is_honoured_within_the_bound(genesys: FakeGenesys) -> None:
+    # Given Genesys rate-limits the next two reads with Retry-After: 2
+    sleep = RecordingSleep()
+    client = _client(genesys, sleep=sleep, max_rate_limit_retries=3, max_retry_after_seconds=5)
+    client.login()
+    genesys.rate_limit(retry_after=2, path=API_PATH, times=2)
+
+    # When we read
+    result = client.get_integration(TARGET_ID)
+
+    # Then we waited out Retry-After twice ourselves and got the answer on the third request
+    assert result["id"] == TARGET_ID
+    assert sleep.waits == [2.0, 2.0]
+    assert genesys.count(API_PATH) == 3
+
+
+def test_429_past_the_bound_ends_the_run_with_a_clear_error(genesys: FakeGenesys) -> None:
+    sleep = RecordingSleep()
+    client = _client(genesys, sleep=sleep, max_rate_limit_retries=2, max_retry_after_seconds=5)
+    client.login()
+    genesys.rate_limit(retry_after=1, path=API_PATH, times=10)
+
+    with pytest.raises(GenesysRateLimited, match="this run ends") as caught:
+        client.get_integration(TARGET_ID)
+
+    assert sleep.waits == [1.0, 1.0]
+    assert genesys.count(API_PATH) == 3
+    assert caught.value.retry_after_seconds == 1.0
+
+
+def test_a_long_retry_after_is_not_slept_on_by_the_sdk(genesys: FakeGenesys) -> None:
+    # Given a 429 asking for an hour's wait (urllib3's default Retry would sleep on it silently)
+    sleep = RecordingSleep()
+    client = _client(genesys, sleep=sleep, max_retry_after_seconds=10)
+    client.login()
+    genesys.rate_limit(retry_after=3_600, path=API_PATH, times=1)
+
+    # When we read, the run ends at once: one request, no wait anywhere
+    with pytest.raises(GenesysRateLimited):
+        client.get_integration(TARGET_ID)
+
+    assert genesys.count(API_PATH) == 1
+    assert sleep.waits == []
+
+
+def test_429_on_login_is_honoured_too(genesys: FakeGenesys) -> None:
+    sleep = RecordingSleep()
+    client = _client(genesys, sleep=sleep)
+    genesys.rate_limit(retry_after=1, path=TOKEN_PATH, times=1)
+
+    client.login()
+
+    assert sleep.waits == [1.0]
+    assert genesys.count(TOKEN_PATH) == 2
+
+
+def test_slow_api_response_past_the_timeout_is_a_timeout_error(genesys: FakeGenesys) -> None:
+    client = _client(genesys, timeout_seconds=0.3)
+    client.login()
+    genesys.slow_down(1.5, path=API_PATH)
+
+    with pytest.raises(GenesysTimeout, match="did not answer"):
+        client.get_integration(TARGET_ID)
+
+    # urllib3 did not retry behind our back
+    assert genesys.count(API_PATH) == 1
+
+
+def test_slow_token_endpoint_is_a_timeout_error(genesys: FakeGenesys) -> None:
+    client = _client(genesys, timeout_seconds=0.3)
+    genesys.slow_down(1.5, path=TOKEN_PATH)
+
+    with pytest.raises(GenesysTimeout):
+        client.login()
+
+
+@pytest.mark.parametrize("path", [API_PATH, TOKEN_PATH])
+def test_malformed_body_is_a_malformed_response_error(genesys: FakeGenesys, path: str) -> None:
+    client = _client(genesys)
+    if path == API_PATH:
+        client.login()
+    genesys.malform(path=path)
+
+    with pytest.raises(GenesysMalformedResponse):
+        client.get_integration(TARGET_ID)
+
+
+def test_unknown_integration_is_not_found(genesys: FakeGenesys) -> None:
+    with pytest.raises(GenesysNotFound):
+        _client(genesys).get_integration("00000000-0000-4000-8000-000000000000")
+
+
+def test_5xx_is_unavailable(genesys: FakeGenesys) -> None:
+    client = _client(genesys)
+    client.login()
+    genesys.add_fault(Fault("status", status=503, path=API_PATH))
+
+    with pytest.raises(GenesysUnavailable):
+        client.get_integration(TARGET_ID)
+
+
+def test_connection_refused_is_unavailable() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = GenesysClient(
+        f"http://127.0.0.1:{port}", GenesysCredentials("id", SecretStr("s3cret-value")), timeout_seconds=1
+    )
+
+    with pytest.raises(GenesysUnavailable) as caught:
+        client.login()
+
+    assert not isinstance(caught.value, GenesysTimeout)
+    assert "s3cret-value" not in str(caught.value)
+
+
+def test_every_error_is_a_genesys_error() -> None:
+    for error in (
+        GenesysAuthError,
+        GenesysRateLimited,
+        GenesysTimeout,
+        GenesysMalformedResponse,
+        GenesysNotFound,
+    ):
+        assert issubclass(error, GenesysError)
+
+
+@pytest.mark.parametrize(
+    ("env", "host"),
+    [
+        ({"GENESYS_REGION": "eu-west-1"}, "https://api.mypurecloud.ie"),
+        ({"GENESYS_REGION": "mypurecloud.com.au"}, "https://api.mypurecloud.com.au"),
+        ({"GENESYS_REGION": "eu-west-1", "GENESYS_API_HOST": "http://127.0.0.1:9/"}, "http://127.0.0.1:9"),
+    ],
+)
+def test_api_host_from_region_or_override(env: dict[str, str], host: str) -> None:
+    assert api_host_for(Settings.model_validate(env)) == host
