@@ -1,0 +1,265 @@
+"""``relay dlq list`` and ``relay dlq redrive``: inspect the dead-letter queue and move messages back.
+
+Only ids, reasons and counts are printed: event bodies may hold customer messages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import IO, Any
+
+EXIT_OK = 0
+EXIT_INCOMPLETE = 1  # something was left behind or failed: read the summary
+EXIT_USAGE = 2
+
+
+def register(subparsers: Any) -> None:
+    dlq = subparsers.add_parser("dlq", help="inspect and redrive the dead-letter queue")
+    sub = dlq.add_subparsers(dest="dlq_command", required=True)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dlq-url", help="dead-letter queue URL (default: DEAD_LETTER_QUEUE_URL)")
+    common.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    common.add_argument(
+        "--max", type=_positive, metavar="N", help="look at (list) or move (redrive) at most N"
+    )
+    common.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+
+    listing = sub.add_parser(
+        "list", parents=[common], help="group DLQ messages by reason and target (nothing is removed)"
+    )
+    listing.add_argument(
+        "--visibility",
+        type=_positive,
+        default=30,
+        metavar="SECONDS",
+        help="how long scanned messages stay hidden if this command dies (they are put back at the end)",
+    )
+    listing.set_defaults(func=_list)
+
+    redrive = sub.add_parser("redrive", parents=[common], help="move DLQ messages back to the delivery queue")
+    redrive.add_argument("--queue-url", help="delivery queue URL (default: DELIVERY_QUEUE_URL)")
+    redrive.add_argument(
+        "--target", action="append", metavar="TARGET_ID", help="only this target (repeatable)"
+    )
+    redrive.add_argument(
+        "--integration", action="append", metavar="INTEGRATION_ID", help="only this integration (repeatable)"
+    )
+    redrive.add_argument(
+        "--reason",
+        action="append",
+        metavar="REASON",
+        help="only this reason (repeatable): exhausted, permanent-status, target-gone, poison, "
+        "unknown-target, target-disabled, redrive-backstop",
+    )
+    redrive.add_argument("--dry-run", action="store_true", help="show what would move; move nothing")
+    redrive.add_argument(
+        "--method",
+        choices=("auto", "move-task", "resend"),
+        default="auto",
+        help="auto: SQS move task when nothing is filtered or bounded, else re-send; "
+        "resend: always re-send (fresh attempt counters); move-task: fail if SQS lacks it",
+    )
+    redrive.add_argument(
+        "--rate", type=_positive, metavar="PER_SECOND", help="move task rate limit (max 500)"
+    )
+    redrive.set_defaults(func=_redrive)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+class ProgressLine:
+    """A one-line progress bar on stderr: redrawn in place on a terminal, an occasional line otherwise."""
+
+    WIDTH = 24
+
+    def __init__(
+        self,
+        stream: IO[str] | None = None,
+        *,
+        enabled: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        interval_seconds: float | None = None,
+    ) -> None:
+        self._stream = stream or sys.stderr
+        self._enabled = enabled
+        self._tty = self._stream.isatty()
+        self._clock = clock
+        self._interval = interval_seconds if interval_seconds is not None else (0.1 if self._tty else 5.0)
+        self._last = -float("inf")
+        self._drawn = False
+
+    def __call__(self, progress: Any) -> None:
+        if not self._enabled or self._clock() - self._last < self._interval:
+            return
+        self._last = self._clock()
+        line = self.render(progress.phase, progress.done, progress.total, progress.moved, progress.failed)
+        self._stream.write(f"\r{line}\x1b[K" if self._tty else f"{line}\n")
+        self._stream.flush()
+        self._drawn = True
+
+    @classmethod
+    def render(cls, phase: str, done: int, total: int | None, moved: int, failed: int) -> str:
+        if total:
+            filled = min(cls.WIDTH, cls.WIDTH * done // total)
+            bar = f"[{'#' * filled}{'.' * (cls.WIDTH - filled)}] {done}/~{total}"
+        else:
+            bar = f"{done}"
+        return f"{phase}: {bar}  moved {moved}  failed {failed}"
+
+    def close(self) -> None:
+        if self._drawn and self._tty:
+            self._stream.write("\n")
+            self._stream.flush()
+
+
+def _settings_url(explicit: str | None, field: str) -> str:
+    if explicit:
+        return explicit
+    from relay.settings import get_settings
+
+    return get_settings().need(field)
+
+
+def _list(args: argparse.Namespace) -> int:
+    from relay.adapters.dlq_queue import SqsDlqQueues
+    from relay.errors import RelayError
+    from relay.logic.dlq import list_dead_letters
+
+    line = ProgressLine(enabled=not args.no_progress)
+    try:
+        report = list_dead_letters(
+            SqsDlqQueues(),
+            _settings_url(args.dlq_url, "dead_letter_queue_url"),
+            max_messages=args.max,
+            visibility_seconds=args.visibility,
+            progress=line,
+        )
+    except RelayError as exc:
+        line.close()
+        print(f"relay dlq list: {exc}", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    line.close()
+    document = report.to_json()
+    if args.format == "json":
+        print(json.dumps(document, indent=2))
+    else:
+        print(format_groups(document["groups"]))
+        limited = " (stopped at --max)" if report.limited else ""
+        print(f"\n{report.scanned} messages scanned{limited}; SQS reports about {report.depth} in the queue.")
+    return EXIT_OK
+
+
+def _redrive(args: argparse.Namespace) -> int:
+    from relay.adapters.dlq_queue import SqsDlqQueues
+    from relay.errors import RelayError
+    from relay.logic.dlq import DLQ_REASONS, RedriveFilter, RedriveOptions, redrive
+
+    unknown = sorted(set(args.reason or ()) - set(DLQ_REASONS))
+    if unknown:
+        print(
+            f"relay dlq redrive: unknown reason {', '.join(unknown)}; one of {', '.join(DLQ_REASONS)}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    options = RedriveOptions(
+        filter=RedriveFilter.of(args.target, args.integration, args.reason),
+        max_messages=args.max,
+        dry_run=args.dry_run,
+        method=args.method,
+        max_per_second=args.rate,
+    )
+    line = ProgressLine(enabled=not args.no_progress)
+    try:
+        result = redrive(
+            SqsDlqQueues(),
+            _settings_url(args.dlq_url, "dead_letter_queue_url"),
+            _settings_url(args.queue_url, "delivery_queue_url"),
+            options,
+            progress=line,
+        )
+    except RelayError as exc:
+        line.close()
+        print(f"relay dlq redrive: {exc}", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    line.close()
+    document = result.to_json()
+    if args.format == "json":
+        print(json.dumps(document, indent=2))
+    else:
+        print(format_redrive(document))
+    return EXIT_OK if result.ok else EXIT_INCOMPLETE
+
+
+def format_groups(groups: Sequence[dict[str, Any]]) -> str:
+    """A plain-text table of group documents (``DeadLetterGroup.to_json``)."""
+    if not groups:
+        return "no messages"
+    header = ("REASON", "INTEGRATION", "TARGET", "COUNT", "OLDEST", "LAST STATUS", "SAMPLE DELIVERY ID")
+    rows = [
+        (
+            g["reason"],
+            g["integrationId"],
+            g["targetId"],
+            str(g["count"]),
+            _age(g["oldestAgeSeconds"]),
+            ",".join(g["lastStatuses"]) or "-",
+            g["sampleDeliveryId"] or f"(message {g['sampleMessageId']})",
+        )
+        for g in groups
+    ]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in (header, *rows)
+    )
+
+
+def _age(seconds: int | None) -> str:
+    """2d03h, 5h12m, 7m05s, 42s."""
+    if seconds is None:
+        return "-"
+    for unit, size, small_unit, small_size in (
+        ("d", 86_400, "h", 3_600),
+        ("h", 3_600, "m", 60),
+        ("m", 60, "s", 1),
+    ):
+        if seconds >= size:
+            return f"{seconds // size}{unit}{seconds % size // small_size:02d}{small_unit}"
+    return f"{seconds}s"
+
+
+def format_redrive(document: dict[str, Any]) -> str:
+    lines = []
+    if document["fallbackReason"]:
+        lines.append(f"note: {document['fallbackReason']}")
+    mode = document["mode"]
+    task = document["task"]
+    if mode == "move-task" and task is not None:
+        to_move = task["toMove"] if task["toMove"] is not None else "?"
+        lines.append(f"SQS move task {task['status']}: {task['moved']} of {to_move} messages moved")
+        if task["failureReason"]:
+            lines.append(f"failure reason: {task['failureReason']}")
+    else:
+        verb = "would move" if mode == "dry-run" else "moved"
+        lines.append(format_groups(document["groups"]))
+        lines.append("")
+        count = document["matched"] if mode == "dry-run" else document["moved"]
+        lines.append(
+            f"{verb} {count} of {document['scanned']} scanned; skipped {document['skipped']}, "
+            f"send failed {document['sendFailed']} (left in the DLQ), "
+            f"re-sent but not deleted {document['notDeleted']}, "
+            f"arrived during the run {document['arrivedDuringRun']} (left for the next run)"
+        )
+    if document["error"]:
+        lines.append(f"error: {document['error']}")
+    return "\n".join(lines)

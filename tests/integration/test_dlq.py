@@ -1,0 +1,302 @@
+"""``relay dlq list`` / ``relay dlq redrive`` against a real moto server (which lacks the move task).
+
+The DLQ is filled the way the dispatcher fills it: DeliveryTask bodies with the relay-dlq-* attributes
+for messages it dead-letters itself, and bare bodies for messages the redrive policy moved (backstop).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import uuid4
+
+import pytest
+
+from relay.adapters.aws import client
+from relay.adapters.dlq_queue import MoveTaskUnavailable, SqsDlqQueues
+from relay.cli import main
+from relay.local.aws_stack import LocalResources
+from relay.logic.dlq import RedriveOptions, redrive
+from relay.models.delivery import (
+    ATTR_ATTEMPTS,
+    ATTR_DEFERRALS,
+    ATTR_DLQ_REASON,
+    ATTR_INTEGRATION_ID,
+    ATTR_LAST_ERROR,
+    ATTR_LAST_STATUS,
+    ATTR_TARGET_ID,
+    DeliveryTask,
+)
+
+CUSTOMER_TEXT = "customer says: my card number is 4111"  # must never be printed
+
+
+@dataclass(frozen=True)
+class Seeded:
+    body: str
+    delivery_id: str | None
+    reason: str
+    integration_id: str
+    target_id: str
+
+
+def task_body(integration_id: str, target_id: str) -> tuple[str, str]:
+    task = DeliveryTask(
+        delivery_id=uuid4(),
+        integration_id=integration_id,
+        target_id=target_id,
+        event_id=str(uuid4()),
+        received_at=datetime.now(UTC),
+        event={"channel": {"id": "c1"}, "text": CUSTOMER_TEXT},
+    )
+    return task.model_dump_json(by_alias=True), str(task.delivery_id)
+
+
+def dead_letter_attributes(reason: str, integration_id: str, target_id: str, status: str) -> dict[str, Any]:
+    """What the dispatcher sets when it dead-letters a message itself."""
+    return {
+        ATTR_ATTEMPTS: {"DataType": "Number", "StringValue": "3"},
+        ATTR_DEFERRALS: {"DataType": "Number", "StringValue": "1"},
+        ATTR_DLQ_REASON: {"DataType": "String", "StringValue": reason},
+        ATTR_LAST_STATUS: {"DataType": "Number", "StringValue": status},
+        ATTR_LAST_ERROR: {"DataType": "String", "StringValue": f"http_{status}"},
+        ATTR_TARGET_ID: {"DataType": "String", "StringValue": target_id},
+        ATTR_INTEGRATION_ID: {"DataType": "String", "StringValue": integration_id},
+    }
+
+
+def put(queue_url: str, body: str, attributes: Mapping[str, Any] | None = None) -> None:
+    kwargs: dict[str, Any] = {"QueueUrl": queue_url, "MessageBody": body}
+    if attributes:
+        kwargs["MessageAttributes"] = attributes
+    client("sqs").send_message(**kwargs)
+
+
+def seed_dlq(dlq_url: str) -> list[Seeded]:
+    """8 messages: 3 exhausted + 2 backstop for int-1/target-a, 2 permanent-status (400) for
+    int-1/target-b, 1 poison with a body that is no DeliveryTask."""
+    seeded = []
+    for reason, target, status, count in (
+        ("exhausted", "target-a", "503", 3),
+        ("permanent-status", "target-b", "400", 2),
+    ):
+        for _ in range(count):
+            body, delivery_id = task_body("int-1", target)
+            put(dlq_url, body, dead_letter_attributes(reason, "int-1", target, status))
+            seeded.append(Seeded(body, delivery_id, reason, "int-1", target))
+    for _ in range(2):  # the redrive policy moved these: the intake's bare message, no attributes
+        body, delivery_id = task_body("int-1", "target-a")
+        put(dlq_url, body)
+        seeded.append(Seeded(body, delivery_id, "redrive-backstop", "int-1", "target-a"))
+    poison = json.dumps({"deliveryId": "not-a-uuid", "event": {"text": CUSTOMER_TEXT}})
+    put(dlq_url, poison, {ATTR_DLQ_REASON: {"DataType": "String", "StringValue": "poison"}})
+    seeded.append(Seeded(poison, None, "poison", "unparseable", "unparseable"))
+    return seeded
+
+
+def drain(queue_url: str) -> list[dict[str, Any]]:
+    """Every message in the queue (received with attributes, then deleted)."""
+    sqs = client("sqs")
+    messages: list[dict[str, Any]] = []
+    while True:
+        got = sqs.receive_message(
+            QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0, MessageAttributeNames=["All"]
+        ).get("Messages", [])
+        if not got:
+            return messages
+        for message in got:
+            messages.append(message)
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["dlq", *argv, "--no-progress"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def seeded(aws_stack: LocalResources) -> Iterator[list[Seeded]]:
+    yield seed_dlq(aws_stack.dead_letter_queue_url)
+
+
+def test_list_groups_by_reason_and_target_and_puts_every_message_back(
+    aws_stack: LocalResources, seeded: list[Seeded], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # When
+    code, out, err = run_cli(capsys, "list", "--format", "json")
+
+    # Then: one group per (reason, integration, target) with its count and a sample id from that group
+    assert code == 0
+    report = json.loads(out)
+    groups = {(g["reason"], g["integrationId"], g["targetId"]): g for g in report["groups"]}
+    assert {key: g["count"] for key, g in groups.items()} == {
+        ("exhausted", "int-1", "target-a"): 3,
+        ("permanent-status", "int-1", "target-b"): 2,
+        ("redrive-backstop", "int-1", "target-a"): 2,
+        ("poison", "unparseable", "unparseable"): 1,
+    }
+    assert report["scanned"] == 8
+    for key, group in groups.items():
+        ids = {s.delivery_id for s in seeded if (s.reason, s.integration_id, s.target_id) == key}
+        assert group["sampleDeliveryId"] in ids
+        assert group["oldestAgeSeconds"] is not None and group["oldestAgeSeconds"] >= 0
+    assert groups[("permanent-status", "int-1", "target-b")]["lastStatuses"] == ["400"]
+    # ids only: no event text, no raw body
+    assert CUSTOMER_TEXT not in out + err and "card number" not in out + err
+    # and nothing was removed: all 8 are visible again at once (released, not left to time out)
+    assert len(drain(aws_stack.dead_letter_queue_url)) == 8
+
+
+def test_list_prints_a_readable_table(seeded: list[Seeded], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "list")
+
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:4] == ["REASON", "INTEGRATION", "TARGET", "COUNT"]
+    exhausted = next(line for line in lines if line.startswith("exhausted"))
+    assert exhausted.split()[:4] == ["exhausted", "int-1", "target-a", "3"]
+    assert "8 messages scanned" in out
+    assert CUSTOMER_TEXT not in out
+
+
+def test_redrive_all_falls_back_to_resend_and_moves_every_body_unchanged(
+    aws_stack: LocalResources, seeded: list[Seeded], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # When: no filter, so the move task is tried first; moto answers 500 NotImplementedError
+    code, out, err = run_cli(capsys, "redrive", "--format", "json")
+
+    # Then
+    assert code == 0, out + err
+    result = json.loads(out)
+    assert result["mode"] == "resend"
+    assert "StartMessageMoveTask is not available" in result["fallbackReason"]
+    assert result["moved"] == 8 and result["sendFailed"] == 0 and result["notDeleted"] == 0
+    moved = drain(aws_stack.delivery_queue_url)
+    assert sorted(m["Body"] for m in moved) == sorted(s.body for s in seeded)  # byte for byte
+    for message in moved:  # a fresh try: attempts reset, dead-letter notes dropped
+        attributes = message.get("MessageAttributes", {})
+        assert attributes[ATTR_ATTEMPTS]["StringValue"] == "0"
+        assert not {name for name in attributes if name.startswith("relay-dlq-")}
+        assert ATTR_LAST_ERROR not in attributes and ATTR_DEFERRALS not in attributes
+    assert drain(aws_stack.dead_letter_queue_url) == []
+    assert CUSTOMER_TEXT not in out + err
+
+
+def test_filtered_redrive_moves_only_the_matching_messages(
+    aws_stack: LocalResources, seeded: list[Seeded], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # When
+    code, out, _ = run_cli(
+        capsys, "redrive", "--target", "target-a", "--reason", "exhausted", "--format", "json"
+    )
+
+    # Then: the 3 exhausted target-a messages moved; the 5 others stay in the DLQ
+    assert code == 0
+    assert json.loads(out)["moved"] == 3
+    expected = {s.body for s in seeded if s.target_id == "target-a" and s.reason == "exhausted"}
+    assert {m["Body"] for m in drain(aws_stack.delivery_queue_url)} == expected
+    assert {m["Body"] for m in drain(aws_stack.dead_letter_queue_url)} == {s.body for s in seeded} - expected
+
+
+def test_redrive_by_integration_and_backstop_reason(
+    aws_stack: LocalResources, seeded: list[Seeded], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, _ = run_cli(capsys, "redrive", "--integration", "int-1", "--reason", "redrive-backstop")
+
+    assert code == 0
+    expected = {s.body for s in seeded if s.reason == "redrive-backstop"}
+    assert {m["Body"] for m in drain(aws_stack.delivery_queue_url)} == expected
+    assert len(drain(aws_stack.dead_letter_queue_url)) == 6
+
+
+def test_max_bounds_how_many_move(
+    aws_stack: LocalResources, seeded: list[Seeded], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run_cli(capsys, "redrive", "--max", "3", "--format", "json")
+
+    assert code == 0
+    assert json.loads(out)["moved"] == 3
+    assert len(drain(aws_stack.delivery_queue_url)) == 3
+    assert len(drain(aws_stack.dead_letter_queue_url)) == 5
+
+
+def test_dry_run_shows_what_would_move_and_moves_nothing(
+    aws_stack: LocalResources, seeded: list[Seeded], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # When
+    code, out, _ = run_cli(capsys, "redrive", "--dry-run", "--target", "target-b", "--format", "json")
+
+    # Then
+    assert code == 0
+    result = json.loads(out)
+    assert result["mode"] == "dry-run" and result["matched"] == 2 and result["moved"] == 0
+    assert [(g["reason"], g["targetId"], g["count"]) for g in result["groups"]] == [
+        ("permanent-status", "target-b", 2)
+    ]
+    assert drain(aws_stack.delivery_queue_url) == []
+    assert sorted(m["Body"] for m in drain(aws_stack.dead_letter_queue_url)) == sorted(s.body for s in seeded)
+
+
+def test_dry_run_without_filters_prints_what_would_move(
+    aws_stack: LocalResources, seeded: list[Seeded], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run_cli(capsys, "redrive", "--dry-run")
+
+    assert code == 0
+    assert "would move 8 of 8 scanned" in out
+    assert drain(aws_stack.delivery_queue_url) == []
+    assert len(drain(aws_stack.dead_letter_queue_url)) == 8
+
+
+def test_a_failed_send_deletes_nothing_from_the_dlq(
+    aws_stack: LocalResources, seeded: list[Seeded], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given: a delivery queue URL whose queue no longer exists
+    sqs = client("sqs")
+    gone = sqs.create_queue(QueueName=f"{aws_stack.prefix}-gone")["QueueUrl"]
+    sqs.delete_queue(QueueUrl=gone)
+
+    # When (re-sending: the move task would already refuse a destination it cannot resolve)
+    code, out, _ = run_cli(capsys, "redrive", "--queue-url", gone, "--method", "resend", "--format", "json")
+
+    # Then: the run says it failed, and every message is still in the DLQ (visible again at once)
+    assert code == 1
+    result = json.loads(out)
+    assert result["moved"] == 0 and result["sendFailed"] > 0
+    assert "nothing unsent was deleted" in result["error"]
+    assert sorted(m["Body"] for m in drain(aws_stack.dead_letter_queue_url)) == sorted(s.body for s in seeded)
+
+
+def test_messages_that_arrive_after_the_run_started_are_left_for_the_next_run(
+    aws_stack: LocalResources, seeded: list[Seeded]
+) -> None:
+    # Given: a run that started before these messages reached the DLQ (a clock an hour back)
+    an_hour_ago = datetime.now(UTC).timestamp() - 3_600
+
+    # When
+    result = redrive(
+        SqsDlqQueues(),
+        aws_stack.dead_letter_queue_url,
+        aws_stack.delivery_queue_url,
+        RedriveOptions(method="resend"),
+        now=lambda: an_hour_ago,
+    )
+
+    # Then: a target that fails at once cannot bounce between the queues within one run
+    assert result.moved == 0 and result.arrived_during_run == 8
+    assert len(drain(aws_stack.dead_letter_queue_url)) == 8
+
+
+def test_move_task_method_says_when_sqs_lacks_it(aws_stack: LocalResources, seeded: list[Seeded]) -> None:
+    with pytest.raises(MoveTaskUnavailable, match="not available"):
+        redrive(
+            SqsDlqQueues(),
+            aws_stack.dead_letter_queue_url,
+            aws_stack.delivery_queue_url,
+            RedriveOptions(method="move-task"),
+        )
+    assert len(drain(aws_stack.dead_letter_queue_url)) == 8
