@@ -130,13 +130,30 @@ def _settings_url(explicit: str | None, field: str) -> str:
     return get_settings().need(field)
 
 
-def _list(args: argparse.Namespace) -> int:
-    from relay.adapters.dlq_queue import SqsDlqQueues
+Outcome = tuple[dict[str, Any], str, bool]  # JSON document, table text, everything done
+
+
+def _run(args: argparse.Namespace, command: str, work: Callable[[ProgressLine], Outcome]) -> int:
+    """Run one command with a progress line; errors become one line on stderr, never a traceback."""
     from relay.errors import RelayError
-    from relay.logic.dlq import list_dead_letters
 
     line = ProgressLine(enabled=not args.no_progress)
     try:
+        document, text, ok = work(line)
+    except RelayError as exc:
+        line.close()
+        print(f"relay dlq {command}: {exc}", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    line.close()
+    print(json.dumps(document, indent=2) if args.format == "json" else text)
+    return EXIT_OK if ok else EXIT_INCOMPLETE
+
+
+def _list(args: argparse.Namespace) -> int:
+    from relay.adapters.dlq_queue import SqsDlqQueues
+    from relay.logic.dlq import list_dead_letters
+
+    def work(line: ProgressLine) -> Outcome:
         report = list_dead_letters(
             SqsDlqQueues(),
             _settings_url(args.dlq_url, "dead_letter_queue_url"),
@@ -144,24 +161,19 @@ def _list(args: argparse.Namespace) -> int:
             visibility_seconds=args.visibility,
             progress=line,
         )
-    except RelayError as exc:
-        line.close()
-        print(f"relay dlq list: {exc}", file=sys.stderr)
-        return EXIT_INCOMPLETE
-    line.close()
-    document = report.to_json()
-    if args.format == "json":
-        print(json.dumps(document, indent=2))
-    else:
-        print(format_groups(document["groups"]))
+        document = report.to_json()
         limited = " (stopped at --max)" if report.limited else ""
-        print(f"\n{report.scanned} messages scanned{limited}; SQS reports about {report.depth} in the queue.")
-    return EXIT_OK
+        text = (
+            f"{format_groups(document['groups'])}\n\n"
+            f"{report.scanned} messages scanned{limited}; SQS reports about {report.depth} in the queue."
+        )
+        return document, text, True
+
+    return _run(args, "list", work)
 
 
 def _redrive(args: argparse.Namespace) -> int:
     from relay.adapters.dlq_queue import SqsDlqQueues
-    from relay.errors import RelayError
     from relay.logic.dlq import DLQ_REASONS, RedriveFilter, RedriveOptions, redrive
 
     unknown = sorted(set(args.reason or ()) - set(DLQ_REASONS))
@@ -178,8 +190,8 @@ def _redrive(args: argparse.Namespace) -> int:
         method=args.method,
         max_per_second=args.rate,
     )
-    line = ProgressLine(enabled=not args.no_progress)
-    try:
+
+    def work(line: ProgressLine) -> Outcome:
         result = redrive(
             SqsDlqQueues(),
             _settings_url(args.dlq_url, "dead_letter_queue_url"),
@@ -187,17 +199,10 @@ def _redrive(args: argparse.Namespace) -> int:
             options,
             progress=line,
         )
-    except RelayError as exc:
-        line.close()
-        print(f"relay dlq redrive: {exc}", file=sys.stderr)
-        return EXIT_INCOMPLETE
-    line.close()
-    document = result.to_json()
-    if args.format == "json":
-        print(json.dumps(document, indent=2))
-    else:
-        print(format_redrive(document))
-    return EXIT_OK if result.ok else EXIT_INCOMPLETE
+        document = result.to_json()
+        return document, format_redrive(document), result.ok
+
+    return _run(args, "redrive", work)
 
 
 def format_groups(groups: Sequence[dict[str, Any]]) -> str:
