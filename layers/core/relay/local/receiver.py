@@ -48,6 +48,9 @@ class Behaviour:
     hang_seconds: float = 30.0
     # Down: every connection is dropped without an answer (a dead upstream).
     up: bool = True
+    # Answer body instead of the default small JSON, and extra response headers (e.g. Location).
+    response_body: bytes | None = None
+    response_headers: dict[str, str] = field(default_factory=dict)
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -91,6 +94,7 @@ class ReceivedRequest:
     encrypted: bool
     decryption_error: str | None
     duplicate: bool  # an earlier request with this webhook-id was already answered 2xx
+    client_port: int  # tells connections apart: keep-alive reuses one
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -117,6 +121,8 @@ class Receiver:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._in_flight: dict[str, int] = {}
+        self.max_in_flight: dict[str, int] = {}  # per path: the most requests it held at once
         self.url = ""
 
     # --- configuration at runtime ---------------------------------------------------------------------
@@ -234,8 +240,23 @@ class Receiver:
             "error": error,
         }
 
+    def _enter(self, path: str) -> None:
+        with self._lock:
+            self._in_flight[path] = self._in_flight.get(path, 0) + 1
+            self.max_in_flight[path] = max(self.max_in_flight.get(path, 0), self._in_flight[path])
+
+    def _leave(self, path: str) -> None:
+        with self._lock:
+            self._in_flight[path] -= 1
+
     def _record(
-        self, method: str, path: str, headers: dict[str, str], body: bytes, answered: int | None
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: bytes,
+        answered: int | None,
+        client_port: int,
     ) -> bool:
         info = self._inspect(path, headers, body)
         webhook_id = headers.get("webhook-id")
@@ -258,6 +279,7 @@ class Receiver:
                     encrypted=info["encrypted"],
                     decryption_error=info["error"],
                     duplicate=duplicate,
+                    client_port=client_port,
                 )
             )
         return duplicate
@@ -295,29 +317,50 @@ def _make_handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data)
 
         def _handle(self) -> None:
+            path = self.path.split("?", 1)[0]
+            receiver._enter(path)
+            try:
+                self._respond(path)
+            finally:
+                receiver._leave(path)
+
+        def _respond(self, path: str) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-            path = self.path.split("?", 1)[0]
             headers = {k.lower(): v for k, v in self.headers.items()}
+            port = int(self.client_address[1])
             behaviour = receiver.behaviour_for(path)
             action, status = behaviour.next_action()
             if behaviour.latency_seconds > 0:
                 receiver._stopping.wait(behaviour.latency_seconds)
             if action == "drop":
-                receiver._record(self.command, path, headers, body, None)
+                receiver._record(self.command, path, headers, body, None, port)
                 self.close_connection = True
                 self.connection.shutdown(2)
                 return
             if action == "hang":
-                receiver._record(self.command, path, headers, body, None)
+                receiver._record(self.command, path, headers, body, None, port)
                 receiver._stopping.wait(behaviour.hang_seconds)
                 self.close_connection = True
                 return
             if 200 <= status < 300 and receiver._signature_rejected(path, headers, body):
                 status = 401
-            duplicate = receiver._record(self.command, path, headers, body, status)
-            extra = {"Retry-After": str(behaviour.retry_after_seconds)} if status == 429 else {}
-            self._answer(status, {"status": status, "duplicate": duplicate}, extra)
+            duplicate = receiver._record(self.command, path, headers, body, status, port)
+            extra = dict(behaviour.response_headers)
+            if status == 429:
+                extra.setdefault("Retry-After", str(behaviour.retry_after_seconds))
+            if behaviour.response_body is not None:
+                self._answer_raw(status, behaviour.response_body, extra)
+            else:
+                self._answer(status, {"status": status, "duplicate": duplicate}, extra)
+
+        def _answer_raw(self, status: int, data: bytes, extra: Mapping[str, str]) -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in extra.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
 
         do_POST = _handle
         do_PUT = _handle

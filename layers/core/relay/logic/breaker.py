@@ -11,7 +11,8 @@
   lease; if its dispatcher dies, another may claim a new probe after the lease.
 - Every state change bumps ``version``; stores write only if the stored version is still the one read.
 
-Nothing here does I/O or reads a clock: callers pass ``now`` (epoch seconds).
+``admit`` and ``record`` are pure (no I/O, no clock: callers pass ``now`` in epoch seconds);
+``open_gate`` and ``report`` run them against a store with conditional writes.
 """
 
 from __future__ import annotations
@@ -20,9 +21,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from relay.adapters.breaker_store import BreakerStore
 from relay.models.breaker import BreakerState, Phase
 
-__all__ = ["Admission", "BreakerPolicy", "BreakerState", "Phase", "admit", "record", "seconds_until_probe"]
+__all__ = [
+    "Admission",
+    "BreakerPolicy",
+    "BreakerState",
+    "Gate",
+    "Phase",
+    "admit",
+    "open_gate",
+    "record",
+    "report",
+    "seconds_until_probe",
+]
 
 
 class Admission(StrEnum):
@@ -88,8 +101,9 @@ def record(
             return None
         if not healthy[0]:
             return _opened(replace(state, consecutive_failures=state.consecutive_failures + 1), now, policy)
-        closed = BreakerState(Phase.CLOSED, 0, 0, 0.0, state.version + 1)
-        return record(closed, healthy[1:], now, policy) or closed
+        closed = BreakerState(Phase.CLOSED, 0, 0, 0.0, state.version)
+        folded = record(closed, healthy[1:], now, policy) or closed
+        return replace(folded, version=state.version + 1)  # one write, one version
     if state.phase is Phase.OPEN:
         return None
     failures = state.consecutive_failures
@@ -104,3 +118,56 @@ def record(
 
 def seconds_until_probe(state: BreakerState, now: float) -> float:
     return max(0.0, state.until - now)
+
+
+# --- against a store (relay.adapters.breaker_store): what every dispatcher runs ---------------------------
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What one dispatcher may do with one target's records in this batch."""
+
+    admission: Admission
+    state: BreakerState  # as read, or the half-open state this dispatcher claimed (PROBE)
+    defer_until: float = 0.0  # DEFER: when to come back (epoch seconds)
+
+
+def open_gate(store: BreakerStore, key: str, now: float, policy: BreakerPolicy) -> Gate:
+    """One read; for an expired open breaker, one conditional write that at most one dispatcher wins.
+
+    Raises BreakerStoreUnavailable when DynamoDB fails (the caller fails open)."""
+    state = store.load(key)
+    admission, claim = admit(state, now, policy)
+    if admission is Admission.DELIVER:
+        return Gate(admission, state)
+    if admission is Admission.DEFER or claim is None:
+        return Gate(Admission.DEFER, state, defer_until=state.until)
+    if store.save(key, claim, expected_version=state.version):
+        return Gate(Admission.PROBE, claim)
+    # Another dispatcher claimed the probe first: come back when its lease ends.
+    return Gate(Admission.DEFER, state, defer_until=claim.until)
+
+
+def report(
+    store: BreakerStore,
+    key: str,
+    gate: Gate,
+    healthy: Sequence[bool],
+    now: float,
+    policy: BreakerPolicy,
+    *,
+    attempts: int = 3,
+) -> tuple[BreakerState, BreakerState] | None:
+    """Fold this batch's results into the stored state with a conditional write; (old, new) if written.
+
+    On a lost race the stored state is read again and the results folded into it (as plain results:
+    a probe whose half-open state was replaced no longer decides anything)."""
+    state, holds_probe = gate.state, gate.admission is Admission.PROBE
+    for _ in range(attempts):
+        new = record(state, healthy, now, policy, holds_probe=holds_probe)
+        if new is None:
+            return None
+        if store.save(key, new, expected_version=state.version):
+            return state, new
+        state, holds_probe = store.load(key), False
+    return None

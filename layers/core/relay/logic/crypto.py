@@ -82,6 +82,7 @@ class KeyCache:
         self._max = max_entries
         self._keys: dict[tuple[str, bytes, bytes], bytes] = {}
         self._lock = threading.Lock()
+        self.derivations = 0  # scrypt runs so far (benchmarks and tests read it)
 
     def key_for(self, secret: str, *, key_id: str, salt: bytes) -> EncryptionKey:
         cache_key = (key_id, salt, hashlib.sha256(secret.encode()).digest())
@@ -90,6 +91,7 @@ class KeyCache:
         if key is None:
             key = derive_key(secret, salt)
             with self._lock:
+                self.derivations += 1
                 if len(self._keys) >= self._max:
                     self._keys.clear()
                 self._keys[cache_key] = key

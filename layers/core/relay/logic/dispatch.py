@@ -125,14 +125,16 @@ class Lane:
     key: str
     target: Target
     items: list[Item]
-    state: BreakerState | None  # None: the breaker store failed (fail open, no writes)
-    admission: breaker.Admission = breaker.Admission.DELIVER
-    defer_until: float = 0.0
+    gate: breaker.Gate | None  # None: the breaker store failed (fail open, no writes)
 
     def __post_init__(self) -> None:
         for index, item in enumerate(self.items):
             item.probe = self.admission is breaker.Admission.PROBE and index == 0
-            item.breaker_phase = self.state.phase.value if self.state else "unknown"
+            item.breaker_phase = self.gate.state.phase.value if self.gate else "unknown"
+
+    @property
+    def admission(self) -> breaker.Admission:
+        return self.gate.admission if self.gate else breaker.Admission.DELIVER
 
 
 @dataclass
@@ -265,67 +267,51 @@ class Dispatcher:
     def _admit(self, key: str, items: list[Item], batch: Batch) -> Lane:
         target = items[0].target
         try:
-            state = self._breakers.load(key)
+            gate = breaker.open_gate(self._breakers, key, self._clock(), self._policy(target))
         except BreakerStoreUnavailable as exc:
             logger.warning(
                 "breaker store unavailable: failing open", extra={"targetKey": key, "error": str(exc)}
             )
             batch.metrics.breaker_store_unavailable()
             return Lane(key, target, items, None)
-        admission, claim = breaker.admit(state, self._clock(), self._policy(target))
-        if admission is breaker.Admission.PROBE and claim is not None:
-            try:
-                won = self._breakers.save(key, claim, expected_version=state.version)
-            except BreakerStoreUnavailable:
-                batch.metrics.breaker_store_unavailable()
-                won = False
-            if won:
-                batch.metrics.count(Metric.BREAKER_HALF_OPENED, target.target_id)
-                return Lane(key, target, items, claim, breaker.Admission.PROBE)
-            # Another dispatcher holds the probe: come back when its lease ends.
-            return Lane(key, target, items, state, breaker.Admission.DEFER, defer_until=claim.until)
-        return Lane(key, target, items, state, admission, defer_until=state.until)
+        if gate.admission is breaker.Admission.PROBE:
+            batch.metrics.count(Metric.BREAKER_HALF_OPENED, target.target_id)
+        return Lane(key, target, items, gate)
 
     def _after_probes(self, lane: Lane, batch: Batch) -> list[Item]:
         """The items of a lane still to deliver; defers the rest."""
         if lane.admission is breaker.Admission.DELIVER:
             return lane.items
+        assert lane.gate is not None
         rest = lane.items
-        seconds = lane.defer_until - self._clock()
+        seconds = lane.gate.defer_until - self._clock()
         if lane.admission is breaker.Admission.PROBE:
             rest = lane.items[1:]
             probe = lane.items[0].outcome
             if probe is not None and probe.status is not None and not probe.endpoint_unhealthy:
                 return rest  # the endpoint answered: the breaker closes, the rest may go now
-            trips = lane.state.trips + 1 if lane.state else 1
-            seconds = self._policy(lane.target).reset_after(trips)
+            seconds = self._policy(lane.target).reset_after(lane.gate.state.trips + 1)
         for item in rest:
             self._defer(item, seconds, batch)
         return []
 
     def _record_breaker(self, lane: Lane, batch: Batch) -> None:
-        if lane.state is None:
+        if lane.gate is None:
             return
+        if lane.admission is breaker.Admission.PROBE and not _reached(lane.items[0]):
+            return  # the probe never reached the endpoint; its lease will lapse
         healthy = [
             not item.outcome.endpoint_unhealthy for item in lane.items if item.outcome and _reached(item)
         ]
-        if lane.admission is breaker.Admission.PROBE and not _reached(lane.items[0]):
-            return  # the probe never reached the endpoint; its lease will lapse
-        state, holds_probe = lane.state, lane.admission is breaker.Admission.PROBE
-        policy = self._policy(lane.target)
-        for _ in range(3):
-            new = breaker.record(state, healthy, self._clock(), policy, holds_probe=holds_probe)
-            if new is None:
-                return
-            try:
-                if self._breakers.save(lane.key, new, expected_version=state.version):
-                    self._count_transition(state, new, lane.target.target_id, batch)
-                    return
-                state = self._breakers.load(lane.key)  # someone else wrote: fold into theirs
-            except BreakerStoreUnavailable:
-                batch.metrics.breaker_store_unavailable()
-                return
-            holds_probe = False
+        try:
+            written = breaker.report(
+                self._breakers, lane.key, lane.gate, healthy, self._clock(), self._policy(lane.target)
+            )
+        except BreakerStoreUnavailable:
+            batch.metrics.breaker_store_unavailable()
+            return
+        if written is not None:
+            self._count_transition(*written, lane.target.target_id, batch)
 
     @staticmethod
     def _count_transition(old: BreakerState, new: BreakerState, target_id: str, batch: Batch) -> None:

@@ -1,0 +1,158 @@
+"""The shared breaker against its stores: an in-memory store and DynamoDB on a moto server.
+
+A Hypothesis state machine plays several dispatchers opening gates, reporting results, dying
+mid-probe and letting time pass, and checks after every step that the stored state is coherent and
+that a half-open breaker has exactly one live probe. Then 8 threads race for one probe.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from relay.adapters.breaker_store import BreakerStore, DynamoBreakerStore, InMemoryBreakerStore
+from relay.local.aws_stack import LocalResources
+from relay.logic.breaker import Admission, BreakerPolicy, BreakerState, Gate, Phase, open_gate, report
+
+pytestmark = pytest.mark.integration
+
+POLICY = BreakerPolicy(failure_threshold=3, reset_seconds=10, max_reset_seconds=40, probe_lease_seconds=5)
+DISPATCHERS = st.integers(min_value=0, max_value=3)
+
+
+def machine_for(make_store: Callable[[], BreakerStore]) -> type[RuleBasedStateMachine]:
+    class BreakerMachine(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.store = make_store()
+            self.key = f"integration#{uuid.uuid4()}"
+            self.now = 1_000_000.0
+            self.gates: dict[int, Gate] = {}
+            self.probe_versions: set[int] = set()
+            self.abandoned_versions: set[int] = set()
+            self.last_version = 0
+
+        @rule(dispatcher=DISPATCHERS)
+        def open_a_gate(self, dispatcher: int) -> None:
+            if dispatcher in self.gates:
+                return
+            gate = open_gate(self.store, self.key, self.now, POLICY)
+            if gate.admission is Admission.PROBE:
+                # exactly one winner per half-open claim
+                assert gate.state.version not in self.probe_versions
+                self.probe_versions.add(gate.state.version)
+            if gate.admission is not Admission.DEFER:
+                self.gates[dispatcher] = gate
+
+        @rule(dispatcher=DISPATCHERS, healthy=st.lists(st.booleans(), min_size=1, max_size=4))
+        def report_results(self, dispatcher: int, healthy: list[bool]) -> None:
+            gate = self.gates.pop(dispatcher, None)
+            if gate is None:
+                return
+            written = report(self.store, self.key, gate, healthy, self.now, POLICY)
+            if written is not None:
+                old, new = written
+                if new.phase is Phase.OPEN and old.phase is not Phase.OPEN:
+                    # the open period grows with consecutive trips and is capped
+                    assert new.until - self.now == POLICY.reset_after(new.trips) <= POLICY.max_reset_seconds
+
+        @precondition(lambda self: any(g.admission is Admission.PROBE for g in self.gates.values()))
+        @rule(data=st.data())
+        def a_probing_dispatcher_dies(self, data: st.DataObject) -> None:
+            probing = sorted(d for d, g in self.gates.items() if g.admission is Admission.PROBE)
+            dispatcher = data.draw(st.sampled_from(probing))
+            self.abandoned_versions.add(self.gates.pop(dispatcher).state.version)
+
+        @rule(seconds=st.sampled_from([0.5, 2.0, 6.0, 11.0, 45.0]))
+        def time_passes(self, seconds: float) -> None:
+            self.now += seconds
+
+        @invariant()
+        def the_stored_state_is_coherent(self) -> None:
+            state: BreakerState = self.store.load(self.key)
+            assert state.version >= self.last_version
+            self.last_version = state.version
+            if state.phase is Phase.CLOSED:
+                assert state.consecutive_failures < POLICY.failure_threshold and state.trips == 0
+            else:
+                assert state.trips >= 1
+            live_probes = [
+                g for g in self.gates.values() if g.admission is Admission.PROBE and g.state.until > self.now
+            ]
+            assert len(live_probes) <= 1
+            if state.phase is Phase.HALF_OPEN:
+                holders = [g for g in self.gates.values() if g.state.version == state.version]
+                assert len(holders) == 1 or state.version in self.abandoned_versions
+
+    return BreakerMachine
+
+
+def test_breaker_transitions_hold_against_the_in_memory_store() -> None:
+    run_state_machine_as_test(
+        machine_for(InMemoryBreakerStore),
+        settings=settings(max_examples=150, stateful_step_count=40, deadline=None),
+    )
+
+
+def test_breaker_transitions_hold_against_dynamodb_on_moto(aws_stack: LocalResources) -> None:
+    run_state_machine_as_test(
+        machine_for(lambda: DynamoBreakerStore(aws_stack.breaker_table)),
+        settings=settings(
+            max_examples=12,
+            stateful_step_count=25,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
+
+
+def _one_round(store: BreakerStore, racers: int) -> list[Gate]:
+    """An open breaker whose reset timeout is over, and ``racers`` dispatchers opening its gate at once."""
+    key = f"integration#{uuid.uuid4()}"
+    assert store.save(key, BreakerState(Phase.OPEN, 3, 1, 100.0, 1), expected_version=0)
+    barrier = threading.Barrier(racers)
+    gates: list[Gate] = []
+    lock = threading.Lock()
+
+    def dispatcher() -> None:
+        barrier.wait()
+        gate = open_gate(store, key, 200.0, POLICY)
+        with lock:
+            gates.append(gate)
+
+    threads = [threading.Thread(target=dispatcher) for _ in range(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return gates
+
+
+def _race(store: BreakerStore, rounds: int, racers: int = 8) -> list[int]:
+    winners_per_round = []
+    for _ in range(rounds):
+        gates = _one_round(store, racers)
+        assert len(gates) == racers
+        assert all(g.admission in (Admission.PROBE, Admission.DEFER) for g in gates)
+        winners_per_round.append(sum(g.admission is Admission.PROBE for g in gates))
+    return winners_per_round
+
+
+def test_eight_dispatchers_racing_in_memory_exactly_one_probes() -> None:
+    assert _race(InMemoryBreakerStore(), rounds=50) == [1] * 50
+
+
+def test_eight_dispatchers_racing_on_dynamodb_exactly_one_probes(aws_stack: LocalResources) -> None:
+    assert _race(DynamoBreakerStore(aws_stack.breaker_table), rounds=10) == [1] * 10

@@ -1,0 +1,162 @@
+"""Envelope encryption: AES-256-GCM, scrypt-derived keys cached per key version, deliveryId as AAD."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay.adapters.secrets import RotatingSecret
+from relay.errors import ConfigurationError
+from relay.logic import crypto
+from relay.logic.envelope import TargetSecrets, build_request, encryption_key_for
+from relay.models.delivery import DeliveryTask
+from relay.models.targets import Target
+from relay.receiver_sdk import InvalidDelivery, decrypt_event, open_delivery
+
+NOW = datetime(2026, 11, 28, 17, 30, tzinfo=UTC)
+TARGET = Target(
+    integration_id="i-1",
+    target_id="t-1",
+    name="archive",
+    url="https://example.com/hook",
+    encryption_key_name="relay/local/encryption/t-1",
+)
+SECRET = RotatingSecret(current="enc-secret-v2", previous="enc-secret-v1", key_id="k2", salt="0f" * 16)
+# One cache for the module: scrypt is deliberately slow, and the cache is what is under test anyway.
+KEYS = crypto.KeyCache()
+
+
+def _task(event: dict[str, Any], delivery_id: uuid.UUID | None = None) -> DeliveryTask:
+    return DeliveryTask(
+        delivery_id=delivery_id or uuid.uuid4(),
+        integration_id="i-1",
+        target_id="t-1",
+        event_id="e-1",
+        received_at=NOW,
+        event=event,
+    )
+
+
+def _sealed_envelope(event: dict[str, Any], secret: RotatingSecret = SECRET) -> dict[str, Any]:
+    request = build_request(
+        _task(event), event, TARGET, TargetSecrets(encryption=secret), key_cache=KEYS, now=NOW
+    )
+    envelope: dict[str, Any] = json.loads(request.body)
+    return envelope
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.dictionaries(st.text(max_size=10), json_values, max_size=6))
+def test_any_event_round_trips_through_the_receiver_sdk(event: dict[str, Any]) -> None:
+    envelope = _sealed_envelope(event)
+    assert decrypt_event(envelope, "enc-secret-v2") == event
+
+
+def test_the_key_is_scrypt_with_the_documented_parameters() -> None:
+    # Given the envelope's own salt and the secret, derived independently with hashlib
+    import hashlib
+
+    envelope = _sealed_envelope({"a": 1})
+    salt = bytes.fromhex(envelope["encryptionDirective"]["salt"])
+    key = hashlib.scrypt(b"enc-secret-v2", salt=salt, n=16384, r=8, p=1, dklen=32)
+    directive = envelope["encryptionDirective"]
+
+    # Then AES-256-GCM with that key and the deliveryId as associated data opens it
+    sealed = crypto.Sealed(
+        bytes.fromhex(directive["iv"]),
+        bytes.fromhex(directive["encryptedPayload"]),
+        bytes.fromhex(directive["authTag"]),
+    )
+    plaintext = crypto.unseal(sealed, key, associated_data=envelope["deliveryId"].encode())
+    assert json.loads(plaintext) == {"a": 1}
+
+
+def test_the_ciphertext_is_bound_to_its_delivery_id() -> None:
+    envelope = _sealed_envelope({"a": 1})
+    envelope["deliveryId"] = str(uuid.uuid4())  # moved into another envelope
+    with pytest.raises(InvalidDelivery):
+        decrypt_event(envelope, "enc-secret-v2")
+
+
+def test_tampering_and_wrong_keys_are_refused() -> None:
+    envelope = _sealed_envelope({"a": 1})
+    with pytest.raises(InvalidDelivery):
+        decrypt_event(envelope, "some-other-secret")
+    payload = envelope["encryptionDirective"]["encryptedPayload"]
+    envelope["encryptionDirective"]["encryptedPayload"] = ("1" if payload[0] != "1" else "2") + payload[1:]
+    with pytest.raises(InvalidDelivery):
+        decrypt_event(envelope, "enc-secret-v2")
+
+
+def test_a_receiver_holding_old_and_new_keys_reads_both_versions() -> None:
+    old = _sealed_envelope({"v": 1}, RotatingSecret(current="enc-secret-v1", key_id="k1", salt="aa" * 16))
+    new = _sealed_envelope({"v": 2})
+    assert decrypt_event(old, ["enc-secret-v2", "enc-secret-v1"]) == {"v": 1}
+    assert decrypt_event(new, ["enc-secret-v2", "enc-secret-v1"]) == {"v": 2}
+
+
+def test_each_message_gets_a_fresh_iv_but_the_key_is_derived_once_per_version() -> None:
+    # Given a fresh cache
+    cache = crypto.KeyCache()
+    event = {"a": 1}
+
+    # When fifty messages are sealed with one key version
+    ivs = set()
+    for _ in range(50):
+        request = build_request(
+            _task(event), event, TARGET, TargetSecrets(encryption=SECRET), key_cache=cache, now=NOW
+        )
+        ivs.add(json.loads(request.body)["encryptionDirective"]["iv"])
+
+    # Then scrypt ran once, and no IV repeated
+    assert cache.derivations == 1
+    assert len(ivs) == 50
+
+
+def test_a_new_key_version_with_the_same_key_id_but_new_secret_is_not_served_stale() -> None:
+    cache = crypto.KeyCache()
+    first = encryption_key_for(SECRET, cache, target_id="t-1")
+    rotated = SECRET.model_copy(update={"current": SECRET.previous})
+    second = encryption_key_for(rotated, cache, target_id="t-1")
+    assert first.key != second.key and cache.derivations == 2
+
+
+def test_the_salt_comes_from_the_key_version_not_a_constant() -> None:
+    a = _sealed_envelope({"a": 1}, RotatingSecret(current="s", key_id="k1", salt="01" * 16))
+    b = _sealed_envelope({"a": 1}, RotatingSecret(current="s", key_id="k2", salt="02" * 16))
+    assert a["encryptionDirective"]["salt"] != b["encryptionDirective"]["salt"]
+    assert len(crypto.new_salt()) == 16 and crypto.new_salt() != crypto.new_salt()
+
+
+@pytest.mark.parametrize("salt", [None, "", "zz" * 16, "ab" * 4])
+def test_a_missing_or_bad_salt_is_a_clear_configuration_error(salt: str | None) -> None:
+    with pytest.raises(ConfigurationError, match="salt"):
+        encryption_key_for(
+            RotatingSecret(current="s", key_id="k1", salt=salt), crypto.KeyCache(), target_id="t-1"
+        )
+
+
+def test_key_material_never_shows_in_a_repr() -> None:
+    key = encryption_key_for(SECRET, KEYS, target_id="t-1")
+    assert "enc-secret" not in repr(key) and key.key.hex() not in repr(key)
+
+
+def test_open_delivery_parses_and_decrypts_without_signature_check_when_asked() -> None:
+    envelope = _sealed_envelope({"hello": "world"})
+    delivery = open_delivery(
+        {}, json.dumps(envelope).encode(), signing_secrets=None, encryption_secrets="enc-secret-v2"
+    )
+    assert delivery.event == {"hello": "world"} and delivery.encrypted and delivery.key_id == "k2"

@@ -1,0 +1,70 @@
+"""HTTP results to outcomes: the response-code pipeline."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import pytest
+
+from relay.adapters.http import CONNECT_TIMEOUT, CONNECTION_ERROR, READ_TIMEOUT, UNSAFE_ADDRESS, HttpResult
+from relay.logic.outcomes import Verdict, classify, parse_retry_after
+
+NOW = datetime(2026, 11, 28, 17, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("status", "verdict"),
+    [
+        (200, Verdict.DELIVERED),
+        (202, Verdict.DELIVERED),
+        (204, Verdict.DELIVERED),
+        (301, Verdict.PERMANENT),
+        (302, Verdict.PERMANENT),
+        (307, Verdict.PERMANENT),
+        (400, Verdict.PERMANENT),
+        (401, Verdict.PERMANENT),
+        (404, Verdict.PERMANENT),
+        (408, Verdict.RETRYABLE),
+        (410, Verdict.GONE),
+        (413, Verdict.PERMANENT),
+        (425, Verdict.RETRYABLE),
+        (429, Verdict.RETRYABLE),
+        (500, Verdict.RETRYABLE),
+        (502, Verdict.RETRYABLE),
+        (503, Verdict.RETRYABLE),
+        (504, Verdict.RETRYABLE),
+        (599, Verdict.RETRYABLE),
+        (101, Verdict.PERMANENT),
+    ],
+)
+def test_status_codes(status: int, verdict: Verdict) -> None:
+    outcome = classify(HttpResult(status, 1.0), now=NOW)
+    assert outcome.verdict is verdict
+    assert outcome.status == status
+
+
+@pytest.mark.parametrize("code", [CONNECT_TIMEOUT, READ_TIMEOUT, CONNECTION_ERROR])
+def test_network_failures_are_retryable_and_count_against_the_endpoint(code: str) -> None:
+    outcome = classify(HttpResult(None, 1.0, error_code=code), now=NOW)
+    assert outcome.verdict is Verdict.RETRYABLE and outcome.endpoint_unhealthy and outcome.error_code == code
+
+
+def test_a_refused_address_is_permanent_and_not_the_endpoints_fault() -> None:
+    outcome = classify(HttpResult(None, 1.0, error_code=UNSAFE_ADDRESS), now=NOW)
+    assert outcome.verdict is Verdict.PERMANENT and not outcome.endpoint_unhealthy
+
+
+def test_a_4xx_answer_means_the_endpoint_is_up() -> None:
+    assert not classify(HttpResult(400, 1.0), now=NOW).endpoint_unhealthy
+    assert classify(HttpResult(503, 1.0), now=NOW).endpoint_unhealthy
+
+
+def test_retry_after_in_seconds_and_as_a_date() -> None:
+    later = format_datetime(NOW + timedelta(seconds=90), usegmt=True)
+    assert classify(HttpResult(429, 1.0, headers={"retry-after": "120"}), now=NOW).retry_after_seconds == 120
+    assert classify(HttpResult(503, 1.0, headers={"retry-after": later}), now=NOW).retry_after_seconds == 90
+    assert parse_retry_after("tomorrow-ish", now=NOW) is None
+    assert parse_retry_after(None, now=NOW) is None
+    past = format_datetime(NOW - timedelta(seconds=90), usegmt=True)
+    assert parse_retry_after(past, now=NOW) == 0

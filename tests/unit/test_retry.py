@@ -1,0 +1,60 @@
+"""Attempt numbers from the message, full-jitter backoff, Retry-After, deferral delays."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from relay.logic import retry
+from relay.models.targets import RetryMatrix
+
+MATRIX = RetryMatrix(attempts=5, base_interval_ms=1000, max_interval_ms=30000, multiplier=2)
+
+
+def _attrs(attempts: int | None = None) -> dict[str, object]:
+    if attempts is None:
+        return {}
+    return {"relay-attempts": {"stringValue": str(attempts), "dataType": "Number"}}
+
+
+def test_attempt_number_adds_carried_attempts_to_the_receive_count() -> None:
+    assert retry.attempt_number(_attrs(), 1) == 1
+    assert retry.attempt_number(_attrs(), 3) == 3
+    assert retry.attempt_number(_attrs(2), 1) == 3  # a deferral re-queue carried two attempts
+    assert retry.attempt_number({"relay-attempts": {"stringValue": "x"}}, 1) == 1
+
+
+def test_exhausted_after_the_matrix_attempts() -> None:
+    assert not retry.exhausted(MATRIX, 4)
+    assert retry.exhausted(MATRIX, 5)
+
+
+@given(st.integers(min_value=1, max_value=200), st.integers(min_value=0, max_value=2**32))
+def test_full_jitter_stays_within_the_growing_capped_ceiling(attempt: int, seed: int) -> None:
+    ceiling = min(30.0, 1.0 * 2 ** (attempt - 1)) if attempt < 60 else 30.0
+    delay = retry.retry_delay_seconds(MATRIX, attempt, rng=random.Random(seed))
+    assert 0 <= delay <= ceiling + 1  # whole seconds, rounded up
+
+
+def test_jitter_actually_spreads_retries() -> None:
+    rng = random.Random(7)
+    delays = {retry.retry_delay_seconds(MATRIX, 6, rng=rng) for _ in range(200)}
+    assert len(delays) > 10
+
+
+def test_retry_after_is_a_floor_and_is_clamped() -> None:
+    rng = random.Random(1)
+    assert retry.retry_delay_seconds(MATRIX, 1, rng=rng, retry_after_seconds=120) == 120
+    assert retry.retry_delay_seconds(MATRIX, 1, rng=rng, retry_after_seconds=10**9) == 43_200
+    assert (
+        retry.retry_delay_seconds(MATRIX, 1, rng=rng, retry_after_seconds=5000, max_delay_seconds=600) == 600
+    )
+
+
+def test_deferral_delay_fits_sqs_delay_seconds() -> None:
+    rng = random.Random(3)
+    assert 1 <= retry.deferral_delay_seconds(0, rng=rng) <= 3
+    assert 30 <= retry.deferral_delay_seconds(30, rng=rng) <= 32
+    assert retry.deferral_delay_seconds(5000, rng=rng) == 900

@@ -1,0 +1,81 @@
+"""Standard Webhooks v1 signatures: what the relay signs verifies with the `standardwebhooks` package."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+
+import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from relay.errors import ConfigurationError, InvalidSignature
+from relay.logic import webhook_signing
+from relay.receiver_sdk import InvalidDelivery, verify_signature
+
+CURRENT = "whsec_" + base64.b64encode(b"current-signing-key-0123456789").decode()
+PREVIOUS = "whsec_" + base64.b64encode(b"previous-signing-key-987654321").decode()
+BODY = b'{"deliveryId":"d-1","formatVersion":"2.1"}'
+
+
+def _headers(secrets: list[str], *, ts: int | None = None) -> dict[str, str]:
+    timestamp = ts if ts is not None else int(datetime.now(UTC).timestamp())
+    return {
+        "webhook-id": "d-1",
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": webhook_signing.sign("d-1", timestamp, BODY, secrets),
+    }
+
+
+def test_standardwebhooks_verifies_what_the_relay_signs() -> None:
+    headers = _headers([CURRENT])
+    assert Webhook(CURRENT).verify(BODY, headers) is not None
+
+
+def test_while_rotating_receivers_with_either_secret_verify() -> None:
+    # Given a signature header made with the current and the previous secret
+    headers = _headers([CURRENT, PREVIOUS])
+
+    # Then it carries two v1 entries, and a receiver holding only one of the secrets accepts it
+    assert [part[:3] for part in headers["webhook-signature"].split()] == ["v1,", "v1,"]
+    Webhook(CURRENT).verify(BODY, headers)
+    Webhook(PREVIOUS).verify(BODY, headers)
+
+
+def test_a_tampered_body_fails_standardwebhooks_verification() -> None:
+    headers = _headers([CURRENT])
+    with pytest.raises(WebhookVerificationError):
+        Webhook(CURRENT).verify(BODY + b" ", headers)
+
+
+def test_our_verify_accepts_good_and_refuses_stale_or_forged() -> None:
+    now = datetime.now(UTC).timestamp()
+    assert webhook_signing.verify(_headers([CURRENT]), BODY, [PREVIOUS, CURRENT], now=now) == "d-1"
+    with pytest.raises(InvalidSignature):
+        webhook_signing.verify(_headers([CURRENT], ts=int(now) - 600), BODY, [CURRENT], now=now)
+    with pytest.raises(InvalidSignature):
+        webhook_signing.verify(_headers([PREVIOUS]), BODY, [CURRENT], now=now)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"webhook-id": "d-1", "webhook-timestamp": "soon", "webhook-signature": "v1,abc"},
+        {"webhook-id": "d-1", "webhook-timestamp": "1", "webhook-signature": "v1,!!!notbase64"},
+        {"Webhook-Id": "d-1", "Webhook-Timestamp": "0", "Webhook-Signature": "garbage"},
+    ],
+)
+def test_malformed_headers_end_as_our_own_error_only(headers: dict[str, str]) -> None:
+    with pytest.raises(InvalidDelivery):
+        verify_signature(headers, BODY, [CURRENT], now=0)
+
+
+def test_headers_are_matched_case_insensitively() -> None:
+    headers = {k.title(): v for k, v in _headers([CURRENT]).items()}
+    assert verify_signature(headers, BODY, CURRENT) == "d-1"
+
+
+def test_a_secret_that_is_not_base64_is_a_configuration_error_without_its_value() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        webhook_signing.sign("d-1", 1, BODY, ["whsec_not base64 at all!"])
+    assert "not base64 at all" not in str(caught.value)
