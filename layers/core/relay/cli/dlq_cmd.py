@@ -10,7 +10,10 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from relay.logic.dlq import Progress
 
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1  # something was left behind or failed: read the summary
@@ -98,7 +101,7 @@ class ProgressLine:
         self._last = -float("inf")
         self._drawn = False
 
-    def __call__(self, progress: Any) -> None:
+    def __call__(self, progress: Progress) -> None:
         if not self._enabled or self._clock() - self._last < self._interval:
             return
         self._last = self._clock()
