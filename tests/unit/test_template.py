@@ -1,0 +1,383 @@
+"""Invariants of template.yaml that cfn-lint and `sam validate --lint` do not check.
+
+cfn-lint does not look inside most AWS::Serverless::* properties (a bogus runtime or
+MaximumConcurrency: 1 passes), and nothing checks the arithmetic between parameters. Each invariant
+is checked for the template's defaults and for every environment in samconfig.toml, resolved the way
+CloudFormation would (relay.local.template, the same reader the local stack uses).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.local.template import Template, load_template
+from relay.models.targets import RetryMatrix
+
+ROOT = Path(__file__).resolve().parents[2]
+# A mutated copy can be pointed at to watch these tests fail (docs/operations-template.md, "Tests").
+TEMPLATE = Path(os.environ.get("RELAY_TEMPLATE_UNDER_TEST", ROOT / "template.yaml"))
+SAMCONFIG = TEMPLATE.parent / "samconfig.toml"
+FOURTEEN_DAYS = 14 * 24 * 3600
+FUNCTIONS = ("IntakeFunction", "DispatcherFunction", "ConfigSyncFunction")
+
+
+def samconfig_overrides() -> dict[str, dict[str, str]]:
+    """{environment: {parameter: value}} from every deploy section of samconfig.toml."""
+    config = tomllib.loads(SAMCONFIG.read_text())
+    environments: dict[str, dict[str, str]] = {}
+    for env, commands in config.items():
+        if not isinstance(commands, dict) or "deploy" not in commands:
+            continue
+        overrides = commands["deploy"]["parameters"].get("parameter_overrides", "")
+        if isinstance(overrides, list):  # SAM CLI accepts a list of "Key=Value" too
+            overrides = " ".join(shlex.quote(item) for item in overrides)
+        environments[env] = dict(item.split("=", 1) for item in shlex.split(overrides))
+    return environments
+
+
+def with_parameters(parameters: dict[str, str] | None = None) -> Template:
+    """The template resolved with ``parameters`` over its defaults (parsed once: the YAML is large)."""
+    return Template(BASE.document, BASE.path, parameters)
+
+
+BASE = load_template(TEMPLATE)
+ENVIRONMENTS = samconfig_overrides()
+# "template-defaults" plus every samconfig environment: each must satisfy every invariant.
+CASES = {"template-defaults": {}, **ENVIRONMENTS}
+
+
+@pytest.fixture(params=sorted(CASES), ids=str)
+def template(request: pytest.FixtureRequest) -> Template:
+    parameters = CASES[request.param]
+    declared = BASE.document["Parameters"]
+    unknown = set(parameters) - set(declared)
+    assert not unknown, f"samconfig [{request.param}] overrides parameters the template lacks: {unknown}"
+    return with_parameters(parameters)
+
+
+@pytest.fixture(scope="module")
+def raw() -> Template:
+    return with_parameters()
+
+
+def resolved(template: Template, logical_id: str) -> dict[str, Any]:
+    props: dict[str, Any] = template.resolve(template.properties(logical_id))
+    return props
+
+
+def sqs_event(template: Template) -> dict[str, Any]:
+    events = resolved(template, "DispatcherFunction")["Events"]
+    (sqs,) = [e["Properties"] for e in events.values() if e["Type"] == "SQS"]
+    return dict(sqs)
+
+
+def largest_planned_attempts() -> int:
+    fixtures = json.loads((ROOT / "events" / "fixtures" / "local.json").read_text())
+    attempts = [
+        target["retryMatrix"]["attempts"]
+        for integration in fixtures["integrations"]
+        for target in integration["targets"]
+        if "retryMatrix" in target
+    ]
+    return max([RetryMatrix().attempts, *attempts])
+
+
+# --- SQS consumer invariants (../shared/reference/delivery-anchors.md) ---------------------------------
+
+
+def test_every_environment_is_checked() -> None:
+    # The parametrised tests below run once per samconfig environment: make sure they found them.
+    assert {"default", "dev", "prod"} <= set(ENVIRONMENTS)
+
+
+def test_queue_visibility_is_at_least_six_times_the_dispatcher_timeout(template: Template) -> None:
+    timeout = int(resolved(template, "DispatcherFunction")["Timeout"])
+    visibility = int(resolved(template, "DeliveryQueue")["VisibilityTimeout"])
+    assert visibility >= 6 * timeout, f"visibility {visibility}s < 6 x dispatcher timeout {timeout}s"
+
+
+def test_every_allowed_dispatcher_timeout_has_a_visibility_of_six_times_it(raw: Template) -> None:
+    # The mapping is the template's arithmetic: a missing or wrong row would deploy a short visibility.
+    allowed = raw.document["Parameters"]["DispatcherTimeoutSeconds"]["AllowedValues"]
+    for timeout in allowed:
+        visibility = with_parameters({"DispatcherTimeoutSeconds": str(timeout)})
+        assert int(resolved(visibility, "DeliveryQueue")["VisibilityTimeout"]) >= 6 * int(timeout)
+
+
+def test_queue_visibility_is_derived_from_the_timeout_parameter(raw: Template) -> None:
+    # One source of truth: the visibility must follow the timeout parameter, not be a literal.
+    visibility = raw.properties("DeliveryQueue")["VisibilityTimeout"]
+    assert isinstance(visibility, dict), "VisibilityTimeout must be derived, not a number"
+    assert "DispatcherTimeoutSeconds" in json.dumps(visibility)
+    assert raw.properties("DispatcherFunction")["Timeout"] == {"Ref": "DispatcherTimeoutSeconds"}
+
+
+def test_reserved_concurrency_is_at_least_the_event_source_maximum(template: Template) -> None:
+    dispatcher = template.function("DispatcherFunction")
+    maximum = int(sqs_event(template)["ScalingConfig"]["MaximumConcurrency"])
+    assert dispatcher.reserved_concurrency is not None, "ReservedConcurrentExecutions must be set"
+    assert 2 <= maximum <= 1000
+    assert dispatcher.reserved_concurrency >= maximum
+
+
+def test_max_receive_count_is_above_the_planned_attempts(template: Template) -> None:
+    redrive = resolved(template, "DeliveryQueue")["RedrivePolicy"]
+    max_receive = int(redrive["maxReceiveCount"])
+    assert max_receive >= 5  # AWS guidance: room for throttles and retries
+    assert max_receive > largest_planned_attempts()
+
+
+def test_large_batches_have_a_batching_window(template: Template) -> None:
+    # SQS refuses BatchSize > 10 without a window (the template's Rules assert the same).
+    event = sqs_event(template)
+    if int(event["BatchSize"]) > 10:
+        assert int(event["MaximumBatchingWindowInSeconds"]) >= 1
+
+
+def test_one_delivery_fits_in_the_dispatcher_timeout(raw: Template) -> None:
+    from relay.settings import Settings
+
+    settings = Settings.model_validate({})
+    single_delivery = settings.connect_timeout_seconds + settings.read_timeout_seconds
+    for timeout in raw.document["Parameters"]["DispatcherTimeoutSeconds"]["AllowedValues"]:
+        assert int(timeout) > single_delivery
+
+
+def test_dispatcher_reports_partial_batch_failures_from_the_delivery_queue(raw: Template) -> None:
+    event = sqs_event(raw)
+    assert event["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert raw.properties("DispatcherFunction")["Events"]["Deliveries"]["Properties"]["Queue"] == {
+        "Fn::GetAtt": ["DeliveryQueue", "Arn"]
+    }
+
+
+def test_delivery_queue_redrives_to_a_dead_letter_queue_kept_fourteen_days(raw: Template) -> None:
+    redrive = raw.properties("DeliveryQueue")["RedrivePolicy"]
+    assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
+    assert int(resolved(raw, "DeadLetterQueue")["MessageRetentionPeriod"]) == FOURTEEN_DAYS
+
+
+# --- encryption, TTL, the audit bucket ------------------------------------------------------------------
+
+
+def test_queues_and_tables_are_encrypted(raw: Template) -> None:
+    queues = raw.resources_of_type("AWS::SQS::Queue")
+    tables = raw.resources_of_type("AWS::DynamoDB::Table")
+    assert set(queues) >= {"DeliveryQueue", "DeadLetterQueue"}
+    assert set(tables) >= {"TargetsTable", "BreakerTable", "IdempotencyTable"}
+    for logical_id in queues:
+        props = resolved(raw, logical_id)
+        assert props.get("SqsManagedSseEnabled") is True or props.get("KmsMasterKeyId"), logical_id
+    for logical_id in tables:
+        props = resolved(raw, logical_id)
+        assert props["SSESpecification"]["SSEEnabled"] is True, logical_id
+        assert props["BillingMode"] == "PAY_PER_REQUEST", logical_id
+
+
+def test_queues_refuse_plain_http(raw: Template) -> None:
+    denied = _tls_denied_resources(raw, "AWS::SQS::QueuePolicy")
+    assert {"DeliveryQueue", "DeadLetterQueue"} <= denied
+
+
+@pytest.mark.parametrize(
+    ("table", "attribute"), [("BreakerTable", "expiresAt"), ("IdempotencyTable", "expiration")]
+)
+def test_expiring_records_have_ttl(raw: Template, table: str, attribute: str) -> None:
+    # Attribute names are the contract in docs/architecture.md.
+    ttl = resolved(raw, table)["TimeToLiveSpecification"]
+    assert ttl == {"AttributeName": attribute, "Enabled": True}
+
+
+def test_audit_bucket_blocks_public_access_and_is_encrypted(raw: Template) -> None:
+    props = resolved(raw, "AuditBucket")
+    assert props["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    (rule,) = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in {"AES256", "aws:kms", "aws:kms:dsse"}
+
+
+def test_audit_bucket_refuses_plain_http(raw: Template) -> None:
+    assert "AuditBucket" in _tls_denied_resources(raw, "AWS::S3::BucketPolicy", objects_too=True)
+
+
+def test_audit_bucket_lifecycle_expires_both_prefixes_and_their_old_versions(raw: Template) -> None:
+    props = resolved(raw, "AuditBucket")
+    versioned = props.get("VersioningConfiguration", {}).get("Status") == "Enabled"
+    rules = {r.get("Prefix"): r for r in props["LifecycleConfiguration"]["Rules"] if r["Status"] == "Enabled"}
+    for prefix in ("audit/", "events/"):
+        assert prefix in rules, f"no lifecycle rule for {prefix}"
+        assert int(rules[prefix]["ExpirationInDays"]) > 0
+        if versioned:  # otherwise "expired" objects live on as noncurrent versions
+            assert int(rules[prefix]["NoncurrentVersionExpiration"]["NoncurrentDays"]) > 0
+    # A claim check must outlive the queue message that points at it.
+    retention_days = int(resolved(raw, "DeliveryQueue")["MessageRetentionPeriod"]) / 86400
+    assert int(rules["events/"]["ExpirationInDays"]) > retention_days
+
+
+# --- functions, layers, IAM ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("logical_id", FUNCTIONS)
+def test_handler_file_exists_under_its_code_uri(raw: Template, logical_id: str) -> None:
+    function = raw.function(logical_id)
+    handler_file = function.code_dir / (function.handler_module.replace(".", "/") + ".py")
+    assert handler_file.is_file(), f"{logical_id}: {handler_file} is missing"
+    assert f"def {function.handler_function}(" in handler_file.read_text()
+
+
+def test_genesys_sdk_layer_is_attached_to_config_sync_only(raw: Template) -> None:
+    functions = raw.resources_of_type("AWS::Serverless::Function")
+    assert set(functions) == set(FUNCTIONS)
+    for logical_id in functions:
+        layers = raw.properties(logical_id).get("Layers", [])
+        assert {"Ref": "CoreLayer"} in layers, logical_id
+        has_sdk = {"Ref": "GenesysSdkLayer"} in layers
+        assert has_sdk == (logical_id == "ConfigSyncFunction"), logical_id
+
+
+# SAM policy templates we allow, each scoped to the one resource named in its parameter.
+SCOPED_POLICY_TEMPLATES = {"SQSSendMessagePolicy", "SQSPollerPolicy", "DynamoDBCrudPolicy"}
+
+
+@pytest.mark.parametrize("logical_id", FUNCTIONS)
+def test_iam_has_no_wildcard_actions_or_resources(raw: Template, logical_id: str) -> None:
+    policies = raw.properties(logical_id).get("Policies", [])
+    assert policies, f"{logical_id} has no policies: SAM would leave it with only the basic role"
+    for policy in policies:
+        assert isinstance(policy, dict), f"{logical_id}: managed policy {policy!r} is not least privilege"
+        ((kind, body),) = policy.items()
+        if kind == "Statement":
+            for statement in body:
+                _assert_scoped(logical_id, statement)
+        else:
+            assert kind in SCOPED_POLICY_TEMPLATES, f"{logical_id}: policy template {kind} is too broad"
+            for value in body.values():
+                assert value != "*" and isinstance(value, dict), f"{logical_id}: {kind} must name a resource"
+
+
+def test_dispatcher_table_access_is_only_what_it_uses(raw: Template) -> None:
+    allowed = {
+        "TargetsTable": {"dynamodb:Query", "dynamodb:GetItem", "dynamodb:PutItem"},
+        "BreakerTable": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"},
+    }
+    granted: dict[str, set[str]] = {}
+    for policy in raw.properties("DispatcherFunction")["Policies"]:
+        assert not any(kind.startswith("DynamoDB") for kind in policy), "use scoped statements"
+        for statement in policy.get("Statement", []):
+            for resource in _as_list(statement["Resource"]):
+                table = resource.get("Fn::GetAtt", [""])[0] if isinstance(resource, dict) else ""
+                if table in allowed:
+                    granted.setdefault(table, set()).update(_as_list(statement["Action"]))
+    assert granted == allowed
+
+
+# --- API, schedule, logs, alarms --------------------------------------------------------------------
+
+
+def test_webhook_route_and_throttling(raw: Template) -> None:
+    events = raw.properties("IntakeFunction")["Events"]
+    routes = [
+        (e["Properties"]["Method"], e["Properties"]["Path"], e["Properties"]["ApiId"])
+        for e in events.values()
+        if e["Type"] == "HttpApi"
+    ]
+    assert ("POST", "/webhooks/{integrationId}", {"Ref": "HttpApi"}) in routes
+    api = raw.properties("HttpApi")
+    assert api["DefaultRouteSettings"] == {
+        "ThrottlingBurstLimit": {"Ref": "ApiThrottlingBurstLimit"},
+        "ThrottlingRateLimit": {"Ref": "ApiThrottlingRateLimit"},
+    }
+
+
+def test_config_sync_runs_on_a_schedule(raw: Template) -> None:
+    events = raw.properties("ConfigSyncFunction")["Events"]
+    schedules = [e for e in events.values() if e["Type"] in {"Schedule", "ScheduleV2"}]
+    assert schedules and all(e["Properties"]["ScheduleExpression"] for e in schedules)
+
+
+def test_every_function_and_the_api_log_to_a_group_with_retention(raw: Template) -> None:
+    groups = {
+        json.dumps(props["LogGroupName"]): props
+        for props in (raw.properties(lid) for lid in raw.resources_of_type("AWS::Logs::LogGroup"))
+    }
+    for logical_id in FUNCTIONS:
+        name = json.dumps({"Fn::Sub": f"/aws/lambda/${{{logical_id}}}"})
+        assert name in groups, f"no /aws/lambda log group for {logical_id}"
+        assert groups[name]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    destination = raw.properties("HttpApi")["AccessLogSettings"]["DestinationArn"]
+    (group_id, attribute) = destination["Fn::GetAtt"]
+    assert attribute == "Arn"
+    assert raw.properties(group_id)["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+
+
+def test_alarms_notify_the_topic_only_when_one_is_given(raw: Template) -> None:
+    alarms = raw.resources_of_type("AWS::CloudWatch::Alarm")
+    assert len(alarms) >= 5
+    for logical_id in alarms:
+        props = raw.properties(logical_id)
+        for key in ("AlarmActions", "OKActions"):
+            assert props[key] == {
+                "Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]
+            }, f"{logical_id}.{key}"
+    for has_topic, value in ((False, ""), (True, "arn:aws:sns:us-east-1:123456789012:oncall")):
+        assert with_parameters({"AlarmTopicArn": value}).condition("HasAlarmTopic") is has_topic
+
+
+def test_outputs_name_the_api_queues_tables_and_bucket(raw: Template) -> None:
+    outputs = json.dumps(raw.document["Outputs"])
+    for logical_id in (
+        "HttpApi",
+        "DeliveryQueue",
+        "DeadLetterQueue",
+        "TargetsTable",
+        "BreakerTable",
+        "IdempotencyTable",
+        "AuditBucket",
+    ):
+        assert logical_id in outputs, f"no output for {logical_id}"
+
+
+# --- helpers -----------------------------------------------------------------------------------------
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _assert_scoped(logical_id: str, statement: dict[str, Any]) -> None:
+    assert statement["Effect"] == "Allow", f"{logical_id}: only Allow statements expected"
+    for action in _as_list(statement["Action"]):
+        assert action != "*" and not action.endswith(":*"), f"{logical_id}: wildcard action {action}"
+    for resource in _as_list(statement["Resource"]):
+        assert resource != "*", f"{logical_id}: wildcard resource in {statement}"
+        if isinstance(resource, str):
+            assert not resource.endswith(":*"), f"{logical_id}: {resource}"
+
+
+def _tls_denied_resources(raw: Template, policy_type: str, objects_too: bool = False) -> set[str]:
+    """Logical ids of the resources a policy of ``policy_type`` denies unless aws:SecureTransport."""
+    denied: set[str] = set()
+    for logical_id in raw.resources_of_type(policy_type):
+        document = raw.properties(logical_id)["PolicyDocument"]
+        for statement in document["Statement"]:
+            insecure = statement.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport")
+            if statement["Effect"] != "Deny" or statement.get("Principal") != "*" or str(insecure) != "False":
+                continue
+            text = json.dumps(statement["Resource"])
+            for target in raw.resources:
+                whole = f'["{target}", "Arn"]' in text
+                objects = f"${{{target}.Arn}}/*" in text
+                if whole and (objects or not objects_too):
+                    denied.add(target)
+    return denied
