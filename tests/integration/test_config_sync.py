@@ -10,9 +10,10 @@ import secrets
 from collections.abc import Iterator
 
 import pytest
+from pydantic import SecretStr
 
 from relay.adapters.aws import client
-from relay.adapters.secrets import SecretKind, get_secret, secret_name
+from relay.adapters.secrets import RotatingSecret, SecretKind, get_secret, put_secret, secret_name
 from relay.adapters.target_store import TargetStore
 from relay.local.aws_stack import LocalResources, forget_cached_configuration
 from relay.local.fake_genesys import FakeGenesys
@@ -271,3 +272,22 @@ def test_rotated_signing_secret_keeps_the_old_one_as_previous(genesys: FakeGenes
 
     signing = get_secret(secret_name(SecretKind.SIGNING, CRM.id), force_fetch=True)
     assert signing.values() == [new_secret, CRM.signing_secret]
+
+
+def test_credentials_come_from_secrets_manager_when_not_in_the_environment(
+    genesys: FakeGenesys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the OAuth client stored the deployed way: a secret {"current": secret, "keyId": client id}
+    name = f"relay/test-genesys-{secrets.token_hex(4)}"
+    put_secret(name, RotatingSecret(current=SecretStr(genesys.client_secret), key_id=genesys.client_id))
+    monkeypatch.delenv("GENESYS_CLIENT_ID")
+    monkeypatch.delenv("GENESYS_CLIENT_SECRET")
+    monkeypatch.setenv("GENESYS_CREDENTIALS_SECRET", name)
+    forget_cached_configuration()
+
+    # When the sync runs
+    report = sync_targets(get_settings())
+
+    # Then it logged in with those credentials and synced everything
+    assert report.integrations == [INTEGRATION.id] and len(report.targets) == 2
+    assert genesys.count(r"^/oauth/token$") == 1

@@ -105,7 +105,10 @@ def credentials_from_settings(
             from relay.adapters.secrets import get_secret
 
             read_secret = get_secret
-        secret = read_secret(settings.genesys_credentials_secret)
+        try:
+            secret = read_secret(settings.genesys_credentials_secret)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"GENESYS_CREDENTIALS_SECRET: {exc}") from None
         if not secret.key_id:
             raise ConfigurationError(
                 f"secret {settings.genesys_credentials_secret} lacks keyId (the Genesys OAuth client id)"

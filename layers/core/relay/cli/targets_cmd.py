@@ -1,0 +1,253 @@
+"""``relay targets sync | list | check``: the config sync from a terminal, what it stored, and reachability.
+
+- ``sync`` runs relay.logic.config_sync with the same settings (environment) as ConfigSyncFunction.
+- ``list`` prints what the TargetsTable holds. Secrets are masked, and not even read: only whether a
+  secret is referenced shows.
+- ``check [TARGET_ID]`` sends one HEAD per target with a short timeout and reports status, latency and
+  error (the seed's reachability check, done right: never a POST, no redirects followed, the URL policy
+  applied to the URL and to the address actually connected to).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import IO, Any
+
+EXIT_OK = 0
+EXIT_ATTENTION = 1  # sync: some configs rejected; check: some targets unreachable or refused
+EXIT_FAILED = 3  # the command could not run (settings, Genesys, AWS)
+MASK = "****"
+
+
+def register(subparsers: Any) -> None:
+    targets = subparsers.add_parser("targets", help="sync targets from Genesys Cloud, list and check them")
+    sub = targets.add_subparsers(dest="targets_command", required=True)
+
+    sync = sub.add_parser("sync", help="read the configured integrations from Genesys Cloud and store them")
+    sync.set_defaults(func=_sync)
+
+    listing = sub.add_parser("list", help="the integrations and targets in the TargetsTable (secrets masked)")
+    listing.add_argument("--integration", metavar="INTEGRATION_ID", help="only this integration")
+    listing.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    listing.set_defaults(func=_list)
+
+    check = sub.add_parser("check", help="HEAD each target (or one) and report status, latency and error")
+    check.add_argument("target_id", nargs="?", metavar="TARGET_ID", help="only this target")
+    check.add_argument(
+        "--timeout", type=float, default=3.0, metavar="SECONDS", help="connect and read timeout (default 3)"
+    )
+    check.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    check.set_defaults(func=_check)
+
+
+# --- sync -------------------------------------------------------------------------------------------
+@contextmanager
+def _logs_to_stderr() -> Iterator[None]:
+    """Keep stdout for the command's JSON: the relay's (powertools) log lines go to stderr meanwhile."""
+    from relay.observability import logger
+
+    handler = logger.registered_handler
+    if not isinstance(handler, logging.StreamHandler):
+        yield
+        return
+    # Assigned, not setStream(): that flushes the old stream, which may be closed already.
+    original = handler.stream
+    handler.stream = sys.stderr
+    try:
+        yield
+    finally:
+        handler.stream = original
+
+
+def _sync(args: Any, out: IO[str] | None = None) -> int:
+    from relay.errors import RelayError
+    from relay.logic.config_sync import sync_targets
+    from relay.settings import get_settings
+
+    out = out or sys.stdout
+    try:
+        with _logs_to_stderr():
+            report = sync_targets(get_settings())
+    except RelayError as exc:  # messages carry no secrets by contract
+        print(f"relay targets sync: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(report.to_dict()), file=out)
+    return EXIT_ATTENTION if report.rejected else EXIT_OK
+
+
+# --- list -------------------------------------------------------------------------------------------
+def _entries(integration_id: str | None) -> Iterator[Any]:
+    from relay.adapters.target_store import TargetStore
+    from relay.settings import get_settings
+
+    store = TargetStore(get_settings().need("targets_table"), cache_ttl_seconds=0)
+    ids = [integration_id] if integration_id else store.list_integration_ids()
+    for ident in ids:
+        entry = store.get(ident)
+        if entry is not None:
+            yield entry
+
+
+def _masked(name: str | None) -> str | None:
+    return MASK if name else None
+
+
+def target_view(target: Any) -> dict[str, Any]:
+    """A stored target for display: secret references masked, header values left out."""
+    return {
+        "integrationId": target.integration_id,
+        "targetId": target.target_id,
+        "name": target.name,
+        "enabled": target.enabled,
+        "method": target.method,
+        "url": target.url,
+        "headers": sorted(target.headers),
+        "security": target.security.type.value,
+        "auth": _masked(target.security.secret_name),
+        "signingSecret": _masked(target.signing_secret_name),
+        "encryptionKey": _masked(target.encryption_key_name),
+        "version": target.version,
+        "syncedAt": target.synced_at,
+    }
+
+
+def _list(args: Any, out: IO[str] | None = None) -> int:
+    from relay.errors import RelayError
+
+    out = out or sys.stdout
+    try:
+        entries = list(_entries(args.integration))
+    except RelayError as exc:
+        print(f"relay targets list: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.format == "json":
+        for entry in entries:
+            integration = entry.integration
+            doc = {
+                "integrationId": integration.integration_id,
+                "name": integration.name,
+                "enabled": integration.enabled,
+                "signatureSecret": _masked(integration.signature_secret_name),
+                "version": integration.version,
+                "syncedAt": integration.synced_at,
+                "targets": [target_view(t) for t in entry.targets],
+            }
+            print(json.dumps(doc), file=out)
+        return EXIT_OK
+    rows = [
+        ("INTEGRATION", "TARGET", "NAME", "ON", "METHOD", "URL", "SECURITY", "SIGN", "ENCRYPT", "V", "SYNCED")
+    ]
+    for entry in entries:
+        for t in (target_view(t) for t in entry.targets):
+            rows.append(
+                (
+                    t["integrationId"],
+                    t["targetId"],
+                    t["name"],
+                    "yes" if t["enabled"] else "no",
+                    t["method"],
+                    t["url"],
+                    f"{t['security']} {t['auth'] or ''}".strip(),
+                    t["signingSecret"] or "-",
+                    t["encryptionKey"] or "-",
+                    str(t["version"]),
+                    t["syncedAt"] or "-",
+                )
+            )
+    _print_table(rows, out)
+    return EXIT_OK
+
+
+# --- check ------------------------------------------------------------------------------------------
+def check_target(target: Any, *, timeout: float, allow_loopback: bool, sender: Any = None) -> dict[str, Any]:
+    """One HEAD to the target's URL: status, latency and error. Never a POST; redirects not followed."""
+    from relay.adapters.http import HttpSender
+    from relay.errors import UnsafeUrl
+    from relay.logic.url_policy import check_address, check_url
+
+    result: dict[str, Any] = {"targetId": target.target_id, "url": target.url, "method": "HEAD"}
+    try:
+        check_url(target.url, allow_loopback=allow_loopback)
+    except UnsafeUrl as exc:
+        return {
+            **result,
+            "reachable": False,
+            "status": None,
+            "latencyMs": None,
+            "error": f"URL refused: {exc}",
+        }
+    own_sender = sender is None
+    sender = sender or HttpSender(
+        pool_size=1,
+        body_limit_bytes=0,
+        address_check=lambda address: check_address(address, allow_loopback=allow_loopback),
+    )
+    try:
+        answer = sender.send(
+            "HEAD", target.url, body=b"", headers={}, connect_timeout=timeout, read_timeout=timeout
+        )
+    finally:
+        if own_sender:
+            sender.close()
+    error = answer.error or (
+        f"HTTP {answer.status}" if answer.status is not None and answer.status >= 400 else None
+    )
+    return {
+        **result,
+        # Any HTTP answer means the endpoint is there (a 405 to HEAD is common for POST-only receivers).
+        "reachable": answer.status is not None,
+        "status": answer.status,
+        "latencyMs": round(answer.elapsed_ms, 1),
+        "error": error,
+    }
+
+
+def _check(args: Any, out: IO[str] | None = None) -> int:
+    from relay.errors import RelayError
+    from relay.settings import get_settings
+
+    out = out or sys.stdout
+    try:
+        settings = get_settings()
+        targets = [t for entry in _entries(None) for t in entry.targets]
+    except RelayError as exc:
+        print(f"relay targets check: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.target_id:
+        targets = [t for t in targets if t.target_id == args.target_id]
+        if not targets:
+            print(f"relay targets check: no target {args.target_id} in the TargetsTable", file=sys.stderr)
+            return EXIT_FAILED
+    results = [
+        check_target(t, timeout=args.timeout, allow_loopback=settings.allow_loopback_targets) for t in targets
+    ]
+    if args.format == "json":
+        for result in results:
+            print(json.dumps(result), file=out)
+    else:
+        rows = [("TARGET", "URL", "REACHABLE", "STATUS", "LATENCY_MS", "ERROR")]
+        for r in results:
+            rows.append(
+                (
+                    r["targetId"],
+                    r["url"],
+                    "yes" if r["reachable"] else "no",
+                    str(r["status"] or "-"),
+                    str(r["latencyMs"] if r["latencyMs"] is not None else "-"),
+                    r["error"] or "-",
+                )
+            )
+        _print_table(rows, out)
+    return EXIT_OK if all(r["reachable"] for r in results) else EXIT_ATTENTION
+
+
+def _print_table(rows: Sequence[tuple[str, ...]], out: IO[str]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), file=out
+        )

@@ -1,0 +1,197 @@
+"""``relay targets sync | list | check`` against moto, the fake Genesys API and a loopback receiver."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from relay.adapters.target_store import TargetStore
+from relay.cli import main
+from relay.local.aws_stack import LocalResources, forget_cached_configuration
+from relay.local.fake_genesys import FakeGenesys
+from relay.local.fixtures import Fixtures
+from relay.models.targets import Integration, Target
+from relay.settings import get_settings
+
+pytestmark = pytest.mark.integration
+
+FIXTURES = Fixtures.load()
+INTEGRATION_ID = "11111111-2222-4333-8444-555555555555"
+
+
+class RecordingReceiver:
+    """Loopback server that records every method it is sent; /slow answers late, /post-only refuses HEAD."""
+
+    def __init__(self) -> None:
+        self.methods: list[tuple[str, str]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                return
+
+            def _answer(self) -> None:
+                receiver.methods.append((self.command, self.path))
+                if self.path == "/slow":
+                    time.sleep(1.0)
+                status = 405 if self.path == "/post-only" and self.command != "POST" else 200
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def handle(self) -> None:
+                try:
+                    super().handle()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            do_HEAD = do_GET = do_POST = do_PUT = _answer  # noqa: N815
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> RecordingReceiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def local_settings(aws_stack: LocalResources, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_ALLOW_LOOPBACK_TARGETS", "true")
+    monkeypatch.setenv("SECRETS_PREFIX", f"relay/test-{secrets.token_hex(4)}")
+    forget_cached_configuration()
+
+
+@pytest.fixture
+def receiver(local_settings: None) -> Iterator[RecordingReceiver]:
+    with RecordingReceiver() as server:
+        store = TargetStore(get_settings().need("targets_table"), cache_ttl_seconds=0)
+        store.put_integration(
+            Integration(
+                integration_id=INTEGRATION_ID, name="check", signature_secret_name="relay/x/signature/1"
+            )
+        )
+        for target_id, url in (
+            ("t-ok", f"{server.url}/ok"),
+            ("t-post-only", f"{server.url}/post-only"),
+            ("t-slow", f"{server.url}/slow"),
+            ("t-closed", f"http://127.0.0.1:{_closed_port()}/hook"),
+            ("t-private", "https://10.0.0.7/hook"),
+        ):
+            store.put_target(
+                Target(integration_id=INTEGRATION_ID, target_id=target_id, name=target_id, url=url)
+            )
+        yield server
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_check_sends_only_head_and_reports_status_latency_and_error(
+    receiver: RecordingReceiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # When every target is checked with a short timeout
+    code = main(["targets", "check", "--timeout", "0.3", "--format", "json"])
+
+    # Then each got at most one HEAD, and nothing was POSTed
+    results = {r["targetId"]: r for r in _json_lines(capsys.readouterr().out)}
+    assert sorted(receiver.methods) == [("HEAD", "/ok"), ("HEAD", "/post-only"), ("HEAD", "/slow")]
+    # And the answers are reported as they were
+    assert results["t-ok"]["status"] == 200 and results["t-ok"]["error"] is None
+    assert results["t-ok"]["reachable"] is True and isinstance(results["t-ok"]["latencyMs"], float)
+    assert results["t-post-only"]["status"] == 405 and results["t-post-only"]["error"] == "HTTP 405"
+    assert results["t-slow"]["status"] is None and results["t-slow"]["error"] == "read timed out"
+    assert results["t-closed"]["reachable"] is False and "ConnectionError" in results["t-closed"]["error"]
+    assert (
+        results["t-private"]["error"].startswith("URL refused") and results["t-private"]["latencyMs"] is None
+    )
+    assert code == 1  # some targets are unreachable
+
+
+def test_check_one_target_by_id(receiver: RecordingReceiver, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["targets", "check", "t-ok", "--format", "json"])
+
+    assert [r["targetId"] for r in _json_lines(capsys.readouterr().out)] == ["t-ok"]
+    assert receiver.methods == [("HEAD", "/ok")]
+    assert code == 0
+
+
+def test_check_unknown_target_fails_clearly(
+    receiver: RecordingReceiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["targets", "check", "no-such-target"])
+
+    assert code == 3 and "no target no-such-target" in capsys.readouterr().err
+    assert receiver.methods == []
+
+
+def test_sync_then_list_masks_every_secret(
+    local_settings: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with FakeGenesys(FIXTURES) as fake:
+        for name, value in fake.settings_env().items():
+            monkeypatch.setenv(name, value)
+        forget_cached_configuration()
+
+        # When the operator syncs from the terminal and lists what was stored
+        sync_code = main(["targets", "sync"])
+        sync_out = capsys.readouterr().out
+        list_code = main(["targets", "list", "--format", "json"])
+        listed = _json_lines(capsys.readouterr().out)
+        table_code = main(["targets", "list"])
+        table = capsys.readouterr().out
+
+    # Then the sync reported the fixtures' integration and targets
+    report = json.loads(sync_out)
+    integration = FIXTURES.integrations[0]
+    assert sync_code == 0 and report["integrations"] == [integration.id]
+    assert sorted(report["targets"]) == sorted(t.id for t in integration.targets)
+    # And the listing shows them with every secret masked
+    [entry] = listed
+    assert entry["signatureSecret"] == "****"
+    by_id = {t["targetId"]: t for t in entry["targets"]}
+    archive = by_id[integration.targets[1].id]
+    assert (archive["auth"], archive["signingSecret"], archive["encryptionKey"]) == ("****", "****", "****")
+    assert by_id[integration.targets[0].id]["encryptionKey"] is None
+    assert list_code == 0 and table_code == 0
+    # And no secret value appears anywhere in what was printed
+    printed = sync_out + json.dumps(listed) + table
+    values = [integration.signature_secret] + [
+        v for t in integration.targets for v in (t.security.value, t.signing_secret, t.encryption_key) if v
+    ]
+    for value in values:
+        assert value not in printed
+
+
+def test_sync_without_credentials_fails_with_a_clear_message(
+    local_settings: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["targets", "sync"])
+
+    assert code == 3
+    assert "GENESYS_CREDENTIALS_SECRET" in capsys.readouterr().err
