@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from relay.adapters.aws import client
 from relay.adapters.secrets import RotatingSecret, SecretKind, put_secret, secret_name
 from relay.adapters.target_store import TargetStore
 from relay.local.aws_stack import LocalResources
@@ -120,3 +121,76 @@ def task_record(
         attrs["relay-deferrals"] = {"stringValue": str(deferrals), "dataType": "Number"}
     record["messageAttributes"] = attrs
     return record
+
+
+def queue_records(resources: LocalResources, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Send records' bodies and attributes through the real delivery queue (moto) and receive them back
+    as Lambda event records: real receipt handles, so visibility changes can be observed."""
+    sqs = client("sqs")
+    for record in records:
+        kwargs: dict[str, Any] = {"QueueUrl": resources.delivery_queue_url, "MessageBody": record["body"]}
+        attrs = {
+            name: {"DataType": value["dataType"], "StringValue": value["stringValue"]}
+            for name, value in record.get("messageAttributes", {}).items()
+        }
+        if attrs:
+            kwargs["MessageAttributes"] = attrs
+        sqs.send_message(**kwargs)
+    received: list[dict[str, Any]] = []
+    for _ in range(10):
+        if len(received) >= len(records):
+            break
+        received.extend(_receive(resources.delivery_queue_url, 10))
+    assert len(received) == len(records)
+    return received
+
+
+def _receive(queue_url: str, count: int, visibility: int | None = None) -> list[dict[str, Any]]:
+    kwargs: dict[str, Any] = {
+        "QueueUrl": queue_url,
+        "MaxNumberOfMessages": count,
+        "AttributeNames": ["All"],
+        "MessageAttributeNames": ["All"],
+        "WaitTimeSeconds": 0,
+    }
+    if visibility is not None:
+        kwargs["VisibilityTimeout"] = visibility
+    messages = client("sqs").receive_message(**kwargs).get("Messages", [])
+    return [
+        {
+            "messageId": m["MessageId"],
+            "receiptHandle": m["ReceiptHandle"],
+            "body": m["Body"],
+            "attributes": m.get("Attributes", {}),
+            "messageAttributes": {
+                name: {"stringValue": v.get("StringValue"), "dataType": v["DataType"]}
+                for name, v in m.get("MessageAttributes", {}).items()
+            },
+        }
+        for m in messages
+    ]
+
+
+def drain(queue_url: str) -> list[dict[str, Any]]:
+    """Every message visible in a queue now (left invisible for a while after)."""
+    found: list[dict[str, Any]] = []
+    while True:
+        batch = _receive(queue_url, 10, visibility=300)
+        if not batch:
+            return found
+        found.extend(batch)
+
+
+def attr(record: dict[str, Any], name: str) -> str | None:
+    value = record["messageAttributes"].get(name)
+    return None if value is None else str(value["stringValue"])
+
+
+def audit_lines(resources: LocalResources) -> list[dict[str, Any]]:
+    """Every audit JSON line in the bucket, with the object key it came from (``_key``)."""
+    s3 = client("s3")
+    lines: list[dict[str, Any]] = []
+    for obj in s3.list_objects_v2(Bucket=resources.audit_bucket, Prefix="audit/").get("Contents", []):
+        body = s3.get_object(Bucket=resources.audit_bucket, Key=obj["Key"])["Body"].read().decode()
+        lines.extend({**json.loads(line), "_key": obj["Key"]} for line in body.splitlines() if line)
+    return lines

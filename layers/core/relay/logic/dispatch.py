@@ -626,24 +626,28 @@ def container_dispatcher() -> Dispatcher:
         if _container is None or _container[0] is not settings:
             if _container is not None:
                 _container[1].close()
-            _container = (settings, _build(settings))
+            _container = (settings, build_dispatcher(settings))
         return _container[1]
 
 
-def _build(settings: Settings) -> Dispatcher:
-    return Dispatcher(
-        settings=settings,
-        targets=TargetStore(
+def build_dispatcher(settings: Settings, **overrides: Any) -> Dispatcher:
+    """A dispatcher wired to the deployment's resources; ``overrides`` replace any dependency
+    (tests and benchmarks inject clocks, clients and in-memory stores this way)."""
+    factories: dict[str, Callable[[], Any]] = {
+        "targets": lambda: TargetStore(
             settings.need("targets_table"), cache_ttl_seconds=settings.target_cache_ttl_seconds
         ),
-        http=HttpSender(
+        "http": lambda: HttpSender(
             pool_size=settings.delivery_concurrency,
             body_limit_bytes=settings.response_body_limit_bytes,
             address_check=partial(check_address, allow_loopback=settings.allow_loopback_targets),
         ),
-        queue=SqsDeliveryQueueOps(
+        "queue": lambda: SqsDeliveryQueueOps(
             settings.need("delivery_queue_url"), settings.need("dead_letter_queue_url")
         ),
-        breakers=DynamoBreakerStore(settings.need("breaker_table")),
-        audit=S3AuditSink(settings.audit_bucket) if settings.audit_bucket else None,
-    )
+        "breakers": lambda: DynamoBreakerStore(settings.need("breaker_table")),
+        "audit": lambda: S3AuditSink(settings.audit_bucket) if settings.audit_bucket else None,
+    }
+    parts: dict[str, Any] = {name: make() for name, make in factories.items() if name not in overrides}
+    parts.update(overrides)
+    return Dispatcher(settings=settings, **parts)
