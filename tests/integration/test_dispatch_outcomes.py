@@ -1,0 +1,199 @@
+"""Outcomes through the dispatcher against real SQS (moto): retries scheduled with
+ChangeMessageVisibility, Retry-After, exhaustion and permanent failures dead-lettered by the
+dispatcher with reasons, 410 disabling the target, poison messages, the rest of the batch going on."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import pytest
+from test_dispatch_support import (
+    ENCRYPTED_TARGET,
+    INTEGRATION_ID,
+    PLAIN_TARGET,
+    SIGNING_SECRET,
+    attr,
+    audit_lines,
+    drain,
+    queue_records,
+    seed_target,
+    sqs_event,
+    task_record,
+)
+
+from relay.adapters.target_store import TargetStore
+from relay.local.aws_stack import LocalResources
+from relay.local.receiver import Behaviour, Receiver
+from relay.logic.dispatch import Dispatcher, build_dispatcher
+from relay.settings import get_settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver(signing_secrets={"*": [SIGNING_SECRET]}) as running:
+        yield running
+
+
+@pytest.fixture
+def dispatcher(aws_stack: LocalResources) -> Dispatcher:
+    return build_dispatcher(get_settings(), rng=random.Random(5))
+
+
+def test_a_retryable_failure_is_made_visible_again_after_its_backoff(
+    aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher
+) -> None:
+    # Given a failing endpoint and a matrix whose backoff is zero (so the new visibility is 0 s,
+    # where the queue's own visibility timeout would hide the message for 6 minutes)
+    receiver.behaviour = Behaviour(status=503)
+    target = seed_target(aws_stack, f"{receiver.url}/hooks/crm", attempts=3)
+    store = TargetStore(aws_stack.targets_table)
+    store.put_target(
+        target.model_copy(
+            update={"retry_matrix": target.retry_matrix.model_copy(update={"base_interval_ms": 0})}
+        )
+    )
+    (record,) = queue_records(aws_stack, [task_record()])
+
+    # When the first attempt fails
+    result = dispatcher.handle_batch([record])
+
+    # Then the record is reported failed and is visible again at once, second receive
+    assert result == {"batchItemFailures": [{"itemIdentifier": record["messageId"]}]}
+    (again,) = drain(aws_stack.delivery_queue_url)
+    assert again["messageId"] == record["messageId"]
+    assert again["attributes"]["ApproximateReceiveCount"] == "2"
+    assert drain(aws_stack.dead_letter_queue_url) == []
+
+
+def test_retry_after_is_honoured(
+    aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher
+) -> None:
+    receiver.behaviour = Behaviour(status=429, retry_after_seconds=120)
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm")
+    (record,) = queue_records(aws_stack, [task_record()])
+    result = dispatcher.handle_batch([record])
+    assert result == {"batchItemFailures": [{"itemIdentifier": record["messageId"]}]}
+    (line,) = audit_lines(aws_stack)
+    assert (line["status"], line["retryInSeconds"], line["outcome"]) == (429, 120, "retry-scheduled")
+    assert drain(aws_stack.delivery_queue_url) == []  # hidden for the 120 s asked
+
+
+def test_the_last_attempt_goes_to_the_dlq_with_why_and_is_done(
+    aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher
+) -> None:
+    # Given a record on its third receive of a three-attempt matrix, and a failing endpoint
+    receiver.behaviour = Behaviour(status=500)
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm", attempts=3)
+    record = task_record(receive_count=3)
+
+    # When it fails again
+    result = dispatcher.handle_batch([record])
+
+    # Then the dispatcher dead-letters it itself, with the reason and the facts, and reports it done
+    assert result == {"batchItemFailures": []}
+    (dead,) = drain(aws_stack.dead_letter_queue_url)
+    assert dead["body"] == record["body"]
+    assert attr(dead, "relay-dlq-reason") == "exhausted"
+    assert attr(dead, "relay-last-status") == "500"
+    assert attr(dead, "relay-last-error") == "http-500"
+    assert attr(dead, "relay-attempts") == "3"
+    assert attr(dead, "relay-target-id") == PLAIN_TARGET
+    assert attr(dead, "relay-integration-id") == INTEGRATION_ID
+
+
+def test_attempts_carried_by_a_deferral_count_toward_exhaustion(
+    aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher
+) -> None:
+    receiver.behaviour = Behaviour(status=500)
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm", attempts=3)
+    result = dispatcher.handle_batch([task_record(receive_count=1, attempts=2)])
+    assert result == {"batchItemFailures": []}
+    (dead,) = drain(aws_stack.dead_letter_queue_url)
+    assert (attr(dead, "relay-dlq-reason"), attr(dead, "relay-attempts")) == ("exhausted", "3")
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+def test_other_4xx_go_to_the_dlq_at_once(
+    aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher, status: int
+) -> None:
+    receiver.behaviour = Behaviour(status=status)
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm", attempts=5)
+    result = dispatcher.handle_batch([task_record()])
+    assert result == {"batchItemFailures": []}
+    (dead,) = drain(aws_stack.dead_letter_queue_url)
+    assert (attr(dead, "relay-dlq-reason"), attr(dead, "relay-last-status")) == (
+        "permanent-status",
+        str(status),
+    )
+    assert attr(dead, "relay-attempts") == "1"
+
+
+def test_410_disables_the_target_and_dead_letters(
+    aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher
+) -> None:
+    # Given an endpoint that is gone
+    receiver.behaviour = Behaviour(status=410)
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm")
+
+    # When a record is delivered
+    result = dispatcher.handle_batch([task_record()])
+
+    # Then the target is disabled in the TargetsTable and the record is in the DLQ as target-gone
+    assert result == {"batchItemFailures": []}
+    stored = TargetStore(aws_stack.targets_table).get_target(INTEGRATION_ID, PLAIN_TARGET)
+    assert stored is not None and stored.enabled is False
+    (dead,) = drain(aws_stack.dead_letter_queue_url)
+    assert (attr(dead, "relay-dlq-reason"), attr(dead, "relay-last-status")) == ("target-gone", "410")
+
+
+def test_poison_and_unknown_targets_are_dead_lettered_while_the_rest_is_delivered(
+    aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher
+) -> None:
+    # Given the sample poison batch: one good record, one unparseable body, one unknown target
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm")
+    event = sqs_event("sqs_poison_batch.json")
+
+    # When it is handled
+    result = dispatcher.handle_batch(event["Records"])
+
+    # Then the good one was delivered and the other two are in the DLQ with their reasons
+    assert result == {"batchItemFailures": []}
+    assert len(receiver.deliveries) == 1
+    reasons = sorted(attr(m, "relay-dlq-reason") or "" for m in drain(aws_stack.dead_letter_queue_url))
+    assert reasons == ["poison", "unknown-target"]
+
+
+def test_a_disabled_target_is_dead_lettered_without_an_attempt(
+    aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher
+) -> None:
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm", enabled=False)
+    seed_target(aws_stack, f"{receiver.url}/hooks/archive", target_id=ENCRYPTED_TARGET)
+    result = dispatcher.handle_batch([task_record(PLAIN_TARGET), task_record(ENCRYPTED_TARGET)])
+    assert result == {"batchItemFailures": []}
+    assert [r.path for r in receiver.deliveries] == ["/hooks/archive"]
+    (dead,) = drain(aws_stack.dead_letter_queue_url)
+    assert attr(dead, "relay-dlq-reason") == "target-disabled"
+
+
+def test_a_missing_encryption_salt_never_sends_in_clear_and_retries(
+    aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher
+) -> None:
+    # Given an encrypting target whose key version has no salt
+    from relay.adapters.secrets import RotatingSecret, SecretKind, put_secret, secret_name
+
+    seed_target(aws_stack, f"{receiver.url}/hooks/archive", target_id=ENCRYPTED_TARGET, encrypted=True)
+    put_secret(secret_name(SecretKind.ENCRYPTION, ENCRYPTED_TARGET), RotatingSecret(current="k", key_id="k1"))
+    dispatcher = build_dispatcher(get_settings())  # a fresh secret cache
+
+    # When a record is handled
+    record = task_record(ENCRYPTED_TARGET)
+    result = dispatcher.handle_batch([record])
+
+    # Then nothing was sent, the record waits for a retry, and the audit says it is configuration
+    assert receiver.requests == []
+    assert result == {"batchItemFailures": [{"itemIdentifier": record["messageId"]}]}
+    (line,) = audit_lines(aws_stack)
+    assert line["errorCode"] == "configuration" and "salt" in line["error"]
