@@ -13,11 +13,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relay.adapters.dlq_queue import MAX_BATCH_BYTES, OutgoingMessage, ReceivedMessage, plan_send_batches
+from relay.cli import main
 from relay.cli.dlq_cmd import ProgressLine, format_groups, format_redrive
 from relay.logic.dlq import (
     BACKSTOP_REASON,
     UNPARSEABLE,
     DeadLetter,
+    Progress,
     RedriveFilter,
     RedriveOptions,
     RedriveResult,
@@ -296,8 +298,6 @@ class FakeTerminal(io.StringIO):
 
 
 def test_the_progress_line_redraws_in_place_on_a_terminal() -> None:
-    from relay.logic.dlq import Progress
-
     stream = FakeTerminal()
     line = ProgressLine(stream, clock=lambda: 0.0, interval_seconds=0)
 
@@ -311,8 +311,6 @@ def test_the_progress_line_redraws_in_place_on_a_terminal() -> None:
 
 
 def test_the_progress_line_is_throttled_off_a_terminal() -> None:
-    from relay.logic.dlq import Progress
-
     stream = io.StringIO()
     ticks = iter([0.0, 0.0, 1.0, 6.0, 6.0])
     line = ProgressLine(stream, clock=lambda: next(ticks))
@@ -321,3 +319,21 @@ def test_the_progress_line_is_throttled_off_a_terminal() -> None:
         line(Progress("scan", done, None))
 
     assert stream.getvalue().splitlines() == ["scan: 1  moved 0  failed 0", "scan: 3  moved 0  failed 0"]
+
+
+def test_an_unknown_reason_is_refused_before_any_queue_is_touched(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        [
+            "dlq",
+            "redrive",
+            "--reason",
+            "exhaustd",
+            "--dlq-url",
+            "http://unused",
+            "--queue-url",
+            "http://unused",
+        ]
+    )
+
+    assert code == 2
+    assert "unknown reason exhaustd" in capsys.readouterr().err

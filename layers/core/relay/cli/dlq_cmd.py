@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1  # something was left behind or failed: read the summary
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 def register(subparsers: Any) -> None:
@@ -147,6 +148,14 @@ def _run(args: argparse.Namespace, command: str, work: Callable[[ProgressLine], 
         line.close()
         print(f"relay dlq {command}: {exc}", file=sys.stderr)
         return EXIT_INCOMPLETE
+    except KeyboardInterrupt:
+        line.close()
+        print(
+            f"relay dlq {command}: interrupted. Messages in hand go back to the DLQ (nothing unsent was "
+            "deleted); a move task already started keeps running in SQS.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     line.close()
     print(json.dumps(document, indent=2) if args.format == "json" else text)
     return EXIT_OK if ok else EXIT_INCOMPLETE
