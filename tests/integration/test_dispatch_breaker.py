@@ -1,0 +1,198 @@
+"""The shared circuit breaker inside the dispatcher, against DynamoDB and SQS on moto."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from test_dispatch_support import (
+    ENCRYPTED_TARGET,
+    INTEGRATION_ID,
+    PLAIN_TARGET,
+    SIGNING_SECRET,
+    attr,
+    drain,
+    seed_target,
+    task_record,
+)
+
+from relay.adapters.aws import client
+from relay.adapters.breaker_store import DynamoBreakerStore
+from relay.local.aws_stack import LocalResources
+from relay.local.receiver import Behaviour, Receiver
+from relay.logic.dispatch import Dispatcher, build_dispatcher
+from relay.models.breaker import BreakerState, Phase, target_key
+from relay.settings import get_settings
+
+pytestmark = pytest.mark.integration
+KEY = target_key(INTEGRATION_ID, PLAIN_TARGET)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver(signing_secrets={"*": [SIGNING_SECRET]}) as running:
+        yield running
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def dispatcher(aws_stack: LocalResources, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> Dispatcher:
+    monkeypatch.setenv("BREAKER_RESET_SECONDS", "1")
+    get_settings.cache_clear()
+    return build_dispatcher(get_settings(), clock=clock)
+
+
+def _store(resources: LocalResources) -> DynamoBreakerStore:
+    return DynamoBreakerStore(resources.breaker_table)
+
+
+def _sent(calls: list[dict[str, Any]]) -> Any:
+    def capture(params: dict[str, Any], **_: Any) -> None:
+        calls.append(params)
+
+    return capture
+
+
+def test_consecutive_failures_open_the_breaker_and_later_records_are_deferred_not_attempted(
+    aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher
+) -> None:
+    # Given a failing endpoint: five failures open the breaker
+    receiver.behaviour = Behaviour(status=503)
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm", attempts=10)
+    dispatcher.handle_batch([task_record() for _ in range(5)])
+    assert _store(aws_stack).load(KEY).phase is Phase.OPEN
+    requests_so_far = len(receiver.requests)
+
+    # When the next batch arrives while it is open (one record already on its 2nd receive)
+    sends: list[dict[str, Any]] = []
+    client("sqs").meta.events.register("provide-client-params.sqs.SendMessage", _sent(sends))
+    later = [task_record(receive_count=2), task_record()]
+    result = dispatcher.handle_batch(later)
+
+    # Then nothing is sent to the endpoint, the records are re-queued with a delay, carrying their
+    # attempts unchanged and one more deferral, and they count as done (nothing for the DLQ)
+    assert len(receiver.requests) == requests_so_far
+    assert result == {"batchItemFailures": []}
+    assert sorted(s["MessageAttributes"]["relay-attempts"]["StringValue"] for s in sends) == ["0", "1"]
+    assert {s["MessageAttributes"]["relay-deferrals"]["StringValue"] for s in sends} == {"1"}
+    assert all(1 <= s["DelaySeconds"] <= 900 and s["QueueUrl"] == aws_stack.delivery_queue_url for s in sends)
+    assert drain(aws_stack.dead_letter_queue_url) == []
+
+
+def test_deferred_records_come_back_to_the_queue(
+    aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher
+) -> None:
+    receiver.behaviour = Behaviour(status=503)
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm", attempts=10)
+    dispatcher.handle_batch([task_record() for _ in range(5)])
+    deferred = task_record(deferrals=2)
+    dispatcher.handle_batch([deferred])
+    back: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 10  # DelaySeconds is the breaker's 1 s reset plus jitter
+    while not back and time.monotonic() < deadline:
+        back = drain(aws_stack.delivery_queue_url)
+        time.sleep(0.3)
+    (message,) = back
+    assert message["body"] == deferred["body"]
+    assert (attr(message, "relay-deferrals"), attr(message, "relay-attempts")) == ("3", "0")
+
+
+def test_after_the_reset_timeout_one_probe_goes_first_and_its_success_closes_the_breaker(
+    aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher, clock: Clock
+) -> None:
+    # Given an open breaker whose reset timeout has passed, and a healthy endpoint again
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm")
+    assert _store(aws_stack).save(KEY, BreakerState(Phase.OPEN, 5, 1, clock.now - 1, 3), expected_version=0)
+
+    # When a batch of three arrives
+    result = dispatcher.handle_batch([task_record() for _ in range(3)])
+
+    # Then the probe and then the rest were delivered, and the breaker is closed
+    assert result == {"batchItemFailures": []}
+    assert len(receiver.unique_delivery_ids) == 3
+    state = _store(aws_stack).load(KEY)
+    assert (state.phase, state.trips, state.consecutive_failures) == (Phase.CLOSED, 0, 0)
+    assert state.version == 5  # claimed (4), closed (5)
+
+
+def test_a_failed_probe_reopens_for_longer_and_defers_the_rest(
+    aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher, clock: Clock
+) -> None:
+    receiver.behaviour = Behaviour(status=502)
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm", attempts=10)
+    assert _store(aws_stack).save(KEY, BreakerState(Phase.OPEN, 5, 1, clock.now - 1, 3), expected_version=0)
+    records = [task_record() for _ in range(3)]
+    result = dispatcher.handle_batch(records)
+    assert len(receiver.requests) == 1  # the probe only
+    assert result == {"batchItemFailures": [{"itemIdentifier": records[0]["messageId"]}]}  # its retry
+    state = _store(aws_stack).load(KEY)
+    assert (state.phase, state.trips) == (Phase.OPEN, 2)
+    assert state.until == pytest.approx(clock.now + 2.0)  # reset 1 s doubled on the second trip
+
+
+def test_while_another_dispatcher_probes_records_are_deferred(
+    aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher, clock: Clock
+) -> None:
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm")
+    half_open = BreakerState(Phase.HALF_OPEN, 5, 1, clock.now + 15, 4)
+    assert _store(aws_stack).save(KEY, half_open, expected_version=0)
+    result = dispatcher.handle_batch([task_record()])
+    assert result == {"batchItemFailures": []}
+    assert receiver.requests == []
+    assert _store(aws_stack).load(KEY) == half_open
+
+
+def test_a_failing_breaker_table_fails_open_and_is_counted(
+    aws_stack: LocalResources, receiver: Receiver, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # Given a breaker store whose table does not exist
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm")
+    dispatcher = build_dispatcher(get_settings(), breakers=DynamoBreakerStore("no-such-table"))
+
+    # When a batch arrives
+    result = dispatcher.handle_batch([task_record(), task_record()])
+
+    # Then it was delivered anyway, and BreakerStoreUnavailable was emitted (service dimension only)
+    assert result == {"batchItemFailures": []}
+    assert len(receiver.unique_delivery_ids) == 2
+    blobs = [json.loads(line) for line in capfd.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    unavailable = [b for b in blobs if "BreakerStoreUnavailable" in b]
+    assert len(unavailable) == 1 and unavailable[0]["BreakerStoreUnavailable"] == [1.0]
+    assert unavailable[0]["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["service"]]
+
+
+def test_a_closed_breaker_costs_one_read_per_target_per_batch_and_no_write(
+    aws_stack: LocalResources, receiver: Receiver
+) -> None:
+    # Given two healthy targets and a DynamoDB client that counts its calls
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm", target_id=PLAIN_TARGET)
+    seed_target(aws_stack, f"{receiver.url}/hooks/archive", target_id=ENCRYPTED_TARGET)
+    calls: list[str] = []
+    ddb = client("dynamodb")
+    ddb.meta.events.register("before-call.dynamodb.*", lambda model, **_: calls.append(model.name))
+    dispatcher = build_dispatcher(
+        get_settings(), breakers=DynamoBreakerStore(aws_stack.breaker_table, dynamodb=ddb)
+    )
+
+    # When a batch of ten spread over both targets is delivered
+    dispatcher.handle_batch([task_record(PLAIN_TARGET if i % 2 else ENCRYPTED_TARGET) for i in range(10)])
+
+    # Then the breaker table saw exactly one GetItem per target and no write
+    assert len(receiver.unique_delivery_ids) == 10
+    breaker_calls = [c for c in calls if c in ("GetItem", "PutItem", "UpdateItem")]
+    assert breaker_calls == ["GetItem", "GetItem"]
