@@ -1,0 +1,322 @@
+"""The dashboard and alarms in template.yaml plot only metrics the code emits (issue 6, point 3).
+
+Three sources must agree on every GenesysRelay metric: the metrics table in docs/architecture.md
+(names and dimensions), the dashboard body and alarms in template.yaml, and the code under
+layers/core/relay (the name as a string literal, and the dimensions in the EMF the emitters print).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.local.template import Template, load_template
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = Path(os.environ.get("RELAY_TEMPLATE_UNDER_TEST", ROOT / "template.yaml"))
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+PACKAGE = ROOT / "layers" / "core" / "relay"
+NAMESPACE = "GenesysRelay"
+# Which module holds each emitter named in the table's "emitted by" column.
+EMITTER_MODULES = {
+    "intake": ("logic/intake.py",),
+    "dispatcher": ("logic/dispatch.py", "logic/delivery_metrics.py"),
+    "config sync": ("logic/config_sync.py",),
+}
+
+
+@dataclass(frozen=True)
+class Plotted:
+    namespace: str
+    name: str
+    dimensions: frozenset[str]
+    # dimension values the dashboard or alarm pins (e.g. service="relay")
+    pinned: tuple[tuple[str, str], ...]
+    where: str
+
+
+@dataclass(frozen=True)
+class Contract:
+    dimensions: frozenset[str]
+    emitted_by: str
+
+
+def metrics_table() -> dict[str, Contract]:
+    """docs/architecture.md's metrics table: {metric name: (dimensions, emitter)}."""
+    text = ARCHITECTURE.read_text()
+    section = text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    table: dict[str, Contract] = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 4 or not cells[0].startswith("`"):
+            continue
+        names = re.findall(r"`([A-Za-z]+)`", cells[0])
+        dimensions = frozenset(re.findall(r"`([A-Za-z]+)`", cells[2]))
+        for name in names:
+            table[name] = Contract(dimensions, cells[3])
+    return table
+
+
+TABLE = metrics_table()
+BASE = load_template(TEMPLATE)
+
+
+def dashboard(template: Template) -> dict[str, Any]:
+    (logical_id,) = template.resources_of_type("AWS::CloudWatch::Dashboard")
+    body: str = template.resolve(template.properties(logical_id))["DashboardBody"]
+    document: dict[str, Any] = json.loads(body)
+    return document
+
+
+_SEARCH = re.compile(r"SEARCH\(\s*'\{([^}]*)\}([^']*)'")
+_TERM = re.compile(r'(\w+)\s*=\s*("[^"]*"|\([^)]*\)|[^\s)]+)')
+
+
+def _search_metrics(expression: str, where: str) -> Iterator[Plotted]:
+    for schema, query in _SEARCH.findall(expression):
+        namespace, *dimensions = [part.strip().strip('"') for part in schema.split(",")]
+        names: list[str] = []
+        pinned: list[tuple[str, str]] = []
+        for key, value in _TERM.findall(query):
+            values = re.findall(r'"([^"]*)"', value) or [value]
+            if key == "MetricName":
+                names.extend(values)
+            else:
+                assert key in dimensions, f"{where}: filters on {key}, outside the schema {dimensions}"
+                pinned.extend((key, v) for v in values)
+        assert names, f"{where}: a SEARCH without MetricName= matches more than the contract: {expression}"
+        for name in names:
+            yield Plotted(namespace, name, frozenset(dimensions), tuple(pinned), where)
+
+
+def dashboard_metrics(template: Template) -> list[Plotted]:
+    plotted: list[Plotted] = []
+    for index, widget in enumerate(dashboard(template)["widgets"]):
+        if widget["type"] != "metric":
+            continue
+        where = f"dashboard widget {index} ({widget['properties'].get('title')})"
+        for entry in widget["properties"]["metrics"]:
+            if isinstance(entry[0], dict):
+                plotted.extend(_search_metrics(entry[0].get("expression", ""), where))
+                continue
+            fields = [f for f in entry if not isinstance(f, dict)]
+            # "." / "..." repeat the previous row's fields: they would hide a metric from this check.
+            assert "." not in fields and "..." not in fields, f"{where}: spell every metric out"
+            namespace, name, *pairs = fields
+            pinned = tuple(zip(pairs[::2], pairs[1::2], strict=True))
+            plotted.append(Plotted(namespace, name, frozenset(k for k, _ in pinned), pinned, where))
+    return plotted
+
+
+def alarm_metrics(template: Template) -> list[Plotted]:
+    plotted: list[Plotted] = []
+    for logical_id in template.resources_of_type("AWS::CloudWatch::Alarm"):
+        props = template.resolve(template.properties(logical_id))
+        stats = [props] if "MetricName" in props else []
+        stats += [q["MetricStat"]["Metric"] for q in props.get("Metrics", []) if "MetricStat" in q]
+        for q in props.get("Metrics", []):
+            plotted.extend(_search_metrics(q.get("Expression", ""), f"alarm {logical_id}"))
+        for stat in stats:
+            pinned = tuple((d["Name"], d["Value"]) for d in stat.get("Dimensions", []))
+            dims = frozenset(k for k, _ in pinned)
+            plotted.append(
+                Plotted(stat["Namespace"], stat["MetricName"], dims, pinned, f"alarm {logical_id}")
+            )
+    return plotted
+
+
+def relay_metrics() -> list[Plotted]:
+    everything = dashboard_metrics(BASE) + alarm_metrics(BASE)
+    return [p for p in everything if p.namespace == NAMESPACE]
+
+
+def function_environment() -> dict[str, str]:
+    return BASE.function("DispatcherFunction").environment
+
+
+# --- the dashboard and alarms against the contract -------------------------------------------------
+
+
+def test_the_contract_table_is_read() -> None:
+    # Guards the parser: an empty table would make every check below pass vacuously.
+    assert TABLE["Delivered"] == Contract(frozenset({"service", "target"}), "dispatcher")
+    assert TABLE["EventsRejected"].dimensions == {"service", "reason"}
+    assert {"BreakerOpened", "BreakerHalfOpened", "BreakerClosed"} <= set(TABLE)
+
+
+def test_every_relay_metric_on_the_dashboard_and_alarms_is_in_the_contract() -> None:
+    plotted = relay_metrics()
+    assert plotted, "the dashboard plots no GenesysRelay metric at all"
+    for metric in plotted:
+        assert metric.name in TABLE, f"{metric.where}: {metric.name} is not in docs/architecture.md"
+        assert metric.dimensions == TABLE[metric.name].dimensions, (
+            f"{metric.where}: {metric.name} plotted with {sorted(metric.dimensions)}, "
+            f"emitted with {sorted(TABLE[metric.name].dimensions)}"
+        )
+
+
+def test_pinned_service_and_namespace_are_what_the_functions_emit() -> None:
+    from relay.observability import metrics
+
+    environment = function_environment()
+    assert environment["POWERTOOLS_METRICS_NAMESPACE"] == NAMESPACE == metrics.namespace
+    for metric in relay_metrics():
+        for key, value in metric.pinned:
+            assert key != "service" or value == environment["POWERTOOLS_SERVICE_NAME"] == metrics.service, (
+                f"{metric.where}: {metric.name} pinned to service={value!r}"
+            )
+
+
+def test_no_other_namespace_is_invented() -> None:
+    # Anything not ours must be an AWS namespace (AWS/SQS, AWS/Lambda, AWS/ApiGateway, ...).
+    for metric in dashboard_metrics(BASE) + alarm_metrics(BASE):
+        assert metric.namespace == NAMESPACE or metric.namespace.startswith("AWS/"), metric
+
+
+def test_dashboard_has_the_widgets_operators_need() -> None:
+    plotted = {(p.namespace, p.name) for p in dashboard_metrics(BASE)}
+    required = {
+        (NAMESPACE, "EventsAccepted"),
+        (NAMESPACE, "Delivered"),
+        (NAMESPACE, "DeliveryFailed"),
+        (NAMESPACE, "DeliveryLatency"),
+        (NAMESPACE, "Retried"),
+        (NAMESPACE, "Deferred"),
+        (NAMESPACE, "DeadLettered"),
+        (NAMESPACE, "BreakerOpened"),
+        (NAMESPACE, "BreakerHalfOpened"),
+        (NAMESPACE, "BreakerClosed"),
+        ("AWS/SQS", "ApproximateAgeOfOldestMessage"),
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
+    }
+    assert required <= plotted, f"missing: {sorted(required - plotted)}"
+    expressions = json.dumps(dashboard(BASE))
+    assert "'p50'" in expressions and "'p99'" in expressions, "latency needs p50 and p99"
+    # success rate: Delivered / (Delivered + DeliveryFailed) as metric math
+    assert re.search(r"\w+ / \(\w+ \+ \w+\)", expressions), "no success-rate expression"
+
+
+def _queues_by_metric(plotted: list[Plotted]) -> dict[str, set[str]]:
+    by_metric: dict[str, set[str]] = {}
+    for metric in plotted:
+        for key, value in metric.pinned:
+            if key == "QueueName":
+                by_metric.setdefault(metric.name, set()).add(value)
+    return by_metric
+
+
+@pytest.mark.parametrize("source", [dashboard_metrics, alarm_metrics], ids=["dashboard", "alarms"])
+def test_queue_age_and_dlq_depth_watch_the_template_queues(source: Any) -> None:
+    by_metric = _queues_by_metric(source(BASE))
+    assert BASE.get_att("DeliveryQueue", "QueueName") in by_metric["ApproximateAgeOfOldestMessage"]
+    assert BASE.get_att("DeadLetterQueue", "QueueName") in by_metric["ApproximateNumberOfMessagesVisible"]
+
+
+def test_required_alarms_exist() -> None:
+    alarms = {(p.namespace, p.name, tuple(sorted(k for k, _ in p.pinned))) for p in alarm_metrics(BASE)}
+    assert ("AWS/SQS", "ApproximateNumberOfMessagesVisible", ("QueueName",)) in alarms
+    assert ("AWS/SQS", "ApproximateAgeOfOldestMessage", ("QueueName",)) in alarms
+    assert ("AWS/Lambda", "Errors", ("FunctionName",)) in alarms
+    assert ("AWS/Lambda", "Throttles", ("FunctionName",)) in alarms
+    assert ("AWS/ApiGateway", "5xx", ("ApiId", "Stage")) in alarms
+
+
+# --- the contract against the code ----------------------------------------------------------------------
+
+
+def _source(relative_paths: tuple[str, ...]) -> str:
+    return "\n".join((PACKAGE / p).read_text() for p in relative_paths if (PACKAGE / p).is_file())
+
+
+def _emitter_is_written(emitted_by: str) -> bool:
+    return bool(re.search(r"add_metric|single_metric|\.count\(", _source(EMITTER_MODULES[emitted_by])))
+
+
+@pytest.mark.parametrize("name", sorted({p.name for p in relay_metrics()}))
+def test_each_plotted_metric_name_occurs_in_the_code(name: str) -> None:
+    emitted_by = TABLE[name].emitted_by
+    if not _emitter_is_written(emitted_by):
+        pytest.skip(f"no {emitted_by} metrics in {EMITTER_MODULES[emitted_by]} yet")
+    code = "\n".join(
+        path.read_text()
+        for path in PACKAGE.rglob("*.py")
+        if path.relative_to(PACKAGE).parts[0] not in {"local", "cli"}  # developer side, not emitters
+    )
+    assert f'"{name}"' in code or f"'{name}'" in code, f"{name} ({emitted_by}) is emitted nowhere"
+
+
+def _emf_lines(text: str) -> list[dict[str, Any]]:
+    blobs = []
+    for line in text.splitlines():
+        if line.startswith("{") and '"_aws"' in line:
+            blobs.append(json.loads(line))
+    return blobs
+
+
+def _emitted(blobs: list[dict[str, Any]]) -> dict[str, frozenset[str]]:
+    """{metric name: dimension names} from EMF blobs (one dimension set per blob, as powertools writes)."""
+    found: dict[str, frozenset[str]] = {}
+    for blob in blobs:
+        for directive in blob["_aws"]["CloudWatchMetrics"]:
+            assert directive["Namespace"] == NAMESPACE
+            (dimensions,) = directive["Dimensions"]
+            for metric in directive["Metrics"]:
+                found[metric["Name"]] = frozenset(dimensions)
+    return found
+
+
+def test_dispatcher_emits_its_metrics_with_the_contract_dimensions(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from relay.logic.delivery_metrics import BatchMetrics, Metric
+
+    # Given a batch that touched every dispatcher metric
+    environment = function_environment()
+    batch = BatchMetrics(
+        namespace=environment["POWERTOOLS_METRICS_NAMESPACE"], service=environment["POWERTOOLS_SERVICE_NAME"]
+    )
+    for metric in Metric:
+        if metric not in (Metric.DELIVERY_LATENCY, Metric.BREAKER_STORE_UNAVAILABLE):
+            batch.count(metric, "crm-plain")
+    batch.latency("crm-plain", 12.5)
+    batch.breaker_store_unavailable()
+
+    # When it flushes
+    batch.flush()
+
+    # Then every metric the dashboard plots from the dispatcher carries the contract's dimensions
+    emitted = _emitted(_emf_lines(capsys.readouterr().out))
+    for metric in relay_metrics():
+        if TABLE[metric.name].emitted_by == "dispatcher":
+            assert emitted.get(metric.name) == TABLE[metric.name].dimensions, metric.name
+
+
+def test_intake_emits_its_metrics_with_the_contract_dimensions(capsys: pytest.CaptureFixture[str]) -> None:
+    from relay.logic.intake import PowertoolsMetrics
+    from relay.observability import metrics
+
+    # Given the intake's metrics, one invocation each (a rejection is its invocation's only metric)
+    recorder = PowertoolsMetrics()
+    blobs: list[dict[str, Any]] = []
+    for name, reason in (
+        ("EventsAccepted", None),
+        ("EventsDuplicate", None),
+        ("TasksQueued", None),
+        ("EventsRejected", "bad-signature"),
+    ):
+        recorder.count(name, reason=reason)
+        # When the invocation ends (log_metrics flushes the shared Metrics)
+        metrics.flush_metrics()
+        blobs += _emf_lines(capsys.readouterr().out)
+
+    # Then each carries the contract's dimensions
+    emitted = _emitted(blobs)
+    for name in ("EventsAccepted", "EventsDuplicate", "TasksQueued", "EventsRejected"):
+        assert emitted.get(name) == TABLE[name].dimensions, name
