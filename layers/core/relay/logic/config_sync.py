@@ -137,6 +137,7 @@ class _SyncRun:
         self._store = store
         self._resolve = resolve
         self.report = SyncReport(synced_at=synced_at)
+        self._stored_entries: dict[str, IntegrationEntry | None] = {}
         self._known_integrations = set(settings.genesys_open_messaging_integration_ids)
         if settings.eventbridge_integration_id:
             self._known_integrations.add(settings.eventbridge_integration_id)
@@ -281,8 +282,11 @@ class _SyncRun:
 
     # --- storage -----------------------------------------------------------------------------------
     def _stored(self, integration_id: str) -> IntegrationEntry | None:
-        self._store.invalidate(integration_id)
-        return self._store.get(integration_id)
+        """What the table held for this integration when the run first looked (one Query per integration)."""
+        if integration_id not in self._stored_entries:
+            self._store.invalidate(integration_id)
+            self._stored_entries[integration_id] = self._store.get(integration_id)
+        return self._stored_entries[integration_id]
 
     def _write(self, record: Integration | Target, previous: Integration | Target | None) -> bool:
         """Write ``record`` with a version (bumped only when its content changed) and syncedAt."""
