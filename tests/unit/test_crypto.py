@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.adapters.secrets import RotatingSecret
+from relay.cli import main
 from relay.errors import ConfigurationError
 from relay.logic import crypto
 from relay.logic.envelope import TargetSecrets, build_request, encryption_key_for
@@ -160,3 +162,23 @@ def test_open_delivery_parses_and_decrypts_without_signature_check_when_asked() 
         {}, json.dumps(envelope).encode(), signing_secrets=None, encryption_secrets="enc-secret-v2"
     )
     assert delivery.event == {"hello": "world"} and delivery.encrypted and delivery.key_id == "k2"
+
+
+def test_relay_decrypt_prints_the_event_and_refuses_a_wrong_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given an encrypted envelope in a file, and the key in an environment variable
+    envelope = tmp_path / "envelope.json"
+    envelope.write_text(json.dumps(_sealed_envelope({"text": "hi there"})))
+    monkeypatch.setenv("ARCHIVE_KEY", "enc-secret-v2")
+    monkeypatch.setenv("WRONG_KEY", "nope")
+
+    # When `relay decrypt` runs with the right key, then with a wrong one
+    assert main(["decrypt", str(envelope), "--key-env", "ARCHIVE_KEY"]) == 0
+    printed = capsys.readouterr().out
+    assert main(["decrypt", str(envelope), "--key-env", "WRONG_KEY"]) == 1
+
+    # Then the first printed the event, and the second said why without the key
+    assert json.loads(printed) == {"text": "hi there"}
+    err = capsys.readouterr().err
+    assert "cannot open the envelope" in err and "nope" not in err
