@@ -81,9 +81,11 @@ def drain(queue_url: str) -> list[dict[str, Any]]:
         messages = got.get("Messages", [])
         if not messages:
             return bodies
-        for message in messages:
-            bodies.append(json.loads(message["Body"]))
-            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+        bodies.extend(json.loads(message["Body"]) for message in messages)
+        sqs.delete_message_batch(
+            QueueUrl=queue_url,
+            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
+        )
 
 
 @pytest.fixture

@@ -141,6 +141,10 @@ def test_signature_missing_malformed_and_mismatched_are_told_apart() -> None:
         ("[1, 2]", "JSON object"),
         ('"text"', "JSON object"),
         ('{"text": "\\ud800"}', "surrogate"),
+        ('{"id": NaN}', "not valid JSON"),
+        ('{"id": -Infinity}', "not valid JSON"),
+        ('{"id": ' + "9" * 5000 + "}", "not valid JSON"),
+        ("[" * 100_000 + "]" * 100_000, "not valid JSON"),
     ],
 )
 def test_malformed_json_is_400(body: str, fragment: str) -> None:

@@ -171,6 +171,11 @@ def _describe_validation_error(error: ValidationError) -> str:
     return "; ".join(sorted(set(fields))[:10])
 
 
+def _refuse_constant(name: str) -> Any:
+    # Python's json accepts NaN and Infinity; JSON does not, and neither would the targets.
+    raise ValueError(f"{name} is not JSON")
+
+
 def _lone_surrogates(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -312,7 +317,7 @@ class Intake:
         except UnicodeDecodeError:
             raise BadRequest("the body is not UTF-8 text") from None
         try:
-            message = json.loads(text)
+            message = json.loads(text, parse_constant=_refuse_constant)
         except (ValueError, RecursionError):
             raise BadRequest("the body is not valid JSON") from None
         if _SURROGATE_ESCAPE.search(text) and _lone_surrogates(json.dumps(message, ensure_ascii=False)):

@@ -1,0 +1,227 @@
+"""Property-based fuzzing of the intake handler, in process, with a real moto server behind it.
+
+Over 5,000 generated requests (well-formed and broken Genesys messages, random JSON and bytes, right,
+wrong, malformed and missing signatures, base64 bodies, odd methods, content types and integration ids):
+
+* no request gets a 5xx, and every answer is the JSON the OpenAPI document describes;
+* a 202 is given only to a correctly signed, schema-valid message; every other answer is a 4xx;
+* exactly one task per target is queued for each new accepted event, none for a repeat or a refusal,
+  and every queued task is a valid DeliveryTask carrying a valid Open Messaging message, as sent.
+
+moto's SQS answers about 100 calls/s, so most cases are refused before SQS and the queue is drained
+after every accepted one (it never holds more than two messages).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC
+from types import ModuleType
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_intake_handler import (
+    EVENTS,
+    LambdaContext,
+    drain,
+    load_intake_handler,
+    seed_fixture_integrations,
+)
+
+from relay.local.aws_stack import LocalResources
+from relay.logic.signature import sign
+from relay.models.delivery import DeliveryTask
+from relay.models.genesys import OPEN_MESSAGE
+from relay.settings import get_settings
+
+EXAMPLES = 5_200
+MAX_BODY_BYTES = 4_096  # small, so that 413 is cheap to reach
+SAMPLES = [
+    json.loads((EVENTS / f"openmessaging_{name}.json").read_text()) for name in ("text", "typing", "receipt")
+]
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+times = st.datetimes(timezones=st.just(UTC)).map(
+    lambda moment: moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+)
+
+
+@st.composite
+def messages(draw: st.DrawFn) -> dict[str, Any]:
+    """Genesys messages: mostly valid with fresh ids, sometimes broken in one or two places."""
+    message: dict[str, Any] = json.loads(json.dumps(draw(st.sampled_from(SAMPLES))))
+    message["id"] = draw(st.text(min_size=1, max_size=40))
+    message["channel"]["time"] = draw(times)
+    if draw(st.booleans()):
+        message[draw(st.text(min_size=1, max_size=12))] = draw(json_values)  # unknown fields are kept
+    if message["type"] == "Text" and draw(st.booleans()):
+        message["text"] = draw(st.text(max_size=200))
+    for _ in range(draw(st.sampled_from([0, 0, 0, 1, 2]))):
+        mutation = draw(st.sampled_from(["drop", "retype", "replace", "nest"]))
+        field = draw(st.sampled_from(["id", "channel", "type", "text", "events", "status", "content"]))
+        if mutation == "drop":
+            message.pop(field, None)
+        elif mutation == "retype":
+            message[field] = draw(json_values)
+        elif mutation == "replace" and isinstance(message.get("channel"), dict):
+            message["channel"][draw(st.sampled_from(["id", "time", "to", "from"]))] = draw(json_values)
+        else:
+            message[field] = {"nested": draw(json_values)}
+    return message
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> dict[str, Any]:
+    kind = draw(st.sampled_from(["message", "message", "message", "json", "text", "bytes"]))
+    if kind == "message":
+        body = json.dumps(draw(messages()), separators=(",", ":"), ensure_ascii=draw(st.booleans())).encode()
+    elif kind == "json":
+        body = json.dumps(draw(json_values)).encode()
+    elif kind == "text":
+        body = draw(st.text(max_size=300)).encode("utf-8", "surrogatepass")
+    else:
+        body = draw(st.binary(max_size=300))
+    if draw(st.sampled_from([False] * 30 + [True])):
+        body += b" " * (MAX_BODY_BYTES + 1 - len(body))  # just over the limit
+    signing = draw(
+        st.sampled_from(["right", "right", "right", "hex", "previous", "wrong", "malformed", "missing"])
+    )
+    header_name = draw(st.sampled_from(["x-hub-signature-256", "X-Hub-Signature-256", "X-HUB-SIGNATURE-256"]))
+    secret = {"wrong": "not-the-integration-secret", "previous": PREVIOUS_SECRET}.get(signing, FIXTURE_SECRET)
+    headers: dict[str, str] = {}
+    if signing in ("right", "wrong", "previous"):
+        headers[header_name] = sign(body, secret)
+    elif signing == "hex":
+        headers[header_name] = "sha256=" + base64.b64decode(sign(body, secret)[7:]).hex()
+    elif signing == "malformed":
+        headers[header_name] = draw(st.text(max_size=80).filter(lambda s: "\x00" not in s))
+    content_type = draw(
+        st.sampled_from(
+            ["application/json"] * 4
+            + ["application/json; charset=utf-8", "APPLICATION/JSON"]
+            + ["text/plain", "application/xml", "", "multipart/form-data"]
+        )
+    )
+    if content_type:
+        headers[draw(st.sampled_from(["content-type", "Content-Type"]))] = content_type
+    for name, value in draw(
+        st.dictionaries(st.text(min_size=1, max_size=10), st.text(max_size=20), max_size=2)
+    ).items():
+        headers.setdefault(name, value)
+    integration_id = draw(
+        st.sampled_from([FIXTURE_INTEGRATION] * 15 + ["", "unknown", "6685901b", "other"])
+        if draw(st.sampled_from([True] * 9 + [False]))
+        else st.text(max_size=20)
+    )
+    method = draw(st.sampled_from(["POST"] * 14 + ["GET", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]))
+    as_base64 = draw(st.booleans())
+    event = {
+        "version": "2.0",
+        "routeKey": "POST /webhooks/{integrationId}",
+        "rawPath": f"/webhooks/{integration_id}",
+        "headers": headers,
+        "requestContext": {"http": {"method": method, "path": f"/webhooks/{integration_id}"}},
+        "pathParameters": {"integrationId": integration_id},
+        "body": base64.b64encode(body).decode() if as_base64 else body.decode("utf-8", "replace"),
+        "isBase64Encoded": as_base64,
+    }
+    if not as_base64 and body.decode("utf-8", "replace").encode() != body:
+        event["isBase64Encoded"], event["body"] = True, base64.b64encode(body).decode()  # as API Gateway does
+    return event
+
+
+FIXTURE_INTEGRATION = "6685901b-6d0e-43db-95ff-d64406e9dce2"
+FIXTURE_SECRET = "local-demo-signature-secret-0001"
+PREVIOUS_SECRET = "previous-signature-secret-0000"
+
+
+def genuine(event: dict[str, Any]) -> dict[str, Any] | None:
+    """The message if this request deserves a 202 (judged independently of the handler), else None."""
+    headers = {k.lower(): v for k, v in event["headers"].items()}
+    body = base64.b64decode(event["body"]) if event["isBase64Encoded"] else event["body"].encode()
+    if event["requestContext"]["http"]["method"] != "POST" or len(body) > MAX_BODY_BYTES:
+        return None
+    if headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        return None
+    if event["pathParameters"]["integrationId"] != FIXTURE_INTEGRATION:
+        return None
+    signature = headers.get("x-hub-signature-256", "")
+    valid = set()
+    for secret in (FIXTURE_SECRET, PREVIOUS_SECRET):
+        base64_form = sign(body, secret)
+        valid |= {base64_form, "sha256=" + base64.b64decode(base64_form[7:]).hex()}
+    if signature not in valid:
+        return None
+    try:
+        message = json.loads(body)
+        OPEN_MESSAGE.validate_python(message)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) else None
+
+
+@pytest.mark.slow
+def test_fuzzed_requests_never_get_a_5xx_and_never_queue_an_invalid_event(
+    aws_stack: LocalResources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the fixtures' integration (two targets) and a small body limit
+    monkeypatch.setenv("MAX_BODY_BYTES", str(MAX_BODY_BYTES))
+    get_settings.cache_clear()
+    seed_fixture_integrations(previous_secret=PREVIOUS_SECRET)
+    handler: ModuleType = load_intake_handler(aws_stack.template)
+    seen_events: set[tuple[str, str]] = set()
+    outcomes: dict[int, int] = {}
+
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.large_base_example,
+        ],
+    )
+    @given(requests())
+    def check(event: dict[str, Any]) -> None:
+        # When the request reaches the handler
+        response = handler.lambda_handler(event, LambdaContext())
+        status = response["statusCode"]
+        outcomes[status] = outcomes.get(status, 0) + 1
+        answer = json.loads(response["body"])
+
+        # Then never a 5xx; 202 exactly for genuine messages, the documented error shape otherwise
+        assert status < 500, answer
+        expected = genuine(event)
+        if expected is None:
+            assert status in (400, 401, 404, 405, 413, 415), (status, answer)
+            assert set(answer) == {"error", "message"}
+            return
+        assert status == 202, answer
+        key = (expected["id"], expected["channel"]["time"])
+        queued = [DeliveryTask.model_validate(body) for body in drain(aws_stack.delivery_queue_url)]
+        if key in seen_events:
+            assert queued == []  # a repeat: answered, not queued again
+            return
+        seen_events.add(key)
+        assert len(queued) == 2 and {t.event_id for t in queued} == {expected["id"]}
+        for task in queued:
+            assert task.event == expected
+            OPEN_MESSAGE.validate_python(task.event)
+
+    check()
+
+    # And nothing a refused request sent is left in the queue
+    assert drain(aws_stack.delivery_queue_url) == []
+    assert sum(outcomes.values()) >= 5_000
+    assert outcomes.get(202, 0) > 100 and all(status < 500 for status in outcomes)
+    print(json.dumps({"fuzz_requests": sum(outcomes.values()), "by_status": dict(sorted(outcomes.items()))}))
