@@ -235,6 +235,7 @@ def quiet_stdout() -> Iterator[Any]:
 
 def main(quick: bool) -> dict[str, Any]:
     scale = 0.3 if quick else 1.0
+    load_before = list(os.getloadavg())  # 2 shared cores: say how busy the machine was
     # Enough batches per scenario for a few seconds of work each.
     batches_for = {0.0: int(60 * scale) or 1, 0.05: int(30 * scale) or 1, 0.2: int(15 * scale) or 1}
     scenarios: list[dict[str, Any]] = []
@@ -264,6 +265,7 @@ def main(quick: bool) -> dict[str, Any]:
         "what": "one dispatcher instance in process; real HTTP to a loopback receiver in a child process",
         "aws": "in-memory stand-ins (InMemoryBreakerStore with conditional semantics, dict targets/secrets, "
         "list queue ops, InMemoryAuditSink); not moto",
+        "load_average_before_after": [load_before, list(os.getloadavg())],
         "batch_size": BATCH_SIZE,
         "delivery_concurrency": CONCURRENCY,
         "scenarios": scenarios,

@@ -123,14 +123,11 @@ class HttpSender:
             return (self._clock() - started) * 1000.0
 
         try:
-            response = self.session.request(
-                method,
-                url,
-                data=body,
-                headers=dict(headers),
-                timeout=(connect_timeout, read_timeout),
-                allow_redirects=False,
-                stream=True,
+            # Prepared directly: the session's cookie/auth/environment merging is of no use here and
+            # costs a noticeable share of the CPU per delivery.
+            prepared = requests.Request(method, url, data=body, headers=dict(headers)).prepare()
+            response = self.session.send(
+                prepared, timeout=(connect_timeout, read_timeout), allow_redirects=False, stream=True
             )
         except UnsafeUrl as exc:
             return HttpResult(None, elapsed(), error_code=UNSAFE_ADDRESS, error=str(exc))
