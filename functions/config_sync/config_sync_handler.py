@@ -20,4 +20,4 @@ warm_up()
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return sync_targets(get_settings()).to_dict()
+    return sync_targets(get_settings(), metrics=metrics).to_dict()

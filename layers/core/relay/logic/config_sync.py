@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
+from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import SecretStr, ValidationError
 
@@ -30,7 +31,7 @@ from relay.errors import ConfigurationError, GenesysMalformedResponse, GenesysNo
 from relay.logic.url_policy import Resolver, check_url, system_resolver
 from relay.models.targets import Integration, SecurityType, Target, TargetSecurity
 from relay.models.webhook_config import WebhookConfig, safe_errors, webhook_config_from_genesys
-from relay.observability import logger, metrics
+from relay.observability import logger
 from relay.settings import Settings
 
 # Genesys wants the Open Messaging signature secret longer than 15 characters.
@@ -97,8 +98,13 @@ def sync_targets(
     store: TargetStore | None = None,
     resolve: Resolver = system_resolver,
     now: Callable[[], datetime] = _utc_now,
+    metrics: Metrics | None = None,
 ) -> SyncReport:
-    """One sync run. ``genesys`` and ``store`` default to the real adapters built from ``settings``."""
+    """One sync run. ``genesys`` and ``store`` default to the real adapters built from ``settings``.
+
+    ``metrics`` (the handler passes its powertools Metrics, flushed per invocation) receives
+    TargetsSynced and TargetsRejected; callers outside Lambda (the CLI) pass none.
+    """
     if genesys is None:
         from relay.adapters.genesys import GenesysClient  # loads the SDK: config sync only
 
@@ -115,10 +121,10 @@ def sync_targets(
             run.sync_target(target_id)
     finally:
         report = run.report
-        metrics.add_metric(
-            name="TargetsSynced", unit=MetricUnit.Count, value=len(report.integrations) + len(report.targets)
-        )
-        metrics.add_metric(name="TargetsRejected", unit=MetricUnit.Count, value=len(report.rejected))
+        if metrics is not None:
+            synced = len(report.integrations) + len(report.targets)
+            metrics.add_metric(name="TargetsSynced", unit=MetricUnit.Count, value=synced)
+            metrics.add_metric(name="TargetsRejected", unit=MetricUnit.Count, value=len(report.rejected))
     logger.info("config sync done", extra={"report": report.to_dict()})
     return report
 
