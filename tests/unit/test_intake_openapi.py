@@ -1,0 +1,102 @@
+"""docs/openapi.yaml matches the intake: route, every status and error code, and the bodies' shapes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from test_intake_fakes import answer, http_event, make_intake, sample
+
+from relay.adapters.delivery_queue import InMemoryDeliveryQueue
+from relay.adapters.idempotency import Claim, InMemoryIdempotencyStore
+from relay.errors import DependencyUnavailable
+from relay.local.template import load_template
+
+ROOT = Path(__file__).resolve().parents[2]
+DOC: dict[str, Any] = yaml.safe_load((ROOT / "docs" / "openapi.yaml").read_text())
+OPERATION = DOC["paths"]["/webhooks/{integrationId}"]["post"]
+
+
+def schema(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}", "components": DOC["components"]}
+
+
+class DownQueue(InMemoryDeliveryQueue):
+    def send(self, bodies: Sequence[str]) -> None:
+        raise DependencyUnavailable("queue down")
+
+
+class BusyIdempotency(InMemoryIdempotencyStore):
+    def claim(self, key: str) -> Claim:
+        return Claim(key=key, state="in_progress")
+
+
+def broken_message() -> dict[str, Any]:
+    message = sample("openmessaging_text.json")
+    del message["channel"]["time"]
+    return message
+
+
+# Each case: the intake's collaborators, the request, and the answer it must get.
+CASES: list[tuple[dict[str, Any], dict[str, Any], int, str | None]] = [
+    ({}, http_event(), 202, None),
+    ({}, http_event("{nope"), 400, "bad_request"),
+    ({}, http_event(broken_message()), 400, "invalid_message"),
+    ({}, http_event(sign_with=None), 401, "signature_missing"),
+    ({}, http_event(headers={"x-hub-signature-256": "sha256=xyz"}), 401, "signature_malformed"),
+    ({}, http_event(sign_with="wrong-secret-0000000"), 401, "signature_mismatch"),
+    ({}, http_event(integration_id="unknown"), 404, "unknown_integration"),
+    ({}, http_event(method="GET"), 405, "method_not_allowed"),
+    ({"max_body_bytes": 10}, http_event(), 413, "payload_too_large"),
+    ({}, http_event(headers={"content-type": "text/plain"}), 415, "unsupported_media_type"),
+    ({"idempotency": BusyIdempotency()}, http_event(), 429, "duplicate_in_progress"),
+    ({"queue": DownQueue()}, http_event(), 503, "service_unavailable"),
+]
+
+
+@pytest.mark.parametrize(("collaborators", "event", "status", "code"), CASES)
+def test_every_answer_is_documented_and_matches_its_schema(
+    collaborators: dict[str, Any], event: dict[str, Any], status: int, code: str | None
+) -> None:
+    intake, _ = make_intake(**collaborators)
+    response = intake.handle(event)
+    assert response["statusCode"] == status
+    documented = OPERATION["responses"][str(status)]
+    body_schema = documented["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+    jsonschema.validate(answer(response), schema(body_schema))
+    if code is not None:
+        assert answer(response)["error"] == code
+    for header in documented.get("headers", {}):
+        assert int(response["headers"][header.lower()]) >= 1
+
+
+def test_the_documented_statuses_and_error_codes_are_exactly_the_ones_the_intake_gives() -> None:
+    assert {str(status) for _, _, status, _ in CASES} == set(OPERATION["responses"])
+    documented_codes = set(DOC["components"]["schemas"]["Error"]["properties"]["error"]["enum"])
+    assert documented_codes == {code for _, _, _, code in CASES if code}
+
+
+def test_the_route_is_the_templates() -> None:
+    events = load_template().function("IntakeFunction").events
+    http = [e["Properties"] for e in events.values() if e["Type"] == "HttpApi"]
+    assert [(p["Method"].lower(), p["Path"]) for p in http] == [("post", "/webhooks/{integrationId}")]
+    assert list(DOC["paths"]) == ["/webhooks/{integrationId}"] and list(DOC["paths"][http[0]["Path"]]) == [
+        "parameters",
+        "post",
+    ]
+
+
+@pytest.mark.parametrize(
+    "name", ["openmessaging_text.json", "openmessaging_typing.json", "openmessaging_receipt.json"]
+)
+def test_the_genesys_samples_match_the_documented_request_body(name: str) -> None:
+    jsonschema.validate(sample(name), schema("OpenMessage"))
+
+
+def test_a_message_the_intake_refuses_is_refused_by_the_document_too() -> None:
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken_message(), schema("OpenMessage"))
