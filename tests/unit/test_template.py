@@ -246,6 +246,43 @@ def test_genesys_sdk_layer_is_attached_to_config_sync_only(raw: Template) -> Non
         assert has_sdk == (logical_id == "ConfigSyncFunction"), logical_id
 
 
+def test_genesys_layer_adds_only_what_core_layer_lacks_at_the_locked_versions(raw: Template) -> None:
+    # Both layers unpack into ConfigSyncFunction's /opt/python: a package in both would be overwritten
+    # by the SDK layer's copy. layers/genesys/Makefile installs the SDK with --no-deps plus the pins in
+    # sdk-only-deps.txt; every other SDK dependency must come from CoreLayer's locked closure.
+    assert raw.resources["GenesysSdkLayer"]["Metadata"]["BuildMethod"] == "makefile"
+    layer_dir = ROOT / "layers" / "genesys"
+    assert "build-GenesysSdkLayer:" in (layer_dir / "Makefile").read_text()
+    assert "--no-deps" in (layer_dir / "Makefile").read_text()
+    lock = {p["name"]: p for p in tomllib.loads((ROOT / "uv.lock").read_text())["package"]}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def name(requirement: str) -> str:
+        return requirement.split("==")[0].split("[")[0].strip().lower().replace("_", "-")
+
+    def closure(names: set[str]) -> set[str]:
+        seen: set[str] = set()
+        while names:
+            current = names.pop()
+            if current not in seen:
+                seen.add(current)
+                names |= {d["name"] for d in lock[current].get("dependencies", [])}
+        return seen
+
+    sdk_only = {
+        name(line): line.split("==")[1].strip()
+        for line in (layer_dir / "sdk-only-deps.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    for package, version in sdk_only.items():
+        assert lock[package]["version"] == version, f"{package} {version} is not uv.lock's"
+    core = closure({name(r) for r in project["dependencies"]})
+    for sdk in project["optional-dependencies"]["genesys"]:
+        needed = closure({d["name"] for d in lock[name(sdk)].get("dependencies", [])})
+        missing = needed - core - set(sdk_only)
+        assert not missing, f"{sdk} needs {missing}: add them to layers/genesys/sdk-only-deps.txt"
+
+
 # SAM policy templates we allow, each scoped to the one resource named in its parameter.
 SCOPED_POLICY_TEMPLATES = {"SQSSendMessagePolicy", "SQSPollerPolicy", "DynamoDBCrudPolicy"}
 
