@@ -1,0 +1,204 @@
+"""The whole relay on one machine, configured from template.yaml and the fixtures file.
+
+    with LocalStack() as stack:          # or LocalStack(fixtures_path, api_port)
+        stack.api_url                    # http://127.0.0.1:<port>/local
+        stack.receivers                  # target id -> DemoReceiver (url, receiver)
+
+Start order: moto's server and the template's resources in it (queues, tables, bucket), the functions'
+environment, a demo receiver for each ``http://127.0.0.1:0/...`` target (its URL rewritten to the
+receiver's port, and the receiver given the target's signing secret and encryption key), the fake
+Genesys Cloud API serving the rewritten fixtures, one config-sync run against it (so the targets reach
+DynamoDB and Secrets Manager the way they do in AWS), the HTTP API adapter, and the SQS poller.
+``stop()`` undoes it in reverse order and puts the process environment back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from relay.local.api_adapter import ApiAdapter
+from relay.local.aws_stack import (
+    LocalResources,
+    MotoServer,
+    create_resources,
+    forget_cached_configuration,
+    local_client,
+)
+from relay.local.fake_genesys import FakeGenesys
+from relay.local.fixtures import Fixtures, FixtureTarget
+from relay.local.lambda_runtime import LocalFunction
+from relay.local.poller import SqsEventSource, SqsPoller
+from relay.local.receiver import Receiver
+from relay.local.template import Template, load_template
+
+STAGE = "local"
+PREFIX = "relay"
+DISPATCHER = "DispatcherFunction"
+
+
+class LocalStackError(RuntimeError):
+    """The local stack could not start as configured."""
+
+
+@dataclass(frozen=True)
+class DemoReceiver:
+    """A receiver the stack started for a port-0 target."""
+
+    integration_id: str
+    target_id: str
+    target_name: str
+    url: str  # the target's rewritten URL
+    receiver: Receiver
+
+
+class LocalStack:
+    def __init__(
+        self,
+        fixtures_path: str | Path | None = None,
+        api_port: int = 0,
+        *,
+        template_path: str | Path | None = None,
+    ) -> None:
+        self.fixtures_path = fixtures_path
+        self.api_port = api_port
+        self.template_path = template_path
+        self.fixtures = Fixtures.load(fixtures_path)
+        self.template: Template | None = None
+        self.resources: LocalResources | None = None
+        self.receivers: dict[str, DemoReceiver] = {}
+        self.genesys: FakeGenesys | None = None
+        self.api: ApiAdapter | None = None
+        self.poller: SqsPoller | None = None
+        self.sqs: Any = None
+        self.api_url = ""
+        self._saved_env: dict[str, str | None] = {}
+        self._exit = contextlib.ExitStack()
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> LocalStack:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Tear down in reverse start order; the environment is restored last."""
+        self._exit.close()
+        self._exit = contextlib.ExitStack()
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _start(self) -> None:
+        self._exit.callback(self._restore_environment)
+        moto = MotoServer()
+        moto.start()
+        self._exit.callback(moto.stop)
+
+        self.template = load_template(self.template_path, parameters={"Stage": STAGE})
+        self.resources = create_resources(self.template, moto.url, PREFIX)
+        self._set_environment(self.resources.env)
+
+        self.fixtures = self._start_receivers(self.fixtures)
+
+        self.genesys = FakeGenesys(self.fixtures)
+        self.genesys.start()
+        self._exit.callback(self.genesys.stop)
+        self._set_environment(self.genesys.settings_env())
+        self._sync_targets()
+
+        self.api = ApiAdapter(self.template, self.api_port)
+        self.api_url = self.api.start()
+        self._exit.callback(self.api.stop)
+
+        self.sqs = local_client("sqs", moto.url)
+        dispatcher = LocalFunction.from_template(self.template, DISPATCHER)
+        self.poller = SqsPoller(SqsEventSource.from_template(self.template, DISPATCHER), dispatcher, self.sqs)
+        self.poller.start()
+        self._exit.callback(self.poller.stop)
+
+    # --- steps -----------------------------------------------------------------------------------
+    def _start_receivers(self, fixtures: Fixtures) -> Fixtures:
+        """Start a receiver per ``http://127.0.0.1:0/...`` target; return the fixtures with URLs rewritten."""
+        doc = fixtures.to_json()
+        for integration, raw_integration in zip(fixtures.integrations, doc["integrations"], strict=True):
+            for target, raw_target in zip(integration.targets, raw_integration["targets"], strict=True):
+                if not wants_demo_receiver(target.url):
+                    continue
+                path = urlsplit(target.url).path or "/"
+                receiver = Receiver(
+                    signing_secrets={path: [target.signing_secret]} if target.signing_secret else None,
+                    encryption_secrets={path: [target.encryption_key]} if target.encryption_key else None,
+                )
+                base = receiver.start()
+                self._exit.callback(receiver.stop)
+                url = with_port(target.url, urlsplit(base).port or 0)
+                raw_target["url"] = url
+                self.receivers[target.id] = DemoReceiver(
+                    integration.id, target.id, target.name, url, receiver
+                )
+        return Fixtures.model_validate(doc)
+
+    def _sync_targets(self) -> None:
+        from relay.logic.config_sync import sync_targets
+        from relay.settings import get_settings
+
+        report = sync_targets(get_settings())
+        if report.rejected:
+            reasons = "; ".join(f"{r.kind} {r.id}: {r.reason}" for r in report.rejected)
+            raise LocalStackError(f"config sync rejected part of the fixtures: {reasons}")
+
+    def _set_environment(self, env: dict[str, str]) -> None:
+        for name in env:
+            self._saved_env.setdefault(name, os.environ.get(name))
+        os.environ.update(env)
+        forget_cached_configuration()
+
+    def _restore_environment(self) -> None:
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved_env = {}
+        forget_cached_configuration()
+
+    # --- what the stack serves -------------------------------------------------------------------
+    def webhook_url(self, integration_id: str) -> str:
+        return f"{self.api_url}/webhooks/{integration_id}"
+
+    def describe(self) -> dict[str, Any]:
+        """Where everything listens (no secrets): the ``serve`` ready line."""
+        return {
+            "api": self.api_url,
+            "webhooks": {i.id: self.webhook_url(i.id) for i in self.fixtures.integrations},
+            "receivers": {r.target_name: r.url for r in self.receivers.values()},
+            "aws_endpoint": self.resources.endpoint_url if self.resources else None,
+            "genesys_api": self.genesys.base_url if self.genesys else None,
+        }
+
+
+def wants_demo_receiver(url: str) -> bool:
+    """``http://127.0.0.1:0/...``: the fixtures ask the stack for a receiver on a free port."""
+    parts = urlsplit(url)
+    return parts.scheme == "http" and parts.hostname == "127.0.0.1" and parts.port == 0
+
+
+def with_port(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f"{parts.hostname}:{port}"))
+
+
+def targets_by_integration(fixtures: Fixtures) -> dict[str, list[FixtureTarget]]:
+    """The enabled targets each integration delivers to."""
+    return {i.id: [t for t in i.targets if t.enabled] for i in fixtures.integrations}
