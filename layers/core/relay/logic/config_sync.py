@@ -321,20 +321,21 @@ class _SyncRun:
         """
         name = secret_name(kind, ident)
         existing = self._existing_secret(name)
-        new_value = value.get_secret_value()
-        if existing is not None and hmac.compare_digest(
-            existing.current.get_secret_value().encode(), new_value.encode()
-        ):
-            if kind is not SecretKind.ENCRYPTION or (existing.salt and existing.key_id):
-                return False
+        unchanged = existing is not None and hmac.compare_digest(
+            existing.current.get_secret_value().encode(), value.get_secret_value().encode()
+        )
         if kind is SecretKind.ENCRYPTION:
-            same_key = existing is not None and existing.current.get_secret_value() == new_value
+            kept = existing if unchanged else None
+            if kept is not None and kept.salt and kept.key_id:
+                return False
             secret = RotatingSecret(
                 current=value,
-                key_id=existing.key_id if same_key and existing and existing.key_id else secrets.token_hex(8),
-                salt=existing.salt if same_key and existing and existing.salt else secrets.token_hex(16),
+                key_id=(kept.key_id if kept else None) or secrets.token_hex(8),
+                salt=(kept.salt if kept else None) or secrets.token_hex(16),  # 16 random bytes, hex
             )
         else:
+            if unchanged:
+                return False
             secret = RotatingSecret(current=value, previous=existing.current if existing else None)
         put_secret(name, secret)
         self.report.secrets_written += 1
