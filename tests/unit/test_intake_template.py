@@ -1,0 +1,66 @@
+"""template.yaml gives the intake what its design relies on: routes, limits, the EventBridge path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from relay.adapters.idempotency import DEFAULT_LEASE_SECONDS
+from relay.local.template import load_template
+from relay.models.genesys import PARTNER_SOURCE_PREFIX
+from relay.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = load_template()
+RESOURCES: dict[str, Any] = TEMPLATE.document["Resources"]
+PARAMETERS: dict[str, Any] = TEMPLATE.document["Parameters"]
+INTAKE: dict[str, Any] = RESOURCES["IntakeFunction"]["Properties"]
+
+
+def test_http_api_throttling_comes_from_parameters() -> None:
+    route_settings = RESOURCES["HttpApi"]["Properties"]["DefaultRouteSettings"]
+    assert route_settings["ThrottlingBurstLimit"] == {"Ref": "ApiThrottlingBurstLimit"}
+    assert route_settings["ThrottlingRateLimit"] == {"Ref": "ApiThrottlingRateLimit"}
+    assert PARAMETERS["ApiThrottlingBurstLimit"]["Type"] == "Number"
+
+
+def test_the_body_limit_is_a_bounded_parameter_that_reaches_the_intake() -> None:
+    assert INTAKE["Environment"]["Variables"]["MAX_BODY_BYTES"] == {"Ref": "IntakeMaxBodyBytes"}
+    limit = PARAMETERS["IntakeMaxBodyBytes"]
+    # A synchronous Lambda payload is 6 MB, and base64 bodies grow by a third.
+    assert int(limit["MaxValue"]) * 4 / 3 < 6_000_000
+    resolved = TEMPLATE.resolve(INTAKE["Environment"])["Variables"]
+    assert Settings.model_validate({"MAX_BODY_BYTES": resolved["MAX_BODY_BYTES"]}).max_body_bytes == 262_144
+
+
+def test_an_eventbridge_rule_on_the_partner_bus_routes_genesys_events_to_the_intake() -> None:
+    rules = [e["Properties"] for e in INTAKE["Events"].values() if e["Type"] == "EventBridgeRule"]
+    assert len(rules) == 1
+    rule = rules[0]
+    assert rule["EventBusName"] == {"Ref": "GenesysPartnerEventBusName"}
+    assert rule["Pattern"]["source"] == [{"prefix": PARTNER_SOURCE_PREFIX}]
+    sample = json.loads((ROOT / "events" / "eventbridge_conversation_start.json").read_text())
+    assert sample["source"].startswith(rule["Pattern"]["source"][0]["prefix"])
+    assert rule["DeadLetterConfig"]["Type"] == "SQS"
+
+
+def test_failed_eventbridge_invocations_are_retried_then_kept() -> None:
+    invoke = INTAKE["EventInvokeConfig"]
+    assert invoke["MaximumRetryAttempts"] >= 1
+    assert invoke["DestinationConfig"]["OnFailure"]["Type"] == "SQS"
+
+
+def test_the_idempotency_lease_outlives_the_intake_timeout() -> None:
+    # A live attempt must never lose its claim to a repeat (that would queue twice).
+    assert DEFAULT_LEASE_SECONDS > int(INTAKE["Timeout"])
+
+
+def test_the_idempotency_table_has_the_layout_the_store_writes() -> None:
+    table = RESOURCES["IdempotencyTable"]["Properties"]
+    assert table["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expiration", "Enabled": True}
+    env = INTAKE["Environment"]["Variables"]
+    assert env["IDEMPOTENCY_TABLE"] == {"Ref": "IdempotencyTable"}
+    assert env["DELIVERY_QUEUE_URL"] == {"Ref": "DeliveryQueue"}
+    assert env["AUDIT_BUCKET"] == {"Ref": "AuditBucket"}
