@@ -13,5 +13,7 @@ from relay.logic.dispatch import container_dispatcher
 
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return container_dispatcher().handle_batch(
-        event.get("Records", []), invocation_id=getattr(context, "aws_request_id", None)
+        event.get("Records", []),
+        invocation_id=getattr(context, "aws_request_id", None),
+        remaining_ms=getattr(context, "get_remaining_time_in_millis", None),
     )

@@ -197,3 +197,27 @@ def test_a_missing_encryption_salt_never_sends_in_clear_and_retries(
     assert result == {"batchItemFailures": [{"itemIdentifier": record["messageId"]}]}
     (line,) = audit_lines(aws_stack)
     assert line["errorCode"] == "configuration" and "salt" in line["error"]
+
+
+def test_records_that_could_not_finish_before_the_lambda_timeout_are_handed_back_unattempted(
+    aws_stack: LocalResources, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given one record at a time per target, and an invocation clock that runs out after two starts
+    monkeypatch.setenv("PER_TARGET_CONCURRENCY", "1")
+    get_settings.cache_clear()
+    dispatcher = build_dispatcher(get_settings())
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm")
+    checks = iter([60_000, 60_000])
+
+    def remaining_ms() -> int:
+        return next(checks, 1_000)  # then: 1 s left, less than one request's timeouts
+
+    # When a batch of five is handled
+    result = dispatcher.handle_batch([task_record() for _ in range(5)], remaining_ms=remaining_ms)
+
+    # Then two were delivered, three re-queued without using an attempt, none failed or dead-lettered
+    assert result == {"batchItemFailures": []}
+    assert len(receiver.unique_delivery_ids) == 2
+    outcomes = sorted((line["outcome"], line["errorCode"]) for line in audit_lines(aws_stack))
+    assert outcomes == [("deferred", "out-of-time")] * 3 + [("delivered", None)] * 2
+    assert drain(aws_stack.dead_letter_queue_url) == []

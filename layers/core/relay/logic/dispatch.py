@@ -73,6 +73,8 @@ DEFERRED = "deferred"
 LEFT_FOR_REDELIVERY = "left-for-redelivery"  # a settle step failed: SQS shows it again
 
 REDACTED = "[redacted]"
+# Time kept back, beyond one request's timeouts, to settle records and write audit and metrics.
+SETTLE_MARGIN_MS = 3_000
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,8 @@ class Batch:
     invocation_id: str
     started: datetime
     metrics: BatchMetrics
+    # Milliseconds the invocation has left (Lambda's context.get_remaining_time_in_millis), if known.
+    remaining_ms: Callable[[], int] | None = None
     failures: list[str] = field(default_factory=list)
     audit: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -194,14 +198,21 @@ class Dispatcher:
 
     # --- the batch ------------------------------------------------------------------------------------
     def handle_batch(
-        self, records: Sequence[Mapping[str, Any]], *, invocation_id: str | None = None
+        self,
+        records: Sequence[Mapping[str, Any]],
+        *,
+        invocation_id: str | None = None,
+        remaining_ms: Callable[[], int] | None = None,
     ) -> dict[str, list[dict[str, str]]]:
+        """Deliver a batch; ``remaining_ms`` (the Lambda context's clock) lets records that could not
+        finish before the function times out be deferred instead of cut off mid-request."""
         batch = Batch(
             invocation_id=invocation_id or str(uuid.uuid4()),
             started=self._now(),
             metrics=BatchMetrics(
                 namespace=self._settings.metrics_namespace, service=self._settings.service_name
             ),
+            remaining_ms=remaining_ms,
         )
         lanes = self._lanes([SqsRecord.from_event(r) for r in records], batch)
         probes = [lane.items[0] for lane in lanes if lane.admission is breaker.Admission.PROBE]
@@ -355,6 +366,11 @@ class Dispatcher:
     def _deliver(self, item: Item, batch: Batch) -> None:
         try:
             with self._slot(item.key):
+                if self._out_of_time(item, batch):
+                    # A Lambda timeout would fail the whole batch and cost every record a receive:
+                    # hand this one back untouched instead (no attempt used).
+                    self._defer(item, 0, batch, error_code="out-of-time")
+                    return
                 self._attempt(item, batch)
         except Exception:
             batch.fail(item.record)
@@ -404,6 +420,12 @@ class Dispatcher:
         if not request.encrypted:  # never keep what an encrypted target may echo back in clear
             line["responseBody"] = _scrub(result.body.decode("utf-8", "replace"), secrets)
         self._settle(item, batch, line)
+
+    def _out_of_time(self, item: Item, batch: Batch) -> bool:
+        if batch.remaining_ms is None:
+            return False
+        connect, read = self._timeouts(item.target)
+        return batch.remaining_ms() < (connect + read) * 1000 + SETTLE_MARGIN_MS
 
     def _target_secrets(self, target: Target) -> TargetSecrets:
         def read(name: str | None) -> RotatingSecret | None:
@@ -520,11 +542,13 @@ class Dispatcher:
                 },
             )
 
-    def _defer(self, item: Item, seconds_until_probe: float, batch: Batch) -> None:
+    def _defer(
+        self, item: Item, seconds_until_probe: float, batch: Batch, *, error_code: str = "breaker-open"
+    ) -> None:
         delay = retry.deferral_delay_seconds(seconds_until_probe, rng=self._rng)
         now = self._now()
         line = _line(item, batch, now, now, error=None)
-        line.update(attempt=None, deferredSeconds=delay)
+        line.update(attempt=None, deferredSeconds=delay, errorCode=error_code)
         try:
             self._queue.defer(
                 item.record.body,
