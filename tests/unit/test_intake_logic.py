@@ -190,6 +190,17 @@ def test_unknown_and_disabled_integrations_are_404() -> None:
     assert refusal(intake.handle(http_event())) == (404, "unknown_integration")
 
 
+@pytest.mark.parametrize(
+    "integration_id", ["x" * 5_000, "a/b", "\u00e9t\u00e9", "id with spaces", "-leading"]
+)
+def test_paths_that_cannot_name_an_integration_are_404_without_a_lookup(integration_id: str) -> None:
+    # A DynamoDB key over 2 KiB would fail the Query: client input must not become a 503
+    integrations = Integrations(make_entry())
+    intake, _ = make_intake(integrations=integrations)
+    assert refusal(intake.handle(http_event(integration_id=integration_id))) == (404, "unknown_integration")
+    assert integrations.lookups == 0
+
+
 @pytest.mark.parametrize("base64_body", [False, True])
 def test_bodies_over_the_limit_are_413_before_any_lookup(base64_body: bool) -> None:
     integrations = Integrations(make_entry())

@@ -62,6 +62,9 @@ from relay.settings import Settings, get_settings
 # same deliveryId, so even a re-queue after a partial failure is deduplicated by the receivers.
 DELIVERY_ID_NAMESPACE = uuid.UUID("5b0f6a3e-9d2c-4f61-8a7e-3c1d2b4a5e60")
 _JSON_TYPES = ("application/json",)
+# Integration ids are Genesys UUIDs; anything far from an id is refused before it reaches DynamoDB (whose
+# keys are limited to 2 KiB: a longer one would fail the Query and turn client input into a 5xx).
+_INTEGRATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 # A JSON escape of a UTF-16 surrogate: only then is the costlier lone-surrogate check needed.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
@@ -291,8 +294,8 @@ class Intake:
         media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if media_type not in _JSON_TYPES:
             raise UnsupportedMediaType("the content type must be application/json")
-        if not request.integration_id:
-            raise UnknownIntegration("no integration id in the path")
+        if not _INTEGRATION_ID.fullmatch(request.integration_id):
+            raise UnknownIntegration("the path does not name an integration")
         entry = self._integrations.get(request.integration_id)
         if entry is None or not entry.integration.enabled:
             raise UnknownIntegration(f"integration {request.integration_id} is not known here")
@@ -421,6 +424,7 @@ class Intake:
                 event_id=event_id,
                 event_source=source,
                 received_at=received_at,
+                # A placeholder when inline: the event is spliced in already serialized (_task_body).
                 event=None if event_ref else {},
                 event_ref=event_ref,
             )
