@@ -1,0 +1,241 @@
+"""``relay local demo``: Genesys-signed sample events through the whole local stack, then a tally.
+
+The sample Open Messaging events in events/ (``openmessaging_*.json``) are sent round-robin with
+fresh ids and times, each signed as Genesys signs (``X-Hub-Signature-256``, base64 HMAC-SHA256 of the
+raw body with the integration's signature secret). The demo then waits until the delivery queue is
+empty and the poller idle, and counts from what actually happened:
+
+- ``delivered``: accepted events that reached every one of their targets' receivers;
+- ``dead_lettered``: accepted events with a delivery task in the DLQ (its messages are read and
+  their ``DeliveryTask`` bodies decoded);
+- ``lost``: accepted events with a target that neither got them nor has them in the DLQ.
+
+Latency is end to end, per (event, target): the POST leaving the demo to the receiver accepting it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from relay.local.stack import LocalStack, targets_by_integration
+from relay.logic.signature import sign
+from relay.models.delivery import DeliveryTask
+
+EVENTS_DIR = Path(__file__).resolve().parents[4] / "events"
+SAMPLE_GLOB = "openmessaging_*.json"
+
+
+@dataclass
+class SentEvent:
+    event_id: str
+    integration_id: str
+    sent_at: float  # time.time(), comparable with the receivers' received_at
+    status: int
+
+    @property
+    def accepted(self) -> bool:
+        return 200 <= self.status < 300
+
+
+@dataclass
+class DemoReport:
+    sent: int = 0
+    accepted: int = 0
+    delivered: int = 0
+    dead_lettered: int = 0
+    lost: int = 0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    deliveries: int = 0
+    duplicates: int = 0
+    rejected_by_intake: dict[str, int] = field(default_factory=dict)
+    unobserved_targets: list[str] = field(default_factory=list)
+    drained: bool = False
+    elapsed_s: float = 0.0
+    poller: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.lost == 0 and self.delivered == self.accepted == self.sent and self.drained
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, **self.__dict__}
+
+
+def load_samples(events_dir: Path = EVENTS_DIR) -> list[dict[str, Any]]:
+    paths = sorted(events_dir.glob(SAMPLE_GLOB))
+    if not paths:
+        raise FileNotFoundError(f"no sample events {SAMPLE_GLOB} in {events_dir}")
+    return [json.loads(p.read_text()) for p in paths]
+
+
+def fresh_event(sample: dict[str, Any], integration_id: str) -> dict[str, Any]:
+    """A copy of ``sample`` for ``integration_id`` with a new message id and the current time."""
+    event: dict[str, Any] = json.loads(json.dumps(sample))
+    message_id = uuid.uuid4().hex
+    event["id"] = message_id
+    channel = event.setdefault("channel", {})
+    channel["id"] = integration_id
+    channel["time"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    if event.get("type") != "Receipt":  # a receipt's messageId names the message it acknowledges
+        channel["messageId"] = message_id
+    return event
+
+
+def run_demo(stack: LocalStack, count: int = 30, *, timeout_seconds: float = 120.0) -> DemoReport:
+    """Send ``count`` events through a started stack, wait for it to settle, and tally the outcome."""
+    started = time.monotonic()
+    report = DemoReport()
+    sent = _send(stack, count, report)
+    report.drained = _wait_until_settled(stack, sent, timeout_seconds)
+    _tally(stack, sent, report)
+    report.elapsed_s = round(time.monotonic() - started, 2)
+    return report
+
+
+def _send(stack: LocalStack, count: int, report: DemoReport) -> list[SentEvent]:
+    samples = load_samples()
+    integrations = [i for i in stack.fixtures.integrations if any(t.enabled for t in i.targets)]
+    if not integrations:
+        raise ValueError("the fixtures have no integration with an enabled target")
+    plan: Iterator[tuple[dict[str, Any], Any]] = zip(
+        itertools.cycle(samples), itertools.cycle(integrations), strict=False
+    )
+    sent: list[SentEvent] = []
+    with requests.Session() as session:
+        for sample, integration in itertools.islice(plan, count):
+            event = fresh_event(sample, integration.id)
+            body = json.dumps(event, separators=(",", ":")).encode()
+            headers = {
+                "Content-Type": "application/json",
+                "User-Agent": "relay-local-demo",
+                "X-Hub-Signature-256": sign(body, integration.signature_secret),
+            }
+            sent_at = time.time()
+            response = session.post(stack.webhook_url(integration.id), data=body, headers=headers, timeout=15)
+            sent.append(SentEvent(event["id"], integration.id, sent_at, response.status_code))
+            if not 200 <= response.status_code < 300:
+                key = str(response.status_code)
+                report.rejected_by_intake[key] = report.rejected_by_intake.get(key, 0) + 1
+    report.sent = len(sent)
+    report.accepted = sum(1 for s in sent if s.accepted)
+    return sent
+
+
+def _expected_pairs(stack: LocalStack, sent: list[SentEvent]) -> set[tuple[str, str]]:
+    targets = targets_by_integration(stack.fixtures)
+    return {(s.event_id, t.id) for s in sent if s.accepted for t in targets[s.integration_id]}
+
+
+def _delivered(stack: LocalStack) -> dict[tuple[str, str], float]:
+    """(event id, target id) -> when its target's receiver first accepted it."""
+    first: dict[tuple[str, str], float] = {}
+    for demo_receiver in stack.receivers.values():
+        for request in demo_receiver.receiver.deliveries:
+            event_id = (request.event or {}).get("id")
+            if event_id is None:
+                continue
+            key = (str(event_id), demo_receiver.target_id)
+            first[key] = min(first.get(key, request.received_at), request.received_at)
+    return first
+
+
+def _queue_busy(stack: LocalStack) -> bool:
+    assert stack.resources is not None and stack.poller is not None
+    attrs = stack.sqs.get_queue_attributes(
+        QueueUrl=stack.resources.delivery_queue_url,
+        AttributeNames=[
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed",
+        ],
+    )["Attributes"]
+    return any(int(v) for v in attrs.values()) or stack.poller.stats().in_flight > 0
+
+
+def _wait_until_settled(stack: LocalStack, sent: list[SentEvent], timeout_seconds: float) -> bool:
+    """Until every expected delivery arrived and the queue is empty with the poller idle (True)."""
+    expected = _expected_pairs(stack, sent)
+    deadline = time.monotonic() + timeout_seconds
+    quiet_checks = 0
+    while time.monotonic() < deadline:
+        all_delivered = expected <= set(_delivered(stack))
+        if _queue_busy(stack):
+            quiet_checks = 0
+        else:
+            quiet_checks += 1
+        # Two quiet looks in a row: nothing was between a receive and an invocation at either.
+        if quiet_checks >= 2 and (all_delivered or quiet_checks >= 5):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _dead_lettered(stack: LocalStack) -> set[tuple[str, str]]:
+    """(event id, target id) of every delivery task in the DLQ."""
+    assert stack.resources is not None
+    found: set[tuple[str, str]] = set()
+    while True:
+        messages = stack.sqs.receive_message(
+            QueueUrl=stack.resources.dead_letter_queue_url,
+            MaxNumberOfMessages=10,
+            VisibilityTimeout=60,  # read each message once; they stay in the DLQ
+            WaitTimeSeconds=0,
+        ).get("Messages", [])
+        if not messages:
+            return found
+        for message in messages:
+            try:
+                task = DeliveryTask.model_validate_json(message["Body"])
+            except ValueError:
+                continue  # not a delivery task: it cannot stand for any sent event
+            found.add((task.event_id, task.target_id))
+
+
+def _tally(stack: LocalStack, sent: list[SentEvent], report: DemoReport) -> None:
+    targets = targets_by_integration(stack.fixtures)
+    observed = {r.target_id for r in stack.receivers.values()}
+    report.unobserved_targets = sorted(t.name for ts in targets.values() for t in ts if t.id not in observed)
+    delivered = _delivered(stack)
+    dead = _dead_lettered(stack)
+    latencies: list[float] = []
+    for event in (s for s in sent if s.accepted):
+        pairs = [(event.event_id, t.id) for t in targets[event.integration_id]]
+        if all(p in delivered for p in pairs):
+            report.delivered += 1
+        elif any(p in dead for p in pairs) and all(p in delivered or p in dead for p in pairs):
+            report.dead_lettered += 1
+        else:
+            report.lost += 1
+        latencies += [(delivered[p] - event.sent_at) * 1000 for p in pairs if p in delivered]
+    report.deliveries = sum(len(r.receiver.deliveries) for r in stack.receivers.values())
+    report.duplicates = sum(1 for r in stack.receivers.values() for d in r.receiver.deliveries if d.duplicate)
+    report.p50_ms = percentile(latencies, 50)
+    report.p99_ms = percentile(latencies, 99)
+    assert stack.poller is not None
+    stats = stack.poller.stats()
+    report.poller = {
+        "invocations": stats.invocations,
+        "failed_invocations": stats.failed_invocations,
+        "records": stats.records,
+        "max_in_flight": stats.max_in_flight,
+    }
+
+
+def percentile(values: list[float], pct: float) -> float | None:
+    """Nearest-rank percentile, rounded to 0.1 ms; None without values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * pct // 100))
+    return round(ordered[int(rank) - 1], 1)
