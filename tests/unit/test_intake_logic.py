@@ -145,6 +145,7 @@ def test_signature_missing_malformed_and_mismatched_are_told_apart() -> None:
         ('{"id": -Infinity}', "not valid JSON"),
         ('{"id": ' + "9" * 5000 + "}", "not valid JSON"),
         ("[" * 100_000 + "]" * 100_000, "not valid JSON"),
+        ('{"id": ' + "[" * 65 + "]" * 65 + "}", "nested deeper than 64"),
     ],
 )
 def test_malformed_json_is_400(body: str, fragment: str) -> None:
@@ -153,6 +154,24 @@ def test_malformed_json_is_400(body: str, fragment: str) -> None:
     assert refusal(response) == (400, "bad_request")
     assert fragment in answer(response)["message"]
     assert queue.bodies == []
+
+
+@pytest.mark.parametrize("depth", [900, 950, 990, 999])
+def test_deep_nesting_inside_a_valid_message_is_400_not_a_crash(depth: int) -> None:
+    # Deep enough to parse but not to serialize again further down the stack: refused up front
+    message = sample("openmessaging_text.json")
+    body = json.dumps(message)[:-1] + ', "deep": ' + "[" * depth + "]" * depth + "}"
+    intake, queue = make_intake()
+    assert refusal(intake.handle(http_event(body))) == (400, "bad_request")
+    assert queue.bodies == []
+
+
+def test_nesting_up_to_the_limit_is_accepted() -> None:
+    message = sample("openmessaging_text.json")
+    message["deep"] = json.loads("[" * 62 + "]" * 62)
+    intake, queue = make_intake()
+    assert intake.handle(http_event(message))["statusCode"] == 202
+    assert tasks(queue)[0].event == message
 
 
 def test_a_body_that_is_not_utf8_is_400() -> None:

@@ -64,6 +64,9 @@ DELIVERY_ID_NAMESPACE = uuid.UUID("5b0f6a3e-9d2c-4f61-8a7e-3c1d2b4a5e60")
 _JSON_TYPES = ("application/json",)
 # Integration ids are Genesys UUIDs; anything far from an id is refused before it reaches DynamoDB (whose
 # keys are limited to 2 KiB: a longer one would fail the Query and turn client input into a 5xx).
+# Genesys messages nest a few levels; a limit far above that keeps every later (recursive) serializer,
+# here and in the dispatcher, away from Python's recursion limit.
+MAX_NESTING = 64
 _INTEGRATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 # A JSON escape of a UTF-16 surrogate: only then is the costlier lone-surrogate check needed.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -172,6 +175,23 @@ def _describe_validation_error(error: ValidationError) -> str:
         loc = [str(part) for part in item["loc"] if part not in ("Text", "Event", "Receipt", "Structured")]
         fields.append(f"{'.'.join(loc) or '(body)'}: {item['msg']}")
     return "; ".join(sorted(set(fields))[:10])
+
+
+def _nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays/objects nest deeper than ``limit`` (iterative: deep input cannot exhaust the stack)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _refuse_constant(name: str) -> Any:
@@ -323,6 +343,8 @@ class Intake:
             message = json.loads(text, parse_constant=_refuse_constant)
         except (ValueError, RecursionError):
             raise BadRequest("the body is not valid JSON") from None
+        if _nested_deeper_than(message, MAX_NESTING):
+            raise BadRequest(f"the body is nested deeper than {MAX_NESTING} levels")
         if _SURROGATE_ESCAPE.search(text) and _lone_surrogates(json.dumps(message, ensure_ascii=False)):
             raise BadRequest("the body contains an unpaired UTF-16 surrogate escape")
         if not isinstance(message, dict):
