@@ -291,3 +291,21 @@ def test_credentials_come_from_secrets_manager_when_not_in_the_environment(
     # Then it logged in with those credentials and synced everything
     assert report.integrations == [INTEGRATION.id] and len(report.targets) == 2
     assert genesys.count(r"^/oauth/token$") == 1
+
+
+def test_a_target_the_relay_disabled_stays_disabled_until_its_config_changes(genesys: FakeGenesys) -> None:
+    # Given a synced target that the dispatcher then disabled (it answered 410 Gone)
+    sync_targets(get_settings())
+    _store().set_target_enabled(INTEGRATION.id, CRM.id, False)
+
+    # When the sync runs with the same config in Genesys, the target stays disabled
+    sync_targets(get_settings())
+    still = _store().get_target(INTEGRATION.id, CRM.id)
+    assert still is not None and still.enabled is False
+
+    # When an admin points it at a new URL in Genesys, the next sync enables it again
+    genesys.update_config_properties(CRM.id, url="http://127.0.0.1:9/hooks/crm-v2")
+    sync_targets(get_settings())
+    moved = _store().get_target(INTEGRATION.id, CRM.id)
+    assert moved is not None and moved.enabled is True
+    assert moved.url.endswith("/crm-v2") and moved.version == still.version + 1

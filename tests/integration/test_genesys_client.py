@@ -304,3 +304,10 @@ def test_every_error_is_a_genesys_error() -> None:
 )
 def test_api_host_from_region_or_override(env: dict[str, str], host: str) -> None:
     assert api_host_for(Settings.model_validate(env)) == host
+
+
+def test_token_endpoint_403_is_an_auth_error(genesys: FakeGenesys) -> None:
+    genesys.deny(path=TOKEN_PATH)
+
+    with pytest.raises(GenesysAuthError, match="login refused"):
+        _client(genesys).login()

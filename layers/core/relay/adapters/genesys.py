@@ -333,7 +333,7 @@ class GenesysClient:
             status = exc.status or 0
             if status == 0:  # the SDK's wrapping of a TLS failure
                 return GenesysUnavailable(f"TLS failure talking to Genesys Cloud ({what})")
-            if status in (400, 401) and scope is None:
+            if status in (400, 401, 403) and scope is None:  # the token endpoint
                 return GenesysAuthError(
                     f"Genesys login refused ({status}): check the OAuth client id and secret "
                     "and that the client uses the Client Credentials grant"

@@ -295,11 +295,22 @@ class _SyncRun:
         return self._stored_entries[integration_id]
 
     def _write(self, record: Integration | Target, previous: Integration | Target | None) -> bool:
-        """Write ``record`` with a version (bumped only when its content changed) and syncedAt."""
-        ignore = {"version", "synced_at"}
+        """Write ``record`` with a version (bumped only when its content changed) and syncedAt.
+
+        ``enabled`` belongs to the relay once a record exists (the dispatcher disables a target that
+        answers 410; an operator may disable one): an unchanged config keeps it, a changed one (say, a
+        new URL) enables the record again.
+        """
+        ignore = {"version", "synced_at", "enabled"}
         changed = previous is None or previous.model_dump(exclude=ignore) != record.model_dump(exclude=ignore)
-        version = 1 if previous is None else previous.version + (1 if changed else 0)
-        final = record.model_copy(update={"version": version, "synced_at": self.report.synced_at})
+        update: dict[str, object] = {"synced_at": self.report.synced_at}
+        if previous is None:
+            update["version"] = 1
+        elif changed:
+            update["version"] = previous.version + 1
+        else:
+            update.update(version=previous.version, enabled=previous.enabled)
+        final = record.model_copy(update=update)
         if isinstance(final, Integration):
             self._store.put_integration(final)
         else:
