@@ -216,8 +216,14 @@ class Dispatcher:
         )
         lanes = self._lanes([SqsRecord.from_event(r) for r in records], batch)
         probes = [lane.items[0] for lane in lanes if lane.admission is breaker.Admission.PROBE]
-        self._run(probes, batch)
-        self._run(self._interleave(self._after_probes(lane, batch) for lane in lanes), batch)
+        self._run([partial(self._deliver, item, batch) for item in probes])
+        deliveries: list[list[Item]] = []
+        deferrals: list[Callable[[], None]] = []
+        for lane in lanes:
+            go, wait_seconds, held = self._after_probes(lane)
+            deliveries.append(go)
+            deferrals.extend(partial(self._defer, item, wait_seconds, batch) for item in held)
+        self._run([partial(self._deliver, item, batch) for item in self._interleave(deliveries)] + deferrals)
         for lane in lanes:
             self._record_breaker(lane, batch)
         self._write_audit(batch)
@@ -234,7 +240,8 @@ class Dispatcher:
             item = self._resolve(record, batch)
             if item is not None:
                 grouped.setdefault(item.key, []).append(item)
-        return [self._admit(key, items, batch) for key, items in grouped.items()]
+        # One breaker read per target, the targets' reads side by side.
+        return list(self._pool.map(lambda entry: self._admit(entry[0], entry[1], batch), grouped.items()))
 
     def _resolve(self, record: SqsRecord, batch: Batch) -> Item | None:
         try:
@@ -289,22 +296,17 @@ class Dispatcher:
             batch.metrics.count(Metric.BREAKER_HALF_OPENED, target.target_id)
         return Lane(key, target, items, gate)
 
-    def _after_probes(self, lane: Lane, batch: Batch) -> list[Item]:
-        """The items of a lane still to deliver; defers the rest."""
-        if lane.admission is breaker.Admission.DELIVER:
-            return lane.items
-        assert lane.gate is not None
-        rest = lane.items
-        seconds = lane.gate.defer_until - self._clock()
-        if lane.admission is breaker.Admission.PROBE:
-            rest = lane.items[1:]
-            probe = lane.items[0].outcome
-            if probe is not None and probe.status is not None and not probe.endpoint_unhealthy:
-                return rest  # the endpoint answered: the breaker closes, the rest may go now
-            seconds = self._policy(lane.target).reset_after(lane.gate.state.trips + 1)
-        for item in rest:
-            self._defer(item, seconds, batch)
-        return []
+    def _after_probes(self, lane: Lane) -> tuple[list[Item], float, list[Item]]:
+        """(items to deliver now, seconds until the breaker may half-open, items to defer)."""
+        if lane.gate is None or lane.admission is breaker.Admission.DELIVER:
+            return lane.items, 0.0, []
+        if lane.admission is breaker.Admission.DEFER:
+            return [], lane.gate.defer_until - self._clock(), lane.items
+        rest = lane.items[1:]
+        probe = lane.items[0].outcome
+        if probe is not None and probe.status is not None and not probe.endpoint_unhealthy:
+            return rest, 0.0, []  # the endpoint answered: the breaker closes, the rest may go now
+        return [], self._policy(lane.target).reset_after(lane.gate.state.trips + 1), rest
 
     def _record_breaker(self, lane: Lane, batch: Batch) -> None:
         if lane.gate is None:
@@ -341,8 +343,8 @@ class Dispatcher:
         """Round-robin across targets, so one busy target's cap does not hold the pool's head."""
         return [item for item in chain.from_iterable(zip_longest(*per_lane)) if item is not None]
 
-    def _run(self, items: list[Item], batch: Batch) -> None:
-        futures: list[Future[None]] = [self._pool.submit(self._deliver, item, batch) for item in items]
+    def _run(self, tasks: list[Callable[[], None]]) -> None:
+        futures: list[Future[None]] = [self._pool.submit(task) for task in tasks]
         wait(futures)
         for future in futures:
             if future.exception() is not None:  # a bug, not an outcome: let SQS show the record again
