@@ -1,0 +1,187 @@
+"""The whole local stack, as a newcomer runs it: ``relay local serve`` and ``relay local demo``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+import requests
+
+from relay.local.receiver import Receiver
+from relay.logic.signature import sign
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_FIXTURES = ROOT / "events" / "fixtures" / "local.json"
+SIGNING_SECRET = "whsec_ZTJlLW93bi1yZWNlaXZlci1zaWduaW5nLXNlY3JldA=="
+
+
+def relay_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "relay", "local", *args]
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class LineReader:
+    """Reads a process's stdout lines on a thread, so the test can wait with a timeout."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.lines: list[str] = []
+        self._new = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            with self._new:
+                self.lines.append(line)
+                self._new.notify_all()
+
+    def wait_for_json(self, key: str, timeout: float) -> dict[str, Any]:
+        def found() -> dict[str, Any] | None:
+            for line in self.lines:
+                try:
+                    doc = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(doc, dict) and key in doc:
+                    return doc
+            return None
+
+        with self._new:
+            self._new.wait_for(lambda: found() is not None, timeout=timeout)
+            doc = found()
+        assert doc is not None, f"no JSON line with {key!r} on stdout: {self.lines[-5:]}"
+        return doc
+
+
+@pytest.fixture
+def own_receiver() -> Iterator[Receiver]:
+    with Receiver(signing_secrets={"/hooks/e2e": [SIGNING_SECRET]}) as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def fixtures_file(tmp_path: Path, own_receiver: Receiver) -> Path:
+    """The default integration, delivering to a receiver this test runs (a non-port-0 loopback URL)."""
+    doc = json.loads(DEFAULT_FIXTURES.read_text())
+    integration = doc["integrations"][0]
+    integration["targets"] = [
+        {
+            "id": "5c0ffee0-1111-4222-8333-944455556666",
+            "name": "e2e-own-receiver",
+            "url": f"{own_receiver.url}/hooks/e2e",
+            "method": "POST",
+            "signingSecret": SIGNING_SECRET,
+            "retryMatrix": {"attempts": 3, "baseIntervalMs": 200, "maxIntervalMs": 1000, "multiplier": 2},
+        }
+    ]
+    path = tmp_path / "fixtures.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_serve_prints_ready_delivers_a_signed_post_and_stops_cleanly(
+    fixtures_file: Path, own_receiver: Receiver
+) -> None:
+    # Given `relay local serve` running with fixtures that name our receiver
+    process = subprocess.Popen(
+        relay_command("serve", "--fixtures", str(fixtures_file)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert process.stdout is not None
+        stdout = LineReader(process.stdout)
+        ready = stdout.wait_for_json("ready", timeout=90)
+        assert ready["ready"] is True
+        assert ready["api"].startswith("http://127.0.0.1:")
+        children = children_of(process.pid)
+
+        # When Genesys (as we sign like it) posts an event to <api>/webhooks/<integrationId>
+        fixtures = json.loads(fixtures_file.read_text())
+        integration = fixtures["integrations"][0]
+        event = json.loads((ROOT / "events" / "openmessaging_text.json").read_text())
+        body = json.dumps(event).encode()
+        response = requests.post(
+            f"{ready['api']}/webhooks/{integration['id']}",
+            data=body,
+            headers={
+                "Content-Type": "application/json",
+                "X-Hub-Signature-256": sign(body, integration["signatureSecret"]),
+            },
+            timeout=15,
+        )
+
+        # Then the intake accepts it and our receiver gets it, signed with the target's secret
+        assert response.status_code == 202, response.text
+        assert own_receiver.wait_for(1, timeout=30)
+        delivery = own_receiver.deliveries[0]
+        assert delivery.signature_valid is True
+        assert delivery.event is not None and delivery.event["id"] == event["id"]
+        assert delivery.envelope is not None and delivery.envelope["formatVersion"] == "2.1"
+
+        # When it is sent SIGTERM
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    # Then it exits cleanly, printed exactly one ready line, and left no child process behind
+    assert code == 0
+    assert sum(1 for line in stdout.lines if '"ready"' in line) == 1
+    assert children, "serve should have started moto's server as a child process"
+    assert [pid for pid in children if alive(pid)] == []
+
+
+def test_demo_delivers_every_event_and_loses_none() -> None:
+    # When the demo runs on the default fixtures
+    result = subprocess.run(
+        relay_command("demo", "--events", "12"),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=240,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+    # Then it exits 0 and its final line says every accepted event reached every target
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    final = json.loads(result.stdout.strip().splitlines()[-1])
+    assert final["sent"] == 12
+    assert final["accepted"] == final["sent"]
+    assert final["delivered"] == final["sent"]
+    assert final["lost"] == 0
+    assert final["dead_lettered"] == 0
+    assert final["p50_ms"] is not None and final["p99_ms"] is not None
