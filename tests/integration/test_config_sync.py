@@ -15,8 +15,9 @@ from pydantic import SecretStr
 from relay.adapters.aws import client
 from relay.adapters.secrets import RotatingSecret, SecretKind, get_secret, put_secret, secret_name
 from relay.adapters.target_store import TargetStore
+from relay.errors import GenesysRateLimited, GenesysTimeout
 from relay.local.aws_stack import LocalResources, forget_cached_configuration
-from relay.local.fake_genesys import FakeGenesys
+from relay.local.fake_genesys import FakeGenesys, Fault
 from relay.local.fixtures import Fixtures
 from relay.logic.config_sync import sync_targets
 from relay.models.targets import SecurityType
@@ -309,3 +310,41 @@ def test_a_target_the_relay_disabled_stays_disabled_until_its_config_changes(gen
     moved = _store().get_target(INTEGRATION.id, CRM.id)
     assert moved is not None and moved.enabled is True
     assert moved.url.endswith("/crm-v2") and moved.version == still.version + 1
+
+
+# --- run-level Genesys failures, through sync_targets and the real SDK ----------------------------
+
+
+def test_a_401_mid_run_logs_in_again_and_the_run_completes(genesys: FakeGenesys) -> None:
+    genesys.add_fault(Fault("status", status=401, path=r"/config/current$", times=1))
+
+    report = sync_targets(get_settings())
+
+    assert report.rejected == [] and len(report.targets) == 2
+    assert genesys.count(r"^/oauth/token$") == 2
+
+
+def test_429_past_the_bound_ends_the_run_with_a_clear_error(
+    genesys: FakeGenesys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GENESYS_MAX_RETRY_AFTER_SECONDS", "5")
+    forget_cached_configuration()
+    genesys.rate_limit(retry_after=60, path=r"^/api/v2/integrations/", times=1)
+
+    with pytest.raises(GenesysRateLimited, match="Retry-After 60 s"):
+        sync_targets(get_settings())
+
+    # The integration read before the 429 was stored; no target was
+    entry = _store().get(INTEGRATION.id)
+    assert entry is not None and entry.targets == ()
+
+
+def test_a_slow_genesys_ends_the_run_with_a_timeout(
+    genesys: FakeGenesys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GENESYS_TIMEOUT_SECONDS", "0.3")
+    forget_cached_configuration()
+    genesys.slow_down(1.5, path=r"^/api/v2/integrations/credentials/")
+
+    with pytest.raises(GenesysTimeout):
+        sync_targets(get_settings())
