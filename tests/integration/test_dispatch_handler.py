@@ -9,11 +9,13 @@ import pytest
 from test_dispatch_support import (
     ENCRYPTED_TARGET,
     ENCRYPTION_SECRET,
+    INTEGRATION_ID,
     PLAIN_TARGET,
     SIGNING_SECRET,
     load_handler,
     seed_target,
     sqs_event,
+    task_record,
 )
 
 from relay.local.aws_stack import LocalResources
@@ -70,3 +72,30 @@ def test_failed_records_are_reported_as_batch_item_failures(
         r["messageId"] for r in event["Records"]
     )
     assert len(receiver.requests) == 2
+
+
+def test_a_claim_checked_event_is_read_from_s3_and_delivered(
+    aws_stack: LocalResources, receiver: Receiver
+) -> None:
+    # Given an event the intake stored in the audit bucket (too large for SQS) and a task referring to it
+    import json
+
+    from relay.adapters.aws import client
+
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm", target_id=PLAIN_TARGET)
+    big_event = {"id": "e-big", "text": "x" * 300_000}
+    key = f"events/{INTEGRATION_ID}/e-big.json"
+    client("s3").put_object(Bucket=aws_stack.audit_bucket, Key=key, Body=json.dumps(big_event).encode())
+    record = task_record(PLAIN_TARGET)
+    body = json.loads(record["body"])
+    del body["event"]
+    body["eventRef"] = {"bucket": aws_stack.audit_bucket, "key": key}
+    record["body"] = json.dumps(body)
+
+    # When the handler gets it
+    response = load_handler(aws_stack)({"Records": [record]}, None)
+
+    # Then the receiver got the full event in the envelope
+    assert response == {"batchItemFailures": []}
+    (delivery,) = receiver.deliveries
+    assert delivery.event == big_event
