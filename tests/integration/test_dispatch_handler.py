@@ -3,6 +3,7 @@ moto (targets, secrets) and a real loopback receiver."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -18,6 +19,7 @@ from test_dispatch_support import (
     task_record,
 )
 
+from relay.adapters.aws import client
 from relay.local.aws_stack import LocalResources
 from relay.local.receiver import Behaviour, Receiver
 
@@ -78,10 +80,6 @@ def test_a_claim_checked_event_is_read_from_s3_and_delivered(
     aws_stack: LocalResources, receiver: Receiver
 ) -> None:
     # Given an event the intake stored in the audit bucket (too large for SQS) and a task referring to it
-    import json
-
-    from relay.adapters.aws import client
-
     seed_target(aws_stack, f"{receiver.url}/hooks/crm", target_id=PLAIN_TARGET)
     big_event = {"id": "e-big", "text": "x" * 300_000}
     key = f"events/{INTEGRATION_ID}/e-big.json"

@@ -22,6 +22,7 @@ from test_dispatch_support import (
     task_record,
 )
 
+from relay.adapters.secrets import RotatingSecret, SecretKind, put_secret, secret_name
 from relay.adapters.target_store import TargetStore
 from relay.local.aws_stack import LocalResources
 from relay.local.receiver import Behaviour, Receiver
@@ -182,8 +183,6 @@ def test_a_missing_encryption_salt_never_sends_in_clear_and_retries(
     aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher
 ) -> None:
     # Given an encrypting target whose key version has no salt
-    from relay.adapters.secrets import RotatingSecret, SecretKind, put_secret, secret_name
-
     seed_target(aws_stack, f"{receiver.url}/hooks/archive", target_id=ENCRYPTED_TARGET, encrypted=True)
     put_secret(secret_name(SecretKind.ENCRYPTION, ENCRYPTED_TARGET), RotatingSecret(current="k", key_id="k1"))
     dispatcher = build_dispatcher(get_settings())  # a fresh secret cache
