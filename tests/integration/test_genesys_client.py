@@ -7,8 +7,12 @@ timeout, malformed bodies, connection failures, bad credentials.
 
 from __future__ import annotations
 
+import json
 import socket
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
@@ -311,3 +315,38 @@ def test_token_endpoint_403_is_an_auth_error(genesys: FakeGenesys) -> None:
 
     with pytest.raises(GenesysAuthError, match="login refused"):
         _client(genesys).login()
+
+
+def _control(fake: FakeGenesys, method: str, action: str, body: dict[str, object] | None = None) -> Any:
+    request = urllib.request.Request(
+        f"{fake.base_url}/_fake/{action}",
+        data=json.dumps(body).encode() if body is not None else None,
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def test_faults_can_be_set_at_runtime_over_http(genesys: FakeGenesys) -> None:
+    # Given a client logged in, and a 403 set through the fake's control endpoint (as from another process)
+    client = _client(genesys)
+    client.login()
+    _control(genesys, "POST", "faults", {"kind": "status", "status": 403, "path": "^/api/v2/integrations/"})
+
+    # Then the next read is denied, naming the permission
+    with pytest.raises(GenesysForbidden):
+        client.get_integration(TARGET_ID)
+
+    # And expiring tokens over HTTP forces a fresh login on the next read
+    _control(genesys, "POST", "expire-tokens")
+    assert client.get_integration(TARGET_ID)["id"] == TARGET_ID
+    assert client.logins == 2
+    seen = _control(genesys, "GET", "requests")
+    assert [r["path"] for r in seen].count("/oauth/token") == 2
+
+
+def test_control_endpoint_refuses_an_unknown_fault(genesys: FakeGenesys) -> None:
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        _control(genesys, "POST", "faults", {"kind": "explode"})
+    assert caught.value.code == 400

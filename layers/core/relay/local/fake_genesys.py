@@ -11,7 +11,10 @@ deserialize (see docs/config-sync.md for the mapping from fixtures):
 
 Faults (``add_fault`` or the helpers ``expire_tokens``, ``deny``, ``rate_limit``, ``slow_down``,
 ``malform``) apply to the next matching requests, so a test can drive every error path of the real SDK.
-The server binds 127.0.0.1 only.
+The same faults can be set at runtime from another process (the local stack runs in its own) through
+the fake's control endpoints: ``POST /_fake/faults`` with ``{"kind", "times", "path", "status",
+"retryAfter", "delaySeconds"}``, ``DELETE /_fake/faults``, ``POST /_fake/expire-tokens``,
+``GET /_fake/requests``. The server binds 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ CREDENTIAL_SIGNING = "signingSecret"
 CREDENTIAL_ENCRYPTION = "encryptionKey"
 WEBHOOK_INTEGRATION_TYPE = "webhook"
 
+# Control endpoints (not Genesys): POST/DELETE {CONTROL_PREFIX}faults, POST ...expire-tokens, GET ...requests.
+CONTROL_PREFIX = "/_fake/"
+FAULT_SHAPE = "expected {kind: status|slow|malformed, times?, path?, status?, retryAfter?, delaySeconds?}"
 _OPEN_PATH = re.compile(r"^/api/v2/conversations/messaging/integrations/open/([^/]+)$")
 _INTEGRATION_PATH = re.compile(r"^/api/v2/integrations/([^/]+)$")
 _CONFIG_PATH = re.compile(r"^/api/v2/integrations/([^/]+)/config/current$")
@@ -426,10 +432,51 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_status(fault.status, fault.retry_after)
         return True
 
+    def _control(self, path: str, raw: str) -> bool:
+        """The fake's own control endpoints (``/_fake/...``): faults set at runtime from another process."""
+        if not path.startswith(CONTROL_PREFIX):
+            return False
+        action = path.removeprefix(CONTROL_PREFIX)
+        if self.command == "POST" and action == "faults":
+            try:
+                doc = json.loads(raw or "{}")
+                if doc.get("kind") not in ("status", "slow", "malformed"):
+                    raise ValueError("unknown fault kind")
+                fault = Fault(
+                    kind=doc["kind"],
+                    times=int(doc.get("times", 1)),
+                    path=doc.get("path"),
+                    status=int(doc.get("status", 500)),
+                    retry_after=doc.get("retryAfter"),
+                    delay_seconds=float(doc.get("delaySeconds", 0.0)),
+                )
+            except (ValueError, KeyError, TypeError):
+                self._send_json(400, {"error": FAULT_SHAPE})
+                return True
+            self.fake.add_fault(fault)
+            self._send_json(201, {"added": fault.kind})
+        elif self.command == "DELETE" and action == "faults":
+            self.fake.clear_faults()
+            self._send_json(200, {"cleared": True})
+        elif self.command == "POST" and action == "expire-tokens":
+            self.fake.expire_tokens()
+            self._send_json(200, {"expired": True})
+        elif self.command == "GET" and action == "requests":
+            self._send_json(200, [r.__dict__ for r in self.fake.requests])
+        else:
+            self._send_status(404)
+        return True
+
+    def do_DELETE(self) -> None:  # noqa: N802 - http.server naming
+        if not self._control(urlsplit(self.path).path, ""):
+            self._send_status(404)
+
     def do_POST(self) -> None:  # noqa: N802 - http.server naming
         path = urlsplit(self.path).path
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length).decode("utf-8", "replace") if length else ""
+        if self._control(path, raw):
+            return
         self.fake._record("POST", path, False)
         if self._apply_fault(path):
             return
@@ -441,6 +488,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - http.server naming
         path = urlsplit(self.path).path
+        if self._control(path, ""):
+            return
         authorized = self.fake._authorized(self.headers.get("Authorization"))
         self.fake._record("GET", path, authorized)
         if self._apply_fault(path):
