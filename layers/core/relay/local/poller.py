@@ -155,7 +155,10 @@ class SqsPoller:
     def _run(self) -> None:
         while not self._stopping.is_set():
             try:
+                gather_started = time.monotonic()
                 batch = self._gather()
+                if batch:
+                    log.debug("batch of %d gathered in %.0f ms", len(batch), _ms_since(gather_started))
                 if batch and self._stopping.is_set():
                     self._release(batch)
                 elif batch:
@@ -203,6 +206,7 @@ class SqsPoller:
         whole_batch_failed, deleted = True, 0
         try:
             invocation = self.function.invoke({"Records": records})
+            log.debug("invocation of %d records took %.0f ms", len(records), invocation.duration_ms)
             failed_ids = None if invocation.error else self._failed_ids(invocation.result, records)
             whole_batch_failed = failed_ids is None
             keep = {r["messageId"] for r in records} if failed_ids is None else failed_ids
@@ -302,3 +306,7 @@ def _lambda_message_attribute(value: Mapping[str, Any]) -> dict[str, Any]:
 
 def _b64(raw: bytes | str) -> str:
     return raw if isinstance(raw, str) else base64.b64encode(raw).decode()
+
+
+def _ms_since(started: float) -> float:
+    return (time.monotonic() - started) * 1000
