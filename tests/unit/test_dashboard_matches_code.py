@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from relay.local.template import Template, load_template
+from relay.local.template import PhysicalResource, Template, load_template
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = Path(os.environ.get("RELAY_TEMPLATE_UNDER_TEST", ROOT / "template.yaml"))
@@ -64,8 +64,21 @@ def metrics_table() -> dict[str, Contract]:
     return table
 
 
+def with_sam_generated_resources(template: Template) -> Template:
+    """Stand-ins for resources the SAM transform creates (e.g. IntakeFunctionGenesysEventBridgeQueue),
+    which alarms may name but the untransformed template does not declare."""
+    text = json.dumps(template.document)
+    attributes: dict[str, dict[str, str]] = {}
+    for logical_id, attribute in re.findall(r'"Fn::GetAtt": \["(\w+)", "(\w+)"\]', text):
+        if logical_id not in template.resources:
+            attributes.setdefault(logical_id, {})[attribute] = f"<sam-generated:{logical_id}.{attribute}>"
+    for logical_id, values in attributes.items():
+        template.physical[logical_id] = PhysicalResource(f"<sam-generated:{logical_id}>", values)
+    return template
+
+
 TABLE = metrics_table()
-BASE = load_template(TEMPLATE)
+BASE = with_sam_generated_resources(load_template(TEMPLATE))
 
 
 def dashboard(template: Template) -> dict[str, Any]:
