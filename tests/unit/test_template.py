@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import tomllib
 from pathlib import Path
@@ -95,6 +96,23 @@ def largest_planned_attempts() -> int:
 def test_every_environment_is_checked() -> None:
     # The parametrised tests below run once per samconfig environment: make sure they found them.
     assert {"default", "dev", "prod"} <= set(ENVIRONMENTS)
+
+
+@pytest.mark.parametrize("environment", sorted(ENVIRONMENTS))
+def test_samconfig_values_satisfy_the_parameter_constraints(environment: str) -> None:
+    # CloudFormation would refuse them at deploy time; catch it here instead.
+    declared = BASE.document["Parameters"]
+    for name, value in ENVIRONMENTS[environment].items():
+        spec = declared[name]
+        where = f"[{environment}] {name}={value!r}"
+        if "AllowedValues" in spec:
+            assert value in [str(v) for v in spec["AllowedValues"]], where
+        if spec["Type"] == "Number":
+            number = float(value)
+            assert number >= float(spec.get("MinValue", number)), where
+            assert number <= float(spec.get("MaxValue", number)), where
+        if "AllowedPattern" in spec:
+            assert re.fullmatch(spec["AllowedPattern"], value), where
 
 
 def test_queue_visibility_is_at_least_six_times_the_dispatcher_timeout(template: Template) -> None:
