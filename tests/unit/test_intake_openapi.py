@@ -13,7 +13,7 @@ from test_intake_fakes import answer, http_event, make_intake, sample
 
 from relay.adapters.delivery_queue import InMemoryDeliveryQueue
 from relay.adapters.idempotency import Claim, InMemoryIdempotencyStore
-from relay.errors import DependencyUnavailable
+from relay.errors import ConfigurationError, DependencyUnavailable
 from relay.local.template import load_template
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +33,10 @@ class DownQueue(InMemoryDeliveryQueue):
 class BusyIdempotency(InMemoryIdempotencyStore):
     def claim(self, key: str) -> Claim:
         return Claim(key=key, state="in_progress")
+
+
+def missing_secret(name: str) -> Any:
+    raise ConfigurationError(f"secret {name} does not exist")
 
 
 def broken_message() -> dict[str, Any]:
@@ -55,6 +59,7 @@ CASES: list[tuple[dict[str, Any], dict[str, Any], int, str | None]] = [
     ({}, http_event(headers={"content-type": "text/plain"}), 415, "unsupported_media_type"),
     ({"idempotency": BusyIdempotency()}, http_event(), 429, "duplicate_in_progress"),
     ({"queue": DownQueue()}, http_event(), 503, "service_unavailable"),
+    ({"get_secret": missing_secret}, http_event(), 500, "internal_error"),
 ]
 
 

@@ -6,6 +6,7 @@
     │   ├── BadRequest (400)   ├── InvalidSignature (401)   ├── UnknownIntegration (404)
     │   ├── MethodNotAllowed (405)    ├── PayloadTooLarge (413)  └── UnsupportedMediaType (415)
     ├── DependencyUnavailable         an AWS dependency failed: answer 503 + Retry-After, the sender retries
+    ├── RequestInProgress             the same event is being accepted right now: 429 + Retry-After
     ├── UnsafeUrl                     a target URL breaks the URL policy (scheme, private address, ...)
     ├── DeliveryError                 one delivery attempt failed
     │   ├── RetryableDelivery         timeouts, connection errors, 408/425/429/5xx, breaker open
@@ -80,6 +81,14 @@ class DependencyUnavailable(RelayError):
     """An AWS dependency (SQS, DynamoDB, S3, Secrets Manager) failed; the caller should retry later."""
 
     def __init__(self, message: str, *, retry_after_seconds: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class RequestInProgress(RelayError):
+    """A concurrent attempt is accepting the same event right now; the sender should retry shortly."""
+
+    def __init__(self, message: str, *, retry_after_seconds: int = 1) -> None:
         super().__init__(message)
         self.retry_after_seconds = retry_after_seconds
 

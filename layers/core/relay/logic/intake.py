@@ -49,6 +49,7 @@ from relay.errors import (
     MethodNotAllowed,
     PayloadTooLarge,
     RejectedRequest,
+    RequestInProgress,
     UnknownIntegration,
     UnsupportedMediaType,
 )
@@ -102,14 +103,6 @@ class IdempotencyStore(Protocol):
 
     def release(self, claim: Claim) -> None:
         """Forget a claim whose attempt failed, so a repeat can queue."""
-
-
-class RequestInProgress(Exception):
-    """A concurrent repeat of an event is being queued right now: ask the sender to retry shortly."""
-
-    def __init__(self, retry_after_seconds: int = 1) -> None:
-        super().__init__("the same event is being accepted right now; retry shortly")
-        self.retry_after_seconds = retry_after_seconds
 
 
 class _NoMetrics:
@@ -379,7 +372,7 @@ class Intake:
             answer: dict[str, Any] = json.loads(claim.response)
             return answer
         if claim is not None and claim.state != "acquired":
-            raise RequestInProgress()
+            raise RequestInProgress("the same event is being accepted right now; retry shortly")
         try:
             answer = self._queue_tasks(entry, key=key, event_id=event_id, event=event, raw=raw, source=source)
         except BaseException:
