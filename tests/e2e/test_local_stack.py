@@ -185,3 +185,42 @@ def test_demo_delivers_every_event_and_loses_none() -> None:
     assert final["lost"] == 0
     assert final["dead_lettered"] == 0
     assert final["p50_ms"] is not None and final["p99_ms"] is not None
+
+
+def test_the_tally_counts_dead_letters_from_the_dlq_and_stop_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from relay.local.demo import run_demo
+    from relay.local.receiver import Behaviour
+    from relay.local.stack import LocalStack
+
+    # Given a stack whose only target always answers 500, with a short retry matrix
+    doc = json.loads(DEFAULT_FIXTURES.read_text())
+    integration = doc["integrations"][0]
+    target = next(t for t in integration["targets"] if "encryptionKey" not in t)
+    target["retryMatrix"] = {"attempts": 2, "baseIntervalMs": 200, "maxIntervalMs": 500, "multiplier": 2}
+    integration["targets"] = [target]
+    fixtures = tmp_path / "fixtures.json"
+    fixtures.write_text(json.dumps(doc))
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    children_before = set(children_of(os.getpid()))
+
+    with LocalStack(fixtures) as stack:
+        stack.receivers[target["id"]].receiver.behaviour = Behaviour(status=500)
+        started_children = set(children_of(os.getpid())) - children_before
+
+        # When the demo sends three events through it
+        report = run_demo(stack, 3, timeout_seconds=90)
+
+    # Then every accepted event is counted as dead-lettered (read from the DLQ), none delivered or lost
+    assert report.accepted == 3
+    assert report.delivered == 0
+    assert report.dead_lettered == 3
+    assert report.lost == 0
+    assert report.ok is False
+
+    # And stopping restored the environment and left none of the stack's processes or threads
+    assert "AWS_ENDPOINT_URL" not in os.environ
+    assert started_children and [pid for pid in started_children if alive(pid)] == []
+    leftovers = [t.name for t in threading.enumerate() if t.name.startswith(("sqs-poller", "api-adapter"))]
+    assert leftovers == []
