@@ -82,6 +82,8 @@ def test_a_request_becomes_a_payload_v2_event(api: ApiAdapter, scripted: Scripte
     assert event["pathParameters"] == {"integrationId": INTEGRATION_ID}
     assert event["headers"]["x-hub-signature-256"] == "sha256=abc"
     assert event["headers"]["x-dup"] == "one,two"
+    assert event["headers"]["x-forwarded-for"] == "127.0.0.1"
+    assert event["headers"]["x-amzn-trace-id"].startswith("Root=1-")
     assert "cookie" not in event["headers"]
     assert event["cookies"] == ["c1=v1", "c2=v2"]
     assert event["body"] == body.decode() and event["isBase64Encoded"] is False

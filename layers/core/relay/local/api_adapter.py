@@ -133,6 +133,12 @@ def build_event(
             cookies.extend(c.strip() for c in value.split(";") if c.strip())
             continue
         headers[key] = f"{headers[key]},{value}" if key in headers else value
+    # The headers API Gateway adds on the way in.
+    hops = [h for h in (headers.get("x-forwarded-for"), request.source_ip) if h]
+    headers["x-forwarded-for"] = ", ".join(hops)
+    headers.setdefault("x-forwarded-proto", "http")
+    headers.setdefault("x-forwarded-port", domain.rpartition(":")[2] if ":" in domain else "80")
+    headers["x-amzn-trace-id"] = f"Root=1-{int(time.time()):08x}-{uuid.uuid4().hex[:24]}"
     query: dict[str, str] = {}
     for name, value in parse_qsl(split.query, keep_blank_values=True):
         query[name] = f"{query[name]},{value}" if name in query else value
