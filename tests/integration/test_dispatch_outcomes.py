@@ -108,9 +108,15 @@ def test_the_last_attempt_goes_to_the_dlq_with_why_and_is_done(
 def test_attempts_carried_by_a_deferral_count_toward_exhaustion(
     aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher
 ) -> None:
+    # Given the sample record: one attempt carried over from a deferral chain, second receive
     receiver.behaviour = Behaviour(status=500)
     seed_target(aws_stack, f"{receiver.url}/hooks/crm", attempts=3)
-    result = dispatcher.handle_batch([task_record(receive_count=1, attempts=2)])
+    event = sqs_event("sqs_retry_record.json")
+
+    # When it fails: that was attempt 1 + 2 = 3 of 3
+    result = dispatcher.handle_batch(event["Records"])
+
+    # Then it is exhausted and dead-lettered, not retried
     assert result == {"batchItemFailures": []}
     (dead,) = drain(aws_stack.dead_letter_queue_url)
     assert (attr(dead, "relay-dlq-reason"), attr(dead, "relay-attempts")) == ("exhausted", "3")
