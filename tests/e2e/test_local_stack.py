@@ -54,6 +54,7 @@ class LineReader:
 
     def __init__(self, stream: IO[str]) -> None:
         self.lines: list[str] = []
+        self.diagnostics: Path | None = None  # the process's stderr, shown when a wait fails
         self._new = threading.Condition()
         self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
         self._thread.start()
@@ -78,7 +79,8 @@ class LineReader:
         with self._new:
             self._new.wait_for(lambda: found() is not None, timeout=timeout)
             doc = found()
-        assert doc is not None, f"no JSON line with {key!r} on stdout: {self.lines[-5:]}"
+        stderr = self.diagnostics.read_text()[-3000:] if self.diagnostics else ""
+        assert doc is not None, f"no JSON line with {key!r} on stdout: {self.lines[-5:]}\n{stderr}"
         return doc
 
 
@@ -109,19 +111,22 @@ def fixtures_file(tmp_path: Path, own_receiver: Receiver) -> Path:
 
 
 def test_serve_prints_ready_delivers_a_signed_post_and_stops_cleanly(
-    fixtures_file: Path, own_receiver: Receiver
+    fixtures_file: Path, own_receiver: Receiver, tmp_path: Path
 ) -> None:
     # Given `relay local serve` running with fixtures that name our receiver
-    process = subprocess.Popen(
-        relay_command("serve", "--fixtures", str(fixtures_file)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=ROOT,
-    )
+    stderr_path = tmp_path / "serve.stderr"
+    with stderr_path.open("w") as stderr:
+        process = subprocess.Popen(
+            relay_command("serve", "--fixtures", str(fixtures_file)),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            cwd=ROOT,
+        )
     try:
         assert process.stdout is not None
         stdout = LineReader(process.stdout)
+        stdout.diagnostics = stderr_path
         ready = stdout.wait_for_json("ready", timeout=90)
         assert ready["ready"] is True
         assert ready["api"].startswith("http://127.0.0.1:")
