@@ -319,3 +319,18 @@ def test_metrics_name_the_rejection_reason_without_tagging_later_events(
     assert total(accepted["EventsAccepted"]) == 1 and total(accepted["TasksQueued"]) == 2
     assert "reason" not in accepted
     assert rejected["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "GenesysRelay"
+
+
+def test_dynamodb_unavailable_is_503_and_nothing_is_queued(
+    aws_stack: LocalResources, intake_handler: ModuleType
+) -> None:
+    # Given the idempotency table cannot be written
+    seed_fixture_integrations()
+    client("dynamodb").delete_table(TableName=aws_stack.idempotency_table)
+
+    # When Genesys posts, the answer asks it to retry, and nothing was queued that is not recorded
+    response = intake_handler.lambda_handler(
+        json.loads((EVENTS / "apigw_text.json").read_text()), LambdaContext()
+    )
+    assert response["statusCode"] == 503 and int(response["headers"]["retry-after"]) > 0
+    assert drain(aws_stack.delivery_queue_url) == []

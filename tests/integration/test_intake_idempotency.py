@@ -8,6 +8,7 @@ import pytest
 
 from relay.adapters.aws import client
 from relay.adapters.idempotency import DynamoDBIdempotencyStore
+from relay.errors import DependencyUnavailable
 from relay.local.aws_stack import LocalResources
 
 
@@ -103,3 +104,12 @@ def test_concurrent_claims_have_exactly_one_winner(store: DynamoDBIdempotencySto
     for thread in threads:
         thread.join(30)
     assert sorted(states) == ["acquired"] + ["in_progress"] * 7
+
+
+def test_an_unreachable_table_is_dependency_unavailable(
+    store: DynamoDBIdempotencyStore, aws_stack: LocalResources
+) -> None:
+    client("dynamodb").delete_table(TableName=aws_stack.idempotency_table)
+    with pytest.raises(DependencyUnavailable) as caught:
+        store.claim("intake#h")
+    assert "ResourceNotFoundException" in str(caught.value)

@@ -274,6 +274,15 @@ def test_a_genesys_retry_is_answered_the_same_and_not_queued_again() -> None:
     assert metrics.counts[("EventsDuplicate", None)] == 1
 
 
+def test_a_numeric_channel_time_is_accepted_and_deduplicated_too() -> None:
+    message = sample("openmessaging_typing.json")
+    message["channel"]["time"] = 1_774_444_805
+    intake, queue = make_intake()
+    first, repeat = intake.handle(http_event(message)), intake.handle(http_event(message))
+    assert first["statusCode"] == repeat["statusCode"] == 202
+    assert len(queue.bodies) == 2
+
+
 def test_same_id_with_another_channel_time_is_a_new_event() -> None:
     intake, queue = make_intake()
     message = sample("openmessaging_text.json")

@@ -105,11 +105,11 @@ class DynamoDBIdempotencyStore:
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                raise DependencyUnavailable(f"idempotency table unavailable ({_code(exc)})") from None
+            if not _condition_failed(exc):
+                raise _unavailable(exc) from None
             return self._existing(key, exc.response.get("Item"))
         except BotoCoreError as exc:
-            raise DependencyUnavailable(f"idempotency table unavailable ({type(exc).__name__})") from None
+            raise _unavailable(exc) from None
         return Claim(key=key, state="acquired", token=token)
 
     def _existing(self, key: str, item: dict[str, Any] | None) -> Claim:
@@ -118,7 +118,7 @@ class DynamoDBIdempotencyStore:
                 found = self._ddb.get_item(TableName=self._table, Key={"id": {"S": key}}, ConsistentRead=True)
                 item = found.get("Item")
             except (ClientError, BotoCoreError) as exc:
-                raise DependencyUnavailable(f"idempotency table unavailable ({type(exc).__name__})") from None
+                raise _unavailable(exc) from None
         if item is None:  # released between our write and our read: the next attempt will win it
             return Claim(key=key, state="in_progress")
         if item.get("status", {}).get("S") == STATUS_COMPLETED and "data" in item:
@@ -145,11 +145,10 @@ class DynamoDBIdempotencyStore:
                 },
             )
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return  # the lease ran out and another attempt took over; it will complete
-            raise DependencyUnavailable(f"idempotency table unavailable ({_code(exc)})") from None
+            if not _condition_failed(exc):  # else the lease ran out and another attempt took over
+                raise _unavailable(exc) from None
         except BotoCoreError as exc:
-            raise DependencyUnavailable(f"idempotency table unavailable ({type(exc).__name__})") from None
+            raise _unavailable(exc) from None
 
     def release(self, claim: Claim) -> None:
         try:
@@ -161,15 +160,22 @@ class DynamoDBIdempotencyStore:
                 ExpressionAttributeValues={":token": {"S": claim.token or ""}},
             )
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return
-            raise DependencyUnavailable(f"idempotency table unavailable ({_code(exc)})") from None
+            if not _condition_failed(exc):  # else a newer attempt holds the claim: leave it
+                raise _unavailable(exc) from None
         except BotoCoreError as exc:
-            raise DependencyUnavailable(f"idempotency table unavailable ({type(exc).__name__})") from None
+            raise _unavailable(exc) from None
 
 
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", "ClientError"))
+def _condition_failed(exc: ClientError) -> bool:
+    return bool(exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException")
+
+
+def _unavailable(exc: ClientError | BotoCoreError) -> DependencyUnavailable:
+    if isinstance(exc, ClientError):
+        reason = str(exc.response.get("Error", {}).get("Code", "ClientError"))
+    else:
+        reason = type(exc).__name__
+    return DependencyUnavailable(f"idempotency table unavailable ({reason})")
 
 
 class InMemoryIdempotencyStore:

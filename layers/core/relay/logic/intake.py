@@ -110,6 +110,23 @@ class _NoMetrics:
         return None
 
 
+@dataclass(frozen=True)
+class IncomingEvent:
+    """One event to deliver, from either trigger."""
+
+    event_id: str
+    # What makes two deliveries of it the same event (Genesys: id + channel.time; EventBridge: id).
+    identity: str
+    event: dict[str, Any]
+    raw: bytes | None  # the body as received (stored as is by a claim check), when there is one
+    source: EventSource
+
+    @property
+    def key(self) -> str:
+        """The idempotency key (hashed: the identity is sender-chosen text of any length)."""
+        return "intake#" + hashlib.sha256(self.identity.encode("utf-8")).hexdigest()
+
+
 # --- HTTP request ---------------------------------------------------------------------------------------
 
 
@@ -287,15 +304,14 @@ class Intake:
         entry = self._integrations.get(integration_id)
         if entry is None or not entry.integration.enabled:
             raise ConfigurationError(f"EventBridge integration {integration_id} is unknown or disabled")
-        answer = self._fan_out(
-            entry,
+        incoming = IncomingEvent(
             event_id=parsed.id,
-            event_key=f"eventbridge\n{integration_id}\n{parsed.id}",
+            identity=f"eventbridge\n{integration_id}\n{parsed.id}",
             event=dict(event),
             raw=None,
             source="eventbridge",
         )
-        return answer
+        return self._fan_out(entry, incoming)
 
     # --- HTTP path ----------------------------------------------------------------------------------------
     def _accept_http(self, event: Mapping[str, Any]) -> dict[str, Any]:
@@ -315,17 +331,17 @@ class Intake:
         secret = self._get_secret(entry.integration.signature_secret_name)
         verify_signature(request.body, request.headers.get(SIGNATURE_HEADER), secret.values())
         message = self._parse_open_message(request.body)
-        channel = message["channel"]
-        answer = self._fan_out(
-            entry,
+        incoming = IncomingEvent(
             event_id=message["id"],
             # Genesys retries re-send the same id and channel.time: together they name the event.
-            event_key=f"open-messaging\n{entry.integration.integration_id}\n{message['id']}\n{channel['time']}",
+            # channel.time as sent (a string, or a number pydantic also reads as a time).
+            identity=f"open-messaging\n{entry.integration.integration_id}\n{message['id']}\n"
+            f"{message['channel']['time']}",
             event=message,
             raw=request.body,
             source="open-messaging",
         )
-        return _json_response(202, answer)
+        return _json_response(202, self._fan_out(entry, incoming))
 
     def _parse_open_message(self, body: bytes) -> dict[str, Any]:
         try:
@@ -353,19 +369,10 @@ class Intake:
         return message
 
     # --- shared path --------------------------------------------------------------------------------------
-    def _fan_out(
-        self,
-        entry: IntegrationEntry,
-        *,
-        event_id: str,
-        event_key: str,
-        event: dict[str, Any],
-        raw: bytes | None,
-        source: EventSource,
-    ) -> dict[str, Any]:
-        """Queue one task per enabled target, once per ``event_key``; repeats get the first answer."""
-        key = "intake#" + hashlib.sha256(event_key.encode("utf-8")).hexdigest()
-        claim = self._claim(key)
+    def _fan_out(self, entry: IntegrationEntry, incoming: IncomingEvent) -> dict[str, Any]:
+        """Queue one task per enabled target, once per event identity; repeats get the first answer."""
+        event_id = incoming.event_id
+        claim = self._claim(incoming.key)
         if claim is not None and claim.state == "completed" and claim.response is not None:
             self._metrics.count("EventsDuplicate")
             logger.info("duplicate event answered from the idempotency record", extra={"event_id": event_id})
@@ -374,7 +381,7 @@ class Intake:
         if claim is not None and claim.state != "acquired":
             raise RequestInProgress("the same event is being accepted right now; retry shortly")
         try:
-            answer = self._queue_tasks(entry, key=key, event_id=event_id, event=event, raw=raw, source=source)
+            answer = self._queue_tasks(entry, incoming)
         except BaseException:
             if claim is not None and self._idempotency is not None:
                 self._release_quietly(claim)
@@ -410,34 +417,25 @@ class Intake:
             # The claim's lease runs out on its own (shorter than Genesys' retry period).
             logger.warning("could not release the idempotency claim")
 
-    def _queue_tasks(
-        self,
-        entry: IntegrationEntry,
-        *,
-        key: str,
-        event_id: str,
-        event: dict[str, Any],
-        raw: bytes | None,
-        source: EventSource,
-    ) -> dict[str, Any]:
+    def _queue_tasks(self, entry: IntegrationEntry, incoming: IncomingEvent) -> dict[str, Any]:
         integration_id = entry.integration.integration_id
         targets = [target for target in entry.targets if target.enabled]
         received_at = self._now()
-        event_json = json.dumps(event, separators=(",", ":"), ensure_ascii=True)
+        event_json = json.dumps(incoming.event, separators=(",", ":"), ensure_ascii=True)
         event_ref: S3Ref | None = None
         if targets and len(event_json) + 1_024 > self._max_inline_body_bytes:
-            stored = raw if raw is not None else event_json.encode("ascii")
-            event_ref = self._claim_check(key, integration_id, stored)
+            stored = incoming.raw if incoming.raw is not None else event_json.encode("ascii")
+            event_ref = self._claim_check(incoming.key, integration_id, stored)
         bodies: list[str] = []
         delivery_ids: list[str] = []
         for target in targets:
-            delivery_id = uuid.uuid5(DELIVERY_ID_NAMESPACE, f"{key}\n{target.target_id}")
+            delivery_id = uuid.uuid5(DELIVERY_ID_NAMESPACE, f"{incoming.key}\n{target.target_id}")
             task = DeliveryTask(
                 delivery_id=delivery_id,
                 integration_id=integration_id,
                 target_id=target.target_id,
-                event_id=event_id,
-                event_source=source,
+                event_id=incoming.event_id,
+                event_source=incoming.source,
                 received_at=received_at,
                 # A placeholder when inline: the event is spliced in already serialized (_task_body).
                 event=None if event_ref else {},
@@ -450,11 +448,11 @@ class Intake:
             self._metrics.count("TasksQueued", len(bodies))
         logger.info(
             "event accepted",
-            extra={"integration_id": integration_id, "event_id": event_id, "tasks": len(bodies)},
+            extra={"integration_id": integration_id, "event_id": incoming.event_id, "tasks": len(bodies)},
         )
         return {
             "status": "accepted",
-            "eventId": event_id,
+            "eventId": incoming.event_id,
             "integrationId": integration_id,
             "deliveryIds": delivery_ids,
             "claimCheck": event_ref is not None,
