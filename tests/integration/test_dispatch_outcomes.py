@@ -226,3 +226,40 @@ def test_records_that_could_not_finish_before_the_lambda_timeout_are_handed_back
     outcomes = sorted((line["outcome"], line["errorCode"]) for line in audit_lines(aws_stack))
     assert outcomes == [("deferred", "out-of-time")] * 3 + [("delivered", None)] * 2
     assert drain(aws_stack.dead_letter_queue_url) == []
+
+
+def test_a_redriven_message_gets_a_fresh_set_of_attempts(
+    aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher
+) -> None:
+    # Given a message moved back from the DLQ still carrying its notes: 3 attempts, reason exhausted
+    receiver.behaviour = Behaviour(status=500)
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm", attempts=3)
+    record = task_record(attempts=3)
+    record["messageAttributes"]["relay-dlq-reason"] = {"stringValue": "exhausted", "dataType": "String"}
+    (queued,) = queue_records(aws_stack, [record])
+
+    # When its first try after the redrive fails
+    result = dispatcher.handle_batch([queued])
+
+    # Then it is retried (attempt 1 of 3), not dead-lettered again
+    assert result == {"batchItemFailures": [{"itemIdentifier": queued["messageId"]}]}
+    assert drain(aws_stack.dead_letter_queue_url) == []
+
+
+def test_planned_attempts_stop_below_max_receive_count(
+    aws_stack: LocalResources, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a target whose matrix allows 50 attempts, and a queue whose backstop is 4 receives
+    monkeypatch.setenv("MAX_RECEIVE_COUNT", "4")
+    get_settings.cache_clear()
+    dispatcher = build_dispatcher(get_settings(), rng=random.Random(5))
+    receiver.behaviour = Behaviour(status=500)
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm", attempts=50)
+
+    # When the third receive fails (attempt 3 = maxReceiveCount - 1)
+    result = dispatcher.handle_batch([task_record(receive_count=3)])
+
+    # Then the relay dead-letters it itself, with its reason, before the backstop could
+    assert result == {"batchItemFailures": []}
+    (dead,) = drain(aws_stack.dead_letter_queue_url)
+    assert (attr(dead, "relay-dlq-reason"), attr(dead, "relay-attempts")) == ("exhausted", "3")

@@ -58,3 +58,24 @@ def test_deferral_delay_fits_sqs_delay_seconds() -> None:
     assert 1 <= retry.deferral_delay_seconds(0, rng=rng) <= 3
     assert 30 <= retry.deferral_delay_seconds(30, rng=rng) <= 32
     assert retry.deferral_delay_seconds(5000, rng=rng) == 900
+
+
+def test_a_message_moved_back_from_the_dlq_counts_as_a_fresh_try() -> None:
+    # Given a message the move task brought back with its dead-letter notes still attached
+    moved = {
+        "relay-attempts": {"stringValue": "3", "dataType": "Number"},
+        "relay-deferrals": {"stringValue": "2", "dataType": "Number"},
+        "relay-dlq-reason": {"stringValue": "exhausted", "dataType": "String"},
+    }
+    # Then its counters read as zero: the first receive is attempt 1
+    assert retry.attempt_number(moved, 1) == 1
+    assert retry.deferrals_before(moved) == 0
+
+
+def test_planned_attempts_stay_below_the_redrive_backstop() -> None:
+    generous = RetryMatrix(attempts=50)
+    assert retry.planned_attempts(generous) == 50
+    assert retry.planned_attempts(generous, max_receive_count=10) == 9
+    assert retry.planned_attempts(RetryMatrix(attempts=3), max_receive_count=10) == 3
+    assert retry.exhausted(generous, 9, max_receive_count=10)
+    assert not retry.exhausted(generous, 8, max_receive_count=10)

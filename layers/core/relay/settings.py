@@ -69,6 +69,9 @@ class Settings(BaseModel):
     breaker_reset_seconds: float = Field(30.0, alias="BREAKER_RESET_SECONDS", gt=0)
     breaker_max_reset_seconds: float = Field(600.0, alias="BREAKER_MAX_RESET_SECONDS", gt=0)
     max_retry_delay_seconds: int = Field(43_200, alias="MAX_RETRY_DELAY_SECONDS", ge=0, le=43_200)
+    # The delivery queue's redrive maxReceiveCount (template parameter MaxReceiveCount): planned attempts
+    # stay below it, so the backstop never dead-letters a message without the relay's reason.
+    max_receive_count: int | None = Field(None, alias="MAX_RECEIVE_COUNT", ge=2)
 
     # --- config sync (Genesys Cloud) ----------------------------------------------------------------
     genesys_region: str = Field("mypurecloud.com", alias="GENESYS_REGION")

@@ -40,6 +40,11 @@ def _string(value: str) -> dict[str, str]:
     return {"DataType": "String", "StringValue": value[:MAX_ATTRIBUTE_TEXT] or "-"}
 
 
+DEAD_LETTER_ATTRIBUTES = frozenset(
+    {ATTR_DLQ_REASON, ATTR_LAST_STATUS, ATTR_LAST_ERROR, ATTR_TARGET_ID, ATTR_INTEGRATION_ID}
+)
+
+
 def carried_attributes(message_attributes: Mapping[str, Any]) -> dict[str, dict[str, str]]:
     """A Lambda event record's String/Number attributes in SendMessage form (binary ones dropped)."""
     carried: dict[str, dict[str, str]] = {}
@@ -80,7 +85,12 @@ class SqsDeliveryQueueOps:
         deferrals: int,
         delay_seconds: int,
     ) -> None:
-        attributes = carried_attributes(message_attributes)
+        # A redriven message's dead-letter notes describe an earlier run: the deferred copy drops them.
+        attributes = {
+            name: value
+            for name, value in carried_attributes(message_attributes).items()
+            if name not in DEAD_LETTER_ATTRIBUTES
+        }
         attributes[ATTR_ATTEMPTS] = _number(attempts)
         attributes[ATTR_DEFERRALS] = _number(deferrals)
         self._call(

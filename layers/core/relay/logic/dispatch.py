@@ -450,7 +450,7 @@ class Dispatcher:
         else:
             batch.metrics.count(Metric.DELIVERY_FAILED, target_id)
             if outcome.verdict is Verdict.RETRYABLE and not retry.exhausted(
-                item.target.retry_matrix, item.attempt
+                item.target.retry_matrix, item.attempt, max_receive_count=self._settings.max_receive_count
             ):
                 self._schedule_retry(item, outcome, batch, line)
             else:

@@ -6,6 +6,12 @@ deferral re-queue created it (a deferral is a new message, so its receive count 
 
     attempt of this receive = relay-attempts + ApproximateReceiveCount
 
+A message that still carries ``relay-dlq-reason`` came back from the dead-letter queue through SQS's
+move task (which cannot change attributes): a redrive is a fresh try, so its counters read as 0.
+
+The attempts a target may plan are capped one below the queue's ``maxReceiveCount``: the redrive
+policy is a backstop for crashes, and must never pre-empt the relay's own, explained dead-lettering.
+
 Backoff for the n-th failed attempt ("full jitter"): uniform(0, min(maxInterval, base * multiplier^(n-1))).
 A receiver's Retry-After is honoured as a floor, clamped to ``max_delay_seconds`` (SQS allows a
 visibility timeout of at most 12 h).
@@ -18,7 +24,7 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from relay.models.delivery import ATTR_ATTEMPTS, ATTR_DEFERRALS
+from relay.models.delivery import ATTR_ATTEMPTS, ATTR_DEFERRALS, ATTR_DLQ_REASON
 from relay.models.targets import RetryMatrix
 
 SQS_MAX_VISIBILITY_SECONDS = 43_200
@@ -35,11 +41,20 @@ def int_attribute(message_attributes: Mapping[str, Any], name: str) -> int:
         return 0
 
 
+def redriven(message_attributes: Mapping[str, Any]) -> bool:
+    """True for a message moved back from the DLQ with its dead-letter attributes still on it."""
+    return ATTR_DLQ_REASON in message_attributes
+
+
 def attempts_before(message_attributes: Mapping[str, Any]) -> int:
+    if redriven(message_attributes):
+        return 0
     return int_attribute(message_attributes, ATTR_ATTEMPTS)
 
 
 def deferrals_before(message_attributes: Mapping[str, Any]) -> int:
+    if redriven(message_attributes):
+        return 0
     return int_attribute(message_attributes, ATTR_DEFERRALS)
 
 
@@ -48,9 +63,16 @@ def attempt_number(message_attributes: Mapping[str, Any], receive_count: int) ->
     return attempts_before(message_attributes) + max(1, receive_count)
 
 
-def exhausted(matrix: RetryMatrix, attempt: int) -> bool:
-    """True when attempt ``attempt`` was the last the matrix allows."""
-    return attempt >= matrix.attempts
+def planned_attempts(matrix: RetryMatrix, max_receive_count: int | None = None) -> int:
+    """The attempts the relay makes: the matrix's, kept below the redrive backstop."""
+    if max_receive_count is None:
+        return matrix.attempts
+    return max(1, min(matrix.attempts, max_receive_count - 1))
+
+
+def exhausted(matrix: RetryMatrix, attempt: int, *, max_receive_count: int | None = None) -> bool:
+    """True when attempt ``attempt`` was the last one planned."""
+    return attempt >= planned_attempts(matrix, max_receive_count)
 
 
 def backoff_ceiling_seconds(matrix: RetryMatrix, attempt: int) -> float:
