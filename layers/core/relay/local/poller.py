@@ -111,6 +111,7 @@ class SqsPoller:
         self.poll_wait_seconds = max(1, min(20, poll_wait_seconds))
         self._stopping = threading.Event()
         self._lock = threading.Condition()
+        self._receive_lock = threading.Lock()
         self._stats = PollerStats()
         self._workers: list[threading.Thread] = []
 
@@ -185,13 +186,19 @@ class SqsPoller:
         return batch
 
     def _receive(self, count: int, wait_seconds: int) -> list[dict[str, Any]]:
-        response = self.sqs.receive_message(
-            QueueUrl=self.source.queue_url,
-            MaxNumberOfMessages=count,
-            WaitTimeSeconds=wait_seconds,
-            AttributeNames=["All"],
-            MessageAttributeNames=["All"],
-        )
+        # One ReceiveMessage at a time: moto scans and marks messages without a lock, so two calls at
+        # once can both take the same message, far more often than SQS's rare at-least-once repeats.
+        # The worker holding the call gets every new message, which fills its batch as in AWS.
+        with self._receive_lock:
+            if self._stopping.is_set():
+                return []
+            response = self.sqs.receive_message(
+                QueueUrl=self.source.queue_url,
+                MaxNumberOfMessages=count,
+                WaitTimeSeconds=wait_seconds,
+                AttributeNames=["All"],
+                MessageAttributeNames=["All"],
+            )
         messages: list[dict[str, Any]] = response.get("Messages", [])
         return messages
 
