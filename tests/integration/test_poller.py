@@ -210,6 +210,24 @@ def test_maximum_concurrency_is_never_exceeded(aws_stack: LocalResources, make_p
     assert sorted(consumer.bodies) == sorted(bodies)
 
 
+def test_each_message_goes_to_one_invocation_even_with_every_slot_polling(
+    aws_stack: LocalResources, make_poller: Any
+) -> None:
+    # Given five idle slots all waiting on the queue
+    consumer = Consumer(delay=0.05)
+    poller = make_poller(consumer, batch_size=2, batching_window_seconds=0, maximum_concurrency=5)
+
+    # When twenty messages arrive
+    bodies = [f"u{i}" for i in range(20)]
+    send(aws_stack.delivery_queue_url, *bodies)
+    eventually(lambda: len(consumer.bodies) >= 20 and queue_depth(aws_stack.delivery_queue_url) == 0)
+    poller.wait_idle(10)
+
+    # Then each was handed to exactly one invocation, once
+    assert sorted(consumer.bodies) == sorted(bodies)
+    assert set(consumer.seen.values()) == {1}
+
+
 def test_partial_batch_response_deletes_successes_and_redelivers_failures(
     fast_queue: LocalResources, make_poller: Any
 ) -> None:
