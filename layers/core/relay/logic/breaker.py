@@ -11,7 +11,8 @@
   lease; if its dispatcher dies, another may claim a new probe after the lease.
 - Every state change bumps ``version``; stores write only if the stored version is still the one read.
 
-``admit`` and ``record`` are pure (no I/O, no clock: callers pass ``now`` in epoch seconds);
+``admit``, ``record`` and ``reset`` (the operator's forced close) are pure (no I/O, no clock: callers
+pass ``now`` in epoch seconds);
 ``open_gate`` and ``report`` run them against a store with conditional writes.
 """
 
@@ -31,9 +32,11 @@ __all__ = [
     "Gate",
     "Phase",
     "admit",
+    "closed",
     "open_gate",
     "record",
     "report",
+    "reset",
     "seconds_until_probe",
 ]
 
@@ -69,6 +72,21 @@ def admit(state: BreakerState, now: float, policy: BreakerPolicy) -> tuple[Admis
     return Admission.PROBE, claimed
 
 
+def closed(version: int) -> BreakerState:
+    """A closed breaker with no failures and no trips: what a successful probe and a reset leave."""
+    return BreakerState(Phase.CLOSED, 0, 0, 0.0, version)
+
+
+def reset(state: BreakerState) -> BreakerState | None:
+    """The operator's forced close (``relay breaker reset``); None when the breaker is closed and clean.
+
+    Written like any transition (version + 1, conditional), so it never hides a concurrent one; a probe
+    still in flight then folds its result into the closed state as a plain result."""
+    if state == closed(state.version):
+        return None
+    return closed(state.version + 1)
+
+
 def _opened(state: BreakerState, now: float, policy: BreakerPolicy) -> BreakerState:
     trips = state.trips + 1
     return BreakerState(
@@ -101,8 +119,8 @@ def record(
             return None
         if not healthy[0]:
             return _opened(replace(state, consecutive_failures=state.consecutive_failures + 1), now, policy)
-        closed = BreakerState(Phase.CLOSED, 0, 0, 0.0, state.version)
-        folded = record(closed, healthy[1:], now, policy) or closed
+        after_probe = closed(state.version)
+        folded = record(after_probe, healthy[1:], now, policy) or after_probe
         return replace(folded, version=state.version + 1)  # one write, one version
     if state.phase is Phase.OPEN:
         return None

@@ -1,0 +1,177 @@
+"""``relay breaker status [TARGET_ID] | reset TARGET_ID``: read and reset the dispatcher's circuit breakers.
+
+Both read the BreakerTable through the dispatcher's own store and transitions (relay.logic.breaker_control),
+so what they show and write is exactly what every dispatcher reads. A reset is a conditional, versioned
+write: a transition a dispatcher makes meanwhile is never overwritten blindly (the reset re-reads and
+retries, and says so).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import IO, Any
+
+from relay.cli.targets_cmd import _print_table  # one table layout for the relay's commands
+
+EXIT_OK = 0
+EXIT_ATTENTION = 1  # reset: the breaker kept changing under every attempt; nothing written
+EXIT_USAGE = 2  # the target id is ambiguous: choose with --integration
+EXIT_FAILED = 3  # the command could not run (settings, AWS, unknown target)
+
+
+def register(subparsers: Any) -> None:
+    group = subparsers.add_parser(
+        "breaker", help="read and reset the dispatcher's per-target circuit breakers"
+    )
+    sub = group.add_subparsers(dest="breaker_command", required=True)
+
+    status = sub.add_parser("status", help="one target's breaker, or every target's in the TargetsTable")
+    status.add_argument("target_id", nargs="?", metavar="TARGET_ID", help="only this target")
+    status.add_argument("--integration", metavar="INTEGRATION_ID", help="only this integration")
+    status.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    status.set_defaults(func=_status)
+
+    reset = sub.add_parser("reset", help="force a target's breaker closed (zero failures and trips)")
+    reset.add_argument("target_id", metavar="TARGET_ID")
+    reset.add_argument(
+        "--integration", metavar="INTEGRATION_ID", help="the target's integration (needed if several hold it)"
+    )
+    reset.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    reset.set_defaults(func=_reset)
+
+
+def _stores() -> tuple[Any, Any, Any]:
+    from relay.adapters.breaker_store import DynamoBreakerStore
+    from relay.adapters.target_store import TargetStore
+    from relay.settings import get_settings
+
+    settings = get_settings()
+    targets = TargetStore(settings.need("targets_table"), cache_ttl_seconds=0)
+    return settings, targets, DynamoBreakerStore(settings.need("breaker_table"))
+
+
+def _failed(command: str, exc: Exception) -> int:
+    from relay.logic.breaker_control import AmbiguousTarget, ResetConflict
+
+    print(f"relay breaker {command}: {exc}", file=sys.stderr)  # messages carry no secrets by contract
+    if isinstance(exc, AmbiguousTarget):
+        return EXIT_USAGE
+    if isinstance(exc, ResetConflict):
+        return EXIT_ATTENTION
+    return EXIT_FAILED
+
+
+# --- status -----------------------------------------------------------------------------------------
+def _status(args: Any, out: IO[str] | None = None) -> int:
+    from relay.errors import RelayError
+    from relay.logic.breaker_control import breaker_views, find_target, known_targets, policy_from
+
+    out = out or sys.stdout
+    try:
+        settings, targets, breakers = _stores()
+        chosen = (
+            [find_target(targets, args.target_id, args.integration)]
+            if args.target_id
+            else known_targets(targets, args.integration)
+        )
+        views = [v.to_json() for v in breaker_views(breakers, chosen, time.time(), policy_from(settings))]
+    except RelayError as exc:
+        return _failed("status", exc)
+    if args.format == "json":
+        for doc in views:
+            print(json.dumps(doc), file=out)
+        return EXIT_OK
+    if not views:
+        print("no targets in the TargetsTable", file=out)
+        return EXIT_OK
+    rows: list[tuple[str, ...]] = [
+        (
+            "INTEGRATION",
+            "TARGET",
+            "NAME",
+            "PHASE",
+            "FAILS",
+            "TRIPS",
+            "OPENED",
+            "UNTIL",
+            "PROBE IN",
+            "PROBE",
+            "V",
+        )
+    ]
+    rows.extend(_row(v) for v in views)
+    _print_table(rows, out)
+    return EXIT_OK
+
+
+def _row(v: dict[str, Any]) -> tuple[str, ...]:
+    until = v["openUntil"] or v["probeLeaseUntil"]
+    probe_in = v["secondsUntilProbe"]
+    return (
+        v["integrationId"],
+        v["targetId"],
+        v["name"],
+        v["phase"],
+        str(v["consecutiveFailures"]),
+        str(v["trips"]),
+        v["openedAt"] or "-",
+        until or "-",
+        "-" if probe_in is None else f"{probe_in:g}s",
+        "claimed" if v["probeClaimed"] else "-",
+        str(v["version"]),
+    )
+
+
+# --- reset ------------------------------------------------------------------------------------------
+def _reset(args: Any, out: IO[str] | None = None) -> int:
+    from relay.errors import RelayError
+    from relay.logic.breaker_control import find_target, policy_from, reset_breaker, view
+    from relay.models.breaker import target_key
+
+    out = out or sys.stdout
+    try:
+        settings, targets, breakers = _stores()
+        target = find_target(targets, args.target_id, args.integration)
+        result = reset_breaker(breakers, target_key(target.integration_id, target.target_id))
+    except RelayError as exc:
+        return _failed("reset", exc)
+    now, policy = time.time(), policy_from(settings)
+    before = view(target, result.before, now, policy).to_json()
+    after = view(target, result.after, now, policy).to_json()
+    if args.format == "json":
+        doc = {
+            "integrationId": target.integration_id,
+            "targetId": target.target_id,
+            "written": result.written,
+            "attempts": result.attempts,
+            "before": before,
+            "after": after,
+        }
+        print(json.dumps(doc), file=out)
+        return EXIT_OK
+    rows: list[tuple[str, ...]] = [("", "PHASE", "FAILS", "TRIPS", "UNTIL", "PROBE", "V")]
+    for label, v in (("before", before), ("after", after)):
+        rows.append(
+            (
+                label,
+                v["phase"],
+                str(v["consecutiveFailures"]),
+                str(v["trips"]),
+                v["openUntil"] or v["probeLeaseUntil"] or "-",
+                "claimed" if v["probeClaimed"] else "-",
+                str(v["version"]),
+            )
+        )
+    _print_table(rows, out)
+    if not result.written:
+        print(f"breaker of {target.target_id} was closed with no failures: nothing written", file=out)
+    else:
+        retried = (
+            f" (re-read after {result.concurrent_changes} concurrent change(s) by a dispatcher)"
+            if result.concurrent_changes
+            else ""
+        )
+        print(f"breaker of {target.target_id} reset to closed{retried}", file=out)
+    return EXIT_OK

@@ -1,0 +1,174 @@
+"""The operator's side of the circuit breakers: read every target's state, and force one closed.
+
+Reads and writes go through the dispatcher's own store (relay.adapters.breaker_store) and transitions
+(relay.logic.breaker), so there is one encoding of the record and one definition of "closed". A reset
+is a conditional, versioned write like any dispatcher transition: if a dispatcher changed the breaker
+between our read and our write, the write loses, we read again and reset what is there now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from relay.adapters.breaker_store import BreakerStore
+from relay.adapters.target_store import TargetStore
+from relay.errors import RelayError
+from relay.logic import breaker
+from relay.models.breaker import BreakerState, Phase, target_key
+from relay.models.targets import Target
+from relay.settings import Settings
+
+RESET_ATTEMPTS = 5
+
+
+class UnknownTarget(RelayError):
+    """No such target in the TargetsTable (under the integration given, if any)."""
+
+
+class AmbiguousTarget(RelayError):
+    """The target id exists under several integrations; the operator must choose one."""
+
+    def __init__(self, target_id: str, integration_ids: Iterable[str]) -> None:
+        self.integration_ids = tuple(integration_ids)
+        super().__init__(
+            f"target {target_id} exists under integrations {', '.join(self.integration_ids)}: "
+            "choose one with --integration"
+        )
+
+
+class ResetConflict(RelayError):
+    """The breaker changed under every reset attempt (dispatchers very busy with it): nothing written."""
+
+
+def policy_from(settings: Settings) -> breaker.BreakerPolicy:
+    """The reset timings the dispatcher uses (the probe lease, per target, plays no part here)."""
+    return breaker.BreakerPolicy(
+        failure_threshold=settings.breaker_failure_threshold,
+        reset_seconds=settings.breaker_reset_seconds,
+        max_reset_seconds=settings.breaker_max_reset_seconds,
+    )
+
+
+# --- which targets -----------------------------------------------------------------------------------
+def known_targets(targets: TargetStore, integration_id: str | None = None) -> list[Target]:
+    """Every target in the TargetsTable (or one integration's), ordered by integration and target."""
+    ids = [integration_id] if integration_id else targets.list_integration_ids()
+    found: list[Target] = []
+    for ident in ids:
+        entry = targets.get(ident)
+        if entry is not None:
+            found.extend(entry.targets)
+    return found
+
+
+def find_target(targets: TargetStore, target_id: str, integration_id: str | None = None) -> Target:
+    """The one target with this id; raises UnknownTarget, or AmbiguousTarget if several integrations
+    hold it and none was chosen."""
+    matches = [t for t in known_targets(targets, integration_id) if t.target_id == target_id]
+    if not matches:
+        under = f" under integration {integration_id}" if integration_id else ""
+        raise UnknownTarget(f"no target {target_id}{under} in the TargetsTable")
+    if len(matches) > 1:
+        raise AmbiguousTarget(target_id, (t.integration_id for t in matches))
+    return matches[0]
+
+
+# --- status ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BreakerView:
+    """One target's breaker as an operator reads it, at ``now`` (epoch seconds)."""
+
+    integration_id: str
+    target_id: str
+    name: str
+    enabled: bool
+    state: BreakerState
+    now: float
+    policy: breaker.BreakerPolicy
+
+    @property
+    def opened_at(self) -> float | None:
+        """When an open breaker opened. Not stored: derived from ``until`` and the reset timings."""
+        if self.state.phase is not Phase.OPEN:
+            return None
+        return self.state.until - self.policy.reset_after(self.state.trips)
+
+    @property
+    def probe_claimed(self) -> bool:
+        """A dispatcher holds the half-open probe and its lease has not lapsed."""
+        return self.state.phase is Phase.HALF_OPEN and self.now < self.state.until
+
+    @property
+    def seconds_until_probe(self) -> float | None:
+        """Open: until a dispatcher may claim the probe. Half-open: until the probe's lease lapses."""
+        if self.state.phase is Phase.CLOSED:
+            return None
+        return round(breaker.seconds_until_probe(self.state, self.now), 1)
+
+    def to_json(self) -> dict[str, Any]:
+        state = self.state
+        return {
+            "integrationId": self.integration_id,
+            "targetId": self.target_id,
+            "name": self.name,
+            "enabled": self.enabled,
+            "phase": state.phase.value,
+            "consecutiveFailures": state.consecutive_failures,
+            "trips": state.trips,
+            "openedAt": _iso(self.opened_at),
+            "openUntil": _iso(state.until) if state.phase is Phase.OPEN else None,
+            "probeLeaseUntil": _iso(state.until) if state.phase is Phase.HALF_OPEN else None,
+            "secondsUntilProbe": self.seconds_until_probe,
+            "probeClaimed": self.probe_claimed,
+            "stored": state.version > 0,  # no record: a fresh closed breaker
+            "version": state.version,
+        }
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def view(target: Target, state: BreakerState, now: float, policy: breaker.BreakerPolicy) -> BreakerView:
+    return BreakerView(
+        target.integration_id, target.target_id, target.name, target.enabled, state, now, policy
+    )
+
+
+def breaker_views(
+    breakers: BreakerStore, targets: Iterable[Target], now: float, policy: breaker.BreakerPolicy
+) -> list[BreakerView]:
+    """Each target's stored breaker (one consistent read each); a target without a record is closed."""
+    return [view(t, breakers.load(target_key(t.integration_id, t.target_id)), now, policy) for t in targets]
+
+
+# --- reset -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ResetResult:
+    before: BreakerState  # as read by the attempt that decided (after any concurrent change)
+    after: BreakerState
+    written: bool  # False: it was closed and clean already
+    attempts: int  # reads made; more than 1 means a dispatcher wrote in between and we re-read
+
+    @property
+    def concurrent_changes(self) -> int:
+        return self.attempts - 1
+
+
+def reset_breaker(store: BreakerStore, key: str, *, attempts: int = RESET_ATTEMPTS) -> ResetResult:
+    """Force the breaker closed with a conditional write; re-read and retry when a dispatcher wins.
+
+    Raises ResetConflict if every attempt lost its race, BreakerStoreUnavailable if DynamoDB fails."""
+    for attempt in range(1, attempts + 1):
+        before = store.load(key)
+        after = breaker.reset(before)
+        if after is None:
+            return ResetResult(before, before, written=False, attempts=attempt)
+        if store.save(key, after, expected_version=before.version):
+            return ResetResult(before, after, written=True, attempts=attempt)
+    raise ResetConflict(f"breaker {key} changed under each of {attempts} reset attempts; nothing written")
