@@ -284,12 +284,12 @@ def test_eventbridge_failures_raise_for_lambda_to_retry(
     assert drain(aws_stack.delivery_queue_url) == []
 
 
-def signed_event(message: dict[str, Any]) -> dict[str, Any]:
+def signed_event(message: dict[str, Any], secret: str | None = None) -> dict[str, Any]:
     fixture = Fixtures.load().integrations[0]
     event = json.loads((EVENTS / "apigw_text.json").read_text())
     body = json.dumps(message, separators=(",", ":"))
     event["body"] = body
-    event["headers"]["x-hub-signature-256"] = sign(body.encode(), fixture.signature_secret)
+    event["headers"]["x-hub-signature-256"] = sign(body.encode(), secret or fixture.signature_secret)
     event["headers"]["content-length"] = str(len(body))
     return event
 
@@ -334,3 +334,27 @@ def test_dynamodb_unavailable_is_503_and_nothing_is_queued(
     )
     assert response["statusCode"] == 503 and int(response["headers"]["retry-after"]) > 0
     assert drain(aws_stack.delivery_queue_url) == []
+
+
+def test_a_rotation_the_secret_cache_has_not_seen_yet_loses_nothing(
+    aws_stack: LocalResources, intake_handler: ModuleType
+) -> None:
+    # Given a warm container that cached the integration's secret
+    fixture = seed_fixture_integrations().integrations[0]
+    first = intake_handler.lambda_handler(
+        json.loads((EVENTS / "apigw_text.json").read_text()), LambdaContext()
+    )
+    assert first["statusCode"] == 202
+
+    # When the secret is rotated and Genesys signs with the new one at once
+    rotated = "a-freshly-rotated-signature-secret"
+    put_secret(
+        secret_name(SecretKind.SIGNATURE, fixture.id),
+        RotatingSecret(current=rotated, previous=fixture.signature_secret),
+    )
+    message = json.loads((EVENTS / "openmessaging_receipt.json").read_text())
+    response = intake_handler.lambda_handler(signed_event(message, rotated), LambdaContext())
+
+    # Then the stale cache is re-read and the event accepted
+    assert response["statusCode"] == 202, response
+    assert len(drain(aws_stack.delivery_queue_url)) == 4

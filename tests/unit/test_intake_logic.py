@@ -108,6 +108,63 @@ def test_previous_signature_secret_still_works_during_rotation() -> None:
     assert intake.handle(http_event(sign_with=PREVIOUS_SECRET))["statusCode"] == 202
 
 
+class RotatedSecrets:
+    """The cache still holds the old secret; Secrets Manager already has the rotated one."""
+
+    def __init__(self) -> None:
+        self.cached = Secrets(current=PREVIOUS_SECRET)
+        self.fresh = Secrets(current=SECRET, previous=PREVIOUS_SECRET)
+        self.refreshes = 0
+
+    def refresh(self, name: str) -> Any:
+        self.refreshes += 1
+        return self.fresh(name)
+
+
+def test_a_secret_rotated_behind_the_cache_is_re_read_once_and_accepted() -> None:
+    # Given Genesys already signs with a secret this container's cache has not seen yet
+    secrets = RotatedSecrets()
+    clock = [0.0]
+    intake, queue = make_intake(
+        get_secret=secrets.cached, refresh_secret=secrets.refresh, monotonic=lambda: clock[0]
+    )
+
+    # When its event arrives, the secret is re-read and the event accepted
+    assert intake.handle(http_event(sign_with=SECRET))["statusCode"] == 202
+    assert secrets.refreshes == 1 and len(queue.bodies) == 2
+
+
+def test_forged_signatures_re_read_the_secret_at_most_once_per_interval() -> None:
+    secrets = RotatedSecrets()
+    clock = [0.0]
+    intake, _ = make_intake(
+        get_secret=secrets.cached, refresh_secret=secrets.refresh, monotonic=lambda: clock[0]
+    )
+    for _ in range(20):
+        assert refusal(intake.handle(http_event(sign_with="forged-secret-00000000"))) == (
+            401,
+            "signature_mismatch",
+        )
+    assert secrets.refreshes == 1
+    clock[0] += 10.0
+    intake.handle(http_event(sign_with="forged-secret-00000000"))
+    assert secrets.refreshes == 2
+    # missing or malformed signatures never cause a re-read
+    intake.handle(http_event(sign_with=None))
+    assert secrets.refreshes == 2
+
+
+def test_a_failed_re_read_keeps_the_401_rather_than_a_5xx() -> None:
+    def unavailable(name: str) -> Any:
+        raise DependencyUnavailable("Secrets Manager unavailable")
+
+    intake, _ = make_intake(refresh_secret=unavailable)
+    assert refusal(intake.handle(http_event(sign_with="forged-secret-00000000"))) == (
+        401,
+        "signature_mismatch",
+    )
+
+
 def test_task_bodies_are_ascii_so_sqs_accepts_any_unicode_text() -> None:
     # U+FFFE is valid Unicode that SQS refuses in a message body; escaped, it is plain ASCII
     message = sample("openmessaging_text.json")

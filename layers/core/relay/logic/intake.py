@@ -46,6 +46,7 @@ from relay.errors import (
     BadRequest,
     ConfigurationError,
     DependencyUnavailable,
+    InvalidSignature,
     MethodNotAllowed,
     PayloadTooLarge,
     RejectedRequest,
@@ -53,7 +54,7 @@ from relay.errors import (
     UnknownIntegration,
     UnsupportedMediaType,
 )
-from relay.logic.signature import SIGNATURE_HEADER, verify_signature
+from relay.logic.signature import CODE_MISMATCH, SIGNATURE_HEADER, verify_signature
 from relay.models.delivery import DeliveryTask, EventSource, S3Ref
 from relay.models.genesys import OPEN_MESSAGE, GenesysEventBridgeEvent
 from relay.observability import logger
@@ -227,6 +228,9 @@ class Intake:
         integrations: IntegrationLookup,
         get_secret: Callable[[str], RotatingSecret],
         queue: TaskQueue,
+        refresh_secret: Callable[[str], RotatingSecret] | None = None,
+        secret_refresh_interval_seconds: float = 10.0,
+        monotonic: Callable[[], float] = time.monotonic,
         idempotency: IdempotencyStore | None = None,
         claim_checks: ClaimCheckStore | None = None,
         max_body_bytes: int = 262_144,
@@ -240,6 +244,10 @@ class Intake:
     ) -> None:
         self._integrations = integrations
         self._get_secret = get_secret
+        self._refresh_secret = refresh_secret
+        self._secret_refresh_interval = secret_refresh_interval_seconds
+        self._monotonic = monotonic
+        self._secret_refreshed_at: dict[str, float] = {}
         self._queue = queue
         self._idempotency = idempotency
         self._claim_checks = claim_checks
@@ -328,8 +336,7 @@ class Intake:
         entry = self._integrations.get(request.integration_id)
         if entry is None or not entry.integration.enabled:
             raise UnknownIntegration(f"integration {request.integration_id} is not known here")
-        secret = self._get_secret(entry.integration.signature_secret_name)
-        verify_signature(request.body, request.headers.get(SIGNATURE_HEADER), secret.values())
+        self._verify(entry.integration.signature_secret_name, request)
         message = self._parse_open_message(request.body)
         incoming = IncomingEvent(
             event_id=message["id"],
@@ -342,6 +349,37 @@ class Intake:
             source="open-messaging",
         )
         return _json_response(202, self._fan_out(entry, incoming))
+
+    def _verify(self, secret_name: str, request: HttpRequest) -> None:
+        """Check the signature; on a mismatch, re-read a possibly stale cached secret once and retry.
+
+        Genesys may sign with a rotated secret before this container's cache (SECRET_CACHE_TTL_SECONDS)
+        has seen it, and Genesys does not retry a 401: without the re-read the event would be lost. The
+        re-read happens at most once per secret every ``secret_refresh_interval_seconds``, so forged
+        requests cannot turn into a Secrets Manager call each.
+        """
+        header = request.headers.get(SIGNATURE_HEADER)
+        cached = self._get_secret(secret_name)
+        try:
+            verify_signature(request.body, header, cached.values())
+        except InvalidSignature as refused:
+            fresh = self._fresh_secret(secret_name) if refused.code == CODE_MISMATCH else None
+            if fresh is None or fresh.values() == cached.values():
+                raise
+            verify_signature(request.body, header, fresh.values())
+
+    def _fresh_secret(self, secret_name: str) -> RotatingSecret | None:
+        if self._refresh_secret is None:
+            return None
+        now = self._monotonic()
+        last = self._secret_refreshed_at.get(secret_name)
+        if last is not None and now - last < self._secret_refresh_interval:
+            return None
+        self._secret_refreshed_at[secret_name] = now
+        try:
+            return self._refresh_secret(secret_name)
+        except (DependencyUnavailable, ConfigurationError):
+            return None  # keep the refusal: an unverifiable request is not a reason for a 5xx
 
     def _parse_open_message(self, body: bytes) -> dict[str, Any]:
         try:
@@ -506,6 +544,7 @@ def build_intake(settings: Settings) -> Intake:
             settings.need("targets_table"), cache_ttl_seconds=settings.target_cache_ttl_seconds
         ),
         get_secret=get_secret,
+        refresh_secret=lambda name: get_secret(name, force_fetch=True),
         queue=SqsDeliveryQueue(settings.need("delivery_queue_url")),
         idempotency=DynamoDBIdempotencyStore(
             settings.need("idempotency_table"), ttl_seconds=settings.idempotency_ttl_seconds
