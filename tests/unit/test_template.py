@@ -330,11 +330,29 @@ def test_dispatcher_table_access_is_only_what_it_uses(raw: Template) -> None:
     for policy in raw.properties("DispatcherFunction")["Policies"]:
         assert not any(kind.startswith("DynamoDB") for kind in policy), "use scoped statements"
         for statement in policy.get("Statement", []):
+            if statement["Effect"] != "Allow":
+                continue
             for resource in _as_list(statement["Resource"]):
                 table = resource.get("Fn::GetAtt", [""])[0] if isinstance(resource, dict) else ""
                 if table in allowed:
                     granted.setdefault(table, set()).update(_as_list(statement["Action"]))
     assert granted == allowed
+
+
+def test_dispatcher_consumes_only_the_delivery_queue(raw: Template) -> None:
+    # SAM's SQS event attaches AWSLambdaSQSQueueExecutionRole (receive/delete on every queue); an
+    # explicit Deny outside the DeliveryQueue takes that back.
+    consume = {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"}
+    denies = [
+        statement
+        for policy in raw.properties("DispatcherFunction")["Policies"]
+        for statement in policy.get("Statement", [])
+        if statement["Effect"] == "Deny"
+    ]
+    delivery_queue = {"Fn::GetAtt": ["DeliveryQueue", "Arn"]}
+    assert any(
+        consume <= set(_as_list(s["Action"])) and s.get("NotResource") == delivery_queue for s in denies
+    ), "no Deny of SQS consumption outside the DeliveryQueue"
 
 
 # --- API, schedule, logs, alarms --------------------------------------------------------------------
@@ -411,7 +429,9 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def _assert_scoped(logical_id: str, statement: dict[str, Any]) -> None:
-    assert statement["Effect"] == "Allow", f"{logical_id}: only Allow statements expected"
+    if statement["Effect"] == "Deny":  # a Deny only takes permissions away
+        return
+    assert "NotAction" not in statement and "NotResource" not in statement, f"{logical_id}: {statement}"
     for action in _as_list(statement["Action"]):
         assert action != "*" and not action.endswith(":*"), f"{logical_id}: wildcard action {action}"
     for resource in _as_list(statement["Resource"]):
