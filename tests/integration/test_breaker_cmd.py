@@ -1,0 +1,230 @@
+"""``relay breaker status | reset`` against the dispatcher's own breaker state in moto's DynamoDB.
+
+The breaker is opened the way production opens it: the dispatcher delivers to a loopback receiver that
+answers 503. The commands run through ``relay.cli.main``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from test_dispatch_support import INTEGRATION_ID, PLAIN_TARGET, SIGNING_SECRET, seed_target, task_record
+
+from relay.adapters.aws import client
+from relay.adapters.breaker_store import DynamoBreakerStore
+from relay.adapters.secrets import SecretKind, secret_name
+from relay.adapters.target_store import TargetStore
+from relay.cli import main
+from relay.local.aws_stack import LocalResources
+from relay.local.receiver import Behaviour, Receiver
+from relay.logic.dispatch import Dispatcher, build_dispatcher
+from relay.models.breaker import Phase, target_key
+from relay.models.targets import Integration
+from relay.settings import get_settings
+
+pytestmark = pytest.mark.integration
+KEY = target_key(INTEGRATION_ID, PLAIN_TARGET)
+OTHER_TARGET = "5c4b3a29-1807-4f6e-9d5c-4b3a29180706"
+OTHER_INTEGRATION = "0f1e2d3c-4b5a-4697-8877-665544332211"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver(signing_secrets={"*": [SIGNING_SECRET]}) as running:
+        yield running
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def dispatcher(aws_stack: LocalResources, clock: Clock) -> Dispatcher:
+    """A dispatcher with its own DynamoDB client for the breaker, so hooks on the shared client (the one
+    the CLI uses) see only the CLI's calls. Default reset timeout (30 s): an open breaker stays open."""
+    own_client = boto3.session.Session().client("dynamodb", region_name=get_settings().region)
+    return build_dispatcher(
+        get_settings(), clock=clock, breakers=DynamoBreakerStore(aws_stack.breaker_table, dynamodb=own_client)
+    )
+
+
+def _open_breaker(resources: LocalResources, receiver: Receiver, dispatcher: Dispatcher) -> None:
+    receiver.behaviour = Behaviour(status=503)
+    seed_target(resources, f"{receiver.url}/hooks/crm", attempts=10)
+    dispatcher.handle_batch([task_record() for _ in range(5)])
+    receiver.behaviour = Behaviour(status=200)
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()  # drop what the dispatcher logged before the command
+    code = main(["breaker", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line]
+
+
+def test_status_shows_the_breaker_the_dispatcher_opened(
+    aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _open_breaker(aws_stack, receiver, dispatcher)
+    stored = DynamoBreakerStore(aws_stack.breaker_table).load(KEY)
+
+    code, out, _ = _run(capsys, "status", PLAIN_TARGET, "--format", "json")
+
+    assert code == 0
+    (doc,) = _json_lines(out)
+    assert (doc["integrationId"], doc["targetId"], doc["phase"]) == (INTEGRATION_ID, PLAIN_TARGET, "open")
+    assert (doc["consecutiveFailures"], doc["trips"], doc["version"]) == (5, 1, stored.version)
+    assert doc["probeClaimed"] is False and doc["stored"] is True
+    assert 0 < doc["secondsUntilProbe"] <= 30  # default BREAKER_RESET_SECONDS on the first trip
+    assert doc["openedAt"] is not None and doc["openUntil"] is not None
+
+    code, out, _ = _run(capsys, "status", PLAIN_TARGET)
+    header, row = out.splitlines()
+    assert header.split()[:6] == ["INTEGRATION", "TARGET", "NAME", "PHASE", "FAILS", "TRIPS"]
+    assert row.split()[1:6] == [PLAIN_TARGET, f"target-{PLAIN_TARGET[:8]}", "open", "5", "1"]
+
+
+def test_status_without_a_target_lists_every_target_and_one_without_a_record_is_closed(
+    aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _open_breaker(aws_stack, receiver, dispatcher)
+    seed_target(aws_stack, f"{receiver.url}/hooks/other", target_id=OTHER_TARGET)
+
+    code, out, _ = _run(capsys, "status", "--format", "json")
+
+    assert code == 0
+    phases = {doc["targetId"]: (doc["phase"], doc["stored"]) for doc in _json_lines(out)}
+    assert phases == {PLAIN_TARGET: ("open", True), OTHER_TARGET: ("closed", False)}
+
+
+def test_reset_closes_the_breaker_and_the_next_batch_is_delivered(
+    aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _open_breaker(aws_stack, receiver, dispatcher)
+    opened = DynamoBreakerStore(aws_stack.breaker_table).load(KEY)
+    assert opened.phase is Phase.OPEN
+
+    code, out, _ = _run(capsys, "reset", PLAIN_TARGET, "--format", "json")
+
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["written"] is True and doc["attempts"] == 1
+    before, after = doc["before"], doc["after"]
+    assert (before["phase"], before["consecutiveFailures"], before["trips"]) == ("open", 5, 1)
+    assert (after["phase"], after["consecutiveFailures"], after["trips"]) == ("closed", 0, 0)
+    assert after["version"] == opened.version + 1
+    state = DynamoBreakerStore(aws_stack.breaker_table).load(KEY)
+    assert (state.phase, state.consecutive_failures, state.trips, state.version) == (
+        Phase.CLOSED,
+        0,
+        0,
+        opened.version + 1,
+    )
+
+    # The dispatcher reads the same record: the next record goes straight to the (healthy) target.
+    delivery_id = str(uuid.uuid4())
+    result = dispatcher.handle_batch([task_record(delivery_id=delivery_id)])
+    assert result == {"batchItemFailures": []}
+    assert delivery_id in receiver.unique_delivery_ids
+
+    # A second reset finds nothing to do and writes nothing.
+    code, out, _ = _run(capsys, "reset", PLAIN_TARGET)
+    assert code == 0 and "nothing written" in out
+    assert DynamoBreakerStore(aws_stack.breaker_table).load(KEY).version == opened.version + 1
+
+
+def test_a_dispatcher_transition_between_the_resets_read_and_write_is_not_lost(
+    aws_stack: LocalResources,
+    receiver: Receiver,
+    dispatcher: Dispatcher,
+    clock: Clock,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _open_breaker(aws_stack, receiver, dispatcher)
+    opened = DynamoBreakerStore(aws_stack.breaker_table).load(KEY)
+    receiver.behaviour = Behaviour(status=503)
+    raced: list[int] = []
+
+    def dispatcher_runs_first(**_: Any) -> None:
+        # Between the reset's read and its first write, the reset timeout has passed for a dispatcher:
+        # it claims the probe, the probe fails, the breaker re-opens for longer (trips 2).
+        if raced:
+            return
+        raced.append(len(receiver.requests))
+        clock.now = opened.until + 1
+        dispatcher.handle_batch([task_record()])
+
+    client("dynamodb").meta.events.register("before-call.dynamodb.PutItem", dispatcher_runs_first)
+
+    code, out, _ = _run(capsys, "reset", PLAIN_TARGET, "--format", "json")
+
+    assert code == 0
+    assert len(receiver.requests) == raced[0] + 1  # the dispatcher's probe really went out
+    doc = json.loads(out.splitlines()[-1])  # after the dispatcher's log lines
+    # The reset's first conditional write lost; it re-read the re-opened breaker and closed that one.
+    assert doc["attempts"] == 2 and doc["written"] is True
+    assert (doc["before"]["phase"], doc["before"]["trips"]) == ("open", 2)
+    assert doc["before"]["version"] == opened.version + 2  # probe claimed, probe failed
+    assert doc["after"]["version"] == opened.version + 3
+    state = DynamoBreakerStore(aws_stack.breaker_table).load(KEY)
+    assert (state.phase, state.trips, state.version) == (Phase.CLOSED, 0, opened.version + 3)
+
+
+def test_a_target_id_under_two_integrations_needs_integration_to_choose(
+    aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _open_breaker(aws_stack, receiver, dispatcher)
+    store = TargetStore(aws_stack.targets_table)
+    store.put_integration(
+        Integration(
+            integration_id=OTHER_INTEGRATION,
+            name="Second integration",
+            signature_secret_name=secret_name(SecretKind.SIGNATURE, OTHER_INTEGRATION),
+        )
+    )
+    target = store.get_target(INTEGRATION_ID, PLAIN_TARGET)
+    assert target is not None
+    store.put_target(target.model_copy(update={"integration_id": OTHER_INTEGRATION}))
+
+    code, _, err = _run(capsys, "reset", PLAIN_TARGET)
+    assert code == 2
+    assert INTEGRATION_ID in err and OTHER_INTEGRATION in err and "--integration" in err
+    assert DynamoBreakerStore(aws_stack.breaker_table).load(KEY).phase is Phase.OPEN  # nothing reset
+
+    code, out, _ = _run(
+        capsys, "status", PLAIN_TARGET, "--integration", OTHER_INTEGRATION, "--format", "json"
+    )
+    assert code == 0
+    (doc,) = _json_lines(out)
+    assert (doc["integrationId"], doc["phase"]) == (OTHER_INTEGRATION, "closed")
+
+    code, out, _ = _run(capsys, "reset", PLAIN_TARGET, "--integration", INTEGRATION_ID, "--format", "json")
+    assert code == 0 and json.loads(out)["after"]["phase"] == "closed"
+    assert DynamoBreakerStore(aws_stack.breaker_table).load(KEY).phase is Phase.CLOSED
+
+
+def test_an_unknown_target_fails_with_a_message(
+    aws_stack: LocalResources, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = _run(capsys, "reset", "no-such-target")
+    assert code == 3 and out == ""
+    assert "no target no-such-target" in err
