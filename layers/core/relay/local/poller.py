@@ -178,18 +178,25 @@ class SqsPoller:
                 break
             want = min(MAX_RECEIVE, self.source.batch_size - len(batch))
             if remaining < 1:
-                # ReceiveMessage waits whole seconds: sleep out the fraction, then take what is there.
+                # ReceiveMessage waits whole seconds: sleep out the fraction, then take what is there
+                # (unless another slot is polling right now: then what arrives is for that one).
                 self._stopping.wait(remaining)
-                batch += self._receive(want, 0)
+                batch += self._receive(want, 0, turn_timeout=0)
                 break
-            batch += self._receive(want, min(20, math.floor(remaining)))
+            batch += self._receive(want, min(20, math.floor(remaining)), turn_timeout=remaining)
         return batch
 
-    def _receive(self, count: int, wait_seconds: int) -> list[dict[str, Any]]:
-        # One ReceiveMessage at a time: moto scans and marks messages without a lock, so two calls at
-        # once can both take the same message, far more often than SQS's rare at-least-once repeats.
-        # The worker holding the call gets every new message, which fills its batch as in AWS.
-        with self._receive_lock:
+    def _receive(
+        self, count: int, wait_seconds: int, *, turn_timeout: float | None = None
+    ) -> list[dict[str, Any]]:
+        """One ReceiveMessage; ``turn_timeout``: how long to wait for another slot's call to end.
+
+        One call at a time: moto scans and marks messages without a lock, so two calls at once can
+        both take the same message, far more often than SQS's rare at-least-once repeats.
+        """
+        if not self._receive_lock.acquire(timeout=-1 if turn_timeout is None else max(0.0, turn_timeout)):
+            return []
+        try:
             if self._stopping.is_set():
                 return []
             response = self.sqs.receive_message(
@@ -199,6 +206,8 @@ class SqsPoller:
                 AttributeNames=["All"],
                 MessageAttributeNames=["All"],
             )
+        finally:
+            self._receive_lock.release()
         messages: list[dict[str, Any]] = response.get("Messages", [])
         return messages
 
