@@ -159,9 +159,12 @@ def test_serve_prints_ready_delivers_a_signed_post_and_stops_cleanly(
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=60)
     finally:
-        if process.poll() is None:
+        if process.poll() is None:  # the test failed midway: leave no server behind either way
+            strays = children_of(process.pid)
             process.kill()
             process.wait()
+            for pid in strays:
+                os.kill(pid, signal.SIGKILL)
 
     # Then it exits cleanly, printed exactly one ready line, and left no child process behind
     assert code == 0
