@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -164,7 +165,8 @@ def test_serve_prints_ready_delivers_a_signed_post_and_stops_cleanly(
             process.kill()
             process.wait()
             for pid in strays:
-                os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     # Then it exits cleanly, printed exactly one ready line, and left no child process behind
     assert code == 0
