@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,9 @@ from relay.errors import DependencyUnavailable
 from relay.models.targets import Integration, Target
 
 INTEGRATION_SORT_KEY = "#integration"
+# Bounded so that requests naming random integration ids (negative answers are cached too) cannot
+# grow a warm container's memory; the least recently used entry goes first.
+DEFAULT_CACHE_ENTRIES = 1024
 
 
 @dataclass(frozen=True)
@@ -41,13 +45,15 @@ class TargetStore:
         cache_ttl_seconds: float = 60.0,
         dynamodb: Any = None,
         clock: Callable[[], float] = time.monotonic,
+        max_cache_entries: int = DEFAULT_CACHE_ENTRIES,
     ) -> None:
         self._table = table_name
         self._ttl = cache_ttl_seconds
         self._dynamodb = dynamodb
         self._clock = clock
+        self._max_entries = max(1, max_cache_entries)
         self._lock = threading.Lock()
-        self._cache: dict[str, tuple[float, IntegrationEntry | None]] = {}
+        self._cache: OrderedDict[str, tuple[float, IntegrationEntry | None]] = OrderedDict()
 
     @property
     def _ddb(self) -> Any:
@@ -59,11 +65,15 @@ class TargetStore:
         now = self._clock()
         with self._lock:
             hit = self._cache.get(integration_id)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+            if hit is not None and hit[0] > now:
+                self._cache.move_to_end(integration_id)
+                return hit[1]
         entry = self._load(integration_id)
         with self._lock:
             self._cache[integration_id] = (now + self._ttl, entry)
+            self._cache.move_to_end(integration_id)
+            while len(self._cache) > self._max_entries:
+                self._cache.popitem(last=False)
         return entry
 
     def get_target(self, integration_id: str, target_id: str) -> Target | None:

@@ -1,0 +1,91 @@
+"""The target store: one Query per integration, cached with a TTL, negative answers included, bounded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from relay.adapters.aws import client
+from relay.adapters.target_store import TargetStore
+from relay.local.aws_stack import LocalResources
+from relay.models.targets import Integration, Target
+
+pytestmark = pytest.mark.integration
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _counting_dynamodb() -> tuple[Any, list[str]]:
+    """The real DynamoDB client (moto), with a hook that records each Query it sends."""
+    ddb = client("dynamodb")
+    queries: list[str] = []
+    ddb.meta.events.register("before-call.dynamodb.Query", lambda **kw: queries.append("Query"))
+    return ddb, queries
+
+
+def _seed(store: TargetStore, integration_id: str, targets: int = 2) -> None:
+    store.put_integration(
+        Integration(
+            integration_id=integration_id, name="acme", signature_secret_name="relay/local/signature/x"
+        )
+    )
+    for n in range(targets):
+        store.put_target(
+            Target(
+                integration_id=integration_id, target_id=f"t{n}", name=f"t{n}", url="https://example.com/h"
+            )
+        )
+
+
+def test_one_query_returns_the_integration_and_its_targets_and_is_cached(aws_stack: LocalResources) -> None:
+    # Given an integration with two targets
+    ddb, queries = _counting_dynamodb()
+    clock = Clock()
+    store = TargetStore(aws_stack.targets_table, cache_ttl_seconds=60, dynamodb=ddb, clock=clock)
+    _seed(store, "int-1")
+
+    # When it is read three times within the TTL, then once after it
+    first = store.get("int-1")
+    store.get("int-1")
+    assert store.get_target("int-1", "t1") is not None
+    reads_within_ttl = len(queries)
+    clock.now += 61
+    store.get("int-1")
+
+    # Then one Query served the first three reads, and the expired entry was read again
+    assert first is not None and [t.target_id for t in first.targets] == ["t0", "t1"]
+    assert reads_within_ttl == 1
+    assert len(queries) == 2
+
+
+def test_unknown_integrations_are_cached_too(aws_stack: LocalResources) -> None:
+    ddb, queries = _counting_dynamodb()
+    store = TargetStore(aws_stack.targets_table, cache_ttl_seconds=60, dynamodb=ddb, clock=Clock())
+    assert store.get("nope") is None
+    assert store.get("nope") is None
+    assert len(queries) == 1
+
+
+def test_the_cache_is_bounded_least_recently_used_first(aws_stack: LocalResources) -> None:
+    # Given a cache of two entries
+    ddb, queries = _counting_dynamodb()
+    store = TargetStore(aws_stack.targets_table, dynamodb=ddb, clock=Clock(), max_cache_entries=2)
+
+    # When three different ids are read, the first one touched again before the third
+    store.get("a")
+    store.get("b")
+    store.get("a")
+    store.get("c")  # evicts "b", the least recently used
+    before = len(queries)
+    store.get("a")
+    store.get("c")
+    assert len(queries) == before  # still cached
+    store.get("b")
+    assert len(queries) == before + 1  # evicted, read again
