@@ -1,4 +1,4 @@
-"""The Lambda layers install what the developer environment was tested with."""
+"""The Lambda layers install exactly what the developer environment was tested with (uv.lock)."""
 
 from __future__ import annotations
 
@@ -12,19 +12,51 @@ ROOT = Path(__file__).resolve().parents[2]
 def _pins(lines: list[str]) -> dict[str, str]:
     pins: dict[str, str] = {}
     for line in lines:
-        line = line.split("#", 1)[0].strip()
+        line = line.split("#", 1)[0].split(";", 1)[0].strip()
         if not line:
             continue
-        match = re.fullmatch(r"([A-Za-z0-9_.\-]+)(\[[^\]]*\])?==([^\s;]+)", line)
+        match = re.fullmatch(r"([A-Za-z0-9_.\-]+)(\[[^\]]*\])?==(\S+)", line)
         assert match, f"not pinned exactly: {line!r}"
-        pins[match.group(1).lower()] = match.group(3)
+        pins[_normal(match.group(1))] = match.group(3)
     return pins
 
 
-def test_core_layer_pins_equal_the_project_runtime_pins() -> None:
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _lock() -> dict[str, dict[str, object]]:
+    packages = tomllib.loads((ROOT / "uv.lock").read_text())["package"]
+    return {_normal(p["name"]): p for p in packages}
+
+
+def _runtime_closure(lock: dict[str, dict[str, object]], roots: list[str]) -> dict[str, str]:
+    """Every package the runtime dependencies pull in, with its locked version (markers ignored)."""
+    seen: dict[str, str] = {}
+    pending = [_normal(r) for r in roots]
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        package = lock[name]
+        seen[name] = str(package["version"])
+        for dep in package.get("dependencies", []):  # type: ignore[attr-defined]
+            pending.append(_normal(dep["name"]))
+    return seen
+
+
+def test_core_layer_pins_the_whole_runtime_closure_at_the_locked_versions() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    layer = (ROOT / "layers/core/requirements.txt").read_text().splitlines()
-    assert _pins(layer) == _pins(project["dependencies"])
+    roots = list(_pins(project["dependencies"]))
+    layer = _pins((ROOT / "layers/core/requirements.txt").read_text().splitlines())
+    assert layer == _runtime_closure(_lock(), roots)
+
+
+def test_project_runtime_pins_are_the_locked_versions() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lock = _lock()
+    for name, version in _pins(project["dependencies"] + project["optional-dependencies"]["genesys"]).items():
+        assert lock[name]["version"] == version, name
 
 
 def test_genesys_layer_pins_equal_the_project_extra() -> None:
