@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 from relay.adapters.aws import client
 from relay.local.aws_stack import LocalResources
@@ -55,3 +60,41 @@ def test_function_environment_resolves_to_the_created_resources(aws_stack: Local
     assert (
         client("s3").head_bucket(Bucket=aws_stack.audit_bucket)["ResponseMetadata"]["HTTPStatusCode"] == 200
     )
+
+
+def test_the_moto_server_dies_with_its_parent_even_on_sigkill(tmp_path: Path) -> None:
+    # Given a process that started a moto server and reported its pid
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import time\n"
+        "from relay.local.aws_stack import MotoServer\n"
+        "server = MotoServer()\n"
+        "server.start()\n"
+        "print(server.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    moto_pid = int(parent.stdout.readline())
+
+    # When the parent is killed outright (no chance to clean up)
+    parent.kill()
+    parent.wait()
+
+    # Then the moto server goes too
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(moto_pid):
+        time.sleep(0.1)
+    assert not _alive(moto_pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A killed child stays a zombie until reaped; its parent (init) reaps it. Zombies count as gone.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False

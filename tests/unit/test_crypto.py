@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -182,3 +183,25 @@ def test_relay_decrypt_prints_the_event_and_refuses_a_wrong_key(
     assert json.loads(printed) == {"text": "hi there"}
     err = capsys.readouterr().err
     assert "cannot open the envelope" in err and "nope" not in err
+
+
+def test_concurrent_first_requests_for_a_key_run_scrypt_once() -> None:
+    # Given a cold cache and 8 deliveries asking for the same key at the same moment
+    cache = crypto.KeyCache()
+    salt = bytes(16)
+    start = threading.Barrier(8)
+    keys: list[bytes] = []
+
+    def ask() -> None:
+        start.wait()
+        keys.append(cache.key_for("a-key-secret", key_id="k1", salt=salt).key)
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # Then one derivation served them all, and all got the same key
+    assert cache.derivations == 1
+    assert len(set(keys)) == 1 and len(keys) == 8

@@ -39,6 +39,18 @@ def free_port() -> int:
         return port
 
 
+# The child asks Linux to SIGKILL it when its parent dies, even by SIGKILL, so a killed
+# ``relay local serve`` leaves no moto server behind. Done in the child itself (prctl survives exec),
+# not with preexec_fn, which is unsafe once the parent has threads.
+_MOTO_CHILD = (
+    "import ctypes, runpy, signal, sys\n"
+    "if sys.platform.startswith('linux'):\n"
+    "    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG; moto keeps nothing to flush\n"
+    "sys.argv = ['moto_server', *sys.argv[1:]]\n"
+    "runpy.run_module('moto.server', run_name='__main__')\n"
+)
+
+
 class MotoServer:
     """``moto_server`` in a child process on 127.0.0.1; a context manager."""
 
@@ -49,7 +61,7 @@ class MotoServer:
 
     def start(self, timeout: float = 30.0) -> str:
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-c", _MOTO_CHILD, "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -64,6 +76,10 @@ class MotoServer:
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"moto server did not answer on {self.url} within {timeout} s")
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:

@@ -76,11 +76,17 @@ def parse_salt(salt_hex: str | None, *, what: str) -> bytes:
 
 
 class KeyCache:
-    """Derived keys per container: scrypt once per key version, not once per message."""
+    """Derived keys per container: scrypt once per key version, not once per message.
+
+    Single-flight: when a cold container starts a batch, every concurrent delivery to an encrypted
+    target asks for the same key at once; one of them derives it (scrypt, ~50 ms of CPU) while the
+    others wait for that result instead of each running scrypt themselves.
+    """
 
     def __init__(self, max_entries: int = 256) -> None:
         self._max = max_entries
         self._keys: dict[tuple[str, bytes, bytes], bytes] = {}
+        self._pending: dict[tuple[str, bytes, bytes], threading.Lock] = {}
         self._lock = threading.Lock()
         self.derivations = 0  # scrypt runs so far (benchmarks and tests read it)
 
@@ -88,13 +94,20 @@ class KeyCache:
         cache_key = (key_id, salt, hashlib.sha256(secret.encode()).digest())
         with self._lock:
             key = self._keys.get(cache_key)
-        if key is None:
-            key = derive_key(secret, salt)
-            with self._lock:
-                self.derivations += 1
-                if len(self._keys) >= self._max:
-                    self._keys.clear()
-                self._keys[cache_key] = key
+            in_flight = self._pending.setdefault(cache_key, threading.Lock()) if key is None else None
+        if in_flight is not None:
+            with in_flight:  # the first caller derives; the others wait here, then find the key
+                with self._lock:
+                    key = self._keys.get(cache_key)
+                if key is None:
+                    key = derive_key(secret, salt)
+                    with self._lock:
+                        self.derivations += 1
+                        if len(self._keys) >= self._max:
+                            self._keys.clear()
+                        self._keys[cache_key] = key
+                        self._pending.pop(cache_key, None)
+        assert key is not None
         return EncryptionKey(key_id=key_id, salt=salt, key=key)
 
     def __len__(self) -> int:
