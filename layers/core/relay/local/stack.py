@@ -21,7 +21,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from relay.local.api_adapter import ApiAdapter
@@ -34,6 +34,7 @@ from relay.local.aws_stack import (
 )
 from relay.local.fake_genesys import FakeGenesys
 from relay.local.fixtures import Fixtures, FixtureTarget
+from relay.local.function_worker import WorkerFunction
 from relay.local.lambda_runtime import LocalFunction
 from relay.local.poller import SqsEventSource, SqsPoller
 from relay.local.receiver import Receiver
@@ -66,8 +67,20 @@ class LocalStack:
         api_port: int = 0,
         *,
         template_path: str | Path | None = None,
+        parameters: dict[str, str] | None = None,
+        environment: dict[str, str] | None = None,
+        dispatcher_workers: bool = False,
+        function_output: IO[str] | None = None,
     ) -> None:
+        """``parameters``: template parameter overrides (e.g. DispatcherTimeoutSeconds); ``environment``:
+        extra function environment set after the template's; ``dispatcher_workers``: run the dispatcher in
+        warm worker processes (function_worker.WorkerFunction) writing to ``function_output``."""
         self.fixtures_path = fixtures_path
+        self.parameters = dict(parameters or {})
+        self.extra_environment = dict(environment or {})
+        self.dispatcher_workers = dispatcher_workers
+        self.function_output = function_output
+        self.dispatcher: LocalFunction | None = None
         self.api_port = api_port
         self.template_path = template_path
         self.fixtures = Fixtures.load(fixtures_path)
@@ -109,9 +122,10 @@ class LocalStack:
         moto.start()
         self._exit.callback(moto.stop)
 
-        self.template = load_template(self.template_path, parameters={"Stage": STAGE})
+        self.template = load_template(self.template_path, parameters={**self.parameters, "Stage": STAGE})
         self.resources = create_resources(self.template, moto.url, PREFIX)
         self._set_environment(self.resources.env)
+        self._set_environment(self.extra_environment)
 
         self.fixtures = self._start_receivers(self.fixtures)
 
@@ -126,8 +140,18 @@ class LocalStack:
         self._exit.callback(self.api.stop)
 
         self.sqs = local_client("sqs", moto.url)
-        dispatcher = LocalFunction.from_template(self.template, DISPATCHER)
-        self.poller = SqsPoller(SqsEventSource.from_template(self.template, DISPATCHER), dispatcher, self.sqs)
+        source = SqsEventSource.from_template(self.template, DISPATCHER)
+        dispatcher: LocalFunction
+        if self.dispatcher_workers:
+            workers = WorkerFunction.from_template(
+                self.template, DISPATCHER, max_workers=source.maximum_concurrency, output=self.function_output
+            )
+            self._exit.callback(workers.close)
+            dispatcher = workers
+        else:
+            dispatcher = LocalFunction.from_template(self.template, DISPATCHER)
+        self.dispatcher = dispatcher
+        self.poller = SqsPoller(source, dispatcher, self.sqs)
         self.poller.start()
         self._exit.callback(self.poller.stop)
 

@@ -1,0 +1,349 @@
+"""Run a template function in warm worker processes, one per "container", the way Lambda does.
+
+``WorkerFunction`` offers ``LocalFunction``'s interface (``spec``, ``invoke(event) -> Invocation``), but
+each invocation runs in a separate Python process that imported the handler once (the cold start) and
+then serves one invocation at a time over a pipe. Workers are spawned on demand, up to
+``max_workers`` (the event source's ``MaximumConcurrency``), and reused while warm.
+
+What this adds over the in-process runner:
+
+- no shared module state between concurrent invocations (each container has its own);
+- a worker can be killed mid-invocation (``kill_busy_worker``, SIGKILL): that invocation returns an
+  error ``Invocation`` ("Runtime.ExitError", as Lambda reports a runtime that died), the poller fails
+  the whole batch, and the next invocation spawns a fresh worker (a cold start);
+- a run past ``Timeout`` is stopped (the worker is killed), as Lambda stops it.
+
+The protocol channel is a pair of pipes on their own file descriptors, apart from the handler's
+stdout/stderr (powertools prints logs and EMF metrics to stdout), which go to the function log
+(``output``: a file the stack names, or this process's stderr). Workers ask Linux to SIGKILL them
+when the stack's process dies (PR_SET_PDEATHSIG), so none outlives it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import IO, Any
+
+from relay.local.lambda_runtime import Invocation, LocalFunction
+from relay.local.template import FunctionSpec, Template
+
+log = logging.getLogger("relay.local")
+
+# Lambda's error type when the runtime process exits mid-invocation.
+RUNTIME_EXIT_ERROR = "Runtime.ExitError"
+TIMED_OUT = "Task timed out"
+# Time a worker gets to import its handler before the invocation counts as failed.
+INIT_TIMEOUT_SECONDS = 60.0
+
+# The worker: dies with its parent, imports the handler once, then serves invocations from fd IN and
+# answers on fd OUT. Requests and answers are JSON (never pickle): what crosses is what Lambda sees.
+_WORKER_CHILD = """
+import ctypes, json, signal, sys, time, traceback
+if sys.platform.startswith('linux'):
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+from multiprocessing.connection import Connection
+requests, answers = Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False)
+started = time.perf_counter()
+from relay.local.lambda_runtime import LambdaContext
+from relay.local.template import FunctionSpec
+from relay.local.lambda_runtime import load_handler
+spec = json.loads(sys.argv[3])
+handler = load_handler(FunctionSpec(spec['logical_id'], __import__('pathlib').Path(spec['code_dir']),
+    spec['handler_module'], spec['handler_function'], spec['timeout_seconds'], {}, {}, None))
+answers.send_bytes(json.dumps({'ready': True, 'init_ms': (time.perf_counter() - started) * 1000}).encode())
+while True:
+    try:
+        request = json.loads(requests.recv_bytes())
+    except EOFError:
+        break
+    c = request['context']
+    context = LambdaContext(c['function_name'], c['memory_limit_in_mb'], c['timeout_seconds'],
+                            c['region'], c['account_id'])
+    context.aws_request_id = c['aws_request_id']
+    try:
+        result = handler(request['event'], context)
+        answer = {'result': result}
+        data = json.dumps(answer)
+    except Exception as exc:
+        traceback.print_exc()
+        data = json.dumps({'error': type(exc).__name__})
+    sys.stdout.flush(); sys.stderr.flush()
+    answers.send_bytes(data.encode())
+"""
+
+
+class WorkerDied(RuntimeError):
+    """The worker process exited (or was killed) before it answered."""
+
+
+@dataclass
+class WorkerStats:
+    """Counters tests and the chaos run read."""
+
+    cold_starts: int = 0  # workers spawned
+    invocations: int = 0
+    crashed: int = 0  # invocations whose worker died before answering
+    timed_out: int = 0
+    max_workers_alive: int = 0
+
+
+class _Worker:
+    """One warm process and its two pipe ends."""
+
+    def __init__(self, spec: FunctionSpec, output: IO[str] | None) -> None:
+        request_read, request_write = os.pipe()
+        answer_read, answer_write = os.pipe()
+        description = json.dumps(
+            {
+                "logical_id": spec.logical_id,
+                "code_dir": str(spec.code_dir),
+                "handler_module": spec.handler_module,
+                "handler_function": spec.handler_function,
+                "timeout_seconds": spec.timeout_seconds,
+            }
+        )
+        sink: IO[str] | int = output if output is not None else sys.stderr.fileno()
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", _WORKER_CHILD, str(request_read), str(answer_write), description],
+                pass_fds=(request_read, answer_write),
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=sink,
+                env=dict(os.environ),
+            )
+        finally:
+            os.close(request_read)
+            os.close(answer_write)
+        self.requests = Connection(request_write, readable=False)
+        self.answers = Connection(answer_read, writable=False)
+        self.ready = False
+        self.busy_since: float | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def receive(self, deadline: float) -> dict[str, Any] | None:
+        """The worker's next answer; None when ``deadline`` passed first. Raises WorkerDied."""
+        remaining = deadline - time.monotonic()
+        try:
+            if not self.answers.poll(max(0.0, remaining)):
+                return None
+            doc: dict[str, Any] = json.loads(self.answers.recv_bytes())
+            return doc
+        except (EOFError, OSError):
+            raise WorkerDied(f"worker {self.pid} exited with {self.process.wait()}") from None
+
+    def call(self, request: dict[str, Any], deadline: float) -> dict[str, Any] | None:
+        if not self.ready:
+            hello = self.receive(time.monotonic() + INIT_TIMEOUT_SECONDS)
+            if hello is None or not hello.get("ready"):
+                raise WorkerDied(f"worker {self.pid} did not start")
+            self.ready = True
+        try:
+            self.requests.send_bytes(json.dumps(request).encode())
+        except OSError:
+            raise WorkerDied(f"worker {self.pid} exited with {self.process.wait()}") from None
+        return self.receive(deadline)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def close(self) -> None:
+        for end in (self.requests, self.answers):
+            end.close()  # the worker reads EOF and exits
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+class WorkerFunction(LocalFunction):
+    """A template function whose invocations run in warm worker processes (see the module doc)."""
+
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        *,
+        max_workers: int,
+        output: IO[str] | None = None,
+        function_name: str | None = None,
+        memory_limit_in_mb: int = 128,
+        region: str = "us-east-1",
+        account_id: str = "123456789012",
+    ) -> None:
+        super().__init__(
+            spec,
+            _runs_in_a_worker,
+            function_name=function_name,
+            memory_limit_in_mb=memory_limit_in_mb,
+            region=region,
+            account_id=account_id,
+        )
+        self.max_workers = max(1, max_workers)
+        self.output = output
+        self.stats = WorkerStats()
+        self._idle: list[_Worker] = []
+        self._busy: dict[int, _Worker] = {}
+        self.killed_pids: list[int] = []  # workers kill_busy_worker killed
+        self._spawning = 0
+        self._closed = False
+        self._lock = threading.Condition()
+
+    @classmethod
+    def from_template(  # type: ignore[override]
+        cls,
+        template: Template,
+        logical_id: str,
+        *,
+        max_workers: int,
+        output: IO[str] | None = None,
+    ) -> WorkerFunction:
+        base = LocalFunction.from_template(template, logical_id, handler=_runs_in_a_worker)
+        return cls(
+            base.spec,
+            max_workers=max_workers,
+            output=output,
+            function_name=base.function_name,
+            memory_limit_in_mb=base.memory_limit_in_mb,
+            region=base.region,
+            account_id=base.account_id,
+        )
+
+    # --- invocation -------------------------------------------------------------------------------
+    def invoke(self, event: dict[str, Any]) -> Invocation:
+        context = self.new_context()
+        started = time.perf_counter()
+        deadline = time.monotonic() + self.spec.timeout_seconds
+        worker = self._acquire()
+        request = {
+            "event": event,
+            "context": {
+                "function_name": self.function_name,
+                "memory_limit_in_mb": self.memory_limit_in_mb,
+                "timeout_seconds": self.spec.timeout_seconds,
+                "region": self.region,
+                "account_id": self.account_id,
+                "aws_request_id": context.aws_request_id,
+            },
+        }
+        keep = False
+        try:
+            answer = worker.call(request, deadline)
+            if answer is None:
+                # Lambda stops a run at its timeout; the container does not survive it.
+                log.error("%s timed out (request %s)", self.spec.logical_id, context.aws_request_id)
+                with self._lock:
+                    self.stats.timed_out += 1
+                return Invocation(None, TIMED_OUT, _ms_since(started), context.aws_request_id)
+            keep = True
+            if "error" in answer:
+                log.error("%s failed (request %s)", self.spec.logical_id, context.aws_request_id)
+                return Invocation(None, str(answer["error"]), _ms_since(started), context.aws_request_id)
+            return Invocation(answer.get("result"), None, _ms_since(started), context.aws_request_id)
+        except WorkerDied as exc:
+            log.error("%s: %s (request %s)", self.spec.logical_id, exc, context.aws_request_id)
+            with self._lock:
+                self.stats.crashed += 1
+            return Invocation(None, RUNTIME_EXIT_ERROR, _ms_since(started), context.aws_request_id)
+        finally:
+            self._release(worker, keep=keep)
+
+    def _acquire(self) -> _Worker:
+        worker: _Worker | None
+        with self._lock:
+            while True:
+                if self._closed:
+                    raise RuntimeError("the function's workers are stopped")
+                if self._idle:
+                    worker = self._idle.pop()
+                    break
+                if len(self._busy) + self._spawning < self.max_workers:
+                    self._spawning += 1
+                    worker = None
+                    break
+                self._lock.wait()
+        if worker is None:
+            try:
+                worker = _Worker(self.spec, self.output)
+            finally:
+                with self._lock:
+                    self._spawning -= 1
+            with self._lock:
+                self.stats.cold_starts += 1
+        with self._lock:
+            worker.busy_since = time.monotonic()
+            self._busy[worker.pid] = worker
+            self.stats.invocations += 1
+            self.stats.max_workers_alive = max(
+                self.stats.max_workers_alive, len(self._busy) + len(self._idle)
+            )
+        return worker
+
+    def _release(self, worker: _Worker, *, keep: bool) -> None:
+        with self._lock:
+            self._busy.pop(worker.pid, None)
+            worker.busy_since = None
+            alive = keep and worker.process.poll() is None and not self._closed
+            if alive:
+                self._idle.append(worker)
+            self._lock.notify_all()
+        if not alive:
+            worker.kill()
+            worker.close()
+
+    # --- chaos and observation --------------------------------------------------------------------
+    def busy_workers(self) -> dict[int, float]:
+        """pid -> seconds its current invocation has been running."""
+        now = time.monotonic()
+        with self._lock:
+            return {pid: now - (w.busy_since or now) for pid, w in self._busy.items()}
+
+    def kill_busy_worker(self, *, min_busy_seconds: float = 0.0) -> int | None:
+        """SIGKILL one worker that has been running an invocation at least ``min_busy_seconds``;
+        its pid, or None when no worker qualifies."""
+        with self._lock:
+            candidates = [
+                w
+                for w in self._busy.values()
+                if w.busy_since is not None and time.monotonic() - w.busy_since >= min_busy_seconds
+            ]
+            if not candidates:
+                return None
+            victim = max(candidates, key=lambda w: time.monotonic() - (w.busy_since or 0.0))
+            victim.process.send_signal(signal.SIGKILL)
+            self.killed_pids.append(victim.pid)
+            return victim.pid
+
+    def worker_pids(self) -> list[int]:
+        with self._lock:
+            return [w.pid for w in (*self._idle, *self._busy.values())]
+
+    def close(self) -> None:
+        """Stop every idle worker; busy ones stop when their invocation ends."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._lock.notify_all()
+        for worker in idle:
+            worker.close()
+
+
+def _runs_in_a_worker(event: dict[str, Any], context: Any) -> Any:
+    raise RuntimeError("this function's handler runs in worker processes, not in this one")
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
