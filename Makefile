@@ -13,11 +13,11 @@ export SAM_CLI_TELEMETRY := 0
 export AWS_EC2_METADATA_DISABLED := true
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: help demo serve test lint typecheck template-check unit integration e2e build bench clean
+.PHONY: help demo serve test lint typecheck template-check unit integration e2e build bench chaos clean
 
 help:
 	@echo "make demo   run the sample events through the local stack"
-	@echo "make test   ruff, mypy, cfn-lint, sam validate --lint, pytest (unit, integration, e2e)"
+	@echo "make test   ruff, mypy, cfn-lint, sam validate --lint, sam build, pytest (unit, integration, e2e, build)"
 	@echo "make serve  run the local stack in the foreground"
 	@echo "make build  sam build (no Docker needed)"
 	@echo "make bench  benchmarks (JSON figures in bench/results.json)"
@@ -63,7 +63,8 @@ integration: $(VENV)/.synced
 e2e: $(VENV)/.synced
 	$(PY) -m pytest tests/e2e -q
 
-test: lint typecheck template-check
+# `build` first: tests/build checks the artifacts sam build makes, loaded the way Lambda loads them.
+test: lint typecheck template-check build
 	$(PY) -m pytest -q
 
 build: $(SAMVENV)/.synced
@@ -71,6 +72,9 @@ build: $(SAMVENV)/.synced
 
 bench: $(VENV)/.synced
 	$(PY) -m bench.run
+
+chaos: $(VENV)/.synced
+	$(PY) bench/chaos.py
 
 clean:
 	rm -rf $(VENV) $(SAMVENV) $(BOOT) .aws-sam .pytest_cache .mypy_cache .ruff_cache
