@@ -7,14 +7,12 @@ answers 503. The commands run through ``relay.cli.main``.
 from __future__ import annotations
 
 import json
-import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import pytest
-from test_dispatch_support import INTEGRATION_ID, PLAIN_TARGET, SIGNING_SECRET, seed_target, task_record
+from test_dispatch_support import INTEGRATION_ID, PLAIN_TARGET, ManualClock, seed_target, task_record
 
 from relay.adapters.aws import client
 from relay.adapters.breaker_store import DynamoBreakerStore
@@ -34,27 +32,8 @@ OTHER_TARGET = "5c4b3a29-1807-4f6e-9d5c-4b3a29180706"
 OTHER_INTEGRATION = "0f1e2d3c-4b5a-4697-8877-665544332211"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver(signing_secrets={"*": [SIGNING_SECRET]}) as running:
-        yield running
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def dispatcher(aws_stack: LocalResources, clock: Clock) -> Dispatcher:
+def dispatcher(aws_stack: LocalResources, clock: ManualClock) -> Dispatcher:
     """A dispatcher with its own DynamoDB client for the breaker, so hooks on the shared client (the one
     the CLI uses) see only the CLI's calls. Default reset timeout (30 s): an open breaker stays open."""
     own_client = boto3.session.Session().client("dynamodb", region_name=get_settings().region)
@@ -156,7 +135,7 @@ def test_a_dispatcher_transition_between_the_resets_read_and_write_is_not_lost(
     aws_stack: LocalResources,
     receiver: Receiver,
     dispatcher: Dispatcher,
-    clock: Clock,
+    clock: ManualClock,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     _open_breaker(aws_stack, receiver, dispatcher)

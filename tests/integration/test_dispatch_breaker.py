@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,7 +11,7 @@ from test_dispatch_support import (
     ENCRYPTED_TARGET,
     INTEGRATION_ID,
     PLAIN_TARGET,
-    SIGNING_SECRET,
+    ManualClock,
     attr,
     drain,
     seed_target,
@@ -31,27 +30,8 @@ pytestmark = pytest.mark.integration
 KEY = target_key(INTEGRATION_ID, PLAIN_TARGET)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver(signing_secrets={"*": [SIGNING_SECRET]}) as running:
-        yield running
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def dispatcher(aws_stack: LocalResources, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> Dispatcher:
+def dispatcher(aws_stack: LocalResources, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> Dispatcher:
     monkeypatch.setenv("BREAKER_RESET_SECONDS", "1")
     get_settings.cache_clear()
     return build_dispatcher(get_settings(), clock=clock)
@@ -113,7 +93,7 @@ def test_deferred_records_come_back_to_the_queue(
 
 
 def test_after_the_reset_timeout_one_probe_goes_first_and_its_success_closes_the_breaker(
-    aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher, clock: Clock
+    aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher, clock: ManualClock
 ) -> None:
     # Given an open breaker whose reset timeout has passed, and a healthy endpoint again
     seed_target(aws_stack, f"{receiver.url}/hooks/crm")
@@ -131,7 +111,7 @@ def test_after_the_reset_timeout_one_probe_goes_first_and_its_success_closes_the
 
 
 def test_a_failed_probe_reopens_for_longer_and_defers_the_rest(
-    aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher, clock: Clock
+    aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher, clock: ManualClock
 ) -> None:
     receiver.behaviour = Behaviour(status=502)
     seed_target(aws_stack, f"{receiver.url}/hooks/crm", attempts=10)
@@ -146,7 +126,7 @@ def test_a_failed_probe_reopens_for_longer_and_defers_the_rest(
 
 
 def test_while_another_dispatcher_probes_records_are_deferred(
-    aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher, clock: Clock
+    aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher, clock: ManualClock
 ) -> None:
     seed_target(aws_stack, f"{receiver.url}/hooks/crm")
     half_open = BreakerState(Phase.HALF_OPEN, 5, 1, clock.now + 15, 4)

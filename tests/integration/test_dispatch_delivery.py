@@ -5,14 +5,12 @@ session) and concurrency (bounded pool, per-target cap), against a real loopback
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 from standardwebhooks.webhooks import Webhook
 from test_dispatch_support import (
     BEARER,
     ENCRYPTED_TARGET,
-    ENCRYPTION_SECRET,
     OLD_SIGNING_SECRET,
     PLAIN_TARGET,
     SIGNING_SECRET,
@@ -30,14 +28,6 @@ from relay.logic.dispatch import Dispatcher, build_dispatcher
 from relay.settings import get_settings
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver(
-        signing_secrets={"*": [SIGNING_SECRET]}, encryption_secrets={"*": [ENCRYPTION_SECRET]}
-    ) as running:
-        yield running
 
 
 def _dispatcher(monkeypatch: pytest.MonkeyPatch, **env: str) -> Dispatcher:

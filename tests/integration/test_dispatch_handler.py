@@ -4,15 +4,12 @@ moto (targets, secrets) and a real loopback receiver."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 from test_dispatch_support import (
     ENCRYPTED_TARGET,
-    ENCRYPTION_SECRET,
     INTEGRATION_ID,
     PLAIN_TARGET,
-    SIGNING_SECRET,
     load_handler,
     seed_target,
     sqs_event,
@@ -24,14 +21,6 @@ from relay.local.aws_stack import LocalResources
 from relay.local.receiver import Behaviour, Receiver
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver(
-        signing_secrets={"*": [SIGNING_SECRET]}, encryption_secrets={"*": [ENCRYPTION_SECRET]}
-    ) as running:
-        yield running
 
 
 def test_a_batch_reaches_the_receiver_as_signed_2_1_envelopes(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +53,6 @@ def log_records(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
         {k: v for k, v in vars(r).items() if k not in ("args", "exc_info")} | {"message": r.getMessage()}
         for r in caplog.records
     ]
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver(signing_secrets={"*": [SIGNING_SECRET]}) as running:
-        # The plain target echoes the request headers back, as some test endpoints do.
-        yield running
 
 
 def test_metric_names_units_and_dimensions_are_exactly_the_documented_ones(

@@ -5,14 +5,12 @@ dispatcher with reasons, 410 disabling the target, poison messages, the rest of 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 
 import pytest
 from test_dispatch_support import (
     ENCRYPTED_TARGET,
     INTEGRATION_ID,
     PLAIN_TARGET,
-    SIGNING_SECRET,
     attr,
     audit_lines,
     drain,
@@ -30,12 +28,6 @@ from relay.logic.dispatch import Dispatcher, build_dispatcher
 from relay.settings import get_settings
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver(signing_secrets={"*": [SIGNING_SECRET]}) as running:
-        yield running
 
 
 @pytest.fixture

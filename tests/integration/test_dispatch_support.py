@@ -1,4 +1,4 @@
-"""Shared helpers for the dispatcher's integration tests (no tests here).
+"""Shared helpers for the integration tests (no tests here).
 
 Targets and secrets are seeded through the relay's own stores into moto; the handler is loaded the
 way the local stack loads it: from template.yaml's CodeUri and Handler, with importlib.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,17 @@ from relay.adapters.secrets import RotatingSecret, SecretKind, put_secret, secre
 from relay.adapters.target_store import TargetStore
 from relay.local.aws_stack import LocalResources
 from relay.models.targets import Integration, RetryMatrix, SecurityType, Target, TargetSecurity
+
+
+class ManualClock:
+    """A clock the test moves by hand (``clock.now += 30``); injected where code takes ``clock=``."""
+
+    def __init__(self, now: float | None = None) -> None:
+        self.now = time.time() if now is None else now
+
+    def __call__(self) -> float:
+        return self.now
+
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"

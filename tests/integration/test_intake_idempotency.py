@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from test_dispatch_support import ManualClock
 
 from relay.adapters.aws import client
 from relay.adapters.idempotency import DynamoDBIdempotencyStore
@@ -12,21 +13,13 @@ from relay.errors import DependencyUnavailable
 from relay.local.aws_stack import LocalResources
 
 
-class Clock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(1_800_000_000.0)
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def store(aws_stack: LocalResources, clock: Clock) -> DynamoDBIdempotencyStore:
+def store(aws_stack: LocalResources, clock: ManualClock) -> DynamoDBIdempotencyStore:
     return DynamoDBIdempotencyStore(
         aws_stack.idempotency_table, ttl_seconds=3_600, lease_seconds=10, clock=clock
     )
@@ -60,7 +53,7 @@ def test_a_released_claim_can_be_claimed_again(store: DynamoDBIdempotencyStore) 
 
 
 def test_a_crashed_attempt_blocks_only_until_its_lease_ends(
-    store: DynamoDBIdempotencyStore, clock: Clock
+    store: DynamoDBIdempotencyStore, clock: ManualClock
 ) -> None:
     store.claim("intake#d")  # never completed nor released: the Lambda died
     clock.now += 5
@@ -70,7 +63,7 @@ def test_a_crashed_attempt_blocks_only_until_its_lease_ends(
 
 
 def test_a_stale_attempt_cannot_complete_or_release_a_newer_claim(
-    store: DynamoDBIdempotencyStore, clock: Clock
+    store: DynamoDBIdempotencyStore, clock: ManualClock
 ) -> None:
     stale = store.claim("intake#e")
     clock.now += 11
@@ -83,7 +76,7 @@ def test_a_stale_attempt_cannot_complete_or_release_a_newer_claim(
 
 
 def test_records_past_their_expiration_count_as_gone_before_ttl_deletes_them(
-    store: DynamoDBIdempotencyStore, clock: Clock
+    store: DynamoDBIdempotencyStore, clock: ManualClock
 ) -> None:
     store.complete(store.claim("intake#f"), "{}")
     clock.now += 3_601

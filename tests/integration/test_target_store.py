@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from test_dispatch_support import ManualClock
 
 from relay.adapters.aws import client
 from relay.adapters.target_store import TargetStore
@@ -12,14 +13,6 @@ from relay.local.aws_stack import LocalResources
 from relay.models.targets import Integration, Target
 
 pytestmark = pytest.mark.integration
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _counting_dynamodb() -> tuple[Any, list[str]]:
@@ -47,7 +40,7 @@ def _seed(store: TargetStore, integration_id: str, targets: int = 2) -> None:
 def test_one_query_returns_the_integration_and_its_targets_and_is_cached(aws_stack: LocalResources) -> None:
     # Given an integration with two targets
     ddb, queries = _counting_dynamodb()
-    clock = Clock()
+    clock = ManualClock(1000.0)
     store = TargetStore(aws_stack.targets_table, cache_ttl_seconds=60, dynamodb=ddb, clock=clock)
     _seed(store, "int-1")
 
@@ -67,7 +60,9 @@ def test_one_query_returns_the_integration_and_its_targets_and_is_cached(aws_sta
 
 def test_unknown_integrations_are_cached_too(aws_stack: LocalResources) -> None:
     ddb, queries = _counting_dynamodb()
-    store = TargetStore(aws_stack.targets_table, cache_ttl_seconds=60, dynamodb=ddb, clock=Clock())
+    store = TargetStore(
+        aws_stack.targets_table, cache_ttl_seconds=60, dynamodb=ddb, clock=ManualClock(1000.0)
+    )
     assert store.get("nope") is None
     assert store.get("nope") is None
     assert len(queries) == 1
@@ -76,7 +71,7 @@ def test_unknown_integrations_are_cached_too(aws_stack: LocalResources) -> None:
 def test_the_cache_is_bounded_least_recently_used_first(aws_stack: LocalResources) -> None:
     # Given a cache of two entries
     ddb, queries = _counting_dynamodb()
-    store = TargetStore(aws_stack.targets_table, dynamodb=ddb, clock=Clock(), max_cache_entries=2)
+    store = TargetStore(aws_stack.targets_table, dynamodb=ddb, clock=ManualClock(1000.0), max_cache_entries=2)
 
     # When three different ids are read, the first one touched again before the third
     store.get("a")
