@@ -21,6 +21,7 @@ when the stack's process dies (PR_SET_PDEATHSIG), so none outlives it.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -29,11 +30,13 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import IO, Any
 
-from relay.local.lambda_runtime import Invocation, LocalFunction
+from relay.local.lambda_runtime import Invocation, LambdaContext, LocalFunction, load_handler
 from relay.local.template import FunctionSpec, Template
 
 log = logging.getLogger("relay.local")
@@ -43,42 +46,6 @@ RUNTIME_EXIT_ERROR = "Runtime.ExitError"
 TIMED_OUT = "Task timed out"
 # Time a worker gets to import its handler before the invocation counts as failed.
 INIT_TIMEOUT_SECONDS = 60.0
-
-# The worker: dies with its parent, imports the handler once, then serves invocations from fd IN and
-# answers on fd OUT. Requests and answers are JSON (never pickle): what crosses is what Lambda sees.
-_WORKER_CHILD = """
-import ctypes, json, signal, sys, time, traceback
-if sys.platform.startswith('linux'):
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-from multiprocessing.connection import Connection
-requests, answers = Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False)
-started = time.perf_counter()
-from relay.local.lambda_runtime import LambdaContext
-from relay.local.template import FunctionSpec
-from relay.local.lambda_runtime import load_handler
-spec = json.loads(sys.argv[3])
-handler = load_handler(FunctionSpec(spec['logical_id'], __import__('pathlib').Path(spec['code_dir']),
-    spec['handler_module'], spec['handler_function'], spec['timeout_seconds'], {}, {}, None))
-answers.send_bytes(json.dumps({'ready': True, 'init_ms': (time.perf_counter() - started) * 1000}).encode())
-while True:
-    try:
-        request = json.loads(requests.recv_bytes())
-    except EOFError:
-        break
-    c = request['context']
-    context = LambdaContext(c['function_name'], c['memory_limit_in_mb'], c['timeout_seconds'],
-                            c['region'], c['account_id'])
-    context.aws_request_id = c['aws_request_id']
-    try:
-        result = handler(request['event'], context)
-        answer = {'result': result}
-        data = json.dumps(answer)
-    except Exception as exc:
-        traceback.print_exc()
-        data = json.dumps({'error': type(exc).__name__})
-    sys.stdout.flush(); sys.stderr.flush()
-    answers.send_bytes(data.encode())
-"""
 
 
 class WorkerDied(RuntimeError):
@@ -94,6 +61,15 @@ class WorkerStats:
     crashed: int = 0  # invocations whose worker died before answering
     timed_out: int = 0
     max_workers_alive: int = 0
+
+
+@dataclass(frozen=True)
+class KilledInvocation:
+    """An invocation ``kill_busy_worker`` cut short: the worker's pid, the event it was running, when."""
+
+    pid: int
+    event: dict[str, Any]
+    killed_at: float  # time.time()
 
 
 class _Worker:
@@ -114,7 +90,7 @@ class _Worker:
         sink: IO[str] | int = output if output is not None else sys.stderr.fileno()
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", _WORKER_CHILD, str(request_read), str(answer_write), description],
+                [sys.executable, "-m", __name__, str(request_read), str(answer_write), description],
                 pass_fds=(request_read, answer_write),
                 stdin=subprocess.DEVNULL,
                 stdout=sink,
@@ -128,6 +104,7 @@ class _Worker:
         self.answers = Connection(answer_read, writable=False)
         self.ready = False
         self.busy_since: float | None = None
+        self.event: dict[str, Any] = {}
 
     @property
     def pid(self) -> int:
@@ -197,7 +174,7 @@ class WorkerFunction(LocalFunction):
         self.stats = WorkerStats()
         self._idle: list[_Worker] = []
         self._busy: dict[int, _Worker] = {}
-        self.killed_pids: list[int] = []  # workers kill_busy_worker killed
+        self.killed: list[KilledInvocation] = []
         self._spawning = 0
         self._closed = False
         self._lock = threading.Condition()
@@ -228,6 +205,7 @@ class WorkerFunction(LocalFunction):
         started = time.perf_counter()
         deadline = time.monotonic() + self.spec.timeout_seconds
         worker = self._acquire()
+        worker.event = event
         request = {
             "event": event,
             "context": {
@@ -311,20 +289,22 @@ class WorkerFunction(LocalFunction):
         with self._lock:
             return {pid: now - (w.busy_since or now) for pid, w in self._busy.items()}
 
-    def kill_busy_worker(self, *, min_busy_seconds: float = 0.0) -> int | None:
-        """SIGKILL one worker that has been running an invocation at least ``min_busy_seconds``;
-        its pid, or None when no worker qualifies."""
+    def kill_busy_worker(self, *, min_busy_seconds: float = 0.0, min_records: int = 0) -> int | None:
+        """SIGKILL one worker that has been running an invocation (of at least ``min_records`` SQS
+        records) for at least ``min_busy_seconds``; its pid, or None when no worker qualifies."""
         with self._lock:
             candidates = [
                 w
                 for w in self._busy.values()
-                if w.busy_since is not None and time.monotonic() - w.busy_since >= min_busy_seconds
+                if w.busy_since is not None
+                and time.monotonic() - w.busy_since >= min_busy_seconds
+                and len(w.event.get("Records", ())) >= min_records
             ]
             if not candidates:
                 return None
             victim = max(candidates, key=lambda w: time.monotonic() - (w.busy_since or 0.0))
             victim.process.send_signal(signal.SIGKILL)
-            self.killed_pids.append(victim.pid)
+            self.killed.append(KilledInvocation(victim.pid, victim.event, time.time()))
             return victim.pid
 
     def worker_pids(self) -> list[int]:
@@ -341,9 +321,61 @@ class WorkerFunction(LocalFunction):
             worker.close()
 
 
+def serve(argv: list[str]) -> None:
+    """The worker process: import the handler once, then serve invocations until the pipe closes.
+
+    Requests and answers are JSON (never pickle): what crosses is what Lambda would see.
+    """
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the stack's process
+    requests = Connection(int(argv[0]), writable=False)
+    answers = Connection(int(argv[1]), readable=False)
+    started = time.perf_counter()
+    spec = json.loads(argv[2])
+    handler = load_handler(
+        FunctionSpec(
+            logical_id=spec["logical_id"],
+            code_dir=Path(spec["code_dir"]),
+            handler_module=spec["handler_module"],
+            handler_function=spec["handler_function"],
+            timeout_seconds=spec["timeout_seconds"],
+            environment={},
+            events={},
+            reserved_concurrency=None,
+        )
+    )
+    answers.send_bytes(json.dumps({"ready": True, "init_ms": _ms_since(started)}).encode())
+    while True:
+        try:
+            request = json.loads(requests.recv_bytes())
+        except EOFError:
+            return
+        fields = request["context"]
+        context = LambdaContext(
+            fields["function_name"],
+            fields["memory_limit_in_mb"],
+            fields["timeout_seconds"],
+            fields["region"],
+            fields["account_id"],
+        )
+        context.aws_request_id = fields["aws_request_id"]
+        try:
+            data = json.dumps({"result": handler(request["event"], context)})
+        except Exception as exc:  # noqa: BLE001 - a handler error is an outcome, as in Lambda
+            traceback.print_exc()
+            data = json.dumps({"error": type(exc).__name__})
+        sys.stdout.flush()
+        sys.stderr.flush()
+        answers.send_bytes(data.encode())
+
+
 def _runs_in_a_worker(event: dict[str, Any], context: Any) -> Any:
     raise RuntimeError("this function's handler runs in worker processes, not in this one")
 
 
 def _ms_since(started: float) -> float:
     return (time.perf_counter() - started) * 1000
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1:])

@@ -1,0 +1,167 @@
+"""The chaos run (issue 6, points 4 and 5): the same scenario as ``make chaos``, with the same code and size.
+
+One module-scoped run of bench/chaos.py's ``ChaosRun`` (300 events, a flaky and a dead target, one
+dispatcher worker SIGKILLed mid-batch); each test asserts one claim on its summary, which is computed
+from what the receivers and the DLQ hold. The stack stays up for the security tests at the end
+(secret scan, replayed and tampered Genesys signatures).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_chaos() -> ModuleType:
+    """bench/chaos.py, the script ``make chaos`` runs (bench/ is not an installed package)."""
+    spec = importlib.util.spec_from_file_location("relay_bench_chaos", ROOT / "bench" / "chaos.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+chaos = load_chaos()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    with chaos.ChaosRun(tmp_path_factory.mktemp("chaos"), chaos.EVENTS) as chaos_run:
+        chaos_run.summary = chaos_run.execute()
+        chaos_run.summary["security"] = chaos_run.security_scan()
+        chaos_run.real_stdout.write(json.dumps(chaos_run.summary) + "\n")
+        yield chaos_run
+
+
+@pytest.fixture(scope="module")
+def summary(run: Any) -> dict[str, Any]:
+    result: dict[str, Any] = run.summary
+    return result
+
+
+def test_every_accepted_event_is_delivered_or_dead_lettered(summary: dict[str, Any]) -> None:
+    assert summary["events_sent"] >= 300
+    assert summary["accepted"] == summary["events_sent"]
+    assert summary["drained"] is True
+    assert summary["pairs_expected"] == 2 * summary["accepted"]
+    assert summary["lost"] == 0
+    assert summary["delivered"] + summary["dead_lettered"] >= summary["pairs_expected"]
+    # The retry budget (8 attempts) outlasts a 30 % fault rate and a 15 s outage: both targets got
+    # (nearly) everything, and what did not arrive is in the DLQ with the relay's reason.
+    assert summary["targets"]["flaky"]["delivered"] > 0.9 * summary["accepted"]
+    assert summary["targets"]["dead"]["delivered"] > 0.9 * summary["accepted"]
+    assert "redrive-backstop" not in summary["dlq_reasons"]
+
+
+def test_the_flaky_receiver_injected_every_kind_of_fault(summary: dict[str, Any]) -> None:
+    answers = summary["targets"]["flaky"]["answers"]
+    faults = answers.get("5xx", 0) + answers.get("429", 0) + answers.get("dropped-or-hung", 0)
+    assert answers.get("5xx", 0) > 0 and answers.get("429", 0) > 0 and answers.get("dropped-or-hung", 0) > 0
+    assert 0.2 < faults / summary["targets"]["flaky"]["requests"] < 0.4
+
+
+def test_the_dead_targets_breaker_opened_and_held_within_the_probe_allowance(summary: dict[str, Any]) -> None:
+    dead = summary["dead_target"]
+    assert dead["requests_while_down"] > 0  # the down receiver counted the connections it dropped
+    assert dead["breaker_opened"] is True
+    assert dead["open_seconds"] > 0
+    assert dead["requests_while_open"] <= dead["allowance"]["total"]
+    assert dead["within_allowance"] is True
+    # Open means deferred, not hammered: far fewer requests while open than tasks it held.
+    assert dead["requests_while_open"] < summary["accepted"] / 2
+
+
+def test_the_flaky_target_kept_receiving_while_the_dead_one_was_down(summary: dict[str, Any]) -> None:
+    assert summary["flaky_delivered_while_dead_down"] > 0
+
+
+def test_the_killed_invocation_failed_whole_and_its_records_arrived_later(run: Any) -> None:
+    kill = run.summary["kill"]
+    assert kill["killed_invocations"] == 1
+    assert kill["crashed_invocations"] >= 1
+    assert kill["pairs"] > 0
+    assert kill["pairs_lost"] == 0
+    assert kill["pairs_delivered_after_kill"] + kill["pairs_dead_lettered"] >= kill["pairs"]
+    assert run.summary["poller"]["failed_invocations"] >= 1
+    # The killed container is gone; a later invocation started a fresh one (a cold start).
+    killed_pid = run.workers.killed[0].pid
+    assert killed_pid not in run.workers.worker_pids()
+    assert kill["cold_starts"] >= 2
+
+
+def test_no_secret_or_event_plaintext_in_any_log_line_or_audit_object(run: Any) -> None:
+    security = run.summary["security"]
+    assert security["log_lines_scanned"] > 1000
+    assert security["audit_objects_scanned"] > 0
+    assert security["markers_checked"] == run.summary["events_sent"]
+    assert security["secrets_checked"] >= 15
+    assert security["hits"] == {}
+    assert security["total_hits"] == 0
+    # The scan would have seen them: the fixtures file holds every configured secret, and the
+    # receivers' decrypted events hold the markers.
+    planted = run.count_hits([run.fixtures_path.read_text()])
+    assert {"signature_secret", "flaky_bearer", "dead_basic_password", "flaky_signing_secret"} <= set(planted)
+    decrypted = [json.dumps(r.event) for r in run.receiver(run.flaky_id).deliveries[:5]]
+    assert run.count_hits(decrypted)["event_plaintext_marker"] == 5
+
+
+def _settled(run: Any) -> None:
+    assert run._settle(timeout=60), "the delivery queue did not settle"
+
+
+def _requests_for(run: Any, event_id: str) -> int:
+    return sum(
+        1
+        for target_id in (run.flaky_id, run.dead_id)
+        for request in run.receiver(target_id).requests
+        if (request.event or {}).get("id") == event_id
+    )
+
+
+def test_a_replayed_genesys_request_is_accepted_once_and_not_delivered_again(run: Any) -> None:
+    # Given an event the chaos run delivered
+    original = next(s for s in run.sent if 200 <= s.status < 300)
+    before = _requests_for(run, original.event_id)
+    assert before >= 2
+
+    # When the same signed request arrives again
+    replay = run.post(original.body, original.headers)
+    time.sleep(3)  # past the batching window: a queued task would have been picked up by now
+    _settled(run)
+
+    # Then it is answered as accepted (idempotently) and nothing more reaches the targets
+    assert 200 <= replay.status_code < 300
+    assert replay.json()["eventId"] == original.event_id
+    assert _requests_for(run, original.event_id) == before
+
+
+def test_tampered_bodies_and_signatures_are_refused(run: Any) -> None:
+    # Given a freshly signed event
+    event_id, _, body, headers = run.signed_request()
+
+    # When the body or the signature is changed after signing
+    tampered_body = run.post(body.replace(b"chaos run", b"chaos r\xc3\xbcn"), headers)
+    forged = dict(headers, **{"X-Hub-Signature-256": "sha256=" + "A" * 43 + "="})
+    forged_signature = run.post(body, forged)
+    unsigned = run.post(body, {k: v for k, v in headers.items() if k != "X-Hub-Signature-256"})
+    time.sleep(3)
+    _settled(run)
+
+    # Then each is refused with 401 and the event never reaches a target
+    assert tampered_body.status_code == 401
+    assert forged_signature.status_code == 401
+    assert unsigned.status_code == 401
+    assert _requests_for(run, event_id) == 0
