@@ -3,21 +3,30 @@
 One module-scoped run of bench/chaos.py's ``ChaosRun`` (300 events, a flaky and a dead target, one
 dispatcher worker SIGKILLed mid-batch); each test asserts one claim on its summary, which is computed
 from what the receivers and the DLQ hold. The stack stays up for the security tests at the end
-(secret scan, replayed and tampered Genesys signatures).
+(secret scan, replayed and tampered Genesys signatures). The last tests check the warm-worker runner the
+run relies on (relay.local.function_worker) on a small handler of their own, in a few seconds.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import signal
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+
+from relay.local.function_worker import WorkerFunction
+from relay.local.template import FunctionSpec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -165,3 +174,116 @@ def test_tampered_bodies_and_signatures_are_refused(run: Any) -> None:
     assert forged_signature.status_code == 401
     assert unsigned.status_code == 401
     assert _requests_for(run, event_id) == 0
+
+
+# --- the worker runner the chaos run relies on (relay.local.function_worker), on a handler of its own --
+
+HANDLER = """
+import os, sys, time
+calls = 0
+
+def handler(event, context):
+    global calls
+    calls += 1
+    print("handler output for", context.aws_request_id)  # to the function log, not the protocol pipe
+    if event.get("raise"):
+        raise KeyError("boom")
+    time.sleep(event.get("sleep", 0))
+    return {"pid": os.getpid(), "calls": calls, "remaining": context.get_remaining_time_in_millis()}
+"""
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Any]:
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "probe_handler.py").write_text(HANDLER)
+    spec = FunctionSpec("ProbeFunction", tmp_path / "code", "probe_handler", "handler", 2, {}, {}, None)
+    with (tmp_path / "functions.log").open("a") as output:
+        function = WorkerFunction(spec, max_workers=2, output=output)
+        function.log_path = tmp_path / "functions.log"
+        yield function
+        function.close()
+
+
+def test_a_warm_worker_serves_invocations_and_keeps_handler_output_off_the_protocol(workers: Any) -> None:
+    first, second = workers.invoke({}), workers.invoke({})
+
+    assert first.error is None and second.error is None
+    assert first.result["pid"] == second.result["pid"] != os.getpid()
+    assert (first.result["calls"], second.result["calls"]) == (1, 2)  # imported once, state kept warm
+    assert 0 < first.result["remaining"] <= 2000
+    assert workers.stats.cold_starts == 1
+    assert f"handler output for {first.request_id}" in workers.log_path.read_text()
+
+
+def test_concurrent_invocations_get_their_own_containers(workers: Any) -> None:
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(workers.invoke, [{"sleep": 0.5}, {"sleep": 0.5}]))
+
+    assert len({r.result["pid"] for r in results}) == 2
+    assert [r.result["calls"] for r in results] == [1, 1]  # no module state shared between them
+
+
+def test_a_worker_killed_mid_invocation_is_a_runtime_exit_and_the_next_one_starts_cold(workers: Any) -> None:
+    warm = workers.invoke({}).result["pid"]
+    outcome: list[Any] = []
+    running = threading.Thread(target=lambda: outcome.append(workers.invoke({"sleep": 1.5})))
+    running.start()
+    while workers.kill_busy_worker(min_busy_seconds=0.2) is None:
+        time.sleep(0.05)
+    running.join()
+
+    assert outcome[0].error == "Runtime.ExitError" and outcome[0].result is None
+    assert workers.killed[0].pid == warm
+    after = workers.invoke({})
+    assert after.error is None and after.result["pid"] != warm and after.result["calls"] == 1
+    assert workers.stats.cold_starts == 2 and workers.stats.crashed == 1
+
+
+def test_an_error_keeps_the_container_and_a_timeout_replaces_it(workers: Any) -> None:
+    warm = workers.invoke({}).result["pid"]
+
+    failed = workers.invoke({"raise": True})
+    still_warm = workers.invoke({})
+    timed_out = workers.invoke({"sleep": 3})
+    fresh = workers.invoke({})
+
+    assert failed.error == "KeyError"
+    assert still_warm.result["pid"] == warm
+    assert timed_out.error == "Task timed out"
+    assert fresh.result["pid"] != warm
+    assert workers.stats.timed_out == 1
+
+
+def test_workers_die_with_the_process_that_started_them(tmp_path: Path) -> None:
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "probe_handler.py").write_text(HANDLER)
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from pathlib import Path\n"
+            "from relay.local.function_worker import WorkerFunction\n"
+            "from relay.local.template import FunctionSpec\n"
+            "spec = FunctionSpec('P', Path(sys.argv[1]), 'probe_handler', 'handler', 5, {}, {}, None)\n"
+            "f = WorkerFunction(spec, max_workers=1, output=open(sys.argv[2], 'a'))\n"
+            "print(f.invoke({}).result['pid'], flush=True)\n"
+            "time.sleep(60)\n",
+            str(tmp_path / "code"),
+            str(tmp_path / "functions.log"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert parent.stdout is not None
+    worker_pid = int(parent.stdout.readline())
+    assert Path(f"/proc/{worker_pid}").exists()
+
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{worker_pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{worker_pid}").exists()
