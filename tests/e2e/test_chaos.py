@@ -200,12 +200,13 @@ def workers(tmp_path: Path) -> Iterator[Any]:
     spec = FunctionSpec("ProbeFunction", tmp_path / "code", "probe_handler", "handler", 2, {}, {}, None)
     with (tmp_path / "functions.log").open("a") as output:
         function = WorkerFunction(spec, max_workers=2, output=output)
-        function.log_path = tmp_path / "functions.log"
         yield function
         function.close()
 
 
-def test_a_warm_worker_serves_invocations_and_keeps_handler_output_off_the_protocol(workers: Any) -> None:
+def test_a_warm_worker_serves_invocations_and_keeps_handler_output_off_the_protocol(
+    workers: Any, tmp_path: Path
+) -> None:
     first, second = workers.invoke({}), workers.invoke({})
 
     assert first.error is None and second.error is None
@@ -213,7 +214,7 @@ def test_a_warm_worker_serves_invocations_and_keeps_handler_output_off_the_proto
     assert (first.result["calls"], second.result["calls"]) == (1, 2)  # imported once, state kept warm
     assert 0 < first.result["remaining"] <= 2000
     assert workers.stats.cold_starts == 1
-    assert f"handler output for {first.request_id}" in workers.log_path.read_text()
+    assert f"handler output for {first.request_id}" in (tmp_path / "functions.log").read_text()
 
 
 def test_concurrent_invocations_get_their_own_containers(workers: Any) -> None:
