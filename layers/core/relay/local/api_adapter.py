@@ -22,11 +22,12 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from relay.local.lambda_runtime import Handler, LocalFunction
+from relay.local.loopback import LoopbackServer
 from relay.local.template import Template
 
 log = logging.getLogger("relay.local")
@@ -238,8 +239,7 @@ class ApiAdapter:
         self.max_payload_bytes = max_payload_bytes
         self.api_id = "local"
         self.base_url = ""
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http: LoopbackServer | None = None
         # Open client connections and those in the middle of a request: stop() closes the idle ones
         # (keep-alive clients) and lets the busy ones finish their request.
         self._connections_lock = threading.Lock()
@@ -253,27 +253,22 @@ class ApiAdapter:
 
     def start(self) -> str:
         handler = type("_BoundApiHandler", (_ApiHandler,), {"adapter": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
-        self._server.daemon_threads = False  # stop() waits for requests in flight
-        self._server.block_on_close = True
-        self.port = self._server.server_address[1]
+        # stop() waits for requests in flight
+        self._http = LoopbackServer(handler, name="api-adapter", port=self.port, wait_for_requests=True)
+        self.port = self._http.start()
         self.base_url = f"http://127.0.0.1:{self.port}{self.stage_prefix}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="api-adapter", daemon=True)
-        self._thread.start()
         return self.base_url
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            with self._connections_lock:
-                self._stopping = True
-                for idle in self._connections - self._busy:
-                    _shut_read(idle)
-            self._server.server_close()  # joins the request threads
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        if self._http is not None:
+            self._http.stop(before_close=self._close_idle_connections)
+            self._http = None
+
+    def _close_idle_connections(self) -> None:
+        with self._connections_lock:
+            self._stopping = True
+            for idle in self._connections - self._busy:
+                _shut_read(idle)
 
     def __enter__(self) -> ApiAdapter:
         self.start()

@@ -28,11 +28,12 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from relay.local.fixtures import FixtureIntegration, Fixtures, FixtureTarget
+from relay.local.loopback import LoopbackServer
 
 FaultKind = Literal["status", "slow", "malformed"]
 
@@ -190,8 +191,7 @@ class FakeGenesys:
         self._tokens: dict[str, float] = {}  # access token -> monotonic expiry
         self._faults: list[Fault] = []
         self._requests: list[RecordedRequest] = []
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http: LoopbackServer | None = None
         self.base_url = ""
         self.load(fixtures)
 
@@ -294,22 +294,14 @@ class FakeGenesys:
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> str:
         handler = type("_BoundHandler", (_Handler,), {"fake": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        port = self._server.server_address[1]
-        self.base_url = f"http://127.0.0.1:{port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-genesys", daemon=True)
-        self._thread.start()
+        self._http = LoopbackServer(handler, name="fake-genesys")
+        self.base_url = f"http://127.0.0.1:{self._http.start()}"
         return self.base_url
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        if self._http is not None:
+            self._http.stop()
+            self._http = None
 
     def __enter__(self) -> FakeGenesys:
         self.start()

@@ -25,9 +25,10 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
 
+from relay.local.loopback import LoopbackServer
 from relay.receiver_sdk import InvalidDelivery, decrypt_event, verify_signature
 
 Fault = Literal["5xx", "429", "timeout", "drop"]
@@ -118,8 +119,7 @@ class Receiver:
         self._lock = threading.Lock()
         self._requests: list[ReceivedRequest] = []
         self._accepted_ids: set[str] = set()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http: LoopbackServer | None = None
         self._stopping = threading.Event()
         self._in_flight: dict[str, int] = {}
         self.max_in_flight: dict[str, int] = {}  # per path: the most requests it held at once
@@ -139,26 +139,16 @@ class Receiver:
     # --- lifecycle ----------------------------------------------------------------------------------
     def start(self, port: int = 0) -> str:
         """Listen on 127.0.0.1 (``port`` 0: any free port); return the base URL."""
-        handler = _make_handler(self)
-        server = ThreadingHTTPServer(("127.0.0.1", port), handler)
-        server.daemon_threads = True
-        server.block_on_close = False
-        self._server = server
         self._stopping.clear()
-        self._thread = threading.Thread(target=server.serve_forever, name="receiver", daemon=True)
-        self._thread.start()
-        self.url = f"http://127.0.0.1:{server.server_address[1]}"
+        self._http = LoopbackServer(_make_handler(self), name="receiver", port=port)
+        self.url = f"http://127.0.0.1:{self._http.start()}"
         return self.url
 
     def stop(self) -> None:
         self._stopping.set()  # wakes hanging and slow requests
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        if self._http is not None:
+            self._http.stop()
+            self._http = None
 
     def __enter__(self) -> Receiver:
         self.start()
