@@ -65,7 +65,7 @@ e2e: $(VENV)/.synced
 
 # `build` first: tests/build checks the artifacts sam build makes, loaded the way Lambda loads them.
 test: lint typecheck template-check build
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 build: $(SAMVENV)/.synced
 	PATH="$$(dirname $$(command -v $(PYTHON))):$$PATH" $(SAMVENV)/bin/sam build
