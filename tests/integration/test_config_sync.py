@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterator
 
 import pytest
 from pydantic import SecretStr
@@ -16,7 +15,7 @@ from relay.adapters.aws import client
 from relay.adapters.secrets import RotatingSecret, SecretKind, get_secret, put_secret, secret_name
 from relay.adapters.target_store import TargetStore
 from relay.errors import GenesysRateLimited, GenesysTimeout
-from relay.local.aws_stack import LocalResources, forget_cached_configuration
+from relay.local.aws_stack import forget_cached_configuration
 from relay.local.fake_genesys import FakeGenesys, Fault
 from relay.local.fixtures import Fixtures
 from relay.logic.config_sync import sync_targets
@@ -34,27 +33,6 @@ SECRET_VALUES = [
     *(t.signing_secret for t in INTEGRATION.targets if t.signing_secret),
     *(t.encryption_key for t in INTEGRATION.targets if t.encryption_key),
 ]
-
-
-@pytest.fixture(scope="module")
-def fake_genesys() -> Iterator[FakeGenesys]:
-    with FakeGenesys(FIXTURES) as fake:
-        yield fake
-
-
-@pytest.fixture
-def genesys(
-    fake_genesys: FakeGenesys, aws_stack: LocalResources, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[FakeGenesys]:
-    """The fake, reset to the fixtures, with the sync's settings pointing at it and a fresh secrets prefix."""
-    fake_genesys.reset(FIXTURES)
-    for name, value in fake_genesys.settings_env().items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("RELAY_ALLOW_LOOPBACK_TARGETS", "true")
-    monkeypatch.setenv("SECRETS_PREFIX", f"relay/test-{secrets.token_hex(4)}")
-    forget_cached_configuration()
-    yield fake_genesys
-    fake_genesys.clear_faults()
 
 
 def _store() -> TargetStore:

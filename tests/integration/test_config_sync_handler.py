@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import secrets
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -16,7 +14,6 @@ from types import ModuleType
 import pytest
 
 from relay.errors import GenesysForbidden
-from relay.local.aws_stack import LocalResources, forget_cached_configuration
 from relay.local.fake_genesys import FakeGenesys
 from relay.local.fixtures import Fixtures
 
@@ -51,26 +48,6 @@ def handler() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(scope="module")
-def fake_genesys() -> Iterator[FakeGenesys]:
-    with FakeGenesys(FIXTURES) as fake:
-        yield fake
-
-
-@pytest.fixture
-def genesys(
-    fake_genesys: FakeGenesys, aws_stack: LocalResources, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[FakeGenesys]:
-    fake_genesys.reset(FIXTURES)
-    for name, value in fake_genesys.settings_env().items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("RELAY_ALLOW_LOOPBACK_TARGETS", "true")
-    monkeypatch.setenv("SECRETS_PREFIX", f"relay/test-{secrets.token_hex(4)}")
-    forget_cached_configuration()
-    yield fake_genesys
-    fake_genesys.clear_faults()
 
 
 def _emf_metrics(stdout: str) -> dict[str, float]:
