@@ -26,6 +26,7 @@ from relay.models.delivery import (
     ATTR_LAST_ERROR,
     ATTR_LAST_STATUS,
     ATTR_TARGET_ID,
+    DEAD_LETTER_ATTRIBUTES,
     S3Ref,
 )
 
@@ -38,11 +39,6 @@ def _number(value: int) -> dict[str, str]:
 
 def _string(value: str) -> dict[str, str]:
     return {"DataType": "String", "StringValue": value[:MAX_ATTRIBUTE_TEXT] or "-"}
-
-
-DEAD_LETTER_ATTRIBUTES = frozenset(
-    {ATTR_DLQ_REASON, ATTR_LAST_STATUS, ATTR_LAST_ERROR, ATTR_TARGET_ID, ATTR_INTEGRATION_ID}
-)
 
 
 def carried_attributes(message_attributes: Mapping[str, Any]) -> dict[str, dict[str, str]]:

@@ -31,9 +31,9 @@ from relay.models.delivery import (
     ATTR_DEFERRALS,
     ATTR_DLQ_REASON,
     ATTR_INTEGRATION_ID,
-    ATTR_LAST_ERROR,
     ATTR_LAST_STATUS,
     ATTR_TARGET_ID,
+    DEAD_LETTER_ATTRIBUTES,
     DeliveryTask,
 )
 
@@ -49,10 +49,6 @@ DLQ_REASONS = (
     "unknown-target",
     "target-disabled",
     BACKSTOP_REASON,
-)
-# Attributes the dispatcher sets only when it dead-letters a message: a redriven copy drops them.
-DEAD_LETTER_ATTRIBUTES = frozenset(
-    {ATTR_DLQ_REASON, ATTR_LAST_STATUS, ATTR_LAST_ERROR, ATTR_TARGET_ID, ATTR_INTEGRATION_ID}
 )
 
 RedriveMethod = Literal["auto", "move-task", "resend"]

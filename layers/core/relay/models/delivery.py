@@ -25,6 +25,10 @@ ATTR_LAST_STATUS = "relay-last-status"
 ATTR_LAST_ERROR = "relay-last-error"
 ATTR_TARGET_ID = "relay-target-id"
 ATTR_INTEGRATION_ID = "relay-integration-id"
+# The dead-letter notes: they describe one failed run, so a redrive or a re-queue drops them.
+DEAD_LETTER_ATTRIBUTES = frozenset(
+    {ATTR_DLQ_REASON, ATTR_LAST_STATUS, ATTR_LAST_ERROR, ATTR_TARGET_ID, ATTR_INTEGRATION_ID}
+)
 
 
 class S3Ref(BaseModel):
