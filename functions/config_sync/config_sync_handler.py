@@ -1,8 +1,9 @@
 """ConfigSyncFunction: on a schedule, read target configs from Genesys Cloud into DynamoDB + Secrets Manager.
 
 Wiring only; the sync itself is relay.logic.config_sync. The Genesys SDK (its own layer) loads here
-and nowhere else. A GenesysError ends the run as a Lambda error (the alarm sees it); rejected
-configs do not: they are reported in the result, the log and the TargetsRejected metric.
+and nowhere else. A run-level failure (a GenesysRunError such as a failed login, 403, 429 past the
+bound, a timeout; AWS or settings errors) raises: the invocation fails and the alarm sees
+it. Rejected configs do not: they are reported in the result, the log and the TargetsRejected metric.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
@@ -14,10 +15,10 @@ from pydantic import SecretStr
 from relay.adapters.aws import client
 from relay.adapters.secrets import RotatingSecret, SecretKind, get_secret, put_secret, secret_name
 from relay.adapters.target_store import TargetStore
-from relay.errors import GenesysRateLimited, GenesysTimeout
+from relay.errors import GenesysLoginError, GenesysRateLimited, GenesysTimeout
 from relay.local.aws_stack import forget_cached_configuration
 from relay.local.fake_genesys import FakeGenesys, Fault
-from relay.local.fixtures import Fixtures
+from relay.local.fixtures import Fixtures, FixtureTarget
 from relay.logic.config_sync import sync_targets
 from relay.models.targets import SecurityType
 from relay.settings import get_settings
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.integration
 FIXTURES = Fixtures.load()
 INTEGRATION = FIXTURES.integrations[0]
 CRM, ARCHIVE = INTEGRATION.targets
+TOKEN_PATH = r"^/oauth/token$"
 SECRET_VALUES = [
     INTEGRATION.signature_secret,
     *(t.security.value for t in INTEGRATION.targets if t.security.value),
@@ -228,6 +230,39 @@ def test_malformed_answer_for_one_target_keeps_its_last_good_config(genesys: Fak
     assert _store().get_target(INTEGRATION.id, CRM.id) == before
 
 
+def _serve_targets_first(
+    genesys: FakeGenesys, monkeypatch: pytest.MonkeyPatch, *extra: FixtureTarget
+) -> None:
+    """Genesys also serves ``extra`` webhook integrations, which the sync reads before the good ones."""
+    integration = INTEGRATION.model_copy(update={"targets": [*extra, *INTEGRATION.targets]})
+    genesys.load(Fixtures(integrations=[integration]))
+    ids = [t.id for t in extra] + [CRM.id, ARCHIVE.id]
+    monkeypatch.setenv("GENESYS_WEBHOOK_INTEGRATION_IDS", ",".join(ids))
+    forget_cached_configuration()
+
+
+def test_an_unexpected_error_in_one_item_rejects_it_and_the_run_goes_on(
+    genesys: FakeGenesys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a target read first whose host trips the resolver with an error nobody expected
+    odd = FixtureTarget(id="0c0c0c0c-0000-4000-8000-000000000001", name="odd", url="https://odd.example.com/")
+    _serve_targets_first(genesys, monkeypatch, odd)
+
+    def resolve(host: str, port: int) -> list[str]:
+        raise UnicodeError(f"label empty or too long in {host}")
+
+    # When the sync runs
+    report = sync_targets(get_settings(), resolve=resolve)
+
+    # Then that target is rejected with a reason naming the error, and the good ones after it synced
+    assert [(r.id, r.reason) for r in report.rejected] == [
+        (odd.id, "unexpected UnicodeError while reading or checking its config")
+    ]
+    assert report.targets == [CRM.id, ARCHIVE.id]
+    entry = _store().get(INTEGRATION.id)
+    assert entry is not None and sorted(t.target_id for t in entry.targets) == sorted([CRM.id, ARCHIVE.id])
+
+
 def test_redacted_credentials_keep_the_value_secrets_manager_holds(genesys: FakeGenesys) -> None:
     # Given a first sync stored the bearer token
     sync_targets(get_settings())
@@ -315,6 +350,25 @@ def test_429_past_the_bound_ends_the_run_with_a_clear_error(
     # The integration read before the 429 was stored; no target was
     entry = _store().get(INTEGRATION.id)
     assert entry is not None and entry.targets == ()
+
+
+@pytest.mark.parametrize(
+    "spoil_login", [FakeGenesys.omit_expires_in, lambda fake, times: fake.malform(TOKEN_PATH, times)]
+)
+def test_an_unusable_token_answer_fails_the_run_after_one_login(
+    genesys: FakeGenesys, spoil_login: Any
+) -> None:
+    # Given the token endpoint answers 200 without expires_in (or with a body that is not JSON)
+    spoil_login(genesys, times=10)
+
+    # When the sync runs, the run fails with a login error
+    with pytest.raises(GenesysLoginError, match="token"):
+        sync_targets(get_settings())
+
+    # After one login attempt and no read at all, and nothing was written
+    assert genesys.count(TOKEN_PATH) == 1
+    assert genesys.count(r"^/api/v2/") == 0
+    assert _store().get(INTEGRATION.id) is None
 
 
 def test_a_slow_genesys_ends_the_run_with_a_timeout(

@@ -13,7 +13,7 @@ from types import ModuleType
 
 import pytest
 
-from relay.errors import GenesysForbidden
+from relay.errors import GenesysForbidden, GenesysLoginError
 from relay.local.fake_genesys import FakeGenesys
 from relay.local.fixtures import Fixtures
 
@@ -97,5 +97,20 @@ def test_handler_fails_the_run_naming_the_missing_permission(
     with pytest.raises(GenesysForbidden, match="messaging:integration:view"):
         handler.lambda_handler(EVENT, LambdaContext())
 
+    out, err = capfd.readouterr()
+    assert genesys.client_secret not in out + err
+
+
+def test_handler_fails_the_run_when_the_token_answer_is_unusable(
+    handler: ModuleType, genesys: FakeGenesys, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # Given the token endpoint answers without expires_in, on every login
+    genesys.omit_expires_in(times=10)
+
+    # Then the invocation fails (the alarm sees it) after one login, rather than rejecting every item
+    with pytest.raises(GenesysLoginError, match="expires_in"):
+        handler.lambda_handler(EVENT, LambdaContext())
+
+    assert genesys.count(r"^/oauth/token$") == 1
     out, err = capfd.readouterr()
     assert genesys.client_secret not in out + err

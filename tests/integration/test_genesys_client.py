@@ -28,9 +28,12 @@ from relay.errors import (
     GenesysAuthError,
     GenesysError,
     GenesysForbidden,
+    GenesysItemError,
+    GenesysLoginError,
     GenesysMalformedResponse,
     GenesysNotFound,
     GenesysRateLimited,
+    GenesysRunError,
     GenesysTimeout,
     GenesysUnavailable,
 )
@@ -247,15 +250,37 @@ def test_slow_token_endpoint_is_a_timeout_error(genesys: FakeGenesys) -> None:
         client.login()
 
 
-@pytest.mark.parametrize("path", [API_PATH, TOKEN_PATH])
-def test_malformed_body_is_a_malformed_response_error(genesys: FakeGenesys, path: str) -> None:
+def test_malformed_body_is_a_malformed_response_error(genesys: FakeGenesys) -> None:
     client = _client(genesys)
-    if path == API_PATH:
-        client.login()
-    genesys.malform(path=path)
+    client.login()
+    genesys.malform(path=API_PATH)
 
     with pytest.raises(GenesysMalformedResponse):
         client.get_integration(TARGET_ID)
+
+
+def test_malformed_token_answer_is_a_login_error(genesys: FakeGenesys) -> None:
+    genesys.malform(path=TOKEN_PATH)
+
+    with pytest.raises(GenesysLoginError, match="unreadable"):
+        _client(genesys).get_integration(TARGET_ID)
+
+
+def test_a_token_answer_without_expires_in_is_a_login_error(genesys: FakeGenesys) -> None:
+    genesys.omit_expires_in()
+
+    with pytest.raises(GenesysLoginError, match="expires_in") as caught:
+        _client(genesys).get_integration(TARGET_ID)
+
+    assert genesys.count(TOKEN_PATH) == 1 and genesys.count(API_PATH) == 0
+    _assert_no_secret(caught.value, genesys)
+
+
+def test_a_404_at_login_is_a_login_error(genesys: FakeGenesys) -> None:
+    genesys.add_fault(Fault("status", status=404, path=TOKEN_PATH))
+
+    with pytest.raises(GenesysLoginError, match="404"):
+        _client(genesys).login()
 
 
 def test_unknown_integration_is_not_found(genesys: FakeGenesys) -> None:
@@ -287,15 +312,21 @@ def test_connection_refused_is_unavailable() -> None:
     assert "s3cret-value" not in str(caught.value)
 
 
-def test_every_error_is_a_genesys_error() -> None:
-    for error in (
+def test_every_error_ends_the_run_or_concerns_one_item() -> None:
+    run_level = (
         GenesysAuthError,
+        GenesysLoginError,
+        GenesysForbidden,
         GenesysRateLimited,
+        GenesysUnavailable,
         GenesysTimeout,
-        GenesysMalformedResponse,
-        GenesysNotFound,
-    ):
-        assert issubclass(error, GenesysError)
+    )
+    assert all(issubclass(error, GenesysRunError) for error in run_level)
+    assert all(issubclass(error, GenesysItemError) for error in (GenesysNotFound, GenesysMalformedResponse))
+    assert not issubclass(GenesysRunError, GenesysItemError) and not issubclass(
+        GenesysItemError, GenesysRunError
+    )
+    assert issubclass(GenesysRunError, GenesysError) and issubclass(GenesysItemError, GenesysError)
 
 
 @pytest.mark.parametrize(

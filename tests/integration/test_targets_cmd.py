@@ -17,7 +17,7 @@ from relay.adapters.target_store import TargetStore
 from relay.cli import main
 from relay.local.aws_stack import LocalResources, forget_cached_configuration
 from relay.local.fake_genesys import FakeGenesys
-from relay.local.fixtures import Fixtures
+from relay.local.fixtures import Fixtures, FixtureTarget
 from relay.models.targets import Integration, Target
 from relay.settings import get_settings
 
@@ -195,3 +195,52 @@ def test_sync_without_credentials_fails_with_a_clear_message(
 
     assert code == 3
     assert "GENESYS_CREDENTIALS_SECRET" in capsys.readouterr().err
+
+
+def test_sync_rejects_unusable_urls_and_syncs_the_targets_after_them(
+    genesys: FakeGenesys, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given two targets read before the good ones, whose hosts have an empty and an over-long label
+    integration = FIXTURES.integrations[0]
+    bad = [
+        FixtureTarget(
+            id="0c0c0c0c-0000-4000-8000-000000000001", name="empty", url="https://hooks..example.com/hook"
+        ),
+        FixtureTarget(
+            id="0c0c0c0c-0000-4000-8000-000000000002", name="long", url=f"https://{'a' * 64}.example.com/"
+        ),
+    ]
+    good = [t.id for t in integration.targets]
+    genesys.load(
+        Fixtures(integrations=[integration.model_copy(update={"targets": [*bad, *integration.targets]})])
+    )
+    monkeypatch.setenv("GENESYS_WEBHOOK_INTEGRATION_IDS", ",".join([*(t.id for t in bad), *good]))
+    forget_cached_configuration()
+
+    # When the operator syncs
+    code = main(["targets", "sync"])
+
+    # Then both bad targets are rejected with a reason, the good ones after them are stored, exit 1
+    report = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert [r["id"] for r in report["rejected"]] == [t.id for t in bad]
+    assert all(r["reason"] for r in report["rejected"])
+    assert report["targets"] == good
+    stored = TargetStore(get_settings().need("targets_table"), cache_ttl_seconds=0).get(integration.id)
+    assert stored is not None and sorted(t.target_id for t in stored.targets) == sorted(good)
+
+
+def test_sync_fails_the_run_with_one_error_line_when_the_token_answer_is_unusable(
+    genesys: FakeGenesys, capsys: pytest.CaptureFixture[str]
+) -> None:
+    genesys.malform(path=r"^/oauth/token$", times=10)
+
+    code = main(["targets", "sync"])
+
+    captured = capsys.readouterr()
+    assert code == 3 and captured.out == ""
+    # stderr holds just the one error line: no traceback, no rejection per item
+    assert captured.err.splitlines() == [
+        "relay targets sync: GenesysLoginError: Genesys token endpoint answered with an unreadable body"
+    ]
+    assert genesys.count(r"^/oauth/token$") == 1

@@ -12,12 +12,18 @@
     │   ├── RetryableDelivery         timeouts, connection errors, 408/425/429/5xx, breaker open
     │   └── PermanentDelivery         other 4xx, 3xx: straight to the dead-letter queue
     │       └── TargetGone            410: disable the target, dead-letter
-    └── GenesysError                  talking to Genesys Cloud failed (config sync only)
-        ├── GenesysAuthError (401)    ├── GenesysForbidden (403, names the scope)
-        ├── GenesysNotFound (404)     ├── GenesysRateLimited (429 past our bound)
-        ├── GenesysUnavailable        connection failures, 5xx
-        │   └── GenesysTimeout        connect/read timeout
-        └── GenesysMalformedResponse  2xx with a body we cannot read
+    └── GenesysError                  talking to Genesys Cloud failed (config sync only; never raised itself)
+        ├── GenesysRunError           the sync run ends: Lambda error (alarm), `relay targets sync` exit 3;
+        │   │                         raised itself for an answer nothing below covers (another 4xx)
+        │   ├── GenesysAuthError      login refused (400/401/403), or a fresh token refused (401)
+        │   ├── GenesysLoginError     the token endpoint's answer is unusable (not JSON, no expires_in, ...)
+        │   ├── GenesysForbidden      403, names the scope the OAuth client lacks
+        │   ├── GenesysRateLimited    429 past our bound
+        │   └── GenesysUnavailable    connection failures, TLS, 5xx
+        │       └── GenesysTimeout    connect/read timeout
+        └── GenesysItemError          one item cannot be read: it is rejected, the run goes on
+            ├── GenesysNotFound       404
+            └── GenesysMalformedResponse  2xx with a body we cannot read
 
 Each trigger (API handler, SQS handler, CLI) maps these to outcomes in exactly one place.
 Messages never contain secret values.
@@ -130,14 +136,22 @@ class TargetGone(PermanentDelivery):
 
 
 class GenesysError(RelayError):
-    """Talking to Genesys Cloud failed."""
+    """Talking to Genesys Cloud failed; always raised as a GenesysRunError or a GenesysItemError."""
 
 
-class GenesysAuthError(GenesysError):
-    """Login failed, or a fresh token was refused (401): check the OAuth client id and secret."""
+class GenesysRunError(GenesysError):
+    """The whole sync run cannot go on: it ends (a Lambda error), the next scheduled run starts over."""
 
 
-class GenesysForbidden(GenesysError):
+class GenesysAuthError(GenesysRunError):
+    """Login refused, or a fresh token refused (401): check the OAuth client id and secret."""
+
+
+class GenesysLoginError(GenesysRunError):
+    """The token endpoint answered, but not with a usable token (not JSON, no valid expires_in, ...)."""
+
+
+class GenesysForbidden(GenesysRunError):
     """403: the OAuth client lacks a permission; ``scope`` names it."""
 
     def __init__(self, message: str, *, scope: str) -> None:
@@ -145,11 +159,7 @@ class GenesysForbidden(GenesysError):
         self.scope = scope
 
 
-class GenesysNotFound(GenesysError):
-    """404: the integration (or credential) named in settings does not exist."""
-
-
-class GenesysRateLimited(GenesysError):
+class GenesysRateLimited(GenesysRunError):
     """429 past our bound on Retry-After waits: this run ends, the next scheduled run tries again."""
 
     def __init__(self, message: str, *, retry_after_seconds: float | None = None) -> None:
@@ -157,7 +167,7 @@ class GenesysRateLimited(GenesysError):
         self.retry_after_seconds = retry_after_seconds
 
 
-class GenesysUnavailable(GenesysError):
+class GenesysUnavailable(GenesysRunError):
     """Connection refused or reset, TLS failure, or a 5xx from Genesys Cloud."""
 
 
@@ -165,5 +175,13 @@ class GenesysTimeout(GenesysUnavailable):
     """Connect or read timeout (GENESYS_TIMEOUT_SECONDS)."""
 
 
-class GenesysMalformedResponse(GenesysError):
-    """Genesys answered 2xx with a body that is not the JSON we expect."""
+class GenesysItemError(GenesysError):
+    """One item (integration, credential) cannot be read: it is rejected, its last good record stays."""
+
+
+class GenesysNotFound(GenesysItemError):
+    """404: the integration (or credential) named in settings does not exist."""
+
+
+class GenesysMalformedResponse(GenesysItemError):
+    """Genesys answered an item's read 2xx with a body that is not the JSON we expect."""

@@ -10,8 +10,10 @@ the intake and dispatcher never load it. What the SDK does not do, this wrapper 
   ``Retry-After`` silently (up to 6 h) on every method. Before the first request we give its pool
   connect/read timeouts and ``Retry(total=0, respect_retry_after_header=False)``; we honour 429
   ourselves, up to a bound, then end the run with ``GenesysRateLimited``.
-- **Errors.** ``ApiException`` and urllib3's exceptions become our ``GenesysError`` subclasses; a 403
-  names the permission the OAuth client lacks. No message carries a token or a secret.
+- **Errors.** ``ApiException`` and urllib3's exceptions become our ``GenesysError`` subclasses: a
+  ``GenesysRunError`` ends the run (login, 401/403, 429 past the bound, 5xx, timeouts), a
+  ``GenesysItemError`` concerns the one item read (404, an unreadable body). A 403 names the permission
+  the OAuth client lacks. No message carries a token or a secret.
 
 Responses go through the SDK's own models and come back as plain JSON-shaped dicts (camelCase keys),
 so the logic layer never touches SDK types.
@@ -20,6 +22,7 @@ so the logic layer never touches SDK types.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,9 +35,11 @@ from relay.errors import (
     GenesysAuthError,
     GenesysError,
     GenesysForbidden,
+    GenesysLoginError,
     GenesysMalformedResponse,
     GenesysNotFound,
     GenesysRateLimited,
+    GenesysRunError,
     GenesysTimeout,
     GenesysUnavailable,
 )
@@ -212,19 +217,25 @@ class GenesysClient:
                 self._wait_out_rate_limit(exc, what="login", already=rate_limited)
                 rate_limited += 1
             except (ValueError, KeyError, TypeError):
-                raise GenesysMalformedResponse(
-                    "Genesys token endpoint answered with an unreadable body"
-                ) from None
+                # An unusable token answer ends the run, never just the item being read.
+                raise GenesysLoginError("Genesys token endpoint answered with an unreadable body") from None
             except Exception as exc:  # noqa: BLE001 - urllib3 errors, mapped to our hierarchy right here
                 raise self._translate(exc, what="login", scope=None) from None
-        try:
-            expires_in = float(json.loads(self._last_response.data)["expires_in"])
-        except (AttributeError, ValueError, KeyError, TypeError):
-            raise GenesysMalformedResponse("Genesys token response lacks a numeric expires_in") from None
+        expires_in = self._token_lifetime()
         margin = max(_REFRESH_MARGIN_MIN_SECONDS, expires_in * _REFRESH_MARGIN_RATIO)
         self._expires_at = started + max(0.0, expires_in - margin)
         self.logins += 1
         logger.info("genesys login", extra={"api_host": self.api_host, "expires_in": expires_in})
+
+    def _token_lifetime(self) -> float:
+        """``expires_in`` of the token just issued (seconds, positive), which the SDK does not keep."""
+        try:
+            expires_in = float(json.loads(self._last_response.data)["expires_in"])
+        except (AttributeError, ValueError, KeyError, TypeError):
+            expires_in = math.nan
+        if not math.isfinite(expires_in) or expires_in <= 0:
+            raise GenesysLoginError("Genesys token response lacks a positive numeric expires_in")
+        return expires_in
 
     def _ensure_token(self) -> None:
         if self._expires_at is None or self._clock() >= self._expires_at:
@@ -338,6 +349,8 @@ class GenesysClient:
                     f"Genesys login refused ({status}): check the OAuth client id and secret "
                     "and that the client uses the Client Credentials grant"
                 )
+            if status < 500 and scope is None:  # e.g. 404: not a Genesys token endpoint
+                return GenesysLoginError(f"Genesys token endpoint answered {status} at login")
             if status == 401:
                 return GenesysAuthError(f"Genesys refused a fresh token reading {what} (401)")
             if status == 403:
@@ -350,7 +363,7 @@ class GenesysClient:
                 return GenesysNotFound(f"Genesys has no {what} (404)")
             if status >= 500:
                 return GenesysUnavailable(f"Genesys Cloud answered {status} reading {what}")
-            return GenesysError(f"Genesys Cloud answered {status} reading {what}")
+            return GenesysRunError(f"Genesys Cloud answered {status} reading {what}")
         if isinstance(exc, urllib3.exceptions.HTTPError):
             reason = getattr(exc, "reason", None) or exc
             # urllib3 makes NewConnectionError a ConnectTimeoutError, yet it is a refusal, not a timeout.
@@ -365,4 +378,6 @@ class GenesysClient:
             return GenesysUnavailable(f"cannot reach Genesys Cloud for {what} ({type(reason).__name__})")
         if isinstance(exc, OSError):
             return GenesysUnavailable(f"cannot reach Genesys Cloud for {what} ({type(exc).__name__})")
-        return GenesysError(f"unexpected failure talking to Genesys Cloud for {what} ({type(exc).__name__})")
+        return GenesysRunError(
+            f"unexpected failure talking to Genesys Cloud for {what} ({type(exc).__name__})"
+        )

@@ -10,11 +10,11 @@ deserialize (see docs/config-sync.md for the mapping from fixtures):
 - ``GET /api/v2/integrations/credentials/{id}``: the target's secret values, as credential fields
 
 Faults (``add_fault`` or the helpers ``expire_tokens``, ``deny``, ``rate_limit``, ``slow_down``,
-``malform``) apply to the next matching requests, so a test can drive every error path of the real SDK.
-The same faults can be set at runtime from another process (the local stack runs in its own) through
-the fake's control endpoints: ``POST /_fake/faults`` with ``{"kind", "times", "path", "status",
-"retryAfter", "delaySeconds"}``, ``DELETE /_fake/faults``, ``POST /_fake/expire-tokens``,
-``GET /_fake/requests``. The server binds 127.0.0.1 only.
+``malform``, ``omit_expires_in``) apply to the next matching requests, so a test can drive every error
+path of the real SDK. The same faults can be set at runtime from another process (the local stack runs
+in its own) through the fake's control endpoints: ``POST /_fake/faults`` with ``{"kind", "times",
+"path", "status", "retryAfter", "delaySeconds"}``, ``DELETE /_fake/faults``,
+``POST /_fake/expire-tokens``, ``GET /_fake/requests``. The server binds 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ from urllib.parse import parse_qs, urlsplit
 from relay.local.fixtures import FixtureIntegration, Fixtures, FixtureTarget
 from relay.local.loopback import LoopbackServer
 
-FaultKind = Literal["status", "slow", "malformed"]
+FaultKind = Literal["status", "slow", "malformed", "no-expires-in"]
+FAULT_KINDS: tuple[FaultKind, ...] = ("status", "slow", "malformed", "no-expires-in")
 
 # Credential keys in a webhook integration's config (config.credentials) and what they hold.
 CREDENTIAL_SECURITY = "security"
@@ -45,7 +46,10 @@ WEBHOOK_INTEGRATION_TYPE = "webhook"
 
 # Control endpoints (not Genesys): POST/DELETE {CONTROL_PREFIX}faults, POST ...expire-tokens, GET ...requests.
 CONTROL_PREFIX = "/_fake/"
-FAULT_SHAPE = "expected {kind: status|slow|malformed, times?, path?, status?, retryAfter?, delaySeconds?}"
+FAULT_SHAPE = (
+    "expected {kind: status|slow|malformed|no-expires-in, times?, path?, status?, retryAfter?, delaySeconds?}"
+)
+TOKEN_PATHS = ("/oauth/token", "/api/v2/oauth/token")
 _OPEN_PATH = re.compile(r"^/api/v2/conversations/messaging/integrations/open/([^/]+)$")
 _INTEGRATION_PATH = re.compile(r"^/api/v2/integrations/([^/]+)$")
 _CONFIG_PATH = re.compile(r"^/api/v2/integrations/([^/]+)/config/current$")
@@ -58,7 +62,7 @@ class Fault:
 
     kind "status": answer ``status`` with a Genesys-style error body (+ ``Retry-After`` if set);
     kind "slow": sleep ``delay_seconds`` before answering normally; kind "malformed": answer 200 with
-    a body that is not JSON.
+    a body that is not JSON; kind "no-expires-in": a login issues its token without ``expires_in``.
     """
 
     kind: FaultKind
@@ -283,6 +287,10 @@ class FakeGenesys:
     def malform(self, path: str | None = None, times: int = 1) -> None:
         self.add_fault(Fault("malformed", times=times, path=path))
 
+    def omit_expires_in(self, times: int = 1) -> None:
+        """The next ``times`` logins answer 200 with a usable token but no ``expires_in``."""
+        self.add_fault(Fault("no-expires-in", times=times, path="oauth/token$"))
+
     @property
     def requests(self) -> list[RecordedRequest]:
         with self._lock:
@@ -410,10 +418,9 @@ class _Handler(BaseHTTPRequestHandler):
             message = message % headers["Retry-After"]
         self._send_json(status, _error_body(status, message, code), headers)
 
-    def _apply_fault(self, path: str) -> bool:
-        """Serve a fault for this request if one is pending; True when the request has been answered."""
-        fault = self.fake._take_fault(path)
-        if fault is None:
+    def _apply_fault(self, fault: Fault | None) -> bool:
+        """Serve ``fault`` (pending for this request) if any; True when the request has been answered."""
+        if fault is None or fault.kind == "no-expires-in":  # changes the token answer (do_POST)
             return False
         if fault.kind == "slow":
             time.sleep(fault.delay_seconds)
@@ -432,7 +439,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "POST" and action == "faults":
             try:
                 doc = json.loads(raw or "{}")
-                if doc.get("kind") not in ("status", "slow", "malformed"):
+                if doc.get("kind") not in FAULT_KINDS:
                     raise ValueError("unknown fault kind")
                 fault = Fault(
                     kind=doc["kind"],
@@ -470,12 +477,15 @@ class _Handler(BaseHTTPRequestHandler):
         if self._control(path, raw):
             return
         self.fake._record("POST", path, False)
-        if self._apply_fault(path):
+        fault = self.fake._take_fault(path)
+        if self._apply_fault(fault):
             return
-        if path not in ("/oauth/token", "/api/v2/oauth/token"):
+        if path not in TOKEN_PATHS:
             self._send_status(404)
             return
         status, doc = self.fake._issue_token(self.headers.get("Authorization"), parse_qs(raw))
+        if fault is not None and fault.kind == "no-expires-in":
+            doc.pop("expires_in", None)
         self._send_json(status, doc)
 
     def do_GET(self) -> None:  # noqa: N802 - http.server naming
@@ -484,7 +494,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         authorized = self.fake._authorized(self.headers.get("Authorization"))
         self.fake._record("GET", path, authorized)
-        if self._apply_fault(path):
+        if self._apply_fault(self.fake._take_fault(path)):
             return
         if not authorized:
             self._send_status(401)

@@ -5,11 +5,13 @@ with its signature secret in Secrets Manager; for each webhook integration
 (GENESYS_WEBHOOK_INTEGRATION_IDS) a ``Target`` under the Open Messaging integration its config names,
 with its secret values (auth, signing, encryption) in Secrets Manager. DynamoDB holds only secret names.
 
-A config that is invalid, disabled, points at an unsafe URL, or is missing in Genesys is reported
-(log + ``TargetsRejected``) and skipped: the record stored by the last good sync stays in force, so a
-bad edit in Genesys never stops deliveries. Failures that concern the whole run (login, 403, 429 past
-the bound, timeouts) end the run with a ``GenesysError``; nothing written so far is undone, and the
-next scheduled run starts over.
+A config that is invalid, disabled, points at an unsafe URL, is missing in Genesys, or fails to read
+or check in any other way is reported (log + ``TargetsRejected``) and
+skipped: the record stored by the last good sync stays in force, so a bad edit in Genesys never stops
+deliveries, and the items after it are still synced. Failures that concern the whole run (login, 401,
+403, 429 past the bound, 5xx, timeouts, AWS, settings) end the run with a
+``GenesysRunError`` (or the AWS/settings error); nothing written so far is undone, and the next
+scheduled run starts over.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
@@ -27,7 +29,13 @@ from pydantic import SecretStr, ValidationError
 
 from relay.adapters.secrets import RotatingSecret, SecretKind, get_secret, put_secret, secret_name
 from relay.adapters.target_store import IntegrationEntry, TargetStore
-from relay.errors import ConfigurationError, GenesysMalformedResponse, GenesysNotFound, UnsafeUrl
+from relay.errors import (
+    ConfigurationError,
+    DependencyUnavailable,
+    GenesysError,
+    GenesysItemError,
+    UnsafeUrl,
+)
 from relay.logic.url_policy import Resolver, check_url, system_resolver
 from relay.models.targets import Integration, SecurityType, Target, TargetSecurity
 from relay.models.webhook_config import WebhookConfig, safe_errors, webhook_config_from_genesys
@@ -38,6 +46,10 @@ from relay.settings import Settings
 MIN_SIGNATURE_SECRET_CHARS = 16
 # Credential keys in a webhook integration's config (config.credentials), see docs/config-sync.md.
 CREDENTIAL_KEYS = ("security", "signingSecret", "encryptionKey")
+# Failures that end the whole run: Genesys (any GenesysError but a GenesysItemError), AWS, settings.
+_RUN_FAILURES = (GenesysError, ConfigurationError, DependencyUnavailable)
+
+_Checked = TypeVar("_Checked")
 
 
 class GenesysReader(Protocol):
@@ -155,14 +167,33 @@ class _SyncRun:
             extra={"kind": kind, "id": ident, "reason": reason},
         )
 
+    def _checked(
+        self, kind: Literal["integration", "target"], ident: str, read: Callable[[str], _Checked]
+    ) -> _Checked | None:
+        """``read(ident)`` (Genesys reads and validation of one item), or None when the item is rejected.
+
+        Run-level failures propagate and end the run. Anything else concerns this item only: it is
+        rejected with a reason and the run goes on with the next item. Our own errors carry messages
+        safe to log; any other exception (odd data tripping a library) is named by its type only, as
+        its message might quote a secret value.
+        """
+        try:
+            return read(ident)
+        except (_Rejected, GenesysItemError) as exc:
+            reason = str(exc)
+        except _RUN_FAILURES:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one item's bad data never ends the run
+            reason = f"unexpected {type(exc).__name__} while reading or checking its config"
+        self._reject(kind, ident, reason)
+        return None
+
     # --- Open Messaging integrations ---------------------------------------------------------------
     def sync_integration(self, integration_id: str) -> None:
-        try:
-            doc = self._genesys.get_open_integration(integration_id)
-            name, secret = self._validate_open_integration(integration_id, doc)
-        except (_Rejected, GenesysNotFound, GenesysMalformedResponse) as exc:
-            self._reject("integration", integration_id, str(exc))
+        checked = self._checked("integration", integration_id, self._read_open_integration)
+        if checked is None:
             return
+        name, secret = checked
         secret_ref = secret_name(SecretKind.SIGNATURE, integration_id)
         changed = self._store_secret(SecretKind.SIGNATURE, integration_id, secret) if secret else False
         record = Integration(
@@ -175,9 +206,8 @@ class _SyncRun:
         if changed:
             self.report.changed.append(integration_id)
 
-    def _validate_open_integration(
-        self, integration_id: str, doc: dict[str, Any]
-    ) -> tuple[str, SecretStr | None]:
+    def _read_open_integration(self, integration_id: str) -> tuple[str, SecretStr | None]:
+        doc = self._genesys.get_open_integration(integration_id)
         if doc.get("id") != integration_id:
             raise _Rejected("Genesys answered with a different integration id")
         name = (doc.get("name") or "").strip()
@@ -199,11 +229,8 @@ class _SyncRun:
 
     # --- webhook targets ---------------------------------------------------------------------------
     def sync_target(self, target_id: str) -> None:
-        try:
-            config = self._read_webhook_config(target_id)
-            self._check_target(config)
-        except (_Rejected, GenesysNotFound, GenesysMalformedResponse) as exc:
-            self._reject("target", target_id, str(exc))
+        config = self._checked("target", target_id, self._read_checked_target)
+        if config is None:
             return
         changed = False
         security = TargetSecurity()
@@ -239,6 +266,11 @@ class _SyncRun:
         self.report.targets.append(target_id)
         if changed:
             self.report.changed.append(target_id)
+
+    def _read_checked_target(self, target_id: str) -> WebhookConfig:
+        config = self._read_webhook_config(target_id)
+        self._check_target(config)
+        return config
 
     def _read_webhook_config(self, target_id: str) -> WebhookConfig:
         integration = self._genesys.get_integration(target_id)
