@@ -125,6 +125,26 @@ def test_logs_in_again_before_the_token_expires(genesys: FakeGenesys) -> None:
     assert all(r.authorized for r in genesys.requests if r.method == "GET")
 
 
+def test_a_short_lived_token_is_reused_for_half_its_life() -> None:
+    # Given Genesys issues 10 s tokens (shorter than the 30 s minimum refresh margin)
+    clock = FakeClock()
+    with FakeGenesys(FIXTURES, token_lifetime_seconds=10) as short:
+        client = _client(short, clock=clock)
+
+        # When the client reads once a second for the first half of the token's life
+        for _ in range(5):
+            client.get_integration(TARGET_ID)
+            clock.now += 1
+        logins_in_first_half = short.count(TOKEN_PATH)
+        # And once more past halfway
+        clock.now += 0.5
+        client.get_integration(TARGET_ID)
+
+    # Then it logged in once for the first five reads, and again only past halfway
+    assert logins_in_first_half == 1
+    assert short.count(TOKEN_PATH) == 2
+
+
 def test_a_401_triggers_one_fresh_login_and_the_read_succeeds(genesys: FakeGenesys) -> None:
     client = _client(genesys)
     client.get_integration(TARGET_ID)
