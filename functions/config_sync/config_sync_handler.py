@@ -2,7 +2,7 @@
 
 Wiring only; the sync itself is relay.logic.config_sync. The Genesys SDK (its own layer) loads here
 and nowhere else. A run-level failure (a GenesysRunError such as a failed login, 403, 429 past the
-bound, a timeout; AWS or settings errors) raises: the invocation fails and the alarm sees
+bound or the run's deadline; AWS or settings errors) raises: the invocation fails and the alarm sees
 it. Rejected configs do not: they are reported in the result, the log and the TargetsRejected metric.
 """
 

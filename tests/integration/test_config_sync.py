@@ -11,11 +11,13 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
+from test_dispatch_support import ManualClock
 
 from relay.adapters.aws import client
+from relay.adapters.genesys import GenesysClient
 from relay.adapters.secrets import RotatingSecret, SecretKind, get_secret, put_secret, secret_name
 from relay.adapters.target_store import TargetStore
-from relay.errors import GenesysLoginError, GenesysRateLimited, GenesysTimeout
+from relay.errors import GenesysDeadlineExceeded, GenesysLoginError, GenesysRateLimited, GenesysTimeout
 from relay.local.aws_stack import forget_cached_configuration
 from relay.local.fake_genesys import FakeGenesys, Fault
 from relay.local.fixtures import Fixtures, FixtureTarget
@@ -369,6 +371,32 @@ def test_an_unusable_token_answer_fails_the_run_after_one_login(
     assert genesys.count(TOKEN_PATH) == 1
     assert genesys.count(r"^/api/v2/") == 0
     assert _store().get(INTEGRATION.id) is None
+
+
+def test_429_waits_end_the_run_at_its_deadline(genesys: FakeGenesys, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given generous 429 bounds (10 waits of up to 10 s) but a run deadline of 30 s
+    monkeypatch.setenv("GENESYS_MAX_RATE_LIMIT_RETRIES", "10")
+    monkeypatch.setenv("GENESYS_SYNC_DEADLINE_SECONDS", "30")
+    forget_cached_configuration()
+    clock = ManualClock(1_000.0)
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:  # time passes only while the client waits out Retry-After
+        slept.append(seconds)
+        clock.now += seconds
+
+    client = GenesysClient.from_settings(get_settings(), clock=clock, sleep=sleep)
+    # And Genesys keeps asking for 8 s pauses
+    genesys.rate_limit(retry_after=8, path=r"^/api/v2/", times=20)
+
+    # When the sync runs, it ends with a deadline error instead of waiting 80 s in all
+    with pytest.raises(GenesysDeadlineExceeded, match="deadline") as caught:
+        sync_targets(get_settings(), genesys=client)
+
+    # After three waits: a fourth would leave no time before the deadline
+    assert slept == [8.0, 8.0, 8.0]
+    assert genesys.count(r"^/api/v2/") == 4
+    assert "30 s" in str(caught.value)
 
 
 def test_a_slow_genesys_ends_the_run_with_a_timeout(

@@ -26,6 +26,7 @@ from relay.adapters.genesys import (
 )
 from relay.errors import (
     GenesysAuthError,
+    GenesysDeadlineExceeded,
     GenesysError,
     GenesysForbidden,
     GenesysItemError,
@@ -303,6 +304,54 @@ def test_a_404_at_login_is_a_login_error(genesys: FakeGenesys) -> None:
         _client(genesys).login()
 
 
+# --- the run's deadline ---------------------------------------------------------------------------
+
+
+def test_no_request_starts_after_the_run_deadline(genesys: FakeGenesys) -> None:
+    clock = FakeClock()
+    client = _client(genesys, clock=clock, deadline_seconds=60)
+    client.get_integration(TARGET_ID)
+
+    clock.now += 60
+    with pytest.raises(GenesysDeadlineExceeded, match="60 s"):
+        client.get_integration(TARGET_ID)
+
+    assert genesys.count(API_PATH) == 1
+
+
+def test_a_request_near_the_deadline_gets_only_the_time_left(genesys: FakeGenesys) -> None:
+    # Given a 10 s request timeout, and 0.3 s left before the run's deadline
+    clock = FakeClock()
+    client = _client(genesys, clock=clock, timeout_seconds=10, deadline_seconds=100)
+    client.login()
+    clock.now += 100 - 0.3
+    # And Genesys answering the next read after 1.5 s (well within the request timeout)
+    genesys.slow_down(1.5, path=API_PATH)
+
+    # When we read, the request gives up at the deadline instead of waiting for the answer
+    with pytest.raises(GenesysDeadlineExceeded, match="before the run's deadline"):
+        client.get_integration(TARGET_ID)
+
+    assert genesys.count(API_PATH) == 1
+
+
+def test_a_retry_after_past_the_deadline_is_not_waited_for(genesys: FakeGenesys) -> None:
+    # Given 5 s left in the run, and a 429 asking for 6 s (within the per-wait bound of 10 s)
+    clock = FakeClock()
+    sleep = RecordingSleep()
+    client = _client(genesys, clock=clock, sleep=sleep, deadline_seconds=30)
+    client.login()
+    clock.now += 25
+    genesys.rate_limit(retry_after=6, path=API_PATH)
+
+    # When we read, the run ends at once: no wait, one request
+    with pytest.raises(GenesysDeadlineExceeded, match="Retry-After 6 s"):
+        client.get_integration(TARGET_ID)
+
+    assert sleep.waits == []
+    assert genesys.count(API_PATH) == 1
+
+
 def test_unknown_integration_is_not_found(genesys: FakeGenesys) -> None:
     with pytest.raises(GenesysNotFound):
         _client(genesys).get_integration("00000000-0000-4000-8000-000000000000")
@@ -338,6 +387,7 @@ def test_every_error_ends_the_run_or_concerns_one_item() -> None:
         GenesysLoginError,
         GenesysForbidden,
         GenesysRateLimited,
+        GenesysDeadlineExceeded,
         GenesysUnavailable,
         GenesysTimeout,
     )

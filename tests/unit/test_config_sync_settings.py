@@ -21,6 +21,7 @@ def test_sync_settings_come_from_the_environment_names() -> None:
             "GENESYS_TIMEOUT_SECONDS": "2.5",
             "GENESYS_MAX_RATE_LIMIT_RETRIES": "1",
             "GENESYS_MAX_RETRY_AFTER_SECONDS": "4",
+            "GENESYS_SYNC_DEADLINE_SECONDS": "45",
             "RELAY_ALLOW_LOOPBACK_TARGETS": "true",
         }
     )
@@ -28,11 +29,18 @@ def test_sync_settings_come_from_the_environment_names() -> None:
     assert settings.genesys_webhook_integration_ids == ["t1"]
     assert (settings.genesys_timeout_seconds, settings.genesys_max_rate_limit_retries) == (2.5, 1)
     assert settings.genesys_max_retry_after_seconds == 4 and settings.allow_loopback_targets
+    assert settings.genesys_sync_deadline_seconds == 45
 
 
 def test_rate_limit_bounds_are_bounded() -> None:
     with pytest.raises(ValueError):
         Settings.model_validate({"GENESYS_MAX_RETRY_AFTER_SECONDS": "3600"})
+
+
+@pytest.mark.parametrize("deadline", ["0", "-5", "901"])
+def test_sync_deadline_is_positive_and_within_the_lambda_maximum(deadline: str) -> None:
+    with pytest.raises(ValueError, match="GENESYS_SYNC_DEADLINE_SECONDS"):
+        Settings.model_validate({"GENESYS_SYNC_DEADLINE_SECONDS": deadline})
 
 
 def test_plain_client_credentials_win_locally() -> None:

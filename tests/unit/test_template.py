@@ -379,6 +379,17 @@ def test_config_sync_runs_on_a_schedule(raw: Template) -> None:
     assert schedules and all(e["Properties"]["ScheduleExpression"] for e in schedules)
 
 
+def test_config_sync_ends_its_run_before_the_function_times_out(raw: Template) -> None:
+    # The run's deadline leaves room below Timeout for what follows the last Genesys request (one
+    # item's writes, the error path), so a slow Genesys ends the run cleanly instead of being killed.
+    from relay.settings import Settings
+
+    spec = raw.function("ConfigSyncFunction")
+    settings = Settings.model_validate(spec.environment)
+    assert "GENESYS_SYNC_DEADLINE_SECONDS" in spec.environment
+    assert settings.genesys_sync_deadline_seconds + settings.genesys_timeout_seconds <= spec.timeout_seconds
+
+
 def test_every_function_and_the_api_log_to_a_group_with_retention(raw: Template) -> None:
     groups = {
         json.dumps(props["LogGroupName"]): props

@@ -19,6 +19,7 @@
         │   ├── GenesysLoginError     the token endpoint's answer is unusable (not JSON, no expires_in, ...)
         │   ├── GenesysForbidden      403, names the scope the OAuth client lacks
         │   ├── GenesysRateLimited    429 past our bound
+        │   ├── GenesysDeadlineExceeded  the run's deadline would pass (a wait, a request)
         │   └── GenesysUnavailable    connection failures, TLS, 5xx
         │       └── GenesysTimeout    connect/read timeout
         └── GenesysItemError          one item cannot be read: it is rejected, the run goes on
@@ -165,6 +166,10 @@ class GenesysRateLimited(GenesysRunError):
     def __init__(self, message: str, *, retry_after_seconds: float | None = None) -> None:
         super().__init__(message)
         self.retry_after_seconds = retry_after_seconds
+
+
+class GenesysDeadlineExceeded(GenesysRunError):
+    """The run's deadline (GENESYS_SYNC_DEADLINE_SECONDS) would pass in a Retry-After wait or a request."""
 
 
 class GenesysUnavailable(GenesysRunError):

@@ -90,6 +90,9 @@ class Settings(BaseModel):
     # past either bound the sync run ends with GenesysRateLimited (the next scheduled run retries).
     genesys_max_rate_limit_retries: int = Field(3, alias="GENESYS_MAX_RATE_LIMIT_RETRIES", ge=0, le=10)
     genesys_max_retry_after_seconds: float = Field(10.0, alias="GENESYS_MAX_RETRY_AFTER_SECONDS", ge=0, le=60)
+    # One sync run ends with GenesysDeadlineExceeded rather than wait or request past this many seconds
+    # from its start; template.yaml keeps it below ConfigSyncFunction's Timeout so the run ends cleanly.
+    genesys_sync_deadline_seconds: float = Field(100.0, alias="GENESYS_SYNC_DEADLINE_SECONDS", gt=0, le=900)
 
     def need(self, field: str) -> str:
         """The value of an optional resource setting that this caller cannot run without."""

@@ -10,8 +10,11 @@ the intake and dispatcher never load it. What the SDK does not do, this wrapper 
   ``Retry-After`` silently (up to 6 h) on every method. Before the first request we give its pool
   connect/read timeouts and ``Retry(total=0, respect_retry_after_header=False)``; we honour 429
   ourselves, up to a bound, then end the run with ``GenesysRateLimited``.
+- **One deadline per run.** No Retry-After wait and no request goes past the run's deadline
+  (GENESYS_SYNC_DEADLINE_SECONDS from the client's creation): the run ends with
+  ``GenesysDeadlineExceeded`` before Lambda's timeout would kill it.
 - **Errors.** ``ApiException`` and urllib3's exceptions become our ``GenesysError`` subclasses: a
-  ``GenesysRunError`` ends the run (login, 401/403, 429 past the bound, 5xx, timeouts), a
+  ``GenesysRunError`` ends the run (login, 401/403, 429 past the bound, 5xx, timeouts, the deadline), a
   ``GenesysItemError`` concerns the one item read (404, an unreadable body). A 403 names the permission
   the OAuth client lacks. No message carries a token or a secret.
 
@@ -33,6 +36,7 @@ from pydantic import SecretStr
 from relay.errors import (
     ConfigurationError,
     GenesysAuthError,
+    GenesysDeadlineExceeded,
     GenesysError,
     GenesysForbidden,
     GenesysLoginError,
@@ -159,9 +163,11 @@ class GenesysClient:
         timeout_seconds: float = 10.0,
         max_rate_limit_retries: int = 3,
         max_retry_after_seconds: float = 10.0,
+        deadline_seconds: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        """``deadline_seconds``: the run's budget from now (None: unbounded); see ``_start_request``."""
         self.api_host = api_host.rstrip("/")
         self._credentials = credentials
         self._timeout_seconds = timeout_seconds
@@ -169,6 +175,9 @@ class GenesysClient:
         self._max_retry_after_seconds = max_retry_after_seconds
         self._clock = clock
         self._sleep = sleep
+        self._deadline_seconds = deadline_seconds
+        self._deadline = None if deadline_seconds is None else clock() + deadline_seconds
+        self._request_timeout = timeout_seconds  # the current request's, cut short near the deadline
         self._expires_at: float | None = None
         self._last_response: Any = None
         self.logins = 0  # how many times this client logged in (reported by the sync)
@@ -185,6 +194,7 @@ class GenesysClient:
             timeout_seconds=settings.genesys_timeout_seconds,
             max_rate_limit_retries=settings.genesys_max_rate_limit_retries,
             max_retry_after_seconds=settings.genesys_max_retry_after_seconds,
+            deadline_seconds=settings.genesys_sync_deadline_seconds,
             **kwargs,
         )
 
@@ -218,6 +228,7 @@ class GenesysClient:
         rate_limited = 0
         while True:
             started = self._clock()
+            self._start_request("login")
             self._last_response = None
             try:
                 self._api_client.get_client_credentials_token(
@@ -252,6 +263,30 @@ class GenesysClient:
     def _ensure_token(self) -> None:
         if self._expires_at is None or self._clock() >= self._expires_at:
             self.login()
+
+    # --- the run's deadline --------------------------------------------------------------------------
+    def _time_left(self) -> float:
+        return math.inf if self._deadline is None else self._deadline - self._clock()
+
+    def _start_request(self, what: str) -> None:
+        """Before each request: end the run if its deadline has passed, else fit the timeout into it.
+
+        The request's connect/read timeout is GENESYS_TIMEOUT_SECONDS, cut to the time left before the
+        deadline (urllib3 makes a new pool for a new timeout, so this happens only near the deadline).
+        """
+        left = self._time_left()
+        if left <= 0:
+            raise GenesysDeadlineExceeded(
+                f"the run's deadline ({self._deadline_seconds:g} s) passed before the request for {what}; "
+                "this run ends, the next scheduled run retries"
+            )
+        timeout = min(self._timeout_seconds, left)
+        if timeout != self._request_timeout:
+            import urllib3
+
+            pool_kw = self._api_client.get_http_client().rest_client.pool_manager.connection_pool_kw
+            pool_kw["timeout"] = urllib3.Timeout(connect=timeout, read=timeout)
+            self._request_timeout = timeout
 
     # --- reads ---------------------------------------------------------------------------------------
     def get_open_integration(self, integration_id: str) -> dict[str, Any]:
@@ -302,6 +337,7 @@ class GenesysClient:
         rate_limited = 0
         while True:
             self._ensure_token()
+            self._start_request(what)
             self._last_response = None
             try:
                 model = request()
@@ -323,19 +359,25 @@ class GenesysClient:
             return self._to_json(model, what)
 
     def _wait_out_rate_limit(self, exc: Any, *, what: str, already: int) -> None:
-        """Sleep for Retry-After if within our bounds, else end the run with GenesysRateLimited."""
+        """Sleep for Retry-After if within our bounds and the run's deadline, else end the run."""
         wait = _retry_after_seconds(exc.headers)
-        if already < self._max_rate_limit_retries and wait <= self._max_retry_after_seconds:
-            self.rate_limit_waits.append(wait)
-            logger.warning("genesys rate limited; waiting", extra={"what": what, "wait_s": wait})
-            self._sleep(wait)
-            return
-        raise GenesysRateLimited(
-            f"Genesys Cloud rate limit on {what}: still 429 after {already} wait(s) "
-            f"(Retry-After {wait:g} s; bounds: {self._max_rate_limit_retries} waits of at most "
-            f"{self._max_retry_after_seconds:g} s); this run ends, the next scheduled run retries",
-            retry_after_seconds=wait,
-        ) from None
+        if already >= self._max_rate_limit_retries or wait > self._max_retry_after_seconds:
+            raise GenesysRateLimited(
+                f"Genesys Cloud rate limit on {what}: still 429 after {already} wait(s) "
+                f"(Retry-After {wait:g} s; bounds: {self._max_rate_limit_retries} waits of at most "
+                f"{self._max_retry_after_seconds:g} s); this run ends, the next scheduled run retries",
+                retry_after_seconds=wait,
+            ) from None
+        left = self._time_left()
+        if wait >= left:  # no time would be left for the request after the wait
+            raise GenesysDeadlineExceeded(
+                f"Genesys Cloud rate limit on {what}: Retry-After {wait:g} s reaches past the run's "
+                f"deadline ({self._deadline_seconds:g} s, {max(left, 0.0):.1f} s left); this run ends, "
+                "the next scheduled run retries"
+            ) from None
+        self.rate_limit_waits.append(wait)
+        logger.warning("genesys rate limited; waiting", extra={"what": what, "wait_s": wait})
+        self._sleep(wait)
 
     def _to_json(self, model: Any, what: str) -> dict[str, Any]:
         raw = getattr(self._last_response, "data", None)
@@ -382,6 +424,11 @@ class GenesysClient:
             timed_out = isinstance(reason, urllib3.exceptions.TimeoutError) and not isinstance(
                 reason, urllib3.exceptions.NewConnectionError
             )
+            if timed_out and self._request_timeout < self._timeout_seconds:
+                return GenesysDeadlineExceeded(
+                    f"Genesys Cloud did not answer {what} before the run's deadline "
+                    f"({self._deadline_seconds:g} s); this run ends, the next scheduled run retries"
+                )
             if timed_out:
                 return GenesysTimeout(
                     f"Genesys Cloud did not answer {what} within {self._timeout_seconds:g} s "

@@ -9,7 +9,7 @@ A config that is invalid, disabled, points at an unsafe URL, is missing in Genes
 or check in any other way is reported (log + ``TargetsRejected``) and
 skipped: the record stored by the last good sync stays in force, so a bad edit in Genesys never stops
 deliveries, and the items after it are still synced. Failures that concern the whole run (login, 401,
-403, 429 past the bound, 5xx, timeouts, AWS, settings) end the run with a
+403, 429 past the bound, 5xx, timeouts, the run's deadline, AWS, settings) end the run with a
 ``GenesysRunError`` (or the AWS/settings error); nothing written so far is undone, and the next
 scheduled run starts over.
 """
