@@ -22,7 +22,7 @@ from relay.local.aws_stack import forget_cached_configuration
 from relay.local.fake_genesys import FakeGenesys, Fault
 from relay.local.fixtures import Fixtures, FixtureTarget
 from relay.logic.config_sync import sync_targets
-from relay.models.targets import SecurityType
+from relay.models.targets import Integration, SecurityType
 from relay.settings import get_settings
 
 pytestmark = pytest.mark.integration
@@ -263,6 +263,68 @@ def test_an_unexpected_error_in_one_item_rejects_it_and_the_run_goes_on(
     assert report.targets == [CRM.id, ARCHIVE.id]
     entry = _store().get(INTEGRATION.id)
     assert entry is not None and sorted(t.target_id for t in entry.targets) == sorted([CRM.id, ARCHIVE.id])
+
+
+@pytest.mark.parametrize(
+    ("break_integration", "reason"),
+    [
+        (lambda fake: fake.set_open_integration_status(INTEGRATION.id, "Inactive"), "disabled"),
+        (lambda fake: fake.add_fault(Fault("status", status=404, path="/open/")), "404"),
+    ],
+    ids=["inactive", "missing"],
+)
+def test_targets_of_a_rejected_integration_are_rejected_and_keep_their_last_good_config(
+    genesys: FakeGenesys, break_integration: Any, reason: str
+) -> None:
+    # Given a good first sync
+    sync_targets(get_settings())
+    before = _store().get(INTEGRATION.id)
+
+    # When the integration is deactivated (or gone) in Genesys and a target's config is edited meanwhile
+    break_integration(genesys)
+    genesys.update_config_properties(CRM.id, headers={"X-Team": "crm-2"})
+    report = sync_targets(get_settings())
+
+    # Then the integration is rejected, and so is every target under it, naming the integration
+    assert [(r.kind, r.id) for r in report.rejected] == [
+        ("integration", INTEGRATION.id),
+        ("target", CRM.id),
+        ("target", ARCHIVE.id),
+    ]
+    assert reason in report.rejected[0].reason
+    assert all(INTEGRATION.id in r.reason and "rejected" in r.reason for r in report.rejected[1:])
+    assert report.integrations == [] and report.targets == []
+    # And the table holds the last good records, untouched (the edit did not get through)
+    assert _store().get(INTEGRATION.id) == before
+
+
+def test_a_target_of_a_rejected_integration_is_not_stored_for_the_first_time(genesys: FakeGenesys) -> None:
+    genesys.set_open_integration_status(INTEGRATION.id, "Inactive")
+
+    report = sync_targets(get_settings())
+
+    assert sorted(r.id for r in report.rejected) == sorted([INTEGRATION.id, CRM.id, ARCHIVE.id])
+    assert _store().get(INTEGRATION.id) is None
+
+
+def test_targets_of_the_eventbridge_integration_sync_without_an_open_messaging_integration(
+    genesys: FakeGenesys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the EventBridge path's integration (its record provisioned by the operator; it is not an
+    # Open Messaging integration, so Genesys has none to read) and a target that receives its events
+    eventbridge_id = "0e0e0e0e-0000-4000-8000-000000000000"
+    monkeypatch.setenv("EVENTBRIDGE_INTEGRATION_ID", eventbridge_id)
+    forget_cached_configuration()
+    _store().put_integration(
+        Integration(integration_id=eventbridge_id, name="eventbridge", signature_secret_name="unused")
+    )
+    genesys.update_config_properties(CRM.id, openMessagingIntegrationId=eventbridge_id)
+
+    report = sync_targets(get_settings())
+
+    # Then it is stored under that id
+    assert report.rejected == [] and CRM.id in report.targets
+    assert _store().get_target(eventbridge_id, CRM.id) is not None
 
 
 def test_redacted_credentials_keep_the_value_secrets_manager_holds(genesys: FakeGenesys) -> None:

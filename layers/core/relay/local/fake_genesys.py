@@ -235,6 +235,11 @@ class FakeGenesys:
         with self._lock:
             self._state.integrations[integration_id]["intendedState"] = state
 
+    def set_open_integration_status(self, integration_id: str, status: str) -> None:
+        """Set an Open Messaging integration's ``status`` (``Active``, ``Inactive``) as an admin would."""
+        with self._lock:
+            self._state.open_integrations[integration_id]["status"] = status
+
     def set_credential(self, integration_id: str, key: str, value: str) -> None:
         """Change one secret value of a webhook integration (e.g. rotate its encryption key)."""
         with self._lock:

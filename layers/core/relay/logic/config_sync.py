@@ -5,8 +5,8 @@ with its signature secret in Secrets Manager; for each webhook integration
 (GENESYS_WEBHOOK_INTEGRATION_IDS) a ``Target`` under the Open Messaging integration its config names,
 with its secret values (auth, signing, encryption) in Secrets Manager. DynamoDB holds only secret names.
 
-A config that is invalid, disabled, points at an unsafe URL, is missing in Genesys, or fails to read
-or check in any other way is reported (log + ``TargetsRejected``) and
+A config that is invalid, disabled, points at an unsafe URL, names a rejected integration, is missing
+in Genesys, or fails to read or check in any other way is reported (log + ``TargetsRejected``) and
 skipped: the record stored by the last good sync stays in force, so a bad edit in Genesys never stops
 deliveries, and the items after it are still synced. Failures that concern the whole run (login, 401,
 403, 429 past the bound, 5xx, timeouts, the run's deadline, AWS, settings) end the run with a
@@ -156,9 +156,16 @@ class _SyncRun:
         self._resolve = resolve
         self.report = SyncReport(synced_at=synced_at)
         self._stored_entries: dict[str, IntegrationEntry | None] = {}
-        self._known_integrations = set(settings.genesys_open_messaging_integration_ids)
-        if settings.eventbridge_integration_id:
-            self._known_integrations.add(settings.eventbridge_integration_id)
+        open_messaging = set(settings.genesys_open_messaging_integration_ids)
+        self._known_integrations = set(open_messaging)
+        # Targets are stored only under these: the Open Messaging integrations this run accepted (added
+        # as they sync, before any target) and the EventBridge integration, unless it is one of them.
+        self._accepted_integrations: set[str] = set()
+        eventbridge = settings.eventbridge_integration_id
+        if eventbridge:
+            self._known_integrations.add(eventbridge)
+            if eventbridge not in open_messaging:
+                self._accepted_integrations.add(eventbridge)
 
     def _reject(self, kind: Literal["integration", "target"], ident: str, reason: str) -> None:
         self.report.rejected.append(Rejection(kind, ident, reason))
@@ -203,6 +210,7 @@ class _SyncRun:
         previous = stored.integration if stored else None
         changed = self._write(record, previous) or changed
         self.report.integrations.append(integration_id)
+        self._accepted_integrations.add(integration_id)
         if changed:
             self.report.changed.append(integration_id)
 
@@ -312,6 +320,11 @@ class _SyncRun:
             raise _Rejected(
                 f"config names open messaging integration {config.integration_id}, which is not in "
                 "GENESYS_OPEN_MESSAGING_INTEGRATION_IDS"
+            )
+        if config.integration_id not in self._accepted_integrations:
+            raise _Rejected(
+                f"config names open messaging integration {config.integration_id}, which this run "
+                "rejected (see its own rejection)"
             )
         try:
             check_url(config.url, allow_loopback=self._settings.allow_loopback_targets, resolve=self._resolve)
