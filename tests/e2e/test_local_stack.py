@@ -232,5 +232,9 @@ def test_the_tally_counts_dead_letters_from_the_dlq_and_stop_leaves_nothing_behi
     # And stopping restored the environment and left none of the stack's processes or threads
     assert "AWS_ENDPOINT_URL" not in os.environ
     assert started_children and [pid for pid in started_children if alive(pid)] == []
-    leftovers = [t.name for t in threading.enumerate() if t.name.startswith(("sqs-poller", "api-adapter"))]
+    leftovers = [
+        t.name
+        for t in threading.enumerate()
+        if t.name.startswith(("sqs-poller", "api-adapter", "eventbridge"))
+    ]
     assert leftovers == []

@@ -165,9 +165,9 @@ def test_a_body_over_the_payload_limit_is_413_without_calling_the_function(
     payload = json.loads(response.read())
     conn.close()
 
-    # Then it is refused as too large and the function never ran
+    # Then it is refused as too large (worded like the intake's own 413) and the function never ran
     assert response.status == 413
-    assert payload == {"message": "Request Entity Too Large"}
+    assert payload == {"message": f"the body is larger than {MAX_PAYLOAD_BYTES} bytes"}
     assert scripted.events == []
 
 

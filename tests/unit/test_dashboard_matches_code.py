@@ -65,8 +65,8 @@ def metrics_table() -> dict[str, Contract]:
 
 
 def with_sam_generated_resources(template: Template) -> Template:
-    """Stand-ins for resources the SAM transform creates (e.g. IntakeFunctionGenesysEventBridgeQueue),
-    which alarms may name but the untransformed template does not declare."""
+    """Stand-ins for resources the SAM transform creates (e.g. the rule IntakeFunctionGenesysEventBridge),
+    which the template may name but does not declare."""
     text = json.dumps(template.document)
     attributes: dict[str, dict[str, str]] = {}
     for logical_id, attribute in re.findall(r'"Fn::GetAtt": \["(\w+)", "(\w+)"\]', text):
@@ -230,6 +230,12 @@ def test_queue_age_and_dlq_depth_watch_the_template_queues(source: Any) -> None:
     by_metric = _queues_by_metric(source(BASE))
     assert BASE.get_att("DeliveryQueue", "QueueName") in by_metric["ApproximateAgeOfOldestMessage"]
     assert BASE.get_att("DeadLetterQueue", "QueueName") in by_metric["ApproximateNumberOfMessagesVisible"]
+
+
+def test_the_eventbridge_failure_alarms_watch_the_templates_own_queues() -> None:
+    watched = _queues_by_metric(alarm_metrics(BASE))["ApproximateNumberOfMessagesVisible"]
+    for queue in ("IntakeFailureQueue", "EventBridgeDeadLetterQueue"):
+        assert BASE.get_att(queue, "QueueName") in watched, queue
 
 
 def test_required_alarms_exist() -> None:

@@ -42,13 +42,46 @@ def test_an_eventbridge_rule_on_the_partner_bus_routes_genesys_events_to_the_int
     assert rule["Pattern"]["source"] == [{"prefix": PARTNER_SOURCE_PREFIX}]
     sample = json.loads((ROOT / "events" / "eventbridge_conversation_start.json").read_text())
     assert sample["source"].startswith(rule["Pattern"]["source"][0]["prefix"])
-    assert rule["DeadLetterConfig"]["Type"] == "SQS"
+    assert rule["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": ["EventBridgeDeadLetterQueue", "Arn"]}}
 
 
 def test_failed_eventbridge_invocations_are_retried_then_kept() -> None:
     invoke = INTAKE["EventInvokeConfig"]
     assert invoke["MaximumRetryAttempts"] >= 1
-    assert invoke["DestinationConfig"]["OnFailure"]["Type"] == "SQS"
+    # Type SQS makes SAM grant the function sqs:SendMessage on the Destination.
+    assert invoke["DestinationConfig"]["OnFailure"] == {
+        "Type": "SQS",
+        "Destination": {"Fn::GetAtt": ["IntakeFailureQueue", "Arn"]},
+    }
+
+
+def test_the_eventbridge_failure_queues_keep_events_14_days_and_the_rule_may_use_its_own() -> None:
+    # Explicit queues (SAM's generated ones keep the SQS default of 4 days).
+    for queue in ("IntakeFailureQueue", "EventBridgeDeadLetterQueue"):
+        assert RESOURCES[queue]["Type"] == "AWS::SQS::Queue"
+        assert RESOURCES[queue]["Properties"]["MessageRetentionPeriod"] == 14 * 24 * 3600, queue
+    # SAM grants EventBridge access only to a dead-letter queue it creates itself.
+    policies = [r["Properties"] for r in RESOURCES.values() if r["Type"] == "AWS::SQS::QueuePolicy"]
+    grants = [
+        statement
+        for policy in policies
+        for statement in policy["PolicyDocument"]["Statement"]
+        if statement["Effect"] == "Allow"
+        and statement.get("Principal") == {"Service": "events.amazonaws.com"}
+    ]
+    assert grants == [
+        {
+            "Sid": "RuleDeadLetters",
+            "Effect": "Allow",
+            "Principal": {"Service": "events.amazonaws.com"},
+            "Action": "sqs:SendMessage",
+            "Resource": {"Fn::GetAtt": ["EventBridgeDeadLetterQueue", "Arn"]},
+            # the rule SAM generates from the GenesysEventBridge event (<function><event>)
+            "Condition": {
+                "ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": ["IntakeFunctionGenesysEventBridge", "Arn"]}}
+            },
+        }
+    ]
 
 
 def test_the_idempotency_lease_outlives_the_intake_timeout() -> None:

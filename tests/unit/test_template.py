@@ -202,6 +202,7 @@ def test_queues_and_tables_are_encrypted(raw: Template) -> None:
 def test_queues_refuse_plain_http(raw: Template) -> None:
     denied = _tls_denied_resources(raw, "AWS::SQS::QueuePolicy")
     assert {"DeliveryQueue", "DeadLetterQueue"} <= denied
+    assert set(raw.resources_of_type("AWS::SQS::Queue")) <= denied, "every queue is TLS-only"
 
 
 @pytest.mark.parametrize(

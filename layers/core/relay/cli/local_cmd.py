@@ -1,8 +1,8 @@
-"""``relay local serve`` and ``relay local demo``: the whole relay on this machine.
+"""``relay local serve``, ``relay local demo`` and ``relay local put-event``: the whole relay on this machine.
 
-stdout carries only the command's JSON lines (serve: one ready line; demo: one final tally), so a
-script can read them; the functions' own output (powertools logs and EMF metrics, which Lambda would
-send to CloudWatch) goes to stderr for serve and to a log file for demo.
+stdout carries only the command's JSON lines (serve: one ready line; demo: one final tally; put-event:
+PutEvents' answer), so a script can read them; the functions' own output (powertools logs and EMF
+metrics, which Lambda would send to CloudWatch) goes to stderr for serve and to a log file for demo.
 """
 
 from __future__ import annotations
@@ -10,12 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import tempfile
 import threading
 from pathlib import Path
 from typing import IO, Any
+
+API_ENV = "RELAY_LOCAL_API"  # where put-event sends when --api is not given
 
 
 def register(subparsers: Any) -> None:
@@ -39,6 +42,20 @@ def register(subparsers: Any) -> None:
     demo.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the queue to drain")
     demo.add_argument("--function-logs", type=Path, default=None, help="where the functions' output goes")
     demo.set_defaults(func=demo_command)
+
+    put_event = commands.add_parser(
+        "put-event",
+        help="send Genesys EventBridge events to a running `relay local serve` (PutEvents)",
+        description=(
+            "FILE holds an EventBridge event (like events/eventbridge_*.json), a list of them, or a "
+            'PutEvents request {"Entries": [...]}. Prints PutEvents\' answer; exit 0 when every entry '
+            "was accepted."
+        ),
+    )
+    put_event.add_argument("file", type=Path, help="the event(s) to send; - for stdin")
+    put_event.add_argument("--api", default=None, help=f"the API URL `serve` printed (default: ${API_ENV})")
+    put_event.add_argument("--event-bus", default=None, help="EventBusName for events given as events")
+    put_event.set_defaults(func=put_event_command)
 
 
 def _emit(stream: IO[str], doc: dict[str, Any]) -> None:
@@ -96,3 +113,62 @@ def demo_command(args: argparse.Namespace) -> int:
         log_file.flush()
     _emit(out, report.to_dict())
     return 0 if report.ok else 1
+
+
+def put_event_command(args: argparse.Namespace) -> int:
+    import requests
+
+    from relay.local.eventbridge import PUT_EVENTS_PATH
+
+    api = args.api or os.environ.get(API_ENV)
+    if not api:
+        print(
+            f"relay local put-event: no API: pass --api <the api URL serve printed> or set {API_ENV}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        text = sys.stdin.read() if str(args.file) == "-" else args.file.read_text(encoding="utf-8")
+        request = put_events_request(json.loads(text), args.event_bus)
+    except (OSError, ValueError) as exc:
+        print(f"relay local put-event: {args.file}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        response = requests.post(f"{api.rstrip('/')}{PUT_EVENTS_PATH}", json=request, timeout=30)
+    except requests.RequestException as exc:
+        print(f"relay local put-event: cannot reach {api}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = {"status": response.status_code, "body": response.text[:500]}
+    _emit(sys.stdout, answer)
+    return 0 if response.ok and answer.get("FailedEntryCount") == 0 else 1
+
+
+def put_events_request(document: Any, event_bus: str | None = None) -> dict[str, Any]:
+    """A PutEvents request from a file's content: a request as it is, or EventBridge events as entries.
+
+    An event's ``id`` is not kept: EventBridge gives every entry a new one (PutEvents' ``EventId``).
+    """
+    if isinstance(document, dict) and "Entries" in document:
+        return document
+    events = document if isinstance(document, list) else [document]
+    entries = []
+    for event in events:
+        if not isinstance(event, dict) or not {"source", "detail-type", "detail"} <= set(event):
+            raise ValueError(
+                'expected an EventBridge event (source, detail-type, detail) or {"Entries": [...]}'
+            )
+        entry: dict[str, Any] = {
+            "Source": event["source"],
+            "DetailType": event["detail-type"],
+            "Detail": json.dumps(event["detail"]),
+            "Resources": event.get("resources", []),
+        }
+        if event.get("time"):
+            entry["Time"] = event["time"]
+        if event_bus:
+            entry["EventBusName"] = event_bus
+        entries.append(entry)
+    return {"Entries": entries}

@@ -2,7 +2,8 @@
 
 A target whose URL is ``http://127.0.0.1:0/...`` (port 0) gets a demo receiver started by the local
 stack on a free port, and its URL rewritten to that port; any other URL is used as it is (your own
-receiver). Only the local stack allows http://127.0.0.1 targets.
+receiver). Only the local stack allows http://127.0.0.1 targets. ``eventBridgeIntegrationId`` (optional)
+names the integration whose targets Genesys EventBridge events go to; by default the first one.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from relay.models.targets import RetryMatrix, SecurityType
 
@@ -49,6 +50,23 @@ class FixtureIntegration(_FixtureModel):
 
 class Fixtures(_FixtureModel):
     integrations: list[FixtureIntegration]
+    # Which integration's targets Genesys EventBridge events fan out to (EVENTBRIDGE_INTEGRATION_ID);
+    # the first integration when absent.
+    eventbridge_integration_id: str | None = Field(None, alias="eventBridgeIntegrationId")
+
+    @model_validator(mode="after")
+    def _eventbridge_integration_is_listed(self) -> Fixtures:
+        ids = [integration.id for integration in self.integrations]
+        if self.eventbridge_integration_id is not None and self.eventbridge_integration_id not in ids:
+            raise ValueError(
+                f"eventBridgeIntegrationId {self.eventbridge_integration_id} is not an integration"
+            )
+        return self
+
+    @property
+    def eventbridge_integration(self) -> str | None:
+        """The integration EventBridge events are delivered for in the local stack."""
+        return self.eventbridge_integration_id or (self.integrations[0].id if self.integrations else None)
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Fixtures:

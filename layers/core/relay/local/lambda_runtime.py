@@ -58,9 +58,10 @@ class Invocation:
     """What one call of the handler came to: ``result`` when ``error`` is None."""
 
     result: Any
-    error: str | None
+    error: str | None  # Lambda's errorType: the exception's class name, or "Task timed out"
     duration_ms: float
     request_id: str
+    error_message: str | None = None  # Lambda's errorMessage (what an on-failure destination records)
 
 
 class LocalFunction:
@@ -99,6 +100,10 @@ class LocalFunction:
             account_id=template.pseudo["AWS::AccountId"],
         )
 
+    @property
+    def arn(self) -> str:
+        return f"arn:aws:lambda:{self.region}:{self.account_id}:function:{self.function_name}"
+
     def new_context(self) -> LambdaContext:
         return LambdaContext(
             self.function_name,
@@ -116,12 +121,13 @@ class LocalFunction:
             json.dumps(result)  # Lambda serializes the result; what cannot be serialized is an error
         except Exception as exc:  # noqa: BLE001 - a handler error is an outcome here, as in Lambda
             log.exception("%s failed (request %s)", self.spec.logical_id, context.aws_request_id)
-            return Invocation(None, type(exc).__name__, _ms_since(started), context.aws_request_id)
+            return Invocation(None, type(exc).__name__, _ms_since(started), context.aws_request_id, str(exc))
         elapsed_ms = _ms_since(started)
         if elapsed_ms > self.spec.timeout_seconds * 1000:
             # Lambda would have stopped the run at its timeout; whatever it returned late does not count.
             log.error("%s timed out after %.0f ms", self.spec.logical_id, elapsed_ms)
-            return Invocation(None, "Task timed out", elapsed_ms, context.aws_request_id)
+            message = f"Task timed out after {self.spec.timeout_seconds:.2f} seconds"
+            return Invocation(None, "Task timed out", elapsed_ms, context.aws_request_id, message)
         return Invocation(result, None, elapsed_ms, context.aws_request_id)
 
 

@@ -8,8 +8,14 @@ Start order: moto's server and the template's resources in it (queues, tables, b
 environment, a demo receiver for each ``http://127.0.0.1:0/...`` target (its URL rewritten to the
 receiver's port, and the receiver given the target's signing secret and encryption key), the fake
 Genesys Cloud API serving the rewritten fixtures, one config-sync run against it (so the targets reach
-DynamoDB and Secrets Manager the way they do in AWS), the HTTP API adapter, and the SQS poller.
+DynamoDB and Secrets Manager the way they do in AWS), the EventBridge stand-in (the template's rules and
+Lambda's asynchronous invocation of the intake), the HTTP API adapter (which also serves EventBridge's
+PutEvents at ``<api>/eventbridge/events``), and the SQS poller.
 ``stop()`` undoes it in reverse order and puts the process environment back.
+
+Genesys EventBridge events fan out to the fixtures' EventBridge integration (``eventBridgeIntegrationId``,
+by default the first integration): the stack passes it as the template parameter
+``EventBridgeIntegrationId``, so ``EVENTBRIDGE_INTEGRATION_ID`` reaches the functions from the template.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from relay.local.aws_stack import (
     forget_cached_configuration,
     local_client,
 )
+from relay.local.eventbridge import LOCAL_RETRY_DELAYS_SECONDS, PUT_EVENTS_PATH, LocalEventBridge
 from relay.local.fake_genesys import FakeGenesys
 from relay.local.fixtures import Fixtures, FixtureTarget
 from relay.local.function_worker import WorkerFunction
@@ -71,10 +78,12 @@ class LocalStack:
         environment: dict[str, str] | None = None,
         dispatcher_workers: bool = False,
         function_output: IO[str] | None = None,
+        eventbridge_retry_delays: tuple[float, ...] = LOCAL_RETRY_DELAYS_SECONDS,
     ) -> None:
         """``parameters``: template parameter overrides (e.g. DispatcherTimeoutSeconds); ``environment``:
         extra function environment set after the template's; ``dispatcher_workers``: run the dispatcher in
-        warm worker processes (function_worker.WorkerFunction) writing to ``function_output``."""
+        warm worker processes (function_worker.WorkerFunction) writing to ``function_output``;
+        ``eventbridge_retry_delays``: the waits between tries of a failed asynchronous invocation."""
         self.fixtures_path = fixtures_path
         self.parameters = dict(parameters or {})
         self.extra_environment = dict(environment or {})
@@ -89,6 +98,8 @@ class LocalStack:
         self.receivers: dict[str, DemoReceiver] = {}
         self.genesys: FakeGenesys | None = None
         self.api: ApiAdapter | None = None
+        self.eventbridge: LocalEventBridge | None = None
+        self.eventbridge_retry_delays = eventbridge_retry_delays
         self.poller: SqsPoller | None = None
         self.sqs: Any = None
         self.api_url = ""
@@ -122,7 +133,9 @@ class LocalStack:
         moto.start()
         self._exit.callback(moto.stop)
 
-        self.template = load_template(self.template_path, parameters={**self.parameters, "Stage": STAGE})
+        parameters = {"EventBridgeIntegrationId": self.fixtures.eventbridge_integration or ""}
+        parameters.update({**self.parameters, "Stage": STAGE})
+        self.template = load_template(self.template_path, parameters=parameters)
         self.resources = create_resources(self.template, moto.url, PREFIX)
         self._set_environment(self.resources.env)
         self._set_environment(self.extra_environment)
@@ -135,11 +148,18 @@ class LocalStack:
         self._set_environment(self.genesys.settings_env())
         self._sync_targets()
 
-        self.api = ApiAdapter(self.template, self.api_port)
+        self.sqs = local_client("sqs", moto.url)
+        self.eventbridge = LocalEventBridge(
+            self.template, sqs=self.sqs, retry_delays=self.eventbridge_retry_delays
+        )
+        self._exit.callback(self.eventbridge.stop)
+
+        self.api = ApiAdapter(
+            self.template, self.api_port, endpoints={PUT_EVENTS_PATH: self.eventbridge.handle_http}
+        )
         self.api_url = self.api.start()
         self._exit.callback(self.api.stop)
 
-        self.sqs = local_client("sqs", moto.url)
         source = SqsEventSource.from_template(self.template, DISPATCHER)
         dispatcher: LocalFunction
         if self.dispatcher_workers:
@@ -221,14 +241,31 @@ class LocalStack:
     def webhook_url(self, integration_id: str) -> str:
         return f"{self.api_url}/webhooks/{integration_id}"
 
+    @property
+    def put_events_url(self) -> str:
+        return f"{self.api_url}{PUT_EVENTS_PATH}"
+
     def describe(self) -> dict[str, Any]:
         """Where everything listens (no secrets): the ``serve`` ready line."""
         return {
             "api": self.api_url,
             "webhooks": {i.id: self.webhook_url(i.id) for i in self.fixtures.integrations},
+            "eventbridge": self._describe_eventbridge(),
             "receivers": {r.target_name: r.url for r in self.receivers.values()},
             "aws_endpoint": self.resources.endpoint_url if self.resources else None,
             "genesys_api": self.genesys.base_url if self.genesys else None,
+        }
+
+    def _describe_eventbridge(self) -> dict[str, Any] | None:
+        if self.eventbridge is None or not self.eventbridge.rules:
+            return None
+        rule = self.eventbridge.rules[0]
+        return {
+            "put_events": self.put_events_url,
+            "event_bus": rule.event_bus,
+            "integration": self.fixtures.eventbridge_integration,
+            "on_failure_queue": rule.invoke_config.on_failure_queue_url,
+            "rule_dead_letter_queue": rule.dead_letter_queue_url,
         }
 
 

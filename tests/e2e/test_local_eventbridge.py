@@ -1,0 +1,146 @@
+"""The Genesys EventBridge path through the whole local stack: PutEvents (or ``relay local put-event``) ->
+the template's rule -> the real intake, invoked asynchronously with its retries -> the delivery queue ->
+the dispatcher -> the demo receivers; and, for an event the intake refuses, the on-failure queue."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from relay.local.stack import LocalStack
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLES = sorted((ROOT / "events").glob("eventbridge_*.json"))
+WAIT = 60.0  # bound on waiting for the asynchronous side; generous, not a performance claim
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[LocalStack]:
+    with LocalStack(eventbridge_retry_delays=(0.1, 0.2)) as running:
+        yield running
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        pause.wait(0.1)
+    return True
+
+
+def entry(event: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "Source": event["source"],
+        "DetailType": event["detail-type"],
+        "Detail": json.dumps(event["detail"]),
+        "Resources": event["resources"],
+    }
+
+
+def put(stack: LocalStack, event: dict[str, Any]) -> str:
+    answer = requests.post(stack.put_events_url, json={"Entries": [entry(event)]}, timeout=15).json()
+    assert answer["FailedEntryCount"] == 0, answer
+    event_id: str = answer["Entries"][0]["EventId"]
+    return event_id
+
+
+def received(stack: LocalStack, event_id: str) -> dict[str, int]:
+    """How many deliveries of the event each demo receiver accepted, by target name."""
+    return {
+        r.target_name: sum(1 for d in r.receiver.deliveries if (d.event or {}).get("id") == event_id)
+        for r in stack.receivers.values()
+    }
+
+
+def delivery_queue_busy(stack: LocalStack) -> bool:
+    assert stack.resources is not None and stack.poller is not None
+    attributes = stack.sqs.get_queue_attributes(
+        QueueUrl=stack.resources.delivery_queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return any(int(v) for v in attributes.values()) or stack.poller.stats().in_flight > 0
+
+
+def failure_records(stack: LocalStack) -> list[dict[str, Any]]:
+    url = stack.describe()["eventbridge"]["on_failure_queue"]
+    messages = stack.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+    return [json.loads(m["Body"]) for m in messages]
+
+
+def test_the_ready_line_says_where_to_send_eventbridge_events_and_where_failures_go(
+    stack: LocalStack,
+) -> None:
+    described = stack.describe()["eventbridge"]
+    assert described["put_events"] == f"{stack.api_url}/eventbridge/events"
+    assert described["integration"] == stack.fixtures.integrations[0].id
+    assert described["on_failure_queue"].endswith("-IntakeFailureQueue")
+    assert described["rule_dead_letter_queue"].endswith("-EventBridgeDeadLetterQueue")
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=[p.stem for p in SAMPLES])
+def test_each_sample_goes_where_the_templates_rule_sends_it(stack: LocalStack, path: Path) -> None:
+    assert stack.eventbridge is not None
+    sample = json.loads(path.read_text())
+    genesys = sample["source"].startswith("aws.partner/genesys.com")
+
+    # When the sample is published with `relay local put-event`
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "local", "put-event", str(path), "--api", stack.api_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    event_id = json.loads(result.stdout)["Entries"][0]["EventId"]
+
+    if genesys:
+        # Then Genesys' event reaches every demo receiver of the EventBridge integration, once
+        expected = {r.target_name: 1 for r in stack.receivers.values()}
+        assert wait_until(lambda: received(stack, event_id) == expected), received(stack, event_id)
+    else:
+        # Then an event outside the rule's pattern is accepted and goes nowhere
+        assert stack.eventbridge.wait_idle(WAIT)
+        assert wait_until(lambda: not delivery_queue_busy(stack))
+        assert set(received(stack, event_id).values()) == {0}
+
+
+def test_an_event_the_intake_refuses_ends_on_the_failure_queue_after_the_retries(stack: LocalStack) -> None:
+    assert stack.eventbridge is not None and stack.template is not None
+    # Given a Genesys event whose detail the intake cannot accept (no topicName, no eventBody)
+    sample = json.loads((ROOT / "events" / "eventbridge_conversation_start.json").read_text())
+    refused = {**sample, "detail": {"version": "2"}}
+
+    # When it is published and every try has run
+    event_id = put(stack, refused)
+    assert stack.eventbridge.wait_idle(WAIT)
+
+    # Then the on-failure queue holds Lambda's record of it, after 1 + MaximumRetryAttempts tries
+    retries = stack.template.resolve(stack.template.properties("IntakeFunction"))["EventInvokeConfig"][
+        "MaximumRetryAttempts"
+    ]
+    records = [r for r in failure_records(stack) if r["requestPayload"]["id"] == event_id]
+    assert len(records) == 1, records
+    (record,) = records
+    assert record["requestContext"]["condition"] == "RetriesExhausted"
+    assert record["requestContext"]["approximateInvokeCount"] == 1 + int(retries)
+    assert record["requestPayload"]["detail"] == refused["detail"]
+    assert record["responsePayload"]["errorType"] == "BadRequest"
+    assert "topicName" in record["responsePayload"]["errorMessage"]
+
+    # And nothing of it reached a receiver
+    assert wait_until(lambda: not delivery_queue_busy(stack))
+    assert set(received(stack, event_id).values()) == {0}

@@ -1,0 +1,357 @@
+"""The local EventBridge path: PutEvents in, the template's rule, Lambda's asynchronous invocation with its
+retries, and the on-failure destination (a real queue in moto). The function is a stand-in that records
+events and fails or blocks on cue; tests/e2e/test_local_eventbridge.py runs the real intake."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import requests
+
+from relay.cli import main as relay_main
+from relay.local.api_adapter import ApiAdapter
+from relay.local.aws_stack import LocalResources, local_client
+from relay.local.eventbridge import PUT_EVENTS_PATH, LocalEventBridge
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLES = ROOT / "events"
+WAIT = 30.0  # bound on waiting for the asynchronous side; generous, not a performance claim
+
+
+class Intake:
+    """A stand-in IntakeFunction: records each event, fails the first ``failures`` calls, can be held."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.failures = 0
+        self.release = threading.Event()
+        self.release.set()
+        self._lock = threading.Lock()
+
+    def __call__(self, event: dict[str, Any], context: Any) -> Any:
+        assert self.release.wait(WAIT), "the test never released the function"
+        with self._lock:
+            self.events.append(event)
+            failing = len(self.events) <= self.failures
+        if failing:
+            raise ValueError(f"refused event {event['id']}")
+        return {"status": "accepted"}
+
+
+@pytest.fixture
+def intake() -> Intake:
+    return Intake()
+
+
+@pytest.fixture
+def eventbridge(aws_stack: LocalResources, intake: Intake) -> Iterator[LocalEventBridge]:
+    bridge = LocalEventBridge(
+        aws_stack.template,
+        sqs=local_client("sqs", aws_stack.endpoint_url),
+        handlers={"IntakeFunction": intake},
+        retry_delays=(0.05, 0.1),
+    )
+    yield bridge
+    intake.release.set()
+    bridge.stop()
+
+
+@pytest.fixture
+def api(aws_stack: LocalResources, eventbridge: LocalEventBridge) -> Iterator[str]:
+    """The local API serving PutEvents; yields the PutEvents URL."""
+    with ApiAdapter(aws_stack.template, endpoints={PUT_EVENTS_PATH: eventbridge.handle_http}) as adapter:
+        yield adapter.base_url + PUT_EVENTS_PATH
+
+
+def sample(name: str) -> dict[str, Any]:
+    event: dict[str, Any] = json.loads((SAMPLES / name).read_text())
+    return event
+
+
+def entry(event: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """The PutEvents entry that publishes ``event``."""
+    return {
+        "Source": event["source"],
+        "DetailType": event["detail-type"],
+        "Detail": json.dumps(event["detail"]),
+        "Time": event["time"],
+        "Resources": event["resources"],
+        **overrides,
+    }
+
+
+def invoke_config(aws_stack: LocalResources) -> dict[str, Any]:
+    config: dict[str, Any] = aws_stack.template.resolve(aws_stack.template.properties("IntakeFunction"))[
+        "EventInvokeConfig"
+    ]
+    return config
+
+
+def failure_records(aws_stack: LocalResources) -> list[dict[str, Any]]:
+    """What the template's on-failure destination queue holds."""
+    arn = invoke_config(aws_stack)["DestinationConfig"]["OnFailure"]["Destination"]
+    sqs = local_client("sqs", aws_stack.endpoint_url)
+    url = sqs.get_queue_url(QueueName=arn.rsplit(":", 1)[1])["QueueUrl"]
+    messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+    return [json.loads(m["Body"]) for m in messages]
+
+
+# --- PutEvents and the rule -------------------------------------------------------------------------------
+
+
+def test_put_events_answers_before_the_function_runs_and_the_function_gets_an_eventbridge_event(
+    api: str, eventbridge: LocalEventBridge, intake: Intake, aws_stack: LocalResources
+) -> None:
+    # Given a function that is held until the test lets it go
+    intake.release.clear()
+    published = sample("eventbridge_conversation_start.json")
+
+    # When Genesys' event is published
+    answer = requests.post(api, json={"Entries": [entry(published)]}, timeout=10)
+
+    # Then PutEvents has answered while the invocation is still waiting (asynchronous invocation)
+    assert answer.status_code == 200
+    assert answer.headers["Content-Type"] == "application/json"
+    body = answer.json()
+    assert body["FailedEntryCount"] == 0
+    (result,) = body["Entries"]
+    assert intake.events == []
+
+    # And once it runs, it receives the event EventBridge builds, with the EventId PutEvents returned
+    intake.release.set()
+    assert eventbridge.wait_idle(WAIT)
+    (event,) = intake.events
+    assert event == {
+        "version": "0",
+        "id": result["EventId"],
+        "detail-type": published["detail-type"],
+        "source": published["source"],
+        "account": aws_stack.template.pseudo["AWS::AccountId"],
+        "time": published["time"],
+        "region": aws_stack.template.pseudo["AWS::Region"],
+        "resources": published["resources"],
+        "detail": published["detail"],
+    }
+
+
+def test_an_entry_no_rule_matches_is_accepted_and_goes_nowhere(
+    api: str, eventbridge: LocalEventBridge, intake: Intake
+) -> None:
+    # Given a scheduler event (source aws.events), outside the rule's source prefix
+    answer = requests.post(api, json={"Entries": [entry(sample("eventbridge_schedule.json"))]}, timeout=10)
+
+    # Then it is accepted, and nothing is invoked
+    assert answer.json()["FailedEntryCount"] == 0
+    assert "EventId" in answer.json()["Entries"][0]
+    assert eventbridge.wait_idle(WAIT)
+    assert intake.events == []
+
+
+def test_the_rule_is_the_templates_pattern_and_bus(aws_stack: LocalResources, intake: Intake) -> None:
+    # Given the template's rule narrowed to another source prefix and listening on another bus
+    template = aws_stack.template
+    rule = template.document["Resources"]["IntakeFunction"]["Properties"]["Events"]["GenesysEventBridge"]
+    rule["Properties"]["Pattern"] = {"source": [{"prefix": "custom."}], "detail-type": ["ping"]}
+    rule["Properties"]["EventBusName"] = "arn:aws:events:us-east-1:123456789012:event-bus/partner/bus"
+    bridge = LocalEventBridge(template, sqs=None, handlers={"IntakeFunction": intake})
+    try:
+        # When events are put on the default bus, on the rule's bus, and with another detail-type
+        ping = {"Source": "custom.app", "DetailType": "ping", "Detail": "{}"}
+        answer = bridge.put_events(
+            [
+                ping,
+                {**ping, "EventBusName": "partner/bus"},
+                {**ping, "EventBusName": "partner/bus", "DetailType": "pong"},
+                {**entry(sample("eventbridge_conversation_start.json")), "EventBusName": "partner/bus"},
+            ]
+        )
+        assert bridge.wait_idle(WAIT)
+    finally:
+        bridge.stop()
+
+    # Then only the entry on the rule's bus that matches its pattern was delivered
+    assert answer["FailedEntryCount"] == 0
+    assert [e["id"] for e in intake.events] == [answer["Entries"][1]["EventId"]]
+
+
+@pytest.mark.parametrize(
+    ("bad_entry", "code"),
+    [
+        pytest.param({"DetailType": "x", "Detail": "{}"}, "InvalidArgument", id="no-source"),
+        pytest.param({"Source": "s", "Detail": "{}"}, "InvalidArgument", id="no-detail-type"),
+        pytest.param({"Source": "s", "DetailType": "x"}, "InvalidArgument", id="no-detail"),
+        pytest.param(
+            {"Source": "s", "DetailType": "x", "Detail": "{nope"}, "MalformedDetail", id="detail-not-json"
+        ),
+        pytest.param(
+            {"Source": "s", "DetailType": "x", "Detail": "[1]"}, "MalformedDetail", id="detail-not-object"
+        ),
+        pytest.param(
+            {"Source": "s", "DetailType": "x", "Detail": '{"n": NaN}'}, "MalformedDetail", id="detail-nan"
+        ),
+        pytest.param(
+            {"Source": "s", "DetailType": "x", "Detail": "{}", "Time": "yesterday"},
+            "InvalidArgument",
+            id="bad-time",
+        ),
+        pytest.param(
+            {"Source": "s", "DetailType": "x", "Detail": "{}", "Resources": "arn"},
+            "InvalidArgument",
+            id="resources",
+        ),
+        pytest.param(
+            {"Source": "s", "DetailType": "x", "Detail": "{}", "EventBusName": "elsewhere"},
+            "ResourceNotFoundException",
+            id="unknown-bus",
+        ),
+        pytest.param("not an object", "InvalidArgument", id="entry-not-object"),
+    ],
+)
+def test_each_entry_is_refused_or_accepted_on_its_own(
+    api: str, eventbridge: LocalEventBridge, intake: Intake, bad_entry: Any, code: str
+) -> None:
+    # Given a bad entry between two good ones
+    good = entry(sample("eventbridge_conversation_start.json"))
+    answer = requests.post(api, json={"Entries": [good, bad_entry, good]}, timeout=10).json()
+
+    # Then only the bad one failed, with PutEvents' error shape, and the good ones were delivered
+    assert answer["FailedEntryCount"] == 1
+    first, refused, last = answer["Entries"]
+    assert refused["ErrorCode"] == code and refused["ErrorMessage"]
+    assert "EventId" in first and "EventId" in last
+    assert eventbridge.wait_idle(WAIT)
+    assert sorted(e["id"] for e in intake.events) == sorted([first["EventId"], last["EventId"]])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"{not json", id="not-json"),
+        pytest.param(b"[]", id="not-an-object"),
+        pytest.param(b'{"Entries": []}', id="no-entries"),
+        pytest.param(json.dumps({"Entries": [{}] * 11}).encode(), id="eleven-entries"),
+        pytest.param(
+            json.dumps(
+                {"Entries": [{"Source": "s", "DetailType": "x", "Detail": json.dumps({"p": "x" * 300_000})}]}
+            ).encode(),
+            id="over-256-kib",
+        ),
+    ],
+)
+def test_a_malformed_request_is_a_validation_error(
+    api: str, eventbridge: LocalEventBridge, intake: Intake, body: bytes
+) -> None:
+    answer = requests.post(api, data=body, headers={"Content-Type": "application/json"}, timeout=10)
+    assert answer.status_code == 400
+    assert answer.json()["__type"] == "ValidationException"
+    assert eventbridge.wait_idle(WAIT)
+    assert intake.events == []
+
+
+def test_the_aws_sdk_can_publish_to_it(api: str, eventbridge: LocalEventBridge, intake: Intake) -> None:
+    # Given boto3's EventBridge client pointed at the local PutEvents (it sends Time as epoch seconds)
+    events = boto3.client(
+        "events", endpoint_url=api, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+    )
+    published = sample("eventbridge_conversation_start.json")
+
+    # When it puts the event
+    answer = events.put_events(Entries=[entry(published)])
+
+    # Then the function receives it with the same time
+    assert answer["FailedEntryCount"] == 0
+    assert eventbridge.wait_idle(WAIT)
+    assert [e["time"] for e in intake.events] == [published["time"]]
+
+
+# --- retries and the on-failure destination -------------------------------------------------------------
+
+
+def test_a_failing_event_is_retried_then_recorded_on_the_failure_queue(
+    api: str, eventbridge: LocalEventBridge, intake: Intake, aws_stack: LocalResources
+) -> None:
+    # Given a function that fails every time
+    intake.failures = 100
+    published = sample("eventbridge_conversation_start.json")
+
+    # When the event is published and every try is done
+    event_id = requests.post(api, json={"Entries": [entry(published)]}, timeout=10).json()["Entries"][0][
+        "EventId"
+    ]
+    assert eventbridge.wait_idle(WAIT)
+
+    # Then it was tried 1 + MaximumRetryAttempts times (from the template)
+    tries = 1 + int(invoke_config(aws_stack)["MaximumRetryAttempts"])
+    assert [e["id"] for e in intake.events] == [event_id] * tries
+
+    # And the on-failure queue holds Lambda's destination record for it
+    (record,) = failure_records(aws_stack)
+    assert record["version"] == "1.0"
+    assert record["requestContext"]["condition"] == "RetriesExhausted"
+    assert record["requestContext"]["approximateInvokeCount"] == tries
+    assert record["requestContext"]["functionArn"].endswith("IntakeFunction:$LATEST")
+    assert record["requestPayload"] == intake.events[0]
+    assert record["responseContext"] == {
+        "statusCode": 200,
+        "executedVersion": "$LATEST",
+        "functionError": "Unhandled",
+    }
+    assert record["responsePayload"] == {
+        "errorType": "ValueError",
+        "errorMessage": f"refused event {event_id}",
+    }
+
+
+def test_an_event_that_succeeds_on_a_retry_leaves_no_failure_record(
+    api: str, eventbridge: LocalEventBridge, intake: Intake, aws_stack: LocalResources
+) -> None:
+    intake.failures = 1
+    requests.post(api, json={"Entries": [entry(sample("eventbridge_conversation_start.json"))]}, timeout=10)
+    assert eventbridge.wait_idle(WAIT)
+    assert len(intake.events) == 2
+    assert failure_records(aws_stack) == []
+
+
+# --- relay local put-event ------------------------------------------------------------------------------
+
+
+def test_put_event_sends_a_sample_file_and_prints_the_answer(
+    api: str,
+    eventbridge: LocalEventBridge,
+    intake: Intake,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # When the CLI sends the sample event to the API
+    api_url = api.removesuffix(PUT_EVENTS_PATH)
+    code = relay_main(
+        ["local", "put-event", str(SAMPLES / "eventbridge_conversation_start.json"), "--api", api_url]
+    )
+
+    # Then it prints PutEvents' answer, exits 0, and the function got the event
+    assert code == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["FailedEntryCount"] == 0
+    assert eventbridge.wait_idle(WAIT)
+    assert [e["id"] for e in intake.events] == [answer["Entries"][0]["EventId"]]
+    assert intake.events[0]["detail"] == sample("eventbridge_conversation_start.json")["detail"]
+
+
+def test_put_event_exits_1_when_an_entry_fails_and_2_without_an_api(
+    api: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"Entries": [{"Source": "s", "DetailType": "x", "Detail": "[]"}]}))
+    assert relay_main(["local", "put-event", str(request), "--api", api.removesuffix(PUT_EVENTS_PATH)]) == 1
+    assert json.loads(capsys.readouterr().out)["Entries"][0]["ErrorCode"] == "MalformedDetail"
+
+    monkeypatch.delenv("RELAY_LOCAL_API", raising=False)
+    assert relay_main(["local", "put-event", str(request)]) == 2
+    assert "--api" in capsys.readouterr().err
