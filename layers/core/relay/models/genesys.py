@@ -1,8 +1,8 @@
 """What Genesys Cloud sends the relay: Open Messaging outbound notifications and EventBridge events.
 
 Genesys adds fields over time, so every model keeps fields it does not know (``extra="allow"``) and
-the intake queues the event exactly as received, never a re-dump of the model: the model only decides
-whether an event is acceptable. Field names are Genesys' own (camelCase).
+the intake queues the event's JSON text exactly as received, never a re-dump of the model: the model
+only decides whether an event is acceptable. Field names are Genesys' own (camelCase).
 """
 
 from __future__ import annotations
