@@ -238,6 +238,42 @@ def test_numbers_are_queued_as_spelled() -> None:
     assert [t.event_json for t in tasks(queue)] == [body, body]
 
 
+def test_a_message_for_another_integration_is_400_integration_mismatch() -> None:
+    # Given a message whose channel.id names another integration than the URL
+    message = sample("openmessaging_text.json")
+    message["channel"]["id"] = "0d1b2c3a-0000-4000-8000-000000000099"
+    intake, queue = make_intake()
+
+    # When it is posted signed to this integration's URL, it is refused and nothing is queued
+    response = intake.handle(http_event(message))
+    assert refusal(response) == (400, "integration_mismatch")
+    assert INTEGRATION_ID in answer(response)["message"]
+    assert queue.bodies == []
+    # and the signature comes first: unsigned, the same message is a 401
+    assert refusal(intake.handle(http_event(message, sign_with=None))) == (401, "signature_missing")
+
+
+@pytest.mark.parametrize("separator", [",", ", ", " , "])
+def test_one_signature_repeated_by_api_gateway_counts_once(separator: str) -> None:
+    event = http_event()
+    header = event["headers"]["x-hub-signature-256"]
+    event["headers"]["x-hub-signature-256"] = header + separator + header
+    intake, queue = make_intake()
+    assert intake.handle(event)["statusCode"] == 202
+    assert len(queue.bodies) == 2
+
+
+@pytest.mark.parametrize("right_first", [True, False])
+def test_two_different_signatures_are_malformed_even_if_one_matches(right_first: bool) -> None:
+    event = http_event()
+    right = event["headers"]["x-hub-signature-256"]
+    wrong = http_event(sign_with="someone-elses-secret-0000")["headers"]["x-hub-signature-256"]
+    event["headers"]["x-hub-signature-256"] = f"{right},{wrong}" if right_first else f"{wrong}, {right}"
+    intake, queue = make_intake()
+    assert refusal(intake.handle(event)) == (401, "signature_malformed")
+    assert queue.bodies == []
+
+
 @pytest.mark.parametrize("depth", [900, 950, 990, 999])
 def test_deep_nesting_inside_a_valid_message_is_400_not_a_crash(depth: int) -> None:
     # Deep enough to parse but not to serialize again further down the stack: refused up front
@@ -356,13 +392,66 @@ def test_a_genesys_retry_is_answered_the_same_and_not_queued_again() -> None:
     assert metrics.counts[("EventsDuplicate", None)] == 1
 
 
-def test_a_numeric_channel_time_is_accepted_and_deduplicated_too() -> None:
+@pytest.mark.parametrize(
+    "time",
+    [
+        1_774_444_805,  # pydantic's datetime would read it as a Unix time
+        1_774_444_805.5,
+        True,
+        None,
+        "2026-03-25T13:20:05.493",  # no offset: RFC 3339 requires one
+        "2026-03-25 13:20:05.493Z",
+        "2026-03-25T13:20:60Z",
+        "2026-02-30T13:20:05Z",
+        "2026-03-25T13:20:05+24:00",
+        "25/03/2026 13:20:05",
+    ],
+)
+def test_channel_time_must_be_an_rfc3339_date_time_string_with_an_offset(time: Any) -> None:
     message = sample("openmessaging_typing.json")
-    message["channel"]["time"] = 1_774_444_805
+    message["channel"]["time"] = time
     intake, queue = make_intake()
-    first, repeat = intake.handle(http_event(message)), intake.handle(http_event(message))
-    assert first["statusCode"] == repeat["statusCode"] == 202
+    response = intake.handle(http_event(message))
+    assert refusal(response) == (400, "invalid_message")
+    assert "channel.time" in answer(response)["message"]
+    assert queue.bodies == []
+
+
+@pytest.mark.parametrize(
+    "time", ["2026-03-25t13:20:05.493z", "2026-03-25T15:20:05+02:00", "2026-03-25T13:20:05.1234567-00:00"]
+)
+def test_any_rfc3339_spelling_with_an_offset_is_accepted(time: str) -> None:
+    message = sample("openmessaging_typing.json")
+    message["channel"]["time"] = time
+    intake, _ = make_intake()
+    assert intake.handle(http_event(message))["statusCode"] == 202
+
+
+def test_one_instant_spelled_three_ways_is_one_event() -> None:
+    # Given an event accepted with channel.time in UTC
+    intake, queue = make_intake()
+    message = sample("openmessaging_text.json")
+    message["channel"]["time"] = "2026-03-25T10:00:00Z"
+    first = intake.handle(http_event(message))
+    assert first["statusCode"] == 202 and len(queue.bodies) == 2
+
+    # When the same message arrives with the same instant spelled otherwise
+    for spelling in ("2026-03-25T10:00:00.000Z", "2026-03-25T12:00:00+02:00", "2026-03-25T05:30:00.0-04:30"):
+        message["channel"]["time"] = spelling
+        repeat = intake.handle(http_event(message))
+
+        # Then it gets the first answer and nothing more is queued
+        assert repeat["statusCode"] == 202 and repeat["body"] == first["body"], spelling
     assert len(queue.bodies) == 2
+
+
+def test_instants_a_millisecond_apart_or_less_are_different_events() -> None:
+    intake, queue = make_intake()
+    message = sample("openmessaging_text.json")
+    for time in ("2026-03-25T10:00:00.000Z", "2026-03-25T10:00:00.001Z", "2026-03-25T10:00:00.0000001Z"):
+        message["channel"]["time"] = time
+        assert intake.handle(http_event(message))["statusCode"] == 202
+    assert len({answer["deliveryId"] for answer in map(json.loads, queue.bodies)}) == 6
 
 
 def test_same_id_with_another_channel_time_is_a_new_event() -> None:

@@ -3,10 +3,10 @@
 Two triggers reach the same ``Intake``:
 
 * **API Gateway HTTP API (payload v2)**, ``POST /webhooks/{integrationId}`` from Genesys Open Messaging:
-  method, size, content type, integration, signature, JSON, schema are checked in that order (cheap
-  and input-only checks first, one DynamoDB read at most before the signature is known good); the
-  event is claimed in the idempotency store, one ``DeliveryTask`` per enabled target is queued,
-  carrying the body's JSON text exactly as received, and the answer is 202. Refusals are 4xx
+  method, size, content type, integration, signature, JSON, schema, channel.id are checked in that
+  order (cheap and input-only checks first, one DynamoDB read at most before the signature is known
+  good); the event is claimed in the idempotency store, one ``DeliveryTask`` per enabled target is
+  queued, carrying the body's JSON text exactly as received, and the answer is 202. Refusals are 4xx
   JSON ``{"error", "message"}``; an AWS dependency that fails is 503 with ``Retry-After`` so Genesys
   retries; client input never causes a 5xx.
 * **EventBridge** (Genesys' partner event source), routed by a rule: no signature (the trust is the
@@ -64,7 +64,7 @@ from relay.models.delivery import (
     event_json_of,
     load_finite_json,
 )
-from relay.models.genesys import OPEN_MESSAGE, GenesysEventBridgeEvent
+from relay.models.genesys import OPEN_MESSAGE, GenesysEventBridgeEvent, utc_instant
 from relay.observability import logger
 from relay.settings import Settings, get_settings
 
@@ -124,7 +124,8 @@ class IncomingEvent:
     """One event to deliver, from either trigger."""
 
     event_id: str
-    # What makes two deliveries of it the same event (Genesys: id + channel.time; EventBridge: id).
+    # What makes two deliveries of it the same event (Genesys: id + the instant of channel.time;
+    # EventBridge: id).
     identity: str
     # The event's JSON text as the targets will receive it: for HTTP the body exactly as received.
     event_json: str
@@ -349,12 +350,20 @@ class Intake:
             raise UnknownIntegration(f"integration {request.integration_id} is not known here")
         self._verify(entry.integration.signature_secret_name, request)
         text, message = self._parse_open_message(request.body)
+        integration_id = entry.integration.integration_id
+        if message["channel"]["id"] != integration_id:
+            # Genesys sets channel.id to the integration's id: a message naming another one was meant
+            # for another URL (or signed with a shared secret), and its targets are not these.
+            raise BadRequest(
+                f"channel.id does not name the integration of this URL ({integration_id})",
+                code="integration_mismatch",
+            )
         incoming = IncomingEvent(
             event_id=message["id"],
-            # Genesys retries re-send the same id and channel.time: together they name the event.
-            # channel.time as sent (a string, or a number pydantic also reads as a time).
-            identity=f"open-messaging\n{entry.integration.integration_id}\n{message['id']}\n"
-            f"{message['channel']['time']}",
+            # Genesys retries re-send the same id and channel.time: together they name the event. The
+            # time counts as the instant it names, not as spelled (the schema made it RFC 3339).
+            identity=f"open-messaging\n{integration_id}\n{message['id']}\n"
+            f"{utc_instant(message['channel']['time'])}",
             event_json=text,
             source="open-messaging",
         )
