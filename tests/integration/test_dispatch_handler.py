@@ -4,12 +4,16 @@ moto (targets, secrets) and a real loopback receiver."""
 from __future__ import annotations
 
 import json
+import uuid
+from typing import Any
 
 import pytest
 from test_dispatch_support import (
     ENCRYPTED_TARGET,
     INTEGRATION_ID,
     PLAIN_TARGET,
+    attr,
+    drain,
     load_handler,
     seed_target,
     sqs_event,
@@ -75,14 +79,81 @@ def test_a_claim_checked_event_is_read_from_s3_and_delivered(
     client("s3").put_object(Bucket=aws_stack.audit_bucket, Key=key, Body=json.dumps(big_event).encode())
     record = task_record(PLAIN_TARGET)
     body = json.loads(record["body"])
-    del body["event"]
+    del body["eventJson"]
     body["eventRef"] = {"bucket": aws_stack.audit_bucket, "key": key}
     record["body"] = json.dumps(body)
 
     # When the handler gets it
     response = load_handler(aws_stack)({"Records": [record]}, None)
 
-    # Then the receiver got the full event in the envelope
+    # Then the receiver got the full event in the envelope, the stored bytes exactly
     assert response == {"batchItemFailures": []}
     (delivery,) = receiver.deliveries
     assert delivery.event == big_event
+    assert b',"sourceEvent":' + json.dumps(big_event).encode() + b',"formatVersion"' in delivery.body
+
+
+def _claim_checked_record(resources: LocalResources, stored: bytes) -> dict[str, Any]:
+    key = f"events/{INTEGRATION_ID}/{uuid.uuid4().hex}.json"
+    client("s3").put_object(Bucket=resources.audit_bucket, Key=key, Body=stored)
+    record = task_record(PLAIN_TARGET)
+    body = json.loads(record["body"])
+    del body["eventJson"]
+    body["eventRef"] = {"bucket": resources.audit_bucket, "key": key}
+    record["body"] = json.dumps(body)
+    return record
+
+
+@pytest.mark.parametrize(
+    "stored", [b"[1, 2]", b'"text"', b"{not json", b"\xff\xfe{}", b'{"f": 1e400}', b'{"f": NaN}', b""]
+)
+def test_a_claim_checked_event_that_is_not_a_json_object_is_dead_lettered_as_poison(
+    aws_stack: LocalResources, receiver: Receiver, stored: bytes
+) -> None:
+    # Given a task whose claim-checked object is not a JSON object a receiver could read
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm", target_id=PLAIN_TARGET)
+    record = _claim_checked_record(aws_stack, stored)
+
+    # When the handler gets it
+    response = load_handler(aws_stack)({"Records": [record]}, None)
+
+    # Then nothing was sent, and the message is in the DLQ as poison (done, not retried)
+    assert response == {"batchItemFailures": []}
+    assert receiver.requests == []
+    (dead,) = drain(aws_stack.dead_letter_queue_url)
+    assert attr(dead, "relay-dlq-reason") == "poison" and dead["body"] == record["body"]
+
+
+@pytest.mark.parametrize("event_json", ["[1, 2]", "{not json", '{"f": 1e400}', '{"a": 1} {"b": 2}'])
+def test_an_inline_event_that_is_not_a_json_object_is_dead_lettered_as_poison(
+    aws_stack: LocalResources, receiver: Receiver, event_json: str
+) -> None:
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm", target_id=PLAIN_TARGET)
+    record = task_record(PLAIN_TARGET)
+    record["body"] = json.dumps({**json.loads(record["body"]), "eventJson": event_json})
+    assert load_handler(aws_stack)({"Records": [record]}, None) == {"batchItemFailures": []}
+    assert receiver.requests == []
+    assert [attr(m, "relay-dlq-reason") for m in drain(aws_stack.dead_letter_queue_url)] == ["poison"]
+
+
+def test_a_task_of_the_earlier_shape_is_still_delivered(
+    aws_stack: LocalResources, receiver: Receiver
+) -> None:
+    # Given a message queued before eventJson: schemaVersion 1, the event as an object
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm", target_id=PLAIN_TARGET)
+    seed_target(aws_stack, f"{receiver.url}/hooks/archive", target_id=ENCRYPTED_TARGET, encrypted=True)
+    event = {"id": "e-v1", "text": "caf\u00e9", "n": 1.5}
+    records = []
+    for target_id in (PLAIN_TARGET, ENCRYPTED_TARGET):
+        record = task_record(target_id)
+        body = json.loads(record["body"])
+        del body["eventJson"]
+        record["body"] = json.dumps({**body, "schemaVersion": 1, "event": event})
+        records.append(record)
+
+    # When the handler gets it
+    response = load_handler(aws_stack)({"Records": records}, None)
+
+    # Then both targets got the event
+    assert response == {"batchItemFailures": []}
+    assert [r.event for r in receiver.deliveries] == [event, event]

@@ -122,7 +122,7 @@ def task_record(
     body["targetId"] = target_id
     body["deliveryId"] = delivery_id or str(uuid.uuid4())
     if event is not None:
-        body["event"] = event
+        body["eventJson"] = json.dumps(event)
     record["body"] = json.dumps(body)
     record["messageId"] = str(uuid.uuid4())
     record["attributes"]["ApproximateReceiveCount"] = str(receive_count)

@@ -68,6 +68,9 @@ def test_the_running_intake_conforms_to_its_openapi_document(aws_stack: LocalRes
     )
     @given(case=OPERATION.as_strategy(), sender=st.sampled_from(["genesys", "forger", "stranger"]))
     def check(case: Any, sender: str) -> None:
+        channel = case.body.get("channel") if isinstance(case.body, dict) else None
+        if sender == "genesys" and isinstance(channel, dict):
+            channel["id"] = fixture.id  # Genesys names its own integration (else integration_mismatch)
         body = json.dumps(case.body, separators=(",", ":")).encode()
         headers = {"Content-Type": "application/json", **(case.headers or {})}
         integration_id = case.path_parameters["integrationId"]
@@ -84,8 +87,8 @@ def test_the_running_intake_conforms_to_its_openapi_document(aws_stack: LocalRes
         case.validate_response(response, checks=CHECKS)
         queued = drain(aws_stack.delivery_queue_url) if response.status_code == 202 else []
         for task in map(DeliveryTask.model_validate, queued):
-            assert task.event == json.loads(body)
-            OPEN_MESSAGE.validate_python(task.event)
+            assert task.event_json == body.decode()
+            OPEN_MESSAGE.validate_python(json.loads(task.event_json or ""))
 
     check()
     assert drain(aws_stack.delivery_queue_url) == []

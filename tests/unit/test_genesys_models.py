@@ -15,6 +15,7 @@ from relay.models.genesys import (
     GenesysEventBridgeEvent,
     ReceiptMessage,
     TextMessage,
+    utc_instant,
 )
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
@@ -69,6 +70,8 @@ def test_unknown_fields_are_kept_at_every_level() -> None:
         (lambda d: d.pop("id"), "id"),
         (lambda d: d["channel"].pop("time"), "channel.time"),
         (lambda d: d["channel"].update(time="not a time"), "channel.time"),
+        (lambda d: d["channel"].update(time=1_774_444_805), "channel.time"),
+        (lambda d: d["channel"].update(time="2026-03-25T13:20:05.493"), "channel.time"),
         (lambda d: d.update(type="Unknown"), "type"),
         (lambda d: d.update(text="", content=[]), "Text"),
         (lambda d: d["content"][0]["attachment"].pop("mediaType"), "content.0.attachment.mediaType"),
@@ -110,3 +113,28 @@ def test_eventbridge_unknown_fields_are_kept() -> None:
     data["detail"]["futureField"] = [1, 2]
     event = GenesysEventBridgeEvent.model_validate(data)
     assert event.detail.model_dump(by_alias=True)["futureField"] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("spelled", "instant"),
+    [
+        ("2026-03-25T10:00:00Z", "2026-03-25T10:00:00.000Z"),
+        ("2026-03-25T10:00:00.000Z", "2026-03-25T10:00:00.000Z"),
+        ("2026-03-25T12:00:00+02:00", "2026-03-25T10:00:00.000Z"),
+        ("2026-03-25t10:00:00.5z", "2026-03-25T10:00:00.500Z"),
+        ("2026-03-25T13:20:05.493Z", "2026-03-25T13:20:05.493Z"),  # Genesys' spelling is the normal form
+        ("2026-03-25T00:30:00.12345678900+01:00", "2026-03-24T23:30:00.123456789Z"),  # beyond micros
+        ("2026-03-24T23:00:00-00:00", "2026-03-24T23:00:00.000Z"),
+    ],
+)
+def test_utc_instant_spells_one_instant_one_way(spelled: str, instant: str) -> None:
+    assert utc_instant(spelled) == instant
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["2026-03-25T10:00:00", "2026-03-25T10:00:60Z", "0001-01-01T00:00:00+01:00", "\u0662026-03-25T10:00:00Z"],
+)
+def test_utc_instant_refuses_what_names_no_instant(text: str) -> None:
+    with pytest.raises(ValueError, match="RFC 3339"):
+        utc_instant(text)

@@ -59,13 +59,14 @@ def test_one_task_per_enabled_target_carrying_the_event_as_received() -> None:
     message["futureField"] = {"kept": True}
 
     # When Genesys posts a signed message
-    response = intake.handle(http_event(message))
+    event = http_event(message)
+    response = intake.handle(event)
 
-    # Then 202, and one task per enabled target with the event untouched (unknown fields included)
+    # Then 202, and one task per enabled target with the body's text untouched (unknown fields included)
     assert response["statusCode"] == 202
     queued = tasks(queue)
     assert sorted(t.target_id for t in queued) == ["t-a", "t-c"]
-    assert all(t.event == message and t.event_id == message["id"] for t in queued)
+    assert all(t.event_json == event["body"] and t.event_id == message["id"] for t in queued)
     assert all(t.integration_id == INTEGRATION_ID and t.event_source == "open-messaging" for t in queued)
     assert answer(response)["deliveryIds"] == [str(t.delivery_id) for t in queued]
     assert len({t.delivery_id for t in queued}) == 2
@@ -90,9 +91,10 @@ def test_the_api_gateway_samples_are_signed_for_the_default_fixtures() -> None:
 
 def test_base64_encoded_bodies_are_decoded_before_the_signature_check() -> None:
     intake, queue = make_intake()
-    response = intake.handle(http_event(base64_body=True))
+    event = http_event(base64_body=True)
+    response = intake.handle(event)
     assert response["statusCode"] == 202
-    assert tasks(queue)[0].event == sample("openmessaging_text.json")
+    assert tasks(queue)[0].event_json == base64.b64decode(event["body"]).decode()
 
 
 def test_header_names_are_case_insensitive() -> None:
@@ -169,10 +171,11 @@ def test_task_bodies_are_ascii_so_sqs_accepts_any_unicode_text() -> None:
     # U+FFFE is valid Unicode that SQS refuses in a message body; escaped, it is plain ASCII
     message = sample("openmessaging_text.json")
     message["text"] = "caf\u00e9 \ufffe \U0001f600"
+    event = http_event(json.dumps(message, ensure_ascii=False))
     intake, queue = make_intake()
-    assert intake.handle(http_event(message))["statusCode"] == 202
+    assert intake.handle(event)["statusCode"] == 202
     assert all(body.isascii() for body in queue.bodies)
-    assert tasks(queue)[0].event == message
+    assert tasks(queue)[0].event_json == event["body"]
 
 
 # --- rejections ---------------------------------------------------------------------------------------
@@ -213,6 +216,64 @@ def test_malformed_json_is_400(body: str, fragment: str) -> None:
     assert queue.bodies == []
 
 
+@pytest.mark.parametrize("number", ["1e400", "-1e400", "1E+999", "123456789" * 40 + ".5", "NaN", "Infinity"])
+def test_numbers_no_64_bit_float_holds_are_400_and_nothing_is_queued(number: str) -> None:
+    # Given a genuine, signed message with a number a target could only read as Infinity (or null)
+    body = json.dumps(sample("openmessaging_text.json"))[:-1] + ', "f": ' + number + "}"
+    intake, queue = make_intake()
+
+    # When it arrives, it is refused with a message that names the number
+    response = intake.handle(http_event(body))
+    assert refusal(response) == (400, "bad_request")
+    assert number[:30] in answer(response)["message"] and "finite" in answer(response)["message"]
+    assert queue.bodies == []
+
+
+def test_numbers_are_queued_as_spelled() -> None:
+    # 1E+2 is not re-spelled 100.0, and a long decimal keeps all its digits
+    body = json.dumps(sample("openmessaging_text.json"))[:-1]
+    body += ', "n": [1E+2, 0.1000000000000000055511151231257827, -0, 1e308, ' + "9" * 30 + "]}"
+    intake, queue = make_intake()
+    assert intake.handle(http_event(body))["statusCode"] == 202
+    assert [t.event_json for t in tasks(queue)] == [body, body]
+
+
+def test_a_message_for_another_integration_is_400_integration_mismatch() -> None:
+    # Given a message whose channel.id names another integration than the URL
+    message = sample("openmessaging_text.json")
+    message["channel"]["id"] = "0d1b2c3a-0000-4000-8000-000000000099"
+    intake, queue = make_intake()
+
+    # When it is posted signed to this integration's URL, it is refused and nothing is queued
+    response = intake.handle(http_event(message))
+    assert refusal(response) == (400, "integration_mismatch")
+    assert INTEGRATION_ID in answer(response)["message"]
+    assert queue.bodies == []
+    # and the signature comes first: unsigned, the same message is a 401
+    assert refusal(intake.handle(http_event(message, sign_with=None))) == (401, "signature_missing")
+
+
+@pytest.mark.parametrize("separator", [",", ", ", " , "])
+def test_one_signature_repeated_by_api_gateway_counts_once(separator: str) -> None:
+    event = http_event()
+    header = event["headers"]["x-hub-signature-256"]
+    event["headers"]["x-hub-signature-256"] = header + separator + header
+    intake, queue = make_intake()
+    assert intake.handle(event)["statusCode"] == 202
+    assert len(queue.bodies) == 2
+
+
+@pytest.mark.parametrize("right_first", [True, False])
+def test_two_different_signatures_are_malformed_even_if_one_matches(right_first: bool) -> None:
+    event = http_event()
+    right = event["headers"]["x-hub-signature-256"]
+    wrong = http_event(sign_with="someone-elses-secret-0000")["headers"]["x-hub-signature-256"]
+    event["headers"]["x-hub-signature-256"] = f"{right},{wrong}" if right_first else f"{wrong}, {right}"
+    intake, queue = make_intake()
+    assert refusal(intake.handle(event)) == (401, "signature_malformed")
+    assert queue.bodies == []
+
+
 @pytest.mark.parametrize("depth", [900, 950, 990, 999])
 def test_deep_nesting_inside_a_valid_message_is_400_not_a_crash(depth: int) -> None:
     # Deep enough to parse but not to serialize again further down the stack: refused up front
@@ -228,7 +289,7 @@ def test_nesting_up_to_the_limit_is_accepted() -> None:
     message["deep"] = json.loads("[" * 62 + "]" * 62)
     intake, queue = make_intake()
     assert intake.handle(http_event(message))["statusCode"] == 202
-    assert tasks(queue)[0].event == message
+    assert json.loads(tasks(queue)[0].event_json or "") == message
 
 
 def test_a_body_that_is_not_utf8_is_400() -> None:
@@ -331,13 +392,66 @@ def test_a_genesys_retry_is_answered_the_same_and_not_queued_again() -> None:
     assert metrics.counts[("EventsDuplicate", None)] == 1
 
 
-def test_a_numeric_channel_time_is_accepted_and_deduplicated_too() -> None:
+@pytest.mark.parametrize(
+    "time",
+    [
+        1_774_444_805,  # pydantic's datetime would read it as a Unix time
+        1_774_444_805.5,
+        True,
+        None,
+        "2026-03-25T13:20:05.493",  # no offset: RFC 3339 requires one
+        "2026-03-25 13:20:05.493Z",
+        "2026-03-25T13:20:60Z",
+        "2026-02-30T13:20:05Z",
+        "2026-03-25T13:20:05+24:00",
+        "25/03/2026 13:20:05",
+    ],
+)
+def test_channel_time_must_be_an_rfc3339_date_time_string_with_an_offset(time: Any) -> None:
     message = sample("openmessaging_typing.json")
-    message["channel"]["time"] = 1_774_444_805
+    message["channel"]["time"] = time
     intake, queue = make_intake()
-    first, repeat = intake.handle(http_event(message)), intake.handle(http_event(message))
-    assert first["statusCode"] == repeat["statusCode"] == 202
+    response = intake.handle(http_event(message))
+    assert refusal(response) == (400, "invalid_message")
+    assert "channel.time" in answer(response)["message"]
+    assert queue.bodies == []
+
+
+@pytest.mark.parametrize(
+    "time", ["2026-03-25t13:20:05.493z", "2026-03-25T15:20:05+02:00", "2026-03-25T13:20:05.1234567-00:00"]
+)
+def test_any_rfc3339_spelling_with_an_offset_is_accepted(time: str) -> None:
+    message = sample("openmessaging_typing.json")
+    message["channel"]["time"] = time
+    intake, _ = make_intake()
+    assert intake.handle(http_event(message))["statusCode"] == 202
+
+
+def test_one_instant_spelled_three_ways_is_one_event() -> None:
+    # Given an event accepted with channel.time in UTC
+    intake, queue = make_intake()
+    message = sample("openmessaging_text.json")
+    message["channel"]["time"] = "2026-03-25T10:00:00Z"
+    first = intake.handle(http_event(message))
+    assert first["statusCode"] == 202 and len(queue.bodies) == 2
+
+    # When the same message arrives with the same instant spelled otherwise
+    for spelling in ("2026-03-25T10:00:00.000Z", "2026-03-25T12:00:00+02:00", "2026-03-25T05:30:00.0-04:30"):
+        message["channel"]["time"] = spelling
+        repeat = intake.handle(http_event(message))
+
+        # Then it gets the first answer and nothing more is queued
+        assert repeat["statusCode"] == 202 and repeat["body"] == first["body"], spelling
     assert len(queue.bodies) == 2
+
+
+def test_instants_a_millisecond_apart_or_less_are_different_events() -> None:
+    intake, queue = make_intake()
+    message = sample("openmessaging_text.json")
+    for time in ("2026-03-25T10:00:00.000Z", "2026-03-25T10:00:00.001Z", "2026-03-25T10:00:00.0000001Z"):
+        message["channel"]["time"] = time
+        assert intake.handle(http_event(message))["statusCode"] == 202
+    assert len({answer["deliveryId"] for answer in map(json.loads, queue.bodies)}) == 6
 
 
 def test_same_id_with_another_channel_time_is_a_new_event() -> None:
@@ -591,9 +705,9 @@ def test_eventbridge_events_fan_out_to_the_configured_integration() -> None:
     result = intake.handle(event)
     queued = tasks(queue)
     assert len(queued) == 2 and result["deliveryIds"] == [str(t.delivery_id) for t in queued]
-    assert all(
-        t.event_source == "eventbridge" and t.event == event and t.event_id == event["id"] for t in queued
-    )
+    assert all(t.event_source == "eventbridge" and t.event_id == event["id"] for t in queued)
+    # serialised once, compact, in UTF-8 (the runtime handed over a dict: there is no text to keep)
+    assert {t.event_json for t in queued} == {json.dumps(event, separators=(",", ":"), ensure_ascii=False)}
     # A redelivery of the same EventBridge event is not queued again
     intake.handle(event)
     assert len(queue.bodies) == 2
@@ -614,6 +728,17 @@ def test_eventbridge_failures_raise_so_lambda_retries_them() -> None:
         down.handle(invalid)
 
 
+@pytest.mark.parametrize("number", [float("inf"), float("-inf"), float("nan")])
+def test_eventbridge_events_with_non_finite_numbers_raise_and_queue_nothing(number: float) -> None:
+    # The runtime's json reads 1e400 and Infinity as inf: the event cannot be delivered as JSON
+    event = sample("eventbridge_conversation_start.json")
+    event["detail"]["eventBody"]["score"] = number
+    intake, queue = make_intake(eventbridge_integration_id=INTEGRATION_ID)
+    with pytest.raises(BadRequest, match="NaN or Infinity"):
+        intake.handle(event)
+    assert queue.bodies == []
+
+
 def test_an_event_that_is_neither_http_nor_eventbridge_raises() -> None:
     intake, _ = make_intake()
     with pytest.raises(ConfigurationError):
@@ -629,7 +754,7 @@ def test_every_queued_event_is_a_valid_open_message() -> None:
     # every event reached the queue (one task per enabled target), so the check below is not vacuous
     assert {task.event_id for task in queued} == {sample(name)["id"] for name in names}
     for task in queued:
-        OPEN_MESSAGE.validate_python(task.event)
+        OPEN_MESSAGE.validate_python(json.loads(task.event_json or ""))
 
 
 def test_base64_size_guard_does_not_refuse_bodies_at_the_limit() -> None:

@@ -45,11 +45,18 @@ def broken_message() -> dict[str, Any]:
     return message
 
 
+def message_for_another_integration() -> dict[str, Any]:
+    message = sample("openmessaging_text.json")
+    message["channel"]["id"] = "another-integration"
+    return message
+
+
 # Each case: the intake's collaborators, the request, and the answer it must get.
 CASES: list[tuple[dict[str, Any], dict[str, Any], int, str | None]] = [
     ({}, http_event(), 202, None),
     ({}, http_event("{nope"), 400, "bad_request"),
     ({}, http_event(broken_message()), 400, "invalid_message"),
+    ({}, http_event(message_for_another_integration()), 400, "integration_mismatch"),
     ({}, http_event(sign_with=None), 401, "signature_missing"),
     ({}, http_event(headers={"x-hub-signature-256": "sha256=xyz"}), 401, "signature_malformed"),
     ({}, http_event(sign_with="wrong-secret-0000000"), 401, "signature_mismatch"),
@@ -102,6 +109,12 @@ def test_the_genesys_samples_match_the_documented_request_body(name: str) -> Non
     jsonschema.validate(sample(name), schema("OpenMessage"))
 
 
-def test_a_message_the_intake_refuses_is_refused_by_the_document_too() -> None:
+@pytest.mark.parametrize("time", [None, 1_774_444_805, "2026-03-25T13:20:05.493", "2026-03-25 13:20:05Z"])
+def test_a_message_the_intake_refuses_is_refused_by_the_document_too(time: Any) -> None:
+    message = broken_message()
+    if time is not None:
+        message["channel"]["time"] = time
+    intake, _ = make_intake()
+    assert intake.handle(http_event(message))["statusCode"] == 400
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(broken_message(), schema("OpenMessage"))
+        jsonschema.validate(message, schema("OpenMessage"))

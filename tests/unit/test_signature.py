@@ -105,3 +105,25 @@ def test_whatever_the_header_only_our_own_refusal_escapes(header: str) -> None:
     except InvalidSignature as error:
         assert error.code in (CODE_MISSING, CODE_MALFORMED, CODE_MISMATCH)
         assert DIGEST.hex() not in error.message
+
+
+@pytest.mark.parametrize("separator", [",", ", ", " ,  "])
+def test_one_value_repeated_comma_joined_is_that_value(separator: str) -> None:
+    # API Gateway joins a header sent twice with a comma
+    header = sign(BODY, SECRET)
+    verify_signature(BODY, separator.join([header, header]), [SECRET])  # raises if refused
+    verify_signature(BODY, separator.join([header] * 3), [SECRET])
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [sign(BODY, SECRET), sign(BODY, "some-other-secret-value")],
+        [sign(BODY, "some-other-secret-value"), sign(BODY, SECRET)],
+        [sign(BODY, SECRET), "sha256=" + DIGEST.hex()],  # the same digest spelled twice is still two values
+        [sign(BODY, SECRET), ""],
+    ],
+)
+def test_different_values_are_malformed_even_when_one_matches(values: list[str]) -> None:
+    error = refusal(",".join(values))
+    assert (error.status, error.code) == (401, CODE_MALFORMED)

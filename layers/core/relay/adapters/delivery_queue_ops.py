@@ -5,12 +5,12 @@
   attempt count unchanged and the deferral count + 1, so deferrals never use up attempts;
 - ``dead_letter``: send the body to the DLQ with attributes saying why (reason, last status and
   error, attempts, target). The caller then reports the original as done, so SQS deletes it.
-- ``load_claim_check``: the event body an intake stored in S3 because it was too large for SQS.
+- ``S3ClaimCheckReader.load``: the event's JSON text an intake stored in S3 because it was too large
+  for SQS, as stored (the dispatcher checks it is a JSON object before sending it).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -138,12 +138,11 @@ class S3ClaimCheckReader:
     def __init__(self, *, s3: Any = None) -> None:
         self._s3 = s3
 
-    def load(self, ref: S3Ref) -> dict[str, Any]:
+    def load(self, ref: S3Ref) -> str:
+        """The stored text, byte for byte (for an HTTP event: the body Genesys sent); ValueError if it
+        is not UTF-8."""
         try:
-            body = (self._s3 or client("s3")).get_object(Bucket=ref.bucket, Key=ref.key)["Body"].read()
+            body: bytes = (self._s3 or client("s3")).get_object(Bucket=ref.bucket, Key=ref.key)["Body"].read()
         except (ClientError, BotoCoreError) as exc:
             raise DependencyUnavailable(f"claim check unreadable ({type(exc).__name__})") from None
-        event = json.loads(body)
-        if not isinstance(event, dict):
-            raise ValueError("claim-checked event is not a JSON object")
-        return event
+        return body.decode("utf-8")

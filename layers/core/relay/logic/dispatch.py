@@ -50,7 +50,7 @@ from relay.logic.envelope import TargetSecrets, build_request
 from relay.logic.outcomes import Outcome, Verdict, classify
 from relay.logic.url_policy import check_address
 from relay.models.breaker import BreakerState, Phase, target_key
-from relay.models.delivery import DeliveryTask
+from relay.models.delivery import DeliveryTask, check_event_json
 from relay.models.targets import Target
 from relay.observability import logger
 from relay.settings import Settings, get_settings
@@ -383,22 +383,22 @@ class Dispatcher:
         target, task = item.target, item.task
         secrets: TargetSecrets | None = None
         try:
-            event = task.event
-            if event is None and task.event_ref is not None:
-                event = self._claim_checks.load(task.event_ref)
-            if event is None:
-                raise ValueError("task has neither event nor eventRef")
+            event_json = task.inline_event_json()
+            if event_json is None and task.event_ref is not None:
+                event_json = self._claim_checks.load(task.event_ref)
+            if event_json is None:
+                raise ValueError("task has neither eventJson nor eventRef")
+            # Sent as it is, never re-encoded: it must be what the intake let in, a JSON object.
+            check_event_json(event_json)
             secrets = self._target_secrets(target)
-            request = build_request(task, event, target, secrets, key_cache=self._keys, now=started)
+            request = build_request(task, event_json, target, secrets, key_cache=self._keys, now=started)
         except (ConfigurationError, DependencyUnavailable) as exc:
             code = "configuration" if isinstance(exc, ConfigurationError) else "dependency-unavailable"
             item.outcome = Outcome(Verdict.RETRYABLE, None, code)
             self._settle(item, batch, _line(item, batch, started, self._now(), error=str(exc)))
             return
         except ValueError:
-            self._dead_letter_unattempted(
-                item.record, task, REASON_POISON, "claim-checked event unreadable", batch
-            )
+            self._dead_letter_unattempted(item.record, task, REASON_POISON, "event unreadable", batch)
             return
         connect, read = self._timeouts(target)
         result = self._http.send(

@@ -1,12 +1,14 @@
-"""Build what goes on the wire for one delivery attempt: the 2.1 envelope, its body and its headers."""
+"""Build what goes on the wire for one delivery attempt: the 2.1 envelope, its body and its headers.
+
+The event arrives as its JSON text and is never parsed or re-encoded here: a plain target gets it
+spliced into ``sourceEvent``, an encrypted target gets exactly its UTF-8 bytes as the plaintext.
+"""
 
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from relay import __version__
 from relay.adapters.secrets import RotatingSecret
@@ -71,7 +73,7 @@ def encryption_key_for(
 
 def build_envelope(
     task: DeliveryTask,
-    event: dict[str, Any],
+    event_json: str,
     target: Target,
     *,
     now: datetime,
@@ -79,8 +81,7 @@ def build_envelope(
 ) -> DeliveryEnvelope:
     directive: EncryptionDirective | None = None
     if key is not None:
-        plaintext = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
-        sealed = crypto.seal(plaintext, key.key, associated_data=str(task.delivery_id).encode())
+        sealed = crypto.seal(event_json.encode(), key.key, associated_data=str(task.delivery_id).encode())
         directive = EncryptionDirective(
             encrypted_payload=sealed.ciphertext.hex(),
             iv=sealed.iv.hex(),
@@ -93,7 +94,7 @@ def build_envelope(
         timestamp=iso_utc(now),
         retry_matrix=target.retry_matrix,
         encryption_directive=directive,
-        source_event={} if directive else event,
+        source_event_json="{}" if directive else event_json,
     )
 
 
@@ -148,21 +149,21 @@ def build_headers(
 
 def build_request(
     task: DeliveryTask,
-    event: dict[str, Any],
+    event_json: str,
     target: Target,
     secrets: TargetSecrets,
     *,
     key_cache: crypto.KeyCache,
     now: datetime,
 ) -> OutboundRequest:
-    """Everything one attempt sends. Raises ConfigurationError rather than ever sending in clear a
-    target that wants encryption."""
+    """Everything one attempt sends, around ``event_json`` (the event's JSON text, checked by the caller).
+    Raises ConfigurationError rather than ever sending in clear a target that wants encryption."""
     key = None
     if target.encryption_key_name is not None:
         if secrets.encryption is None:
             raise ConfigurationError(f"target {target.target_id} wants encryption but has no key")
         key = encryption_key_for(secrets.encryption, key_cache, target_id=target.target_id)
-    envelope = build_envelope(task, event, target, now=now, key=key)
+    envelope = build_envelope(task, event_json, target, now=now, key=key)
     body = envelope.to_json_bytes()
     headers = build_headers(envelope, body, target, secrets, now=now)
     return OutboundRequest(target.method, target.url, body, headers, encrypted=key is not None)

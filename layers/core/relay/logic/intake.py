@@ -3,11 +3,12 @@
 Two triggers reach the same ``Intake``:
 
 * **API Gateway HTTP API (payload v2)**, ``POST /webhooks/{integrationId}`` from Genesys Open Messaging:
-  method, size, content type, integration, signature, JSON, schema are checked in that order (cheap
-  and input-only checks first, one DynamoDB read at most before the signature is known good); the
-  event is claimed in the idempotency store, one ``DeliveryTask`` per enabled target is queued, and
-  the answer is 202. Refusals are 4xx JSON ``{"error", "message"}``; an AWS dependency that fails is
-  503 with ``Retry-After`` so Genesys retries; client input never causes a 5xx.
+  method, size, content type, integration, signature, JSON, schema, channel.id are checked in that
+  order (cheap and input-only checks first, one DynamoDB read at most before the signature is known
+  good); the event is claimed in the idempotency store, one ``DeliveryTask`` per enabled target is
+  queued, carrying the body's JSON text exactly as received, and the answer is 202. Refusals are 4xx
+  JSON ``{"error", "message"}``; an AWS dependency that fails is 503 with ``Retry-After`` so Genesys
+  retries; client input never causes a 5xx.
 * **EventBridge** (Genesys' partner event source), routed by a rule: no signature (the trust is the
   AWS partner source), fanned out to the targets of ``EVENTBRIDGE_INTEGRATION_ID``. Failures raise,
   so Lambda's asynchronous retries and the function's on-failure destination keep the event.
@@ -55,8 +56,15 @@ from relay.errors import (
     UnsupportedMediaType,
 )
 from relay.logic.signature import CODE_MISMATCH, SIGNATURE_HEADER, verify_signature
-from relay.models.delivery import DeliveryTask, EventSource, S3Ref
-from relay.models.genesys import OPEN_MESSAGE, GenesysEventBridgeEvent
+from relay.models.delivery import (
+    DeliveryTask,
+    EventSource,
+    NonFiniteNumber,
+    S3Ref,
+    event_json_of,
+    load_finite_json,
+)
+from relay.models.genesys import OPEN_MESSAGE, GenesysEventBridgeEvent, utc_instant
 from relay.observability import logger
 from relay.settings import Settings, get_settings
 
@@ -116,10 +124,11 @@ class IncomingEvent:
     """One event to deliver, from either trigger."""
 
     event_id: str
-    # What makes two deliveries of it the same event (Genesys: id + channel.time; EventBridge: id).
+    # What makes two deliveries of it the same event (Genesys: id + the instant of channel.time;
+    # EventBridge: id).
     identity: str
-    event: dict[str, Any]
-    raw: bytes | None  # the body as received (stored as is by a claim check), when there is one
+    # The event's JSON text as the targets will receive it: for HTTP the body exactly as received.
+    event_json: str
     source: EventSource
 
     @property
@@ -203,11 +212,6 @@ def _nested_deeper_than(value: Any, limit: int) -> bool:
             return True
         stack.extend((child, depth + 1) for child in children)
     return False
-
-
-def _refuse_constant(name: str) -> Any:
-    # Python's json accepts NaN and Infinity; JSON does not, and neither would the targets.
-    raise ValueError(f"{name} is not JSON")
 
 
 def _lone_surrogates(text: str) -> bool:
@@ -306,6 +310,15 @@ class Intake:
         except ValidationError as invalid:
             detail = _describe_validation_error(invalid)
             raise BadRequest(f"invalid Genesys EventBridge event: {detail}") from None
+        try:
+            # The runtime parsed the event already: this is the one JSON text the targets will get.
+            event_json = event_json_of(dict(event))
+        except ValueError:
+            raise BadRequest(
+                "the EventBridge event contains NaN or Infinity, which JSON cannot carry"
+            ) from None
+        if _lone_surrogates(event_json):
+            raise BadRequest("the EventBridge event contains an unpaired UTF-16 surrogate")
         integration_id = self._eventbridge_integration_id
         if not integration_id:
             raise ConfigurationError("EVENTBRIDGE_INTEGRATION_ID is not set; cannot route EventBridge events")
@@ -315,8 +328,7 @@ class Intake:
         incoming = IncomingEvent(
             event_id=parsed.id,
             identity=f"eventbridge\n{integration_id}\n{parsed.id}",
-            event=dict(event),
-            raw=None,
+            event_json=event_json,
             source="eventbridge",
         )
         return self._fan_out(entry, incoming)
@@ -337,15 +349,22 @@ class Intake:
         if entry is None or not entry.integration.enabled:
             raise UnknownIntegration(f"integration {request.integration_id} is not known here")
         self._verify(entry.integration.signature_secret_name, request)
-        message = self._parse_open_message(request.body)
+        text, message = self._parse_open_message(request.body)
+        integration_id = entry.integration.integration_id
+        if message["channel"]["id"] != integration_id:
+            # Genesys sets channel.id to the integration's id: a message naming another one was meant
+            # for another URL (or signed with a shared secret), and its targets are not these.
+            raise BadRequest(
+                f"channel.id does not name the integration of this URL ({integration_id})",
+                code="integration_mismatch",
+            )
         incoming = IncomingEvent(
             event_id=message["id"],
-            # Genesys retries re-send the same id and channel.time: together they name the event.
-            # channel.time as sent (a string, or a number pydantic also reads as a time).
-            identity=f"open-messaging\n{entry.integration.integration_id}\n{message['id']}\n"
-            f"{message['channel']['time']}",
-            event=message,
-            raw=request.body,
+            # Genesys retries re-send the same id and channel.time: together they name the event. The
+            # time counts as the instant it names, not as spelled (the schema made it RFC 3339).
+            identity=f"open-messaging\n{integration_id}\n{message['id']}\n"
+            f"{utc_instant(message['channel']['time'])}",
+            event_json=text,
             source="open-messaging",
         )
         return _json_response(202, self._fan_out(entry, incoming))
@@ -381,13 +400,17 @@ class Intake:
         except (DependencyUnavailable, ConfigurationError):
             return None  # keep the refusal: an unverifiable request is not a reason for a 5xx
 
-    def _parse_open_message(self, body: bytes) -> dict[str, Any]:
+    def _parse_open_message(self, body: bytes) -> tuple[str, dict[str, Any]]:
+        """The body as text (what the targets get, unchanged) and as the message it must be."""
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             raise BadRequest("the body is not UTF-8 text") from None
         try:
-            message = json.loads(text, parse_constant=_refuse_constant)
+            message = load_finite_json(text)
+        except NonFiniteNumber as refused:
+            # 1e400 would reach the targets as Infinity or null: refused, like NaN and Infinity.
+            raise BadRequest(f"the body is not valid JSON for the relay: {refused}") from None
         except (ValueError, RecursionError):
             raise BadRequest("the body is not valid JSON") from None
         if _nested_deeper_than(message, MAX_NESTING):
@@ -404,7 +427,7 @@ class Intake:
                 f"the message does not match the Open Messaging schema: {detail}",
                 code="invalid_message",
             ) from None
-        return message
+        return text, message
 
     # --- shared path --------------------------------------------------------------------------------------
     def _fan_out(self, entry: IntegrationEntry, incoming: IncomingEvent) -> dict[str, Any]:
@@ -459,11 +482,11 @@ class Intake:
         integration_id = entry.integration.integration_id
         targets = [target for target in entry.targets if target.enabled]
         received_at = self._now()
-        event_json = json.dumps(incoming.event, separators=(",", ":"), ensure_ascii=True)
+        # The text as a JSON string: ASCII, and json.loads gives back the identical text.
+        event_field = json.dumps(incoming.event_json, ensure_ascii=True)
         event_ref: S3Ref | None = None
-        if targets and len(event_json) + 1_024 > self._max_inline_body_bytes:
-            stored = incoming.raw if incoming.raw is not None else event_json.encode("ascii")
-            event_ref = self._claim_check(incoming.key, integration_id, stored)
+        if targets and len(event_field) + 1_024 > self._max_inline_body_bytes:
+            event_ref = self._claim_check(incoming.key, integration_id, incoming.event_json.encode())
         bodies: list[str] = []
         delivery_ids: list[str] = []
         for target in targets:
@@ -475,11 +498,11 @@ class Intake:
                 event_id=incoming.event_id,
                 event_source=incoming.source,
                 received_at=received_at,
-                # A placeholder when inline: the event is spliced in already serialized (_task_body).
-                event=None if event_ref else {},
+                # Dumped once for all targets and spliced in (_task_body).
+                event_json=None if event_ref else incoming.event_json,
                 event_ref=event_ref,
             )
-            bodies.append(_task_body(task, None if event_ref else event_json))
+            bodies.append(_task_body(task, None if event_ref else event_field))
             delivery_ids.append(str(delivery_id))
         if bodies:
             self._queue.send(bodies)
@@ -502,16 +525,16 @@ class Intake:
         return self._claim_checks.put(f"events/{integration_id}/{key.removeprefix('intake#')}.json", body)
 
 
-def _task_body(task: DeliveryTask, event_json: str | None) -> str:
-    """The task as JSON, with the event spliced in already serialized (serialized once for all targets).
+def _task_body(task: DeliveryTask, event_field: str | None) -> str:
+    """The task as JSON, with ``eventJson`` spliced in already encoded (encoded once for all targets).
 
     ASCII-only (``ensure_ascii``): SQS refuses some valid Unicode characters (e.g. U+FFFE), escapes never.
     """
-    head = task.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"event"})
+    head = task.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"event_json"})
     text = json.dumps(head, separators=(",", ":"), ensure_ascii=True)
-    if event_json is None:
+    if event_field is None:
         return text
-    return text[:-1] + ',"event":' + event_json + "}"
+    return text[:-1] + ',"eventJson":' + event_field + "}"
 
 
 # --- per-container wiring ---------------------------------------------------------------------------------

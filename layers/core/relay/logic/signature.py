@@ -3,8 +3,10 @@
 The header is ``sha256=<digest>``: HMAC-SHA256 keyed with the integration's signature secret over the
 raw request body. Genesys' own sample encodes the digest in base64, other Meta-style senders in hex; both
 are accepted. Every valid secret (current and previous, during a rotation) is tried, each compared in
-constant time. Whatever is wrong with the header, only our own ``InvalidSignature`` escapes, and it says
-which of three things went wrong (missing, malformed, mismatched), never what was expected.
+constant time. A header repeated with the same value (which API Gateway hands over comma-joined) is
+one signature; different values are malformed. Whatever is wrong with the header, only our own
+``InvalidSignature`` escapes, and it says which of three things went wrong (missing, malformed,
+mismatched), never what was expected.
 """
 
 from __future__ import annotations
@@ -48,11 +50,23 @@ def sign(body: bytes, secret: str) -> str:
     return _SCHEME + base64.b64encode(digest).decode("ascii")
 
 
+def _one_value(header_value: str) -> str:
+    """The header's one value. API Gateway joins a repeated header with commas: copies of one value
+    count as that value, but different values are refused, never accepted because one of them matches."""
+    values = {part.strip() for part in header_value.split(",")}
+    if len(values) != 1:
+        raise InvalidSignature(
+            "the X-Hub-Signature-256 header is malformed: it holds several different values",
+            code=CODE_MALFORMED,
+        )
+    return values.pop()
+
+
 def verify_signature(body: bytes, header_value: str | None, secrets: Iterable[str]) -> None:
     """Return if ``header_value`` signs ``body`` with one of ``secrets``; raise InvalidSignature otherwise."""
     if header_value is None or not header_value.strip():
         raise InvalidSignature("the X-Hub-Signature-256 header is missing", code=CODE_MISSING)
-    value = header_value.strip()
+    value = _one_value(header_value)
     if value[: len(_SCHEME)].lower() != _SCHEME:
         raise InvalidSignature(
             "the X-Hub-Signature-256 header is malformed: expected 'sha256=<digest>'", code=CODE_MALFORMED

@@ -3,10 +3,16 @@
 One message per (event, target), so each target retries and breaks independently. The body is a
 ``DeliveryTask`` as JSON; delivery bookkeeping rides in message attributes (names below) so that a
 deferral re-queue or a dead-letter send can carry it without rewriting the body.
+
+The event travels as its JSON *text* (``eventJson``, a JSON string), never as a re-encoded object, so
+the targets receive the bytes Genesys sent. Messages of the earlier shape (``event`` as an object) are
+still read.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
@@ -31,6 +37,48 @@ DEAD_LETTER_ATTRIBUTES = frozenset(
 )
 
 
+class NonFiniteNumber(ValueError):
+    """A number no 64-bit float holds (``1e400``), or ``NaN``/``Infinity``: no receiver could read it."""
+
+    def __init__(self, literal: str) -> None:
+        shown = literal if len(literal) <= 40 else literal[:37] + "..."
+        super().__init__(f"{shown} is not a finite number a 64-bit float can hold")
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise NonFiniteNumber(literal)
+    return value
+
+
+def _refuse_constant(literal: str) -> float:
+    raise NonFiniteNumber(literal)  # Python's json reads NaN and Infinity; JSON has neither
+
+
+def load_finite_json(text: str | bytes) -> Any:
+    """Parse JSON as RFC 8259 defines it: ``NonFiniteNumber`` for NaN, Infinity and numbers beyond a
+    64-bit float (Python would read them as nan/inf), ``ValueError`` for anything else that is not JSON."""
+    return json.loads(text, parse_float=_finite_float, parse_constant=_refuse_constant)
+
+
+def check_event_json(text: str) -> str:
+    """``text`` if it is one JSON object with finite numbers (what eventJson must be), else ValueError."""
+    try:
+        event = load_finite_json(text)
+    except RecursionError:
+        raise ValueError("the event is nested too deeply") from None
+    if not isinstance(event, dict):
+        raise ValueError("the event is not a JSON object")
+    return text
+
+
+def event_json_of(event: dict[str, Any]) -> str:
+    """The one JSON text of an event that arrived without one (EventBridge hands the function a dict):
+    compact, UTF-8 (not escaped), refusing NaN and Infinity with ``ValueError``."""
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 class S3Ref(BaseModel):
     """Claim check: where an event too large for SQS was stored."""
 
@@ -44,7 +92,8 @@ class DeliveryTask(BaseModel):
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
 
-    schema_version: Literal[1] = 1
+    # 2: the event as eventJson. 1 (read, no longer written): the event as an object.
+    schema_version: Literal[1, 2] = 2
     # Stable across every retry of this (event, target): the envelope's deliveryId and webhook-id,
     # on which receivers deduplicate.
     delivery_id: UUID
@@ -53,11 +102,23 @@ class DeliveryTask(BaseModel):
     event_id: str
     event_source: EventSource = "open-messaging"
     received_at: datetime
-    event: dict[str, Any] | None = None
-    event_ref: S3Ref | None = Field(None, description="set instead of event for claim-checked bodies")
+    # The event's JSON text exactly as received (a JSON string in the body, so the body stays ASCII).
+    event_json: str | None = None
+    event: dict[str, Any] | None = Field(None, description="schemaVersion 1 only: the event as an object")
+    event_ref: S3Ref | None = Field(None, description="set instead of eventJson for claim-checked bodies")
 
     @model_validator(mode="after")
     def _exactly_one_payload(self) -> DeliveryTask:
-        if (self.event is None) == (self.event_ref is None):
-            raise ValueError("exactly one of event and eventRef must be set")
+        if sum(payload is not None for payload in (self.event_json, self.event, self.event_ref)) != 1:
+            raise ValueError("exactly one of eventJson, event and eventRef must be set")
         return self
+
+    def inline_event_json(self) -> str | None:
+        """The event's JSON text when it travels in the message (None when claim-checked).
+
+        A schemaVersion 1 message has only the parsed object: it is serialised once, as the intake
+        would serialise an EventBridge event (``ValueError`` for NaN or Infinity).
+        """
+        if self.event is not None:
+            return event_json_of(self.event)
+        return self.event_json

@@ -2,11 +2,15 @@
 
 Field names are the seed's (camelCase on the wire). ``deliveryId`` is the task's stable id, the same on
 every retry; receivers deduplicate on it (it is also the ``webhook-id`` header).
+
+``sourceEvent`` is the event's JSON text exactly as Genesys sent it, spliced into the body rather than
+re-encoded, so a receiver parses (or hashes) the very bytes Genesys signed.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal
+import json
+from typing import Final, Literal
 from uuid import UUID
 
 from pydantic import Field
@@ -33,9 +37,13 @@ class DeliveryEnvelope(CamelModel):
     timestamp: str = Field(description="ISO 8601 UTC, millisecond precision, 'Z' suffix")
     retry_matrix: RetryMatrix
     encryption_directive: EncryptionDirective | None = None
-    # {} when encrypted: the event is only inside encryptionDirective.encryptedPayload.
-    source_event: dict[str, Any] = Field(default_factory=dict)
+    # The event's JSON text, spliced in as is (to_json_bytes); "{}" when encrypted: the event is then
+    # only inside encryptionDirective.encryptedPayload.
+    source_event_json: str = Field("{}", exclude=True)
     format_version: Literal["2.1"] = FORMAT_VERSION
 
     def to_json_bytes(self) -> bytes:
-        return self.model_dump_json(by_alias=True).encode()
+        """The body: every field dumped as JSON but ``sourceEvent``, whose text goes in untouched."""
+        head = self.model_dump_json(by_alias=True, exclude={"format_version"})
+        tail = json.dumps(self.format_version)
+        return f'{head[:-1]},"sourceEvent":{self.source_event_json},"formatVersion":{tail}}}'.encode()

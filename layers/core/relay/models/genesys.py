@@ -1,18 +1,59 @@
 """What Genesys Cloud sends the relay: Open Messaging outbound notifications and EventBridge events.
 
 Genesys adds fields over time, so every model keeps fields it does not know (``extra="allow"``) and
-the intake queues the event exactly as received, never a re-dump of the model: the model only decides
-whether an event is acceptable. Field names are Genesys' own (camelCase).
+the intake queues the event's JSON text exactly as received, never a re-dump of the model: the model
+only decides whether an event is acceptable. Field names are Genesys' own (camelCase).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, model_validator
 
 NonEmpty = Annotated[str, Field(min_length=1, max_length=1024)]
+
+# RFC 3339 section 5.6 date-time: "T" and "Z" in either case, any number of fraction digits, and an
+# offset (without one a time names no instant). Ranges are checked by datetime.fromisoformat.
+_RFC3339 = re.compile(
+    r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
+_RFC3339_HINT = "an RFC 3339 date-time with an offset, e.g. 2026-03-25T13:20:05.493Z"
+
+
+def utc_instant(text: str) -> str:
+    """The instant an RFC 3339 date-time names, spelled one way: UTC, "Z", the fraction kept in full.
+
+    ``…T10:00:00Z``, ``…T10:00:00.000Z`` and ``…T12:00:00+02:00`` are one instant:
+    ``…T10:00:00.000Z``. The fraction is padded to milliseconds and loses only zeros beyond them, so
+    Genesys' own spelling (UTC, milliseconds) is already the normal form. ``ValueError`` otherwise.
+    """
+    match = _RFC3339.fullmatch(text)
+    if match is None:
+        raise ValueError(f"must be {_RFC3339_HINT}")
+    day, clock, fraction, offset = match.groups()
+    try:
+        moment = datetime.fromisoformat(f"{day}T{clock}{'+00:00' if offset in 'Zz' else offset}")
+        utc = moment.astimezone(UTC).replace(tzinfo=None)
+    except (ValueError, OverflowError):
+        raise ValueError(f"must be {_RFC3339_HINT} (a real date and time)") from None
+    digits = (fraction or "").ljust(3, "0")
+    digits = digits[:3] + digits[3:].rstrip("0")
+    # Offsets are whole minutes, so the fraction is the same in every zone.
+    return f"{utc.isoformat()}.{digits}Z"
+
+
+def _rfc3339(value: Any) -> Any:
+    if not isinstance(value, str):  # pydantic's datetime would read a number as a Unix time
+        raise ValueError(f"must be a string, {_RFC3339_HINT}")
+    utc_instant(value)
+    return value
+
+
+# Kept as sent (a string): the identity needs its full precision, which datetime would cut to micros.
+Rfc3339DateTime = Annotated[str, BeforeValidator(_rfc3339)]
 
 
 class GenesysModel(BaseModel):
@@ -40,7 +81,7 @@ class Channel(GenesysModel):
     to: Participant | None = None
     from_: Participant | None = Field(None, alias="from")
     # With ``id`` the message's identity: Genesys retries re-send both unchanged.
-    time: datetime
+    time: Rfc3339DateTime
     message_id: str | None = Field(None, alias="messageId")
     metadata: dict[str, Any] | None = None
 
