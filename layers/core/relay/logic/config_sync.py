@@ -28,7 +28,7 @@ from pydantic import SecretStr, ValidationError
 from relay.adapters.secrets import RotatingSecret, SecretKind, get_secret, put_secret, secret_name
 from relay.adapters.target_store import IntegrationEntry, TargetStore
 from relay.errors import ConfigurationError, GenesysMalformedResponse, GenesysNotFound, UnsafeUrl
-from relay.logic.url_policy import Resolver, check_url, system_resolver
+from relay.logic.url_policy import Resolver, UrlPolicy, system_resolver
 from relay.models.targets import Integration, SecurityType, Target, TargetSecurity
 from relay.models.webhook_config import WebhookConfig, safe_errors, webhook_config_from_genesys
 from relay.observability import logger
@@ -201,7 +201,7 @@ class _SyncRun:
     def sync_target(self, target_id: str) -> None:
         try:
             config = self._read_webhook_config(target_id)
-            self._check_target(config)
+            url = self._check_target(config)
         except (_Rejected, GenesysNotFound, GenesysMalformedResponse) as exc:
             self._reject("target", target_id, str(exc))
             return
@@ -224,7 +224,7 @@ class _SyncRun:
             target_id=target_id,
             name=config.name,
             enabled=True,
-            url=config.url,
+            url=url,
             method=config.method,
             headers=config.headers,
             security=security,
@@ -273,7 +273,8 @@ class _SyncRun:
             return None  # absent or redacted
         return value
 
-    def _check_target(self, config: WebhookConfig) -> None:
+    def _check_target(self, config: WebhookConfig) -> str:
+        """The target's URL as the dispatcher will use it (normalised), if the config may be stored."""
         if not config.enabled:
             raise _Rejected("webhook integration is disabled in Genesys")
         if config.integration_id not in self._known_integrations:
@@ -282,7 +283,7 @@ class _SyncRun:
                 "GENESYS_OPEN_MESSAGING_INTEGRATION_IDS"
             )
         try:
-            check_url(config.url, allow_loopback=self._settings.allow_loopback_targets, resolve=self._resolve)
+            return UrlPolicy.from_settings(self._settings).check_url(config.url, resolve=self._resolve)
         except UnsafeUrl as exc:
             raise _Rejected(f"URL refused: {exc}") from None
 

@@ -48,7 +48,7 @@ from relay.logic import breaker, crypto, retry
 from relay.logic.delivery_metrics import BatchMetrics, Metric
 from relay.logic.envelope import TargetSecrets, build_request
 from relay.logic.outcomes import Outcome, Verdict, classify
-from relay.logic.url_policy import check_address
+from relay.logic.url_policy import UrlPolicy
 from relay.models.breaker import BreakerState, Phase, target_key
 from relay.models.delivery import DeliveryTask
 from relay.models.targets import Target
@@ -424,6 +424,8 @@ class Dispatcher:
         self._settle(item, batch, line)
 
     def _out_of_time(self, item: Item, batch: Batch) -> bool:
+        """Too little time left for one request: its total deadline (HttpSender's default budget,
+        connect + read timeout) plus the margin to settle."""
         if batch.remaining_ms is None:
             return False
         connect, read = self._timeouts(item.target)
@@ -666,7 +668,7 @@ def build_dispatcher(settings: Settings, **overrides: Any) -> Dispatcher:
         "http": lambda: HttpSender(
             pool_size=settings.delivery_concurrency,
             body_limit_bytes=settings.response_body_limit_bytes,
-            address_check=partial(check_address, allow_loopback=settings.allow_loopback_targets),
+            endpoint_check=UrlPolicy.from_settings(settings).check_endpoint,
         ),
         "queue": lambda: SqsDeliveryQueueOps(
             settings.need("delivery_queue_url"), settings.need("dead_letter_queue_url")
