@@ -144,6 +144,11 @@ def _rejected_ids(report_rejected: list[dict[str, str]]) -> list[str]:
         ({"url": "ftp://files.example.com/drop"}, "only https"),
         ({"url": "https://169.254.169.254/latest/meta-data"}, "link-local"),
         ({"url": "https://10.1.2.3/hook"}, "private"),
+        ({"url": "https://192.0.2.10/hook"}, "documentation"),
+        ({"url": "https://93.184.216.34:22/hook"}, "port 22 is not allowed"),
+        ({"url": "https://93.184.216.34:6379/hook"}, "port 6379 is not allowed"),
+        ({"url": "https://hooks..example.com/hook"}, "not a valid host name"),
+        ({"url": "https://" + "a" * 64 + ".example.com/hook"}, "not a valid host name"),
         ({"headers": {"Authorization": "Bearer sneaky"}}, "set by the relay"),
         ({"securityType": "basic"}, "user:password"),
         (
@@ -172,6 +177,26 @@ def test_invalid_config_is_rejected_and_the_stored_target_stays(
     # And the rejection reason never carries a secret value
     for value in SECRET_VALUES:
         assert value not in report.rejected[0].reason
+
+
+def test_the_stored_url_is_the_normalised_one_the_dispatcher_connects_to(genesys: FakeGenesys) -> None:
+    # Given a target URL with an upper-case, non-ASCII host and ideographic full stops
+    asked: list[tuple[str, int]] = []
+
+    def resolve(host: str, port: int) -> list[str]:
+        asked.append((host, port))
+        return ["93.184.216.34"]
+
+    genesys.update_config_properties(CRM.id, url="https://FA\u00df\u3002example\u3002com/hook")
+
+    # When the sync runs
+    report = sync_targets(get_settings(), resolve=resolve)
+
+    # Then the name checked is the IDNA 2008 A-label, and that is the URL stored for the dispatcher
+    assert CRM.id in report.targets
+    assert asked == [("xn--fa-hia.example.com", 443)]
+    stored = _store().get_target(INTEGRATION.id, CRM.id)
+    assert stored is not None and stored.url == "https://xn--fa-hia.example.com/hook"
 
 
 def test_disabled_config_is_rejected_and_the_last_good_config_stays(genesys: FakeGenesys) -> None:

@@ -5,12 +5,15 @@ session) and concurrency (bounded pool, per-target cap), against a real loopback
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
+from misbehaving_peer import Answer, misbehaving_peer
 from standardwebhooks.webhooks import Webhook
 from test_dispatch_support import (
     BEARER,
     ENCRYPTED_TARGET,
+    INTEGRATION_ID,
     OLD_SIGNING_SECRET,
     PLAIN_TARGET,
     SIGNING_SECRET,
@@ -22,9 +25,11 @@ from test_dispatch_support import (
 )
 
 from relay.adapters.aws import client
+from relay.adapters.breaker_store import DynamoBreakerStore
 from relay.local.aws_stack import LocalResources
 from relay.local.receiver import Behaviour, Receiver
 from relay.logic.dispatch import Dispatcher, build_dispatcher
+from relay.models.breaker import Phase, target_key
 from relay.settings import get_settings
 
 pytestmark = pytest.mark.integration
@@ -106,6 +111,57 @@ def test_a_slow_endpoint_times_out_by_the_targets_read_timeout_and_is_retried(
     assert result == {"batchItemFailures": [{"itemIdentifier": record["messageId"]}]}
     (line,) = audit_lines(aws_stack)
     assert (line["errorCode"], line["outcome"], line["status"]) == ("read-timeout", "retry-scheduled", None)
+
+
+def test_a_trickling_endpoint_is_cut_off_at_connect_plus_read_timeout(
+    aws_stack: LocalResources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an endpoint answering one byte every 0.2 s (about 20 s), never idle for a read timeout, and
+    # a target whose connect + read timeouts (0.5 s + 1 s) make its request's total budget
+    slow = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Padding: " + b"p" * 60 + b"\r\n\r\n"
+    with misbehaving_peer(lambda *_: Answer(trickle=slow)) as peer:
+        seed_target(aws_stack, f"{peer.url}/hooks/crm", read_timeout_seconds=1.0)
+        dispatcher = _dispatcher(monkeypatch, CONNECT_TIMEOUT_SECONDS="0.5")
+        record = task_record()
+        started = time.monotonic()
+
+        # When a record is delivered
+        result = dispatcher.handle_batch([record])
+        took = time.monotonic() - started
+
+    # Then the attempt ended at the deadline as a timeout and the record waits for a retry
+    assert result == {"batchItemFailures": [{"itemIdentifier": record["messageId"]}]}
+    (line,) = audit_lines(aws_stack)
+    assert (line["errorCode"], line["outcome"], line["status"]) == (
+        "deadline-exceeded",
+        "retry-scheduled",
+        None,
+    )
+    assert took < 3 * 1.5
+
+
+def test_a_2xx_cut_off_is_retried_and_counts_against_the_breaker(
+    aws_stack: LocalResources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an endpoint that answers 200 with 10 of the 50 bytes it announces, then closes; and a
+    # breaker that opens on the first failure
+    cut = b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n0123456789"
+    with misbehaving_peer(lambda *_: Answer(head=cut)) as peer:
+        seed_target(aws_stack, f"{peer.url}/hooks/crm")
+        record = task_record()
+        result = _dispatcher(monkeypatch, BREAKER_FAILURE_THRESHOLD="1").handle_batch([record])
+
+    # Then it was not delivered: a retry is scheduled, the audit keeps the status and says why
+    assert result == {"batchItemFailures": [{"itemIdentifier": record["messageId"]}]}
+    (line,) = audit_lines(aws_stack)
+    assert (line["status"], line["errorCode"], line["outcome"]) == (
+        200,
+        "incomplete-response",
+        "retry-scheduled",
+    )
+    # And the breaker counted it as the endpoint failing
+    breaker = DynamoBreakerStore(aws_stack.breaker_table).load(target_key(INTEGRATION_ID, PLAIN_TARGET))
+    assert breaker.phase is Phase.OPEN
 
 
 def test_a_dropped_connection_is_a_retryable_connection_error(

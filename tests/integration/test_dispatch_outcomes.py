@@ -35,6 +35,13 @@ def dispatcher(aws_stack: LocalResources) -> Dispatcher:
     return build_dispatcher(get_settings(), rng=random.Random(5))
 
 
+def _dispatcher(monkeypatch: pytest.MonkeyPatch, **env: str) -> Dispatcher:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    return build_dispatcher(get_settings(), rng=random.Random(5))
+
+
 def test_a_retryable_failure_is_made_visible_again_after_its_backoff(
     aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher
 ) -> None:
@@ -146,6 +153,56 @@ def test_410_disables_the_target_and_dead_letters(
     assert stored is not None and stored.enabled is False
     (dead,) = drain(aws_stack.dead_letter_queue_url)
     assert (attr(dead, "relay-dlq-reason"), attr(dead, "relay-last-status")) == ("target-gone", "410")
+
+
+def test_after_a_410_no_further_request_to_that_target_starts_in_the_batch(
+    aws_stack: LocalResources, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given one request at a time per target, a gone endpoint, and another target that is fine
+    dispatcher = _dispatcher(monkeypatch, PER_TARGET_CONCURRENCY="1")
+    receiver.path_behaviours["/hooks/crm"] = Behaviour(status=410)
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm")
+    seed_target(aws_stack, f"{receiver.url}/hooks/archive", target_id=ENCRYPTED_TARGET)
+    gone = [task_record() for _ in range(4)]
+
+    # When a batch with four records for the gone target (and two for the other) is handled
+    result = dispatcher.handle_batch(gone + [task_record(ENCRYPTED_TARGET) for _ in range(2)])
+
+    # Then the gone target got exactly one request; all four records are dead-lettered as target-gone,
+    # the three never sent without an attempt; the other target's records were delivered
+    assert result == {"batchItemFailures": []}
+    assert [r.path for r in receiver.requests].count("/hooks/crm") == 1
+    assert len([r for r in receiver.deliveries if r.path == "/hooks/archive"]) == 2
+    dead = drain(aws_stack.dead_letter_queue_url)
+    assert sorted(d["body"] for d in dead) == sorted(r["body"] for r in gone)
+    assert {attr(d, "relay-dlq-reason") for d in dead} == {"target-gone"}
+    facts = sorted((attr(d, "relay-last-status") or "-", attr(d, "relay-attempts")) for d in dead)
+    assert facts == [("-", "0")] * 3 + [("410", "1")]
+    lines = [line for line in audit_lines(aws_stack) if line["targetId"] == PLAIN_TARGET]
+    assert sorted((line["outcome"], line["errorCode"]) for line in lines) == sorted(
+        [("dead-lettered", "http-410")] + [("dead-lettered", "target-gone")] * 3
+    )
+
+
+def test_requests_in_flight_when_a_410_arrives_finish_and_nothing_starts_after_it(
+    aws_stack: LocalResources, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given three requests at a time per target, and a gone endpoint that takes 0.3 s to say so
+    dispatcher = _dispatcher(monkeypatch, PER_TARGET_CONCURRENCY="3")
+    receiver.behaviour = Behaviour(status=410, latency_seconds=0.3)
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm")
+
+    # When six records for it are handled in one batch
+    result = dispatcher.handle_batch([task_record() for _ in range(6)])
+
+    # Then the three in flight were answered 410 and settled by it; none of the other three started
+    assert result == {"batchItemFailures": []}
+    assert len(receiver.requests) == 3
+    first_answer = min(r.received_at for r in receiver.requests) + 0.3
+    assert all(r.received_at < first_answer for r in receiver.requests)
+    dead = drain(aws_stack.dead_letter_queue_url)
+    assert {attr(d, "relay-dlq-reason") for d in dead} == {"target-gone"} and len(dead) == 6
+    assert sorted(attr(d, "relay-last-status") or "-" for d in dead) == ["-"] * 3 + ["410"] * 3
 
 
 def test_poison_and_unknown_targets_are_dead_lettered_while_the_rest_is_delivered(

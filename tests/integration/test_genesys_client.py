@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from misbehaving_peer import Answer, complete, misbehaving_peer
 from pydantic import SecretStr
 
 from relay.adapters.genesys import (
@@ -269,6 +271,51 @@ def test_slow_token_endpoint_is_a_timeout_error(genesys: FakeGenesys) -> None:
 
     with pytest.raises(GenesysTimeout):
         client.login()
+
+
+TOKEN = json.dumps({"access_token": "t0k3n-value", "token_type": "bearer", "expires_in": 3600}).encode()
+SLOW_JSON = json.dumps({"id": TARGET_ID, "name": "x" * 40}).encode()
+
+
+def test_a_token_endpoint_trickling_its_answer_ends_at_the_timeout() -> None:
+    # Given a token endpoint that sends its answer one byte every 0.2 s (about 30 s in all)
+    answer = complete(200, TOKEN).head
+    with misbehaving_peer(lambda *_: Answer(trickle=answer)) as peer:
+        client = GenesysClient(
+            peer.url, GenesysCredentials("id", SecretStr("s3cret-value")), timeout_seconds=1.0
+        )
+        started = time.monotonic()
+
+        # When the client logs in with a 1 s timeout
+        with pytest.raises(GenesysTimeout) as caught:
+            client.login()
+
+    # Then the login ends as a timeout at about 1 s, not when the peer is done, without the secret
+    assert time.monotonic() - started < 3.0
+    assert "did not answer login" in str(caught.value) and "s3cret-value" not in str(caught.value)
+
+
+def test_an_api_endpoint_trickling_its_body_ends_at_the_timeout() -> None:
+    # Given a prompt token endpoint, and an API whose answer's body comes one byte every 0.2 s
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(SLOW_JSON)
+
+    def answer(method: str, path: str) -> Answer:
+        return (
+            complete(200, TOKEN) if path.startswith("/oauth/token") else Answer(head=head, trickle=SLOW_JSON)
+        )
+
+    with misbehaving_peer(answer) as peer:
+        client = GenesysClient(
+            peer.url, GenesysCredentials("id", SecretStr("s3cret-value")), timeout_seconds=1.0
+        )
+        client.login()
+        started = time.monotonic()
+
+        with pytest.raises(GenesysTimeout, match="did not answer"):
+            client.get_integration(TARGET_ID)
+
+        assert time.monotonic() - started < 3.0
+        assert [path for _, path in peer.requests].count(f"/api/v2/integrations/{TARGET_ID}") == 1
 
 
 def test_malformed_body_is_a_malformed_response_error(genesys: FakeGenesys) -> None:

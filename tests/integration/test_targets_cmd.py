@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from misbehaving_peer import Answer, misbehaving_peer
 
 from relay.adapters.target_store import TargetStore
 from relay.cli import main
@@ -125,12 +126,42 @@ def test_check_sends_only_head_and_reports_status_latency_and_error(
     assert results["t-ok"]["status"] == 200 and results["t-ok"]["error"] is None
     assert results["t-ok"]["reachable"] is True and isinstance(results["t-ok"]["latencyMs"], float)
     assert results["t-post-only"]["status"] == 405 and results["t-post-only"]["error"] == "HTTP 405"
-    assert results["t-slow"]["status"] is None and results["t-slow"]["error"] == "read timed out"
+    # (--timeout is the total: the slow answer is cut off at 0.3 s)
+    assert results["t-slow"]["status"] is None and results["t-slow"]["reachable"] is False
+    assert results["t-slow"]["error"] == "no complete answer within the request's 0.3 s deadline"
     assert results["t-closed"]["reachable"] is False and "ConnectionError" in results["t-closed"]["error"]
     assert (
         results["t-private"]["error"].startswith("URL refused") and results["t-private"]["latencyMs"] is None
     )
     assert code == 1  # some targets are unreachable
+
+
+def test_check_ends_at_its_timeout_against_a_target_trickling_its_answer(
+    local_settings: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a target that answers one byte every 0.2 s (about 20 s in all)
+    slow = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Padding: " + b"p" * 60 + b"\r\n\r\n"
+    with misbehaving_peer(lambda *_: Answer(trickle=slow)) as peer:
+        store = TargetStore(get_settings().need("targets_table"), cache_ttl_seconds=0)
+        store.put_integration(
+            Integration(
+                integration_id=INTEGRATION_ID, name="check", signature_secret_name="relay/x/signature/1"
+            )
+        )
+        store.put_target(
+            Target(integration_id=INTEGRATION_ID, target_id="t-trickle", name="t", url=f"{peer.url}/hook")
+        )
+        started = time.monotonic()
+
+        # When it is checked with --timeout 1
+        code = main(["targets", "check", "t-trickle", "--timeout", "1", "--format", "json"])
+        took = time.monotonic() - started
+
+    # Then the check ends at about 1 s in all, as unreachable, saying why
+    [result] = _json_lines(capsys.readouterr().out)
+    assert (result["reachable"], result["status"]) == (False, None)
+    assert result["error"] == "no complete answer within the request's 1 s deadline"
+    assert took < 3.0 and code == 1
 
 
 def test_check_one_target_by_id(receiver: RecordingReceiver, capsys: pytest.CaptureFixture[str]) -> None:

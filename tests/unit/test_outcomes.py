@@ -7,7 +7,15 @@ from email.utils import format_datetime
 
 import pytest
 
-from relay.adapters.http import CONNECT_TIMEOUT, CONNECTION_ERROR, READ_TIMEOUT, UNSAFE_ADDRESS, HttpResult
+from relay.adapters.http import (
+    CONNECT_TIMEOUT,
+    CONNECTION_ERROR,
+    DEADLINE_EXCEEDED,
+    INCOMPLETE_RESPONSE,
+    READ_TIMEOUT,
+    UNSAFE_ADDRESS,
+    HttpResult,
+)
 from relay.logic.outcomes import Verdict, classify, parse_retry_after
 
 NOW = datetime(2026, 11, 28, 17, 0, tzinfo=UTC)
@@ -44,10 +52,22 @@ def test_status_codes(status: int, verdict: Verdict) -> None:
     assert outcome.status == status
 
 
-@pytest.mark.parametrize("code", [CONNECT_TIMEOUT, READ_TIMEOUT, CONNECTION_ERROR])
+@pytest.mark.parametrize(
+    "code", [CONNECT_TIMEOUT, READ_TIMEOUT, DEADLINE_EXCEEDED, CONNECTION_ERROR, INCOMPLETE_RESPONSE]
+)
 def test_network_failures_are_retryable_and_count_against_the_endpoint(code: str) -> None:
     outcome = classify(HttpResult(None, 1.0, error_code=code), now=NOW)
     assert outcome.verdict is Verdict.RETRYABLE and outcome.endpoint_unhealthy and outcome.error_code == code
+
+
+@pytest.mark.parametrize("status", [200, 204, 400, 410, 503])
+@pytest.mark.parametrize("code", [INCOMPLETE_RESPONSE, DEADLINE_EXCEEDED, READ_TIMEOUT])
+def test_a_response_cut_off_is_no_answer_whatever_its_status_line_said(status: int, code: str) -> None:
+    # A 2xx is not delivered, a 4xx not dead-lettered, a 410 does not disable the target: retry it,
+    # and let the breaker count it like a connection error. The status stays for the audit.
+    outcome = classify(HttpResult(status, 1.0, error_code=code), now=NOW)
+    assert (outcome.verdict, outcome.status, outcome.error_code) == (Verdict.RETRYABLE, status, code)
+    assert outcome.endpoint_unhealthy
 
 
 def test_a_refused_address_is_permanent_and_not_the_endpoints_fault() -> None:

@@ -468,3 +468,18 @@ def _tls_denied_resources(raw: Template, policy_type: str, objects_too: bool = F
                 if whole and (objects or not objects_too):
                     denied.add(target)
     return denied
+
+
+@pytest.mark.parametrize("ports", ["443", "443,8443"])
+def test_allowed_target_ports_reach_both_functions_that_apply_the_url_policy(ports: str) -> None:
+    from relay.settings import Settings
+
+    spec = BASE.document["Parameters"]["AllowedTargetPorts"]
+    assert re.fullmatch(spec["AllowedPattern"], ports) and re.fullmatch(
+        spec["AllowedPattern"], spec["Default"]
+    )
+    template = with_parameters({"AllowedTargetPorts": ports})
+    for logical_id in ("DispatcherFunction", "ConfigSyncFunction"):
+        value = resolved(template, logical_id)["Environment"]["Variables"]["ALLOWED_TARGET_PORTS"]
+        settings = Settings.model_validate({"ALLOWED_TARGET_PORTS": value})
+        assert settings.allowed_target_ports == [int(port) for port in ports.split(",")], logical_id

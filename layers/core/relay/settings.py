@@ -22,6 +22,8 @@ def _csv(value: object) -> object:
 
 
 CsvList = Annotated[list[str], BeforeValidator(_csv)]
+Port = Annotated[int, Field(ge=1, le=65_535)]
+CsvPorts = Annotated[list[Port], BeforeValidator(_csv), Field(min_length=1)]
 
 
 class Settings(BaseModel):
@@ -48,6 +50,9 @@ class Settings(BaseModel):
     # --- URL policy ---------------------------------------------------------------------------------
     # Only the local stack sets this: it lets targets be http://127.0.0.1:PORT loopback receivers.
     allow_loopback_targets: bool = Field(False, alias="RELAY_ALLOW_LOOPBACK_TARGETS")
+    # Ports a target URL may use (template parameter AllowedTargetPorts), checked by config sync and at
+    # connect time. Loopback targets of the local stack may use any port.
+    allowed_target_ports: CsvPorts = Field(default_factory=lambda: [443], alias="ALLOWED_TARGET_PORTS")
 
     # --- caches -------------------------------------------------------------------------------------
     target_cache_ttl_seconds: float = Field(60.0, alias="TARGET_CACHE_TTL_SECONDS", ge=0)

@@ -8,8 +8,10 @@ the intake and dispatcher never load it. What the SDK does not do, this wrapper 
   more on a 401 (a token revoked early).
 - **Timeouts and Retry-After.** The SDK has no request timeout and its urllib3 ``Retry`` sleeps on
   ``Retry-After`` silently (up to 6 h) on every method. Before the first request we give its pool
-  connect/read timeouts and ``Retry(total=0, respect_retry_after_header=False)``; we honour 429
-  ourselves, up to a bound, then end the run with ``GenesysRateLimited``.
+  connect/read timeouts, ``Retry(total=0, respect_retry_after_header=False)`` and our connection
+  classes (relay.adapters.connections), and run every SDK call under a total deadline, so a peer
+  trickling bytes cannot hold a call past GENESYS_TIMEOUT_SECONDS; we honour 429 ourselves, up to a
+  bound, then end the run with ``GenesysRateLimited``.
 - **One deadline per run.** No Retry-After wait and no request goes past the run's deadline
   (GENESYS_SYNC_DEADLINE_SECONDS from the client's creation): the run ends with
   ``GenesysDeadlineExceeded`` before Lambda's timeout would kill it.
@@ -33,6 +35,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from relay.adapters.connections import call_within_deadline, pool_classes
 from relay.errors import (
     ConfigurationError,
     GenesysAuthError,
@@ -209,9 +212,12 @@ class GenesysClient:
         api_client = ApiClient(host=self.api_host)
         http_client = api_client.get_http_client()
         # Must happen before the first request: urllib3 makes its connection pools lazily from these.
-        pool_kw = http_client.rest_client.pool_manager.connection_pool_kw
+        pool_manager = http_client.rest_client.pool_manager
+        pool_kw = pool_manager.connection_pool_kw
         pool_kw["timeout"] = urllib3.Timeout(connect=self._timeout_seconds, read=self._timeout_seconds)
         pool_kw["retries"] = urllib3.Retry(total=0, respect_retry_after_header=False, raise_on_status=False)
+        # Connections that honour the total deadline each SDK call runs under (_within_deadline).
+        pool_manager.pool_classes_by_scheme = pool_classes(None)
 
         def remember(response: Any) -> Any:
             self._last_response = response
@@ -219,6 +225,12 @@ class GenesysClient:
 
         http_client.set_post_request_hook(remember)
         return api_client
+
+    def _within_deadline(self, call: Callable[[], Any]) -> Any:
+        """One SDK request, all of it (connect, TLS, answer) within GENESYS_TIMEOUT_SECONDS, cut to the
+        time the run has left (``_start_request``). Past it, urllib3's own timeout error is raised, which
+        _translate turns into GenesysTimeout (or GenesysDeadlineExceeded near the run's deadline)."""
+        return call_within_deadline(self._request_timeout, call)
 
     # --- login -------------------------------------------------------------------------------------
     def login(self) -> None:
@@ -231,8 +243,10 @@ class GenesysClient:
             self._start_request("login")
             self._last_response = None
             try:
-                self._api_client.get_client_credentials_token(
-                    self._credentials.client_id, self._credentials.client_secret.get_secret_value()
+                self._within_deadline(
+                    lambda: self._api_client.get_client_credentials_token(
+                        self._credentials.client_id, self._credentials.client_secret.get_secret_value()
+                    )
                 )
                 break
             except ApiException as exc:
@@ -340,7 +354,7 @@ class GenesysClient:
             self._start_request(what)
             self._last_response = None
             try:
-                model = request()
+                model = self._within_deadline(request)
             except ApiException as exc:
                 if exc.status == 401 and not relogged:
                     relogged = True  # token revoked or expired early: one fresh login, then give up

@@ -1,41 +1,53 @@
 """Outbound HTTP for deliveries: one pooled ``requests.Session`` per container.
 
 - pool sized to the dispatcher's concurrency, no urllib3 retries (retries are the queue's job);
-- explicit connect and read timeouts on every request; redirects never followed (3xx is an answer);
+- a **total deadline** on every request (connect, TLS, request, response: relay.adapters.deadline),
+  besides the connect timeout and the per-read timeout; redirects never followed (3xx is an answer);
 - the response body read only up to a bound (for the audit), never whole;
-- proxies from the environment ignored, and every new connection's *peer address* (the IP actually
-  connected to, after DNS) handed to ``address_check`` before a byte is sent: a DNS answer that
-  changes between validation and connection (rebinding) cannot reach a private address.
+- proxies from the environment ignored, and the host name resolved and *every* address handed to
+  ``endpoint_check(address, port)`` before the TCP handshake (relay.adapters.connections): a DNS
+  answer that changes between validation and connection (rebinding) cannot reach a private address,
+  and a refused address never sees a connection attempt.
+
+A result is an answer only when it arrived whole: a response cut off by the peer (closed after the
+status line, or before its Content-Length or last chunk) is ``incomplete-response``; one the
+deadline cut off is ``deadline-exceeded``. Both keep the status that arrived, for the audit.
+A body longer than our own read bound is not incomplete: we stopped reading, the peer did not.
 """
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from http.client import HTTPException
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import HTTPError, ReadTimeoutError
+from urllib3.response import BaseHTTPResponse
 
+from relay.adapters.connections import EndpointCheck, headers_complete, pool_classes
+from relay.adapters.deadline import Deadline, request_deadline
 from relay.errors import UnsafeUrl
-
-AddressCheck = Callable[[str], None]
 
 # Stable error codes for the audit and the outcome mapping (relay.logic.outcomes).
 CONNECT_TIMEOUT = "connect-timeout"
 READ_TIMEOUT = "read-timeout"
+DEADLINE_EXCEEDED = "deadline-exceeded"
 CONNECTION_ERROR = "connection-error"
+INCOMPLETE_RESPONSE = "incomplete-response"
 UNSAFE_ADDRESS = "unsafe-address"
 INVALID_REQUEST = "invalid-request"
+
+_CHUNK_BYTES = 8192
 
 
 @dataclass(frozen=True)
 class HttpResult:
-    """What one request produced: a status (and bounded body) or an error code, never both."""
+    """What one request produced: a complete answer (a status and a bounded body, no error code), or
+    an error code; ``status`` is kept with the error code when a status line did arrive."""
 
     status: int | None
     elapsed_ms: float
@@ -46,46 +58,14 @@ class HttpResult:
     error: str | None = None
 
 
-def _check_peer(sock: socket.socket, check: AddressCheck) -> None:
-    peer = sock.getpeername()[0]
-    try:
-        check(str(peer))
-    except UnsafeUrl:
-        sock.close()
-        raise
-
-
-def _checked_pool_classes(check: AddressCheck) -> dict[str, type[HTTPConnectionPool]]:
-    class CheckedHTTPConnection(HTTPConnection):
-        def _new_conn(self) -> socket.socket:
-            sock = super()._new_conn()
-            _check_peer(sock, check)
-            return sock
-
-    class CheckedHTTPSConnection(HTTPSConnection):
-        def _new_conn(self) -> socket.socket:
-            sock = super()._new_conn()
-            _check_peer(sock, check)  # before the TLS handshake
-            return sock
-
-    class CheckedHTTPPool(HTTPConnectionPool):
-        ConnectionCls = CheckedHTTPConnection
-
-    class CheckedHTTPSPool(HTTPSConnectionPool):
-        ConnectionCls = CheckedHTTPSConnection
-
-    return {"http": CheckedHTTPPool, "https": CheckedHTTPSPool}
-
-
-class _AddressCheckingAdapter(HTTPAdapter):
-    def __init__(self, check: AddressCheck | None, pool_size: int) -> None:
+class _GuardedAdapter(HTTPAdapter):
+    def __init__(self, check: EndpointCheck | None, pool_size: int) -> None:
         self._check = check
         super().__init__(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0, pool_block=False)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        if self._check is not None:
-            self.poolmanager.pool_classes_by_scheme = _checked_pool_classes(self._check)
+        self.poolmanager.pool_classes_by_scheme = pool_classes(self._check)
 
 
 class HttpSender:
@@ -96,14 +76,14 @@ class HttpSender:
         *,
         pool_size: int,
         body_limit_bytes: int,
-        address_check: AddressCheck | None = None,
+        endpoint_check: EndpointCheck | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._body_limit = body_limit_bytes
         self._clock = clock
         self.session = requests.Session()
         self.session.trust_env = False  # no proxies or netrc from the environment
-        adapter = _AddressCheckingAdapter(address_check, pool_size)
+        adapter = _GuardedAdapter(endpoint_check, pool_size)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
 
@@ -116,54 +96,98 @@ class HttpSender:
         headers: Mapping[str, str],
         connect_timeout: float,
         read_timeout: float,
+        total_timeout: float | None = None,
     ) -> HttpResult:
+        """One request. ``total_timeout`` bounds all of it (connect, TLS, sending, the response and
+        its body); by default it is ``connect_timeout + read_timeout``, the budget the dispatcher
+        plans with (docs/dispatcher.md)."""
+        budget = total_timeout if total_timeout is not None else connect_timeout + read_timeout
         started = self._clock()
 
         def elapsed() -> float:
             return (self._clock() - started) * 1000.0
 
+        with request_deadline(budget) as deadline:
+            return self._exchange(
+                method, url, body, headers, (connect_timeout, read_timeout), deadline, elapsed
+            )
+
+    def _exchange(
+        self,
+        method: str,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        timeouts: tuple[float, float],
+        deadline: Deadline,
+        elapsed: Callable[[], float],
+    ) -> HttpResult:
         try:
             # Prepared directly: the session's cookie/auth/environment merging is of no use here and
             # costs a noticeable share of the CPU per delivery.
             prepared = requests.Request(method, url, data=body, headers=dict(headers)).prepare()
-            response = self.session.send(
-                prepared, timeout=(connect_timeout, read_timeout), allow_redirects=False, stream=True
-            )
+            response = self.session.send(prepared, timeout=timeouts, allow_redirects=False, stream=True)
         except UnsafeUrl as exc:
             return HttpResult(None, elapsed(), error_code=UNSAFE_ADDRESS, error=str(exc))
-        except requests.exceptions.ConnectTimeout:
-            return HttpResult(None, elapsed(), error_code=CONNECT_TIMEOUT, error="connect timed out")
-        except requests.exceptions.ReadTimeout:
-            return HttpResult(None, elapsed(), error_code=READ_TIMEOUT, error="read timed out")
-        except requests.exceptions.ConnectionError as exc:
-            return HttpResult(None, elapsed(), error_code=CONNECTION_ERROR, error=_short(exc))
         except (requests.exceptions.RequestException, ValueError) as exc:
-            return HttpResult(None, elapsed(), error_code=INVALID_REQUEST, error=_short(exc))
+            code, why = (DEADLINE_EXCEEDED, _past(deadline)) if deadline.exceeded else _no_response(exc)
+            return HttpResult(None, elapsed(), error_code=code, error=why)
+        status, answer = response.status_code, _retry_headers(response)
         try:
-            body_read, truncated = self._read_bounded(response)
-        except requests.exceptions.RequestException as exc:
-            # The status line arrived; a body cut short still tells us the answer.
-            body_read, truncated = b"", True
-            code = READ_TIMEOUT if isinstance(exc, requests.exceptions.ConnectionError) else None
-            return HttpResult(
-                response.status_code, elapsed(), body_read, truncated, _retry_headers(response), code
-            )
+            body_read, truncated = self._read_bounded(response.raw)
+        except (HTTPError, HTTPException, OSError) as exc:
+            code, why = _body_failure(exc, deadline)
+            return HttpResult(status, elapsed(), b"", True, answer, code, why)
         finally:
             response.close()
-        return HttpResult(response.status_code, elapsed(), body_read, truncated, _retry_headers(response))
+        if deadline.fired and not truncated:  # a close-delimited body ends "cleanly" when cut
+            return HttpResult(status, elapsed(), body_read, True, answer, DEADLINE_EXCEEDED, _past(deadline))
+        if not headers_complete(response.raw):
+            why = "connection closed inside the response headers"
+            return HttpResult(status, elapsed(), body_read, truncated, answer, INCOMPLETE_RESPONSE, why)
+        return HttpResult(status, elapsed(), body_read, truncated, answer)
 
-    def _read_bounded(self, response: requests.Response) -> tuple[bytes, bool]:
+    def _read_bounded(self, raw: BaseHTTPResponse) -> tuple[bytes, bool]:
+        """The body up to our bound, and whether there was more. Never asks for more than one byte
+        past the bound, so a peer that stalls after sending enough is not waited for."""
         chunks: list[bytes] = []
         size = 0
-        for chunk in response.iter_content(chunk_size=8192):
+        while True:
+            chunk = raw.read(min(_CHUNK_BYTES, self._body_limit + 1 - size), decode_content=True)
+            if not chunk:
+                return b"".join(chunks), False
             chunks.append(chunk)
             size += len(chunk)
             if size > self._body_limit:
                 return b"".join(chunks)[: self._body_limit], True
-        return b"".join(chunks), False
 
     def close(self) -> None:
         self.session.close()
+
+
+def _past(deadline: Deadline) -> str:
+    return f"no complete answer within the request's {deadline.seconds:g} s deadline"
+
+
+def _no_response(exc: Exception) -> tuple[str, str]:
+    """(error code, message) for a request that got no response at all."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return CONNECT_TIMEOUT, "connect timed out"
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return READ_TIMEOUT, "read timed out"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return CONNECTION_ERROR, _short(exc)
+    return INVALID_REQUEST, _short(exc)
+
+
+def _body_failure(exc: Exception, deadline: Deadline) -> tuple[str, str]:
+    """(error code, message) for a response whose body could not be read to its end."""
+    if deadline.exceeded:
+        return DEADLINE_EXCEEDED, _past(deadline)
+    if isinstance(exc, ReadTimeoutError):
+        return READ_TIMEOUT, "read timed out in the response body"
+    # The peer closed before the body's end (Content-Length, last chunk), or garbled it.
+    return INCOMPLETE_RESPONSE, f"response body cut off ({type(exc).__name__})"
 
 
 def _retry_headers(response: requests.Response) -> dict[str, str]:

@@ -3,9 +3,9 @@
 - ``sync`` runs relay.logic.config_sync with the same settings (environment) as ConfigSyncFunction.
 - ``list`` prints what the TargetsTable holds. Secrets are masked, and not even read: only whether a
   secret is referenced shows.
-- ``check [TARGET_ID]`` sends one HEAD per target with a short timeout and reports status, latency and
-  error (the seed's reachability check, done right: never a POST, no redirects followed, the URL policy
-  applied to the URL and to the address actually connected to).
+- ``check [TARGET_ID]`` sends one HEAD per target within a total timeout and reports status, latency
+  and error (the seed's reachability check, done right: never a POST, no redirects followed, the URL
+  policy applied to the URL and, before the TCP handshake, to every address connected to).
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from relay.logic.url_policy import UrlPolicy
 
 EXIT_OK = 0
 EXIT_ATTENTION = 1  # sync: some configs rejected; check: some targets unreachable or refused
@@ -38,7 +41,11 @@ def register(subparsers: Any) -> None:
     check = sub.add_parser("check", help="HEAD each target (or one) and report status, latency and error")
     check.add_argument("target_id", nargs="?", metavar="TARGET_ID", help="only this target")
     check.add_argument(
-        "--timeout", type=float, default=3.0, metavar="SECONDS", help="connect and read timeout (default 3)"
+        "--timeout",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="the longest one check may take: connect, TLS and answer together (default 3)",
     )
     check.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     check.set_defaults(func=_check)
@@ -163,15 +170,16 @@ def _list(args: Any, out: IO[str] | None = None) -> int:
 
 
 # --- check ------------------------------------------------------------------------------------------
-def check_target(target: Any, *, timeout: float, allow_loopback: bool, sender: Any = None) -> dict[str, Any]:
-    """One HEAD to the target's URL: status, latency and error. Never a POST; redirects not followed."""
+def check_target(target: Any, *, timeout: float, policy: UrlPolicy, sender: Any = None) -> dict[str, Any]:
+    """One HEAD to the target's URL, all of it (connect, TLS, answer) within ``timeout`` seconds:
+    status, latency and error. Never a POST; redirects not followed; ``policy`` applied to the URL
+    and, before connecting, to every address."""
     from relay.adapters.http import HttpSender
     from relay.errors import UnsafeUrl
-    from relay.logic.url_policy import check_address, check_url
 
     result: dict[str, Any] = {"targetId": target.target_id, "url": target.url, "method": "HEAD"}
     try:
-        check_url(target.url, allow_loopback=allow_loopback)
+        url = policy.check_url(target.url)
     except UnsafeUrl as exc:
         return {
             **result,
@@ -181,14 +189,16 @@ def check_target(target: Any, *, timeout: float, allow_loopback: bool, sender: A
             "error": f"URL refused: {exc}",
         }
     own_sender = sender is None
-    sender = sender or HttpSender(
-        pool_size=1,
-        body_limit_bytes=0,
-        address_check=lambda address: check_address(address, allow_loopback=allow_loopback),
-    )
+    sender = sender or HttpSender(pool_size=1, body_limit_bytes=0, endpoint_check=policy.check_endpoint)
     try:
         answer = sender.send(
-            "HEAD", target.url, body=b"", headers={}, connect_timeout=timeout, read_timeout=timeout
+            "HEAD",
+            url,
+            body=b"",
+            headers={},
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            total_timeout=timeout,
         )
     finally:
         if own_sender:
@@ -198,8 +208,9 @@ def check_target(target: Any, *, timeout: float, allow_loopback: bool, sender: A
     )
     return {
         **result,
-        # Any HTTP answer means the endpoint is there (a 405 to HEAD is common for POST-only receivers).
-        "reachable": answer.status is not None,
+        # Any complete HTTP answer means the endpoint is there (a 405 to HEAD is common for POST-only
+        # receivers); one cut off or past the deadline does not.
+        "reachable": answer.status is not None and answer.error_code is None,
         "status": answer.status,
         "latencyMs": round(answer.elapsed_ms, 1),
         "error": error,
@@ -208,6 +219,7 @@ def check_target(target: Any, *, timeout: float, allow_loopback: bool, sender: A
 
 def _check(args: Any, out: IO[str] | None = None) -> int:
     from relay.errors import RelayError
+    from relay.logic.url_policy import UrlPolicy
     from relay.settings import get_settings
 
     out = out or sys.stdout
@@ -222,9 +234,8 @@ def _check(args: Any, out: IO[str] | None = None) -> int:
         if not targets:
             print(f"relay targets check: no target {args.target_id} in the TargetsTable", file=sys.stderr)
             return EXIT_FAILED
-    results = [
-        check_target(t, timeout=args.timeout, allow_loopback=settings.allow_loopback_targets) for t in targets
-    ]
+    policy = UrlPolicy.from_settings(settings)
+    results = [check_target(t, timeout=args.timeout, policy=policy) for t in targets]
     if args.format == "json":
         for result in results:
             print(json.dumps(result), file=out)

@@ -36,7 +36,7 @@ from relay.errors import (
     GenesysItemError,
     UnsafeUrl,
 )
-from relay.logic.url_policy import Resolver, check_url, system_resolver
+from relay.logic.url_policy import Resolver, UrlPolicy, system_resolver
 from relay.models.targets import Integration, SecurityType, Target, TargetSecurity
 from relay.models.webhook_config import WebhookConfig, safe_errors, webhook_config_from_genesys
 from relay.observability import logger
@@ -276,9 +276,9 @@ class _SyncRun:
             self.report.changed.append(target_id)
 
     def _read_checked_target(self, target_id: str) -> WebhookConfig:
+        """The target's config, checked, with its URL normalised as the dispatcher will connect to it."""
         config = self._read_webhook_config(target_id)
-        self._check_target(config)
-        return config
+        return config.model_copy(update={"url": self._check_target(config)})
 
     def _read_webhook_config(self, target_id: str) -> WebhookConfig:
         integration = self._genesys.get_integration(target_id)
@@ -313,7 +313,8 @@ class _SyncRun:
             return None  # absent or redacted
         return value
 
-    def _check_target(self, config: WebhookConfig) -> None:
+    def _check_target(self, config: WebhookConfig) -> str:
+        """The target's URL as the dispatcher will use it (normalised), if the config may be stored."""
         if not config.enabled:
             raise _Rejected("webhook integration is disabled in Genesys")
         if config.integration_id not in self._known_integrations:
@@ -327,7 +328,7 @@ class _SyncRun:
                 "rejected (see its own rejection)"
             )
         try:
-            check_url(config.url, allow_loopback=self._settings.allow_loopback_targets, resolve=self._resolve)
+            return UrlPolicy.from_settings(self._settings).check_url(config.url, resolve=self._resolve)
         except UnsafeUrl as exc:
             raise _Rejected(f"URL refused: {exc}") from None
 

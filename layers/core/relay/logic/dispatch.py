@@ -7,7 +7,8 @@ For each batch:
    closed → deliver; open → defer; reset timeout over → claim the single half-open probe with a
    conditional write (the loser defers);
 3. send the probes first, then everything else, concurrently: a pool of DELIVERY_CONCURRENCY
-   threads, at most PER_TARGET_CONCURRENCY in flight per target;
+   threads, at most PER_TARGET_CONCURRENCY in flight per target; once a target answers 410, none of
+   its records still waiting starts (they are dead-lettered as target-gone without an attempt);
 4. settle each record from its outcome (relay.logic.outcomes): delivered; retry scheduled with
    ChangeMessageVisibility and reported failed; dead-lettered by the dispatcher (permanent, gone,
    exhausted) and reported done; deferred (re-queued with DelaySeconds, attempts unchanged) and
@@ -48,7 +49,7 @@ from relay.logic import breaker, crypto, retry
 from relay.logic.delivery_metrics import BatchMetrics, Metric
 from relay.logic.envelope import TargetSecrets, build_request
 from relay.logic.outcomes import Outcome, Verdict, classify
-from relay.logic.url_policy import check_address
+from relay.logic.url_policy import UrlPolicy
 from relay.models.breaker import BreakerState, Phase, target_key
 from relay.models.delivery import DeliveryTask, check_event_json
 from relay.models.targets import Target
@@ -147,6 +148,8 @@ class Batch:
     # Milliseconds the invocation has left (Lambda's context.get_remaining_time_in_millis), if known.
     remaining_ms: Callable[[], int] | None = None
     failures: list[str] = field(default_factory=list)
+    # Targets that answered 410 in this batch: no further request to them starts.
+    gone: set[str] = field(default_factory=set)
     audit: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -368,6 +371,11 @@ class Dispatcher:
     def _deliver(self, item: Item, batch: Batch) -> None:
         try:
             with self._slot(item.key):
+                if item.key in batch.gone:
+                    # Its endpoint said 410 while this record waited: it is gone for this one too.
+                    why = "target answered 410 Gone earlier in this batch"
+                    self._dead_letter_unattempted(item.record, item.task, REASON_GONE, why, batch)
+                    return
                 if self._out_of_time(item, batch):
                     # A Lambda timeout would fail the whole batch and cost every record a receive:
                     # hand this one back untouched instead (no attempt used).
@@ -424,6 +432,8 @@ class Dispatcher:
         self._settle(item, batch, line)
 
     def _out_of_time(self, item: Item, batch: Batch) -> bool:
+        """Too little time left for one request: its total deadline (HttpSender's default budget,
+        connect + read timeout) plus the margin to settle."""
         if batch.remaining_ms is None:
             return False
         connect, read = self._timeouts(item.target)
@@ -444,6 +454,9 @@ class Dispatcher:
         outcome = item.outcome
         assert outcome is not None
         target_id = item.target.target_id
+        if outcome.verdict is Verdict.GONE:
+            with batch.lock:  # first, before any I/O, so none of this target's waiting records starts
+                batch.gone.add(item.key)
         if outcome.verdict is Verdict.DELIVERED:
             batch.metrics.count(Metric.DELIVERED, target_id)
             line["outcome"] = DELIVERED
@@ -666,7 +679,7 @@ def build_dispatcher(settings: Settings, **overrides: Any) -> Dispatcher:
         "http": lambda: HttpSender(
             pool_size=settings.delivery_concurrency,
             body_limit_bytes=settings.response_body_limit_bytes,
-            address_check=partial(check_address, allow_loopback=settings.allow_loopback_targets),
+            endpoint_check=UrlPolicy.from_settings(settings).check_endpoint,
         ),
         "queue": lambda: SqsDeliveryQueueOps(
             settings.need("delivery_queue_url"), settings.need("dead_letter_queue_url")

@@ -3,10 +3,16 @@
     2xx                                   delivered
     408, 425, 429, 5xx                    retryable (Retry-After honoured, see relay.logic.retry)
     timeouts, connection errors           retryable
+    a response cut off (any status)       retryable: incomplete-response, or deadline-exceeded
     410                                   gone: disable the target, dead-letter
     3xx (redirects are not followed)      permanent: dead-letter at once
     other 4xx, 1xx, anything else         permanent: dead-letter at once
     connect-time address refused          permanent (the URL policy will not change its mind)
+
+Only a complete answer counts. A response the peer cut off (closed after the status line, or before
+its Content-Length or last chunk) or the request's deadline cut off is not one, whatever its status
+line said: the record is retried (receivers deduplicate on webhook-id) and the breaker counts it
+like a connection error. A body longer than our own read bound is complete: we stopped reading.
 
 This is the one place HTTP results become outcomes.
 """
@@ -21,12 +27,17 @@ from enum import StrEnum
 from relay.adapters.http import (
     CONNECT_TIMEOUT,
     CONNECTION_ERROR,
+    DEADLINE_EXCEEDED,
+    INCOMPLETE_RESPONSE,
     READ_TIMEOUT,
     HttpResult,
 )
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
-RETRYABLE_ERRORS = frozenset({CONNECT_TIMEOUT, READ_TIMEOUT, CONNECTION_ERROR})
+# Network failures: the endpoint was reached (or tried) and did not give a complete answer in time.
+RETRYABLE_ERRORS = frozenset(
+    {CONNECT_TIMEOUT, READ_TIMEOUT, DEADLINE_EXCEEDED, CONNECTION_ERROR, INCOMPLETE_RESPONSE}
+)
 
 
 class Verdict(StrEnum):
@@ -50,7 +61,8 @@ class Outcome:
 
     @property
     def endpoint_unhealthy(self) -> bool:
-        """Counts as a failure for the circuit breaker: timeouts, connection errors, 408/425/429/5xx.
+        """Counts as a failure for the circuit breaker: timeouts, connection errors, responses cut off,
+        408/425/429/5xx.
         A 4xx or 3xx answer means the endpoint is up (the request was wrong), so it counts as healthy."""
         return self.verdict is Verdict.RETRYABLE and self.reached_endpoint
 
@@ -73,11 +85,11 @@ def parse_retry_after(value: str | None, *, now: datetime) -> float | None:
 
 def classify(result: HttpResult, *, now: datetime) -> Outcome:
     status = result.status
-    if status is None:
+    if status is None or result.error_code is not None:  # no complete answer
         code = result.error_code or CONNECTION_ERROR
         if code in RETRYABLE_ERRORS:
-            return Outcome(Verdict.RETRYABLE, None, code)
-        return Outcome(Verdict.PERMANENT, None, code)
+            return Outcome(Verdict.RETRYABLE, status, code)
+        return Outcome(Verdict.PERMANENT, status, code)
     if 200 <= status < 300:
         return Outcome(Verdict.DELIVERED, status, None)
     if status == 410:

@@ -1,0 +1,186 @@
+"""HttpSender against loopback peers that misbehave: a total deadline on every request, responses cut
+off, and the connect-time check before the TCP handshake.
+
+Bounds like "within 3 x the deadline" prove a hang is gone (the peers trickle for far longer); they
+are not performance claims.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from misbehaving_peer import Answer, complete, misbehaving_peer, self_signed_tls
+
+from relay.adapters.http import HttpResult, HttpSender
+from relay.logic.outcomes import Verdict, classify
+from relay.logic.url_policy import UrlPolicy
+
+pytestmark = pytest.mark.integration
+
+DEADLINE = 1.0
+# Far longer than the deadline: one byte every 0.2 s never trips a per-read timeout of 1 s.
+SLOW_HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Padding: " + b"p" * 40 + b"\r\n\r\n"
+
+
+@pytest.fixture
+def sender() -> Iterator[HttpSender]:
+    http = HttpSender(
+        pool_size=2, body_limit_bytes=100, endpoint_check=UrlPolicy(allow_loopback=True).check_endpoint
+    )
+    yield http
+    http.close()
+
+
+def _post(sender: HttpSender, url: str, *, total: float | None = DEADLINE) -> tuple[HttpResult, float]:
+    started = time.monotonic()
+    result = sender.send(
+        "POST",
+        f"{url}/hook",
+        body=b"{}",
+        headers={"Content-Type": "application/json"},
+        connect_timeout=DEADLINE,
+        read_timeout=DEADLINE,
+        total_timeout=total,
+    )
+    return result, time.monotonic() - started
+
+
+def _verdict(result: HttpResult) -> Verdict:
+    return classify(result, now=datetime.now(UTC)).verdict
+
+
+def test_a_trickled_status_line_and_headers_end_at_the_total_deadline(sender: HttpSender) -> None:
+    # Given a peer that sends its status line and headers one byte every 0.2 s (about 13 s in all)
+    with misbehaving_peer(lambda *_: Answer(trickle=SLOW_HEAD)) as peer:
+        # When a request with a 1 s total deadline is sent
+        result, took = _post(sender, peer.url)
+
+    # Then it ends as a timeout at the deadline, not when the peer is done
+    assert (result.status, result.error_code) == (None, "deadline-exceeded")
+    assert took < 3 * DEADLINE
+    assert _verdict(result) is Verdict.RETRYABLE
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 60\r\n\r\n",
+        # No length: the body ends when the connection closes, so the deadline's shutdown looks like
+        # a clean end of the body to http.client; it must still count as the deadline
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n",
+    ],
+    ids=["content-length", "close-delimited"],
+)
+def test_a_trickled_body_ends_at_the_total_deadline_and_is_not_delivered(
+    sender: HttpSender, head: bytes
+) -> None:
+    # Given a 200 whose 60-byte body comes one byte every 0.2 s
+    with misbehaving_peer(lambda *_: Answer(head=head, trickle=b"b" * 60)) as peer:
+        result, took = _post(sender, peer.url)
+
+    # Then the status that arrived is kept, but the result is a timeout and the record is retried
+    assert (result.status, result.error_code) == (200, "deadline-exceeded")
+    assert took < 3 * DEADLINE
+    outcome = classify(result, now=datetime.now(UTC))
+    assert outcome.verdict is Verdict.RETRYABLE and outcome.endpoint_unhealthy
+
+
+def test_the_deadline_covers_a_reused_pooled_connection(sender: HttpSender) -> None:
+    # Given a keep-alive peer whose first answer is prompt and whose second trickles
+    answers = iter([complete(200), Answer(trickle=SLOW_HEAD)])
+    with misbehaving_peer(lambda *_: next(answers)) as peer:
+        first, _ = _post(sender, peer.url)
+        second, took = _post(sender, peer.url)
+        connections = peer.connections
+
+    # Then the second request, on the same connection, still ends at its deadline
+    assert (first.status, first.error_code) == (200, None)
+    assert connections == 1
+    assert (second.status, second.error_code) == (None, "deadline-exceeded")
+    assert took < 3 * DEADLINE
+
+
+def test_by_default_the_budget_is_connect_plus_read_timeout(sender: HttpSender) -> None:
+    with misbehaving_peer(lambda *_: Answer(trickle=SLOW_HEAD)) as peer:
+        result, took = _post(sender, peer.url, total=None)  # 1 s + 1 s
+
+    assert result.error_code == "deadline-exceeded"
+    assert took < 3 * 2 * DEADLINE
+
+
+@pytest.mark.parametrize(
+    ("answer", "status"),
+    [
+        (Answer(head=b"HTTP/1.1 200 OK\r\n"), 200),  # closed after the status line
+        (Answer(head=b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n"), 204),  # inside the headers
+        (Answer(head=b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n0123456789"), 200),  # short body
+        (Answer(head=b"HTTP/1.1 202 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"), 202),
+    ],
+    ids=["after-status-line", "inside-headers", "short-of-content-length", "before-last-chunk"],
+)
+def test_a_2xx_cut_off_by_the_peer_is_incomplete_and_retried(
+    sender: HttpSender, answer: Answer, status: int
+) -> None:
+    with misbehaving_peer(lambda *_: answer) as peer:
+        result, _ = _post(sender, peer.url)
+
+    assert (result.status, result.error_code) == (status, "incomplete-response")
+    outcome = classify(result, now=datetime.now(UTC))
+    assert outcome.verdict is Verdict.RETRYABLE and outcome.endpoint_unhealthy
+
+
+def test_a_body_longer_than_our_read_bound_is_complete_and_not_waited_for(sender: HttpSender) -> None:
+    # Given a 200 announcing 5000 bytes that sends 300 (more than our 100-byte bound) and then stalls
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + b"x" * 300
+    with misbehaving_peer(lambda *_: Answer(head=head, after="hold")) as peer:
+        result, took = _post(sender, peer.url, total=30.0)
+
+    # Then we stop reading at our bound: delivered, the body truncated by us, no wait for the rest
+    assert (result.status, result.error_code, result.body_truncated) == (200, None, True)
+    assert result.body == b"x" * 100
+    assert took < 10.0
+    assert _verdict(result) is Verdict.DELIVERED
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_a_refused_address_is_never_connected_to(host: str) -> None:
+    # Given something listening on loopback, and a sender whose policy refuses loopback
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        http = HttpSender(pool_size=1, body_limit_bytes=100, endpoint_check=UrlPolicy().check_endpoint)
+        try:
+            # When a request is sent to it
+            result, _ = _post(http, f"http://{host}:{port}")
+        finally:
+            http.close()
+
+        # Then it is refused as unsafe, and the listener never saw a connection attempt (the accept
+        # queue is empty: the kernel completes handshakes before accept(), so it would hold one)
+        assert result.error_code == "unsafe-address" and "loopback" in (result.error or "")
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+
+
+def test_the_deadline_cuts_a_trickle_under_tls_too(tmp_path: Path) -> None:
+    # Given an https peer (a certificate the sender trusts) that completes the TLS handshake and then
+    # trickles its answer inside TLS records
+    server_tls, certificate = self_signed_tls(tmp_path)
+    http = HttpSender(
+        pool_size=1, body_limit_bytes=100, endpoint_check=UrlPolicy(allow_loopback=True).check_endpoint
+    )
+    http.session.verify = str(certificate)
+    try:
+        with misbehaving_peer(lambda *_: Answer(trickle=SLOW_HEAD), tls=server_tls) as peer:
+            result, took = _post(http, peer.url)
+    finally:
+        http.close()
+
+    # Then the blocked TLS read ends at the deadline just the same
+    assert (result.status, result.error_code) == (None, "deadline-exceeded")
+    assert took < 3 * DEADLINE
