@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +23,8 @@ from relay.local.aws_stack import forget_cached_configuration
 from relay.local.fake_genesys import FakeGenesys, Fault
 from relay.local.fixtures import Fixtures, FixtureTarget
 from relay.logic.config_sync import sync_targets
-from relay.models.targets import Integration, SecurityType
+from relay.logic.intake import handle_lambda_event
+from relay.models.targets import SecurityType
 from relay.settings import get_settings
 
 pytestmark = pytest.mark.integration
@@ -37,6 +39,9 @@ SECRET_VALUES = [
     *(t.signing_secret for t in INTEGRATION.targets if t.signing_secret),
     *(t.encryption_key for t in INTEGRATION.targets if t.encryption_key),
 ]
+
+
+EVENTS = Path(__file__).resolve().parents[2] / "events"
 
 
 def _store() -> TargetStore:
@@ -332,24 +337,44 @@ def test_a_target_of_a_rejected_integration_is_not_stored_for_the_first_time(gen
     assert _store().get(INTEGRATION.id) is None
 
 
-def test_targets_of_the_eventbridge_integration_sync_without_an_open_messaging_integration(
+def test_the_eventbridge_integration_gets_its_own_record_and_its_targets_receive_its_events(
     genesys: FakeGenesys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given the EventBridge path's integration (its record provisioned by the operator; it is not an
-    # Open Messaging integration, so Genesys has none to read) and a target that receives its events
+    # Given the EventBridge path's integration, which is not an Open Messaging integration (Genesys has
+    # none to read for it), and a target that receives its events
     eventbridge_id = "0e0e0e0e-0000-4000-8000-000000000000"
     monkeypatch.setenv("EVENTBRIDGE_INTEGRATION_ID", eventbridge_id)
     forget_cached_configuration()
-    _store().put_integration(
-        Integration(integration_id=eventbridge_id, name="eventbridge", signature_secret_name="unused")
-    )
     genesys.update_config_properties(CRM.id, openMessagingIntegrationId=eventbridge_id)
 
+    # When config sync runs (no record provisioned by hand)
     report = sync_targets(get_settings())
 
-    # Then it is stored under that id
-    assert report.rejected == [] and CRM.id in report.targets
-    assert _store().get_target(eventbridge_id, CRM.id) is not None
+    # Then the integration's record is written (with no signature secret) and the target stored under it
+    assert report.rejected == [] and CRM.id in report.targets and eventbridge_id in report.integrations
+    entry = _store().get(eventbridge_id)
+    assert entry is not None and entry.integration.signature_secret_name is None
+    assert entry.target(CRM.id) is not None
+
+    # And a Genesys EventBridge event fans out to that target, while a webhook naming it is refused
+    event = json.loads((EVENTS / "eventbridge_conversation_start.json").read_text())
+    assert handle_lambda_event(event)["status"] == "accepted"
+    queued = client("sqs").receive_message(QueueUrl=get_settings().need("delivery_queue_url"))
+    assert [json.loads(m["Body"])["targetId"] for m in queued.get("Messages", [])] == [CRM.id]
+    webhook = json.loads((EVENTS / "apigw_text.json").read_text())
+    webhook["pathParameters"]["integrationId"] = eventbridge_id
+    assert handle_lambda_event(webhook)["statusCode"] == 404
+
+
+def test_a_second_sync_leaves_the_eventbridge_record_unchanged(
+    genesys: FakeGenesys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EVENTBRIDGE_INTEGRATION_ID", "0e0e0e0e-0000-4000-8000-000000000000")
+    forget_cached_configuration()
+    first = sync_targets(get_settings())
+    second = sync_targets(get_settings())
+    assert "0e0e0e0e-0000-4000-8000-000000000000" in first.changed
+    assert "0e0e0e0e-0000-4000-8000-000000000000" not in second.changed
 
 
 def test_redacted_credentials_keep_the_value_secrets_manager_holds(genesys: FakeGenesys) -> None:

@@ -129,6 +129,7 @@ def sync_targets(
     try:
         for integration_id in settings.genesys_open_messaging_integration_ids:
             run.sync_integration(integration_id)
+        run.sync_eventbridge_integration()
         for target_id in settings.genesys_webhook_integration_ids:
             run.sync_target(target_id)
     finally:
@@ -234,6 +235,21 @@ class _SyncRun:
         if self._existing_secret(secret_name(SecretKind.SIGNATURE, integration_id)) is None:
             raise _Rejected("Genesys returned no signature secret and Secrets Manager holds none")
         return name, None
+
+    def sync_eventbridge_integration(self) -> None:
+        """The record the intake's EventBridge path fans out from, when it is not an Open Messaging one.
+
+        Genesys has no integration to read for it (its events come from the AWS partner source), so the
+        record is the relay's own: no signature secret, so the webhook path refuses it."""
+        integration_id = self._settings.eventbridge_integration_id
+        if not integration_id or integration_id in self._settings.genesys_open_messaging_integration_ids:
+            return
+        stored = self._stored(integration_id)
+        previous = stored.integration if stored else None
+        record = Integration(integration_id=integration_id, name="Genesys EventBridge", enabled=True)
+        if self._write(record, previous):
+            self.report.changed.append(integration_id)
+        self.report.integrations.append(integration_id)
 
     # --- webhook targets ---------------------------------------------------------------------------
     def sync_target(self, target_id: str) -> None:

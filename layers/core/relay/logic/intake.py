@@ -346,9 +346,11 @@ class Intake:
         if not _INTEGRATION_ID.fullmatch(request.integration_id):
             raise UnknownIntegration("the path does not name an integration")
         entry = self._integrations.get(request.integration_id)
-        if entry is None or not entry.integration.enabled:
+        secret_name = entry.integration.signature_secret_name if entry else None
+        # An integration without a signature secret (the EventBridge path's own) takes no webhooks.
+        if entry is None or not entry.integration.enabled or secret_name is None:
             raise UnknownIntegration(f"integration {request.integration_id} is not known here")
-        self._verify(entry.integration.signature_secret_name, request)
+        self._verify(secret_name, request)
         text, message = self._parse_open_message(request.body)
         integration_id = entry.integration.integration_id
         if message["channel"]["id"] != integration_id:

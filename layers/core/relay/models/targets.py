@@ -47,7 +47,8 @@ class Integration(CamelModel):
     name: str
     enabled: bool = True
     # Secrets Manager name holding the X-Hub-Signature-256 secret (current + previous for rotation).
-    signature_secret_name: str
+    # None for the EventBridge path's own integration: it takes no webhooks, so it has no such secret.
+    signature_secret_name: str | None = None
     version: int = 1
     synced_at: str | None = None
 
