@@ -1,7 +1,9 @@
 """The ``relay`` console command (also ``python -m relay``).
 
 Each command group lives in its own module with ``register(subparsers)``; heavy imports happen inside
-the command functions so that ``relay --help`` stays fast.
+the command functions so that ``relay --help`` stays fast. A command returns its exit code, or raises:
+``run`` is the one place that turns an error into an exit code and one line on stderr
+(relay.cli.exit_codes says which code means what).
 """
 
 from __future__ import annotations
@@ -9,15 +11,59 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from relay import __version__
+from relay.cli.exit_codes import ExitCode, UsageError, describe, outcome
 
 # Modules under relay.cli that register a command group.
 COMMAND_MODULES = ("local_cmd", "targets_cmd", "decrypt_cmd", "dlq_cmd", "breaker_cmd")
+COMMAND = "relay_command"  # the namespace attribute naming the command that runs: "relay targets sync"
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse held to the CLI's contract: a refused command line is raised as a UsageError (one line
+    from ``run``, instead of argparse's usage block and its own exit), and a command records its name."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see --help)", command=self.prog)
+
+    def parse_args(  # type: ignore[override]  # argparse's overloads; this parser only runs main()
+        self, args: Sequence[str] | None = None, namespace: Any = None
+    ) -> Any:
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:  # named by the command they were given to, not by "relay"
+            raise UsageError(
+                f"unrecognized arguments: {' '.join(extra)} (see --help)",
+                command=getattr(parsed, COMMAND, self.prog),
+            )
+        return parsed
+
+    def set_defaults(self, **kwargs: Any) -> None:
+        if "func" in kwargs:  # a command's own parser: "relay targets sync"
+            kwargs.setdefault(COMMAND, self.prog)
+        super().set_defaults(**kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="relay", description=__doc__.splitlines()[0] if __doc__ else None)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = CommandParser(
+        prog="relay",
+        description="Run the relay locally and operate it: targets, dead letters, breakers, envelopes.",
+        epilog=describe(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"relay {__version__}",
+        help="print the relay's version and exit",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="on an error, print its traceback before the error line"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(f"relay.cli.{name}")
@@ -29,11 +75,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, run the command it names, and return its exit code. Every error that ends the
+    command becomes one line on stderr, ``relay <command> <subcommand>: <message>``, and its code."""
+    args = None
+    try:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as done:  # --help, --version: argparse printed them
+            return done.code if isinstance(done.code, int) else ExitCode.OK
+        return int(args.func(args))
+    except (Exception, KeyboardInterrupt) as exc:
+        code, message = outcome(exc)
+        command = getattr(exc, "command", None) or getattr(args, COMMAND, None) or parser.prog
+        if getattr(args, "debug", False):
+            traceback.print_exception(exc, file=sys.stderr)
+        print(f"{command}: {message}", file=sys.stderr)
+        return int(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    result: int = args.func(args)
-    return result
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":

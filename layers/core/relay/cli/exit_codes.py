@@ -1,0 +1,99 @@
+"""What a ``relay`` command's exit status means, for every command alike, and the errors that end one.
+
+The codes and their meanings are ``ExitCode`` and ``MEANINGS`` below (``relay --help`` prints them).
+Every error that ends a command becomes one line on stderr, written in one place (``relay.cli.run``):
+
+    relay <command> [<subcommand>]: <message>
+
+A relay error (settings, AWS, Genesys) is named by its type, as the docs name it
+(``relay targets sync: GenesysForbidden: ...``); its message carries no secret by contract. An
+unexpected exception shows only its type: its message might hold anything.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    ATTENTION = 1
+    USAGE = 2
+    FAILED = 3
+    INTERNAL = 70
+    INTERRUPTED = 130
+
+
+MEANINGS = {
+    ExitCode.OK: "ok: the command did what was asked",
+    ExitCode.ATTENTION: "done, but something needs attention: configs rejected, targets unreachable, "
+    "messages left in the DLQ, an envelope that does not open, a breaker reset that kept losing to the "
+    "dispatchers (the output or the error line says what)",
+    ExitCode.USAGE: "usage: a bad argument or option, a file that does not exist or cannot be read, "
+    "a target id that names no single target",
+    ExitCode.FAILED: "failed: the command could not run (settings, AWS, Genesys Cloud, the local stack)",
+    ExitCode.INTERNAL: "internal error: a bug in the relay; `relay --debug ...` shows the traceback",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
+}
+
+
+def describe() -> str:
+    """The exit status table, as ``relay --help`` ends."""
+    rows = (
+        textwrap.fill(meaning, width=100, initial_indent=f"  {int(code):<5}", subsequent_indent=" " * 7)
+        for code, meaning in MEANINGS.items()
+    )
+    return "exit status, the same for every command:\n" + "\n".join(rows)
+
+
+class CommandError(Exception):
+    """Ends a command with one line on stderr and this class's exit code; raised by the commands."""
+
+    exit_code = ExitCode.FAILED
+
+    def __init__(self, message: str, *, command: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.command = command  # the parser's prog when argparse refused the command line
+
+
+class NeedsAttention(CommandError):
+    exit_code = ExitCode.ATTENTION
+
+
+class UsageError(CommandError):
+    exit_code = ExitCode.USAGE
+
+
+class CommandFailed(CommandError):
+    exit_code = ExitCode.FAILED
+
+
+class Interrupted(CommandError):
+    """Ctrl-C, with what the command wants the operator to know about the state it left."""
+
+    exit_code = ExitCode.INTERRUPTED
+
+
+def outcome(exc: BaseException) -> tuple[ExitCode, str]:
+    """The exit code and the message (one line, without the command) for an error that ended a command."""
+    from relay.errors import RelayError
+
+    if isinstance(exc, CommandError):
+        return exc.exit_code, one_line(exc.message)
+    if isinstance(exc, RelayError):
+        return ExitCode.FAILED, one_line(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, OSError) and exc.filename is not None:
+        # A file named on the command line (or one it leads to) is missing, unreadable or unwritable.
+        return ExitCode.USAGE, one_line(f"{exc.filename}: {exc.strerror or type(exc).__name__}")
+    if isinstance(exc, OSError):
+        return ExitCode.FAILED, one_line(exc.strerror or type(exc).__name__)  # a socket: port in use, ...
+    if isinstance(exc, KeyboardInterrupt):
+        return ExitCode.INTERRUPTED, "interrupted"
+    return ExitCode.INTERNAL, f"internal error ({type(exc).__name__}); relay --debug ... shows the traceback"
+
+
+def one_line(message: str) -> str:
+    """A message that might span lines (a wrapped SDK error, say) as one line."""
+    return "; ".join(line.strip() for line in message.splitlines() if line.strip()) or "(no message)"
