@@ -205,5 +205,6 @@ def test_an_unknown_target_fails_with_a_message(
     aws_stack: LocalResources, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, err = _run(capsys, "reset", "no-such-target")
-    assert code == 3 and out == ""
-    assert "no target no-such-target" in err
+    # A target id that names nothing is a usage error (2), like one that names several
+    assert code == 2 and out == ""
+    assert err == "relay breaker reset: no target no-such-target in the TargetsTable\n"

@@ -177,7 +177,9 @@ def test_check_unknown_target_fails_clearly(
 ) -> None:
     code = main(["targets", "check", "no-such-target"])
 
-    assert code == 3 and "no target no-such-target" in capsys.readouterr().err
+    # A target id that names nothing is a usage error (2), like a file that does not exist
+    assert code == 2
+    assert capsys.readouterr().err == "relay targets check: no target no-such-target in the TargetsTable\n"
     assert receiver.methods == []
 
 

@@ -13,7 +13,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relay.adapters.dlq_queue import MAX_BATCH_BYTES, OutgoingMessage, ReceivedMessage, plan_send_batches
-from relay.cli import main
 from relay.cli.dlq_cmd import ProgressLine, format_groups, format_redrive
 from relay.logic.dlq import (
     BACKSTOP_REASON,
@@ -319,21 +318,3 @@ def test_the_progress_line_is_throttled_off_a_terminal() -> None:
         line(Progress("scan", done, None))
 
     assert stream.getvalue().splitlines() == ["scan: 1  moved 0  failed 0", "scan: 3  moved 0  failed 0"]
-
-
-def test_an_unknown_reason_is_refused_before_any_queue_is_touched(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(
-        [
-            "dlq",
-            "redrive",
-            "--reason",
-            "exhaustd",
-            "--dlq-url",
-            "http://unused",
-            "--queue-url",
-            "http://unused",
-        ]
-    )
-
-    assert code == 2
-    assert "unknown reason exhaustd" in capsys.readouterr().err

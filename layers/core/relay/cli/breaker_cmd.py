@@ -4,6 +4,9 @@ Both read the BreakerTable through the dispatcher's own store and transitions (r
 so what they show and write is exactly what every dispatcher reads. A reset is a conditional, versioned
 write: a transition a dispatcher makes meanwhile is never overwritten blindly (the reset re-reads and
 retries, and says so).
+
+Exit codes (relay.cli.exit_codes): 1 when a reset kept losing to concurrent changes (nothing written);
+2 when TARGET_ID names no target, or several (choose with --integration); 3 settings or DynamoDB failing.
 """
 
 from __future__ import annotations
@@ -13,19 +16,15 @@ import sys
 import time
 from typing import IO, Any
 
+from relay.cli.exit_codes import ExitCode, NeedsAttention, UsageError
 from relay.cli.targets_cmd import _print_table  # one table layout for the relay's commands
-
-EXIT_OK = 0
-EXIT_ATTENTION = 1  # reset: the breaker kept changing under every attempt; nothing written
-EXIT_USAGE = 2  # the target id is ambiguous: choose with --integration
-EXIT_FAILED = 3  # the command could not run (settings, AWS, unknown target)
 
 
 def register(subparsers: Any) -> None:
     group = subparsers.add_parser(
         "breaker", help="read and reset the dispatcher's per-target circuit breakers"
     )
-    sub = group.add_subparsers(dest="breaker_command", required=True)
+    sub = group.add_subparsers(dest="breaker_command", metavar="SUBCOMMAND", required=True)
 
     status = sub.add_parser("status", help="one target's breaker, or every target's in the TargetsTable")
     status.add_argument("target_id", nargs="?", metavar="TARGET_ID", help="only this target")
@@ -52,40 +51,31 @@ def _stores() -> tuple[Any, Any, Any]:
     return settings, targets, DynamoBreakerStore(settings.need("breaker_table"))
 
 
-def _failed(command: str, exc: Exception) -> int:
-    from relay.logic.breaker_control import AmbiguousTarget, ResetConflict
+def _find_target(targets: Any, args: Any) -> Any:
+    """The target TARGET_ID (and --integration) names; one that names none, or several, is a usage error."""
+    from relay.logic.breaker_control import AmbiguousTarget, UnknownTarget, find_target
 
-    print(f"relay breaker {command}: {exc}", file=sys.stderr)  # messages carry no secrets by contract
-    if isinstance(exc, AmbiguousTarget):
-        return EXIT_USAGE
-    if isinstance(exc, ResetConflict):
-        return EXIT_ATTENTION
-    return EXIT_FAILED
+    try:
+        return find_target(targets, args.target_id, args.integration)
+    except (UnknownTarget, AmbiguousTarget) as exc:
+        raise UsageError(str(exc)) from None
 
 
 # --- status -----------------------------------------------------------------------------------------
 def _status(args: Any, out: IO[str] | None = None) -> int:
-    from relay.errors import RelayError
-    from relay.logic.breaker_control import breaker_views, find_target, known_targets, policy_from
+    from relay.logic.breaker_control import breaker_views, known_targets, policy_from
 
     out = out or sys.stdout
-    try:
-        settings, targets, breakers = _stores()
-        chosen = (
-            [find_target(targets, args.target_id, args.integration)]
-            if args.target_id
-            else known_targets(targets, args.integration)
-        )
-        views = [v.to_json() for v in breaker_views(breakers, chosen, time.time(), policy_from(settings))]
-    except RelayError as exc:
-        return _failed("status", exc)
+    settings, targets, breakers = _stores()
+    chosen = [_find_target(targets, args)] if args.target_id else known_targets(targets, args.integration)
+    views = [v.to_json() for v in breaker_views(breakers, chosen, time.time(), policy_from(settings))]
     if args.format == "json":
         for doc in views:
             print(json.dumps(doc), file=out)
-        return EXIT_OK
+        return ExitCode.OK
     if not views:
         print("no targets in the TargetsTable", file=out)
-        return EXIT_OK
+        return ExitCode.OK
     rows: list[tuple[str, ...]] = [
         (
             "INTEGRATION",
@@ -103,7 +93,7 @@ def _status(args: Any, out: IO[str] | None = None) -> int:
     ]
     rows.extend(_row(v) for v in views)
     _print_table(rows, out)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _row(v: dict[str, Any]) -> tuple[str, ...]:
@@ -126,17 +116,16 @@ def _row(v: dict[str, Any]) -> tuple[str, ...]:
 
 # --- reset ------------------------------------------------------------------------------------------
 def _reset(args: Any, out: IO[str] | None = None) -> int:
-    from relay.errors import RelayError
-    from relay.logic.breaker_control import find_target, policy_from, reset_breaker, view
+    from relay.logic.breaker_control import ResetConflict, policy_from, reset_breaker, view
     from relay.models.breaker import target_key
 
     out = out or sys.stdout
+    settings, targets, breakers = _stores()
+    target = _find_target(targets, args)
     try:
-        settings, targets, breakers = _stores()
-        target = find_target(targets, args.target_id, args.integration)
         result = reset_breaker(breakers, target_key(target.integration_id, target.target_id))
-    except RelayError as exc:
-        return _failed("reset", exc)
+    except ResetConflict as exc:
+        raise NeedsAttention(str(exc)) from None
     now, policy = time.time(), policy_from(settings)
     before = view(target, result.before, now, policy).to_json()
     after = view(target, result.after, now, policy).to_json()
@@ -150,7 +139,7 @@ def _reset(args: Any, out: IO[str] | None = None) -> int:
             "after": after,
         }
         print(json.dumps(doc), file=out)
-        return EXIT_OK
+        return ExitCode.OK
     rows: list[tuple[str, ...]] = [("", "PHASE", "FAILS", "TRIPS", "UNTIL", "PROBE", "V")]
     for label, v in (("before", before), ("after", after)):
         rows.append(
@@ -174,4 +163,4 @@ def _reset(args: Any, out: IO[str] | None = None) -> int:
             else ""
         )
         print(f"breaker of {target.target_id} reset to closed{retried}", file=out)
-    return EXIT_OK
+    return ExitCode.OK

@@ -6,8 +6,9 @@
 
 The key is never taken on the command line (it would show in the process list and shell history):
 from a file, an environment variable, or the target's encryption secret in Secrets Manager (current
-and previous versions are tried). Prints the decrypted event as JSON on stdout; exit 0 on success,
-1 when the envelope cannot be opened, 2 on usage errors.
+and previous versions are tried). Prints the decrypted event as JSON on stdout. Exit codes as for every
+command (relay.cli.exit_codes): 1 when the envelope does not open or verify; 2 for a file that cannot be
+read, a variable that is not set or a secret that does not exist; 3 when Secrets Manager cannot be read.
 """
 
 from __future__ import annotations
@@ -19,9 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_OK = 0
-EXIT_UNREADABLE = 1
-EXIT_USAGE = 2
+from relay.cli.exit_codes import ExitCode, NeedsAttention, UsageError
 
 
 def register(subparsers: Any) -> None:
@@ -48,38 +47,57 @@ def register(subparsers: Any) -> None:
 
 def _keys(args: argparse.Namespace) -> list[str]:
     if args.key_file:
-        return [Path(args.key_file).read_text().strip()]
+        key = Path(args.key_file).read_text().strip()
+        if not key:
+            raise UsageError(f"--key-file {args.key_file}: the file is empty")
+        return [key]
     if args.key_env:
-        value = os.environ.get(args.key_env)  # an operator's shell, not the relay's settings
-        if not value:
-            raise ValueError(f"environment variable {args.key_env} is not set")
-        return [value]
+        return [_environment_value(args.key_env, "--key-env")]
     from relay.adapters.secrets import get_secret
+    from relay.errors import ConfigurationError
+    from relay.settings import get_settings
 
-    return get_secret(args.secret).values()
+    get_settings()  # invalid settings fail the command (3) before anything is blamed on --secret
+    try:
+        return get_secret(args.secret).values()
+    except ConfigurationError as exc:  # no such secret, or not in the relay's shape: the name is wrong
+        raise UsageError(f"--secret: {exc}") from None
+
+
+def _environment_value(name: str, option: str) -> str:
+    value = os.environ.get(name)  # an operator's shell, not the relay's settings
+    if not value:
+        raise UsageError(f"{option}: environment variable {name} is not set")
+    return value
+
+
+def _headers(path: str | None) -> dict[str, str]:
+    if path is None:
+        return {}
+    try:
+        headers = json.loads(Path(path).read_text())
+    except ValueError as exc:  # json's message gives the position, never the text
+        raise UsageError(f"--headers {path}: not JSON: {exc}") from None
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        raise UsageError(f"--headers {path}: not a JSON object of header names to strings")
+    return headers
 
 
 def _decrypt(args: argparse.Namespace) -> int:
     from relay.receiver_sdk import InvalidDelivery, decrypt_event, verify_signature
 
     raw = sys.stdin.buffer.read() if args.envelope == "-" else Path(args.envelope).read_bytes()
-    from relay.errors import RelayError
-
+    keys = _keys(args)
+    headers = _headers(args.headers)
+    signing_secret = args.verify_with_env and _environment_value(args.verify_with_env, "--verify-with-env")
     try:
-        keys = _keys(args)
-    except (OSError, ValueError, RelayError) as exc:
-        print(f"relay decrypt: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        if args.verify_with_env:
-            headers: dict[str, str] = json.loads(Path(args.headers).read_text()) if args.headers else {}
-            verify_signature(headers, raw, os.environ.get(args.verify_with_env, ""))
+        if signing_secret:
+            verify_signature(headers, raw, signing_secret)
         envelope = json.loads(raw)
         if not isinstance(envelope, dict):
             raise InvalidDelivery("not a JSON object")
         event = decrypt_event(envelope, keys)
     except (InvalidDelivery, ValueError) as exc:
-        print(f"relay decrypt: cannot open the envelope: {exc}", file=sys.stderr)
-        return EXIT_UNREADABLE
+        raise NeedsAttention(f"cannot open the envelope: {exc}") from None
     print(json.dumps(event, indent=2, ensure_ascii=False))
-    return EXIT_OK
+    return ExitCode.OK

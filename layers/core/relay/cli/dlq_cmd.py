@@ -1,6 +1,9 @@
 """``relay dlq list`` and ``relay dlq redrive``: inspect the dead-letter queue and move messages back.
 
 Only ids, reasons and counts are printed: event bodies may hold customer messages.
+
+Exit codes (relay.cli.exit_codes): 1 when something was left behind or failed (send failures, a failed
+move task: read the summary); 3 when the queues cannot be read at all; 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -12,24 +15,22 @@ import time
 from collections.abc import Callable, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
+from relay.cli.arguments import positive_int
+from relay.cli.exit_codes import ExitCode, Interrupted, UsageError
+
 if TYPE_CHECKING:
     from relay.logic.dlq import Progress
-
-EXIT_OK = 0
-EXIT_INCOMPLETE = 1  # something was left behind or failed: read the summary
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 
 def register(subparsers: Any) -> None:
     dlq = subparsers.add_parser("dlq", help="inspect and redrive the dead-letter queue")
-    sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    sub = dlq.add_subparsers(dest="dlq_command", metavar="SUBCOMMAND", required=True)
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--dlq-url", help="dead-letter queue URL (default: DEAD_LETTER_QUEUE_URL)")
     common.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     common.add_argument(
-        "--max", type=_positive, metavar="N", help="look at (list) or move (redrive) at most N"
+        "--max", type=positive_int, metavar="N", help="look at (list) or move (redrive) at most N"
     )
     common.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
@@ -38,7 +39,7 @@ def register(subparsers: Any) -> None:
     )
     listing.add_argument(
         "--visibility",
-        type=_positive,
+        type=positive_int,
         default=30,
         metavar="SECONDS",
         help="how long scanned messages stay hidden if this command dies (they are put back at the end)",
@@ -69,16 +70,9 @@ def register(subparsers: Any) -> None:
         "resend: always re-send (fresh attempt counters); move-task: fail if SQS lacks it",
     )
     redrive.add_argument(
-        "--rate", type=_positive, metavar="PER_SECOND", help="move task rate limit (max 500)"
+        "--rate", type=positive_int, metavar="PER_SECOND", help="move task rate limit (max 500)"
     )
     redrive.set_defaults(func=_redrive)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
-    return value
 
 
 class ProgressLine:
@@ -137,28 +131,20 @@ def _settings_url(explicit: str | None, field: str) -> str:
 Outcome = tuple[dict[str, Any], str, bool]  # JSON document, table text, everything done
 
 
-def _run(args: argparse.Namespace, command: str, work: Callable[[ProgressLine], Outcome]) -> int:
-    """Run one command with a progress line; errors become one line on stderr, never a traceback."""
-    from relay.errors import RelayError
-
+def _run(args: argparse.Namespace, work: Callable[[ProgressLine], Outcome]) -> int:
+    """Run one command with a progress line, ended before anything else is printed (the error line too)."""
     line = ProgressLine(enabled=not args.no_progress)
     try:
         document, text, ok = work(line)
-    except RelayError as exc:
-        line.close()
-        print(f"relay dlq {command}: {exc}", file=sys.stderr)
-        return EXIT_INCOMPLETE
     except KeyboardInterrupt:
+        raise Interrupted(
+            "interrupted. Messages in hand go back to the DLQ (nothing unsent was deleted); "
+            "a move task already started keeps running in SQS."
+        ) from None
+    finally:
         line.close()
-        print(
-            f"relay dlq {command}: interrupted. Messages in hand go back to the DLQ (nothing unsent was "
-            "deleted); a move task already started keeps running in SQS.",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
-    line.close()
     print(json.dumps(document, indent=2) if args.format == "json" else text)
-    return EXIT_OK if ok else EXIT_INCOMPLETE
+    return ExitCode.OK if ok else ExitCode.ATTENTION
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -181,7 +167,7 @@ def _list(args: argparse.Namespace) -> int:
         )
         return document, text, True
 
-    return _run(args, "list", work)
+    return _run(args, work)
 
 
 def _redrive(args: argparse.Namespace) -> int:
@@ -190,11 +176,7 @@ def _redrive(args: argparse.Namespace) -> int:
 
     unknown = sorted(set(args.reason or ()) - set(DLQ_REASONS))
     if unknown:
-        print(
-            f"relay dlq redrive: unknown reason {', '.join(unknown)}; one of {', '.join(DLQ_REASONS)}",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+        raise UsageError(f"unknown reason {', '.join(unknown)}; one of {', '.join(DLQ_REASONS)}")
     options = RedriveOptions(
         filter=RedriveFilter.of(args.target, args.integration, args.reason),
         max_messages=args.max,
@@ -214,7 +196,7 @@ def _redrive(args: argparse.Namespace) -> int:
         document = result.to_json()
         return document, format_redrive(document), result.ok
 
-    return _run(args, "redrive", work)
+    return _run(args, work)
 
 
 def format_groups(groups: Sequence[dict[str, Any]]) -> str:

@@ -3,6 +3,10 @@
 stdout carries only the command's JSON lines (serve: one ready line; demo: one final tally; put-event:
 PutEvents' answer), so a script can read them; the functions' own output (powertools logs and EMF
 metrics, which Lambda would send to CloudWatch) goes to stderr for serve and to a log file for demo.
+
+Exit codes (relay.cli.exit_codes): demo 1 when not every event was delivered, put-event 1 when an entry
+was refused; 2 for a fixtures or event file that cannot be read or is not valid, or no API to send to;
+3 when the stack cannot start or the API cannot be reached. serve stopped by Ctrl-C/SIGTERM exits 0.
 """
 
 from __future__ import annotations
@@ -16,20 +20,26 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+from relay.cli.arguments import port, positive_int, positive_seconds
+from relay.cli.exit_codes import CommandFailed, ExitCode, UsageError
+
+if TYPE_CHECKING:
+    from relay.local.fixtures import Fixtures
 
 API_ENV = "RELAY_LOCAL_API"  # where put-event sends when --api is not given
 
 
 def register(subparsers: Any) -> None:
     local = subparsers.add_parser("local", help="run the relay on this machine (moto, local API, poller)")
-    commands = local.add_subparsers(dest="local_command", required=True)
+    commands = local.add_subparsers(dest="local_command", metavar="SUBCOMMAND", required=True)
 
     serve = commands.add_parser("serve", help="run the local stack in the foreground until SIGINT/SIGTERM")
     serve.add_argument(
         "--fixtures", type=Path, default=None, help="fixtures file (default events/fixtures/local.json)"
     )
-    serve.add_argument("--port", type=int, default=0, help="API port on 127.0.0.1 (default: a free port)")
+    serve.add_argument("--port", type=port, default=0, help="API port on 127.0.0.1 (default: a free port)")
     serve.set_defaults(func=serve_command)
 
     demo = commands.add_parser(
@@ -38,8 +48,10 @@ def register(subparsers: Any) -> None:
     demo.add_argument(
         "--fixtures", type=Path, default=None, help="fixtures file (default events/fixtures/local.json)"
     )
-    demo.add_argument("--events", type=int, default=30, help="how many events to send (default 30)")
-    demo.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the queue to drain")
+    demo.add_argument("--events", type=positive_int, default=30, help="how many events to send (default 30)")
+    demo.add_argument(
+        "--timeout", type=positive_seconds, default=120.0, help="seconds to wait for the queue to drain"
+    )
     demo.add_argument("--function-logs", type=Path, default=None, help="where the functions' output goes")
     demo.set_defaults(func=demo_command)
 
@@ -74,23 +86,55 @@ def _divert_stdout(to: IO[str]) -> IO[str]:
     return real
 
 
+def _fixtures(path: Path | None) -> Fixtures:
+    """The fixtures file, read before anything starts: a missing file is an OSError (the boundary names
+    it), one that is not valid fixtures a usage error. Only locations and pydantic's messages are shown,
+    never the values: a fixtures file holds secrets."""
+    from pydantic import ValidationError
+
+    from relay.local.fixtures import DEFAULT_FIXTURES, Fixtures
+
+    where = path or DEFAULT_FIXTURES
+    try:
+        return Fixtures.load(where)
+    except ValidationError as exc:
+        first = exc.errors(include_input=False)[0]
+        location = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        raise UsageError(
+            f"{where}: not a valid fixtures file: {location}: {first['msg']} ({exc.error_count()} error(s))"
+        ) from None
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise UsageError(f"{where}: not a valid fixtures file: {exc}") from None
+
+
+def _stack_failed(exc: Exception) -> CommandFailed:
+    return CommandFailed(f"the local stack did not start: {exc}")
+
+
 def serve_command(args: argparse.Namespace) -> int:
+    _fixtures(args.fixtures)
     out = _divert_stdout(sys.stderr)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
 
-    from relay.local.stack import LocalStack
+    from relay.local.stack import LocalStack, LocalStackError
 
-    with LocalStack(args.fixtures, args.port) as stack:
-        _emit(out, {"ready": True, **stack.describe()})
-        while not stop.wait(1.0):
-            pass
-        print("relay local serve: stopping", file=sys.stderr)
-    return 0
+    try:
+        with LocalStack(args.fixtures, args.port) as stack:
+            _emit(out, {"ready": True, **stack.describe()})
+            while not stop.wait(1.0):
+                pass
+            print("relay local serve: stopping", file=sys.stderr)
+    except LocalStackError as exc:
+        raise _stack_failed(exc) from None
+    return ExitCode.OK  # stopping is what Ctrl-C and SIGTERM are for here
 
 
 def demo_command(args: argparse.Namespace) -> int:
+    fixtures = _fixtures(args.fixtures)
+    if not any(target.enabled for integration in fixtures.integrations for target in integration.targets):
+        raise UsageError("the fixtures have no integration with an enabled target to send events to")
     if args.function_logs is None:
         handle, name = tempfile.mkstemp(prefix="relay-demo-functions-", suffix=".log")
         log_file: IO[str] = open(handle, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the run
@@ -102,17 +146,19 @@ def demo_command(args: argparse.Namespace) -> int:
     print(f"relay local demo: function output goes to {log_path}", file=sys.stderr)
 
     from relay.local.demo import run_demo
-    from relay.local.stack import LocalStack
+    from relay.local.stack import LocalStack, LocalStackError
 
     try:
         with LocalStack(args.fixtures) as stack:
             print(f"relay local demo: stack up, sending {args.events} events", file=sys.stderr)
             report = run_demo(stack, args.events, timeout_seconds=args.timeout)
+    except LocalStackError as exc:
+        raise _stack_failed(exc) from None
     finally:
         # Left open: threads that outlive the stack by a moment may still log into it.
         log_file.flush()
     _emit(out, report.to_dict())
-    return 0 if report.ok else 1
+    return ExitCode.OK if report.ok else ExitCode.ATTENTION
 
 
 def put_event_command(args: argparse.Namespace) -> int:
@@ -122,28 +168,22 @@ def put_event_command(args: argparse.Namespace) -> int:
 
     api = args.api or os.environ.get(API_ENV)
     if not api:
-        print(
-            f"relay local put-event: no API: pass --api <the api URL serve printed> or set {API_ENV}",
-            file=sys.stderr,
-        )
-        return 2
+        raise UsageError(f"no API: pass --api <the api URL serve printed> or set {API_ENV}")
     try:
         text = sys.stdin.read() if str(args.file) == "-" else args.file.read_text(encoding="utf-8")
         request = put_events_request(json.loads(text), args.event_bus)
-    except (OSError, ValueError) as exc:
-        print(f"relay local put-event: {args.file}: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as exc:  # not JSON (or not UTF-8), or not events
+        raise UsageError(f"{args.file}: {exc}") from None
     try:
         response = requests.post(f"{api.rstrip('/')}{PUT_EVENTS_PATH}", json=request, timeout=30)
     except requests.RequestException as exc:
-        print(f"relay local put-event: cannot reach {api}: {exc}", file=sys.stderr)
-        return 2
+        raise CommandFailed(f"cannot reach {api}: {type(exc).__name__}") from None
     try:
         answer = response.json()
     except ValueError:
         answer = {"status": response.status_code, "body": response.text[:500]}
     _emit(sys.stdout, answer)
-    return 0 if response.ok and answer.get("FailedEntryCount") == 0 else 1
+    return ExitCode.OK if response.ok and answer.get("FailedEntryCount") == 0 else ExitCode.ATTENTION
 
 
 def put_events_request(document: Any, event_bus: str | None = None) -> dict[str, Any]:

@@ -6,6 +6,9 @@
 - ``check [TARGET_ID]`` sends one HEAD per target within a total timeout and reports status, latency
   and error (the seed's reachability check, done right: never a POST, no redirects followed, the URL
   policy applied to the URL and, before the TCP handshake, to every address connected to).
+
+Exit codes (relay.cli.exit_codes): sync 1 when some configs were rejected, check 1 when some targets are
+unreachable or refused; an unknown TARGET_ID is a usage error (2); settings, Genesys or AWS failing, 3.
 """
 
 from __future__ import annotations
@@ -17,18 +20,18 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any
 
+from relay.cli.arguments import positive_seconds
+from relay.cli.exit_codes import ExitCode, UsageError
+
 if TYPE_CHECKING:
     from relay.logic.url_policy import UrlPolicy
 
-EXIT_OK = 0
-EXIT_ATTENTION = 1  # sync: some configs rejected; check: some targets unreachable or refused
-EXIT_FAILED = 3  # the command could not run (settings, Genesys, AWS)
 MASK = "****"
 
 
 def register(subparsers: Any) -> None:
     targets = subparsers.add_parser("targets", help="sync targets from Genesys Cloud, list and check them")
-    sub = targets.add_subparsers(dest="targets_command", required=True)
+    sub = targets.add_subparsers(dest="targets_command", metavar="SUBCOMMAND", required=True)
 
     sync = sub.add_parser("sync", help="read the configured integrations from Genesys Cloud and store them")
     sync.set_defaults(func=_sync)
@@ -42,7 +45,7 @@ def register(subparsers: Any) -> None:
     check.add_argument("target_id", nargs="?", metavar="TARGET_ID", help="only this target")
     check.add_argument(
         "--timeout",
-        type=float,
+        type=positive_seconds,
         default=3.0,
         metavar="SECONDS",
         help="the longest one check may take: connect, TLS and answer together (default 3)",
@@ -71,19 +74,14 @@ def _logs_to_stderr() -> Iterator[None]:
 
 
 def _sync(args: Any, out: IO[str] | None = None) -> int:
-    from relay.errors import RelayError
     from relay.logic.config_sync import sync_targets
     from relay.settings import get_settings
 
     out = out or sys.stdout
-    try:
-        with _logs_to_stderr():
-            report = sync_targets(get_settings())
-    except RelayError as exc:  # messages carry no secrets by contract
-        print(f"relay targets sync: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    with _logs_to_stderr():
+        report = sync_targets(get_settings())
     print(json.dumps(report.to_dict()), file=out)
-    return EXIT_ATTENTION if report.rejected else EXIT_OK
+    return ExitCode.ATTENTION if report.rejected else ExitCode.OK
 
 
 # --- list -------------------------------------------------------------------------------------------
@@ -123,14 +121,8 @@ def target_view(target: Any) -> dict[str, Any]:
 
 
 def _list(args: Any, out: IO[str] | None = None) -> int:
-    from relay.errors import RelayError
-
     out = out or sys.stdout
-    try:
-        entries = list(_entries(args.integration))
-    except RelayError as exc:
-        print(f"relay targets list: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    entries = list(_entries(args.integration))
     if args.format == "json":
         for entry in entries:
             integration = entry.integration
@@ -144,7 +136,7 @@ def _list(args: Any, out: IO[str] | None = None) -> int:
                 "targets": [target_view(t) for t in entry.targets],
             }
             print(json.dumps(doc), file=out)
-        return EXIT_OK
+        return ExitCode.OK
     rows = [
         ("INTEGRATION", "TARGET", "NAME", "ON", "METHOD", "URL", "SECURITY", "SIGN", "ENCRYPT", "V", "SYNCED")
     ]
@@ -166,7 +158,7 @@ def _list(args: Any, out: IO[str] | None = None) -> int:
                 )
             )
     _print_table(rows, out)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 # --- check ------------------------------------------------------------------------------------------
@@ -218,22 +210,16 @@ def check_target(target: Any, *, timeout: float, policy: UrlPolicy, sender: Any 
 
 
 def _check(args: Any, out: IO[str] | None = None) -> int:
-    from relay.errors import RelayError
     from relay.logic.url_policy import UrlPolicy
     from relay.settings import get_settings
 
     out = out or sys.stdout
-    try:
-        settings = get_settings()
-        targets = [t for entry in _entries(None) for t in entry.targets]
-    except RelayError as exc:
-        print(f"relay targets check: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    settings = get_settings()
+    targets = [t for entry in _entries(None) for t in entry.targets]
     if args.target_id:
         targets = [t for t in targets if t.target_id == args.target_id]
         if not targets:
-            print(f"relay targets check: no target {args.target_id} in the TargetsTable", file=sys.stderr)
-            return EXIT_FAILED
+            raise UsageError(f"no target {args.target_id} in the TargetsTable")
     policy = UrlPolicy.from_settings(settings)
     results = [check_target(t, timeout=args.timeout, policy=policy) for t in targets]
     if args.format == "json":
@@ -253,7 +239,7 @@ def _check(args: Any, out: IO[str] | None = None) -> int:
                 )
             )
         _print_table(rows, out)
-    return EXIT_OK if all(r["reachable"] for r in results) else EXIT_ATTENTION
+    return ExitCode.OK if all(r["reachable"] for r in results) else ExitCode.ATTENTION
 
 
 def _print_table(rows: Sequence[tuple[str, ...]], out: IO[str]) -> None:

@@ -1,0 +1,39 @@
+"""Argument types shared by the commands: a value they refuse is a usage error (exit 2), named by argparse
+(``relay dlq list: argument --max: must be 1 or more``), never a traceback further on."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from typing import TypeVar
+
+Number = TypeVar("Number", int, float)
+
+
+def _parse(text: str, parse: Callable[[str], Number], what: str) -> Number:
+    try:
+        return parse(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    value = _parse(text, int, "a whole number")
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    value = _parse(text, float, "a number of seconds")
+    if not (math.isfinite(value) and value > 0):  # a socket or wait timeout takes neither nan nor inf
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text}")
+    return value
+
+
+def port(text: str) -> int:
+    value = _parse(text, int, "a port number")
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0 (any free port) to 65535, not {value}")
+    return value

@@ -1,0 +1,483 @@
+"""The ``relay`` command's one contract, over every command and its failure modes: the exit code means the
+same everywhere (relay.cli.exit_codes), an error is one line on stderr, ``relay <command> <subcommand>:
+<message>``, with no traceback and no secret, and ``relay --version`` answers.
+
+Most cases run ``relay.cli.main`` in this process with captured streams; those about the process itself
+(the console entry point, Ctrl-C) run ``python -m relay``. AWS is moto's server (``aws_stack``), asked
+for only by the cases that need it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay import __version__
+from relay.cli import CommandParser, main, run
+from relay.local.aws_stack import LOCAL_CREDENTIALS, forget_cached_configuration
+
+pytestmark = pytest.mark.integration
+
+KEY = "enc-key-for-the-contract-test"  # the --key-env value: must never be printed
+WRONG_KEY = "wrong-key-never-printed"
+FIXTURE_SECRET = "whsec-too-short"  # fails signatureSecret's min_length: must not be echoed
+WAIT = 30.0  # bound on waiting for a subprocess: generous, proves no hang
+
+
+@dataclass(frozen=True)
+class Case:
+    argv: tuple[str, ...]  # {name} is replaced by the path of a file the `files` fixture made
+    code: int
+    command: str  # the line's prefix: "relay targets sync"
+    says: str  # a regular expression the message after "<command>: " must match
+    aws: bool = False  # needs moto's server and the stack's settings
+    env: dict[str, str] = field(default_factory=dict)
+
+
+SETTINGS = ("TARGETS_TABLE", "BREAKER_TABLE", "DEAD_LETTER_QUEUE_URL", "DELIVERY_QUEUE_URL")
+USAGE, ATTENTION, FAILED = 2, 1, 3
+
+CASES = {
+    # --- argparse's own, one line like the rest ---------------------------------------------------
+    "no command": Case((), USAGE, "relay", "the following arguments are required: COMMAND"),
+    "unknown command": Case(("bogus",), USAGE, "relay", "argument COMMAND: invalid choice: 'bogus'"),
+    "no subcommand": Case(("targets",), USAGE, "relay targets", "required: SUBCOMMAND"),
+    "unknown option": Case(
+        ("targets", "sync", "--bogus"), USAGE, "relay targets sync", "unrecognized arguments: --bogus"
+    ),
+    "timeout nan": Case(
+        ("targets", "check", "--timeout", "nan"), USAGE, "relay targets check", "argument --timeout: must be"
+    ),
+    "max 0": Case(
+        ("dlq", "list", "--max", "0"), USAGE, "relay dlq list", "argument --max: must be 1 or more"
+    ),
+    "max not a number": Case(("dlq", "list", "--max", "x"), USAGE, "relay dlq list", "not a whole number"),
+    "no key option": Case(
+        ("decrypt", "{envelope}"), USAGE, "relay decrypt", "one of the arguments --key-file"
+    ),
+    "port out of range": Case(("local", "serve", "--port", "70000"), USAGE, "relay local serve", "--port"),
+    "events 0": Case(("local", "demo", "--events", "0"), USAGE, "relay local demo", "--events: must be 1"),
+    # --- a command's own usage errors ----------------------------------------------------------------
+    "unknown dlq reason, no queue touched": Case(
+        (
+            "dlq",
+            "redrive",
+            "--reason",
+            "exhaustd",
+            "--dlq-url",
+            "http://unused",
+            "--queue-url",
+            "http://unused",
+        ),
+        USAGE,
+        "relay dlq redrive",
+        "unknown reason exhaustd; one of exhausted, ",
+    ),
+    "key variable not set": Case(
+        ("decrypt", "{envelope}", "--key-env", "UNSET_KEY"),
+        USAGE,
+        "relay decrypt",
+        "--key-env: environment variable UNSET_KEY is not set",
+    ),
+    "signing variable not set": Case(
+        ("decrypt", "{envelope}", "--key-env", "KEY", "--verify-with-env", "UNSET_WHSEC"),
+        USAGE,
+        "relay decrypt",
+        "--verify-with-env: environment variable UNSET_WHSEC is not set",
+    ),
+    "headers not JSON": Case(
+        ("decrypt", "{envelope}", "--key-env", "KEY", "--verify-with-env", "KEY", "--headers", "{not_json}"),
+        USAGE,
+        "relay decrypt",
+        r"--headers .*not_json\.txt: not JSON",
+    ),
+    "empty key file": Case(
+        ("decrypt", "{envelope}", "--key-file", "{empty}"), USAGE, "relay decrypt", "the file is empty"
+    ),
+    "fixtures not JSON": Case(
+        ("local", "serve", "--fixtures", "{not_json}"),
+        USAGE,
+        "relay local serve",
+        "not a valid fixtures file",
+    ),
+    "fixtures invalid": Case(
+        ("local", "demo", "--fixtures", "{short_secret_fixtures}"),
+        USAGE,
+        "relay local demo",
+        r"not a valid fixtures file: integrations\.0\.signatureSecret: String should have at least 16",
+    ),
+    "fixtures without an enabled target": Case(
+        ("local", "demo", "--fixtures", "{no_targets_fixtures}"),
+        USAGE,
+        "relay local demo",
+        "no integration with an enabled target",
+    ),
+    "event file not JSON": Case(
+        ("local", "put-event", "{not_json}", "--api", "http://127.0.0.1:9"),
+        USAGE,
+        "relay local put-event",
+        r"not_json\.txt: Expecting value",
+    ),
+    "event file not events": Case(
+        ("local", "put-event", "{envelope}", "--api", "http://127.0.0.1:9"),
+        USAGE,
+        "relay local put-event",
+        "expected an EventBridge event",
+    ),
+    "no API to send to": Case(
+        ("local", "put-event", "{envelope}"), USAGE, "relay local put-event", "no API: pass --api"
+    ),
+    "unknown target to check": Case(
+        ("targets", "check", "no-such-target"),
+        USAGE,
+        "relay targets check",
+        "no target no-such-target in the TargetsTable",
+        aws=True,
+    ),
+    "unknown breaker target": Case(
+        ("breaker", "reset", "no-such-target"),
+        USAGE,
+        "relay breaker reset",
+        "no target no-such-target in the TargetsTable",
+        aws=True,
+    ),
+    "secret that does not exist": Case(
+        ("decrypt", "{envelope}", "--secret", "relay/local/encryption/nope"),
+        USAGE,
+        "relay decrypt",
+        "--secret: secret relay/local/encryption/nope does not exist",
+        aws=True,
+    ),
+    # --- a file argument that is missing or unreadable: no traceback ---------------------------------
+    "envelope missing": Case(
+        ("decrypt", "/nonexistent/envelope.json", "--key-env", "KEY"),
+        USAGE,
+        "relay decrypt",
+        "/nonexistent/envelope.json: No such file or directory",
+    ),
+    "envelope is a directory": Case(
+        ("decrypt", "{directory}", "--key-env", "KEY"), USAGE, "relay decrypt", ": Is a directory$"
+    ),
+    "key file missing": Case(
+        ("decrypt", "{envelope}", "--key-file", "/nonexistent/key"),
+        USAGE,
+        "relay decrypt",
+        "/nonexistent/key: No such file or directory",
+    ),
+    "headers file missing": Case(
+        (
+            "decrypt",
+            "{envelope}",
+            "--key-env",
+            "KEY",
+            "--verify-with-env",
+            "KEY",
+            "--headers",
+            "/nonexistent/h",
+        ),
+        USAGE,
+        "relay decrypt",
+        "/nonexistent/h: No such file or directory",
+    ),
+    "serve fixtures missing": Case(
+        ("local", "serve", "--fixtures", "/nonexistent/fixtures.json"),
+        USAGE,
+        "relay local serve",
+        "/nonexistent/fixtures.json: No such file or directory",
+    ),
+    "demo fixtures missing": Case(
+        ("local", "demo", "--fixtures", "/nonexistent/fixtures.json"),
+        USAGE,
+        "relay local demo",
+        "/nonexistent/fixtures.json: No such file or directory",
+    ),
+    "demo log not writable": Case(
+        ("local", "demo", "--function-logs", "/nonexistent/functions.log"),
+        USAGE,
+        "relay local demo",
+        "/nonexistent/functions.log: No such file or directory",
+    ),
+    "event file missing": Case(
+        ("local", "put-event", "/nonexistent/event.json", "--api", "http://127.0.0.1:9"),
+        USAGE,
+        "relay local put-event",
+        "/nonexistent/event.json: No such file or directory",
+    ),
+    # --- done, but needs attention -----------------------------------------------------------------
+    "wrong key": Case(
+        ("decrypt", "{sealed}", "--key-env", "WRONG_KEY"),
+        ATTENTION,
+        "relay decrypt",
+        "cannot open the envelope: no key decrypts this envelope",
+    ),
+    "envelope not JSON": Case(
+        ("decrypt", "{not_json}", "--key-env", "KEY"), ATTENTION, "relay decrypt", "cannot open the envelope"
+    ),
+    # --- could not run: settings, AWS, an API ------------------------------------------------------
+    "list without its table": Case(
+        ("targets", "list"),
+        FAILED,
+        "relay targets list",
+        "ConfigurationError: setting TARGETS_TABLE is required",
+    ),
+    "sync with invalid settings": Case(
+        ("targets", "sync"),
+        FAILED,
+        "relay targets sync",
+        "ConfigurationError: invalid settings: GENESYS_TIMEOUT_SECONDS",
+        env={"GENESYS_TIMEOUT_SECONDS": "-1"},
+    ),
+    "breaker without its tables": Case(
+        ("breaker", "status"), FAILED, "relay breaker status", "ConfigurationError: setting TARGETS_TABLE"
+    ),
+    "dlq without its queue": Case(
+        ("dlq", "list"), FAILED, "relay dlq list", "ConfigurationError: setting DEAD_LETTER_QUEUE_URL"
+    ),
+    "dlq queue that does not exist": Case(
+        ("dlq", "list", "--dlq-url", "{missing_queue}"),
+        FAILED,
+        "relay dlq list",
+        "DependencyUnavailable: SQS ",
+        aws=True,
+    ),
+    "API not reachable": Case(
+        ("local", "put-event", "{event}", "--api", "{refusing_api}"),
+        FAILED,
+        "relay local put-event",
+        r"cannot reach http://127\.0\.0\.1:\d+: ConnectionError",
+    ),
+}
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The files and addresses the cases name; a port that refuses connections while the test runs."""
+    sealed = {
+        "deliveryId": "d-1",
+        "encryptionDirective": {
+            "algorithm": "aes-256-gcm",
+            "keyDerivation": "scrypt",
+            "keyId": "k1",
+            "salt": "00" * 16,
+            "iv": "00" * 12,
+            "encryptedPayload": "00" * 8,
+            "authTag": "00" * 16,
+        },
+    }
+    integration = {"id": "i-1", "name": "i", "signatureSecret": FIXTURE_SECRET, "targets": []}
+    contents = {
+        "envelope": {"deliveryId": "d-1", "sourceEvent": {"id": "e-1"}},
+        "sealed": sealed,
+        "event": {"source": "s", "detail-type": "t", "detail": {}},
+        "short_secret_fixtures": {"integrations": [integration]},
+        "no_targets_fixtures": {"integrations": [{**integration, "signatureSecret": "s" * 16}]},
+    }
+    paths = {}
+    for name, document in contents.items():
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(document))
+    paths["not_json"] = tmp_path / "not_json.txt"
+    paths["not_json"].write_text("not json")
+    paths["empty"] = tmp_path / "empty.txt"
+    paths["empty"].write_text("\n")
+    paths["directory"] = tmp_path / "a-directory"
+    paths["directory"].mkdir()
+    with socket.socket() as bound_not_listening:  # connections to it are refused
+        bound_not_listening.bind(("127.0.0.1", 0))
+        refusing = f"http://127.0.0.1:{bound_not_listening.getsockname()[1]}"
+        yield {**{name: str(path) for name, path in paths.items()}, "refusing_api": refusing}
+
+
+@pytest.fixture
+def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """An operator's shell without the relay's resource settings (a case asks for aws_stack to get them)."""
+    for name in (*SETTINGS, "RELAY_LOCAL_API", "UNSET_KEY", "UNSET_WHSEC"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KEY", KEY)
+    monkeypatch.setenv("WRONG_KEY", WRONG_KEY)
+    forget_cached_configuration()
+    yield
+    forget_cached_configuration()
+
+
+def assert_one_error_line(err: str, command: str, says: str) -> None:
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    prefix = f"{command}: "
+    assert lines[0].startswith(prefix), lines[0]
+    assert re.search(says, lines[0][len(prefix) :]), lines[0]
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_every_failure_is_its_exit_code_and_one_error_line(
+    case: Case,
+    files: dict[str, str],
+    settings_env: None,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given the case's settings and files (and moto, for the cases that reach AWS)
+    if case.aws:
+        stack = request.getfixturevalue("aws_stack")
+        files = {**files, "missing_queue": f"{stack.dead_letter_queue_url}-gone"}
+    for name, value in case.env.items():
+        monkeypatch.setenv(name, value)
+    forget_cached_configuration()
+    argv = [arg.format(**files) for arg in case.argv]
+
+    # When the command runs
+    code = main(argv)
+
+    # Then it exits with the case's code, and says why in one line with no traceback and no secret
+    out, err = capsys.readouterr()
+    assert code == case.code, err
+    assert_one_error_line(err, case.command, case.says)
+    for secret in (KEY, WRONG_KEY, FIXTURE_SECRET):
+        assert secret not in out + err
+
+
+def test_version_prints_the_relays_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"relay {__version__}\n"
+
+
+def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    help_text = capsys.readouterr().out
+    for code in (0, 1, 2, 3, 70, 130):
+        assert re.search(rf"^  {code}\s+\S", help_text, re.MULTILINE), code
+
+
+# --- the boundary itself: an error nobody planned for, Ctrl-C ------------------------------------------
+def _parser_with(command: Any) -> argparse.ArgumentParser:
+    """A relay parser with one command, ``relay explode``, that runs ``command``."""
+    parser = CommandParser(prog="relay")
+    parser.add_argument("--debug", action="store_true")
+    parser.add_subparsers(dest="command").add_parser("explode").set_defaults(func=command)
+    return parser
+
+
+def _bug(args: argparse.Namespace) -> int:
+    raise KeyError(f"a message holding {KEY}")
+
+
+def _ctrl_c(args: argparse.Namespace) -> int:
+    raise KeyboardInterrupt
+
+
+def test_a_bug_is_one_line_naming_only_its_type(capsys: pytest.CaptureFixture[str]) -> None:
+    code = run(_parser_with(_bug), ["explode"])
+
+    assert code == 70
+    err = capsys.readouterr().err
+    assert err == "relay explode: internal error (KeyError); relay --debug ... shows the traceback\n"
+
+
+def test_debug_prints_the_traceback_before_the_error_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code = run(_parser_with(_bug), ["--debug", "explode"])
+
+    assert code == 70
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):") and "KeyError" in err
+    assert err.splitlines()[-1].startswith("relay explode: internal error (KeyError)")
+
+
+def test_ctrl_c_in_any_command_is_130(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(_parser_with(_ctrl_c), ["explode"]) == 130
+    assert capsys.readouterr().err == "relay explode: interrupted\n"
+
+
+# --- the process: python -m relay ---------------------------------------------------------------------
+def _relay(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "relay", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=WAIT,
+        check=False,
+    )
+
+
+def test_the_process_answers_version_and_a_missing_envelope_without_a_traceback() -> None:
+    version = _relay("--version")
+    assert (version.returncode, version.stdout, version.stderr) == (0, f"relay {__version__}\n", "")
+
+    missing = _relay("decrypt", "/nonexistent", "--key-env", "KEY")
+    assert (missing.returncode, missing.stdout) == (2, "")
+    assert missing.stderr == "relay decrypt: /nonexistent: No such file or directory\n"
+
+
+class StallingSqs:
+    """A loopback 'SQS' that holds every request until the test ends: the command waits in a call."""
+
+    def __init__(self) -> None:
+        self.called = threading.Event()
+        self.release = threading.Event()
+        stall = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                stall.called.set()
+                stall.release.wait(WAIT)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_ctrl_c_during_a_dlq_command_is_130_and_says_what_happens_to_the_messages() -> None:
+    # Given `relay dlq list` waiting on an SQS call
+    sqs = StallingSqs()
+    env = {
+        **os.environ,
+        **LOCAL_CREDENTIALS,
+        "AWS_ENDPOINT_URL": sqs.url,
+        "AWS_REGION": "us-east-1",
+        "DEAD_LETTER_QUEUE_URL": "http://sqs.local/123456789012/relay-DeadLetterQueue",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "relay", "dlq", "list", "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert sqs.called.wait(WAIT), "the command never called SQS"
+
+        # When the operator presses Ctrl-C
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=WAIT)
+    finally:
+        process.kill()
+        sqs.close()
+
+    # Then it exits 130 with one line saying what became of the messages, and no traceback
+    assert process.returncode == 130 and out == ""
+    assert_one_error_line(err, "relay dlq list", r"^interrupted\. Messages in hand go back to the DLQ")
