@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from relay import __version__
-from relay.cli.exit_codes import ExitCode, UsageError, describe, outcome
+from relay.cli.exit_codes import CommandError, ExitCode, UsageError, describe, outcome
 
 # Modules under relay.cli that register a command group.
 COMMAND_MODULES = ("local_cmd", "targets_cmd", "decrypt_cmd", "dlq_cmd", "breaker_cmd")
@@ -87,7 +87,8 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
         return int(args.func(args))
     except (Exception, KeyboardInterrupt) as exc:
         code, message = outcome(exc)
-        command = getattr(exc, "command", None) or getattr(args, COMMAND, None) or parser.prog
+        named = exc.command if isinstance(exc, CommandError) else None  # argparse's, before args exist
+        command = named or getattr(args, COMMAND, None) or parser.prog
         if getattr(args, "debug", False):
             traceback.print_exception(exc, file=sys.stderr)
         print(f"{command}: {message}", file=sys.stderr)
