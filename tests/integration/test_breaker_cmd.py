@@ -205,6 +205,6 @@ def test_an_unknown_target_fails_with_a_message(
     aws_stack: LocalResources, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, err = _run(capsys, "reset", "no-such-target")
-    # A target id that names nothing is a usage error (2), like one that names several
-    assert code == 2 and out == ""
+    # A target id that names nothing in the table: the command could not run (3); several would be usage (2)
+    assert code == 3 and out == ""
     assert err == "relay breaker reset: no target no-such-target in the TargetsTable\n"

@@ -143,14 +143,14 @@ CASES = {
     ),
     "unknown target to check": Case(
         ("targets", "check", "no-such-target"),
-        USAGE,
+        FAILED,
         "relay targets check",
         "no target no-such-target in the TargetsTable",
         aws=True,
     ),
     "unknown breaker target": Case(
         ("breaker", "reset", "no-such-target"),
-        USAGE,
+        FAILED,
         "relay breaker reset",
         "no target no-such-target in the TargetsTable",
         aws=True,

@@ -177,8 +177,8 @@ def test_check_unknown_target_fails_clearly(
 ) -> None:
     code = main(["targets", "check", "no-such-target"])
 
-    # A target id that names nothing is a usage error (2), like a file that does not exist
-    assert code == 2
+    # A target id that names nothing in the table: the command could not run (3)
+    assert code == 3
     assert capsys.readouterr().err == "relay targets check: no target no-such-target in the TargetsTable\n"
     assert receiver.methods == []
 

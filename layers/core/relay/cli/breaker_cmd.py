@@ -6,7 +6,8 @@ write: a transition a dispatcher makes meanwhile is never overwritten blindly (t
 retries, and says so).
 
 Exit codes (relay.cli.exit_codes): 1 when a reset kept losing to concurrent changes (nothing written);
-2 when TARGET_ID names no target, or several (choose with --integration); 3 settings or DynamoDB failing.
+2 when TARGET_ID names several targets (choose with --integration); 3 when it names none, or settings
+or DynamoDB fail.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 import time
 from typing import IO, Any
 
-from relay.cli.exit_codes import ExitCode, NeedsAttention, UsageError
+from relay.cli.exit_codes import CommandFailed, ExitCode, NeedsAttention, UsageError
 from relay.cli.targets_cmd import _print_table  # one table layout for the relay's commands
 
 
@@ -52,12 +53,15 @@ def _stores() -> tuple[Any, Any, Any]:
 
 
 def _find_target(targets: Any, args: Any) -> Any:
-    """The target TARGET_ID (and --integration) names; one that names none, or several, is a usage error."""
+    """The target TARGET_ID (and --integration) names. None there: the command fails (3), as it always
+    did; several: a usage error (2), --integration must choose."""
     from relay.logic.breaker_control import AmbiguousTarget, UnknownTarget, find_target
 
     try:
         return find_target(targets, args.target_id, args.integration)
-    except (UnknownTarget, AmbiguousTarget) as exc:
+    except UnknownTarget as exc:
+        raise CommandFailed(str(exc)) from None
+    except AmbiguousTarget as exc:
         raise UsageError(str(exc)) from None
 
 

@@ -31,8 +31,9 @@ MEANINGS = {
     "messages left in the DLQ, an envelope that does not open, a breaker reset that kept losing to the "
     "dispatchers (the output or the error line says what)",
     ExitCode.USAGE: "usage: a bad argument or option, a file that does not exist or cannot be read, "
-    "a target id that names no single target",
-    ExitCode.FAILED: "failed: the command could not run (settings, AWS, Genesys Cloud, the local stack)",
+    "a target id that names several targets (choose with --integration)",
+    ExitCode.FAILED: "failed: the command could not run (settings, AWS, Genesys Cloud, the local stack, "
+    "a target id that names no target in the TargetsTable)",
     ExitCode.INTERNAL: "internal error: a bug in the relay; `relay --debug ...` shows the traceback",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }

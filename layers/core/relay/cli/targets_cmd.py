@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any
 
 from relay.cli.arguments import positive_seconds
-from relay.cli.exit_codes import ExitCode, UsageError
+from relay.cli.exit_codes import CommandFailed, ExitCode
 
 if TYPE_CHECKING:
     from relay.logic.url_policy import UrlPolicy
@@ -219,7 +219,7 @@ def _check(args: Any, out: IO[str] | None = None) -> int:
     if args.target_id:
         targets = [t for t in targets if t.target_id == args.target_id]
         if not targets:
-            raise UsageError(f"no target {args.target_id} in the TargetsTable")
+            raise CommandFailed(f"no target {args.target_id} in the TargetsTable")
     policy = UrlPolicy.from_settings(settings)
     results = [check_target(t, timeout=args.timeout, policy=policy) for t in targets]
     if args.format == "json":
