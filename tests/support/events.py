@@ -88,12 +88,14 @@ def api_gateway_event(
     if sign_with is not None:
         event["headers"][SIGNATURE_HEADER] = genesys_signature(raw, sign_with)
     event["headers"].update(headers or {})
-    try:
-        text = raw.decode()
-    except UnicodeDecodeError:
-        base64_body = True
+    if not base64_body:
+        try:
+            event["body"] = raw.decode()
+        except UnicodeDecodeError:
+            base64_body = True  # API Gateway passes a body that is not text base64-encoded
+    if base64_body:
+        event["body"] = base64.b64encode(raw).decode()
     event["isBase64Encoded"] = base64_body
-    event["body"] = base64.b64encode(raw).decode() if base64_body else text
     return event
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,10 +33,10 @@ UNIT_CONFTEST = Path(__file__).with_name("conftest.py")
     ],
 )
 def test_every_way_onto_the_network_is_refused_and_recorded(
-    socket_guard: list[str], attempt: object, seen: str
+    socket_guard: list[str], attempt: Callable[[], object], seen: str
 ) -> None:
     with pytest.raises(SocketBlocked, match="tests/unit must not use the network"):
-        attempt()  # type: ignore[operator]
+        attempt()
     assert [a.split("(")[0] for a in socket_guard] == [seen]
     socket_guard.clear()  # expected here: do not fail this test at teardown
 
