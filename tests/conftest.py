@@ -16,6 +16,9 @@ import pytest
 from relay.local.aws_stack import LocalResources, MotoServer, create_resources, forget_cached_configuration
 from relay.local.template import load_template
 
+# pytester: tests/unit/test_socket_guard.py runs a unit test of its own under the socket guard.
+pytest_plugins = ["pytester"]
+
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS = ROOT / "events"
 _prefixes = itertools.count(1)

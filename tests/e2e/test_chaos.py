@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +23,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from support.waiting import wait_until
 
 from relay.local.function_worker import WorkerFunction
 from relay.local.template import FunctionSpec
@@ -148,8 +148,7 @@ def test_a_replayed_genesys_request_is_accepted_once_and_not_delivered_again(run
 
     # When the same signed request arrives again
     replay = run.post(original.body, original.headers)
-    time.sleep(3)  # past the batching window: a queued task would have been picked up by now
-    _settled(run)
+    _settled(run)  # the intake queues before it answers: a task queued by the replay is delivered by now
 
     # Then it is answered as accepted (idempotently) and nothing more reaches the targets
     assert 200 <= replay.status_code < 300
@@ -166,7 +165,6 @@ def test_tampered_bodies_and_signatures_are_refused(run: Any) -> None:
     forged = dict(headers, **{"X-Hub-Signature-256": "sha256=" + "A" * 43 + "="})
     forged_signature = run.post(body, forged)
     unsigned = run.post(body, {k: v for k, v in headers.items() if k != "X-Hub-Signature-256"})
-    time.sleep(3)
     _settled(run)
 
     # Then each is refused with 401 and the event never reaches a target
@@ -188,7 +186,7 @@ def handler(event, context):
     print("handler output for", context.aws_request_id)  # to the function log, not the protocol pipe
     if event.get("raise"):
         raise KeyError("boom")
-    time.sleep(event.get("sleep", 0))
+    time.sleep(event.get("sleep", 0))  # not a wait: the work an invocation takes
     return {"pid": os.getpid(), "calls": calls, "remaining": context.get_remaining_time_in_millis()}
 """
 
@@ -230,8 +228,9 @@ def test_a_worker_killed_mid_invocation_is_a_runtime_exit_and_the_next_one_start
     outcome: list[Any] = []
     running = threading.Thread(target=lambda: outcome.append(workers.invoke({"sleep": 1.5})))
     running.start()
-    while workers.kill_busy_worker(min_busy_seconds=0.2) is None:
-        time.sleep(0.05)
+    wait_until(
+        lambda: workers.kill_busy_worker(min_busy_seconds=0.2) is not None, what="a busy worker killed"
+    )
     running.join()
 
     assert outcome[0].error == "Runtime.ExitError" and outcome[0].result is None
@@ -270,7 +269,7 @@ def test_workers_die_with_the_process_that_started_them(tmp_path: Path) -> None:
             "spec = FunctionSpec('P', Path(sys.argv[1]), 'probe_handler', 'handler', 5, {}, {}, None)\n"
             "f = WorkerFunction(spec, max_workers=1, output=open(sys.argv[2], 'a'))\n"
             "print(f.invoke({}).result['pid'], flush=True)\n"
-            "time.sleep(60)\n",
+            "time.sleep(60)\n",  # not a wait: alive until killed
             str(tmp_path / "code"),
             str(tmp_path / "functions.log"),
         ],
@@ -284,7 +283,6 @@ def test_workers_die_with_the_process_that_started_them(tmp_path: Path) -> None:
     parent.send_signal(signal.SIGKILL)
     parent.wait()
 
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{worker_pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not Path(f"/proc/{worker_pid}").exists()
+    wait_until(
+        lambda: not Path(f"/proc/{worker_pid}").exists(), timeout=10, what="the worker gone with its parent"
+    )

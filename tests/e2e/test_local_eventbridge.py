@@ -7,21 +7,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from support.events import EVENTS, eventbridge_event, put_events_entry
+from support.waiting import wait_until
 
 from relay.local.stack import LocalStack
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
-SAMPLES = sorted((ROOT / "events").glob("eventbridge_*.json"))
+SAMPLES = sorted(EVENTS.glob("eventbridge_*.json"))
 WAIT = 60.0  # bound on waiting for the asynchronous side; generous, not a performance claim
 
 
@@ -31,27 +30,9 @@ def stack() -> Iterator[LocalStack]:
         yield running
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        pause.wait(0.1)
-    return True
-
-
-def entry(event: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "Source": event["source"],
-        "DetailType": event["detail-type"],
-        "Detail": json.dumps(event["detail"]),
-        "Resources": event["resources"],
-    }
-
-
 def put(stack: LocalStack, event: dict[str, Any]) -> str:
-    answer = requests.post(stack.put_events_url, json={"Entries": [entry(event)]}, timeout=15).json()
+    request = {"Entries": [put_events_entry(event)]}
+    answer = requests.post(stack.put_events_url, json=request, timeout=15).json()
     assert answer["FailedEntryCount"] == 0, answer
     event_id: str = answer["Entries"][0]["EventId"]
     return event_id
@@ -110,19 +91,18 @@ def test_each_sample_goes_where_the_templates_rule_sends_it(stack: LocalStack, p
     if genesys:
         # Then Genesys' event reaches every demo receiver of the EventBridge integration, once
         expected = {r.target_name: 1 for r in stack.receivers.values()}
-        assert wait_until(lambda: received(stack, event_id) == expected), received(stack, event_id)
+        wait_until(lambda: received(stack, event_id) == expected, timeout=WAIT, what=f"{expected} deliveries")
     else:
         # Then an event outside the rule's pattern is accepted and goes nowhere
         assert stack.eventbridge.wait_idle(WAIT)
-        assert wait_until(lambda: not delivery_queue_busy(stack))
+        wait_until(lambda: not delivery_queue_busy(stack), timeout=WAIT, what="the delivery queue idle")
         assert set(received(stack, event_id).values()) == {0}
 
 
 def test_an_event_the_intake_refuses_ends_on_the_failure_queue_after_the_retries(stack: LocalStack) -> None:
     assert stack.eventbridge is not None and stack.template is not None
     # Given a Genesys event whose detail the intake cannot accept (no topicName, no eventBody)
-    sample = json.loads((ROOT / "events" / "eventbridge_conversation_start.json").read_text())
-    refused = {**sample, "detail": {"version": "2"}}
+    refused = eventbridge_event(detail={"version": "2"})
 
     # When it is published and every try has run
     event_id = put(stack, refused)
@@ -142,5 +122,5 @@ def test_an_event_the_intake_refuses_ends_on_the_failure_queue_after_the_retries
     assert "topicName" in record["responsePayload"]["errorMessage"]
 
     # And nothing of it reached a receiver
-    assert wait_until(lambda: not delivery_queue_busy(stack))
+    wait_until(lambda: not delivery_queue_busy(stack), timeout=WAIT, what="the delivery queue idle")
     assert set(received(stack, event_id).values()) == {0}

@@ -15,6 +15,7 @@ from typing import IO, Any
 
 import pytest
 import requests
+from support.events import sample
 
 from relay.local.receiver import Receiver
 from relay.logic.signature import sign
@@ -136,7 +137,7 @@ def test_serve_prints_ready_delivers_a_signed_post_and_stops_cleanly(
         # When Genesys (as we sign like it) posts an event to <api>/webhooks/<integrationId>
         fixtures = json.loads(fixtures_file.read_text())
         integration = fixtures["integrations"][0]
-        event = json.loads((ROOT / "events" / "openmessaging_text.json").read_text())
+        event = sample("openmessaging_text.json")
         body = json.dumps(event).encode()
         response = requests.post(
             f"{ready['api']}/webhooks/{integration['id']}",

@@ -15,10 +15,10 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
+from support.events import EVENTS
 from test_intake_handler import seed_fixture_integrations
 
 from relay.adapters.aws import client
@@ -28,7 +28,6 @@ from relay.logic.signature import sign
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 INTEGRATION_ID = "6685901b-6d0e-43db-95ff-d64406e9dce2"
 SIGNATURE_SECRET = "local-demo-signature-secret-0001"
 PATH = f"/local/webhooks/{INTEGRATION_ID}"
@@ -38,7 +37,7 @@ ANSWER_BOUND = 15.0  # generous: proves an answer came instead of a hang, not ho
 
 
 def signed_body() -> bytes:
-    return (ROOT / "events" / "openmessaging_text.json").read_bytes()
+    return (EVENTS / "openmessaging_text.json").read_bytes()
 
 
 def head(*lines: str) -> bytes:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import secrets
-from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
+from support.events import api_gateway_event, eventbridge_event
+from support.queues import drain
 from test_dispatch_support import ManualClock
 
 from relay.adapters.aws import client
@@ -39,9 +40,6 @@ SECRET_VALUES = [
     *(t.signing_secret for t in INTEGRATION.targets if t.signing_secret),
     *(t.encryption_key for t in INTEGRATION.targets if t.encryption_key),
 ]
-
-
-EVENTS = Path(__file__).resolve().parents[2] / "events"
 
 
 def _store() -> TargetStore:
@@ -357,12 +355,10 @@ def test_the_eventbridge_integration_gets_its_own_record_and_its_targets_receive
     assert entry.target(CRM.id) is not None
 
     # And a Genesys EventBridge event fans out to that target, while a webhook naming it is refused
-    event = json.loads((EVENTS / "eventbridge_conversation_start.json").read_text())
-    assert handle_lambda_event(event)["status"] == "accepted"
-    queued = client("sqs").receive_message(QueueUrl=get_settings().need("delivery_queue_url"))
-    assert [json.loads(m["Body"])["targetId"] for m in queued.get("Messages", [])] == [CRM.id]
-    webhook = json.loads((EVENTS / "apigw_text.json").read_text())
-    webhook["pathParameters"]["integrationId"] = eventbridge_id
+    assert handle_lambda_event(eventbridge_event())["status"] == "accepted"
+    queued = drain(get_settings().need("delivery_queue_url"))
+    assert [json.loads(record["body"])["targetId"] for record in queued] == [CRM.id]
+    webhook = api_gateway_event(integration_id=eventbridge_id)
     assert handle_lambda_event(webhook)["statusCode"] == 404
 
 

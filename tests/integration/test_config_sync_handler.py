@@ -5,13 +5,12 @@ Observed at the boundary: the handler's result, the EMF metrics and logs it writ
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from dataclasses import dataclass
-from pathlib import Path
-from types import ModuleType
 
 import pytest
+from support.events import sample
+from support.handlers import Handler, load_handler
+from support.lambda_context import lambda_context
 
 from relay.errors import GenesysForbidden, GenesysLoginError
 from relay.local.fake_genesys import FakeGenesys
@@ -19,9 +18,7 @@ from relay.local.fixtures import Fixtures
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-HANDLER = ROOT / "functions" / "config_sync" / "config_sync_handler.py"
-EVENT = json.loads((ROOT / "events" / "eventbridge_schedule.json").read_text())
+EVENT = sample("eventbridge_schedule.json")
 FIXTURES = Fixtures.load()
 INTEGRATION = FIXTURES.integrations[0]
 CRM = INTEGRATION.targets[0]
@@ -33,21 +30,9 @@ SECRET_VALUES = [
 ]
 
 
-@dataclass
-class LambdaContext:
-    function_name: str = "ConfigSyncFunction"
-    memory_limit_in_mb: int = 1024
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:ConfigSyncFunction"
-    aws_request_id: str = "4f1c2d3e-0000-4000-8000-000000000001"
-
-
 @pytest.fixture(scope="module")
-def handler() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("config_sync_handler", HANDLER)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def handler() -> Handler:
+    return load_handler("config_sync")
 
 
 def _emf_metrics(stdout: str) -> dict[str, float]:
@@ -67,13 +52,13 @@ def _emf_metrics(stdout: str) -> dict[str, float]:
 
 
 def test_handler_syncs_and_emits_metrics_without_secrets(
-    handler: ModuleType, genesys: FakeGenesys, capfd: pytest.CaptureFixture[str]
+    handler: Handler, genesys: FakeGenesys, capfd: pytest.CaptureFixture[str]
 ) -> None:
     # Given one target whose config was broken in Genesys
     genesys.update_config_properties(CRM.id, method="DELETE")
 
     # When the scheduled event invokes the handler
-    result = handler.lambda_handler(EVENT, LambdaContext())
+    result = handler(EVENT, lambda_context("config_sync"))
 
     # Then it reports what it synced and rejected
     assert result["integrations"] == [INTEGRATION.id]
@@ -90,26 +75,26 @@ def test_handler_syncs_and_emits_metrics_without_secrets(
 
 
 def test_handler_fails_the_run_naming_the_missing_permission(
-    handler: ModuleType, genesys: FakeGenesys, capfd: pytest.CaptureFixture[str]
+    handler: Handler, genesys: FakeGenesys, capfd: pytest.CaptureFixture[str]
 ) -> None:
     genesys.deny(path=r"^/api/v2/conversations/")
 
     with pytest.raises(GenesysForbidden, match="messaging:integration:view"):
-        handler.lambda_handler(EVENT, LambdaContext())
+        handler(EVENT, lambda_context("config_sync"))
 
     out, err = capfd.readouterr()
     assert genesys.client_secret not in out + err
 
 
 def test_handler_fails_the_run_when_the_token_answer_is_unusable(
-    handler: ModuleType, genesys: FakeGenesys, capfd: pytest.CaptureFixture[str]
+    handler: Handler, genesys: FakeGenesys, capfd: pytest.CaptureFixture[str]
 ) -> None:
     # Given the token endpoint answers without expires_in, on every login
     genesys.omit_expires_in(times=10)
 
     # Then the invocation fails (the alarm sees it) after one login, rather than rejecting every item
     with pytest.raises(GenesysLoginError, match="expires_in"):
-        handler.lambda_handler(EVENT, LambdaContext())
+        handler(EVENT, lambda_context("config_sync"))
 
     assert genesys.count(r"^/oauth/token$") == 1
     out, err = capfd.readouterr()

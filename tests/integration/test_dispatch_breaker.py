@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
+from support.queues import drain
+from support.waiting import wait_until
 from test_dispatch_support import (
     ENCRYPTED_TARGET,
     INTEGRATION_ID,
     PLAIN_TARGET,
     ManualClock,
     attr,
-    drain,
     seed_target,
     task_record,
 )
@@ -82,12 +82,10 @@ def test_deferred_records_come_back_to_the_queue(
     dispatcher.handle_batch([task_record() for _ in range(5)])
     deferred = task_record(deferrals=2)
     dispatcher.handle_batch([deferred])
-    back: list[dict[str, Any]] = []
-    deadline = time.monotonic() + 10  # DelaySeconds is the breaker's 1 s reset plus jitter
-    while not back and time.monotonic() < deadline:
-        back = drain(aws_stack.delivery_queue_url)
-        time.sleep(0.3)
-    (message,) = back
+    # DelaySeconds is the breaker's 1 s reset plus jitter
+    (message,) = wait_until(
+        lambda: drain(aws_stack.delivery_queue_url), timeout=10, what="the deferred record back in the queue"
+    )
     assert message["body"] == deferred["body"]
     assert (attr(message, "relay-deferrals"), attr(message, "relay-attempts")) == ("3", "0")
 

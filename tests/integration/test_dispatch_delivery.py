@@ -10,6 +10,7 @@ import time
 import pytest
 from misbehaving_peer import Answer, misbehaving_peer
 from standardwebhooks.webhooks import Webhook
+from support.queues import drain
 from test_dispatch_support import (
     BEARER,
     ENCRYPTED_TARGET,
@@ -19,7 +20,6 @@ from test_dispatch_support import (
     SIGNING_SECRET,
     attr,
     audit_lines,
-    drain,
     seed_target,
     task_record,
 )

@@ -1,5 +1,5 @@
-"""The dispatcher handler, loaded from template.yaml like the local stack loads it, end to end against
-moto (targets, secrets) and a real loopback receiver."""
+"""The dispatcher handler, loaded as Lambda loads it, end to end against moto (targets, secrets) and a
+real loopback receiver."""
 
 from __future__ import annotations
 
@@ -8,15 +8,16 @@ import uuid
 from typing import Any
 
 import pytest
+from support.events import sample
+from support.handlers import load_handler
+from support.lambda_context import lambda_context
+from support.queues import drain
 from test_dispatch_support import (
     ENCRYPTED_TARGET,
     INTEGRATION_ID,
     PLAIN_TARGET,
     attr,
-    drain,
-    load_handler,
     seed_target,
-    sqs_event,
     task_record,
 )
 
@@ -27,17 +28,22 @@ from relay.local.receiver import Behaviour, Receiver
 pytestmark = pytest.mark.integration
 
 
+def invoke(event: dict[str, Any]) -> dict[str, Any]:
+    """The template's dispatcher handler, freshly loaded, called as Lambda calls it."""
+    response: dict[str, Any] = load_handler("dispatcher")(event, lambda_context("dispatcher"))
+    return response
+
+
 def test_a_batch_reaches_the_receiver_as_signed_2_1_envelopes(
     aws_stack: LocalResources, receiver: Receiver
 ) -> None:
     # Given both sample targets pointing at a loopback receiver, one of them encrypting
     seed_target(aws_stack, f"{receiver.url}/hooks/crm", target_id=PLAIN_TARGET)
     seed_target(aws_stack, f"{receiver.url}/hooks/archive", target_id=ENCRYPTED_TARGET, encrypted=True)
-    handler = load_handler(aws_stack)
-    event = sqs_event("sqs_delivery_batch.json")
+    event = sample("sqs_delivery_batch.json")
 
     # When the handler gets the sample batch
-    response = handler(event, None)
+    response = invoke(event)
 
     # Then nothing failed, and the receiver verified and decrypted both envelopes
     assert response == {"batchItemFailures": []}
@@ -56,11 +62,10 @@ def test_failed_records_are_reported_as_batch_item_failures(
     receiver.behaviour = Behaviour(status=503)
     seed_target(aws_stack, f"{receiver.url}/hooks/crm", target_id=PLAIN_TARGET)
     seed_target(aws_stack, f"{receiver.url}/hooks/archive", target_id=ENCRYPTED_TARGET, encrypted=True)
-    handler = load_handler(aws_stack)
-    event = sqs_event("sqs_delivery_batch.json")
+    event = sample("sqs_delivery_batch.json")
 
     # When the handler gets the batch
-    response = handler(event, None)
+    response = invoke(event)
 
     # Then both records are reported failed, so SQS makes them visible again
     assert sorted(f["itemIdentifier"] for f in response["batchItemFailures"]) == sorted(
@@ -84,7 +89,7 @@ def test_a_claim_checked_event_is_read_from_s3_and_delivered(
     record["body"] = json.dumps(body)
 
     # When the handler gets it
-    response = load_handler(aws_stack)({"Records": [record]}, None)
+    response = invoke({"Records": [record]})
 
     # Then the receiver got the full event in the envelope, the stored bytes exactly
     assert response == {"batchItemFailures": []}
@@ -115,7 +120,7 @@ def test_a_claim_checked_event_that_is_not_a_json_object_is_dead_lettered_as_poi
     record = _claim_checked_record(aws_stack, stored)
 
     # When the handler gets it
-    response = load_handler(aws_stack)({"Records": [record]}, None)
+    response = invoke({"Records": [record]})
 
     # Then nothing was sent, and the message is in the DLQ as poison (done, not retried)
     assert response == {"batchItemFailures": []}
@@ -131,7 +136,7 @@ def test_an_inline_event_that_is_not_a_json_object_is_dead_lettered_as_poison(
     seed_target(aws_stack, f"{receiver.url}/hooks/crm", target_id=PLAIN_TARGET)
     record = task_record(PLAIN_TARGET)
     record["body"] = json.dumps({**json.loads(record["body"]), "eventJson": event_json})
-    assert load_handler(aws_stack)({"Records": [record]}, None) == {"batchItemFailures": []}
+    assert invoke({"Records": [record]}) == {"batchItemFailures": []}
     assert receiver.requests == []
     assert [attr(m, "relay-dlq-reason") for m in drain(aws_stack.dead_letter_queue_url)] == ["poison"]
 
@@ -152,7 +157,7 @@ def test_a_task_of_the_earlier_shape_is_still_delivered(
         records.append(record)
 
     # When the handler gets it
-    response = load_handler(aws_stack)({"Records": records}, None)
+    response = invoke({"Records": records})
 
     # Then both targets got the event
     assert response == {"batchItemFailures": []}

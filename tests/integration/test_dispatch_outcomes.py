@@ -7,16 +7,16 @@ from __future__ import annotations
 import random
 
 import pytest
+from support.events import sample
+from support.queues import drain
 from test_dispatch_support import (
     ENCRYPTED_TARGET,
     INTEGRATION_ID,
     PLAIN_TARGET,
     attr,
     audit_lines,
-    drain,
     queue_records,
     seed_target,
-    sqs_event,
     task_record,
 )
 
@@ -110,7 +110,7 @@ def test_attempts_carried_by_a_deferral_count_toward_exhaustion(
     # Given the sample record: one attempt carried over from a deferral chain, second receive
     receiver.behaviour = Behaviour(status=500)
     seed_target(aws_stack, f"{receiver.url}/hooks/crm", attempts=3)
-    event = sqs_event("sqs_retry_record.json")
+    event = sample("sqs_retry_record.json")
 
     # When it fails: that was attempt 1 + 2 = 3 of 3
     result = dispatcher.handle_batch(event["Records"])
@@ -210,7 +210,7 @@ def test_poison_and_unknown_targets_are_dead_lettered_while_the_rest_is_delivere
 ) -> None:
     # Given the sample poison batch: one good record, one unparseable body, one unknown target
     seed_target(aws_stack, f"{receiver.url}/hooks/crm")
-    event = sqs_event("sqs_poison_batch.json")
+    event = sample("sqs_poison_batch.json")
 
     # When it is handled
     result = dispatcher.handle_batch(event["Records"])

@@ -1,19 +1,18 @@
-"""Shared helpers for the integration tests (no tests here).
+"""Shared helpers for the dispatcher's integration tests (no tests here); what every test directory
+shares (events, the handler loader, queues, waiting) is in tests/support.
 
-Targets and secrets are seeded through the relay's own stores into moto; the handler is loaded the
-way the local stack loads it: from template.yaml's CodeUri and Handler, with importlib.
+Targets and secrets are seeded through the relay's own stores into moto.
 """
 
 from __future__ import annotations
 
-import copy
-import importlib.util
 import json
 import time
 import uuid
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
+
+from support.events import DELIVERY_BATCH_SAMPLE, INTEGRATION_ID, sample, sqs_record
+from support.queues import receive
 
 from relay.adapters.aws import client
 from relay.adapters.secrets import RotatingSecret, SecretKind, put_secret, secret_name
@@ -32,9 +31,6 @@ class ManualClock:
         return self.now
 
 
-ROOT = Path(__file__).resolve().parents[2]
-EVENTS = ROOT / "events"
-INTEGRATION_ID = "6685901b-6d0e-43db-95ff-d64406e9dce2"
 PLAIN_TARGET = "3f1d2c4b-5a69-4e7f-8a1b-2c3d4e5f6a70"
 ENCRYPTED_TARGET = "9b8a7c6d-5e4f-4a3b-9c2d-1e0f9a8b7c6d"
 SIGNING_SECRET = "whsec_bG9jYWwtZGVtby1zaWduaW5nLXNlY3JldC0wMDE="
@@ -42,18 +38,6 @@ OLD_SIGNING_SECRET = "whsec_b2xkLXNpZ25pbmctc2VjcmV0LXN0aWxsLXZhbGlkIQ=="
 BEARER = "local-demo-bearer-token"
 ENCRYPTION_SECRET = "local-demo-encryption-key-0001"
 ENCRYPTION_SALT = "00112233445566778899aabbccddeeff"
-
-
-def load_handler(resources: LocalResources) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
-    spec = resources.function("DispatcherFunction")
-    module_name, func = spec.handler_module, spec.handler_function
-    path = spec.code_dir / f"{module_name}.py"
-    module_spec = importlib.util.spec_from_file_location(f"dispatcher_under_test_{uuid.uuid4().hex}", path)
-    assert module_spec and module_spec.loader
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    handler: Callable[[dict[str, Any], Any], dict[str, Any]] = getattr(module, func)
-    return handler
 
 
 def seed_target(
@@ -102,11 +86,6 @@ def seed_target(
     return target
 
 
-def sqs_event(name: str = "sqs_delivery_batch.json") -> dict[str, Any]:
-    event: dict[str, Any] = json.loads((EVENTS / name).read_text())
-    return copy.deepcopy(event)
-
-
 def task_record(
     target_id: str = PLAIN_TARGET,
     *,
@@ -116,23 +95,18 @@ def task_record(
     deferrals: int | None = None,
     event: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """An SQS event record carrying one DeliveryTask (shaped like the samples in events/)."""
-    record: dict[str, Any] = sqs_event()["Records"][0]
-    body = json.loads(record["body"])
+    """An SQS event record carrying one DeliveryTask (the sample batch's first, for this target)."""
+    body = json.loads(sample(DELIVERY_BATCH_SAMPLE)["Records"][0]["body"])
     body["targetId"] = target_id
     body["deliveryId"] = delivery_id or str(uuid.uuid4())
     if event is not None:
         body["eventJson"] = json.dumps(event)
-    record["body"] = json.dumps(body)
-    record["messageId"] = str(uuid.uuid4())
-    record["attributes"]["ApproximateReceiveCount"] = str(receive_count)
-    attrs: dict[str, Any] = {}
-    if attempts is not None:
-        attrs["relay-attempts"] = {"stringValue": str(attempts), "dataType": "Number"}
-    if deferrals is not None:
-        attrs["relay-deferrals"] = {"stringValue": str(deferrals), "dataType": "Number"}
-    record["messageAttributes"] = attrs
-    return record
+    counters = {"relay-attempts": attempts, "relay-deferrals": deferrals}
+    return sqs_record(
+        body,
+        receive_count=receive_count,
+        attributes={name: value for name, value in counters.items() if value is not None},
+    )
 
 
 def queue_records(resources: LocalResources, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -152,45 +126,9 @@ def queue_records(resources: LocalResources, records: list[dict[str, Any]]) -> l
     for _ in range(10):
         if len(received) >= len(records):
             break
-        received.extend(_receive(resources.delivery_queue_url, 10))
+        received.extend(receive(resources.delivery_queue_url))
     assert len(received) == len(records)
     return received
-
-
-def _receive(queue_url: str, count: int, visibility: int | None = None) -> list[dict[str, Any]]:
-    kwargs: dict[str, Any] = {
-        "QueueUrl": queue_url,
-        "MaxNumberOfMessages": count,
-        "AttributeNames": ["All"],
-        "MessageAttributeNames": ["All"],
-        "WaitTimeSeconds": 0,
-    }
-    if visibility is not None:
-        kwargs["VisibilityTimeout"] = visibility
-    messages = client("sqs").receive_message(**kwargs).get("Messages", [])
-    return [
-        {
-            "messageId": m["MessageId"],
-            "receiptHandle": m["ReceiptHandle"],
-            "body": m["Body"],
-            "attributes": m.get("Attributes", {}),
-            "messageAttributes": {
-                name: {"stringValue": v.get("StringValue"), "dataType": v["DataType"]}
-                for name, v in m.get("MessageAttributes", {}).items()
-            },
-        }
-        for m in messages
-    ]
-
-
-def drain(queue_url: str) -> list[dict[str, Any]]:
-    """Every message visible in a queue now (left invisible for a while after)."""
-    found: list[dict[str, Any]] = []
-    while True:
-        batch = _receive(queue_url, 10, visibility=300)
-        if not batch:
-            return found
-        found.extend(batch)
 
 
 def attr(record: dict[str, Any], name: str) -> str | None:

@@ -14,6 +14,7 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
+from support.queues import drain
 
 from relay.adapters.aws import client
 from relay.adapters.dlq_queue import MoveTaskUnavailable, SqsDlqQueues
@@ -97,21 +98,6 @@ def seed_dlq(dlq_url: str) -> list[Seeded]:
     return seeded
 
 
-def drain(queue_url: str) -> list[dict[str, Any]]:
-    """Every message in the queue (received with attributes, then deleted)."""
-    sqs = client("sqs")
-    messages: list[dict[str, Any]] = []
-    while True:
-        got = sqs.receive_message(
-            QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0, MessageAttributeNames=["All"]
-        ).get("Messages", [])
-        if not got:
-            return messages
-        for message in got:
-            messages.append(message)
-            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
-
-
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = main(["dlq", *argv, "--no-progress"])
     captured = capsys.readouterr()
@@ -176,10 +162,10 @@ def test_redrive_all_falls_back_to_resend_and_moves_every_body_unchanged(
     assert "StartMessageMoveTask is not available" in result["fallbackReason"]
     assert result["moved"] == 8 and result["sendFailed"] == 0 and result["notDeleted"] == 0
     moved = drain(aws_stack.delivery_queue_url)
-    assert sorted(m["Body"] for m in moved) == sorted(s.body for s in seeded)  # byte for byte
+    assert sorted(m["body"] for m in moved) == sorted(s.body for s in seeded)  # byte for byte
     for message in moved:  # a fresh try: attempts reset, dead-letter notes dropped
-        attributes = message.get("MessageAttributes", {})
-        assert attributes[ATTR_ATTEMPTS]["StringValue"] == "0"
+        attributes = message["messageAttributes"]
+        assert attributes[ATTR_ATTEMPTS]["stringValue"] == "0"
         assert not {name for name in attributes if name.startswith("relay-dlq-")}
         assert ATTR_LAST_ERROR not in attributes and ATTR_DEFERRALS not in attributes
     assert drain(aws_stack.dead_letter_queue_url) == []
@@ -198,8 +184,8 @@ def test_filtered_redrive_moves_only_the_matching_messages(
     assert code == 0
     assert json.loads(out)["moved"] == 3
     expected = {s.body for s in seeded if s.target_id == "target-a" and s.reason == "exhausted"}
-    assert {m["Body"] for m in drain(aws_stack.delivery_queue_url)} == expected
-    assert {m["Body"] for m in drain(aws_stack.dead_letter_queue_url)} == {s.body for s in seeded} - expected
+    assert {m["body"] for m in drain(aws_stack.delivery_queue_url)} == expected
+    assert {m["body"] for m in drain(aws_stack.dead_letter_queue_url)} == {s.body for s in seeded} - expected
 
 
 def test_redrive_by_integration_and_backstop_reason(
@@ -209,7 +195,7 @@ def test_redrive_by_integration_and_backstop_reason(
 
     assert code == 0
     expected = {s.body for s in seeded if s.reason == "redrive-backstop"}
-    assert {m["Body"] for m in drain(aws_stack.delivery_queue_url)} == expected
+    assert {m["body"] for m in drain(aws_stack.delivery_queue_url)} == expected
     assert len(drain(aws_stack.dead_letter_queue_url)) == 6
 
 
@@ -238,7 +224,7 @@ def test_dry_run_shows_what_would_move_and_moves_nothing(
         ("permanent-status", "target-b", 2)
     ]
     assert drain(aws_stack.delivery_queue_url) == []
-    assert sorted(m["Body"] for m in drain(aws_stack.dead_letter_queue_url)) == sorted(s.body for s in seeded)
+    assert sorted(m["body"] for m in drain(aws_stack.dead_letter_queue_url)) == sorted(s.body for s in seeded)
 
 
 def test_dry_run_without_filters_prints_what_would_move(
@@ -268,7 +254,7 @@ def test_a_failed_send_deletes_nothing_from_the_dlq(
     result = json.loads(out)
     assert result["moved"] == 0 and result["sendFailed"] > 0
     assert "nothing unsent was deleted" in result["error"]
-    assert sorted(m["Body"] for m in drain(aws_stack.dead_letter_queue_url)) == sorted(s.body for s in seeded)
+    assert sorted(m["body"] for m in drain(aws_stack.dead_letter_queue_url)) == sorted(s.body for s in seeded)
 
 
 def test_messages_that_arrive_after_the_run_started_are_left_for_the_next_run(

@@ -13,6 +13,7 @@ from typing import Any
 import boto3
 import pytest
 import requests
+from support.events import CONVERSATION_START_SAMPLE, EVENTS, eventbridge_event, put_events_entry, sample
 
 from relay.cli import main as relay_main
 from relay.local.api_adapter import ApiAdapter
@@ -21,8 +22,6 @@ from relay.local.eventbridge import PUT_EVENTS_PATH, LocalEventBridge
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-SAMPLES = ROOT / "events"
 WAIT = 30.0  # bound on waiting for the asynchronous side; generous, not a performance claim
 
 
@@ -71,23 +70,6 @@ def api(aws_stack: LocalResources, eventbridge: LocalEventBridge) -> Iterator[st
         yield adapter.base_url + PUT_EVENTS_PATH
 
 
-def sample(name: str) -> dict[str, Any]:
-    event: dict[str, Any] = json.loads((SAMPLES / name).read_text())
-    return event
-
-
-def entry(event: dict[str, Any], **overrides: Any) -> dict[str, Any]:
-    """The PutEvents entry that publishes ``event``."""
-    return {
-        "Source": event["source"],
-        "DetailType": event["detail-type"],
-        "Detail": json.dumps(event["detail"]),
-        "Time": event["time"],
-        "Resources": event["resources"],
-        **overrides,
-    }
-
-
 def invoke_config(aws_stack: LocalResources) -> dict[str, Any]:
     config: dict[str, Any] = aws_stack.template.resolve(aws_stack.template.properties("IntakeFunction"))[
         "EventInvokeConfig"
@@ -112,10 +94,10 @@ def test_put_events_answers_before_the_function_runs_and_the_function_gets_an_ev
 ) -> None:
     # Given a function that is held until the test lets it go
     intake.release.clear()
-    published = sample("eventbridge_conversation_start.json")
+    published = eventbridge_event()
 
     # When Genesys' event is published
-    answer = requests.post(api, json={"Entries": [entry(published)]}, timeout=10)
+    answer = requests.post(api, json={"Entries": [put_events_entry(published)]}, timeout=10)
 
     # Then PutEvents has answered while the invocation is still waiting (asynchronous invocation)
     assert answer.status_code == 200
@@ -146,7 +128,9 @@ def test_an_entry_no_rule_matches_is_accepted_and_goes_nowhere(
     api: str, eventbridge: LocalEventBridge, intake: Intake
 ) -> None:
     # Given a scheduler event (source aws.events), outside the rule's source prefix
-    answer = requests.post(api, json={"Entries": [entry(sample("eventbridge_schedule.json"))]}, timeout=10)
+    answer = requests.post(
+        api, json={"Entries": [put_events_entry(sample("eventbridge_schedule.json"))]}, timeout=10
+    )
 
     # Then it is accepted, and nothing is invoked
     assert answer.json()["FailedEntryCount"] == 0
@@ -170,7 +154,7 @@ def test_the_rule_is_the_templates_pattern_and_bus(aws_stack: LocalResources, in
                 ping,
                 {**ping, "EventBusName": "partner/bus"},
                 {**ping, "EventBusName": "partner/bus", "DetailType": "pong"},
-                {**entry(sample("eventbridge_conversation_start.json")), "EventBusName": "partner/bus"},
+                put_events_entry(eventbridge_event(), EventBusName="partner/bus"),
             ]
         )
         assert bridge.wait_idle(WAIT)
@@ -219,7 +203,7 @@ def test_each_entry_is_refused_or_accepted_on_its_own(
     api: str, eventbridge: LocalEventBridge, intake: Intake, bad_entry: Any, code: str
 ) -> None:
     # Given a bad entry between two good ones
-    good = entry(sample("eventbridge_conversation_start.json"))
+    good = put_events_entry(eventbridge_event())
     answer = requests.post(api, json={"Entries": [good, bad_entry, good]}, timeout=10).json()
 
     # Then only the bad one failed, with PutEvents' error shape, and the good ones were delivered
@@ -261,10 +245,10 @@ def test_the_aws_sdk_can_publish_to_it(api: str, eventbridge: LocalEventBridge, 
     events = boto3.client(
         "events", endpoint_url=api, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
     )
-    published = sample("eventbridge_conversation_start.json")
+    published = eventbridge_event()
 
     # When it puts the event
-    answer = events.put_events(Entries=[entry(published)])
+    answer = events.put_events(Entries=[put_events_entry(published)])
 
     # Then the function receives it with the same time
     assert answer["FailedEntryCount"] == 0
@@ -280,12 +264,11 @@ def test_a_failing_event_is_retried_then_recorded_on_the_failure_queue(
 ) -> None:
     # Given a function that fails every time
     intake.failures = 100
-    published = sample("eventbridge_conversation_start.json")
+    published = eventbridge_event()
 
     # When the event is published and every try is done
-    event_id = requests.post(api, json={"Entries": [entry(published)]}, timeout=10).json()["Entries"][0][
-        "EventId"
-    ]
+    answer = requests.post(api, json={"Entries": [put_events_entry(published)]}, timeout=10).json()
+    event_id = answer["Entries"][0]["EventId"]
     assert eventbridge.wait_idle(WAIT)
 
     # Then it was tried 1 + MaximumRetryAttempts times (from the template)
@@ -314,7 +297,7 @@ def test_an_event_that_succeeds_on_a_retry_leaves_no_failure_record(
     api: str, eventbridge: LocalEventBridge, intake: Intake, aws_stack: LocalResources
 ) -> None:
     intake.failures = 1
-    requests.post(api, json={"Entries": [entry(sample("eventbridge_conversation_start.json"))]}, timeout=10)
+    requests.post(api, json={"Entries": [put_events_entry(eventbridge_event())]}, timeout=10)
     assert eventbridge.wait_idle(WAIT)
     assert len(intake.events) == 2
     assert failure_records(aws_stack) == []
@@ -331,9 +314,7 @@ def test_put_event_sends_a_sample_file_and_prints_the_answer(
 ) -> None:
     # When the CLI sends the sample event to the API
     api_url = api.removesuffix(PUT_EVENTS_PATH)
-    code = relay_main(
-        ["local", "put-event", str(SAMPLES / "eventbridge_conversation_start.json"), "--api", api_url]
-    )
+    code = relay_main(["local", "put-event", str(EVENTS / CONVERSATION_START_SAMPLE), "--api", api_url])
 
     # Then it prints PutEvents' answer, exits 0, and the function got the event
     assert code == 0
@@ -341,7 +322,7 @@ def test_put_event_sends_a_sample_file_and_prints_the_answer(
     assert answer["FailedEntryCount"] == 0
     assert eventbridge.wait_idle(WAIT)
     assert [e["id"] for e in intake.events] == [answer["Entries"][0]["EventId"]]
-    assert intake.events[0]["detail"] == sample("eventbridge_conversation_start.json")["detail"]
+    assert intake.events[0]["detail"] == eventbridge_event()["detail"]
 
 
 def test_put_event_exits_1_when_an_entry_fails_and_2_without_an_api(

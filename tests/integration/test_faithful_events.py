@@ -21,6 +21,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.events import api_gateway_event, sample, sqs_batch, sqs_record
+from support.handlers import load_handler
+from support.lambda_context import lambda_context
+from support.queues import drain
 from test_dispatch_support import (
     ENCRYPTED_TARGET,
     ENCRYPTION_SALT,
@@ -28,11 +32,8 @@ from test_dispatch_support import (
     INTEGRATION_ID,
     PLAIN_TARGET,
     SIGNING_SECRET,
-    load_handler,
     seed_target,
 )
-from test_dispatch_support import drain as drain_records
-from test_intake_handler import EVENTS, LambdaContext, load_intake_handler
 
 from relay.adapters.breaker_store import InMemoryBreakerStore
 from relay.adapters.delivery_queue import InMemoryClaimCheckStore, InMemoryDeliveryQueue
@@ -44,7 +45,6 @@ from relay.local.receiver import ReceivedRequest, Receiver
 from relay.logic import crypto
 from relay.logic.dispatch import Dispatcher, build_dispatcher
 from relay.logic.intake import Intake
-from relay.logic.signature import sign
 from relay.models.delivery import S3Ref
 from relay.models.targets import Integration, Target
 from relay.settings import Settings
@@ -52,7 +52,7 @@ from relay.settings import Settings
 pytestmark = pytest.mark.integration
 
 SIGNATURE_SECRET = "faithful-events-signature-secret-01"
-SAMPLE = json.loads((EVENTS / "openmessaging_text.json").read_text())
+SAMPLE = sample("openmessaging_text.json")
 ENVELOPE_TAIL = b',"formatVersion":"2.1"}'
 
 
@@ -300,31 +300,11 @@ def test_any_json_value_reaches_plain_and_encrypted_targets_byte_for_byte(
     )
 
     # When Genesys posts the signed body and the dispatcher delivers what was queued
-    response = intake.handle(
-        {
-            "requestContext": {"http": {"method": "POST"}},
-            "pathParameters": {"integrationId": INTEGRATION_ID},
-            "headers": {
-                "content-type": "application/json",
-                "x-hub-signature-256": sign(sent, SIGNATURE_SECRET),
-            },
-            "body": body,
-            "isBase64Encoded": False,
-        }
-    )
+    response = intake.handle(api_gateway_event(body, sign_with=SIGNATURE_SECRET))
     assert response["statusCode"] == 202, response["body"]
     answer = json.loads(response["body"])
     assert answer["claimCheck"] is claim_checked
-    records = [
-        {
-            "messageId": str(i),
-            "receiptHandle": str(i),
-            "body": text,
-            "attributes": {},
-            "messageAttributes": {},
-        }
-        for i, text in enumerate(queue.bodies)
-    ]
+    records = [sqs_record(text) for text in queue.bodies]
     assert dispatcher.handle_batch(records) == {"batchItemFailures": []}
 
     # Then the plain target's sourceEvent and the encrypted target's plaintext are the sent bytes
@@ -341,12 +321,9 @@ def both_targets(aws_stack: LocalResources, receiver: Receiver) -> None:
     put_secret(secret_name(SecretKind.SIGNATURE, INTEGRATION_ID), RotatingSecret(current=SIGNATURE_SECRET))
 
 
-def _post(aws_stack: LocalResources, body: str) -> dict[str, Any]:
-    event = json.loads((EVENTS / "apigw_text.json").read_text())
-    event["body"] = body
-    event["headers"]["x-hub-signature-256"] = sign(body.encode(), SIGNATURE_SECRET)
-    event["headers"].pop("content-length", None)
-    response: dict[str, Any] = load_intake_handler(aws_stack.template).lambda_handler(event, LambdaContext())
+def _post(body: str) -> dict[str, Any]:
+    event = api_gateway_event(body, sign_with=SIGNATURE_SECRET)
+    response: dict[str, Any] = load_handler("intake")(event, lambda_context("intake"))
     return response
 
 
@@ -359,11 +336,11 @@ def _with_field(value: str, *, padding: int = 0) -> str:
 def test_a_number_no_float_holds_is_400_at_the_intake_and_nothing_is_queued(
     aws_stack: LocalResources, both_targets: None, number: str
 ) -> None:
-    response = _post(aws_stack, _with_field(number))
+    response = _post(_with_field(number))
     assert response["statusCode"] == 400
     answer = json.loads(response["body"])
     assert answer["error"] == "bad_request" and number in answer["message"] and "finite" in answer["message"]
-    assert drain_records(aws_stack.delivery_queue_url) == []
+    assert drain(aws_stack.delivery_queue_url) == []
 
 
 @pytest.mark.parametrize("claim_checked", [False, True])
@@ -376,13 +353,14 @@ def test_1e2_and_a_long_decimal_arrive_unchanged_plain_and_encrypted(
     )
 
     # When the intake accepts it and the dispatcher delivers what it queued
-    response = _post(aws_stack, body)
+    response = _post(body)
     assert response["statusCode"] == 202, response
     answer = json.loads(response["body"])
     assert answer["claimCheck"] is claim_checked
-    records = drain_records(aws_stack.delivery_queue_url)
+    records = drain(aws_stack.delivery_queue_url)
     assert len(records) == 2
-    assert load_handler(aws_stack)({"Records": records}, None) == {"batchItemFailures": []}
+    dispatcher = load_handler("dispatcher")
+    assert dispatcher(sqs_batch(*records), lambda_context("dispatcher")) == {"batchItemFailures": []}
 
     # Then both targets hold exactly the bytes Genesys sent
     assert_received_as_sent(receiver, answer["deliveryIds"], body.encode())

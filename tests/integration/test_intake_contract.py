@@ -26,12 +26,12 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from test_intake_handler import drain, seed_fixture_integrations
+from support.queues import drain
+from test_intake_handler import queued_tasks, seed_fixture_integrations
 
 from relay.local.api_adapter import ApiAdapter
 from relay.local.aws_stack import LocalResources
 from relay.logic.signature import sign
-from relay.models.delivery import DeliveryTask
 from relay.models.genesys import OPEN_MESSAGE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,8 +85,8 @@ def test_the_running_intake_conforms_to_its_openapi_document(aws_stack: LocalRes
 
         # Then the answer is what the document says, and what was queued is valid
         case.validate_response(response, checks=CHECKS)
-        queued = drain(aws_stack.delivery_queue_url) if response.status_code == 202 else []
-        for task in map(DeliveryTask.model_validate, queued):
+        queued = queued_tasks(aws_stack.delivery_queue_url) if response.status_code == 202 else []
+        for task in queued:
             assert task.event_json == body.decode()
             OPEN_MESSAGE.validate_python(json.loads(task.event_json or ""))
 

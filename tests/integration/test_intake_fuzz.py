@@ -17,31 +17,24 @@ from __future__ import annotations
 import base64
 import json
 from datetime import UTC, datetime
-from types import ModuleType
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_intake_handler import (
-    EVENTS,
-    LambdaContext,
-    drain,
-    load_intake_handler,
-    seed_fixture_integrations,
-)
+from support.events import INTEGRATION_ID, SIGNATURE_SECRET, api_gateway_event, genesys_signature, sample
+from support.handlers import load_handler
+from support.lambda_context import lambda_context
+from support.queues import drain
+from test_intake_handler import queued_tasks, seed_fixture_integrations
 
 from relay.local.aws_stack import LocalResources
-from relay.logic.signature import sign
-from relay.models.delivery import DeliveryTask
 from relay.models.genesys import OPEN_MESSAGE
 from relay.settings import get_settings
 
 EXAMPLES = 5_200
 MAX_BODY_BYTES = 4_096  # small, so that 413 is cheap to reach
-SAMPLES = [
-    json.loads((EVENTS / f"openmessaging_{name}.json").read_text()) for name in ("text", "typing", "receipt")
-]
+SAMPLES = [sample(f"openmessaging_{name}.json") for name in ("text", "typing", "receipt")]
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
@@ -96,12 +89,14 @@ def requests(draw: st.DrawFn) -> dict[str, Any]:
         st.sampled_from(["right", "right", "right", "hex", "previous", "wrong", "malformed", "missing"])
     )
     header_name = draw(st.sampled_from(["x-hub-signature-256", "X-Hub-Signature-256", "X-HUB-SIGNATURE-256"]))
-    secret = {"wrong": "not-the-integration-secret", "previous": PREVIOUS_SECRET}.get(signing, FIXTURE_SECRET)
+    secret = {"wrong": "not-the-integration-secret", "previous": PREVIOUS_SECRET}.get(
+        signing, SIGNATURE_SECRET
+    )
     headers: dict[str, str] = {}
     if signing in ("right", "wrong", "previous"):
-        headers[header_name] = sign(body, secret)
+        headers[header_name] = genesys_signature(body, secret)
     elif signing == "hex":
-        headers[header_name] = "sha256=" + base64.b64decode(sign(body, secret)[7:]).hex()
+        headers[header_name] = genesys_signature(body, secret, encoding="hex")
     elif signing == "malformed":
         headers[header_name] = draw(st.text(max_size=80).filter(lambda s: "\x00" not in s))
     content_type = draw(
@@ -118,29 +113,17 @@ def requests(draw: st.DrawFn) -> dict[str, Any]:
     ).items():
         headers.setdefault(name, value)
     integration_id = draw(
-        st.sampled_from([FIXTURE_INTEGRATION] * 15 + ["", "unknown", "6685901b", "other"])
+        st.sampled_from([INTEGRATION_ID] * 15 + ["", "unknown", "6685901b", "other"])
         if draw(st.sampled_from([True] * 9 + [False]))
         else st.text(max_size=20)
     )
     method = draw(st.sampled_from(["POST"] * 14 + ["GET", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]))
     as_base64 = draw(st.booleans())
-    event = {
-        "version": "2.0",
-        "routeKey": "POST /webhooks/{integrationId}",
-        "rawPath": f"/webhooks/{integration_id}",
-        "headers": headers,
-        "requestContext": {"http": {"method": method, "path": f"/webhooks/{integration_id}"}},
-        "pathParameters": {"integrationId": integration_id},
-        "body": base64.b64encode(body).decode() if as_base64 else body.decode("utf-8", "replace"),
-        "isBase64Encoded": as_base64,
-    }
-    if not as_base64 and body.decode("utf-8", "replace").encode() != body:
-        event["isBase64Encoded"], event["body"] = True, base64.b64encode(body).decode()  # as API Gateway does
+    event = api_gateway_event(body, integration_id=integration_id, method=method, base64_body=as_base64)
+    event["headers"] = headers  # exactly the drawn ones: no sample headers, no signature but the drawn one
     return event
 
 
-FIXTURE_INTEGRATION = "6685901b-6d0e-43db-95ff-d64406e9dce2"
-FIXTURE_SECRET = "local-demo-signature-secret-0001"
 PREVIOUS_SECRET = "previous-signature-secret-0000"
 
 
@@ -163,13 +146,14 @@ def genuine(event: dict[str, Any]) -> dict[str, Any] | None:
         return None
     if headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
         return None
-    if event["pathParameters"]["integrationId"] != FIXTURE_INTEGRATION:
+    if event["pathParameters"]["integrationId"] != INTEGRATION_ID:
         return None
     signature = headers.get("x-hub-signature-256", "")
-    valid = set()
-    for secret in (FIXTURE_SECRET, PREVIOUS_SECRET):
-        base64_form = sign(body, secret)
-        valid |= {base64_form, "sha256=" + base64.b64decode(base64_form[7:]).hex()}
+    valid = {
+        genesys_signature(body, secret, encoding=encoding)
+        for secret in (SIGNATURE_SECRET, PREVIOUS_SECRET)
+        for encoding in ("base64", "hex")
+    }
     if signature not in valid:
         return None
     try:
@@ -177,7 +161,7 @@ def genuine(event: dict[str, Any]) -> dict[str, Any] | None:
         OPEN_MESSAGE.validate_python(message)
     except ValueError:
         return None
-    if message["channel"]["id"] != FIXTURE_INTEGRATION:
+    if message["channel"]["id"] != INTEGRATION_ID:
         return None  # integration_mismatch
     return message if isinstance(message, dict) else None
 
@@ -190,7 +174,7 @@ def test_fuzzed_requests_never_get_a_5xx_and_never_queue_an_invalid_event(
     monkeypatch.setenv("MAX_BODY_BYTES", str(MAX_BODY_BYTES))
     get_settings.cache_clear()
     seed_fixture_integrations(previous_secret=PREVIOUS_SECRET)
-    handler: ModuleType = load_intake_handler(aws_stack.template)
+    handler = load_handler("intake")
     seen_events: set[tuple[str, str]] = set()
     outcomes: dict[int, int] = {}
 
@@ -207,7 +191,7 @@ def test_fuzzed_requests_never_get_a_5xx_and_never_queue_an_invalid_event(
     @given(requests())
     def check(event: dict[str, Any]) -> None:
         # When the request reaches the handler
-        response = handler.lambda_handler(event, LambdaContext())
+        response = handler(event, lambda_context("intake"))
         status = response["statusCode"]
         outcomes[status] = outcomes.get(status, 0) + 1
         answer = json.loads(response["body"])
@@ -221,7 +205,7 @@ def test_fuzzed_requests_never_get_a_5xx_and_never_queue_an_invalid_event(
             return
         assert status == 202, answer
         key = (expected["id"], datetime.fromisoformat(expected["channel"]["time"].replace("Z", "+00:00")))
-        queued = [DeliveryTask.model_validate(body) for body in drain(aws_stack.delivery_queue_url)]
+        queued = queued_tasks(aws_stack.delivery_queue_url)
         if key in seen_events:
             assert queued == []  # a repeat: answered, not queued again
             return

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import threading
 import time
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from support.events import api_gateway_event, sample
+from support.handlers import Handler, load_handler
+from support.lambda_context import lambda_context
+from support.queues import drain
 
 from relay.adapters.aws import client
 from relay.adapters.secrets import RotatingSecret, SecretKind, put_secret, secret_name
@@ -19,37 +19,9 @@ from relay.adapters.target_store import TargetStore
 from relay.errors import ConfigurationError
 from relay.local.aws_stack import LocalResources
 from relay.local.fixtures import Fixtures
-from relay.local.template import Template
-from relay.logic.signature import sign
 from relay.models.delivery import DeliveryTask
 from relay.models.targets import Integration, Target
 from relay.settings import get_settings
-
-ROOT = Path(__file__).resolve().parents[2]
-EVENTS = ROOT / "events"
-
-
-def load_intake_handler(template: Template) -> ModuleType:
-    """The handler module the way the local stack loads it (CodeUri + Handler from template.yaml)."""
-    function = template.function("IntakeFunction")
-    path = function.code_dir / f"{function.handler_module}.py"
-    spec = importlib.util.spec_from_file_location(function.handler_module, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(function.handler_module, module)
-    spec.loader.exec_module(module)
-    assert callable(getattr(module, function.handler_function))
-    return module
-
-
-class LambdaContext:
-    function_name = "IntakeFunction"
-    memory_limit_in_mb = 512
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:IntakeFunction"
-    aws_request_id = "test-request"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 8_000
 
 
 def seed_fixture_integrations(previous_secret: str | None = None) -> Fixtures:
@@ -73,41 +45,31 @@ def seed_fixture_integrations(previous_secret: str | None = None) -> Fixtures:
     return fixtures
 
 
-def drain(queue_url: str) -> list[dict[str, Any]]:
-    sqs = client("sqs")
-    bodies: list[dict[str, Any]] = []
-    while True:
-        got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
-        messages = got.get("Messages", [])
-        if not messages:
-            return bodies
-        bodies.extend(json.loads(message["Body"]) for message in messages)
-        sqs.delete_message_batch(
-            QueueUrl=queue_url,
-            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
-        )
+def queued_tasks(queue_url: str) -> list[DeliveryTask]:
+    """The tasks in the delivery queue, drained."""
+    return [DeliveryTask.model_validate_json(record["body"]) for record in drain(queue_url)]
 
 
 @pytest.fixture
-def intake_handler(aws_stack: LocalResources) -> ModuleType:
-    return load_intake_handler(aws_stack.template)
+def intake_handler(aws_stack: LocalResources) -> Handler:
+    return load_handler("intake")
 
 
 def test_signed_text_event_is_queued_once_per_target(
-    aws_stack: LocalResources, intake_handler: ModuleType
+    aws_stack: LocalResources, intake_handler: Handler
 ) -> None:
     # Given the default fixtures' integration with two targets
     fixtures = seed_fixture_integrations()
-    event = json.loads((EVENTS / "apigw_text.json").read_text())
+    event = sample("apigw_text.json")
 
     # When Genesys posts the signed text message
-    response = intake_handler.lambda_handler(event, LambdaContext())
+    response = intake_handler(event, lambda_context("intake"))
 
     # Then the answer is 202 JSON and the queue holds one valid task per target, carrying the event
     assert response["statusCode"] == 202, response
     assert response["headers"]["content-type"] == "application/json"
     answer = json.loads(response["body"])
-    tasks = [DeliveryTask.model_validate(body) for body in drain(aws_stack.delivery_queue_url)]
+    tasks = queued_tasks(aws_stack.delivery_queue_url)
     assert sorted(t.target_id for t in tasks) == sorted(t.id for t in fixtures.integrations[0].targets)
     assert sorted(answer["deliveryIds"]) == sorted(str(t.delivery_id) for t in tasks)
     sent = json.loads(event["body"])
@@ -115,15 +77,15 @@ def test_signed_text_event_is_queued_once_per_target(
 
 
 def test_a_genesys_retry_is_not_queued_again_and_gets_the_same_answer(
-    aws_stack: LocalResources, intake_handler: ModuleType
+    aws_stack: LocalResources, intake_handler: Handler
 ) -> None:
     # Given an event already accepted
     seed_fixture_integrations()
-    event = json.loads((EVENTS / "apigw_typing.json").read_text())
-    first = intake_handler.lambda_handler(event, LambdaContext())
+    event = sample("apigw_typing.json")
+    first = intake_handler(event, lambda_context("intake"))
 
     # When Genesys retries it (same id and channel.time)
-    repeat = intake_handler.lambda_handler(event, LambdaContext())
+    repeat = intake_handler(event, lambda_context("intake"))
 
     # Then the same 202 body, and the queue holds only the first attempt's tasks
     assert first["statusCode"] == repeat["statusCode"] == 202
@@ -135,19 +97,19 @@ def test_a_genesys_retry_is_not_queued_again_and_gets_the_same_answer(
 
 
 def test_concurrent_repeats_are_queued_exactly_once(
-    aws_stack: LocalResources, intake_handler: ModuleType
+    aws_stack: LocalResources, intake_handler: Handler
 ) -> None:
     # Given eight copies of one event arriving at the same time
     seed_fixture_integrations()
-    event = json.loads((EVENTS / "apigw_receipt.json").read_text())
-    intake_handler.lambda_handler(json.loads((EVENTS / "apigw_typing.json").read_text()), LambdaContext())
+    event = sample("apigw_receipt.json")
+    intake_handler(sample("apigw_typing.json"), lambda_context("intake"))
     drain(aws_stack.delivery_queue_url)  # warm: caches and clients exist before the race
     barrier = threading.Barrier(8)
     statuses: list[int] = []
 
     def post() -> None:
         barrier.wait()
-        statuses.append(intake_handler.lambda_handler(event, LambdaContext())["statusCode"])
+        statuses.append(intake_handler(event, lambda_context("intake"))["statusCode"])
 
     # When they race through the handler
     threads = [threading.Thread(target=post) for _ in range(8)]
@@ -162,17 +124,17 @@ def test_concurrent_repeats_are_queued_exactly_once(
 
 
 def test_sqs_unavailable_is_503_with_retry_after_and_the_retry_queues(
-    aws_stack: LocalResources, intake_handler: ModuleType
+    aws_stack: LocalResources, intake_handler: Handler
 ) -> None:
     # Given the delivery queue is gone (SQS refuses every send)
     seed_fixture_integrations()
     sqs = client("sqs")
     attributes = sqs.get_queue_attributes(QueueUrl=aws_stack.delivery_queue_url, AttributeNames=["All"])
     sqs.delete_queue(QueueUrl=aws_stack.delivery_queue_url)
-    event = json.loads((EVENTS / "apigw_text.json").read_text())
+    event = sample("apigw_text.json")
 
     # When Genesys posts, the answer is 503 with Retry-After, so Genesys retries
-    failed = intake_handler.lambda_handler(event, LambdaContext())
+    failed = intake_handler(event, lambda_context("intake"))
     assert failed["statusCode"] == 503, failed
     assert int(failed["headers"]["retry-after"]) > 0
     assert json.loads(failed["body"])["error"] == "service_unavailable"
@@ -183,26 +145,26 @@ def test_sqs_unavailable_is_503_with_retry_after_and_the_retry_queues(
     sqs.create_queue(
         QueueName=name, Attributes={k: v for k, v in attributes["Attributes"].items() if k in keep}
     )
-    retried = intake_handler.lambda_handler(event, LambdaContext())
+    retried = intake_handler(event, lambda_context("intake"))
     assert retried["statusCode"] == 202
     assert len(drain(aws_stack.delivery_queue_url)) == 2
 
 
 def test_bodies_too_large_for_sqs_are_claim_checked_in_the_audit_bucket(
-    aws_stack: LocalResources, intake_handler: ModuleType
+    aws_stack: LocalResources, intake_handler: Handler
 ) -> None:
     # Given a Text message just under MAX_BODY_BYTES, too large for one SQS message with headroom
     seed_fixture_integrations()
-    message = json.loads((EVENTS / "openmessaging_text.json").read_text())
+    message = sample("openmessaging_text.json")
     message["text"] = "z" * (get_settings().max_body_bytes - 2_000)
-    event = signed_event(message)
+    event = api_gateway_event(message)
 
     # When it arrives
-    response = intake_handler.lambda_handler(event, LambdaContext())
+    response = intake_handler(event, lambda_context("intake"))
 
     # Then the body is in the audit bucket under events/, and every task refers to it
     assert response["statusCode"] == 202, response
-    tasks = [DeliveryTask.model_validate(body) for body in drain(aws_stack.delivery_queue_url)]
+    tasks = queued_tasks(aws_stack.delivery_queue_url)
     assert len(tasks) == 2
     ref = tasks[0].event_ref
     assert ref is not None and all(t.event_json is None and t.event_ref == ref for t in tasks)
@@ -212,31 +174,31 @@ def test_bodies_too_large_for_sqs_are_claim_checked_in_the_audit_bucket(
 
 
 def test_a_body_over_the_limit_is_413_from_the_handler(
-    aws_stack: LocalResources, intake_handler: ModuleType
+    aws_stack: LocalResources, intake_handler: Handler
 ) -> None:
     seed_fixture_integrations()
-    message = json.loads((EVENTS / "openmessaging_text.json").read_text())
+    message = sample("openmessaging_text.json")
     message["text"] = "z" * (get_settings().max_body_bytes + 1)
-    response = intake_handler.lambda_handler(signed_event(message), LambdaContext())
+    response = intake_handler(api_gateway_event(message), lambda_context("intake"))
     assert response["statusCode"] == 413
     assert json.loads(response["body"])["error"] == "payload_too_large"
     assert drain(aws_stack.delivery_queue_url) == []
 
 
 def test_a_wrong_signature_is_401_json_and_nothing_is_queued(
-    aws_stack: LocalResources, intake_handler: ModuleType
+    aws_stack: LocalResources, intake_handler: Handler
 ) -> None:
     seed_fixture_integrations()
-    event = json.loads((EVENTS / "apigw_text.json").read_text())
+    event = sample("apigw_text.json")
     event["body"] = event["body"].replace("help", "HELP")
-    response = intake_handler.lambda_handler(event, LambdaContext())
+    response = intake_handler(event, lambda_context("intake"))
     assert response["statusCode"] == 401
     assert json.loads(response["body"])["error"] == "signature_mismatch"
     assert drain(aws_stack.delivery_queue_url) == []
 
 
 def test_rotation_accepts_the_previous_signature_secret(
-    aws_stack: LocalResources, intake_handler: ModuleType
+    aws_stack: LocalResources, intake_handler: Handler
 ) -> None:
     # Given the secret was rotated: the fixtures' secret is now the previous one
     fixtures = Fixtures.load()
@@ -246,52 +208,40 @@ def test_rotation_accepts_the_previous_signature_secret(
     put_secret(name, RotatingSecret(current="a-brand-new-signature-secret-01", previous=old))
 
     # When Genesys still signs with the old one, it is accepted
-    response = intake_handler.lambda_handler(
-        json.loads((EVENTS / "apigw_text.json").read_text()), LambdaContext()
-    )
+    response = intake_handler(sample("apigw_text.json"), lambda_context("intake"))
     assert response["statusCode"] == 202
     assert len(drain(aws_stack.delivery_queue_url)) == 2
 
 
 def test_eventbridge_events_reach_the_same_delivery_path(
-    aws_stack: LocalResources, intake_handler: ModuleType, monkeypatch: pytest.MonkeyPatch
+    aws_stack: LocalResources, intake_handler: Handler, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given EventBridge events are routed to the fixtures' integration
     fixtures = seed_fixture_integrations()
     monkeypatch.setenv("EVENTBRIDGE_INTEGRATION_ID", fixtures.integrations[0].id)
     get_settings.cache_clear()
-    event = json.loads((EVENTS / "eventbridge_conversation_start.json").read_text())
+    event = sample("eventbridge_conversation_start.json")
 
     # When the rule invokes the intake with a Genesys partner event (twice: at-least-once delivery)
-    intake_handler.lambda_handler(event, LambdaContext())
-    intake_handler.lambda_handler(event, LambdaContext())
+    intake_handler(event, lambda_context("intake"))
+    intake_handler(event, lambda_context("intake"))
 
     # Then one task per target, tagged as an EventBridge event
-    tasks = [DeliveryTask.model_validate(body) for body in drain(aws_stack.delivery_queue_url)]
+    tasks = queued_tasks(aws_stack.delivery_queue_url)
     assert len(tasks) == 2
     assert all(t.event_source == "eventbridge" and json.loads(t.event_json or "") == event for t in tasks)
 
 
 def test_eventbridge_failures_raise_for_lambda_to_retry(
-    aws_stack: LocalResources, intake_handler: ModuleType
+    aws_stack: LocalResources, intake_handler: Handler
 ) -> None:
     # Without EVENTBRIDGE_INTEGRATION_ID the event cannot be routed: the invocation fails, Lambda retries
     # it and finally hands it to the on-failure destination, instead of it being dropped.
     seed_fixture_integrations()
-    event = json.loads((EVENTS / "eventbridge_conversation_start.json").read_text())
+    event = sample("eventbridge_conversation_start.json")
     with pytest.raises(ConfigurationError):
-        intake_handler.lambda_handler(event, LambdaContext())
+        intake_handler(event, lambda_context("intake"))
     assert drain(aws_stack.delivery_queue_url) == []
-
-
-def signed_event(message: dict[str, Any], secret: str | None = None) -> dict[str, Any]:
-    fixture = Fixtures.load().integrations[0]
-    event = json.loads((EVENTS / "apigw_text.json").read_text())
-    body = json.dumps(message, separators=(",", ":"))
-    event["body"] = body
-    event["headers"]["x-hub-signature-256"] = sign(body.encode(), secret or fixture.signature_secret)
-    event["headers"]["content-length"] = str(len(body))
-    return event
 
 
 def emf_records(output: str) -> list[dict[str, Any]]:
@@ -307,13 +257,13 @@ def total(value: float | list[float]) -> float:
 
 
 def test_metrics_name_the_rejection_reason_without_tagging_later_events(
-    aws_stack: LocalResources, intake_handler: ModuleType, capsys: pytest.CaptureFixture[str]
+    aws_stack: LocalResources, intake_handler: Handler, capsys: pytest.CaptureFixture[str]
 ) -> None:
     seed_fixture_integrations()
-    bad = json.loads((EVENTS / "apigw_text.json").read_text())
+    bad = sample("apigw_text.json")
     del bad["headers"]["x-hub-signature-256"]
-    intake_handler.lambda_handler(bad, LambdaContext())
-    intake_handler.lambda_handler(json.loads((EVENTS / "apigw_text.json").read_text()), LambdaContext())
+    intake_handler(bad, lambda_context("intake"))
+    intake_handler(sample("apigw_text.json"), lambda_context("intake"))
     rejected, accepted = emf_records(capsys.readouterr().out)
     assert total(rejected["EventsRejected"]) == 1 and rejected["reason"] == "signature_missing"
     assert total(accepted["EventsAccepted"]) == 1 and total(accepted["TasksQueued"]) == 2
@@ -322,28 +272,24 @@ def test_metrics_name_the_rejection_reason_without_tagging_later_events(
 
 
 def test_dynamodb_unavailable_is_503_and_nothing_is_queued(
-    aws_stack: LocalResources, intake_handler: ModuleType
+    aws_stack: LocalResources, intake_handler: Handler
 ) -> None:
     # Given the idempotency table cannot be written
     seed_fixture_integrations()
     client("dynamodb").delete_table(TableName=aws_stack.idempotency_table)
 
     # When Genesys posts, the answer asks it to retry, and nothing was queued that is not recorded
-    response = intake_handler.lambda_handler(
-        json.loads((EVENTS / "apigw_text.json").read_text()), LambdaContext()
-    )
+    response = intake_handler(sample("apigw_text.json"), lambda_context("intake"))
     assert response["statusCode"] == 503 and int(response["headers"]["retry-after"]) > 0
     assert drain(aws_stack.delivery_queue_url) == []
 
 
 def test_a_rotation_the_secret_cache_has_not_seen_yet_loses_nothing(
-    aws_stack: LocalResources, intake_handler: ModuleType
+    aws_stack: LocalResources, intake_handler: Handler
 ) -> None:
     # Given a warm container that cached the integration's secret
     fixture = seed_fixture_integrations().integrations[0]
-    first = intake_handler.lambda_handler(
-        json.loads((EVENTS / "apigw_text.json").read_text()), LambdaContext()
-    )
+    first = intake_handler(sample("apigw_text.json"), lambda_context("intake"))
     assert first["statusCode"] == 202
 
     # When the secret is rotated and Genesys signs with the new one at once
@@ -352,8 +298,8 @@ def test_a_rotation_the_secret_cache_has_not_seen_yet_loses_nothing(
         secret_name(SecretKind.SIGNATURE, fixture.id),
         RotatingSecret(current=rotated, previous=fixture.signature_secret),
     )
-    message = json.loads((EVENTS / "openmessaging_receipt.json").read_text())
-    response = intake_handler.lambda_handler(signed_event(message, rotated), LambdaContext())
+    message = sample("openmessaging_receipt.json")
+    response = intake_handler(api_gateway_event(message, sign_with=rotated), lambda_context("intake"))
 
     # Then the stale cache is re-read and the event accepted
     assert response["statusCode"] == 202, response

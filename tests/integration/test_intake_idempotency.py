@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import threading
 
 import pytest
+from support.events import api_gateway_event, sample
+from support.handlers import load_handler
+from support.lambda_context import lambda_context
+from support.queues import drain
 from test_dispatch_support import ManualClock
-from test_intake_handler import (
-    EVENTS,
-    LambdaContext,
-    drain,
-    load_intake_handler,
-    seed_fixture_integrations,
-    signed_event,
-)
+from test_intake_handler import seed_fixture_integrations
 
 from relay.adapters.aws import client
 from relay.adapters.idempotency import DynamoDBIdempotencyStore
@@ -120,17 +116,17 @@ def test_an_unreachable_table_is_dependency_unavailable(
 def test_one_instant_spelled_three_ways_is_queued_once_through_dynamodb(aws_stack: LocalResources) -> None:
     # Given the intake handler with the fixtures' integration, and a message accepted once
     seed_fixture_integrations()
-    handler = load_intake_handler(aws_stack.template)
-    message = json.loads((EVENTS / "openmessaging_text.json").read_text())
+    handler = load_handler("intake")
+    message = sample("openmessaging_text.json")
     message["channel"]["time"] = "2026-03-25T10:00:00Z"
-    first = handler.lambda_handler(signed_event(message), LambdaContext())
+    first = handler(api_gateway_event(message), lambda_context("intake"))
     assert first["statusCode"] == 202, first
 
     # When Genesys' retries spell channel.time differently but name the same instant
     repeats = []
     for spelling in ("2026-03-25T10:00:00.000Z", "2026-03-25T12:00:00+02:00"):
         message["channel"]["time"] = spelling
-        repeats.append(handler.lambda_handler(signed_event(message), LambdaContext()))
+        repeats.append(handler(api_gateway_event(message), lambda_context("intake")))
 
     # Then they get the first answer, one claim exists, and only the first attempt's tasks are queued
     assert [r["body"] for r in repeats] == [first["body"], first["body"]]

@@ -6,8 +6,9 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from support.waiting import wait_until
 
 from relay.adapters.aws import client
 from relay.local.aws_stack import LocalResources
@@ -71,7 +72,7 @@ def test_the_moto_server_dies_with_its_parent_even_on_sigkill(tmp_path: Path) ->
         "server = MotoServer()\n"
         "server.start()\n"
         "print(server.pid, flush=True)\n"
-        "time.sleep(120)\n"
+        "time.sleep(120)\n"  # not a wait: alive until killed
     )
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     assert parent.stdout is not None
@@ -82,10 +83,7 @@ def test_the_moto_server_dies_with_its_parent_even_on_sigkill(tmp_path: Path) ->
     parent.wait()
 
     # Then the moto server goes too
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _alive(moto_pid):
-        time.sleep(0.1)
-    assert not _alive(moto_pid)
+    wait_until(lambda: not _alive(moto_pid), timeout=10, what="the moto server gone with its parent")
 
 
 def _alive(pid: int) -> bool:

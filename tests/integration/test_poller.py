@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from support.waiting import wait_until
 
 from relay.adapters.aws import client
 from relay.local.aws_stack import LocalResources
@@ -48,7 +49,7 @@ class Consumer:
             for record in records:
                 self.seen[record["body"]] = self.seen.get(record["body"], 0) + 1
         try:
-            time.sleep(self.delay)
+            time.sleep(self.delay)  # not a wait: the work an invocation takes
             if self.answer is not None:
                 return self.answer(records, call)
             failed = [r for r in records if self.fail(r, self.seen[r["body"]])]
@@ -63,18 +64,18 @@ class Consumer:
             return [r["body"] for batch in self.batches for r in batch]
 
 
-def eventually(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
-
-
 def send(queue_url: str, *bodies: str, **attributes: str) -> None:
     message_attributes = {k: {"DataType": "String", "StringValue": v} for k, v in attributes.items()}
     for body in bodies:
         client("sqs").send_message(QueueUrl=queue_url, MessageBody=body, MessageAttributes=message_attributes)
+
+
+def in_flight(queue_url: str) -> int:
+    """Messages received and not yet deleted (invisible)."""
+    attrs = client("sqs").get_queue_attributes(
+        QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    return int(attrs["ApproximateNumberOfMessagesNotVisible"])
 
 
 def queue_depth(queue_url: str) -> int:
@@ -138,7 +139,7 @@ def test_records_have_the_lambda_sqs_shape(aws_stack: LocalResources, make_polle
 
     # When the poller hands it to the function
     make_poller(consumer)
-    eventually(lambda: len(consumer.bodies) == 1)
+    wait_until(lambda: len(consumer.bodies) == 1, what="the message handed to the function")
 
     # Then the record is what Lambda's SQS event source sends
     record = consumer.batches[0][0]
@@ -169,7 +170,10 @@ def test_batches_never_exceed_the_batch_size(aws_stack: LocalResources, make_pol
 
     # When a poller with batch size 4 drains the queue
     make_poller(consumer, batch_size=4, batching_window_seconds=1, maximum_concurrency=2)
-    eventually(lambda: len(consumer.bodies) >= 10 and queue_depth(aws_stack.delivery_queue_url) == 0)
+    wait_until(
+        lambda: len(consumer.bodies) >= 10 and queue_depth(aws_stack.delivery_queue_url) == 0,
+        what="all ten messages handled and deleted",
+    )
 
     # Then each message was handled once, in batches of at most four, and a full batch was formed
     assert sorted(consumer.bodies) == sorted(bodies)
@@ -183,11 +187,11 @@ def test_the_batching_window_gathers_messages_sent_apart(aws_stack: LocalResourc
     consumer = Consumer()
     make_poller(consumer, batch_size=10, batching_window_seconds=3, maximum_concurrency=1)
 
-    # When three messages arrive a little apart, well inside the window
-    for body in ("w1", "w2", "w3"):
+    # When three messages arrive apart, each after the poller took the ones before (it is gathering)
+    for count, body in enumerate(("w1", "w2", "w3"), start=1):
         send(aws_stack.delivery_queue_url, body)
-        time.sleep(0.3)
-    eventually(lambda: len(consumer.bodies) == 3)
+        wait_until(lambda count=count: in_flight(aws_stack.delivery_queue_url) == count, what=f"{body} taken")
+    wait_until(lambda: len(consumer.bodies) == 3, what="the batch handed to the function")
 
     # Then they reach the function as one batch
     assert [[r["body"] for r in batch] for batch in consumer.batches] == [["w1", "w2", "w3"]]
@@ -201,8 +205,8 @@ def test_maximum_concurrency_is_never_exceeded(aws_stack: LocalResources, make_p
 
     # When a poller with maximum concurrency 2 runs it
     poller = make_poller(consumer, batch_size=1, batching_window_seconds=0, maximum_concurrency=2)
-    eventually(lambda: len(consumer.bodies) == 8)
-    poller.wait_idle(10)
+    wait_until(lambda: len(consumer.bodies) == 8, what="all eight messages handled")
+    assert poller.wait_idle(10), "an invocation still running"
 
     # Then two invocations ran side by side, never more
     assert consumer.max_running == 2
@@ -220,8 +224,11 @@ def test_each_message_goes_to_one_invocation_even_with_every_slot_polling(
     # When twenty messages arrive
     bodies = [f"u{i}" for i in range(20)]
     send(aws_stack.delivery_queue_url, *bodies)
-    eventually(lambda: len(consumer.bodies) >= 20 and queue_depth(aws_stack.delivery_queue_url) == 0)
-    poller.wait_idle(10)
+    wait_until(
+        lambda: len(consumer.bodies) >= 20 and queue_depth(aws_stack.delivery_queue_url) == 0,
+        what="all twenty messages handled and deleted",
+    )
+    assert poller.wait_idle(10), "an invocation still running"
 
     # Then each was handed to exactly one invocation, once
     assert sorted(consumer.bodies) == sorted(bodies)
@@ -237,8 +244,11 @@ def test_partial_batch_response_deletes_successes_and_redelivers_failures(
 
     # When the poller runs until the queue is empty
     poller = make_poller(consumer, batch_size=10, batching_window_seconds=0, maximum_concurrency=2)
-    eventually(lambda: consumer.seen.get("b") == 2 and queue_depth(fast_queue.delivery_queue_url) == 0)
-    poller.wait_idle(10)
+    wait_until(
+        lambda: consumer.seen.get("b") == 2 and queue_depth(fast_queue.delivery_queue_url) == 0,
+        what="b redelivered once and the queue empty",
+    )
+    assert poller.wait_idle(10), "an invocation still running"
 
     # Then "a" and "c" were deleted after one delivery and "b" came back after its visibility timeout
     assert consumer.seen == {"a": 1, "b": 2, "c": 1}
@@ -269,8 +279,11 @@ def test_an_error_or_invalid_answer_fails_the_whole_batch(
 
     # When the poller runs until the queue is empty
     poller = make_poller(consumer, batch_size=10, batching_window_seconds=0, maximum_concurrency=1)
-    eventually(lambda: queue_depth(fast_queue.delivery_queue_url) == 0 and len(consumer.bodies) >= 4)
-    poller.wait_idle(10)
+    wait_until(
+        lambda: queue_depth(fast_queue.delivery_queue_url) == 0 and len(consumer.bodies) >= 4,
+        what="both records delivered twice and the queue empty",
+    )
+    assert poller.wait_idle(10), "an invocation still running"
 
     # Then both records came back for a second delivery (nothing was deleted after the first)
     assert consumer.seen == {"x": 2, "y": 2}
@@ -287,16 +300,7 @@ def test_records_that_keep_failing_reach_the_dlq_by_the_redrive_policy(
     # When the poller runs past maxReceiveCount (2) receives of it
     make_poller(consumer, batch_size=10, batching_window_seconds=0, maximum_concurrency=2)
     sqs = client("sqs")
-    eventually(
-        lambda: (
-            int(
-                sqs.get_queue_attributes(
-                    QueueUrl=fast_queue.dead_letter_queue_url, AttributeNames=["ApproximateNumberOfMessages"]
-                )["Attributes"]["ApproximateNumberOfMessages"]
-            )
-            == 1
-        )
-    )
+    wait_until(lambda: queue_depth(fast_queue.dead_letter_queue_url) == 1, what="poison in the DLQ")
 
     # Then the DLQ holds "poison", received twice, and "ok" was delivered once and deleted
     dead = sqs.receive_message(QueueUrl=fast_queue.dead_letter_queue_url, MaxNumberOfMessages=10)["Messages"]
@@ -310,7 +314,7 @@ def test_stop_waits_for_invocations_in_flight(aws_stack: LocalResources, make_po
     send(aws_stack.delivery_queue_url, "slow")
     consumer = Consumer(delay=1.0)
     poller = make_poller(consumer, batch_size=1, batching_window_seconds=0, maximum_concurrency=2)
-    eventually(lambda: consumer.running == 1)
+    wait_until(lambda: consumer.running == 1, what="the invocation running")
 
     # When the poller is stopped
     poller.stop()

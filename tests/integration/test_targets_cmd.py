@@ -45,7 +45,7 @@ class RecordingReceiver:
             def _answer(self) -> None:
                 receiver.methods.append((self.command, self.path))
                 if self.path == "/slow":
-                    time.sleep(1.0)
+                    time.sleep(1.0)  # not a wait: a slow endpoint, under test
                 status = 405 if self.path == "/post-only" and self.command != "POST" else 200
                 self.send_response(status)
                 self.send_header("Content-Length", "0")

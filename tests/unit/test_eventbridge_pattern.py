@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
+from support.events import sample
 
 from relay.local.eventbridge import PatternNotEmulated, check_pattern, matches
 from relay.local.template import load_template
 
-ROOT = Path(__file__).resolve().parents[2]
-EVENT = json.loads((ROOT / "events" / "eventbridge_conversation_start.json").read_text())
+EVENT = sample("eventbridge_conversation_start.json")
 
 
 @pytest.mark.parametrize(
@@ -66,5 +64,5 @@ def test_the_templates_own_pattern_is_understood_and_admits_the_genesys_sample()
     rule = template.properties("IntakeFunction")["Events"]["GenesysEventBridge"]["Properties"]
     check_pattern(rule["Pattern"])
     assert matches(rule["Pattern"], EVENT)
-    schedule = json.loads((ROOT / "events" / "eventbridge_schedule.json").read_text())
+    schedule = sample("eventbridge_schedule.json")
     assert not matches(rule["Pattern"], schedule)

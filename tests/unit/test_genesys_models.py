@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from support.events import sample
 
 from relay.models.genesys import (
     OPEN_MESSAGE,
@@ -17,13 +16,6 @@ from relay.models.genesys import (
     TextMessage,
     utc_instant,
 )
-
-EVENTS = Path(__file__).resolve().parents[2] / "events"
-
-
-def sample(name: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads((EVENTS / name).read_text())
-    return loaded
 
 
 def test_text_sample_with_an_attachment() -> None:

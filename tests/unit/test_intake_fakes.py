@@ -1,13 +1,11 @@
-"""In-memory collaborators and request builders for the intake's unit tests (no sockets)."""
+"""In-memory collaborators for the intake's unit tests (requests: support.events.api_gateway_event)."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
-from pathlib import Path
 from typing import Any
+
+from support.events import INTEGRATION_ID, SIGNATURE_SECRET
 
 from relay.adapters.delivery_queue import InMemoryClaimCheckStore, InMemoryDeliveryQueue
 from relay.adapters.idempotency import InMemoryIdempotencyStore
@@ -16,17 +14,8 @@ from relay.adapters.target_store import IntegrationEntry
 from relay.logic.intake import Intake
 from relay.models.targets import Integration, Target
 
-ROOT = Path(__file__).resolve().parents[2]
-EVENTS = ROOT / "events"
-INTEGRATION_ID = "6685901b-6d0e-43db-95ff-d64406e9dce2"
-SECRET = "local-demo-signature-secret-0001"
 PREVIOUS_SECRET = "previous-signature-secret-0000"
 SECRET_NAME = f"relay/local/signature/{INTEGRATION_ID}"
-
-
-def sample(name: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads((EVENTS / name).read_text())
-    return loaded
 
 
 def make_entry(
@@ -57,7 +46,7 @@ class Integrations:
 
 
 class Secrets:
-    def __init__(self, current: str = SECRET, previous: str | None = None) -> None:
+    def __init__(self, current: str = SIGNATURE_SECRET, previous: str | None = None) -> None:
         self.secret = RotatingSecret(current=current, previous=previous)
 
     def __call__(self, name: str) -> RotatingSecret:
@@ -85,47 +74,6 @@ def make_intake(**overrides: Any) -> tuple[Intake, InMemoryDeliveryQueue]:
     }
     options.update(overrides)
     return Intake(**options), queue
-
-
-def signature(body: bytes, secret: str = SECRET, *, encoding: str = "base64") -> str:
-    digest = hmac.new(secret.encode(), body, hashlib.sha256).digest()
-    if encoding == "hex":
-        return "sha256=" + digest.hex()
-    return "sha256=" + base64.b64encode(digest).decode()
-
-
-def http_event(
-    payload: dict[str, Any] | bytes | str | None = None,
-    *,
-    method: str = "POST",
-    integration_id: str = INTEGRATION_ID,
-    headers: dict[str, str] | None = None,
-    sign_with: str | None = SECRET,
-    base64_body: bool = False,
-) -> dict[str, Any]:
-    """An API Gateway HTTP API payload-v2 event, signed like Genesys signs unless told otherwise."""
-    if payload is None:
-        payload = sample("openmessaging_text.json")
-    if isinstance(payload, dict):
-        body = json.dumps(payload, separators=(",", ":")).encode()
-    elif isinstance(payload, str):
-        body = payload.encode()
-    else:
-        body = payload
-    all_headers = {"content-type": "application/json"}
-    if sign_with is not None:
-        all_headers["x-hub-signature-256"] = signature(body, sign_with)
-    all_headers.update(headers or {})
-    return {
-        "version": "2.0",
-        "routeKey": "POST /webhooks/{integrationId}",
-        "rawPath": f"/webhooks/{integration_id}",
-        "headers": all_headers,
-        "requestContext": {"http": {"method": method, "path": f"/webhooks/{integration_id}"}},
-        "pathParameters": {"integrationId": integration_id},
-        "body": base64.b64encode(body).decode() if base64_body else body.decode("utf-8", "surrogatepass"),
-        "isBase64Encoded": base64_body,
-    }
 
 
 def answer(response: dict[str, Any]) -> dict[str, Any]:

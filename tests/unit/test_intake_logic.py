@@ -9,18 +9,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from support.events import INTEGRATION_ID, SIGNATURE_SECRET, api_gateway_event, sample
 from test_intake_fakes import (
-    INTEGRATION_ID,
     PREVIOUS_SECRET,
-    SECRET,
     CountingMetrics,
     Integrations,
     Secrets,
     answer,
-    http_event,
     make_entry,
     make_intake,
-    sample,
 )
 
 from relay.adapters.delivery_queue import (
@@ -59,7 +56,7 @@ def test_one_task_per_enabled_target_carrying_the_event_as_received() -> None:
     message["futureField"] = {"kept": True}
 
     # When Genesys posts a signed message
-    event = http_event(message)
+    event = api_gateway_event(message)
     response = intake.handle(event)
 
     # Then 202, and one task per enabled target with the body's text untouched (unknown fields included)
@@ -77,7 +74,7 @@ def test_one_task_per_enabled_target_carrying_the_event_as_received() -> None:
 )
 def test_every_genesys_sample_is_accepted(name: str) -> None:
     intake, queue = make_intake()
-    assert intake.handle(http_event(sample(name)))["statusCode"] == 202
+    assert intake.handle(api_gateway_event(sample(name)))["statusCode"] == 202
     assert len(queue.bodies) == 2
 
 
@@ -91,14 +88,14 @@ def test_the_api_gateway_samples_are_signed_for_the_default_fixtures() -> None:
 
 def test_base64_encoded_bodies_are_decoded_before_the_signature_check() -> None:
     intake, queue = make_intake()
-    event = http_event(base64_body=True)
+    event = api_gateway_event(base64_body=True)
     response = intake.handle(event)
     assert response["statusCode"] == 202
     assert tasks(queue)[0].event_json == base64.b64decode(event["body"]).decode()
 
 
 def test_header_names_are_case_insensitive() -> None:
-    event = http_event()
+    event = api_gateway_event()
     signature = event["headers"].pop("x-hub-signature-256")
     event["headers"] = {"Content-Type": "Application/JSON; charset=utf-8", "X-Hub-Signature-256": signature}
     intake, _ = make_intake()
@@ -106,8 +103,8 @@ def test_header_names_are_case_insensitive() -> None:
 
 
 def test_previous_signature_secret_still_works_during_rotation() -> None:
-    intake, _ = make_intake(get_secret=Secrets(current=SECRET, previous=PREVIOUS_SECRET))
-    assert intake.handle(http_event(sign_with=PREVIOUS_SECRET))["statusCode"] == 202
+    intake, _ = make_intake(get_secret=Secrets(current=SIGNATURE_SECRET, previous=PREVIOUS_SECRET))
+    assert intake.handle(api_gateway_event(sign_with=PREVIOUS_SECRET))["statusCode"] == 202
 
 
 class RotatedSecrets:
@@ -115,7 +112,7 @@ class RotatedSecrets:
 
     def __init__(self) -> None:
         self.cached = Secrets(current=PREVIOUS_SECRET)
-        self.fresh = Secrets(current=SECRET, previous=PREVIOUS_SECRET)
+        self.fresh = Secrets(current=SIGNATURE_SECRET, previous=PREVIOUS_SECRET)
         self.refreshes = 0
 
     def refresh(self, name: str) -> Any:
@@ -132,7 +129,7 @@ def test_a_secret_rotated_behind_the_cache_is_re_read_once_and_accepted() -> Non
     )
 
     # When its event arrives, the secret is re-read and the event accepted
-    assert intake.handle(http_event(sign_with=SECRET))["statusCode"] == 202
+    assert intake.handle(api_gateway_event(sign_with=SIGNATURE_SECRET))["statusCode"] == 202
     assert secrets.refreshes == 1 and len(queue.bodies) == 2
 
 
@@ -143,16 +140,16 @@ def test_forged_signatures_re_read_the_secret_at_most_once_per_interval() -> Non
         get_secret=secrets.cached, refresh_secret=secrets.refresh, monotonic=lambda: clock[0]
     )
     for _ in range(20):
-        assert refusal(intake.handle(http_event(sign_with="forged-secret-00000000"))) == (
+        assert refusal(intake.handle(api_gateway_event(sign_with="forged-secret-00000000"))) == (
             401,
             "signature_mismatch",
         )
     assert secrets.refreshes == 1
     clock[0] += 10.0
-    intake.handle(http_event(sign_with="forged-secret-00000000"))
+    intake.handle(api_gateway_event(sign_with="forged-secret-00000000"))
     assert secrets.refreshes == 2
     # missing or malformed signatures never cause a re-read
-    intake.handle(http_event(sign_with=None))
+    intake.handle(api_gateway_event(sign_with=None))
     assert secrets.refreshes == 2
 
 
@@ -161,7 +158,7 @@ def test_a_failed_re_read_keeps_the_401_rather_than_a_5xx() -> None:
         raise DependencyUnavailable("Secrets Manager unavailable")
 
     intake, _ = make_intake(refresh_secret=unavailable)
-    assert refusal(intake.handle(http_event(sign_with="forged-secret-00000000"))) == (
+    assert refusal(intake.handle(api_gateway_event(sign_with="forged-secret-00000000"))) == (
         401,
         "signature_mismatch",
     )
@@ -171,7 +168,7 @@ def test_task_bodies_are_ascii_so_sqs_accepts_any_unicode_text() -> None:
     # U+FFFE is valid Unicode that SQS refuses in a message body; escaped, it is plain ASCII
     message = sample("openmessaging_text.json")
     message["text"] = "caf\u00e9 \ufffe \U0001f600"
-    event = http_event(json.dumps(message, ensure_ascii=False))
+    event = api_gateway_event(json.dumps(message, ensure_ascii=False))
     intake, queue = make_intake()
     assert intake.handle(event)["statusCode"] == 202
     assert all(body.isascii() for body in queue.bodies)
@@ -183,14 +180,14 @@ def test_task_bodies_are_ascii_so_sqs_accepts_any_unicode_text() -> None:
 
 def test_signature_missing_malformed_and_mismatched_are_told_apart() -> None:
     intake, queue = make_intake()
-    missing = http_event(sign_with=None)
-    malformed = http_event(headers={"x-hub-signature-256": "sha256=not-a-digest"})
-    mismatched = http_event(sign_with="someone-elses-secret-0000")
+    missing = api_gateway_event(sign_with=None)
+    malformed = api_gateway_event(headers={"x-hub-signature-256": "sha256=not-a-digest"})
+    mismatched = api_gateway_event(sign_with="someone-elses-secret-0000")
     assert refusal(intake.handle(missing)) == (401, "signature_missing")
     assert refusal(intake.handle(malformed)) == (401, "signature_malformed")
     response = intake.handle(mismatched)
     assert refusal(response) == (401, "signature_mismatch")
-    assert SECRET not in response["body"]
+    assert SIGNATURE_SECRET not in response["body"]
     assert queue.bodies == []
 
 
@@ -210,7 +207,7 @@ def test_signature_missing_malformed_and_mismatched_are_told_apart() -> None:
 )
 def test_malformed_json_is_400(body: str, fragment: str) -> None:
     intake, queue = make_intake()
-    response = intake.handle(http_event(body))
+    response = intake.handle(api_gateway_event(body))
     assert refusal(response) == (400, "bad_request")
     assert fragment in answer(response)["message"]
     assert queue.bodies == []
@@ -223,7 +220,7 @@ def test_numbers_no_64_bit_float_holds_are_400_and_nothing_is_queued(number: str
     intake, queue = make_intake()
 
     # When it arrives, it is refused with a message that names the number
-    response = intake.handle(http_event(body))
+    response = intake.handle(api_gateway_event(body))
     assert refusal(response) == (400, "bad_request")
     assert number[:30] in answer(response)["message"] and "finite" in answer(response)["message"]
     assert queue.bodies == []
@@ -234,7 +231,7 @@ def test_numbers_are_queued_as_spelled() -> None:
     body = json.dumps(sample("openmessaging_text.json"))[:-1]
     body += ', "n": [1E+2, 0.1000000000000000055511151231257827, -0, 1e308, ' + "9" * 30 + "]}"
     intake, queue = make_intake()
-    assert intake.handle(http_event(body))["statusCode"] == 202
+    assert intake.handle(api_gateway_event(body))["statusCode"] == 202
     assert [t.event_json for t in tasks(queue)] == [body, body]
 
 
@@ -245,17 +242,17 @@ def test_a_message_for_another_integration_is_400_integration_mismatch() -> None
     intake, queue = make_intake()
 
     # When it is posted signed to this integration's URL, it is refused and nothing is queued
-    response = intake.handle(http_event(message))
+    response = intake.handle(api_gateway_event(message))
     assert refusal(response) == (400, "integration_mismatch")
     assert INTEGRATION_ID in answer(response)["message"]
     assert queue.bodies == []
     # and the signature comes first: unsigned, the same message is a 401
-    assert refusal(intake.handle(http_event(message, sign_with=None))) == (401, "signature_missing")
+    assert refusal(intake.handle(api_gateway_event(message, sign_with=None))) == (401, "signature_missing")
 
 
 @pytest.mark.parametrize("separator", [",", ", ", " , "])
 def test_one_signature_repeated_by_api_gateway_counts_once(separator: str) -> None:
-    event = http_event()
+    event = api_gateway_event()
     header = event["headers"]["x-hub-signature-256"]
     event["headers"]["x-hub-signature-256"] = header + separator + header
     intake, queue = make_intake()
@@ -265,9 +262,9 @@ def test_one_signature_repeated_by_api_gateway_counts_once(separator: str) -> No
 
 @pytest.mark.parametrize("right_first", [True, False])
 def test_two_different_signatures_are_malformed_even_if_one_matches(right_first: bool) -> None:
-    event = http_event()
+    event = api_gateway_event()
     right = event["headers"]["x-hub-signature-256"]
-    wrong = http_event(sign_with="someone-elses-secret-0000")["headers"]["x-hub-signature-256"]
+    wrong = api_gateway_event(sign_with="someone-elses-secret-0000")["headers"]["x-hub-signature-256"]
     event["headers"]["x-hub-signature-256"] = f"{right},{wrong}" if right_first else f"{wrong}, {right}"
     intake, queue = make_intake()
     assert refusal(intake.handle(event)) == (401, "signature_malformed")
@@ -280,7 +277,7 @@ def test_deep_nesting_inside_a_valid_message_is_400_not_a_crash(depth: int) -> N
     message = sample("openmessaging_text.json")
     body = json.dumps(message)[:-1] + ', "deep": ' + "[" * depth + "]" * depth + "}"
     intake, queue = make_intake()
-    assert refusal(intake.handle(http_event(body))) == (400, "bad_request")
+    assert refusal(intake.handle(api_gateway_event(body))) == (400, "bad_request")
     assert queue.bodies == []
 
 
@@ -288,17 +285,17 @@ def test_nesting_up_to_the_limit_is_accepted() -> None:
     message = sample("openmessaging_text.json")
     message["deep"] = json.loads("[" * 62 + "]" * 62)
     intake, queue = make_intake()
-    assert intake.handle(http_event(message))["statusCode"] == 202
+    assert intake.handle(api_gateway_event(message))["statusCode"] == 202
     assert json.loads(tasks(queue)[0].event_json or "") == message
 
 
 def test_a_body_that_is_not_utf8_is_400() -> None:
     intake, _ = make_intake()
-    assert refusal(intake.handle(http_event(b"\xff\xfe{}", base64_body=True))) == (400, "bad_request")
+    assert refusal(intake.handle(api_gateway_event(b"\xff\xfe{}", base64_body=True))) == (400, "bad_request")
 
 
 def test_invalid_base64_is_400() -> None:
-    event = http_event()
+    event = api_gateway_event()
     event["isBase64Encoded"] = True
     event["body"] = "***not base64***"
     intake, _ = make_intake()
@@ -310,7 +307,7 @@ def test_schema_invalid_message_is_400_naming_the_fields() -> None:
     del message["channel"]["time"]
     message["content"][0]["attachment"].pop("mediaType")
     intake, queue = make_intake()
-    response = intake.handle(http_event(message))
+    response = intake.handle(api_gateway_event(message))
     assert refusal(response) == (400, "invalid_message")
     assert "channel.time" in answer(response)["message"]
     assert "content.0.attachment.mediaType" in answer(response)["message"]
@@ -321,10 +318,10 @@ def test_unknown_and_disabled_integrations_are_404() -> None:
     disabled = make_entry()
     disabled = type(disabled)(disabled.integration.model_copy(update={"enabled": False}), disabled.targets)
     intake, _ = make_intake()
-    assert refusal(intake.handle(http_event(integration_id="nope"))) == (404, "unknown_integration")
-    assert refusal(intake.handle(http_event(integration_id=""))) == (404, "unknown_integration")
+    assert refusal(intake.handle(api_gateway_event(integration_id="nope"))) == (404, "unknown_integration")
+    assert refusal(intake.handle(api_gateway_event(integration_id=""))) == (404, "unknown_integration")
     intake, _ = make_intake(integrations=Integrations(disabled))
-    assert refusal(intake.handle(http_event())) == (404, "unknown_integration")
+    assert refusal(intake.handle(api_gateway_event())) == (404, "unknown_integration")
 
 
 @pytest.mark.parametrize(
@@ -334,7 +331,10 @@ def test_paths_that_cannot_name_an_integration_are_404_without_a_lookup(integrat
     # A DynamoDB key over 2 KiB would fail the Query: client input must not become a 503
     integrations = Integrations(make_entry())
     intake, _ = make_intake(integrations=integrations)
-    assert refusal(intake.handle(http_event(integration_id=integration_id))) == (404, "unknown_integration")
+    assert refusal(intake.handle(api_gateway_event(integration_id=integration_id))) == (
+        404,
+        "unknown_integration",
+    )
     assert integrations.lookups == 0
 
 
@@ -344,14 +344,14 @@ def test_bodies_over_the_limit_are_413_before_any_lookup(base64_body: bool) -> N
     intake, _ = make_intake(integrations=integrations, max_body_bytes=1_000)
     message = sample("openmessaging_text.json")
     message["text"] = "x" * 2_000
-    response = intake.handle(http_event(message, base64_body=base64_body))
+    response = intake.handle(api_gateway_event(message, base64_body=base64_body))
     assert refusal(response) == (413, "payload_too_large")
     assert integrations.lookups == 0
 
 
 @pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded", "json"])
 def test_wrong_content_type_is_415(content_type: str | None) -> None:
-    event = http_event()
+    event = api_gateway_event()
     if content_type is None:
         del event["headers"]["content-type"]
     else:
@@ -363,15 +363,15 @@ def test_wrong_content_type_is_415(content_type: str | None) -> None:
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH", "OPTIONS"])
 def test_other_methods_are_405(method: str) -> None:
     intake, _ = make_intake()
-    assert refusal(intake.handle(http_event(method=method))) == (405, "method_not_allowed")
+    assert refusal(intake.handle(api_gateway_event(method=method))) == (405, "method_not_allowed")
 
 
 def test_rejections_are_counted_by_reason() -> None:
     metrics = CountingMetrics()
     intake, _ = make_intake(metrics=metrics)
-    intake.handle(http_event(sign_with=None))
-    intake.handle(http_event(method="GET"))
-    intake.handle(http_event())
+    intake.handle(api_gateway_event(sign_with=None))
+    intake.handle(api_gateway_event(method="GET"))
+    intake.handle(api_gateway_event())
     assert metrics.counts[("EventsRejected", "signature_missing")] == 1
     assert metrics.counts[("EventsRejected", "method_not_allowed")] == 1
     assert metrics.counts[("EventsAccepted", None)] == 1
@@ -384,8 +384,8 @@ def test_rejections_are_counted_by_reason() -> None:
 def test_a_genesys_retry_is_answered_the_same_and_not_queued_again() -> None:
     metrics = CountingMetrics()
     intake, queue = make_intake(metrics=metrics)
-    first = intake.handle(http_event())
-    repeat = intake.handle(http_event())
+    first = intake.handle(api_gateway_event())
+    repeat = intake.handle(api_gateway_event())
     assert first["statusCode"] == repeat["statusCode"] == 202
     assert first["body"] == repeat["body"]
     assert len(queue.bodies) == 2
@@ -411,7 +411,7 @@ def test_channel_time_must_be_an_rfc3339_date_time_string_with_an_offset(time: A
     message = sample("openmessaging_typing.json")
     message["channel"]["time"] = time
     intake, queue = make_intake()
-    response = intake.handle(http_event(message))
+    response = intake.handle(api_gateway_event(message))
     assert refusal(response) == (400, "invalid_message")
     assert "channel.time" in answer(response)["message"]
     assert queue.bodies == []
@@ -424,7 +424,7 @@ def test_any_rfc3339_spelling_with_an_offset_is_accepted(time: str) -> None:
     message = sample("openmessaging_typing.json")
     message["channel"]["time"] = time
     intake, _ = make_intake()
-    assert intake.handle(http_event(message))["statusCode"] == 202
+    assert intake.handle(api_gateway_event(message))["statusCode"] == 202
 
 
 def test_one_instant_spelled_three_ways_is_one_event() -> None:
@@ -432,13 +432,13 @@ def test_one_instant_spelled_three_ways_is_one_event() -> None:
     intake, queue = make_intake()
     message = sample("openmessaging_text.json")
     message["channel"]["time"] = "2026-03-25T10:00:00Z"
-    first = intake.handle(http_event(message))
+    first = intake.handle(api_gateway_event(message))
     assert first["statusCode"] == 202 and len(queue.bodies) == 2
 
     # When the same message arrives with the same instant spelled otherwise
     for spelling in ("2026-03-25T10:00:00.000Z", "2026-03-25T12:00:00+02:00", "2026-03-25T05:30:00.0-04:30"):
         message["channel"]["time"] = spelling
-        repeat = intake.handle(http_event(message))
+        repeat = intake.handle(api_gateway_event(message))
 
         # Then it gets the first answer and nothing more is queued
         assert repeat["statusCode"] == 202 and repeat["body"] == first["body"], spelling
@@ -450,16 +450,16 @@ def test_instants_a_millisecond_apart_or_less_are_different_events() -> None:
     message = sample("openmessaging_text.json")
     for time in ("2026-03-25T10:00:00.000Z", "2026-03-25T10:00:00.001Z", "2026-03-25T10:00:00.0000001Z"):
         message["channel"]["time"] = time
-        assert intake.handle(http_event(message))["statusCode"] == 202
+        assert intake.handle(api_gateway_event(message))["statusCode"] == 202
     assert len({answer["deliveryId"] for answer in map(json.loads, queue.bodies)}) == 6
 
 
 def test_same_id_with_another_channel_time_is_a_new_event() -> None:
     intake, queue = make_intake()
     message = sample("openmessaging_text.json")
-    intake.handle(http_event(message))
+    intake.handle(api_gateway_event(message))
     message["channel"]["time"] = "2026-03-25T13:21:00.000Z"
-    assert intake.handle(http_event(message))["statusCode"] == 202
+    assert intake.handle(api_gateway_event(message))["statusCode"] == 202
     assert len(queue.bodies) == 4
 
 
@@ -477,11 +477,11 @@ class FlakyQueue(InMemoryDeliveryQueue):
 
 def test_when_queueing_fails_the_answer_is_503_and_the_repeat_can_queue() -> None:
     intake, queue = make_intake(queue=FlakyQueue(failures=1))
-    failed = intake.handle(http_event())
+    failed = intake.handle(api_gateway_event())
     assert failed["statusCode"] == 503
     assert failed["headers"]["retry-after"] == "7"
     assert queue.bodies == []
-    repeat = intake.handle(http_event())
+    repeat = intake.handle(api_gateway_event())
     assert repeat["statusCode"] == 202
     assert len(queue.bodies) == 2
 
@@ -504,17 +504,17 @@ def test_a_concurrent_repeat_is_not_queued_twice_and_gets_429_while_in_progress(
     queue = BlockingQueue()
     intake, _ = make_intake(queue=queue)
     results: list[dict[str, Any]] = []
-    first = threading.Thread(target=lambda: results.append(intake.handle(http_event())))
+    first = threading.Thread(target=lambda: results.append(intake.handle(api_gateway_event())))
     first.start()
     assert queue.entered.wait(5)
-    busy = intake.handle(http_event())
+    busy = intake.handle(api_gateway_event())
     queue.release.set()
     first.join(5)
     assert busy["statusCode"] == 429 and busy["headers"]["retry-after"] == "1"
     assert results[0]["statusCode"] == 202
     assert len(queue.bodies) == 2
     # and once the first finished, the repeat gets the same 202
-    assert intake.handle(http_event())["body"] == results[0]["body"]
+    assert intake.handle(api_gateway_event())["body"] == results[0]["body"]
 
 
 def test_a_concurrent_repeat_waits_briefly_for_the_first_answer() -> None:
@@ -528,10 +528,10 @@ def test_a_concurrent_repeat_waits_briefly_for_the_first_answer() -> None:
 
     intake, _ = make_intake(queue=queue, in_progress_wait_seconds=1.0, sleep=sleep)
     results: list[dict[str, Any]] = []
-    first = threading.Thread(target=lambda: results.append(intake.handle(http_event())))
+    first = threading.Thread(target=lambda: results.append(intake.handle(api_gateway_event())))
     first.start()
     assert queue.entered.wait(5)
-    repeat = intake.handle(http_event())
+    repeat = intake.handle(api_gateway_event())
     assert repeat["statusCode"] == 202 and repeat["body"] == results[0]["body"]
     assert len(queue.bodies) == 2 and sleeps
 
@@ -540,7 +540,7 @@ def test_many_concurrent_repeats_queue_exactly_once() -> None:
     intake, queue = make_intake(in_progress_wait_seconds=0.0)
     statuses: list[int] = []
     threads = [
-        threading.Thread(target=lambda: statuses.append(intake.handle(http_event())["statusCode"]))
+        threading.Thread(target=lambda: statuses.append(intake.handle(api_gateway_event())["statusCode"]))
         for _ in range(16)
     ]
     for thread in threads:
@@ -570,23 +570,23 @@ class FailingIdempotency(InMemoryIdempotencyStore):
 
 def test_idempotency_table_unavailable_before_queueing_is_503_and_nothing_queued() -> None:
     intake, queue = make_intake(idempotency=FailingIdempotency(claim_fails=True))
-    response = intake.handle(http_event())
+    response = intake.handle(api_gateway_event())
     assert response["statusCode"] == 503 and "retry-after" in response["headers"]
     assert queue.bodies == []
 
 
 def test_idempotency_table_failing_after_queueing_still_answers_202() -> None:
     intake, queue = make_intake(idempotency=FailingIdempotency(complete_fails=True))
-    assert intake.handle(http_event())["statusCode"] == 202
+    assert intake.handle(api_gateway_event())["statusCode"] == 202
     assert len(queue.bodies) == 2
 
 
 def test_repeats_after_the_record_expired_are_queued_again_with_the_same_delivery_ids() -> None:
     now = [1_000_000.0]
     intake, queue = make_intake(idempotency=InMemoryIdempotencyStore(ttl_seconds=60, clock=lambda: now[0]))
-    first = intake.handle(http_event())
+    first = intake.handle(api_gateway_event())
     now[0] += 61
-    second = intake.handle(http_event())
+    second = intake.handle(api_gateway_event())
     assert len(queue.bodies) == 4
     assert answer(first)["deliveryIds"] == answer(second)["deliveryIds"]
 
@@ -606,7 +606,7 @@ def down_secrets(name: str) -> Any:
 @pytest.mark.parametrize("override", [{"integrations": DownIntegrations()}, {"get_secret": down_secrets}])
 def test_dynamodb_or_secrets_unavailable_is_503_with_retry_after(override: dict[str, Any]) -> None:
     intake, queue = make_intake(**override)
-    response = intake.handle(http_event())
+    response = intake.handle(api_gateway_event())
     assert response["statusCode"] == 503
     assert int(response["headers"]["retry-after"]) > 0
     assert answer(response)["error"] == "service_unavailable"
@@ -640,7 +640,7 @@ def test_per_entry_batch_failures_are_retried_until_every_message_is_queued() ->
     queue = SqsDeliveryQueue("https://sqs/q", sqs=sqs, sleep=lambda s: None)
     target_ids = tuple(f"t-{i:02d}" for i in range(12))
     intake, _ = make_intake(queue=queue, integrations=Integrations(make_entry(target_ids)))
-    response = intake.handle(http_event())
+    response = intake.handle(api_gateway_event())
     assert response["statusCode"] == 202
     assert sorted(json.loads(body)["targetId"] for body in sqs.stored) == list(target_ids)
     assert len(sqs.calls) > 2  # 12 targets -> 2 batches, plus retries of the failed entries
@@ -650,8 +650,8 @@ def test_per_entry_failures_that_persist_are_503_and_the_repeat_can_queue() -> N
     sqs = FakeSqs(failing_calls=3)
     queue = SqsDeliveryQueue("https://sqs/q", sqs=sqs, sleep=lambda s: None)
     intake, _ = make_intake(queue=queue)
-    assert intake.handle(http_event())["statusCode"] == 503
-    assert intake.handle(http_event())["statusCode"] == 202
+    assert intake.handle(api_gateway_event())["statusCode"] == 503
+    assert intake.handle(api_gateway_event())["statusCode"] == 202
     assert len({json.loads(body)["deliveryId"] for body in sqs.stored}) == 2
 
 
@@ -673,7 +673,7 @@ def test_bodies_too_large_for_one_sqs_message_are_claim_checked() -> None:
     intake, queue = make_intake(claim_checks=store, max_inline_body_bytes=2_000)
     message = sample("openmessaging_text.json")
     message["text"] = "y" * 3_000
-    event = http_event(message)
+    event = api_gateway_event(message)
 
     # When it arrives
     response = intake.handle(event)
@@ -692,7 +692,7 @@ def test_without_a_claim_check_store_large_bodies_are_413() -> None:
     intake, queue = make_intake(claim_checks=None, max_inline_body_bytes=2_000)
     message = sample("openmessaging_text.json")
     message["text"] = "y" * 3_000
-    assert refusal(intake.handle(http_event(message))) == (413, "payload_too_large")
+    assert refusal(intake.handle(api_gateway_event(message))) == (413, "payload_too_large")
     assert queue.bodies == []
 
 
@@ -748,7 +748,7 @@ def test_an_event_that_is_neither_http_nor_eventbridge_raises() -> None:
 def test_every_queued_event_is_a_valid_open_message() -> None:
     intake, queue = make_intake()
     names = ("openmessaging_text.json", "openmessaging_typing.json", "openmessaging_receipt.json")
-    answers = [intake.handle(http_event(sample(name))) for name in names]
+    answers = [intake.handle(api_gateway_event(sample(name))) for name in names]
     assert [answer["statusCode"] for answer in answers] == [202, 202, 202]
     queued = tasks(queue)
     # every event reached the queue (one task per enabled target), so the check below is not vacuous
@@ -761,6 +761,6 @@ def test_base64_size_guard_does_not_refuse_bodies_at_the_limit() -> None:
     message = sample("openmessaging_typing.json")
     body = json.dumps(message, separators=(",", ":")).encode()
     intake, _ = make_intake(max_body_bytes=len(body))
-    event = http_event(message, base64_body=True)
+    event = api_gateway_event(message, base64_body=True)
     assert base64.b64decode(event["body"]) == body
     assert intake.handle(event)["statusCode"] == 202

@@ -9,7 +9,8 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from test_intake_fakes import answer, http_event, make_intake, sample
+from support.events import api_gateway_event, sample
+from test_intake_fakes import answer, make_intake
 
 from relay.adapters.delivery_queue import InMemoryDeliveryQueue
 from relay.adapters.idempotency import Claim, InMemoryIdempotencyStore
@@ -53,20 +54,20 @@ def message_for_another_integration() -> dict[str, Any]:
 
 # Each case: the intake's collaborators, the request, and the answer it must get.
 CASES: list[tuple[dict[str, Any], dict[str, Any], int, str | None]] = [
-    ({}, http_event(), 202, None),
-    ({}, http_event("{nope"), 400, "bad_request"),
-    ({}, http_event(broken_message()), 400, "invalid_message"),
-    ({}, http_event(message_for_another_integration()), 400, "integration_mismatch"),
-    ({}, http_event(sign_with=None), 401, "signature_missing"),
-    ({}, http_event(headers={"x-hub-signature-256": "sha256=xyz"}), 401, "signature_malformed"),
-    ({}, http_event(sign_with="wrong-secret-0000000"), 401, "signature_mismatch"),
-    ({}, http_event(integration_id="unknown"), 404, "unknown_integration"),
-    ({}, http_event(method="GET"), 405, "method_not_allowed"),
-    ({"max_body_bytes": 10}, http_event(), 413, "payload_too_large"),
-    ({}, http_event(headers={"content-type": "text/plain"}), 415, "unsupported_media_type"),
-    ({"idempotency": BusyIdempotency()}, http_event(), 429, "duplicate_in_progress"),
-    ({"queue": DownQueue()}, http_event(), 503, "service_unavailable"),
-    ({"get_secret": missing_secret}, http_event(), 500, "internal_error"),
+    ({}, api_gateway_event(), 202, None),
+    ({}, api_gateway_event("{nope"), 400, "bad_request"),
+    ({}, api_gateway_event(broken_message()), 400, "invalid_message"),
+    ({}, api_gateway_event(message_for_another_integration()), 400, "integration_mismatch"),
+    ({}, api_gateway_event(sign_with=None), 401, "signature_missing"),
+    ({}, api_gateway_event(headers={"x-hub-signature-256": "sha256=xyz"}), 401, "signature_malformed"),
+    ({}, api_gateway_event(sign_with="wrong-secret-0000000"), 401, "signature_mismatch"),
+    ({}, api_gateway_event(integration_id="unknown"), 404, "unknown_integration"),
+    ({}, api_gateway_event(method="GET"), 405, "method_not_allowed"),
+    ({"max_body_bytes": 10}, api_gateway_event(), 413, "payload_too_large"),
+    ({}, api_gateway_event(headers={"content-type": "text/plain"}), 415, "unsupported_media_type"),
+    ({"idempotency": BusyIdempotency()}, api_gateway_event(), 429, "duplicate_in_progress"),
+    ({"queue": DownQueue()}, api_gateway_event(), 503, "service_unavailable"),
+    ({"get_secret": missing_secret}, api_gateway_event(), 500, "internal_error"),
 ]
 
 
@@ -115,6 +116,6 @@ def test_a_message_the_intake_refuses_is_refused_by_the_document_too(time: Any) 
     if time is not None:
         message["channel"]["time"] = time
     intake, _ = make_intake()
-    assert intake.handle(http_event(message))["statusCode"] == 400
+    assert intake.handle(api_gateway_event(message))["statusCode"] == 400
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(message, schema("OpenMessage"))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from support.events import sample
 
 from relay.adapters.idempotency import DEFAULT_LEASE_SECONDS
 from relay.local.template import load_template
@@ -40,8 +41,8 @@ def test_an_eventbridge_rule_on_the_partner_bus_routes_genesys_events_to_the_int
     rule = rules[0]
     assert rule["EventBusName"] == {"Ref": "GenesysPartnerEventBusName"}
     assert rule["Pattern"]["source"] == [{"prefix": PARTNER_SOURCE_PREFIX}]
-    sample = json.loads((ROOT / "events" / "eventbridge_conversation_start.json").read_text())
-    assert sample["source"].startswith(rule["Pattern"]["source"][0]["prefix"])
+    genesys_event = sample("eventbridge_conversation_start.json")
+    assert genesys_event["source"].startswith(rule["Pattern"]["source"][0]["prefix"])
     assert rule["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": ["EventBridgeDeadLetterQueue", "Arn"]}}
 
 
