@@ -22,9 +22,16 @@ from test_dispatch_support import (
 
 from relay.adapters.aws import client
 from relay.local.aws_stack import LocalResources
+from relay.local.lambda_runtime import LambdaContext
 from relay.local.receiver import Behaviour, Receiver
+from relay.observability import logger
 
 pytestmark = pytest.mark.integration
+
+
+def lambda_context() -> LambdaContext:
+    """What Lambda passes the handler: a fresh request id and deadline for each invocation."""
+    return LambdaContext("relay-local-DispatcherFunction", 512, 60, "us-east-1", "123456789012")
 
 
 def test_a_batch_reaches_the_receiver_as_signed_2_1_envelopes(
@@ -37,7 +44,7 @@ def test_a_batch_reaches_the_receiver_as_signed_2_1_envelopes(
     event = sqs_event("sqs_delivery_batch.json")
 
     # When the handler gets the sample batch
-    response = handler(event, None)
+    response = handler(event, lambda_context())
 
     # Then nothing failed, and the receiver verified and decrypted both envelopes
     assert response == {"batchItemFailures": []}
@@ -47,6 +54,27 @@ def test_a_batch_reaches_the_receiver_as_signed_2_1_envelopes(
     assert got["/hooks/crm"].envelope is not None and got["/hooks/crm"].envelope["formatVersion"] == "2.1"
     assert got["/hooks/crm"].event == got["/hooks/archive"].event
     assert got["/hooks/archive"].encrypted and got["/hooks/archive"].envelope["sourceEvent"] == {}
+
+
+def test_every_log_line_of_an_invocation_carries_its_request_id(
+    aws_stack: LocalResources, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a target that fails, so the dispatcher logs its attempts
+    receiver.behaviour = Behaviour(status=503)
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm", target_id=PLAIN_TARGET)
+    context = lambda_context()
+
+    # When the handler gets a batch
+    load_handler(aws_stack)({"Records": [task_record(PLAIN_TARGET)]}, context)
+
+    # Then each line it logged, as powertools prints it, names the invocation and the cold start
+    printed = [
+        json.loads(logger.registered_formatter.format(r)) for r in caplog.records if r.name == logger.name
+    ]
+    assert any(line.get("targetId") == PLAIN_TARGET for line in printed), printed
+    for line in printed:
+        assert line["function_request_id"] == context.aws_request_id, line
+        assert isinstance(line["cold_start"], bool), line
 
 
 def test_failed_records_are_reported_as_batch_item_failures(
@@ -60,7 +88,7 @@ def test_failed_records_are_reported_as_batch_item_failures(
     event = sqs_event("sqs_delivery_batch.json")
 
     # When the handler gets the batch
-    response = handler(event, None)
+    response = handler(event, lambda_context())
 
     # Then both records are reported failed, so SQS makes them visible again
     assert sorted(f["itemIdentifier"] for f in response["batchItemFailures"]) == sorted(
@@ -84,7 +112,7 @@ def test_a_claim_checked_event_is_read_from_s3_and_delivered(
     record["body"] = json.dumps(body)
 
     # When the handler gets it
-    response = load_handler(aws_stack)({"Records": [record]}, None)
+    response = load_handler(aws_stack)({"Records": [record]}, lambda_context())
 
     # Then the receiver got the full event in the envelope, the stored bytes exactly
     assert response == {"batchItemFailures": []}
@@ -115,7 +143,7 @@ def test_a_claim_checked_event_that_is_not_a_json_object_is_dead_lettered_as_poi
     record = _claim_checked_record(aws_stack, stored)
 
     # When the handler gets it
-    response = load_handler(aws_stack)({"Records": [record]}, None)
+    response = load_handler(aws_stack)({"Records": [record]}, lambda_context())
 
     # Then nothing was sent, and the message is in the DLQ as poison (done, not retried)
     assert response == {"batchItemFailures": []}
@@ -131,7 +159,7 @@ def test_an_inline_event_that_is_not_a_json_object_is_dead_lettered_as_poison(
     seed_target(aws_stack, f"{receiver.url}/hooks/crm", target_id=PLAIN_TARGET)
     record = task_record(PLAIN_TARGET)
     record["body"] = json.dumps({**json.loads(record["body"]), "eventJson": event_json})
-    assert load_handler(aws_stack)({"Records": [record]}, None) == {"batchItemFailures": []}
+    assert load_handler(aws_stack)({"Records": [record]}, lambda_context()) == {"batchItemFailures": []}
     assert receiver.requests == []
     assert [attr(m, "relay-dlq-reason") for m in drain(aws_stack.dead_letter_queue_url)] == ["poison"]
 
@@ -152,7 +180,7 @@ def test_a_task_of_the_earlier_shape_is_still_delivered(
         records.append(record)
 
     # When the handler gets it
-    response = load_handler(aws_stack)({"Records": records}, None)
+    response = load_handler(aws_stack)({"Records": records}, lambda_context())
 
     # Then both targets got the event
     assert response == {"batchItemFailures": []}
