@@ -14,6 +14,7 @@ from test_dispatch_support import (
     PLAIN_TARGET,
     attr,
     drain,
+    lambda_context,
     load_handler,
     seed_target,
     sqs_event,
@@ -22,16 +23,10 @@ from test_dispatch_support import (
 
 from relay.adapters.aws import client
 from relay.local.aws_stack import LocalResources
-from relay.local.lambda_runtime import LambdaContext
 from relay.local.receiver import Behaviour, Receiver
 from relay.observability import logger
 
 pytestmark = pytest.mark.integration
-
-
-def lambda_context() -> LambdaContext:
-    """What Lambda passes the handler: a fresh request id and deadline for each invocation."""
-    return LambdaContext("relay-local-DispatcherFunction", 512, 60, "us-east-1", "123456789012")
 
 
 def test_a_batch_reaches_the_receiver_as_signed_2_1_envelopes(

@@ -19,6 +19,7 @@ from relay.adapters.aws import client
 from relay.adapters.secrets import RotatingSecret, SecretKind, put_secret, secret_name
 from relay.adapters.target_store import TargetStore
 from relay.local.aws_stack import LocalResources
+from relay.local.lambda_runtime import LambdaContext
 from relay.models.targets import Integration, RetryMatrix, SecurityType, Target, TargetSecurity
 
 
@@ -42,6 +43,11 @@ OLD_SIGNING_SECRET = "whsec_b2xkLXNpZ25pbmctc2VjcmV0LXN0aWxsLXZhbGlkIQ=="
 BEARER = "local-demo-bearer-token"
 ENCRYPTION_SECRET = "local-demo-encryption-key-0001"
 ENCRYPTION_SALT = "00112233445566778899aabbccddeeff"
+
+
+def lambda_context() -> LambdaContext:
+    """What Lambda passes the dispatcher: a fresh request id and a deadline of its 60 s timeout."""
+    return LambdaContext("relay-local-DispatcherFunction", 512, 60, "us-east-1", "123456789012")
 
 
 def load_handler(resources: LocalResources) -> Callable[[dict[str, Any], Any], dict[str, Any]]:

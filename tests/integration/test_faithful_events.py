@@ -28,6 +28,7 @@ from test_dispatch_support import (
     INTEGRATION_ID,
     PLAIN_TARGET,
     SIGNING_SECRET,
+    lambda_context,
     load_handler,
     seed_target,
 )
@@ -382,7 +383,7 @@ def test_1e2_and_a_long_decimal_arrive_unchanged_plain_and_encrypted(
     assert answer["claimCheck"] is claim_checked
     records = drain_records(aws_stack.delivery_queue_url)
     assert len(records) == 2
-    assert load_handler(aws_stack)({"Records": records}, None) == {"batchItemFailures": []}
+    assert load_handler(aws_stack)({"Records": records}, lambda_context()) == {"batchItemFailures": []}
 
     # Then both targets hold exactly the bytes Genesys sent
     assert_received_as_sent(receiver, answer["deliveryIds"], body.encode())
