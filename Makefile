@@ -1,40 +1,68 @@
 # Two commands a newcomer runs: `make demo` and `make test`. Everything else is a step of those.
-# On a machine with only Python 3.11, the first run bootstraps uv (pinned) and the pinned environments.
+# The first run bootstraps uv (pinned) and the pinned environments from a CPython 3.13 found on its own.
 SHELL := /bin/bash
-PYTHON ?= python3.11
+# Python 3.13 everywhere: what the tests run on is what Lambda runs (template.yaml's Runtime).
+# PYTHON=/path/to/python3.13 overrides the search (tools/find-python: PATH, then pyenv).
+PYTHON ?= $(shell tools/find-python)
+# The Lambda architecture to build for and deploy (template.yaml's Architecture parameter).
+ARCH ?= arm64
 UV_VERSION := 0.13.9
 BOOT := .venv-boot
 UV := $(BOOT)/bin/uv
 VENV := .venv
 SAMVENV := .venv-sam
+CHECKOVVENV := .venv-checkov
 PY := $(VENV)/bin/python
 export UV_COMPILE_BYTECODE := 1
 export SAM_CLI_TELEMETRY := 0
 export AWS_EC2_METADATA_DISABLED := true
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: help demo serve test lint typecheck template-check unit integration e2e build bench chaos clean
+define NO_PYTHON
+No CPython 3.13 found (looked for python3.13 on PATH, then in pyenv).
+Install one, for example `pyenv install 3.13.0`, or your system's python3.13 package
+(Debian/Ubuntu: python3.13 python3.13-venv), or name it: make PYTHON=/path/to/python3.13 ...
+endef
+export NO_PYTHON
+REQUIRE_PYTHON = @test -n "$(PYTHON)" || { echo "$$NO_PYTHON" >&2; exit 1; }
+
+ifeq ($(filter $(ARCH),arm64 x86_64),)
+$(error ARCH must be arm64 or x86_64, not '$(ARCH)')
+endif
+
+.PHONY: help demo serve test lint typecheck template-check unit integration e2e build build-x86_64 bench chaos clean
 
 help:
 	@echo "make demo   run the sample events through the local stack"
-	@echo "make test   ruff, mypy, cfn-lint, sam validate --lint, sam build, pytest (unit, integration, e2e, build)"
+	@echo "make test   ruff, mypy, cfn-lint, sam validate --lint, checkov, sam build, pytest (unit, integration, e2e, build)"
 	@echo "make serve  run the local stack in the foreground"
-	@echo "make build  sam build (no Docker needed)"
+	@echo "make build  sam build for ARCH=$(ARCH) (arm64 or x86_64; no Docker needed)"
 	@echo "make bench  benchmarks (JSON figures in bench/results.json)"
 
 $(UV):
+	$(REQUIRE_PYTHON)
 	$(PYTHON) -m venv $(BOOT)
 	$(BOOT)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 # The app environment: pinned by uv.lock, Genesys SDK included (config sync and its tests need it).
 $(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	$(REQUIRE_PYTHON)
 	$(UV) sync --frozen --extra genesys --python $(PYTHON)
 	@touch $@
 
 # SAM CLI in its own environment: it pins click/watchdog versions that clash with the Genesys SDK.
+# --clear: a new interpreter or requirements file starts the environment afresh.
 $(SAMVENV)/.synced: $(UV) tools/sam/requirements.txt
-	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(SAMVENV)
+	$(REQUIRE_PYTHON)
+	$(UV) venv --quiet --clear --python $(PYTHON) $(SAMVENV)
 	$(UV) pip install --quiet --python $(SAMVENV)/bin/python -r tools/sam/requirements.txt
+	@touch $@
+
+# checkov (the CloudFormation/SAM security scanner) in its own environment too: it pins boto3 and more.
+$(CHECKOVVENV)/.synced: $(UV) tools/checkov/requirements.txt
+	$(REQUIRE_PYTHON)
+	$(UV) venv --quiet --clear --python $(PYTHON) $(CHECKOVVENV)
+	$(UV) pip install --quiet --python $(CHECKOVVENV)/bin/python -r tools/checkov/requirements.txt
 	@touch $@
 
 demo: $(VENV)/.synced
@@ -50,9 +78,11 @@ lint: $(VENV)/.synced
 typecheck: $(VENV)/.synced
 	$(VENV)/bin/mypy
 
-template-check: $(VENV)/.synced $(SAMVENV)/.synced
+# Suppressions live in template.yaml, each next to the resource it concerns, with its reason.
+template-check: $(VENV)/.synced $(SAMVENV)/.synced $(CHECKOVVENV)/.synced
 	$(VENV)/bin/cfn-lint template.yaml
 	$(SAMVENV)/bin/sam validate --lint
+	tools/checkov/scan $(CHECKOVVENV) template.yaml
 
 unit: $(VENV)/.synced
 	$(PY) -m pytest tests/unit -q
@@ -63,12 +93,28 @@ integration: $(VENV)/.synced
 e2e: $(VENV)/.synced
 	$(PY) -m pytest tests/e2e -q
 
-# `build` first: tests/build checks the artifacts sam build makes, loaded the way Lambda loads them.
-test: lint typecheck template-check build
-	$(PY) -m pytest -q -n 2 --dist loadfile
+# `build` first: tests/build checks the artifacts sam build makes. The deployable build (ARCH, arm64
+# by default) cannot be imported on an x86_64 machine, so an x86_64 twin is built too and imported
+# the way Lambda loads it; the arm64 build is checked by wheel tags and ELF headers.
+test: lint typecheck template-check build build-x86_64
+	RELAY_BUILD_ARCH=$(ARCH) $(PY) -m pytest -q -n 2 --dist loadfile
 
+# The layers' Makefiles read PYTHON and ARCH from the environment (layers/wheels.mk): wheels for that
+# architecture and cp313, bytecode compiled by that interpreter. sam build itself needs python3.13 on
+# PATH. Never from SAM's build cache: its key sees neither ARCH nor layers/wheels.mk.
+SAM_BUILD = PATH="$$(dirname $(PYTHON)):$$PATH" PYTHON=$(PYTHON) ARCH=$(1) $(SAMVENV)/bin/sam build \
+	--no-cached --build-dir $(2) --parameter-overrides Architecture=$(1)
+
+# Deploy what this built with the same architecture: sam deploy --parameter-overrides Architecture=$(ARCH)
+# (arm64 is the template's default, so the default build needs nothing more).
 build: $(SAMVENV)/.synced
-	PATH="$$(dirname $$(command -v $(PYTHON))):$$PATH" $(SAMVENV)/bin/sam build
+	$(REQUIRE_PYTHON)
+	$(call SAM_BUILD,$(ARCH),.aws-sam/build)
+
+build-x86_64: $(SAMVENV)/.synced
+	$(REQUIRE_PYTHON)
+	$(if $(filter x86_64,$(ARCH)),@echo "ARCH=x86_64: .aws-sam/build is the x86_64 build",\
+		$(call SAM_BUILD,x86_64,.aws-sam/build-x86_64))
 
 bench: $(VENV)/.synced
 	$(PY) -m bench.run
@@ -77,4 +123,4 @@ chaos: $(VENV)/.synced
 	$(PY) bench/chaos.py
 
 clean:
-	rm -rf $(VENV) $(SAMVENV) $(BOOT) .aws-sam .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SAMVENV) $(CHECKOVVENV) $(BOOT) .aws-sam .pytest_cache .mypy_cache .ruff_cache

@@ -9,8 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from relay.logic.dispatch import container_dispatcher
+from relay.observability import logger
 
 
+# Every delivery line carries the request id and the cold-start flag (metrics are flushed in dispatch).
+@logger.inject_lambda_context(clear_state=True)
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return container_dispatcher().handle_batch(
         event.get("Records", []),

@@ -24,6 +24,7 @@ from test_dispatch_support import (
 from relay.adapters.aws import client
 from relay.local.aws_stack import LocalResources
 from relay.local.receiver import Behaviour, Receiver
+from relay.observability import logger
 
 pytestmark = pytest.mark.integration
 
@@ -53,6 +54,27 @@ def test_a_batch_reaches_the_receiver_as_signed_2_1_envelopes(
     assert got["/hooks/crm"].envelope is not None and got["/hooks/crm"].envelope["formatVersion"] == "2.1"
     assert got["/hooks/crm"].event == got["/hooks/archive"].event
     assert got["/hooks/archive"].encrypted and got["/hooks/archive"].envelope["sourceEvent"] == {}
+
+
+def test_every_log_line_of_an_invocation_carries_its_request_id(
+    aws_stack: LocalResources, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a target that fails, so the dispatcher logs its attempts
+    receiver.behaviour = Behaviour(status=503)
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm", target_id=PLAIN_TARGET)
+    context = lambda_context("dispatcher")
+
+    # When the handler gets a batch
+    load_handler("dispatcher")({"Records": [task_record(PLAIN_TARGET)]}, context)
+
+    # Then each line it logged, as powertools prints it, names the invocation and the cold start
+    printed = [
+        json.loads(logger.registered_formatter.format(r)) for r in caplog.records if r.name == logger.name
+    ]
+    assert any(line.get("targetId") == PLAIN_TARGET for line in printed), printed
+    for line in printed:
+        assert line["function_request_id"] == context.aws_request_id, line
+        assert isinstance(line["cold_start"], bool), line
 
 
 def test_failed_records_are_reported_as_batch_item_failures(

@@ -243,8 +243,18 @@ def test_required_alarms_exist() -> None:
     assert ("AWS/SQS", "ApproximateNumberOfMessagesVisible", ("QueueName",)) in alarms
     assert ("AWS/SQS", "ApproximateAgeOfOldestMessage", ("QueueName",)) in alarms
     assert ("AWS/Lambda", "Errors", ("FunctionName",)) in alarms
+    # the version the live alias runs (the rollback triggers of a deploy)
+    assert ("AWS/Lambda", "Errors", ("ExecutedVersion", "FunctionName", "Resource")) in alarms
     assert ("AWS/Lambda", "Throttles", ("FunctionName",)) in alarms
     assert ("AWS/ApiGateway", "5xx", ("ApiId", "Stage")) in alarms
+    assert (NAMESPACE, "EventsRejected", ("reason", "service")) in alarms
+
+
+def test_the_alarm_widget_shows_every_alarm() -> None:
+    (widget,) = [w for w in dashboard(BASE)["widgets"] if w["type"] == "alarm"]
+    shown = widget["properties"]["alarms"]
+    alarms = BASE.resources_of_type("AWS::CloudWatch::Alarm")
+    assert sorted(shown) == sorted(BASE.get_att(logical_id, "Arn") for logical_id in alarms)
 
 
 # --- the contract against the code ----------------------------------------------------------------------

@@ -98,3 +98,26 @@ def test_the_idempotency_table_has_the_layout_the_store_writes() -> None:
     assert env["IDEMPOTENCY_TABLE"] == {"Ref": "IdempotencyTable"}
     assert env["DELIVERY_QUEUE_URL"] == {"Ref": "DeliveryQueue"}
     assert env["AUDIT_BUCKET"] == {"Ref": "AuditBucket"}
+
+
+def test_signature_mismatch_rejections_raise_an_alarm_the_rotation_runbook_names() -> None:
+    # Genesys does not retry a 401: a signature-secret rotation done in the wrong order loses every event.
+    from relay.logic.signature import CODE_MISMATCH
+
+    alarms = {
+        logical_id: resource["Properties"]
+        for logical_id, resource in RESOURCES.items()
+        if resource["Type"] == "AWS::CloudWatch::Alarm"
+        and resource["Properties"].get("MetricName") == "EventsRejected"
+        and {"Name": "reason", "Value": CODE_MISMATCH} in resource["Properties"]["Dimensions"]
+    }
+    assert len(alarms) == 1, f"no alarm on EventsRejected reason={CODE_MISMATCH}"
+    ((logical_id, alarm),) = alarms.items()
+    assert alarm["Namespace"] == "GenesysRelay" and alarm["Statistic"] == "Sum"
+    assert alarm["Threshold"] == {"Ref": "SignatureMismatchAlarmThreshold"}
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    assert PARAMETERS["SignatureMismatchAlarmThreshold"]["Default"] == 1
+    # The runbook an operator follows when it fires names it as the stack names it.
+    name = TEMPLATE.resolve(alarm["AlarmName"]).removeprefix(TEMPLATE.pseudo["AWS::StackName"])
+    runbook = (ROOT / "README.md").read_text().split("### 2. Rotate secrets", 1)[1].split("\n### ", 1)[0]
+    assert f"<stack>{name}" in runbook, f"README's rotation runbook does not name <stack>{name}"

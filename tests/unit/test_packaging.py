@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import tomllib
 from pathlib import Path
 
@@ -70,3 +71,36 @@ def test_every_development_tool_is_pinned() -> None:
     assert _pins(groups["dev"])  # raises on any unpinned entry
     sam = (ROOT / "tools/sam/requirements.txt").read_text().splitlines()
     assert _pins([line for line in sam if not line.startswith(" ")])["aws-sam-cli"] == "1.170.0"
+    checkov = (ROOT / "tools/checkov/requirements.txt").read_text().splitlines()
+    assert "checkov" in _pins([line for line in checkov if not line.startswith(" ")])
+
+
+def _runtime_version() -> str:
+    """template.yaml's Lambda runtime as "3.13" (the Globals of every function)."""
+    runtime = re.search(r"^    Runtime: python(\d+\.\d+)$", (ROOT / "template.yaml").read_text(), re.M)
+    assert runtime, "template.yaml's Globals name no python runtime"
+    return runtime[1]
+
+
+def test_the_tests_run_on_the_python_lambda_runs() -> None:
+    # What is tested is what runs: the development environment is the runtime's minor version.
+    assert f"{sys.version_info.major}.{sys.version_info.minor}" == _runtime_version()
+
+
+def test_every_tool_targets_the_lambda_runtimes_python() -> None:
+    version = _runtime_version()
+    major, minor = (int(part) for part in version.split("."))
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["project"]["requires-python"] == f">={version},<{major}.{minor + 1}"
+    assert pyproject["tool"]["ruff"]["target-version"] == f"py{major}{minor}"
+    assert pyproject["tool"]["mypy"]["python_version"] == version
+    # the layers' wheels (cp313) and bytecode: another version's .pyc files would not load
+    assert f"PYTHON_VERSION := {version}\n" in (ROOT / "layers" / "wheels.mk").read_text()
+    for layer in ("core", "genesys"):
+        assert (
+            "include $(dir $(lastword $(MAKEFILE_LIST)))../wheels.mk\n"
+            in (ROOT / "layers" / layer / "Makefile").read_text()
+        ), layer
+    for tool in ("sam", "checkov"):
+        header = (ROOT / "tools" / tool / "requirements.txt").read_text().splitlines()[1]
+        assert f"--python-version {version} " in header, f"tools/{tool}/requirements.txt: {header}"

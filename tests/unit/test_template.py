@@ -8,6 +8,7 @@ CloudFormation would (relay.local.template, the same reader the local stack uses
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -272,7 +273,8 @@ def test_genesys_layer_adds_only_what_core_layer_lacks_at_the_locked_versions(ra
     assert raw.resources["GenesysSdkLayer"]["Metadata"]["BuildMethod"] == "makefile"
     layer_dir = ROOT / "layers" / "genesys"
     assert "build-GenesysSdkLayer:" in (layer_dir / "Makefile").read_text()
-    assert "--no-deps" in (layer_dir / "Makefile").read_text()
+    assert "$(PIP_INSTALL)" in (layer_dir / "Makefile").read_text()
+    assert "--no-deps" in (ROOT / "layers" / "wheels.mk").read_text()
     lock = {p["name"]: p for p in tomllib.loads((ROOT / "uv.lock").read_text())["package"]}
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
@@ -392,14 +394,16 @@ def test_config_sync_ends_its_run_before_the_function_times_out(raw: Template) -
 
 
 def test_every_function_and_the_api_log_to_a_group_with_retention(raw: Template) -> None:
-    groups = {
-        json.dumps(props["LogGroupName"]): props
-        for props in (raw.properties(lid) for lid in raw.resources_of_type("AWS::Logs::LogGroup"))
-    }
+    # Each function names its group in LoggingConfig (a group Lambda created itself would keep logs forever).
+    groups = set()
     for logical_id in FUNCTIONS:
-        name = json.dumps({"Fn::Sub": f"/aws/lambda/${{{logical_id}}}"})
-        assert name in groups, f"no /aws/lambda log group for {logical_id}"
-        assert groups[name]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+        group = raw.properties(logical_id)["LoggingConfig"]["LogGroup"]["Ref"]
+        assert raw.resources[group]["Type"] == "AWS::Logs::LogGroup", logical_id
+        assert raw.properties(group)["RetentionInDays"] == {"Ref": "LogRetentionDays"}, group
+        # The audit trail outlives a rename of the group or the stack (retention still expires it).
+        assert raw.resources[group].get("UpdateReplacePolicy") == "Retain", group
+        groups.add(group)
+    assert len(groups) == len(FUNCTIONS), "each function logs to its own group"
     destination = raw.properties("HttpApi")["AccessLogSettings"]["DestinationArn"]
     (group_id, attribute) = destination["Fn::GetAtt"]
     assert attribute == "Arn"
@@ -431,6 +435,242 @@ def test_outputs_name_the_api_queues_tables_and_bucket(raw: Template) -> None:
         "AuditBucket",
     ):
         assert logical_id in outputs, f"no output for {logical_id}"
+
+
+# --- runtime and architecture ------------------------------------------------------------------------
+# python3.11 runs on Amazon Linux 2 (deprecated 2027-06-30); 3.13 runs on Amazon Linux 2023.
+OLDEST_RUNTIME = (3, 13)
+
+
+def python_version(runtime: str) -> tuple[int, int]:
+    match = re.fullmatch(r"python(\d+)\.(\d+)", runtime)
+    assert match, f"{runtime!r} is not a Python runtime"
+    return int(match[1]), int(match[2])
+
+
+@pytest.mark.parametrize("logical_id", FUNCTIONS)
+def test_every_function_runs_python_3_13_or_later(raw: Template, logical_id: str) -> None:
+    runtime = resolved(raw, logical_id)["Runtime"]
+    assert python_version(runtime) >= OLDEST_RUNTIME, f"{logical_id} runs {runtime}"
+
+
+def test_every_layer_is_built_for_the_functions_runtime_and_architecture(raw: Template) -> None:
+    runtimes = sorted({resolved(raw, logical_id)["Runtime"] for logical_id in FUNCTIONS})
+    layers = raw.resources_of_type("AWS::Serverless::LayerVersion")
+    assert set(layers) == {"CoreLayer", "GenesysSdkLayer"}
+    for logical_id, layer in layers.items():
+        props = raw.properties(logical_id)
+        assert props["CompatibleRuntimes"] == runtimes, logical_id
+        assert props["CompatibleArchitectures"] == [{"Ref": "Architecture"}], logical_id
+        # sam build resolves the parameter here (make build passes --parameter-overrides Architecture=...).
+        assert layer["Metadata"]["BuildArchitecture"] == {"Ref": "Architecture"}, logical_id
+
+
+@pytest.mark.parametrize("logical_id", FUNCTIONS)
+def test_functions_run_on_the_architecture_parameter_arm64_by_default(raw: Template, logical_id: str) -> None:
+    parameter = raw.document["Parameters"]["Architecture"]
+    assert parameter["Default"] == "arm64" and set(parameter["AllowedValues"]) == {"arm64", "x86_64"}
+    assert raw.properties(logical_id)["Architectures"] == [{"Ref": "Architecture"}]
+
+
+# --- releases: versions, aliases, gradual deploys with rollback --------------------------------------
+GRADUAL = re.compile(r"(Canary|Linear)\d+Percent(Every)?(\d+)Minutes?")
+SHIFTED_RELEASES = ("IntakeFunction", "DispatcherFunction")
+
+
+@pytest.mark.parametrize("logical_id", FUNCTIONS)
+def test_every_function_is_released_through_an_alias(raw: Template, logical_id: str) -> None:
+    # SAM then points the function's event sources (API route, EventBridge rule, SQS mapping,
+    # schedule) and EventInvokeConfig at the alias (tests/build/test_transformed_template.py).
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", str(resolved(raw, logical_id).get("AutoPublishAlias", ""))), (
+        logical_id
+    )
+
+
+@pytest.mark.parametrize("logical_id", SHIFTED_RELEASES)
+def test_releases_shift_all_at_once_in_dev_and_gradually_in_prod(template: Template, logical_id: str) -> None:
+    preference = resolved(template, logical_id)["DeploymentPreference"]
+    if template.parameters["Stage"] == "prod":
+        assert GRADUAL.fullmatch(preference["Type"]), f"prod {logical_id}: {preference['Type']}"
+    else:
+        assert preference["Type"] == "AllAtOnce"
+    assert preference.get("Enabled", True) in (True, "true")
+
+
+@pytest.mark.parametrize("logical_id", SHIFTED_RELEASES)
+def test_a_release_rolls_back_on_the_errors_of_the_version_being_deployed(
+    raw: Template, logical_id: str
+) -> None:
+    props = raw.properties(logical_id)
+    alarms = props["DeploymentPreference"]["Alarms"]
+    assert alarms, f"{logical_id}: no rollback alarm"
+    prod_type = resolved(with_parameters({"Stage": "prod"}), logical_id)["DeploymentPreference"]["Type"]
+    bake_seconds = int(GRADUAL.fullmatch(prod_type)[3]) * 60  # type: ignore[index]
+    for reference in alarms:
+        alarm = raw.properties(reference["Ref"])
+        assert (alarm["Namespace"], alarm["MetricName"]) == ("AWS/Lambda", "Errors"), reference
+        dimensions = {d["Name"]: d["Value"] for d in alarm["Dimensions"]}
+        # The new version's own errors: an old version's failures must not block the deploy of its fix.
+        assert dimensions == {
+            "FunctionName": {"Ref": logical_id},
+            "Resource": {"Fn::Sub": f"${{{logical_id}}}:{props['AutoPublishAlias']}"},
+            "ExecutedVersion": {"Fn::GetAtt": [logical_id, "Version.Version"]},
+        }
+        # It can fire while the canary still takes only part of the traffic.
+        assert int(alarm["Period"]) * int(alarm["EvaluationPeriods"]) < bake_seconds
+
+
+# --- logging and tracing -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("logical_id", FUNCTIONS)
+def test_every_function_logs_json_at_the_level_parameter(raw: Template, logical_id: str) -> None:
+    config = raw.properties(logical_id)["LoggingConfig"]
+    assert config["LogFormat"] == "JSON"
+    assert config["ApplicationLogLevel"] == {"Ref": "LogLevel"}
+    assert raw.document["Parameters"]["LogLevel"]["Default"] == "INFO"
+
+
+@pytest.mark.parametrize("logical_id", FUNCTIONS)
+def test_every_handler_puts_the_request_id_on_its_log_lines(raw: Template, logical_id: str) -> None:
+    # powertools' inject_lambda_context adds function_request_id and cold_start to every line.
+    function = raw.function(logical_id)
+    tree = ast.parse((function.code_dir / f"{function.handler_module}.py").read_text())
+    (handler,) = [
+        n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function.handler_function
+    ]
+    decorators = [ast.unparse(d) for d in handler.decorator_list]
+    assert any(d.startswith("logger.inject_lambda_context") for d in decorators), (
+        f"{logical_id}: {decorators}"
+    )
+
+
+def test_tracing_is_on_only_if_the_code_emits_segments(raw: Template) -> None:
+    # X-Ray Active bills every sampled invocation; without a Tracer it records only Lambda's own segments.
+    sources = [*(ROOT / "functions").rglob("*.py"), *(ROOT / "layers" / "core" / "relay").rglob("*.py")]
+    shipped = [s for s in sources if not {"local", "cli"} & set(s.parts)]
+    emits_segments = any("Tracer(" in source.read_text() for source in shipped)
+    for logical_id in FUNCTIONS:
+        mode = resolved(raw, logical_id).get("Tracing", "Disabled")
+        assert (mode == "Active") == emits_segments, (
+            f"{logical_id}: Tracing {mode}, Tracer in code: {emits_segments}"
+        )
+
+
+# --- operational settings --------------------------------------------------------------------------------
+
+
+def test_config_sync_runs_one_at_a_time(raw: Template) -> None:
+    # A scheduled run and Lambda's retry of a failed one must not write targets concurrently.
+    assert raw.function("ConfigSyncFunction").reserved_concurrency == 1
+
+
+def test_per_target_concurrency_is_a_parameter_the_dispatcher_accepts(template: Template) -> None:
+    from relay.settings import Settings
+
+    environment = template.function("DispatcherFunction").environment
+    variables = BASE.properties("DispatcherFunction")["Environment"]["Variables"]
+    assert variables["PER_TARGET_CONCURRENCY"] == {"Ref": "PerTargetConcurrency"}
+    settings = Settings.model_validate(environment)
+    assert settings.per_target_concurrency == int(template.parameters["PerTargetConcurrency"])
+    # The parameter's whole range is valid for the setting (a deploy could not fail at cold start).
+    spec = BASE.document["Parameters"]["PerTargetConcurrency"]
+    for bound in (spec["MinValue"], spec["MaxValue"]):
+        Settings.model_validate({"PER_TARGET_CONCURRENCY": str(bound)})
+
+
+@pytest.mark.parametrize("environment", sorted(ENVIRONMENTS))
+def test_every_environment_names_its_region(environment: str) -> None:
+    sections = tomllib.loads(SAMCONFIG.read_text())[environment]
+    regions = {
+        sections[command]["parameters"].get("region")
+        for command in ("global", "deploy")
+        if command in sections
+    } - {None}
+    assert len(regions) == 1, f"[{environment}] names no region (or several): {regions}"
+    assert re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d", regions.pop())
+
+
+def test_every_environment_passes_the_templates_rules_prod_once_it_names_an_alarm_topic() -> None:
+    for environment, parameters in ENVIRONMENTS.items():
+        failed = failed_rules(with_parameters(parameters))
+        if parameters.get("Stage") == "prod" and not parameters.get("AlarmTopicArn"):
+            # samconfig [prod] names the parameter empty: CloudFormation refuses until it is filled in.
+            assert "AlarmTopicArn" in parameters and failed == ["ProdAlarmsNotifySomeone"], failed
+        else:
+            assert failed == [], f"[{environment}] {failed}"
+
+
+def test_prod_refuses_to_deploy_without_an_alarm_topic() -> None:
+    topic = "arn:aws:sns:us-east-1:123456789012:oncall"
+    assert failed_rules(with_parameters({"Stage": "prod"})) == ["ProdAlarmsNotifySomeone"]
+    assert failed_rules(with_parameters({"Stage": "prod", "AlarmTopicArn": topic})) == []
+    assert failed_rules(with_parameters({"Stage": "dev"})) == []
+
+
+def failed_rules(template: Template) -> list[str]:
+    """Names of the template's Rules whose assertions fail for these parameters, as CloudFormation checks."""
+    failed = []
+    for name, rule in template.document.get("Rules", {}).items():
+        applies = _rule_value(template, rule.get("RuleCondition", True))
+        if applies and not all(_rule_value(template, a["Assert"]) for a in rule["Assertions"]):
+            failed.append(name)
+    return failed
+
+
+def _rule_value(template: Template, expression: Any) -> Any:
+    if isinstance(expression, list):
+        return [_rule_value(template, item) for item in expression]
+    if not isinstance(expression, dict):
+        return expression
+    ((function, argument),) = expression.items()
+    value = _rule_value(template, argument) if function != "Ref" else None
+    match function:
+        case "Ref":
+            return template.ref(argument)
+        case "Fn::Equals":
+            return str(value[0]) == str(value[1])
+        case "Fn::Not":
+            return not value[0]
+        case "Fn::And":
+            return all(value)
+        case "Fn::Or":
+            return any(value)
+        case "Fn::Contains":
+            return str(value[1]) in [str(v) for v in value[0]]
+    raise AssertionError(f"{function} is not a function CloudFormation allows in Rules")
+
+
+# --- no silent loss: parked messages -----------------------------------------------------------------
+PARKING_QUEUES = ("DeadLetterQueue", "IntakeFailureQueue", "EventBridgeDeadLetterQueue")
+
+
+@pytest.mark.parametrize("queue", PARKING_QUEUES)
+def test_a_parked_message_raises_an_alarm_days_before_sqs_deletes_it(template: Template, queue: str) -> None:
+    retention_days = int(resolved(template, queue)["MessageRetentionPeriod"]) / 86400
+    assert retention_days == 14, queue
+    thresholds = [days for days in _oldest_message_alarm_days(template, queue) if days <= retention_days - 3]
+    assert thresholds, f"no alarm on {queue}'s oldest message 3 days or more before SQS deletes it"
+    assert BASE.document["Parameters"]["DeadLetterAgeAlarmDays"]["Default"] == 10
+
+
+def _oldest_message_alarm_days(template: Template, queue: str) -> list[float]:
+    """Thresholds, in days, of the alarms on the queue's ApproximateAgeOfOldestMessage."""
+    days = []
+    for logical_id in template.resources_of_type("AWS::CloudWatch::Alarm"):
+        props = template.resolve(template.properties(logical_id))
+        queries = {q["Id"]: q for q in props.get("Metrics", [])}
+        for query_id, query in queries.items():
+            metric = query.get("MetricStat", {}).get("Metric", {})
+            dimensions = {d["Name"]: d["Value"] for d in metric.get("Dimensions", [])}
+            if metric.get("MetricName") != "ApproximateAgeOfOldestMessage":
+                continue
+            if dimensions != {"QueueName": template.get_att(queue, "QueueName")}:
+                continue
+            (returned,) = [q for q in queries.values() if q.get("ReturnData", True)]
+            assert returned.get("Expression") == f"{query_id} / 86400", logical_id
+            days.append(float(props["Threshold"]))
+    return days
 
 
 # --- helpers -----------------------------------------------------------------------------------------

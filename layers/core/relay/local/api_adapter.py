@@ -249,9 +249,20 @@ def json_response(status: int, doc: Any) -> HttpResponse:
     return HttpResponse(status, [("Content-Type", "application/json")], json.dumps(doc).encode())
 
 
+# API Gateway words these the RFC 7231 way; Python 3.13 renamed them (RFC 9110: "URI Too Long",
+# "Content Too Large", ...), so its phrase table cannot stand in for API Gateway's.
+_GATEWAY_PHRASES = {
+    413: "Request Entity Too Large",
+    414: "Request-URI Too Long",
+    416: "Requested Range Not Satisfiable",
+    422: "Unprocessable Entity",
+}
+
+
 def gateway_error(status: int, message: str | None = None) -> HttpResponse:
     """One of API Gateway's own answers: ``{"message": <the status phrase>}`` unless told otherwise."""
-    return json_response(status, {"message": message or HTTPStatus(status).phrase})
+    phrase = _GATEWAY_PHRASES.get(status) or HTTPStatus(status).phrase
+    return json_response(status, {"message": message or phrase})
 
 
 def payload_too_large(limit: int) -> HttpResponse:

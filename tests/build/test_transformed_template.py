@@ -1,0 +1,134 @@
+"""What CloudFormation receives after the SAM transform: releases go through the alias, and gradually.
+
+SAM decides where event sources point (AutoPublishAlias moves them to the alias) and what
+DeploymentPreference becomes (a CodeDeploy deployment group); neither is visible in template.yaml
+itself. This runs SAM's own translator (from SAM CLI's environment, .venv-sam, which `make test`
+installs) on the template, as `sam deploy` would after packaging, and checks the result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SAM_PYTHON = ROOT / ".venv-sam" / "bin" / "python"
+ALIAS = "live"
+
+TRANSLATE = """
+import json, sys
+from samtranslator.translator.transform import transform
+from samtranslator.yaml_helper import yaml_parse
+
+class NoManagedPolicyLookups:  # the template names no managed policy by name: nothing to look up
+    def load(self):
+        return {}
+
+template = yaml_parse(open(sys.argv[1]).read())
+for name, resource in template["Resources"].items():  # as `sam package` leaves them
+    properties = resource.get("Properties", {})
+    for key in ("CodeUri", "ContentUri"):
+        if isinstance(properties.get(key), str):
+            properties[key] = f"s3://packaged/{name}.zip"
+print(json.dumps(transform(template, json.loads(sys.argv[2]), NoManagedPolicyLookups())))
+"""
+
+
+@cache
+def transformed(stage: str) -> dict[str, dict[str, Any]]:
+    if not SAM_PYTHON.is_file():
+        pytest.fail(f"{SAM_PYTHON} is missing: run `make .venv-sam/.synced` (make test does)")
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    done = subprocess.run(
+        [str(SAM_PYTHON), "-c", TRANSLATE, str(ROOT / "template.yaml"), json.dumps({"Stage": stage})],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    resources: dict[str, dict[str, Any]] = json.loads(done.stdout)["Resources"]
+    return resources
+
+
+def of_type(resources: dict[str, dict[str, Any]], resource_type: str) -> dict[str, dict[str, Any]]:
+    return {lid: r["Properties"] for lid, r in resources.items() if r["Type"] == resource_type}
+
+
+def alias_ref(function: str) -> dict[str, str]:
+    return {"Ref": f"{function}Alias{ALIAS}"}
+
+
+def test_every_function_gets_a_version_and_the_alias_serves_it() -> None:
+    resources = transformed("dev")
+    functions = of_type(resources, "AWS::Lambda::Function")
+    aliases = of_type(resources, "AWS::Lambda::Alias")
+    assert set(functions) == {"IntakeFunction", "DispatcherFunction", "ConfigSyncFunction"}
+    for function in functions:
+        alias = aliases[f"{function}Alias{ALIAS}"]
+        assert alias["FunctionName"] == {"Ref": function} and alias["Name"] == ALIAS
+        (version, attribute) = alias["FunctionVersion"]["Fn::GetAtt"]
+        assert resources[version]["Type"] == "AWS::Lambda::Version" and attribute == "Version"
+
+
+def test_every_event_source_invokes_the_alias() -> None:
+    resources = transformed("dev")
+    (mapping,) = of_type(resources, "AWS::Lambda::EventSourceMapping").values()
+    assert mapping["FunctionName"] == alias_ref("DispatcherFunction")
+    (rule,) = of_type(resources, "AWS::Events::Rule").values()
+    assert [target["Arn"] for target in rule["Targets"]] == [alias_ref("IntakeFunction")]
+    permissions = of_type(resources, "AWS::Lambda::Permission")
+    assert {json.dumps(p["FunctionName"]) for p in permissions.values()} == {
+        json.dumps(alias_ref("IntakeFunction"))
+    }, "the API route and the EventBridge rule may invoke the alias only"
+    (schedule,) = of_type(resources, "AWS::Scheduler::Schedule").values()
+    assert schedule["Target"]["Arn"] == alias_ref("ConfigSyncFunction")
+    (invoke_config,) = of_type(resources, "AWS::Lambda::EventInvokeConfig").values()
+    assert invoke_config["Qualifier"] == ALIAS
+
+
+@pytest.mark.parametrize(("stage", "shift"), [("dev", "AllAtOnce"), ("prod", "Canary10Percent5Minutes")])
+def test_a_release_shifts_per_stage_and_rolls_back_on_its_error_alarm(stage: str, shift: str) -> None:
+    resources = transformed(stage)
+    groups = of_type(resources, "AWS::CodeDeploy::DeploymentGroup")
+    for function, alarm in (
+        ("IntakeFunction", "IntakeErrorsAlarm"),
+        ("DispatcherFunction", "DispatcherErrorsAlarm"),
+    ):
+        group = groups[f"{function}DeploymentGroup"]
+        # The stage picks the branch (Condition IsProd) when CloudFormation resolves it.
+        (condition, in_prod, otherwise) = group["DeploymentConfigName"]["Fn::If"]
+        chosen = in_prod if stage == "prod" else otherwise
+        assert condition == "IsProd"
+        assert chosen["Fn::Sub"] == ["CodeDeployDefault.Lambda${ConfigName}", {"ConfigName": shift}]
+        assert group["AlarmConfiguration"] == {"Enabled": True, "Alarms": [{"Name": {"Ref": alarm}}]}
+        assert "DEPLOYMENT_STOP_ON_ALARM" in group["AutoRollbackConfiguration"]["Events"]
+        update = resources[f"{function}Alias{ALIAS}"]["UpdatePolicy"]["CodeDeployLambdaAliasUpdate"]
+        assert update["DeploymentGroupName"] == {"Ref": f"{function}DeploymentGroup"}
+        # The alarm watches the version this deploy publishes (SAM resolves Version.Version to it).
+        dimensions = {d["Name"]: d["Value"] for d in resources[alarm]["Properties"]["Dimensions"]}
+        version = resources[f"{function}Alias{ALIAS}"]["Properties"]["FunctionVersion"]
+        assert dimensions["ExecutedVersion"] == version
+
+
+def test_functions_log_json_to_their_groups_and_carry_no_tracing_grant() -> None:
+    resources = transformed("dev")
+    for function, props in of_type(resources, "AWS::Lambda::Function").items():
+        assert props["Runtime"] == "python3.13", function
+        assert props["Architectures"] == [{"Ref": "Architecture"}], function
+        logging = props["LoggingConfig"]
+        assert logging["LogFormat"] == "JSON" and logging["ApplicationLogLevel"] == {"Ref": "LogLevel"}
+        assert resources[logging["LogGroup"]["Ref"]]["Type"] == "AWS::Logs::LogGroup", function
+        assert "TracingConfig" not in props, function
+        role = resources[props["Role"]["Fn::GetAtt"][0]]["Properties"]
+        assert not any("XRay" in arn for arn in role.get("ManagedPolicyArns", [])), function
