@@ -18,7 +18,6 @@ from relay.adapters.aws import client
 from relay.adapters.secrets import RotatingSecret, SecretKind, put_secret, secret_name
 from relay.adapters.target_store import TargetStore
 from relay.local.aws_stack import LocalResources
-from relay.local.lambda_runtime import LambdaContext
 from relay.models.targets import Integration, RetryMatrix, SecurityType, Target, TargetSecurity
 
 

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
-
-T = TypeVar("T")
 
 POLL_SECONDS = 0.05
 
 
-def wait_until(predicate: Callable[[], T], *, what: str, timeout: float = 30.0) -> T:
+def wait_until[T](predicate: Callable[[], T], *, what: str, timeout: float = 30.0) -> T:
     """Call ``predicate`` until it returns something truthy, and return that.
 
     Raises AssertionError naming ``what`` did not happen when ``timeout`` seconds pass first. The

@@ -24,7 +24,7 @@ import http.client
 import socket
 import sys
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -43,7 +43,6 @@ from relay.adapters.deadline import Deadline, current_deadline, request_deadline
 
 # (address, port) -> None, or raise (relay.errors.UnsafeUrl) to refuse the connection.
 EndpointCheck = Callable[[str, int], None]
-T = TypeVar("T")
 
 
 class DeadlineExceeded(Urllib3Timeout):
@@ -51,7 +50,7 @@ class DeadlineExceeded(Urllib3Timeout):
     exceptions (the Genesys client) treats it exactly like a connect or read timeout."""
 
 
-def call_within_deadline(seconds: float, call: Callable[[], T]) -> T:
+def call_within_deadline[T](seconds: float, call: Callable[[], T]) -> T:
     """Run one request under a total deadline of ``seconds``; if the deadline passed, raise
     DeadlineExceeded whatever ``call`` raised or returned (a body cut short may still have parsed)."""
     with request_deadline(seconds) as deadline:

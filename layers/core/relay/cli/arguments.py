@@ -6,12 +6,9 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
-from typing import TypeVar
-
-Number = TypeVar("Number", int, float)
 
 
-def _parse(text: str, parse: Callable[[str], Number], what: str) -> Number:
+def _parse[Number: (int, float)](text: str, parse: Callable[[str], Number], what: str) -> Number:
     try:
         return parse(text)
     except ValueError:
