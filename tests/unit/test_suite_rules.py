@@ -48,4 +48,4 @@ def test_the_rules_see_what_they_look_for() -> None:
     assert SKIP.search("pytest.importorskip('yaml')") and not SKIP.search("def skipped_records():")
     assert SLEEP.search("time.sleep(3)") and SLEEP.search("await asyncio.sleep(1)")
     assert not SLEEP.search("def sleep(seconds: float) -> None:")
-    assert lines_matching(re.compile(r"def wait_until\(")) != []  # the sources are read
+    assert lines_matching(re.compile(r"def wait_until\b")) != []  # the sources are read
