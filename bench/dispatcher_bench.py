@@ -121,12 +121,11 @@ def make_records(target_id: str, count: int) -> list[dict[str, Any]]:
 
 
 def make_dispatcher(url: str, *, encrypted: bool, concurrency: int) -> tuple[Any, Any, QueueOps]:
-    from relay.adapters.audit import InMemoryAuditSink
-    from relay.adapters.breaker_store import InMemoryBreakerStore
-    from relay.adapters.secrets import RotatingSecret
     from relay.logic.dispatch import build_dispatcher
+    from relay.models.secrets import RotatingSecret
     from relay.models.targets import SecurityType, Target, TargetSecurity
     from relay.settings import Settings
+    from relay.testing.fakes import InMemoryAuditSink, InMemoryBreakerStore
 
     settings = Settings.model_validate(
         {

@@ -83,4 +83,5 @@ def test_config_sync_loads_the_sdk_from_its_layer_and_keeps_the_core_dependencie
 def test_the_core_layer_ships_bytecode_and_not_the_developer_side() -> None:
     relay = BUILD / "CoreLayer" / "python" / "relay"
     assert not (relay / "local").exists() and not (relay / "cli").exists()
+    assert not (relay / "testing").exists()
     assert list((relay / "__pycache__").glob("settings.cpython-311.pyc"))

@@ -22,9 +22,10 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from relay.adapters.breaker_store import BreakerStore, DynamoBreakerStore, InMemoryBreakerStore
+from relay.adapters.breaker_store import BreakerStore, DynamoBreakerStore
 from relay.local.aws_stack import LocalResources
 from relay.logic.breaker import Admission, BreakerPolicy, BreakerState, Gate, Phase, open_gate, report
+from relay.testing.fakes import InMemoryBreakerStore
 
 pytestmark = pytest.mark.integration
 

@@ -34,11 +34,7 @@ from test_dispatch_support import (
 from test_dispatch_support import drain as drain_records
 from test_intake_handler import EVENTS, LambdaContext, load_intake_handler
 
-from relay.adapters.breaker_store import InMemoryBreakerStore
-from relay.adapters.delivery_queue import InMemoryClaimCheckStore, InMemoryDeliveryQueue
-from relay.adapters.idempotency import InMemoryIdempotencyStore
 from relay.adapters.secrets import RotatingSecret, SecretKind, put_secret, secret_name
-from relay.adapters.target_store import IntegrationEntry
 from relay.local.aws_stack import LocalResources
 from relay.local.receiver import ReceivedRequest, Receiver
 from relay.logic import crypto
@@ -46,8 +42,14 @@ from relay.logic.dispatch import Dispatcher, build_dispatcher
 from relay.logic.intake import Intake
 from relay.logic.signature import sign
 from relay.models.delivery import S3Ref
-from relay.models.targets import Integration, Target
+from relay.models.targets import Integration, IntegrationEntry, Target
 from relay.settings import Settings
+from relay.testing.fakes import (
+    InMemoryBreakerStore,
+    InMemoryClaimCheckStore,
+    InMemoryDeliveryQueue,
+    InMemoryIdempotencyStore,
+)
 
 pytestmark = pytest.mark.integration
 

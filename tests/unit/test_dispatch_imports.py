@@ -1,5 +1,6 @@
 """Importing the dispatcher handler (as Lambda and the local stack do) stays on the hot path only:
-not the Genesys SDK (seconds of cold start), not moto, not the developer-side relay.local."""
+not the Genesys SDK (seconds of cold start), not moto, not the developer-side relay.local or
+relay.testing."""
 
 from __future__ import annotations
 
@@ -26,5 +27,13 @@ def test_importing_the_dispatcher_handler_loads_no_sdk_moto_or_local_stack() -> 
     ).stdout
     loaded = json.loads(out.strip().splitlines()[-1])
     assert "relay.logic.dispatch" in loaded  # the probe did load the handler's logic
-    for forbidden in ("PureCloudPlatformClientV2", "moto", "relay.local", "standardwebhooks", "hypothesis"):
+    forbidden_packages = (
+        "PureCloudPlatformClientV2",
+        "moto",
+        "relay.local",
+        "relay.testing",
+        "standardwebhooks",
+        "hypothesis",
+    )
+    for forbidden in forbidden_packages:
         assert not [m for m in loaded if m == forbidden or m.startswith(forbidden + ".")], forbidden

@@ -9,12 +9,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from relay.adapters.delivery_queue import InMemoryClaimCheckStore, InMemoryDeliveryQueue
-from relay.adapters.idempotency import InMemoryIdempotencyStore
 from relay.adapters.secrets import RotatingSecret
-from relay.adapters.target_store import IntegrationEntry
 from relay.logic.intake import Intake
-from relay.models.targets import Integration, Target
+from relay.models.targets import Integration, IntegrationEntry, Target
+from relay.testing.fakes import InMemoryClaimCheckStore, InMemoryDeliveryQueue, InMemoryIdempotencyStore
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"

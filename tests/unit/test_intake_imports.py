@@ -34,6 +34,14 @@ def test_importing_the_intake_handler_loads_neither_the_sdk_nor_moto_nor_the_loc
     modules = set(json.loads(done.stdout.strip().splitlines()[-1]))
     assert "intake_handler" in modules and "relay.logic.intake" in modules
     # powertools' __init__ imports its tracing module; the X-Ray SDK (the cost) loads only with a Tracer.
-    forbidden = {"PureCloudPlatformClientV2", "moto", "relay.local", "aws_xray_sdk", "hypothesis", "pytest"}
+    forbidden = {
+        "PureCloudPlatformClientV2",
+        "moto",
+        "relay.local",
+        "relay.testing",
+        "aws_xray_sdk",
+        "hypothesis",
+        "pytest",
+    }
     loaded = sorted(m for m in modules if any(m == f or m.startswith(f + ".") for f in forbidden))
     assert loaded == []

@@ -23,17 +23,12 @@ from test_intake_fakes import (
     sample,
 )
 
-from relay.adapters.delivery_queue import (
-    MAX_BATCH_BYTES,
-    InMemoryClaimCheckStore,
-    InMemoryDeliveryQueue,
-    SqsDeliveryQueue,
-    plan_batches,
-)
-from relay.adapters.idempotency import InMemoryIdempotencyStore
+from relay.adapters.delivery_queue import SqsDeliveryQueue
 from relay.errors import BadRequest, ConfigurationError, DependencyUnavailable
 from relay.models.delivery import DeliveryTask
 from relay.models.genesys import OPEN_MESSAGE
+from relay.models.queue import MAX_BATCH_BYTES, OutgoingMessage, plan_batches
+from relay.testing.fakes import InMemoryClaimCheckStore, InMemoryDeliveryQueue, InMemoryIdempotencyStore
 
 
 def tasks(queue: InMemoryDeliveryQueue) -> list[DeliveryTask]:
@@ -656,12 +651,12 @@ def test_per_entry_failures_that_persist_are_503_and_the_repeat_can_queue() -> N
 
 
 def test_batches_respect_sqs_count_and_size_limits() -> None:
-    small = ["x" * 100] * 25
+    small = [OutgoingMessage(str(i), "x" * 100) for i in range(25)]
     assert [len(batch) for batch in plan_batches(small)] == [10, 10, 5]
-    big = ["x" * 100_000] * 5
+    big = [OutgoingMessage(str(i), "x" * 100_000) for i in range(5)]
     batches = plan_batches(big)
-    assert all(sum(len(big[i]) for i in batch) <= MAX_BATCH_BYTES for batch in batches)
-    assert sorted(i for batch in batches for i in batch) == list(range(5))
+    assert all(sum(len(m.body) for m in batch) <= MAX_BATCH_BYTES for batch in batches)
+    assert sorted(int(m.entry_id) for batch in batches for m in batch) == list(range(5))
 
 
 # --- claim check ------------------------------------------------------------------------------------------

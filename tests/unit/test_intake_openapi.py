@@ -11,10 +11,10 @@ import pytest
 import yaml
 from test_intake_fakes import answer, http_event, make_intake, sample
 
-from relay.adapters.delivery_queue import InMemoryDeliveryQueue
-from relay.adapters.idempotency import Claim, InMemoryIdempotencyStore
 from relay.errors import ConfigurationError, DependencyUnavailable
 from relay.local.template import load_template
+from relay.models.idempotency import Claim
+from relay.testing.fakes import InMemoryDeliveryQueue, InMemoryIdempotencyStore
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC: dict[str, Any] = yaml.safe_load((ROOT / "docs" / "openapi.yaml").read_text())

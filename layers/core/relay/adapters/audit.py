@@ -48,15 +48,3 @@ class S3AuditSink:
             )
         except (ClientError, BotoCoreError) as exc:
             raise DependencyUnavailable(f"audit bucket unwritable ({type(exc).__name__})") from None
-
-
-class InMemoryAuditSink:
-    """Audit objects in process memory (benchmarks)."""
-
-    def __init__(self) -> None:
-        self.objects: dict[str, bytes] = {}
-
-    def write(
-        self, date: str, target_id: str, invocation_id: str, records: Sequence[Mapping[str, Any]]
-    ) -> None:
-        self.objects[audit_key(date, target_id, invocation_id)] = to_jsonl(records)

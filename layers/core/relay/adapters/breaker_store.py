@@ -11,7 +11,6 @@ them wins the half-open probe. ``InMemoryBreakerStore`` has the same semantics (
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -19,14 +18,10 @@ from typing import Any, Protocol
 from botocore.exceptions import BotoCoreError, ClientError
 
 from relay.adapters.aws import client
-from relay.errors import DependencyUnavailable
+from relay.errors import BreakerStoreUnavailable
 from relay.models.breaker import BreakerState, Phase
 
 RECORD_TTL_SECONDS = 7 * 24 * 3600
-
-
-class BreakerStoreUnavailable(DependencyUnavailable):
-    """The breaker table could not be read or written (the dispatcher fails open)."""
 
 
 class BreakerStore(Protocol):
@@ -102,27 +97,3 @@ class DynamoBreakerStore:
         except BotoCoreError as exc:
             raise BreakerStoreUnavailable(f"breaker table unwritable ({type(exc).__name__})") from None
         return True
-
-
-class InMemoryBreakerStore:
-    """Same conditional semantics as the DynamoDB store, in one process. Counts calls for benchmarks."""
-
-    def __init__(self) -> None:
-        self._states: dict[str, BreakerState] = {}
-        self._lock = threading.Lock()
-        self.reads = 0
-        self.writes = 0
-
-    def load(self, key: str) -> BreakerState:
-        with self._lock:
-            self.reads += 1
-            return self._states.get(key, BreakerState())
-
-    def save(self, key: str, state: BreakerState, *, expected_version: int) -> bool:
-        with self._lock:
-            self.writes += 1
-            current = self._states.get(key)
-            if (current.version if current else 0) != expected_version:
-                return False
-            self._states[key] = state
-            return True

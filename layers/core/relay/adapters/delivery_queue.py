@@ -18,31 +18,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from relay.adapters.aws import client
 from relay.errors import DependencyUnavailable
 from relay.models.delivery import S3Ref
+from relay.models.queue import MAX_INLINE_BODY_BYTES, OutgoingMessage, plan_batches
 
-# SQS limits: 10 entries and 256 KiB in total per SendMessageBatch call; 256 KiB per message, counting
-# the message attributes the dispatcher may add later (hence the headroom the intake keeps).
-MAX_BATCH_ENTRIES = 10
-MAX_BATCH_BYTES = 262_144
-MAX_MESSAGE_BYTES = 262_144
-ATTRIBUTE_HEADROOM_BYTES = 16_384
-MAX_INLINE_BODY_BYTES = MAX_MESSAGE_BYTES - ATTRIBUTE_HEADROOM_BYTES
-
-
-def plan_batches(bodies: Sequence[str]) -> list[list[int]]:
-    """Indexes of ``bodies`` grouped into batches within SQS's count and total-size limits."""
-    batches: list[list[int]] = []
-    current: list[int] = []
-    current_bytes = 0
-    for index, body in enumerate(bodies):
-        size = len(body.encode("utf-8"))
-        if current and (len(current) == MAX_BATCH_ENTRIES or current_bytes + size > MAX_BATCH_BYTES):
-            batches.append(current)
-            current, current_bytes = [], 0
-        current.append(index)
-        current_bytes += size
-    if current:
-        batches.append(current)
-    return batches
+__all__ = ["MAX_INLINE_BODY_BYTES", "SqsDeliveryQueue"]
 
 
 class SqsDeliveryQueue:
@@ -69,8 +47,9 @@ class SqsDeliveryQueue:
 
     def send(self, bodies: Sequence[str]) -> None:
         """Queue every body (one message each) or raise DependencyUnavailable."""
-        for batch in plan_batches(bodies):
-            self._send_batch({str(i): bodies[i] for i in batch})
+        messages = [OutgoingMessage(str(i), body) for i, body in enumerate(bodies)]
+        for batch in plan_batches(messages):
+            self._send_batch({m.entry_id: m.body for m in batch})
 
     def _send_batch(self, pending: dict[str, str]) -> None:
         last_error = "no attempt made"
@@ -112,25 +91,3 @@ class S3ClaimCheckStore:
         except (ClientError, BotoCoreError) as exc:
             raise DependencyUnavailable(f"audit bucket unavailable ({type(exc).__name__})") from None
         return S3Ref(bucket=self._bucket, key=key)
-
-
-class InMemoryDeliveryQueue:
-    """A queue in process memory with the same contract (tests, benchmarks)."""
-
-    def __init__(self) -> None:
-        self.bodies: list[str] = []
-
-    def send(self, bodies: Sequence[str]) -> None:
-        self.bodies.extend(bodies)
-
-
-class InMemoryClaimCheckStore:
-    """Claim checks in process memory (tests, benchmarks)."""
-
-    def __init__(self, bucket: str = "in-memory") -> None:
-        self.bucket = bucket
-        self.objects: dict[str, bytes] = {}
-
-    def put(self, key: str, body: bytes) -> S3Ref:
-        self.objects[key] = body
-        return S3Ref(bucket=self.bucket, key=key)

@@ -17,7 +17,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from relay.adapters.aws import client
-from relay.errors import DependencyUnavailable
+from relay.errors import DependencyUnavailable, UnreadableEvent
 from relay.models.delivery import (
     ATTR_ATTEMPTS,
     ATTR_DEFERRALS,
@@ -139,10 +139,13 @@ class S3ClaimCheckReader:
         self._s3 = s3
 
     def load(self, ref: S3Ref) -> str:
-        """The stored text, byte for byte (for an HTTP event: the body Genesys sent); ValueError if it
-        is not UTF-8."""
+        """The stored text, byte for byte (for an HTTP event: the body Genesys sent); UnreadableEvent if
+        it is not UTF-8."""
         try:
             body: bytes = (self._s3 or client("s3")).get_object(Bucket=ref.bucket, Key=ref.key)["Body"].read()
         except (ClientError, BotoCoreError) as exc:
             raise DependencyUnavailable(f"claim check unreadable ({type(exc).__name__})") from None
-        return body.decode("utf-8")
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UnreadableEvent("the claim-checked event is not UTF-8") from None

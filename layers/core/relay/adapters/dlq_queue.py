@@ -7,84 +7,19 @@ code only: SQS error messages can quote request content, and nothing here may ec
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from relay.adapters.aws import client
-from relay.adapters.delivery_queue import MAX_BATCH_BYTES, MAX_BATCH_ENTRIES
-from relay.errors import DependencyUnavailable, RelayError
+from relay.errors import DependencyUnavailable, MoveTaskUnavailable
+from relay.models.queue import MAX_BATCH_ENTRIES, MoveTaskStatus, OutgoingMessage, ReceivedMessage
 
 # Error codes that mean "this endpoint does not offer the move task" rather than "it failed".
 # moto answers HTTP 500 with an HTML page (botocore reports the code "500"): NotImplementedError.
 _UNAVAILABLE_CODES = frozenset(
     {"500", "NotImplemented", "NotImplementedError", "InvalidAction", "UnknownOperationException"}
 )
-TERMINAL_TASK_STATUSES = frozenset({"COMPLETED", "CANCELLED", "FAILED"})
-
-
-class MoveTaskUnavailable(RelayError):
-    """This SQS endpoint does not implement StartMessageMoveTask (moto, some emulators)."""
-
-
-@dataclass(frozen=True)
-class ReceivedMessage:
-    message_id: str
-    receipt_handle: str
-    body: str
-    # Message attributes as SQS returns them: {"DataType", "StringValue" | "BinaryValue"}.
-    attributes: Mapping[str, Mapping[str, Any]]
-    sent_timestamp_ms: int | None
-
-
-@dataclass(frozen=True)
-class OutgoingMessage:
-    entry_id: str
-    body: str
-    attributes: Mapping[str, Mapping[str, Any]]
-
-    @property
-    def size(self) -> int:
-        size = len(self.body.encode("utf-8"))
-        for name, value in self.attributes.items():
-            size += len(name.encode("utf-8")) + len(str(value.get("DataType", "")).encode("utf-8"))
-            size += len(str(value.get("StringValue", "")).encode("utf-8")) + len(
-                value.get("BinaryValue", b"")
-            )
-        return size
-
-
-@dataclass(frozen=True)
-class MoveTaskStatus:
-    status: str  # RUNNING, COMPLETED, CANCELLING, CANCELLED, FAILED
-    moved: int
-    to_move: int | None
-    failure_reason: str | None = None
-    task_handle: str | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.status in TERMINAL_TASK_STATUSES
-
-
-def plan_send_batches(messages: Sequence[OutgoingMessage]) -> list[list[OutgoingMessage]]:
-    """``messages`` in order, grouped within SQS's per-batch entry count and total size.
-
-    The size counts attribute names, types and values too, as SQS does.
-    """
-    batches: list[list[OutgoingMessage]] = []
-    for message in messages:
-        last = batches[-1] if batches else None
-        if (
-            last is None
-            or len(last) == MAX_BATCH_ENTRIES
-            or sum(m.size for m in last) + message.size > MAX_BATCH_BYTES
-        ):
-            batches.append([message])
-        else:
-            last.append(message)
-    return batches
 
 
 def _code(exc: Exception) -> str:

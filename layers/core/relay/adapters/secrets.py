@@ -11,63 +11,19 @@ Names are ``<SECRETS_PREFIX>/<kind>/<id>``. Values are SecretStr: they never rea
 
 from __future__ import annotations
 
-import json
-from enum import StrEnum
 from functools import lru_cache
 
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+from pydantic import ValidationError
 
 from relay.adapters.aws import client
 from relay.errors import ConfigurationError, DependencyUnavailable
+from relay.models.secrets import RotatingSecret, SecretKind
+from relay.models.secrets import secret_name as _secret_name
 from relay.settings import get_settings
 
 
-class SecretKind(StrEnum):
-    SIGNATURE = "signature"  # Genesys X-Hub-Signature-256 secret of an integration
-    SIGNING = "signing"  # Standard Webhooks whsec_ secret of a target
-    AUTH = "auth"  # bearer token or "user:password" of a target
-    ENCRYPTION = "encryption"  # envelope encryption key of a target
-    GENESYS = "genesys"  # Genesys OAuth client {"current": client_secret, "keyId": client_id}
-
-
-class RotatingSecret(BaseModel):
-    model_config = ConfigDict(frozen=True, populate_by_name=True)
-
-    current: SecretStr
-    previous: SecretStr | None = None
-    key_id: str | None = None
-    salt: str | None = None
-
-    def values(self) -> list[str]:
-        """Every value that is valid now, current first."""
-        found = [self.current.get_secret_value()]
-        if self.previous is not None:
-            found.append(self.previous.get_secret_value())
-        return found
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "current": self.current.get_secret_value(),
-                "previous": self.previous.get_secret_value() if self.previous else None,
-                "keyId": self.key_id,
-                "salt": self.salt,
-            }
-        )
-
-    @classmethod
-    def from_json(cls, raw: str) -> RotatingSecret:
-        data = json.loads(raw)
-        return cls(
-            current=data["current"],
-            previous=data.get("previous"),
-            key_id=data.get("keyId"),
-            salt=data.get("salt"),
-        )
-
-
 def secret_name(kind: SecretKind, ident: str) -> str:
-    return f"{get_settings().secrets_prefix}/{kind.value}/{ident}"
+    return _secret_name(get_settings().secrets_prefix, kind, ident)
 
 
 @lru_cache(maxsize=1)

@@ -13,28 +13,18 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from relay.adapters.aws import client
 from relay.errors import DependencyUnavailable
-from relay.models.targets import Integration, Target
+from relay.models.targets import Integration, IntegrationEntry, Target
 
 INTEGRATION_SORT_KEY = "#integration"
 # Bounded so that requests naming random integration ids (negative answers are cached too) cannot
 # grow a warm container's memory; the least recently used entry goes first.
 DEFAULT_CACHE_ENTRIES = 1024
-
-
-@dataclass(frozen=True)
-class IntegrationEntry:
-    integration: Integration
-    targets: tuple[Target, ...]
-
-    def target(self, target_id: str) -> Target | None:
-        return next((t for t in self.targets if t.target_id == target_id), None)
 
 
 class TargetStore:

@@ -53,7 +53,7 @@ def _stores() -> tuple[Any, Any, Any]:
 
 
 def _failed(command: str, exc: Exception) -> int:
-    from relay.logic.breaker_control import AmbiguousTarget, ResetConflict
+    from relay.errors import AmbiguousTarget, ResetConflict
 
     print(f"relay breaker {command}: {exc}", file=sys.stderr)  # messages carry no secrets by contract
     if isinstance(exc, AmbiguousTarget):

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from relay.errors import LocalStackError
 from relay.local.api_adapter import ApiAdapter
 from relay.local.aws_stack import (
     LocalResources,
@@ -50,10 +51,6 @@ from relay.local.template import Template, load_template
 STAGE = "local"
 PREFIX = "relay"
 DISPATCHER = "DispatcherFunction"
-
-
-class LocalStackError(RuntimeError):
-    """The local stack could not start as configured."""
 
 
 @dataclass(frozen=True)

@@ -10,37 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from relay.adapters.breaker_store import BreakerStore
 from relay.adapters.target_store import TargetStore
-from relay.errors import RelayError
+from relay.errors import AmbiguousTarget, ResetConflict, UnknownTarget
 from relay.logic import breaker
 from relay.models.breaker import BreakerState, Phase, target_key
 from relay.models.targets import Target
+from relay.models.timestamps import iso_utc_from_epoch
 from relay.settings import Settings
 
 RESET_ATTEMPTS = 5
-
-
-class UnknownTarget(RelayError):
-    """No such target in the TargetsTable (under the integration given, if any)."""
-
-
-class AmbiguousTarget(RelayError):
-    """The target id exists under several integrations; the operator must choose one."""
-
-    def __init__(self, target_id: str, integration_ids: Iterable[str]) -> None:
-        self.integration_ids = tuple(integration_ids)
-        super().__init__(
-            f"target {target_id} exists under integrations {', '.join(self.integration_ids)}: "
-            "choose one with --integration"
-        )
-
-
-class ResetConflict(RelayError):
-    """The breaker changed under every reset attempt (dispatchers very busy with it): nothing written."""
 
 
 def policy_from(settings: Settings) -> breaker.BreakerPolicy:
@@ -129,9 +110,7 @@ class BreakerView:
 
 
 def _iso(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return None if epoch is None else iso_utc_from_epoch(epoch, "seconds")
 
 
 def view(target: Target, state: BreakerState, now: float, policy: breaker.BreakerPolicy) -> BreakerView:

@@ -27,9 +27,10 @@ from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import SecretStr, ValidationError
 
-from relay.adapters.secrets import RotatingSecret, SecretKind, get_secret, put_secret, secret_name
-from relay.adapters.target_store import IntegrationEntry, TargetStore
+from relay.adapters.secrets import get_secret, put_secret, secret_name
+from relay.adapters.target_store import TargetStore
 from relay.errors import (
+    ConfigRejected,
     ConfigurationError,
     DependencyUnavailable,
     GenesysError,
@@ -37,7 +38,8 @@ from relay.errors import (
     UnsafeUrl,
 )
 from relay.logic.url_policy import Resolver, UrlPolicy, system_resolver
-from relay.models.targets import Integration, SecurityType, Target, TargetSecurity
+from relay.models.secrets import RotatingSecret, SecretKind
+from relay.models.targets import Integration, IntegrationEntry, SecurityType, Target, TargetSecurity
 from relay.models.webhook_config import WebhookConfig, safe_errors, webhook_config_from_genesys
 from relay.observability import logger
 from relay.settings import Settings
@@ -86,10 +88,6 @@ class SyncReport:
             "rejected": [{"kind": r.kind, "id": r.id, "reason": r.reason} for r in self.rejected],
             "secretsWritten": self.secrets_written,
         }
-
-
-class _Rejected(Exception):
-    """One config is skipped; the message is safe to log (no secret values)."""
 
 
 def warm_up() -> None:
@@ -187,7 +185,7 @@ class _SyncRun:
         """
         try:
             return read(ident)
-        except (_Rejected, GenesysItemError) as exc:
+        except (ConfigRejected, GenesysItemError) as exc:
             reason = str(exc)
         except _RUN_FAILURES:
             raise
@@ -218,22 +216,22 @@ class _SyncRun:
     def _read_open_integration(self, integration_id: str) -> tuple[str, SecretStr | None]:
         doc = self._genesys.get_open_integration(integration_id)
         if doc.get("id") != integration_id:
-            raise _Rejected("Genesys answered with a different integration id")
+            raise ConfigRejected("Genesys answered with a different integration id")
         name = (doc.get("name") or "").strip()
         if not name:
-            raise _Rejected("integration has no name")
+            raise ConfigRejected("integration has no name")
         if str(doc.get("createStatus") or "").lower() == "error":
-            raise _Rejected("integration creation failed in Genesys (createStatus Error)")
+            raise ConfigRejected("integration creation failed in Genesys (createStatus Error)")
         if str(doc.get("status") or "Active").lower() != "active":
-            raise _Rejected(f"integration is disabled in Genesys (status {doc.get('status')})")
+            raise ConfigRejected(f"integration is disabled in Genesys (status {doc.get('status')})")
         token = doc.get("outboundNotificationWebhookSignatureSecretToken")
         if token:
             if len(token) < MIN_SIGNATURE_SECRET_CHARS:
-                raise _Rejected(f"signature secret shorter than {MIN_SIGNATURE_SECRET_CHARS} characters")
+                raise ConfigRejected(f"signature secret shorter than {MIN_SIGNATURE_SECRET_CHARS} characters")
             return name, SecretStr(token)
         # Genesys may not return the secret in clear: keep the one already in Secrets Manager.
         if self._existing_secret(secret_name(SecretKind.SIGNATURE, integration_id)) is None:
-            raise _Rejected("Genesys returned no signature secret and Secrets Manager holds none")
+            raise ConfigRejected("Genesys returned no signature secret and Secrets Manager holds none")
         return name, None
 
     def sync_eventbridge_integration(self) -> None:
@@ -299,7 +297,7 @@ class _SyncRun:
     def _read_webhook_config(self, target_id: str) -> WebhookConfig:
         integration = self._genesys.get_integration(target_id)
         if integration.get("id") != target_id:
-            raise _Rejected("Genesys answered with a different integration id")
+            raise ConfigRejected("Genesys answered with a different integration id")
         config = self._genesys.get_integration_config(target_id)
         references = config.get("credentials") or {}
         values: dict[str, str | None] = {}
@@ -316,7 +314,7 @@ class _SyncRun:
         try:
             return webhook_config_from_genesys(integration, config, values)
         except ValidationError as exc:
-            raise _Rejected(f"invalid config: {safe_errors(exc)}") from None
+            raise ConfigRejected(f"invalid config: {safe_errors(exc)}") from None
 
     def _credential_value(self, credential_id: str) -> str | None:
         fields = self._genesys.get_credential(credential_id).get("credentialFields") or {}
@@ -332,21 +330,21 @@ class _SyncRun:
     def _check_target(self, config: WebhookConfig) -> str:
         """The target's URL as the dispatcher will use it (normalised), if the config may be stored."""
         if not config.enabled:
-            raise _Rejected("webhook integration is disabled in Genesys")
+            raise ConfigRejected("webhook integration is disabled in Genesys")
         if config.integration_id not in self._known_integrations:
-            raise _Rejected(
+            raise ConfigRejected(
                 f"config names open messaging integration {config.integration_id}, which is not in "
                 "GENESYS_OPEN_MESSAGING_INTEGRATION_IDS"
             )
         if config.integration_id not in self._accepted_integrations:
-            raise _Rejected(
+            raise ConfigRejected(
                 f"config names open messaging integration {config.integration_id}, which this run "
                 "rejected (see its own rejection)"
             )
         try:
             return UrlPolicy.from_settings(self._settings).check_url(config.url, resolve=self._resolve)
         except UnsafeUrl as exc:
-            raise _Rejected(f"URL refused: {exc}") from None
+            raise ConfigRejected(f"URL refused: {exc}") from None
 
     # --- storage -----------------------------------------------------------------------------------
     def _stored(self, integration_id: str) -> IntegrationEntry | None:

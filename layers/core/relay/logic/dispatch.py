@@ -39,32 +39,25 @@ from urllib.parse import urlsplit
 from pydantic import ValidationError
 
 from relay.adapters.audit import AuditSink, S3AuditSink
-from relay.adapters.breaker_store import BreakerStore, BreakerStoreUnavailable, DynamoBreakerStore
+from relay.adapters.breaker_store import BreakerStore, DynamoBreakerStore
 from relay.adapters.delivery_queue_ops import S3ClaimCheckReader, SqsDeliveryQueueOps
 from relay.adapters.http import HttpSender
-from relay.adapters.secrets import RotatingSecret, get_secret
+from relay.adapters.secrets import get_secret
 from relay.adapters.target_store import TargetStore
-from relay.errors import ConfigurationError, DependencyUnavailable
+from relay.errors import BreakerStoreUnavailable, ConfigurationError, DependencyUnavailable, UnreadableEvent
 from relay.logic import breaker, crypto, retry
 from relay.logic.delivery_metrics import BatchMetrics, Metric
 from relay.logic.envelope import TargetSecrets, build_request
 from relay.logic.outcomes import Outcome, Verdict, classify
 from relay.logic.url_policy import UrlPolicy
 from relay.models.breaker import BreakerState, Phase, target_key
-from relay.models.delivery import DeliveryTask, check_event_json
+from relay.models.delivery import DeliveryTask, DlqReason, check_event_json
+from relay.models.secrets import RotatingSecret
 from relay.models.targets import Target
 from relay.observability import logger
 from relay.settings import Settings, get_settings
 
 SecretReader = Callable[[str], RotatingSecret]
-
-# DLQ reasons (relay-dlq-reason), as in docs/architecture.md.
-REASON_EXHAUSTED = "exhausted"
-REASON_PERMANENT = "permanent-status"
-REASON_GONE = "target-gone"
-REASON_POISON = "poison"
-REASON_UNKNOWN_TARGET = "unknown-target"
-REASON_TARGET_DISABLED = "target-disabled"
 
 # Audit outcomes.
 DELIVERED = "delivered"
@@ -250,7 +243,7 @@ class Dispatcher:
         try:
             task = DeliveryTask.model_validate_json(record.body)
         except ValidationError:
-            self._dead_letter_unattempted(record, None, REASON_POISON, "body is not a DeliveryTask", batch)
+            self._dead_letter_unattempted(record, None, DlqReason.POISON, "body is not a DeliveryTask", batch)
             return None
         try:
             target = self._targets.get_target(task.integration_id, task.target_id)
@@ -261,10 +254,11 @@ class Dispatcher:
             batch.fail(record)
             return None
         if target is None:
-            self._dead_letter_unattempted(record, task, REASON_UNKNOWN_TARGET, "no such target", batch)
+            self._dead_letter_unattempted(record, task, DlqReason.UNKNOWN_TARGET, "no such target", batch)
             return None
         if not target.enabled:
-            self._dead_letter_unattempted(record, task, REASON_TARGET_DISABLED, "target is disabled", batch)
+            why = "target is disabled"
+            self._dead_letter_unattempted(record, task, DlqReason.TARGET_DISABLED, why, batch)
             return None
         return Item(
             record=record,
@@ -374,7 +368,7 @@ class Dispatcher:
                 if item.key in batch.gone:
                     # Its endpoint said 410 while this record waited: it is gone for this one too.
                     why = "target answered 410 Gone earlier in this batch"
-                    self._dead_letter_unattempted(item.record, item.task, REASON_GONE, why, batch)
+                    self._dead_letter_unattempted(item.record, item.task, DlqReason.TARGET_GONE, why, batch)
                     return
                 if self._out_of_time(item, batch):
                     # A Lambda timeout would fail the whole batch and cost every record a receive:
@@ -395,7 +389,7 @@ class Dispatcher:
             if event_json is None and task.event_ref is not None:
                 event_json = self._claim_checks.load(task.event_ref)
             if event_json is None:
-                raise ValueError("task has neither eventJson nor eventRef")
+                raise UnreadableEvent("task has neither eventJson nor eventRef")
             # Sent as it is, never re-encoded: it must be what the intake let in, a JSON object.
             check_event_json(event_json)
             secrets = self._target_secrets(target)
@@ -405,8 +399,8 @@ class Dispatcher:
             item.outcome = Outcome(Verdict.RETRYABLE, None, code)
             self._settle(item, batch, _line(item, batch, started, self._now(), error=str(exc)))
             return
-        except ValueError:
-            self._dead_letter_unattempted(item.record, task, REASON_POISON, "event unreadable", batch)
+        except UnreadableEvent:
+            self._dead_letter_unattempted(item.record, task, DlqReason.POISON, "event unreadable", batch)
             return
         connect, read = self._timeouts(target)
         result = self._http.send(
@@ -468,9 +462,9 @@ class Dispatcher:
                 self._schedule_retry(item, outcome, batch, line)
             else:
                 reason = {
-                    Verdict.RETRYABLE: REASON_EXHAUSTED,
-                    Verdict.GONE: REASON_GONE,
-                }.get(outcome.verdict, REASON_PERMANENT)
+                    Verdict.RETRYABLE: DlqReason.EXHAUSTED,
+                    Verdict.GONE: DlqReason.TARGET_GONE,
+                }.get(outcome.verdict, DlqReason.PERMANENT_STATUS)
                 if outcome.verdict is Verdict.GONE:
                     self._disable(item)
                 self._dead_letter(item, reason, outcome, batch, line)

@@ -17,15 +17,8 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from relay.adapters.dlq_queue import (
-    MoveTaskStatus,
-    MoveTaskUnavailable,
-    OutgoingMessage,
-    ReceivedMessage,
-    SqsDlqQueues,
-    plan_send_batches,
-)
-from relay.errors import DependencyUnavailable
+from relay.adapters.dlq_queue import SqsDlqQueues
+from relay.errors import DependencyUnavailable, MoveTaskUnavailable
 from relay.models.delivery import (
     ATTR_ATTEMPTS,
     ATTR_DEFERRALS,
@@ -33,23 +26,17 @@ from relay.models.delivery import (
     ATTR_INTEGRATION_ID,
     ATTR_LAST_STATUS,
     ATTR_TARGET_ID,
+    BACKSTOP_REASON,
     DEAD_LETTER_ATTRIBUTES,
     DeliveryTask,
+    DlqReason,
 )
+from relay.models.queue import MoveTaskStatus, OutgoingMessage, ReceivedMessage, plan_batches
 
-# A message the redrive policy moved (the backstop) carries no reason attribute.
-BACKSTOP_REASON = "redrive-backstop"
 # Stands in for the target and integration of a body that is not a DeliveryTask.
 UNPARSEABLE = "unparseable"
-DLQ_REASONS = (
-    "exhausted",
-    "permanent-status",
-    "target-gone",
-    "poison",
-    "unknown-target",
-    "target-disabled",
-    BACKSTOP_REASON,
-)
+# What ``relay dlq`` lists and filters by: the relay's own reasons, and the backstop's pseudo reason.
+DLQ_REASONS = (*(reason.value for reason in DlqReason), BACKSTOP_REASON)
 
 RedriveMethod = Literal["auto", "move-task", "resend"]
 
@@ -510,7 +497,7 @@ def _move(
         OutgoingMessage(entry_id, m.body, redrive_attributes(m.attributes))
         for entry_id, m in by_entry.items()
     ]
-    for batch in plan_send_batches(outgoing):
+    for batch in plan_batches(outgoing):
         try:
             sent = queues.send_batch(queue_url, batch)
         except DependencyUnavailable as exc:

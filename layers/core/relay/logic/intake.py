@@ -40,15 +40,13 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from relay.adapters.delivery_queue import MAX_INLINE_BODY_BYTES
-from relay.adapters.idempotency import Claim
-from relay.adapters.secrets import RotatingSecret
-from relay.adapters.target_store import IntegrationEntry
 from relay.errors import (
     BadRequest,
     ConfigurationError,
     DependencyUnavailable,
     InvalidSignature,
     MethodNotAllowed,
+    NonFiniteNumber,
     PayloadTooLarge,
     RejectedRequest,
     RequestInProgress,
@@ -59,12 +57,14 @@ from relay.logic.signature import CODE_MISMATCH, SIGNATURE_HEADER, verify_signat
 from relay.models.delivery import (
     DeliveryTask,
     EventSource,
-    NonFiniteNumber,
     S3Ref,
     event_json_of,
     load_finite_json,
 )
 from relay.models.genesys import OPEN_MESSAGE, GenesysEventBridgeEvent, utc_instant
+from relay.models.idempotency import Claim
+from relay.models.secrets import RotatingSecret
+from relay.models.targets import IntegrationEntry
 from relay.observability import logger
 from relay.settings import Settings, get_settings
 
