@@ -121,11 +121,11 @@ def make_records(target_id: str, count: int) -> list[dict[str, Any]]:
 
 
 def make_dispatcher(url: str, *, encrypted: bool, concurrency: int) -> tuple[Any, Any, QueueOps]:
-    from relay.logic.dispatch import build_dispatcher
     from relay.models.secrets import RotatingSecret
     from relay.models.targets import SecurityType, Target, TargetSecurity
     from relay.settings import Settings
     from relay.testing.fakes import InMemoryAuditSink, InMemoryBreakerStore
+    from relay.wiring.dispatcher import build_dispatcher
 
     settings = Settings.model_validate(
         {

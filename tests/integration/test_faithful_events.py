@@ -29,19 +29,21 @@ from test_dispatch_support import (
     PLAIN_TARGET,
     SIGNING_SECRET,
     load_handler,
+    put_secret,
+    secret_name,
     seed_target,
 )
 from test_dispatch_support import drain as drain_records
 from test_intake_handler import EVENTS, LambdaContext, load_intake_handler
 
-from relay.adapters.secrets import RotatingSecret, SecretKind, put_secret, secret_name
 from relay.local.aws_stack import LocalResources
 from relay.local.receiver import ReceivedRequest, Receiver
 from relay.logic import crypto
-from relay.logic.dispatch import Dispatcher, build_dispatcher
+from relay.logic.dispatch import Dispatcher
 from relay.logic.intake import Intake
 from relay.logic.signature import sign
 from relay.models.delivery import S3Ref
+from relay.models.secrets import RotatingSecret, SecretKind
 from relay.models.targets import Integration, IntegrationEntry, Target
 from relay.settings import Settings
 from relay.testing.fakes import (
@@ -50,6 +52,7 @@ from relay.testing.fakes import (
     InMemoryDeliveryQueue,
     InMemoryIdempotencyStore,
 )
+from relay.wiring.dispatcher import build_dispatcher
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from relay.adapters.secrets import RotatingSecret
 from relay.logic.intake import Intake
+from relay.models.secrets import RotatingSecret
 from relay.models.targets import Integration, IntegrationEntry, Target
 from relay.testing.fakes import InMemoryClaimCheckStore, InMemoryDeliveryQueue, InMemoryIdempotencyStore
 

@@ -23,7 +23,7 @@ from test_intake_fakes import (
     sample,
 )
 
-from relay.adapters.delivery_queue import SqsDeliveryQueue
+from relay.adapters.sqs import SqsQueues
 from relay.errors import BadRequest, ConfigurationError, DependencyUnavailable
 from relay.models.delivery import DeliveryTask
 from relay.models.genesys import OPEN_MESSAGE
@@ -632,7 +632,7 @@ class FakeSqs:
 
 def test_per_entry_batch_failures_are_retried_until_every_message_is_queued() -> None:
     sqs = FakeSqs(failing_calls=2)
-    queue = SqsDeliveryQueue("https://sqs/q", sqs=sqs, sleep=lambda s: None)
+    queue = SqsQueues(sqs, delivery_queue_url="https://sqs/q", sleep=lambda s: None)
     target_ids = tuple(f"t-{i:02d}" for i in range(12))
     intake, _ = make_intake(queue=queue, integrations=Integrations(make_entry(target_ids)))
     response = intake.handle(http_event())
@@ -643,7 +643,7 @@ def test_per_entry_batch_failures_are_retried_until_every_message_is_queued() ->
 
 def test_per_entry_failures_that_persist_are_503_and_the_repeat_can_queue() -> None:
     sqs = FakeSqs(failing_calls=3)
-    queue = SqsDeliveryQueue("https://sqs/q", sqs=sqs, sleep=lambda s: None)
+    queue = SqsQueues(sqs, delivery_queue_url="https://sqs/q", sleep=lambda s: None)
     intake, _ = make_intake(queue=queue)
     assert intake.handle(http_event())["statusCode"] == 503
     assert intake.handle(http_event())["statusCode"] == 202

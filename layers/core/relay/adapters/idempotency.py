@@ -26,7 +26,6 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from relay.adapters.aws import client
 from relay.errors import DependencyUnavailable
 from relay.models.idempotency import Claim
 
@@ -37,26 +36,22 @@ DEFAULT_LEASE_SECONDS = 10.0
 
 
 class DynamoDBIdempotencyStore:
-    """Claims in the IdempotencyTable. ``dynamodb`` and ``clock`` (epoch seconds) are injectable."""
+    """Claims in the IdempotencyTable through a boto3 DynamoDB client; ``clock`` is epoch seconds."""
 
     def __init__(
         self,
+        dynamodb: Any,
         table_name: str,
         *,
         ttl_seconds: int,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
-        dynamodb: Any = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._table = table_name
         self._ttl = ttl_seconds
         self._lease = lease_seconds
-        self._dynamodb = dynamodb
+        self._ddb = dynamodb
         self._clock = clock
-
-    @property
-    def _ddb(self) -> Any:
-        return self._dynamodb or client("dynamodb")
 
     def claim(self, key: str) -> Claim:
         now = self._clock()

@@ -43,13 +43,11 @@ def register(subparsers: Any) -> None:
 
 
 def _stores() -> tuple[Any, Any, Any]:
-    from relay.adapters.breaker_store import DynamoBreakerStore
-    from relay.adapters.target_store import TargetStore
     from relay.settings import get_settings
+    from relay.wiring import breaker_store, target_store
 
     settings = get_settings()
-    targets = TargetStore(settings.need("targets_table"), cache_ttl_seconds=0)
-    return settings, targets, DynamoBreakerStore(settings.need("breaker_table"))
+    return settings, target_store(settings, cache_ttl_seconds=0), breaker_store(settings)
 
 
 def _failed(command: str, exc: Exception) -> int:

@@ -54,9 +54,10 @@ def _keys(args: argparse.Namespace) -> list[str]:
         if not value:
             raise ValueError(f"environment variable {args.key_env} is not set")
         return [value]
-    from relay.adapters.secrets import get_secret
+    from relay.settings import get_settings
+    from relay.wiring import secret_store
 
-    return get_secret(args.secret).values()
+    return secret_store(get_settings()).get(args.secret).values()
 
 
 def _decrypt(args: argparse.Namespace) -> int:

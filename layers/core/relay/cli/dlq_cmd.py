@@ -162,12 +162,13 @@ def _run(args: argparse.Namespace, command: str, work: Callable[[ProgressLine], 
 
 
 def _list(args: argparse.Namespace) -> int:
-    from relay.adapters.dlq_queue import SqsDlqQueues
     from relay.logic.dlq import list_dead_letters
+    from relay.settings import get_settings
+    from relay.wiring import sqs_queues
 
     def work(line: ProgressLine) -> Outcome:
         report = list_dead_letters(
-            SqsDlqQueues(),
+            sqs_queues(get_settings()),
             _settings_url(args.dlq_url, "dead_letter_queue_url"),
             max_messages=args.max,
             visibility_seconds=args.visibility,
@@ -185,8 +186,9 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _redrive(args: argparse.Namespace) -> int:
-    from relay.adapters.dlq_queue import SqsDlqQueues
     from relay.logic.dlq import DLQ_REASONS, RedriveFilter, RedriveOptions, redrive
+    from relay.settings import get_settings
+    from relay.wiring import sqs_queues
 
     unknown = sorted(set(args.reason or ()) - set(DLQ_REASONS))
     if unknown:
@@ -205,7 +207,7 @@ def _redrive(args: argparse.Namespace) -> int:
 
     def work(line: ProgressLine) -> Outcome:
         result = redrive(
-            SqsDlqQueues(),
+            sqs_queues(get_settings()),
             _settings_url(args.dlq_url, "dead_letter_queue_url"),
             _settings_url(args.queue_url, "delivery_queue_url"),
             options,
