@@ -216,8 +216,8 @@ class LocalStack:
 
     def _configure_functions(self, template: Template, endpoint_url: str) -> None:
         self._local_mode = local_mode_environment(endpoint_url)
-        functions = template.resources_of_type("AWS::Serverless::Function")
-        for logical_id in functions:
+        self.environment, self.function_settings = {}, {}
+        for logical_id in template.resources_of_type("AWS::Serverless::Function"):
             environment = self._function_environment(template, logical_id)
             self.function_settings[logical_id] = load_settings(environment)
             for name, value in environment.items():

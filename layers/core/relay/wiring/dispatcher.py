@@ -6,6 +6,7 @@ import random
 
 from relay.adapters.audit import S3AuditSink
 from relay.adapters.http import HttpSender
+from relay.adapters.sqs import SqsQueues
 from relay.logic.dispatch import Dispatcher
 from relay.logic.url_policy import UrlPolicy
 from relay.ports import (
@@ -25,7 +26,6 @@ from relay.wiring import (
     breaker_store,
     s3_claim_checks,
     secret_store,
-    sqs_queues,
     target_store,
 )
 
@@ -46,9 +46,11 @@ def build_dispatcher(
     """A dispatcher wired to the deployment's resources. ``audit`` None: the S3 sink when AUDIT_BUCKET
     is set, else no audit objects (the audit lines are still logged)."""
     if queue is None:
-        settings.need("delivery_queue_url")
-        settings.need("dead_letter_queue_url")
-        queue = sqs_queues(settings)
+        queue = SqsQueues(
+            aws_clients(settings).client("sqs"),
+            delivery_queue_url=settings.need("delivery_queue_url"),
+            dead_letter_queue_url=settings.need("dead_letter_queue_url"),
+        )
     if audit is None and settings.audit_bucket:
         audit = S3AuditSink(aws_clients(settings).client("s3"), settings.audit_bucket)
     if http is None:

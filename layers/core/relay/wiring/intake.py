@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from relay.adapters.idempotency import DynamoDBIdempotencyStore
+from relay.adapters.sqs import SqsQueues
 from relay.logic.intake import Intake, PowertoolsMetrics
 from relay.ports import (
     ClaimCheckStore,
@@ -13,7 +14,7 @@ from relay.ports import (
     TaskQueue,
 )
 from relay.settings import Settings, get_settings
-from relay.wiring import PerSettings, aws_clients, s3_claim_checks, secret_store, sqs_queues, target_store
+from relay.wiring import PerSettings, aws_clients, s3_claim_checks, secret_store, target_store
 
 
 def build_intake(
@@ -32,8 +33,9 @@ def build_intake(
         store = secret_store(settings)
         secrets, refresh_secret = store, refresh_secret or store.refresh
     if queue is None:
-        settings.need("delivery_queue_url")
-        queue = sqs_queues(settings)
+        queue = SqsQueues(
+            aws_clients(settings).client("sqs"), delivery_queue_url=settings.need("delivery_queue_url")
+        )
     return Intake(
         integrations=integrations or target_store(settings),
         get_secret=secrets,
