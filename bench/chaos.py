@@ -45,7 +45,6 @@ from typing import IO, Any
 import requests
 
 from relay.adapters.breaker_store import DynamoBreakerStore
-from relay.adapters.secrets import SecretKind, get_secret, secret_name
 from relay.local.aws_stack import local_client
 from relay.local.function_worker import WorkerFunction
 from relay.local.receiver import Behaviour, Receiver
@@ -54,6 +53,8 @@ from relay.logic.crypto import derive_key, parse_salt
 from relay.logic.signature import sign
 from relay.models.breaker import Phase, target_key
 from relay.models.delivery import DeliveryTask
+from relay.models.secrets import SecretKind, secret_name
+from relay.wiring import breaker_store, secret_store
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "events" / "openmessaging_text.json"
@@ -355,7 +356,8 @@ class ChaosRun:
             retry_after_seconds=1,
             hang_seconds=READ_TIMEOUT_SECONDS + 1.5,
         )
-        store = DynamoBreakerStore(self.stack.resources.breaker_table)
+        assert self.stack.settings is not None
+        store = breaker_store(self.stack.settings)
         watches = {
             "dead": BreakerWatch(store, target_key(self.integration_id, self.dead_id)),
             "flaky": BreakerWatch(store, target_key(self.integration_id, self.flaky_id)),
@@ -504,7 +506,9 @@ class ChaosRun:
 
     def secrets_in_play(self) -> dict[str, str]:
         """Every secret value of the run, by label (never printed; the summary shows only counts)."""
-        assert self.stack is not None and self.stack.genesys is not None
+        assert self.stack is not None and self.stack.genesys is not None and self.stack.settings is not None
+        settings = self.stack.settings
+        secrets_manager = secret_store(settings)
         keys = self.keys
         found: dict[str, str] = {
             "genesys_client_secret": self.stack.genesys.client_secret,
@@ -519,7 +523,9 @@ class ChaosRun:
             found[f"{name}_signing_secret"] = whsec
             found[f"{name}_signing_key_b64"] = whsec.removeprefix("whsec_")
         for name, target_id in (("flaky", self.flaky_id), ("dead", self.dead_id)):
-            stored = get_secret(secret_name(SecretKind.ENCRYPTION, target_id))
+            stored = secrets_manager.get(
+                secret_name(settings.secrets_prefix, SecretKind.ENCRYPTION, target_id)
+            )
             derived = derive_key(stored.current.get_secret_value(), parse_salt(stored.salt, what="key"))
             found[f"{name}_derived_key_b64"] = base64.b64encode(derived).decode()
             found[f"{name}_derived_key_hex"] = derived.hex()

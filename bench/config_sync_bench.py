@@ -80,26 +80,29 @@ def synthetic_fixtures(targets: int) -> Any:
 
 
 def sync_runs(fixtures: Any, endpoint: str, prefix: str) -> dict[str, Any]:
-    from relay.local.aws_stack import create_resources, forget_cached_configuration
+    from relay.local.aws_stack import create_resources
     from relay.local.fake_genesys import FakeGenesys
     from relay.local.template import load_template
-    from relay.logic.config_sync import sync_targets, warm_up
-    from relay.settings import get_settings
+    from relay.settings import load_settings
+    from relay.wiring.config_sync import run_config_sync, warm_up
 
     resources = create_resources(load_template(parameters={"Stage": "local"}), endpoint, prefix)
     with FakeGenesys(fixtures) as fake:
-        os.environ.update(resources.env)
-        os.environ.update(fake.settings_env())
-        os.environ["RELAY_ALLOW_LOOPBACK_TARGETS"] = "true"
-        os.environ["SECRETS_PREFIX"] = f"relay/bench-{prefix}"
-        forget_cached_configuration()
-        settings = get_settings()
+        # The relay is configured through Settings, never through this process's environment.
+        settings = load_settings(
+            {
+                **resources.env,
+                **fake.settings_env(),
+                "RELAY_ALLOW_LOOPBACK_TARGETS": "true",
+                "SECRETS_PREFIX": f"relay/bench-{prefix}",
+            }
+        )
         started = time.perf_counter()
         warm_up()  # the handler does this during init; keep it out of the run figures
         sdk_ms = (time.perf_counter() - started) * 1000
 
         started = time.perf_counter()
-        first = sync_targets(settings)
+        first = run_config_sync(settings)
         first_ms = (time.perf_counter() - started) * 1000
         first_requests = len(fake.requests)
 
@@ -107,7 +110,7 @@ def sync_runs(fixtures: Any, endpoint: str, prefix: str) -> dict[str, Any]:
         for _ in range(WARM_RUNS):
             fake.clear_requests()
             started = time.perf_counter()
-            report = sync_targets(settings)
+            report = run_config_sync(settings)
             warm.append((time.perf_counter() - started) * 1000)
         assert not report.rejected and not report.changed, report.to_dict()
     return {

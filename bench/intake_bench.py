@@ -75,13 +75,15 @@ def handler_overhead(count: int) -> dict[str, Any]:
     real_stdout = sys.stdout
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
     try:
-        from relay.adapters.delivery_queue import InMemoryClaimCheckStore, InMemoryDeliveryQueue
-        from relay.adapters.idempotency import InMemoryIdempotencyStore
-        from relay.adapters.secrets import RotatingSecret
-        from relay.adapters.target_store import IntegrationEntry
         from relay.logic.intake import Intake, PowertoolsMetrics
-        from relay.models.targets import Integration, Target
+        from relay.models.secrets import RotatingSecret
+        from relay.models.targets import Integration, IntegrationEntry, Target
         from relay.observability import logger, metrics
+        from relay.testing.fakes import (
+            InMemoryClaimCheckStore,
+            InMemoryDeliveryQueue,
+            InMemoryIdempotencyStore,
+        )
 
         integration_id = "6685901b-6d0e-43db-95ff-d64406e9dce2"
         entry = IntegrationEntry(

@@ -1,15 +1,16 @@
 """DispatcherFunction: SQS batch of DeliveryTasks -> concurrent deliveries -> partial batch response.
 
-Wiring only; the delivery engine is relay.logic.dispatch (metrics and audit are flushed there, once
-per batch, because each target gets its own metric dimension and audit object).
+Wiring only: the delivery engine is relay.logic.dispatch (metrics and audit are flushed there, once
+per batch, because each target gets its own metric dimension and audit object), its object graph
+relay.wiring.dispatcher.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from relay.logic.dispatch import container_dispatcher
 from relay.observability import logger
+from relay.wiring.dispatcher import container_dispatcher
 
 
 # Every delivery line carries the request id and the cold-start flag (metrics are flushed in dispatch).

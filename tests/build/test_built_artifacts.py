@@ -137,6 +137,7 @@ def test_the_layers_ship_bytecode_for_the_runtime_and_not_the_developer_side(arc
     tag = sys.implementation.cache_tag  # cpython-313: test_packaging checks it is the runtime's
     relay = build / "CoreLayer" / "python" / "relay"
     assert not (relay / "local").exists() and not (relay / "cli").exists()
+    assert not (relay / "testing").exists()
     assert list((relay / "__pycache__").glob(f"settings.{tag}.pyc"))
     # The SDK layer is bytecode only: a .pyc of another Python version would not import at all.
     sdk = build / "GenesysSdkLayer" / "python" / "PureCloudPlatformClientV2" / "__init__.pyc"

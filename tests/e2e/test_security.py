@@ -26,6 +26,7 @@ from relay.local.aws_stack import LocalResources, forget_cached_configuration
 from relay.local.fake_genesys import FakeGenesys
 from relay.local.fixtures import Fixtures
 from relay.local.receiver import Receiver
+from relay.wiring import aws_client
 
 pytestmark = pytest.mark.e2e
 
@@ -96,7 +97,9 @@ def run_sync(genesys: FakeGenesys, *, allow_loopback: bool) -> dict[str, Any]:
 
 def stored_targets(resources: LocalResources) -> list[str]:
     forget_cached_configuration()
-    entry = TargetStore(resources.targets_table, cache_ttl_seconds=0).get(INTEGRATION_ID)
+    entry = TargetStore(aws_client("dynamodb"), resources.targets_table, cache_ttl_seconds=0).get(
+        INTEGRATION_ID
+    )
     return [t.url for t in entry.targets] if entry is not None else []
 
 

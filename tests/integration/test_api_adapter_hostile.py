@@ -21,10 +21,10 @@ import pytest
 from support.events import EVENTS
 from test_intake_handler import seed_fixture_integrations
 
-from relay.adapters.aws import client
 from relay.local.api_adapter import MAX_HEAD_BYTES, MAX_PAYLOAD_BYTES, ApiAdapter
 from relay.local.aws_stack import LocalResources
 from relay.logic.signature import sign
+from relay.wiring import aws_clients
 
 pytestmark = pytest.mark.integration
 
@@ -112,10 +112,14 @@ def ask(port: int, data: bytes, *, pace: float | None = None) -> Answer:
 
 
 def queued(resources: LocalResources) -> int:
-    attributes = client("sqs").get_queue_attributes(
-        QueueUrl=resources.delivery_queue_url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
+    attributes = (
+        aws_clients()
+        .client("sqs")
+        .get_queue_attributes(
+            QueueUrl=resources.delivery_queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+    )
     return sum(int(value) for value in attributes.values())
 
 

@@ -10,21 +10,28 @@ import json
 import uuid
 from typing import Any
 
-import boto3
 import pytest
-from test_dispatch_support import INTEGRATION_ID, PLAIN_TARGET, ManualClock, seed_target, task_record
+from test_dispatch_support import (
+    INTEGRATION_ID,
+    PLAIN_TARGET,
+    ManualClock,
+    secret_name,
+    seed_target,
+    task_record,
+)
 
-from relay.adapters.aws import client
+from relay.adapters.aws import AwsClients
 from relay.adapters.breaker_store import DynamoBreakerStore
-from relay.adapters.secrets import SecretKind, secret_name
-from relay.adapters.target_store import TargetStore
 from relay.cli import main
 from relay.local.aws_stack import LocalResources
 from relay.local.receiver import Behaviour, Receiver
-from relay.logic.dispatch import Dispatcher, build_dispatcher
+from relay.logic.dispatch import Dispatcher
 from relay.models.breaker import Phase, target_key
+from relay.models.secrets import SecretKind
 from relay.models.targets import Integration
 from relay.settings import get_settings
+from relay.wiring import aws_client, breaker_store, target_store
+from relay.wiring.dispatcher import build_dispatcher
 
 pytestmark = pytest.mark.integration
 KEY = target_key(INTEGRATION_ID, PLAIN_TARGET)
@@ -36,9 +43,9 @@ OTHER_INTEGRATION = "0f1e2d3c-4b5a-4697-8877-665544332211"
 def dispatcher(aws_stack: LocalResources, clock: ManualClock) -> Dispatcher:
     """A dispatcher with its own DynamoDB client for the breaker, so hooks on the shared client (the one
     the CLI uses) see only the CLI's calls. Default reset timeout (30 s): an open breaker stays open."""
-    own_client = boto3.session.Session().client("dynamodb", region_name=get_settings().region)
+    own_client = AwsClients(get_settings()).client("dynamodb")
     return build_dispatcher(
-        get_settings(), clock=clock, breakers=DynamoBreakerStore(aws_stack.breaker_table, dynamodb=own_client)
+        get_settings(), clock=clock, breakers=DynamoBreakerStore(own_client, aws_stack.breaker_table)
     )
 
 
@@ -64,7 +71,7 @@ def test_status_shows_the_breaker_the_dispatcher_opened(
     aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _open_breaker(aws_stack, receiver, dispatcher)
-    stored = DynamoBreakerStore(aws_stack.breaker_table).load(KEY)
+    stored = breaker_store(get_settings()).load(KEY)
 
     code, out, _ = _run(capsys, "status", PLAIN_TARGET, "--format", "json")
 
@@ -99,7 +106,7 @@ def test_reset_closes_the_breaker_and_the_next_batch_is_delivered(
     aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _open_breaker(aws_stack, receiver, dispatcher)
-    opened = DynamoBreakerStore(aws_stack.breaker_table).load(KEY)
+    opened = breaker_store(get_settings()).load(KEY)
     assert opened.phase is Phase.OPEN
 
     code, out, _ = _run(capsys, "reset", PLAIN_TARGET, "--format", "json")
@@ -111,7 +118,7 @@ def test_reset_closes_the_breaker_and_the_next_batch_is_delivered(
     assert (before["phase"], before["consecutiveFailures"], before["trips"]) == ("open", 5, 1)
     assert (after["phase"], after["consecutiveFailures"], after["trips"]) == ("closed", 0, 0)
     assert after["version"] == opened.version + 1
-    state = DynamoBreakerStore(aws_stack.breaker_table).load(KEY)
+    state = breaker_store(get_settings()).load(KEY)
     assert (state.phase, state.consecutive_failures, state.trips, state.version) == (
         Phase.CLOSED,
         0,
@@ -128,7 +135,7 @@ def test_reset_closes_the_breaker_and_the_next_batch_is_delivered(
     # A second reset finds nothing to do and writes nothing.
     code, out, _ = _run(capsys, "reset", PLAIN_TARGET)
     assert code == 0 and "nothing written" in out
-    assert DynamoBreakerStore(aws_stack.breaker_table).load(KEY).version == opened.version + 1
+    assert breaker_store(get_settings()).load(KEY).version == opened.version + 1
 
 
 def test_a_dispatcher_transition_between_the_resets_read_and_write_is_not_lost(
@@ -139,7 +146,7 @@ def test_a_dispatcher_transition_between_the_resets_read_and_write_is_not_lost(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     _open_breaker(aws_stack, receiver, dispatcher)
-    opened = DynamoBreakerStore(aws_stack.breaker_table).load(KEY)
+    opened = breaker_store(get_settings()).load(KEY)
     receiver.behaviour = Behaviour(status=503)
     raced: list[int] = []
 
@@ -152,7 +159,7 @@ def test_a_dispatcher_transition_between_the_resets_read_and_write_is_not_lost(
         clock.now = opened.until + 1
         dispatcher.handle_batch([task_record()])
 
-    client("dynamodb").meta.events.register("before-call.dynamodb.PutItem", dispatcher_runs_first)
+    aws_client("dynamodb").meta.events.register("before-call.dynamodb.PutItem", dispatcher_runs_first)
 
     code, out, _ = _run(capsys, "reset", PLAIN_TARGET, "--format", "json")
 
@@ -164,7 +171,7 @@ def test_a_dispatcher_transition_between_the_resets_read_and_write_is_not_lost(
     assert (doc["before"]["phase"], doc["before"]["trips"]) == ("open", 2)
     assert doc["before"]["version"] == opened.version + 2  # probe claimed, probe failed
     assert doc["after"]["version"] == opened.version + 3
-    state = DynamoBreakerStore(aws_stack.breaker_table).load(KEY)
+    state = breaker_store(get_settings()).load(KEY)
     assert (state.phase, state.trips, state.version) == (Phase.CLOSED, 0, opened.version + 3)
 
 
@@ -172,7 +179,7 @@ def test_a_target_id_under_two_integrations_needs_integration_to_choose(
     aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _open_breaker(aws_stack, receiver, dispatcher)
-    store = TargetStore(aws_stack.targets_table)
+    store = target_store(get_settings())
     store.put_integration(
         Integration(
             integration_id=OTHER_INTEGRATION,
@@ -187,7 +194,7 @@ def test_a_target_id_under_two_integrations_needs_integration_to_choose(
     code, _, err = _run(capsys, "reset", PLAIN_TARGET)
     assert code == 2
     assert INTEGRATION_ID in err and OTHER_INTEGRATION in err and "--integration" in err
-    assert DynamoBreakerStore(aws_stack.breaker_table).load(KEY).phase is Phase.OPEN  # nothing reset
+    assert breaker_store(get_settings()).load(KEY).phase is Phase.OPEN  # nothing reset
 
     code, out, _ = _run(
         capsys, "status", PLAIN_TARGET, "--integration", OTHER_INTEGRATION, "--format", "json"
@@ -198,7 +205,7 @@ def test_a_target_id_under_two_integrations_needs_integration_to_choose(
 
     code, out, _ = _run(capsys, "reset", PLAIN_TARGET, "--integration", INTEGRATION_ID, "--format", "json")
     assert code == 0 and json.loads(out)["after"]["phase"] == "closed"
-    assert DynamoBreakerStore(aws_stack.breaker_table).load(KEY).phase is Phase.CLOSED
+    assert breaker_store(get_settings()).load(KEY).phase is Phase.CLOSED
 
 
 def test_an_unknown_target_fails_with_a_message(

@@ -22,9 +22,12 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from relay.adapters.breaker_store import BreakerStore, DynamoBreakerStore, InMemoryBreakerStore
 from relay.local.aws_stack import LocalResources
 from relay.logic.breaker import Admission, BreakerPolicy, BreakerState, Gate, Phase, open_gate, report
+from relay.ports import BreakerStore
+from relay.settings import get_settings
+from relay.testing.fakes import InMemoryBreakerStore
+from relay.wiring import breaker_store
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +111,7 @@ def test_breaker_transitions_hold_against_the_in_memory_store() -> None:
 
 def test_breaker_transitions_hold_against_dynamodb_on_moto(aws_stack: LocalResources) -> None:
     run_state_machine_as_test(
-        machine_for(lambda: DynamoBreakerStore(aws_stack.breaker_table)),
+        machine_for(lambda: breaker_store(get_settings())),
         settings=settings(
             max_examples=12,
             stateful_step_count=25,
@@ -155,4 +158,4 @@ def test_eight_dispatchers_racing_in_memory_exactly_one_probes() -> None:
 
 
 def test_eight_dispatchers_racing_on_dynamodb_exactly_one_probes(aws_stack: LocalResources) -> None:
-    assert _race(DynamoBreakerStore(aws_stack.breaker_table), rounds=10) == [1] * 10
+    assert _race(breaker_store(get_settings()), rounds=10) == [1] * 10

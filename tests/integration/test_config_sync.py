@@ -13,20 +13,20 @@ import pytest
 from pydantic import SecretStr
 from support.events import api_gateway_event, eventbridge_event
 from support.queues import drain
-from test_dispatch_support import ManualClock
+from test_dispatch_support import ManualClock, get_secret, put_secret, secret_name
 
-from relay.adapters.aws import client
 from relay.adapters.genesys import GenesysClient
-from relay.adapters.secrets import RotatingSecret, SecretKind, get_secret, put_secret, secret_name
 from relay.adapters.target_store import TargetStore
 from relay.errors import GenesysDeadlineExceeded, GenesysLoginError, GenesysRateLimited, GenesysTimeout
 from relay.local.aws_stack import forget_cached_configuration
 from relay.local.fake_genesys import FakeGenesys, Fault
 from relay.local.fixtures import Fixtures, FixtureTarget
-from relay.logic.config_sync import sync_targets
-from relay.logic.intake import handle_lambda_event
+from relay.models.secrets import RotatingSecret, SecretKind
 from relay.models.targets import SecurityType
 from relay.settings import get_settings
+from relay.wiring import aws_client, target_store
+from relay.wiring.config_sync import run_config_sync
+from relay.wiring.intake import container_intake
 
 pytestmark = pytest.mark.integration
 
@@ -43,12 +43,12 @@ SECRET_VALUES = [
 
 
 def _store() -> TargetStore:
-    return TargetStore(get_settings().need("targets_table"), cache_ttl_seconds=0)
+    return target_store(get_settings(), cache_ttl_seconds=0)
 
 
 def test_sync_stores_validated_targets_and_secret_values_apart(genesys: FakeGenesys) -> None:
     # When the sync runs against the fake Genesys API
-    report = sync_targets(get_settings())
+    report = run_config_sync(get_settings())
 
     # Then the integration and both targets are stored, versioned and timestamped
     assert report.rejected == []
@@ -80,7 +80,7 @@ def test_sync_stores_validated_targets_and_secret_values_apart(genesys: FakeGene
     assert key.key_id
 
     # And no secret value is anywhere in DynamoDB
-    items = client("dynamodb").scan(TableName=get_settings().need("targets_table"))["Items"]
+    items = aws_client("dynamodb").scan(TableName=get_settings().need("targets_table"))["Items"]
     raw = json.dumps(items)
     assert len(items) == 3
     for value in SECRET_VALUES:
@@ -89,11 +89,11 @@ def test_sync_stores_validated_targets_and_secret_values_apart(genesys: FakeGene
 
 def test_unchanged_config_keeps_versions_and_secrets(genesys: FakeGenesys) -> None:
     # Given a first sync
-    sync_targets(get_settings())
+    run_config_sync(get_settings())
     key_before = get_secret(secret_name(SecretKind.ENCRYPTION, ARCHIVE.id), force_fetch=True)
 
     # When nothing changed in Genesys and the sync runs again
-    report = sync_targets(get_settings())
+    report = run_config_sync(get_settings())
 
     # Then versions stay, syncedAt moves, no secret gets a new version, the salt is kept
     assert report.changed == [] and report.secrets_written == 0
@@ -105,12 +105,12 @@ def test_unchanged_config_keeps_versions_and_secrets(genesys: FakeGenesys) -> No
 
 def test_changed_encryption_key_gets_a_new_salt_and_key_id(genesys: FakeGenesys) -> None:
     # Given a first sync
-    sync_targets(get_settings())
+    run_config_sync(get_settings())
     before = get_secret(secret_name(SecretKind.ENCRYPTION, ARCHIVE.id), force_fetch=True)
 
     # When the key is changed in Genesys and the sync runs again
     genesys.set_credential(ARCHIVE.id, "encryptionKey", "a-brand-new-encryption-key-0002")
-    report = sync_targets(get_settings())
+    report = run_config_sync(get_settings())
 
     # Then the secret holds the new key with a fresh salt and key id
     after = get_secret(secret_name(SecretKind.ENCRYPTION, ARCHIVE.id), force_fetch=True)
@@ -122,11 +122,11 @@ def test_changed_encryption_key_gets_a_new_salt_and_key_id(genesys: FakeGenesys)
 
 def test_changed_config_bumps_the_target_version(genesys: FakeGenesys) -> None:
     # Given a first sync
-    sync_targets(get_settings())
+    run_config_sync(get_settings())
 
     # When an admin changes the target's headers in Genesys
     genesys.update_config_properties(CRM.id, headers={"X-Team": "crm-2"})
-    sync_targets(get_settings())
+    run_config_sync(get_settings())
 
     # Then the stored target carries the change under the next version
     crm = _store().get_target(INTEGRATION.id, CRM.id)
@@ -164,12 +164,12 @@ def test_invalid_config_is_rejected_and_the_stored_target_stays(
     genesys: FakeGenesys, change: dict[str, object], reason: str
 ) -> None:
     # Given a good first sync
-    sync_targets(get_settings())
+    run_config_sync(get_settings())
     before = _store().get_target(INTEGRATION.id, CRM.id)
 
     # When an admin breaks the target's config in Genesys and the sync runs again
     genesys.update_config_properties(CRM.id, **change)
-    report = sync_targets(get_settings())
+    report = run_config_sync(get_settings())
 
     # Then the target is reported with a reason, and the stored record is the last good one
     assert [(r.id, r.kind) for r in report.rejected] == [(CRM.id, "target")]
@@ -193,7 +193,7 @@ def test_the_stored_url_is_the_normalised_one_the_dispatcher_connects_to(genesys
     genesys.update_config_properties(CRM.id, url="https://FA\u00df\u3002example\u3002com/hook")
 
     # When the sync runs
-    report = sync_targets(get_settings(), resolve=resolve)
+    report = run_config_sync(get_settings(), resolve=resolve)
 
     # Then the name checked is the IDNA 2008 A-label, and that is the URL stored for the dispatcher
     assert CRM.id in report.targets
@@ -203,10 +203,10 @@ def test_the_stored_url_is_the_normalised_one_the_dispatcher_connects_to(genesys
 
 
 def test_disabled_config_is_rejected_and_the_last_good_config_stays(genesys: FakeGenesys) -> None:
-    sync_targets(get_settings())
+    run_config_sync(get_settings())
     genesys.set_intended_state(CRM.id, "DISABLED")
 
-    report = sync_targets(get_settings())
+    report = run_config_sync(get_settings())
 
     assert [r.id for r in report.rejected] == [CRM.id] and "disabled" in report.rejected[0].reason
     crm = _store().get_target(INTEGRATION.id, CRM.id)
@@ -216,7 +216,7 @@ def test_disabled_config_is_rejected_and_the_last_good_config_stays(genesys: Fak
 def test_a_config_never_seen_valid_is_not_stored(genesys: FakeGenesys) -> None:
     genesys.update_config_properties(CRM.id, url="http://crm.example.com/hook")
 
-    report = sync_targets(get_settings())
+    report = run_config_sync(get_settings())
 
     assert [r.id for r in report.rejected] == [CRM.id]
     assert _store().get_target(INTEGRATION.id, CRM.id) is None
@@ -228,7 +228,7 @@ def test_loopback_targets_need_the_local_setting(
     monkeypatch.setenv("RELAY_ALLOW_LOOPBACK_TARGETS", "false")
     forget_cached_configuration()
 
-    report = sync_targets(get_settings())
+    report = run_config_sync(get_settings())
 
     assert sorted(r.id for r in report.rejected) == sorted([CRM.id, ARCHIVE.id])
     assert all("only https" in r.reason for r in report.rejected)
@@ -243,18 +243,18 @@ def test_missing_integration_is_rejected_and_others_sync(
     monkeypatch.setenv("GENESYS_WEBHOOK_INTEGRATION_IDS", f"{CRM.id},{missing}")
     forget_cached_configuration()
 
-    report = sync_targets(get_settings())
+    report = run_config_sync(get_settings())
 
     assert report.targets == [CRM.id]
     assert [(r.id, "404" in r.reason) for r in report.rejected] == [(missing, True)]
 
 
 def test_malformed_answer_for_one_target_keeps_its_last_good_config(genesys: FakeGenesys) -> None:
-    sync_targets(get_settings())
+    run_config_sync(get_settings())
     before = _store().get_target(INTEGRATION.id, CRM.id)
     genesys.malform(path=rf"/api/v2/integrations/{CRM.id}/config/current$")
 
-    report = sync_targets(get_settings())
+    report = run_config_sync(get_settings())
 
     assert [r.id for r in report.rejected] == [CRM.id]
     assert _store().get_target(INTEGRATION.id, CRM.id) == before
@@ -282,7 +282,7 @@ def test_an_unexpected_error_in_one_item_rejects_it_and_the_run_goes_on(
         raise UnicodeError(f"label empty or too long in {host}")
 
     # When the sync runs
-    report = sync_targets(get_settings(), resolve=resolve)
+    report = run_config_sync(get_settings(), resolve=resolve)
 
     # Then that target is rejected with a reason naming the error, and the good ones after it synced
     assert [(r.id, r.reason) for r in report.rejected] == [
@@ -305,13 +305,13 @@ def test_targets_of_a_rejected_integration_are_rejected_and_keep_their_last_good
     genesys: FakeGenesys, break_integration: Any, reason: str
 ) -> None:
     # Given a good first sync
-    sync_targets(get_settings())
+    run_config_sync(get_settings())
     before = _store().get(INTEGRATION.id)
 
     # When the integration is deactivated (or gone) in Genesys and a target's config is edited meanwhile
     break_integration(genesys)
     genesys.update_config_properties(CRM.id, headers={"X-Team": "crm-2"})
-    report = sync_targets(get_settings())
+    report = run_config_sync(get_settings())
 
     # Then the integration is rejected, and so is every target under it, naming the integration
     assert [(r.kind, r.id) for r in report.rejected] == [
@@ -329,7 +329,7 @@ def test_targets_of_a_rejected_integration_are_rejected_and_keep_their_last_good
 def test_a_target_of_a_rejected_integration_is_not_stored_for_the_first_time(genesys: FakeGenesys) -> None:
     genesys.set_open_integration_status(INTEGRATION.id, "Inactive")
 
-    report = sync_targets(get_settings())
+    report = run_config_sync(get_settings())
 
     assert sorted(r.id for r in report.rejected) == sorted([INTEGRATION.id, CRM.id, ARCHIVE.id])
     assert _store().get(INTEGRATION.id) is None
@@ -346,7 +346,7 @@ def test_the_eventbridge_integration_gets_its_own_record_and_its_targets_receive
     genesys.update_config_properties(CRM.id, openMessagingIntegrationId=eventbridge_id)
 
     # When config sync runs (no record provisioned by hand)
-    report = sync_targets(get_settings())
+    report = run_config_sync(get_settings())
 
     # Then the integration's record is written (with no signature secret) and the target stored under it
     assert report.rejected == [] and CRM.id in report.targets and eventbridge_id in report.integrations
@@ -355,11 +355,11 @@ def test_the_eventbridge_integration_gets_its_own_record_and_its_targets_receive
     assert entry.target(CRM.id) is not None
 
     # And a Genesys EventBridge event fans out to that target, while a webhook naming it is refused
-    assert handle_lambda_event(eventbridge_event())["status"] == "accepted"
+    assert container_intake().handle(eventbridge_event())["status"] == "accepted"
     queued = drain(get_settings().need("delivery_queue_url"))
     assert [json.loads(record["body"])["targetId"] for record in queued] == [CRM.id]
     webhook = api_gateway_event(integration_id=eventbridge_id)
-    assert handle_lambda_event(webhook)["statusCode"] == 404
+    assert container_intake().handle(webhook)["statusCode"] == 404
 
 
 def test_a_second_sync_leaves_the_eventbridge_record_unchanged(
@@ -367,19 +367,19 @@ def test_a_second_sync_leaves_the_eventbridge_record_unchanged(
 ) -> None:
     monkeypatch.setenv("EVENTBRIDGE_INTEGRATION_ID", "0e0e0e0e-0000-4000-8000-000000000000")
     forget_cached_configuration()
-    first = sync_targets(get_settings())
-    second = sync_targets(get_settings())
+    first = run_config_sync(get_settings())
+    second = run_config_sync(get_settings())
     assert "0e0e0e0e-0000-4000-8000-000000000000" in first.changed
     assert "0e0e0e0e-0000-4000-8000-000000000000" not in second.changed
 
 
 def test_redacted_credentials_keep_the_value_secrets_manager_holds(genesys: FakeGenesys) -> None:
     # Given a first sync stored the bearer token
-    sync_targets(get_settings())
+    run_config_sync(get_settings())
 
     # When Genesys starts answering the credential redacted
     genesys.set_credential(CRM.id, "security", "********")
-    report = sync_targets(get_settings())
+    report = run_config_sync(get_settings())
 
     # Then the target still syncs and the stored token is unchanged
     assert CRM.id in report.targets and report.rejected == []
@@ -388,11 +388,11 @@ def test_redacted_credentials_keep_the_value_secrets_manager_holds(genesys: Fake
 
 
 def test_rotated_signing_secret_keeps_the_old_one_as_previous(genesys: FakeGenesys) -> None:
-    sync_targets(get_settings())
+    run_config_sync(get_settings())
     new_secret = "whsec_bmV3LXNpZ25pbmctc2VjcmV0LWZvci1yb3RhdGlvbg=="
 
     genesys.set_credential(CRM.id, "signingSecret", new_secret)
-    sync_targets(get_settings())
+    run_config_sync(get_settings())
 
     signing = get_secret(secret_name(SecretKind.SIGNING, CRM.id), force_fetch=True)
     assert signing.values() == [new_secret, CRM.signing_secret]
@@ -410,7 +410,7 @@ def test_credentials_come_from_secrets_manager_when_not_in_the_environment(
     forget_cached_configuration()
 
     # When the sync runs
-    report = sync_targets(get_settings())
+    report = run_config_sync(get_settings())
 
     # Then it logged in with those credentials and synced everything
     assert report.integrations == [INTEGRATION.id] and len(report.targets) == 2
@@ -419,17 +419,17 @@ def test_credentials_come_from_secrets_manager_when_not_in_the_environment(
 
 def test_a_target_the_relay_disabled_stays_disabled_until_its_config_changes(genesys: FakeGenesys) -> None:
     # Given a synced target that the dispatcher then disabled (it answered 410 Gone)
-    sync_targets(get_settings())
+    run_config_sync(get_settings())
     _store().set_target_enabled(INTEGRATION.id, CRM.id, False)
 
     # When the sync runs with the same config in Genesys, the target stays disabled
-    sync_targets(get_settings())
+    run_config_sync(get_settings())
     still = _store().get_target(INTEGRATION.id, CRM.id)
     assert still is not None and still.enabled is False
 
     # When an admin points it at a new URL in Genesys, the next sync enables it again
     genesys.update_config_properties(CRM.id, url="http://127.0.0.1:9/hooks/crm-v2")
-    sync_targets(get_settings())
+    run_config_sync(get_settings())
     moved = _store().get_target(INTEGRATION.id, CRM.id)
     assert moved is not None and moved.enabled is True
     assert moved.url.endswith("/crm-v2") and moved.version == still.version + 1
@@ -441,7 +441,7 @@ def test_a_target_the_relay_disabled_stays_disabled_until_its_config_changes(gen
 def test_a_401_mid_run_logs_in_again_and_the_run_completes(genesys: FakeGenesys) -> None:
     genesys.add_fault(Fault("status", status=401, path=r"/config/current$", times=1))
 
-    report = sync_targets(get_settings())
+    report = run_config_sync(get_settings())
 
     assert report.rejected == [] and len(report.targets) == 2
     assert genesys.count(r"^/oauth/token$") == 2
@@ -455,7 +455,7 @@ def test_429_past_the_bound_ends_the_run_with_a_clear_error(
     genesys.rate_limit(retry_after=60, path=r"^/api/v2/integrations/", times=1)
 
     with pytest.raises(GenesysRateLimited, match="Retry-After 60 s"):
-        sync_targets(get_settings())
+        run_config_sync(get_settings())
 
     # The integration read before the 429 was stored; no target was
     entry = _store().get(INTEGRATION.id)
@@ -473,7 +473,7 @@ def test_an_unusable_token_answer_fails_the_run_after_one_login(
 
     # When the sync runs, the run fails with a login error
     with pytest.raises(GenesysLoginError, match="token"):
-        sync_targets(get_settings())
+        run_config_sync(get_settings())
 
     # After one login attempt and no read at all, and nothing was written
     assert genesys.count(TOKEN_PATH) == 1
@@ -499,7 +499,7 @@ def test_429_waits_end_the_run_at_its_deadline(genesys: FakeGenesys, monkeypatch
 
     # When the sync runs, it ends with a deadline error instead of waiting 80 s in all
     with pytest.raises(GenesysDeadlineExceeded, match="deadline") as caught:
-        sync_targets(get_settings(), genesys=client)
+        run_config_sync(get_settings(), genesys=client)
 
     # After three waits: a fourth would leave no time before the deadline
     assert slept == [8.0, 8.0, 8.0]
@@ -515,4 +515,4 @@ def test_a_slow_genesys_ends_the_run_with_a_timeout(
     genesys.slow_down(1.5, path=r"^/api/v2/integrations/credentials/")
 
     with pytest.raises(GenesysTimeout):
-        sync_targets(get_settings())
+        run_config_sync(get_settings())

@@ -18,13 +18,14 @@ from test_dispatch_support import (
     task_record,
 )
 
-from relay.adapters.aws import client
 from relay.adapters.breaker_store import DynamoBreakerStore
 from relay.local.aws_stack import LocalResources
 from relay.local.receiver import Behaviour, Receiver
-from relay.logic.dispatch import Dispatcher, build_dispatcher
+from relay.logic.dispatch import Dispatcher
 from relay.models.breaker import BreakerState, Phase, target_key
 from relay.settings import get_settings
+from relay.wiring import aws_client, breaker_store
+from relay.wiring.dispatcher import build_dispatcher
 
 pytestmark = pytest.mark.integration
 KEY = target_key(INTEGRATION_ID, PLAIN_TARGET)
@@ -38,7 +39,7 @@ def dispatcher(aws_stack: LocalResources, clock: ManualClock, monkeypatch: pytes
 
 
 def _store(resources: LocalResources) -> DynamoBreakerStore:
-    return DynamoBreakerStore(resources.breaker_table)
+    return breaker_store(get_settings())
 
 
 def _sent(calls: list[dict[str, Any]]) -> Any:
@@ -60,7 +61,7 @@ def test_consecutive_failures_open_the_breaker_and_later_records_are_deferred_no
 
     # When the next batch arrives while it is open (one record already on its 2nd receive)
     sends: list[dict[str, Any]] = []
-    client("sqs").meta.events.register("provide-client-params.sqs.SendMessage", _sent(sends))
+    aws_client("sqs").meta.events.register("provide-client-params.sqs.SendMessage", _sent(sends))
     later = [task_record(receive_count=2), task_record()]
     result = dispatcher.handle_batch(later)
 
@@ -140,7 +141,9 @@ def test_a_failing_breaker_table_fails_open_and_is_counted(
 ) -> None:
     # Given a breaker store whose table does not exist
     seed_target(aws_stack, f"{receiver.url}/hooks/crm")
-    dispatcher = build_dispatcher(get_settings(), breakers=DynamoBreakerStore("no-such-table"))
+    dispatcher = build_dispatcher(
+        get_settings(), breakers=DynamoBreakerStore(aws_client("dynamodb"), "no-such-table")
+    )
 
     # When a batch arrives
     result = dispatcher.handle_batch([task_record(), task_record()])
@@ -161,11 +164,9 @@ def test_a_closed_breaker_costs_one_read_per_target_per_batch_and_no_write(
     seed_target(aws_stack, f"{receiver.url}/hooks/crm", target_id=PLAIN_TARGET)
     seed_target(aws_stack, f"{receiver.url}/hooks/archive", target_id=ENCRYPTED_TARGET)
     calls: list[str] = []
-    ddb = client("dynamodb")
+    ddb = aws_client("dynamodb")
     ddb.meta.events.register("before-call.dynamodb.*", lambda model, **_: calls.append(model.name))
-    dispatcher = build_dispatcher(
-        get_settings(), breakers=DynamoBreakerStore(aws_stack.breaker_table, dynamodb=ddb)
-    )
+    dispatcher = build_dispatcher(get_settings(), breakers=DynamoBreakerStore(ddb, aws_stack.breaker_table))
 
     # When a batch of ten spread over both targets is delivered
     dispatcher.handle_batch([task_record(PLAIN_TARGET if i % 2 else ENCRYPTED_TARGET) for i in range(10)])

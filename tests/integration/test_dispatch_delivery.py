@@ -24,13 +24,13 @@ from test_dispatch_support import (
     task_record,
 )
 
-from relay.adapters.aws import client
-from relay.adapters.breaker_store import DynamoBreakerStore
 from relay.local.aws_stack import LocalResources
 from relay.local.receiver import Behaviour, Receiver
-from relay.logic.dispatch import Dispatcher, build_dispatcher
+from relay.logic.dispatch import Dispatcher
 from relay.models.breaker import Phase, target_key
 from relay.settings import get_settings
+from relay.wiring import aws_client, breaker_store
+from relay.wiring.dispatcher import build_dispatcher
 
 pytestmark = pytest.mark.integration
 
@@ -160,7 +160,7 @@ def test_a_2xx_cut_off_is_retried_and_counts_against_the_breaker(
         "retry-scheduled",
     )
     # And the breaker counted it as the endpoint failing
-    breaker = DynamoBreakerStore(aws_stack.breaker_table).load(target_key(INTEGRATION_ID, PLAIN_TARGET))
+    breaker = breaker_store(get_settings()).load(target_key(INTEGRATION_ID, PLAIN_TARGET))
     assert breaker.phase is Phase.OPEN
 
 
@@ -259,7 +259,7 @@ def test_the_dispatcher_never_calls_sqs_for_a_clean_batch(
     # Successes are deleted by the event source: nothing to send, change or delete ourselves.
     seed_target(aws_stack, f"{receiver.url}/hooks/crm")
     calls: list[str] = []
-    sqs = client("sqs")
+    sqs = aws_client("sqs")
     sqs.meta.events.register("before-call.sqs.*", lambda model, **_: calls.append(model.name))
     _dispatcher(monkeypatch).handle_batch([task_record() for _ in range(3)])
     assert calls == []

@@ -21,10 +21,10 @@ from test_dispatch_support import (
     task_record,
 )
 
-from relay.adapters.aws import client
 from relay.local.aws_stack import LocalResources
 from relay.local.receiver import Behaviour, Receiver
 from relay.observability import logger
+from relay.wiring import aws_client
 
 pytestmark = pytest.mark.integration
 
@@ -103,7 +103,7 @@ def test_a_claim_checked_event_is_read_from_s3_and_delivered(
     seed_target(aws_stack, f"{receiver.url}/hooks/crm", target_id=PLAIN_TARGET)
     big_event = {"id": "e-big", "text": "x" * 300_000}
     key = f"events/{INTEGRATION_ID}/e-big.json"
-    client("s3").put_object(Bucket=aws_stack.audit_bucket, Key=key, Body=json.dumps(big_event).encode())
+    aws_client("s3").put_object(Bucket=aws_stack.audit_bucket, Key=key, Body=json.dumps(big_event).encode())
     record = task_record(PLAIN_TARGET)
     body = json.loads(record["body"])
     del body["eventJson"]
@@ -122,7 +122,7 @@ def test_a_claim_checked_event_is_read_from_s3_and_delivered(
 
 def _claim_checked_record(resources: LocalResources, stored: bytes) -> dict[str, Any]:
     key = f"events/{INTEGRATION_ID}/{uuid.uuid4().hex}.json"
-    client("s3").put_object(Bucket=resources.audit_bucket, Key=key, Body=stored)
+    aws_client("s3").put_object(Bucket=resources.audit_bucket, Key=key, Body=stored)
     record = task_record(PLAIN_TARGET)
     body = json.loads(record["body"])
     del body["eventJson"]

@@ -23,8 +23,8 @@ from test_dispatch_support import (
 
 from relay.local.aws_stack import LocalResources
 from relay.local.receiver import Behaviour, Receiver
-from relay.logic.dispatch import build_dispatcher
 from relay.settings import get_settings
+from relay.wiring.dispatcher import build_dispatcher
 
 pytestmark = pytest.mark.integration
 ARCHITECTURE = Path(__file__).resolve().parents[2] / "docs" / "architecture.md"

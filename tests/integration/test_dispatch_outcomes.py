@@ -15,17 +15,20 @@ from test_dispatch_support import (
     PLAIN_TARGET,
     attr,
     audit_lines,
+    put_secret,
     queue_records,
+    secret_name,
     seed_target,
     task_record,
 )
 
-from relay.adapters.secrets import RotatingSecret, SecretKind, put_secret, secret_name
-from relay.adapters.target_store import TargetStore
 from relay.local.aws_stack import LocalResources
 from relay.local.receiver import Behaviour, Receiver
-from relay.logic.dispatch import Dispatcher, build_dispatcher
+from relay.logic.dispatch import Dispatcher
+from relay.models.secrets import RotatingSecret, SecretKind
 from relay.settings import get_settings
+from relay.wiring import target_store
+from relay.wiring.dispatcher import build_dispatcher
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +52,7 @@ def test_a_retryable_failure_is_made_visible_again_after_its_backoff(
     # where the queue's own visibility timeout would hide the message for 6 minutes)
     receiver.behaviour = Behaviour(status=503)
     target = seed_target(aws_stack, f"{receiver.url}/hooks/crm", attempts=3)
-    store = TargetStore(aws_stack.targets_table)
+    store = target_store(get_settings())
     store.put_target(
         target.model_copy(
             update={"retry_matrix": target.retry_matrix.model_copy(update={"base_interval_ms": 0})}
@@ -149,7 +152,7 @@ def test_410_disables_the_target_and_dead_letters(
 
     # Then the target is disabled in the TargetsTable and the record is in the DLQ as target-gone
     assert result == {"batchItemFailures": []}
-    stored = TargetStore(aws_stack.targets_table).get_target(INTEGRATION_ID, PLAIN_TARGET)
+    stored = target_store(get_settings()).get_target(INTEGRATION_ID, PLAIN_TARGET)
     assert stored is not None and stored.enabled is False
     (dead,) = drain(aws_stack.dead_letter_queue_url)
     assert (attr(dead, "relay-dlq-reason"), attr(dead, "relay-last-status")) == ("target-gone", "410")

@@ -14,11 +14,26 @@ from typing import Any
 from support.events import DELIVERY_BATCH_SAMPLE, INTEGRATION_ID, sample, sqs_record
 from support.queues import receive
 
-from relay.adapters.aws import client
-from relay.adapters.secrets import RotatingSecret, SecretKind, put_secret, secret_name
-from relay.adapters.target_store import TargetStore
 from relay.local.aws_stack import LocalResources
+from relay.models import secrets
+from relay.models.secrets import RotatingSecret, SecretKind
 from relay.models.targets import Integration, RetryMatrix, SecurityType, Target, TargetSecurity
+from relay.settings import get_settings
+from relay.wiring import aws_client, secret_store, target_store
+
+
+def secret_name(kind: SecretKind, ident: str) -> str:
+    """The secret's name under the current settings' SECRETS_PREFIX."""
+    return secrets.secret_name(get_settings().secrets_prefix, kind, ident)
+
+
+def put_secret(name: str, secret: RotatingSecret) -> None:
+    secret_store(get_settings()).put(name, secret)
+
+
+def get_secret(name: str, *, force_fetch: bool = False) -> RotatingSecret:
+    """The secret as Secrets Manager holds it now (a store of its own: no cache from earlier reads)."""
+    return secret_store(get_settings()).get(name, force_fetch=force_fetch)
 
 
 class ManualClock:
@@ -53,7 +68,7 @@ def seed_target(
     read_timeout_seconds: float | None = None,
 ) -> Target:
     """One integration with one target in the TargetsTable, and the target's secrets in Secrets Manager."""
-    store = TargetStore(resources.targets_table)
+    store = target_store(get_settings())
     store.put_integration(
         Integration(
             integration_id=INTEGRATION_ID,
@@ -112,7 +127,7 @@ def task_record(
 def queue_records(resources: LocalResources, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Send records' bodies and attributes through the real delivery queue (moto) and receive them back
     as Lambda event records: real receipt handles, so visibility changes can be observed."""
-    sqs = client("sqs")
+    sqs = aws_client("sqs")
     for record in records:
         kwargs: dict[str, Any] = {"QueueUrl": resources.delivery_queue_url, "MessageBody": record["body"]}
         attrs = {
@@ -138,7 +153,7 @@ def attr(record: dict[str, Any], name: str) -> str | None:
 
 def audit_lines(resources: LocalResources) -> list[dict[str, Any]]:
     """Every audit JSON line in the bucket, with the object key it came from (``_key``)."""
-    s3 = client("s3")
+    s3 = aws_client("s3")
     lines: list[dict[str, Any]] = []
     for obj in s3.list_objects_v2(Bucket=resources.audit_bucket, Prefix="audit/").get("Contents", []):
         body = s3.get_object(Bucket=resources.audit_bucket, Key=obj["Key"])["Body"].read().decode()

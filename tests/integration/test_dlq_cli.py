@@ -16,9 +16,8 @@ from uuid import uuid4
 import pytest
 from support.queues import drain
 
-from relay.adapters.aws import client
-from relay.adapters.dlq_queue import MoveTaskUnavailable, SqsDlqQueues
 from relay.cli import main
+from relay.errors import MoveTaskUnavailable
 from relay.local.aws_stack import LocalResources
 from relay.logic.dlq import RedriveOptions, redrive
 from relay.models.delivery import (
@@ -31,6 +30,8 @@ from relay.models.delivery import (
     ATTR_TARGET_ID,
     DeliveryTask,
 )
+from relay.settings import get_settings
+from relay.wiring import aws_client, sqs_queues
 
 CUSTOMER_TEXT = "customer says: my card number is 4111"  # must never be printed
 
@@ -73,7 +74,7 @@ def put(queue_url: str, body: str, attributes: Mapping[str, Any] | None = None) 
     kwargs: dict[str, Any] = {"QueueUrl": queue_url, "MessageBody": body}
     if attributes:
         kwargs["MessageAttributes"] = attributes
-    client("sqs").send_message(**kwargs)
+    aws_client("sqs").send_message(**kwargs)
 
 
 def seed_dlq(dlq_url: str) -> list[Seeded]:
@@ -242,7 +243,7 @@ def test_a_failed_send_deletes_nothing_from_the_dlq(
     aws_stack: LocalResources, seeded: list[Seeded], capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Given: a delivery queue URL whose queue no longer exists
-    sqs = client("sqs")
+    sqs = aws_client("sqs")
     gone = sqs.create_queue(QueueName=f"{aws_stack.prefix}-gone")["QueueUrl"]
     sqs.delete_queue(QueueUrl=gone)
 
@@ -265,7 +266,7 @@ def test_messages_that_arrive_after_the_run_started_are_left_for_the_next_run(
 
     # When
     result = redrive(
-        SqsDlqQueues(),
+        sqs_queues(get_settings()),
         aws_stack.dead_letter_queue_url,
         aws_stack.delivery_queue_url,
         RedriveOptions(method="resend"),
@@ -280,7 +281,7 @@ def test_messages_that_arrive_after_the_run_started_are_left_for_the_next_run(
 def test_move_task_method_says_when_sqs_lacks_it(aws_stack: LocalResources, seeded: list[Seeded]) -> None:
     with pytest.raises(MoveTaskUnavailable, match="not available"):
         redrive(
-            SqsDlqQueues(),
+            sqs_queues(get_settings()),
             aws_stack.dead_letter_queue_url,
             aws_stack.delivery_queue_url,
             RedriveOptions(method="move-task"),

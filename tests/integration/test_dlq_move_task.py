@@ -17,7 +17,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from relay.adapters.dlq_queue import SqsDlqQueues
+from relay.adapters.sqs import SqsQueues
 from relay.cli import main
 from relay.local.aws_stack import LOCAL_CREDENTIALS, forget_cached_configuration
 from relay.logic.dlq import Progress, RedriveFilter, RedriveOptions, redrive
@@ -118,7 +118,7 @@ def test_unfiltered_redrive_starts_the_move_task_and_polls_it_until_done(fake_sq
 
     # When
     result = redrive(
-        SqsDlqQueues(sqs=sqs_client(fake_sqs.url)),
+        SqsQueues(sqs_client(fake_sqs.url)),
         DLQ_URL,
         QUEUE_URL,
         RedriveOptions(max_per_second=50, poll_seconds=1.5),
@@ -187,7 +187,7 @@ def test_only_an_unfiltered_unbounded_run_starts_a_move_task(
     fake_sqs: FakeSqs, options: RedriveOptions
 ) -> None:
     # When: the move task would move everything, unchanged, so these runs receive and re-send instead
-    result = redrive(SqsDlqQueues(sqs=sqs_client(fake_sqs.url)), DLQ_URL, QUEUE_URL, options)
+    result = redrive(SqsQueues(sqs_client(fake_sqs.url)), DLQ_URL, QUEUE_URL, options)
 
     # Then
     assert "StartMessageMoveTask" not in fake_sqs.operations()

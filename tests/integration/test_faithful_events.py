@@ -32,22 +32,27 @@ from test_dispatch_support import (
     INTEGRATION_ID,
     PLAIN_TARGET,
     SIGNING_SECRET,
+    put_secret,
+    secret_name,
     seed_target,
 )
 
-from relay.adapters.breaker_store import InMemoryBreakerStore
-from relay.adapters.delivery_queue import InMemoryClaimCheckStore, InMemoryDeliveryQueue
-from relay.adapters.idempotency import InMemoryIdempotencyStore
-from relay.adapters.secrets import RotatingSecret, SecretKind, put_secret, secret_name
-from relay.adapters.target_store import IntegrationEntry
 from relay.local.aws_stack import LocalResources
 from relay.local.receiver import ReceivedRequest, Receiver
 from relay.logic import crypto
-from relay.logic.dispatch import Dispatcher, build_dispatcher
+from relay.logic.dispatch import Dispatcher
 from relay.logic.intake import Intake
 from relay.models.delivery import S3Ref
-from relay.models.targets import Integration, Target
+from relay.models.secrets import RotatingSecret, SecretKind
+from relay.models.targets import Integration, IntegrationEntry, Target
 from relay.settings import Settings
+from relay.testing.fakes import (
+    InMemoryBreakerStore,
+    InMemoryClaimCheckStore,
+    InMemoryDeliveryQueue,
+    InMemoryIdempotencyStore,
+)
+from relay.wiring.dispatcher import build_dispatcher
 
 pytestmark = pytest.mark.integration
 

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from misbehaving_peer import Answer, complete, misbehaving_peer, self_signed_tls
 
-from relay.adapters.http import HttpResult, HttpSender
+from relay.adapters.http import HttpSender
 from relay.logic.outcomes import Verdict, classify
 from relay.logic.url_policy import UrlPolicy
+from relay.models.http import HttpResult
 
 pytestmark = pytest.mark.integration
 

@@ -12,22 +12,22 @@ from support.events import api_gateway_event, sample
 from support.handlers import Handler, load_handler
 from support.lambda_context import lambda_context
 from support.queues import drain
+from test_dispatch_support import put_secret, secret_name
 
-from relay.adapters.aws import client
-from relay.adapters.secrets import RotatingSecret, SecretKind, put_secret, secret_name
-from relay.adapters.target_store import TargetStore
 from relay.errors import ConfigurationError
 from relay.local.aws_stack import LocalResources
 from relay.local.fixtures import Fixtures
 from relay.models.delivery import DeliveryTask
+from relay.models.secrets import RotatingSecret, SecretKind
 from relay.models.targets import Integration, Target
 from relay.settings import get_settings
+from relay.wiring import aws_client, target_store
 
 
 def seed_fixture_integrations(previous_secret: str | None = None) -> Fixtures:
     """The default fixtures' integrations, targets and signature secrets, as config sync would store them."""
     fixtures = Fixtures.load()
-    store = TargetStore(get_settings().need("targets_table"))
+    store = target_store(get_settings())
     for item in fixtures.integrations:
         name = secret_name(SecretKind.SIGNATURE, item.id)
         put_secret(name, RotatingSecret(current=item.signature_secret, previous=previous_secret))
@@ -91,7 +91,7 @@ def test_a_genesys_retry_is_not_queued_again_and_gets_the_same_answer(
     assert first["statusCode"] == repeat["statusCode"] == 202
     assert repeat["body"] == first["body"]
     assert len(drain(aws_stack.delivery_queue_url)) == 2
-    record = client("dynamodb").scan(TableName=aws_stack.idempotency_table)["Items"]
+    record = aws_client("dynamodb").scan(TableName=aws_stack.idempotency_table)["Items"]
     assert [item["status"]["S"] for item in record] == ["COMPLETED"]
     assert int(record[0]["expiration"]["N"]) > time.time() + get_settings().idempotency_ttl_seconds - 60
 
@@ -128,7 +128,7 @@ def test_sqs_unavailable_is_503_with_retry_after_and_the_retry_queues(
 ) -> None:
     # Given the delivery queue is gone (SQS refuses every send)
     seed_fixture_integrations()
-    sqs = client("sqs")
+    sqs = aws_client("sqs")
     attributes = sqs.get_queue_attributes(QueueUrl=aws_stack.delivery_queue_url, AttributeNames=["All"])
     sqs.delete_queue(QueueUrl=aws_stack.delivery_queue_url)
     event = sample("apigw_text.json")
@@ -169,7 +169,7 @@ def test_bodies_too_large_for_sqs_are_claim_checked_in_the_audit_bucket(
     ref = tasks[0].event_ref
     assert ref is not None and all(t.event_json is None and t.event_ref == ref for t in tasks)
     assert ref.bucket == aws_stack.audit_bucket and ref.key.startswith("events/")
-    stored = client("s3").get_object(Bucket=ref.bucket, Key=ref.key)["Body"].read()
+    stored = aws_client("s3").get_object(Bucket=ref.bucket, Key=ref.key)["Body"].read()
     assert stored == event["body"].encode()
 
 
@@ -276,7 +276,7 @@ def test_dynamodb_unavailable_is_503_and_nothing_is_queued(
 ) -> None:
     # Given the idempotency table cannot be written
     seed_fixture_integrations()
-    client("dynamodb").delete_table(TableName=aws_stack.idempotency_table)
+    aws_client("dynamodb").delete_table(TableName=aws_stack.idempotency_table)
 
     # When Genesys posts, the answer asks it to retry, and nothing was queued that is not recorded
     response = intake_handler(sample("apigw_text.json"), lambda_context("intake"))

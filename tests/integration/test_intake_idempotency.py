@@ -12,10 +12,10 @@ from support.queues import drain
 from test_dispatch_support import ManualClock
 from test_intake_handler import seed_fixture_integrations
 
-from relay.adapters.aws import client
 from relay.adapters.idempotency import DynamoDBIdempotencyStore
 from relay.errors import DependencyUnavailable
 from relay.local.aws_stack import LocalResources
+from relay.wiring import aws_client, aws_clients
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def clock() -> ManualClock:
 @pytest.fixture
 def store(aws_stack: LocalResources, clock: ManualClock) -> DynamoDBIdempotencyStore:
     return DynamoDBIdempotencyStore(
-        aws_stack.idempotency_table, ttl_seconds=3_600, lease_seconds=10, clock=clock
+        aws_client("dynamodb"), aws_stack.idempotency_table, ttl_seconds=3_600, lease_seconds=10, clock=clock
     )
 
 
@@ -44,9 +44,11 @@ def test_a_completed_claim_replays_its_answer(
     store.complete(claim, '{"status":"accepted"}')
     repeat = store.claim("intake#b")
     assert (repeat.state, repeat.response) == ("completed", '{"status":"accepted"}')
-    item = client("dynamodb").get_item(TableName=aws_stack.idempotency_table, Key={"id": {"S": "intake#b"}})[
-        "Item"
-    ]
+    item = (
+        aws_clients()
+        .client("dynamodb")
+        .get_item(TableName=aws_stack.idempotency_table, Key={"id": {"S": "intake#b"}})["Item"]
+    )
     assert item["status"]["S"] == "COMPLETED" and "in_progress_expiration" not in item
     assert int(item["expiration"]["N"]) == 1_800_000_000 + 3_600  # the table's TTL attribute
 
@@ -107,7 +109,7 @@ def test_concurrent_claims_have_exactly_one_winner(store: DynamoDBIdempotencySto
 def test_an_unreachable_table_is_dependency_unavailable(
     store: DynamoDBIdempotencyStore, aws_stack: LocalResources
 ) -> None:
-    client("dynamodb").delete_table(TableName=aws_stack.idempotency_table)
+    aws_client("dynamodb").delete_table(TableName=aws_stack.idempotency_table)
     with pytest.raises(DependencyUnavailable) as caught:
         store.claim("intake#h")
     assert "ResourceNotFoundException" in str(caught.value)
@@ -130,6 +132,6 @@ def test_one_instant_spelled_three_ways_is_queued_once_through_dynamodb(aws_stac
 
     # Then they get the first answer, one claim exists, and only the first attempt's tasks are queued
     assert [r["body"] for r in repeats] == [first["body"], first["body"]]
-    items = client("dynamodb").scan(TableName=aws_stack.idempotency_table)["Items"]
+    items = aws_client("dynamodb").scan(TableName=aws_stack.idempotency_table)["Items"]
     assert [item["status"]["S"] for item in items] == ["COMPLETED"]
     assert len(drain(aws_stack.delivery_queue_url)) == 2

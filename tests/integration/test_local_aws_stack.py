@@ -10,9 +10,9 @@ from pathlib import Path
 
 from support.waiting import wait_until
 
-from relay.adapters.aws import client
 from relay.local.aws_stack import LocalResources
 from relay.settings import get_settings
+from relay.wiring import aws_client, aws_clients
 
 
 def test_queues_match_the_template_including_the_redrive_policy(aws_stack: LocalResources) -> None:
@@ -21,22 +21,28 @@ def test_queues_match_the_template_including_the_redrive_policy(aws_stack: Local
     expected = template.resolve(template.properties("DeliveryQueue"))
 
     # When we read the queue moto holds
-    attrs = client("sqs").get_queue_attributes(QueueUrl=aws_stack.delivery_queue_url, AttributeNames=["All"])[
-        "Attributes"
-    ]
+    attrs = (
+        aws_clients()
+        .client("sqs")
+        .get_queue_attributes(QueueUrl=aws_stack.delivery_queue_url, AttributeNames=["All"])["Attributes"]
+    )
 
     # Then its visibility timeout and redrive policy are the template's
     assert int(attrs["VisibilityTimeout"]) == int(expected["VisibilityTimeout"])
     redrive = json.loads(attrs["RedrivePolicy"])
     assert int(redrive["maxReceiveCount"]) == int(expected["RedrivePolicy"]["maxReceiveCount"])
-    dlq_arn = client("sqs").get_queue_attributes(
-        QueueUrl=aws_stack.dead_letter_queue_url, AttributeNames=["QueueArn"]
-    )["Attributes"]["QueueArn"]
+    dlq_arn = (
+        aws_clients()
+        .client("sqs")
+        .get_queue_attributes(QueueUrl=aws_stack.dead_letter_queue_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+    )
     assert redrive["deadLetterTargetArn"] == dlq_arn
 
 
 def test_tables_have_the_template_keys_and_ttl(aws_stack: LocalResources) -> None:
-    ddb = client("dynamodb")
+    ddb = aws_client("dynamodb")
     for logical_id, table in (
         ("BreakerTable", aws_stack.breaker_table),
         ("TargetsTable", aws_stack.targets_table),
@@ -59,7 +65,10 @@ def test_function_environment_resolves_to_the_created_resources(aws_stack: Local
     assert settings.audit_bucket == aws_stack.audit_bucket
     assert settings.allow_loopback_targets is True
     assert (
-        client("s3").head_bucket(Bucket=aws_stack.audit_bucket)["ResponseMetadata"]["HTTPStatusCode"] == 200
+        aws_clients()
+        .client("s3")
+        .head_bucket(Bucket=aws_stack.audit_bucket)["ResponseMetadata"]["HTTPStatusCode"]
+        == 200
     )
 
 

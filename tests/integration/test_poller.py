@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from support.waiting import wait_until
 
-from relay.adapters.aws import client
 from relay.local.aws_stack import LocalResources
 from relay.local.lambda_runtime import LocalFunction
 from relay.local.poller import SqsEventSource, SqsPoller
+from relay.wiring import aws_client, aws_clients
 
 pytestmark = pytest.mark.integration
 
@@ -67,19 +67,25 @@ class Consumer:
 def send(queue_url: str, *bodies: str, **attributes: str) -> None:
     message_attributes = {k: {"DataType": "String", "StringValue": v} for k, v in attributes.items()}
     for body in bodies:
-        client("sqs").send_message(QueueUrl=queue_url, MessageBody=body, MessageAttributes=message_attributes)
+        aws_client("sqs").send_message(
+            QueueUrl=queue_url, MessageBody=body, MessageAttributes=message_attributes
+        )
 
 
 def in_flight(queue_url: str) -> int:
     """Messages received and not yet deleted (invisible)."""
-    attrs = client("sqs").get_queue_attributes(
+    attrs = aws_client("sqs").get_queue_attributes(
         QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
     )["Attributes"]
     return int(attrs["ApproximateNumberOfMessagesNotVisible"])
 
 
 def queue_depth(queue_url: str) -> int:
-    attrs = client("sqs").get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
+    attrs = (
+        aws_clients()
+        .aws_client("sqs")
+        .get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
+    )
     return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
 
 
@@ -87,12 +93,14 @@ def queue_depth(queue_url: str) -> int:
 def fast_queue(aws_stack: LocalResources) -> LocalResources:
     """The template's delivery queue with a 2 s visibility timeout and redrive after 2 receives."""
     redrive = json.loads(
-        client("sqs").get_queue_attributes(
-            QueueUrl=aws_stack.delivery_queue_url, AttributeNames=["RedrivePolicy"]
-        )["Attributes"]["RedrivePolicy"]
+        aws_clients()
+        .aws_client("sqs")
+        .get_queue_attributes(QueueUrl=aws_stack.delivery_queue_url, AttributeNames=["RedrivePolicy"])[
+            "Attributes"
+        ]["RedrivePolicy"]
     )
     redrive["maxReceiveCount"] = 2
-    client("sqs").set_queue_attributes(
+    aws_client("sqs").set_queue_attributes(
         QueueUrl=aws_stack.delivery_queue_url,
         Attributes={"VisibilityTimeout": "2", "RedrivePolicy": json.dumps(redrive)},
     )
@@ -106,7 +114,7 @@ def make_poller(aws_stack: LocalResources) -> Iterator[Callable[..., SqsPoller]]
     def make(consumer: Consumer, **overrides: Any) -> SqsPoller:
         source = dataclasses.replace(SqsEventSource.from_template(aws_stack.template), **overrides)
         function = LocalFunction.from_template(aws_stack.template, "DispatcherFunction", handler=consumer)
-        poller = SqsPoller(source, function, client("sqs"))
+        poller = SqsPoller(source, function, aws_client("sqs"))
         pollers.append(poller)
         poller.start()
         return poller
@@ -143,9 +151,13 @@ def test_records_have_the_lambda_sqs_shape(aws_stack: LocalResources, make_polle
 
     # Then the record is what Lambda's SQS event source sends
     record = consumer.batches[0][0]
-    arn = client("sqs").get_queue_attributes(
-        QueueUrl=aws_stack.delivery_queue_url, AttributeNames=["QueueArn"]
-    )["Attributes"]["QueueArn"]
+    arn = (
+        aws_clients()
+        .aws_client("sqs")
+        .get_queue_attributes(QueueUrl=aws_stack.delivery_queue_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+    )
     assert record["eventSource"] == "aws:sqs"
     assert record["eventSourceARN"] == arn
     assert record["awsRegion"] == "us-east-1"
@@ -299,7 +311,7 @@ def test_records_that_keep_failing_reach_the_dlq_by_the_redrive_policy(
 
     # When the poller runs past maxReceiveCount (2) receives of it
     make_poller(consumer, batch_size=10, batching_window_seconds=0, maximum_concurrency=2)
-    sqs = client("sqs")
+    sqs = aws_client("sqs")
     wait_until(lambda: queue_depth(fast_queue.dead_letter_queue_url) == 1, what="poison in the DLQ")
 
     # Then the DLQ holds "poison", received twice, and "ok" was delivered once and deleted

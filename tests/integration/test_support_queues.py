@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from support.queues import drain, receive
 
-from relay.adapters.aws import client
 from relay.local.aws_stack import LocalResources
+from relay.wiring import aws_client as client
 
 pytestmark = pytest.mark.integration
 

@@ -7,17 +7,17 @@ from typing import Any
 import pytest
 from test_dispatch_support import ManualClock
 
-from relay.adapters.aws import client
 from relay.adapters.target_store import TargetStore
 from relay.local.aws_stack import LocalResources
 from relay.models.targets import Integration, Target
+from relay.wiring import aws_client
 
 pytestmark = pytest.mark.integration
 
 
 def _counting_dynamodb() -> tuple[Any, list[str]]:
     """The real DynamoDB client (moto), with a hook that records each Query it sends."""
-    ddb = client("dynamodb")
+    ddb = aws_client("dynamodb")
     queries: list[str] = []
     ddb.meta.events.register("before-call.dynamodb.Query", lambda **kw: queries.append("Query"))
     return ddb, queries
@@ -41,7 +41,7 @@ def test_one_query_returns_the_integration_and_its_targets_and_is_cached(aws_sta
     # Given an integration with two targets
     ddb, queries = _counting_dynamodb()
     clock = ManualClock(1000.0)
-    store = TargetStore(aws_stack.targets_table, cache_ttl_seconds=60, dynamodb=ddb, clock=clock)
+    store = TargetStore(ddb, aws_stack.targets_table, cache_ttl_seconds=60, clock=clock)
     _seed(store, "int-1")
 
     # When it is read three times within the TTL, then once after it
@@ -60,9 +60,7 @@ def test_one_query_returns_the_integration_and_its_targets_and_is_cached(aws_sta
 
 def test_unknown_integrations_are_cached_too(aws_stack: LocalResources) -> None:
     ddb, queries = _counting_dynamodb()
-    store = TargetStore(
-        aws_stack.targets_table, cache_ttl_seconds=60, dynamodb=ddb, clock=ManualClock(1000.0)
-    )
+    store = TargetStore(ddb, aws_stack.targets_table, cache_ttl_seconds=60, clock=ManualClock(1000.0))
     assert store.get("nope") is None
     assert store.get("nope") is None
     assert len(queries) == 1
@@ -71,7 +69,7 @@ def test_unknown_integrations_are_cached_too(aws_stack: LocalResources) -> None:
 def test_the_cache_is_bounded_least_recently_used_first(aws_stack: LocalResources) -> None:
     # Given a cache of two entries
     ddb, queries = _counting_dynamodb()
-    store = TargetStore(aws_stack.targets_table, dynamodb=ddb, clock=ManualClock(1000.0), max_cache_entries=2)
+    store = TargetStore(ddb, aws_stack.targets_table, clock=ManualClock(1000.0), max_cache_entries=2)
 
     # When three different ids are read, the first one touched again before the third
     store.get("a")

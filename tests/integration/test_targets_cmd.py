@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from misbehaving_peer import Answer, misbehaving_peer
 
-from relay.adapters.target_store import TargetStore
 from relay.cli import main
 from relay.local.aws_stack import LocalResources, forget_cached_configuration
 from relay.local.fake_genesys import FakeGenesys
 from relay.local.fixtures import Fixtures, FixtureTarget
 from relay.models.targets import Integration, Target
 from relay.settings import get_settings
+from relay.wiring import target_store
 
 pytestmark = pytest.mark.integration
 
@@ -90,7 +90,7 @@ def local_settings(aws_stack: LocalResources, monkeypatch: pytest.MonkeyPatch) -
 @pytest.fixture
 def receiver(local_settings: None) -> Iterator[RecordingReceiver]:
     with RecordingReceiver() as server:
-        store = TargetStore(get_settings().need("targets_table"), cache_ttl_seconds=0)
+        store = target_store(get_settings(), cache_ttl_seconds=0)
         store.put_integration(
             Integration(
                 integration_id=INTEGRATION_ID, name="check", signature_secret_name="relay/x/signature/1"
@@ -142,7 +142,7 @@ def test_check_ends_at_its_timeout_against_a_target_trickling_its_answer(
     # Given a target that answers one byte every 0.2 s (about 20 s in all)
     slow = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Padding: " + b"p" * 60 + b"\r\n\r\n"
     with misbehaving_peer(lambda *_: Answer(trickle=slow)) as peer:
-        store = TargetStore(get_settings().need("targets_table"), cache_ttl_seconds=0)
+        store = target_store(get_settings(), cache_ttl_seconds=0)
         store.put_integration(
             Integration(
                 integration_id=INTEGRATION_ID, name="check", signature_secret_name="relay/x/signature/1"
@@ -259,7 +259,7 @@ def test_sync_rejects_unusable_urls_and_syncs_the_targets_after_them(
     assert [r["id"] for r in report["rejected"]] == [t.id for t in bad]
     assert all(r["reason"] for r in report["rejected"])
     assert report["targets"] == good
-    stored = TargetStore(get_settings().need("targets_table"), cache_ttl_seconds=0).get(integration.id)
+    stored = target_store(get_settings(), cache_ttl_seconds=0).get(integration.id)
     assert stored is not None and sorted(t.target_id for t in stored.targets) == sorted(good)
 
 

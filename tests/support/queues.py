@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from relay.adapters.aws import client
 from relay.local.poller import lambda_record
+from relay.wiring import aws_client as client
 
 DRAIN_LIMIT = 1_000
 

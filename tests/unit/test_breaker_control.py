@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from relay.adapters.breaker_store import InMemoryBreakerStore
+from relay.errors import ResetConflict
 from relay.logic import breaker
-from relay.logic.breaker_control import BreakerView, ResetConflict, reset_breaker
+from relay.logic.breaker_control import BreakerView, reset_breaker
 from relay.models.breaker import BreakerState, Phase
+from relay.testing.fakes import InMemoryBreakerStore
 
 POLICY = breaker.BreakerPolicy(
     failure_threshold=5, reset_seconds=30, max_reset_seconds=600, probe_lease_seconds=20

@@ -6,8 +6,8 @@ import pytest
 from pydantic import SecretStr
 
 from relay.adapters.genesys import credentials_from_settings
-from relay.adapters.secrets import RotatingSecret
 from relay.errors import ConfigurationError
+from relay.models.secrets import RotatingSecret
 from relay.settings import Settings
 
 

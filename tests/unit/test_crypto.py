@@ -13,12 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.adapters.secrets import RotatingSecret
 from relay.cli import main
 from relay.errors import ConfigurationError
 from relay.logic import crypto
 from relay.logic.envelope import TargetSecrets, build_request, encryption_key_for
 from relay.models.delivery import DeliveryTask
+from relay.models.secrets import RotatingSecret
 from relay.models.targets import Target
 from relay.receiver_sdk import InvalidDelivery, decrypt_event, open_delivery
 

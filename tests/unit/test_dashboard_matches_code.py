@@ -26,9 +26,9 @@ PACKAGE = ROOT / "layers" / "core" / "relay"
 NAMESPACE = "GenesysRelay"
 # Which module holds each emitter named in the table's "emitted by" column.
 EMITTER_MODULES = {
-    "intake": ("logic/intake.py",),
-    "dispatcher": ("logic/dispatch.py", "logic/delivery_metrics.py"),
-    "config sync": ("logic/config_sync.py",),
+    "intake": ("logic/intake/fan_out.py", "logic/intake/service.py", "logic/intake/metrics.py"),
+    "dispatcher": ("logic/dispatch/metrics.py",),
+    "config sync": ("logic/config_sync/run.py",),
 }
 
 
@@ -308,7 +308,7 @@ def _emitted(blobs: list[dict[str, Any]]) -> dict[str, frozenset[str]]:
 def test_dispatcher_emits_its_metrics_with_the_contract_dimensions(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from relay.logic.delivery_metrics import BatchMetrics, Metric
+    from relay.logic.dispatch.metrics import BatchMetrics, Metric
 
     # Given a batch that touched every dispatcher metric
     environment = function_environment()

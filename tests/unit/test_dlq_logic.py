@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.adapters.dlq_queue import MAX_BATCH_BYTES, OutgoingMessage, ReceivedMessage, plan_send_batches
 from relay.cli.dlq_cmd import ProgressLine, format_groups, format_redrive
 from relay.logic.dlq import (
     BACKSTOP_REASON,
@@ -36,6 +35,7 @@ from relay.models.delivery import (
     ATTR_TARGET_ID,
     DeliveryTask,
 )
+from relay.models.queue import MAX_BATCH_BYTES, OutgoingMessage, ReceivedMessage, plan_batches
 
 
 def body(integration_id: str = "int-1", target_id: str = "target-a") -> tuple[str, str]:
@@ -250,7 +250,7 @@ def test_send_batches_hold_at_most_ten_and_stay_under_the_byte_limit() -> None:
         for i in range(5)
     ]
 
-    batches = plan_send_batches(small + big)
+    batches = plan_batches(small + big)
 
     assert [len(b) for b in batches] == [10, 10, 5, 2, 1]  # 3 small + 2 big fit; 3 big do not
     assert [m.entry_id for b in batches for m in b] == [m.entry_id for m in small + big]  # order kept

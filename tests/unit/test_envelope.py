@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from relay.adapters.secrets import RotatingSecret
 from relay.errors import ConfigurationError
 from relay.logic import crypto
 from relay.logic.envelope import USER_AGENT, TargetSecrets, build_request, encryption_key_for
 from relay.models.delivery import DeliveryTask
+from relay.models.secrets import RotatingSecret
 from relay.models.targets import RetryMatrix, SecurityType, Target, TargetSecurity
 
 NOW = datetime(2026, 11, 28, 17, 30, 5, 123456, tzinfo=UTC)

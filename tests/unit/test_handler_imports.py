@@ -1,5 +1,6 @@
 """Importing a handler stays on its hot path: the intake and the dispatcher load neither the Genesys SDK
-(about 3 s and 220 MB at import, config sync's alone) nor test, local-stack or X-Ray code.
+(about 3 s and 220 MB at import, config sync's alone) nor test, in-memory fake (relay.testing),
+local-stack or X-Ray code.
 
 Each handler is loaded as Lambda loads it (support.handlers) in a fresh interpreter with a bare
 environment, as in a cold container; the probe then lists sys.modules. Config sync is the control: it
@@ -22,6 +23,7 @@ NEVER_ON_THE_HOT_PATH = (
     SDK,
     "moto",
     "relay.local",
+    "relay.testing",
     "aws_xray_sdk",
     "hypothesis",
     "pytest",

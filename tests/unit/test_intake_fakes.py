@@ -7,12 +7,10 @@ from typing import Any
 
 from support.events import INTEGRATION_ID, SIGNATURE_SECRET
 
-from relay.adapters.delivery_queue import InMemoryClaimCheckStore, InMemoryDeliveryQueue
-from relay.adapters.idempotency import InMemoryIdempotencyStore
-from relay.adapters.secrets import RotatingSecret
-from relay.adapters.target_store import IntegrationEntry
 from relay.logic.intake import Intake
-from relay.models.targets import Integration, Target
+from relay.models.secrets import RotatingSecret
+from relay.models.targets import Integration, IntegrationEntry, Target
+from relay.testing.fakes import InMemoryClaimCheckStore, InMemoryDeliveryQueue, InMemoryIdempotencyStore
 
 PREVIOUS_SECRET = "previous-signature-secret-0000"
 SECRET_NAME = f"relay/local/signature/{INTEGRATION_ID}"

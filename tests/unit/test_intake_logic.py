@@ -20,17 +20,12 @@ from test_intake_fakes import (
     make_intake,
 )
 
-from relay.adapters.delivery_queue import (
-    MAX_BATCH_BYTES,
-    InMemoryClaimCheckStore,
-    InMemoryDeliveryQueue,
-    SqsDeliveryQueue,
-    plan_batches,
-)
-from relay.adapters.idempotency import InMemoryIdempotencyStore
+from relay.adapters.sqs import SqsQueues
 from relay.errors import BadRequest, ConfigurationError, DependencyUnavailable
 from relay.models.delivery import DeliveryTask
 from relay.models.genesys import OPEN_MESSAGE
+from relay.models.queue import MAX_BATCH_BYTES, OutgoingMessage, plan_batches
+from relay.testing.fakes import InMemoryClaimCheckStore, InMemoryDeliveryQueue, InMemoryIdempotencyStore
 
 
 def tasks(queue: InMemoryDeliveryQueue) -> list[DeliveryTask]:
@@ -637,7 +632,7 @@ class FakeSqs:
 
 def test_per_entry_batch_failures_are_retried_until_every_message_is_queued() -> None:
     sqs = FakeSqs(failing_calls=2)
-    queue = SqsDeliveryQueue("https://sqs/q", sqs=sqs, sleep=lambda s: None)
+    queue = SqsQueues(sqs, delivery_queue_url="https://sqs/q", sleep=lambda s: None)
     target_ids = tuple(f"t-{i:02d}" for i in range(12))
     intake, _ = make_intake(queue=queue, integrations=Integrations(make_entry(target_ids)))
     response = intake.handle(api_gateway_event())
@@ -648,7 +643,7 @@ def test_per_entry_batch_failures_are_retried_until_every_message_is_queued() ->
 
 def test_per_entry_failures_that_persist_are_503_and_the_repeat_can_queue() -> None:
     sqs = FakeSqs(failing_calls=3)
-    queue = SqsDeliveryQueue("https://sqs/q", sqs=sqs, sleep=lambda s: None)
+    queue = SqsQueues(sqs, delivery_queue_url="https://sqs/q", sleep=lambda s: None)
     intake, _ = make_intake(queue=queue)
     assert intake.handle(api_gateway_event())["statusCode"] == 503
     assert intake.handle(api_gateway_event())["statusCode"] == 202
@@ -656,12 +651,12 @@ def test_per_entry_failures_that_persist_are_503_and_the_repeat_can_queue() -> N
 
 
 def test_batches_respect_sqs_count_and_size_limits() -> None:
-    small = ["x" * 100] * 25
+    small = [OutgoingMessage(str(i), "x" * 100) for i in range(25)]
     assert [len(batch) for batch in plan_batches(small)] == [10, 10, 5]
-    big = ["x" * 100_000] * 5
+    big = [OutgoingMessage(str(i), "x" * 100_000) for i in range(5)]
     batches = plan_batches(big)
-    assert all(sum(len(big[i]) for i in batch) <= MAX_BATCH_BYTES for batch in batches)
-    assert sorted(i for batch in batches for i in batch) == list(range(5))
+    assert all(sum(len(m.body) for m in batch) <= MAX_BATCH_BYTES for batch in batches)
+    assert sorted(int(m.entry_id) for batch in batches for m in batch) == list(range(5))
 
 
 # --- claim check ------------------------------------------------------------------------------------------

@@ -12,10 +12,10 @@ import yaml
 from support.events import api_gateway_event, sample
 from test_intake_fakes import answer, make_intake
 
-from relay.adapters.delivery_queue import InMemoryDeliveryQueue
-from relay.adapters.idempotency import Claim, InMemoryIdempotencyStore
 from relay.errors import ConfigurationError, DependencyUnavailable
 from relay.local.template import load_template
+from relay.models.idempotency import Claim
+from relay.testing.fakes import InMemoryDeliveryQueue, InMemoryIdempotencyStore
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC: dict[str, Any] = yaml.safe_load((ROOT / "docs" / "openapi.yaml").read_text())

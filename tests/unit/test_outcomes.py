@@ -7,7 +7,8 @@ from email.utils import format_datetime
 
 import pytest
 
-from relay.adapters.http import (
+from relay.logic.outcomes import Verdict, classify, parse_retry_after
+from relay.models.http import (
     CONNECT_TIMEOUT,
     CONNECTION_ERROR,
     DEADLINE_EXCEEDED,
@@ -16,7 +17,6 @@ from relay.adapters.http import (
     UNSAFE_ADDRESS,
     HttpResult,
 )
-from relay.logic.outcomes import Verdict, classify, parse_retry_after
 
 NOW = datetime(2026, 11, 28, 17, 0, tzinfo=UTC)
 

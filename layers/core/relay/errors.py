@@ -1,17 +1,27 @@
-"""One rooted hierarchy, grouped by what the caller must do.
+"""Every exception the relay raises, in one rooted hierarchy grouped by what the caller must do.
 
     RelayError
     ├── ConfigurationError            the deployment is wrong: fix settings, not input
     ├── RejectedRequest               the client sent something we refuse (maps to a 4xx, never retried)
     │   ├── BadRequest (400)   ├── InvalidSignature (401)   ├── UnknownIntegration (404)
     │   ├── MethodNotAllowed (405)    ├── PayloadTooLarge (413)  └── UnsupportedMediaType (415)
-    ├── DependencyUnavailable         an AWS dependency failed: answer 503 + Retry-After, the sender retries
+    ├── DependencyUnavailable         an AWS dependency failed: answer 503 + Retry-After, the sender retries;
+    │   │                             the dispatcher leaves the record for SQS to show again
+    │   └── BreakerStoreUnavailable   the breaker table failed: the dispatcher fails open
     ├── RequestInProgress             the same event is being accepted right now: 429 + Retry-After
     ├── UnsafeUrl                     a target URL breaks the URL policy (scheme, private address, ...)
-    ├── DeliveryError                 one delivery attempt failed
-    │   ├── RetryableDelivery         timeouts, connection errors, 408/425/429/5xx, breaker open
-    │   └── PermanentDelivery         other 4xx, 3xx: straight to the dead-letter queue
-    │       └── TargetGone            410: disable the target, dead-letter
+    ├── UnreadableEvent               a task's event cannot be sent as JSON: the dispatcher dead-letters
+    │   └── NonFiniteNumber           it as poison; the intake refuses it (400)
+    ├── ConfigRejected                config sync: one item's config is refused, the run goes on
+    ├── UnknownTarget                 operator commands: no such target
+    ├── AmbiguousTarget               operator commands: the target id exists under several integrations
+    ├── ResetConflict                 `relay breaker reset` lost every race: nothing written
+    ├── MoveTaskUnavailable           this SQS endpoint has no StartMessageMoveTask (redrive re-sends)
+    ├── DecryptionFailed              no key offered opens an encrypted envelope
+    ├── InvalidDelivery               receiver SDK: not a genuine, readable relay delivery (also a ValueError)
+    ├── LocalStackError               the local stack (developer side) could not do what it was asked
+    ├── CommandError                  ends a `relay` command: one stderr line and its exit code
+    │   ├── NeedsAttention (1)  ├── UsageError (2)  ├── CommandFailed (3)  └── Interrupted (130)
     └── GenesysError                  talking to Genesys Cloud failed (config sync only; never raised itself)
         ├── GenesysRunError           the sync run ends: Lambda error (alarm), `relay targets sync` exit 3;
         │   │                         raised itself for an answer nothing below covers (another 4xx)
@@ -26,11 +36,16 @@
             ├── GenesysNotFound       404
             └── GenesysMalformedResponse  2xx with a body we cannot read
 
-Each trigger (API handler, SQS handler, CLI) maps these to outcomes in exactly one place.
-Messages never contain secret values.
+A delivery attempt's result is a value (relay.logic.outcomes.Outcome), not an exception. Each trigger
+(API handler, SQS handler, CLI, local stack) maps these to outcomes in exactly one place; a bare
+``except Exception`` appears only there. Messages never contain secret values. (The one exception
+defined elsewhere, relay.adapters.connections.DeadlineExceeded, is a RelayError too; it is also a
+urllib3 timeout so that urllib3's own machinery treats it as one.)
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 
 class RelayError(Exception):
@@ -104,36 +119,62 @@ class UnsafeUrl(RelayError):
     """A target URL that the URL policy refuses."""
 
 
-class DeliveryError(RelayError):
-    """One delivery attempt to a target failed."""
-
-    def __init__(self, message: str, *, status: int | None = None, error_code: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error_code = error_code
+class BreakerStoreUnavailable(DependencyUnavailable):
+    """The breaker table could not be read or written (the dispatcher fails open)."""
 
 
-class RetryableDelivery(DeliveryError):
-    """Worth trying again later (timeouts, connection errors, 408/425/429/5xx)."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        error_code: str | None = None,
-        retry_after_seconds: float | None = None,
-    ) -> None:
-        super().__init__(message, status=status, error_code=error_code)
-        self.retry_after_seconds = retry_after_seconds
+class UnreadableEvent(RelayError):
+    """A delivery task's event is not what a target may receive: not UTF-8, not one JSON object, or
+    holding a number no receiver could read. The dispatcher dead-letters the task as ``poison``."""
 
 
-class PermanentDelivery(DeliveryError):
-    """Will never succeed as sent (other 4xx, 3xx): dead-letter at once with the reason."""
+class NonFiniteNumber(UnreadableEvent):
+    """A number no 64-bit float holds (``1e400``), or ``NaN``/``Infinity``: no receiver could read it."""
+
+    def __init__(self, literal: str) -> None:
+        shown = literal if len(literal) <= 40 else literal[:37] + "..."
+        super().__init__(f"{shown} is not a finite number a 64-bit float can hold")
 
 
-class TargetGone(PermanentDelivery):
-    """The target answered 410 Gone: disable it and dead-letter."""
+class ConfigRejected(RelayError):
+    """Config sync refuses one integration or target config; the message is safe to log (no secret
+    values). The record stored by the last good sync stays in force."""
+
+
+class UnknownTarget(RelayError):
+    """No such target in the TargetsTable (under the integration given, if any)."""
+
+
+class AmbiguousTarget(RelayError):
+    """The target id exists under several integrations; the operator must choose one."""
+
+    def __init__(self, target_id: str, integration_ids: Iterable[str]) -> None:
+        self.integration_ids = tuple(integration_ids)
+        super().__init__(
+            f"target {target_id} exists under integrations {', '.join(self.integration_ids)}: "
+            "choose one with --integration"
+        )
+
+
+class ResetConflict(RelayError):
+    """The breaker changed under every reset attempt (dispatchers very busy with it): nothing written."""
+
+
+class MoveTaskUnavailable(RelayError):
+    """This SQS endpoint does not implement StartMessageMoveTask (moto, some emulators)."""
+
+
+class DecryptionFailed(RelayError):
+    """The envelope could not be decrypted with any key offered (wrong key, tampered, malformed)."""
+
+
+class InvalidDelivery(RelayError, ValueError):
+    """Receiver SDK: the request is not a genuine, readable relay delivery (bad signature, stale,
+    tampered, wrong key). Also a ValueError, as receivers written against earlier versions catch it."""
+
+
+class LocalStackError(RelayError):
+    """The local stack could not start or run as configured (developer side only)."""
 
 
 class GenesysError(RelayError):
@@ -190,3 +231,39 @@ class GenesysNotFound(GenesysItemError):
 
 class GenesysMalformedResponse(GenesysItemError):
     """Genesys answered an item's read 2xx with a body that is not the JSON we expect."""
+
+
+class CommandError(RelayError):
+    """Ends a ``relay`` command with one line on stderr and ``exit_code`` (relay.cli.exit_codes.ExitCode
+    names the codes; relay.cli.run writes the line)."""
+
+    exit_code: int = 3
+
+    def __init__(self, message: str, *, command: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.command = command  # the parser's prog when argparse refused the command line
+
+
+class NeedsAttention(CommandError):
+    """The command ran, and something needs the operator's attention."""
+
+    exit_code = 1
+
+
+class UsageError(CommandError):
+    """A bad argument, or a file named on the command line that cannot be read."""
+
+    exit_code = 2
+
+
+class CommandFailed(CommandError):
+    """The command could not run."""
+
+    exit_code = 3
+
+
+class Interrupted(CommandError):
+    """Ctrl-C, with what the command wants the operator to know about the state it left."""
+
+    exit_code = 130

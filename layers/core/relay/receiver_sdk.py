@@ -30,16 +30,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from relay.errors import InvalidSignature
+from relay.errors import DecryptionFailed, InvalidDelivery, InvalidSignature
 from relay.logic import crypto, webhook_signing
 
 __all__ = ["Delivery", "InvalidDelivery", "decrypt_event", "open_delivery", "verify_signature"]
 
 _keys = crypto.KeyCache()
-
-
-class InvalidDelivery(ValueError):
-    """The request is not a genuine, readable relay delivery (bad signature, stale, tampered, wrong key)."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +99,7 @@ def decrypt_event(envelope: Mapping[str, Any], encryption_secrets: str | Iterabl
         key = _keys.key_for(secret, key_id=key_id, salt=salt)
         try:
             plaintext = crypto.unseal(sealed, key.key, associated_data=aad)
-        except crypto.DecryptionFailed:
+        except DecryptionFailed:
             continue
         event = json.loads(plaintext)
         if not isinstance(event, dict):

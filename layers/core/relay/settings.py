@@ -1,12 +1,19 @@
-"""Settings: one validated model read lazily from the environment and cached per container.
+"""Settings: one validated model, read lazily from the environment and cached per container.
 
-Never read os.environ anywhere else. Tests and the local stack set the environment first and then
-call ``get_settings.cache_clear()``.
+This module is the only reader of the process environment. Everything below a handler gets its
+``Settings`` passed in: relay.wiring builds each function's object graph from one, and only the
+wiring's per-container entry points (and the CLI's commands) call ``get_settings()``. The local stack
+runs each function inside ``settings_scope(<that function's Settings>)``, so no function's
+configuration touches the process environment. Tests may set the environment and call
+``get_settings.cache_clear()``, or build a Settings with ``Settings.model_validate({...})``.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 from typing import Annotated, Literal
 
@@ -34,6 +41,12 @@ class Settings(BaseModel):
     # --- deployment -------------------------------------------------------------------------------
     stage: Literal["local", "dev", "prod"] = Field("local", alias="RELAY_STAGE")
     region: str = Field("us-east-1", alias="AWS_REGION")
+    # Where every AWS client connects (moto's server in the local stack and the tests); None: AWS.
+    aws_endpoint_url: str | None = Field(None, alias="AWS_ENDPOINT_URL")
+    # Explicit credentials for the clients (the local stack's dummy ones). None: boto3's own chain.
+    aws_access_key_id: str | None = Field(None, alias="AWS_ACCESS_KEY_ID")
+    aws_secret_access_key: SecretStr | None = Field(None, alias="AWS_SECRET_ACCESS_KEY")
+    aws_session_token: SecretStr | None = Field(None, alias="AWS_SESSION_TOKEN")
     metrics_namespace: str = Field("GenesysRelay", alias="POWERTOOLS_METRICS_NAMESPACE")
     service_name: str = Field("relay", alias="POWERTOOLS_SERVICE_NAME")
 
@@ -44,7 +57,7 @@ class Settings(BaseModel):
     delivery_queue_url: str | None = Field(None, alias="DELIVERY_QUEUE_URL")
     dead_letter_queue_url: str | None = Field(None, alias="DEAD_LETTER_QUEUE_URL")
     audit_bucket: str | None = Field(None, alias="AUDIT_BUCKET")
-    # Secrets Manager names are "<prefix>/<kind>/<id>"; see relay.adapters.secrets.
+    # Secrets Manager names are "<prefix>/<kind>/<id>"; see relay.models.secrets.
     secrets_prefix: str = Field("relay/local", alias="SECRETS_PREFIX")
 
     # --- URL policy ---------------------------------------------------------------------------------
@@ -108,10 +121,54 @@ class Settings(BaseModel):
         return str(value)
 
 
+class _SettingsLoader:
+    """``get_settings()``: the settings in force here.
+
+    Inside ``settings_scope(settings)`` (the local stack runs several functions in one process, each
+    with its own environment from the template) that object; otherwise the process environment, read
+    once and cached (``get_settings.cache_clear()`` forgets it).
+    """
+
+    def __init__(self) -> None:
+        self._scoped: ContextVar[Settings | None] = ContextVar("relay_settings", default=None)
+
+    def __call__(self) -> Settings:
+        scoped = self._scoped.get()
+        return scoped if scoped is not None else _from_environment()
+
+    def cache_clear(self) -> None:
+        _from_environment.cache_clear()
+
+    @contextmanager
+    def scope(self, settings: Settings) -> Iterator[Settings]:
+        token = self._scoped.set(settings)
+        try:
+            yield settings
+        finally:
+            self._scoped.reset(token)
+
+
 @lru_cache(maxsize=1)
-def get_settings() -> Settings:
+def _from_environment() -> Settings:
+    """The one reader of the process environment."""
+    return load_settings(os.environ)
+
+
+def environment_variable(name: str) -> str | None:
+    """A variable the operator names for one command (``relay decrypt --key-env NAME``, the local API
+    for ``relay local put-event``): not a relay setting, but read here so that this module stays the one
+    reader of the process environment."""
+    return os.environ.get(name)
+
+
+def load_settings(environment: Mapping[str, str]) -> Settings:
+    """Settings from an environment (variable name -> value); ConfigurationError naming the bad fields."""
     try:
-        return Settings.model_validate(dict(os.environ))
+        return Settings.model_validate(dict(environment))
     except ValueError as exc:  # pydantic.ValidationError; never echo values (they may be secrets)
         fields = ", ".join(str(e["loc"][0]) for e in getattr(exc, "errors", lambda: [])())
         raise ConfigurationError(f"invalid settings: {fields or exc.__class__.__name__}") from None
+
+
+get_settings = _SettingsLoader()
+settings_scope = get_settings.scope

@@ -2,18 +2,17 @@
 
 Key: ``audit/date=YYYY-MM-DD/target=<targetId>/<invocationId>.jsonl`` (Athena/Glue-style partitions;
 one object per invocation and target keeps the S3 cost per event low). The records are built by
-relay.logic.dispatch and never hold a secret or the plaintext of an encrypted event.
+relay.logic.dispatch.audit and never hold a secret or the plaintext of an encrypted event.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from relay.adapters.aws import client
 from relay.errors import DependencyUnavailable
 
 
@@ -21,18 +20,14 @@ def audit_key(date: str, target_id: str, invocation_id: str) -> str:
     return f"audit/date={date}/target={target_id}/{invocation_id}.jsonl"
 
 
-class AuditSink(Protocol):
-    def write(
-        self, date: str, target_id: str, invocation_id: str, records: Sequence[Mapping[str, Any]]
-    ) -> None: ...
-
-
 def to_jsonl(records: Sequence[Mapping[str, Any]]) -> bytes:
     return b"".join(json.dumps(r, separators=(",", ":"), default=str).encode() + b"\n" for r in records)
 
 
 class S3AuditSink:
-    def __init__(self, bucket: str, *, s3: Any = None) -> None:
+    """``s3`` is a boto3 S3 client; ``bucket`` is AUDIT_BUCKET."""
+
+    def __init__(self, s3: Any, bucket: str) -> None:
         self._bucket = bucket
         self._s3 = s3
 
@@ -40,7 +35,7 @@ class S3AuditSink:
         self, date: str, target_id: str, invocation_id: str, records: Sequence[Mapping[str, Any]]
     ) -> None:
         try:
-            (self._s3 or client("s3")).put_object(
+            self._s3.put_object(
                 Bucket=self._bucket,
                 Key=audit_key(date, target_id, invocation_id),
                 Body=to_jsonl(records),
@@ -48,15 +43,3 @@ class S3AuditSink:
             )
         except (ClientError, BotoCoreError) as exc:
             raise DependencyUnavailable(f"audit bucket unwritable ({type(exc).__name__})") from None
-
-
-class InMemoryAuditSink:
-    """Audit objects in process memory (benchmarks)."""
-
-    def __init__(self) -> None:
-        self.objects: dict[str, bytes] = {}
-
-    def write(
-        self, date: str, target_id: str, invocation_id: str, records: Sequence[Mapping[str, Any]]
-    ) -> None:
-        self.objects[audit_key(date, target_id, invocation_id)] = to_jsonl(records)

@@ -1,22 +1,24 @@
-"""AWS clients, made once per container and shared by every caller.
+"""boto3 clients for one ``Settings``: its region, its endpoint (AWS_ENDPOINT_URL, how the local stack
+and the tests point every client at moto's server) and, when set, its credentials.
 
-boto3 honours ``AWS_ENDPOINT_URL``, which is how the local stack points every client at moto's server;
-nothing here knows about that. Tests that change the endpoint call ``reset_clients()``.
+``AwsClients`` is built by relay.wiring, once per container (per Settings object), and hands each
+adapter the client it needs. Clients are made on first use: each costs tens of milliseconds, and a
+container that never needs one (the intake's S3 client, used only for claim checks) never pays for it.
 """
 
 from __future__ import annotations
 
-from functools import cache
+import threading
 from typing import Any
 
 import boto3
 from botocore.config import Config
 
-from relay.settings import get_settings
+from relay.settings import Settings
 
 # Short timeouts and a bounded standard retry: a Lambda must answer (or fail) well inside its own
 # timeout, and the intake well inside Genesys' 10 s.
-_CLIENT_CONFIG = Config(
+CLIENT_CONFIG = Config(
     connect_timeout=2,
     read_timeout=5,
     retries={"max_attempts": 3, "mode": "standard"},
@@ -24,12 +26,48 @@ _CLIENT_CONFIG = Config(
 )
 
 
-@cache
-def client(service: str) -> Any:
-    """The shared boto3 client for ``service`` (e.g. "sqs", "dynamodb")."""
-    return boto3.session.Session().client(service, region_name=get_settings().region, config=_CLIENT_CONFIG)
+class AwsClients:
+    """One client per service for one Settings; thread-safe."""
+
+    def __init__(self, settings: Settings, *, config: Config = CLIENT_CONFIG) -> None:
+        self._settings = settings
+        self._config = config
+        self._clients: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def client(self, service: str) -> Any:
+        """The client for ``service`` (e.g. "sqs", "dynamodb"), made when first used."""
+        return _OnFirstUse(self, service)
+
+    def made(self, service: str) -> Any:
+        with self._lock:
+            made = self._clients.get(service)
+            if made is None:
+                made = self._clients[service] = self._make(service)
+            return made
+
+    def _make(self, service: str) -> Any:
+        settings = self._settings
+        credentials: dict[str, str] = {}
+        if settings.aws_access_key_id and settings.aws_secret_access_key:
+            credentials = {
+                "aws_access_key_id": settings.aws_access_key_id,
+                "aws_secret_access_key": settings.aws_secret_access_key.get_secret_value(),
+            }
+            if settings.aws_session_token:
+                credentials["aws_session_token"] = settings.aws_session_token.get_secret_value()
+        session = boto3.session.Session(region_name=settings.region, **credentials)
+        return session.client(service, endpoint_url=settings.aws_endpoint_url, config=self._config)
 
 
-def reset_clients() -> None:
-    """Forget every cached client (after the endpoint or region changed)."""
-    client.cache_clear()
+class _OnFirstUse:
+    """Stands in for a boto3 client until an attribute is first read, then is that client."""
+
+    __slots__ = ("_clients", "_service")
+
+    def __init__(self, clients: AwsClients, service: str) -> None:
+        self._clients = clients
+        self._service = service
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._clients.made(self._service), name)

@@ -6,50 +6,30 @@ reads as a fresh closed breaker).
 
 ``save`` succeeds only if the stored version is still the one the caller read (``attribute_not_exists``
 for version 0), so concurrent dispatchers never overwrite each other's transitions and exactly one of
-them wins the half-open probe. ``InMemoryBreakerStore`` has the same semantics (tests, benchmarks).
+them wins the half-open probe. relay.testing.fakes.InMemoryBreakerStore has the same semantics.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from relay.adapters.aws import client
-from relay.errors import DependencyUnavailable
+from relay.errors import BreakerStoreUnavailable
 from relay.models.breaker import BreakerState, Phase
 
 RECORD_TTL_SECONDS = 7 * 24 * 3600
 
 
-class BreakerStoreUnavailable(DependencyUnavailable):
-    """The breaker table could not be read or written (the dispatcher fails open)."""
-
-
-class BreakerStore(Protocol):
-    def load(self, key: str) -> BreakerState:
-        """The stored state, or a fresh closed state (version 0) if there is none."""
-        ...
-
-    def save(self, key: str, state: BreakerState, *, expected_version: int) -> bool:
-        """Store ``state`` if the stored version is ``expected_version``; False if another wrote first."""
-        ...
-
-
 class DynamoBreakerStore:
-    def __init__(
-        self, table_name: str, *, dynamodb: Any = None, clock: Callable[[], float] = time.time
-    ) -> None:
-        self._table = table_name
-        self._dynamodb = dynamodb
-        self._clock = clock
+    """The BreakerTable through a boto3 DynamoDB client (the port: relay.ports.BreakerStore)."""
 
-    @property
-    def _ddb(self) -> Any:
-        return self._dynamodb or client("dynamodb")
+    def __init__(self, dynamodb: Any, table_name: str, *, clock: Callable[[], float] = time.time) -> None:
+        self._table = table_name
+        self._ddb = dynamodb
+        self._clock = clock
 
     def load(self, key: str) -> BreakerState:
         try:
@@ -102,27 +82,3 @@ class DynamoBreakerStore:
         except BotoCoreError as exc:
             raise BreakerStoreUnavailable(f"breaker table unwritable ({type(exc).__name__})") from None
         return True
-
-
-class InMemoryBreakerStore:
-    """Same conditional semantics as the DynamoDB store, in one process. Counts calls for benchmarks."""
-
-    def __init__(self) -> None:
-        self._states: dict[str, BreakerState] = {}
-        self._lock = threading.Lock()
-        self.reads = 0
-        self.writes = 0
-
-    def load(self, key: str) -> BreakerState:
-        with self._lock:
-            self.reads += 1
-            return self._states.get(key, BreakerState())
-
-    def save(self, key: str, state: BreakerState, *, expected_version: int) -> bool:
-        with self._lock:
-            self.writes += 1
-            current = self._states.get(key)
-            if (current.version if current else 0) != expected_version:
-                return False
-            self._states[key] = state
-            return True

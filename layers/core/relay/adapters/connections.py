@@ -40,13 +40,14 @@ from urllib3.util.connection import allowed_gai_family
 from urllib3.util.timeout import _DEFAULT_TIMEOUT
 
 from relay.adapters.deadline import Deadline, current_deadline, request_deadline
+from relay.errors import RelayError
 
 # (address, port) -> None, or raise (relay.errors.UnsafeUrl) to refuse the connection.
 EndpointCheck = Callable[[str, int], None]
 
 
-class DeadlineExceeded(Urllib3Timeout):
-    """The request's total deadline passed. A urllib3 timeout, so code that maps urllib3's
+class DeadlineExceeded(RelayError, Urllib3Timeout):
+    """The request's total deadline passed. Also a urllib3 timeout, so code that maps urllib3's
     exceptions (the Genesys client) treats it exactly like a connect or read timeout."""
 
 
@@ -54,14 +55,14 @@ def call_within_deadline[T](seconds: float, call: Callable[[], T]) -> T:
     """Run one request under a total deadline of ``seconds``; if the deadline passed, raise
     DeadlineExceeded whatever ``call`` raised or returned (a body cut short may still have parsed)."""
     with request_deadline(seconds) as deadline:
+        answered = False
         try:
             result = call()
-        except Exception:
-            if deadline.exceeded:
+            answered = True
+        finally:
+            # Raised from here it replaces whatever ``call`` raised: the deadline is the cause.
+            if deadline.fired or (not answered and deadline.exceeded):
                 raise DeadlineExceeded(f"no complete answer within {seconds:g} s") from None
-            raise
-        if deadline.fired:
-            raise DeadlineExceeded(f"no complete answer within {seconds:g} s")
         return result
 
 

@@ -26,6 +26,7 @@ so the logic layer never touches SDK types.
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import time
@@ -33,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import urllib3
 from pydantic import SecretStr
 
 from relay.adapters.connections import call_within_deadline, pool_classes
@@ -50,6 +52,7 @@ from relay.errors import (
     GenesysTimeout,
     GenesysUnavailable,
 )
+from relay.models.secrets import RotatingSecret
 from relay.observability import logger
 from relay.settings import Settings
 
@@ -60,6 +63,9 @@ _REFRESH_MARGIN_MIN_SECONDS = 30.0
 _REFRESH_MARGIN_MAX_RATIO = 0.5
 # Genesys answers 429 with Retry-After; if it ever does not, wait this long.
 _DEFAULT_RETRY_AFTER_SECONDS = 1.0
+
+# What the network and urllib3 raise under the SDK (the total deadline's DeadlineExceeded included).
+_TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
 
 # The permission each call needs, for the 403 message.
 SCOPE_OPEN_MESSAGING = "messaging:integration:view"
@@ -106,9 +112,10 @@ def api_host_for(settings: Settings) -> str:
 
 
 def credentials_from_settings(
-    settings: Settings, read_secret: Callable[[str], Any] | None = None
+    settings: Settings, read_secret: Callable[[str], RotatingSecret] | None = None
 ) -> GenesysCredentials:
-    """GENESYS_CLIENT_ID/SECRET (local mode) or the Secrets Manager secret GENESYS_CREDENTIALS_SECRET.
+    """GENESYS_CLIENT_ID/SECRET (local mode) or the Secrets Manager secret GENESYS_CREDENTIALS_SECRET,
+    read with ``read_secret`` (relay.wiring passes the container's secret reader).
 
     The secret has the relay's shape: ``{"current": <client secret>, "keyId": <client id>}``.
     """
@@ -116,9 +123,7 @@ def credentials_from_settings(
         return GenesysCredentials(settings.genesys_client_id, settings.genesys_client_secret)
     if settings.genesys_credentials_secret:
         if read_secret is None:
-            from relay.adapters.secrets import get_secret
-
-            read_secret = get_secret
+            raise ConfigurationError("GENESYS_CREDENTIALS_SECRET is set but no secret reader was given")
         try:
             secret = read_secret(settings.genesys_credentials_secret)
         except ConfigurationError as exc:
@@ -189,11 +194,16 @@ class GenesysClient:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, credentials: GenesysCredentials | None = None, **kwargs: Any
+        cls,
+        settings: Settings,
+        *,
+        credentials: GenesysCredentials | None = None,
+        read_secret: Callable[[str], RotatingSecret] | None = None,
+        **kwargs: Any,
     ) -> GenesysClient:
         return cls(
             api_host_for(settings),
-            credentials or credentials_from_settings(settings),
+            credentials or credentials_from_settings(settings, read_secret),
             timeout_seconds=settings.genesys_timeout_seconds,
             max_rate_limit_retries=settings.genesys_max_rate_limit_retries,
             max_retry_after_seconds=settings.genesys_max_retry_after_seconds,
@@ -257,7 +267,7 @@ class GenesysClient:
             except (ValueError, KeyError, TypeError):
                 # An unusable token answer ends the run, never just the item being read.
                 raise GenesysLoginError("Genesys token endpoint answered with an unreadable body") from None
-            except Exception as exc:  # noqa: BLE001 - urllib3 errors, mapped to our hierarchy right here
+            except _TRANSPORT_ERRORS as exc:  # mapped to our hierarchy right here
                 raise self._translate(exc, what="login", scope=None) from None
         expires_in = self._token_lifetime()
         self._expires_at = started + expires_in - _refresh_margin(expires_in)
@@ -368,7 +378,7 @@ class GenesysClient:
             except (ValueError, KeyError, TypeError, AttributeError):
                 # The SDK's deserializer chokes on bodies that are not the JSON it expects.
                 raise GenesysMalformedResponse(f"Genesys answered {what} with an unreadable body") from None
-            except Exception as exc:  # noqa: BLE001 - urllib3 errors, mapped right here
+            except _TRANSPORT_ERRORS as exc:  # mapped to our hierarchy right here
                 raise self._translate(exc, what=what, scope=scope) from None
             return self._to_json(model, what)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from http.client import HTTPException
 from typing import Any
 
@@ -31,31 +30,18 @@ from urllib3.response import BaseHTTPResponse
 from relay.adapters.connections import EndpointCheck, headers_complete, pool_classes
 from relay.adapters.deadline import Deadline, request_deadline
 from relay.errors import UnsafeUrl
-
-# Stable error codes for the audit and the outcome mapping (relay.logic.outcomes).
-CONNECT_TIMEOUT = "connect-timeout"
-READ_TIMEOUT = "read-timeout"
-DEADLINE_EXCEEDED = "deadline-exceeded"
-CONNECTION_ERROR = "connection-error"
-INCOMPLETE_RESPONSE = "incomplete-response"
-UNSAFE_ADDRESS = "unsafe-address"
-INVALID_REQUEST = "invalid-request"
+from relay.models.http import (
+    CONNECT_TIMEOUT,
+    CONNECTION_ERROR,
+    DEADLINE_EXCEEDED,
+    INCOMPLETE_RESPONSE,
+    INVALID_REQUEST,
+    READ_TIMEOUT,
+    UNSAFE_ADDRESS,
+    HttpResult,
+)
 
 _CHUNK_BYTES = 8192
-
-
-@dataclass(frozen=True)
-class HttpResult:
-    """What one request produced: a complete answer (a status and a bounded body, no error code), or
-    an error code; ``status`` is kept with the error code when a status line did arrive."""
-
-    status: int | None
-    elapsed_ms: float
-    body: bytes = b""
-    body_truncated: bool = False
-    headers: Mapping[str, str] = field(default_factory=dict)
-    error_code: str | None = None
-    error: str | None = None
 
 
 class _GuardedAdapter(HTTPAdapter):

@@ -19,17 +19,15 @@ newer claim. DynamoDB TTL deletes lazily, which is why the condition compares ``
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from relay.adapters.aws import client
 from relay.errors import DependencyUnavailable
+from relay.models.idempotency import Claim
 
 STATUS_IN_PROGRESS = "INPROGRESS"
 STATUS_COMPLETED = "COMPLETED"
@@ -37,42 +35,23 @@ STATUS_COMPLETED = "COMPLETED"
 DEFAULT_LEASE_SECONDS = 10.0
 
 
-@dataclass(frozen=True)
-class Claim:
-    """The outcome of ``IdempotencyStore.claim``.
-
-    ``state`` is ``acquired`` (this attempt must queue, then complete or release with ``token``),
-    ``completed`` (a previous attempt queued; ``response`` is its answer), or ``in_progress``
-    (another attempt holds the claim right now).
-    """
-
-    key: str
-    state: Literal["acquired", "completed", "in_progress"]
-    token: str | None = None
-    response: str | None = None
-
-
 class DynamoDBIdempotencyStore:
-    """Claims in the IdempotencyTable. ``dynamodb`` and ``clock`` (epoch seconds) are injectable."""
+    """Claims in the IdempotencyTable through a boto3 DynamoDB client; ``clock`` is epoch seconds."""
 
     def __init__(
         self,
+        dynamodb: Any,
         table_name: str,
         *,
         ttl_seconds: int,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
-        dynamodb: Any = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._table = table_name
         self._ttl = ttl_seconds
         self._lease = lease_seconds
-        self._dynamodb = dynamodb
+        self._ddb = dynamodb
         self._clock = clock
-
-    @property
-    def _ddb(self) -> Any:
-        return self._dynamodb or client("dynamodb")
 
     def claim(self, key: str) -> Claim:
         now = self._clock()
@@ -176,47 +155,3 @@ def _unavailable(exc: ClientError | BotoCoreError) -> DependencyUnavailable:
     else:
         reason = type(exc).__name__
     return DependencyUnavailable(f"idempotency table unavailable ({reason})")
-
-
-class InMemoryIdempotencyStore:
-    """The same semantics in process memory (one container): for tests, benchmarks and tooling."""
-
-    def __init__(
-        self,
-        *,
-        ttl_seconds: int = 3_600,
-        lease_seconds: float = DEFAULT_LEASE_SECONDS,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._ttl = ttl_seconds
-        self._lease = lease_seconds
-        self._clock = clock
-        self._lock = threading.Lock()
-        # key -> (status, expiration, lease expiry, token, data)
-        self.records: dict[str, tuple[str, float, float, str, str | None]] = {}
-
-    def claim(self, key: str) -> Claim:
-        now = self._clock()
-        with self._lock:
-            record = self.records.get(key)
-            if record is not None and record[1] >= now:
-                status, _, lease_expiry, _, data = record
-                if status == STATUS_COMPLETED:
-                    return Claim(key=key, state="completed", response=data)
-                if lease_expiry >= now:
-                    return Claim(key=key, state="in_progress")
-            token = uuid.uuid4().hex
-            self.records[key] = (STATUS_IN_PROGRESS, now + self._ttl, now + self._lease, token, None)
-        return Claim(key=key, state="acquired", token=token)
-
-    def complete(self, claim: Claim, response: str) -> None:
-        with self._lock:
-            record = self.records.get(claim.key)
-            if record is not None and record[3] == claim.token:
-                self.records[claim.key] = (STATUS_COMPLETED, record[1], record[2], record[3], response)
-
-    def release(self, claim: Claim) -> None:
-        with self._lock:
-            record = self.records.get(claim.key)
-            if record is not None and record[3] == claim.token:
-                del self.records[claim.key]

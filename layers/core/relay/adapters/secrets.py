@@ -1,107 +1,74 @@
-"""Secret values in Secrets Manager, read through powertools Parameters with a per-container cache.
+"""Secret values in Secrets Manager: reads through powertools Parameters with a per-container cache,
+and the writes config sync makes. The shape and the names are relay.models.secrets.
 
-Every secret the relay uses has the same JSON shape, so rotation works the same way everywhere::
-
-    {"current": "...", "previous": "..." | null, "keyId": "..." | null, "salt": "<hex>" | null}
-
-``previous`` stays valid while a rotation is under way (signature secrets, signing secrets);
-``keyId`` and ``salt`` are set for encryption keys (the salt is random per key version).
-Names are ``<SECRETS_PREFIX>/<kind>/<id>``. Values are SecretStr: they never reach a log or an error.
+Every failure is a relay error: a missing secret or one not in the relay's shape is
+``ConfigurationError``, Secrets Manager being unreachable is ``DependencyUnavailable``. Neither
+message carries a value.
 """
 
 from __future__ import annotations
 
-import json
-from enum import StrEnum
-from functools import lru_cache
+import threading
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import ValidationError
 
-from relay.adapters.aws import client
 from relay.errors import ConfigurationError, DependencyUnavailable
-from relay.settings import get_settings
+from relay.models.secrets import RotatingSecret
 
 
-class SecretKind(StrEnum):
-    SIGNATURE = "signature"  # Genesys X-Hub-Signature-256 secret of an integration
-    SIGNING = "signing"  # Standard Webhooks whsec_ secret of a target
-    AUTH = "auth"  # bearer token or "user:password" of a target
-    ENCRYPTION = "encryption"  # envelope encryption key of a target
-    GENESYS = "genesys"  # Genesys OAuth client {"current": client_secret, "keyId": client_id}
+class SecretsManagerSecrets:
+    """``secretsmanager`` is a boto3 client; reads are cached for ``cache_ttl_seconds``
+    (SECRET_CACHE_TTL_SECONDS). The object is the dispatcher's and the intake's secret reader."""
 
+    def __init__(self, secretsmanager: Any, *, cache_ttl_seconds: int) -> None:
+        self._client = secretsmanager
+        self._ttl = cache_ttl_seconds
+        self._provider: Any = None
+        self._lock = threading.Lock()
 
-class RotatingSecret(BaseModel):
-    model_config = ConfigDict(frozen=True, populate_by_name=True)
+    def __call__(self, name: str) -> RotatingSecret:
+        return self.get(name)
 
-    current: SecretStr
-    previous: SecretStr | None = None
-    key_id: str | None = None
-    salt: str | None = None
+    def get(self, name: str, *, force_fetch: bool = False) -> RotatingSecret:
+        """The secret called ``name``, from the cache unless ``force_fetch``."""
+        from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
 
-    def values(self) -> list[str]:
-        """Every value that is valid now, current first."""
-        found = [self.current.get_secret_value()]
-        if self.previous is not None:
-            found.append(self.previous.get_secret_value())
-        return found
+        try:
+            raw = self._cached_provider().get(name, max_age=self._ttl, force_fetch=force_fetch)
+        except GetParameterError as exc:
+            if "ResourceNotFoundException" in str(exc):
+                raise ConfigurationError(f"secret {name} does not exist") from None
+            raise DependencyUnavailable(f"Secrets Manager unavailable reading {name}") from None
+        try:
+            return RotatingSecret.from_json(str(raw))
+        except (ValueError, KeyError, TypeError, ValidationError):
+            raise ConfigurationError(f"secret {name} is not in the relay's JSON shape") from None
 
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "current": self.current.get_secret_value(),
-                "previous": self.previous.get_secret_value() if self.previous else None,
-                "keyId": self.key_id,
-                "salt": self.salt,
-            }
-        )
+    def refresh(self, name: str) -> RotatingSecret:
+        """The secret read afresh (the intake re-reads a signature secret that may have rotated)."""
+        return self.get(name, force_fetch=True)
 
-    @classmethod
-    def from_json(cls, raw: str) -> RotatingSecret:
-        data = json.loads(raw)
-        return cls(
-            current=data["current"],
-            previous=data.get("previous"),
-            key_id=data.get("keyId"),
-            salt=data.get("salt"),
-        )
+    def put(self, name: str, secret: RotatingSecret) -> None:
+        """Create ``name`` or store a new version of it."""
+        try:
+            try:
+                self._client.put_secret_value(SecretId=name, SecretString=secret.to_json())
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
+                    raise
+                self._client.create_secret(Name=name, SecretString=secret.to_json())
+        except (ClientError, BotoCoreError) as exc:
+            raise DependencyUnavailable(
+                f"Secrets Manager unavailable writing {name} ({type(exc).__name__})"
+            ) from None
 
+    def _cached_provider(self) -> Any:
+        with self._lock:
+            if self._provider is None:
+                # Imported here: the parameters utility is only needed by callers that read secrets.
+                from aws_lambda_powertools.utilities.parameters import SecretsProvider
 
-def secret_name(kind: SecretKind, ident: str) -> str:
-    return f"{get_settings().secrets_prefix}/{kind.value}/{ident}"
-
-
-@lru_cache(maxsize=1)
-def _provider():  # type: ignore[no-untyped-def]
-    # Imported here: the parameters utility is only needed by callers that read secrets.
-    from aws_lambda_powertools.utilities.parameters import SecretsProvider
-
-    return SecretsProvider(boto3_client=client("secretsmanager"))
-
-
-def get_secret(name: str, *, force_fetch: bool = False) -> RotatingSecret:
-    """The secret called ``name``, cached for SECRET_CACHE_TTL_SECONDS."""
-    from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
-
-    try:
-        raw = _provider().get(name, max_age=get_settings().secret_cache_ttl_seconds, force_fetch=force_fetch)
-    except GetParameterError as exc:
-        if "ResourceNotFoundException" in str(exc):
-            raise ConfigurationError(f"secret {name} does not exist") from None
-        raise DependencyUnavailable(f"Secrets Manager unavailable reading {name}") from None
-    try:
-        return RotatingSecret.from_json(str(raw))
-    except (ValueError, KeyError, TypeError, ValidationError):
-        raise ConfigurationError(f"secret {name} is not in the relay's JSON shape") from None
-
-
-def put_secret(name: str, secret: RotatingSecret) -> None:
-    """Create ``name`` or store a new version of it."""
-    sm = client("secretsmanager")
-    try:
-        sm.put_secret_value(SecretId=name, SecretString=secret.to_json())
-    except sm.exceptions.ResourceNotFoundException:
-        sm.create_secret(Name=name, SecretString=secret.to_json())
-
-
-def reset_secret_cache() -> None:
-    _provider.cache_clear()
+                self._provider = SecretsProvider(boto3_client=self._client)
+            return self._provider

@@ -13,14 +13,12 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from relay.adapters.aws import client
 from relay.errors import DependencyUnavailable
-from relay.models.targets import Integration, Target
+from relay.models.targets import Integration, IntegrationEntry, Target
 
 INTEGRATION_SORT_KEY = "#integration"
 # Bounded so that requests naming random integration ids (negative answers are cached too) cannot
@@ -28,36 +26,26 @@ INTEGRATION_SORT_KEY = "#integration"
 DEFAULT_CACHE_ENTRIES = 1024
 
 
-@dataclass(frozen=True)
-class IntegrationEntry:
-    integration: Integration
-    targets: tuple[Target, ...]
-
-    def target(self, target_id: str) -> Target | None:
-        return next((t for t in self.targets if t.target_id == target_id), None)
-
-
 class TargetStore:
+    """The TargetsTable through a boto3 DynamoDB client. Every DynamoDB failure, read or write,
+    becomes DependencyUnavailable."""
+
     def __init__(
         self,
+        dynamodb: Any,
         table_name: str,
         *,
         cache_ttl_seconds: float = 60.0,
-        dynamodb: Any = None,
         clock: Callable[[], float] = time.monotonic,
         max_cache_entries: int = DEFAULT_CACHE_ENTRIES,
     ) -> None:
         self._table = table_name
         self._ttl = cache_ttl_seconds
-        self._dynamodb = dynamodb
+        self._ddb = dynamodb
         self._clock = clock
         self._max_entries = max(1, max_cache_entries)
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, tuple[float, IntegrationEntry | None]] = OrderedDict()
-
-    @property
-    def _ddb(self) -> Any:
-        return self._dynamodb or client("dynamodb")
 
     # --- reads (cached) ---------------------------------------------------------------------------
     def get(self, integration_id: str) -> IntegrationEntry | None:
@@ -95,15 +83,12 @@ class TargetStore:
             "ExpressionAttributeValues": {":id": {"S": integration_id}},
             "ConsistentRead": False,
         }
-        try:
-            while True:
-                page = self._ddb.query(**kwargs)
-                items.extend(page.get("Items", []))
-                if "LastEvaluatedKey" not in page:
-                    break
-                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-        except (ClientError, BotoCoreError) as exc:
-            raise DependencyUnavailable(f"targets table unavailable ({type(exc).__name__})") from None
+        while True:
+            page = self._call("query", **kwargs)
+            items.extend(page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
         integration: Integration | None = None
         targets: list[Target] = []
         for item in items:
@@ -121,7 +106,7 @@ class TargetStore:
         ids: set[str] = set()
         kwargs: dict[str, Any] = {"TableName": self._table, "ProjectionExpression": "integrationId"}
         while True:
-            page = self._ddb.scan(**kwargs)
+            page = self._call("scan", **kwargs)
             ids.update(item["integrationId"]["S"] for item in page.get("Items", []))
             if "LastEvaluatedKey" not in page:
                 return sorted(ids)
@@ -135,7 +120,8 @@ class TargetStore:
         self._put(target.target_id, target)
 
     def delete_target(self, integration_id: str, target_id: str) -> None:
-        self._ddb.delete_item(
+        self._call(
+            "delete_item",
             TableName=self._table,
             Key={"integrationId": {"S": integration_id}, "targetId": {"S": target_id}},
         )
@@ -162,5 +148,11 @@ class TargetStore:
         }
         if record.synced_at:
             item["syncedAt"] = {"S": record.synced_at}
-        self._ddb.put_item(TableName=self._table, Item=item)
+        self._call("put_item", TableName=self._table, Item=item)
         self.invalidate(record.integration_id)
+
+    def _call(self, operation: str, **kwargs: Any) -> Any:
+        try:
+            return getattr(self._ddb, operation)(**kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise DependencyUnavailable(f"targets table unavailable ({type(exc).__name__})") from None

@@ -43,19 +43,18 @@ def register(subparsers: Any) -> None:
 
 
 def _stores() -> tuple[Any, Any, Any]:
-    from relay.adapters.breaker_store import DynamoBreakerStore
-    from relay.adapters.target_store import TargetStore
     from relay.settings import get_settings
+    from relay.wiring import breaker_store, target_store
 
     settings = get_settings()
-    targets = TargetStore(settings.need("targets_table"), cache_ttl_seconds=0)
-    return settings, targets, DynamoBreakerStore(settings.need("breaker_table"))
+    return settings, target_store(settings, cache_ttl_seconds=0), breaker_store(settings)
 
 
 def _find_target(targets: Any, args: Any) -> Any:
     """The target TARGET_ID (and --integration) names. None there: the command fails (3), as it always
     did; several: a usage error (2), --integration must choose."""
-    from relay.logic.breaker_control import AmbiguousTarget, UnknownTarget, find_target
+    from relay.errors import AmbiguousTarget, UnknownTarget
+    from relay.logic.breaker_control import find_target
 
     try:
         return find_target(targets, args.target_id, args.integration)
@@ -120,7 +119,8 @@ def _row(v: dict[str, Any]) -> tuple[str, ...]:
 
 # --- reset ------------------------------------------------------------------------------------------
 def _reset(args: Any, out: IO[str] | None = None) -> int:
-    from relay.logic.breaker_control import ResetConflict, policy_from, reset_breaker, view
+    from relay.errors import ResetConflict
+    from relay.logic.breaker_control import policy_from, reset_breaker, view
     from relay.models.breaker import target_key
 
     out = out or sys.stdout

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -53,19 +52,21 @@ def _keys(args: argparse.Namespace) -> list[str]:
         return [key]
     if args.key_env:
         return [_environment_value(args.key_env, "--key-env")]
-    from relay.adapters.secrets import get_secret
     from relay.errors import ConfigurationError
     from relay.settings import get_settings
+    from relay.wiring import secret_store
 
-    get_settings()  # invalid settings fail the command (3) before anything is blamed on --secret
+    settings = get_settings()  # invalid settings fail the command (3) before anything is blamed on --secret
     try:
-        return get_secret(args.secret).values()
+        return secret_store(settings).get(args.secret).values()
     except ConfigurationError as exc:  # no such secret, or not in the relay's shape: the name is wrong
         raise UsageError(f"--secret: {exc}") from None
 
 
 def _environment_value(name: str, option: str) -> str:
-    value = os.environ.get(name)  # an operator's shell, not the relay's settings
+    from relay.settings import environment_variable
+
+    value = environment_variable(name)  # an operator's shell, not the relay's settings
     if not value:
         raise UsageError(f"{option}: environment variable {name} is not set")
     return value

@@ -148,12 +148,13 @@ def _run(args: argparse.Namespace, work: Callable[[ProgressLine], Outcome]) -> i
 
 
 def _list(args: argparse.Namespace) -> int:
-    from relay.adapters.dlq_queue import SqsDlqQueues
     from relay.logic.dlq import list_dead_letters
+    from relay.settings import get_settings
+    from relay.wiring import sqs_queues
 
     def work(line: ProgressLine) -> Outcome:
         report = list_dead_letters(
-            SqsDlqQueues(),
+            sqs_queues(get_settings()),
             _settings_url(args.dlq_url, "dead_letter_queue_url"),
             max_messages=args.max,
             visibility_seconds=args.visibility,
@@ -171,8 +172,9 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _redrive(args: argparse.Namespace) -> int:
-    from relay.adapters.dlq_queue import SqsDlqQueues
     from relay.logic.dlq import DLQ_REASONS, RedriveFilter, RedriveOptions, redrive
+    from relay.settings import get_settings
+    from relay.wiring import sqs_queues
 
     unknown = sorted(set(args.reason or ()) - set(DLQ_REASONS))
     if unknown:
@@ -187,7 +189,7 @@ def _redrive(args: argparse.Namespace) -> int:
 
     def work(line: ProgressLine) -> Outcome:
         result = redrive(
-            SqsDlqQueues(),
+            sqs_queues(get_settings()),
             _settings_url(args.dlq_url, "dead_letter_queue_url"),
             _settings_url(args.queue_url, "delivery_queue_url"),
             options,

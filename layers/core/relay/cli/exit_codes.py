@@ -15,6 +15,26 @@ from __future__ import annotations
 import textwrap
 from enum import IntEnum
 
+from relay.errors import (  # the errors that end a command, re-exported for the commands
+    CommandError,
+    CommandFailed,
+    Interrupted,
+    NeedsAttention,
+    UsageError,
+)
+
+__all__ = [
+    "CommandError",
+    "CommandFailed",
+    "ExitCode",
+    "Interrupted",
+    "NeedsAttention",
+    "UsageError",
+    "describe",
+    "one_line",
+    "outcome",
+]
+
 
 class ExitCode(IntEnum):
     OK = 0
@@ -48,41 +68,12 @@ def describe() -> str:
     return "exit status, the same for every command:\n" + "\n".join(rows)
 
 
-class CommandError(Exception):
-    """Ends a command with one line on stderr and this class's exit code; raised by the commands."""
-
-    exit_code = ExitCode.FAILED
-
-    def __init__(self, message: str, *, command: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.command = command  # the parser's prog when argparse refused the command line
-
-
-class NeedsAttention(CommandError):
-    exit_code = ExitCode.ATTENTION
-
-
-class UsageError(CommandError):
-    exit_code = ExitCode.USAGE
-
-
-class CommandFailed(CommandError):
-    exit_code = ExitCode.FAILED
-
-
-class Interrupted(CommandError):
-    """Ctrl-C, with what the command wants the operator to know about the state it left."""
-
-    exit_code = ExitCode.INTERRUPTED
-
-
 def outcome(exc: BaseException) -> tuple[ExitCode, str]:
     """The exit code and the message (one line, without the command) for an error that ended a command."""
     from relay.errors import RelayError
 
     if isinstance(exc, CommandError):
-        return exc.exit_code, one_line(exc.message)
+        return ExitCode(exc.exit_code), one_line(exc.message)
     if isinstance(exc, RelayError):
         return ExitCode.FAILED, one_line(f"{type(exc).__name__}: {exc}")
     if isinstance(exc, OSError) and exc.filename is not None:

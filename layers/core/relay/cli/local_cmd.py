@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import tempfile
@@ -118,7 +117,8 @@ def serve_command(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
 
-    from relay.local.stack import LocalStack, LocalStackError
+    from relay.errors import LocalStackError
+    from relay.local.stack import LocalStack
 
     try:
         with LocalStack(args.fixtures, args.port) as stack:
@@ -145,8 +145,9 @@ def demo_command(args: argparse.Namespace) -> int:
     out = _divert_stdout(log_file)
     print(f"relay local demo: function output goes to {log_path}", file=sys.stderr)
 
+    from relay.errors import LocalStackError
     from relay.local.demo import run_demo
-    from relay.local.stack import LocalStack, LocalStackError
+    from relay.local.stack import LocalStack
 
     try:
         with LocalStack(args.fixtures) as stack:
@@ -165,8 +166,9 @@ def put_event_command(args: argparse.Namespace) -> int:
     import requests
 
     from relay.local.eventbridge import PUT_EVENTS_PATH
+    from relay.settings import environment_variable
 
-    api = args.api or os.environ.get(API_ENV)
+    api = args.api or environment_variable(API_ENV)
     if not api:
         raise UsageError(f"no API: pass --api <the api URL serve printed> or set {API_ENV}")
     try:

@@ -74,22 +74,22 @@ def _logs_to_stderr() -> Iterator[None]:
 
 
 def _sync(args: Any, out: IO[str] | None = None) -> int:
-    from relay.logic.config_sync import sync_targets
     from relay.settings import get_settings
+    from relay.wiring.config_sync import run_config_sync
 
     out = out or sys.stdout
     with _logs_to_stderr():
-        report = sync_targets(get_settings())
+        report = run_config_sync(get_settings())
     print(json.dumps(report.to_dict()), file=out)
     return ExitCode.ATTENTION if report.rejected else ExitCode.OK
 
 
 # --- list -------------------------------------------------------------------------------------------
 def _entries(integration_id: str | None) -> Iterator[Any]:
-    from relay.adapters.target_store import TargetStore
     from relay.settings import get_settings
+    from relay.wiring import target_store
 
-    store = TargetStore(get_settings().need("targets_table"), cache_ttl_seconds=0)
+    store = target_store(get_settings(), cache_ttl_seconds=0)
     ids = [integration_id] if integration_id else store.list_integration_ids()
     for ident in ids:
         entry = store.get(ident)

@@ -32,7 +32,8 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from relay.local.lambda_runtime import Handler, LocalFunction
+from relay.errors import LocalStackError
+from relay.local.lambda_runtime import FunctionSettings, Handler, LocalFunction
 from relay.local.loopback import LoopbackServer
 from relay.local.template import Template
 
@@ -97,11 +98,14 @@ def _path_pattern(path: str) -> re.Pattern[str]:
 
 
 def routes_from_template(
-    template: Template, handlers: Mapping[str, Handler] | None = None
+    template: Template,
+    handlers: Mapping[str, Handler] | None = None,
+    settings: FunctionSettings | None = None,
 ) -> tuple[str, list[Route]]:
     """The HTTP API's stage name and its routes, read from the functions' ``HttpApi`` events.
 
-    ``handlers`` replaces a function's own handler by logical id (tests route to their own function).
+    ``handlers`` replaces a function's own handler by logical id (tests route to their own function);
+    ``settings`` gives a function its own configuration (see relay.local.lambda_runtime).
     """
     stage = "$default"
     routes: list[Route] = []
@@ -110,7 +114,9 @@ def routes_from_template(
         http_events = [e for e in events.values() if e.get("Type") == "HttpApi"]
         if not http_events:
             continue
-        function = LocalFunction.from_template(template, logical_id, (handlers or {}).get(logical_id))
+        function = LocalFunction.from_template(
+            template, logical_id, (handlers or {}).get(logical_id), settings=(settings or {}).get(logical_id)
+        )
         for event in http_events:
             props = event.get("Properties", {})
             api_ref = props.get("ApiId", {}).get("Ref") if isinstance(props.get("ApiId"), dict) else None
@@ -285,13 +291,14 @@ class ApiAdapter:
         port: int = 0,
         *,
         handlers: Mapping[str, Handler] | None = None,
+        settings: FunctionSettings | None = None,
         endpoints: Mapping[str, LocalEndpoint] | None = None,
         max_payload_bytes: int = MAX_PAYLOAD_BYTES,
         client_idle_seconds: float = CLIENT_IDLE_SECONDS,
         request_seconds: float = REQUEST_SECONDS,
         keep_alive_seconds: float = KEEP_ALIVE_SECONDS,
     ) -> None:
-        self.stage, self.routes = routes_from_template(template, handlers)
+        self.stage, self.routes = routes_from_template(template, handlers, settings)
         self.endpoints = dict(endpoints or {})
         for path in self.endpoints:
             shadowed = [r.route_key for r in self.routes if r.match("POST", path) is not None]
@@ -389,7 +396,7 @@ _CHUNK_LINE_LIMIT = 4096
 _LINGER_SECONDS = 2.0
 
 
-class _Refusal(Exception):
+class _Refusal(LocalStackError):
     """The gateway answers this request itself and closes the connection; no function runs."""
 
     def __init__(self, response: HttpResponse) -> None:
@@ -397,7 +404,7 @@ class _Refusal(Exception):
         self.response = response
 
 
-class _Disconnect(Exception):
+class _Disconnect(LocalStackError):
     """Nothing to answer: the client closed, or idled out between requests."""
 
 

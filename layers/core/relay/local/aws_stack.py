@@ -9,7 +9,6 @@ ids so ``Template.resolve`` can evaluate ``!Ref`` and ``!GetAtt`` the way CloudF
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -150,17 +149,21 @@ def function_environment(template: Template, endpoint_url: str) -> dict[str, str
         for name, value in template.function(logical_id).environment.items():
             if value or name not in env:
                 env[name] = value
-    env.update(LOCAL_CREDENTIALS)
-    env.update(
-        {
-            "AWS_ENDPOINT_URL": endpoint_url,
-            "AWS_REGION": REGION,
-            "AWS_DEFAULT_REGION": REGION,
-            "RELAY_STAGE": "local",
-            "RELAY_ALLOW_LOOPBACK_TARGETS": "true",
-        }
-    )
+    env.update(local_mode_environment(endpoint_url))
     return env
+
+
+def local_mode_environment(endpoint_url: str) -> dict[str, str]:
+    """What every function gets locally on top of its template environment: moto's endpoint, dummy
+    credentials, the region, the stage, and loopback targets allowed."""
+    return {
+        **LOCAL_CREDENTIALS,
+        "AWS_ENDPOINT_URL": endpoint_url,
+        "AWS_REGION": REGION,
+        "AWS_DEFAULT_REGION": REGION,
+        "RELAY_STAGE": "local",
+        "RELAY_ALLOW_LOOPBACK_TARGETS": "true",
+    }
 
 
 def _create_queues(template: Template, endpoint_url: str, prefix: str) -> None:
@@ -222,17 +225,9 @@ def _create_buckets(template: Template, endpoint_url: str, prefix: str) -> None:
         template.physical[logical_id] = PhysicalResource(name, {"Arn": f"arn:aws:s3:::{name}"})
 
 
-def apply_environment(env: dict[str, str]) -> None:
-    """Make ``env`` the process environment for relay code and forget every cached client and setting."""
-    os.environ.update(env)
-    forget_cached_configuration()
-
-
 def forget_cached_configuration() -> None:
-    from relay.adapters.aws import reset_clients
-    from relay.adapters.secrets import reset_secret_cache
+    """Read the process environment again at the next ``get_settings()`` (tests that change it): the
+    clients and caches relay.wiring built from the old Settings object are dropped with it."""
     from relay.settings import get_settings
 
     get_settings.cache_clear()
-    reset_clients()
-    reset_secret_cache()

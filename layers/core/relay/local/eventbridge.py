@@ -33,8 +33,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from relay.errors import LocalStackError
 from relay.local.api_adapter import HttpResponse, json_response
-from relay.local.lambda_runtime import Handler, Invocation, LocalFunction
+from relay.local.lambda_runtime import FunctionSettings, Handler, Invocation, LocalFunction
 from relay.local.template import Template
 
 log = logging.getLogger("relay.local")
@@ -48,7 +49,7 @@ LAMBDA_DEFAULT_RETRY_ATTEMPTS = 2
 LAMBDA_DEFAULT_EVENT_AGE_SECONDS = 21600
 
 
-class PatternNotEmulated(ValueError):
+class PatternNotEmulated(LocalStackError):
     """The template's event pattern uses an operator the local matcher does not know."""
 
 
@@ -141,10 +142,15 @@ class Rule:
     dead_letter_queue_url: str | None
 
 
-def rules_from_template(template: Template, handlers: Mapping[str, Handler] | None = None) -> list[Rule]:
+def rules_from_template(
+    template: Template,
+    handlers: Mapping[str, Handler] | None = None,
+    settings: FunctionSettings | None = None,
+) -> list[Rule]:
     """The functions' EventBridge rules; the queues they name must already exist (``create_resources``).
 
-    ``handlers`` replaces a function's own handler by logical id (tests use their own).
+    ``handlers`` replaces a function's own handler by logical id (tests use their own); ``settings``
+    gives a function its own configuration (see relay.local.lambda_runtime).
     """
     rules: list[Rule] = []
     for logical_id in template.resources_of_type("AWS::Serverless::Function"):
@@ -152,7 +158,9 @@ def rules_from_template(template: Template, handlers: Mapping[str, Handler] | No
         events = {n: e for n, e in props.get("Events", {}).items() if e.get("Type") == "EventBridgeRule"}
         if not events:
             continue
-        function = LocalFunction.from_template(template, logical_id, (handlers or {}).get(logical_id))
+        function = LocalFunction.from_template(
+            template, logical_id, (handlers or {}).get(logical_id), settings=(settings or {}).get(logical_id)
+        )
         invoke_config = _invoke_config(template, props.get("EventInvokeConfig") or {})
         for event_name, event in events.items():
             rule = event.get("Properties", {})
@@ -202,7 +210,7 @@ def _bus_name(name_or_arn: str) -> str:
 # --- PutEvents ------------------------------------------------------------------------------------------
 
 
-class _EntryRefused(Exception):
+class _EntryRefused(LocalStackError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
@@ -222,12 +230,13 @@ class LocalEventBridge:
         *,
         sqs: Any,
         handlers: Mapping[str, Handler] | None = None,
+        settings: FunctionSettings | None = None,
         retry_delays: Sequence[float] = LOCAL_RETRY_DELAYS_SECONDS,
         max_concurrent_invocations: int = 4,
     ) -> None:
         """``sqs``: the client that sends on-failure records; ``retry_delays``: the waits before the
         first, second, ... retry of a failed invocation (the last one repeats)."""
-        self.rules = rules_from_template(template, handlers)
+        self.rules = rules_from_template(template, handlers, settings)
         self.account = template.pseudo["AWS::AccountId"]
         self.region = template.pseudo["AWS::Region"]
         self.buses = {DEFAULT_BUS} | {rule.event_bus for rule in self.rules}

@@ -31,11 +31,13 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import IO, Any
 
+from relay.errors import LocalStackError
 from relay.local.lambda_runtime import Invocation, LambdaContext, LocalFunction, load_handler
 from relay.local.template import FunctionSpec, Template
 
@@ -48,7 +50,7 @@ TIMED_OUT = "Task timed out"
 INIT_TIMEOUT_SECONDS = 60.0
 
 
-class WorkerDied(RuntimeError):
+class WorkerDied(LocalStackError):
     """The worker process exited (or was killed) before it answered."""
 
 
@@ -75,7 +77,7 @@ class KilledInvocation:
 class _Worker:
     """One warm process and its two pipe ends."""
 
-    def __init__(self, spec: FunctionSpec, output: IO[str] | None) -> None:
+    def __init__(self, spec: FunctionSpec, output: IO[str] | None, environment: Mapping[str, str]) -> None:
         request_read, request_write = os.pipe()
         answer_read, answer_write = os.pipe()
         description = json.dumps(
@@ -95,7 +97,7 @@ class _Worker:
                 stdin=subprocess.DEVNULL,
                 stdout=sink,
                 stderr=sink,
-                env=dict(os.environ),
+                env={**os.environ, **environment},  # the function's own, given at launch
             )
         finally:
             os.close(request_read)
@@ -156,11 +158,13 @@ class WorkerFunction(LocalFunction):
         *,
         max_workers: int,
         output: IO[str] | None = None,
+        environment: Mapping[str, str] | None = None,
         function_name: str | None = None,
         memory_limit_in_mb: int = 128,
         region: str = "us-east-1",
         account_id: str = "123456789012",
     ) -> None:
+        """``environment``: the function's own variables, on top of this process's, for each worker."""
         super().__init__(
             spec,
             _runs_in_a_worker,
@@ -171,6 +175,7 @@ class WorkerFunction(LocalFunction):
         )
         self.max_workers = max(1, max_workers)
         self.output = output
+        self.environment = dict(environment or {})
         self.stats = WorkerStats()
         self._idle: list[_Worker] = []
         self._busy: dict[int, _Worker] = {}
@@ -187,12 +192,14 @@ class WorkerFunction(LocalFunction):
         *,
         max_workers: int,
         output: IO[str] | None = None,
+        environment: Mapping[str, str] | None = None,
     ) -> WorkerFunction:
         base = LocalFunction.from_template(template, logical_id, handler=_runs_in_a_worker)
         return cls(
             base.spec,
             max_workers=max_workers,
             output=output,
+            environment=environment,
             function_name=base.function_name,
             memory_limit_in_mb=base.memory_limit_in_mb,
             region=base.region,
@@ -255,7 +262,7 @@ class WorkerFunction(LocalFunction):
                 self._lock.wait()
         if worker is None:
             try:
-                worker = _Worker(self.spec, self.output)
+                worker = _Worker(self.spec, self.output, self.environment)
             finally:
                 with self._lock:
                     self._spawning -= 1

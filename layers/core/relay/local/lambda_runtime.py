@@ -4,6 +4,10 @@ The handler is found from the template (``CodeUri`` + ``Handler``) and imported 
 the code directory put on ``sys.path`` as Lambda puts ``/var/task``. Each call gets a context object
 shaped like Lambda's, and the outcome is judged the way Lambda judges it: an exception, a result that
 is not JSON, or a run past the function's ``Timeout`` is a function error.
+
+A function given its own ``Settings`` runs each invocation inside ``settings_scope(settings)``: the
+local stack runs several functions in one process, each configured from its own template
+environment, and none of them touches the process environment.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 from relay.local.template import FunctionSpec, Template
+from relay.settings import Settings, settings_scope
 
 Handler = Callable[[dict[str, Any], Any], Any]
 
@@ -76,9 +82,12 @@ class LocalFunction:
         memory_limit_in_mb: int = 128,
         region: str = "us-east-1",
         account_id: str = "123456789012",
+        settings: Settings | None = None,
     ) -> None:
+        """``settings``: the function's own configuration (None: the process environment's)."""
         self.spec = spec
         self.handler = handler
+        self.settings = settings
         self.function_name = function_name or f"relay-local-{spec.logical_id}"
         self.memory_limit_in_mb = memory_limit_in_mb
         self.region = region
@@ -86,7 +95,12 @@ class LocalFunction:
 
     @classmethod
     def from_template(
-        cls, template: Template, logical_id: str, handler: Handler | None = None
+        cls,
+        template: Template,
+        logical_id: str,
+        handler: Handler | None = None,
+        *,
+        settings: Settings | None = None,
     ) -> LocalFunction:
         """The template's function; its own handler unless ``handler`` is given (tests use their own)."""
         spec = template.function(logical_id)
@@ -98,6 +112,7 @@ class LocalFunction:
             memory_limit_in_mb=memory,
             region=template.pseudo["AWS::Region"],
             account_id=template.pseudo["AWS::AccountId"],
+            settings=settings,
         )
 
     @property
@@ -117,7 +132,8 @@ class LocalFunction:
         context = self.new_context()
         started = time.perf_counter()
         try:
-            result = self.handler(event, context)
+            with settings_scope(self.settings) if self.settings is not None else nullcontext():
+                result = self.handler(event, context)
             json.dumps(result)  # Lambda serializes the result; what cannot be serialized is an error
         except Exception as exc:  # noqa: BLE001 - a handler error is an outcome here, as in Lambda
             log.exception("%s failed (request %s)", self.spec.logical_id, context.aws_request_id)
@@ -144,3 +160,6 @@ def load_handler(spec: FunctionSpec) -> Handler:
 
 def _ms_since(started: float) -> float:
     return (time.perf_counter() - started) * 1000
+
+
+FunctionSettings = Mapping[str, Settings]  # logical id -> the function's own Settings

@@ -5,13 +5,18 @@
         stack.receivers                  # target id -> DemoReceiver (url, receiver)
 
 Start order: moto's server and the template's resources in it (queues, tables, bucket), the functions'
-environment, a demo receiver for each ``http://127.0.0.1:0/...`` target (its URL rewritten to the
+settings, a demo receiver for each ``http://127.0.0.1:0/...`` target (its URL rewritten to the
 receiver's port, and the receiver given the target's signing secret and encryption key), the fake
 Genesys Cloud API serving the rewritten fixtures, one config-sync run against it (so the targets reach
 DynamoDB and Secrets Manager the way they do in AWS), the EventBridge stand-in (the template's rules and
 Lambda's asynchronous invocation of the intake), the HTTP API adapter (which also serves EventBridge's
 PutEvents at ``<api>/eventbridge/events``), and the SQS poller.
-``stop()`` undoes it in reverse order and puts the process environment back.
+``stop()`` undoes it in reverse order.
+
+Each function runs with its own ``Settings``, made from its template environment plus the local-mode
+settings (moto's endpoint, dummy credentials, loopback targets) and ``environment`` overrides: in this
+process inside ``settings_scope`` (relay.local.lambda_runtime), in a worker or the config-sync process
+through that process's environment at launch. The stack never changes this process's environment.
 
 Genesys EventBridge events fan out to the fixtures' EventBridge integration (``eventBridgeIntegrationId``,
 by default the first integration): the stack passes it as the template parameter
@@ -30,13 +35,14 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from relay.errors import LocalStackError
 from relay.local.api_adapter import ApiAdapter
 from relay.local.aws_stack import (
     LocalResources,
     MotoServer,
     create_resources,
-    forget_cached_configuration,
     local_client,
+    local_mode_environment,
 )
 from relay.local.eventbridge import LOCAL_RETRY_DELAYS_SECONDS, PUT_EVENTS_PATH, LocalEventBridge
 from relay.local.fake_genesys import FakeGenesys
@@ -46,14 +52,11 @@ from relay.local.lambda_runtime import LocalFunction
 from relay.local.poller import SqsEventSource, SqsPoller
 from relay.local.receiver import Receiver
 from relay.local.template import Template, load_template
+from relay.settings import Settings, load_settings
 
 STAGE = "local"
 PREFIX = "relay"
 DISPATCHER = "DispatcherFunction"
-
-
-class LocalStackError(RuntimeError):
-    """The local stack could not start as configured."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,12 @@ class LocalStack:
         self.sqs: Any = None
         self.api_url = ""
         self.sync_report: dict[str, Any] | None = None
-        self._saved_env: dict[str, str | None] = {}
+        # Every function's variables together (what the operator tools and ``relay`` commands need),
+        # and each function's own Settings, once the resources exist.
+        self.environment: dict[str, str] = {}
+        self.settings: Settings | None = None
+        self.function_settings: dict[str, Settings] = {}
+        self._local_mode: dict[str, str] = {}
         self._exit = contextlib.ExitStack()
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -117,7 +125,7 @@ class LocalStack:
         return self
 
     def stop(self) -> None:
-        """Tear down in reverse start order; the environment is restored last."""
+        """Tear down in reverse start order."""
         self._exit.close()
         self._exit = contextlib.ExitStack()
 
@@ -128,7 +136,6 @@ class LocalStack:
         self.stop()
 
     def _start(self) -> None:
-        self._exit.callback(self._restore_environment)
         moto = MotoServer()
         moto.start()
         self._exit.callback(moto.stop)
@@ -137,25 +144,29 @@ class LocalStack:
         parameters.update({**self.parameters, "Stage": STAGE})
         self.template = load_template(self.template_path, parameters=parameters)
         self.resources = create_resources(self.template, moto.url, PREFIX)
-        self._set_environment(self.resources.env)
-        self._set_environment(self.extra_environment)
+        self._configure_functions(self.template, moto.url)
 
         self.fixtures = self._start_receivers(self.fixtures)
 
         self.genesys = FakeGenesys(self.fixtures)
         self.genesys.start()
         self._exit.callback(self.genesys.stop)
-        self._set_environment(self.genesys.settings_env())
-        self._sync_targets()
+        self._sync_targets({**self.environment, **self.genesys.settings_env()})
 
         self.sqs = local_client("sqs", moto.url)
         self.eventbridge = LocalEventBridge(
-            self.template, sqs=self.sqs, retry_delays=self.eventbridge_retry_delays
+            self.template,
+            sqs=self.sqs,
+            settings=self.function_settings,
+            retry_delays=self.eventbridge_retry_delays,
         )
         self._exit.callback(self.eventbridge.stop)
 
         self.api = ApiAdapter(
-            self.template, self.api_port, endpoints={PUT_EVENTS_PATH: self.eventbridge.handle_http}
+            self.template,
+            self.api_port,
+            settings=self.function_settings,
+            endpoints={PUT_EVENTS_PATH: self.eventbridge.handle_http},
         )
         self.api_url = self.api.start()
         self._exit.callback(self.api.stop)
@@ -164,12 +175,18 @@ class LocalStack:
         dispatcher: LocalFunction
         if self.dispatcher_workers:
             workers = WorkerFunction.from_template(
-                self.template, DISPATCHER, max_workers=source.maximum_concurrency, output=self.function_output
+                self.template,
+                DISPATCHER,
+                max_workers=source.maximum_concurrency,
+                output=self.function_output,
+                environment=self._function_environment(self.template, DISPATCHER),
             )
             self._exit.callback(workers.close)
             dispatcher = workers
         else:
-            dispatcher = LocalFunction.from_template(self.template, DISPATCHER)
+            dispatcher = LocalFunction.from_template(
+                self.template, DISPATCHER, settings=self.function_settings[DISPATCHER]
+            )
         self.dispatcher = dispatcher
         self.poller = SqsPoller(source, dispatcher, self.sqs)
         self.poller.start()
@@ -197,18 +214,33 @@ class LocalStack:
                 )
         return Fixtures.model_validate(doc)
 
-    def _sync_targets(self) -> None:
+    def _configure_functions(self, template: Template, endpoint_url: str) -> None:
+        self._local_mode = local_mode_environment(endpoint_url)
+        self.environment, self.function_settings = {}, {}
+        for logical_id in template.resources_of_type("AWS::Serverless::Function"):
+            environment = self._function_environment(template, logical_id)
+            self.function_settings[logical_id] = load_settings(environment)
+            for name, value in environment.items():
+                if value or name not in self.environment:
+                    self.environment[name] = value
+        self.settings = load_settings(self.environment)
+
+    def _function_environment(self, template: Template, logical_id: str) -> dict[str, str]:
+        """The function's template environment, the local-mode settings, then the caller's overrides."""
+        return {**template.function(logical_id).environment, **self._local_mode, **self.extra_environment}
+
+    def _sync_targets(self, environment: dict[str, str]) -> None:
         """One config-sync run, in its own process as the scheduled function runs in its own container.
 
-        ``relay targets sync`` is relay.logic.config_sync.sync_targets with this environment; running it
-        apart keeps the Genesys SDK (seconds to import, 220 MB, watchdog threads) out of the stack's
+        ``relay targets sync`` is relay.wiring.config_sync.run_config_sync with ``environment``; running
+        it apart keeps the Genesys SDK (seconds to import, 220 MB, watchdog threads) out of the stack's
         process, as the intake and the dispatcher never load it in AWS either.
         """
         result = subprocess.run(
             [sys.executable, "-m", "relay", "targets", "sync"],
             capture_output=True,
             text=True,
-            env=dict(os.environ),
+            env={**os.environ, **environment},  # the run's settings, given at launch
             timeout=180,
             check=False,
         )
@@ -221,21 +253,6 @@ class LocalStack:
                 f"config sync did not accept the fixtures (exit {result.returncode}): {detail}"
             )
         self.sync_report = report
-
-    def _set_environment(self, env: dict[str, str]) -> None:
-        for name in env:
-            self._saved_env.setdefault(name, os.environ.get(name))
-        os.environ.update(env)
-        forget_cached_configuration()
-
-    def _restore_environment(self) -> None:
-        for name, value in self._saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        self._saved_env = {}
-        forget_cached_configuration()
 
     # --- what the stack serves -------------------------------------------------------------------
     def webhook_url(self, integration_id: str) -> str:

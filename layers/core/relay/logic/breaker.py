@@ -1,4 +1,4 @@
-"""The per-target circuit breaker as a pure transition function (the store is relay.adapters.breaker_store).
+"""The per-target circuit breaker as a pure transition function (stores: relay.ports.BreakerStore).
 
     closed ──N consecutive failures──▶ open ──reset timeout elapsed, probe claimed──▶ half-open
       ▲                                 ▲                                               │
@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from relay.adapters.breaker_store import BreakerStore
 from relay.models.breaker import BreakerState, Phase
+from relay.ports import BreakerStore
 
 __all__ = [
     "Admission",
@@ -138,7 +138,7 @@ def seconds_until_probe(state: BreakerState, now: float) -> float:
     return max(0.0, state.until - now)
 
 
-# --- against a store (relay.adapters.breaker_store): what every dispatcher runs ---------------------------
+# --- against a store (relay.ports.BreakerStore): what every dispatcher runs ---------------------------
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The operator's side of the circuit breakers: read every target's state, and force one closed.
 
-Reads and writes go through the dispatcher's own store (relay.adapters.breaker_store) and transitions
+Reads and writes go through the dispatcher's own store (relay.ports.BreakerStore) and transitions
 (relay.logic.breaker), so there is one encoding of the record and one definition of "closed". A reset
 is a conditional, versioned write like any dispatcher transition: if a dispatcher changed the breaker
 between our read and our write, the write loses, we read again and reset what is there now.
@@ -10,37 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from relay.adapters.breaker_store import BreakerStore
-from relay.adapters.target_store import TargetStore
-from relay.errors import RelayError
+from relay.errors import AmbiguousTarget, ResetConflict, UnknownTarget
 from relay.logic import breaker
 from relay.models.breaker import BreakerState, Phase, target_key
 from relay.models.targets import Target
+from relay.models.timestamps import iso_utc_from_epoch
+from relay.ports import BreakerStore, TargetRecords
 from relay.settings import Settings
 
 RESET_ATTEMPTS = 5
-
-
-class UnknownTarget(RelayError):
-    """No such target in the TargetsTable (under the integration given, if any)."""
-
-
-class AmbiguousTarget(RelayError):
-    """The target id exists under several integrations; the operator must choose one."""
-
-    def __init__(self, target_id: str, integration_ids: Iterable[str]) -> None:
-        self.integration_ids = tuple(integration_ids)
-        super().__init__(
-            f"target {target_id} exists under integrations {', '.join(self.integration_ids)}: "
-            "choose one with --integration"
-        )
-
-
-class ResetConflict(RelayError):
-    """The breaker changed under every reset attempt (dispatchers very busy with it): nothing written."""
 
 
 def policy_from(settings: Settings) -> breaker.BreakerPolicy:
@@ -53,7 +33,7 @@ def policy_from(settings: Settings) -> breaker.BreakerPolicy:
 
 
 # --- which targets -----------------------------------------------------------------------------------
-def known_targets(targets: TargetStore, integration_id: str | None = None) -> list[Target]:
+def known_targets(targets: TargetRecords, integration_id: str | None = None) -> list[Target]:
     """Every target in the TargetsTable (or one integration's), ordered by integration and target."""
     ids = [integration_id] if integration_id else targets.list_integration_ids()
     found: list[Target] = []
@@ -64,7 +44,7 @@ def known_targets(targets: TargetStore, integration_id: str | None = None) -> li
     return found
 
 
-def find_target(targets: TargetStore, target_id: str, integration_id: str | None = None) -> Target:
+def find_target(targets: TargetRecords, target_id: str, integration_id: str | None = None) -> Target:
     """The one target with this id; raises UnknownTarget, or AmbiguousTarget if several integrations
     hold it and none was chosen."""
     matches = [t for t in known_targets(targets, integration_id) if t.target_id == target_id]
@@ -129,9 +109,7 @@ class BreakerView:
 
 
 def _iso(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return None if epoch is None else iso_utc_from_epoch(epoch, "seconds")
 
 
 def view(target: Target, state: BreakerState, now: float, policy: breaker.BreakerPolicy) -> BreakerView:

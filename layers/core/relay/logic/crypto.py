@@ -21,7 +21,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from relay.errors import ConfigurationError
+from relay.errors import ConfigurationError, DecryptionFailed
 
 SCRYPT_N = 16_384
 SCRYPT_R = 8
@@ -30,10 +30,6 @@ KEY_BYTES = 32
 SALT_BYTES = 16
 IV_BYTES = 12
 TAG_BYTES = 16
-
-
-class DecryptionFailed(ValueError):
-    """The envelope could not be decrypted with any key offered (wrong key, tampered, malformed)."""
 
 
 @dataclass(frozen=True, repr=False)

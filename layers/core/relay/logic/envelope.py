@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from relay import __version__
-from relay.adapters.secrets import RotatingSecret
 from relay.errors import ConfigurationError
 from relay.logic import crypto, webhook_signing
 from relay.models.delivery import DeliveryTask
 from relay.models.envelope import FORMAT_VERSION, DeliveryEnvelope, EncryptionDirective
+from relay.models.http import OutboundRequest
+from relay.models.secrets import RotatingSecret
 from relay.models.targets import SecurityType, Target
+from relay.models.timestamps import iso_utc
 
 USER_AGENT = f"genesys-relay/{__version__} (+formatVersion {FORMAT_VERSION})"
 
@@ -44,20 +46,6 @@ class TargetSecrets:
     signing: RotatingSecret | None = None
     auth: RotatingSecret | None = None
     encryption: RotatingSecret | None = None
-
-
-@dataclass(frozen=True)
-class OutboundRequest:
-    method: str
-    url: str
-    body: bytes
-    headers: dict[str, str]
-    encrypted: bool
-
-
-def iso_utc(moment: datetime) -> str:
-    """ISO 8601 in UTC with milliseconds and 'Z', like JavaScript's toISOString (the seed's format)."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def encryption_key_for(

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
-from relay.adapters.http import (
+from relay.models.http import (
     CONNECT_TIMEOUT,
     CONNECTION_ERROR,
     DEADLINE_EXCEEDED,

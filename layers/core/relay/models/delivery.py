@@ -14,11 +14,14 @@ from __future__ import annotations
 import json
 import math
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+
+from relay.errors import NonFiniteNumber, UnreadableEvent
 
 EventSource = Literal["open-messaging", "eventbridge"]
 
@@ -26,7 +29,7 @@ EventSource = Literal["open-messaging", "eventbridge"]
 ATTR_ATTEMPTS = "relay-attempts"  # delivery attempts already made (Number); survives deferral re-queues
 ATTR_DEFERRALS = "relay-deferrals"  # times deferred because the target's breaker was open (Number)
 # Set only on messages the relay itself dead-letters, so the DLQ says why:
-ATTR_DLQ_REASON = "relay-dlq-reason"  # e.g. exhausted, permanent-status, target-gone, poison, unknown-target
+ATTR_DLQ_REASON = "relay-dlq-reason"  # a DlqReason
 ATTR_LAST_STATUS = "relay-last-status"
 ATTR_LAST_ERROR = "relay-last-error"
 ATTR_TARGET_ID = "relay-target-id"
@@ -37,12 +40,20 @@ DEAD_LETTER_ATTRIBUTES = frozenset(
 )
 
 
-class NonFiniteNumber(ValueError):
-    """A number no 64-bit float holds (``1e400``), or ``NaN``/``Infinity``: no receiver could read it."""
+class DlqReason(StrEnum):
+    """Why the relay dead-lettered a message itself (``relay-dlq-reason``)."""
 
-    def __init__(self, literal: str) -> None:
-        shown = literal if len(literal) <= 40 else literal[:37] + "..."
-        super().__init__(f"{shown} is not a finite number a 64-bit float can hold")
+    EXHAUSTED = "exhausted"  # the last planned attempt failed
+    PERMANENT_STATUS = "permanent-status"  # an answer that will never change (3xx, most 4xx)
+    TARGET_GONE = "target-gone"  # the target answered 410
+    POISON = "poison"  # the body is not a DeliveryTask, or its event cannot be sent
+    UNKNOWN_TARGET = "unknown-target"
+    TARGET_DISABLED = "target-disabled"
+
+
+# A message the queue's redrive policy moved (the backstop) carries no reason attribute; ``relay dlq``
+# lists (and filters) it under this name. Never written by the relay.
+BACKSTOP_REASON = "redrive-backstop"
 
 
 def _finite_float(literal: str) -> float:
@@ -58,18 +69,22 @@ def _refuse_constant(literal: str) -> float:
 
 def load_finite_json(text: str | bytes) -> Any:
     """Parse JSON as RFC 8259 defines it: ``NonFiniteNumber`` for NaN, Infinity and numbers beyond a
-    64-bit float (Python would read them as nan/inf), ``ValueError`` for anything else that is not JSON."""
+    64-bit float (Python would read them as nan/inf), ``ValueError`` for anything else that is not JSON
+    (``RecursionError`` for nesting deeper than Python's recursion limit)."""
     return json.loads(text, parse_float=_finite_float, parse_constant=_refuse_constant)
 
 
 def check_event_json(text: str) -> str:
-    """``text`` if it is one JSON object with finite numbers (what eventJson must be), else ValueError."""
+    """``text`` if it is one JSON object with finite numbers (what eventJson must be), else
+    UnreadableEvent."""
     try:
         event = load_finite_json(text)
     except RecursionError:
-        raise ValueError("the event is nested too deeply") from None
+        raise UnreadableEvent("the event is nested too deeply") from None
+    except ValueError:
+        raise UnreadableEvent("the event is not JSON") from None
     if not isinstance(event, dict):
-        raise ValueError("the event is not a JSON object")
+        raise UnreadableEvent("the event is not a JSON object")
     return text
 
 
@@ -117,8 +132,11 @@ class DeliveryTask(BaseModel):
         """The event's JSON text when it travels in the message (None when claim-checked).
 
         A schemaVersion 1 message has only the parsed object: it is serialised once, as the intake
-        would serialise an EventBridge event (``ValueError`` for NaN or Infinity).
+        would serialise an EventBridge event (UnreadableEvent for NaN or Infinity).
         """
         if self.event is not None:
-            return event_json_of(self.event)
+            try:
+                return event_json_of(self.event)
+            except ValueError:
+                raise UnreadableEvent("the event holds NaN or Infinity, which JSON cannot carry") from None
         return self.event_json

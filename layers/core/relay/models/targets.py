@@ -1,11 +1,12 @@
 """Integrations and delivery targets as the relay stores them (DynamoDB) and uses them.
 
 Secret *values* never live here: a target names the Secrets Manager secret that holds each value
-(``*_secret_name``), see relay.adapters.secrets.
+(``*_secret_name``), see relay.models.secrets.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
@@ -73,3 +74,14 @@ class Target(CamelModel):
     read_timeout_seconds: float | None = Field(None, gt=0)
     version: int = 1
     synced_at: str | None = None
+
+
+@dataclass(frozen=True)
+class IntegrationEntry:
+    """An integration with its targets, as one TargetsTable Query returns them."""
+
+    integration: Integration
+    targets: tuple[Target, ...]
+
+    def target(self, target_id: str) -> Target | None:
+        return next((t for t in self.targets if t.target_id == target_id), None)

@@ -1,0 +1,122 @@
+"""Reading one item from Genesys Cloud and checking it: an Open Messaging integration's name and
+signature secret, or a webhook integration's target config with its credentials and a URL the URL
+policy accepts. Anything wrong with the item is ``ConfigRejected`` (a message safe to log)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pydantic import SecretStr, ValidationError
+
+from relay.errors import ConfigRejected, UnsafeUrl
+from relay.logic.url_policy import Resolver, UrlPolicy
+from relay.models.secrets import RotatingSecret, SecretKind
+from relay.models.webhook_config import WebhookConfig, safe_errors, webhook_config_from_genesys
+from relay.ports import GenesysReader
+
+# Genesys wants the Open Messaging signature secret longer than 15 characters.
+MIN_SIGNATURE_SECRET_CHARS = 16
+# Credential keys in a webhook integration's config (config.credentials), see docs/config-sync.md.
+CREDENTIAL_KEYS = ("security", "signingSecret", "encryptionKey")
+_CREDENTIAL_KINDS = (SecretKind.AUTH, SecretKind.SIGNING, SecretKind.ENCRYPTION)
+
+
+class ConfigReader:
+    """``existing_secret(kind, id)`` is what Secrets Manager holds now (Genesys may redact values);
+    ``known``/``accepted`` are the integrations a target may name, and those this run accepted so far."""
+
+    def __init__(
+        self,
+        genesys: GenesysReader,
+        *,
+        policy: UrlPolicy,
+        resolve: Resolver,
+        existing_secret: Callable[[SecretKind, str], RotatingSecret | None],
+        known: set[str],
+        accepted: set[str],
+    ) -> None:
+        self._genesys = genesys
+        self._policy = policy
+        self._resolve = resolve
+        self._existing_secret = existing_secret
+        self._known = known
+        self._accepted = accepted
+
+    # --- Open Messaging integrations ---------------------------------------------------------------
+    def open_integration(self, integration_id: str) -> tuple[str, SecretStr | None]:
+        """Its name, and its signature secret (None: keep the one Secrets Manager holds)."""
+        doc = self._genesys.get_open_integration(integration_id)
+        if doc.get("id") != integration_id:
+            raise ConfigRejected("Genesys answered with a different integration id")
+        name = (doc.get("name") or "").strip()
+        if not name:
+            raise ConfigRejected("integration has no name")
+        if str(doc.get("createStatus") or "").lower() == "error":
+            raise ConfigRejected("integration creation failed in Genesys (createStatus Error)")
+        if str(doc.get("status") or "Active").lower() != "active":
+            raise ConfigRejected(f"integration is disabled in Genesys (status {doc.get('status')})")
+        token = doc.get("outboundNotificationWebhookSignatureSecretToken")
+        if token:
+            if len(token) < MIN_SIGNATURE_SECRET_CHARS:
+                raise ConfigRejected(f"signature secret shorter than {MIN_SIGNATURE_SECRET_CHARS} characters")
+            return name, SecretStr(token)
+        # Genesys may not return the secret in clear: keep the one already in Secrets Manager.
+        if self._existing_secret(SecretKind.SIGNATURE, integration_id) is None:
+            raise ConfigRejected("Genesys returned no signature secret and Secrets Manager holds none")
+        return name, None
+
+    # --- webhook targets ---------------------------------------------------------------------------
+    def checked_target(self, target_id: str) -> WebhookConfig:
+        """The target's config, checked, with its URL normalised as the dispatcher will connect to it."""
+        config = self._webhook_config(target_id)
+        return config.model_copy(update={"url": self._check_target(config)})
+
+    def _webhook_config(self, target_id: str) -> WebhookConfig:
+        integration = self._genesys.get_integration(target_id)
+        if integration.get("id") != target_id:
+            raise ConfigRejected("Genesys answered with a different integration id")
+        config = self._genesys.get_integration_config(target_id)
+        references = config.get("credentials") or {}
+        values: dict[str, str | None] = {}
+        for key, kind in zip(CREDENTIAL_KEYS, _CREDENTIAL_KINDS, strict=True):
+            ref = references.get(key) if isinstance(references, dict) else None
+            value = self._credential_value(ref["id"]) if isinstance(ref, dict) and ref.get("id") else None
+            if value is None and isinstance(ref, dict):
+                # Genesys redacts credential fields for some clients: keep what Secrets Manager holds.
+                existing = self._existing_secret(kind, target_id)
+                value = existing.current.get_secret_value() if existing else None
+            values[key] = value
+        try:
+            return webhook_config_from_genesys(integration, config, values)
+        except ValidationError as exc:
+            raise ConfigRejected(f"invalid config: {safe_errors(exc)}") from None
+
+    def _credential_value(self, credential_id: str) -> str | None:
+        fields = self._genesys.get_credential(credential_id).get("credentialFields") or {}
+        if not isinstance(fields, dict):
+            return None
+        value = fields.get("value") or fields.get("token")
+        if value is None and fields.get("userName") and fields.get("password"):
+            value = f"{fields['userName']}:{fields['password']}"
+        if not isinstance(value, str) or not value or set(value) == {"*"}:
+            return None  # absent or redacted
+        return value
+
+    def _check_target(self, config: WebhookConfig) -> str:
+        """The target's URL as the dispatcher will use it (normalised), if the config may be stored."""
+        if not config.enabled:
+            raise ConfigRejected("webhook integration is disabled in Genesys")
+        if config.integration_id not in self._known:
+            raise ConfigRejected(
+                f"config names open messaging integration {config.integration_id}, which is not in "
+                "GENESYS_OPEN_MESSAGING_INTEGRATION_IDS"
+            )
+        if config.integration_id not in self._accepted:
+            raise ConfigRejected(
+                f"config names open messaging integration {config.integration_id}, which this run "
+                "rejected (see its own rejection)"
+            )
+        try:
+            return self._policy.check_url(config.url, resolve=self._resolve)
+        except UnsafeUrl as exc:
+            raise ConfigRejected(f"URL refused: {exc}") from None

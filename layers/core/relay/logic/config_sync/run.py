@@ -1,0 +1,224 @@
+"""Config sync: read the integrations named in settings from Genesys Cloud, validate, store.
+
+For each Open Messaging integration (GENESYS_OPEN_MESSAGING_INTEGRATION_IDS) an ``Integration`` record,
+with its signature secret in Secrets Manager; for each webhook integration
+(GENESYS_WEBHOOK_INTEGRATION_IDS) a ``Target`` under the Open Messaging integration its config names,
+with its secret values (auth, signing, encryption) in Secrets Manager. DynamoDB holds only secret names.
+
+A config that is invalid, disabled, points at an unsafe URL, names a rejected integration, is missing
+in Genesys, or fails to read or check in any other way is reported (log + ``TargetsRejected``) and
+skipped: the record stored by the last good sync stays in force, so a bad edit in Genesys never stops
+deliveries, and the items after it are still synced. Failures that concern the whole run (login, 401,
+403, 429 past the bound, 5xx, timeouts, the run's deadline, AWS, settings) end the run with a
+``GenesysRunError`` (or the AWS/settings error); nothing written so far is undone, and the next
+scheduled run starts over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from aws_lambda_powertools import Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+
+from relay.errors import (
+    ConfigRejected,
+    ConfigurationError,
+    DependencyUnavailable,
+    GenesysError,
+    GenesysItemError,
+)
+from relay.logic.config_sync.reading import ConfigReader
+from relay.logic.config_sync.report import ItemKind, Rejection, SyncReport
+from relay.logic.config_sync.storage import RecordWriter
+from relay.logic.url_policy import Resolver, UrlPolicy, system_resolver
+from relay.models.secrets import SecretKind
+from relay.models.targets import Integration, SecurityType, Target, TargetSecurity
+from relay.models.timestamps import iso_utc
+from relay.observability import logger
+from relay.ports import GenesysReader, SecretStore, TargetRecords
+from relay.settings import Settings
+
+# Failures that end the whole run: Genesys (any GenesysError but a GenesysItemError), AWS, settings.
+_RUN_FAILURES = (GenesysError, ConfigurationError, DependencyUnavailable)
+# What odd data in one item can make a library raise (a UnicodeError from IDNA, a KeyError, ...).
+_ODD_DATA = (LookupError, TypeError, ValueError, AttributeError, ArithmeticError)
+
+_Checked = TypeVar("_Checked")
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def sync_targets(
+    settings: Settings,
+    *,
+    genesys: GenesysReader,
+    store: TargetRecords,
+    secrets: SecretStore,
+    resolve: Resolver = system_resolver,
+    now: Callable[[], datetime] = _utc_now,
+    metrics: Metrics | None = None,
+) -> SyncReport:
+    """One sync run (relay.wiring.run_config_sync builds the real collaborators from ``settings``).
+
+    ``metrics`` (the handler passes its powertools Metrics, flushed per invocation) receives
+    TargetsSynced and TargetsRejected; callers outside Lambda (the CLI) pass none.
+    """
+    run = _SyncRun(settings, genesys, store, secrets, resolve, iso_utc(now(), "microseconds"))
+    if not settings.genesys_open_messaging_integration_ids and not settings.genesys_webhook_integration_ids:
+        logger.warning("config sync has nothing to read: no integration ids in settings")
+    try:
+        for integration_id in settings.genesys_open_messaging_integration_ids:
+            run.sync_integration(integration_id)
+        run.sync_eventbridge_integration()
+        for target_id in settings.genesys_webhook_integration_ids:
+            run.sync_target(target_id)
+    finally:
+        report = run.finished()
+        if metrics is not None:
+            synced = len(report.integrations) + len(report.targets)
+            metrics.add_metric(name="TargetsSynced", unit=MetricUnit.Count, value=synced)
+            metrics.add_metric(name="TargetsRejected", unit=MetricUnit.Count, value=len(report.rejected))
+    logger.info("config sync done", extra={"report": report.to_dict()})
+    return report
+
+
+class _SyncRun:
+    def __init__(
+        self,
+        settings: Settings,
+        genesys: GenesysReader,
+        store: TargetRecords,
+        secrets: SecretStore,
+        resolve: Resolver,
+        synced_at: str,
+    ) -> None:
+        self._settings = settings
+        self.report = SyncReport(synced_at=synced_at)
+        self._writer = RecordWriter(store, secrets, prefix=settings.secrets_prefix, synced_at=synced_at)
+        open_messaging = set(settings.genesys_open_messaging_integration_ids)
+        known = set(open_messaging)
+        # Targets are stored only under these: the Open Messaging integrations this run accepted (added
+        # as they sync, before any target) and the EventBridge integration, unless it is one of them.
+        self._accepted: set[str] = set()
+        eventbridge = settings.eventbridge_integration_id
+        if eventbridge:
+            known.add(eventbridge)
+            if eventbridge not in open_messaging:
+                self._accepted.add(eventbridge)
+        self._reader = ConfigReader(
+            genesys,
+            policy=UrlPolicy.from_settings(settings),
+            resolve=resolve,
+            existing_secret=self._writer.current_secret,
+            known=known,
+            accepted=self._accepted,
+        )
+
+    def finished(self) -> SyncReport:
+        self.report.secrets_written = self._writer.secrets_written
+        return self.report
+
+    def _reject(self, kind: ItemKind, ident: str, reason: str) -> None:
+        self.report.rejected.append(Rejection(kind, ident, reason))
+        logger.warning(
+            "config rejected; the last good config stays in force",
+            extra={"kind": kind, "id": ident, "reason": reason},
+        )
+
+    def _checked(self, kind: ItemKind, ident: str, read: Callable[[str], _Checked]) -> _Checked | None:
+        """``read(ident)`` (Genesys reads and validation of one item), or None when the item is rejected.
+
+        Run-level failures propagate and end the run. What concerns this item only rejects it with a
+        reason, and the run goes on with the next item. Our own errors carry messages safe to log; odd
+        data tripping a library is named by the exception's type only, as its message might quote a
+        secret value.
+        """
+        try:
+            return read(ident)
+        except (ConfigRejected, GenesysItemError) as exc:
+            reason = str(exc)
+        except _RUN_FAILURES:
+            raise
+        except _ODD_DATA as exc:  # one item's bad data never ends the run
+            reason = f"unexpected {type(exc).__name__} while reading or checking its config"
+        self._reject(kind, ident, reason)
+        return None
+
+    # --- Open Messaging integrations ---------------------------------------------------------------
+    def sync_integration(self, integration_id: str) -> None:
+        checked = self._checked("integration", integration_id, self._reader.open_integration)
+        if checked is None:
+            return
+        name, secret = checked
+        writer = self._writer
+        secret_ref = writer.secret_name(SecretKind.SIGNATURE, integration_id)
+        changed = writer.store_secret(SecretKind.SIGNATURE, integration_id, secret) if secret else False
+        record = Integration(
+            integration_id=integration_id, name=name, enabled=True, signature_secret_name=secret_ref
+        )
+        stored = writer.stored(integration_id)
+        changed = writer.write(record, stored.integration if stored else None) or changed
+        self.report.integrations.append(integration_id)
+        self._accepted.add(integration_id)
+        if changed:
+            self.report.changed.append(integration_id)
+
+    def sync_eventbridge_integration(self) -> None:
+        """The record the intake's EventBridge path fans out from, when it is not an Open Messaging one.
+
+        Genesys has no integration to read for it (its events come from the AWS partner source), so the
+        record is the relay's own: no signature secret, so the webhook path refuses it."""
+        integration_id = self._settings.eventbridge_integration_id
+        if not integration_id or integration_id in self._settings.genesys_open_messaging_integration_ids:
+            return
+        stored = self._writer.stored(integration_id)
+        record = Integration(integration_id=integration_id, name="Genesys EventBridge", enabled=True)
+        if self._writer.write(record, stored.integration if stored else None):
+            self.report.changed.append(integration_id)
+        self.report.integrations.append(integration_id)
+
+    # --- webhook targets ---------------------------------------------------------------------------
+    def sync_target(self, target_id: str) -> None:
+        config = self._checked("target", target_id, self._reader.checked_target)
+        if config is None:
+            return
+        writer = self._writer
+        changed = False
+        security = TargetSecurity()
+        if config.security.type is not SecurityType.NONE and config.security.value is not None:
+            changed |= writer.store_secret(SecretKind.AUTH, target_id, config.security.value)
+            security = TargetSecurity(
+                type=config.security.type, secret_name=writer.secret_name(SecretKind.AUTH, target_id)
+            )
+        signing_name = encryption_name = None
+        if config.signing_secret is not None:
+            changed |= writer.store_secret(SecretKind.SIGNING, target_id, config.signing_secret)
+            signing_name = writer.secret_name(SecretKind.SIGNING, target_id)
+        if config.encryption_key is not None:
+            changed |= writer.store_secret(SecretKind.ENCRYPTION, target_id, config.encryption_key)
+            encryption_name = writer.secret_name(SecretKind.ENCRYPTION, target_id)
+        record = Target(
+            integration_id=config.integration_id,
+            target_id=target_id,
+            name=config.name,
+            enabled=True,
+            url=config.url,
+            method=config.method,
+            headers=config.headers,
+            security=security,
+            signing_secret_name=signing_name,
+            encryption_key_name=encryption_name,
+            retry_matrix=config.retry_matrix,
+            connect_timeout_seconds=config.connect_timeout_seconds,
+            read_timeout_seconds=config.read_timeout_seconds,
+        )
+        stored = writer.stored(config.integration_id)
+        changed = writer.write(record, stored.target(target_id) if stored else None) or changed
+        self.report.targets.append(target_id)
+        if changed:
+            self.report.changed.append(target_id)

@@ -1,0 +1,97 @@
+"""Writing what config sync accepted: records in the TargetsTable (versioned, with syncedAt) and secret
+values in Secrets Manager (rotation kept: the old value stays as ``previous``)."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+
+from pydantic import SecretStr
+
+from relay.errors import ConfigurationError
+from relay.models.secrets import RotatingSecret, SecretKind, secret_name
+from relay.models.targets import Integration, IntegrationEntry, Target
+from relay.ports import SecretStore, TargetRecords
+
+
+class RecordWriter:
+    """One run's writes; ``secrets_written`` counts the secret versions it stored."""
+
+    def __init__(self, store: TargetRecords, secrets: SecretStore, *, prefix: str, synced_at: str) -> None:
+        self._store = store
+        self._secrets = secrets
+        self._prefix = prefix
+        self._synced_at = synced_at
+        self._stored_entries: dict[str, IntegrationEntry | None] = {}
+        self.secrets_written = 0
+
+    def secret_name(self, kind: SecretKind, ident: str) -> str:
+        return secret_name(self._prefix, kind, ident)
+
+    def stored(self, integration_id: str) -> IntegrationEntry | None:
+        """What the table held for this integration when the run first looked (one Query per integration)."""
+        if integration_id not in self._stored_entries:
+            self._store.invalidate(integration_id)
+            self._stored_entries[integration_id] = self._store.get(integration_id)
+        return self._stored_entries[integration_id]
+
+    def write(self, record: Integration | Target, previous: Integration | Target | None) -> bool:
+        """Write ``record`` with a version (bumped only when its content changed) and syncedAt.
+
+        ``enabled`` belongs to the relay once a record exists (the dispatcher disables a target that
+        answers 410; an operator may disable one): an unchanged config keeps it, a changed one (say, a
+        new URL) enables the record again.
+        """
+        ignore = {"version", "synced_at", "enabled"}
+        changed = previous is None or previous.model_dump(exclude=ignore) != record.model_dump(exclude=ignore)
+        update: dict[str, object] = {"synced_at": self._synced_at}
+        if previous is None:
+            update["version"] = 1
+        elif changed:
+            update["version"] = previous.version + 1
+        else:
+            update.update(version=previous.version, enabled=previous.enabled)
+        final = record.model_copy(update=update)
+        if isinstance(final, Integration):
+            self._store.put_integration(final)
+        else:
+            self._store.put_target(final)
+        return changed
+
+    def current_secret(self, kind: SecretKind, ident: str) -> RotatingSecret | None:
+        """What Secrets Manager holds now (read afresh), or None."""
+        return self._existing(self.secret_name(kind, ident))
+
+    def _existing(self, name: str) -> RotatingSecret | None:
+        try:
+            return self._secrets.get(name, force_fetch=True)
+        except ConfigurationError:  # absent (or not in our shape: it gets overwritten)
+            return None
+
+    def store_secret(self, kind: SecretKind, ident: str, value: SecretStr) -> bool:
+        """Put ``value`` under the secret's name unless it is already current; True if written.
+
+        Rotation: a changed signature/signing/auth value keeps the old one as ``previous``. An encryption
+        key gets a fresh random 16-byte salt and a new keyId per key version; unchanged keys keep theirs.
+        """
+        name = self.secret_name(kind, ident)
+        existing = self._existing(name)
+        unchanged = existing is not None and hmac.compare_digest(
+            existing.current.get_secret_value().encode(), value.get_secret_value().encode()
+        )
+        if kind is SecretKind.ENCRYPTION:
+            kept = existing if unchanged else None
+            if kept is not None and kept.salt and kept.key_id:
+                return False
+            secret = RotatingSecret(
+                current=value,
+                key_id=(kept.key_id if kept else None) or secrets.token_hex(8),
+                salt=(kept.salt if kept else None) or secrets.token_hex(16),  # 16 random bytes, hex
+            )
+        else:
+            if unchanged:
+                return False
+            secret = RotatingSecret(current=value, previous=existing.current if existing else None)
+        self._secrets.put(name, secret)
+        self.secrets_written += 1
+        return True

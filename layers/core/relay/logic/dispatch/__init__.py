@@ -1,0 +1,17 @@
+"""The dispatcher: deliver SQS batches of DeliveryTasks to their targets (docs/dispatcher.md).
+
+    records   SQS record -> task, target, attempt number; or why it cannot be attempted
+    lanes     one target's records in a batch and its breaker's admission (deliver/probe/defer)
+    attempt   one attempt: event, secrets, request, send, classify -> Attempt
+    settle    the one place a verdict becomes an action (delivered, retry, DLQ, deferred)
+    audit     audit lines and objects, scrubbing
+    batch     what an invocation accumulates (failures, 410s, audit lines, metrics)
+    metrics   the dispatcher's EMF metrics
+    engine    the batch flow: thread pool, per-target slots, time budget
+
+Everything from outside comes through relay.ports; relay.wiring builds a ``Dispatcher``.
+"""
+
+from relay.logic.dispatch.engine import SETTLE_MARGIN_MS, Dispatcher
+
+__all__ = ["SETTLE_MARGIN_MS", "Dispatcher"]

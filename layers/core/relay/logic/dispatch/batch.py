@@ -1,0 +1,52 @@
+"""What one invocation accumulates while its records are delivered concurrently: the records to
+report failed, the targets that answered 410, the audit lines and the metrics."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from relay.logic.dispatch.metrics import BatchMetrics
+from relay.logic.dispatch.records import SqsRecord
+from relay.observability import logger
+
+
+@dataclass
+class Batch:
+    invocation_id: str
+    started: datetime
+    metrics: BatchMetrics
+    # Milliseconds the invocation has left (Lambda's context.get_remaining_time_in_millis), if known.
+    remaining_ms: Callable[[], int] | None = None
+    failures: list[str] = field(default_factory=list)
+    # Targets that answered 410 in this batch: no further request to them starts.
+    gone: set[str] = field(default_factory=set)
+    audit: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fail(self, record: SqsRecord) -> None:
+        """Report ``record`` failed: SQS shows it again (a scheduled retry, or a step not completed)."""
+        with self.lock:
+            self.failures.append(record.message_id)
+
+    def mark_gone(self, key: str) -> None:
+        with self.lock:
+            self.gone.add(key)
+
+    def is_gone(self, key: str) -> bool:
+        with self.lock:
+            return key in self.gone
+
+    def log(self, target_id: str, line: dict[str, Any]) -> None:
+        """One audit line: kept for the target's audit object and logged (without the response body)."""
+        with self.lock:
+            self.audit[target_id].append(line)
+        logger.info("delivery", extra={k: v for k, v in line.items() if k != "responseBody"})
+
+    def response(self) -> dict[str, list[dict[str, str]]]:
+        """The partial batch response Lambda's SQS event source reads."""
+        return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in self.failures]}

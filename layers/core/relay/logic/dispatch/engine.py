@@ -1,0 +1,201 @@
+"""The batch engine: deliver one SQS batch of DeliveryTasks concurrently and settle every record.
+
+1. resolve each record (relay.logic.dispatch.records); poison, unknown and disabled targets go to
+   the DLQ at once;
+2. group the records by target into lanes and read each lane's breaker once (lanes);
+3. send the probes first, then everything else, concurrently: a pool of DELIVERY_CONCURRENCY threads,
+   at most PER_TARGET_CONCURRENCY in flight per target, records queued round-robin across targets; a
+   record starts only with its target's slot in hand, only if its target has not answered 410 in this
+   batch, and only if the invocation has time left for one whole request (attempt);
+4. settle each record from what happened (settle: the one place a verdict becomes an action);
+5. fold each lane's results into its breaker, write one audit object per target, flush the metrics,
+   return ``batchItemFailures``: only the records SQS should show again.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+from relay.errors import DependencyUnavailable
+from relay.logic.dispatch.attempt import Attempter, timeouts
+from relay.logic.dispatch.audit import write_audit
+from relay.logic.dispatch.batch import Batch
+from relay.logic.dispatch.lanes import Lane, Lanes, group, interleave
+from relay.logic.dispatch.metrics import BatchMetrics
+from relay.logic.dispatch.records import Item, SqsRecord, Unattempted, resolve
+from relay.logic.dispatch.settle import Settler
+from relay.models.delivery import DlqReason
+from relay.observability import logger
+from relay.ports import (
+    AuditSink,
+    BreakerStore,
+    ClaimCheckReader,
+    Clock,
+    DeliveryQueueOps,
+    HttpClient,
+    SecretReader,
+    TargetDirectory,
+)
+from relay.settings import Settings
+
+# Time kept back, beyond one request's timeouts, to settle records and write audit and metrics.
+SETTLE_MARGIN_MS = 3_000
+# One record's step in the pool: deliver it, or defer it.
+Work = tuple[Item, Callable[[], None]]
+
+
+class Dispatcher:
+    """One per container (relay.wiring): its pool, HTTP session, caches and per-target slots are
+    reused by every batch."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        targets: TargetDirectory,
+        http: HttpClient,
+        queue: DeliveryQueueOps,
+        breakers: BreakerStore,
+        audit: AuditSink | None,
+        secrets: SecretReader,
+        claim_checks: ClaimCheckReader,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._settings = settings
+        self._targets = targets
+        self._http = http
+        self._audit = audit
+        self._clock = clock = clock or time.time
+        self._lanes = Lanes(settings=settings, breakers=breakers, clock=clock)
+        self._attempter = Attempter(
+            settings=settings, http=http, secrets=secrets, claim_checks=claim_checks, now=self._now
+        )
+        self._settle = Settler(
+            settings=settings, queue=queue, targets=targets, now=self._now, rng=rng or random.Random()
+        )
+        self._pool = ThreadPoolExecutor(
+            max_workers=settings.delivery_concurrency, thread_name_prefix="deliver"
+        )
+        self._target_slots: dict[str, threading.BoundedSemaphore] = {}
+        self._slots_lock = threading.Lock()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+        self._http.close()
+
+    def handle_batch(
+        self,
+        records: Sequence[Mapping[str, Any]],
+        *,
+        invocation_id: str | None = None,
+        remaining_ms: Callable[[], int] | None = None,
+    ) -> dict[str, list[dict[str, str]]]:
+        """Deliver a batch; ``remaining_ms`` (the Lambda context's clock) lets records that could not
+        finish before the function times out be deferred instead of cut off mid-request."""
+        batch = Batch(
+            invocation_id=invocation_id or str(uuid.uuid4()),
+            started=self._now(),
+            metrics=BatchMetrics(
+                namespace=self._settings.metrics_namespace, service=self._settings.service_name
+            ),
+            remaining_ms=remaining_ms,
+        )
+        lanes = self._open_lanes([SqsRecord.from_event(r) for r in records], batch)
+        probes = [lane.probe for lane in lanes if lane.probe is not None]
+        self._run([(item, partial(self._deliver, item, batch)) for item in probes], batch)
+        deliveries: list[list[Item]] = []
+        deferrals: list[Work] = []
+        for lane in lanes:
+            after = self._lanes.after_probe(lane)
+            deliveries.append(after.deliver)
+            wait_seconds = after.seconds_until_probe
+            deferrals.extend(
+                (item, partial(self._settle.deferred, item, wait_seconds, batch)) for item in after.defer
+            )
+        self._run(
+            [(item, partial(self._deliver, item, batch)) for item in interleave(deliveries)] + deferrals,
+            batch,
+        )
+        for lane in lanes:
+            self._lanes.report(lane, batch)
+        write_audit(batch, self._audit)
+        batch.metrics.flush()
+        return batch.response()
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
+
+    def _open_lanes(self, records: list[SqsRecord], batch: Batch) -> list[Lane]:
+        items: list[Item] = []
+        for record in records:
+            try:
+                resolved = resolve(record, self._targets)
+            except DependencyUnavailable as exc:
+                logger.warning(
+                    "targets table unavailable", extra={"messageId": record.message_id, "error": str(exc)}
+                )
+                batch.fail(record)
+                continue
+            if isinstance(resolved, Unattempted):
+                self._settle.unattempted(resolved, batch)
+            else:
+                items.append(resolved)
+        # One breaker read per target, the targets' reads side by side.
+        return list(
+            self._pool.map(lambda entry: self._lanes.open(entry[0], entry[1], batch), group(items).items())
+        )
+
+    def _deliver(self, item: Item, batch: Batch) -> None:
+        with self._slot(item.key):
+            if batch.is_gone(item.key):
+                # Its endpoint said 410 while this record waited: it is gone for this one too.
+                why = "target answered 410 Gone earlier in this batch"
+                self._settle.unattempted(
+                    Unattempted(item.record, item.task, DlqReason.TARGET_GONE, why), batch
+                )
+            elif self._out_of_time(item, batch):
+                # A Lambda timeout would fail the whole batch and cost every record a receive:
+                # hand this one back untouched instead (no attempt used).
+                self._settle.deferred(item, 0, batch, error_code="out-of-time")
+            else:
+                attempt = self._attempter.run(item)
+                if isinstance(attempt, Unattempted):
+                    self._settle.unattempted(attempt, batch)
+                else:
+                    self._settle.attempted(item, attempt, batch)
+
+    def _run(self, work: list[Work], batch: Batch) -> None:
+        """Run each item's step in the pool and wait for all of them. A step that raised is a bug, not
+        an outcome: it is logged and its record reported failed, so SQS shows it again."""
+        futures: list[tuple[Item, Future[None]]] = [(item, self._pool.submit(step)) for item, step in work]
+        wait([future for _, future in futures])
+        for item, future in futures:
+            if future.exception() is not None:
+                logger.exception("delivery crashed", exc_info=future.exception())
+                batch.fail(item.record)
+
+    def _slot(self, key: str) -> threading.BoundedSemaphore:
+        with self._slots_lock:
+            slot = self._target_slots.get(key)
+            if slot is None:
+                slot = self._target_slots[key] = threading.BoundedSemaphore(
+                    self._settings.per_target_concurrency
+                )
+            return slot
+
+    def _out_of_time(self, item: Item, batch: Batch) -> bool:
+        """Too little time left for one request: its total deadline (the HTTP client's default budget,
+        connect + read timeout) plus the margin to settle."""
+        if batch.remaining_ms is None:
+            return False
+        connect, read = timeouts(self._settings, item.target)
+        return batch.remaining_ms() < (connect + read) * 1000 + SETTLE_MARGIN_MS

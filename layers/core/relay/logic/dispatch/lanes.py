@@ -1,0 +1,148 @@
+"""Lanes: one target's records in a batch, and what its circuit breaker lets them do.
+
+Each lane reads its breaker once (relay.logic.breaker.open_gate): closed, deliver; open, defer;
+open past its reset timeout, the single half-open probe (claimed with a conditional write) goes
+first and the rest wait for its answer. If the breaker store fails the lane delivers anyway (fail
+open) and writes nothing. After the batch, the lane's results are folded into its breaker with one
+conditional write, only when something changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import chain, zip_longest
+
+from relay.errors import BreakerStoreUnavailable
+from relay.logic import breaker
+from relay.logic.dispatch.attempt import timeouts
+from relay.logic.dispatch.batch import Batch
+from relay.logic.dispatch.metrics import Metric
+from relay.logic.dispatch.records import Item
+from relay.models.breaker import BreakerState, Phase
+from relay.models.targets import Target
+from relay.observability import logger
+from relay.ports import BreakerStore, Clock
+from relay.settings import Settings
+
+
+@dataclass
+class Lane:
+    """The records of one target in this batch and what its breaker said."""
+
+    key: str
+    target: Target
+    items: list[Item]
+    gate: breaker.Gate | None  # None: the breaker store failed (fail open, no writes)
+
+    def __post_init__(self) -> None:
+        for index, item in enumerate(self.items):
+            item.probe = self.admission is breaker.Admission.PROBE and index == 0
+            item.breaker_phase = self.gate.state.phase.value if self.gate else "unknown"
+
+    @property
+    def admission(self) -> breaker.Admission:
+        return self.gate.admission if self.gate else breaker.Admission.DELIVER
+
+    @property
+    def probe(self) -> Item | None:
+        return self.items[0] if self.admission is breaker.Admission.PROBE else None
+
+
+@dataclass(frozen=True)
+class AfterProbe:
+    """What a lane does once any probe has answered."""
+
+    deliver: list[Item]
+    defer: list[Item]
+    seconds_until_probe: float = 0.0  # for the deferred ones: until the breaker may half-open
+
+
+class Lanes:
+    """Breaker admission for the lanes of a batch, against the breaker store."""
+
+    def __init__(self, *, settings: Settings, breakers: BreakerStore, clock: Clock) -> None:
+        self._settings = settings
+        self._breakers = breakers
+        self._clock = clock
+
+    def policy(self, target: Target) -> breaker.BreakerPolicy:
+        connect, read = timeouts(self._settings, target)
+        return breaker.BreakerPolicy(
+            failure_threshold=self._settings.breaker_failure_threshold,
+            reset_seconds=self._settings.breaker_reset_seconds,
+            max_reset_seconds=self._settings.breaker_max_reset_seconds,
+            # The probe's lease outlives its request; after it, another dispatcher may probe.
+            probe_lease_seconds=connect + read + 5.0,
+        )
+
+    def open(self, key: str, items: list[Item], batch: Batch) -> Lane:
+        """Read the lane's breaker (one consistent read; a conditional write to claim a probe)."""
+        target = items[0].target
+        try:
+            gate = breaker.open_gate(self._breakers, key, self._clock(), self.policy(target))
+        except BreakerStoreUnavailable as exc:
+            logger.warning(
+                "breaker store unavailable: failing open", extra={"targetKey": key, "error": str(exc)}
+            )
+            batch.metrics.breaker_store_unavailable()
+            return Lane(key, target, items, None)
+        if gate.admission is breaker.Admission.PROBE:
+            batch.metrics.count(Metric.BREAKER_HALF_OPENED, target.target_id)
+        return Lane(key, target, items, gate)
+
+    def after_probe(self, lane: Lane) -> AfterProbe:
+        if lane.gate is None or lane.admission is breaker.Admission.DELIVER:
+            return AfterProbe(lane.items, [])
+        if lane.admission is breaker.Admission.DEFER:
+            return AfterProbe([], lane.items, lane.gate.defer_until - self._clock())
+        rest = lane.items[1:]
+        probe = lane.items[0].outcome
+        if probe is not None and probe.status is not None and not probe.endpoint_unhealthy:
+            return AfterProbe(rest, [])  # the endpoint answered: the breaker closes, the rest may go now
+        return AfterProbe([], rest, self.policy(lane.target).reset_after(lane.gate.state.trips + 1))
+
+    def report(self, lane: Lane, batch: Batch) -> None:
+        """Fold the lane's results into its breaker (a write only when something changed)."""
+        if lane.gate is None:
+            return
+        probe = lane.probe
+        if probe is not None and not probe.reached_endpoint:
+            return  # the probe never reached the endpoint; its lease will lapse
+        healthy = [
+            not item.outcome.endpoint_unhealthy
+            for item in lane.items
+            if item.outcome is not None and item.reached_endpoint
+        ]
+        now, policy = self._clock(), self.policy(lane.target)
+        try:
+            written = breaker.report(self._breakers, lane.key, lane.gate, healthy, now, policy)
+        except BreakerStoreUnavailable:
+            batch.metrics.breaker_store_unavailable()
+            return
+        if written is not None:
+            _count_transition(*written, lane.target.target_id, batch)
+
+
+def interleave(per_lane: Iterable[list[Item]]) -> list[Item]:
+    """Round-robin across targets, so one busy target's cap does not hold the pool's head."""
+    return [item for item in chain.from_iterable(zip_longest(*per_lane)) if item is not None]
+
+
+def group(items: Iterable[Item]) -> dict[str, list[Item]]:
+    """Items by target key, in the batch's order."""
+    grouped: dict[str, list[Item]] = {}
+    for item in items:
+        grouped.setdefault(item.key, []).append(item)
+    return grouped
+
+
+def _count_transition(old: BreakerState, new: BreakerState, target_id: str, batch: Batch) -> None:
+    if new.phase is Phase.OPEN and old.phase is not Phase.OPEN:
+        batch.metrics.count(Metric.BREAKER_OPENED, target_id)
+        logger.warning(
+            "breaker opened", extra={"targetId": target_id, "until": new.until, "trips": new.trips}
+        )
+    elif new.phase is Phase.CLOSED and old.phase is not Phase.CLOSED:
+        batch.metrics.count(Metric.BREAKER_CLOSED, target_id)
+        logger.info("breaker closed", extra={"targetId": target_id})

@@ -1,0 +1,105 @@
+"""From an SQS event record to what the dispatcher can attempt: the task, its target and the attempt
+number, or the reason it cannot be attempted at all (dead-lettered without an attempt)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from relay.logic import retry
+from relay.logic.outcomes import Outcome
+from relay.models.breaker import target_key
+from relay.models.delivery import DeliveryTask, DlqReason
+from relay.models.targets import Target
+from relay.ports import TargetDirectory
+
+
+@dataclass(frozen=True)
+class SqsRecord:
+    message_id: str
+    receipt_handle: str
+    body: str
+    receive_count: int
+    message_attributes: Mapping[str, Any]
+
+    @classmethod
+    def from_event(cls, record: Mapping[str, Any]) -> SqsRecord:
+        attributes = record.get("attributes") or {}
+        try:
+            receive_count = int(attributes.get("ApproximateReceiveCount", "1"))
+        except (TypeError, ValueError):
+            receive_count = 1
+        return cls(
+            message_id=str(record.get("messageId", "")),
+            receipt_handle=str(record.get("receiptHandle", "")),
+            body=str(record.get("body", "")),
+            receive_count=receive_count,
+            message_attributes=record.get("messageAttributes") or {},
+        )
+
+    @property
+    def attempt(self) -> int:
+        """The number of the attempt this receive makes (relay.logic.retry.attempt_number)."""
+        return retry.attempt_number(self.message_attributes, self.receive_count)
+
+    @property
+    def attempts_before(self) -> int:
+        """Attempts made before this receive (earlier receives and earlier messages of a deferral chain)."""
+        return self.attempt - 1
+
+    @property
+    def deferrals_before(self) -> int:
+        return retry.deferrals_before(self.message_attributes)
+
+
+@dataclass
+class Item:
+    """One record on its way through the batch."""
+
+    record: SqsRecord
+    task: DeliveryTask
+    target: Target
+    key: str
+    attempt: int
+    outcome: Outcome | None = None
+    probe: bool = False
+    breaker_phase: str = "unknown"  # as read for this batch; "unknown" when the store failed
+
+    @property
+    def reached_endpoint(self) -> bool:
+        """The attempt got as far as an HTTP answer or a network failure: what the breaker judges."""
+        return self.outcome is not None and self.outcome.reached_endpoint
+
+
+@dataclass(frozen=True)
+class Unattempted:
+    """A record dead-lettered without an attempt: ``why`` becomes its ``relay-last-error``."""
+
+    record: SqsRecord
+    task: DeliveryTask | None
+    reason: DlqReason
+    why: str
+
+
+def resolve(record: SqsRecord, targets: TargetDirectory) -> Item | Unattempted:
+    """The record's task and target, or why it cannot be attempted. Raises DependencyUnavailable when
+    the targets table cannot be read (the record is then left for SQS to show again)."""
+    try:
+        task = DeliveryTask.model_validate_json(record.body)
+    except ValidationError:
+        return Unattempted(record, None, DlqReason.POISON, "body is not a DeliveryTask")
+    target = targets.get_target(task.integration_id, task.target_id)
+    if target is None:
+        return Unattempted(record, task, DlqReason.UNKNOWN_TARGET, "no such target")
+    if not target.enabled:
+        return Unattempted(record, task, DlqReason.TARGET_DISABLED, "target is disabled")
+    return Item(
+        record=record,
+        task=task,
+        target=target,
+        key=target_key(task.integration_id, task.target_id),
+        attempt=record.attempt,
+    )

@@ -1,0 +1,209 @@
+"""Settling: the one place where what happened to a record becomes what is done about it.
+
+    delivered                      -> done
+    retryable, attempts left       -> ChangeMessageVisibility to the backoff, reported failed
+    retryable, last attempt        -> DLQ exhausted
+    gone (410)                     -> disable the target, DLQ target-gone
+    permanent                      -> DLQ permanent-status
+    not attempted (poison, unknown or disabled target, 410 earlier in the batch)
+                                   -> DLQ with its reason, attempts unchanged
+    held back (breaker open, out of time)
+                                   -> deferred: re-sent with DelaySeconds, attempts unchanged
+
+A message the dispatcher dead-letters or defers is reported done (SQS deletes the original). When a
+step cannot complete (SQS or the DLQ unreachable) the record is ``left-for-redelivery``: reported
+failed, so SQS shows it again and the redrive policy stays the backstop.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from relay.errors import DependencyUnavailable
+from relay.logic import retry
+from relay.logic.dispatch import audit
+from relay.logic.dispatch.attempt import Attempt
+from relay.logic.dispatch.batch import Batch
+from relay.logic.dispatch.metrics import Metric
+from relay.logic.dispatch.records import Item, Unattempted
+from relay.logic.outcomes import Outcome, Verdict
+from relay.models.delivery import DlqReason
+from relay.observability import logger
+from relay.ports import DeliveryQueueOps, TargetDirectory
+from relay.settings import Settings
+
+# The dead-letter reason of an attempt that will not be retried, by its verdict.
+_FINAL_REASONS = {
+    Verdict.RETRYABLE: DlqReason.EXHAUSTED,
+    Verdict.GONE: DlqReason.TARGET_GONE,
+    Verdict.PERMANENT: DlqReason.PERMANENT_STATUS,
+}
+
+
+class Settler:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        queue: DeliveryQueueOps,
+        targets: TargetDirectory,
+        now: Callable[[], datetime],
+        rng: random.Random,
+    ) -> None:
+        self._settings = settings
+        self._queue = queue
+        self._targets = targets
+        self._now = now
+        self._rng = rng
+
+    def attempted(self, item: Item, attempt: Attempt, batch: Batch) -> None:
+        """Settle an attempt by its verdict, and log its audit line."""
+        outcome = item.outcome = attempt.outcome
+        target_id = item.target.target_id
+        if attempt.result is not None:
+            batch.metrics.latency(target_id, attempt.result.elapsed_ms)
+        if outcome.verdict is Verdict.GONE:
+            batch.mark_gone(
+                item.key
+            )  # first, before any I/O, so none of this target's waiting records starts
+        line = _attempt_line(item, attempt, batch)
+        if outcome.verdict is Verdict.DELIVERED:
+            batch.metrics.count(Metric.DELIVERED, target_id)
+            line["outcome"] = audit.DELIVERED
+        else:
+            batch.metrics.count(Metric.DELIVERY_FAILED, target_id)
+            if outcome.verdict is Verdict.RETRYABLE and not retry.exhausted(
+                item.target.retry_matrix, item.attempt, max_receive_count=self._settings.max_receive_count
+            ):
+                self._schedule_retry(item, outcome, batch, line)
+            else:
+                if outcome.verdict is Verdict.GONE:
+                    self._disable(item)
+                self._dead_letter(item, _FINAL_REASONS[outcome.verdict], outcome, batch, line)
+        batch.log(target_id, line)
+
+    def unattempted(self, unattempted: Unattempted, batch: Batch) -> None:
+        """Dead-letter a record without an attempt (its attempts stay as they were)."""
+        record, task, reason = unattempted.record, unattempted.task, unattempted.reason
+        target_id = task.target_id if task else None
+        try:
+            self._queue.dead_letter(
+                record.body,
+                record.message_attributes,
+                reason=reason,
+                attempts=record.attempts_before,
+                integration_id=task.integration_id if task else None,
+                target_id=target_id,
+                last_status=None,
+                last_error=unattempted.why,
+            )
+        except DependencyUnavailable:
+            logger.warning("DLQ unavailable", extra={"messageId": record.message_id, "reason": reason.value})
+            batch.fail(record)
+            return
+        logger.warning(
+            "dead-lettered without an attempt", extra={"messageId": record.message_id, "reason": reason.value}
+        )
+        if target_id:
+            batch.metrics.count(Metric.DEAD_LETTERED, target_id)
+            now = self._now()
+            batch.log(
+                target_id,
+                {
+                    **audit.base_line(record, task, batch, now, now),
+                    "outcome": audit.DEAD_LETTERED,
+                    "dlqReason": reason.value,
+                    "errorCode": reason.value,
+                },
+            )
+
+    def deferred(
+        self, item: Item, seconds_until_probe: float, batch: Batch, *, error_code: str = "breaker-open"
+    ) -> None:
+        """Hand the record back untouched for later: a new message, delayed, attempts unchanged."""
+        delay = retry.deferral_delay_seconds(seconds_until_probe, rng=self._rng)
+        now = self._now()
+        line = audit.item_line(item, batch, now, now, error=None)
+        line.update(attempt=None, deferredSeconds=delay, errorCode=error_code)
+        try:
+            self._queue.defer(
+                item.record.body,
+                item.record.message_attributes,
+                attempts=item.record.attempts_before,
+                deferrals=item.record.deferrals_before + 1,
+                delay_seconds=delay,
+            )
+            line["outcome"] = audit.DEFERRED
+            batch.metrics.count(Metric.DEFERRED, item.target.target_id)
+        except DependencyUnavailable:
+            # Could not re-queue: keep the message hidden until the breaker may half-open instead.
+            try:
+                self._queue.schedule_retry(item.record.receipt_handle, delay)
+            except DependencyUnavailable:
+                pass
+            line["outcome"] = audit.LEFT_FOR_REDELIVERY
+            batch.fail(item.record)
+        batch.log(item.target.target_id, line)
+
+    def _schedule_retry(self, item: Item, outcome: Outcome, batch: Batch, line: dict[str, Any]) -> None:
+        delay = retry.retry_delay_seconds(
+            item.target.retry_matrix,
+            item.attempt,
+            rng=self._rng,
+            retry_after_seconds=outcome.retry_after_seconds,
+            max_delay_seconds=self._settings.max_retry_delay_seconds,
+        )
+        try:
+            self._queue.schedule_retry(item.record.receipt_handle, delay)
+            line.update(outcome=audit.RETRY_SCHEDULED, retryInSeconds=delay)
+        except DependencyUnavailable:  # the queue's own visibility timeout brings it back
+            line.update(outcome=audit.RETRY_SCHEDULED, retryInSeconds=None)
+        batch.metrics.count(Metric.RETRIED, item.target.target_id)
+        batch.fail(item.record)
+
+    def _disable(self, item: Item) -> None:
+        target_id = item.target.target_id
+        try:
+            self._targets.set_target_enabled(item.task.integration_id, item.task.target_id, False)
+            logger.warning("target disabled: it answered 410 Gone", extra={"targetId": target_id})
+        except DependencyUnavailable as exc:  # the DLQ send that follows matters more than the flag
+            logger.warning("could not disable target", extra={"targetId": target_id, "error": str(exc)})
+
+    def _dead_letter(
+        self, item: Item, reason: DlqReason, outcome: Outcome, batch: Batch, line: dict[str, Any]
+    ) -> None:
+        try:
+            self._queue.dead_letter(
+                item.record.body,
+                item.record.message_attributes,
+                reason=reason,
+                attempts=item.attempt,
+                integration_id=item.task.integration_id,
+                target_id=item.task.target_id,
+                last_status=outcome.status,
+                last_error=outcome.error_code,
+            )
+        except DependencyUnavailable:
+            line.update(outcome=audit.LEFT_FOR_REDELIVERY, dlqReason=reason.value)
+            batch.fail(item.record)
+            return
+        line.update(outcome=audit.DEAD_LETTERED, dlqReason=reason.value)
+        batch.metrics.count(Metric.DEAD_LETTERED, item.target.target_id)
+
+
+def _attempt_line(item: Item, attempt: Attempt, batch: Batch) -> dict[str, Any]:
+    line = audit.item_line(item, batch, attempt.started, attempt.finished, error=attempt.error)
+    result = attempt.result
+    if result is not None:
+        line.update(
+            latencyMs=round(result.elapsed_ms, 3),
+            encrypted=attempt.encrypted,
+            responseBytes=len(result.body),
+            responseTruncated=result.body_truncated,
+        )
+        if attempt.response_body is not None:
+            line["responseBody"] = attempt.response_body
+    return line

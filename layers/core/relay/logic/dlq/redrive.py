@@ -1,0 +1,237 @@
+"""``relay dlq redrive``: move DLQ messages back to the delivery queue.
+
+Either SQS moves everything (StartMessageMoveTask, polled until it ends) or the messages are received,
+re-sent and deleted here. The rule that keeps redrive lossless: a DLQ message is deleted only after SQS
+accepted its copy on the delivery queue; a failed send leaves it where it is and ends the run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from relay.errors import DependencyUnavailable, MoveTaskUnavailable
+from relay.logic.dlq.letters import (
+    DeadLetterGroup,
+    DeadLetterGroups,
+    RedriveFilter,
+    classify,
+    redrive_attributes,
+)
+from relay.logic.dlq.scan import Progress, ProgressSink, Scan, no_progress, now_ms
+from relay.models.queue import MoveTaskStatus, OutgoingMessage, ReceivedMessage, plan_batches
+from relay.ports import DeadLetterQueues
+
+RedriveMethod = Literal["auto", "move-task", "resend"]
+
+
+@dataclass(frozen=True)
+class RedriveOptions:
+    filter: RedriveFilter = field(default_factory=RedriveFilter)
+    max_messages: int | None = None
+    dry_run: bool = False
+    method: RedriveMethod = "auto"
+    max_per_second: int | None = None  # move task rate; None lets SQS choose
+    visibility_seconds: int = 120  # how long a message in hand stays hidden (send + delete fit easily)
+    wait_seconds: int = 1
+    poll_seconds: float = 2.0
+
+    def wants_move_task(self) -> bool:
+        """The move task moves everything, unchanged: only for an unfiltered, unbounded, real run."""
+        if self.method == "resend":
+            return False
+        return self.method == "move-task" or not (
+            self.filter.active or self.max_messages is not None or self.dry_run
+        )
+
+
+@dataclass
+class RedriveResult:
+    mode: Literal["move-task", "resend", "dry-run"]
+    fallback_reason: str | None = None
+    scanned: int = 0
+    matched: int = 0
+    moved: int = 0
+    send_failed: int = 0
+    not_deleted: int = 0  # re-sent but still in the DLQ too: a duplicate the receivers dedupe
+    skipped: int = 0  # did not match the filter, or past --max
+    arrived_during_run: int = 0  # left for the next run, so a failing target cannot ping-pong
+    task: MoveTaskStatus | None = None
+    groups: list[DeadLetterGroup] = field(default_factory=list)
+    error: str | None = None
+    now_ms: int = 0
+
+    @property
+    def ok(self) -> bool:
+        if self.error or self.send_failed or self.not_deleted:
+            return False
+        return self.task is None or self.task.status == "COMPLETED"
+
+    def to_json(self) -> dict[str, Any]:
+        task = self.task
+        return {
+            "mode": self.mode,
+            "ok": self.ok,
+            "fallbackReason": self.fallback_reason,
+            "scanned": self.scanned,
+            "matched": self.matched,
+            "moved": self.moved,
+            "sendFailed": self.send_failed,
+            "notDeleted": self.not_deleted,
+            "skipped": self.skipped,
+            "arrivedDuringRun": self.arrived_during_run,
+            "task": None
+            if task is None
+            else {
+                "status": task.status,
+                "moved": task.moved,
+                "toMove": task.to_move,
+                "failureReason": task.failure_reason,
+            },
+            "groups": [group.to_json(self.now_ms) for group in self.groups],
+            "error": self.error,
+        }
+
+
+def redrive(
+    queues: DeadLetterQueues,
+    dlq_url: str,
+    queue_url: str,
+    options: RedriveOptions,
+    *,
+    progress: ProgressSink = no_progress,
+    sleep: Callable[[float], None] = time.sleep,
+    now: Callable[[], float] = time.time,
+) -> RedriveResult:
+    """Move DLQ messages back to the delivery queue (see the module docstring for the rules)."""
+    fallback_reason = None
+    if options.wants_move_task():
+        try:
+            return _run_move_task(queues, dlq_url, queue_url, options, progress, sleep)
+        except MoveTaskUnavailable as exc:
+            if options.method == "move-task":
+                raise
+            fallback_reason = f"{exc}; re-sending message by message instead"
+    result = _resend(queues, dlq_url, queue_url, options, progress, now)
+    result.fallback_reason = fallback_reason
+    return result
+
+
+def _run_move_task(
+    queues: DeadLetterQueues,
+    dlq_url: str,
+    queue_url: str,
+    options: RedriveOptions,
+    progress: ProgressSink,
+    sleep: Callable[[float], None],
+) -> RedriveResult:
+    source_arn = queues.queue_arn(dlq_url)
+    destination_arn = queues.queue_arn(queue_url)
+    queues.start_move_task(source_arn, destination_arn, options.max_per_second)
+    result = RedriveResult(mode="move-task")
+    while True:
+        task = queues.latest_move_task(source_arn)
+        if task is None:
+            result.error = "the move task started but SQS lists no task for the DLQ"
+            return result
+        result.task = task
+        result.moved = task.moved
+        progress(Progress(f"move task {task.status.lower()}", task.moved, task.to_move, moved=task.moved))
+        if task.done:
+            if task.status == "FAILED":
+                result.error = f"move task failed: {task.failure_reason or 'no reason given'}"
+            return result
+        sleep(options.poll_seconds)
+
+
+def _resend(
+    queues: DeadLetterQueues,
+    dlq_url: str,
+    queue_url: str,
+    options: RedriveOptions,
+    progress: ProgressSink,
+    now: Callable[[], float],
+) -> RedriveResult:
+    result = RedriveResult(mode="dry-run" if options.dry_run else "resend")
+    started_ms = now_ms(now)
+    depth = queues.approximate_depth(dlq_url)
+    groups = DeadLetterGroups()
+    scan = Scan(queues, dlq_url, options.visibility_seconds, options.wait_seconds)
+    try:
+        for batch in scan.batches():
+            chosen = _choose(batch, options, groups, result, started_ms)
+            if chosen and not options.dry_run and not _move(queues, dlq_url, queue_url, chosen, scan, result):
+                break  # the delivery queue or the DLQ stopped answering: keep what was not moved
+            progress(
+                Progress("redrive", result.scanned, depth, moved=result.moved, failed=result.send_failed)
+            )
+            if options.max_messages is not None and result.matched >= options.max_messages:
+                break
+    finally:
+        scan.release()
+    result.groups = groups.sorted()
+    result.now_ms = now_ms(now)
+    return result
+
+
+def _choose(
+    batch: Sequence[ReceivedMessage],
+    options: RedriveOptions,
+    groups: DeadLetterGroups,
+    result: RedriveResult,
+    started_ms: int,
+) -> list[ReceivedMessage]:
+    """The messages of ``batch`` to move, counting the others in ``result``."""
+    chosen = []
+    for message in batch:
+        result.scanned += 1
+        if message.sent_timestamp_ms is not None and message.sent_timestamp_ms > started_ms:
+            result.arrived_during_run += 1
+            continue
+        letter = classify(message)
+        full = options.max_messages is not None and result.matched >= options.max_messages
+        if full or not options.filter.matches(letter):
+            result.skipped += 1
+            continue
+        result.matched += 1
+        groups.add(letter)
+        chosen.append(message)
+    return chosen
+
+
+def _move(
+    queues: DeadLetterQueues,
+    dlq_url: str,
+    queue_url: str,
+    messages: Sequence[ReceivedMessage],
+    scan: Scan,
+    result: RedriveResult,
+) -> bool:
+    """Send copies, then delete from the DLQ exactly the messages whose copy SQS accepted. False when
+    SQS stopped answering (``result.error`` says where): the run ends."""
+    by_entry = {str(i): m for i, m in enumerate(messages)}
+    outgoing = [
+        OutgoingMessage(entry_id, m.body, redrive_attributes(m.attributes))
+        for entry_id, m in by_entry.items()
+    ]
+    for batch in plan_batches(outgoing):
+        try:
+            sent = queues.send_batch(queue_url, batch)
+        except DependencyUnavailable as exc:
+            result.send_failed += len(batch)
+            result.error = f"{exc}; nothing unsent was deleted from the DLQ"
+            return False
+        result.send_failed += len(batch) - len(sent)
+        try:
+            deleted = queues.delete_batch(dlq_url, {i: by_entry[i].receipt_handle for i in sent})
+        except DependencyUnavailable as exc:
+            result.not_deleted += len(sent)
+            result.error = f"{exc}; {len(sent)} sent messages are still in the DLQ too"
+            return False
+        for entry_id in deleted:
+            scan.deleted(by_entry[entry_id].message_id)
+        result.moved += len(deleted)
+        result.not_deleted += len(sent) - len(deleted)
+    return True

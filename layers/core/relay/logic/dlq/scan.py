@@ -1,0 +1,126 @@
+"""Receive every message of a queue once without deleting, and ``relay dlq list``: the DLQ grouped by
+reason and target, every message put back when done."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from relay.logic.dlq.letters import DeadLetterGroup, DeadLetterGroups, classify
+from relay.models.queue import ReceivedMessage
+from relay.ports import DeadLetterQueues
+
+
+class Scan:
+    """Receive every message of a queue once, without deleting; ``release`` puts the rest back.
+
+    Received messages stay invisible for ``visibility_seconds`` so each receive brings new ones; a
+    message seen again (its visibility ran out in a long run) is not yielded twice. The scan ends at
+    an empty receive, or after a few receives that brought nothing new.
+    """
+
+    IDLE_RECEIVES = 3
+
+    def __init__(
+        self, queues: DeadLetterQueues, queue_url: str, visibility_seconds: int, wait_seconds: int
+    ) -> None:
+        self._queues = queues
+        self._queue_url = queue_url
+        self._visibility = visibility_seconds
+        self._wait = wait_seconds
+        self._seen: set[str] = set()
+        self._held: dict[str, str] = {}  # message id -> latest receipt handle, until deleted
+
+    def batches(self) -> Iterator[list[ReceivedMessage]]:
+        idle = 0
+        while idle < self.IDLE_RECEIVES:
+            received = self._queues.receive(
+                self._queue_url, visibility_seconds=self._visibility, wait_seconds=self._wait
+            )
+            if not received:
+                return
+            for message in received:
+                self._held[message.message_id] = message.receipt_handle
+            fresh = [m for m in received if m.message_id not in self._seen]
+            self._seen.update(m.message_id for m in fresh)
+            idle = 0 if fresh else idle + 1
+            if fresh:
+                yield fresh
+
+    def deleted(self, message_id: str) -> None:
+        self._held.pop(message_id, None)
+
+    def release(self) -> None:
+        self._queues.release(self._queue_url, list(self._held.values()))
+        self._held.clear()
+
+
+@dataclass(frozen=True)
+class DeadLetterReport:
+    scanned: int
+    depth: int
+    groups: list[DeadLetterGroup]
+    now_ms: int
+    limited: bool  # --max stopped the scan before the queue was exhausted
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "scanned": self.scanned,
+            "approximateDepth": self.depth,
+            "limited": self.limited,
+            "groups": [group.to_json(self.now_ms) for group in self.groups],
+        }
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a long run is; ``total`` is SQS's approximate depth when the run started."""
+
+    phase: str
+    done: int
+    total: int | None
+    moved: int = 0
+    failed: int = 0
+
+
+ProgressSink = Callable[[Progress], None]
+
+
+def no_progress(progress: Progress) -> None:
+    return None
+
+
+def now_ms(now: Callable[[], float]) -> int:
+    return int(now() * 1000)
+
+
+def list_dead_letters(
+    queues: DeadLetterQueues,
+    dlq_url: str,
+    *,
+    max_messages: int | None = None,
+    visibility_seconds: int = 30,
+    wait_seconds: int = 1,
+    progress: ProgressSink = no_progress,
+    now: Callable[[], float] = time.time,
+) -> DeadLetterReport:
+    """Group the DLQ's messages by reason and target; every message is put back when done."""
+    depth = queues.approximate_depth(dlq_url)
+    groups = DeadLetterGroups()
+    scan = Scan(queues, dlq_url, visibility_seconds, wait_seconds)
+    limited = False
+    try:
+        for batch in scan.batches():
+            for message in batch:
+                if max_messages is not None and groups.total >= max_messages:
+                    limited = True
+                    break
+                groups.add(classify(message))
+            progress(Progress("scan", groups.total, depth))
+            if limited:
+                break
+    finally:
+        scan.release()
+    return DeadLetterReport(groups.total, depth, groups.sorted(), now_ms(now), limited)

@@ -1,0 +1,179 @@
+"""One accepted event becomes one DeliveryTask per enabled target, queued once per event identity.
+
+The idempotency store decides who queues: the first attempt claims the event's key, queues, and
+records its answer; a repeat gets that answer without queueing again; a repeat that arrives while
+the first is still queueing waits briefly for its answer, else is asked to retry (429).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from relay.errors import DependencyUnavailable, PayloadTooLarge, RequestInProgress
+from relay.models.delivery import DeliveryTask, EventSource, S3Ref
+from relay.models.idempotency import Claim
+from relay.models.targets import IntegrationEntry
+from relay.observability import logger
+from relay.ports import ClaimCheckStore, IdempotencyStore, MetricsRecorder, TaskQueue
+
+# Stable namespace for deterministic delivery ids: the same (integration, event, target) always gets the
+# same deliveryId, so even a re-queue after a partial failure is deduplicated by the receivers.
+DELIVERY_ID_NAMESPACE = uuid.UUID("5b0f6a3e-9d2c-4f61-8a7e-3c1d2b4a5e60")
+
+
+@dataclass(frozen=True)
+class IncomingEvent:
+    """One event to deliver, from either trigger."""
+
+    event_id: str
+    # What makes two deliveries of it the same event (Genesys: id + the instant of channel.time;
+    # EventBridge: id).
+    identity: str
+    # The event's JSON text as the targets will receive it: for HTTP the body exactly as received.
+    event_json: str
+    source: EventSource
+
+    @property
+    def key(self) -> str:
+        """The idempotency key (hashed: the identity is sender-chosen text of any length)."""
+        return "intake#" + hashlib.sha256(self.identity.encode("utf-8")).hexdigest()
+
+
+class FanOut:
+    def __init__(
+        self,
+        *,
+        queue: TaskQueue,
+        idempotency: IdempotencyStore | None,
+        claim_checks: ClaimCheckStore | None,
+        metrics: MetricsRecorder,
+        max_inline_body_bytes: int,
+        now: Callable[[], datetime],
+        in_progress_wait_seconds: float,
+        in_progress_poll_seconds: float,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._queue = queue
+        self._idempotency = idempotency
+        self._claim_checks = claim_checks
+        self._metrics = metrics
+        self._max_inline_body_bytes = max_inline_body_bytes
+        self._now = now
+        self._in_progress_polls = max(0, int(in_progress_wait_seconds / in_progress_poll_seconds))
+        self._in_progress_poll = in_progress_poll_seconds
+        self._sleep = sleep
+
+    def __call__(self, entry: IntegrationEntry, incoming: IncomingEvent) -> dict[str, Any]:
+        """Queue one task per enabled target, once per event identity; repeats get the first answer."""
+        event_id = incoming.event_id
+        claim = self._claim(incoming.key)
+        if claim is not None and claim.state == "completed" and claim.response is not None:
+            self._metrics.count("EventsDuplicate")
+            logger.info("duplicate event answered from the idempotency record", extra={"event_id": event_id})
+            answer: dict[str, Any] = json.loads(claim.response)
+            return answer
+        if claim is not None and claim.state != "acquired":
+            raise RequestInProgress("the same event is being accepted right now; retry shortly")
+        queued = False
+        try:
+            answer = self._queue_tasks(entry, incoming)
+            queued = True
+        finally:
+            if not queued and claim is not None:
+                self._release_quietly(claim)
+        if claim is not None and self._idempotency is not None:
+            try:
+                self._idempotency.complete(claim, json.dumps(answer, separators=(",", ":")))
+            except DependencyUnavailable:
+                # Every task is queued, so the answer is still 202. The claim stays in progress until its
+                # lease ends; a later repeat would queue again with the same deliveryIds, which the
+                # dispatcher's receivers deduplicate on.
+                logger.warning("could not record the idempotency answer", extra={"event_id": event_id})
+        self._metrics.count("EventsAccepted")
+        return answer
+
+    def _claim(self, key: str) -> Claim | None:
+        """Claim ``key``; while a concurrent repeat holds it, wait briefly for its answer."""
+        if self._idempotency is None:
+            return None
+        claim = self._idempotency.claim(key)
+        for _ in range(self._in_progress_polls):
+            if claim.state != "in_progress":
+                break
+            self._sleep(self._in_progress_poll)
+            claim = self._idempotency.claim(key)
+        return claim
+
+    def _release_quietly(self, claim: Claim) -> None:
+        if self._idempotency is None:
+            return
+        try:
+            self._idempotency.release(claim)
+        except DependencyUnavailable:
+            # The claim's lease runs out on its own (shorter than Genesys' retry period).
+            logger.warning("could not release the idempotency claim")
+
+    def _queue_tasks(self, entry: IntegrationEntry, incoming: IncomingEvent) -> dict[str, Any]:
+        integration_id = entry.integration.integration_id
+        targets = [target for target in entry.targets if target.enabled]
+        received_at = self._now()
+        # The text as a JSON string: ASCII, and json.loads gives back the identical text.
+        event_field = json.dumps(incoming.event_json, ensure_ascii=True)
+        event_ref: S3Ref | None = None
+        if targets and len(event_field) + 1_024 > self._max_inline_body_bytes:
+            event_ref = self._claim_check(incoming.key, integration_id, incoming.event_json.encode())
+        bodies: list[str] = []
+        delivery_ids: list[str] = []
+        for target in targets:
+            delivery_id = uuid.uuid5(DELIVERY_ID_NAMESPACE, f"{incoming.key}\n{target.target_id}")
+            task = DeliveryTask(
+                delivery_id=delivery_id,
+                integration_id=integration_id,
+                target_id=target.target_id,
+                event_id=incoming.event_id,
+                event_source=incoming.source,
+                received_at=received_at,
+                # Dumped once for all targets and spliced in (task_body).
+                event_json=None if event_ref else incoming.event_json,
+                event_ref=event_ref,
+            )
+            bodies.append(task_body(task, None if event_ref else event_field))
+            delivery_ids.append(str(delivery_id))
+        if bodies:
+            self._queue.send(bodies)
+            self._metrics.count("TasksQueued", len(bodies))
+        logger.info(
+            "event accepted",
+            extra={"integration_id": integration_id, "event_id": incoming.event_id, "tasks": len(bodies)},
+        )
+        return {
+            "status": "accepted",
+            "eventId": incoming.event_id,
+            "integrationId": integration_id,
+            "deliveryIds": delivery_ids,
+            "claimCheck": event_ref is not None,
+        }
+
+    def _claim_check(self, key: str, integration_id: str, body: bytes) -> S3Ref:
+        if self._claim_checks is None:
+            raise PayloadTooLarge("the body is too large to queue and no claim-check store is configured")
+        return self._claim_checks.put(f"events/{integration_id}/{key.removeprefix('intake#')}.json", body)
+
+
+def task_body(task: DeliveryTask, event_field: str | None) -> str:
+    """The task as JSON, with ``eventJson`` spliced in already encoded (encoded once for all targets).
+
+    ASCII-only (``ensure_ascii``): SQS refuses some valid Unicode characters (e.g. U+FFFE), escapes never.
+    """
+    head = task.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"event_json"})
+    text = json.dumps(head, separators=(",", ":"), ensure_ascii=True)
+    if event_field is None:
+        return text
+    return text[:-1] + ',"eventJson":' + event_field + "}"

@@ -1,0 +1,103 @@
+"""What the intake lets in: an Open Messaging message as its exact JSON text, or a Genesys EventBridge
+event and the one JSON text made of it. Every refusal is a BadRequest whose message names the
+problem (never a value that could be a secret)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from relay.errors import BadRequest, NonFiniteNumber
+from relay.models.delivery import event_json_of, load_finite_json
+from relay.models.genesys import OPEN_MESSAGE, GenesysEventBridgeEvent
+
+# Genesys messages nest a few levels; a limit far above that keeps every later (recursive) serializer,
+# here and in the dispatcher, away from Python's recursion limit.
+MAX_NESTING = 64
+# A JSON escape of a UTF-16 surrogate: only then is the costlier lone-surrogate check needed.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def parse_open_message(body: bytes) -> tuple[str, dict[str, Any]]:
+    """The body as text (what the targets get, unchanged) and as the message it must be."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("the body is not UTF-8 text") from None
+    try:
+        message = load_finite_json(text)
+    except NonFiniteNumber as refused:
+        # 1e400 would reach the targets as Infinity or null: refused, like NaN and Infinity.
+        raise BadRequest(f"the body is not valid JSON for the relay: {refused}") from None
+    except (ValueError, RecursionError):
+        raise BadRequest("the body is not valid JSON") from None
+    if _nested_deeper_than(message, MAX_NESTING):
+        raise BadRequest(f"the body is nested deeper than {MAX_NESTING} levels")
+    if _SURROGATE_ESCAPE.search(text) and _lone_surrogates(json.dumps(message, ensure_ascii=False)):
+        raise BadRequest("the body contains an unpaired UTF-16 surrogate escape")
+    if not isinstance(message, dict):
+        raise BadRequest("the body must be a JSON object (an Open Messaging message)")
+    try:
+        OPEN_MESSAGE.validate_python(message)
+    except ValidationError as invalid:
+        detail = describe_validation_error(invalid)
+        raise BadRequest(
+            f"the message does not match the Open Messaging schema: {detail}",
+            code="invalid_message",
+        ) from None
+    return text, message
+
+
+def parse_eventbridge_event(event: Mapping[str, Any]) -> tuple[GenesysEventBridgeEvent, str]:
+    """The validated event and its one JSON text (the runtime hands the function a dict)."""
+    try:
+        parsed = GenesysEventBridgeEvent.model_validate(event)
+    except ValidationError as invalid:
+        detail = describe_validation_error(invalid)
+        raise BadRequest(f"invalid Genesys EventBridge event: {detail}") from None
+    try:
+        # The runtime parsed the event already: this is the one JSON text the targets will get.
+        event_json = event_json_of(dict(event))
+    except ValueError:
+        raise BadRequest("the EventBridge event contains NaN or Infinity, which JSON cannot carry") from None
+    if _lone_surrogates(event_json):
+        raise BadRequest("the EventBridge event contains an unpaired UTF-16 surrogate")
+    return parsed, event_json
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    fields = []
+    for item in error.errors():
+        # The discriminator's tag is not a field the sender wrote.
+        loc = [str(part) for part in item["loc"] if part not in ("Text", "Event", "Receipt", "Structured")]
+        fields.append(f"{'.'.join(loc) or '(body)'}: {item['msg']}")
+    return "; ".join(sorted(set(fields))[:10])
+
+
+def _nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays/objects nest deeper than ``limit`` (iterative: deep input cannot exhaust the stack)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _lone_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False

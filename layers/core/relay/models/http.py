@@ -1,0 +1,39 @@
+"""One outbound HTTP request and what it produced: the shared vocabulary of the HTTP adapter
+(relay.adapters.http) and the logic that builds requests and judges answers (relay.logic)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+# Stable error codes for the audit and the outcome mapping (relay.logic.outcomes).
+CONNECT_TIMEOUT = "connect-timeout"
+READ_TIMEOUT = "read-timeout"
+DEADLINE_EXCEEDED = "deadline-exceeded"
+CONNECTION_ERROR = "connection-error"
+INCOMPLETE_RESPONSE = "incomplete-response"
+UNSAFE_ADDRESS = "unsafe-address"
+INVALID_REQUEST = "invalid-request"
+
+
+@dataclass(frozen=True)
+class OutboundRequest:
+    method: str
+    url: str
+    body: bytes
+    headers: dict[str, str]
+    encrypted: bool
+
+
+@dataclass(frozen=True)
+class HttpResult:
+    """What one request produced: a complete answer (a status and a bounded body, no error code), or
+    an error code; ``status`` is kept with the error code when a status line did arrive."""
+
+    status: int | None
+    elapsed_ms: float
+    body: bytes = b""
+    body_truncated: bool = False
+    headers: Mapping[str, str] = field(default_factory=dict)
+    error_code: str | None = None
+    error: str | None = None

@@ -1,0 +1,213 @@
+"""What the relay's logic needs from the outside world, as Protocols (ports).
+
+Logic (relay.logic) is written against these and never against an adapter class; the adapters
+(relay.adapters) implement them for AWS, HTTP and Genesys, relay.testing.fakes implements them in
+memory, and relay.wiring puts the two together. Imports only models and errors.
+
+Every method raises ``DependencyUnavailable`` (or a subclass) when the AWS service behind it fails,
+never a boto error; other errors are named where they can occur.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from relay.models.breaker import BreakerState
+from relay.models.delivery import DlqReason, S3Ref
+from relay.models.http import HttpResult
+from relay.models.idempotency import Claim
+from relay.models.queue import MoveTaskStatus, OutgoingMessage, ReceivedMessage
+from relay.models.secrets import RotatingSecret
+from relay.models.targets import Integration, IntegrationEntry, Target
+
+# Epoch seconds now (time.time in production, a manual clock in tests).
+Clock = Callable[[], float]
+# A secret by its Secrets Manager name, from a per-container cache. Raises ConfigurationError when it is
+# missing or not in the relay's shape.
+SecretReader = Callable[[str], RotatingSecret]
+
+
+# --- the dispatcher ---------------------------------------------------------------------------------
+
+
+class TargetDirectory(Protocol):
+    """Targets by id (cached per container), and the one write the dispatcher makes: disable on 410."""
+
+    def get_target(self, integration_id: str, target_id: str) -> Target | None: ...
+
+    def set_target_enabled(self, integration_id: str, target_id: str, enabled: bool) -> None: ...
+
+
+class HttpClient(Protocol):
+    """One outbound request at a time per call, safe to call from many threads at once. Never raises
+    for anything the network or the peer does: that is an ``HttpResult`` with an error code."""
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes,
+        headers: Mapping[str, str],
+        connect_timeout: float,
+        read_timeout: float,
+    ) -> HttpResult: ...
+
+    def close(self) -> None: ...
+
+
+class DeliveryQueueOps(Protocol):
+    """What the dispatcher does to delivery-queue messages besides reporting them failed."""
+
+    def schedule_retry(self, receipt_handle: str, delay_seconds: int) -> None:
+        """Show the message again after ``delay_seconds`` (its backoff)."""
+
+    def defer(
+        self,
+        body: str,
+        message_attributes: Mapping[str, Any],
+        *,
+        attempts: int,
+        deferrals: int,
+        delay_seconds: int,
+    ) -> None:
+        """Re-send the body to the delivery queue, delayed, with the attempt count unchanged."""
+
+    def dead_letter(
+        self,
+        body: str,
+        message_attributes: Mapping[str, Any],
+        *,
+        reason: DlqReason,
+        attempts: int,
+        integration_id: str | None,
+        target_id: str | None,
+        last_status: int | None,
+        last_error: str | None,
+    ) -> None:
+        """Send the body to the DLQ with attributes saying why."""
+
+
+class BreakerStore(Protocol):
+    """Breaker state per target key, written only with conditional, versioned writes. Raises
+    ``BreakerStoreUnavailable``."""
+
+    def load(self, key: str) -> BreakerState:
+        """The stored state, or a fresh closed state (version 0) if there is none."""
+        ...
+
+    def save(self, key: str, state: BreakerState, *, expected_version: int) -> bool:
+        """Store ``state`` if the stored version is ``expected_version``; False if another wrote first."""
+        ...
+
+
+class AuditSink(Protocol):
+    def write(
+        self, date: str, target_id: str, invocation_id: str, records: Sequence[Mapping[str, Any]]
+    ) -> None: ...
+
+
+class ClaimCheckReader(Protocol):
+    def load(self, ref: S3Ref) -> str:
+        """The stored event text, as stored; ``UnreadableEvent`` if it is not UTF-8."""
+        ...
+
+
+# --- the intake -------------------------------------------------------------------------------------
+
+
+class IntegrationLookup(Protocol):
+    def get(self, integration_id: str) -> IntegrationEntry | None: ...
+
+
+class TaskQueue(Protocol):
+    def send(self, bodies: Sequence[str]) -> None:
+        """Queue every body, or raise DependencyUnavailable."""
+
+
+class ClaimCheckStore(Protocol):
+    def put(self, key: str, body: bytes) -> S3Ref:
+        """Store ``body`` under ``key`` (idempotent), or raise DependencyUnavailable."""
+        ...
+
+
+class IdempotencyStore(Protocol):
+    def claim(self, key: str) -> Claim:
+        """Claim ``key`` for this attempt, or say who already has it."""
+        ...
+
+    def complete(self, claim: Claim, response: str) -> None:
+        """Record the answer for ``claim`` so repeats get it without queueing again."""
+
+    def release(self, claim: Claim) -> None:
+        """Forget a claim whose attempt failed, so a repeat can queue."""
+
+
+class MetricsRecorder(Protocol):
+    def count(self, name: str, value: int = 1, *, reason: str | None = None) -> None: ...
+
+
+# --- config sync and operator commands --------------------------------------------------------------
+
+
+class TargetRecords(IntegrationLookup, Protocol):
+    """The TargetsTable as config sync and the operator commands use it."""
+
+    def invalidate(self, integration_id: str | None = None) -> None: ...
+
+    def list_integration_ids(self) -> list[str]: ...
+
+    def put_integration(self, integration: Integration) -> None: ...
+
+    def put_target(self, target: Target) -> None: ...
+
+
+class SecretStore(Protocol):
+    """Secrets Manager as config sync uses it: fresh reads and writes of the relay's secret shape."""
+
+    def get(self, name: str, *, force_fetch: bool = False) -> RotatingSecret:
+        """ConfigurationError when the secret is missing or not in the relay's shape."""
+        ...
+
+    def put(self, name: str, secret: RotatingSecret) -> None:
+        """Create ``name`` or store a new version of it."""
+
+
+class GenesysReader(Protocol):
+    """What config sync needs from Genesys Cloud (relay.adapters.genesys.GenesysClient)."""
+
+    def get_open_integration(self, integration_id: str) -> dict[str, Any]: ...
+    def get_integration(self, integration_id: str) -> dict[str, Any]: ...
+    def get_integration_config(self, integration_id: str) -> dict[str, Any]: ...
+    def get_credential(self, credential_id: str) -> dict[str, Any]: ...
+
+
+class DeadLetterQueues(Protocol):
+    """The SQS calls behind ``relay dlq`` (queue URLs explicit: the DLQ is read, the delivery queue
+    written). Never echoes a message body in an error."""
+
+    def queue_arn(self, queue_url: str) -> str: ...
+
+    def approximate_depth(self, queue_url: str) -> int: ...
+
+    def receive(
+        self, queue_url: str, *, visibility_seconds: int, wait_seconds: int
+    ) -> list[ReceivedMessage]: ...
+
+    def send_batch(self, queue_url: str, messages: Sequence[OutgoingMessage]) -> set[str]:
+        """Send one batch; the entry ids SQS accepted."""
+        ...
+
+    def delete_batch(self, queue_url: str, receipt_handles: Mapping[str, str]) -> set[str]:
+        """Delete by {entry id: receipt handle}; the entry ids SQS deleted."""
+        ...
+
+    def release(self, queue_url: str, receipt_handles: Sequence[str]) -> None:
+        """Make received messages visible again (best effort)."""
+
+    def start_move_task(self, source_arn: str, destination_arn: str, max_per_second: int | None) -> str:
+        """The task handle; ``MoveTaskUnavailable`` where the endpoint has no move task."""
+        ...
+
+    def latest_move_task(self, source_arn: str) -> MoveTaskStatus | None: ...

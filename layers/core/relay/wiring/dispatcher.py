@@ -1,0 +1,82 @@
+"""The dispatcher function's object graph (see relay.wiring)."""
+
+from __future__ import annotations
+
+import random
+
+from relay.adapters.audit import S3AuditSink
+from relay.adapters.http import HttpSender
+from relay.adapters.sqs import SqsQueues
+from relay.logic.dispatch import Dispatcher
+from relay.logic.url_policy import UrlPolicy
+from relay.ports import (
+    AuditSink,
+    BreakerStore,
+    ClaimCheckReader,
+    Clock,
+    DeliveryQueueOps,
+    HttpClient,
+    SecretReader,
+    TargetDirectory,
+)
+from relay.settings import Settings, get_settings
+from relay.wiring import (
+    PerSettings,
+    aws_clients,
+    breaker_store,
+    s3_claim_checks,
+    secret_store,
+    target_store,
+)
+
+
+def build_dispatcher(
+    settings: Settings,
+    *,
+    targets: TargetDirectory | None = None,
+    http: HttpClient | None = None,
+    queue: DeliveryQueueOps | None = None,
+    breakers: BreakerStore | None = None,
+    audit: AuditSink | None = None,
+    secrets: SecretReader | None = None,
+    claim_checks: ClaimCheckReader | None = None,
+    clock: Clock | None = None,
+    rng: random.Random | None = None,
+) -> Dispatcher:
+    """A dispatcher wired to the deployment's resources. ``audit`` None: the S3 sink when AUDIT_BUCKET
+    is set, else no audit objects (the audit lines are still logged)."""
+    if queue is None:
+        queue = SqsQueues(
+            aws_clients(settings).client("sqs"),
+            delivery_queue_url=settings.need("delivery_queue_url"),
+            dead_letter_queue_url=settings.need("dead_letter_queue_url"),
+        )
+    if audit is None and settings.audit_bucket:
+        audit = S3AuditSink(aws_clients(settings).client("s3"), settings.audit_bucket)
+    if http is None:
+        http = HttpSender(
+            pool_size=settings.delivery_concurrency,
+            body_limit_bytes=settings.response_body_limit_bytes,
+            endpoint_check=UrlPolicy.from_settings(settings).check_endpoint,
+        )
+    return Dispatcher(
+        settings=settings,
+        targets=targets or target_store(settings),
+        http=http,
+        queue=queue,
+        breakers=breakers or breaker_store(settings),
+        audit=audit,
+        secrets=secrets or secret_store(settings),
+        claim_checks=claim_checks or s3_claim_checks(settings),
+        clock=clock,
+        rng=rng,
+    )
+
+
+_dispatchers: PerSettings[Dispatcher] = PerSettings(1, close=Dispatcher.close)
+
+
+def container_dispatcher() -> Dispatcher:
+    """The dispatcher of this container: session, pools and caches built once and reused by every batch."""
+    settings = get_settings()
+    return _dispatchers.get(settings, lambda: build_dispatcher(settings))

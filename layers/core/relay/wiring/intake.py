@@ -1,0 +1,63 @@
+"""The intake function's object graph (see relay.wiring)."""
+
+from __future__ import annotations
+
+from relay.adapters.idempotency import DynamoDBIdempotencyStore
+from relay.adapters.sqs import SqsQueues
+from relay.logic.intake import Intake, PowertoolsMetrics
+from relay.ports import (
+    ClaimCheckStore,
+    IdempotencyStore,
+    IntegrationLookup,
+    MetricsRecorder,
+    SecretReader,
+    TaskQueue,
+)
+from relay.settings import Settings, get_settings
+from relay.wiring import PerSettings, aws_clients, s3_claim_checks, secret_store, target_store
+
+
+def build_intake(
+    settings: Settings,
+    *,
+    integrations: IntegrationLookup | None = None,
+    queue: TaskQueue | None = None,
+    idempotency: IdempotencyStore | None = None,
+    claim_checks: ClaimCheckStore | None = None,
+    secrets: SecretReader | None = None,
+    refresh_secret: SecretReader | None = None,
+    metrics: MetricsRecorder | None = None,
+) -> Intake:
+    """The intake wired to AWS as ``settings`` describe it."""
+    if secrets is None:
+        store = secret_store(settings)
+        secrets, refresh_secret = store, refresh_secret or store.refresh
+    if queue is None:
+        queue = SqsQueues(
+            aws_clients(settings).client("sqs"), delivery_queue_url=settings.need("delivery_queue_url")
+        )
+    return Intake(
+        integrations=integrations or target_store(settings),
+        get_secret=secrets,
+        refresh_secret=refresh_secret,
+        queue=queue,
+        idempotency=idempotency
+        or DynamoDBIdempotencyStore(
+            aws_clients(settings).client("dynamodb"),
+            settings.need("idempotency_table"),
+            ttl_seconds=settings.idempotency_ttl_seconds,
+        ),
+        claim_checks=claim_checks or (s3_claim_checks(settings) if settings.audit_bucket else None),
+        max_body_bytes=settings.max_body_bytes,
+        eventbridge_integration_id=settings.eventbridge_integration_id,
+        metrics=metrics or PowertoolsMetrics(),
+    )
+
+
+_intakes: PerSettings[Intake] = PerSettings(1)
+
+
+def container_intake() -> Intake:
+    """The intake of this container, built once and reused by every invocation."""
+    settings = get_settings()
+    return _intakes.get(settings, lambda: build_intake(settings))

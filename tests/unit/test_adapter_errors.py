@@ -1,0 +1,138 @@
+"""Every adapter turns its AWS client's failures into the relay's own errors, writes included, and no
+message quotes what AWS said (it can echo request content). The AWS client is faked at the boundary:
+a stand-in whose every call fails as botocore would; no sockets."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
+
+from relay.adapters.audit import S3AuditSink
+from relay.adapters.breaker_store import DynamoBreakerStore
+from relay.adapters.claim_checks import S3ClaimChecks
+from relay.adapters.secrets import SecretsManagerSecrets
+from relay.adapters.sqs import SqsQueues
+from relay.adapters.target_store import TargetStore
+from relay.errors import BreakerStoreUnavailable, DependencyUnavailable, RelayError, UnreadableEvent
+from relay.models.breaker import BreakerState
+from relay.models.delivery import DlqReason, S3Ref
+from relay.models.secrets import RotatingSecret
+from relay.models.targets import Integration, Target
+
+QUOTED = "request-content-that-must-not-leak"
+
+
+class FailingClient:
+    """A boto3 client stand-in: every operation raises ``error`` (a ClientError quoting the request)."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error or ClientError(
+            {"Error": {"Code": "InternalServerError", "Message": f"could not store {QUOTED}"}}, "Operation"
+        )
+        self.calls: list[str] = []
+
+    def __getattr__(self, operation: str) -> Callable[..., Any]:
+        def call(**kwargs: Any) -> Any:
+            self.calls.append(operation)
+            raise self.error
+
+        return call
+
+
+def target() -> Target:
+    return Target(integration_id="int-1", target_id="t-1", name="t", url="https://example.com/h")
+
+
+WRITES: list[tuple[str, Callable[[Any], object]]] = [
+    ("put_target", lambda c: TargetStore(c, "targets").put_target(target())),
+    (
+        "put_integration",
+        lambda c: TargetStore(c, "targets").put_integration(Integration(integration_id="i", name="n")),
+    ),
+    ("delete_target", lambda c: TargetStore(c, "targets").delete_target("int-1", "t-1")),
+    ("set_target_enabled", lambda c: TargetStore(c, "targets").set_target_enabled("int-1", "t-1", False)),
+    ("list_integration_ids", lambda c: TargetStore(c, "targets").list_integration_ids()),
+    (
+        "secrets put",
+        lambda c: SecretsManagerSecrets(c, cache_ttl_seconds=0).put(
+            "relay/x", RotatingSecret(current=QUOTED)
+        ),
+    ),
+    ("schedule_retry", lambda c: SqsQueues(c, delivery_queue_url="q").schedule_retry("r", 5)),
+    (
+        "defer",
+        lambda c: SqsQueues(c, delivery_queue_url="q").defer(
+            "{}", {}, attempts=1, deferrals=1, delay_seconds=5
+        ),
+    ),
+    (
+        "dead_letter",
+        lambda c: SqsQueues(c, dead_letter_queue_url="dlq").dead_letter(
+            "{}",
+            {},
+            reason=DlqReason.POISON,
+            attempts=0,
+            integration_id=None,
+            target_id=None,
+            last_status=None,
+            last_error=None,
+        ),
+    ),
+    ("send", lambda c: SqsQueues(c, delivery_queue_url="q", sleep=lambda s: None).send(["{}"])),
+    ("claim check put", lambda c: S3ClaimChecks(c, "bucket").put("events/k.json", b"{}")),
+    ("claim check load", lambda c: S3ClaimChecks(c).load(S3Ref(bucket="b", key="k"))),
+    ("audit write", lambda c: S3AuditSink(c, "bucket").write("2026-03-25", "t-1", "inv", [{"a": 1}])),
+]
+
+
+@pytest.mark.parametrize(("name", "use"), WRITES, ids=[name for name, _ in WRITES])
+@pytest.mark.parametrize(
+    "error",
+    [None, EndpointConnectionError(endpoint_url="https://aws.example")],
+    ids=["client-error", "connection-error"],
+)
+def test_aws_failures_become_dependency_unavailable_without_quoting_aws(
+    name: str, use: Callable[[Any], object], error: Exception | None
+) -> None:
+    client = FailingClient(error)
+
+    with pytest.raises(DependencyUnavailable) as raised:
+        use(client)
+
+    assert client.calls, "the adapter made no call"
+    assert QUOTED not in str(raised.value) and "aws.example" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "use",
+    [
+        lambda c: DynamoBreakerStore(c, "breakers").load("int-1#t-1"),
+        lambda c: DynamoBreakerStore(c, "breakers").save("int-1#t-1", BreakerState(), expected_version=0),
+    ],
+    ids=["load", "save"],
+)
+def test_breaker_store_failures_are_breaker_store_unavailable(use: Callable[[Any], object]) -> None:
+    with pytest.raises(BreakerStoreUnavailable):
+        use(FailingClient())
+
+
+def test_a_claim_checked_event_that_is_not_utf8_is_unreadable_not_a_dependency_failure() -> None:
+    class S3:
+        def get_object(self, Bucket: str, Key: str) -> dict[str, Any]:  # noqa: N803 - boto3's names
+            return {"Body": io.BytesIO(b"\xff\xfe{}")}
+
+    with pytest.raises(UnreadableEvent):
+        S3ClaimChecks(S3()).load(S3Ref(bucket="b", key="k"))
+
+
+def test_every_relay_error_is_rooted_in_relay_errors() -> None:
+    import relay.errors as errors
+
+    defined = [
+        value for value in vars(errors).values() if isinstance(value, type) and issubclass(value, Exception)
+    ]
+    assert defined and all(issubclass(cls, RelayError) for cls in defined)

@@ -1,0 +1,617 @@
+"""The dispatcher's engine against in-memory fakes of its ports (relay.testing.fakes): no moto, no sockets.
+
+Every settling branch, breaker admission (deliver, probe, defer, store down), the time budget, poison
+and unknown or disabled targets, the 410 lane stop and the partial batch response. What is observed is
+what the outside world would see: the requests the HTTP port received, the queue operations, the
+breaker store's state, the audit lines and ``batchItemFailures``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from relay.logic.dispatch import SETTLE_MARGIN_MS, Dispatcher
+from relay.models.breaker import BreakerState, Phase, target_key
+from relay.models.delivery import ATTR_ATTEMPTS, ATTR_DEFERRALS, DeliveryTask, DlqReason, S3Ref
+from relay.models.http import CONNECT_TIMEOUT, HttpResult
+from relay.models.secrets import RotatingSecret
+from relay.models.targets import RetryMatrix, SecurityType, Target, TargetSecurity
+from relay.settings import Settings
+from relay.testing.fakes import (
+    InMemoryAuditSink,
+    InMemoryBreakerStore,
+    InMemoryClaimCheckStore,
+    InMemorySecrets,
+    InMemoryTargets,
+    ManualClock,
+    RecordingQueueOps,
+    ScriptedHttp,
+)
+
+INTEGRATION = "int-1"
+EVENT_JSON = '{"id":"e-1","text":"hello","n":1E+2}'
+NOW = datetime(2026, 3, 25, 13, 20, 5, tzinfo=UTC).timestamp()
+
+
+def make_target(target_id: str = "crm", *, attempts: int = 3, **fields: Any) -> Target:
+    return Target(
+        integration_id=INTEGRATION,
+        target_id=target_id,
+        name=target_id,
+        url=f"https://{target_id}.example.com/hook",
+        retry_matrix=RetryMatrix(
+            attempts=attempts, base_interval_ms=1_000, max_interval_ms=8_000, multiplier=2
+        ),
+        **fields,
+    )
+
+
+def record(
+    target_id: str = "crm",
+    *,
+    receive_count: int = 1,
+    attempts: int | None = None,
+    deferrals: int | None = None,
+    event_json: str | None = EVENT_JSON,
+    event_ref: S3Ref | None = None,
+    body: str | None = None,
+) -> dict[str, Any]:
+    """An SQS event record carrying one DeliveryTask, as Lambda hands it over."""
+    if body is None:
+        task = DeliveryTask(
+            delivery_id=uuid.uuid4(),
+            integration_id=INTEGRATION,
+            target_id=target_id,
+            event_id="e-1",
+            received_at=datetime.now(UTC),
+            event_json=event_json,
+            event_ref=event_ref,
+        )
+        body = task.model_dump_json(by_alias=True, exclude_none=True)
+    attributes: dict[str, Any] = {}
+    if attempts is not None:
+        attributes[ATTR_ATTEMPTS] = {"stringValue": str(attempts), "dataType": "Number"}
+    if deferrals is not None:
+        attributes[ATTR_DEFERRALS] = {"stringValue": str(deferrals), "dataType": "Number"}
+    message_id = str(uuid.uuid4())
+    return {
+        "messageId": message_id,
+        "receiptHandle": f"receipt-{message_id}",
+        "body": body,
+        "attributes": {"ApproximateReceiveCount": str(receive_count)},
+        "messageAttributes": attributes,
+    }
+
+
+def answer(status: int | None = 200, *, error_code: str | None = None, **fields: Any) -> HttpResult:
+    return HttpResult(status, 12.5, error_code=error_code, **fields)
+
+
+@dataclass
+class Relay:
+    """A dispatcher on in-memory ports, and the ports, for a test to drive and observe."""
+
+    targets: InMemoryTargets
+    http: ScriptedHttp
+    queue: RecordingQueueOps = field(default_factory=RecordingQueueOps)
+    breakers: InMemoryBreakerStore = field(default_factory=InMemoryBreakerStore)
+    audit: InMemoryAuditSink = field(default_factory=InMemoryAuditSink)
+    secrets: InMemorySecrets = field(default_factory=InMemorySecrets)
+    claim_checks: InMemoryClaimCheckStore = field(default_factory=InMemoryClaimCheckStore)
+    clock: ManualClock = field(default_factory=lambda: ManualClock(NOW))
+    settings: Settings = field(default_factory=lambda: Settings.model_validate({}))
+    dispatcher: Dispatcher | None = None
+
+    def start(self) -> Relay:
+        self.dispatcher = Dispatcher(
+            settings=self.settings,
+            targets=self.targets,
+            http=self.http,
+            queue=self.queue,
+            breakers=self.breakers,
+            audit=self.audit,
+            secrets=self.secrets,
+            claim_checks=self.claim_checks,
+            clock=self.clock,
+            rng=random.Random(7),
+        )
+        return self
+
+    def batch(self, *records: dict[str, Any], remaining_ms: Callable[[], int] | None = None) -> list[str]:
+        """Deliver one batch; the message ids reported failed."""
+        assert self.dispatcher is not None
+        response = self.dispatcher.handle_batch(
+            list(records), invocation_id="inv-1", remaining_ms=remaining_ms
+        )
+        return [item["itemIdentifier"] for item in response["batchItemFailures"]]
+
+    def audit_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for body in self.audit.objects.values() for line in body.splitlines()]
+
+    def breaker(self, target_id: str = "crm") -> BreakerState:
+        return self.breakers.load(target_key(INTEGRATION, target_id))
+
+    def set_breaker(self, state: BreakerState, target_id: str = "crm") -> None:
+        assert self.breakers.save(target_key(INTEGRATION, target_id), state, expected_version=0)
+
+
+def relay(
+    *targets: Target,
+    answer_with: Callable[[str, str, Mapping[str, str], bytes], HttpResult] | None = None,
+    **settings: str,
+) -> Relay:
+    return Relay(
+        targets=InMemoryTargets(*(targets or (make_target(),))),
+        http=ScriptedHttp(answer_with),
+        settings=Settings.model_validate(settings),
+    )
+
+
+@pytest.fixture
+def running() -> Iterator[list[Relay]]:
+    """Closes every dispatcher a test started (its thread pool)."""
+    started: list[Relay] = []
+    yield started
+    for each in started:
+        if each.dispatcher is not None:
+            each.dispatcher.close()
+
+
+def start(running: list[Relay], built: Relay) -> Relay:
+    running.append(built.start())
+    return built
+
+
+def always(status: int | None, **fields: Any) -> Callable[[str, str, Mapping[str, str], bytes], HttpResult]:
+    return lambda method, url, headers, body: answer(status, **fields)
+
+
+# --- settling ------------------------------------------------------------------------------------------
+
+
+def test_a_2xx_is_delivered_with_nothing_to_report(running: list[Relay]) -> None:
+    r = start(running, relay())
+
+    failed = r.batch(record())
+
+    assert failed == []
+    assert (r.queue.retries, r.queue.dead_letters, r.queue.deferrals) == ([], [], [])
+    ((method, url, headers, body),) = r.http.requests
+    assert (method, url) == ("POST", "https://crm.example.com/hook")
+    assert b'"sourceEvent":{"id":"e-1","text":"hello","n":1E+2}' in body  # the event's text, untouched
+    (line,) = r.audit_lines()
+    assert (line["outcome"], line["status"], line["errorCode"], line["attempt"]) == (
+        "delivered",
+        200,
+        None,
+        1,
+    )
+    assert line["startedAt"] == "2026-03-25T13:20:05.000Z"
+
+
+def test_a_retryable_answer_with_attempts_left_schedules_a_retry_and_is_reported_failed(
+    running: list[Relay],
+) -> None:
+    r = start(running, relay(answer_with=always(503)))
+    first = record(receive_count=1)
+
+    failed = r.batch(first)
+
+    assert failed == [first["messageId"]]
+    ((handle, delay),) = r.queue.retries
+    assert handle == first["receiptHandle"] and 0 <= delay <= 1  # attempt 1: uniform(0, 1 s)
+    assert r.queue.dead_letters == []
+    (line,) = r.audit_lines()
+    assert (line["outcome"], line["retryInSeconds"], line["errorCode"]) == (
+        "retry-scheduled",
+        delay,
+        "http-503",
+    )
+
+
+def test_a_retry_after_is_a_floor_for_the_backoff(running: list[Relay]) -> None:
+    r = start(running, relay(answer_with=always(429, headers={"retry-after": "120"})))
+
+    r.batch(record())
+
+    assert [delay for _, delay in r.queue.retries] == [120]
+
+
+def test_the_last_planned_attempt_failing_dead_letters_it_as_exhausted(running: list[Relay]) -> None:
+    r = start(running, relay(answer_with=always(500)))
+    last = record(receive_count=2, attempts=1)  # attempt 1 + 2 = 3 of 3
+
+    failed = r.batch(last)
+
+    assert failed == []  # the DLQ holds it now: SQS may delete the original
+    (letter,) = r.queue.dead_letters
+    assert (letter["reason"], letter["attempts"], letter["last_status"], letter["last_error"]) == (
+        DlqReason.EXHAUSTED,
+        3,
+        500,
+        "http-500",
+    )
+    (line,) = r.audit_lines()
+    assert (line["outcome"], line["dlqReason"], line["attempt"]) == ("dead-lettered", "exhausted", 3)
+
+
+def test_a_network_failure_is_retried_like_a_5xx(running: list[Relay]) -> None:
+    r = start(running, relay(answer_with=always(None, error_code=CONNECT_TIMEOUT, error="connect timed out")))
+    rec = record()
+
+    assert r.batch(rec) == [rec["messageId"]]
+    (line,) = r.audit_lines()
+    assert (line["errorCode"], line["error"], line["status"]) == (
+        "connect-timeout",
+        "connect timed out",
+        None,
+    )
+
+
+@pytest.mark.parametrize("status", [301, 400, 404, 422, 101])
+def test_a_permanent_answer_is_dead_lettered_at_once(running: list[Relay], status: int) -> None:
+    r = start(running, relay(answer_with=always(status)))
+
+    assert r.batch(record()) == []
+    (letter,) = r.queue.dead_letters
+    assert (letter["reason"], letter["attempts"], letter["last_status"]) == (
+        DlqReason.PERMANENT_STATUS,
+        1,
+        status,
+    )
+
+
+def test_a_410_disables_the_target_and_its_waiting_records_are_dead_lettered_without_an_attempt(
+    running: list[Relay],
+) -> None:
+    # Given a target answering 410, one request at a time, and three of its records in one batch
+    r = start(running, relay(answer_with=always(410), PER_TARGET_CONCURRENCY="1", DELIVERY_CONCURRENCY="4"))
+    records = [record(receive_count=2) for _ in range(3)]
+
+    # When the batch runs
+    failed = r.batch(*records)
+
+    # Then exactly one request went out, the target is disabled, and all three are in the DLQ as gone
+    assert failed == [] and len(r.http.requests) == 1
+    assert r.targets.disabled == [(INTEGRATION, "crm")]
+    assert [letter["reason"] for letter in r.queue.dead_letters] == [DlqReason.TARGET_GONE] * 3
+    attempted = [letter for letter in r.queue.dead_letters if letter["last_status"] == 410]
+    unattempted = [letter for letter in r.queue.dead_letters if letter["last_status"] is None]
+    assert len(attempted) == 1 and attempted[0]["attempts"] == 2
+    assert len(unattempted) == 2
+    assert all(letter["attempts"] == 1 for letter in unattempted)  # no attempt used
+    assert all("410" in letter["last_error"] for letter in unattempted)
+    assert sorted(line.get("errorCode") for line in r.audit_lines()) == [
+        "http-410",
+        "target-gone",
+        "target-gone",
+    ]
+
+
+def test_a_410_still_dead_letters_when_the_target_cannot_be_disabled(running: list[Relay]) -> None:
+    r = start(running, relay(answer_with=always(410)))
+    r.targets.writes_unavailable = True
+
+    assert r.batch(record()) == []
+    assert [letter["reason"] for letter in r.queue.dead_letters] == [DlqReason.TARGET_GONE]
+
+
+def test_when_the_retry_cannot_be_scheduled_the_queue_timeout_brings_it_back(running: list[Relay]) -> None:
+    r = start(running, relay(answer_with=always(503)))
+    r.queue.unavailable.add("schedule_retry")
+    rec = record()
+
+    assert r.batch(rec) == [rec["messageId"]]
+    (line,) = r.audit_lines()
+    assert (line["outcome"], line["retryInSeconds"]) == ("retry-scheduled", None)
+
+
+def test_when_the_dlq_is_down_the_record_is_left_for_redelivery(running: list[Relay]) -> None:
+    r = start(running, relay(answer_with=always(400)))
+    r.queue.unavailable.add("dead_letter")
+    rec = record()
+
+    assert r.batch(rec) == [rec["messageId"]]
+    (line,) = r.audit_lines()
+    assert (line["outcome"], line["dlqReason"]) == ("left-for-redelivery", "permanent-status")
+
+
+def test_a_missing_secret_sends_nothing_and_is_retried(running: list[Relay]) -> None:
+    target = make_target(security=TargetSecurity(type=SecurityType.BEARER, secret_name="relay/auth/crm"))
+    r = start(running, relay(target))
+    rec = record()
+
+    assert r.batch(rec) == [rec["messageId"]]
+    assert r.http.requests == []
+    (line,) = r.audit_lines()
+    assert (line["errorCode"], line["status"], line["outcome"]) == ("configuration", None, "retry-scheduled")
+
+
+def test_secrets_manager_down_sends_nothing_and_is_retried(running: list[Relay]) -> None:
+    target = make_target(signing_secret_name="relay/signing/crm")
+    r = start(running, relay(target))
+    r.secrets.unavailable = True
+
+    r.batch(record())
+
+    assert r.http.requests == []
+    assert [line["errorCode"] for line in r.audit_lines()] == ["dependency-unavailable"]
+
+
+def test_the_target_secrets_sign_and_authorise_and_never_reach_the_audit(running: list[Relay]) -> None:
+    # Given a target that echoes its bearer token back in the response body
+    target = make_target(
+        security=TargetSecurity(type=SecurityType.BEARER, secret_name="auth"), signing_secret_name="signing"
+    )
+    token = "bearer-token-value-0001"
+    r = relay(target, answer_with=always(200, body=f"you sent {token}".encode()))
+    r.secrets.secrets.update(
+        auth=RotatingSecret(current=token),
+        signing=RotatingSecret(current="whsec_YmVuY2gtc2lnbmluZy1zZWNyZXQtMDEyMzQ1Njc4OQ=="),
+    )
+    start(running, r)
+
+    r.batch(record())
+
+    ((_, _, headers, _),) = r.http.requests
+    assert headers["Authorization"] == f"Bearer {token}" and headers["webhook-signature"].startswith("v1,")
+    (line,) = r.audit_lines()
+    assert line["responseBody"] == "you sent [redacted]"
+
+
+# --- records that cannot be attempted ---------------------------------------------------------------------
+
+
+def test_a_body_that_is_not_a_delivery_task_is_poison(running: list[Relay]) -> None:
+    r = start(running, relay())
+
+    assert r.batch(record(body='{"not": "a task"}')) == []
+    (letter,) = r.queue.dead_letters
+    assert (letter["reason"], letter["target_id"], letter["attempts"]) == (DlqReason.POISON, None, 0)
+    assert r.http.requests == [] and r.audit_lines() == []
+
+
+@pytest.mark.parametrize("event_json", ["[1, 2]", '{"n": 1e400}', '{"cut": '])
+def test_an_event_that_is_not_one_json_object_is_poison_and_never_sent(
+    running: list[Relay], event_json: str
+) -> None:
+    r = start(running, relay())
+
+    assert r.batch(record(event_json=event_json)) == []
+    assert [(x["reason"], x["last_error"]) for x in r.queue.dead_letters] == [
+        (DlqReason.POISON, "event unreadable")
+    ]
+    assert r.http.requests == []
+
+
+def test_a_claim_checked_event_is_loaded_and_one_that_is_not_utf8_is_poison(running: list[Relay]) -> None:
+    r = start(running, relay())
+    good = r.claim_checks.put("events/good.json", EVENT_JSON.encode())
+    bad = r.claim_checks.put("events/bad.json", b"\xff\xfe{}")
+
+    assert r.batch(record(event_json=None, event_ref=good), record(event_json=None, event_ref=bad)) == []
+
+    assert len(r.http.requests) == 1 and EVENT_JSON.encode() in r.http.requests[0][3]
+    assert [letter["reason"] for letter in r.queue.dead_letters] == [DlqReason.POISON]
+
+
+def test_unknown_and_disabled_targets_are_dead_lettered_with_their_reasons(running: list[Relay]) -> None:
+    r = start(running, relay(make_target("crm"), make_target("old", enabled=False)))
+
+    assert r.batch(record("nobody"), record("old")) == []
+    assert sorted((x["reason"], x["target_id"]) for x in r.queue.dead_letters) == [
+        (DlqReason.TARGET_DISABLED, "old"),
+        (DlqReason.UNKNOWN_TARGET, "nobody"),
+    ]
+    assert r.http.requests == []
+
+
+def test_targets_table_down_leaves_the_record_for_redelivery_and_sends_nothing(running: list[Relay]) -> None:
+    r = start(running, relay())
+    r.targets.unavailable = True
+    rec = record()
+
+    assert r.batch(rec) == [rec["messageId"]]
+    assert r.http.requests == [] and r.queue.dead_letters == []
+
+
+def test_a_bug_in_a_step_is_not_taken_for_poison_the_record_comes_back(running: list[Relay]) -> None:
+    # Given a secret reader with a bug (a ValueError is no longer read as "the event is poison")
+    def broken(name: str) -> RotatingSecret:
+        raise ValueError("a bug, not bad input")
+
+    r = relay(make_target(signing_secret_name="signing"))
+    r.secrets = broken  # type: ignore[assignment]
+    start(running, r)
+    rec = record()
+
+    # When a record meets it, then it is neither dead-lettered nor lost: SQS shows it again
+    assert r.batch(rec) == [rec["messageId"]]
+    assert r.queue.dead_letters == []
+
+
+def test_a_bug_while_deferring_reports_the_record_failed_instead_of_losing_it(running: list[Relay]) -> None:
+    class BrokenDefer(RecordingQueueOps):
+        def defer(self, *args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("a bug")
+
+    r = relay()
+    r.queue = BrokenDefer()
+    start(running, r)
+    r.set_breaker(BreakerState(Phase.OPEN, 5, 1, NOW + 30, 1))
+    rec = record()
+
+    assert r.batch(rec) == [rec["messageId"]]
+
+
+# --- the partial batch response ---------------------------------------------------------------------------
+
+
+def test_only_records_sqs_should_show_again_are_reported_failed(running: list[Relay]) -> None:
+    statuses = {"ok": 200, "busy": 503, "bad": 400}
+
+    def by_target(method: str, url: str, headers: Mapping[str, str], body: bytes) -> HttpResult:
+        return answer(statuses[url.split("//")[1].split(".")[0]])
+
+    r = start(running, relay(*(make_target(t) for t in statuses), answer_with=by_target))
+    ok, busy, bad, poison = record("ok"), record("busy"), record("bad"), record(body="nope")
+
+    assert r.batch(ok, busy, bad, poison) == [busy["messageId"]]
+    assert len(r.queue.dead_letters) == 2 and len(r.queue.retries) == 1
+
+
+# --- breaker admission ----------------------------------------------------------------------------------
+
+
+def test_an_open_breaker_defers_its_records_without_using_attempts(running: list[Relay]) -> None:
+    r = start(running, relay())
+    r.set_breaker(BreakerState(Phase.OPEN, 5, 1, NOW + 30, 1))
+
+    assert r.batch(record(receive_count=2, deferrals=1)) == []
+
+    assert r.http.requests == []
+    (deferral,) = r.queue.deferrals
+    assert deferral["attempts"] == 1 and deferral["deferrals"] == 2
+    assert 30 <= deferral["delay_seconds"] <= 32  # until the breaker may half-open, + 0-2 s jitter
+    (line,) = r.audit_lines()
+    assert (line["outcome"], line["errorCode"], line["attempt"], line["breakerState"]) == (
+        "deferred",
+        "breaker-open",
+        None,
+        "open",
+    )
+
+
+def test_past_its_reset_timeout_one_probe_goes_first_and_its_success_closes_the_breaker(
+    running: list[Relay],
+) -> None:
+    r = start(running, relay())
+    r.set_breaker(BreakerState(Phase.OPEN, 5, 1, NOW - 1, 1))
+
+    assert r.batch(*(record() for _ in range(3))) == []
+
+    assert len(r.http.requests) == 3 and r.queue.deferrals == []
+    assert r.breaker().phase is Phase.CLOSED
+    probes = [line for line in r.audit_lines() if line["probe"]]
+    assert len(probes) == 1 and probes[0]["breakerState"] == "half-open"
+
+
+def test_a_failed_probe_opens_the_breaker_again_and_defers_the_rest(running: list[Relay]) -> None:
+    r = start(running, relay(answer_with=always(503)))
+    r.set_breaker(BreakerState(Phase.OPEN, 5, 1, NOW - 1, 1))
+
+    failed = r.batch(*(record() for _ in range(3)))
+
+    assert len(r.http.requests) == 1  # the probe only
+    assert len(failed) == 1 and len(r.queue.deferrals) == 2
+    state = r.breaker()
+    assert (state.phase, state.trips) == (Phase.OPEN, 2)
+    assert all(55 <= d["delay_seconds"] <= 62 for d in r.queue.deferrals)  # the next, longer reset
+
+
+def test_a_probe_claimed_by_another_dispatcher_defers_this_batch(running: list[Relay]) -> None:
+    r = start(running, relay())
+    r.set_breaker(BreakerState(Phase.HALF_OPEN, 5, 1, NOW + 10, 2))
+
+    r.batch(record())
+
+    assert r.http.requests == [] and len(r.queue.deferrals) == 1
+
+
+def test_consecutive_failures_open_the_breaker(running: list[Relay]) -> None:
+    r = start(running, relay(answer_with=always(503)))
+
+    r.batch(*(record() for _ in range(5)))
+
+    state = r.breaker()
+    assert (state.phase, state.consecutive_failures, state.trips) == (Phase.OPEN, 5, 1)
+
+
+def test_a_healthy_closed_breaker_is_read_once_and_never_written(running: list[Relay]) -> None:
+    r = start(running, relay())
+
+    r.batch(*(record() for _ in range(10)))
+
+    assert (r.breakers.reads, r.breakers.writes) == (1, 0)
+
+
+def test_when_the_breaker_store_is_down_records_are_delivered_anyway(running: list[Relay]) -> None:
+    r = start(running, relay())
+    r.breakers.unavailable = True
+
+    assert r.batch(record(), record()) == []
+    assert len(r.http.requests) == 2
+    assert {line["breakerState"] for line in r.audit_lines()} == {"unknown"}
+
+
+# --- the time budget ------------------------------------------------------------------------------------
+
+
+def test_a_record_that_could_not_finish_before_the_timeout_is_deferred_untouched(
+    running: list[Relay],
+) -> None:
+    r = start(running, relay())
+    # One request may take connect + read timeout (3 + 10 s); settling needs SETTLE_MARGIN_MS more.
+    just_short = (3 + 10) * 1000 + SETTLE_MARGIN_MS - 1
+
+    assert r.batch(record(receive_count=2), remaining_ms=lambda: just_short) == []
+
+    assert r.http.requests == []
+    (deferral,) = r.queue.deferrals
+    assert deferral["attempts"] == 1  # no attempt used
+    assert [line["errorCode"] for line in r.audit_lines()] == ["out-of-time"]
+
+
+def test_a_record_with_time_for_one_whole_request_is_sent(running: list[Relay]) -> None:
+    r = start(running, relay())
+    enough = (3 + 10) * 1000 + SETTLE_MARGIN_MS
+
+    assert r.batch(record(), remaining_ms=lambda: enough) == []
+    assert len(r.http.requests) == 1
+
+
+# --- concurrency ------------------------------------------------------------------------------------------
+
+
+def test_no_target_gets_more_requests_at_once_than_its_slots(running: list[Relay]) -> None:
+    # Given an HTTP port that records how many requests are in flight per target
+    lock, in_flight, peak = threading.Lock(), {"a": 0, "b": 0}, {"a": 0, "b": 0}
+    release = threading.Event()
+
+    def slow(method: str, url: str, headers: Mapping[str, str], body: bytes) -> HttpResult:
+        name = url.split("//")[1].split(".")[0]
+        with lock:
+            in_flight[name] += 1
+            peak[name] = max(peak[name], in_flight[name])
+            if sum(peak.values()) >= 4:
+                release.set()
+        release.wait(timeout=5)
+        with lock:
+            in_flight[name] -= 1
+        return answer(200)
+
+    r = start(
+        running,
+        relay(
+            make_target("a"),
+            make_target("b"),
+            answer_with=slow,
+            DELIVERY_CONCURRENCY="8",
+            PER_TARGET_CONCURRENCY="2",
+        ),
+    )
+
+    # When six records per target arrive in one batch
+    assert r.batch(*(record(t) for t in "ab" * 6)) == []
+
+    # Then both targets were served side by side, never more than two at once each
+    assert peak == {"a": 2, "b": 2} and len(r.http.requests) == 12
