@@ -83,7 +83,7 @@ def in_flight(queue_url: str) -> int:
 def queue_depth(queue_url: str) -> int:
     attrs = (
         aws_clients()
-        .aws_client("sqs")
+        .client("sqs")
         .get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
     )
     return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
@@ -94,7 +94,7 @@ def fast_queue(aws_stack: LocalResources) -> LocalResources:
     """The template's delivery queue with a 2 s visibility timeout and redrive after 2 receives."""
     redrive = json.loads(
         aws_clients()
-        .aws_client("sqs")
+        .client("sqs")
         .get_queue_attributes(QueueUrl=aws_stack.delivery_queue_url, AttributeNames=["RedrivePolicy"])[
             "Attributes"
         ]["RedrivePolicy"]
@@ -153,7 +153,7 @@ def test_records_have_the_lambda_sqs_shape(aws_stack: LocalResources, make_polle
     record = consumer.batches[0][0]
     arn = (
         aws_clients()
-        .aws_client("sqs")
+        .client("sqs")
         .get_queue_attributes(QueueUrl=aws_stack.delivery_queue_url, AttributeNames=["QueueArn"])[
             "Attributes"
         ]["QueueArn"]

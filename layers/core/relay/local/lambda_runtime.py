@@ -8,6 +8,11 @@ is not JSON, or a run past the function's ``Timeout`` is a function error.
 A function given its own ``Settings`` runs each invocation inside ``settings_scope(settings)``: the
 local stack runs several functions in one process, each configured from its own template
 environment, and none of them touches the process environment.
+
+A template handler imported here is one container: Lambda never runs two invocations in one container
+at once, and the handlers' module-level state (powertools' Logger and Metrics) is not built for it, so
+invocations of the same handler module run one at a time. Concurrency across containers is what the
+dispatcher's worker processes (relay.local.function_worker) are for.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ Handler = Callable[[dict[str, Any], Any], Any]
 
 log = logging.getLogger("relay.local")
 _import_lock = threading.Lock()
+# One lock per imported handler module: its one in-process "container" (see the module docstring).
+_container_locks: dict[str, threading.Lock] = {}
 
 
 class LambdaContext:
@@ -129,6 +136,11 @@ class LocalFunction:
         )
 
     def invoke(self, event: dict[str, Any]) -> Invocation:
+        # Waiting for the container is not part of the invocation (nor of its timeout).
+        with _container_locks.get(getattr(self.handler, "__module__", "")) or nullcontext():
+            return self._invoke(event)
+
+    def _invoke(self, event: dict[str, Any]) -> Invocation:
         context = self.new_context()
         started = time.perf_counter()
         try:
@@ -154,6 +166,7 @@ def load_handler(spec: FunctionSpec) -> Handler:
         if code_dir not in sys.path:
             sys.path.insert(0, code_dir)
         module = importlib.import_module(spec.handler_module)
+        _container_locks.setdefault(module.__name__, threading.Lock())
     handler: Handler = getattr(module, spec.handler_function)
     return handler
 
