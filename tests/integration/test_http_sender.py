@@ -17,6 +17,7 @@ import pytest
 from misbehaving_peer import Answer, complete, misbehaving_peer, self_signed_tls
 
 from relay.adapters.http import HttpSender
+from relay.adapters.tls import TlsTrust
 from relay.logic.outcomes import Verdict, classify
 from relay.logic.url_policy import UrlPolicy
 from relay.models.http import HttpResult
@@ -173,9 +174,11 @@ def test_the_deadline_cuts_a_trickle_under_tls_too(tmp_path: Path) -> None:
     # trickles its answer inside TLS records
     server_tls, certificate = self_signed_tls(tmp_path)
     http = HttpSender(
-        pool_size=1, body_limit_bytes=100, endpoint_check=UrlPolicy(allow_loopback=True).check_endpoint
+        pool_size=1,
+        body_limit_bytes=100,
+        endpoint_check=UrlPolicy(allow_loopback=True).check_endpoint,
+        trust=TlsTrust(certificate.read_text()),
     )
-    http.session.verify = str(certificate)
     try:
         with misbehaving_peer(lambda *_: Answer(trickle=SLOW_HEAD), tls=server_tls) as peer:
             result, took = _post(http, peer.url)

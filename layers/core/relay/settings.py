@@ -66,6 +66,9 @@ class Settings(BaseModel):
     # Ports a target URL may use (template parameter AllowedTargetPorts), checked by config sync and at
     # connect time. Loopback targets of the local stack may use any port.
     allowed_target_ports: CsvPorts = Field(default_factory=lambda: [443], alias="ALLOWED_TARGET_PORTS")
+    # Local stack only (needs RELAY_ALLOW_LOOPBACK_TARGETS): a PEM file of CA certificates trusted
+    # besides certifi's, for loopback https receivers and token endpoints (relay.adapters.tls).
+    local_trusted_cas: str | None = Field(None, alias="RELAY_LOCAL_TRUSTED_CAS")
 
     # --- caches -------------------------------------------------------------------------------------
     target_cache_ttl_seconds: float = Field(60.0, alias="TARGET_CACHE_TTL_SECONDS", ge=0)
