@@ -35,6 +35,7 @@ from relay.testing.fakes import (
     ManualClock,
     RecordingQueueOps,
     ScriptedHttp,
+    ScriptedTokens,
 )
 
 INTEGRATION = "int-1"
@@ -109,6 +110,7 @@ class Relay:
     claim_checks: InMemoryClaimCheckStore = field(default_factory=InMemoryClaimCheckStore)
     clock: ManualClock = field(default_factory=lambda: ManualClock(NOW))
     settings: Settings = field(default_factory=lambda: Settings.model_validate({}))
+    tokens: ScriptedTokens = field(default_factory=ScriptedTokens)
     dispatcher: Dispatcher | None = None
 
     def start(self) -> Relay:
@@ -123,6 +125,7 @@ class Relay:
             claim_checks=self.claim_checks,
             clock=self.clock,
             rng=random.Random(7),
+            tokens=self.tokens,
         )
         return self
 

@@ -10,6 +10,8 @@
     │   └── BreakerStoreUnavailable   the breaker table failed: the dispatcher fails open
     ├── RequestInProgress             the same event is being accepted right now: 429 + Retry-After
     ├── UnsafeUrl                     a target URL breaks the URL policy (scheme, private address, ...)
+    ├── TokenUnavailable              no OAuth access token for a target: its token endpoint failed,
+    │                                 refused or answered something unusable (the delivery is retried)
     ├── UnreadableEvent               a task's event cannot be sent as JSON: the dispatcher dead-letters
     │   └── NonFiniteNumber           it as poison; the intake refuses it (400)
     ├── ConfigRejected                config sync: one item's config is refused, the run goes on
@@ -117,6 +119,12 @@ class RequestInProgress(RelayError):
 
 class UnsafeUrl(RelayError):
     """A target URL that the URL policy refuses."""
+
+
+class TokenUnavailable(RelayError):
+    """A target's OAuth token endpoint gave no usable access token: unreachable, timed out, refused
+    the client (4xx), failed (5xx), or answered something that is not a bearer token. The message
+    names the endpoint's host and what happened, never the client secret, a token or the answer."""
 
 
 class BreakerStoreUnavailable(DependencyUnavailable):

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from pydantic import SecretStr
+
 from relay.models.breaker import BreakerState
 from relay.models.delivery import DlqReason, S3Ref
 from relay.models.http import HttpResult
@@ -52,9 +54,34 @@ class HttpClient(Protocol):
         headers: Mapping[str, str],
         connect_timeout: float,
         read_timeout: float,
-    ) -> HttpResult: ...
+        total_timeout: float | None = None,
+        client_certificate: SecretStr | None = None,
+    ) -> HttpResult:
+        """``total_timeout`` bounds the whole request (default: connect + read timeout).
+        ``client_certificate``: a PEM bundle (relay.models.client_certificate) presented in the TLS
+        handshake (mTLS); ConfigurationError if it is unusable (nothing is sent)."""
+        ...
 
     def close(self) -> None: ...
+
+
+class AccessTokens(Protocol):
+    """OAuth 2.0 client-credentials access tokens for targets of security type oauth2, cached per
+    container until shortly before they expire. Safe to call from many threads at once."""
+
+    def token(
+        self,
+        target: Target,
+        client_secret: SecretStr,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        total_timeout: float,
+        refused: SecretStr | None = None,
+    ) -> SecretStr:
+        """A token for ``target`` within ``total_timeout`` seconds; never ``refused`` (a token the
+        target has just answered 401 to). Raises ``TokenUnavailable``."""
+        ...
 
 
 class DeliveryQueueOps(Protocol):

@@ -8,9 +8,17 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from pydantic import SecretStr
+
 from relay.adapters.audit import audit_key, to_jsonl
 from relay.adapters.idempotency import DEFAULT_LEASE_SECONDS, STATUS_COMPLETED, STATUS_IN_PROGRESS
-from relay.errors import BreakerStoreUnavailable, ConfigurationError, DependencyUnavailable, UnreadableEvent
+from relay.errors import (
+    BreakerStoreUnavailable,
+    ConfigurationError,
+    DependencyUnavailable,
+    TokenUnavailable,
+    UnreadableEvent,
+)
 from relay.models.breaker import BreakerState
 from relay.models.delivery import DlqReason, S3Ref
 from relay.models.http import HttpResult
@@ -200,6 +208,7 @@ class ScriptedHttp:
         self._answer = answer or (lambda method, url, headers, body: HttpResult(200, 1.0))
         self._lock = threading.Lock()
         self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
+        self.client_certificates: list[SecretStr | None] = []  # what each request presented (mTLS)
         self.closed = False
 
     def send(
@@ -211,13 +220,53 @@ class ScriptedHttp:
         headers: Mapping[str, str],
         connect_timeout: float,
         read_timeout: float,
+        total_timeout: float | None = None,
+        client_certificate: SecretStr | None = None,
     ) -> HttpResult:
         with self._lock:
             self.requests.append((method, url, dict(headers), body))
+            self.client_certificates.append(client_certificate)
         return self._answer(method, url, headers, body)
 
     def close(self) -> None:
         self.closed = True
+
+
+class ScriptedTokens:
+    """OAuth access tokens in memory: ``token-1``, ``token-2``, ... per target, a new one only when
+    the current one is refused. ``failure`` (a message) makes every call raise TokenUnavailable,
+    ``refresh_failure`` only the calls that refuse a token; ``calls`` records (target id, the refused
+    token or None) in order."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._issued = 0
+        self.current: dict[str, str] = {}
+        self.calls: list[tuple[str, str | None]] = []
+        self.failure: str | None = None
+        self.refresh_failure: str | None = None
+
+    def token(
+        self,
+        target: Target,
+        client_secret: SecretStr,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        total_timeout: float,
+        refused: SecretStr | None = None,
+    ) -> SecretStr:
+        with self._lock:
+            refused_value = refused.get_secret_value() if refused is not None else None
+            self.calls.append((target.target_id, refused_value))
+            failure = self.refresh_failure if refused is not None else None
+            if self.failure is not None or failure is not None:
+                raise TokenUnavailable(self.failure or failure or "")
+            current = self.current.get(target.target_id)
+            if current is None or current == refused_value:
+                self._issued += 1
+                current = self.current[target.target_id] = f"token-{self._issued}"
+            return SecretStr(current)
 
 
 class RecordingQueueOps:

@@ -6,10 +6,13 @@ import random
 
 from relay.adapters.audit import S3AuditSink
 from relay.adapters.http import HttpSender
+from relay.adapters.oauth import ClientCredentialsTokens
 from relay.adapters.sqs import SqsQueues
+from relay.adapters.tls import TlsTrust
 from relay.logic.dispatch import Dispatcher
 from relay.logic.url_policy import UrlPolicy
 from relay.ports import (
+    AccessTokens,
     AuditSink,
     BreakerStore,
     ClaimCheckReader,
@@ -42,6 +45,7 @@ def build_dispatcher(
     claim_checks: ClaimCheckReader | None = None,
     clock: Clock | None = None,
     rng: random.Random | None = None,
+    tokens: AccessTokens | None = None,
 ) -> Dispatcher:
     """A dispatcher wired to the deployment's resources. ``audit`` None: the S3 sink when AUDIT_BUCKET
     is set, else no audit objects (the audit lines are still logged)."""
@@ -58,7 +62,11 @@ def build_dispatcher(
             pool_size=settings.delivery_concurrency,
             body_limit_bytes=settings.response_body_limit_bytes,
             endpoint_check=UrlPolicy.from_settings(settings).check_endpoint,
+            trust=TlsTrust.from_settings(settings),
         )
+    if tokens is None and isinstance(http, HttpSender):
+        # Token requests take the deliveries' road: URL policy, deadline, trust, pools.
+        tokens = ClientCredentialsTokens(http)
     return Dispatcher(
         settings=settings,
         targets=targets or target_store(settings),
@@ -70,6 +78,7 @@ def build_dispatcher(
         claim_checks=claim_checks or s3_claim_checks(settings),
         clock=clock,
         rng=rng,
+        tokens=tokens,
     )
 
 

@@ -35,6 +35,7 @@ from relay.logic.dispatch.settle import Settler
 from relay.models.delivery import DlqReason
 from relay.observability import logger
 from relay.ports import (
+    AccessTokens,
     AuditSink,
     BreakerStore,
     ClaimCheckReader,
@@ -69,7 +70,10 @@ class Dispatcher:
         claim_checks: ClaimCheckReader,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        tokens: AccessTokens | None = None,
     ) -> None:
+        """``tokens``: OAuth access tokens for oauth2 targets (without it, their attempts fail as a
+        configuration problem)."""
         self._settings = settings
         self._targets = targets
         self._http = http
@@ -77,7 +81,12 @@ class Dispatcher:
         self._clock = clock = clock or time.time
         self._lanes = Lanes(settings=settings, breakers=breakers, clock=clock)
         self._attempter = Attempter(
-            settings=settings, http=http, secrets=secrets, claim_checks=claim_checks, now=self._now
+            settings=settings,
+            http=http,
+            secrets=secrets,
+            claim_checks=claim_checks,
+            now=self._now,
+            tokens=tokens,
         )
         self._settle = Settler(
             settings=settings, queue=queue, targets=targets, now=self._now, rng=rng or random.Random()
