@@ -84,14 +84,15 @@ class Pki:
         subject: x509.Name, public_key: Any, issuer: x509.Name, *, valid_days: float = 1.0
     ) -> x509.CertificateBuilder:
         now = datetime.datetime.now(datetime.UTC)
+        ends = now + datetime.timedelta(days=valid_days)  # valid_days < 0: expired already
         return (
             x509.CertificateBuilder()
             .subject_name(subject)
             .issuer_name(issuer)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=valid_days))
+            .not_valid_before(min(now - datetime.timedelta(minutes=5), ends - datetime.timedelta(days=1)))
+            .not_valid_after(ends)
         )
 
     @property

@@ -42,6 +42,7 @@ FAULT_KINDS: tuple[FaultKind, ...] = ("status", "slow", "malformed", "no-expires
 CREDENTIAL_SECURITY = "security"
 CREDENTIAL_SIGNING = "signingSecret"
 CREDENTIAL_ENCRYPTION = "encryptionKey"
+CREDENTIAL_CLIENT_CERTIFICATE = "clientCertificate"
 WEBHOOK_INTEGRATION_TYPE = "webhook"
 
 # Control endpoints (not Genesys): POST/DELETE {CONTROL_PREFIX}faults, POST ...expire-tokens, GET ...requests.
@@ -140,6 +141,8 @@ def webhook_docs(
         credential(CREDENTIAL_SIGNING, "userDefined", {"value": target.signing_secret})
     if target.encryption_key is not None:
         credential(CREDENTIAL_ENCRYPTION, "userDefined", {"value": target.encryption_key})
+    if target.client_certificate is not None:
+        credential(CREDENTIAL_CLIENT_CERTIFICATE, "userDefined", {"value": target.client_certificate})
     properties: dict[str, Any] = {
         "openMessagingIntegrationId": integration_id,
         "url": target.url,
@@ -147,6 +150,8 @@ def webhook_docs(
         "headers": dict(target.headers),
         "securityType": target.security.type.value,
     }
+    if target.security.oauth2 is not None:
+        properties["oauth2"] = target.security.oauth2.model_dump(by_alias=True, exclude_none=True, mode="json")
     if target.retry_matrix is not None:
         properties["retryMatrix"] = target.retry_matrix.model_dump(by_alias=True)
     for extra in ("connectTimeoutSeconds", "readTimeoutSeconds"):

@@ -3,7 +3,8 @@
 For each Open Messaging integration (GENESYS_OPEN_MESSAGING_INTEGRATION_IDS) an ``Integration`` record,
 with its signature secret in Secrets Manager; for each webhook integration
 (GENESYS_WEBHOOK_INTEGRATION_IDS) a ``Target`` under the Open Messaging integration its config names,
-with its secret values (auth, signing, encryption) in Secrets Manager. DynamoDB holds only secret names.
+with its secret values (auth, signing, encryption, mTLS client certificate) in Secrets Manager.
+DynamoDB holds only secret names.
 
 A config that is invalid, disabled, points at an unsafe URL, names a rejected integration, is missing
 in Genesys, or fails to read or check in any other way is reported (log + ``TargetsRejected``) and
@@ -37,6 +38,7 @@ from relay.logic.url_policy import Resolver, UrlPolicy, system_resolver
 from relay.models.secrets import SecretKind
 from relay.models.targets import Integration, SecurityType, Target, TargetSecurity
 from relay.models.timestamps import iso_utc
+from relay.models.webhook_config import WebhookSecurity
 from relay.observability import logger
 from relay.ports import GenesysReader, SecretStore, TargetRecords
 from relay.settings import Settings
@@ -188,13 +190,7 @@ class _SyncRun:
         if config is None:
             return
         writer = self._writer
-        changed = False
-        security = TargetSecurity()
-        if config.security.type is not SecurityType.NONE and config.security.value is not None:
-            changed |= writer.store_secret(SecretKind.AUTH, target_id, config.security.value)
-            security = TargetSecurity(
-                type=config.security.type, secret_name=writer.secret_name(SecretKind.AUTH, target_id)
-            )
+        changed, security = self._store_security(target_id, config.security)
         signing_name = encryption_name = None
         if config.signing_secret is not None:
             changed |= writer.store_secret(SecretKind.SIGNING, target_id, config.signing_secret)
@@ -222,3 +218,22 @@ class _SyncRun:
         self.report.targets.append(target_id)
         if changed:
             self.report.changed.append(target_id)
+
+    def _store_security(self, target_id: str, config: WebhookSecurity) -> tuple[bool, TargetSecurity]:
+        """Store the target's auth value (token, "user:password", OAuth client secret) and client
+        certificate; the record's security part, which names them. True if a secret was written."""
+        writer = self._writer
+        changed = False
+        security = TargetSecurity()
+        if config.type is not SecurityType.NONE and config.value is not None:
+            changed |= writer.store_secret(SecretKind.AUTH, target_id, config.value)
+            security = TargetSecurity(
+                type=config.type,
+                secret_name=writer.secret_name(SecretKind.AUTH, target_id),
+                oauth2=config.oauth2,
+            )
+        if config.client_certificate is not None:
+            changed |= writer.store_secret(SecretKind.MTLS, target_id, config.client_certificate)
+            mtls_name = writer.secret_name(SecretKind.MTLS, target_id)
+            security = security.model_copy(update={"client_certificate_name": mtls_name})
+        return changed, security
