@@ -2,7 +2,8 @@
 
 - ``sync`` runs relay.logic.config_sync with the same settings (environment) as ConfigSyncFunction.
 - ``list`` prints what the TargetsTable holds. Secrets are masked, and not even read: only whether a
-  secret is referenced shows.
+  secret is referenced shows; the auth type reads none, basic, bearer or oauth2, ``+mtls`` with a
+  client certificate.
 - ``check [TARGET_ID]`` sends one HEAD per target within a total timeout and reports status, latency
   and error (the seed's reachability check, done right: never a POST, no redirects followed, the URL
   policy applied to the URL and, before the TCP handshake, to every address connected to).
@@ -101,8 +102,16 @@ def _masked(name: str | None) -> str | None:
     return MASK if name else None
 
 
+def auth_type(target: Any) -> str:
+    """How the relay authenticates to the target: none, basic, bearer or oauth2, and ``+mtls`` when it
+    presents a client certificate. Never a secret."""
+    kind: str = target.security.type.value
+    return f"{kind}+mtls" if target.security.client_certificate_name else kind
+
+
 def target_view(target: Any) -> dict[str, Any]:
     """A stored target for display: secret references masked, header values left out."""
+    oauth2 = target.security.oauth2
     return {
         "integrationId": target.integration_id,
         "targetId": target.target_id,
@@ -112,7 +121,11 @@ def target_view(target: Any) -> dict[str, Any]:
         "url": target.url,
         "headers": sorted(target.headers),
         "security": target.security.type.value,
+        "authType": auth_type(target),
         "auth": _masked(target.security.secret_name),
+        # The token endpoint and client are configuration, not secrets (the client secret is ``auth``).
+        "oauth2": oauth2.model_dump(mode="json", by_alias=True, exclude_none=True) if oauth2 else None,
+        "clientCertificate": _masked(target.security.client_certificate_name),
         "signingSecret": _masked(target.signing_secret_name),
         "encryptionKey": _masked(target.encryption_key_name),
         "version": target.version,
@@ -150,7 +163,7 @@ def _list(args: Any, out: IO[str] | None = None) -> int:
                     "yes" if t["enabled"] else "no",
                     t["method"],
                     t["url"],
-                    f"{t['security']} {t['auth'] or ''}".strip(),
+                    f"{t['authType']} {t['auth'] or ''}".strip(),
                     t["signingSecret"] or "-",
                     t["encryptionKey"] or "-",
                     str(t["version"]),
