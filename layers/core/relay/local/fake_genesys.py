@@ -150,8 +150,9 @@ def webhook_docs(
         "headers": dict(target.headers),
         "securityType": target.security.type.value,
     }
-    if target.security.oauth2 is not None:
-        properties["oauth2"] = target.security.oauth2.model_dump(by_alias=True, exclude_none=True, mode="json")
+    oauth2 = target.security.oauth2
+    if oauth2 is not None:
+        properties["oauth2"] = oauth2.model_dump(by_alias=True, exclude_none=True, mode="json")
     if target.retry_matrix is not None:
         properties["retryMatrix"] = target.retry_matrix.model_dump(by_alias=True)
     for extra in ("connectTimeoutSeconds", "readTimeoutSeconds"):
