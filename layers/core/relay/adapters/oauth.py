@@ -98,6 +98,8 @@ class ClientCredentialsTokens:
         total_timeout: float,
         refused: SecretStr | None = None,
     ) -> SecretStr:
+        """The target's cached token, or a fresh one (relay.ports.AccessTokens): waiting for a token
+        request in flight counts against ``total_timeout`` as much as making one does."""
         client = target.security.oauth2
         if client is None:
             raise ConfigurationError(
@@ -107,7 +109,7 @@ class ClientCredentialsTokens:
         slot = self._slot(target)
         finished_before = slot.fetches
         if total_timeout <= 0 or not slot.lock.acquire(timeout=total_timeout):
-            raise TokenUnavailable(f"{_host(client)}: no time left to wait for a token request")
+            raise TokenUnavailable(f"token endpoint {_host(client)}: no time left in the attempt for a token")
         try:
             if slot.client == identity:
                 if slot.fetches != finished_before and slot.failure is not None:
