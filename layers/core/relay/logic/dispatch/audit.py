@@ -5,6 +5,7 @@ scrubbed from a response body it echoed, and an encrypting target's response bod
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -65,13 +66,15 @@ def item_line(
 
 
 def scrub(text: str, secrets: TargetSecrets | None) -> str:
-    """Remove the target's own secret values from a response body an endpoint may have echoed."""
+    """Remove the target's own secret values from a response body an endpoint may have echoed: as they
+    are, and base64-encoded as a Basic ``Authorization`` header carries ``user:password``."""
     if secrets is None:
         return text
     for secret in (secrets.auth, secrets.signing):
         for value in secret.values() if secret else []:
             if len(value) >= 4:
-                text = text.replace(value, REDACTED)
+                encoded = base64.b64encode(value.encode()).decode()
+                text = text.replace(value, REDACTED).replace(encoded, REDACTED)
     return text
 
 
