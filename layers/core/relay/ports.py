@@ -158,9 +158,10 @@ class TargetRecords(IntegrationLookup, Protocol):
 
     def list_integration_ids(self) -> list[str]: ...
 
-    def put_integration(self, integration: Integration) -> None: ...
-
-    def put_target(self, target: Target) -> None: ...
+    def save(self, record: Integration | Target, *, expected_version: int | None) -> bool:
+        """Store ``record`` if the stored one is still at ``expected_version`` (None: there is none);
+        False, with nothing written, when another writer changed it first."""
+        ...
 
 
 class SecretStore(Protocol):

@@ -78,11 +78,17 @@ def aws_client(service: str, settings: Settings | None = None) -> Any:
     return aws_clients(settings).client(service)
 
 
-def target_store(settings: Settings, *, cache_ttl_seconds: float | None = None) -> TargetStore:
-    """The TargetsTable; operator commands pass ``cache_ttl_seconds=0`` to read it fresh."""
+def target_store(
+    settings: Settings, *, cache_ttl_seconds: float | None = None, consistent_reads: bool = False
+) -> TargetStore:
+    """The TargetsTable; operator commands pass ``cache_ttl_seconds=0`` to read it fresh, config sync
+    also ``consistent_reads`` (its writes are conditional on the versions it read)."""
     ttl = settings.target_cache_ttl_seconds if cache_ttl_seconds is None else cache_ttl_seconds
     return TargetStore(
-        aws_clients(settings).client("dynamodb"), settings.need("targets_table"), cache_ttl_seconds=ttl
+        aws_clients(settings).client("dynamodb"),
+        settings.need("targets_table"),
+        cache_ttl_seconds=ttl,
+        consistent_reads=consistent_reads,
     )
 
 
