@@ -144,6 +144,17 @@ class IdempotencyStore(Protocol):
         """Forget a claim whose attempt failed, so a repeat can queue."""
 
 
+class EventBridgeIntake(Protocol):
+    """The intake's EventBridge entry point (relay.logic.intake.Intake), as ``relay dlq redrive`` sends
+    a failed event back through it."""
+
+    def handle_eventbridge(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        """Queue the event's tasks (once per event: a repeat queues nothing new) and answer what was
+        queued; raise what the intake refuses (``RejectedRequest``, ``ConfigurationError``,
+        ``RequestInProgress``) or what failed (``DependencyUnavailable``)."""
+        ...
+
+
 class MetricsRecorder(Protocol):
     def count(self, name: str, value: int = 1, *, reason: str | None = None) -> None: ...
 
