@@ -140,11 +140,11 @@ class TargetStore:
         return True
 
     def put_integration(self, integration: Integration) -> None:
-        """Unconditional: for seeding a table (tests, benchmarks). Writers that read first use ``save``."""
+        """Unconditional: for seeding a table (tests). Writers that read first use ``save``."""
         self._put(integration)
 
     def put_target(self, target: Target) -> None:
-        """Unconditional: for seeding a table (tests, benchmarks). Writers that read first use ``save``."""
+        """Unconditional: for seeding a table (tests). Writers that read first use ``save``."""
         self._put(target)
 
     def delete_target(self, integration_id: str, target_id: str) -> None:
