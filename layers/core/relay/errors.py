@@ -7,7 +7,8 @@
     │   ├── MethodNotAllowed (405)    ├── PayloadTooLarge (413)  └── UnsupportedMediaType (415)
     ├── DependencyUnavailable         an AWS dependency failed: answer 503 + Retry-After, the sender retries;
     │   │                             the dispatcher leaves the record for SQS to show again
-    │   └── BreakerStoreUnavailable   the breaker table failed: the dispatcher fails open
+    │   ├── BreakerStoreUnavailable   the breaker table failed: the dispatcher fails open
+    │   └── TargetWriteConflict       a target changed under every try of a read-modify-write
     ├── RequestInProgress             the same event is being accepted right now: 429 + Retry-After
     ├── UnsafeUrl                     a target URL breaks the URL policy (scheme, private address, ...)
     ├── TokenUnavailable              no OAuth access token for a target: its token endpoint failed,
@@ -129,6 +130,11 @@ class TokenUnavailable(RelayError):
 
 class BreakerStoreUnavailable(DependencyUnavailable):
     """The breaker table could not be read or written (the dispatcher fails open)."""
+
+
+class TargetWriteConflict(DependencyUnavailable):
+    """A target's record changed between every read and conditional write of a read-modify-write (the
+    dispatcher's disable on 410): nothing was written over the other writers' changes."""
 
 
 class UnreadableEvent(RelayError):

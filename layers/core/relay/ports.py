@@ -171,6 +171,17 @@ class IdempotencyStore(Protocol):
         """Forget a claim whose attempt failed, so a repeat can queue."""
 
 
+class EventBridgeIntake(Protocol):
+    """The intake's EventBridge entry point (relay.logic.intake.Intake), as ``relay dlq redrive`` sends
+    a failed event back through it."""
+
+    def handle_eventbridge(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        """Queue the event's tasks (once per event: a repeat queues nothing new) and answer what was
+        queued; raise what the intake refuses (``RejectedRequest``, ``ConfigurationError``,
+        ``RequestInProgress``) or what failed (``DependencyUnavailable``)."""
+        ...
+
+
 class MetricsRecorder(Protocol):
     def count(self, name: str, value: int = 1, *, reason: str | None = None) -> None: ...
 
@@ -185,9 +196,10 @@ class TargetRecords(IntegrationLookup, Protocol):
 
     def list_integration_ids(self) -> list[str]: ...
 
-    def put_integration(self, integration: Integration) -> None: ...
-
-    def put_target(self, target: Target) -> None: ...
+    def save(self, record: Integration | Target, *, expected_version: int | None) -> bool:
+        """Store ``record`` if the stored one is still at ``expected_version`` (None: there is none);
+        False, with nothing written, when another writer changed it first."""
+        ...
 
 
 class SecretStore(Protocol):

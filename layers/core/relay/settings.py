@@ -56,6 +56,10 @@ class Settings(BaseModel):
     idempotency_table: str | None = Field(None, alias="IDEMPOTENCY_TABLE")
     delivery_queue_url: str | None = Field(None, alias="DELIVERY_QUEUE_URL")
     dead_letter_queue_url: str | None = Field(None, alias="DEAD_LETTER_QUEUE_URL")
+    # The EventBridge path's failure queues (stack outputs IntakeFailureQueueUrl and
+    # EventBridgeDeadLetterQueueUrl): read only by `relay dlq --queue intake-failures|eventbridge`.
+    intake_failure_queue_url: str | None = Field(None, alias="INTAKE_FAILURE_QUEUE_URL")
+    eventbridge_dead_letter_queue_url: str | None = Field(None, alias="EVENTBRIDGE_DEAD_LETTER_QUEUE_URL")
     audit_bucket: str | None = Field(None, alias="AUDIT_BUCKET")
     # Secrets Manager names are "<prefix>/<kind>/<id>"; see relay.models.secrets.
     secrets_prefix: str = Field("relay/local", alias="SECRETS_PREFIX")

@@ -48,8 +48,8 @@ class ExitCode(IntEnum):
 MEANINGS = {
     ExitCode.OK: "ok: the command did what was asked",
     ExitCode.ATTENTION: "done, but something needs attention: configs rejected, targets unreachable, "
-    "messages left in the DLQ, an envelope that does not open, a breaker reset that kept losing to the "
-    "dispatchers (the output or the error line says what)",
+    "messages left in the DLQ or events the intake still refuses, an envelope that does not open, a "
+    "breaker reset that kept losing to the dispatchers (the output or the error line says what)",
     ExitCode.USAGE: "usage: a bad argument or option, a file that does not exist or cannot be read, "
     "a target id that names several targets (choose with --integration)",
     ExitCode.FAILED: "failed: the command could not run (settings, AWS, Genesys Cloud, the local stack, "

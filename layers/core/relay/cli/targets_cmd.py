@@ -15,14 +15,13 @@ unreachable or refused; an unknown TARGET_ID is a usage error (2); settings, Gen
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any
 
 from relay.cli.arguments import positive_seconds
 from relay.cli.exit_codes import CommandFailed, ExitCode
+from relay.cli.logs import logs_to_stderr
 
 if TYPE_CHECKING:
     from relay.logic.url_policy import UrlPolicy
@@ -56,30 +55,12 @@ def register(subparsers: Any) -> None:
 
 
 # --- sync -------------------------------------------------------------------------------------------
-@contextmanager
-def _logs_to_stderr() -> Iterator[None]:
-    """Keep stdout for the command's JSON: the relay's (powertools) log lines go to stderr meanwhile."""
-    from relay.observability import logger
-
-    handler = logger.registered_handler
-    if not isinstance(handler, logging.StreamHandler):
-        yield
-        return
-    # Assigned, not setStream(): that flushes the old stream, which may be closed already.
-    original = handler.stream
-    handler.stream = sys.stderr
-    try:
-        yield
-    finally:
-        handler.stream = original
-
-
 def _sync(args: Any, out: IO[str] | None = None) -> int:
     from relay.settings import get_settings
     from relay.wiring.config_sync import run_config_sync
 
     out = out or sys.stdout
-    with _logs_to_stderr():
+    with logs_to_stderr():
         report = run_config_sync(get_settings())
     print(json.dumps(report.to_dict()), file=out)
     return ExitCode.ATTENTION if report.rejected else ExitCode.OK

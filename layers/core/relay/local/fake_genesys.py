@@ -62,7 +62,8 @@ class Fault:
     """Answer the next ``times`` requests whose path matches ``path`` (a regex; None = any) with a fault.
 
     kind "status": answer ``status`` with a Genesys-style error body (+ ``Retry-After`` if set);
-    kind "slow": sleep ``delay_seconds`` before answering normally; kind "malformed": answer 200 with
+    kind "slow": sleep ``delay_seconds`` before answering normally, or less once ``until`` is set (a
+    test holds a request exactly as long as it needs); kind "malformed": answer 200 with
     a body that is not JSON; kind "no-expires-in": a login issues its token without ``expires_in``.
     """
 
@@ -72,6 +73,7 @@ class Fault:
     status: int = 500
     retry_after: float | None = None
     delay_seconds: float = 0.0
+    until: threading.Event | None = None
 
     def matches(self, path: str) -> bool:
         return self.times > 0 and (self.path is None or re.search(self.path, path) is not None)
@@ -292,8 +294,16 @@ class FakeGenesys:
     def rate_limit(self, retry_after: float = 1, path: str | None = None, times: int = 1) -> None:
         self.add_fault(Fault("status", times=times, path=path, status=429, retry_after=retry_after))
 
-    def slow_down(self, delay_seconds: float, path: str | None = None, times: int = 1) -> None:
-        self.add_fault(Fault("slow", times=times, path=path, delay_seconds=delay_seconds))
+    def slow_down(
+        self,
+        delay_seconds: float,
+        path: str | None = None,
+        times: int = 1,
+        *,
+        until: threading.Event | None = None,
+    ) -> None:
+        """Answer the matching requests after ``delay_seconds``, or as soon as ``until`` is set."""
+        self.add_fault(Fault("slow", times=times, path=path, delay_seconds=delay_seconds, until=until))
 
     def malform(self, path: str | None = None, times: int = 1) -> None:
         self.add_fault(Fault("malformed", times=times, path=path))
@@ -434,7 +444,10 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is None or fault.kind == "no-expires-in":  # changes the token answer (do_POST)
             return False
         if fault.kind == "slow":
-            time.sleep(fault.delay_seconds)
+            if fault.until is not None:
+                fault.until.wait(fault.delay_seconds)
+            else:
+                time.sleep(fault.delay_seconds)
             return False
         if fault.kind == "malformed":
             self._send(200, b'{"id": "truncated', {})

@@ -16,6 +16,7 @@ from relay.errors import (
     BreakerStoreUnavailable,
     ConfigurationError,
     DependencyUnavailable,
+    MoveTaskUnavailable,
     TokenUnavailable,
     UnreadableEvent,
 )
@@ -23,6 +24,7 @@ from relay.models.breaker import BreakerState
 from relay.models.delivery import DlqReason, S3Ref
 from relay.models.http import HttpResult
 from relay.models.idempotency import Claim
+from relay.models.queue import MAX_BATCH_ENTRIES, MoveTaskStatus, OutgoingMessage, ReceivedMessage
 from relay.models.secrets import RotatingSecret
 from relay.models.targets import Target
 
@@ -326,6 +328,70 @@ class RecordingQueueOps:
                     "last_error": last_error,
                 }
             )
+
+    def _check(self, operation: str) -> None:
+        if operation in self.unavailable:
+            raise DependencyUnavailable(f"SQS {operation} failed (in-memory queue set unavailable)")
+
+
+class InMemoryDeadLetterQueues:
+    """The SQS calls behind ``relay dlq`` over queues in process memory (``queues``: URL -> the messages
+    in it). A received message stays hidden until it is released or deleted; there is no move task.
+    ``unavailable`` names the operations that fail as SQS down would ("receive", "delete_batch", ...)."""
+
+    def __init__(self) -> None:
+        self.queues: dict[str, list[ReceivedMessage]] = {}
+        self.unavailable: set[str] = set()
+        self._hidden: set[str] = set()  # receipt handles of messages in hand
+
+    def put(
+        self, queue_url: str, body: str, attributes: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> None:
+        message_id = str(uuid.uuid4())
+        self.queues.setdefault(queue_url, []).append(
+            ReceivedMessage(message_id, f"handle-{message_id}", body, attributes or {}, 1_000)
+        )
+
+    def bodies(self, queue_url: str) -> list[str]:
+        return [message.body for message in self.queues.get(queue_url, [])]
+
+    def queue_arn(self, queue_url: str) -> str:
+        return f"arn:aws:sqs:us-east-1:123456789012:{queue_url.rsplit('/', 1)[-1]}"
+
+    def approximate_depth(self, queue_url: str) -> int:
+        self._check("approximate_depth")
+        return len(self.queues.get(queue_url, []))
+
+    def receive(self, queue_url: str, *, visibility_seconds: int, wait_seconds: int) -> list[ReceivedMessage]:
+        self._check("receive")
+        visible = [m for m in self.queues.get(queue_url, []) if m.receipt_handle not in self._hidden]
+        taken = visible[:MAX_BATCH_ENTRIES]
+        self._hidden.update(m.receipt_handle for m in taken)
+        return taken
+
+    def send_batch(self, queue_url: str, messages: Sequence[OutgoingMessage]) -> set[str]:
+        self._check("send_batch")
+        for message in messages:
+            self.put(queue_url, message.body, message.attributes)
+        return {message.entry_id for message in messages}
+
+    def delete_batch(self, queue_url: str, receipt_handles: Mapping[str, str]) -> set[str]:
+        self._check("delete_batch")
+        handles = set(receipt_handles.values())
+        self.queues[queue_url] = [
+            m for m in self.queues.get(queue_url, []) if m.receipt_handle not in handles
+        ]
+        self._hidden -= handles
+        return set(receipt_handles)
+
+    def release(self, queue_url: str, receipt_handles: Sequence[str]) -> None:
+        self._hidden -= set(receipt_handles)
+
+    def start_move_task(self, source_arn: str, destination_arn: str, max_per_second: int | None) -> str:
+        raise MoveTaskUnavailable("StartMessageMoveTask is not available here (in memory)")
+
+    def latest_move_task(self, source_arn: str) -> MoveTaskStatus | None:
+        return None
 
     def _check(self, operation: str) -> None:
         if operation in self.unavailable:
