@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from relay.models.targets import OAuth2Client, RetryMatrix, SecurityType
+from relay.models.targets import OAuth2Client, OnExhausted, Ordering, RetryMatrix, SecurityType
 
 DEFAULT_FIXTURES = Path(__file__).resolve().parents[4] / "events" / "fixtures" / "local.json"
 
@@ -42,6 +42,8 @@ class FixtureTarget(_FixtureModel):
     # mTLS: the client certificate, its chain and its key, one PEM bundle.
     client_certificate: str | None = Field(None, alias="clientCertificate")
     retry_matrix: RetryMatrix | None = Field(None, alias="retryMatrix")
+    ordering: Ordering | None = None  # none (default) or conversation
+    on_exhausted: OnExhausted | None = Field(None, alias="onExhausted")
 
 
 class FixtureIntegration(_FixtureModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+from relay.adapters.attempt_counter import DynamoAttemptCounter
 from relay.adapters.audit import S3AuditSink
 from relay.adapters.http import HttpSender
 from relay.adapters.oauth import ClientCredentialsTokens
@@ -13,12 +14,14 @@ from relay.logic.dispatch import Dispatcher
 from relay.logic.url_policy import UrlPolicy
 from relay.ports import (
     AccessTokens,
+    AttemptCounter,
     AuditSink,
     BreakerStore,
     ClaimCheckReader,
     Clock,
     DeliveryQueueOps,
     HttpClient,
+    OrderedQueueOps,
     SecretReader,
     TargetDirectory,
 )
@@ -46,14 +49,28 @@ def build_dispatcher(
     clock: Clock | None = None,
     rng: random.Random | None = None,
     tokens: AccessTokens | None = None,
+    ordered_queue: OrderedQueueOps | None = None,
+    attempts: AttemptCounter | None = None,
 ) -> Dispatcher:
     """A dispatcher wired to the deployment's resources. ``audit`` None: the S3 sink when AUDIT_BUCKET
-    is set, else no audit objects (the audit lines are still logged)."""
-    if queue is None:
-        queue = SqsQueues(
+    is set, else no audit objects (the audit lines are still logged).
+
+    With ORDERED_QUEUE_URL set it is the ordered dispatcher (template: OrderedDispatcherFunction): it
+    consumes the FIFO queue, needs its DLQ and the attempts table, and never re-sends to the standard
+    delivery queue, so it needs none of the standard queues."""
+    ordered = bool(settings.ordered_queue_url)
+    if queue is None or (ordered and ordered_queue is None):
+        sqs = SqsQueues(
             aws_clients(settings).client("sqs"),
-            delivery_queue_url=settings.need("delivery_queue_url"),
-            dead_letter_queue_url=settings.need("dead_letter_queue_url"),
+            delivery_queue_url=None if ordered else settings.need("delivery_queue_url"),
+            dead_letter_queue_url=None if ordered else settings.need("dead_letter_queue_url"),
+            ordered_queue_url=settings.ordered_queue_url,
+            ordered_dead_letter_queue_url=settings.need("ordered_dead_letter_queue_url") if ordered else None,
+        )
+        queue, ordered_queue = queue or sqs, ordered_queue or (sqs if ordered else None)
+    if ordered and attempts is None:
+        attempts = DynamoAttemptCounter(
+            aws_clients(settings).client("dynamodb"), settings.need("ordered_attempts_table")
         )
     if audit is None and settings.audit_bucket:
         audit = S3AuditSink(aws_clients(settings).client("s3"), settings.audit_bucket)
@@ -79,6 +96,8 @@ def build_dispatcher(
         clock=clock,
         rng=rng,
         tokens=tokens,
+        ordered_queue=ordered_queue,
+        attempts=attempts,
     )
 
 

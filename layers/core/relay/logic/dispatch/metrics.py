@@ -1,5 +1,6 @@
 """The dispatcher's CloudWatch metrics (EMF through powertools), names and dimensions exactly as in
-docs/architecture.md: per-target counts carry the dimensions ``service`` and ``target``;
+docs/architecture.md: per-target counts (the ordered path's too) carry the dimensions ``service`` and
+``target``;
 ``BreakerStoreUnavailable`` carries ``service`` only.
 
 A batch accumulates here and is flushed once at the end: one EMF object per target (so each target's
@@ -26,6 +27,11 @@ class Metric(StrEnum):
     BREAKER_HALF_OPENED = "BreakerHalfOpened"
     BREAKER_CLOSED = "BreakerClosed"
     BREAKER_STORE_UNAVAILABLE = "BreakerStoreUnavailable"
+    # The ordered path (relay.logic.dispatch.fifo): records held in their conversation instead of
+    # attempted (behind an earlier one, breaker open, out of time), and deliveries an ordered target
+    # with onExhausted block keeps failing (its conversation waits: the alarm).
+    ORDERED_HELD = "OrderedHeld"
+    ORDERED_GROUP_BLOCKED = "OrderedGroupBlocked"
 
 
 TARGET_DIMENSION = "target"
