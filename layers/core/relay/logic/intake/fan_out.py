@@ -17,11 +17,13 @@ from datetime import datetime
 from typing import Any
 
 from relay.errors import DependencyUnavailable, PayloadTooLarge, RequestInProgress
+from relay.logic.intake.ordering import message_group
 from relay.models.delivery import DeliveryTask, EventSource, S3Ref
 from relay.models.idempotency import Claim
-from relay.models.targets import IntegrationEntry
+from relay.models.queue import GroupPlacement, OrderedTask
+from relay.models.targets import IntegrationEntry, Ordering
 from relay.observability import logger
-from relay.ports import ClaimCheckStore, IdempotencyStore, MetricsRecorder, TaskQueue
+from relay.ports import ClaimCheckStore, IdempotencyStore, MetricsRecorder, OrderedTaskQueue, TaskQueue
 
 # Stable namespace for deterministic delivery ids: the same (integration, event, target) always gets the
 # same deliveryId, so even a re-queue after a partial failure is deduplicated by the receivers.
@@ -39,6 +41,8 @@ class IncomingEvent:
     # The event's JSON text as the targets will receive it: for HTTP the body exactly as received.
     event_json: str
     source: EventSource
+    # The conversation it belongs to (relay.logic.intake.ordering), for targets that keep its order.
+    ordering_key: str | None = None
 
     @property
     def key(self) -> str:
@@ -59,8 +63,10 @@ class FanOut:
         in_progress_wait_seconds: float,
         in_progress_poll_seconds: float,
         sleep: Callable[[float], None] = time.sleep,
+        ordered_queue: OrderedTaskQueue | None = None,
     ) -> None:
         self._queue = queue
+        self._ordered_queue = ordered_queue
         self._idempotency = idempotency
         self._claim_checks = claim_checks
         self._metrics = metrics
@@ -130,6 +136,7 @@ class FanOut:
         if targets and len(event_field) + 1_024 > self._max_inline_body_bytes:
             event_ref = self._claim_check(incoming.key, integration_id, incoming.event_json.encode())
         bodies: list[str] = []
+        ordered: list[OrderedTask] = []
         delivery_ids: list[str] = []
         for target in targets:
             delivery_id = uuid.uuid5(DELIVERY_ID_NAMESPACE, f"{incoming.key}\n{target.target_id}")
@@ -144,11 +151,23 @@ class FanOut:
                 event_json=None if event_ref else incoming.event_json,
                 event_ref=event_ref,
             )
-            bodies.append(task_body(task, None if event_ref else event_field))
+            body = task_body(task, None if event_ref else event_field)
+            if target.ordering is Ordering.CONVERSATION and self._ordered(incoming, target.target_id):
+                key = incoming.ordering_key or ""
+                group = message_group(integration_id, target.target_id, key)
+                # Deduplicated on the delivery id: a repeat of this send (a retried webhook) is dropped.
+                ordered.append(OrderedTask(body, GroupPlacement(group, str(delivery_id))))
+            else:
+                bodies.append(body)
             delivery_ids.append(str(delivery_id))
+        # The ordered tasks first: a failure after them answers 503, and the retry's ordered sends are
+        # then dropped as repeats instead of arriving twice.
+        if ordered and self._ordered_queue is not None:
+            self._ordered_queue.send_ordered(ordered)
         if bodies:
             self._queue.send(bodies)
-            self._metrics.count("TasksQueued", len(bodies))
+        if bodies or ordered:
+            self._metrics.count("TasksQueued", len(bodies) + len(ordered))
         logger.info(
             "event accepted",
             extra={"integration_id": integration_id, "event_id": incoming.event_id, "tasks": len(bodies)},
@@ -160,6 +179,16 @@ class FanOut:
             "deliveryIds": delivery_ids,
             "claimCheck": event_ref is not None,
         }
+
+    def _ordered(self, incoming: IncomingEvent, target_id: str) -> bool:
+        """Whether an ordered target's task can keep its conversation's order; if not it goes unordered,
+        counted and logged (an event without a conversation, or no ordered queue here)."""
+        if incoming.ordering_key is not None and self._ordered_queue is not None:
+            return True
+        self._metrics.count("TasksUnordered")
+        why = "no ordered queue configured" if incoming.ordering_key else "the event names no conversation"
+        logger.info("ordered target's task queued unordered", extra={"targetId": target_id, "why": why})
+        return False
 
     def _claim_check(self, key: str, integration_id: str, body: bytes) -> S3Ref:
         if self._claim_checks is None:

@@ -54,12 +54,20 @@ from relay.logic.intake.http_api import (
 )
 from relay.logic.intake.messages import parse_eventbridge_event, parse_open_message
 from relay.logic.intake.metrics import NoMetrics
+from relay.logic.intake.ordering import eventbridge_key, open_messaging_key
 from relay.logic.signature import CODE_MISMATCH, SIGNATURE_HEADER, verify_signature
 from relay.models.genesys import utc_instant
 from relay.models.queue import MAX_INLINE_BODY_BYTES
 from relay.models.secrets import RotatingSecret
 from relay.observability import logger
-from relay.ports import ClaimCheckStore, IdempotencyStore, IntegrationLookup, MetricsRecorder, TaskQueue
+from relay.ports import (
+    ClaimCheckStore,
+    IdempotencyStore,
+    IntegrationLookup,
+    MetricsRecorder,
+    OrderedTaskQueue,
+    TaskQueue,
+)
 
 _JSON_TYPES = ("application/json",)
 # Integration ids are Genesys UUIDs; anything far from an id is refused before it reaches DynamoDB (whose
@@ -87,7 +95,9 @@ class Intake:
         in_progress_wait_seconds: float = 1.0,
         in_progress_poll_seconds: float = 0.1,
         sleep: Callable[[float], None] = time.sleep,
+        ordered_queue: OrderedTaskQueue | None = None,
     ) -> None:
+        """``ordered_queue``: the FIFO queue for ordered targets' tasks (without it they go unordered)."""
         self._integrations = integrations
         self._get_secret = get_secret
         self._refresh_secret = refresh_secret
@@ -107,6 +117,7 @@ class Intake:
             in_progress_wait_seconds=in_progress_wait_seconds,
             in_progress_poll_seconds=in_progress_poll_seconds,
             sleep=sleep,
+            ordered_queue=ordered_queue,
         )
 
     # --- entry points -----------------------------------------------------------------------------------
@@ -162,6 +173,7 @@ class Intake:
             identity=f"eventbridge\n{integration_id}\n{parsed.id}",
             event_json=event_json,
             source="eventbridge",
+            ordering_key=eventbridge_key(event),
         )
         return self._fan_out(entry, incoming)
 
@@ -200,6 +212,7 @@ class Intake:
             f"{utc_instant(message['channel']['time'])}",
             event_json=text,
             source="open-messaging",
+            ordering_key=open_messaging_key(message),
         )
         return json_response(202, self._fan_out(entry, incoming))
 
