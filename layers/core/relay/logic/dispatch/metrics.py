@@ -1,10 +1,10 @@
 """The dispatcher's CloudWatch metrics (EMF through powertools), names and dimensions exactly as in
-docs/architecture.md: per-target counts (the ordered path's too) carry the dimensions ``service`` and
-``target``;
-``BreakerStoreUnavailable`` carries ``service`` only.
+docs/architecture.md: per-target counts carry the dimensions ``service`` and ``target``;
+``BreakerStoreUnavailable`` and ``OrderedGroupBlocked`` carry ``service`` only (alarms watch them, and an
+alarm cannot search across targets).
 
 A batch accumulates here and is flushed once at the end: one EMF object per target (so each target's
-values sit under its own dimension), plus one service-level object when the breaker store failed.
+values sit under its own dimension), plus one service-level object for the service-level counts.
 """
 
 from __future__ import annotations
@@ -29,12 +29,14 @@ class Metric(StrEnum):
     BREAKER_STORE_UNAVAILABLE = "BreakerStoreUnavailable"
     # The ordered path (relay.logic.dispatch.fifo): records held in their conversation instead of
     # attempted (behind an earlier one, breaker open, out of time), and deliveries an ordered target
-    # with onExhausted block keeps failing (its conversation waits: the alarm).
+    # with onExhausted block keeps failing (its conversation waits: the alarm; service level).
     ORDERED_HELD = "OrderedHeld"
     ORDERED_GROUP_BLOCKED = "OrderedGroupBlocked"
 
 
 TARGET_DIMENSION = "target"
+# Counted per service only (``count_service``).
+SERVICE_METRICS = frozenset({Metric.BREAKER_STORE_UNAVAILABLE, Metric.ORDERED_GROUP_BLOCKED})
 
 
 class BatchMetrics:
@@ -44,7 +46,7 @@ class BatchMetrics:
         self._lock = threading.Lock()
         self._counts: dict[str, dict[Metric, float]] = defaultdict(lambda: defaultdict(float))
         self._latencies: dict[str, list[float]] = defaultdict(list)
-        self._store_unavailable = 0
+        self._service_counts: dict[Metric, float] = defaultdict(float)
 
     def count(self, metric: Metric, target_id: str, value: float = 1.0) -> None:
         with self._lock:
@@ -55,14 +57,18 @@ class BatchMetrics:
             self._latencies[target_id].append(round(milliseconds, 3))
 
     def breaker_store_unavailable(self) -> None:
+        self.count_service(Metric.BREAKER_STORE_UNAVAILABLE)
+
+    def count_service(self, metric: Metric, value: float = 1.0) -> None:
+        assert metric in SERVICE_METRICS, f"{metric} is counted per target"
         with self._lock:
-            self._store_unavailable += 1
+            self._service_counts[metric] += value
 
     def flush(self) -> None:
         with self._lock:
             counts, self._counts = self._counts, defaultdict(lambda: defaultdict(float))
             latencies, self._latencies = self._latencies, defaultdict(list)
-            unavailable, self._store_unavailable = self._store_unavailable, 0
+            service_counts, self._service_counts = self._service_counts, defaultdict(float)
         for target_id in sorted(set(counts) | set(latencies)):
             emf = EphemeralMetrics(namespace=self._namespace, service=self._service)
             emf.add_dimension(TARGET_DIMENSION, target_id)
@@ -71,7 +77,8 @@ class BatchMetrics:
             for value in latencies.get(target_id, []):
                 emf.add_metric(Metric.DELIVERY_LATENCY.value, MetricUnit.Milliseconds, value)
             emf.flush_metrics()
-        if unavailable:
+        if service_counts:
             emf = EphemeralMetrics(namespace=self._namespace, service=self._service)
-            emf.add_metric(Metric.BREAKER_STORE_UNAVAILABLE.value, MetricUnit.Count, unavailable)
+            for metric, value in service_counts.items():
+                emf.add_metric(metric.value, MetricUnit.Count, value)
             emf.flush_metrics()
