@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from relay.models.archive import ArchiveRecord
 from relay.models.breaker import BreakerState
 from relay.models.delivery import DlqReason, S3Ref
 from relay.models.http import HttpResult
@@ -106,6 +107,12 @@ class AuditSink(Protocol):
     def write(
         self, date: str, target_id: str, invocation_id: str, records: Sequence[Mapping[str, Any]]
     ) -> None: ...
+
+
+class EventArchive(Protocol):
+    """The event archive: one object per invocation (relay.models.archive)."""
+
+    def write(self, date: str, invocation_id: str, records: Sequence[ArchiveRecord]) -> None: ...
 
 
 class ClaimCheckReader(Protocol):
