@@ -71,20 +71,22 @@ class Archiving:
     """A dispatcher with an archive, and what it wrote."""
 
     def __init__(self, answer_with: Answer, *target_ids: str) -> None:
+        self.clock = ManualClock(NOW)
         self.archive = InMemoryEventArchive()
         self.audit = InMemoryAuditSink()
         self.breakers = InMemoryBreakerStore()
         self.claim_checks = InMemoryClaimCheckStore()
+        self.http = ScriptedHttp(answer_with)
         self.dispatcher = Dispatcher(
             settings=Settings.model_validate({}),
             targets=InMemoryTargets(*(make_target(t) for t in target_ids or ("crm",))),
-            http=ScriptedHttp(answer_with),
+            http=self.http,
             queue=RecordingQueueOps(),
             breakers=self.breakers,
             audit=self.audit,
             secrets=InMemorySecrets(),
             claim_checks=self.claim_checks,
-            clock=ManualClock(NOW),
+            clock=self.clock,
             rng=random.Random(7),
             archive=self.archive,
         )

@@ -190,6 +190,26 @@ class GenesysReader(Protocol):
     def get_credential(self, credential_id: str) -> dict[str, Any]: ...
 
 
+class AuditReader(Protocol):
+    """The audit objects of some days (``relay deliveries show``)."""
+
+    def lines(self, dates: Sequence[str], *, containing: str) -> list[dict[str, Any]]:
+        """Every audit line under ``audit/date=<date>/`` for those dates whose text holds ``containing``."""
+        ...
+
+
+class ArchiveReader(Protocol):
+    """The event archive of some days (``relay deliveries replay``)."""
+
+    def records(self, dates: Sequence[str], *, containing: str) -> list[ArchiveRecord]:
+        """Every archive record of those dates whose line holds ``containing``."""
+        ...
+
+    def claim_check_exists(self, ref: S3Ref) -> bool:
+        """False once the events/ lifecycle rule has expired the claim check."""
+        ...
+
+
 class DeadLetterQueues(Protocol):
     """The SQS calls behind ``relay dlq`` (queue URLs explicit: the DLQ is read, the delivery queue
     written). Never echoes a message body in an error."""
