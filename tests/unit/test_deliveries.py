@@ -254,7 +254,7 @@ def test_running_a_replay_queues_the_tasks_and_audits_who_did_it(history: Archiv
     replay = plan(history, "e-1", target_id="erp")
     queue, audit, later = InMemoryDeliveryQueue(), history.audit, WHEN + timedelta(minutes=1)
 
-    records = run_replay(
+    audited = run_replay(
         replay, queue=queue, audit=audit, actor="arn:aws:iam::1:user/ops", now=later, operation_id="op1"
     )
 
@@ -268,8 +268,8 @@ def test_running_a_replay_queues_the_tasks_and_audits_who_did_it(history: Archiv
     )
     assert json.loads(task.event_json or "") == {"id": "e-1", "text": SECRET_TEXT}
     key = f"audit/date={DAY}/target=erp/operator-op1.jsonl"
-    (record,) = records
-    assert json.loads(audit.objects[key]) == record
+    (record,) = audited.records
+    assert audited.unwritten == [] and json.loads(audit.objects[key]) == record
     assert (record["outcome"], record["actor"], record["eventId"], record["deliveryId"]) == (
         "replayed",
         "arn:aws:iam::1:user/ops",
@@ -306,11 +306,21 @@ def test_an_audit_record_that_cannot_be_written_is_reported_after_the_replay_is_
     queue, audit = InMemoryDeliveryQueue(), InMemoryAuditSink()
     audit.unavailable = True
 
-    with pytest.raises(
-        DependencyUnavailable, match="replay queued, but its audit record could not be written for crm, erp"
-    ):
-        run_replay(replay, queue=queue, audit=audit, actor="me", now=WHEN)
-    assert len(queue.bodies) == 2
+    audited = run_replay(replay, queue=queue, audit=audit, actor="me", now=WHEN)
+
+    assert len(queue.bodies) == 2 and audited.unwritten == ["crm", "erp"]
+    assert [r["outcome"] for r in audited.records] == ["replayed", "replayed"]
+
+
+def test_nothing_is_audited_when_the_replay_cannot_be_queued(history: Archiving) -> None:
+    class DownQueue:
+        def send(self, bodies: Any) -> None:
+            raise DependencyUnavailable("delivery queue unavailable (test)")
+
+    audit = InMemoryAuditSink()
+    with pytest.raises(DependencyUnavailable):
+        run_replay(plan(history, "e-1"), queue=DownQueue(), audit=audit, actor="me", now=WHEN)
+    assert not any("operator-" in key for key in audit.objects)
 
 
 # --- targets enable / disable -------------------------------------------------------------------------
@@ -320,9 +330,10 @@ def test_an_audit_record_that_cannot_be_written_is_reported_after_the_replay_is_
 def test_switching_a_target_changes_it_and_audits_the_change(enabled: bool) -> None:
     targets, audit = InMemoryTargets(make_target("erp", enabled=not enabled)), InMemoryAuditSink()
 
-    record = switch_target(
+    audited = switch_target(
         targets, audit, make_target("erp"), enabled=enabled, actor="os-user:ops", now=WHEN, operation_id="op2"
     )
+    (record,) = audited.records
 
     assert targets.targets[(INTEGRATION, "erp")].enabled is enabled
     assert json.loads(audit.objects[f"audit/date={DAY}/target=erp/operator-op2.jsonl"]) == record

@@ -8,6 +8,8 @@ what was done: ``replayed``, ``target-enabled``, ``target-disabled``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -52,10 +54,26 @@ def operator_record(
     }
 
 
-def write_operator_record(audit: AuditSink, record: dict[str, Any], at: datetime) -> None:
-    """Log ``record`` and write it to the audit bucket (DependencyUnavailable if it cannot be)."""
-    logger.info("operator action", extra=record)
-    audit.write(at.strftime("%Y-%m-%d"), record["targetId"], record["invocationId"], [record])
+@dataclass(frozen=True)
+class Audited:
+    """An action's audit records, and the targets whose record could not be written to the bucket
+    (every record is logged all the same)."""
+
+    records: list[dict[str, Any]]
+    unwritten: list[str]
+
+
+def write_operator_records(audit: AuditSink, records: Sequence[dict[str, Any]], at: datetime) -> Audited:
+    """Log each record and write it to the audit bucket, one object per record."""
+    unwritten = []
+    for record in records:
+        logger.info("operator action", extra=record)
+        try:
+            audit.write(at.strftime("%Y-%m-%d"), record["targetId"], record["invocationId"], [record])
+        except DependencyUnavailable as exc:
+            logger.warning("operator audit record not written", extra={"error": str(exc)})
+            unwritten.append(record["targetId"])
+    return Audited(list(records), unwritten)
 
 
 def switch_target(
@@ -67,10 +85,9 @@ def switch_target(
     actor: str,
     now: datetime,
     operation_id: str,
-) -> dict[str, Any]:
-    """Enable or disable ``target`` (config sync keeps the flag while the config is unchanged), then
-    audit it. Returns the audit record; DependencyUnavailable if the record could not be written
-    after the change was made (the message says so)."""
+) -> Audited:
+    """Enable or disable ``target`` (config sync keeps the flag while its config is unchanged), then
+    audit the change."""
     targets.set_target_enabled(target.integration_id, target.target_id, enabled)
     record = operator_record(
         TARGET_ENABLED if enabled else TARGET_DISABLED,
@@ -80,11 +97,4 @@ def switch_target(
         integration_id=target.integration_id,
         target_id=target.target_id,
     )
-    try:
-        write_operator_record(audit, record, now)
-    except DependencyUnavailable as exc:
-        state = "enabled" if enabled else "disabled"
-        raise DependencyUnavailable(
-            f"target {state}, but its audit record could not be written ({exc})"
-        ) from None
-    return record
+    return write_operator_records(audit, [record], now)

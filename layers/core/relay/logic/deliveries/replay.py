@@ -15,9 +15,9 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from relay.errors import DependencyUnavailable, ReplayRefused
+from relay.errors import ReplayRefused
 from relay.logic.deliveries.lookup import ArchivedEvent
-from relay.logic.deliveries.operator import REPLAYED, operator_record, write_operator_record
+from relay.logic.deliveries.operator import REPLAYED, Audited, operator_record, write_operator_records
 from relay.logic.intake.fan_out import task_body
 from relay.models.delivery import DeliveryTask
 from relay.ports import ArchiveReader, AuditSink, TargetDirectory, TaskQueue
@@ -105,15 +105,13 @@ def run_replay(
     actor: str,
     now: datetime,
     operation_id: str | None = None,
-) -> list[dict[str, Any]]:
-    """Queue the replay's tasks (one SendMessageBatch; DependencyUnavailable if SQS refuses), then audit
-    each. Returns the audit records; raises DependencyUnavailable naming the targets whose record could
-    not be written (the tasks are queued by then)."""
+) -> Audited:
+    """Queue the replay's tasks (DependencyUnavailable, nothing audited, if SQS refuses), then audit
+    each: who, when, which event, target and delivery id."""
     queue.send([_body(task) for task in replay.tasks])
     operation = operation_id or uuid.uuid4().hex
-    records, unwritten = [], []
-    for task in replay.tasks:
-        record = operator_record(
+    records = [
+        operator_record(
             REPLAYED,
             operation_id=operation,
             actor=actor,
@@ -125,16 +123,9 @@ def run_replay(
             delivery_id=task.delivery_id,
             replay_of=replay.replaced.get(task.target_id),
         )
-        records.append(record)
-        try:
-            write_operator_record(audit, record, now)
-        except DependencyUnavailable:
-            unwritten.append(task.target_id)
-    if unwritten:
-        raise DependencyUnavailable(
-            f"replay queued, but its audit record could not be written for {', '.join(unwritten)}"
-        )
-    return records
+        for task in replay.tasks
+    ]
+    return write_operator_records(audit, records, now)
 
 
 def _one_event(events: Sequence[ArchivedEvent], ident: str, searched: str) -> ArchivedEvent:

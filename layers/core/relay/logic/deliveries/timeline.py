@@ -32,6 +32,8 @@ FIELDS = (
     "invocationId",
 )
 IDS = ("eventId", "deliveryId", "conversationId")
+_INTEGERS = ("attempt", "status", "retryInSeconds", "deferredSeconds")
+_NUMBERS = ("latencyMs",)
 
 
 def days_back(now: datetime, since: timedelta) -> list[str]:
@@ -88,6 +90,19 @@ class Timeline:
             "deliveries": self.deliveries(),
             "attempts": list(self.attempts),
         }
+
+
+def from_table_row(row: Mapping[str, str | None]) -> dict[str, Any]:
+    """An audit line as the Glue table returns it (Athena: lower-case column names, every value text)
+    in the audit record's own shape, FIELDS only."""
+    by_column = {key.lower(): key for key in FIELDS}
+    line: dict[str, Any] = dict.fromkeys(FIELDS)
+    for column, text in row.items():
+        key = by_column.get(column.lower())
+        if key is None or text is None or text == "":
+            continue
+        line[key] = int(float(text)) if key in _INTEGERS else float(text) if key in _NUMBERS else text
+    return line
 
 
 def timeline(lines: Iterable[Mapping[str, Any]], ident: str, dates: Iterable[str]) -> Timeline:
