@@ -111,11 +111,15 @@ def sent(stack: LocalStack) -> list[str]:
         what="both receivers answered every event",
         timeout=120,
     )
-    assert stack.poller is not None
-    assert wait_until(
-        lambda: stack.poller.wait_idle(1), what="the dispatcher finished its batches", timeout=30
-    )
+    settle(stack)
     return ids
+
+
+def settle(stack: LocalStack) -> None:
+    """Until no dispatcher invocation runs: the batches that delivered have written their audit."""
+    poller = stack.poller
+    assert poller is not None
+    wait_until(lambda: poller.wait_idle(1), what="the dispatcher finished its batches", timeout=30)
 
 
 def test_a_receiver_that_lost_five_events_gets_them_again_and_holds_all_fifty_once(
@@ -141,8 +145,7 @@ def test_a_receiver_that_lost_five_events_gets_them_again_and_holds_all_fifty_on
 
     # Then the receiver holds all 50 exactly once by webhook-id, each signature valid
     wait_until(lambda: len(plain.unique_delivery_ids) == EVENTS, what="the replays arrived", timeout=60)
-    assert stack.poller is not None  # ... and their batches' audit objects are written
-    assert wait_until(lambda: stack.poller.wait_idle(1), what="the dispatcher finished its batches", timeout=30)
+    settle(stack)  # ... and their batches' audit objects are written
     kept = Counter(request.webhook_id for request in plain.deliveries)
     assert len(kept) == EVENTS and set(kept.values()) == {1}
     assert {r.webhook_id for r in plain.lost} <= set(kept)  # the same webhook-ids: the ones it lost

@@ -341,3 +341,29 @@ def test_switching_a_target_changes_it_and_audits_the_change(enabled: bool) -> N
         "target-enabled" if enabled else "target-disabled",
         "os-user:ops",
     )
+
+
+# --- the table `relay deliveries show` prints ----------------------------------------------------------
+
+
+def test_the_table_names_the_event_only_when_it_shows_several(history: Archiving) -> None:
+    from relay.cli.deliveries_cmd import format_timeline
+
+    one = format_timeline(show(history, "e-1")).splitlines()
+    several = format_timeline(show(history, "conv-1")).splitlines()
+
+    assert one[0].split() == [
+        "TIME",
+        "TARGET",
+        "ATTEMPT",
+        "OUTCOME",
+        "STATUS",
+        "LATENCY_MS",
+        "ERROR",
+        "DLQ_REASON",
+        "BREAKER",
+        "NOTE",
+    ]
+    assert several[0].split()[:3] == ["TIME", "EVENT", "TARGET"]
+    assert "retry-scheduled" in one[1] + one[2] and "retry in " in one[1] + one[2]
+    assert f"event e-1 to erp: delivered after 2 attempts; deliveryId {ids('e-1', 'erp')}" in one

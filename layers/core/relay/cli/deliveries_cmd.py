@@ -148,38 +148,37 @@ def _athena_lines(args: Any, dates: list[str]) -> list[dict[str, Any]]:
 
 
 def format_timeline(found: Timeline) -> str:
-    """The attempts as a table, then one line per delivery: where it stands and its delivery id."""
-    rows: list[tuple[str, ...]] = [
-        (
-            "TIME",
-            "EVENT",
-            "TARGET",
-            "ATTEMPT",
-            "OUTCOME",
-            "STATUS",
-            "LATENCY_MS",
-            "ERROR",
-            "DLQ_REASON",
-            "BREAKER",
-            "NOTE",
-        )
-    ]
+    """The attempts as a table (an EVENT column when several events are shown), then one line per
+    delivery: where it stands and its delivery id."""
+    several = len({a["eventId"] for a in found.attempts}) > 1
+    header = (
+        "TIME",
+        "TARGET",
+        "ATTEMPT",
+        "OUTCOME",
+        "STATUS",
+        "LATENCY_MS",
+        "ERROR",
+        "DLQ_REASON",
+        "BREAKER",
+        "NOTE",
+    )
+    rows: list[tuple[str, ...]] = [("TIME", "EVENT", *header[1:]) if several else header]
     for a in found.attempts:
-        rows.append(
-            (
-                _text(a["startedAt"]),
-                _text(a["eventId"]),
-                _text(a["targetId"]),
-                _text(a["attempt"]),
-                _text(a["outcome"]),
-                _text(a["status"]),
-                _text(a["latencyMs"]),
-                _text(a["errorCode"]),
-                _text(a["dlqReason"]),
-                _text(a["breakerState"]),
-                _note(a),
+        cells = [
+            _text(a[key])
+            for key in (
+                "targetId",
+                "attempt",
+                "outcome",
+                "status",
+                "latencyMs",
+                "errorCode",
+                "dlqReason",
+                "breakerState",
             )
-        )
+        ]
+        rows.append((_text(a["startedAt"]), *([_text(a["eventId"])] if several else []), *cells, _note(a)))
     summary = [format_table(rows), ""]
     for d in found.deliveries():
         tried = f"{d['attempts']} attempt{'s' if d['attempts'] != 1 else ''}"
