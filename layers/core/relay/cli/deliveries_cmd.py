@@ -123,25 +123,22 @@ def _show(args: Any, out: IO[str] | None = None) -> int:
 
 
 def _audit_lines(ident: str, dates: list[str]) -> list[dict[str, Any]]:
-    from relay.adapters.audit import S3AuditReader
     from relay.settings import get_settings
-    from relay.wiring import aws_client
+    from relay.wiring.operator import audit_reader
 
-    settings = get_settings()
-    reader = S3AuditReader(aws_client("s3", settings), settings.need("audit_bucket"))
-    return reader.lines(dates, containing=ident)
+    return audit_reader(get_settings()).lines(dates, containing=ident)
 
 
 def _athena_lines(args: Any, dates: list[str]) -> list[dict[str, Any]]:
-    from relay.adapters.athena import AthenaQueries
     from relay.logic.deliveries.timeline import from_table_row
-    from relay.wiring import aws_client
+    from relay.settings import get_settings
+    from relay.wiring.operator import athena_queries
 
     why = "--athena"
     workgroup = stack_output(args, WORKGROUP_OUTPUT, why=why)
     query_id = stack_output(args, TIMELINE_QUERY_OUTPUT, why=why)
     # The saved query's parameters, in order: the first day to read, then the id.
-    rows = AthenaQueries(aws_client("athena")).run_named(
+    rows = athena_queries(get_settings()).run_named(
         query_id, workgroup, [dates[0], args.ident], timeout_seconds=args.timeout
     )
     return [from_table_row(row) for row in rows]
@@ -206,22 +203,19 @@ def _text(value: Any) -> str:
 
 # --- replay -----------------------------------------------------------------------------------------
 def _replay(args: Any, out: IO[str] | None = None) -> int:
-    from relay.adapters.archive import S3EventArchive
-    from relay.adapters.audit import S3AuditSink
-    from relay.adapters.identity import caller_identity
     from relay.errors import ReplayRefused
     from relay.logic.deliveries.lookup import find_events
     from relay.logic.deliveries.replay import plan_replay, run_replay
     from relay.logic.deliveries.timeline import days_back
     from relay.settings import get_settings
-    from relay.wiring import aws_client, sqs_queues, target_store
+    from relay.wiring import sqs_queues, target_store
+    from relay.wiring.operator import actor, audit_sink, event_archive
 
     out = out or sys.stdout
     settings = get_settings()
-    bucket = settings.need("audit_bucket")
     now = datetime.now(UTC)
     dates = days_back(now, args.since)
-    archive = S3EventArchive(aws_client("s3", settings), bucket)
+    archive = event_archive(settings)
     events = find_events(archive.records(dates, containing=args.ident), args.ident)
     try:
         replay = plan_replay(
@@ -242,8 +236,8 @@ def _replay(args: Any, out: IO[str] | None = None) -> int:
     audited = run_replay(
         replay,
         queue=sqs_queues(settings),
-        audit=S3AuditSink(aws_client("s3", settings), bucket),
-        actor=caller_identity(aws_client("sts", settings)),
+        audit=audit_sink(settings),
+        actor=actor(settings),
         now=now,
         operation_id=uuid.uuid4().hex,
     )

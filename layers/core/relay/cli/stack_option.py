@@ -51,12 +51,11 @@ def stack_settings(args: argparse.Namespace) -> Iterator[None]:
     if not name:
         yield
         return
-    from relay.adapters.cloudformation import stack_outputs
     from relay.settings import get_settings, settings_scope
-    from relay.wiring import aws_client
+    from relay.wiring.operator import outputs_of
 
     base = get_settings()
-    outputs = stack_outputs(aws_client("cloudformation", base), name)
+    outputs = outputs_of(base, name)
     setattr(args, OUTPUTS, outputs)
     named = {field: outputs[key] for key, field in OUTPUT_SETTINGS.items() if outputs.get(key)}
     with settings_scope(base.model_copy(update=named)):

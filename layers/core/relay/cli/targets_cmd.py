@@ -283,16 +283,15 @@ def _switch(args: Any, out: IO[str] | None = None) -> int:
     import uuid
     from datetime import UTC, datetime
 
-    from relay.adapters.audit import S3AuditSink
-    from relay.adapters.identity import caller_identity
     from relay.cli.breaker_cmd import _find_target
     from relay.logic.deliveries.operator import switch_target
     from relay.settings import get_settings
-    from relay.wiring import aws_client, target_store
+    from relay.wiring import target_store
+    from relay.wiring.operator import actor, audit_sink
 
     out = out or sys.stdout
     settings = get_settings()
-    audit = S3AuditSink(aws_client("s3", settings), settings.need("audit_bucket"))
+    audit = audit_sink(settings)
     store = target_store(settings, cache_ttl_seconds=0)
     target = _find_target(store, args)
     state = "enabled" if args.enabled else "disabled"
@@ -304,7 +303,7 @@ def _switch(args: Any, out: IO[str] | None = None) -> int:
         audit,
         target,
         enabled=args.enabled,
-        actor=caller_identity(aws_client("sts", settings)),
+        actor=actor(settings),
         now=datetime.now(UTC),
         operation_id=uuid.uuid4().hex,
     )

@@ -7,6 +7,8 @@ phase) what its function uses and nothing else:
     relay.wiring.intake        build_intake(settings, ...), container_intake()
     relay.wiring.dispatcher    build_dispatcher(settings, ...), container_dispatcher()
     relay.wiring.config_sync   run_config_sync(settings, ...), warm_up()
+    relay.wiring.operator      the operator commands' audit reader and sink, event archive, Athena,
+                               stack outputs and caller identity
     relay.wiring               the AWS clients (aws_clients, aws_client) and the adapters several
                                functions (and the operator commands, relay.cli) use: target_store,
                                breaker_store, sqs_queues, s3_claim_checks, secret_store

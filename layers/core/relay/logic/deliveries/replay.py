@@ -20,6 +20,7 @@ from relay.logic.deliveries.lookup import ArchivedEvent
 from relay.logic.deliveries.operator import REPLAYED, Audited, operator_record, write_operator_records
 from relay.logic.intake.fan_out import task_body
 from relay.models.delivery import DeliveryTask
+from relay.models.timestamps import iso_utc
 from relay.ports import ArchiveReader, AuditSink, TargetDirectory, TaskQueue
 
 
@@ -36,7 +37,7 @@ class Replay:
             "eventId": self.event.event_id,
             "integrationId": self.event.integration_id,
             "conversationId": self.event.conversation_id,
-            "receivedAt": self.event.received_at.isoformat(),
+            "receivedAt": iso_utc(self.event.received_at),
             "deliveries": [
                 {
                     "targetId": task.target_id,
