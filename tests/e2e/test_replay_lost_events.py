@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -32,6 +32,15 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 EVENTS = 50
 LOST = 5
+# What --stack-name stands for: the operator's shell sets none of them.
+RESOURCE_VARIABLES = (
+    "TARGETS_TABLE",
+    "BREAKER_TABLE",
+    "DELIVERY_QUEUE_URL",
+    "DEAD_LETTER_QUEUE_URL",
+    "AUDIT_BUCKET",
+)
+Relay = Callable[..., tuple[int, str, str]]
 
 
 @pytest.fixture(scope="module")
@@ -41,22 +50,11 @@ def stack() -> Iterator[LocalStack]:
 
 
 @pytest.fixture(scope="module")
-def operator(stack: LocalStack) -> Any:
+def operator(stack: LocalStack) -> Relay:
     """``relay ...`` as the operator runs it in a shell holding AWS credentials and an endpoint (moto's)
     and naming no resource: every command finds its table, queue and bucket through --stack-name."""
     assert stack.resources is not None
-    shell = {
-        name: value
-        for name, value in os.environ.items()
-        if name
-        not in (
-            "TARGETS_TABLE",
-            "BREAKER_TABLE",
-            "DELIVERY_QUEUE_URL",
-            "DEAD_LETTER_QUEUE_URL",
-            "AUDIT_BUCKET",
-        )
-    }
+    shell = {name: value for name, value in os.environ.items() if name not in RESOURCE_VARIABLES}
     shell.update(local_mode_environment(stack.resources.endpoint_url))
 
     def relay(*argv: str) -> tuple[int, str, str]:
@@ -123,7 +121,7 @@ def settle(stack: LocalStack) -> None:
 
 
 def test_a_receiver_that_lost_five_events_gets_them_again_and_holds_all_fifty_once(
-    stack: LocalStack, sent: list[str], operator: Any
+    stack: LocalStack, sent: list[str], operator: Relay
 ) -> None:
     plain_id, plain, encrypted_id, encrypted = receivers(stack)
     # Given the plain target's receiver answered 200 to 5 events and kept nothing of them
