@@ -64,6 +64,29 @@ def test_one_task_per_enabled_target_carrying_the_event_as_received() -> None:
     assert len({t.delivery_id for t in queued}) == 2
 
 
+def test_tasks_carry_the_conversation_id_the_event_names_for_the_audit() -> None:
+    # Given an Open Messaging message naming its conversation, and one that names none
+    intake, queue = make_intake()
+    named = sample("openmessaging_text.json")
+    unnamed = sample("openmessaging_typing.json")
+    unnamed.pop("conversationId", None)
+
+    # When both are accepted
+    intake.handle(api_gateway_event(named))
+    intake.handle(api_gateway_event(unnamed))
+
+    # Then the tasks say which conversation (so `relay deliveries show CONVERSATION_ID` finds them)
+    by_event = {t.event_id: t.conversation_id for t in tasks(queue)}
+    assert by_event == {named["id"]: named["conversationId"], unnamed["id"]: None}
+
+
+def test_eventbridge_tasks_carry_the_event_bodys_conversation_id() -> None:
+    intake, queue = make_intake(eventbridge_integration_id=INTEGRATION_ID)
+    event = sample("eventbridge_conversation_start.json")
+    intake.handle(event)
+    assert {t.conversation_id for t in tasks(queue)} == {event["detail"]["eventBody"]["conversationId"]}
+
+
 @pytest.mark.parametrize(
     "name", ["openmessaging_text.json", "openmessaging_typing.json", "openmessaging_receipt.json"]
 )

@@ -98,6 +98,10 @@ class Settings(BaseModel):
     # stay below it, so the backstop never dead-letters a message without the relay's reason.
     max_receive_count: int | None = Field(None, alias="MAX_RECEIVE_COUNT", ge=2)
 
+    # The event archive (template parameter ArchiveEnabled): one object per invocation under archive/
+    # in AUDIT_BUCKET holding the events it handled, so that `relay deliveries replay` can send them again.
+    archive_enabled: bool = Field(True, alias="ARCHIVE_ENABLED")
+
     # --- config sync (Genesys Cloud) ----------------------------------------------------------------
     genesys_region: str = Field("mypurecloud.com", alias="GENESYS_REGION")
     genesys_api_host: str | None = Field(None, alias="GENESYS_API_HOST")

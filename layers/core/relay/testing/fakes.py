@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -20,6 +21,7 @@ from relay.errors import (
     TokenUnavailable,
     UnreadableEvent,
 )
+from relay.models.archive import ArchiveRecord, archive_key
 from relay.models.breaker import BreakerState
 from relay.models.delivery import DlqReason, S3Ref
 from relay.models.http import HttpResult
@@ -134,15 +136,59 @@ class InMemoryBreakerStore:
 
 
 class InMemoryAuditSink:
-    """Audit objects in process memory, under the keys the S3 sink would use."""
+    """Audit objects in process memory, under the keys the S3 sink would use; an AuditReader too.
+    ``unavailable`` fails writes and reads as S3 down would."""
 
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
+        self.unavailable = False
 
     def write(
         self, date: str, target_id: str, invocation_id: str, records: Sequence[Mapping[str, Any]]
     ) -> None:
+        if self.unavailable:
+            raise DependencyUnavailable("audit bucket unwritable (in-memory sink set unavailable)")
         self.objects[audit_key(date, target_id, invocation_id)] = to_jsonl(records)
+
+    def lines(self, dates: Sequence[str], *, containing: str) -> list[dict[str, Any]]:
+        if self.unavailable:
+            raise DependencyUnavailable("audit bucket unreadable (in-memory sink set unavailable)")
+        return [json.loads(line) for line in _lines_under(self.objects, "audit", dates, containing)]
+
+
+class InMemoryEventArchive:
+    """Archive objects in process memory, under the S3 archive's keys; an ArchiveReader too. Claim
+    checks named in ``expired`` are gone, as the events/ lifecycle rule would have them."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.expired: set[S3Ref] = set()
+        self.unavailable = False
+
+    def write(self, date: str, invocation_id: str, records: Sequence[ArchiveRecord]) -> None:
+        if self.unavailable:
+            raise DependencyUnavailable("audit bucket unwritable (in-memory archive set unavailable)")
+        self.objects[archive_key(date, invocation_id)] = b"".join(r.to_line() for r in records)
+
+    def records(self, dates: Sequence[str], *, containing: str) -> list[ArchiveRecord]:
+        lines = _lines_under(self.objects, "archive", dates, containing)
+        return [ArchiveRecord.model_validate_json(line) for line in lines]
+
+    def claim_check_exists(self, ref: S3Ref) -> bool:
+        return ref not in self.expired
+
+
+def _lines_under(
+    objects: Mapping[str, bytes], prefix: str, dates: Sequence[str], containing: str
+) -> list[str]:
+    """The lines holding ``containing`` of the objects under ``<prefix>/date=<date>/``, in key order."""
+    return [
+        line
+        for key, body in sorted(objects.items())
+        if any(key.startswith(f"{prefix}/date={date}/") for date in dates)
+        for line in body.decode().splitlines()
+        if containing in line
+    ]
 
 
 class ManualClock:

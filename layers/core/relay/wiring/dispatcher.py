@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+from relay.adapters.archive import S3EventArchive
 from relay.adapters.audit import S3AuditSink
 from relay.adapters.http import HttpSender
 from relay.adapters.oauth import ClientCredentialsTokens
@@ -18,6 +19,7 @@ from relay.ports import (
     ClaimCheckReader,
     Clock,
     DeliveryQueueOps,
+    EventArchive,
     HttpClient,
     SecretReader,
     TargetDirectory,
@@ -46,9 +48,11 @@ def build_dispatcher(
     clock: Clock | None = None,
     rng: random.Random | None = None,
     tokens: AccessTokens | None = None,
+    archive: EventArchive | None = None,
 ) -> Dispatcher:
     """A dispatcher wired to the deployment's resources. ``audit`` None: the S3 sink when AUDIT_BUCKET
-    is set, else no audit objects (the audit lines are still logged)."""
+    is set, else no audit objects (the audit lines are still logged); ``archive`` None: the S3 archive
+    when AUDIT_BUCKET is set and ARCHIVE_ENABLED is true."""
     if queue is None:
         queue = SqsQueues(
             aws_clients(settings).client("sqs"),
@@ -57,6 +61,8 @@ def build_dispatcher(
         )
     if audit is None and settings.audit_bucket:
         audit = S3AuditSink(aws_clients(settings).client("s3"), settings.audit_bucket)
+    if archive is None and settings.audit_bucket and settings.archive_enabled:
+        archive = S3EventArchive(aws_clients(settings).client("s3"), settings.audit_bucket)
     if http is None:
         http = HttpSender(
             pool_size=settings.delivery_concurrency,
@@ -79,6 +85,7 @@ def build_dispatcher(
         clock=clock,
         rng=rng,
         tokens=tokens,
+        archive=archive,
     )
 
 

@@ -1,6 +1,8 @@
 """The audit trail of a batch: one line per attempt (and per record handled without one), written
 as one JSON Lines object per target. Never a header, never a secret: a target's own secret values are
 scrubbed from a response body it echoed, and an encrypting target's response body is not kept at all.
+Never the event either: its text goes to the event archive, one object per invocation under its own
+prefix (relay.models.archive), written here too.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from relay.errors import DependencyUnavailable
 from relay.logic.dispatch.batch import Batch
 from relay.logic.dispatch.records import Item, SqsRecord
 from relay.logic.envelope import TargetSecrets
+from relay.models.archive import records_of
 from relay.models.breaker import Phase
 from relay.models.delivery import DeliveryTask
 from relay.models.timestamps import iso_utc
 from relay.observability import logger
-from relay.ports import AuditSink
+from relay.ports import AuditSink, EventArchive
 
 # Audit outcomes.
 DELIVERED = "delivered"
@@ -39,6 +42,7 @@ def base_line(
         "messageId": record.message_id,
         "deliveryId": str(task.delivery_id) if task else None,
         "eventId": task.event_id if task else None,
+        "conversationId": task.conversation_id if task else None,
         "integrationId": task.integration_id if task else None,
         "targetId": task.target_id if task else None,
         "startedAt": iso_utc(started),
@@ -88,3 +92,28 @@ def write_audit(batch: Batch, sink: AuditSink | None) -> None:
             sink.write(date, target_id, batch.invocation_id, lines)
         except DependencyUnavailable as exc:
             logger.warning("audit object not written", extra={"targetId": target_id, "error": str(exc)})
+
+
+def write_archive(batch: Batch, archive: EventArchive | None) -> None:
+    """One archive object for the invocation: the events of the records it attempted or dead-lettered.
+
+    Every attempt, not only the first: the retry of a record whose invocation crashed (and so wrote
+    no archive object) is archived too; a retry costs bytes in this one object, never a PUT. A record
+    only deferred is archived when it is attempted. A failed write is logged, never fails the batch.
+    """
+    if archive is None:
+        return
+    handled = {
+        line["messageId"]
+        for lines in batch.audit.values()
+        for line in lines
+        if line.get("outcome") not in (DEFERRED, None)
+    }
+    tasks = [task for message_id, task in batch.tasks.items() if message_id in handled]
+    if not tasks:
+        return
+    records = records_of(tasks, invocation_id=batch.invocation_id, archived_at=batch.started)
+    try:
+        archive.write(batch.started.strftime("%Y-%m-%d"), batch.invocation_id, records)
+    except DependencyUnavailable as exc:
+        logger.warning("archive object not written", extra={"events": len(records), "error": str(exc)})

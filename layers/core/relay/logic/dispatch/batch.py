@@ -12,6 +12,7 @@ from typing import Any
 
 from relay.logic.dispatch.metrics import BatchMetrics
 from relay.logic.dispatch.records import SqsRecord
+from relay.models.delivery import DeliveryTask
 from relay.observability import logger
 
 
@@ -26,6 +27,9 @@ class Batch:
     # Targets that answered 410 in this batch: no further request to them starts.
     gone: set[str] = field(default_factory=set)
     audit: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    # Every task the batch read, by message id: the event archive keeps those it attempted or
+    # dead-lettered (relay.logic.dispatch.audit.write_archive).
+    tasks: dict[str, DeliveryTask] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def fail(self, record: SqsRecord) -> None:

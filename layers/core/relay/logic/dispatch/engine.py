@@ -26,7 +26,7 @@ from typing import Any
 
 from relay.errors import DependencyUnavailable
 from relay.logic.dispatch.attempt import Attempter, timeouts
-from relay.logic.dispatch.audit import write_audit
+from relay.logic.dispatch.audit import write_archive, write_audit
 from relay.logic.dispatch.batch import Batch
 from relay.logic.dispatch.lanes import Lane, Lanes, group, interleave
 from relay.logic.dispatch.metrics import BatchMetrics
@@ -41,6 +41,7 @@ from relay.ports import (
     ClaimCheckReader,
     Clock,
     DeliveryQueueOps,
+    EventArchive,
     HttpClient,
     SecretReader,
     TargetDirectory,
@@ -71,10 +72,12 @@ class Dispatcher:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         tokens: AccessTokens | None = None,
+        archive: EventArchive | None = None,
     ) -> None:
         """``tokens``: OAuth access tokens for oauth2 targets (without it, their attempts fail as a
         configuration problem)."""
         self._settings = settings
+        self._archive = archive
         self._targets = targets
         self._http = http
         self._audit = audit
@@ -137,6 +140,7 @@ class Dispatcher:
         for lane in lanes:
             self._lanes.report(lane, batch)
         write_audit(batch, self._audit)
+        write_archive(batch, self._archive)
         batch.metrics.flush()
         return batch.response()
 
@@ -154,6 +158,8 @@ class Dispatcher:
                 )
                 batch.fail(record)
                 continue
+            if resolved.task is not None:
+                batch.tasks[record.message_id] = resolved.task
             if isinstance(resolved, Unattempted):
                 self._settle.unattempted(resolved, batch)
             else:

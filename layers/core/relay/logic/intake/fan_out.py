@@ -39,6 +39,7 @@ class IncomingEvent:
     # The event's JSON text as the targets will receive it: for HTTP the body exactly as received.
     event_json: str
     source: EventSource
+    conversation_id: str | None = None
 
     @property
     def key(self) -> str:
@@ -138,6 +139,7 @@ class FanOut:
                 integration_id=integration_id,
                 target_id=target.target_id,
                 event_id=incoming.event_id,
+                conversation_id=incoming.conversation_id,
                 event_source=incoming.source,
                 received_at=received_at,
                 # Dumped once for all targets and spliced in (task_body).

@@ -162,6 +162,7 @@ class Intake:
             identity=f"eventbridge\n{integration_id}\n{parsed.id}",
             event_json=event_json,
             source="eventbridge",
+            conversation_id=_text_or_none(parsed.detail.event_body.get("conversationId")),
         )
         return self._fan_out(entry, incoming)
 
@@ -200,6 +201,7 @@ class Intake:
             f"{utc_instant(message['channel']['time'])}",
             event_json=text,
             source="open-messaging",
+            conversation_id=_text_or_none(message.get("conversationId")),
         )
         return json_response(202, self._fan_out(entry, incoming))
 
@@ -233,3 +235,8 @@ class Intake:
             return self._refresh_secret(secret_name)
         except (DependencyUnavailable, ConfigurationError):
             return None  # keep the refusal: an unverifiable request is not a reason for a 5xx
+
+
+def _text_or_none(value: object) -> str | None:
+    """A conversation id as the audit keeps it: a short non-empty string, else none."""
+    return value if isinstance(value, str) and 0 < len(value) <= 128 else None
