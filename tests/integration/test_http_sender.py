@@ -173,9 +173,11 @@ def test_the_deadline_cuts_a_trickle_under_tls_too(tmp_path: Path) -> None:
     # trickles its answer inside TLS records
     server_tls, certificate = self_signed_tls(tmp_path)
     http = HttpSender(
-        pool_size=1, body_limit_bytes=100, endpoint_check=UrlPolicy(allow_loopback=True).check_endpoint
+        pool_size=1,
+        body_limit_bytes=100,
+        endpoint_check=UrlPolicy(allow_loopback=True).check_endpoint,
+        ca_certs=str(certificate),
     )
-    http.session.verify = str(certificate)
     try:
         with misbehaving_peer(lambda *_: Answer(trickle=SLOW_HEAD), tls=server_tls) as peer:
             result, took = _post(http, peer.url)

@@ -35,7 +35,7 @@ from urllib3.exceptions import (
     NewConnectionError,
 )
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
-from urllib3.response import HTTPResponse
+from urllib3.response import BaseHTTPResponse
 from urllib3.util.connection import allowed_gai_family
 from urllib3.util.timeout import _DEFAULT_TIMEOUT
 
@@ -103,7 +103,7 @@ class FramedResponse(http.client.HTTPResponse):
         self.headers_complete = not watch.cut_off
 
 
-def headers_complete(response: HTTPResponse) -> bool:
+def headers_complete(response: BaseHTTPResponse) -> bool:
     """False when the peer closed the connection before the end of the response's header block."""
     original = getattr(response, "_original_response", None)  # urllib3 keeps http.client's response
     return bool(getattr(original, "headers_complete", True))
