@@ -119,6 +119,7 @@ def test_audit_objects_are_partitioned_by_date_and_target_with_one_line_per_atte
             "outcome",
             "errorCode",
             "breakerState",
+            "receivedAt",
             "startedAt",
             "finishedAt",
         ):

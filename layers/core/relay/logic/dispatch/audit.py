@@ -40,6 +40,7 @@ def base_line(
         "eventId": task.event_id if task else None,
         "integrationId": task.integration_id if task else None,
         "targetId": task.target_id if task else None,
+        "receivedAt": iso_utc(task.received_at) if task else None,  # when the intake accepted the event
         "startedAt": iso_utc(started),
         "finishedAt": iso_utc(finished),
     }
