@@ -71,7 +71,7 @@ class FanOut:
         if claim is not None and claim.state != "acquired":
             # Another attempt holds the lease: it may still be queueing, or it may have been cut off.
             # Not queued here (no double queueing); Genesys retries a 429, and a retry after the lease
-            # queues if nothing else has.
+            # queues again, as the same deliveries.
             self._metrics.count("EventsDuplicate")
             raise RequestInProgress("the same event is being accepted right now; retry shortly")
         queued = False
