@@ -30,8 +30,12 @@ def audit_key(date: str, target_id: str, invocation_id: str) -> str:
     return f"{AUDIT_PREFIX}date={date}/target={target_id}/{invocation_id}.jsonl"
 
 
+# One encoder for every line: json.dumps with options builds a new encoder per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+
+
 def to_jsonl(records: Sequence[Mapping[str, Any]]) -> bytes:
-    return b"".join(json.dumps(r, separators=(",", ":"), default=str).encode() + b"\n" for r in records)
+    return "".join(_ENCODER.encode(r) + "\n" for r in records).encode()
 
 
 class S3AuditSink:

@@ -15,6 +15,8 @@ from relay.logic.dispatch.records import SqsRecord
 from relay.models.delivery import DeliveryTask
 from relay.observability import logger
 
+DELIVERED = "delivered"  # the audit outcome of a delivery (relay.logic.dispatch.audit)
+
 
 @dataclass
 class Batch:
@@ -46,10 +48,13 @@ class Batch:
             return key in self.gone
 
     def log(self, target_id: str, line: dict[str, Any]) -> None:
-        """One audit line: kept for the target's audit object and logged (without the response body)."""
+        """One audit line, kept for the target's audit object. Only a record that was not delivered is
+        also logged (without the response body): a delivery is in the audit object and in the batch's
+        summary line (relay.logic.dispatch.audit.write_audit), and CloudWatch Logs bills every byte."""
         with self.lock:
             self.audit[target_id].append(line)
-        logger.info("delivery", extra={k: v for k, v in line.items() if k != "responseBody"})
+        if line.get("outcome") != DELIVERED:
+            logger.info("delivery", extra={k: v for k, v in line.items() if k != "responseBody"})
 
     def response(self) -> dict[str, list[dict[str, str]]]:
         """The partial batch response Lambda's SQS event source reads."""
