@@ -21,7 +21,12 @@ from support.events import eventbridge_event, put_events_entry
 from support.queues import drain
 
 from relay.cli import main
-from relay.local.aws_stack import LocalResources, forget_cached_configuration, local_client
+from relay.local.aws_stack import (
+    LocalResources,
+    forget_cached_configuration,
+    local_client,
+    resolved_outputs,
+)
 from relay.local.eventbridge import LocalEventBridge
 from relay.logic.intake.metrics import NoMetrics
 from relay.models.delivery import DeliveryTask
@@ -314,3 +319,45 @@ def test_delivery_only_options_are_refused_for_the_failure_queues(
     assert code == 2
     assert err == "relay dlq redrive: --target, --method only apply to --queue delivery or ordered\n"
     assert len(drain(queues.eventbridge)) == 1
+
+
+def test_stack_name_alone_names_the_failure_queues_and_the_integration_to_redrive_through(
+    aws_stack: LocalResources,
+    queues: Queues,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given a stack whose outputs name the failure queue and the EventBridge integration, and an
+    # operator's environment that names neither
+    outputs = {
+        "IntakeFailureQueueUrl": queues.intake_failures,
+        "EventBridgeIntegrationId": EVENTBRIDGE_INTEGRATION,
+    }
+    local_client("cloudformation", aws_stack.endpoint_url).create_stack(
+        StackName="relay-ops-extra",
+        TemplateBody=json.dumps(
+            {
+                "Resources": {"Placeholder": {"Type": "AWS::CloudFormation::WaitConditionHandle"}},
+                "Outputs": {
+                    **{k: {"Value": v} for k, v in resolved_outputs(aws_stack.template).items()},
+                    **{k: {"Value": v} for k, v in outputs.items()},
+                },
+            }
+        ),
+    )
+    fail_in_the_intake(aws_stack, genesys_event())
+    seed_eventbridge_targets()
+    for name in ("INTAKE_FAILURE_QUEUE_URL", "EVENTBRIDGE_INTEGRATION_ID", "DELIVERY_QUEUE_URL"):
+        monkeypatch.delenv(name)
+    forget_cached_configuration()
+
+    # When the operator redrives with --stack-name only
+    code, out, err = run_cli(
+        capsys, "redrive", "--queue", "intake-failures", "--format", "json", "--stack-name", "relay-ops-extra"
+    )
+
+    # Then the event went through the intake to its targets, the queue is empty
+    assert code == 0, out + err
+    assert json.loads(out)["accepted"] == 1
+    assert sorted(t.target_id for t in queued(queues.delivery)) == sorted(TARGETS)
+    assert drain(queues.intake_failures) == []

@@ -188,3 +188,18 @@ def test_the_deadline_cuts_a_trickle_under_tls_too(tmp_path: Path) -> None:
     # Then the blocked TLS read ends at the deadline just the same
     assert (result.status, result.error_code) == (None, "deadline-exceeded")
     assert took < 3 * DEADLINE
+
+
+def test_a_sender_serves_more_targets_than_it_keeps_pools_for(sender: HttpSender) -> None:
+    # Given a peer that answers 200 on any path
+    with misbehaving_peer(lambda *_: complete(200)) as peer:
+        # When one sender posts to more distinct target URLs than it keeps connection pools for, and
+        # then to the first one again (whose pool it has let go)
+        urls = [f"{peer.url}/target-{number}" for number in range(70)] + [f"{peer.url}/target-0"]
+        results = [_post(sender, url)[0] for url in urls]
+
+        # Then every request is answered, each at its own path
+        assert [(r.status, r.error_code) for r in results] == [(200, None)] * len(urls)
+        assert [path for _, path in peer.requests] == [f"/target-{n}/hook" for n in range(70)] + [
+            "/target-0/hook"
+        ]

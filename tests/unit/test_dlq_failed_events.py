@@ -156,7 +156,6 @@ def eventbridge_intake(queue: Any = None, idempotency: InMemoryIdempotencyStore 
         queue=queue if queue is not None else InMemoryDeliveryQueue(),
         idempotency=idempotency or InMemoryIdempotencyStore(),
         eventbridge_integration_id=entry.integration.integration_id,
-        in_progress_wait_seconds=0.0,
     )
 
 

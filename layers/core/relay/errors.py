@@ -2,6 +2,7 @@
 
     RelayError
     ├── ConfigurationError            the deployment is wrong: fix settings, not input
+    │   └── UnknownStack              `--stack-name` names no stack, or one without an output a command needs
     ├── RejectedRequest               the client sent something we refuse (maps to a 4xx, never retried)
     │   ├── BadRequest (400)   ├── InvalidSignature (401)   ├── UnknownIntegration (404)
     │   ├── MethodNotAllowed (405)    ├── PayloadTooLarge (413)  └── UnsupportedMediaType (415)
@@ -19,6 +20,8 @@
     ├── UnknownTarget                 operator commands: no such target
     ├── AmbiguousTarget               operator commands: the target id exists under several integrations
     ├── ResetConflict                 `relay breaker reset` lost every race: nothing written
+    ├── ReplayRefused                 `relay deliveries replay`: not archived (past retention), several
+    │                                 events, a target unknown, disabled or not the event's: nothing queued
     ├── MoveTaskUnavailable           this SQS endpoint has no StartMessageMoveTask (redrive re-sends)
     ├── DecryptionFailed              no key offered opens an encrypted envelope
     ├── InvalidDelivery               receiver SDK: not a genuine, readable relay delivery (also a ValueError)
@@ -172,6 +175,15 @@ class AmbiguousTarget(RelayError):
 
 class ResetConflict(RelayError):
     """The breaker changed under every reset attempt (dispatchers very busy with it): nothing written."""
+
+
+class ReplayRefused(RelayError):
+    """An event cannot be replayed as asked; the message says why and what to do. Nothing was queued."""
+
+
+class UnknownStack(ConfigurationError):
+    """``--stack-name`` names no stack in this account and region, or one lacking an output a command
+    needs."""
 
 
 class MoveTaskUnavailable(RelayError):

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from pydantic import SecretStr
 
+from relay.models.archive import ArchiveRecord
 from relay.models.breaker import BreakerState
 from relay.models.delivery import DlqReason, S3Ref
 from relay.models.http import HttpResult
@@ -173,6 +174,12 @@ class AuditSink(Protocol):
     ) -> None: ...
 
 
+class EventArchive(Protocol):
+    """The event archive: one object per invocation (relay.models.archive)."""
+
+    def write(self, date: str, invocation_id: str, records: Sequence[ArchiveRecord]) -> None: ...
+
+
 class ClaimCheckReader(Protocol):
     def load(self, ref: S3Ref) -> str:
         """The stored event text, as stored; ``UnreadableEvent`` if it is not UTF-8."""
@@ -204,11 +211,9 @@ class ClaimCheckStore(Protocol):
 
 class IdempotencyStore(Protocol):
     def claim(self, key: str) -> Claim:
-        """Claim ``key`` for this attempt, or say who already has it."""
+        """Claim ``key`` for this attempt (a lease that simply runs out), or say that a live lease
+        already holds it. The one write of an accepted event."""
         ...
-
-    def complete(self, claim: Claim, response: str) -> None:
-        """Record the answer for ``claim`` so repeats get it without queueing again."""
 
     def release(self, claim: Claim) -> None:
         """Forget a claim whose attempt failed, so a repeat can queue."""
@@ -263,6 +268,26 @@ class GenesysReader(Protocol):
     def get_integration(self, integration_id: str) -> dict[str, Any]: ...
     def get_integration_config(self, integration_id: str) -> dict[str, Any]: ...
     def get_credential(self, credential_id: str) -> dict[str, Any]: ...
+
+
+class AuditReader(Protocol):
+    """The audit objects of some days (``relay deliveries show``)."""
+
+    def lines(self, dates: Sequence[str], *, containing: str) -> list[dict[str, Any]]:
+        """Every audit line under ``audit/date=<date>/`` for those dates whose text holds ``containing``."""
+        ...
+
+
+class ArchiveReader(Protocol):
+    """The event archive of some days (``relay deliveries replay``)."""
+
+    def records(self, dates: Sequence[str], *, containing: str) -> list[ArchiveRecord]:
+        """Every archive record of those dates whose line holds ``containing``."""
+        ...
+
+    def claim_check_exists(self, ref: S3Ref) -> bool:
+        """False once the events/ lifecycle rule has expired the claim check."""
+        ...
 
 
 class DeadLetterQueues(Protocol):

@@ -107,6 +107,10 @@ class Settings(BaseModel):
     # blocking delivery is tried again (SQS caps a message's visibility at 12 h from its receipt).
     ordered_block_hold_seconds: int = Field(3_600, alias="ORDERED_BLOCK_HOLD_SECONDS", ge=1, le=43_000)
 
+    # The event archive (template parameter ArchiveEnabled): one object per invocation under archive/
+    # in AUDIT_BUCKET holding the events it handled, so that `relay deliveries replay` can send them again.
+    archive_enabled: bool = Field(True, alias="ARCHIVE_ENABLED")
+
     # --- config sync (Genesys Cloud) ----------------------------------------------------------------
     genesys_region: str = Field("mypurecloud.com", alias="GENESYS_REGION")
     genesys_api_host: str | None = Field(None, alias="GENESYS_API_HOST")

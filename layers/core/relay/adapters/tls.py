@@ -31,8 +31,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Protocol
 
+import certifi
 from pydantic import SecretStr
-from requests.utils import DEFAULT_CA_BUNDLE_PATH
 from urllib3.util.ssl_ import create_urllib3_context
 
 from relay.errors import ConfigurationError
@@ -68,7 +68,7 @@ class TlsTrust:
     def new_context(self) -> ssl.SSLContext:
         """A client context verifying chain and host name against the trusted CAs."""
         context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)  # check_hostname on, TLS >= 1.2
-        context.load_verify_locations(cafile=DEFAULT_CA_BUNDLE_PATH)
+        context.load_verify_locations(cafile=certifi.where())
         if self._extra_ca_pem:
             try:
                 context.load_verify_locations(cadata=self._extra_ca_pem)

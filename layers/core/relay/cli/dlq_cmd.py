@@ -25,6 +25,7 @@ from typing import IO, TYPE_CHECKING, Any
 from relay.cli.arguments import positive_int
 from relay.cli.exit_codes import ExitCode, Interrupted, NeedsAttention, UsageError
 from relay.cli.logs import logs_to_stderr
+from relay.cli.stack_option import STACK_OPTION
 
 if TYPE_CHECKING:
     from relay.logic.dlq import Progress
@@ -50,7 +51,7 @@ def register(subparsers: Any) -> None:
     dlq = subparsers.add_parser("dlq", help="inspect and redrive the dead-letter queue")
     sub = dlq.add_subparsers(dest="dlq_command", metavar="SUBCOMMAND", required=True)
 
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False, parents=[STACK_OPTION])
     common.add_argument(
         "--queue",
         choices=QUEUES,

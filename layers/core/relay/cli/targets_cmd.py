@@ -1,4 +1,5 @@
-"""``relay targets sync | list | check``: the config sync from a terminal, what it stored, and reachability.
+"""``relay targets sync | list | check | enable | disable``: the config sync from a terminal, what it
+stored, reachability, and switching a target on or off.
 
 - ``sync`` runs relay.logic.config_sync with the same settings (environment) as ConfigSyncFunction.
 - ``list`` prints what the TargetsTable holds. Secrets are masked, and not even read: only whether a
@@ -7,9 +8,14 @@
 - ``check [TARGET_ID]`` sends one HEAD per target within a total timeout and reports status, latency
   and error (the seed's reachability check, done right: never a POST, no redirects followed, the URL
   policy applied to the URL and, before the TCP handshake, to every address connected to).
+- ``enable TARGET_ID`` / ``disable TARGET_ID`` set the target's ``enabled`` flag (a target disabled after
+  a 410 comes back without waiting for its config to change in Genesys; config sync keeps the flag while
+  the config is unchanged); the change is audited (an S3 audit record and a log line: who, when).
 
 Exit codes (relay.cli.exit_codes): sync 1 when some configs were rejected, check 1 when some targets are
-unreachable or refused; an unknown TARGET_ID is a usage error (2); settings, Genesys or AWS failing, 3.
+unreachable or refused, enable/disable 1 when the change was made but its audit record could not be
+written; a TARGET_ID naming several targets is a usage error (2); one naming none, settings, Genesys or
+AWS failing, 3.
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ from collections.abc import Iterator, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 from relay.cli.arguments import positive_seconds
-from relay.cli.exit_codes import CommandFailed, ExitCode
+from relay.cli.exit_codes import CommandFailed, ExitCode, NeedsAttention
 from relay.cli.logs import logs_to_stderr
+from relay.cli.stack_option import STACK_OPTION
 
 if TYPE_CHECKING:
     from relay.logic.url_policy import UrlPolicy
@@ -30,18 +37,30 @@ MASK = "****"
 
 
 def register(subparsers: Any) -> None:
-    targets = subparsers.add_parser("targets", help="sync targets from Genesys Cloud, list and check them")
+    targets = subparsers.add_parser(
+        "targets", help="sync targets from Genesys Cloud, list, check, enable and disable them"
+    )
     sub = targets.add_subparsers(dest="targets_command", metavar="SUBCOMMAND", required=True)
 
-    sync = sub.add_parser("sync", help="read the configured integrations from Genesys Cloud and store them")
+    sync = sub.add_parser(
+        "sync",
+        parents=[STACK_OPTION],
+        help="read the configured integrations from Genesys Cloud and store them",
+    )
     sync.set_defaults(func=_sync)
 
-    listing = sub.add_parser("list", help="the integrations and targets in the TargetsTable (secrets masked)")
+    listing = sub.add_parser(
+        "list",
+        parents=[STACK_OPTION],
+        help="the integrations and targets in the TargetsTable (secrets masked)",
+    )
     listing.add_argument("--integration", metavar="INTEGRATION_ID", help="only this integration")
     listing.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     listing.set_defaults(func=_list)
 
-    check = sub.add_parser("check", help="HEAD each target (or one) and report status, latency and error")
+    check = sub.add_parser(
+        "check", parents=[STACK_OPTION], help="HEAD each target (or one) and report status, latency and error"
+    )
     check.add_argument("target_id", nargs="?", metavar="TARGET_ID", help="only this target")
     check.add_argument(
         "--timeout",
@@ -52,6 +71,23 @@ def register(subparsers: Any) -> None:
     )
     check.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     check.set_defaults(func=_check)
+
+    for name, enabled, what in (
+        ("enable", True, "deliver to the target again (e.g. after a 410 disabled it); audited"),
+        (
+            "disable",
+            False,
+            "stop delivering to the target (its tasks are dead-lettered target-disabled); audited",
+        ),
+    ):
+        switch = sub.add_parser(name, parents=[STACK_OPTION], help=what)
+        switch.add_argument("target_id", metavar="TARGET_ID")
+        switch.add_argument(
+            "--integration",
+            metavar="INTEGRATION_ID",
+            help="the target's integration (needed if several hold it)",
+        )
+        switch.set_defaults(func=_switch, enabled=enabled)
 
 
 # --- sync -------------------------------------------------------------------------------------------
@@ -236,9 +272,53 @@ def _check(args: Any, out: IO[str] | None = None) -> int:
     return ExitCode.OK if all(r["reachable"] for r in results) else ExitCode.ATTENTION
 
 
-def _print_table(rows: Sequence[tuple[str, ...]], out: IO[str]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), file=out
+# --- enable / disable -----------------------------------------------------------------------------
+def _switch(args: Any, out: IO[str] | None = None) -> int:
+    import uuid
+    from datetime import UTC, datetime
+
+    from relay.cli.breaker_cmd import _find_target
+    from relay.logic.deliveries.operator import switch_target
+    from relay.settings import get_settings
+    from relay.wiring import target_store
+    from relay.wiring.operator import actor, audit_sink
+
+    out = out or sys.stdout
+    settings = get_settings()
+    audit = audit_sink(settings)
+    store = target_store(settings, cache_ttl_seconds=0)
+    target = _find_target(store, args)
+    state = "enabled" if args.enabled else "disabled"
+    if target.enabled == args.enabled:
+        print(f"target {target.target_id} ({target.name}) is already {state}: nothing changed", file=out)
+        return ExitCode.OK
+    audited = switch_target(
+        store,
+        audit,
+        target,
+        enabled=args.enabled,
+        actor=actor(settings),
+        now=datetime.now(UTC),
+        operation_id=uuid.uuid4().hex,
+    )
+    print(
+        f"target {target.target_id} ({target.name}) {state}; audited as {audited.records[0]['actor']}",
+        file=out,
+    )
+    if audited.unwritten:
+        raise NeedsAttention(
+            f"target {state}, but its audit record could not be written (it is in the log output)"
         )
+    return ExitCode.OK
+
+
+def _print_table(rows: Sequence[tuple[str, ...]], out: IO[str]) -> None:
+    print(format_table(rows), file=out)
+
+
+def format_table(rows: Sequence[tuple[str, ...]]) -> str:
+    """Columns padded to their widest cell, two spaces apart (the relay's one table layout)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -11,7 +12,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from relay.adapters.audit import audit_key, to_jsonl
-from relay.adapters.idempotency import DEFAULT_LEASE_SECONDS, STATUS_COMPLETED, STATUS_IN_PROGRESS
+from relay.adapters.idempotency import DEFAULT_LEASE_SECONDS
 from relay.errors import (
     BreakerStoreUnavailable,
     ConfigurationError,
@@ -20,6 +21,7 @@ from relay.errors import (
     TokenUnavailable,
     UnreadableEvent,
 )
+from relay.models.archive import ArchiveRecord, archive_key
 from relay.models.breaker import BreakerState
 from relay.models.delivery import DlqReason, S3Ref
 from relay.models.http import HttpResult
@@ -75,46 +77,38 @@ class InMemoryClaimCheckStore:
 
 
 class InMemoryIdempotencyStore:
-    """The same semantics as the DynamoDB store in process memory (one container)."""
+    """The same semantics as the DynamoDB store in process memory (one container). ``writes`` counts
+    claims and releases, as DynamoDB would bill them."""
 
     def __init__(
         self,
         *,
-        ttl_seconds: int = 3_600,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._ttl = ttl_seconds
         self._lease = lease_seconds
         self._clock = clock
         self._lock = threading.Lock()
-        # key -> (status, expiration, lease expiry, token, data)
-        self.records: dict[str, tuple[str, float, float, str, str | None]] = {}
+        self.writes = 0
+        # key -> (lease expiry, token)
+        self.records: dict[str, tuple[float, str]] = {}
 
     def claim(self, key: str) -> Claim:
         now = self._clock()
         with self._lock:
+            self.writes += 1
             record = self.records.get(key)
-            if record is not None and record[1] >= now:
-                status, _, lease_expiry, _, data = record
-                if status == STATUS_COMPLETED:
-                    return Claim(key=key, state="completed", response=data)
-                if lease_expiry >= now:
-                    return Claim(key=key, state="in_progress")
+            if record is not None and record[0] >= now:
+                return Claim(key=key, state="in_progress")
             token = uuid.uuid4().hex
-            self.records[key] = (STATUS_IN_PROGRESS, now + self._ttl, now + self._lease, token, None)
+            self.records[key] = (now + self._lease, token)
         return Claim(key=key, state="acquired", token=token)
-
-    def complete(self, claim: Claim, response: str) -> None:
-        with self._lock:
-            record = self.records.get(claim.key)
-            if record is not None and record[3] == claim.token:
-                self.records[claim.key] = (STATUS_COMPLETED, record[1], record[2], record[3], response)
 
     def release(self, claim: Claim) -> None:
         with self._lock:
+            self.writes += 1
             record = self.records.get(claim.key)
-            if record is not None and record[3] == claim.token:
+            if record is not None and record[1] == claim.token:
                 del self.records[claim.key]
 
 
@@ -151,15 +145,59 @@ class InMemoryBreakerStore:
 
 
 class InMemoryAuditSink:
-    """Audit objects in process memory, under the keys the S3 sink would use."""
+    """Audit objects in process memory, under the keys the S3 sink would use; an AuditReader too.
+    ``unavailable`` fails writes and reads as S3 down would."""
 
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
+        self.unavailable = False
 
     def write(
         self, date: str, target_id: str, invocation_id: str, records: Sequence[Mapping[str, Any]]
     ) -> None:
+        if self.unavailable:
+            raise DependencyUnavailable("audit bucket unwritable (in-memory sink set unavailable)")
         self.objects[audit_key(date, target_id, invocation_id)] = to_jsonl(records)
+
+    def lines(self, dates: Sequence[str], *, containing: str) -> list[dict[str, Any]]:
+        if self.unavailable:
+            raise DependencyUnavailable("audit bucket unreadable (in-memory sink set unavailable)")
+        return [json.loads(line) for line in _lines_under(self.objects, "audit", dates, containing)]
+
+
+class InMemoryEventArchive:
+    """Archive objects in process memory, under the S3 archive's keys; an ArchiveReader too. Claim
+    checks named in ``expired`` are gone, as the events/ lifecycle rule would have them."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.expired: set[S3Ref] = set()
+        self.unavailable = False
+
+    def write(self, date: str, invocation_id: str, records: Sequence[ArchiveRecord]) -> None:
+        if self.unavailable:
+            raise DependencyUnavailable("audit bucket unwritable (in-memory archive set unavailable)")
+        self.objects[archive_key(date, invocation_id)] = b"".join(r.to_line() for r in records)
+
+    def records(self, dates: Sequence[str], *, containing: str) -> list[ArchiveRecord]:
+        lines = _lines_under(self.objects, "archive", dates, containing)
+        return [ArchiveRecord.model_validate_json(line) for line in lines]
+
+    def claim_check_exists(self, ref: S3Ref) -> bool:
+        return ref not in self.expired
+
+
+def _lines_under(
+    objects: Mapping[str, bytes], prefix: str, dates: Sequence[str], containing: str
+) -> list[str]:
+    """The lines holding ``containing`` of the objects under ``<prefix>/date=<date>/``, in key order."""
+    return [
+        line
+        for key, body in sorted(objects.items())
+        if any(key.startswith(f"{prefix}/date={date}/") for date in dates)
+        for line in body.decode().splitlines()
+        if containing in line
+    ]
 
 
 class ManualClock:

@@ -8,6 +8,8 @@ phase) what its function uses and nothing else:
     relay.wiring.dispatcher    build_dispatcher(settings, ...), container_dispatcher()
     relay.wiring.config_sync   run_config_sync(settings, ...), warm_up()
     relay.wiring.dlq           failed_event_intake(settings): the intake `relay dlq redrive` runs in-process
+    relay.wiring.operator      the operator commands' audit reader and sink, event archive, Athena,
+                               stack outputs and caller identity
     relay.wiring               the AWS clients (aws_clients, aws_client) and the adapters several
                                functions (and the operator commands, relay.cli) use: target_store,
                                breaker_store, sqs_queues, s3_claim_checks, secret_store

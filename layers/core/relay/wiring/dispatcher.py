@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+from relay.adapters.archive import S3EventArchive
 from relay.adapters.attempt_counter import DynamoAttemptCounter
 from relay.adapters.audit import S3AuditSink
 from relay.adapters.http import HttpSender
@@ -20,6 +21,7 @@ from relay.ports import (
     ClaimCheckReader,
     Clock,
     DeliveryQueueOps,
+    EventArchive,
     HttpClient,
     OrderedQueueOps,
     SecretReader,
@@ -51,9 +53,11 @@ def build_dispatcher(
     tokens: AccessTokens | None = None,
     ordered_queue: OrderedQueueOps | None = None,
     attempts: AttemptCounter | None = None,
+    archive: EventArchive | None = None,
 ) -> Dispatcher:
     """A dispatcher wired to the deployment's resources. ``audit`` None: the S3 sink when AUDIT_BUCKET
-    is set, else no audit objects (the audit lines are still logged).
+    is set, else no audit objects (the audit lines are still logged); ``archive`` None: the S3 archive
+    when AUDIT_BUCKET is set and ARCHIVE_ENABLED is true.
 
     With ORDERED_QUEUE_URL set it is the ordered dispatcher (template: OrderedDispatcherFunction): it
     consumes the FIFO queue, needs its DLQ and the attempts table, and never re-sends to the standard
@@ -74,6 +78,8 @@ def build_dispatcher(
         )
     if audit is None and settings.audit_bucket:
         audit = S3AuditSink(aws_clients(settings).client("s3"), settings.audit_bucket)
+    if archive is None and settings.audit_bucket and settings.archive_enabled:
+        archive = S3EventArchive(aws_clients(settings).client("s3"), settings.audit_bucket)
     if http is None:
         http = HttpSender(
             pool_size=settings.delivery_concurrency,
@@ -98,6 +104,7 @@ def build_dispatcher(
         tokens=tokens,
         ordered_queue=ordered_queue,
         attempts=attempts,
+        archive=archive,
     )
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from relay.errors import DependencyUnavailable
 from relay.logic.dispatch.attempt import Attempter, timeouts
-from relay.logic.dispatch.audit import write_audit
+from relay.logic.dispatch.audit import write_archive, write_audit
 from relay.logic.dispatch.batch import Batch
 from relay.logic.dispatch.fifo import OrderedDelivery
 from relay.logic.dispatch.lanes import Lane, Lanes, group, interleave
@@ -46,6 +46,7 @@ from relay.ports import (
     ClaimCheckReader,
     Clock,
     DeliveryQueueOps,
+    EventArchive,
     HttpClient,
     OrderedQueueOps,
     SecretReader,
@@ -79,11 +80,13 @@ class Dispatcher:
         tokens: AccessTokens | None = None,
         ordered_queue: OrderedQueueOps | None = None,
         attempts: AttemptCounter | None = None,
+        archive: EventArchive | None = None,
     ) -> None:
         """``tokens``: OAuth access tokens for oauth2 targets (without it, their attempts fail as a
         configuration problem). ``ordered_queue`` and ``attempts``: the ordered path's queue and attempt
         counter (the ordered dispatcher's; without them, an ordered record is left on its queue)."""
         self._settings = settings
+        self._archive = archive
         self._targets = targets
         self._http = http
         self._audit = audit
@@ -164,6 +167,7 @@ class Dispatcher:
         if ordered:
             self._deliver_in_order(ordered, batch)
         write_audit(batch, self._audit)
+        write_archive(batch, self._archive)
         batch.metrics.flush()
         return batch.response()
 
@@ -189,6 +193,8 @@ class Dispatcher:
                 )
                 batch.fail(record)
                 continue
+            if resolved.task is not None:
+                batch.tasks[record.message_id] = resolved.task
             if isinstance(resolved, Unattempted):
                 self._settle.unattempted(resolved, batch)
             else:
