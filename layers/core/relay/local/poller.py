@@ -172,6 +172,10 @@ class SqsPoller:
                     log.debug("batch of %d gathered in %.0f ms", len(batch), _ms_since(gather_started))
                 if batch and self._groups is not None:
                     batch, back = self._groups.in_order(batch)
+                    if back:
+                        log.debug(
+                            "FIFO: %d messages of groups behind an outstanding one given back", len(back)
+                        )
                     self._release(back)
                 if batch and self._stopping.is_set():
                     self._release(batch)
