@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from relay.models.event_filters import EventFilters
+from relay.models.rate_limit import RateLimit
 from relay.models.targets import RetryMatrix, SecurityType
 
 DEFAULT_FIXTURES = Path(__file__).resolve().parents[4] / "events" / "fixtures" / "local.json"
@@ -39,6 +41,8 @@ class FixtureTarget(_FixtureModel):
     signing_secret: str | None = Field(None, alias="signingSecret")
     encryption_key: str | None = Field(None, alias="encryptionKey")
     retry_matrix: RetryMatrix | None = Field(None, alias="retryMatrix")
+    filters: EventFilters | None = None
+    rate_limit: RateLimit | None = Field(None, alias="rateLimit")
 
 
 class FixtureIntegration(_FixtureModel):
