@@ -145,7 +145,10 @@ class IdempotencyStore(Protocol):
 
 
 class MetricsRecorder(Protocol):
-    def count(self, name: str, value: int = 1, *, reason: str | None = None) -> None: ...
+    def count(
+        self, name: str, value: int = 1, *, reason: str | None = None, target: str | None = None
+    ) -> None:
+        """Count ``name``; ``reason`` and ``target`` are its dimensions when given (docs/architecture.md)."""
 
 
 # --- config sync and operator commands --------------------------------------------------------------
