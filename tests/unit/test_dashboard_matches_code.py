@@ -308,7 +308,7 @@ def _emitted(blobs: list[dict[str, Any]]) -> dict[str, frozenset[str]]:
 def test_dispatcher_emits_its_metrics_with_the_contract_dimensions(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from relay.logic.dispatch.metrics import BatchMetrics, Metric
+    from relay.logic.dispatch.metrics import SERVICE_METRICS, BatchMetrics, Metric
 
     # Given a batch that touched every dispatcher metric
     environment = function_environment()
@@ -316,10 +316,11 @@ def test_dispatcher_emits_its_metrics_with_the_contract_dimensions(
         namespace=environment["POWERTOOLS_METRICS_NAMESPACE"], service=environment["POWERTOOLS_SERVICE_NAME"]
     )
     for metric in Metric:
-        if metric not in (Metric.DELIVERY_LATENCY, Metric.BREAKER_STORE_UNAVAILABLE):
+        if metric in SERVICE_METRICS:
+            batch.service_count(metric)
+        elif metric is not Metric.DELIVERY_LATENCY:
             batch.count(metric, "crm-plain")
     batch.latency("crm-plain", 12.5)
-    batch.breaker_store_unavailable()
 
     # When it flushes
     batch.flush()

@@ -7,7 +7,8 @@
     │   ├── MethodNotAllowed (405)    ├── PayloadTooLarge (413)  └── UnsupportedMediaType (415)
     ├── DependencyUnavailable         an AWS dependency failed: answer 503 + Retry-After, the sender retries;
     │   │                             the dispatcher leaves the record for SQS to show again
-    │   └── BreakerStoreUnavailable   the breaker table failed: the dispatcher fails open
+    │   ├── BreakerStoreUnavailable   the breaker table failed: the dispatcher fails open
+    │   └── RateLimitStoreUnavailable the rate-limit buckets (same table) failed: it fails open too
     ├── RequestInProgress             the same event is being accepted right now: 429 + Retry-After
     ├── UnsafeUrl                     a target URL breaks the URL policy (scheme, private address, ...)
     ├── UnreadableEvent               a task's event cannot be sent as JSON: the dispatcher dead-letters
@@ -121,6 +122,10 @@ class UnsafeUrl(RelayError):
 
 class BreakerStoreUnavailable(DependencyUnavailable):
     """The breaker table could not be read or written (the dispatcher fails open)."""
+
+
+class RateLimitStoreUnavailable(DependencyUnavailable):
+    """A target's rate-limit bucket could not be read or written (the dispatcher fails open)."""
 
 
 class UnreadableEvent(RelayError):

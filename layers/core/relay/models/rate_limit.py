@@ -51,6 +51,15 @@ class BucketState:
     floor_until: float = 0.0
 
 
+@dataclass(frozen=True)
+class BucketAnswer:
+    """What a conditional write to a bucket did: ``written``, and the state after it, or (not written)
+    the stored state that failed its condition; None when there is no bucket item."""
+
+    written: bool
+    state: BucketState | None
+
+
 def rate_key(integration_id: str, target_id: str) -> str:
     """The BreakerTable key of a target's bucket (the breaker's own key has no prefix)."""
     return f"rate#{integration_id}#{target_id}"

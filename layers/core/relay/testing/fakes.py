@@ -6,15 +6,23 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from relay.adapters.audit import audit_key, to_jsonl
 from relay.adapters.idempotency import DEFAULT_LEASE_SECONDS, STATUS_COMPLETED, STATUS_IN_PROGRESS
-from relay.errors import BreakerStoreUnavailable, ConfigurationError, DependencyUnavailable, UnreadableEvent
+from relay.errors import (
+    BreakerStoreUnavailable,
+    ConfigurationError,
+    DependencyUnavailable,
+    RateLimitStoreUnavailable,
+    UnreadableEvent,
+)
 from relay.models.breaker import BreakerState
 from relay.models.delivery import DlqReason, S3Ref
 from relay.models.http import HttpResult
 from relay.models.idempotency import Claim
+from relay.models.rate_limit import BucketAnswer, BucketState
 from relay.models.secrets import RotatingSecret
 from relay.models.targets import Target
 
@@ -121,6 +129,87 @@ class InMemoryBreakerStore:
     def _check(self) -> None:
         if self.unavailable:
             raise BreakerStoreUnavailable("breaker table unreadable (in-memory store set unavailable)")
+
+
+class InMemoryRateLimitStore:
+    """Target buckets with the DynamoDB store's conditional semantics, in one process. Counts writes for
+    tests and benchmarks; ``unavailable`` makes every call fail as DynamoDB down would."""
+
+    def __init__(self) -> None:
+        self.buckets: dict[str, BucketState] = {}
+        self._lock = threading.Lock()
+        self.writes = 0
+        self.unavailable = False
+
+    def load(self, key: str) -> BucketState | None:
+        with self._lock:
+            self._check()
+            return self.buckets.get(key)
+
+    def take(
+        self, key: str, *, now: float, count: int, cost: float, idle: bool, latest: float
+    ) -> BucketAnswer:
+        def fits(state: BucketState) -> bool:
+            if state.floor_until > now:
+                return False
+            if idle:
+                return state.booked_until < now
+            return now <= state.booked_until <= latest
+
+        return self._write(
+            key,
+            fits,
+            lambda state: replace(state, booked_until=(now if idle else state.booked_until) + count * cost),
+        )
+
+    def cut(
+        self, key: str, *, now: float, rate: float, floor_until: float, seen_cut_at: float | None
+    ) -> BucketAnswer:
+        def unchanged(state: BucketState) -> bool:
+            return (state.cut_at if state.cut_rate is not None else None) == seen_cut_at
+
+        return self._write(
+            key, unchanged, lambda state: replace(state, cut_rate=rate, cut_at=now, floor_until=floor_until)
+        )
+
+    def join(
+        self, key: str, *, now: float, contribution: float, floor_until: float, fresh_since: float
+    ) -> BucketAnswer:
+        def fresh(state: BucketState) -> bool:
+            return state.cut_rate is None or state.cut_at >= fresh_since
+
+        def joined(state: BucketState) -> BucketState:
+            if state.cut_rate is None:
+                return replace(state, cut_rate=contribution, cut_at=now, floor_until=floor_until)
+            return replace(state, cut_rate=state.cut_rate + contribution, floor_until=floor_until)
+
+        return self._write(key, fresh, joined)
+
+    def raise_floor(self, key: str, *, floor_until: float) -> BucketAnswer:
+        return self._write(
+            key,
+            lambda state: state.floor_until < floor_until,
+            lambda state: replace(state, floor_until=floor_until),
+        )
+
+    def _write(
+        self,
+        key: str,
+        condition: Callable[[BucketState], bool],
+        change: Callable[[BucketState], BucketState],
+    ) -> BucketAnswer:
+        with self._lock:
+            self._check()
+            self.writes += 1
+            stored = self.buckets.get(key)
+            if not condition(stored or BucketState()):
+                return BucketAnswer(False, stored)
+            self.buckets[key] = new = change(stored or BucketState())
+            return BucketAnswer(True, new)
+
+    def _check(self) -> None:
+        if self.unavailable:
+            raise RateLimitStoreUnavailable("rate-limit bucket unreadable (in-memory store set unavailable)")
 
 
 class InMemoryAuditSink:
