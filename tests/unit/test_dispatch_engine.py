@@ -127,6 +127,7 @@ class Relay:
             claim_checks=self.claim_checks,
             clock=self.clock,
             rng=random.Random(7),
+            sleep=self.clock.sleep,
         )
         return self
 
@@ -632,26 +633,27 @@ def bucket(r: Relay, target_id: str = "crm") -> BucketState | None:
     return r.rate_limits.load(rate_key(INTEGRATION, target_id))
 
 
-def test_a_limited_target_gets_its_burst_and_the_rest_is_deferred_without_using_attempts(
+def test_a_limited_target_gets_its_burst_then_a_paced_second_and_the_rest_is_deferred(
     running: list[Relay],
 ) -> None:
     # Given a target limited to 2 requests per second, 3 at once
     r = start(running, relay(limited(2, burst=3)))
 
-    # When a batch brings five of its records
-    failed = r.batch(*(record(receive_count=2) for _ in range(5)))
+    # When a batch brings eight of its records
+    failed = r.batch(*(record(receive_count=2) for _ in range(8)))
 
-    # Then three are sent, two deferred: re-queued with attempts unchanged, back when they would fit
-    assert failed == [] and len(r.http.requests) == 3
-    assert [(d["attempts"], d["deferrals"]) for d in r.queue.deferrals] == [(1, 1), (1, 1)]
-    assert sorted(d["delay_seconds"] for d in r.queue.deferrals)[0] >= 1  # 0.5 s and 1 s, + 0-2 s jitter
-    assert all(d["delay_seconds"] <= 3 for d in r.queue.deferrals)
+    # Then three go at once and two more within the next second, the batch waiting for their times
+    assert failed == [] and len(r.http.requests) == 5
+    assert r.clock.now == NOW + 1.0
+    # And three are deferred: re-queued with attempts unchanged, back about when they would fit
+    assert [(d["attempts"], d["deferrals"]) for d in r.queue.deferrals] == [(1, 1)] * 3
+    assert all(1 <= d["delay_seconds"] <= 3 for d in r.queue.deferrals)  # 0.5-1.5 s after, + 0-2 s jitter
     held = [line for line in r.audit_lines() if line["outcome"] == "deferred"]
-    assert [(line["errorCode"], line["attempt"]) for line in held] == [("rate-limited", None)] * 2
+    assert [(line["errorCode"], line["attempt"]) for line in held] == [("rate-limited", None)] * 3
     # And the batch took its tokens with one write
     assert r.rate_limits.writes == 1
     state = bucket(r)
-    assert state is not None and state.booked_until == pytest.approx(NOW + 1.5)
+    assert state is not None and state.booked_until == pytest.approx(NOW + 2.5)
 
 
 def test_a_target_without_a_limit_costs_no_bucket_call(running: list[Relay]) -> None:
@@ -663,18 +665,20 @@ def test_a_target_without_a_limit_costs_no_bucket_call(running: list[Relay]) -> 
 
 
 def test_a_bucket_this_dispatcher_saw_full_costs_no_write_until_it_has_room(running: list[Relay]) -> None:
-    r = start(running, relay(limited(1, burst=2)))
-    r.batch(record(), record())  # takes the burst: booked 2 s ahead
+    r = start(running, relay(limited(0.5, burst=1)))
+    r.batch(record(), record())  # one goes, booked 2 s ahead; the other is deferred
+    assert (len(r.http.requests), r.rate_limits.writes, len(r.queue.deferrals)) == (1, 1, 1)
 
-    # Within the same second: nothing fits, and the dispatcher knows it without asking
+    # Half a second later nothing fits, and the dispatcher knows it without asking
     r.clock.now += 0.5
     r.batch(record())
-    assert len(r.http.requests) == 2 and r.rate_limits.writes == 1 and len(r.queue.deferrals) == 1
+    assert (len(r.http.requests), r.rate_limits.writes, len(r.queue.deferrals)) == (1, 1, 2)
 
-    # A second later there is room for one
+    # Once the next booking is within a second, one more is taken, and sent at its time
     r.clock.now += 0.5
     r.batch(record())
-    assert len(r.http.requests) == 3 and r.rate_limits.writes == 2
+    assert (len(r.http.requests), r.rate_limits.writes) == (2, 2)
+    assert r.clock.now == NOW + 2
 
 
 def test_a_breaker_deferral_takes_no_tokens(running: list[Relay]) -> None:
@@ -699,16 +703,17 @@ def test_429s_cut_the_shared_rate_set_a_floor_and_do_not_open_the_breaker(runnin
     assert r.breaker().phase is Phase.CLOSED
     assert all(delay >= 2 for _, delay in r.queue.retries)  # each record's retry waits Retry-After too
 
-    # And before the floor nothing is sent; after it, fewer than the configured burst
+    # And another dispatcher sends nothing before the floor, and after it less than the limit allowed
     r.http = ScriptedHttp()
     r.dispatcher = None
     start(running, r)
     r.clock.now += 1
-    r.batch(*(record() for _ in range(10)))
+    r.batch(*(record() for _ in range(20)))
     assert r.http.requests == []
     r.clock.now += 1
-    r.batch(*(record() for _ in range(10)))
-    assert 0 < len(r.http.requests) < 10
+    r.batch(*(record() for _ in range(20)))
+    # 10/s would let all 20 go within this batch's 1.9 s of bookings; about 7.75/s lets 15
+    assert len(r.http.requests) == 15
 
 
 def test_throttles_within_the_cooldown_cut_once(running: list[Relay]) -> None:
@@ -741,11 +746,12 @@ def test_a_throttled_target_without_a_limit_gets_an_implicit_one_from_what_got_t
     state = bucket(r)
     assert state is not None and state.cut_rate == pytest.approx(7.5) and state.cut_at == NOW + 1
 
-    # And the target is metered from then on: the next batch takes tokens, and gets fewer than ten
+    # And the target is metered from then on: the next batch takes tokens, and 7.5/s lets 16 of 20 go
+    # (one second's worth at once, one more second paced)
     r.clock.now += 0.1
     before = len(r.http.requests)
-    r.batch(*(record() for _ in range(10)))
-    assert r.rate_limits.writes == 2 and 0 < len(r.http.requests) - before < 10
+    r.batch(*(record() for _ in range(20)))
+    assert r.rate_limits.writes == 2 and len(r.http.requests) - before == 16
 
 
 def test_when_the_bucket_store_is_down_records_go_anyway(running: list[Relay]) -> None:
@@ -754,3 +760,12 @@ def test_when_the_bucket_store_is_down_records_go_anyway(running: list[Relay]) -
 
     assert r.batch(record(), record(), record()) == []
     assert len(r.http.requests) == 3
+
+
+def test_a_record_held_back_again_and_again_waits_longer_each_time(running: list[Relay]) -> None:
+    r = start(running, relay(limited(0.5, burst=1)))
+
+    r.batch(record(), record(deferrals=3))
+
+    (deferral,) = r.queue.deferrals
+    assert deferral["deferrals"] == 4 and 8 <= deferral["delay_seconds"] <= 10  # 2^3 s, + 0-2 s jitter

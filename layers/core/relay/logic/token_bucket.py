@@ -76,6 +76,8 @@ class TakePlan:
 
     count: int
     cost: float  # seconds booked per request: 1/rate
+    start: float  # where the first request's booking starts: max(booked_until, now)
+    taken_at: float  # the clock the plan was made at
     idle: bool  # the bucket has nothing booked beyond now: the booking starts at now
     latest: float  # busy: the highest booked_until at which ``count`` requests still fit
     waits: tuple[float, ...]  # for each request that does not fit, seconds until it would
@@ -96,6 +98,8 @@ def plan_take(state: BucketState, wanted: int, now: float, rate: float, ahead: f
     return TakePlan(
         count=fits,
         cost=cost,
+        start=start,
+        taken_at=now,
         idle=state.booked_until < now,
         latest=now + ahead - max(0, fits - 1) * cost + _SLACK_SECONDS,
         waits=waits,

@@ -225,13 +225,17 @@ class InMemoryAuditSink:
 
 
 class ManualClock:
-    """Epoch seconds that move only when told (``clock.now += 30``); a ``Clock`` port."""
+    """Epoch seconds that move only when told (``clock.now += 30``); a ``Clock`` port. ``sleep`` moves
+    it as a real sleep would move the real clock (for code that paces itself)."""
 
     def __init__(self, now: float = 1_750_000_000.0) -> None:
         self.now = now
 
     def __call__(self) -> float:
         return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
 
 
 class InMemoryTargets:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 from relay.adapters.audit import S3AuditSink
 from relay.adapters.http import HttpSender
@@ -45,6 +46,7 @@ def build_dispatcher(
     claim_checks: ClaimCheckReader | None = None,
     clock: Clock | None = None,
     rng: random.Random | None = None,
+    sleep: Callable[[float], None] | None = None,
 ) -> Dispatcher:
     """A dispatcher wired to the deployment's resources. ``audit`` None: the S3 sink when AUDIT_BUCKET
     is set, else no audit objects (the audit lines are still logged)."""
@@ -74,6 +76,7 @@ def build_dispatcher(
         claim_checks=claim_checks or s3_claim_checks(settings),
         clock=clock,
         rng=rng,
+        sleep=sleep,
     )
 
 

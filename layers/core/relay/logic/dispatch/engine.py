@@ -7,7 +7,8 @@
 3. send the probes first, then everything else, concurrently: a pool of DELIVERY_CONCURRENCY threads,
    at most PER_TARGET_CONCURRENCY in flight per target, records queued round-robin across targets; a
    record starts only with its target's slot in hand, only if its target has not answered 410 in this
-   batch, and only if the invocation has time left for one whole request (attempt);
+   batch, and only if the invocation has time left for one whole request (attempt); a record its rate
+   limit paces is handed to the pool only at its booked time (the invocation's own thread waits);
 4. settle each record from what happened (settle: the one place a verdict becomes an action);
 5. fold each lane's results into its breaker and its rate limit (throttles), write one audit object
    per target, flush the metrics, return ``batchItemFailures``: only the records SQS should show again.
@@ -73,12 +74,14 @@ class Dispatcher:
         claim_checks: ClaimCheckReader,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
         self._settings = settings
         self._targets = targets
         self._http = http
         self._audit = audit
         self._clock = clock = clock or time.time
+        self._sleep = sleep or time.sleep
         self._lanes = Lanes(settings=settings, breakers=breakers, clock=clock)
         self._limits = RateLimits(store=rate_limits, clock=clock)
         self._attempter = Attempter(
@@ -191,7 +194,13 @@ class Dispatcher:
     def _run(self, work: list[Work], batch: Batch) -> None:
         """Run each item's step in the pool and wait for all of them. A step that raised is a bug, not
         an outcome: it is logged and its record reported failed, so SQS shows it again."""
-        futures: list[tuple[Item, Future[None]]] = [(item, self._pool.submit(step)) for item, step in work]
+        futures: list[tuple[Item, Future[None]]] = []
+        # Records paced by their rate limit go last, each at its booked time: the invocation's thread
+        # waits for it, so no pool thread is held by a record that may not go yet.
+        for item, step in sorted(work, key=lambda each: each[0].not_before or 0.0):
+            if item.not_before is not None and (early := item.not_before - self._clock()) > 0:
+                self._sleep(early)
+            futures.append((item, self._pool.submit(step)))
         wait([future for _, future in futures])
         for item, future in futures:
             if future.exception() is not None:

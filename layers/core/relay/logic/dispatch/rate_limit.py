@@ -6,8 +6,11 @@ relay.ports.RateLimitStore, one item per target in the BreakerTable).
   throttle) takes the tokens its records need with one conditional write; a second (rarely a third)
   only when another dispatcher took first and the bucket was nearly full; none when this container's
   last view of the bucket already shows it full (bookings only ever move forward, so that view is a
-  lower bound). Records the bucket cannot take now are held back: deferred without an attempt, until
-  about when they would fit. A target without a limit costs no call.
+  lower bound). It may book up to ``PACE_SECONDS`` beyond what may go at once: those records are
+  paced, each sent at its booked time within this batch (``Item.not_before``), which spares them a
+  deferral (SQS delays come in whole seconds) and spaces them for the receiver. Records beyond that
+  are held back: deferred without an attempt, until about when they would fit. A target without a
+  limit costs no call.
 - **Feedback**, after the batch: throttle answers (429, 503 + Retry-After) cut the target's rate
   (multiplicative decrease, at most once per cooldown, over the cut this container saw) and raise the
   Retry-After floor. A target without a configured limit gets an implicit one: each dispatcher that
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from relay.errors import RateLimitStoreUnavailable
 from relay.logic import token_bucket
@@ -38,6 +41,10 @@ from relay.ports import Clock, RateLimitStore
 MAX_WRITES = 3
 # How far back a dispatcher looks at its own deliveries to an unlimited target to size its share.
 OBSERVE_SECONDS = 5.0
+# How far past what may go at once a batch books, sending those records at their booked times.
+PACE_SECONDS = 1.0
+# A record held back again waits at least 2^(deferrals so far) seconds, up to this many doublings.
+HOLD_BACKOFF_DOUBLINGS = 9
 
 
 @dataclass(frozen=True)
@@ -77,8 +84,12 @@ class RateLimits:
         except RateLimitStoreUnavailable as exc:
             self._store_down(batch, key, exc)
             return []
-        held = [Held(item, wait) for item, wait in zip(lane.items[plan.count :], plan.waits, strict=True)]
+        held = [
+            Held(item, _hold_wait(item, wait))
+            for item, wait in zip(lane.items[plan.count :], plan.waits, strict=True)
+        ]
         del lane.items[plan.count :]
+        self._pace(lane.items, plan, target.rate_limit)
         if held:
             batch.metrics.count(Metric.RATE_LIMITED, target.target_id, len(held))
         return held
@@ -104,14 +115,25 @@ class RateLimits:
                 self._metered.discard(key)
         return not released
 
+    def _pace(self, items: list[Item], plan: token_bucket.TakePlan, limit: RateLimit | None) -> None:
+        """Each admitted record goes once its booking is within the burst tolerance of the clock, counted
+        from now rather than from when the tokens were taken: the time the write took is not time the
+        receiver was idle, so the records keep their spacing."""
+        ahead = token_bucket.tolerance(limit, self._policy)
+        now = self._clock()
+        lag = max(0.0, now - plan.taken_at)
+        for index, item in enumerate(items):
+            at = plan.start + index * plan.cost - ahead + lag
+            item.not_before = at if at > now else None
+
     def _take(self, key: str, wanted: int, limit: RateLimit | None) -> token_bucket.TakePlan:
         now = self._clock()
-        ahead = token_bucket.tolerance(limit, self._policy)
+        ahead = token_bucket.tolerance(limit, self._policy) + PACE_SECONDS
         state = self._last_seen(key)
         for _ in range(MAX_WRITES):
             rate = token_bucket.current_rate(state, limit, now, self._policy)
             if rate is None:  # an implicit limit just released: everything may go
-                return token_bucket.TakePlan(wanted, 0.0, True, now, ())
+                return replace(token_bucket.plan_take(state, 0, now, 1.0, ahead), count=wanted, cost=0.0)
             plan = token_bucket.plan_take(state, wanted, now, rate, ahead)
             if plan.count == 0:
                 return plan  # full as far as this container knows, and bookings only move forward
@@ -120,13 +142,11 @@ class RateLimits:
             )
             state = self._remember(key, answer)
             if answer.written:
-                return plan
+                return _booked_where_stored(plan, state)
         # Lost every race: hold the lane back (the records that looked as if they fit come back soonest).
         rate = token_bucket.current_rate(state, limit, now, self._policy) or 1.0
         fresh = token_bucket.plan_take(state, wanted, now, rate, ahead)
-        return token_bucket.TakePlan(
-            0, fresh.cost, fresh.idle, fresh.latest, (0.0,) * fresh.count + fresh.waits
-        )
+        return replace(fresh, count=0, waits=(0.0,) * fresh.count + fresh.waits)
 
     # --- feedback -----------------------------------------------------------------------------------
     def feedback(self, lane: Lane, batch: Batch) -> None:
@@ -228,3 +248,21 @@ class RateLimits:
             "rate-limit store unavailable: failing open", extra={"targetKey": key, "error": str(exc)}
         )
         batch.metrics.service_count(Metric.RATE_LIMIT_STORE_UNAVAILABLE)
+
+
+def _hold_wait(item: Item, bucket_wait: float) -> float:
+    """About when the record would fit; one held back before waits longer each time (2, 4, 8 ... 512 s),
+    so a target flooded far beyond its limit does not cycle its whole backlog through the queue every
+    second (each cycle is a SendMessage and a receive per record)."""
+    again = item.record.deferrals_before
+    backoff = 2.0 ** min(again, HOLD_BACKOFF_DOUBLINGS) if again else 0.0
+    return max(bucket_wait, backoff)
+
+
+def _booked_where_stored(plan: token_bucket.TakePlan, stored: BucketState) -> token_bucket.TakePlan:
+    """The plan with its bookings where the store put them: a busy take books on from the stored
+    ``booked_until``, which another dispatcher may have moved on (within the plan's condition) since
+    this one last saw it. Paced records and held ones are timed from there."""
+    start = stored.booked_until - plan.count * plan.cost
+    shift = max(0.0, start - plan.start)
+    return replace(plan, start=plan.start + shift, waits=tuple(wait + shift for wait in plan.waits))
