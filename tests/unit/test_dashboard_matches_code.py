@@ -206,6 +206,10 @@ def test_dashboard_has_the_widgets_operators_need() -> None:
         (NAMESPACE, "BreakerOpened"),
         (NAMESPACE, "BreakerHalfOpened"),
         (NAMESPACE, "BreakerClosed"),
+        (NAMESPACE, "Throttled"),
+        (NAMESPACE, "RateLimited"),
+        (NAMESPACE, "TasksFiltered"),
+        (NAMESPACE, "EventsUnmatched"),
         ("AWS/SQS", "ApproximateAgeOfOldestMessage"),
         ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
     }
