@@ -769,3 +769,16 @@ def test_a_record_held_back_again_and_again_waits_longer_each_time(running: list
 
     (deferral,) = r.queue.deferrals
     assert deferral["deferrals"] == 4 and 8 <= deferral["delay_seconds"] <= 10  # 2^3 s, + 0-2 s jitter
+
+
+def test_an_implicit_limit_from_a_dispatcher_that_got_nothing_through_starts_at_half_what_it_sent(
+    running: list[Relay],
+) -> None:
+    # Given an unlimited target answering 429 to every one of a batch's ten records
+    r = start(running, relay(answer_with=always(429)))
+
+    r.batch(*(record() for _ in range(10)))
+
+    # Then the implicit limit starts at 0.75 x half the 10/s that were sent, not at nothing
+    state = bucket(r)
+    assert state is not None and state.cut_rate == pytest.approx(3.75)

@@ -15,7 +15,8 @@ relay.ports.RateLimitStore, one item per target in the BreakerTable).
   (multiplicative decrease, at most once per cooldown, over the cut this container saw) and raise the
   Retry-After floor. A target without a configured limit gets an implicit one: each dispatcher that
   sees it throttled adds its share (``decrease`` times the deliveries per second it was getting
-  through) and meters the target from then on, until the limit is released.
+  through, or half what it sent when nothing got through) and meters the target from then on,
+  until the limit is released.
 - **Store down**: fail open (deliver as if unlimited), counted in ``RateLimitStoreUnavailable``.
 """
 
@@ -68,7 +69,8 @@ class RateLimits:
         self._lock = threading.Lock()
         self._seen: dict[str, BucketState] = {}
         self._metered: set[str] = set()
-        self._delivered: dict[str, deque[tuple[float, int]]] = {}
+        # Unlimited targets: (when, delivered, sent) per batch, for the share of an implicit limit.
+        self._recent: dict[str, deque[tuple[float, int, int]]] = {}
 
     # --- admission ----------------------------------------------------------------------------------
     def admit(self, lane: Lane, batch: Batch) -> list[Held]:
@@ -133,7 +135,9 @@ class RateLimits:
         for _ in range(MAX_WRITES):
             rate = token_bucket.current_rate(state, limit, now, self._policy)
             if rate is None:  # an implicit limit just released: everything may go
-                return replace(token_bucket.plan_take(state, 0, now, 1.0, ahead), count=wanted, cost=0.0)
+                return replace(
+                    token_bucket.plan_take(BucketState(), 0, now, 1.0, ahead), count=wanted, cost=0.0
+                )
             plan = token_bucket.plan_take(state, wanted, now, rate, ahead)
             if plan.count == 0:
                 return plan  # full as far as this container knows, and bookings only move forward
@@ -156,7 +160,8 @@ class RateLimits:
         outcomes = [item.outcome for item in lane.items if item.outcome is not None]
         now = self._clock()
         if target.rate_limit is None:
-            self._note_delivered(key, sum(o.verdict is Verdict.DELIVERED for o in outcomes), now)
+            delivered = sum(o.verdict is Verdict.DELIVERED for o in outcomes)
+            self._note(key, now, delivered, sum(o.reached_endpoint for o in outcomes))
         throttles = [o for o in outcomes if o.throttled]
         if not throttles:
             return
@@ -193,7 +198,7 @@ class RateLimits:
     def _join(self, key: str, retry_after: float | None, now: float) -> None:
         """A target without a configured limit throttled this dispatcher: add its share to the implicit
         limit (starting one where there is none, or only a released one), and meter the target."""
-        share = self._policy.decrease * self._delivered_per_second(key, now)
+        share = self._policy.decrease * self._share_basis(key, now)
         state = self._last_seen(key)
         for _ in range(MAX_WRITES):
             floor = token_bucket.floor_after(state, now, retry_after)
@@ -227,21 +232,24 @@ class RateLimits:
             self._seen[key] = state
         return state
 
-    def _note_delivered(self, key: str, count: int, now: float) -> None:
+    def _note(self, key: str, now: float, delivered: int, sent: int) -> None:
         with self._lock:
-            recent = self._delivered.setdefault(key, deque())
-            recent.append((now, count))
+            recent = self._recent.setdefault(key, deque())
+            recent.append((now, delivered, sent))
             while recent and recent[0][0] < now - OBSERVE_SECONDS:
                 recent.popleft()
 
-    def _delivered_per_second(self, key: str, now: float) -> float:
+    def _share_basis(self, key: str, now: float) -> float:
+        """Deliveries per second this dispatcher got through to the target lately; when none got
+        through, half the requests per second it sent (what the receiver could not take)."""
         with self._lock:
-            recent = [(at, n) for at, n in self._delivered.get(key, ()) if at >= now - OBSERVE_SECONDS]
+            recent = [entry for entry in self._recent.get(key, ()) if entry[0] >= now - OBSERVE_SECONDS]
         if not recent:
             return 0.0
         # Over the time actually observed (a dispatcher that just started has seen less than the window).
         span = max(1.0, now - recent[0][0])
-        return sum(n for _, n in recent) / span
+        delivered, sent = sum(entry[1] for entry in recent), sum(entry[2] for entry in recent)
+        return (delivered or sent / 2) / span
 
     def _store_down(self, batch: Batch, key: str, exc: RateLimitStoreUnavailable) -> None:
         logger.warning(
