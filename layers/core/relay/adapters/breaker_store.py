@@ -17,6 +17,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from relay.adapters.dynamodb import lost_race, version_condition
 from relay.errors import BreakerStoreUnavailable
 from relay.models.breaker import BreakerState, Phase
 
@@ -65,20 +66,11 @@ class DynamoBreakerStore:
             "updatedAt": {"N": str(int(now))},
             "expiresAt": {"N": str(int(now) + RECORD_TTL_SECONDS)},
         }
-        if expected_version == 0:
-            condition: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(targetKey)"}
-        else:
-            condition = {
-                "ConditionExpression": "#version = :expected",
-                "ExpressionAttributeNames": {"#version": "version"},
-                "ExpressionAttributeValues": {":expected": {"N": str(expected_version)}},
-            }
+        condition = version_condition("targetKey", expected_version or None)  # version 0: no item yet
         try:
             self._ddb.put_item(TableName=self._table, Item=item, **condition)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+        except (ClientError, BotoCoreError) as exc:
+            if lost_race(exc):
                 return False
-            raise BreakerStoreUnavailable(f"breaker table unwritable ({type(exc).__name__})") from None
-        except BotoCoreError as exc:
             raise BreakerStoreUnavailable(f"breaker table unwritable ({type(exc).__name__})") from None
         return True

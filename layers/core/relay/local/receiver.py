@@ -4,14 +4,15 @@
     url = receiver.start()                  # http://127.0.0.1:<port>
     receiver.behaviour = Behaviour(latency_seconds=0.2, fault_rate=0.1)   # change at any time
     ...
-    receiver.unique_delivery_ids            # webhook-ids answered 2xx at least once
+    receiver.unique_delivery_ids            # webhook-ids answered 2xx (and kept) at least once
     receiver.stop()
 
 It answers like a careful real receiver: verifies Standard Webhooks signatures when it knows the
 path's secrets (401 otherwise), decrypts encrypted envelopes when it knows the key, deduplicates on
 ``webhook-id``. Scripted behaviour (a ``Behaviour``, per path or for all): fixed latency, a status
 sequence, a fault rate (5xx, 429 with Retry-After, timeouts, dropped connections), a hidden rate
-limit (429 beyond N requests per second) and a down switch.
+limit (429 beyond N requests per second), a down switch, and deliveries acknowledged and then lost
+(``lose``: answered 200, kept nowhere, as a receiver whose own storage failed after answering).
 
 Bound to 127.0.0.1 only. ``disable_nagle_algorithm`` avoids the ~40 ms keep-alive artifact of
 http.server (headers and body in separate writes meeting delayed ACK).
@@ -58,6 +59,9 @@ class Behaviour:
     response_body: bytes | None = None
     response_headers: dict[str, str] = field(default_factory=dict)
     seed: int | None = None
+    # Answer this many signed-and-valid deliveries 200 and then lose them: they are not kept (not in
+    # ``deliveries`` nor ``unique_delivery_ids``), only listed in ``lost``.
+    lose: int = 0
 
     def __post_init__(self) -> None:
         self.status_sequence = deque(self.status_sequence)
@@ -65,6 +69,14 @@ class Behaviour:
         self._lock = threading.Lock()
         self._tokens = self.hidden_limit_per_second or 0.0
         self._refilled = time.monotonic()
+
+    def take_loss(self) -> bool:
+        """Whether to lose this (accepted) delivery: True for the next ``lose`` of them."""
+        with self._lock:
+            if self.lose <= 0:
+                return False
+            self.lose -= 1
+            return True
 
     def next_action(self) -> tuple[str, int]:
         """("answer", status) or ("drop"|"hang", 0), decided for one request."""
@@ -115,6 +127,7 @@ class ReceivedRequest:
     decryption_error: str | None
     duplicate: bool  # an earlier request with this webhook-id was already answered 2xx
     client_port: int  # tells connections apart: keep-alive reuses one
+    lost: bool = False  # answered 2xx, then lost (Behaviour.lose): the receiver kept nothing of it
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -185,8 +198,13 @@ class Receiver:
 
     @property
     def deliveries(self) -> list[ReceivedRequest]:
-        """Requests answered 2xx (duplicates included, flagged)."""
-        return [r for r in self.requests if r.answered is not None and 200 <= r.answered < 300]
+        """Requests answered 2xx and kept (duplicates included, flagged; lost ones left out)."""
+        return [r for r in self.requests if r.answered is not None and 200 <= r.answered < 300 and not r.lost]
+
+    @property
+    def lost(self) -> list[ReceivedRequest]:
+        """Requests answered 2xx and then lost (Behaviour.lose)."""
+        return [r for r in self.requests if r.lost]
 
     @property
     def unique_delivery_ids(self) -> set[str]:
@@ -266,12 +284,13 @@ class Receiver:
         body: bytes,
         answered: int | None,
         client_port: int,
+        lost: bool = False,
     ) -> bool:
         info = self._inspect(path, headers, body)
         webhook_id = headers.get("webhook-id")
         with self._lock:
             duplicate = webhook_id is not None and webhook_id in self._accepted_ids
-            if answered is not None and 200 <= answered < 300 and webhook_id:
+            if answered is not None and 200 <= answered < 300 and webhook_id and not lost:
                 self._accepted_ids.add(webhook_id)
             self._requests.append(
                 ReceivedRequest(
@@ -289,6 +308,7 @@ class Receiver:
                     decryption_error=info["error"],
                     duplicate=duplicate,
                     client_port=client_port,
+                    lost=lost,
                 )
             )
         return duplicate
@@ -354,7 +374,8 @@ def _make_handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
                 return
             if 200 <= status < 300 and receiver._signature_rejected(path, headers, body):
                 status = 401
-            duplicate = receiver._record(self.command, path, headers, body, status, port)
+            lost = 200 <= status < 300 and behaviour.take_loss()
+            duplicate = receiver._record(self.command, path, headers, body, status, port, lost)
             extra = dict(behaviour.response_headers)
             if status == 429 and behaviour.retry_after_seconds:
                 extra.setdefault("Retry-After", str(behaviour.retry_after_seconds))

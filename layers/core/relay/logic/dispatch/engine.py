@@ -28,7 +28,7 @@ from typing import Any
 
 from relay.errors import DependencyUnavailable
 from relay.logic.dispatch.attempt import Attempter, timeouts
-from relay.logic.dispatch.audit import write_audit
+from relay.logic.dispatch.audit import write_archive, write_audit
 from relay.logic.dispatch.batch import Batch
 from relay.logic.dispatch.lanes import Lane, Lanes, group, interleave
 from relay.logic.dispatch.metrics import BatchMetrics
@@ -38,11 +38,13 @@ from relay.logic.dispatch.settle import Settler
 from relay.models.delivery import DlqReason
 from relay.observability import logger
 from relay.ports import (
+    AccessTokens,
     AuditSink,
     BreakerStore,
     ClaimCheckReader,
     Clock,
     DeliveryQueueOps,
+    EventArchive,
     HttpClient,
     RateLimitStore,
     SecretReader,
@@ -75,8 +77,13 @@ class Dispatcher:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         sleep: Callable[[float], None] | None = None,
+        tokens: AccessTokens | None = None,
+        archive: EventArchive | None = None,
     ) -> None:
+        """``tokens``: OAuth access tokens for oauth2 targets (without it, their attempts fail as a
+        configuration problem)."""
         self._settings = settings
+        self._archive = archive
         self._targets = targets
         self._http = http
         self._audit = audit
@@ -85,7 +92,12 @@ class Dispatcher:
         self._lanes = Lanes(settings=settings, breakers=breakers, clock=clock)
         self._limits = RateLimits(store=rate_limits, clock=clock)
         self._attempter = Attempter(
-            settings=settings, http=http, secrets=secrets, claim_checks=claim_checks, now=self._now
+            settings=settings,
+            http=http,
+            secrets=secrets,
+            claim_checks=claim_checks,
+            now=self._now,
+            tokens=tokens,
         )
         self._settle = Settler(
             settings=settings, queue=queue, targets=targets, now=self._now, rng=rng or random.Random()
@@ -140,6 +152,7 @@ class Dispatcher:
             self._lanes.report(lane, batch)
             self._limits.feedback(lane, batch)
         write_audit(batch, self._audit)
+        write_archive(batch, self._archive)
         batch.metrics.flush()
         return batch.response()
 
@@ -157,6 +170,8 @@ class Dispatcher:
                 )
                 batch.fail(record)
                 continue
+            if resolved.task is not None:
+                batch.tasks[record.message_id] = resolved.task
             if isinstance(resolved, Unattempted):
                 self._settle.unattempted(resolved, batch)
             else:
