@@ -206,9 +206,11 @@ class ClaimCheckStore(Protocol):
 
 class IdempotencyStore(Protocol):
     def claim(self, key: str) -> Claim:
-        """Claim ``key`` for this attempt (a lease that simply runs out), or say that a live lease
-        already holds it. The one write of an accepted event."""
+        """Claim ``key`` for this attempt, or say who already has it."""
         ...
+
+    def complete(self, claim: Claim, response: str) -> None:
+        """Record the answer for ``claim`` so repeats get it without queueing again."""
 
     def release(self, claim: Claim) -> None:
         """Forget a claim whose attempt failed, so a repeat can queue."""

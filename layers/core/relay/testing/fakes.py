@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from relay.adapters.audit import audit_key, to_jsonl
-from relay.adapters.idempotency import DEFAULT_LEASE_SECONDS
+from relay.adapters.idempotency import DEFAULT_LEASE_SECONDS, STATUS_COMPLETED, STATUS_IN_PROGRESS
 from relay.errors import (
     BreakerStoreUnavailable,
     ConfigurationError,
@@ -64,37 +64,50 @@ class InMemoryClaimCheckStore:
 
 class InMemoryIdempotencyStore:
     """The same semantics as the DynamoDB store in process memory (one container). ``writes`` counts
-    claims and releases, as DynamoDB would bill them."""
+    claims, completions and releases, as DynamoDB would bill them."""
 
     def __init__(
         self,
         *,
+        ttl_seconds: int = 3_600,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._ttl = ttl_seconds
         self._lease = lease_seconds
         self._clock = clock
         self._lock = threading.Lock()
+        # key -> (status, expiration, lease expiry, token, data)
+        self.records: dict[str, tuple[str, float, float, str, str | None]] = {}
         self.writes = 0
-        # key -> (lease expiry, token)
-        self.records: dict[str, tuple[float, str]] = {}
 
     def claim(self, key: str) -> Claim:
         now = self._clock()
         with self._lock:
-            self.writes += 1
+            self.writes += 1  # a conditional write is billed whether or not it passes
             record = self.records.get(key)
-            if record is not None and record[0] >= now:
-                return Claim(key=key, state="in_progress")
+            if record is not None and record[1] >= now:
+                status, _, lease_expiry, _, data = record
+                if status == STATUS_COMPLETED:
+                    return Claim(key=key, state="completed", response=data)
+                if lease_expiry >= now:
+                    return Claim(key=key, state="in_progress")
             token = uuid.uuid4().hex
-            self.records[key] = (now + self._lease, token)
+            self.records[key] = (STATUS_IN_PROGRESS, now + self._ttl, now + self._lease, token, None)
         return Claim(key=key, state="acquired", token=token)
+
+    def complete(self, claim: Claim, response: str) -> None:
+        with self._lock:
+            self.writes += 1
+            record = self.records.get(claim.key)
+            if record is not None and record[3] == claim.token:
+                self.records[claim.key] = (STATUS_COMPLETED, record[1], record[2], record[3], response)
 
     def release(self, claim: Claim) -> None:
         with self._lock:
             self.writes += 1
             record = self.records.get(claim.key)
-            if record is not None and record[1] == claim.token:
+            if record is not None and record[3] == claim.token:
                 del self.records[claim.key]
 
 

@@ -2,11 +2,12 @@
 once per event identity. A filtered (event, target) pair costs no queue message; an event no target
 takes is accepted all the same, and counted.
 
-The idempotency store decides who queues: the attempt that claims the event's key queues (the claim
-is the one write: its lease simply runs out); a repeat while the lease is live is asked to retry
-(429) and queues nothing; a failed attempt releases its claim so that Genesys' retry can queue. A
-repeat after the lease queues again with the same deterministic deliveryIds, which receivers
-deduplicate: see docs/intake.md ("Exactly once in the queue") for why that side is the safe one.
+The idempotency store decides who queues: the attempt that claims the event's key queues, then records
+its answer (two writes per accepted event); a repeat gets that answer and queues nothing, however late
+it comes within the record's TTL. A repeat while the claim's lease is live is asked to retry (429). A
+failed attempt releases its claim so that Genesys' retry can queue; an attempt cut off mid-queue
+(timeout, crash) leaves a lease that runs out, and the next repeat queues again with the same
+deterministic deliveryIds, which receivers deduplicate (docs/intake.md, "Exactly once in the queue").
 """
 
 from __future__ import annotations
@@ -72,12 +73,16 @@ class FanOut:
         self._now = now
 
     def __call__(self, entry: IntegrationEntry, incoming: IncomingEvent) -> dict[str, Any]:
-        """Queue one task per enabled target, once per live claim on the event's identity."""
+        """Queue one task per enabled target, once per event identity; repeats get the first answer."""
         claim = self._idempotency.claim(incoming.key) if self._idempotency is not None else None
+        if claim is not None and claim.state == "completed" and claim.response is not None:
+            self._metrics.count("EventsDuplicate")
+            answer: dict[str, Any] = json.loads(claim.response)
+            return answer
         if claim is not None and claim.state != "acquired":
             # Another attempt holds the lease: it may still be queueing, or it may have been cut off.
             # Not queued here (no double queueing); Genesys retries a 429, and a retry after the lease
-            # queues again, as the same deliveries.
+            # queues if nothing else has.
             self._metrics.count("EventsDuplicate")
             raise RequestInProgress("the same event is being accepted right now; retry shortly")
         queued = False
@@ -87,8 +92,20 @@ class FanOut:
         finally:
             if not queued and claim is not None:
                 self._release_quietly(claim)
+        if claim is not None:
+            self._complete_quietly(claim, answer)
         self._metrics.count("EventsAccepted")
         return answer
+
+    def _complete_quietly(self, claim: Claim, answer: dict[str, Any]) -> None:
+        if self._idempotency is None:
+            return
+        try:
+            self._idempotency.complete(claim, json.dumps(answer, separators=(",", ":")))
+        except DependencyUnavailable:
+            # Every task is queued, so the answer is still 202. The lease runs out on its own; a repeat
+            # after it queues the same deliveryIds again, which receivers deduplicate.
+            logger.warning("could not record the idempotency answer", extra={"event_id": answer["eventId"]})
 
     def _release_quietly(self, claim: Claim) -> None:
         if self._idempotency is None:
