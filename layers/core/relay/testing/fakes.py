@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from pydantic import SecretStr
@@ -18,6 +19,7 @@ from relay.errors import (
     ConfigurationError,
     DependencyUnavailable,
     MoveTaskUnavailable,
+    RateLimitStoreUnavailable,
     TokenUnavailable,
     UnreadableEvent,
 )
@@ -27,6 +29,7 @@ from relay.models.delivery import DlqReason, S3Ref
 from relay.models.http import HttpResult
 from relay.models.idempotency import Claim
 from relay.models.queue import MAX_BATCH_ENTRIES, MoveTaskStatus, OutgoingMessage, ReceivedMessage
+from relay.models.rate_limit import BucketAnswer, BucketState
 from relay.models.secrets import RotatingSecret
 from relay.models.targets import Target
 
@@ -140,6 +143,87 @@ class InMemoryBreakerStore:
             raise BreakerStoreUnavailable("breaker table unreadable (in-memory store set unavailable)")
 
 
+class InMemoryRateLimitStore:
+    """Target buckets with the DynamoDB store's conditional semantics, in one process. Counts writes for
+    tests and benchmarks; ``unavailable`` makes every call fail as DynamoDB down would."""
+
+    def __init__(self) -> None:
+        self.buckets: dict[str, BucketState] = {}
+        self._lock = threading.Lock()
+        self.writes = 0
+        self.unavailable = False
+
+    def load(self, key: str) -> BucketState | None:
+        with self._lock:
+            self._check()
+            return self.buckets.get(key)
+
+    def take(
+        self, key: str, *, now: float, count: int, cost: float, idle: bool, latest: float
+    ) -> BucketAnswer:
+        def fits(state: BucketState) -> bool:
+            if state.floor_until > now:
+                return False
+            if idle:
+                return state.booked_until < now
+            return now <= state.booked_until <= latest
+
+        return self._write(
+            key,
+            fits,
+            lambda state: replace(state, booked_until=(now if idle else state.booked_until) + count * cost),
+        )
+
+    def cut(
+        self, key: str, *, now: float, rate: float, floor_until: float, seen_cut_at: float | None
+    ) -> BucketAnswer:
+        def unchanged(state: BucketState) -> bool:
+            return (state.cut_at if state.cut_rate is not None else None) == seen_cut_at
+
+        return self._write(
+            key, unchanged, lambda state: replace(state, cut_rate=rate, cut_at=now, floor_until=floor_until)
+        )
+
+    def join(
+        self, key: str, *, now: float, contribution: float, floor_until: float, fresh_since: float
+    ) -> BucketAnswer:
+        def fresh(state: BucketState) -> bool:
+            return state.cut_rate is None or state.cut_at >= fresh_since
+
+        def joined(state: BucketState) -> BucketState:
+            if state.cut_rate is None:
+                return replace(state, cut_rate=contribution, cut_at=now, floor_until=floor_until)
+            return replace(state, cut_rate=state.cut_rate + contribution, floor_until=floor_until)
+
+        return self._write(key, fresh, joined)
+
+    def raise_floor(self, key: str, *, floor_until: float) -> BucketAnswer:
+        return self._write(
+            key,
+            lambda state: state.floor_until < floor_until,
+            lambda state: replace(state, floor_until=floor_until),
+        )
+
+    def _write(
+        self,
+        key: str,
+        condition: Callable[[BucketState], bool],
+        change: Callable[[BucketState], BucketState],
+    ) -> BucketAnswer:
+        with self._lock:
+            self._check()
+            self.writes += 1
+            stored = self.buckets.get(key)
+            if not condition(stored or BucketState()):
+                return BucketAnswer(False, stored)
+            self.buckets[key] = new = change(stored or BucketState())
+            return BucketAnswer(True, new)
+
+    def _check(self) -> None:
+        if self.unavailable:
+            raise RateLimitStoreUnavailable("rate-limit bucket unreadable (in-memory store set unavailable)")
+
+
 class InMemoryAuditSink:
     """Audit objects in process memory, under the keys the S3 sink would use; an AuditReader too.
     ``unavailable`` fails writes and reads as S3 down would."""
@@ -197,13 +281,17 @@ def _lines_under(
 
 
 class ManualClock:
-    """Epoch seconds that move only when told (``clock.now += 30``); a ``Clock`` port."""
+    """Epoch seconds that move only when told (``clock.now += 30``); a ``Clock`` port. ``sleep`` moves
+    it as a real sleep would move the real clock (for code that paces itself)."""
 
     def __init__(self, now: float = 1_750_000_000.0) -> None:
         self.now = now
 
     def __call__(self) -> float:
         return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
 
 
 class InMemoryTargets:

@@ -1,4 +1,6 @@
-"""One accepted event becomes one DeliveryTask per enabled target, queued once per event identity.
+"""One accepted event becomes one DeliveryTask per enabled target whose filters let it through, queued
+once per event identity. A filtered (event, target) pair costs no queue message; an event no target
+takes is accepted all the same, and counted.
 
 The idempotency store decides who queues: the attempt that claims the event's key queues, then records
 its answer (two writes per accepted event); a repeat gets that answer and queues nothing, however late
@@ -19,9 +21,10 @@ from datetime import datetime
 from typing import Any
 
 from relay.errors import DependencyUnavailable, PayloadTooLarge, RequestInProgress
+from relay.logic.intake.filters import EventFacts, filtered_out
 from relay.models.delivery import DeliveryTask, EventSource, S3Ref
 from relay.models.idempotency import Claim
-from relay.models.targets import IntegrationEntry
+from relay.models.targets import IntegrationEntry, Target
 from relay.observability import logger
 from relay.ports import ClaimCheckStore, IdempotencyStore, MetricsRecorder, TaskQueue
 
@@ -41,6 +44,8 @@ class IncomingEvent:
     # The event's JSON text as the targets will receive it: for HTTP the body exactly as received.
     event_json: str
     source: EventSource
+    # What the targets' event filters look at.
+    facts: EventFacts
     conversation_id: str | None = None
 
     @property
@@ -113,7 +118,7 @@ class FanOut:
 
     def _queue_tasks(self, entry: IntegrationEntry, incoming: IncomingEvent) -> dict[str, Any]:
         integration_id = entry.integration.integration_id
-        targets = [target for target in entry.targets if target.enabled]
+        targets = self._matching([target for target in entry.targets if target.enabled], incoming.facts)
         received_at = self._now()
         # The text as a JSON string: ASCII, and json.loads gives back the identical text.
         event_field = json.dumps(incoming.event_json, ensure_ascii=True)
@@ -141,6 +146,8 @@ class FanOut:
         if bodies:
             self._queue.send(bodies)
             self._metrics.count("TasksQueued", len(bodies))
+        else:
+            self._metrics.count("EventsUnmatched")
         # DEBUG, not INFO: at a million events this line alone was about half the log bytes, and the
         # accepted count is a metric; each delivery's audit line names the event and its receivedAt.
         logger.debug(
@@ -154,6 +161,17 @@ class FanOut:
             "deliveryIds": delivery_ids,
             "claimCheck": event_ref is not None,
         }
+
+    def _matching(self, targets: list[Target], facts: EventFacts) -> list[Target]:
+        """The targets whose filters let the event through; the others are counted per target and reason."""
+        kept: list[Target] = []
+        for target in targets:
+            reason = filtered_out(target.filters, facts)
+            if reason is None:
+                kept.append(target)
+            else:
+                self._metrics.count("TasksFiltered", reason=reason.value, target=target.target_id)
+        return kept
 
     def _claim_check(self, key: str, integration_id: str, body: bytes) -> S3Ref:
         if self._claim_checks is None:
