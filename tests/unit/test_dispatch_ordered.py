@@ -22,6 +22,7 @@ from relay.logic.dispatch import Dispatcher
 from relay.models.breaker import BreakerState, Phase, target_key
 from relay.models.delivery import DeliveryTask, DlqReason
 from relay.models.http import HttpResult
+from relay.models.rate_limit import RateLimit
 from relay.models.targets import OnExhausted, Ordering, RetryMatrix, Target
 from relay.settings import Settings
 from relay.testing.fakes import (
@@ -29,6 +30,7 @@ from relay.testing.fakes import (
     InMemoryAuditSink,
     InMemoryBreakerStore,
     InMemoryClaimCheckStore,
+    InMemoryRateLimitStore,
     InMemorySecrets,
     InMemoryTargets,
     ManualClock,
@@ -90,6 +92,7 @@ class OrderedRelay:
     ordered: RecordingOrderedQueueOps = field(default_factory=RecordingOrderedQueueOps)
     attempts: InMemoryAttemptCounter = field(default_factory=InMemoryAttemptCounter)
     breakers: InMemoryBreakerStore = field(default_factory=InMemoryBreakerStore)
+    rate_limits: InMemoryRateLimitStore = field(default_factory=InMemoryRateLimitStore)
     audit: InMemoryAuditSink = field(default_factory=InMemoryAuditSink)
     clock: ManualClock = field(default_factory=lambda: ManualClock(NOW))
     with_ordered_path: bool = True
@@ -104,11 +107,13 @@ class OrderedRelay:
             http=self.http,
             queue=self.queue,
             breakers=self.breakers,
+            rate_limits=self.rate_limits,
             audit=self.audit,
             secrets=InMemorySecrets(),
             claim_checks=InMemoryClaimCheckStore(),
             clock=self.clock,
             rng=random.Random(7),
+            sleep=self.clock.sleep,
             ordered_queue=self.ordered if self.with_ordered_path else None,
             attempts=self.attempts if self.with_ordered_path else None,
         )
@@ -272,6 +277,30 @@ def test_an_open_breaker_holds_every_conversation_of_its_target_without_a_re_sen
     held = {tuple(h): delay for h, delay in r.ordered.holds}
     assert set(held) == {tuple(handles(a0, a1)), tuple(handles(b0))}
     assert all(20 <= delay <= 22 for delay in held.values())  # until it may half-open, + jitter
+
+
+def test_a_rate_limit_holds_the_conversation_from_the_first_record_without_a_token(
+    relays: list[OrderedRelay],
+) -> None:
+    # One request a second: the limit lets a few go (one at once, one paced), the rest of each
+    # conversation is held with its group, never deferred (a re-send would put it at the back).
+    r = ordered_relay(relays, ordered_target(rate_limit=RateLimit(per_second=1, burst=1)))
+    conversation_a = [fifo_record("a", n) for n in range(4)]
+    conversation_b = [fifo_record("b", n) for n in range(2)]
+
+    failed = r.batch(*conversation_a, *conversation_b)
+
+    assert r.nothing_resent()
+    sent = r.sent()
+    assert 1 <= len(sent) < 6
+    for records in (conversation_a, conversation_b):
+        went = [rec for rec in records if json.loads(rec["body"])["eventId"] in sent]
+        assert went == records[: len(went)]  # each conversation went from its start, in order
+        assert set(ids(*records[len(went) :])) <= set(failed)
+    held = {handle for handles_, _ in r.ordered.holds for handle in handles_}
+    assert {f"receipt-{message_id}" for message_id in failed} == held
+    rate_held = [line for line in r.audit_lines() if line.get("errorCode") == "rate-limited"]
+    assert rate_held and all(line["outcome"] == "held" and line["retryInSeconds"] >= 1 for line in rate_held)
 
 
 def test_the_probe_goes_first_and_a_failed_probe_holds_the_targets_other_conversations(

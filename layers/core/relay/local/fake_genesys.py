@@ -161,6 +161,10 @@ def webhook_docs(
         properties["ordering"] = target.ordering.value
     if target.on_exhausted is not None:
         properties["onExhausted"] = target.on_exhausted.value
+    if target.filters is not None:
+        properties["filters"] = target.filters.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if target.rate_limit is not None:
+        properties["rateLimit"] = target.rate_limit.model_dump(mode="json", by_alias=True, exclude_none=True)
     for extra in ("connectTimeoutSeconds", "readTimeoutSeconds"):
         if (target.model_extra or {}).get(extra) is not None:
             properties[extra] = (target.model_extra or {})[extra]

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from relay.models.event_filters import EventFilters
+from relay.models.rate_limit import RateLimit
 from relay.models.targets import OAuth2Client, OnExhausted, Ordering, RetryMatrix, SecurityType
 
 DEFAULT_FIXTURES = Path(__file__).resolve().parents[4] / "events" / "fixtures" / "local.json"
@@ -44,6 +46,8 @@ class FixtureTarget(_FixtureModel):
     retry_matrix: RetryMatrix | None = Field(None, alias="retryMatrix")
     ordering: Ordering | None = None  # none (default) or conversation
     on_exhausted: OnExhausted | None = Field(None, alias="onExhausted")
+    filters: EventFilters | None = None
+    rate_limit: RateLimit | None = Field(None, alias="rateLimit")
 
 
 class FixtureIntegration(_FixtureModel):

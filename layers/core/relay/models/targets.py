@@ -13,6 +13,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from relay.models.event_filters import EventFilters
+from relay.models.rate_limit import RateLimit
+
 
 class CamelModel(BaseModel):
     """camelCase on the wire and in DynamoDB, snake_case in Python."""
@@ -118,6 +121,9 @@ class Target(CamelModel):
     read_timeout_seconds: float | None = Field(None, gt=0)
     ordering: Ordering = Ordering.NONE
     on_exhausted: OnExhausted = OnExhausted.DEAD_LETTER
+    # Receiver controls: which events it gets (checked at the intake) and how fast (the dispatcher).
+    filters: EventFilters = Field(default_factory=EventFilters)
+    rate_limit: RateLimit | None = None
     version: int = 1
     synced_at: str | None = None
 

@@ -28,6 +28,8 @@ from pydantic import (
 )
 
 from relay.models.client_certificate import parse_client_certificate
+from relay.models.event_filters import EventFilters
+from relay.models.rate_limit import RateLimit
 from relay.models.targets import OAuth2Client, OnExhausted, Ordering, RetryMatrix, SecurityType
 
 # Headers the relay sets itself (or that HTTP owns); a config must not override them.
@@ -107,6 +109,9 @@ class WebhookConfig(BaseModel):
     # will not be retried (docs/config-sync.md).
     ordering: Ordering = Ordering.NONE
     on_exhausted: OnExhausted = Field(OnExhausted.DEAD_LETTER, alias="onExhausted")
+    # Receiver controls (docs/config-sync.md): which events the target gets, and how fast.
+    filters: EventFilters = Field(default_factory=EventFilters)
+    rate_limit: RateLimit | None = Field(None, alias="rateLimit")
     # Genesys' configuration version, for the log only.
     config_version: int | None = Field(None, alias="configVersion")
 
@@ -191,7 +196,15 @@ def webhook_config_from_genesys(
         "encryptionKey": secret_values.get("encryptionKey"),
         "configVersion": config.get("version"),
     }
-    for optional in ("retryMatrix", "connectTimeoutSeconds", "readTimeoutSeconds", "ordering", "onExhausted"):
+    for optional in (
+        "retryMatrix",
+        "connectTimeoutSeconds",
+        "readTimeoutSeconds",
+        "filters",
+        "rateLimit",
+        "ordering",
+        "onExhausted",
+    ):
         if properties.get(optional) is not None:
             doc[optional] = properties[optional]
     return WebhookConfig.model_validate(doc)

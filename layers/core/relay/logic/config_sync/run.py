@@ -240,6 +240,8 @@ class _SyncRun:
             read_timeout_seconds=config.read_timeout_seconds,
             ordering=config.ordering,
             on_exhausted=config.on_exhausted,
+            filters=config.filters,
+            rate_limit=config.rate_limit,
         )
         stored = writer.stored(config.integration_id)
         previous = stored.target(target_id) if stored else None

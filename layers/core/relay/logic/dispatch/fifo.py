@@ -10,19 +10,23 @@ Nothing here ever re-sends a record (a re-send would put it behind later ones).
     retryable failure           the backoff                     (fifo_settle.GroupQueue)
     exhausted, target blocks    ORDERED_BLOCK_HOLD_SECONDS      (fifo_settle.OrderedSettler)
     breaker open / probe failed until the breaker may half-open (``admit``)
+    rate limit: no token now    about when it would fit         (``admit``)
     out of time                 0 s: at once, with its group    (``admit``)
     targets or attempts table   the queue's own visibility timeout
     unavailable
 
 The group that holds a lane's half-open probe runs first, so every other record of that target
 meets the probe's answer when its turn comes. ``admit`` is the one place an ordered record is held
-instead of deferred: a deferral decided elsewhere (breaker, rate limit) becomes a ``Hold`` there.
+instead of deferred: a deferral decided elsewhere (breaker, rate limit; a slow-lane re-route would be
+one too) becomes a ``Hold`` there. A record the rate limit paces (``Item.not_before``) waits for its
+time in its group's run.
 Attempts are counted in the attempts table, not from the receive count: a held record is received
 again without being attempted.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -38,15 +42,17 @@ from relay.logic.dispatch.batch import Batch
 from relay.logic.dispatch.fifo_settle import GroupQueue, OrderedSettler
 from relay.logic.dispatch.lanes import Lane, Lanes, group
 from relay.logic.dispatch.metrics import Metric
+from relay.logic.dispatch.rate_limit import Held, RateLimits
 from relay.logic.dispatch.records import Item, SqsRecord, Unattempted, resolve
 from relay.logic.outcomes import Verdict
 from relay.models.delivery import DlqReason
 from relay.observability import logger
-from relay.ports import AttemptCounter, OrderedQueueOps, TargetDirectory
+from relay.ports import AttemptCounter, Clock, OrderedQueueOps, TargetDirectory
 from relay.settings import Settings
 
 # Audit error codes of held records.
 BREAKER_OPEN = "breaker-open"
+RATE_LIMITED = "rate-limited"
 OUT_OF_TIME = "out-of-time"
 DEPENDENCY_UNAVAILABLE = "dependency-unavailable"
 BEHIND_EARLIER = "behind-earlier-record"
@@ -102,24 +108,30 @@ class OrderedDelivery:
         queue: OrderedQueueOps,
         attempts: AttemptCounter,
         lanes: Lanes,
+        limits: RateLimits,
         attempter: Attempter,
         pool: ThreadPoolExecutor,
         slot: Callable[[str], AbstractContextManager[object]],
         out_of_time: Callable[[Item, Batch], bool],
         now: Callable[[], datetime],
         rng: random.Random,
+        clock: Clock,
+        sleep: Callable[[float], None],
     ) -> None:
         self._settings = settings
         self._targets = targets
         self._queue = queue
         self._attempts = attempts
         self._lanes = lanes
+        self._limits = limits
         self._attempter = attempter
         self._pool = pool
         self._slot = slot
         self._out_of_time = out_of_time
         self._now = now
         self._rng = rng
+        self._clock = clock
+        self._sleep = sleep
 
     def run(self, records: list[SqsRecord], batch: Batch) -> None:
         groups = message_groups(records)
@@ -129,11 +141,15 @@ class OrderedDelivery:
             lane.key: lane
             for lane in self._pool.map(lambda e: self._lanes.open(e[0], e[1], batch), group(items).items())
         }
+        # The rate limit takes its tokens per target as in the engine; what it holds back holds its group.
+        rate_held = {
+            id(held.item): held for lane in lanes.values() for held in self._limits.admit(lane, batch)
+        }
         probing = {gid for gid, members in steps.items() if any(_is_probe(step) for step in members)}
         reached: dict[str, int] = {}  # group -> index of the step it is at (a crash leaves it there)
         for phase in ([g for g in steps if g in probing], [g for g in steps if g not in probing]):
             futures = [
-                (gid, self._pool.submit(self._run_group, gid, steps[gid], lanes, batch, reached))
+                (gid, self._pool.submit(self._run_group, gid, steps[gid], lanes, rate_held, batch, reached))
                 for gid in phase
             ]
             wait([future for _, future in futures])
@@ -144,25 +160,35 @@ class OrderedDelivery:
                         batch.fail(step.record)
         for lane in lanes.values():
             self._lanes.report(lane, batch)
+            self._limits.feedback(lane, batch)
         fail_behind_failures(groups, batch)
 
-    def admit(self, item: Item, lane: Lane, batch: Batch) -> Hold | None:
+    def admit(self, item: Item, lane: Lane, rate_held: Held | None, batch: Batch) -> Hold | None:
         """Whether ``item`` may be attempted now, or holds its group (and why, and for how long).
 
-        Merge point: any other reason to defer a record (a rate limit, say) is a Hold here for an
-        ordered record, never a re-send; a slow-lane re-route does not apply to ordered records."""
+        Merge point, the one place an ordered record is held instead of deferred: any reason the
+        engine has to defer or re-route a record (breaker, rate limit, a slow lane) is a Hold here,
+        never a re-send, which would put the record behind later ones of its conversation."""
         if lane.admission is not breaker.Admission.DELIVER and not item.probe:
             after = self._lanes.after_probe(lane)
             if any(held is item for held in after.defer):
                 delay = retry.deferral_delay_seconds(after.seconds_until_probe, rng=self._rng)
                 return Hold(delay, BREAKER_OPEN)
+        if rate_held is not None:
+            return Hold(math.ceil(rate_held.wait_seconds), RATE_LIMITED)
         if self._out_of_time(item, batch):
             return Hold(0, OUT_OF_TIME)
         return None
 
     # --- one group -----------------------------------------------------------------------------------
     def _run_group(
-        self, group_id: str, steps: list[Step], lanes: dict[str, Lane], batch: Batch, reached: dict[str, int]
+        self,
+        group_id: str,
+        steps: list[Step],
+        lanes: dict[str, Lane],
+        rate_held: dict[int, Held],
+        batch: Batch,
+        reached: dict[str, int],
     ) -> None:
         queue = GroupQueue(self._queue, group_id)
         settler = OrderedSettler(
@@ -176,7 +202,7 @@ class OrderedDelivery:
         for index, step in enumerate(steps):
             reached[group_id] = index
             queue.at(step.record, [later.record for later in steps[index + 1 :]])
-            hold = self._step(step, lanes, settler, batch)
+            hold = self._step(step, lanes, rate_held, settler, batch)
             if hold is not None:
                 self._hold(steps[index:], hold, batch)
                 return
@@ -185,7 +211,14 @@ class OrderedDelivery:
                 self._hold(steps[index + 1 :], Hold(None, BEHIND_EARLIER), batch)
                 return
 
-    def _step(self, step: Step, lanes: dict[str, Lane], settler: OrderedSettler, batch: Batch) -> Hold | None:
+    def _step(
+        self,
+        step: Step,
+        lanes: dict[str, Lane],
+        rate_held: dict[int, Held],
+        settler: OrderedSettler,
+        batch: Batch,
+    ) -> Hold | None:
         """Settle one record, or say why it holds its group."""
         if isinstance(step, Unresolved):
             return Hold(None, DEPENDENCY_UNAVAILABLE)
@@ -193,12 +226,14 @@ class OrderedDelivery:
             settler.unattempted(step, batch)
             return None
         item = step
+        if item.not_before is not None and (early := item.not_before - self._clock()) > 0:
+            self._sleep(early)  # paced by its rate limit: its group waits for its booked time
         with self._slot(item.key):
             if batch.is_gone(item.key):
                 why = "target answered 410 Gone earlier in this batch"
                 settler.unattempted(Unattempted(item.record, item.task, DlqReason.TARGET_GONE, why), batch)
                 return None
-            hold = self.admit(item, lanes[item.key], batch)
+            hold = self.admit(item, lanes[item.key], rate_held.get(id(item)), batch)
             if hold is not None:
                 return hold
             try:

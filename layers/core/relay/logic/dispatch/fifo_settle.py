@@ -113,7 +113,7 @@ class OrderedSettler(Settler):
         except DependencyUnavailable:  # the queue's own visibility timeout brings it back
             hold = None
         line.update(outcome=audit.BLOCKED, dlqReason=reason.value, retryInSeconds=hold)
-        batch.metrics.count_service(Metric.ORDERED_GROUP_BLOCKED)
+        batch.metrics.service_count(Metric.ORDERED_GROUP_BLOCKED)
         logger.warning(
             "ordered conversation blocked",
             extra={"targetId": item.target.target_id, "messageId": item.record.message_id, "reason": reason},

@@ -1,7 +1,7 @@
 """The dispatcher's CloudWatch metrics (EMF through powertools), names and dimensions exactly as in
 docs/architecture.md: per-target counts carry the dimensions ``service`` and ``target``;
-``BreakerStoreUnavailable`` and ``OrderedGroupBlocked`` carry ``service`` only (alarms watch them, and an
-alarm cannot search across targets).
+``BreakerStoreUnavailable``, ``RateLimitStoreUnavailable`` and ``OrderedGroupBlocked`` carry ``service``
+only (alarms watch them, and an alarm cannot search across targets).
 
 A batch accumulates here and is flushed once at the end: one EMF object per target (so each target's
 values sit under its own dimension), plus one service-level object for the service-level counts.
@@ -27,6 +27,10 @@ class Metric(StrEnum):
     BREAKER_HALF_OPENED = "BreakerHalfOpened"
     BREAKER_CLOSED = "BreakerClosed"
     BREAKER_STORE_UNAVAILABLE = "BreakerStoreUnavailable"
+    # Rate limits: throttle answers (429, 503 + Retry-After), records deferred by the limit, store down.
+    THROTTLED = "Throttled"
+    RATE_LIMITED = "RateLimited"
+    RATE_LIMIT_STORE_UNAVAILABLE = "RateLimitStoreUnavailable"
     # The ordered path (relay.logic.dispatch.fifo): records held in their conversation instead of
     # attempted (behind an earlier one, breaker open, out of time), and deliveries an ordered target
     # with onExhausted block keeps failing (its conversation waits: the alarm; service level).
@@ -35,8 +39,10 @@ class Metric(StrEnum):
 
 
 TARGET_DIMENSION = "target"
-# Counted per service only (``count_service``).
-SERVICE_METRICS = frozenset({Metric.BREAKER_STORE_UNAVAILABLE, Metric.ORDERED_GROUP_BLOCKED})
+# Metrics with the ``service`` dimension only.
+SERVICE_METRICS = frozenset(
+    {Metric.BREAKER_STORE_UNAVAILABLE, Metric.RATE_LIMIT_STORE_UNAVAILABLE, Metric.ORDERED_GROUP_BLOCKED}
+)
 
 
 class BatchMetrics:
@@ -57,12 +63,13 @@ class BatchMetrics:
             self._latencies[target_id].append(round(milliseconds, 3))
 
     def breaker_store_unavailable(self) -> None:
-        self.count_service(Metric.BREAKER_STORE_UNAVAILABLE)
+        self.service_count(Metric.BREAKER_STORE_UNAVAILABLE)
 
-    def count_service(self, metric: Metric, value: float = 1.0) -> None:
+    def service_count(self, metric: Metric) -> None:
+        """A count with the ``service`` dimension only (SERVICE_METRICS)."""
         assert metric in SERVICE_METRICS, f"{metric} is counted per target"
         with self._lock:
-            self._service_counts[metric] += value
+            self._service_counts[metric] += 1
 
     def flush(self) -> None:
         with self._lock:

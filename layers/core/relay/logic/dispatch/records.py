@@ -70,6 +70,8 @@ class Item:
     outcome: Outcome | None = None
     probe: bool = False
     breaker_phase: str = "unknown"  # as read for this batch; "unknown" when the store failed
+    # Epoch seconds before which it must not be sent: its rate-limit booking paces it (None: at once).
+    not_before: float | None = None
 
     @property
     def reached_endpoint(self) -> bool:
