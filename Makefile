@@ -120,10 +120,12 @@ build-x86_64: $(SAMVENV)/.synced
 bench: $(VENV)/.synced
 	$(PY) -m bench.run
 
-# The chaos run, then the ordering proof at full size (issue 15): each prints one JSON line.
+# The chaos run, then the ordering proof at full size and the ordered path's throughput without moto
+# (issue 15): each prints one JSON line.
 chaos: $(VENV)/.synced
 	$(PY) bench/chaos.py
 	$(PY) -m bench.ordering
+	$(PY) -m bench.ordering_dispatcher
 
 clean:
 	rm -rf $(VENV) $(SAMVENV) $(CHECKOVVENV) $(BOOT) .aws-sam .pytest_cache .mypy_cache .ruff_cache

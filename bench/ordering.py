@@ -104,6 +104,7 @@ class Ids:
     ordered: str = field(default_factory=lambda: str(uuid.uuid4()))
     unordered: str = field(default_factory=lambda: str(uuid.uuid4()))
     steady: str = field(default_factory=lambda: str(uuid.uuid4()))
+    baseline: str = field(default_factory=lambda: str(uuid.uuid4()))
     proof_secret: str = field(default_factory=lambda: "ordering-sig-" + secrets.token_urlsafe(18))
     throughput_secret: str = field(default_factory=lambda: "ordering-sig-" + secrets.token_urlsafe(18))
 
@@ -133,7 +134,10 @@ def fixtures_document(ids: Ids) -> dict[str, Any]:
                 "id": ids.throughput,
                 "name": "Ordering throughput",
                 "signatureSecret": ids.throughput_secret,
-                "targets": [target(ids.steady, "steady", "conversation", ORDERED_RETRIES)],
+                "targets": [
+                    target(ids.steady, "steady", "conversation", ORDERED_RETRIES),
+                    target(ids.baseline, "baseline", "none", UNORDERED_RETRIES),
+                ],
             },
         ]
     }
@@ -253,40 +257,54 @@ class OrderingRun:
         }
 
     def _throughput(self) -> dict[str, Any]:
+        """The same events queued for an ordered and an unordered target (both 50 ms), both pollers
+        paused; then each lane alone, the ordered one first: deliveries per second until its last one.
+        The unordered figure is the local stack's own ceiling (moto, worker processes) beside it."""
         sizes = self.sizes
         if sizes.throughput_events <= 0:
             return {}
-        assert self.stack is not None and self.stack.ordered_poller is not None
-        steady = self.receiver(self.ids.steady)
-        steady.behaviour = Behaviour(latency_seconds=RECEIVER_LATENCY_SECONDS)
+        stack = self.stack
+        assert stack is not None and stack.ordered_poller is not None and stack.poller is not None
+        for target_id in (self.ids.steady, self.ids.baseline):
+            self.receiver(target_id).behaviour = Behaviour(latency_seconds=RECEIVER_LATENCY_SECONDS)
         per_conversation = max(1, sizes.throughput_events // sizes.throughput_conversations)
         plan = {
             f"t{n:03d}-{uuid.uuid4().hex[:8]}": per_conversation
             for n in range(sizes.throughput_conversations)
         }
-        expected = per_conversation * len(plan)
-        self.stack.ordered_poller.stop()  # queue everything first: the figure is the ordered path's alone
+        stack.ordered_poller.stop()  # queue everything first: each figure is its lane's alone
+        stack.poller.stop()
         self._send(self.ids.throughput, self.ids.throughput_secret, plan)
-        queued = sum(len(self.conversations[c]) for c in plan)
-        started = time.time()
-        self.stack.ordered_poller.start()
-        deadline = time.monotonic() + SETTLE_TIMEOUT_SECONDS
-        while len(_accepted(steady)) < queued and time.monotonic() < deadline:
-            time.sleep(0.05)  # not a wait: measuring until the last delivery arrives
-        accepted = _accepted(steady)
-        finished = max((r.received_at for r in accepted), default=started)
-        elapsed = max(finished - started, 1e-9)
-        verdict = _verdict(steady, {c: self.conversations[c] for c in plan}, set())
+        sent = {c: self.conversations[c] for c in plan}
+        ordered = self._drain_lane(stack.ordered_poller, self.ids.steady, sent)
+        unordered = self._drain_lane(stack.poller, self.ids.baseline, sent)
         return {
             "conversations": len(plan),
-            "events": expected,
-            "delivered": len(accepted),
-            "in_order": verdict["conversations_in_order"] == len(plan),
+            "events": per_conversation * len(plan),
+            **ordered,
+            "ordered_batch_size": stack.ordered_poller.source.batch_size,
+            "ordered_maximum_concurrency": stack.ordered_poller.source.maximum_concurrency,
             "receiver_latency_ms": RECEIVER_LATENCY_SECONDS * 1000,
+            "unordered_baseline": unordered,
+        }
+
+    def _drain_lane(self, poller: Any, target_id: str, sent: dict[str, list[str]]) -> dict[str, Any]:
+        receiver = self.receiver(target_id)
+        queued = sum(len(events) for events in sent.values())
+        started = time.time()
+        poller.start()
+        deadline = time.monotonic() + SETTLE_TIMEOUT_SECONDS
+        while len(_accepted(receiver)) < queued and time.monotonic() < deadline:
+            time.sleep(0.05)  # not a wait: measuring until the last delivery arrives
+        accepted = _accepted(receiver)
+        finished = max((r.received_at for r in accepted), default=started)
+        elapsed = max(finished - started, 1e-9)
+        verdict = _verdict(receiver, sent, set())
+        return {
+            "delivered": len(accepted),
+            "in_order": verdict["conversations_in_order"] == len(sent),
             "elapsed_s": round(elapsed, 2),
             "deliveries_per_s": round(len(accepted) / elapsed, 1),
-            "ordered_batch_size": self.stack.ordered_poller.source.batch_size,
-            "ordered_maximum_concurrency": self.stack.ordered_poller.source.maximum_concurrency,
         }
 
     # --- pieces ----------------------------------------------------------------------------------------

@@ -89,3 +89,4 @@ def test_the_throughput_phase_delivered_every_conversation_in_order(summary: dic
     throughput = summary["throughput"]
     assert throughput["delivered"] == throughput["events"] == SCALED["throughput_events"]
     assert throughput["in_order"] is True
+    assert throughput["unordered_baseline"]["delivered"] == SCALED["throughput_events"]
