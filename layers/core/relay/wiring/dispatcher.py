@@ -64,17 +64,24 @@ def build_dispatcher(
     is set, else no audit objects (the audit lines are still logged); ``archive`` None: the S3 archive
     when AUDIT_BUCKET is set and ARCHIVE_ENABLED is true.
 
-    With ORDERED_QUEUE_URL set it is the ordered dispatcher (template: OrderedDispatcherFunction): it
-    consumes the FIFO queue, needs its DLQ and the attempts table, and never re-sends to the standard
-    delivery queue, so it needs none of the standard queues."""
-    ordered = bool(settings.ordered_queue_url)
+    With ORDERED_ATTEMPTS_TABLE set (only the OrderedDispatcherFunction's environment names it) it is
+    the ordered dispatcher: it consumes the FIFO queue and needs its DLQ and the attempts table; it never
+    re-sends to the standard delivery queue, so it needs none of the standard queues (the intake's
+    ORDERED_QUEUE_URL alone does not make a dispatcher ordered)."""
+    ordered = bool(settings.ordered_attempts_table)
     if queue is None or (ordered and ordered_queue is None):
         sqs = SqsQueues(
             aws_clients(settings).client("sqs"),
-            delivery_queue_url=None if ordered else settings.need("delivery_queue_url"),
-            dead_letter_queue_url=None if ordered else settings.need("dead_letter_queue_url"),
-            ordered_queue_url=settings.ordered_queue_url,
-            ordered_dead_letter_queue_url=settings.need("ordered_dead_letter_queue_url") if ordered else None,
+            delivery_queue_url=settings.delivery_queue_url
+            if ordered
+            else settings.need("delivery_queue_url"),
+            dead_letter_queue_url=(
+                settings.dead_letter_queue_url if ordered else settings.need("dead_letter_queue_url")
+            ),
+            ordered_queue_url=settings.need("ordered_queue_url") if ordered else settings.ordered_queue_url,
+            ordered_dead_letter_queue_url=(
+                settings.need("ordered_dead_letter_queue_url") if ordered else None
+            ),
         )
         queue, ordered_queue = queue or sqs, ordered_queue or (sqs if ordered else None)
     if ordered and attempts is None:
