@@ -276,8 +276,10 @@ class OrderingRun:
             f"t{n:03d}-{uuid.uuid4().hex[:8]}": per_conversation
             for n in range(sizes.throughput_conversations)
         }
-        stack.ordered_poller.stop()  # queue everything first: each figure is its lane's alone
-        stack.poller.stop()
+        # Queue everything first: each figure is its lane's alone. Paused, not stopped: a stopped poller's
+        # threads end, and the warm workers they started die with them.
+        stack.ordered_poller.pause()
+        stack.poller.pause()
         self._send(self.ids.throughput, self.ids.throughput_secret, plan)
         sent = {c: self.conversations[c] for c in plan}
         ordered = self._drain_lane(stack.ordered_poller, self.ids.steady, sent)
@@ -296,7 +298,7 @@ class OrderingRun:
         receiver = self.receiver(target_id)
         queued = sum(len(events) for events in sent.values())
         started = time.time()
-        poller.start()
+        poller.resume()
         deadline = time.monotonic() + SETTLE_TIMEOUT_SECONDS
         while len(_accepted(receiver)) < queued and time.monotonic() < deadline:
             time.sleep(0.05)  # not a wait: measuring until the last delivery arrives

@@ -55,7 +55,7 @@ def summary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
 
 
 def test_every_event_was_accepted_and_the_queues_drained(summary: dict[str, Any]) -> None:
-    assert summary["events_sent"] == SCALED["events"]
+    assert summary["events_sent"] == SCALED["events"], summary
     assert summary["conversations"] == SCALED["conversations"]
     assert summary["rejected_by_intake"] == {}
     assert summary["drained"] is True
@@ -63,7 +63,7 @@ def test_every_event_was_accepted_and_the_queues_drained(summary: dict[str, Any]
 
 def test_every_conversation_reached_the_ordered_target_in_its_send_order(summary: dict[str, Any]) -> None:
     ordered = summary["ordered"]
-    assert ordered["conversations_in_order"] == SCALED["conversations"]
+    assert ordered["conversations_in_order"] == SCALED["conversations"], summary
     assert ordered["conversations_out_of_order"] == 0 and ordered["adjacent_inversions"] == 0
     assert ordered["delivered"] == SCALED["events"]
     assert ordered["lost"] == 0 and ordered["dead_lettered"] == 0

@@ -119,6 +119,7 @@ class SqsPoller:
         # Long-poll wait while a batch is empty; short so that stop() is prompt.
         self.poll_wait_seconds = max(1, min(20, poll_wait_seconds))
         self._stopping = threading.Event()
+        self._paused = threading.Event()
         self._lock = threading.Condition()
         self._receive_lock = threading.Lock()
         self._stats = PollerStats()
@@ -145,6 +146,16 @@ class SqsPoller:
         if alive:
             raise RuntimeError(f"poller threads still running after {wait:.0f} s: {alive}")
 
+    def pause(self, timeout: float = 60.0) -> None:
+        """Stop receiving, keep the slots' threads (and so the warm workers they started: a worker
+        dies with the thread that spawned it), and wait for the invocations in flight."""
+        self._paused.set()
+        if not self.wait_idle(timeout):
+            raise RuntimeError(f"invocations still running after {timeout:.0f} s")
+
+    def resume(self) -> None:
+        self._paused.clear()
+
     def __enter__(self) -> SqsPoller:
         self.start()
         return self
@@ -165,6 +176,9 @@ class SqsPoller:
     # --- the worker ------------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stopping.is_set():
+            if self._paused.is_set():
+                self._stopping.wait(0.05)  # paused: look again shortly
+                continue
             try:
                 gather_started = time.monotonic()
                 batch = self._gather()
@@ -177,7 +191,7 @@ class SqsPoller:
                             "FIFO: %d messages of groups behind an outstanding one given back", len(back)
                         )
                     self._release(back)
-                if batch and self._stopping.is_set():
+                if batch and (self._stopping.is_set() or self._paused.is_set()):
                     self._release(batch)
                 elif batch:
                     self._invoke(batch)
