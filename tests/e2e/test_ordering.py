@@ -81,7 +81,7 @@ def test_the_faults_and_the_outage_were_real(summary: dict[str, Any]) -> None:
     ordered = summary["ordered"]
     assert ordered["requests"] > 1.2 * SCALED["events"]  # about 30 % of requests failed and were retried
     start, end = summary["outage"]["down_window_s"]
-    assert end - start >= SCALED["down_seconds"]
+    assert end - start >= SCALED["down_seconds"] - 0.2  # the window's ends are rounded to 0.1 s
     assert summary["outage"]["ordered_requests_while_down"] > 0
 
 
