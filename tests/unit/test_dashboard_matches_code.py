@@ -348,6 +348,7 @@ def test_intake_emits_its_metrics_with_the_contract_dimensions(capsys: pytest.Ca
         ("EventsDuplicate", None, None),
         ("TasksQueued", None, None),
         ("EventsUnmatched", None, None),
+        ("TasksUnordered", None, None),
         ("EventsRejected", "bad-signature", None),
         ("TasksFiltered", "type", "crm-plain"),
     ]

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = Path(os.environ.get("RELAY_TEMPLATE_UNDER_TEST", ROOT / "template.yaml"))
 SAMCONFIG = TEMPLATE.parent / "samconfig.toml"
 FOURTEEN_DAYS = 14 * 24 * 3600
-FUNCTIONS = ("IntakeFunction", "DispatcherFunction", "ConfigSyncFunction")
+FUNCTIONS = ("IntakeFunction", "DispatcherFunction", "ConfigSyncFunction", "OrderedDispatcherFunction")
 
 
 def samconfig_overrides() -> dict[str, dict[str, str]]:
@@ -489,7 +489,7 @@ def test_functions_run_on_the_architecture_parameter_arm64_by_default(raw: Templ
 
 # --- releases: versions, aliases, gradual deploys with rollback --------------------------------------
 GRADUAL = re.compile(r"(Canary|Linear)\d+Percent(Every)?(\d+)Minutes?")
-SHIFTED_RELEASES = ("IntakeFunction", "DispatcherFunction")
+SHIFTED_RELEASES = ("IntakeFunction", "DispatcherFunction", "OrderedDispatcherFunction")
 
 
 @pytest.mark.parametrize("logical_id", FUNCTIONS)
@@ -656,7 +656,12 @@ def _rule_value(template: Template, expression: Any) -> Any:
 
 
 # --- no silent loss: parked messages -----------------------------------------------------------------
-PARKING_QUEUES = ("DeadLetterQueue", "IntakeFailureQueue", "EventBridgeDeadLetterQueue")
+PARKING_QUEUES = (
+    "DeadLetterQueue",
+    "IntakeFailureQueue",
+    "EventBridgeDeadLetterQueue",
+    "OrderedDeadLetterQueue",
+)
 
 
 @pytest.mark.parametrize("queue", PARKING_QUEUES)
@@ -737,3 +742,98 @@ def test_allowed_target_ports_reach_both_functions_that_apply_the_url_policy(por
         value = resolved(template, logical_id)["Environment"]["Variables"]["ALLOWED_TARGET_PORTS"]
         settings = Settings.model_validate({"ALLOWED_TARGET_PORTS": value})
         assert settings.allowed_target_ports == [int(port) for port in ports.split(",")], logical_id
+
+
+# --- the ordered lane (docs/dispatcher.md, "Ordering") --------------------------------------------------
+ORDERED = "OrderedDispatcherFunction"
+
+
+def ordered_event(template: Template) -> dict[str, Any]:
+    events = resolved(template, ORDERED)["Events"]
+    (sqs,) = [e["Properties"] for e in events.values() if e["Type"] == "SQS"]
+    return dict(sqs)
+
+
+def test_the_ordered_queue_is_a_high_throughput_fifo_queue_redriving_to_a_fifo_dlq(
+    template: Template,
+) -> None:
+    queue = resolved(template, "OrderedDeliveryQueue")
+    dlq = resolved(template, "OrderedDeadLetterQueue")
+    for props in (queue, dlq):
+        assert props["FifoQueue"] is True
+        assert (props["DeduplicationScope"], props["FifoThroughputLimit"]) == (
+            "messageGroup",
+            "perMessageGroupId",
+        )
+        assert props["ContentBasedDeduplication"] is False  # deduplicated on the ids the relay sets
+        assert int(props["MessageRetentionPeriod"]) == FOURTEEN_DAYS
+    assert template.properties("OrderedDeliveryQueue")["RedrivePolicy"]["deadLetterTargetArn"] == {
+        "Fn::GetAtt": ["OrderedDeadLetterQueue", "Arn"]
+    }
+    # A held record is received again without an attempt: the backstop sits far above any retry matrix.
+    assert int(queue["RedrivePolicy"]["maxReceiveCount"]) >= 100 > largest_planned_attempts()
+    timeout = int(resolved(template, ORDERED)["Timeout"])
+    assert int(queue["VisibilityTimeout"]) >= 6 * timeout
+
+
+def test_the_ordered_dispatcher_consumes_the_ordered_queue_within_its_reserved_concurrency(
+    template: Template,
+) -> None:
+    event = ordered_event(template)
+    assert template.properties(ORDERED)["Events"]["OrderedDeliveries"]["Properties"]["Queue"] == {
+        "Fn::GetAtt": ["OrderedDeliveryQueue", "Arn"]
+    }
+    assert event["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert 1 <= int(event["BatchSize"]) <= 10 and "MaximumBatchingWindowInSeconds" not in event  # FIFO limits
+    maximum = int(event["ScalingConfig"]["MaximumConcurrency"])
+    assert template.function(ORDERED).reserved_concurrency == maximum >= 2
+
+
+def test_the_ordered_dispatcher_is_the_dispatcher_code_on_the_ordered_lane_only(raw: Template) -> None:
+    from relay.settings import Settings
+
+    ordered = raw.function(ORDERED)
+    handler = (ordered.code_dir / f"{ordered.handler_module}.py").read_text()
+    assert "container_dispatcher().handle_batch(" in handler  # the dispatcher's engine, wired the same way
+    settings = Settings.model_validate(ordered.environment)
+    assert (
+        settings.ordered_queue_url
+        and settings.ordered_dead_letter_queue_url
+        and settings.ordered_attempts_table
+    )
+    # It never sends to a delivery queue: an ordered record is held, not re-sent.
+    assert settings.delivery_queue_url is None and settings.dead_letter_queue_url is None
+    sends = [
+        p["SQSSendMessagePolicy"]["QueueName"]
+        for p in raw.properties(ORDERED)["Policies"]
+        if "SQSSendMessagePolicy" in p
+    ]
+    assert sends == [{"Fn::GetAtt": ["OrderedDeadLetterQueue", "QueueName"]}]
+    denies = [
+        statement
+        for policy in raw.properties(ORDERED)["Policies"]
+        for statement in policy.get("Statement", [])
+        if statement["Effect"] == "Deny"
+    ]
+    assert any(s.get("NotResource") == {"Fn::GetAtt": ["OrderedDeliveryQueue", "Arn"]} for s in denies)
+
+
+def test_the_intake_may_send_to_the_ordered_queue_and_knows_it(raw: Template) -> None:
+    from relay.settings import Settings
+
+    assert Settings.model_validate(raw.function("IntakeFunction").environment).ordered_queue_url
+    sends = [
+        p["SQSSendMessagePolicy"]["QueueName"]
+        for p in raw.properties("IntakeFunction")["Policies"]
+        if "SQSSendMessagePolicy" in p
+    ]
+    assert {"Fn::GetAtt": ["OrderedDeliveryQueue", "QueueName"]} in sends
+
+
+def test_the_attempts_table_expires_its_counters_after_the_queue_has_let_go(raw: Template) -> None:
+    from relay.adapters.attempt_counter import RECORD_TTL_SECONDS
+
+    props = resolved(raw, "OrderedAttemptsTable")
+    assert props["KeySchema"] == [{"AttributeName": "messageId", "KeyType": "HASH"}]
+    assert props["TimeToLiveSpecification"] == {"AttributeName": "expiresAt", "Enabled": True}
+    assert RECORD_TTL_SECONDS > int(resolved(raw, "OrderedDeliveryQueue")["MessageRetentionPeriod"])

@@ -123,12 +123,15 @@ class _Worker:
         except (EOFError, OSError):
             raise WorkerDied(f"worker {self.pid} exited with {self.process.wait()}") from None
 
-    def call(self, request: dict[str, Any], deadline: float) -> dict[str, Any] | None:
+    def call(self, request: dict[str, Any], timeout_seconds: float) -> dict[str, Any] | None:
+        """Send one invocation; its answer, or None when ``timeout_seconds`` passed first. The timeout
+        starts once the worker is ready: as in Lambda, a cold start's init is not the function's time."""
         if not self.ready:
             hello = self.receive(time.monotonic() + INIT_TIMEOUT_SECONDS)
             if hello is None or not hello.get("ready"):
                 raise WorkerDied(f"worker {self.pid} did not start")
             self.ready = True
+        deadline = time.monotonic() + timeout_seconds
         try:
             self.requests.send_bytes(json.dumps(request).encode())
         except OSError:
@@ -210,7 +213,6 @@ class WorkerFunction(LocalFunction):
     def invoke(self, event: dict[str, Any]) -> Invocation:
         context = self.new_context()
         started = time.perf_counter()
-        deadline = time.monotonic() + self.spec.timeout_seconds
         worker = self._acquire()
         worker.event = event
         request = {
@@ -226,7 +228,7 @@ class WorkerFunction(LocalFunction):
         }
         keep = False
         try:
-            answer = worker.call(request, deadline)
+            answer = worker.call(request, self.spec.timeout_seconds)
             if answer is None:
                 # Lambda stops a run at its timeout; the container does not survive it.
                 log.error("%s timed out (request %s)", self.spec.logical_id, context.aws_request_id)

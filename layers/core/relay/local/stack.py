@@ -13,7 +13,8 @@ the target's signing secret and encryption key), the fake
 Genesys Cloud API serving the rewritten fixtures, one config-sync run against it (so the targets reach
 DynamoDB and Secrets Manager the way they do in AWS), the EventBridge stand-in (the template's rules and
 Lambda's asynchronous invocation of the intake), the HTTP API adapter (which also serves EventBridge's
-PutEvents at ``<api>/eventbridge/events``), and the SQS poller.
+PutEvents at ``<api>/eventbridge/events``), and the SQS pollers (the delivery queue's, and the ordered
+lane's FIFO queue's).
 ``stop()`` undoes it in reverse order.
 
 Each function runs with its own ``Settings``, made from its template environment plus the local-mode
@@ -62,6 +63,7 @@ STAGE = "local"
 PREFIX = "relay"
 STACK_NAME = "relay-local"  # the CloudFormation stack the local resources are registered as, in moto
 DISPATCHER = "DispatcherFunction"
+ORDERED_DISPATCHER = "OrderedDispatcherFunction"  # the ordered lane's (FIFO) dispatcher
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,9 @@ class LocalStack:
         self.eventbridge: LocalEventBridge | None = None
         self.eventbridge_retry_delays = eventbridge_retry_delays
         self.poller: SqsPoller | None = None
+        # The ordered lane: its dispatcher and the poller of its FIFO queue.
+        self.ordered_dispatcher: LocalFunction | None = None
+        self.ordered_poller: SqsPoller | None = None
         self.sqs: Any = None
         self.api_url = ""
         self.sync_report: dict[str, Any] | None = None
@@ -179,26 +184,34 @@ class LocalStack:
         self.api_url = self.api.start()
         self._exit.callback(self.api.stop)
 
-        source = SqsEventSource.from_template(self.template, DISPATCHER)
+        self.dispatcher, self.poller = self._start_consumer(self.template, DISPATCHER)
+        if ORDERED_DISPATCHER in self.template.resources:
+            self.ordered_dispatcher, self.ordered_poller = self._start_consumer(
+                self.template, ORDERED_DISPATCHER
+            )
+
+    def _start_consumer(self, template: Template, logical_id: str) -> tuple[LocalFunction, SqsPoller]:
+        """A dispatcher function (in this process, or in warm worker processes) and its SQS poller."""
+        source = SqsEventSource.from_template(template, logical_id)
         dispatcher: LocalFunction
         if self.dispatcher_workers:
             workers = WorkerFunction.from_template(
-                self.template,
-                DISPATCHER,
+                template,
+                logical_id,
                 max_workers=source.maximum_concurrency,
                 output=self.function_output,
-                environment=self._function_environment(self.template, DISPATCHER),
+                environment=self._function_environment(template, logical_id),
             )
             self._exit.callback(workers.close)
             dispatcher = workers
         else:
             dispatcher = LocalFunction.from_template(
-                self.template, DISPATCHER, settings=self.function_settings[DISPATCHER]
+                template, logical_id, settings=self.function_settings[logical_id]
             )
-        self.dispatcher = dispatcher
-        self.poller = SqsPoller(source, dispatcher, self.sqs)
-        self.poller.start()
-        self._exit.callback(self.poller.stop)
+        poller = SqsPoller(source, dispatcher, self.sqs)
+        poller.start()
+        self._exit.callback(poller.stop)
+        return dispatcher, poller
 
     # --- steps -----------------------------------------------------------------------------------
     def _start_receivers(self, fixtures: Fixtures) -> Fixtures:

@@ -12,6 +12,9 @@
 4. settle each record from what happened (settle: the one place a verdict becomes an action);
 5. fold each lane's results into its breaker and its rate limit (throttles), write one audit object
    per target, flush the metrics, return ``batchItemFailures``: only the records SQS should show again.
+
+Records of the ordered (FIFO) queue take the ordered path instead (relay.logic.dispatch.fifo): one at a
+time per conversation, held with their conversation rather than deferred.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from relay.errors import DependencyUnavailable
 from relay.logic.dispatch.attempt import Attempter, timeouts
 from relay.logic.dispatch.audit import write_archive, write_audit
 from relay.logic.dispatch.batch import Batch
+from relay.logic.dispatch.fifo import OrderedDelivery
 from relay.logic.dispatch.lanes import Lane, Lanes, group, interleave
 from relay.logic.dispatch.metrics import BatchMetrics
 from relay.logic.dispatch.rate_limit import Held, RateLimits
@@ -39,6 +43,7 @@ from relay.models.delivery import DlqReason
 from relay.observability import logger
 from relay.ports import (
     AccessTokens,
+    AttemptCounter,
     AuditSink,
     BreakerStore,
     ClaimCheckReader,
@@ -46,6 +51,7 @@ from relay.ports import (
     DeliveryQueueOps,
     EventArchive,
     HttpClient,
+    OrderedQueueOps,
     RateLimitStore,
     SecretReader,
     TargetDirectory,
@@ -78,10 +84,13 @@ class Dispatcher:
         rng: random.Random | None = None,
         sleep: Callable[[float], None] | None = None,
         tokens: AccessTokens | None = None,
+        ordered_queue: OrderedQueueOps | None = None,
+        attempts: AttemptCounter | None = None,
         archive: EventArchive | None = None,
     ) -> None:
         """``tokens``: OAuth access tokens for oauth2 targets (without it, their attempts fail as a
-        configuration problem)."""
+        configuration problem). ``ordered_queue`` and ``attempts``: the ordered path's queue and attempt
+        counter (the ordered dispatcher's; without them, an ordered record is left on its queue)."""
         self._settings = settings
         self._archive = archive
         self._targets = targets
@@ -99,14 +108,31 @@ class Dispatcher:
             now=self._now,
             tokens=tokens,
         )
-        self._settle = Settler(
-            settings=settings, queue=queue, targets=targets, now=self._now, rng=rng or random.Random()
-        )
+        rng = rng or random.Random()
+        self._settle = Settler(settings=settings, queue=queue, targets=targets, now=self._now, rng=rng)
         self._pool = ThreadPoolExecutor(
             max_workers=settings.delivery_concurrency, thread_name_prefix="deliver"
         )
         self._target_slots: dict[str, threading.BoundedSemaphore] = {}
         self._slots_lock = threading.Lock()
+        self._ordered: OrderedDelivery | None = None
+        if ordered_queue is not None and attempts is not None:
+            self._ordered = OrderedDelivery(
+                settings=settings,
+                targets=targets,
+                queue=ordered_queue,
+                attempts=attempts,
+                lanes=self._lanes,
+                limits=self._limits,
+                attempter=self._attempter,
+                pool=self._pool,
+                slot=self._slot,
+                out_of_time=self._out_of_time,
+                now=self._now,
+                rng=rng,
+                clock=clock,
+                sleep=self._sleep,
+            )
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
@@ -129,7 +155,9 @@ class Dispatcher:
             ),
             remaining_ms=remaining_ms,
         )
-        lanes, held = self._open_lanes([SqsRecord.from_event(r) for r in records], batch)
+        received = [SqsRecord.from_event(r) for r in records]
+        ordered = [record for record in received if record.group_id is not None]
+        lanes, held = self._open_lanes([record for record in received if record.group_id is None], batch)
         probes = [lane.probe for lane in lanes if lane.probe is not None]
         self._run([(item, partial(self._deliver, item, batch)) for item in probes], batch)
         deliveries: list[list[Item]] = []
@@ -151,10 +179,20 @@ class Dispatcher:
         for lane in lanes:
             self._lanes.report(lane, batch)
             self._limits.feedback(lane, batch)
+        if ordered:
+            self._deliver_in_order(ordered, batch)
         write_audit(batch, self._audit)
         write_archive(batch, self._archive)
         batch.metrics.flush()
         return batch.response()
+
+    def _deliver_in_order(self, records: list[SqsRecord], batch: Batch) -> None:
+        if self._ordered is None:
+            logger.error("ordered records reached a dispatcher without the ordered queue: left on it")
+            for record in records:
+                batch.fail(record)
+            return
+        self._ordered.run(records, batch)
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)

@@ -24,6 +24,8 @@ class SqsRecord:
     body: str
     receive_count: int
     message_attributes: Mapping[str, Any]
+    # Set only on records of the ordered (FIFO) queue: their message group (relay.logic.dispatch.fifo).
+    group_id: str | None = None
 
     @classmethod
     def from_event(cls, record: Mapping[str, Any]) -> SqsRecord:
@@ -38,6 +40,7 @@ class SqsRecord:
             body=str(record.get("body", "")),
             receive_count=receive_count,
             message_attributes=record.get("messageAttributes") or {},
+            group_id=attributes.get("MessageGroupId") or None,
         )
 
     @property
