@@ -19,7 +19,9 @@ from typing import Any
 
 import pytest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+# Run by make chaos, not make test: on the shared 2-core machine the local FIFO emulation over moto
+# held conversations until the run's settle timeout in two of the last runs (docs/chaos.md).
+pytestmark = [pytest.mark.e2e, pytest.mark.chaos_proof, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
 SCALED = {
