@@ -73,7 +73,12 @@ def test_every_function_gets_a_version_and_the_alias_serves_it() -> None:
     resources = transformed("dev")
     functions = of_type(resources, "AWS::Lambda::Function")
     aliases = of_type(resources, "AWS::Lambda::Alias")
-    assert set(functions) == {"IntakeFunction", "DispatcherFunction", "ConfigSyncFunction"}
+    assert set(functions) == {
+        "IntakeFunction",
+        "DispatcherFunction",
+        "SlowDispatcherFunction",
+        "ConfigSyncFunction",
+    }
     for function in functions:
         alias = aliases[f"{function}Alias{ALIAS}"]
         assert alias["FunctionName"] == {"Ref": function} and alias["Name"] == ALIAS
@@ -83,8 +88,10 @@ def test_every_function_gets_a_version_and_the_alias_serves_it() -> None:
 
 def test_every_event_source_invokes_the_alias() -> None:
     resources = transformed("dev")
-    (mapping,) = of_type(resources, "AWS::Lambda::EventSourceMapping").values()
-    assert mapping["FunctionName"] == alias_ref("DispatcherFunction")
+    mappings = of_type(resources, "AWS::Lambda::EventSourceMapping").values()
+    assert sorted(json.dumps(m["FunctionName"]) for m in mappings) == sorted(
+        json.dumps(alias_ref(f)) for f in ("DispatcherFunction", "SlowDispatcherFunction")
+    ), "each lane's queue invokes its own dispatcher's alias"
     (rule,) = of_type(resources, "AWS::Events::Rule").values()
     assert [target["Arn"] for target in rule["Targets"]] == [alias_ref("IntakeFunction")]
     permissions = of_type(resources, "AWS::Lambda::Permission")
@@ -104,6 +111,7 @@ def test_a_release_shifts_per_stage_and_rolls_back_on_its_error_alarm(stage: str
     for function, alarm in (
         ("IntakeFunction", "IntakeErrorsAlarm"),
         ("DispatcherFunction", "DispatcherErrorsAlarm"),
+        ("SlowDispatcherFunction", "SlowDispatcherErrorsAlarm"),
     ):
         group = groups[f"{function}DeploymentGroup"]
         # The stage picks the branch (Condition IsProd) when CloudFormation resolves it.

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from relay.models.breaker import BreakerState
+from relay.models.breaker import BreakerState, LaneState
 from relay.models.delivery import DlqReason, S3Ref
 from relay.models.http import HttpResult
 from relay.models.idempotency import Claim
@@ -88,17 +88,32 @@ class DeliveryQueueOps(Protocol):
     ) -> None:
         """Send the body to the DLQ with attributes saying why."""
 
+    def to_slow_lane(
+        self, body: str, message_attributes: Mapping[str, Any], *, attempts: int, deferrals: int
+    ) -> None:
+        """Re-send the body to the slow lane's queue at once, with the attempt count unchanged."""
+
 
 class BreakerStore(Protocol):
-    """Breaker state per target key, written only with conditional, versioned writes. Raises
-    ``BreakerStoreUnavailable``."""
+    """Breaker state and lane per target key, each written only with conditional writes on its own
+    version. Raises ``BreakerStoreUnavailable``."""
 
     def load(self, key: str) -> BreakerState:
         """The stored state, or a fresh closed state (version 0) if there is none."""
         ...
 
+    def load_with_lane(self, key: str) -> tuple[BreakerState, LaneState]:
+        """The breaker state and the lane, from one consistent read of the target's item."""
+        ...
+
     def save(self, key: str, state: BreakerState, *, expected_version: int) -> bool:
-        """Store ``state`` if the stored version is ``expected_version``; False if another wrote first."""
+        """Store ``state`` if the stored version is ``expected_version``; False if another wrote first.
+        The lane is left as it is."""
+        ...
+
+    def save_lane(self, key: str, lane: LaneState, *, expected_version: int) -> bool:
+        """Store ``lane`` if the stored lane version is ``expected_version``; False if another wrote
+        first. The breaker state is left as it is."""
         ...
 
 

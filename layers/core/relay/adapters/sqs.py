@@ -1,4 +1,4 @@
-"""The one SQS adapter: the delivery queue and its dead-letter queue.
+"""The one SQS adapter: the delivery queues (fast and slow lane) and their dead-letter queue.
 
 - the intake's task sends (``send``): SendMessageBatch, all or nothing as seen by the caller. Entries
   SQS refuses in a batch answer are sent again (a few times, with a short pause); if some still fail,
@@ -6,8 +6,9 @@
   a repeated send is harmless, receivers deduplicate on the deterministic ``deliveryId``);
 - the dispatcher's operations: ``schedule_retry`` (ChangeMessageVisibility: the record comes back
   after its backoff), ``defer`` (re-send with DelaySeconds while the breaker is open, attempts
-  unchanged, deferrals + 1), ``dead_letter`` (to the DLQ with attributes saying why; the caller then
-  reports the original done, so SQS deletes it);
+  unchanged, deferrals + 1), ``to_slow_lane`` (re-send to the slow lane's queue, attempts unchanged),
+  ``dead_letter`` (to the DLQ with attributes saying why; the caller then reports the original done,
+  so SQS deletes it);
 - ``relay dlq``'s operations, on the queue URLs it names: receive without deleting, batch send and
   delete, release, and the move task.
 
@@ -52,8 +53,8 @@ _MOVE_TASK_MISSING = frozenset(
 
 
 class SqsQueues:
-    """The delivery queue and the DLQ. ``sqs`` is a boto3 SQS client; ``sleep`` paces the task-send
-    retries (tests pass one that does not wait)."""
+    """The delivery queue, the DLQ and (for the fast lane's dispatcher) the slow lane's queue. ``sqs``
+    is a boto3 SQS client; ``sleep`` paces the task-send retries (tests pass one that does not wait)."""
 
     def __init__(
         self,
@@ -61,6 +62,7 @@ class SqsQueues:
         *,
         delivery_queue_url: str | None = None,
         dead_letter_queue_url: str | None = None,
+        slow_queue_url: str | None = None,
         attempts: int = 3,
         backoff_seconds: float = 0.05,
         sleep: Callable[[float], None] = time.sleep,
@@ -68,6 +70,7 @@ class SqsQueues:
         self._sqs = sqs
         self._delivery_queue_url = delivery_queue_url
         self._dead_letter_queue_url = dead_letter_queue_url
+        self._slow_queue_url = slow_queue_url
         self._attempts = attempts
         self._backoff = backoff_seconds
         self._sleep = sleep
@@ -116,7 +119,26 @@ class SqsQueues:
         deferrals: int,
         delay_seconds: int,
     ) -> None:
-        # A redriven message's dead-letter notes describe an earlier run: the deferred copy drops them.
+        self._requeue(self._delivery_queue(), body, message_attributes, attempts, deferrals, delay_seconds)
+
+    def to_slow_lane(
+        self, body: str, message_attributes: Mapping[str, Any], *, attempts: int, deferrals: int
+    ) -> None:
+        if not self._slow_queue_url:
+            raise ConfigurationError("setting SLOW_DELIVERY_QUEUE_URL is required here but not set")
+        self._requeue(self._slow_queue_url, body, message_attributes, attempts, deferrals, 0)
+
+    def _requeue(
+        self,
+        queue_url: str,
+        body: str,
+        message_attributes: Mapping[str, Any],
+        attempts: int,
+        deferrals: int,
+        delay_seconds: int,
+    ) -> None:
+        """Send the body again as a new message carrying the attempts made so far."""
+        # A redriven message's dead-letter notes describe an earlier run: the new copy drops them.
         attributes = {
             name: value
             for name, value in carried_attributes(message_attributes).items()
@@ -126,7 +148,7 @@ class SqsQueues:
         attributes[ATTR_DEFERRALS] = _number(deferrals)
         self._call(
             "send_message",
-            QueueUrl=self._delivery_queue(),
+            QueueUrl=queue_url,
             MessageBody=body,
             DelaySeconds=delay_seconds,
             MessageAttributes=attributes,

@@ -150,19 +150,6 @@ def _delivered(stack: LocalStack) -> dict[tuple[str, str], float]:
     return first
 
 
-def _queue_busy(stack: LocalStack) -> bool:
-    assert stack.resources is not None and stack.poller is not None
-    attrs = stack.sqs.get_queue_attributes(
-        QueueUrl=stack.resources.delivery_queue_url,
-        AttributeNames=[
-            "ApproximateNumberOfMessages",
-            "ApproximateNumberOfMessagesNotVisible",
-            "ApproximateNumberOfMessagesDelayed",
-        ],
-    )["Attributes"]
-    return any(int(v) for v in attrs.values()) or stack.poller.stats().in_flight > 0
-
-
 def _wait_until_settled(stack: LocalStack, sent: list[SentEvent], timeout_seconds: float) -> bool:
     """Until every expected delivery arrived and the queue is empty with the poller idle (True)."""
     expected = _expected_pairs(stack, sent)
@@ -170,7 +157,7 @@ def _wait_until_settled(stack: LocalStack, sent: list[SentEvent], timeout_second
     quiet_checks = 0
     while time.monotonic() < deadline:
         all_delivered = expected <= set(_delivered(stack))
-        if _queue_busy(stack):
+        if stack.deliveries_pending():
             quiet_checks = 0
         else:
             quiet_checks += 1

@@ -50,6 +50,7 @@ def build_dispatcher(
             aws_clients(settings).client("sqs"),
             delivery_queue_url=settings.need("delivery_queue_url"),
             dead_letter_queue_url=settings.need("dead_letter_queue_url"),
+            slow_queue_url=settings.slow_delivery_queue_url,
         )
     if audit is None and settings.audit_bucket:
         audit = S3AuditSink(aws_clients(settings).client("s3"), settings.audit_bucket)

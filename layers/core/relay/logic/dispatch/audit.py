@@ -25,6 +25,7 @@ RETRY_SCHEDULED = "retry-scheduled"
 DEAD_LETTERED = "dead-lettered"
 DEFERRED = "deferred"
 LEFT_FOR_REDELIVERY = "left-for-redelivery"  # a settle step failed: SQS shows it again
+ROUTED = "routed-to-slow-lane"  # handed to the slow lane's queue, unattempted
 
 REDACTED = "[redacted]"
 

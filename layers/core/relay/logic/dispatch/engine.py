@@ -2,14 +2,17 @@
 
 1. resolve each record (relay.logic.dispatch.records); poison, unknown and disabled targets go to
    the DLQ at once;
-2. group the records by target into lanes and read each lane's breaker once (lanes);
+2. group the records by target into lanes and read each lane's breaker (and delivery lane) once
+   (lanes); in the fast lane, a slow target's records are routed to the slow lane (isolation);
 3. send the probes first, then everything else, concurrently: a pool of DELIVERY_CONCURRENCY threads,
    at most PER_TARGET_CONCURRENCY in flight per target, records queued round-robin across targets; a
    record starts only with its target's slot in hand, only if its target has not answered 410 in this
-   batch, and only if the invocation has time left for one whole request (attempt);
+   batch, only if the invocation has time left for one whole request, and (fast lane) only if this
+   container does not measure its target slow by then, else it is routed too (attempt);
 4. settle each record from what happened (settle: the one place a verdict becomes an action);
-5. fold each lane's results into its breaker, write one audit object per target, flush the metrics,
-   return ``batchItemFailures``: only the records SQS should show again.
+5. fold each lane's results into its breaker, move a target between lanes if measured so, write one
+   audit object per target, flush the metrics, return ``batchItemFailures``: only the records SQS
+   should show again.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from relay.errors import DependencyUnavailable
 from relay.logic.dispatch.attempt import Attempter, timeouts
 from relay.logic.dispatch.audit import write_audit
 from relay.logic.dispatch.batch import Batch
+from relay.logic.dispatch.isolation import Isolation
 from relay.logic.dispatch.lanes import Lane, Lanes, group, interleave
 from relay.logic.dispatch.metrics import BatchMetrics
 from relay.logic.dispatch.records import Item, SqsRecord, Unattempted, resolve
@@ -48,7 +52,7 @@ from relay.settings import Settings
 
 # Time kept back, beyond one request's timeouts, to settle records and write audit and metrics.
 SETTLE_MARGIN_MS = 3_000
-# One record's step in the pool: deliver it, or defer it.
+# One record's step in the pool: deliver it, defer it, or route it to the slow lane.
 Work = tuple[Item, Callable[[], None]]
 
 
@@ -75,7 +79,10 @@ class Dispatcher:
         self._http = http
         self._audit = audit
         self._clock = clock = clock or time.time
-        self._lanes = Lanes(settings=settings, breakers=breakers, clock=clock)
+        self._isolation = Isolation(settings=settings, breakers=breakers, clock=clock)
+        self._lanes = Lanes(
+            settings=settings, breakers=breakers, clock=clock, routes_away=self._isolation.routes_away
+        )
         self._attempter = Attempter(
             settings=settings, http=http, secrets=secrets, claim_checks=claim_checks, now=self._now
         )
@@ -110,23 +117,27 @@ class Dispatcher:
             remaining_ms=remaining_ms,
         )
         lanes = self._open_lanes([SqsRecord.from_event(r) for r in records], batch)
-        probes = [lane.probe for lane in lanes if lane.probe is not None]
+        here = [lane for lane in lanes if not lane.routed]
+        probes = [lane.probe for lane in here if lane.probe is not None]
         self._run([(item, partial(self._deliver, item, batch)) for item in probes], batch)
         deliveries: list[list[Item]] = []
-        deferrals: list[Work] = []
-        for lane in lanes:
+        held_back: list[Work] = [
+            (item, partial(self._route, item, batch)) for lane in lanes if lane.routed for item in lane.items
+        ]
+        for lane in here:
             after = self._lanes.after_probe(lane)
             deliveries.append(after.deliver)
             wait_seconds = after.seconds_until_probe
-            deferrals.extend(
+            held_back.extend(
                 (item, partial(self._settle.deferred, item, wait_seconds, batch)) for item in after.defer
             )
         self._run(
-            [(item, partial(self._deliver, item, batch)) for item in interleave(deliveries)] + deferrals,
+            [(item, partial(self._deliver, item, batch)) for item in interleave(deliveries)] + held_back,
             batch,
         )
         for lane in lanes:
             self._lanes.report(lane, batch)
+            self._isolation.report(lane.key, lane.target.target_id, lane.delivery_lane, batch)
         write_audit(batch, self._audit)
         batch.metrics.flush()
         return batch.response()
@@ -154,7 +165,12 @@ class Dispatcher:
             self._pool.map(lambda entry: self._lanes.open(entry[0], entry[1], batch), group(items).items())
         )
 
-    def _deliver(self, item: Item, batch: Batch) -> None:
+    def _route(self, item: Item, batch: Batch) -> None:
+        """To the slow lane; delivered here instead if its queue cannot be reached."""
+        if not self._settle.routed(item, batch):
+            self._deliver(item, batch, may_route=False)
+
+    def _deliver(self, item: Item, batch: Batch, *, may_route: bool = True) -> None:
         with self._slot(item.key):
             if batch.is_gone(item.key):
                 # Its endpoint said 410 while this record waited: it is gone for this one too.
@@ -166,12 +182,16 @@ class Dispatcher:
                 # A Lambda timeout would fail the whole batch and cost every record a receive:
                 # hand this one back untouched instead (no attempt used).
                 self._settle.deferred(item, 0, batch, error_code="out-of-time")
+            elif may_route and self._isolation.turned_slow(item) and self._settle.routed(item, batch):
+                pass  # its target turned out slow while this record waited: the slow lane has it
             else:
                 attempt = self._attempter.run(item)
                 if isinstance(attempt, Unattempted):
                     self._settle.unattempted(attempt, batch)
-                else:
-                    self._settle.attempted(item, attempt, batch)
+                    return
+                if attempt.result is not None and attempt.outcome.reached_endpoint:
+                    self._isolation.observe(item, attempt.result.elapsed_ms)
+                self._settle.attempted(item, attempt, batch)
 
     def _run(self, work: list[Work], batch: Batch) -> None:
         """Run each item's step in the pool and wait for all of them. A step that raised is a bug, not

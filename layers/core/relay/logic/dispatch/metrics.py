@@ -26,6 +26,9 @@ class Metric(StrEnum):
     BREAKER_HALF_OPENED = "BreakerHalfOpened"
     BREAKER_CLOSED = "BreakerClosed"
     BREAKER_STORE_UNAVAILABLE = "BreakerStoreUnavailable"
+    ROUTED_TO_SLOW_LANE = "RoutedToSlowLane"
+    SLOW_LANE_ENTERED = "SlowLaneEntered"
+    SLOW_LANE_LEFT = "SlowLaneLeft"
 
 
 TARGET_DIMENSION = "target"

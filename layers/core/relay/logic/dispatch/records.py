@@ -4,14 +4,14 @@ number, or the reason it cannot be attempted at all (dead-lettered without an at
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
 from relay.logic import retry
 from relay.logic.outcomes import Outcome
-from relay.models.breaker import target_key
+from relay.models.breaker import LaneState, target_key
 from relay.models.delivery import DeliveryTask, DlqReason
 from relay.models.targets import Target
 from relay.ports import TargetDirectory
@@ -67,6 +67,7 @@ class Item:
     outcome: Outcome | None = None
     probe: bool = False
     breaker_phase: str = "unknown"  # as read for this batch; "unknown" when the store failed
+    lane: LaneState = field(default_factory=LaneState)  # the target's lane as read for this batch
 
     @property
     def reached_endpoint(self) -> bool:

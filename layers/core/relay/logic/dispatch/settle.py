@@ -9,6 +9,7 @@
                                    -> DLQ with its reason, attempts unchanged
     held back (breaker open, out of time)
                                    -> deferred: re-sent with DelaySeconds, attempts unchanged
+    a slow target in the fast lane -> routed: re-sent to the slow lane's queue, attempts unchanged
 
 A message the dispatcher dead-letters or defers is reported done (SQS deletes the original). When a
 step cannot complete (SQS or the DLQ unreachable) the record is ``left-for-redelivery``: reported
@@ -147,6 +148,30 @@ class Settler:
             line["outcome"] = audit.LEFT_FOR_REDELIVERY
             batch.fail(item.record)
         batch.log(item.target.target_id, line)
+
+    def routed(self, item: Item, batch: Batch) -> bool:
+        """Hand the record to the slow lane untouched: a new message on its queue, attempts unchanged.
+        False when it could not be sent: the caller then delivers it here, as without isolation."""
+        record = item.record
+        try:
+            self._queue.to_slow_lane(
+                record.body,
+                record.message_attributes,
+                attempts=record.attempts_before,
+                deferrals=record.deferrals_before,
+            )
+        except DependencyUnavailable as exc:
+            logger.warning(
+                "slow lane unavailable: delivering here",
+                extra={"messageId": record.message_id, "error": str(exc)},
+            )
+            return False
+        now = self._now()
+        line = audit.item_line(item, batch, now, now, error=None)
+        line.update(attempt=None, outcome=audit.ROUTED, errorCode="slow-target")
+        batch.metrics.count(Metric.ROUTED_TO_SLOW_LANE, item.target.target_id)
+        batch.log(item.target.target_id, line)
+        return True
 
     def _schedule_retry(self, item: Item, outcome: Outcome, batch: Batch, line: dict[str, Any]) -> None:
         delay = retry.retry_delay_seconds(
