@@ -17,7 +17,7 @@ from relay.models.breaker import BreakerState, LaneState
 from relay.models.delivery import DlqReason, S3Ref
 from relay.models.http import HttpResult
 from relay.models.idempotency import Claim
-from relay.models.queue import MoveTaskStatus, OutgoingMessage, ReceivedMessage
+from relay.models.queue import MoveTaskStatus, OutgoingMessage, ReceivedMessage, Requeue
 from relay.models.secrets import RotatingSecret
 from relay.models.targets import Integration, IntegrationEntry, Target
 
@@ -88,10 +88,10 @@ class DeliveryQueueOps(Protocol):
     ) -> None:
         """Send the body to the DLQ with attributes saying why."""
 
-    def to_slow_lane(
-        self, body: str, message_attributes: Mapping[str, Any], *, attempts: int, deferrals: int
-    ) -> None:
-        """Re-send the body to the slow lane's queue at once, with the attempt count unchanged."""
+    def to_slow_lane(self, messages: Sequence[Requeue]) -> set[int]:
+        """Re-send each message to the slow lane's queue at once (batched), attempts unchanged; the
+        indexes of those SQS accepted (the rest stay the caller's). Never raises for SQS failing."""
+        ...
 
 
 class BreakerStore(Protocol):

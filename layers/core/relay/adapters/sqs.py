@@ -41,6 +41,7 @@ from relay.models.queue import (
     MoveTaskStatus,
     OutgoingMessage,
     ReceivedMessage,
+    Requeue,
     plan_batches,
 )
 
@@ -119,40 +120,28 @@ class SqsQueues:
         deferrals: int,
         delay_seconds: int,
     ) -> None:
-        self._requeue(self._delivery_queue(), body, message_attributes, attempts, deferrals, delay_seconds)
-
-    def to_slow_lane(
-        self, body: str, message_attributes: Mapping[str, Any], *, attempts: int, deferrals: int
-    ) -> None:
-        if not self._slow_queue_url:
-            raise ConfigurationError("setting SLOW_DELIVERY_QUEUE_URL is required here but not set")
-        self._requeue(self._slow_queue_url, body, message_attributes, attempts, deferrals, 0)
-
-    def _requeue(
-        self,
-        queue_url: str,
-        body: str,
-        message_attributes: Mapping[str, Any],
-        attempts: int,
-        deferrals: int,
-        delay_seconds: int,
-    ) -> None:
-        """Send the body again as a new message carrying the attempts made so far."""
-        # A redriven message's dead-letter notes describe an earlier run: the new copy drops them.
-        attributes = {
-            name: value
-            for name, value in carried_attributes(message_attributes).items()
-            if name not in DEAD_LETTER_ATTRIBUTES
-        }
-        attributes[ATTR_ATTEMPTS] = _number(attempts)
-        attributes[ATTR_DEFERRALS] = _number(deferrals)
         self._call(
             "send_message",
-            QueueUrl=queue_url,
+            QueueUrl=self._delivery_queue(),
             MessageBody=body,
             DelaySeconds=delay_seconds,
-            MessageAttributes=attributes,
+            MessageAttributes=requeued_attributes(message_attributes, attempts, deferrals),
         )
+
+    def to_slow_lane(self, messages: Sequence[Requeue]) -> set[int]:
+        if not self._slow_queue_url:
+            raise ConfigurationError("setting SLOW_DELIVERY_QUEUE_URL is required here but not set")
+        outgoing = [
+            OutgoingMessage(str(i), m.body, requeued_attributes(m.attributes, m.attempts, m.deferrals))
+            for i, m in enumerate(messages)
+        ]
+        accepted: set[int] = set()
+        for batch in plan_batches(outgoing):
+            try:
+                accepted |= {int(entry_id) for entry_id in self.send_batch(self._slow_queue_url, batch)}
+            except DependencyUnavailable:
+                continue  # these stay with the caller, who delivers them itself
+        return accepted
 
     def dead_letter(
         self,
@@ -295,6 +284,21 @@ class SqsQueues:
         if not self._dead_letter_queue_url:
             raise ConfigurationError("setting DEAD_LETTER_QUEUE_URL is required here but not set")
         return self._dead_letter_queue_url
+
+
+def requeued_attributes(
+    message_attributes: Mapping[str, Any], attempts: int, deferrals: int
+) -> dict[str, dict[str, str]]:
+    """A re-sent copy's attributes: the record's own, the attempts and deferrals so far, and no
+    dead-letter notes (a redriven message's notes describe an earlier run)."""
+    attributes = {
+        name: value
+        for name, value in carried_attributes(message_attributes).items()
+        if name not in DEAD_LETTER_ATTRIBUTES
+    }
+    attributes[ATTR_ATTEMPTS] = _number(attempts)
+    attributes[ATTR_DEFERRALS] = _number(deferrals)
+    return attributes
 
 
 def carried_attributes(message_attributes: Mapping[str, Any]) -> dict[str, dict[str, str]]:

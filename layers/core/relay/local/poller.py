@@ -7,7 +7,8 @@ Configured from the function's ``SQS`` event in template.yaml (``Queue``, ``Batc
   its own batch (long-poll ``ReceiveMessage``), invoking, then deleting, so a message is only taken
   off the queue when a slot is free to run it;
 - a batch closes when it holds ``BatchSize`` records or the batching window (counted from its first
-  record) has passed;
+  record) has passed; with a window of 0 it is invoked with whatever the first receive returned, as
+  soon as a message is there (the long poll returns the moment one arrives);
 - with ``ReportBatchItemFailures`` the listed records stay on the queue and every other one is
   deleted (``DeleteMessageBatch``); a handler error, or an answer that is not a valid
   ``batchItemFailures`` list, fails the whole batch, as in AWS;
@@ -15,7 +16,8 @@ Configured from the function's ``SQS`` event in template.yaml (``Queue``, ``Batc
   ``maxReceiveCount`` receives is the queue's redrive policy (moto applies it on receive).
 
 ``stop()`` stops receiving, waits for the invocations in flight, and hands any records received
-but not yet invoked straight back to the queue.
+but not yet invoked straight back to the queue. ``add_receive_observer`` lets a measurement see when
+each message was received (the demo's latency breakdown).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +38,8 @@ from relay.local.template import Template
 log = logging.getLogger("relay.local")
 
 MAX_RECEIVE = 10  # ReceiveMessage's MaxNumberOfMessages ceiling
+# Told the messages one ReceiveMessage returned and when (time.time()).
+ReceiveObserver = Callable[[Sequence[Mapping[str, Any]], float], None]
 REPORT_BATCH_ITEM_FAILURES = "ReportBatchItemFailures"
 
 
@@ -114,6 +118,10 @@ class SqsPoller:
         self._receive_lock = threading.Lock()
         self._stats = PollerStats()
         self._workers: list[threading.Thread] = []
+        self._observers: list[ReceiveObserver] = []
+
+    def add_receive_observer(self, observer: ReceiveObserver) -> None:
+        self._observers.append(observer)
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -209,6 +217,10 @@ class SqsPoller:
         finally:
             self._receive_lock.release()
         messages: list[dict[str, Any]] = response.get("Messages", [])
+        if messages:
+            received_at = time.time()
+            for observer in self._observers:
+                observer(messages, received_at)
         return messages
 
     def _invoke(self, batch: list[dict[str, Any]]) -> None:

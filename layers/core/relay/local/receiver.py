@@ -12,12 +12,16 @@ path's secrets (401 otherwise), decrypts encrypted envelopes when it knows the k
 ``webhook-id``. Scripted behaviour (a ``Behaviour``, per path or for all): fixed latency, a status
 sequence, a fault rate (5xx, 429 with Retry-After, timeouts, dropped connections) and a down switch.
 
+``arrived_at`` of each request is when its request line was read, before the receiver's own time;
+``received_at`` when it was answered.
+
 Bound to 127.0.0.1 only. ``disable_nagle_algorithm`` avoids the ~40 ms keep-alive artifact of
 http.server (headers and body in separate writes meeting delayed ACK).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import threading
@@ -47,6 +51,10 @@ class Behaviour:
     retry_after_seconds: int = 1
     # A "timeout" fault holds the request this long before answering 200 (past any sane read timeout).
     hang_seconds: float = 30.0
+    # This share of deliveries (chosen by their webhook-id, so the same ones every run) has its first
+    # request held like a "timeout" fault; their retries are answered: a receiver that times out
+    # now and then, whose records each need a known number of attempts.
+    first_try_hang_rate: float = 0.0
     # Down: every connection is dropped without an answer (a dead upstream).
     up: bool = True
     # Answer body instead of the default small JSON, and extra response headers (e.g. Location).
@@ -58,12 +66,17 @@ class Behaviour:
         self.status_sequence = deque(self.status_sequence)
         self._rng = random.Random(self.seed)
         self._lock = threading.Lock()
+        self._tried: set[str] = set()
 
-    def next_action(self) -> tuple[str, int]:
+    def next_action(self, webhook_id: str | None = None) -> tuple[str, int]:
         """("answer", status) or ("drop"|"hang", 0), decided for one request."""
         with self._lock:
             if not self.up:
                 return "drop", 0
+            if webhook_id is not None and self.first_try_hang_rate > 0 and webhook_id not in self._tried:
+                self._tried.add(webhook_id)
+                if hangs_first_try(webhook_id, self.first_try_hang_rate):
+                    return "hang", 0
             if self.status_sequence:
                 return "answer", self.status_sequence.popleft()
             if self.fault_rate > 0 and self._rng.random() < self.fault_rate:
@@ -78,6 +91,12 @@ class Behaviour:
             return "answer", self.status
 
 
+def hangs_first_try(webhook_id: str, rate: float) -> bool:
+    """Whether ``Behaviour(first_try_hang_rate=rate)`` holds this delivery's first request."""
+    digest = hashlib.sha256(webhook_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < rate
+
+
 @dataclass(frozen=True)
 class ReceivedRequest:
     """One request as the receiver saw it, and what it answered."""
@@ -86,7 +105,7 @@ class ReceivedRequest:
     path: str
     headers: dict[str, str]  # lower-cased names
     body: bytes
-    received_at: float
+    received_at: float  # when it was answered (or dropped): after the receiver's own latency
     answered: int | None  # None: dropped or hung
     webhook_id: str | None
     signature_valid: bool | None  # None: no secrets known for this path
@@ -96,6 +115,9 @@ class ReceivedRequest:
     decryption_error: str | None
     duplicate: bool  # an earlier request with this webhook-id was already answered 2xx
     client_port: int  # tells connections apart: keep-alive reuses one
+    # When the request arrived (its request line read), before the receiver's own time: what a
+    # relay-added latency is measured to.
+    arrived_at: float = 0.0
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -174,6 +196,12 @@ class Receiver:
         with self._lock:
             return set(self._accepted_ids)
 
+    @property
+    def unique_delivery_count(self) -> int:
+        """How many webhook-ids were answered 2xx (without copying them: a load generator asks often)."""
+        with self._lock:
+            return len(self._accepted_ids)
+
     def clear(self) -> None:
         with self._lock:
             self._requests.clear()
@@ -247,6 +275,7 @@ class Receiver:
         body: bytes,
         answered: int | None,
         client_port: int,
+        arrived_at: float,
     ) -> bool:
         info = self._inspect(path, headers, body)
         webhook_id = headers.get("webhook-id")
@@ -270,6 +299,7 @@ class Receiver:
                     decryption_error=info["error"],
                     duplicate=duplicate,
                     client_port=client_port,
+                    arrived_at=arrived_at,
                 )
             )
         return duplicate
@@ -307,35 +337,36 @@ def _make_handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data)
 
         def _handle(self) -> None:
+            arrived_at = time.time()
             path = self.path.split("?", 1)[0]
             receiver._enter(path)
             try:
-                self._respond(path)
+                self._respond(path, arrived_at)
             finally:
                 receiver._leave(path)
 
-        def _respond(self, path: str) -> None:
+        def _respond(self, path: str, arrived_at: float) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             headers = {k.lower(): v for k, v in self.headers.items()}
             port = int(self.client_address[1])
             behaviour = receiver.behaviour_for(path)
-            action, status = behaviour.next_action()
+            action, status = behaviour.next_action(headers.get("webhook-id"))
             if behaviour.latency_seconds > 0:
                 receiver._stopping.wait(behaviour.latency_seconds)
             if action == "drop":
-                receiver._record(self.command, path, headers, body, None, port)
+                receiver._record(self.command, path, headers, body, None, port, arrived_at)
                 self.close_connection = True
                 self.connection.shutdown(2)
                 return
             if action == "hang":
-                receiver._record(self.command, path, headers, body, None, port)
+                receiver._record(self.command, path, headers, body, None, port, arrived_at)
                 receiver._stopping.wait(behaviour.hang_seconds)
                 self.close_connection = True
                 return
             if 200 <= status < 300 and receiver._signature_rejected(path, headers, body):
                 status = 401
-            duplicate = receiver._record(self.command, path, headers, body, status, port)
+            duplicate = receiver._record(self.command, path, headers, body, status, port, arrived_at)
             extra = dict(behaviour.response_headers)
             if status == 429:
                 extra.setdefault("Retry-After", str(behaviour.retry_after_seconds))

@@ -15,6 +15,7 @@ from relay.models.breaker import BreakerState, LaneState
 from relay.models.delivery import DlqReason, S3Ref
 from relay.models.http import HttpResult
 from relay.models.idempotency import Claim
+from relay.models.queue import Requeue
 from relay.models.secrets import RotatingSecret
 from relay.models.targets import Target
 
@@ -294,12 +295,14 @@ class RecordingQueueOps:
                 }
             )
 
-    def to_slow_lane(
-        self, body: str, message_attributes: Mapping[str, Any], *, attempts: int, deferrals: int
-    ) -> None:
-        self._check("to_slow_lane")
+    def to_slow_lane(self, messages: Sequence[Requeue]) -> set[int]:
+        if "to_slow_lane" in self.unavailable:
+            return set()
         with self._lock:
-            self.slow_lane.append({"body": body, "attempts": attempts, "deferrals": deferrals})
+            self.slow_lane += [
+                {"body": m.body, "attempts": m.attempts, "deferrals": m.deferrals} for m in messages
+            ]
+        return set(range(len(messages)))
 
     def _check(self, operation: str) -> None:
         if operation in self.unavailable:

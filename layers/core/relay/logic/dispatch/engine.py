@@ -117,12 +117,15 @@ class Dispatcher:
             remaining_ms=remaining_ms,
         )
         lanes = self._open_lanes([SqsRecord.from_event(r) for r in records], batch)
+        # A slow target's records go to the slow lane first, in as few SQS calls as possible; any SQS
+        # did not take are delivered here, as without isolation.
+        kept = self._settle.routed([item for lane in lanes if lane.routed for item in lane.items], batch)
         here = [lane for lane in lanes if not lane.routed]
         probes = [lane.probe for lane in here if lane.probe is not None]
         self._run([(item, partial(self._deliver, item, batch)) for item in probes], batch)
         deliveries: list[list[Item]] = []
         held_back: list[Work] = [
-            (item, partial(self._route, item, batch)) for lane in lanes if lane.routed for item in lane.items
+            (item, partial(self._deliver, item, batch, may_route=False)) for item in kept
         ]
         for lane in here:
             after = self._lanes.after_probe(lane)
@@ -165,11 +168,6 @@ class Dispatcher:
             self._pool.map(lambda entry: self._lanes.open(entry[0], entry[1], batch), group(items).items())
         )
 
-    def _route(self, item: Item, batch: Batch) -> None:
-        """To the slow lane; delivered here instead if its queue cannot be reached."""
-        if not self._settle.routed(item, batch):
-            self._deliver(item, batch, may_route=False)
-
     def _deliver(self, item: Item, batch: Batch, *, may_route: bool = True) -> None:
         with self._slot(item.key):
             if batch.is_gone(item.key):
@@ -182,7 +180,7 @@ class Dispatcher:
                 # A Lambda timeout would fail the whole batch and cost every record a receive:
                 # hand this one back untouched instead (no attempt used).
                 self._settle.deferred(item, 0, batch, error_code="out-of-time")
-            elif may_route and self._isolation.turned_slow(item) and self._settle.routed(item, batch):
+            elif may_route and self._isolation.turned_slow(item) and self._handed_to_slow_lane(item, batch):
                 pass  # its target turned out slow while this record waited: the slow lane has it
             else:
                 attempt = self._attempter.run(item)
@@ -192,6 +190,9 @@ class Dispatcher:
                 if attempt.result is not None and attempt.outcome.reached_endpoint:
                     self._isolation.observe(item, attempt.result.elapsed_ms)
                 self._settle.attempted(item, attempt, batch)
+
+    def _handed_to_slow_lane(self, item: Item, batch: Batch) -> bool:
+        return not self._settle.routed([item], batch)
 
     def _run(self, work: list[Work], batch: Batch) -> None:
         """Run each item's step in the pool and wait for all of them. A step that raised is a bug, not

@@ -19,7 +19,7 @@ failed, so SQS shows it again and the redrive policy stays the backstop.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -32,6 +32,7 @@ from relay.logic.dispatch.metrics import Metric
 from relay.logic.dispatch.records import Item, Unattempted
 from relay.logic.outcomes import Outcome, Verdict
 from relay.models.delivery import DlqReason
+from relay.models.queue import Requeue
 from relay.observability import logger
 from relay.ports import DeliveryQueueOps, TargetDirectory
 from relay.settings import Settings
@@ -149,29 +150,29 @@ class Settler:
             batch.fail(item.record)
         batch.log(item.target.target_id, line)
 
-    def routed(self, item: Item, batch: Batch) -> bool:
-        """Hand the record to the slow lane untouched: a new message on its queue, attempts unchanged.
-        False when it could not be sent: the caller then delivers it here, as without isolation."""
-        record = item.record
-        try:
-            self._queue.to_slow_lane(
-                record.body,
-                record.message_attributes,
-                attempts=record.attempts_before,
-                deferrals=record.deferrals_before,
+    def routed(self, items: Sequence[Item], batch: Batch) -> list[Item]:
+        """Hand the records to the slow lane untouched: new messages on its queue (batched), attempts
+        unchanged. Returns those SQS did not take: the caller delivers them here, as without isolation."""
+        requeues = [
+            Requeue(
+                i.record.body,
+                i.record.message_attributes,
+                i.record.attempts_before,
+                i.record.deferrals_before,
             )
-        except DependencyUnavailable as exc:
-            logger.warning(
-                "slow lane unavailable: delivering here",
-                extra={"messageId": record.message_id, "error": str(exc)},
-            )
-            return False
+            for i in items
+        ]
+        accepted = self._queue.to_slow_lane(requeues) if requeues else set()
         now = self._now()
-        line = audit.item_line(item, batch, now, now, error=None)
-        line.update(attempt=None, outcome=audit.ROUTED, errorCode="slow-target")
-        batch.metrics.count(Metric.ROUTED_TO_SLOW_LANE, item.target.target_id)
-        batch.log(item.target.target_id, line)
-        return True
+        for item in (items[index] for index in sorted(accepted)):
+            line = audit.item_line(item, batch, now, now, error=None)
+            line.update(attempt=None, outcome=audit.ROUTED, errorCode="slow-target")
+            batch.metrics.count(Metric.ROUTED_TO_SLOW_LANE, item.target.target_id)
+            batch.log(item.target.target_id, line)
+        kept = [item for index, item in enumerate(items) if index not in accepted]
+        if kept:
+            logger.warning("slow lane unavailable: delivering here", extra={"records": len(kept)})
+        return kept
 
     def _schedule_retry(self, item: Item, outcome: Outcome, batch: Batch, line: dict[str, Any]) -> None:
         delay = retry.retry_delay_seconds(
