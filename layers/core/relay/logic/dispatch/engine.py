@@ -141,6 +141,7 @@ class Dispatcher:
         for lane in lanes:
             self._lanes.report(lane, batch)
             self._isolation.report(lane.key, lane.target.target_id, lane.delivery_lane, batch)
+        self._isolation.end_invocation()
         write_audit(batch, self._audit)
         batch.metrics.flush()
         return batch.response()

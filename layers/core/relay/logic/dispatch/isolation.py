@@ -10,7 +10,10 @@ version, once per move, never per batch.
 
 - Every container keeps an EWMA of each target's attempt latency (a time-out counts its whole time:
   that is how long it held the invocation), judged only after a few samples. Samples taken under an
-  earlier lane version, or long ago, are forgotten: a target that moved starts afresh.
+  earlier lane version, or long ago, are forgotten: a target that moved starts afresh. A container's
+  first invocation is not measured: it builds its clients and opens its connections, and its
+  latencies say more about the container than about the targets (locally, where containers start on
+  shared cores, a 50 ms target measured over a second there).
 - Fast lane: a target whose lane reads slow has its records *routed*: re-sent to the slow lane's
   queue with their attempt count unchanged and reported done, so no attempt and no receive is used.
   A target this container measures above ``SLOW_TARGET_MS`` has its records not yet started routed
@@ -113,6 +116,7 @@ class Isolation:
             self.lane is DeliveryLane.SLOW or bool(settings.slow_delivery_queue_url)
         )
         self._routes = self._on and self.lane is DeliveryLane.FAST
+        self._warm = False  # this container has finished an invocation
 
     def routes_away(self, lane: LaneState) -> bool:
         """Fast lane: the target's lane is slow, so its records go there without an attempt."""
@@ -125,8 +129,11 @@ class Isolation:
 
     def observe(self, item: Item, elapsed_ms: float) -> None:
         """One attempt that reached the endpoint took ``elapsed_ms``."""
-        if self._on:
+        if self._on and self._warm:
             self._tracker.record(item.key, elapsed_ms, item.lane.version)
+
+    def end_invocation(self) -> None:
+        self._warm = True
 
     def report(self, key: str, target_id: str, lane: LaneState | None, batch: Batch) -> None:
         """After the batch: move the target if this lane's measure says so (one conditional write);
