@@ -198,14 +198,17 @@ def test_large_batches_have_a_batching_window(template: Template, dispatcher: st
 def test_records_are_delivered_without_a_batching_window_by_default(raw: Template) -> None:
     # Live chat passes through the relay: a customer must not wait for a batch to fill.
     assert raw.document["Parameters"]["DispatcherBatchingWindowSeconds"]["Default"] == 0
-    for dispatcher in DISPATCHERS:
-        assert int(sqs_event(raw, dispatcher)["MaximumBatchingWindowInSeconds"]) == 0
-    # ... and a batch size above 10 still needs a window, or CloudFormation refuses it.
-    assert failed_rules(with_parameters({"DispatcherBatchSize": "50"})) == ["LargeBatchesNeedABatchingWindow"]
-    assert (
-        failed_rules(with_parameters({"DispatcherBatchSize": "50", "DispatcherBatchingWindowSeconds": "1"}))
-        == []
-    )
+    assert int(sqs_event(raw, "DispatcherFunction")["MaximumBatchingWindowInSeconds"]) == 0
+    # The slow lane's targets take seconds per request: its batches may fill for a second.
+    assert int(sqs_event(raw, "SlowDispatcherFunction")["MaximumBatchingWindowInSeconds"]) == 1
+
+
+@pytest.mark.parametrize("window", ["DispatcherBatchingWindowSeconds", "SlowDispatcherBatchingWindowSeconds"])
+def test_a_batch_size_above_ten_still_needs_a_window_in_both_lanes(window: str) -> None:
+    # CloudFormation refuses BatchSize > 10 without a window: the template's Rules say so first.
+    big = {"DispatcherBatchSize": "50", "DispatcherBatchingWindowSeconds": "1"}
+    assert failed_rules(with_parameters(big)) == []
+    assert failed_rules(with_parameters({**big, window: "0"})) == ["LargeBatchesNeedABatchingWindow"]
 
 
 def test_the_slow_lane_runs_the_fast_lanes_code_and_settings_on_its_own_queue(raw: Template) -> None:
