@@ -321,6 +321,17 @@ class WorkerFunction(LocalFunction):
             self._lock.notify_all()
         return len(started)
 
+    def warm_up(self, event: dict[str, Any]) -> None:
+        """Every container this function may run, started and invoked once with ``event`` (for the
+        dispatcher an empty batch): imports, clients and the first invocation behind them, as the
+        containers of a function under steady traffic have. Benchmarks do this before their clock."""
+        self.prewarm(self.max_workers)
+        calls = [threading.Thread(target=self.invoke, args=(event,)) for _ in range(self.max_workers)]
+        for call in calls:
+            call.start()
+        for call in calls:
+            call.join()
+
     # --- chaos and observation --------------------------------------------------------------------
     def busy_workers(self) -> dict[int, float]:
         """pid -> seconds its current invocation has been running."""

@@ -95,6 +95,7 @@ class PollerStats:
     in_flight: int = 0
     max_in_flight: int = 0
     batch_sizes: list[int] = field(default_factory=list)
+    invocation_ms: float = 0.0  # the invocations' durations, summed (what Lambda bills)
 
 
 class SqsPoller:
@@ -231,9 +232,10 @@ class SqsPoller:
             self._stats.invocations += 1
             self._stats.records += len(records)
             self._stats.batch_sizes.append(len(records))
-        whole_batch_failed, deleted = True, 0
+        whole_batch_failed, deleted, duration_ms = True, 0, 0.0
         try:
             invocation = self.function.invoke({"Records": records})
+            duration_ms = invocation.duration_ms
             log.debug("invocation of %d records took %.0f ms", len(records), invocation.duration_ms)
             failed_ids = None if invocation.error else self._failed_ids(invocation.result, records)
             whole_batch_failed = failed_ids is None
@@ -244,6 +246,7 @@ class SqsPoller:
                 self._stats.failed_invocations += int(whole_batch_failed)
                 self._stats.records_deleted += deleted
                 self._stats.records_failed += len(batch) - deleted
+                self._stats.invocation_ms += duration_ms
                 self._stats.in_flight -= 1
                 self._lock.notify_all()
 

@@ -55,6 +55,9 @@ class Behaviour:
     # request held like a "timeout" fault; their retries are answered: a receiver that times out
     # now and then, whose records each need a known number of attempts.
     first_try_hang_rate: float = 0.0
+    # While this event is clear, requests are held (at most hang_seconds) before being answered: a
+    # receiver stuck for as long as a test wants, without a timing guess.
+    gate: threading.Event | None = None
     # Down: every connection is dropped without an answer (a dead upstream).
     up: bool = True
     # Answer body instead of the default small JSON, and extra response headers (e.g. Location).
@@ -144,6 +147,7 @@ class Receiver:
         self._http: LoopbackServer | None = None
         self._stopping = threading.Event()
         self._in_flight: dict[str, int] = {}
+        self._holding = 0
         self.max_in_flight: dict[str, int] = {}  # per path: the most requests it held at once
         self.url = ""
 
@@ -258,6 +262,23 @@ class Receiver:
             "error": error,
         }
 
+    @property
+    def held(self) -> int:
+        """Requests waiting at a closed ``Behaviour.gate`` right now."""
+        with self._lock:
+            return self._holding
+
+    def _held(self, gate: threading.Event, at_most: float) -> None:
+        with self._lock:
+            self._holding += 1
+        try:
+            deadline = time.monotonic() + at_most
+            while not gate.is_set() and not self._stopping.is_set() and time.monotonic() < deadline:
+                gate.wait(0.05)  # wakes for the gate or, within 50 ms, for stop()
+        finally:
+            with self._lock:
+                self._holding -= 1
+
     def _enter(self, path: str) -> None:
         with self._lock:
             self._in_flight[path] = self._in_flight.get(path, 0) + 1
@@ -354,6 +375,8 @@ def _make_handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             action, status = behaviour.next_action(headers.get("webhook-id"))
             if behaviour.latency_seconds > 0:
                 receiver._stopping.wait(behaviour.latency_seconds)
+            if behaviour.gate is not None:
+                receiver._held(behaviour.gate, behaviour.hang_seconds)
             if action == "drop":
                 receiver._record(self.command, path, headers, body, None, port, arrived_at)
                 self.close_connection = True
