@@ -52,7 +52,7 @@ from relay.settings import Settings
 
 # Time kept back, beyond one request's timeouts, to settle records and write audit and metrics.
 SETTLE_MARGIN_MS = 3_000
-# One record's step in the pool: deliver it, defer it, or route it to the slow lane.
+# One record's step in the pool: deliver it, or defer it.
 Work = tuple[Item, Callable[[], None]]
 
 
