@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -159,7 +160,7 @@ def run_scenarios(
         (encrypted, concurrency, *make_dispatcher(url, encrypted=encrypted, concurrency=concurrency))
         for encrypted, concurrency in modes
     ]
-    totals = [{"wall": 0.0, "cpu": 0.0, "failures": 0, "batches": 0} for _ in runs]
+    totals = [{"wall": 0.0, "cpu": 0.0, "failures": 0, "batches": 0, "log_bytes": 0} for _ in runs]
     reads_before = [breakers.reads for _, _, _, breakers, _ in runs]
     writes_before = [breakers.writes for _, _, _, breakers, _ in runs]
     try:
@@ -168,10 +169,12 @@ def run_scenarios(
                 if concurrency == 1 and latency and round_number % 5:
                     continue  # the sequential baseline is slow: a fifth of the batches suffices
                 records = make_records("bench-target", BATCH_SIZE)
+                logged = log_bytes()
                 wall0, cpu0 = time.perf_counter(), time.process_time()
                 failures = len(dispatcher.handle_batch(records)["batchItemFailures"])
                 totals[index]["wall"] += time.perf_counter() - wall0
                 totals[index]["cpu"] += time.process_time() - cpu0
+                totals[index]["log_bytes"] += log_bytes() - logged
                 totals[index]["failures"] += failures
                 totals[index]["batches"] += 1
     finally:
@@ -190,6 +193,7 @@ def run_scenarios(
                 "failures": totals[index]["failures"],
                 "deliveries_per_second": round(deliveries / totals[index]["wall"], 1),
                 "cpu_ms_per_delivery": round(totals[index]["cpu"] * 1000 / deliveries, 3),
+                "log_bytes_per_delivery": round(totals[index]["log_bytes"] / deliveries, 1),
                 "breaker_reads_per_batch": (breakers.reads - reads_before[index]) / done,
                 "breaker_writes_per_batch": (breakers.writes - writes_before[index]) / done,
                 "sqs_calls_per_batch": sqs_calls(queue) / (done + 1),
@@ -206,18 +210,25 @@ def sqs_calls(queue: Any) -> int:
 
 @contextlib.contextmanager
 def quiet_stdout() -> Iterator[Any]:
-    """The relay logs each attempt and prints EMF to stdout (as in Lambda); keep stdout for our JSON."""
+    """The relay logs and prints EMF to stdout (as in Lambda, where CloudWatch Logs ingests and bills
+    it): send it to a scratch file, whose size ``log_bytes()`` reads, and keep stdout for our JSON."""
     saved = os.dup(1)
-    devnull = os.open(os.devnull, os.O_WRONLY)
+    scratch = tempfile.TemporaryFile()
     sys.stdout.flush()
-    os.dup2(devnull, 1)
+    os.dup2(scratch.fileno(), 1)
     try:
         yield os.fdopen(os.dup(saved), "w")
     finally:
         sys.stdout.flush()
         os.dup2(saved, 1)
-        os.close(devnull)
+        scratch.close()
         os.close(saved)
+
+
+def log_bytes() -> int:
+    """Bytes written to stdout so far (inside ``quiet_stdout``): log lines and EMF records."""
+    sys.stdout.flush()
+    return os.fstat(1).st_size
 
 
 def main(quick: bool) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""Metrics (EMF, names and dimensions exactly as docs/architecture.md), one structured log record per
-attempt, and the S3 audit trail; none of them ever holds a secret or an encrypted event's plaintext."""
+"""Metrics (EMF, names and dimensions exactly as docs/architecture.md), the S3 audit trail (one line per
+attempt), the log (one record per attempt that did not deliver, one summary per batch); none of them
+ever holds a secret or an encrypted event's plaintext."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from test_dispatch_support import (
 from relay.local.aws_stack import LocalResources
 from relay.local.receiver import Behaviour, Receiver
 from relay.settings import get_settings
+from relay.wiring import aws_client
 from relay.wiring.dispatcher import build_dispatcher
 
 pytestmark = pytest.mark.integration
@@ -117,6 +119,7 @@ def test_audit_objects_are_partitioned_by_date_and_target_with_one_line_per_atte
             "outcome",
             "errorCode",
             "breakerState",
+            "receivedAt",
             "startedAt",
             "finishedAt",
         ):
@@ -128,9 +131,59 @@ def test_audit_objects_are_partitioned_by_date_and_target_with_one_line_per_atte
             "delivered",
         )
         assert line["breakerState"] == "closed"
-    # and one structured log record per attempt
-    attempts = [r for r in log_records(caplog) if r["message"] == "delivery"]
-    assert sorted(r["deliveryId"] for r in attempts) == sorted(line["deliveryId"] for line in lines)
+    # and the log does not repeat the deliveries line by line: one summary for the batch
+    records_logged = log_records(caplog)
+    assert [r for r in records_logged if r["message"] == "delivery"] == []
+    summaries = [r for r in records_logged if r["message"] == "batch"]
+    assert [(s["invocationId"], s["outcomes"], s["reportedFailed"]) for s in summaries] == [
+        ("inv-123", {PLAIN_TARGET: {"delivered": 2}, ENCRYPTED_TARGET: {"delivered": 1}}, 0)
+    ]
+
+
+def test_what_the_audit_object_does_not_make_visible_is_logged(
+    aws_stack: LocalResources, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a target that fails, and one that delivers
+    receiver.path_behaviours["/hooks/crm"] = Behaviour(status=503)
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm", target_id=PLAIN_TARGET, attempts=2)
+    seed_target(aws_stack, f"{receiver.url}/hooks/archive", target_id=ENCRYPTED_TARGET)
+
+    # When a first attempt, a last attempt and a delivery are handled
+    records = [
+        task_record(PLAIN_TARGET),
+        task_record(PLAIN_TARGET, receive_count=2),
+        task_record(ENCRYPTED_TARGET),
+    ]
+    build_dispatcher(get_settings()).handle_batch(records, invocation_id="inv-9")
+
+    # Then the retry and the dead-lettering are logged one by one, the delivery only in the summary
+    logged = [(r["targetId"], r["outcome"]) for r in log_records(caplog) if r["message"] == "delivery"]
+    assert sorted(logged) == [(PLAIN_TARGET, "dead-lettered"), (PLAIN_TARGET, "retry-scheduled")]
+    summary = next(r for r in log_records(caplog) if r["message"] == "batch")
+    assert summary["outcomes"] == {
+        PLAIN_TARGET: {"retry-scheduled": 1, "dead-lettered": 1},
+        ENCRYPTED_TARGET: {"delivered": 1},
+    }
+    assert summary["reportedFailed"] == 1
+
+
+def test_when_the_audit_bucket_is_unwritable_its_lines_are_logged_instead(
+    aws_stack: LocalResources, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a target, and an audit bucket that refuses writes (it is gone)
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm", target_id=PLAIN_TARGET)
+    dispatcher = build_dispatcher(get_settings())
+    aws_client("s3").delete_bucket(Bucket=aws_stack.audit_bucket)  # empty: nothing was audited yet
+
+    # When a record is delivered
+    record = task_record(PLAIN_TARGET)
+    dispatcher.handle_batch([record], invocation_id="inv-7")
+
+    # Then the audit line is in the log, so the trail is whole
+    warning = next(r for r in log_records(caplog) if r["message"] == "audit object not written")
+    assert [(line["outcome"], line["messageId"]) for line in warning["lines"]] == [
+        ("delivered", record["messageId"])
+    ]
 
 
 def test_no_secret_nor_encrypted_plaintext_reaches_logs_metrics_or_audit(

@@ -17,6 +17,7 @@ import pytest
 from misbehaving_peer import Answer, complete, misbehaving_peer, self_signed_tls
 
 from relay.adapters.http import HttpSender
+from relay.adapters.tls import TlsTrust
 from relay.logic.outcomes import Verdict, classify
 from relay.logic.url_policy import UrlPolicy
 from relay.models.http import HttpResult
@@ -173,9 +174,11 @@ def test_the_deadline_cuts_a_trickle_under_tls_too(tmp_path: Path) -> None:
     # trickles its answer inside TLS records
     server_tls, certificate = self_signed_tls(tmp_path)
     http = HttpSender(
-        pool_size=1, body_limit_bytes=100, endpoint_check=UrlPolicy(allow_loopback=True).check_endpoint
+        pool_size=1,
+        body_limit_bytes=100,
+        endpoint_check=UrlPolicy(allow_loopback=True).check_endpoint,
+        trust=TlsTrust(certificate.read_text()),
     )
-    http.session.verify = str(certificate)
     try:
         with misbehaving_peer(lambda *_: Answer(trickle=SLOW_HEAD), tls=server_tls) as peer:
             result, took = _post(http, peer.url)
@@ -185,3 +188,18 @@ def test_the_deadline_cuts_a_trickle_under_tls_too(tmp_path: Path) -> None:
     # Then the blocked TLS read ends at the deadline just the same
     assert (result.status, result.error_code) == (None, "deadline-exceeded")
     assert took < 3 * DEADLINE
+
+
+def test_a_sender_serves_more_targets_than_it_keeps_pools_for(sender: HttpSender) -> None:
+    # Given a peer that answers 200 on any path
+    with misbehaving_peer(lambda *_: complete(200)) as peer:
+        # When one sender posts to more distinct target URLs than it keeps connection pools for, and
+        # then to the first one again (whose pool it has let go)
+        urls = [f"{peer.url}/target-{number}" for number in range(70)] + [f"{peer.url}/target-0"]
+        results = [_post(sender, url)[0] for url in urls]
+
+        # Then every request is answered, each at its own path
+        assert [(r.status, r.error_code) for r in results] == [(200, None)] * len(urls)
+        assert [path for _, path in peer.requests] == [f"/target-{n}/hook" for n in range(70)] + [
+            "/target-0/hook"
+        ]

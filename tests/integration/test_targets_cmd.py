@@ -18,7 +18,7 @@ from relay.cli import main
 from relay.local.aws_stack import LocalResources, forget_cached_configuration
 from relay.local.fake_genesys import FakeGenesys
 from relay.local.fixtures import Fixtures, FixtureTarget
-from relay.models.targets import Integration, Target
+from relay.models.targets import Integration, OAuth2Client, SecurityType, Target, TargetSecurity
 from relay.settings import get_settings
 from relay.wiring import target_store
 
@@ -219,6 +219,58 @@ def test_sync_then_list_masks_every_secret(
     ]
     for value in values:
         assert value not in printed
+
+
+def test_list_shows_each_targets_auth_type_and_never_a_secret(
+    local_settings: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given targets of every auth type, one of them also presenting a client certificate (mTLS)
+    store = target_store(get_settings(), cache_ttl_seconds=0)
+    store.put_integration(Integration(integration_id=INTEGRATION_ID, name="auth types"))
+    oauth2 = OAuth2Client(token_url="https://idp.example.com/oauth2/token", client_id="relay")
+    securities = {
+        "t-none": TargetSecurity(),
+        "t-basic": TargetSecurity(type=SecurityType.BASIC, secret_name="relay/x/auth/t-basic"),
+        "t-bearer": TargetSecurity(type=SecurityType.BEARER, secret_name="relay/x/auth/t-bearer"),
+        "t-oauth2-mtls": TargetSecurity(
+            type=SecurityType.OAUTH2,
+            secret_name="relay/x/auth/t-oauth2-mtls",
+            oauth2=oauth2,
+            client_certificate_name="relay/x/mtls/t-oauth2-mtls",
+        ),
+    }
+    for target_id, security in securities.items():
+        store.put_target(
+            Target(
+                integration_id=INTEGRATION_ID,
+                target_id=target_id,
+                name=target_id,
+                url="https://hooks.example.com/x",
+                security=security,
+            )
+        )
+
+    # When they are listed, as JSON and as a table
+    assert main(["targets", "list", "--format", "json"]) == 0
+    (entry,) = _json_lines(capsys.readouterr().out)
+    assert main(["targets", "list"]) == 0
+    table = capsys.readouterr().out
+
+    # Then each shows its auth type, the OAuth client (not secret) and masks for the secrets it names
+    by_id = {t["targetId"]: t for t in entry["targets"]}
+    assert {i: t["authType"] for i, t in by_id.items()} == {
+        "t-none": "none",
+        "t-basic": "basic",
+        "t-bearer": "bearer",
+        "t-oauth2-mtls": "oauth2+mtls",
+    }
+    shown = by_id["t-oauth2-mtls"]
+    assert (shown["auth"], shown["clientCertificate"]) == ("****", "****")
+    assert shown["oauth2"]["tokenUrl"] == "https://idp.example.com/oauth2/token"
+    assert by_id["t-bearer"]["clientCertificate"] is None and by_id["t-bearer"]["oauth2"] is None
+    row = next(line for line in table.splitlines() if "t-oauth2-mtls" in line)
+    assert "oauth2+mtls ****" in row
+    assert "relay/x/" not in table + json.dumps(entry)  # not even the secrets' names
 
 
 def test_sync_without_credentials_fails_with_a_clear_message(

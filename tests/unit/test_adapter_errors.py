@@ -49,6 +49,7 @@ def target() -> Target:
 
 WRITES: list[tuple[str, Callable[[Any], object]]] = [
     ("put_target", lambda c: TargetStore(c, "targets").put_target(target())),
+    ("save", lambda c: TargetStore(c, "targets").save(target(), expected_version=1)),
     (
         "put_integration",
         lambda c: TargetStore(c, "targets").put_integration(Integration(integration_id="i", name="n")),

@@ -9,6 +9,7 @@ breaker store's state, the audit lines and ``batchItemFailures``.
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import threading
@@ -37,6 +38,7 @@ from relay.testing.fakes import (
     ManualClock,
     RecordingQueueOps,
     ScriptedHttp,
+    ScriptedTokens,
 )
 
 INTEGRATION = "int-1"
@@ -111,6 +113,7 @@ class Relay:
     claim_checks: InMemoryClaimCheckStore = field(default_factory=InMemoryClaimCheckStore)
     clock: ManualClock = field(default_factory=lambda: ManualClock(NOW))
     settings: Settings = field(default_factory=lambda: Settings.model_validate({}))
+    tokens: ScriptedTokens = field(default_factory=ScriptedTokens)
     dispatcher: Dispatcher | None = None
 
     def start(self) -> Relay:
@@ -125,6 +128,7 @@ class Relay:
             claim_checks=self.claim_checks,
             clock=self.clock,
             rng=random.Random(7),
+            tokens=self.tokens,
         )
         return self
 
@@ -374,6 +378,23 @@ def test_the_target_secrets_sign_and_authorise_and_never_reach_the_audit(running
     assert headers["Authorization"] == f"Bearer {token}" and headers["webhook-signature"].startswith("v1,")
     (line,) = r.audit_lines()
     assert line["responseBody"] == "you sent [redacted]"
+
+
+def test_a_basic_credential_echoed_in_its_header_form_never_reaches_the_audit(running: list[Relay]) -> None:
+    # Given a target that echoes the Authorization header it got, base64 and all
+    target = make_target(security=TargetSecurity(type=SecurityType.BASIC, secret_name="auth"))
+    credential = "archive:basic-password-0001"
+    encoded = base64.b64encode(credential.encode()).decode()
+    r = relay(target, answer_with=always(200, body=f"Authorization: Basic {encoded}".encode()))
+    r.secrets.secrets.update(auth=RotatingSecret(current=credential))
+    start(running, r)
+
+    r.batch(record())
+
+    ((_, _, headers, _),) = r.http.requests
+    assert headers["Authorization"] == f"Basic {encoded}"
+    (line,) = r.audit_lines()
+    assert line["responseBody"] == "Authorization: Basic [redacted]"
 
 
 # --- records that cannot be attempted ---------------------------------------------------------------------

@@ -68,7 +68,6 @@ def make_intake(**overrides: Any) -> tuple[Intake, InMemoryDeliveryQueue]:
         "queue": queue,
         "idempotency": InMemoryIdempotencyStore(),
         "claim_checks": InMemoryClaimCheckStore(),
-        "in_progress_wait_seconds": 0.0,
     }
     options.update(overrides)
     return Intake(**options), queue

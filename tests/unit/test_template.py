@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from relay.local.template import Template, load_template
+from relay.models.secrets import SecretKind
 from relay.models.targets import RetryMatrix
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -429,6 +430,20 @@ def test_dispatcher_table_access_is_only_what_it_uses(raw: Template, dispatcher:
                 if table in allowed:
                     granted.setdefault(table, set()).update(_as_list(statement["Action"]))
     assert granted == allowed
+
+
+@pytest.mark.parametrize("dispatcher", DISPATCHERS)
+def test_dispatcher_reads_exactly_the_secret_kinds_its_targets_name(raw: Template, dispatcher: str) -> None:
+    # A Target names a signing secret, an auth secret (token, user:password, OAuth client secret), an
+    # encryption key and an mTLS client certificate: each kind readable, nothing else.
+    readable: set[str] = set()
+    for policy in raw.properties(dispatcher)["Policies"]:
+        for statement in policy.get("Statement", []):
+            if "secretsmanager:GetSecretValue" in _as_list(statement["Action"]):
+                for resource in _as_list(statement["Resource"]):
+                    readable.update(re.findall(r"secret:relay/\$\{Stage\}/(\w+)/\*$", resource["Fn::Sub"]))
+    kinds = {SecretKind.SIGNING, SecretKind.AUTH, SecretKind.ENCRYPTION, SecretKind.MTLS}
+    assert readable == {kind.value for kind in kinds}
 
 
 @pytest.mark.parametrize(("dispatcher", "queue"), DISPATCHERS.items())

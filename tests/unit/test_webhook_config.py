@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from support.secure_peers import Pki, key_body
 
-from relay.models.targets import SecurityType
+from relay.models.targets import SecurityType, TokenEndpointAuthMethod
 from relay.models.webhook_config import WebhookConfig, safe_errors, webhook_config_from_genesys
 
 TARGET_ID = "3f1d2c4b-5a69-4e7f-8a1b-2c3d4e5f6a70"
@@ -115,3 +116,96 @@ def test_model_accepts_the_seed_field_names() -> None:
         }
     )
     assert config.method == "PUT" and config.security.value is None and config.headers == {}
+
+
+# --- OAuth 2.0 client credentials and mTLS ------------------------------------------------------------
+
+CLIENT_SECRET = "an-oauth-client-secret-that-must-not-leak"
+OAUTH2 = {"tokenUrl": "https://idp.example.com/oauth2/token", "clientId": "relay", "scope": "events:write"}
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki.create(tmp_path_factory.mktemp("pki"))
+
+
+def test_an_oauth2_config_maps_its_client_and_keeps_the_secret_as_the_value() -> None:
+    config = webhook_config_from_genesys(
+        _integration(), _config(securityType="oauth2", oauth2=OAUTH2), _secrets(security=CLIENT_SECRET)
+    )
+
+    security = config.security
+    assert security.type is SecurityType.OAUTH2
+    assert security.value is not None and security.value.get_secret_value() == CLIENT_SECRET
+    assert security.oauth2 is not None
+    assert (security.oauth2.token_url, security.oauth2.client_id, security.oauth2.scope) == (
+        "https://idp.example.com/oauth2/token",
+        "relay",
+        "events:write",
+    )
+    assert security.oauth2.token_endpoint_auth_method is TokenEndpointAuthMethod.CLIENT_SECRET_BASIC
+    assert CLIENT_SECRET not in f"{config!r}"
+
+
+@pytest.mark.parametrize(
+    ("properties", "secrets", "reason"),
+    [
+        ({"securityType": "oauth2"}, {"security": CLIENT_SECRET}, "needs the oauth2 property"),
+        ({"securityType": "oauth2", "oauth2": OAUTH2}, {"security": None}, "needs a value"),
+        ({"securityType": "bearer", "oauth2": OAUTH2}, {}, "belongs to security type oauth2 only"),
+        (
+            {"securityType": "oauth2", "oauth2": {**OAUTH2, "clientId": ""}},
+            {"security": CLIENT_SECRET},
+            "clientId",
+        ),
+        (
+            {"securityType": "oauth2", "oauth2": {**OAUTH2, "tokenEndpointAuthMethod": "private_key_jwt"}},
+            {"security": CLIENT_SECRET},
+            "tokenEndpointAuthMethod",
+        ),
+        (
+            {"securityType": "oauth2", "oauth2": {**OAUTH2, "scope": "a\r\nb"}},
+            {"security": CLIENT_SECRET},
+            "scope",
+        ),
+    ],
+    ids=["no-client", "no-secret", "client-on-bearer", "empty-client-id", "unsupported-auth", "scope-crlf"],
+)
+def test_an_invalid_oauth2_config_is_refused_with_its_reason(
+    properties: dict[str, Any], secrets: dict[str, str | None], reason: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        webhook_config_from_genesys(_integration(), _config(**properties), _secrets(**secrets))
+
+    message = safe_errors(caught.value)
+    assert reason in message
+    assert CLIENT_SECRET not in message
+
+
+@pytest.mark.parametrize("security_type", ["none", "bearer", "oauth2"])
+def test_a_client_certificate_goes_with_any_security_type(pki: Pki, security_type: str) -> None:
+    bundle = pki.client_bundle()
+    properties: dict[str, Any] = {"securityType": security_type}
+    secrets: dict[str, str | None] = {"clientCertificate": bundle}
+    if security_type == "oauth2":
+        properties["oauth2"] = OAUTH2
+    if security_type == "none":
+        secrets["security"] = None
+
+    config = webhook_config_from_genesys(_integration(), _config(**properties), _secrets(**secrets))
+
+    assert config.security.client_certificate is not None
+    assert config.security.client_certificate.get_secret_value() == bundle
+    assert key_body(bundle)[:64] not in f"{config!r} {config}"
+
+
+def test_an_unusable_or_expired_client_certificate_is_refused_without_quoting_it(pki: Pki) -> None:
+    certificate_only = pki.client_bundle().split("-----BEGIN PRIVATE KEY-----")[0]
+    expired = pki.client_bundle(valid_days=-1)
+
+    for bundle, reason in ((certificate_only, "found 0"), (expired, "expired")):
+        with pytest.raises(ValidationError) as caught:
+            webhook_config_from_genesys(_integration(), _config(), _secrets(clientCertificate=bundle))
+        message = safe_errors(caught.value)
+        assert message.startswith("security.clientCertificate") and reason in message
+        assert "-----BEGIN" not in message and "MII" not in message

@@ -2,20 +2,26 @@
 
     RelayError
     ├── ConfigurationError            the deployment is wrong: fix settings, not input
+    │   └── UnknownStack              `--stack-name` names no stack, or one without an output a command needs
     ├── RejectedRequest               the client sent something we refuse (maps to a 4xx, never retried)
     │   ├── BadRequest (400)   ├── InvalidSignature (401)   ├── UnknownIntegration (404)
     │   ├── MethodNotAllowed (405)    ├── PayloadTooLarge (413)  └── UnsupportedMediaType (415)
     ├── DependencyUnavailable         an AWS dependency failed: answer 503 + Retry-After, the sender retries;
     │   │                             the dispatcher leaves the record for SQS to show again
-    │   └── BreakerStoreUnavailable   the breaker table failed: the dispatcher fails open
+    │   ├── BreakerStoreUnavailable   the breaker table failed: the dispatcher fails open
+    │   └── TargetWriteConflict       a target changed under every try of a read-modify-write
     ├── RequestInProgress             the same event is being accepted right now: 429 + Retry-After
     ├── UnsafeUrl                     a target URL breaks the URL policy (scheme, private address, ...)
+    ├── TokenUnavailable              no OAuth access token for a target: its token endpoint failed,
+    │                                 refused or answered something unusable (the delivery is retried)
     ├── UnreadableEvent               a task's event cannot be sent as JSON: the dispatcher dead-letters
     │   └── NonFiniteNumber           it as poison; the intake refuses it (400)
     ├── ConfigRejected                config sync: one item's config is refused, the run goes on
     ├── UnknownTarget                 operator commands: no such target
     ├── AmbiguousTarget               operator commands: the target id exists under several integrations
     ├── ResetConflict                 `relay breaker reset` lost every race: nothing written
+    ├── ReplayRefused                 `relay deliveries replay`: not archived (past retention), several
+    │                                 events, a target unknown, disabled or not the event's: nothing queued
     ├── MoveTaskUnavailable           this SQS endpoint has no StartMessageMoveTask (redrive re-sends)
     ├── DecryptionFailed              no key offered opens an encrypted envelope
     ├── InvalidDelivery               receiver SDK: not a genuine, readable relay delivery (also a ValueError)
@@ -119,8 +125,19 @@ class UnsafeUrl(RelayError):
     """A target URL that the URL policy refuses."""
 
 
+class TokenUnavailable(RelayError):
+    """A target's OAuth token endpoint gave no usable access token: unreachable, timed out, refused
+    the client (4xx), failed (5xx), or answered something that is not a bearer token. The message
+    names the endpoint's host and what happened, never the client secret, a token or the answer."""
+
+
 class BreakerStoreUnavailable(DependencyUnavailable):
     """The breaker table could not be read or written (the dispatcher fails open)."""
+
+
+class TargetWriteConflict(DependencyUnavailable):
+    """A target's record changed between every read and conditional write of a read-modify-write (the
+    dispatcher's disable on 410): nothing was written over the other writers' changes."""
 
 
 class UnreadableEvent(RelayError):
@@ -158,6 +175,15 @@ class AmbiguousTarget(RelayError):
 
 class ResetConflict(RelayError):
     """The breaker changed under every reset attempt (dispatchers very busy with it): nothing written."""
+
+
+class ReplayRefused(RelayError):
+    """An event cannot be replayed as asked; the message says why and what to do. Nothing was queued."""
+
+
+class UnknownStack(ConfigurationError):
+    """``--stack-name`` names no stack in this account and region, or one lacking an output a command
+    needs."""
 
 
 class MoveTaskUnavailable(RelayError):

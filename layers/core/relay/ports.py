@@ -13,6 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from pydantic import SecretStr
+
+from relay.models.archive import ArchiveRecord
 from relay.models.breaker import BreakerState, LaneState
 from relay.models.delivery import DlqReason, S3Ref
 from relay.models.http import HttpResult
@@ -52,9 +55,34 @@ class HttpClient(Protocol):
         headers: Mapping[str, str],
         connect_timeout: float,
         read_timeout: float,
-    ) -> HttpResult: ...
+        total_timeout: float | None = None,
+        client_certificate: SecretStr | None = None,
+    ) -> HttpResult:
+        """``total_timeout`` bounds the whole request (default: connect + read timeout).
+        ``client_certificate``: a PEM bundle (relay.models.client_certificate) presented in the TLS
+        handshake (mTLS); ConfigurationError if it is unusable (nothing is sent)."""
+        ...
 
     def close(self) -> None: ...
+
+
+class AccessTokens(Protocol):
+    """OAuth 2.0 client-credentials access tokens for targets of security type oauth2, cached per
+    container until shortly before they expire. Safe to call from many threads at once."""
+
+    def token(
+        self,
+        target: Target,
+        client_secret: SecretStr,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        total_timeout: float,
+        refused: SecretStr | None = None,
+    ) -> SecretStr:
+        """A token for ``target`` within ``total_timeout`` seconds; never ``refused`` (a token the
+        target has just answered 401 to). Raises ``TokenUnavailable``."""
+        ...
 
 
 class DeliveryQueueOps(Protocol):
@@ -123,6 +151,12 @@ class AuditSink(Protocol):
     ) -> None: ...
 
 
+class EventArchive(Protocol):
+    """The event archive: one object per invocation (relay.models.archive)."""
+
+    def write(self, date: str, invocation_id: str, records: Sequence[ArchiveRecord]) -> None: ...
+
+
 class ClaimCheckReader(Protocol):
     def load(self, ref: S3Ref) -> str:
         """The stored event text, as stored; ``UnreadableEvent`` if it is not UTF-8."""
@@ -149,14 +183,23 @@ class ClaimCheckStore(Protocol):
 
 class IdempotencyStore(Protocol):
     def claim(self, key: str) -> Claim:
-        """Claim ``key`` for this attempt, or say who already has it."""
+        """Claim ``key`` for this attempt (a lease that simply runs out), or say that a live lease
+        already holds it. The one write of an accepted event."""
         ...
-
-    def complete(self, claim: Claim, response: str) -> None:
-        """Record the answer for ``claim`` so repeats get it without queueing again."""
 
     def release(self, claim: Claim) -> None:
         """Forget a claim whose attempt failed, so a repeat can queue."""
+
+
+class EventBridgeIntake(Protocol):
+    """The intake's EventBridge entry point (relay.logic.intake.Intake), as ``relay dlq redrive`` sends
+    a failed event back through it."""
+
+    def handle_eventbridge(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        """Queue the event's tasks (once per event: a repeat queues nothing new) and answer what was
+        queued; raise what the intake refuses (``RejectedRequest``, ``ConfigurationError``,
+        ``RequestInProgress``) or what failed (``DependencyUnavailable``)."""
+        ...
 
 
 class MetricsRecorder(Protocol):
@@ -173,9 +216,10 @@ class TargetRecords(IntegrationLookup, Protocol):
 
     def list_integration_ids(self) -> list[str]: ...
 
-    def put_integration(self, integration: Integration) -> None: ...
-
-    def put_target(self, target: Target) -> None: ...
+    def save(self, record: Integration | Target, *, expected_version: int | None) -> bool:
+        """Store ``record`` if the stored one is still at ``expected_version`` (None: there is none);
+        False, with nothing written, when another writer changed it first."""
+        ...
 
 
 class SecretStore(Protocol):
@@ -196,6 +240,26 @@ class GenesysReader(Protocol):
     def get_integration(self, integration_id: str) -> dict[str, Any]: ...
     def get_integration_config(self, integration_id: str) -> dict[str, Any]: ...
     def get_credential(self, credential_id: str) -> dict[str, Any]: ...
+
+
+class AuditReader(Protocol):
+    """The audit objects of some days (``relay deliveries show``)."""
+
+    def lines(self, dates: Sequence[str], *, containing: str) -> list[dict[str, Any]]:
+        """Every audit line under ``audit/date=<date>/`` for those dates whose text holds ``containing``."""
+        ...
+
+
+class ArchiveReader(Protocol):
+    """The event archive of some days (``relay deliveries replay``)."""
+
+    def records(self, dates: Sequence[str], *, containing: str) -> list[ArchiveRecord]:
+        """Every archive record of those dates whose line holds ``containing``."""
+        ...
+
+    def claim_check_exists(self, ref: S3Ref) -> bool:
+        """False once the events/ lifecycle rule has expired the claim check."""
+        ...
 
 
 class DeadLetterQueues(Protocol):

@@ -60,6 +60,10 @@ class Settings(BaseModel):
     # The slow lane's queue, where the fast lane's dispatcher routes a slow target's records.
     slow_delivery_queue_url: str | None = Field(None, alias="SLOW_DELIVERY_QUEUE_URL")
     dead_letter_queue_url: str | None = Field(None, alias="DEAD_LETTER_QUEUE_URL")
+    # The EventBridge path's failure queues (stack outputs IntakeFailureQueueUrl and
+    # EventBridgeDeadLetterQueueUrl): read only by `relay dlq --queue intake-failures|eventbridge`.
+    intake_failure_queue_url: str | None = Field(None, alias="INTAKE_FAILURE_QUEUE_URL")
+    eventbridge_dead_letter_queue_url: str | None = Field(None, alias="EVENTBRIDGE_DEAD_LETTER_QUEUE_URL")
     audit_bucket: str | None = Field(None, alias="AUDIT_BUCKET")
     # Secrets Manager names are "<prefix>/<kind>/<id>"; see relay.models.secrets.
     secrets_prefix: str = Field("relay/local", alias="SECRETS_PREFIX")
@@ -70,6 +74,9 @@ class Settings(BaseModel):
     # Ports a target URL may use (template parameter AllowedTargetPorts), checked by config sync and at
     # connect time. Loopback targets of the local stack may use any port.
     allowed_target_ports: CsvPorts = Field(default_factory=lambda: [443], alias="ALLOWED_TARGET_PORTS")
+    # Local stack only (needs RELAY_ALLOW_LOOPBACK_TARGETS): a PEM file of CA certificates trusted
+    # besides certifi's, for loopback https receivers and token endpoints (relay.adapters.tls).
+    local_trusted_cas: str | None = Field(None, alias="RELAY_LOCAL_TRUSTED_CAS")
 
     # --- caches -------------------------------------------------------------------------------------
     target_cache_ttl_seconds: float = Field(60.0, alias="TARGET_CACHE_TTL_SECONDS", ge=0)
@@ -101,6 +108,10 @@ class Settings(BaseModel):
     isolate_slow_targets: bool = Field(True, alias="ISOLATE_SLOW_TARGETS")
     slow_target_ms: float = Field(1_000.0, alias="SLOW_TARGET_MS", gt=0)
     slow_lane_min_seconds: float = Field(60.0, alias="SLOW_LANE_MIN_SECONDS", ge=0)
+
+    # The event archive (template parameter ArchiveEnabled): one object per invocation under archive/
+    # in AUDIT_BUCKET holding the events it handled, so that `relay deliveries replay` can send them again.
+    archive_enabled: bool = Field(True, alias="ARCHIVE_ENABLED")
 
     # --- config sync (Genesys Cloud) ----------------------------------------------------------------
     genesys_region: str = Field("mypurecloud.com", alias="GENESYS_REGION")

@@ -24,6 +24,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from relay.adapters.dynamodb import lost_race
 from relay.errors import BreakerStoreUnavailable
 from relay.models.breaker import BreakerState, DeliveryLane, LaneState, Phase
 
@@ -103,11 +104,9 @@ class DynamoBreakerStore:
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=attribute_values,
             )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+        except (ClientError, BotoCoreError) as exc:
+            if lost_race(exc):
                 return False
-            raise BreakerStoreUnavailable(f"breaker table unwritable ({type(exc).__name__})") from None
-        except BotoCoreError as exc:
             raise BreakerStoreUnavailable(f"breaker table unwritable ({type(exc).__name__})") from None
         return True
 

@@ -35,7 +35,7 @@ from urllib3.exceptions import (
     NewConnectionError,
 )
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
-from urllib3.response import HTTPResponse
+from urllib3.response import BaseHTTPResponse
 from urllib3.util.connection import allowed_gai_family
 from urllib3.util.timeout import _DEFAULT_TIMEOUT
 
@@ -44,6 +44,8 @@ from relay.errors import RelayError
 
 # (address, port) -> None, or raise (relay.errors.UnsafeUrl) to refuse the connection.
 EndpointCheck = Callable[[str, int], None]
+# Bodies up to this size are sent in the same write as the header block.
+_COALESCE_BYTES = 256 * 1024
 
 
 class DeadlineExceeded(RelayError, Urllib3Timeout):
@@ -103,7 +105,7 @@ class FramedResponse(http.client.HTTPResponse):
         self.headers_complete = not watch.cut_off
 
 
-def headers_complete(response: HTTPResponse) -> bool:
+def headers_complete(response: BaseHTTPResponse) -> bool:
     """False when the peer closed the connection before the end of the response's header block."""
     original = getattr(response, "_original_response", None)  # urllib3 keeps http.client's response
     return bool(getattr(original, "headers_complete", True))
@@ -192,12 +194,32 @@ class GuardedHTTPConnection(HTTPConnection):
         self._watched_by = current_deadline()
         return sock
 
-    def request(self, *args: Any, **kwargs: Any) -> None:
+    _hold_head = False
+    _held_head: bytes | None = None
+
+    def request(self, method: str, url: str, body: Any = None, *args: Any, **kwargs: Any) -> None:
         deadline = current_deadline()
         if deadline is not None and self.sock is not None and self._watched_by is not deadline:
             deadline.watch(self.sock)  # a pooled connection, reused by this request
             self._watched_by = deadline
-        super().request(*args, **kwargs)
+        # A body in one piece goes out with the header block in one write: one system call and one
+        # packet instead of two (urllib3 sends them apart), which counts at a thousand requests/s.
+        self._hold_head = isinstance(body, bytes) and len(body) <= _COALESCE_BYTES
+        try:
+            super().request(method, url, body, *args, **kwargs)
+        finally:
+            self._hold_head = False
+        if self._held_head is not None:  # no body chunk came after all
+            head, self._held_head = self._held_head, None
+            super().send(head)
+
+    def send(self, data: Any) -> None:
+        if self._hold_head and self._held_head is None:
+            self._held_head = bytes(data)  # the header block (http.client sends it first, whole)
+            return
+        if self._held_head is not None:
+            data, self._held_head = self._held_head + data, None
+        super().send(data)
 
 
 class GuardedHTTPSConnection(GuardedHTTPConnection, HTTPSConnection):

@@ -38,6 +38,7 @@ import urllib3
 from pydantic import SecretStr
 
 from relay.adapters.connections import call_within_deadline, pool_classes
+from relay.adapters.oauth import refresh_margin  # one renewal rule for every OAuth token the relay holds
 from relay.errors import (
     ConfigurationError,
     GenesysAuthError,
@@ -56,11 +57,6 @@ from relay.models.secrets import RotatingSecret
 from relay.observability import logger
 from relay.settings import Settings
 
-# Log in again when less than this share of the token's lifetime is left (at least 30 s), but never
-# before this share of its life has passed: a token shorter-lived than the minimum is still reused.
-_REFRESH_MARGIN_RATIO = 0.1
-_REFRESH_MARGIN_MIN_SECONDS = 30.0
-_REFRESH_MARGIN_MAX_RATIO = 0.5
 # Genesys answers 429 with Retry-After; if it ever does not, wait this long.
 _DEFAULT_RETRY_AFTER_SECONDS = 1.0
 
@@ -147,17 +143,6 @@ def _retry_after_seconds(headers: Any) -> float:
         return max(0.0, float(value)) if value is not None else _DEFAULT_RETRY_AFTER_SECONDS
     except ValueError:  # an HTTP-date: Genesys does not send these; wait the default
         return _DEFAULT_RETRY_AFTER_SECONDS
-
-
-def _refresh_margin(expires_in: float) -> float:
-    """How long before a token's expiry to log in again: 10 % of its lifetime, at least 30 s, at most half.
-
-    Without the cap a token living less than 30 s would be replaced before every call.
-    """
-    return min(
-        max(_REFRESH_MARGIN_MIN_SECONDS, expires_in * _REFRESH_MARGIN_RATIO),
-        expires_in * _REFRESH_MARGIN_MAX_RATIO,
-    )
 
 
 class GenesysClient:
@@ -270,7 +255,7 @@ class GenesysClient:
             except _TRANSPORT_ERRORS as exc:  # mapped to our hierarchy right here
                 raise self._translate(exc, what="login", scope=None) from None
         expires_in = self._token_lifetime()
-        self._expires_at = started + expires_in - _refresh_margin(expires_in)
+        self._expires_at = started + expires_in - refresh_margin(expires_in)
         self.logins += 1
         logger.info("genesys login", extra={"api_host": self.api_host, "expires_in": expires_in})
 

@@ -4,6 +4,11 @@ Table layout (TargetsTable): partition key ``integrationId``, sort key ``targetI
 own record sits under the sort key ``#integration``, so one Query per integration returns it together
 with all its targets. Each item keeps the model as JSON in ``doc`` (no float/Decimal juggling) plus a
 few top-level attributes for operators and conditions: ``version``, ``enabled``, ``syncedAt``.
+
+Writers that read a record first write it back only if it is still the version they read (``save``:
+``attribute_not_exists`` for a record that was not there, else ``version = <read>``): config sync, and
+the dispatcher disabling a target that answered 410. A writer that read an older state can never
+overwrite a newer one; it learns that it lost (``save`` answers False) and leaves the record alone.
 """
 
 from __future__ import annotations
@@ -17,13 +22,16 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from relay.errors import DependencyUnavailable
+from relay.adapters.dynamodb import lost_race, version_condition
+from relay.errors import DependencyUnavailable, TargetWriteConflict
 from relay.models.targets import Integration, IntegrationEntry, Target
 
 INTEGRATION_SORT_KEY = "#integration"
 # Bounded so that requests naming random integration ids (negative answers are cached too) cannot
 # grow a warm container's memory; the least recently used entry goes first.
 DEFAULT_CACHE_ENTRIES = 1024
+# How many times a read-modify-write (set_target_enabled) reads again after losing a race.
+WRITE_ATTEMPTS = 3
 
 
 class TargetStore:
@@ -38,8 +46,12 @@ class TargetStore:
         cache_ttl_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         max_cache_entries: int = DEFAULT_CACHE_ENTRIES,
+        consistent_reads: bool = False,
     ) -> None:
+        """``consistent_reads``: Query with ConsistentRead (config sync, whose conditional writes need
+        the version as it is, not as a replica last saw it)."""
         self._table = table_name
+        self._consistent = consistent_reads
         self._ttl = cache_ttl_seconds
         self._ddb = dynamodb
         self._clock = clock
@@ -81,7 +93,7 @@ class TargetStore:
             "TableName": self._table,
             "KeyConditionExpression": "integrationId = :id",
             "ExpressionAttributeValues": {":id": {"S": integration_id}},
-            "ConsistentRead": False,
+            "ConsistentRead": self._consistent,
         }
         while True:
             page = self._call("query", **kwargs)
@@ -112,12 +124,28 @@ class TargetStore:
                 return sorted(ids)
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-    # --- writes (config sync, operator commands) ---------------------------------------------------
+    # --- writes (config sync, the dispatcher, operator commands) ----------------------------------------
+    def save(self, record: Integration | Target, *, expected_version: int | None) -> bool:
+        """Store ``record`` if the stored one is still at ``expected_version`` (None: there is none);
+        False, with nothing written, when another writer got there first."""
+        condition = version_condition("targetId", expected_version)
+        try:
+            self._ddb.put_item(TableName=self._table, Item=_item(record), **condition)
+        except (ClientError, BotoCoreError) as exc:
+            if lost_race(exc):
+                return False
+            raise DependencyUnavailable(f"targets table unavailable ({type(exc).__name__})") from None
+        finally:
+            self.invalidate(record.integration_id)  # the cached entry is older than what is stored now
+        return True
+
     def put_integration(self, integration: Integration) -> None:
-        self._put(INTEGRATION_SORT_KEY, integration)
+        """Unconditional: for seeding a table (tests). Writers that read first use ``save``."""
+        self._put(integration)
 
     def put_target(self, target: Target) -> None:
-        self._put(target.target_id, target)
+        """Unconditional: for seeding a table (tests). Writers that read first use ``save``."""
+        self._put(target)
 
     def delete_target(self, integration_id: str, target_id: str) -> None:
         self._call(
@@ -128,27 +156,36 @@ class TargetStore:
         self.invalidate(integration_id)
 
     def set_target_enabled(self, integration_id: str, target_id: str, enabled: bool) -> None:
-        """Enable or disable a target in place (the dispatcher disables a target that answers 410)."""
-        target = self._load_fresh_target(integration_id, target_id)
-        if target is None:
-            return
-        self.put_target(target.model_copy(update={"enabled": enabled, "version": target.version + 1}))
+        """Enable or disable a target in place (the dispatcher disables a target that answers 410).
 
-    def _load_fresh_target(self, integration_id: str, target_id: str) -> Target | None:
-        self.invalidate(integration_id)
-        return self.get_target(integration_id, target_id)
+        A conditional read-modify-write: a change made since the read (config sync, an operator) is
+        never overwritten; the write is tried again on a fresh read, and after WRITE_ATTEMPTS lost races
+        ``TargetWriteConflict`` says nothing was written. A target already in that state is left as it is.
+        """
+        for _ in range(WRITE_ATTEMPTS):
+            target = self._read_target(integration_id, target_id)
+            if target is None or target.enabled is enabled:
+                return
+            changed = target.model_copy(update={"enabled": enabled, "version": target.version + 1})
+            if self.save(changed, expected_version=target.version):
+                return
+        raise TargetWriteConflict(
+            f"target {target_id} of integration {integration_id} changed under each of "
+            f"{WRITE_ATTEMPTS} tries to set enabled={enabled}; nothing written"
+        )
 
-    def _put(self, sort_key: str, record: Integration | Target) -> None:
-        item: dict[str, Any] = {
-            "integrationId": {"S": record.integration_id},
-            "targetId": {"S": sort_key},
-            "doc": {"S": record.model_dump_json(by_alias=True)},
-            "version": {"N": str(record.version)},
-            "enabled": {"BOOL": record.enabled},
-        }
-        if record.synced_at:
-            item["syncedAt"] = {"S": record.synced_at}
-        self._call("put_item", TableName=self._table, Item=item)
+    def _read_target(self, integration_id: str, target_id: str) -> Target | None:
+        """The stored target as it is now (a consistent read: the version a conditional write needs)."""
+        item = self._call(
+            "get_item",
+            TableName=self._table,
+            Key={"integrationId": {"S": integration_id}, "targetId": {"S": target_id}},
+            ConsistentRead=True,
+        ).get("Item")
+        return Target.model_validate_json(item["doc"]["S"]) if item else None
+
+    def _put(self, record: Integration | Target) -> None:
+        self._call("put_item", TableName=self._table, Item=_item(record))
         self.invalidate(record.integration_id)
 
     def _call(self, operation: str, **kwargs: Any) -> Any:
@@ -156,3 +193,17 @@ class TargetStore:
             return getattr(self._ddb, operation)(**kwargs)
         except (ClientError, BotoCoreError) as exc:
             raise DependencyUnavailable(f"targets table unavailable ({type(exc).__name__})") from None
+
+
+def _item(record: Integration | Target) -> dict[str, Any]:
+    """A record as its TargetsTable item (see the module docstring)."""
+    item: dict[str, Any] = {
+        "integrationId": {"S": record.integration_id},
+        "targetId": {"S": INTEGRATION_SORT_KEY if isinstance(record, Integration) else record.target_id},
+        "doc": {"S": record.model_dump_json(by_alias=True)},
+        "version": {"N": str(record.version)},
+        "enabled": {"BOOL": record.enabled},
+    }
+    if record.synced_at:
+        item["syncedAt"] = {"S": record.synced_at}
+    return item

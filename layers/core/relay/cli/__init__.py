@@ -17,9 +17,10 @@ from typing import Any, NoReturn
 
 from relay import __version__
 from relay.cli.exit_codes import CommandError, ExitCode, UsageError, describe, outcome
+from relay.cli.stack_option import stack_settings
 
 # Modules under relay.cli that register a command group.
-COMMAND_MODULES = ("local_cmd", "targets_cmd", "decrypt_cmd", "dlq_cmd", "breaker_cmd")
+COMMAND_MODULES = ("local_cmd", "targets_cmd", "decrypt_cmd", "dlq_cmd", "breaker_cmd", "deliveries_cmd")
 COMMAND = "relay_command"  # the namespace attribute naming the command that runs: "relay targets sync"
 
 
@@ -50,7 +51,8 @@ class CommandParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(
         prog="relay",
-        description="Run the relay locally and operate it: targets, dead letters, breakers, envelopes.",
+        description="Run the relay locally and operate it: targets, dead letters, breakers, deliveries, "
+        "envelopes.",
         epilog=describe(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -84,7 +86,8 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
             args = parser.parse_args(argv)
         except SystemExit as done:  # --help, --version: argparse printed them
             return done.code if isinstance(done.code, int) else ExitCode.OK
-        return int(args.func(args))
+        with stack_settings(args):  # --stack-name: the stack's resource names as settings
+            return int(args.func(args))
     except (Exception, KeyboardInterrupt) as exc:
         code, message = outcome(exc)
         named = exc.command if isinstance(exc, CommandError) else None  # argparse's, before args exist

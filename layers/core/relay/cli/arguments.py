@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from datetime import timedelta
 
 
 def _parse[Number: (int, float)](text: str, parse: Callable[[str], Number], what: str) -> Number:
@@ -41,3 +42,17 @@ def port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be 0 (any free port) to 65535, not {value}")
     return value
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 604_800}
+
+
+def duration(text: str) -> timedelta:
+    """``90m``, ``24h``, ``7d``, ``2w`` (or bare seconds): how far back a command looks."""
+    number, unit = (text[:-1], text[-1].lower()) if text and text[-1].isalpha() else (text, "s")
+    if unit not in _UNITS:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90m, 24h, 7d, 2w)")
+    value = _parse(number, float, "a duration (e.g. 90m, 24h, 7d)")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a duration above 0, not {text}")
+    return timedelta(seconds=value * _UNITS[unit])

@@ -18,6 +18,7 @@ import time
 from typing import IO, Any
 
 from relay.cli.exit_codes import CommandFailed, ExitCode, NeedsAttention, UsageError
+from relay.cli.stack_option import STACK_OPTION
 from relay.cli.targets_cmd import _print_table  # one table layout for the relay's commands
 
 
@@ -27,13 +28,17 @@ def register(subparsers: Any) -> None:
     )
     sub = group.add_subparsers(dest="breaker_command", metavar="SUBCOMMAND", required=True)
 
-    status = sub.add_parser("status", help="one target's breaker, or every target's in the TargetsTable")
+    status = sub.add_parser(
+        "status", parents=[STACK_OPTION], help="one target's breaker, or every target's in the TargetsTable"
+    )
     status.add_argument("target_id", nargs="?", metavar="TARGET_ID", help="only this target")
     status.add_argument("--integration", metavar="INTEGRATION_ID", help="only this integration")
     status.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     status.set_defaults(func=_status)
 
-    reset = sub.add_parser("reset", help="force a target's breaker closed (zero failures and trips)")
+    reset = sub.add_parser(
+        "reset", parents=[STACK_OPTION], help="force a target's breaker closed (zero failures and trips)"
+    )
     reset.add_argument("target_id", metavar="TARGET_ID")
     reset.add_argument(
         "--integration", metavar="INTEGRATION_ID", help="the target's integration (needed if several hold it)"

@@ -1,9 +1,14 @@
-"""``relay dlq list`` and ``relay dlq redrive``: inspect the dead-letter queue and move messages back.
+"""``relay dlq list`` and ``relay dlq redrive``: inspect a dead-letter queue and send its messages back.
+
+``--queue`` picks the queue: ``delivery`` (the DeadLetterQueue: tasks go back to the delivery queue),
+``eventbridge`` (the Genesys rule's dead-letter queue) or ``intake-failures`` (the intake's on-failure
+destination); the events of those two go back through the intake's EventBridge path, in-process.
 
 Only ids, reasons and counts are printed: event bodies may hold customer messages.
 
 Exit codes (relay.cli.exit_codes): 1 when something was left behind or failed (send failures, a failed
-move task: read the summary); 3 when the queues cannot be read at all; 130 on Ctrl-C.
+move task, events the intake still refuses: read the summary); 3 when the queues cannot be read at all;
+130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -16,18 +21,43 @@ from collections.abc import Callable, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 from relay.cli.arguments import positive_int
-from relay.cli.exit_codes import ExitCode, Interrupted, UsageError
+from relay.cli.exit_codes import ExitCode, Interrupted, NeedsAttention, UsageError
+from relay.cli.logs import logs_to_stderr
+from relay.cli.stack_option import STACK_OPTION
 
 if TYPE_CHECKING:
     from relay.logic.dlq import Progress
+
+DELIVERY = "delivery"
+QUEUES = (DELIVERY, "eventbridge", "intake-failures")
+# The setting naming each queue's URL (the stack outputs DeadLetterQueueUrl, EventBridgeDeadLetterQueueUrl,
+# IntakeFailureQueueUrl).
+QUEUE_URL_SETTINGS = {
+    DELIVERY: "dead_letter_queue_url",
+    "eventbridge": "eventbridge_dead_letter_queue_url",
+    "intake-failures": "intake_failure_queue_url",
+}
+# redrive options that only make sense for DeliveryTask messages.
+DELIVERY_ONLY = {"target": "--target", "integration": "--integration", "reason": "--reason", "rate": "--rate"}
 
 
 def register(subparsers: Any) -> None:
     dlq = subparsers.add_parser("dlq", help="inspect and redrive the dead-letter queue")
     sub = dlq.add_subparsers(dest="dlq_command", metavar="SUBCOMMAND", required=True)
 
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--dlq-url", help="dead-letter queue URL (default: DEAD_LETTER_QUEUE_URL)")
+    common = argparse.ArgumentParser(add_help=False, parents=[STACK_OPTION])
+    common.add_argument(
+        "--queue",
+        choices=QUEUES,
+        default=DELIVERY,
+        help="delivery: the DeadLetterQueue (default); eventbridge: the Genesys rule's dead-letter queue; "
+        "intake-failures: the intake's on-failure destination",
+    )
+    common.add_argument(
+        "--dlq-url",
+        help="URL of the queue --queue names (default: DEAD_LETTER_QUEUE_URL, "
+        "EVENTBRIDGE_DEAD_LETTER_QUEUE_URL or INTAKE_FAILURE_QUEUE_URL)",
+    )
     common.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     common.add_argument(
         "--max", type=positive_int, metavar="N", help="look at (list) or move (redrive) at most N"
@@ -35,7 +65,7 @@ def register(subparsers: Any) -> None:
     common.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
     listing = sub.add_parser(
-        "list", parents=[common], help="group DLQ messages by reason and target (nothing is removed)"
+        "list", parents=[common], help="group a queue's messages by reason (and target): nothing is removed"
     )
     listing.add_argument(
         "--visibility",
@@ -46,19 +76,28 @@ def register(subparsers: Any) -> None:
     )
     listing.set_defaults(func=_list)
 
-    redrive = sub.add_parser("redrive", parents=[common], help="move DLQ messages back to the delivery queue")
-    redrive.add_argument("--queue-url", help="delivery queue URL (default: DELIVERY_QUEUE_URL)")
-    redrive.add_argument(
-        "--target", action="append", metavar="TARGET_ID", help="only this target (repeatable)"
+    redrive = sub.add_parser(
+        "redrive",
+        parents=[common],
+        help="move DLQ messages back to the delivery queue, or failed events back through the intake",
     )
     redrive.add_argument(
-        "--integration", action="append", metavar="INTEGRATION_ID", help="only this integration (repeatable)"
+        "--queue-url", help="delivery queue URL, where tasks are queued (default: DELIVERY_QUEUE_URL)"
+    )
+    redrive.add_argument(
+        "--target", action="append", metavar="TARGET_ID", help="only this target (repeatable; delivery)"
+    )
+    redrive.add_argument(
+        "--integration",
+        action="append",
+        metavar="INTEGRATION_ID",
+        help="only this integration (repeatable; delivery)",
     )
     redrive.add_argument(
         "--reason",
         action="append",
         metavar="REASON",
-        help="only this reason (repeatable): exhausted, permanent-status, target-gone, poison, "
+        help="only this reason (repeatable; delivery): exhausted, permanent-status, target-gone, poison, "
         "unknown-target, target-disabled, redrive-backstop",
     )
     redrive.add_argument("--dry-run", action="store_true", help="show what would move; move nothing")
@@ -66,11 +105,11 @@ def register(subparsers: Any) -> None:
         "--method",
         choices=("auto", "move-task", "resend"),
         default="auto",
-        help="auto: SQS move task when nothing is filtered or bounded, else re-send; "
+        help="delivery: auto: SQS move task when nothing is filtered or bounded, else re-send; "
         "resend: always re-send (fresh attempt counters); move-task: fail if SQS lacks it",
     )
     redrive.add_argument(
-        "--rate", type=positive_int, metavar="PER_SECOND", help="move task rate limit (max 500)"
+        "--rate", type=positive_int, metavar="PER_SECOND", help="move task rate limit (max 500; delivery)"
     )
     redrive.set_defaults(func=_redrive)
 
@@ -128,14 +167,20 @@ def _settings_url(explicit: str | None, field: str) -> str:
     return get_settings().need(field)
 
 
-Outcome = tuple[dict[str, Any], str, bool]  # JSON document, table text, everything done
+def _queue_url(args: argparse.Namespace) -> str:
+    """The URL of the queue ``--queue`` names: ``--dlq-url``, or its setting."""
+    return _settings_url(args.dlq_url, QUEUE_URL_SETTINGS[args.queue])
+
+
+# JSON document, table text, and what needs the operator's attention (None: everything done)
+Outcome = tuple[dict[str, Any], str, str | None]
 
 
 def _run(args: argparse.Namespace, work: Callable[[ProgressLine], Outcome]) -> int:
     """Run one command with a progress line, ended before anything else is printed (the error line too)."""
     line = ProgressLine(enabled=not args.no_progress)
     try:
-        document, text, ok = work(line)
+        document, text, attention = work(line)
     except KeyboardInterrupt:
         raise Interrupted(
             "interrupted. Messages in hand go back to the DLQ (nothing unsent was deleted); "
@@ -144,34 +189,40 @@ def _run(args: argparse.Namespace, work: Callable[[ProgressLine], Outcome]) -> i
     finally:
         line.close()
     print(json.dumps(document, indent=2) if args.format == "json" else text)
-    return ExitCode.OK if ok else ExitCode.ATTENTION
+    if attention:
+        raise NeedsAttention(attention)
+    return ExitCode.OK
 
 
 def _list(args: argparse.Namespace) -> int:
-    from relay.logic.dlq import list_dead_letters
+    from relay.logic.dlq import FailedEventGroups, list_dead_letters
     from relay.settings import get_settings
     from relay.wiring import sqs_queues
 
     def work(line: ProgressLine) -> Outcome:
         report = list_dead_letters(
             sqs_queues(get_settings()),
-            _settings_url(args.dlq_url, "dead_letter_queue_url"),
+            _queue_url(args),
+            groups=None if args.queue == DELIVERY else FailedEventGroups(args.queue),
             max_messages=args.max,
             visibility_seconds=args.visibility,
             progress=line,
         )
         document = report.to_json()
+        table = format_groups if args.queue == DELIVERY else format_failed_groups
         limited = " (stopped at --max)" if report.limited else ""
         text = (
-            f"{format_groups(document['groups'])}\n\n"
+            f"{table(document['groups'])}\n\n"
             f"{report.scanned} messages scanned{limited}; SQS reports about {report.depth} in the queue."
         )
-        return document, text, True
+        return document, text, None
 
     return _run(args, work)
 
 
 def _redrive(args: argparse.Namespace) -> int:
+    if args.queue != DELIVERY:
+        return _resubmit(args)
     from relay.logic.dlq import DLQ_REASONS, RedriveFilter, RedriveOptions, redrive
     from relay.settings import get_settings
     from relay.wiring import sqs_queues
@@ -190,34 +241,89 @@ def _redrive(args: argparse.Namespace) -> int:
     def work(line: ProgressLine) -> Outcome:
         result = redrive(
             sqs_queues(get_settings()),
-            _settings_url(args.dlq_url, "dead_letter_queue_url"),
+            _queue_url(args),
             _settings_url(args.queue_url, "delivery_queue_url"),
             options,
             progress=line,
         )
         document = result.to_json()
-        return document, format_redrive(document), result.ok
+        attention = None if result.ok else "not everything was moved: read the summary"
+        return document, format_redrive(document), attention
+
+    return _run(args, work)
+
+
+def _resubmit(args: argparse.Namespace) -> int:
+    """``redrive --queue eventbridge|intake-failures``: the events back through the intake."""
+    from relay.logic.dlq import ResubmitOptions, resubmit
+    from relay.settings import get_settings
+    from relay.wiring import sqs_queues
+    from relay.wiring.dlq import failed_event_intake
+
+    given = [flag for name, flag in DELIVERY_ONLY.items() if getattr(args, name)]
+    given += ["--method"] if args.method != "auto" else []
+    if given:
+        raise UsageError(f"{', '.join(given)} only apply to --queue {DELIVERY}")
+    settings = get_settings()
+    if args.queue_url:
+        settings = settings.model_copy(update={"delivery_queue_url": args.queue_url})
+    options = ResubmitOptions(max_messages=args.max, dry_run=args.dry_run)
+
+    def work(line: ProgressLine) -> Outcome:
+        queue_url = _queue_url(args)
+        with logs_to_stderr():  # the intake logs each event it accepts; stdout is the command's own
+            intake = failed_event_intake(settings)
+            result = resubmit(sqs_queues(settings), args.queue, queue_url, intake, options, progress=line)
+        document = result.to_json()
+        attention = None
+        if not result.ok:
+            attention = f"{len(result.refused)} events stay in their queue (the intake refuses them)" + (
+                f"; {result.error}" if result.error else ""
+            )
+        return document, format_resubmit(document), attention
 
     return _run(args, work)
 
 
 def format_groups(groups: Sequence[dict[str, Any]]) -> str:
-    """A plain-text table of group documents (``DeadLetterGroup.to_json``)."""
-    if not groups:
+    """A plain-text table of delivery DLQ group documents (``DeadLetterGroup.to_json``)."""
+    return _table(
+        ("REASON", "INTEGRATION", "TARGET", "COUNT", "OLDEST", "LAST STATUS", "SAMPLE DELIVERY ID"),
+        [
+            (
+                g["reason"],
+                g["integrationId"],
+                g["targetId"],
+                str(g["count"]),
+                _age(g["oldestAgeSeconds"]),
+                ",".join(g["lastStatuses"]) or "-",
+                g["sampleDeliveryId"] or f"(message {g['sampleMessageId']})",
+            )
+            for g in groups
+        ],
+    )
+
+
+def format_failed_groups(groups: Sequence[dict[str, Any]]) -> str:
+    """A plain-text table of failure-queue group documents (``FailedEventGroup.to_json``)."""
+    return _table(
+        ("REASON", "ERROR TYPE", "COUNT", "OLDEST", "SAMPLE EVENT ID"),
+        [
+            (
+                g["reason"],
+                g["errorType"] or "-",
+                str(g["count"]),
+                _age(g["oldestAgeSeconds"]),
+                g["sampleEventId"] or f"(message {g['sampleMessageId']})",
+            )
+            for g in groups
+        ],
+    )
+
+
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
+    if not rows:
         return "no messages"
-    header = ("REASON", "INTEGRATION", "TARGET", "COUNT", "OLDEST", "LAST STATUS", "SAMPLE DELIVERY ID")
-    rows = [
-        (
-            g["reason"],
-            g["integrationId"],
-            g["targetId"],
-            str(g["count"]),
-            _age(g["oldestAgeSeconds"]),
-            ",".join(g["lastStatuses"]) or "-",
-            g["sampleDeliveryId"] or f"(message {g['sampleMessageId']})",
-        )
-        for g in groups
-    ]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
@@ -261,6 +367,26 @@ def format_redrive(document: dict[str, Any]) -> str:
             f"re-sent but not deleted {document['notDeleted']}, "
             f"arrived during the run {document['arrivedDuringRun']} (left for the next run)"
         )
+    if document["error"]:
+        lines.append(f"error: {document['error']}")
+    return "\n".join(lines)
+
+
+def format_resubmit(document: dict[str, Any]) -> str:
+    """The summary of ``redrive --queue eventbridge|intake-failures`` (``ResubmitResult.to_json``)."""
+    dry_run = document["mode"] == "dry-run"
+    lines = [format_failed_groups(document["groups"]), ""]
+    if dry_run:
+        lines.append(f"would send {document['matched']} of {document['scanned']} scanned through the intake")
+    else:
+        lines.append(
+            f"sent {document['accepted']} of {document['scanned']} scanned through the intake (accepted, "
+            f"deleted); refused {len(document['refused'])} (left in the queue), accepted but not deleted "
+            f"{document['notDeleted']}, skipped {document['skipped']}"
+        )
+    for refusal in document["refused"]:
+        event = refusal["eventId"] or "(no event)"
+        lines.append(f"refused: event {event}, message {refusal['messageId']}: {refusal['reason']}")
     if document["error"]:
         lines.append(f"error: {document['error']}")
     return "\n".join(lines)

@@ -1,27 +1,34 @@
-"""``relay targets sync | list | check``: the config sync from a terminal, what it stored, and reachability.
+"""``relay targets sync | list | check | enable | disable``: the config sync from a terminal, what it
+stored, reachability, and switching a target on or off.
 
 - ``sync`` runs relay.logic.config_sync with the same settings (environment) as ConfigSyncFunction.
 - ``list`` prints what the TargetsTable holds. Secrets are masked, and not even read: only whether a
-  secret is referenced shows.
+  secret is referenced shows; the auth type reads none, basic, bearer or oauth2, ``+mtls`` with a
+  client certificate.
 - ``check [TARGET_ID]`` sends one HEAD per target within a total timeout and reports status, latency
   and error (the seed's reachability check, done right: never a POST, no redirects followed, the URL
   policy applied to the URL and, before the TCP handshake, to every address connected to).
+- ``enable TARGET_ID`` / ``disable TARGET_ID`` set the target's ``enabled`` flag (a target disabled after
+  a 410 comes back without waiting for its config to change in Genesys; config sync keeps the flag while
+  the config is unchanged); the change is audited (an S3 audit record and a log line: who, when).
 
 Exit codes (relay.cli.exit_codes): sync 1 when some configs were rejected, check 1 when some targets are
-unreachable or refused; an unknown TARGET_ID is a usage error (2); settings, Genesys or AWS failing, 3.
+unreachable or refused, enable/disable 1 when the change was made but its audit record could not be
+written; a TARGET_ID naming several targets is a usage error (2); one naming none, settings, Genesys or
+AWS failing, 3.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any
 
 from relay.cli.arguments import positive_seconds
-from relay.cli.exit_codes import CommandFailed, ExitCode
+from relay.cli.exit_codes import CommandFailed, ExitCode, NeedsAttention
+from relay.cli.logs import logs_to_stderr
+from relay.cli.stack_option import STACK_OPTION
 
 if TYPE_CHECKING:
     from relay.logic.url_policy import UrlPolicy
@@ -30,18 +37,30 @@ MASK = "****"
 
 
 def register(subparsers: Any) -> None:
-    targets = subparsers.add_parser("targets", help="sync targets from Genesys Cloud, list and check them")
+    targets = subparsers.add_parser(
+        "targets", help="sync targets from Genesys Cloud, list, check, enable and disable them"
+    )
     sub = targets.add_subparsers(dest="targets_command", metavar="SUBCOMMAND", required=True)
 
-    sync = sub.add_parser("sync", help="read the configured integrations from Genesys Cloud and store them")
+    sync = sub.add_parser(
+        "sync",
+        parents=[STACK_OPTION],
+        help="read the configured integrations from Genesys Cloud and store them",
+    )
     sync.set_defaults(func=_sync)
 
-    listing = sub.add_parser("list", help="the integrations and targets in the TargetsTable (secrets masked)")
+    listing = sub.add_parser(
+        "list",
+        parents=[STACK_OPTION],
+        help="the integrations and targets in the TargetsTable (secrets masked)",
+    )
     listing.add_argument("--integration", metavar="INTEGRATION_ID", help="only this integration")
     listing.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     listing.set_defaults(func=_list)
 
-    check = sub.add_parser("check", help="HEAD each target (or one) and report status, latency and error")
+    check = sub.add_parser(
+        "check", parents=[STACK_OPTION], help="HEAD each target (or one) and report status, latency and error"
+    )
     check.add_argument("target_id", nargs="?", metavar="TARGET_ID", help="only this target")
     check.add_argument(
         "--timeout",
@@ -53,32 +72,31 @@ def register(subparsers: Any) -> None:
     check.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     check.set_defaults(func=_check)
 
+    for name, enabled, what in (
+        ("enable", True, "deliver to the target again (e.g. after a 410 disabled it); audited"),
+        (
+            "disable",
+            False,
+            "stop delivering to the target (its tasks are dead-lettered target-disabled); audited",
+        ),
+    ):
+        switch = sub.add_parser(name, parents=[STACK_OPTION], help=what)
+        switch.add_argument("target_id", metavar="TARGET_ID")
+        switch.add_argument(
+            "--integration",
+            metavar="INTEGRATION_ID",
+            help="the target's integration (needed if several hold it)",
+        )
+        switch.set_defaults(func=_switch, enabled=enabled)
+
 
 # --- sync -------------------------------------------------------------------------------------------
-@contextmanager
-def _logs_to_stderr() -> Iterator[None]:
-    """Keep stdout for the command's JSON: the relay's (powertools) log lines go to stderr meanwhile."""
-    from relay.observability import logger
-
-    handler = logger.registered_handler
-    if not isinstance(handler, logging.StreamHandler):
-        yield
-        return
-    # Assigned, not setStream(): that flushes the old stream, which may be closed already.
-    original = handler.stream
-    handler.stream = sys.stderr
-    try:
-        yield
-    finally:
-        handler.stream = original
-
-
 def _sync(args: Any, out: IO[str] | None = None) -> int:
     from relay.settings import get_settings
     from relay.wiring.config_sync import run_config_sync
 
     out = out or sys.stdout
-    with _logs_to_stderr():
+    with logs_to_stderr():
         report = run_config_sync(get_settings())
     print(json.dumps(report.to_dict()), file=out)
     return ExitCode.ATTENTION if report.rejected else ExitCode.OK
@@ -101,8 +119,16 @@ def _masked(name: str | None) -> str | None:
     return MASK if name else None
 
 
+def auth_type(target: Any) -> str:
+    """How the relay authenticates to the target: none, basic, bearer or oauth2, and ``+mtls`` when it
+    presents a client certificate. Never a secret."""
+    kind: str = target.security.type.value
+    return f"{kind}+mtls" if target.security.client_certificate_name else kind
+
+
 def target_view(target: Any) -> dict[str, Any]:
     """A stored target for display: secret references masked, header values left out."""
+    oauth2 = target.security.oauth2
     return {
         "integrationId": target.integration_id,
         "targetId": target.target_id,
@@ -112,7 +138,11 @@ def target_view(target: Any) -> dict[str, Any]:
         "url": target.url,
         "headers": sorted(target.headers),
         "security": target.security.type.value,
+        "authType": auth_type(target),
         "auth": _masked(target.security.secret_name),
+        # The token endpoint and client are configuration, not secrets (the client secret is ``auth``).
+        "oauth2": oauth2.model_dump(mode="json", by_alias=True, exclude_none=True) if oauth2 else None,
+        "clientCertificate": _masked(target.security.client_certificate_name),
         "signingSecret": _masked(target.signing_secret_name),
         "encryptionKey": _masked(target.encryption_key_name),
         "version": target.version,
@@ -150,7 +180,7 @@ def _list(args: Any, out: IO[str] | None = None) -> int:
                     "yes" if t["enabled"] else "no",
                     t["method"],
                     t["url"],
-                    f"{t['security']} {t['auth'] or ''}".strip(),
+                    f"{t['authType']} {t['auth'] or ''}".strip(),
                     t["signingSecret"] or "-",
                     t["encryptionKey"] or "-",
                     str(t["version"]),
@@ -242,9 +272,53 @@ def _check(args: Any, out: IO[str] | None = None) -> int:
     return ExitCode.OK if all(r["reachable"] for r in results) else ExitCode.ATTENTION
 
 
-def _print_table(rows: Sequence[tuple[str, ...]], out: IO[str]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), file=out
+# --- enable / disable -----------------------------------------------------------------------------
+def _switch(args: Any, out: IO[str] | None = None) -> int:
+    import uuid
+    from datetime import UTC, datetime
+
+    from relay.cli.breaker_cmd import _find_target
+    from relay.logic.deliveries.operator import switch_target
+    from relay.settings import get_settings
+    from relay.wiring import target_store
+    from relay.wiring.operator import actor, audit_sink
+
+    out = out or sys.stdout
+    settings = get_settings()
+    audit = audit_sink(settings)
+    store = target_store(settings, cache_ttl_seconds=0)
+    target = _find_target(store, args)
+    state = "enabled" if args.enabled else "disabled"
+    if target.enabled == args.enabled:
+        print(f"target {target.target_id} ({target.name}) is already {state}: nothing changed", file=out)
+        return ExitCode.OK
+    audited = switch_target(
+        store,
+        audit,
+        target,
+        enabled=args.enabled,
+        actor=actor(settings),
+        now=datetime.now(UTC),
+        operation_id=uuid.uuid4().hex,
+    )
+    print(
+        f"target {target.target_id} ({target.name}) {state}; audited as {audited.records[0]['actor']}",
+        file=out,
+    )
+    if audited.unwritten:
+        raise NeedsAttention(
+            f"target {state}, but its audit record could not be written (it is in the log output)"
         )
+    return ExitCode.OK
+
+
+def _print_table(rows: Sequence[tuple[str, ...]], out: IO[str]) -> None:
+    print(format_table(rows), file=out)
+
+
+def format_table(rows: Sequence[tuple[str, ...]]) -> str:
+    """Columns padded to their widest cell, two spaces apart (the relay's one table layout)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    )

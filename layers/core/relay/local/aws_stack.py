@@ -240,6 +240,40 @@ def _create_buckets(template: Template, endpoint_url: str, prefix: str) -> None:
         template.physical[logical_id] = PhysicalResource(name, {"Arn": f"arn:aws:s3:::{name}"})
 
 
+def register_stack(resources: LocalResources, stack_name: str) -> dict[str, str]:
+    """Register ``stack_name`` in moto's CloudFormation carrying the template's Outputs as the local
+    resources resolve them, so ``relay ... --stack-name`` works against the local stack as against AWS.
+
+    moto's CloudFormation cannot run the SAM template; a stack with one placeholder resource and
+    literal outputs is enough for DescribeStacks. Outputs naming what is not emulated locally (the
+    HTTP API, Athena, the dashboard) are left out. Returns the outputs registered.
+    """
+    outputs = resolved_outputs(resources.template)
+    body = {
+        "Resources": {"LocalStack": {"Type": "AWS::CloudFormation::WaitConditionHandle"}},
+        "Outputs": {key: {"Value": value} for key, value in outputs.items()},
+    }
+    local_client("cloudformation", resources.endpoint_url).create_stack(
+        StackName=stack_name, TemplateBody=json.dumps(body)
+    )
+    return outputs
+
+
+def resolved_outputs(template: Template) -> dict[str, str]:
+    """The template's Outputs that resolve to names of resources created locally."""
+    outputs: dict[str, str] = {}
+    for key, spec in template.document.get("Outputs", {}).items():
+        if "Condition" in spec and not template.condition(spec["Condition"]):
+            continue
+        try:
+            value = template.resolve(spec["Value"])
+        except KeyError:  # a !GetAtt of a resource created locally without that attribute
+            continue
+        if isinstance(value, str) and "<not-provisioned-locally:" not in value:
+            outputs[key] = value
+    return outputs
+
+
 def forget_cached_configuration() -> None:
     """Read the process environment again at the next ``get_settings()`` (tests that change it): the
     clients and caches relay.wiring built from the old Settings object are dropped with it."""

@@ -42,6 +42,7 @@ FAULT_KINDS: tuple[FaultKind, ...] = ("status", "slow", "malformed", "no-expires
 CREDENTIAL_SECURITY = "security"
 CREDENTIAL_SIGNING = "signingSecret"
 CREDENTIAL_ENCRYPTION = "encryptionKey"
+CREDENTIAL_CLIENT_CERTIFICATE = "clientCertificate"
 WEBHOOK_INTEGRATION_TYPE = "webhook"
 
 # Control endpoints (not Genesys): POST/DELETE {CONTROL_PREFIX}faults, POST ...expire-tokens, GET ...requests.
@@ -61,7 +62,8 @@ class Fault:
     """Answer the next ``times`` requests whose path matches ``path`` (a regex; None = any) with a fault.
 
     kind "status": answer ``status`` with a Genesys-style error body (+ ``Retry-After`` if set);
-    kind "slow": sleep ``delay_seconds`` before answering normally; kind "malformed": answer 200 with
+    kind "slow": sleep ``delay_seconds`` before answering normally, or less once ``until`` is set (a
+    test holds a request exactly as long as it needs); kind "malformed": answer 200 with
     a body that is not JSON; kind "no-expires-in": a login issues its token without ``expires_in``.
     """
 
@@ -71,6 +73,7 @@ class Fault:
     status: int = 500
     retry_after: float | None = None
     delay_seconds: float = 0.0
+    until: threading.Event | None = None
 
     def matches(self, path: str) -> bool:
         return self.times > 0 and (self.path is None or re.search(self.path, path) is not None)
@@ -140,6 +143,8 @@ def webhook_docs(
         credential(CREDENTIAL_SIGNING, "userDefined", {"value": target.signing_secret})
     if target.encryption_key is not None:
         credential(CREDENTIAL_ENCRYPTION, "userDefined", {"value": target.encryption_key})
+    if target.client_certificate is not None:
+        credential(CREDENTIAL_CLIENT_CERTIFICATE, "userDefined", {"value": target.client_certificate})
     properties: dict[str, Any] = {
         "openMessagingIntegrationId": integration_id,
         "url": target.url,
@@ -147,6 +152,9 @@ def webhook_docs(
         "headers": dict(target.headers),
         "securityType": target.security.type.value,
     }
+    oauth2 = target.security.oauth2
+    if oauth2 is not None:
+        properties["oauth2"] = oauth2.model_dump(by_alias=True, exclude_none=True, mode="json")
     if target.retry_matrix is not None:
         properties["retryMatrix"] = target.retry_matrix.model_dump(by_alias=True)
     for extra in ("connectTimeoutSeconds", "readTimeoutSeconds"):
@@ -286,8 +294,16 @@ class FakeGenesys:
     def rate_limit(self, retry_after: float = 1, path: str | None = None, times: int = 1) -> None:
         self.add_fault(Fault("status", times=times, path=path, status=429, retry_after=retry_after))
 
-    def slow_down(self, delay_seconds: float, path: str | None = None, times: int = 1) -> None:
-        self.add_fault(Fault("slow", times=times, path=path, delay_seconds=delay_seconds))
+    def slow_down(
+        self,
+        delay_seconds: float,
+        path: str | None = None,
+        times: int = 1,
+        *,
+        until: threading.Event | None = None,
+    ) -> None:
+        """Answer the matching requests after ``delay_seconds``, or as soon as ``until`` is set."""
+        self.add_fault(Fault("slow", times=times, path=path, delay_seconds=delay_seconds, until=until))
 
     def malform(self, path: str | None = None, times: int = 1) -> None:
         self.add_fault(Fault("malformed", times=times, path=path))
@@ -428,7 +444,10 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is None or fault.kind == "no-expires-in":  # changes the token answer (do_POST)
             return False
         if fault.kind == "slow":
-            time.sleep(fault.delay_seconds)
+            if fault.until is not None:
+                fault.until.wait(fault.delay_seconds)
+            else:
+                time.sleep(fault.delay_seconds)
             return False
         if fault.kind == "malformed":
             self._send(200, b'{"id": "truncated', {})

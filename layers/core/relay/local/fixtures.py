@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from relay.models.targets import RetryMatrix, SecurityType
+from relay.models.targets import OAuth2Client, RetryMatrix, SecurityType
 
 DEFAULT_FIXTURES = Path(__file__).resolve().parents[4] / "events" / "fixtures" / "local.json"
 
@@ -25,7 +25,8 @@ class _FixtureModel(BaseModel):
 
 class FixtureSecurity(_FixtureModel):
     type: SecurityType = SecurityType.NONE
-    value: str | None = None
+    value: str | None = None  # for oauth2: the client secret
+    oauth2: OAuth2Client | None = None  # {tokenUrl, clientId, scope?, audience?, tokenEndpointAuthMethod?}
 
 
 class FixtureTarget(_FixtureModel):
@@ -38,6 +39,8 @@ class FixtureTarget(_FixtureModel):
     security: FixtureSecurity = Field(default_factory=FixtureSecurity)
     signing_secret: str | None = Field(None, alias="signingSecret")
     encryption_key: str | None = Field(None, alias="encryptionKey")
+    # mTLS: the client certificate, its chain and its key, one PEM bundle.
+    client_certificate: str | None = Field(None, alias="clientCertificate")
     retry_matrix: RetryMatrix | None = Field(None, alias="retryMatrix")
 
 

@@ -4,13 +4,15 @@
     url = receiver.start()                  # http://127.0.0.1:<port>
     receiver.behaviour = Behaviour(latency_seconds=0.2, fault_rate=0.1)   # change at any time
     ...
-    receiver.unique_delivery_ids            # webhook-ids answered 2xx at least once
+    receiver.unique_delivery_ids            # webhook-ids answered 2xx (and kept) at least once
     receiver.stop()
 
 It answers like a careful real receiver: verifies Standard Webhooks signatures when it knows the
 path's secrets (401 otherwise), decrypts encrypted envelopes when it knows the key, deduplicates on
 ``webhook-id``. Scripted behaviour (a ``Behaviour``, per path or for all): fixed latency, a status
-sequence, a fault rate (5xx, 429 with Retry-After, timeouts, dropped connections) and a down switch.
+sequence, a fault rate (5xx, 429 with Retry-After, timeouts, dropped connections), a down switch, and
+deliveries acknowledged and then lost (``lose``: answered 200, kept nowhere, as a receiver whose own
+storage failed after answering).
 
 ``arrived_at`` of each request is when its request line was read, before the receiver's own time;
 ``received_at`` when it was answered.
@@ -64,12 +66,23 @@ class Behaviour:
     response_body: bytes | None = None
     response_headers: dict[str, str] = field(default_factory=dict)
     seed: int | None = None
+    # Answer this many signed-and-valid deliveries 200 and then lose them: they are not kept (not in
+    # ``deliveries`` nor ``unique_delivery_ids``), only listed in ``lost``.
+    lose: int = 0
 
     def __post_init__(self) -> None:
         self.status_sequence = deque(self.status_sequence)
         self._rng = random.Random(self.seed)
         self._lock = threading.Lock()
         self._tried: set[str] = set()
+
+    def take_loss(self) -> bool:
+        """Whether to lose this (accepted) delivery: True for the next ``lose`` of them."""
+        with self._lock:
+            if self.lose <= 0:
+                return False
+            self.lose -= 1
+            return True
 
     def next_action(self, webhook_id: str | None = None) -> tuple[str, int]:
         """("answer", status) or ("drop"|"hang", 0), decided for one request."""
@@ -121,6 +134,7 @@ class ReceivedRequest:
     # When the request arrived (its request line read), before the receiver's own time: what a
     # relay-added latency is measured to.
     arrived_at: float = 0.0
+    lost: bool = False  # answered 2xx, then lost (Behaviour.lose): the receiver kept nothing of it
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -192,8 +206,13 @@ class Receiver:
 
     @property
     def deliveries(self) -> list[ReceivedRequest]:
-        """Requests answered 2xx (duplicates included, flagged)."""
-        return [r for r in self.requests if r.answered is not None and 200 <= r.answered < 300]
+        """Requests answered 2xx and kept (duplicates included, flagged; lost ones left out)."""
+        return [r for r in self.requests if r.answered is not None and 200 <= r.answered < 300 and not r.lost]
+
+    @property
+    def lost(self) -> list[ReceivedRequest]:
+        """Requests answered 2xx and then lost (Behaviour.lose)."""
+        return [r for r in self.requests if r.lost]
 
     @property
     def unique_delivery_ids(self) -> set[str]:
@@ -297,12 +316,13 @@ class Receiver:
         answered: int | None,
         client_port: int,
         arrived_at: float,
+        lost: bool = False,
     ) -> bool:
         info = self._inspect(path, headers, body)
         webhook_id = headers.get("webhook-id")
         with self._lock:
             duplicate = webhook_id is not None and webhook_id in self._accepted_ids
-            if answered is not None and 200 <= answered < 300 and webhook_id:
+            if answered is not None and 200 <= answered < 300 and webhook_id and not lost:
                 self._accepted_ids.add(webhook_id)
             self._requests.append(
                 ReceivedRequest(
@@ -321,6 +341,7 @@ class Receiver:
                     duplicate=duplicate,
                     client_port=client_port,
                     arrived_at=arrived_at,
+                    lost=lost,
                 )
             )
         return duplicate
@@ -389,7 +410,8 @@ def _make_handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
                 return
             if 200 <= status < 300 and receiver._signature_rejected(path, headers, body):
                 status = 401
-            duplicate = receiver._record(self.command, path, headers, body, status, port, arrived_at)
+            lost = 200 <= status < 300 and behaviour.take_loss()
+            duplicate = receiver._record(self.command, path, headers, body, status, port, arrived_at, lost)
             extra = dict(behaviour.response_headers)
             if status == 429:
                 extra.setdefault("Retry-After", str(behaviour.retry_after_seconds))

@@ -3,10 +3,13 @@
     with LocalStack() as stack:          # or LocalStack(fixtures_path, api_port)
         stack.api_url                    # http://127.0.0.1:<port>/local
         stack.receivers                  # target id -> DemoReceiver (url, receiver)
+        stack.stack_name                 # "relay-local": `relay ... --stack-name relay-local`
 
-Start order: moto's server and the template's resources in it (queues, tables, bucket), the functions'
-settings, a demo receiver for each ``http://127.0.0.1:0/...`` target (its URL rewritten to the
-receiver's port, and the receiver given the target's signing secret and encryption key), the fake
+Start order: moto's server and the template's resources in it (queues, tables, bucket), registered as
+the CloudFormation stack ``relay-local`` with the template's outputs (so the operator commands'
+``--stack-name`` works locally as on AWS), the functions' settings, a demo receiver for each
+``http://127.0.0.1:0/...`` target (its URL rewritten to the receiver's port, and the receiver given
+the target's signing secret and encryption key), the fake
 Genesys Cloud API serving the rewritten fixtures, one config-sync run against it (so the targets reach
 DynamoDB and Secrets Manager the way they do in AWS), the EventBridge stand-in (the template's rules and
 Lambda's asynchronous invocation of the intake), the HTTP API adapter (which also serves EventBridge's
@@ -50,6 +53,7 @@ from relay.local.aws_stack import (
     deployment_environment,
     local_client,
     local_mode_environment,
+    register_stack,
 )
 from relay.local.eventbridge import LOCAL_RETRY_DELAYS_SECONDS, PUT_EVENTS_PATH, LocalEventBridge
 from relay.local.fake_genesys import FakeGenesys
@@ -63,6 +67,7 @@ from relay.settings import Settings, load_settings
 
 STAGE = "local"
 PREFIX = "relay"
+STACK_NAME = "relay-local"  # the CloudFormation stack the local resources are registered as, in moto
 DISPATCHER = "DispatcherFunction"
 SLOW_DISPATCHER = "SlowDispatcherFunction"
 
@@ -107,6 +112,8 @@ class LocalStack:
         self.fixtures = Fixtures.load(fixtures_path)
         self.template: Template | None = None
         self.resources: LocalResources | None = None
+        self.stack_name = STACK_NAME
+        self.stack_outputs: dict[str, str] = {}
         self.receivers: dict[str, DemoReceiver] = {}
         self.genesys: FakeGenesys | None = None
         self.api: ApiAdapter | None = None
@@ -154,6 +161,7 @@ class LocalStack:
         parameters.update({**self.parameters, "Stage": STAGE})
         self.template = load_template(self.template_path, parameters=parameters)
         self.resources = create_resources(self.template, moto.url, PREFIX)
+        self.stack_outputs = register_stack(self.resources, self.stack_name)
         self._configure_functions(self.template, moto.url)
 
         self.fixtures = self._start_receivers(self.fixtures)
@@ -317,6 +325,7 @@ class LocalStack:
             "eventbridge": self._describe_eventbridge(),
             "receivers": {r.target_name: r.url for r in self.receivers.values()},
             "aws_endpoint": self.resources.endpoint_url if self.resources else None,
+            "stack_name": self.stack_name,
             "genesys_api": self.genesys.base_url if self.genesys else None,
         }
 

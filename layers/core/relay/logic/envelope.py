@@ -7,8 +7,10 @@ spliced into ``sourceEvent``, an encrypted target gets exactly its UTF-8 bytes a
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+
+from pydantic import SecretStr
 
 from relay import __version__
 from relay.errors import ConfigurationError
@@ -44,8 +46,9 @@ class TargetSecrets:
     """The secrets a target's deliveries use (each None when the target has none of that kind)."""
 
     signing: RotatingSecret | None = None
-    auth: RotatingSecret | None = None
+    auth: RotatingSecret | None = None  # bearer token, "user:password", or the OAuth client secret
     encryption: RotatingSecret | None = None
+    client_certificate: RotatingSecret | None = None  # mTLS: certificate, chain and key (PEM)
 
 
 def encryption_key_for(
@@ -86,9 +89,13 @@ def build_envelope(
     )
 
 
-def _authorization(target: Target, auth: RotatingSecret | None) -> str | None:
+def _authorization(target: Target, auth: RotatingSecret | None, access_token: SecretStr | None) -> str | None:
     if target.security.type is SecurityType.NONE:
         return None
+    if target.security.type is SecurityType.OAUTH2:
+        if access_token is None:
+            raise ConfigurationError(f"target {target.target_id} uses oauth2 auth but no token was fetched")
+        return bearer(access_token)
     if auth is None:
         raise ConfigurationError(
             f"target {target.target_id} uses {target.security.type} auth but has no secret"
@@ -97,6 +104,15 @@ def _authorization(target: Target, auth: RotatingSecret | None) -> str | None:
     if target.security.type is SecurityType.BEARER:
         return f"Bearer {value}"
     return "Basic " + base64.b64encode(value.encode()).decode()
+
+
+def bearer(token: SecretStr) -> str:
+    return f"Bearer {token.get_secret_value()}"
+
+
+def with_access_token(request: OutboundRequest, token: SecretStr) -> OutboundRequest:
+    """The same request with a fresh OAuth token (an oauth2 target answered 401 to the last one)."""
+    return replace(request, headers={**request.headers, "Authorization": bearer(token)})
 
 
 def _custom_headers(target: Target) -> dict[str, str]:
@@ -112,7 +128,13 @@ def _custom_headers(target: Target) -> dict[str, str]:
 
 
 def build_headers(
-    envelope: DeliveryEnvelope, body: bytes, target: Target, secrets: TargetSecrets, *, now: datetime
+    envelope: DeliveryEnvelope,
+    body: bytes,
+    target: Target,
+    secrets: TargetSecrets,
+    *,
+    now: datetime,
+    access_token: SecretStr | None = None,
 ) -> dict[str, str]:
     msg_id = str(envelope.delivery_id)
     timestamp = int(now.timestamp())
@@ -129,7 +151,7 @@ def build_headers(
     )
     if secrets.signing is not None:
         headers["webhook-signature"] = webhook_signing.sign(msg_id, timestamp, body, secrets.signing.values())
-    authorization = _authorization(target, secrets.auth)
+    authorization = _authorization(target, secrets.auth, access_token)
     if authorization is not None:
         headers["Authorization"] = authorization
     return headers
@@ -143,9 +165,11 @@ def build_request(
     *,
     key_cache: crypto.KeyCache,
     now: datetime,
+    access_token: SecretStr | None = None,
 ) -> OutboundRequest:
     """Everything one attempt sends, around ``event_json`` (the event's JSON text, checked by the caller).
-    Raises ConfigurationError rather than ever sending in clear a target that wants encryption."""
+    ``access_token``: an oauth2 target's, fetched by the caller. Raises ConfigurationError rather than
+    ever sending in clear a target that wants encryption."""
     key = None
     if target.encryption_key_name is not None:
         if secrets.encryption is None:
@@ -153,5 +177,5 @@ def build_request(
         key = encryption_key_for(secrets.encryption, key_cache, target_id=target.target_id)
     envelope = build_envelope(task, event_json, target, now=now, key=key)
     body = envelope.to_json_bytes()
-    headers = build_headers(envelope, body, target, secrets, now=now)
+    headers = build_headers(envelope, body, target, secrets, now=now, access_token=access_token)
     return OutboundRequest(target.method, target.url, body, headers, encrypted=key is not None)

@@ -115,6 +115,10 @@ class DeliveryTask(BaseModel):
     integration_id: str
     target_id: str
     event_id: str
+    # The Genesys conversation the event belongs to, when it names one (Open Messaging's top-level
+    # conversationId, an EventBridge event body's conversationId): the audit carries it, so an operator
+    # can find every delivery of a conversation (relay deliveries show).
+    conversation_id: str | None = None
     event_source: EventSource = "open-messaging"
     received_at: datetime
     # The event's JSON text exactly as received (a JSON string in the body, so the body stays ASCII).

@@ -20,8 +20,9 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 class SecretKind(StrEnum):
     SIGNATURE = "signature"  # Genesys X-Hub-Signature-256 secret of an integration
     SIGNING = "signing"  # Standard Webhooks whsec_ secret of a target
-    AUTH = "auth"  # bearer token or "user:password" of a target
+    AUTH = "auth"  # bearer token, "user:password" or OAuth client secret of a target
     ENCRYPTION = "encryption"  # envelope encryption key of a target
+    MTLS = "mtls"  # client certificate and key (one PEM bundle) a target's TLS handshake gets
     GENESYS = "genesys"  # Genesys OAuth client {"current": client_secret, "keyId": client_id}
 
 

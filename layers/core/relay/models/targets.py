@@ -33,12 +33,42 @@ class SecurityType(StrEnum):
     NONE = "none"
     BASIC = "basic"
     BEARER = "bearer"
+    OAUTH2 = "oauth2"  # client credentials: a bearer token from the target's token endpoint
+
+
+class TokenEndpointAuthMethod(StrEnum):
+    """How the relay authenticates to a token endpoint (the OAuth registry's names, RFC 7591)."""
+
+    CLIENT_SECRET_BASIC = "client_secret_basic"  # HTTP Basic with the form-encoded id and secret
+    CLIENT_SECRET_POST = "client_secret_post"  # client_id and client_secret in the form
+
+
+# No control characters: these values go into a form body and, for the client id, a Basic header.
+_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+
+
+class OAuth2Client(CamelModel):
+    """The OAuth 2.0 client-credentials grant (RFC 6749 §4.4) of a target whose security type is oauth2.
+    Not secret; the client secret is the target's auth secret (``TargetSecurity.secret_name``)."""
+
+    # Checked by the URL policy, like the target's own URL, and stored as the policy normalised it.
+    token_url: str = Field(min_length=1, max_length=2048)
+    client_id: str = Field(min_length=1, max_length=256, pattern=_PRINTABLE)
+    scope: str | None = Field(None, min_length=1, max_length=1024, pattern=_PRINTABLE)
+    audience: str | None = Field(None, min_length=1, max_length=1024, pattern=_PRINTABLE)
+    token_endpoint_auth_method: TokenEndpointAuthMethod = TokenEndpointAuthMethod.CLIENT_SECRET_BASIC
 
 
 class TargetSecurity(CamelModel):
     type: SecurityType = SecurityType.NONE
-    # Secrets Manager name holding the bearer token or "user:password"; None when type is none.
+    # Secrets Manager name holding the bearer token, "user:password", or the OAuth client secret;
+    # None when type is none.
     secret_name: str | None = None
+    # The token endpoint and client of security type oauth2; None for the other types.
+    oauth2: OAuth2Client | None = None
+    # mTLS, whatever the type: the Secrets Manager name of the client certificate and key the relay
+    # presents in the TLS handshake (relay.models.client_certificate); None: no client certificate.
+    client_certificate_name: str | None = None
 
 
 class Integration(CamelModel):

@@ -3,7 +3,9 @@
 The seed's schema (``id`` UUID, ``name``, ``enabled``, ``url``, ``method`` POST|PUT, ``headers``,
 ``security`` none|basic|bearer with its value) plus what delivery needs: the open-messaging
 integration whose events it receives, the signing secret, the encryption key, the retry matrix and
-timeouts. Secret values are SecretStr; ``safe_errors`` reports validation problems without them.
+timeouts; and security type oauth2 (its token endpoint and client; the value is the client secret) and
+a client certificate for mTLS, with any security type. Secret values are SecretStr; ``safe_errors``
+reports validation problems without them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
 
@@ -24,7 +27,8 @@ from pydantic import (
     model_validator,
 )
 
-from relay.models.targets import RetryMatrix, SecurityType
+from relay.models.client_certificate import parse_client_certificate
+from relay.models.targets import OAuth2Client, RetryMatrix, SecurityType
 
 # Headers the relay sets itself (or that HTTP owns); a config must not override them.
 RESERVED_HEADERS = frozenset(
@@ -46,13 +50,29 @@ MIN_SIGNING_SECRET_BYTES = 16
 
 
 class WebhookSecurity(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
 
     type: SecurityType = SecurityType.NONE
+    # The bearer token, "user:password", or the OAuth client secret.
     value: SecretStr | None = None
+    # Security type oauth2 only: the token endpoint and client (config property ``oauth2``).
+    oauth2: OAuth2Client | None = None
+    # mTLS, with any type: the client certificate, its chain and its key as one PEM bundle.
+    client_certificate: SecretStr | None = Field(None, alias="clientCertificate")
+
+    @field_validator("client_certificate")
+    @classmethod
+    def _usable_client_certificate(cls, bundle: SecretStr | None) -> SecretStr | None:
+        if bundle is not None:
+            parse_client_certificate(bundle.get_secret_value(), now=datetime.now(UTC))
+        return bundle
 
     @model_validator(mode="after")
     def _value_matches_type(self) -> WebhookSecurity:
+        if self.type is SecurityType.OAUTH2 and self.oauth2 is None:
+            raise ValueError("security type oauth2 needs the oauth2 property (tokenUrl, clientId, ...)")
+        if self.type is not SecurityType.OAUTH2 and self.oauth2 is not None:
+            raise ValueError("the oauth2 property belongs to security type oauth2 only")
         if self.type is SecurityType.NONE:
             if self.value is not None:
                 raise ValueError("security type none takes no value")
@@ -136,8 +156,8 @@ def webhook_config_from_genesys(
 ) -> WebhookConfig:
     """Build (and validate) a WebhookConfig from Genesys' integration, its current config and secrets.
 
-    ``secret_values`` maps the credential keys (``security``, ``signingSecret``, ``encryptionKey``)
-    to the values read from Genesys, or None when Genesys redacted them.
+    ``secret_values`` maps the credential keys (``security``, ``signingSecret``, ``encryptionKey``,
+    ``clientCertificate``) to the values read from Genesys, or None when Genesys redacted them.
     """
     properties = config.get("properties") or {}
     if not isinstance(properties, dict):
@@ -150,7 +170,12 @@ def webhook_config_from_genesys(
         "url": properties.get("url"),
         "method": properties.get("method", "POST"),
         "headers": properties.get("headers") or {},
-        "security": {"type": security_type, "value": secret_values.get("security")},
+        "security": {
+            "type": security_type,
+            "value": secret_values.get("security"),
+            "oauth2": properties.get("oauth2"),
+            "clientCertificate": secret_values.get("clientCertificate"),
+        },
         "openMessagingIntegrationId": properties.get("openMessagingIntegrationId"),
         "signingSecret": secret_values.get("signingSecret"),
         "encryptionKey": secret_values.get("encryptionKey"),

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from pydantic import SecretStr
+
 from relay.adapters.audit import audit_key, to_jsonl
-from relay.adapters.idempotency import DEFAULT_LEASE_SECONDS, STATUS_COMPLETED, STATUS_IN_PROGRESS
-from relay.errors import BreakerStoreUnavailable, ConfigurationError, DependencyUnavailable, UnreadableEvent
+from relay.adapters.idempotency import DEFAULT_LEASE_SECONDS
+from relay.errors import (
+    BreakerStoreUnavailable,
+    ConfigurationError,
+    DependencyUnavailable,
+    MoveTaskUnavailable,
+    TokenUnavailable,
+    UnreadableEvent,
+)
+from relay.models.archive import ArchiveRecord, archive_key
 from relay.models.breaker import BreakerState, LaneState
 from relay.models.delivery import DlqReason, S3Ref
 from relay.models.http import HttpResult
 from relay.models.idempotency import Claim
-from relay.models.queue import Requeue
+from relay.models.queue import MAX_BATCH_ENTRIES, MoveTaskStatus, OutgoingMessage, ReceivedMessage, Requeue
 from relay.models.secrets import RotatingSecret
 from relay.models.targets import Target
 
@@ -49,46 +60,38 @@ class InMemoryClaimCheckStore:
 
 
 class InMemoryIdempotencyStore:
-    """The same semantics as the DynamoDB store in process memory (one container)."""
+    """The same semantics as the DynamoDB store in process memory (one container). ``writes`` counts
+    claims and releases, as DynamoDB would bill them."""
 
     def __init__(
         self,
         *,
-        ttl_seconds: int = 3_600,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._ttl = ttl_seconds
         self._lease = lease_seconds
         self._clock = clock
         self._lock = threading.Lock()
-        # key -> (status, expiration, lease expiry, token, data)
-        self.records: dict[str, tuple[str, float, float, str, str | None]] = {}
+        self.writes = 0
+        # key -> (lease expiry, token)
+        self.records: dict[str, tuple[float, str]] = {}
 
     def claim(self, key: str) -> Claim:
         now = self._clock()
         with self._lock:
+            self.writes += 1
             record = self.records.get(key)
-            if record is not None and record[1] >= now:
-                status, _, lease_expiry, _, data = record
-                if status == STATUS_COMPLETED:
-                    return Claim(key=key, state="completed", response=data)
-                if lease_expiry >= now:
-                    return Claim(key=key, state="in_progress")
+            if record is not None and record[0] >= now:
+                return Claim(key=key, state="in_progress")
             token = uuid.uuid4().hex
-            self.records[key] = (STATUS_IN_PROGRESS, now + self._ttl, now + self._lease, token, None)
+            self.records[key] = (now + self._lease, token)
         return Claim(key=key, state="acquired", token=token)
-
-    def complete(self, claim: Claim, response: str) -> None:
-        with self._lock:
-            record = self.records.get(claim.key)
-            if record is not None and record[3] == claim.token:
-                self.records[claim.key] = (STATUS_COMPLETED, record[1], record[2], record[3], response)
 
     def release(self, claim: Claim) -> None:
         with self._lock:
+            self.writes += 1
             record = self.records.get(claim.key)
-            if record is not None and record[3] == claim.token:
+            if record is not None and record[1] == claim.token:
                 del self.records[claim.key]
 
 
@@ -140,15 +143,59 @@ class InMemoryBreakerStore:
 
 
 class InMemoryAuditSink:
-    """Audit objects in process memory, under the keys the S3 sink would use."""
+    """Audit objects in process memory, under the keys the S3 sink would use; an AuditReader too.
+    ``unavailable`` fails writes and reads as S3 down would."""
 
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
+        self.unavailable = False
 
     def write(
         self, date: str, target_id: str, invocation_id: str, records: Sequence[Mapping[str, Any]]
     ) -> None:
+        if self.unavailable:
+            raise DependencyUnavailable("audit bucket unwritable (in-memory sink set unavailable)")
         self.objects[audit_key(date, target_id, invocation_id)] = to_jsonl(records)
+
+    def lines(self, dates: Sequence[str], *, containing: str) -> list[dict[str, Any]]:
+        if self.unavailable:
+            raise DependencyUnavailable("audit bucket unreadable (in-memory sink set unavailable)")
+        return [json.loads(line) for line in _lines_under(self.objects, "audit", dates, containing)]
+
+
+class InMemoryEventArchive:
+    """Archive objects in process memory, under the S3 archive's keys; an ArchiveReader too. Claim
+    checks named in ``expired`` are gone, as the events/ lifecycle rule would have them."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.expired: set[S3Ref] = set()
+        self.unavailable = False
+
+    def write(self, date: str, invocation_id: str, records: Sequence[ArchiveRecord]) -> None:
+        if self.unavailable:
+            raise DependencyUnavailable("audit bucket unwritable (in-memory archive set unavailable)")
+        self.objects[archive_key(date, invocation_id)] = b"".join(r.to_line() for r in records)
+
+    def records(self, dates: Sequence[str], *, containing: str) -> list[ArchiveRecord]:
+        lines = _lines_under(self.objects, "archive", dates, containing)
+        return [ArchiveRecord.model_validate_json(line) for line in lines]
+
+    def claim_check_exists(self, ref: S3Ref) -> bool:
+        return ref not in self.expired
+
+
+def _lines_under(
+    objects: Mapping[str, bytes], prefix: str, dates: Sequence[str], containing: str
+) -> list[str]:
+    """The lines holding ``containing`` of the objects under ``<prefix>/date=<date>/``, in key order."""
+    return [
+        line
+        for key, body in sorted(objects.items())
+        if any(key.startswith(f"{prefix}/date={date}/") for date in dates)
+        for line in body.decode().splitlines()
+        if containing in line
+    ]
 
 
 class ManualClock:
@@ -216,6 +263,7 @@ class ScriptedHttp:
         self._answer = answer or (lambda method, url, headers, body: HttpResult(200, 1.0))
         self._lock = threading.Lock()
         self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
+        self.client_certificates: list[SecretStr | None] = []  # what each request presented (mTLS)
         self.closed = False
 
     def send(
@@ -227,13 +275,53 @@ class ScriptedHttp:
         headers: Mapping[str, str],
         connect_timeout: float,
         read_timeout: float,
+        total_timeout: float | None = None,
+        client_certificate: SecretStr | None = None,
     ) -> HttpResult:
         with self._lock:
             self.requests.append((method, url, dict(headers), body))
+            self.client_certificates.append(client_certificate)
         return self._answer(method, url, headers, body)
 
     def close(self) -> None:
         self.closed = True
+
+
+class ScriptedTokens:
+    """OAuth access tokens in memory: ``token-1``, ``token-2``, ... per target, a new one only when
+    the current one is refused. ``failure`` (a message) makes every call raise TokenUnavailable,
+    ``refresh_failure`` only the calls that refuse a token; ``calls`` records (target id, the refused
+    token or None) in order."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._issued = 0
+        self.current: dict[str, str] = {}
+        self.calls: list[tuple[str, str | None]] = []
+        self.failure: str | None = None
+        self.refresh_failure: str | None = None
+
+    def token(
+        self,
+        target: Target,
+        client_secret: SecretStr,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        total_timeout: float,
+        refused: SecretStr | None = None,
+    ) -> SecretStr:
+        with self._lock:
+            refused_value = refused.get_secret_value() if refused is not None else None
+            self.calls.append((target.target_id, refused_value))
+            failure = self.refresh_failure if refused is not None else None
+            if self.failure is not None or failure is not None:
+                raise TokenUnavailable(self.failure or failure or "")
+            current = self.current.get(target.target_id)
+            if current is None or current == refused_value:
+                self._issued += 1
+                current = self.current[target.target_id] = f"token-{self._issued}"
+            return SecretStr(current)
 
 
 class RecordingQueueOps:
@@ -303,6 +391,70 @@ class RecordingQueueOps:
                 {"body": m.body, "attempts": m.attempts, "deferrals": m.deferrals} for m in messages
             ]
         return set(range(len(messages)))
+
+    def _check(self, operation: str) -> None:
+        if operation in self.unavailable:
+            raise DependencyUnavailable(f"SQS {operation} failed (in-memory queue set unavailable)")
+
+
+class InMemoryDeadLetterQueues:
+    """The SQS calls behind ``relay dlq`` over queues in process memory (``queues``: URL -> the messages
+    in it). A received message stays hidden until it is released or deleted; there is no move task.
+    ``unavailable`` names the operations that fail as SQS down would ("receive", "delete_batch", ...)."""
+
+    def __init__(self) -> None:
+        self.queues: dict[str, list[ReceivedMessage]] = {}
+        self.unavailable: set[str] = set()
+        self._hidden: set[str] = set()  # receipt handles of messages in hand
+
+    def put(
+        self, queue_url: str, body: str, attributes: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> None:
+        message_id = str(uuid.uuid4())
+        self.queues.setdefault(queue_url, []).append(
+            ReceivedMessage(message_id, f"handle-{message_id}", body, attributes or {}, 1_000)
+        )
+
+    def bodies(self, queue_url: str) -> list[str]:
+        return [message.body for message in self.queues.get(queue_url, [])]
+
+    def queue_arn(self, queue_url: str) -> str:
+        return f"arn:aws:sqs:us-east-1:123456789012:{queue_url.rsplit('/', 1)[-1]}"
+
+    def approximate_depth(self, queue_url: str) -> int:
+        self._check("approximate_depth")
+        return len(self.queues.get(queue_url, []))
+
+    def receive(self, queue_url: str, *, visibility_seconds: int, wait_seconds: int) -> list[ReceivedMessage]:
+        self._check("receive")
+        visible = [m for m in self.queues.get(queue_url, []) if m.receipt_handle not in self._hidden]
+        taken = visible[:MAX_BATCH_ENTRIES]
+        self._hidden.update(m.receipt_handle for m in taken)
+        return taken
+
+    def send_batch(self, queue_url: str, messages: Sequence[OutgoingMessage]) -> set[str]:
+        self._check("send_batch")
+        for message in messages:
+            self.put(queue_url, message.body, message.attributes)
+        return {message.entry_id for message in messages}
+
+    def delete_batch(self, queue_url: str, receipt_handles: Mapping[str, str]) -> set[str]:
+        self._check("delete_batch")
+        handles = set(receipt_handles.values())
+        self.queues[queue_url] = [
+            m for m in self.queues.get(queue_url, []) if m.receipt_handle not in handles
+        ]
+        self._hidden -= handles
+        return set(receipt_handles)
+
+    def release(self, queue_url: str, receipt_handles: Sequence[str]) -> None:
+        self._hidden -= set(receipt_handles)
+
+    def start_move_task(self, source_arn: str, destination_arn: str, max_per_second: int | None) -> str:
+        raise MoveTaskUnavailable("StartMessageMoveTask is not available here (in memory)")
+
+    def latest_move_task(self, source_arn: str) -> MoveTaskStatus | None:
+        return None
 
     def _check(self, operation: str) -> None:
         if operation in self.unavailable:

@@ -7,6 +7,9 @@ phase) what its function uses and nothing else:
     relay.wiring.intake        build_intake(settings, ...), container_intake()
     relay.wiring.dispatcher    build_dispatcher(settings, ...), container_dispatcher()
     relay.wiring.config_sync   run_config_sync(settings, ...), warm_up()
+    relay.wiring.dlq           failed_event_intake(settings): the intake `relay dlq redrive` runs in-process
+    relay.wiring.operator      the operator commands' audit reader and sink, event archive, Athena,
+                               stack outputs and caller identity
     relay.wiring               the AWS clients (aws_clients, aws_client) and the adapters several
                                functions (and the operator commands, relay.cli) use: target_store,
                                breaker_store, sqs_queues, s3_claim_checks, secret_store
@@ -78,11 +81,17 @@ def aws_client(service: str, settings: Settings | None = None) -> Any:
     return aws_clients(settings).client(service)
 
 
-def target_store(settings: Settings, *, cache_ttl_seconds: float | None = None) -> TargetStore:
-    """The TargetsTable; operator commands pass ``cache_ttl_seconds=0`` to read it fresh."""
+def target_store(
+    settings: Settings, *, cache_ttl_seconds: float | None = None, consistent_reads: bool = False
+) -> TargetStore:
+    """The TargetsTable; operator commands pass ``cache_ttl_seconds=0`` to read it fresh, config sync
+    also ``consistent_reads`` (its writes are conditional on the versions it read)."""
     ttl = settings.target_cache_ttl_seconds if cache_ttl_seconds is None else cache_ttl_seconds
     return TargetStore(
-        aws_clients(settings).client("dynamodb"), settings.need("targets_table"), cache_ttl_seconds=ttl
+        aws_clients(settings).client("dynamodb"),
+        settings.need("targets_table"),
+        cache_ttl_seconds=ttl,
+        consistent_reads=consistent_reads,
     )
 
 

@@ -42,7 +42,7 @@ def run_config_sync(
     return sync_targets(
         settings,
         genesys=genesys,
-        store=store or target_store(settings, cache_ttl_seconds=0),
+        store=store or target_store(settings, cache_ttl_seconds=0, consistent_reads=True),
         secrets=secrets,
         resolve=resolve,
         metrics=metrics,

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import random
 
+from relay.adapters.archive import S3EventArchive
 from relay.adapters.audit import S3AuditSink
 from relay.adapters.http import HttpSender
+from relay.adapters.oauth import ClientCredentialsTokens
 from relay.adapters.sqs import SqsQueues
+from relay.adapters.tls import TlsTrust
 from relay.logic.dispatch import Dispatcher
 from relay.logic.url_policy import UrlPolicy
 from relay.ports import (
+    AccessTokens,
     AuditSink,
     BreakerStore,
     ClaimCheckReader,
     Clock,
     DeliveryQueueOps,
+    EventArchive,
     HttpClient,
     SecretReader,
     TargetDirectory,
@@ -42,9 +47,12 @@ def build_dispatcher(
     claim_checks: ClaimCheckReader | None = None,
     clock: Clock | None = None,
     rng: random.Random | None = None,
+    tokens: AccessTokens | None = None,
+    archive: EventArchive | None = None,
 ) -> Dispatcher:
     """A dispatcher wired to the deployment's resources. ``audit`` None: the S3 sink when AUDIT_BUCKET
-    is set, else no audit objects (the audit lines are still logged)."""
+    is set, else no audit objects (the audit lines are still logged); ``archive`` None: the S3 archive
+    when AUDIT_BUCKET is set and ARCHIVE_ENABLED is true."""
     if queue is None:
         queue = SqsQueues(
             aws_clients(settings).client("sqs"),
@@ -54,12 +62,18 @@ def build_dispatcher(
         )
     if audit is None and settings.audit_bucket:
         audit = S3AuditSink(aws_clients(settings).client("s3"), settings.audit_bucket)
+    if archive is None and settings.audit_bucket and settings.archive_enabled:
+        archive = S3EventArchive(aws_clients(settings).client("s3"), settings.audit_bucket)
     if http is None:
         http = HttpSender(
             pool_size=settings.delivery_concurrency,
             body_limit_bytes=settings.response_body_limit_bytes,
             endpoint_check=UrlPolicy.from_settings(settings).check_endpoint,
+            trust=TlsTrust.from_settings(settings),
         )
+    if tokens is None and isinstance(http, HttpSender):
+        # Token requests take the deliveries' road: URL policy, deadline, trust, pools.
+        tokens = ClientCredentialsTokens(http)
     return Dispatcher(
         settings=settings,
         targets=targets or target_store(settings),
@@ -71,6 +85,8 @@ def build_dispatcher(
         claim_checks=claim_checks or s3_claim_checks(settings),
         clock=clock,
         rng=rng,
+        tokens=tokens,
+        archive=archive,
     )
 
 

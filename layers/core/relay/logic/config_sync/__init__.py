@@ -10,7 +10,7 @@ Genesys, the table and Secrets Manager come through relay.ports; relay.wiring.ru
 them from settings.
 """
 
-from relay.logic.config_sync.report import Rejection, SyncReport
+from relay.logic.config_sync.report import Conflict, Rejection, SyncReport
 from relay.logic.config_sync.run import sync_targets
 
-__all__ = ["Rejection", "SyncReport", "sync_targets"]
+__all__ = ["Conflict", "Rejection", "SyncReport", "sync_targets"]

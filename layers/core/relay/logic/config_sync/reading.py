@@ -1,10 +1,12 @@
 """Reading one item from Genesys Cloud and checking it: an Open Messaging integration's name and
-signature secret, or a webhook integration's target config with its credentials and a URL the URL
-policy accepts. Anything wrong with the item is ``ConfigRejected`` (a message safe to log)."""
+signature secret, or a webhook integration's target config with its credentials and URLs (its own,
+and an OAuth token endpoint's) the URL policy accepts. Anything wrong with the item is
+``ConfigRejected`` (a message safe to log)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeGuard
 
 from pydantic import SecretStr, ValidationError
 
@@ -17,8 +19,8 @@ from relay.ports import GenesysReader
 # Genesys wants the Open Messaging signature secret longer than 15 characters.
 MIN_SIGNATURE_SECRET_CHARS = 16
 # Credential keys in a webhook integration's config (config.credentials), see docs/config-sync.md.
-CREDENTIAL_KEYS = ("security", "signingSecret", "encryptionKey")
-_CREDENTIAL_KINDS = (SecretKind.AUTH, SecretKind.SIGNING, SecretKind.ENCRYPTION)
+CREDENTIAL_KEYS = ("security", "signingSecret", "encryptionKey", "clientCertificate")
+_CREDENTIAL_KINDS = (SecretKind.AUTH, SecretKind.SIGNING, SecretKind.ENCRYPTION, SecretKind.MTLS)
 
 
 class ConfigReader:
@@ -67,9 +69,18 @@ class ConfigReader:
 
     # --- webhook targets ---------------------------------------------------------------------------
     def checked_target(self, target_id: str) -> WebhookConfig:
-        """The target's config, checked, with its URL normalised as the dispatcher will connect to it."""
+        """The target's config, checked, with its URLs normalised as the dispatcher will connect to them."""
         config = self._webhook_config(target_id)
-        return config.model_copy(update={"url": self._check_target(config)})
+        url = self._check_target(config)
+        oauth2 = config.security.oauth2
+        if oauth2 is None:
+            return config.model_copy(update={"url": url})
+        # The token endpoint is the relay's to call as much as the target is: the same policy.
+        token_url = self._checked_url(oauth2.token_url, what="OAuth token URL")
+        security = config.security.model_copy(
+            update={"oauth2": oauth2.model_copy(update={"token_url": token_url})}
+        )
+        return config.model_copy(update={"url": url, "security": security})
 
     def _webhook_config(self, target_id: str) -> WebhookConfig:
         integration = self._genesys.get_integration(target_id)
@@ -98,9 +109,9 @@ class ConfigReader:
         value = fields.get("value") or fields.get("token")
         if value is None and fields.get("userName") and fields.get("password"):
             value = f"{fields['userName']}:{fields['password']}"
-        if not isinstance(value, str) or not value or set(value) == {"*"}:
-            return None  # absent or redacted
-        return value
+        if value is None and _present(fields.get("certificate")) and _present(fields.get("privateKey")):
+            value = f"{fields['certificate'].strip()}\n{fields['privateKey'].strip()}\n"  # one PEM bundle
+        return value if _present(value) else None  # absent or redacted
 
     def _check_target(self, config: WebhookConfig) -> str:
         """The target's URL as the dispatcher will use it (normalised), if the config may be stored."""
@@ -116,7 +127,15 @@ class ConfigReader:
                 f"config names open messaging integration {config.integration_id}, which this run "
                 "rejected (see its own rejection)"
             )
+        return self._checked_url(config.url, what="URL")
+
+    def _checked_url(self, url: str, *, what: str) -> str:
         try:
-            return self._policy.check_url(config.url, resolve=self._resolve)
+            return self._policy.check_url(url, resolve=self._resolve)
         except UnsafeUrl as exc:
-            raise ConfigRejected(f"URL refused: {exc}") from None
+            raise ConfigRejected(f"{what} refused: {exc}") from None
+
+
+def _present(value: object) -> TypeGuard[str]:
+    """A credential field that holds a value: not absent, empty, or redacted (all ``*``)."""
+    return isinstance(value, str) and bool(value) and set(value) != {"*"}

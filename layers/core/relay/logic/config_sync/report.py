@@ -1,4 +1,4 @@
-"""What one config-sync run did: accepted, changed and rejected ids, and secrets written."""
+"""What one config-sync run did: accepted, changed, rejected and conflicting ids, and secrets written."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 ItemKind = Literal["integration", "target"]
+# Why a record is listed under ``conflicts``: another writer changed it after this run read it.
+CONCURRENT_CHANGE = "changed concurrently; the next run syncs it"
 
 
 @dataclass(frozen=True)
@@ -15,12 +17,23 @@ class Rejection:
     reason: str
 
 
+@dataclass(frozen=True)
+class Conflict:
+    """A record this run did not write: it changed after the run read it (another sync, the dispatcher
+    disabling a target, an operator). What that writer stored stays; it is not a rejected config."""
+
+    kind: ItemKind
+    id: str
+    reason: str = CONCURRENT_CHANGE
+
+
 @dataclass
 class SyncReport:
     integrations: list[str] = field(default_factory=list)  # accepted (written, version bumped if changed)
     targets: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)  # ids whose record or secrets changed this run
     rejected: list[Rejection] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)  # not written: changed since this run read it
     secrets_written: int = 0
     synced_at: str = ""
 
@@ -31,5 +44,6 @@ class SyncReport:
             "targets": self.targets,
             "changed": self.changed,
             "rejected": [{"kind": r.kind, "id": r.id, "reason": r.reason} for r in self.rejected],
+            "conflicts": [{"kind": c.kind, "id": c.id, "reason": c.reason} for c in self.conflicts],
             "secretsWritten": self.secrets_written,
         }

@@ -3,13 +3,16 @@
 For each Open Messaging integration (GENESYS_OPEN_MESSAGING_INTEGRATION_IDS) an ``Integration`` record,
 with its signature secret in Secrets Manager; for each webhook integration
 (GENESYS_WEBHOOK_INTEGRATION_IDS) a ``Target`` under the Open Messaging integration its config names,
-with its secret values (auth, signing, encryption) in Secrets Manager. DynamoDB holds only secret names.
+with its secret values (auth, signing, encryption, mTLS client certificate) in Secrets Manager.
+DynamoDB holds only secret names.
 
 A config that is invalid, disabled, points at an unsafe URL, names a rejected integration, is missing
 in Genesys, or fails to read or check in any other way is reported (log + ``TargetsRejected``) and
 skipped: the record stored by the last good sync stays in force, so a bad edit in Genesys never stops
-deliveries, and the items after it are still synced. Failures that concern the whole run (login, 401,
-403, 429 past the bound, 5xx, timeouts, the run's deadline, AWS, settings) end the run with a
+deliveries, and the items after it are still synced. Each record is written only if it is still the
+version this run read; one that changed meanwhile is left as the other writer stored it and listed
+under the report's ``conflicts`` (logged; the next run syncs it). Failures that concern the whole run
+(login, 401, 403, 429 past the bound, 5xx, timeouts, the run's deadline, AWS, settings) end the run with a
 ``GenesysRunError`` (or the AWS/settings error); nothing written so far is undone, and the next
 scheduled run starts over.
 """
@@ -31,12 +34,13 @@ from relay.errors import (
     GenesysItemError,
 )
 from relay.logic.config_sync.reading import ConfigReader
-from relay.logic.config_sync.report import ItemKind, Rejection, SyncReport
-from relay.logic.config_sync.storage import RecordWriter
+from relay.logic.config_sync.report import Conflict, ItemKind, Rejection, SyncReport
+from relay.logic.config_sync.storage import RecordWriter, Written
 from relay.logic.url_policy import Resolver, UrlPolicy, system_resolver
 from relay.models.secrets import SecretKind
 from relay.models.targets import Integration, SecurityType, Target, TargetSecurity
 from relay.models.timestamps import iso_utc
+from relay.models.webhook_config import WebhookSecurity
 from relay.observability import logger
 from relay.ports import GenesysReader, SecretStore, TargetRecords
 from relay.settings import Settings
@@ -130,6 +134,29 @@ class _SyncRun:
             extra={"kind": kind, "id": ident, "reason": reason},
         )
 
+    def _store(
+        self,
+        kind: ItemKind,
+        record: Integration | Target,
+        previous: Integration | Target | None,
+        *,
+        secrets_changed: bool = False,
+    ) -> None:
+        """Write ``record`` and report it: accepted (and changed), or a conflict when it changed since
+        this run read it."""
+        ident = record.integration_id if isinstance(record, Integration) else record.target_id
+        written = self._writer.write(record, previous)
+        if secrets_changed or written is Written.CHANGED:
+            self.report.changed.append(ident)
+        if written is Written.CONFLICT:
+            self.report.conflicts.append(Conflict(kind, ident))
+            logger.warning(
+                "record changed since this run read it; left as it is, the next run syncs it",
+                extra={"kind": kind, "id": ident},
+            )
+            return
+        (self.report.integrations if kind == "integration" else self.report.targets).append(ident)
+
     def _checked(self, kind: ItemKind, ident: str, read: Callable[[str], _Checked]) -> _Checked | None:
         """``read(ident)`` (Genesys reads and validation of one item), or None when the item is rejected.
 
@@ -157,16 +184,19 @@ class _SyncRun:
         name, secret = checked
         writer = self._writer
         secret_ref = writer.secret_name(SecretKind.SIGNATURE, integration_id)
-        changed = writer.store_secret(SecretKind.SIGNATURE, integration_id, secret) if secret else False
+        secret_changed = (
+            writer.store_secret(SecretKind.SIGNATURE, integration_id, secret) if secret else False
+        )
         record = Integration(
             integration_id=integration_id, name=name, enabled=True, signature_secret_name=secret_ref
         )
         stored = writer.stored(integration_id)
-        changed = writer.write(record, stored.integration if stored else None) or changed
-        self.report.integrations.append(integration_id)
+        self._store(
+            "integration", record, stored.integration if stored else None, secrets_changed=secret_changed
+        )
+        # Genesys confirmed it this run, so its targets may be stored even if its own record was changed
+        # concurrently: their writes are conditional too.
         self._accepted.add(integration_id)
-        if changed:
-            self.report.changed.append(integration_id)
 
     def sync_eventbridge_integration(self) -> None:
         """The record the intake's EventBridge path fans out from, when it is not an Open Messaging one.
@@ -178,9 +208,7 @@ class _SyncRun:
             return
         stored = self._writer.stored(integration_id)
         record = Integration(integration_id=integration_id, name="Genesys EventBridge", enabled=True)
-        if self._writer.write(record, stored.integration if stored else None):
-            self.report.changed.append(integration_id)
-        self.report.integrations.append(integration_id)
+        self._store("integration", record, stored.integration if stored else None)
 
     # --- webhook targets ---------------------------------------------------------------------------
     def sync_target(self, target_id: str) -> None:
@@ -188,19 +216,13 @@ class _SyncRun:
         if config is None:
             return
         writer = self._writer
-        changed = False
-        security = TargetSecurity()
-        if config.security.type is not SecurityType.NONE and config.security.value is not None:
-            changed |= writer.store_secret(SecretKind.AUTH, target_id, config.security.value)
-            security = TargetSecurity(
-                type=config.security.type, secret_name=writer.secret_name(SecretKind.AUTH, target_id)
-            )
+        secrets_changed, security = self._store_security(target_id, config.security)
         signing_name = encryption_name = None
         if config.signing_secret is not None:
-            changed |= writer.store_secret(SecretKind.SIGNING, target_id, config.signing_secret)
+            secrets_changed |= writer.store_secret(SecretKind.SIGNING, target_id, config.signing_secret)
             signing_name = writer.secret_name(SecretKind.SIGNING, target_id)
         if config.encryption_key is not None:
-            changed |= writer.store_secret(SecretKind.ENCRYPTION, target_id, config.encryption_key)
+            secrets_changed |= writer.store_secret(SecretKind.ENCRYPTION, target_id, config.encryption_key)
             encryption_name = writer.secret_name(SecretKind.ENCRYPTION, target_id)
         record = Target(
             integration_id=config.integration_id,
@@ -218,7 +240,24 @@ class _SyncRun:
             read_timeout_seconds=config.read_timeout_seconds,
         )
         stored = writer.stored(config.integration_id)
-        changed = writer.write(record, stored.target(target_id) if stored else None) or changed
-        self.report.targets.append(target_id)
-        if changed:
-            self.report.changed.append(target_id)
+        previous = stored.target(target_id) if stored else None
+        self._store("target", record, previous, secrets_changed=secrets_changed)
+
+    def _store_security(self, target_id: str, config: WebhookSecurity) -> tuple[bool, TargetSecurity]:
+        """Store the target's auth value (token, "user:password", OAuth client secret) and client
+        certificate; the record's security part, which names them. True if a secret was written."""
+        writer = self._writer
+        changed = False
+        security = TargetSecurity()
+        if config.type is not SecurityType.NONE and config.value is not None:
+            changed |= writer.store_secret(SecretKind.AUTH, target_id, config.value)
+            security = TargetSecurity(
+                type=config.type,
+                secret_name=writer.secret_name(SecretKind.AUTH, target_id),
+                oauth2=config.oauth2,
+            )
+        if config.client_certificate is not None:
+            changed |= writer.store_secret(SecretKind.MTLS, target_id, config.client_certificate)
+            mtls_name = writer.secret_name(SecretKind.MTLS, target_id)
+            security = security.model_copy(update={"client_certificate_name": mtls_name})
+        return changed, security

@@ -1,10 +1,12 @@
-"""Writing what config sync accepted: records in the TargetsTable (versioned, with syncedAt) and secret
-values in Secrets Manager (rotation kept: the old value stays as ``previous``)."""
+"""Writing what config sync accepted: records in the TargetsTable (versioned, with syncedAt, each write
+conditional on the version the run read) and secret values in Secrets Manager (rotation kept: the old
+value stays as ``previous``)."""
 
 from __future__ import annotations
 
 import hmac
 import secrets
+from enum import Enum
 
 from pydantic import SecretStr
 
@@ -12,6 +14,14 @@ from relay.errors import ConfigurationError
 from relay.models.secrets import RotatingSecret, SecretKind, secret_name
 from relay.models.targets import Integration, IntegrationEntry, Target
 from relay.ports import SecretStore, TargetRecords
+
+
+class Written(Enum):
+    """What became of one record this run wrote."""
+
+    UNCHANGED = "unchanged"  # stored again as it was (syncedAt moves)
+    CHANGED = "changed"  # stored with the next version
+    CONFLICT = "conflict"  # not stored: another writer changed it after this run read it
 
 
 class RecordWriter:
@@ -35,8 +45,10 @@ class RecordWriter:
             self._stored_entries[integration_id] = self._store.get(integration_id)
         return self._stored_entries[integration_id]
 
-    def write(self, record: Integration | Target, previous: Integration | Target | None) -> bool:
-        """Write ``record`` with a version (bumped only when its content changed) and syncedAt.
+    def write(self, record: Integration | Target, previous: Integration | Target | None) -> Written:
+        """Write ``record`` with a version (bumped only when its content changed) and syncedAt, if the
+        table still holds ``previous`` (what this run read): a run that read an older state never
+        overwrites a newer write (another sync, the dispatcher disabling a target, an operator).
 
         ``enabled`` belongs to the relay once a record exists (the dispatcher disables a target that
         answers 410; an operator may disable one): an unchanged config keeps it, a changed one (say, a
@@ -51,12 +63,12 @@ class RecordWriter:
             update["version"] = previous.version + 1
         else:
             update.update(version=previous.version, enabled=previous.enabled)
-        final = record.model_copy(update=update)
-        if isinstance(final, Integration):
-            self._store.put_integration(final)
-        else:
-            self._store.put_target(final)
-        return changed
+        stored = self._store.save(
+            record.model_copy(update=update), expected_version=previous.version if previous else None
+        )
+        if not stored:
+            return Written.CONFLICT
+        return Written.CHANGED if changed else Written.UNCHANGED
 
     def current_secret(self, kind: SecretKind, ident: str) -> RotatingSecret | None:
         """What Secrets Manager holds now (read afresh), or None."""

@@ -1,31 +1,44 @@
-"""One delivery attempt: load the event, read the target's secrets, build the request, send it and
-classify the answer. Returns what happened as a value; deciding what to do about it is settling's job
-(relay.logic.dispatch.settle)."""
+"""One delivery attempt: load the event, read the target's secrets (and an oauth2 target's token), build
+the request, send it and classify the answer. Returns what happened as a value; deciding what to do
+about it is settling's job (relay.logic.dispatch.settle).
+
+An oauth2 target that answers 401 gets the same request once more with a fresh token, in the same
+attempt. Everything on the target's side (the token request, the delivery, that one retry) fits in
+one request's budget, connect + read timeout: the time the engine plans each attempt with."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from relay.errors import ConfigurationError, DependencyUnavailable, UnreadableEvent
+from pydantic import SecretStr
+
+from relay.errors import ConfigurationError, DependencyUnavailable, TokenUnavailable, UnreadableEvent
 from relay.logic import crypto
-from relay.logic.dispatch.audit import scrub
+from relay.logic.dispatch.audit import REDACTED, scrub
 from relay.logic.dispatch.records import Item, Unattempted
-from relay.logic.envelope import TargetSecrets, build_request
+from relay.logic.envelope import TargetSecrets, build_request, with_access_token
 from relay.logic.outcomes import Outcome, Verdict, classify
 from relay.models.delivery import DlqReason, check_event_json
 from relay.models.http import HttpResult, OutboundRequest
 from relay.models.secrets import RotatingSecret
-from relay.models.targets import Target
-from relay.ports import ClaimCheckReader, HttpClient, SecretReader
+from relay.models.targets import SecurityType, Target
+from relay.ports import AccessTokens, ClaimCheckReader, HttpClient, SecretReader
 from relay.settings import Settings
+
+# Error codes of attempts that sent nothing, or could not finish, for reasons not the endpoint's own.
+CONFIGURATION = "configuration"
+DEPENDENCY_UNAVAILABLE = "dependency-unavailable"
+OAUTH_TOKEN_FAILED = "oauth-token-failed"
 
 
 @dataclass(frozen=True)
 class Attempt:
-    """What one attempt came to. ``result`` is None when nothing was sent (a secret or a dependency
-    failed first): ``outcome`` is then retryable and ``error`` says why."""
+    """What one attempt came to. ``result`` is None when no answer counts (a secret, a dependency or
+    the token endpoint failed first, or no fresh token came after a 401): ``outcome`` is then
+    retryable and ``error`` says why."""
 
     outcome: Outcome
     started: datetime
@@ -46,6 +59,19 @@ def timeouts(settings: Settings, target: Target) -> tuple[float, float]:
     )
 
 
+class _Budget:
+    """The time an attempt may spend on its target's side, from the moment it starts to: one
+    request's connect + read timeout, shared by a token request, the delivery and a retry."""
+
+    def __init__(self, connect: float, read: float, clock: Callable[[], float]) -> None:
+        self.connect, self.read = connect, read
+        self._clock = clock
+        self._ends = clock() + connect + read
+
+    def left(self) -> float:
+        return self._ends - self._clock()
+
+
 class Attempter:
     def __init__(
         self,
@@ -55,36 +81,40 @@ class Attempter:
         secrets: SecretReader,
         claim_checks: ClaimCheckReader,
         now: Callable[[], datetime],
+        tokens: AccessTokens | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
         self._http = http
         self._secrets = secrets
         self._claim_checks = claim_checks
         self._now = now
+        self._tokens = tokens
+        self._monotonic = monotonic
         self._keys = crypto.KeyCache()
 
     def run(self, item: Item) -> Attempt | Unattempted:
         """Attempt ``item``'s delivery; Unattempted (poison) when its event cannot be sent."""
         started = self._now()
+        target = item.target
         try:
-            secrets, request = self._prepare(item, started)
+            event_json = self._event_json(item)
+            secrets = self._target_secrets(target)
+            budget = _Budget(*timeouts(self._settings, target), self._monotonic)
+            token = (
+                self._token(target, secrets, budget) if target.security.type is SecurityType.OAUTH2 else None
+            )
+            request = build_request(
+                item.task, event_json, target, secrets, key_cache=self._keys, now=started, access_token=token
+            )
+            result, tokens = self._send(target, request, secrets, token, budget)
         except UnreadableEvent:
             return Unattempted(item.record, item.task, DlqReason.POISON, "event unreadable")
-        except (ConfigurationError, DependencyUnavailable) as exc:
-            # Not the endpoint's fault, and nothing was sent (never in clear): try again later.
-            code = "configuration" if isinstance(exc, ConfigurationError) else "dependency-unavailable"
-            return Attempt(Outcome(Verdict.RETRYABLE, None, code), started, self._now(), str(exc))
-        connect, read = timeouts(self._settings, item.target)
-        result = self._http.send(
-            request.method,
-            request.url,
-            body=request.body,
-            headers=request.headers,
-            connect_timeout=connect,
-            read_timeout=read,
-        )
+        except (ConfigurationError, DependencyUnavailable, TokenUnavailable) as exc:
+            # Not the endpoint's fault, and no answer counts (never sent in clear): try again later.
+            return Attempt(Outcome(Verdict.RETRYABLE, None, _code(exc)), started, self._now(), str(exc))
         finished = self._now()
-        body = None if request.encrypted else scrub(result.body.decode("utf-8", "replace"), secrets)
+        body = None if request.encrypted else _scrubbed(result.body, secrets, tokens)
         return Attempt(
             classify(result, now=finished),
             started,
@@ -95,7 +125,7 @@ class Attempter:
             response_body=body,
         )
 
-    def _prepare(self, item: Item, now: datetime) -> tuple[TargetSecrets, OutboundRequest]:
+    def _event_json(self, item: Item) -> str:
         task = item.task
         event_json = task.inline_event_json()
         if event_json is None and task.event_ref is not None:
@@ -104,8 +134,7 @@ class Attempter:
             raise UnreadableEvent("task has neither eventJson nor eventRef")
         # Sent as it is, never re-encoded: it must be what the intake let in, a JSON object.
         check_event_json(event_json)
-        secrets = self._target_secrets(item.target)
-        return secrets, build_request(task, event_json, item.target, secrets, key_cache=self._keys, now=now)
+        return event_json
 
     def _target_secrets(self, target: Target) -> TargetSecrets:
         def read(name: str | None) -> RotatingSecret | None:
@@ -115,4 +144,67 @@ class Attempter:
             signing=read(target.signing_secret_name),
             auth=read(target.security.secret_name),
             encryption=read(target.encryption_key_name),
+            client_certificate=read(target.security.client_certificate_name),
         )
+
+    def _token(
+        self, target: Target, secrets: TargetSecrets, budget: _Budget, *, refused: SecretStr | None = None
+    ) -> SecretStr:
+        if self._tokens is None:
+            raise ConfigurationError(
+                f"target {target.target_id} uses oauth2 auth but no token source is wired"
+            )
+        if secrets.auth is None:
+            raise ConfigurationError(f"target {target.target_id} uses oauth2 auth but has no client secret")
+        return self._tokens.token(
+            target,
+            secrets.auth.current,
+            connect_timeout=budget.connect,
+            read_timeout=budget.read,
+            total_timeout=budget.left(),
+            refused=refused,
+        )
+
+    def _send(
+        self,
+        target: Target,
+        request: OutboundRequest,
+        secrets: TargetSecrets,
+        token: SecretStr | None,
+        budget: _Budget,
+    ) -> tuple[HttpResult, list[SecretStr]]:
+        """The answer, and the tokens sent. A 401 to an OAuth token: once more with a fresh one
+        (TokenUnavailable if there is none; a second 401 is the answer)."""
+        result = self._post(request, secrets, budget)
+        if token is None or (result.status, result.error_code) != (401, None):
+            return result, [token] if token else []
+        fresh = self._token(target, secrets, budget, refused=token)
+        return self._post(with_access_token(request, fresh), secrets, budget), [token, fresh]
+
+    def _post(self, request: OutboundRequest, secrets: TargetSecrets, budget: _Budget) -> HttpResult:
+        left = budget.left()
+        certificate = secrets.client_certificate
+        return self._http.send(
+            request.method,
+            request.url,
+            body=request.body,
+            headers=request.headers,
+            connect_timeout=min(budget.connect, left),
+            read_timeout=min(budget.read, left),
+            total_timeout=left,
+            client_certificate=certificate.current if certificate else None,
+        )
+
+
+def _code(exc: Exception) -> str:
+    if isinstance(exc, TokenUnavailable):
+        return OAUTH_TOKEN_FAILED
+    return CONFIGURATION if isinstance(exc, ConfigurationError) else DEPENDENCY_UNAVAILABLE
+
+
+def _scrubbed(body: bytes, secrets: TargetSecrets, tokens: list[SecretStr]) -> str:
+    """The response body for the audit, without the target's secrets or the tokens sent to it."""
+    text = scrub(body.decode("utf-8", "replace"), secrets)
+    for token in tokens:
+        text = text.replace(token.get_secret_value(), REDACTED)
+    return text

@@ -1,26 +1,30 @@
 """The audit trail of a batch: one line per attempt (and per record handled without one), written
 as one JSON Lines object per target. Never a header, never a secret: a target's own secret values are
 scrubbed from a response body it echoed, and an encrypting target's response body is not kept at all.
+Never the event either: its text goes to the event archive, one object per invocation under its own
+prefix (relay.models.archive), written here too.
 """
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 from relay.errors import DependencyUnavailable
+from relay.logic.dispatch.batch import DELIVERED as DELIVERED  # re-exported: one of the outcomes below
 from relay.logic.dispatch.batch import Batch
 from relay.logic.dispatch.records import Item, SqsRecord
 from relay.logic.envelope import TargetSecrets
+from relay.models.archive import records_of
 from relay.models.breaker import Phase
 from relay.models.delivery import DeliveryTask
 from relay.models.timestamps import iso_utc
 from relay.observability import logger
-from relay.ports import AuditSink
+from relay.ports import AuditSink, EventArchive
 
-# Audit outcomes.
-DELIVERED = "delivered"
+# Audit outcomes (DELIVERED lives with Batch, which logs every line but a delivery's).
 RETRY_SCHEDULED = "retry-scheduled"
 DEAD_LETTERED = "dead-lettered"
 DEFERRED = "deferred"
@@ -39,8 +43,10 @@ def base_line(
         "messageId": record.message_id,
         "deliveryId": str(task.delivery_id) if task else None,
         "eventId": task.event_id if task else None,
+        "conversationId": task.conversation_id if task else None,
         "integrationId": task.integration_id if task else None,
         "targetId": task.target_id if task else None,
+        "receivedAt": iso_utc(task.received_at) if task else None,  # when the intake accepted the event
         "startedAt": iso_utc(started),
         "finishedAt": iso_utc(finished),
     }
@@ -66,23 +72,75 @@ def item_line(
 
 
 def scrub(text: str, secrets: TargetSecrets | None) -> str:
-    """Remove the target's own secret values from a response body an endpoint may have echoed."""
+    """Remove the target's own secret values from a response body an endpoint may have echoed: as they
+    are, and base64-encoded as a Basic ``Authorization`` header carries ``user:password``."""
     if secrets is None:
         return text
     for secret in (secrets.auth, secrets.signing):
         for value in secret.values() if secret else []:
             if len(value) >= 4:
-                text = text.replace(value, REDACTED)
+                encoded = base64.b64encode(value.encode()).decode()
+                text = text.replace(value, REDACTED).replace(encoded, REDACTED)
     return text
 
 
 def write_audit(batch: Batch, sink: AuditSink | None) -> None:
-    """One object per target; a failed write is logged, never fails the batch."""
-    if sink is None:
-        return
+    """One object per target, then the batch's summary line in the log. An object that cannot be
+    written (or no audit bucket) is logged with its lines instead, so the trail stays whole; it never
+    fails the batch."""
     date = batch.started.strftime("%Y-%m-%d")
     for target_id, lines in batch.audit.items():
         try:
+            if sink is None:  # no audit bucket: the log is the whole audit trail
+                raise DependencyUnavailable("no audit bucket configured")
             sink.write(date, target_id, batch.invocation_id, lines)
         except DependencyUnavailable as exc:
-            logger.warning("audit object not written", extra={"targetId": target_id, "error": str(exc)})
+            logger.warning(
+                "audit object not written",
+                extra={"targetId": target_id, "error": str(exc), "lines": _without_bodies(lines)},
+            )
+    logger.info("batch", extra=summary(batch))
+
+
+def write_archive(batch: Batch, archive: EventArchive | None) -> None:
+    """One archive object for the invocation: the events of the records it attempted or dead-lettered.
+
+    Every attempt, not only the first: the retry of a record whose invocation crashed (and so wrote
+    no archive object) is archived too; a retry costs bytes in this one object, never a PUT. A record
+    only deferred is archived when it is attempted. A failed write is logged, never fails the batch.
+    """
+    if archive is None:
+        return
+    handled = {
+        line["messageId"]
+        for lines in batch.audit.values()
+        for line in lines
+        if line.get("outcome") not in (DEFERRED, None)
+    }
+    tasks = [task for message_id, task in batch.tasks.items() if message_id in handled]
+    if not tasks:
+        return
+    records = records_of(tasks, invocation_id=batch.invocation_id, archived_at=batch.started)
+    try:
+        archive.write(batch.started.strftime("%Y-%m-%d"), batch.invocation_id, records)
+    except DependencyUnavailable as exc:
+        logger.warning("archive object not written", extra={"events": len(records), "error": str(exc)})
+
+
+def summary(batch: Batch) -> dict[str, Any]:
+    """What the batch came to, per target and outcome: the log's one line about deliveries."""
+    outcomes: dict[str, dict[str, int]] = {}
+    for target_id, lines in batch.audit.items():
+        counts = outcomes.setdefault(target_id, {})
+        for line in lines:
+            outcome = str(line.get("outcome"))
+            counts[outcome] = counts.get(outcome, 0) + 1
+    return {
+        "invocationId": batch.invocation_id,
+        "outcomes": outcomes,
+        "reportedFailed": len(batch.failures),
+    }
+
+
+def _without_bodies(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in line.items() if k != "responseBody"} for line in lines]

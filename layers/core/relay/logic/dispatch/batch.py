@@ -12,7 +12,10 @@ from typing import Any
 
 from relay.logic.dispatch.metrics import BatchMetrics
 from relay.logic.dispatch.records import SqsRecord
+from relay.models.delivery import DeliveryTask
 from relay.observability import logger
+
+DELIVERED = "delivered"  # the audit outcome of a delivery (relay.logic.dispatch.audit)
 
 
 @dataclass
@@ -26,6 +29,9 @@ class Batch:
     # Targets that answered 410 in this batch: no further request to them starts.
     gone: set[str] = field(default_factory=set)
     audit: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    # Every task the batch read, by message id: the event archive keeps those it attempted or
+    # dead-lettered (relay.logic.dispatch.audit.write_archive).
+    tasks: dict[str, DeliveryTask] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def fail(self, record: SqsRecord) -> None:
@@ -42,10 +48,13 @@ class Batch:
             return key in self.gone
 
     def log(self, target_id: str, line: dict[str, Any]) -> None:
-        """One audit line: kept for the target's audit object and logged (without the response body)."""
+        """One audit line, kept for the target's audit object. Only a record that was not delivered is
+        also logged (without the response body): a delivery is in the audit object and in the batch's
+        summary line (relay.logic.dispatch.audit.write_audit), and CloudWatch Logs bills every byte."""
         with self.lock:
             self.audit[target_id].append(line)
-        logger.info("delivery", extra={k: v for k, v in line.items() if k != "responseBody"})
+        if line.get("outcome") != DELIVERED:
+            logger.info("delivery", extra={k: v for k, v in line.items() if k != "responseBody"})
 
     def response(self) -> dict[str, list[dict[str, str]]]:
         """The partial batch response Lambda's SQS event source reads."""

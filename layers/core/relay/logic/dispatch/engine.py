@@ -29,7 +29,7 @@ from typing import Any
 
 from relay.errors import DependencyUnavailable
 from relay.logic.dispatch.attempt import Attempter, timeouts
-from relay.logic.dispatch.audit import write_audit
+from relay.logic.dispatch.audit import write_archive, write_audit
 from relay.logic.dispatch.batch import Batch
 from relay.logic.dispatch.isolation import Isolation
 from relay.logic.dispatch.lanes import Lane, Lanes, group, interleave
@@ -39,11 +39,13 @@ from relay.logic.dispatch.settle import Settler
 from relay.models.delivery import DlqReason
 from relay.observability import logger
 from relay.ports import (
+    AccessTokens,
     AuditSink,
     BreakerStore,
     ClaimCheckReader,
     Clock,
     DeliveryQueueOps,
+    EventArchive,
     HttpClient,
     SecretReader,
     TargetDirectory,
@@ -73,8 +75,13 @@ class Dispatcher:
         claim_checks: ClaimCheckReader,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        tokens: AccessTokens | None = None,
+        archive: EventArchive | None = None,
     ) -> None:
+        """``tokens``: OAuth access tokens for oauth2 targets (without it, their attempts fail as a
+        configuration problem)."""
         self._settings = settings
+        self._archive = archive
         self._targets = targets
         self._http = http
         self._audit = audit
@@ -84,7 +91,12 @@ class Dispatcher:
             settings=settings, breakers=breakers, clock=clock, routes_away=self._isolation.routes_away
         )
         self._attempter = Attempter(
-            settings=settings, http=http, secrets=secrets, claim_checks=claim_checks, now=self._now
+            settings=settings,
+            http=http,
+            secrets=secrets,
+            claim_checks=claim_checks,
+            now=self._now,
+            tokens=tokens,
         )
         self._settle = Settler(
             settings=settings, queue=queue, targets=targets, now=self._now, rng=rng or random.Random()
@@ -143,6 +155,7 @@ class Dispatcher:
             self._isolation.report(lane.key, lane.target.target_id, lane.delivery_lane, batch)
         self._isolation.end_invocation()
         write_audit(batch, self._audit)
+        write_archive(batch, self._archive)
         batch.metrics.flush()
         return batch.response()
 
@@ -160,6 +173,8 @@ class Dispatcher:
                 )
                 batch.fail(record)
                 continue
+            if resolved.task is not None:
+                batch.tasks[record.message_id] = resolved.task
             if isinstance(resolved, Unattempted):
                 self._settle.unattempted(resolved, batch)
             else:

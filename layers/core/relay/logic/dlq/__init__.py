@@ -1,13 +1,24 @@
 """Dead-letter queue inspection and redrive (``relay dlq list`` / ``relay dlq redrive``).
 
-    letters   what may be shown about a DLQ message, groups, the redrive filter, redriven attributes
-    scan      receive every message once without deleting; ``list_dead_letters``
-    redrive   the move task, or re-send then delete (a message leaves the DLQ only once its copy is in)
+    letters        what may be shown about a DLQ message, groups, the redrive filter, redriven attributes
+    scan           receive every message once without deleting; ``list_dead_letters`` (any queue)
+    redrive        the move task, or re-send then delete (a message leaves the DLQ only once its copy is in)
+    failed_events  the EventBridge path's failure queues: the event each message holds, why it is
+                   there, grouped for ``list_dead_letters``
+    resubmit       their events back through the intake's EventBridge path (deleted once accepted)
 
 Only ids ever leave this package: event bodies may hold customer messages. SQS comes through
-relay.ports.DeadLetterQueues.
+relay.ports.DeadLetterQueues, the intake through relay.ports.EventBridgeIntake.
 """
 
+from relay.logic.dlq.failed_events import (
+    FAILURE_QUEUES,
+    FailedEvent,
+    FailedEventGroup,
+    FailedEventGroups,
+    FailureQueue,
+    read_failed_event,
+)
 from relay.logic.dlq.letters import (
     DLQ_REASONS,
     UNPARSEABLE,
@@ -20,25 +31,36 @@ from relay.logic.dlq.letters import (
     redrive_attributes,
 )
 from relay.logic.dlq.redrive import RedriveOptions, RedriveResult, redrive
+from relay.logic.dlq.resubmit import Refusal, ResubmitOptions, ResubmitResult, resubmit
 from relay.logic.dlq.scan import DeadLetterReport, Progress, ProgressSink, list_dead_letters
 from relay.models.delivery import BACKSTOP_REASON
 
 __all__ = [
     "BACKSTOP_REASON",
     "DLQ_REASONS",
+    "FAILURE_QUEUES",
     "UNPARSEABLE",
     "DeadLetter",
     "DeadLetterGroup",
     "DeadLetterGroups",
     "DeadLetterReport",
+    "FailedEvent",
+    "FailedEventGroup",
+    "FailedEventGroups",
+    "FailureQueue",
     "Progress",
     "ProgressSink",
     "RedriveFilter",
     "RedriveOptions",
     "RedriveResult",
+    "Refusal",
+    "ResubmitOptions",
+    "ResubmitResult",
     "classify",
     "group_dead_letters",
     "list_dead_letters",
+    "read_failed_event",
     "redrive",
     "redrive_attributes",
+    "resubmit",
 ]

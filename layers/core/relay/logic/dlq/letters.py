@@ -143,6 +143,9 @@ class DeadLetterGroups:
     def __init__(self) -> None:
         self._groups: dict[tuple[str, str, str], DeadLetterGroup] = {}
 
+    def add_message(self, message: ReceivedMessage) -> None:
+        self.add(classify(message))
+
     def add(self, letter: DeadLetter) -> None:
         key = (letter.reason, letter.integration_id, letter.target_id)
         if key not in self._groups:

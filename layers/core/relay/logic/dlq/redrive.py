@@ -20,7 +20,7 @@ from relay.logic.dlq.letters import (
     classify,
     redrive_attributes,
 )
-from relay.logic.dlq.scan import Progress, ProgressSink, Scan, no_progress, now_ms
+from relay.logic.dlq.scan import Progress, ProgressSink, Scan, no_progress, now_ms, work_through
 from relay.models.queue import MoveTaskStatus, OutgoingMessage, ReceivedMessage, plan_batches
 from relay.ports import DeadLetterQueues
 
@@ -158,19 +158,21 @@ def _resend(
     started_ms = now_ms(now)
     depth = queues.approximate_depth(dlq_url)
     groups = DeadLetterGroups()
-    scan = Scan(queues, dlq_url, options.visibility_seconds, options.wait_seconds)
-    try:
-        for batch in scan.batches():
-            chosen = _choose(batch, options, groups, result, started_ms)
-            if chosen and not options.dry_run and not _move(queues, dlq_url, queue_url, chosen, scan, result):
-                break  # the delivery queue or the DLQ stopped answering: keep what was not moved
-            progress(
-                Progress("redrive", result.scanned, depth, moved=result.moved, failed=result.send_failed)
-            )
-            if options.max_messages is not None and result.matched >= options.max_messages:
-                break
-    finally:
-        scan.release()
+
+    def move(batch: list[ReceivedMessage], scan: Scan) -> bool:
+        chosen = _choose(batch, options, groups, result, started_ms)
+        if chosen and not options.dry_run and not _move(queues, dlq_url, queue_url, chosen, scan, result):
+            return False  # the delivery queue or the DLQ stopped answering: keep what was not moved
+        progress(Progress("redrive", result.scanned, depth, moved=result.moved, failed=result.send_failed))
+        return options.max_messages is None or result.matched < options.max_messages
+
+    work_through(
+        queues,
+        dlq_url,
+        move,
+        visibility_seconds=options.visibility_seconds,
+        wait_seconds=options.wait_seconds,
+    )
     result.groups = groups.sorted()
     result.now_ms = now_ms(now)
     return result

@@ -1,14 +1,14 @@
-"""Receive every message of a queue once without deleting, and ``relay dlq list``: the DLQ grouped by
-reason and target, every message put back when done."""
+"""Receive every message of a queue once without deleting (``Scan``, ``work_through``), and
+``relay dlq list``: a queue's messages grouped by why they are there, every message put back when done."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from relay.logic.dlq.letters import DeadLetterGroup, DeadLetterGroups, classify
+from relay.logic.dlq.letters import DeadLetterGroups
 from relay.models.queue import ReceivedMessage
 from relay.ports import DeadLetterQueues
 
@@ -57,11 +57,19 @@ class Scan:
         self._held.clear()
 
 
+class ReportGroup(Protocol):
+    """One row of a listing: a group of messages that failed for the same reason."""
+
+    def to_json(self, now_ms: int) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True)
 class DeadLetterReport:
+    """What ``relay dlq list`` shows of a queue (the delivery DLQ or a failure queue)."""
+
     scanned: int
     depth: int
-    groups: list[DeadLetterGroup]
+    groups: Sequence[ReportGroup]
     now_ms: int
     limited: bool  # --max stopped the scan before the queue was exhausted
 
@@ -96,31 +104,62 @@ def now_ms(now: Callable[[], float]) -> int:
     return int(now() * 1000)
 
 
+def work_through(
+    queues: DeadLetterQueues,
+    queue_url: str,
+    handle: Callable[[list[ReceivedMessage], Scan], bool],
+    *,
+    visibility_seconds: int,
+    wait_seconds: int,
+) -> None:
+    """Hand the queue's messages to ``handle`` a batch at a time, each message once, until the queue is
+    exhausted or ``handle`` answers False (enough, or a dependency failed). Every message it did not
+    delete (``scan.deleted``) is put back at the end."""
+    scan = Scan(queues, queue_url, visibility_seconds, wait_seconds)
+    try:
+        for batch in scan.batches():
+            if not handle(batch, scan):
+                return
+    finally:
+        scan.release()
+
+
+class MessageGroups(Protocol):
+    """What ``relay dlq list`` groups a queue's messages into (by reason, and target where there is one)."""
+
+    def add_message(self, message: ReceivedMessage) -> None: ...
+
+    def sorted(self) -> Sequence[ReportGroup]: ...
+
+
 def list_dead_letters(
     queues: DeadLetterQueues,
-    dlq_url: str,
+    queue_url: str,
     *,
+    groups: MessageGroups | None = None,
     max_messages: int | None = None,
     visibility_seconds: int = 30,
     wait_seconds: int = 1,
     progress: ProgressSink = no_progress,
     now: Callable[[], float] = time.time,
 ) -> DeadLetterReport:
-    """Group the DLQ's messages by reason and target; every message is put back when done."""
-    depth = queues.approximate_depth(dlq_url)
-    groups = DeadLetterGroups()
-    scan = Scan(queues, dlq_url, visibility_seconds, wait_seconds)
+    """Group a queue's messages (the delivery DLQ's by reason and target, unless ``groups`` says how);
+    every message is put back when done."""
+    grouped = groups or DeadLetterGroups()
+    depth = queues.approximate_depth(queue_url)
+    scanned = 0
     limited = False
-    try:
-        for batch in scan.batches():
-            for message in batch:
-                if max_messages is not None and groups.total >= max_messages:
-                    limited = True
-                    break
-                groups.add(classify(message))
-            progress(Progress("scan", groups.total, depth))
-            if limited:
-                break
-    finally:
-        scan.release()
-    return DeadLetterReport(groups.total, depth, groups.sorted(), now_ms(now), limited)
+
+    def look(batch: list[ReceivedMessage], scan: Scan) -> bool:
+        nonlocal scanned, limited
+        for message in batch:
+            if max_messages is not None and scanned >= max_messages:
+                limited = True
+                return False
+            grouped.add_message(message)
+            scanned += 1
+        progress(Progress("scan", scanned, depth))
+        return True
+
+    work_through(queues, queue_url, look, visibility_seconds=visibility_seconds, wait_seconds=wait_seconds)
+    return DeadLetterReport(scanned, depth, grouped.sorted(), now_ms(now), limited)

@@ -1,15 +1,16 @@
 """One accepted event becomes one DeliveryTask per enabled target, queued once per event identity.
 
-The idempotency store decides who queues: the first attempt claims the event's key, queues, and
-records its answer; a repeat gets that answer without queueing again; a repeat that arrives while
-the first is still queueing waits briefly for its answer, else is asked to retry (429).
+The idempotency store decides who queues: the attempt that claims the event's key queues (the claim
+is the one write: its lease simply runs out); a repeat while the lease is live is asked to retry
+(429) and queues nothing; a failed attempt releases its claim so that Genesys' retry can queue. A
+repeat after the lease queues again with the same deterministic deliveryIds, which receivers
+deduplicate: see docs/intake.md ("Exactly once in the queue") for why that side is the safe one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ class IncomingEvent:
     # The event's JSON text as the targets will receive it: for HTTP the body exactly as received.
     event_json: str
     source: EventSource
+    conversation_id: str | None = None
 
     @property
     def key(self) -> str:
@@ -56,9 +58,6 @@ class FanOut:
         metrics: MetricsRecorder,
         max_inline_body_bytes: int,
         now: Callable[[], datetime],
-        in_progress_wait_seconds: float,
-        in_progress_poll_seconds: float,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._queue = queue
         self._idempotency = idempotency
@@ -66,20 +65,15 @@ class FanOut:
         self._metrics = metrics
         self._max_inline_body_bytes = max_inline_body_bytes
         self._now = now
-        self._in_progress_polls = max(0, int(in_progress_wait_seconds / in_progress_poll_seconds))
-        self._in_progress_poll = in_progress_poll_seconds
-        self._sleep = sleep
 
     def __call__(self, entry: IntegrationEntry, incoming: IncomingEvent) -> dict[str, Any]:
-        """Queue one task per enabled target, once per event identity; repeats get the first answer."""
-        event_id = incoming.event_id
-        claim = self._claim(incoming.key)
-        if claim is not None and claim.state == "completed" and claim.response is not None:
-            self._metrics.count("EventsDuplicate")
-            logger.info("duplicate event answered from the idempotency record", extra={"event_id": event_id})
-            answer: dict[str, Any] = json.loads(claim.response)
-            return answer
+        """Queue one task per enabled target, once per live claim on the event's identity."""
+        claim = self._idempotency.claim(incoming.key) if self._idempotency is not None else None
         if claim is not None and claim.state != "acquired":
+            # Another attempt holds the lease: it may still be queueing, or it may have been cut off.
+            # Not queued here (no double queueing); Genesys retries a 429, and a retry after the lease
+            # queues again, as the same deliveries.
+            self._metrics.count("EventsDuplicate")
             raise RequestInProgress("the same event is being accepted right now; retry shortly")
         queued = False
         try:
@@ -88,28 +82,8 @@ class FanOut:
         finally:
             if not queued and claim is not None:
                 self._release_quietly(claim)
-        if claim is not None and self._idempotency is not None:
-            try:
-                self._idempotency.complete(claim, json.dumps(answer, separators=(",", ":")))
-            except DependencyUnavailable:
-                # Every task is queued, so the answer is still 202. The claim stays in progress until its
-                # lease ends; a later repeat would queue again with the same deliveryIds, which the
-                # dispatcher's receivers deduplicate on.
-                logger.warning("could not record the idempotency answer", extra={"event_id": event_id})
         self._metrics.count("EventsAccepted")
         return answer
-
-    def _claim(self, key: str) -> Claim | None:
-        """Claim ``key``; while a concurrent repeat holds it, wait briefly for its answer."""
-        if self._idempotency is None:
-            return None
-        claim = self._idempotency.claim(key)
-        for _ in range(self._in_progress_polls):
-            if claim.state != "in_progress":
-                break
-            self._sleep(self._in_progress_poll)
-            claim = self._idempotency.claim(key)
-        return claim
 
     def _release_quietly(self, claim: Claim) -> None:
         if self._idempotency is None:
@@ -138,6 +112,7 @@ class FanOut:
                 integration_id=integration_id,
                 target_id=target.target_id,
                 event_id=incoming.event_id,
+                conversation_id=incoming.conversation_id,
                 event_source=incoming.source,
                 received_at=received_at,
                 # Dumped once for all targets and spliced in (task_body).
@@ -149,7 +124,9 @@ class FanOut:
         if bodies:
             self._queue.send(bodies)
             self._metrics.count("TasksQueued", len(bodies))
-        logger.info(
+        # DEBUG, not INFO: at a million events this line alone was about half the log bytes, and the
+        # accepted count is a metric; each delivery's audit line names the event and its receivedAt.
+        logger.debug(
             "event accepted",
             extra={"integration_id": integration_id, "event_id": incoming.event_id, "tasks": len(bodies)},
         )

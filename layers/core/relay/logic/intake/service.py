@@ -84,9 +84,6 @@ class Intake:
         max_inline_body_bytes: int = MAX_INLINE_BODY_BYTES,
         metrics: MetricsRecorder | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
-        in_progress_wait_seconds: float = 1.0,
-        in_progress_poll_seconds: float = 0.1,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._integrations = integrations
         self._get_secret = get_secret
@@ -104,9 +101,6 @@ class Intake:
             metrics=self._metrics,
             max_inline_body_bytes=max_inline_body_bytes,
             now=now,
-            in_progress_wait_seconds=in_progress_wait_seconds,
-            in_progress_poll_seconds=in_progress_poll_seconds,
-            sleep=sleep,
         )
 
     # --- entry points -----------------------------------------------------------------------------------
@@ -162,8 +156,15 @@ class Intake:
             identity=f"eventbridge\n{integration_id}\n{parsed.id}",
             event_json=event_json,
             source="eventbridge",
+            conversation_id=_text_or_none(parsed.detail.event_body.get("conversationId")),
         )
-        return self._fan_out(entry, incoming)
+        try:
+            return self._fan_out(entry, incoming)
+        except RequestInProgress:
+            # A redelivery while another invocation holds the claim: that invocation is Lambda's to
+            # retry if it fails or dies (then its on-failure destination keeps the event), so this
+            # one succeeds without queueing rather than count as a function error.
+            return {"status": "duplicate", "eventId": parsed.id, "integrationId": integration_id}
 
     # --- HTTP path ----------------------------------------------------------------------------------------
     def _accept_http(self, event: Mapping[str, Any]) -> dict[str, Any]:
@@ -200,6 +201,7 @@ class Intake:
             f"{utc_instant(message['channel']['time'])}",
             event_json=text,
             source="open-messaging",
+            conversation_id=_text_or_none(message.get("conversationId")),
         )
         return json_response(202, self._fan_out(entry, incoming))
 
@@ -233,3 +235,8 @@ class Intake:
             return self._refresh_secret(secret_name)
         except (DependencyUnavailable, ConfigurationError):
             return None  # keep the refusal: an unverifiable request is not a reason for a 5xx
+
+
+def _text_or_none(value: object) -> str | None:
+    """A conversation id as the audit keeps it: a short non-empty string, else none."""
+    return value if isinstance(value, str) and 0 < len(value) <= 128 else None

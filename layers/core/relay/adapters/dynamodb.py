@@ -1,0 +1,26 @@
+"""What the DynamoDB adapters that write versioned items share: the condition of a write over what the
+writer read, and the answer that says another writer got there first."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+LOST_RACE_CODE = "ConditionalCheckFailedException"
+
+
+def version_condition(key_attribute: str, expected_version: int | None) -> dict[str, Any]:
+    """PutItem's condition: no item yet (``expected_version`` None), or the item still at that version."""
+    if expected_version is None:
+        return {"ConditionExpression": f"attribute_not_exists({key_attribute})"}
+    return {
+        "ConditionExpression": "#version = :expected",
+        "ExpressionAttributeNames": {"#version": "version"},
+        "ExpressionAttributeValues": {":expected": {"N": str(expected_version)}},
+    }
+
+
+def lost_race(exc: ClientError | BotoCoreError) -> bool:
+    """Whether ``exc`` is DynamoDB refusing a conditional write because the item changed meanwhile."""
+    return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") == LOST_RACE_CODE

@@ -1,0 +1,22 @@
+"""Who runs an operator command, for the audit record of what it changed: the caller's AWS identity
+(STS GetCallerIdentity) and the operating-system user, since several people may share one role."""
+
+from __future__ import annotations
+
+import getpass
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+
+def caller_identity(sts: Any) -> str:
+    """``arn:aws:sts::1234:assumed-role/ops/alice (os user alice)``; the OS user alone without AWS."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry (some containers)
+        user = "unknown"
+    try:
+        arn = str(sts.get_caller_identity()["Arn"])
+    except (ClientError, BotoCoreError):
+        return f"os user {user}"
+    return f"{arn} (os user {user})"

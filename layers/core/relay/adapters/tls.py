@@ -1,0 +1,168 @@
+"""TLS for outbound requests: the certificate authorities the relay trusts and the client certificates
+it presents (mTLS), as the ``ssl.SSLContext`` objects of the HTTP sender's connection pools.
+
+**Trust.** certifi's bundle (what requests verifies against by default) and never less: the chain
+and the host name are always verified. For the local stack only (RELAY_ALLOW_LOOPBACK_TARGETS),
+RELAY_LOCAL_TRUSTED_CAS names a PEM file of further CA certificates (a test's own CA, say), trusted
+besides certifi's; set anywhere else it is a ConfigurationError.
+
+**Client certificates.** One context per client certificate, built the first time it is needed and
+kept (``TlsContexts``, keyed by a digest of the PEM bundle: a rotated certificate gets a new context).
+urllib3 keys its connection pools by context too, so a target's certificate is presented only on
+connections made for it, and a connection made without it is never reused for it.
+
+**The key never reaches a file system.** ``SSLContext.load_cert_chain`` reads only from a path. The
+bundle is written to an anonymous memory file (``memfd_create``: Linux, so Lambda) and loaded through
+``/proc/self/fd/<n>``: it lives in this process's memory only, is reachable only through this
+process's descriptor table (other users cannot open it), and is closed as soon as OpenSSL has read
+it. Without memfd (macOS) it goes to a file created 0600 in a fresh 0700 directory under the
+temporary directory (Lambda's /tmp is the container's own), and both are removed right after loading.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import ssl
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Protocol
+
+import certifi
+from pydantic import SecretStr
+from urllib3.util.ssl_ import create_urllib3_context
+
+from relay.errors import ConfigurationError
+from relay.models.client_certificate import InvalidClientCertificate, parse_client_certificate
+from relay.settings import Settings
+
+# Client-certificate contexts kept per sender: far more than a deployment's mTLS targets.
+_KEPT_CONTEXTS = 64
+
+
+class TlsTrust:
+    """The CAs a server certificate must chain to: certifi's, plus ``extra_ca_pem`` (local stack)."""
+
+    def __init__(self, extra_ca_pem: str | None = None) -> None:
+        self._extra_ca_pem = extra_ca_pem
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TlsTrust:
+        path = settings.local_trusted_cas
+        if not path:
+            return cls()
+        if not settings.allow_loopback_targets:
+            raise ConfigurationError(
+                "RELAY_LOCAL_TRUSTED_CAS is for the local stack only (it needs RELAY_ALLOW_LOOPBACK_TARGETS)"
+            )
+        try:
+            return cls(Path(path).read_text(encoding="ascii"))
+        except (OSError, UnicodeError) as exc:
+            raise ConfigurationError(
+                f"RELAY_LOCAL_TRUSTED_CAS: cannot read {path} ({type(exc).__name__})"
+            ) from None
+
+    def new_context(self) -> ssl.SSLContext:
+        """A client context verifying chain and host name against the trusted CAs."""
+        context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)  # check_hostname on, TLS >= 1.2
+        context.load_verify_locations(cafile=certifi.where())
+        if self._extra_ca_pem:
+            try:
+                context.load_verify_locations(cadata=self._extra_ca_pem)
+            except ssl.SSLError:
+                raise ConfigurationError("RELAY_LOCAL_TRUSTED_CAS holds no readable CA certificate") from None
+        return context
+
+
+class TlsContexts:
+    """The contexts of one HTTP sender: ``default`` for every connection without a client certificate,
+    and one per client certificate (``for_client``). Thread-safe."""
+
+    def __init__(self, trust: TlsTrust | None = None) -> None:
+        self._trust = trust or TlsTrust()
+        self.default = self._trust.new_context()
+        self._clients: OrderedDict[bytes, ssl.SSLContext] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def for_client(self, bundle: SecretStr) -> ssl.SSLContext:
+        """The context presenting ``bundle`` (relay.models.client_certificate); ConfigurationError if
+        the bundle is unusable (the message never quotes it)."""
+        raw = bundle.get_secret_value()
+        digest = hashlib.sha256(raw.encode("utf-8", "replace")).digest()
+        with self._lock:
+            context = self._clients.get(digest)
+            if context is not None:
+                self._clients.move_to_end(digest)
+                return context
+        built = self._client_context(raw)  # outside the lock: parsing and loading take milliseconds
+        with self._lock:
+            context = self._clients.setdefault(digest, built)  # a racing thread's, if it was first
+            while len(self._clients) > _KEPT_CONTEXTS:
+                self._clients.popitem(last=False)
+        return context
+
+    def _client_context(self, raw: str) -> ssl.SSLContext:
+        try:
+            certificate = parse_client_certificate(raw)
+        except InvalidClientCertificate as exc:
+            raise ConfigurationError(f"client certificate unusable: {exc}") from None
+        context = self._trust.new_context()
+        try:
+            load_client_certificate(context, certificate.pem)
+        except ssl.SSLError:
+            raise ConfigurationError("client certificate unusable: OpenSSL refused the bundle") from None
+        return context
+
+
+class CertChainLoader(Protocol):
+    """What loading needs of an ``ssl.SSLContext``."""
+
+    def load_cert_chain(self, certfile: str) -> None: ...
+
+
+def load_client_certificate(
+    context: CertChainLoader, pem: bytes, *, use_memfd: bool = True, directory: str | None = None
+) -> None:
+    """Load ``pem`` (certificate, chain and key, in that order) into ``context`` from an anonymous
+    memory file, or, without one, from a private temporary file removed at once (module docstring).
+    ``directory``: where the private file's directory goes (default: the temporary directory)."""
+    if use_memfd and hasattr(os, "memfd_create"):
+        try:
+            fd = os.memfd_create("relay-client-certificate", os.MFD_CLOEXEC)
+        except OSError:  # not allowed here (a seccomp filter, an old kernel): use a private file
+            pass
+        else:
+            try:
+                _write_all(fd, pem)
+                context.load_cert_chain(f"/proc/self/fd/{fd}")
+                return
+            except FileNotFoundError:  # no /proc mounted: use a private file
+                pass
+            finally:
+                os.close(fd)
+    _load_from_private_file(context, pem, directory)
+
+
+def _load_from_private_file(context: CertChainLoader, pem: bytes, directory: str | None) -> None:
+    folder = tempfile.mkdtemp(prefix="relay-mtls-", dir=directory)  # created 0700
+    path = os.path.join(folder, "client.pem")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        try:
+            _write_all(fd, pem)
+        finally:
+            os.close(fd)
+        context.load_cert_chain(path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.rmdir(folder)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

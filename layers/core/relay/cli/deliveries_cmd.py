@@ -1,0 +1,266 @@
+"""``relay deliveries show ID | replay ID``: what happened to an event, and send it again.
+
+- ``show`` prints every attempt for every target, in time order (status, latency, outcome, DLQ reason,
+  breaker state), from the audit objects of the days ``--since`` reaches into (default 24 h); ID is an
+  event id, a delivery id or a conversation id. ``--athena`` runs the stack's saved timeline query in
+  Athena instead, for long ranges.
+- ``replay`` queues the archived event again, for one target or every target it had, through the
+  normal delivery path (fresh attempt counters, the same ``deliveryId`` unless ``--new-id``); every
+  replay is audited. ``--dry-run`` shows what would be queued.
+
+Only ids, outcomes and timings are printed: never an event's text or a response body.
+
+Exit codes (relay.cli.exit_codes): 3 when ID names nothing in the days searched, when a replay is
+refused (past retention, a target unknown, disabled or not the event's: the line says why), or AWS
+fails; 1 when a replay was queued but its audit record could not be written.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import IO, TYPE_CHECKING, Any
+
+from relay.cli.arguments import duration, positive_seconds
+from relay.cli.exit_codes import CommandFailed, ExitCode, NeedsAttention
+from relay.cli.stack_option import STACK_OPTION, stack_output
+from relay.cli.targets_cmd import format_table
+
+if TYPE_CHECKING:
+    from relay.logic.deliveries.replay import Replay
+    from relay.logic.deliveries.timeline import Timeline
+
+# Stack outputs naming the Athena workgroup and the saved timeline query (template.yaml).
+WORKGROUP_OUTPUT = "AthenaWorkGroupName"
+TIMELINE_QUERY_OUTPUT = "EventTimelineQueryId"
+
+
+def register(subparsers: Any) -> None:
+    group = subparsers.add_parser(
+        "deliveries", help="find what happened to an event (every attempt, every target) and replay it"
+    )
+    sub = group.add_subparsers(dest="deliveries_command", metavar="SUBCOMMAND", required=True)
+
+    show = sub.add_parser(
+        "show",
+        parents=[STACK_OPTION],
+        help="every attempt for every target of an event, a delivery or a conversation, in time order",
+    )
+    show.add_argument("ident", metavar="ID", help="an event id, a delivery id or a conversation id")
+    show.add_argument(
+        "--since",
+        type=duration,
+        default=timedelta(hours=24),
+        metavar="DURATION",
+        help="look this far back (90m, 24h, 7d; default 24h): the audit's days from then to now",
+    )
+    show.add_argument("--target", metavar="TARGET_ID", help="only this target's attempts")
+    show.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    show.add_argument(
+        "--athena",
+        action="store_true",
+        help="run the stack's saved timeline query in Athena instead of reading the audit objects "
+        "(long ranges; needs --stack-name)",
+    )
+    show.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=300.0,
+        metavar="SECONDS",
+        help="with --athena: the longest the query may run (default 300)",
+    )
+    show.set_defaults(func=_show)
+
+    replay = sub.add_parser(
+        "replay",
+        parents=[STACK_OPTION],
+        help="queue an archived event again for one target or every target it had",
+    )
+    replay.add_argument("ident", metavar="ID", help="an event id or a delivery id (that delivery's target)")
+    replay.add_argument(
+        "--target", metavar="TARGET_ID", help="only this target (default: every target it had)"
+    )
+    replay.add_argument(
+        "--new-id",
+        action="store_true",
+        help="give the replay a fresh deliveryId (webhook-id): receivers will not take it for a duplicate",
+    )
+    replay.add_argument("--dry-run", action="store_true", help="show what would be queued; queue nothing")
+    replay.add_argument(
+        "--since",
+        type=duration,
+        default=timedelta(days=7),
+        metavar="DURATION",
+        help="look this far back in the archive (default 7d, the archive's default retention)",
+    )
+    replay.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    replay.set_defaults(func=_replay)
+
+
+# --- show -------------------------------------------------------------------------------------------
+def _show(args: Any, out: IO[str] | None = None) -> int:
+    from relay.logic.deliveries.timeline import days_back, timeline
+
+    out = out or sys.stdout
+    dates = days_back(datetime.now(UTC), args.since)
+    lines = _athena_lines(args, dates) if args.athena else _audit_lines(args.ident, dates)
+    if args.target:
+        lines = [line for line in lines if line.get("targetId") == args.target]
+    found = timeline(lines, args.ident, dates)
+    if not found.found:
+        where = f" to target {args.target}" if args.target else ""
+        raise CommandFailed(
+            f"no audit record names {args.ident}{where} from {dates[0]} to {dates[-1]}: "
+            "look further back with --since (or --athena for long ranges)"
+        )
+    if args.format == "json":
+        print(json.dumps(found.to_json(), indent=2), file=out)
+    else:
+        print(format_timeline(found), file=out)
+    return ExitCode.OK
+
+
+def _audit_lines(ident: str, dates: list[str]) -> list[dict[str, Any]]:
+    from relay.settings import get_settings
+    from relay.wiring.operator import audit_reader
+
+    return audit_reader(get_settings()).lines(dates, containing=ident)
+
+
+def _athena_lines(args: Any, dates: list[str]) -> list[dict[str, Any]]:
+    from relay.logic.deliveries.timeline import from_table_row
+    from relay.settings import get_settings
+    from relay.wiring.operator import athena_queries
+
+    why = "--athena"
+    workgroup = stack_output(args, WORKGROUP_OUTPUT, why=why)
+    query_id = stack_output(args, TIMELINE_QUERY_OUTPUT, why=why)
+    # The saved query's parameters, in order: the first day to read, then the id.
+    rows = athena_queries(get_settings()).run_named(
+        query_id, workgroup, [dates[0], args.ident], timeout_seconds=args.timeout
+    )
+    return [from_table_row(row) for row in rows]
+
+
+def format_timeline(found: Timeline) -> str:
+    """The attempts as a table (an EVENT column when several events are shown), then one line per
+    delivery: where it stands and its delivery id."""
+    several = len({a["eventId"] for a in found.attempts}) > 1
+    header = (
+        "TIME",
+        "TARGET",
+        "ATTEMPT",
+        "OUTCOME",
+        "STATUS",
+        "LATENCY_MS",
+        "ERROR",
+        "DLQ_REASON",
+        "BREAKER",
+        "NOTE",
+    )
+    rows: list[tuple[str, ...]] = [("TIME", "EVENT", *header[1:]) if several else header]
+    for a in found.attempts:
+        cells = [
+            _text(a[key])
+            for key in (
+                "targetId",
+                "attempt",
+                "outcome",
+                "status",
+                "latencyMs",
+                "errorCode",
+                "dlqReason",
+                "breakerState",
+            )
+        ]
+        rows.append((_text(a["startedAt"]), *([_text(a["eventId"])] if several else []), *cells, _note(a)))
+    summary = [format_table(rows), ""]
+    for d in found.deliveries():
+        tried = f"{d['attempts']} attempt{'s' if d['attempts'] != 1 else ''}"
+        summary.append(
+            f"event {d['eventId']} to {d['targetId']}: {d['lastOutcome']} after {tried}; "
+            f"deliveryId {', '.join(d['deliveryIds']) or '-'}"
+        )
+    return "\n".join(summary)
+
+
+def _note(attempt: dict[str, Any]) -> str:
+    if attempt["actor"]:
+        replaces = f", replacing {attempt['replayOf']}" if attempt["replayOf"] else ""
+        return f"by {attempt['actor']}{replaces}"
+    if attempt["retryInSeconds"] is not None:
+        return f"retry in {attempt['retryInSeconds']} s"
+    if attempt["deferredSeconds"] is not None:
+        return f"back in {attempt['deferredSeconds']} s"
+    return "-"
+
+
+def _text(value: Any) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+# --- replay -----------------------------------------------------------------------------------------
+def _replay(args: Any, out: IO[str] | None = None) -> int:
+    from relay.errors import ReplayRefused
+    from relay.logic.deliveries.lookup import find_events
+    from relay.logic.deliveries.replay import plan_replay, run_replay
+    from relay.logic.deliveries.timeline import days_back
+    from relay.settings import get_settings
+    from relay.wiring import sqs_queues, target_store
+    from relay.wiring.operator import actor, audit_sink, event_archive
+
+    out = out or sys.stdout
+    settings = get_settings()
+    now = datetime.now(UTC)
+    dates = days_back(now, args.since)
+    archive = event_archive(settings)
+    events = find_events(archive.records(dates, containing=args.ident), args.ident)
+    try:
+        replay = plan_replay(
+            events,
+            args.ident,
+            searched=f"{dates[0]} to {dates[-1]}",
+            targets=target_store(settings, cache_ttl_seconds=0),
+            archive=archive,
+            target_id=args.target,
+            new_id=args.new_id,
+        )
+    except ReplayRefused as exc:
+        raise CommandFailed(str(exc)) from None
+    if args.dry_run:
+        _print_replay(args, replay, out, verb="would queue")
+        return ExitCode.OK
+    settings.need("delivery_queue_url")
+    audited = run_replay(
+        replay,
+        queue=sqs_queues(settings),
+        audit=audit_sink(settings),
+        actor=actor(settings),
+        now=now,
+        operation_id=uuid.uuid4().hex,
+    )
+    _print_replay(args, replay, out, verb="queued", actor=audited.records[0]["actor"])
+    if audited.unwritten:
+        raise NeedsAttention(
+            f"replay queued, but its audit record could not be written for {', '.join(audited.unwritten)} "
+            "(it is in the command's log output)"
+        )
+    return ExitCode.OK
+
+
+def _print_replay(args: Any, replay: Replay, out: IO[str], *, verb: str, actor: str | None = None) -> None:
+    doc = replay.to_json()
+    if args.format == "json":
+        print(
+            json.dumps({"mode": "dry-run" if args.dry_run else "replayed", "actor": actor, **doc}), file=out
+        )
+        return
+    conversation = f", conversation {doc['conversationId']}" if doc["conversationId"] else ""
+    print(f"event {doc['eventId']} (integration {doc['integrationId']}{conversation})", file=out)
+    for d in doc["deliveries"]:
+        replacing = f" (replacing {d['replayOf']})" if d["replayOf"] else ""
+        print(f"  {verb} for {d['targetId']}: deliveryId {d['deliveryId']}{replacing}", file=out)
+    if actor:
+        print(f"audited as {actor}", file=out)

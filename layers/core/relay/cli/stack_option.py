@@ -1,0 +1,77 @@
+"""``--stack-name NAME`` on every operator command: the table, queue and bucket names come from the
+deployed stack's outputs (CloudFormation DescribeStacks) instead of environment variables.
+
+Each command adds the option by taking ``STACK_OPTION`` as an argparse parent; ``relay.cli.run`` runs
+the command inside ``stack_settings(args)``, where ``get_settings()`` returns the environment's settings
+with the stack's names in place (outputs win over the variables they replace). Without the option
+nothing changes: the environment variables work as before. Locally, ``relay local serve`` registers
+its resources' names as the stack ``relay-local`` in moto.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from relay.cli.exit_codes import UsageError
+
+# The stack outputs an operator command reads, and the setting each one stands for.
+OUTPUT_SETTINGS = {
+    "TargetsTableName": "targets_table",
+    "BreakerTableName": "breaker_table",
+    "IdempotencyTableName": "idempotency_table",
+    "DeliveryQueueUrl": "delivery_queue_url",
+    "DeadLetterQueueUrl": "dead_letter_queue_url",
+    "IntakeFailureQueueUrl": "intake_failure_queue_url",
+    "EventBridgeDeadLetterQueueUrl": "eventbridge_dead_letter_queue_url",
+    "EventBridgeIntegrationId": "eventbridge_integration_id",
+    "AuditBucketName": "audit_bucket",
+    "SecretsPrefix": "secrets_prefix",
+}
+OUTPUTS = "stack_outputs"  # the namespace attribute holding the stack's outputs, once read
+
+
+def _parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--stack-name",
+        metavar="NAME",
+        help="read table, queue and bucket names from this deployed stack's outputs "
+        "(default: the environment variables TARGETS_TABLE, BREAKER_TABLE, DELIVERY_QUEUE_URL, ...)",
+    )
+    return parent
+
+
+STACK_OPTION = _parent()
+
+
+@contextmanager
+def stack_settings(args: argparse.Namespace) -> Iterator[None]:
+    """Run the command with the named stack's resource names as its settings (if a stack is named)."""
+    name = getattr(args, "stack_name", None)
+    if not name:
+        yield
+        return
+    from relay.settings import get_settings, settings_scope
+    from relay.wiring.operator import outputs_of
+
+    base = get_settings()
+    outputs = outputs_of(base, name)
+    setattr(args, OUTPUTS, outputs)
+    named = {field: outputs[key] for key, field in OUTPUT_SETTINGS.items() if outputs.get(key)}
+    with settings_scope(base.model_copy(update=named)):
+        yield
+
+
+def stack_output(args: Any, key: str, *, why: str) -> str:
+    """One output of the stack ``--stack-name`` named (for what no setting holds, e.g. Athena's names)."""
+    from relay.errors import UnknownStack
+
+    outputs = getattr(args, OUTPUTS, None)
+    if outputs is None:
+        raise UsageError(f"{why} needs --stack-name (its output {key})")
+    if not outputs.get(key):
+        raise UnknownStack(f"the stack {args.stack_name} has no output {key} ({why})")
+    return str(outputs[key])

@@ -1,0 +1,119 @@
+"""What happened to an event: every audit line naming its event id, delivery id or conversation id,
+for every target, in time order, with a summary of where each delivery stands."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+# What a timeline shows of an audit line (never a response body: `relay deliveries show` prints to a
+# terminal, and the body is the target's text).
+FIELDS = (
+    "startedAt",
+    "finishedAt",
+    "eventId",
+    "conversationId",
+    "deliveryId",
+    "integrationId",
+    "targetId",
+    "attempt",
+    "outcome",
+    "status",
+    "latencyMs",
+    "errorCode",
+    "dlqReason",
+    "breakerState",
+    "retryInSeconds",
+    "deferredSeconds",
+    "actor",
+    "replayOf",
+    "invocationId",
+)
+IDS = ("eventId", "deliveryId", "conversationId")
+_INTEGERS = ("attempt", "status", "retryInSeconds", "deferredSeconds")
+_NUMBERS = ("latencyMs",)
+
+
+def days_back(now: datetime, since: timedelta) -> list[str]:
+    """The audit's date partitions (UTC days, oldest first) from ``now - since`` to ``now``."""
+    first, last = (now - since).date(), now.date()
+    return [(first + timedelta(days=n)).isoformat() for n in range((last - first).days + 1)]
+
+
+def names(line: Mapping[str, Any], ident: str) -> bool:
+    """The line is about ``ident``: its event, its delivery or its conversation."""
+    return any(line.get(key) == ident for key in IDS)
+
+
+@dataclass(frozen=True)
+class Timeline:
+    ident: str
+    dates: tuple[str, ...]
+    attempts: tuple[dict[str, Any], ...]  # time order
+
+    @property
+    def found(self) -> bool:
+        return bool(self.attempts)
+
+    def deliveries(self) -> list[dict[str, Any]]:
+        """One summary per (event, target) delivery: its ids, attempts and latest outcome."""
+        summaries: dict[tuple[Any, Any], dict[str, Any]] = {}
+        for line in self.attempts:
+            key = (line.get("eventId"), line.get("targetId"))
+            summary = summaries.setdefault(
+                key,
+                {
+                    "eventId": line.get("eventId"),
+                    "conversationId": line.get("conversationId"),
+                    "integrationId": line.get("integrationId"),
+                    "targetId": line.get("targetId"),
+                    "deliveryIds": [],
+                    "attempts": 0,
+                    "lastOutcome": None,
+                    "lastStatus": None,
+                },
+            )
+            if line.get("deliveryId") and line["deliveryId"] not in summary["deliveryIds"]:
+                summary["deliveryIds"].append(line["deliveryId"])
+            if line.get("attempt") is not None:
+                summary["attempts"] += 1
+            summary["lastOutcome"] = line.get("outcome")
+            summary["lastStatus"] = line.get("status")
+        return list(summaries.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.ident,
+            "dates": list(self.dates),
+            "deliveries": self.deliveries(),
+            "attempts": list(self.attempts),
+        }
+
+
+def from_table_row(row: Mapping[str, str | None]) -> dict[str, Any]:
+    """An audit line as the Glue table returns it (Athena: lower-case column names, every value text)
+    in the audit record's own shape, FIELDS only."""
+    by_column = {key.lower(): key for key in FIELDS}
+    line: dict[str, Any] = dict.fromkeys(FIELDS)
+    for column, text in row.items():
+        key = by_column.get(column.lower())
+        if key is None or text is None or text == "":
+            continue
+        line[key] = int(float(text)) if key in _INTEGERS else float(text) if key in _NUMBERS else text
+    return line
+
+
+def timeline(lines: Iterable[Mapping[str, Any]], ident: str, dates: Iterable[str]) -> Timeline:
+    """The lines about ``ident``, reduced to FIELDS and sorted by start (then end, target, attempt)."""
+    chosen = [{key: line.get(key) for key in FIELDS} for line in lines if names(line, ident)]
+    chosen.sort(
+        key=lambda line: (
+            str(line["startedAt"] or ""),
+            str(line["finishedAt"] or ""),
+            str(line["targetId"] or ""),
+            line["attempt"] or 0,
+        )
+    )
+    return Timeline(ident=ident, dates=tuple(dates), attempts=tuple(chosen))

@@ -1,0 +1,78 @@
+"""A client certificate for mutual TLS: the certificate, its chain and its private key as one PEM bundle.
+
+A target's ``clientCertificate`` credential (stored as the ``current`` value of Secrets Manager
+``<prefix>/mtls/<targetId>``) is a PEM bundle: the client certificate, any intermediate certificates,
+and the certificate's private key, unencrypted (PKCS #8, PKCS #1 or SEC 1), in any order. Secrets
+Manager encrypts it at rest; a passphrase would only move the secret elsewhere.
+
+``parse_client_certificate`` checks a bundle (config sync refuses one that does not parse, has no key
+or several, whose key matches none of its certificates, or whose certificate has expired) and puts
+it in the order OpenSSL loads: the certificate that matches the key, the rest of the chain, the key.
+Errors are ``InvalidClientCertificate`` with messages that never quote the bundle.
+
+``cryptography`` is imported inside the function: only config sync and targets with mTLS need it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
+_KEY_BLOCKS = {b"PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY"}
+
+
+class InvalidClientCertificate(ValueError):
+    """The bundle is not a usable client certificate; the message says why without quoting it."""
+
+
+@dataclass(frozen=True)
+class ClientCertificate:
+    """A checked bundle: ``pem`` is the certificate, its chain and the key (PKCS #8), in that order."""
+
+    pem: bytes
+    not_after: datetime
+
+
+def parse_client_certificate(bundle: str, *, now: datetime | None = None) -> ClientCertificate:
+    """The bundle, checked and in load order. ``now``: also refuse a certificate expired by then."""
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    blocks = [(m.group(1), m.group(0)) for m in _PEM_BLOCK.finditer(bundle.encode("utf-8", "replace"))]
+    if any(kind == b"ENCRYPTED PRIVATE KEY" or b"Proc-Type: 4,ENCRYPTED" in block for kind, block in blocks):
+        raise InvalidClientCertificate(
+            "the private key is encrypted: store it unencrypted (Secrets Manager encrypts it at rest)"
+        )
+    keys = [block for kind, block in blocks if kind in _KEY_BLOCKS]
+    if len(keys) != 1:
+        raise InvalidClientCertificate(f"expected one private key in the PEM bundle, found {len(keys)}")
+    try:
+        certificates = [x509.load_pem_x509_certificate(b) for kind, b in blocks if kind == b"CERTIFICATE"]
+        key = serialization.load_pem_private_key(keys[0], password=None)
+        public = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise InvalidClientCertificate(
+            "the PEM bundle holds a certificate or key that does not parse"
+        ) from None
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    leaf = next(
+        (c for c in certificates if c.public_key().public_bytes(serialization.Encoding.DER, spki) == public),
+        None,
+    )
+    if leaf is None:
+        raise InvalidClientCertificate("no certificate in the PEM bundle matches its private key")
+    if now is not None and leaf.not_valid_after_utc <= now:
+        raise InvalidClientCertificate(
+            f"the client certificate expired at {leaf.not_valid_after_utc.isoformat()}"
+        )
+    chain = [leaf, *(c for c in certificates if c is not leaf)]
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain) + key_pem
+    return ClientCertificate(pem=pem, not_after=leaf.not_valid_after_utc)

@@ -1,0 +1,376 @@
+"""``relay deliveries show | replay``, ``relay targets enable | disable`` and ``--stack-name`` against
+moto: the dispatcher delivers to a loopback receiver and writes its real audit and archive objects,
+the commands run through ``relay.cli.main`` and read the resource names from a CloudFormation stack
+registered in moto the way ``relay local serve`` registers its own."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+from support.events import INTEGRATION_ID, sample, sqs_record
+from support.queues import drain
+from test_dispatch_support import PLAIN_TARGET, seed_target
+
+from relay.cli import main
+from relay.local.aws_stack import LocalResources, forget_cached_configuration, local_client, register_stack
+from relay.local.receiver import Receiver
+from relay.logic.dispatch import Dispatcher
+from relay.settings import get_settings
+from relay.wiring import aws_client, target_store
+from relay.wiring.dispatcher import build_dispatcher
+
+pytestmark = pytest.mark.integration
+CONVERSATION = "1734d888-3c0e-47bc-bacb-e9996a16b682"
+# What --stack-name replaces: with these unset, only the stack's outputs can name the resources.
+RESOURCE_VARIABLES = (
+    "TARGETS_TABLE",
+    "BREAKER_TABLE",
+    "IDEMPOTENCY_TABLE",
+    "DELIVERY_QUEUE_URL",
+    "DEAD_LETTER_QUEUE_URL",
+    "AUDIT_BUCKET",
+)
+
+
+@pytest.fixture
+def stack(aws_stack: LocalResources) -> str:
+    """The test's resources, registered as a CloudFormation stack."""
+    name = f"{aws_stack.prefix}-local"
+    register_stack(aws_stack, name)
+    return name
+
+
+@pytest.fixture
+def dispatcher(aws_stack: LocalResources, receiver: Receiver) -> Iterator[Dispatcher]:
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm")
+    built = build_dispatcher(get_settings())
+    yield built
+    built.close()
+
+
+def without_resource_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in RESOURCE_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    forget_cached_configuration()
+
+
+def event_record(event_id: str, *, delivery_id: str | None = None) -> dict[str, Any]:
+    body = json.loads(sample("sqs_delivery_batch.json")["Records"][0]["body"])
+    event = json.loads(body["eventJson"])
+    event["id"] = event_id
+    body.update(
+        eventId=event_id,
+        conversationId=CONVERSATION,
+        targetId=PLAIN_TARGET,
+        deliveryId=delivery_id or str(uuid.uuid4()),
+        eventJson=json.dumps(event),
+    )
+    return sqs_record(body)
+
+
+def relay(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()  # drop what the dispatcher logged before the command
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# --- --stack-name -------------------------------------------------------------------------------------
+
+
+def test_every_operator_command_reads_its_resource_names_from_the_stack(
+    aws_stack: LocalResources,
+    stack: str,
+    receiver: Receiver,
+    dispatcher: Dispatcher,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given a delivered event, and an environment that names no table, queue or bucket
+    dispatcher.handle_batch([event_record("e-stack")])
+    without_resource_variables(monkeypatch)
+
+    # Then without --stack-name a command cannot find its table; with it, every operator command runs
+    code, _, err = relay(capsys, "targets", "list", "--format", "json")
+    assert code == 3 and "TARGETS_TABLE" in err
+    for argv in (
+        ["targets", "list", "--format", "json"],
+        ["breaker", "status", "--format", "json"],
+        ["dlq", "list", "--format", "json", "--no-progress"],
+        ["deliveries", "show", "e-stack", "--format", "json"],
+    ):
+        code, out, err = relay(capsys, *argv, "--stack-name", stack)
+        assert (code, err) == (0, ""), argv
+        assert out.strip(), argv
+    code, out, _ = relay(capsys, "targets", "list", "--format", "json", "--stack-name", stack)
+    assert [t["targetId"] for t in json.loads(out)["targets"]] == [PLAIN_TARGET]
+
+
+def test_a_stack_that_does_not_exist_is_one_error_line(
+    aws_stack: LocalResources, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = relay(capsys, "dlq", "list", "--stack-name", "no-such-stack", "--no-progress")
+    assert (code, out) == (3, "")
+    assert err.strip() == "relay dlq list: UnknownStack: no stack no-such-stack in this account and region"
+
+
+# --- deliveries show ----------------------------------------------------------------------------------
+
+
+def test_show_finds_an_events_attempts_by_event_delivery_and_conversation_id(
+    aws_stack: LocalResources,
+    stack: str,
+    receiver: Receiver,
+    dispatcher: Dispatcher,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given an event whose first attempt failed (503) and whose second was delivered
+    delivery_id = str(uuid.uuid4())
+    receiver.behaviour.status_sequence.extend([503])
+    dispatcher.handle_batch([event_record("e-show", delivery_id=delivery_id)])
+    retried = event_record("e-show", delivery_id=delivery_id)
+    retried["attributes"]["ApproximateReceiveCount"] = "2"
+    dispatcher.handle_batch([retried])
+
+    # When it is looked up by each of its ids
+    for ident in ("e-show", delivery_id, CONVERSATION):
+        code, out, err = relay(capsys, "deliveries", "show", ident, "--format", "json", "--stack-name", stack)
+        assert (code, err) == (0, "")
+        found = json.loads(out)
+        # Then both attempts, in order, with status, outcome and the breaker's state
+        assert [(a["attempt"], a["status"], a["outcome"]) for a in found["attempts"]] == [
+            (1, 503, "retry-scheduled"),
+            (2, 200, "delivered"),
+        ]
+        assert all(a["breakerState"] == "closed" and a["latencyMs"] > 0 for a in found["attempts"])
+        (summary,) = found["deliveries"]
+        assert (summary["lastOutcome"], summary["deliveryIds"]) == ("delivered", [delivery_id])
+
+    code, out, _ = relay(capsys, "deliveries", "show", "e-show", "--stack-name", stack)
+    assert code == 0
+    assert "retry-scheduled" in out and "delivered" in out and f"deliveryId {delivery_id}" in out
+    assert "sourceEvent" not in out and "Hi, how can I help" not in out  # never the event's text
+
+
+def test_show_of_an_id_nothing_names_fails_saying_where_it_looked(
+    aws_stack: LocalResources, stack: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = relay(capsys, "deliveries", "show", "e-never", "--since", "2d", "--stack-name", stack)
+    assert (code, out) == (3, "")
+    assert err.startswith("relay deliveries show: no audit record names e-never from ")
+    assert "look further back with --since" in err
+
+
+# --- deliveries replay --------------------------------------------------------------------------------
+
+
+def test_replay_sends_the_archived_event_again_with_the_same_webhook_id_and_audits_it(
+    aws_stack: LocalResources,
+    stack: str,
+    receiver: Receiver,
+    dispatcher: Dispatcher,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given an event delivered once
+    dispatcher.handle_batch([event_record("e-replay")])
+    (first,) = receiver.deliveries
+
+    # When the operator replays it (a dry run first: nothing queued)
+    code, out, _ = relay(capsys, "deliveries", "replay", "e-replay", "--dry-run", "--stack-name", stack)
+    assert code == 0 and "would queue for" in out
+    assert drain(aws_stack.delivery_queue_url) == []
+    code, out, err = relay(
+        capsys, "deliveries", "replay", "e-replay", "--format", "json", "--stack-name", stack
+    )
+
+    # Then one task is queued with fresh attempt counters, and the dispatcher delivers it again
+    assert (code, err) == (0, "")
+    replayed = json.loads(out)
+    assert replayed["mode"] == "replayed" and replayed["actor"].startswith("arn:aws:sts::")
+    (record,) = drain(aws_stack.delivery_queue_url)
+    assert record["attributes"]["ApproximateReceiveCount"] == "1" and record["messageAttributes"] == {}
+    dispatcher.handle_batch([record])
+    first_again = receiver.deliveries[-1]
+    assert first_again.headers["webhook-id"] == first.headers["webhook-id"]
+    assert first_again.signature_valid is True and first_again.event == first.event
+    # ... and the replay is in the event's timeline, saying who
+    code, out, _ = relay(capsys, "deliveries", "show", "e-replay", "--format", "json", "--stack-name", stack)
+    outcomes = [(a["outcome"], a["actor"]) for a in json.loads(out)["attempts"]]
+    assert outcomes[0] == ("delivered", None)
+    assert outcomes[1][0] == "replayed" and outcomes[1][1] == replayed["actor"]
+    assert outcomes[2] == ("delivered", None)
+
+
+def test_replay_with_a_new_id_gets_a_fresh_webhook_id(
+    aws_stack: LocalResources,
+    stack: str,
+    receiver: Receiver,
+    dispatcher: Dispatcher,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    dispatcher.handle_batch([event_record("e-fresh")])
+    (first,) = receiver.deliveries
+
+    code, out, _ = relay(
+        capsys, "deliveries", "replay", "e-fresh", "--new-id", "--format", "json", "--stack-name", stack
+    )
+
+    assert code == 0
+    (delivery,) = json.loads(out)["deliveries"]
+    assert delivery["replayOf"] == first.headers["webhook-id"] != delivery["deliveryId"]
+    dispatcher.handle_batch(drain(aws_stack.delivery_queue_url))
+    assert receiver.deliveries[-1].headers["webhook-id"] == delivery["deliveryId"]
+
+
+def test_replay_is_refused_for_a_disabled_target_until_it_is_enabled_again(
+    aws_stack: LocalResources,
+    stack: str,
+    receiver: Receiver,
+    dispatcher: Dispatcher,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given an event delivered to a target that an operator then disabled
+    dispatcher.handle_batch([event_record("e-off")])
+    code, out, err = relay(capsys, "targets", "disable", PLAIN_TARGET, "--stack-name", stack)
+    assert (code, err) == (0, "") and "disabled; audited as arn:aws:sts::" in out
+    assert (
+        target_store(get_settings(), cache_ttl_seconds=0).get_target(INTEGRATION_ID, PLAIN_TARGET).enabled
+        is False
+    )
+
+    # When the event is replayed, it is refused and nothing is queued
+    code, out, err = relay(capsys, "deliveries", "replay", "e-off", "--stack-name", stack)
+    assert (code, out) == (3, "")
+    assert err.strip() == (
+        f"relay deliveries replay: target {PLAIN_TARGET} is disabled: enable it first "
+        f"(relay targets enable {PLAIN_TARGET})"
+    )
+    assert drain(aws_stack.delivery_queue_url) == []
+
+    # After `relay targets enable` the replay goes through; both switches are in the audit trail
+    code, _, _ = relay(capsys, "targets", "enable", PLAIN_TARGET, "--stack-name", stack)
+    assert code == 0
+    code, _, _ = relay(capsys, "deliveries", "replay", "e-off", "--stack-name", stack)
+    assert code == 0 and len(drain(aws_stack.delivery_queue_url)) == 1
+    switches = [
+        json.loads(line)
+        for line in _audit_bodies(aws_stack, f"target={PLAIN_TARGET}/operator-")
+        if '"target-' in line
+    ]
+    assert sorted(s["outcome"] for s in switches) == ["target-disabled", "target-enabled"]
+    assert all(s["actor"].startswith("arn:aws:sts::") and s["targetId"] == PLAIN_TARGET for s in switches)
+
+
+def test_replay_of_an_id_not_in_the_archive_is_refused(
+    aws_stack: LocalResources, stack: str, dispatcher: Dispatcher, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = relay(capsys, "deliveries", "replay", "e-gone", "--stack-name", stack)
+    assert (code, out) == (3, "")
+    assert "e-gone is in no archived event of " in err and "ArchiveRetentionDays" in err
+
+
+def test_enabling_a_target_that_is_enabled_changes_and_audits_nothing(
+    aws_stack: LocalResources, stack: str, dispatcher: Dispatcher, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = relay(capsys, "targets", "enable", PLAIN_TARGET, "--stack-name", stack)
+    assert code == 0 and "already enabled: nothing changed" in out
+    assert _audit_bodies(aws_stack, "operator-") == []
+
+
+# --- --athena -----------------------------------------------------------------------------------------
+
+
+def test_show_with_athena_runs_the_stacks_saved_query_and_reads_its_rows(
+    aws_stack: LocalResources, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a stack whose outputs name a workgroup and a saved timeline query (moto's Athena runs no
+    # SQL: it answers with the rows we queue for it, so this checks the calls and the reading)
+    athena = local_client("athena", aws_stack.endpoint_url)
+    athena.create_work_group(Name=f"{aws_stack.prefix}-audit")
+    query_id = athena.create_named_query(
+        Name="event-timeline",
+        Database="relay",
+        QueryString="SELECT ? , ?",
+        WorkGroup=f"{aws_stack.prefix}-audit",
+    )["NamedQueryId"]
+    name = f"{aws_stack.prefix}-athena"
+    cloudformation = local_client("cloudformation", aws_stack.endpoint_url)
+    cloudformation.create_stack(
+        StackName=name,
+        TemplateBody=json.dumps(
+            {
+                "Resources": {"Marker": {"Type": "AWS::CloudFormation::WaitConditionHandle"}},
+                "Outputs": {
+                    "AuditBucketName": {"Value": aws_stack.audit_bucket},
+                    "AthenaWorkGroupName": {"Value": f"{aws_stack.prefix}-audit"},
+                    "EventTimelineQueryId": {"Value": query_id},
+                },
+            }
+        ),
+    )
+    columns = [
+        "startedat",
+        "targetid",
+        "eventid",
+        "attempt",
+        "outcome",
+        "status",
+        "latencyms",
+        "breakerstate",
+    ]
+    row = ["2026-03-25T13:20:05.493Z", PLAIN_TARGET, "e-athena", "1", "delivered", "200", "41.5", "closed"]
+    requests.post(
+        f"{aws_stack.endpoint_url}/moto-api/static/athena/query-results",
+        json={
+            "results": [
+                {
+                    "rows": [{"Data": [{"VarCharValue": v} for v in values]} for values in (columns, row)],
+                    "column_info": [{"Name": c, "Type": "varchar"} for c in columns],
+                }
+            ]
+        },
+        timeout=10,
+    ).raise_for_status()
+
+    # When the timeline is asked of Athena
+    code, out, err = relay(
+        capsys, "deliveries", "show", "e-athena", "--athena", "--format", "json", "--stack-name", name
+    )
+
+    # Then the saved query ran in the stack's workgroup with the first day and the id as parameters
+    assert (code, err) == (0, "")
+    (attempt,) = json.loads(out)["attempts"]
+    assert (attempt["targetId"], attempt["attempt"], attempt["status"], attempt["latencyMs"]) == (
+        PLAIN_TARGET,
+        1,
+        200,
+        41.5,
+    )
+    (execution_id,) = athena.list_query_executions(WorkGroup=f"{aws_stack.prefix}-audit")["QueryExecutionIds"]
+    execution = athena.get_query_execution(QueryExecutionId=execution_id)["QueryExecution"]
+    assert execution["Query"] == "SELECT ? , ?"
+    assert execution["ExecutionParameters"][1] == "'e-athena'"
+
+
+def test_athena_needs_the_stack_that_names_its_query(
+    aws_stack: LocalResources, stack: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = relay(capsys, "deliveries", "show", "e-1", "--athena")
+    assert code == 2 and "--athena needs --stack-name" in err
+    code, _, err = relay(capsys, "deliveries", "show", "e-1", "--athena", "--stack-name", stack)
+    assert code == 3 and f"the stack {stack} has no output AthenaWorkGroupName" in err
+
+
+def _audit_bodies(resources: LocalResources, containing: str) -> list[str]:
+    s3 = aws_client("s3")
+    lines: list[str] = []
+    for obj in s3.list_objects_v2(Bucket=resources.audit_bucket, Prefix="audit/").get("Contents", []):
+        if containing in obj["Key"]:
+            body = s3.get_object(Bucket=resources.audit_bucket, Key=obj["Key"])["Body"].read().decode()
+            lines.extend(line for line in body.splitlines() if line)
+    return lines

@@ -1,0 +1,369 @@
+"""Finding and replaying deliveries (relay.logic.deliveries) against in-memory ports.
+
+The audit lines and archive records are the ones a real dispatcher writes (relay.logic.dispatch with
+relay.testing's fakes), so a timeline or a replay that misreads them fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from test_dispatch_archive import SECRET_TEXT, Archiving, task_record
+from test_dispatch_engine import INTEGRATION, NOW, always, answer, make_target
+
+from relay.errors import DependencyUnavailable, ReplayRefused
+from relay.logic.deliveries.lookup import find_events
+from relay.logic.deliveries.operator import switch_target
+from relay.logic.deliveries.replay import plan_replay, run_replay
+from relay.logic.deliveries.timeline import days_back, timeline
+from relay.models.delivery import DeliveryTask
+from relay.models.http import HttpResult
+from relay.testing.fakes import InMemoryAuditSink, InMemoryDeliveryQueue, InMemoryTargets
+
+DAY = "2026-03-25"
+WHEN = datetime.fromtimestamp(NOW, UTC)
+
+
+def ids(event_id: str, target_id: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{event_id}/{target_id}"))
+
+
+@pytest.fixture
+def history() -> Iterator[Archiving]:
+    """Two events of conversation conv-1 to two targets: e-1 delivered to crm at once and to erp on its
+    second attempt (its first answered 503), e-2 delivered to both; e-3, of another conversation, to crm."""
+    a = Archiving(first_erp_request_fails(), "crm", "erp")
+    a.batch(task_record("e-1", "crm"), task_record("e-1", "erp"), invocation_id="inv-1")
+    a.clock.now += 5
+    a.batch(task_record("e-1", "erp", receive_count=2), invocation_id="inv-2")
+    a.clock.now += 5
+    a.batch(
+        task_record("e-2", "crm"),
+        task_record("e-2", "erp"),
+        task_record("e-3", "crm", conversation_id="conv-9"),
+        invocation_id="inv-3",
+    )
+    yield a
+    a.dispatcher.close()
+
+
+def first_erp_request_fails() -> Any:
+    erp_requests: list[str] = []
+    lock = threading.Lock()
+
+    def answer_with(method: str, url: str, headers: Any, body: bytes) -> HttpResult:
+        with lock:
+            if "erp" in url:
+                erp_requests.append(url)
+            fail = erp_requests == [url]
+        return answer(503 if fail else 200)
+
+    return answer_with
+
+
+def show(a: Archiving, ident: str) -> Any:
+    return timeline(a.audit.lines([DAY], containing=ident), ident, [DAY])
+
+
+# --- timeline -------------------------------------------------------------------------------------------
+
+
+def test_an_events_timeline_has_every_attempt_for_every_target_in_time_order(history: Archiving) -> None:
+    found = show(history, "e-1")
+
+    assert [
+        (line["targetId"], line["attempt"], line["outcome"], line["status"]) for line in found.attempts
+    ] in (
+        [("crm", 1, "delivered", 200), ("erp", 1, "retry-scheduled", 503), ("erp", 2, "delivered", 200)],
+        [("erp", 1, "retry-scheduled", 503), ("crm", 1, "delivered", 200), ("erp", 2, "delivered", 200)],
+    )
+    assert [line["startedAt"] for line in found.attempts] == sorted(
+        line["startedAt"] for line in found.attempts
+    )
+    assert all(line["breakerState"] == "closed" and line["latencyMs"] is not None for line in found.attempts)
+    summaries = {s["targetId"]: s for s in found.deliveries()}
+    assert summaries["erp"]["attempts"] == 2 and summaries["erp"]["lastOutcome"] == "delivered"
+    assert summaries["crm"]["deliveryIds"] == [ids("e-1", "crm")]
+
+
+def test_a_delivery_id_shows_that_delivery_only(history: Archiving) -> None:
+    found = show(history, ids("e-1", "erp"))
+
+    assert {(line["eventId"], line["targetId"]) for line in found.attempts} == {("e-1", "erp")}
+    assert len(found.attempts) == 2
+
+
+def test_a_conversation_id_shows_every_event_of_the_conversation(history: Archiving) -> None:
+    found = show(history, "conv-1")
+
+    assert {line["eventId"] for line in found.attempts} == {"e-1", "e-2"}
+    assert {(s["eventId"], s["targetId"]) for s in found.deliveries()} == {
+        ("e-1", "crm"),
+        ("e-1", "erp"),
+        ("e-2", "crm"),
+        ("e-2", "erp"),
+    }
+
+
+def test_a_timeline_shows_dead_letter_reasons_and_never_a_response_body() -> None:
+    a = Archiving(always(400))
+    try:
+        a.batch(task_record("e-9"))
+        (line,) = show(a, "e-9").attempts
+    finally:
+        a.dispatcher.close()
+    assert (line["outcome"], line["dlqReason"], line["errorCode"]) == (
+        "dead-lettered",
+        "permanent-status",
+        "http-400",
+    )
+    assert "responseBody" not in line
+
+
+def test_an_unknown_id_has_an_empty_timeline(history: Archiving) -> None:
+    assert not show(history, "nothing-like-it").found
+
+
+@pytest.mark.parametrize(
+    ("now", "since", "dates"),
+    [
+        (datetime(2026, 3, 25, 1, 0, tzinfo=UTC), timedelta(hours=24), ["2026-03-24", "2026-03-25"]),
+        (datetime(2026, 3, 25, 1, 0, tzinfo=UTC), timedelta(minutes=30), ["2026-03-25"]),
+        (
+            datetime(2026, 3, 2, 12, 0, tzinfo=UTC),
+            timedelta(days=3),
+            ["2026-02-27", "2026-02-28", "2026-03-01", "2026-03-02"],
+        ),
+    ],
+)
+def test_since_covers_every_utc_day_partition_it_reaches_into(
+    now: datetime, since: timedelta, dates: list[str]
+) -> None:
+    assert days_back(now, since) == dates
+
+
+# --- archive lookup ---------------------------------------------------------------------------------------
+
+
+def test_an_event_archived_by_several_invocations_is_found_once_with_all_its_targets(
+    history: Archiving,
+) -> None:
+    (event,) = find_events(history.archive.records([DAY], containing="e-1"), "e-1")
+
+    assert (event.integration_id, event.event_id, event.conversation_id) == (INTEGRATION, "e-1", "conv-1")
+    assert {t: str(d) for t, d in event.deliveries.items()} == {
+        "crm": ids("e-1", "crm"),
+        "erp": ids("e-1", "erp"),
+    }
+    assert json.loads(event.event_json or "") == {"id": "e-1", "text": SECRET_TEXT}
+    assert event.named_delivery is None
+
+
+def test_a_delivery_id_names_its_event_and_its_target(history: Archiving) -> None:
+    ident = ids("e-2", "erp")
+    (event,) = find_events(history.archive.records([DAY], containing=ident), ident)
+
+    assert event.event_id == "e-2"
+    assert event.named_delivery is not None and event.named_delivery[0] == "erp"
+
+
+def test_a_conversation_id_finds_each_of_its_events(history: Archiving) -> None:
+    events = find_events(history.archive.records([DAY], containing="conv-1"), "conv-1")
+    assert sorted(e.event_id for e in events) == ["e-1", "e-2"]
+
+
+# --- replay ---------------------------------------------------------------------------------------------
+
+
+def plan(history: Archiving, ident: str, **options: Any) -> Any:
+    targets = options.pop("targets", None) or InMemoryTargets(make_target("crm"), make_target("erp"))
+    events = find_events(history.archive.records([DAY], containing=ident), ident)
+    return plan_replay(events, ident, searched=DAY, targets=targets, archive=history.archive, **options)
+
+
+def test_a_replay_goes_to_every_target_of_the_event_with_its_delivery_ids(history: Archiving) -> None:
+    replay = plan(history, "e-1")
+
+    assert [(t.target_id, str(t.delivery_id)) for t in replay.tasks] == [
+        ("crm", ids("e-1", "crm")),
+        ("erp", ids("e-1", "erp")),
+    ]
+    assert all(json.loads(t.event_json or "") == {"id": "e-1", "text": SECRET_TEXT} for t in replay.tasks)
+    assert replay.replaced == {}
+
+
+def test_a_replay_by_delivery_id_or_target_goes_to_that_target_only(history: Archiving) -> None:
+    by_delivery = plan(history, ids("e-1", "erp"))
+    by_target = plan(history, "e-1", target_id="crm")
+
+    assert [t.target_id for t in by_delivery.tasks] == ["erp"]
+    assert [(t.target_id, str(t.delivery_id)) for t in by_target.tasks] == [("crm", ids("e-1", "crm"))]
+
+
+def test_new_id_gives_each_replayed_delivery_a_fresh_id_and_remembers_the_old(history: Archiving) -> None:
+    fresh = uuid.UUID("00000000-0000-4000-8000-000000000001")
+    replay = plan(history, "e-1", target_id="erp", new_id=True, new_uuid=lambda: fresh)
+
+    (task,) = replay.tasks
+    assert task.delivery_id == fresh
+    assert str(replay.replaced["erp"]) == ids("e-1", "erp")
+
+
+@pytest.mark.parametrize(
+    ("ident", "options", "why"),
+    [
+        ("e-404", {}, "is in no archived event of 2026-03-25"),
+        ("conv-1", {}, "names 2 events (e-1, e-2)"),
+        ("e-3", {"target_id": "erp"}, "had no delivery to target erp (its targets: crm)"),
+        (ids("e-1", "erp"), {"target_id": "crm"}, "went to target erp, not crm"),
+        ("e-1", {"targets": InMemoryTargets(make_target("crm"))}, "target erp is unknown"),
+        (
+            "e-1",
+            {"targets": InMemoryTargets(make_target("crm"), make_target("erp", enabled=False))},
+            "target erp is disabled: enable it first (relay targets enable erp)",
+        ),
+    ],
+)
+def test_what_cannot_be_replayed_is_refused_saying_why(
+    history: Archiving, ident: str, options: dict[str, Any], why: str
+) -> None:
+    with pytest.raises(ReplayRefused, match=why.replace("(", r"\(").replace(")", r"\)")):
+        plan(history, ident, **options)
+
+
+def test_a_claim_checked_event_whose_claim_check_expired_is_refused() -> None:
+    a = Archiving(always(200))
+    try:
+        ref = a.claim_checks.put("events/int-1/big.json", b'{"id":"big"}')
+        a.batch(task_record("big", event_ref=ref))
+        assert [t.event_ref for t in plan(a, "big").tasks] == [ref]  # still there: replayed by reference
+        a.archive.expired.add(ref)
+        with pytest.raises(ReplayRefused, match="claim check .* has expired"):
+            plan(a, "big")
+    finally:
+        a.dispatcher.close()
+
+
+def test_running_a_replay_queues_the_tasks_and_audits_who_did_it(history: Archiving) -> None:
+    replay = plan(history, "e-1", target_id="erp")
+    queue, audit, later = InMemoryDeliveryQueue(), history.audit, WHEN + timedelta(minutes=1)
+
+    audited = run_replay(
+        replay, queue=queue, audit=audit, actor="arn:aws:iam::1:user/ops", now=later, operation_id="op1"
+    )
+
+    (body,) = queue.bodies
+    assert body.isascii()
+    task = DeliveryTask.model_validate_json(body)
+    assert (task.target_id, str(task.delivery_id), task.conversation_id) == (
+        "erp",
+        ids("e-1", "erp"),
+        "conv-1",
+    )
+    assert json.loads(task.event_json or "") == {"id": "e-1", "text": SECRET_TEXT}
+    key = f"audit/date={DAY}/target=erp/operator-op1.jsonl"
+    (record,) = audited.records
+    assert audited.unwritten == [] and json.loads(audit.objects[key]) == record
+    assert (record["outcome"], record["actor"], record["eventId"], record["deliveryId"]) == (
+        "replayed",
+        "arn:aws:iam::1:user/ops",
+        "e-1",
+        ids("e-1", "erp"),
+    )
+    assert SECRET_TEXT not in audit.objects[key].decode()
+    # ... and the replay shows in the event's timeline, after its attempts
+    assert show(history, "e-1").attempts[-1]["outcome"] == "replayed"
+
+
+def test_a_replayed_task_is_delivered_with_the_same_webhook_id_and_text(history: Archiving) -> None:
+    replay = plan(history, "e-1", target_id="crm")
+    queue = InMemoryDeliveryQueue()
+    run_replay(replay, queue=queue, audit=InMemoryAuditSink(), actor="me", now=WHEN)
+    (original,) = [
+        h for _, url, h, _ in history.http.requests if "crm" in url and h["webhook-id"] == ids("e-1", "crm")
+    ]
+
+    again = Archiving(always(200))
+    try:
+        again.batch({**task_record("unused"), "body": queue.bodies[0]})
+        ((_, _, headers, body),) = again.http.requests
+    finally:
+        again.dispatcher.close()
+    assert headers["webhook-id"] == original["webhook-id"] == ids("e-1", "crm")
+    assert json.dumps({"id": "e-1", "text": SECRET_TEXT}).encode() in body
+
+
+def test_an_audit_record_that_cannot_be_written_is_reported_after_the_replay_is_queued(
+    history: Archiving,
+) -> None:
+    replay = plan(history, "e-1")
+    queue, audit = InMemoryDeliveryQueue(), InMemoryAuditSink()
+    audit.unavailable = True
+
+    audited = run_replay(replay, queue=queue, audit=audit, actor="me", now=WHEN)
+
+    assert len(queue.bodies) == 2 and audited.unwritten == ["crm", "erp"]
+    assert [r["outcome"] for r in audited.records] == ["replayed", "replayed"]
+
+
+def test_nothing_is_audited_when_the_replay_cannot_be_queued(history: Archiving) -> None:
+    class DownQueue:
+        def send(self, bodies: Any) -> None:
+            raise DependencyUnavailable("delivery queue unavailable (test)")
+
+    audit = InMemoryAuditSink()
+    with pytest.raises(DependencyUnavailable):
+        run_replay(plan(history, "e-1"), queue=DownQueue(), audit=audit, actor="me", now=WHEN)
+    assert not any("operator-" in key for key in audit.objects)
+
+
+# --- targets enable / disable -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_switching_a_target_changes_it_and_audits_the_change(enabled: bool) -> None:
+    targets, audit = InMemoryTargets(make_target("erp", enabled=not enabled)), InMemoryAuditSink()
+
+    audited = switch_target(
+        targets, audit, make_target("erp"), enabled=enabled, actor="os-user:ops", now=WHEN, operation_id="op2"
+    )
+    (record,) = audited.records
+
+    assert targets.targets[(INTEGRATION, "erp")].enabled is enabled
+    assert json.loads(audit.objects[f"audit/date={DAY}/target=erp/operator-op2.jsonl"]) == record
+    assert (record["outcome"], record["actor"]) == (
+        "target-enabled" if enabled else "target-disabled",
+        "os-user:ops",
+    )
+
+
+# --- the table `relay deliveries show` prints ----------------------------------------------------------
+
+
+def test_the_table_names_the_event_only_when_it_shows_several(history: Archiving) -> None:
+    from relay.cli.deliveries_cmd import format_timeline
+
+    one = format_timeline(show(history, "e-1")).splitlines()
+    several = format_timeline(show(history, "conv-1")).splitlines()
+
+    assert one[0].split() == [
+        "TIME",
+        "TARGET",
+        "ATTEMPT",
+        "OUTCOME",
+        "STATUS",
+        "LATENCY_MS",
+        "ERROR",
+        "DLQ_REASON",
+        "BREAKER",
+        "NOTE",
+    ]
+    assert several[0].split()[:3] == ["TIME", "EVENT", "TARGET"]
+    assert "retry-scheduled" in one[1] + one[2] and "retry in " in one[1] + one[2]
+    assert f"event e-1 to erp: delivered after 2 attempts; deliveryId {ids('e-1', 'erp')}" in one
