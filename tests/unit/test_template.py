@@ -432,6 +432,25 @@ def test_dispatcher_table_access_is_only_what_it_uses(raw: Template, dispatcher:
     assert granted == allowed
 
 
+def test_both_lanes_may_write_the_same_objects(raw: Template) -> None:
+    # The slow lane audits and archives what it delivers as the fast lane does (relay deliveries replay
+    # reads archive/ for both): the same S3 grants, under the same prefixes.
+    def s3_grants(function: str) -> set[tuple[str, str]]:
+        return {
+            (action, resource["Fn::Sub"])
+            for policy in raw.properties(function)["Policies"]
+            for statement in policy.get("Statement", [])
+            if statement["Effect"] == "Allow"
+            for action in _as_list(statement["Action"])
+            if action.startswith("s3:")
+            for resource in _as_list(statement["Resource"])
+        }
+
+    fast = s3_grants("DispatcherFunction")
+    assert ("s3:PutObject", "${AuditBucket.Arn}/archive/*") in fast
+    assert s3_grants("SlowDispatcherFunction") == fast
+
+
 @pytest.mark.parametrize("dispatcher", DISPATCHERS)
 def test_dispatcher_reads_exactly_the_secret_kinds_its_targets_name(raw: Template, dispatcher: str) -> None:
     # A Target names a signing secret, an auth secret (token, user:password, OAuth client secret), an
