@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from support.waiting import wait_until
 
 from relay.logic.dispatch import SETTLE_MARGIN_MS, Dispatcher
 from relay.logic.dispatch.isolation import EWMA_ALPHA, FORGET_AFTER_SECONDS, LatencyTracker
@@ -716,6 +717,42 @@ def test_a_target_measured_slow_moves_to_the_slow_lane_with_one_write(running: l
     assert (requested(r, "slow"), requested(r, "crm")) == (3, 7)
     assert len(r.queue.slow_lane) == 4
     assert r.breakers.writes == writes
+
+
+def test_a_target_is_moved_as_soon_as_it_measures_slow_not_when_its_batch_ends(running: list[Relay]) -> None:
+    # Given a target whose first three answers take 2 s and whose fourth request hangs (a time-out
+    # holds an invocation for its whole read timeout): the hanging request waits until the lane reads
+    # slow, with a bound
+    relays: list[Relay] = []
+    answered = 0
+    lock = threading.Lock()
+    all_sent = threading.Barrier(4, timeout=5)  # the four requests are in flight together
+    lane_written_while_hanging: list[bool] = []
+
+    def answer(method: str, url: str, headers: Mapping[str, str], body: bytes) -> HttpResult:
+        nonlocal answered
+        all_sent.wait()
+        with lock:
+            answered += 1
+            hangs = answered == 4
+        if not hangs:
+            return HttpResult(200, 2_000.0)
+        try:
+            wait_until(lambda: relays[0].lane().lane is DeliveryLane.SLOW, what="lane written", timeout=5)
+            lane_written_while_hanging.append(True)
+        except AssertionError:
+            lane_written_while_hanging.append(False)
+        return HttpResult(None, 10_000.0, error_code=READ_TIMEOUT, error="read timed out")
+
+    relays.append(r := warm(start(running, fast_lane(answer_with=answer))))
+
+    # When one batch carries four of its records
+    r.batch(*(record() for _ in range(4)))
+
+    # Then the lane was written slow while the batch still waited on the hanging request (the other
+    # containers route the target from then on), with one write
+    assert lane_written_while_hanging == [True]
+    assert r.lane() == LaneState(DeliveryLane.SLOW, 1, NOW)
 
 
 def test_time_outs_count_as_slow_for_their_whole_duration(running: list[Relay]) -> None:

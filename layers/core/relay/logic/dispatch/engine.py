@@ -204,7 +204,7 @@ class Dispatcher:
                     self._settle.unattempted(attempt, batch)
                     return
                 if attempt.result is not None and attempt.outcome.reached_endpoint:
-                    self._isolation.observe(item, attempt.result.elapsed_ms)
+                    self._isolation.observe(item, attempt.result.elapsed_ms, batch)
                 self._settle.attempted(item, attempt, batch)
 
     def _handed_to_slow_lane(self, item: Item, batch: Batch) -> bool:

@@ -16,8 +16,9 @@ version, once per move, never per batch.
   shared cores, a 50 ms target measured over a second there).
 - Fast lane: a target whose lane reads slow has its records *routed*: re-sent to the slow lane's
   queue with their attempt count unchanged and reported done, so no attempt and no receive is used.
-  A target this container measures above ``SLOW_TARGET_MS`` has its records not yet started routed
-  at once, and its lane written slow after the batch.
+  A target this container measures above ``SLOW_TARGET_MS`` has its lane written slow at once, by
+  the attempt that showed it (not after the batch, which may still wait on the target's other
+  requests, a time-out for its whole read timeout), and its records not yet started routed.
 - Slow lane: delivers whatever it receives, breaker, retries and DLQ as ever. A slow target it
   measures below half of ``SLOW_TARGET_MS``, after at least ``SLOW_LANE_MIN_SECONDS`` in the lane, is
   written back to fast (the gap between the two thresholds and the minimum stay stop flapping).
@@ -117,6 +118,10 @@ class Isolation:
         )
         self._routes = self._on and self.lane is DeliveryLane.FAST
         self._warm = False  # this container has finished an invocation
+        # key -> the lane version this container moved the target from: one write per move, however
+        # many attempts and batches see the target slow before the new lane is read.
+        self._moved: dict[str, int] = {}
+        self._moved_lock = threading.Lock()
 
     def routes_away(self, lane: LaneState) -> bool:
         """Fast lane: the target's lane is slow, so its records go there without an attempt."""
@@ -124,13 +129,17 @@ class Isolation:
 
     def turned_slow(self, item: Item) -> bool:
         """Fast lane: this container measures the target slow now; its records not yet started go
-        to the slow lane (the lane itself is written after the batch)."""
+        to the slow lane."""
         return self._routes and self._slow(item.key, item.lane)
 
-    def observe(self, item: Item, elapsed_ms: float) -> None:
-        """One attempt that reached the endpoint took ``elapsed_ms``."""
-        if self._on and self._warm:
-            self._tracker.record(item.key, elapsed_ms, item.lane.version)
+    def observe(self, item: Item, elapsed_ms: float, batch: Batch) -> None:
+        """One attempt that reached the endpoint took ``elapsed_ms``; in the fast lane, a target it
+        shows slow is moved now, so the other containers route it from their next batch on."""
+        if not (self._on and self._warm):
+            return
+        self._tracker.record(item.key, elapsed_ms, item.lane.version)
+        if self._routes and item.lane.lane is DeliveryLane.FAST and self._slow(item.key, item.lane):
+            self._move(item.key, item.target.target_id, item.lane, DeliveryLane.SLOW, batch)
 
     def end_invocation(self) -> None:
         self._warm = True
@@ -158,12 +167,18 @@ class Isolation:
         return latency is not None and latency < self._slow_ms / 2
 
     def _move(self, key: str, target_id: str, lane: LaneState, to: DeliveryLane, batch: Batch) -> None:
+        with self._moved_lock:
+            if self._moved.get(key) == lane.version:
+                return  # this container already moved it (or is moving it) from this lane
+            self._moved[key] = lane.version
         moved = LaneState(to, lane.version + 1, self._clock())
         try:
             if not self._breakers.save_lane(key, moved, expected_version=lane.version):
                 return  # another dispatcher moved it first
         except BreakerStoreUnavailable:
             batch.metrics.breaker_store_unavailable()
+            with self._moved_lock:
+                self._moved.pop(key, None)  # not moved: a later attempt or batch may try again
             return
         if to is DeliveryLane.SLOW:
             batch.metrics.count(Metric.SLOW_LANE_ENTERED, target_id)
