@@ -134,6 +134,27 @@ def test_changed_config_bumps_the_target_version(genesys: FakeGenesys) -> None:
     assert crm is not None and crm.headers == {"X-Team": "crm-2"} and crm.version == 2
 
 
+def test_filters_and_rate_limit_are_stored_with_the_target(genesys: FakeGenesys) -> None:
+    # Given a target whose Genesys config carries event filters and a rate limit (any case)
+    genesys.update_config_properties(
+        CRM.id,
+        filters={"types": ["text", "Event"], "eventTypes": ["Typing"], "detailTypes": ["v2.*.customer.*"]},
+        rateLimit={"perSecond": 2.5, "burst": 4},
+    )
+
+    # When the sync runs
+    report = run_config_sync(get_settings())
+
+    # Then the stored target has them, in Genesys' spelling; the other target filters nothing
+    assert report.rejected == []
+    crm = _store().get_target(INTEGRATION.id, CRM.id)
+    assert crm is not None
+    assert crm.filters.describe() == "types=Text,Event eventTypes=Typing detailTypes=v2.*.customer.*"
+    assert crm.rate_limit is not None and (crm.rate_limit.per_second, crm.rate_limit.capacity) == (2.5, 4)
+    archive = _store().get_target(INTEGRATION.id, ARCHIVE.id)
+    assert archive is not None and not archive.filters.filters_anything and archive.rate_limit is None
+
+
 # --- rejections: the last good config stays in force ----------------------------------------------
 
 
@@ -159,6 +180,11 @@ def _rejected_ids(report_rejected: list[dict[str, str]]) -> list[str]:
             {"openMessagingIntegrationId": "not-a-configured-integration"},
             "GENESYS_OPEN_MESSAGING_INTEGRATION_IDS",
         ),
+        ({"filters": {"types": ["Txt"]}}, "unknown message type 'Txt'"),
+        ({"filters": {"directions": []}}, "leave the filter out"),
+        ({"filters": {"eventType": ["Typing"]}}, "filters.eventType"),
+        ({"rateLimit": {"perSecond": 0}}, "rateLimit.perSecond"),
+        ({"rateLimit": {"perSecond": 5, "burst": 0}}, "rateLimit.burst"),
     ],
 )
 def test_invalid_config_is_rejected_and_the_stored_target_stays(

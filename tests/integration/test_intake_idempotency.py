@@ -19,7 +19,7 @@ from relay.adapters.target_store import TargetStore
 from relay.errors import DependencyUnavailable
 from relay.local.aws_stack import LocalResources
 from relay.settings import get_settings
-from relay.wiring import aws_client
+from relay.wiring import aws_client, aws_clients
 from relay.wiring.intake import build_intake
 
 
@@ -42,19 +42,20 @@ def test_first_claim_wins_and_a_repeat_sees_it_in_progress(store: DynamoDBIdempo
     assert repeat.state == "in_progress" and repeat.token is None
 
 
-def test_a_claim_is_one_put_whose_lease_runs_out(
-    store: DynamoDBIdempotencyStore, aws_stack: LocalResources, clock: ManualClock
+def test_a_completed_claim_replays_its_answer(
+    store: DynamoDBIdempotencyStore, aws_stack: LocalResources
 ) -> None:
     claim = store.claim("intake#b")
-    key = {"id": {"S": "intake#b"}}
-    item = aws_client("dynamodb").get_item(TableName=aws_stack.idempotency_table, Key=key)["Item"]
-    assert item["status"]["S"] == "INPROGRESS" and item["token"]["S"] == claim.token
-    assert int(item["in_progress_expiration"]["N"]) == (1_800_000_000 + 10) * 1000  # the lease
+    store.complete(claim, '{"status":"accepted"}')
+    repeat = store.claim("intake#b")
+    assert (repeat.state, repeat.response) == ("completed", '{"status":"accepted"}')
+    item = (
+        aws_clients()
+        .client("dynamodb")
+        .get_item(TableName=aws_stack.idempotency_table, Key={"id": {"S": "intake#b"}})["Item"]
+    )
+    assert item["status"]["S"] == "COMPLETED" and "in_progress_expiration" not in item
     assert int(item["expiration"]["N"]) == 1_800_000_000 + 3_600  # the table's TTL attribute
-    clock.now += 10
-    assert store.claim("intake#b").state == "in_progress"
-    clock.now += 0.001
-    assert store.claim("intake#b").state == "acquired"
 
 
 def test_a_released_claim_can_be_claimed_again(store: DynamoDBIdempotencyStore) -> None:
@@ -73,33 +74,24 @@ def test_a_crashed_attempt_blocks_only_until_its_lease_ends(
     assert store.claim("intake#d").state == "acquired"
 
 
-def test_a_stale_attempt_cannot_release_a_newer_claim(
+def test_a_stale_attempt_cannot_complete_or_release_a_newer_claim(
     store: DynamoDBIdempotencyStore, clock: ManualClock
 ) -> None:
     stale = store.claim("intake#e")
     clock.now += 11
     current = store.claim("intake#e")
+    store.complete(stale, '{"stale":true}')
     store.release(stale)
-    assert current.state == "acquired" and store.claim("intake#e").state == "in_progress"
-    store.release(current)
-    assert store.claim("intake#e").state == "acquired"
+    assert store.claim("intake#e").state == "in_progress"
+    store.complete(current, '{"current":true}')
+    assert store.claim("intake#e").response == '{"current":true}'
 
 
-def test_a_record_an_older_relay_completed_counts_as_over(
-    store: DynamoDBIdempotencyStore, aws_stack: LocalResources
+def test_records_past_their_expiration_count_as_gone_before_ttl_deletes_them(
+    store: DynamoDBIdempotencyStore, clock: ManualClock
 ) -> None:
-    # Given a record as the two-write relay left it (COMPLETED, its lease removed)
-    aws_client("dynamodb").put_item(
-        TableName=aws_stack.idempotency_table,
-        Item={
-            "id": {"S": "intake#f"},
-            "status": {"S": "COMPLETED"},
-            "expiration": {"N": str(1_800_000_000 + 3_000)},
-            "token": {"S": "old"},
-            "data": {"S": "{}"},
-        },
-    )
-    # Then a repeat claims it (and queues the same deliveryIds again) rather than wait for its TTL
+    store.complete(store.claim("intake#f"), "{}")
+    clock.now += 3_601
     assert store.claim("intake#f").state == "acquired"
 
 
@@ -143,10 +135,10 @@ def test_one_instant_spelled_three_ways_is_queued_once_through_dynamodb(aws_stac
         message["channel"]["time"] = spelling
         repeats.append(handler(api_gateway_event(message), lambda_context("intake")))
 
-    # Then they meet the first attempt's claim, one claim exists, and only its tasks are queued
-    assert [r["statusCode"] for r in repeats] == [429, 429]
+    # Then they get the first answer, one claim exists, and only the first attempt's tasks are queued
+    assert [r["body"] for r in repeats] == [first["body"], first["body"]]
     items = aws_client("dynamodb").scan(TableName=aws_stack.idempotency_table)["Items"]
-    assert len(items) == 1
+    assert [item["status"]["S"] for item in items] == ["COMPLETED"]
     assert len(drain(aws_stack.delivery_queue_url)) == 2
 
 
@@ -170,7 +162,7 @@ class CountingDynamoDB:
 WRITES = {"put_item", "update_item", "delete_item", "batch_write_item", "transact_write_items"}
 
 
-def test_an_accepted_event_costs_one_dynamodb_write(aws_stack: LocalResources) -> None:
+def test_an_accepted_event_costs_two_dynamodb_writes_and_a_repeat_one(aws_stack: LocalResources) -> None:
     # Given the intake wired to DynamoDB (targets and idempotency) through one counting client
     seed_fixture_integrations()
     settings = get_settings()
@@ -181,13 +173,20 @@ def test_an_accepted_event_costs_one_dynamodb_write(aws_stack: LocalResources) -
         idempotency=DynamoDBIdempotencyStore(dynamodb, aws_stack.idempotency_table, ttl_seconds=3_600),
     )
 
-    # When ten distinct events are accepted
+    # When ten distinct events are accepted, and each is then sent again
+    messages = []
     for number in range(10):
         message = sample("openmessaging_text.json")
         message["id"] = f"write-count-{number}"
+        messages.append(message)
+        assert intake.handle(api_gateway_event(message))["statusCode"] == 202
+    accepted = {name: count for name, count in dynamodb.calls.items() if name in WRITES}
+    for message in messages:
         assert intake.handle(api_gateway_event(message))["statusCode"] == 202
 
-    # Then each cost exactly one DynamoDB write (its claim), and every task was queued
+    # Then each accepted event cost its claim and its answer, each repeat one refused claim, and only
+    # the first attempts' tasks were queued
+    assert accepted == {"put_item": 10, "update_item": 10}
     writes = {name: count for name, count in dynamodb.calls.items() if name in WRITES}
-    assert writes == {"put_item": 10}
+    assert writes == {"put_item": 20, "update_item": 10}
     assert len(drain(aws_stack.delivery_queue_url)) == 20

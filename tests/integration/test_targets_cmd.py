@@ -18,9 +18,11 @@ from relay.cli import main
 from relay.local.aws_stack import LocalResources, forget_cached_configuration
 from relay.local.fake_genesys import FakeGenesys
 from relay.local.fixtures import Fixtures, FixtureTarget
+from relay.models.event_filters import EventFilters
+from relay.models.rate_limit import RateLimit, rate_key
 from relay.models.targets import Integration, OAuth2Client, SecurityType, Target, TargetSecurity
 from relay.settings import get_settings
-from relay.wiring import target_store
+from relay.wiring import rate_limit_store, target_store
 
 pytestmark = pytest.mark.integration
 
@@ -329,3 +331,67 @@ def test_sync_fails_the_run_with_one_error_line_when_the_token_answer_is_unusabl
         "relay targets sync: GenesysLoginError: Genesys token endpoint answered with an unreadable body"
     ]
     assert genesys.count(r"^/oauth/token$") == 1
+
+
+def test_list_shows_filters_rate_limit_rate_now_and_auth_type_never_a_secret(
+    local_settings: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given three targets: one filtered and limited to 20/s whose receiver answered 429 a moment ago,
+    # one without a limit that got an implicit one from its 429s, and one left alone
+    store = target_store(get_settings(), cache_ttl_seconds=0)
+    store.put_integration(Integration(integration_id=INTEGRATION_ID, name="list"))
+    store.put_target(
+        Target(
+            integration_id=INTEGRATION_ID,
+            target_id="t-limited",
+            name="limited",
+            url="https://limited.example.com/hook",
+            security=TargetSecurity(type=SecurityType.BEARER, secret_name="relay/x/auth/t-limited"),
+            filters=EventFilters.model_validate({"types": ["Text"], "directions": ["Outbound"]}),
+            rate_limit=RateLimit(per_second=20, burst=40),
+        )
+    )
+    for target_id in ("t-implicit", "t-plain"):
+        store.put_target(
+            Target(
+                integration_id=INTEGRATION_ID,
+                target_id=target_id,
+                name=target_id,
+                url="https://x.example.com/",
+            )
+        )
+    buckets = rate_limit_store(get_settings())
+    now = time.time()
+    buckets.cut(
+        rate_key(INTEGRATION_ID, "t-limited"), now=now, rate=15.0, floor_until=now + 60, seen_cut_at=None
+    )
+    buckets.join(
+        rate_key(INTEGRATION_ID, "t-implicit"), now=now, contribution=6.0, floor_until=0.0, fresh_since=0.0
+    )
+
+    # When the operator lists them, as JSON and as a table
+    assert main(["targets", "list", "--format", "json"]) == 0
+    [entry] = _json_lines(capsys.readouterr().out)
+    assert main(["targets", "list"]) == 0
+    table = capsys.readouterr().out
+
+    # Then each shows its filters, limit, the rate it may be sent at now and why, and its auth type
+    by_id = {t["targetId"]: t for t in entry["targets"]}
+    limited, implicit, plain = by_id["t-limited"], by_id["t-implicit"], by_id["t-plain"]
+    assert limited["filters"] == {"types": ["Text"], "directions": ["Outbound"]}
+    assert limited["rateLimit"] == {"perSecond": 20.0, "burst": 40}
+    assert limited["rateState"] == "adaptive" and limited["effectiveRate"] == pytest.approx(15.0, abs=0.5)
+    assert limited["retryAfterUntil"] is not None
+    assert (limited["security"], limited["auth"]) == ("bearer", "****")
+    assert implicit["rateLimit"] is None and implicit["rateState"] == "adaptive"
+    assert implicit["effectiveRate"] == pytest.approx(6.0, abs=0.5)
+    assert (plain["filters"], plain["rateLimit"], plain["rateState"], plain["effectiveRate"]) == (
+        {},
+        None,
+        "unlimited",
+        None,
+    )
+    limited_row = next(line for line in table.splitlines() if "t-limited" in line)
+    assert "types=Text directions=Outbound" in limited_row and "20/s burst 40" in limited_row
+    assert "(429: cut)" in limited_row and "bearer ****" in limited_row
+    assert "relay/x/auth" not in table + json.dumps(entry)  # not even the secret's name

@@ -206,6 +206,10 @@ def test_dashboard_has_the_widgets_operators_need() -> None:
         (NAMESPACE, "BreakerOpened"),
         (NAMESPACE, "BreakerHalfOpened"),
         (NAMESPACE, "BreakerClosed"),
+        (NAMESPACE, "Throttled"),
+        (NAMESPACE, "RateLimited"),
+        (NAMESPACE, "TasksFiltered"),
+        (NAMESPACE, "EventsUnmatched"),
         ("AWS/SQS", "ApproximateAgeOfOldestMessage"),
         ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
     }
@@ -308,7 +312,7 @@ def _emitted(blobs: list[dict[str, Any]]) -> dict[str, frozenset[str]]:
 def test_dispatcher_emits_its_metrics_with_the_contract_dimensions(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from relay.logic.dispatch.metrics import BatchMetrics, Metric
+    from relay.logic.dispatch.metrics import SERVICE_METRICS, BatchMetrics, Metric
 
     # Given a batch that touched every dispatcher metric
     environment = function_environment()
@@ -316,10 +320,11 @@ def test_dispatcher_emits_its_metrics_with_the_contract_dimensions(
         namespace=environment["POWERTOOLS_METRICS_NAMESPACE"], service=environment["POWERTOOLS_SERVICE_NAME"]
     )
     for metric in Metric:
-        if metric not in (Metric.DELIVERY_LATENCY, Metric.BREAKER_STORE_UNAVAILABLE):
+        if metric in SERVICE_METRICS:
+            batch.service_count(metric)
+        elif metric is not Metric.DELIVERY_LATENCY:
             batch.count(metric, "crm-plain")
     batch.latency("crm-plain", 12.5)
-    batch.breaker_store_unavailable()
 
     # When it flushes
     batch.flush()
@@ -338,18 +343,22 @@ def test_intake_emits_its_metrics_with_the_contract_dimensions(capsys: pytest.Ca
     # Given the intake's metrics, one invocation each (a rejection is its invocation's only metric)
     recorder = PowertoolsMetrics()
     blobs: list[dict[str, Any]] = []
-    for name, reason in (
-        ("EventsAccepted", None),
-        ("EventsDuplicate", None),
-        ("TasksQueued", None),
-        ("EventsRejected", "bad-signature"),
-    ):
-        recorder.count(name, reason=reason)
-        # When the invocation ends (log_metrics flushes the shared Metrics)
-        metrics.flush_metrics()
+    counted: list[tuple[str, str | None, str | None]] = [
+        ("EventsAccepted", None, None),
+        ("EventsDuplicate", None, None),
+        ("TasksQueued", None, None),
+        ("EventsUnmatched", None, None),
+        ("EventsRejected", "bad-signature", None),
+        ("TasksFiltered", "type", "crm-plain"),
+    ]
+    for name, reason, target in counted:
+        recorder.count(name, reason=reason, target=target)
+        if target is None:  # a per-target count is written at once
+            # When the invocation ends (log_metrics flushes the shared Metrics)
+            metrics.flush_metrics()
         blobs += _emf_lines(capsys.readouterr().out)
 
     # Then each carries the contract's dimensions
     emitted = _emitted(blobs)
-    for name in ("EventsAccepted", "EventsDuplicate", "TasksQueued", "EventsRejected"):
+    for name, _, _ in counted:
         assert emitted.get(name) == TABLE[name].dimensions, name

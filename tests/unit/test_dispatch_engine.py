@@ -27,6 +27,7 @@ from relay.logic.dispatch.isolation import EWMA_ALPHA, FORGET_AFTER_SECONDS, Lat
 from relay.models.breaker import BreakerState, DeliveryLane, LaneState, Phase, target_key
 from relay.models.delivery import ATTR_ATTEMPTS, ATTR_DEFERRALS, DeliveryTask, DlqReason, S3Ref
 from relay.models.http import CONNECT_TIMEOUT, READ_TIMEOUT, HttpResult
+from relay.models.rate_limit import BucketState, RateLimit, rate_key
 from relay.models.secrets import RotatingSecret
 from relay.models.targets import RetryMatrix, SecurityType, Target, TargetSecurity
 from relay.settings import Settings
@@ -34,6 +35,7 @@ from relay.testing.fakes import (
     InMemoryAuditSink,
     InMemoryBreakerStore,
     InMemoryClaimCheckStore,
+    InMemoryRateLimitStore,
     InMemorySecrets,
     InMemoryTargets,
     ManualClock,
@@ -109,6 +111,7 @@ class Relay:
     http: ScriptedHttp
     queue: RecordingQueueOps = field(default_factory=RecordingQueueOps)
     breakers: InMemoryBreakerStore = field(default_factory=InMemoryBreakerStore)
+    rate_limits: InMemoryRateLimitStore = field(default_factory=InMemoryRateLimitStore)
     audit: InMemoryAuditSink = field(default_factory=InMemoryAuditSink)
     secrets: InMemorySecrets = field(default_factory=InMemorySecrets)
     claim_checks: InMemoryClaimCheckStore = field(default_factory=InMemoryClaimCheckStore)
@@ -124,11 +127,13 @@ class Relay:
             http=self.http,
             queue=self.queue,
             breakers=self.breakers,
+            rate_limits=self.rate_limits,
             audit=self.audit,
             secrets=self.secrets,
             claim_checks=self.claim_checks,
             clock=self.clock,
             rng=random.Random(7),
+            sleep=self.clock.sleep,
             tokens=self.tokens,
         )
         return self
@@ -868,3 +873,165 @@ def test_the_measure_is_a_moving_average_judged_after_a_few_samples() -> None:
     assert tracker.latency_ms("k", lane_version=0) is None  # two samples are not enough
     tracker.record("k", 1_100.0, lane_version=0)
     assert tracker.latency_ms("k", lane_version=0) == pytest.approx(100 + EWMA_ALPHA * 1_000)
+
+
+# --- rate limits (issue 14, points 2 and 3) -----------------------------------------------------------
+
+
+def limited(per_second: float, burst: int | None = None, target_id: str = "crm") -> Target:
+    return make_target(target_id, rate_limit=RateLimit(per_second=per_second, burst=burst))
+
+
+def bucket(r: Relay, target_id: str = "crm") -> BucketState | None:
+    return r.rate_limits.load(rate_key(INTEGRATION, target_id))
+
+
+def test_a_limited_target_gets_its_burst_then_a_paced_second_and_the_rest_is_deferred(
+    running: list[Relay],
+) -> None:
+    # Given a target limited to 2 requests per second, 3 at once
+    r = start(running, relay(limited(2, burst=3)))
+
+    # When a batch brings eight of its records
+    failed = r.batch(*(record(receive_count=2) for _ in range(8)))
+
+    # Then three go at once and two more within the next second, the batch waiting for their times
+    assert failed == [] and len(r.http.requests) == 5
+    assert r.clock.now == NOW + 1.0
+    # And three are deferred: re-queued with attempts unchanged, back about when they would fit
+    assert [(d["attempts"], d["deferrals"]) for d in r.queue.deferrals] == [(1, 1)] * 3
+    assert all(1 <= d["delay_seconds"] <= 3 for d in r.queue.deferrals)  # 0.5-1.5 s after, + 0-2 s jitter
+    held = [line for line in r.audit_lines() if line["outcome"] == "deferred"]
+    assert [(line["errorCode"], line["attempt"]) for line in held] == [("rate-limited", None)] * 3
+    # And the batch took its tokens with one write
+    assert r.rate_limits.writes == 1
+    state = bucket(r)
+    assert state is not None and state.booked_until == pytest.approx(NOW + 2.5)
+
+
+def test_a_target_without_a_limit_costs_no_bucket_call(running: list[Relay]) -> None:
+    r = start(running, relay())
+
+    r.batch(*(record() for _ in range(10)))
+
+    assert len(r.http.requests) == 10 and r.rate_limits.writes == 0 and bucket(r) is None
+
+
+def test_a_bucket_this_dispatcher_saw_full_costs_no_write_until_it_has_room(running: list[Relay]) -> None:
+    r = start(running, relay(limited(0.5, burst=1)))
+    r.batch(record(), record())  # one goes, booked 2 s ahead; the other is deferred
+    assert (len(r.http.requests), r.rate_limits.writes, len(r.queue.deferrals)) == (1, 1, 1)
+
+    # Half a second later nothing fits, and the dispatcher knows it without asking
+    r.clock.now += 0.5
+    r.batch(record())
+    assert (len(r.http.requests), r.rate_limits.writes, len(r.queue.deferrals)) == (1, 1, 2)
+
+    # Once the next booking is within a second, one more is taken, and sent at its time
+    r.clock.now += 0.5
+    r.batch(record())
+    assert (len(r.http.requests), r.rate_limits.writes) == (2, 2)
+    assert r.clock.now == NOW + 2
+
+
+def test_a_breaker_deferral_takes_no_tokens(running: list[Relay]) -> None:
+    r = start(running, relay(limited(5)))
+    r.set_breaker(BreakerState(Phase.OPEN, 5, 1, NOW + 30, 1))
+
+    r.batch(record(), record())
+
+    assert r.rate_limits.writes == 0
+    assert {line["errorCode"] for line in r.audit_lines()} == {"breaker-open"}
+
+
+def test_429s_cut_the_shared_rate_set_a_floor_and_do_not_open_the_breaker(running: list[Relay]) -> None:
+    # Given a target limited to 10/s that answers ten requests with 429 and Retry-After: 2
+    r = start(running, relay(limited(10, burst=10), answer_with=always(429, headers={"retry-after": "2"})))
+
+    r.batch(*(record() for _ in range(10)))
+
+    # Then its bucket holds the cut rate (x 0.75) and the floor, and its breaker stays closed
+    state = bucket(r)
+    assert state is not None and (state.cut_rate, state.cut_at, state.floor_until) == (7.5, NOW, NOW + 2)
+    assert r.breaker().phase is Phase.CLOSED
+    assert all(delay >= 2 for _, delay in r.queue.retries)  # each record's retry waits Retry-After too
+
+    # And another dispatcher sends nothing before the floor, and after it less than the limit allowed
+    r.http = ScriptedHttp()
+    r.dispatcher = None
+    start(running, r)
+    r.clock.now += 1
+    r.batch(*(record() for _ in range(20)))
+    assert r.http.requests == []
+    r.clock.now += 1
+    r.batch(*(record() for _ in range(20)))
+    # 10/s would let all 20 go within this batch's 1.9 s of bookings; about 7.75/s lets 15
+    assert len(r.http.requests) == 15
+
+
+def test_throttles_within_the_cooldown_cut_once(running: list[Relay]) -> None:
+    r = start(running, relay(limited(10, burst=10), answer_with=always(429)))
+
+    r.batch(record())
+    r.clock.now += 0.5
+    r.batch(record())
+
+    state = bucket(r)
+    assert state is not None and state.cut_rate == 7.5  # the second 429 answered a request sent before
+
+
+def test_a_throttled_target_without_a_limit_gets_an_implicit_one_from_what_got_through(
+    running: list[Relay],
+) -> None:
+    # Given an unlimited target that took ten records a second, then answers 429
+    statuses = [200] * 10 + [429] * 10
+
+    def scripted(method: str, url: str, headers: Mapping[str, str], body: bytes) -> HttpResult:
+        return answer(statuses.pop(0) if statuses else 200)
+
+    r = start(running, relay(answer_with=scripted, PER_TARGET_CONCURRENCY="1", DELIVERY_CONCURRENCY="1"))
+    r.batch(*(record() for _ in range(10)))
+    assert r.rate_limits.writes == 0
+    r.clock.now += 1
+    r.batch(*(record() for _ in range(10)))
+
+    # Then an implicit limit starts at 0.75 x the 10/s that got through
+    state = bucket(r)
+    assert state is not None and state.cut_rate == pytest.approx(7.5) and state.cut_at == NOW + 1
+
+    # And the target is metered from then on: the next batch takes tokens, and 7.5/s lets 16 of 20 go
+    # (one second's worth at once, one more second paced)
+    r.clock.now += 0.1
+    before = len(r.http.requests)
+    r.batch(*(record() for _ in range(20)))
+    assert r.rate_limits.writes == 2 and len(r.http.requests) - before == 16
+
+
+def test_when_the_bucket_store_is_down_records_go_anyway(running: list[Relay]) -> None:
+    r = start(running, relay(limited(1, burst=1)))
+    r.rate_limits.unavailable = True
+
+    assert r.batch(record(), record(), record()) == []
+    assert len(r.http.requests) == 3
+
+
+def test_a_record_held_back_again_and_again_waits_longer_each_time(running: list[Relay]) -> None:
+    r = start(running, relay(limited(0.5, burst=1)))
+
+    r.batch(record(), record(deferrals=3))
+
+    (deferral,) = r.queue.deferrals
+    assert deferral["deferrals"] == 4 and 8 <= deferral["delay_seconds"] <= 10  # 2^3 s, + 0-2 s jitter
+
+
+def test_an_implicit_limit_from_a_dispatcher_that_got_nothing_through_starts_at_half_what_it_sent(
+    running: list[Relay],
+) -> None:
+    # Given an unlimited target answering 429 to every one of a batch's ten records
+    r = start(running, relay(answer_with=always(429)))
+
+    r.batch(*(record() for _ in range(10)))
+
+    # Then the implicit limit starts at 0.75 x half the 10/s that were sent, not at nothing
+    state = bucket(r)
+    assert state is not None and state.cut_rate == pytest.approx(3.75)

@@ -8,6 +8,7 @@ from typing import Any
 from support.events import INTEGRATION_ID, SIGNATURE_SECRET
 
 from relay.logic.intake import Intake
+from relay.models.event_filters import EventFilters
 from relay.models.secrets import RotatingSecret
 from relay.models.targets import Integration, IntegrationEntry, Target
 from relay.testing.fakes import InMemoryClaimCheckStore, InMemoryDeliveryQueue, InMemoryIdempotencyStore
@@ -17,8 +18,11 @@ SECRET_NAME = f"relay/local/signature/{INTEGRATION_ID}"
 
 
 def make_entry(
-    target_ids: tuple[str, ...] = ("t-a", "t-b"), disabled: tuple[str, ...] = ()
+    target_ids: tuple[str, ...] = ("t-a", "t-b"),
+    disabled: tuple[str, ...] = (),
+    filters: dict[str, dict[str, Any]] | None = None,
 ) -> IntegrationEntry:
+    """The integration with these targets; ``filters`` maps a target id to its event filters' config."""
     integration = Integration(integration_id=INTEGRATION_ID, name="Acme", signature_secret_name=SECRET_NAME)
     targets = tuple(
         Target(
@@ -27,6 +31,7 @@ def make_entry(
             name=target_id,
             url=f"https://example.com/{target_id}",
             enabled=target_id not in disabled,
+            filters=EventFilters.model_validate((filters or {}).get(target_id, {})),
         )
         for target_id in target_ids
     )
@@ -53,11 +58,19 @@ class Secrets:
 
 
 class CountingMetrics:
+    """``counts`` by (name, reason); per-target counts also by (name, target, reason) in ``per_target``."""
+
     def __init__(self) -> None:
         self.counts: dict[tuple[str, str | None], int] = {}
+        self.per_target: dict[tuple[str, str, str | None], int] = {}
 
-    def count(self, name: str, value: int = 1, *, reason: str | None = None) -> None:
+    def count(
+        self, name: str, value: int = 1, *, reason: str | None = None, target: str | None = None
+    ) -> None:
         self.counts[(name, reason)] = self.counts.get((name, reason), 0) + value
+        if target is not None:
+            key = (name, target, reason)
+            self.per_target[key] = self.per_target.get(key, 0) + value
 
 
 def make_intake(**overrides: Any) -> tuple[Intake, InMemoryDeliveryQueue]:

@@ -399,42 +399,41 @@ def test_rejections_are_counted_by_reason() -> None:
 # --- exactly once in the queue --------------------------------------------------------------------------
 
 
-def test_a_repeat_under_the_live_claim_is_429_and_not_queued_again() -> None:
+def test_a_genesys_retry_is_answered_the_same_and_not_queued_again() -> None:
     metrics = CountingMetrics()
     intake, queue = make_intake(metrics=metrics)
     first = intake.handle(api_gateway_event())
     repeat = intake.handle(api_gateway_event())
-    assert first["statusCode"] == 202
-    assert refusal(repeat) == (429, "duplicate_in_progress") and repeat["headers"]["retry-after"] == "1"
+    assert first["statusCode"] == repeat["statusCode"] == 202
+    assert first["body"] == repeat["body"]
     assert len(queue.bodies) == 2
     assert metrics.counts[("EventsDuplicate", None)] == 1
 
 
-def test_an_accepted_event_costs_one_idempotency_write() -> None:
+def test_an_accepted_event_costs_two_idempotency_writes_its_claim_and_its_answer() -> None:
     store = InMemoryIdempotencyStore()
     intake, queue = make_intake(idempotency=store)
     for number in range(5):
         message = sample("openmessaging_text.json")
         message["id"] = f"event-{number}"
         assert intake.handle(api_gateway_event(message))["statusCode"] == 202
-    assert store.writes == 5 and len(queue.bodies) == 10
+    assert store.writes == 10 and len(queue.bodies) == 10
 
 
-def test_a_repeat_after_the_lease_is_queued_again_with_the_same_delivery_ids_and_answer() -> None:
-    # Given an event accepted, and its claim's lease over (the attempt that held it is long gone)
+def test_a_repeat_long_after_the_lease_gets_the_first_answer_and_queues_nothing() -> None:
+    # Given an event accepted, and its claim's lease long over
     now = [1_000_000.0]
     store = InMemoryIdempotencyStore(lease_seconds=10, clock=lambda: now[0])
     intake, queue = make_intake(idempotency=store)
     first = intake.handle(api_gateway_event())
-    now[0] += 11
+    now[0] += 600
 
-    # When Genesys repeats it (it only does when it did not get the 202)
+    # When the same signed request arrives again (a 202 Genesys never saw, or a replay)
     second = intake.handle(api_gateway_event())
 
-    # Then it is queued again, as the same deliveries (receivers deduplicate on webhook-id)
-    assert second["statusCode"] == 202 and second["body"] == first["body"]
-    ids = [str(task.delivery_id) for task in tasks(queue)]
-    assert len(ids) == 4 and ids[:2] == ids[2:] == answer(first)["deliveryIds"]
+    # Then it gets the first answer and nothing more is queued
+    assert second["statusCode"] == 202 and answer(second) == answer(first)
+    assert len(queue.bodies) == 2
 
 
 class ProcessDied(BaseException):
@@ -534,8 +533,8 @@ def test_one_instant_spelled_three_ways_is_one_event() -> None:
         message["channel"]["time"] = spelling
         repeat = intake.handle(api_gateway_event(message))
 
-        # Then it is the same event, under the first attempt's claim, and nothing more is queued
-        assert refusal(repeat) == (429, "duplicate_in_progress"), spelling
+        # Then it gets the first answer and nothing more is queued
+        assert repeat["statusCode"] == 202 and repeat["body"] == first["body"], spelling
     assert len(queue.bodies) == 2
 
 
@@ -607,6 +606,8 @@ def test_a_concurrent_repeat_is_not_queued_twice_and_gets_429_while_in_progress(
     assert busy["statusCode"] == 429 and busy["headers"]["retry-after"] == "1"
     assert results[0]["statusCode"] == 202
     assert len(queue.bodies) == 2
+    # and once the first finished, the repeat gets the same 202
+    assert intake.handle(api_gateway_event())["body"] == results[0]["body"]
 
 
 def test_many_concurrent_repeats_queue_exactly_once() -> None:
@@ -625,15 +626,43 @@ def test_many_concurrent_repeats_queue_exactly_once() -> None:
 
 
 class FailingIdempotency(InMemoryIdempotencyStore):
+    def __init__(self, *, claim_fails: bool = False, complete_fails: bool = False) -> None:
+        super().__init__()
+        self.claim_fails = claim_fails
+        self.complete_fails = complete_fails
+
     def claim(self, key: str) -> Any:
-        raise DependencyUnavailable("idempotency table down")
+        if self.claim_fails:
+            raise DependencyUnavailable("idempotency table down")
+        return super().claim(key)
+
+    def complete(self, claim: Any, response: str) -> None:
+        if self.complete_fails:
+            raise DependencyUnavailable("idempotency table down")
+        super().complete(claim, response)
 
 
 def test_idempotency_table_unavailable_before_queueing_is_503_and_nothing_queued() -> None:
-    intake, queue = make_intake(idempotency=FailingIdempotency())
+    intake, queue = make_intake(idempotency=FailingIdempotency(claim_fails=True))
     response = intake.handle(api_gateway_event())
     assert response["statusCode"] == 503 and "retry-after" in response["headers"]
     assert queue.bodies == []
+
+
+def test_idempotency_table_failing_after_queueing_still_answers_202() -> None:
+    intake, queue = make_intake(idempotency=FailingIdempotency(complete_fails=True))
+    assert intake.handle(api_gateway_event())["statusCode"] == 202
+    assert len(queue.bodies) == 2
+
+
+def test_repeats_after_the_record_expired_are_queued_again_with_the_same_delivery_ids() -> None:
+    now = [1_000_000.0]
+    intake, queue = make_intake(idempotency=InMemoryIdempotencyStore(ttl_seconds=60, clock=lambda: now[0]))
+    first = intake.handle(api_gateway_event())
+    now[0] += 61
+    second = intake.handle(api_gateway_event())
+    assert len(queue.bodies) == 4
+    assert answer(first)["deliveryIds"] == answer(second)["deliveryIds"]
 
 
 # --- dependencies ---------------------------------------------------------------------------------------
@@ -753,9 +782,8 @@ def test_eventbridge_events_fan_out_to_the_configured_integration() -> None:
     assert all(t.event_source == "eventbridge" and t.event_id == event["id"] for t in queued)
     # serialised once, compact, in UTF-8 (the runtime handed over a dict: there is no text to keep)
     assert {t.event_json for t in queued} == {json.dumps(event, separators=(",", ":"), ensure_ascii=False)}
-    # A redelivery of the same EventBridge event under the live claim is not queued again, and is no
-    # function error (the claim holder's own invocation is Lambda's to retry)
-    assert intake.handle(event)["status"] == "duplicate"
+    # A redelivery of the same EventBridge event is not queued again
+    intake.handle(event)
     assert len(queue.bodies) == 2
 
 

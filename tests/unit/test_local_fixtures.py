@@ -36,3 +36,31 @@ def test_an_eventbridge_integration_id_that_is_not_listed_is_refused() -> None:
     doc["eventBridgeIntegrationId"] = "not-an-integration"
     with pytest.raises(ValidationError, match="eventBridgeIntegrationId"):
         Fixtures.model_validate(doc)
+
+
+def test_a_fixture_targets_filters_and_rate_limit_are_served_as_genesys_config_properties() -> None:
+    from relay.local.fake_genesys import webhook_docs
+    from relay.models.webhook_config import webhook_config_from_genesys
+
+    # Given a fixture target with event filters and a rate limit
+    doc = fixtures_doc()
+    target = doc["integrations"][0]["targets"][0]
+    target["filters"] = {"types": ["Text"], "originatingEntities": ["Human"]}
+    target["rateLimit"] = {"perSecond": 20, "burst": 40}
+    fixture = Fixtures.model_validate(doc).integrations[0].targets[0]
+
+    # When the fake Genesys API serves it as a webhook integration
+    integration, config, _ = webhook_docs(doc["integrations"][0]["id"], fixture)
+
+    # Then its config properties carry them, and config sync reads them back unchanged
+    assert config["properties"]["filters"] == {"types": ["Text"], "originatingEntities": ["Human"]}
+    assert config["properties"]["rateLimit"] == {"perSecond": 20.0, "burst": 40}
+    read = webhook_config_from_genesys(integration, config, {"security": "token", "signingSecret": None})
+    assert read.filters == fixture.filters and read.rate_limit == fixture.rate_limit
+
+
+def test_an_unknown_filter_value_in_the_fixtures_file_is_refused() -> None:
+    doc = fixtures_doc()
+    doc["integrations"][0]["targets"][0]["filters"] = {"types": ["Txt"]}
+    with pytest.raises(ValidationError, match="unknown message type 'Txt'"):
+        Fixtures.model_validate(doc)

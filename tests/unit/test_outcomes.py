@@ -80,6 +80,27 @@ def test_a_4xx_answer_means_the_endpoint_is_up() -> None:
     assert classify(HttpResult(503, 1.0), now=NOW).endpoint_unhealthy
 
 
+@pytest.mark.parametrize(
+    ("status", "headers", "throttled"),
+    [
+        (429, {}, True),
+        (429, {"retry-after": "3"}, True),
+        (503, {"retry-after": "3"}, True),
+        (503, {}, False),
+        (502, {"retry-after": "3"}, False),
+        (200, {}, False),
+    ],
+)
+def test_a_throttle_asks_for_less_and_is_no_failure_of_the_endpoint(
+    status: int, headers: dict[str, str], throttled: bool
+) -> None:
+    outcome = classify(HttpResult(status, 1.0, headers=headers), now=NOW)
+
+    assert outcome.throttled is throttled
+    # retried like before, but the breaker does not count a throttle against the endpoint
+    assert outcome.endpoint_unhealthy is (status >= 500 and not throttled)
+
+
 def test_retry_after_in_seconds_and_as_a_date() -> None:
     later = format_datetime(NOW + timedelta(seconds=90), usegmt=True)
     assert classify(HttpResult(429, 1.0, headers={"retry-after": "120"}), now=NOW).retry_after_seconds == 120

@@ -89,6 +89,14 @@ def test_secret_values_stay_hidden_in_repr() -> None:
         ({}, {}, {"encryptionKey": "short"}, "encryptionKey"),
         ({}, {"retryMatrix": {"attempts": 0}}, {}, "retryMatrix.attempts"),
         ({}, {"connectTimeoutSeconds": 0}, {}, "connectTimeoutSeconds"),
+        ({}, {"filters": {"types": ["Txt"]}}, {}, "filters.types"),
+        ({}, {"filters": {"originatingEntities": ["Robot"]}}, {}, "filters.originatingEntities"),
+        ({}, {"filters": {"eventTypes": []}}, {}, "filters.eventTypes"),
+        ({}, {"filters": {"detailTypes": [""]}}, {}, "filters.detailTypes"),
+        ({}, {"filters": {"direction": ["Outbound"]}}, {}, "filters.direction"),
+        ({}, {"rateLimit": {"perSecond": -1}}, {}, "rateLimit.perSecond"),
+        ({}, {"rateLimit": {"burst": 5}}, {}, "rateLimit.perSecond"),
+        ({}, {"rateLimit": {"perSecond": 5, "burst": 0}}, {}, "rateLimit.burst"),
     ],
 )
 def test_invalid_configs_are_refused_naming_the_field_not_the_value(
@@ -116,6 +124,44 @@ def test_model_accepts_the_seed_field_names() -> None:
         }
     )
     assert config.method == "PUT" and config.security.value is None and config.headers == {}
+
+
+def test_filters_and_rate_limit_map_in_genesys_spelling() -> None:
+    config = webhook_config_from_genesys(
+        _integration(),
+        _config(
+            filters={
+                "types": ["TEXT", "event", "Text"],
+                "eventTypes": ["typing"],
+                "directions": ["Outbound"],
+                "originatingEntities": ["bot"],
+                "detailTypes": ["v2.detail.events.conversation.*"],
+            },
+            rateLimit={"perSecond": 0.5},
+        ),
+        _secrets(),
+    )
+
+    assert config.filters.describe() == (
+        "types=Text,Event eventTypes=Typing directions=Outbound originatingEntities=Bot "
+        "detailTypes=v2.detail.events.conversation.*"
+    )
+    limit = config.rate_limit
+    assert limit is not None and (limit.per_second, limit.capacity) == (0.5, 1)
+
+
+def test_without_filters_or_limit_every_event_goes_at_any_rate() -> None:
+    config = webhook_config_from_genesys(_integration(), _config(), _secrets())
+
+    assert not config.filters.filters_anything and config.filters.describe() == "all"
+    assert config.rate_limit is None
+
+
+def test_an_unknown_filter_value_is_named_with_the_known_ones() -> None:
+    with pytest.raises(ValidationError) as caught:
+        webhook_config_from_genesys(_integration(), _config(filters={"directions": ["Sideways"]}), _secrets())
+
+    assert "unknown direction 'Sideways' (known: Inbound, Outbound)" in safe_errors(caught.value)
 
 
 # --- OAuth 2.0 client credentials and mTLS ------------------------------------------------------------

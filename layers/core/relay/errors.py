@@ -9,6 +9,7 @@
     ├── DependencyUnavailable         an AWS dependency failed: answer 503 + Retry-After, the sender retries;
     │   │                             the dispatcher leaves the record for SQS to show again
     │   ├── BreakerStoreUnavailable   the breaker table failed: the dispatcher fails open
+    │   ├── RateLimitStoreUnavailable the rate-limit buckets (same table) failed: it fails open too
     │   └── TargetWriteConflict       a target changed under every try of a read-modify-write
     ├── RequestInProgress             the same event is being accepted right now: 429 + Retry-After
     ├── UnsafeUrl                     a target URL breaks the URL policy (scheme, private address, ...)
@@ -133,6 +134,10 @@ class TokenUnavailable(RelayError):
 
 class BreakerStoreUnavailable(DependencyUnavailable):
     """The breaker table could not be read or written (the dispatcher fails open)."""
+
+
+class RateLimitStoreUnavailable(DependencyUnavailable):
+    """A target's rate-limit bucket could not be read or written (the dispatcher fails open)."""
 
 
 class TargetWriteConflict(DependencyUnavailable):

@@ -21,6 +21,7 @@ from relay.models.delivery import DlqReason, S3Ref
 from relay.models.http import HttpResult
 from relay.models.idempotency import Claim
 from relay.models.queue import MoveTaskStatus, OutgoingMessage, ReceivedMessage, Requeue
+from relay.models.rate_limit import BucketAnswer, BucketState
 from relay.models.secrets import RotatingSecret
 from relay.models.targets import Integration, IntegrationEntry, Target
 
@@ -145,6 +146,43 @@ class BreakerStore(Protocol):
         ...
 
 
+class RateLimitStore(Protocol):
+    """Targets' token buckets (relay.logic.token_bucket), one item per target, changed only by
+    conditional writes that need no earlier read. Every write answers ``BucketAnswer``: the state it
+    left, or the stored state that failed its condition (so the caller can plan again without a read).
+    Raises ``RateLimitStoreUnavailable``."""
+
+    def load(self, key: str) -> BucketState | None:
+        """The stored bucket, or None (operator commands; the dispatcher never reads first)."""
+        ...
+
+    def take(
+        self, key: str, *, now: float, count: int, cost: float, idle: bool, latest: float
+    ) -> BucketAnswer:
+        """Book ``count`` requests of ``cost`` seconds each. ``idle``: if nothing is booked past ``now``,
+        book from ``now``; else: if ``now <= booked_until <= latest``, book on from ``booked_until``.
+        Either way only when no Retry-After floor lies past ``now``."""
+        ...
+
+    def cut(
+        self, key: str, *, now: float, rate: float, floor_until: float, seen_cut_at: float | None
+    ) -> BucketAnswer:
+        """Store a cut (``cut_rate = rate``, ``cut_at = now``) and the floor, if the stored cut is still
+        the one seen (``seen_cut_at``; None: no cut stored)."""
+        ...
+
+    def join(
+        self, key: str, *, now: float, contribution: float, floor_until: float, fresh_since: float
+    ) -> BucketAnswer:
+        """Add ``contribution`` to an implicit limit cut at or after ``fresh_since``, or start one (cut
+        now) where none is stored; not written when the stored cut is older (released)."""
+        ...
+
+    def raise_floor(self, key: str, *, floor_until: float) -> BucketAnswer:
+        """Set the Retry-After floor, if the stored one is earlier."""
+        ...
+
+
 class AuditSink(Protocol):
     def write(
         self, date: str, target_id: str, invocation_id: str, records: Sequence[Mapping[str, Any]]
@@ -183,9 +221,11 @@ class ClaimCheckStore(Protocol):
 
 class IdempotencyStore(Protocol):
     def claim(self, key: str) -> Claim:
-        """Claim ``key`` for this attempt (a lease that simply runs out), or say that a live lease
-        already holds it. The one write of an accepted event."""
+        """Claim ``key`` for this attempt, or say who already has it."""
         ...
+
+    def complete(self, claim: Claim, response: str) -> None:
+        """Record the answer for ``claim`` so repeats get it without queueing again."""
 
     def release(self, claim: Claim) -> None:
         """Forget a claim whose attempt failed, so a repeat can queue."""
@@ -203,7 +243,10 @@ class EventBridgeIntake(Protocol):
 
 
 class MetricsRecorder(Protocol):
-    def count(self, name: str, value: int = 1, *, reason: str | None = None) -> None: ...
+    def count(
+        self, name: str, value: int = 1, *, reason: str | None = None, target: str | None = None
+    ) -> None:
+        """Count ``name``; ``reason`` and ``target`` are its dimensions when given (docs/architecture.md)."""
 
 
 # --- config sync and operator commands --------------------------------------------------------------

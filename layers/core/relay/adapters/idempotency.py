@@ -1,22 +1,20 @@
-"""The intake's idempotency claims: one conditional write per event decides who queues it.
+"""The intake's idempotency records: a conditional claim decides who queues, a second write keeps the answer.
 
 Layout (IdempotencyTable, the powertools idempotency layout): ``id`` (hash key), ``status``
-(``INPROGRESS``), ``expiration`` (epoch seconds; the table's TTL attribute: when DynamoDB may delete
-the record), ``in_progress_expiration`` (epoch milliseconds: the claim's lease) and ``token`` (which
-attempt holds the claim).
+(``INPROGRESS`` | ``COMPLETED``), ``expiration`` (epoch seconds; the table's TTL attribute),
+``in_progress_expiration`` (epoch milliseconds: the claim's lease), ``token`` (which attempt holds the
+claim) and ``data`` (the answer to replay).
 
-``claim`` is the only write of an accepted event: a ``PutItem`` whose condition lets it through only
-if no live lease exists::
+``claim`` is a single ``PutItem`` whose condition lets it through only if no live record exists::
 
-    attribute_not_exists(in_progress_expiration) OR in_progress_expiration < now
+    attribute_not_exists(id) OR expiration < now OR (status = INPROGRESS AND in_progress_expiration < now)
 
-so of any number of concurrent repeats exactly one wins and the others are told the event is in
-progress. Nothing is written when the winner has queued: the lease simply runs out. The lease is
-longer than the intake's Lambda timeout, so a live attempt never loses its claim; after it, the next
-repeat claims again and queues again with the same deterministic deliveryIds (docs/intake.md,
-"Exactly once in the queue", says why that is the safe side). ``release`` (only after a failure) is
-conditional on the claim's token, so a stale attempt cannot touch a newer claim. Records that an
-older relay completed (``COMPLETED``, no lease) count as over, like any expired lease.
+so of any number of concurrent repeats exactly one wins; the others learn from the failed condition
+(``ReturnValuesOnConditionCheckFailure=ALL_OLD``) whether the winner has finished (replay its answer) or
+is still queueing (ask the sender to retry). The lease is longer than the intake's Lambda timeout, so a
+live attempt never loses its claim, and short enough that a crashed attempt blocks repeats only briefly.
+``complete`` and ``release`` are conditional on the claim's token, so a stale attempt cannot touch a
+newer claim. DynamoDB TTL deletes lazily, which is why the condition compares ``expiration`` itself.
 """
 
 from __future__ import annotations
@@ -32,14 +30,13 @@ from relay.errors import DependencyUnavailable
 from relay.models.idempotency import Claim
 
 STATUS_IN_PROGRESS = "INPROGRESS"
+STATUS_COMPLETED = "COMPLETED"
 # Longer than the intake's Lambda timeout (8 s in template.yaml); shorter than Genesys' retry period.
 DEFAULT_LEASE_SECONDS = 10.0
 
 
 class DynamoDBIdempotencyStore:
-    """Claims in the IdempotencyTable through a boto3 DynamoDB client; ``clock`` is epoch seconds.
-    ``ttl_seconds`` is how long a record stays in the table (for operators); no decision reads it
-    after its lease."""
+    """Claims in the IdempotencyTable through a boto3 DynamoDB client; ``clock`` is epoch seconds."""
 
     def __init__(
         self,
@@ -65,21 +62,72 @@ class DynamoDBIdempotencyStore:
                 Item={
                     "id": {"S": key},
                     "status": {"S": STATUS_IN_PROGRESS},
-                    "expiration": {"N": str(int(now + max(self._ttl, self._lease)))},
+                    "expiration": {"N": str(int(now) + self._ttl)},
                     "in_progress_expiration": {"N": str(int((now + self._lease) * 1000))},
                     "token": {"S": token},
                 },
-                ConditionExpression="attribute_not_exists(#lease_expiry) OR #lease_expiry < :now_ms",
-                ExpressionAttributeNames={"#lease_expiry": "in_progress_expiration"},
-                ExpressionAttributeValues={":now_ms": {"N": str(int(now * 1000))}},
+                ConditionExpression=(
+                    "attribute_not_exists(#id) OR #expiry < :now"
+                    " OR (#status = :in_progress AND #lease_expiry < :now_ms)"
+                ),
+                ExpressionAttributeNames={
+                    "#id": "id",
+                    "#expiry": "expiration",
+                    "#status": "status",
+                    "#lease_expiry": "in_progress_expiration",
+                },
+                ExpressionAttributeValues={
+                    ":now": {"N": str(int(now))},
+                    ":now_ms": {"N": str(int(now * 1000))},
+                    ":in_progress": {"S": STATUS_IN_PROGRESS},
+                },
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
             if not _condition_failed(exc):
                 raise _unavailable(exc) from None
-            return Claim(key=key, state="in_progress")
+            return self._existing(key, exc.response.get("Item"))
         except BotoCoreError as exc:
             raise _unavailable(exc) from None
         return Claim(key=key, state="acquired", token=token)
+
+    def _existing(self, key: str, item: dict[str, Any] | None) -> Claim:
+        if item is None:  # an older DynamoDB (or emulator) that does not return the item: read it
+            try:
+                found = self._ddb.get_item(TableName=self._table, Key={"id": {"S": key}}, ConsistentRead=True)
+                item = found.get("Item")
+            except (ClientError, BotoCoreError) as exc:
+                raise _unavailable(exc) from None
+        if item is None:  # released between our write and our read: the next attempt will win it
+            return Claim(key=key, state="in_progress")
+        if item.get("status", {}).get("S") == STATUS_COMPLETED and "data" in item:
+            return Claim(key=key, state="completed", response=item["data"]["S"])
+        return Claim(key=key, state="in_progress")
+
+    def complete(self, claim: Claim, response: str) -> None:
+        try:
+            self._ddb.update_item(
+                TableName=self._table,
+                Key={"id": {"S": claim.key}},
+                UpdateExpression="SET #status = :completed, #data = :data REMOVE #lease_expiry",
+                ConditionExpression="#token = :token",
+                ExpressionAttributeNames={
+                    "#status": "status",
+                    "#data": "data",
+                    "#lease_expiry": "in_progress_expiration",
+                    "#token": "token",
+                },
+                ExpressionAttributeValues={
+                    ":completed": {"S": STATUS_COMPLETED},
+                    ":data": {"S": response},
+                    ":token": {"S": claim.token or ""},
+                },
+            )
+        except ClientError as exc:
+            if not _condition_failed(exc):  # else the lease ran out and another attempt took over
+                raise _unavailable(exc) from None
+        except BotoCoreError as exc:
+            raise _unavailable(exc) from None
 
     def release(self, claim: Claim) -> None:
         try:

@@ -2,9 +2,11 @@
 stored, reachability, and switching a target on or off.
 
 - ``sync`` runs relay.logic.config_sync with the same settings (environment) as ConfigSyncFunction.
-- ``list`` prints what the TargetsTable holds. Secrets are masked, and not even read: only whether a
-  secret is referenced shows; the auth type reads none, basic, bearer or oauth2, ``+mtls`` with a
-  client certificate.
+- ``list`` prints what the TargetsTable holds, with each target's event filters, rate limit, auth type
+  and the rate it may be sent at now (from its bucket in the BreakerTable: the configured limit, or
+  less while a 429 cut is in force, or an implicit limit). Secrets are masked, and not even read: only
+  whether a secret is referenced shows; the auth type reads none, basic, bearer or oauth2, ``+mtls``
+  with a client certificate.
 - ``check [TARGET_ID]`` sends one HEAD per target within a total timeout and reports status, latency
   and error (the seed's reachability check, done right: never a POST, no redirects followed, the URL
   policy applied to the URL and, before the TCP handshake, to every address connected to).
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
 
 from relay.cli.arguments import positive_seconds
@@ -32,6 +35,7 @@ from relay.cli.stack_option import STACK_OPTION
 
 if TYPE_CHECKING:
     from relay.logic.url_policy import UrlPolicy
+    from relay.models.rate_limit import BucketState
 
 MASK = "****"
 
@@ -126,8 +130,11 @@ def auth_type(target: Any) -> str:
     return f"{kind}+mtls" if target.security.client_certificate_name else kind
 
 
-def target_view(target: Any) -> dict[str, Any]:
-    """A stored target for display: secret references masked, header values left out."""
+def target_view(
+    target: Any, bucket: BucketState | None = None, *, now: float | None = None
+) -> dict[str, Any]:
+    """A stored target for display: secret references masked, header values left out; with its bucket
+    (``None``: not read, so the rate it may be sent at now is unknown)."""
     oauth2 = target.security.oauth2
     return {
         "integrationId": target.integration_id,
@@ -145,14 +152,79 @@ def target_view(target: Any) -> dict[str, Any]:
         "clientCertificate": _masked(target.security.client_certificate_name),
         "signingSecret": _masked(target.signing_secret_name),
         "encryptionKey": _masked(target.encryption_key_name),
+        "filters": target.filters.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "rateLimit": (
+            {"perSecond": target.rate_limit.per_second, "burst": target.rate_limit.capacity}
+            if target.rate_limit is not None
+            else None
+        ),
+        **_rate_now(target, bucket, now),
         "version": target.version,
         "syncedAt": target.synced_at,
     }
 
 
+def _rate_now(target: Any, bucket: BucketState | None, now: float | None) -> dict[str, Any]:
+    """``effectiveRate`` (requests per second now; None: unlimited or unknown), ``rateState``
+    (``configured``, ``adaptive``: a 429 cut or an implicit limit in force, ``unlimited``, ``unknown``)
+    and ``retryAfterUntil`` (a Retry-After floor still ahead)."""
+    from relay.logic.token_bucket import AimdPolicy, current_rate
+
+    if bucket is None or now is None:
+        return {"effectiveRate": None, "rateState": "unknown", "retryAfterUntil": None}
+    rate = current_rate(bucket, target.rate_limit, now, AimdPolicy())
+    configured = target.rate_limit.per_second if target.rate_limit is not None else None
+    if rate is None:
+        state = "unlimited"
+    elif bucket.cut_rate is not None and (configured is None or rate < configured):
+        state = "adaptive"
+    else:
+        state = "configured"
+    floor = bucket.floor_until if bucket.floor_until > now else None
+    return {
+        "effectiveRate": round(rate, 2) if rate is not None else None,
+        "rateState": state,
+        "retryAfterUntil": datetime.fromtimestamp(floor, UTC).isoformat(timespec="seconds")
+        if floor
+        else None,
+    }
+
+
+def _buckets(targets: list[Any]) -> tuple[dict[str, BucketState], float | None]:
+    """Each target's bucket as stored (absent: a full bucket), read once; ``now`` None when the
+    BreakerTable is not configured here (the rates are then unknown)."""
+    import time
+
+    from relay.models.rate_limit import BucketState, rate_key
+    from relay.settings import get_settings
+    from relay.wiring import rate_limit_store
+
+    settings = get_settings()
+    if not settings.breaker_table:
+        return {}, None
+    store = rate_limit_store(settings)
+    keys = {rate_key(t.integration_id, t.target_id) for t in targets}
+    return {key: store.load(key) or BucketState() for key in keys}, time.time()
+
+
+def _rate_cell(view: dict[str, Any]) -> str:
+    if view["rateState"] in ("unknown", "unlimited"):
+        return str(view["rateState"])
+    cell = f"{view['effectiveRate']:g}/s"
+    return f"{cell} (429: cut)" if view["rateState"] == "adaptive" else cell
+
+
 def _list(args: Any, out: IO[str] | None = None) -> int:
+    from relay.models.rate_limit import rate_key
+
     out = out or sys.stdout
     entries = list(_entries(args.integration))
+    buckets, now = _buckets([t for entry in entries for t in entry.targets])
+
+    def view(target: Any) -> dict[str, Any]:
+        bucket = buckets.get(rate_key(target.integration_id, target.target_id))
+        return target_view(target, bucket, now=now)
+
     if args.format == "json":
         for entry in entries:
             integration = entry.integration
@@ -163,15 +235,30 @@ def _list(args: Any, out: IO[str] | None = None) -> int:
                 "signatureSecret": _masked(integration.signature_secret_name),
                 "version": integration.version,
                 "syncedAt": integration.synced_at,
-                "targets": [target_view(t) for t in entry.targets],
+                "targets": [view(t) for t in entry.targets],
             }
             print(json.dumps(doc), file=out)
         return ExitCode.OK
     rows = [
-        ("INTEGRATION", "TARGET", "NAME", "ON", "METHOD", "URL", "SECURITY", "SIGN", "ENCRYPT", "V", "SYNCED")
+        (
+            "INTEGRATION",
+            "TARGET",
+            "NAME",
+            "ON",
+            "METHOD",
+            "URL",
+            "SECURITY",
+            "SIGN",
+            "ENCRYPT",
+            "FILTERS",
+            "LIMIT",
+            "RATE NOW",
+            "V",
+            "SYNCED",
+        )
     ]
     for entry in entries:
-        for t in (target_view(t) for t in entry.targets):
+        for target, t in ((target, view(target)) for target in entry.targets):
             rows.append(
                 (
                     t["integrationId"],
@@ -183,6 +270,9 @@ def _list(args: Any, out: IO[str] | None = None) -> int:
                     f"{t['authType']} {t['auth'] or ''}".strip(),
                     t["signingSecret"] or "-",
                     t["encryptionKey"] or "-",
+                    target.filters.describe(),
+                    target.rate_limit.describe() if target.rate_limit is not None else "-",
+                    _rate_cell(t),
                     str(t["version"]),
                     t["syncedAt"] or "-",
                 )
@@ -275,7 +365,6 @@ def _check(args: Any, out: IO[str] | None = None) -> int:
 # --- enable / disable -----------------------------------------------------------------------------
 def _switch(args: Any, out: IO[str] | None = None) -> int:
     import uuid
-    from datetime import UTC, datetime
 
     from relay.cli.breaker_cmd import _find_target
     from relay.logic.deliveries.operator import switch_target

@@ -157,6 +157,10 @@ def webhook_docs(
         properties["oauth2"] = oauth2.model_dump(by_alias=True, exclude_none=True, mode="json")
     if target.retry_matrix is not None:
         properties["retryMatrix"] = target.retry_matrix.model_dump(by_alias=True)
+    if target.filters is not None:
+        properties["filters"] = target.filters.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if target.rate_limit is not None:
+        properties["rateLimit"] = target.rate_limit.model_dump(mode="json", by_alias=True, exclude_none=True)
     for extra in ("connectTimeoutSeconds", "readTimeoutSeconds"):
         if (target.model_extra or {}).get(extra) is not None:
             properties[extra] = (target.model_extra or {})[extra]

@@ -10,9 +10,9 @@
 It answers like a careful real receiver: verifies Standard Webhooks signatures when it knows the
 path's secrets (401 otherwise), decrypts encrypted envelopes when it knows the key, deduplicates on
 ``webhook-id``. Scripted behaviour (a ``Behaviour``, per path or for all): fixed latency, a status
-sequence, a fault rate (5xx, 429 with Retry-After, timeouts, dropped connections), a down switch, and
-deliveries acknowledged and then lost (``lose``: answered 200, kept nowhere, as a receiver whose own
-storage failed after answering).
+sequence, a fault rate (5xx, 429 with Retry-After, timeouts, dropped connections), a hidden rate
+limit (429 beyond N requests per second), a down switch, and deliveries acknowledged and then lost
+(``lose``: answered 200, kept nowhere, as a receiver whose own storage failed after answering).
 
 ``arrived_at`` of each request is when its request line was read, before the receiver's own time;
 ``received_at`` when it was answered.
@@ -50,7 +50,11 @@ class Behaviour:
     status: int = 200
     fault_rate: float = 0.0
     faults: tuple[Fault, ...] = ("5xx",)
+    # The Retry-After of a 429 (0: none sent).
     retry_after_seconds: int = 1
+    # A limit the receiver keeps to itself: beyond this many requests per second (a token bucket
+    # holding one second's worth) it answers 429.
+    hidden_limit_per_second: float | None = None
     # A "timeout" fault holds the request this long before answering 200 (past any sane read timeout).
     hang_seconds: float = 30.0
     # This share of deliveries (chosen by their webhook-id, so the same ones every run) has its first
@@ -75,6 +79,8 @@ class Behaviour:
         self._rng = random.Random(self.seed)
         self._lock = threading.Lock()
         self._tried: set[str] = set()
+        self._tokens = self.hidden_limit_per_second or 0.0
+        self._refilled = time.monotonic()
 
     def take_loss(self) -> bool:
         """Whether to lose this (accepted) delivery: True for the next ``lose`` of them."""
@@ -93,6 +99,8 @@ class Behaviour:
                 self._tried.add(webhook_id)
                 if hangs_first_try(webhook_id, self.first_try_hang_rate):
                     return "hang", 0
+            if self.hidden_limit_per_second is not None and not self._within_hidden_limit():
+                return "answer", 429
             if self.status_sequence:
                 return "answer", self.status_sequence.popleft()
             if self.fault_rate > 0 and self._rng.random() < self.fault_rate:
@@ -105,6 +113,16 @@ class Behaviour:
                     return "answer", 429
                 return "answer", self._rng.choice((500, 502, 503, 504))
             return "answer", self.status
+
+    def _within_hidden_limit(self) -> bool:
+        limit = self.hidden_limit_per_second or 0.0
+        now = time.monotonic()
+        self._tokens = min(max(1.0, limit), self._tokens + (now - self._refilled) * limit)
+        self._refilled = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
 
 
 def hangs_first_try(webhook_id: str, rate: float) -> bool:
@@ -413,7 +431,7 @@ def _make_handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             lost = 200 <= status < 300 and behaviour.take_loss()
             duplicate = receiver._record(self.command, path, headers, body, status, port, arrived_at, lost)
             extra = dict(behaviour.response_headers)
-            if status == 429:
+            if status == 429 and behaviour.retry_after_seconds:
                 extra.setdefault("Retry-After", str(behaviour.retry_after_seconds))
             if behaviour.response_body is not None:
                 self._answer_raw(status, behaviour.response_body, extra)

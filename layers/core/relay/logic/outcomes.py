@@ -1,7 +1,8 @@
 """What one delivery attempt's result means: the seed's response-code pipeline, done right.
 
     2xx                                   delivered
-    408, 425, 429, 5xx                    retryable (Retry-After honoured, see relay.logic.retry)
+    408, 425, 429, 5xx                    retryable (Retry-After honoured, see relay.logic.retry);
+                                          429 and 503 + Retry-After also cut the target's rate
     timeouts, connection errors           retryable
     a response cut off (any status)       retryable: incomplete-response, or deadline-exceeded
     410                                   gone: disable the target, dead-letter
@@ -60,11 +61,19 @@ class Outcome:
         return self.status is not None or self.error_code in RETRYABLE_ERRORS
 
     @property
+    def throttled(self) -> bool:
+        """The endpoint asked us to slow down: 429, or 503 with Retry-After. The rate limiter answers it
+        (relay.logic.token_bucket: the target's rate is cut, Retry-After is a floor)."""
+        return self.status == 429 or (self.status == 503 and self.retry_after_seconds is not None)
+
+    @property
     def endpoint_unhealthy(self) -> bool:
         """Counts as a failure for the circuit breaker: timeouts, connection errors, responses cut off,
-        408/425/429/5xx.
-        A 4xx or 3xx answer means the endpoint is up (the request was wrong), so it counts as healthy."""
-        return self.verdict is Verdict.RETRYABLE and self.reached_endpoint
+        408/425/5xx.
+        A 4xx or 3xx answer means the endpoint is up (the request was wrong), so it counts as healthy;
+        so does a throttle (429, 503 with Retry-After): the endpoint is up and asks for less, which the
+        rate limiter gives it, so a burst of 429s does not open the breaker."""
+        return self.verdict is Verdict.RETRYABLE and self.reached_endpoint and not self.throttled
 
 
 def parse_retry_after(value: str | None, *, now: datetime) -> float | None:

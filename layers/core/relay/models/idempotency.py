@@ -10,10 +10,12 @@ from typing import Literal
 class Claim:
     """The outcome of ``IdempotencyStore.claim`` (relay.ports).
 
-    ``state`` is ``acquired`` (this attempt must queue; after a failure it releases with ``token``)
-    or ``in_progress`` (another attempt holds a live lease on the event right now).
+    ``state`` is ``acquired`` (this attempt must queue, then complete or release with ``token``),
+    ``completed`` (a previous attempt queued; ``response`` is its answer), or ``in_progress``
+    (another attempt holds the claim right now).
     """
 
     key: str
-    state: Literal["acquired", "in_progress"]
+    state: Literal["acquired", "completed", "in_progress"]
     token: str | None = None
+    response: str | None = None

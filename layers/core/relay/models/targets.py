@@ -13,6 +13,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from relay.models.event_filters import EventFilters
+from relay.models.rate_limit import RateLimit
+
 
 class CamelModel(BaseModel):
     """camelCase on the wire and in DynamoDB, snake_case in Python."""
@@ -102,6 +105,9 @@ class Target(CamelModel):
     retry_matrix: RetryMatrix = Field(default_factory=RetryMatrix)
     connect_timeout_seconds: float | None = Field(None, gt=0)
     read_timeout_seconds: float | None = Field(None, gt=0)
+    # Receiver controls: which events it gets (checked at the intake) and how fast (the dispatcher).
+    filters: EventFilters = Field(default_factory=EventFilters)
+    rate_limit: RateLimit | None = None
     version: int = 1
     synced_at: str | None = None
 

@@ -28,6 +28,8 @@ from pydantic import (
 )
 
 from relay.models.client_certificate import parse_client_certificate
+from relay.models.event_filters import EventFilters
+from relay.models.rate_limit import RateLimit
 from relay.models.targets import OAuth2Client, RetryMatrix, SecurityType
 
 # Headers the relay sets itself (or that HTTP owns); a config must not override them.
@@ -103,6 +105,9 @@ class WebhookConfig(BaseModel):
     retry_matrix: RetryMatrix = Field(default_factory=RetryMatrix, alias="retryMatrix")
     connect_timeout_seconds: float | None = Field(None, alias="connectTimeoutSeconds", gt=0, le=30)
     read_timeout_seconds: float | None = Field(None, alias="readTimeoutSeconds", gt=0, le=60)
+    # Receiver controls (docs/config-sync.md): which events the target gets, and how fast.
+    filters: EventFilters = Field(default_factory=EventFilters)
+    rate_limit: RateLimit | None = Field(None, alias="rateLimit")
     # Genesys' configuration version, for the log only.
     config_version: int | None = Field(None, alias="configVersion")
 
@@ -181,7 +186,7 @@ def webhook_config_from_genesys(
         "encryptionKey": secret_values.get("encryptionKey"),
         "configVersion": config.get("version"),
     }
-    for optional in ("retryMatrix", "connectTimeoutSeconds", "readTimeoutSeconds"):
+    for optional in ("retryMatrix", "connectTimeoutSeconds", "readTimeoutSeconds", "filters", "rateLimit"):
         if properties.get(optional) is not None:
             doc[optional] = properties[optional]
     return WebhookConfig.model_validate(doc)

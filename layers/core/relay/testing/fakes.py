@@ -7,17 +7,19 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from pydantic import SecretStr
 
 from relay.adapters.audit import audit_key, to_jsonl
-from relay.adapters.idempotency import DEFAULT_LEASE_SECONDS
+from relay.adapters.idempotency import DEFAULT_LEASE_SECONDS, STATUS_COMPLETED, STATUS_IN_PROGRESS
 from relay.errors import (
     BreakerStoreUnavailable,
     ConfigurationError,
     DependencyUnavailable,
     MoveTaskUnavailable,
+    RateLimitStoreUnavailable,
     TokenUnavailable,
     UnreadableEvent,
 )
@@ -27,6 +29,7 @@ from relay.models.delivery import DlqReason, S3Ref
 from relay.models.http import HttpResult
 from relay.models.idempotency import Claim
 from relay.models.queue import MAX_BATCH_ENTRIES, MoveTaskStatus, OutgoingMessage, ReceivedMessage, Requeue
+from relay.models.rate_limit import BucketAnswer, BucketState
 from relay.models.secrets import RotatingSecret
 from relay.models.targets import Target
 
@@ -61,37 +64,50 @@ class InMemoryClaimCheckStore:
 
 class InMemoryIdempotencyStore:
     """The same semantics as the DynamoDB store in process memory (one container). ``writes`` counts
-    claims and releases, as DynamoDB would bill them."""
+    claims, completions and releases, as DynamoDB would bill them."""
 
     def __init__(
         self,
         *,
+        ttl_seconds: int = 3_600,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._ttl = ttl_seconds
         self._lease = lease_seconds
         self._clock = clock
         self._lock = threading.Lock()
+        # key -> (status, expiration, lease expiry, token, data)
+        self.records: dict[str, tuple[str, float, float, str, str | None]] = {}
         self.writes = 0
-        # key -> (lease expiry, token)
-        self.records: dict[str, tuple[float, str]] = {}
 
     def claim(self, key: str) -> Claim:
         now = self._clock()
         with self._lock:
-            self.writes += 1
+            self.writes += 1  # a conditional write is billed whether or not it passes
             record = self.records.get(key)
-            if record is not None and record[0] >= now:
-                return Claim(key=key, state="in_progress")
+            if record is not None and record[1] >= now:
+                status, _, lease_expiry, _, data = record
+                if status == STATUS_COMPLETED:
+                    return Claim(key=key, state="completed", response=data)
+                if lease_expiry >= now:
+                    return Claim(key=key, state="in_progress")
             token = uuid.uuid4().hex
-            self.records[key] = (now + self._lease, token)
+            self.records[key] = (STATUS_IN_PROGRESS, now + self._ttl, now + self._lease, token, None)
         return Claim(key=key, state="acquired", token=token)
+
+    def complete(self, claim: Claim, response: str) -> None:
+        with self._lock:
+            self.writes += 1
+            record = self.records.get(claim.key)
+            if record is not None and record[3] == claim.token:
+                self.records[claim.key] = (STATUS_COMPLETED, record[1], record[2], record[3], response)
 
     def release(self, claim: Claim) -> None:
         with self._lock:
             self.writes += 1
             record = self.records.get(claim.key)
-            if record is not None and record[1] == claim.token:
+            if record is not None and record[3] == claim.token:
                 del self.records[claim.key]
 
 
@@ -140,6 +156,87 @@ class InMemoryBreakerStore:
     def _check(self) -> None:
         if self.unavailable:
             raise BreakerStoreUnavailable("breaker table unreadable (in-memory store set unavailable)")
+
+
+class InMemoryRateLimitStore:
+    """Target buckets with the DynamoDB store's conditional semantics, in one process. Counts writes for
+    tests and benchmarks; ``unavailable`` makes every call fail as DynamoDB down would."""
+
+    def __init__(self) -> None:
+        self.buckets: dict[str, BucketState] = {}
+        self._lock = threading.Lock()
+        self.writes = 0
+        self.unavailable = False
+
+    def load(self, key: str) -> BucketState | None:
+        with self._lock:
+            self._check()
+            return self.buckets.get(key)
+
+    def take(
+        self, key: str, *, now: float, count: int, cost: float, idle: bool, latest: float
+    ) -> BucketAnswer:
+        def fits(state: BucketState) -> bool:
+            if state.floor_until > now:
+                return False
+            if idle:
+                return state.booked_until < now
+            return now <= state.booked_until <= latest
+
+        return self._write(
+            key,
+            fits,
+            lambda state: replace(state, booked_until=(now if idle else state.booked_until) + count * cost),
+        )
+
+    def cut(
+        self, key: str, *, now: float, rate: float, floor_until: float, seen_cut_at: float | None
+    ) -> BucketAnswer:
+        def unchanged(state: BucketState) -> bool:
+            return (state.cut_at if state.cut_rate is not None else None) == seen_cut_at
+
+        return self._write(
+            key, unchanged, lambda state: replace(state, cut_rate=rate, cut_at=now, floor_until=floor_until)
+        )
+
+    def join(
+        self, key: str, *, now: float, contribution: float, floor_until: float, fresh_since: float
+    ) -> BucketAnswer:
+        def fresh(state: BucketState) -> bool:
+            return state.cut_rate is None or state.cut_at >= fresh_since
+
+        def joined(state: BucketState) -> BucketState:
+            if state.cut_rate is None:
+                return replace(state, cut_rate=contribution, cut_at=now, floor_until=floor_until)
+            return replace(state, cut_rate=state.cut_rate + contribution, floor_until=floor_until)
+
+        return self._write(key, fresh, joined)
+
+    def raise_floor(self, key: str, *, floor_until: float) -> BucketAnswer:
+        return self._write(
+            key,
+            lambda state: state.floor_until < floor_until,
+            lambda state: replace(state, floor_until=floor_until),
+        )
+
+    def _write(
+        self,
+        key: str,
+        condition: Callable[[BucketState], bool],
+        change: Callable[[BucketState], BucketState],
+    ) -> BucketAnswer:
+        with self._lock:
+            self._check()
+            self.writes += 1
+            stored = self.buckets.get(key)
+            if not condition(stored or BucketState()):
+                return BucketAnswer(False, stored)
+            self.buckets[key] = new = change(stored or BucketState())
+            return BucketAnswer(True, new)
+
+    def _check(self) -> None:
+        if self.unavailable:
+            raise RateLimitStoreUnavailable("rate-limit bucket unreadable (in-memory store set unavailable)")
 
 
 class InMemoryAuditSink:
@@ -199,13 +296,17 @@ def _lines_under(
 
 
 class ManualClock:
-    """Epoch seconds that move only when told (``clock.now += 30``); a ``Clock`` port."""
+    """Epoch seconds that move only when told (``clock.now += 30``); a ``Clock`` port. ``sleep`` moves
+    it as a real sleep would move the real clock (for code that paces itself)."""
 
     def __init__(self, now: float = 1_750_000_000.0) -> None:
         self.now = now
 
     def __call__(self) -> float:
         return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
 
 
 class InMemoryTargets:

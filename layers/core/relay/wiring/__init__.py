@@ -12,7 +12,8 @@ phase) what its function uses and nothing else:
                                stack outputs and caller identity
     relay.wiring               the AWS clients (aws_clients, aws_client) and the adapters several
                                functions (and the operator commands, relay.cli) use: target_store,
-                               breaker_store, sqs_queues, s3_claim_checks, secret_store
+                               breaker_store, rate_limit_store, sqs_queues, s3_claim_checks,
+                               secret_store
 
 The builders' keyword arguments name the parts a test or a benchmark replaces (an in-memory store, a
 fake HTTP client, a manual clock); everything not given is built from ``settings``.
@@ -32,6 +33,7 @@ from typing import Any
 from relay.adapters.aws import AwsClients
 from relay.adapters.breaker_store import DynamoBreakerStore
 from relay.adapters.claim_checks import S3ClaimChecks
+from relay.adapters.rate_limit_store import DynamoRateLimitStore
 from relay.adapters.secrets import SecretsManagerSecrets
 from relay.adapters.sqs import SqsQueues
 from relay.adapters.target_store import TargetStore
@@ -97,6 +99,11 @@ def target_store(
 
 def breaker_store(settings: Settings) -> DynamoBreakerStore:
     return DynamoBreakerStore(aws_clients(settings).client("dynamodb"), settings.need("breaker_table"))
+
+
+def rate_limit_store(settings: Settings) -> DynamoRateLimitStore:
+    """Targets' token buckets: items of their own in the BreakerTable (relay.adapters.rate_limit_store)."""
+    return DynamoRateLimitStore(aws_clients(settings).client("dynamodb"), settings.need("breaker_table"))
 
 
 def sqs_queues(settings: Settings) -> SqsQueues:

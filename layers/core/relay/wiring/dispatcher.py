@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 from relay.adapters.archive import S3EventArchive
 from relay.adapters.audit import S3AuditSink
@@ -21,6 +22,7 @@ from relay.ports import (
     DeliveryQueueOps,
     EventArchive,
     HttpClient,
+    RateLimitStore,
     SecretReader,
     TargetDirectory,
 )
@@ -29,6 +31,7 @@ from relay.wiring import (
     PerSettings,
     aws_clients,
     breaker_store,
+    rate_limit_store,
     s3_claim_checks,
     secret_store,
     target_store,
@@ -42,11 +45,13 @@ def build_dispatcher(
     http: HttpClient | None = None,
     queue: DeliveryQueueOps | None = None,
     breakers: BreakerStore | None = None,
+    rate_limits: RateLimitStore | None = None,
     audit: AuditSink | None = None,
     secrets: SecretReader | None = None,
     claim_checks: ClaimCheckReader | None = None,
     clock: Clock | None = None,
     rng: random.Random | None = None,
+    sleep: Callable[[float], None] | None = None,
     tokens: AccessTokens | None = None,
     archive: EventArchive | None = None,
 ) -> Dispatcher:
@@ -80,11 +85,13 @@ def build_dispatcher(
         http=http,
         queue=queue,
         breakers=breakers or breaker_store(settings),
+        rate_limits=rate_limits or rate_limit_store(settings),
         audit=audit,
         secrets=secrets or secret_store(settings),
         claim_checks=claim_checks or s3_claim_checks(settings),
         clock=clock,
         rng=rng,
+        sleep=sleep,
         tokens=tokens,
         archive=archive,
     )

@@ -238,6 +238,8 @@ class _SyncRun:
             retry_matrix=config.retry_matrix,
             connect_timeout_seconds=config.connect_timeout_seconds,
             read_timeout_seconds=config.read_timeout_seconds,
+            filters=config.filters,
+            rate_limit=config.rate_limit,
         )
         stored = writer.stored(config.integration_id)
         previous = stored.target(target_id) if stored else None

@@ -3,16 +3,19 @@
 1. resolve each record (relay.logic.dispatch.records); poison, unknown and disabled targets go to
    the DLQ at once;
 2. group the records by target into lanes and read each lane's breaker (and delivery lane) once
-   (lanes); in the fast lane, a slow target's records are routed to the slow lane (isolation);
+   (lanes); in the fast lane, a slow target's records are routed to the slow lane (isolation); take
+   the tokens any other rate-limited lane needs from its target's bucket: what does not fit is
+   deferred (rate_limit);
 3. send the probes first, then everything else, concurrently: a pool of DELIVERY_CONCURRENCY threads,
    at most PER_TARGET_CONCURRENCY in flight per target, records queued round-robin across targets; a
    record starts only with its target's slot in hand, only if its target has not answered 410 in this
    batch, only if the invocation has time left for one whole request, and (fast lane) only if this
-   container does not measure its target slow by then, else it is routed too (attempt);
+   container does not measure its target slow by then, else it is routed too (attempt); a record its
+   rate limit paces is handed to the pool only at its booked time (the invocation's own thread waits);
 4. settle each record from what happened (settle: the one place a verdict becomes an action);
-5. fold each lane's results into its breaker, move a target between lanes if measured so, write one
-   audit object per target, flush the metrics, return ``batchItemFailures``: only the records SQS
-   should show again.
+5. fold each lane's results into its breaker and its rate limit (throttles), move a target back from
+   the slow lane if measured so, write one audit object per target, flush the metrics, return
+   ``batchItemFailures``: only the records SQS should show again.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from relay.logic.dispatch.batch import Batch
 from relay.logic.dispatch.isolation import Isolation
 from relay.logic.dispatch.lanes import Lane, Lanes, group, interleave
 from relay.logic.dispatch.metrics import BatchMetrics
+from relay.logic.dispatch.rate_limit import Held, RateLimits
 from relay.logic.dispatch.records import Item, SqsRecord, Unattempted, resolve
 from relay.logic.dispatch.settle import Settler
 from relay.models.delivery import DlqReason
@@ -47,6 +51,7 @@ from relay.ports import (
     DeliveryQueueOps,
     EventArchive,
     HttpClient,
+    RateLimitStore,
     SecretReader,
     TargetDirectory,
 )
@@ -70,11 +75,13 @@ class Dispatcher:
         http: HttpClient,
         queue: DeliveryQueueOps,
         breakers: BreakerStore,
+        rate_limits: RateLimitStore,
         audit: AuditSink | None,
         secrets: SecretReader,
         claim_checks: ClaimCheckReader,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        sleep: Callable[[float], None] | None = None,
         tokens: AccessTokens | None = None,
         archive: EventArchive | None = None,
     ) -> None:
@@ -86,10 +93,12 @@ class Dispatcher:
         self._http = http
         self._audit = audit
         self._clock = clock = clock or time.time
+        self._sleep = sleep or time.sleep
         self._isolation = Isolation(settings=settings, breakers=breakers, clock=clock)
         self._lanes = Lanes(
             settings=settings, breakers=breakers, clock=clock, routes_away=self._isolation.routes_away
         )
+        self._limits = RateLimits(store=rate_limits, clock=clock)
         self._attempter = Attempter(
             settings=settings,
             http=http,
@@ -128,7 +137,7 @@ class Dispatcher:
             ),
             remaining_ms=remaining_ms,
         )
-        lanes = self._open_lanes([SqsRecord.from_event(r) for r in records], batch)
+        lanes, held = self._open_lanes([SqsRecord.from_event(r) for r in records], batch)
         # A slow target's records go to the slow lane first, in as few SQS calls as possible; any SQS
         # did not take are delivered here, as without isolation.
         kept = self._settle.routed([item for lane in lanes if lane.routed for item in lane.items], batch)
@@ -138,6 +147,9 @@ class Dispatcher:
         deliveries: list[list[Item]] = []
         held_back: list[Work] = [
             (item, partial(self._deliver, item, batch, may_route=False)) for item in kept
+        ] + [
+            (h.item, partial(self._settle.deferred, h.item, h.wait_seconds, batch, error_code="rate-limited"))
+            for h in held
         ]
         for lane in here:
             after = self._lanes.after_probe(lane)
@@ -152,6 +164,7 @@ class Dispatcher:
         )
         for lane in lanes:
             self._lanes.report(lane, batch)
+            self._limits.feedback(lane, batch)
             self._isolation.report(lane.key, lane.target.target_id, lane.delivery_lane, batch)
         self._isolation.end_invocation()
         write_audit(batch, self._audit)
@@ -162,7 +175,7 @@ class Dispatcher:
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
 
-    def _open_lanes(self, records: list[SqsRecord], batch: Batch) -> list[Lane]:
+    def _open_lanes(self, records: list[SqsRecord], batch: Batch) -> tuple[list[Lane], list[Held]]:
         items: list[Item] = []
         for record in records:
             try:
@@ -179,10 +192,18 @@ class Dispatcher:
                 self._settle.unattempted(resolved, batch)
             else:
                 items.append(resolved)
-        # One breaker read per target, the targets' reads side by side.
-        return list(
-            self._pool.map(lambda entry: self._lanes.open(entry[0], entry[1], batch), group(items).items())
+        # One breaker read (and for a rate-limited target one bucket write) per target, side by side.
+        opened = list(
+            self._pool.map(lambda entry: self._open_lane(entry[0], entry[1], batch), group(items).items())
         )
+        # A lane the rate limit held back entirely has nothing left to send (nor a probe to report).
+        return [lane for lane, _ in opened if lane.items], [held for _, each in opened for held in each]
+
+    def _open_lane(self, key: str, items: list[Item], batch: Batch) -> tuple[Lane, list[Held]]:
+        lane = self._lanes.open(key, items, batch)
+        if lane.routed:
+            return lane, []  # bound for the slow lane, whose dispatcher takes its tokens
+        return lane, self._limits.admit(lane, batch)
 
     def _deliver(self, item: Item, batch: Batch, *, may_route: bool = True) -> None:
         with self._slot(item.key):
@@ -213,7 +234,13 @@ class Dispatcher:
     def _run(self, work: list[Work], batch: Batch) -> None:
         """Run each item's step in the pool and wait for all of them. A step that raised is a bug, not
         an outcome: it is logged and its record reported failed, so SQS shows it again."""
-        futures: list[tuple[Item, Future[None]]] = [(item, self._pool.submit(step)) for item, step in work]
+        futures: list[tuple[Item, Future[None]]] = []
+        # Records paced by their rate limit go last, each at its booked time: the invocation's thread
+        # waits for it, so no pool thread is held by a record that may not go yet.
+        for item, step in sorted(work, key=lambda each: each[0].not_before or 0.0):
+            if item.not_before is not None and (early := item.not_before - self._clock()) > 0:
+                self._sleep(early)
+            futures.append((item, self._pool.submit(step)))
         wait([future for _, future in futures])
         for item, future in futures:
             if future.exception() is not None:

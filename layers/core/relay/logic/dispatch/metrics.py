@@ -1,9 +1,9 @@
 """The dispatcher's CloudWatch metrics (EMF through powertools), names and dimensions exactly as in
 docs/architecture.md: per-target counts carry the dimensions ``service`` and ``target``;
-``BreakerStoreUnavailable`` carries ``service`` only.
+``BreakerStoreUnavailable`` and ``RateLimitStoreUnavailable`` carry ``service`` only.
 
 A batch accumulates here and is flushed once at the end: one EMF object per target (so each target's
-values sit under its own dimension), plus one service-level object when the breaker store failed.
+values sit under its own dimension), plus one service-level object when a store failed.
 """
 
 from __future__ import annotations
@@ -29,6 +29,14 @@ class Metric(StrEnum):
     ROUTED_TO_SLOW_LANE = "RoutedToSlowLane"
     SLOW_LANE_ENTERED = "SlowLaneEntered"
     SLOW_LANE_LEFT = "SlowLaneLeft"
+    # Rate limits: throttle answers (429, 503 + Retry-After), records deferred by the limit, store down.
+    THROTTLED = "Throttled"
+    RATE_LIMITED = "RateLimited"
+    RATE_LIMIT_STORE_UNAVAILABLE = "RateLimitStoreUnavailable"
+
+
+# Metrics with the ``service`` dimension only.
+SERVICE_METRICS = frozenset({Metric.BREAKER_STORE_UNAVAILABLE, Metric.RATE_LIMIT_STORE_UNAVAILABLE})
 
 
 TARGET_DIMENSION = "target"
@@ -41,7 +49,7 @@ class BatchMetrics:
         self._lock = threading.Lock()
         self._counts: dict[str, dict[Metric, float]] = defaultdict(lambda: defaultdict(float))
         self._latencies: dict[str, list[float]] = defaultdict(list)
-        self._store_unavailable = 0
+        self._service_counts: dict[Metric, float] = defaultdict(float)
 
     def count(self, metric: Metric, target_id: str, value: float = 1.0) -> None:
         with self._lock:
@@ -52,14 +60,18 @@ class BatchMetrics:
             self._latencies[target_id].append(round(milliseconds, 3))
 
     def breaker_store_unavailable(self) -> None:
+        self.service_count(Metric.BREAKER_STORE_UNAVAILABLE)
+
+    def service_count(self, metric: Metric) -> None:
+        """A count with the ``service`` dimension only (SERVICE_METRICS)."""
         with self._lock:
-            self._store_unavailable += 1
+            self._service_counts[metric] += 1
 
     def flush(self) -> None:
         with self._lock:
             counts, self._counts = self._counts, defaultdict(lambda: defaultdict(float))
             latencies, self._latencies = self._latencies, defaultdict(list)
-            unavailable, self._store_unavailable = self._store_unavailable, 0
+            service_counts, self._service_counts = self._service_counts, defaultdict(float)
         for target_id in sorted(set(counts) | set(latencies)):
             emf = EphemeralMetrics(namespace=self._namespace, service=self._service)
             emf.add_dimension(TARGET_DIMENSION, target_id)
@@ -68,7 +80,8 @@ class BatchMetrics:
             for value in latencies.get(target_id, []):
                 emf.add_metric(Metric.DELIVERY_LATENCY.value, MetricUnit.Milliseconds, value)
             emf.flush_metrics()
-        if unavailable:
+        if service_counts:
             emf = EphemeralMetrics(namespace=self._namespace, service=self._service)
-            emf.add_metric(Metric.BREAKER_STORE_UNAVAILABLE.value, MetricUnit.Count, unavailable)
+            for metric, value in service_counts.items():
+                emf.add_metric(metric.value, MetricUnit.Count, value)
             emf.flush_metrics()

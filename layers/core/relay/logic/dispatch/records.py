@@ -68,6 +68,8 @@ class Item:
     probe: bool = False
     breaker_phase: str = "unknown"  # as read for this batch; "unknown" when the store failed
     lane: LaneState = field(default_factory=LaneState)  # the target's lane as read for this batch
+    # Epoch seconds before which it must not be sent: its rate-limit booking paces it (None: at once).
+    not_before: float | None = None
 
     @property
     def reached_endpoint(self) -> bool:

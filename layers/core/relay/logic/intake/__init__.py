@@ -2,7 +2,8 @@
 
     http_api   API Gateway HTTP API v2 events in, responses out
     messages   what is let in: Open Messaging messages, Genesys EventBridge events
-    fan_out    one DeliveryTask per enabled target, once per event (idempotency, claim checks)
+    filters    which targets an event goes to (each target's event filters)
+    fan_out    one DeliveryTask per enabled target that takes it, once per event (idempotency, claim checks)
     metrics    the intake's metrics
     service    ``Intake``: the checks in order, and errors become answers in one place
 

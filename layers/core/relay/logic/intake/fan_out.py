@@ -1,10 +1,13 @@
-"""One accepted event becomes one DeliveryTask per enabled target, queued once per event identity.
+"""One accepted event becomes one DeliveryTask per enabled target whose filters let it through, queued
+once per event identity. A filtered (event, target) pair costs no queue message; an event no target
+takes is accepted all the same, and counted.
 
-The idempotency store decides who queues: the attempt that claims the event's key queues (the claim
-is the one write: its lease simply runs out); a repeat while the lease is live is asked to retry
-(429) and queues nothing; a failed attempt releases its claim so that Genesys' retry can queue. A
-repeat after the lease queues again with the same deterministic deliveryIds, which receivers
-deduplicate: see docs/intake.md ("Exactly once in the queue") for why that side is the safe one.
+The idempotency store decides who queues: the attempt that claims the event's key queues, then records
+its answer (two writes per accepted event); a repeat gets that answer and queues nothing, however late
+it comes within the record's TTL. A repeat while the claim's lease is live is asked to retry (429). A
+failed attempt releases its claim so that Genesys' retry can queue; an attempt cut off mid-queue
+(timeout, crash) leaves a lease that runs out, and the next repeat queues again with the same
+deterministic deliveryIds, which receivers deduplicate (docs/intake.md, "Exactly once in the queue").
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from datetime import datetime
 from typing import Any
 
 from relay.errors import DependencyUnavailable, PayloadTooLarge, RequestInProgress
+from relay.logic.intake.filters import EventFacts, filtered_out
 from relay.models.delivery import DeliveryTask, EventSource, S3Ref
 from relay.models.idempotency import Claim
-from relay.models.targets import IntegrationEntry
+from relay.models.targets import IntegrationEntry, Target
 from relay.observability import logger
 from relay.ports import ClaimCheckStore, IdempotencyStore, MetricsRecorder, TaskQueue
 
@@ -40,6 +44,8 @@ class IncomingEvent:
     # The event's JSON text as the targets will receive it: for HTTP the body exactly as received.
     event_json: str
     source: EventSource
+    # What the targets' event filters look at.
+    facts: EventFacts
     conversation_id: str | None = None
 
     @property
@@ -67,12 +73,16 @@ class FanOut:
         self._now = now
 
     def __call__(self, entry: IntegrationEntry, incoming: IncomingEvent) -> dict[str, Any]:
-        """Queue one task per enabled target, once per live claim on the event's identity."""
+        """Queue one task per enabled target, once per event identity; repeats get the first answer."""
         claim = self._idempotency.claim(incoming.key) if self._idempotency is not None else None
+        if claim is not None and claim.state == "completed" and claim.response is not None:
+            self._metrics.count("EventsDuplicate")
+            answer: dict[str, Any] = json.loads(claim.response)
+            return answer
         if claim is not None and claim.state != "acquired":
             # Another attempt holds the lease: it may still be queueing, or it may have been cut off.
             # Not queued here (no double queueing); Genesys retries a 429, and a retry after the lease
-            # queues again, as the same deliveries.
+            # queues if nothing else has.
             self._metrics.count("EventsDuplicate")
             raise RequestInProgress("the same event is being accepted right now; retry shortly")
         queued = False
@@ -82,8 +92,20 @@ class FanOut:
         finally:
             if not queued and claim is not None:
                 self._release_quietly(claim)
+        if claim is not None:
+            self._complete_quietly(claim, answer)
         self._metrics.count("EventsAccepted")
         return answer
+
+    def _complete_quietly(self, claim: Claim, answer: dict[str, Any]) -> None:
+        if self._idempotency is None:
+            return
+        try:
+            self._idempotency.complete(claim, json.dumps(answer, separators=(",", ":")))
+        except DependencyUnavailable:
+            # Every task is queued, so the answer is still 202. The lease runs out on its own; a repeat
+            # after it queues the same deliveryIds again, which receivers deduplicate.
+            logger.warning("could not record the idempotency answer", extra={"event_id": answer["eventId"]})
 
     def _release_quietly(self, claim: Claim) -> None:
         if self._idempotency is None:
@@ -96,7 +118,7 @@ class FanOut:
 
     def _queue_tasks(self, entry: IntegrationEntry, incoming: IncomingEvent) -> dict[str, Any]:
         integration_id = entry.integration.integration_id
-        targets = [target for target in entry.targets if target.enabled]
+        targets = self._matching([target for target in entry.targets if target.enabled], incoming.facts)
         received_at = self._now()
         # The text as a JSON string: ASCII, and json.loads gives back the identical text.
         event_field = json.dumps(incoming.event_json, ensure_ascii=True)
@@ -124,6 +146,8 @@ class FanOut:
         if bodies:
             self._queue.send(bodies)
             self._metrics.count("TasksQueued", len(bodies))
+        else:
+            self._metrics.count("EventsUnmatched")
         # DEBUG, not INFO: at a million events this line alone was about half the log bytes, and the
         # accepted count is a metric; each delivery's audit line names the event and its receivedAt.
         logger.debug(
@@ -137,6 +161,17 @@ class FanOut:
             "deliveryIds": delivery_ids,
             "claimCheck": event_ref is not None,
         }
+
+    def _matching(self, targets: list[Target], facts: EventFacts) -> list[Target]:
+        """The targets whose filters let the event through; the others are counted per target and reason."""
+        kept: list[Target] = []
+        for target in targets:
+            reason = filtered_out(target.filters, facts)
+            if reason is None:
+                kept.append(target)
+            else:
+                self._metrics.count("TasksFiltered", reason=reason.value, target=target.target_id)
+        return kept
 
     def _claim_check(self, key: str, integration_id: str, body: bytes) -> S3Ref:
         if self._claim_checks is None:

@@ -5,10 +5,10 @@ Two triggers reach the same ``Intake``:
 * **API Gateway HTTP API (payload v2)**, ``POST /webhooks/{integrationId}`` from Genesys Open Messaging:
   method, size, content type, integration, signature, JSON, schema, channel.id are checked in that
   order (cheap and input-only checks first, one DynamoDB read at most before the signature is known
-  good); the event is claimed in the idempotency store, one ``DeliveryTask`` per enabled target is
-  queued, carrying the body's JSON text exactly as received, and the answer is 202. Refusals are 4xx
-  JSON ``{"error", "message"}``; an AWS dependency that fails is 503 with ``Retry-After`` so Genesys
-  retries; client input never causes a 5xx.
+  good); the event is claimed in the idempotency store, one ``DeliveryTask`` per enabled target whose
+  event filters let it through is queued, carrying the body's JSON text exactly as received, and the
+  answer is 202. Refusals are 4xx JSON ``{"error", "message"}``; an AWS dependency that fails is 503
+  with ``Retry-After`` so Genesys retries; client input never causes a 5xx.
 * **EventBridge** (Genesys' partner event source), routed by a rule: no signature (the trust is the
   AWS partner source), fanned out to the targets of ``EVENTBRIDGE_INTEGRATION_ID``. Failures raise,
   so Lambda's asynchronous retries and the function's on-failure destination keep the event.
@@ -45,6 +45,7 @@ from relay.errors import (
     UnsupportedMediaType,
 )
 from relay.logic.intake.fan_out import FanOut, IncomingEvent
+from relay.logic.intake.filters import EventFacts
 from relay.logic.intake.http_api import (
     HttpRequest,
     is_eventbridge_event,
@@ -156,6 +157,7 @@ class Intake:
             identity=f"eventbridge\n{integration_id}\n{parsed.id}",
             event_json=event_json,
             source="eventbridge",
+            facts=EventFacts.of_eventbridge(parsed.detail_type),
             conversation_id=_text_or_none(parsed.detail.event_body.get("conversationId")),
         )
         try:
@@ -201,6 +203,7 @@ class Intake:
             f"{utc_instant(message['channel']['time'])}",
             event_json=text,
             source="open-messaging",
+            facts=EventFacts.of_open_message(message),
             conversation_id=_text_or_none(message.get("conversationId")),
         )
         return json_response(202, self._fan_out(entry, incoming))

@@ -1,0 +1,276 @@
+"""Rate limits in a batch: what a target's shared token bucket lets its lane send now, and what the
+target's answers do to the bucket (the arithmetic: relay.logic.token_bucket; the store:
+relay.ports.RateLimitStore, one item per target in the BreakerTable).
+
+- **Admission**, after the breaker's: a lane whose target has a limit (configured, or implicit since a
+  throttle) takes the tokens its records need with one conditional write; a second (rarely a third)
+  only when another dispatcher took first and the bucket was nearly full; none when this container's
+  last view of the bucket already shows it full (bookings only ever move forward, so that view is a
+  lower bound). It may book up to ``PACE_SECONDS`` beyond what may go at once: those records are
+  paced, each sent at its booked time within this batch (``Item.not_before``), which spares them a
+  deferral (SQS delays come in whole seconds) and spaces them for the receiver. Records beyond that
+  are held back: deferred without an attempt, until about when they would fit. A target without a
+  limit costs no call.
+- **Feedback**, after the batch: throttle answers (429, 503 + Retry-After) cut the target's rate
+  (multiplicative decrease, at most once per cooldown, over the cut this container saw) and raise the
+  Retry-After floor. A target without a configured limit gets an implicit one: each dispatcher that
+  sees it throttled adds its share (``decrease`` times the deliveries per second it was getting
+  through, or half what it sent when nothing got through) and meters the target from then on,
+  until the limit is released.
+- **Store down**: fail open (deliver as if unlimited), counted in ``RateLimitStoreUnavailable``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, replace
+
+from relay.errors import RateLimitStoreUnavailable
+from relay.logic import token_bucket
+from relay.logic.breaker import Admission
+from relay.logic.dispatch.batch import Batch
+from relay.logic.dispatch.lanes import Lane
+from relay.logic.dispatch.metrics import Metric
+from relay.logic.dispatch.records import Item
+from relay.logic.outcomes import Verdict
+from relay.models.rate_limit import BucketAnswer, BucketState, RateLimit, rate_key
+from relay.observability import logger
+from relay.ports import Clock, RateLimitStore
+
+# Conditional writes one admission or one throttle may make before it settles for what it knows.
+MAX_WRITES = 3
+# How far back a dispatcher looks at its own deliveries to an unlimited target to size its share.
+OBSERVE_SECONDS = 5.0
+# How far past what may go at once a batch books, sending those records at their booked times.
+PACE_SECONDS = 1.0
+# A record held back again waits at least 2^(deferrals so far) seconds, up to this many doublings.
+HOLD_BACKOFF_DOUBLINGS = 9
+
+
+@dataclass(frozen=True)
+class Held:
+    """A record the limit holds back in this batch, and about when it would fit."""
+
+    item: Item
+    wait_seconds: float
+
+
+class RateLimits:
+    """One per dispatcher (container): its last view of each bucket, and the unlimited targets it
+    meters since they throttled it."""
+
+    def __init__(
+        self, *, store: RateLimitStore, clock: Clock, policy: token_bucket.AimdPolicy | None = None
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._policy = policy or token_bucket.AimdPolicy()
+        self._lock = threading.Lock()
+        self._seen: dict[str, BucketState] = {}
+        self._metered: set[str] = set()
+        # Unlimited targets: (when, delivered, sent) per batch, for the share of an implicit limit.
+        self._recent: dict[str, deque[tuple[float, int, int]]] = {}
+
+    # --- admission ----------------------------------------------------------------------------------
+    def admit(self, lane: Lane, batch: Batch) -> list[Held]:
+        """Keep in ``lane.items`` what the bucket lets go now; return the records held back."""
+        target = lane.target
+        key = rate_key(target.integration_id, target.target_id)
+        if lane.admission is Admission.DEFER or not lane.items:
+            return []  # the breaker holds them all back already
+        if not self._is_metered(key, target.rate_limit):
+            return []
+        try:
+            plan = self._take(key, len(lane.items), target.rate_limit)
+        except RateLimitStoreUnavailable as exc:
+            self._store_down(batch, key, exc)
+            return []
+        held = [
+            Held(item, _hold_wait(item, wait))
+            for item, wait in zip(lane.items[plan.count :], plan.waits, strict=True)
+        ]
+        del lane.items[plan.count :]
+        self._pace(lane.items, plan, target.rate_limit)
+        if held:
+            batch.metrics.count(Metric.RATE_LIMITED, target.target_id, len(held))
+        return held
+
+    def _is_metered(self, key: str, limit: RateLimit | None) -> bool:
+        if limit is not None:
+            return True
+        with self._lock:
+            if key not in self._metered:
+                return False
+            seen = self._seen.get(key, BucketState())
+        if token_bucket.current_rate(seen, None, self._clock(), self._policy) is not None:
+            return True
+        # The implicit limit looks released; another dispatcher may have cut it since: look once.
+        try:
+            fresh = self._store.load(key) or BucketState()
+        except RateLimitStoreUnavailable:
+            fresh = seen
+        released = token_bucket.current_rate(fresh, None, self._clock(), self._policy) is None
+        with self._lock:
+            self._seen[key] = fresh
+            if released:
+                self._metered.discard(key)
+        return not released
+
+    def _pace(self, items: list[Item], plan: token_bucket.TakePlan, limit: RateLimit | None) -> None:
+        """Each admitted record goes once its booking is within the burst tolerance of the clock, counted
+        from now rather than from when the tokens were taken: the time the write took is not time the
+        receiver was idle, so the records keep their spacing."""
+        ahead = token_bucket.tolerance(limit, self._policy)
+        now = self._clock()
+        lag = max(0.0, now - plan.taken_at)
+        for index, item in enumerate(items):
+            at = plan.start + index * plan.cost - ahead + lag
+            item.not_before = at if at > now else None
+
+    def _take(self, key: str, wanted: int, limit: RateLimit | None) -> token_bucket.TakePlan:
+        now = self._clock()
+        ahead = token_bucket.tolerance(limit, self._policy) + PACE_SECONDS
+        state = self._last_seen(key)
+        for _ in range(MAX_WRITES):
+            rate = token_bucket.current_rate(state, limit, now, self._policy)
+            if rate is None:  # an implicit limit just released: everything may go
+                return replace(
+                    token_bucket.plan_take(BucketState(), 0, now, 1.0, ahead), count=wanted, cost=0.0
+                )
+            plan = token_bucket.plan_take(state, wanted, now, rate, ahead)
+            if plan.count == 0:
+                return plan  # full as far as this container knows, and bookings only move forward
+            answer = self._store.take(
+                key, now=now, count=plan.count, cost=plan.cost, idle=plan.idle, latest=plan.latest
+            )
+            state = self._remember(key, answer)
+            if answer.written:
+                return _booked_where_stored(plan, state)
+        # Lost every race: hold the lane back (the records that looked as if they fit come back soonest).
+        rate = token_bucket.current_rate(state, limit, now, self._policy) or 1.0
+        fresh = token_bucket.plan_take(state, wanted, now, rate, ahead)
+        return replace(fresh, count=0, waits=(0.0,) * fresh.count + fresh.waits)
+
+    # --- feedback -----------------------------------------------------------------------------------
+    def feedback(self, lane: Lane, batch: Batch) -> None:
+        """Fold the lane's answers into the bucket: throttles cut the rate and raise the floor."""
+        target = lane.target
+        key = rate_key(target.integration_id, target.target_id)
+        outcomes = [item.outcome for item in lane.items if item.outcome is not None]
+        now = self._clock()
+        if target.rate_limit is None:
+            delivered = sum(o.verdict is Verdict.DELIVERED for o in outcomes)
+            self._note(key, now, delivered, sum(o.reached_endpoint for o in outcomes))
+        throttles = [o for o in outcomes if o.throttled]
+        if not throttles:
+            return
+        batch.metrics.count(Metric.THROTTLED, target.target_id, len(throttles))
+        retry_after = max((o.retry_after_seconds or 0.0 for o in throttles), default=0.0) or None
+        try:
+            with self._lock:
+                joined = target.rate_limit is not None or key in self._metered
+            if joined:
+                self._cut(key, target.rate_limit, retry_after, now)
+            else:
+                self._join(key, retry_after, now)
+        except RateLimitStoreUnavailable as exc:
+            self._store_down(batch, key, exc)
+
+    def _cut(self, key: str, limit: RateLimit | None, retry_after: float | None, now: float) -> None:
+        """Multiplicative decrease over the cut this container saw; within the cooldown only the floor."""
+        state = self._last_seen(key)
+        for _ in range(MAX_WRITES):
+            floor = token_bucket.floor_after(state, now, retry_after)
+            rate = token_bucket.current_rate(state, limit, now, self._policy)
+            if not token_bucket.may_cut(state, now, self._policy) or rate is None:
+                if floor > state.floor_until:
+                    self._remember(key, self._store.raise_floor(key, floor_until=floor))
+                return
+            seen_cut_at = state.cut_at if state.cut_rate is not None else None
+            new_rate = token_bucket.cut_rate(rate, self._policy)
+            answer = self._store.cut(key, now=now, rate=new_rate, floor_until=floor, seen_cut_at=seen_cut_at)
+            state = self._remember(key, answer)
+            if answer.written:
+                logger.info("target throttled: rate cut", extra={"targetKey": key, "perSecond": new_rate})
+                return
+
+    def _join(self, key: str, retry_after: float | None, now: float) -> None:
+        """A target without a configured limit throttled this dispatcher: add its share to the implicit
+        limit (starting one where there is none, or only a released one), and meter the target."""
+        share = self._policy.decrease * self._share_basis(key, now)
+        state = self._last_seen(key)
+        for _ in range(MAX_WRITES):
+            floor = token_bucket.floor_after(state, now, retry_after)
+            answer = self._store.join(
+                key,
+                now=now,
+                contribution=share,
+                floor_until=floor,
+                fresh_since=now - self._policy.release_seconds,
+            )
+            state = self._remember(key, answer)
+            if not answer.written:  # a released limit: start afresh from this share
+                answer = self._store.cut(
+                    key, now=now, rate=share, floor_until=floor, seen_cut_at=state.cut_at
+                )
+                state = self._remember(key, answer)
+            if answer.written:
+                with self._lock:
+                    self._metered.add(key)
+                logger.info("target throttled: implicit limit", extra={"targetKey": key, "share": share})
+                return
+
+    # --- this container's view ------------------------------------------------------------------------
+    def _last_seen(self, key: str) -> BucketState:
+        with self._lock:
+            return self._seen.get(key, BucketState())
+
+    def _remember(self, key: str, answer: BucketAnswer) -> BucketState:
+        state = answer.state or BucketState()
+        with self._lock:
+            self._seen[key] = state
+        return state
+
+    def _note(self, key: str, now: float, delivered: int, sent: int) -> None:
+        with self._lock:
+            recent = self._recent.setdefault(key, deque())
+            recent.append((now, delivered, sent))
+            while recent and recent[0][0] < now - OBSERVE_SECONDS:
+                recent.popleft()
+
+    def _share_basis(self, key: str, now: float) -> float:
+        """Deliveries per second this dispatcher got through to the target lately; when none got
+        through, half the requests per second it sent (what the receiver could not take)."""
+        with self._lock:
+            recent = [entry for entry in self._recent.get(key, ()) if entry[0] >= now - OBSERVE_SECONDS]
+        if not recent:
+            return 0.0
+        # Over the time actually observed (a dispatcher that just started has seen less than the window).
+        span = max(1.0, now - recent[0][0])
+        delivered, sent = sum(entry[1] for entry in recent), sum(entry[2] for entry in recent)
+        return (delivered or sent / 2) / span
+
+    def _store_down(self, batch: Batch, key: str, exc: RateLimitStoreUnavailable) -> None:
+        logger.warning(
+            "rate-limit store unavailable: failing open", extra={"targetKey": key, "error": str(exc)}
+        )
+        batch.metrics.service_count(Metric.RATE_LIMIT_STORE_UNAVAILABLE)
+
+
+def _hold_wait(item: Item, bucket_wait: float) -> float:
+    """About when the record would fit; one held back before waits longer each time (2, 4, 8 ... 512 s),
+    so a target flooded far beyond its limit does not cycle its whole backlog through the queue every
+    second (each cycle is a SendMessage and a receive per record)."""
+    again = item.record.deferrals_before
+    backoff = 2.0 ** min(again, HOLD_BACKOFF_DOUBLINGS) if again else 0.0
+    return max(bucket_wait, backoff)
+
+
+def _booked_where_stored(plan: token_bucket.TakePlan, stored: BucketState) -> token_bucket.TakePlan:
+    """The plan with its bookings where the store put them: a busy take books on from the stored
+    ``booked_until``, which another dispatcher may have moved on (within the plan's condition) since
+    this one last saw it. Paced records and held ones are timed from there."""
+    start = stored.booked_until - plan.count * plan.cost
+    shift = max(0.0, start - plan.start)
+    return replace(plan, start=plan.start + shift, waits=tuple(wait + shift for wait in plan.waits))
