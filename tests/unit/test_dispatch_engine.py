@@ -1035,3 +1035,17 @@ def test_an_implicit_limit_from_a_dispatcher_that_got_nothing_through_starts_at_
     # Then the implicit limit starts at 0.75 x half the 10/s that were sent, not at nothing
     state = bucket(r)
     assert state is not None and state.cut_rate == pytest.approx(3.75)
+
+
+def test_a_limited_target_in_the_slow_lane_takes_no_tokens_in_the_fast_lane(running: list[Relay]) -> None:
+    # Given a rate-limited target already moved to the slow lane
+    r = start(running, fast_lane(limited(2, burst=3)))
+    r.set_lane(LaneState(DeliveryLane.SLOW, 1, NOW - 5))
+
+    # When the fast lane receives eight of its records
+    assert r.batch(*(record() for _ in range(8))) == []
+
+    # Then all eight go to the slow lane, none deferred, and its bucket is left for the slow lane's
+    # dispatcher (which delivers them, under the limit)
+    assert len(r.queue.slow_lane) == 8 and r.queue.deferrals == []
+    assert r.rate_limits.writes == 0 and bucket(r) is None

@@ -147,10 +147,11 @@ class Dispatcher:
         deliveries: list[list[Item]] = []
         held_back: list[Work] = [
             (item, partial(self._deliver, item, batch, may_route=False)) for item in kept
-        ] + [
+        ]
+        held_back.extend(
             (h.item, partial(self._settle.deferred, h.item, h.wait_seconds, batch, error_code="rate-limited"))
             for h in held
-        ]
+        )
         for lane in here:
             after = self._lanes.after_probe(lane)
             deliveries.append(after.deliver)
