@@ -38,6 +38,7 @@ help:
 	@echo "make serve  run the local stack in the foreground"
 	@echo "make build  sam build for ARCH=$(ARCH) (arm64 or x86_64; no Docker needed)"
 	@echo "make bench  benchmarks (JSON figures in bench/results.json)"
+	@echo "make chaos  the chaos run and the ordering proof at full size (one JSON line each)"
 
 $(UV):
 	$(REQUIRE_PYTHON)
@@ -119,8 +120,12 @@ build-x86_64: $(SAMVENV)/.synced
 bench: $(VENV)/.synced
 	$(PY) -m bench.run
 
+# The chaos run, then the ordering proof at full size and the ordered path's throughput without moto
+# (issue 15): each prints one JSON line.
 chaos: $(VENV)/.synced
 	$(PY) bench/chaos.py
+	$(PY) -m bench.ordering
+	$(PY) -m bench.ordering_dispatcher
 
 clean:
 	rm -rf $(VENV) $(SAMVENV) $(CHECKOVVENV) $(BOOT) .aws-sam .pytest_cache .mypy_cache .ruff_cache

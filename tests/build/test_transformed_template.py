@@ -78,6 +78,7 @@ def test_every_function_gets_a_version_and_the_alias_serves_it() -> None:
         "DispatcherFunction",
         "SlowDispatcherFunction",
         "ConfigSyncFunction",
+        "OrderedDispatcherFunction",
     }
     for function in functions:
         alias = aliases[f"{function}Alias{ALIAS}"]
@@ -90,7 +91,8 @@ def test_every_event_source_invokes_the_alias() -> None:
     resources = transformed("dev")
     mappings = of_type(resources, "AWS::Lambda::EventSourceMapping").values()
     assert sorted(json.dumps(m["FunctionName"]) for m in mappings) == sorted(
-        json.dumps(alias_ref(f)) for f in ("DispatcherFunction", "SlowDispatcherFunction")
+        json.dumps(alias_ref(f))
+        for f in ("DispatcherFunction", "SlowDispatcherFunction", "OrderedDispatcherFunction")
     ), "each lane's queue invokes its own dispatcher's alias"
     (rule,) = of_type(resources, "AWS::Events::Rule").values()
     assert [target["Arn"] for target in rule["Targets"]] == [alias_ref("IntakeFunction")]
@@ -112,6 +114,7 @@ def test_a_release_shifts_per_stage_and_rolls_back_on_its_error_alarm(stage: str
         ("IntakeFunction", "IntakeErrorsAlarm"),
         ("DispatcherFunction", "DispatcherErrorsAlarm"),
         ("SlowDispatcherFunction", "SlowDispatcherErrorsAlarm"),
+        ("OrderedDispatcherFunction", "OrderedDispatcherErrorsAlarm"),
     ):
         group = groups[f"{function}DeploymentGroup"]
         # The stage picks the branch (Condition IsProd) when CloudFormation resolves it.

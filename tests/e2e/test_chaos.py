@@ -255,6 +255,23 @@ def test_an_error_keeps_the_container_and_a_timeout_replaces_it(workers: Any) ->
     assert workers.stats.timed_out == 1
 
 
+def test_a_cold_starts_init_is_not_counted_in_the_function_timeout(tmp_path: Path) -> None:
+    # As in Lambda: the import (init) has its own limit; the 2 s timeout starts with the invocation.
+    (tmp_path / "code").mkdir()
+    slow_import = "import time\ntime.sleep(2.5)  # not a wait: a slow cold start\n"
+    (tmp_path / "code" / "probe_handler.py").write_text(slow_import + HANDLER)
+    spec = FunctionSpec("ProbeFunction", tmp_path / "code", "probe_handler", "handler", 2, {}, {}, None)
+    with (tmp_path / "functions.log").open("a") as output:
+        function = WorkerFunction(spec, max_workers=1, output=output)
+        try:
+            first = function.invoke({})
+        finally:
+            function.close()
+
+    assert first.error is None and first.result["calls"] == 1
+    assert function.stats.timed_out == 0
+
+
 def test_workers_die_with_the_process_that_started_them(tmp_path: Path) -> None:
     (tmp_path / "code").mkdir()
     (tmp_path / "code" / "probe_handler.py").write_text(HANDLER)

@@ -28,9 +28,25 @@ ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = Path(os.environ.get("RELAY_TEMPLATE_UNDER_TEST", ROOT / "template.yaml"))
 SAMCONFIG = TEMPLATE.parent / "samconfig.toml"
 FOURTEEN_DAYS = 14 * 24 * 3600
-FUNCTIONS = ("IntakeFunction", "DispatcherFunction", "SlowDispatcherFunction", "ConfigSyncFunction")
-# Each dispatcher (the fast lane and the slow lane) and the queue it consumes.
-DISPATCHERS = {"DispatcherFunction": "DeliveryQueue", "SlowDispatcherFunction": "SlowDeliveryQueue"}
+FUNCTIONS = (
+    "IntakeFunction",
+    "DispatcherFunction",
+    "SlowDispatcherFunction",
+    "ConfigSyncFunction",
+    "OrderedDispatcherFunction",
+)
+# Each dispatcher (the fast lane, the slow lane, the ordered lane) and the queue it consumes.
+DISPATCHERS = {
+    "DispatcherFunction": "DeliveryQueue",
+    "SlowDispatcherFunction": "SlowDeliveryQueue",
+    "OrderedDispatcherFunction": "OrderedDeliveryQueue",
+}
+# Each consumed queue and the dead-letter queue it redrives to (a FIFO queue needs a FIFO one).
+DEAD_LETTER_QUEUES = {
+    "DeliveryQueue": "DeadLetterQueue",
+    "SlowDeliveryQueue": "DeadLetterQueue",
+    "OrderedDeliveryQueue": "OrderedDeadLetterQueue",
+}
 
 
 def samconfig_overrides() -> dict[str, dict[str, str]]:
@@ -159,15 +175,16 @@ def test_reserved_concurrency_is_at_least_the_event_source_maximum(
     assert function.reserved_concurrency >= maximum
 
 
-def test_the_fleet_is_bounded_by_both_lanes_maximum_concurrency(template: Template, raw: Template) -> None:
+def test_the_fleet_is_bounded_by_every_lanes_maximum_concurrency(template: Template, raw: Template) -> None:
     # Each lane reserves exactly what its event source may use, from one parameter each (CloudFormation
-    # has no arithmetic), so the fleet never holds more dispatchers than the two maxima together.
+    # has no arithmetic), so the fleet never holds more dispatchers than the lanes' maxima together.
     reserved = sum(template.function(d).reserved_concurrency or 0 for d in DISPATCHERS)
     maxima = sum(int(sqs_event(template, d)["ScalingConfig"]["MaximumConcurrency"]) for d in DISPATCHERS)
     assert reserved == maxima
     for dispatcher, parameter in (
         ("DispatcherFunction", "DispatcherMaximumConcurrency"),
         ("SlowDispatcherFunction", "SlowDispatcherMaximumConcurrency"),
+        ("OrderedDispatcherFunction", "OrderedDispatcherMaximumConcurrency"),
     ):
         props = raw.properties(dispatcher)
         scaling = [e["Properties"]["ScalingConfig"] for e in props["Events"].values() if e["Type"] == "SQS"]
@@ -263,12 +280,15 @@ def test_dispatcher_reports_partial_batch_failures_from_its_queue(
     assert source["Properties"]["Queue"] == {"Fn::GetAtt": [queue, "Arn"]}
 
 
-@pytest.mark.parametrize("queue", DISPATCHERS.values())
-def test_delivery_queue_redrives_to_a_dead_letter_queue_kept_fourteen_days(raw: Template, queue: str) -> None:
+@pytest.mark.parametrize(("queue", "dead_letter_queue"), DEAD_LETTER_QUEUES.items())
+def test_delivery_queue_redrives_to_a_dead_letter_queue_kept_fourteen_days(
+    raw: Template, queue: str, dead_letter_queue: str
+) -> None:
+    assert set(DEAD_LETTER_QUEUES) == set(DISPATCHERS.values())
     redrive = raw.properties(queue)["RedrivePolicy"]
-    assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
+    assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": [dead_letter_queue, "Arn"]}
     assert int(resolved(raw, queue)["MessageRetentionPeriod"]) == FOURTEEN_DAYS
-    assert int(resolved(raw, "DeadLetterQueue")["MessageRetentionPeriod"]) == FOURTEEN_DAYS
+    assert int(resolved(raw, dead_letter_queue)["MessageRetentionPeriod"]) == FOURTEEN_DAYS
 
 
 # --- encryption, TTL, the audit bucket ------------------------------------------------------------------
@@ -418,7 +438,12 @@ def test_dispatcher_table_access_is_only_what_it_uses(raw: Template, dispatcher:
         "TargetsTable": {"dynamodb:Query", "dynamodb:GetItem", "dynamodb:PutItem"},
         # Breaker and lane are written with conditional UpdateItem (each its own attributes).
         "BreakerTable": {"dynamodb:GetItem", "dynamodb:UpdateItem"},
+        # The ordered lane counts failed attempts (relay.adapters.attempt_counter); no other lane may.
+        "OrderedAttemptsTable": {"dynamodb:GetItem", "dynamodb:UpdateItem"},
     }
+    expected = dict(allowed)
+    if dispatcher != "OrderedDispatcherFunction":
+        del expected["OrderedAttemptsTable"]
     granted: dict[str, set[str]] = {}
     for policy in raw.properties(dispatcher)["Policies"]:
         assert not any(kind.startswith("DynamoDB") for kind in policy), "use scoped statements"
@@ -429,12 +454,13 @@ def test_dispatcher_table_access_is_only_what_it_uses(raw: Template, dispatcher:
                 table = resource.get("Fn::GetAtt", [""])[0] if isinstance(resource, dict) else ""
                 if table in allowed:
                     granted.setdefault(table, set()).update(_as_list(statement["Action"]))
-    assert granted == allowed
+    assert granted == expected
 
 
-def test_both_lanes_may_write_the_same_objects(raw: Template) -> None:
-    # The slow lane audits and archives what it delivers as the fast lane does (relay deliveries replay
-    # reads archive/ for both): the same S3 grants, under the same prefixes.
+@pytest.mark.parametrize("dispatcher", [d for d in DISPATCHERS if d != "DispatcherFunction"])
+def test_every_lane_may_write_the_same_objects(raw: Template, dispatcher: str) -> None:
+    # The slow and the ordered lane audit and archive what they deliver as the fast lane does (each
+    # honours ArchiveEnabled; relay deliveries replay reads archive/ for all): the same S3 grants.
     def s3_grants(function: str) -> set[tuple[str, str]]:
         return {
             (action, resource["Fn::Sub"])
@@ -448,7 +474,7 @@ def test_both_lanes_may_write_the_same_objects(raw: Template) -> None:
 
     fast = s3_grants("DispatcherFunction")
     assert ("s3:PutObject", "${AuditBucket.Arn}/archive/*") in fast
-    assert s3_grants("SlowDispatcherFunction") == fast
+    assert s3_grants(dispatcher) == fast
 
 
 @pytest.mark.parametrize("dispatcher", DISPATCHERS)
@@ -492,7 +518,9 @@ def test_only_the_fast_lane_may_send_to_the_slow_lane(raw: Template) -> None:
 
     assert sends_to("DispatcherFunction") == {"DeliveryQueue", "DeadLetterQueue", "SlowDeliveryQueue"}
     assert sends_to("SlowDispatcherFunction") == {"SlowDeliveryQueue", "DeadLetterQueue"}
-    assert sends_to("IntakeFunction") == {"DeliveryQueue"}
+    # An ordered record is held, never re-sent: not to the slow lane either.
+    assert sends_to("OrderedDispatcherFunction") == {"OrderedDeadLetterQueue"}
+    assert sends_to("IntakeFunction") == {"DeliveryQueue", "OrderedDeliveryQueue"}
 
 
 # --- API, schedule, logs, alarms --------------------------------------------------------------------
@@ -567,6 +595,8 @@ def test_outputs_name_the_api_queues_tables_and_bucket(raw: Template) -> None:
         "DeliveryQueue",
         "SlowDeliveryQueue",
         "DeadLetterQueue",
+        "OrderedDeliveryQueue",
+        "OrderedDeadLetterQueue",
         "TargetsTable",
         "BreakerTable",
         "IdempotencyTable",
@@ -613,7 +643,12 @@ def test_functions_run_on_the_architecture_parameter_arm64_by_default(raw: Templ
 
 # --- releases: versions, aliases, gradual deploys with rollback --------------------------------------
 GRADUAL = re.compile(r"(Canary|Linear)\d+Percent(Every)?(\d+)Minutes?")
-SHIFTED_RELEASES = ("IntakeFunction", "DispatcherFunction", "SlowDispatcherFunction")
+SHIFTED_RELEASES = (
+    "IntakeFunction",
+    "DispatcherFunction",
+    "SlowDispatcherFunction",
+    "OrderedDispatcherFunction",
+)
 
 
 @pytest.mark.parametrize("logical_id", FUNCTIONS)
@@ -783,7 +818,12 @@ def _rule_value(template: Template, expression: Any) -> Any:
 
 
 # --- no silent loss: parked messages -----------------------------------------------------------------
-PARKING_QUEUES = ("DeadLetterQueue", "IntakeFailureQueue", "EventBridgeDeadLetterQueue")
+PARKING_QUEUES = (
+    "DeadLetterQueue",
+    "IntakeFailureQueue",
+    "EventBridgeDeadLetterQueue",
+    "OrderedDeadLetterQueue",
+)
 
 
 @pytest.mark.parametrize("queue", PARKING_QUEUES)
@@ -864,3 +904,100 @@ def test_allowed_target_ports_reach_both_functions_that_apply_the_url_policy(por
         value = resolved(template, logical_id)["Environment"]["Variables"]["ALLOWED_TARGET_PORTS"]
         settings = Settings.model_validate({"ALLOWED_TARGET_PORTS": value})
         assert settings.allowed_target_ports == [int(port) for port in ports.split(",")], logical_id
+
+
+# --- the ordered lane (docs/dispatcher.md, "Ordering") --------------------------------------------------
+ORDERED = "OrderedDispatcherFunction"
+
+
+def ordered_event(template: Template) -> dict[str, Any]:
+    events = resolved(template, ORDERED)["Events"]
+    (sqs,) = [e["Properties"] for e in events.values() if e["Type"] == "SQS"]
+    return dict(sqs)
+
+
+def test_the_ordered_queue_is_a_high_throughput_fifo_queue_redriving_to_a_fifo_dlq(
+    template: Template,
+) -> None:
+    queue = resolved(template, "OrderedDeliveryQueue")
+    dlq = resolved(template, "OrderedDeadLetterQueue")
+    for props in (queue, dlq):
+        assert props["FifoQueue"] is True
+        assert (props["DeduplicationScope"], props["FifoThroughputLimit"]) == (
+            "messageGroup",
+            "perMessageGroupId",
+        )
+        assert props["ContentBasedDeduplication"] is False  # deduplicated on the ids the relay sets
+        assert int(props["MessageRetentionPeriod"]) == FOURTEEN_DAYS
+    assert template.properties("OrderedDeliveryQueue")["RedrivePolicy"]["deadLetterTargetArn"] == {
+        "Fn::GetAtt": ["OrderedDeadLetterQueue", "Arn"]
+    }
+    # A held record is received again without an attempt: the backstop sits far above any retry matrix.
+    assert int(queue["RedrivePolicy"]["maxReceiveCount"]) >= 100 > largest_planned_attempts()
+    timeout = int(resolved(template, ORDERED)["Timeout"])
+    assert int(queue["VisibilityTimeout"]) >= 6 * timeout
+
+
+def test_the_ordered_dispatcher_consumes_the_ordered_queue_within_its_reserved_concurrency(
+    template: Template,
+) -> None:
+    event = ordered_event(template)
+    assert template.properties(ORDERED)["Events"]["OrderedDeliveries"]["Properties"]["Queue"] == {
+        "Fn::GetAtt": ["OrderedDeliveryQueue", "Arn"]
+    }
+    assert event["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert 1 <= int(event["BatchSize"]) <= 10 and "MaximumBatchingWindowInSeconds" not in event  # FIFO limits
+    maximum = int(event["ScalingConfig"]["MaximumConcurrency"])
+    assert template.function(ORDERED).reserved_concurrency == maximum >= 2
+
+
+def test_the_ordered_dispatcher_is_the_dispatcher_code_on_the_ordered_lane_only(raw: Template) -> None:
+    from relay.settings import Settings
+
+    ordered = raw.function(ORDERED)
+    handler = (ordered.code_dir / f"{ordered.handler_module}.py").read_text()
+    assert "container_dispatcher().handle_batch(" in handler  # the dispatcher's engine, wired the same way
+    settings = Settings.model_validate(ordered.environment)
+    assert (
+        settings.ordered_queue_url
+        and settings.ordered_dead_letter_queue_url
+        and settings.ordered_attempts_table
+    )
+    # It never sends to a delivery queue: an ordered record is held, not re-sent (nor routed to the
+    # slow lane: that is for standard records only).
+    assert settings.delivery_queue_url is None and settings.dead_letter_queue_url is None
+    assert settings.slow_delivery_queue_url is None
+    sends = [
+        p["SQSSendMessagePolicy"]["QueueName"]
+        for p in raw.properties(ORDERED)["Policies"]
+        if "SQSSendMessagePolicy" in p
+    ]
+    assert sends == [{"Fn::GetAtt": ["OrderedDeadLetterQueue", "QueueName"]}]
+    denies = [
+        statement
+        for policy in raw.properties(ORDERED)["Policies"]
+        for statement in policy.get("Statement", [])
+        if statement["Effect"] == "Deny"
+    ]
+    assert any(s.get("NotResource") == {"Fn::GetAtt": ["OrderedDeliveryQueue", "Arn"]} for s in denies)
+
+
+def test_the_intake_may_send_to_the_ordered_queue_and_knows_it(raw: Template) -> None:
+    from relay.settings import Settings
+
+    assert Settings.model_validate(raw.function("IntakeFunction").environment).ordered_queue_url
+    sends = [
+        p["SQSSendMessagePolicy"]["QueueName"]
+        for p in raw.properties("IntakeFunction")["Policies"]
+        if "SQSSendMessagePolicy" in p
+    ]
+    assert {"Fn::GetAtt": ["OrderedDeliveryQueue", "QueueName"]} in sends
+
+
+def test_the_attempts_table_expires_its_counters_after_the_queue_has_let_go(raw: Template) -> None:
+    from relay.adapters.attempt_counter import RECORD_TTL_SECONDS
+
+    props = resolved(raw, "OrderedAttemptsTable")
+    assert props["KeySchema"] == [{"AttributeName": "messageId", "KeyType": "HASH"}]
+    assert props["TimeToLiveSpecification"] == {"AttributeName": "expiresAt", "Enabled": True}
+    assert RECORD_TTL_SECONDS > int(resolved(raw, "OrderedDeliveryQueue")["MessageRetentionPeriod"])

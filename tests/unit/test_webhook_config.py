@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 from support.secure_peers import Pki, key_body
 
-from relay.models.targets import SecurityType, TokenEndpointAuthMethod
+from relay.models.targets import OnExhausted, Ordering, SecurityType, TokenEndpointAuthMethod
 from relay.models.webhook_config import WebhookConfig, safe_errors, webhook_config_from_genesys
 
 TARGET_ID = "3f1d2c4b-5a69-4e7f-8a1b-2c3d4e5f6a70"
@@ -255,3 +255,29 @@ def test_an_unusable_or_expired_client_certificate_is_refused_without_quoting_it
         message = safe_errors(caught.value)
         assert message.startswith("security.clientCertificate") and reason in message
         assert "-----BEGIN" not in message and "MII" not in message
+
+
+def test_ordering_and_on_exhausted_come_from_the_config_properties() -> None:
+    default = webhook_config_from_genesys(_integration(), _config(), _secrets())
+    assert (default.ordering, default.on_exhausted) == (Ordering.NONE, OnExhausted.DEAD_LETTER)
+
+    ordered = webhook_config_from_genesys(
+        _integration(), _config(ordering="conversation", onExhausted="block"), _secrets()
+    )
+    assert (ordered.ordering, ordered.on_exhausted) == (Ordering.CONVERSATION, OnExhausted.BLOCK)
+
+
+@pytest.mark.parametrize(
+    ("properties", "problem"),
+    [
+        ({"ordering": "global"}, "ordering"),
+        ({"onExhausted": "block"}, "ordered targets only"),
+        ({"ordering": "conversation", "onExhausted": "retry-forever"}, "onExhausted"),
+    ],
+)
+def test_an_unknown_ordering_or_a_block_without_ordering_is_refused(
+    properties: dict[str, str], problem: str
+) -> None:
+    with pytest.raises(ValidationError) as refused:
+        webhook_config_from_genesys(_integration(), _config(**properties), _secrets())
+    assert problem in safe_errors(refused.value)

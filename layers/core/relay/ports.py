@@ -20,7 +20,14 @@ from relay.models.breaker import BreakerState, LaneState
 from relay.models.delivery import DlqReason, S3Ref
 from relay.models.http import HttpResult
 from relay.models.idempotency import Claim
-from relay.models.queue import MoveTaskStatus, OutgoingMessage, ReceivedMessage, Requeue
+from relay.models.queue import (
+    GroupPlacement,
+    MoveTaskStatus,
+    OrderedTask,
+    OutgoingMessage,
+    ReceivedMessage,
+    Requeue,
+)
 from relay.models.rate_limit import BucketAnswer, BucketState
 from relay.models.secrets import RotatingSecret
 from relay.models.targets import Integration, IntegrationEntry, Target
@@ -123,6 +130,44 @@ class DeliveryQueueOps(Protocol):
         ...
 
 
+class OrderedQueueOps(Protocol):
+    """The ordered (FIFO) delivery queue and its FIFO dead-letter queue, as the dispatcher uses them.
+    Nothing here re-sends to the delivery queue: an ordered record is held, never re-queued."""
+
+    def hold(self, receipt_handles: Sequence[str], delay_seconds: int) -> None:
+        """Show these received messages (one message group's, in order) again after ``delay_seconds``,
+        together, so the group comes back in order."""
+
+    def dead_letter_in_order(
+        self,
+        placement: GroupPlacement,
+        body: str,
+        message_attributes: Mapping[str, Any],
+        *,
+        reason: DlqReason,
+        attempts: int,
+        integration_id: str | None,
+        target_id: str | None,
+        last_status: int | None,
+        last_error: str | None,
+    ) -> None:
+        """Send the body to the ordered DLQ in its message group, with attributes saying why."""
+
+
+class AttemptCounter(Protocol):
+    """Failed attempts per ordered message. A held message is received again without an attempt, so
+    its receive count is no attempt count; this is. Keyed by the SQS message id (a redriven copy is a
+    new message: a fresh count)."""
+
+    def failures(self, message_id: str) -> int:
+        """Failed attempts recorded so far (0 if none)."""
+        ...
+
+    def add_failure(self, message_id: str) -> int:
+        """Record one more failed attempt; the failures so far, this one included."""
+        ...
+
+
 class BreakerStore(Protocol):
     """Breaker state and lane per target key, each written only with conditional writes on its own
     version. Raises ``BreakerStoreUnavailable``."""
@@ -211,6 +256,11 @@ class IntegrationLookup(Protocol):
 class TaskQueue(Protocol):
     def send(self, bodies: Sequence[str]) -> None:
         """Queue every body, or raise DependencyUnavailable."""
+
+
+class OrderedTaskQueue(Protocol):
+    def send_ordered(self, tasks: Sequence[OrderedTask]) -> None:
+        """Queue every task in its message group, or raise DependencyUnavailable."""
 
 
 class ClaimCheckStore(Protocol):

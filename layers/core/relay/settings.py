@@ -64,6 +64,12 @@ class Settings(BaseModel):
     # EventBridgeDeadLetterQueueUrl): read only by `relay dlq --queue intake-failures|eventbridge`.
     intake_failure_queue_url: str | None = Field(None, alias="INTAKE_FAILURE_QUEUE_URL")
     eventbridge_dead_letter_queue_url: str | None = Field(None, alias="EVENTBRIDGE_DEAD_LETTER_QUEUE_URL")
+    # The ordered path (docs/dispatcher.md, "Ordering"): the FIFO delivery queue and its FIFO dead-letter
+    # queue (the intake sends ordered targets' tasks to the first; the ordered dispatcher consumes it), and
+    # the table counting the ordered deliveries' failed attempts.
+    ordered_queue_url: str | None = Field(None, alias="ORDERED_QUEUE_URL")
+    ordered_dead_letter_queue_url: str | None = Field(None, alias="ORDERED_DEAD_LETTER_QUEUE_URL")
+    ordered_attempts_table: str | None = Field(None, alias="ORDERED_ATTEMPTS_TABLE")
     audit_bucket: str | None = Field(None, alias="AUDIT_BUCKET")
     # Secrets Manager names are "<prefix>/<kind>/<id>"; see relay.models.secrets.
     secrets_prefix: str = Field("relay/local", alias="SECRETS_PREFIX")
@@ -108,6 +114,9 @@ class Settings(BaseModel):
     isolate_slow_targets: bool = Field(True, alias="ISOLATE_SLOW_TARGETS")
     slow_target_ms: float = Field(1_000.0, alias="SLOW_TARGET_MS", gt=0)
     slow_lane_min_seconds: float = Field(60.0, alias="SLOW_LANE_MIN_SECONDS", ge=0)
+    # How long a conversation blocked by an ordered target with onExhausted block waits before its
+    # blocking delivery is tried again (SQS caps a message's visibility at 12 h from its receipt).
+    ordered_block_hold_seconds: int = Field(3_600, alias="ORDERED_BLOCK_HOLD_SECONDS", ge=1, le=43_000)
 
     # The event archive (template parameter ArchiveEnabled): one object per invocation under archive/
     # in AUDIT_BUCKET holding the events it handled, so that `relay deliveries replay` can send them again.

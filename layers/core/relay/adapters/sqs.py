@@ -1,4 +1,5 @@
-"""The one SQS adapter: the delivery queues (fast and slow lane) and their dead-letter queue.
+"""The one SQS adapter: the delivery queues (standard fast and slow lane, ordered FIFO) and their
+dead-letter queues.
 
 - the intake's task sends (``send``): SendMessageBatch, all or nothing as seen by the caller. Entries
   SQS refuses in a batch answer are sent again (a few times, with a short pause); if some still fail,
@@ -9,6 +10,10 @@
   unchanged, deferrals + 1), ``to_slow_lane`` (re-send to the slow lane's queue, attempts unchanged),
   ``dead_letter`` (to the DLQ with attributes saying why; the caller then reports the original done,
   so SQS deletes it);
+- the ordered path's (docs/dispatcher.md, "Ordering"): ``send_ordered`` (the intake's tasks for ordered
+  targets, each in its message group, deduplicated on the delivery id), ``hold`` (one group's
+  received messages shown again together after a delay: ChangeMessageVisibilityBatch, never a
+  re-send) and ``dead_letter_in_order`` (to the FIFO DLQ in the same message group);
 - ``relay dlq``'s operations, on the queue URLs it names: receive without deleting, batch send and
   delete, release, and the move task.
 
@@ -38,7 +43,9 @@ from relay.models.delivery import (
 )
 from relay.models.queue import (
     MAX_BATCH_ENTRIES,
+    GroupPlacement,
     MoveTaskStatus,
+    OrderedTask,
     OutgoingMessage,
     ReceivedMessage,
     Requeue,
@@ -64,6 +71,8 @@ class SqsQueues:
         delivery_queue_url: str | None = None,
         dead_letter_queue_url: str | None = None,
         slow_queue_url: str | None = None,
+        ordered_queue_url: str | None = None,
+        ordered_dead_letter_queue_url: str | None = None,
         attempts: int = 3,
         backoff_seconds: float = 0.05,
         sleep: Callable[[float], None] = time.sleep,
@@ -72,6 +81,8 @@ class SqsQueues:
         self._delivery_queue_url = delivery_queue_url
         self._dead_letter_queue_url = dead_letter_queue_url
         self._slow_queue_url = slow_queue_url
+        self._ordered_queue_url = ordered_queue_url
+        self._ordered_dead_letter_queue_url = ordered_dead_letter_queue_url
         self._attempts = attempts
         self._backoff = backoff_seconds
         self._sleep = sleep
@@ -81,6 +92,15 @@ class SqsQueues:
         """Queue every body (one message each) on the delivery queue, or raise DependencyUnavailable."""
         queue_url = self._delivery_queue()
         messages = [OutgoingMessage(str(i), body) for i, body in enumerate(bodies)]
+        for batch in plan_batches(messages):
+            self._send_until_accepted(queue_url, batch)
+
+    def send_ordered(self, tasks: Sequence[OrderedTask]) -> None:
+        """Queue every task on the ordered queue in its message group, or raise DependencyUnavailable.
+        One event gives each group at most one task, so a batch never holds two of one group and a
+        refused entry sent again cannot overtake a later one of its group."""
+        queue_url = _required(self._ordered_queue_url, "ORDERED_QUEUE_URL")
+        messages = [OutgoingMessage(str(i), t.body, placement=t.placement) for i, t in enumerate(tasks)]
         for batch in plan_batches(messages):
             self._send_until_accepted(queue_url, batch)
 
@@ -155,22 +175,50 @@ class SqsQueues:
         last_status: int | None,
         last_error: str | None,
     ) -> None:
-        attributes = carried_attributes(message_attributes)
-        attributes[ATTR_DLQ_REASON] = _string(reason.value)
-        attributes[ATTR_ATTEMPTS] = _number(attempts)
-        if last_status is not None:
-            attributes[ATTR_LAST_STATUS] = _number(last_status)
-        if last_error:
-            attributes[ATTR_LAST_ERROR] = _string(last_error)
-        if target_id:
-            attributes[ATTR_TARGET_ID] = _string(target_id)
-        if integration_id:
-            attributes[ATTR_INTEGRATION_ID] = _string(integration_id)
         self._call(
             "send_message",
             QueueUrl=self._dead_letter_queue(),
             MessageBody=body,
-            MessageAttributes=attributes,
+            MessageAttributes=_dead_letter_attributes(
+                message_attributes, reason, attempts, integration_id, target_id, last_status, last_error
+            ),
+        )
+
+    # --- the ordered dispatcher's operations ------------------------------------------------------------
+    def hold(self, receipt_handles: Sequence[str], delay_seconds: int) -> None:
+        queue_url = _required(self._ordered_queue_url, "ORDERED_QUEUE_URL")
+        for start in range(0, len(receipt_handles), MAX_BATCH_ENTRIES):
+            entries = [
+                {"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": delay_seconds}
+                for i, handle in enumerate(receipt_handles[start : start + MAX_BATCH_ENTRIES])
+            ]
+            answer = self._call("change_message_visibility_batch", QueueUrl=queue_url, Entries=entries)
+            refused = ", ".join(sorted({str(entry.get("Code", "?")) for entry in answer.get("Failed", [])}))
+            if refused:
+                raise DependencyUnavailable(f"SQS change_message_visibility_batch refused ({refused})")
+
+    def dead_letter_in_order(
+        self,
+        placement: GroupPlacement,
+        body: str,
+        message_attributes: Mapping[str, Any],
+        *,
+        reason: DlqReason,
+        attempts: int,
+        integration_id: str | None,
+        target_id: str | None,
+        last_status: int | None,
+        last_error: str | None,
+    ) -> None:
+        self._call(
+            "send_message",
+            QueueUrl=_required(self._ordered_dead_letter_queue_url, "ORDERED_DEAD_LETTER_QUEUE_URL"),
+            MessageBody=body,
+            MessageAttributes=_dead_letter_attributes(
+                message_attributes, reason, attempts, integration_id, target_id, last_status, last_error
+            ),
+            MessageGroupId=placement.group_id,
+            MessageDeduplicationId=placement.deduplication_id,
         )
 
     # --- relay dlq -------------------------------------------------------------------------------------
@@ -198,11 +246,12 @@ class SqsQueues:
             VisibilityTimeout=visibility_seconds,
             WaitTimeSeconds=wait_seconds,
             MessageAttributeNames=["All"],
-            MessageSystemAttributeNames=["SentTimestamp"],
+            MessageSystemAttributeNames=["SentTimestamp", "MessageGroupId"],
         )
         received = []
         for message in answer.get("Messages", []):
-            sent = message.get("Attributes", {}).get("SentTimestamp")
+            system = message.get("Attributes", {})
+            sent = system.get("SentTimestamp")
             received.append(
                 ReceivedMessage(
                     message_id=str(message["MessageId"]),
@@ -210,6 +259,7 @@ class SqsQueues:
                     body=str(message.get("Body", "")),
                     attributes=message.get("MessageAttributes") or {},
                     sent_timestamp_ms=int(sent) if sent is not None else None,
+                    group_id=system.get("MessageGroupId"),
                 )
             )
         return received
@@ -276,14 +326,40 @@ class SqsQueues:
             raise DependencyUnavailable(f"SQS {operation} failed ({_code(exc)})") from None
 
     def _delivery_queue(self) -> str:
-        if not self._delivery_queue_url:
-            raise ConfigurationError("setting DELIVERY_QUEUE_URL is required here but not set")
-        return self._delivery_queue_url
+        return _required(self._delivery_queue_url, "DELIVERY_QUEUE_URL")
 
     def _dead_letter_queue(self) -> str:
-        if not self._dead_letter_queue_url:
-            raise ConfigurationError("setting DEAD_LETTER_QUEUE_URL is required here but not set")
-        return self._dead_letter_queue_url
+        return _required(self._dead_letter_queue_url, "DEAD_LETTER_QUEUE_URL")
+
+
+def _required(queue_url: str | None, setting: str) -> str:
+    if not queue_url:
+        raise ConfigurationError(f"setting {setting} is required here but not set")
+    return queue_url
+
+
+def _dead_letter_attributes(
+    message_attributes: Mapping[str, Any],
+    reason: DlqReason,
+    attempts: int,
+    integration_id: str | None,
+    target_id: str | None,
+    last_status: int | None,
+    last_error: str | None,
+) -> dict[str, dict[str, str]]:
+    """The carried attributes plus the dead-letter notes saying why."""
+    attributes = carried_attributes(message_attributes)
+    attributes[ATTR_DLQ_REASON] = _string(reason.value)
+    attributes[ATTR_ATTEMPTS] = _number(attempts)
+    if last_status is not None:
+        attributes[ATTR_LAST_STATUS] = _number(last_status)
+    if last_error:
+        attributes[ATTR_LAST_ERROR] = _string(last_error)
+    if target_id:
+        attributes[ATTR_TARGET_ID] = _string(target_id)
+    if integration_id:
+        attributes[ATTR_INTEGRATION_ID] = _string(integration_id)
+    return attributes
 
 
 def requeued_attributes(
@@ -320,6 +396,14 @@ def _entries(messages: Sequence[OutgoingMessage]) -> list[dict[str, Any]]:
         {
             "Id": m.entry_id,
             "MessageBody": m.body,
+            **(
+                {
+                    "MessageGroupId": m.placement.group_id,
+                    "MessageDeduplicationId": m.placement.deduplication_id,
+                }
+                if m.placement
+                else {}
+            ),
             **(
                 {"MessageAttributes": {k: _clean_attribute(v) for k, v in m.attributes.items()}}
                 if m.attributes

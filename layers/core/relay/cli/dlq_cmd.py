@@ -1,8 +1,10 @@
 """``relay dlq list`` and ``relay dlq redrive``: inspect a dead-letter queue and send its messages back.
 
 ``--queue`` picks the queue: ``delivery`` (the DeadLetterQueue: tasks go back to the delivery queue),
-``eventbridge`` (the Genesys rule's dead-letter queue) or ``intake-failures`` (the intake's on-failure
-destination); the events of those two go back through the intake's EventBridge path, in-process.
+``ordered`` (the OrderedDeadLetterQueue, FIFO: tasks go back to the ordered queue, each conversation's
+in order), ``eventbridge`` (the Genesys rule's dead-letter queue) or ``intake-failures`` (the intake's
+on-failure destination); the events of those two go back through the intake's EventBridge path,
+in-process.
 
 Only ids, reasons and counts are printed: event bodies may hold customer messages.
 
@@ -29,15 +31,19 @@ if TYPE_CHECKING:
     from relay.logic.dlq import Progress
 
 DELIVERY = "delivery"
-QUEUES = (DELIVERY, "eventbridge", "intake-failures")
+ORDERED = "ordered"
+# The queues whose messages are DeliveryTasks, and the queue each one's tasks go back to.
+TASK_QUEUES = {DELIVERY: "delivery_queue_url", ORDERED: "ordered_queue_url"}
+QUEUES = (DELIVERY, ORDERED, "eventbridge", "intake-failures")
 # The setting naming each queue's URL (the stack outputs DeadLetterQueueUrl, EventBridgeDeadLetterQueueUrl,
 # IntakeFailureQueueUrl).
 QUEUE_URL_SETTINGS = {
     DELIVERY: "dead_letter_queue_url",
+    ORDERED: "ordered_dead_letter_queue_url",
     "eventbridge": "eventbridge_dead_letter_queue_url",
     "intake-failures": "intake_failure_queue_url",
 }
-# redrive options that only make sense for DeliveryTask messages.
+# redrive options that only make sense for DeliveryTask messages (--queue delivery or ordered).
 DELIVERY_ONLY = {"target": "--target", "integration": "--integration", "reason": "--reason", "rate": "--rate"}
 
 
@@ -50,12 +56,13 @@ def register(subparsers: Any) -> None:
         "--queue",
         choices=QUEUES,
         default=DELIVERY,
-        help="delivery: the DeadLetterQueue (default); eventbridge: the Genesys rule's dead-letter queue; "
+        help="delivery: the DeadLetterQueue (default); ordered: the OrderedDeadLetterQueue (FIFO); "
+        "eventbridge: the Genesys rule's dead-letter queue; "
         "intake-failures: the intake's on-failure destination",
     )
     common.add_argument(
         "--dlq-url",
-        help="URL of the queue --queue names (default: DEAD_LETTER_QUEUE_URL, "
+        help="URL of the queue --queue names (default: DEAD_LETTER_QUEUE_URL, ORDERED_DEAD_LETTER_QUEUE_URL, "
         "EVENTBRIDGE_DEAD_LETTER_QUEUE_URL or INTAKE_FAILURE_QUEUE_URL)",
     )
     common.add_argument("--format", choices=("table", "json"), default="table", help="output format")
@@ -82,7 +89,8 @@ def register(subparsers: Any) -> None:
         help="move DLQ messages back to the delivery queue, or failed events back through the intake",
     )
     redrive.add_argument(
-        "--queue-url", help="delivery queue URL, where tasks are queued (default: DELIVERY_QUEUE_URL)"
+        "--queue-url",
+        help="where tasks are queued (default: DELIVERY_QUEUE_URL, or ORDERED_QUEUE_URL for --queue ordered)",
     )
     redrive.add_argument(
         "--target", action="append", metavar="TARGET_ID", help="only this target (repeatable; delivery)"
@@ -203,13 +211,13 @@ def _list(args: argparse.Namespace) -> int:
         report = list_dead_letters(
             sqs_queues(get_settings()),
             _queue_url(args),
-            groups=None if args.queue == DELIVERY else FailedEventGroups(args.queue),
+            groups=None if args.queue in TASK_QUEUES else FailedEventGroups(args.queue),
             max_messages=args.max,
             visibility_seconds=args.visibility,
             progress=line,
         )
         document = report.to_json()
-        table = format_groups if args.queue == DELIVERY else format_failed_groups
+        table = format_groups if args.queue in TASK_QUEUES else format_failed_groups
         limited = " (stopped at --max)" if report.limited else ""
         text = (
             f"{table(document['groups'])}\n\n"
@@ -221,7 +229,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _redrive(args: argparse.Namespace) -> int:
-    if args.queue != DELIVERY:
+    if args.queue not in TASK_QUEUES:
         return _resubmit(args)
     from relay.logic.dlq import DLQ_REASONS, RedriveFilter, RedriveOptions, redrive
     from relay.settings import get_settings
@@ -242,7 +250,7 @@ def _redrive(args: argparse.Namespace) -> int:
         result = redrive(
             sqs_queues(get_settings()),
             _queue_url(args),
-            _settings_url(args.queue_url, "delivery_queue_url"),
+            _settings_url(args.queue_url, TASK_QUEUES[args.queue]),
             options,
             progress=line,
         )
@@ -263,7 +271,7 @@ def _resubmit(args: argparse.Namespace) -> int:
     given = [flag for name, flag in DELIVERY_ONLY.items() if getattr(args, name)]
     given += ["--method"] if args.method != "auto" else []
     if given:
-        raise UsageError(f"{', '.join(given)} only apply to --queue {DELIVERY}")
+        raise UsageError(f"{', '.join(given)} only apply to --queue {DELIVERY} or {ORDERED}")
     settings = get_settings()
     if args.queue_url:
         settings = settings.model_copy(update={"delivery_queue_url": args.queue_url})

@@ -124,6 +124,9 @@ class LocalResources:
     idempotency_table: str
     audit_bucket: str
     env: dict[str, str] = field(default_factory=dict)
+    # The ordered lane's FIFO queues ("" when the template has none).
+    ordered_queue_url: str = ""
+    ordered_dead_letter_queue_url: str = ""
 
     def function(self, logical_id: str) -> FunctionSpec:
         return self.template.function(logical_id)
@@ -154,7 +157,13 @@ def create_resources(template: Template, endpoint_url: str, prefix: str) -> Loca
         idempotency_table=template.ref("IdempotencyTable"),
         audit_bucket=template.ref("AuditBucket"),
         env=env,
+        ordered_queue_url=_ref_if_any(template, "OrderedDeliveryQueue"),
+        ordered_dead_letter_queue_url=_ref_if_any(template, "OrderedDeadLetterQueue"),
     )
+
+
+def _ref_if_any(template: Template, logical_id: str) -> str:
+    return template.ref(logical_id) if logical_id in template.resources else ""
 
 
 def function_environment(template: Template, endpoint_url: str) -> dict[str, str]:
@@ -198,8 +207,11 @@ def _create_queues(template: Template, endpoint_url: str, prefix: str) -> None:
     queues = template.resources_of_type("AWS::SQS::Queue")
     # Queues first, redrive policies second: a redrive policy names another queue's ARN.
     for logical_id in queues:
-        name = f"{prefix}-{logical_id}"
-        url = sqs.create_queue(QueueName=name)["QueueUrl"]
+        props = template.resolve(template.properties(logical_id))
+        # A FIFO queue is one from its creation, and its name ends in .fifo (CloudFormation adds it too).
+        fifo = {key: _attribute(props[key]) for key in _FIFO_ATTRIBUTES if key in props}
+        name = f"{prefix}-{logical_id}" + (".fifo" if props.get("FifoQueue") is True else "")
+        url = sqs.create_queue(QueueName=name, Attributes=fifo)["QueueUrl"]
         arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         template.physical[logical_id] = PhysicalResource(
             url, {"Arn": arn, "QueueName": name, "QueueUrl": url}
@@ -221,6 +233,14 @@ def _create_queues(template: Template, endpoint_url: str, prefix: str) -> None:
         }
         if attributes:
             sqs.set_queue_attributes(QueueUrl=template.ref(logical_id), Attributes=attributes)
+
+
+_FIFO_ATTRIBUTES = ("FifoQueue", "DeduplicationScope", "FifoThroughputLimit", "ContentBasedDeduplication")
+
+
+def _attribute(value: object) -> str:
+    """A template property as SQS attribute text (booleans lower-case)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _create_tables(template: Template, endpoint_url: str, prefix: str) -> None:

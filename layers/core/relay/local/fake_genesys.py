@@ -157,6 +157,10 @@ def webhook_docs(
         properties["oauth2"] = oauth2.model_dump(by_alias=True, exclude_none=True, mode="json")
     if target.retry_matrix is not None:
         properties["retryMatrix"] = target.retry_matrix.model_dump(by_alias=True)
+    if target.ordering is not None:
+        properties["ordering"] = target.ordering.value
+    if target.on_exhausted is not None:
+        properties["onExhausted"] = target.on_exhausted.value
     if target.filters is not None:
         properties["filters"] = target.filters.model_dump(mode="json", by_alias=True, exclude_none=True)
     if target.rate_limit is not None:

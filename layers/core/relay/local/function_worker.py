@@ -131,8 +131,11 @@ class _Worker:
                 raise WorkerDied(f"worker {self.pid} did not start")
             self.ready = True
 
-    def call(self, request: dict[str, Any], deadline: float) -> dict[str, Any] | None:
+    def call(self, request: dict[str, Any], timeout_seconds: float) -> dict[str, Any] | None:
+        """Send one invocation; its answer, or None when ``timeout_seconds`` passed first. The timeout
+        starts once the worker is ready: as in Lambda, a cold start's init is not the function's time."""
         self.wait_ready()
+        deadline = time.monotonic() + timeout_seconds
         try:
             self.requests.send_bytes(json.dumps(request).encode())
         except OSError:
@@ -214,7 +217,6 @@ class WorkerFunction(LocalFunction):
     def invoke(self, event: dict[str, Any]) -> Invocation:
         context = self.new_context()
         started = time.perf_counter()
-        deadline = time.monotonic() + self.spec.timeout_seconds
         worker = self._acquire()
         worker.event = event
         request = {
@@ -230,7 +232,7 @@ class WorkerFunction(LocalFunction):
         }
         keep = False
         try:
-            answer = worker.call(request, deadline)
+            answer = worker.call(request, self.spec.timeout_seconds)
             if answer is None:
                 # Lambda stops a run at its timeout; the container does not survive it.
                 log.error("%s timed out (request %s)", self.spec.logical_id, context.aws_request_id)

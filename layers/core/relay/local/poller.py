@@ -13,7 +13,9 @@ Configured from the function's ``SQS`` event in template.yaml (``Queue``, ``Batc
   deleted (``DeleteMessageBatch``); a handler error, or an answer that is not a valid
   ``batchItemFailures`` list, fails the whole batch, as in AWS;
 - records left on the queue come back after their visibility timeout; moving them to the DLQ after
-  ``maxReceiveCount`` receives is the queue's redrive policy (moto applies it on receive).
+  ``maxReceiveCount`` receives is the queue's redrive policy (moto applies it on receive);
+- on a FIFO queue, a message group's messages reach the function in order, never past an earlier one
+  still outstanding (relay.local.fifo_groups puts right what moto's receive gets wrong).
 
 ``stop()`` stops receiving, waits for the invocations in flight, and hands any records received
 but not yet invoked straight back to the queue. ``add_receive_observer`` lets a measurement see when
@@ -32,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from relay.local.fifo_groups import FifoGroups
 from relay.local.lambda_runtime import LocalFunction
 from relay.local.template import Template
 
@@ -54,6 +57,8 @@ class SqsEventSource:
     maximum_concurrency: int = 1000
     report_batch_item_failures: bool = False
     region: str = "us-east-1"
+    fifo: bool = False
+    max_receive_count: int | None = None  # the queue's redrive policy
 
     @classmethod
     def from_template(
@@ -72,6 +77,8 @@ class SqsEventSource:
         )
         if queue_id is None:
             raise ValueError(f"{logical_id}.{name}: queue {queue_arn} was not created locally")
+        queue = template.resolve(template.properties(queue_id))
+        redrive = queue.get("RedrivePolicy") or {}
         return cls(
             queue_url=template.physical[queue_id].ref,
             queue_arn=queue_arn,
@@ -80,6 +87,8 @@ class SqsEventSource:
             maximum_concurrency=int(props.get("ScalingConfig", {}).get("MaximumConcurrency", 1000)),
             report_batch_item_failures=REPORT_BATCH_ITEM_FAILURES in props.get("FunctionResponseTypes", []),
             region=template.pseudo["AWS::Region"],
+            fifo=queue.get("FifoQueue") is True,
+            max_receive_count=int(redrive["maxReceiveCount"]) if "maxReceiveCount" in redrive else None,
         )
 
 
@@ -115,10 +124,12 @@ class SqsPoller:
         # Long-poll wait while a batch is empty; short so that stop() is prompt.
         self.poll_wait_seconds = max(1, min(20, poll_wait_seconds))
         self._stopping = threading.Event()
+        self._paused = threading.Event()
         self._lock = threading.Condition()
         self._receive_lock = threading.Lock()
         self._stats = PollerStats()
         self._workers: list[threading.Thread] = []
+        self._groups = FifoGroups(source.max_receive_count) if source.fifo else None
         self._observers: list[ReceiveObserver] = []
 
     def add_receive_observer(self, observer: ReceiveObserver) -> None:
@@ -144,6 +155,16 @@ class SqsPoller:
         if alive:
             raise RuntimeError(f"poller threads still running after {wait:.0f} s: {alive}")
 
+    def pause(self, timeout: float = 60.0) -> None:
+        """Stop receiving, keep the slots' threads (and so the warm workers they started: a worker
+        dies with the thread that spawned it), and wait for the invocations in flight."""
+        self._paused.set()
+        if not self.wait_idle(timeout):
+            raise RuntimeError(f"invocations still running after {timeout:.0f} s")
+
+    def resume(self) -> None:
+        self._paused.clear()
+
     def __enter__(self) -> SqsPoller:
         self.start()
         return self
@@ -164,12 +185,22 @@ class SqsPoller:
     # --- the worker ------------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stopping.is_set():
+            if self._paused.is_set():
+                self._stopping.wait(0.05)  # paused: look again shortly
+                continue
             try:
                 gather_started = time.monotonic()
                 batch = self._gather()
                 if batch:
                     log.debug("batch of %d gathered in %.0f ms", len(batch), _ms_since(gather_started))
-                if batch and self._stopping.is_set():
+                if batch and self._groups is not None:
+                    batch, back = self._groups.in_order(batch)
+                    if back:
+                        log.debug(
+                            "FIFO: %d messages of groups behind an outstanding one given back", len(back)
+                        )
+                    self._release(back)
+                if batch and (self._stopping.is_set() or self._paused.is_set()):
                     self._release(batch)
                 elif batch:
                     self._invoke(batch)
@@ -240,7 +271,10 @@ class SqsPoller:
             failed_ids = None if invocation.error else self._failed_ids(invocation.result, records)
             whole_batch_failed = failed_ids is None
             keep = {r["messageId"] for r in records} if failed_ids is None else failed_ids
-            deleted = self._delete([m for m in batch if m["MessageId"] not in keep])
+            deleted_ids = self._delete([m for m in batch if m["MessageId"] not in keep])
+            deleted = len(deleted_ids)
+            if self._groups is not None:
+                self._groups.settled(batch, deleted_ids)
         finally:
             with self._lock:
                 self._stats.failed_invocations += int(whole_batch_failed)
@@ -273,15 +307,16 @@ class SqsPoller:
             failed.add(identifier)
         return failed
 
-    def _delete(self, messages: list[dict[str, Any]]) -> int:
-        deleted = 0
+    def _delete(self, messages: list[dict[str, Any]]) -> set[str]:
+        """Delete ``messages``; the ids of those deleted."""
+        deleted: set[str] = set()
         for start in range(0, len(messages), MAX_RECEIVE):
             chunk = messages[start : start + MAX_RECEIVE]
             response = self.sqs.delete_message_batch(
                 QueueUrl=self.source.queue_url,
                 Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(chunk)],
             )
-            deleted += len(response.get("Successful", []))
+            deleted.update(chunk[int(entry["Id"])]["MessageId"] for entry in response.get("Successful", []))
             for failure in response.get("Failed", []):
                 log.error("DeleteMessageBatch entry failed: %s", failure.get("Code"))
         return deleted

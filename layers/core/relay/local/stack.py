@@ -13,14 +13,16 @@ the target's signing secret and encryption key), the fake
 Genesys Cloud API serving the rewritten fixtures, one config-sync run against it (so the targets reach
 DynamoDB and Secrets Manager the way they do in AWS), the EventBridge stand-in (the template's rules and
 Lambda's asynchronous invocation of the intake), the HTTP API adapter (which also serves EventBridge's
-PutEvents at ``<api>/eventbridge/events``), and an SQS poller per dispatcher: the fast lane's
-(DeliveryQueue) and the slow lane's (SlowDeliveryQueue), each with its event source's settings.
+PutEvents at ``<api>/eventbridge/events``), and an SQS poller per dispatcher, each with its event
+source's settings: the fast lane's (DeliveryQueue), the slow lane's (SlowDeliveryQueue) and the ordered
+lane's (OrderedDeliveryQueue, FIFO).
 ``stop()`` undoes it in reverse order.
 
 The slow lane's dispatcher always runs in worker processes (relay.local.function_worker), spawned when
 it first has records: it runs the fast lane's handler module, and an in-process handler module is one
 container, so sharing it would make the two lanes wait for each other, the very thing the slow lane
-is for. The fast lane runs in this process unless ``dispatcher_workers``.
+is for. The fast lane and the ordered lane (its own handler directory, so its own module state) run
+in this process unless ``dispatcher_workers``.
 
 Each function runs with its own ``Settings``, made from its template environment plus the local-mode
 settings (moto's endpoint, dummy credentials, loopback targets) and ``environment`` overrides: in this
@@ -70,6 +72,7 @@ PREFIX = "relay"
 STACK_NAME = "relay-local"  # the CloudFormation stack the local resources are registered as, in moto
 DISPATCHER = "DispatcherFunction"
 SLOW_DISPATCHER = "SlowDispatcherFunction"
+ORDERED_DISPATCHER = "OrderedDispatcherFunction"  # the ordered lane's (FIFO) dispatcher
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,7 @@ class LocalStack:
         self.dispatcher_workers = dispatcher_workers
         self.function_output = function_output
         self.dispatcher: LocalFunction | None = None
-        self.slow_dispatcher: WorkerFunction | None = None
+        self.slow_dispatcher: LocalFunction | None = None  # always in worker processes (see above)
         self.api_port = api_port
         self.template_path = template_path
         self.fixtures = Fixtures.load(fixtures_path)
@@ -121,6 +124,9 @@ class LocalStack:
         self.eventbridge_retry_delays = eventbridge_retry_delays
         self.poller: SqsPoller | None = None
         self.slow_poller: SqsPoller | None = None
+        # The ordered lane: its dispatcher and the poller of its FIFO queue.
+        self.ordered_dispatcher: LocalFunction | None = None
+        self.ordered_poller: SqsPoller | None = None
         self.sqs: Any = None
         self.api_url = ""
         self.sync_report: dict[str, Any] | None = None
@@ -189,20 +195,30 @@ class LocalStack:
         self.api_url = self.api.start()
         self._exit.callback(self.api.stop)
 
-        source = SqsEventSource.from_template(self.template, DISPATCHER)
+        self.dispatcher, self.poller = self._start_consumer(self.template, DISPATCHER)
+        if SLOW_DISPATCHER in self.template.resources:
+            self.slow_dispatcher, self.slow_poller = self._start_consumer(
+                self.template, SLOW_DISPATCHER, workers=True
+            )
+        if ORDERED_DISPATCHER in self.template.resources:
+            self.ordered_dispatcher, self.ordered_poller = self._start_consumer(
+                self.template, ORDERED_DISPATCHER
+            )
+
+    def _start_consumer(
+        self, template: Template, logical_id: str, *, workers: bool = False
+    ) -> tuple[LocalFunction, SqsPoller]:
+        """A dispatcher function (in this process, or in warm worker processes when ``workers`` or
+        ``dispatcher_workers``) and its SQS poller."""
+        source = SqsEventSource.from_template(template, logical_id)
         dispatcher: LocalFunction
-        if self.dispatcher_workers:
-            dispatcher = self._workers(self.template, DISPATCHER, source)
+        if workers or self.dispatcher_workers:
+            dispatcher = self._workers(template, logical_id, source)
         else:
             dispatcher = LocalFunction.from_template(
-                self.template, DISPATCHER, settings=self.function_settings[DISPATCHER]
+                template, logical_id, settings=self.function_settings[logical_id]
             )
-        self.dispatcher = dispatcher
-        self.poller = self._poll(source, dispatcher)
-        if SLOW_DISPATCHER in self.template.resources:
-            slow_source = SqsEventSource.from_template(self.template, SLOW_DISPATCHER)
-            self.slow_dispatcher = self._workers(self.template, SLOW_DISPATCHER, slow_source)
-            self.slow_poller = self._poll(slow_source, self.slow_dispatcher)
+        return dispatcher, self._poll(source, dispatcher)
 
     # --- steps -----------------------------------------------------------------------------------
     def _workers(self, template: Template, logical_id: str, source: SqsEventSource) -> WorkerFunction:
@@ -289,8 +305,8 @@ class LocalStack:
     # --- what the stack serves -------------------------------------------------------------------
     @property
     def pollers(self) -> list[SqsPoller]:
-        """Every running event source: the fast lane's, then the slow lane's."""
-        return [p for p in (self.poller, self.slow_poller) if p is not None]
+        """Every running event source: the fast lane's, the slow lane's, the ordered lane's."""
+        return [p for p in (self.poller, self.slow_poller, self.ordered_poller) if p is not None]
 
     def deliveries_pending(self) -> bool:
         """True while a delivery queue holds a message (visible, in flight or delayed) or a dispatcher

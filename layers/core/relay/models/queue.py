@@ -22,6 +22,15 @@ TERMINAL_TASK_STATUSES = frozenset({"COMPLETED", "CANCELLED", "FAILED"})
 
 
 @dataclass(frozen=True)
+class GroupPlacement:
+    """Where a message goes in a FIFO queue: its message group (the order it keeps) and its
+    deduplication id (SQS drops a second message with the same id in the same group for 5 minutes)."""
+
+    group_id: str
+    deduplication_id: str
+
+
+@dataclass(frozen=True)
 class ReceivedMessage:
     message_id: str
     receipt_handle: str
@@ -29,6 +38,7 @@ class ReceivedMessage:
     # Message attributes as SQS returns them: {"DataType", "StringValue" | "BinaryValue"}.
     attributes: Mapping[str, Mapping[str, Any]]
     sent_timestamp_ms: int | None
+    group_id: str | None = None  # a FIFO queue's message group
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,7 @@ class OutgoingMessage:
     entry_id: str
     body: str
     attributes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    placement: GroupPlacement | None = None  # for a FIFO queue: its group and deduplication id
 
     @property
     def size(self) -> int:
@@ -58,6 +69,14 @@ class Requeue:
     attributes: Mapping[str, Any]
     attempts: int
     deferrals: int
+
+
+@dataclass(frozen=True)
+class OrderedTask:
+    """A delivery task for the ordered (FIFO) queue."""
+
+    body: str
+    placement: GroupPlacement
 
 
 @dataclass(frozen=True)

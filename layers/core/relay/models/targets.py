@@ -39,6 +39,20 @@ class SecurityType(StrEnum):
     OAUTH2 = "oauth2"  # client credentials: a bearer token from the target's token endpoint
 
 
+class Ordering(StrEnum):
+    """Whether a target's deliveries keep the order of a conversation (docs/dispatcher.md, "Ordering")."""
+
+    NONE = "none"  # concurrent, each delivery retried on its own
+    CONVERSATION = "conversation"  # one at a time per conversation, in the order the intake accepted them
+
+
+class OnExhausted(StrEnum):
+    """What an ordered target does with a delivery that will not be retried (exhausted, permanent)."""
+
+    DEAD_LETTER = "dead-letter"  # to the ordered dead-letter queue; the conversation moves on
+    BLOCK = "block"  # the conversation waits behind it, tried again every hold period, and an alarm fires
+
+
 class TokenEndpointAuthMethod(StrEnum):
     """How the relay authenticates to a token endpoint (the OAuth registry's names, RFC 7591)."""
 
@@ -105,6 +119,8 @@ class Target(CamelModel):
     retry_matrix: RetryMatrix = Field(default_factory=RetryMatrix)
     connect_timeout_seconds: float | None = Field(None, gt=0)
     read_timeout_seconds: float | None = Field(None, gt=0)
+    ordering: Ordering = Ordering.NONE
+    on_exhausted: OnExhausted = OnExhausted.DEAD_LETTER
     # Receiver controls: which events it gets (checked at the intake) and how fast (the dispatcher).
     filters: EventFilters = Field(default_factory=EventFilters)
     rate_limit: RateLimit | None = None

@@ -30,7 +30,7 @@ from pydantic import (
 from relay.models.client_certificate import parse_client_certificate
 from relay.models.event_filters import EventFilters
 from relay.models.rate_limit import RateLimit
-from relay.models.targets import OAuth2Client, RetryMatrix, SecurityType
+from relay.models.targets import OAuth2Client, OnExhausted, Ordering, RetryMatrix, SecurityType
 
 # Headers the relay sets itself (or that HTTP owns); a config must not override them.
 RESERVED_HEADERS = frozenset(
@@ -105,11 +105,21 @@ class WebhookConfig(BaseModel):
     retry_matrix: RetryMatrix = Field(default_factory=RetryMatrix, alias="retryMatrix")
     connect_timeout_seconds: float | None = Field(None, alias="connectTimeoutSeconds", gt=0, le=30)
     read_timeout_seconds: float | None = Field(None, alias="readTimeoutSeconds", gt=0, le=60)
+    # Ordered delivery per conversation, and what an ordered conversation does with a delivery that
+    # will not be retried (docs/config-sync.md).
+    ordering: Ordering = Ordering.NONE
+    on_exhausted: OnExhausted = Field(OnExhausted.DEAD_LETTER, alias="onExhausted")
     # Receiver controls (docs/config-sync.md): which events the target gets, and how fast.
     filters: EventFilters = Field(default_factory=EventFilters)
     rate_limit: RateLimit | None = Field(None, alias="rateLimit")
     # Genesys' configuration version, for the log only.
     config_version: int | None = Field(None, alias="configVersion")
+
+    @model_validator(mode="after")
+    def _blocking_needs_ordering(self) -> WebhookConfig:
+        if self.on_exhausted is OnExhausted.BLOCK and self.ordering is not Ordering.CONVERSATION:
+            raise ValueError("onExhausted block applies to ordered targets only (ordering: conversation)")
+        return self
 
     @field_validator("headers")
     @classmethod
@@ -186,7 +196,15 @@ def webhook_config_from_genesys(
         "encryptionKey": secret_values.get("encryptionKey"),
         "configVersion": config.get("version"),
     }
-    for optional in ("retryMatrix", "connectTimeoutSeconds", "readTimeoutSeconds", "filters", "rateLimit"):
+    for optional in (
+        "retryMatrix",
+        "connectTimeoutSeconds",
+        "readTimeoutSeconds",
+        "filters",
+        "rateLimit",
+        "ordering",
+        "onExhausted",
+    ):
         if properties.get(optional) is not None:
             doc[optional] = properties[optional]
     return WebhookConfig.model_validate(doc)

@@ -28,7 +28,15 @@ from relay.models.breaker import BreakerState, LaneState
 from relay.models.delivery import DlqReason, S3Ref
 from relay.models.http import HttpResult
 from relay.models.idempotency import Claim
-from relay.models.queue import MAX_BATCH_ENTRIES, MoveTaskStatus, OutgoingMessage, ReceivedMessage, Requeue
+from relay.models.queue import (
+    MAX_BATCH_ENTRIES,
+    GroupPlacement,
+    MoveTaskStatus,
+    OrderedTask,
+    OutgoingMessage,
+    ReceivedMessage,
+    Requeue,
+)
 from relay.models.rate_limit import BucketAnswer, BucketState
 from relay.models.secrets import RotatingSecret
 from relay.models.targets import Target
@@ -42,6 +50,16 @@ class InMemoryDeliveryQueue:
 
     def send(self, bodies: Sequence[str]) -> None:
         self.bodies.extend(bodies)
+
+
+class InMemoryOrderedQueue:
+    """The intake's ordered task queue: the tasks it was given, in order."""
+
+    def __init__(self) -> None:
+        self.tasks: list[OrderedTask] = []
+
+    def send_ordered(self, tasks: Sequence[OrderedTask]) -> None:
+        self.tasks.extend(tasks)
 
 
 class InMemoryClaimCheckStore:
@@ -496,6 +514,77 @@ class RecordingQueueOps:
     def _check(self, operation: str) -> None:
         if operation in self.unavailable:
             raise DependencyUnavailable(f"SQS {operation} failed (in-memory queue set unavailable)")
+
+
+class RecordingOrderedQueueOps:
+    """The ordered dispatcher's queue operations, recorded: ``holds`` (receipt handles, delay) in the
+    order asked, ``dead_letters`` (dicts of what was asked, with the group and deduplication id).
+    ``unavailable`` names the operations that fail as SQS down would ("hold", "dead_letter_in_order")."""
+
+    def __init__(self) -> None:
+        self.holds: list[tuple[list[str], int]] = []
+        self.dead_letters: list[dict[str, Any]] = []
+        self.unavailable: set[str] = set()
+        self._lock = threading.Lock()
+
+    def hold(self, receipt_handles: Sequence[str], delay_seconds: int) -> None:
+        self._check("hold")
+        with self._lock:
+            self.holds.append((list(receipt_handles), delay_seconds))
+
+    def dead_letter_in_order(
+        self,
+        placement: GroupPlacement,
+        body: str,
+        message_attributes: Mapping[str, Any],
+        *,
+        reason: DlqReason,
+        attempts: int,
+        integration_id: str | None,
+        target_id: str | None,
+        last_status: int | None,
+        last_error: str | None,
+    ) -> None:
+        self._check("dead_letter_in_order")
+        with self._lock:
+            self.dead_letters.append(
+                {
+                    "group_id": placement.group_id,
+                    "deduplication_id": placement.deduplication_id,
+                    "body": body,
+                    "reason": reason,
+                    "attempts": attempts,
+                    "last_status": last_status,
+                }
+            )
+
+    def _check(self, operation: str) -> None:
+        if operation in self.unavailable:
+            raise DependencyUnavailable(f"SQS {operation} failed (in-memory queue set unavailable)")
+
+
+class InMemoryAttemptCounter:
+    """Failed attempts per message id in process memory; ``unavailable`` fails every call."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.unavailable = False
+        self._lock = threading.Lock()
+
+    def failures(self, message_id: str) -> int:
+        self._check()
+        with self._lock:
+            return self.counts.get(message_id, 0)
+
+    def add_failure(self, message_id: str) -> int:
+        self._check()
+        with self._lock:
+            self.counts[message_id] = self.counts.get(message_id, 0) + 1
+            return self.counts[message_id]
+
+    def _check(self) -> None:
+        if self.unavailable:
+            raise DependencyUnavailable("attempts table unavailable (in-memory counter set unavailable)")
 
 
 class InMemoryDeadLetterQueues:

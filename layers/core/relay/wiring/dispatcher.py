@@ -6,6 +6,7 @@ import random
 from collections.abc import Callable
 
 from relay.adapters.archive import S3EventArchive
+from relay.adapters.attempt_counter import DynamoAttemptCounter
 from relay.adapters.audit import S3AuditSink
 from relay.adapters.http import HttpSender
 from relay.adapters.oauth import ClientCredentialsTokens
@@ -15,6 +16,7 @@ from relay.logic.dispatch import Dispatcher
 from relay.logic.url_policy import UrlPolicy
 from relay.ports import (
     AccessTokens,
+    AttemptCounter,
     AuditSink,
     BreakerStore,
     ClaimCheckReader,
@@ -22,6 +24,7 @@ from relay.ports import (
     DeliveryQueueOps,
     EventArchive,
     HttpClient,
+    OrderedQueueOps,
     RateLimitStore,
     SecretReader,
     TargetDirectory,
@@ -53,17 +56,39 @@ def build_dispatcher(
     rng: random.Random | None = None,
     sleep: Callable[[float], None] | None = None,
     tokens: AccessTokens | None = None,
+    ordered_queue: OrderedQueueOps | None = None,
+    attempts: AttemptCounter | None = None,
     archive: EventArchive | None = None,
 ) -> Dispatcher:
     """A dispatcher wired to the deployment's resources. ``audit`` None: the S3 sink when AUDIT_BUCKET
     is set, else no audit objects (the audit lines are still logged); ``archive`` None: the S3 archive
-    when AUDIT_BUCKET is set and ARCHIVE_ENABLED is true."""
-    if queue is None:
-        queue = SqsQueues(
+    when AUDIT_BUCKET is set and ARCHIVE_ENABLED is true.
+
+    With ORDERED_ATTEMPTS_TABLE set (only the OrderedDispatcherFunction's environment names it) it is
+    the ordered dispatcher: it consumes the FIFO queue and needs its DLQ and the attempts table; it never
+    re-sends to the standard delivery queue, so it needs none of the standard queues (the intake's
+    ORDERED_QUEUE_URL alone does not make a dispatcher ordered)."""
+    ordered = bool(settings.ordered_attempts_table)
+    if queue is None or (ordered and ordered_queue is None):
+        sqs = SqsQueues(
             aws_clients(settings).client("sqs"),
-            delivery_queue_url=settings.need("delivery_queue_url"),
-            dead_letter_queue_url=settings.need("dead_letter_queue_url"),
-            slow_queue_url=settings.slow_delivery_queue_url,
+            delivery_queue_url=settings.delivery_queue_url
+            if ordered
+            else settings.need("delivery_queue_url"),
+            dead_letter_queue_url=(
+                settings.dead_letter_queue_url if ordered else settings.need("dead_letter_queue_url")
+            ),
+            ordered_queue_url=settings.need("ordered_queue_url") if ordered else settings.ordered_queue_url,
+            ordered_dead_letter_queue_url=(
+                settings.need("ordered_dead_letter_queue_url") if ordered else None
+            ),
+            # Only standard records are routed to the slow lane: the ordered dispatcher never sends there.
+            slow_queue_url=None if ordered else settings.slow_delivery_queue_url,
+        )
+        queue, ordered_queue = queue or sqs, ordered_queue or (sqs if ordered else None)
+    if ordered and attempts is None:
+        attempts = DynamoAttemptCounter(
+            aws_clients(settings).client("dynamodb"), settings.need("ordered_attempts_table")
         )
     if audit is None and settings.audit_bucket:
         audit = S3AuditSink(aws_clients(settings).client("s3"), settings.audit_bucket)
@@ -93,6 +118,8 @@ def build_dispatcher(
         rng=rng,
         sleep=sleep,
         tokens=tokens,
+        ordered_queue=ordered_queue,
+        attempts=attempts,
         archive=archive,
     )
 

@@ -10,6 +10,7 @@ from relay.ports import (
     IdempotencyStore,
     IntegrationLookup,
     MetricsRecorder,
+    OrderedTaskQueue,
     SecretReader,
     TaskQueue,
 )
@@ -27,15 +28,21 @@ def build_intake(
     secrets: SecretReader | None = None,
     refresh_secret: SecretReader | None = None,
     metrics: MetricsRecorder | None = None,
+    ordered_queue: OrderedTaskQueue | None = None,
 ) -> Intake:
     """The intake wired to AWS as ``settings`` describe it."""
     if secrets is None:
         store = secret_store(settings)
         secrets, refresh_secret = store, refresh_secret or store.refresh
     if queue is None:
-        queue = SqsQueues(
-            aws_clients(settings).client("sqs"), delivery_queue_url=settings.need("delivery_queue_url")
+        sqs = SqsQueues(
+            aws_clients(settings).client("sqs"),
+            delivery_queue_url=settings.need("delivery_queue_url"),
+            ordered_queue_url=settings.ordered_queue_url,
         )
+        queue = sqs
+        if ordered_queue is None and settings.ordered_queue_url:
+            ordered_queue = sqs
     return Intake(
         integrations=integrations or target_store(settings),
         get_secret=secrets,
@@ -51,6 +58,7 @@ def build_intake(
         max_body_bytes=settings.max_body_bytes,
         eventbridge_integration_id=settings.eventbridge_integration_id,
         metrics=metrics or PowertoolsMetrics(),
+        ordered_queue=ordered_queue,
     )
 
 

@@ -238,6 +238,8 @@ class _SyncRun:
             retry_matrix=config.retry_matrix,
             connect_timeout_seconds=config.connect_timeout_seconds,
             read_timeout_seconds=config.read_timeout_seconds,
+            ordering=config.ordering,
+            on_exhausted=config.on_exhausted,
             filters=config.filters,
             rate_limit=config.rate_limit,
         )

@@ -39,6 +39,10 @@ class Batch:
         with self.lock:
             self.failures.append(record.message_id)
 
+    def has_failed(self, record: SqsRecord) -> bool:
+        with self.lock:
+            return record.message_id in self.failures
+
     def mark_gone(self, key: str) -> None:
         with self.lock:
             self.gone.add(key)

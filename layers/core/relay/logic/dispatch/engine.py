@@ -16,6 +16,9 @@
 5. fold each lane's results into its breaker and its rate limit (throttles), move a target back from
    the slow lane if measured so, write one audit object per target, flush the metrics, return
    ``batchItemFailures``: only the records SQS should show again.
+
+Records of the ordered (FIFO) queue take the ordered path instead (relay.logic.dispatch.fifo): one at a
+time per conversation, held with their conversation rather than deferred, never routed to the slow lane.
 """
 
 from __future__ import annotations
@@ -34,16 +37,17 @@ from relay.errors import DependencyUnavailable
 from relay.logic.dispatch.attempt import Attempter, timeouts
 from relay.logic.dispatch.audit import write_archive, write_audit
 from relay.logic.dispatch.batch import Batch
+from relay.logic.dispatch.fifo import OrderedDelivery
 from relay.logic.dispatch.isolation import Isolation
 from relay.logic.dispatch.lanes import Lane, Lanes, group, interleave
 from relay.logic.dispatch.metrics import BatchMetrics
 from relay.logic.dispatch.rate_limit import Held, RateLimits
 from relay.logic.dispatch.records import Item, SqsRecord, Unattempted, resolve
 from relay.logic.dispatch.settle import Settler
-from relay.models.delivery import DlqReason
 from relay.observability import logger
 from relay.ports import (
     AccessTokens,
+    AttemptCounter,
     AuditSink,
     BreakerStore,
     ClaimCheckReader,
@@ -51,6 +55,7 @@ from relay.ports import (
     DeliveryQueueOps,
     EventArchive,
     HttpClient,
+    OrderedQueueOps,
     RateLimitStore,
     SecretReader,
     TargetDirectory,
@@ -83,10 +88,13 @@ class Dispatcher:
         rng: random.Random | None = None,
         sleep: Callable[[float], None] | None = None,
         tokens: AccessTokens | None = None,
+        ordered_queue: OrderedQueueOps | None = None,
+        attempts: AttemptCounter | None = None,
         archive: EventArchive | None = None,
     ) -> None:
         """``tokens``: OAuth access tokens for oauth2 targets (without it, their attempts fail as a
-        configuration problem)."""
+        configuration problem). ``ordered_queue`` and ``attempts``: the ordered path's queue and attempt
+        counter (the ordered dispatcher's; without them, an ordered record is left on its queue)."""
         self._settings = settings
         self._archive = archive
         self._targets = targets
@@ -107,14 +115,32 @@ class Dispatcher:
             now=self._now,
             tokens=tokens,
         )
-        self._settle = Settler(
-            settings=settings, queue=queue, targets=targets, now=self._now, rng=rng or random.Random()
-        )
+        rng = rng or random.Random()
+        self._settle = Settler(settings=settings, queue=queue, targets=targets, now=self._now, rng=rng)
         self._pool = ThreadPoolExecutor(
             max_workers=settings.delivery_concurrency, thread_name_prefix="deliver"
         )
         self._target_slots: dict[str, threading.BoundedSemaphore] = {}
         self._slots_lock = threading.Lock()
+        self._ordered: OrderedDelivery | None = None
+        if ordered_queue is not None and attempts is not None:
+            self._ordered = OrderedDelivery(
+                settings=settings,
+                targets=targets,
+                queue=ordered_queue,
+                attempts=attempts,
+                # Its own lanes, which never route: an ordered record is never re-sent to the slow lane.
+                lanes=Lanes(settings=settings, breakers=breakers, clock=clock),
+                limits=self._limits,
+                attempter=self._attempter,
+                pool=self._pool,
+                slot=self._slot,
+                out_of_time=self._out_of_time,
+                now=self._now,
+                rng=rng,
+                clock=clock,
+                sleep=self._sleep,
+            )
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
@@ -137,9 +163,10 @@ class Dispatcher:
             ),
             remaining_ms=remaining_ms,
         )
-        lanes, held = self._open_lanes([SqsRecord.from_event(r) for r in records], batch)
-        # A slow target's records go to the slow lane first, in as few SQS calls as possible; any SQS
-        # did not take are delivered here, as without isolation.
+        received = [SqsRecord.from_event(r) for r in records]
+        ordered = [record for record in received if record.group_id is not None]
+        lanes, held = self._open_lanes([record for record in received if record.group_id is None], batch)
+        # A slow target's records go to the slow lane first (batched); any SQS did not take go here.
         kept = self._settle.routed([item for lane in lanes if lane.routed for item in lane.items], batch)
         here = [lane for lane in lanes if not lane.routed]
         probes = [lane.probe for lane in here if lane.probe is not None]
@@ -168,10 +195,20 @@ class Dispatcher:
             self._limits.feedback(lane, batch)
             self._isolation.report(lane.key, lane.target.target_id, lane.delivery_lane, batch)
         self._isolation.end_invocation()
+        if ordered:
+            self._deliver_in_order(ordered, batch)
         write_audit(batch, self._audit)
         write_archive(batch, self._archive)
         batch.metrics.flush()
         return batch.response()
+
+    def _deliver_in_order(self, records: list[SqsRecord], batch: Batch) -> None:
+        if self._ordered is None:
+            logger.error("ordered records reached a dispatcher without the ordered queue: left on it")
+            for record in records:
+                batch.fail(record)
+            return
+        self._ordered.run(records, batch)
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
@@ -209,16 +246,12 @@ class Dispatcher:
     def _deliver(self, item: Item, batch: Batch, *, may_route: bool = True) -> None:
         with self._slot(item.key):
             if batch.is_gone(item.key):
-                # Its endpoint said 410 while this record waited: it is gone for this one too.
-                why = "target answered 410 Gone earlier in this batch"
-                self._settle.unattempted(
-                    Unattempted(item.record, item.task, DlqReason.TARGET_GONE, why), batch
-                )
+                self._settle.unattempted(Unattempted.gone(item), batch)  # 410 while this record waited
             elif self._out_of_time(item, batch):
                 # A Lambda timeout would fail the whole batch and cost every record a receive:
                 # hand this one back untouched instead (no attempt used).
                 self._settle.deferred(item, 0, batch, error_code="out-of-time")
-            elif may_route and self._isolation.turned_slow(item) and self._handed_to_slow_lane(item, batch):
+            elif may_route and self._isolation.turned_slow(item) and not self._settle.routed([item], batch):
                 pass  # its target turned out slow while this record waited: the slow lane has it
             else:
                 attempt = self._attempter.run(item)
@@ -228,9 +261,6 @@ class Dispatcher:
                 if attempt.result is not None and attempt.outcome.reached_endpoint:
                     self._isolation.observe(item, attempt.result.elapsed_ms, batch)
                 self._settle.attempted(item, attempt, batch)
-
-    def _handed_to_slow_lane(self, item: Item, batch: Batch) -> bool:
-        return not self._settle.routed([item], batch)
 
     def _run(self, work: list[Work], batch: Batch) -> None:
         """Run each item's step in the pool and wait for all of them. A step that raised is a bug, not

@@ -1,9 +1,10 @@
 """The dispatcher's CloudWatch metrics (EMF through powertools), names and dimensions exactly as in
 docs/architecture.md: per-target counts carry the dimensions ``service`` and ``target``;
-``BreakerStoreUnavailable`` and ``RateLimitStoreUnavailable`` carry ``service`` only.
+``BreakerStoreUnavailable``, ``RateLimitStoreUnavailable`` and ``OrderedGroupBlocked`` carry ``service``
+only (alarms watch them, and an alarm cannot search across targets).
 
 A batch accumulates here and is flushed once at the end: one EMF object per target (so each target's
-values sit under its own dimension), plus one service-level object when a store failed.
+values sit under its own dimension), plus one service-level object for the service-level counts.
 """
 
 from __future__ import annotations
@@ -33,13 +34,18 @@ class Metric(StrEnum):
     THROTTLED = "Throttled"
     RATE_LIMITED = "RateLimited"
     RATE_LIMIT_STORE_UNAVAILABLE = "RateLimitStoreUnavailable"
-
-
-# Metrics with the ``service`` dimension only.
-SERVICE_METRICS = frozenset({Metric.BREAKER_STORE_UNAVAILABLE, Metric.RATE_LIMIT_STORE_UNAVAILABLE})
+    # The ordered path (relay.logic.dispatch.fifo): records held in their conversation instead of
+    # attempted (behind an earlier one, breaker open, out of time), and deliveries an ordered target
+    # with onExhausted block keeps failing (its conversation waits: the alarm; service level).
+    ORDERED_HELD = "OrderedHeld"
+    ORDERED_GROUP_BLOCKED = "OrderedGroupBlocked"
 
 
 TARGET_DIMENSION = "target"
+# Metrics with the ``service`` dimension only.
+SERVICE_METRICS = frozenset(
+    {Metric.BREAKER_STORE_UNAVAILABLE, Metric.RATE_LIMIT_STORE_UNAVAILABLE, Metric.ORDERED_GROUP_BLOCKED}
+)
 
 
 class BatchMetrics:
@@ -64,6 +70,7 @@ class BatchMetrics:
 
     def service_count(self, metric: Metric) -> None:
         """A count with the ``service`` dimension only (SERVICE_METRICS)."""
+        assert metric in SERVICE_METRICS, f"{metric} is counted per target"
         with self._lock:
             self._service_counts[metric] += 1
 

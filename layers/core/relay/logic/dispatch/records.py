@@ -24,6 +24,8 @@ class SqsRecord:
     body: str
     receive_count: int
     message_attributes: Mapping[str, Any]
+    # Set only on records of the ordered (FIFO) queue: their message group (relay.logic.dispatch.fifo).
+    group_id: str | None = None
 
     @classmethod
     def from_event(cls, record: Mapping[str, Any]) -> SqsRecord:
@@ -38,6 +40,7 @@ class SqsRecord:
             body=str(record.get("body", "")),
             receive_count=receive_count,
             message_attributes=record.get("messageAttributes") or {},
+            group_id=attributes.get("MessageGroupId") or None,
         )
 
     @property
@@ -85,6 +88,12 @@ class Unattempted:
     task: DeliveryTask | None
     reason: DlqReason
     why: str
+
+    @classmethod
+    def gone(cls, item: Item) -> Unattempted:
+        """Its target answered 410 Gone earlier in this batch: it is gone for this record too."""
+        why = "target answered 410 Gone earlier in this batch"
+        return cls(item.record, item.task, DlqReason.TARGET_GONE, why)
 
 
 def resolve(record: SqsRecord, targets: TargetDirectory) -> Item | Unattempted:

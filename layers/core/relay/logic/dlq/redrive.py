@@ -3,6 +3,11 @@
 Either SQS moves everything (StartMessageMoveTask, polled until it ends) or the messages are received,
 re-sent and deleted here. The rule that keeps redrive lossless: a DLQ message is deleted only after SQS
 accepted its copy on the delivery queue; a failed send leaves it where it is and ends the run.
+
+The ordered DLQ (FIFO) hands out a conversation's letters in order; the re-send keeps it: each copy goes
+to the ordered queue in the letter's message group, one at a time, deduplicated on the letter's message
+id (a repeated run does not queue it twice), and a conversation stops at its first letter that stays
+behind (filtered out, arrived during the run, past --max, or refused), so no letter overtakes another.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from relay.logic.dlq.letters import (
     redrive_attributes,
 )
 from relay.logic.dlq.scan import Progress, ProgressSink, Scan, no_progress, now_ms, work_through
-from relay.models.queue import MoveTaskStatus, OutgoingMessage, ReceivedMessage, plan_batches
+from relay.models.queue import GroupPlacement, MoveTaskStatus, OutgoingMessage, ReceivedMessage, plan_batches
 from relay.ports import DeadLetterQueues
 
 RedriveMethod = Literal["auto", "move-task", "resend"]
@@ -158,10 +163,12 @@ def _resend(
     started_ms = now_ms(now)
     depth = queues.approximate_depth(dlq_url)
     groups = DeadLetterGroups()
+    stopped: set[str] = set()  # ordered DLQ: conversations with a letter left behind in this run
 
     def move(batch: list[ReceivedMessage], scan: Scan) -> bool:
-        chosen = _choose(batch, options, groups, result, started_ms)
-        if chosen and not options.dry_run and not _move(queues, dlq_url, queue_url, chosen, scan, result):
+        chosen = _choose(batch, options, groups, result, started_ms, stopped)
+        moved = options.dry_run or _move(queues, dlq_url, queue_url, chosen, scan, result, stopped)
+        if chosen and not moved:
             return False  # the delivery queue or the DLQ stopped answering: keep what was not moved
         progress(Progress("redrive", result.scanned, depth, moved=result.moved, failed=result.send_failed))
         return options.max_messages is None or result.matched < options.max_messages
@@ -184,18 +191,22 @@ def _choose(
     groups: DeadLetterGroups,
     result: RedriveResult,
     started_ms: int,
+    stopped: set[str],
 ) -> list[ReceivedMessage]:
-    """The messages of ``batch`` to move, counting the others in ``result``."""
+    """The messages of ``batch`` to move, counting the others in ``result``; a letter left behind stops
+    its conversation (``stopped``) for the rest of the run."""
     chosen = []
     for message in batch:
         result.scanned += 1
         if message.sent_timestamp_ms is not None and message.sent_timestamp_ms > started_ms:
             result.arrived_during_run += 1
+            _stop(message, stopped)
             continue
         letter = classify(message)
         full = options.max_messages is not None and result.matched >= options.max_messages
-        if full or not options.filter.matches(letter):
+        if full or message.group_id in stopped or not options.filter.matches(letter):
             result.skipped += 1
+            _stop(message, stopped)
             continue
         result.matched += 1
         groups.add(letter)
@@ -210,15 +221,27 @@ def _move(
     messages: Sequence[ReceivedMessage],
     scan: Scan,
     result: RedriveResult,
+    stopped: set[str],
 ) -> bool:
     """Send copies, then delete from the DLQ exactly the messages whose copy SQS accepted. False when
-    SQS stopped answering (``result.error`` says where): the run ends."""
+    SQS stopped answering (``result.error`` says where): the run ends. Ordered letters go one at a
+    time, and a refused one stops its conversation."""
     by_entry = {str(i): m for i, m in enumerate(messages)}
     outgoing = [
-        OutgoingMessage(entry_id, m.body, redrive_attributes(m.attributes))
+        OutgoingMessage(
+            entry_id,
+            m.body,
+            redrive_attributes(m.attributes),
+            placement=GroupPlacement(m.group_id, m.message_id) if m.group_id else None,
+        )
         for entry_id, m in by_entry.items()
     ]
-    for batch in plan_batches(outgoing):
+    ordered = any(m.placement for m in outgoing)
+    refused: set[str] = set()  # conversations with a letter refused in this batch: the rest stays
+    for batch in [[m] for m in outgoing] if ordered else plan_batches(outgoing):
+        if ordered and by_entry[batch[0].entry_id].group_id in refused:
+            result.skipped += 1
+            continue
         try:
             sent = queues.send_batch(queue_url, batch)
         except DependencyUnavailable as exc:
@@ -226,6 +249,9 @@ def _move(
             result.error = f"{exc}; nothing unsent was deleted from the DLQ"
             return False
         result.send_failed += len(batch) - len(sent)
+        for unsent in (by_entry[m.entry_id] for m in batch if m.entry_id not in sent):
+            _stop(unsent, stopped)
+            _stop(unsent, refused)
         try:
             deleted = queues.delete_batch(dlq_url, {i: by_entry[i].receipt_handle for i in sent})
         except DependencyUnavailable as exc:
@@ -237,3 +263,8 @@ def _move(
         result.moved += len(deleted)
         result.not_deleted += len(sent) - len(deleted)
     return True
+
+
+def _stop(message: ReceivedMessage, stopped: set[str]) -> None:
+    if message.group_id:
+        stopped.add(message.group_id)

@@ -22,11 +22,13 @@ from typing import Any
 
 from relay.errors import DependencyUnavailable, PayloadTooLarge, RequestInProgress
 from relay.logic.intake.filters import EventFacts, filtered_out
+from relay.logic.intake.ordering import message_group
 from relay.models.delivery import DeliveryTask, EventSource, S3Ref
 from relay.models.idempotency import Claim
-from relay.models.targets import IntegrationEntry, Target
+from relay.models.queue import GroupPlacement, OrderedTask
+from relay.models.targets import IntegrationEntry, Ordering, Target
 from relay.observability import logger
-from relay.ports import ClaimCheckStore, IdempotencyStore, MetricsRecorder, TaskQueue
+from relay.ports import ClaimCheckStore, IdempotencyStore, MetricsRecorder, OrderedTaskQueue, TaskQueue
 
 # Stable namespace for deterministic delivery ids: the same (integration, event, target) always gets the
 # same deliveryId, so even a re-queue after a partial failure is deduplicated by the receivers.
@@ -46,6 +48,8 @@ class IncomingEvent:
     source: EventSource
     # What the targets' event filters look at.
     facts: EventFacts
+    # The conversation it belongs to (relay.logic.intake.ordering), for targets that keep its order.
+    ordering_key: str | None = None
     conversation_id: str | None = None
 
     @property
@@ -64,8 +68,10 @@ class FanOut:
         metrics: MetricsRecorder,
         max_inline_body_bytes: int,
         now: Callable[[], datetime],
+        ordered_queue: OrderedTaskQueue | None = None,
     ) -> None:
         self._queue = queue
+        self._ordered_queue = ordered_queue
         self._idempotency = idempotency
         self._claim_checks = claim_checks
         self._metrics = metrics
@@ -126,6 +132,7 @@ class FanOut:
         if targets and len(event_field) + 1_024 > self._max_inline_body_bytes:
             event_ref = self._claim_check(incoming.key, integration_id, incoming.event_json.encode())
         bodies: list[str] = []
+        ordered: list[OrderedTask] = []
         delivery_ids: list[str] = []
         for target in targets:
             delivery_id = uuid.uuid5(DELIVERY_ID_NAMESPACE, f"{incoming.key}\n{target.target_id}")
@@ -141,18 +148,32 @@ class FanOut:
                 event_json=None if event_ref else incoming.event_json,
                 event_ref=event_ref,
             )
-            bodies.append(task_body(task, None if event_ref else event_field))
+            body = task_body(task, None if event_ref else event_field)
+            placement = self._placement(incoming, integration_id, target, str(delivery_id))
+            if placement is None:
+                bodies.append(body)
+            else:
+                ordered.append(OrderedTask(body, placement))
             delivery_ids.append(str(delivery_id))
+        # The ordered tasks first: a failure after them answers 503, and the retry's ordered sends are
+        # then dropped as repeats instead of arriving twice.
+        if ordered and self._ordered_queue is not None:
+            self._ordered_queue.send_ordered(ordered)
         if bodies:
             self._queue.send(bodies)
-            self._metrics.count("TasksQueued", len(bodies))
+        if bodies or ordered:
+            self._metrics.count("TasksQueued", len(bodies) + len(ordered))
         else:
             self._metrics.count("EventsUnmatched")
         # DEBUG, not INFO: at a million events this line alone was about half the log bytes, and the
         # accepted count is a metric; each delivery's audit line names the event and its receivedAt.
         logger.debug(
             "event accepted",
-            extra={"integration_id": integration_id, "event_id": incoming.event_id, "tasks": len(bodies)},
+            extra={
+                "integration_id": integration_id,
+                "event_id": incoming.event_id,
+                "tasks": len(bodies) + len(ordered),
+            },
         )
         return {
             "status": "accepted",
@@ -161,6 +182,25 @@ class FanOut:
             "deliveryIds": delivery_ids,
             "claimCheck": event_ref is not None,
         }
+
+    def _placement(
+        self, incoming: IncomingEvent, integration_id: str, target: Target, delivery_id: str
+    ) -> GroupPlacement | None:
+        """Where an ordered target's task goes in the FIFO queue: its conversation's message group,
+        deduplicated on the delivery id (a repeat of this send, a retried webhook, is dropped). None:
+        the standard queue (an unordered target; or an ordered one's task that cannot keep an order,
+        counted and logged: an event without a conversation, or no ordered queue here)."""
+        if target.ordering is not Ordering.CONVERSATION:
+            return None
+        if incoming.ordering_key is not None and self._ordered_queue is not None:
+            group = message_group(integration_id, target.target_id, incoming.ordering_key)
+            return GroupPlacement(group, delivery_id)
+        self._metrics.count("TasksUnordered")
+        why = "no ordered queue configured" if incoming.ordering_key else "the event names no conversation"
+        logger.info(
+            "ordered target's task queued unordered", extra={"targetId": target.target_id, "why": why}
+        )
+        return None
 
     def _matching(self, targets: list[Target], facts: EventFacts) -> list[Target]:
         """The targets whose filters let the event through; the others are counted per target and reason."""

@@ -55,12 +55,20 @@ from relay.logic.intake.http_api import (
 )
 from relay.logic.intake.messages import parse_eventbridge_event, parse_open_message
 from relay.logic.intake.metrics import NoMetrics
+from relay.logic.intake.ordering import eventbridge_key, open_messaging_key
 from relay.logic.signature import CODE_MISMATCH, SIGNATURE_HEADER, verify_signature
 from relay.models.genesys import utc_instant
 from relay.models.queue import MAX_INLINE_BODY_BYTES
 from relay.models.secrets import RotatingSecret
 from relay.observability import logger
-from relay.ports import ClaimCheckStore, IdempotencyStore, IntegrationLookup, MetricsRecorder, TaskQueue
+from relay.ports import (
+    ClaimCheckStore,
+    IdempotencyStore,
+    IntegrationLookup,
+    MetricsRecorder,
+    OrderedTaskQueue,
+    TaskQueue,
+)
 
 _JSON_TYPES = ("application/json",)
 # Integration ids are Genesys UUIDs; anything far from an id is refused before it reaches DynamoDB (whose
@@ -85,7 +93,9 @@ class Intake:
         max_inline_body_bytes: int = MAX_INLINE_BODY_BYTES,
         metrics: MetricsRecorder | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        ordered_queue: OrderedTaskQueue | None = None,
     ) -> None:
+        """``ordered_queue``: the FIFO queue for ordered targets' tasks (without it they go unordered)."""
         self._integrations = integrations
         self._get_secret = get_secret
         self._refresh_secret = refresh_secret
@@ -102,6 +112,7 @@ class Intake:
             metrics=self._metrics,
             max_inline_body_bytes=max_inline_body_bytes,
             now=now,
+            ordered_queue=ordered_queue,
         )
 
     # --- entry points -----------------------------------------------------------------------------------
@@ -158,6 +169,7 @@ class Intake:
             event_json=event_json,
             source="eventbridge",
             facts=EventFacts.of_eventbridge(parsed.detail_type),
+            ordering_key=eventbridge_key(event),
             conversation_id=_text_or_none(parsed.detail.event_body.get("conversationId")),
         )
         try:
@@ -204,6 +216,7 @@ class Intake:
             event_json=text,
             source="open-messaging",
             facts=EventFacts.of_open_message(message),
+            ordering_key=open_messaging_key(message),
             conversation_id=_text_or_none(message.get("conversationId")),
         )
         return json_response(202, self._fan_out(entry, incoming))

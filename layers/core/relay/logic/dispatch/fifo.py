@@ -1,0 +1,297 @@
+"""The ordered path: records of the FIFO delivery queue, one at a time per conversation.
+
+Each record carries its message group: one conversation of one target (the intake's routing,
+relay.logic.intake.ordering). Within a group, record n+1 is never attempted before n is delivered or
+dead-lettered; groups run side by side in the engine's pool. A record that cannot go now **holds its
+group**: it and every later record of the group are shown again together after a delay
+(ChangeMessageVisibilityBatch) and reported failed, so SQS hands them out again in the same order.
+Nothing here ever re-sends a record (a re-send would put it behind later ones).
+
+    retryable failure           the backoff                     (fifo_settle.GroupQueue)
+    exhausted, target blocks    ORDERED_BLOCK_HOLD_SECONDS      (fifo_settle.OrderedSettler)
+    breaker open / probe failed until the breaker may half-open (``admit``)
+    rate limit: no token now    about when it would fit         (``admit``)
+    out of time                 0 s: at once, with its group    (``admit``)
+    targets or attempts table   the queue's own visibility timeout
+    unavailable
+
+The group that holds a lane's half-open probe runs first, so every other record of that target
+meets the probe's answer when its turn comes. ``admit`` is the one place an ordered record is held
+instead of deferred: a deferral decided elsewhere (breaker, rate limit) becomes a ``Hold`` there. Its
+lanes never route to the slow lane: a slow ordered target is delivered, or held, in its conversation.
+A record the rate limit paces (``Item.not_before``) waits for its time in its group's run.
+Attempts are counted in the attempts table, not from the receive count: a held record is received
+again without being attempted.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
+
+from relay.errors import DependencyUnavailable
+from relay.logic import breaker, retry
+from relay.logic.dispatch import audit
+from relay.logic.dispatch.attempt import Attempter
+from relay.logic.dispatch.batch import Batch
+from relay.logic.dispatch.fifo_settle import GroupQueue, OrderedSettler
+from relay.logic.dispatch.lanes import Lane, Lanes, group
+from relay.logic.dispatch.metrics import Metric
+from relay.logic.dispatch.rate_limit import Held, RateLimits
+from relay.logic.dispatch.records import Item, SqsRecord, Unattempted, resolve
+from relay.logic.outcomes import Verdict
+from relay.observability import logger
+from relay.ports import AttemptCounter, Clock, OrderedQueueOps, TargetDirectory
+from relay.settings import Settings
+
+# Audit error codes of held records.
+BREAKER_OPEN = "breaker-open"
+RATE_LIMITED = "rate-limited"
+OUT_OF_TIME = "out-of-time"
+DEPENDENCY_UNAVAILABLE = "dependency-unavailable"
+BEHIND_EARLIER = "behind-earlier-record"
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Hold a record and the rest of its group: shown again after ``seconds`` (None: the queue's own
+    visibility timeout, nothing changed), ``reason`` in the audit."""
+
+    seconds: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Unresolved:
+    """A record whose target could not be read (the targets table failed)."""
+
+    record: SqsRecord
+
+
+Step = Item | Unattempted | Unresolved
+
+
+def message_groups(records: Iterable[SqsRecord]) -> dict[str, list[SqsRecord]]:
+    """Records by message group, each group in the batch's (the queue's) order."""
+    groups: dict[str, list[SqsRecord]] = {}
+    for record in records:
+        groups.setdefault(record.group_id or "", []).append(record)
+    return groups
+
+
+def fail_behind_failures(groups: dict[str, list[SqsRecord]], batch: Batch) -> None:
+    """The partial batch response stops at each group's first unsettled record: everything after it
+    is reported failed too, or SQS would delete it and the group would lose its order."""
+    for records in groups.values():
+        failed = False
+        for record in records:
+            if failed and not batch.has_failed(record):
+                batch.fail(record)
+            failed = failed or batch.has_failed(record)
+
+
+class OrderedDelivery:
+    """The ordered path of a Dispatcher; it shares the engine's pool, per-target slots, attempter and
+    breaker lanes."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        targets: TargetDirectory,
+        queue: OrderedQueueOps,
+        attempts: AttemptCounter,
+        lanes: Lanes,
+        limits: RateLimits,
+        attempter: Attempter,
+        pool: ThreadPoolExecutor,
+        slot: Callable[[str], AbstractContextManager[object]],
+        out_of_time: Callable[[Item, Batch], bool],
+        now: Callable[[], datetime],
+        rng: random.Random,
+        clock: Clock,
+        sleep: Callable[[float], None],
+    ) -> None:
+        self._settings = settings
+        self._targets = targets
+        self._queue = queue
+        self._attempts = attempts
+        self._lanes = lanes
+        self._limits = limits
+        self._attempter = attempter
+        self._pool = pool
+        self._slot = slot
+        self._out_of_time = out_of_time
+        self._now = now
+        self._rng = rng
+        self._clock = clock
+        self._sleep = sleep
+
+    def run(self, records: list[SqsRecord], batch: Batch) -> None:
+        groups = message_groups(records)
+        steps = {group_id: [self._resolve(r) for r in members] for group_id, members in groups.items()}
+        items = [step for members in steps.values() for step in members if isinstance(step, Item)]
+        lanes = {
+            lane.key: lane
+            for lane in self._pool.map(lambda e: self._lanes.open(e[0], e[1], batch), group(items).items())
+        }
+        # The rate limit takes its tokens per target as in the engine; what it holds back holds its group.
+        rate_held = {
+            id(held.item): held for lane in lanes.values() for held in self._limits.admit(lane, batch)
+        }
+        probing = {gid for gid, members in steps.items() if any(_is_probe(step) for step in members)}
+        reached: dict[str, int] = {}  # group -> index of the step it is at (a crash leaves it there)
+        for phase in ([g for g in steps if g in probing], [g for g in steps if g not in probing]):
+            futures = [
+                (gid, self._pool.submit(self._run_group, gid, steps[gid], lanes, rate_held, batch, reached))
+                for gid in phase
+            ]
+            wait([future for _, future in futures])
+            for gid, future in futures:
+                if future.exception() is not None:
+                    logger.exception("ordered group crashed", exc_info=future.exception())
+                    for step in steps[gid][reached.get(gid, 0) :]:
+                        batch.fail(step.record)
+        for lane in lanes.values():
+            self._lanes.report(lane, batch)
+            self._limits.feedback(lane, batch)
+        fail_behind_failures(groups, batch)
+
+    def admit(self, item: Item, lane: Lane, rate_held: Held | None, batch: Batch) -> Hold | None:
+        """Whether ``item`` may be attempted now, or holds its group (and why, and for how long).
+
+        Merge point, the one place an ordered record is held instead of deferred: any reason the
+        engine has to defer a record (breaker, rate limit, time) is a Hold here, never a re-send (nor a
+        slow-lane re-route), which would put the record behind later ones of its conversation."""
+        if lane.admission is not breaker.Admission.DELIVER and not item.probe:
+            after = self._lanes.after_probe(lane)
+            if any(held is item for held in after.defer):
+                delay = retry.deferral_delay_seconds(after.seconds_until_probe, rng=self._rng)
+                return Hold(delay, BREAKER_OPEN)
+        if rate_held is not None:
+            return Hold(math.ceil(rate_held.wait_seconds), RATE_LIMITED)
+        if self._out_of_time(item, batch):
+            return Hold(0, OUT_OF_TIME)
+        return None
+
+    # --- one group -----------------------------------------------------------------------------------
+    def _run_group(
+        self,
+        group_id: str,
+        steps: list[Step],
+        lanes: dict[str, Lane],
+        rate_held: dict[int, Held],
+        batch: Batch,
+        reached: dict[str, int],
+    ) -> None:
+        queue = GroupQueue(self._queue, group_id)
+        settler = OrderedSettler(
+            settings=self._settings,
+            queue=queue,
+            targets=self._targets,
+            now=self._now,
+            rng=self._rng,
+            block_hold_seconds=self._settings.ordered_block_hold_seconds,
+        )
+        for index, step in enumerate(steps):
+            reached[group_id] = index
+            queue.at(step.record, [later.record for later in steps[index + 1 :]])
+            hold = self._step(step, lanes, rate_held, settler, batch)
+            if hold is not None:
+                self._hold(steps[index:], hold, batch)
+                return
+            if batch.has_failed(step.record):
+                # Settling left it for later (a retry holds its group already): everything behind waits.
+                self._hold(steps[index + 1 :], Hold(None, BEHIND_EARLIER), batch)
+                return
+
+    def _step(
+        self,
+        step: Step,
+        lanes: dict[str, Lane],
+        rate_held: dict[int, Held],
+        settler: OrderedSettler,
+        batch: Batch,
+    ) -> Hold | None:
+        """Settle one record, or say why it holds its group."""
+        if isinstance(step, Unresolved):
+            return Hold(None, DEPENDENCY_UNAVAILABLE)
+        if isinstance(step, Unattempted):
+            settler.unattempted(step, batch)
+            return None
+        item = step
+        if item.not_before is not None and (early := item.not_before - self._clock()) > 0:
+            self._sleep(early)  # paced by its rate limit: its group waits for its booked time
+        with self._slot(item.key):
+            if batch.is_gone(item.key):
+                settler.unattempted(Unattempted.gone(item), batch)
+                return None
+            hold = self.admit(item, lanes[item.key], rate_held.get(id(item)), batch)
+            if hold is not None:
+                return hold
+            try:
+                item.attempt = self._attempt_number(item.record)
+            except DependencyUnavailable as exc:
+                _warn("attempts table unavailable", item.record, exc)
+                return Hold(None, DEPENDENCY_UNAVAILABLE)
+            attempt = self._attempter.run(item)
+            if isinstance(attempt, Unattempted):
+                settler.unattempted(attempt, batch)
+                return None
+            if attempt.outcome.verdict is not Verdict.DELIVERED:
+                self._count_failure(item.record)
+            settler.attempted(item, attempt, batch)
+        return None
+
+    def _attempt_number(self, record: SqsRecord) -> int:
+        """The attempt this receive makes: attempts before the message (a redrive's are 0) plus its
+        failures so far, read only when it was received before (a first receive has none)."""
+        before = retry.attempts_before(record.message_attributes)
+        if record.receive_count > 1:
+            before += self._attempts.failures(record.message_id)
+        return before + 1
+
+    def _count_failure(self, record: SqsRecord) -> None:
+        try:
+            self._attempts.add_failure(record.message_id)
+        except DependencyUnavailable as exc:  # at worst one attempt more than planned
+            _warn("failed attempt not counted", record, exc)
+
+    def _hold(self, steps: list[Step], hold: Hold, batch: Batch) -> None:
+        """Show ``steps`` again together after the hold (when it names a delay) and report them failed."""
+        if not steps:
+            return
+        if hold.seconds is not None:
+            try:
+                self._queue.hold([step.record.receipt_handle for step in steps], hold.seconds)
+            except DependencyUnavailable as exc:  # the queue's own visibility timeout brings them back
+                logger.warning("could not hold an ordered group", extra={"error": str(exc)})
+        now = self._now()
+        for step in steps:
+            batch.fail(step.record)
+            if isinstance(step, Item):
+                line = audit.item_line(step, batch, now, now, error=None)
+                line.update(attempt=None, outcome=audit.HELD, errorCode=hold.reason)
+                line["retryInSeconds"] = hold.seconds
+                batch.metrics.count(Metric.ORDERED_HELD, step.target.target_id)
+                batch.log(step.target.target_id, line)
+
+    def _resolve(self, record: SqsRecord) -> Step:
+        try:
+            return resolve(record, self._targets)
+        except DependencyUnavailable as exc:
+            _warn("targets table unavailable", record, exc)
+            return Unresolved(record)
+
+
+def _is_probe(step: Step) -> bool:
+    return isinstance(step, Item) and step.probe
+
+
+def _warn(message: str, record: SqsRecord, exc: Exception) -> None:
+    logger.warning(message, extra={"messageId": record.message_id, "error": str(exc)})

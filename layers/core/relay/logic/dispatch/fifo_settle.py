@@ -1,0 +1,121 @@
+"""Settling ordered records: the engine's Settler, bound to one message group's run.
+
+    retryable failure of record n    hold n and every later record of its group with one delay
+                                     (ChangeMessageVisibilityBatch), reported failed: SQS hands the
+                                     group out again after the backoff, in order
+    dead-letter                      to the ordered (FIFO) DLQ in the same message group, deduplicated
+                                     on the SQS message id; the group moves on
+    exhausted or refused, and the    held for ORDERED_BLOCK_HOLD_SECONDS instead of dead-lettered, the
+    target blocks (onExhausted)      group behind it too; OrderedGroupBlocked (the alarm)
+    defer (a re-send)                never: it would put the record behind later ones of its group
+
+The rest is the Settler's (relay.logic.dispatch.settle): the same verdicts, metrics and audit lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from relay.errors import ConfigurationError, DependencyUnavailable
+from relay.logic.dispatch import audit
+from relay.logic.dispatch.batch import Batch
+from relay.logic.dispatch.metrics import Metric
+from relay.logic.dispatch.records import Item, SqsRecord
+from relay.logic.dispatch.settle import Settler
+from relay.logic.outcomes import Outcome
+from relay.models.delivery import DlqReason
+from relay.models.queue import GroupPlacement
+from relay.models.targets import OnExhausted
+from relay.observability import logger
+from relay.ports import OrderedQueueOps
+
+# The dead-letter reasons an ordered target with onExhausted block holds instead: what its own
+# answers decided. A 410 disables the target (everything after it is dead-lettered anyway), and
+# records that cannot be attempted at all (poison, unknown or disabled target) would block forever.
+BLOCKING_REASONS = frozenset({DlqReason.EXHAUSTED, DlqReason.PERMANENT_STATUS})
+
+
+class GroupQueue:
+    """The engine's queue operations (relay.ports.DeliveryQueueOps) for one message group's run,
+    positioned at its current record with ``at``: a retry holds that record and every later one of
+    the group; a dead-letter keeps the group."""
+
+    def __init__(self, ordered: OrderedQueueOps, group_id: str) -> None:
+        self._ordered = ordered
+        self.group_id = group_id
+        self._current: SqsRecord | None = None
+        self._behind: Sequence[SqsRecord] = ()
+
+    def at(self, current: SqsRecord, behind: Sequence[SqsRecord]) -> None:
+        self._current, self._behind = current, behind
+
+    def schedule_retry(self, receipt_handle: str, delay_seconds: int) -> None:
+        handles = [receipt_handle, *(record.receipt_handle for record in self._behind)]
+        self._ordered.hold(handles, delay_seconds)
+
+    def defer(
+        self,
+        body: str,
+        message_attributes: Mapping[str, Any],
+        *,
+        attempts: int,
+        deferrals: int,
+        delay_seconds: int,
+    ) -> None:
+        raise ConfigurationError("an ordered record is held, never re-sent: a re-send would reorder it")
+
+    def dead_letter(
+        self,
+        body: str,
+        message_attributes: Mapping[str, Any],
+        *,
+        reason: DlqReason,
+        attempts: int,
+        integration_id: str | None,
+        target_id: str | None,
+        last_status: int | None,
+        last_error: str | None,
+    ) -> None:
+        assert self._current is not None, "GroupQueue.at() names the record first"
+        # The message id, not the delivery id: a redriven copy dead-lettered again within SQS's
+        # 5-minute deduplication window must not be dropped as a repeat of the first.
+        placement = GroupPlacement(self.group_id, self._current.message_id)
+        self._ordered.dead_letter_in_order(
+            placement,
+            body,
+            message_attributes,
+            reason=reason,
+            attempts=attempts,
+            integration_id=integration_id,
+            target_id=target_id,
+            last_status=last_status,
+            last_error=last_error,
+        )
+
+
+class OrderedSettler(Settler):
+    """The Settler over a GroupQueue, holding instead of dead-lettering for a target that blocks."""
+
+    def __init__(self, *, block_hold_seconds: int, **settler: Any) -> None:
+        super().__init__(**settler)
+        self._block_hold_seconds = block_hold_seconds
+
+    def _dead_letter(
+        self, item: Item, reason: DlqReason, outcome: Outcome, batch: Batch, line: dict[str, Any]
+    ) -> None:
+        if item.target.on_exhausted is not OnExhausted.BLOCK or reason not in BLOCKING_REASONS:
+            super()._dead_letter(item, reason, outcome, batch, line)
+            return
+        hold: int | None = self._block_hold_seconds
+        try:
+            self._queue.schedule_retry(item.record.receipt_handle, self._block_hold_seconds)
+        except DependencyUnavailable:  # the queue's own visibility timeout brings it back
+            hold = None
+        line.update(outcome=audit.BLOCKED, dlqReason=reason.value, retryInSeconds=hold)
+        batch.metrics.service_count(Metric.ORDERED_GROUP_BLOCKED)
+        logger.warning(
+            "ordered conversation blocked",
+            extra={"targetId": item.target.target_id, "messageId": item.record.message_id, "reason": reason},
+        )
+        batch.fail(item.record)

@@ -1,0 +1,109 @@
+"""`relay dlq redrive --queue ordered` on moto: an ordered DLQ's letters go back to the ordered queue in
+their conversation's order, and never past a letter that stays behind."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from relay.adapters.sqs import SqsQueues
+from relay.local.aws_stack import LocalResources
+from relay.logic.dlq import RedriveFilter, RedriveOptions, redrive
+from relay.models.delivery import DeliveryTask, DlqReason
+from relay.models.queue import GroupPlacement
+from relay.wiring import aws_client
+
+pytestmark = pytest.mark.integration
+
+
+def letter(queues: SqsQueues, group: str, seq: int, reason: DlqReason) -> None:
+    task = DeliveryTask(
+        delivery_id=uuid.uuid4(),
+        integration_id="i-1",
+        target_id="t-1",
+        event_id=f"{group}-{seq}",
+        received_at=datetime.now(UTC),
+        event_json="{}",
+    )
+    queues.dead_letter_in_order(
+        GroupPlacement(group, f"m-{group}-{seq}"),
+        task.model_dump_json(by_alias=True, exclude_none=True),
+        {},
+        reason=reason,
+        attempts=3,
+        integration_id="i-1",
+        target_id="t-1",
+        last_status=None,
+        last_error=None,
+    )
+
+
+def drain(queue_url: str) -> list[tuple[str, str]]:
+    """(group, event id) of every message, in the order SQS hands them out, deleting each."""
+    sqs, found = aws_client("sqs"), []
+    while True:
+        messages: list[dict[str, Any]] = sqs.receive_message(
+            QueueUrl=queue_url, MaxNumberOfMessages=10, AttributeNames=["All"], WaitTimeSeconds=0
+        ).get("Messages", [])
+        if not messages:
+            return found
+        for message in messages:
+            task = DeliveryTask.model_validate_json(message["Body"])
+            found.append((message["Attributes"]["MessageGroupId"], task.event_id))
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+
+def test_redrive_keeps_each_conversations_order_and_stops_at_a_letter_left_behind(
+    aws_stack: LocalResources,
+) -> None:
+    queues = SqsQueues(
+        aws_client("sqs"),
+        ordered_queue_url=aws_stack.ordered_queue_url,
+        ordered_dead_letter_queue_url=aws_stack.ordered_dead_letter_queue_url,
+    )
+    for seq, reason in enumerate([DlqReason.EXHAUSTED, DlqReason.PERMANENT_STATUS, DlqReason.EXHAUSTED]):
+        letter(queues, "a", seq, reason)
+    for seq in range(3):
+        letter(queues, "b", seq, DlqReason.EXHAUSTED)
+
+    # Only the exhausted ones: a-1 stays behind, so a-2 must not overtake it.
+    result = redrive(
+        queues,
+        aws_stack.ordered_dead_letter_queue_url,
+        aws_stack.ordered_queue_url,
+        RedriveOptions(filter=RedriveFilter.of(reasons=["exhausted"]), wait_seconds=0),
+    )
+
+    assert result.ok and result.moved == 4
+    moved = drain(aws_stack.ordered_queue_url)
+    assert [event for group, event in moved if group == "a"] == ["a-0"]
+    assert [event for group, event in moved if group == "b"] == ["b-0", "b-1", "b-2"]
+    assert sorted(drain(aws_stack.ordered_dead_letter_queue_url)) == [("a", "a-1"), ("a", "a-2")]
+
+
+def test_a_repeated_redrive_of_a_letter_not_yet_deleted_does_not_queue_it_twice(
+    aws_stack: LocalResources,
+) -> None:
+    queues = SqsQueues(
+        aws_client("sqs"), ordered_dead_letter_queue_url=aws_stack.ordered_dead_letter_queue_url
+    )
+    letter(queues, "a", 0, DlqReason.EXHAUSTED)
+    (received,) = queues.receive(
+        aws_stack.ordered_dead_letter_queue_url, visibility_seconds=0, wait_seconds=0
+    )
+    from relay.models.queue import OutgoingMessage
+
+    copy = OutgoingMessage("0", received.body, placement=GroupPlacement("a", received.message_id))
+    # A run that sent the copy and died before deleting the letter, then a second run: one copy queued.
+    assert queues.send_batch(aws_stack.ordered_queue_url, [copy]) == {"0"}
+    result = redrive(
+        queues,
+        aws_stack.ordered_dead_letter_queue_url,
+        aws_stack.ordered_queue_url,
+        RedriveOptions(wait_seconds=0),
+    )
+    assert result.ok and result.moved == 1
+    assert drain(aws_stack.ordered_queue_url) == [("a", "a-0")]

@@ -1,0 +1,438 @@
+"""The dispatcher's ordered path (relay.logic.dispatch.fifo) against in-memory fakes of its ports.
+
+Records of the FIFO queue carry their message group (one conversation of one target). What is observed
+is what SQS and the targets would see: the requests in the order they were sent, the holds asked of
+the ordered queue (visibility changes, never re-sends), the ordered DLQ, ``batchItemFailures`` and the
+audit lines.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from relay.logic.dispatch import Dispatcher
+from relay.models.breaker import BreakerState, DeliveryLane, LaneState, Phase, target_key
+from relay.models.delivery import DeliveryTask, DlqReason
+from relay.models.http import HttpResult
+from relay.models.rate_limit import RateLimit
+from relay.models.targets import OnExhausted, Ordering, RetryMatrix, Target
+from relay.settings import Settings
+from relay.testing.fakes import (
+    InMemoryAttemptCounter,
+    InMemoryAuditSink,
+    InMemoryBreakerStore,
+    InMemoryClaimCheckStore,
+    InMemoryRateLimitStore,
+    InMemorySecrets,
+    InMemoryTargets,
+    ManualClock,
+    RecordingOrderedQueueOps,
+    RecordingQueueOps,
+    ScriptedHttp,
+)
+
+INTEGRATION = "int-1"
+NOW = datetime(2026, 3, 25, 13, 20, 5, tzinfo=UTC).timestamp()
+
+
+def ordered_target(target_id: str = "crm", *, attempts: int = 3, **fields: Any) -> Target:
+    return Target(
+        integration_id=INTEGRATION,
+        target_id=target_id,
+        name=target_id,
+        url=f"https://{target_id}.example.com/hook",
+        retry_matrix=RetryMatrix(attempts=attempts, base_interval_ms=1_000, max_interval_ms=8_000),
+        ordering=Ordering.CONVERSATION,
+        **fields,
+    )
+
+
+def fifo_record(group: str, seq: int, *, target_id: str = "crm", receive_count: int = 1) -> dict[str, Any]:
+    """A record of the ordered queue: message ``seq`` of conversation ``group``, as Lambda hands it over."""
+    task = DeliveryTask(
+        delivery_id=uuid.uuid4(),
+        integration_id=INTEGRATION,
+        target_id=target_id,
+        event_id=f"{group}-{seq}",
+        received_at=datetime.now(UTC),
+        event_json=json.dumps({"id": f"{group}-{seq}", "seq": seq}),
+    )
+    message_id = f"m-{group}-{seq}"
+    return {
+        "messageId": message_id,
+        "receiptHandle": f"receipt-{message_id}",
+        "body": task.model_dump_json(by_alias=True, exclude_none=True),
+        "attributes": {"ApproximateReceiveCount": str(receive_count), "MessageGroupId": group},
+        "messageAttributes": {},
+    }
+
+
+def event_id(body: bytes) -> str:
+    return str(json.loads(body)["sourceEvent"]["id"])
+
+
+Answer = dict[str, int]  # event id -> status (200 for any other)
+
+
+@dataclass
+class OrderedRelay:
+    """An ordered dispatcher on in-memory ports, and the ports, for a test to drive and observe."""
+
+    targets: InMemoryTargets
+    answers: Answer = field(default_factory=dict)
+    queue: RecordingQueueOps = field(default_factory=RecordingQueueOps)
+    ordered: RecordingOrderedQueueOps = field(default_factory=RecordingOrderedQueueOps)
+    attempts: InMemoryAttemptCounter = field(default_factory=InMemoryAttemptCounter)
+    breakers: InMemoryBreakerStore = field(default_factory=InMemoryBreakerStore)
+    rate_limits: InMemoryRateLimitStore = field(default_factory=InMemoryRateLimitStore)
+    audit: InMemoryAuditSink = field(default_factory=InMemoryAuditSink)
+    clock: ManualClock = field(default_factory=lambda: ManualClock(NOW))
+    with_ordered_path: bool = True
+    environment: dict[str, str] = field(default_factory=dict)  # the dispatcher's settings
+    http: ScriptedHttp = field(init=False)
+    dispatcher: Dispatcher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.http = ScriptedHttp(lambda m, u, h, body: HttpResult(self.answers.get(event_id(body), 200), 5.0))
+        self.dispatcher = Dispatcher(
+            settings=Settings.model_validate(self.environment),
+            targets=self.targets,
+            http=self.http,
+            queue=self.queue,
+            breakers=self.breakers,
+            rate_limits=self.rate_limits,
+            audit=self.audit,
+            secrets=InMemorySecrets(),
+            claim_checks=InMemoryClaimCheckStore(),
+            clock=self.clock,
+            rng=random.Random(7),
+            sleep=self.clock.sleep,
+            ordered_queue=self.ordered if self.with_ordered_path else None,
+            attempts=self.attempts if self.with_ordered_path else None,
+        )
+
+    def batch(self, *records: dict[str, Any], remaining_ms: int | None = None) -> list[str]:
+        response = self.dispatcher.handle_batch(
+            list(records),
+            invocation_id="inv-1",
+            remaining_ms=None if remaining_ms is None else (lambda: remaining_ms),
+        )
+        return [item["itemIdentifier"] for item in response["batchItemFailures"]]
+
+    def sent(self) -> list[str]:
+        """Event ids in the order the requests went out."""
+        return [event_id(body) for _, _, _, body in self.http.requests]
+
+    def audit_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for body in self.audit.objects.values() for line in body.splitlines()]
+
+    def nothing_resent(self) -> bool:
+        return self.queue.deferrals == [] and self.queue.retries == [] and self.queue.dead_letters == []
+
+
+@pytest.fixture
+def relays() -> Iterator[list[OrderedRelay]]:
+    made: list[OrderedRelay] = []
+    yield made
+    for each in made:
+        each.dispatcher.close()
+
+
+def ordered_relay(relays: list[OrderedRelay], *targets: Target, **fields: Any) -> OrderedRelay:
+    made = OrderedRelay(InMemoryTargets(*(targets or (ordered_target(),))), **fields)
+    relays.append(made)
+    return made
+
+
+def ids(*records: Mapping[str, Any]) -> list[str]:
+    return [str(r["messageId"]) for r in records]
+
+
+def handles(*records: Mapping[str, Any]) -> list[str]:
+    return [str(r["receiptHandle"]) for r in records]
+
+
+# --- one conversation ------------------------------------------------------------------------------------
+
+
+def test_a_conversation_is_delivered_in_order_and_nothing_is_reported(relays: list[OrderedRelay]) -> None:
+    r = ordered_relay(relays)
+    records = [fifo_record("g", n) for n in range(5)]
+
+    failed = r.batch(*records)
+
+    assert failed == []
+    assert r.sent() == [f"g-{n}" for n in range(5)]
+    assert r.ordered.holds == [] and r.nothing_resent()
+
+
+def test_a_retryable_failure_holds_it_and_everything_after_it_in_its_conversation(
+    relays: list[OrderedRelay],
+) -> None:
+    r = ordered_relay(relays, answers={"g-1": 503})
+    first, second, third = (fifo_record("g", n) for n in range(3))
+
+    failed = r.batch(first, second, third)
+
+    # The third is never attempted before the second is settled: it waits with it.
+    assert r.sent() == ["g-0", "g-1"]
+    assert failed == ids(second, third)
+    ((held, delay),) = r.ordered.holds
+    assert held == handles(second, third) and 0 <= delay <= 1  # attempt 1's backoff, for both
+    assert r.nothing_resent()  # a visibility change, never a re-send to the back of the queue
+    assert r.attempts.counts == {second["messageId"]: 1}
+    outcomes = {line["eventId"]: (line["outcome"], line["errorCode"]) for line in r.audit_lines()}
+    assert outcomes == {
+        "g-0": ("delivered", None),
+        "g-1": ("retry-scheduled", "http-503"),
+        "g-2": ("held", "behind-earlier-record"),
+    }
+
+
+def test_conversations_run_side_by_side_and_one_held_does_not_hold_another(
+    relays: list[OrderedRelay],
+) -> None:
+    r = ordered_relay(relays, answers={"a-0": 500})
+    a0, a1, b0, b1 = fifo_record("a", 0), fifo_record("a", 1), fifo_record("b", 0), fifo_record("b", 1)
+
+    failed = r.batch(a0, b0, a1, b1)
+
+    assert sorted(failed) == sorted(ids(a0, a1))
+    assert [e for e in r.sent() if e.startswith("b")] == ["b-0", "b-1"]
+    assert "a-1" not in r.sent()
+
+
+def test_attempts_are_counted_per_message_not_from_the_receive_count(relays: list[OrderedRelay]) -> None:
+    # Held behind earlier records, it was received six times without an attempt; its first attempt
+    # failing is attempt 1 of 3, retried, not dead-lettered as exhausted.
+    r = ordered_relay(relays, answers={"g-0": 503})
+    record = fifo_record("g", 0, receive_count=7)
+
+    failed = r.batch(record)
+
+    assert failed == ids(record)
+    assert r.ordered.dead_letters == []
+    assert [line["attempt"] for line in r.audit_lines()] == [1]
+    assert r.attempts.counts == {record["messageId"]: 1}
+
+
+def test_the_last_attempt_failing_dead_letters_it_in_its_group_and_the_conversation_moves_on(
+    relays: list[OrderedRelay],
+) -> None:
+    r = ordered_relay(relays, answers={"g-0": 500})
+    last, then = fifo_record("g", 0, receive_count=3), fifo_record("g", 1, receive_count=3)
+    r.attempts.counts[last["messageId"]] = 2  # attempts 1 and 2 failed: this is 3 of 3
+
+    failed = r.batch(last, then)
+
+    assert failed == []
+    (letter,) = r.ordered.dead_letters
+    assert (letter["group_id"], letter["deduplication_id"], letter["reason"], letter["attempts"]) == (
+        "g",
+        last["messageId"],
+        DlqReason.EXHAUSTED,
+        3,
+    )
+    assert r.sent() == ["g-0", "g-1"]  # dead-lettered first, then the next one goes
+    assert r.queue.dead_letters == []  # not the standard DLQ
+
+
+def test_a_target_that_blocks_holds_the_conversation_behind_an_exhausted_record(
+    relays: list[OrderedRelay],
+) -> None:
+    r = ordered_relay(relays, ordered_target(on_exhausted=OnExhausted.BLOCK), answers={"g-0": 400})
+    refused, then = fifo_record("g", 0), fifo_record("g", 1)
+
+    failed = r.batch(refused, then)
+
+    assert failed == ids(refused, then)
+    assert r.ordered.dead_letters == [] and r.sent() == ["g-0"]
+    assert r.ordered.holds == [(handles(refused, then), 3_600)]  # ORDERED_BLOCK_HOLD_SECONDS
+    outcomes = [(line["eventId"], line["outcome"]) for line in r.audit_lines()]
+    assert outcomes == [("g-0", "blocked"), ("g-1", "held")]
+
+
+def test_an_open_breaker_holds_every_conversation_of_its_target_without_a_re_send(
+    relays: list[OrderedRelay],
+) -> None:
+    r = ordered_relay(relays)
+    r.breakers.save(
+        target_key(INTEGRATION, "crm"),
+        BreakerState(phase=Phase.OPEN, consecutive_failures=5, trips=1, until=NOW + 20, version=1),
+        expected_version=0,
+    )
+    a0, a1, b0 = fifo_record("a", 0), fifo_record("a", 1), fifo_record("b", 0)
+
+    failed = r.batch(a0, a1, b0)
+
+    assert r.sent() == [] and r.nothing_resent()
+    assert sorted(failed) == sorted(ids(a0, a1, b0))
+    held = {tuple(h): delay for h, delay in r.ordered.holds}
+    assert set(held) == {tuple(handles(a0, a1)), tuple(handles(b0))}
+    assert all(20 <= delay <= 22 for delay in held.values())  # until it may half-open, + jitter
+
+
+def test_a_rate_limit_holds_the_conversation_from_the_first_record_without_a_token(
+    relays: list[OrderedRelay],
+) -> None:
+    # One request a second: the limit lets a few go (one at once, one paced), the rest of each
+    # conversation is held with its group, never deferred (a re-send would put it at the back).
+    r = ordered_relay(relays, ordered_target(rate_limit=RateLimit(per_second=1, burst=1)))
+    conversation_a = [fifo_record("a", n) for n in range(4)]
+    conversation_b = [fifo_record("b", n) for n in range(2)]
+
+    failed = r.batch(*conversation_a, *conversation_b)
+
+    assert r.nothing_resent()
+    sent = r.sent()
+    assert 1 <= len(sent) < 6
+    for records in (conversation_a, conversation_b):
+        went = [rec for rec in records if json.loads(rec["body"])["eventId"] in sent]
+        assert went == records[: len(went)]  # each conversation went from its start, in order
+        assert set(ids(*records[len(went) :])) <= set(failed)
+    held = {handle for handles_, _ in r.ordered.holds for handle in handles_}
+    assert {f"receipt-{message_id}" for message_id in failed} == held
+    rate_held = [line for line in r.audit_lines() if line.get("errorCode") == "rate-limited"]
+    assert rate_held and all(line["outcome"] == "held" and line["retryInSeconds"] >= 1 for line in rate_held)
+
+
+def test_the_probe_goes_first_and_a_failed_probe_holds_the_targets_other_conversations(
+    relays: list[OrderedRelay],
+) -> None:
+    r = ordered_relay(relays, answers={"a-0": 503})
+    r.breakers.save(
+        target_key(INTEGRATION, "crm"),
+        BreakerState(phase=Phase.OPEN, consecutive_failures=5, trips=1, until=NOW - 1, version=1),
+        expected_version=0,
+    )
+    a0, b0 = fifo_record("a", 0), fifo_record("b", 0)
+
+    failed = r.batch(a0, b0)
+
+    assert r.sent() == ["a-0"]  # the probe only
+    assert sorted(failed) == sorted(ids(a0, b0))
+    assert r.breakers.load(target_key(INTEGRATION, "crm")).phase is Phase.OPEN
+
+
+def test_a_healthy_probe_lets_the_other_conversations_go(relays: list[OrderedRelay]) -> None:
+    r = ordered_relay(relays)
+    r.breakers.save(
+        target_key(INTEGRATION, "crm"),
+        BreakerState(phase=Phase.OPEN, consecutive_failures=5, trips=1, until=NOW - 1, version=1),
+        expected_version=0,
+    )
+    a0, a1, b0 = fifo_record("a", 0), fifo_record("a", 1), fifo_record("b", 0)
+
+    failed = r.batch(b0, a0, a1)
+
+    assert failed == []
+    assert r.sent()[0] == "b-0"  # the lane's first record is the probe, and it went first
+    assert sorted(r.sent()) == ["a-0", "a-1", "b-0"]
+
+
+def test_out_of_time_holds_the_conversation_at_once_instead_of_re_sending_it(
+    relays: list[OrderedRelay],
+) -> None:
+    r = ordered_relay(relays)
+    a0, a1 = fifo_record("a", 0), fifo_record("a", 1)
+
+    failed = r.batch(a0, a1, remaining_ms=1_000)
+
+    assert failed == ids(a0, a1) and r.sent() == []
+    assert r.ordered.holds == [(handles(a0, a1), 0)] and r.nothing_resent()
+
+
+def test_when_the_dlq_is_unreachable_nothing_after_the_record_is_attempted_or_let_go(
+    relays: list[OrderedRelay],
+) -> None:
+    r = ordered_relay(relays, answers={"g-0": 400})
+    r.ordered.unavailable.add("dead_letter_in_order")
+    refused, then = fifo_record("g", 0), fifo_record("g", 1)
+
+    failed = r.batch(refused, then)
+
+    assert failed == ids(refused, then) and r.sent() == ["g-0"]
+
+
+def test_a_record_whose_target_is_unknown_is_dead_lettered_in_order_and_the_group_goes_on(
+    relays: list[OrderedRelay],
+) -> None:
+    r = ordered_relay(relays)
+    lost, then = fifo_record("g", 0, target_id="nobody"), fifo_record("g", 1)
+
+    failed = r.batch(lost, then)
+
+    assert failed == []
+    assert [(d["group_id"], d["reason"]) for d in r.ordered.dead_letters] == [("g", DlqReason.UNKNOWN_TARGET)]
+    assert r.sent() == ["g-1"]
+
+
+def test_the_targets_table_down_holds_the_conversation_from_the_record_it_could_not_resolve(
+    relays: list[OrderedRelay],
+) -> None:
+    r = ordered_relay(relays)
+    r.targets.unavailable = True
+    a0, a1 = fifo_record("a", 0), fifo_record("a", 1)
+
+    assert r.batch(a0, a1) == ids(a0, a1)
+    assert r.sent() == [] and r.ordered.holds == [] and r.nothing_resent()
+
+
+def test_ordered_records_reaching_a_dispatcher_without_the_ordered_path_are_left_on_their_queue(
+    relays: list[OrderedRelay],
+) -> None:
+    r = ordered_relay(relays, with_ordered_path=False)
+    a0 = fifo_record("a", 0)
+
+    assert r.batch(a0) == ids(a0)
+    assert r.sent() == [] and r.nothing_resent()
+
+
+def routing_relay_with_a_slow_target(relays: list[OrderedRelay]) -> OrderedRelay:
+    """A dispatcher that routes slow targets (the fast lane, with a slow queue) and whose ordered
+    target's lane reads slow: what it does with ordered records must not change."""
+    routing = {"DISPATCH_LANE": "fast", "SLOW_DELIVERY_QUEUE_URL": "https://sqs.example.com/slow"}
+    r = ordered_relay(relays, environment=routing)
+    slow = LaneState(DeliveryLane.SLOW, 1, NOW - 5)
+    assert r.breakers.save_lane(target_key(INTEGRATION, "crm"), slow, expected_version=0)
+    return r
+
+
+def test_an_ordered_record_of_a_slow_target_is_delivered_in_its_conversation_not_routed(
+    relays: list[OrderedRelay],
+) -> None:
+    r = routing_relay_with_a_slow_target(relays)
+    a0, a1 = fifo_record("a", 0), fifo_record("a", 1)
+
+    assert r.batch(a0, a1) == []
+
+    assert r.sent() == ["a-0", "a-1"]
+    assert r.queue.slow_lane == [] and r.nothing_resent()
+
+
+def test_a_slow_ordered_target_whose_breaker_is_open_holds_its_conversation(
+    relays: list[OrderedRelay],
+) -> None:
+    # The slow lane's routing reads the lane instead of claiming the breaker: were it applied to an
+    # ordered record, the open breaker would be skipped and the record sent.
+    r = routing_relay_with_a_slow_target(relays)
+    r.breakers.save(
+        target_key(INTEGRATION, "crm"),
+        BreakerState(phase=Phase.OPEN, consecutive_failures=5, trips=1, until=NOW + 20, version=1),
+        expected_version=0,
+    )
+    a0, a1 = fifo_record("a", 0), fifo_record("a", 1)
+
+    assert sorted(r.batch(a0, a1)) == sorted(ids(a0, a1))
+
+    assert r.sent() == [] and r.queue.slow_lane == [] and r.nothing_resent()
+    assert [tuple(h) for h, _ in r.ordered.holds] == [tuple(handles(a0, a1))]
+    assert {line["errorCode"] for line in r.audit_lines()} == {"breaker-open"}
