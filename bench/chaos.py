@@ -3,8 +3,9 @@
 The scenario (docs/chaos.md):
 
 - one integration, two targets, both signed (whsec_), authenticated (bearer / basic) and encrypted;
-- target "flaky": its receiver answers about 30 % of requests with a fault (5xx, 429 with Retry-After,
-  a hang past the dispatcher's read timeout, a dropped connection);
+- target "flaky": its receiver answers about 30 % of requests with a fault (5xx, a hang past the
+  dispatcher's read timeout, a dropped connection), and 429 with Retry-After beyond its own hidden
+  limit of ``HIDDEN_LIMIT_PER_SECOND`` (throttling depends on the rate, as a real receiver's does);
 - target "dead": its receiver goes down entirely (every connection accepted, counted and dropped)
   for ``DOWN_SECONDS``, then comes back;
 - the dispatcher runs in warm worker processes (relay.local.function_worker), and one worker is
@@ -77,6 +78,9 @@ ENVIRONMENT = {
 # 8 planned attempts stay below MaxReceiveCount (10): the redrive backstop never pre-empts the relay.
 RETRY_MATRIX = {"attempts": 8, "baseIntervalMs": 200, "maxIntervalMs": 2000, "multiplier": 2}
 FAULT_RATE = 0.3
+# The flaky receiver's own limit: 429 beyond it. Random 429s would tell the relay's adaptive rate limit
+# (docs/dispatcher.md) to slow down whatever the rate, which is not what a throttle means.
+HIDDEN_LIMIT_PER_SECOND = 10.0
 # The dead target goes down once it has received this many requests (deliveries are under way: the
 # workers' cold starts are behind), for DOWN_SECONDS. From then on the first dispatcher worker busy for
 # KILL_MIN_BUSY_SECONDS with a batch of at least KILL_MIN_RECORDS records is killed.
@@ -353,7 +357,8 @@ class ChaosRun:
         flaky, dead = self.receiver(self.flaky_id), self.receiver(self.dead_id)
         flaky.behaviour = Behaviour(
             fault_rate=FAULT_RATE,
-            faults=("5xx", "429", "timeout", "drop"),
+            faults=("5xx", "timeout", "drop"),
+            hidden_limit_per_second=HIDDEN_LIMIT_PER_SECOND,
             retry_after_seconds=1,
             hang_seconds=READ_TIMEOUT_SECONDS + 1.5,
         )
@@ -685,6 +690,7 @@ class ChaosRun:
             "settings": {
                 "events": self.events,
                 "fault_rate": FAULT_RATE,
+                "hidden_limit_per_second": HIDDEN_LIMIT_PER_SECOND,
                 "down_seconds": DOWN_SECONDS,
                 "down_after_requests": DOWN_AFTER_REQUESTS,
                 "retry_matrix": RETRY_MATRIX,

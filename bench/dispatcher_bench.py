@@ -103,6 +103,7 @@ def make_dispatcher(url: str, *, encrypted: bool, concurrency: int) -> tuple[Any
     from relay.testing.fakes import (
         InMemoryAuditSink,
         InMemoryBreakerStore,
+        InMemoryRateLimitStore,
         InMemorySecrets,
         InMemoryTargets,
         RecordingQueueOps,
@@ -144,6 +145,7 @@ def make_dispatcher(url: str, *, encrypted: bool, concurrency: int) -> tuple[Any
         targets=InMemoryTargets(target),
         queue=queue,
         breakers=breakers,
+        rate_limits=InMemoryRateLimitStore(),
         audit=InMemoryAuditSink(),
         secrets=secrets,
     )

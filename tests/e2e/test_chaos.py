@@ -77,9 +77,11 @@ def test_every_accepted_event_is_delivered_or_dead_lettered(summary: dict[str, A
 
 def test_the_flaky_receiver_injected_every_kind_of_fault(summary: dict[str, Any]) -> None:
     answers = summary["targets"]["flaky"]["answers"]
-    faults = answers.get("5xx", 0) + answers.get("429", 0) + answers.get("dropped-or-hung", 0)
+    # 5xx, hangs and drops at random; 429s only beyond the receiver's hidden limit
+    faults = answers.get("5xx", 0) + answers.get("dropped-or-hung", 0)
+    within_limit = summary["targets"]["flaky"]["requests"] - answers.get("429", 0)
     assert answers.get("5xx", 0) > 0 and answers.get("429", 0) > 0 and answers.get("dropped-or-hung", 0) > 0
-    assert 0.2 < faults / summary["targets"]["flaky"]["requests"] < 0.4
+    assert 0.2 < faults / within_limit < 0.4
 
 
 def test_the_dead_targets_breaker_opened_and_held_within_the_probe_allowance(summary: dict[str, Any]) -> None:

@@ -51,6 +51,7 @@ from relay.testing.fakes import (
     InMemoryClaimCheckStore,
     InMemoryDeliveryQueue,
     InMemoryIdempotencyStore,
+    InMemoryRateLimitStore,
 )
 from relay.wiring.dispatcher import build_dispatcher
 
@@ -271,6 +272,7 @@ def relay_to() -> Iterator[tuple[Targets, ClaimChecks, Dispatcher, Receiver]]:
             targets=lookup,
             queue=QueueOps(),
             breakers=InMemoryBreakerStore(),
+            rate_limits=InMemoryRateLimitStore(),
             audit=None,
             secrets=SECRETS.__getitem__,
             claim_checks=claim_checks,
