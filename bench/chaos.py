@@ -48,6 +48,7 @@ import requests
 from relay.adapters.breaker_store import DynamoBreakerStore
 from relay.local.aws_stack import local_client
 from relay.local.function_worker import WorkerFunction
+from relay.local.poller import PollerStats
 from relay.local.receiver import Behaviour, Receiver
 from relay.local.stack import LocalStack
 from relay.logic.crypto import derive_key, parse_salt
@@ -63,7 +64,7 @@ SAMPLE = ROOT / "events" / "openmessaging_text.json"
 EVENTS = 300
 # Template parameters: a 15 s dispatcher timeout makes the queue's visibility timeout 90 s (6 x), so a
 # killed batch comes back within the run. The rest of the template's settings stay as deployed
-# (BatchSize 10, window 1 s, MaximumConcurrency 5, MaxReceiveCount 10).
+# (BatchSize 10, window 0, MaximumConcurrency 5 per lane, MaxReceiveCount 10).
 PARAMETERS = {"DispatcherTimeoutSeconds": "15"}
 READ_TIMEOUT_SECONDS = 1.5
 BREAKER_RESET_SECONDS = 2.0
@@ -437,24 +438,14 @@ class ChaosRun:
         dead.behaviour.up = True
         self.timeline.setdefault("down_end", time.time())
 
-    def _queue_busy(self) -> bool:
-        assert self.stack is not None and self.stack.resources is not None and self.stack.poller is not None
-        attrs = self.stack.sqs.get_queue_attributes(
-            QueueUrl=self.stack.resources.delivery_queue_url,
-            AttributeNames=[
-                "ApproximateNumberOfMessages",
-                "ApproximateNumberOfMessagesNotVisible",
-                "ApproximateNumberOfMessagesDelayed",
-            ],
-        )["Attributes"]
-        return any(int(v) for v in attrs.values()) or self.stack.poller.stats().in_flight > 0
-
     def _settle(self, timeout: float = SETTLE_TIMEOUT_SECONDS) -> bool:
-        """Until the delivery queue is empty (visible, in flight, delayed) and the poller idle, twice."""
+        """Until both lanes' delivery queues are empty (visible, in flight, delayed) and their pollers
+        idle, three looks in a row."""
+        assert self.stack is not None
         deadline = time.monotonic() + timeout
         quiet = 0
         while time.monotonic() < deadline:
-            quiet = 0 if self._queue_busy() else quiet + 1
+            quiet = 0 if self.stack.deliveries_pending() else quiet + 1
             if quiet >= 3:
                 return True
             time.sleep(0.5)
@@ -637,6 +628,7 @@ class ChaosRun:
             )
         }
         stats = self.stack.poller.stats()
+        slow = self.stack.slow_poller.stats() if self.stack.slow_poller else PollerStats()
         t0 = self.timeline["send_start"]
         return {
             "events_sent": len(self.sent),
@@ -688,6 +680,12 @@ class ChaosRun:
                 "failed_invocations": stats.failed_invocations,
                 "records": stats.records,
                 "max_in_flight": stats.max_in_flight,
+            },
+            # Records the fast lane routed to the slow lane (a target measured slow), and what ran there.
+            "slow_lane_poller": {
+                "invocations": slow.invocations,
+                "failed_invocations": slow.failed_invocations,
+                "records": slow.records,
             },
             "settings": {
                 "events": self.events,

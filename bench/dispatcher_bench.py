@@ -286,7 +286,7 @@ def main(quick: bool) -> dict[str, Any]:
         "target_encryption_at_most_10pct_slower": {"holds": all(v <= 0.10 for v in slowdowns.values())},
         "dynamodb_calls_per_batch_closed_breaker": {
             "breaker_get_item": at_200["breaker_reads_per_batch"],
-            "breaker_put_item": at_200["breaker_writes_per_batch"],
+            "breaker_update_item": at_200["breaker_writes_per_batch"],
             "targets_query": 0,
             "note": "targets are cached per container (TARGET_CACHE_TTL_SECONDS): no Query per batch",
         },

@@ -363,29 +363,14 @@ class OrderingRun:
         event["text"] = f"ordering-proof conversation {conversation} message {seq}"
         return event_id, json.dumps(event, separators=(",", ":")).encode()
 
-    def _queues_busy(self) -> bool:
-        assert self.stack is not None and self.stack.resources is not None
-        resources = self.stack.resources
-        for url in (resources.delivery_queue_url, resources.ordered_queue_url):
-            attributes = self.stack.sqs.get_queue_attributes(
-                QueueUrl=url,
-                AttributeNames=[
-                    "ApproximateNumberOfMessages",
-                    "ApproximateNumberOfMessagesNotVisible",
-                    "ApproximateNumberOfMessagesDelayed",
-                ],
-            )["Attributes"]
-            if any(int(value) for value in attributes.values()):
-                return True
-        pollers = (self.stack.poller, self.stack.ordered_poller)
-        return any(poller is not None and poller.stats().in_flight > 0 for poller in pollers)
-
     def _settle(self) -> bool:
-        """Until both delivery queues are empty and both pollers idle, three looks in a row."""
+        """Until every delivery queue (fast, slow, ordered) is empty and every poller idle, three looks
+        in a row."""
+        assert self.stack is not None
         deadline = time.monotonic() + SETTLE_TIMEOUT_SECONDS
         quiet = 0
         while time.monotonic() < deadline:
-            quiet = 0 if self._queues_busy() else quiet + 1
+            quiet = 0 if self.stack.deliveries_pending() else quiet + 1
             if quiet >= 3:
                 return True
             time.sleep(0.5)  # not a wait: the interval between looks at the queues

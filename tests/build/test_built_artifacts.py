@@ -31,7 +31,13 @@ from relay.local.template import load_template
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = load_template(ROOT / "template.yaml")
-FUNCTIONS = ("IntakeFunction", "DispatcherFunction", "ConfigSyncFunction", "OrderedDispatcherFunction")
+FUNCTIONS = (
+    "IntakeFunction",
+    "DispatcherFunction",
+    "SlowDispatcherFunction",
+    "ConfigSyncFunction",
+    "OrderedDispatcherFunction",
+)
 LAYERS = ("CoreLayer", "GenesysSdkLayer")
 DEPLOYABLE_ARCH = (
     os.environ.get("RELAY_BUILD_ARCH") or TEMPLATE.document["Parameters"]["Architecture"]["Default"]

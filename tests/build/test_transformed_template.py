@@ -76,6 +76,7 @@ def test_every_function_gets_a_version_and_the_alias_serves_it() -> None:
     assert set(functions) == {
         "IntakeFunction",
         "DispatcherFunction",
+        "SlowDispatcherFunction",
         "ConfigSyncFunction",
         "OrderedDispatcherFunction",
     }
@@ -90,8 +91,9 @@ def test_every_event_source_invokes_the_alias() -> None:
     resources = transformed("dev")
     mappings = of_type(resources, "AWS::Lambda::EventSourceMapping").values()
     assert sorted(json.dumps(m["FunctionName"]) for m in mappings) == sorted(
-        json.dumps(alias_ref(f)) for f in ("DispatcherFunction", "OrderedDispatcherFunction")
-    )
+        json.dumps(alias_ref(f))
+        for f in ("DispatcherFunction", "SlowDispatcherFunction", "OrderedDispatcherFunction")
+    ), "each lane's queue invokes its own dispatcher's alias"
     (rule,) = of_type(resources, "AWS::Events::Rule").values()
     assert [target["Arn"] for target in rule["Targets"]] == [alias_ref("IntakeFunction")]
     permissions = of_type(resources, "AWS::Lambda::Permission")
@@ -111,6 +113,7 @@ def test_a_release_shifts_per_stage_and_rolls_back_on_its_error_alarm(stage: str
     for function, alarm in (
         ("IntakeFunction", "IntakeErrorsAlarm"),
         ("DispatcherFunction", "DispatcherErrorsAlarm"),
+        ("SlowDispatcherFunction", "SlowDispatcherErrorsAlarm"),
         ("OrderedDispatcherFunction", "OrderedDispatcherErrorsAlarm"),
     ):
         group = groups[f"{function}DeploymentGroup"]

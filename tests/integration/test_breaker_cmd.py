@@ -159,7 +159,7 @@ def test_a_dispatcher_transition_between_the_resets_read_and_write_is_not_lost(
         clock.now = opened.until + 1
         dispatcher.handle_batch([task_record()])
 
-    aws_client("dynamodb").meta.events.register("before-call.dynamodb.PutItem", dispatcher_runs_first)
+    aws_client("dynamodb").meta.events.register("before-call.dynamodb.UpdateItem", dispatcher_runs_first)
 
     code, out, _ = _run(capsys, "reset", PLAIN_TARGET, "--format", "json")
 

@@ -1,8 +1,10 @@
 """The shared breaker against its stores: an in-memory store and DynamoDB on a moto server.
 
 A Hypothesis state machine plays several dispatchers opening gates, reporting results, dying
-mid-probe and letting time pass, and checks after every step that the stored state is coherent and
-that a half-open breaker has exactly one live probe. Then 8 threads race for one probe.
+mid-probe, moving the target between delivery lanes (stored in the same item on a version of its own)
+and letting time pass, and checks after every step that the stored state is coherent, that a
+half-open breaker has exactly one live probe, and that lane moves and breaker transitions never undo
+each other. Then 8 threads race for one probe.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from hypothesis.stateful import (
 
 from relay.local.aws_stack import LocalResources
 from relay.logic.breaker import Admission, BreakerPolicy, BreakerState, Gate, Phase, open_gate, report
+from relay.models.breaker import DeliveryLane, LaneState
 from relay.ports import BreakerStore
 from relay.settings import get_settings
 from relay.testing.fakes import InMemoryBreakerStore
@@ -35,8 +38,21 @@ POLICY = BreakerPolicy(failure_threshold=3, reset_seconds=10, max_reset_seconds=
 DISPATCHERS = st.integers(min_value=0, max_value=3)
 
 
+class LaneMoves(RuleBasedStateMachine):
+    """Dispatchers moving the target between lanes, interleaved with the breaker machine's steps."""
+
+    store: BreakerStore
+    key: str
+    now: float
+    lane: LaneState
+
+    @rule(stale=st.booleans())
+    def a_dispatcher_moves_the_lane(self, stale: bool) -> None:
+        self.lane = _move_lane(self.store, self.key, self.now, stale=stale) or self.lane
+
+
 def machine_for(make_store: Callable[[], BreakerStore]) -> type[RuleBasedStateMachine]:
-    class BreakerMachine(RuleBasedStateMachine):
+    class BreakerMachine(LaneMoves):
         def __init__(self) -> None:
             super().__init__()
             self.store = make_store()
@@ -46,6 +62,7 @@ def machine_for(make_store: Callable[[], BreakerStore]) -> type[RuleBasedStateMa
             self.probe_versions: set[int] = set()
             self.abandoned_versions: set[int] = set()
             self.last_version = 0
+            self.lane = LaneState()
 
         @rule(dispatcher=DISPATCHERS)
         def open_a_gate(self, dispatcher: int) -> None:
@@ -84,7 +101,9 @@ def machine_for(make_store: Callable[[], BreakerStore]) -> type[RuleBasedStateMa
 
         @invariant()
         def the_stored_state_is_coherent(self) -> None:
-            state: BreakerState = self.store.load(self.key)
+            state, lane = self.store.load_with_lane(self.key)
+            assert lane == self.lane, "a breaker write changed the lane"
+            assert state == self.store.load(self.key)
             assert state.version >= self.last_version
             self.last_version = state.version
             if state.phase is Phase.CLOSED:
@@ -100,6 +119,19 @@ def machine_for(make_store: Callable[[], BreakerStore]) -> type[RuleBasedStateMa
                 assert len(holders) == 1 or state.version in self.abandoned_versions
 
     return BreakerMachine
+
+
+def _move_lane(store: BreakerStore, key: str, now: float, *, stale: bool) -> LaneState | None:
+    """A dispatcher moves the target to the other lane: the lane written, or None when its read was
+    ``stale`` (made before the last move), so its conditional write must lose."""
+    _, lane = store.load_with_lane(key)
+    other = DeliveryLane.SLOW if lane.lane is DeliveryLane.FAST else DeliveryLane.FAST
+    moved = LaneState(other, lane.version + 1, now)
+    if stale and lane.version > 0:
+        assert not store.save_lane(key, moved, expected_version=lane.version - 1)
+        return None
+    assert store.save_lane(key, moved, expected_version=lane.version)
+    return moved
 
 
 def test_breaker_transitions_hold_against_the_in_memory_store() -> None:

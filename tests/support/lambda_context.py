@@ -25,12 +25,14 @@ class _Function:
 
 @cache
 def _function(name: str) -> _Function:
-    """functions/<name>'s entry in template.yaml (the one whose CodeUri is that directory)."""
+    """functions/<name>'s entry in template.yaml (the one whose CodeUri is that directory; for the
+    dispatcher's code, which the slow lane's SlowDispatcherFunction runs too, the fast lane's)."""
     template = load_template(parameters={"Stage": "local"})
     (logical_id,) = [
         logical_id
         for logical_id in template.resources_of_type("AWS::Serverless::Function")
         if template.function(logical_id).code_dir == FUNCTIONS / name
+        and template.function(logical_id).environment.get("DISPATCH_LANE", "fast") == "fast"
     ]
     return _Function(
         name=f"{template.pseudo['AWS::StackName']}-{logical_id}",

@@ -261,6 +261,19 @@ def test_the_alarm_widget_shows_every_alarm() -> None:
     assert sorted(shown) == sorted(BASE.get_att(logical_id, "Arn") for logical_id in alarms)
 
 
+def test_dashboard_widgets_fit_the_grid_without_overlapping() -> None:
+    # CloudWatch moves an overlapping widget elsewhere silently: a row two changes both added at the
+    # same y would leave the dashboard in an order nobody chose.
+    cells: dict[tuple[int, int], str] = {}
+    for widget in dashboard(BASE)["widgets"]:
+        title = widget["properties"].get("title", widget["type"])
+        x, y, width, height = (int(widget[key]) for key in ("x", "y", "width", "height"))
+        assert 0 <= x and x + width <= 24, f"{title}: outside the 24-column grid"
+        for cell in ((col, row) for col in range(x, x + width) for row in range(y, y + height)):
+            assert cell not in cells, f"{title} overlaps {cells[cell]} at column {cell[0]}, row {cell[1]}"
+            cells[cell] = title
+
+
 # --- the contract against the code ----------------------------------------------------------------------
 
 

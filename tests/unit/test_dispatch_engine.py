@@ -1,7 +1,8 @@
 """The dispatcher's engine against in-memory fakes of its ports (relay.testing.fakes): no moto, no sockets.
 
 Every settling branch, breaker admission (deliver, probe, defer, store down), the time budget, poison
-and unknown or disabled targets, the 410 lane stop and the partial batch response. What is observed is
+and unknown or disabled targets, the 410 lane stop, the partial batch response and slow-target
+isolation (routing to the slow lane, lane moves). What is observed is
 what the outside world would see: the requests the HTTP port received, the queue operations, the
 breaker store's state, the audit lines and ``batchItemFailures``.
 """
@@ -19,11 +20,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from support.waiting import wait_until
 
 from relay.logic.dispatch import SETTLE_MARGIN_MS, Dispatcher
-from relay.models.breaker import BreakerState, Phase, target_key
+from relay.logic.dispatch.isolation import EWMA_ALPHA, FORGET_AFTER_SECONDS, LatencyTracker
+from relay.models.breaker import BreakerState, DeliveryLane, LaneState, Phase, target_key
 from relay.models.delivery import ATTR_ATTEMPTS, ATTR_DEFERRALS, DeliveryTask, DlqReason, S3Ref
-from relay.models.http import CONNECT_TIMEOUT, HttpResult
+from relay.models.http import CONNECT_TIMEOUT, READ_TIMEOUT, HttpResult
 from relay.models.rate_limit import BucketState, RateLimit, rate_key
 from relay.models.secrets import RotatingSecret
 from relay.models.targets import RetryMatrix, SecurityType, Target, TargetSecurity
@@ -151,6 +154,12 @@ class Relay:
 
     def set_breaker(self, state: BreakerState, target_id: str = "crm") -> None:
         assert self.breakers.save(target_key(INTEGRATION, target_id), state, expected_version=0)
+
+    def lane(self, target_id: str = "crm") -> LaneState:
+        return self.breakers.load_with_lane(target_key(INTEGRATION, target_id))[1]
+
+    def set_lane(self, lane: LaneState, target_id: str = "crm") -> None:
+        assert self.breakers.save_lane(target_key(INTEGRATION, target_id), lane, expected_version=0)
 
 
 def relay(
@@ -643,6 +652,229 @@ def test_no_target_gets_more_requests_at_once_than_its_slots(running: list[Relay
     assert peak == {"a": 2, "b": 2} and len(r.http.requests) == 12
 
 
+# --- slow-target isolation (relay.logic.dispatch.isolation) ------------------------------------------------
+SLOW_QUEUE = "https://sqs.us-east-1.amazonaws.com/123456789012/relay-SlowDeliveryQueue"
+
+
+def by_host(**elapsed_ms: float) -> Callable[[str, str, Mapping[str, str], bytes], HttpResult]:
+    """200 from every target, each taking its own time (``by_host(slow=2000)``; others 50 ms)."""
+
+    def respond(method: str, url: str, headers: Mapping[str, str], body: bytes) -> HttpResult:
+        return HttpResult(200, elapsed_ms.get(url.split("//")[1].split(".")[0], 50.0))
+
+    return respond
+
+
+def requested(r: Relay, target_id: str) -> int:
+    return sum(1 for _, url, _, _ in r.http.requests if url.startswith(f"https://{target_id}."))
+
+
+def fast_lane(*targets: Target, **settings: str) -> Relay:
+    return relay(*targets, SLOW_DELIVERY_QUEUE_URL=SLOW_QUEUE, **settings)
+
+
+def warm(r: Relay) -> Relay:
+    """A container past its first invocation (which builds clients and connections, and is not measured)."""
+    r.batch()
+    return r
+
+
+def test_the_fast_lane_routes_a_slow_targets_records_unattempted_and_claims_no_probe(
+    running: list[Relay],
+) -> None:
+    # Given a target already in the slow lane, whose breaker may be probed, and a healthy target
+    r = start(running, fast_lane(make_target("slow"), make_target("crm"), answer_with=by_host()))
+    r.set_lane(LaneState(DeliveryLane.SLOW, 1, NOW - 5), "slow")
+    r.set_breaker(BreakerState(Phase.OPEN, 5, 1, NOW - 1, 3), "slow")
+    retried = record("slow", receive_count=2, attempts=1, deferrals=2)
+
+    # When a batch holds records of both
+    failed = r.batch(retried, record("crm"))
+
+    # Then the healthy one is delivered here, the slow one handed to the slow lane with its attempts
+    assert failed == []
+    assert (requested(r, "crm"), requested(r, "slow")) == (1, 0)
+    assert r.queue.slow_lane == [{"body": retried["body"], "attempts": 2, "deferrals": 2}]
+    assert r.breaker("slow").version == 3, "no probe was claimed for records that are not attempted here"
+    routed = [line for line in r.audit_lines() if line["targetId"] == "slow"]
+    assert [(line["outcome"], line["errorCode"], line["attempt"]) for line in routed] == [
+        ("routed-to-slow-lane", "slow-target", None)
+    ]
+
+
+def test_a_target_measured_slow_moves_to_the_slow_lane_with_one_write(running: list[Relay]) -> None:
+    r = warm(
+        start(running, fast_lane(make_target("slow"), make_target("crm"), answer_with=by_host(slow=2_000)))
+    )
+
+    # When one batch finds the target slow (three answers of 2 s each)
+    assert r.batch(*(record(t) for t in ["slow", "crm"] * 3)) == []
+
+    # Then its records were delivered, and its lane written slow once (the healthy one's never)
+    assert (requested(r, "slow"), requested(r, "crm")) == (3, 3)
+    assert r.lane("slow") == LaneState(DeliveryLane.SLOW, 1, NOW)
+    assert r.lane("crm") == LaneState()
+    writes = r.breakers.writes
+
+    # And the next batches route its records without measuring or writing again
+    r.batch(*(record(t) for t in ["slow", "crm"] * 3))
+    r.batch(record("slow"), record("crm"))
+    assert (requested(r, "slow"), requested(r, "crm")) == (3, 7)
+    assert len(r.queue.slow_lane) == 4
+    assert r.breakers.writes == writes
+
+
+def test_a_target_is_moved_as_soon_as_it_measures_slow_not_when_its_batch_ends(running: list[Relay]) -> None:
+    # Given a target whose first three answers take 2 s and whose fourth request hangs (a time-out
+    # holds an invocation for its whole read timeout): the hanging request waits until the lane reads
+    # slow, with a bound
+    relays: list[Relay] = []
+    answered = 0
+    lock = threading.Lock()
+    all_sent = threading.Barrier(4, timeout=5)  # the four requests are in flight together
+    lane_written_while_hanging: list[bool] = []
+
+    def answer(method: str, url: str, headers: Mapping[str, str], body: bytes) -> HttpResult:
+        nonlocal answered
+        all_sent.wait()
+        with lock:
+            answered += 1
+            hangs = answered == 4
+        if not hangs:
+            return HttpResult(200, 2_000.0)
+        try:
+            wait_until(lambda: relays[0].lane().lane is DeliveryLane.SLOW, what="lane written", timeout=5)
+            lane_written_while_hanging.append(True)
+        except AssertionError:
+            lane_written_while_hanging.append(False)
+        return HttpResult(None, 10_000.0, error_code=READ_TIMEOUT, error="read timed out")
+
+    relays.append(r := warm(start(running, fast_lane(answer_with=answer))))
+
+    # When one batch carries four of its records
+    r.batch(*(record() for _ in range(4)))
+
+    # Then the lane was written slow while the batch still waited on the hanging request (the other
+    # containers route the target from then on), with one write
+    assert lane_written_while_hanging == [True]
+    assert r.lane() == LaneState(DeliveryLane.SLOW, 1, NOW)
+
+
+def test_time_outs_count_as_slow_for_their_whole_duration(running: list[Relay]) -> None:
+    timed_out = HttpResult(None, 10_000.0, error_code=READ_TIMEOUT, error="read timed out")
+    r = warm(start(running, fast_lane(answer_with=lambda *_: timed_out)))
+
+    r.batch(*(record() for _ in range(3)))
+
+    assert r.lane().lane is DeliveryLane.SLOW
+
+
+def test_records_waiting_for_a_target_that_turns_out_slow_are_routed_instead(running: list[Relay]) -> None:
+    # Given one request at a time per target, and a target answering in 2 s
+    r = warm(start(running, fast_lane(answer_with=by_host(crm=2_000), PER_TARGET_CONCURRENCY="1")))
+
+    # When five of its records arrive in one batch
+    assert r.batch(*(record() for _ in range(5))) == []
+
+    # Then the records still waiting once three answers showed it slow went to the slow lane
+    assert len(r.http.requests) == 3 and len(r.queue.slow_lane) == 2
+    assert r.queue.slow_lane[0]["attempts"] == 0
+
+
+def test_a_containers_first_invocation_is_not_measured(running: list[Relay]) -> None:
+    # Its connections are opened and its clients built there: its latencies describe the container
+    r = start(running, fast_lane(answer_with=by_host(crm=2_000)))
+
+    r.batch(*(record() for _ in range(5)))
+    assert r.lane() == LaneState() and len(r.http.requests) == 5
+
+    r.batch(*(record() for _ in range(3)))
+    assert r.lane().lane is DeliveryLane.SLOW
+
+
+def test_one_slow_answer_or_a_fast_target_moves_nothing(running: list[Relay]) -> None:
+    r = warm(
+        start(running, fast_lane(make_target("slow"), make_target("crm"), answer_with=by_host(slow=5_000)))
+    )
+
+    r.batch(record("slow"), *(record("crm") for _ in range(9)))
+
+    assert (r.lane("slow"), r.lane("crm")) == (LaneState(), LaneState())
+    assert r.breakers.writes == 0
+
+
+def test_the_slow_lane_brings_a_target_back_once_fast_after_its_minimum_stay(running: list[Relay]) -> None:
+    # Given the slow lane's dispatcher and a target moved there just now, fast again
+    r = warm(start(running, relay(answer_with=by_host(crm=50), DISPATCH_LANE="slow")))
+    r.set_lane(LaneState(DeliveryLane.SLOW, 1, NOW))
+
+    # When it delivers the target's records, it keeps the target there for the minimum stay
+    assert r.batch(*(record() for _ in range(3))) == []
+    assert len(r.http.requests) == 3 and r.queue.slow_lane == []
+    assert r.lane() == LaneState(DeliveryLane.SLOW, 1, NOW)
+
+    # Then after it the target goes back to the fast lane (one conditional write)
+    r.clock.now += 60
+    r.batch(record())
+    assert r.lane() == LaneState(DeliveryLane.FAST, 2, NOW + 60)
+
+
+def test_the_slow_lane_keeps_a_target_that_is_still_slow(running: list[Relay]) -> None:
+    r = warm(start(running, relay(answer_with=by_host(crm=800), DISPATCH_LANE="slow")))
+    r.set_lane(LaneState(DeliveryLane.SLOW, 1, NOW - 3_600))
+
+    r.batch(*(record() for _ in range(5)))
+
+    # 800 ms is under the 1 s threshold but not under half of it: no flapping back and forth
+    assert r.lane() == LaneState(DeliveryLane.SLOW, 1, NOW - 3_600)
+
+
+def test_with_isolation_off_every_record_is_delivered_where_it_arrived(running: list[Relay]) -> None:
+    r = warm(start(running, fast_lane(answer_with=by_host(crm=2_000), ISOLATE_SLOW_TARGETS="false")))
+    r.set_lane(LaneState(DeliveryLane.SLOW, 1, NOW))
+
+    r.batch(*(record() for _ in range(4)))
+
+    assert len(r.http.requests) == 4 and r.queue.slow_lane == []
+    assert r.lane() == LaneState(DeliveryLane.SLOW, 1, NOW)  # nothing written either
+
+
+def test_when_the_slow_lane_cannot_be_reached_its_records_are_delivered_here(running: list[Relay]) -> None:
+    r = start(running, fast_lane(answer_with=by_host()))
+    r.set_lane(LaneState(DeliveryLane.SLOW, 1, NOW))
+    r.queue.unavailable.add("to_slow_lane")
+
+    assert r.batch(record(), record()) == []
+
+    assert len(r.http.requests) == 2
+    assert [line["outcome"] for line in r.audit_lines()] == ["delivered", "delivered"]
+
+
+def test_a_containers_measure_forgets_old_samples_and_samples_from_another_lane() -> None:
+    clock = ManualClock(NOW)
+    tracker = LatencyTracker(clock)
+    for _ in range(3):
+        tracker.record("k", 2_000.0, lane_version=0)
+    assert tracker.latency_ms("k", lane_version=0) == 2_000.0
+
+    # Samples taken before the target moved say nothing about it in its new lane
+    assert tracker.latency_ms("k", lane_version=2) is None
+    # ... and those from long ago nothing about it now
+    for _ in range(3):
+        tracker.record("k", 2_000.0, lane_version=2)
+    clock.now += FORGET_AFTER_SECONDS + 1
+    assert tracker.latency_ms("k", lane_version=2) is None
+
+
+def test_the_measure_is_a_moving_average_judged_after_a_few_samples() -> None:
+    tracker = LatencyTracker(ManualClock(NOW))
+    tracker.record("k", 100.0, lane_version=0)
+    tracker.record("k", 100.0, lane_version=0)
+    assert tracker.latency_ms("k", lane_version=0) is None  # two samples are not enough
+    tracker.record("k", 1_100.0, lane_version=0)
+    assert tracker.latency_ms("k", lane_version=0) == pytest.approx(100 + EWMA_ALPHA * 1_000)
+
+
 # --- rate limits (issue 14, points 2 and 3) -----------------------------------------------------------
 
 
@@ -803,3 +1035,17 @@ def test_an_implicit_limit_from_a_dispatcher_that_got_nothing_through_starts_at_
     # Then the implicit limit starts at 0.75 x half the 10/s that were sent, not at nothing
     state = bucket(r)
     assert state is not None and state.cut_rate == pytest.approx(3.75)
+
+
+def test_a_limited_target_in_the_slow_lane_takes_no_tokens_in_the_fast_lane(running: list[Relay]) -> None:
+    # Given a rate-limited target already moved to the slow lane
+    r = start(running, fast_lane(limited(2, burst=3)))
+    r.set_lane(LaneState(DeliveryLane.SLOW, 1, NOW - 5))
+
+    # When the fast lane receives eight of its records
+    assert r.batch(*(record() for _ in range(8))) == []
+
+    # Then all eight go to the slow lane, none deferred, and its bucket is left for the slow lane's
+    # dispatcher (which delivers them, under the limit)
+    assert len(r.queue.slow_lane) == 8 and r.queue.deferrals == []
+    assert r.rate_limits.writes == 0 and bucket(r) is None

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from relay.logic.dispatch import Dispatcher
-from relay.models.breaker import BreakerState, Phase, target_key
+from relay.models.breaker import BreakerState, DeliveryLane, LaneState, Phase, target_key
 from relay.models.delivery import DeliveryTask, DlqReason
 from relay.models.http import HttpResult
 from relay.models.rate_limit import RateLimit
@@ -96,13 +96,14 @@ class OrderedRelay:
     audit: InMemoryAuditSink = field(default_factory=InMemoryAuditSink)
     clock: ManualClock = field(default_factory=lambda: ManualClock(NOW))
     with_ordered_path: bool = True
+    environment: dict[str, str] = field(default_factory=dict)  # the dispatcher's settings
     http: ScriptedHttp = field(init=False)
     dispatcher: Dispatcher = field(init=False)
 
     def __post_init__(self) -> None:
         self.http = ScriptedHttp(lambda m, u, h, body: HttpResult(self.answers.get(event_id(body), 200), 5.0))
         self.dispatcher = Dispatcher(
-            settings=Settings.model_validate({}),
+            settings=Settings.model_validate(self.environment),
             targets=self.targets,
             http=self.http,
             queue=self.queue,
@@ -393,3 +394,45 @@ def test_ordered_records_reaching_a_dispatcher_without_the_ordered_path_are_left
 
     assert r.batch(a0) == ids(a0)
     assert r.sent() == [] and r.nothing_resent()
+
+
+def routing_relay_with_a_slow_target(relays: list[OrderedRelay]) -> OrderedRelay:
+    """A dispatcher that routes slow targets (the fast lane, with a slow queue) and whose ordered
+    target's lane reads slow: what it does with ordered records must not change."""
+    routing = {"DISPATCH_LANE": "fast", "SLOW_DELIVERY_QUEUE_URL": "https://sqs.example.com/slow"}
+    r = ordered_relay(relays, environment=routing)
+    slow = LaneState(DeliveryLane.SLOW, 1, NOW - 5)
+    assert r.breakers.save_lane(target_key(INTEGRATION, "crm"), slow, expected_version=0)
+    return r
+
+
+def test_an_ordered_record_of_a_slow_target_is_delivered_in_its_conversation_not_routed(
+    relays: list[OrderedRelay],
+) -> None:
+    r = routing_relay_with_a_slow_target(relays)
+    a0, a1 = fifo_record("a", 0), fifo_record("a", 1)
+
+    assert r.batch(a0, a1) == []
+
+    assert r.sent() == ["a-0", "a-1"]
+    assert r.queue.slow_lane == [] and r.nothing_resent()
+
+
+def test_a_slow_ordered_target_whose_breaker_is_open_holds_its_conversation(
+    relays: list[OrderedRelay],
+) -> None:
+    # The slow lane's routing reads the lane instead of claiming the breaker: were it applied to an
+    # ordered record, the open breaker would be skipped and the record sent.
+    r = routing_relay_with_a_slow_target(relays)
+    r.breakers.save(
+        target_key(INTEGRATION, "crm"),
+        BreakerState(phase=Phase.OPEN, consecutive_failures=5, trips=1, until=NOW + 20, version=1),
+        expected_version=0,
+    )
+    a0, a1 = fifo_record("a", 0), fifo_record("a", 1)
+
+    assert sorted(r.batch(a0, a1)) == sorted(ids(a0, a1))
+
+    assert r.sent() == [] and r.queue.slow_lane == [] and r.nothing_resent()
+    assert [tuple(h) for h, _ in r.ordered.holds] == [tuple(handles(a0, a1))]
+    assert {line["errorCode"] for line in r.audit_lines()} == {"breaker-open"}

@@ -103,7 +103,9 @@ def test_the_loader_finds_the_handler_the_template_names(logical_id: str) -> Non
     name = function.code_dir.name
     assert function.code_dir == FUNCTIONS / name
     assert (function.handler_module, function.handler_function) == (f"{name}_handler", "lambda_handler")
-    assert lambda_context(name).function_name.endswith(logical_id)
+    # The slow lane runs the dispatcher's code: a test calling that code gets the fast lane's context.
+    named = "DispatcherFunction" if function.environment.get("DISPATCH_LANE") == "slow" else logical_id
+    assert lambda_context(name).function_name.rsplit("-", 1)[-1] == named
 
 
 def test_each_load_is_a_new_container() -> None:

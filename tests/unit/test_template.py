@@ -28,7 +28,25 @@ ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = Path(os.environ.get("RELAY_TEMPLATE_UNDER_TEST", ROOT / "template.yaml"))
 SAMCONFIG = TEMPLATE.parent / "samconfig.toml"
 FOURTEEN_DAYS = 14 * 24 * 3600
-FUNCTIONS = ("IntakeFunction", "DispatcherFunction", "ConfigSyncFunction", "OrderedDispatcherFunction")
+FUNCTIONS = (
+    "IntakeFunction",
+    "DispatcherFunction",
+    "SlowDispatcherFunction",
+    "ConfigSyncFunction",
+    "OrderedDispatcherFunction",
+)
+# Each dispatcher (the fast lane, the slow lane, the ordered lane) and the queue it consumes.
+DISPATCHERS = {
+    "DispatcherFunction": "DeliveryQueue",
+    "SlowDispatcherFunction": "SlowDeliveryQueue",
+    "OrderedDispatcherFunction": "OrderedDeliveryQueue",
+}
+# Each consumed queue and the dead-letter queue it redrives to (a FIFO queue needs a FIFO one).
+DEAD_LETTER_QUEUES = {
+    "DeliveryQueue": "DeadLetterQueue",
+    "SlowDeliveryQueue": "DeadLetterQueue",
+    "OrderedDeliveryQueue": "OrderedDeadLetterQueue",
+}
 
 
 def samconfig_overrides() -> dict[str, dict[str, str]]:
@@ -75,8 +93,8 @@ def resolved(template: Template, logical_id: str) -> dict[str, Any]:
     return props
 
 
-def sqs_event(template: Template) -> dict[str, Any]:
-    events = resolved(template, "DispatcherFunction")["Events"]
+def sqs_event(template: Template, dispatcher: str = "DispatcherFunction") -> dict[str, Any]:
+    events = resolved(template, dispatcher)["Events"]
     (sqs,) = [e["Properties"] for e in events.values() if e["Type"] == "SQS"]
     return dict(sqs)
 
@@ -117,48 +135,130 @@ def test_samconfig_values_satisfy_the_parameter_constraints(environment: str) ->
             assert re.fullmatch(spec["AllowedPattern"], value), where
 
 
-def test_queue_visibility_is_at_least_six_times_the_dispatcher_timeout(template: Template) -> None:
-    timeout = int(resolved(template, "DispatcherFunction")["Timeout"])
-    visibility = int(resolved(template, "DeliveryQueue")["VisibilityTimeout"])
+@pytest.mark.parametrize(("dispatcher", "queue"), DISPATCHERS.items())
+def test_queue_visibility_is_at_least_six_times_the_dispatcher_timeout(
+    template: Template, dispatcher: str, queue: str
+) -> None:
+    timeout = int(resolved(template, dispatcher)["Timeout"])
+    visibility = int(resolved(template, queue)["VisibilityTimeout"])
     assert visibility >= 6 * timeout, f"visibility {visibility}s < 6 x dispatcher timeout {timeout}s"
 
 
-def test_every_allowed_dispatcher_timeout_has_a_visibility_of_six_times_it(raw: Template) -> None:
+@pytest.mark.parametrize("queue", DISPATCHERS.values())
+def test_every_allowed_dispatcher_timeout_has_a_visibility_of_six_times_it(raw: Template, queue: str) -> None:
     # The mapping is the template's arithmetic: a missing or wrong row would deploy a short visibility.
     allowed = raw.document["Parameters"]["DispatcherTimeoutSeconds"]["AllowedValues"]
     for timeout in allowed:
         visibility = with_parameters({"DispatcherTimeoutSeconds": str(timeout)})
-        assert int(resolved(visibility, "DeliveryQueue")["VisibilityTimeout"]) >= 6 * int(timeout)
+        assert int(resolved(visibility, queue)["VisibilityTimeout"]) >= 6 * int(timeout)
 
 
-def test_queue_visibility_is_derived_from_the_timeout_parameter(raw: Template) -> None:
+@pytest.mark.parametrize(("dispatcher", "queue"), DISPATCHERS.items())
+def test_queue_visibility_is_derived_from_the_timeout_parameter(
+    raw: Template, dispatcher: str, queue: str
+) -> None:
     # One source of truth: the visibility must follow the timeout parameter, not be a literal.
-    visibility = raw.properties("DeliveryQueue")["VisibilityTimeout"]
+    visibility = raw.properties(queue)["VisibilityTimeout"]
     assert isinstance(visibility, dict), "VisibilityTimeout must be derived, not a number"
     assert "DispatcherTimeoutSeconds" in json.dumps(visibility)
-    assert raw.properties("DispatcherFunction")["Timeout"] == {"Ref": "DispatcherTimeoutSeconds"}
+    assert raw.properties(dispatcher)["Timeout"] == {"Ref": "DispatcherTimeoutSeconds"}
 
 
-def test_reserved_concurrency_is_at_least_the_event_source_maximum(template: Template) -> None:
-    dispatcher = template.function("DispatcherFunction")
-    maximum = int(sqs_event(template)["ScalingConfig"]["MaximumConcurrency"])
-    assert dispatcher.reserved_concurrency is not None, "ReservedConcurrentExecutions must be set"
+@pytest.mark.parametrize("dispatcher", DISPATCHERS)
+def test_reserved_concurrency_is_at_least_the_event_source_maximum(
+    template: Template, dispatcher: str
+) -> None:
+    function = template.function(dispatcher)
+    maximum = int(sqs_event(template, dispatcher)["ScalingConfig"]["MaximumConcurrency"])
+    assert function.reserved_concurrency is not None, "ReservedConcurrentExecutions must be set"
     assert 2 <= maximum <= 1000
-    assert dispatcher.reserved_concurrency >= maximum
+    assert function.reserved_concurrency >= maximum
 
 
-def test_max_receive_count_is_above_the_planned_attempts(template: Template) -> None:
-    redrive = resolved(template, "DeliveryQueue")["RedrivePolicy"]
+def test_the_fleet_is_bounded_by_every_lanes_maximum_concurrency(template: Template, raw: Template) -> None:
+    # Each lane reserves exactly what its event source may use, from one parameter each (CloudFormation
+    # has no arithmetic), so the fleet never holds more dispatchers than the lanes' maxima together.
+    reserved = sum(template.function(d).reserved_concurrency or 0 for d in DISPATCHERS)
+    maxima = sum(int(sqs_event(template, d)["ScalingConfig"]["MaximumConcurrency"]) for d in DISPATCHERS)
+    assert reserved == maxima
+    for dispatcher, parameter in (
+        ("DispatcherFunction", "DispatcherMaximumConcurrency"),
+        ("SlowDispatcherFunction", "SlowDispatcherMaximumConcurrency"),
+        ("OrderedDispatcherFunction", "OrderedDispatcherMaximumConcurrency"),
+    ):
+        props = raw.properties(dispatcher)
+        scaling = [e["Properties"]["ScalingConfig"] for e in props["Events"].values() if e["Type"] == "SQS"]
+        assert props["ReservedConcurrentExecutions"] == {"Ref": parameter}, dispatcher
+        assert scaling == [{"MaximumConcurrency": {"Ref": parameter}}], dispatcher
+
+
+@pytest.mark.parametrize(("dispatcher", "queue"), DISPATCHERS.items())
+def test_max_receive_count_is_above_the_planned_attempts(
+    template: Template, dispatcher: str, queue: str
+) -> None:
+    redrive = resolved(template, queue)["RedrivePolicy"]
     max_receive = int(redrive["maxReceiveCount"])
     assert max_receive >= 5  # AWS guidance: room for throttles and retries
     assert max_receive > largest_planned_attempts()
+    # The dispatcher keeps its planned attempts below the backstop of the queue it consumes.
+    variables = resolved(template, dispatcher)["Environment"]["Variables"]
+    assert int(variables["MAX_RECEIVE_COUNT"]) == max_receive
 
 
-def test_large_batches_have_a_batching_window(template: Template) -> None:
+@pytest.mark.parametrize("dispatcher", DISPATCHERS)
+def test_large_batches_have_a_batching_window(template: Template, dispatcher: str) -> None:
     # SQS refuses BatchSize > 10 without a window (the template's Rules assert the same).
-    event = sqs_event(template)
+    event = sqs_event(template, dispatcher)
     if int(event["BatchSize"]) > 10:
         assert int(event["MaximumBatchingWindowInSeconds"]) >= 1
+
+
+def test_records_are_delivered_without_a_batching_window_by_default(raw: Template) -> None:
+    # Live chat passes through the relay: a customer must not wait for a batch to fill.
+    assert raw.document["Parameters"]["DispatcherBatchingWindowSeconds"]["Default"] == 0
+    assert int(sqs_event(raw, "DispatcherFunction")["MaximumBatchingWindowInSeconds"]) == 0
+    # The slow lane's targets take seconds per request: its batches may fill for a second.
+    assert int(sqs_event(raw, "SlowDispatcherFunction")["MaximumBatchingWindowInSeconds"]) == 1
+
+
+@pytest.mark.parametrize("window", ["DispatcherBatchingWindowSeconds", "SlowDispatcherBatchingWindowSeconds"])
+def test_a_batch_size_above_ten_still_needs_a_window_in_both_lanes(window: str) -> None:
+    # CloudFormation refuses BatchSize > 10 without a window: the template's Rules say so first.
+    big = {"DispatcherBatchSize": "50", "DispatcherBatchingWindowSeconds": "1"}
+    assert failed_rules(with_parameters(big)) == []
+    assert failed_rules(with_parameters({**big, window: "0"})) == ["LargeBatchesNeedABatchingWindow"]
+
+
+def test_the_slow_lane_runs_the_fast_lanes_code_and_settings_on_its_own_queue(raw: Template) -> None:
+    from relay.models.breaker import DeliveryLane
+    from relay.settings import Settings
+
+    fast, slow = raw.function("DispatcherFunction"), raw.function("SlowDispatcherFunction")
+    assert (slow.code_dir, slow.handler_module, slow.handler_function, slow.timeout_seconds) == (
+        fast.code_dir,
+        fast.handler_module,
+        fast.handler_function,
+        fast.timeout_seconds,
+    )
+    fast_settings, slow_settings = (
+        Settings.model_validate(fast.environment),
+        Settings.model_validate(slow.environment),
+    )
+    assert (
+        fast_settings.dispatch_lane is DeliveryLane.FAST and slow_settings.dispatch_lane is DeliveryLane.SLOW
+    )
+    # The fast lane routes to the queue the slow lane consumes; each retries and defers on its own.
+    assert fast_settings.delivery_queue_url == raw.ref("DeliveryQueue")
+    assert (
+        fast_settings.slow_delivery_queue_url
+        == slow_settings.delivery_queue_url
+        == raw.ref("SlowDeliveryQueue")
+    )
+    own = {"DISPATCH_LANE", "DELIVERY_QUEUE_URL", "SLOW_DELIVERY_QUEUE_URL"}
+    shared = {k: v for k, v in fast.environment.items() if k not in own}
+    assert shared == {k: v for k, v in slow.environment.items() if k not in own}, (
+        "the lanes' settings drifted"
+    )
 
 
 def test_one_delivery_fits_in_the_dispatcher_timeout(raw: Template) -> None:
@@ -170,18 +270,25 @@ def test_one_delivery_fits_in_the_dispatcher_timeout(raw: Template) -> None:
         assert int(timeout) > single_delivery
 
 
-def test_dispatcher_reports_partial_batch_failures_from_the_delivery_queue(raw: Template) -> None:
-    event = sqs_event(raw)
+@pytest.mark.parametrize(("dispatcher", "queue"), DISPATCHERS.items())
+def test_dispatcher_reports_partial_batch_failures_from_its_queue(
+    raw: Template, dispatcher: str, queue: str
+) -> None:
+    event = sqs_event(raw, dispatcher)
     assert event["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
-    assert raw.properties("DispatcherFunction")["Events"]["Deliveries"]["Properties"]["Queue"] == {
-        "Fn::GetAtt": ["DeliveryQueue", "Arn"]
-    }
+    (source,) = [e for e in raw.properties(dispatcher)["Events"].values() if e["Type"] == "SQS"]
+    assert source["Properties"]["Queue"] == {"Fn::GetAtt": [queue, "Arn"]}
 
 
-def test_delivery_queue_redrives_to_a_dead_letter_queue_kept_fourteen_days(raw: Template) -> None:
-    redrive = raw.properties("DeliveryQueue")["RedrivePolicy"]
-    assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
-    assert int(resolved(raw, "DeadLetterQueue")["MessageRetentionPeriod"]) == FOURTEEN_DAYS
+@pytest.mark.parametrize(("queue", "dead_letter_queue"), DEAD_LETTER_QUEUES.items())
+def test_delivery_queue_redrives_to_a_dead_letter_queue_kept_fourteen_days(
+    raw: Template, queue: str, dead_letter_queue: str
+) -> None:
+    assert set(DEAD_LETTER_QUEUES) == set(DISPATCHERS.values())
+    redrive = raw.properties(queue)["RedrivePolicy"]
+    assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": [dead_letter_queue, "Arn"]}
+    assert int(resolved(raw, queue)["MessageRetentionPeriod"]) == FOURTEEN_DAYS
+    assert int(resolved(raw, dead_letter_queue)["MessageRetentionPeriod"]) == FOURTEEN_DAYS
 
 
 # --- encryption, TTL, the audit bucket ------------------------------------------------------------------
@@ -325,13 +432,20 @@ def test_iam_has_no_wildcard_actions_or_resources(raw: Template, logical_id: str
                 assert value != "*" and isinstance(value, dict), f"{logical_id}: {kind} must name a resource"
 
 
-def test_dispatcher_table_access_is_only_what_it_uses(raw: Template) -> None:
+@pytest.mark.parametrize("dispatcher", DISPATCHERS)
+def test_dispatcher_table_access_is_only_what_it_uses(raw: Template, dispatcher: str) -> None:
     allowed = {
         "TargetsTable": {"dynamodb:Query", "dynamodb:GetItem", "dynamodb:PutItem"},
-        "BreakerTable": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"},
+        # Breaker and lane are written with conditional UpdateItem (each its own attributes).
+        "BreakerTable": {"dynamodb:GetItem", "dynamodb:UpdateItem"},
+        # The ordered lane counts failed attempts (relay.adapters.attempt_counter); no other lane may.
+        "OrderedAttemptsTable": {"dynamodb:GetItem", "dynamodb:UpdateItem"},
     }
+    expected = dict(allowed)
+    if dispatcher != "OrderedDispatcherFunction":
+        del expected["OrderedAttemptsTable"]
     granted: dict[str, set[str]] = {}
-    for policy in raw.properties("DispatcherFunction")["Policies"]:
+    for policy in raw.properties(dispatcher)["Policies"]:
         assert not any(kind.startswith("DynamoDB") for kind in policy), "use scoped statements"
         for statement in policy.get("Statement", []):
             if statement["Effect"] != "Allow":
@@ -340,14 +454,35 @@ def test_dispatcher_table_access_is_only_what_it_uses(raw: Template) -> None:
                 table = resource.get("Fn::GetAtt", [""])[0] if isinstance(resource, dict) else ""
                 if table in allowed:
                     granted.setdefault(table, set()).update(_as_list(statement["Action"]))
-    assert granted == allowed
+    assert granted == expected
 
 
-def test_dispatcher_reads_exactly_the_secret_kinds_its_targets_name(raw: Template) -> None:
+@pytest.mark.parametrize("dispatcher", [d for d in DISPATCHERS if d != "DispatcherFunction"])
+def test_every_lane_may_write_the_same_objects(raw: Template, dispatcher: str) -> None:
+    # The slow and the ordered lane audit and archive what they deliver as the fast lane does (each
+    # honours ArchiveEnabled; relay deliveries replay reads archive/ for all): the same S3 grants.
+    def s3_grants(function: str) -> set[tuple[str, str]]:
+        return {
+            (action, resource["Fn::Sub"])
+            for policy in raw.properties(function)["Policies"]
+            for statement in policy.get("Statement", [])
+            if statement["Effect"] == "Allow"
+            for action in _as_list(statement["Action"])
+            if action.startswith("s3:")
+            for resource in _as_list(statement["Resource"])
+        }
+
+    fast = s3_grants("DispatcherFunction")
+    assert ("s3:PutObject", "${AuditBucket.Arn}/archive/*") in fast
+    assert s3_grants(dispatcher) == fast
+
+
+@pytest.mark.parametrize("dispatcher", DISPATCHERS)
+def test_dispatcher_reads_exactly_the_secret_kinds_its_targets_name(raw: Template, dispatcher: str) -> None:
     # A Target names a signing secret, an auth secret (token, user:password, OAuth client secret), an
     # encryption key and an mTLS client certificate: each kind readable, nothing else.
     readable: set[str] = set()
-    for policy in raw.properties("DispatcherFunction")["Policies"]:
+    for policy in raw.properties(dispatcher)["Policies"]:
         for statement in policy.get("Statement", []):
             if "secretsmanager:GetSecretValue" in _as_list(statement["Action"]):
                 for resource in _as_list(statement["Resource"]):
@@ -356,20 +491,36 @@ def test_dispatcher_reads_exactly_the_secret_kinds_its_targets_name(raw: Templat
     assert readable == {kind.value for kind in kinds}
 
 
-def test_dispatcher_consumes_only_the_delivery_queue(raw: Template) -> None:
+@pytest.mark.parametrize(("dispatcher", "queue"), DISPATCHERS.items())
+def test_dispatcher_consumes_only_its_own_queue(raw: Template, dispatcher: str, queue: str) -> None:
     # SAM's SQS event attaches AWSLambdaSQSQueueExecutionRole (receive/delete on every queue); an
-    # explicit Deny outside the DeliveryQueue takes that back.
+    # explicit Deny outside the lane's own queue takes that back.
     consume = {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"}
     denies = [
         statement
-        for policy in raw.properties("DispatcherFunction")["Policies"]
+        for policy in raw.properties(dispatcher)["Policies"]
         for statement in policy.get("Statement", [])
         if statement["Effect"] == "Deny"
     ]
-    delivery_queue = {"Fn::GetAtt": ["DeliveryQueue", "Arn"]}
-    assert any(
-        consume <= set(_as_list(s["Action"])) and s.get("NotResource") == delivery_queue for s in denies
-    ), "no Deny of SQS consumption outside the DeliveryQueue"
+    own_queue = {"Fn::GetAtt": [queue, "Arn"]}
+    assert any(consume <= set(_as_list(s["Action"])) and s.get("NotResource") == own_queue for s in denies), (
+        f"no Deny of SQS consumption outside the {queue}"
+    )
+
+
+def test_only_the_fast_lane_may_send_to_the_slow_lane(raw: Template) -> None:
+    def sends_to(function: str) -> set[str]:
+        return {
+            policy["SQSSendMessagePolicy"]["QueueName"]["Fn::GetAtt"][0]
+            for policy in raw.properties(function)["Policies"]
+            if "SQSSendMessagePolicy" in policy
+        }
+
+    assert sends_to("DispatcherFunction") == {"DeliveryQueue", "DeadLetterQueue", "SlowDeliveryQueue"}
+    assert sends_to("SlowDispatcherFunction") == {"SlowDeliveryQueue", "DeadLetterQueue"}
+    # An ordered record is held, never re-sent: not to the slow lane either.
+    assert sends_to("OrderedDispatcherFunction") == {"OrderedDeadLetterQueue"}
+    assert sends_to("IntakeFunction") == {"DeliveryQueue", "OrderedDeliveryQueue"}
 
 
 # --- API, schedule, logs, alarms --------------------------------------------------------------------
@@ -442,7 +593,10 @@ def test_outputs_name_the_api_queues_tables_and_bucket(raw: Template) -> None:
     for logical_id in (
         "HttpApi",
         "DeliveryQueue",
+        "SlowDeliveryQueue",
         "DeadLetterQueue",
+        "OrderedDeliveryQueue",
+        "OrderedDeadLetterQueue",
         "TargetsTable",
         "BreakerTable",
         "IdempotencyTable",
@@ -489,7 +643,12 @@ def test_functions_run_on_the_architecture_parameter_arm64_by_default(raw: Templ
 
 # --- releases: versions, aliases, gradual deploys with rollback --------------------------------------
 GRADUAL = re.compile(r"(Canary|Linear)\d+Percent(Every)?(\d+)Minutes?")
-SHIFTED_RELEASES = ("IntakeFunction", "DispatcherFunction", "OrderedDispatcherFunction")
+SHIFTED_RELEASES = (
+    "IntakeFunction",
+    "DispatcherFunction",
+    "SlowDispatcherFunction",
+    "OrderedDispatcherFunction",
+)
 
 
 @pytest.mark.parametrize("logical_id", FUNCTIONS)
@@ -579,11 +738,14 @@ def test_config_sync_runs_one_at_a_time(raw: Template) -> None:
     assert raw.function("ConfigSyncFunction").reserved_concurrency == 1
 
 
-def test_per_target_concurrency_is_a_parameter_the_dispatcher_accepts(template: Template) -> None:
+@pytest.mark.parametrize("dispatcher", DISPATCHERS)
+def test_per_target_concurrency_is_a_parameter_the_dispatcher_accepts(
+    template: Template, dispatcher: str
+) -> None:
     from relay.settings import Settings
 
-    environment = template.function("DispatcherFunction").environment
-    variables = BASE.properties("DispatcherFunction")["Environment"]["Variables"]
+    environment = template.function(dispatcher).environment
+    variables = BASE.properties(dispatcher)["Environment"]["Variables"]
     assert variables["PER_TARGET_CONCURRENCY"] == {"Ref": "PerTargetConcurrency"}
     settings = Settings.model_validate(environment)
     assert settings.per_target_concurrency == int(template.parameters["PerTargetConcurrency"])
@@ -738,7 +900,7 @@ def test_allowed_target_ports_reach_both_functions_that_apply_the_url_policy(por
         spec["AllowedPattern"], spec["Default"]
     )
     template = with_parameters({"AllowedTargetPorts": ports})
-    for logical_id in ("DispatcherFunction", "ConfigSyncFunction"):
+    for logical_id in (*DISPATCHERS, "ConfigSyncFunction"):
         value = resolved(template, logical_id)["Environment"]["Variables"]["ALLOWED_TARGET_PORTS"]
         settings = Settings.model_validate({"ALLOWED_TARGET_PORTS": value})
         assert settings.allowed_target_ports == [int(port) for port in ports.split(",")], logical_id
@@ -801,8 +963,10 @@ def test_the_ordered_dispatcher_is_the_dispatcher_code_on_the_ordered_lane_only(
         and settings.ordered_dead_letter_queue_url
         and settings.ordered_attempts_table
     )
-    # It never sends to a delivery queue: an ordered record is held, not re-sent.
+    # It never sends to a delivery queue: an ordered record is held, not re-sent (nor routed to the
+    # slow lane: that is for standard records only).
     assert settings.delivery_queue_url is None and settings.dead_letter_queue_url is None
+    assert settings.slow_delivery_queue_url is None
     sends = [
         p["SQSSendMessagePolicy"]["QueueName"]
         for p in raw.properties(ORDERED)["Policies"]

@@ -16,11 +16,18 @@ from typing import Any, Protocol
 from pydantic import SecretStr
 
 from relay.models.archive import ArchiveRecord
-from relay.models.breaker import BreakerState
+from relay.models.breaker import BreakerState, LaneState
 from relay.models.delivery import DlqReason, S3Ref
 from relay.models.http import HttpResult
 from relay.models.idempotency import Claim
-from relay.models.queue import GroupPlacement, MoveTaskStatus, OrderedTask, OutgoingMessage, ReceivedMessage
+from relay.models.queue import (
+    GroupPlacement,
+    MoveTaskStatus,
+    OrderedTask,
+    OutgoingMessage,
+    ReceivedMessage,
+    Requeue,
+)
 from relay.models.rate_limit import BucketAnswer, BucketState
 from relay.models.secrets import RotatingSecret
 from relay.models.targets import Integration, IntegrationEntry, Target
@@ -117,6 +124,11 @@ class DeliveryQueueOps(Protocol):
     ) -> None:
         """Send the body to the DLQ with attributes saying why."""
 
+    def to_slow_lane(self, messages: Sequence[Requeue]) -> set[int]:
+        """Re-send each message to the slow lane's queue at once (batched), attempts unchanged; the
+        indexes of those SQS accepted (the rest stay the caller's). Never raises for SQS failing."""
+        ...
+
 
 class OrderedQueueOps(Protocol):
     """The ordered (FIFO) delivery queue and its FIFO dead-letter queue, as the dispatcher uses them.
@@ -157,15 +169,25 @@ class AttemptCounter(Protocol):
 
 
 class BreakerStore(Protocol):
-    """Breaker state per target key, written only with conditional, versioned writes. Raises
-    ``BreakerStoreUnavailable``."""
+    """Breaker state and lane per target key, each written only with conditional writes on its own
+    version. Raises ``BreakerStoreUnavailable``."""
 
     def load(self, key: str) -> BreakerState:
         """The stored state, or a fresh closed state (version 0) if there is none."""
         ...
 
+    def load_with_lane(self, key: str) -> tuple[BreakerState, LaneState]:
+        """The breaker state and the lane, from one consistent read of the target's item."""
+        ...
+
     def save(self, key: str, state: BreakerState, *, expected_version: int) -> bool:
-        """Store ``state`` if the stored version is ``expected_version``; False if another wrote first."""
+        """Store ``state`` if the stored version is ``expected_version``; False if another wrote first.
+        The lane is left as it is."""
+        ...
+
+    def save_lane(self, key: str, lane: LaneState, *, expected_version: int) -> bool:
+        """Store ``lane`` if the stored lane version is ``expected_version``; False if another wrote
+        first. The breaker state is left as it is."""
         ...
 
 

@@ -20,6 +20,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 
 from relay.errors import ConfigurationError
+from relay.models.breaker import DeliveryLane
 
 
 def _csv(value: object) -> object:
@@ -54,7 +55,10 @@ class Settings(BaseModel):
     targets_table: str | None = Field(None, alias="TARGETS_TABLE")
     breaker_table: str | None = Field(None, alias="BREAKER_TABLE")
     idempotency_table: str | None = Field(None, alias="IDEMPOTENCY_TABLE")
+    # The queue this function sends tasks to (intake) or consumes (a dispatcher: its own lane's queue).
     delivery_queue_url: str | None = Field(None, alias="DELIVERY_QUEUE_URL")
+    # The slow lane's queue, where the fast lane's dispatcher routes a slow target's records.
+    slow_delivery_queue_url: str | None = Field(None, alias="SLOW_DELIVERY_QUEUE_URL")
     dead_letter_queue_url: str | None = Field(None, alias="DEAD_LETTER_QUEUE_URL")
     # The EventBridge path's failure queues (stack outputs IntakeFailureQueueUrl and
     # EventBridgeDeadLetterQueueUrl): read only by `relay dlq --queue intake-failures|eventbridge`.
@@ -103,6 +107,13 @@ class Settings(BaseModel):
     # The delivery queue's redrive maxReceiveCount (template parameter MaxReceiveCount): planned attempts
     # stay below it, so the backstop never dead-letters a message without the relay's reason.
     max_receive_count: int | None = Field(None, alias="MAX_RECEIVE_COUNT", ge=2)
+    # Slow-target isolation (relay.logic.dispatch.isolation). The lane this dispatcher serves; a target
+    # whose latency (EWMA, timeouts counted in full) is above SLOW_TARGET_MS moves to the slow lane, and
+    # comes back once below half of it, after at least SLOW_LANE_MIN_SECONDS there.
+    dispatch_lane: DeliveryLane = Field(DeliveryLane.FAST, alias="DISPATCH_LANE")
+    isolate_slow_targets: bool = Field(True, alias="ISOLATE_SLOW_TARGETS")
+    slow_target_ms: float = Field(1_000.0, alias="SLOW_TARGET_MS", gt=0)
+    slow_lane_min_seconds: float = Field(60.0, alias="SLOW_LANE_MIN_SECONDS", ge=0)
     # How long a conversation blocked by an ordered target with onExhausted block waits before its
     # blocking delivery is tried again (SQS caps a message's visibility at 12 h from its receipt).
     ordered_block_hold_seconds: int = Field(3_600, alias="ORDERED_BLOCK_HOLD_SECONDS", ge=1, le=43_000)

@@ -1,25 +1,32 @@
-"""Circuit-breaker state per target in the BreakerTable, written only with conditional, versioned puts.
+"""Circuit-breaker state and lane per target in the BreakerTable, each written only with conditional
+updates on its own version.
 
-Item (key ``targetKey`` = "<integrationId>#<targetId>"): ``phase``, ``consecutiveFailures``, ``trips``,
-``until``, ``version``, ``updatedAt``, ``expiresAt`` (TTL: an idle target's record disappears, which
-reads as a fresh closed breaker).
+Item (key ``targetKey`` = "<integrationId>#<targetId>"):
 
-``save`` succeeds only if the stored version is still the one the caller read (``attribute_not_exists``
-for version 0), so concurrent dispatchers never overwrite each other's transitions and exactly one of
-them wins the half-open probe. relay.testing.fakes.InMemoryBreakerStore has the same semantics.
+- the breaker: ``phase``, ``consecutiveFailures``, ``trips``, ``until``, ``version``;
+- the lane (relay.logic.dispatch.isolation): ``lane``, ``laneVersion``, ``laneChangedAt``;
+- ``updatedAt``, ``expiresAt`` (TTL: an idle target's record disappears, which reads as a fresh
+  closed breaker in the fast lane).
+
+One consistent ``GetItem`` reads both halves. ``save`` sets only the breaker's attributes, and
+succeeds only if the stored ``version`` is still the one the caller read (``attribute_not_exists``
+for version 0), so concurrent dispatchers never overwrite each other's transitions and exactly one
+of them wins the half-open probe; ``save_lane`` does the same for the lane on ``laneVersion``. A
+lane move therefore never costs a breaker transition (or a probe's result) its conditional write,
+nor the other way round. relay.testing.fakes.InMemoryBreakerStore has the same semantics.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from relay.adapters.dynamodb import lost_race, version_condition
+from relay.adapters.dynamodb import lost_race
 from relay.errors import BreakerStoreUnavailable
-from relay.models.breaker import BreakerState, Phase
+from relay.models.breaker import BreakerState, DeliveryLane, LaneState, Phase
 
 RECORD_TTL_SECONDS = 7 * 24 * 3600
 
@@ -33,6 +40,9 @@ class DynamoBreakerStore:
         self._clock = clock
 
     def load(self, key: str) -> BreakerState:
+        return self.load_with_lane(key)[0]
+
+    def load_with_lane(self, key: str) -> tuple[BreakerState, LaneState]:
         try:
             item = self._ddb.get_item(
                 TableName=self._table, Key={"targetKey": {"S": key}}, ConsistentRead=True
@@ -40,37 +50,84 @@ class DynamoBreakerStore:
         except (ClientError, BotoCoreError) as exc:
             raise BreakerStoreUnavailable(f"breaker table unreadable ({type(exc).__name__})") from None
         if not item:
-            return BreakerState()
+            return BreakerState(), LaneState()
         try:
-            return BreakerState(
-                phase=Phase(item["phase"]["S"]),
-                consecutive_failures=int(item["consecutiveFailures"]["N"]),
-                trips=int(item["trips"]["N"]),
-                until=float(item["until"]["N"]),
-                version=int(item["version"]["N"]),
-            )
+            return _breaker(item), _lane(item)
         except (KeyError, ValueError) as exc:
             raise BreakerStoreUnavailable(
                 f"breaker record {key} is malformed ({type(exc).__name__})"
             ) from None
 
     def save(self, key: str, state: BreakerState, *, expected_version: int) -> bool:
-        now = self._clock()
-        item = {
-            "targetKey": {"S": key},
+        values = {
             "phase": {"S": state.phase.value},
             "consecutiveFailures": {"N": str(state.consecutive_failures)},
             "trips": {"N": str(state.trips)},
             "until": {"N": repr(state.until)},
             "version": {"N": str(state.version)},
-            "updatedAt": {"N": str(int(now))},
-            "expiresAt": {"N": str(int(now) + RECORD_TTL_SECONDS)},
         }
-        condition = version_condition("targetKey", expected_version or None)  # version 0: no item yet
+        return self._update(key, values, version_attribute="version", expected_version=expected_version)
+
+    def save_lane(self, key: str, lane: LaneState, *, expected_version: int) -> bool:
+        values = {
+            "lane": {"S": lane.lane.value},
+            "laneVersion": {"N": str(lane.version)},
+            "laneChangedAt": {"N": repr(lane.changed_at)},
+        }
+        return self._update(key, values, version_attribute="laneVersion", expected_version=expected_version)
+
+    def _update(
+        self,
+        key: str,
+        values: Mapping[str, dict[str, str]],
+        *,
+        version_attribute: str,
+        expected_version: int,
+    ) -> bool:
+        """SET ``values`` (and the timestamps) if ``version_attribute`` is still ``expected_version``."""
+        now = int(self._clock())
+        values = {**values, "updatedAt": {"N": str(now)}, "expiresAt": {"N": str(now + RECORD_TTL_SECONDS)}}
+        names = {f"#a{i}": name for i, name in enumerate(values)}
+        attribute_values = {f":v{i}": value for i, value in enumerate(values.values())}
+        names["#version"] = version_attribute
+        if expected_version == 0:
+            condition = "attribute_not_exists(#version)"
+        else:
+            condition = "#version = :expected"
+            attribute_values[":expected"] = {"N": str(expected_version)}
         try:
-            self._ddb.put_item(TableName=self._table, Item=item, **condition)
+            self._ddb.update_item(
+                TableName=self._table,
+                Key={"targetKey": {"S": key}},
+                UpdateExpression="SET " + ", ".join(f"#a{i} = :v{i}" for i in range(len(values))),
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=attribute_values,
+            )
         except (ClientError, BotoCoreError) as exc:
             if lost_race(exc):
                 return False
             raise BreakerStoreUnavailable(f"breaker table unwritable ({type(exc).__name__})") from None
         return True
+
+
+def _breaker(item: Mapping[str, Any]) -> BreakerState:
+    if "version" not in item:  # only the lane was ever written
+        return BreakerState()
+    return BreakerState(
+        phase=Phase(item["phase"]["S"]),
+        consecutive_failures=int(item["consecutiveFailures"]["N"]),
+        trips=int(item["trips"]["N"]),
+        until=float(item["until"]["N"]),
+        version=int(item["version"]["N"]),
+    )
+
+
+def _lane(item: Mapping[str, Any]) -> LaneState:
+    if "laneVersion" not in item:  # never moved
+        return LaneState()
+    return LaneState(
+        lane=DeliveryLane(item["lane"]["S"]),
+        version=int(item["laneVersion"]["N"]),
+        changed_at=float(item["laneChangedAt"]["N"]),
+    )

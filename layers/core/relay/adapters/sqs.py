@@ -1,4 +1,5 @@
-"""The one SQS adapter: the delivery queues (standard and ordered FIFO) and their dead-letter queues.
+"""The one SQS adapter: the delivery queues (standard fast and slow lane, ordered FIFO) and their
+dead-letter queues.
 
 - the intake's task sends (``send``): SendMessageBatch, all or nothing as seen by the caller. Entries
   SQS refuses in a batch answer are sent again (a few times, with a short pause); if some still fail,
@@ -6,8 +7,9 @@
   a repeated send is harmless, receivers deduplicate on the deterministic ``deliveryId``);
 - the dispatcher's operations: ``schedule_retry`` (ChangeMessageVisibility: the record comes back
   after its backoff), ``defer`` (re-send with DelaySeconds while the breaker is open, attempts
-  unchanged, deferrals + 1), ``dead_letter`` (to the DLQ with attributes saying why; the caller then
-  reports the original done, so SQS deletes it);
+  unchanged, deferrals + 1), ``to_slow_lane`` (re-send to the slow lane's queue, attempts unchanged),
+  ``dead_letter`` (to the DLQ with attributes saying why; the caller then reports the original done,
+  so SQS deletes it);
 - the ordered path's (docs/dispatcher.md, "Ordering"): ``send_ordered`` (the intake's tasks for ordered
   targets, each in its message group, deduplicated on the delivery id), ``hold`` (one group's
   received messages shown again together after a delay: ChangeMessageVisibilityBatch, never a
@@ -46,6 +48,7 @@ from relay.models.queue import (
     OrderedTask,
     OutgoingMessage,
     ReceivedMessage,
+    Requeue,
     plan_batches,
 )
 
@@ -58,8 +61,8 @@ _MOVE_TASK_MISSING = frozenset(
 
 
 class SqsQueues:
-    """The delivery queue and the DLQ. ``sqs`` is a boto3 SQS client; ``sleep`` paces the task-send
-    retries (tests pass one that does not wait)."""
+    """The delivery queue, the DLQ and (for the fast lane's dispatcher) the slow lane's queue. ``sqs``
+    is a boto3 SQS client; ``sleep`` paces the task-send retries (tests pass one that does not wait)."""
 
     def __init__(
         self,
@@ -67,6 +70,7 @@ class SqsQueues:
         *,
         delivery_queue_url: str | None = None,
         dead_letter_queue_url: str | None = None,
+        slow_queue_url: str | None = None,
         ordered_queue_url: str | None = None,
         ordered_dead_letter_queue_url: str | None = None,
         attempts: int = 3,
@@ -76,6 +80,7 @@ class SqsQueues:
         self._sqs = sqs
         self._delivery_queue_url = delivery_queue_url
         self._dead_letter_queue_url = dead_letter_queue_url
+        self._slow_queue_url = slow_queue_url
         self._ordered_queue_url = ordered_queue_url
         self._ordered_dead_letter_queue_url = ordered_dead_letter_queue_url
         self._attempts = attempts
@@ -135,21 +140,28 @@ class SqsQueues:
         deferrals: int,
         delay_seconds: int,
     ) -> None:
-        # A redriven message's dead-letter notes describe an earlier run: the deferred copy drops them.
-        attributes = {
-            name: value
-            for name, value in carried_attributes(message_attributes).items()
-            if name not in DEAD_LETTER_ATTRIBUTES
-        }
-        attributes[ATTR_ATTEMPTS] = _number(attempts)
-        attributes[ATTR_DEFERRALS] = _number(deferrals)
         self._call(
             "send_message",
             QueueUrl=self._delivery_queue(),
             MessageBody=body,
             DelaySeconds=delay_seconds,
-            MessageAttributes=attributes,
+            MessageAttributes=requeued_attributes(message_attributes, attempts, deferrals),
         )
+
+    def to_slow_lane(self, messages: Sequence[Requeue]) -> set[int]:
+        if not self._slow_queue_url:
+            raise ConfigurationError("setting SLOW_DELIVERY_QUEUE_URL is required here but not set")
+        outgoing = [
+            OutgoingMessage(str(i), m.body, requeued_attributes(m.attributes, m.attempts, m.deferrals))
+            for i, m in enumerate(messages)
+        ]
+        accepted: set[int] = set()
+        for batch in plan_batches(outgoing):
+            try:
+                accepted |= {int(entry_id) for entry_id in self.send_batch(self._slow_queue_url, batch)}
+            except DependencyUnavailable:
+                continue  # these stay with the caller, who delivers them itself
+        return accepted
 
     def dead_letter(
         self,
@@ -347,6 +359,21 @@ def _dead_letter_attributes(
         attributes[ATTR_TARGET_ID] = _string(target_id)
     if integration_id:
         attributes[ATTR_INTEGRATION_ID] = _string(integration_id)
+    return attributes
+
+
+def requeued_attributes(
+    message_attributes: Mapping[str, Any], attempts: int, deferrals: int
+) -> dict[str, dict[str, str]]:
+    """A re-sent copy's attributes: the record's own, the attempts and deferrals so far, and no
+    dead-letter notes (a redriven message's notes describe an earlier run)."""
+    attributes = {
+        name: value
+        for name, value in carried_attributes(message_attributes).items()
+        if name not in DEAD_LETTER_ATTRIBUTES
+    }
+    attributes[ATTR_ATTEMPTS] = _number(attempts)
+    attributes[ATTR_DEFERRALS] = _number(deferrals)
     return attributes
 
 

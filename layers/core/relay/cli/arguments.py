@@ -30,6 +30,13 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def per_second(text: str) -> float:
+    value = _parse(text, float, "a rate per second")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a rate per second above 0, not {text}")
+    return value
+
+
 def port(text: str) -> int:
     value = _parse(text, int, "a port number")
     if not 0 <= value <= 65535:

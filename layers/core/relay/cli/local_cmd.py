@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from relay.cli.arguments import port, positive_int, positive_seconds
+from relay.cli.arguments import per_second, port, positive_int, positive_seconds
 from relay.cli.exit_codes import CommandFailed, ExitCode, UsageError
 
 if TYPE_CHECKING:
@@ -48,6 +48,12 @@ def register(subparsers: Any) -> None:
         "--fixtures", type=Path, default=None, help="fixtures file (default events/fixtures/local.json)"
     )
     demo.add_argument("--events", type=positive_int, default=30, help="how many events to send (default 30)")
+    demo.add_argument(
+        "--rate",
+        type=per_second,
+        default=10.0,
+        help="events per second (default 10, live-chat pace: the latency figures are measured at it)",
+    )
     demo.add_argument(
         "--timeout", type=positive_seconds, default=120.0, help="seconds to wait for the queue to drain"
     )
@@ -150,9 +156,9 @@ def demo_command(args: argparse.Namespace) -> int:
     from relay.local.stack import LocalStack
 
     try:
-        with LocalStack(args.fixtures) as stack:
+        with LocalStack(args.fixtures, function_output=log_file) as stack:
             print(f"relay local demo: stack up, sending {args.events} events", file=sys.stderr)
-            report = run_demo(stack, args.events, timeout_seconds=args.timeout)
+            report = run_demo(stack, args.events, timeout_seconds=args.timeout, rate=args.rate)
     except LocalStackError as exc:
         raise _stack_failed(exc) from None
     finally:

@@ -23,6 +23,7 @@ from botocore.config import Config
 from relay.local.template import FunctionSpec, PhysicalResource, Template
 
 REGION = "us-east-1"
+SLOW_QUEUE = "SlowDeliveryQueue"
 # Dummy credentials: moto accepts anything, and real AWS must never be reached from local mode.
 LOCAL_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "local",
@@ -117,6 +118,7 @@ class LocalResources:
     template: Template
     delivery_queue_url: str
     dead_letter_queue_url: str
+    slow_delivery_queue_url: str | None  # the slow lane's queue (None: a template without one)
     targets_table: str
     breaker_table: str
     idempotency_table: str
@@ -149,6 +151,7 @@ def create_resources(template: Template, endpoint_url: str, prefix: str) -> Loca
         template=template,
         delivery_queue_url=template.ref("DeliveryQueue"),
         dead_letter_queue_url=template.ref("DeadLetterQueue"),
+        slow_delivery_queue_url=template.ref(SLOW_QUEUE) if SLOW_QUEUE in template.resources else None,
         targets_table=template.ref("TargetsTable"),
         breaker_table=template.ref("BreakerTable"),
         idempotency_table=template.ref("IdempotencyTable"),
@@ -164,13 +167,25 @@ def _ref_if_any(template: Template, logical_id: str) -> str:
 
 
 def function_environment(template: Template, endpoint_url: str) -> dict[str, str]:
-    """The union of every function's environment (they agree on shared names), plus local-mode settings."""
+    """The deployment's environment (``deployment_environment``) plus local-mode settings."""
+    return {**deployment_environment(template), **local_mode_environment(endpoint_url)}
+
+
+def deployment_environment(template: Template) -> dict[str, str]:
+    """The union of the functions' environments (they agree on shared names): what the operator tools,
+    the tests and the benchmarks see as the deployment's settings.
+
+    The slow lane's dispatcher is left out: its ``DELIVERY_QUEUE_URL`` (its own queue) and
+    ``DISPATCH_LANE`` describe its lane, not the deployment; the intake and the fast lane name the
+    DeliveryQueue."""
     env: dict[str, str] = {}
     for logical_id in template.resources_of_type("AWS::Serverless::Function"):
-        for name, value in template.function(logical_id).environment.items():
+        environment = template.function(logical_id).environment
+        if environment.get("DISPATCH_LANE", "fast") != "fast":
+            continue
+        for name, value in environment.items():
             if value or name not in env:
                 env[name] = value
-    env.update(local_mode_environment(endpoint_url))
     return env
 
 

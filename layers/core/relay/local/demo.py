@@ -2,15 +2,18 @@
 
 The sample Open Messaging events in events/ (``openmessaging_*.json``) are sent round-robin with
 fresh ids and times, each signed as Genesys signs (``X-Hub-Signature-256``, base64 HMAC-SHA256 of the
-raw body with the integration's signature secret). The demo then waits until the delivery queue is
-empty and the poller idle, and counts from what actually happened:
+raw body with the integration's signature secret), at ``rate`` events per second (live-chat pace:
+10 by default). The demo then waits until the delivery queues are empty and the pollers idle, and
+counts from what actually happened:
 
 - ``delivered``: accepted events that reached every one of their targets' receivers;
 - ``dead_lettered``: accepted events with a delivery task in the DLQ (its messages are read and
   their ``DeliveryTask`` bodies decoded);
 - ``lost``: accepted events with a target that neither got them nor has them in the DLQ.
 
-Latency is end to end, per (event, target): the POST leaving the demo to the receiver accepting it.
+Latency, per (event, target): ``p50_ms``/``p99_ms`` end to end (the POST leaving the demo to the
+receiver accepting it), and ``latency`` the relay-added latency (the intake's 202 to the request's
+first byte at the receiver) with its breakdown and the relay's own share (relay.local.latency).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from typing import Any
 
 import requests
 
+from relay.local.latency import ReceiveLog, Timing, latency_report, percentile
+from relay.local.receiver import ReceivedRequest
 from relay.local.stack import LocalStack, targets_by_integration
 from relay.logic.signature import sign
 from relay.models.delivery import DeliveryTask
@@ -41,6 +46,7 @@ class SentEvent:
     integration_id: str
     sent_at: float  # time.time(), comparable with the receivers' received_at
     status: int
+    accepted_at: float = 0.0  # when the intake's answer was back
 
     @property
     def accepted(self) -> bool:
@@ -56,6 +62,8 @@ class DemoReport:
     lost: int = 0
     p50_ms: float | None = None
     p99_ms: float | None = None
+    rate_per_second: float | None = None
+    latency: dict[str, Any] = field(default_factory=dict)
     deliveries: int = 0
     duplicates: int = 0
     rejected_by_intake: dict[str, int] = field(default_factory=dict)
@@ -92,18 +100,24 @@ def fresh_event(sample: dict[str, Any], integration_id: str) -> dict[str, Any]:
     return event
 
 
-def run_demo(stack: LocalStack, count: int = 30, *, timeout_seconds: float = 120.0) -> DemoReport:
-    """Send ``count`` events through a started stack, wait for it to settle, and tally the outcome."""
+def run_demo(
+    stack: LocalStack, count: int = 30, *, timeout_seconds: float = 120.0, rate: float | None = 10.0
+) -> DemoReport:
+    """Send ``count`` events through a started stack at ``rate`` per second (None: as fast as they
+    are answered), wait for it to settle, and tally the outcome."""
     started = time.monotonic()
-    report = DemoReport()
-    sent = _send(stack, count, report)
+    report = DemoReport(rate_per_second=rate)
+    receipts = ReceiveLog()
+    for poller in stack.pollers:
+        poller.add_receive_observer(receipts)
+    sent = _send(stack, count, report, rate)
     report.drained = _wait_until_settled(stack, sent, timeout_seconds)
-    _tally(stack, sent, report)
+    _tally(stack, sent, report, receipts)
     report.elapsed_s = round(time.monotonic() - started, 2)
     return report
 
 
-def _send(stack: LocalStack, count: int, report: DemoReport) -> list[SentEvent]:
+def _send(stack: LocalStack, count: int, report: DemoReport, rate: float | None) -> list[SentEvent]:
     samples = load_samples()
     integrations = [i for i in stack.fixtures.integrations if any(t.enabled for t in i.targets)]
     if not integrations:
@@ -112,8 +126,12 @@ def _send(stack: LocalStack, count: int, report: DemoReport) -> list[SentEvent]:
         itertools.cycle(samples), itertools.cycle(integrations), strict=False
     )
     sent: list[SentEvent] = []
+    pace = time.monotonic()
     with requests.Session() as session:
         for sample, integration in itertools.islice(plan, count):
+            if rate:
+                time.sleep(max(0.0, pace - time.monotonic()))  # not a wait: the sending rate
+                pace += 1 / rate
             event = fresh_event(sample, integration.id)
             body = json.dumps(event, separators=(",", ":")).encode()
             headers = {
@@ -123,7 +141,7 @@ def _send(stack: LocalStack, count: int, report: DemoReport) -> list[SentEvent]:
             }
             sent_at = time.time()
             response = session.post(stack.webhook_url(integration.id), data=body, headers=headers, timeout=15)
-            sent.append(SentEvent(event["id"], integration.id, sent_at, response.status_code))
+            sent.append(SentEvent(event["id"], integration.id, sent_at, response.status_code, time.time()))
             if not 200 <= response.status_code < 300:
                 key = str(response.status_code)
                 report.rejected_by_intake[key] = report.rejected_by_intake.get(key, 0) + 1
@@ -137,30 +155,18 @@ def _expected_pairs(stack: LocalStack, sent: list[SentEvent]) -> set[tuple[str, 
     return {(s.event_id, t.id) for s in sent if s.accepted for t in targets[s.integration_id]}
 
 
-def _delivered(stack: LocalStack) -> dict[tuple[str, str], float]:
-    """(event id, target id) -> when its target's receiver first accepted it."""
-    first: dict[tuple[str, str], float] = {}
+def _delivered(stack: LocalStack) -> dict[tuple[str, str], ReceivedRequest]:
+    """(event id, target id) -> the first request its target's receiver accepted."""
+    first: dict[tuple[str, str], ReceivedRequest] = {}
     for demo_receiver in stack.receivers.values():
         for request in demo_receiver.receiver.deliveries:
             event_id = (request.event or {}).get("id")
             if event_id is None:
                 continue
             key = (str(event_id), demo_receiver.target_id)
-            first[key] = min(first.get(key, request.received_at), request.received_at)
+            if key not in first or request.received_at < first[key].received_at:
+                first[key] = request
     return first
-
-
-def _queue_busy(stack: LocalStack) -> bool:
-    assert stack.resources is not None and stack.poller is not None
-    attrs = stack.sqs.get_queue_attributes(
-        QueueUrl=stack.resources.delivery_queue_url,
-        AttributeNames=[
-            "ApproximateNumberOfMessages",
-            "ApproximateNumberOfMessagesNotVisible",
-            "ApproximateNumberOfMessagesDelayed",
-        ],
-    )["Attributes"]
-    return any(int(v) for v in attrs.values()) or stack.poller.stats().in_flight > 0
 
 
 def _wait_until_settled(stack: LocalStack, sent: list[SentEvent], timeout_seconds: float) -> bool:
@@ -170,7 +176,7 @@ def _wait_until_settled(stack: LocalStack, sent: list[SentEvent], timeout_second
     quiet_checks = 0
     while time.monotonic() < deadline:
         all_delivered = expected <= set(_delivered(stack))
-        if _queue_busy(stack):
+        if stack.deliveries_pending():
             quiet_checks = 0
         else:
             quiet_checks += 1
@@ -202,13 +208,14 @@ def _dead_lettered(stack: LocalStack) -> set[tuple[str, str]]:
             found.add((task.event_id, task.target_id))
 
 
-def _tally(stack: LocalStack, sent: list[SentEvent], report: DemoReport) -> None:
+def _tally(stack: LocalStack, sent: list[SentEvent], report: DemoReport, receipts: ReceiveLog) -> None:
     targets = targets_by_integration(stack.fixtures)
     observed = {r.target_id for r in stack.receivers.values()}
     report.unobserved_targets = sorted(t.name for ts in targets.values() for t in ts if t.id not in observed)
     delivered = _delivered(stack)
     dead = _dead_lettered(stack)
     latencies: list[float] = []
+    timings: list[Timing] = []
     for event in (s for s in sent if s.accepted):
         pairs = [(event.event_id, t.id) for t in targets[event.integration_id]]
         if all(p in delivered for p in pairs):
@@ -217,11 +224,15 @@ def _tally(stack: LocalStack, sent: list[SentEvent], report: DemoReport) -> None
             report.dead_lettered += 1
         else:
             report.lost += 1
-        latencies += [(delivered[p] - event.sent_at) * 1000 for p in pairs if p in delivered]
+        for request in (delivered[p] for p in pairs if p in delivered):
+            latencies.append((request.received_at - event.sent_at) * 1000)
+            polled = receipts.first(request.webhook_id) if request.webhook_id else None
+            timings.append(Timing(event.sent_at, event.accepted_at, polled, request.arrived_at))
     report.deliveries = sum(len(r.receiver.deliveries) for r in stack.receivers.values())
     report.duplicates = sum(1 for r in stack.receivers.values() for d in r.receiver.deliveries if d.duplicate)
     report.p50_ms = percentile(latencies, 50)
     report.p99_ms = percentile(latencies, 99)
+    report.latency = latency_report(timings)
     assert stack.poller is not None
     stats = stack.poller.stats()
     report.poller = {
@@ -230,12 +241,3 @@ def _tally(stack: LocalStack, sent: list[SentEvent], report: DemoReport) -> None
         "records": stats.records,
         "max_in_flight": stats.max_in_flight,
     }
-
-
-def percentile(values: list[float], pct: float) -> float | None:
-    """Nearest-rank percentile, rounded to 0.1 ms; None without values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * pct // 100))
-    return round(ordered[int(rank) - 1], 1)

@@ -123,14 +123,18 @@ class _Worker:
         except (EOFError, OSError):
             raise WorkerDied(f"worker {self.pid} exited with {self.process.wait()}") from None
 
-    def call(self, request: dict[str, Any], timeout_seconds: float) -> dict[str, Any] | None:
-        """Send one invocation; its answer, or None when ``timeout_seconds`` passed first. The timeout
-        starts once the worker is ready: as in Lambda, a cold start's init is not the function's time."""
+    def wait_ready(self) -> None:
+        """Until the worker imported its handler (its cold start); raises WorkerDied."""
         if not self.ready:
             hello = self.receive(time.monotonic() + INIT_TIMEOUT_SECONDS)
             if hello is None or not hello.get("ready"):
                 raise WorkerDied(f"worker {self.pid} did not start")
             self.ready = True
+
+    def call(self, request: dict[str, Any], timeout_seconds: float) -> dict[str, Any] | None:
+        """Send one invocation; its answer, or None when ``timeout_seconds`` passed first. The timeout
+        starts once the worker is ready: as in Lambda, a cold start's init is not the function's time."""
+        self.wait_ready()
         deadline = time.monotonic() + timeout_seconds
         try:
             self.requests.send_bytes(json.dumps(request).encode())
@@ -290,6 +294,45 @@ class WorkerFunction(LocalFunction):
         if not alive:
             worker.kill()
             worker.close()
+
+    def prewarm(self, count: int) -> int:
+        """Start up to ``count`` more containers now and keep them warm, so that their cold starts
+        happen before traffic (benchmarks measure warm throughput); how many were started."""
+        with self._lock:
+            room = self.max_workers - len(self._idle) - len(self._busy) - self._spawning
+            wanted = max(0, min(count, room))
+            self._spawning += wanted
+        started: list[_Worker] = []
+        try:
+            started = [_Worker(self.spec, self.output, self.environment) for _ in range(wanted)]
+            for worker in started:
+                worker.wait_ready()
+        except WorkerDied:
+            for worker in started:
+                worker.kill()
+                worker.close()
+            raise
+        finally:
+            with self._lock:
+                self._spawning -= wanted
+        with self._lock:
+            self.stats.cold_starts += len(started)
+            self._idle.extend(started)
+            alive = len(self._busy) + len(self._idle)
+            self.stats.max_workers_alive = max(self.stats.max_workers_alive, alive)
+            self._lock.notify_all()
+        return len(started)
+
+    def warm_up(self, event: dict[str, Any]) -> None:
+        """Every container this function may run, started and invoked once with ``event`` (for the
+        dispatcher an empty batch): imports, clients and the first invocation behind them, as the
+        containers of a function under steady traffic have. Benchmarks do this before their clock."""
+        self.prewarm(self.max_workers)
+        calls = [threading.Thread(target=self.invoke, args=(event,)) for _ in range(self.max_workers)]
+        for call in calls:
+            call.start()
+        for call in calls:
+            call.join()
 
     # --- chaos and observation --------------------------------------------------------------------
     def busy_workers(self) -> dict[int, float]:

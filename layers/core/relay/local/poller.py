@@ -7,7 +7,8 @@ Configured from the function's ``SQS`` event in template.yaml (``Queue``, ``Batc
   its own batch (long-poll ``ReceiveMessage``), invoking, then deleting, so a message is only taken
   off the queue when a slot is free to run it;
 - a batch closes when it holds ``BatchSize`` records or the batching window (counted from its first
-  record) has passed;
+  record) has passed; with a window of 0 it is invoked with whatever the first receive returned, as
+  soon as a message is there (the long poll returns the moment one arrives);
 - with ``ReportBatchItemFailures`` the listed records stay on the queue and every other one is
   deleted (``DeleteMessageBatch``); a handler error, or an answer that is not a valid
   ``batchItemFailures`` list, fails the whole batch, as in AWS;
@@ -17,7 +18,8 @@ Configured from the function's ``SQS`` event in template.yaml (``Queue``, ``Batc
   still outstanding (relay.local.fifo_groups puts right what moto's receive gets wrong).
 
 ``stop()`` stops receiving, waits for the invocations in flight, and hands any records received
-but not yet invoked straight back to the queue.
+but not yet invoked straight back to the queue. ``add_receive_observer`` lets a measurement see when
+each message was received (the demo's latency breakdown).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +41,8 @@ from relay.local.template import Template
 log = logging.getLogger("relay.local")
 
 MAX_RECEIVE = 10  # ReceiveMessage's MaxNumberOfMessages ceiling
+# Told the messages one ReceiveMessage returned and when (time.time()).
+ReceiveObserver = Callable[[Sequence[Mapping[str, Any]], float], None]
 REPORT_BATCH_ITEM_FAILURES = "ReportBatchItemFailures"
 # A FIFO group's later messages that moto handed out while an earlier one is held go back for this
 # long, not at once: SQS would not have handed them out at all, and each receive counts towards the
@@ -105,6 +109,7 @@ class PollerStats:
     in_flight: int = 0
     max_in_flight: int = 0
     batch_sizes: list[int] = field(default_factory=list)
+    invocation_ms: float = 0.0  # the invocations' durations, summed (what Lambda bills)
 
 
 class SqsPoller:
@@ -130,6 +135,10 @@ class SqsPoller:
         self._stats = PollerStats()
         self._workers: list[threading.Thread] = []
         self._groups = FifoGroups(source.max_receive_count) if source.fifo else None
+        self._observers: list[ReceiveObserver] = []
+
+    def add_receive_observer(self, observer: ReceiveObserver) -> None:
+        self._observers.append(observer)
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -245,6 +254,10 @@ class SqsPoller:
         finally:
             self._receive_lock.release()
         messages: list[dict[str, Any]] = response.get("Messages", [])
+        if messages:
+            received_at = time.time()
+            for observer in self._observers:
+                observer(messages, received_at)
         return messages
 
     def _invoke(self, batch: list[dict[str, Any]]) -> None:
@@ -255,9 +268,10 @@ class SqsPoller:
             self._stats.invocations += 1
             self._stats.records += len(records)
             self._stats.batch_sizes.append(len(records))
-        whole_batch_failed, deleted = True, 0
+        whole_batch_failed, deleted, duration_ms = True, 0, 0.0
         try:
             invocation = self.function.invoke({"Records": records})
+            duration_ms = invocation.duration_ms
             log.debug("invocation of %d records took %.0f ms", len(records), invocation.duration_ms)
             failed_ids = None if invocation.error else self._failed_ids(invocation.result, records)
             whole_batch_failed = failed_ids is None
@@ -271,6 +285,7 @@ class SqsPoller:
                 self._stats.failed_invocations += int(whole_batch_failed)
                 self._stats.records_deleted += deleted
                 self._stats.records_failed += len(batch) - deleted
+                self._stats.invocation_ms += duration_ms
                 self._stats.in_flight -= 1
                 self._lock.notify_all()
 

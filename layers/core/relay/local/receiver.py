@@ -14,12 +14,16 @@ sequence, a fault rate (5xx, 429 with Retry-After, timeouts, dropped connections
 limit (429 beyond N requests per second), a down switch, and deliveries acknowledged and then lost
 (``lose``: answered 200, kept nowhere, as a receiver whose own storage failed after answering).
 
+``arrived_at`` of each request is when its request line was read, before the receiver's own time;
+``received_at`` when it was answered.
+
 Bound to 127.0.0.1 only. ``disable_nagle_algorithm`` avoids the ~40 ms keep-alive artifact of
 http.server (headers and body in separate writes meeting delayed ACK).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import threading
@@ -53,6 +57,13 @@ class Behaviour:
     hidden_limit_per_second: float | None = None
     # A "timeout" fault holds the request this long before answering 200 (past any sane read timeout).
     hang_seconds: float = 30.0
+    # This share of deliveries (chosen by their webhook-id, so the same ones every run) has its first
+    # request held like a "timeout" fault; their retries are answered: a receiver that times out
+    # now and then, whose records each need a known number of attempts.
+    first_try_hang_rate: float = 0.0
+    # While this event is clear, requests are held (at most hang_seconds) before being answered: a
+    # receiver stuck for as long as a test wants, without a timing guess.
+    gate: threading.Event | None = None
     # Down: every connection is dropped without an answer (a dead upstream).
     up: bool = True
     # Answer body instead of the default small JSON, and extra response headers (e.g. Location).
@@ -67,6 +78,7 @@ class Behaviour:
         self.status_sequence = deque(self.status_sequence)
         self._rng = random.Random(self.seed)
         self._lock = threading.Lock()
+        self._tried: set[str] = set()
         self._tokens = self.hidden_limit_per_second or 0.0
         self._refilled = time.monotonic()
 
@@ -78,11 +90,15 @@ class Behaviour:
             self.lose -= 1
             return True
 
-    def next_action(self) -> tuple[str, int]:
+    def next_action(self, webhook_id: str | None = None) -> tuple[str, int]:
         """("answer", status) or ("drop"|"hang", 0), decided for one request."""
         with self._lock:
             if not self.up:
                 return "drop", 0
+            if webhook_id is not None and self.first_try_hang_rate > 0 and webhook_id not in self._tried:
+                self._tried.add(webhook_id)
+                if hangs_first_try(webhook_id, self.first_try_hang_rate):
+                    return "hang", 0
             if self.hidden_limit_per_second is not None and not self._within_hidden_limit():
                 return "answer", 429
             if self.status_sequence:
@@ -109,6 +125,12 @@ class Behaviour:
         return True
 
 
+def hangs_first_try(webhook_id: str, rate: float) -> bool:
+    """Whether ``Behaviour(first_try_hang_rate=rate)`` holds this delivery's first request."""
+    digest = hashlib.sha256(webhook_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < rate
+
+
 @dataclass(frozen=True)
 class ReceivedRequest:
     """One request as the receiver saw it, and what it answered."""
@@ -117,7 +139,7 @@ class ReceivedRequest:
     path: str
     headers: dict[str, str]  # lower-cased names
     body: bytes
-    received_at: float
+    received_at: float  # when it was answered (or dropped): after the receiver's own latency
     answered: int | None  # None: dropped or hung
     webhook_id: str | None
     signature_valid: bool | None  # None: no secrets known for this path
@@ -127,6 +149,9 @@ class ReceivedRequest:
     decryption_error: str | None
     duplicate: bool  # an earlier request with this webhook-id was already answered 2xx
     client_port: int  # tells connections apart: keep-alive reuses one
+    # When the request arrived (its request line read), before the receiver's own time: what a
+    # relay-added latency is measured to.
+    arrived_at: float = 0.0
     lost: bool = False  # answered 2xx, then lost (Behaviour.lose): the receiver kept nothing of it
 
     def json(self) -> Any:
@@ -154,6 +179,7 @@ class Receiver:
         self._http: LoopbackServer | None = None
         self._stopping = threading.Event()
         self._in_flight: dict[str, int] = {}
+        self._holding = 0
         self.max_in_flight: dict[str, int] = {}  # per path: the most requests it held at once
         self.url = ""
 
@@ -211,6 +237,12 @@ class Receiver:
         with self._lock:
             return set(self._accepted_ids)
 
+    @property
+    def unique_delivery_count(self) -> int:
+        """How many webhook-ids were answered 2xx (without copying them: a load generator asks often)."""
+        with self._lock:
+            return len(self._accepted_ids)
+
     def clear(self) -> None:
         with self._lock:
             self._requests.clear()
@@ -267,6 +299,23 @@ class Receiver:
             "error": error,
         }
 
+    @property
+    def held(self) -> int:
+        """Requests waiting at a closed ``Behaviour.gate`` right now."""
+        with self._lock:
+            return self._holding
+
+    def _held(self, gate: threading.Event, at_most: float) -> None:
+        with self._lock:
+            self._holding += 1
+        try:
+            deadline = time.monotonic() + at_most
+            while not gate.is_set() and not self._stopping.is_set() and time.monotonic() < deadline:
+                gate.wait(0.05)  # wakes for the gate or, within 50 ms, for stop()
+        finally:
+            with self._lock:
+                self._holding -= 1
+
     def _enter(self, path: str) -> None:
         with self._lock:
             self._in_flight[path] = self._in_flight.get(path, 0) + 1
@@ -284,6 +333,7 @@ class Receiver:
         body: bytes,
         answered: int | None,
         client_port: int,
+        arrived_at: float,
         lost: bool = False,
     ) -> bool:
         info = self._inspect(path, headers, body)
@@ -308,6 +358,7 @@ class Receiver:
                     decryption_error=info["error"],
                     duplicate=duplicate,
                     client_port=client_port,
+                    arrived_at=arrived_at,
                     lost=lost,
                 )
             )
@@ -346,36 +397,39 @@ def _make_handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data)
 
         def _handle(self) -> None:
+            arrived_at = time.time()
             path = self.path.split("?", 1)[0]
             receiver._enter(path)
             try:
-                self._respond(path)
+                self._respond(path, arrived_at)
             finally:
                 receiver._leave(path)
 
-        def _respond(self, path: str) -> None:
+        def _respond(self, path: str, arrived_at: float) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             headers = {k.lower(): v for k, v in self.headers.items()}
             port = int(self.client_address[1])
             behaviour = receiver.behaviour_for(path)
-            action, status = behaviour.next_action()
+            action, status = behaviour.next_action(headers.get("webhook-id"))
             if behaviour.latency_seconds > 0:
                 receiver._stopping.wait(behaviour.latency_seconds)
+            if behaviour.gate is not None:
+                receiver._held(behaviour.gate, behaviour.hang_seconds)
             if action == "drop":
-                receiver._record(self.command, path, headers, body, None, port)
+                receiver._record(self.command, path, headers, body, None, port, arrived_at)
                 self.close_connection = True
                 self.connection.shutdown(2)
                 return
             if action == "hang":
-                receiver._record(self.command, path, headers, body, None, port)
+                receiver._record(self.command, path, headers, body, None, port, arrived_at)
                 receiver._stopping.wait(behaviour.hang_seconds)
                 self.close_connection = True
                 return
             if 200 <= status < 300 and receiver._signature_rejected(path, headers, body):
                 status = 401
             lost = 200 <= status < 300 and behaviour.take_loss()
-            duplicate = receiver._record(self.command, path, headers, body, status, port, lost)
+            duplicate = receiver._record(self.command, path, headers, body, status, port, arrived_at, lost)
             extra = dict(behaviour.response_headers)
             if status == 429 and behaviour.retry_after_seconds:
                 extra.setdefault("Retry-After", str(behaviour.retry_after_seconds))

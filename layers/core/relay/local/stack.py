@@ -13,9 +13,16 @@ the target's signing secret and encryption key), the fake
 Genesys Cloud API serving the rewritten fixtures, one config-sync run against it (so the targets reach
 DynamoDB and Secrets Manager the way they do in AWS), the EventBridge stand-in (the template's rules and
 Lambda's asynchronous invocation of the intake), the HTTP API adapter (which also serves EventBridge's
-PutEvents at ``<api>/eventbridge/events``), and the SQS pollers (the delivery queue's, and the ordered
-lane's FIFO queue's).
+PutEvents at ``<api>/eventbridge/events``), and an SQS poller per dispatcher, each with its event
+source's settings: the fast lane's (DeliveryQueue), the slow lane's (SlowDeliveryQueue) and the ordered
+lane's (OrderedDeliveryQueue, FIFO).
 ``stop()`` undoes it in reverse order.
+
+The slow lane's dispatcher always runs in worker processes (relay.local.function_worker), spawned when
+it first has records: it runs the fast lane's handler module, and an in-process handler module is one
+container, so sharing it would make the two lanes wait for each other, the very thing the slow lane
+is for. The fast lane and the ordered lane (its own handler directory, so its own module state) run
+in this process unless ``dispatcher_workers``.
 
 Each function runs with its own ``Settings``, made from its template environment plus the local-mode
 settings (moto's endpoint, dummy credentials, loopback targets) and ``environment`` overrides: in this
@@ -45,6 +52,7 @@ from relay.local.aws_stack import (
     LocalResources,
     MotoServer,
     create_resources,
+    deployment_environment,
     local_client,
     local_mode_environment,
     register_stack,
@@ -63,6 +71,7 @@ STAGE = "local"
 PREFIX = "relay"
 STACK_NAME = "relay-local"  # the CloudFormation stack the local resources are registered as, in moto
 DISPATCHER = "DispatcherFunction"
+SLOW_DISPATCHER = "SlowDispatcherFunction"
 ORDERED_DISPATCHER = "OrderedDispatcherFunction"  # the ordered lane's (FIFO) dispatcher
 
 
@@ -100,6 +109,7 @@ class LocalStack:
         self.dispatcher_workers = dispatcher_workers
         self.function_output = function_output
         self.dispatcher: LocalFunction | None = None
+        self.slow_dispatcher: LocalFunction | None = None  # always in worker processes (see above)
         self.api_port = api_port
         self.template_path = template_path
         self.fixtures = Fixtures.load(fixtures_path)
@@ -113,6 +123,7 @@ class LocalStack:
         self.eventbridge: LocalEventBridge | None = None
         self.eventbridge_retry_delays = eventbridge_retry_delays
         self.poller: SqsPoller | None = None
+        self.slow_poller: SqsPoller | None = None
         # The ordered lane: its dispatcher and the poller of its FIFO queue.
         self.ordered_dispatcher: LocalFunction | None = None
         self.ordered_poller: SqsPoller | None = None
@@ -185,35 +196,49 @@ class LocalStack:
         self._exit.callback(self.api.stop)
 
         self.dispatcher, self.poller = self._start_consumer(self.template, DISPATCHER)
+        if SLOW_DISPATCHER in self.template.resources:
+            self.slow_dispatcher, self.slow_poller = self._start_consumer(
+                self.template, SLOW_DISPATCHER, workers=True
+            )
         if ORDERED_DISPATCHER in self.template.resources:
             self.ordered_dispatcher, self.ordered_poller = self._start_consumer(
                 self.template, ORDERED_DISPATCHER
             )
 
-    def _start_consumer(self, template: Template, logical_id: str) -> tuple[LocalFunction, SqsPoller]:
-        """A dispatcher function (in this process, or in warm worker processes) and its SQS poller."""
+    def _start_consumer(
+        self, template: Template, logical_id: str, *, workers: bool = False
+    ) -> tuple[LocalFunction, SqsPoller]:
+        """A dispatcher function (in this process, or in warm worker processes when ``workers`` or
+        ``dispatcher_workers``) and its SQS poller."""
         source = SqsEventSource.from_template(template, logical_id)
         dispatcher: LocalFunction
-        if self.dispatcher_workers:
-            workers = WorkerFunction.from_template(
-                template,
-                logical_id,
-                max_workers=source.maximum_concurrency,
-                output=self.function_output,
-                environment=self._function_environment(template, logical_id),
-            )
-            self._exit.callback(workers.close)
-            dispatcher = workers
+        if workers or self.dispatcher_workers:
+            dispatcher = self._workers(template, logical_id, source)
         else:
             dispatcher = LocalFunction.from_template(
                 template, logical_id, settings=self.function_settings[logical_id]
             )
-        poller = SqsPoller(source, dispatcher, self.sqs)
-        poller.start()
-        self._exit.callback(poller.stop)
-        return dispatcher, poller
+        return dispatcher, self._poll(source, dispatcher)
 
     # --- steps -----------------------------------------------------------------------------------
+    def _workers(self, template: Template, logical_id: str, source: SqsEventSource) -> WorkerFunction:
+        """The function in warm worker processes, at most its event source's maximum concurrency."""
+        workers = WorkerFunction.from_template(
+            template,
+            logical_id,
+            max_workers=source.maximum_concurrency,
+            output=self.function_output,
+            environment=self._function_environment(template, logical_id),
+        )
+        self._exit.callback(workers.close)
+        return workers
+
+    def _poll(self, source: SqsEventSource, function: LocalFunction) -> SqsPoller:
+        poller = SqsPoller(source, function, self.sqs)
+        poller.start()
+        self._exit.callback(poller.stop)
+        return poller
+
     def _start_receivers(self, fixtures: Fixtures) -> Fixtures:
         """Start a receiver per ``http://127.0.0.1:0/...`` target; return the fixtures with URLs rewritten."""
         doc = fixtures.to_json()
@@ -237,13 +262,15 @@ class LocalStack:
 
     def _configure_functions(self, template: Template, endpoint_url: str) -> None:
         self._local_mode = local_mode_environment(endpoint_url)
-        self.environment, self.function_settings = {}, {}
-        for logical_id in template.resources_of_type("AWS::Serverless::Function"):
-            environment = self._function_environment(template, logical_id)
-            self.function_settings[logical_id] = load_settings(environment)
-            for name, value in environment.items():
-                if value or name not in self.environment:
-                    self.environment[name] = value
+        self.function_settings = {
+            logical_id: load_settings(self._function_environment(template, logical_id))
+            for logical_id in template.resources_of_type("AWS::Serverless::Function")
+        }
+        self.environment = {
+            **deployment_environment(template),
+            **self._local_mode,
+            **self.extra_environment,
+        }
         self.settings = load_settings(self.environment)
 
     def _function_environment(self, template: Template, logical_id: str) -> dict[str, str]:
@@ -276,6 +303,29 @@ class LocalStack:
         self.sync_report = report
 
     # --- what the stack serves -------------------------------------------------------------------
+    @property
+    def pollers(self) -> list[SqsPoller]:
+        """Every running event source: the fast lane's, the slow lane's, the ordered lane's."""
+        return [p for p in (self.poller, self.slow_poller, self.ordered_poller) if p is not None]
+
+    def deliveries_pending(self) -> bool:
+        """True while a delivery queue holds a message (visible, in flight or delayed) or a dispatcher
+        runs an invocation: what waiting for the stack to settle waits on."""
+        for poller in self.pollers:
+            if poller.stats().in_flight:
+                return True
+            attributes = self.sqs.get_queue_attributes(
+                QueueUrl=poller.source.queue_url,
+                AttributeNames=[
+                    "ApproximateNumberOfMessages",
+                    "ApproximateNumberOfMessagesNotVisible",
+                    "ApproximateNumberOfMessagesDelayed",
+                ],
+            )["Attributes"]
+            if any(int(value) for value in attributes.values()):
+                return True
+        return False
+
     def webhook_url(self, integration_id: str) -> str:
         return f"{self.api_url}/webhooks/{integration_id}"
 

@@ -150,11 +150,14 @@ class Gate:
     defer_until: float = 0.0  # DEFER: when to come back (epoch seconds)
 
 
-def open_gate(store: BreakerStore, key: str, now: float, policy: BreakerPolicy) -> Gate:
-    """One read; for an expired open breaker, one conditional write that at most one dispatcher wins.
+def open_gate(
+    store: BreakerStore, key: str, now: float, policy: BreakerPolicy, *, state: BreakerState | None = None
+) -> Gate:
+    """One read (none when the caller passes the ``state`` it just read); for an expired open breaker,
+    one conditional write that at most one dispatcher wins.
 
     Raises BreakerStoreUnavailable when DynamoDB fails (the caller fails open)."""
-    state = store.load(key)
+    state = store.load(key) if state is None else state
     admission, claim = admit(state, now, policy)
     if admission is Admission.DELIVER:
         return Gate(admission, state)

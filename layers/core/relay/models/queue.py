@@ -61,6 +61,17 @@ class OutgoingMessage:
 
 
 @dataclass(frozen=True)
+class Requeue:
+    """A delivery-queue message to send again as a new message (to the slow lane), carrying the
+    attempts and deferrals made so far; ``attributes`` as the Lambda event record had them."""
+
+    body: str
+    attributes: Mapping[str, Any]
+    attempts: int
+    deferrals: int
+
+
+@dataclass(frozen=True)
 class OrderedTask:
     """A delivery task for the ordered (FIFO) queue."""
 

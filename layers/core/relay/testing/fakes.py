@@ -24,7 +24,7 @@ from relay.errors import (
     UnreadableEvent,
 )
 from relay.models.archive import ArchiveRecord, archive_key
-from relay.models.breaker import BreakerState
+from relay.models.breaker import BreakerState, LaneState
 from relay.models.delivery import DlqReason, S3Ref
 from relay.models.http import HttpResult
 from relay.models.idempotency import Claim
@@ -35,6 +35,7 @@ from relay.models.queue import (
     OrderedTask,
     OutgoingMessage,
     ReceivedMessage,
+    Requeue,
 )
 from relay.models.rate_limit import BucketAnswer, BucketState
 from relay.models.secrets import RotatingSecret
@@ -129,21 +130,26 @@ class InMemoryIdempotencyStore:
 
 
 class InMemoryBreakerStore:
-    """Same conditional semantics as the DynamoDB store, in one process. Counts calls for benchmarks;
-    ``unavailable`` makes every call fail as DynamoDB down would."""
+    """Same conditional semantics as the DynamoDB store, in one process: the breaker and the lane of a
+    key are versioned and written apart. Counts calls for benchmarks; ``unavailable`` makes every call
+    fail as DynamoDB down would."""
 
     def __init__(self) -> None:
         self._states: dict[str, BreakerState] = {}
+        self._lanes: dict[str, LaneState] = {}
         self._lock = threading.Lock()
         self.reads = 0
         self.writes = 0
         self.unavailable = False
 
     def load(self, key: str) -> BreakerState:
+        return self.load_with_lane(key)[0]
+
+    def load_with_lane(self, key: str) -> tuple[BreakerState, LaneState]:
         with self._lock:
             self._check()
             self.reads += 1
-            return self._states.get(key, BreakerState())
+            return self._states.get(key, BreakerState()), self._lanes.get(key, LaneState())
 
     def save(self, key: str, state: BreakerState, *, expected_version: int) -> bool:
         with self._lock:
@@ -153,6 +159,16 @@ class InMemoryBreakerStore:
             if (current.version if current else 0) != expected_version:
                 return False
             self._states[key] = state
+            return True
+
+    def save_lane(self, key: str, lane: LaneState, *, expected_version: int) -> bool:
+        with self._lock:
+            self._check()
+            self.writes += 1
+            current = self._lanes.get(key)
+            if (current.version if current else 0) != expected_version:
+                return False
+            self._lanes[key] = lane
             return True
 
     def _check(self) -> None:
@@ -428,14 +444,15 @@ class ScriptedTokens:
 
 
 class RecordingQueueOps:
-    """The dispatcher's queue operations, recorded: ``retries`` (receipt handle, delay), ``deferrals``
-    and ``dead_letters`` (dicts of what was asked). ``unavailable`` names the operations that fail as
-    SQS down would ("schedule_retry", "defer", "dead_letter")."""
+    """The dispatcher's queue operations, recorded: ``retries`` (receipt handle, delay), ``deferrals``,
+    ``dead_letters`` and ``slow_lane`` (dicts of what was asked). ``unavailable`` names the operations
+    that fail as SQS down would ("schedule_retry", "defer", "dead_letter", "to_slow_lane")."""
 
     def __init__(self) -> None:
         self.retries: list[tuple[str, int]] = []
         self.deferrals: list[dict[str, Any]] = []
         self.dead_letters: list[dict[str, Any]] = []
+        self.slow_lane: list[dict[str, Any]] = []
         self.unavailable: set[str] = set()
         self._lock = threading.Lock()
 
@@ -484,6 +501,15 @@ class RecordingQueueOps:
                     "last_error": last_error,
                 }
             )
+
+    def to_slow_lane(self, messages: Sequence[Requeue]) -> set[int]:
+        if "to_slow_lane" in self.unavailable:
+            return set()
+        with self._lock:
+            self.slow_lane += [
+                {"body": m.body, "attempts": m.attempts, "deferrals": m.deferrals} for m in messages
+            ]
+        return set(range(len(messages)))
 
     def _check(self, operation: str) -> None:
         if operation in self.unavailable:

@@ -82,6 +82,9 @@ def build_dispatcher(
             ordered_dead_letter_queue_url=(
                 settings.need("ordered_dead_letter_queue_url") if ordered else None
             ),
+            # Only standard records are ever routed there: the ordered path's lanes never route (and
+            # the template gives the OrderedDispatcherFunction no slow queue).
+            slow_queue_url=settings.slow_delivery_queue_url,
         )
         queue, ordered_queue = queue or sqs, ordered_queue or (sqs if ordered else None)
     if ordered and attempts is None:

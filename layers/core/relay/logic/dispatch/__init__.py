@@ -2,6 +2,7 @@
 
     records   SQS record -> task, target, attempt number; or why it cannot be attempted
     lanes     one target's records in a batch and its breaker's admission (deliver/probe/defer)
+    isolation slow targets: latency per target, routing to the slow lane, lane moves
     rate_limit  a lane's admission by its target's shared token bucket, and throttles' feedback (AIMD)
     attempt   one attempt: event, secrets, request, send, classify -> Attempt
     settle    the one place a verdict becomes an action (delivered, retry, DLQ, deferred)

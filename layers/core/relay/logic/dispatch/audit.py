@@ -29,6 +29,7 @@ RETRY_SCHEDULED = "retry-scheduled"
 DEAD_LETTERED = "dead-lettered"
 DEFERRED = "deferred"
 LEFT_FOR_REDELIVERY = "left-for-redelivery"  # a settle step failed: SQS shows it again
+ROUTED = "routed-to-slow-lane"  # handed to the slow lane's queue, unattempted (standard records only)
 # The ordered path only: shown again later with its conversation, never re-sent.
 HELD = "held"  # not attempted now (behind an earlier record, breaker open, out of time)
 BLOCKED = "blocked"  # exhausted or refused, and its target blocks the conversation behind it

@@ -2,19 +2,23 @@
 
 1. resolve each record (relay.logic.dispatch.records); poison, unknown and disabled targets go to
    the DLQ at once;
-2. group the records by target into lanes, read each lane's breaker once (lanes), and take the
-   tokens a rate-limited lane needs from its target's bucket: what does not fit is deferred (rate_limit);
+2. group the records by target into lanes and read each lane's breaker (and delivery lane) once
+   (lanes); in the fast lane, a slow target's records are routed to the slow lane (isolation); take
+   the tokens any other rate-limited lane needs from its target's bucket: what does not fit is
+   deferred (rate_limit);
 3. send the probes first, then everything else, concurrently: a pool of DELIVERY_CONCURRENCY threads,
    at most PER_TARGET_CONCURRENCY in flight per target, records queued round-robin across targets; a
    record starts only with its target's slot in hand, only if its target has not answered 410 in this
-   batch, and only if the invocation has time left for one whole request (attempt); a record its rate
-   limit paces is handed to the pool only at its booked time (the invocation's own thread waits);
+   batch, only if the invocation has time left for one whole request, and (fast lane) only if this
+   container does not measure its target slow by then, else it is routed too (attempt); a record its
+   rate limit paces is handed to the pool only at its booked time (the invocation's own thread waits);
 4. settle each record from what happened (settle: the one place a verdict becomes an action);
-5. fold each lane's results into its breaker and its rate limit (throttles), write one audit object
-   per target, flush the metrics, return ``batchItemFailures``: only the records SQS should show again.
+5. fold each lane's results into its breaker and its rate limit (throttles), move a target back from
+   the slow lane if measured so, write one audit object per target, flush the metrics, return
+   ``batchItemFailures``: only the records SQS should show again.
 
 Records of the ordered (FIFO) queue take the ordered path instead (relay.logic.dispatch.fifo): one at a
-time per conversation, held with their conversation rather than deferred.
+time per conversation, held with their conversation rather than deferred, never routed to the slow lane.
 """
 
 from __future__ import annotations
@@ -34,12 +38,12 @@ from relay.logic.dispatch.attempt import Attempter, timeouts
 from relay.logic.dispatch.audit import write_archive, write_audit
 from relay.logic.dispatch.batch import Batch
 from relay.logic.dispatch.fifo import OrderedDelivery
+from relay.logic.dispatch.isolation import Isolation
 from relay.logic.dispatch.lanes import Lane, Lanes, group, interleave
 from relay.logic.dispatch.metrics import BatchMetrics
 from relay.logic.dispatch.rate_limit import Held, RateLimits
 from relay.logic.dispatch.records import Item, SqsRecord, Unattempted, resolve
 from relay.logic.dispatch.settle import Settler
-from relay.models.delivery import DlqReason
 from relay.observability import logger
 from relay.ports import (
     AccessTokens,
@@ -98,7 +102,10 @@ class Dispatcher:
         self._audit = audit
         self._clock = clock = clock or time.time
         self._sleep = sleep or time.sleep
-        self._lanes = Lanes(settings=settings, breakers=breakers, clock=clock)
+        self._isolation = Isolation(settings=settings, breakers=breakers, clock=clock)
+        self._lanes = Lanes(
+            settings=settings, breakers=breakers, clock=clock, routes_away=self._isolation.routes_away
+        )
         self._limits = RateLimits(store=rate_limits, clock=clock)
         self._attempter = Attempter(
             settings=settings,
@@ -122,7 +129,8 @@ class Dispatcher:
                 targets=targets,
                 queue=ordered_queue,
                 attempts=attempts,
-                lanes=self._lanes,
+                # Its own lanes, which never route: an ordered record is never re-sent to the slow lane.
+                lanes=Lanes(settings=settings, breakers=breakers, clock=clock),
                 limits=self._limits,
                 attempter=self._attempter,
                 pool=self._pool,
@@ -158,27 +166,35 @@ class Dispatcher:
         received = [SqsRecord.from_event(r) for r in records]
         ordered = [record for record in received if record.group_id is not None]
         lanes, held = self._open_lanes([record for record in received if record.group_id is None], batch)
-        probes = [lane.probe for lane in lanes if lane.probe is not None]
+        # A slow target's records go to the slow lane first (batched); any SQS did not take go here.
+        kept = self._settle.routed([item for lane in lanes if lane.routed for item in lane.items], batch)
+        here = [lane for lane in lanes if not lane.routed]
+        probes = [lane.probe for lane in here if lane.probe is not None]
         self._run([(item, partial(self._deliver, item, batch)) for item in probes], batch)
         deliveries: list[list[Item]] = []
-        deferrals: list[Work] = [
+        held_back: list[Work] = [
+            (item, partial(self._deliver, item, batch, may_route=False)) for item in kept
+        ]
+        held_back.extend(
             (h.item, partial(self._settle.deferred, h.item, h.wait_seconds, batch, error_code="rate-limited"))
             for h in held
-        ]
-        for lane in lanes:
+        )
+        for lane in here:
             after = self._lanes.after_probe(lane)
             deliveries.append(after.deliver)
             wait_seconds = after.seconds_until_probe
-            deferrals.extend(
+            held_back.extend(
                 (item, partial(self._settle.deferred, item, wait_seconds, batch)) for item in after.defer
             )
         self._run(
-            [(item, partial(self._deliver, item, batch)) for item in interleave(deliveries)] + deferrals,
+            [(item, partial(self._deliver, item, batch)) for item in interleave(deliveries)] + held_back,
             batch,
         )
         for lane in lanes:
             self._lanes.report(lane, batch)
             self._limits.feedback(lane, batch)
+            self._isolation.report(lane.key, lane.target.target_id, lane.delivery_lane, batch)
+        self._isolation.end_invocation()
         if ordered:
             self._deliver_in_order(ordered, batch)
         write_audit(batch, self._audit)
@@ -223,26 +239,28 @@ class Dispatcher:
 
     def _open_lane(self, key: str, items: list[Item], batch: Batch) -> tuple[Lane, list[Held]]:
         lane = self._lanes.open(key, items, batch)
+        if lane.routed:
+            return lane, []  # bound for the slow lane, whose dispatcher takes its tokens
         return lane, self._limits.admit(lane, batch)
 
-    def _deliver(self, item: Item, batch: Batch) -> None:
+    def _deliver(self, item: Item, batch: Batch, *, may_route: bool = True) -> None:
         with self._slot(item.key):
             if batch.is_gone(item.key):
-                # Its endpoint said 410 while this record waited: it is gone for this one too.
-                why = "target answered 410 Gone earlier in this batch"
-                self._settle.unattempted(
-                    Unattempted(item.record, item.task, DlqReason.TARGET_GONE, why), batch
-                )
+                self._settle.unattempted(Unattempted.gone(item), batch)  # 410 while this record waited
             elif self._out_of_time(item, batch):
                 # A Lambda timeout would fail the whole batch and cost every record a receive:
                 # hand this one back untouched instead (no attempt used).
                 self._settle.deferred(item, 0, batch, error_code="out-of-time")
+            elif may_route and self._isolation.turned_slow(item) and not self._settle.routed([item], batch):
+                pass  # its target turned out slow while this record waited: the slow lane has it
             else:
                 attempt = self._attempter.run(item)
                 if isinstance(attempt, Unattempted):
                     self._settle.unattempted(attempt, batch)
-                else:
-                    self._settle.attempted(item, attempt, batch)
+                    return
+                if attempt.result is not None and attempt.outcome.reached_endpoint:
+                    self._isolation.observe(item, attempt.result.elapsed_ms, batch)
+                self._settle.attempted(item, attempt, batch)
 
     def _run(self, work: list[Work], batch: Batch) -> None:
         """Run each item's step in the pool and wait for all of them. A step that raised is a bug, not

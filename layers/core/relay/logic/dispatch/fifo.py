@@ -17,9 +17,9 @@ Nothing here ever re-sends a record (a re-send would put it behind later ones).
 
 The group that holds a lane's half-open probe runs first, so every other record of that target
 meets the probe's answer when its turn comes. ``admit`` is the one place an ordered record is held
-instead of deferred: a deferral decided elsewhere (breaker, rate limit; a slow-lane re-route would be
-one too) becomes a ``Hold`` there. A record the rate limit paces (``Item.not_before``) waits for its
-time in its group's run.
+instead of deferred: a deferral decided elsewhere (breaker, rate limit) becomes a ``Hold`` there. Its
+lanes never route to the slow lane: a slow ordered target is delivered, or held, in its conversation.
+A record the rate limit paces (``Item.not_before``) waits for its time in its group's run.
 Attempts are counted in the attempts table, not from the receive count: a held record is received
 again without being attempted.
 """
@@ -45,7 +45,6 @@ from relay.logic.dispatch.metrics import Metric
 from relay.logic.dispatch.rate_limit import Held, RateLimits
 from relay.logic.dispatch.records import Item, SqsRecord, Unattempted, resolve
 from relay.logic.outcomes import Verdict
-from relay.models.delivery import DlqReason
 from relay.observability import logger
 from relay.ports import AttemptCounter, Clock, OrderedQueueOps, TargetDirectory
 from relay.settings import Settings
@@ -167,8 +166,8 @@ class OrderedDelivery:
         """Whether ``item`` may be attempted now, or holds its group (and why, and for how long).
 
         Merge point, the one place an ordered record is held instead of deferred: any reason the
-        engine has to defer or re-route a record (breaker, rate limit, a slow lane) is a Hold here,
-        never a re-send, which would put the record behind later ones of its conversation."""
+        engine has to defer a record (breaker, rate limit, time) is a Hold here, never a re-send (nor a
+        slow-lane re-route), which would put the record behind later ones of its conversation."""
         if lane.admission is not breaker.Admission.DELIVER and not item.probe:
             after = self._lanes.after_probe(lane)
             if any(held is item for held in after.defer):
@@ -230,8 +229,7 @@ class OrderedDelivery:
             self._sleep(early)  # paced by its rate limit: its group waits for its booked time
         with self._slot(item.key):
             if batch.is_gone(item.key):
-                why = "target answered 410 Gone earlier in this batch"
-                settler.unattempted(Unattempted(item.record, item.task, DlqReason.TARGET_GONE, why), batch)
+                settler.unattempted(Unattempted.gone(item), batch)
                 return None
             hold = self.admit(item, lanes[item.key], rate_held.get(id(item)), batch)
             if hold is not None:

@@ -5,11 +5,15 @@ open past its reset timeout, the single half-open probe (claimed with a conditio
 first and the rest wait for its answer. If the breaker store fails the lane delivers anyway (fail
 open) and writes nothing. After the batch, the lane's results are folded into its breaker with one
 conditional write, only when something changed.
+
+The same read gives the target's delivery lane (relay.logic.dispatch.isolation): a lane the fast
+lane's dispatcher routes to the slow lane is ``routed`` and claims no probe (none of its records is
+attempted here).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import chain, zip_longest
 
@@ -19,7 +23,7 @@ from relay.logic.dispatch.attempt import timeouts
 from relay.logic.dispatch.batch import Batch
 from relay.logic.dispatch.metrics import Metric
 from relay.logic.dispatch.records import Item
-from relay.models.breaker import BreakerState, Phase
+from relay.models.breaker import BreakerState, LaneState, Phase
 from relay.models.targets import Target
 from relay.observability import logger
 from relay.ports import BreakerStore, Clock
@@ -34,11 +38,14 @@ class Lane:
     target: Target
     items: list[Item]
     gate: breaker.Gate | None  # None: the breaker store failed (fail open, no writes)
+    delivery_lane: LaneState | None = None  # as read with the breaker; None when the store failed
+    routed: bool = False  # every record goes to the slow lane, unattempted
 
     def __post_init__(self) -> None:
         for index, item in enumerate(self.items):
             item.probe = self.admission is breaker.Admission.PROBE and index == 0
             item.breaker_phase = self.gate.state.phase.value if self.gate else "unknown"
+            item.lane = self.delivery_lane or LaneState()
 
     @property
     def admission(self) -> breaker.Admission:
@@ -61,10 +68,18 @@ class AfterProbe:
 class Lanes:
     """Breaker admission for the lanes of a batch, against the breaker store."""
 
-    def __init__(self, *, settings: Settings, breakers: BreakerStore, clock: Clock) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        breakers: BreakerStore,
+        clock: Clock,
+        routes_away: Callable[[LaneState], bool] = lambda lane: False,
+    ) -> None:
         self._settings = settings
         self._breakers = breakers
         self._clock = clock
+        self._routes_away = routes_away
 
     def policy(self, target: Target) -> breaker.BreakerPolicy:
         connect, read = timeouts(self._settings, target)
@@ -80,7 +95,11 @@ class Lanes:
         """Read the lane's breaker (one consistent read; a conditional write to claim a probe)."""
         target = items[0].target
         try:
-            gate = breaker.open_gate(self._breakers, key, self._clock(), self.policy(target))
+            state, delivery_lane = self._breakers.load_with_lane(key)
+            if self._routes_away(delivery_lane):
+                as_read = breaker.Gate(breaker.Admission.DELIVER, state)
+                return Lane(key, target, items, as_read, delivery_lane, routed=True)
+            gate = breaker.open_gate(self._breakers, key, self._clock(), self.policy(target), state=state)
         except BreakerStoreUnavailable as exc:
             logger.warning(
                 "breaker store unavailable: failing open", extra={"targetKey": key, "error": str(exc)}
@@ -89,7 +108,7 @@ class Lanes:
             return Lane(key, target, items, None)
         if gate.admission is breaker.Admission.PROBE:
             batch.metrics.count(Metric.BREAKER_HALF_OPENED, target.target_id)
-        return Lane(key, target, items, gate)
+        return Lane(key, target, items, gate, delivery_lane)
 
     def after_probe(self, lane: Lane) -> AfterProbe:
         if lane.gate is None or lane.admission is breaker.Admission.DELIVER:

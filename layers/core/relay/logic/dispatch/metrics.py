@@ -27,6 +27,9 @@ class Metric(StrEnum):
     BREAKER_HALF_OPENED = "BreakerHalfOpened"
     BREAKER_CLOSED = "BreakerClosed"
     BREAKER_STORE_UNAVAILABLE = "BreakerStoreUnavailable"
+    ROUTED_TO_SLOW_LANE = "RoutedToSlowLane"
+    SLOW_LANE_ENTERED = "SlowLaneEntered"
+    SLOW_LANE_LEFT = "SlowLaneLeft"
     # Rate limits: throttle answers (429, 503 + Retry-After), records deferred by the limit, store down.
     THROTTLED = "Throttled"
     RATE_LIMITED = "RateLimited"

@@ -4,14 +4,14 @@ number, or the reason it cannot be attempted at all (dead-lettered without an at
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
 from relay.logic import retry
 from relay.logic.outcomes import Outcome
-from relay.models.breaker import target_key
+from relay.models.breaker import LaneState, target_key
 from relay.models.delivery import DeliveryTask, DlqReason
 from relay.models.targets import Target
 from relay.ports import TargetDirectory
@@ -70,6 +70,7 @@ class Item:
     outcome: Outcome | None = None
     probe: bool = False
     breaker_phase: str = "unknown"  # as read for this batch; "unknown" when the store failed
+    lane: LaneState = field(default_factory=LaneState)  # the target's lane as read for this batch
     # Epoch seconds before which it must not be sent: its rate-limit booking paces it (None: at once).
     not_before: float | None = None
 
@@ -87,6 +88,12 @@ class Unattempted:
     task: DeliveryTask | None
     reason: DlqReason
     why: str
+
+    @classmethod
+    def gone(cls, item: Item) -> Unattempted:
+        """Its target answered 410 Gone earlier in this batch: it is gone for this record too."""
+        why = "target answered 410 Gone earlier in this batch"
+        return cls(item.record, item.task, DlqReason.TARGET_GONE, why)
 
 
 def resolve(record: SqsRecord, targets: TargetDirectory) -> Item | Unattempted:

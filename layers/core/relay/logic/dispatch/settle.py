@@ -9,6 +9,7 @@
                                    -> DLQ with its reason, attempts unchanged
     held back (breaker open, out of time)
                                    -> deferred: re-sent with DelaySeconds, attempts unchanged
+    a slow target in the fast lane -> routed: re-sent to the slow lane's queue, attempts unchanged
 
 A message the dispatcher dead-letters or defers is reported done (SQS deletes the original). When a
 step cannot complete (SQS or the DLQ unreachable) the record is ``left-for-redelivery``: reported
@@ -18,7 +19,7 @@ failed, so SQS shows it again and the redrive policy stays the backstop.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -31,6 +32,7 @@ from relay.logic.dispatch.metrics import Metric
 from relay.logic.dispatch.records import Item, Unattempted
 from relay.logic.outcomes import Outcome, Verdict
 from relay.models.delivery import DlqReason
+from relay.models.queue import Requeue
 from relay.observability import logger
 from relay.ports import DeliveryQueueOps, TargetDirectory
 from relay.settings import Settings
@@ -147,6 +149,30 @@ class Settler:
             line["outcome"] = audit.LEFT_FOR_REDELIVERY
             batch.fail(item.record)
         batch.log(item.target.target_id, line)
+
+    def routed(self, items: Sequence[Item], batch: Batch) -> list[Item]:
+        """Hand the records to the slow lane untouched: new messages on its queue (batched), attempts
+        unchanged. Returns those SQS did not take: the caller delivers them here, as without isolation."""
+        requeues = [
+            Requeue(
+                i.record.body,
+                i.record.message_attributes,
+                i.record.attempts_before,
+                i.record.deferrals_before,
+            )
+            for i in items
+        ]
+        accepted = self._queue.to_slow_lane(requeues) if requeues else set()
+        now = self._now()
+        for item in (items[index] for index in sorted(accepted)):
+            line = audit.item_line(item, batch, now, now, error=None)
+            line.update(attempt=None, outcome=audit.ROUTED, errorCode="slow-target")
+            batch.metrics.count(Metric.ROUTED_TO_SLOW_LANE, item.target.target_id)
+            batch.log(item.target.target_id, line)
+        kept = [item for index, item in enumerate(items) if index not in accepted]
+        if kept:
+            logger.warning("slow lane unavailable: delivering here", extra={"records": len(kept)})
+        return kept
 
     def _schedule_retry(self, item: Item, outcome: Outcome, batch: Batch, line: dict[str, Any]) -> None:
         delay = retry.retry_delay_seconds(
