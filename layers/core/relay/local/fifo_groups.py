@@ -7,7 +7,7 @@ group's head and returns a later message alone, out of order. ``FifoGroups`` rem
 the messages handed to the function and not yet deleted (``outstanding``, in the order they were
 handed out: always the group's oldest messages). A receive may bring a group's messages only from its
 head: the first outstanding ones in their order, and anything newer only after all of them. A receive
-that does not gives that group's messages back (visible again after a second), so a later receive returns
+that does not gives that group's messages straight back (visibility 0), so the next receive returns
 the group from its head. A receive that brings only the first few outstanding ones (its ten messages
 ran out) is fine: the rest of the group stays blocked behind them, as in SQS.
 

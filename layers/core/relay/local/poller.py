@@ -44,11 +44,6 @@ MAX_RECEIVE = 10  # ReceiveMessage's MaxNumberOfMessages ceiling
 # Told the messages one ReceiveMessage returned and when (time.time()).
 ReceiveObserver = Callable[[Sequence[Mapping[str, Any]], float], None]
 REPORT_BATCH_ITEM_FAILURES = "ReportBatchItemFailures"
-# A FIFO group's later messages that moto handed out while an earlier one is held go back for this
-# long, not at once: SQS would not have handed them out at all, and each receive counts towards the
-# queue's redrive backstop (given back at once, a held group's messages were received hundreds of
-# times a minute, reached maxReceiveCount 1000 and were moved to the DLQ by moto, unattempted).
-FIFO_GIVE_BACK_SECONDS = 1
 
 
 @dataclass(frozen=True)
@@ -204,7 +199,7 @@ class SqsPoller:
                         log.debug(
                             "FIFO: %d messages of groups behind an outstanding one given back", len(back)
                         )
-                    self._release(back, visibility_seconds=FIFO_GIVE_BACK_SECONDS)
+                    self._release(back)
                 if batch and (self._stopping.is_set() or self._paused.is_set()):
                     self._release(batch)
                 elif batch:
@@ -326,19 +321,15 @@ class SqsPoller:
                 log.error("DeleteMessageBatch entry failed: %s", failure.get("Code"))
         return deleted
 
-    def _release(self, messages: list[dict[str, Any]], visibility_seconds: int = 0) -> None:
-        """Make messages received but not invoked visible again: at once (stopping), or after
-        ``visibility_seconds`` (a FIFO group behind an outstanding message)."""
+    def _release(self, messages: list[dict[str, Any]]) -> None:
+        """Make messages received but not invoked visible again at once (stopping, or a FIFO group
+        behind an outstanding message)."""
         for start in range(0, len(messages), MAX_RECEIVE):
             chunk = messages[start : start + MAX_RECEIVE]
             self.sqs.change_message_visibility_batch(
                 QueueUrl=self.source.queue_url,
                 Entries=[
-                    {
-                        "Id": str(i),
-                        "ReceiptHandle": m["ReceiptHandle"],
-                        "VisibilityTimeout": visibility_seconds,
-                    }
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
                     for i, m in enumerate(chunk)
                 ],
             )
