@@ -12,7 +12,7 @@ import pytest
 from relay.adapters.sqs import SqsQueues
 from relay.local.aws_stack import LocalResources
 from relay.logic.dlq import RedriveFilter, RedriveOptions, redrive
-from relay.models.delivery import DeliveryTask, DlqReason
+from relay.models.delivery import DeadLetterNote, DeliveryTask, DlqReason
 from relay.models.queue import GroupPlacement
 from relay.wiring import aws_client
 
@@ -32,12 +32,7 @@ def letter(queues: SqsQueues, group: str, seq: int, reason: DlqReason) -> None:
         GroupPlacement(group, f"m-{group}-{seq}"),
         task.model_dump_json(by_alias=True, exclude_none=True),
         {},
-        reason=reason,
-        attempts=3,
-        integration_id="i-1",
-        target_id="t-1",
-        last_status=None,
-        last_error=None,
+        DeadLetterNote(reason, 3, integration_id="i-1", target_id="t-1"),
     )
 
 

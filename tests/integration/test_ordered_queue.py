@@ -15,7 +15,7 @@ from relay.adapters.sqs import SqsQueues
 from relay.local.aws_stack import LocalResources
 from relay.local.lambda_runtime import LocalFunction
 from relay.local.poller import SqsEventSource, SqsPoller
-from relay.models.delivery import DlqReason
+from relay.models.delivery import DeadLetterNote, DlqReason
 from relay.models.queue import GroupPlacement, OrderedTask
 from relay.wiring import aws_client
 
@@ -91,12 +91,14 @@ def test_a_hold_shows_the_groups_messages_again_together_and_a_letter_keeps_its_
         GroupPlacement("g-1", received[0]["MessageId"]),
         received[0]["Body"],
         {},
-        reason=DlqReason.EXHAUSTED,
-        attempts=3,
-        integration_id="i-1",
-        target_id="t-1",
-        last_status=503,
-        last_error="http-503",
+        DeadLetterNote(
+            DlqReason.EXHAUSTED,
+            3,
+            integration_id="i-1",
+            target_id="t-1",
+            last_status=503,
+            last_error="http-503",
+        ),
     )
     (letter,) = receive_all(aws_stack.ordered_dead_letter_queue_url)
     assert letter["Attributes"]["MessageGroupId"] == "g-1"

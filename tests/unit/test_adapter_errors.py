@@ -19,7 +19,7 @@ from relay.adapters.sqs import SqsQueues
 from relay.adapters.target_store import TargetStore
 from relay.errors import BreakerStoreUnavailable, DependencyUnavailable, RelayError, UnreadableEvent
 from relay.models.breaker import BreakerState
-from relay.models.delivery import DlqReason, S3Ref
+from relay.models.delivery import DeadLetterNote, DlqReason, S3Ref
 from relay.models.secrets import RotatingSecret
 from relay.models.targets import Integration, Target
 
@@ -73,14 +73,7 @@ WRITES: list[tuple[str, Callable[[Any], object]]] = [
     (
         "dead_letter",
         lambda c: SqsQueues(c, dead_letter_queue_url="dlq").dead_letter(
-            "{}",
-            {},
-            reason=DlqReason.POISON,
-            attempts=0,
-            integration_id=None,
-            target_id=None,
-            last_status=None,
-            last_error=None,
+            "{}", {}, DeadLetterNote(DlqReason.POISON, 0)
         ),
     ),
     ("send", lambda c: SqsQueues(c, delivery_queue_url="q", sleep=lambda s: None).send(["{}"])),

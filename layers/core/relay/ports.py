@@ -17,7 +17,7 @@ from pydantic import SecretStr
 
 from relay.models.archive import ArchiveRecord
 from relay.models.breaker import BreakerState, LaneState
-from relay.models.delivery import DlqReason, S3Ref
+from relay.models.delivery import DeadLetterNote, S3Ref
 from relay.models.http import HttpResult
 from relay.models.idempotency import Claim
 from relay.models.queue import (
@@ -114,13 +114,7 @@ class DeliveryQueueOps(Protocol):
         self,
         body: str,
         message_attributes: Mapping[str, Any],
-        *,
-        reason: DlqReason,
-        attempts: int,
-        integration_id: str | None,
-        target_id: str | None,
-        last_status: int | None,
-        last_error: str | None,
+        note: DeadLetterNote,
     ) -> None:
         """Send the body to the DLQ with attributes saying why."""
 
@@ -143,13 +137,7 @@ class OrderedQueueOps(Protocol):
         placement: GroupPlacement,
         body: str,
         message_attributes: Mapping[str, Any],
-        *,
-        reason: DlqReason,
-        attempts: int,
-        integration_id: str | None,
-        target_id: str | None,
-        last_status: int | None,
-        last_error: str | None,
+        note: DeadLetterNote,
     ) -> None:
         """Send the body to the ordered DLQ in its message group, with attributes saying why."""
 

@@ -39,7 +39,7 @@ from relay.models.delivery import (
     ATTR_LAST_STATUS,
     ATTR_TARGET_ID,
     DEAD_LETTER_ATTRIBUTES,
-    DlqReason,
+    DeadLetterNote,
 )
 from relay.models.queue import (
     MAX_BATCH_ENTRIES,
@@ -167,21 +167,13 @@ class SqsQueues:
         self,
         body: str,
         message_attributes: Mapping[str, Any],
-        *,
-        reason: DlqReason,
-        attempts: int,
-        integration_id: str | None,
-        target_id: str | None,
-        last_status: int | None,
-        last_error: str | None,
+        note: DeadLetterNote,
     ) -> None:
         self._call(
             "send_message",
             QueueUrl=self._dead_letter_queue(),
             MessageBody=body,
-            MessageAttributes=_dead_letter_attributes(
-                message_attributes, reason, attempts, integration_id, target_id, last_status, last_error
-            ),
+            MessageAttributes=_dead_letter_attributes(message_attributes, note),
         )
 
     # --- the ordered dispatcher's operations ------------------------------------------------------------
@@ -202,21 +194,13 @@ class SqsQueues:
         placement: GroupPlacement,
         body: str,
         message_attributes: Mapping[str, Any],
-        *,
-        reason: DlqReason,
-        attempts: int,
-        integration_id: str | None,
-        target_id: str | None,
-        last_status: int | None,
-        last_error: str | None,
+        note: DeadLetterNote,
     ) -> None:
         self._call(
             "send_message",
             QueueUrl=_required(self._ordered_dead_letter_queue_url, "ORDERED_DEAD_LETTER_QUEUE_URL"),
             MessageBody=body,
-            MessageAttributes=_dead_letter_attributes(
-                message_attributes, reason, attempts, integration_id, target_id, last_status, last_error
-            ),
+            MessageAttributes=_dead_letter_attributes(message_attributes, note),
             MessageGroupId=placement.group_id,
             MessageDeduplicationId=placement.deduplication_id,
         )
@@ -339,26 +323,20 @@ def _required(queue_url: str | None, setting: str) -> str:
 
 
 def _dead_letter_attributes(
-    message_attributes: Mapping[str, Any],
-    reason: DlqReason,
-    attempts: int,
-    integration_id: str | None,
-    target_id: str | None,
-    last_status: int | None,
-    last_error: str | None,
+    message_attributes: Mapping[str, Any], note: DeadLetterNote
 ) -> dict[str, dict[str, str]]:
     """The carried attributes plus the dead-letter notes saying why."""
     attributes = carried_attributes(message_attributes)
-    attributes[ATTR_DLQ_REASON] = _string(reason.value)
-    attributes[ATTR_ATTEMPTS] = _number(attempts)
-    if last_status is not None:
-        attributes[ATTR_LAST_STATUS] = _number(last_status)
-    if last_error:
-        attributes[ATTR_LAST_ERROR] = _string(last_error)
-    if target_id:
-        attributes[ATTR_TARGET_ID] = _string(target_id)
-    if integration_id:
-        attributes[ATTR_INTEGRATION_ID] = _string(integration_id)
+    attributes[ATTR_DLQ_REASON] = _string(note.reason.value)
+    attributes[ATTR_ATTEMPTS] = _number(note.attempts)
+    if note.last_status is not None:
+        attributes[ATTR_LAST_STATUS] = _number(note.last_status)
+    if note.last_error:
+        attributes[ATTR_LAST_ERROR] = _string(note.last_error)
+    if note.target_id:
+        attributes[ATTR_TARGET_ID] = _string(note.target_id)
+    if note.integration_id:
+        attributes[ATTR_INTEGRATION_ID] = _string(note.integration_id)
     return attributes
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -49,6 +50,18 @@ class DlqReason(StrEnum):
     POISON = "poison"  # the body is not a DeliveryTask, or its event cannot be sent
     UNKNOWN_TARGET = "unknown-target"
     TARGET_DISABLED = "target-disabled"
+
+
+@dataclass(frozen=True)
+class DeadLetterNote:
+    """Why the relay dead-letters a message: the attributes it carries in the DLQ (relay-dlq-*)."""
+
+    reason: DlqReason
+    attempts: int
+    integration_id: str | None = None
+    target_id: str | None = None
+    last_status: int | None = None
+    last_error: str | None = None
 
 
 # A message the queue's redrive policy moved (the backstop) carries no reason attribute; ``relay dlq``

@@ -7,7 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 from pydantic import SecretStr
@@ -25,7 +25,7 @@ from relay.errors import (
 )
 from relay.models.archive import ArchiveRecord, archive_key
 from relay.models.breaker import BreakerState, LaneState
-from relay.models.delivery import DlqReason, S3Ref
+from relay.models.delivery import DeadLetterNote, S3Ref
 from relay.models.http import HttpResult
 from relay.models.idempotency import Claim
 from relay.models.queue import (
@@ -480,27 +480,11 @@ class RecordingQueueOps:
         self,
         body: str,
         message_attributes: Mapping[str, Any],
-        *,
-        reason: DlqReason,
-        attempts: int,
-        integration_id: str | None,
-        target_id: str | None,
-        last_status: int | None,
-        last_error: str | None,
+        note: DeadLetterNote,
     ) -> None:
         self._check("dead_letter")
         with self._lock:
-            self.dead_letters.append(
-                {
-                    "body": body,
-                    "reason": reason,
-                    "attempts": attempts,
-                    "integration_id": integration_id,
-                    "target_id": target_id,
-                    "last_status": last_status,
-                    "last_error": last_error,
-                }
-            )
+            self.dead_letters.append({"body": body, **asdict(note)})
 
     def to_slow_lane(self, messages: Sequence[Requeue]) -> set[int]:
         if "to_slow_lane" in self.unavailable:
@@ -537,13 +521,7 @@ class RecordingOrderedQueueOps:
         placement: GroupPlacement,
         body: str,
         message_attributes: Mapping[str, Any],
-        *,
-        reason: DlqReason,
-        attempts: int,
-        integration_id: str | None,
-        target_id: str | None,
-        last_status: int | None,
-        last_error: str | None,
+        note: DeadLetterNote,
     ) -> None:
         self._check("dead_letter_in_order")
         with self._lock:
@@ -552,9 +530,7 @@ class RecordingOrderedQueueOps:
                     "group_id": placement.group_id,
                     "deduplication_id": placement.deduplication_id,
                     "body": body,
-                    "reason": reason,
-                    "attempts": attempts,
-                    "last_status": last_status,
+                    **asdict(note),
                 }
             )
 

@@ -24,7 +24,7 @@ from relay.logic.dispatch.metrics import Metric
 from relay.logic.dispatch.records import Item, SqsRecord
 from relay.logic.dispatch.settle import Settler
 from relay.logic.outcomes import Outcome
-from relay.models.delivery import DlqReason
+from relay.models.delivery import DeadLetterNote, DlqReason
 from relay.models.queue import GroupPlacement
 from relay.models.targets import OnExhausted
 from relay.observability import logger
@@ -69,29 +69,13 @@ class GroupQueue:
         self,
         body: str,
         message_attributes: Mapping[str, Any],
-        *,
-        reason: DlqReason,
-        attempts: int,
-        integration_id: str | None,
-        target_id: str | None,
-        last_status: int | None,
-        last_error: str | None,
+        note: DeadLetterNote,
     ) -> None:
         assert self._current is not None, "GroupQueue.at() names the record first"
         # The message id, not the delivery id: a redriven copy dead-lettered again within SQS's
         # 5-minute deduplication window must not be dropped as a repeat of the first.
         placement = GroupPlacement(self.group_id, self._current.message_id)
-        self._ordered.dead_letter_in_order(
-            placement,
-            body,
-            message_attributes,
-            reason=reason,
-            attempts=attempts,
-            integration_id=integration_id,
-            target_id=target_id,
-            last_status=last_status,
-            last_error=last_error,
-        )
+        self._ordered.dead_letter_in_order(placement, body, message_attributes, note)
 
 
 class OrderedSettler(Settler):

@@ -31,7 +31,7 @@ from relay.logic.dispatch.batch import Batch
 from relay.logic.dispatch.metrics import Metric
 from relay.logic.dispatch.records import Item, Unattempted
 from relay.logic.outcomes import Outcome, Verdict
-from relay.models.delivery import DlqReason
+from relay.models.delivery import DeadLetterNote, DlqReason
 from relay.models.queue import Requeue
 from relay.observability import logger
 from relay.ports import DeliveryQueueOps, TargetDirectory
@@ -95,12 +95,13 @@ class Settler:
             self._queue.dead_letter(
                 record.body,
                 record.message_attributes,
-                reason=reason,
-                attempts=record.attempts_before,
-                integration_id=task.integration_id if task else None,
-                target_id=target_id,
-                last_status=None,
-                last_error=unattempted.why,
+                DeadLetterNote(
+                    reason,
+                    record.attempts_before,
+                    integration_id=task.integration_id if task else None,
+                    target_id=target_id,
+                    last_error=unattempted.why,
+                ),
             )
         except DependencyUnavailable:
             logger.warning("DLQ unavailable", extra={"messageId": record.message_id, "reason": reason.value})
@@ -205,12 +206,14 @@ class Settler:
             self._queue.dead_letter(
                 item.record.body,
                 item.record.message_attributes,
-                reason=reason,
-                attempts=item.attempt,
-                integration_id=item.task.integration_id,
-                target_id=item.task.target_id,
-                last_status=outcome.status,
-                last_error=outcome.error_code,
+                DeadLetterNote(
+                    reason,
+                    item.attempt,
+                    integration_id=item.task.integration_id,
+                    target_id=item.task.target_id,
+                    last_status=outcome.status,
+                    last_error=outcome.error_code,
+                ),
             )
         except DependencyUnavailable:
             line.update(outcome=audit.LEFT_FOR_REDELIVERY, dlqReason=reason.value)
