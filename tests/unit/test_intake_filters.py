@@ -14,7 +14,7 @@ from relay.logic.intake.filters import EventFacts, FilterReason, filtered_out
 from relay.models.delivery import DeliveryTask
 from relay.models.event_filters import EventFilters
 from relay.models.targets import IntegrationEntry
-from relay.testing.fakes import InMemoryDeliveryQueue
+from relay.testing.fakes import InMemoryDeliveryQueue, InMemoryIdempotencyStore
 
 TEXT = sample("openmessaging_text.json")  # Text, Outbound, Human
 TYPING = sample("openmessaging_typing.json")  # Event [Typing], Outbound, no originatingEntity
@@ -107,11 +107,13 @@ def test_a_target_whose_filters_leave_the_event_out_gets_no_task_and_is_counted(
 def test_an_event_no_target_takes_is_accepted_counted_and_never_queued() -> None:
     # Given targets that take only typing events
     metrics = CountingMetrics()
+    store = InMemoryIdempotencyStore()
     intake, queue = make_intake(
         integrations=Integrations(
             entry_with(a={"types": ["Event"]}, b={"eventTypes": ["Typing"], "types": ["Event"]})
         ),
         metrics=metrics,
+        idempotency=store,
     )
 
     # When a receipt arrives
@@ -124,9 +126,11 @@ def test_an_event_no_target_takes_is_accepted_counted_and_never_queued() -> None
     assert metrics.counts[("EventsAccepted", None)] == 1
     assert ("TasksQueued", None) not in metrics.counts
 
-    # And a repeat is answered from the idempotency record, the same way, and queues nothing either
+    # And a repeat is answered the same way and queues nothing either
     assert answer(intake.handle(api_gateway_event(RECEIPT))) == answer(response)
     assert queue.bodies == []
+    # (with nothing to queue, nothing is claimed: no idempotency write is paid for)
+    assert store.writes == 0
 
 
 def test_eventbridge_events_are_filtered_by_detail_type() -> None:

@@ -80,6 +80,13 @@ class FanOut:
 
     def __call__(self, entry: IntegrationEntry, incoming: IncomingEvent) -> dict[str, Any]:
         """Queue one task per enabled target, once per event identity; repeats get the first answer."""
+        targets = self._matching([target for target in entry.targets if target.enabled], incoming.facts)
+        if not targets:
+            # Nothing to queue, so nothing to queue twice: no idempotency writes (a repeat gets the
+            # same answer the same way).
+            self._metrics.count("EventsUnmatched")
+            self._metrics.count("EventsAccepted")
+            return _answer(entry, incoming, [], claim_check=False)
         claim = self._idempotency.claim(incoming.key) if self._idempotency is not None else None
         if claim is not None and claim.state == "completed" and claim.response is not None:
             self._metrics.count("EventsDuplicate")
@@ -93,7 +100,7 @@ class FanOut:
             raise RequestInProgress("the same event is being accepted right now; retry shortly")
         queued = False
         try:
-            answer = self._queue_tasks(entry, incoming)
+            answer = self._queue_tasks(entry, incoming, targets)
             queued = True
         finally:
             if not queued and claim is not None:
@@ -122,14 +129,15 @@ class FanOut:
             # The claim's lease runs out on its own (shorter than Genesys' retry period).
             logger.warning("could not release the idempotency claim")
 
-    def _queue_tasks(self, entry: IntegrationEntry, incoming: IncomingEvent) -> dict[str, Any]:
+    def _queue_tasks(
+        self, entry: IntegrationEntry, incoming: IncomingEvent, targets: list[Target]
+    ) -> dict[str, Any]:
         integration_id = entry.integration.integration_id
-        targets = self._matching([target for target in entry.targets if target.enabled], incoming.facts)
         received_at = self._now()
         # The text as a JSON string: ASCII, and json.loads gives back the identical text.
         event_field = json.dumps(incoming.event_json, ensure_ascii=True)
         event_ref: S3Ref | None = None
-        if targets and len(event_field) + 1_024 > self._max_inline_body_bytes:
+        if len(event_field) + 1_024 > self._max_inline_body_bytes:
             event_ref = self._claim_check(incoming.key, integration_id, incoming.event_json.encode())
         bodies: list[str] = []
         ordered: list[OrderedTask] = []
@@ -161,10 +169,7 @@ class FanOut:
             self._ordered_queue.send_ordered(ordered)
         if bodies:
             self._queue.send(bodies)
-        if bodies or ordered:
-            self._metrics.count("TasksQueued", len(bodies) + len(ordered))
-        else:
-            self._metrics.count("EventsUnmatched")
+        self._metrics.count("TasksQueued", len(bodies) + len(ordered))
         # DEBUG, not INFO: at a million events this line alone was about half the log bytes, and the
         # accepted count is a metric; each delivery's audit line names the event and its receivedAt.
         logger.debug(
@@ -175,13 +180,7 @@ class FanOut:
                 "tasks": len(bodies) + len(ordered),
             },
         )
-        return {
-            "status": "accepted",
-            "eventId": incoming.event_id,
-            "integrationId": integration_id,
-            "deliveryIds": delivery_ids,
-            "claimCheck": event_ref is not None,
-        }
+        return _answer(entry, incoming, delivery_ids, claim_check=event_ref is not None)
 
     def _placement(
         self, incoming: IncomingEvent, integration_id: str, target: Target, delivery_id: str
@@ -217,6 +216,19 @@ class FanOut:
         if self._claim_checks is None:
             raise PayloadTooLarge("the body is too large to queue and no claim-check store is configured")
         return self._claim_checks.put(f"events/{integration_id}/{key.removeprefix('intake#')}.json", body)
+
+
+def _answer(
+    entry: IntegrationEntry, incoming: IncomingEvent, delivery_ids: list[str], *, claim_check: bool
+) -> dict[str, Any]:
+    """The 202 body (recorded for repeats, so it names nothing that changes between them)."""
+    return {
+        "status": "accepted",
+        "eventId": incoming.event_id,
+        "integrationId": entry.integration.integration_id,
+        "deliveryIds": delivery_ids,
+        "claimCheck": claim_check,
+    }
 
 
 def task_body(task: DeliveryTask, event_field: str | None) -> str:
