@@ -19,6 +19,7 @@ from relay.adapters.target_store import TargetStore
 from relay.errors import DependencyUnavailable
 from relay.local.aws_stack import LocalResources
 from relay.settings import get_settings
+from relay.testing.fakes import CountingMetrics
 from relay.wiring import aws_client, aws_clients
 from relay.wiring.intake import build_intake
 
@@ -162,25 +163,14 @@ class CountingDynamoDB:
 WRITES = {"put_item", "update_item", "delete_item", "batch_write_item", "transact_write_items"}
 
 
-class RecordedMetrics:
-    """Counts by name, in the test: the process-wide powertools metrics are only flushed by a handler,
-    and what this test counted there would reach the next test that flushes."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-
-    def count(
-        self, name: str, value: int = 1, *, reason: str | None = None, target: str | None = None
-    ) -> None:
-        self.counts[name] += value
-
-
 def test_an_accepted_event_costs_two_dynamodb_writes_and_a_repeat_one(aws_stack: LocalResources) -> None:
     # Given the intake wired to DynamoDB (targets and idempotency) through one counting client
     seed_fixture_integrations()
     settings = get_settings()
     dynamodb = CountingDynamoDB(aws_client("dynamodb"))
-    metrics = RecordedMetrics()
+    # (its own recorder: the process-wide powertools metrics are flushed only by a handler, and what
+    # this test counted there would reach the next test in the worker that flushes)
+    metrics = CountingMetrics()
     intake = build_intake(
         settings,
         integrations=TargetStore(dynamodb, aws_stack.targets_table, cache_ttl_seconds=60),
@@ -205,4 +195,8 @@ def test_an_accepted_event_costs_two_dynamodb_writes_and_a_repeat_one(aws_stack:
     writes = {name: count for name, count in dynamodb.calls.items() if name in WRITES}
     assert writes == {"put_item": 20, "update_item": 10}
     assert len(drain(aws_stack.delivery_queue_url)) == 20
-    assert metrics.counts == {"EventsAccepted": 10, "EventsDuplicate": 10, "TasksQueued": 20}
+    assert metrics.counts == {
+        ("EventsAccepted", None): 10,
+        ("EventsDuplicate", None): 10,
+        ("TasksQueued", None): 20,
+    }

@@ -57,22 +57,6 @@ class Secrets:
         return self.secret
 
 
-class CountingMetrics:
-    """``counts`` by (name, reason); per-target counts also by (name, target, reason) in ``per_target``."""
-
-    def __init__(self) -> None:
-        self.counts: dict[tuple[str, str | None], int] = {}
-        self.per_target: dict[tuple[str, str, str | None], int] = {}
-
-    def count(
-        self, name: str, value: int = 1, *, reason: str | None = None, target: str | None = None
-    ) -> None:
-        self.counts[(name, reason)] = self.counts.get((name, reason), 0) + value
-        if target is not None:
-            key = (name, target, reason)
-            self.per_target[key] = self.per_target.get(key, 0) + value
-
-
 def make_intake(**overrides: Any) -> tuple[Intake, InMemoryDeliveryQueue]:
     queue = overrides.pop("queue", None) or InMemoryDeliveryQueue()
     options: dict[str, Any] = {

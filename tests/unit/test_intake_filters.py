@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 from support.events import INTEGRATION_ID, api_gateway_event, sample
-from test_intake_fakes import CountingMetrics, Integrations, answer, make_entry, make_intake
+from test_intake_fakes import Integrations, answer, make_entry, make_intake
 
 from relay.logic.intake.filters import EventFacts, FilterReason, filtered_out
 from relay.models.delivery import DeliveryTask
 from relay.models.event_filters import EventFilters
 from relay.models.targets import IntegrationEntry
-from relay.testing.fakes import InMemoryDeliveryQueue, InMemoryIdempotencyStore
+from relay.testing.fakes import CountingMetrics, InMemoryDeliveryQueue, InMemoryIdempotencyStore
 
 TEXT = sample("openmessaging_text.json")  # Text, Outbound, Human
 TYPING = sample("openmessaging_typing.json")  # Event [Typing], Outbound, no originatingEntity

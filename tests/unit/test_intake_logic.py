@@ -12,7 +12,6 @@ import pytest
 from support.events import INTEGRATION_ID, SIGNATURE_SECRET, api_gateway_event, sample
 from test_intake_fakes import (
     PREVIOUS_SECRET,
-    CountingMetrics,
     Integrations,
     Secrets,
     answer,
@@ -25,7 +24,12 @@ from relay.errors import BadRequest, ConfigurationError, DependencyUnavailable
 from relay.models.delivery import DeliveryTask
 from relay.models.genesys import OPEN_MESSAGE
 from relay.models.queue import MAX_BATCH_BYTES, OutgoingMessage, plan_batches
-from relay.testing.fakes import InMemoryClaimCheckStore, InMemoryDeliveryQueue, InMemoryIdempotencyStore
+from relay.testing.fakes import (
+    CountingMetrics,
+    InMemoryClaimCheckStore,
+    InMemoryDeliveryQueue,
+    InMemoryIdempotencyStore,
+)
 
 
 def tasks(queue: InMemoryDeliveryQueue) -> list[DeliveryTask]:

@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 from support.events import INTEGRATION_ID, api_gateway_event, sample
-from test_intake_fakes import CountingMetrics, Integrations, answer, make_intake
+from test_intake_fakes import Integrations, answer, make_intake
 
 from relay.errors import DependencyUnavailable
 from relay.logic.intake.ordering import eventbridge_key, message_group, open_messaging_key
 from relay.models.delivery import DeliveryTask
 from relay.models.queue import OrderedTask
 from relay.models.targets import Integration, IntegrationEntry, Ordering, Target
-from relay.testing.fakes import InMemoryOrderedQueue
+from relay.testing.fakes import CountingMetrics, InMemoryOrderedQueue
 
 CONVERSATION = "1734d888-3c0e-47bc-bacb-e9996a16b682"  # the samples' conversationId
 

@@ -80,6 +80,23 @@ class InMemoryClaimCheckStore:
             raise UnreadableEvent("the claim-checked event is not UTF-8") from None
 
 
+class CountingMetrics:
+    """The MetricsRecorder port, counting: ``counts`` by (name, reason); per-target counts also by
+    (name, target, reason) in ``per_target``."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str | None], int] = {}
+        self.per_target: dict[tuple[str, str, str | None], int] = {}
+
+    def count(
+        self, name: str, value: int = 1, *, reason: str | None = None, target: str | None = None
+    ) -> None:
+        self.counts[(name, reason)] = self.counts.get((name, reason), 0) + value
+        if target is not None:
+            key = (name, target, reason)
+            self.per_target[key] = self.per_target.get(key, 0) + value
+
+
 class InMemoryIdempotencyStore:
     """The same semantics as the DynamoDB store in process memory (one container). ``writes`` counts
     claims, completions and releases, as DynamoDB would bill them."""
