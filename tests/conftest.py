@@ -15,6 +15,7 @@ import pytest
 
 from relay.local.aws_stack import LocalResources, MotoServer, create_resources, forget_cached_configuration
 from relay.local.template import load_template
+from relay.observability import metrics
 
 # pytester: tests/unit/test_socket_guard.py runs a unit test of its own under the socket guard.
 pytest_plugins = ["pytester"]
@@ -40,3 +41,11 @@ def aws_stack(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[L
     forget_cached_configuration()
     yield resources
     forget_cached_configuration()
+
+
+@pytest.fixture(autouse=True)
+def no_metrics_from_earlier_tests() -> None:
+    """Each test starts with nothing counted in the process-wide powertools metrics: tests that drive
+    the intake or an operator command in-process count there with no handler to flush, and a later
+    handler in the same worker would otherwise publish their counts as its own."""
+    metrics.clear_metrics()

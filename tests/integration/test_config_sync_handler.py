@@ -15,7 +15,6 @@ from support.lambda_context import lambda_context
 from relay.errors import GenesysForbidden, GenesysLoginError
 from relay.local.fake_genesys import FakeGenesys
 from relay.local.fixtures import Fixtures
-from relay.observability import metrics
 
 pytestmark = pytest.mark.integration
 
@@ -55,10 +54,8 @@ def _emf_metrics(stdout: str) -> dict[str, float]:
 def test_handler_syncs_and_emits_metrics_without_secrets(
     handler: Handler, genesys: FakeGenesys, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    # Given one target whose config was broken in Genesys, and nothing counted yet in this process
-    # (tests that drive the intake or an operator command in-process count without a handler to flush)
+    # Given one target whose config was broken in Genesys
     genesys.update_config_properties(CRM.id, method="DELETE")
-    metrics.clear_metrics()
 
     # When the scheduled event invokes the handler
     result = handler(EVENT, lambda_context("config_sync"))
