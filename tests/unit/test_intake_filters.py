@@ -173,3 +173,43 @@ def test_a_filtered_large_event_needs_no_claim_check() -> None:
     # Then it is accepted without storing anything
     assert response["statusCode"] == 202 and answer(response)["claimCheck"] is False
     assert queue.bodies == []
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"events": 7},
+        {"events": True},
+        {"events": "Typing"},
+        {"events": [{"eventType": 5}, 3, None]},
+        {"direction": {"x": 1}},
+        {"originatingEntity": ["Bot"]},
+    ],
+)
+def test_fields_the_schema_does_not_check_are_no_facts_when_they_are_not_text(odd: dict[str, Any]) -> None:
+    # Given a Text message whose unchecked fields carry JSON that is not what Genesys sends
+    message = {**TEXT, **odd}
+
+    # Then the filters see no such fact (rather than failing on it)
+    facts = facts_of(message)
+    assert facts.message_type == "Text" and facts.event_types == ()
+    assert facts.direction in (None, TEXT.get("direction")) and facts.originating_entity in (
+        None,
+        TEXT.get("originatingEntity"),
+    )
+
+
+def test_a_signed_message_with_odd_unchecked_fields_is_filtered_not_a_500() -> None:
+    # Given targets with filters, and a signed Text message whose "events" is a number (found by the
+    # intake fuzz test: a 500)
+    intake, queue = make_intake(
+        integrations=Integrations(entry_with(a={"types": ["Text"]}, b={"eventTypes": ["Typing"]}))
+    )
+
+    # When it arrives
+    response = intake.handle(api_gateway_event({**TEXT, "events": 7}))
+
+    # Then it is accepted and queued as any Text message: both targets take it (an event-kind filter
+    # applies to Event messages only)
+    assert response["statusCode"] == 202
+    assert queued_targets(queue) == ["a", "b"]

@@ -23,6 +23,12 @@ _RFC3339 = re.compile(
 _RFC3339_HINT = "an RFC 3339 date-time with an offset, e.g. 2026-03-25T13:20:05.493Z"
 
 
+def text_field(value: object) -> str | None:
+    """A field of a message, read as text: a non-blank string, else None. The schema leaves the
+    fields it does not check free to carry any JSON, so readers of such fields go through this."""
+    return value if isinstance(value, str) and value.strip() else None
+
+
 def utc_instant(text: str) -> str:
     """The instant an RFC 3339 date-time names, spelled one way: UTC, "Z", the fraction kept in full.
 

@@ -12,6 +12,7 @@ from functools import lru_cache
 from typing import Any
 
 from relay.models.event_filters import EventFilters
+from relay.models.genesys import text_field
 
 
 class FilterReason(StrEnum):
@@ -37,13 +38,18 @@ class EventFacts:
 
     @classmethod
     def of_open_message(cls, message: Mapping[str, Any]) -> EventFacts:
-        """From a message that passed the Open Messaging schema (relay.models.genesys)."""
-        events = message.get("events") or ()
+        """From a message that passed the Open Messaging schema (relay.models.genesys). The schema
+        lets fields it does not check carry any JSON, so a fact that is not text is no fact."""
+        events = message.get("events")
         return cls(
-            message_type=message.get("type"),
-            event_types=tuple(e["eventType"] for e in events if isinstance(e, dict) and "eventType" in e),
-            direction=message.get("direction"),
-            originating_entity=message.get("originatingEntity"),
+            message_type=text_field(message.get("type")),
+            event_types=tuple(
+                kind
+                for event in (events if isinstance(events, list) else ())
+                if isinstance(event, dict) and (kind := text_field(event.get("eventType"))) is not None
+            ),
+            direction=text_field(message.get("direction")),
+            originating_entity=text_field(message.get("originatingEntity")),
         )
 
     @classmethod

@@ -17,17 +17,19 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
+from relay.models.genesys import text_field
+
 
 def open_messaging_key(message: Mapping[str, Any]) -> str | None:
     """The conversation of an Open Messaging message (already validated), or None."""
-    conversation = _text(message.get("conversationId"))
+    conversation = text_field(message.get("conversationId"))
     if conversation:
         return f"conversation:{conversation}"
     channel = message.get("channel") or {}
     direction = str(message.get("direction") or "").lower()
     side = {"outbound": "to", "inbound": "from"}.get(direction)
     party = channel.get(side) if side else None
-    customer = _text(party.get("id")) if isinstance(party, Mapping) else None
+    customer = text_field(party.get("id")) if isinstance(party, Mapping) else None
     return f"customer:{customer}" if customer else None
 
 
@@ -35,7 +37,7 @@ def eventbridge_key(event: Mapping[str, Any]) -> str | None:
     """The conversation of a Genesys EventBridge event (already validated), or None."""
     detail = event.get("detail") or {}
     body = detail.get("eventBody") if isinstance(detail, Mapping) else None
-    conversation = _text(body.get("conversationId")) if isinstance(body, Mapping) else None
+    conversation = text_field(body.get("conversationId")) if isinstance(body, Mapping) else None
     return f"conversation:{conversation}" if conversation else None
 
 
@@ -44,7 +46,3 @@ def message_group(integration_id: str, target_id: str, key: str) -> str:
     and only some characters; a digest keeps customer ids out of queue metadata)."""
     scoped = "\n".join((integration_id, target_id, key))
     return hashlib.sha256(scoped.encode("utf-8")).hexdigest()
-
-
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) and value.strip() else None
