@@ -26,9 +26,10 @@ RECORDS = 60
 DISPATCHERS = 8
 LIMITED_TARGET = "5d2c1b0a-9e8f-4a7b-8c6d-5e4f3a2b1c0d"
 # A request reaches the receiver a little after its tokens were taken (the attempt's preparation, the
-# pool, the loopback); on a busy 2-core machine that lag varies by up to this much between
-# dispatchers, which moves arrivals from one window to the next.
-ARRIVAL_JITTER_SECONDS = 0.25
+# pool, the loopback); on a busy 2-core machine that lag varies between dispatchers, which moves
+# arrivals from one window to the next. Measured under make test's own load: up to 0.27-0.31 s (excess
+# 2.71 and 3.09 requests); with admission switched off the excess is about 42, far beyond this.
+ARRIVAL_JITTER_SECONDS = 0.5
 
 
 def worst_window_excess(arrivals: list[float], limit: float, burst: int) -> float:
