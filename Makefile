@@ -98,7 +98,7 @@ e2e: $(VENV)/.synced
 # by default) cannot be imported on an x86_64 machine, so an x86_64 twin is built too and imported
 # the way Lambda loads it; the arm64 build is checked by wheel tags and ELF headers.
 test: lint typecheck template-check build build-x86_64
-	RELAY_BUILD_ARCH=$(ARCH) $(PY) -m pytest -q -n 2 --dist loadfile -m "not chaos_proof"
+	RELAY_BUILD_ARCH=$(ARCH) $(PY) -m pytest -q -n 2 --dist loadfile
 
 # The layers' Makefiles read PYTHON and ARCH from the environment (layers/wheels.mk): wheels for that
 # architecture and cp313, bytecode compiled by that interpreter. sam build itself needs python3.13 on
@@ -124,7 +124,6 @@ bench: $(VENV)/.synced
 # (issue 15): each prints one JSON line.
 chaos: $(VENV)/.synced
 	$(PY) bench/chaos.py
-	$(PY) -m pytest -q -m chaos_proof
 	$(PY) -m bench.ordering
 	$(PY) -m bench.ordering_dispatcher
 

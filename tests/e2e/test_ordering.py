@@ -19,18 +19,17 @@ from typing import Any
 
 import pytest
 
-# Run by make chaos, not make test: on the shared 2-core machine the local FIFO emulation over moto
-# held conversations until the run's settle timeout in two of the last runs (docs/chaos.md).
-pytestmark = [pytest.mark.e2e, pytest.mark.chaos_proof, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
+# About a minute on the shared machine; bench/ordering.py runs 1,000 events over 50 conversations.
 SCALED = {
-    "events": 200,
+    "events": 100,
     "conversations": 10,
     "fault_rate": 0.3,
-    "down_seconds": 5.0,
-    "throughput_events": 100,
-    "throughput_conversations": 10,
+    "down_seconds": 4.0,
+    "throughput_events": 50,
+    "throughput_conversations": 5,
 }
 
 

@@ -197,3 +197,54 @@ def test_without_the_fifo_emulation_moto_hands_out_a_held_groups_later_message_f
     consumer = ordered_poller(fifo=False)
 
     wait_until(lambda: consumer.out_of_order, what="a group handed out past its oldest message", timeout=60)
+
+
+class LateHoldConsumer:
+    """First batch: makes moto forget its records were received (visibility 0), then holds the head
+    alone, and reports them all failed: the group's head invisible but no longer in flight for moto,
+    as after a hold sent late through an older receipt handle (an invocation that outran its timeout
+    on a busy machine). Later batches are settled; arrivals and receive counts are recorded."""
+
+    def __init__(self, queue_url: str, held_seconds: int) -> None:
+        self.queue_url, self.held_seconds = queue_url, held_seconds
+        self.lock = threading.Lock()
+        self.late_hold_done = False
+        self.arrived: list[str] = []
+        self.receive_counts: dict[str, int] = {}
+
+    def __call__(self, event: dict[str, Any], context: Any) -> Any:
+        records = event["Records"]
+        with self.lock:
+            if not self.late_hold_done:
+                self.late_hold_done = True
+                queues = SqsQueues(aws_client("sqs"), ordered_queue_url=self.queue_url)
+                queues.hold([r["receiptHandle"] for r in records], 0)
+                queues.hold([records[0]["receiptHandle"]], self.held_seconds)
+                return {"batchItemFailures": [{"itemIdentifier": r["messageId"]} for r in records]}
+            for record in records:
+                self.arrived.append(record["body"])
+                self.receive_counts[record["body"]] = int(record["attributes"]["ApproximateReceiveCount"])
+        return {"batchItemFailures": []}
+
+
+def test_a_group_whose_head_is_held_outside_any_receive_is_not_received_in_a_spin(
+    aws_stack: LocalResources,
+) -> None:
+    # moto hands out the later message of a group whose head is held but not in flight; the emulation
+    # gives it back. Given back at once and received again at once, it was received hundreds of times
+    # a second, and at the queue's maxReceiveCount moto moved it to the DLQ unattempted.
+    held_seconds = 8
+    ordered_queues(aws_stack).send_ordered([OrderedTask(b, GroupPlacement("g", b)) for b in ("g-0", "g-1")])
+    consumer = LateHoldConsumer(aws_stack.ordered_queue_url, held_seconds)
+    # One slot: no other receive is waiting while the consumer moves the head out of flight.
+    source = dataclasses.replace(
+        SqsEventSource.from_template(aws_stack.template, ORDERED), maximum_concurrency=1
+    )
+    function = LocalFunction.from_template(aws_stack.template, ORDERED, handler=consumer)
+
+    with SqsPoller(source, function, aws_client("sqs")):
+        wait_until(lambda: len(consumer.arrived) == 2, what="both messages delivered", timeout=60)
+
+    assert consumer.arrived == ["g-0", "g-1"]
+    # One receive before the hold, about one a second while the head was held, one that is invoked.
+    assert consumer.receive_counts["g-1"] <= 2 + 2 * held_seconds, consumer.receive_counts
