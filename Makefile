@@ -120,10 +120,11 @@ build-x86_64: $(SAMVENV)/.synced
 bench: $(VENV)/.synced
 	$(PY) -m bench.run
 
-# The chaos run, then the ordering proof at full size and the ordered path's throughput without moto
-# (issue 15): each prints one JSON line.
+# The chaos run, the intake fuzz at full size, then the ordering proof at full size and the ordered
+# path's throughput without moto (issue 15): each bench prints one JSON line.
 chaos: $(VENV)/.synced
 	$(PY) bench/chaos.py
+	RELAY_FUZZ_EXAMPLES=5200 $(PY) -m pytest -q tests/integration/test_intake_fuzz.py
 	$(PY) -m bench.ordering
 	$(PY) -m bench.ordering_dispatcher
 

@@ -1,7 +1,8 @@
 """Property-based fuzzing of the intake handler, in process, with a real moto server behind it.
 
-Over 5,000 generated requests (well-formed and broken Genesys messages, random JSON and bytes, right,
-wrong, malformed and missing signatures, base64 bodies, odd methods, content types and integration ids):
+Over 2,600 generated requests in ``make test``, 5,200 in ``make chaos`` (``RELAY_FUZZ_EXAMPLES``):
+well-formed and broken Genesys messages, random JSON and bytes, right, wrong, malformed and missing
+signatures, base64 bodies, odd methods, content types and integration ids:
 
 * no request gets a 5xx, and every answer is the JSON the OpenAPI document describes;
 * a 202 is given only to a correctly signed, schema-valid message; every other answer is a 4xx;
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,7 +34,8 @@ from relay.local.aws_stack import LocalResources
 from relay.models.genesys import OPEN_MESSAGE
 from relay.settings import get_settings
 
-EXAMPLES = 5_200
+# make test runs half of what make chaos runs: the full run takes about two minutes of one core.
+EXAMPLES = int(os.environ.get("RELAY_FUZZ_EXAMPLES", "2600"))
 MAX_BODY_BYTES = 4_096  # small, so that 413 is cheap to reach
 SAMPLES = [sample(f"openmessaging_{name}.json") for name in ("text", "typing", "receipt")]
 
@@ -220,6 +223,6 @@ def test_fuzzed_requests_never_get_a_5xx_and_never_queue_an_invalid_event(
 
     # And nothing a refused request sent is left in the queue
     assert drain(aws_stack.delivery_queue_url) == []
-    assert sum(outcomes.values()) >= 5_000
+    assert sum(outcomes.values()) >= EXAMPLES * 0.95  # hypothesis may stop a little short
     assert outcomes.get(202, 0) > 100 and all(status < 500 for status in outcomes)
     print(json.dumps({"fuzz_requests": sum(outcomes.values()), "by_status": dict(sorted(outcomes.items()))}))
