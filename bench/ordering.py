@@ -413,10 +413,13 @@ def _verdict(receiver: Receiver, sent: dict[str, list[str]], dead_lettered: set[
         delivered.add(str((request.event or {}).get("id")))
     in_order = out_of_order = 0
     inversions = 0
+    not_in_order: dict[str, list[int]] = {}  # a few, to explain a failure: what arrived, in order
     for conversation, event_ids in sent.items():
         seen = arrived.get(conversation, [])
         if seen == list(range(len(event_ids))):
             in_order += 1
+        elif len(not_in_order) < 3:
+            not_in_order[conversation] = seen
         if any(later < earlier for earlier, later in zip(seen, seen[1:], strict=False)):
             out_of_order += 1
             inversions += sum(1 for earlier, later in zip(seen, seen[1:], strict=False) if later < earlier)
@@ -428,6 +431,7 @@ def _verdict(receiver: Receiver, sent: dict[str, list[str]], dead_lettered: set[
         "conversations_in_order": in_order,
         "conversations_out_of_order": out_of_order,
         "adjacent_inversions": inversions,
+        "not_in_order_examples": not_in_order,
         "requests": len(receiver.requests),
         "duplicates": sum(1 for r in receiver.requests if r.duplicate),
     }
