@@ -439,17 +439,9 @@ class ChaosRun:
         self.timeline.setdefault("down_end", time.time())
 
     def _settle(self, timeout: float = SETTLE_TIMEOUT_SECONDS) -> bool:
-        """Until both lanes' delivery queues are empty (visible, in flight, delayed) and their pollers
-        idle, three looks in a row."""
+        """Until every lane's delivery queue is empty (visible, in flight, delayed) and its poller idle."""
         assert self.stack is not None
-        deadline = time.monotonic() + timeout
-        quiet = 0
-        while time.monotonic() < deadline:
-            quiet = 0 if self.stack.deliveries_pending() else quiet + 1
-            if quiet >= 3:
-                return True
-            time.sleep(0.5)
-        return False
+        return self.stack.wait_settled(timeout)
 
     # --- what actually happened --------------------------------------------------------------------
     def dead_letter_pairs(self) -> tuple[set[tuple[str, str]], Counter[str]]:

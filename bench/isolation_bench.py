@@ -220,16 +220,6 @@ def delivered(load: Load, start: float, end: float) -> dict[str, Any]:
     }
 
 
-def settle(stack: LocalStack, deadline: float) -> bool:
-    quiet = 0
-    while time.time() < deadline:
-        quiet = 0 if stack.deliveries_pending() else quiet + 1
-        if quiet >= 3:
-            return True
-        time.sleep(0.5)  # a benchmark's look at the queues, not a test's synchronisation
-    return False
-
-
 def dead_lettered(stack: LocalStack) -> set[str]:
     """deliveryIds of every DeliveryTask in the DLQ."""
     assert stack.resources is not None
@@ -243,7 +233,7 @@ def dead_lettered(stack: LocalStack) -> set[str]:
 
 def slow_outcome(stack: LocalStack, load: Load, behaviour: Behaviour) -> dict[str, Any]:
     """The slow target's tasks once everything settled: delivered, dead-lettered, lost, attempts."""
-    settled = settle(stack, time.time() + SETTLE_SECONDS)
+    settled = stack.wait_settled(SETTLE_SECONDS)
     attempts = Counter(r.webhook_id for r in load.receiver.requests if r.webhook_id)
     got = load.receiver.unique_delivery_ids
     dead = dead_lettered(stack)

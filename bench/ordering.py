@@ -364,17 +364,9 @@ class OrderingRun:
         return event_id, json.dumps(event, separators=(",", ":")).encode()
 
     def _settle(self) -> bool:
-        """Until every delivery queue (fast, slow, ordered) is empty and every poller idle, three looks
-        in a row."""
+        """Until every delivery queue (fast, slow, ordered) is empty and every poller idle."""
         assert self.stack is not None
-        deadline = time.monotonic() + SETTLE_TIMEOUT_SECONDS
-        quiet = 0
-        while time.monotonic() < deadline:
-            quiet = 0 if self.stack.deliveries_pending() else quiet + 1
-            if quiet >= 3:
-                return True
-            time.sleep(0.5)  # not a wait: the interval between looks at the queues
-        return False
+        return self.stack.wait_settled(SETTLE_TIMEOUT_SECONDS)
 
     def _dead_letters(self) -> dict[str, set[str]]:
         """target id -> event ids in either dead-letter queue."""

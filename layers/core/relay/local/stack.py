@@ -41,6 +41,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -324,6 +325,19 @@ class LocalStack:
             )["Attributes"]
             if any(int(value) for value in attributes.values()):
                 return True
+        return False
+
+    def wait_settled(self, timeout_seconds: float) -> bool:
+        """Until ``deliveries_pending`` is false at three looks in a row, half a second apart (True), or
+        ``timeout_seconds`` pass (False): a single quiet look can fall between a receive and its
+        invocation."""
+        deadline = time.monotonic() + timeout_seconds
+        quiet = 0
+        while time.monotonic() < deadline:
+            quiet = 0 if self.deliveries_pending() else quiet + 1
+            if quiet >= 3:
+                return True
+            time.sleep(0.5)  # the interval between looks at the queues, not a synchronisation
         return False
 
     def webhook_url(self, integration_id: str) -> str:
