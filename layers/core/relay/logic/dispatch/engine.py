@@ -247,20 +247,24 @@ class Dispatcher:
         with self._slot(item.key):
             if batch.is_gone(item.key):
                 self._settle.unattempted(Unattempted.gone(item), batch)  # 410 while this record waited
-            elif self._out_of_time(item, batch):
+                return
+            if self._out_of_time(item, batch):
                 # A Lambda timeout would fail the whole batch and cost every record a receive:
                 # hand this one back untouched instead (no attempt used).
                 self._settle.deferred(item, 0, batch, error_code="out-of-time")
-            elif may_route and self._isolation.turned_slow(item) and not self._settle.routed([item], batch):
-                pass  # its target turned out slow while this record waited: the slow lane has it
-            else:
-                attempt = self._attempter.run(item)
-                if isinstance(attempt, Unattempted):
-                    self._settle.unattempted(attempt, batch)
+                return
+            if may_route and self._isolation.turned_slow(item):
+                # Its target turned out slow while this record waited: the slow lane takes it, unless
+                # its queue refused it (then it is delivered here, as without isolation).
+                if not self._settle.routed([item], batch):
                     return
-                if attempt.result is not None and attempt.outcome.reached_endpoint:
-                    self._isolation.observe(item, attempt.result.elapsed_ms, batch)
-                self._settle.attempted(item, attempt, batch)
+            attempt = self._attempter.run(item)
+            if isinstance(attempt, Unattempted):
+                self._settle.unattempted(attempt, batch)
+                return
+            if attempt.result is not None and attempt.outcome.reached_endpoint:
+                self._isolation.observe(item, attempt.result.elapsed_ms, batch)
+            self._settle.attempted(item, attempt, batch)
 
     def _run(self, work: list[Work], batch: Batch) -> None:
         """Run each item's step in the pool and wait for all of them. A step that raised is a bug, not
