@@ -169,23 +169,22 @@ class InMemoryBreakerStore:
             return self._states.get(key, BreakerState()), self._lanes.get(key, LaneState())
 
     def save(self, key: str, state: BreakerState, *, expected_version: int) -> bool:
-        with self._lock:
-            self._check()
-            self.writes += 1
-            current = self._states.get(key)
-            if (current.version if current else 0) != expected_version:
-                return False
-            self._states[key] = state
-            return True
+        return self._swap(self._states, key, state, expected_version)
 
     def save_lane(self, key: str, lane: LaneState, *, expected_version: int) -> bool:
+        return self._swap(self._lanes, key, lane, expected_version)
+
+    def _swap[V: (BreakerState, LaneState)](
+        self, stored: dict[str, V], key: str, value: V, expected_version: int
+    ) -> bool:
+        """One conditional write: ``value`` if the stored one's version is still ``expected_version``."""
         with self._lock:
             self._check()
             self.writes += 1
-            current = self._lanes.get(key)
+            current = stored.get(key)
             if (current.version if current else 0) != expected_version:
                 return False
-            self._lanes[key] = lane
+            stored[key] = value
             return True
 
     def _check(self) -> None:
