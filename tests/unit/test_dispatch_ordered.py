@@ -137,6 +137,14 @@ class OrderedRelay:
     def nothing_resent(self) -> bool:
         return self.queue.deferrals == [] and self.queue.retries == [] and self.queue.dead_letters == []
 
+    def open_breaker(self, *, until: float) -> None:
+        """The crm target's breaker stored open (half-open once ``until`` has passed)."""
+        self.breakers.save(
+            target_key(INTEGRATION, "crm"),
+            BreakerState(phase=Phase.OPEN, consecutive_failures=5, trips=1, until=until, version=1),
+            expected_version=0,
+        )
+
 
 @pytest.fixture
 def relays() -> Iterator[list[OrderedRelay]]:
@@ -264,11 +272,7 @@ def test_an_open_breaker_holds_every_conversation_of_its_target_without_a_re_sen
     relays: list[OrderedRelay],
 ) -> None:
     r = ordered_relay(relays)
-    r.breakers.save(
-        target_key(INTEGRATION, "crm"),
-        BreakerState(phase=Phase.OPEN, consecutive_failures=5, trips=1, until=NOW + 20, version=1),
-        expected_version=0,
-    )
+    r.open_breaker(until=NOW + 20)
     a0, a1, b0 = fifo_record("a", 0), fifo_record("a", 1), fifo_record("b", 0)
 
     failed = r.batch(a0, a1, b0)
@@ -308,11 +312,7 @@ def test_the_probe_goes_first_and_a_failed_probe_holds_the_targets_other_convers
     relays: list[OrderedRelay],
 ) -> None:
     r = ordered_relay(relays, answers={"a-0": 503})
-    r.breakers.save(
-        target_key(INTEGRATION, "crm"),
-        BreakerState(phase=Phase.OPEN, consecutive_failures=5, trips=1, until=NOW - 1, version=1),
-        expected_version=0,
-    )
+    r.open_breaker(until=NOW - 1)
     a0, b0 = fifo_record("a", 0), fifo_record("b", 0)
 
     failed = r.batch(a0, b0)
@@ -324,11 +324,7 @@ def test_the_probe_goes_first_and_a_failed_probe_holds_the_targets_other_convers
 
 def test_a_healthy_probe_lets_the_other_conversations_go(relays: list[OrderedRelay]) -> None:
     r = ordered_relay(relays)
-    r.breakers.save(
-        target_key(INTEGRATION, "crm"),
-        BreakerState(phase=Phase.OPEN, consecutive_failures=5, trips=1, until=NOW - 1, version=1),
-        expected_version=0,
-    )
+    r.open_breaker(until=NOW - 1)
     a0, a1, b0 = fifo_record("a", 0), fifo_record("a", 1), fifo_record("b", 0)
 
     failed = r.batch(b0, a0, a1)
@@ -424,11 +420,7 @@ def test_a_slow_ordered_target_whose_breaker_is_open_holds_its_conversation(
     # The slow lane's routing reads the lane instead of claiming the breaker: were it applied to an
     # ordered record, the open breaker would be skipped and the record sent.
     r = routing_relay_with_a_slow_target(relays)
-    r.breakers.save(
-        target_key(INTEGRATION, "crm"),
-        BreakerState(phase=Phase.OPEN, consecutive_failures=5, trips=1, until=NOW + 20, version=1),
-        expected_version=0,
-    )
+    r.open_breaker(until=NOW + 20)
     a0, a1 = fifo_record("a", 0), fifo_record("a", 1)
 
     assert sorted(r.batch(a0, a1)) == sorted(ids(a0, a1))
