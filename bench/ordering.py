@@ -406,12 +406,14 @@ def _verdict(receiver: Receiver, sent: dict[str, list[str]], dead_lettered: set[
     in_order = out_of_order = 0
     inversions = 0
     not_in_order: dict[str, list[int]] = {}  # a few, to explain a failure: what arrived, in order
+    trails: dict[str, list[dict[str, Any]]] = {}  # and every request of theirs, answered or not
     for conversation, event_ids in sent.items():
         seen = arrived.get(conversation, [])
         if seen == list(range(len(event_ids))):
             in_order += 1
         elif len(not_in_order) < 3:
             not_in_order[conversation] = seen
+            trails[conversation] = _trail(receiver, conversation, event_ids)
         if any(later < earlier for earlier, later in zip(seen, seen[1:], strict=False)):
             out_of_order += 1
             inversions += sum(1 for earlier, later in zip(seen, seen[1:], strict=False) if later < earlier)
@@ -424,9 +426,35 @@ def _verdict(receiver: Receiver, sent: dict[str, list[str]], dead_lettered: set[
         "conversations_out_of_order": out_of_order,
         "adjacent_inversions": inversions,
         "not_in_order_examples": not_in_order,
+        "not_in_order_trails": trails,
         "requests": len(receiver.requests),
         "duplicates": sum(1 for r in receiver.requests if r.duplicate),
     }
+
+
+def _trail(receiver: Receiver, conversation: str, event_ids: list[str]) -> list[dict[str, Any]]:
+    """Every request the receiver saw for one conversation, in arrival order: when, which message
+    (its sequence number, and whether the intake's 202 for it came in that order), what was answered."""
+    sent_as = {event_id: seq for seq, event_id in enumerate(event_ids)}
+    trail: list[dict[str, Any]] = []
+    for request in receiver.requests:
+        event = request.event or {}
+        match = SEQUENCE.fullmatch(str(event.get("text", "")))
+        if match is None or match[1] != conversation:
+            continue
+        trail.append(
+            {
+                "seq": int(match[2]),
+                "sent_as": sent_as.get(str(event.get("id"))),  # None: its 202 never came
+                "arrived_at": round(request.arrived_at, 3),
+                "answered_at": round(request.received_at, 3),
+                "answered": request.answered,
+                "duplicate": request.duplicate,
+                "webhook_id": request.webhook_id,
+                "port": request.client_port,
+            }
+        )
+    return trail
 
 
 def ok(summary: dict[str, Any], sizes: Sizes) -> bool:
