@@ -1,5 +1,5 @@
 """The ordered lane's FIFO queues on moto: the SQS adapter's ordered operations, and the local event
-source keeping a message group's order the way Lambda's does."""
+source handing a message group to the function in order, as Lambda's does from SQS."""
 
 from __future__ import annotations
 
@@ -190,15 +190,6 @@ def test_a_held_group_comes_back_from_its_oldest_message_in_order(ordered_poller
     assert [b for b in consumer.settled if b.startswith("b")] == SENT["b"]
 
 
-def test_without_the_fifo_emulation_moto_hands_out_a_held_groups_later_message_first(
-    ordered_poller: Any,
-) -> None:
-    # The control: moto's own receive breaks a held group's order, which is why the poller keeps it.
-    consumer = ordered_poller(fifo=False)
-
-    wait_until(lambda: consumer.out_of_order, what="a group handed out past its oldest message", timeout=60)
-
-
 class LateHoldConsumer:
     """First batch: makes moto forget its records were received (visibility 0), then holds the head
     alone, and reports them all failed: the group's head invisible but no longer in flight for moto,
@@ -230,9 +221,9 @@ class LateHoldConsumer:
 def test_a_group_whose_head_is_held_outside_any_receive_is_not_received_in_a_spin(
     aws_stack: LocalResources,
 ) -> None:
-    # moto hands out the later message of a group whose head is held but not in flight; the emulation
-    # gives it back. Given back at once and received again at once, it was received hundreds of times
-    # a second, and at the queue's maxReceiveCount moto moved it to the DLQ unattempted.
+    # moto's own receive handed out the later message of a group whose head was held but no longer in
+    # flight for it; given back and received again at once, it was received hundreds of times a second,
+    # and at the queue's maxReceiveCount moved to the DLQ unattempted. The queue holds it back now.
     held_seconds = 8
     ordered_queues(aws_stack).send_ordered([OrderedTask(b, GroupPlacement("g", b)) for b in ("g-0", "g-1")])
     consumer = LateHoldConsumer(aws_stack.ordered_queue_url, held_seconds)
@@ -246,5 +237,5 @@ def test_a_group_whose_head_is_held_outside_any_receive_is_not_received_in_a_spi
         wait_until(lambda: len(consumer.arrived) == 2, what="both messages delivered", timeout=60)
 
     assert consumer.arrived == ["g-0", "g-1"]
-    # One receive before the hold, about one a second while the head was held, one that is invoked.
-    assert consumer.receive_counts["g-1"] <= 2 + 2 * held_seconds, consumer.receive_counts
+    # One receive before the hold, none while the head was held, one that is invoked.
+    assert consumer.receive_counts["g-1"] == 2, consumer.receive_counts

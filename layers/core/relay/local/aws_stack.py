@@ -46,6 +46,8 @@ def free_port() -> int:
 # guards, so two racing conditional writes can both succeed (2 of 8 did, in 3 of 20 rounds); DynamoDB
 # applies each atomically. The child serialises DynamoDB requests (they never wait on anything, unlike
 # SQS long polls) so that the breaker's and the rate limits' conditional writes race as in AWS.
+# FIFO queues' receives are moto's scan put right (relay.local.moto_fifo), so that a message group
+# comes out in order, as from SQS.
 _MOTO_CHILD = (
     "import ctypes, runpy, signal, sys, threading\n"
     "if sys.platform.startswith('linux'):\n"
@@ -58,6 +60,9 @@ _MOTO_CHILD = (
     "    with _dynamodb:\n"
     "        return _call(self, environ, start_response)\n"
     "App.__call__ = _serialised\n"
+    "if sys.argv.pop(1) == 'fifo-as-sqs':\n"
+    "    from relay.local.moto_fifo import install\n"
+    "    install()\n"
     "sys.argv = ['moto_server', *sys.argv[1:]]\n"
     "runpy.run_module('moto.server', run_name='__main__')\n"
 )
@@ -66,14 +71,17 @@ _MOTO_CHILD = (
 class MotoServer:
     """``moto_server`` in a child process on 127.0.0.1; a context manager."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, fifo_as_sqs: bool = True) -> None:
+        """``fifo_as_sqs=False``: moto's own FIFO receives (relay.local.moto_fifo), for the test that
+        shows what they get wrong."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self._fifo = "fifo-as-sqs" if fifo_as_sqs else "fifo-as-moto"
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> str:
         self._process = subprocess.Popen(
-            [sys.executable, "-c", _MOTO_CHILD, "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-c", _MOTO_CHILD, self._fifo, "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

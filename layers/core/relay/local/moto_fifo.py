@@ -1,0 +1,108 @@
+"""SQS FIFO receives as SQS makes them, installed in the moto server's child process (aws_stack).
+
+SQS hands out a FIFO message group only from its oldest message, and nothing of a group while one of
+its messages is in flight. moto (5.x) decides which groups are in flight from a snapshot taken when a
+ReceiveMessage starts, and refreshes it halfway through a scan whenever it meets a message whose
+visibility ran out; a delete made meanwhile by another request is unseen until then. So one long poll
+can skip a group's oldest messages under the stale snapshot and, after the refresh, hand out a later
+message of the same group: the ordering proof caught message 8 of a conversation delivered before 6
+and 7, which had never been received. The same refresh makes moto skip a held group's head when the
+head and the messages behind it become visible together, and return a later one alone.
+
+``receive_fifo`` replaces the scan for FIFO queues (standard queues keep moto's): one clock reading per
+scan, and a group stops at its first message that is in flight or delayed. A long poll scans again
+every POLL_SECONDS until something is there or its wait is over.
+"""
+
+from __future__ import annotations
+
+import time
+from copy import deepcopy
+from typing import Any
+
+from moto.core.utils import unix_time_millis
+from moto.sqs import models
+
+# How often a waiting FIFO long poll looks again: a held group comes back when its visibility runs
+# out, which no request announces.
+POLL_SECONDS = 0.05
+
+
+def install() -> None:
+    """Route FIFO queues' ReceiveMessage through ``receive_fifo``."""
+    moto_receive = models.SQSBackend.receive_message
+
+    def receive_message(
+        self: models.SQSBackend,
+        queue_name: str,
+        count: int,
+        wait_seconds_timeout: int,
+        visibility_timeout: int,
+        message_attribute_names: list[str] | None = None,
+    ) -> list[models.Message]:
+        queue = self.get_queue(queue_name)
+        if not queue.fifo_queue:
+            return moto_receive(
+                self, queue_name, count, wait_seconds_timeout, visibility_timeout, message_attribute_names
+            )
+        return receive_fifo(
+            self, queue, count, wait_seconds_timeout, visibility_timeout, message_attribute_names or []
+        )
+
+    models.SQSBackend.receive_message = receive_message  # type: ignore[method-assign]
+
+
+def receive_fifo(
+    backend: models.SQSBackend,
+    queue: models.Queue,
+    count: int,
+    wait_seconds: int,
+    visibility_timeout: int,
+    attribute_names: list[str],
+) -> list[models.Message]:
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        received = _scan(backend, queue, count, visibility_timeout, attribute_names)
+        if received or time.monotonic() >= deadline:
+            return received
+        time.sleep(POLL_SECONDS)  # a long poll's wait, in the emulator's server thread
+
+
+def _scan(
+    backend: models.SQSBackend,
+    queue: models.Queue,
+    count: int,
+    visibility_timeout: int,
+    attribute_names: list[str],
+) -> list[models.Message]:
+    now = unix_time_millis()
+    stopped: set[Any] = set()  # groups with a message in flight or delayed: nothing behind it goes out
+    received: list[models.Message] = []
+    exhausted: list[models.Message] = []
+    dead_letter_queue, policy = queue.dead_letter_queue, queue.redrive_policy
+    for message in list(queue._messages):
+        group = message.group_id
+        if group in stopped:
+            continue
+        if now <= message.visible_at or now < message.delayed_until:
+            stopped.add(group)
+            continue
+        queue.pending_messages.discard(message)  # moto's in-flight set: its visibility ran out
+        if dead_letter_queue is not None and policy:
+            if message.approximate_receive_count >= policy["maxReceiveCount"]:
+                exhausted.append(message)  # the redrive policy takes it; its group goes on
+                continue
+        if not backend.is_message_valid_based_on_retention_period(queue.name, message):
+            break
+        queue.pending_messages.add(message)
+        message.mark_received(visibility_timeout=visibility_timeout)
+        copy = deepcopy(message)  # what is returned is filtered; the stored message keeps everything
+        models._filter_message_attributes(copy, attribute_names)
+        received.append(copy)
+        if len(received) >= count:
+            break
+    for message in exhausted:
+        queue._messages.remove(message)
+        assert dead_letter_queue is not None
+        dead_letter_queue.add_message(message)
+    return received
