@@ -15,9 +15,8 @@ Configured from the function's ``SQS`` event in template.yaml (``Queue``, ``Batc
 - records left on the queue come back after their visibility timeout; moving them to the DLQ after
   ``maxReceiveCount`` receives is the queue's redrive policy (moto applies it on receive);
 - on a FIFO queue, a message group's messages reach the function in order, never past an earlier one
-  still outstanding (relay.local.fifo_groups puts right what moto's receive gets wrong); a receive
-  that brought only messages behind a held head gives them back and pauses every slot a while, since
-  moto would hand them out again at once (docs/chaos.md, the ordering proof).
+  in flight: the queue's own doing, as in SQS (the moto server's FIFO receive is put right for that,
+  relay.local.moto_fifo).
 
 ``stop()`` stops receiving, waits for the invocations in flight, and hands any records received
 but not yet invoked straight back to the queue. ``add_receive_observer`` lets a measurement see when
@@ -36,7 +35,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay.local.fifo_groups import FifoGroups
 from relay.local.lambda_runtime import LocalFunction
 from relay.local.template import Template
 
@@ -46,8 +44,6 @@ MAX_RECEIVE = 10  # ReceiveMessage's MaxNumberOfMessages ceiling
 # Told the messages one ReceiveMessage returned and when (time.time()).
 ReceiveObserver = Callable[[Sequence[Mapping[str, Any]], float], None]
 REPORT_BATCH_ITEM_FAILURES = "ReportBatchItemFailures"
-GIVE_BACK_PAUSE_FIRST = 0.05
-GIVE_BACK_PAUSE_MAX = 1.0
 
 
 @dataclass(frozen=True)
@@ -133,9 +129,6 @@ class SqsPoller:
         self._receive_lock = threading.Lock()
         self._stats = PollerStats()
         self._workers: list[threading.Thread] = []
-        self._groups = FifoGroups(source.max_receive_count) if source.fifo else None
-        self._give_back_pause = 0.0
-        self._quiet_until = 0.0  # time.monotonic(): no slot receives before it
         self._observers: list[ReceiveObserver] = []
 
     def add_receive_observer(self, observer: ReceiveObserver) -> None:
@@ -194,19 +187,11 @@ class SqsPoller:
             if self._paused.is_set():
                 self._stopping.wait(0.05)  # paused: look again shortly
                 continue
-            if (quiet := self._quiet_until - time.monotonic()) > 0:
-                self._stopping.wait(quiet)
-                continue
             try:
                 gather_started = time.monotonic()
                 batch = self._gather()
                 if batch:
                     log.debug("batch of %d gathered in %.0f ms", len(batch), _ms_since(gather_started))
-                if batch and self._groups is not None:
-                    batch, back = self._groups.in_order(batch)
-                    self._release(back)
-                    if self._behind_held_heads(back, batch):
-                        continue
                 if batch and (self._stopping.is_set() or self._paused.is_set()):
                     self._release(batch)
                 elif batch:
@@ -214,25 +199,6 @@ class SqsPoller:
             except Exception:  # noqa: BLE001 - keep polling, as the managed poller does
                 log.exception("SQS call failed; polling again shortly")
                 self._stopping.wait(1.0)
-
-    def _behind_held_heads(self, back: list[dict[str, Any]], kept: list[dict[str, Any]]) -> bool:
-        """Whether a receive brought only messages of groups whose head is held elsewhere (all given
-        back). moto hands those out again at once, where SQS would not hand them out at all: receiving
-        again at once spins, so every slot waits a while, doubling up to GIVE_BACK_PAUSE_MAX."""
-        with self._lock:
-            if not back or kept:
-                self._give_back_pause = 0.0
-                return False
-            self._give_back_pause = min(
-                GIVE_BACK_PAUSE_MAX, 2 * self._give_back_pause or GIVE_BACK_PAUSE_FIRST
-            )
-            self._quiet_until = time.monotonic() + self._give_back_pause
-            log.info(
-                "FIFO: %d messages behind a held head given back; receiving again in %.2f s",
-                len(back),
-                self._give_back_pause,
-            )
-            return True
 
     def _gather(self) -> list[dict[str, Any]]:
         """Up to BatchSize messages: wait for the first, then fill until the window closes."""
@@ -297,10 +263,7 @@ class SqsPoller:
             failed_ids = None if invocation.error else self._failed_ids(invocation.result, records)
             whole_batch_failed = failed_ids is None
             keep = {r["messageId"] for r in records} if failed_ids is None else failed_ids
-            deleted_ids = self._delete([m for m in batch if m["MessageId"] not in keep])
-            deleted = len(deleted_ids)
-            if self._groups is not None:
-                self._groups.settled(batch, deleted_ids)
+            deleted = len(self._delete([m for m in batch if m["MessageId"] not in keep]))
         finally:
             with self._lock:
                 self._stats.failed_invocations += int(whole_batch_failed)
@@ -348,8 +311,7 @@ class SqsPoller:
         return deleted
 
     def _release(self, messages: list[dict[str, Any]]) -> None:
-        """Make messages received but not invoked visible again at once (stopping, or a FIFO group
-        behind an outstanding message)."""
+        """Make messages received but not invoked visible again at once (stopping or paused)."""
         for start in range(0, len(messages), MAX_RECEIVE):
             chunk = messages[start : start + MAX_RECEIVE]
             self.sqs.change_message_visibility_batch(
