@@ -224,7 +224,7 @@ def test_a_group_whose_head_is_held_outside_any_receive_is_not_received_in_a_spi
     # moto's own receive handed out the later message of a group whose head was held but no longer in
     # flight for it; given back and received again at once, it was received hundreds of times a second,
     # and at the queue's maxReceiveCount moved to the DLQ unattempted. The queue holds it back now.
-    held_seconds = 8
+    held_seconds = 3
     ordered_queues(aws_stack).send_ordered([OrderedTask(b, GroupPlacement("g", b)) for b in ("g-0", "g-1")])
     consumer = LateHoldConsumer(aws_stack.ordered_queue_url, held_seconds)
     # One slot: no other receive is waiting while the consumer moves the head out of flight.
