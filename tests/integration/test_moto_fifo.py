@@ -5,6 +5,7 @@ the moto server every test uses; the control runs the same calls on a moto serve
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ _names = itertools.count(1)
 class Fifo:
     """One FIFO queue of its own on a moto server; message bodies are their names."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, attributes: dict[str, str] | None = None) -> None:
         self.sqs = boto3.client(
             "sqs",
             endpoint_url=endpoint,
@@ -32,7 +33,13 @@ class Fifo:
             aws_secret_access_key="testing",
         )
         name = f"moto-fifo-{time.monotonic_ns()}-{next(_names)}.fifo"
-        self.url = self.sqs.create_queue(QueueName=name, Attributes={"FifoQueue": "true"})["QueueUrl"]
+        self.url = self.sqs.create_queue(
+            QueueName=name, Attributes={"FifoQueue": "true", **(attributes or {})}
+        )["QueueUrl"]
+
+    def arn(self) -> str:
+        attributes = self.sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=["QueueArn"])
+        return str(attributes["Attributes"]["QueueArn"])
 
     def send(self, group: str, *bodies: str) -> None:
         for body in bodies:
@@ -127,3 +134,17 @@ def test_moto_as_it_is_hands_out_a_later_message_after_a_long_poll_on_a_group_in
     # message of a group whose earlier ones the scan had skipped went out first (a-3 before a-1 and
     # a-2; in the ordering proof, message 8 of a conversation before 6 and 7).
     assert long_poll_while_a_group_settles(moto_as_is) == ["a-3"]
+
+
+def test_the_redrive_policy_moves_a_message_received_too_often_and_its_group_goes_on(
+    moto_endpoint: str,
+) -> None:
+    dead_letters = Fifo(moto_endpoint)
+    policy = json.dumps({"deadLetterTargetArn": dead_letters.arn(), "maxReceiveCount": 2})
+    fifo = Fifo(moto_endpoint, {"RedrivePolicy": policy})
+    fifo.send("g", "g-0", "g-1")
+    for _ in range(2):  # received, and shown again at once, as often as the policy allows
+        assert bodies(fifo.receive(count=1, visibility=0)) == ["g-0"]
+
+    assert bodies(fifo.receive()) == ["g-1"]
+    assert bodies(dead_letters.receive()) == ["g-0"]

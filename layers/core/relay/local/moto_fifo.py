@@ -102,7 +102,8 @@ def _scan(
         if len(received) >= count:
             break
     for message in exhausted:
-        queue._messages.remove(message)
-        assert dead_letter_queue is not None
-        dead_letter_queue.add_message(message)
+        if message in queue._messages:  # not deleted meanwhile through an older receipt handle
+            queue._messages.remove(message)
+            assert dead_letter_queue is not None
+            dead_letter_queue.add_message(message)
     return received
