@@ -4,8 +4,8 @@ source handing a message group to the function in order, as Lambda's does from S
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -152,38 +152,26 @@ class HoldingConsumer:
 SENT = {"a": [f"a-{n}" for n in range(5)], "b": [f"b-{n}" for n in range(3)]}
 
 
-@pytest.fixture
-def ordered_poller(aws_stack: LocalResources) -> Iterator[Callable[..., HoldingConsumer]]:
-    pollers: list[SqsPoller] = []
-
-    def start(**overrides: Any) -> HoldingConsumer:
-        queues = ordered_queues(aws_stack)
-        for group, bodies in SENT.items():
-            queues.send_ordered([OrderedTask(body, GroupPlacement(group, body)) for body in bodies])
-        consumer = HoldingConsumer(aws_stack.ordered_queue_url, {"a-1", "a-3"})
-        source = dataclasses.replace(SqsEventSource.from_template(aws_stack.template, ORDERED), **overrides)
-        function = LocalFunction.from_template(aws_stack.template, ORDERED, handler=consumer)
-        poller = SqsPoller(source, function, aws_client("sqs"))
-        pollers.append(poller)
-        poller.start()
-        return consumer
-
-    yield start
-    for poller in pollers:
-        poller.stop()
-
-
 def test_the_ordered_event_source_comes_from_the_template(aws_stack: LocalResources) -> None:
     source = SqsEventSource.from_template(aws_stack.template, ORDERED)
     assert source.queue_url == aws_stack.ordered_queue_url
-    assert source.fifo is True and source.max_receive_count is not None and source.max_receive_count >= 100
+    queue = aws_client("sqs").get_queue_attributes(
+        QueueUrl=source.queue_url, AttributeNames=["FifoQueue", "RedrivePolicy"]
+    )["Attributes"]
+    assert queue["FifoQueue"] == "true" and json.loads(queue["RedrivePolicy"])["maxReceiveCount"] >= 100
     assert source.batching_window_seconds == 0 and source.report_batch_item_failures
 
 
-def test_a_held_group_comes_back_from_its_oldest_message_in_order(ordered_poller: Any) -> None:
-    consumer = ordered_poller()
+def test_a_held_group_comes_back_from_its_oldest_message_in_order(aws_stack: LocalResources) -> None:
+    queues = ordered_queues(aws_stack)
+    for group, bodies in SENT.items():
+        queues.send_ordered([OrderedTask(body, GroupPlacement(group, body)) for body in bodies])
+    consumer = HoldingConsumer(aws_stack.ordered_queue_url, {"a-1", "a-3"})
+    source = SqsEventSource.from_template(aws_stack.template, ORDERED)
+    function = LocalFunction.from_template(aws_stack.template, ORDERED, handler=consumer)
 
-    wait_until(lambda: len(consumer.settled) == 8, what="every message settled", timeout=60)
+    with SqsPoller(source, function, aws_client("sqs")):
+        wait_until(lambda: len(consumer.settled) == 8, what="every message settled", timeout=60)
 
     assert consumer.out_of_order == []
     assert [b for b in consumer.settled if b.startswith("a")] == SENT["a"]

@@ -57,8 +57,6 @@ class SqsEventSource:
     maximum_concurrency: int = 1000
     report_batch_item_failures: bool = False
     region: str = "us-east-1"
-    fifo: bool = False
-    max_receive_count: int | None = None  # the queue's redrive policy
 
     @classmethod
     def from_template(
@@ -77,8 +75,6 @@ class SqsEventSource:
         )
         if queue_id is None:
             raise ValueError(f"{logical_id}.{name}: queue {queue_arn} was not created locally")
-        queue = template.resolve(template.properties(queue_id))
-        redrive = queue.get("RedrivePolicy") or {}
         return cls(
             queue_url=template.physical[queue_id].ref,
             queue_arn=queue_arn,
@@ -87,8 +83,6 @@ class SqsEventSource:
             maximum_concurrency=int(props.get("ScalingConfig", {}).get("MaximumConcurrency", 1000)),
             report_batch_item_failures=REPORT_BATCH_ITEM_FAILURES in props.get("FunctionResponseTypes", []),
             region=template.pseudo["AWS::Region"],
-            fifo=queue.get("FifoQueue") is True,
-            max_receive_count=int(redrive["maxReceiveCount"]) if "maxReceiveCount" in redrive else None,
         )
 
 
