@@ -377,7 +377,8 @@ class ChaosRun:
         self._chaos(dead)
         sender.join()
         self.timeline["send_end"] = time.time()
-        drained = self._settle()
+        assert self.stack is not None
+        drained = self.stack.wait_settled(SETTLE_TIMEOUT_SECONDS)
         self.timeline["settled"] = time.time()
         for watch in watches.values():
             watch.stop()
@@ -437,11 +438,6 @@ class ChaosRun:
             time.sleep(0.05)
         dead.behaviour.up = True
         self.timeline.setdefault("down_end", time.time())
-
-    def _settle(self, timeout: float = SETTLE_TIMEOUT_SECONDS) -> bool:
-        """Until every lane's delivery queue is empty (visible, in flight, delayed) and its poller idle."""
-        assert self.stack is not None
-        return self.stack.wait_settled(timeout)
 
     # --- what actually happened --------------------------------------------------------------------
     def dead_letter_pairs(self) -> tuple[set[tuple[str, str]], Counter[str]]:

@@ -236,7 +236,8 @@ class OrderingRun:
         flaky.up = control.up = True
         self.timeline["down_end"] = time.time()
         sender.join()
-        drained = self._settle()
+        assert self.stack is not None
+        drained = self.stack.wait_settled(SETTLE_TIMEOUT_SECONDS)
         letters = self._dead_letters()
         t0 = self.timeline["send_start"]
         sent = {c: events for c, events in self.conversations.items() if c in plan}
@@ -363,11 +364,6 @@ class OrderingRun:
         event["text"] = f"ordering-proof conversation {conversation} message {seq}"
         return event_id, json.dumps(event, separators=(",", ":")).encode()
 
-    def _settle(self) -> bool:
-        """Until every delivery queue (fast, slow, ordered) is empty and every poller idle."""
-        assert self.stack is not None
-        return self.stack.wait_settled(SETTLE_TIMEOUT_SECONDS)
-
     def _dead_letters(self) -> dict[str, set[str]]:
         """target id -> event ids in either dead-letter queue."""
         assert self.stack is not None and self.stack.resources is not None
@@ -398,10 +394,10 @@ def _verdict(receiver: Receiver, sent: dict[str, list[str]], dead_lettered: set[
     arrived: dict[str, list[int]] = {}
     delivered: set[str] = set()
     for request in _accepted(receiver):
-        match = SEQUENCE.fullmatch(str((request.event or {}).get("text", "")))
-        if match is None:
+        if (place := _place(request)) is None:
             continue
-        arrived.setdefault(match[1], []).append(int(match[2]))
+        conversation, seq = place
+        arrived.setdefault(conversation, []).append(seq)
         delivered.add(str((request.event or {}).get("id")))
     in_order = out_of_order = 0
     inversions = 0
@@ -432,20 +428,25 @@ def _verdict(receiver: Receiver, sent: dict[str, list[str]], dead_lettered: set[
     }
 
 
+def _place(request: Any) -> tuple[str, int] | None:
+    """(conversation, sequence number) of a proof event the receiver got; None for anything else."""
+    match = SEQUENCE.fullmatch(str((request.event or {}).get("text", "")))
+    return (match[1], int(match[2])) if match else None
+
+
 def _trail(receiver: Receiver, conversation: str, event_ids: list[str]) -> list[dict[str, Any]]:
     """Every request the receiver saw for one conversation, in arrival order: when, which message
     (its sequence number, and whether the intake's 202 for it came in that order), what was answered."""
     sent_as = {event_id: seq for seq, event_id in enumerate(event_ids)}
     trail: list[dict[str, Any]] = []
     for request in receiver.requests:
-        event = request.event or {}
-        match = SEQUENCE.fullmatch(str(event.get("text", "")))
-        if match is None or match[1] != conversation:
+        place = _place(request)
+        if place is None or place[0] != conversation:
             continue
         trail.append(
             {
-                "seq": int(match[2]),
-                "sent_as": sent_as.get(str(event.get("id"))),  # None: its 202 never came
+                "seq": place[1],
+                "sent_as": sent_as.get(str((request.event or {}).get("id"))),  # None: its 202 never came
                 "arrived_at": round(request.arrived_at, 3),
                 "answered_at": round(request.received_at, 3),
                 "answered": request.answered,

@@ -130,7 +130,7 @@ def test_no_secret_or_event_plaintext_in_any_log_line_or_audit_object(run: Any) 
 
 
 def _settled(run: Any) -> None:
-    assert run._settle(timeout=60), "the delivery queue did not settle"
+    assert run.stack.wait_settled(60), "the delivery queue did not settle"
 
 
 def _requests_for(run: Any, event_id: str) -> int:
