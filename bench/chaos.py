@@ -90,6 +90,7 @@ KILL_MIN_BUSY_SECONDS = 0.3
 KILL_MIN_RECORDS = 5
 SETTLE_TIMEOUT_SECONDS = 400.0
 SENDERS = 4
+LOST_TRAILS = 5  # lost pairs whose trail the summary shows
 MARKER_PREFIX = "CHAOSMARK-"
 MARKER = re.compile(re.escape(MARKER_PREFIX) + r"[0-9a-f]{32}")
 
@@ -691,7 +692,55 @@ class ChaosRun:
             },
             "drained": drained,
             "send_s": round(self.timeline["send_end"] - t0, 1),
+            # What a run that lost a pair or did not settle leaves to explain it.
+            "pending": {} if drained else self.stack.pending(),
+            "lost_trails": self.lost_trails(lost, targets, t0),
+            "flaky_breaker_history": [
+                [round(at - t0, 2), phase, n] for at, phase, n in watches["flaky"].history
+            ]
+            if lost or not drained
+            else [],
         }
+
+    def lost_trails(self, lost: set[tuple[str, str]], targets: dict[str, str], t0: float) -> dict[str, Any]:
+        """For the first LOST_TRAILS lost pairs, what their receiver got ([seconds into the run,
+        answer]) and the audit lines the dispatcher wrote for them."""
+        names = {target_id: name for name, target_id in targets.items()}
+        chosen = sorted(lost)[:LOST_TRAILS]
+        if not chosen:
+            return {}
+        audit_lines: dict[tuple[str, str], list[Any]] = {pair: [] for pair in chosen}
+        for _, body in self.audit_objects():
+            for line in body.splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                pair = (record.get("eventId"), record.get("targetId"))
+                if pair in audit_lines:
+                    audit_lines[pair].append(
+                        [
+                            record.get("startedAt"),
+                            record.get("messageId"),
+                            record.get("attempt"),
+                            record.get("outcome"),
+                            record.get("status"),
+                            record.get("errorCode"),
+                            record.get("breakerState"),
+                        ]
+                    )
+        trails: dict[str, Any] = {}
+        for event_id, target_id in chosen:
+            requests_for = [
+                [round(r.received_at - t0, 2), r.answered]
+                for r in self.receiver(target_id).requests
+                if (r.event or {}).get("id") == event_id
+            ]
+            trails[f"{names[target_id]}:{event_id}"] = {
+                "requests": requests_for,
+                "audit": sorted(audit_lines[(event_id, target_id)], key=lambda a: str(a[0])),
+            }
+        return trails
 
     def _probe_lines(self, target_id: str) -> int:
         """Audit lines for ``target_id`` that were a half-open probe."""

@@ -74,6 +74,12 @@ STACK_NAME = "relay-local"  # the CloudFormation stack the local resources are r
 DISPATCHER = "DispatcherFunction"
 SLOW_DISPATCHER = "SlowDispatcherFunction"
 ORDERED_DISPATCHER = "OrderedDispatcherFunction"  # the ordered lane's (FIFO) dispatcher
+# SQS's counts of a queue's messages, by what ``pending()`` calls them.
+_PENDING_ATTRIBUTES = {
+    "ApproximateNumberOfMessages": "visible",
+    "ApproximateNumberOfMessagesNotVisible": "in_flight",
+    "ApproximateNumberOfMessagesDelayed": "delayed",
+}
 
 
 @dataclass(frozen=True)
@@ -312,20 +318,21 @@ class LocalStack:
     def deliveries_pending(self) -> bool:
         """True while a delivery queue holds a message (visible, in flight or delayed) or a dispatcher
         runs an invocation: what waiting for the stack to settle waits on."""
+        return any(any(counts.values()) for counts in self.pending().values())
+
+    def pending(self) -> dict[str, dict[str, int]]:
+        """Per delivery queue (by name): the invocations running on it and its messages visible, in
+        flight and delayed. What a run that did not settle reports."""
+        found: dict[str, dict[str, int]] = {}
         for poller in self.pollers:
-            if poller.stats().in_flight:
-                return True
             attributes = self.sqs.get_queue_attributes(
-                QueueUrl=poller.source.queue_url,
-                AttributeNames=[
-                    "ApproximateNumberOfMessages",
-                    "ApproximateNumberOfMessagesNotVisible",
-                    "ApproximateNumberOfMessagesDelayed",
-                ],
+                QueueUrl=poller.source.queue_url, AttributeNames=list(_PENDING_ATTRIBUTES)
             )["Attributes"]
-            if any(int(value) for value in attributes.values()):
-                return True
-        return False
+            found[poller.source.queue_url.rsplit("/", 1)[-1]] = {
+                "invocations": poller.stats().in_flight,
+                **{label: int(attributes.get(name, 0)) for name, label in _PENDING_ATTRIBUTES.items()},
+            }
+        return found
 
     def wait_settled(self, timeout_seconds: float) -> bool:
         """Until ``deliveries_pending`` is false at three looks in a row, half a second apart (True), or
