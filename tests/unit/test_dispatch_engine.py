@@ -1024,6 +1024,15 @@ def test_a_record_held_back_again_and_again_waits_longer_each_time(running: list
     assert deferral["deferrals"] == 4 and 8 <= deferral["delay_seconds"] <= 10  # 2^3 s, + 0-2 s jitter
 
 
+def test_a_record_held_back_many_times_waits_half_a_minute_not_minutes(running: list[Relay]) -> None:
+    r = start(running, relay(limited(0.5, burst=1)))
+
+    r.batch(record(), record(deferrals=12))
+
+    (deferral,) = r.queue.deferrals
+    assert deferral["deferrals"] == 13 and 32 <= deferral["delay_seconds"] <= 34  # 2^5 s at most, + jitter
+
+
 def test_an_implicit_limit_from_a_dispatcher_that_got_nothing_through_starts_at_half_what_it_sent(
     running: list[Relay],
 ) -> None:

@@ -44,8 +44,11 @@ MAX_WRITES = 3
 OBSERVE_SECONDS = 5.0
 # How far past what may go at once a batch books, sending those records at their booked times.
 PACE_SECONDS = 1.0
-# A record held back again waits at least 2^(deferrals so far) seconds, up to this many doublings.
-HOLD_BACKOFF_DOUBLINGS = 9
+# A record held back again waits at least 2^(deferrals so far) seconds, up to this many doublings
+# (32 s): enough to keep a flooded target's backlog from cycling through the queue every second, and
+# never minutes for a record whose target could take it by then (at 9 doublings a record could wait
+# 512 s long after the flood was over).
+HOLD_BACKOFF_DOUBLINGS = 5
 
 
 @dataclass(frozen=True)
@@ -259,7 +262,7 @@ class RateLimits:
 
 
 def _hold_wait(item: Item, bucket_wait: float) -> float:
-    """About when the record would fit; one held back before waits longer each time (2, 4, 8 ... 512 s),
+    """About when the record would fit; one held back before waits longer each time (2, 4, 8, 16, 32 s),
     so a target flooded far beyond its limit does not cycle its whole backlog through the queue every
     second (each cycle is a SendMessage and a receive per record)."""
     again = item.record.deferrals_before
