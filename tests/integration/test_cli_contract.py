@@ -479,5 +479,5 @@ def test_ctrl_c_during_a_dlq_command_is_130_and_says_what_happens_to_the_message
         sqs.close()
 
     # Then it exits 130 with one line saying what became of the messages, and no traceback
-    assert process.returncode == 130 and out == ""
+    assert process.returncode == 130 and out == "", (process.returncode, err)
     assert_one_error_line(err, "relay dlq list", r"^interrupted\. Messages in hand go back to the DLQ")
