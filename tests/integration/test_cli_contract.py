@@ -451,6 +451,13 @@ class StallingSqs:
         self.server.server_close()
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """In the command's process before it starts: Ctrl-C's default action, as a terminal gives it. Tests
+    run in the background of a non-interactive shell inherit SIGINT ignored, exec keeps that, and
+    Python then leaves it ignored: the command would never see the Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_a_dlq_command_is_130_and_says_what_happens_to_the_messages() -> None:
     # Given `relay dlq list` waiting on an SQS call
     sqs = StallingSqs()
@@ -467,6 +474,7 @@ def test_ctrl_c_during_a_dlq_command_is_130_and_says_what_happens_to_the_message
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        preexec_fn=_ctrl_c_as_in_a_terminal,
     )
     try:
         assert sqs.called.wait(WAIT), "the command never called SQS"
