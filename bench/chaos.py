@@ -91,6 +91,8 @@ KILL_MIN_RECORDS = 5
 SETTLE_TIMEOUT_SECONDS = 400.0
 SENDERS = 4
 LOST_TRAILS = 5  # lost pairs whose trail the summary shows
+# The fields of a lost pair's audit lines the summary shows, in this order.
+TRAIL_AUDIT_FIELDS = ("startedAt", "messageId", "attempt", "outcome", "status", "errorCode", "breakerState")
 MARKER_PREFIX = "CHAOSMARK-"
 MARKER = re.compile(re.escape(MARKER_PREFIX) + r"[0-9a-f]{32}")
 
@@ -596,7 +598,8 @@ class ChaosRun:
         probes_allowed = len(spans) + int(open_seconds // BREAKER_RESET_SECONDS)
         after_probe = len(spans) * (source.batch_size - 1)
         allowance = stragglers + probes_allowed + after_probe
-        probe_lines = self._probe_lines(self.dead_id)
+        audit_records = self.audit_records()
+        probe_lines = self._probe_lines(audit_records, self.dead_id)
 
         killed = self.workers.killed
         killed_pairs: set[tuple[str, str]] = set()
@@ -694,67 +697,53 @@ class ChaosRun:
             "send_s": round(self.timeline["send_end"] - t0, 1),
             # What a run that lost a pair or did not settle leaves to explain it.
             "pending": {} if drained else self.stack.pending(),
-            "lost_trails": self.lost_trails(lost, targets, t0),
+            "lost_trails": self.lost_trails(lost, targets, audit_records, t0),
             "flaky_breaker_history": [
                 [round(at - t0, 2), phase, n] for at, phase, n in watches["flaky"].history
-            ]
-            if lost or not drained
-            else [],
+            ],
         }
 
-    def lost_trails(self, lost: set[tuple[str, str]], targets: dict[str, str], t0: float) -> dict[str, Any]:
+    def lost_trails(
+        self,
+        lost: set[tuple[str, str]],
+        targets: dict[str, str],
+        records: list[tuple[str, dict[str, Any]]],
+        t0: float,
+    ) -> dict[str, Any]:
         """For the first LOST_TRAILS lost pairs, what their receiver got ([seconds into the run,
         answer]) and the audit lines the dispatcher wrote for them."""
         names = {target_id: name for name, target_id in targets.items()}
-        chosen = sorted(lost)[:LOST_TRAILS]
-        if not chosen:
-            return {}
-        audit_lines: dict[tuple[str, str], list[Any]] = {pair: [] for pair in chosen}
-        for _, body in self.audit_objects():
-            for line in body.splitlines():
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                pair = (record.get("eventId"), record.get("targetId"))
-                if pair in audit_lines:
-                    audit_lines[pair].append(
-                        [
-                            record.get("startedAt"),
-                            record.get("messageId"),
-                            record.get("attempt"),
-                            record.get("outcome"),
-                            record.get("status"),
-                            record.get("errorCode"),
-                            record.get("breakerState"),
-                        ]
-                    )
         trails: dict[str, Any] = {}
-        for event_id, target_id in chosen:
-            requests_for = [
-                [round(r.received_at - t0, 2), r.answered]
-                for r in self.receiver(target_id).requests
-                if (r.event or {}).get("id") == event_id
+        for event_id, target_id in sorted(lost)[:LOST_TRAILS]:
+            audit = [
+                [record.get(field) for field in TRAIL_AUDIT_FIELDS]
+                for _, record in records
+                if (record.get("eventId"), record.get("targetId")) == (event_id, target_id)
             ]
             trails[f"{names[target_id]}:{event_id}"] = {
-                "requests": requests_for,
-                "audit": sorted(audit_lines[(event_id, target_id)], key=lambda a: str(a[0])),
+                "requests": [
+                    [round(r.received_at - t0, 2), r.answered]
+                    for r in self.receiver(target_id).requests
+                    if (r.event or {}).get("id") == event_id
+                ],
+                "audit": sorted(audit, key=lambda line: str(line[0])),
             }
         return trails
 
-    def _probe_lines(self, target_id: str) -> int:
+    def _probe_lines(self, records: list[tuple[str, dict[str, Any]]], target_id: str) -> int:
         """Audit lines for ``target_id`` that were a half-open probe."""
-        count = 0
+        return sum(1 for key, record in records if target_id in key and record.get("probe"))
+
+    def audit_records(self) -> list[tuple[str, dict[str, Any]]]:
+        """(object key, line) for every JSON line of every audit object."""
+        records: list[tuple[str, dict[str, Any]]] = []
         for key, body in self.audit_objects():
-            if target_id not in key:
-                continue
             for line in body.splitlines():
                 try:
-                    record = json.loads(line)
+                    records.append((key, json.loads(line)))
                 except ValueError:
                     continue
-                count += int(bool(record.get("probe")))
-        return count
+        return records
 
 
 def ok(summary: dict[str, Any]) -> bool:
