@@ -96,7 +96,9 @@ def make_records(target_id: str, count: int) -> list[dict[str, Any]]:
     return records
 
 
-def make_dispatcher(url: str, *, encrypted: bool, concurrency: int) -> tuple[Any, Any, Any]:
+def make_dispatcher(
+    url: str, *, encrypted: bool, concurrency: int, serial_budget_ms: float | None = None
+) -> tuple[Any, Any, Any]:
     from relay.models.secrets import RotatingSecret
     from relay.models.targets import SecurityType, Target, TargetSecurity
     from relay.settings import Settings
@@ -120,6 +122,7 @@ def make_dispatcher(url: str, *, encrypted: bool, concurrency: int) -> tuple[Any
             "DELIVERY_QUEUE_URL": "bench",
             "DEAD_LETTER_QUEUE_URL": "bench",
         }
+        | ({} if serial_budget_ms is None else {"SERIAL_BUDGET_MS": str(serial_budget_ms)})
     )
     target = Target(
         integration_id="bench-integration",
@@ -154,20 +157,25 @@ def make_dispatcher(url: str, *, encrypted: bool, concurrency: int) -> tuple[Any
 
 
 def run_scenarios(
-    url: str, *, latency: float, modes: list[tuple[bool, int]], batches: int
+    url: str, *, latency: float, modes: list[tuple[bool, int, float | None]], batches: int
 ) -> list[dict[str, Any]]:
-    """Each (encrypted, concurrency) mode gets its own dispatcher; their batches alternate, so drift in
-    a shared, busy machine affects every mode alike."""
+    """Each (encrypted, concurrency, serial budget) mode gets its own dispatcher; their batches
+    alternate, so drift in a shared, busy machine affects every mode alike."""
     runs = [
-        (encrypted, concurrency, *make_dispatcher(url, encrypted=encrypted, concurrency=concurrency))
-        for encrypted, concurrency in modes
+        (
+            encrypted,
+            concurrency,
+            *make_dispatcher(url, encrypted=encrypted, concurrency=concurrency, serial_budget_ms=budget),
+            budget,
+        )
+        for encrypted, concurrency, budget in modes
     ]
     totals = [{"wall": 0.0, "cpu": 0.0, "failures": 0, "batches": 0, "log_bytes": 0} for _ in runs]
-    reads_before = [breakers.reads for _, _, _, breakers, _ in runs]
-    writes_before = [breakers.writes for _, _, _, breakers, _ in runs]
+    reads_before = [breakers.reads for _, _, _, breakers, _, _ in runs]
+    writes_before = [breakers.writes for _, _, _, breakers, _, _ in runs]
     try:
         for round_number in range(batches):
-            for index, (_, concurrency, dispatcher, _, _) in enumerate(runs):
+            for index, (_, concurrency, dispatcher, _, _, _) in enumerate(runs):
                 if concurrency == 1 and latency and round_number % 5:
                     continue  # the sequential baseline is slow: a fifth of the batches suffices
                 records = make_records("bench-target", BATCH_SIZE)
@@ -180,10 +188,10 @@ def run_scenarios(
                 totals[index]["failures"] += failures
                 totals[index]["batches"] += 1
     finally:
-        for _, _, dispatcher, _, _ in runs:
+        for _, _, dispatcher, _, _, _ in runs:
             dispatcher.close()
     results = []
-    for index, (encrypted, concurrency, _, breakers, queue) in enumerate(runs):
+    for index, (encrypted, concurrency, _, breakers, queue, budget) in enumerate(runs):
         done = int(totals[index]["batches"])
         deliveries = done * BATCH_SIZE
         results.append(
@@ -191,6 +199,7 @@ def run_scenarios(
                 "latency_ms": int(latency * 1000),
                 "encryption": encrypted,
                 "concurrency": concurrency,
+                "threads_from_the_start": budget == 0,
                 "deliveries": deliveries,
                 "failures": totals[index]["failures"],
                 "deliveries_per_second": round(deliveries / totals[index]["wall"], 1),
@@ -240,21 +249,32 @@ def main(quick: bool) -> dict[str, Any]:
     batches_for = {0.0: int(60 * scale) or 1, 0.05: int(30 * scale) or 1, 0.2: int(15 * scale) or 1}
     scenarios: list[dict[str, Any]] = []
     sequential: list[dict[str, Any]] = []
+    all_threads: list[dict[str, Any]] = []
     for latency, batches in batches_for.items():
         with receiver_process(latency) as url:
             results = run_scenarios(
                 url,
                 latency=latency,
-                modes=[(False, CONCURRENCY), (True, CONCURRENCY), (False, 1)],
+                # The last mode is the pool as before issue 11's runners: all threads from the start.
+                modes=[
+                    (False, CONCURRENCY, None),
+                    (True, CONCURRENCY, None),
+                    (False, 1, None),
+                    (False, CONCURRENCY, 0),
+                ],
                 batches=batches,
             )
-        scenarios.extend(r for r in results if r["concurrency"] == CONCURRENCY)
+        scenarios.extend(
+            r for r in results if r["concurrency"] == CONCURRENCY and not r["threads_from_the_start"]
+        )
         sequential.extend(r for r in results if r["concurrency"] == 1)
+        all_threads.extend(r for r in results if r["threads_from_the_start"])
 
     def pick(latency_ms: int, encrypted: bool) -> dict[str, Any]:
         return next(s for s in scenarios if s["latency_ms"] == latency_ms and s["encryption"] is encrypted)
 
     at_200 = pick(200, False)
+    at_0 = pick(0, False)
     slowdowns = {
         f"{ms}ms": round(
             1 - pick(ms, True)["deliveries_per_second"] / pick(ms, False)["deliveries_per_second"], 3
@@ -270,6 +290,15 @@ def main(quick: bool) -> dict[str, Any]:
         "delivery_concurrency": CONCURRENCY,
         "scenarios": scenarios,
         "sequential_baseline": sequential,
+        "all_threads_from_the_start_baseline": all_threads,
+        "target_cpu_at_most_0_6_ms_per_delivery_at_0ms": {
+            "cpu_ms_per_delivery": at_0["cpu_ms_per_delivery"],
+            "all_threads_from_the_start": next(r for r in all_threads if r["latency_ms"] == 0)[
+                "cpu_ms_per_delivery"
+            ],
+            "deliveries_per_second": at_0["deliveries_per_second"],
+            "holds": at_0["cpu_ms_per_delivery"] <= 0.6 and at_0["deliveries_per_second"] > 1000,
+        },
         "speedup_vs_sequential": {
             f"{s['latency_ms']}ms": round(
                 pick(s["latency_ms"], False)["deliveries_per_second"] / s["deliveries_per_second"], 1

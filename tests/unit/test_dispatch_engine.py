@@ -652,6 +652,120 @@ def test_no_target_gets_more_requests_at_once_than_its_slots(running: list[Relay
     assert peak == {"a": 2, "b": 2} and len(r.http.requests) == 12
 
 
+class InFlight:
+    """An HTTP port whose requests wait until ``wanted`` are in flight at once (or 5 s pass), each
+    answering 200 as taking ``elapsed_ms``; it records the peak and which threads sent them."""
+
+    def __init__(self, wanted: int, elapsed_ms: float = 12.5) -> None:
+        self._lock, self._now, self.peak = threading.Lock(), 0, 0
+        self._elapsed_ms = elapsed_ms
+        self._enough = threading.Event()
+        self.threads: set[int] = set()
+        self.expect(wanted)
+
+    def expect(self, wanted: int) -> None:
+        self._wanted, self.peak = wanted, 0
+        self._enough.clear()
+
+    def __call__(self, method: str, url: str, headers: Mapping[str, str], body: bytes) -> HttpResult:
+        with self._lock:
+            self._now += 1
+            self.peak = max(self.peak, self._now)
+            self.threads.add(threading.get_ident())
+            if self._now >= self._wanted:
+                self._enough.set()
+        self._enough.wait(timeout=5)
+        with self._lock:
+            self._now -= 1
+        return HttpResult(200, self._elapsed_ms)
+
+
+def test_records_to_a_target_that_answers_at_once_go_one_after_another_on_one_thread(
+    running: list[Relay],
+) -> None:
+    # Given a target that answered in 1 ms here, and a serial budget no batch here can use up
+    threads: set[int] = set()
+
+    def quick(method: str, url: str, headers: Mapping[str, str], body: bytes) -> HttpResult:
+        threads.add(threading.get_ident())
+        return HttpResult(200, 1.0)
+
+    r = start(running, relay(answer_with=quick, SERIAL_BUDGET_MS="600000"))
+    assert r.batch(record()) == []  # measured once here
+    threads.clear()
+
+    # When two batches of ten arrive
+    assert r.batch(*(record() for _ in range(10))) == []
+    assert r.batch(*(record() for _ in range(10))) == []
+
+    # Then all twenty went out, one after another, from a single thread
+    assert len(r.http.requests) == 21 and len(threads) == 1
+
+
+def test_a_batch_still_waiting_after_the_serial_budget_gets_the_other_threads(running: list[Relay]) -> None:
+    # Given a target that answered in 1 ms lately, whose requests now only answer once four are in flight
+    http = InFlight(wanted=1, elapsed_ms=1.0)
+    r = start(running, relay(answer_with=http, DELIVERY_CONCURRENCY="4"))
+    assert r.batch(record()) == []
+    http.expect(4)
+
+    # When six records arrive (the first one waits past the 20 ms serial budget)
+    assert r.batch(*(record() for _ in range(6))) == []
+
+    # Then the batch was given its four threads, all six delivered
+    assert http.peak == 4 and len(r.http.requests) == 7
+
+
+def test_a_target_this_container_has_not_measured_gets_its_records_side_by_side_from_the_start(
+    running: list[Relay],
+) -> None:
+    # Given a target never sent to here, and a serial budget (10 s) longer than this test
+    http = InFlight(wanted=4)
+    r = start(running, relay(answer_with=http, DELIVERY_CONCURRENCY="4", SERIAL_BUDGET_MS="10000"))
+
+    # When four records arrive, each request answering only once all four are in flight
+    assert r.batch(*(record() for _ in range(4))) == []
+
+    # Then all four were sent side by side at once (one thread would have waited 5 s per request)
+    assert http.peak == 4 and len(http.threads) == 4
+
+
+def test_a_target_that_answered_slowly_gets_its_records_side_by_side_from_the_start(
+    running: list[Relay],
+) -> None:
+    # Given a target whose last request took 20 s, and a serial budget (10 s) longer than this test
+    http = InFlight(wanted=1, elapsed_ms=20_000)
+    r = start(running, relay(answer_with=http, DELIVERY_CONCURRENCY="4", SERIAL_BUDGET_MS="10000"))
+    assert r.batch(record()) == []
+
+    # When four records arrive, each request answering only once all four are in flight
+    http.expect(4)
+    assert r.batch(*(record() for _ in range(4))) == []
+
+    # Then all four were sent side by side at once (one thread would have waited 5 s per request)
+    assert http.peak == 4 and len(r.http.requests) == 5
+
+
+def test_a_record_whose_delivery_crashes_is_reported_failed_and_the_rest_still_go(
+    running: list[Relay],
+) -> None:
+    # Given an HTTP port with a bug for target b (it raises instead of answering)
+    def buggy(method: str, url: str, headers: Mapping[str, str], body: bytes) -> HttpResult:
+        if url.startswith("https://b."):
+            raise RuntimeError("bug")
+        return answer(200)
+
+    r = start(running, relay(make_target("a"), make_target("b"), answer_with=buggy))
+    crashing = record("b")
+
+    # When b's record comes first in a batch run on one thread
+    failed = r.batch(crashing, record("a"), record("a"))
+
+    # Then only b's record is reported failed (SQS shows it again); a's two were delivered after it
+    assert failed == [crashing["messageId"]]
+    assert [url for _, url, _, _ in r.http.requests].count("https://a.example.com/hook") == 2
+
+
 # --- slow-target isolation (relay.logic.dispatch.isolation) ------------------------------------------------
 SLOW_QUEUE = "https://sqs.us-east-1.amazonaws.com/123456789012/relay-SlowDeliveryQueue"
 

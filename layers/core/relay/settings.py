@@ -97,6 +97,10 @@ class Settings(BaseModel):
     # --- dispatcher ---------------------------------------------------------------------------------
     delivery_concurrency: int = Field(10, alias="DELIVERY_CONCURRENCY", ge=1, le=100)
     per_target_concurrency: int = Field(10, alias="PER_TARGET_CONCURRENCY", ge=1, le=100)
+    # A batch whose targets all answered faster than this lately starts on one thread, and gets the
+    # others once it has run this long with records still waiting; any other batch starts on all of
+    # them (relay.logic.dispatch.runners). 0: all threads from the start.
+    serial_budget_ms: float = Field(20.0, alias="SERIAL_BUDGET_MS", ge=0)
     connect_timeout_seconds: float = Field(3.0, alias="CONNECT_TIMEOUT_SECONDS", gt=0)
     read_timeout_seconds: float = Field(10.0, alias="READ_TIMEOUT_SECONDS", gt=0)
     response_body_limit_bytes: int = Field(65_536, alias="RESPONSE_BODY_LIMIT_BYTES", ge=0)

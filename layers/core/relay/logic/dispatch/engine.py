@@ -6,12 +6,13 @@
    (lanes); in the fast lane, a slow target's records are routed to the slow lane (isolation); take
    the tokens any other rate-limited lane needs from its target's bucket: what does not fit is
    deferred (rate_limit);
-3. send the probes first, then everything else, concurrently: a pool of DELIVERY_CONCURRENCY threads,
-   at most PER_TARGET_CONCURRENCY in flight per target, records queued round-robin across targets; a
+3. send the probes first, then everything else, concurrently: a pool of DELIVERY_CONCURRENCY threads
+   (one while the batch keeps up on one, all once receivers make it wait: runners), at most
+   PER_TARGET_CONCURRENCY in flight per target, records queued round-robin across targets; a
    record starts only with its target's slot in hand, only if its target has not answered 410 in this
    batch, only if the invocation has time left for one whole request, and (fast lane) only if this
    container does not measure its target slow by then, else it is routed too (attempt); a record its
-   rate limit paces is handed to the pool only at its booked time (the invocation's own thread waits);
+   rate limit paces goes last and starts at its booked time (the thread that takes it waits);
 4. settle each record from what happened (settle: the one place a verdict becomes an action);
 5. fold each lane's results into its breaker and its rate limit (throttles), move a target back from
    the slow lane if measured so, write one audit object per target, flush the metrics, return
@@ -28,7 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -38,11 +39,12 @@ from relay.logic.dispatch.attempt import Attempter, timeouts
 from relay.logic.dispatch.audit import write_archive, write_audit
 from relay.logic.dispatch.batch import Batch
 from relay.logic.dispatch.fifo import OrderedDelivery
-from relay.logic.dispatch.isolation import Isolation
+from relay.logic.dispatch.isolation import Isolation, LatencyTracker
 from relay.logic.dispatch.lanes import Lane, Lanes, group, interleave
 from relay.logic.dispatch.metrics import BatchMetrics
 from relay.logic.dispatch.rate_limit import Held, RateLimits
 from relay.logic.dispatch.records import Item, SqsRecord, Unattempted, resolve
+from relay.logic.dispatch.runners import run_steps
 from relay.logic.dispatch.settle import Settler
 from relay.observability import logger
 from relay.ports import (
@@ -103,6 +105,8 @@ class Dispatcher:
         self._clock = clock = clock or time.time
         self._sleep = sleep or time.sleep
         self._isolation = Isolation(settings=settings, breakers=breakers, clock=clock)
+        # How long each target's requests take here, lately (one lane: samples are never reset by a move).
+        self._answer_times = LatencyTracker(clock, min_samples=1)
         self._lanes = Lanes(
             settings=settings, breakers=breakers, clock=clock, routes_away=self._isolation.routes_away
         )
@@ -266,25 +270,38 @@ class Dispatcher:
             if isinstance(attempt, Unattempted):
                 self._settle.unattempted(attempt, batch)
                 return
-            if attempt.result is not None and attempt.outcome.reached_endpoint:
-                self._isolation.observe(item, attempt.result.elapsed_ms, batch)
+            if attempt.result is not None:
+                self._answer_times.record(item.key, attempt.result.elapsed_ms, lane_version=0)
+                if attempt.outcome.reached_endpoint:
+                    self._isolation.observe(item, attempt.result.elapsed_ms, batch)
             self._settle.attempted(item, attempt, batch)
 
     def _run(self, work: list[Work], batch: Batch) -> None:
         """Run each item's step in the pool and wait for all of them. A step that raised is a bug, not
         an outcome: it is logged and its record reported failed, so SQS shows it again."""
-        futures: list[tuple[Item, Future[None]]] = []
-        # Records paced by their rate limit go last, each at its booked time: the invocation's thread
-        # waits for it, so no pool thread is held by a record that may not go yet.
-        for item, step in sorted(work, key=lambda each: each[0].not_before or 0.0):
-            if item.not_before is not None and (early := item.not_before - self._clock()) > 0:
-                self._sleep(early)
-            futures.append((item, self._pool.submit(step)))
-        wait([future for _, future in futures])
-        for item, future in futures:
-            if future.exception() is not None:
-                logger.exception("delivery crashed", exc_info=future.exception())
-                batch.fail(item.record)
+        # Records paced by their rate limit go last, each at its booked time.
+        ordered = sorted(work, key=lambda each: each[0].not_before or 0.0)
+        crashed = run_steps(
+            self._pool,
+            [partial(self._when_booked, item, step) for item, step in ordered],
+            width=self._settings.delivery_concurrency,
+            wide=not all(self._answers_quickly(item) for item, _ in ordered),
+            serial_budget_seconds=self._settings.serial_budget_ms / 1000,
+        )
+        for index, exc in crashed:
+            logger.exception("delivery crashed", exc_info=exc)
+            batch.fail(ordered[index][0].record)
+
+    def _when_booked(self, item: Item, step: Callable[[], None]) -> None:
+        if item.not_before is not None and (early := item.not_before - self._clock()) > 0:
+            self._sleep(early)
+        step()
+
+    def _answers_quickly(self, item: Item) -> bool:
+        """Its target's requests took less than the serial budget here lately. Not yet measured in this
+        container: not known to be quick (a batch of a target it has not seen starts side by side)."""
+        latency = self._answer_times.latency_ms(item.key, lane_version=0)
+        return latency is not None and latency < self._settings.serial_budget_ms
 
     def _slot(self, key: str) -> threading.BoundedSemaphore:
         with self._slots_lock:
