@@ -653,18 +653,19 @@ def test_no_target_gets_more_requests_at_once_than_its_slots(running: list[Relay
 
 
 class InFlight:
-    """An HTTP port whose requests wait until ``wanted`` are in flight at once (or 5 s pass), each
-    answering 200 as taking ``elapsed_ms``; it records the peak and which threads sent them."""
+    """An HTTP port whose requests wait until ``wanted`` are in flight at once (or ``patience`` seconds
+    pass), each answering 200 as taking ``elapsed_ms``; it records the peak and which threads sent them."""
 
     def __init__(self, wanted: int, elapsed_ms: float = 12.5) -> None:
-        self._lock, self._now, self.peak = threading.Lock(), 0, 0
+        self._lock, self._now = threading.Lock(), 0
         self._elapsed_ms = elapsed_ms
         self._enough = threading.Event()
-        self.threads: set[int] = set()
         self.expect(wanted)
 
-    def expect(self, wanted: int) -> None:
-        self._wanted, self.peak = wanted, 0
+    def expect(self, wanted: int, *, patience: float = 5.0) -> None:
+        """From now on: wait for ``wanted`` in flight; peak and threads counted afresh."""
+        self._wanted, self._patience, self.peak = wanted, patience, 0
+        self.threads: set[int] = set()
         self._enough.clear()
 
     def __call__(self, method: str, url: str, headers: Mapping[str, str], body: bytes) -> HttpResult:
@@ -674,7 +675,7 @@ class InFlight:
             self.threads.add(threading.get_ident())
             if self._now >= self._wanted:
                 self._enough.set()
-        self._enough.wait(timeout=5)
+        self._enough.wait(timeout=self._patience)
         with self._lock:
             self._now -= 1
         return HttpResult(200, self._elapsed_ms)
@@ -684,22 +685,17 @@ def test_records_to_a_target_that_answers_at_once_go_one_after_another_on_one_th
     running: list[Relay],
 ) -> None:
     # Given a target that answered in 1 ms here, and a serial budget no batch here can use up
-    threads: set[int] = set()
+    http = InFlight(wanted=1, elapsed_ms=1.0)
+    r = start(running, relay(answer_with=http, SERIAL_BUDGET_MS="600000"))
+    assert r.batch(record()) == []
 
-    def quick(method: str, url: str, headers: Mapping[str, str], body: bytes) -> HttpResult:
-        threads.add(threading.get_ident())
-        return HttpResult(200, 1.0)
-
-    r = start(running, relay(answer_with=quick, SERIAL_BUDGET_MS="600000"))
-    assert r.batch(record()) == []  # measured once here
-    threads.clear()
-
-    # When two batches of ten arrive
+    # When two batches of ten arrive, each request waiting 50 ms for a second one to be in flight
+    http.expect(2, patience=0.05)
     assert r.batch(*(record() for _ in range(10))) == []
     assert r.batch(*(record() for _ in range(10))) == []
 
-    # Then all twenty went out, one after another, from a single thread
-    assert len(r.http.requests) == 21 and len(threads) == 1
+    # Then all twenty went out one after another, from a single thread: none ever met another
+    assert len(r.http.requests) == 21 and http.peak == 1 and len(http.threads) == 1
 
 
 def test_a_batch_still_waiting_after_the_serial_budget_gets_the_other_threads(running: list[Relay]) -> None:
@@ -716,34 +712,23 @@ def test_a_batch_still_waiting_after_the_serial_budget_gets_the_other_threads(ru
     assert http.peak == 4 and len(r.http.requests) == 7
 
 
-def test_a_target_this_container_has_not_measured_gets_its_records_side_by_side_from_the_start(
-    running: list[Relay],
+@pytest.mark.parametrize("measured_ms", [None, 20_000], ids=["not-measured-here", "answered-in-20-s"])
+def test_a_target_not_known_to_answer_quickly_gets_its_records_side_by_side_from_the_start(
+    running: list[Relay], measured_ms: float | None
 ) -> None:
-    # Given a target never sent to here, and a serial budget (10 s) longer than this test
-    http = InFlight(wanted=4)
+    # Given a target never sent to here, or whose last request took 20 s, and a serial budget (10 s)
+    # longer than this test
+    http = InFlight(wanted=1, elapsed_ms=measured_ms or 12.5)
     r = start(running, relay(answer_with=http, DELIVERY_CONCURRENCY="4", SERIAL_BUDGET_MS="10000"))
-
-    # When four records arrive, each request answering only once all four are in flight
-    assert r.batch(*(record() for _ in range(4))) == []
-
-    # Then all four were sent side by side at once (one thread would have waited 5 s per request)
-    assert http.peak == 4 and len(http.threads) == 4
-
-
-def test_a_target_that_answered_slowly_gets_its_records_side_by_side_from_the_start(
-    running: list[Relay],
-) -> None:
-    # Given a target whose last request took 20 s, and a serial budget (10 s) longer than this test
-    http = InFlight(wanted=1, elapsed_ms=20_000)
-    r = start(running, relay(answer_with=http, DELIVERY_CONCURRENCY="4", SERIAL_BUDGET_MS="10000"))
-    assert r.batch(record()) == []
+    measured = 0 if measured_ms is None else 1
+    assert r.batch(*(record() for _ in range(measured))) == []
 
     # When four records arrive, each request answering only once all four are in flight
     http.expect(4)
     assert r.batch(*(record() for _ in range(4))) == []
 
     # Then all four were sent side by side at once (one thread would have waited 5 s per request)
-    assert http.peak == 4 and len(r.http.requests) == 5
+    assert http.peak == 4 and len(http.threads) == 4 and len(r.http.requests) == measured + 4
 
 
 def test_a_record_whose_delivery_crashes_is_reported_failed_and_the_rest_still_go(
