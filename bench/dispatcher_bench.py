@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 BATCH_SIZE = 10
 CONCURRENCY = 10
@@ -156,50 +156,64 @@ def make_dispatcher(
     return dispatcher, breakers, queue
 
 
-def run_scenarios(
-    url: str, *, latency: float, modes: list[tuple[bool, int, float | None]], batches: int
-) -> list[dict[str, Any]]:
-    """Each (encrypted, concurrency, serial budget) mode gets its own dispatcher; their batches
-    alternate, so drift in a shared, busy machine affects every mode alike."""
+class Mode(NamedTuple):
+    encrypted: bool
+    concurrency: int
+    serial_budget_ms: float | None = None  # None: the dispatcher's default; 0: all threads from the start
+
+
+class Run(NamedTuple):
+    mode: Mode
+    dispatcher: Any
+    breakers: Any
+    queue: Any
+
+
+def run_scenarios(url: str, *, latency: float, modes: list[Mode], batches: int) -> list[dict[str, Any]]:
+    """Each mode gets its own dispatcher; their batches alternate, so drift in a shared, busy machine
+    affects every mode alike."""
     runs = [
-        (
-            encrypted,
-            concurrency,
-            *make_dispatcher(url, encrypted=encrypted, concurrency=concurrency, serial_budget_ms=budget),
-            budget,
+        Run(
+            mode,
+            *make_dispatcher(
+                url,
+                encrypted=mode.encrypted,
+                concurrency=mode.concurrency,
+                serial_budget_ms=mode.serial_budget_ms,
+            ),
         )
-        for encrypted, concurrency, budget in modes
+        for mode in modes
     ]
     totals = [{"wall": 0.0, "cpu": 0.0, "failures": 0, "batches": 0, "log_bytes": 0} for _ in runs]
-    reads_before = [breakers.reads for _, _, _, breakers, _, _ in runs]
-    writes_before = [breakers.writes for _, _, _, breakers, _, _ in runs]
+    reads_before = [run.breakers.reads for run in runs]
+    writes_before = [run.breakers.writes for run in runs]
     try:
         for round_number in range(batches):
-            for index, (_, concurrency, dispatcher, _, _, _) in enumerate(runs):
-                if concurrency == 1 and latency and round_number % 5:
+            for index, run in enumerate(runs):
+                if run.mode.concurrency == 1 and latency and round_number % 5:
                     continue  # the sequential baseline is slow: a fifth of the batches suffices
                 records = make_records("bench-target", BATCH_SIZE)
                 logged = log_bytes()
                 wall0, cpu0 = time.perf_counter(), time.process_time()
-                failures = len(dispatcher.handle_batch(records)["batchItemFailures"])
+                failures = len(run.dispatcher.handle_batch(records)["batchItemFailures"])
                 totals[index]["wall"] += time.perf_counter() - wall0
                 totals[index]["cpu"] += time.process_time() - cpu0
                 totals[index]["log_bytes"] += log_bytes() - logged
                 totals[index]["failures"] += failures
                 totals[index]["batches"] += 1
     finally:
-        for _, _, dispatcher, _, _, _ in runs:
-            dispatcher.close()
+        for run in runs:
+            run.dispatcher.close()
     results = []
-    for index, (encrypted, concurrency, _, breakers, queue, budget) in enumerate(runs):
+    for index, (mode, _, breakers, queue) in enumerate(runs):
         done = int(totals[index]["batches"])
         deliveries = done * BATCH_SIZE
         results.append(
             {
                 "latency_ms": int(latency * 1000),
-                "encryption": encrypted,
-                "concurrency": concurrency,
-                "threads_from_the_start": budget == 0,
+                "encryption": mode.encrypted,
+                "concurrency": mode.concurrency,
+                "threads_from_the_start": mode.serial_budget_ms == 0,
                 "deliveries": deliveries,
                 "failures": totals[index]["failures"],
                 "deliveries_per_second": round(deliveries / totals[index]["wall"], 1),
@@ -208,7 +222,7 @@ def run_scenarios(
                 "breaker_reads_per_batch": (breakers.reads - reads_before[index]) / done,
                 "breaker_writes_per_batch": (breakers.writes - writes_before[index]) / done,
                 "sqs_calls_per_batch": sqs_calls(queue) / (done + 1),
-                "ideal_deliveries_per_second": round(concurrency / latency, 1) if latency else None,
+                "ideal_deliveries_per_second": round(mode.concurrency / latency, 1) if latency else None,
             }
         )
     return results
@@ -257,10 +271,10 @@ def main(quick: bool) -> dict[str, Any]:
                 latency=latency,
                 # The last mode is the pool as before issue 11's runners: all threads from the start.
                 modes=[
-                    (False, CONCURRENCY, None),
-                    (True, CONCURRENCY, None),
-                    (False, 1, None),
-                    (False, CONCURRENCY, 0),
+                    Mode(False, CONCURRENCY),
+                    Mode(True, CONCURRENCY),
+                    Mode(False, 1),
+                    Mode(False, CONCURRENCY, serial_budget_ms=0),
                 ],
                 batches=batches,
             )

@@ -285,7 +285,7 @@ class Dispatcher:
             self._pool,
             [partial(self._when_booked, item, step) for item, step in ordered],
             width=self._settings.delivery_concurrency,
-            wide=not all(self._answers_quickly(item) for item, _ in ordered),
+            wide=not all(self._answers_quickly(key) for key in {item.key for item, _ in ordered}),
             serial_budget_seconds=self._settings.serial_budget_ms / 1000,
         )
         for index, exc in crashed:
@@ -297,10 +297,10 @@ class Dispatcher:
             self._sleep(early)
         step()
 
-    def _answers_quickly(self, item: Item) -> bool:
-        """Its target's requests took less than the serial budget here lately. Not yet measured in this
+    def _answers_quickly(self, key: str) -> bool:
+        """The target's requests took less than the serial budget here lately. Not yet measured in this
         container: not known to be quick (a batch of a target it has not seen starts side by side)."""
-        latency = self._answer_times.latency_ms(item.key, lane_version=0)
+        latency = self._answer_times.latency_ms(key, lane_version=0)
         return latency is not None and latency < self._settings.serial_budget_ms
 
     def _slot(self, key: str) -> threading.BoundedSemaphore:
