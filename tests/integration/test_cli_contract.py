@@ -29,6 +29,7 @@ import pytest
 from relay import __version__
 from relay.cli import CommandParser, main, run
 from relay.local.aws_stack import LOCAL_CREDENTIALS, forget_cached_configuration
+from relay.local.loopback import SHUTDOWN_POLL_SECONDS
 
 pytestmark = pytest.mark.integration
 
@@ -443,7 +444,7 @@ class StallingSqs:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, args=(SHUTDOWN_POLL_SECONDS,), daemon=True).start()
 
     def close(self) -> None:
         self.release.set()

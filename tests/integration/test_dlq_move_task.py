@@ -20,6 +20,7 @@ from botocore.config import Config
 from relay.adapters.sqs import SqsQueues
 from relay.cli import main
 from relay.local.aws_stack import LOCAL_CREDENTIALS, forget_cached_configuration
+from relay.local.loopback import SHUTDOWN_POLL_SECONDS
 from relay.logic.dlq import Progress, RedriveFilter, RedriveOptions, redrive
 
 DLQ_URL = "http://sqs.local/123456789012/relay-DeadLetterQueue"
@@ -70,7 +71,9 @@ class FakeSqs:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(SHUTDOWN_POLL_SECONDS,), daemon=True
+        )
 
     def answer(self, operation: str, request: dict[str, Any]) -> dict[str, Any]:
         if operation == "GetQueueAttributes":

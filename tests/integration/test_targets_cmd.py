@@ -18,6 +18,7 @@ from relay.cli import main
 from relay.local.aws_stack import LocalResources, forget_cached_configuration
 from relay.local.fake_genesys import FakeGenesys
 from relay.local.fixtures import Fixtures, FixtureTarget
+from relay.local.loopback import SHUTDOWN_POLL_SECONDS
 from relay.models.event_filters import EventFilters
 from relay.models.rate_limit import RateLimit, rate_key
 from relay.models.targets import Integration, OAuth2Client, SecurityType, Target, TargetSecurity
@@ -64,7 +65,9 @@ class RecordingReceiver:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, args=(SHUTDOWN_POLL_SECONDS,), daemon=True
+        )
 
     def __enter__(self) -> RecordingReceiver:
         self.thread.start()

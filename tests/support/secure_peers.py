@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from relay.local.loopback import SHUTDOWN_POLL_SECONDS
+
 
 def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
@@ -165,7 +167,9 @@ class _Served:
     def _serve(self, server: ThreadingHTTPServer, name: str) -> None:
         server.daemon_threads = True
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, args=(SHUTDOWN_POLL_SECONDS,), name=name, daemon=True
+        )
 
     @property
     def port(self) -> int:

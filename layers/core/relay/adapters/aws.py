@@ -4,6 +4,9 @@ and the tests point every client at moto's server) and, when set, its credential
 ``AwsClients`` is built by relay.wiring, once per container (per Settings object), and hands each
 adapter the client it needs. Clients are made on first use: each costs tens of milliseconds, and a
 container that never needs one (the intake's S3 client, used only for claim checks) never pays for it.
+Every client comes from one boto3 session per process (``new_client``): a session loads the endpoint
+and service models once, so a client costs a few milliseconds from it instead of fifty to a hundred
+from a session of its own.
 """
 
 from __future__ import annotations
@@ -56,8 +59,28 @@ class AwsClients:
             }
             if settings.aws_session_token:
                 credentials["aws_session_token"] = settings.aws_session_token.get_secret_value()
-        session = boto3.session.Session(region_name=settings.region, **credentials)
-        return session.client(service, endpoint_url=settings.aws_endpoint_url, config=self._config)
+        return new_client(
+            service,
+            region_name=settings.region,
+            endpoint_url=settings.aws_endpoint_url,
+            config=self._config,
+            **credentials,
+        )
+
+
+_session: boto3.session.Session | None = None
+_session_lock = threading.Lock()
+
+
+def new_client(service: str, **arguments: Any) -> Any:
+    """A boto3 client made from the process's session. Region, endpoint and credentials go to the
+    client, never to the session, so clients for different settings can share it. A session is not
+    thread-safe; clients are: making one holds the lock, using one does not."""
+    global _session
+    with _session_lock:
+        if _session is None:
+            _session = boto3.session.Session()
+        return _session.client(service, **arguments)
 
 
 class _OnFirstUse:

@@ -17,9 +17,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-import boto3
 from botocore.config import Config
 
+from relay.adapters.aws import new_client
 from relay.local.template import FunctionSpec, PhysicalResource, Template
 
 REGION = "us-east-1"
@@ -141,9 +141,14 @@ class LocalResources:
 
 
 def local_client(service: str, endpoint_url: str) -> Any:
-    return boto3.session.Session(
-        aws_access_key_id="local", aws_secret_access_key="local", region_name=REGION
-    ).client(service, endpoint_url=endpoint_url, config=Config(retries={"max_attempts": 2}))
+    return new_client(
+        service,
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+        region_name=REGION,
+        endpoint_url=endpoint_url,
+        config=Config(retries={"max_attempts": 2}),
+    )
 
 
 def create_resources(template: Template, endpoint_url: str, prefix: str) -> LocalResources:

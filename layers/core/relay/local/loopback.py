@@ -7,6 +7,8 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+SHUTDOWN_POLL_SECONDS = 0.05
+
 
 class LoopbackServer:
     """``start()`` binds 127.0.0.1 (never 0.0.0.0) and serves; ``stop()`` shuts down and joins.
@@ -41,7 +43,11 @@ class LoopbackServer:
         server.block_on_close = self._wait
         self._server = server
         self.port = server.server_address[1]
-        self._thread = threading.Thread(target=server.serve_forever, name=self._name, daemon=True)
+        # The accept loop looks for shutdown() every SHUTDOWN_POLL_SECONDS (socketserver's default,
+        # half a second, was most of the time a test's or the local stack's stop took).
+        self._thread = threading.Thread(
+            target=server.serve_forever, args=(SHUTDOWN_POLL_SECONDS,), name=self._name, daemon=True
+        )
         self._thread.start()
         return self.port
 
