@@ -268,9 +268,14 @@ class ChaosRun:
     The stack stays up afterwards (tests replay and tamper requests through it); ``close()`` stops it.
     """
 
-    def __init__(self, workdir: Path, events: int = EVENTS) -> None:
+    def __init__(
+        self, workdir: Path, events: int = EVENTS, *, visibility_timeout_seconds: int | None = None
+    ) -> None:
+        """``visibility_timeout_seconds``: the delivery queues' visibility timeout, which is when the
+        killed batch comes back; None keeps the template's (6 x the dispatcher timeout, 90 s)."""
         self.workdir = workdir
         self.events = events
+        self.visibility_timeout_seconds = visibility_timeout_seconds
         self.keys = new_secrets()
         self.integration_id = str(uuid.uuid4())
         self.flaky_id = str(uuid.uuid4())
@@ -302,7 +307,28 @@ class ChaosRun:
         )
         self.stack.start()
         divert_existing_handlers(self.function_log, self.real_stdout)
+        if self.visibility_timeout_seconds is not None:
+            self._set_delivery_visibility(self.visibility_timeout_seconds)
         return self
+
+    def _set_delivery_visibility(self, seconds: int) -> None:
+        assert self.stack is not None and self.stack.resources is not None
+        resources = self.stack.resources
+        # Above the dispatcher's 15 s timeout, so a batch still running is never handed out again.
+        assert seconds > int(PARAMETERS["DispatcherTimeoutSeconds"]), seconds
+        for url in (resources.delivery_queue_url, resources.slow_delivery_queue_url):
+            if url:
+                self.stack.sqs.set_queue_attributes(
+                    QueueUrl=url, Attributes={"VisibilityTimeout": str(seconds)}
+                )
+
+    def visibility_timeout(self) -> int:
+        """The delivery queue's visibility timeout, as the queue reports it."""
+        assert self.stack is not None and self.stack.resources is not None
+        attributes = self.stack.sqs.get_queue_attributes(
+            QueueUrl=self.stack.resources.delivery_queue_url, AttributeNames=["VisibilityTimeout"]
+        )["Attributes"]
+        return int(attributes["VisibilityTimeout"])
 
     def close(self) -> None:
         try:
@@ -690,6 +716,7 @@ class ChaosRun:
                 "breaker_max_reset_seconds": BREAKER_MAX_RESET_SECONDS,
                 "read_timeout_seconds": READ_TIMEOUT_SECONDS,
                 "parameters": PARAMETERS,
+                "visibility_timeout_seconds": self.visibility_timeout(),
                 "batch_size": source.batch_size,
                 "maximum_concurrency": source.maximum_concurrency,
             },
