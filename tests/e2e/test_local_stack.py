@@ -216,7 +216,9 @@ def test_the_tally_counts_dead_letters_from_the_dlq_and_stop_leaves_nothing_behi
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     children_before = set(children_of(os.getpid()))
 
-    with LocalStack(fixtures) as stack:
+    # Six failed attempts in all: above the default breaker threshold (5) an attempt could wait out the
+    # breaker's 30 s reset, depending on how the attempts interleave. The breaker is not this test's subject.
+    with LocalStack(fixtures, environment={"BREAKER_FAILURE_THRESHOLD": "10"}) as stack:
         stack.receivers[target["id"]].receiver.behaviour = Behaviour(status=500)
         started_children = set(children_of(os.getpid())) - children_before
 
