@@ -198,6 +198,33 @@ def test_demo_delivers_every_event_and_loses_none() -> None:
     assert final["p50_ms"] is not None and final["p99_ms"] is not None
 
 
+def test_an_ordered_and_an_unordered_target_in_one_stack_get_every_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from relay.local.demo import run_demo
+    from relay.local.stack import LocalStack
+
+    # Given the default fixtures with one of the two targets ordered per conversation: the fast lane's
+    # and the ordered lane's dispatchers then run side by side in this one process
+    doc = json.loads(DEFAULT_FIXTURES.read_text())
+    doc["integrations"][0]["targets"][0]["ordering"] = "conversation"
+    fixtures = tmp_path / "fixtures.json"
+    fixtures.write_text(json.dumps(doc))
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+
+    # When the demo sends its events through it
+    with LocalStack(fixtures) as stack:
+        report = run_demo(stack, 12, timeout_seconds=90)
+        assert stack.poller is not None and stack.ordered_poller is not None
+        lanes = {"fast": stack.poller.stats(), "ordered": stack.ordered_poller.stats()}
+
+    # Then both targets got every event, and none of either lane's invocations failed
+    assert report.accepted == 12
+    assert (report.delivered, report.lost, report.dead_lettered) == (12, 0, 0)
+    assert lanes["fast"].invocations > 0 and lanes["ordered"].invocations > 0
+    assert {lane: stats.failed_invocations for lane, stats in lanes.items()} == {"fast": 0, "ordered": 0}
+
+
 def test_the_tally_counts_dead_letters_from_the_dlq_and_stop_leaves_nothing_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

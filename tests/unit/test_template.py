@@ -270,6 +270,19 @@ def test_one_delivery_fits_in_the_dispatcher_timeout(raw: Template) -> None:
         assert int(timeout) > single_delivery
 
 
+def test_one_process_keeps_a_dispatcher_for_every_dispatcher_function(raw: Template) -> None:
+    from relay.wiring.dispatcher import DISPATCHER_FUNCTIONS
+
+    # The local stack runs them in one process; a cache with less room closes one another's pools.
+    consumers = [
+        logical_id
+        for logical_id in raw.resources_of_type("AWS::Serverless::Function")
+        if any(event["Type"] == "SQS" for event in raw.function(logical_id).events.values())
+    ]
+    assert sorted(consumers) == sorted(DISPATCHERS)
+    assert DISPATCHER_FUNCTIONS >= len(consumers)
+
+
 @pytest.mark.parametrize(("dispatcher", "queue"), DISPATCHERS.items())
 def test_dispatcher_reports_partial_batch_failures_from_its_queue(
     raw: Template, dispatcher: str, queue: str

@@ -125,7 +125,12 @@ def build_dispatcher(
     )
 
 
-_dispatchers: PerSettings[Dispatcher] = PerSettings(1, close=Dispatcher.close)
+# One per Settings object, as many as the template has dispatcher functions (fast lane, slow lane,
+# ordered lane): on Lambda a container runs one of them, but the local stack runs them in one process,
+# and with room for one each evicted and closed the other's dispatcher while its invocation ran
+# ("cannot schedule new futures after shutdown").
+DISPATCHER_FUNCTIONS = 3
+_dispatchers: PerSettings[Dispatcher] = PerSettings(DISPATCHER_FUNCTIONS, close=Dispatcher.close)
 
 
 def container_dispatcher() -> Dispatcher:
