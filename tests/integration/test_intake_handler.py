@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import pytest
-from support.events import api_gateway_event, sample
+from support.events import api_gateway_event, sample, sqs_record
 from support.handlers import Handler, load_handler
 from support.lambda_context import lambda_context
 from support.queues import drain
@@ -22,6 +22,7 @@ from relay.models.secrets import RotatingSecret, SecretKind
 from relay.models.targets import Integration, Target
 from relay.settings import get_settings
 from relay.wiring import aws_client, target_store
+from relay.wiring.dispatcher import build_dispatcher
 
 
 def seed_fixture_integrations(previous_secret: str | None = None) -> Fixtures:
@@ -121,6 +122,32 @@ def test_concurrent_repeats_are_queued_exactly_once(
     # Then one attempt queued the tasks and no repeat queued them again
     assert len(drain(aws_stack.delivery_queue_url)) == 2
     assert set(statuses) <= {202, 429} and 202 in statuses
+
+
+def test_an_event_for_a_disabled_target_lands_in_the_dlq_as_target_disabled_not_nowhere(
+    aws_stack: LocalResources, intake_handler: Handler
+) -> None:
+    # Given the default fixtures' integration, one of its targets disabled (by an operator, or a 410)
+    integration = seed_fixture_integrations().integrations[0]
+    off, on = (target.id for target in integration.targets)
+    target_store(get_settings()).set_target_enabled(integration.id, off, False)
+
+    # When Genesys posts a signed event, and the dispatcher takes the disabled target's task
+    response = intake_handler(sample("apigw_text.json"), lambda_context("intake"))
+    records = drain(aws_stack.delivery_queue_url)
+    for_off = [r for r in records if DeliveryTask.model_validate_json(r["body"]).target_id == off]
+    result = build_dispatcher(get_settings()).handle_batch([sqs_record(r["body"]) for r in for_off])
+
+    # Then the event was accepted for both targets, and the disabled one's task is in the DLQ with the
+    # reason a redrive after `relay targets enable` acts on: not silently left out
+    assert response["statusCode"] == 202
+    tasks = [DeliveryTask.model_validate_json(r["body"]) for r in records]
+    assert sorted(t.target_id for t in tasks) == sorted([off, on])
+    assert sorted(json.loads(response["body"])["deliveryIds"]) == sorted(str(t.delivery_id) for t in tasks)
+    assert result == {"batchItemFailures": []}
+    (dead,) = drain(aws_stack.dead_letter_queue_url)
+    assert dead["messageAttributes"]["relay-dlq-reason"]["stringValue"] == "target-disabled"
+    assert DeliveryTask.model_validate_json(dead["body"]).target_id == off
 
 
 def test_sqs_unavailable_is_503_with_retry_after_and_the_retry_queues(

@@ -46,8 +46,9 @@ def refusal(response: dict[str, Any]) -> tuple[int, str]:
 # --- acceptance and fan-out -----------------------------------------------------------------------------
 
 
-def test_one_task_per_enabled_target_carrying_the_event_as_received() -> None:
-    # Given an integration with three targets, one disabled
+def test_one_task_per_target_disabled_included_carrying_the_event_as_received() -> None:
+    # Given an integration with three targets, one disabled (its task is dead-lettered by the
+    # dispatcher, so the event can reach it once it is enabled again)
     intake, queue = make_intake(
         integrations=Integrations(make_entry(("t-a", "t-b", "t-c"), disabled=("t-b",)))
     )
@@ -58,14 +59,14 @@ def test_one_task_per_enabled_target_carrying_the_event_as_received() -> None:
     event = api_gateway_event(message)
     response = intake.handle(event)
 
-    # Then 202, and one task per enabled target with the body's text untouched (unknown fields included)
+    # Then 202, and one task per target with the body's text untouched (unknown fields included)
     assert response["statusCode"] == 202
     queued = tasks(queue)
-    assert sorted(t.target_id for t in queued) == ["t-a", "t-c"]
+    assert sorted(t.target_id for t in queued) == ["t-a", "t-b", "t-c"]
     assert all(t.event_json == event["body"] and t.event_id == message["id"] for t in queued)
     assert all(t.integration_id == INTEGRATION_ID and t.event_source == "open-messaging" for t in queued)
     assert answer(response)["deliveryIds"] == [str(t.delivery_id) for t in queued]
-    assert len({t.delivery_id for t in queued}) == 2
+    assert len({t.delivery_id for t in queued}) == 3
 
 
 def test_tasks_carry_the_conversation_id_the_event_names_for_the_audit() -> None:

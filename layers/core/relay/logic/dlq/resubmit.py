@@ -1,7 +1,7 @@
 """``relay dlq redrive --queue eventbridge|intake-failures``: each failed event goes back through the
 intake's own EventBridge path, in-process.
 
-The intake checks the event again, queues one task per enabled target and records the event in its
+The intake checks the event again, queues one task per target and records the event in its
 idempotency table, so an event already queued (an earlier redrive, or a Lambda retry that got through
 after all) queues nothing new. The rules that keep this lossless: a message is deleted only after the
 intake accepted its event; an event the intake refuses stays in its queue and is reported with the

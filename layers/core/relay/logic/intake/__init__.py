@@ -3,7 +3,7 @@
     http_api   API Gateway HTTP API v2 events in, responses out
     messages   what is let in: Open Messaging messages, Genesys EventBridge events
     filters    which targets an event goes to (each target's event filters)
-    fan_out    one DeliveryTask per enabled target that takes it, once per event (idempotency, claim checks)
+    fan_out    one DeliveryTask per target that takes it, once per event (idempotency, claim checks)
     ordering   an event's conversation and the FIFO message group of an ordered target's task
     metrics    the intake's metrics
     service    ``Intake``: the checks in order, and errors become answers in one place

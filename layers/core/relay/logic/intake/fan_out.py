@@ -1,6 +1,8 @@
-"""One accepted event becomes one DeliveryTask per enabled target whose filters let it through, queued
-once per event identity. A filtered (event, target) pair costs no queue message; an event no target
-takes is accepted all the same, and counted.
+"""One accepted event becomes one DeliveryTask per target whose filters let it through, queued once per
+event identity. A filtered (event, target) pair costs no queue message; an event no target takes is
+accepted all the same, and counted. A disabled target's task is queued too: the dispatcher
+dead-letters it ``target-disabled`` without an attempt, so the event can be redriven or replayed to
+the target once it is enabled again, and is never silently dropped (docs/operations-dlq.md).
 
 The idempotency store decides who queues: the attempt that claims the event's key queues, then records
 its answer (two writes per accepted event); a repeat gets that answer and queues nothing, however late
@@ -79,8 +81,8 @@ class FanOut:
         self._now = now
 
     def __call__(self, entry: IntegrationEntry, incoming: IncomingEvent) -> dict[str, Any]:
-        """Queue one task per enabled target, once per event identity; repeats get the first answer."""
-        targets = self._matching([target for target in entry.targets if target.enabled], incoming.facts)
+        """Queue one task per target, once per event identity; repeats get the first answer."""
+        targets = self._matching(list(entry.targets), incoming.facts)
         if not targets:
             # Nothing to queue, so nothing to queue twice: no idempotency writes (a repeat gets the
             # same answer the same way).

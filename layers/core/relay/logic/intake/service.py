@@ -5,10 +5,10 @@ Two triggers reach the same ``Intake``:
 * **API Gateway HTTP API (payload v2)**, ``POST /webhooks/{integrationId}`` from Genesys Open Messaging:
   method, size, content type, integration, signature, JSON, schema, channel.id are checked in that
   order (cheap and input-only checks first, one DynamoDB read at most before the signature is known
-  good); the event is claimed in the idempotency store, one ``DeliveryTask`` per enabled target whose
-  event filters let it through is queued, carrying the body's JSON text exactly as received, and the
-  answer is 202. Refusals are 4xx JSON ``{"error", "message"}``; an AWS dependency that fails is 503
-  with ``Retry-After`` so Genesys retries; client input never causes a 5xx.
+  good); the event is claimed in the idempotency store, one ``DeliveryTask`` per target whose event
+  filters let it through (disabled targets included) is queued, carrying the body's JSON text exactly
+  as received, and the answer is 202. Refusals are 4xx JSON ``{"error", "message"}``; an AWS
+  dependency that fails is 503 with ``Retry-After`` so Genesys retries; client input never causes a 5xx.
 * **EventBridge** (Genesys' partner event source), routed by a rule: no signature (the trust is the
   AWS partner source), fanned out to the targets of ``EVENTBRIDGE_INTEGRATION_ID``. Failures raise,
   so Lambda's asynchronous retries and the function's on-failure destination keep the event.
