@@ -112,10 +112,12 @@ def fixtures_file(tmp_path: Path, own_receiver: Receiver) -> Path:
     return path
 
 
+@pytest.mark.parametrize("stop", ["SIGTERM", "Ctrl-C"])
 def test_serve_prints_ready_delivers_a_signed_post_and_stops_cleanly(
-    fixtures_file: Path, own_receiver: Receiver, tmp_path: Path
+    fixtures_file: Path, own_receiver: Receiver, tmp_path: Path, stop: str
 ) -> None:
-    # Given `relay local serve` running with fixtures that name our receiver
+    # Given `relay local serve` running with fixtures that name our receiver, in a process group of its
+    # own as in a terminal
     stderr_path = tmp_path / "serve.stderr"
     with stderr_path.open("w") as stderr:
         process = subprocess.Popen(
@@ -124,6 +126,7 @@ def test_serve_prints_ready_delivers_a_signed_post_and_stops_cleanly(
             stderr=stderr,
             text=True,
             cwd=ROOT,
+            start_new_session=True,
         )
     try:
         assert process.stdout is not None
@@ -157,8 +160,11 @@ def test_serve_prints_ready_delivers_a_signed_post_and_stops_cleanly(
         assert delivery.event is not None and delivery.event["id"] == event["id"]
         assert delivery.envelope is not None and delivery.envelope["formatVersion"] == "2.1"
 
-        # When it is sent SIGTERM
-        process.send_signal(signal.SIGTERM)
+        # When it is sent SIGTERM, or Ctrl-C is pressed (SIGINT to the terminal's whole process group)
+        if stop == "SIGTERM":
+            process.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(process.pid, signal.SIGINT)
         code = process.wait(timeout=60)
     finally:
         if process.poll() is None:  # the test failed midway: leave no server behind either way
@@ -169,8 +175,11 @@ def test_serve_prints_ready_delivers_a_signed_post_and_stops_cleanly(
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
 
-    # Then it exits cleanly, printed exactly one ready line, and left no child process behind
+    # Then it exits cleanly, printed exactly one ready line, logged no error on the way out, and left no
+    # child process behind
     assert code == 0
+    logged = stderr_path.read_text()
+    assert "Traceback" not in logged and '"level":"ERROR"' not in logged.replace(" ", ""), logged[-3000:]
     assert sum(1 for line in stdout.lines if '"ready"' in line) == 1
     assert children, "serve should have started moto's server as a child process"
     assert [pid for pid in children if alive(pid)] == []

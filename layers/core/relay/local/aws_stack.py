@@ -84,6 +84,9 @@ class MotoServer:
             [sys.executable, "-c", _MOTO_CHILD, self._fifo, "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # Out of the terminal's process group: Ctrl-C on `relay local serve` reaches the stack, which
+            # stops its pollers before moto. It still dies with the stack (PR_SET_PDEATHSIG, above).
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -98,6 +98,7 @@ class _Worker:
                 stdout=sink,
                 stderr=sink,
                 env={**os.environ, **environment},  # the function's own, given at launch
+                start_new_session=True,  # Ctrl-C stops the stack, which stops its workers in turn
             )
         finally:
             os.close(request_read)
