@@ -236,7 +236,20 @@ def test_malformed_json_is_400(body: str, fragment: str) -> None:
     assert queue.bodies == []
 
 
-@pytest.mark.parametrize("number", ["1e400", "-1e400", "1E+999", "123456789" * 40 + ".5", "NaN", "Infinity"])
+@pytest.mark.parametrize(
+    "number",
+    [
+        "1e400",
+        "-1e400",
+        "1E+999",
+        "123456789" * 40 + ".5",
+        "NaN",
+        "Infinity",
+        "1" + "0" * 400,  # an integer as large as 1e400
+        "-1" + "0" * 400,
+        "1" + "0" * 5000,  # beyond what Python converts to int at all
+    ],
+)
 def test_numbers_no_64_bit_float_holds_are_400_and_nothing_is_queued(number: str) -> None:
     # Given a genuine, signed message with a number a target could only read as Infinity (or null)
     body = json.dumps(sample("openmessaging_text.json"))[:-1] + ', "f": ' + number + "}"
@@ -252,7 +265,9 @@ def test_numbers_no_64_bit_float_holds_are_400_and_nothing_is_queued(number: str
 def test_numbers_are_queued_as_spelled() -> None:
     # 1E+2 is not re-spelled 100.0, and a long decimal keeps all its digits
     body = json.dumps(sample("openmessaging_text.json"))[:-1]
-    body += ', "n": [1E+2, 0.1000000000000000055511151231257827, -0, 1e308, ' + "9" * 30 + "]}"
+    body += (
+        ', "n": [1E+2, 0.1000000000000000055511151231257827, -0, 1e308, ' + "9" * 30 + ", " + "9" * 308 + "]}"
+    )
     intake, queue = make_intake()
     assert intake.handle(api_gateway_event(body))["statusCode"] == 202
     assert [t.event_json for t in tasks(queue)] == [body, body]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -76,6 +77,19 @@ def _finite_float(literal: str) -> float:
     return value
 
 
+# The most digits an integer a 64-bit float holds can have (its maximum is about 1.8e308). Checked
+# before int(): Python refuses to convert integers of more than 4,300 digits at all.
+_FLOAT_INTEGER_DIGITS = 309
+
+
+def _finite_int(literal: str) -> int:
+    digits = literal.lstrip("-")
+    value = int(literal) if len(digits) <= _FLOAT_INTEGER_DIGITS else None
+    if value is None or abs(value) > sys.float_info.max:
+        raise NonFiniteNumber(literal)
+    return value
+
+
 def _refuse_constant(literal: str) -> float:
     raise NonFiniteNumber(literal)  # Python's json reads NaN and Infinity; JSON has neither
 
@@ -84,7 +98,7 @@ def load_finite_json(text: str | bytes) -> Any:
     """Parse JSON as RFC 8259 defines it: ``NonFiniteNumber`` for NaN, Infinity and numbers beyond a
     64-bit float (Python would read them as nan/inf), ``ValueError`` for anything else that is not JSON
     (``RecursionError`` for nesting deeper than Python's recursion limit)."""
-    return json.loads(text, parse_float=_finite_float, parse_constant=_refuse_constant)
+    return json.loads(text, parse_float=_finite_float, parse_int=_finite_int, parse_constant=_refuse_constant)
 
 
 def check_event_json(text: str) -> str:
