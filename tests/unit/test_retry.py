@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import random
+import sys
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -36,6 +38,41 @@ def test_full_jitter_stays_within_the_growing_capped_ceiling(attempt: int, seed:
     ceiling = min(30.0, 1.0 * 2 ** (attempt - 1)) if attempt < 60 else 30.0
     delay = retry.retry_delay_seconds(MATRIX, attempt, rng=random.Random(seed))
     assert 0 <= delay <= ceiling + 1  # whole seconds, rounded up
+
+
+# Every matrix the model accepts: intervals of any size, multipliers up to infinity.
+any_matrix = st.builds(
+    RetryMatrix,
+    attempts=st.integers(min_value=1, max_value=50),
+    base_interval_ms=st.integers(min_value=0) | st.integers(min_value=10**300),
+    max_interval_ms=st.integers(min_value=0) | st.integers(min_value=10**300),
+    multiplier=st.floats(min_value=1.0, allow_nan=False),
+)
+
+
+@given(any_matrix, st.integers(min_value=1) | st.integers(min_value=10**18), st.integers(0, 2**32))
+def test_any_matrix_and_attempt_give_a_finite_delay_within_its_cap(
+    matrix: RetryMatrix, attempt: int, seed: int
+) -> None:
+    cap_seconds = float(min(matrix.max_interval_ms, sys.float_info.max)) / 1000
+    ceiling = retry.backoff_ceiling_seconds(matrix, attempt)
+    assert math.isfinite(ceiling) and 0 <= ceiling <= cap_seconds
+    delay = retry.retry_delay_seconds(matrix, attempt, rng=random.Random(seed))
+    # Whole seconds, rounded up, and never past SQS's longest visibility timeout
+    assert 0 <= delay <= min(retry.SQS_MAX_VISIBILITY_SECONDS, -(-matrix.max_interval_ms // 1000))
+
+
+def test_a_huge_multiplier_saturates_at_the_cap_instead_of_overflowing() -> None:
+    # The probe's matrix: 1e200 squared is past what a float holds
+    matrix = RetryMatrix(attempts=4, base_interval_ms=100, max_interval_ms=200, multiplier=1e200)
+    assert retry.backoff_ceiling_seconds(matrix, 3) == 0.2
+    assert retry.retry_delay_seconds(matrix, 3, rng=random.Random(5)) in (0, 1)
+
+
+def test_a_multiplier_of_one_keeps_the_base_interval_at_any_attempt() -> None:
+    steady = RetryMatrix(base_interval_ms=1500, max_interval_ms=30_000, multiplier=1.0)
+    assert retry.backoff_ceiling_seconds(steady, 1) == retry.backoff_ceiling_seconds(steady, 10**6) == 1.5
+    assert retry.backoff_ceiling_seconds(RetryMatrix(base_interval_ms=0, multiplier=1e300), 10**6) == 0
 
 
 def test_jitter_actually_spreads_retries() -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -76,12 +77,22 @@ def exhausted(matrix: RetryMatrix, attempt: int, *, max_receive_count: int | Non
 
 
 def backoff_ceiling_seconds(matrix: RetryMatrix, attempt: int) -> float:
-    exponent = max(0, attempt - 1)
-    # Guard the power: a large attempt number must not overflow before the cap applies.
-    ceiling_ms: float = matrix.max_interval_ms
-    if exponent < 64:
-        ceiling_ms = min(matrix.max_interval_ms, matrix.base_interval_ms * matrix.multiplier**exponent)
-    return float(ceiling_ms) / 1000.0
+    """min(maxInterval, base * multiplier^(attempt-1)) in seconds, for any matrix the model accepts: a
+    power past what a float holds is past the cap too, so it saturates there instead of raising."""
+    cap_ms = _as_float(matrix.max_interval_ms)
+    base_ms = _as_float(matrix.base_interval_ms)
+    if base_ms == 0:
+        return 0.0  # no wait, however large the multiplier (0 * inf would be nan)
+    try:
+        grown_ms = base_ms * matrix.multiplier ** max(0, attempt - 1)
+    except OverflowError:
+        grown_ms = math.inf
+    return min(cap_ms, grown_ms) / 1000.0
+
+
+def _as_float(milliseconds: int) -> float:
+    # The model bounds neither interval from above: an int too large for a float counts as the largest.
+    return float(min(milliseconds, sys.float_info.max))
 
 
 def retry_delay_seconds(
