@@ -185,6 +185,11 @@ def _rejected_ids(report_rejected: list[dict[str, str]]) -> list[str]:
         ({"filters": {"eventType": ["Typing"]}}, "filters.eventType"),
         ({"rateLimit": {"perSecond": 0}}, "rateLimit.perSecond"),
         ({"rateLimit": {"perSecond": 5, "burst": 0}}, "rateLimit.burst"),
+        ({"retryMatrix": {"multiplier": 1e200}}, "retryMatrix: Value error, multiplier must be at most 100"),
+        (
+            {"retryMatrix": {"baseIntervalMs": 5000, "maxIntervalMs": 200}},
+            "must not be larger than maxIntervalMs",
+        ),
     ],
 )
 def test_invalid_config_is_rejected_and_the_stored_target_stays(

@@ -9,7 +9,7 @@ from test_dispatch_support import ManualClock
 
 from relay.adapters.target_store import TargetStore
 from relay.local.aws_stack import LocalResources
-from relay.models.targets import Integration, Target
+from relay.models.targets import Integration, RetryMatrix, Target
 from relay.wiring import aws_client
 
 pytestmark = pytest.mark.integration
@@ -82,3 +82,25 @@ def test_the_cache_is_bounded_least_recently_used_first(aws_stack: LocalResource
     assert len(queries) == before  # still cached
     store.get("b")
     assert len(queries) == before + 1  # evicted, read again
+
+
+def test_a_record_stored_with_a_matrix_configs_may_no_longer_set_still_loads(
+    aws_stack: LocalResources,
+) -> None:
+    # Given a target a former version stored with a multiplier and a base configs are now refused
+    store = TargetStore(aws_client("dynamodb"), aws_stack.targets_table, cache_ttl_seconds=0)
+    _seed(store, "int-old", targets=0)
+    matrix = RetryMatrix(base_interval_ms=5000, max_interval_ms=200, multiplier=1e200)
+    store.put_target(
+        Target(
+            integration_id="int-old",
+            target_id="t0",
+            name="t0",
+            url="https://example.com/h",
+            retry_matrix=matrix,
+        )
+    )
+
+    # Then it loads as stored: the last good config stays in force
+    stored = store.get_target("int-old", "t0")
+    assert stored is not None and stored.retry_matrix == matrix

@@ -64,3 +64,10 @@ def test_an_unknown_filter_value_in_the_fixtures_file_is_refused() -> None:
     doc["integrations"][0]["targets"][0]["filters"] = {"types": ["Txt"]}
     with pytest.raises(ValidationError, match="unknown message type 'Txt'"):
         Fixtures.model_validate(doc)
+
+
+def test_a_retry_matrix_a_config_could_not_set_is_refused_in_the_fixtures_file_too() -> None:
+    doc = fixtures_doc()
+    doc["integrations"][0]["targets"][1]["retryMatrix"] = {"multiplier": 1e200}
+    with pytest.raises(ValidationError, match=r"targets\.1\.retryMatrix\n.*multiplier must be at most 100"):
+        Fixtures.model_validate(doc)

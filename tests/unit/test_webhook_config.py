@@ -111,6 +111,37 @@ def test_invalid_configs_are_refused_naming_the_field_not_the_value(
         assert value not in message
 
 
+@pytest.mark.parametrize(
+    ("matrix", "reason"),
+    [
+        (
+            {"attempts": 4, "baseIntervalMs": 100, "maxIntervalMs": 200, "multiplier": 1e200},
+            "multiplier must be at most 100 (got 1e+200)",
+        ),
+        ({"multiplier": float("inf")}, "multiplier must be at most 100 (got inf)"),
+        (
+            {"baseIntervalMs": 5000, "maxIntervalMs": 200},
+            "baseIntervalMs (5000) must not be larger than maxIntervalMs (200)",
+        ),
+        # Against the default cap, 30 s
+        ({"baseIntervalMs": 60_000}, "baseIntervalMs (60000) must not be larger than maxIntervalMs (30000)"),
+    ],
+)
+def test_an_absurd_multiplier_or_a_base_above_the_cap_is_refused_with_the_field(
+    matrix: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        webhook_config_from_genesys(_integration(), _config(retryMatrix=matrix), _secrets())
+
+    assert safe_errors(caught.value) == f"retryMatrix: Value error, {reason}"
+
+
+def test_the_largest_multiplier_and_a_base_equal_to_the_cap_are_accepted() -> None:
+    matrix = {"baseIntervalMs": 5000, "maxIntervalMs": 5000, "multiplier": 100}
+    config = webhook_config_from_genesys(_integration(), _config(retryMatrix=matrix), _secrets())
+    assert (config.retry_matrix.base_interval_ms, config.retry_matrix.multiplier) == (5000, 100)
+
+
 def test_model_accepts_the_seed_field_names() -> None:
     config = WebhookConfig.model_validate(
         {

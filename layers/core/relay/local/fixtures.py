@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from relay.models.event_filters import EventFilters
 from relay.models.rate_limit import RateLimit
-from relay.models.targets import OAuth2Client, OnExhausted, Ordering, RetryMatrix, SecurityType
+from relay.models.targets import ConfiguredRetryMatrix, OAuth2Client, OnExhausted, Ordering, SecurityType
 
 DEFAULT_FIXTURES = Path(__file__).resolve().parents[4] / "events" / "fixtures" / "local.json"
 
@@ -43,7 +43,7 @@ class FixtureTarget(_FixtureModel):
     encryption_key: str | None = Field(None, alias="encryptionKey")
     # mTLS: the client certificate, its chain and its key, one PEM bundle.
     client_certificate: str | None = Field(None, alias="clientCertificate")
-    retry_matrix: RetryMatrix | None = Field(None, alias="retryMatrix")
+    retry_matrix: ConfiguredRetryMatrix | None = Field(None, alias="retryMatrix")
     ordering: Ordering | None = None  # none (default) or conversation
     on_exhausted: OnExhausted | None = Field(None, alias="onExhausted")
     filters: EventFilters | None = None

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from relay.models.event_filters import EventFilters
@@ -24,12 +24,34 @@ class CamelModel(BaseModel):
 
 
 class RetryMatrix(CamelModel):
-    """The seed's retry matrix; the defaults are the seed's."""
+    """The seed's retry matrix; the defaults are the seed's. Configs set one as ``ConfiguredRetryMatrix``."""
 
     attempts: int = Field(3, ge=1, le=50)
     base_interval_ms: int = Field(1_000, ge=0)
     max_interval_ms: int = Field(30_000, ge=0)
     multiplier: float = Field(2.0, ge=1.0)
+
+
+# Past this a multiplier is a typo, not a curve: x100 goes from 1 s to the 12 h SQS allows in three retries.
+MAX_RETRY_MULTIPLIER = 100
+
+
+def _sensible_retry_matrix(matrix: RetryMatrix) -> RetryMatrix:
+    if matrix.multiplier > MAX_RETRY_MULTIPLIER:
+        raise ValueError(f"multiplier must be at most {MAX_RETRY_MULTIPLIER} (got {matrix.multiplier:g})")
+    if matrix.base_interval_ms > matrix.max_interval_ms:
+        # Most likely the two swapped: every retry would wait maxIntervalMs, not what was meant.
+        raise ValueError(
+            f"baseIntervalMs ({matrix.base_interval_ms}) must not be larger than "
+            f"maxIntervalMs ({matrix.max_interval_ms})"
+        )
+    return matrix
+
+
+# A retry matrix as a config may set it (Genesys, the fixtures file). Stored records and envelopes keep
+# RetryMatrix's looser bounds: a record a former version accepted must still load (the last good config
+# stays in force), and the dispatcher's backoff copes with any matrix RetryMatrix accepts.
+ConfiguredRetryMatrix = Annotated[RetryMatrix, AfterValidator(_sensible_retry_matrix)]
 
 
 class SecurityType(StrEnum):

@@ -30,7 +30,14 @@ from pydantic import (
 from relay.models.client_certificate import parse_client_certificate
 from relay.models.event_filters import EventFilters
 from relay.models.rate_limit import RateLimit
-from relay.models.targets import OAuth2Client, OnExhausted, Ordering, RetryMatrix, SecurityType
+from relay.models.targets import (
+    ConfiguredRetryMatrix,
+    OAuth2Client,
+    OnExhausted,
+    Ordering,
+    RetryMatrix,
+    SecurityType,
+)
 
 # Headers the relay sets itself (or that HTTP owns); a config must not override them.
 RESERVED_HEADERS = frozenset(
@@ -102,7 +109,7 @@ class WebhookConfig(BaseModel):
     integration_id: str = Field(alias="openMessagingIntegrationId", min_length=1)
     signing_secret: SecretStr | None = Field(None, alias="signingSecret")
     encryption_key: SecretStr | None = Field(None, alias="encryptionKey")
-    retry_matrix: RetryMatrix = Field(default_factory=RetryMatrix, alias="retryMatrix")
+    retry_matrix: ConfiguredRetryMatrix = Field(default_factory=RetryMatrix, alias="retryMatrix")
     connect_timeout_seconds: float | None = Field(None, alias="connectTimeoutSeconds", gt=0, le=30)
     read_timeout_seconds: float | None = Field(None, alias="readTimeoutSeconds", gt=0, le=60)
     # Ordered delivery per conversation, and what an ordered conversation does with a delivery that
