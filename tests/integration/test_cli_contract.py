@@ -121,6 +121,13 @@ CASES = {
         "relay local demo",
         r"not a valid fixtures file: integrations\.0\.signatureSecret: String should have at least 16",
     ),
+    "fixtures with a target id twice": Case(
+        ("local", "serve", "--fixtures", "{repeated_target_fixtures}"),
+        USAGE,
+        "relay local serve",
+        r"not a valid fixtures file: \(top level\): Value error, target id t-1 is used twice, at "
+        r"integrations\.0\.targets\.0 and integrations\.1\.targets\.0",
+    ),
     "fixtures without an enabled target": Case(
         ("local", "demo", "--fixtures", "{no_targets_fixtures}"),
         USAGE,
@@ -280,12 +287,19 @@ def files(tmp_path: Path) -> Iterator[dict[str, str]]:
         },
     }
     integration = {"id": "i-1", "name": "i", "signatureSecret": FIXTURE_SECRET, "targets": []}
+    target = {"id": "t-1", "name": "t", "url": "http://127.0.0.1:0/hook"}
     contents = {
         "envelope": {"deliveryId": "d-1", "sourceEvent": {"id": "e-1"}},
         "sealed": sealed,
         "event": {"source": "s", "detail-type": "t", "detail": {}},
         "short_secret_fixtures": {"integrations": [integration]},
         "no_targets_fixtures": {"integrations": [{**integration, "signatureSecret": "s" * 16}]},
+        "repeated_target_fixtures": {
+            "integrations": [
+                {**integration, "id": f"i-{n}", "signatureSecret": "s" * 16, "targets": [target]}
+                for n in (1, 2)
+            ]
+        },
     }
     paths = {}
     for name, document in contents.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -71,3 +72,51 @@ def test_a_retry_matrix_a_config_could_not_set_is_refused_in_the_fixtures_file_t
     doc["integrations"][0]["targets"][1]["retryMatrix"] = {"multiplier": 1e200}
     with pytest.raises(ValidationError, match=r"targets\.1\.retryMatrix\n.*multiplier must be at most 100"):
         Fixtures.model_validate(doc)
+
+
+def _twice_in_one_integration(doc: dict[str, Any]) -> None:
+    targets = doc["integrations"][0]["targets"]
+    targets[1]["id"] = targets[0]["id"]
+
+
+def _under_two_integrations(doc: dict[str, Any]) -> None:
+    doc["integrations"][1]["targets"] = [{**doc["integrations"][0]["targets"][0], "name": "copy"}]
+
+
+def _two_integrations_with_one_id(doc: dict[str, Any]) -> None:
+    doc["integrations"][1]["id"] = doc["integrations"][0]["id"]
+
+
+@pytest.mark.parametrize(
+    ("repeat", "message"),
+    [
+        (
+            _twice_in_one_integration,
+            "target id {target} is used twice, at integrations.0.targets.0 and integrations.0.targets.1",
+        ),
+        (
+            _under_two_integrations,
+            "target id {target} is used twice, at integrations.0.targets.0 and integrations.1.targets.0",
+        ),
+        (
+            _two_integrations_with_one_id,
+            "integration id {integration} is used twice, at integrations.0 and integrations.1",
+        ),
+    ],
+    ids=["target twice in one integration", "target under two integrations", "integration twice"],
+)
+def test_a_repeated_id_is_refused_naming_it_and_both_places(
+    repeat: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    # Given a fixtures file in which an id comes twice (the fake Genesys API would serve only the last)
+    doc = fixtures_doc()
+    named = {
+        "integration": doc["integrations"][0]["id"],
+        "target": doc["integrations"][0]["targets"][0]["id"],
+    }
+    repeat(doc)
+
+    # Then loading it fails, naming the id and where it is
+    with pytest.raises(ValidationError) as caught:
+        Fixtures.model_validate(doc)
+    assert [error["msg"] for error in caught.value.errors()] == [f"Value error, {message.format(**named)}"]

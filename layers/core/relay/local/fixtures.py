@@ -9,6 +9,7 @@ names the integration whose targets Genesys EventBridge events go to; by default
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -72,6 +73,21 @@ class Fixtures(_FixtureModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _ids_are_unique(self) -> Fixtures:
+        # The fake Genesys API serves one integration per id: a repeated id would silently replace the
+        # earlier one, and leave events for it undeliverable.
+        _refuse_repeats("integration", ((i.id, f"integrations.{n}") for n, i in enumerate(self.integrations)))
+        _refuse_repeats(
+            "target",
+            (
+                (target.id, f"integrations.{n}.targets.{m}")
+                for n, integration in enumerate(self.integrations)
+                for m, target in enumerate(integration.targets)
+            ),
+        )
+        return self
+
     @property
     def eventbridge_integration(self) -> str | None:
         """The integration EventBridge events are delivered for in the local stack."""
@@ -83,3 +99,11 @@ class Fixtures(_FixtureModel):
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True)
+
+
+def _refuse_repeats(kind: str, ids_and_places: Iterable[tuple[str, str]]) -> None:
+    first_place: dict[str, str] = {}
+    for ident, place in ids_and_places:
+        if ident in first_place:
+            raise ValueError(f"{kind} id {ident} is used twice, at {first_place[ident]} and {place}")
+        first_place[ident] = place
