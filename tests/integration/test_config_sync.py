@@ -281,6 +281,27 @@ def test_missing_integration_is_rejected_and_others_sync(
     assert [(r.id, "404" in r.reason) for r in report.rejected] == [(missing, True)]
 
 
+def test_an_id_listed_twice_is_synced_once_without_a_false_conflict(
+    genesys: FakeGenesys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given settings that list an integration and a target twice
+    monkeypatch.setenv("GENESYS_OPEN_MESSAGING_INTEGRATION_IDS", f"{INTEGRATION.id},{INTEGRATION.id}")
+    monkeypatch.setenv("GENESYS_WEBHOOK_INTEGRATION_IDS", f"{CRM.id},{ARCHIVE.id},{CRM.id}")
+    forget_cached_configuration()
+
+    # When the sync runs, first and after a change in Genesys
+    first = run_config_sync(get_settings())
+    genesys.update_config_properties(CRM.id, headers={"X-Team": "crm-2"})
+    second = run_config_sync(get_settings())
+
+    # Then each is read and stored once, and nothing is reported as changed by another writer
+    for report in (first, second):
+        assert (report.integrations, report.targets) == ([INTEGRATION.id], [CRM.id, ARCHIVE.id])
+        assert report.conflicts == [] and report.rejected == []
+    crm = _store().get_target(INTEGRATION.id, CRM.id)
+    assert crm is not None and crm.headers == {"X-Team": "crm-2"} and crm.version == 2
+
+
 def test_malformed_answer_for_one_target_keeps_its_last_good_config(genesys: FakeGenesys) -> None:
     run_config_sync(get_settings())
     before = _store().get_target(INTEGRATION.id, CRM.id)

@@ -76,10 +76,14 @@ def sync_targets(
     if not settings.genesys_open_messaging_integration_ids and not settings.genesys_webhook_integration_ids:
         logger.warning("config sync has nothing to read: no integration ids in settings")
     try:
-        for integration_id in settings.genesys_open_messaging_integration_ids:
+        for integration_id in _each_once(
+            settings.genesys_open_messaging_integration_ids, "GENESYS_OPEN_MESSAGING_INTEGRATION_IDS"
+        ):
             run.sync_integration(integration_id)
         run.sync_eventbridge_integration()
-        for target_id in settings.genesys_webhook_integration_ids:
+        for target_id in _each_once(
+            settings.genesys_webhook_integration_ids, "GENESYS_WEBHOOK_INTEGRATION_IDS"
+        ):
             run.sync_target(target_id)
     finally:
         report = run.finished()
@@ -89,6 +93,19 @@ def sync_targets(
             metrics.add_metric(name="TargetsRejected", unit=MetricUnit.Count, value=len(report.rejected))
     logger.info("config sync done", extra={"report": report.to_dict()})
     return report
+
+
+def _each_once(ids: list[str], setting: str) -> list[str]:
+    """The ids in their order, each once: a second pass over the same item would find the record its
+    first pass wrote and report it as changed concurrently."""
+    unique = list(dict.fromkeys(ids))
+    if len(unique) < len(ids):
+        repeated = sorted({ident for ident in ids if ids.count(ident) > 1})
+        logger.warning(
+            "a setting lists an id more than once; it is synced once",
+            extra={"setting": setting, "ids": repeated},
+        )
+    return unique
 
 
 class _SyncRun:
