@@ -352,6 +352,35 @@ def test_schema_invalid_message_is_400_naming_the_fields() -> None:
     assert queue.bodies == []
 
 
+@pytest.mark.parametrize(
+    ("sample_name", "path", "value"),
+    [
+        ("openmessaging_typing.json", ("events", 0, "typing", "duration"), "5000"),
+        ("openmessaging_typing.json", ("events", 0, "typing", "duration"), True),
+        ("openmessaging_receipt.json", ("isFinalReceipt",), "yes"),
+        ("openmessaging_receipt.json", ("isFinalReceipt",), 1),
+        ("openmessaging_text.json", ("content", 0, "attachment", "contentSizeBytes"), "1024"),
+    ],
+)
+def test_a_value_of_the_wrong_json_type_is_400_not_read_leniently(
+    sample_name: str, path: tuple[str | int, ...], value: Any
+) -> None:
+    # Given a message whose integer or boolean field holds text (or another JSON type): the targets
+    # would get it as sent, so it must not pass for the type the schema names
+    message = sample(sample_name)
+    parent: Any = message
+    for step in path[:-1]:
+        parent = parent[step]
+    parent[path[-1]] = value
+    intake, queue = make_intake()
+
+    response = intake.handle(api_gateway_event(message))
+
+    assert refusal(response) == (400, "invalid_message")
+    assert ".".join(str(step) for step in path) in answer(response)["message"]
+    assert queue.bodies == []
+
+
 def test_unknown_and_disabled_integrations_are_404() -> None:
     disabled = make_entry()
     disabled = type(disabled)(disabled.integration.model_copy(update={"enabled": False}), disabled.targets)

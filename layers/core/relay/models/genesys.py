@@ -11,9 +11,20 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, TypeAdapter, model_validator
 
 NonEmpty = Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+def _json_integer(value: Any) -> Any:
+    # Lax validation would read "5000" (or true) as an integer and let the text through to the
+    # targets, which get the body as sent: the schema's integer must be a JSON number.
+    if isinstance(value, str | bool):
+        raise ValueError("must be a JSON integer")
+    return value
+
+
+JsonInteger = Annotated[int, BeforeValidator(_json_integer)]
 
 # RFC 3339 section 5.6 date-time: "T" and "Z" in either case, any number of fraction digits, and an
 # offset (without one a time names no instant). Ranges are checked by datetime.fromisoformat.
@@ -98,7 +109,7 @@ class Attachment(GenesysModel):
     url: str | None = None
     mime: str | None = None
     filename: str | None = None
-    content_size_bytes: int | None = Field(None, alias="contentSizeBytes", ge=0)
+    content_size_bytes: JsonInteger | None = Field(None, alias="contentSizeBytes", ge=0)
 
 
 class Content(GenesysModel):
@@ -108,7 +119,7 @@ class Content(GenesysModel):
 
 class Typing(GenesysModel):
     type: str = "On"
-    duration: int | None = Field(None, ge=0)
+    duration: JsonInteger | None = Field(None, ge=0)
 
 
 class MessageEvent(GenesysModel):
@@ -144,7 +155,7 @@ class EventMessage(_OpenMessageBase):
 class ReceiptMessage(_OpenMessageBase):
     type: Literal["Receipt"]
     status: NonEmpty  # Sent | Delivered | Read | Failed | Published | Removed
-    is_final_receipt: bool | None = Field(None, alias="isFinalReceipt")
+    is_final_receipt: StrictBool | None = Field(None, alias="isFinalReceipt")  # "yes" is not true
     reasons: list[dict[str, Any]] = Field(default_factory=list)
 
 
