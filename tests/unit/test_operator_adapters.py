@@ -210,13 +210,14 @@ def test_a_claim_check_that_is_gone_is_told_apart_from_s3_failing() -> None:
         ("2w", timedelta(weeks=2)),
         ("3600", timedelta(hours=1)),
         ("1.5h", timedelta(minutes=90)),
+        ("400d", timedelta(days=400)),
     ],
 )
 def test_durations(text: str, expected: timedelta) -> None:
     assert duration(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "7x", "d", "-1d", "0h", "nanh", "infd"])
+@pytest.mark.parametrize("text", ["", "7x", "d", "-1d", "0h", "nanh", "infd", "401d", "100000d", "1e300s"])
 def test_durations_that_are_not_are_refused(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         duration(text)

@@ -45,6 +45,9 @@ def port(text: str) -> int:
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 604_800}
+# The longest any stored record is kept (the template's ArchiveRetentionDays at most): looking further
+# back finds nothing more, and each day looked at is a listing of the bucket.
+MAX_LOOKBACK = timedelta(days=400)
 
 
 def duration(text: str) -> timedelta:
@@ -55,4 +58,9 @@ def duration(text: str) -> timedelta:
     value = _parse(number, float, "a duration (e.g. 90m, 24h, 7d)")
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a duration above 0, not {text}")
-    return timedelta(seconds=value * _UNITS[unit])
+    seconds = value * _UNITS[unit]
+    if seconds > MAX_LOOKBACK.total_seconds():
+        raise argparse.ArgumentTypeError(
+            f"must be at most {MAX_LOOKBACK.days}d (nothing is kept longer), not {text}"
+        )
+    return timedelta(seconds=seconds)
