@@ -6,6 +6,9 @@ registered in moto the way ``relay local serve`` registers its own."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -78,6 +81,11 @@ def relay(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str
     code = main(list(argv))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def log_messages(err: str) -> list[str]:
+    """The messages of the relay's log lines on stderr (each one a JSON object, nothing else there)."""
+    return [json.loads(line)["message"] for line in err.splitlines()]
 
 
 # --- --stack-name -------------------------------------------------------------------------------------
@@ -189,7 +197,7 @@ def test_replay_sends_the_archived_event_again_with_the_same_webhook_id_and_audi
     )
 
     # Then one task is queued with fresh attempt counters, and the dispatcher delivers it again
-    assert (code, err) == (0, "")
+    assert (code, log_messages(err)) == (0, ["operator action"])
     replayed = json.loads(out)
     assert replayed["mode"] == "replayed" and replayed["actor"].startswith("arn:aws:sts::")
     (record,) = drain(aws_stack.delivery_queue_url)
@@ -237,7 +245,8 @@ def test_replay_is_refused_for_a_disabled_target_until_it_is_enabled_again(
     # Given an event delivered to a target that an operator then disabled
     dispatcher.handle_batch([event_record("e-off")])
     code, out, err = relay(capsys, "targets", "disable", PLAIN_TARGET, "--stack-name", stack)
-    assert (code, err) == (0, "") and "disabled; audited as arn:aws:sts::" in out
+    assert (code, log_messages(err)) == (0, ["operator action"])
+    assert "disabled; audited as arn:aws:sts::" in out
     assert (
         target_store(get_settings(), cache_ttl_seconds=0).get_target(INTEGRATION_ID, PLAIN_TARGET).enabled
         is False
@@ -280,6 +289,39 @@ def test_enabling_a_target_that_is_enabled_changes_and_audits_nothing(
     code, out, _ = relay(capsys, "targets", "enable", PLAIN_TARGET, "--stack-name", stack)
     assert code == 0 and "already enabled: nothing changed" in out
     assert _audit_bodies(aws_stack, "operator-") == []
+
+
+def test_a_replay_and_a_target_switch_write_only_their_own_output_to_stdout(
+    aws_stack: LocalResources, stack: str, dispatcher: Dispatcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As an operator's shell runs them (``... | python3 -m json.tool``): each process's audit log line
+    goes to stderr, never onto stdout before the command's output."""
+    # Given an event delivered once, and an environment that names only moto, as an operator's does
+    dispatcher.handle_batch([event_record("e-pipe")])
+    without_resource_variables(monkeypatch)
+
+    # When a replay (as JSON) and a target switch each run as a process of their own
+    replay = relay_process("deliveries", "replay", "e-pipe", "--format", "json", "--stack-name", stack)
+    switches = {
+        switch: relay_process("targets", switch, PLAIN_TARGET, "--stack-name", stack)
+        for switch in ("disable", "enable")
+    }
+
+    # Then stdout is exactly the command's output, and stderr the audit's log line
+    assert (replay.returncode, log_messages(replay.stderr)) == (0, ["operator action"])
+    assert json.loads(replay.stdout)["mode"] == "replayed"
+    for switch, done in switches.items():
+        assert (done.returncode, log_messages(done.stderr)) == (0, ["operator action"])
+        assert re.fullmatch(
+            rf"target {PLAIN_TARGET} \(.+\) {switch}d; audited as arn:aws:sts::\S+ .*\n", done.stdout
+        )
+
+
+def relay_process(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``python -m relay`` in a process of its own, with this test's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "relay", *argv], capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 # --- --athena -----------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 from relay import __version__
 from relay.cli.exit_codes import CommandError, ExitCode, UsageError, describe, outcome
+from relay.cli.logs import logs_to_stderr
 from relay.cli.stack_option import stack_settings
 
 # Modules under relay.cli that register a command group.
@@ -86,7 +87,8 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
             args = parser.parse_args(argv)
         except SystemExit as done:  # --help, --version: argparse printed them
             return done.code if isinstance(done.code, int) else ExitCode.OK
-        with stack_settings(args):  # --stack-name: the stack's resource names as settings
+        # Log lines go to stderr: stdout carries only the command's own output (README, section 8).
+        with logs_to_stderr(), stack_settings(args):  # --stack-name: the stack's names as settings
             return int(args.func(args))
     except (Exception, KeyboardInterrupt) as exc:
         code, message = outcome(exc)

@@ -24,7 +24,6 @@ from typing import IO, TYPE_CHECKING, Any
 
 from relay.cli.arguments import positive_int
 from relay.cli.exit_codes import ExitCode, Interrupted, NeedsAttention, UsageError
-from relay.cli.logs import logs_to_stderr
 from relay.cli.stack_option import STACK_OPTION
 
 if TYPE_CHECKING:
@@ -279,9 +278,8 @@ def _resubmit(args: argparse.Namespace) -> int:
 
     def work(line: ProgressLine) -> Outcome:
         queue_url = _queue_url(args)
-        with logs_to_stderr():  # the intake logs each event it accepts; stdout is the command's own
-            intake = failed_event_intake(settings)
-            result = resubmit(sqs_queues(settings), args.queue, queue_url, intake, options, progress=line)
+        intake = failed_event_intake(settings)
+        result = resubmit(sqs_queues(settings), args.queue, queue_url, intake, options, progress=line)
         document = result.to_json()
         attention = None
         if not result.ok:

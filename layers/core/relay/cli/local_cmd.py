@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import signal
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from relay.cli.arguments import per_second, port, positive_int, positive_seconds
 from relay.cli.exit_codes import CommandFailed, ExitCode, UsageError
+from relay.cli.logs import stdout_log_handlers
 
 if TYPE_CHECKING:
     from relay.local.fixtures import Fixtures
@@ -84,10 +84,8 @@ def _divert_stdout(to: IO[str]) -> IO[str]:
     """Send everything else written to stdout (handler logs, EMF) to ``to``; return the real stdout."""
     real = sys.stdout
     sys.stdout = to
-    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
-        for handler in getattr(logger, "handlers", []):
-            if isinstance(handler, logging.StreamHandler) and handler.stream is real:
-                handler.setStream(to)
+    for handler in stdout_log_handlers(real):
+        handler.setStream(to)
     return real
 
 

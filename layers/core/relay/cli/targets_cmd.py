@@ -30,7 +30,6 @@ from typing import IO, TYPE_CHECKING, Any
 
 from relay.cli.arguments import positive_seconds
 from relay.cli.exit_codes import CommandFailed, ExitCode, NeedsAttention
-from relay.cli.logs import logs_to_stderr
 from relay.cli.stack_option import STACK_OPTION
 
 if TYPE_CHECKING:
@@ -100,8 +99,7 @@ def _sync(args: Any, out: IO[str] | None = None) -> int:
     from relay.wiring.config_sync import run_config_sync
 
     out = out or sys.stdout
-    with logs_to_stderr():
-        report = run_config_sync(get_settings())
+    report = run_config_sync(get_settings())
     print(json.dumps(report.to_dict()), file=out)
     return ExitCode.ATTENTION if report.rejected else ExitCode.OK
 
