@@ -36,8 +36,14 @@ RESOURCE_VARIABLES = (
     "IDEMPOTENCY_TABLE",
     "DELIVERY_QUEUE_URL",
     "DEAD_LETTER_QUEUE_URL",
+    "ORDERED_QUEUE_URL",
+    "ORDERED_DEAD_LETTER_QUEUE_URL",
+    "INTAKE_FAILURE_QUEUE_URL",
+    "EVENTBRIDGE_DEAD_LETTER_QUEUE_URL",
     "AUDIT_BUCKET",
 )
+DLQS = ("delivery", "ordered", "eventbridge", "intake-failures")  # relay dlq --queue
+TASK_DLQS = ("delivery", "ordered")  # redriven to a delivery queue (the others need an integration too)
 
 
 @pytest.fixture
@@ -109,7 +115,8 @@ def test_every_operator_command_reads_its_resource_names_from_the_stack(
     for argv in (
         ["targets", "list", "--format", "json"],
         ["breaker", "status", "--format", "json"],
-        ["dlq", "list", "--format", "json", "--no-progress"],
+        *(["dlq", "list", "--queue", queue, "--format", "json", "--no-progress"] for queue in DLQS),
+        *(["dlq", "redrive", "--queue", queue, "--dry-run", "--no-progress"] for queue in TASK_DLQS),
         ["deliveries", "show", "e-stack", "--format", "json"],
     ):
         code, out, err = relay(capsys, *argv, "--stack-name", stack)

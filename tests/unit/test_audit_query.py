@@ -23,6 +23,7 @@ from test_template import BASE, resolved, with_parameters
 from relay.adapters.audit import audit_key
 from relay.cli.deliveries_cmd import TIMELINE_QUERY_OUTPUT, WORKGROUP_OUTPUT
 from relay.cli.stack_option import OUTPUT_SETTINGS
+from relay.local.aws_stack import deployment_environment
 from relay.logic.deliveries.lookup import find_events
 from relay.logic.deliveries.operator import switch_target
 from relay.logic.deliveries.replay import plan_replay, run_replay
@@ -280,8 +281,8 @@ def test_every_output_the_operator_commands_read_is_in_the_template() -> None:
     read = {*OUTPUT_SETTINGS, WORKGROUP_OUTPUT, TIMELINE_QUERY_OUTPUT}
     assert read <= set(outputs), f"the CLI reads outputs the template lacks: {read - set(outputs)}"
     # and each names the resource the setting it replaces names for the functions
-    dispatcher = BASE.function("DispatcherFunction").environment
+    functions = deployment_environment(BASE)
     for output, field in OUTPUT_SETTINGS.items():
         variable = field.upper()
-        if variable in dispatcher:
-            assert BASE.resolve(outputs[output]["Value"]) == dispatcher[variable], output
+        if variable in functions:
+            assert BASE.resolve(outputs[output]["Value"]) == functions[variable], output

@@ -24,6 +24,8 @@ OUTPUT_SETTINGS = {
     "IdempotencyTableName": "idempotency_table",
     "DeliveryQueueUrl": "delivery_queue_url",
     "DeadLetterQueueUrl": "dead_letter_queue_url",
+    "OrderedDeliveryQueueUrl": "ordered_queue_url",
+    "OrderedDeadLetterQueueUrl": "ordered_dead_letter_queue_url",
     "IntakeFailureQueueUrl": "intake_failure_queue_url",
     "EventBridgeDeadLetterQueueUrl": "eventbridge_dead_letter_queue_url",
     "EventBridgeIntegrationId": "eventbridge_integration_id",
