@@ -106,6 +106,12 @@ CASES = {
         "relay decrypt",
         r"--headers .*not_json\.txt: not JSON",
     ),
+    "headers nested too deeply": Case(
+        ("decrypt", "{envelope}", "--key-env", "KEY", "--verify-with-env", "KEY", "--headers", "{deep}"),
+        USAGE,
+        "relay decrypt",
+        r"--headers .*deep\.json: not JSON: JSON nested too deeply to read$",
+    ),
     "empty key file": Case(
         ("decrypt", "{envelope}", "--key-file", "{empty}"), USAGE, "relay decrypt", "the file is empty"
     ),
@@ -114,6 +120,12 @@ CASES = {
         USAGE,
         "relay local serve",
         "not a valid fixtures file",
+    ),
+    "fixtures nested too deeply": Case(
+        ("local", "serve", "--fixtures", "{deep}"),
+        USAGE,
+        "relay local serve",
+        r"deep\.json: not a valid fixtures file: JSON nested too deeply to read$",
     ),
     "fixtures invalid": Case(
         ("local", "demo", "--fixtures", "{short_secret_fixtures}"),
@@ -139,6 +151,12 @@ CASES = {
         USAGE,
         "relay local put-event",
         r"not_json\.txt: Expecting value",
+    ),
+    "event file nested too deeply": Case(
+        ("local", "put-event", "{deep}", "--api", "http://127.0.0.1:9"),
+        USAGE,
+        "relay local put-event",
+        r"deep\.json: JSON nested too deeply to read$",
     ),
     "event file not events": Case(
         ("local", "put-event", "{envelope}", "--api", "http://127.0.0.1:9"),
@@ -235,6 +253,12 @@ CASES = {
     "envelope not JSON": Case(
         ("decrypt", "{not_json}", "--key-env", "KEY"), ATTENTION, "relay decrypt", "cannot open the envelope"
     ),
+    "envelope nested too deeply": Case(
+        ("decrypt", "{deep}", "--key-env", "KEY"),
+        ATTENTION,
+        "relay decrypt",
+        "^cannot open the envelope: JSON nested too deeply to read$",
+    ),
     # --- could not run: settings, AWS, an API ------------------------------------------------------
     "list without its table": Case(
         ("targets", "list"),
@@ -307,6 +331,8 @@ def files(tmp_path: Path) -> Iterator[dict[str, str]]:
         paths[name].write_text(json.dumps(document))
     paths["not_json"] = tmp_path / "not_json.txt"
     paths["not_json"].write_text("not json")
+    paths["deep"] = tmp_path / "deep.json"
+    paths["deep"].write_text("[" * 100_000 + "]" * 100_000)  # deeper than Python's json parser goes
     paths["empty"] = tmp_path / "empty.txt"
     paths["empty"].write_text("\n")
     paths["directory"] = tmp_path / "a-directory"

@@ -152,8 +152,19 @@ def test_a_failed_token_request_is_not_remembered(sender: HttpSender, endpoint: 
         ({"body": b'{"access_token":"abc","token_type":"mac"}'}, "not a bearer token"),
         ({"body": b'{"access_token":"abc","token_type":"Bearer","expires_in":-5}'}, "not a positive number"),
         ({"body": b"<html>sign in</html>"}, "without a usable access_token"),
+        # within the answer's size limit, and nested deeper than Python's json parser goes
+        ({"body": b"[" * 16_000}, "without a usable access_token"),
     ],
-    ids=["wrong-secret", "5xx", "no-token", "token-with-space", "not-bearer", "negative-expiry", "not-json"],
+    ids=[
+        "wrong-secret",
+        "5xx",
+        "no-token",
+        "token-with-space",
+        "not-bearer",
+        "negative-expiry",
+        "not-json",
+        "nested-too-deeply",
+    ],
 )
 def test_an_unusable_answer_is_a_clear_token_failure_without_secrets(
     sender: HttpSender, endpoint: TokenEndpoint, script: dict[str, Any], reason: str

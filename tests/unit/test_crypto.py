@@ -31,6 +31,7 @@ TARGET = Target(
     encryption_key_name="relay/local/encryption/t-1",
 )
 SECRET = RotatingSecret(current="enc-secret-v2", previous="enc-secret-v1", key_id="k2", salt="0f" * 16)
+DEEP = "[" * 100_000 + "]" * 100_000  # nested deeper than Python's json parser goes
 # One cache for the module: scrypt is deliberately slow, and the cache is what is under test anyway.
 KEYS = crypto.KeyCache()
 
@@ -47,7 +48,11 @@ def _task(event_json: str, delivery_id: uuid.UUID | None = None) -> DeliveryTask
 
 
 def _sealed_envelope(event: dict[str, Any], secret: RotatingSecret = SECRET) -> dict[str, Any]:
-    text = json.dumps(event)
+    return _sealed_text(json.dumps(event), secret)
+
+
+def _sealed_text(text: str, secret: RotatingSecret = SECRET) -> dict[str, Any]:
+    """An envelope whose encrypted payload is ``text``, byte for byte."""
     request = build_request(
         _task(text), text, TARGET, TargetSecrets(encryption=secret), key_cache=KEYS, now=NOW
     )
@@ -164,6 +169,25 @@ def test_open_delivery_parses_and_decrypts_without_signature_check_when_asked() 
         {}, json.dumps(envelope).encode(), signing_secrets=None, encryption_secrets="enc-secret-v2"
     )
     assert delivery.event == {"hello": "world"} and delivery.encrypted and delivery.key_id == "k2"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", DEEP.encode(), b"[]", b'{"formatVersion": "2.0"}'],
+    ids=["text", "deep", "list", "v2.0"],
+)
+def test_a_body_that_is_no_envelope_is_an_invalid_delivery(body: bytes) -> None:
+    with pytest.raises(InvalidDelivery):
+        open_delivery({}, body, signing_secrets=None)
+
+
+@pytest.mark.parametrize("payload", ["not json", DEEP], ids=["text", "deep"])
+def test_a_decrypted_payload_that_is_not_json_is_an_invalid_delivery(payload: str) -> None:
+    envelope = _sealed_text(payload)
+    with pytest.raises(InvalidDelivery, match="^decrypted payload is not JSON$"):
+        open_delivery(
+            {}, json.dumps(envelope).encode(), signing_secrets=None, encryption_secrets="enc-secret-v2"
+        )
 
 
 def test_relay_decrypt_prints_the_event_and_refuses_a_wrong_key(

@@ -26,6 +26,8 @@
     ├── MoveTaskUnavailable           this SQS endpoint has no StartMessageMoveTask (redrive re-sends)
     ├── DecryptionFailed              no key offered opens an encrypted envelope
     ├── InvalidDelivery               receiver SDK: not a genuine, readable relay delivery (also a ValueError)
+    ├── JsonTooDeep                   JSON from outside nested deeper than Python parses: malformed input
+    │                                 like any other not-JSON (also a ValueError; relay.json_input)
     ├── LocalStackError               the local stack (developer side) could not do what it was asked
     ├── CommandError                  ends a `relay` command: one stderr line and its exit code
     │   ├── NeedsAttention (1)  ├── UsageError (2)  ├── CommandFailed (3)  └── Interrupted (130)
@@ -202,6 +204,14 @@ class DecryptionFailed(RelayError):
 class InvalidDelivery(RelayError, ValueError):
     """Receiver SDK: the request is not a genuine, readable relay delivery (bad signature, stale,
     tampered, wrong key). Also a ValueError, as receivers written against earlier versions catch it."""
+
+
+class JsonTooDeep(RelayError, ValueError):
+    """JSON nested deeper than Python's parser follows (``json.loads`` would raise RecursionError). A
+    ValueError, like json's own errors, so every "not JSON" path refuses it the same way."""
+
+    def __init__(self) -> None:
+        super().__init__("JSON nested too deeply to read")
 
 
 class LocalStackError(RelayError):

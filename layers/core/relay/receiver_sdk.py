@@ -24,13 +24,13 @@ Depends only on the standard library and ``cryptography``; see docs/receivers.md
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from relay.errors import DecryptionFailed, InvalidDelivery, InvalidSignature
+from relay.json_input import load_json
 from relay.logic import crypto, webhook_signing
 
 __all__ = ["Delivery", "InvalidDelivery", "decrypt_event", "open_delivery", "verify_signature"]
@@ -101,7 +101,10 @@ def decrypt_event(envelope: Mapping[str, Any], encryption_secrets: str | Iterabl
             plaintext = crypto.unseal(sealed, key.key, associated_data=aad)
         except DecryptionFailed:
             continue
-        event = json.loads(plaintext)
+        try:
+            event = load_json(plaintext)
+        except ValueError:
+            raise InvalidDelivery("decrypted payload is not JSON") from None
         if not isinstance(event, dict):
             raise InvalidDelivery("decrypted payload is not a JSON object")
         return event
@@ -121,8 +124,8 @@ def open_delivery(
     if signing_secrets is not None:
         verify_signature(headers, body, signing_secrets, tolerance_seconds=tolerance_seconds, now=now)
     try:
-        envelope = json.loads(body)
-    except ValueError:
+        envelope = load_json(body)
+    except ValueError:  # JsonTooDeep too
         raise InvalidDelivery("body is not JSON") from None
     if not isinstance(envelope, dict) or envelope.get("formatVersion") != "2.1":
         raise InvalidDelivery("not a formatVersion 2.1 envelope")

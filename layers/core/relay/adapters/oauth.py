@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import math
 import re
 import threading
@@ -38,6 +37,7 @@ from pydantic import SecretStr
 
 from relay.adapters.http import HttpSender
 from relay.errors import ConfigurationError, TokenUnavailable
+from relay.json_input import load_json
 from relay.models.http import HttpResult
 from relay.models.targets import OAuth2Client, Target, TokenEndpointAuthMethod
 from relay.observability import logger
@@ -216,7 +216,7 @@ def _lifetime(expires_in: Any, host: str) -> float:
 
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
-        doc = json.loads(body)
+        doc = load_json(body)
     except ValueError:
         return {}
     return doc if isinstance(doc, dict) else {}

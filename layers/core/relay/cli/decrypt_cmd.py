@@ -73,10 +73,12 @@ def _environment_value(name: str, option: str) -> str:
 
 
 def _headers(path: str | None) -> dict[str, str]:
+    from relay.json_input import load_json
+
     if path is None:
         return {}
     try:
-        headers = json.loads(Path(path).read_text())
+        headers = load_json(Path(path).read_text())
     except ValueError as exc:  # json's message gives the position, never the text
         raise UsageError(f"--headers {path}: not JSON: {exc}") from None
     if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
@@ -85,6 +87,7 @@ def _headers(path: str | None) -> dict[str, str]:
 
 
 def _decrypt(args: argparse.Namespace) -> int:
+    from relay.json_input import load_json
     from relay.receiver_sdk import InvalidDelivery, decrypt_event, verify_signature
 
     raw = sys.stdin.buffer.read() if args.envelope == "-" else Path(args.envelope).read_bytes()
@@ -94,7 +97,7 @@ def _decrypt(args: argparse.Namespace) -> int:
     try:
         if signing_secret:
             verify_signature(headers, raw, signing_secret)
-        envelope = json.loads(raw)
+        envelope = load_json(raw)
         if not isinstance(envelope, dict):
             raise InvalidDelivery("not a JSON object")
         event = decrypt_event(envelope, keys)

@@ -169,6 +169,7 @@ def demo_command(args: argparse.Namespace) -> int:
 def put_event_command(args: argparse.Namespace) -> int:
     import requests
 
+    from relay.json_input import load_json
     from relay.local.eventbridge import PUT_EVENTS_PATH
     from relay.settings import environment_variable
 
@@ -177,7 +178,7 @@ def put_event_command(args: argparse.Namespace) -> int:
         raise UsageError(f"no API: pass --api <the api URL serve printed> or set {API_ENV}")
     try:
         text = sys.stdin.read() if str(args.file) == "-" else args.file.read_text(encoding="utf-8")
-        request = put_events_request(json.loads(text), args.event_bus)
+        request = put_events_request(load_json(text), args.event_bus)
     except ValueError as exc:  # not JSON (or not UTF-8), or not events
         raise UsageError(f"{args.file}: {exc}") from None
     try:

@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from relay.errors import LocalStackError
+from relay.json_input import load_json
 from relay.local.api_adapter import HttpResponse, json_response
 from relay.local.lambda_runtime import FunctionSettings, Handler, Invocation, LocalFunction
 from relay.local.template import Template
@@ -262,8 +263,8 @@ class LocalEventBridge:
     def handle_http(self, body: bytes) -> HttpResponse:
         """The local API endpoint: a PutEvents request body in, PutEvents' answer out."""
         try:
-            request = json.loads(body)
-        except (ValueError, RecursionError):
+            request = load_json(body)
+        except ValueError:
             return _validation_error("the request body is not JSON")
         if not isinstance(request, dict):
             return _validation_error("the request body must be a JSON object with Entries")
@@ -301,8 +302,8 @@ class LocalEventBridge:
                     f"Parameter {field} is not valid. Reason: {field} is a required argument.",
                 )
         try:
-            detail = json.loads(entry["Detail"], parse_constant=_not_json)
-        except (ValueError, RecursionError):
+            detail = load_json(entry["Detail"], parse_constant=_not_json)
+        except ValueError:
             detail = None
         if not isinstance(detail, dict):
             raise _EntryRefused("MalformedDetail", "Detail is malformed.")

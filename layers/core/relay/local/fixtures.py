@@ -8,13 +8,13 @@ names the integration whose targets Genesys EventBridge events go to; by default
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from relay.json_input import load_json
 from relay.models.event_filters import EventFilters
 from relay.models.rate_limit import RateLimit
 from relay.models.targets import ConfiguredRetryMatrix, OAuth2Client, OnExhausted, Ordering, SecurityType
@@ -95,7 +95,7 @@ class Fixtures(_FixtureModel):
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Fixtures:
-        return cls.model_validate(json.loads(Path(path or DEFAULT_FIXTURES).read_text()))
+        return cls.model_validate(load_json(Path(path or DEFAULT_FIXTURES).read_text()))
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True)

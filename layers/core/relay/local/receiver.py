@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
 
+from relay.json_input import load_json
 from relay.local.loopback import LoopbackServer
 from relay.receiver_sdk import InvalidDelivery, decrypt_event, verify_signature
 
@@ -155,7 +156,7 @@ class ReceivedRequest:
     lost: bool = False  # answered 2xx, then lost (Behaviour.lose): the receiver kept nothing of it
 
     def json(self) -> Any:
-        return json.loads(self.body)
+        return load_json(self.body)
 
 
 class Receiver:
@@ -276,7 +277,7 @@ class Receiver:
         event: dict[str, Any] | None = None
         error: str | None = None
         try:
-            parsed = json.loads(body)
+            parsed = load_json(body)
             envelope = parsed if isinstance(parsed, dict) else None
         except ValueError:
             error = "body is not JSON"

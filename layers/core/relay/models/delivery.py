@@ -23,7 +23,8 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from relay.errors import NonFiniteNumber, UnreadableEvent
+from relay.errors import JsonTooDeep, NonFiniteNumber, UnreadableEvent
+from relay.json_input import load_json
 
 EventSource = Literal["open-messaging", "eventbridge"]
 
@@ -97,8 +98,8 @@ def _refuse_constant(literal: str) -> float:
 def load_finite_json(text: str | bytes) -> Any:
     """Parse JSON as RFC 8259 defines it: ``NonFiniteNumber`` for NaN, Infinity and numbers beyond a
     64-bit float (Python would read them as nan/inf), ``ValueError`` for anything else that is not JSON
-    (``RecursionError`` for nesting deeper than Python's recursion limit)."""
-    return json.loads(text, parse_float=_finite_float, parse_int=_finite_int, parse_constant=_refuse_constant)
+    (``JsonTooDeep`` for nesting deeper than Python's recursion limit)."""
+    return load_json(text, parse_float=_finite_float, parse_int=_finite_int, parse_constant=_refuse_constant)
 
 
 def check_event_json(text: str) -> str:
@@ -106,7 +107,7 @@ def check_event_json(text: str) -> str:
     UnreadableEvent."""
     try:
         event = load_finite_json(text)
-    except RecursionError:
+    except JsonTooDeep:
         raise UnreadableEvent("the event is nested too deeply") from None
     except ValueError:
         raise UnreadableEvent("the event is not JSON") from None

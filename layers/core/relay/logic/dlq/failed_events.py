@@ -18,12 +18,12 @@ hold customer messages. relay.local.eventbridge writes exactly these records loc
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from relay.json_input import load_json
 from relay.logic.dlq.letters import UNPARSEABLE
 from relay.logic.intake.http_api import is_eventbridge_event
 from relay.models.queue import ReceivedMessage
@@ -55,8 +55,8 @@ class FailedEvent:
 def read_failed_event(queue: FailureQueue, message: ReceivedMessage) -> FailedEvent:
     """The event a message of ``queue`` holds, and why it is there."""
     try:
-        body: Any = json.loads(message.body)
-    except (ValueError, RecursionError):
+        body: Any = load_json(message.body)
+    except ValueError:
         body = None
     if queue == "eventbridge":
         code = message.attributes.get(ATTR_ERROR_CODE, {}).get("StringValue")

@@ -33,7 +33,7 @@ def parse_open_message(body: bytes) -> tuple[str, dict[str, Any]]:
     except NonFiniteNumber as refused:
         # 1e400 would reach the targets as Infinity or null: refused, like NaN and Infinity.
         raise BadRequest(f"the body is not valid JSON for the relay: {refused}") from None
-    except (ValueError, RecursionError):
+    except ValueError:  # JsonTooDeep too
         raise BadRequest("the body is not valid JSON") from None
     if _nested_deeper_than(message, MAX_NESTING):
         raise BadRequest(f"the body is nested deeper than {MAX_NESTING} levels")
