@@ -210,6 +210,22 @@ def test_relay_decrypt_prints_the_event_and_refuses_a_wrong_key(
     assert "cannot open the envelope" in err and "nope" not in err
 
 
+def test_relay_decrypt_prints_exactly_the_bytes_genesys_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    # Given an encrypted event whose text parsing and writing again would change (numbers, layout)
+    sent = '{"id": "e-1",\n  "n": 1E+2, "d": 0.1000000000000000055511151231257827, "text": "café"}'
+    envelope = tmp_path / "envelope.json"
+    envelope.write_text(json.dumps(_sealed_text(sent)))
+    monkeypatch.setenv("ARCHIVE_KEY", "enc-secret-v2")
+
+    # When `relay decrypt` opens it
+    assert main(["decrypt", str(envelope), "--key-env", "ARCHIVE_KEY"]) == 0
+
+    # Then stdout holds those bytes and nothing else (docs/receivers.md)
+    assert capsysbinary.readouterr().out == sent.encode()
+
+
 def test_concurrent_first_requests_for_a_key_run_scrypt_once() -> None:
     # Given a cold cache and 8 deliveries asking for the same key at the same moment
     cache = crypto.KeyCache()

@@ -33,7 +33,14 @@ from relay.errors import DecryptionFailed, InvalidDelivery, InvalidSignature
 from relay.json_input import load_json
 from relay.logic import crypto, webhook_signing
 
-__all__ = ["Delivery", "InvalidDelivery", "decrypt_event", "open_delivery", "verify_signature"]
+__all__ = [
+    "Delivery",
+    "InvalidDelivery",
+    "decrypt_event",
+    "decrypt_event_bytes",
+    "open_delivery",
+    "verify_signature",
+]
 
 _keys = crypto.KeyCache()
 
@@ -74,12 +81,28 @@ def verify_signature(
 
 def decrypt_event(envelope: Mapping[str, Any], encryption_secrets: str | Iterable[str]) -> dict[str, Any]:
     """The Genesys event of a 2.1 envelope: decrypted if it is encrypted, ``sourceEvent`` otherwise."""
-    directive = envelope.get("encryptionDirective")
-    if not directive:
+    if not envelope.get("encryptionDirective"):
         event = envelope.get("sourceEvent")
         if not isinstance(event, dict):
             raise InvalidDelivery("envelope has no sourceEvent")
         return event
+    return _decrypt(envelope, encryption_secrets)[1]
+
+
+def decrypt_event_bytes(envelope: Mapping[str, Any], encryption_secrets: str | Iterable[str]) -> bytes:
+    """The event of an encrypted 2.1 envelope exactly as Genesys sent it: the decrypted plaintext's
+    bytes (checked to be one JSON object), for when parsing and writing it again would change it
+    (``1E+2`` becomes ``100.0``)."""
+    if not envelope.get("encryptionDirective"):
+        raise InvalidDelivery("envelope is not encrypted")
+    return _decrypt(envelope, encryption_secrets)[0]
+
+
+def _decrypt(
+    envelope: Mapping[str, Any], encryption_secrets: str | Iterable[str]
+) -> tuple[bytes, dict[str, Any]]:
+    """The plaintext of an envelope's ``encryptionDirective`` and the event it holds."""
+    directive = envelope["encryptionDirective"]
     try:
         if directive.get("algorithm") != "aes-256-gcm" or directive.get("keyDerivation") != "scrypt":
             raise InvalidDelivery("unsupported encryptionDirective")
@@ -107,7 +130,7 @@ def decrypt_event(envelope: Mapping[str, Any], encryption_secrets: str | Iterabl
             raise InvalidDelivery("decrypted payload is not JSON") from None
         if not isinstance(event, dict):
             raise InvalidDelivery("decrypted payload is not a JSON object")
-        return event
+        return plaintext, event
     raise InvalidDelivery("no key decrypts this envelope (wrong key, wrong deliveryId or tampered)")
 
 

@@ -6,7 +6,9 @@
 
 The key is never taken on the command line (it would show in the process list and shell history):
 from a file, an environment variable, or the target's encryption secret in Secrets Manager (current
-and previous versions are tried). Prints the decrypted event as JSON on stdout. Exit codes as for every
+and previous versions are tried). Prints the decrypted event on stdout exactly as Genesys sent it: the
+plaintext's bytes, not parsed and written again (which would turn ``1E+2`` into ``100.0``), no newline
+added; an envelope that is not encrypted, its ``sourceEvent`` as indented JSON. Exit codes as for every
 command (relay.cli.exit_codes): 1 when the envelope does not open or verify; 2 for a file that cannot be
 read, a variable that is not set or a secret that does not exist; 3 when Secrets Manager cannot be read.
 """
@@ -23,7 +25,11 @@ from relay.cli.exit_codes import ExitCode, NeedsAttention, UsageError
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("decrypt", help="decrypt an encrypted 2.1 envelope with the target's key")
+    parser = subparsers.add_parser(
+        "decrypt",
+        help="decrypt an encrypted 2.1 envelope with the target's key",
+        description="Prints the event exactly as Genesys sent it: the decrypted bytes, no newline added.",
+    )
     parser.add_argument("envelope", help="file holding the envelope JSON, or - for stdin")
     key = parser.add_mutually_exclusive_group(required=True)
     key.add_argument(
@@ -88,7 +94,7 @@ def _headers(path: str | None) -> dict[str, str]:
 
 def _decrypt(args: argparse.Namespace) -> int:
     from relay.json_input import load_json
-    from relay.receiver_sdk import InvalidDelivery, decrypt_event, verify_signature
+    from relay.receiver_sdk import InvalidDelivery, verify_signature
 
     raw = sys.stdin.buffer.read() if args.envelope == "-" else Path(args.envelope).read_bytes()
     keys = _keys(args)
@@ -100,8 +106,20 @@ def _decrypt(args: argparse.Namespace) -> int:
         envelope = load_json(raw)
         if not isinstance(envelope, dict):
             raise InvalidDelivery("not a JSON object")
-        event = decrypt_event(envelope, keys)
+        event = _event_bytes(envelope, keys)
     except (InvalidDelivery, ValueError) as exc:
         raise NeedsAttention(f"cannot open the envelope: {exc}") from None
-    print(json.dumps(event, indent=2, ensure_ascii=False))
+    sys.stdout.flush()
+    sys.stdout.buffer.write(event)
+    sys.stdout.buffer.flush()
     return ExitCode.OK
+
+
+def _event_bytes(envelope: dict[str, Any], keys: list[str]) -> bytes:
+    """What ``relay decrypt`` prints: an encrypted event exactly as Genesys sent it (parsed and written
+    again, ``1E+2`` would become ``100.0``); the ``sourceEvent`` of an envelope that is not encrypted."""
+    from relay.receiver_sdk import decrypt_event, decrypt_event_bytes
+
+    if envelope.get("encryptionDirective"):
+        return decrypt_event_bytes(envelope, keys)
+    return json.dumps(decrypt_event(envelope, keys), indent=2, ensure_ascii=False).encode() + b"\n"
