@@ -158,6 +158,18 @@ CASES = {
         "relay local put-event",
         r"deep\.json: JSON nested too deeply to read$",
     ),
+    "event file with an empty list": Case(
+        ("local", "put-event", "{no_events}", "--api", "http://127.0.0.1:9"),
+        USAGE,
+        "relay local put-event",
+        r"no_events\.json: holds no events: the list is empty$",
+    ),
+    "event file with empty Entries": Case(
+        ("local", "put-event", "{no_entries}", "--api", "http://127.0.0.1:9"),
+        USAGE,
+        "relay local put-event",
+        r'no_entries\.json: holds no events: its "Entries" is empty$',
+    ),
     "event file not events": Case(
         ("local", "put-event", "{envelope}", "--api", "http://127.0.0.1:9"),
         USAGE,
@@ -316,6 +328,8 @@ def files(tmp_path: Path) -> Iterator[dict[str, str]]:
         "envelope": {"deliveryId": "d-1", "sourceEvent": {"id": "e-1"}},
         "sealed": sealed,
         "event": {"source": "s", "detail-type": "t", "detail": {}},
+        "no_events": [],
+        "no_entries": {"Entries": []},
         "short_secret_fixtures": {"integrations": [integration]},
         "no_targets_fixtures": {"integrations": [{**integration, "signatureSecret": "s" * 16}]},
         "repeated_target_fixtures": {

@@ -197,10 +197,15 @@ def put_events_request(document: Any, event_bus: str | None = None) -> dict[str,
     """A PutEvents request from a file's content: a request as it is, or EventBridge events as entries.
 
     An event's ``id`` is not kept: EventBridge gives every entry a new one (PutEvents' ``EventId``).
+    ``ValueError`` for content that is neither, or holds no event (PutEvents would refuse it whole).
     """
     if isinstance(document, dict) and "Entries" in document:
+        if document["Entries"] == []:
+            raise ValueError('holds no events: its "Entries" is empty')
         return document
     events = document if isinstance(document, list) else [document]
+    if not events:
+        raise ValueError("holds no events: the list is empty")
     entries = []
     for event in events:
         if not isinstance(event, dict) or not {"source", "detail-type", "detail"} <= set(event):
