@@ -117,6 +117,9 @@ def test_eventbridge_unknown_fields_are_kept() -> None:
         ("2026-03-25T13:20:05.493Z", "2026-03-25T13:20:05.493Z"),  # Genesys' spelling is the normal form
         ("2026-03-25T00:30:00.12345678900+01:00", "2026-03-24T23:30:00.123456789Z"),  # beyond micros
         ("2026-03-24T23:00:00-00:00", "2026-03-24T23:00:00.000Z"),
+        # A leap second (RFC 3339 allows it) is an instant of its own, not the second before it
+        ("2016-12-31T23:59:60Z", "2016-12-31T23:59:60.000Z"),
+        ("2017-01-01T00:59:60.5+01:00", "2016-12-31T23:59:60.500Z"),
     ],
 )
 def test_utc_instant_spells_one_instant_one_way(spelled: str, instant: str) -> None:
@@ -125,7 +128,13 @@ def test_utc_instant_spells_one_instant_one_way(spelled: str, instant: str) -> N
 
 @pytest.mark.parametrize(
     "text",
-    ["2026-03-25T10:00:00", "2026-03-25T10:00:60Z", "0001-01-01T00:00:00+01:00", "\u0662026-03-25T10:00:00Z"],
+    [
+        "2026-03-25T10:00:00",
+        "2026-03-25T10:00:60Z",  # second 60 only at 23:59 UTC
+        "2026-03-25T23:59:60+01:00",
+        "0001-01-01T00:00:00+01:00",
+        "\u0662026-03-25T10:00:00Z",
+    ],
 )
 def test_utc_instant_refuses_what_names_no_instant(text: str) -> None:
     with pytest.raises(ValueError, match="RFC 3339"):

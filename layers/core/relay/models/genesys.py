@@ -51,15 +51,23 @@ def utc_instant(text: str) -> str:
     if match is None:
         raise ValueError(f"must be {_RFC3339_HINT}")
     day, clock, fraction, offset = match.groups()
+    # RFC 3339 allows a leap second (23:59:60 UTC), which datetime cannot hold: it is read as second
+    # 59 and spelled 60 again, so it stays an instant of its own.
+    leap = clock.endswith(":60")
     try:
-        moment = datetime.fromisoformat(f"{day}T{clock}{'+00:00' if offset in 'Zz' else offset}")
+        moment = datetime.fromisoformat(
+            f"{day}T{clock[:-2] + '59' if leap else clock}{'+00:00' if offset in 'Zz' else offset}"
+        )
         utc = moment.astimezone(UTC).replace(tzinfo=None)
     except (ValueError, OverflowError):
         raise ValueError(f"must be {_RFC3339_HINT} (a real date and time)") from None
+    if leap and (utc.hour, utc.minute) != (23, 59):
+        raise ValueError(f"must be {_RFC3339_HINT} (a leap second is 23:59:60 UTC)")
+    spelled = utc.isoformat()
     digits = (fraction or "").ljust(3, "0")
     digits = digits[:3] + digits[3:].rstrip("0")
     # Offsets are whole minutes, so the fraction is the same in every zone.
-    return f"{utc.isoformat()}.{digits}Z"
+    return f"{spelled[:-2] + '60' if leap else spelled}.{digits}Z"
 
 
 def _rfc3339(value: Any) -> Any:
