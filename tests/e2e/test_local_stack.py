@@ -234,6 +234,33 @@ def test_an_ordered_and_an_unordered_target_in_one_stack_get_every_event(
     assert {lane: stats.failed_invocations for lane, stats in lanes.items()} == {"fast": 0, "ordered": 0}
 
 
+def test_a_fixtures_target_disabled_in_genesys_gets_nothing_and_the_stack_still_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from relay.local.demo import run_demo
+    from relay.local.stack import LocalStack
+
+    # Given the default fixtures with one target disabled ("enabled": false: disabled in Genesys,
+    # which config sync refuses to store, docs/config-sync.md)
+    doc = json.loads(DEFAULT_FIXTURES.read_text())
+    off = doc["integrations"][0]["targets"][1]
+    off["enabled"] = False
+    fixtures = tmp_path / "fixtures.json"
+    fixtures.write_text(json.dumps(doc))
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+
+    # When the stack starts and the demo sends events through it
+    with LocalStack(fixtures) as stack:
+        report = run_demo(stack, 4, timeout_seconds=90)
+        rejected = [(r["id"], r["reason"]) for r in stack.sync_report["rejected"]]
+        got = len(stack.receivers[off["id"]].receiver.requests)
+
+    # Then sync's only rejection is that target, the other got every event, and it got none
+    assert rejected == [(off["id"], "webhook integration is disabled in Genesys")]
+    assert (report.accepted, report.delivered, report.lost) == (4, 4, 0)
+    assert got == 0
+
+
 def test_the_tally_counts_dead_letters_from_the_dlq_and_stop_leaves_nothing_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
