@@ -261,6 +261,38 @@ def test_a_fixtures_target_disabled_in_genesys_gets_nothing_and_the_stack_still_
     assert got == 0
 
 
+def test_the_demo_expects_nothing_a_targets_event_filters_leave_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from relay.local.demo import load_samples, run_demo
+    from relay.local.stack import LocalStack
+
+    # Given the default fixtures with one target taking Text messages only (the samples have others)
+    doc = json.loads(DEFAULT_FIXTURES.read_text())
+    texts_only = doc["integrations"][0]["targets"][0]
+    texts_only["filters"] = {"types": ["Text"]}
+    fixtures = tmp_path / "fixtures.json"
+    fixtures.write_text(json.dumps(doc))
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    count = 2 * len(load_samples())
+    texts = 2 * sum(1 for sample in load_samples() if sample.get("type") == "Text")
+    assert 0 < texts < count
+
+    # When the demo sends two rounds of the samples
+    with LocalStack(fixtures) as stack:
+        report = run_demo(stack, count, timeout_seconds=90)
+        got = {
+            (request.event or {}).get("type")
+            for request in stack.receivers[texts_only["id"]].receiver.deliveries
+        }
+        got_texts = len(stack.receivers[texts_only["id"]].receiver.deliveries)
+
+    # Then what the filter left out is counted as such, not as lost, and the run is ok
+    assert report.ok, report.to_dict()
+    assert (report.delivered, report.lost, report.filtered_out) == (count, 0, count - texts)
+    assert got == {"Text"} and got_texts == texts
+
+
 def test_the_tally_counts_dead_letters_from_the_dlq_and_stop_leaves_nothing_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -30,9 +30,11 @@ from typing import Any
 
 import requests
 
+from relay.local.fixtures import FixtureIntegration
 from relay.local.latency import ReceiveLog, Timing, latency_report, percentile
 from relay.local.receiver import ReceivedRequest
 from relay.local.stack import LocalStack, targets_by_integration
+from relay.logic.intake.filters import EventFacts, filtered_out
 from relay.logic.signature import sign
 from relay.models.delivery import DeliveryTask
 
@@ -47,6 +49,8 @@ class SentEvent:
     sent_at: float  # time.time(), comparable with the receivers' received_at
     status: int
     accepted_at: float = 0.0  # when the intake's answer was back
+    # The targets it is meant for: the integration's enabled ones whose event filters let it through.
+    targets: tuple[str, ...] = ()
 
     @property
     def accepted(self) -> bool:
@@ -67,6 +71,7 @@ class DemoReport:
     deliveries: int = 0
     duplicates: int = 0
     rejected_by_intake: dict[str, int] = field(default_factory=dict)
+    filtered_out: int = 0  # (event, target) pairs a target's event filters leave out: not expected
     unobserved_targets: list[str] = field(default_factory=list)
     drained: bool = False
     elapsed_s: float = 0.0
@@ -139,9 +144,13 @@ def _send(stack: LocalStack, count: int, report: DemoReport, rate: float | None)
                 "User-Agent": "relay-local-demo",
                 "X-Hub-Signature-256": sign(body, integration.signature_secret),
             }
+            meant_for = _meant_for(integration, event)
+            report.filtered_out += sum(1 for t in integration.targets if t.enabled) - len(meant_for)
             sent_at = time.time()
             response = session.post(stack.webhook_url(integration.id), data=body, headers=headers, timeout=15)
-            sent.append(SentEvent(event["id"], integration.id, sent_at, response.status_code, time.time()))
+            sent.append(
+                SentEvent(event["id"], integration.id, sent_at, response.status_code, time.time(), meant_for)
+            )
             if not 200 <= response.status_code < 300:
                 key = str(response.status_code)
                 report.rejected_by_intake[key] = report.rejected_by_intake.get(key, 0) + 1
@@ -150,9 +159,18 @@ def _send(stack: LocalStack, count: int, report: DemoReport, rate: float | None)
     return sent
 
 
+def _meant_for(integration: FixtureIntegration, event: dict[str, Any]) -> tuple[str, ...]:
+    """The enabled targets whose event filters (docs/config-sync.md, "Event filters") take ``event``."""
+    facts = EventFacts.of_open_message(event)
+    return tuple(
+        t.id
+        for t in integration.targets
+        if t.enabled and (t.filters is None or filtered_out(t.filters, facts) is None)
+    )
+
+
 def _expected_pairs(stack: LocalStack, sent: list[SentEvent]) -> set[tuple[str, str]]:
-    targets = targets_by_integration(stack.fixtures)
-    return {(s.event_id, t.id) for s in sent if s.accepted for t in targets[s.integration_id]}
+    return {(s.event_id, target_id) for s in sent if s.accepted for target_id in s.targets}
 
 
 def _delivered(stack: LocalStack) -> dict[tuple[str, str], ReceivedRequest]:
@@ -217,7 +235,7 @@ def _tally(stack: LocalStack, sent: list[SentEvent], report: DemoReport, receipt
     latencies: list[float] = []
     timings: list[Timing] = []
     for event in (s for s in sent if s.accepted):
-        pairs = [(event.event_id, t.id) for t in targets[event.integration_id]]
+        pairs = [(event.event_id, target_id) for target_id in event.targets]
         if all(p in delivered for p in pairs):
             report.delivered += 1
         elif any(p in dead for p in pairs) and all(p in delivered or p in dead for p in pairs):
