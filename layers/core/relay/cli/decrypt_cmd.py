@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.cli.exit_codes import ExitCode, NeedsAttention, UsageError
+from relay.json_input import load_json
 
 
 def register(subparsers: Any) -> None:
@@ -79,8 +80,6 @@ def _environment_value(name: str, option: str) -> str:
 
 
 def _headers(path: str | None) -> dict[str, str]:
-    from relay.json_input import load_json
-
     if path is None:
         return {}
     try:
@@ -93,7 +92,6 @@ def _headers(path: str | None) -> dict[str, str]:
 
 
 def _decrypt(args: argparse.Namespace) -> int:
-    from relay.json_input import load_json
     from relay.receiver_sdk import InvalidDelivery, verify_signature
 
     raw = sys.stdin.buffer.read() if args.envelope == "-" else Path(args.envelope).read_bytes()

@@ -71,7 +71,7 @@ class DemoReport:
     deliveries: int = 0
     duplicates: int = 0
     rejected_by_intake: dict[str, int] = field(default_factory=dict)
-    filtered_out: int = 0  # (event, target) pairs a target's event filters leave out: not expected
+    filtered_out: int = 0  # accepted (event, target) pairs a target's event filters leave out: not expected
     unobserved_targets: list[str] = field(default_factory=list)
     drained: bool = False
     elapsed_s: float = 0.0
@@ -145,7 +145,6 @@ def _send(stack: LocalStack, count: int, report: DemoReport, rate: float | None)
                 "X-Hub-Signature-256": sign(body, integration.signature_secret),
             }
             meant_for = _meant_for(integration, event)
-            report.filtered_out += sum(1 for t in integration.targets if t.enabled) - len(meant_for)
             sent_at = time.time()
             response = session.post(stack.webhook_url(integration.id), data=body, headers=headers, timeout=15)
             sent.append(
@@ -169,7 +168,7 @@ def _meant_for(integration: FixtureIntegration, event: dict[str, Any]) -> tuple[
     )
 
 
-def _expected_pairs(stack: LocalStack, sent: list[SentEvent]) -> set[tuple[str, str]]:
+def _expected_pairs(sent: list[SentEvent]) -> set[tuple[str, str]]:
     return {(s.event_id, target_id) for s in sent if s.accepted for target_id in s.targets}
 
 
@@ -189,7 +188,7 @@ def _delivered(stack: LocalStack) -> dict[tuple[str, str], ReceivedRequest]:
 
 def _wait_until_settled(stack: LocalStack, sent: list[SentEvent], timeout_seconds: float) -> bool:
     """Until every expected delivery arrived and the queue is empty with the poller idle (True)."""
-    expected = _expected_pairs(stack, sent)
+    expected = _expected_pairs(sent)
     deadline = time.monotonic() + timeout_seconds
     quiet_checks = 0
     while time.monotonic() < deadline:
@@ -235,6 +234,7 @@ def _tally(stack: LocalStack, sent: list[SentEvent], report: DemoReport, receipt
     latencies: list[float] = []
     timings: list[Timing] = []
     for event in (s for s in sent if s.accepted):
+        report.filtered_out += len(targets[event.integration_id]) - len(event.targets)
         pairs = [(event.event_id, target_id) for target_id in event.targets]
         if all(p in delivered for p in pairs):
             report.delivered += 1

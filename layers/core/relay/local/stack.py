@@ -306,8 +306,8 @@ class LocalStack:
         # store a disabled config (docs/config-sync.md): expected, and that target receives nothing.
         disabled = {t.id for i in self.fixtures.integrations for t in i.targets if not t.enabled}
         unexpected = [r for r in rejected if not (r.get("kind") == "target" and r.get("id") in disabled)]
-        only_expected = bool(rejected) and not unexpected and result.returncode == ExitCode.ATTENTION
-        if report is None or unexpected or (result.returncode != 0 and not only_expected):
+        expected_exit = ExitCode.ATTENTION if rejected else ExitCode.OK
+        if report is None or unexpected or result.returncode != expected_exit:
             reasons = "; ".join(f"{r.get('kind')} {r.get('id')}: {r.get('reason')}" for r in unexpected)
             detail = reasons or result.stderr.strip().splitlines()[-1:] or ["no output"]
             raise LocalStackError(
