@@ -86,6 +86,19 @@ class LineReader:
         return doc
 
 
+def default_fixtures() -> dict[str, Any]:
+    """The default fixtures' document, for a test to change."""
+    doc: dict[str, Any] = json.loads(DEFAULT_FIXTURES.read_text())
+    return doc
+
+
+def written(doc: dict[str, Any], tmp_path: Path) -> Path:
+    """``doc`` as the test's own fixtures file."""
+    path = tmp_path / "fixtures.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
 @pytest.fixture
 def own_receiver() -> Iterator[Receiver]:
     with Receiver(signing_secrets={"/hooks/e2e": [SIGNING_SECRET]}) as receiver:
@@ -95,7 +108,7 @@ def own_receiver() -> Iterator[Receiver]:
 @pytest.fixture
 def fixtures_file(tmp_path: Path, own_receiver: Receiver) -> Path:
     """The default integration, delivering to a receiver this test runs (a non-port-0 loopback URL)."""
-    doc = json.loads(DEFAULT_FIXTURES.read_text())
+    doc = default_fixtures()
     integration = doc["integrations"][0]
     integration["targets"] = [
         {
@@ -107,9 +120,7 @@ def fixtures_file(tmp_path: Path, own_receiver: Receiver) -> Path:
             "retryMatrix": {"attempts": 3, "baseIntervalMs": 200, "maxIntervalMs": 1000, "multiplier": 2},
         }
     ]
-    path = tmp_path / "fixtures.json"
-    path.write_text(json.dumps(doc))
-    return path
+    return written(doc, tmp_path)
 
 
 @pytest.mark.parametrize("stop", ["SIGTERM", "Ctrl-C"])
@@ -215,10 +226,9 @@ def test_an_ordered_and_an_unordered_target_in_one_stack_get_every_event(
 
     # Given the default fixtures with one of the two targets ordered per conversation: the fast lane's
     # and the ordered lane's dispatchers then run side by side in this one process
-    doc = json.loads(DEFAULT_FIXTURES.read_text())
+    doc = default_fixtures()
     doc["integrations"][0]["targets"][0]["ordering"] = "conversation"
-    fixtures = tmp_path / "fixtures.json"
-    fixtures.write_text(json.dumps(doc))
+    fixtures = written(doc, tmp_path)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
 
     # When the demo sends its events through it
@@ -242,11 +252,10 @@ def test_a_fixtures_target_disabled_in_genesys_gets_nothing_and_the_stack_still_
 
     # Given the default fixtures with one target disabled ("enabled": false: disabled in Genesys,
     # which config sync refuses to store, docs/config-sync.md)
-    doc = json.loads(DEFAULT_FIXTURES.read_text())
+    doc = default_fixtures()
     off = doc["integrations"][0]["targets"][1]
     off["enabled"] = False
-    fixtures = tmp_path / "fixtures.json"
-    fixtures.write_text(json.dumps(doc))
+    fixtures = written(doc, tmp_path)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
 
     # When the stack starts and the demo sends events through it
@@ -268,11 +277,10 @@ def test_the_demo_expects_nothing_a_targets_event_filters_leave_out(
     from relay.local.stack import LocalStack
 
     # Given the default fixtures with one target taking Text messages only (the samples have others)
-    doc = json.loads(DEFAULT_FIXTURES.read_text())
+    doc = default_fixtures()
     texts_only = doc["integrations"][0]["targets"][0]
     texts_only["filters"] = {"types": ["Text"]}
-    fixtures = tmp_path / "fixtures.json"
-    fixtures.write_text(json.dumps(doc))
+    fixtures = written(doc, tmp_path)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     count = 2 * len(load_samples())
     texts = 2 * sum(1 for sample in load_samples() if sample.get("type") == "Text")
@@ -301,13 +309,12 @@ def test_the_tally_counts_dead_letters_from_the_dlq_and_stop_leaves_nothing_behi
     from relay.local.stack import LocalStack
 
     # Given a stack whose only target always answers 500, with a short retry matrix
-    doc = json.loads(DEFAULT_FIXTURES.read_text())
+    doc = default_fixtures()
     integration = doc["integrations"][0]
     target = next(t for t in integration["targets"] if "encryptionKey" not in t)
     target["retryMatrix"] = {"attempts": 2, "baseIntervalMs": 200, "maxIntervalMs": 500, "multiplier": 2}
     integration["targets"] = [target]
-    fixtures = tmp_path / "fixtures.json"
-    fixtures.write_text(json.dumps(doc))
+    fixtures = written(doc, tmp_path)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     children_before = set(children_of(os.getpid()))
 

@@ -52,6 +52,14 @@ class Case:
 SETTINGS = ("TARGETS_TABLE", "BREAKER_TABLE", "DEAD_LETTER_QUEUE_URL", "DELIVERY_QUEUE_URL")
 USAGE, ATTENTION, FAILED = 2, 1, 3
 
+
+def put_event_refused(file: str, says: str) -> Case:
+    """``relay local put-event FILE`` refusing the file as a usage error, before sending anything."""
+    return Case(
+        ("local", "put-event", file, "--api", "http://127.0.0.1:9"), USAGE, "relay local put-event", says
+    )
+
+
 CASES = {
     # --- argparse's own, one line like the rest ---------------------------------------------------
     "no command": Case((), USAGE, "relay", "the following arguments are required: COMMAND"),
@@ -146,36 +154,17 @@ CASES = {
         "relay local demo",
         "no integration with an enabled target",
     ),
-    "event file not JSON": Case(
-        ("local", "put-event", "{not_json}", "--api", "http://127.0.0.1:9"),
-        USAGE,
-        "relay local put-event",
-        r"not_json\.txt: Expecting value",
+    "event file not JSON": put_event_refused("{not_json}", r"not_json\.txt: Expecting value"),
+    "event file nested too deeply": put_event_refused(
+        "{deep}", r"deep\.json: JSON nested too deeply to read$"
     ),
-    "event file nested too deeply": Case(
-        ("local", "put-event", "{deep}", "--api", "http://127.0.0.1:9"),
-        USAGE,
-        "relay local put-event",
-        r"deep\.json: JSON nested too deeply to read$",
+    "event file with an empty list": put_event_refused(
+        "{no_events}", r"no_events\.json: holds no events: the list is empty$"
     ),
-    "event file with an empty list": Case(
-        ("local", "put-event", "{no_events}", "--api", "http://127.0.0.1:9"),
-        USAGE,
-        "relay local put-event",
-        r"no_events\.json: holds no events: the list is empty$",
+    "event file with empty Entries": put_event_refused(
+        "{no_entries}", r'no_entries\.json: holds no events: its "Entries" is empty$'
     ),
-    "event file with empty Entries": Case(
-        ("local", "put-event", "{no_entries}", "--api", "http://127.0.0.1:9"),
-        USAGE,
-        "relay local put-event",
-        r'no_entries\.json: holds no events: its "Entries" is empty$',
-    ),
-    "event file not events": Case(
-        ("local", "put-event", "{envelope}", "--api", "http://127.0.0.1:9"),
-        USAGE,
-        "relay local put-event",
-        "expected an EventBridge event",
-    ),
+    "event file not events": put_event_refused("{envelope}", "expected an EventBridge event"),
     "no API to send to": Case(
         ("local", "put-event", "{envelope}"), USAGE, "relay local put-event", "no API: pass --api"
     ),
@@ -249,11 +238,8 @@ CASES = {
         "relay local demo",
         "/nonexistent/functions.log: No such file or directory",
     ),
-    "event file missing": Case(
-        ("local", "put-event", "/nonexistent/event.json", "--api", "http://127.0.0.1:9"),
-        USAGE,
-        "relay local put-event",
-        "/nonexistent/event.json: No such file or directory",
+    "event file missing": put_event_refused(
+        "/nonexistent/event.json", "/nonexistent/event.json: No such file or directory"
     ),
     # --- done, but needs attention -----------------------------------------------------------------
     "wrong key": Case(
