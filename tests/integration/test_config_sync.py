@@ -23,6 +23,7 @@ from relay.errors import GenesysDeadlineExceeded, GenesysLoginError, GenesysRate
 from relay.local.aws_stack import forget_cached_configuration
 from relay.local.fake_genesys import FakeGenesys, Fault
 from relay.local.fixtures import Fixtures, FixtureTarget
+from relay.logic.config_sync.report import Moved
 from relay.models.secrets import RotatingSecret, SecretKind
 from relay.models.targets import SecurityType
 from relay.settings import get_settings
@@ -415,6 +416,61 @@ def test_the_eventbridge_integration_gets_its_own_record_and_its_targets_receive
     assert [json.loads(record["body"])["targetId"] for record in queued] == [CRM.id]
     webhook = api_gateway_event(integration_id=eventbridge_id)
     assert intake(webhook, lambda_context("intake"))["statusCode"] == 404
+
+
+def _synced_then_crm_moved(genesys: FakeGenesys, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A first sync, then the CRM target's config pointed at the EventBridge integration (its id)."""
+    eventbridge_id = "0e0e0e0e-0000-4000-8000-000000000000"
+    monkeypatch.setenv("EVENTBRIDGE_INTEGRATION_ID", eventbridge_id)
+    forget_cached_configuration()
+    run_config_sync(get_settings())
+    genesys.update_config_properties(CRM.id, openMessagingIntegrationId=eventbridge_id)
+    return eventbridge_id
+
+
+def test_a_target_moved_to_another_integration_no_longer_receives_the_old_ones_events(
+    genesys: FakeGenesys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given both targets synced, then the CRM target pointed at the EventBridge integration in Genesys
+    eventbridge_id = _synced_then_crm_moved(genesys, monkeypatch)
+
+    # When the sync runs
+    report = run_config_sync(get_settings())
+
+    # Then its record lives under the new integration only, and the report says where it moved from
+    assert report.rejected == [] and report.conflicts == []
+    assert report.moved == [Moved(CRM.id, from_integration=INTEGRATION.id, to_integration=eventbridge_id)]
+    old = _store().get(INTEGRATION.id)
+    assert old is not None and [t.target_id for t in old.targets] == [ARCHIVE.id]
+    new = _store().get(eventbridge_id)
+    assert new is not None and new.target(CRM.id) is not None
+
+    # And a webhook event of the old integration fans out to the target that stayed, not the moved one
+    intake = load_handler("intake")
+    assert intake(api_gateway_event(), lambda_context("intake"))["statusCode"] == 202
+    queued = drain(get_settings().need("delivery_queue_url"))
+    assert [json.loads(record["body"])["targetId"] for record in queued] == [ARCHIVE.id]
+
+
+def test_a_moved_target_changed_meanwhile_under_its_old_integration_is_left_there(
+    genesys: FakeGenesys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the CRM target synced, then moved in Genesys to the EventBridge integration
+    _synced_then_crm_moved(genesys, monkeypatch)
+
+    # When another writer changes the old record after this run read it (an operator disables it)
+    store = _store()
+    read_by_the_run = store.get_target(INTEGRATION.id, CRM.id)
+    assert read_by_the_run is not None
+    store.set_target_enabled(INTEGRATION.id, CRM.id, False)
+
+    # Then deleting the copy the run read loses to that write and deletes nothing
+    assert store.delete(read_by_the_run) is False
+    assert store.get_target(INTEGRATION.id, CRM.id) is not None
+    # And deleting the copy as it is now succeeds
+    current = store.get_target(INTEGRATION.id, CRM.id)
+    assert current is not None and store.delete(current) is True
+    assert store.get_target(INTEGRATION.id, CRM.id) is None
 
 
 def test_a_second_sync_leaves_the_eventbridge_record_unchanged(

@@ -54,7 +54,7 @@ WRITES: list[tuple[str, Callable[[Any], object]]] = [
         "put_integration",
         lambda c: TargetStore(c, "targets").put_integration(Integration(integration_id="i", name="n")),
     ),
-    ("delete_target", lambda c: TargetStore(c, "targets").delete_target("int-1", "t-1")),
+    ("delete", lambda c: TargetStore(c, "targets").delete(target())),
     ("set_target_enabled", lambda c: TargetStore(c, "targets").set_target_enabled("int-1", "t-1", False)),
     ("list_integration_ids", lambda c: TargetStore(c, "targets").list_integration_ids()),
     (

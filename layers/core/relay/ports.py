@@ -302,6 +302,11 @@ class TargetRecords(IntegrationLookup, Protocol):
         False, with nothing written, when another writer changed it first."""
         ...
 
+    def delete(self, target: Target) -> bool:
+        """Delete the target's record if it is still at ``target.version``; False, with nothing deleted,
+        when another writer changed it first."""
+        ...
+
 
 class SecretStore(Protocol):
     """Secrets Manager as config sync uses it: fresh reads and writes of the relay's secret shape."""

@@ -147,13 +147,22 @@ class TargetStore:
         """Unconditional: for seeding a table (tests). Writers that read first use ``save``."""
         self._put(target)
 
-    def delete_target(self, integration_id: str, target_id: str) -> None:
-        self._call(
-            "delete_item",
-            TableName=self._table,
-            Key={"integrationId": {"S": integration_id}, "targetId": {"S": target_id}},
-        )
-        self.invalidate(integration_id)
+    def delete(self, target: Target) -> bool:
+        """Delete the target's record if it is still the version ``target`` holds; False, with nothing
+        deleted, when another writer changed it since (config sync then leaves it for the next run)."""
+        try:
+            self._ddb.delete_item(
+                TableName=self._table,
+                Key={"integrationId": {"S": target.integration_id}, "targetId": {"S": target.target_id}},
+                **version_condition("targetId", target.version),
+            )
+        except (ClientError, BotoCoreError) as exc:
+            if lost_race(exc):
+                return False
+            raise DependencyUnavailable(f"targets table unavailable ({type(exc).__name__})") from None
+        finally:
+            self.invalidate(target.integration_id)
+        return True
 
     def set_target_enabled(self, integration_id: str, target_id: str, enabled: bool) -> None:
         """Enable or disable a target in place (the dispatcher disables a target that answers 410).

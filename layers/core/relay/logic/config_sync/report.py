@@ -1,4 +1,4 @@
-"""What one config-sync run did: accepted, changed, rejected and conflicting ids, and secrets written."""
+"""What one config-sync run did: accepted, changed, rejected, conflicting and moved ids; secrets written."""
 
 from __future__ import annotations
 
@@ -27,6 +27,16 @@ class Conflict:
     reason: str = CONCURRENT_CHANGE
 
 
+@dataclass(frozen=True)
+class Moved:
+    """A target whose Genesys config now names another integration: stored under ``to_integration``,
+    its record under ``from_integration`` deleted, so the old integration's events stop reaching it."""
+
+    target_id: str
+    from_integration: str
+    to_integration: str
+
+
 @dataclass
 class SyncReport:
     integrations: list[str] = field(default_factory=list)  # accepted (written, version bumped if changed)
@@ -34,6 +44,7 @@ class SyncReport:
     changed: list[str] = field(default_factory=list)  # ids whose record or secrets changed this run
     rejected: list[Rejection] = field(default_factory=list)
     conflicts: list[Conflict] = field(default_factory=list)  # not written: changed since this run read it
+    moved: list[Moved] = field(default_factory=list)
     secrets_written: int = 0
     synced_at: str = ""
 
@@ -45,5 +56,9 @@ class SyncReport:
             "changed": self.changed,
             "rejected": [{"kind": r.kind, "id": r.id, "reason": r.reason} for r in self.rejected],
             "conflicts": [{"kind": c.kind, "id": c.id, "reason": c.reason} for c in self.conflicts],
+            "moved": [
+                {"target": m.target_id, "from": m.from_integration, "to": m.to_integration}
+                for m in self.moved
+            ],
             "secretsWritten": self.secrets_written,
         }

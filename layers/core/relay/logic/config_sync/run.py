@@ -34,7 +34,7 @@ from relay.errors import (
     GenesysItemError,
 )
 from relay.logic.config_sync.reading import ConfigReader
-from relay.logic.config_sync.report import Conflict, ItemKind, Rejection, SyncReport
+from relay.logic.config_sync.report import Conflict, ItemKind, Moved, Rejection, SyncReport
 from relay.logic.config_sync.storage import RecordWriter, Written
 from relay.logic.url_policy import Resolver, UrlPolicy, system_resolver
 from relay.models.secrets import SecretKind
@@ -158,9 +158,9 @@ class _SyncRun:
         previous: Integration | Target | None,
         *,
         secrets_changed: bool = False,
-    ) -> None:
+    ) -> bool:
         """Write ``record`` and report it: accepted (and changed), or a conflict when it changed since
-        this run read it."""
+        this run read it (False)."""
         ident = record.integration_id if isinstance(record, Integration) else record.target_id
         written = self._writer.write(record, previous)
         if secrets_changed or written is Written.CHANGED:
@@ -171,8 +171,9 @@ class _SyncRun:
                 "record changed since this run read it; left as it is, the next run syncs it",
                 extra={"kind": kind, "id": ident},
             )
-            return
+            return False
         (self.report.integrations if kind == "integration" else self.report.targets).append(ident)
+        return True
 
     def _checked(self, kind: ItemKind, ident: str, read: Callable[[str], _Checked]) -> _Checked | None:
         """``read(ident)`` (Genesys reads and validation of one item), or None when the item is rejected.
@@ -262,7 +263,22 @@ class _SyncRun:
         )
         stored = writer.stored(config.integration_id)
         previous = stored.target(target_id) if stored else None
-        self._store("target", record, previous, secrets_changed=secrets_changed)
+        if self._store("target", record, previous, secrets_changed=secrets_changed):
+            self._delete_moved_from(record)
+
+    def _delete_moved_from(self, target: Target) -> None:
+        """Delete the target's records under integrations its config no longer names: left in place,
+        the old integration's events would go on reaching it. One changed since this run read it is
+        left (a conflict; the next run deletes it)."""
+        for old in self._writer.copies_elsewhere(target):
+            if not self._writer.delete(old):
+                self.report.conflicts.append(Conflict("target", old.target_id))
+                continue
+            self.report.moved.append(Moved(target.target_id, old.integration_id, target.integration_id))
+            logger.info(
+                "target moved to another integration; its old record is deleted",
+                extra={"id": target.target_id, "from": old.integration_id, "to": target.integration_id},
+            )
 
     def _store_security(self, target_id: str, config: WebhookSecurity) -> tuple[bool, TargetSecurity]:
         """Store the target's auth value (token, "user:password", OAuth client secret) and client

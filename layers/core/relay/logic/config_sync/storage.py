@@ -33,6 +33,7 @@ class RecordWriter:
         self._prefix = prefix
         self._synced_at = synced_at
         self._stored_entries: dict[str, IntegrationEntry | None] = {}
+        self._all_integration_ids: list[str] | None = None
         self.secrets_written = 0
 
     def secret_name(self, kind: SecretKind, ident: str) -> str:
@@ -44,6 +45,23 @@ class RecordWriter:
             self._store.invalidate(integration_id)
             self._stored_entries[integration_id] = self._store.get(integration_id)
         return self._stored_entries[integration_id]
+
+    def copies_elsewhere(self, target: Target) -> list[Target]:
+        """Records of ``target`` under other integrations, as this run read them (the table is scanned
+        for its integration ids once per run, when the first target is written)."""
+        if self._all_integration_ids is None:
+            self._all_integration_ids = self._store.list_integration_ids()
+        copies = []
+        for integration_id in self._all_integration_ids:
+            entry = self.stored(integration_id) if integration_id != target.integration_id else None
+            copy = entry.target(target.target_id) if entry else None
+            if copy is not None:
+                copies.append(copy)
+        return copies
+
+    def delete(self, target: Target) -> bool:
+        """Delete ``target``'s record if it is still as this run read it."""
+        return self._store.delete(target)
 
     def write(self, record: Integration | Target, previous: Integration | Target | None) -> Written:
         """Write ``record`` with a version (bumped only when its content changed) and syncedAt, if the
