@@ -318,17 +318,22 @@ def test_an_api_endpoint_trickling_its_body_ends_at_the_timeout() -> None:
         assert [path for _, path in peer.requests].count(f"/api/v2/integrations/{TARGET_ID}") == 1
 
 
-def test_malformed_body_is_a_malformed_response_error(genesys: FakeGenesys) -> None:
+NESTED_TOO_DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize("body", [None, NESTED_TOO_DEEP], ids=["truncated", "nested-too-deep"])
+def test_malformed_body_is_a_malformed_response_error(genesys: FakeGenesys, body: bytes | None) -> None:
     client = _client(genesys)
     client.login()
-    genesys.malform(path=API_PATH)
+    genesys.malform(path=API_PATH, body=body)
 
     with pytest.raises(GenesysMalformedResponse):
         client.get_integration(TARGET_ID)
 
 
-def test_malformed_token_answer_is_a_login_error(genesys: FakeGenesys) -> None:
-    genesys.malform(path=TOKEN_PATH)
+@pytest.mark.parametrize("body", [None, NESTED_TOO_DEEP], ids=["truncated", "nested-too-deep"])
+def test_malformed_token_answer_is_a_login_error(genesys: FakeGenesys, body: bytes | None) -> None:
+    genesys.malform(path=TOKEN_PATH, body=body)
 
     with pytest.raises(GenesysLoginError, match="unreadable"):
         _client(genesys).get_integration(TARGET_ID)

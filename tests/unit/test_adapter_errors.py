@@ -17,7 +17,13 @@ from relay.adapters.claim_checks import S3ClaimChecks
 from relay.adapters.secrets import SecretsManagerSecrets
 from relay.adapters.sqs import SqsQueues
 from relay.adapters.target_store import TargetStore
-from relay.errors import BreakerStoreUnavailable, DependencyUnavailable, RelayError, UnreadableEvent
+from relay.errors import (
+    BreakerStoreUnavailable,
+    ConfigurationError,
+    DependencyUnavailable,
+    RelayError,
+    UnreadableEvent,
+)
 from relay.models.breaker import BreakerState
 from relay.models.delivery import DeadLetterNote, DlqReason, S3Ref
 from relay.models.secrets import RotatingSecret
@@ -121,6 +127,20 @@ def test_a_claim_checked_event_that_is_not_utf8_is_unreadable_not_a_dependency_f
 
     with pytest.raises(UnreadableEvent):
         S3ClaimChecks(S3()).load(S3Ref(bucket="b", key="k"))
+
+
+@pytest.mark.parametrize(
+    "stored",
+    ["not json", "[]", '{"previous": "x"}', "[" * 100_000 + "]" * 100_000],
+    ids=["not-json", "not-an-object", "no-current", "nested-too-deep"],
+)
+def test_a_secret_not_in_the_relays_shape_is_a_configuration_error(stored: str) -> None:
+    class SecretsManager:
+        def get_secret_value(self, SecretId: str) -> dict[str, Any]:  # noqa: N803 - boto3's names
+            return {"SecretString": stored}
+
+    with pytest.raises(ConfigurationError, match="not in the relay's JSON shape"):
+        SecretsManagerSecrets(SecretsManager(), cache_ttl_seconds=0).get("relay/signing/t-1")
 
 
 def test_every_relay_error_is_rooted_in_relay_errors() -> None:

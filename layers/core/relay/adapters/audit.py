@@ -20,6 +20,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from relay.errors import DependencyUnavailable
+from relay.json_input import load_json
 
 AUDIT_PREFIX = "audit/"
 READERS = 16  # objects fetched at once by an operator command
@@ -107,7 +108,7 @@ def _get(s3: Any, bucket: str, key: str) -> bytes:
 
 def _json(text: str) -> Any:
     try:
-        return json.loads(text)
+        return load_json(text)
     except ValueError:
         return None  # not a line the relay wrote: nothing to show
 

@@ -27,7 +27,6 @@ so the logic layer never touches SDK types.
 from __future__ import annotations
 
 import http.client
-import json
 import math
 import time
 from collections.abc import Callable
@@ -53,6 +52,7 @@ from relay.errors import (
     GenesysTimeout,
     GenesysUnavailable,
 )
+from relay.json_input import load_json
 from relay.models.secrets import RotatingSecret
 from relay.observability import logger
 from relay.settings import Settings
@@ -249,8 +249,9 @@ class GenesysClient:
                     raise self._translate(exc, what="login", scope=None) from None
                 self._wait_out_rate_limit(exc, what="login", already=rate_limited)
                 rate_limited += 1
-            except (ValueError, KeyError, TypeError):
-                # An unusable token answer ends the run, never just the item being read.
+            except (ValueError, KeyError, TypeError, RecursionError):
+                # An unusable token answer ends the run, never just the item being read. (The SDK parses
+                # with json.loads: a body nested too deep raises RecursionError.)
                 raise GenesysLoginError("Genesys token endpoint answered with an unreadable body") from None
             except _TRANSPORT_ERRORS as exc:  # mapped to our hierarchy right here
                 raise self._translate(exc, what="login", scope=None) from None
@@ -262,7 +263,7 @@ class GenesysClient:
     def _token_lifetime(self) -> float:
         """``expires_in`` of the token just issued (seconds, positive), which the SDK does not keep."""
         try:
-            expires_in = float(json.loads(self._last_response.data)["expires_in"])
+            expires_in = float(load_json(self._last_response.data)["expires_in"])
         except (AttributeError, ValueError, KeyError, TypeError):
             expires_in = math.nan
         if not math.isfinite(expires_in) or expires_in <= 0:
@@ -360,8 +361,9 @@ class GenesysClient:
                     rate_limited += 1
                     continue
                 raise self._translate(exc, what=what, scope=scope) from None
-            except (ValueError, KeyError, TypeError, AttributeError):
-                # The SDK's deserializer chokes on bodies that are not the JSON it expects.
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+                # The SDK's deserializer chokes on bodies that are not the JSON it expects (json.loads
+                # raises RecursionError for one nested too deep).
                 raise GenesysMalformedResponse(f"Genesys answered {what} with an unreadable body") from None
             except _TRANSPORT_ERRORS as exc:  # mapped to our hierarchy right here
                 raise self._translate(exc, what=what, scope=scope) from None
@@ -391,7 +393,7 @@ class GenesysClient:
     def _to_json(self, model: Any, what: str) -> dict[str, Any]:
         raw = getattr(self._last_response, "data", None)
         try:
-            parsed = json.loads(raw) if raw is not None else None
+            parsed = load_json(raw) if raw is not None else None
         except ValueError:
             parsed = None
         if not isinstance(parsed, dict) or model is None:

@@ -50,6 +50,7 @@ CONTROL_PREFIX = "/_fake/"
 FAULT_SHAPE = (
     "expected {kind: status|slow|malformed|no-expires-in, times?, path?, status?, retryAfter?, delaySeconds?}"
 )
+NOT_JSON = b'{"id": "truncated'
 TOKEN_PATHS = ("/oauth/token", "/api/v2/oauth/token")
 _OPEN_PATH = re.compile(r"^/api/v2/conversations/messaging/integrations/open/([^/]+)$")
 _INTEGRATION_PATH = re.compile(r"^/api/v2/integrations/([^/]+)$")
@@ -63,8 +64,8 @@ class Fault:
 
     kind "status": answer ``status`` with a Genesys-style error body (+ ``Retry-After`` if set);
     kind "slow": sleep ``delay_seconds`` before answering normally, or less once ``until`` is set (a
-    test holds a request exactly as long as it needs); kind "malformed": answer 200 with
-    a body that is not JSON; kind "no-expires-in": a login issues its token without ``expires_in``.
+    test holds a request exactly as long as it needs); kind "malformed": answer 200 with ``body``, by
+    default one that is not JSON; kind "no-expires-in": a login issues its token without ``expires_in``.
     """
 
     kind: FaultKind
@@ -74,6 +75,7 @@ class Fault:
     retry_after: float | None = None
     delay_seconds: float = 0.0
     until: threading.Event | None = None
+    body: bytes = NOT_JSON
 
     def matches(self, path: str) -> bool:
         return self.times > 0 and (self.path is None or re.search(self.path, path) is not None)
@@ -313,8 +315,8 @@ class FakeGenesys:
         """Answer the matching requests after ``delay_seconds``, or as soon as ``until`` is set."""
         self.add_fault(Fault("slow", times=times, path=path, delay_seconds=delay_seconds, until=until))
 
-    def malform(self, path: str | None = None, times: int = 1) -> None:
-        self.add_fault(Fault("malformed", times=times, path=path))
+    def malform(self, path: str | None = None, times: int = 1, body: bytes | None = None) -> None:
+        self.add_fault(Fault("malformed", times=times, path=path, body=body or NOT_JSON))
 
     def omit_expires_in(self, times: int = 1) -> None:
         """The next ``times`` logins answer 200 with a usable token but no ``expires_in``."""
@@ -458,7 +460,7 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(fault.delay_seconds)
             return False
         if fault.kind == "malformed":
-            self._send(200, b'{"id": "truncated', {})
+            self._send(200, fault.body, {})
             return True
         self._send_status(fault.status, fault.retry_after)
         return True

@@ -16,6 +16,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
+from relay.json_input import load_json
+
 
 class SecretKind(StrEnum):
     SIGNATURE = "signature"  # Genesys X-Hub-Signature-256 secret of an integration
@@ -58,7 +60,7 @@ class RotatingSecret(BaseModel):
 
     @classmethod
     def from_json(cls, raw: str) -> RotatingSecret:
-        data = json.loads(raw)
+        data = load_json(raw)
         return cls(
             current=data["current"],
             previous=data.get("previous"),
