@@ -118,6 +118,7 @@ def fixtures_file(tmp_path: Path, own_receiver: Receiver) -> Path:
             "method": "POST",
             "signingSecret": SIGNING_SECRET,
             "retryMatrix": {"attempts": 3, "baseIntervalMs": 200, "maxIntervalMs": 1000, "multiplier": 2},
+            "onExhaustd": "dead-letter",  # misspelt: serve warns and goes on
         }
     ]
     return written(doc, tmp_path)
@@ -191,6 +192,7 @@ def test_serve_prints_ready_delivers_a_signed_post_and_stops_cleanly(
     assert code == 0
     logged = stderr_path.read_text()
     assert "Traceback" not in logged and '"level":"ERROR"' not in logged.replace(" ", ""), logged[-3000:]
+    assert "integrations.0.targets.0.onExhaustd (did you mean onExhausted?) is not a fixtures field" in logged
     assert sum(1 for line in stdout.lines if '"ready"' in line) == 1
     assert children, "serve should have started moto's server as a child process"
     assert [pid for pid in children if alive(pid)] == []

@@ -120,3 +120,38 @@ def test_a_repeated_id_is_refused_naming_it_and_both_places(
     with pytest.raises(ValidationError) as caught:
         Fixtures.model_validate(doc)
     assert [error["msg"] for error in caught.value.errors()] == [f"Value error, {message.format(**named)}"]
+
+
+def test_keys_no_field_has_are_named_with_the_field_they_may_mean() -> None:
+    # Given a file with a misspelt target field, a misspelt security field and a note of its own
+    doc = fixtures_doc()
+    target = doc["integrations"][0]["targets"][0]
+    target["retryMatrx"] = target.pop("retryMatrix")
+    target["security"]["vaule"] = target["security"].pop("value")
+    doc["comment"] = "local demo"
+
+    # Then it loads (the keys are ignored) and each is named by place, misspellings with the field
+    assert Fixtures.model_validate(doc).unknown_keys() == [
+        "comment",
+        "integrations.0.targets.0.retryMatrx (did you mean retryMatrix?)",
+        "integrations.0.targets.0.security.vaule (did you mean value?)",
+    ]
+
+
+def test_the_default_fixtures_file_has_no_unknown_keys() -> None:
+    assert Fixtures.load().unknown_keys() == []
+
+
+def test_per_target_timeouts_are_fields_served_as_config_properties() -> None:
+    from relay.local.fake_genesys import webhook_docs
+
+    doc = fixtures_doc()
+    doc["integrations"][0]["targets"][0].update(connectTimeoutSeconds=2, readTimeoutSeconds=4.5)
+    fixtures = Fixtures.model_validate(doc)
+
+    assert fixtures.unknown_keys() == []
+    _, config, _ = webhook_docs(doc["integrations"][0]["id"], fixtures.integrations[0].targets[0])
+    assert (config["properties"]["connectTimeoutSeconds"], config["properties"]["readTimeoutSeconds"]) == (
+        2,
+        4.5,
+    )

@@ -91,15 +91,16 @@ def _divert_stdout(to: IO[str]) -> IO[str]:
 
 def _fixtures(path: Path | None) -> Fixtures:
     """The fixtures file, read before anything starts: a missing file is an OSError (the boundary names
-    it), one that is not valid fixtures a usage error. Only locations and pydantic's messages are shown,
-    never the values: a fixtures file holds secrets."""
+    it), one that is not valid fixtures a usage error, a key no field has a warning. Only locations and
+    pydantic's messages are shown, never the values: a fixtures file holds secrets."""
     from pydantic import ValidationError
 
     from relay.local.fixtures import DEFAULT_FIXTURES, Fixtures
+    from relay.observability import logger
 
     where = path or DEFAULT_FIXTURES
     try:
-        return Fixtures.load(where)
+        fixtures = Fixtures.load(where)
     except ValidationError as exc:
         first = exc.errors(include_input=False)[0]
         location = ".".join(str(part) for part in first["loc"]) or "(top level)"
@@ -108,6 +109,9 @@ def _fixtures(path: Path | None) -> Fixtures:
         ) from None
     except ValueError as exc:  # not JSON, or not UTF-8
         raise UsageError(f"{where}: not a valid fixtures file: {exc}") from None
+    for key in fixtures.unknown_keys():
+        logger.warning(f"{where}: {key} is not a fixtures field; ignored")
+    return fixtures
 
 
 def _stack_failed(exc: Exception) -> CommandFailed:

@@ -167,9 +167,10 @@ def webhook_docs(
         properties["filters"] = target.filters.model_dump(mode="json", by_alias=True, exclude_none=True)
     if target.rate_limit is not None:
         properties["rateLimit"] = target.rate_limit.model_dump(mode="json", by_alias=True, exclude_none=True)
-    for extra in ("connectTimeoutSeconds", "readTimeoutSeconds"):
-        if (target.model_extra or {}).get(extra) is not None:
-            properties[extra] = (target.model_extra or {})[extra]
+    if target.connect_timeout_seconds is not None:
+        properties["connectTimeoutSeconds"] = target.connect_timeout_seconds
+    if target.read_timeout_seconds is not None:
+        properties["readTimeoutSeconds"] = target.read_timeout_seconds
     integration = {
         "id": target.id,
         "name": target.name,

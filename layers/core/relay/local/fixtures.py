@@ -8,6 +8,7 @@ names the integration whose targets Genesys EventBridge events go to; by default
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +24,18 @@ DEFAULT_FIXTURES = Path(__file__).resolve().parents[4] / "events" / "fixtures" /
 
 
 class _FixtureModel(BaseModel):
+    # Unknown keys are kept, not refused (a file may carry notes of its own), and named by
+    # ``Fixtures.unknown_keys`` so that a misspelt field does not pass for its default unnoticed.
     model_config = ConfigDict(populate_by_name=True, extra="allow")
+
+    def _unknown_keys(self, place: str) -> list[str]:
+        """``place.key`` for each key this object does not know, with the field it may have meant."""
+        known = [field.alias or name for name, field in type(self).model_fields.items()]
+        notes = []
+        for key in self.model_extra or {}:
+            near = difflib.get_close_matches(key, known, n=1)
+            notes.append(f"{place}{key}" + (f" (did you mean {near[0]}?)" if near else ""))
+        return notes
 
 
 class FixtureSecurity(_FixtureModel):
@@ -49,6 +61,8 @@ class FixtureTarget(_FixtureModel):
     on_exhausted: OnExhausted | None = Field(None, alias="onExhausted")
     filters: EventFilters | None = None
     rate_limit: RateLimit | None = Field(None, alias="rateLimit")
+    connect_timeout_seconds: float | None = Field(None, alias="connectTimeoutSeconds")
+    read_timeout_seconds: float | None = Field(None, alias="readTimeoutSeconds")
 
 
 class FixtureIntegration(_FixtureModel):
@@ -92,6 +106,17 @@ class Fixtures(_FixtureModel):
     def eventbridge_integration(self) -> str | None:
         """The integration EventBridge events are delivered for in the local stack."""
         return self.eventbridge_integration_id or (self.integrations[0].id if self.integrations else None)
+
+    def unknown_keys(self) -> list[str]:
+        """Keys no fixtures field has, by place: e.g. ``integrations.0.targets.1.retryMatrx (did you
+        mean retryMatrix?)``. They are ignored; the local stack logs a warning naming each."""
+        notes = self._unknown_keys("")
+        for n, integration in enumerate(self.integrations):
+            notes += integration._unknown_keys(f"integrations.{n}.")
+            for m, target in enumerate(integration.targets):
+                notes += target._unknown_keys(f"integrations.{n}.targets.{m}.")
+                notes += target.security._unknown_keys(f"integrations.{n}.targets.{m}.security.")
+        return notes
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Fixtures:
