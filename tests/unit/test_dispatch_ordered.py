@@ -30,6 +30,7 @@ from relay.testing.fakes import (
     InMemoryAuditSink,
     InMemoryBreakerStore,
     InMemoryClaimCheckStore,
+    InMemoryEventArchive,
     InMemoryRateLimitStore,
     InMemorySecrets,
     InMemoryTargets,
@@ -94,6 +95,7 @@ class OrderedRelay:
     breakers: InMemoryBreakerStore = field(default_factory=InMemoryBreakerStore)
     rate_limits: InMemoryRateLimitStore = field(default_factory=InMemoryRateLimitStore)
     audit: InMemoryAuditSink = field(default_factory=InMemoryAuditSink)
+    archive: InMemoryEventArchive = field(default_factory=InMemoryEventArchive)
     clock: ManualClock = field(default_factory=lambda: ManualClock(NOW))
     with_ordered_path: bool = True
     environment: dict[str, str] = field(default_factory=dict)  # the dispatcher's settings
@@ -117,6 +119,7 @@ class OrderedRelay:
             sleep=self.clock.sleep,
             ordered_queue=self.ordered if self.with_ordered_path else None,
             attempts=self.attempts if self.with_ordered_path else None,
+            archive=self.archive,
         )
 
     def batch(self, *records: dict[str, Any], remaining_ms: int | None = None) -> list[str]:
@@ -428,3 +431,19 @@ def test_a_slow_ordered_target_whose_breaker_is_open_holds_its_conversation(
     assert r.sent() == [] and r.queue.slow_lane == [] and r.nothing_resent()
     assert [tuple(h) for h, _ in r.ordered.holds] == [tuple(handles(a0, a1))]
     assert {line["errorCode"] for line in r.audit_lines()} == {"breaker-open"}
+
+
+def test_ordered_deliveries_and_dead_letters_are_archived_for_replay(relays: list[OrderedRelay]) -> None:
+    # Given an ordered target whose receiver refuses one conversation's event for good (a permanent 4xx)
+    ordered = ordered_relay(relays, ordered_target(attempts=1))
+    ordered.answers["b-1"] = 400
+
+    # When a batch holds two conversations' events
+    ordered.batch(fifo_record("a", 1), fifo_record("a", 2), fifo_record("b", 1))
+
+    # Then the event archive holds each event the batch attempted, delivered or dead-lettered, with
+    # the ordered target's delivery id: what `relay deliveries replay` sends from
+    archived = {r.event_id: r for r in ordered.archive.records(["2026-03-25"], containing="")}
+    assert sorted(archived) == ["a-1", "a-2", "b-1"]
+    assert all([d.target_id for d in r.deliveries] == ["crm"] for r in archived.values())
+    assert json.loads(archived["a-2"].event_json or "") == {"id": "a-2", "seq": 2}

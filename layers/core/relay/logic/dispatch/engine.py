@@ -221,15 +221,13 @@ class Dispatcher:
         items: list[Item] = []
         for record in records:
             try:
-                resolved = resolve(record, self._targets)
+                resolved = resolve(record, self._targets, batch.tasks)
             except DependencyUnavailable as exc:
                 logger.warning(
                     "targets table unavailable", extra={"messageId": record.message_id, "error": str(exc)}
                 )
                 batch.fail(record)
                 continue
-            if resolved.task is not None:
-                batch.tasks[record.message_id] = resolved.task
             if isinstance(resolved, Unattempted):
                 self._settle.unattempted(resolved, batch)
             else:

@@ -134,7 +134,7 @@ class OrderedDelivery:
 
     def run(self, records: list[SqsRecord], batch: Batch) -> None:
         groups = message_groups(records)
-        steps = {group_id: [self._resolve(r) for r in members] for group_id, members in groups.items()}
+        steps = {group_id: [self._resolve(r, batch) for r in members] for group_id, members in groups.items()}
         items = [step for members in steps.values() for step in members if isinstance(step, Item)]
         lanes = {
             lane.key: lane
@@ -281,9 +281,9 @@ class OrderedDelivery:
                 batch.metrics.count(Metric.ORDERED_HELD, step.target.target_id)
                 batch.log(step.target.target_id, line)
 
-    def _resolve(self, record: SqsRecord) -> Step:
+    def _resolve(self, record: SqsRecord, batch: Batch) -> Step:
         try:
-            return resolve(record, self._targets)
+            return resolve(record, self._targets, batch.tasks)
         except DependencyUnavailable as exc:
             _warn("targets table unavailable", record, exc)
             return Unresolved(record)

@@ -96,13 +96,16 @@ class Unattempted:
         return cls(item.record, item.task, DlqReason.TARGET_GONE, why)
 
 
-def resolve(record: SqsRecord, targets: TargetDirectory) -> Item | Unattempted:
-    """The record's task and target, or why it cannot be attempted. Raises DependencyUnavailable when
-    the targets table cannot be read (the record is then left for SQS to show again)."""
+def resolve(record: SqsRecord, targets: TargetDirectory, read: dict[str, DeliveryTask]) -> Item | Unattempted:
+    """The record's task and target, or why it cannot be attempted; the task is kept in ``read`` by
+    message id (the batch's: the event archive keeps the events of both lanes from there). Raises
+    DependencyUnavailable when the targets table cannot be read (the record is then left for SQS to
+    show again)."""
     try:
         task = DeliveryTask.model_validate_json(record.body)
     except ValidationError:
         return Unattempted(record, None, DlqReason.POISON, "body is not a DeliveryTask")
+    read[record.message_id] = task
     target = targets.get_target(task.integration_id, task.target_id)
     if target is None:
         return Unattempted(record, task, DlqReason.UNKNOWN_TARGET, "no such target")
