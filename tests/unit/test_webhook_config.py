@@ -80,8 +80,25 @@ def test_secret_values_stay_hidden_in_repr() -> None:
         ({}, {"headers": {"Content-Type": "text/plain"}}, {}, "headers"),
         ({}, {"headers": {"X-Evil": "a\r\nInjected: yes"}}, {}, "headers"),
         ({}, {"headers": {"bad header": "x"}}, {}, "headers"),
+        # Headers the relay sets, or the connection depends on, whatever their case
+        ({}, {"headers": {"User-Agent": "mine"}}, {}, "headers"),
+        ({}, {"headers": {"x-delivery-id": "1"}}, {}, "headers"),
+        ({}, {"headers": {"X-Format-Version": "9"}}, {}, "headers"),
+        ({}, {"headers": {"Expect": "100-continue"}}, {}, "headers"),
+        ({}, {"headers": {"Webhook-Anything": "x"}}, {}, "headers"),
+        # Values HTTP cannot carry: beyond Latin-1, or control characters (HTAB is allowed)
+        ({}, {"headers": {"X-Emoji": "\U0001f600"}}, {}, "headers"),
+        ({}, {"headers": {"X-Nul": "a\x00b"}}, {}, "headers"),
+        ({}, {"headers": {"X-Ctl": "a\x01b"}}, {}, "headers"),
+        ({}, {"headers": {"X-Del": "a\x7fb"}}, {}, "headers"),
+        # The same header twice, in two cases: both would be sent
+        ({}, {"headers": {"X-Team": "a", "x-team": "b"}}, {}, "headers"),
         ({}, {"securityType": "bearer"}, {"security": None}, "security"),
         ({}, {"securityType": "basic"}, {"security": "no-colon-here"}, "security"),
+        # A bearer token goes into the Authorization header as it is: visible ASCII only
+        ({}, {"securityType": "bearer"}, {"security": "tok\U0001f600"}, "security"),
+        ({}, {"securityType": "bearer"}, {"security": "tok\r\nX-Evil: 1"}, "security"),
+        ({}, {"securityType": "bearer"}, {"security": "two words"}, "security"),
         ({}, {"securityType": "none"}, {"security": BEARER}, "security"),
         ({}, {"securityType": "digest"}, {}, "security.type"),
         ({}, {}, {"signingSecret": "not-whsec-prefixed"}, "signingSecret"),
@@ -107,7 +124,16 @@ def test_invalid_configs_are_refused_naming_the_field_not_the_value(
 
     message = safe_errors(caught.value)
     assert message.startswith(field) or f"; {field}" in message
-    for value in (BEARER, SIGNING, KEY, "no-colon-here", "not-whsec-prefixed", "short"):
+    for value in (
+        BEARER,
+        SIGNING,
+        KEY,
+        "no-colon-here",
+        "not-whsec-prefixed",
+        "short",
+        "tok\U0001f600",
+        "two words",
+    ):
         assert value not in message
 
 
@@ -312,3 +338,19 @@ def test_an_unknown_ordering_or_a_block_without_ordering_is_refused(
     with pytest.raises(ValidationError) as refused:
         webhook_config_from_genesys(_integration(), _config(**properties), _secrets())
     assert problem in safe_errors(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("headers", "security"),
+    [
+        ({"X-Accent": "café", "X-Tab": "a\tb", "X-Team": "crm"}, "a-bearer-token_with.some~chars+/="),
+        ({}, "ünïcode-user:pässwörd"),  # basic: base64 of UTF-8, any text goes
+    ],
+    ids=["latin-1 headers, b64token bearer", "unicode basic credentials"],
+)
+def test_what_http_can_carry_is_accepted(headers: dict[str, str], security: str) -> None:
+    kind = "basic" if ":" in security else "bearer"
+    config = webhook_config_from_genesys(
+        _integration(), _config(headers=headers, securityType=kind), _secrets(security=security)
+    )
+    assert config.headers == headers

@@ -21,24 +21,9 @@ from relay.models.http import OutboundRequest
 from relay.models.secrets import RotatingSecret
 from relay.models.targets import SecurityType, Target
 from relay.models.timestamps import iso_utc
+from relay.models.webhook_config import is_custom_header
 
 USER_AGENT = f"genesys-relay/{__version__} (+formatVersion {FORMAT_VERSION})"
-
-# Headers only the relay sets. A target's custom headers never replace them (compared lower-cased),
-# nor any header that framing or the connection depends on.
-RELAY_HEADERS = frozenset(
-    {
-        "content-type",
-        "x-delivery-id",
-        "x-format-version",
-        "webhook-id",
-        "webhook-timestamp",
-        "webhook-signature",
-        "authorization",
-        "user-agent",
-    }
-)
-TRANSPORT_HEADERS = frozenset({"content-length", "host", "transfer-encoding", "connection", "expect"})
 
 
 @dataclass(frozen=True)
@@ -118,12 +103,9 @@ def with_access_token(request: OutboundRequest, token: SecretStr) -> OutboundReq
 def _custom_headers(target: Target) -> dict[str, str]:
     kept: dict[str, str] = {}
     for name, value in target.headers.items():
-        lowered = name.lower()
-        if lowered in RELAY_HEADERS or lowered in TRANSPORT_HEADERS or lowered.startswith("webhook-"):
-            continue
-        if any(c in name + value for c in "\r\n\0"):
-            continue  # header injection: never forward
-        kept[name] = value
+        # Config sync refuses the others; a record stored before it did never sends them (nor injects).
+        if is_custom_header(name, value):
+            kept[name] = value
     return kept
 
 

@@ -39,21 +39,48 @@ from relay.models.targets import (
     SecurityType,
 )
 
-# Headers the relay sets itself (or that HTTP owns); a config must not override them.
+# Headers the relay sets itself (or that the connection and framing depend on), compared lower-cased,
+# and every ``webhook-*`` header (Standard Webhooks'): a config must not set them.
 RESERVED_HEADERS = frozenset(
     {
         "authorization",
+        "content-type",
+        "user-agent",
+        "x-delivery-id",
+        "x-format-version",
         "connection",
         "content-length",
-        "content-type",
+        "expect",
         "host",
+        "keep-alive",
+        "te",
+        "trailer",
         "transfer-encoding",
-        "webhook-id",
-        "webhook-signature",
-        "webhook-timestamp",
+        "upgrade",
     }
 )
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# What a header value may hold (RFC 9110 field-value: visible ASCII, space, tab, obs-text); anything
+# else http.client cannot encode (beyond Latin-1) or would be a control character on the wire.
+_HEADER_VALUE = re.compile(r"^[\t\x20-\x7e\x80-\xff]*$")
+# A bearer token goes into Authorization as it is: visible ASCII, no space (RFC 6750's b64token and more).
+_BEARER_TOKEN = re.compile(r"^[\x21-\x7e]+$")
+
+
+def is_reserved_header(name: str) -> bool:
+    """Whether ``name`` is a header only the relay (or HTTP itself) sets."""
+    lowered = name.lower()
+    return lowered in RESERVED_HEADERS or lowered.startswith("webhook-")
+
+
+def is_custom_header(name: str, value: str) -> bool:
+    """Whether a config may set header ``name`` to ``value``: a valid name, not reserved, a value HTTP
+    can carry (no line break, no control character, nothing beyond Latin-1)."""
+    return (
+        bool(_HEADER_NAME.match(name)) and not is_reserved_header(name) and bool(_HEADER_VALUE.match(value))
+    )
+
+
 MIN_ENCRYPTION_KEY_CHARS = 16
 MIN_SIGNING_SECRET_BYTES = 16
 
@@ -90,6 +117,8 @@ class WebhookSecurity(BaseModel):
             raise ValueError(f"security type {self.type.value} needs a value")
         if self.type is SecurityType.BASIC and ":" not in self.value.get_secret_value():
             raise ValueError("basic security value must be 'user:password'")
+        if self.type is SecurityType.BEARER and not _BEARER_TOKEN.match(self.value.get_secret_value()):
+            raise ValueError("bearer token must be visible ASCII characters without spaces")
         return self
 
 
@@ -131,13 +160,24 @@ class WebhookConfig(BaseModel):
     @field_validator("headers")
     @classmethod
     def _safe_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        seen: dict[str, str] = {}
         for name, value in headers.items():
             if not _HEADER_NAME.match(name):
                 raise ValueError(f"header name {name!r} is not a valid HTTP token")
-            if name.lower() in RESERVED_HEADERS:
+            if is_reserved_header(name):
                 raise ValueError(f"header {name} is set by the relay and cannot be configured")
             if "\r" in value or "\n" in value:
                 raise ValueError(f"header {name} has a line break in its value")
+            if not _HEADER_VALUE.match(value):
+                raise ValueError(
+                    f"header {name} has a character HTTP cannot carry in its value (a control character, "
+                    "or one beyond Latin-1)"
+                )
+            if name.lower() in seen:
+                raise ValueError(
+                    f"header {name} is also configured as {seen[name.lower()]}: both would be sent"
+                )
+            seen[name.lower()] = name
         return headers
 
     @field_validator("signing_secret")
