@@ -253,7 +253,7 @@ def test_replay_is_refused_for_a_disabled_target_until_it_is_enabled_again(
     dispatcher.handle_batch([event_record("e-off")])
     code, out, err = relay(capsys, "targets", "disable", PLAIN_TARGET, "--stack-name", stack)
     assert (code, log_messages(err)) == (0, ["operator action"])
-    assert "disabled; audited as arn:aws:sts::" in out
+    assert "disabled; dispatchers stop sending to it within 10 s; audited as arn:aws:sts::" in out
     assert (
         target_store(get_settings(), cache_ttl_seconds=0).get_target(INTEGRATION_ID, PLAIN_TARGET).enabled
         is False
@@ -320,7 +320,9 @@ def test_a_replay_and_a_target_switch_write_only_their_own_output_to_stdout(
     for switch, done in switches.items():
         assert (done.returncode, log_messages(done.stderr)) == (0, ["operator action"])
         assert re.fullmatch(
-            rf"target {PLAIN_TARGET} \(.+\) {switch}d; audited as arn:aws:sts::\S+ .*\n", done.stdout
+            rf"target {PLAIN_TARGET} \(.+\) {switch}d; dispatchers .+ within .+ s; "
+            r"audited as arn:aws:sts::\S+ .*\n",
+            done.stdout,
         )
 
 

@@ -58,6 +58,38 @@ def test_one_query_returns_the_integration_and_its_targets_and_is_cached(aws_sta
     assert len(queries) == 2
 
 
+def test_a_disabled_target_is_read_again_after_a_second_so_enabling_it_takes_effect_at_once(
+    aws_stack: LocalResources,
+) -> None:
+    # Given a dispatcher's store that has cached a disabled target (TTL a minute)
+    ddb, queries = _counting_dynamodb()
+    clock = ManualClock(1000.0)
+    store = TargetStore(ddb, aws_stack.targets_table, cache_ttl_seconds=60, clock=clock)
+    _seed(store, "int-1")
+    operator = TargetStore(aws_client("dynamodb"), aws_stack.targets_table, cache_ttl_seconds=0)
+    operator.set_target_enabled("int-1", "t1", False)
+    cached = store.get_target("int-1", "t1")
+    assert cached is not None and not cached.enabled
+
+    # When records for it keep coming within the second, then an operator enables it
+    for _ in range(5):
+        store.get_target("int-1", "t1")
+    reads_within_the_second = len(queries)
+    operator.set_target_enabled("int-1", "t1", True)
+    clock.now += 1.5
+
+    # Then the store read the table once in that second, and sees the target enabled a second later,
+    # long before the TTL (an enabled target's entry is kept the whole TTL)
+    assert reads_within_the_second == 1
+    again = store.get_target("int-1", "t1")
+    assert again is not None and again.enabled
+    assert len(queries) == 2
+    store.get_target("int-1", "t0")
+    clock.now += 30
+    store.get_target("int-1", "t1")
+    assert len(queries) == 2
+
+
 def test_unknown_integrations_are_cached_too(aws_stack: LocalResources) -> None:
     ddb, queries = _counting_dynamodb()
     store = TargetStore(ddb, aws_stack.targets_table, cache_ttl_seconds=60, clock=ManualClock(1000.0))

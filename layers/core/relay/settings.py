@@ -85,7 +85,9 @@ class Settings(BaseModel):
     local_trusted_cas: str | None = Field(None, alias="RELAY_LOCAL_TRUSTED_CAS")
 
     # --- caches -------------------------------------------------------------------------------------
-    target_cache_ttl_seconds: float = Field(60.0, alias="TARGET_CACHE_TTL_SECONDS", ge=0)
+    # How long a container trusts its cached targets: how late a `relay targets disable` or a config
+    # change reaches the dispatchers (a disabled target is read again every second: DISABLED_RECHECK_SECONDS).
+    target_cache_ttl_seconds: float = Field(10.0, alias="TARGET_CACHE_TTL_SECONDS", ge=0)
     secret_cache_ttl_seconds: int = Field(300, alias="SECRET_CACHE_TTL_SECONDS", ge=0)
 
     # --- intake -------------------------------------------------------------------------------------

@@ -32,6 +32,9 @@ INTEGRATION_SORT_KEY = "#integration"
 DEFAULT_CACHE_ENTRIES = 1024
 # How many times a read-modify-write (set_target_enabled) reads again after losing a race.
 WRITE_ATTEMPTS = 3
+# A disabled target's record is read again once it is this old, whatever the TTL: its tasks are being
+# dead-lettered, so `relay targets enable` (then a redrive) must take effect at once, not a TTL later.
+DISABLED_RECHECK_SECONDS = 1.0
 
 
 class TargetStore:
@@ -78,7 +81,22 @@ class TargetStore:
 
     def get_target(self, integration_id: str, target_id: str) -> Target | None:
         entry = self.get(integration_id)
-        return entry.target(target_id) if entry else None
+        target = entry.target(target_id) if entry else None
+        if (
+            target is not None
+            and not target.enabled
+            and self._age(integration_id) >= DISABLED_RECHECK_SECONDS
+        ):
+            self.invalidate(integration_id)
+            entry = self.get(integration_id)
+            target = entry.target(target_id) if entry else None
+        return target
+
+    def _age(self, integration_id: str) -> float:
+        """Seconds since the cached entry was read (0 when there is none)."""
+        with self._lock:
+            hit = self._cache.get(integration_id)
+        return self._clock() - (hit[0] - self._ttl) if hit is not None else 0.0
 
     def invalidate(self, integration_id: str | None = None) -> None:
         with self._lock:

@@ -364,6 +364,7 @@ def _check(args: Any, out: IO[str] | None = None) -> int:
 def _switch(args: Any, out: IO[str] | None = None) -> int:
     import uuid
 
+    from relay.adapters.target_store import DISABLED_RECHECK_SECONDS
     from relay.cli.breaker_cmd import _find_target
     from relay.logic.deliveries.operator import switch_target
     from relay.settings import get_settings
@@ -388,8 +389,15 @@ def _switch(args: Any, out: IO[str] | None = None) -> int:
         now=datetime.now(UTC),
         operation_id=uuid.uuid4().hex,
     )
+    # Dispatchers read targets through a per-container cache (relay.adapters.target_store).
+    reaches = (
+        f"dispatchers stop sending to it within {settings.target_cache_ttl_seconds:g} s"
+        if not args.enabled
+        else f"dispatchers send to it again within about {DISABLED_RECHECK_SECONDS:g} s"
+    )
     print(
-        f"target {target.target_id} ({target.name}) {state}; audited as {audited.records[0]['actor']}",
+        f"target {target.target_id} ({target.name}) {state}; {reaches}; "
+        f"audited as {audited.records[0]['actor']}",
         file=out,
     )
     if audited.unwritten:
