@@ -175,6 +175,20 @@ CASES = {
         "no target no-such-target in the TargetsTable",
         aws=True,
     ),
+    "empty target id to check": Case(
+        ("targets", "check", ""),
+        FAILED,
+        "relay targets check",
+        "no target  in the TargetsTable",
+        aws=True,
+    ),
+    "empty breaker target id": Case(
+        ("breaker", "status", ""),
+        FAILED,
+        "relay breaker status",
+        "no target  in the TargetsTable",
+        aws=True,
+    ),
     "unknown breaker target": Case(
         ("breaker", "reset", "no-such-target"),
         FAILED,

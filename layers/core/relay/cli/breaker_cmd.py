@@ -33,7 +33,12 @@ def register(subparsers: Any) -> None:
     )
     status.add_argument("target_id", nargs="?", metavar="TARGET_ID", help="only this target")
     status.add_argument("--integration", metavar="INTEGRATION_ID", help="only this integration")
-    status.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    status.add_argument(
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="output format (json: one object per line, per target)",
+    )
     status.set_defaults(func=_status)
 
     reset = sub.add_parser(
@@ -75,7 +80,8 @@ def _status(args: Any, out: IO[str] | None = None) -> int:
 
     out = out or sys.stdout
     settings, targets, breakers = _stores()
-    chosen = [_find_target(targets, args)] if args.target_id else known_targets(targets, args.integration)
+    named = args.target_id is not None  # "" names no target (exit 3); it does not mean all of them
+    chosen = [_find_target(targets, args)] if named else known_targets(targets, args.integration)
     views = [v.to_json() for v in breaker_views(breakers, chosen, time.time(), policy_from(settings))]
     if args.format == "json":
         for doc in views:

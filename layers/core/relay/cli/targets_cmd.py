@@ -58,7 +58,12 @@ def register(subparsers: Any) -> None:
         help="the integrations and targets in the TargetsTable (secrets masked)",
     )
     listing.add_argument("--integration", metavar="INTEGRATION_ID", help="only this integration")
-    listing.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    listing.add_argument(
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="output format (json: one object per line, per integration with its targets)",
+    )
     listing.set_defaults(func=_list)
 
     check = sub.add_parser(
@@ -72,7 +77,12 @@ def register(subparsers: Any) -> None:
         metavar="SECONDS",
         help="the longest one check may take: connect, TLS and answer together (default 3)",
     )
-    check.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    check.add_argument(
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="output format (json: one object per line, per target)",
+    )
     check.set_defaults(func=_check)
 
     for name, enabled, what in (
@@ -334,7 +344,7 @@ def _check(args: Any, out: IO[str] | None = None) -> int:
     out = out or sys.stdout
     settings = get_settings()
     targets = [t for entry in _entries(None) for t in entry.targets]
-    if args.target_id:
+    if args.target_id is not None:
         targets = [t for t in targets if t.target_id == args.target_id]
         if not targets:
             raise CommandFailed(f"no target {args.target_id} in the TargetsTable")
