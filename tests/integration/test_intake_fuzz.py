@@ -203,7 +203,10 @@ def test_fuzzed_requests_never_get_a_5xx_and_never_queue_an_invalid_event(
         assert status < 500, answer
         expected = genuine(event)
         if expected is None:
-            assert status in (400, 401, 404, 405, 413, 415), (status, answer)
+            assert status in (400, 401, 404, 405, 413, 415) or (
+                # a forged signature while the secret's re-read is spent: retry later, never a 5xx
+                status == 429 and answer["error"] == "signature_recheck_pending"
+            ), (status, answer)
             assert set(answer) == {"error", "message"}
             return
         assert status == 202, answer

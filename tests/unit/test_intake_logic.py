@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -162,18 +163,46 @@ def test_forged_signatures_re_read_the_secret_at_most_once_per_interval() -> Non
     intake, _ = make_intake(
         get_secret=secrets.cached, refresh_secret=secrets.refresh, monotonic=lambda: clock[0]
     )
-    for _ in range(20):
-        assert refusal(intake.handle(api_gateway_event(sign_with="forged-secret-00000000"))) == (
-            401,
-            "signature_mismatch",
-        )
+    # The first mismatch re-reads the secret, and is refused for good
+    forged = api_gateway_event(sign_with="forged-secret-00000000")
+    assert refusal(intake.handle(forged)) == (401, "signature_mismatch")
+    # The others within the interval cannot be checked against a fresh secret: retry once it can be read
+    for elapsed in (0.0, 2.5, 9.9):
+        clock[0] = elapsed
+        answer = intake.handle(forged)
+        assert refusal(answer) == (429, "signature_recheck_pending")
+        assert answer["headers"]["retry-after"] == str(math.ceil(10.0 - elapsed))
     assert secrets.refreshes == 1
-    clock[0] += 10.0
-    intake.handle(api_gateway_event(sign_with="forged-secret-00000000"))
+    clock[0] = 10.0
+    assert refusal(intake.handle(forged)) == (401, "signature_mismatch")
     assert secrets.refreshes == 2
     # missing or malformed signatures never cause a re-read
     intake.handle(api_gateway_event(sign_with=None))
     assert secrets.refreshes == 2
+
+
+def test_a_forged_request_cannot_make_a_rotated_secrets_genuine_event_a_401() -> None:
+    # Given a forged request that has just used the re-read (Secrets Manager still held the old secret)
+    secrets = RotatedSecrets()
+    secrets.fresh = secrets.cached
+    clock = [0.0]
+    intake, queue = make_intake(
+        get_secret=secrets.cached, refresh_secret=secrets.refresh, monotonic=lambda: clock[0]
+    )
+    assert refusal(intake.handle(api_gateway_event(sign_with="forged-secret-00000000")))[0] == 401
+
+    # When the secret is rotated and Genesys sends an event signed with the new one a second later
+    secrets.fresh = Secrets(current=SIGNATURE_SECRET, previous=PREVIOUS_SECRET)
+    clock[0] = 1.0
+    genuine = api_gateway_event(sign_with=SIGNATURE_SECRET)
+    first = intake.handle(genuine)
+
+    # Then it is not refused for good: 429, which Genesys retries (about 5 s apart, 5 times), and the
+    # retry after the interval is checked against the re-read secret and accepted
+    assert refusal(first) == (429, "signature_recheck_pending") and queue.bodies == []
+    clock[0] = 1.0 + int(first["headers"]["retry-after"])
+    assert intake.handle(genuine)["statusCode"] == 202
+    assert len(queue.bodies) == 2
 
 
 def test_a_failed_re_read_keeps_the_401_rather_than_a_5xx() -> None:

@@ -9,8 +9,8 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from support.events import api_gateway_event, sample
-from test_intake_fakes import answer, make_intake
+from support.events import SIGNATURE_SECRET, api_gateway_event, sample
+from test_intake_fakes import Secrets, answer, make_intake
 
 from relay.errors import ConfigurationError, DependencyUnavailable
 from relay.local.template import load_template
@@ -71,12 +71,26 @@ CASES: list[tuple[dict[str, Any], dict[str, Any], int, str | None]] = [
 ]
 
 
+# A second mismatch within the secret's re-read interval (the first one re-read it).
+RECHECK_PENDING = (api_gateway_event(sign_with="wrong-secret-0000000"), 429, "signature_recheck_pending")
+
+
 @pytest.mark.parametrize(("collaborators", "event", "status", "code"), CASES)
 def test_every_answer_is_documented_and_matches_its_schema(
     collaborators: dict[str, Any], event: dict[str, Any], status: int, code: str | None
 ) -> None:
     intake, _ = make_intake(**collaborators)
-    response = intake.handle(event)
+    assert_documented(intake.handle(event), status, code)
+
+
+def test_a_mismatch_before_the_secret_may_be_read_again_is_documented() -> None:
+    event, status, code = RECHECK_PENDING
+    intake, _ = make_intake(refresh_secret=Secrets(current=SIGNATURE_SECRET))
+    assert intake.handle(event)["statusCode"] == 401  # this one re-read the secret
+    assert_documented(intake.handle(event), status, code)
+
+
+def assert_documented(response: dict[str, Any], status: int, code: str | None) -> None:
     assert response["statusCode"] == status
     documented = OPERATION["responses"][str(status)]
     body_schema = documented["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
@@ -90,7 +104,7 @@ def test_every_answer_is_documented_and_matches_its_schema(
 def test_the_documented_statuses_and_error_codes_are_exactly_the_ones_the_intake_gives() -> None:
     assert {str(status) for _, _, status, _ in CASES} == set(OPERATION["responses"])
     documented_codes = set(DOC["components"]["schemas"]["Error"]["properties"]["error"]["enum"])
-    assert documented_codes == {code for _, _, _, code in CASES if code}
+    assert documented_codes == {code for _, _, _, code in CASES if code} | {RECHECK_PENDING[2]}
 
 
 def test_the_route_is_the_templates() -> None:

@@ -11,7 +11,9 @@
     │   ├── BreakerStoreUnavailable   the breaker table failed: the dispatcher fails open
     │   ├── RateLimitStoreUnavailable the rate-limit buckets (same table) failed: it fails open too
     │   └── TargetWriteConflict       a target changed under every try of a read-modify-write
-    ├── RequestInProgress             the same event is being accepted right now: 429 + Retry-After
+    ├── RetryShortly                  the request cannot be settled yet: 429 + Retry-After (Genesys retries)
+    │   ├── RequestInProgress         the same event is being accepted right now
+    │   └── SignatureRecheckPending   a mismatch the secret cannot be re-read for yet (rotation)
     ├── UnsafeUrl                     a target URL breaks the URL policy (scheme, private address, ...)
     ├── TokenUnavailable              no OAuth access token for a target: its token endpoint failed,
     │                                 refused or answered something unusable (the delivery is retried)
@@ -116,12 +118,29 @@ class DependencyUnavailable(RelayError):
         self.retry_after_seconds = retry_after_seconds
 
 
-class RequestInProgress(RelayError):
-    """A concurrent attempt is accepting the same event right now; the sender should retry shortly."""
+class RetryShortly(RelayError):
+    """The request cannot be settled yet; the sender should retry after ``retry_after_seconds``. The
+    intake answers 429 (Genesys retries it like a 5xx, and it is no server failure)."""
+
+    code = "retry_shortly"
 
     def __init__(self, message: str, *, retry_after_seconds: int = 1) -> None:
         super().__init__(message)
         self.retry_after_seconds = retry_after_seconds
+
+
+class RequestInProgress(RetryShortly):
+    """A concurrent attempt is accepting the same event right now."""
+
+    code = "duplicate_in_progress"
+
+
+class SignatureRecheckPending(RetryShortly):
+    """The signature does not match the cached secret, and the secret was re-read too recently to be
+    read again: after a rotation the retry is checked against a fresh read, never refused for good
+    because a forged request used the re-read first."""
+
+    code = "signature_recheck_pending"
 
 
 class UnsafeUrl(RelayError):

@@ -26,6 +26,7 @@ and the benchmark run this with in-memory fakes.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -41,6 +42,8 @@ from relay.errors import (
     PayloadTooLarge,
     RejectedRequest,
     RequestInProgress,
+    RetryShortly,
+    SignatureRecheckPending,
     UnknownIntegration,
     UnsupportedMediaType,
 )
@@ -133,13 +136,13 @@ class Intake:
             self._metrics.count("EventsRejected", reason=rejected.code)
             logger.info("request rejected", extra={"status": rejected.status, "error": rejected.code})
             return json_response(rejected.status, {"error": rejected.code, "message": rejected.message})
-        except RequestInProgress as busy:
+        except RetryShortly as later:
             # 429 is retried by Genesys like a 5xx, and is not a server failure.
-            logger.info("concurrent repeat still in progress")
+            logger.info("retry shortly", extra={"error": later.code})
             return json_response(
                 429,
-                {"error": "duplicate_in_progress", "message": str(busy)},
-                {"retry-after": str(busy.retry_after_seconds)},
+                {"error": later.code, "message": str(later)},
+                {"retry-after": str(later.retry_after_seconds)},
             )
         except DependencyUnavailable as unavailable:
             logger.warning("dependency unavailable", extra={"reason": str(unavailable)})
@@ -227,28 +230,45 @@ class Intake:
         Genesys may sign with a rotated secret before this container's cache (SECRET_CACHE_TTL_SECONDS)
         has seen it, and Genesys does not retry a 401: without the re-read the event would be lost. The
         re-read happens at most once per secret every ``secret_refresh_interval_seconds``, so forged
-        requests cannot turn into a Secrets Manager call each.
+        requests cannot turn into a Secrets Manager call each; a mismatch within that interval is not
+        refused for good but asked to retry once the secret can be read again
+        (``SignatureRecheckPending``), so a forged request that used the re-read just before a rotation
+        cannot turn a genuine event into a 401 either.
         """
         header = request.headers.get(SIGNATURE_HEADER)
         cached = self._get_secret(secret_name)
         try:
             verify_signature(request.body, header, cached.values())
         except InvalidSignature as refused:
-            fresh = self._fresh_secret(secret_name) if refused.code == CODE_MISMATCH else None
+            refresh = self._refresh_secret
+            if refused.code != CODE_MISMATCH or refresh is None:
+                raise
+            wait = self._until_secret_readable(secret_name)
+            if wait > 0:
+                raise SignatureRecheckPending(
+                    "the signature does not match the cached secret, which was read again moments ago; "
+                    f"retry in {wait} s, when it can be read again (a secret being rotated)",
+                    retry_after_seconds=wait,
+                ) from None
+            fresh = self._reread_secret(refresh, secret_name)
             if fresh is None or fresh.values() == cached.values():
                 raise
             verify_signature(request.body, header, fresh.values())
 
-    def _fresh_secret(self, secret_name: str) -> RotatingSecret | None:
-        if self._refresh_secret is None:
-            return None
-        now = self._monotonic()
+    def _until_secret_readable(self, secret_name: str) -> int:
+        """Whole seconds until the secret may be re-read (0: now)."""
         last = self._secret_refreshed_at.get(secret_name)
-        if last is not None and now - last < self._secret_refresh_interval:
-            return None
-        self._secret_refreshed_at[secret_name] = now
+        if last is None:
+            return 0
+        left = self._secret_refresh_interval - (self._monotonic() - last)
+        return math.ceil(left) if left > 0 else 0
+
+    def _reread_secret(
+        self, refresh: Callable[[str], RotatingSecret], secret_name: str
+    ) -> RotatingSecret | None:
+        self._secret_refreshed_at[secret_name] = self._monotonic()
         try:
-            return self._refresh_secret(secret_name)
+            return refresh(secret_name)
         except (DependencyUnavailable, ConfigurationError):
             return None  # keep the refusal: an unverifiable request is not a reason for a 5xx
 
