@@ -16,6 +16,8 @@ from typing import IO, Any
 import pytest
 import requests
 from support.events import sample
+from support.secure_peers import HttpsReceiver, Pki
+from support.waiting import wait_until
 
 from relay.local.receiver import Receiver
 from relay.logic.signature import sign
@@ -124,45 +126,67 @@ def fixtures_file(tmp_path: Path, own_receiver: Receiver) -> Path:
     return written(doc, tmp_path)
 
 
-@pytest.mark.parametrize("stop", ["SIGTERM", "Ctrl-C"])
-def test_serve_prints_ready_delivers_a_signed_post_and_stops_cleanly(
-    fixtures_file: Path, own_receiver: Receiver, tmp_path: Path, stop: str
-) -> None:
-    # Given `relay local serve` running with fixtures that name our receiver, in a process group of its
-    # own as in a terminal
-    stderr_path = tmp_path / "serve.stderr"
+@contextlib.contextmanager
+def serving(
+    fixtures: Path, stderr_path: Path, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], LineReader]]:
+    """`relay local serve` in a process group of its own, as in a terminal; killed with its children
+    if the test leaves it running (it failed midway)."""
     with stderr_path.open("w") as stderr:
         process = subprocess.Popen(
-            relay_command("serve", "--fixtures", str(fixtures_file)),
+            relay_command("serve", "--fixtures", str(fixtures)),
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
             cwd=ROOT,
             start_new_session=True,
+            env=env,
         )
     try:
         assert process.stdout is not None
         stdout = LineReader(process.stdout)
         stdout.diagnostics = stderr_path
+        yield process, stdout
+    finally:
+        if process.poll() is None:
+            strays = children_of(process.pid)
+            process.kill()
+            process.wait()
+            for pid in strays:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def post_signed(api: str, integration: dict[str, Any], event: dict[str, Any]) -> requests.Response:
+    """Post ``event`` to the integration's webhook URL, signed as Genesys signs."""
+    body = json.dumps(event).encode()
+    return requests.post(
+        f"{api}/webhooks/{integration['id']}",
+        data=body,
+        headers={
+            "Content-Type": "application/json",
+            "X-Hub-Signature-256": sign(body, integration["signatureSecret"]),
+        },
+        timeout=15,
+    )
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "Ctrl-C"])
+def test_serve_prints_ready_delivers_a_signed_post_and_stops_cleanly(
+    fixtures_file: Path, own_receiver: Receiver, tmp_path: Path, stop: str
+) -> None:
+    # Given `relay local serve` running with fixtures that name our receiver
+    stderr_path = tmp_path / "serve.stderr"
+    with serving(fixtures_file, stderr_path) as (process, stdout):
         ready = stdout.wait_for_json("ready", timeout=90)
         assert ready["ready"] is True
         assert ready["api"].startswith("http://127.0.0.1:")
         children = children_of(process.pid)
 
         # When Genesys (as we sign like it) posts an event to <api>/webhooks/<integrationId>
-        fixtures = json.loads(fixtures_file.read_text())
-        integration = fixtures["integrations"][0]
+        integration = json.loads(fixtures_file.read_text())["integrations"][0]
         event = sample("openmessaging_text.json")
-        body = json.dumps(event).encode()
-        response = requests.post(
-            f"{ready['api']}/webhooks/{integration['id']}",
-            data=body,
-            headers={
-                "Content-Type": "application/json",
-                "X-Hub-Signature-256": sign(body, integration["signatureSecret"]),
-            },
-            timeout=15,
-        )
+        response = post_signed(ready["api"], integration, event)
 
         # Then the intake accepts it and our receiver gets it, signed with the target's secret
         assert response.status_code == 202, response.text
@@ -178,14 +202,6 @@ def test_serve_prints_ready_delivers_a_signed_post_and_stops_cleanly(
         else:
             os.killpg(process.pid, signal.SIGINT)
         code = process.wait(timeout=60)
-    finally:
-        if process.poll() is None:  # the test failed midway: leave no server behind either way
-            strays = children_of(process.pid)
-            process.kill()
-            process.wait()
-            for pid in strays:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
 
     # Then it exits cleanly, printed exactly one ready line, logged no error on the way out, and left no
     # child process behind
@@ -196,6 +212,40 @@ def test_serve_prints_ready_delivers_a_signed_post_and_stops_cleanly(
     assert sum(1 for line in stdout.lines if '"ready"' in line) == 1
     assert children, "serve should have started moto's server as a child process"
     assert [pid for pid in children if alive(pid)] == []
+
+
+def test_serve_presents_the_client_certificate_to_an_https_target_trusted_through_the_environment(
+    tmp_path: Path,
+) -> None:
+    # Given an HTTPS receiver that requires a client certificate from its own CA, and fixtures whose
+    # target presents one; the CA is trusted as the docs say: RELAY_LOCAL_TRUSTED_CAS in serve's
+    # environment
+    pki = Pki.create(tmp_path)
+    with HttpsReceiver(pki) as receiver:
+        doc = default_fixtures()
+        integration = doc["integrations"][0]
+        integration["targets"] = [
+            {
+                "id": "7e57c0de-1111-4222-8333-944455556666",
+                "name": "mtls",
+                "url": f"{receiver.url}/hooks/mtls",
+                "clientCertificate": pki.client_bundle("relay-e2e"),
+            }
+        ]
+        env = {**os.environ, "RELAY_LOCAL_TRUSTED_CAS": str(pki.ca_file())}
+        with serving(written(doc, tmp_path), tmp_path / "serve.stderr", env) as (process, stdout):
+            ready = stdout.wait_for_json("ready", timeout=90)
+
+            # When Genesys posts an event
+            response = post_signed(ready["api"], integration, sample("openmessaging_text.json"))
+
+            # Then the target gets it over TLS, from a relay that presented the client certificate
+            assert response.status_code == 202, response.text
+            (seen,) = wait_until(lambda: receiver.requests, what="a delivery to the mTLS target")
+            assert seen.path == "/hooks/mtls" and seen.client_certificate == "relay-e2e"
+            assert receiver.refused_handshakes == 0
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 0
 
 
 def test_demo_delivers_every_event_and_loses_none() -> None:

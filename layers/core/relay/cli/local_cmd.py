@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import tempfile
@@ -114,6 +115,16 @@ def _fixtures(path: Path | None) -> Fixtures:
     return fixtures
 
 
+# Settings the stack's functions take from this command's environment: they otherwise see only their
+# template's environment and the local mode's (moto, loopback targets). The docs tell a local user to
+# export these (a loopback HTTPS receiver's CA, docs/local-stack.md).
+CALLER_SETTINGS = ("RELAY_LOCAL_TRUSTED_CAS",)
+
+
+def _caller_settings() -> dict[str, str]:
+    return {name: os.environ[name] for name in CALLER_SETTINGS if name in os.environ}
+
+
 def _stack_failed(exc: Exception) -> CommandFailed:
     return CommandFailed(f"the local stack did not start: {exc}")
 
@@ -129,7 +140,7 @@ def serve_command(args: argparse.Namespace) -> int:
     from relay.local.stack import LocalStack
 
     try:
-        with LocalStack(args.fixtures, args.port) as stack:
+        with LocalStack(args.fixtures, args.port, environment=_caller_settings()) as stack:
             _emit(out, {"ready": True, **stack.describe()})
             while not stop.wait(1.0):
                 pass
@@ -158,7 +169,7 @@ def demo_command(args: argparse.Namespace) -> int:
     from relay.local.stack import LocalStack
 
     try:
-        with LocalStack(args.fixtures, function_output=log_file) as stack:
+        with LocalStack(args.fixtures, function_output=log_file, environment=_caller_settings()) as stack:
             print(f"relay local demo: stack up, sending {args.events} events", file=sys.stderr)
             report = run_demo(stack, args.events, timeout_seconds=args.timeout, rate=args.rate)
     except LocalStackError as exc:
