@@ -94,6 +94,13 @@ def default_fixtures() -> dict[str, Any]:
     return doc
 
 
+def with_only_target(target: dict[str, Any]) -> dict[str, Any]:
+    """The default fixtures' document, its integration delivering to ``target`` only."""
+    doc = default_fixtures()
+    doc["integrations"][0]["targets"] = [target]
+    return doc
+
+
 def written(doc: dict[str, Any], tmp_path: Path) -> Path:
     """``doc`` as the test's own fixtures file."""
     path = tmp_path / "fixtures.json"
@@ -110,9 +117,7 @@ def own_receiver() -> Iterator[Receiver]:
 @pytest.fixture
 def fixtures_file(tmp_path: Path, own_receiver: Receiver) -> Path:
     """The default integration, delivering to a receiver this test runs (a non-port-0 loopback URL)."""
-    doc = default_fixtures()
-    integration = doc["integrations"][0]
-    integration["targets"] = [
+    doc = with_only_target(
         {
             "id": "5c0ffee0-1111-4222-8333-944455556666",
             "name": "e2e-own-receiver",
@@ -122,7 +127,7 @@ def fixtures_file(tmp_path: Path, own_receiver: Receiver) -> Path:
             "retryMatrix": {"attempts": 3, "baseIntervalMs": 200, "maxIntervalMs": 1000, "multiplier": 2},
             "onExhaustd": "dead-letter",  # misspelt: serve warns and goes on
         }
-    ]
+    )
     return written(doc, tmp_path)
 
 
@@ -222,16 +227,15 @@ def test_serve_presents_the_client_certificate_to_an_https_target_trusted_throug
     # environment
     pki = Pki.create(tmp_path)
     with HttpsReceiver(pki) as receiver:
-        doc = default_fixtures()
-        integration = doc["integrations"][0]
-        integration["targets"] = [
+        doc = with_only_target(
             {
                 "id": "7e57c0de-1111-4222-8333-944455556666",
                 "name": "mtls",
                 "url": f"{receiver.url}/hooks/mtls",
                 "clientCertificate": pki.client_bundle("relay-e2e"),
             }
-        ]
+        )
+        integration = doc["integrations"][0]
         env = {**os.environ, "RELAY_LOCAL_TRUSTED_CAS": str(pki.ca_file())}
         with serving(written(doc, tmp_path), tmp_path / "serve.stderr", env) as (process, stdout):
             ready = stdout.wait_for_json("ready", timeout=90)
