@@ -101,6 +101,16 @@ def with_only_target(target: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+def plain_target_only(retry_matrix: dict[str, int]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The default fixtures' document with only its unencrypted target, retrying as ``retry_matrix``
+    says, and that target."""
+    doc = default_fixtures()
+    target = next(t for t in doc["integrations"][0]["targets"] if "encryptionKey" not in t)
+    target["retryMatrix"] = retry_matrix
+    doc["integrations"][0]["targets"] = [target]
+    return doc, target
+
+
 def written(doc: dict[str, Any], tmp_path: Path) -> Path:
     """``doc`` as the test's own fixtures file."""
     path = tmp_path / "fixtures.json"
@@ -365,11 +375,9 @@ def test_the_tally_counts_dead_letters_from_the_dlq_and_stop_leaves_nothing_behi
     from relay.local.stack import LocalStack
 
     # Given a stack whose only target always answers 500, with a short retry matrix
-    doc = default_fixtures()
-    integration = doc["integrations"][0]
-    target = next(t for t in integration["targets"] if "encryptionKey" not in t)
-    target["retryMatrix"] = {"attempts": 2, "baseIntervalMs": 200, "maxIntervalMs": 500, "multiplier": 2}
-    integration["targets"] = [target]
+    doc, target = plain_target_only(
+        {"attempts": 2, "baseIntervalMs": 200, "maxIntervalMs": 500, "multiplier": 2}
+    )
     fixtures = written(doc, tmp_path)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     children_before = set(children_of(os.getpid()))
@@ -399,3 +407,64 @@ def test_the_tally_counts_dead_letters_from_the_dlq_and_stop_leaves_nothing_behi
         if t.name.startswith(("sqs-poller", "api-adapter", "eventbridge"))
     ]
     assert leftovers == []
+
+
+def test_the_tally_reads_the_ordered_dead_letters_and_the_audit_of_targets_it_cannot_see(
+    tmp_path: Path, own_receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from relay.local.demo import run_demo
+    from relay.local.receiver import Behaviour
+    from relay.local.stack import LocalStack
+
+    # Given an ordered target that always answers 500 with one attempt (its letters go to the ordered
+    # lane's DLQ), and a target at a URL of our own (the demo cannot see its requests)
+    doc = default_fixtures()
+    integration = doc["integrations"][0]
+    ordered = next(t for t in integration["targets"] if "encryptionKey" not in t)
+    ordered.update(ordering="conversation", retryMatrix={"attempts": 1})
+    own = {
+        "id": "0a0a0a0a-1111-4222-8333-944455556666",
+        "name": "own",
+        "url": f"{own_receiver.url}/hooks/e2e",
+        "signingSecret": SIGNING_SECRET,
+    }
+    integration["targets"] = [ordered, own]
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+
+    # When the demo sends three events
+    with LocalStack(written(doc, tmp_path)) as stack:
+        stack.receivers[ordered["id"]].receiver.behaviour = Behaviour(status=500)
+        report = run_demo(stack, 3, timeout_seconds=90)
+
+    # Then our receiver got each event once, which the tally knows from the relay's audit, and each
+    # event counts as dead-lettered (read from the ordered DLQ): none lost
+    assert len(own_receiver.deliveries) == 3
+    assert report.unobserved_targets == ["own"]
+    assert (report.accepted, report.delivered, report.dead_lettered, report.lost) == (3, 0, 3, 0)
+
+
+def test_deliveries_still_queued_when_the_demo_stops_waiting_are_pending_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from relay.local.demo import run_demo
+    from relay.local.receiver import Behaviour
+    from relay.local.stack import LocalStack
+
+    # Given a target that answers 500 and retries only after 30 s
+    doc, target = plain_target_only(
+        {"attempts": 3, "baseIntervalMs": 30_000, "maxIntervalMs": 30_000, "multiplier": 1}
+    )
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+
+    # When the demo stops waiting before the retries are due
+    with LocalStack(written(doc, tmp_path)) as stack:
+        stack.receivers[target["id"]].receiver.behaviour = Behaviour(status=500)
+        report = run_demo(stack, 2, timeout_seconds=10)
+        tried = len(stack.receivers[target["id"]].receiver.requests)
+
+    # Then its events are pending, not lost: the queue still holds them
+    summary = report.to_dict()
+    assert tried == 2, summary
+    assert report.drained is False, summary
+    assert (report.accepted, report.delivered, report.pending, report.lost) == (2, 0, 2, 0), summary
+    assert report.ok is False

@@ -6,10 +6,15 @@ raw body with the integration's signature secret), at ``rate`` events per second
 10 by default). The demo then waits until the delivery queues are empty and the pollers idle, and
 counts from what actually happened:
 
-- ``delivered``: accepted events that reached every one of their targets' receivers;
-- ``dead_lettered``: accepted events with a delivery task in the DLQ (its messages are read and
-  their ``DeliveryTask`` bodies decoded);
-- ``lost``: accepted events with a target that neither got them nor has them in the DLQ.
+- ``delivered``: accepted events that reached every one of their targets: a demo receiver got them,
+  or, for a target at a URL of your own (which the demo cannot see), the relay's audit says the
+  target answered 2xx;
+- ``dead_lettered``: accepted events with a delivery task in a DLQ, the standard one or the ordered
+  lane's (their messages are read and their ``DeliveryTask`` bodies decoded), delivered elsewhere;
+- ``pending``: when the queues did not drain in time, accepted events with a delivery neither made
+  nor dead-lettered yet: the relay is still on it (a retry or a deferral not yet due);
+- ``lost``: once the queues drained, accepted events with a target that neither got them nor has
+  them in a DLQ.
 
 Latency, per (event, target): ``p50_ms``/``p99_ms`` end to end (the POST leaving the demo to the
 receiver accepting it), and ``latency`` the relay-added latency (the intake's 202 to the request's
@@ -30,10 +35,13 @@ from typing import Any
 
 import requests
 
+from relay.adapters.audit import S3AuditReader
+from relay.local.aws_stack import local_client
 from relay.local.fixtures import FixtureIntegration
 from relay.local.latency import ReceiveLog, Timing, latency_report, percentile
 from relay.local.receiver import ReceivedRequest
 from relay.local.stack import LocalStack, targets_by_integration
+from relay.logic.dispatch.batch import DELIVERED
 from relay.logic.intake.filters import EventFacts, filtered_out
 from relay.logic.signature import sign
 from relay.models.delivery import DeliveryTask
@@ -63,6 +71,7 @@ class DemoReport:
     accepted: int = 0
     delivered: int = 0
     dead_lettered: int = 0
+    pending: int = 0  # not settled yet when the demo stopped waiting (drained is false)
     lost: int = 0
     p50_ms: float | None = None
     p99_ms: float | None = None
@@ -205,30 +214,48 @@ def _wait_until_settled(stack: LocalStack, sent: list[SentEvent], timeout_second
 
 
 def _dead_lettered(stack: LocalStack) -> set[tuple[str, str]]:
-    """(event id, target id) of every delivery task in the DLQ."""
+    """(event id, target id) of every delivery task in the DLQs: the standard one and the ordered lane's."""
     assert stack.resources is not None
+    queues = [stack.resources.dead_letter_queue_url, stack.resources.ordered_dead_letter_queue_url]
     found: set[tuple[str, str]] = set()
-    while True:
-        messages = stack.sqs.receive_message(
-            QueueUrl=stack.resources.dead_letter_queue_url,
+    for queue_url in filter(None, queues):
+        while messages := stack.sqs.receive_message(
+            QueueUrl=queue_url,
             MaxNumberOfMessages=10,
             VisibilityTimeout=60,  # read each message once; they stay in the DLQ
             WaitTimeSeconds=0,
-        ).get("Messages", [])
-        if not messages:
-            return found
-        for message in messages:
-            try:
-                task = DeliveryTask.model_validate_json(message["Body"])
-            except ValueError:
-                continue  # not a delivery task: it cannot stand for any sent event
-            found.add((task.event_id, task.target_id))
+        ).get("Messages", []):
+            for message in messages:
+                try:
+                    task = DeliveryTask.model_validate_json(message["Body"])
+                except ValueError:
+                    continue  # not a delivery task: it cannot stand for any sent event
+                found.add((task.event_id, task.target_id))
+    return found
+
+
+def _audited_deliveries(stack: LocalStack, targets: set[str], since: float) -> set[tuple[str, str]]:
+    """(event id, target id) the dispatchers audited as delivered (the target answered 2xx) for
+    ``targets``: what the demo knows of targets at URLs of your own, whose requests it cannot see."""
+    assert stack.resources is not None
+    if not targets:
+        return set()
+    reader = S3AuditReader(local_client("s3", stack.resources.endpoint_url), stack.resources.audit_bucket)
+    days = sorted({datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d") for t in (since, time.time())})
+    return {
+        (str(line.get("eventId")), str(line.get("targetId")))
+        for line in reader.lines(days, containing=DELIVERED)
+        if line.get("outcome") == DELIVERED and line.get("targetId") in targets
+    }
 
 
 def _tally(stack: LocalStack, sent: list[SentEvent], report: DemoReport, receipts: ReceiveLog) -> None:
     targets = targets_by_integration(stack.fixtures)
     observed = {r.target_id for r in stack.receivers.values()}
-    report.unobserved_targets = sorted(t.name for ts in targets.values() for t in ts if t.id not in observed)
+    unobserved = [t for ts in targets.values() for t in ts if t.id not in observed]
+    report.unobserved_targets = sorted(t.name for t in unobserved)
+    first_sent = min((s.sent_at for s in sent), default=time.time())
+    audited = _audited_deliveries(stack, {t.id for t in unobserved}, first_sent)
     delivered = _delivered(stack)
     dead = _dead_lettered(stack)
     latencies: list[float] = []
@@ -236,10 +263,13 @@ def _tally(stack: LocalStack, sent: list[SentEvent], report: DemoReport, receipt
     for event in (s for s in sent if s.accepted):
         report.filtered_out += len(targets[event.integration_id]) - len(event.targets)
         pairs = [(event.event_id, target_id) for target_id in event.targets]
-        if all(p in delivered for p in pairs):
+        made = [p for p in pairs if p in delivered or p in audited]
+        if len(made) == len(pairs):
             report.delivered += 1
-        elif any(p in dead for p in pairs) and all(p in delivered or p in dead for p in pairs):
+        elif any(p in dead for p in pairs) and all(p in made or p in dead for p in pairs):
             report.dead_lettered += 1
+        elif not report.drained:
+            report.pending += 1
         else:
             report.lost += 1
         for request in (delivered[p] for p in pairs if p in delivered):
