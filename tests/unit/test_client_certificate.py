@@ -96,6 +96,15 @@ def test_an_expired_certificate_is_refused_when_the_time_is_given(pki: Pki) -> N
         parse_client_certificate(bundle, now=later)
 
 
+def test_a_certificate_not_valid_yet_is_refused_when_the_time_is_given(pki: Pki) -> None:
+    # A certificate issued now, judged as of yesterday: as one issued for tomorrow is judged today
+    bundle = pki.client_bundle(valid_days=1)
+    earlier = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
+
+    with pytest.raises(InvalidClientCertificate, match="not valid before"):
+        parse_client_certificate(bundle, now=earlier)
+
+
 class RecordingContext:
     """An SSLContext stand-in that looks at what it is asked to load, while it exists, then loads it
     into a real context (the TLS library is the boundary here)."""

@@ -6,8 +6,9 @@ and the certificate's private key, unencrypted (PKCS #8, PKCS #1 or SEC 1), in a
 Manager encrypts it at rest; a passphrase would only move the secret elsewhere.
 
 ``parse_client_certificate`` checks a bundle (config sync refuses one that does not parse, has no key
-or several, whose key matches none of its certificates, or whose certificate has expired) and puts
-it in the order OpenSSL loads: the certificate that matches the key, the rest of the chain, the key.
+or several, whose key matches none of its certificates, or whose certificate has expired or is not
+valid yet) and puts it in the order OpenSSL loads: the certificate that matches the key, the rest of
+the chain, the key.
 Errors are ``InvalidClientCertificate`` with messages that never quote the bundle.
 
 ``cryptography`` is imported inside the function: only config sync and targets with mTLS need it.
@@ -36,7 +37,8 @@ class ClientCertificate:
 
 
 def parse_client_certificate(bundle: str, *, now: datetime | None = None) -> ClientCertificate:
-    """The bundle, checked and in load order. ``now``: also refuse a certificate expired by then."""
+    """The bundle, checked and in load order. ``now``: also refuse a certificate expired by then, or not
+    valid yet."""
     from cryptography import x509
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
@@ -69,6 +71,11 @@ def parse_client_certificate(bundle: str, *, now: datetime | None = None) -> Cli
     if now is not None and leaf.not_valid_after_utc <= now:
         raise InvalidClientCertificate(
             f"the client certificate expired at {leaf.not_valid_after_utc.isoformat()}"
+        )
+    if now is not None and leaf.not_valid_before_utc > now:
+        # Presented now, every handshake would fail; refused, the last good config stays until then.
+        raise InvalidClientCertificate(
+            f"the client certificate is not valid before {leaf.not_valid_before_utc.isoformat()}"
         )
     chain = [leaf, *(c for c in certificates if c is not leaf)]
     key_pem = key.private_bytes(
