@@ -318,3 +318,15 @@ def test_the_progress_line_is_throttled_off_a_terminal() -> None:
         line(Progress("scan", done, None))
 
     assert stream.getvalue().splitlines() == ["scan: 1  moved 0  failed 0", "scan: 3  moved 0  failed 0"]
+
+
+def test_the_last_progress_is_drawn_when_the_line_closes_so_it_agrees_with_the_summary() -> None:
+    stream = io.StringIO()
+    ticks = iter([0.0, 0.0, 1.0])
+    line = ProgressLine(stream, clock=lambda: next(ticks))
+
+    line(Progress("redrive", 3, 4, moved=3))
+    line(Progress("redrive", 4, 4, moved=4))  # within the interval: not drawn yet
+    line.close()
+
+    assert stream.getvalue().splitlines()[-1].endswith("4/~4  moved 4  failed 0")

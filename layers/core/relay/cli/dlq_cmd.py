@@ -141,15 +141,23 @@ class ProgressLine:
         self._interval = interval_seconds if interval_seconds is not None else (0.1 if self._tty else 5.0)
         self._last = -float("inf")
         self._drawn = False
+        self._undrawn: Progress | None = None
 
     def __call__(self, progress: Progress) -> None:
-        if not self._enabled or self._clock() - self._last < self._interval:
+        if not self._enabled:
+            return
+        if self._clock() - self._last < self._interval:
+            self._undrawn = progress  # drawn at close, so the last line agrees with the summary
             return
         self._last = self._clock()
+        self._draw(progress)
+
+    def _draw(self, progress: Progress) -> None:
         line = self.render(progress.phase, progress.done, progress.total, progress.moved, progress.failed)
         self._stream.write(f"\r{line}\x1b[K" if self._tty else f"{line}\n")
         self._stream.flush()
         self._drawn = True
+        self._undrawn = None
 
     @classmethod
     def render(cls, phase: str, done: int, total: int | None, moved: int, failed: int) -> str:
@@ -161,6 +169,8 @@ class ProgressLine:
         return f"{phase}: {bar}  moved {moved}  failed {failed}"
 
     def close(self) -> None:
+        if self._undrawn is not None:
+            self._draw(self._undrawn)
         if self._drawn and self._tty:
             self._stream.write("\n")
             self._stream.flush()
