@@ -57,7 +57,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from relay.local.function_worker import WorkerFunction
 from relay.local.latency import summary
 from relay.local.receiver import Behaviour, Receiver, hangs_first_try
 from relay.local.stack import LocalStack
@@ -128,9 +127,7 @@ def local_stack(
             stack.receivers[SLOW[1]].receiver.behaviour = Behaviour(
                 latency_seconds=slow.latency_seconds, first_try_hang_rate=slow.first_try_hang_rate
             )
-        for function in (stack.dispatcher, stack.slow_dispatcher):
-            if isinstance(function, WorkerFunction):
-                function.warm_up({"Records": []})
+        stack.warm_up_dispatchers(slow_lane=True)
         yield stack
 
 

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 from relay.local.demo import run_demo
-from relay.local.function_worker import WorkerFunction
 from relay.local.stack import LocalStack
 
 LAMBDA_REQUEST_USD = 0.20 / 1_000_000
@@ -50,9 +49,7 @@ def measure(window: int, events: int, rate: float, log_dir: Path) -> dict[str, A
     with (log_dir / f"functions-window-{window}.log").open("w", encoding="utf-8") as log:
         parameters = {"DispatcherBatchingWindowSeconds": str(window)}
         with LocalStack(parameters=parameters, dispatcher_workers=True, function_output=log) as stack:
-            for function in (stack.dispatcher, stack.slow_dispatcher):
-                if isinstance(function, WorkerFunction):
-                    function.warm_up({"Records": []})
+            stack.warm_up_dispatchers(slow_lane=True)
             # Each container's first deliveries load its targets and secrets (and derive the
             # encrypting target's key): warm-up events, not measured, as steady traffic has had.
             run_demo(stack, WARM_UP_EVENTS, rate=rate, timeout_seconds=300)

@@ -140,7 +140,13 @@ def serve_command(args: argparse.Namespace) -> int:
     from relay.local.stack import LocalStack
 
     try:
-        with LocalStack(args.fixtures, args.port, environment=_caller_settings()) as stack:
+        # Each dispatcher in containers of its own (worker processes), as in AWS: in this process the
+        # event source's concurrent batches would queue behind one another (one module, one
+        # container), and a slow target would hold the fast lane until it is measured and moved.
+        with LocalStack(
+            args.fixtures, args.port, environment=_caller_settings(), dispatcher_workers=True
+        ) as stack:
+            stack.warm_up_dispatchers()
             _emit(out, {"ready": True, **stack.describe()})
             while not stop.wait(1.0):
                 pass
