@@ -99,6 +99,38 @@ def test_each_sample_goes_where_the_templates_rule_sends_it(stack: LocalStack, p
         assert set(received(stack, event_id).values()) == {0}
 
 
+def test_put_event_sends_a_list_of_eleven_in_requests_of_ten_and_sizes_text_in_bytes(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    # Given eleven Genesys events in one file (PutEvents takes ten per request), one of them with about
+    # 160 KB of emoji in its body: under the 256 KB limit in UTF-8, three times over it ASCII-escaped
+    events = [eventbridge_event() for _ in range(11)]
+    body = events[0]["detail"]["eventBody"]
+    events[0]["detail"] = {**events[0]["detail"], "eventBody": {**body, "note": "\U0001f600" * 40_000}}
+    path = tmp_path / "eleven.json"
+    path.write_text(json.dumps(events, ensure_ascii=False), encoding="utf-8")
+
+    # When it is published with `relay local put-event`
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "local", "put-event", str(path), "--api", stack.api_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    # Then every event is accepted, in one answer, and the big one reaches the receivers whole
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    answer = json.loads(result.stdout)
+    assert answer["FailedEntryCount"] == 0 and len(answer["Entries"]) == 11
+    big = answer["Entries"][0]["EventId"]
+    expected = {r.target_name: 1 for r in stack.receivers.values()}
+    wait_until(lambda: received(stack, big) == expected, timeout=WAIT, what=f"{expected} deliveries")
+    delivered = next(iter(stack.receivers.values())).receiver.deliveries
+    got = next(d.event for d in delivered if (d.event or {}).get("id") == big)
+    assert got is not None and got["detail"]["eventBody"]["note"] == "\U0001f600" * 40_000
+
+
 def test_an_event_the_intake_refuses_ends_on_the_failure_queue_after_the_retries(stack: LocalStack) -> None:
     assert stack.eventbridge is not None and stack.template is not None
     # Given a Genesys event whose detail the intake cannot accept (no topicName, no eventBody)

@@ -199,31 +199,41 @@ def put_event_command(args: argparse.Namespace) -> int:
         raise UsageError(f"no API: pass --api <the api URL serve printed> or set {API_ENV}")
     try:
         text = sys.stdin.read() if str(args.file) == "-" else args.file.read_text(encoding="utf-8")
-        request = put_events_request(load_json(text), args.event_bus)
+        requests_to_send = put_events_requests(load_json(text), args.event_bus)
     except ValueError as exc:  # not JSON (or not UTF-8), or not events
         raise UsageError(f"{args.file}: {exc}") from None
-    try:
-        response = requests.post(f"{api.rstrip('/')}{PUT_EVENTS_PATH}", json=request, timeout=30)
-    except requests.RequestException as exc:
-        raise CommandFailed(f"cannot reach {api}: {type(exc).__name__}") from None
-    try:
-        answer = response.json()
-    except ValueError:
-        answer = {"status": response.status_code, "body": response.text[:500]}
-    _emit(sys.stdout, answer)
-    return ExitCode.OK if response.ok and answer.get("FailedEntryCount") == 0 else ExitCode.ATTENTION
+    merged: dict[str, Any] = {"FailedEntryCount": 0, "Entries": []}
+    for request in requests_to_send:
+        try:
+            response = requests.post(f"{api.rstrip('/')}{PUT_EVENTS_PATH}", json=request, timeout=30)
+        except requests.RequestException as exc:
+            raise CommandFailed(f"cannot reach {api}: {type(exc).__name__}") from None
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = {"status": response.status_code, "body": response.text[:500]}
+        if not response.ok or not isinstance(answer.get("Entries"), list):
+            _emit(sys.stdout, answer)  # the request was refused whole: its answer as it is
+            return ExitCode.ATTENTION
+        merged["FailedEntryCount"] += int(answer.get("FailedEntryCount", 0))
+        merged["Entries"] += answer["Entries"]
+    _emit(sys.stdout, merged)
+    return ExitCode.OK if merged["FailedEntryCount"] == 0 else ExitCode.ATTENTION
 
 
-def put_events_request(document: Any, event_bus: str | None = None) -> dict[str, Any]:
-    """A PutEvents request from a file's content: a request as it is, or EventBridge events as entries.
+def put_events_requests(document: Any, event_bus: str | None = None) -> list[dict[str, Any]]:
+    """PutEvents requests from a file's content: a request as it is, or EventBridge events as entries,
+    at most 10 to a request (PutEvents refuses more).
 
     An event's ``id`` is not kept: EventBridge gives every entry a new one (PutEvents' ``EventId``).
     ``ValueError`` for content that is neither, or holds no event (PutEvents would refuse it whole).
     """
+    from relay.local.eventbridge import MAX_ENTRIES as PUT_EVENTS_MAX_ENTRIES
+
     if isinstance(document, dict) and "Entries" in document:
         if document["Entries"] == []:
             raise ValueError('holds no events: its "Entries" is empty')
-        return document
+        return [document]
     events = document if isinstance(document, list) else [document]
     if not events:
         raise ValueError("holds no events: the list is empty")
@@ -236,7 +246,8 @@ def put_events_request(document: Any, event_bus: str | None = None) -> dict[str,
         entry: dict[str, Any] = {
             "Source": event["source"],
             "DetailType": event["detail-type"],
-            "Detail": json.dumps(event["detail"]),
+            # Not ASCII-escaped: an emoji stays 4 bytes (escaped, 12), and entries are sized in bytes.
+            "Detail": json.dumps(event["detail"], ensure_ascii=False),
             "Resources": event.get("resources", []),
         }
         if event.get("time"):
@@ -244,4 +255,7 @@ def put_events_request(document: Any, event_bus: str | None = None) -> dict[str,
         if event_bus:
             entry["EventBusName"] = event_bus
         entries.append(entry)
-    return {"Entries": entries}
+    return [
+        {"Entries": entries[start : start + PUT_EVENTS_MAX_ENTRIES]}
+        for start in range(0, len(entries), PUT_EVENTS_MAX_ENTRIES)
+    ]
