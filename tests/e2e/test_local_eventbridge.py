@@ -38,6 +38,17 @@ def put(stack: LocalStack, event: dict[str, Any]) -> str:
     return event_id
 
 
+def put_event_command(stack: LocalStack, path: Path) -> subprocess.CompletedProcess[str]:
+    """`relay local put-event PATH` against the stack."""
+    return subprocess.run(
+        [sys.executable, "-m", "relay", "local", "put-event", str(path), "--api", stack.api_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def received(stack: LocalStack, event_id: str) -> dict[str, int]:
     """How many deliveries of the event each demo receiver accepted, by target name."""
     return {
@@ -78,13 +89,7 @@ def test_each_sample_goes_where_the_templates_rule_sends_it(stack: LocalStack, p
     genesys = sample["source"].startswith("aws.partner/genesys.com")
 
     # When the sample is published with `relay local put-event`
-    result = subprocess.run(
-        [sys.executable, "-m", "relay", "local", "put-event", str(path), "--api", stack.api_url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = put_event_command(stack, path)
     assert result.returncode == 0, result.stderr[-2000:]
     event_id = json.loads(result.stdout)["Entries"][0]["EventId"]
 
@@ -111,13 +116,7 @@ def test_put_event_sends_a_list_of_eleven_in_requests_of_ten_and_sizes_text_in_b
     path.write_text(json.dumps(events, ensure_ascii=False), encoding="utf-8")
 
     # When it is published with `relay local put-event`
-    result = subprocess.run(
-        [sys.executable, "-m", "relay", "local", "put-event", str(path), "--api", stack.api_url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = put_event_command(stack, path)
 
     # Then every event is accepted, in one answer, and the big one reaches the receivers whole
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
