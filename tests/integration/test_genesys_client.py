@@ -409,12 +409,13 @@ def test_unknown_integration_is_not_found(genesys: FakeGenesys) -> None:
         _client(genesys).get_integration("00000000-0000-4000-8000-000000000000")
 
 
-def test_5xx_is_unavailable(genesys: FakeGenesys) -> None:
+@pytest.mark.parametrize("retry_after", [None, 1.0], ids=["plain", "with Retry-After"])
+def test_5xx_is_unavailable(genesys: FakeGenesys, retry_after: float | None) -> None:
     client = _client(genesys)
     client.login()
-    genesys.add_fault(Fault("status", status=503, path=API_PATH))
+    genesys.add_fault(Fault("status", status=503, path=API_PATH, retry_after=retry_after))
 
-    with pytest.raises(GenesysUnavailable):
+    with pytest.raises(GenesysUnavailable, match="503"):
         client.get_integration(TARGET_ID)
 
 

@@ -447,7 +447,8 @@ class _Handler(BaseHTTPRequestHandler):
         headers: dict[str, str] = {}
         if retry_after is not None:
             headers["Retry-After"] = str(int(retry_after) if float(retry_after).is_integer() else retry_after)
-            message = message % headers["Retry-After"]
+            if "%s" in message:  # only the 429 message names the wait
+                message = message % headers["Retry-After"]
         self._send_json(status, _error_body(status, message, code), headers)
 
     def _apply_fault(self, fault: Fault | None) -> bool:
