@@ -221,3 +221,9 @@ def test_durations(text: str, expected: timedelta) -> None:
 def test_durations_that_are_not_are_refused(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         duration(text)
+
+
+@pytest.mark.parametrize("text", ["1h30m", "7 days", "h"])
+def test_a_refused_duration_is_quoted_as_typed(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match=f"not a duration: '{text}'"):
+        duration(text)

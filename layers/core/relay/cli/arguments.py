@@ -53,9 +53,12 @@ MAX_LOOKBACK = timedelta(days=400)
 def duration(text: str) -> timedelta:
     """``90m``, ``24h``, ``7d``, ``2w`` (or bare seconds): how far back a command looks."""
     number, unit = (text[:-1], text[-1].lower()) if text and text[-1].isalpha() else (text, "s")
-    if unit not in _UNITS:
+    try:
+        value = float(number)
+    except ValueError:
+        value = math.nan
+    if unit not in _UNITS or math.isnan(value):  # the message quotes what was typed, whole
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90m, 24h, 7d, 2w)")
-    value = _parse(number, float, "a duration (e.g. 90m, 24h, 7d)")
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a duration above 0, not {text}")
     seconds = value * _UNITS[unit]
