@@ -26,7 +26,7 @@ from relay.cli import main
 from relay.local.aws_stack import LocalResources
 from relay.local.receiver import Behaviour, Receiver
 from relay.logic.dispatch import Dispatcher
-from relay.models.breaker import Phase, target_key
+from relay.models.breaker import DeliveryLane, LaneState, Phase, target_key
 from relay.models.secrets import SecretKind
 from relay.models.targets import Integration
 from relay.settings import get_settings
@@ -100,6 +100,32 @@ def test_status_without_a_target_lists_every_target_and_one_without_a_record_is_
     assert code == 0
     phases = {doc["targetId"]: (doc["phase"], doc["stored"]) for doc in _json_lines(out)}
     assert phases == {PLAIN_TARGET: ("open", True), OTHER_TARGET: ("closed", False)}
+
+
+def test_status_shows_which_lane_each_target_is_in(
+    aws_stack: LocalResources, receiver: Receiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given two targets, one of them moved to the slow lane by a dispatcher (its lane, beside a breaker
+    # that never opened)
+    seed_target(aws_stack, f"{receiver.url}/hooks/plain")
+    seed_target(aws_stack, f"{receiver.url}/hooks/other", target_id=OTHER_TARGET)
+    moved = LaneState(DeliveryLane.SLOW, version=1, changed_at=1_796_000_000.0)
+    assert breaker_store(get_settings()).save_lane(
+        target_key(INTEGRATION_ID, OTHER_TARGET), moved, expected_version=0
+    )
+
+    # When an operator reads the breakers
+    code, out, _ = _run(capsys, "status", "--format", "json")
+    _, table, _ = _run(capsys, "status")
+
+    # Then each says its lane (and when it moved), in JSON and in the table
+    assert code == 0
+    lanes = {doc["targetId"]: (doc["lane"], doc["laneChangedAt"], doc["stored"]) for doc in _json_lines(out)}
+    assert lanes == {
+        PLAIN_TARGET: ("fast", None, False),
+        OTHER_TARGET: ("slow", "2026-11-30T00:53:20Z", False),
+    }
+    assert "LANE" in table.splitlines()[0] and "slow" in table
 
 
 def test_reset_closes_the_breaker_and_the_next_batch_is_delivered(

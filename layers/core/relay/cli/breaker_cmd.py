@@ -103,6 +103,7 @@ def _status(args: Any, out: IO[str] | None = None) -> int:
             "PROBE IN",
             "PROBE",
             "V",
+            "LANE",
         )
     ]
     rows.extend(_row(v) for v in views)
@@ -125,6 +126,7 @@ def _row(v: dict[str, Any]) -> tuple[str, ...]:
         "-" if probe_in is None else f"{probe_in:g}s",
         "claimed" if v["probeClaimed"] else "-",
         str(v["version"]),
+        v["lane"],
     )
 
 
@@ -142,8 +144,9 @@ def _reset(args: Any, out: IO[str] | None = None) -> int:
     except ResetConflict as exc:
         raise NeedsAttention(str(exc)) from None
     now, policy = time.time(), policy_from(settings)
-    before = view(target, result.before, now, policy).to_json()
-    after = view(target, result.after, now, policy).to_json()
+    _, lane = breakers.load_with_lane(target_key(target.integration_id, target.target_id))  # reset keeps it
+    before = view(target, result.before, now, policy, lane).to_json()
+    after = view(target, result.after, now, policy, lane).to_json()
     if args.format == "json":
         doc = {
             "integrationId": target.integration_id,

@@ -14,7 +14,7 @@ from typing import Any
 
 from relay.errors import AmbiguousTarget, ResetConflict, UnknownTarget
 from relay.logic import breaker
-from relay.models.breaker import BreakerState, Phase, target_key
+from relay.models.breaker import BreakerState, LaneState, Phase, target_key
 from relay.models.targets import Target
 from relay.models.timestamps import iso_utc_from_epoch
 from relay.ports import BreakerStore, TargetRecords
@@ -68,6 +68,7 @@ class BreakerView:
     state: BreakerState
     now: float
     policy: breaker.BreakerPolicy
+    lane: LaneState = LaneState()  # which dispatcher delivers its records (stored beside the breaker)
 
     @property
     def opened_at(self) -> float | None:
@@ -105,6 +106,8 @@ class BreakerView:
             "probeClaimed": self.probe_claimed,
             "stored": state.version > 0,  # no record: a fresh closed breaker
             "version": state.version,
+            "lane": self.lane.lane.value,
+            "laneChangedAt": _iso(self.lane.changed_at) if self.lane.version else None,
         }
 
 
@@ -112,17 +115,35 @@ def _iso(epoch: float | None) -> str | None:
     return None if epoch is None else iso_utc_from_epoch(epoch, "seconds")
 
 
-def view(target: Target, state: BreakerState, now: float, policy: breaker.BreakerPolicy) -> BreakerView:
+def view(
+    target: Target,
+    state: BreakerState,
+    now: float,
+    policy: breaker.BreakerPolicy,
+    lane: LaneState | None = None,
+) -> BreakerView:
     return BreakerView(
-        target.integration_id, target.target_id, target.name, target.enabled, state, now, policy
+        target.integration_id,
+        target.target_id,
+        target.name,
+        target.enabled,
+        state,
+        now,
+        policy,
+        lane or LaneState(),
     )
 
 
 def breaker_views(
     breakers: BreakerStore, targets: Iterable[Target], now: float, policy: breaker.BreakerPolicy
 ) -> list[BreakerView]:
-    """Each target's stored breaker (one consistent read each); a target without a record is closed."""
-    return [view(t, breakers.load(target_key(t.integration_id, t.target_id)), now, policy) for t in targets]
+    """Each target's stored breaker and lane (one consistent read each); a target without a record is
+    closed, in the fast lane."""
+    views = []
+    for t in targets:
+        state, lane = breakers.load_with_lane(target_key(t.integration_id, t.target_id))
+        views.append(view(t, state, now, policy, lane))
+    return views
 
 
 # --- reset -------------------------------------------------------------------------------------------
