@@ -27,7 +27,7 @@ from relay.local.aws_stack import deployment_environment
 from relay.logic.deliveries.lookup import find_events
 from relay.logic.deliveries.operator import switch_target
 from relay.logic.deliveries.replay import plan_replay, run_replay
-from relay.logic.deliveries.timeline import FIELDS
+from relay.logic.deliveries.timeline import FIELDS, IDS
 from relay.models.archive import ArchiveRecord, archive_key
 from relay.models.breaker import BreakerState, Phase, target_key
 from relay.models.delivery import S3Ref
@@ -216,7 +216,9 @@ def test_the_timeline_query_returns_what_the_timeline_shows_with_the_parameters_
     assert [c.strip() for c in selected[1].split(",")] == [f.lower() for f in FIELDS]
     # relay deliveries show --athena passes [first day, id], in this order
     assert sql.count("?") == 2
-    assert sql.index("day >= ?") < sql.index("? IN (eventid, deliveryid, conversationid)")
+    # ... and looks the id up in the columns the timeline looks in (relay.logic.deliveries.timeline.IDS)
+    looked_in = f"? IN ({', '.join(key.lower() for key in IDS)})"
+    assert sql.index("day >= ?") < sql.index(looked_in)
 
 
 def test_the_failure_and_latency_queries_cover_the_last_24_hours_per_target() -> None:

@@ -281,6 +281,23 @@ def test_running_a_replay_queues_the_tasks_and_audits_who_did_it(history: Archiv
     assert show(history, "e-1").attempts[-1]["outcome"] == "replayed"
 
 
+def test_the_old_delivery_id_shows_the_replay_that_replaced_it(history: Archiving) -> None:
+    # Given a delivery replayed under a fresh id (--new-id)
+    old = ids("e-1", "erp")
+    replay = plan(history, "e-1", target_id="erp", new_id=True)
+    later = WHEN + timedelta(minutes=1)
+    run_replay(replay, queue=InMemoryDeliveryQueue(), audit=history.audit, actor="ops", now=later)
+    (new,) = [task.delivery_id for task in replay.tasks]
+
+    # When an operator looks the old delivery id up
+    found = show(history, old)
+
+    # Then its attempts are followed by the replay, which names the new id to follow
+    last = found.attempts[-1]
+    assert (last["outcome"], last["replayOf"], last["deliveryId"]) == ("replayed", old, str(new))
+    assert {line["deliveryId"] for line in found.attempts[:-1]} == {old}
+
+
 def test_a_replayed_task_is_delivered_with_the_same_webhook_id_and_text(history: Archiving) -> None:
     replay = plan(history, "e-1", target_id="crm")
     queue = InMemoryDeliveryQueue()

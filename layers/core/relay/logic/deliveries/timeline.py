@@ -31,7 +31,9 @@ FIELDS = (
     "replayOf",
     "invocationId",
 )
-IDS = ("eventId", "deliveryId", "conversationId")
+# A line is about an id it names here; ``replayOf`` leads from a delivery id to the replay that
+# replaced it (`relay deliveries replay --new-id`), whose line names the new id to follow.
+IDS = ("eventId", "deliveryId", "conversationId", "replayOf")
 _INTEGERS = ("attempt", "status", "retryInSeconds", "deferredSeconds")
 _NUMBERS = ("latencyMs",)
 
@@ -43,7 +45,7 @@ def days_back(now: datetime, since: timedelta) -> list[str]:
 
 
 def names(line: Mapping[str, Any], ident: str) -> bool:
-    """The line is about ``ident``: its event, its delivery or its conversation."""
+    """The line is about ``ident``: its event, its delivery, its conversation, or the delivery it replays."""
     return any(line.get(key) == ident for key in IDS)
 
 
