@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 from typing import Any
 
 import pytest
@@ -25,11 +24,10 @@ from relay.local.aws_stack import forget_cached_configuration
 from relay.local.fake_genesys import FakeGenesys, Fault
 from relay.local.fixtures import Fixtures, FixtureTarget
 from relay.logic.config_sync.report import Moved
-from relay.models.breaker import BreakerState, Phase, target_key
 from relay.models.secrets import RotatingSecret, SecretKind
 from relay.models.targets import SecurityType
 from relay.settings import get_settings
-from relay.wiring import aws_client, breaker_store, target_store
+from relay.wiring import aws_client, target_store
 from relay.wiring.config_sync import run_config_sync
 
 pytestmark = pytest.mark.integration
@@ -546,26 +544,6 @@ def test_a_target_the_relay_disabled_stays_disabled_until_its_config_changes(gen
     moved = _store().get_target(INTEGRATION.id, CRM.id)
     assert moved is not None and moved.enabled is True
     assert moved.url.endswith("/crm-v2") and moved.version == still.version + 1
-
-
-def test_a_new_url_starts_with_a_closed_breaker_other_changes_keep_it(genesys: FakeGenesys) -> None:
-    # Given both targets synced, and their breakers opened by failures at their old URLs
-    run_config_sync(get_settings())
-    breakers = breaker_store(get_settings())
-    opened = BreakerState(Phase.OPEN, consecutive_failures=5, trips=3, until=time.time() + 600, version=1)
-    for target in (CRM, ARCHIVE):
-        assert breakers.save(target_key(INTEGRATION.id, target.id), opened, expected_version=0)
-
-    # When an admin points CRM at a new URL and changes only ARCHIVE's headers, and the sync runs
-    genesys.update_config_properties(CRM.id, url="http://127.0.0.1:9/hooks/crm-v2")
-    genesys.update_config_properties(ARCHIVE.id, headers={"X-Team": "archive-2"})
-    report = run_config_sync(get_settings())
-
-    # Then CRM's breaker is closed (the new endpoint has no failures yet), and the report says so;
-    # ARCHIVE's, still the same endpoint, stays open
-    assert report.breakers_reset == [CRM.id]
-    assert breakers.load(target_key(INTEGRATION.id, CRM.id)).phase is Phase.CLOSED
-    assert breakers.load(target_key(INTEGRATION.id, ARCHIVE.id)).phase is Phase.OPEN
 
 
 # --- run-level Genesys failures, through sync_targets and the real SDK ----------------------------

@@ -560,24 +560,6 @@ def test_config_sync_runs_on_a_schedule(raw: Template) -> None:
     assert schedules and all(e["Properties"]["ScheduleExpression"] for e in schedules)
 
 
-def test_config_sync_may_read_and_close_breakers_and_nothing_more_on_their_table(raw: Template) -> None:
-    # A target whose URL changes gets its breaker closed (relay.logic.config_sync.run): a conditional
-    # UpdateItem after a GetItem, on the table the dispatchers use
-    spec = raw.function("ConfigSyncFunction")
-    assert (
-        spec.environment["BREAKER_TABLE"] == raw.function("DispatcherFunction").environment["BREAKER_TABLE"]
-    )
-    granted = {
-        action
-        for policy in raw.properties("ConfigSyncFunction")["Policies"]
-        for statement in policy.get("Statement", [])
-        for resource in _as_list(statement["Resource"])
-        if isinstance(resource, dict) and resource.get("Fn::GetAtt", [""])[0] == "BreakerTable"
-        for action in _as_list(statement["Action"])
-    }
-    assert granted == {"dynamodb:GetItem", "dynamodb:UpdateItem"}
-
-
 def test_config_sync_ends_its_run_before_the_function_times_out(raw: Template) -> None:
     # The run's deadline leaves room below Timeout for what follows the last Genesys request (one
     # item's writes, the error path), so a slow Genesys ends the run cleanly instead of being killed.

@@ -12,7 +12,7 @@ from relay.logic.config_sync import SyncReport, sync_targets
 from relay.logic.url_policy import Resolver, system_resolver
 from relay.ports import GenesysReader, SecretStore, TargetRecords
 from relay.settings import Settings
-from relay.wiring import breaker_store, secret_store, target_store
+from relay.wiring import secret_store, target_store
 
 
 def warm_up() -> None:
@@ -46,6 +46,5 @@ def run_config_sync(
         secrets=secrets,
         resolve=resolve,
         metrics=metrics,
-        breakers=breaker_store(settings) if settings.breaker_table else None,
         **options,
     )

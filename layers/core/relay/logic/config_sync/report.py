@@ -45,8 +45,6 @@ class SyncReport:
     rejected: list[Rejection] = field(default_factory=list)
     conflicts: list[Conflict] = field(default_factory=list)  # not written: changed since this run read it
     moved: list[Moved] = field(default_factory=list)
-    # Targets whose URL changed: their breaker was closed (the failures were the old endpoint's).
-    breakers_reset: list[str] = field(default_factory=list)
     secrets_written: int = 0
     synced_at: str = ""
 
@@ -62,6 +60,5 @@ class SyncReport:
                 {"target": m.target_id, "from": m.from_integration, "to": m.to_integration}
                 for m in self.moved
             ],
-            "breakersReset": self.breakers_reset,
             "secretsWritten": self.secrets_written,
         }

@@ -32,20 +32,17 @@ from relay.errors import (
     DependencyUnavailable,
     GenesysError,
     GenesysItemError,
-    ResetConflict,
 )
-from relay.logic.breaker_control import reset_breaker
 from relay.logic.config_sync.reading import ConfigReader
 from relay.logic.config_sync.report import Conflict, ItemKind, Moved, Rejection, SyncReport
 from relay.logic.config_sync.storage import RecordWriter, Written
 from relay.logic.url_policy import Resolver, UrlPolicy, system_resolver
-from relay.models.breaker import target_key
 from relay.models.secrets import SecretKind
 from relay.models.targets import Integration, SecurityType, Target, TargetSecurity
 from relay.models.timestamps import iso_utc
 from relay.models.webhook_config import WebhookSecurity
 from relay.observability import logger
-from relay.ports import BreakerStore, GenesysReader, SecretStore, TargetRecords
+from relay.ports import GenesysReader, SecretStore, TargetRecords
 from relay.settings import Settings
 
 # Failures that end the whole run: Genesys (any GenesysError but a GenesysItemError), AWS, settings.
@@ -69,15 +66,13 @@ def sync_targets(
     resolve: Resolver = system_resolver,
     now: Callable[[], datetime] = _utc_now,
     metrics: Metrics | None = None,
-    breakers: BreakerStore | None = None,
 ) -> SyncReport:
     """One sync run (relay.wiring.run_config_sync builds the real collaborators from ``settings``).
 
     ``metrics`` (the handler passes its powertools Metrics, flushed per invocation) receives
-    TargetsSynced and TargetsRejected; callers outside Lambda (the CLI) pass none. ``breakers``: the
-    dispatchers' breakers, closed for a target whose URL changed (None: left as they are).
+    TargetsSynced and TargetsRejected; callers outside Lambda (the CLI) pass none.
     """
-    run = _SyncRun(settings, genesys, store, secrets, resolve, iso_utc(now(), "microseconds"), breakers)
+    run = _SyncRun(settings, genesys, store, secrets, resolve, iso_utc(now(), "microseconds"))
     if not settings.genesys_open_messaging_integration_ids and not settings.genesys_webhook_integration_ids:
         logger.warning("config sync has nothing to read: no integration ids in settings")
     try:
@@ -122,10 +117,8 @@ class _SyncRun:
         secrets: SecretStore,
         resolve: Resolver,
         synced_at: str,
-        breakers: BreakerStore | None,
     ) -> None:
         self._settings = settings
-        self._breakers = breakers
         self.report = SyncReport(synced_at=synced_at)
         self._writer = RecordWriter(store, secrets, prefix=settings.secrets_prefix, synced_at=synced_at)
         open_messaging = set(settings.genesys_open_messaging_integration_ids)
@@ -272,26 +265,6 @@ class _SyncRun:
         previous = stored.target(target_id) if stored else None
         if self._store("target", record, previous, secrets_changed=secrets_changed):
             self._delete_moved_from(record)
-            if previous is not None and previous.url != record.url:
-                self._close_breaker(record)
-
-    def _close_breaker(self, target: Target) -> None:
-        """A new URL is a new endpoint: its breaker starts closed, not open for the old one's failures
-        (for up to its longest open time). A breaker that cannot be reset now is left for the
-        operator (`relay breaker reset`); the run goes on."""
-        if self._breakers is None:
-            return
-        key = target_key(target.integration_id, target.target_id)
-        try:
-            reset_breaker(self._breakers, key)
-        except (ResetConflict, DependencyUnavailable) as exc:
-            logger.warning(
-                "target has a new URL; its breaker could not be closed",
-                extra={"id": target.target_id, "error": str(exc)},
-            )
-            return
-        self.report.breakers_reset.append(target.target_id)
-        logger.info("target has a new URL; its breaker is closed", extra={"id": target.target_id})
 
     def _delete_moved_from(self, target: Target) -> None:
         """Delete the target's records under integrations its config no longer names: left in place,
