@@ -104,24 +104,31 @@ def test_each_sample_goes_where_the_templates_rule_sends_it(stack: LocalStack, p
         assert set(received(stack, event_id).values()) == {0}
 
 
-def test_put_event_sends_a_list_of_eleven_in_requests_of_ten_and_sizes_text_in_bytes(
+def test_put_event_sends_a_list_in_requests_putevents_takes_and_answers_for_every_event(
     stack: LocalStack, tmp_path: Path
 ) -> None:
-    # Given eleven Genesys events in one file (PutEvents takes ten per request), one of them with about
-    # 160 KB of emoji in its body: under the 256 KB limit in UTF-8, three times over it ASCII-escaped
-    events = [eventbridge_event() for _ in range(11)]
-    body = events[0]["detail"]["eventBody"]
-    events[0]["detail"] = {**events[0]["detail"], "eventBody": {**body, "note": "\U0001f600" * 40_000}}
-    path = tmp_path / "eleven.json"
+    # Given twelve Genesys events in one file (PutEvents takes ten, and 256 KB of them, per request):
+    # one with about 160 KB of emoji (under 256 KB in UTF-8, three times over it ASCII-escaped), one with
+    # 150 KB of text (it cannot share a request with the first), one over 256 KB on its own
+    events = [eventbridge_event() for _ in range(12)]
+    for event, note in zip(events, ("\U0001f600" * 40_000, "x" * 150_000, "y" * 300_000), strict=False):
+        event["detail"] = {**event["detail"], "eventBody": {**event["detail"]["eventBody"], "note": note}}
+    path = tmp_path / "twelve.json"
     path.write_text(json.dumps(events, ensure_ascii=False), encoding="utf-8")
 
     # When it is published with `relay local put-event`
     result = put_event_command(stack, path)
 
-    # Then every event is accepted, in one answer, and the big one reaches the receivers whole
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    # Then one answer has an entry per event, in order: the one over the limit refused with the reason,
+    # every other accepted (exit 1: one was refused)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
     answer = json.loads(result.stdout)
-    assert answer["FailedEntryCount"] == 0 and len(answer["Entries"]) == 11
+    assert answer["FailedEntryCount"] == 1 and len(answer["Entries"]) == 12
+    refused = answer["Entries"][2]
+    assert "EventId" not in refused and "over the limit" in refused["ErrorMessage"]
+    assert all("EventId" in entry for n, entry in enumerate(answer["Entries"]) if n != 2)
+
+    # And the emoji event reaches the receivers whole
     big = answer["Entries"][0]["EventId"]
     expected = {r.target_name: 1 for r in stack.receivers.values()}
     wait_until(lambda: received(stack, big) == expected, timeout=WAIT, what=f"{expected} deliveries")

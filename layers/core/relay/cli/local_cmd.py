@@ -202,6 +202,8 @@ def put_event_command(args: argparse.Namespace) -> int:
         requests_to_send = put_events_requests(load_json(text), args.event_bus)
     except ValueError as exc:  # not JSON (or not UTF-8), or not events
         raise UsageError(f"{args.file}: {exc}") from None
+    # One answer for the whole file, an entry per event in its order: a request refused whole (over
+    # PutEvents' limits, say) fails each of its entries with the refusal, and the others still go.
     merged: dict[str, Any] = {"FailedEntryCount": 0, "Entries": []}
     for request in requests_to_send:
         try:
@@ -211,24 +213,29 @@ def put_event_command(args: argparse.Namespace) -> int:
         try:
             answer = response.json()
         except ValueError:
-            answer = {"status": response.status_code, "body": response.text[:500]}
-        if not response.ok or not isinstance(answer.get("Entries"), list):
-            _emit(sys.stdout, answer)  # the request was refused whole: its answer as it is
-            return ExitCode.ATTENTION
-        merged["FailedEntryCount"] += int(answer.get("FailedEntryCount", 0))
-        merged["Entries"] += answer["Entries"]
+            answer = {"message": response.text[:500]}
+        if response.ok and isinstance(answer.get("Entries"), list):
+            merged["FailedEntryCount"] += int(answer.get("FailedEntryCount", 0))
+            merged["Entries"] += answer["Entries"]
+            continue
+        refusal = {
+            "ErrorCode": str(answer.get("__type") or f"HTTP {response.status_code}"),
+            "ErrorMessage": str(answer.get("message") or answer),
+        }
+        merged["FailedEntryCount"] += len(request["Entries"])
+        merged["Entries"] += [dict(refusal) for _ in request["Entries"]]
     _emit(sys.stdout, merged)
     return ExitCode.OK if merged["FailedEntryCount"] == 0 else ExitCode.ATTENTION
 
 
 def put_events_requests(document: Any, event_bus: str | None = None) -> list[dict[str, Any]]:
     """PutEvents requests from a file's content: a request as it is, or EventBridge events as entries,
-    at most 10 to a request (PutEvents refuses more).
+    at most 10 and 256 KB of them to a request (PutEvents refuses more).
 
     An event's ``id`` is not kept: EventBridge gives every entry a new one (PutEvents' ``EventId``).
     ``ValueError`` for content that is neither, or holds no event (PutEvents would refuse it whole).
     """
-    from relay.local.eventbridge import MAX_ENTRIES as PUT_EVENTS_MAX_ENTRIES
+    from relay.local.eventbridge import MAX_ENTRIES, MAX_ENTRIES_BYTES, entry_size
 
     if isinstance(document, dict) and "Entries" in document:
         if document["Entries"] == []:
@@ -255,7 +262,15 @@ def put_events_requests(document: Any, event_bus: str | None = None) -> list[dic
         if event_bus:
             entry["EventBusName"] = event_bus
         entries.append(entry)
-    return [
-        {"Entries": entries[start : start + PUT_EVENTS_MAX_ENTRIES]}
-        for start in range(0, len(entries), PUT_EVENTS_MAX_ENTRIES)
-    ]
+    # Requests as full as PutEvents takes: ten entries, 256 KB of them (an entry over it goes alone,
+    # and is refused by itself).
+    batches: list[list[dict[str, Any]]] = []
+    size = 0
+    for entry in entries:
+        entry_bytes = entry_size(entry)
+        if not batches or len(batches[-1]) == MAX_ENTRIES or size + entry_bytes > MAX_ENTRIES_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(entry)
+        size += entry_bytes
+    return [{"Entries": batch} for batch in batches]

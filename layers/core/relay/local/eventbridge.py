@@ -271,7 +271,7 @@ class LocalEventBridge:
         entries = request.get("Entries")
         if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_ENTRIES:
             return _validation_error(f"Entries must be a list of 1 to {MAX_ENTRIES} entries")
-        if sum(_entry_size(entry) for entry in entries) > MAX_ENTRIES_BYTES:
+        if sum(entry_size(entry) for entry in entries) > MAX_ENTRIES_BYTES:
             return _validation_error("Total size of the entries in the request is over the limit.")
         return json_response(200, self.put_events(entries))
 
@@ -409,7 +409,7 @@ def destination_record(
     }
 
 
-def _entry_size(entry: Any) -> int:
+def entry_size(entry: Any) -> int:
     """PutEvents' entry size: Time (14 bytes), Source, DetailType, Detail and Resources in UTF-8."""
     if not isinstance(entry, dict):
         return 0
