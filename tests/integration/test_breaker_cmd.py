@@ -28,7 +28,7 @@ from relay.local.receiver import Behaviour, Receiver
 from relay.logic.dispatch import Dispatcher
 from relay.models.breaker import DeliveryLane, LaneState, Phase, target_key
 from relay.models.secrets import SecretKind
-from relay.models.targets import Integration
+from relay.models.targets import Integration, Ordering
 from relay.settings import get_settings
 from relay.wiring import aws_client, breaker_store, target_store
 from relay.wiring.dispatcher import build_dispatcher
@@ -36,6 +36,7 @@ from relay.wiring.dispatcher import build_dispatcher
 pytestmark = pytest.mark.integration
 KEY = target_key(INTEGRATION_ID, PLAIN_TARGET)
 OTHER_TARGET = "5c4b3a29-1807-4f6e-9d5c-4b3a29180706"
+ORDERED_TARGET = "0d0e0f10-1807-4f6e-9d5c-4b3a29180706"
 OTHER_INTEGRATION = "0f1e2d3c-4b5a-4697-8877-665544332211"
 
 
@@ -105,10 +106,12 @@ def test_status_without_a_target_lists_every_target_and_one_without_a_record_is_
 def test_status_shows_which_lane_each_target_is_in(
     aws_stack: LocalResources, receiver: Receiver, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Given two targets, one of them moved to the slow lane by a dispatcher (its lane, beside a breaker
-    # that never opened)
+    # Given three targets: one ordered per conversation, one moved to the slow lane by a dispatcher (its
+    # lane, beside a breaker that never opened), one as it started
     seed_target(aws_stack, f"{receiver.url}/hooks/plain")
     seed_target(aws_stack, f"{receiver.url}/hooks/other", target_id=OTHER_TARGET)
+    ordered = seed_target(aws_stack, f"{receiver.url}/hooks/ordered", target_id=ORDERED_TARGET)
+    target_store(get_settings()).put_target(ordered.model_copy(update={"ordering": Ordering.CONVERSATION}))
     moved = LaneState(DeliveryLane.SLOW, version=1, changed_at=1_796_000_000.0)
     assert breaker_store(get_settings()).save_lane(
         target_key(INTEGRATION_ID, OTHER_TARGET), moved, expected_version=0
@@ -124,6 +127,7 @@ def test_status_shows_which_lane_each_target_is_in(
     assert lanes == {
         PLAIN_TARGET: ("fast", None, False),
         OTHER_TARGET: ("slow", "2026-11-30T00:53:20Z", False),
+        ORDERED_TARGET: ("ordered", None, False),
     }
     assert "LANE" in table.splitlines()[0] and "slow" in table
 

@@ -15,7 +15,7 @@ from typing import Any
 from relay.errors import AmbiguousTarget, ResetConflict, UnknownTarget
 from relay.logic import breaker
 from relay.models.breaker import BreakerState, LaneState, Phase, target_key
-from relay.models.targets import Target
+from relay.models.targets import Ordering, Target
 from relay.models.timestamps import iso_utc_from_epoch
 from relay.ports import BreakerStore, TargetRecords
 from relay.settings import Settings
@@ -69,6 +69,7 @@ class BreakerView:
     now: float
     policy: breaker.BreakerPolicy
     lane: LaneState = LaneState()  # which dispatcher delivers its records (stored beside the breaker)
+    ordered: bool = False  # ordering: conversation, delivered by the ordered lane's dispatcher
 
     @property
     def opened_at(self) -> float | None:
@@ -106,7 +107,7 @@ class BreakerView:
             "probeClaimed": self.probe_claimed,
             "stored": state.version > 0,  # no record: a fresh closed breaker
             "version": state.version,
-            "lane": self.lane.lane.value,
+            "lane": "ordered" if self.ordered else self.lane.lane.value,
             "laneChangedAt": _iso(self.lane.changed_at) if self.lane.version else None,
         }
 
@@ -131,6 +132,7 @@ def view(
         now,
         policy,
         lane or LaneState(),
+        ordered=target.ordering is Ordering.CONVERSATION,
     )
 
 
