@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -26,7 +27,7 @@ from hypothesis.stateful import (
 
 from relay.local.aws_stack import LocalResources
 from relay.logic.breaker import Admission, BreakerPolicy, BreakerState, Gate, Phase, open_gate, report
-from relay.models.breaker import DeliveryLane, LaneState
+from relay.models.breaker import DeliveryLane, LaneState, endpoint_digest
 from relay.ports import BreakerStore
 from relay.settings import get_settings
 from relay.testing.fakes import InMemoryBreakerStore
@@ -191,3 +192,17 @@ def test_eight_dispatchers_racing_in_memory_exactly_one_probes() -> None:
 
 def test_eight_dispatchers_racing_on_dynamodb_exactly_one_probes(aws_stack: LocalResources) -> None:
     assert _race(breaker_store(get_settings()), rounds=10) == [1] * 10
+
+
+def test_the_endpoint_a_breaker_counted_at_is_stored_with_it(aws_stack: LocalResources) -> None:
+    store = breaker_store(get_settings())
+    counted = BreakerState(Phase.OPEN, 5, 1, 100.0, 1, endpoint=endpoint_digest("https://old.example.com/h"))
+    key = f"integration#{uuid.uuid4()}"
+
+    assert store.save(key, counted, expected_version=0)
+
+    # Read back whole; as the breaker of another URL, a fresh closed one on the stored version
+    assert store.load(key) == counted
+    moved = store.load(key).for_endpoint(endpoint_digest("https://new.example.com/h"))
+    assert (moved.phase, moved.consecutive_failures, moved.version) == (Phase.CLOSED, 0, 1)
+    assert store.save(key, replace(moved, consecutive_failures=1, version=2), expected_version=1)

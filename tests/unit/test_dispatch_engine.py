@@ -571,6 +571,33 @@ def test_consecutive_failures_open_the_breaker(running: list[Relay]) -> None:
     assert (state.phase, state.consecutive_failures, state.trips) == (Phase.OPEN, 5, 1)
 
 
+def test_a_breaker_opened_at_an_old_url_does_not_hold_back_the_new_one(running: list[Relay]) -> None:
+    # Given a target whose breaker opened on failures at its URL (far from its next probe)
+    old = make_target()
+    r = start(
+        running,
+        relay(old, answer_with=lambda method, url, headers, body: answer(503 if "old" in url else 200)),
+    )
+    r.targets.targets[(INTEGRATION, "crm")] = old.model_copy(update={"url": "https://old.example.com/hook"})
+    r.batch(*(record() for _ in range(5)))
+    assert r.breaker().phase is Phase.OPEN
+
+    # When its config points at a new URL (config sync wrote it; this container's cache now has it)
+    r.targets.targets[(INTEGRATION, "crm")] = old.model_copy(update={"url": "https://new.example.com/hook"})
+    r.http.requests.clear()
+    r.batch(record(), record())
+
+    # Then the new URL gets the records at once: the failures were the old endpoint's
+    assert [request[1] for request in r.http.requests] == ["https://new.example.com/hook"] * 2
+    assert r.queue.deferrals == []
+
+    # And a dispatcher still holding the old URL (its cache not yet refreshed) keeps deferring there
+    r.targets.targets[(INTEGRATION, "crm")] = old.model_copy(update={"url": "https://old.example.com/hook"})
+    r.http.requests.clear()
+    r.batch(record())
+    assert r.http.requests == [] and len(r.queue.deferrals) == 1
+
+
 def test_a_healthy_closed_breaker_is_read_once_and_never_written(running: list[Relay]) -> None:
     r = start(running, relay())
 

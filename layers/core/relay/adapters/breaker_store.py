@@ -3,7 +3,8 @@ updates on its own version.
 
 Item (key ``targetKey`` = "<integrationId>#<targetId>"):
 
-- the breaker: ``phase``, ``consecutiveFailures``, ``trips``, ``until``, ``version``;
+- the breaker: ``phase``, ``consecutiveFailures``, ``trips``, ``until``, ``version``, ``endpoint``
+  (a digest of the URL its failures were counted at);
 - the lane (relay.logic.dispatch.isolation): ``lane``, ``laneVersion``, ``laneChangedAt``;
 - ``updatedAt``, ``expiresAt`` (TTL: an idle target's record disappears, which reads as a fresh
   closed breaker in the fast lane).
@@ -66,6 +67,8 @@ class DynamoBreakerStore:
             "until": {"N": repr(state.until)},
             "version": {"N": str(state.version)},
         }
+        if state.endpoint is not None:
+            values["endpoint"] = {"S": state.endpoint}
         return self._update(key, values, version_attribute="version", expected_version=expected_version)
 
     def save_lane(self, key: str, lane: LaneState, *, expected_version: int) -> bool:
@@ -120,6 +123,7 @@ def _breaker(item: Mapping[str, Any]) -> BreakerState:
         trips=int(item["trips"]["N"]),
         until=float(item["until"]["N"]),
         version=int(item["version"]["N"]),
+        endpoint=item["endpoint"]["S"] if "endpoint" in item else None,
     )
 
 

@@ -72,9 +72,9 @@ def admit(state: BreakerState, now: float, policy: BreakerPolicy) -> tuple[Admis
     return Admission.PROBE, claimed
 
 
-def closed(version: int) -> BreakerState:
+def closed(version: int, endpoint: str | None = None) -> BreakerState:
     """A closed breaker with no failures and no trips: what a successful probe and a reset leave."""
-    return BreakerState(Phase.CLOSED, 0, 0, 0.0, version)
+    return BreakerState(Phase.CLOSED, 0, 0, 0.0, version, endpoint)
 
 
 def reset(state: BreakerState) -> BreakerState | None:
@@ -82,19 +82,15 @@ def reset(state: BreakerState) -> BreakerState | None:
 
     Written like any transition (version + 1, conditional), so it never hides a concurrent one; a probe
     still in flight then folds its result into the closed state as a plain result."""
-    if state == closed(state.version):
+    if state == closed(state.version, state.endpoint):
         return None
-    return closed(state.version + 1)
+    return closed(state.version + 1, state.endpoint)
 
 
 def _opened(state: BreakerState, now: float, policy: BreakerPolicy) -> BreakerState:
     trips = state.trips + 1
-    return BreakerState(
-        phase=Phase.OPEN,
-        consecutive_failures=state.consecutive_failures,
-        trips=trips,
-        until=now + policy.reset_after(trips),
-        version=state.version + 1,
+    return replace(
+        state, phase=Phase.OPEN, trips=trips, until=now + policy.reset_after(trips), version=state.version + 1
     )
 
 
@@ -119,7 +115,7 @@ def record(
             return None
         if not healthy[0]:
             return _opened(replace(state, consecutive_failures=state.consecutive_failures + 1), now, policy)
-        after_probe = closed(state.version)
+        after_probe = closed(state.version, state.endpoint)
         folded = record(after_probe, healthy[1:], now, policy) or after_probe
         return replace(folded, version=state.version + 1)  # one write, one version
     if state.phase is Phase.OPEN:

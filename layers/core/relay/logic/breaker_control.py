@@ -14,7 +14,7 @@ from typing import Any
 
 from relay.errors import AmbiguousTarget, ResetConflict, UnknownTarget
 from relay.logic import breaker
-from relay.models.breaker import BreakerState, LaneState, Phase, target_key
+from relay.models.breaker import BreakerState, LaneState, Phase, endpoint_digest, target_key
 from relay.models.targets import Ordering, Target
 from relay.models.timestamps import iso_utc_from_epoch
 from relay.ports import BreakerStore, TargetRecords
@@ -144,7 +144,8 @@ def breaker_views(
     views = []
     for t in targets:
         state, lane = breakers.load_with_lane(target_key(t.integration_id, t.target_id))
-        views.append(view(t, state, now, policy, lane))
+        # As the dispatchers see it: failures counted at an earlier URL of the target do not count.
+        views.append(view(t, state.for_endpoint(endpoint_digest(t.url)), now, policy, lane))
     return views
 
 

@@ -4,7 +4,8 @@ and the lane its records are dispatched in (relay.logic.dispatch.isolation), sto
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 
@@ -22,6 +23,23 @@ class BreakerState:
     # OPEN: when a probe may be tried. HALF_OPEN: when the probe's lease ends. Epoch seconds.
     until: float = 0.0
     version: int = 0  # 0: nothing stored yet
+    # The endpoint its failures were counted at (``endpoint_digest`` of the target's URL); None: a
+    # record written before it was kept.
+    endpoint: str | None = None
+
+    def for_endpoint(self, endpoint: str) -> BreakerState:
+        """This state as the breaker of ``endpoint``. Counted at another URL (the target's config
+        changed), it says nothing of this one: a fresh closed breaker, on the stored version so that
+        the next write is still conditional on it. Dispatchers still holding the old URL keep the old
+        state; the first failure at the new URL replaces it."""
+        if self.endpoint not in (None, endpoint):
+            return BreakerState(version=self.version, endpoint=endpoint)
+        return replace(self, endpoint=endpoint)
+
+
+def endpoint_digest(url: str) -> str:
+    """What the breaker keeps of a target's URL: a digest (a URL may carry a token in its query)."""
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
 class DeliveryLane(StrEnum):

@@ -23,7 +23,7 @@ from relay.logic.dispatch.attempt import timeouts
 from relay.logic.dispatch.batch import Batch
 from relay.logic.dispatch.metrics import Metric
 from relay.logic.dispatch.records import Item
-from relay.models.breaker import BreakerState, LaneState, Phase
+from relay.models.breaker import BreakerState, LaneState, Phase, endpoint_digest
 from relay.models.targets import Target
 from relay.observability import logger
 from relay.ports import BreakerStore, Clock
@@ -95,7 +95,8 @@ class Lanes:
         """Read the lane's breaker (one consistent read; a conditional write to claim a probe)."""
         target = items[0].target
         try:
-            state, delivery_lane = self._breakers.load_with_lane(key)
+            stored, delivery_lane = self._breakers.load_with_lane(key)
+            state = stored.for_endpoint(endpoint_digest(target.url))  # failures at an old URL do not count
             if self._routes_away(delivery_lane):
                 as_read = breaker.Gate(breaker.Admission.DELIVER, state)
                 return Lane(key, target, items, as_read, delivery_lane, routed=True)
