@@ -7,7 +7,7 @@ import pytest
 from relay.errors import ResetConflict
 from relay.logic import breaker
 from relay.logic.breaker_control import BreakerView, reset_breaker
-from relay.models.breaker import BreakerState, Phase
+from relay.models.breaker import BreakerState, Phase, endpoint_digest
 from relay.testing.fakes import InMemoryBreakerStore
 
 POLICY = breaker.BreakerPolicy(
@@ -122,3 +122,18 @@ def test_status_view_of_a_target_without_a_record_is_closed_and_not_stored() -> 
         None,
         None,
     )
+
+
+def test_a_breaker_opened_at_an_earlier_url_is_judged_as_the_current_url_sees_it() -> None:
+    # Given a breaker opened by failures at the target's old URL
+    old, new = endpoint_digest("https://old.example.com/h"), endpoint_digest("https://new.example.com/h")
+    store = InMemoryBreakerStore()
+    assert store.save(KEY, BreakerState(Phase.OPEN, 5, 1, NOW + 30, 3, endpoint=old), expected_version=0)
+
+    # When an operator resets it for the target as it is now (its new URL)
+    result = reset_breaker(store, KEY, endpoint=new)
+
+    # Then there is nothing to reset: the dispatchers (and status) already see it closed, as `status` shows
+    assert (result.before.phase, result.written, store.writes) == (Phase.CLOSED, False, 1)
+    # And for the old URL it is the open breaker it was, reset as usual
+    assert reset_breaker(store, KEY, endpoint=old).after == breaker.closed(4, old)

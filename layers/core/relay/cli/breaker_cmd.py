@@ -134,19 +134,22 @@ def _row(v: dict[str, Any]) -> tuple[str, ...]:
 def _reset(args: Any, out: IO[str] | None = None) -> int:
     from relay.errors import ResetConflict
     from relay.logic.breaker_control import policy_from, reset_breaker, view
-    from relay.models.breaker import target_key
+    from relay.models.breaker import endpoint_digest, target_key
 
     out = out or sys.stdout
     settings, targets, breakers = _stores()
     target = _find_target(targets, args)
     try:
-        result = reset_breaker(breakers, target_key(target.integration_id, target.target_id))
+        result = reset_breaker(
+            breakers,
+            target_key(target.integration_id, target.target_id),
+            endpoint=endpoint_digest(target.url),
+        )
     except ResetConflict as exc:
         raise NeedsAttention(str(exc)) from None
     now, policy = time.time(), policy_from(settings)
-    _, lane = breakers.load_with_lane(target_key(target.integration_id, target.target_id))  # reset keeps it
-    before = view(target, result.before, now, policy, lane).to_json()
-    after = view(target, result.after, now, policy, lane).to_json()
+    before = view(target, result.before, now, policy, result.lane).to_json()
+    after = view(target, result.after, now, policy, result.lane).to_json()
     if args.format == "json":
         doc = {
             "integrationId": target.integration_id,

@@ -56,6 +56,10 @@ def find_target(targets: TargetRecords, target_id: str, integration_id: str | No
     return matches[0]
 
 
+# A target whose lane was never written: the fast lane.
+NEVER_MOVED = LaneState()
+
+
 # --- status ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BreakerView:
@@ -68,7 +72,7 @@ class BreakerView:
     state: BreakerState
     now: float
     policy: breaker.BreakerPolicy
-    lane: LaneState = LaneState()  # which dispatcher delivers its records (stored beside the breaker)
+    lane: LaneState = NEVER_MOVED  # which dispatcher delivers its records (stored beside the breaker)
     ordered: bool = False  # ordering: conversation, delivered by the ordered lane's dispatcher
 
     @property
@@ -121,7 +125,7 @@ def view(
     state: BreakerState,
     now: float,
     policy: breaker.BreakerPolicy,
-    lane: LaneState | None = None,
+    lane: LaneState = NEVER_MOVED,
 ) -> BreakerView:
     return BreakerView(
         target.integration_id,
@@ -131,7 +135,7 @@ def view(
         state,
         now,
         policy,
-        lane or LaneState(),
+        lane,
         ordered=target.ordering is Ordering.CONVERSATION,
     )
 
@@ -156,21 +160,27 @@ class ResetResult:
     after: BreakerState
     written: bool  # False: it was closed and clean already
     attempts: int  # reads made; more than 1 means a dispatcher wrote in between and we re-read
+    lane: LaneState = NEVER_MOVED  # read with the breaker; a reset leaves it as it is
 
     @property
     def concurrent_changes(self) -> int:
         return self.attempts - 1
 
 
-def reset_breaker(store: BreakerStore, key: str, *, attempts: int = RESET_ATTEMPTS) -> ResetResult:
+def reset_breaker(
+    store: BreakerStore, key: str, *, endpoint: str | None = None, attempts: int = RESET_ATTEMPTS
+) -> ResetResult:
     """Force the breaker closed with a conditional write; re-read and retry when a dispatcher wins.
+    ``endpoint``: the target's URL digest, to judge the breaker as the dispatchers (and ``status``) do:
+    failures counted at an earlier URL leave nothing to reset.
 
     Raises ResetConflict if every attempt lost its race, BreakerStoreUnavailable if DynamoDB fails."""
     for attempt in range(1, attempts + 1):
-        before = store.load(key)
+        stored, lane = store.load_with_lane(key)
+        before = stored.for_endpoint(endpoint) if endpoint is not None else stored
         after = breaker.reset(before)
         if after is None:
-            return ResetResult(before, before, written=False, attempts=attempt)
+            return ResetResult(before, before, written=False, attempts=attempt, lane=lane)
         if store.save(key, after, expected_version=before.version):
-            return ResetResult(before, after, written=True, attempts=attempt)
+            return ResetResult(before, after, written=True, attempts=attempt, lane=lane)
     raise ResetConflict(f"breaker {key} changed under each of {attempts} reset attempts; nothing written")
