@@ -6,7 +6,9 @@ The fake is seeded from the default fixtures file; DynamoDB and Secrets Manager 
 from __future__ import annotations
 
 import json
+import re
 import secrets
+import threading
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from support.events import api_gateway_event, eventbridge_event
 from support.handlers import load_handler
 from support.lambda_context import lambda_context
 from support.queues import drain
+from support.waiting import wait_until
 from test_dispatch_support import ManualClock, get_secret, put_secret, secret_name
 
 from relay.adapters.genesys import GenesysClient
@@ -452,19 +455,53 @@ def test_a_target_moved_to_another_integration_no_longer_receives_the_old_ones_e
     assert [json.loads(record["body"])["targetId"] for record in queued] == [ARCHIVE.id]
 
 
-def test_a_moved_target_changed_meanwhile_under_its_old_integration_is_left_there(
+def test_a_moved_targets_old_record_changed_during_the_run_is_a_conflict_the_next_run_deletes(
+    genesys: FakeGenesys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the CRM target synced, then moved in Genesys to the EventBridge integration
+    eventbridge_id = _synced_then_crm_moved(genesys, monkeypatch)
+
+    # When an operator disables its old record while the run is reading the target's config from Genesys
+    # (after the run read the old record)
+    config_path = f"/api/v2/integrations/{CRM.id}/config/current"
+    held = threading.Event()
+    genesys.slow_down(30.0, path=re.escape(config_path), until=held)
+    reports: list[Any] = []
+    read_before = genesys.count(re.escape(config_path))  # by the first sync
+    run = threading.Thread(target=lambda: reports.append(run_config_sync(get_settings())))
+    run.start()
+    wait_until(
+        lambda: genesys.count(re.escape(config_path)) > read_before, what="the run reading CRM's config"
+    )
+    _store().set_target_enabled(INTEGRATION.id, CRM.id, False)
+    held.set()
+    run.join(timeout=60)
+
+    # Then the run stores the target under its new integration but leaves the changed old record, and
+    # says so; it never deletes what it did not read
+    (report,) = reports
+    assert [(c.kind, c.id) for c in report.conflicts] == [("target", CRM.id)] and report.moved == []
+    still = _store().get_target(INTEGRATION.id, CRM.id)
+    assert still is not None and still.enabled is False
+    # And the next run deletes it
+    again = run_config_sync(get_settings())
+    assert again.moved == [Moved(CRM.id, from_integration=INTEGRATION.id, to_integration=eventbridge_id)]
+    assert _store().get_target(INTEGRATION.id, CRM.id) is None
+
+
+def test_deleting_a_target_record_loses_to_a_write_made_since_it_was_read(
     genesys: FakeGenesys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given the CRM target synced, then moved in Genesys to the EventBridge integration
     _synced_then_crm_moved(genesys, monkeypatch)
 
-    # When another writer changes the old record after this run read it (an operator disables it)
+    # When another writer changes the old record after it was read (an operator disables it)
     store = _store()
     read_by_the_run = store.get_target(INTEGRATION.id, CRM.id)
     assert read_by_the_run is not None
     store.set_target_enabled(INTEGRATION.id, CRM.id, False)
 
-    # Then deleting the copy the run read loses to that write and deletes nothing
+    # Then deleting the copy as read loses to that write and deletes nothing
     assert store.delete(read_by_the_run) is False
     assert store.get_target(INTEGRATION.id, CRM.id) is not None
     # And deleting the copy as it is now succeeds
