@@ -298,6 +298,27 @@ def test_the_old_delivery_id_shows_the_replay_that_replaced_it(history: Archivin
     assert {line["deliveryId"] for line in found.attempts[:-1]} == {old}
 
 
+def test_a_replay_under_a_new_id_is_summarised_as_its_own_delivery(history: Archiving) -> None:
+    # Given erp's delivery of e-1 (two attempts) replayed under a fresh id, and the replay delivered
+    old = ids("e-1", "erp")
+    replay = plan(history, "e-1", target_id="erp", new_id=True)
+    queue = InMemoryDeliveryQueue()
+    run_replay(replay, queue=queue, audit=history.audit, actor="ops", now=WHEN + timedelta(minutes=1))
+    history.clock.sleep(120)  # not a wait: moves the manual clock past the replay
+    (body,) = queue.bodies
+    history.batch({**task_record("e-1", "erp"), "body": body}, invocation_id="inv-replay")
+
+    # When the event is looked up
+    erp = [s for s in show(history, "e-1").deliveries() if s["targetId"] == "erp"]
+
+    # Then the replay's attempt is not counted as a third attempt of the original
+    (new,) = [task.delivery_id for task in replay.tasks]
+    assert [(s["deliveryIds"], s["attempts"], s["lastOutcome"], s["replayOf"]) for s in erp] == [
+        ([old], 2, "delivered", None),
+        ([str(new)], 1, "delivered", old),
+    ]
+
+
 def test_a_replayed_task_is_delivered_with_the_same_webhook_id_and_text(history: Archiving) -> None:
     replay = plan(history, "e-1", target_id="crm")
     queue = InMemoryDeliveryQueue()

@@ -182,6 +182,7 @@ def format_timeline(found: Timeline) -> str:
         summary.append(
             f"event {d['eventId']} to {d['targetId']}: {d['lastOutcome']} after {tried}; "
             f"deliveryId {', '.join(d['deliveryIds']) or '-'}"
+            + (f", replacing {d['replayOf']}" if d["replayOf"] else "")
         )
     return "\n".join(summary)
 

@@ -60,10 +60,13 @@ class Timeline:
         return bool(self.attempts)
 
     def deliveries(self) -> list[dict[str, Any]]:
-        """One summary per (event, target) delivery: its ids, attempts and latest outcome."""
-        summaries: dict[tuple[Any, Any], dict[str, Any]] = {}
+        """One summary per delivery of an event to a target: its ids, attempts and latest outcome.
+
+        A replay under a fresh id (``--new-id``) is a delivery of its own, naming the one it replaced,
+        so its attempts are not counted as the original's."""
+        summaries: dict[tuple[Any, Any, Any], dict[str, Any]] = {}
         for line in self.attempts:
-            key = (line.get("eventId"), line.get("targetId"))
+            key = (line.get("eventId"), line.get("targetId"), line.get("deliveryId"))
             summary = summaries.setdefault(
                 key,
                 {
@@ -71,14 +74,14 @@ class Timeline:
                     "conversationId": line.get("conversationId"),
                     "integrationId": line.get("integrationId"),
                     "targetId": line.get("targetId"),
-                    "deliveryIds": [],
+                    "deliveryIds": [line["deliveryId"]] if line.get("deliveryId") else [],
+                    "replayOf": None,
                     "attempts": 0,
                     "lastOutcome": None,
                     "lastStatus": None,
                 },
             )
-            if line.get("deliveryId") and line["deliveryId"] not in summary["deliveryIds"]:
-                summary["deliveryIds"].append(line["deliveryId"])
+            summary["replayOf"] = summary["replayOf"] or line.get("replayOf")
             if line.get("attempt") is not None:
                 summary["attempts"] += 1
             summary["lastOutcome"] = line.get("outcome")
