@@ -229,6 +229,33 @@ def test_serve_prints_ready_delivers_a_signed_post_and_stops_cleanly(
     assert [pid for pid in children if alive(pid)] == []
 
 
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_ctrl_c_while_serve_starts_stops_it_without_saying_ready(fixtures_file: Path, tmp_path: Path) -> None:
+    # Given `relay local serve` starting its dispatcher containers (worker processes)
+    with serving(fixtures_file, tmp_path / "serve.stderr") as (process, stdout):
+        wait_until(
+            lambda: any("function_worker" in command_line(pid) for pid in children_of(process.pid)),
+            what="serve starts its dispatcher workers",
+            timeout=90,
+        )
+        children = children_of(process.pid)
+
+        # When Ctrl-C is pressed before it is ready
+        os.killpg(process.pid, signal.SIGINT)
+        code = process.wait(timeout=60)
+
+    # Then it never says ready, exits as interrupted, and leaves no child process behind
+    assert not any('"ready"' in line for line in stdout.lines), stdout.lines
+    assert code == 130
+    assert [pid for pid in children if alive(pid)] == []
+
+
 def test_serve_presents_the_client_certificate_to_an_https_target_trusted_through_the_environment(
     tmp_path: Path,
 ) -> None:

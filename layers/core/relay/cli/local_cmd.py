@@ -147,6 +147,9 @@ def serve_command(args: argparse.Namespace) -> int:
             args.fixtures, args.port, environment=_caller_settings(), dispatcher_workers=True
         ) as stack:
             stack.warm_up_dispatchers()
+            if stop.is_set():  # the signal came while the stack started: it never was ready
+                print("relay local serve: interrupted before it was ready; stopping", file=sys.stderr)
+                return ExitCode.INTERRUPTED
             _emit(out, {"ready": True, **stack.describe()})
             while not stop.wait(1.0):
                 pass
