@@ -255,6 +255,12 @@ def test_signature_missing_malformed_and_mismatched_are_told_apart() -> None:
         ('{"id": ' + "9" * 5000 + "}", "not valid JSON"),
         ("[" * 100_000 + "]" * 100_000, "not valid JSON"),
         ('{"id": ' + "[" * 65 + "]" * 65 + "}", "nested deeper than 64"),
+        # A repeated name hides the member before it from the parsed object, not from the text the
+        # targets get: the limits hold for every member as written.
+        ('{"text": "x\\ud800y", "text": "ok"}', "surrogate"),
+        ('{"a": {"\\udc00": 1}, "a": 2}', "surrogate"),
+        ('{"a": {"deep": ' + "[" * 70 + "]" * 70 + ', "deep": 1}}', "nested deeper than 64"),
+        ('{"a": {"b": {"c": ' + "[" * 62 + "]" * 62 + ', "c": 1}, "b": 1}}', "nested deeper than 64"),
     ],
 )
 def test_malformed_json_is_400(body: str, fragment: str) -> None:

@@ -95,11 +95,14 @@ def _refuse_constant(literal: str) -> float:
     raise NonFiniteNumber(literal)  # Python's json reads NaN and Infinity; JSON has neither
 
 
-def load_finite_json(text: str | bytes) -> Any:
+def load_finite_json(text: str | bytes, **options: Any) -> Any:
     """Parse JSON as RFC 8259 defines it: ``NonFiniteNumber`` for NaN, Infinity and numbers beyond a
     64-bit float (Python would read them as nan/inf), ``ValueError`` for anything else that is not JSON
-    (``JsonTooDeep`` for nesting deeper than Python's recursion limit)."""
-    return load_json(text, parse_float=_finite_float, parse_int=_finite_int, parse_constant=_refuse_constant)
+    (``JsonTooDeep`` for nesting deeper than Python's recursion limit). ``options`` go to ``json.loads``
+    (an ``object_pairs_hook``)."""
+    return load_json(
+        text, parse_float=_finite_float, parse_int=_finite_int, parse_constant=_refuse_constant, **options
+    )
 
 
 def check_event_json(text: str) -> str:

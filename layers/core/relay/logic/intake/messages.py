@@ -4,9 +4,8 @@ problem (never a value that could be a secret)."""
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -29,7 +28,7 @@ def parse_open_message(body: bytes) -> tuple[str, dict[str, Any]]:
     except UnicodeDecodeError:
         raise BadRequest("the body is not UTF-8 text") from None
     try:
-        message = load_finite_json(text)
+        message = load_finite_json(text, object_pairs_hook=_object)
     except NonFiniteNumber as refused:
         # 1e400 would reach the targets as Infinity or null: refused, like NaN and Infinity.
         raise BadRequest(f"the body is not valid JSON for the relay: {refused}") from None
@@ -37,7 +36,7 @@ def parse_open_message(body: bytes) -> tuple[str, dict[str, Any]]:
         raise BadRequest("the body is not valid JSON") from None
     if _nested_deeper_than(message, MAX_NESTING):
         raise BadRequest(f"the body is nested deeper than {MAX_NESTING} levels")
-    if _SURROGATE_ESCAPE.search(text) and _lone_surrogates(json.dumps(message, ensure_ascii=False)):
+    if _SURROGATE_ESCAPE.search(text) and any(_lone_surrogates(s) for s in _strings(message)):
         raise BadRequest("the body contains an unpaired UTF-16 surrogate escape")
     if not isinstance(message, dict):
         raise BadRequest("the body must be a JSON object (an Open Messaging message)")
@@ -78,13 +77,33 @@ def describe_validation_error(error: ValidationError) -> str:
     return "; ".join(sorted(set(fields))[:10])
 
 
+class _Repeated(dict[str, Any]):
+    """An object that names a member twice. Parsed, the last one wins; the text the targets get still
+    holds them all, so ``written`` keeps every member as written, for the limits to hold on them."""
+
+    written: list[tuple[str, Any]]
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    parsed = dict(pairs)
+    if len(parsed) == len(pairs):
+        return parsed
+    repeated = _Repeated(parsed)
+    repeated.written = pairs
+    return repeated
+
+
+def _members(item: dict[str, Any]) -> list[tuple[str, Any]]:
+    return item.written if isinstance(item, _Repeated) else list(item.items())
+
+
 def _nested_deeper_than(value: Any, limit: int) -> bool:
     """Whether arrays/objects nest deeper than ``limit`` (iterative: deep input cannot exhaust the stack)."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, dict):
-            children: Any = item.values()
+            children: Any = [child for _, child in _members(item)]
         elif isinstance(item, list):
             children = item
         else:
@@ -93,6 +112,20 @@ def _nested_deeper_than(value: Any, limit: int) -> bool:
             return True
         stack.extend((child, depth + 1) for child in children)
     return False
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in ``value``, names of members included, as written (iteratively)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            for name, child in _members(item):
+                stack.extend((name, child))
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def _lone_surrogates(text: str) -> bool:
