@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from support.waiting import wait_until
@@ -71,6 +72,7 @@ def record(
     event_json: str | None = EVENT_JSON,
     event_ref: S3Ref | None = None,
     body: str | None = None,
+    event_id: str = "e-1",
 ) -> dict[str, Any]:
     """An SQS event record carrying one DeliveryTask, as Lambda hands it over."""
     if body is None:
@@ -78,7 +80,7 @@ def record(
             delivery_id=uuid.uuid4(),
             integration_id=INTEGRATION,
             target_id=target_id,
-            event_id="e-1",
+            event_id=event_id,
             received_at=datetime.now(UTC),
             event_json=event_json,
             event_ref=event_ref,
@@ -401,6 +403,55 @@ def test_a_basic_credential_echoed_in_its_header_form_never_reaches_the_audit(ru
     assert headers["Authorization"] == f"Basic {encoded}"
     (line,) = r.audit_lines()
     assert line["responseBody"] == "Authorization: Basic [redacted]"
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        pytest.param(
+            lambda token: json.dumps({"auth": f"Bearer {token}"}).replace("/", "\\/"), id="json-slashes"
+        ),
+        pytest.param(lambda token: json.dumps({"auth": f"Bearer {token}"}), id="json-ascii-escapes"),
+        pytest.param(lambda token: f"auth=Bearer%20{quote(token, safe='')}", id="percent-encoded"),
+    ],
+)
+def test_a_token_echoed_escaped_or_encoded_never_reaches_the_audit(
+    running: list[Relay], echo: Callable[[str], str]
+) -> None:
+    # Given a target whose endpoint echoes the bearer token it got the way its framework writes text:
+    # JSON with escaped slashes (PHP's json_encode), non-ASCII as \uXXXX, or percent-encoded
+    target = make_target(security=TargetSecurity(type=SecurityType.BEARER, secret_name="auth"))
+    token = "probe/bearer+token/é-SECRET=="
+    r = relay(target, answer_with=always(200, body=echo(token).encode()))
+    r.secrets.secrets.update(auth=RotatingSecret(current=token))
+    start(running, r)
+
+    r.batch(record())
+
+    (line,) = r.audit_lines()
+    assert "SECRET" not in line["responseBody"] and "[redacted]" in line["responseBody"]
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        pytest.param(lambda body: body, id="the-envelope-as-sent"),
+        pytest.param(lambda body: json.dumps({"got": body.decode()}).encode(), id="inside-a-json-string"),
+        pytest.param(lambda body: json.dumps(json.loads(body), indent=2).encode(), id="reformatted"),
+    ],
+)
+def test_an_answer_that_echoes_the_event_is_not_kept(
+    running: list[Relay], echo: Callable[[bytes], bytes]
+) -> None:
+    # Given an endpoint that answers with what it was sent, as it is, quoted, or reformatted
+    event_json = json.dumps({"id": "5671a4dfeafa4c9c8bc1e85699874672", "text": "the customer's words"})
+    r = start(running, relay(answer_with=lambda method, url, headers, body: answer(200, body=echo(body))))
+
+    r.batch(record(event_json=event_json, event_id="5671a4dfeafa4c9c8bc1e85699874672"))
+
+    # Then the audit keeps the answer's size but not its text: the event's text is the archive's alone
+    (line,) = r.audit_lines()
+    assert line["responseBody"] == "[not kept: the answer holds the event]" and line["responseBytes"] > 0
 
 
 # --- records that cannot be attempted ---------------------------------------------------------------------

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 
 from relay.errors import ConfigurationError, DependencyUnavailable, TokenUnavailable, UnreadableEvent
 from relay.logic import crypto
-from relay.logic.dispatch.audit import REDACTED, scrub
+from relay.logic.dispatch.audit import response_for_audit, target_secret_values
 from relay.logic.dispatch.records import Item, Unattempted
 from relay.logic.envelope import TargetSecrets, build_request, with_access_token
 from relay.logic.outcomes import Outcome, Verdict, classify
@@ -46,8 +46,8 @@ class Attempt:
     error: str | None
     result: HttpResult | None = None
     encrypted: bool = False
-    # The response body for the audit, secrets scrubbed; None for an encrypting target (it might echo
-    # the plaintext).
+    # The response body as the audit keeps it (audit.response_for_audit); None for an encrypting
+    # target (it might echo the plaintext).
     response_body: str | None = None
 
 
@@ -114,7 +114,12 @@ class Attempter:
             # Not the endpoint's fault, and no answer counts (never sent in clear): try again later.
             return Attempt(Outcome(Verdict.RETRYABLE, None, _code(exc)), started, self._now(), str(exc))
         finished = self._now()
-        body = None if request.encrypted else _scrubbed(result.body, secrets, tokens)
+        body = None
+        if not request.encrypted:
+            sent = [*target_secret_values(secrets), *(token.get_secret_value() for token in tokens)]
+            body = response_for_audit(
+                result.body, event_json=event_json, event_id=item.task.event_id, secrets=sent
+            )
         return Attempt(
             classify(result, now=finished),
             started,
@@ -200,11 +205,3 @@ def _code(exc: Exception) -> str:
     if isinstance(exc, TokenUnavailable):
         return OAUTH_TOKEN_FAILED
     return CONFIGURATION if isinstance(exc, ConfigurationError) else DEPENDENCY_UNAVAILABLE
-
-
-def _scrubbed(body: bytes, secrets: TargetSecrets, tokens: list[SecretStr]) -> str:
-    """The response body for the audit, without the target's secrets or the tokens sent to it."""
-    text = scrub(body.decode("utf-8", "replace"), secrets)
-    for token in tokens:
-        text = text.replace(token.get_secret_value(), REDACTED)
-    return text

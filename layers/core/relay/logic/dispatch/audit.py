@@ -1,16 +1,20 @@
 """The audit trail of a batch: one line per attempt (and per record handled without one), written
-as one JSON Lines object per target. Never a header, never a secret: a target's own secret values are
-scrubbed from a response body it echoed, and an encrypting target's response body is not kept at all.
-Never the event either: its text goes to the event archive, one object per invocation under its own
-prefix (relay.models.archive), written here too.
+as one JSON Lines object per target. Never a header, never a secret: the secrets a target was sent are
+scrubbed from a response body it echoed (as they are, base64, JSON-escaped, percent-encoded), and an
+encrypting target's response body is not kept at all. Never the event either: an answer that holds it
+is not kept, and its text goes to the event archive, one object per invocation under its own prefix
+(relay.models.archive), written here too.
 """
 
 from __future__ import annotations
 
 import base64
+import json
+from collections.abc import Iterable
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from relay.errors import DependencyUnavailable
 from relay.logic.dispatch.batch import DELIVERED as DELIVERED  # re-exported: one of the outcomes below
@@ -35,6 +39,7 @@ HELD = "held"  # not attempted now (behind an earlier record, breaker open, out 
 BLOCKED = "blocked"  # exhausted or refused, and its target blocks the conversation behind it
 
 REDACTED = "[redacted]"
+ECHOED_EVENT = "[not kept: the answer holds the event]"
 
 
 def base_line(
@@ -74,17 +79,60 @@ def item_line(
     }
 
 
-def scrub(text: str, secrets: TargetSecrets | None) -> str:
-    """Remove the target's own secret values from a response body an endpoint may have echoed: as they
-    are, and base64-encoded as a Basic ``Authorization`` header carries ``user:password``."""
-    if secrets is None:
-        return text
-    for secret in (secrets.auth, secrets.signing):
-        for value in secret.values() if secret else []:
-            if len(value) >= 4:
-                encoded = base64.b64encode(value.encode()).decode()
-                text = text.replace(value, REDACTED).replace(encoded, REDACTED)
+def response_for_audit(body: bytes, *, event_json: str, event_id: str, secrets: Iterable[str]) -> str:
+    """A response body as the audit keeps it: ECHOED_EVENT if it holds the event (the event's text goes
+    to the archive only), else the text with every secret sent to the target redacted."""
+    if not body:
+        return ""
+    text = body.decode("utf-8", "replace")
+    if _echoes_event(text, event_json, event_id):
+        return ECHOED_EVENT
+    for form in _redacted_forms(tuple(secrets)):
+        if form in text:
+            text = text.replace(form, REDACTED)
     return text
+
+
+def target_secret_values(secrets: TargetSecrets | None) -> list[str]:
+    """The target's own secret values (auth and signing, current and previous) worth scrubbing."""
+    if secrets is None:
+        return []
+    return [value for secret in (secrets.auth, secrets.signing) if secret for value in secret.values()]
+
+
+def echo_forms(value: str) -> set[str]:
+    """How an endpoint may echo text it was sent: as it is, escaped as JSON writers escape a string
+    (non-ASCII as \\uXXXX or not; ``/`` as ``\\/`` or not, as PHP's json_encode does) or
+    percent-encoded."""
+    escaped = {json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
+    return {value, quote(value, safe=""), *escaped, *(form.replace("/", "\\/") for form in escaped)}
+
+
+def secret_forms(value: str) -> set[str]:
+    """A secret's echo forms, and base64 as a Basic ``Authorization`` header carries ``user:password``.
+    Values under 4 characters are too short to tell from other text."""
+    if len(value) < 4:
+        return set()
+    return echo_forms(value) | {base64.b64encode(value.encode()).decode()}
+
+
+@lru_cache(maxsize=256)
+def _redacted_forms(secrets: tuple[str, ...]) -> tuple[str, ...]:
+    """Every echo form of ``secrets``, longest first (so no shorter form cuts a longer one in two);
+    cached, as a target's secrets are the same from one delivery to the next."""
+    return tuple(sorted({form for secret in secrets for form in secret_forms(secret)}, key=len, reverse=True))
+
+
+# An event id this long is not found in an answer by chance: an answer that holds it echoes the event,
+# in whatever formatting the endpoint gave it.
+_DISTINCT_ID = 8
+
+
+def _echoes_event(text: str, event_json: str, event_id: str) -> bool:
+    if len(event_id) >= _DISTINCT_ID and event_id in text:
+        return True
+    # Every echo form of the event is at least as long as its text.
+    return len(text) >= len(event_json) and any(form in text for form in echo_forms(event_json))
 
 
 def write_audit(batch: Batch, sink: AuditSink | None) -> None:
