@@ -454,6 +454,28 @@ def test_an_answer_that_echoes_the_event_is_not_kept(
     assert line["responseBody"] == "[not kept: the answer holds the event]" and line["responseBytes"] > 0
 
 
+def test_a_delivery_step_that_raises_is_left_for_redelivery_and_says_so_in_the_audit(
+    running: list[Relay],
+) -> None:
+    # Given a Basic credential no request can carry (an unpaired surrogate), stored before config sync
+    # refused such text
+    target = make_target(security=TargetSecurity(type=SecurityType.BASIC, secret_name="auth"))
+    r = relay(target)
+    r.secrets.secrets.update(auth=RotatingSecret(current="user:pass-\udc00-word"))
+    start(running, r)
+    rec = record()
+
+    # When its record is handled, SQS shows it again, and the audit names the failure, not the secret
+    assert r.batch(rec) == [rec["messageId"]]
+    assert r.http.requests == []
+    (line,) = r.audit_lines()
+    assert (line["outcome"], line["errorCode"], line["error"]) == (
+        "left-for-redelivery",
+        "internal-error",
+        "internal error: UnicodeEncodeError",
+    )
+
+
 # --- records that cannot be attempted ---------------------------------------------------------------------
 
 

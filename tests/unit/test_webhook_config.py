@@ -138,6 +138,30 @@ def test_invalid_configs_are_refused_naming_the_field_not_the_value(
 
 
 @pytest.mark.parametrize(
+    ("properties", "secrets", "where"),
+    [
+        ({}, {"encryptionKey": "an-encryption-key-\ud800-that-must-not-leak"}, "encryptionKey"),
+        ({"securityType": "basic"}, {"security": "user:pass-\udc00-word"}, "security.value"),
+        ({}, {"signingSecret": "whsec_\udbff"}, "signingSecret"),
+        ({"headers": {"X-Team": "crm-\ud83d"}}, {}, "headers.X-Team"),
+        ({"filters": {"eventTypes": ["x\udfff"]}}, {}, "filters.eventTypes.0"),
+    ],
+)
+def test_text_utf8_cannot_carry_is_refused_naming_where_it_is(
+    properties: dict[str, Any], secrets: dict[str, str | None], where: str
+) -> None:
+    # Given a config (or a credential) holding an unpaired UTF-16 surrogate, which JSON can spell
+    # ("\ud800") but no request can carry: every delivery would fail before a byte was sent
+    with pytest.raises(ValidationError) as caught:
+        webhook_config_from_genesys(_integration(), _config(**properties), _secrets(**secrets))
+
+    # Then the config is refused, naming where the text is and never the text
+    message = safe_errors(caught.value)
+    assert f"{where} holds text UTF-8 cannot carry (an unpaired surrogate)" in message
+    assert "must-not-leak" not in message and "pass-" not in message and "crm-" not in message
+
+
+@pytest.mark.parametrize(
     ("matrix", "reason"),
     [
         (

@@ -151,6 +151,16 @@ class WebhookConfig(BaseModel):
     # Genesys' configuration version, for the log only.
     config_version: int | None = Field(None, alias="configVersion")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _text_utf8_carries(cls, data: Any) -> Any:
+        """JSON can spell an unpaired UTF-16 surrogate (``"\\ud800"``); no request, key derivation or
+        header can carry one, so every delivery would fail before a byte was sent."""
+        where = _unpaired_surrogate_at(data)
+        if where is not None:
+            raise ValueError(f"{where or 'config'} holds text UTF-8 cannot carry (an unpaired surrogate)")
+        return data
+
     @model_validator(mode="after")
     def _blocking_needs_ordering(self) -> WebhookConfig:
         if self.on_exhausted is OnExhausted.BLOCK and self.ordering is not Ordering.CONVERSATION:
@@ -202,6 +212,27 @@ class WebhookConfig(BaseModel):
         if key is not None and len(key.get_secret_value()) < MIN_ENCRYPTION_KEY_CHARS:
             raise ValueError(f"encryption key must have at least {MIN_ENCRYPTION_KEY_CHARS} characters")
         return key
+
+
+def _unpaired_surrogate_at(data: Any) -> str | None:
+    """The dotted path of the first text (a value or a name) in ``data`` that UTF-8 cannot encode."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, SecretStr):
+            item = item.get_secret_value()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return path
+        elif isinstance(item, dict):
+            for name, value in item.items():
+                child = f"{path}.{name}" if path else str(name)
+                stack.extend(((path or "config", name), (child, value)))
+        elif isinstance(item, list | tuple):
+            stack.extend((f"{path}.{index}", value) for index, value in enumerate(item))
+    return None
 
 
 def safe_errors(exc: ValidationError) -> str:

@@ -38,6 +38,8 @@ ROUTED = "routed-to-slow-lane"  # handed to the slow lane's queue, unattempted (
 HELD = "held"  # not attempted now (behind an earlier record, breaker open, out of time)
 BLOCKED = "blocked"  # exhausted or refused, and its target blocks the conversation behind it
 
+# The errorCode of a record whose delivery step raised: a bug, not an outcome (SQS shows it again).
+INTERNAL_ERROR = "internal-error"
 REDACTED = "[redacted]"
 ECHOED_EVENT = "[not kept: the answer holds the event]"
 

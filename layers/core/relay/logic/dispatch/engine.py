@@ -36,7 +36,13 @@ from typing import Any
 
 from relay.errors import DependencyUnavailable
 from relay.logic.dispatch.attempt import Attempter, timeouts
-from relay.logic.dispatch.audit import write_archive, write_audit
+from relay.logic.dispatch.audit import (
+    INTERNAL_ERROR,
+    LEFT_FOR_REDELIVERY,
+    item_line,
+    write_archive,
+    write_audit,
+)
 from relay.logic.dispatch.batch import Batch
 from relay.logic.dispatch.fifo import OrderedDelivery
 from relay.logic.dispatch.isolation import Isolation, LatencyTracker
@@ -287,8 +293,15 @@ class Dispatcher:
             serial_budget_seconds=self._settings.serial_budget_ms / 1000,
         )
         for index, exc in crashed:
+            item = ordered[index][0]
             logger.exception("delivery crashed", exc_info=exc)
-            batch.fail(ordered[index][0].record)
+            batch.fail(item.record)
+            # The audit says so too, so `relay deliveries show` finds the record SQS shows again.
+            now = self._now()
+            line = item_line(item, batch, now, now, error=f"internal error: {type(exc).__name__}")
+            batch.log(
+                item.target.target_id, {**line, "outcome": LEFT_FOR_REDELIVERY, "errorCode": INTERNAL_ERROR}
+            )
 
     def _when_booked(self, item: Item, step: Callable[[], None]) -> None:
         if item.not_before is not None and (early := item.not_before - self._clock()) > 0:
