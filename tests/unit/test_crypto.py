@@ -226,6 +226,30 @@ def test_relay_decrypt_prints_exactly_the_bytes_genesys_sent(
     assert capsysbinary.readouterr().out == sent.encode()
 
 
+@pytest.mark.parametrize(
+    ("key", "file_text"),
+    [
+        ("enc-secret-with-a-newline", "enc-secret-with-a-newline\n"),  # as editors save it
+        ("enc-secret-windows", "enc-secret-windows\r\n"),
+        ("  spaces around this key  ", "  spaces around this key  \n"),  # config sync accepts it
+        ("  spaces around this key  ", "  spaces around this key  "),
+    ],
+)
+def test_relay_decrypt_reads_the_key_file_as_written_less_its_line_ending(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str, file_text: str
+) -> None:
+    # Given an envelope encrypted with a key, and a key file holding it
+    envelope = tmp_path / "envelope.json"
+    sealed = _sealed_envelope({"text": "hi"}, RotatingSecret(current=key, key_id="k9", salt="0e" * 16))
+    envelope.write_text(json.dumps(sealed))
+    key_file = tmp_path / "key.txt"
+    key_file.write_bytes(file_text.encode())
+
+    # When `relay decrypt --key-file` opens it, then it prints the event
+    assert main(["decrypt", str(envelope), "--key-file", str(key_file)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"text": "hi"}
+
+
 def test_concurrent_first_requests_for_a_key_run_scrypt_once() -> None:
     # Given a cold cache and 8 deliveries asking for the same key at the same moment
     cache = crypto.KeyCache()

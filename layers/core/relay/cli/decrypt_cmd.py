@@ -34,7 +34,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("envelope", help="file holding the envelope JSON, or - for stdin")
     key = parser.add_mutually_exclusive_group(required=True)
     key.add_argument(
-        "--key-file", metavar="PATH", help="file whose content (stripped) is the encryption secret"
+        "--key-file",
+        metavar="PATH",
+        help="file holding the encryption secret (as written, less a final line ending; else stripped)",
     )
     key.add_argument("--key-env", metavar="VAR", help="environment variable holding the encryption secret")
     key.add_argument(
@@ -53,10 +55,14 @@ def register(subparsers: Any) -> None:
 
 def _keys(args: argparse.Namespace) -> list[str]:
     if args.key_file:
-        key = Path(args.key_file).read_text().strip()
-        if not key:
+        text = Path(args.key_file).read_text()
+        if not text.strip():
             raise UsageError(f"--key-file {args.key_file}: the file is empty")
-        return [key]
+        # A key may begin or end with blanks (config sync takes it as given); an editor adds a line
+        # ending. The key as written, less that line ending, first; then stripped, as a key pasted with
+        # blanks around it was meant.
+        as_written = text.removesuffix("\n").removesuffix("\r")
+        return list(dict.fromkeys((as_written, text.strip())))
     if args.key_env:
         return [_environment_value(args.key_env, "--key-env")]
     from relay.errors import ConfigurationError
