@@ -453,6 +453,28 @@ def test_debug_prints_the_traceback_before_the_error_line(capsys: pytest.Capture
     assert err.splitlines()[-1].startswith("relay explode: internal error (KeyError)")
 
 
+def _many_lines(args: argparse.Namespace) -> int:
+    for n in range(100_000):  # far more than a pipe holds
+        print(json.dumps({"line": n}))
+    return 0
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given stdout a pipe whose reader has left, as `relay breaker status --format json | head -1` leaves
+    reader, writer = os.pipe()
+    os.close(reader)
+    with open(writer, "w") as left_pipe:
+        monkeypatch.setattr(sys, "stdout", left_pipe)
+
+        # When a command writes its output there
+        code = run(_parser_with(_many_lines), ["explode"])
+
+    # Then it ends as a command whose output fit the pipe does: exit 0, nothing on stderr
+    assert (code, capsys.readouterr().err) == (0, "")
+
+
 def test_ctrl_c_in_any_command_is_130(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(_parser_with(_ctrl_c), ["explode"]) == 130
     assert capsys.readouterr().err == "relay explode: interrupted\n"

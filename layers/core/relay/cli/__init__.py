@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -90,6 +91,11 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
         # Log lines go to stderr: stdout carries only the command's own output (README, section 8).
         with logs_to_stderr(), stack_settings(args):  # --stack-name: the stack's names as settings
             return int(args.func(args))
+    except BrokenPipeError:
+        # The reader left before the output ended (`| head -1`). Commands write their output after
+        # their work, so the work is done: end quietly, as a command whose output fit the pipe does.
+        _discard_stdout()
+        return ExitCode.OK
     except (Exception, KeyboardInterrupt) as exc:
         code, message = outcome(exc)
         named = exc.command if isinstance(exc, CommandError) else None  # argparse's, before args exist
@@ -98,6 +104,20 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
             traceback.print_exception(exc, file=sys.stderr)
         print(f"{command}: {message}", file=sys.stderr)
         return int(code)
+
+
+def _discard_stdout() -> None:
+    """Point stdout's descriptor at /dev/null, so what is still buffered for the reader that left does
+    not fail again when Python flushes it on the way out."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's capture)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, descriptor)
+    finally:
+        os.close(devnull)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
