@@ -1144,6 +1144,23 @@ def test_a_breaker_deferral_takes_no_tokens(running: list[Relay]) -> None:
     assert {line["errorCode"] for line in r.audit_lines()} == {"breaker-open"}
 
 
+@pytest.mark.parametrize("retry_after", ["3600", "9" * 400])
+def test_a_retry_after_floor_is_clamped_to_the_longest_retry_delay(
+    running: list[Relay], retry_after: str
+) -> None:
+    # Given MAX_RETRY_DELAY_SECONDS 60, and a limited target that answers 429 asking for an hour, or
+    # for longer than a float holds
+    throttling = always(429, headers={"retry-after": retry_after})
+    r = start(running, relay(limited(10), answer_with=throttling, MAX_RETRY_DELAY_SECONDS="60"))
+
+    r.batch(record())
+
+    # Then the target's deliveries stop for at most that long, as its retries do
+    state = bucket(r)
+    assert state is not None and state.floor_until == NOW + 60
+    assert [delay for _, delay in r.queue.retries] == [60]
+
+
 def test_429s_cut_the_shared_rate_set_a_floor_and_do_not_open_the_breaker(running: list[Relay]) -> None:
     # Given a target limited to 10/s that answers ten requests with 429 and Retry-After: 2
     r = start(running, relay(limited(10, burst=10), answer_with=always(429, headers={"retry-after": "2"})))

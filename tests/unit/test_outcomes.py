@@ -109,3 +109,22 @@ def test_retry_after_in_seconds_and_as_a_date() -> None:
     assert parse_retry_after(None, now=NOW) is None
     past = format_datetime(NOW - timedelta(seconds=90), usegmt=True)
     assert parse_retry_after(past, now=NOW) == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("\u00b2", None),  # superscript two: a digit to str.isdigit, not to float
+        ("\u0663", None),  # Arabic-Indic three
+        ("1.5", None),
+        ("-5", None),
+        ("9" * 400, 43_200),  # beyond a float: clamped, never infinite
+        ("315360000", 43_200),  # ten years
+        (format_datetime(datetime(9999, 12, 31, tzinfo=UTC), usegmt=True), 43_200),
+    ],
+)
+def test_a_retry_after_is_ascii_seconds_or_a_date_and_never_beyond_12_hours(
+    value: str, seconds: float | None
+) -> None:
+    # An endpoint's answer must never crash the attempt or stop a target for years
+    assert parse_retry_after(value, now=NOW) == seconds

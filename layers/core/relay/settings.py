@@ -21,6 +21,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 
 from relay.errors import ConfigurationError
 from relay.models.breaker import DeliveryLane
+from relay.models.http import RETRY_AFTER_CEILING_SECONDS
 
 
 def _csv(value: object) -> object:
@@ -109,7 +110,9 @@ class Settings(BaseModel):
     breaker_failure_threshold: int = Field(5, alias="BREAKER_FAILURE_THRESHOLD", ge=1)
     breaker_reset_seconds: float = Field(30.0, alias="BREAKER_RESET_SECONDS", gt=0)
     breaker_max_reset_seconds: float = Field(600.0, alias="BREAKER_MAX_RESET_SECONDS", gt=0)
-    max_retry_delay_seconds: int = Field(43_200, alias="MAX_RETRY_DELAY_SECONDS", ge=0, le=43_200)
+    max_retry_delay_seconds: int = Field(
+        RETRY_AFTER_CEILING_SECONDS, alias="MAX_RETRY_DELAY_SECONDS", ge=0, le=RETRY_AFTER_CEILING_SECONDS
+    )
     # The delivery queue's redrive maxReceiveCount (template parameter MaxReceiveCount): planned attempts
     # stay below it, so the backstop never dead-letters a message without the relay's reason.
     max_receive_count: int | None = Field(None, alias="MAX_RECEIVE_COUNT", ge=2)

@@ -20,6 +20,7 @@ This is the one place HTTP results become outcomes.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -31,6 +32,7 @@ from relay.models.http import (
     DEADLINE_EXCEEDED,
     INCOMPLETE_RESPONSE,
     READ_TIMEOUT,
+    RETRY_AFTER_CEILING_SECONDS,
     HttpResult,
 )
 
@@ -77,19 +79,27 @@ class Outcome:
 
 
 def parse_retry_after(value: str | None, *, now: datetime) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP-date); None when absent or unreadable."""
+    """Seconds from a Retry-After header (delta-seconds, ASCII digits only, or HTTP-date), at most
+    RETRY_AFTER_CEILING_SECONDS: an endpoint cannot stop its deliveries for longer than SQS keeps a
+    message hidden. None when absent or unreadable."""
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
+    if _DELTA_SECONDS.fullmatch(value):
+        seconds = float(value) if len(value) <= _CEILING_DIGITS else float(RETRY_AFTER_CEILING_SECONDS)
+    else:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - now).total_seconds()
+    return min(max(0.0, seconds), RETRY_AFTER_CEILING_SECONDS)
+
+
+_DELTA_SECONDS = re.compile("[0-9]+")  # RFC 9110 delta-seconds; str.isdigit also takes "²"
+_CEILING_DIGITS = len(str(RETRY_AFTER_CEILING_SECONDS))
 
 
 def classify(result: HttpResult, *, now: datetime) -> Outcome:

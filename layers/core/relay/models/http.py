@@ -7,6 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 # Stable error codes for the audit and the outcome mapping (relay.logic.outcomes).
+# The longest wait an endpoint's Retry-After can impose (12 h: SQS keeps a message hidden at most that
+# long), and the most MAX_RETRY_DELAY_SECONDS may be.
+RETRY_AFTER_CEILING_SECONDS = 43_200
 CONNECT_TIMEOUT = "connect-timeout"
 READ_TIMEOUT = "read-timeout"
 DEADLINE_EXCEEDED = "deadline-exceeded"

@@ -116,7 +116,9 @@ class Dispatcher:
         self._lanes = Lanes(
             settings=settings, breakers=breakers, clock=clock, routes_away=self._isolation.routes_away
         )
-        self._limits = RateLimits(store=rate_limits, clock=clock)
+        self._limits = RateLimits(
+            store=rate_limits, clock=clock, max_floor_seconds=settings.max_retry_delay_seconds
+        )
         self._attempter = Attempter(
             settings=settings,
             http=http,

@@ -64,10 +64,17 @@ class RateLimits:
     meters since they throttled it."""
 
     def __init__(
-        self, *, store: RateLimitStore, clock: Clock, policy: token_bucket.AimdPolicy | None = None
+        self,
+        *,
+        store: RateLimitStore,
+        clock: Clock,
+        max_floor_seconds: float,
+        policy: token_bucket.AimdPolicy | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
+        # A Retry-After holds the target back no longer than it holds a retry (MAX_RETRY_DELAY_SECONDS).
+        self._max_floor_seconds = max_floor_seconds
         self._policy = policy or token_bucket.AimdPolicy()
         self._lock = threading.Lock()
         self._seen: dict[str, BucketState] = {}
@@ -169,7 +176,8 @@ class RateLimits:
         if not throttles:
             return
         batch.metrics.count(Metric.THROTTLED, target.target_id, len(throttles))
-        retry_after = max((o.retry_after_seconds or 0.0 for o in throttles), default=0.0) or None
+        asked = max((o.retry_after_seconds or 0.0 for o in throttles), default=0.0)
+        retry_after = min(asked, self._max_floor_seconds) or None
         try:
             with self._lock:
                 joined = target.rate_limit is not None or key in self._metered
