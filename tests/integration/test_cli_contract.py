@@ -175,19 +175,42 @@ CASES = {
         "no target no-such-target in the TargetsTable",
         aws=True,
     ),
+    # An id typed as "" or blank (an unset shell variable) names nothing: a usage error, before AWS
     "empty target id to check": Case(
-        ("targets", "check", ""),
-        FAILED,
-        "relay targets check",
-        "no target  in the TargetsTable",
-        aws=True,
+        ("targets", "check", ""), USAGE, "relay targets check", "argument TARGET_ID: must not be empty"
     ),
     "empty breaker target id": Case(
-        ("breaker", "status", ""),
-        FAILED,
+        ("breaker", "status", ""), USAGE, "relay breaker status", "argument TARGET_ID: must not be empty"
+    ),
+    "blank id to replay": Case(
+        ("deliveries", "replay", " ", "--dry-run"),
+        USAGE,
+        "relay deliveries replay",
+        "argument ID: must not be empty",
+    ),
+    "empty stack name": Case(
+        ("breaker", "status", "--stack-name", ""),
+        USAGE,
         "relay breaker status",
-        "no target  in the TargetsTable",
-        aws=True,
+        "argument --stack-name: must not be empty",
+    ),
+    "empty integration": Case(
+        ("targets", "list", "--integration="),
+        USAGE,
+        "relay targets list",
+        "argument --integration: must not be empty",
+    ),
+    "redrive rate above what SQS takes": Case(
+        ("dlq", "redrive", "--rate", "501", "--dry-run"),
+        USAGE,
+        "relay dlq redrive",
+        r"argument --rate: must be at most 500 \(SQS moves at most 500 messages a second\), not 501",
+    ),
+    "visibility above what SQS takes": Case(
+        ("dlq", "list", "--visibility", "43201"),
+        USAGE,
+        "relay dlq list",
+        r"argument --visibility: must be at most 43200 \(SQS hides a message at most 12 h\), not 43201",
     ),
     "unknown breaker target": Case(
         ("breaker", "reset", "no-such-target"),

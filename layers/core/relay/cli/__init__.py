@@ -37,17 +37,33 @@ class CommandParser(argparse.ArgumentParser):
         self, args: Sequence[str] | None = None, namespace: Any = None
     ) -> Any:
         parsed, extra = self.parse_known_args(args, namespace)
-        if extra:  # named by the command they were given to, not by "relay"
-            raise UsageError(
-                f"unrecognized arguments: {' '.join(extra)} (see --help)",
-                command=getattr(parsed, COMMAND, self.prog),
-            )
+        command = getattr(parsed, COMMAND, self.prog)  # errors are named by the command, not "relay"
+        if extra:
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)} (see --help)", command=command)
+        for dest, value in vars(parsed).items():
+            # An id, a name or a value typed as "" (an unset shell variable) names nothing.
+            if isinstance(value, str) and not value.strip():
+                raise UsageError(f"argument {_shown_as(self, dest)}: must not be empty", command=command)
         return parsed
 
     def set_defaults(self, **kwargs: Any) -> None:
         if "func" in kwargs:  # a command's own parser: "relay targets sync"
             kwargs.setdefault(COMMAND, self.prog)
         super().set_defaults(**kwargs)
+
+
+def _shown_as(parser: argparse.ArgumentParser, dest: str) -> str:
+    """How --help shows the argument stored as ``dest`` (``--stack-name``, ``TARGET_ID``), in any command."""
+    parsers = [parser]
+    while parsers:
+        for action in parsers.pop()._actions:
+            if action.dest == dest:
+                if action.option_strings:
+                    return action.option_strings[-1]
+                return action.metavar if isinstance(action.metavar, str) else dest
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+    return dest
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,6 +23,18 @@ def positive_int(text: str) -> int:
     return value
 
 
+def whole_number_up_to(most: int, why: str) -> Callable[[str], int]:
+    """A whole number from 1 to ``most`` (a limit the AWS call it goes to sets; ``why`` names it)."""
+
+    def whole_number(text: str) -> int:
+        value = positive_int(text)
+        if value > most:
+            raise argparse.ArgumentTypeError(f"must be at most {most} ({why}), not {value}")
+        return value
+
+    return whole_number
+
+
 def positive_seconds(text: str) -> float:
     value = _parse(text, float, "a number of seconds")
     if not (math.isfinite(value) and value > 0):  # a socket or wait timeout takes neither nan nor inf

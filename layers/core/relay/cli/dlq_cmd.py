@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
-from relay.cli.arguments import positive_int
+from relay.cli.arguments import positive_int, whole_number_up_to
 from relay.cli.exit_codes import ExitCode, Interrupted, NeedsAttention, UsageError
 from relay.cli.stack_option import STACK_OPTION
 
@@ -75,7 +75,7 @@ def register(subparsers: Any) -> None:
     )
     listing.add_argument(
         "--visibility",
-        type=positive_int,
+        type=whole_number_up_to(43_200, "SQS hides a message at most 12 h"),
         default=30,
         metavar="SECONDS",
         help="how long scanned messages stay hidden if this command dies (they are put back at the end)",
@@ -116,7 +116,10 @@ def register(subparsers: Any) -> None:
         "resend: always re-send (fresh attempt counters); move-task: fail if SQS lacks it",
     )
     redrive.add_argument(
-        "--rate", type=positive_int, metavar="PER_SECOND", help="move task rate limit (max 500; delivery)"
+        "--rate",
+        type=whole_number_up_to(500, "SQS moves at most 500 messages a second"),
+        metavar="PER_SECOND",
+        help="move task rate limit (max 500; delivery)",
     )
     redrive.set_defaults(func=_redrive)
 

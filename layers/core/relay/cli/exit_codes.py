@@ -51,8 +51,8 @@ MEANINGS = {
     "messages left in the DLQ or events the intake still refuses, an envelope that does not open, a "
     "breaker reset that kept losing to the dispatchers, a replay or target switch whose audit record "
     "could not be written (the output or the error line says what)",
-    ExitCode.USAGE: "usage: a bad argument or option, a file that does not exist or cannot be read, "
-    "a target id that names several targets (choose with --integration)",
+    ExitCode.USAGE: "usage: a bad argument or option (an empty one too), a file that does not exist or "
+    "cannot be read, a target id that names several targets (choose with --integration)",
     ExitCode.FAILED: "failed: the command could not run (settings, a --stack-name that names no stack, "
     "AWS, Genesys Cloud, the local stack, a target id that names no target in the TargetsTable, an id "
     "that names nothing in the audit or the archive, a replay refused)",
