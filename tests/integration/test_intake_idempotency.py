@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+import requests
 from support.events import api_gateway_event, sample
 from support.handlers import load_handler
 from support.lambda_context import lambda_context
@@ -14,10 +16,12 @@ from support.queues import drain
 from test_dispatch_support import ManualClock
 from test_intake_handler import seed_fixture_integrations
 
+from relay.adapters.aws import new_client
 from relay.adapters.idempotency import DynamoDBIdempotencyStore
 from relay.adapters.target_store import TargetStore
 from relay.errors import DependencyUnavailable
 from relay.local.aws_stack import LocalResources
+from relay.local.loopback import SHUTDOWN_POLL_SECONDS
 from relay.settings import get_settings
 from relay.testing.fakes import CountingMetrics
 from relay.wiring import aws_client, aws_clients
@@ -110,6 +114,84 @@ def test_concurrent_claims_have_exactly_one_winner(store: DynamoDBIdempotencySto
     for thread in threads:
         thread.join(30)
     assert sorted(states) == ["acquired"] + ["in_progress"] * 7
+
+
+class LosesFirstAnswer:
+    """A loopback proxy in front of moto that forwards every request, but closes the connection instead
+    of answering the first one for ``target`` (an ``X-Amz-Target``): the write happened, its answer was
+    lost on the way, and the client's SDK retries it."""
+
+    def __init__(self, upstream: str, target: str) -> None:
+        self.lost: list[str] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")
+                }
+                answer = requests.post(upstream + self.path, data=body, headers=headers, timeout=10)
+                if self.headers.get("X-Amz-Target") == target and not proxy.lost:
+                    proxy.lost.append(target)
+                    self.close_connection = True  # the write is done; its answer never arrives
+                    return
+                self.send_response(answer.status_code)
+                for name, value in answer.headers.items():
+                    if name.lower() not in (
+                        "content-length",
+                        "transfer-encoding",
+                        "connection",
+                        "content-encoding",
+                    ):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(SHUTDOWN_POLL_SECONDS,), daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_claim_whose_answer_was_lost_and_retried_is_still_ours(
+    aws_stack: LocalResources, clock: ManualClock
+) -> None:
+    # Given a claim write that DynamoDB applied but whose answer was lost, so the SDK wrote it again
+    # and that second write failed its condition on the first one
+    proxy = LosesFirstAnswer(aws_stack.endpoint_url, "DynamoDB_20120810.PutItem")
+    try:
+        client = new_client(
+            "dynamodb",
+            endpoint_url=proxy.url,
+            region_name="us-east-1",
+            aws_access_key_id="local",
+            aws_secret_access_key="local",
+        )
+        store = DynamoDBIdempotencyStore(
+            client, aws_stack.idempotency_table, ttl_seconds=3_600, lease_seconds=10, clock=clock
+        )
+
+        claim = store.claim("intake#lost-answer")
+    finally:
+        proxy.close()
+
+    # Then the claim is ours (acquired), not someone else's in progress: a caller that took it for a
+    # duplicate would drop the event (the EventBridge path answers a duplicate with success)
+    assert proxy.lost == ["DynamoDB_20120810.PutItem"]
+    assert claim.state == "acquired" and claim.token is not None
+    store.complete(claim, '{"status": "accepted"}')
+    assert store.claim("intake#lost-answer").state == "completed"
 
 
 def test_an_unreachable_table_is_dependency_unavailable(

@@ -86,12 +86,12 @@ class DynamoDBIdempotencyStore:
         except ClientError as exc:
             if not _condition_failed(exc):
                 raise _unavailable(exc) from None
-            return self._existing(key, exc.response.get("Item"))
+            return self._existing(key, exc.response.get("Item"), token)
         except BotoCoreError as exc:
             raise _unavailable(exc) from None
         return Claim(key=key, state="acquired", token=token)
 
-    def _existing(self, key: str, item: dict[str, Any] | None) -> Claim:
+    def _existing(self, key: str, item: dict[str, Any] | None, token: str) -> Claim:
         if item is None:  # an older DynamoDB (or emulator) that does not return the item: read it
             try:
                 found = self._ddb.get_item(TableName=self._table, Key={"id": {"S": key}}, ConsistentRead=True)
@@ -102,6 +102,10 @@ class DynamoDBIdempotencyStore:
             return Claim(key=key, state="in_progress")
         if item.get("status", {}).get("S") == STATUS_COMPLETED and "data" in item:
             return Claim(key=key, state="completed", response=item["data"]["S"])
+        if item.get("token", {}).get("S") == token:
+            # Our own write: it was applied, its answer lost, and the SDK's retry met it. Taken for
+            # another attempt's claim, the event would be answered as a duplicate and never queued.
+            return Claim(key=key, state="acquired", token=token)
         return Claim(key=key, state="in_progress")
 
     def complete(self, claim: Claim, response: str) -> None:
