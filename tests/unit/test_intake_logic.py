@@ -205,15 +205,19 @@ def test_a_forged_request_cannot_make_a_rotated_secrets_genuine_event_a_401() ->
     assert len(queue.bodies) == 2
 
 
-def test_a_failed_re_read_keeps_the_401_rather_than_a_5xx() -> None:
+def test_a_re_read_that_cannot_reach_secrets_manager_is_retried_not_refused() -> None:
+    # Given a secret rotated behind the cache, and Secrets Manager unreachable when its first event
+    # arrives (a forged request cannot be told from it: it is retried too, and never accepted)
     def unavailable(name: str) -> Any:
         raise DependencyUnavailable("Secrets Manager unavailable")
 
-    intake, _ = make_intake(refresh_secret=unavailable)
-    assert refusal(intake.handle(api_gateway_event(sign_with="forged-secret-00000000"))) == (
-        401,
-        "signature_mismatch",
-    )
+    intake, queue = make_intake(refresh_secret=unavailable)
+    response = intake.handle(api_gateway_event(sign_with="rotated-secret-000000000"))
+
+    # Then it is a 503 Genesys retries, not a 401 it never resends: the genuine event is not lost
+    assert refusal(response) == (503, "service_unavailable")
+    assert int(response["headers"]["retry-after"]) > 0
+    assert queue.bodies == []
 
 
 def test_task_bodies_are_ascii_so_sqs_accepts_any_unicode_text() -> None:

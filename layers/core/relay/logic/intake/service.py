@@ -269,8 +269,10 @@ class Intake:
         self._secret_refreshed_at[secret_name] = self._monotonic()
         try:
             return refresh(secret_name)
-        except (DependencyUnavailable, ConfigurationError):
-            return None  # keep the refusal: an unverifiable request is not a reason for a 5xx
+        except ConfigurationError:
+            return None  # no usable secret to check against: the refusal stands
+        # DependencyUnavailable goes on to a 503: the request may be a genuine event signed with a
+        # rotated secret, and Genesys retries a 503 but never a 401.
 
 
 def _text_or_none(value: object) -> str | None:
