@@ -336,3 +336,32 @@ def test_put_event_exits_1_when_an_entry_fails_and_2_without_an_api(
     monkeypatch.delenv("RELAY_LOCAL_API", raising=False)
     assert relay_main(["local", "put-event", str(request)]) == 2
     assert "--api" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "bad", [{"source": "genesys"}, "a string", 7, None], ids=["no-detail", "text", "number", "null"]
+)
+def test_put_event_answers_a_malformed_list_element_in_its_place_and_sends_the_others(
+    api: str,
+    eventbridge: LocalEventBridge,
+    intake: Intake,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    bad: Any,
+) -> None:
+    # Given a list of events, one of which is not an EventBridge event
+    events = tmp_path / "events.json"
+    events.write_text(json.dumps([eventbridge_event(), bad, eventbridge_event()]))
+
+    # When the CLI sends it
+    code = relay_main(["local", "put-event", str(events), "--api", api.removesuffix(PUT_EVENTS_PATH)])
+
+    # Then, as PutEvents answers a request with one bad entry: that entry fails in its place, the
+    # others go, and the command says something needs attention
+    assert code == 1
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["FailedEntryCount"] == 1
+    assert ["EventId" in entry for entry in answer["Entries"]] == [True, False, True]
+    assert answer["Entries"][1]["ErrorCode"]
+    assert eventbridge.wait_idle(WAIT)
+    assert sorted(e["id"] for e in intake.events) == sorted(answer["Entries"][i]["EventId"] for i in (0, 2))

@@ -231,6 +231,30 @@ def put_event_command(args: argparse.Namespace) -> int:
     return ExitCode.OK if merged["FailedEntryCount"] == 0 else ExitCode.ATTENTION
 
 
+_EVENT_FIELDS = {"source": "Source", "detail-type": "DetailType", "detail": "Detail", "time": "Time"}
+
+
+def _is_event(document: Any) -> bool:
+    return isinstance(document, dict) and {"source", "detail-type", "detail"} <= set(document)
+
+
+def _entry(event: Any, event_bus: str | None) -> dict[str, Any]:
+    """The PutEvents entry of an EventBridge event (of what it has, when it is not one)."""
+    fields = event if isinstance(event, dict) else {}
+    entry: dict[str, Any] = {
+        key: fields[name] for name, key in _EVENT_FIELDS.items() if fields.get(name) is not None
+    }
+    if "Detail" in entry:
+        # Not ASCII-escaped: an emoji stays 4 bytes (escaped, 12), and entries are sized in bytes.
+        entry["Detail"] = json.dumps(entry["Detail"], ensure_ascii=False)
+    if not entry.get("Time"):  # "time": "" is no time, as EventBridge reads it
+        entry.pop("Time", None)
+    entry["Resources"] = fields.get("resources", [])
+    if event_bus:
+        entry["EventBusName"] = event_bus
+    return entry
+
+
 def put_events_requests(document: Any, event_bus: str | None = None) -> list[dict[str, Any]]:
     """PutEvents requests from a file's content: a request as it is, or EventBridge events as entries,
     at most 10 and 256 KB of them to a request (PutEvents refuses more).
@@ -244,27 +268,17 @@ def put_events_requests(document: Any, event_bus: str | None = None) -> list[dic
         if document["Entries"] == []:
             raise ValueError('holds no events: its "Entries" is empty')
         return [document]
-    events = document if isinstance(document, list) else [document]
-    if not events:
-        raise ValueError("holds no events: the list is empty")
-    entries = []
-    for event in events:
-        if not isinstance(event, dict) or not {"source", "detail-type", "detail"} <= set(event):
-            raise ValueError(
-                'expected an EventBridge event (source, detail-type, detail) or {"Entries": [...]}'
-            )
-        entry: dict[str, Any] = {
-            "Source": event["source"],
-            "DetailType": event["detail-type"],
-            # Not ASCII-escaped: an emoji stays 4 bytes (escaped, 12), and entries are sized in bytes.
-            "Detail": json.dumps(event["detail"], ensure_ascii=False),
-            "Resources": event.get("resources", []),
-        }
-        if event.get("time"):
-            entry["Time"] = event["time"]
-        if event_bus:
-            entry["EventBusName"] = event_bus
-        entries.append(entry)
+    if isinstance(document, list):
+        if not document:
+            raise ValueError("holds no events: the list is empty")
+        events = document
+    elif _is_event(document):
+        events = [document]
+    else:
+        raise ValueError('expected an EventBridge event (source, detail-type, detail) or {"Entries": [...]}')
+    # A list element that is not an event goes as the entry it makes: PutEvents fails that entry in
+    # its place, as it would in a request, and the others still go.
+    entries = [_entry(event, event_bus) for event in events]
     # Requests as full as PutEvents takes: ten entries, 256 KB of them (an entry over it goes alone,
     # and is refused by itself).
     batches: list[list[dict[str, Any]]] = []
