@@ -63,6 +63,8 @@ def test_a_receiver_requiring_a_client_certificate_gets_the_request_only_with_on
     # Then the first never got past the handshake (a connection error: retried, never delivered)
     assert (without.status, without.error_code) == (None, "connection-error")
     assert receiver.refused_handshakes == 1
+    # ... which says why, so an operator can tell it from an untrusted server certificate
+    assert without.error is not None and "CERTIFICATE_REQUIRED" in without.error.upper()
     # and the second was delivered, the receiver seeing the relay's certificate
     assert (with_it.status, with_it.error_code) == (200, None)
     assert [r.client_certificate for r in receiver.requests] == ["relay-mtls"]
@@ -96,6 +98,7 @@ def test_a_server_certificate_outside_the_trusted_cas_is_refused(pki: Pki) -> No
         http.close()
 
     assert (result.status, result.error_code) == (None, "connection-error")
+    assert result.error is not None and "CERTIFICATE_VERIFY_FAILED" in result.error
     assert receiver.requests == []
 
 

@@ -252,8 +252,32 @@ def _retry_headers(response: BaseHTTPResponse) -> dict[str, str]:
 
 
 def _short(exc: Exception) -> str:
-    # urllib3's messages may quote the URL, whose query may hold a token: keep exception class names.
+    # urllib3's messages may quote the URL, whose query may hold a token: keep exception class names,
+    # and a TLS failure's OpenSSL reason (which names no URL and no secret).
+    tls = _tls_failure(exc)
+    if tls is not None:
+        return f"{type(exc).__name__}({_tls_reason(tls)})"
     reason: object = exc.args[1] if isinstance(exc, ProtocolError) and len(exc.args) > 1 else None
     if isinstance(reason, BaseException):
         return f"{type(exc).__name__}({type(reason).__name__})"
     return type(exc).__name__
+
+
+def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The ssl.SSLError behind a failed request (urllib3 wraps it), if one is."""
+    seen: list[BaseException] = [exc]
+    while seen:
+        current = seen.pop()
+        if isinstance(current, ssl.SSLError):
+            return current
+        nested = [*current.args, current.__cause__, current.__context__]
+        seen.extend(e for e in nested if isinstance(e, BaseException) and e is not current)
+    return None
+
+
+def _tls_reason(failure: ssl.SSLError) -> str:
+    """``CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate`` (their certificate is not
+    trusted), ``TLSV13_ALERT_CERTIFICATE_REQUIRED`` (they want ours), ``TLSV1_ALERT_UNKNOWN_CA`` ..."""
+    reason = getattr(failure, "reason", None) or type(failure).__name__
+    verify = getattr(failure, "verify_message", None)
+    return f"{reason}: {verify}" if verify else str(reason)
