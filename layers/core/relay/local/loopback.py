@@ -10,6 +10,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 SHUTDOWN_POLL_SECONDS = 0.05
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver listens with a backlog of 5: a burst of first connections (Genesys opens them side
+    # by side; a load test does) overflowed it, and some were reset or timed out before accept().
+    request_queue_size = 1024
+
+
 class LoopbackServer:
     """``start()`` binds 127.0.0.1 (never 0.0.0.0) and serves; ``stop()`` shuts down and joins.
 
@@ -29,7 +35,7 @@ class LoopbackServer:
         self._name = name
         self._wait = wait_for_requests
         self.port = port
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -38,7 +44,7 @@ class LoopbackServer:
 
     def start(self) -> int:
         """Listen and serve; return the bound port."""
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler)
+        server = _Server(("127.0.0.1", self.port), self._handler)
         server.daemon_threads = not self._wait
         server.block_on_close = self._wait
         self._server = server
