@@ -271,6 +271,55 @@ def test_a_target_that_blocks_holds_the_conversation_behind_an_exhausted_record(
     assert outcomes == [("g-0", "blocked"), ("g-1", "held")]
 
 
+def test_a_target_that_blocks_and_answers_410_holds_the_conversation_until_it_is_enabled_again(
+    relays: list[OrderedRelay],
+) -> None:
+    # Given a target that blocks, answering 410 Gone to a conversation's first record
+    r = ordered_relay(relays, ordered_target(on_exhausted=OnExhausted.BLOCK), answers={"g-0": 410})
+    gone, then = fifo_record("g", 0), fifo_record("g", 1)
+
+    failed = r.batch(gone, then)
+
+    # Then nothing is dead-lettered (a dispatcher whose target cache still says enabled would deliver
+    # the records behind a letter, and a redrive would put it after them): the conversation waits in
+    # order, looked at again every minute, and the target is disabled as for any 410
+    assert failed == ids(gone, then)
+    assert r.ordered.dead_letters == [] and r.sent() == ["g-0"]
+    assert r.ordered.holds == [(handles(gone, then), 60)]
+    assert [(line["eventId"], line["outcome"]) for line in r.audit_lines()] == [
+        ("g-0", "blocked"),
+        ("g-1", "held"),
+    ]
+    assert r.targets.get_target(INTEGRATION, "crm").enabled is False
+
+
+@pytest.mark.parametrize(
+    ("on_exhausted", "dead_lettered"), [(OnExhausted.BLOCK, False), (OnExhausted.DEAD_LETTER, True)]
+)
+def test_a_disabled_target_that_blocks_holds_its_conversations_and_one_that_does_not_dead_letters_them(
+    relays: list[OrderedRelay], on_exhausted: OnExhausted, dead_lettered: bool
+) -> None:
+    # Given an ordered target disabled (relay targets disable, or a 410 in another container)
+    r = ordered_relay(relays, ordered_target(on_exhausted=on_exhausted, enabled=False))
+    first, then = fifo_record("g", 0), fifo_record("g", 1)
+
+    failed = r.batch(first, then)
+
+    # Then nothing is sent; a target that blocks keeps its conversation in order for when it is
+    # enabled again, the others are dead-lettered as target-disabled
+    assert r.sent() == []
+    if dead_lettered:
+        assert failed == [] and r.ordered.holds == []
+        assert [d["reason"] for d in r.ordered.dead_letters] == [DlqReason.TARGET_DISABLED] * 2
+    else:
+        assert failed == ids(first, then) and r.ordered.dead_letters == []
+        assert r.ordered.holds == [(handles(first, then), 60)]
+        assert [(line["eventId"], line["outcome"], line["errorCode"]) for line in r.audit_lines()] == [
+            ("g-0", "held", "target-disabled"),
+            ("g-1", "held", "target-disabled"),
+        ]
+
+
 def test_an_open_breaker_holds_every_conversation_of_its_target_without_a_re_send(
     relays: list[OrderedRelay],
 ) -> None:

@@ -39,7 +39,7 @@ from relay.logic import breaker, retry
 from relay.logic.dispatch import audit
 from relay.logic.dispatch.attempt import Attempter
 from relay.logic.dispatch.batch import Batch
-from relay.logic.dispatch.fifo_settle import GroupQueue, OrderedSettler
+from relay.logic.dispatch.fifo_settle import GroupQueue, OrderedSettler, holds_for
 from relay.logic.dispatch.lanes import Lane, Lanes, group
 from relay.logic.dispatch.metrics import Metric
 from relay.logic.dispatch.rate_limit import Held, RateLimits
@@ -222,15 +222,13 @@ class OrderedDelivery:
         if isinstance(step, Unresolved):
             return Hold(None, DEPENDENCY_UNAVAILABLE)
         if isinstance(step, Unattempted):
-            settler.unattempted(step, batch)
-            return None
+            return self._unattempted(step, settler, batch)
         item = step
         if item.not_before is not None and (early := item.not_before - self._clock()) > 0:
             self._sleep(early)  # paced by its rate limit: its group waits for its booked time
         with self._slot(item.key):
             if batch.is_gone(item.key):
-                settler.unattempted(Unattempted.gone(item), batch)
-                return None
+                return self._unattempted(Unattempted.gone(item), settler, batch)
             hold = self.admit(item, lanes[item.key], rate_held.get(id(item)), batch)
             if hold is not None:
                 return hold
@@ -241,11 +239,21 @@ class OrderedDelivery:
                 return Hold(None, DEPENDENCY_UNAVAILABLE)
             attempt = self._attempter.run(item)
             if isinstance(attempt, Unattempted):
-                settler.unattempted(attempt, batch)
-                return None
+                return self._unattempted(attempt, settler, batch)
             if attempt.outcome.verdict is not Verdict.DELIVERED:
                 self._count_failure(item.record)
             settler.attempted(item, attempt, batch)
+        return None
+
+    def _unattempted(self, step: Unattempted, settler: OrderedSettler, batch: Batch) -> Hold | None:
+        """Dead-letter a record that cannot be attempted, or hold its group when its target blocks and
+        is only disabled (fifo_settle.WAITS_FOR_ENABLE)."""
+        hold = step.target and holds_for(
+            step.target, step.reason, block_hold_seconds=self._settings.ordered_block_hold_seconds
+        )
+        if hold:
+            return Hold(hold, step.reason.value)
+        settler.unattempted(step, batch)
         return None
 
     def _attempt_number(self, record: SqsRecord) -> int:
@@ -274,12 +282,15 @@ class OrderedDelivery:
         now = self._now()
         for step in steps:
             batch.fail(step.record)
-            if isinstance(step, Item):
-                line = audit.item_line(step, batch, now, now, error=None)
+            item = (
+                step if isinstance(step, Item) else step.as_item() if isinstance(step, Unattempted) else None
+            )
+            if item is not None:
+                line = audit.item_line(item, batch, now, now, error=None)
                 line.update(attempt=None, outcome=audit.HELD, errorCode=hold.reason)
                 line["retryInSeconds"] = hold.seconds
-                batch.metrics.count(Metric.ORDERED_HELD, step.target.target_id)
-                batch.log(step.target.target_id, line)
+                batch.metrics.count(Metric.ORDERED_HELD, item.target.target_id)
+                batch.log(item.target.target_id, line)
 
     def _resolve(self, record: SqsRecord, batch: Batch) -> Step:
         try:

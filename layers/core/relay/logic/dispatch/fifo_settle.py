@@ -26,14 +26,30 @@ from relay.logic.dispatch.settle import Settler
 from relay.logic.outcomes import Outcome
 from relay.models.delivery import DeadLetterNote, DlqReason
 from relay.models.queue import GroupPlacement
-from relay.models.targets import OnExhausted
+from relay.models.targets import OnExhausted, Target
 from relay.observability import logger
 from relay.ports import OrderedQueueOps
 
 # The dead-letter reasons an ordered target with onExhausted block holds instead: what its own
-# answers decided. A 410 disables the target (everything after it is dead-lettered anyway), and
-# records that cannot be attempted at all (poison, unknown or disabled target) would block forever.
+# answers decided, held for ORDERED_BLOCK_HOLD_SECONDS ...
 BLOCKING_REASONS = frozenset({DlqReason.EXHAUSTED, DlqReason.PERMANENT_STATUS})
+# ... and the target being disabled (`relay targets disable`, or a 410): held until it is enabled
+# again, looked at every ENABLE_RECHECK_SECONDS. Dead-lettered, a record would be overtaken by the
+# records behind it wherever a dispatcher's target cache still said enabled, and a redrive would put
+# it after them. Records that cannot be attempted at all (poison, unknown target) would block
+# forever: they are dead-lettered in their group.
+WAITS_FOR_ENABLE = frozenset({DlqReason.TARGET_DISABLED, DlqReason.TARGET_GONE})
+ENABLE_RECHECK_SECONDS = 60
+
+
+def holds_for(target: Target, reason: DlqReason, *, block_hold_seconds: int) -> int | None:
+    """How long a target's ordered record is held instead of dead-lettered for ``reason`` (None: it is
+    dead-lettered)."""
+    if target.on_exhausted is not OnExhausted.BLOCK:
+        return None
+    if reason in BLOCKING_REASONS:
+        return block_hold_seconds
+    return ENABLE_RECHECK_SECONDS if reason in WAITS_FOR_ENABLE else None
 
 
 class GroupQueue:
@@ -88,12 +104,13 @@ class OrderedSettler(Settler):
     def _dead_letter(
         self, item: Item, reason: DlqReason, outcome: Outcome, batch: Batch, line: dict[str, Any]
     ) -> None:
-        if item.target.on_exhausted is not OnExhausted.BLOCK or reason not in BLOCKING_REASONS:
+        wanted = holds_for(item.target, reason, block_hold_seconds=self._block_hold_seconds)
+        if wanted is None:
             super()._dead_letter(item, reason, outcome, batch, line)
             return
-        hold: int | None = self._block_hold_seconds
+        hold: int | None = wanted
         try:
-            self._queue.schedule_retry(item.record.receipt_handle, self._block_hold_seconds)
+            self._queue.schedule_retry(item.record.receipt_handle, wanted)
         except DependencyUnavailable:  # the queue's own visibility timeout brings it back
             hold = None
         line.update(outcome=audit.BLOCKED, dlqReason=reason.value, retryInSeconds=hold)

@@ -88,12 +88,22 @@ class Unattempted:
     task: DeliveryTask | None
     reason: DlqReason
     why: str
+    target: Target | None = None  # when it is known (disabled or gone): an ordered one may hold instead
 
     @classmethod
     def gone(cls, item: Item) -> Unattempted:
         """Its target answered 410 Gone earlier in this batch: it is gone for this record too."""
         why = "target answered 410 Gone earlier in this batch"
-        return cls(item.record, item.task, DlqReason.TARGET_GONE, why)
+        return cls(item.record, item.task, DlqReason.TARGET_GONE, why, item.target)
+
+    def as_item(self) -> Item | None:
+        """The record as an item of its target (to hold it in its conversation), if the target is known."""
+        if self.task is None or self.target is None:
+            return None
+        key = target_key(self.task.integration_id, self.task.target_id)
+        return Item(
+            record=self.record, task=self.task, target=self.target, key=key, attempt=self.record.attempt
+        )
 
 
 def resolve(record: SqsRecord, targets: TargetDirectory, read: dict[str, DeliveryTask]) -> Item | Unattempted:
@@ -110,7 +120,7 @@ def resolve(record: SqsRecord, targets: TargetDirectory, read: dict[str, Deliver
     if target is None:
         return Unattempted(record, task, DlqReason.UNKNOWN_TARGET, "no such target")
     if not target.enabled:
-        return Unattempted(record, task, DlqReason.TARGET_DISABLED, "target is disabled")
+        return Unattempted(record, task, DlqReason.TARGET_DISABLED, "target is disabled", target)
     return Item(
         record=record,
         task=task,
