@@ -297,7 +297,10 @@ def test_a_target_that_blocks_and_answers_410_holds_the_conversation_until_it_is
     ("on_exhausted", "dead_lettered"), [(OnExhausted.BLOCK, False), (OnExhausted.DEAD_LETTER, True)]
 )
 def test_a_disabled_target_that_blocks_holds_its_conversations_and_one_that_does_not_dead_letters_them(
-    relays: list[OrderedRelay], on_exhausted: OnExhausted, dead_lettered: bool
+    relays: list[OrderedRelay],
+    on_exhausted: OnExhausted,
+    dead_lettered: bool,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # Given an ordered target disabled (relay targets disable, or a 410 in another container)
     r = ordered_relay(relays, ordered_target(on_exhausted=on_exhausted, enabled=False))
@@ -314,6 +317,9 @@ def test_a_disabled_target_that_blocks_holds_its_conversations_and_one_that_does
     else:
         assert failed == ids(first, then) and r.ordered.dead_letters == []
         assert r.ordered.holds == [(handles(first, then), 60)]
+        # counted by the OrderedGroupBlocked alarm: the ordered queue does not keep them for ever
+        emitted = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+        assert sum(sum(doc.get("OrderedGroupBlocked", [])) for doc in emitted) == 1
         assert [(line["eventId"], line["outcome"], line["errorCode"]) for line in r.audit_lines()] == [
             ("g-0", "held", "target-disabled"),
             ("g-1", "held", "target-disabled"),

@@ -252,6 +252,8 @@ class OrderedDelivery:
             step.target, step.reason, block_hold_seconds=self._settings.ordered_block_hold_seconds
         )
         if hold:
+            # Counted as blocked (the alarm): the ordered queue keeps them 14 days, not for ever.
+            batch.metrics.service_count(Metric.ORDERED_GROUP_BLOCKED)
             return Hold(hold, step.reason.value)
         settler.unattempted(step, batch)
         return None
