@@ -3,6 +3,7 @@ their conversation's order, and never past a letter that stays behind."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from relay.adapters.sqs import SqsQueues
+from relay.cli import main
 from relay.local.aws_stack import LocalResources
 from relay.logic.dlq import RedriveFilter, RedriveOptions, redrive
 from relay.models.delivery import DeadLetterNote, DeliveryTask, DlqReason
@@ -102,3 +104,35 @@ def test_a_repeated_redrive_of_a_letter_not_yet_deleted_does_not_queue_it_twice(
     )
     assert result.ok and result.moved == 1
     assert drain(aws_stack.ordered_queue_url) == [("a", "a-0")]
+
+
+def test_listing_an_ordered_dlq_says_how_many_letters_wait_behind_those_it_could_see(
+    aws_stack: LocalResources, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given two conversations with eight letters each in the ordered DLQ (FIFO: once a receive has
+    # handed out some of a conversation's letters, SQS shows no more of it until those have gone)
+    queues = SqsQueues(
+        aws_client("sqs"),
+        ordered_queue_url=aws_stack.ordered_queue_url,
+        ordered_dead_letter_queue_url=aws_stack.ordered_dead_letter_queue_url,
+    )
+    for group in ("a", "b"):
+        for seq in range(8):
+            letter(queues, group, seq, DlqReason.EXHAUSTED)
+
+    # When an operator lists it, and dry-runs a redrive
+    assert main(["dlq", "list", "--queue", "ordered", "--format", "json", "--no-progress"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert main(["dlq", "list", "--queue", "ordered", "--no-progress"]) == 0
+    table = capsys.readouterr().out
+    assert main(["dlq", "redrive", "--queue", "ordered", "--dry-run", "--no-progress"]) == 0
+    dry_run = capsys.readouterr().out
+
+    # Then both say that what they counted is the first letter of each conversation, and how many wait
+    # behind (the redrive moves those too, in order)
+    behind = listed["behindShown"]
+    assert listed["approximateDepth"] == 16 and listed["scanned"] < 16
+    assert behind == 16 - listed["scanned"]
+    assert f"about {behind} more wait behind them in their conversations" in table
+    assert f"about {behind} more wait behind them in their conversations" in dry_run
+    assert len(drain(aws_stack.ordered_dead_letter_queue_url)) == 16  # nothing moved or lost

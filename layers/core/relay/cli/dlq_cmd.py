@@ -235,6 +235,9 @@ def _list(args: argparse.Namespace) -> int:
             f"{table(document['groups'])}\n\n"
             f"{report.scanned} messages scanned{limited}; SQS reports about {report.depth} in the queue."
         )
+        if args.queue == ORDERED and not report.limited:
+            document["behindShown"] = behind = max(0, report.depth - report.scanned)
+            text += _behind_note(behind)
         return document, text, None
 
     return _run(args, work)
@@ -268,7 +271,11 @@ def _redrive(args: argparse.Namespace) -> int:
         )
         document = result.to_json()
         attention = None if result.ok else "not everything was moved: read the summary"
-        return document, format_redrive(document), attention
+        text = format_redrive(document)
+        if args.queue == ORDERED and args.dry_run and args.max is None:
+            document["behindShown"] = behind = max(0, result.depth - result.scanned)
+            text += _behind_note(behind)
+        return document, text, attention
 
     return _run(args, work)
 
@@ -362,6 +369,17 @@ def _age(seconds: int | None) -> str:
         if seconds >= size:
             return f"{seconds // size}{unit}{seconds % size // small_size:02d}{small_unit}"
     return f"{seconds}s"
+
+
+def _behind_note(behind: int) -> str:
+    """What a scan of the ordered (FIFO) DLQ cannot see: SQS hands out a conversation's next letter
+    only once the one before it has gone, so a scan that moves nothing sees each conversation's first."""
+    if not behind:
+        return ""
+    return (
+        f"\nA FIFO queue shows a conversation's first letter only: about {behind} more wait behind them"
+        " in their conversations, not counted above (a redrive moves them too, in order)."
+    )
 
 
 def format_redrive(document: dict[str, Any]) -> str:

@@ -67,6 +67,7 @@ class RedriveResult:
     groups: list[DeadLetterGroup] = field(default_factory=list)
     error: str | None = None
     now_ms: int = 0
+    depth: int = 0  # SQS's approximate depth when the run started
 
     @property
     def ok(self) -> bool:
@@ -87,6 +88,7 @@ class RedriveResult:
             "notDeleted": self.not_deleted,
             "skipped": self.skipped,
             "arrivedDuringRun": self.arrived_during_run,
+            "approximateDepth": self.depth,
             "task": None
             if task is None
             else {
@@ -161,7 +163,7 @@ def _resend(
 ) -> RedriveResult:
     result = RedriveResult(mode="dry-run" if options.dry_run else "resend")
     started_ms = now_ms(now)
-    depth = queues.approximate_depth(dlq_url)
+    depth = result.depth = queues.approximate_depth(dlq_url)
     groups = DeadLetterGroups()
     stopped: set[str] = set()  # ordered DLQ: conversations with a letter left behind in this run
 
