@@ -128,8 +128,8 @@ def test_listing_an_ordered_dlq_says_how_many_letters_wait_behind_those_it_could
     assert main(["dlq", "redrive", "--queue", "ordered", "--dry-run", "--no-progress"]) == 0
     dry_run = capsys.readouterr().out
 
-    # Then both say that what they counted is the first letter of each conversation, and how many wait
-    # behind (the redrive moves those too, in order)
+    # Then both say how many letters wait behind those they could see (the redrive moves those too,
+    # in order)
     behind = listed["behindShown"]
     assert listed["approximateDepth"] == 16 and listed["scanned"] < 16
     assert behind == 16 - listed["scanned"]

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 import pytest
 from support.waiting import wait_until
@@ -388,21 +388,32 @@ def test_the_target_secrets_sign_and_authorise_and_never_reach_the_audit(running
     assert line["responseBody"] == "you sent [redacted]"
 
 
-def test_a_basic_credential_echoed_in_its_header_form_never_reaches_the_audit(running: list[Relay]) -> None:
+@pytest.mark.parametrize(
+    ("escape", "kept"),
+    [
+        (lambda encoded: encoded, "Authorization: Basic [redacted]"),
+        # its padding JSON-escaped (\u003d), as some JSON writers do
+        (lambda encoded: encoded.replace("=", "\\u003d"), "[not kept: the answer holds a secret]"),
+    ],
+    ids=["as-sent", "padding-json-escaped"],
+)
+def test_a_basic_credential_echoed_in_its_header_form_never_reaches_the_audit(
+    running: list[Relay], escape: Callable[[str], str], kept: str
+) -> None:
     # Given a target that echoes the Authorization header it got, base64 and all
     target = make_target(security=TargetSecurity(type=SecurityType.BASIC, secret_name="auth"))
-    credential = "archive:basic-password-0001"
+    credential = "archive:basic-password-01"
     encoded = base64.b64encode(credential.encode()).decode()
-    r = relay(target, answer_with=always(200, body=f"Authorization: Basic {encoded}".encode()))
+    r = relay(target, answer_with=always(200, body=f"Authorization: Basic {escape(encoded)}".encode()))
     r.secrets.secrets.update(auth=RotatingSecret(current=credential))
     start(running, r)
 
     r.batch(record())
 
     ((_, _, headers, _),) = r.http.requests
-    assert headers["Authorization"] == f"Basic {encoded}"
+    assert headers["Authorization"] == f"Basic {encoded}" and encoded.endswith("=")
     (line,) = r.audit_lines()
-    assert line["responseBody"] == "Authorization: Basic [redacted]"
+    assert line["responseBody"] == kept
 
 
 @pytest.mark.parametrize(
@@ -413,6 +424,13 @@ def test_a_basic_credential_echoed_in_its_header_form_never_reaches_the_audit(ru
         ),
         pytest.param(lambda token: json.dumps({"auth": f"Bearer {token}"}), id="json-ascii-escapes"),
         pytest.param(lambda token: f"auth=Bearer%20{quote(token, safe='')}", id="percent-encoded"),
+        # .NET's System.Text.Json escapes + as \u002B; some writers escape / as \u002F, = as \u003d
+        pytest.param(lambda token: f"Bearer {token}".replace("+", "\\u002B"), id="json-plus-escaped"),
+        pytest.param(lambda token: f"Bearer {token}".replace("/", "\\u002f"), id="json-slash-as-u002f"),
+        pytest.param(lambda token: f"Bearer {token}".replace("=", "\\u003d"), id="json-equals-escaped"),
+        pytest.param(lambda token: "".join(f"\\u{ord(c):04x}" for c in token), id="every-character-escaped"),
+        pytest.param(lambda token: f"Bearer {token}".replace("=", "%3D"), id="only-equals-percent-encoded"),
+        pytest.param(lambda token: f"auth={quote_plus('Bearer ' + token)}", id="form-encoded"),
     ],
 )
 def test_a_token_echoed_escaped_or_encoded_never_reaches_the_audit(
@@ -429,7 +447,13 @@ def test_a_token_echoed_escaped_or_encoded_never_reaches_the_audit(
     r.batch(record())
 
     (line,) = r.audit_lines()
-    assert "SECRET" not in line["responseBody"] and "[redacted]" in line["responseBody"]
+    assert "SECRET" not in line["responseBody"] and "SECRET" not in json.dumps(line).encode().decode(
+        "unicode_escape"
+    )
+    assert (
+        "[redacted]" in line["responseBody"]
+        or line["responseBody"] == "[not kept: the answer holds a secret]"
+    )
 
 
 @pytest.mark.parametrize(

@@ -372,13 +372,14 @@ def _age(seconds: int | None) -> str:
 
 
 def _behind_note(behind: int) -> str:
-    """What a scan of the ordered (FIFO) DLQ cannot see: SQS hands out a conversation's next letter
-    only once the one before it has gone, so a scan that moves nothing sees each conversation's first."""
+    """What a scan of the ordered (FIFO) DLQ cannot see: SQS hands out no more of a conversation while
+    some of its letters are in flight, and a scan that moves nothing holds them until it ends."""
     if not behind:
         return ""
     return (
-        f"\nA FIFO queue shows a conversation's first letter only: about {behind} more wait behind them"
-        " in their conversations, not counted above (a redrive moves them too, in order)."
+        "\nA FIFO queue shows no more of a conversation while a scan holds some of its letters: about"
+        f" {behind} more wait behind them in their conversations, not counted above (a redrive moves"
+        " them too, in order)."
     )
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Iterable
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, unquote_plus, urlsplit
 
 from relay.errors import DependencyUnavailable
 from relay.logic.dispatch.batch import DELIVERED as DELIVERED  # re-exported: one of the outcomes below
@@ -42,6 +43,7 @@ BLOCKED = "blocked"  # exhausted or refused, and its target blocks the conversat
 INTERNAL_ERROR = "internal-error"
 REDACTED = "[redacted]"
 ECHOED_EVENT = "[not kept: the answer holds the event]"
+ECHOED_SECRET = "[not kept: the answer holds a secret]"
 
 
 def base_line(
@@ -89,9 +91,12 @@ def response_for_audit(body: bytes, *, event_json: str, event_id: str, secrets: 
     text = body.decode("utf-8", "replace")
     if _echoes_event(text, event_json, event_id):
         return ECHOED_EVENT
-    for form in _redacted_forms(tuple(secrets)):
+    sent = tuple(secrets)
+    for form in _redacted_forms(sent):
         if form in text:
             text = text.replace(form, REDACTED)
+    if _still_holds(text, sent):  # escaped some other way: not kept at all
+        return ECHOED_SECRET
     return text
 
 
@@ -115,7 +120,7 @@ def secret_forms(value: str) -> set[str]:
     Values under 4 characters are too short to tell from other text."""
     if len(value) < 4:
         return set()
-    return echo_forms(value) | {base64.b64encode(value.encode()).decode()}
+    return echo_forms(value) | {_base64(value)}
 
 
 @lru_cache(maxsize=256)
@@ -123,6 +128,31 @@ def _redacted_forms(secrets: tuple[str, ...]) -> tuple[str, ...]:
     """Every echo form of ``secrets``, longest first (so no shorter form cuts a longer one in two);
     cached, as a target's secrets are the same from one delivery to the next."""
     return tuple(sorted({form for secret in secrets for form in secret_forms(secret)}, key=len, reverse=True))
+
+
+_JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})|\\(.)")
+_JSON_ESCAPED = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
+def _json_unescaped(text: str) -> str:
+    return _JSON_ESCAPE.sub(
+        lambda m: chr(int(m.group(1), 16)) if m.group(1) else _JSON_ESCAPED.get(m.group(2), m.group(2)), text
+    )
+
+
+def _still_holds(text: str, secrets: tuple[str, ...]) -> bool:
+    """Whether ``text`` still holds a secret (or its base64) once JSON escapes and percent-encoding,
+    in any mix, are undone: the forms redaction replaced in place are only the common ones."""
+    if "\\" not in text and "%" not in text:
+        return False  # nothing escaped: redaction saw the text as it is
+    unescaped = _json_unescaped(text)
+    readings = {unquote(unescaped), unquote_plus(unescaped), _json_unescaped(unquote(text))}
+    values = {form for secret in secrets if len(secret) >= 4 for form in (secret, _base64(secret))}
+    return any(value in reading for value in values for reading in readings)
+
+
+def _base64(value: str) -> str:
+    return base64.b64encode(value.encode()).decode()
 
 
 # An event id this long is not found in an answer by chance: an answer that holds it echoes the event,
