@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -21,7 +21,7 @@ from relay.adapters.idempotency import DynamoDBIdempotencyStore
 from relay.adapters.target_store import TargetStore
 from relay.errors import DependencyUnavailable
 from relay.local.aws_stack import LocalResources
-from relay.local.loopback import SHUTDOWN_POLL_SECONDS
+from relay.local.loopback import LoopbackServer
 from relay.settings import get_settings
 from relay.testing.fakes import CountingMetrics
 from relay.wiring import aws_client, aws_clients
@@ -154,14 +154,11 @@ class LosesFirstAnswer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, args=(SHUTDOWN_POLL_SECONDS,), daemon=True).start()
+        self.server = LoopbackServer(Handler, name="loses-first-answer")
+        self.url = f"http://127.0.0.1:{self.server.start()}"
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
 
 
 def test_a_claim_whose_answer_was_lost_and_retried_is_still_ours(

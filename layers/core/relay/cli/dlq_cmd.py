@@ -236,8 +236,7 @@ def _list(args: argparse.Namespace) -> int:
             f"{report.scanned} messages scanned{limited}; SQS reports about {report.depth} in the queue."
         )
         if args.queue == ORDERED and not report.limited:
-            document["behindShown"] = behind = max(0, report.depth - report.scanned)
-            text += _behind_note(behind)
+            text += _behind_shown(document, report.depth, report.scanned)
         return document, text, None
 
     return _run(args, work)
@@ -273,8 +272,7 @@ def _redrive(args: argparse.Namespace) -> int:
         attention = None if result.ok else "not everything was moved: read the summary"
         text = format_redrive(document)
         if args.queue == ORDERED and args.dry_run and args.max is None:
-            document["behindShown"] = behind = max(0, result.depth - result.scanned)
-            text += _behind_note(behind)
+            text += _behind_shown(document, result.depth, result.scanned)
         return document, text, attention
 
     return _run(args, work)
@@ -371,9 +369,11 @@ def _age(seconds: int | None) -> str:
     return f"{seconds}s"
 
 
-def _behind_note(behind: int) -> str:
-    """What a scan of the ordered (FIFO) DLQ cannot see: SQS hands out no more of a conversation while
-    some of its letters are in flight, and a scan that moves nothing holds them until it ends."""
+def _behind_shown(document: dict[str, Any], depth: int, scanned: int) -> str:
+    """What a scan of the ordered (FIFO) DLQ cannot see (``behindShown`` in ``document``, and a note for
+    the text): SQS hands out no more of a conversation while some of its letters are in flight, and a
+    scan that moves nothing holds them until it ends."""
+    document["behindShown"] = behind = max(0, depth - scanned)
     if not behind:
         return ""
     return (

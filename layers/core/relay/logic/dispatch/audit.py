@@ -120,7 +120,7 @@ def secret_forms(value: str) -> set[str]:
     Values under 4 characters are too short to tell from other text."""
     if len(value) < 4:
         return set()
-    return echo_forms(value) | {_base64(value)}
+    return echo_forms(value) | {base64.b64encode(value.encode()).decode()}
 
 
 @lru_cache(maxsize=256)
@@ -141,18 +141,13 @@ def _json_unescaped(text: str) -> str:
 
 
 def _still_holds(text: str, secrets: tuple[str, ...]) -> bool:
-    """Whether ``text`` still holds a secret (or its base64) once JSON escapes and percent-encoding,
-    in any mix, are undone: the forms redaction replaced in place are only the common ones."""
+    """Whether ``text`` still holds a secret (in one of its forms, base64 included) once JSON escapes
+    and percent-encoding, in any mix, are undone: redaction in place catches only the common forms."""
     if "\\" not in text and "%" not in text:
         return False  # nothing escaped: redaction saw the text as it is
     unescaped = _json_unescaped(text)
     readings = {unquote(unescaped), unquote_plus(unescaped), _json_unescaped(unquote(text))}
-    values = {form for secret in secrets if len(secret) >= 4 for form in (secret, _base64(secret))}
-    return any(value in reading for value in values for reading in readings)
-
-
-def _base64(value: str) -> str:
-    return base64.b64encode(value.encode()).decode()
+    return any(form in reading for form in _redacted_forms(secrets) for reading in readings)
 
 
 # An event id this long is not found in an answer by chance: an answer that holds it echoes the event,

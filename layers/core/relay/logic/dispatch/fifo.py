@@ -248,10 +248,9 @@ class OrderedDelivery:
     def _unattempted(self, step: Unattempted, settler: OrderedSettler, batch: Batch) -> Hold | None:
         """Dead-letter a record that cannot be attempted, or hold its group when its target blocks and
         is only disabled (fifo_settle.WAITS_FOR_ENABLE)."""
-        hold = step.target and holds_for(
-            step.target, step.reason, block_hold_seconds=self._settings.ordered_block_hold_seconds
-        )
-        if hold:
+        block_hold = self._settings.ordered_block_hold_seconds
+        hold = holds_for(step.target, step.reason, block_hold_seconds=block_hold) if step.target else None
+        if hold is not None:
             # Counted as blocked (the alarm): the ordered queue keeps them 14 days, not for ever.
             batch.metrics.service_count(Metric.ORDERED_GROUP_BLOCKED)
             return Hold(hold, step.reason.value)
@@ -284,9 +283,7 @@ class OrderedDelivery:
         now = self._now()
         for step in steps:
             batch.fail(step.record)
-            item = (
-                step if isinstance(step, Item) else step.as_item() if isinstance(step, Unattempted) else None
-            )
+            item = _held_item(step)
             if item is not None:
                 line = audit.item_line(item, batch, now, now, error=None)
                 line.update(attempt=None, outcome=audit.HELD, errorCode=hold.reason)
@@ -300,6 +297,13 @@ class OrderedDelivery:
         except DependencyUnavailable as exc:
             _warn("targets table unavailable", record, exc)
             return Unresolved(record)
+
+
+def _held_item(step: Step) -> Item | None:
+    """The item a held step's audit line is about: none for a record whose target could not be read."""
+    if isinstance(step, Item):
+        return step
+    return step.as_item() if isinstance(step, Unattempted) else None
 
 
 def _is_probe(step: Step) -> bool:
