@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import random
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from support.waiting import wait_until
 
 from relay.logic.dispatch import Dispatcher
 from relay.models.breaker import BreakerState, DeliveryLane, LaneState, Phase, target_key
@@ -99,11 +100,13 @@ class OrderedRelay:
     clock: ManualClock = field(default_factory=lambda: ManualClock(NOW))
     with_ordered_path: bool = True
     environment: dict[str, str] = field(default_factory=dict)  # the dispatcher's settings
+    # Called with each request's event id before it is answered (on the dispatcher's thread).
+    on_request: Callable[[str], None] = lambda event: None
     http: ScriptedHttp = field(init=False)
     dispatcher: Dispatcher = field(init=False)
 
     def __post_init__(self) -> None:
-        self.http = ScriptedHttp(lambda m, u, h, body: HttpResult(self.answers.get(event_id(body), 200), 5.0))
+        self.http = ScriptedHttp(self._answer)
         self.dispatcher = Dispatcher(
             settings=Settings.model_validate(self.environment),
             targets=self.targets,
@@ -121,6 +124,10 @@ class OrderedRelay:
             attempts=self.attempts if self.with_ordered_path else None,
             archive=self.archive,
         )
+
+    def _answer(self, method: str, url: str, headers: Mapping[str, str], body: bytes) -> HttpResult:
+        self.on_request(event_id(body))
+        return HttpResult(self.answers.get(event_id(body), 200), 5.0)
 
     def batch(self, *records: dict[str, Any], remaining_ms: int | None = None) -> list[str]:
         response = self.dispatcher.handle_batch(
@@ -502,3 +509,101 @@ def test_ordered_deliveries_and_dead_letters_are_archived_for_replay(relays: lis
     assert sorted(archived) == ["a-1", "a-2", "b-1"]
     assert all([d.target_id for d in r.deliveries] == ["crm"] for r in archived.values())
     assert json.loads(archived["a-2"].event_json or "") == {"id": "a-2", "seq": 2}
+
+
+# --- a slow conversation and the rest of its batch ---------------------------------------------------
+
+
+def all_deleted(r: OrderedRelay) -> list[str]:
+    return [handle for call in r.ordered.deleted for handle in call]
+
+
+def audit_objects_by_message(r: OrderedRelay) -> dict[str, list[str]]:
+    """Message id -> the audit objects holding a line about it."""
+    found: dict[str, list[str]] = {}
+    for key, body in r.audit.objects.items():
+        for line in body.splitlines():
+            found.setdefault(json.loads(line)["messageId"], []).append(key)
+    return found
+
+
+def test_a_slow_conversation_does_not_keep_the_settled_ones_of_its_batch_from_the_queue(
+    relays: list[OrderedRelay],
+) -> None:
+    # Given a batch in which one conversation's receiver is still answering when the others are done
+    r = ordered_relay(relays, environment={"ORDERED_RELEASE_AFTER_MS": "0"})
+    slow, fast0, fast1, other = (
+        fifo_record("s", 0),
+        fifo_record("f", 0),
+        fifo_record("f", 1),
+        fifo_record("o", 0),
+    )
+    released_while_slow_ran: list[object] = []
+
+    def answer_slow_last(event: str) -> None:
+        if event == "s-0":  # answers only once the other two conversations were released (or 10 s)
+            wanted = set(handles(fast0, fast1, other))
+            try:
+                released_while_slow_ran.append(
+                    wait_until(lambda: wanted <= set(all_deleted(r)), what="release", timeout=10)
+                )
+            except AssertionError:
+                pass
+
+    r.on_request = answer_slow_last
+
+    # When the batch runs
+    failed = r.batch(slow, fast0, fast1, other)
+
+    # Then the settled conversations' records were deleted while the slow one was still running, so SQS
+    # could hand out their next messages; the slow one's record was left to the event source
+    assert failed == []
+    assert released_while_slow_ran == [True]
+    assert sorted(all_deleted(r)) == sorted(handles(fast0, fast1, other))
+    # and their audit lines and archived events were written before the delete, each exactly once
+    placed = audit_objects_by_message(r)
+    assert sorted(placed) == sorted(ids(slow, fast0, fast1, other))
+    assert all(len(keys) == 1 for keys in placed.values())
+    assert "-early-" in placed[fast0["messageId"]][0] and "-early-" not in placed[slow["messageId"]][0]
+    archived = [rec.event_id for rec in r.archive.records(["2026-03-25"], containing="")]
+    assert sorted(archived) == ["f-0", "f-1", "o-0", "s-0"]
+
+
+def test_a_batch_that_ends_in_time_deletes_nothing_itself(relays: list[OrderedRelay]) -> None:
+    r = ordered_relay(relays, environment={"ORDERED_RELEASE_AFTER_MS": "60000"})
+
+    failed = r.batch(fifo_record("a", 0), fifo_record("b", 0), fifo_record("b", 1))
+
+    assert failed == [] and r.ordered.deleted == []  # the event source deletes them, at no extra call
+    assert len(r.audit.objects) == 1 and len(r.archive.objects) == 1
+
+
+def test_a_held_conversation_is_never_released(relays: list[OrderedRelay]) -> None:
+    # Given a batch in which one conversation is held (a 503) and another is slow
+    r = ordered_relay(relays, answers={"h-0": 503}, environment={"ORDERED_RELEASE_AFTER_MS": "0"})
+    held0, held1, slow = fifo_record("h", 0), fifo_record("h", 1), fifo_record("s", 0)
+    r.on_request = lambda event: (
+        wait_until(lambda: r.ordered.holds, what="the hold", timeout=10) if event == "s-0" else None
+    )
+
+    failed = r.batch(slow, held0, held1)
+
+    # Then the held conversation stays on the queue, in order, and nothing of it was deleted
+    assert sorted(failed) == sorted(ids(held0, held1))
+    assert all_deleted(r) == []
+
+
+def test_sqs_refusing_the_early_delete_loses_nothing(relays: list[OrderedRelay]) -> None:
+    r = ordered_relay(relays, environment={"ORDERED_RELEASE_AFTER_MS": "0"})
+    r.ordered.unavailable.add("delete")
+    slow, fast = fifo_record("s", 0), fifo_record("f", 0)
+    r.on_request = lambda event: (
+        wait_until(lambda: r.audit.objects, what="the early audit", timeout=10) if event == "s-0" else None
+    )
+
+    failed = r.batch(slow, fast)
+
+    # The event source deletes both when the batch returns; each is audited once
+    assert failed == []
+    assert all(len(keys) == 1 for keys in audit_objects_by_message(r).values())
+    assert sorted(audit_objects_by_message(r)) == sorted(ids(slow, fast))

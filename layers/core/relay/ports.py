@@ -132,6 +132,12 @@ class OrderedQueueOps(Protocol):
         """Show these received messages (one message group's, in order) again after ``delay_seconds``,
         together, so the group comes back in order."""
 
+    def delete(self, receipt_handles: Sequence[str]) -> None:
+        """Delete these received messages now, before the invocation returns: their conversations
+        are settled, and SQS hands out none of a conversation's later messages while it holds them.
+        (The event source deletes them again when the invocation returns; SQS answers that with
+        success.) Raises DependencyUnavailable when SQS refused any."""
+
     def dead_letter_in_order(
         self,
         placement: GroupPlacement,

@@ -189,6 +189,18 @@ class SqsQueues:
             if refused:
                 raise DependencyUnavailable(f"SQS change_message_visibility_batch refused ({refused})")
 
+    def delete(self, receipt_handles: Sequence[str]) -> None:
+        queue_url = _required(self._ordered_queue_url, "ORDERED_QUEUE_URL")
+        for start in range(0, len(receipt_handles), MAX_BATCH_ENTRIES):
+            entries = [
+                {"Id": str(i), "ReceiptHandle": handle}
+                for i, handle in enumerate(receipt_handles[start : start + MAX_BATCH_ENTRIES])
+            ]
+            answer = self._call("delete_message_batch", QueueUrl=queue_url, Entries=entries)
+            refused = ", ".join(sorted({str(entry.get("Code", "?")) for entry in answer.get("Failed", [])}))
+            if refused:
+                raise DependencyUnavailable(f"SQS delete_message_batch refused ({refused})")
+
     def dead_letter_in_order(
         self,
         placement: GroupPlacement,

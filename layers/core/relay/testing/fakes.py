@@ -518,11 +518,13 @@ class RecordingQueueOps:
 
 class RecordingOrderedQueueOps:
     """The ordered dispatcher's queue operations, recorded: ``holds`` (receipt handles, delay) in the
-    order asked, ``dead_letters`` (dicts of what was asked, with the group and deduplication id).
-    ``unavailable`` names the operations that fail as SQS down would ("hold", "dead_letter_in_order")."""
+    order asked, ``deleted`` (receipt handles, a list per call), ``dead_letters`` (dicts of what was
+    asked, with the group and deduplication id). ``unavailable`` names the operations that fail as SQS
+    down would ("hold", "delete", "dead_letter_in_order")."""
 
     def __init__(self) -> None:
         self.holds: list[tuple[list[str], int]] = []
+        self.deleted: list[list[str]] = []
         self.dead_letters: list[dict[str, Any]] = []
         self.unavailable: set[str] = set()
         self._lock = threading.Lock()
@@ -531,6 +533,11 @@ class RecordingOrderedQueueOps:
         self._check("hold")
         with self._lock:
             self.holds.append((list(receipt_handles), delay_seconds))
+
+    def delete(self, receipt_handles: Sequence[str]) -> None:
+        self._check("delete")
+        with self._lock:
+            self.deleted.append(list(receipt_handles))
 
     def dead_letter_in_order(
         self,

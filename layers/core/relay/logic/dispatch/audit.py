@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -165,18 +165,8 @@ def _echoes_event(text: str, event_json: str, event_id: str) -> bool:
 def write_audit(batch: Batch, sink: AuditSink | None) -> None:
     """One object per target, then the batch's summary line in the log. An object that cannot be
     written (or no audit bucket) is logged with its lines instead, so the trail stays whole; it never
-    fails the batch."""
-    date = batch.started.strftime("%Y-%m-%d")
-    for target_id, lines in batch.audit.items():
-        try:
-            if sink is None:  # no audit bucket: the log is the whole audit trail
-                raise DependencyUnavailable("no audit bucket configured")
-            sink.write(date, target_id, batch.invocation_id, lines)
-        except DependencyUnavailable as exc:
-            logger.warning(
-                "audit object not written",
-                extra={"targetId": target_id, "error": str(exc), "lines": _without_bodies(lines)},
-            )
+    fails the batch. Lines already written (``write_early``) are left out; the summary counts them."""
+    _write_audit_objects(batch, sink, batch.invocation_id, lambda message_id: message_id not in batch.written)
     logger.info("batch", extra=summary(batch))
 
 
@@ -187,20 +177,66 @@ def write_archive(batch: Batch, archive: EventArchive | None) -> None:
     no archive object) is archived too; a retry costs bytes in this one object, never a PUT. A record
     only deferred is archived when it is attempted. A failed write is logged, never fails the batch.
     """
+    _write_archive_object(
+        batch, archive, batch.invocation_id, lambda message_id: message_id not in batch.written
+    )
+
+
+def write_early(
+    batch: Batch, message_ids: set[str], sink: AuditSink | None, archive: EventArchive | None
+) -> None:
+    """The audit lines and archived events of ``message_ids`` now, in objects of their own, before
+    their records are deleted while the invocation still runs (an ordered conversation released early):
+    a crash after that delete can no longer lose their trail. The invocation's own objects leave them
+    out."""
+    name = f"{batch.invocation_id}-early-{len(batch.written)}"  # written grows with every call
+    _write_audit_objects(batch, sink, name, message_ids.__contains__)
+    _write_archive_object(batch, archive, name, message_ids.__contains__)
+    with batch.lock:
+        batch.written |= message_ids
+
+
+def _write_audit_objects(
+    batch: Batch, sink: AuditSink | None, name: str, chosen: Callable[[str], bool]
+) -> None:
+    date = batch.started.strftime("%Y-%m-%d")
+    with batch.lock:  # groups still running may be adding lines
+        per_target = {
+            target_id: [line for line in lines if chosen(line["messageId"])]
+            for target_id, lines in batch.audit.items()
+        }
+    for target_id, lines in per_target.items():
+        if not lines:
+            continue
+        try:
+            if sink is None:  # no audit bucket: the log is the whole audit trail
+                raise DependencyUnavailable("no audit bucket configured")
+            sink.write(date, target_id, name, lines)
+        except DependencyUnavailable as exc:
+            logger.warning(
+                "audit object not written",
+                extra={"targetId": target_id, "error": str(exc), "lines": _without_bodies(lines)},
+            )
+
+
+def _write_archive_object(
+    batch: Batch, archive: EventArchive | None, name: str, chosen: Callable[[str], bool]
+) -> None:
     if archive is None:
         return
-    handled = {
-        line["messageId"]
-        for lines in batch.audit.values()
-        for line in lines
-        if line.get("outcome") not in (DEFERRED, None)
-    }
-    tasks = [task for message_id, task in batch.tasks.items() if message_id in handled]
+    with batch.lock:
+        handled = {
+            line["messageId"]
+            for lines in batch.audit.values()
+            for line in lines
+            if line.get("outcome") not in (DEFERRED, None) and chosen(line["messageId"])
+        }
+        tasks = [task for message_id, task in batch.tasks.items() if message_id in handled]
     if not tasks:
         return
     records = records_of(tasks, invocation_id=batch.invocation_id, archived_at=batch.started)
     try:
-        archive.write(batch.started.strftime("%Y-%m-%d"), batch.invocation_id, records)
+        archive.write(batch.started.strftime("%Y-%m-%d"), name, records)
     except DependencyUnavailable as exc:
         logger.warning("archive object not written", extra={"events": len(records), "error": str(exc)})
 

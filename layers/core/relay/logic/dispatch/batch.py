@@ -32,6 +32,9 @@ class Batch:
     # Every task the batch read, by message id: the event archive keeps those it attempted or
     # dead-lettered (relay.logic.dispatch.audit.write_archive).
     tasks: dict[str, DeliveryTask] = field(default_factory=dict)
+    # Message ids whose audit lines and archived events were written before the invocation ended (an
+    # ordered conversation released early, relay.logic.dispatch.fifo): the final objects leave them out.
+    written: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def fail(self, record: SqsRecord) -> None:

@@ -42,6 +42,7 @@ from relay.logic.dispatch.audit import (
     item_line,
     write_archive,
     write_audit,
+    write_early,
 )
 from relay.logic.dispatch.batch import Batch
 from relay.logic.dispatch.fifo import OrderedDelivery
@@ -152,6 +153,7 @@ class Dispatcher:
                 rng=rng,
                 clock=clock,
                 sleep=self._sleep,
+                write_early=lambda batch, message_ids: write_early(batch, message_ids, audit, archive),
             )
 
     def close(self) -> None:

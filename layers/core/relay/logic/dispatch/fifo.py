@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -116,6 +116,7 @@ class OrderedDelivery:
         rng: random.Random,
         clock: Clock,
         sleep: Callable[[float], None],
+        write_early: Callable[[Batch, set[str]], None],
     ) -> None:
         self._settings = settings
         self._targets = targets
@@ -131,6 +132,7 @@ class OrderedDelivery:
         self._rng = rng
         self._clock = clock
         self._sleep = sleep
+        self._write_early = write_early  # audit.write_early, with the engine's sinks
 
     def run(self, records: list[SqsRecord], batch: Batch) -> None:
         groups = message_groups(records)
@@ -147,12 +149,12 @@ class OrderedDelivery:
         probing = {gid for gid, members in steps.items() if any(_is_probe(step) for step in members)}
         reached: dict[str, int] = {}  # group -> index of the step it is at (a crash leaves it there)
         for phase in ([g for g in steps if g in probing], [g for g in steps if g not in probing]):
-            futures = [
-                (gid, self._pool.submit(self._run_group, gid, steps[gid], lanes, rate_held, batch, reached))
+            futures = {
+                self._pool.submit(self._run_group, gid, steps[gid], lanes, rate_held, batch, reached): gid
                 for gid in phase
-            ]
-            wait([future for _, future in futures])
-            for gid, future in futures:
+            }
+            self._wait_releasing(futures, groups, batch)
+            for future, gid in futures.items():
                 if future.exception() is not None:
                     logger.exception("ordered group crashed", exc_info=future.exception())
                     for step in steps[gid][reached.get(gid, 0) :]:
@@ -161,6 +163,37 @@ class OrderedDelivery:
             self._lanes.report(lane, batch)
             self._limits.feedback(lane, batch)
         fail_behind_failures(groups, batch)
+
+    def _wait_releasing(
+        self, futures: dict[Future[None], str], groups: dict[str, list[SqsRecord]], batch: Batch
+    ) -> None:
+        """Wait for the groups; once the batch has run ``ORDERED_RELEASE_AFTER_MS``, delete each group's
+        records as soon as it is settled. SQS hands out no later message of a conversation while the
+        batch holds one of its records, so one slow conversation would otherwise hold up every other
+        conversation of its batch until the batch ends. A batch that ends in time deletes nothing
+        itself: the event source does."""
+        finished, running = wait(futures, timeout=self._settings.ordered_release_after_ms / 1000)
+        while running:
+            settled = [
+                futures[future]
+                for future in finished
+                if future.exception() is None
+                and not any(batch.has_failed(r) for r in groups[futures[future]])
+            ]
+            if settled:
+                self._release([record for gid in settled for record in groups[gid]], batch)
+            finished, running = wait(running, return_when=FIRST_COMPLETED)
+
+    def _release(self, records: list[SqsRecord], batch: Batch) -> None:
+        """Write the records' audit lines and archived events, then delete them: after the delete, a
+        crash of this invocation could no longer bring them back to be audited."""
+        self._write_early(batch, {record.message_id for record in records})
+        try:
+            self._queue.delete([record.receipt_handle for record in records])
+        except DependencyUnavailable as exc:  # the event source deletes them when the batch ends
+            logger.warning("could not release settled conversations early", extra={"error": str(exc)})
+            return
+        batch.metrics.service_count(Metric.ORDERED_RELEASED_EARLY, len(records))
 
     def admit(self, item: Item, lane: Lane, rate_held: Held | None, batch: Batch) -> Hold | None:
         """Whether ``item`` may be attempted now, or holds its group (and why, and for how long).

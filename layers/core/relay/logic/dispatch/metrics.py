@@ -1,7 +1,8 @@
 """The dispatcher's CloudWatch metrics (EMF through powertools), names and dimensions exactly as in
 docs/architecture.md: per-target counts carry the dimensions ``service`` and ``target``;
-``BreakerStoreUnavailable``, ``RateLimitStoreUnavailable`` and ``OrderedGroupBlocked`` carry ``service``
-only (alarms watch them, and an alarm cannot search across targets).
+``BreakerStoreUnavailable``, ``RateLimitStoreUnavailable``, ``OrderedGroupBlocked`` and
+``OrderedReleasedEarly`` carry ``service`` only (alarms watch them, and an alarm cannot search across
+targets).
 
 A batch accumulates here and is flushed once at the end: one EMF object per target (so each target's
 values sit under its own dimension), plus one service-level object for the service-level counts.
@@ -39,12 +40,20 @@ class Metric(StrEnum):
     # with onExhausted block keeps failing (its conversation waits: the alarm; service level).
     ORDERED_HELD = "OrderedHeld"
     ORDERED_GROUP_BLOCKED = "OrderedGroupBlocked"
+    # Records of settled conversations deleted before their batch ended, because a slow conversation
+    # was still running (service level: how often slow conversations share batches).
+    ORDERED_RELEASED_EARLY = "OrderedReleasedEarly"
 
 
 TARGET_DIMENSION = "target"
 # Metrics with the ``service`` dimension only.
 SERVICE_METRICS = frozenset(
-    {Metric.BREAKER_STORE_UNAVAILABLE, Metric.RATE_LIMIT_STORE_UNAVAILABLE, Metric.ORDERED_GROUP_BLOCKED}
+    {
+        Metric.BREAKER_STORE_UNAVAILABLE,
+        Metric.RATE_LIMIT_STORE_UNAVAILABLE,
+        Metric.ORDERED_GROUP_BLOCKED,
+        Metric.ORDERED_RELEASED_EARLY,
+    }
 )
 
 
@@ -68,11 +77,11 @@ class BatchMetrics:
     def breaker_store_unavailable(self) -> None:
         self.service_count(Metric.BREAKER_STORE_UNAVAILABLE)
 
-    def service_count(self, metric: Metric) -> None:
+    def service_count(self, metric: Metric, value: float = 1.0) -> None:
         """A count with the ``service`` dimension only (SERVICE_METRICS)."""
         assert metric in SERVICE_METRICS, f"{metric} is counted per target"
         with self._lock:
-            self._service_counts[metric] += 1
+            self._service_counts[metric] += value
 
     def flush(self) -> None:
         with self._lock:
