@@ -31,17 +31,20 @@ class NoManagedPolicyLookups:  # the template names no managed policy by name: n
         return {}
 
 template = yaml_parse(open(sys.argv[1]).read())
-for name, resource in template["Resources"].items():  # as `sam package` leaves them
+changed = set(json.loads(sys.argv[3]))  # artifacts whose content this release changed
+for name, resource in template["Resources"].items():  # as `sam package` leaves them (keyed by content)
     properties = resource.get("Properties", {})
     for key in ("CodeUri", "ContentUri"):
         if isinstance(properties.get(key), str):
-            properties[key] = f"s3://packaged/{name}.zip"
+            properties[key] = f"s3://packaged/{name}{'-changed' if name in changed else ''}.zip"
 print(json.dumps(transform(template, json.loads(sys.argv[2]), NoManagedPolicyLookups())))
 """
 
 
 @cache
-def transformed(stage: str) -> dict[str, dict[str, Any]]:
+def transformed(stage: str, changed: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """The transformed template's resources; ``changed``: the artifacts (logical ids) whose content
+    differs from the baseline release, as `sam package` would upload them under a new key."""
     if not SAM_PYTHON.is_file():
         pytest.fail(f"{SAM_PYTHON} is missing: run `make .venv-sam/.synced` (make test does)")
     env = {
@@ -50,7 +53,14 @@ def transformed(stage: str) -> dict[str, dict[str, Any]]:
         "AWS_EC2_METADATA_DISABLED": "true",
     }
     done = subprocess.run(
-        [str(SAM_PYTHON), "-c", TRANSLATE, str(ROOT / "template.yaml"), json.dumps({"Stage": stage})],
+        [
+            str(SAM_PYTHON),
+            "-c",
+            TRANSLATE,
+            str(ROOT / "template.yaml"),
+            json.dumps({"Stage": stage}),
+            json.dumps(changed),
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -85,6 +95,38 @@ def test_every_function_gets_a_version_and_the_alias_serves_it() -> None:
         assert alias["FunctionName"] == {"Ref": function} and alias["Name"] == ALIAS
         (version, attribute) = alias["FunctionVersion"]["Fn::GetAtt"]
         assert resources[version]["Type"] == "AWS::Lambda::Version" and attribute == "Version"
+
+
+def published_versions(resources: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """{function: the logical id of the version its alias serves}; a new id is a new version."""
+    aliases = of_type(resources, "AWS::Lambda::Alias")
+    return {a["FunctionName"]["Ref"]: a["FunctionVersion"]["Fn::GetAtt"][0] for a in aliases.values()}
+
+
+@pytest.mark.parametrize(
+    ("layer", "users"),
+    [
+        (
+            "CoreLayer",
+            {
+                "IntakeFunction",
+                "DispatcherFunction",
+                "SlowDispatcherFunction",
+                "OrderedDispatcherFunction",
+                "ConfigSyncFunction",
+            },
+        ),
+        ("GenesysSdkLayer", {"ConfigSyncFunction"}),
+    ],
+)
+def test_a_release_that_changes_only_a_layer_publishes_new_versions_of_its_functions(
+    layer: str, users: set[str]
+) -> None:
+    # All relay code is in CoreLayer and the function zips are the same in every release: unless the
+    # layer is part of the version's hash, such a release publishes nothing and `live` keeps old code.
+    before = published_versions(transformed("prod"))
+    after = published_versions(transformed("prod", (layer,)))
+    assert {f for f in before if before[f] != after[f]} == users
 
 
 def test_every_event_source_invokes_the_alias() -> None:
