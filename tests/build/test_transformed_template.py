@@ -174,6 +174,13 @@ def test_a_release_shifts_per_stage_and_rolls_back_on_its_error_alarm(stage: str
         assert dimensions["ExecutedVersion"] == version
 
 
+def test_the_schedule_name_cannot_collide_with_another_stacks() -> None:
+    # Two stacks in one account and region (relay-dev next to relay-prod) must not collide on a name:
+    # SAM's ScheduleV2 names its schedule after the logical id unless told not to.
+    (schedule,) = of_type(transformed("dev"), "AWS::Scheduler::Schedule").values()
+    assert "Name" not in schedule, "CloudFormation generates a unique name"
+
+
 def test_functions_log_json_to_their_groups_and_carry_no_tracing_grant() -> None:
     resources = transformed("dev")
     for function, props in of_type(resources, "AWS::Lambda::Function").items():
