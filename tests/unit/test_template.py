@@ -919,6 +919,38 @@ def test_allowed_target_ports_reach_both_functions_that_apply_the_url_policy(por
         assert settings.allowed_target_ports == [int(port) for port in ports.split(",")], logical_id
 
 
+@pytest.mark.parametrize(
+    ("ports", "valid"),
+    [
+        ("1", True),
+        ("443", True),
+        ("9999", True),
+        ("10000", True),
+        ("65535", True),
+        ("443,8443,65535", True),
+        ("0", False),
+        ("65536", False),
+        ("99999", False),
+        ("443,0", False),
+        ("443,99999", False),
+        ("", False),
+    ],
+)
+def test_allowed_target_ports_pattern_accepts_exactly_what_settings_accept(ports: str, valid: bool) -> None:
+    # A value the stack accepts but settings refuse would stop all three dispatchers and config sync.
+    from relay.errors import ConfigurationError
+    from relay.settings import load_settings
+
+    pattern = BASE.document["Parameters"]["AllowedTargetPorts"]["AllowedPattern"]
+    assert bool(re.fullmatch(pattern, ports)) is valid
+    try:
+        load_settings({"ALLOWED_TARGET_PORTS": ports})
+    except ConfigurationError:
+        assert not valid
+    else:
+        assert valid
+
+
 # --- the ordered lane (docs/dispatcher.md, "Ordering") --------------------------------------------------
 ORDERED = "OrderedDispatcherFunction"
 
