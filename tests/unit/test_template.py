@@ -717,6 +717,36 @@ def test_every_function_logs_json_at_the_level_parameter(raw: Template, logical_
     assert raw.document["Parameters"]["LogLevel"]["Default"] == "INFO"
 
 
+# Lambda's application log-level filter, most detailed first; a JSON line without a valid "level" key
+# counts as INFO (docs.aws.amazon.com/lambda/latest/dg/monitoring-cloudwatchlogs-log-level.html).
+LAMBDA_LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL")
+
+
+def lambda_keeps(line: str, application_log_level: str) -> bool:
+    level = json.loads(line).get("level")
+    level = level.upper() if isinstance(level, str) and level.upper() in LAMBDA_LEVELS else "INFO"
+    return LAMBDA_LEVELS.index(level) >= LAMBDA_LEVELS.index(application_log_level)
+
+
+def test_every_allowed_log_level_lets_the_metrics_through(capsys: pytest.CaptureFixture[str]) -> None:
+    # powertools prints EMF without a "level" key, so Lambda files it as INFO: a function whose
+    # application log level is WARN or ERROR would drop every custom metric, and with them the alarms
+    # on them (signature mismatch, breaker store, ordered blocked, delivery crashed).
+    from relay.logic.dispatch.metrics import BatchMetrics, Metric
+
+    emitted = BatchMetrics(namespace="GenesysRelay", service="relay")
+    emitted.service_count(Metric.BREAKER_STORE_UNAVAILABLE)
+    emitted.count(Metric.DELIVERED, "crm")
+    emitted.flush()
+    lines = [line for line in capsys.readouterr().out.splitlines() if "_aws" in line]
+    assert len(lines) == 2
+    for log_level in BASE.document["Parameters"]["LogLevel"]["AllowedValues"]:
+        template = with_parameters({"LogLevel": log_level})
+        for logical_id in FUNCTIONS:
+            application = resolved(template, logical_id)["LoggingConfig"]["ApplicationLogLevel"]
+            assert all(lambda_keeps(line, application) for line in lines), (log_level, logical_id)
+
+
 @pytest.mark.parametrize("logical_id", FUNCTIONS)
 def test_every_handler_puts_the_request_id_on_its_log_lines(raw: Template, logical_id: str) -> None:
     # powertools' inject_lambda_context adds function_request_id and cold_start to every line.
