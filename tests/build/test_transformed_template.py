@@ -152,11 +152,11 @@ def test_every_event_source_invokes_the_alias() -> None:
 def test_a_release_shifts_per_stage_and_rolls_back_on_its_error_alarm(stage: str, shift: str) -> None:
     resources = transformed(stage)
     groups = of_type(resources, "AWS::CodeDeploy::DeploymentGroup")
-    for function, alarm in (
-        ("IntakeFunction", "IntakeErrorsAlarm"),
-        ("DispatcherFunction", "DispatcherErrorsAlarm"),
-        ("SlowDispatcherFunction", "SlowDispatcherErrorsAlarm"),
-        ("OrderedDispatcherFunction", "OrderedDispatcherErrorsAlarm"),
+    for function, alarm, crashes in (
+        ("IntakeFunction", "IntakeErrorsAlarm", "IntakeInternalErrorsAlarm"),
+        ("DispatcherFunction", "DispatcherErrorsAlarm", "DeliveryCrashedAlarm"),
+        ("SlowDispatcherFunction", "SlowDispatcherErrorsAlarm", "DeliveryCrashedAlarm"),
+        ("OrderedDispatcherFunction", "OrderedDispatcherErrorsAlarm", "DeliveryCrashedAlarm"),
     ):
         group = groups[f"{function}DeploymentGroup"]
         # The stage picks the branch (Condition IsProd) when CloudFormation resolves it.
@@ -164,7 +164,12 @@ def test_a_release_shifts_per_stage_and_rolls_back_on_its_error_alarm(stage: str
         chosen = in_prod if stage == "prod" else otherwise
         assert condition == "IsProd"
         assert chosen["Fn::Sub"] == ["CodeDeployDefault.Lambda${ConfigName}", {"ConfigName": shift}]
-        assert group["AlarmConfiguration"] == {"Enabled": True, "Alarms": [{"Name": {"Ref": alarm}}]}
+        # Its own errors, and the bugs its handler answers for instead of raising (a 500, a batch
+        # item failure), which Lambda's Errors never counts
+        assert group["AlarmConfiguration"] == {
+            "Enabled": True,
+            "Alarms": [{"Name": {"Ref": alarm}}, {"Name": {"Ref": crashes}}],
+        }
         assert "DEPLOYMENT_STOP_ON_ALARM" in group["AutoRollbackConfiguration"]["Events"]
         update = resources[f"{function}Alias{ALIAS}"]["UpdatePolicy"]["CodeDeployLambdaAliasUpdate"]
         assert update["DeploymentGroupName"] == {"Ref": f"{function}DeploymentGroup"}

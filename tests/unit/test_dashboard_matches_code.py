@@ -362,6 +362,7 @@ def test_intake_emits_its_metrics_with_the_contract_dimensions(capsys: pytest.Ca
         ("TasksQueued", None, None),
         ("EventsUnmatched", None, None),
         ("TasksUnordered", None, None),
+        ("InternalErrors", None, None),
         ("EventsRejected", "bad-signature", None),
         ("TasksFiltered", "type", "crm-plain"),
     ]

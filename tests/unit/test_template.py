@@ -662,6 +662,14 @@ SHIFTED_RELEASES = (
     "SlowDispatcherFunction",
     "OrderedDispatcherFunction",
 )
+# The bugs each handler turns into an answer (a 500, a batch item failure) instead of a Lambda error:
+# the service-level count (relay.logic.intake.service, relay.logic.dispatch.metrics) that rolls back.
+CRASH_METRIC = {
+    "IntakeFunction": "InternalErrors",
+    "DispatcherFunction": "DeliveryCrashed",
+    "SlowDispatcherFunction": "DeliveryCrashed",
+    "OrderedDispatcherFunction": "DeliveryCrashed",
+}
 
 
 @pytest.mark.parametrize("logical_id", FUNCTIONS)
@@ -692,18 +700,23 @@ def test_a_release_rolls_back_on_the_errors_of_the_version_being_deployed(
     assert alarms, f"{logical_id}: no rollback alarm"
     prod_type = resolved(with_parameters({"Stage": "prod"}), logical_id)["DeploymentPreference"]["Type"]
     bake_seconds = int(GRADUAL.fullmatch(prod_type)[3]) * 60  # type: ignore[index]
+    watched = {}
     for reference in alarms:
         alarm = raw.properties(reference["Ref"])
-        assert (alarm["Namespace"], alarm["MetricName"]) == ("AWS/Lambda", "Errors"), reference
-        dimensions = {d["Name"]: d["Value"] for d in alarm["Dimensions"]}
-        # The new version's own errors: an old version's failures must not block the deploy of its fix.
-        assert dimensions == {
-            "FunctionName": {"Ref": logical_id},
-            "Resource": {"Fn::Sub": f"${{{logical_id}}}:{props['AutoPublishAlias']}"},
-            "ExecutedVersion": {"Fn::GetAtt": [logical_id, "Version.Version"]},
+        watched[(alarm["Namespace"], alarm["MetricName"])] = {
+            d["Name"]: d["Value"] for d in alarm["Dimensions"]
         }
-        # It can fire while the canary still takes only part of the traffic.
+        # It can fire while the canary still takes only part of the traffic, on the first bug.
         assert int(alarm["Period"]) * int(alarm["EvaluationPeriods"]) < bake_seconds
+        assert (alarm["ComparisonOperator"], int(alarm["Threshold"])) == ("GreaterThanOrEqualToThreshold", 1)
+    # The new version's own errors: an old version's failures must not block the deploy of its fix.
+    assert watched.pop(("AWS/Lambda", "Errors")) == {
+        "FunctionName": {"Ref": logical_id},
+        "Resource": {"Fn::Sub": f"${{{logical_id}}}:{props['AutoPublishAlias']}"},
+        "ExecutedVersion": {"Fn::GetAtt": [logical_id, "Version.Version"]},
+    }
+    # ... and the bugs it answers for instead of raising, as the code emits them (service only)
+    assert watched == {("GenesysRelay", CRASH_METRIC[logical_id]): {"service": "relay"}}
 
 
 # --- logging and tracing -------------------------------------------------------------------------------
