@@ -170,7 +170,8 @@ def test_check_ends_at_its_timeout_against_a_target_trickling_its_answer(
 
 
 def test_check_one_target_by_id(receiver: RecordingReceiver, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["targets", "check", "t-ok", "--format", "json"])
+    # (with the longest --timeout taken, one day: the socket and the deadline's waits take it)
+    code = main(["targets", "check", "t-ok", "--timeout", "86400", "--format", "json"])
 
     assert [r["targetId"] for r in _json_lines(capsys.readouterr().out)] == ["t-ok"]
     assert receiver.methods == [("HEAD", "/ok")]
