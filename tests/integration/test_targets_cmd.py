@@ -442,3 +442,32 @@ def test_list_shows_filters_rate_limit_rate_now_and_auth_type_never_a_secret(
     assert "types=Text directions=Outbound" in limited_row and "20/s burst 40" in limited_row
     assert "(429: cut)" in limited_row and "bearer ****" in limited_row
     assert "relay/x/auth" not in table + json.dumps(entry)  # not even the secret's name
+
+
+def test_list_shows_control_characters_in_a_name_escaped_in_the_table_and_as_they_are_in_json(
+    local_settings: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a target whose name (from Genesys) holds a line break, a fake row and a terminal escape
+    name = "evil\nINTEGRATION-FAKE  ROW\x1b[31mred\u202e"
+    store = target_store(get_settings(), cache_ttl_seconds=0)
+    store.put_integration(Integration(integration_id=INTEGRATION_ID, name="names"))
+    store.put_target(
+        Target(integration_id=INTEGRATION_ID, target_id="t-evil", name=name, url="https://x.example.com/")
+    )
+
+    # When it is listed as a table and as JSON, and disabled (whose message names it)
+    assert main(["targets", "list"]) == 0
+    table = capsys.readouterr().out
+    assert main(["targets", "list", "--format", "json"]) == 0
+    [entry] = _json_lines(capsys.readouterr().out)
+    assert main(["targets", "disable", "t-evil"]) == 0
+    switched = capsys.readouterr().out
+
+    # Then the table is its header and one row, the name escaped in it, and nothing reaches the terminal raw
+    header, row = table.splitlines()
+    assert header.startswith("INTEGRATION") and r"evil\nINTEGRATION-FAKE  ROW\x1b[31mred\u202e" in row
+    assert r"(evil\nINTEGRATION-FAKE  ROW\x1b[31mred\u202e) disabled" in switched
+    assert len(switched.splitlines()) == 1
+    assert not {"\x1b", "\u202e"} & set(table + switched)
+    # And JSON keeps the name as it is
+    assert entry["targets"][0]["name"] == name

@@ -24,6 +24,7 @@ AWS failing, 3.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import closing
@@ -400,8 +401,9 @@ def _switch(args: Any, out: IO[str] | None = None) -> int:
     store = target_store(settings, cache_ttl_seconds=0)
     target = _find_target(store, args)
     state = "enabled" if args.enabled else "disabled"
+    named = f"target {target.target_id} ({visible(target.name)})"
     if target.enabled == args.enabled:
-        print(f"target {target.target_id} ({target.name}) is already {state}: nothing changed", file=out)
+        print(f"{named} is already {state}: nothing changed", file=out)
         return ExitCode.OK
     audited = switch_target(
         store,
@@ -419,8 +421,7 @@ def _switch(args: Any, out: IO[str] | None = None) -> int:
         else f"dispatchers send to it again within about {DISABLED_RECHECK_SECONDS:g} s"
     )
     print(
-        f"target {target.target_id} ({target.name}) {state}; {reaches}; "
-        f"audited as {audited.records[0]['actor']}",
+        f"{named} {state}; {reaches}; audited as {audited.records[0]['actor']}",
         file=out,
     )
     if audited.unwritten:
@@ -435,8 +436,22 @@ def _print_table(rows: Sequence[tuple[str, ...]], out: IO[str]) -> None:
 
 
 def format_table(rows: Sequence[tuple[str, ...]]) -> str:
-    """Columns padded to their widest cell, two spaces apart (the relay's one table layout)."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    """Columns padded to their widest cell, two spaces apart (the relay's one table layout); control
+    characters in a cell shown escaped (``visible``)."""
+    cells = [[visible(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in cells
     )
+
+
+# C0 and C1 controls (line breaks, ESC), DEL, Unicode line and paragraph separators, bidi controls.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def visible(text: str) -> str:
+    """``text`` for a terminal, each control character escaped as Python writes it (``\\n``, ``\\x1b``):
+    text from Genesys (a target's name) must not split a row, fake one, or drive the terminal. JSON
+    output needs none of this (json.dumps escapes them)."""
+    return _CONTROL.sub(lambda found: found.group().encode("unicode_escape").decode("ascii"), text)
