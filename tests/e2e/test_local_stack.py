@@ -363,6 +363,28 @@ def test_a_fixtures_target_disabled_in_genesys_gets_nothing_and_the_stack_still_
     assert got == 0
 
 
+def test_the_ready_line_shows_every_receiver_when_targets_share_a_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from relay.local.stack import LocalStack
+
+    # Given the default fixtures with both targets named alike (Genesys allows it)
+    doc = default_fixtures()
+    targets = doc["integrations"][0]["targets"]
+    for target in targets:
+        target["name"] = "dup"
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+
+    # When the stack starts
+    with LocalStack(written(doc, tmp_path)) as stack:
+        described = stack.describe()["receivers"]
+        started = {t["id"]: stack.receivers[t["id"]].url for t in targets}
+
+    # Then the ready line shows both receivers, each name followed by its target id
+    assert described == {f"dup ({target_id})": url for target_id, url in started.items()}
+    assert len(set(started.values())) == 2
+
+
 def test_the_demo_expects_nothing_a_targets_event_filters_leave_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

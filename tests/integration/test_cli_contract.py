@@ -71,6 +71,25 @@ CASES = {
     "timeout nan": Case(
         ("targets", "check", "--timeout", "nan"), USAGE, "relay targets check", "argument --timeout: must be"
     ),
+    # Past about 1e9 s a socket or thread wait overflows: every --timeout stops at one day.
+    "check timeout 1e10": Case(
+        ("targets", "check", "--timeout", "1e10"),
+        USAGE,
+        "relay targets check",
+        r"^argument --timeout: must be at most 86400 seconds \(one day\), not 1e10 \(see --help\)$",
+    ),
+    "check timeout 1e308": Case(
+        ("targets", "check", "--timeout", "1e308"), USAGE, "relay targets check", "at most 86400 seconds"
+    ),
+    "athena timeout past a day": Case(
+        ("deliveries", "show", "some-event", "--athena", "--timeout", "86401"),
+        USAGE,
+        "relay deliveries show",
+        r"argument --timeout: must be at most 86400 seconds \(one day\), not 86401 \(see --help\)$",
+    ),
+    "demo timeout 1e10": Case(
+        ("local", "demo", "--timeout", "1e10"), USAGE, "relay local demo", "--timeout: must be at most 86400"
+    ),
     "max 0": Case(
         ("dlq", "list", "--max", "0"), USAGE, "relay dlq list", "argument --max: must be 1 or more"
     ),

@@ -203,3 +203,51 @@ def test_a_sender_serves_more_targets_than_it_keeps_pools_for(sender: HttpSender
         assert [path for _, path in peer.requests] == [f"/target-{n}/hook" for n in range(70)] + [
             "/target-0/hook"
         ]
+
+
+# --- interim answers and content codings --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("interim", [b"102 Processing", b"103 Early Hints"])
+@pytest.mark.parametrize(("final", "verdict"), [(200, Verdict.DELIVERED), (503, Verdict.RETRYABLE)])
+def test_an_interim_1xx_answer_is_not_taken_for_the_final_one(
+    sender: HttpSender, interim: bytes, final: int, verdict: Verdict
+) -> None:
+    # Given a receiver that sends an interim answer (RFC 9110 15.2) before its final one
+    head = b"HTTP/1.1 " + interim + b"\r\nLink: </style.css>; rel=preload\r\n\r\n"
+    final_answer = complete(final, b'{"ok":true}')
+    with misbehaving_peer(lambda *_: Answer(head=head + final_answer.head, after="keep-alive")) as peer:
+        result, _ = _post(sender, peer.url)
+        again, _ = _post(sender, peer.url)  # the pooled connection holds nothing of the first answer
+
+    # Then the final answer is the one that counts
+    assert (result.status, result.error_code, result.body) == (final, None, b'{"ok":true}')
+    assert _verdict(result) is verdict
+    assert (again.status, again.body) == (final, b'{"ok":true}')
+
+
+def gzip_answer(status: int, body: bytes) -> Answer:
+    head = f"HTTP/1.1 {status} X\r\nContent-Encoding: gzip\r\nContent-Length: {len(body)}\r\n\r\n"
+    return Answer(head=head.encode() + body, after="keep-alive")
+
+
+def test_a_complete_answer_whose_body_does_not_decode_still_counts(sender: HttpSender) -> None:
+    # Given a receiver that answers 200 in full, but with a body that is not the gzip it says it is
+    with misbehaving_peer(lambda *_: gzip_answer(200, b"not gzip at all")) as peer:
+        result, _ = _post(sender, peer.url)
+
+    # Then the answer is complete: delivered (the body is only kept for the audit), never retried
+    assert (result.status, result.error_code) == (200, None)
+    assert _verdict(result) is Verdict.DELIVERED
+
+
+def test_a_gzip_body_is_kept_decoded_and_bounded(sender: HttpSender) -> None:
+    import gzip
+
+    with misbehaving_peer(
+        lambda *_: gzip_answer(200, gzip.compress(b'{"echo":"' + b"y" * 5000 + b'"}'))
+    ) as peer:
+        result, _ = _post(sender, peer.url)
+
+    assert (result.status, result.error_code, result.body_truncated) == (200, None, True)
+    assert result.body == (b'{"echo":"' + b"y" * 5000)[:100]  # the bound (100 bytes) is on what we keep

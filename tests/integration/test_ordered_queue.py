@@ -77,6 +77,28 @@ def test_a_repeated_ordered_send_is_dropped_within_its_group(aws_stack: LocalRes
     assert {m["Attributes"]["MessageGroupId"] for m in received} == {"g-1"}
 
 
+def test_a_released_group_hands_out_its_next_message_and_a_second_delete_succeeds(
+    aws_stack: LocalResources,
+) -> None:
+    # Given a conversation's first message received (its second is not handed out meanwhile)
+    queues = ordered_queues(aws_stack)
+    queues.send_ordered([OrderedTask(f'{{"n":{n}}}', GroupPlacement("g-1", f"d-{n}")) for n in range(2)])
+    sqs = aws_client("sqs")
+    first = sqs.receive_message(QueueUrl=aws_stack.ordered_queue_url, MaxNumberOfMessages=1)["Messages"]
+    assert receive_all(aws_stack.ordered_queue_url) == []
+
+    # When the dispatcher deletes it before its invocation ends
+    queues.delete([first[0]["ReceiptHandle"]])
+
+    # Then the next one is handed out, and the event source's own delete afterwards still succeeds
+    assert [m["Body"] for m in receive_all(aws_stack.ordered_queue_url)] == ['{"n":1}']
+    again = sqs.delete_message_batch(
+        QueueUrl=aws_stack.ordered_queue_url,
+        Entries=[{"Id": "0", "ReceiptHandle": first[0]["ReceiptHandle"]}],
+    )
+    assert again.get("Failed", []) == [] and len(again["Successful"]) == 1
+
+
 def test_a_hold_shows_the_groups_messages_again_together_and_a_letter_keeps_its_group(
     aws_stack: LocalResources,
 ) -> None:

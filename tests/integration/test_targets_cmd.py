@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import secrets
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 from misbehaving_peer import Answer, misbehaving_peer
+from support.secure_peers import HttpsReceiver, Pki
 
 from relay.cli import main
 from relay.local.aws_stack import LocalResources, forget_cached_configuration
@@ -32,7 +35,8 @@ INTEGRATION_ID = "11111111-2222-4333-8444-555555555555"
 
 
 class RecordingReceiver:
-    """Loopback server that records every method it is sent; /slow answers late, /post-only refuses HEAD."""
+    """Loopback server that records every method it is sent; /slow answers late, /post-only refuses HEAD,
+    /moved redirects to /ok."""
 
     def __init__(self) -> None:
         self.methods: list[tuple[str, str]] = []
@@ -50,7 +54,10 @@ class RecordingReceiver:
                 if self.path == "/slow":
                     time.sleep(1.0)  # not a wait: a slow endpoint, under test
                 status = 405 if self.path == "/post-only" and self.command != "POST" else 200
+                status = 301 if self.path == "/moved" else status
                 self.send_response(status)
+                if status == 301:
+                    self.send_header("Location", f"{receiver.url}/ok")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -105,6 +112,7 @@ def receiver(local_settings: None) -> Iterator[RecordingReceiver]:
             ("t-ok", f"{server.url}/ok"),
             ("t-post-only", f"{server.url}/post-only"),
             ("t-slow", f"{server.url}/slow"),
+            ("t-moved", f"{server.url}/moved"),
             ("t-closed", f"http://127.0.0.1:{_closed_port()}/hook"),
             ("t-private", "https://10.0.0.7/hook"),
         ):
@@ -126,11 +134,21 @@ def test_check_sends_only_head_and_reports_status_latency_and_error(
 
     # Then each got at most one HEAD, and nothing was POSTed
     results = {r["targetId"]: r for r in _json_lines(capsys.readouterr().out)}
-    assert sorted(receiver.methods) == [("HEAD", "/ok"), ("HEAD", "/post-only"), ("HEAD", "/slow")]
+    # (the redirect was not followed: /ok got the one HEAD of its own target)
+    assert sorted(receiver.methods) == [
+        ("HEAD", "/moved"),
+        ("HEAD", "/ok"),
+        ("HEAD", "/post-only"),
+        ("HEAD", "/slow"),
+    ]
     # And the answers are reported as they were
     assert results["t-ok"]["status"] == 200 and results["t-ok"]["error"] is None
     assert results["t-ok"]["reachable"] is True and isinstance(results["t-ok"]["latencyMs"], float)
     assert results["t-post-only"]["status"] == 405 and results["t-post-only"]["error"] == "HTTP 405"
+    # (a redirect is there, but deliveries to it are dead-lettered: the check says why)
+    moved = results["t-moved"]
+    assert (moved["reachable"], moved["status"]) == (True, 301)
+    assert moved["error"] == "HTTP 301: redirects are not followed"
     # (--timeout is the total: the slow answer is cut off at 0.3 s)
     assert results["t-slow"]["status"] is None and results["t-slow"]["reachable"] is False
     assert results["t-slow"]["error"] == "no complete answer within the request's 0.3 s deadline"
@@ -169,8 +187,34 @@ def test_check_ends_at_its_timeout_against_a_target_trickling_its_answer(
     assert took < 3.0 and code == 1
 
 
+def test_check_trusts_the_local_stacks_cas_as_deliveries_do(
+    local_settings: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given an HTTPS target whose certificate a test CA signed, that CA trusted as the local stack's
+    # functions trust it: RELAY_LOCAL_TRUSTED_CAS
+    pki = Pki.create(tmp_path)
+    monkeypatch.setenv("RELAY_LOCAL_TRUSTED_CAS", str(pki.ca_file()))
+    forget_cached_configuration()
+    with HttpsReceiver(pki, client_certificates=ssl.CERT_NONE) as https:
+        store = target_store(get_settings(), cache_ttl_seconds=0)
+        store.put_integration(Integration(integration_id=INTEGRATION_ID, name="tls"))
+        store.put_target(
+            Target(integration_id=INTEGRATION_ID, target_id="t-tls", name="tls", url=f"{https.url}/hook")
+        )
+
+        # When it is checked
+        code = main(["targets", "check", "t-tls", "--format", "json"])
+
+        # Then the certificate was verified against that CA and the HEAD answered, as a delivery would be
+        [result] = _json_lines(capsys.readouterr().out)
+        assert (result["reachable"], result["status"], result["error"]) == (True, 200, None)
+        assert [(seen.method, seen.path) for seen in https.requests] == [("HEAD", "/hook")]
+        assert code == 0
+
+
 def test_check_one_target_by_id(receiver: RecordingReceiver, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["targets", "check", "t-ok", "--format", "json"])
+    # (with the longest --timeout taken, one day: the socket and the deadline's waits take it)
+    code = main(["targets", "check", "t-ok", "--timeout", "86400", "--format", "json"])
 
     assert [r["targetId"] for r in _json_lines(capsys.readouterr().out)] == ["t-ok"]
     assert receiver.methods == [("HEAD", "/ok")]
@@ -398,3 +442,32 @@ def test_list_shows_filters_rate_limit_rate_now_and_auth_type_never_a_secret(
     assert "types=Text directions=Outbound" in limited_row and "20/s burst 40" in limited_row
     assert "(429: cut)" in limited_row and "bearer ****" in limited_row
     assert "relay/x/auth" not in table + json.dumps(entry)  # not even the secret's name
+
+
+def test_list_shows_control_characters_in_a_name_escaped_in_the_table_and_as_they_are_in_json(
+    local_settings: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a target whose name (from Genesys) holds a line break, a fake row and a terminal escape
+    name = "evil\nINTEGRATION-FAKE  ROW\x1b[31mred\u202e"
+    store = target_store(get_settings(), cache_ttl_seconds=0)
+    store.put_integration(Integration(integration_id=INTEGRATION_ID, name="names"))
+    store.put_target(
+        Target(integration_id=INTEGRATION_ID, target_id="t-evil", name=name, url="https://x.example.com/")
+    )
+
+    # When it is listed as a table and as JSON, and disabled (whose message names it)
+    assert main(["targets", "list"]) == 0
+    table = capsys.readouterr().out
+    assert main(["targets", "list", "--format", "json"]) == 0
+    [entry] = _json_lines(capsys.readouterr().out)
+    assert main(["targets", "disable", "t-evil"]) == 0
+    switched = capsys.readouterr().out
+
+    # Then the table is its header and one row, the name escaped in it, and nothing reaches the terminal raw
+    header, row = table.splitlines()
+    assert header.startswith("INTEGRATION") and r"evil\nINTEGRATION-FAKE  ROW\x1b[31mred\u202e" in row
+    assert r"(evil\nINTEGRATION-FAKE  ROW\x1b[31mred\u202e) disabled" in switched
+    assert len(switched.splitlines()) == 1
+    assert not {"\x1b", "\u202e"} & set(table + switched)
+    # And JSON keeps the name as it is
+    assert entry["targets"][0]["name"] == name

@@ -203,6 +203,7 @@ class SeenRequest:
     body: bytes
     client_certificate: str | None  # the presented certificate's common name
     connection: int  # which TLS connection it came on (keep-alive reuses one)
+    method: str = "POST"
 
 
 Answer = Callable[[SeenRequest], tuple[int, bytes]]
@@ -234,7 +235,15 @@ class _HttpsHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length)
+        _reply(self, *self._record(self.rfile.read(length)))
+
+    def do_HEAD(self) -> None:  # the answer's status, no body (relay targets check)
+        status, _ = self._record(b"")
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _record(self, body: bytes) -> tuple[int, bytes]:
         receiver = self.server.receiver
         peer = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
         seen = SeenRequest(
@@ -243,8 +252,9 @@ class _HttpsHandler(BaseHTTPRequestHandler):
             body=body,
             client_certificate=_common_name(peer),
             connection=receiver.connection_number(self.connection),
+            method=self.command,
         )
-        _reply(self, *receiver.record(seen))
+        return receiver.record(seen)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

@@ -23,7 +23,7 @@ from urllib.parse import quote, quote_plus
 import pytest
 from support.waiting import wait_until
 
-from relay.logic.dispatch import SETTLE_MARGIN_MS, Dispatcher
+from relay.logic.dispatch import SETTLE_MARGIN_SECONDS, Dispatcher
 from relay.logic.dispatch.isolation import EWMA_ALPHA, FORGET_AFTER_SECONDS, LatencyTracker
 from relay.models.breaker import BreakerState, DeliveryLane, LaneState, Phase, target_key
 from relay.models.delivery import ATTR_ATTEMPTS, ATTR_DEFERRALS, DeliveryTask, DlqReason, S3Ref
@@ -719,8 +719,8 @@ def test_a_record_that_could_not_finish_before_the_timeout_is_deferred_untouched
     running: list[Relay],
 ) -> None:
     r = start(running, relay())
-    # One request may take connect + read timeout (3 + 10 s); settling needs SETTLE_MARGIN_MS more.
-    just_short = (3 + 10) * 1000 + SETTLE_MARGIN_MS - 1
+    # One request may take connect + read timeout (3 + 10 s); settling needs SETTLE_MARGIN_SECONDS more.
+    just_short = (3 + 10 + SETTLE_MARGIN_SECONDS) * 1000 - 1
 
     assert r.batch(record(receive_count=2), remaining_ms=lambda: just_short) == []
 
@@ -732,10 +732,38 @@ def test_a_record_that_could_not_finish_before_the_timeout_is_deferred_untouched
 
 def test_a_record_with_time_for_one_whole_request_is_sent(running: list[Relay]) -> None:
     r = start(running, relay())
-    enough = (3 + 10) * 1000 + SETTLE_MARGIN_MS
+    enough = (3 + 10 + SETTLE_MARGIN_SECONDS) * 1000
 
     assert r.batch(record(), remaining_ms=lambda: enough) == []
     assert len(r.http.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("function_seconds", "target_timeouts", "sent_with"),
+    [
+        ("15", {}, (3.0, 7.0)),  # the deployment's 3 + 10 s in the template's shortest function
+        ("60", {"read_timeout_seconds": 60}, (3.0, 52.0)),  # what config sync accepts, per target
+        ("60", {"connect_timeout_seconds": 30, "read_timeout_seconds": 30}, (27.5, 27.5)),
+        ("60", {"read_timeout_seconds": 20}, (3.0, 20.0)),  # fits: untouched
+    ],
+)
+def test_a_target_whose_timeouts_do_not_fit_in_the_function_is_attempted_with_them_cut_to_fit(
+    running: list[Relay],
+    function_seconds: str,
+    target_timeouts: dict[str, float],
+    sent_with: tuple[float, float],
+) -> None:
+    # Given a target whose connect + read timeouts (and the margin to settle) exceed the function's timeout
+    target = make_target(**target_timeouts)
+    r = start(running, relay(target, DISPATCHER_TIMEOUT_SECONDS=function_seconds))
+    fresh_invocation = int(function_seconds) * 1000 - 500  # what Lambda reports as the batch starts
+
+    # When a fresh invocation gets its record
+    failed = r.batch(record(), remaining_ms=lambda: fresh_invocation)
+
+    # Then it is attempted (never handed back as out of time for ever), within timeouts that fit
+    assert failed == [] and r.queue.deferrals == []
+    assert r.http.timeouts == [sent_with]
 
 
 # --- concurrency ------------------------------------------------------------------------------------------

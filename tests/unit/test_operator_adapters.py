@@ -17,7 +17,7 @@ from relay.adapters.athena import AthenaQueries, sql_literal
 from relay.adapters.audit import S3AuditReader
 from relay.adapters.cloudformation import stack_outputs
 from relay.adapters.identity import caller_identity
-from relay.cli.arguments import duration
+from relay.cli.arguments import duration, positive_seconds
 from relay.errors import DependencyUnavailable, UnknownStack
 from relay.logic.deliveries.timeline import from_table_row
 from relay.models.delivery import S3Ref
@@ -227,3 +227,19 @@ def test_durations_that_are_not_are_refused(text: str) -> None:
 def test_a_refused_duration_is_quoted_as_typed(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError, match=f"not a duration: '{text}'"):
         duration(text)
+
+
+# --- --timeout --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("0.3", 0.3), ("3", 3.0), ("86400", 86_400.0), ("1e3", 1000.0)]
+)
+def test_seconds_up_to_a_day_are_taken(text: str, expected: float) -> None:
+    assert positive_seconds(text) == expected
+
+
+@pytest.mark.parametrize("text", ["86400.5", "1e10", "1e308", "inf", "nan", "0", "-1", "3s"])
+def test_seconds_a_wait_cannot_take_are_refused(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        positive_seconds(text)

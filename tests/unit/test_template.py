@@ -962,6 +962,20 @@ def test_allowed_target_ports_reach_both_functions_that_apply_the_url_policy(por
         assert settings.allowed_target_ports == [int(port) for port in ports.split(",")], logical_id
 
 
+@pytest.mark.parametrize("seconds", ["15", "900"])
+def test_every_dispatcher_knows_its_own_timeout_so_that_requests_are_cut_to_fit(seconds: str) -> None:
+    from relay.settings import Settings
+
+    template = with_parameters({"DispatcherTimeoutSeconds": seconds})
+    for logical_id in DISPATCHERS:
+        function = resolved(template, logical_id)
+        value = function["Environment"]["Variables"]["DISPATCHER_TIMEOUT_SECONDS"]
+        assert str(value) == str(function["Timeout"]) == seconds, logical_id
+        assert Settings.model_validate(
+            {"DISPATCHER_TIMEOUT_SECONDS": value}
+        ).dispatcher_timeout_seconds == float(seconds)
+
+
 @pytest.mark.parametrize(
     ("ports", "valid"),
     [

@@ -104,6 +104,17 @@ class FramedResponse(http.client.HTTPResponse):
                 self.fp = fp
         self.headers_complete = not watch.cut_off
 
+    def _read_status(self) -> tuple[str, int, str]:
+        """The final answer's status line. Interim answers (102 Processing, 103 Early Hints) and their
+        headers are skipped, as RFC 9110 15.2 asks of every client: http.client itself skips only
+        100 Continue, and would take a 103 for the answer (a delivery the receiver accepted would be
+        dead-lettered as a permanent 1xx, one it refused would never be retried)."""
+        while True:
+            version, status, reason = super()._read_status()  # type: ignore[misc]
+            if not 101 < status < 200:  # 100: http.client's own loop; 101: never asked for, final
+                return version, status, reason
+            http.client._read_headers(self.fp)  # type: ignore[attr-defined]
+
 
 def headers_complete(response: BaseHTTPResponse) -> bool:
     """False when the peer closed the connection before the end of the response's header block."""

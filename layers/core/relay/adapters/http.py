@@ -25,6 +25,7 @@ from __future__ import annotations
 import ssl
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from http.client import HTTPException
@@ -203,18 +204,48 @@ class HttpSender:
 
 
 def _read_bounded(raw: BaseHTTPResponse, limit: int) -> tuple[bytes, bool]:
-    """The body up to ``limit`` bytes, and whether there was more. Never asks for more than one byte
-    past the bound, so a peer that stalls after sending enough is not waited for."""
+    """The body up to ``limit`` bytes, decoded when it is gzip or deflate, and whether there was more.
+
+    Reads the bytes as they came, never more than one past the bound, so a peer that stalls after
+    sending enough is not waited for (and a small gzip cannot make us read a large one). A body that
+    does not decode is kept as it came: the answer arrived whole, and its body only feeds the audit
+    and a token answer's JSON, so it never turns a complete answer into a cut-off one."""
     chunks: list[bytes] = []
     size = 0
+    truncated = False
     while True:
-        chunk = raw.read(min(_CHUNK_BYTES, limit + 1 - size), decode_content=True)
+        chunk = raw.read(min(_CHUNK_BYTES, limit + 1 - size), decode_content=False)
         if not chunk:
-            return b"".join(chunks), False
+            break
         chunks.append(chunk)
         size += len(chunk)
         if size > limit:
-            return b"".join(chunks)[:limit], True
+            truncated = True
+            break
+    body = b"".join(chunks)
+    decoded = _decoded(body, raw.headers.get("Content-Encoding"), limit + 1)
+    if decoded is not None:
+        body, truncated = decoded, truncated or len(decoded) > limit
+    return body[:limit], truncated
+
+
+# zlib's window bits per content coding (RFC 9110 8.4.1); deflate is zlib-wrapped, or raw from some servers.
+_CODINGS = {
+    "gzip": (16 + zlib.MAX_WBITS,),
+    "x-gzip": (16 + zlib.MAX_WBITS,),
+    "deflate": (zlib.MAX_WBITS, -zlib.MAX_WBITS),
+}
+
+
+def _decoded(body: bytes, coding: str | None, max_length: int) -> bytes | None:
+    """``body`` decoded (at most ``max_length`` bytes; a cut-off stream gives what it holds), or None
+    when it is not gzip or deflate or does not decode."""
+    for wbits in _CODINGS.get((coding or "").strip().lower(), ()):
+        try:
+            return zlib.decompressobj(wbits).decompress(body, max_length)
+        except zlib.error:
+            continue
+    return None
 
 
 def _past(deadline: Deadline) -> str:

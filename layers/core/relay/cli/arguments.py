@@ -35,10 +35,19 @@ def whole_number_up_to(most: int, why: str) -> Callable[[str], int]:
     return whole_number
 
 
+# The longest any command waits for one thing (a check, an Athena query, the demo's queue draining):
+# more is a typo, and past about 1e9 s the socket and thread waits a value reaches overflow.
+MAX_WAIT = timedelta(days=1)
+
+
 def positive_seconds(text: str) -> float:
     value = _parse(text, float, "a number of seconds")
     if not (math.isfinite(value) and value > 0):  # a socket or wait timeout takes neither nan nor inf
         raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text}")
+    if value > MAX_WAIT.total_seconds():
+        raise argparse.ArgumentTypeError(
+            f"must be at most {MAX_WAIT.total_seconds():g} seconds (one day), not {text}"
+        )
     return value
 
 

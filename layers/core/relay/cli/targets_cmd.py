@@ -9,7 +9,8 @@ stored, reachability, and switching a target on or off.
   with a client certificate.
 - ``check [TARGET_ID]`` sends one HEAD per target within a total timeout and reports status, latency
   and error (the seed's reachability check, done right: never a POST, no redirects followed, the URL
-  policy applied to the URL and, before the TCP handshake, to every address connected to).
+  policy applied to the URL and, before the TCP handshake, to every address connected to, through the
+  dispatcher's own sender). The error is any answer a delivery would not count as delivered.
 - ``enable TARGET_ID`` / ``disable TARGET_ID`` set the target's ``enabled`` flag (a target disabled after
   a 410 comes back without waiting for its config to change in Genesys; config sync keeps the flag while
   the config is unchanged); the change is audited (an S3 audit record and a log line: who, when).
@@ -23,8 +24,10 @@ AWS failing, 3.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
 
@@ -34,7 +37,9 @@ from relay.cli.stack_option import STACK_OPTION
 
 if TYPE_CHECKING:
     from relay.logic.url_policy import UrlPolicy
+    from relay.models.http import HttpResult
     from relay.models.rate_limit import BucketState
+    from relay.ports import HttpClient
 
 MASK = "****"
 
@@ -290,11 +295,10 @@ def _list(args: Any, out: IO[str] | None = None) -> int:
 
 
 # --- check ------------------------------------------------------------------------------------------
-def check_target(target: Any, *, timeout: float, policy: UrlPolicy, sender: Any = None) -> dict[str, Any]:
+def check_target(target: Any, *, timeout: float, policy: UrlPolicy, sender: HttpClient) -> dict[str, Any]:
     """One HEAD to the target's URL, all of it (connect, TLS, answer) within ``timeout`` seconds:
     status, latency and error. Never a POST; redirects not followed; ``policy`` applied to the URL
-    and, before connecting, to every address."""
-    from relay.adapters.http import HttpSender
+    (``sender``, the deliveries' own, applies it again before connecting, to every address)."""
     from relay.errors import UnsafeUrl
 
     result: dict[str, Any] = {"targetId": target.target_id, "url": target.url, "method": "HEAD"}
@@ -308,23 +312,14 @@ def check_target(target: Any, *, timeout: float, policy: UrlPolicy, sender: Any 
             "latencyMs": None,
             "error": f"URL refused: {exc}",
         }
-    own_sender = sender is None
-    sender = sender or HttpSender(pool_size=1, body_limit_bytes=0, endpoint_check=policy.check_endpoint)
-    try:
-        answer = sender.send(
-            "HEAD",
-            url,
-            body=b"",
-            headers={},
-            connect_timeout=timeout,
-            read_timeout=timeout,
-            total_timeout=timeout,
-        )
-    finally:
-        if own_sender:
-            sender.close()
-    error = answer.error or (
-        f"HTTP {answer.status}" if answer.status is not None and answer.status >= 400 else None
+    answer = sender.send(
+        "HEAD",
+        url,
+        body=b"",
+        headers={},
+        connect_timeout=timeout,
+        read_timeout=timeout,
+        total_timeout=timeout,
     )
     return {
         **result,
@@ -333,13 +328,28 @@ def check_target(target: Any, *, timeout: float, policy: UrlPolicy, sender: Any 
         "reachable": answer.status is not None and answer.error_code is None,
         "status": answer.status,
         "latencyMs": round(answer.elapsed_ms, 1),
-        "error": error,
+        "error": _check_error(answer),
     }
+
+
+def _check_error(answer: HttpResult) -> str | None:
+    """Why a delivery given this answer would not count as delivered (relay.logic.outcomes decides,
+    as for deliveries); None when it would."""
+    from relay.logic.outcomes import Verdict, classify
+
+    if answer.error_code is not None or answer.status is None:
+        return answer.error or answer.error_code or "no answer"
+    if classify(answer, now=datetime.now(UTC)).verdict is Verdict.DELIVERED:
+        return None
+    if 300 <= answer.status < 400:
+        return f"HTTP {answer.status}: redirects are not followed"
+    return f"HTTP {answer.status}"
 
 
 def _check(args: Any, out: IO[str] | None = None) -> int:
     from relay.logic.url_policy import UrlPolicy
     from relay.settings import get_settings
+    from relay.wiring.dispatcher import http_sender
 
     out = out or sys.stdout
     settings = get_settings()
@@ -349,7 +359,11 @@ def _check(args: Any, out: IO[str] | None = None) -> int:
         if not targets:
             raise CommandFailed(f"no target {args.target_id} in the TargetsTable")
     policy = UrlPolicy.from_settings(settings)
-    results = [check_target(t, timeout=args.timeout, policy=policy) for t in targets]
+    results = []
+    for target in targets:
+        # A sender per target: each check makes its own connection (its latency includes connect and TLS).
+        with closing(http_sender(settings, pool_size=1, body_limit_bytes=0)) as sender:
+            results.append(check_target(target, timeout=args.timeout, policy=policy, sender=sender))
     if args.format == "json":
         for result in results:
             print(json.dumps(result), file=out)
@@ -387,8 +401,9 @@ def _switch(args: Any, out: IO[str] | None = None) -> int:
     store = target_store(settings, cache_ttl_seconds=0)
     target = _find_target(store, args)
     state = "enabled" if args.enabled else "disabled"
+    named = f"target {target.target_id} ({visible(target.name)})"
     if target.enabled == args.enabled:
-        print(f"target {target.target_id} ({target.name}) is already {state}: nothing changed", file=out)
+        print(f"{named} is already {state}: nothing changed", file=out)
         return ExitCode.OK
     audited = switch_target(
         store,
@@ -406,8 +421,7 @@ def _switch(args: Any, out: IO[str] | None = None) -> int:
         else f"dispatchers send to it again within about {DISABLED_RECHECK_SECONDS:g} s"
     )
     print(
-        f"target {target.target_id} ({target.name}) {state}; {reaches}; "
-        f"audited as {audited.records[0]['actor']}",
+        f"{named} {state}; {reaches}; audited as {audited.records[0]['actor']}",
         file=out,
     )
     if audited.unwritten:
@@ -422,8 +436,22 @@ def _print_table(rows: Sequence[tuple[str, ...]], out: IO[str]) -> None:
 
 
 def format_table(rows: Sequence[tuple[str, ...]]) -> str:
-    """Columns padded to their widest cell, two spaces apart (the relay's one table layout)."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    """Columns padded to their widest cell, two spaces apart (the relay's one table layout); control
+    characters in a cell shown escaped (``visible``)."""
+    cells = [[visible(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in cells
     )
+
+
+# C0 and C1 controls (line breaks, ESC), DEL, Unicode line and paragraph separators, bidi controls.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def visible(text: str) -> str:
+    """``text`` for a terminal, each control character escaped as Python writes it (``\\n``, ``\\x1b``):
+    text from Genesys (a target's name) must not split a row, fake one, or drive the terminal. JSON
+    output needs none of this (json.dumps escapes them)."""
+    return _CONTROL.sub(lambda found: found.group().encode("unicode_escape").decode("ascii"), text)

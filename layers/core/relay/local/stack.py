@@ -42,6 +42,8 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -375,7 +377,7 @@ class LocalStack:
             "api": self.api_url,
             "webhooks": {i.id: self.webhook_url(i.id) for i in self.fixtures.integrations},
             "eventbridge": self._describe_eventbridge(),
-            "receivers": {r.target_name: r.url for r in self.receivers.values()},
+            "receivers": receivers_by_name(self.receivers.values()),
             "aws_endpoint": self.resources.endpoint_url if self.resources else None,
             "stack_name": self.stack_name,
             "genesys_api": self.genesys.base_url if self.genesys else None,
@@ -392,6 +394,17 @@ class LocalStack:
             "on_failure_queue": rule.invoke_config.on_failure_queue_url,
             "rule_dead_letter_queue": rule.dead_letter_queue_url,
         }
+
+
+def receivers_by_name(receivers: Iterable[DemoReceiver]) -> dict[str, str]:
+    """Each receiver's URL under its target's name; a name several targets share (Genesys allows it)
+    gets each one's target id appended, ``dup (0a0a...)``, so that every receiver shows."""
+    receivers = list(receivers)
+    shared = Counter(r.target_name for r in receivers)
+    return {
+        r.target_name if shared[r.target_name] == 1 else f"{r.target_name} ({r.target_id})": r.url
+        for r in receivers
+    }
 
 
 def _last_json_line(text: str) -> dict[str, Any] | None:

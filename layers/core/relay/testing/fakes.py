@@ -399,6 +399,7 @@ class ScriptedHttp:
         self._lock = threading.Lock()
         self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
         self.client_certificates: list[SecretStr | None] = []  # what each request presented (mTLS)
+        self.timeouts: list[tuple[float, float]] = []  # each request's (connect, read) timeouts
         self.closed = False
 
     def send(
@@ -416,6 +417,7 @@ class ScriptedHttp:
         with self._lock:
             self.requests.append((method, url, dict(headers), body))
             self.client_certificates.append(client_certificate)
+            self.timeouts.append((connect_timeout, read_timeout))
         return self._answer(method, url, headers, body)
 
     def close(self) -> None:

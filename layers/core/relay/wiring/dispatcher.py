@@ -41,6 +41,18 @@ from relay.wiring import (
 )
 
 
+def http_sender(settings: Settings, *, pool_size: int, body_limit_bytes: int) -> HttpSender:
+    """The deliveries' HTTP sender: the URL policy checked at connect time, the CAs trusted (with the
+    local stack's RELAY_LOCAL_TRUSTED_CAS). ``relay targets check`` builds its sender here too, so it
+    sees a target as the dispatcher does."""
+    return HttpSender(
+        pool_size=pool_size,
+        body_limit_bytes=body_limit_bytes,
+        endpoint_check=UrlPolicy.from_settings(settings).check_endpoint,
+        trust=TlsTrust.from_settings(settings),
+    )
+
+
 def build_dispatcher(
     settings: Settings,
     *,
@@ -96,11 +108,10 @@ def build_dispatcher(
     if archive is None and settings.audit_bucket and settings.archive_enabled:
         archive = S3EventArchive(aws_clients(settings).client("s3"), settings.audit_bucket)
     if http is None:
-        http = HttpSender(
+        http = http_sender(
+            settings,
             pool_size=settings.delivery_concurrency,
             body_limit_bytes=settings.response_body_limit_bytes,
-            endpoint_check=UrlPolicy.from_settings(settings).check_endpoint,
-            trust=TlsTrust.from_settings(settings),
         )
     if tokens is None and isinstance(http, HttpSender):
         # Token requests take the deliveries' road: URL policy, deadline, trust, pools.

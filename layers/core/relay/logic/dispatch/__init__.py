@@ -14,6 +14,7 @@
 Everything from outside comes through relay.ports; relay.wiring builds a ``Dispatcher``.
 """
 
-from relay.logic.dispatch.engine import SETTLE_MARGIN_MS, Dispatcher
+from relay.logic.dispatch.attempt import SETTLE_MARGIN_SECONDS
+from relay.logic.dispatch.engine import Dispatcher
 
-__all__ = ["SETTLE_MARGIN_MS", "Dispatcher"]
+__all__ = ["SETTLE_MARGIN_SECONDS", "Dispatcher"]

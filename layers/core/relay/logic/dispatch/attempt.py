@@ -51,12 +51,27 @@ class Attempt:
     response_body: str | None = None
 
 
+# A request starts only with its connect + read timeouts and this margin (to settle the record) left
+# in the invocation (the engine's out-of-time rule).
+SETTLE_MARGIN_SECONDS = 3.0
+# What an invocation may have spent before its first request starts (reading the batch, its targets
+# and breakers): a request's timeouts are cut so that it fits in a fresh invocation with this to spare.
+START_ALLOWANCE_SECONDS = 2.0
+
+
 def timeouts(settings: Settings, target: Target) -> tuple[float, float]:
-    """(connect, read) timeouts of the target's requests: its own, else the deployment's."""
-    return (
-        target.connect_timeout_seconds or settings.connect_timeout_seconds,
-        target.read_timeout_seconds or settings.read_timeout_seconds,
-    )
+    """(connect, read) timeouts of the target's requests: its own, else the deployment's, cut to fit in
+    one dispatcher invocation. Config sync accepts up to 30 + 60 s and the template a 15 s function:
+    a request that could never start would be handed back as out of time for ever."""
+    connect = target.connect_timeout_seconds or settings.connect_timeout_seconds
+    read = target.read_timeout_seconds or settings.read_timeout_seconds
+    if settings.dispatcher_timeout_seconds is None:
+        return connect, read
+    fits = settings.dispatcher_timeout_seconds - SETTLE_MARGIN_SECONDS - START_ALLOWANCE_SECONDS
+    if connect + read <= fits:
+        return connect, read
+    connect = min(connect, fits / 2)
+    return connect, fits - connect
 
 
 class _Budget:

@@ -35,7 +35,7 @@ from functools import partial
 from typing import Any
 
 from relay.errors import DependencyUnavailable
-from relay.logic.dispatch.attempt import Attempter, timeouts
+from relay.logic.dispatch.attempt import SETTLE_MARGIN_SECONDS, Attempter, timeouts
 from relay.logic.dispatch.audit import (
     INTERNAL_ERROR,
     LEFT_FOR_REDELIVERY,
@@ -72,7 +72,6 @@ from relay.ports import (
 from relay.settings import Settings
 
 # Time kept back, beyond one request's timeouts, to settle records and write audit and metrics.
-SETTLE_MARGIN_MS = 3_000
 # One record's step in the pool: deliver it, or defer it.
 Work = tuple[Item, Callable[[], None]]
 
@@ -334,4 +333,4 @@ class Dispatcher:
         if batch.remaining_ms is None:
             return False
         connect, read = timeouts(self._settings, item.target)
-        return batch.remaining_ms() < (connect + read) * 1000 + SETTLE_MARGIN_MS
+        return batch.remaining_ms() < (connect + read + SETTLE_MARGIN_SECONDS) * 1000
