@@ -31,17 +31,20 @@ class NoManagedPolicyLookups:  # the template names no managed policy by name: n
         return {}
 
 template = yaml_parse(open(sys.argv[1]).read())
-for name, resource in template["Resources"].items():  # as `sam package` leaves them
+changed = set(json.loads(sys.argv[3]))  # artifacts whose content this release changed
+for name, resource in template["Resources"].items():  # as `sam package` leaves them (keyed by content)
     properties = resource.get("Properties", {})
     for key in ("CodeUri", "ContentUri"):
         if isinstance(properties.get(key), str):
-            properties[key] = f"s3://packaged/{name}.zip"
+            properties[key] = f"s3://packaged/{name}{'-changed' if name in changed else ''}.zip"
 print(json.dumps(transform(template, json.loads(sys.argv[2]), NoManagedPolicyLookups())))
 """
 
 
 @cache
-def transformed(stage: str) -> dict[str, dict[str, Any]]:
+def transformed(stage: str, changed: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """The transformed template's resources; ``changed``: the artifacts (logical ids) whose content
+    differs from the baseline release, as `sam package` would upload them under a new key."""
     if not SAM_PYTHON.is_file():
         pytest.fail(f"{SAM_PYTHON} is missing: run `make .venv-sam/.synced` (make test does)")
     env = {
@@ -50,7 +53,14 @@ def transformed(stage: str) -> dict[str, dict[str, Any]]:
         "AWS_EC2_METADATA_DISABLED": "true",
     }
     done = subprocess.run(
-        [str(SAM_PYTHON), "-c", TRANSLATE, str(ROOT / "template.yaml"), json.dumps({"Stage": stage})],
+        [
+            str(SAM_PYTHON),
+            "-c",
+            TRANSLATE,
+            str(ROOT / "template.yaml"),
+            json.dumps({"Stage": stage}),
+            json.dumps(changed),
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -87,6 +97,38 @@ def test_every_function_gets_a_version_and_the_alias_serves_it() -> None:
         assert resources[version]["Type"] == "AWS::Lambda::Version" and attribute == "Version"
 
 
+def published_versions(resources: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """{function: the logical id of the version its alias serves}; a new id is a new version."""
+    aliases = of_type(resources, "AWS::Lambda::Alias")
+    return {a["FunctionName"]["Ref"]: a["FunctionVersion"]["Fn::GetAtt"][0] for a in aliases.values()}
+
+
+@pytest.mark.parametrize(
+    ("layer", "users"),
+    [
+        (
+            "CoreLayer",
+            {
+                "IntakeFunction",
+                "DispatcherFunction",
+                "SlowDispatcherFunction",
+                "OrderedDispatcherFunction",
+                "ConfigSyncFunction",
+            },
+        ),
+        ("GenesysSdkLayer", {"ConfigSyncFunction"}),
+    ],
+)
+def test_a_release_that_changes_only_a_layer_publishes_new_versions_of_its_functions(
+    layer: str, users: set[str]
+) -> None:
+    # All relay code is in CoreLayer and the function zips are the same in every release: unless the
+    # layer is part of the version's hash, such a release publishes nothing and `live` keeps old code.
+    before = published_versions(transformed("prod"))
+    after = published_versions(transformed("prod", (layer,)))
+    assert {f for f in before if before[f] != after[f]} == users
+
+
 def test_every_event_source_invokes_the_alias() -> None:
     resources = transformed("dev")
     mappings = of_type(resources, "AWS::Lambda::EventSourceMapping").values()
@@ -110,11 +152,11 @@ def test_every_event_source_invokes_the_alias() -> None:
 def test_a_release_shifts_per_stage_and_rolls_back_on_its_error_alarm(stage: str, shift: str) -> None:
     resources = transformed(stage)
     groups = of_type(resources, "AWS::CodeDeploy::DeploymentGroup")
-    for function, alarm in (
-        ("IntakeFunction", "IntakeErrorsAlarm"),
-        ("DispatcherFunction", "DispatcherErrorsAlarm"),
-        ("SlowDispatcherFunction", "SlowDispatcherErrorsAlarm"),
-        ("OrderedDispatcherFunction", "OrderedDispatcherErrorsAlarm"),
+    for function, alarm, crashes in (
+        ("IntakeFunction", "IntakeErrorsAlarm", "IntakeInternalErrorsAlarm"),
+        ("DispatcherFunction", "DispatcherErrorsAlarm", "DeliveryCrashedAlarm"),
+        ("SlowDispatcherFunction", "SlowDispatcherErrorsAlarm", "DeliveryCrashedAlarm"),
+        ("OrderedDispatcherFunction", "OrderedDispatcherErrorsAlarm", "DeliveryCrashedAlarm"),
     ):
         group = groups[f"{function}DeploymentGroup"]
         # The stage picks the branch (Condition IsProd) when CloudFormation resolves it.
@@ -122,7 +164,12 @@ def test_a_release_shifts_per_stage_and_rolls_back_on_its_error_alarm(stage: str
         chosen = in_prod if stage == "prod" else otherwise
         assert condition == "IsProd"
         assert chosen["Fn::Sub"] == ["CodeDeployDefault.Lambda${ConfigName}", {"ConfigName": shift}]
-        assert group["AlarmConfiguration"] == {"Enabled": True, "Alarms": [{"Name": {"Ref": alarm}}]}
+        # Its own errors, and the bugs its handler answers for instead of raising (a 500, a batch
+        # item failure), which Lambda's Errors never counts
+        assert group["AlarmConfiguration"] == {
+            "Enabled": True,
+            "Alarms": [{"Name": {"Ref": alarm}}, {"Name": {"Ref": crashes}}],
+        }
         assert "DEPLOYMENT_STOP_ON_ALARM" in group["AutoRollbackConfiguration"]["Events"]
         update = resources[f"{function}Alias{ALIAS}"]["UpdatePolicy"]["CodeDeployLambdaAliasUpdate"]
         assert update["DeploymentGroupName"] == {"Ref": f"{function}DeploymentGroup"}
@@ -130,6 +177,13 @@ def test_a_release_shifts_per_stage_and_rolls_back_on_its_error_alarm(stage: str
         dimensions = {d["Name"]: d["Value"] for d in resources[alarm]["Properties"]["Dimensions"]}
         version = resources[f"{function}Alias{ALIAS}"]["Properties"]["FunctionVersion"]
         assert dimensions["ExecutedVersion"] == version
+
+
+def test_the_schedule_name_cannot_collide_with_another_stacks() -> None:
+    # Two stacks in one account and region (relay-dev next to relay-prod) must not collide on a name:
+    # SAM's ScheduleV2 names its schedule after the logical id unless told not to.
+    (schedule,) = of_type(transformed("dev"), "AWS::Scheduler::Schedule").values()
+    assert "Name" not in schedule, "CloudFormation generates a unique name"
 
 
 def test_functions_log_json_to_their_groups_and_carry_no_tracing_grant() -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from test_dispatch_archive import Archiving, task_record
 from test_dispatch_engine import INTEGRATION, NOW, always, make_target
-from test_template import BASE, resolved, with_parameters
+from test_template import BASE, ROOT, resolved, with_parameters
 
 from relay.adapters.audit import audit_key
 from relay.cli.deliveries_cmd import TIMELINE_QUERY_OUTPUT, WORKGROUP_OUTPUT
@@ -231,12 +231,31 @@ def test_the_failure_and_latency_queries_cover_the_last_24_hours_per_target() ->
     assert "date_trunc('hour'" in latency
 
 
+def dispatch_engine_log_groups() -> set[str]:
+    """The log group of every function whose handler runs the dispatch engine (the fast, the slow and
+    the ordered lane): each writes "delivery" lines, so a query that skips one misses its targets."""
+    groups = set()
+    for logical_id in BASE.resources_of_type("AWS::Serverless::Function"):
+        function = resolved(BASE, logical_id)
+        module = function["Handler"].split(".")[0]
+        handler = ROOT / function["CodeUri"] / f"{module}.py"
+        if "from relay.wiring.dispatcher import" in handler.read_text():
+            groups.add(function["LoggingConfig"]["LogGroup"])
+    return groups
+
+
+def test_the_dispatch_engine_runs_in_every_lane() -> None:
+    # guards dispatch_engine_log_groups: a handler that moved its import must not empty the set
+    assert len(dispatch_engine_log_groups()) == 3
+
+
 @pytest.mark.parametrize("logical_id", QUERY_DEFINITIONS)
-def test_every_logs_insights_query_reads_the_dispatchers_log_group_by_audit_field(
+def test_every_logs_insights_query_reads_every_dispatchers_log_group_by_audit_field(
     written: list[dict[str, Any]], logical_id: str
 ) -> None:
-    query = BASE.properties(logical_id)
-    assert {"Ref": "DispatcherLogGroup"} in query["LogGroupNames"]
+    query = resolved(BASE, logical_id)
+    missing = dispatch_engine_log_groups() - set(query["LogGroupNames"])
+    assert not missing, f"{logical_id} never reads {sorted(missing)}"
     fields = {key for line in written for key in line} | {"message", "event_id"}
     without_aliases = re.sub(r"\bas \w+", "", query["QueryString"])  # names the query gives its results
     used = set(re.findall(r"\b([a-z]+[A-Z]\w*|event_id)\b", without_aliases))

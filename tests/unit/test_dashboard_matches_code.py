@@ -261,6 +261,26 @@ def test_the_alarm_widget_shows_every_alarm() -> None:
     assert sorted(shown) == sorted(BASE.get_att(logical_id, "Arn") for logical_id in alarms)
 
 
+def test_the_operators_alarm_table_explains_every_alarm() -> None:
+    # On-call is paged by name: each alarm needs a row in docs/operations-template.md saying what
+    # fired and where to look first (the ordered lane's six once had none).
+    text = (ROOT / "docs" / "operations-template.md").read_text()
+    section = text.split("## Alarms", 1)[1].split("\n## ", 1)[0]
+    documented = {
+        name
+        for row in section.splitlines()
+        if row.startswith("| `<stack>-")
+        for name in re.findall(r"`<stack>-([a-z0-9-]+)`", row.split("|")[1])
+    }
+    names = {
+        BASE.properties(logical_id)["AlarmName"]["Fn::Sub"].removeprefix("${AWS::StackName}-")
+        for logical_id in BASE.resources_of_type("AWS::CloudWatch::Alarm")
+    }
+    assert documented == names
+    widget_count = re.search(r"alarm status of every alarm \((\d+)", text)
+    assert widget_count is not None and int(widget_count[1]) == len(names)
+
+
 def test_dashboard_widgets_fit_the_grid_without_overlapping() -> None:
     # CloudWatch moves an overlapping widget elsewhere silently: a row two changes both added at the
     # same y would leave the dashboard in an order nobody chose.
@@ -362,6 +382,7 @@ def test_intake_emits_its_metrics_with_the_contract_dimensions(capsys: pytest.Ca
         ("TasksQueued", None, None),
         ("EventsUnmatched", None, None),
         ("TasksUnordered", None, None),
+        ("InternalErrors", None, None),
         ("EventsRejected", "bad-signature", None),
         ("TasksFiltered", "type", "crm-plain"),
     ]

@@ -885,7 +885,7 @@ def test_a_target_not_known_to_answer_quickly_gets_its_records_side_by_side_from
 
 
 def test_a_record_whose_delivery_crashes_is_reported_failed_and_the_rest_still_go(
-    running: list[Relay],
+    running: list[Relay], capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Given an HTTP port with a bug for target b (it raises instead of answering)
     def buggy(method: str, url: str, headers: Mapping[str, str], body: bytes) -> HttpResult:
@@ -902,6 +902,10 @@ def test_a_record_whose_delivery_crashes_is_reported_failed_and_the_rest_still_g
     # Then only b's record is reported failed (SQS shows it again); a's two were delivered after it
     assert failed == [crashing["messageId"]]
     assert [url for _, url, _, _ in r.http.requests].count("https://a.example.com/hook") == 2
+    # And the crash is counted for the rollback alarm: the invocation itself returns normally
+    emitted = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    crashes = [doc for doc in emitted if "DeliveryCrashed" in doc]
+    assert [(doc["DeliveryCrashed"], doc.get("target")) for doc in crashes] == [([1.0], None)]
 
 
 # --- slow-target isolation (relay.logic.dispatch.isolation) ------------------------------------------------

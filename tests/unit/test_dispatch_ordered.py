@@ -300,6 +300,27 @@ def test_a_target_that_blocks_and_answers_410_holds_the_conversation_until_it_is
     assert r.targets.get_target(INTEGRATION, "crm").enabled is False
 
 
+def test_a_crashed_conversation_is_left_for_redelivery_and_counted_for_the_rollback(
+    relays: list[OrderedRelay], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a release with a bug on conversation g's path (the HTTP port raises on its first event)
+    def bug(event: str) -> None:
+        if event == "g-0":
+            raise RuntimeError("bug")
+
+    r = ordered_relay(relays, on_request=bug)
+    crashing, behind, other = fifo_record("g", 0), fifo_record("g", 1), fifo_record("h", 0)
+
+    failed = r.batch(crashing, behind, other)
+
+    # Then g's records come back (SQS shows them again, in order; g-1 was never sent), h is delivered,
+    # and the crash is counted once, service level: the invocation returns normally (Errors stays 0)
+    assert failed == ids(crashing, behind) and sorted(r.sent()) == ["g-0", "h-0"]
+    emitted = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    crashes = [doc for doc in emitted if "DeliveryCrashed" in doc]
+    assert [(doc["DeliveryCrashed"], doc.get("target")) for doc in crashes] == [([1.0], None)]
+
+
 @pytest.mark.parametrize(
     ("on_exhausted", "dead_lettered"), [(OnExhausted.BLOCK, False), (OnExhausted.DEAD_LETTER, True)]
 )

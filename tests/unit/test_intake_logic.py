@@ -667,6 +667,23 @@ def test_when_queueing_fails_the_answer_is_503_and_the_repeat_can_queue() -> Non
     assert len(queue.bodies) == 2
 
 
+class BuggyQueue(InMemoryDeliveryQueue):
+    def send(self, bodies: Sequence[str]) -> None:
+        raise RuntimeError("a bug in the release, not a dependency")
+
+
+def test_a_bug_is_a_500_counted_for_the_rollback_and_a_dependency_outage_is_not() -> None:
+    # A 500 is a normal return, not a Lambda error: the count is what a canary's rollback watches.
+    metrics = CountingMetrics()
+    intake, _ = make_intake(queue=BuggyQueue(), metrics=metrics)
+    assert refusal(intake.handle(api_gateway_event())) == (500, "internal_error")
+    assert metrics.counts[("InternalErrors", None)] == 1
+    unavailable = CountingMetrics()
+    intake, _ = make_intake(queue=FlakyQueue(failures=1), metrics=unavailable)
+    assert intake.handle(api_gateway_event())["statusCode"] == 503
+    assert ("InternalErrors", None) not in unavailable.counts
+
+
 class BlockingQueue(InMemoryDeliveryQueue):
     """Holds the first send until released, so a concurrent repeat arrives mid-queueing."""
 

@@ -662,6 +662,14 @@ SHIFTED_RELEASES = (
     "SlowDispatcherFunction",
     "OrderedDispatcherFunction",
 )
+# The bugs each handler turns into an answer (a 500, a batch item failure) instead of a Lambda error:
+# the service-level count (relay.logic.intake.service, relay.logic.dispatch.metrics) that rolls back.
+CRASH_METRIC = {
+    "IntakeFunction": "InternalErrors",
+    "DispatcherFunction": "DeliveryCrashed",
+    "SlowDispatcherFunction": "DeliveryCrashed",
+    "OrderedDispatcherFunction": "DeliveryCrashed",
+}
 
 
 @pytest.mark.parametrize("logical_id", FUNCTIONS)
@@ -692,18 +700,23 @@ def test_a_release_rolls_back_on_the_errors_of_the_version_being_deployed(
     assert alarms, f"{logical_id}: no rollback alarm"
     prod_type = resolved(with_parameters({"Stage": "prod"}), logical_id)["DeploymentPreference"]["Type"]
     bake_seconds = int(GRADUAL.fullmatch(prod_type)[3]) * 60  # type: ignore[index]
+    watched = {}
     for reference in alarms:
         alarm = raw.properties(reference["Ref"])
-        assert (alarm["Namespace"], alarm["MetricName"]) == ("AWS/Lambda", "Errors"), reference
-        dimensions = {d["Name"]: d["Value"] for d in alarm["Dimensions"]}
-        # The new version's own errors: an old version's failures must not block the deploy of its fix.
-        assert dimensions == {
-            "FunctionName": {"Ref": logical_id},
-            "Resource": {"Fn::Sub": f"${{{logical_id}}}:{props['AutoPublishAlias']}"},
-            "ExecutedVersion": {"Fn::GetAtt": [logical_id, "Version.Version"]},
+        watched[(alarm["Namespace"], alarm["MetricName"])] = {
+            d["Name"]: d["Value"] for d in alarm["Dimensions"]
         }
-        # It can fire while the canary still takes only part of the traffic.
+        # It can fire while the canary still takes only part of the traffic, on the first bug.
         assert int(alarm["Period"]) * int(alarm["EvaluationPeriods"]) < bake_seconds
+        assert (alarm["ComparisonOperator"], int(alarm["Threshold"])) == ("GreaterThanOrEqualToThreshold", 1)
+    # The new version's own errors: an old version's failures must not block the deploy of its fix.
+    assert watched.pop(("AWS/Lambda", "Errors")) == {
+        "FunctionName": {"Ref": logical_id},
+        "Resource": {"Fn::Sub": f"${{{logical_id}}}:{props['AutoPublishAlias']}"},
+        "ExecutedVersion": {"Fn::GetAtt": [logical_id, "Version.Version"]},
+    }
+    # ... and the bugs it answers for instead of raising, as the code emits them (service only)
+    assert watched == {("GenesysRelay", CRASH_METRIC[logical_id]): {"service": "relay"}}
 
 
 # --- logging and tracing -------------------------------------------------------------------------------
@@ -715,6 +728,36 @@ def test_every_function_logs_json_at_the_level_parameter(raw: Template, logical_
     assert config["LogFormat"] == "JSON"
     assert config["ApplicationLogLevel"] == {"Ref": "LogLevel"}
     assert raw.document["Parameters"]["LogLevel"]["Default"] == "INFO"
+
+
+# Lambda's application log-level filter, most detailed first; a JSON line without a valid "level" key
+# counts as INFO (docs.aws.amazon.com/lambda/latest/dg/monitoring-cloudwatchlogs-log-level.html).
+LAMBDA_LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL")
+
+
+def lambda_keeps(line: str, application_log_level: str) -> bool:
+    level = json.loads(line).get("level")
+    level = level.upper() if isinstance(level, str) and level.upper() in LAMBDA_LEVELS else "INFO"
+    return LAMBDA_LEVELS.index(level) >= LAMBDA_LEVELS.index(application_log_level)
+
+
+def test_every_allowed_log_level_lets_the_metrics_through(capsys: pytest.CaptureFixture[str]) -> None:
+    # powertools prints EMF without a "level" key, so Lambda files it as INFO: a function whose
+    # application log level is WARN or ERROR would drop every custom metric, and with them the alarms
+    # on them (signature mismatch, breaker store, ordered blocked, delivery crashed).
+    from relay.logic.dispatch.metrics import BatchMetrics, Metric
+
+    emitted = BatchMetrics(namespace="GenesysRelay", service="relay")
+    emitted.service_count(Metric.BREAKER_STORE_UNAVAILABLE)
+    emitted.count(Metric.DELIVERED, "crm")
+    emitted.flush()
+    lines = [line for line in capsys.readouterr().out.splitlines() if "_aws" in line]
+    assert len(lines) == 2
+    for log_level in BASE.document["Parameters"]["LogLevel"]["AllowedValues"]:
+        template = with_parameters({"LogLevel": log_level})
+        for logical_id in FUNCTIONS:
+            application = resolved(template, logical_id)["LoggingConfig"]["ApplicationLogLevel"]
+            assert all(lambda_keeps(line, application) for line in lines), (log_level, logical_id)
 
 
 @pytest.mark.parametrize("logical_id", FUNCTIONS)
@@ -931,6 +974,38 @@ def test_every_dispatcher_knows_its_own_timeout_so_that_requests_are_cut_to_fit(
         assert Settings.model_validate(
             {"DISPATCHER_TIMEOUT_SECONDS": value}
         ).dispatcher_timeout_seconds == float(seconds)
+
+
+@pytest.mark.parametrize(
+    ("ports", "valid"),
+    [
+        ("1", True),
+        ("443", True),
+        ("9999", True),
+        ("10000", True),
+        ("65535", True),
+        ("443,8443,65535", True),
+        ("0", False),
+        ("65536", False),
+        ("99999", False),
+        ("443,0", False),
+        ("443,99999", False),
+        ("", False),
+    ],
+)
+def test_allowed_target_ports_pattern_accepts_exactly_what_settings_accept(ports: str, valid: bool) -> None:
+    # A value the stack accepts but settings refuse would stop all three dispatchers and config sync.
+    from relay.errors import ConfigurationError
+    from relay.settings import load_settings
+
+    pattern = BASE.document["Parameters"]["AllowedTargetPorts"]["AllowedPattern"]
+    assert bool(re.fullmatch(pattern, ports)) is valid
+    try:
+        load_settings({"ALLOWED_TARGET_PORTS": ports})
+    except ConfigurationError:
+        assert not valid
+    else:
+        assert valid
 
 
 # --- the ordered lane (docs/dispatcher.md, "Ordering") --------------------------------------------------

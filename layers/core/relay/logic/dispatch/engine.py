@@ -48,7 +48,7 @@ from relay.logic.dispatch.batch import Batch
 from relay.logic.dispatch.fifo import OrderedDelivery
 from relay.logic.dispatch.isolation import Isolation, LatencyTracker
 from relay.logic.dispatch.lanes import Lane, Lanes, group, interleave
-from relay.logic.dispatch.metrics import BatchMetrics
+from relay.logic.dispatch.metrics import BatchMetrics, Metric
 from relay.logic.dispatch.rate_limit import Held, RateLimits
 from relay.logic.dispatch.records import Item, SqsRecord, Unattempted, resolve
 from relay.logic.dispatch.runners import run_steps
@@ -298,6 +298,7 @@ class Dispatcher:
         for index, exc in crashed:
             item = ordered[index][0]
             logger.exception("delivery crashed", exc_info=exc)
+            batch.metrics.service_count(Metric.DELIVERY_CRASHED)
             batch.fail(item.record)
             # The audit says so too, so `relay deliveries show` finds the record SQS shows again.
             now = self._now()

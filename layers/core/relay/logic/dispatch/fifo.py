@@ -157,6 +157,7 @@ class OrderedDelivery:
             for future, gid in futures.items():
                 if future.exception() is not None:
                     logger.exception("ordered group crashed", exc_info=future.exception())
+                    batch.metrics.service_count(Metric.DELIVERY_CRASHED)
                     for step in steps[gid][reached.get(gid, 0) :]:
                         batch.fail(step.record)
         for lane in lanes.values():

@@ -1,8 +1,8 @@
 """The dispatcher's CloudWatch metrics (EMF through powertools), names and dimensions exactly as in
 docs/architecture.md: per-target counts carry the dimensions ``service`` and ``target``;
-``BreakerStoreUnavailable``, ``RateLimitStoreUnavailable``, ``OrderedGroupBlocked`` and
-``OrderedReleasedEarly`` carry ``service`` only (alarms watch them, and an alarm cannot search across
-targets).
+``BreakerStoreUnavailable``, ``RateLimitStoreUnavailable``, ``OrderedGroupBlocked``,
+``OrderedReleasedEarly`` and ``DeliveryCrashed`` carry ``service`` only (alarms watch them, and an alarm
+cannot search across targets).
 
 A batch accumulates here and is flushed once at the end: one EMF object per target (so each target's
 values sit under its own dimension), plus one service-level object for the service-level counts.
@@ -43,6 +43,9 @@ class Metric(StrEnum):
     # Records of settled conversations deleted before their batch ended, because a slow conversation
     # was still running (service level: how often slow conversations share batches).
     ORDERED_RELEASED_EARLY = "OrderedReleasedEarly"
+    # A delivery step or an ordered group that raised: a bug, its records left for redelivery. The
+    # handler answers normally, so Lambda's Errors stays 0: this is what a canary's rollback watches.
+    DELIVERY_CRASHED = "DeliveryCrashed"
 
 
 TARGET_DIMENSION = "target"
@@ -53,6 +56,7 @@ SERVICE_METRICS = frozenset(
         Metric.RATE_LIMIT_STORE_UNAVAILABLE,
         Metric.ORDERED_GROUP_BLOCKED,
         Metric.ORDERED_RELEASED_EARLY,
+        Metric.DELIVERY_CRASHED,
     }
 )
 

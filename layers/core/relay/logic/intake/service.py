@@ -153,6 +153,8 @@ class Intake:
             )
         except Exception:  # the HTTP trigger's boundary: a bug or a deployment error, never leaked
             logger.exception("intake failed")
+            # A 500 is not a Lambda error: this count is what a canary's rollback watches.
+            self._metrics.count("InternalErrors")
             return json_response(500, {"error": "internal_error", "message": "internal error"})
         logger.debug("accepted", extra={"elapsed_ms": round((time.perf_counter() - started) * 1000, 3)})
         return response
