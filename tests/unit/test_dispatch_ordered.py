@@ -609,9 +609,10 @@ def test_a_held_conversation_is_never_released(relays: list[OrderedRelay]) -> No
 
     failed = r.batch(slow, held0, held1)
 
-    # Then the held conversation stays on the queue, in order, and nothing of it was deleted
+    # Then the held conversation stays on the queue, in order, and nothing of it was deleted (the slow
+    # one may have been released, if it settled while the held one was still being held)
     assert sorted(failed) == sorted(ids(held0, held1))
-    assert all_deleted(r) == []
+    assert set(all_deleted(r)) <= set(handles(slow))
 
 
 def test_sqs_refusing_the_early_delete_loses_nothing(relays: list[OrderedRelay]) -> None:

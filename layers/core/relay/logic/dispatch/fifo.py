@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,6 +39,7 @@ from relay.logic import breaker, retry
 from relay.logic.dispatch import audit
 from relay.logic.dispatch.attempt import Attempter
 from relay.logic.dispatch.batch import Batch
+from relay.logic.dispatch.fifo_groups import GroupReleaser, fail_behind_failures, message_groups
 from relay.logic.dispatch.fifo_settle import GroupQueue, OrderedSettler, holds_for
 from relay.logic.dispatch.lanes import Lane, Lanes, group
 from relay.logic.dispatch.metrics import Metric
@@ -74,25 +75,6 @@ class Unresolved:
 
 
 Step = Item | Unattempted | Unresolved
-
-
-def message_groups(records: Iterable[SqsRecord]) -> dict[str, list[SqsRecord]]:
-    """Records by message group, each group in the batch's (the queue's) order."""
-    groups: dict[str, list[SqsRecord]] = {}
-    for record in records:
-        groups.setdefault(record.group_id or "", []).append(record)
-    return groups
-
-
-def fail_behind_failures(groups: dict[str, list[SqsRecord]], batch: Batch) -> None:
-    """The partial batch response stops at each group's first unsettled record: everything after it
-    is reported failed too, or SQS would delete it and the group would lose its order."""
-    for records in groups.values():
-        failed = False
-        for record in records:
-            if failed and not batch.has_failed(record):
-                batch.fail(record)
-            failed = failed or batch.has_failed(record)
 
 
 class OrderedDelivery:
@@ -132,7 +114,7 @@ class OrderedDelivery:
         self._rng = rng
         self._clock = clock
         self._sleep = sleep
-        self._write_early = write_early  # audit.write_early, with the engine's sinks
+        self._releaser = GroupReleaser(settings=settings, queue=queue, write_early=write_early)
 
     def run(self, records: list[SqsRecord], batch: Batch) -> None:
         groups = message_groups(records)
@@ -153,7 +135,7 @@ class OrderedDelivery:
                 self._pool.submit(self._run_group, gid, steps[gid], lanes, rate_held, batch, reached): gid
                 for gid in phase
             }
-            self._wait_releasing(futures, groups, batch)
+            self._releaser.wait(futures, groups, batch)
             for future, gid in futures.items():
                 if future.exception() is not None:
                     logger.exception("ordered group crashed", exc_info=future.exception())
@@ -164,37 +146,6 @@ class OrderedDelivery:
             self._lanes.report(lane, batch)
             self._limits.feedback(lane, batch)
         fail_behind_failures(groups, batch)
-
-    def _wait_releasing(
-        self, futures: dict[Future[None], str], groups: dict[str, list[SqsRecord]], batch: Batch
-    ) -> None:
-        """Wait for the groups; once the batch has run ``ORDERED_RELEASE_AFTER_MS``, delete each group's
-        records as soon as it is settled. SQS hands out no later message of a conversation while the
-        batch holds one of its records, so one slow conversation would otherwise hold up every other
-        conversation of its batch until the batch ends. A batch that ends in time deletes nothing
-        itself: the event source does."""
-        finished, running = wait(futures, timeout=self._settings.ordered_release_after_ms / 1000)
-        while running:
-            settled = [
-                futures[future]
-                for future in finished
-                if future.exception() is None
-                and not any(batch.has_failed(r) for r in groups[futures[future]])
-            ]
-            if settled:
-                self._release([record for gid in settled for record in groups[gid]], batch)
-            finished, running = wait(running, return_when=FIRST_COMPLETED)
-
-    def _release(self, records: list[SqsRecord], batch: Batch) -> None:
-        """Write the records' audit lines and archived events, then delete them: after the delete, a
-        crash of this invocation could no longer bring them back to be audited."""
-        self._write_early(batch, {record.message_id for record in records})
-        try:
-            self._queue.delete([record.receipt_handle for record in records])
-        except DependencyUnavailable as exc:  # the event source deletes them when the batch ends
-            logger.warning("could not release settled conversations early", extra={"error": str(exc)})
-            return
-        batch.metrics.service_count(Metric.ORDERED_RELEASED_EARLY, len(records))
 
     def admit(self, item: Item, lane: Lane, rate_held: Held | None, batch: Batch) -> Hold | None:
         """Whether ``item`` may be attempted now, or holds its group (and why, and for how long).
