@@ -980,6 +980,18 @@ def test_a_target_measured_slow_moves_to_the_slow_lane_with_one_write(running: l
     assert r.breakers.writes == writes
 
 
+HANGED = HttpResult(None, 10_000.0, error_code=READ_TIMEOUT, error="read timed out")
+
+
+def moved_slow_within(r: Relay, *, seconds: float) -> bool:
+    """Whether the target's lane reads slow within ``seconds`` (asked from a request that hangs)."""
+    try:
+        wait_until(lambda: r.lane().lane is DeliveryLane.SLOW, what="lane written", timeout=seconds)
+    except AssertionError:
+        return False
+    return True
+
+
 def test_a_target_is_moved_as_soon_as_it_measures_slow_not_when_its_batch_ends(running: list[Relay]) -> None:
     # Given a target whose first three answers take 2 s and whose fourth request hangs (a time-out
     # holds an invocation for its whole read timeout): the hanging request waits until the lane reads
@@ -998,12 +1010,8 @@ def test_a_target_is_moved_as_soon_as_it_measures_slow_not_when_its_batch_ends(r
             hangs = answered == 4
         if not hangs:
             return HttpResult(200, 2_000.0)
-        try:
-            wait_until(lambda: relays[0].lane().lane is DeliveryLane.SLOW, what="lane written", timeout=5)
-            lane_written_while_hanging.append(True)
-        except AssertionError:
-            lane_written_while_hanging.append(False)
-        return HttpResult(None, 10_000.0, error_code=READ_TIMEOUT, error="read timed out")
+        lane_written_while_hanging.append(moved_slow_within(relays[0], seconds=5))
+        return HANGED
 
     relays.append(r := warm(start(running, fast_lane(answer_with=answer))))
 
@@ -1014,6 +1022,47 @@ def test_a_target_is_moved_as_soon_as_it_measures_slow_not_when_its_batch_ends(r
     # containers route the target from then on), with one write
     assert lane_written_while_hanging == [True]
     assert r.lane() == LaneState(DeliveryLane.SLOW, 1, NOW)
+
+
+def test_a_request_that_hangs_moves_its_target_before_it_ends(running: list[Relay]) -> None:
+    # Given a target this container has measured fast, and one request at a time per target
+    relays: list[Relay] = []
+    hanging = threading.Event()
+    moved_while_hanging: list[bool] = []
+
+    def answer(method: str, url: str, headers: Mapping[str, str], body: bytes) -> HttpResult:
+        if not hanging.is_set():
+            return HttpResult(200, 50.0)
+        hanging.clear()  # only the first request of the batch hangs
+        relays[0].clock.now += 5  # 5 s pass with the request still in flight
+        moved_while_hanging.append(moved_slow_within(relays[0], seconds=5))
+        return HANGED
+
+    relays.append(r := warm(start(running, fast_lane(answer_with=answer, PER_TARGET_CONCURRENCY="1"))))
+    assert r.batch(*(record() for _ in range(3))) == []  # three quick answers: measured fast
+    assert r.lane() == LaneState()
+
+    # When a request hangs (a time-out, 10 s later) with more records of the target waiting behind it
+    hanging.set()
+    r.batch(*(record() for _ in range(4)))
+
+    # Then the target was moved while the request still hung (the other containers route it from
+    # then on, instead of meeting its hangs too), and the records behind it went to the slow lane
+    assert moved_while_hanging == [True]
+    assert r.lane() == LaneState(DeliveryLane.SLOW, 1, NOW + 5)
+    assert len(r.http.requests) == 3 + 1 and len(r.queue.slow_lane) == 3
+
+
+def test_a_request_in_flight_counts_as_a_sample_only_beside_enough_others() -> None:
+    # One long request is not a slow target: the same rule as for answers (MIN_SAMPLES)
+    tracker = LatencyTracker(ManualClock(NOW))
+    tracker.record("k", 50.0, lane_version=0)
+    assert tracker.latency_ms("k", 0, pending_ms=5_000.0) is None
+
+    tracker.record("k", 50.0, lane_version=0)
+    # as if it had ended now: 0.3 x 5,000 + 0.7 x 50
+    assert tracker.latency_ms("k", 0, pending_ms=5_000.0) == pytest.approx(1_535.0)
+    assert tracker.latency_ms("k", 0) is None  # nothing was recorded
 
 
 def test_time_outs_count_as_slow_for_their_whole_duration(running: list[Relay]) -> None:

@@ -273,7 +273,11 @@ class Dispatcher:
                 # its queue refused it (then it is delivered here, as without isolation).
                 if not self._settle.routed([item], batch):
                     return
-            attempt = self._attempter.run(item)
+            self._isolation.begin(item)
+            try:
+                attempt = self._attempter.run(item)
+            finally:
+                self._isolation.end(item)
             if isinstance(attempt, Unattempted):
                 self._settle.unattempted(attempt, batch)
                 return
@@ -294,6 +298,7 @@ class Dispatcher:
             width=self._settings.delivery_concurrency,
             wide=not all(self._answers_quickly(key) for key in {item.key for item, _ in ordered}),
             serial_budget_seconds=self._settings.serial_budget_ms / 1000,
+            while_waiting=partial(self._isolation.check_in_flight, batch),
         )
         for index, exc in crashed:
             item = ordered[index][0]

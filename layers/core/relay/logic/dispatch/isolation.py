@@ -18,7 +18,10 @@ version, once per move, never per batch.
   queue with their attempt count unchanged and reported done, so no attempt and no receive is used.
   A target this container measures above ``SLOW_TARGET_MS`` has its lane written slow at once, by
   the attempt that showed it (not after the batch, which may still wait on the target's other
-  requests, a time-out for its whole read timeout), and its records not yet started routed.
+  requests, a time-out for its whole read timeout), and its records not yet started routed. A
+  request still in flight counts too, while its batch waits: once it would show the target slow if
+  it ended now, the target is moved (a target that is quick but now and then hangs would otherwise
+  hold every container that meets a hang for up to a read timeout before anyone moves it).
 - Slow lane: delivers whatever it receives, breaker, retries and DLQ as ever. A slow target it
   measures below half of ``SLOW_TARGET_MS``, after at least ``SLOW_LANE_MIN_SECONDS`` in the lane, is
   written back to fast (the gap between the two thresholds and the minimum stay stop flapping).
@@ -78,13 +81,18 @@ class LatencyTracker:
             estimate.samples += 1
             estimate.updated = now
 
-    def latency_ms(self, key: str, lane_version: int) -> float | None:
-        """The target's typical latency now, or None while there are too few recent samples."""
+    def latency_ms(self, key: str, lane_version: int, *, pending_ms: float | None = None) -> float | None:
+        """The target's typical latency now, or None while there are too few recent samples.
+        ``pending_ms``: as if a request still in flight had ended now, taking that long."""
         with self._lock:
             estimate = self._current(key, lane_version, self._clock())
-            if estimate is None or estimate.samples < self._min_samples:
+            if pending_ms is None:
+                if estimate is None or estimate.samples < self._min_samples:
+                    return None
+                return estimate.ewma_ms
+            if estimate is None or estimate.samples + 1 < self._min_samples:
                 return None
-            return estimate.ewma_ms
+            return estimate.ewma_ms + self._alpha * (pending_ms - estimate.ewma_ms)
 
     def _current(self, key: str, lane_version: int, now: float) -> _Estimate | None:
         estimate = self._estimates.get(key)
@@ -122,15 +130,47 @@ class Isolation:
         # many attempts and batches see the target slow before the new lane is read.
         self._moved: dict[str, int] = {}
         self._moved_lock = threading.Lock()
+        # Fast lane: requests in flight (id(item) -> item, when it started), looked at while a batch
+        # waits: a request that hangs shows its target slow before it ends (``check_in_flight``).
+        self._in_flight: dict[int, tuple[Item, float]] = {}
+        self._in_flight_lock = threading.Lock()
 
     def routes_away(self, lane: LaneState) -> bool:
         """Fast lane: the target's lane is slow, so its records go there without an attempt."""
         return self._routes and lane.lane is DeliveryLane.SLOW
 
     def turned_slow(self, item: Item) -> bool:
-        """Fast lane: this container measures the target slow now; its records not yet started go
-        to the slow lane."""
-        return self._routes and self._slow(item.key, item.lane)
+        """Fast lane: this container measures the target slow now (or moved it already); its records
+        not yet started go to the slow lane."""
+        if not self._routes:
+            return False
+        with self._moved_lock:
+            moved_here = self._moved.get(item.key) == item.lane.version
+        return moved_here or self._slow(item.key, item.lane)
+
+    def begin(self, item: Item) -> None:
+        """Fast lane: ``item``'s request starts (``end`` when it is over)."""
+        if self._routes and self._warm and item.lane.lane is DeliveryLane.FAST:
+            with self._in_flight_lock:
+                self._in_flight[id(item)] = (item, self._clock())
+
+    def end(self, item: Item) -> None:
+        if self._routes:
+            with self._in_flight_lock:
+                self._in_flight.pop(id(item), None)
+
+    def check_in_flight(self, batch: Batch) -> None:
+        """Fast lane, while the batch waits: a request still in flight that would already show its
+        target slow if it ended now moves the target now. A request that hangs otherwise counts only
+        when it ends, a read timeout later: meanwhile every container that meets the target's hangs
+        waits on them, and the healthy targets' records with them."""
+        with self._in_flight_lock:
+            in_flight = list(self._in_flight.values())
+        now = self._clock()
+        for item, started in in_flight:
+            latency = self._tracker.latency_ms(item.key, item.lane.version, pending_ms=(now - started) * 1000)
+            if latency is not None and latency > self._slow_ms:
+                self._move(item.key, item.target.target_id, item.lane, DeliveryLane.SLOW, batch)
 
     def observe(self, item: Item, elapsed_ms: float, batch: Batch) -> None:
         """One attempt that reached the endpoint took ``elapsed_ms``; in the fast lane, a target it

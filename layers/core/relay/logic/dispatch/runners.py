@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 Step = Callable[[], None]
+# How often a run that is still going calls its ``while_waiting``.
+WAITING_TICK_SECONDS = 0.25
 
 
 class _Run:
@@ -52,12 +54,14 @@ def run_steps(
     width: int,
     wide: bool,
     serial_budget_seconds: float,
+    while_waiting: Callable[[], None] | None = None,
 ) -> list[tuple[int, Exception]]:
     """Run every step on ``pool``, at most ``width`` at once, in order of starting, and wait for all.
 
     ``wide``: start with all the runners (a target in the run is not known to be quick); otherwise one,
     and the rest if steps are still waiting after ``serial_budget_seconds`` (0: always all at once).
-    Returns the steps that raised: their index in ``steps`` and the exception."""
+    ``while_waiting``: called every ``WAITING_TICK_SECONDS`` while the run is not over (a run that ends
+    sooner never calls it). Returns the steps that raised: their index in ``steps`` and the exception."""
     if not steps:
         return []
     run = _Run(steps)
@@ -69,5 +73,7 @@ def run_steps(
         wait(started, timeout=serial_budget_seconds)
         if run.waiting:
             started += [pool.submit(run.runner) for _ in range(limit - len(started))]
-    wait(started)
+    while wait(started, timeout=WAITING_TICK_SECONDS if while_waiting else None).not_done:
+        assert while_waiting is not None
+        while_waiting()
     return run.crashed
