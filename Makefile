@@ -7,6 +7,9 @@ PYTHON ?= $(shell tools/find-python)
 # The Lambda architecture to build for and deploy (template.yaml's Architecture parameter).
 ARCH ?= arm64
 UV_VERSION := 0.13.9
+# The pip that fetches the layers' wheels (layers/wheels.mk): the bootstrap environment's, pinned, so
+# that a Python 3.13 without pip of its own builds too.
+PIP_VERSION := 24.3.1
 BOOT := .venv-boot
 UV := $(BOOT)/bin/uv
 VENV := .venv
@@ -43,7 +46,7 @@ help:
 $(UV):
 	$(REQUIRE_PYTHON)
 	$(PYTHON) -m venv $(BOOT)
-	$(BOOT)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BOOT)/bin/pip install --quiet --disable-pip-version-check pip==$(PIP_VERSION) uv==$(UV_VERSION)
 
 # The app environment: pinned by uv.lock, Genesys SDK included (config sync and its tests need it).
 $(VENV)/.synced: $(UV) pyproject.toml uv.lock
@@ -100,10 +103,13 @@ e2e: $(VENV)/.synced
 test: lint typecheck template-check build build-x86_64
 	RELAY_BUILD_ARCH=$(ARCH) $(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
-# The layers' Makefiles read PYTHON and ARCH from the environment (layers/wheels.mk): wheels for that
-# architecture and cp313, bytecode compiled by that interpreter. sam build itself needs python3.13 on
-# PATH. Never from SAM's build cache: its key sees neither ARCH nor layers/wheels.mk.
-SAM_BUILD = PATH="$$(dirname $(PYTHON)):$$PATH" PYTHON=$(PYTHON) ARCH=$(1) $(SAMVENV)/bin/sam build \
+# The layers' Makefiles read PYTHON, PIP and ARCH from the environment (layers/wheels.mk): wheels for
+# that architecture and cp313 fetched by the bootstrap environment's pip, bytecode compiled by PYTHON.
+# sam build itself needs a python3.13 with pip on PATH: the bootstrap environment's comes first, so a
+# Python 3.13 without pip of its own (python3.13 and python3.13-venv only) builds too. Never from SAM's
+# build cache: its key sees neither ARCH nor layers/wheels.mk.
+SAM_BUILD = PATH="$(abspath $(BOOT))/bin:$$(dirname $(PYTHON)):$$PATH" PYTHON=$(PYTHON) PIP="$(abspath $(BOOT))/bin/python -m pip" \
+	ARCH=$(1) $(SAMVENV)/bin/sam build \
 	--no-cached --build-dir $(2) --parameter-overrides Architecture=$(1)
 
 # Deploy what this built with the same architecture: sam deploy --parameter-overrides Architecture=$(ARCH)

@@ -6,7 +6,7 @@
 #   manylinux2014 to older tags, so every glibc from 2.34 down is named.
 # - PYTHON compiles the bytecode, so it must be 3.13: another version's .pyc files are ignored (CoreLayer)
 #   or cannot be imported at all (GenesysSdkLayer ships bytecode only). CHECK_PYTHON stops the build.
-# ARCH and PYTHON come from the top Makefile (`make build ARCH=...`).
+# ARCH, PYTHON and PIP come from the top Makefile (`make build ARCH=...`).
 PYTHON ?= python3.13
 ARCH ?= arm64
 PYTHON_VERSION := 3.13
@@ -14,7 +14,9 @@ WHEEL_MACHINE := $(or $(if $(filter arm64,$(ARCH)),aarch64),$(if $(filter x86_64
 	$(error ARCH must be arm64 or x86_64, not '$(ARCH)'))
 PLATFORMS := $(foreach minor,34 33 32 31 30 29 28 27 26 25 24 23 22 21 20 19 18 17,\
 	--platform manylinux_2_$(minor)_$(WHEEL_MACHINE)) --platform manylinux2014_$(WHEEL_MACHINE)
-PIP_INSTALL := $(PYTHON) -m pip install --quiet --disable-pip-version-check --no-compile --no-deps \
+# The top Makefile passes its bootstrap environment's pinned pip; PYTHON's own is the fallback.
+PIP ?= $(PYTHON) -m pip
+PIP_INSTALL := $(PIP) install --quiet --disable-pip-version-check --no-compile --no-deps \
 	--only-binary=:all: $(PLATFORMS) --implementation cp --python-version $(PYTHON_VERSION)
 CHECK_PYTHON := $(PYTHON) -c 'import sys; v = "%d.%d" % sys.version_info[:2]; \
 	sys.exit(v != "$(PYTHON_VERSION)" and f"PYTHON is {v}: layer bytecode must be compiled by $(PYTHON_VERSION)")'

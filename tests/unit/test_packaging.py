@@ -104,3 +104,15 @@ def test_every_tool_targets_the_lambda_runtimes_python() -> None:
     for tool in ("sam", "checkov"):
         header = (ROOT / "tools" / tool / "requirements.txt").read_text().splitlines()[1]
         assert f"--python-version {version} " in header, f"tools/{tool}/requirements.txt: {header}"
+
+
+def test_the_layers_wheels_come_from_the_pinned_bootstrap_pip_not_the_interpreters_own() -> None:
+    # A Python 3.13 installed as python3.13 + python3.13-venv has no pip of its own (measured on a fresh
+    # machine: `make build` stopped at "No module named pip"); the bootstrap environment has one, pinned.
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^PIP_VERSION := \d+\.\d+(\.\d+)?$", makefile, re.MULTILINE)
+    assert "pip==$(PIP_VERSION)" in makefile
+    sam_build = makefile[makefile.index("SAM_BUILD =") :].split("\n\n")[0]
+    assert 'PIP="$(abspath $(BOOT))/bin/python -m pip"' in sam_build
+    assert sam_build.startswith('SAM_BUILD = PATH="$(abspath $(BOOT))/bin:')  # sam's own pip lookup
+    assert "PIP_INSTALL := $(PIP) install" in (ROOT / "layers" / "wheels.mk").read_text()
