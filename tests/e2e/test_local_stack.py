@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -309,6 +310,9 @@ def test_demo_delivers_every_event_and_loses_none() -> None:
     assert final["lost"] == 0
     assert final["dead_lettered"] == 0
     assert final["p50_ms"] is not None and final["p99_ms"] is not None
+    # And the functions' log it announced is gone: a run that went well leaves no temporary file
+    (announced,) = re.findall(r"function output goes to (\S+)", result.stderr)
+    assert not Path(announced).exists() and f"{announced} removed" in result.stderr
 
 
 def test_an_ordered_and_an_unordered_target_in_one_stack_get_every_event(

@@ -186,6 +186,11 @@ def demo_command(args: argparse.Namespace) -> int:
     finally:
         # Left open: threads that outlive the stack by a moment may still log into it.
         log_file.flush()
+    if report.ok and args.function_logs is None:
+        # A run that went well leaves no temporary file behind (a run per `make test` piled them up);
+        # one that did not keeps its log for reading. --function-logs FILE always keeps it.
+        log_path.unlink(missing_ok=True)
+        print(f"relay local demo: all delivered; {log_path} removed", file=sys.stderr)
     _emit(out, report.to_dict())
     return ExitCode.OK if report.ok else ExitCode.ATTENTION
 
