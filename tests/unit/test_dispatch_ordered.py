@@ -420,6 +420,32 @@ def test_a_healthy_probe_lets_the_other_conversations_go(relays: list[OrderedRel
     assert sorted(r.sent()) == ["a-0", "a-1", "b-0"]
 
 
+def test_a_probe_holds_back_only_its_own_targets_conversations_not_another_targets(
+    relays: list[OrderedRelay],
+) -> None:
+    # Given a batch with a half-open probe of one target (answering slowly) and a conversation of another
+    r = ordered_relay(relays, ordered_target("crm"), ordered_target("erp"))
+    r.open_breaker(until=NOW - 1)  # crm's
+    other_went_first: list[object] = []
+
+    def probe_answers_late(event: str) -> None:
+        if event == "a-0":  # the probe answers once the other target's record went (or after 5 s)
+            try:
+                other_went_first.append(wait_until(lambda: "x-0" in r.sent(), what="erp's record", timeout=5))
+            except AssertionError:
+                other_went_first.append(False)
+
+    r.on_request = probe_answers_late
+    probe, behind, other = fifo_record("a", 0), fifo_record("a", 1), fifo_record("x", 0, target_id="erp")
+
+    # When the batch runs
+    failed = r.batch(probe, behind, other)
+
+    # Then the other target's conversation did not wait for the probe (nor for its conversation)
+    assert failed == [] and other_went_first == [True]
+    assert r.sent().index("a-0") < r.sent().index("a-1")
+
+
 def test_out_of_time_holds_the_conversation_at_once_instead_of_re_sending_it(
     relays: list[OrderedRelay],
 ) -> None:

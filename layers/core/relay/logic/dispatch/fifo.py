@@ -15,13 +15,12 @@ Nothing here ever re-sends a record (a re-send would put it behind later ones).
     targets or attempts table   the queue's own visibility timeout
     unavailable
 
-The group that holds a lane's half-open probe runs first, so every other record of that target
-meets the probe's answer when its turn comes. ``admit`` is the one place an ordered record is held
-instead of deferred: a deferral decided elsewhere (breaker, rate limit) becomes a ``Hold`` there. Its
-lanes never route to the slow lane: a slow ordered target is delivered, or held, in its conversation.
-A record the rate limit paces (``Item.not_before``) waits for its time in its group's run.
-Attempts are counted in the attempts table, not from the receive count: a held record is received
-again without being attempted.
+The group holding a lane's half-open probe runs before that target's other groups, which meet the
+probe's answer (fifo_groups.probe_first). ``admit`` is the one place an ordered record is held instead
+of deferred: a deferral decided elsewhere (breaker, rate limit) becomes a ``Hold`` there. Its lanes
+never route to the slow lane. A record the rate limit paces (``Item.not_before``) waits for its time
+in its group's run. Attempts are counted in the attempts table, not from the receive count: a held
+record is received again without being attempted.
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ from relay.logic import breaker, retry
 from relay.logic.dispatch import audit
 from relay.logic.dispatch.attempt import Attempter
 from relay.logic.dispatch.batch import Batch
-from relay.logic.dispatch.fifo_groups import GroupReleaser, fail_behind_failures, message_groups
+from relay.logic.dispatch.fifo_groups import GroupReleaser, fail_behind_failures, message_groups, probe_first
 from relay.logic.dispatch.fifo_settle import GroupQueue, OrderedSettler, holds_for
 from relay.logic.dispatch.lanes import Lane, Lanes, group
 from relay.logic.dispatch.metrics import Metric
@@ -128,9 +127,14 @@ class OrderedDelivery:
         rate_held = {
             id(held.item): held for lane in lanes.values() for held in self._limits.admit(lane, batch)
         }
-        probing = {gid for gid, members in steps.items() if any(_is_probe(step) for step in members)}
+        keys = {
+            gid: next((s.key for s in members if isinstance(s, Item)), None) for gid, members in steps.items()
+        }
+        probing = {
+            gid for gid, members in steps.items() if any(isinstance(s, Item) and s.probe for s in members)
+        }
         reached: dict[str, int] = {}  # group -> index of the step it is at (a crash leaves it there)
-        for phase in ([g for g in steps if g in probing], [g for g in steps if g not in probing]):
+        for phase in probe_first(keys, probing):
             futures = {
                 self._pool.submit(self._run_group, gid, steps[gid], lanes, rate_held, batch, reached): gid
                 for gid in phase
@@ -289,10 +293,6 @@ def _held_item(step: Step) -> Item | None:
     if isinstance(step, Item):
         return step
     return step.as_item() if isinstance(step, Unattempted) else None
-
-
-def _is_probe(step: Step) -> bool:
-    return isinstance(step, Item) and step.probe
 
 
 def _warn(message: str, record: SqsRecord, exc: Exception) -> None:

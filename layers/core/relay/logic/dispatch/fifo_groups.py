@@ -1,5 +1,6 @@
 """A batch of the ordered queue as message groups (one conversation of one target each): grouping,
-the partial batch response's rule for a group, and releasing settled groups before the batch ends.
+which run first (a half-open probe's), the partial batch response's rule for a group, and releasing
+settled groups before the batch ends.
 
 SQS FIFO hands out no later message of a group while an invocation holds one of its records, and the
 event source deletes a batch's records only when the invocation returns. So once a batch has run
@@ -41,6 +42,17 @@ def fail_behind_failures(groups: dict[str, list[SqsRecord]], batch: Batch) -> No
             if failed and not batch.has_failed(record):
                 batch.fail(record)
             failed = failed or batch.has_failed(record)
+
+
+def probe_first(keys: dict[str, str | None], probing: set[str]) -> tuple[list[str], list[str]]:
+    """The groups to run first, and those that wait until they are over. A group holding a half-open
+    probe goes first and the other groups of the probe's target wait for it, so that they meet the
+    probe's answer; every other target's groups go at once (one slow probe must not hold up the
+    batch). ``keys``: each group's target key (a group is one target's; None: its target was not
+    read)."""
+    probed = {keys[gid] for gid in probing}
+    later = [gid for gid, key in keys.items() if gid not in probing and key in probed]
+    return [gid for gid in keys if gid not in later], later
 
 
 class GroupReleaser:
