@@ -108,6 +108,7 @@ class _Worker:
         self.ready = False
         self.busy_since: float | None = None
         self.event: dict[str, Any] = {}
+        self.killed = False  # by kill_busy_worker
 
     @property
     def pid(self) -> int:
@@ -240,7 +241,12 @@ class WorkerFunction(LocalFunction):
                 with self._lock:
                     self.stats.timed_out += 1
                 return Invocation(None, TIMED_OUT, _ms_since(started), context.aws_request_id)
-            keep = True
+            with self._lock:
+                # A kill that came after the answer cut nothing short: the invocation ran whole (its
+                # records are deleted as for any success), so it is no killed invocation. The worker
+                # is dead all the same.
+                keep = not worker.killed
+                self.killed = [k for k in self.killed if k.pid != worker.pid or keep]
             if "error" in answer:
                 log.error("%s failed (request %s)", self.spec.logical_id, context.aws_request_id)
                 return Invocation(None, str(answer["error"]), _ms_since(started), context.aws_request_id)
@@ -352,10 +358,12 @@ class WorkerFunction(LocalFunction):
                 if w.busy_since is not None
                 and time.monotonic() - w.busy_since >= min_busy_seconds
                 and len(w.event.get("Records", ())) >= min_records
+                and not w.answers.poll(0)  # one whose answer is written has finished its invocation
             ]
             if not candidates:
                 return None
             victim = max(candidates, key=lambda w: time.monotonic() - (w.busy_since or 0.0))
+            victim.killed = True
             victim.process.send_signal(signal.SIGKILL)
             self.killed.append(KilledInvocation(victim.pid, victim.event, time.time()))
             return victim.pid
