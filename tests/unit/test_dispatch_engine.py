@@ -766,6 +766,13 @@ def test_a_target_whose_timeouts_do_not_fit_in_the_function_is_attempted_with_th
     assert r.http.timeouts == [sent_with]
 
 
+def test_a_dispatcher_timeout_too_short_for_any_request_is_refused_at_start() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="DISPATCHER_TIMEOUT_SECONDS"):
+        Settings.model_validate({"DISPATCHER_TIMEOUT_SECONDS": "4"})
+
+
 # --- concurrency ------------------------------------------------------------------------------------------
 
 

@@ -108,8 +108,9 @@ class Settings(BaseModel):
     read_timeout_seconds: float = Field(10.0, alias="READ_TIMEOUT_SECONDS", gt=0)
     # The dispatcher function's own Timeout (template parameter DispatcherTimeoutSeconds): a request's
     # connect + read timeouts are cut to fit in one invocation (relay.logic.dispatch.attempt.timeouts),
-    # or a target whose timeouts do not fit would never be attempted.
-    dispatcher_timeout_seconds: float | None = Field(None, alias="DISPATCHER_TIMEOUT_SECONDS", gt=0)
+    # or a target whose timeouts do not fit would never be attempted. At least 10 s: 3 s to settle and 2 s
+    # to start leave 5 s for a request (the template's shortest is 15).
+    dispatcher_timeout_seconds: float | None = Field(None, alias="DISPATCHER_TIMEOUT_SECONDS", ge=10)
     response_body_limit_bytes: int = Field(65_536, alias="RESPONSE_BODY_LIMIT_BYTES", ge=0)
     breaker_failure_threshold: int = Field(5, alias="BREAKER_FAILURE_THRESHOLD", ge=1)
     breaker_reset_seconds: float = Field(30.0, alias="BREAKER_RESET_SECONDS", gt=0)
