@@ -444,16 +444,19 @@ def test_list_shows_filters_rate_limit_rate_now_and_auth_type_never_a_secret(
     assert "relay/x/auth" not in table + json.dumps(entry)  # not even the secret's name
 
 
+def stored_alone(*, target_id: str, name: str, url: str) -> None:
+    """One integration in the TargetsTable, with this one target."""
+    store = target_store(get_settings(), cache_ttl_seconds=0)
+    store.put_integration(Integration(integration_id=INTEGRATION_ID, name="one target"))
+    store.put_target(Target(integration_id=INTEGRATION_ID, target_id=target_id, name=name, url=url))
+
+
 def test_list_shows_control_characters_in_a_name_escaped_in_the_table_and_as_they_are_in_json(
     local_settings: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Given a target whose name (from Genesys) holds a line break, a fake row and a terminal escape
     name = "evil\nINTEGRATION-FAKE  ROW\x1b[31mred\u202e"
-    store = target_store(get_settings(), cache_ttl_seconds=0)
-    store.put_integration(Integration(integration_id=INTEGRATION_ID, name="names"))
-    store.put_target(
-        Target(integration_id=INTEGRATION_ID, target_id="t-evil", name=name, url="https://x.example.com/")
-    )
+    stored_alone(target_id="t-evil", name=name, url="https://x.example.com/")
 
     # When it is listed as a table and as JSON, and disabled (whose message names it)
     assert main(["targets", "list"]) == 0
@@ -471,3 +474,24 @@ def test_list_shows_control_characters_in_a_name_escaped_in_the_table_and_as_the
     assert not {"\x1b", "\u202e"} & set(table + switched)
     # And JSON keeps the name as it is
     assert entry["targets"][0]["name"] == name
+
+
+def test_list_and_check_mask_a_token_in_the_urls_query(
+    local_settings: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a target whose URL carries a token in its query (and a short, plain value beside it)
+    token = "QTOKEN-0123456789"
+    stored_alone(target_id="t-query", name="query", url=f"https://x.example.com/hook?api_key={token}&v=2")
+
+    # When it is listed as a table and as JSON, and checked (its URL is refused here: no network)
+    assert main(["targets", "list"]) == 0
+    table = capsys.readouterr().out
+    assert main(["targets", "list", "--format", "json"]) == 0
+    [entry] = _json_lines(capsys.readouterr().out)
+    main(["targets", "check", "t-query", "--format", "json", "--timeout", "0.3"])
+    [checked] = _json_lines(capsys.readouterr().out)
+
+    # Then the token is masked everywhere and the rest of the URL is as stored
+    shown = "https://x.example.com/hook?api_key=****&v=2"
+    assert token not in table + json.dumps(entry) + json.dumps(checked)
+    assert shown in table and entry["targets"][0]["url"] == shown and checked["url"] == shown

@@ -30,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import closing
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from relay.cli.arguments import positive_seconds
 from relay.cli.exit_codes import CommandFailed, ExitCode, NeedsAttention
@@ -136,6 +137,22 @@ def _masked(name: str | None) -> str | None:
     return MASK if name else None
 
 
+def shown_url(url: str) -> str:
+    """A target's URL for display: a query value long enough to be a token (``api_key=...``) masked,
+    names and short values ("v=2") kept."""
+    from relay.models.targets import CREDENTIAL_LIKE_LENGTH
+
+    base, mark, query = url.partition("?")
+    if not mark:
+        return url
+    query, hash_mark, fragment = query.partition("#")
+    pairs = [
+        f"{name}={MASK}" if len(unquote(value)) >= CREDENTIAL_LIKE_LENGTH else f"{name}{eq}{value}"
+        for name, eq, value in (pair.partition("=") for pair in query.split("&"))
+    ]
+    return f"{base}?{'&'.join(pairs)}{hash_mark}{fragment}"
+
+
 def auth_type(target: Any) -> str:
     """How the relay authenticates to the target: none, basic, bearer or oauth2, and ``+mtls`` when it
     presents a client certificate. Never a secret."""
@@ -155,7 +172,7 @@ def target_view(
         "name": target.name,
         "enabled": target.enabled,
         "method": target.method,
-        "url": target.url,
+        "url": shown_url(target.url),
         "headers": sorted(target.headers),
         "security": target.security.type.value,
         "authType": auth_type(target),
@@ -301,7 +318,7 @@ def check_target(target: Any, *, timeout: float, policy: UrlPolicy, sender: Http
     (``sender``, the deliveries' own, applies it again before connecting, to every address)."""
     from relay.errors import UnsafeUrl
 
-    result: dict[str, Any] = {"targetId": target.target_id, "url": target.url, "method": "HEAD"}
+    result: dict[str, Any] = {"targetId": target.target_id, "url": shown_url(target.url), "method": "HEAD"}
     try:
         url = policy.check_url(target.url)
     except UnsafeUrl as exc:

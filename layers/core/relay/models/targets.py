@@ -16,6 +16,11 @@ from pydantic.alias_generators import to_camel
 from relay.models.event_filters import EventFilters
 from relay.models.rate_limit import RateLimit
 
+# A configured header's or URL query's value at least this long may be a credential (an API key, a
+# token): scrubbed from the audit's answers, masked where the URL is shown. Shorter ones ("json",
+# "v=2") are plain configuration, and redacting them would mangle ordinary text.
+CREDENTIAL_LIKE_LENGTH = 8
+
 
 class CamelModel(BaseModel):
     """camelCase on the wire and in DynamoDB, snake_case in Python."""

@@ -131,7 +131,7 @@ class Attempter:
         finished = self._now()
         body = None
         if not request.encrypted:
-            sent = [*target_secret_values(secrets), *(token.get_secret_value() for token in tokens)]
+            sent = [*target_secret_values(secrets, target), *(token.get_secret_value() for token in tokens)]
             body = response_for_audit(
                 result.body, event_json=event_json, event_id=item.task.event_id, secrets=sent
             )

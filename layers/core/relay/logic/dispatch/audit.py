@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
-from urllib.parse import quote, unquote, unquote_plus, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, unquote_plus, urlsplit
 
 from relay.errors import DependencyUnavailable
 from relay.logic.dispatch.batch import DELIVERED as DELIVERED  # re-exported: one of the outcomes below
@@ -25,6 +25,7 @@ from relay.logic.envelope import TargetSecrets
 from relay.models.archive import records_of
 from relay.models.breaker import Phase
 from relay.models.delivery import DeliveryTask
+from relay.models.targets import CREDENTIAL_LIKE_LENGTH, Target
 from relay.models.timestamps import iso_utc
 from relay.observability import logger
 from relay.ports import AuditSink, EventArchive
@@ -100,11 +101,17 @@ def response_for_audit(body: bytes, *, event_json: str, event_id: str, secrets: 
     return text
 
 
-def target_secret_values(secrets: TargetSecrets | None) -> list[str]:
-    """The target's own secret values (auth and signing, current and previous) worth scrubbing."""
-    if secrets is None:
-        return []
-    return [value for secret in (secrets.auth, secrets.signing) if secret for value in secret.values()]
+def target_secret_values(secrets: TargetSecrets | None, target: Target | None = None) -> list[str]:
+    """What the target is sent as credentials, worth scrubbing from its answers: the auth and signing
+    secrets (current and previous), a Basic password on its own, and the target's configured header
+    values and URL query values (API keys and tokens live there too)."""
+    kinds = (secrets.auth, secrets.signing) if secrets is not None else ()
+    values = [value for secret in kinds if secret is not None for value in secret.values()]
+    values += [value.split(":", 1)[1] for value in values if ":" in value]  # user:password's password
+    if target is not None:
+        configured = [*target.headers.values(), *(v for _, v in parse_qsl(urlsplit(target.url).query))]
+        values += [value for value in configured if len(value) >= CREDENTIAL_LIKE_LENGTH]
+    return values
 
 
 def echo_forms(value: str) -> set[str]:
