@@ -133,7 +133,7 @@ class Settings(BaseModel):
     ordered_block_hold_seconds: int = Field(3_600, alias="ORDERED_BLOCK_HOLD_SECONDS", ge=1, le=43_000)
     # A batch of the ordered queue still running after this long deletes the records of the
     # conversations it has settled, so SQS hands out their next messages to another invocation instead
-    # of keeping them behind a slow conversation until the batch ends (relay.logic.dispatch.fifo).
+    # of keeping them behind a slow conversation until the batch ends (relay.logic.dispatch.fifo_groups).
     ordered_release_after_ms: int = Field(500, alias="ORDERED_RELEASE_AFTER_MS", ge=0, le=900_000)
 
     # The event archive (template parameter ArchiveEnabled): one object per invocation under archive/

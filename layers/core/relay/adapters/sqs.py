@@ -178,28 +178,24 @@ class SqsQueues:
 
     # --- the ordered dispatcher's operations ------------------------------------------------------------
     def hold(self, receipt_handles: Sequence[str], delay_seconds: int) -> None:
-        queue_url = _required(self._ordered_queue_url, "ORDERED_QUEUE_URL")
-        for start in range(0, len(receipt_handles), MAX_BATCH_ENTRIES):
-            entries = [
-                {"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": delay_seconds}
-                for i, handle in enumerate(receipt_handles[start : start + MAX_BATCH_ENTRIES])
-            ]
-            answer = self._call("change_message_visibility_batch", QueueUrl=queue_url, Entries=entries)
-            refused = ", ".join(sorted({str(entry.get("Code", "?")) for entry in answer.get("Failed", [])}))
-            if refused:
-                raise DependencyUnavailable(f"SQS change_message_visibility_batch refused ({refused})")
+        self._on_ordered("change_message_visibility_batch", receipt_handles, VisibilityTimeout=delay_seconds)
 
     def delete(self, receipt_handles: Sequence[str]) -> None:
+        self._on_ordered("delete_message_batch", receipt_handles)
+
+    def _on_ordered(self, operation: str, receipt_handles: Sequence[str], **each: Any) -> None:
+        """``operation`` on received messages of the ordered queue, ten to a call (``each``: fields of
+        every entry); raises DependencyUnavailable when SQS refused any of them."""
         queue_url = _required(self._ordered_queue_url, "ORDERED_QUEUE_URL")
         for start in range(0, len(receipt_handles), MAX_BATCH_ENTRIES):
             entries = [
-                {"Id": str(i), "ReceiptHandle": handle}
+                {"Id": str(i), "ReceiptHandle": handle, **each}
                 for i, handle in enumerate(receipt_handles[start : start + MAX_BATCH_ENTRIES])
             ]
-            answer = self._call("delete_message_batch", QueueUrl=queue_url, Entries=entries)
+            answer = self._call(operation, QueueUrl=queue_url, Entries=entries)
             refused = ", ".join(sorted({str(entry.get("Code", "?")) for entry in answer.get("Failed", [])}))
             if refused:
-                raise DependencyUnavailable(f"SQS delete_message_batch refused ({refused})")
+                raise DependencyUnavailable(f"SQS {operation} refused ({refused})")
 
     def dead_letter_in_order(
         self,

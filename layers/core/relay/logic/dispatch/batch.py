@@ -33,7 +33,8 @@ class Batch:
     # dead-lettered (relay.logic.dispatch.audit.write_archive).
     tasks: dict[str, DeliveryTask] = field(default_factory=dict)
     # Message ids whose audit lines and archived events were written before the invocation ended (an
-    # ordered conversation released early, relay.logic.dispatch.fifo): the final objects leave them out.
+    # ordered conversation released early, relay.logic.dispatch.fifo_groups): the final objects leave
+    # them out.
     written: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 

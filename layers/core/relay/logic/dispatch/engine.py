@@ -71,7 +71,6 @@ from relay.ports import (
 )
 from relay.settings import Settings
 
-# Time kept back, beyond one request's timeouts, to settle records and write audit and metrics.
 # One record's step in the pool: deliver it, or defer it.
 Work = tuple[Item, Callable[[], None]]
 

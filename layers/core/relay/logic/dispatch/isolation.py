@@ -86,13 +86,12 @@ class LatencyTracker:
         ``pending_ms``: as if a request still in flight had ended now, taking that long."""
         with self._lock:
             estimate = self._current(key, lane_version, self._clock())
-            if pending_ms is None:
-                if estimate is None or estimate.samples < self._min_samples:
-                    return None
-                return estimate.ewma_ms
-            if estimate is None or estimate.samples + 1 < self._min_samples:
+            if estimate is None:
                 return None
-            return estimate.ewma_ms + self._alpha * (pending_ms - estimate.ewma_ms)
+            samples, ewma_ms = estimate.samples, estimate.ewma_ms
+        if pending_ms is not None:
+            samples, ewma_ms = samples + 1, ewma_ms + self._alpha * (pending_ms - ewma_ms)
+        return ewma_ms if samples >= self._min_samples else None
 
     def _current(self, key: str, lane_version: int, now: float) -> _Estimate | None:
         estimate = self._estimates.get(key)

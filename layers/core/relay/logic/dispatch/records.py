@@ -100,10 +100,7 @@ class Unattempted:
         """The record as an item of its target (to hold it in its conversation), if the target is known."""
         if self.task is None or self.target is None:
             return None
-        key = target_key(self.task.integration_id, self.task.target_id)
-        return Item(
-            record=self.record, task=self.task, target=self.target, key=key, attempt=self.record.attempt
-        )
+        return _item(self.record, self.task, self.target)
 
 
 def resolve(record: SqsRecord, targets: TargetDirectory, read: dict[str, DeliveryTask]) -> Item | Unattempted:
@@ -121,10 +118,9 @@ def resolve(record: SqsRecord, targets: TargetDirectory, read: dict[str, Deliver
         return Unattempted(record, task, DlqReason.UNKNOWN_TARGET, "no such target")
     if not target.enabled:
         return Unattempted(record, task, DlqReason.TARGET_DISABLED, "target is disabled", target)
-    return Item(
-        record=record,
-        task=task,
-        target=target,
-        key=target_key(task.integration_id, task.target_id),
-        attempt=record.attempt,
-    )
+    return _item(record, task, target)
+
+
+def _item(record: SqsRecord, task: DeliveryTask, target: Target) -> Item:
+    key = target_key(task.integration_id, task.target_id)
+    return Item(record=record, task=task, target=target, key=key, attempt=record.attempt)
