@@ -6,10 +6,9 @@ SHELL := /bin/bash
 PYTHON ?= $(shell tools/find-python)
 # The Lambda architecture to build for and deploy (template.yaml's Architecture parameter).
 ARCH ?= arm64
-UV_VERSION := 0.13.9
-# The pip that fetches the layers' wheels (layers/wheels.mk): the bootstrap environment's, pinned, so
-# that a Python 3.13 without pip of its own builds too.
-PIP_VERSION := 24.3.1
+# The bootstrap environment: uv, and the pip that fetches the layers' wheels (layers/wheels.mk), so
+# that a Python 3.13 without pip of its own builds too. Both pinned with their hashes in
+# tools/boot/requirements.txt (compiled from requirements.in, like the other tools).
 BOOT := .venv-boot
 UV := $(BOOT)/bin/uv
 VENV := .venv
@@ -43,10 +42,11 @@ help:
 	@echo "make bench  benchmarks (JSON figures in bench/results.json)"
 	@echo "make chaos  the chaos run and the ordering proof at full size (one JSON line each)"
 
-$(UV):
+$(UV): tools/boot/requirements.txt
 	$(REQUIRE_PYTHON)
 	$(PYTHON) -m venv $(BOOT)
-	$(BOOT)/bin/pip install --quiet --disable-pip-version-check pip==$(PIP_VERSION) uv==$(UV_VERSION)
+	$(BOOT)/bin/pip install --quiet --disable-pip-version-check --require-hashes -r tools/boot/requirements.txt
+	@touch $@
 
 # The app environment: pinned by uv.lock, Genesys SDK included (config sync and its tests need it).
 $(VENV)/.synced: $(UV) pyproject.toml uv.lock
@@ -59,14 +59,14 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 $(SAMVENV)/.synced: $(UV) tools/sam/requirements.txt
 	$(REQUIRE_PYTHON)
 	$(UV) venv --quiet --clear --python $(PYTHON) $(SAMVENV)
-	$(UV) pip install --quiet --python $(SAMVENV)/bin/python -r tools/sam/requirements.txt
+	$(UV) pip install --quiet --python $(SAMVENV)/bin/python --require-hashes -r tools/sam/requirements.txt
 	@touch $@
 
 # checkov (the CloudFormation/SAM security scanner) in its own environment too: it pins boto3 and more.
 $(CHECKOVVENV)/.synced: $(UV) tools/checkov/requirements.txt
 	$(REQUIRE_PYTHON)
 	$(UV) venv --quiet --clear --python $(PYTHON) $(CHECKOVVENV)
-	$(UV) pip install --quiet --python $(CHECKOVVENV)/bin/python -r tools/checkov/requirements.txt
+	$(UV) pip install --quiet --python $(CHECKOVVENV)/bin/python --require-hashes -r tools/checkov/requirements.txt
 	@touch $@
 
 demo: $(VENV)/.synced

@@ -15,8 +15,9 @@ WHEEL_MACHINE := $(or $(if $(filter arm64,$(ARCH)),aarch64),$(if $(filter x86_64
 PLATFORMS := $(foreach minor,34 33 32 31 30 29 28 27 26 25 24 23 22 21 20 19 18 17,\
 	--platform manylinux_2_$(minor)_$(WHEEL_MACHINE)) --platform manylinux2014_$(WHEEL_MACHINE)
 # The top Makefile passes its bootstrap environment's pinned pip; PYTHON's own is the fallback.
+# --require-hashes: every pin carries uv.lock's hashes, so a file the registry serves in its place is refused.
 PIP ?= $(PYTHON) -m pip
-PIP_INSTALL := $(PIP) install --quiet --disable-pip-version-check --no-compile --no-deps \
+PIP_INSTALL := $(PIP) install --quiet --disable-pip-version-check --no-compile --no-deps --require-hashes \
 	--only-binary=:all: $(PLATFORMS) --implementation cp --python-version $(PYTHON_VERSION)
 CHECK_PYTHON := $(PYTHON) -c 'import sys; v = "%d.%d" % sys.version_info[:2]; \
 	sys.exit(v != "$(PYTHON_VERSION)" and f"PYTHON is {v}: layer bytecode must be compiled by $(PYTHON_VERSION)")'

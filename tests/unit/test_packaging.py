@@ -7,19 +7,34 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _pins(lines: list[str]) -> dict[str, str]:
     pins: dict[str, str] = {}
     for line in lines:
-        line = line.split("#", 1)[0].split(";", 1)[0].strip()
+        if line.startswith(" "):
+            continue  # a requirement's continuation: its --hash options
+        line = line.split("#", 1)[0].split(";", 1)[0].removesuffix("\\").strip()
         if not line:
             continue
         match = re.fullmatch(r"([A-Za-z0-9_.\-]+)(\[[^\]]*\])?==(\S+)", line)
         assert match, f"not pinned exactly: {line!r}"
         pins[_normal(match.group(1))] = match.group(3)
     return pins
+
+
+def _hashes(text: str) -> dict[str, tuple[str, set[str]]]:
+    """Each requirement of a hash-checked requirements file: name -> (version, its sha256 hashes)."""
+    found: dict[str, tuple[str, set[str]]] = {}
+    for requirement in re.split(r"\n(?=\S)", text):
+        if requirement.startswith("#") or not requirement.strip():
+            continue
+        name, version = _pins([requirement.split("\n", 1)[0]]).popitem()
+        found[name] = (version, set(re.findall(r"--hash=sha256:([0-9a-f]{64})", requirement)))
+    return found
 
 
 def _normal(name: str) -> str:
@@ -53,6 +68,28 @@ def test_core_layer_pins_the_whole_runtime_closure_at_the_locked_versions() -> N
     assert layer == _runtime_closure(_lock(), roots)
 
 
+LAYER_PINS = [
+    "layers/core/requirements.txt",
+    "layers/genesys/requirements.txt",
+    "layers/genesys/sdk-only-deps.txt",
+]
+
+
+@pytest.mark.parametrize("path", LAYER_PINS)
+def test_every_layer_pin_carries_exactly_uv_locks_hashes_so_pip_refuses_any_other_file(path: str) -> None:
+    lock = _lock()
+    pinned = _hashes((ROOT / path).read_text())
+    assert pinned
+    for name, (version, hashes) in pinned.items():
+        package = lock[name]
+        assert package["version"] == version, name
+        files = [package.get("sdist", {}), *package.get("wheels", [])]  # type: ignore[list-item]
+        locked = {str(f["hash"]).removeprefix("sha256:") for f in files if "hash" in f}
+        assert hashes and hashes == locked, f"{path}: {name}'s hashes are not uv.lock's"
+    # pip's hash-checking mode, asked for: a pin without hashes stops the build instead of passing.
+    assert "--require-hashes" in (ROOT / "layers" / "wheels.mk").read_text()
+
+
 def test_project_runtime_pins_are_the_locked_versions() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     lock = _lock()
@@ -69,10 +106,15 @@ def test_genesys_layer_pins_equal_the_project_extra() -> None:
 def test_every_development_tool_is_pinned() -> None:
     groups = tomllib.loads((ROOT / "pyproject.toml").read_text())["dependency-groups"]
     assert _pins(groups["dev"])  # raises on any unpinned entry
-    sam = (ROOT / "tools/sam/requirements.txt").read_text().splitlines()
-    assert _pins([line for line in sam if not line.startswith(" ")])["aws-sam-cli"] == "1.170.0"
-    checkov = (ROOT / "tools/checkov/requirements.txt").read_text().splitlines()
-    assert "checkov" in _pins([line for line in checkov if not line.startswith(" ")])
+    sam = _hashes((ROOT / "tools/sam/requirements.txt").read_text())
+    assert sam["aws-sam-cli"][0] == "1.170.0"
+    checkov = _hashes((ROOT / "tools/checkov/requirements.txt").read_text())
+    assert "checkov" in checkov
+    # Installed in hash-checking mode: every pin carries its hashes (uv pip compile --generate-hashes).
+    makefile = (ROOT / "Makefile").read_text()
+    for tool, pins in (("sam", sam), ("checkov", checkov)):
+        assert all(hashes for _, hashes in pins.values()), tool
+        assert f"--require-hashes -r tools/{tool}/requirements.txt" in makefile
 
 
 def _runtime_version() -> str:
@@ -110,8 +152,9 @@ def test_the_layers_wheels_come_from_the_pinned_bootstrap_pip_not_the_interprete
     # A Python 3.13 installed as python3.13 + python3.13-venv has no pip of its own (measured on a fresh
     # machine: `make build` stopped at "No module named pip"); the bootstrap environment has one, pinned.
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"^PIP_VERSION := \d+\.\d+(\.\d+)?$", makefile, re.MULTILINE)
-    assert "pip==$(PIP_VERSION)" in makefile
+    boot = _hashes((ROOT / "tools/boot/requirements.txt").read_text())
+    assert set(boot) == {"pip", "uv"} and all(hashes for _, hashes in boot.values())
+    assert "--require-hashes -r tools/boot/requirements.txt" in makefile
     sam_build = makefile[makefile.index("SAM_BUILD =") :].split("\n\n")[0]
     assert 'PIP="$(abspath $(BOOT))/bin/python -m pip"' in sam_build
     assert sam_build.startswith('SAM_BUILD = PATH="$(abspath $(BOOT))/bin:')  # sam's own pip lookup
