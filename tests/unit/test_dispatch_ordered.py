@@ -626,19 +626,30 @@ def test_a_batch_that_ends_in_time_deletes_nothing_itself(relays: list[OrderedRe
 
 
 def test_a_held_conversation_is_never_released(relays: list[OrderedRelay]) -> None:
-    # Given a batch in which one conversation is held (a 503) and another is slow
+    # Given a batch in which one conversation is held (a 503), a second settles after the hold and a
+    # third is still running when the second is released: the release looks at the held conversation
+    # while the batch runs
     r = ordered_relay(relays, answers={"h-0": 503}, environment={"ORDERED_RELEASE_AFTER_MS": "0"})
-    held0, held1, slow = fifo_record("h", 0), fifo_record("h", 1), fifo_record("s", 0)
-    r.on_request = lambda event: (
-        wait_until(lambda: r.ordered.holds, what="the hold", timeout=10) if event == "s-0" else None
+    held0, held1, settled, slow = (
+        fifo_record("h", 0),
+        fifo_record("h", 1),
+        fifo_record("f", 0),
+        fifo_record("s", 0),
     )
 
-    failed = r.batch(slow, held0, held1)
+    def answer(event: str) -> None:
+        if event == "f-0":
+            wait_until(lambda: r.ordered.holds, what="the hold", timeout=10)
+        elif event == "s-0":
+            wait_until(lambda: set(handles(settled)) <= set(all_deleted(r)), what="f released", timeout=10)
 
-    # Then the held conversation stays on the queue, in order, and nothing of it was deleted (the slow
-    # one may have been released, if it settled while the held one was still being held)
+    r.on_request = answer
+
+    failed = r.batch(slow, held0, held1, settled)
+
+    # Then the held conversation stays on the queue, in order, and nothing of it was deleted
     assert sorted(failed) == sorted(ids(held0, held1))
-    assert set(all_deleted(r)) <= set(handles(slow))
+    assert all_deleted(r) == handles(settled)
 
 
 def test_sqs_refusing_the_early_delete_loses_nothing(relays: list[OrderedRelay]) -> None:
