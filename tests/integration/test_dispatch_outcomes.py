@@ -84,6 +84,23 @@ def test_retry_after_is_honoured(
     assert drain(aws_stack.delivery_queue_url) == []  # hidden for the 120 s asked
 
 
+@pytest.mark.parametrize("asked", [43_200, 100_000])
+def test_a_retry_after_of_12_hours_or_more_is_scheduled_within_what_sqs_allows_from_the_receive(
+    aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher, asked: int
+) -> None:
+    # SQS counts a message's visibility from its receive, 12 h at most: a change to 12 h a moment after
+    # the receive is refused, and the record would come back after the queue's 6 minutes instead
+    receiver.behaviour = Behaviour(status=429, retry_after_seconds=asked)
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm")
+    (record,) = queue_records(aws_stack, [task_record()])
+    result = dispatcher.handle_batch([record])
+    assert result == {"batchItemFailures": [{"itemIdentifier": record["messageId"]}]}
+    (line,) = audit_lines(aws_stack)
+    assert line["outcome"] == "retry-scheduled"
+    # as late as SQS allows: 12 h less the record's time held and the event source's batching window
+    assert 43_200 - 300 - 60 <= line["retryInSeconds"] <= 43_200 - 300
+
+
 def test_the_last_attempt_goes_to_the_dlq_with_why_and_is_done(
     aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher
 ) -> None:

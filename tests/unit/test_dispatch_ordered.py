@@ -23,7 +23,7 @@ from relay.logic.dispatch import Dispatcher
 from relay.models.breaker import BreakerState, DeliveryLane, LaneState, Phase, target_key
 from relay.models.delivery import DeliveryTask, DlqReason
 from relay.models.http import HttpResult
-from relay.models.rate_limit import RateLimit
+from relay.models.rate_limit import RateLimit, rate_key
 from relay.models.targets import OnExhausted, Ordering, RetryMatrix, Target
 from relay.settings import Settings
 from relay.testing.fakes import (
@@ -392,6 +392,22 @@ def test_a_rate_limit_holds_the_conversation_from_the_first_record_without_a_tok
     assert {f"receipt-{message_id}" for message_id in failed} == held
     rate_held = [line for line in r.audit_lines() if line.get("errorCode") == "rate-limited"]
     assert rate_held and all(line["outcome"] == "held" and line["retryInSeconds"] >= 1 for line in rate_held)
+
+
+def test_a_hold_asks_sqs_for_no_more_than_12_hours_from_the_receive(relays: list[OrderedRelay]) -> None:
+    # Given a target whose rate limit holds everything for a day (a Retry-After floor)
+    r = ordered_relay(relays, ordered_target(rate_limit=RateLimit(per_second=1, burst=1)))
+    r.rate_limits.raise_floor(rate_key(INTEGRATION, "crm"), floor_until=r.clock() + 86_400)
+    conversation = [fifo_record("a", 0), fifo_record("a", 1)]
+
+    failed = r.batch(*conversation)
+
+    # Then the conversation is held as long as SQS accepts: 12 h from the receive, which came before the
+    # invocation by up to the event source's batching window (a longer change is refused, and the
+    # records would come back after the queue's own visibility timeout instead)
+    assert failed == ids(*conversation) and r.sent() == []
+    ((_, seconds),) = r.ordered.holds
+    assert seconds == 43_200 - 300
 
 
 def test_the_probe_goes_first_and_a_failed_probe_holds_the_targets_other_conversations(

@@ -30,6 +30,15 @@ from relay.models.targets import RetryMatrix
 
 SQS_MAX_VISIBILITY_SECONDS = 43_200
 SQS_MAX_DELAY_SECONDS = 900
+# SQS counts a visibility change from the message's receive, which came before the invocation by up to
+# the event source's batching window (MaximumBatchingWindowInSeconds is at most 300).
+RECEIVE_BEFORE_INVOCATION_SECONDS = 300
+
+
+def visibility_left_seconds(held_seconds: float) -> int:
+    """The longest visibility timeout SQS still accepts for a record this invocation has held for
+    ``held_seconds``: 12 h from its receive."""
+    return max(0, SQS_MAX_VISIBILITY_SECONDS - RECEIVE_BEFORE_INVOCATION_SECONDS - math.ceil(held_seconds))
 
 
 def int_attribute(message_attributes: Mapping[str, Any], name: str) -> int:

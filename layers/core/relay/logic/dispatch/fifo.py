@@ -30,7 +30,7 @@ import random
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from relay.errors import DependencyUnavailable
@@ -265,8 +265,11 @@ class OrderedDelivery:
         if not steps:
             return
         if hold.seconds is not None:
+            held = (self._now() - batch.started).total_seconds()
+            seconds = min(hold.seconds, retry.visibility_left_seconds(held))
+            hold = replace(hold, seconds=seconds)
             try:
-                self._queue.hold([step.record.receipt_handle for step in steps], hold.seconds)
+                self._queue.hold([step.record.receipt_handle for step in steps], seconds)
             except DependencyUnavailable as exc:  # the queue's own visibility timeout brings them back
                 logger.warning("could not hold an ordered group", extra={"error": str(exc)})
         now = self._now()

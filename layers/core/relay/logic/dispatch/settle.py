@@ -181,7 +181,10 @@ class Settler:
             item.attempt,
             rng=self._rng,
             retry_after_seconds=outcome.retry_after_seconds,
-            max_delay_seconds=self._settings.max_retry_delay_seconds,
+            max_delay_seconds=min(
+                self._settings.max_retry_delay_seconds,
+                retry.visibility_left_seconds((self._now() - batch.started).total_seconds()),
+            ),
         )
         try:
             self._queue.schedule_retry(item.record.receipt_handle, delay)
