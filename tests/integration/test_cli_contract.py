@@ -94,8 +94,11 @@ CASES = {
         ("dlq", "list", "--max", "0"), USAGE, "relay dlq list", "argument --max: must be 1 or more"
     ),
     "max not a number": Case(("dlq", "list", "--max", "x"), USAGE, "relay dlq list", "not a whole number"),
-    "no key option": Case(
-        ("decrypt", "{envelope}"), USAGE, "relay decrypt", "one of the arguments --key-file"
+    "no key for an encrypted envelope": Case(
+        ("decrypt", "{sealed}"),
+        USAGE,
+        "relay decrypt",
+        "^the envelope is encrypted: give its key with --key-file, --key-env or --secret$",
     ),
     "port out of range": Case(("local", "serve", "--port", "70000"), USAGE, "relay local serve", "--port"),
     "events 0": Case(("local", "demo", "--events", "0"), USAGE, "relay local demo", "--events: must be 1"),
@@ -138,6 +141,12 @@ CASES = {
         USAGE,
         "relay decrypt",
         r"--headers .*deep\.json: not JSON: JSON nested too deeply to read$",
+    ),
+    "key file not UTF-8": Case(
+        ("decrypt", "{sealed}", "--key-file", "{latin1}"),
+        USAGE,
+        "relay decrypt",
+        "latin1.txt: not UTF-8 text$",
     ),
     "empty key file": Case(
         ("decrypt", "{envelope}", "--key-file", "{empty}"), USAGE, "relay decrypt", "the file is empty"
@@ -389,6 +398,8 @@ def files(tmp_path: Path) -> Iterator[dict[str, str]]:
     paths["not_json"].write_text("not json")
     paths["deep"] = tmp_path / "deep.json"
     paths["deep"].write_text("[" * 100_000 + "]" * 100_000)  # deeper than Python's json parser goes
+    paths["latin1"] = tmp_path / "latin1.txt"
+    paths["latin1"].write_bytes("clé".encode("latin-1"))
     paths["empty"] = tmp_path / "empty.txt"
     paths["empty"].write_text("\n")
     paths["directory"] = tmp_path / "a-directory"

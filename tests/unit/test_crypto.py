@@ -20,7 +20,7 @@ from relay.logic.envelope import TargetSecrets, build_request, encryption_key_fo
 from relay.models.delivery import DeliveryTask
 from relay.models.secrets import RotatingSecret
 from relay.models.targets import Target
-from relay.receiver_sdk import InvalidDelivery, decrypt_event, open_delivery
+from relay.receiver_sdk import InvalidDelivery, decrypt_event, open_delivery, source_event_bytes
 
 NOW = datetime(2026, 11, 28, 17, 30, tzinfo=UTC)
 TARGET = Target(
@@ -224,6 +224,52 @@ def test_relay_decrypt_prints_exactly_the_bytes_genesys_sent(
 
     # Then stdout holds those bytes and nothing else (docs/receivers.md)
     assert capsysbinary.readouterr().out == sent.encode()
+
+
+PLAIN_TARGET = TARGET.model_copy(update={"encryption_key_name": None})
+# Parsed and written again, this text would change: numbers, escapes and layout.
+AS_SENT = '{"id": "e-1",\n  "n": 1E+2, "d": 0.1000000000000000055511151231257827, "t": "caf\\u00e9 \\/"}'
+
+
+def _plain_body(text: str) -> bytes:
+    return build_request(_task(text), text, PLAIN_TARGET, TargetSecrets(), key_cache=KEYS, now=NOW).body
+
+
+def test_relay_decrypt_prints_a_plain_envelopes_event_exactly_as_genesys_sent_it_without_a_key(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    # Given a plain envelope as a receiver got it (nothing to decrypt)
+    envelope = tmp_path / "envelope.json"
+    envelope.write_bytes(_plain_body(AS_SENT))
+
+    # When `relay decrypt` opens it, with no key
+    assert main(["decrypt", str(envelope)]) == 0
+
+    # Then stdout holds the event's own bytes, not a parsed and re-written copy
+    assert capsysbinary.readouterr().out == AS_SENT.encode()
+    assert source_event_bytes(_plain_body(AS_SENT)) == AS_SENT.encode()
+
+
+def test_relay_decrypt_says_when_a_reformatted_plain_envelope_no_longer_holds_the_events_own_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a plain envelope re-formatted since (pretty-printed from a log, say)
+    reformatted = json.dumps(json.loads(_plain_body(AS_SENT)), indent=2)
+    envelope = tmp_path / "envelope.json"
+    envelope.write_text(reformatted)
+
+    # When `relay decrypt` opens it, then it prints the parsed event and says it is not the original text
+    assert main(["decrypt", str(envelope)]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == json.loads(AS_SENT)
+    assert "not laid out as the relay writes it" in err
+    with pytest.raises(InvalidDelivery, match="cannot be cut out"):
+        source_event_bytes(reformatted.encode())
+
+
+def test_source_event_bytes_refuses_an_encrypted_envelope() -> None:
+    with pytest.raises(InvalidDelivery, match="encrypted"):
+        source_event_bytes(json.dumps(_sealed_envelope({"id": "e-1"}), separators=(",", ":")).encode())
 
 
 @pytest.mark.parametrize(

@@ -70,6 +70,15 @@ def test_malformed_headers_end_as_our_own_error_only(headers: dict[str, str]) ->
         verify_signature(headers, BODY, [CURRENT], now=0)
 
 
+def test_an_unsigned_delivery_is_refused_as_missing_only_its_signature() -> None:
+    # A target without a signing secret sends webhook-id and webhook-timestamp, no signature
+    unsigned = {k: v for k, v in _headers([CURRENT]).items() if k != "webhook-signature"}
+    with pytest.raises(InvalidDelivery, match=r"^missing webhook-signature \(a target without a signing"):
+        verify_signature(unsigned, BODY, [])
+    with pytest.raises(InvalidDelivery, match="^missing webhook-id, webhook-timestamp, webhook-signature"):
+        verify_signature({}, BODY, [CURRENT])
+
+
 def test_headers_are_matched_case_insensitively() -> None:
     headers = {k.title(): v for k, v in _headers([CURRENT]).items()}
     assert verify_signature(headers, BODY, CURRENT) == "d-1"

@@ -39,8 +39,14 @@ __all__ = [
     "decrypt_event",
     "decrypt_event_bytes",
     "open_delivery",
+    "source_event_bytes",
     "verify_signature",
 ]
+
+# The relay writes ``sourceEvent`` last but one, then this: the event's text is what lies between.
+_SOURCE_EVENT_OPENS = b',"sourceEvent":'
+_ENVELOPE_CLOSES = b',"formatVersion":"2.1"}'
+
 
 _keys = crypto.KeyCache()
 
@@ -96,6 +102,28 @@ def decrypt_event_bytes(envelope: Mapping[str, Any], encryption_secrets: str | I
     if not envelope.get("encryptionDirective"):
         raise InvalidDelivery("envelope is not encrypted")
     return _decrypt(envelope, encryption_secrets)[0]
+
+
+def source_event_bytes(body: bytes) -> bytes:
+    """The ``sourceEvent`` of a plain 2.1 envelope exactly as Genesys sent it, cut from the request
+    body the relay wrote (parsing and writing it again would turn ``1E+2`` into ``100.0``). Raises
+    InvalidDelivery for an encrypted envelope or a body that is not laid out as the relay writes it (a
+    re-formatted copy, say)."""
+    start, closes = body.find(_SOURCE_EVENT_OPENS), body.rstrip().endswith(_ENVELOPE_CLOSES)
+    if start < 0 or not closes:
+        raise InvalidDelivery("not an envelope as the relay writes it: sourceEvent cannot be cut out")
+    text = body[start + len(_SOURCE_EVENT_OPENS) : body.rstrip().rfind(_ENVELOPE_CLOSES)]
+    try:
+        envelope, event = load_json(body), load_json(text)
+    except ValueError:
+        raise InvalidDelivery(
+            "not an envelope as the relay writes it: sourceEvent cannot be cut out"
+        ) from None
+    if not isinstance(envelope, dict) or envelope.get("encryptionDirective"):
+        raise InvalidDelivery("envelope is encrypted: decrypt_event_bytes gives its event")
+    if event != envelope.get("sourceEvent") or not isinstance(event, dict):
+        raise InvalidDelivery("not an envelope as the relay writes it: sourceEvent cannot be cut out")
+    return text
 
 
 def _decrypt(

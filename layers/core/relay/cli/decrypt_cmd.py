@@ -6,9 +6,11 @@
 
 The key is never taken on the command line (it would show in the process list and shell history):
 from a file, an environment variable, or the target's encryption secret in Secrets Manager (current
-and previous versions are tried). Prints the decrypted event on stdout exactly as Genesys sent it: the
-plaintext's bytes, not parsed and written again (which would turn ``1E+2`` into ``100.0``), no newline
-added; an envelope that is not encrypted, its ``sourceEvent`` as indented JSON. Exit codes as for every
+and previous versions are tried). Prints the event on stdout exactly as Genesys sent it, no newline
+added: the plaintext's bytes, or, for an envelope that is not encrypted (no key needed), its
+``sourceEvent`` cut from the envelope's text; never parsed and written again (which would turn ``1E+2``
+into ``100.0``). A re-formatted copy of a plain envelope, whose text no longer holds the event's own,
+prints its ``sourceEvent`` as indented JSON, with a warning on stderr. Exit codes as for every
 command (relay.cli.exit_codes): 1 when the envelope does not open or verify; 2 for a file that cannot be
 read, a variable that is not set or a secret that does not exist; 3 when Secrets Manager cannot be read.
 """
@@ -29,10 +31,11 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "decrypt",
         help="decrypt an encrypted 2.1 envelope with the target's key",
-        description="Prints the event exactly as Genesys sent it: the decrypted bytes, no newline added.",
+        description="Prints the event exactly as Genesys sent it: the decrypted bytes (or, for an envelope "
+        "that is not encrypted, its sourceEvent's own text; no key needed), no newline added.",
     )
     parser.add_argument("envelope", help="file holding the envelope JSON, or - for stdin")
-    key = parser.add_mutually_exclusive_group(required=True)
+    key = parser.add_mutually_exclusive_group()  # an encrypted envelope needs one (checked once read)
     key.add_argument(
         "--key-file",
         metavar="PATH",
@@ -55,7 +58,10 @@ def register(subparsers: Any) -> None:
 
 def _keys(args: argparse.Namespace) -> list[str]:
     if args.key_file:
-        text = Path(args.key_file).read_text()
+        try:
+            text = Path(args.key_file).read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UsageError(f"--key-file {args.key_file}: not UTF-8 text") from None
         if not text.strip():
             raise UsageError(f"--key-file {args.key_file}: the file is empty")
         # A key may begin or end with blanks (config sync takes it as given); an editor adds a line
@@ -101,7 +107,7 @@ def _decrypt(args: argparse.Namespace) -> int:
     from relay.receiver_sdk import InvalidDelivery, verify_signature
 
     raw = sys.stdin.buffer.read() if args.envelope == "-" else Path(args.envelope).read_bytes()
-    keys = _keys(args)
+    keys = _keys(args) if args.key_file or args.key_env or args.secret else None
     headers = _headers(args.headers)
     signing_secret = args.verify_with_env and _environment_value(args.verify_with_env, "--verify-with-env")
     try:
@@ -110,7 +116,7 @@ def _decrypt(args: argparse.Namespace) -> int:
         envelope = load_json(raw)
         if not isinstance(envelope, dict):
             raise InvalidDelivery("not a JSON object")
-        event = _event_bytes(envelope, keys)
+        event = _event_bytes(raw, envelope, keys)
     except (InvalidDelivery, ValueError) as exc:
         raise NeedsAttention(f"cannot open the envelope: {exc}") from None
     sys.stdout.flush()
@@ -119,11 +125,21 @@ def _decrypt(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _event_bytes(envelope: dict[str, Any], keys: list[str]) -> bytes:
-    """What ``relay decrypt`` prints: an encrypted event exactly as Genesys sent it (parsed and written
-    again, ``1E+2`` would become ``100.0``); the ``sourceEvent`` of an envelope that is not encrypted."""
-    from relay.receiver_sdk import decrypt_event, decrypt_event_bytes
+def _event_bytes(raw: bytes, envelope: dict[str, Any], keys: list[str] | None) -> bytes:
+    """What ``relay decrypt`` prints: the event exactly as Genesys sent it (parsed and written again,
+    ``1E+2`` would become ``100.0``)."""
+    from relay.receiver_sdk import InvalidDelivery, decrypt_event, decrypt_event_bytes, source_event_bytes
 
     if envelope.get("encryptionDirective"):
+        if keys is None:
+            raise UsageError("the envelope is encrypted: give its key with --key-file, --key-env or --secret")
         return decrypt_event_bytes(envelope, keys)
-    return json.dumps(decrypt_event(envelope, keys), indent=2, ensure_ascii=False).encode() + b"\n"
+    try:
+        return source_event_bytes(raw)
+    except InvalidDelivery:  # a copy re-formatted since: its own text is gone
+        print(
+            "relay decrypt: the envelope is not laid out as the relay writes it (re-formatted?): "
+            "its sourceEvent as parsed JSON follows, not Genesys' own text",
+            file=sys.stderr,
+        )
+        return json.dumps(decrypt_event(envelope, ()), indent=2, ensure_ascii=False).encode() + b"\n"

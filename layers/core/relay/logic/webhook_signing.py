@@ -60,8 +60,11 @@ def verify(
     msg_id = lowered.get("webhook-id", "")
     raw_ts = lowered.get("webhook-timestamp", "")
     raw_sig = lowered.get("webhook-signature", "")
-    if not msg_id or not raw_ts or not raw_sig:
-        raise InvalidSignature("missing webhook-id, webhook-timestamp or webhook-signature")
+    missing = [name for name, value in (("webhook-id", msg_id), ("webhook-timestamp", raw_ts)) if not value]
+    if not raw_sig:
+        missing.append("webhook-signature (a target without a signing secret sends none)")
+    if missing:
+        raise InvalidSignature(f"missing {', '.join(missing)}")
     try:
         timestamp = int(raw_ts)
     except ValueError:
