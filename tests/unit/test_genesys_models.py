@@ -132,10 +132,17 @@ def test_utc_instant_spells_one_instant_one_way(spelled: str, instant: str) -> N
         "2026-03-25T10:00:00",
         "2026-03-25T10:00:60Z",  # second 60 only at 23:59 UTC
         "2026-03-25T23:59:60+01:00",
-        "0001-01-01T00:00:00+01:00",
         "\u0662026-03-25T10:00:00Z",
     ],
 )
 def test_utc_instant_refuses_what_names_no_instant(text: str) -> None:
     with pytest.raises(ValueError, match="RFC 3339"):
+        utc_instant(text)
+
+
+@pytest.mark.parametrize("text", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_utc_instant_says_so_when_a_valid_time_names_an_instant_outside_the_years_it_can_hold(
+    text: str,
+) -> None:
+    with pytest.raises(ValueError, match="^names an instant outside years 0001 to 9999 in UTC"):
         utc_instant(text)

@@ -391,6 +391,17 @@ def test_schema_invalid_message_is_400_naming_the_fields() -> None:
     assert queue.bodies == []
 
 
+def test_an_invalid_message_answer_names_the_problem_without_echoing_a_huge_value() -> None:
+    message = sample("openmessaging_text.json")
+    message["type"] = "T" * 200_000
+    intake, queue = make_intake()
+    response = intake.handle(api_gateway_event(message))
+    assert refusal(response) == (400, "invalid_message")
+    said = answer(response)["message"]
+    assert "found using 'type'" in said and "characters left out" in said and len(said) < 1_000
+    assert queue.bodies == []
+
+
 @pytest.mark.parametrize(
     ("sample_name", "path", "value"),
     [
@@ -464,6 +475,27 @@ def test_wrong_content_type_is_415(content_type: str | None) -> None:
         event["headers"]["content-type"] = content_type
     intake, _ = make_intake()
     assert refusal(intake.handle(event)) == (415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "GZIP"])
+def test_a_compressed_body_is_415_naming_its_content_encoding(coding: str) -> None:
+    event = api_gateway_event()
+    event["headers"]["content-encoding"] = coding
+    intake, queue = make_intake()
+    response = intake.handle(event)
+    assert refusal(response) == (415, "unsupported_media_type")
+    assert (
+        answer(response)["message"]
+        == f"Content-Encoding {coding.lower()} is not accepted: send the body uncompressed"
+    )
+    assert queue.bodies == []
+
+
+def test_content_encoding_identity_is_the_body_as_it_is() -> None:
+    event = api_gateway_event()
+    event["headers"]["content-encoding"] = "identity"
+    intake, _ = make_intake()
+    assert intake.handle(event)["statusCode"] == 202
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH", "OPTIONS"])

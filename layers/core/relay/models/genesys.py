@@ -58,9 +58,14 @@ def utc_instant(text: str) -> str:
         moment = datetime.fromisoformat(
             f"{day}T{clock[:-2] + '59' if leap else clock}{'+00:00' if offset in 'Zz' else offset}"
         )
-        utc = moment.astimezone(UTC).replace(tzinfo=None)
-    except (ValueError, OverflowError):
+    except ValueError:
         raise ValueError(f"must be {_RFC3339_HINT} (a real date and time)") from None
+    try:
+        utc = moment.astimezone(UTC).replace(tzinfo=None)
+    except OverflowError:  # 9999-12-31T23:59:59-01:00, say: valid, but its UTC instant is in year 10000
+        raise ValueError(
+            "names an instant outside years 0001 to 9999 in UTC, which the relay cannot hold"
+        ) from None
     if leap and (utc.hour, utc.minute) != (23, 59):
         raise ValueError(f"must be {_RFC3339_HINT} (a leap second is 23:59:60 UTC)")
     spelled = utc.isoformat()

@@ -73,8 +73,20 @@ def describe_validation_error(error: ValidationError) -> str:
     for item in error.errors():
         # The discriminator's tag is not a field the sender wrote.
         loc = [str(part) for part in item["loc"] if part not in ("Text", "Event", "Receipt", "Structured")]
-        fields.append(f"{'.'.join(loc) or '(body)'}: {item['msg']}")
+        fields.append(_shortened(f"{'.'.join(loc) or '(body)'}: {item['msg']}"))
     return "; ".join(sorted(set(fields))[:10])
+
+
+# A message quotes what was sent (a tag, a key): an answer should name the problem, not echo 200 KB.
+_MAX_FIELD_DESCRIPTION = 300
+
+
+def _shortened(text: str) -> str:
+    if len(text) <= _MAX_FIELD_DESCRIPTION:
+        return text
+    # Its start names the field and its end says what was expected: the quoted value is cut in between.
+    keep = _MAX_FIELD_DESCRIPTION // 2
+    return f"{text[:keep]}… ({len(text) - 2 * keep} characters left out) …{text[-keep:]}"
 
 
 class _Repeated(dict[str, Any]):

@@ -195,6 +195,13 @@ class Intake:
         media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if media_type not in _JSON_TYPES:
             raise UnsupportedMediaType("the content type must be application/json")
+        # Genesys sends bodies as they are; one a proxy compressed would fail as "not UTF-8" without
+        # saying why (RFC 7694 3: 415 for a content coding the server does not take).
+        coding = request.headers.get("content-encoding", "").strip().lower()
+        if coding not in ("", "identity"):
+            raise UnsupportedMediaType(
+                f"Content-Encoding {coding[:40]} is not accepted: send the body uncompressed"
+            )
         if not _INTEGRATION_ID.fullmatch(request.integration_id):
             raise UnknownIntegration("the path does not name an integration")
         entry = self._integrations.get(request.integration_id)
