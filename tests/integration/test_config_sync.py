@@ -535,6 +535,39 @@ def test_redacted_credentials_keep_the_value_secrets_manager_holds(genesys: Fake
     assert token.values() == [CRM.security.value]
 
 
+@pytest.mark.parametrize("redacted", ["*" * 20, ""])
+def test_a_redacted_signature_secret_keeps_the_one_secrets_manager_holds(
+    genesys: FakeGenesys, redacted: str
+) -> None:
+    # Given a first sync stored the integration's signature secret
+    run_config_sync(get_settings())
+
+    # When Genesys answers it redacted (all `*` is long enough to pass for a secret)
+    genesys.set_signature_secret(INTEGRATION.id, redacted)
+    report = run_config_sync(get_settings())
+
+    # Then the real secret stays the only one: the stars would let anyone sign a webhook
+    assert report.rejected == []
+    stored = get_secret(secret_name(SecretKind.SIGNATURE, INTEGRATION.id), force_fetch=True)
+    assert stored.values() == [INTEGRATION.signature_secret]
+
+
+@pytest.mark.parametrize("redacted", ["*" * 20, ""])
+def test_a_configured_signing_secret_that_comes_back_redacted_with_none_stored_rejects_the_target(
+    genesys: FakeGenesys, redacted: str
+) -> None:
+    # Given Genesys answers the CRM target's signing secret redacted before anything was stored
+    genesys.set_credential(CRM.id, "signingSecret", redacted)
+
+    # When the sync runs
+    report = run_config_sync(get_settings())
+
+    # Then the target is refused, not stored unsigned, and the reason names the credential
+    assert [r.id for r in report.rejected] == [CRM.id]
+    assert "credential signingSecret came back redacted" in report.rejected[0].reason
+    assert _store().get_target(INTEGRATION.id, CRM.id) is None
+
+
 def test_rotated_signing_secret_keeps_the_old_one_as_previous(genesys: FakeGenesys) -> None:
     run_config_sync(get_settings())
     new_secret = "whsec_bmV3LXNpZ25pbmctc2VjcmV0LWZvci1yb3RhdGlvbg=="

@@ -259,6 +259,13 @@ class FakeGenesys:
         with self._lock:
             self._state.open_integrations[integration_id]["status"] = status
 
+    def set_signature_secret(self, integration_id: str, token: str | None) -> None:
+        """What an Open Messaging integration answers as its signature secret (redacted: ``"****"``)."""
+        with self._lock:
+            self._state.open_integrations[integration_id][
+                "outboundNotificationWebhookSignatureSecretToken"
+            ] = token
+
     def set_credential(self, integration_id: str, key: str, value: str) -> None:
         """Change one secret value of a webhook integration (e.g. rotate its encryption key)."""
         with self._lock:

@@ -58,7 +58,7 @@ class ConfigReader:
         if str(doc.get("status") or "Active").lower() != "active":
             raise ConfigRejected(f"integration is disabled in Genesys (status {doc.get('status')})")
         token = doc.get("outboundNotificationWebhookSignatureSecretToken")
-        if token:
+        if _present(token):  # all `*` is Genesys' redaction, never a secret to sign with
             if len(token) < MIN_SIGNATURE_SECRET_CHARS:
                 raise ConfigRejected(f"signature secret shorter than {MIN_SIGNATURE_SECRET_CHARS} characters")
             return name, SecretStr(token)
@@ -96,6 +96,13 @@ class ConfigReader:
                 # Genesys redacts credential fields for some clients: keep what Secrets Manager holds.
                 existing = self._existing_secret(kind, target_id)
                 value = existing.current.get_secret_value() if existing else None
+                if value is None and key != "security":  # security's type says whether it needs one
+                    # A configured signing secret, key or certificate that cannot be read: storing the
+                    # target without it would sign nothing, send in clear or skip the certificate.
+                    raise ConfigRejected(
+                        f"credential {key} came back redacted (empty or all *) and Secrets Manager holds "
+                        "none: provision it there, or remove the credential in Genesys"
+                    )
             values[key] = value
         try:
             return webhook_config_from_genesys(integration, config, values)
