@@ -157,6 +157,12 @@ CASES = {
         "relay local serve",
         "not a valid fixtures file",
     ),
+    "fixtures with a port out of range": Case(
+        ("local", "serve", "--fixtures", "{port_65536_fixtures}"),
+        USAGE,
+        "relay local serve",
+        "port is not a number from 0 to 65535",
+    ),
     "fixtures nested too deeply": Case(
         ("local", "serve", "--fixtures", "{deep}"),
         USAGE,
@@ -383,6 +389,15 @@ def files(tmp_path: Path) -> Iterator[dict[str, str]]:
         "no_entries": {"Entries": []},
         "short_secret_fixtures": {"integrations": [integration]},
         "no_targets_fixtures": {"integrations": [{**integration, "signatureSecret": "s" * 16}]},
+        "port_65536_fixtures": {
+            "integrations": [
+                {
+                    **integration,
+                    "signatureSecret": "s" * 16,
+                    "targets": [{**target, "url": "http://127.0.0.1:65536/x"}],
+                }
+            ]
+        },
         "repeated_target_fixtures": {
             "integrations": [
                 {**integration, "id": f"i-{n}", "signatureSecret": "s" * 16, "targets": [target]}

@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from relay.local.fixtures import DEFAULT_FIXTURES, Fixtures
+from relay.local.stack import with_port
 
 
 def fixtures_doc() -> dict[str, Any]:
@@ -155,3 +156,14 @@ def test_per_target_timeouts_are_fields_served_as_config_properties() -> None:
         2,
         4.5,
     )
+
+
+def test_a_demo_receivers_port_replaces_only_the_port_so_credentials_in_the_url_still_reach_config_sync() -> (
+    None
+):
+    # Config sync refuses credentials in a URL; dropping them on the way would hide that mistake
+    assert (
+        with_port("http://user:pw@127.0.0.1:0/hooks/x?a=1", 43210)
+        == "http://user:pw@127.0.0.1:43210/hooks/x?a=1"
+    )
+    assert with_port("http://127.0.0.1:0/hooks/x", 43210) == "http://127.0.0.1:43210/hooks/x"

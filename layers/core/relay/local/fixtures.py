@@ -12,8 +12,9 @@ import difflib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from relay.json_input import load_json
 from relay.models.event_filters import EventFilters
@@ -63,6 +64,16 @@ class FixtureTarget(_FixtureModel):
     rate_limit: RateLimit | None = Field(None, alias="rateLimit")
     connect_timeout_seconds: float | None = Field(None, alias="connectTimeoutSeconds")
     read_timeout_seconds: float | None = Field(None, alias="readTimeoutSeconds")
+
+    @field_validator("url")
+    @classmethod
+    def _port_is_readable(cls, url: str) -> str:
+        # The stack reads the port (0 asks for a demo receiver) before config sync checks the rest.
+        try:
+            _ = urlsplit(url).port  # raises for 65536, -1 or a word
+        except ValueError:
+            raise ValueError("the URL's port is not a number from 0 to 65535") from None
+        return url
 
 
 class FixtureIntegration(_FixtureModel):

@@ -426,7 +426,9 @@ def wants_demo_receiver(url: str) -> bool:
 
 def with_port(url: str, port: int) -> str:
     parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=f"{parts.hostname}:{port}"))
+    # Only the port changes: credentials in it stay, for config sync to refuse as anywhere else.
+    userinfo = parts.netloc.rpartition("@")[0]
+    return urlunsplit(parts._replace(netloc=f"{userinfo + '@' if userinfo else ''}{parts.hostname}:{port}"))
 
 
 def targets_by_integration(fixtures: Fixtures) -> dict[str, list[FixtureTarget]]:
