@@ -206,3 +206,26 @@ def test_the_endpoint_a_breaker_counted_at_is_stored_with_it(aws_stack: LocalRes
     moved = store.load(key).for_endpoint(endpoint_digest("https://new.example.com/h"))
     assert (moved.phase, moved.consecutive_failures, moved.version) == (Phase.CLOSED, 0, 1)
     assert store.save(key, replace(moved, consecutive_failures=1, version=2), expected_version=1)
+
+
+@pytest.mark.parametrize("backend", ["in-memory", "dynamodb"])
+def test_a_metered_mark_only_moves_later_and_lives_beside_breaker_and_lane(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    store: BreakerStore = (
+        InMemoryBreakerStore()
+        if backend == "in-memory"
+        else breaker_store((request.getfixturevalue("aws_stack"), get_settings())[1])
+    )
+    key = f"integration#{uuid.uuid4()}"
+
+    # Marked on an item that holds nothing yet, then a lane move and a breaker transition are saved
+    store.mark_metered(key, 500.0)
+    assert store.save_lane(key, LaneState(DeliveryLane.SLOW, 1, 10.0), expected_version=0)
+    assert store.save(key, BreakerState(Phase.OPEN, 3, 1, 60.0, 1), expected_version=0)
+    # An earlier mark (a dispatcher that saw the throttle before) changes nothing; a later one moves it
+    store.mark_metered(key, 400.0)
+    breaker, lane = store.load_with_lane(key)
+    assert lane == LaneState(DeliveryLane.SLOW, 1, 10.0, metered_until=500.0) and breaker.version == 1
+    store.mark_metered(key, 900.0)
+    assert store.load_with_lane(key)[1].metered_until == 900.0

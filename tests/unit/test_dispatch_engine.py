@@ -15,7 +15,7 @@ import random
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -1364,6 +1364,34 @@ def test_a_throttled_target_without_a_limit_gets_an_implicit_one_from_what_got_t
     before = len(r.http.requests)
     r.batch(*(record() for _ in range(20)))
     assert r.rate_limits.writes == 2 and len(r.http.requests) - before == 16
+
+
+def test_a_throttle_one_dispatcher_met_holds_an_unlimited_target_back_in_every_dispatcher(
+    running: list[Relay],
+) -> None:
+    # Given two containers sharing the tables, and an unlimited target that answers the first one's
+    # batch 429 with Retry-After: 30
+    first = start(running, relay(answer_with=always(429, headers={"retry-after": "30"})))
+    second = start(
+        running,
+        replace(
+            relay(answer_with=always(200)),
+            breakers=first.breakers,
+            rate_limits=first.rate_limits,
+            clock=first.clock,
+        ),
+    )
+    first.batch(*(record() for _ in range(4)))
+
+    # When the second container, which was never throttled, gets the target's next records in the window
+    first.clock.now += 1
+    held = second.batch(*(record() for _ in range(5)))
+
+    # Then it sends none before the floor, as the first would: they are held back, not lost
+    assert second.http.requests == [] and held == []
+    assert len(second.queue.deferrals) == 5
+    assert all(d["delay_seconds"] >= 29 for d in second.queue.deferrals)
+    assert first.lane().metered_until == pytest.approx(NOW + 300)  # until the implicit limit is released
 
 
 def test_when_the_bucket_store_is_down_records_go_anyway(running: list[Relay]) -> None:

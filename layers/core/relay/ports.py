@@ -184,6 +184,11 @@ class BreakerStore(Protocol):
         first. The breaker state is left as it is."""
         ...
 
+    def mark_metered(self, key: str, until: float) -> None:
+        """Record that the target is metered until ``until`` (``LaneState.metered_until``), unless a
+        later time is stored already. Breaker and lane are left as they are."""
+        ...
+
 
 class RateLimitStore(Protocol):
     """Targets' token buckets (relay.logic.token_bucket), one item per target, changed only by

@@ -116,7 +116,10 @@ class Dispatcher:
             settings=settings, breakers=breakers, clock=clock, routes_away=self._isolation.routes_away
         )
         self._limits = RateLimits(
-            store=rate_limits, clock=clock, max_floor_seconds=settings.max_retry_delay_seconds
+            store=rate_limits,
+            clock=clock,
+            max_floor_seconds=settings.max_retry_delay_seconds,
+            breakers=breakers,
         )
         self._attempter = Attempter(
             settings=settings,

@@ -16,7 +16,10 @@ relay.ports.RateLimitStore, one item per target in the BreakerTable).
   Retry-After floor. A target without a configured limit gets an implicit one: each dispatcher that
   sees it throttled adds its share (``decrease`` times the deliveries per second it was getting
   through, or half what it sent when nothing got through) and meters the target from then on,
-  until the limit is released.
+  until the limit is released. It also marks the target's breaker item metered until then
+  (``LaneState.metered_until``), which every dispatcher reads with the breaker each batch: the others
+  meter it from their next batch, so the implicit limit and the Retry-After floor hold fleet-wide, at
+  one write per throttle and no read for targets that never throttled.
 - **Store down**: fail open (deliver as if unlimited), counted in ``RateLimitStoreUnavailable``.
 """
 
@@ -26,7 +29,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, replace
 
-from relay.errors import RateLimitStoreUnavailable
+from relay.errors import BreakerStoreUnavailable, RateLimitStoreUnavailable
 from relay.logic import token_bucket
 from relay.logic.breaker import Admission
 from relay.logic.dispatch.batch import Batch
@@ -34,14 +37,17 @@ from relay.logic.dispatch.lanes import Lane
 from relay.logic.dispatch.metrics import Metric
 from relay.logic.dispatch.records import Item
 from relay.logic.outcomes import Verdict
+from relay.models.breaker import LaneState, target_key
 from relay.models.rate_limit import BucketAnswer, BucketState, RateLimit, rate_key
 from relay.observability import logger
-from relay.ports import Clock, RateLimitStore
+from relay.ports import BreakerStore, Clock, RateLimitStore
 
 # Conditional writes one admission or one throttle may make before it settles for what it knows.
 MAX_WRITES = 3
 # How far back a dispatcher looks at its own deliveries to an unlimited target to size its share.
 OBSERVE_SECONDS = 5.0
+# A container marks a throttled unlimited target metered for the fleet again after this long at most.
+REMARK_SECONDS = 60.0
 # How far past what may go at once a batch books, sending those records at their booked times.
 PACE_SECONDS = 1.0
 # A record held back again waits at least 2^(deferrals so far) seconds, up to this many doublings
@@ -69,9 +75,12 @@ class RateLimits:
         store: RateLimitStore,
         clock: Clock,
         max_floor_seconds: float,
+        breakers: BreakerStore | None = None,
         policy: token_bucket.AimdPolicy | None = None,
     ) -> None:
+        """``breakers``: where a throttled unlimited target is marked metered for the whole fleet."""
         self._store = store
+        self._breakers = breakers
         self._clock = clock
         # A Retry-After holds the target back no longer than it holds a retry (MAX_RETRY_DELAY_SECONDS).
         self._max_floor_seconds = max_floor_seconds
@@ -79,6 +88,7 @@ class RateLimits:
         self._lock = threading.Lock()
         self._seen: dict[str, BucketState] = {}
         self._metered: set[str] = set()
+        self._marked_at: dict[str, float] = {}  # target key -> when this container last marked it metered
         # Unlimited targets: (when, delivered, sent) per batch, for the share of an implicit limit.
         self._recent: dict[str, deque[tuple[float, int, int]]] = {}
 
@@ -89,7 +99,7 @@ class RateLimits:
         key = rate_key(target.integration_id, target.target_id)
         if lane.admission is Admission.DEFER or not lane.items:
             return []  # the breaker holds them all back already
-        if not self._is_metered(key, target.rate_limit):
+        if not self._is_metered(key, target.rate_limit, lane.delivery_lane):
             return []
         try:
             plan = self._take(key, len(lane.items), target.rate_limit)
@@ -106,10 +116,12 @@ class RateLimits:
             batch.metrics.count(Metric.RATE_LIMITED, target.target_id, len(held))
         return held
 
-    def _is_metered(self, key: str, limit: RateLimit | None) -> bool:
+    def _is_metered(self, key: str, limit: RateLimit | None, read: LaneState | None) -> bool:
         if limit is not None:
             return True
         with self._lock:
+            if read is not None and read.metered_until > self._clock():
+                self._metered.add(key)  # another dispatcher found it throttled
             if key not in self._metered:
                 return False
             seen = self._seen.get(key, BucketState())
@@ -187,6 +199,24 @@ class RateLimits:
                 self._join(key, retry_after, now)
         except RateLimitStoreUnavailable as exc:
             self._store_down(batch, key, exc)
+            return
+        if target.rate_limit is None:
+            self._mark_metered(target_key(target.integration_id, target.target_id), now)
+
+    def _mark_metered(self, key: str, now: float) -> None:
+        """Tell every dispatcher to meter the target until its implicit limit would be released."""
+        if self._breakers is None:
+            return
+        with self._lock:  # one write a minute per container at most, however long the throttling lasts
+            if now - self._marked_at.get(key, float("-inf")) < REMARK_SECONDS:
+                return
+            self._marked_at[key] = now
+        try:
+            self._breakers.mark_metered(key, now + self._policy.release_seconds)
+        except BreakerStoreUnavailable as exc:  # the others meter it once they are throttled too
+            logger.warning(
+                "could not mark a throttled target metered", extra={"targetKey": key, "error": str(exc)}
+            )
 
     def _cut(self, key: str, limit: RateLimit | None, retry_after: float | None, now: float) -> None:
         """Multiplicative decrease over the cut this container saw; within the cooldown only the floor."""
