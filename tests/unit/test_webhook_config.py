@@ -231,6 +231,21 @@ def test_filters_and_rate_limit_map_in_genesys_spelling() -> None:
     assert limit is not None and (limit.per_second, limit.capacity) == (0.5, 1)
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"rateLimit": {"perSecond": True}},
+        {"rateLimit": {"perSecond": 5, "burst": True}},
+        {"retryMatrix": {"attempts": True}},
+        {"readTimeoutSeconds": True},
+    ],
+    ids=["perSecond", "burst", "attempts", "readTimeoutSeconds"],
+)
+def test_true_or_false_where_a_number_belongs_is_refused_not_read_as_1(change: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError, match="must be a number, not true or false"):
+        webhook_config_from_genesys(_integration(), _config(**change), _secrets())
+
+
 def test_without_filters_or_limit_every_event_goes_at_any_rate() -> None:
     config = webhook_config_from_genesys(_integration(), _config(), _secrets())
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from relay.models.numbers import ConfigFloat, ConfigInt
+
 MIN_PER_SECOND = 0.01
 MAX_PER_SECOND = 10_000.0
 MAX_BURST = 10_000
@@ -23,9 +25,9 @@ class RateLimit(BaseModel):
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="forbid")
 
-    per_second: float = Field(ge=MIN_PER_SECOND, le=MAX_PER_SECOND, allow_inf_nan=False)
+    per_second: ConfigFloat = Field(ge=MIN_PER_SECOND, le=MAX_PER_SECOND, allow_inf_nan=False)
     # None: one second's worth (at least 1).
-    burst: int | None = Field(None, ge=1, le=MAX_BURST)
+    burst: ConfigInt | None = Field(None, ge=1, le=MAX_BURST)
 
     @property
     def capacity(self) -> int:

@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from relay.models.event_filters import EventFilters
+from relay.models.numbers import ConfigFloat, ConfigInt
 from relay.models.rate_limit import RateLimit
 
 # A configured header's or URL query's value at least this long may be a credential (an API key, a
@@ -31,10 +32,10 @@ class CamelModel(BaseModel):
 class RetryMatrix(CamelModel):
     """The seed's retry matrix; the defaults are the seed's. Configs set one as ``ConfiguredRetryMatrix``."""
 
-    attempts: int = Field(3, ge=1, le=50)
-    base_interval_ms: int = Field(1_000, ge=0)
-    max_interval_ms: int = Field(30_000, ge=0)
-    multiplier: float = Field(2.0, ge=1.0)
+    attempts: ConfigInt = Field(3, ge=1, le=50)
+    base_interval_ms: ConfigInt = Field(1_000, ge=0)
+    max_interval_ms: ConfigInt = Field(30_000, ge=0)
+    multiplier: ConfigFloat = Field(2.0, ge=1.0)
 
 
 # Past this a multiplier is a typo, not a curve: x100 goes from 1 s to the 12 h SQS allows in three retries.
@@ -144,8 +145,8 @@ class Target(CamelModel):
     # AES-256-GCM envelope encryption key; None means envelopes go out in clear.
     encryption_key_name: str | None = None
     retry_matrix: RetryMatrix = Field(default_factory=RetryMatrix)
-    connect_timeout_seconds: float | None = Field(None, gt=0)
-    read_timeout_seconds: float | None = Field(None, gt=0)
+    connect_timeout_seconds: ConfigFloat | None = Field(None, gt=0)
+    read_timeout_seconds: ConfigFloat | None = Field(None, gt=0)
     ordering: Ordering = Ordering.NONE
     on_exhausted: OnExhausted = OnExhausted.DEAD_LETTER
     # Receiver controls: which events it gets (checked at the intake) and how fast (the dispatcher).

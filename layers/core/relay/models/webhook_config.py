@@ -29,6 +29,7 @@ from pydantic import (
 
 from relay.models.client_certificate import parse_client_certificate
 from relay.models.event_filters import EventFilters
+from relay.models.numbers import ConfigFloat
 from relay.models.rate_limit import RateLimit
 from relay.models.targets import (
     ConfiguredRetryMatrix,
@@ -139,8 +140,8 @@ class WebhookConfig(BaseModel):
     signing_secret: SecretStr | None = Field(None, alias="signingSecret")
     encryption_key: SecretStr | None = Field(None, alias="encryptionKey")
     retry_matrix: ConfiguredRetryMatrix = Field(default_factory=RetryMatrix, alias="retryMatrix")
-    connect_timeout_seconds: float | None = Field(None, alias="connectTimeoutSeconds", gt=0, le=30)
-    read_timeout_seconds: float | None = Field(None, alias="readTimeoutSeconds", gt=0, le=60)
+    connect_timeout_seconds: ConfigFloat | None = Field(None, alias="connectTimeoutSeconds", gt=0, le=30)
+    read_timeout_seconds: ConfigFloat | None = Field(None, alias="readTimeoutSeconds", gt=0, le=60)
     # Ordered delivery per conversation, and what an ordered conversation does with a delivery that
     # will not be retried (docs/config-sync.md).
     ordering: Ordering = Ordering.NONE
