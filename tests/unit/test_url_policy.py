@@ -224,6 +224,11 @@ def test_local_loopback_needs_the_local_setting_and_may_use_any_port() -> None:
         local.check_url("https://hooks.example.com:9000/hook", resolve=Resolver(PUBLIC))
     with pytest.raises(UnsafeUrl):
         local.check_url("http://localhost.evil.example:9000/hook", resolve=Resolver("127.0.0.1"))
+    # A name is no loopback literal: the refusal says what locally is allowed instead
+    with pytest.raises(UnsafeUrl, match="or http to a loopback address such as 127.0.0.1, not http$"):
+        local.check_url("http://localhost:9000/hook", resolve=Resolver("127.0.0.1"))
+    with pytest.raises(UnsafeUrl, match="^only https URLs are allowed, not http$"):
+        UrlPolicy().check_url("http://localhost:9000/hook", resolve=Resolver("127.0.0.1"))
 
 
 def test_the_connect_time_check_refuses_addresses_like_the_config_time_check() -> None:

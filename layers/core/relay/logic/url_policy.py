@@ -207,7 +207,10 @@ class UrlPolicy:
         if parts.scheme == "http" and self.allow_loopback and _is_loopback_literal(host):
             return normalised
         if parts.scheme != "https":
-            raise UnsafeUrl(f"only https URLs are allowed, not {parts.scheme or 'no scheme'}")
+            # Locally, plain http is fine to a loopback address written as one: say so, or
+            # http://localhost:... reads as if http were refused outright.
+            also = ", or http to a loopback address such as 127.0.0.1" if self.allow_loopback else ""
+            raise UnsafeUrl(f"only https URLs are allowed{also}, not {parts.scheme or 'no scheme'}")
         port = parts.port or DEFAULT_PORTS["https"]
         if not self.allow_loopback:
             self._check_port(port)  # before any DNS lookup: no address can make it allowed
