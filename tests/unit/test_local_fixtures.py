@@ -139,6 +139,23 @@ def test_keys_no_field_has_are_named_with_the_field_they_may_mean() -> None:
     ]
 
 
+def test_misspelt_keys_inside_the_retry_matrix_and_the_oauth2_client_are_named_too() -> None:
+    # Given a retry matrix and an OAuth client each with a misspelt key (the default would pass silently)
+    doc = fixtures_doc()
+    target = doc["integrations"][0]["targets"][0]
+    target["retryMatrix"] = {"atempts": 5}
+    target["security"] = {
+        "type": "oauth2",
+        "value": "client-secret",
+        "oauth2": {"tokenUrl": "http://127.0.0.1:9/token", "clientId": "relay", "scopes": "events.write"},
+    }
+
+    assert Fixtures.model_validate(doc).unknown_keys() == [
+        "integrations.0.targets.0.security.oauth2.scopes (did you mean scope?)",
+        "integrations.0.targets.0.retryMatrix.atempts (did you mean attempts?)",
+    ]
+
+
 def test_the_default_fixtures_file_has_no_unknown_keys() -> None:
     assert Fixtures.load().unknown_keys() == []
 

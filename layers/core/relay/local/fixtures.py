@@ -11,15 +11,22 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from relay.json_input import load_json
 from relay.models.event_filters import EventFilters
 from relay.models.rate_limit import RateLimit
-from relay.models.targets import ConfiguredRetryMatrix, OAuth2Client, OnExhausted, Ordering, SecurityType
+from relay.models.targets import (
+    OAuth2Client,
+    OnExhausted,
+    Ordering,
+    RetryMatrix,
+    SecurityType,
+    sensible_retry_matrix,
+)
 
 DEFAULT_FIXTURES = Path(__file__).resolve().parents[4] / "events" / "fixtures" / "local.json"
 
@@ -30,19 +37,39 @@ class _FixtureModel(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="allow")
 
     def _unknown_keys(self, place: str) -> list[str]:
-        """``place.key`` for each key this object does not know, with the field it may have meant."""
-        known = [field.alias or name for name, field in type(self).model_fields.items()]
-        notes = []
-        for key in self.model_extra or {}:
-            near = difflib.get_close_matches(key, known, n=1)
-            notes.append(f"{place}{key}" + (f" (did you mean {near[0]}?)" if near else ""))
-        return notes
+        return _unknown_keys(self, place)
+
+
+def _unknown_keys(model: BaseModel | None, place: str) -> list[str]:
+    """``place.key`` for each key ``model`` does not know, with the field it may have meant."""
+    if model is None:
+        return []
+    known = [field.alias or name for name, field in type(model).model_fields.items()]
+    notes = []
+    for key in model.model_extra or {}:
+        near = difflib.get_close_matches(key, known, n=1)
+        notes.append(f"{place}{key}" + (f" (did you mean {near[0]}?)" if near else ""))
+    return notes
+
+
+# The relay's own models, keeping unknown keys here only, so that a misspelt one is named too.
+class _FixtureRetryMatrix(RetryMatrix):
+    model_config = ConfigDict(extra="allow")
+
+
+FixtureRetryMatrix = Annotated[_FixtureRetryMatrix, AfterValidator(sensible_retry_matrix)]
+
+
+class FixtureOAuth2Client(OAuth2Client):
+    model_config = ConfigDict(extra="allow")
 
 
 class FixtureSecurity(_FixtureModel):
     type: SecurityType = SecurityType.NONE
     value: str | None = None  # for oauth2: the client secret
-    oauth2: OAuth2Client | None = None  # {tokenUrl, clientId, scope?, audience?, tokenEndpointAuthMethod?}
+    oauth2: FixtureOAuth2Client | None = (
+        None  # {tokenUrl, clientId, scope?, audience?, tokenEndpointAuthMethod?}
+    )
 
 
 class FixtureTarget(_FixtureModel):
@@ -57,7 +84,7 @@ class FixtureTarget(_FixtureModel):
     encryption_key: str | None = Field(None, alias="encryptionKey")
     # mTLS: the client certificate, its chain and its key, one PEM bundle.
     client_certificate: str | None = Field(None, alias="clientCertificate")
-    retry_matrix: ConfiguredRetryMatrix | None = Field(None, alias="retryMatrix")
+    retry_matrix: FixtureRetryMatrix | None = Field(None, alias="retryMatrix")
     ordering: Ordering | None = None  # none (default) or conversation
     on_exhausted: OnExhausted | None = Field(None, alias="onExhausted")
     filters: EventFilters | None = None
@@ -126,7 +153,10 @@ class Fixtures(_FixtureModel):
             notes += integration._unknown_keys(f"integrations.{n}.")
             for m, target in enumerate(integration.targets):
                 notes += target._unknown_keys(f"integrations.{n}.targets.{m}.")
-                notes += target.security._unknown_keys(f"integrations.{n}.targets.{m}.security.")
+                place = f"integrations.{n}.targets.{m}."
+                notes += target.security._unknown_keys(f"{place}security.")
+                notes += _unknown_keys(target.security.oauth2, f"{place}security.oauth2.")
+                notes += _unknown_keys(target.retry_matrix, f"{place}retryMatrix.")
         return notes
 
     @classmethod

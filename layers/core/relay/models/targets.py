@@ -42,7 +42,7 @@ class RetryMatrix(CamelModel):
 MAX_RETRY_MULTIPLIER = 100
 
 
-def _sensible_retry_matrix(matrix: RetryMatrix) -> RetryMatrix:
+def sensible_retry_matrix[M: RetryMatrix](matrix: M) -> M:
     if matrix.multiplier > MAX_RETRY_MULTIPLIER:
         raise ValueError(f"multiplier must be at most {MAX_RETRY_MULTIPLIER} (got {matrix.multiplier:g})")
     if matrix.base_interval_ms > matrix.max_interval_ms:
@@ -57,7 +57,7 @@ def _sensible_retry_matrix(matrix: RetryMatrix) -> RetryMatrix:
 # A retry matrix as a config may set it (Genesys, the fixtures file). Stored records and envelopes keep
 # RetryMatrix's looser bounds: a record a former version accepted must still load (the last good config
 # stays in force), and the dispatcher's backoff copes with any matrix RetryMatrix accepts.
-ConfiguredRetryMatrix = Annotated[RetryMatrix, AfterValidator(_sensible_retry_matrix)]
+ConfiguredRetryMatrix = Annotated[RetryMatrix, AfterValidator(sensible_retry_matrix)]
 
 
 class SecurityType(StrEnum):
