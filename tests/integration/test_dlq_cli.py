@@ -7,6 +7,9 @@ for messages it dead-letters itself, and bare bodies for messages the redrive po
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,6 +18,7 @@ from uuid import uuid4
 
 import pytest
 from support.queues import drain
+from support.waiting import wait_until
 
 from relay.cli import main
 from relay.errors import MoveTaskUnavailable
@@ -287,3 +291,44 @@ def test_move_task_method_says_when_sqs_lacks_it(aws_stack: LocalResources, seed
             RedriveOptions(method="move-task"),
         )
     assert len(drain(aws_stack.dead_letter_queue_url)) == 8
+
+
+def test_ctrl_c_stops_a_redrive_after_its_batch_in_hand_leaving_nothing_hidden_or_doubled(
+    aws_stack: LocalResources, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a DLQ of 300 dead letters
+    sqs = aws_client("sqs")
+    bodies = {task_body("i-1", "t-1")[0] for _ in range(300)}
+    for chunk in [sorted(bodies)[n : n + 10] for n in range(0, 300, 10)]:
+        sqs.send_message_batch(
+            QueueUrl=aws_stack.dead_letter_queue_url,
+            Entries=[{"Id": str(i), "MessageBody": body} for i, body in enumerate(chunk)],
+        )
+
+    # When the operator presses Ctrl-C once some have moved (a receive, a re-send or a delete in flight)
+    def press_ctrl_c_mid_run() -> None:
+        wait_until(lambda: _depth(aws_stack.delivery_queue_url) >= 20, what="a redrive under way", timeout=60)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    presser = threading.Thread(target=press_ctrl_c_mid_run)
+    presser.start()
+    code, out, err = run_cli(capsys, "redrive", "--method", "resend", "--format", "json")
+    presser.join()
+
+    # Then the run stopped early (130) after finishing its batch, said so, and printed what it did
+    assert code == 130, out + err
+    assert "stopping after the batch in hand" in err and "stopped after the batch in hand" in err
+    moved = json.loads(out)["moved"]
+    # and every message is in exactly one queue, visible now: none hidden for the visibility timeout,
+    # none left behind in the DLQ after its copy was sent
+    delivered = [m["body"] for m in drain(aws_stack.delivery_queue_url)]
+    left = [m["body"] for m in drain(aws_stack.dead_letter_queue_url)]
+    assert len(delivered) == moved and 0 < moved < 300
+    assert sorted(delivered + left) == sorted(bodies)
+
+
+def _depth(queue_url: str) -> int:
+    attributes = aws_client("sqs").get_queue_attributes(
+        QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"])

@@ -10,14 +10,17 @@ Only ids, reasons and counts are printed: event bodies may hold customer message
 
 Exit codes (relay.cli.exit_codes): 1 when something was left behind or failed (send failures, a failed
 move task, events the intake still refuses: read the summary); 3 when the queues cannot be read at all;
-130 on Ctrl-C.
+130 on Ctrl-C. A first Ctrl-C stops the run after the batch in hand (it is moved or put back, never
+left half moved, and nothing stays hidden); a second stops it at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import IO, TYPE_CHECKING, Any
@@ -196,11 +199,41 @@ def _queue_url(args: argparse.Namespace) -> str:
 Outcome = tuple[dict[str, Any], str, str | None]
 
 
-def _run(args: argparse.Namespace, work: Callable[[ProgressLine], Outcome]) -> int:
+class StopOnCtrlC:
+    """While a run lasts, a first Ctrl-C asks it to stop after the batch in hand (``requested``): a
+    KeyboardInterrupt in the middle of a receive would leave its messages hidden for the visibility
+    timeout, and one between a re-send and its delete would leave the original behind to be sent again.
+    A second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self._requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> StopOnCtrlC:
+        if threading.current_thread() is threading.main_thread():  # only there can a handler be set
+            self._previous = signal.signal(signal.SIGINT, self._interrupt)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _interrupt(self, signum: int, frame: object) -> None:
+        if self._requested:
+            raise KeyboardInterrupt
+        self._requested = True
+        print("stopping after the batch in hand (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    def requested(self) -> bool:
+        return self._requested
+
+
+def _run(args: argparse.Namespace, work: Callable[[ProgressLine, Callable[[], bool]], Outcome]) -> int:
     """Run one command with a progress line, ended before anything else is printed (the error line too)."""
     line = ProgressLine(enabled=not args.no_progress)
     try:
-        document, text, attention = work(line)
+        with StopOnCtrlC() as ctrl_c:
+            document, text, attention = work(line, ctrl_c.requested)
     except KeyboardInterrupt:
         raise Interrupted(
             "interrupted. Messages in hand go back to the DLQ (nothing unsent was deleted); "
@@ -209,6 +242,11 @@ def _run(args: argparse.Namespace, work: Callable[[ProgressLine], Outcome]) -> i
     finally:
         line.close()
     print(json.dumps(document, indent=2) if args.format == "json" else text)
+    if ctrl_c.requested():
+        raise Interrupted(
+            "interrupted: stopped after the batch in hand; the summary above is what was done, and every "
+            "message not moved is back in the queue (a move task already started keeps running in SQS)"
+        )
     if attention:
         raise NeedsAttention(attention)
     return ExitCode.OK
@@ -219,7 +257,7 @@ def _list(args: argparse.Namespace) -> int:
     from relay.settings import get_settings
     from relay.wiring import sqs_queues
 
-    def work(line: ProgressLine) -> Outcome:
+    def work(line: ProgressLine, stop: Callable[[], bool]) -> Outcome:
         report = list_dead_letters(
             sqs_queues(get_settings()),
             _queue_url(args),
@@ -227,6 +265,7 @@ def _list(args: argparse.Namespace) -> int:
             max_messages=args.max,
             visibility_seconds=args.visibility,
             progress=line,
+            stop=stop,
         )
         document = report.to_json()
         table = format_groups if args.queue in TASK_QUEUES else format_failed_groups
@@ -260,13 +299,14 @@ def _redrive(args: argparse.Namespace) -> int:
         max_per_second=args.rate,
     )
 
-    def work(line: ProgressLine) -> Outcome:
+    def work(line: ProgressLine, stop: Callable[[], bool]) -> Outcome:
         result = redrive(
             sqs_queues(get_settings()),
             _queue_url(args),
             _settings_url(args.queue_url, TASK_QUEUES[args.queue]),
             options,
             progress=line,
+            stop=stop,
         )
         document = result.to_json()
         attention = None if result.ok else "not everything was moved: read the summary"
@@ -294,10 +334,12 @@ def _resubmit(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"delivery_queue_url": args.queue_url})
     options = ResubmitOptions(max_messages=args.max, dry_run=args.dry_run)
 
-    def work(line: ProgressLine) -> Outcome:
+    def work(line: ProgressLine, stop: Callable[[], bool]) -> Outcome:
         queue_url = _queue_url(args)
         intake = failed_event_intake(settings)
-        result = resubmit(sqs_queues(settings), args.queue, queue_url, intake, options, progress=line)
+        result = resubmit(
+            sqs_queues(settings), args.queue, queue_url, intake, options, progress=line, stop=stop
+        )
         document = result.to_json()
         attention = None
         if not result.ok:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from relay.errors import DependencyUnavailable, MoveTaskUnavailable
+from relay.logic.dlq import scan as scans
 from relay.logic.dlq.letters import (
     DeadLetterGroup,
     DeadLetterGroups,
@@ -111,6 +112,7 @@ def redrive(
     progress: ProgressSink = no_progress,
     sleep: Callable[[float], None] = time.sleep,
     now: Callable[[], float] = time.time,
+    stop: scans.StopRequested | None = None,
 ) -> RedriveResult:
     """Move DLQ messages back to the delivery queue (see the module docstring for the rules)."""
     fallback_reason = None
@@ -121,7 +123,7 @@ def redrive(
             if options.method == "move-task":
                 raise
             fallback_reason = f"{exc}; re-sending message by message instead"
-    result = _resend(queues, dlq_url, queue_url, options, progress, now)
+    result = _resend(queues, dlq_url, queue_url, options, progress, now, stop)
     result.fallback_reason = fallback_reason
     return result
 
@@ -160,6 +162,7 @@ def _resend(
     options: RedriveOptions,
     progress: ProgressSink,
     now: Callable[[], float],
+    stop: scans.StopRequested | None,
 ) -> RedriveResult:
     result = RedriveResult(mode="dry-run" if options.dry_run else "resend")
     started_ms = now_ms(now)
@@ -181,6 +184,7 @@ def _resend(
         move,
         visibility_seconds=options.visibility_seconds,
         wait_seconds=options.wait_seconds,
+        stop=stop,
     )
     result.groups = groups.sorted()
     result.now_ms = now_ms(now)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from relay.errors import DependencyUnavailable, RelayError
+from relay.logic.dlq import scan as scans
 from relay.logic.dlq.failed_events import (
     FailedEvent,
     FailedEventGroup,
@@ -92,6 +93,7 @@ def resubmit(
     *,
     progress: ProgressSink = no_progress,
     now: Callable[[], float] = time.time,
+    stop: scans.StopRequested | None = None,
 ) -> ResubmitResult:
     """Send the failed events of ``queue`` back through ``intake`` (see the module docstring)."""
     result = ResubmitResult(queue=queue, mode="dry-run" if options.dry_run else "resubmit")
@@ -113,6 +115,7 @@ def resubmit(
         send,
         visibility_seconds=options.visibility_seconds,
         wait_seconds=options.wait_seconds,
+        stop=stop,
     )
     result.groups = groups.sorted()
     result.now_ms = now_ms(now)

@@ -33,9 +33,10 @@ class Scan:
         self._seen: set[str] = set()
         self._held: dict[str, str] = {}  # message id -> latest receipt handle, until deleted
 
-    def batches(self) -> Iterator[list[ReceivedMessage]]:
+    def batches(self, stop: StopRequested) -> Iterator[list[ReceivedMessage]]:
+        """Batches until the queue is exhausted, or until ``stop`` says so before a receive."""
         idle = 0
-        while idle < self.IDLE_RECEIVES:
+        while idle < self.IDLE_RECEIVES and not stop():
             received = self._queues.receive(
                 self._queue_url, visibility_seconds=self._visibility, wait_seconds=self._wait
             )
@@ -94,6 +95,8 @@ class Progress:
 
 
 ProgressSink = Callable[[Progress], None]
+# Asked between batches: True ends a run early, its batch in hand finished and the rest put back.
+StopRequested = Callable[[], bool]
 
 
 def no_progress(progress: Progress) -> None:
@@ -104,6 +107,10 @@ def now_ms(now: Callable[[], float]) -> int:
     return int(now() * 1000)
 
 
+def never() -> bool:
+    return False
+
+
 def work_through(
     queues: DeadLetterQueues,
     queue_url: str,
@@ -111,13 +118,15 @@ def work_through(
     *,
     visibility_seconds: int,
     wait_seconds: int,
+    stop: StopRequested | None = None,
 ) -> None:
     """Hand the queue's messages to ``handle`` a batch at a time, each message once, until the queue is
-    exhausted or ``handle`` answers False (enough, or a dependency failed). Every message it did not
-    delete (``scan.deleted``) is put back at the end."""
+    exhausted, ``handle`` answers False (enough, or a dependency failed) or ``stop`` asks (the operator
+    pressed Ctrl-C: the batch in hand is finished first, so nothing is left half moved or received and
+    hidden). Every message it did not delete (``scan.deleted``) is put back at the end."""
     scan = Scan(queues, queue_url, visibility_seconds, wait_seconds)
     try:
-        for batch in scan.batches():
+        for batch in scan.batches(stop or never):
             if not handle(batch, scan):
                 return
     finally:
@@ -142,6 +151,7 @@ def list_dead_letters(
     wait_seconds: int = 1,
     progress: ProgressSink = no_progress,
     now: Callable[[], float] = time.time,
+    stop: StopRequested = never,
 ) -> DeadLetterReport:
     """Group a queue's messages (the delivery DLQ's by reason and target, unless ``groups`` says how);
     every message is put back when done."""
@@ -161,5 +171,7 @@ def list_dead_letters(
         progress(Progress("scan", scanned, depth))
         return True
 
-    work_through(queues, queue_url, look, visibility_seconds=visibility_seconds, wait_seconds=wait_seconds)
+    work_through(
+        queues, queue_url, look, visibility_seconds=visibility_seconds, wait_seconds=wait_seconds, stop=stop
+    )
     return DeadLetterReport(scanned, depth, grouped.sorted(), now_ms(now), limited)
