@@ -603,8 +603,8 @@ def _ctrl_c_as_in_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_ctrl_c_during_a_dlq_command_is_130_and_says_what_happens_to_the_messages() -> None:
-    # Given `relay dlq list` waiting on an SQS call
+def test_ctrl_c_twice_during_a_dlq_command_is_130_and_says_what_happens_to_the_messages() -> None:
+    # Given `relay dlq list` waiting on an SQS call that never answers
     sqs = StallingSqs()
     env = {
         **os.environ,
@@ -624,7 +624,11 @@ def test_ctrl_c_during_a_dlq_command_is_130_and_says_what_happens_to_the_message
     try:
         assert sqs.called.wait(WAIT), "the command never called SQS"
 
-        # When the operator presses Ctrl-C
+        # When the operator presses Ctrl-C (the run would stop after its batch), then again
+        process.send_signal(signal.SIGINT)
+        assert process.stderr is not None
+        first = process.stderr.readline()
+        assert first == "stopping after the batch in hand (Ctrl-C again to stop at once)\n", first
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=WAIT)
     finally:
