@@ -90,6 +90,18 @@ CASES = {
     "demo timeout 1e10": Case(
         ("local", "demo", "--timeout", "1e10"), USAGE, "relay local demo", "--timeout: must be at most 86400"
     ),
+    "empty repeatable filter": Case(
+        ("dlq", "redrive", "--target", "t-1", "--target", ""),
+        USAGE,
+        "relay dlq redrive",
+        "argument --target: must not be empty",
+    ),
+    "empty integration filter": Case(
+        ("dlq", "redrive", "--integration", " "),
+        USAGE,
+        "relay dlq redrive",
+        "argument --integration: must not",
+    ),
     "max 0": Case(
         ("dlq", "list", "--max", "0"), USAGE, "relay dlq list", "argument --max: must be 1 or more"
     ),

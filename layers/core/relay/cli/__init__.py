@@ -42,7 +42,9 @@ class CommandParser(argparse.ArgumentParser):
             raise UsageError(f"unrecognized arguments: {' '.join(extra)} (see --help)", command=command)
         for dest, value in vars(parsed).items():
             # An id, a name or a value typed as "" (an unset shell variable) names nothing.
-            if isinstance(value, str) and not value.strip():
+            # A repeatable option (action="append") holds a list of them.
+            values = value if isinstance(value, list) else [value]
+            if any(isinstance(each, str) and not each.strip() for each in values):
                 raise UsageError(f"argument {_shown_as(self, dest)}: must not be empty", command=command)
         return parsed
 
