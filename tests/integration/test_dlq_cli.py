@@ -280,6 +280,9 @@ def test_messages_that_arrive_after_the_run_started_are_left_for_the_next_run(
     # Then: a target that fails at once cannot bounce between the queues within one run
     assert result.moved == 0 and result.arrived_during_run == 8
     assert len(drain(aws_stack.dead_letter_queue_url)) == 8
+    # and the run says they are still there, so `relay dlq redrive` exits 1, not 0
+    assert result.ok and result.attention is not None
+    assert result.attention.startswith("8 messages arrived in the DLQ during the run and are still there")
 
 
 def test_move_task_method_says_when_sqs_lacks_it(aws_stack: LocalResources, seeded: list[Seeded]) -> None:

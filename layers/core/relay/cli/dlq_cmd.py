@@ -309,7 +309,7 @@ def _redrive(args: argparse.Namespace) -> int:
             stop=stop,
         )
         document = result.to_json()
-        attention = None if result.ok else "not everything was moved: read the summary"
+        attention = result.attention
         text = format_redrive(document)
         if args.queue == ORDERED and args.dry_run and args.max is None:
             text += _behind_shown(document, result.depth, result.scanned)

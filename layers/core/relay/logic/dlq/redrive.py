@@ -76,6 +76,19 @@ class RedriveResult:
             return False
         return self.task is None or self.task.status == "COMPLETED"
 
+    @property
+    def attention(self) -> str | None:
+        """What the operator must look at after the run (None: nothing)."""
+        if not self.ok:
+            return "not everything was moved: read the summary"
+        if self.arrived_during_run and self.mode == "resend":
+            # Often the very messages just moved, failing again: the target still refuses them.
+            return (
+                f"{self.arrived_during_run} messages arrived in the DLQ during the run and are still there "
+                "(moved ones failing again?): check the target, then redrive again"
+            )
+        return None
+
     def to_json(self) -> dict[str, Any]:
         task = self.task
         return {
