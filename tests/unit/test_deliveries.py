@@ -178,6 +178,17 @@ def test_a_conversation_id_finds_each_of_its_events(history: Archiving) -> None:
     assert sorted(e.event_id for e in events) == ["e-1", "e-2"]
 
 
+def test_an_event_id_names_its_own_event_even_when_it_is_also_another_events_conversation_id(
+    history: Archiving,
+) -> None:
+    # Given another event whose conversation id is the text of e-2's event id
+    history.batch(task_record("e-9", "crm", conversation_id="e-2"), invocation_id="inv-4")
+
+    # Then e-2 names e-2 alone (a replay by it is not refused as naming two events)
+    (event,) = find_events(history.archive.records([DAY], containing="e-2"), "e-2")
+    assert event.event_id == "e-2"
+
+
 # --- replay ---------------------------------------------------------------------------------------------
 
 

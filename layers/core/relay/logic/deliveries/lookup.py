@@ -35,12 +35,16 @@ class ArchivedEvent:
 
 
 def find_events(records: Iterable[ArchiveRecord], ident: str) -> list[ArchivedEvent]:
-    """The events ``ident`` names, oldest archived first."""
+    """The events ``ident`` names, oldest archived first. An event or delivery id names its own event
+    only, even if another event's conversation id happens to be the same text."""
     events: dict[tuple[str, str], ArchivedEvent] = {}
+    exact: set[tuple[str, str]] = set()
     for record in sorted(records, key=lambda r: r.archived_at):
         named = next((d for d in record.deliveries if str(d.delivery_id) == ident), None)
         if ident not in (record.event_id, record.conversation_id) and named is None:
             continue
+        if ident == record.event_id or named is not None:
+            exact.add((record.integration_id, record.event_id))
         event = events.setdefault(
             (record.integration_id, record.event_id),
             ArchivedEvent(
@@ -57,4 +61,4 @@ def find_events(records: Iterable[ArchiveRecord], ident: str) -> list[ArchivedEv
             event.deliveries.setdefault(delivery.target_id, delivery.delivery_id)
         if named is not None:
             event.named_delivery = (named.target_id, named.delivery_id)
-    return list(events.values())
+    return [event for key, event in events.items() if key in exact] or list(events.values())
