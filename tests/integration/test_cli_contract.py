@@ -214,6 +214,20 @@ CASES = {
     "no API to send to": Case(
         ("local", "put-event", "{envelope}"), USAGE, "relay local put-event", "no API: pass --api"
     ),
+    "unknown integration to list": Case(
+        ("targets", "list", "--integration", "no-such-integration"),
+        FAILED,
+        "relay targets list",
+        "^integration no-such-integration is not in the TargetsTable$",
+        aws=True,
+    ),
+    "unknown integration's breakers": Case(
+        ("breaker", "status", "--integration", "no-such-integration"),
+        FAILED,
+        "relay breaker status",
+        "^integration no-such-integration has no targets in the TargetsTable$",
+        aws=True,
+    ),
     "unknown target to check": Case(
         ("targets", "check", "no-such-target"),
         FAILED,

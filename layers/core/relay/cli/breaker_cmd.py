@@ -82,6 +82,8 @@ def _status(args: Any, out: IO[str] | None = None) -> int:
     settings, targets, breakers = _stores()
     named = args.target_id is not None  # "" names no target (exit 3); it does not mean all of them
     chosen = [_find_target(targets, args)] if named else known_targets(targets, args.integration)
+    if not named and args.integration and not chosen:
+        raise CommandFailed(f"integration {args.integration} has no targets in the TargetsTable")
     views = [v.to_json() for v in breaker_views(breakers, chosen, time.time(), policy_from(settings))]
     if args.format == "json":
         for doc in views:

@@ -131,6 +131,8 @@ def _entries(integration_id: str | None) -> Iterator[Any]:
         entry = store.get(ident)
         if entry is not None:
             yield entry
+        elif integration_id:  # asked for by name: an empty table would read as "it has no targets"
+            raise CommandFailed(f"integration {integration_id} is not in the TargetsTable")
 
 
 def _masked(name: str | None) -> str | None:
