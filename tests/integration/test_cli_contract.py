@@ -169,6 +169,12 @@ CASES = {
         "relay local serve",
         "not a valid fixtures file",
     ),
+    "fixtures with a key written twice": Case(
+        ("local", "serve", "--fixtures", "{repeated_key_fixtures}"),
+        USAGE,
+        "relay local serve",
+        "not a valid fixtures file: the key 'integrations' appears twice in one object$",
+    ),
     "fixtures with a port out of range": Case(
         ("local", "serve", "--fixtures", "{port_65536_fixtures}"),
         USAGE,
@@ -439,6 +445,8 @@ def files(tmp_path: Path) -> Iterator[dict[str, str]]:
     paths["not_json"].write_text("not json")
     paths["deep"] = tmp_path / "deep.json"
     paths["deep"].write_text("[" * 100_000 + "]" * 100_000)  # deeper than Python's json parser goes
+    paths["repeated_key_fixtures"] = tmp_path / "repeated_key_fixtures.json"
+    paths["repeated_key_fixtures"].write_text('{"integrations": [], "integrations": []}')
     paths["latin1"] = tmp_path / "latin1.txt"
     paths["latin1"].write_bytes("clé".encode("latin-1"))
     paths["empty"] = tmp_path / "empty.txt"

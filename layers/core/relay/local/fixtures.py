@@ -161,10 +161,22 @@ class Fixtures(_FixtureModel):
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Fixtures:
-        return cls.model_validate(load_json(Path(path or DEFAULT_FIXTURES).read_text()))
+        text = Path(path or DEFAULT_FIXTURES).read_text()
+        return cls.model_validate(load_json(text, object_pairs_hook=_no_repeated_keys))
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True)
+
+
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object of the fixtures file; a key written twice is refused. JSON keeps the last silently: a
+    second "integrations" would drop the first set, a second "url" would change a target unseen."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ValueError(f"the key {key!r} appears twice in one object")
+        seen.add(key)
+    return dict(pairs)
 
 
 def _refuse_repeats(kind: str, ids_and_places: Iterable[tuple[str, str]]) -> None:
