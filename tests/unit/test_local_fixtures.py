@@ -184,3 +184,11 @@ def test_a_demo_receivers_port_replaces_only_the_port_so_credentials_in_the_url_
         == "http://user:pw@127.0.0.1:43210/hooks/x?a=1"
     )
     assert with_port("http://127.0.0.1:0/hooks/x", 43210) == "http://127.0.0.1:43210/hooks/x"
+
+
+@pytest.mark.parametrize("field", ["connectTimeoutSeconds", "readTimeoutSeconds"])
+def test_a_timeout_of_true_in_the_fixtures_file_is_refused_not_read_as_one_second(field: str) -> None:
+    doc = fixtures_doc()
+    doc["integrations"][0]["targets"][0][field] = True
+    with pytest.raises(ValidationError, match="must be a number, not true or false"):
+        Fixtures.model_validate(doc)

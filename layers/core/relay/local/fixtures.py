@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from relay.json_input import load_json
 from relay.models.event_filters import EventFilters
+from relay.models.numbers import ConfigFloat
 from relay.models.rate_limit import RateLimit
 from relay.models.targets import (
     OAuth2Client,
@@ -89,8 +90,8 @@ class FixtureTarget(_FixtureModel):
     on_exhausted: OnExhausted | None = Field(None, alias="onExhausted")
     filters: EventFilters | None = None
     rate_limit: RateLimit | None = Field(None, alias="rateLimit")
-    connect_timeout_seconds: float | None = Field(None, alias="connectTimeoutSeconds")
-    read_timeout_seconds: float | None = Field(None, alias="readTimeoutSeconds")
+    connect_timeout_seconds: ConfigFloat | None = Field(None, alias="connectTimeoutSeconds")
+    read_timeout_seconds: ConfigFloat | None = Field(None, alias="readTimeoutSeconds")
 
     @field_validator("url")
     @classmethod
