@@ -279,6 +279,7 @@ def test_source_event_bytes_refuses_an_encrypted_envelope() -> None:
         ("enc-secret-windows", "enc-secret-windows\r\n"),
         ("  spaces around this key  ", "  spaces around this key  \n"),  # config sync accepts it
         ("  spaces around this key  ", "  spaces around this key  "),
+        ("enc-secret-from-notepad", "\ufeffenc-secret-from-notepad\r\n"),  # a byte order mark first
     ],
 )
 def test_relay_decrypt_reads_the_key_file_as_written_less_its_line_ending(

@@ -59,7 +59,7 @@ def register(subparsers: Any) -> None:
 def _keys(args: argparse.Namespace) -> list[str]:
     if args.key_file:
         try:
-            text = Path(args.key_file).read_text(encoding="utf-8")
+            text = Path(args.key_file).read_text(encoding="utf-8-sig")  # a BOM (Notepad) is no part of a key
         except UnicodeDecodeError:
             raise UsageError(f"--key-file {args.key_file}: not UTF-8 text") from None
         if not text.strip():
