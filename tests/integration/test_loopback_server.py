@@ -58,3 +58,13 @@ def test_a_burst_of_first_connections_is_served_not_reset() -> None:
 
     # Then every one of them is answered
     assert sorted(map(str, answers)) == ["200"] * BURST
+
+
+def test_a_port_in_use_is_named_with_the_server_that_wanted_it() -> None:
+    taken = LoopbackServer(Ok, name="first")
+    port = taken.start()
+    try:
+        with pytest.raises(OSError, match=rf"^\[Errno \d+\] .+: the API on 127\.0\.0\.1:{port}$"):
+            LoopbackServer(Ok, name="the API", port=port).start()
+    finally:
+        taken.stop()

@@ -24,6 +24,7 @@ from relay.logic.deliveries.replay import plan_replay, run_replay
 from relay.logic.deliveries.timeline import days_back, timeline
 from relay.models.delivery import DeliveryTask
 from relay.models.http import HttpResult
+from relay.models.targets import Ordering
 from relay.testing.fakes import InMemoryAuditSink, InMemoryDeliveryQueue, InMemoryTargets
 
 DAY = "2026-03-25"
@@ -196,6 +197,18 @@ def plan(history: Archiving, ident: str, **options: Any) -> Any:
     targets = options.pop("targets", None) or InMemoryTargets(make_target("crm"), make_target("erp"))
     events = find_events(history.archive.records([DAY], containing=ident), ident)
     return plan_replay(events, ident, searched=DAY, targets=targets, archive=history.archive, **options)
+
+
+def test_a_replay_to_an_ordered_target_says_it_goes_outside_the_conversations_order(
+    history: Archiving,
+) -> None:
+    ordered = make_target("crm", ordering=Ordering.CONVERSATION)
+
+    replay = plan(history, "e-2", targets=InMemoryTargets(ordered, make_target("erp")))
+
+    # Then the operator is told which targets it bypasses the order of (the CLI prints it)
+    assert replay.out_of_order == ("crm",) and replay.to_json()["outOfOrder"] == ["crm"]
+    assert plan(history, "e-2").out_of_order == ()
 
 
 def test_a_replay_goes_to_every_target_of_the_event_with_its_delivery_ids(history: Archiving) -> None:

@@ -113,7 +113,9 @@ def _show(args: Any, out: IO[str] | None = None) -> int:
         where = f" to target {args.target}" if args.target else ""
         raise CommandFailed(
             f"no audit record names {args.ident}{where} from {dates[0]} to {dates[-1]}: "
-            "look further back with --since (or --athena for long ranges)"
+            "look further back with --since (or --athena for long ranges); an accepted event of an ordered "
+            "conversation is audited only once a dispatcher receives it, so one waiting behind a held or "
+            "blocked record has no record yet (relay dlq list --queue ordered, OrderedGroupBlocked)"
         )
     if args.format == "json":
         print(json.dumps(found.to_json(), indent=2), file=out)
@@ -253,6 +255,14 @@ def _replay(args: Any, out: IO[str] | None = None) -> int:
 
 def _print_replay(args: Any, replay: Replay, out: IO[str], *, verb: str, actor: str | None = None) -> None:
     doc = replay.to_json()
+    if replay.out_of_order:
+        print(
+            f"relay deliveries replay: {', '.join(replay.out_of_order)} delivers in conversation order; "
+            "this replay goes outside it, now. If the original is still held behind an earlier record "
+            "of its conversation, it arrives again when that one is settled (the same webhook-id unless "
+            "--new-id).",
+            file=sys.stderr,
+        )
     if args.format == "json":
         print(
             json.dumps({"mode": "dry-run" if args.dry_run else "replayed", "actor": actor, **doc}), file=out

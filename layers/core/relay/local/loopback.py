@@ -44,7 +44,10 @@ class LoopbackServer:
 
     def start(self) -> int:
         """Listen and serve; return the bound port."""
-        server = _Server(("127.0.0.1", self.port), self._handler)
+        try:
+            server = _Server(("127.0.0.1", self.port), self._handler)
+        except OSError as exc:  # "Address already in use" alone names neither the port nor the server
+            raise OSError(exc.errno, f"{exc.strerror}: {self._name} on 127.0.0.1:{self.port}") from None
         server.daemon_threads = not self._wait
         server.block_on_close = self._wait
         self._server = server

@@ -20,6 +20,7 @@ from relay.logic.deliveries.lookup import ArchivedEvent
 from relay.logic.deliveries.operator import REPLAYED, Audited, operator_record, write_operator_records
 from relay.logic.intake.fan_out import task_body
 from relay.models.delivery import DeliveryTask
+from relay.models.targets import Ordering, Target
 from relay.models.timestamps import iso_utc
 from relay.ports import ArchiveReader, AuditSink, TargetDirectory, TaskQueue
 
@@ -31,6 +32,9 @@ class Replay:
     event: ArchivedEvent
     tasks: tuple[DeliveryTask, ...]
     replaced: dict[str, UUID]  # target id -> the delivery id replayed under a fresh one
+    # Ordered targets among them: the replay goes through the delivery queue, outside its conversation's
+    # order; an original still held behind an earlier record arrives again later (same webhook-id).
+    out_of_order: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +52,7 @@ class Replay:
                 }
                 for task in self.tasks
             ],
+            "outOfOrder": list(self.out_of_order),
         }
 
 
@@ -67,8 +72,9 @@ def plan_replay(
     looked at, for the refusal."""
     event = _one_event(events, ident, searched)
     chosen = _targets(event, target_id)
-    for chosen_id in chosen:
-        _check_target(targets, event.integration_id, chosen_id)
+    ordered = tuple(
+        c for c in chosen if _check_target(targets, event.integration_id, c).ordering is Ordering.CONVERSATION
+    )
     if event.event_ref is not None and not archive.claim_check_exists(event.event_ref):
         raise ReplayRefused(
             f"event {event.event_id} was too large for SQS and its claim check ({event.event_ref.key}) "
@@ -95,7 +101,7 @@ def plan_replay(
                 event_ref=event.event_ref,
             )
         )
-    return Replay(event=event, tasks=tuple(tasks), replaced=replaced)
+    return Replay(event=event, tasks=tuple(tasks), replaced=replaced, out_of_order=ordered)
 
 
 def run_replay(
@@ -158,7 +164,7 @@ def _targets(event: ArchivedEvent, target_id: str | None) -> list[str]:
     return [target_id]
 
 
-def _check_target(targets: TargetDirectory, integration_id: str, target_id: str) -> None:
+def _check_target(targets: TargetDirectory, integration_id: str, target_id: str) -> Target:
     target = targets.get_target(integration_id, target_id)
     if target is None:
         raise ReplayRefused(f"target {target_id} is unknown: it is no longer in the TargetsTable")
@@ -166,6 +172,7 @@ def _check_target(targets: TargetDirectory, integration_id: str, target_id: str)
         raise ReplayRefused(
             f"target {target_id} is disabled: enable it first (relay targets enable {target_id})"
         )
+    return target
 
 
 def _delivery_id(event: ArchivedEvent, target_id: str) -> UUID:
