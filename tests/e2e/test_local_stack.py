@@ -173,10 +173,13 @@ def serving(
                     os.kill(pid, signal.SIGKILL)
 
 
-def post_signed(api: str, integration: dict[str, Any], event: dict[str, Any]) -> requests.Response:
-    """Post ``event`` to the integration's webhook URL, signed as Genesys signs."""
+def post_signed(
+    api: str, integration: dict[str, Any], event: dict[str, Any], session: requests.Session | None = None
+) -> requests.Response:
+    """Post ``event`` to the integration's webhook URL, signed as Genesys signs (on ``session``'s
+    keep-alive connection if given)."""
     body = json.dumps(event).encode()
-    return requests.post(
+    return (session or requests).post(
         f"{api}/webhooks/{integration['id']}",
         data=body,
         headers={
@@ -212,12 +215,36 @@ def test_serve_prints_ready_delivers_a_signed_post_and_stops_cleanly(
         assert delivery.event is not None and delivery.event["id"] == event["id"]
         assert delivery.envelope is not None and delivery.envelope["formatVersion"] == "2.1"
 
-        # When it is sent SIGTERM, or Ctrl-C is pressed (SIGINT to the terminal's whole process group)
+        # When events keep coming on one keep-alive connection (as Genesys sends them) while it is sent
+        # SIGTERM, or Ctrl-C is pressed (SIGINT to the terminal's whole process group)
+        accepted: list[str] = []
+
+        def keep_posting() -> None:
+            with requests.Session() as session:
+                for n in range(1_000):
+                    posted = {**event, "id": f"{event['id']}-{n}"}
+                    try:
+                        answer = post_signed(ready["api"], integration, posted, session)
+                    except requests.RequestException:
+                        return
+                    if answer.status_code != 202:
+                        return
+                    accepted.append(posted["id"])
+
+        poster = threading.Thread(target=keep_posting)
+        poster.start()
+        wait_until(lambda: len(accepted) >= 5, what="events accepted on a kept-alive connection", timeout=30)
         if stop == "SIGTERM":
             process.send_signal(signal.SIGTERM)
         else:
             os.killpg(process.pid, signal.SIGINT)
         code = process.wait(timeout=60)
+        poster.join(timeout=30)
+
+    # Then every event it answered 202 reached the receiver: it stopped accepting before it stopped
+    # delivering, and let what it had accepted be delivered
+    received = {d.event["id"] for d in own_receiver.deliveries if d.event is not None}
+    assert accepted and set(accepted) <= received, sorted(set(accepted) - received)
 
     # Then it exits cleanly, printed exactly one ready line, logged no error on the way out, and left no
     # child process behind

@@ -129,6 +129,10 @@ def _stack_failed(exc: Exception) -> CommandFailed:
     return CommandFailed(f"the local stack did not start: {exc}")
 
 
+# How long a stopping serve lets the events it accepted be delivered (retries due later are dropped).
+STOP_SETTLE_SECONDS = 10.0
+
+
 def serve_command(args: argparse.Namespace) -> int:
     _fixtures(args.fixtures)
     out = _divert_stdout(sys.stderr)
@@ -153,7 +157,18 @@ def serve_command(args: argparse.Namespace) -> int:
             _emit(out, {"ready": True, **stack.describe()})
             while not stop.wait(1.0):
                 pass
-            print("relay local serve: stopping", file=sys.stderr)
+            # Accept nothing more (requests in flight finish), then let what was accepted be delivered:
+            # stopping the pollers first answered 202 to events nothing would deliver any more.
+            print("relay local serve: stopping: no longer accepting events", file=sys.stderr)
+            if stack.api is not None:
+                stack.api.stop()
+            if not stack.wait_settled(STOP_SETTLE_SECONDS):
+                left = {queue: counts for queue, counts in stack.pending().items() if any(counts.values())}
+                print(
+                    f"relay local serve: stopping with deliveries still pending (dropped with the stack's "
+                    f"queues): {json.dumps(left)}",
+                    file=sys.stderr,
+                )
     except LocalStackError as exc:
         raise _stack_failed(exc) from None
     return ExitCode.OK  # stopping is what Ctrl-C and SIGTERM are for here
