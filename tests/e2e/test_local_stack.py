@@ -549,3 +549,34 @@ def test_deliveries_still_queued_when_the_demo_stops_waiting_are_pending_not_los
     assert report.drained is False, summary
     assert (report.accepted, report.delivered, report.pending, report.lost) == (2, 0, 2, 0), summary
     assert report.ok is False
+
+
+def test_the_tally_counts_a_long_conversations_ordered_letters_and_events_no_target_takes(
+    tmp_path: Path,
+) -> None:
+    from relay.local.demo import run_demo
+    from relay.local.receiver import Behaviour
+    from relay.local.stack import LocalStack
+
+    # Given an ordered target that refuses every event (a 400: dead-lettered at once), and a second
+    # integration whose only target's filters take none of the demo's (outbound) events
+    doc, target = plain_target_only({"attempts": 1, "baseIntervalMs": 0, "maxIntervalMs": 0, "multiplier": 1})
+    target["ordering"] = "conversation"
+    filtered = {**target, "id": "5d1c9a20-7b3e-4f6a-9c8d-0e1f2a3b4c5d", "name": "inbound-only"}
+    filtered.pop("ordering")
+    filtered["filters"] = {"directions": ["Inbound"]}
+    second = {**doc["integrations"][0], "id": "6e2dab31-8c4f-4a7b-8d9e-1f2a3b4c5d6e", "targets": [filtered]}
+    doc["integrations"].append(second)
+
+    with LocalStack(written(doc, tmp_path)) as stack:
+        stack.receivers[target["id"]].receiver.behaviour = Behaviour(status=400)
+
+        # When the demo sends 30 events, half to each integration, the first half in one conversation
+        report = run_demo(stack, 30, timeout_seconds=120, rate=None)
+
+    # Then the ordered DLQ's letters beyond the first ten of the conversation count as dead-lettered,
+    # not lost, and events no target takes are neither delivered nor lost
+    assert report.accepted == 30 and report.lost == 0, report.to_dict()
+    assert report.dead_lettered == 15 and report.for_no_target == 15 and report.delivered == 0
+    assert report.poller["records"] >= 15  # the ordered lane's event source is counted too
+    assert report.ok is False
