@@ -220,12 +220,12 @@ def test_a_metered_mark_only_moves_later_and_lives_beside_breaker_and_lane(
     key = f"integration#{uuid.uuid4()}"
 
     # Marked on an item that holds nothing yet, then a lane move and a breaker transition are saved
-    store.mark_metered(key, 500.0)
+    store.mark_retry_after(key, 500.0)
     assert store.save_lane(key, LaneState(DeliveryLane.SLOW, 1, 10.0), expected_version=0)
     assert store.save(key, BreakerState(Phase.OPEN, 3, 1, 60.0, 1), expected_version=0)
     # An earlier mark (a dispatcher that saw the throttle before) changes nothing; a later one moves it
-    store.mark_metered(key, 400.0)
+    store.mark_retry_after(key, 400.0)
     breaker, lane = store.load_with_lane(key)
-    assert lane == LaneState(DeliveryLane.SLOW, 1, 10.0, metered_until=500.0) and breaker.version == 1
-    store.mark_metered(key, 900.0)
-    assert store.load_with_lane(key)[1].metered_until == 900.0
+    assert lane == LaneState(DeliveryLane.SLOW, 1, 10.0, retry_after_until=500.0) and breaker.version == 1
+    store.mark_retry_after(key, 900.0)
+    assert store.load_with_lane(key)[1].retry_after_until == 900.0

@@ -184,9 +184,9 @@ class BreakerStore(Protocol):
         first. The breaker state is left as it is."""
         ...
 
-    def mark_metered(self, key: str, until: float) -> None:
-        """Record that the target is metered until ``until`` (``LaneState.metered_until``), unless a
-        later time is stored already. Breaker and lane are left as they are."""
+    def mark_retry_after(self, key: str, until: float) -> None:
+        """Record that the target asked for quiet until ``until`` (``LaneState.retry_after_until``),
+        unless a later time is stored already. Breaker and lane are left as they are."""
         ...
 
 

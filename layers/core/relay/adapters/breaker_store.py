@@ -6,8 +6,8 @@ Item (key ``targetKey`` = "<integrationId>#<targetId>"):
 - the breaker: ``phase``, ``consecutiveFailures``, ``trips``, ``until``, ``version``, ``endpoint``
   (a digest of the URL its failures were counted at);
 - the lane (relay.logic.dispatch.isolation): ``lane``, ``laneVersion``, ``laneChangedAt``;
-- ``meteredUntil``: until when the target's implicit rate limit holds (relay.logic.dispatch.rate_limit),
-  only ever moved later, by a condition on itself;
+- ``retryAfterUntil``: until when the target asked for quiet with a Retry-After
+  (relay.logic.dispatch.rate_limit), only ever moved later, by a condition on itself;
 - ``updatedAt``, ``expiresAt`` (TTL: an idle target's record disappears, which reads as a fresh
   closed breaker in the fast lane).
 
@@ -81,14 +81,14 @@ class DynamoBreakerStore:
         }
         return self._update(key, values, version_attribute="laneVersion", expected_version=expected_version)
 
-    def mark_metered(self, key: str, until: float) -> None:
+    def mark_retry_after(self, key: str, until: float) -> None:
         now = int(self._clock())
         try:
             self._ddb.update_item(
                 TableName=self._table,
                 Key={"targetKey": {"S": key}},
-                UpdateExpression="SET meteredUntil = :until, updatedAt = :now, expiresAt = :expires",
-                ConditionExpression="attribute_not_exists(meteredUntil) OR meteredUntil < :until",
+                UpdateExpression="SET retryAfterUntil = :until, updatedAt = :now, expiresAt = :expires",
+                ConditionExpression="attribute_not_exists(retryAfterUntil) OR retryAfterUntil < :until",
                 ExpressionAttributeValues={
                     ":until": {"N": repr(until)},
                     ":now": {"N": str(now)},
@@ -149,12 +149,12 @@ def _breaker(item: Mapping[str, Any]) -> BreakerState:
 
 
 def _lane(item: Mapping[str, Any]) -> LaneState:
-    metered_until = float(item["meteredUntil"]["N"]) if "meteredUntil" in item else 0.0
+    retry_after_until = float(item["retryAfterUntil"]["N"]) if "retryAfterUntil" in item else 0.0
     if "laneVersion" not in item:  # never moved
-        return LaneState(metered_until=metered_until)
+        return LaneState(retry_after_until=retry_after_until)
     return LaneState(
         lane=DeliveryLane(item["lane"]["S"]),
         version=int(item["laneVersion"]["N"]),
         changed_at=float(item["laneChangedAt"]["N"]),
-        metered_until=metered_until,
+        retry_after_until=retry_after_until,
     )

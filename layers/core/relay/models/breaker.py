@@ -58,10 +58,10 @@ class LaneState:
     lane: DeliveryLane = DeliveryLane.FAST
     version: int = 0  # 0: never moved (nothing stored)
     changed_at: float = 0.0  # epoch seconds of the last move
-    # Epoch seconds until which the target's implicit rate limit holds: set (apart, unversioned, only
-    # ever later) by a dispatcher the target throttled, so that every dispatcher, reading it with the
-    # breaker, meters the target too. relay.logic.dispatch.rate_limit.
-    metered_until: float = 0.0
+    # Epoch seconds until which the target asked for quiet (a 429 or 503 with Retry-After): set apart,
+    # unversioned and only ever later, by a dispatcher that got the answer, so that every dispatcher,
+    # reading it with the breaker, sends nothing before it. relay.logic.dispatch.rate_limit.
+    retry_after_until: float = 0.0
 
 
 def target_key(integration_id: str, target_id: str) -> str:

@@ -154,7 +154,7 @@ class InMemoryBreakerStore:
     def __init__(self) -> None:
         self._states: dict[str, BreakerState] = {}
         self._lanes: dict[str, LaneState] = {}
-        self._metered_until: dict[str, float] = {}  # an attribute of its own, as in the table
+        self._retry_after_until: dict[str, float] = {}  # an attribute of its own, as in the table
         self._lock = threading.Lock()
         self.reads = 0
         self.writes = 0
@@ -167,7 +167,9 @@ class InMemoryBreakerStore:
         with self._lock:
             self._check()
             self.reads += 1
-            lane = replace(self._lanes.get(key, LaneState()), metered_until=self._metered_until.get(key, 0.0))
+            lane = replace(
+                self._lanes.get(key, LaneState()), retry_after_until=self._retry_after_until.get(key, 0.0)
+            )
             return self._states.get(key, BreakerState()), lane
 
     def save(self, key: str, state: BreakerState, *, expected_version: int) -> bool:
@@ -176,11 +178,11 @@ class InMemoryBreakerStore:
     def save_lane(self, key: str, lane: LaneState, *, expected_version: int) -> bool:
         return self._swap(self._lanes, key, lane, expected_version)
 
-    def mark_metered(self, key: str, until: float) -> None:
+    def mark_retry_after(self, key: str, until: float) -> None:
         with self._lock:
             self._check()
             self.writes += 1
-            self._metered_until[key] = max(until, self._metered_until.get(key, 0.0))
+            self._retry_after_until[key] = max(until, self._retry_after_until.get(key, 0.0))
 
     def _swap[V: (BreakerState, LaneState)](
         self, stored: dict[str, V], key: str, value: V, expected_version: int

@@ -16,10 +16,11 @@ relay.ports.RateLimitStore, one item per target in the BreakerTable).
   Retry-After floor. A target without a configured limit gets an implicit one: each dispatcher that
   sees it throttled adds its share (``decrease`` times the deliveries per second it was getting
   through, or half what it sent when nothing got through) and meters the target from then on,
-  until the limit is released. It also marks the target's breaker item metered until then
-  (``LaneState.metered_until``), which every dispatcher reads with the breaker each batch: the others
-  meter it from their next batch, so the implicit limit and the Retry-After floor hold fleet-wide, at
-  one write per throttle and no read for targets that never throttled.
+  until the limit is released. A Retry-After it answered is also marked on the target's breaker item
+  (``LaneState.retry_after_until``), which every dispatcher reads with the breaker each batch: one that
+  has not joined holds the target's records back until then, so the floor holds fleet-wide (at one
+  write per later floor, and no read) while each dispatcher still joins the implicit limit with its own
+  share when it is throttled itself.
 - **Store down**: fail open (deliver as if unlimited), counted in ``RateLimitStoreUnavailable``.
 """
 
@@ -37,7 +38,7 @@ from relay.logic.dispatch.lanes import Lane
 from relay.logic.dispatch.metrics import Metric
 from relay.logic.dispatch.records import Item
 from relay.logic.outcomes import Verdict
-from relay.models.breaker import LaneState, target_key
+from relay.models.breaker import target_key
 from relay.models.rate_limit import BucketAnswer, BucketState, RateLimit, rate_key
 from relay.observability import logger
 from relay.ports import BreakerStore, Clock, RateLimitStore
@@ -46,8 +47,6 @@ from relay.ports import BreakerStore, Clock, RateLimitStore
 MAX_WRITES = 3
 # How far back a dispatcher looks at its own deliveries to an unlimited target to size its share.
 OBSERVE_SECONDS = 5.0
-# A container marks a throttled unlimited target metered for the fleet again after this long at most.
-REMARK_SECONDS = 60.0
 # How far past what may go at once a batch books, sending those records at their booked times.
 PACE_SECONDS = 1.0
 # A record held back again waits at least 2^(deferrals so far) seconds, up to this many doublings
@@ -88,7 +87,7 @@ class RateLimits:
         self._lock = threading.Lock()
         self._seen: dict[str, BucketState] = {}
         self._metered: set[str] = set()
-        self._marked_at: dict[str, float] = {}  # target key -> when this container last marked it metered
+        self._marked: dict[str, float] = {}  # target key -> the latest Retry-After this container marked
         # Unlimited targets: (when, delivered, sent) per batch, for the share of an implicit limit.
         self._recent: dict[str, deque[tuple[float, int, int]]] = {}
 
@@ -99,8 +98,8 @@ class RateLimits:
         key = rate_key(target.integration_id, target.target_id)
         if lane.admission is Admission.DEFER or not lane.items:
             return []  # the breaker holds them all back already
-        if not self._is_metered(key, target.rate_limit, lane.delivery_lane):
-            return []
+        if not self._is_metered(key, target.rate_limit):
+            return self._hold_for_retry_after(lane, batch)
         try:
             plan = self._take(key, len(lane.items), target.rate_limit)
         except RateLimitStoreUnavailable as exc:
@@ -116,12 +115,22 @@ class RateLimits:
             batch.metrics.count(Metric.RATE_LIMITED, target.target_id, len(held))
         return held
 
-    def _is_metered(self, key: str, limit: RateLimit | None, read: LaneState | None) -> bool:
+    def _hold_for_retry_after(self, lane: Lane, batch: Batch) -> list[Held]:
+        """An unmetered target's records wait, unattempted, until the quiet another dispatcher was asked
+        for (a Retry-After) is over."""
+        read = lane.delivery_lane
+        wait = (read.retry_after_until if read is not None else 0.0) - self._clock()
+        if wait <= 0:
+            return []
+        held = [Held(item, _hold_wait(item, wait)) for item in lane.items]
+        del lane.items[:]
+        batch.metrics.count(Metric.RATE_LIMITED, lane.target.target_id, len(held))
+        return held
+
+    def _is_metered(self, key: str, limit: RateLimit | None) -> bool:
         if limit is not None:
             return True
         with self._lock:
-            if read is not None and read.metered_until > self._clock():
-                self._metered.add(key)  # another dispatcher found it throttled
             if key not in self._metered:
                 return False
             seen = self._seen.get(key, BucketState())
@@ -200,22 +209,23 @@ class RateLimits:
         except RateLimitStoreUnavailable as exc:
             self._store_down(batch, key, exc)
             return
-        if target.rate_limit is None:
-            self._mark_metered(target_key(target.integration_id, target.target_id), now)
+        if target.rate_limit is None and retry_after:
+            self._mark_retry_after(target_key(target.integration_id, target.target_id), now + retry_after)
 
-    def _mark_metered(self, key: str, now: float) -> None:
-        """Tell every dispatcher to meter the target until its implicit limit would be released."""
+    def _mark_retry_after(self, key: str, until: float) -> None:
+        """Tell every dispatcher to send the target nothing before ``until`` (a configured limit's
+        bucket says so already: every dispatcher takes from it)."""
         if self._breakers is None:
             return
-        with self._lock:  # one write a minute per container at most, however long the throttling lasts
-            if now - self._marked_at.get(key, float("-inf")) < REMARK_SECONDS:
+        with self._lock:  # one write per later floor
+            if until <= self._marked.get(key, 0.0):
                 return
-            self._marked_at[key] = now
+            self._marked[key] = until
         try:
-            self._breakers.mark_metered(key, now + self._policy.release_seconds)
-        except BreakerStoreUnavailable as exc:  # the others meter it once they are throttled too
+            self._breakers.mark_retry_after(key, until)
+        except BreakerStoreUnavailable as exc:  # the others wait once they are throttled themselves
             logger.warning(
-                "could not mark a throttled target metered", extra={"targetKey": key, "error": str(exc)}
+                "could not mark a target's Retry-After", extra={"targetKey": key, "error": str(exc)}
             )
 
     def _cut(self, key: str, limit: RateLimit | None, retry_after: float | None, now: float) -> None:
