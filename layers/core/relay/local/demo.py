@@ -222,25 +222,23 @@ def _dead_lettered(stack: LocalStack) -> tuple[set[tuple[str, str]], int]:
     the ordered lane's; and how many more the ordered DLQ holds that cannot be: it is FIFO, and once a
     receive holds a conversation's first ten letters SQS shows none of its later ones."""
     assert stack.resources is not None
-    queues = [stack.resources.dead_letter_queue_url, stack.resources.ordered_dead_letter_queue_url]
+    ordered_dlq = stack.resources.ordered_dead_letter_queue_url
     found: set[tuple[str, str]] = set()
     read_from_ordered = 0
-    for queue_url in filter(None, queues):
+    for queue_url in filter(None, [stack.resources.dead_letter_queue_url, ordered_dlq]):
         while messages := stack.sqs.receive_message(
             QueueUrl=queue_url,
             MaxNumberOfMessages=10,
             VisibilityTimeout=60,  # read each message once; they stay in the DLQ
             WaitTimeSeconds=0,
         ).get("Messages", []):
+            read_from_ordered += len(messages) if queue_url == ordered_dlq else 0
             for message in messages:
-                if queue_url == stack.resources.ordered_dead_letter_queue_url:
-                    read_from_ordered += 1
                 try:
                     task = DeliveryTask.model_validate_json(message["Body"])
                 except ValueError:
                     continue  # not a delivery task: it cannot stand for any sent event
                 found.add((task.event_id, task.target_id))
-    ordered_dlq = stack.resources.ordered_dead_letter_queue_url
     if not ordered_dlq:
         return found, 0
     attributes = stack.sqs.get_queue_attributes(

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from relay.logic import retry
 from relay.logic.dispatch.metrics import BatchMetrics
 from relay.logic.dispatch.records import SqsRecord
 from relay.models.delivery import DeliveryTask
@@ -37,6 +38,11 @@ class Batch:
     # them out.
     written: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def visibility_left_seconds(self, now: datetime) -> int:
+        """The longest delay a visibility change on this batch's records may ask for at ``now``
+        (relay.logic.retry.visibility_left_seconds: 12 h from their receive)."""
+        return retry.visibility_left_seconds((now - self.started).total_seconds())
 
     def fail(self, record: SqsRecord) -> None:
         """Report ``record`` failed: SQS shows it again (a scheduled retry, or a step not completed)."""

@@ -264,15 +264,14 @@ class OrderedDelivery:
         """Show ``steps`` again together after the hold (when it names a delay) and report them failed."""
         if not steps:
             return
+        now = self._now()
         if hold.seconds is not None:
-            held = (self._now() - batch.started).total_seconds()
-            seconds = min(hold.seconds, retry.visibility_left_seconds(held))
+            seconds = min(hold.seconds, batch.visibility_left_seconds(now))
             hold = replace(hold, seconds=seconds)
             try:
                 self._queue.hold([step.record.receipt_handle for step in steps], seconds)
             except DependencyUnavailable as exc:  # the queue's own visibility timeout brings them back
                 logger.warning("could not hold an ordered group", extra={"error": str(exc)})
-        now = self._now()
         for step in steps:
             batch.fail(step.record)
             item = _held_item(step)

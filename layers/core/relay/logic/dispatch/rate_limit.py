@@ -77,7 +77,7 @@ class RateLimits:
         breakers: BreakerStore | None = None,
         policy: token_bucket.AimdPolicy | None = None,
     ) -> None:
-        """``breakers``: where a throttled unlimited target is marked metered for the whole fleet."""
+        """``breakers``: where an unlimited target's Retry-After is marked for the whole fleet."""
         self._store = store
         self._breakers = breakers
         self._clock = clock

@@ -182,8 +182,7 @@ class Settler:
             rng=self._rng,
             retry_after_seconds=outcome.retry_after_seconds,
             max_delay_seconds=min(
-                self._settings.max_retry_delay_seconds,
-                retry.visibility_left_seconds((self._now() - batch.started).total_seconds()),
+                self._settings.max_retry_delay_seconds, batch.visibility_left_seconds(self._now())
             ),
         )
         try:

@@ -125,7 +125,7 @@ def redrive(
     progress: ProgressSink = no_progress,
     sleep: Callable[[float], None] = time.sleep,
     now: Callable[[], float] = time.time,
-    stop: scans.StopRequested | None = None,
+    stop: scans.StopRequested = scans.never,
 ) -> RedriveResult:
     """Move DLQ messages back to the delivery queue (see the module docstring for the rules)."""
     fallback_reason = None
@@ -175,7 +175,7 @@ def _resend(
     options: RedriveOptions,
     progress: ProgressSink,
     now: Callable[[], float],
-    stop: scans.StopRequested | None,
+    stop: scans.StopRequested,
 ) -> RedriveResult:
     result = RedriveResult(mode="dry-run" if options.dry_run else "resend")
     started_ms = now_ms(now)

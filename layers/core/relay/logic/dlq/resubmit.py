@@ -93,7 +93,7 @@ def resubmit(
     *,
     progress: ProgressSink = no_progress,
     now: Callable[[], float] = time.time,
-    stop: scans.StopRequested | None = None,
+    stop: scans.StopRequested = scans.never,
 ) -> ResubmitResult:
     """Send the failed events of ``queue`` back through ``intake`` (see the module docstring)."""
     result = ResubmitResult(queue=queue, mode="dry-run" if options.dry_run else "resubmit")

@@ -118,7 +118,7 @@ def work_through(
     *,
     visibility_seconds: int,
     wait_seconds: int,
-    stop: StopRequested | None = None,
+    stop: StopRequested = never,
 ) -> None:
     """Hand the queue's messages to ``handle`` a batch at a time, each message once, until the queue is
     exhausted, ``handle`` answers False (enough, or a dependency failed) or ``stop`` asks (the operator
@@ -126,7 +126,7 @@ def work_through(
     hidden). Every message it did not delete (``scan.deleted``) is put back at the end."""
     scan = Scan(queues, queue_url, visibility_seconds, wait_seconds)
     try:
-        for batch in scan.batches(stop or never):
+        for batch in scan.batches(stop):
             if not handle(batch, scan):
                 return
     finally:
