@@ -394,6 +394,26 @@ def test_a_fixtures_target_disabled_in_genesys_gets_nothing_and_the_stack_still_
     assert got == 0
 
 
+def test_a_target_config_sync_refuses_stops_serve_before_it_is_ready_naming_the_target_and_why(
+    tmp_path: Path,
+) -> None:
+    # Given fixtures whose first target points at the cloud metadata address (config sync refuses it)
+    doc = default_fixtures()
+    refused = doc["integrations"][0]["targets"][0]
+    refused["url"] = "https://169.254.169.254/latest/meta-data/"
+
+    # When serve starts on them
+    with serving(written(doc, tmp_path), tmp_path / "serve.stderr") as (process, stdout):
+        code = process.wait(timeout=120)
+
+    # Then it fails as a stack that cannot start, never says ready, and says which target and why
+    errors = (tmp_path / "serve.stderr").read_text()
+    assert code == 3, errors
+    assert not any('"ready"' in line for line in stdout.lines)
+    assert f"target {refused['id']}: URL refused" in errors
+    assert "link-local cloud metadata address" in errors
+
+
 def test_the_ready_line_shows_every_receiver_when_targets_share_a_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

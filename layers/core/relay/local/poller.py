@@ -136,9 +136,13 @@ class SqsPoller:
             worker.start()
             self._workers.append(worker)
 
+    def stop_receiving(self) -> None:
+        """Receive no more, without waiting: ``stop()`` then waits for what is in flight."""
+        self._stopping.set()
+
     def stop(self, timeout: float | None = None) -> None:
         """Stop receiving and wait for the invocations in flight to finish."""
-        self._stopping.set()
+        self.stop_receiving()
         wait = timeout if timeout is not None else self.function.spec.timeout_seconds + 30
         deadline = time.monotonic() + wait
         for worker in self._workers:

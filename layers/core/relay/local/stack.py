@@ -177,7 +177,6 @@ class LocalStack:
         parameters.update({**self.parameters, "Stage": STAGE})
         self.template = load_template(self.template_path, parameters=parameters)
         self.resources = create_resources(self.template, moto.url, PREFIX)
-        self.stack_outputs = register_stack(self.resources, self.stack_name)
         self._configure_functions(self.template, moto.url)
 
         self.fixtures = self._start_receivers(self.fixtures)
@@ -185,7 +184,10 @@ class LocalStack:
         self.genesys = FakeGenesys(self.fixtures)
         self.genesys.start()
         self._exit.callback(self.genesys.stop)
-        self._sync_targets({**self.environment, **self.genesys.settings_env()})
+        # Config sync spends seconds importing the Genesys SDK: the stack registers itself meanwhile.
+        sync = self._launch_sync({**self.environment, **self.genesys.settings_env()})
+        self.stack_outputs = register_stack(self.resources, self.stack_name)
+        self._finish_sync(sync)
 
         self.sqs = local_client("sqs", moto.url)
         self.eventbridge = LocalEventBridge(
@@ -214,6 +216,13 @@ class LocalStack:
             self.ordered_dispatcher, self.ordered_poller = self._start_consumer(
                 self.template, ORDERED_DISPATCHER
             )
+        # Runs first at stop: every poller is told to stop before any is waited for, as each may be
+        # in a long poll of its own.
+        self._exit.callback(self._tell_pollers_to_stop)
+
+    def _tell_pollers_to_stop(self) -> None:
+        for poller in self.pollers:
+            poller.stop_receiving()
 
     def _start_consumer(
         self, template: Template, logical_id: str, *, workers: bool = False
@@ -287,33 +296,41 @@ class LocalStack:
         """The function's template environment, the local-mode settings, then the caller's overrides."""
         return {**template.function(logical_id).environment, **self._local_mode, **self.extra_environment}
 
-    def _sync_targets(self, environment: dict[str, str]) -> None:
+    def _launch_sync(self, environment: dict[str, str]) -> subprocess.Popen[str]:
         """One config-sync run, in its own process as the scheduled function runs in its own container.
 
         ``relay targets sync`` is relay.wiring.config_sync.run_config_sync with ``environment``; running
         it apart keeps the Genesys SDK (seconds to import, 220 MB, watchdog threads) out of the stack's
         process, as the intake and the dispatcher never load it in AWS either.
         """
-        result = subprocess.run(
+        process = subprocess.Popen(
             [sys.executable, "-m", "relay", "targets", "sync"],
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, **environment},  # the run's settings, given at launch
-            timeout=180,
-            check=False,
         )
-        report = _last_json_line(result.stdout)
+        self._exit.callback(_kill_if_running, process)  # a start that fails before the sync ends
+        return process
+
+    def _finish_sync(self, process: subprocess.Popen[str]) -> None:
+        """Wait for the config sync and check it took every target the fixtures did not disable."""
+        try:
+            stdout, stderr = process.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            raise LocalStackError("config sync did not finish within 180 s") from None
+        report = _last_json_line(stdout)
         rejected = report.get("rejected", []) if report else []
         # A fixtures target with "enabled": false is disabled in the fake Genesys, and sync refuses to
         # store a disabled config (docs/config-sync.md): expected, and that target receives nothing.
         disabled = {t.id for i in self.fixtures.integrations for t in i.targets if not t.enabled}
         unexpected = [r for r in rejected if not (r.get("kind") == "target" and r.get("id") in disabled)]
         expected_exit = ExitCode.ATTENTION if rejected else ExitCode.OK
-        if report is None or unexpected or result.returncode != expected_exit:
+        if report is None or unexpected or process.returncode != expected_exit:
             reasons = "; ".join(f"{r.get('kind')} {r.get('id')}: {r.get('reason')}" for r in unexpected)
-            detail = reasons or result.stderr.strip().splitlines()[-1:] or ["no output"]
+            detail = reasons or stderr.strip().splitlines()[-1:] or ["no output"]
             raise LocalStackError(
-                f"config sync did not accept the fixtures (exit {result.returncode}): {detail}"
+                f"config sync did not accept the fixtures (exit {process.returncode}): {detail}"
             )
         self.sync_report = report
 
@@ -405,6 +422,12 @@ def receivers_by_name(receivers: Iterable[DemoReceiver]) -> dict[str, str]:
         r.target_name if shared[r.target_name] == 1 else f"{r.target_name} ({r.target_id})": r.url
         for r in receivers
     }
+
+
+def _kill_if_running(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait()
 
 
 def _last_json_line(text: str) -> dict[str, Any] | None:
