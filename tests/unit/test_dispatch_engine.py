@@ -73,8 +73,10 @@ def record(
     event_ref: S3Ref | None = None,
     body: str | None = None,
     event_id: str = "e-1",
+    sent_at: float | None = None,
 ) -> dict[str, Any]:
-    """An SQS event record carrying one DeliveryTask, as Lambda hands it over."""
+    """An SQS event record carrying one DeliveryTask, as Lambda hands it over (``sent_at``: its
+    SentTimestamp, epoch seconds)."""
     if body is None:
         task = DeliveryTask(
             delivery_id=uuid.uuid4(),
@@ -92,11 +94,14 @@ def record(
     if deferrals is not None:
         attributes[ATTR_DEFERRALS] = {"stringValue": str(deferrals), "dataType": "Number"}
     message_id = str(uuid.uuid4())
+    sqs_attributes = {"ApproximateReceiveCount": str(receive_count)}
+    if sent_at is not None:
+        sqs_attributes["SentTimestamp"] = str(round(sent_at * 1000))
     return {
         "messageId": message_id,
         "receiptHandle": f"receipt-{message_id}",
         "body": body,
-        "attributes": {"ApproximateReceiveCount": str(receive_count)},
+        "attributes": sqs_attributes,
         "messageAttributes": attributes,
     }
 
@@ -244,6 +249,30 @@ def test_a_retry_after_is_a_floor_for_the_backoff(running: list[Relay]) -> None:
     r.batch(record())
 
     assert [delay for _, delay in r.queue.retries] == [120]
+
+
+@pytest.mark.parametrize(
+    ("age_days", "retried"), [(13.0, True), (13.9, False)], ids=["retry-in-time", "retention-ending"]
+)
+def test_a_retry_that_would_come_after_the_queues_retention_is_dead_lettered_instead(
+    running: list[Relay], age_days: float, retried: bool
+) -> None:
+    # Given a message SQS took age_days ago (it deletes it unseen at 14 days), whose receiver answers
+    # 503 asking for 12 h, with attempts left
+    r = start(running, relay(answer_with=always(503, headers={"retry-after": "43200"})))
+    old = record(receive_count=2, sent_at=NOW - age_days * 86_400)  # attempt 2 of 3
+
+    failed = r.batch(old)
+
+    # Then the retry is scheduled while it still comes back in time; past that, the message is
+    # dead-lettered, explained, rather than deleted by SQS with no trace
+    if retried:
+        assert failed == [old["messageId"]] and r.queue.dead_letters == []
+        assert [delay for _, delay in r.queue.retries] == [43_200 - 300]
+    else:
+        assert failed == [] and r.queue.retries == []
+        (letter,) = r.queue.dead_letters
+        assert (letter["reason"], letter["attempts"], letter["last_status"]) == (DlqReason.EXHAUSTED, 2, 503)
 
 
 def test_the_last_planned_attempt_failing_dead_letters_it_as_exhausted(running: list[Relay]) -> None:

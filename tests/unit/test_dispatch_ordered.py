@@ -57,8 +57,11 @@ def ordered_target(target_id: str = "crm", *, attempts: int = 3, **fields: Any) 
     )
 
 
-def fifo_record(group: str, seq: int, *, target_id: str = "crm", receive_count: int = 1) -> dict[str, Any]:
-    """A record of the ordered queue: message ``seq`` of conversation ``group``, as Lambda hands it over."""
+def fifo_record(
+    group: str, seq: int, *, target_id: str = "crm", receive_count: int = 1, sent_at: float = NOW
+) -> dict[str, Any]:
+    """A record of the ordered queue: message ``seq`` of conversation ``group``, as Lambda hands it over
+    (first sent at ``sent_at``, epoch seconds)."""
     task = DeliveryTask(
         delivery_id=uuid.uuid4(),
         integration_id=INTEGRATION,
@@ -72,7 +75,11 @@ def fifo_record(group: str, seq: int, *, target_id: str = "crm", receive_count: 
         "messageId": message_id,
         "receiptHandle": f"receipt-{message_id}",
         "body": task.model_dump_json(by_alias=True, exclude_none=True),
-        "attributes": {"ApproximateReceiveCount": str(receive_count), "MessageGroupId": group},
+        "attributes": {
+            "ApproximateReceiveCount": str(receive_count),
+            "MessageGroupId": group,
+            "SentTimestamp": str(round(sent_at * 1000)),
+        },
         "messageAttributes": {},
     }
 
@@ -352,6 +359,38 @@ def test_a_disabled_target_that_blocks_holds_its_conversations_and_one_that_does
             ("g-0", "held", "target-disabled"),
             ("g-1", "held", "target-disabled"),
         ]
+
+
+FOURTEEN_DAYS = 14 * 86_400
+
+
+@pytest.mark.parametrize("max_receive_count", [100, 1000])
+def test_a_conversation_waiting_on_a_disabled_target_outlasts_the_queues_retention_not_its_backstop(
+    relays: list[OrderedRelay], max_receive_count: int
+) -> None:
+    # Given an ordered target that blocks, disabled for good, and the ordered queue's redrive backstop
+    # (OrderedMaxReceiveCount): every look at the held conversation is one more receive
+    r = ordered_relay(
+        relays,
+        ordered_target(on_exhausted=OnExhausted.BLOCK, enabled=False),
+        environment={"MAX_RECEIVE_COUNT": str(max_receive_count)},
+    )
+
+    # When it is received as often as the backstop allows, each time after the hold asked for
+    holds = []
+    for receive in range(1, max_receive_count + 1):
+        r.batch(fifo_record("g", 0, receive_count=receive, sent_at=NOW))
+        (_, seconds) = r.ordered.holds[-1]
+        holds.append(seconds)
+        r.clock.now += seconds
+
+    # Then SQS would move it to the DLQ (the next receive) only in the last hour of its 14 days: it
+    # waits in order for its target, and is moved (FIFO: kept 14 more days there) rather than expired
+    assert FOURTEEN_DAYS - 3_600 <= r.clock.now - NOW < FOURTEEN_DAYS
+    assert r.ordered.dead_letters == []
+    assert max(holds) <= 43_200
+    if max_receive_count == 1000:  # the first hours still look every minute (a quick enable resumes it)
+        assert holds[:600] == [60] * 600
 
 
 def test_an_open_breaker_holds_every_conversation_of_its_target_without_a_re_send(

@@ -29,6 +29,10 @@ from relay.models.delivery import ATTR_ATTEMPTS, ATTR_DEFERRALS, ATTR_DLQ_REASON
 from relay.models.targets import RetryMatrix
 
 SQS_MAX_VISIBILITY_SECONDS = 43_200
+# Every queue of the template keeps a message 14 days, the most SQS allows; then it is deleted unseen.
+SQS_RETENTION_SECONDS = 1_209_600
+# A retry must come back this long before its message's retention ends: time to receive and attempt it.
+RETENTION_MARGIN_SECONDS = 900
 SQS_MAX_DELAY_SECONDS = 900
 # SQS counts a visibility change from the message's receive, which came before the invocation by up to
 # the event source's batching window (MaximumBatchingWindowInSeconds is at most 300).
@@ -39,6 +43,19 @@ def visibility_left_seconds(held_seconds: float) -> int:
     """The longest visibility timeout SQS still accepts for a record this invocation has held for
     ``held_seconds``: 12 h from its receive."""
     return max(0, SQS_MAX_VISIBILITY_SECONDS - RECEIVE_BEFORE_INVOCATION_SECONDS - math.ceil(held_seconds))
+
+
+def retention_left_seconds(sent_at: float | None, now: float) -> float | None:
+    """Seconds until SQS deletes a message sent at ``sent_at`` (epoch seconds); None if unknown."""
+    return None if sent_at is None else SQS_RETENTION_SECONDS - (now - sent_at)
+
+
+def outlives_retention(sent_at: float | None, delay_seconds: int, now: float) -> bool:
+    """True when a retry ``delay_seconds`` from ``now`` would come back too late for an attempt before
+    SQS deletes the message: a long schedule (many attempts, long intervals, a day-long Retry-After)
+    would otherwise lose it without a dead letter."""
+    left = retention_left_seconds(sent_at, now)
+    return left is not None and delay_seconds + RETENTION_MARGIN_SECONDS > left
 
 
 def int_attribute(message_attributes: Mapping[str, Any], name: str) -> int:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
@@ -39,7 +39,7 @@ from relay.logic.dispatch import audit
 from relay.logic.dispatch.attempt import Attempter
 from relay.logic.dispatch.batch import Batch
 from relay.logic.dispatch.fifo_groups import GroupReleaser, fail_behind_failures, message_groups, probe_first
-from relay.logic.dispatch.fifo_settle import GroupQueue, OrderedSettler, holds_for
+from relay.logic.dispatch.fifo_settle import GroupQueue, OrderedSettler, hold_within_backstop, holds_for
 from relay.logic.dispatch.lanes import Lane, Lanes, group
 from relay.logic.dispatch.metrics import Metric
 from relay.logic.dispatch.rate_limit import Held, RateLimits
@@ -178,7 +178,7 @@ class OrderedDelivery:
         batch: Batch,
         reached: dict[str, int],
     ) -> None:
-        queue = GroupQueue(self._queue, group_id)
+        queue = GroupQueue(self._queue, group_id, lambda seconds, held: self._lasting(seconds, held, batch))
         settler = OrderedSettler(
             settings=self._settings,
             queue=queue,
@@ -266,7 +266,7 @@ class OrderedDelivery:
             return
         now = self._now()
         if hold.seconds is not None:
-            seconds = min(hold.seconds, batch.visibility_left_seconds(now))
+            seconds = self._lasting(hold.seconds, [step.record for step in steps], batch)
             hold = replace(hold, seconds=seconds)
             try:
                 self._queue.hold([step.record.receipt_handle for step in steps], seconds)
@@ -281,6 +281,15 @@ class OrderedDelivery:
                 line["retryInSeconds"] = hold.seconds
                 batch.metrics.count(Metric.ORDERED_HELD, item.target.target_id)
                 batch.log(item.target.target_id, line)
+
+    def _lasting(self, seconds: int, records: Sequence[SqsRecord], batch: Batch) -> int:
+        """How long a hold of ``records`` asks for: ``seconds``, spread out as the queue's redrive backstop
+        nears (fifo_settle.hold_within_backstop), within what SQS accepts for this batch."""
+        now = self._now()
+        lasting = hold_within_backstop(
+            seconds, records, now=now.timestamp(), max_receive_count=self._settings.max_receive_count
+        )
+        return min(lasting, batch.visibility_left_seconds(now))
 
     def _resolve(self, record: SqsRecord, batch: Batch) -> Step:
         try:

@@ -14,10 +14,12 @@ The rest is the Settler's (relay.logic.dispatch.settle): the same verdicts, metr
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from relay.errors import ConfigurationError, DependencyUnavailable
+from relay.logic import retry
 from relay.logic.dispatch import audit
 from relay.logic.dispatch.batch import Batch
 from relay.logic.dispatch.metrics import Metric
@@ -25,7 +27,7 @@ from relay.logic.dispatch.records import Item, SqsRecord
 from relay.logic.dispatch.settle import Settler
 from relay.logic.outcomes import Outcome
 from relay.models.delivery import DeadLetterNote, DlqReason
-from relay.models.queue import GroupPlacement
+from relay.models.queue import GroupPlacement, Requeue
 from relay.models.targets import OnExhausted, Target
 from relay.observability import logger
 from relay.ports import OrderedQueueOps
@@ -40,6 +42,9 @@ BLOCKING_REASONS = frozenset({DlqReason.EXHAUSTED, DlqReason.PERMANENT_STATUS})
 # forever: they are dead-lettered in their group.
 WAITS_FOR_ENABLE = frozenset({DlqReason.TARGET_DISABLED, DlqReason.TARGET_GONE})
 ENABLE_RECHECK_SECONDS = 60
+# Every hold is one more receive, counted against the queue's redrive backstop (maxReceiveCount): holds
+# stay as asked while the receives left, this far apart, would still outlast the message's retention.
+SPREAD_HOLD_SECONDS = 3_600
 
 
 def holds_for(target: Target, reason: DlqReason, *, block_hold_seconds: int) -> int | None:
@@ -52,19 +57,51 @@ def holds_for(target: Target, reason: DlqReason, *, block_hold_seconds: int) -> 
     return ENABLE_RECHECK_SECONDS if reason in WAITS_FOR_ENABLE else None
 
 
+def hold_within_backstop(
+    seconds: int, records: Sequence[SqsRecord], *, now: float, max_receive_count: int | None
+) -> int:
+    """``seconds``, or longer once the receives left before the redrive backstop run short: a
+    conversation waiting for hours on a disabled target or an open breaker, looked at every minute,
+    would otherwise reach maxReceiveCount within hours and be moved to the DLQ by SQS, without the
+    relay's reason and ahead of its later records. Its looks then spread evenly over the retention left,
+    so the backstop fires only in the retention's last minutes (a FIFO DLQ keeps what it moves another
+    14 days; expiry would delete it unseen). ``now`` is epoch seconds, ``records`` those held together."""
+    if max_receive_count is None or not records:
+        return seconds
+    looks_left = max_receive_count - max(record.receive_count for record in records)
+    sent = [record.sent_at for record in records if record.sent_at is not None]
+    left = retry.retention_left_seconds(min(sent), now) if sent else None
+    if left is None or looks_left <= 0 or (looks_left - 1) * SPREAD_HOLD_SECONDS >= left:
+        return seconds
+    return max(seconds, math.ceil(max(0.0, left - retry.RETENTION_MARGIN_SECONDS) / looks_left))
+
+
 class GroupQueue:
     """The engine's queue operations (relay.ports.DeliveryQueueOps) for one message group's run,
     positioned at its current record with ``at``: a retry holds that record and every later one of
     the group; a dead-letter keeps the group."""
 
-    def __init__(self, ordered: OrderedQueueOps, group_id: str) -> None:
+    def __init__(
+        self,
+        ordered: OrderedQueueOps,
+        group_id: str,
+        lasting: Callable[[int, Sequence[SqsRecord]], int] = lambda seconds, _records: seconds,
+    ) -> None:
+        """``lasting``: the delay a hold of these records asks for (hold_within_backstop, bound to the
+        batch and the queue's maxReceiveCount)."""
         self._ordered = ordered
         self.group_id = group_id
+        self._lasting = lasting
         self._current: SqsRecord | None = None
         self._behind: Sequence[SqsRecord] = ()
 
     def at(self, current: SqsRecord, behind: Sequence[SqsRecord]) -> None:
         self._current, self._behind = current, behind
+
+    def lasting(self, seconds: int) -> int:
+        """The delay a hold of the current record and the rest of its group asks for (``lasting``)."""
+        assert self._current is not None, "GroupQueue.at() names the record first"
+        return self._lasting(seconds, [self._current, *self._behind])
 
     def schedule_retry(self, receipt_handle: str, delay_seconds: int) -> None:
         handles = [receipt_handle, *(record.receipt_handle for record in self._behind)]
@@ -80,6 +117,9 @@ class GroupQueue:
         delay_seconds: int,
     ) -> None:
         raise ConfigurationError("an ordered record is held, never re-sent: a re-send would reorder it")
+
+    def to_slow_lane(self, messages: Sequence[Requeue]) -> set[int]:
+        raise ConfigurationError("an ordered record never goes to the slow lane: a re-send would reorder it")
 
     def dead_letter(
         self,
@@ -97,9 +137,14 @@ class GroupQueue:
 class OrderedSettler(Settler):
     """The Settler over a GroupQueue, holding instead of dead-lettering for a target that blocks."""
 
-    def __init__(self, *, block_hold_seconds: int, **settler: Any) -> None:
-        super().__init__(**settler)
+    def __init__(self, *, queue: GroupQueue, block_hold_seconds: int, **settler: Any) -> None:
+        super().__init__(queue=queue, **settler)
+        self._group = queue
         self._block_hold_seconds = block_hold_seconds
+
+    def _retry_delay(self, item: Item, outcome: Outcome, batch: Batch) -> int | None:
+        delay = super()._retry_delay(item, outcome, batch)
+        return None if delay is None else self._group.lasting(delay)
 
     def _dead_letter(
         self, item: Item, reason: DlqReason, outcome: Outcome, batch: Batch, line: dict[str, Any]
@@ -108,6 +153,7 @@ class OrderedSettler(Settler):
         if wanted is None:
             super()._dead_letter(item, reason, outcome, batch, line)
             return
+        wanted = self._group.lasting(wanted)
         hold: int | None = wanted
         try:
             self._queue.schedule_retry(item.record.receipt_handle, wanted)

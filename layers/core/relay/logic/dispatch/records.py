@@ -26,6 +26,8 @@ class SqsRecord:
     message_attributes: Mapping[str, Any]
     # Set only on records of the ordered (FIFO) queue: their message group (relay.logic.dispatch.fifo).
     group_id: str | None = None
+    # When SQS first took the message (SentTimestamp, epoch seconds): its retention counts from here.
+    sent_at: float | None = None
 
     @classmethod
     def from_event(cls, record: Mapping[str, Any]) -> SqsRecord:
@@ -41,6 +43,7 @@ class SqsRecord:
             receive_count=receive_count,
             message_attributes=record.get("messageAttributes") or {},
             group_id=attributes.get("MessageGroupId") or None,
+            sent_at=_epoch_seconds(attributes.get("SentTimestamp")),
         )
 
     @property
@@ -56,6 +59,13 @@ class SqsRecord:
     @property
     def deferrals_before(self) -> int:
         return retry.deferrals_before(self.message_attributes)
+
+
+def _epoch_seconds(milliseconds: object) -> float | None:
+    try:
+        return int(str(milliseconds)) / 1000.0
+    except ValueError:
+        return None
 
 
 @dataclass

@@ -37,7 +37,8 @@ from relay.observability import logger
 from relay.ports import DeliveryQueueOps, TargetDirectory
 from relay.settings import Settings
 
-# The dead-letter reason of an attempt that will not be retried, by its verdict.
+# The dead-letter reason of an attempt that will not be retried, by its verdict (a retryable one: its
+# attempts ran out, or the queue's retention would before the next).
 _FINAL_REASONS = {
     Verdict.RETRYABLE: DlqReason.EXHAUSTED,
     Verdict.GONE: DlqReason.TARGET_GONE,
@@ -77,10 +78,9 @@ class Settler:
             line["outcome"] = audit.DELIVERED
         else:
             batch.metrics.count(Metric.DELIVERY_FAILED, target_id)
-            if outcome.verdict is Verdict.RETRYABLE and not retry.exhausted(
-                item.target.retry_matrix, item.attempt, max_receive_count=self._settings.max_receive_count
-            ):
-                self._schedule_retry(item, outcome, batch, line)
+            delay = self._retry_delay(item, outcome, batch)
+            if delay is not None:
+                self._schedule_retry(item, delay, batch, line)
             else:
                 if outcome.verdict is Verdict.GONE:
                     self._disable(item)
@@ -175,16 +175,31 @@ class Settler:
             logger.warning("slow lane unavailable: delivering here", extra={"records": len(kept)})
         return kept
 
-    def _schedule_retry(self, item: Item, outcome: Outcome, batch: Batch, line: dict[str, Any]) -> None:
+    def _retry_delay(self, item: Item, outcome: Outcome, batch: Batch) -> int | None:
+        """Seconds until the failed record's next attempt; None when it has none: not retryable, its
+        attempts are used up, or the next one would come after SQS deletes the message (dead-lettered
+        as exhausted rather than lost)."""
+        if outcome.verdict is not Verdict.RETRYABLE or retry.exhausted(
+            item.target.retry_matrix, item.attempt, max_receive_count=self._settings.max_receive_count
+        ):
+            return None
+        now = self._now()
         delay = retry.retry_delay_seconds(
             item.target.retry_matrix,
             item.attempt,
             rng=self._rng,
             retry_after_seconds=outcome.retry_after_seconds,
-            max_delay_seconds=min(
-                self._settings.max_retry_delay_seconds, batch.visibility_left_seconds(self._now())
-            ),
+            max_delay_seconds=min(self._settings.max_retry_delay_seconds, batch.visibility_left_seconds(now)),
         )
+        if retry.outlives_retention(item.record.sent_at, delay, now.timestamp()):
+            logger.warning(
+                "no retry before the queue's retention ends",
+                extra={"messageId": item.record.message_id, "retryInSeconds": delay},
+            )
+            return None
+        return delay
+
+    def _schedule_retry(self, item: Item, delay: int, batch: Batch, line: dict[str, Any]) -> None:
         try:
             self._queue.schedule_retry(item.record.receipt_handle, delay)
             line.update(outcome=audit.RETRY_SCHEDULED, retryInSeconds=delay)
