@@ -17,6 +17,7 @@ from test_dispatch_support import (
     INTEGRATION_ID,
     PLAIN_TARGET,
     attr,
+    audit_lines,
     seed_target,
     task_record,
 )
@@ -149,6 +150,68 @@ def test_a_claim_checked_event_that_is_not_a_json_object_is_dead_lettered_as_poi
     assert receiver.requests == []
     (dead,) = drain(aws_stack.dead_letter_queue_url)
     assert attr(dead, "relay-dlq-reason") == "poison" and dead["body"] == record["body"]
+
+
+def _expire(resources: LocalResources, record: dict[str, Any]) -> str:
+    """Expire the record's claim check as the bucket's lifecycle rule does in the versioned audit bucket
+    (a delete marker over the object); returns its key."""
+    s3 = aws_client("s3")
+    s3.put_bucket_versioning(Bucket=resources.audit_bucket, VersioningConfiguration={"Status": "Enabled"})
+    key: str = json.loads(record["body"])["eventRef"]["key"]
+    s3.delete_object(Bucket=resources.audit_bucket, Key=key)
+    return key
+
+
+@pytest.mark.parametrize("gone", ["expired", "never-stored"])
+def test_a_task_whose_claim_check_is_gone_is_dead_lettered_at_once_as_claim_check_missing(
+    aws_stack: LocalResources, receiver: Receiver, gone: str
+) -> None:
+    # Given a redriven task (a fresh try, attempts 0) whose claim-check object expired under it, or
+    # was never there
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm", target_id=PLAIN_TARGET)
+    record = _claim_checked_record(aws_stack, json.dumps({"id": "e-big", "text": "x" * 1_000}).encode())
+    if gone == "expired":
+        key = _expire(aws_stack, record)
+    else:
+        body = json.loads(record["body"])
+        key = body["eventRef"]["key"] = f"events/{INTEGRATION_ID}/{uuid.uuid4().hex}.json"
+        record["body"] = json.dumps(body)
+
+    # When the handler gets it
+    response = invoke({"Records": [record]})
+
+    # Then it is done, not retried as a dependency failure: nothing sent, no attempt used, and the DLQ
+    # letter says the claim check is missing and which object it was
+    assert response == {"batchItemFailures": []}
+    assert receiver.requests == []
+    (dead,) = drain(aws_stack.dead_letter_queue_url)
+    assert attr(dead, "relay-dlq-reason") == "claim-check-missing"
+    assert attr(dead, "relay-attempts") == "0" and dead["body"] == record["body"]
+    last_error = attr(dead, "relay-last-error") or ""
+    assert key in last_error and "NoSuchKey" in last_error, last_error
+    (line,) = audit_lines(aws_stack)
+    assert (line["outcome"], line["dlqReason"]) == ("dead-lettered", "claim-check-missing")
+
+
+def test_a_claim_check_s3_cannot_read_is_retried_as_a_dependency_failure(
+    aws_stack: LocalResources, receiver: Receiver
+) -> None:
+    # Given a task pointing at a bucket that does not exist (S3 answers 404 NoSuchBucket: the deployment,
+    # not the event, is wrong)
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm", target_id=PLAIN_TARGET)
+    record = _claim_checked_record(aws_stack, b'{"id": "e-big"}')
+    body = json.loads(record["body"])
+    body["eventRef"]["bucket"] = f"{aws_stack.audit_bucket}-missing"
+    record["body"] = json.dumps(body)
+
+    # When the handler gets it
+    response = invoke({"Records": [record]})
+
+    # Then it is left for a retry, not dead-lettered
+    assert response == {"batchItemFailures": [{"itemIdentifier": record["messageId"]}]}
+    assert drain(aws_stack.dead_letter_queue_url) == []
+    (line,) = audit_lines(aws_stack)
+    assert (line["outcome"], line["errorCode"]) == ("retry-scheduled", "dependency-unavailable")
 
 
 @pytest.mark.parametrize("event_json", ["[1, 2]", "{not json", '{"f": 1e400}', '{"a": 1} {"b": 2}'])

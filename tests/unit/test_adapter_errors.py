@@ -19,6 +19,7 @@ from relay.adapters.sqs import SqsQueues
 from relay.adapters.target_store import TargetStore
 from relay.errors import (
     BreakerStoreUnavailable,
+    ClaimCheckMissing,
     ConfigurationError,
     DependencyUnavailable,
     RelayError,
@@ -127,6 +128,41 @@ def test_a_claim_checked_event_that_is_not_utf8_is_unreadable_not_a_dependency_f
 
     with pytest.raises(UnreadableEvent):
         S3ClaimChecks(S3()).load(S3Ref(bucket="b", key="k"))
+
+
+def s3_answering(code: str, status: int) -> FailingClient:
+    """An S3 client whose every call fails the way S3 answers ``code`` (botocore's ClientError)."""
+    return FailingClient(
+        ClientError(
+            {
+                "Error": {"Code": code, "Message": f"about {QUOTED}"},
+                "ResponseMetadata": {"HTTPStatusCode": status},
+            },
+            "GetObject",
+        )
+    )
+
+
+# A key with no object, or a delete marker as its current version (lifecycle expiry in a versioned
+# bucket): NoSuchKey from GetObject; a bare 404 from endpoints that send no error body.
+@pytest.mark.parametrize(("code", "status"), [("NoSuchKey", 404), ("NotFound", 404), ("404", 404)])
+def test_a_claim_check_that_is_gone_is_missing_not_a_dependency_failure(code: str, status: int) -> None:
+    ref = S3Ref(bucket="audit", key="events/int-1/abc.json")
+
+    with pytest.raises(ClaimCheckMissing) as raised:
+        S3ClaimChecks(s3_answering(code, status)).load(ref)
+
+    assert "s3://audit/events/int-1/abc.json" in str(raised.value) and QUOTED not in str(raised.value)
+
+
+# S3 failing, or the deployment wrong (no such bucket; no s3:GetObject): the event may still be there.
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [("NoSuchBucket", 404), ("AccessDenied", 403), ("InternalError", 500), ("SlowDown", 503)],
+)
+def test_other_claim_check_failures_stay_dependency_failures(code: str, status: int) -> None:
+    with pytest.raises(DependencyUnavailable):
+        S3ClaimChecks(s3_answering(code, status)).load(S3Ref(bucket="audit", key="events/k.json"))
 
 
 @pytest.mark.parametrize(

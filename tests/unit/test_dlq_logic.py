@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -12,9 +14,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from relay.cli import build_parser
 from relay.cli.dlq_cmd import ProgressLine, format_groups, format_redrive
 from relay.logic.dlq import (
     BACKSTOP_REASON,
+    DLQ_REASONS,
     UNPARSEABLE,
     DeadLetter,
     Progress,
@@ -71,6 +75,23 @@ def letter(reason: str, target: str, sent_ms: int, integration: str = "int-1") -
 
 
 # --- classify -----------------------------------------------------------------------------------
+
+
+def _redrive_reason_help() -> str:
+    parser = build_parser()
+    for name in ("dlq", "redrive"):
+        (subparsers,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = subparsers.choices[name]
+    (reason,) = (a for a in parser._actions if a.dest == "reason")
+    return str(reason.help)
+
+
+@pytest.mark.parametrize("reason", DLQ_REASONS)
+def test_every_reason_is_explained_to_the_operator(reason: str) -> None:
+    # `relay dlq redrive --reason` names it, and docs/operations-dlq.md's table says what to do about it
+    assert reason in _redrive_reason_help().replace(",", " ").split()
+    runbook = (Path(__file__).resolve().parents[2] / "docs" / "operations-dlq.md").read_text()
+    assert f"\n| `{reason}` |" in runbook
 
 
 def test_a_message_without_a_reason_came_through_the_redrive_backstop() -> None:

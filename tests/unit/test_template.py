@@ -361,9 +361,15 @@ def test_audit_bucket_lifecycle_expires_both_prefixes_and_their_old_versions(raw
         assert int(rules[prefix]["ExpirationInDays"]) > 0
         if versioned:  # otherwise "expired" objects live on as noncurrent versions
             assert int(rules[prefix]["NoncurrentVersionExpiration"]["NoncurrentDays"]) > 0
-    # A claim check must outlive the queue message that points at it.
-    retention_days = int(resolved(raw, "DeliveryQueue")["MessageRetentionPeriod"]) / 86400
-    assert int(rules["events/"]["ExpirationInDays"]) > retention_days
+    # A claim check must outlive the messages that point at it: a task's time on its delivery queue and,
+    # dead-lettered by the dispatcher (a new message), its fresh time in the DLQ, with room to redrive.
+    for queue, dead_letters in (
+        ("DeliveryQueue", "DeadLetterQueue"),
+        ("SlowDeliveryQueue", "DeadLetterQueue"),
+        ("OrderedDeliveryQueue", "OrderedDeadLetterQueue"),
+    ):
+        days = sum(int(resolved(raw, q)["MessageRetentionPeriod"]) / 86400 for q in (queue, dead_letters))
+        assert int(rules["events/"]["ExpirationInDays"]) >= days + 7, (queue, dead_letters)
 
 
 # --- functions, layers, IAM ----------------------------------------------------------------------------
@@ -488,6 +494,22 @@ def test_every_lane_may_write_the_same_objects(raw: Template, dispatcher: str) -
     fast = s3_grants("DispatcherFunction")
     assert ("s3:PutObject", "${AuditBucket.Arn}/archive/*") in fast
     assert s3_grants(dispatcher) == fast
+
+
+@pytest.mark.parametrize("dispatcher", DISPATCHERS)
+def test_every_dispatcher_may_list_the_audit_bucket_so_an_expired_claim_check_reads_as_missing(
+    raw: Template, dispatcher: str
+) -> None:
+    # Without s3:ListBucket, S3 answers a GetObject of a key that is gone 403 AccessDenied, not 404
+    # NoSuchKey: the task would be retried as an outage instead of dead-lettered claim-check-missing.
+    listed = {
+        resource["Fn::Sub"]
+        for policy in raw.properties(dispatcher)["Policies"]
+        for statement in policy.get("Statement", [])
+        if statement["Effect"] == "Allow" and "s3:ListBucket" in _as_list(statement["Action"])
+        for resource in _as_list(statement["Resource"])
+    }
+    assert listed == {"${AuditBucket.Arn}"}
 
 
 @pytest.mark.parametrize("dispatcher", DISPATCHERS)

@@ -18,7 +18,9 @@
     ├── TokenUnavailable              no OAuth access token for a target: its token endpoint failed,
     │                                 refused or answered something unusable (the delivery is retried)
     ├── UnreadableEvent               a task's event cannot be sent as JSON: the dispatcher dead-letters
-    │   └── NonFiniteNumber           it as poison; the intake refuses it (400)
+    │   ├── NonFiniteNumber           it as poison; the intake refuses it (400)
+    │   └── ClaimCheckMissing         its claim-check object is gone from S3 (expired, deleted): the
+    │                                 dispatcher dead-letters it as claim-check-missing
     ├── ConfigRejected                config sync: one item's config is refused, the run goes on
     ├── UnknownTarget                 operator commands: no such target
     ├── AmbiguousTarget               operator commands: the target id exists under several integrations
@@ -177,6 +179,13 @@ class NonFiniteNumber(UnreadableEvent):
     def __init__(self, literal: str) -> None:
         shown = literal if len(literal) <= 40 else literal[:37] + "..."
         super().__init__(f"{shown} is not a finite number a 64-bit float can hold")
+
+
+class ClaimCheckMissing(UnreadableEvent):
+    """The S3 object a task's ``eventRef`` points at is not there (NoSuchKey: the bucket's
+    ExpireClaimChecks rule expired it, or someone deleted it). Not a dependency failure: S3 answered,
+    and every retry would get the same answer, so the dispatcher dead-letters the task at once as
+    ``claim-check-missing`` instead of retrying it as ``dependency-unavailable``."""
 
 
 class ConfigRejected(RelayError):

@@ -241,7 +241,8 @@ class EventArchive(Protocol):
 
 class ClaimCheckReader(Protocol):
     def load(self, ref: S3Ref) -> str:
-        """The stored event text, as stored; ``UnreadableEvent`` if it is not UTF-8."""
+        """The stored event text, as stored; ``ClaimCheckMissing`` if the object is gone (expired or
+        deleted), ``UnreadableEvent`` if it is not UTF-8, ``DependencyUnavailable`` if S3 fails."""
         ...
 
 

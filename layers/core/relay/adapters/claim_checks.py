@@ -2,7 +2,9 @@
 
 The intake puts (deterministic keys ``events/<integrationId>/<event key hash>.json``, so a retried
 intake overwrites the same object); the dispatcher loads the text back byte for byte. The bucket's
-lifecycle rule expires ``events/`` after the delivery queue's retention period.
+lifecycle rule (ExpireClaimChecks) expires ``events/`` after the delivery queue's and the DLQ's
+retention together; a task that still points at an expired object gets ClaimCheckMissing, not
+DependencyUnavailable: S3 answered, and it will answer the same every time.
 """
 
 from __future__ import annotations
@@ -11,8 +13,13 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from relay.errors import ConfigurationError, DependencyUnavailable, UnreadableEvent
+from relay.errors import ClaimCheckMissing, ConfigurationError, DependencyUnavailable, UnreadableEvent
 from relay.models.delivery import S3Ref
+
+# What S3 answers for a key that holds no object, or whose current version is a delete marker (what
+# lifecycle expiry leaves in a versioned bucket): NoSuchKey, or a bare 404 from endpoints that send no
+# error body. NoSuchBucket (also a 404) is not among them: the deployment is wrong, not the event.
+_NO_OBJECT = frozenset({"NoSuchKey", "NotFound", "404"})
 
 
 class S3ClaimChecks:
@@ -33,11 +40,19 @@ class S3ClaimChecks:
         return S3Ref(bucket=self._bucket, key=key)
 
     def load(self, ref: S3Ref) -> str:
-        """The stored text, byte for byte (for an HTTP event: the body Genesys sent); UnreadableEvent if
-        it is not UTF-8."""
+        """The stored text, byte for byte (for an HTTP event: the body Genesys sent); ClaimCheckMissing
+        if the object is gone, UnreadableEvent if it is not UTF-8."""
         try:
             body: bytes = self._s3.get_object(Bucket=ref.bucket, Key=ref.key)["Body"].read()
-        except (ClientError, BotoCoreError) as exc:
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in _NO_OBJECT:
+                raise ClaimCheckMissing(
+                    f"claim check s3://{ref.bucket}/{ref.key} is gone ({code}): expired or deleted, "
+                    "the event text is no longer stored"
+                ) from None
+            raise DependencyUnavailable(f"claim check unreadable ({type(exc).__name__})") from None
+        except BotoCoreError as exc:
             raise DependencyUnavailable(f"claim check unreadable ({type(exc).__name__})") from None
         try:
             return body.decode("utf-8")

@@ -108,7 +108,7 @@ def register(subparsers: Any) -> None:
         action="append",
         metavar="REASON",
         help="only this reason (repeatable; delivery): exhausted, permanent-status, target-gone, poison, "
-        "unknown-target, target-disabled, redrive-backstop",
+        "unknown-target, target-disabled, claim-check-missing, redrive-backstop",
     )
     redrive.add_argument("--dry-run", action="store_true", help="show what would move; move nothing")
     redrive.add_argument(

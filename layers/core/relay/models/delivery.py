@@ -52,6 +52,8 @@ class DlqReason(StrEnum):
     POISON = "poison"  # the body is not a DeliveryTask, or its event cannot be sent
     UNKNOWN_TARGET = "unknown-target"
     TARGET_DISABLED = "target-disabled"
+    # The event's claim-check object is gone from S3 (expired or deleted): no retry can send it.
+    CLAIM_CHECK_MISSING = "claim-check-missing"
 
 
 @dataclass(frozen=True)

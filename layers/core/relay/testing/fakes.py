@@ -16,6 +16,7 @@ from relay.adapters.audit import audit_key, to_jsonl
 from relay.adapters.idempotency import DEFAULT_LEASE_SECONDS, STATUS_COMPLETED, STATUS_IN_PROGRESS
 from relay.errors import (
     BreakerStoreUnavailable,
+    ClaimCheckMissing,
     ConfigurationError,
     DependencyUnavailable,
     MoveTaskUnavailable,
@@ -74,6 +75,8 @@ class InMemoryClaimCheckStore:
         return S3Ref(bucket=self.bucket, key=key)
 
     def load(self, ref: S3Ref) -> str:
+        if ref.key not in self.objects:
+            raise ClaimCheckMissing(f"claim check {ref.key} is gone (expired or deleted)")
         try:
             return self.objects[ref.key].decode("utf-8")
         except UnicodeDecodeError:

@@ -15,7 +15,13 @@ from datetime import datetime
 
 from pydantic import SecretStr
 
-from relay.errors import ConfigurationError, DependencyUnavailable, TokenUnavailable, UnreadableEvent
+from relay.errors import (
+    ClaimCheckMissing,
+    ConfigurationError,
+    DependencyUnavailable,
+    TokenUnavailable,
+    UnreadableEvent,
+)
 from relay.logic import crypto
 from relay.logic.dispatch.audit import response_for_audit, target_secret_values
 from relay.logic.dispatch.records import Item, Unattempted
@@ -109,7 +115,8 @@ class Attempter:
         self._keys = crypto.KeyCache()
 
     def run(self, item: Item) -> Attempt | Unattempted:
-        """Attempt ``item``'s delivery; Unattempted (poison) when its event cannot be sent."""
+        """Attempt ``item``'s delivery; Unattempted (poison, claim-check-missing) when its event cannot
+        be sent."""
         started = self._now()
         target = item.target
         try:
@@ -123,6 +130,8 @@ class Attempter:
                 item.task, event_json, target, secrets, key_cache=self._keys, now=started, access_token=token
             )
             result, tokens = self._send(target, request, secrets, token, budget)
+        except ClaimCheckMissing as exc:  # the event text is gone: no retry can bring it back
+            return Unattempted(item.record, item.task, DlqReason.CLAIM_CHECK_MISSING, str(exc))
         except UnreadableEvent:
             return Unattempted(item.record, item.task, DlqReason.POISON, "event unreadable")
         except (ConfigurationError, DependencyUnavailable, TokenUnavailable) as exc:
