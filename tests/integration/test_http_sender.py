@@ -149,6 +149,21 @@ def test_a_body_longer_than_our_read_bound_is_complete_and_not_waited_for(sender
     assert _verdict(result) is Verdict.DELIVERED
 
 
+def test_a_refused_connection_says_it_was_refused(sender: HttpSender) -> None:
+    # Given a loopback port nobody listens on (bound, then closed)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    # When a request is sent there
+    result, _ = _post(sender, f"http://127.0.0.1:{port}")
+
+    # Then the error names the refusal (what an operator acts on), not only urllib3's wrapper
+    assert (result.status, result.error_code) == (None, "connection-error")
+    assert result.error == "NewConnectionError(ConnectionRefusedError)"
+    assert _verdict(result) is Verdict.RETRYABLE
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
 def test_a_refused_address_is_never_connected_to(host: str) -> None:
     # Given something listening on loopback, and a sender whose policy refuses loopback

@@ -152,7 +152,8 @@ def test_check_sends_only_head_and_reports_status_latency_and_error(
     # (--timeout is the total: the slow answer is cut off at 0.3 s)
     assert results["t-slow"]["status"] is None and results["t-slow"]["reachable"] is False
     assert results["t-slow"]["error"] == "no complete answer within the request's 0.3 s deadline"
-    assert results["t-closed"]["reachable"] is False and "ConnectionError" in results["t-closed"]["error"]
+    closed = results["t-closed"]
+    assert closed["reachable"] is False and closed["error"] == "NewConnectionError(ConnectionRefusedError)"
     assert (
         results["t-private"]["error"].startswith("URL refused") and results["t-private"]["latencyMs"] is None
     )
@@ -230,6 +231,35 @@ def test_check_unknown_target_fails_clearly(
     assert code == 3
     assert capsys.readouterr().err == "relay targets check: no target no-such-target in the TargetsTable\n"
     assert receiver.methods == []
+
+
+def test_check_of_a_target_id_two_integrations_hold_asks_which_and_checks_the_one_chosen(
+    receiver: RecordingReceiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given t-ok held under a second integration too, there pointing at a closed port
+    other = "99999999-2222-4333-8444-555555555555"
+    store = target_store(get_settings(), cache_ttl_seconds=0)
+    store.put_integration(
+        Integration(integration_id=other, name="other", signature_secret_name="relay/x/signature/2")
+    )
+    store.put_target(
+        Target(integration_id=other, target_id="t-ok", name="t-ok", url=f"http://127.0.0.1:{_closed_port()}/")
+    )
+
+    # When it is checked by its id alone, then with each integration
+    ambiguous = main(["targets", "check", "t-ok"])
+    refusal = capsys.readouterr().err
+    first = main(["targets", "check", "t-ok", "--integration", INTEGRATION_ID, "--format", "json"])
+    (checked_first,) = _json_lines(capsys.readouterr().out)
+    second = main(["targets", "check", "t-ok", "--integration", other, "--format", "json"])
+    (checked_second,) = _json_lines(capsys.readouterr().out)
+
+    # Then the id alone is a usage error naming both, as for every command; each choice checks its own
+    # copy, and says which integration it is
+    assert ambiguous == 2 and INTEGRATION_ID in refusal and other in refusal and "--integration" in refusal
+    assert (first, checked_first["integrationId"], checked_first["reachable"]) == (0, INTEGRATION_ID, True)
+    assert (second, checked_second["integrationId"], checked_second["reachable"]) == (1, other, False)
+    assert receiver.methods == [("HEAD", "/ok")]
 
 
 def test_sync_then_list_masks_every_secret(

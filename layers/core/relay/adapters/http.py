@@ -22,6 +22,7 @@ A body longer than our own read bound is not incomplete: we stopped reading, the
 
 from __future__ import annotations
 
+import errno
 import ssl
 import threading
 import time
@@ -291,7 +292,16 @@ def _short(exc: Exception) -> str:
     reason: object = exc.args[1] if isinstance(exc, ProtocolError) and len(exc.args) > 1 else None
     if isinstance(reason, BaseException):
         return f"{type(exc).__name__}({type(reason).__name__})"
+    if isinstance(exc, NewConnectionError) and isinstance(exc.__cause__, OSError):
+        # Refused, unreachable, reset: the socket error says which (its class, or its errno's name).
+        return f"{type(exc).__name__}({_os_reason(exc.__cause__)})"
     return type(exc).__name__
+
+
+def _os_reason(error: OSError) -> str:
+    if type(error) is not OSError or error.errno is None:
+        return type(error).__name__
+    return errno.errorcode.get(error.errno, type(error).__name__)
 
 
 def _tls_failure(exc: BaseException) -> ssl.SSLError | None:

@@ -77,6 +77,11 @@ def register(subparsers: Any) -> None:
     )
     check.add_argument("target_id", nargs="?", metavar="TARGET_ID", help="only this target")
     check.add_argument(
+        "--integration",
+        metavar="INTEGRATION_ID",
+        help="only this integration's targets (with TARGET_ID: needed if several hold it)",
+    )
+    check.add_argument(
         "--timeout",
         type=positive_seconds,
         default=3.0,
@@ -320,7 +325,12 @@ def check_target(target: Any, *, timeout: float, policy: UrlPolicy, sender: Http
     (``sender``, the deliveries' own, applies it again before connecting, to every address)."""
     from relay.errors import UnsafeUrl
 
-    result: dict[str, Any] = {"targetId": target.target_id, "url": shown_url(target.url), "method": "HEAD"}
+    result: dict[str, Any] = {
+        "integrationId": target.integration_id,
+        "targetId": target.target_id,
+        "url": shown_url(target.url),
+        "method": "HEAD",
+    }
     try:
         url = policy.check_url(target.url)
     except UnsafeUrl as exc:
@@ -366,17 +376,18 @@ def _check_error(answer: HttpResult) -> str | None:
 
 
 def _check(args: Any, out: IO[str] | None = None) -> int:
+    from relay.cli.breaker_cmd import _find_target
     from relay.logic.url_policy import UrlPolicy
     from relay.settings import get_settings
+    from relay.wiring import target_store
     from relay.wiring.dispatcher import http_sender
 
     out = out or sys.stdout
     settings = get_settings()
-    targets = [t for entry in _entries(None) for t in entry.targets]
-    if args.target_id is not None:
-        targets = [t for t in targets if t.target_id == args.target_id]
-        if not targets:
-            raise CommandFailed(f"no target {args.target_id} in the TargetsTable")
+    if args.target_id is not None:  # one target, as every command names one (several: --integration)
+        targets = [_find_target(target_store(settings, cache_ttl_seconds=0), args)]
+    else:
+        targets = [t for entry in _entries(args.integration) for t in entry.targets]
     policy = UrlPolicy.from_settings(settings)
     results = []
     for target in targets:
@@ -387,10 +398,11 @@ def _check(args: Any, out: IO[str] | None = None) -> int:
         for result in results:
             print(json.dumps(result), file=out)
     else:
-        rows = [("TARGET", "URL", "REACHABLE", "STATUS", "LATENCY_MS", "ERROR")]
+        rows = [("INTEGRATION", "TARGET", "URL", "REACHABLE", "STATUS", "LATENCY_MS", "ERROR")]
         for r in results:
             rows.append(
                 (
+                    r["integrationId"],
                     r["targetId"],
                     r["url"],
                     "yes" if r["reachable"] else "no",
