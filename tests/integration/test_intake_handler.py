@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+from misbehaving_peer import Answer, misbehaving_peer
 from support.events import api_gateway_event, sample, sqs_record
 from support.handlers import Handler, load_handler
 from support.lambda_context import lambda_context
@@ -15,8 +16,9 @@ from support.queues import drain
 from test_dispatch_support import put_secret, secret_name
 
 from relay.errors import ConfigurationError
-from relay.local.aws_stack import LocalResources
+from relay.local.aws_stack import LocalResources, forget_cached_configuration
 from relay.local.fixtures import Fixtures
+from relay.local.template import load_template
 from relay.models.delivery import DeliveryTask
 from relay.models.secrets import RotatingSecret, SecretKind
 from relay.models.targets import Integration, Target
@@ -175,6 +177,33 @@ def test_sqs_unavailable_is_503_with_retry_after_and_the_retry_queues(
     retried = intake_handler(event, lambda_context("intake"))
     assert retried["statusCode"] == 202
     assert len(drain(aws_stack.delivery_queue_url)) == 2
+
+
+def test_aws_that_hangs_is_503_with_retry_after_inside_the_functions_timeout(
+    aws_stack: LocalResources, intake_handler: Handler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the intake's function settings from template.yaml, and every AWS endpoint accepting
+    # connections but never answering (a hung dependency, not a refusing one)
+    template = load_template()
+    environment = template.function("IntakeFunction").environment
+    for name in ("AWS_CONNECT_TIMEOUT_SECONDS", "AWS_READ_TIMEOUT_SECONDS", "AWS_MAX_ATTEMPTS"):
+        monkeypatch.setenv(name, environment[name])
+    with misbehaving_peer(lambda *_: Answer(after="hold")) as silent:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", silent.url)
+        forget_cached_configuration()
+
+        # When Genesys posts
+        started = time.monotonic()
+        response = intake_handler(sample("apigw_text.json"), lambda_context("intake"))
+        took = time.monotonic() - started
+
+    # Then the answer is the documented 503 with Retry-After (Genesys retries it), in time: before the
+    # function's own timeout would have made API Gateway answer 500 instead
+    assert response["statusCode"] == 503, response
+    assert json.loads(response["body"])["error"] == "service_unavailable"
+    assert int(response["headers"]["retry-after"]) > 0
+    assert took < template.function("IntakeFunction").timeout_seconds
+    assert silent.connections >= 1  # it did wait on the silent endpoint
 
 
 def test_bodies_too_large_for_sqs_are_claim_checked_in_the_audit_bucket(

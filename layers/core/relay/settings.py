@@ -49,6 +49,12 @@ class Settings(BaseModel):
     aws_access_key_id: str | None = Field(None, alias="AWS_ACCESS_KEY_ID")
     aws_secret_access_key: SecretStr | None = Field(None, alias="AWS_SECRET_ACCESS_KEY")
     aws_session_token: SecretStr | None = Field(None, alias="AWS_SESSION_TOKEN")
+    # Each AWS call's bounds (relay.adapters.aws): connect, read, and tries in all, the first included
+    # (botocore's standard retries; 4 is what "max_attempts": 3 gave). template.yaml gives the intake
+    # shorter ones: its calls must end inside its own timeout.
+    aws_connect_timeout_seconds: float = Field(2.0, alias="AWS_CONNECT_TIMEOUT_SECONDS", gt=0, le=60)
+    aws_read_timeout_seconds: float = Field(5.0, alias="AWS_READ_TIMEOUT_SECONDS", gt=0, le=60)
+    aws_max_attempts: int = Field(4, alias="AWS_MAX_ATTEMPTS", ge=1, le=10)
     metrics_namespace: str = Field("GenesysRelay", alias="POWERTOOLS_METRICS_NAMESPACE")
     service_name: str = Field("relay", alias="POWERTOOLS_SERVICE_NAME")
 

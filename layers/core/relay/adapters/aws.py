@@ -19,22 +19,24 @@ from botocore.config import Config
 
 from relay.settings import Settings
 
-# Short timeouts and a bounded standard retry: a Lambda must answer (or fail) well inside its own
-# timeout, and the intake well inside Genesys' 10 s.
-CLIENT_CONFIG = Config(
-    connect_timeout=2,
-    read_timeout=5,
-    retries={"max_attempts": 3, "mode": "standard"},
-    max_pool_connections=50,
-)
+
+def client_config(settings: Settings) -> Config:
+    """Short timeouts and a bounded standard retry (``settings``' AWS_* bounds): a function must answer,
+    or fail, inside its own timeout; a call that hangs becomes DependencyUnavailable in the adapter."""
+    return Config(
+        connect_timeout=settings.aws_connect_timeout_seconds,
+        read_timeout=settings.aws_read_timeout_seconds,
+        retries={"total_max_attempts": settings.aws_max_attempts, "mode": "standard"},
+        max_pool_connections=50,
+    )
 
 
 class AwsClients:
     """One client per service for one Settings; thread-safe."""
 
-    def __init__(self, settings: Settings, *, config: Config = CLIENT_CONFIG) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._config = config
+        self._config = client_config(settings)
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
 

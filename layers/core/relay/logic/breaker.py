@@ -105,8 +105,9 @@ def record(
     """Fold a batch's results for one target, in order, into the state; None when nothing changes.
 
     ``healthy[i]`` is False when attempt i found the endpoint failing (timeouts, connection errors,
-    408/425/5xx; a throttle, 429 or 503 with Retry-After, is healthy: the rate limit answers it). With ``holds_probe`` the first result is this dispatcher's half-open probe.
-    Results that arrive while the breaker is open or another dispatcher probes change nothing.
+    408/425/5xx; a throttle, 429 or 503 with Retry-After, is healthy: the rate limit answers it).
+    With ``holds_probe`` the first result is this dispatcher's half-open probe. Results that arrive
+    while the breaker is open or another dispatcher probes change nothing.
     """
     if not healthy:
         return None
