@@ -48,6 +48,7 @@ import requests
 from relay.adapters.breaker_store import DynamoBreakerStore
 from relay.local.aws_stack import local_client
 from relay.local.function_worker import WorkerFunction
+from relay.local.log import LOCAL_STACK_SERVICE
 from relay.local.poller import PollerStats
 from relay.local.receiver import Behaviour, Receiver
 from relay.local.stack import LocalStack
@@ -174,7 +175,7 @@ def captured_output(function_log: IO[str], stack_log: IO[str]) -> Iterator[IO[st
     sys.stdout, sys.stderr = function_log, stack_log
     root_handler = logging.StreamHandler(stack_log)
     logging.getLogger().addHandler(root_handler)
-    logging.getLogger("relay.local").setLevel(logging.INFO)
+    logging.getLogger(LOCAL_STACK_SERVICE).setLevel(logging.INFO)
     try:
         yield real_out
     finally:

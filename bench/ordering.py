@@ -277,8 +277,7 @@ class OrderingRun:
             f"t{n:03d}-{uuid.uuid4().hex[:8]}": per_conversation
             for n in range(sizes.throughput_conversations)
         }
-        # Queue everything first: each figure is its lane's alone. Paused, not stopped: a stopped poller's
-        # threads end, and the warm workers they started die with them.
+        # Queue everything first: each figure is its lane's alone (the pollers pause, then resume).
         stack.ordered_poller.pause()
         stack.poller.pause()
         self._send(self.ids.throughput, self.ids.throughput_secret, plan)

@@ -257,6 +257,56 @@ def test_serve_prints_ready_delivers_a_signed_post_and_stops_cleanly(
     assert [pid for pid in children if alive(pid)] == []
 
 
+def test_a_stop_that_outlasts_the_settle_wait_finishes_the_running_deliveries_and_calls_none_dropped(
+    own_receiver: Receiver, tmp_path: Path
+) -> None:
+    from relay.local.receiver import Behaviour
+
+    # Given serve delivering to our receiver, which holds every request until told (a slow target;
+    # its read timeout outlasts the stop's 10 s wait for the queues to settle)
+    doc = with_only_target(
+        {
+            "id": "5c0ffee0-1111-4222-8333-944455556667",
+            "name": "e2e-slow-receiver",
+            "url": f"{own_receiver.url}/hooks/e2e",
+            "signingSecret": SIGNING_SECRET,
+            "readTimeoutSeconds": 45,
+        }
+    )
+    integration = doc["integrations"][0]
+    answer = threading.Event()
+    own_receiver.behaviour = Behaviour(gate=answer, hang_seconds=60)
+    stderr_path = tmp_path / "serve.stderr"
+    with serving(written(doc, tmp_path), stderr_path) as (process, stdout):
+        ready = stdout.wait_for_json("ready", timeout=90)
+        event = sample("openmessaging_text.json")
+        sent = [f"{event['id']}-{n}" for n in range(3)]
+        for event_id in sent:
+            assert post_signed(ready["api"], integration, {**event, "id": event_id}).status_code == 202
+        wait_until(lambda: own_receiver.held == len(sent), what="the receiver holding every delivery")
+
+        # When Ctrl-C is pressed while they are under way, and the receiver answers only once serve
+        # has given up waiting for the queues to settle
+        os.killpg(process.pid, signal.SIGINT)
+        wait_until(
+            lambda: re.search(r"waiting for \d+ running|dropped with the stack", stderr_path.read_text()),
+            what="serve done waiting for the queues to settle",
+            timeout=40,
+        )
+        answer.set()
+        code = process.wait(timeout=60)
+
+    # Then every delivery was answered, and serve calls none of them dropped: it waited for the
+    # invocations running, and then found nothing left in the queues
+    assert code == 0
+    assert {d.event["id"] for d in own_receiver.deliveries if d.event is not None} == set(sent)
+    logged = stderr_path.read_text()
+    stop_lines = [line for line in logged.splitlines() if line.startswith("relay local serve: stopping")]
+    assert not [line for line in stop_lines if "dropped" in line], stop_lines
+    assert re.search(r"stopping: waiting for [1-3] running invocation\(s\) to finish", logged), stop_lines
+    assert stop_lines[-1].endswith("every invocation finished, nothing left in the queues"), stop_lines
+
+
 def command_line(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -504,7 +554,7 @@ def test_the_tally_counts_dead_letters_from_the_dlq_and_stop_leaves_nothing_behi
     leftovers = [
         t.name
         for t in threading.enumerate()
-        if t.name.startswith(("sqs-poller", "api-adapter", "eventbridge"))
+        if t.name.startswith(("sqs-poller", "api-adapter", "eventbridge", "worker-spawner"))
     ]
     assert leftovers == []
 

@@ -27,6 +27,7 @@ from relay.cli.logs import stdout_log_handlers
 
 if TYPE_CHECKING:
     from relay.local.fixtures import Fixtures
+    from relay.local.stack import LocalStack
 
 API_ENV = "RELAY_LOCAL_API"  # where put-event sends when --api is not given
 
@@ -131,6 +132,39 @@ def _stack_failed(exc: Exception) -> CommandFailed:
 
 # How long a stopping serve lets the events it accepted be delivered (retries due later are dropped).
 STOP_SETTLE_SECONDS = 10.0
+# What a queue's counts (LocalStack.pending()) mean once its poller has stopped: a message not visible
+# then is one whose delivery failed and that waits for its retry.
+_LEFT_IN_QUEUE = {"visible": "visible", "in_flight": "waiting_for_retry", "delayed": "delayed"}
+
+
+def _stop_and_report_what_is_left(stack: LocalStack) -> None:
+    """The pollers stop receiving and wait for the invocations running (a delivery under way is
+    finished, not cut); then what is still in the queues, which goes with them, is named on stderr.
+    Only then: named before that wait, the invocations in flight would count as dropped, and most of
+    them go on to deliver."""
+    running = sum(counts["invocations"] for counts in stack.pending().values())
+    if running:
+        print(
+            f"relay local serve: stopping: waiting for {running} running invocation(s) to finish",
+            file=sys.stderr,
+        )
+    stack.stop_pollers()
+    left = {
+        queue: {label: counts[key] for key, label in _LEFT_IN_QUEUE.items()}
+        for queue, counts in stack.pending().items()
+        if any(counts[key] for key in _LEFT_IN_QUEUE)
+    }
+    if left:
+        print(
+            f"relay local serve: stopping with deliveries left undelivered (dropped with the stack's "
+            f"queues): {json.dumps(left)}",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            "relay local serve: stopping: every invocation finished, nothing left in the queues",
+            file=sys.stderr,
+        )
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -163,12 +197,7 @@ def serve_command(args: argparse.Namespace) -> int:
             if stack.api is not None:
                 stack.api.stop()
             if not stack.wait_settled(STOP_SETTLE_SECONDS):
-                left = {queue: counts for queue, counts in stack.pending().items() if any(counts.values())}
-                print(
-                    f"relay local serve: stopping with deliveries still pending (dropped with the stack's "
-                    f"queues): {json.dumps(left)}",
-                    file=sys.stderr,
-                )
+                _stop_and_report_what_is_left(stack)
     except LocalStackError as exc:
         raise _stack_failed(exc) from None
     return ExitCode.OK  # stopping is what Ctrl-C and SIGTERM are for here

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import re
 import socket
 import threading
@@ -34,10 +33,9 @@ from urllib.parse import parse_qsl, unquote
 
 from relay.errors import LocalStackError
 from relay.local.lambda_runtime import FunctionSettings, Handler, LocalFunction
+from relay.local.log import log
 from relay.local.loopback import LoopbackServer
 from relay.local.template import Template
-
-log = logging.getLogger("relay.local")
 
 # API Gateway HTTP API quotas ("Quotas for configuring and running an HTTP API in API Gateway").
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024  # "Payload size: 10 MB"

@@ -23,7 +23,6 @@ stays empty.
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 import uuid
@@ -37,9 +36,8 @@ from relay.errors import LocalStackError
 from relay.json_input import load_json
 from relay.local.api_adapter import HttpResponse, json_response
 from relay.local.lambda_runtime import FunctionSettings, Handler, Invocation, LocalFunction
+from relay.local.log import log
 from relay.local.template import Template
-
-log = logging.getLogger("relay.local")
 
 PUT_EVENTS_PATH = "/eventbridge/events"  # under the local API's base URL
 DEFAULT_BUS = "default"

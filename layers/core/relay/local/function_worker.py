@@ -16,14 +16,21 @@ What this adds over the in-process runner:
 The protocol channel is a pair of pipes on their own file descriptors, apart from the handler's
 stdout/stderr (powertools prints logs and EMF metrics to stdout), which go to the function log
 (``output``: a file the stack names, or this process's stderr). Workers ask Linux to SIGKILL them
-when the stack's process dies (PR_SET_PDEATHSIG), so none outlives it.
+when the stack's process dies (PR_SET_PDEATHSIG), so none outlives it. Linux sends that signal when the
+*thread* that started the worker ends, not its process: so every worker of a function is started by one
+thread the function owns (``_Spawner``), which lives until the function is closed and its last
+invocation has ended. A worker started for one poller slot and then busy for another does not die
+when the first slot's thread ends (at stop); it dies only with the stack's process, or when its
+function closes.
+
+The stack's own lines (a worker that died, a run past its timeout) go to relay.local.log, not to the
+functions' logger (why: that module's doc).
 """
 
 from __future__ import annotations
 
 import ctypes
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -31,17 +38,18 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
+from queue import SimpleQueue
 from typing import IO, Any
 
 from relay.errors import LocalStackError
 from relay.local.lambda_runtime import Invocation, LambdaContext, LocalFunction, load_handler
+from relay.local.log import log
 from relay.local.template import FunctionSpec, Template
-
-log = logging.getLogger("relay.local")
 
 # Lambda's error type when the runtime process exits mid-invocation.
 RUNTIME_EXIT_ERROR = "Runtime.ExitError"
@@ -158,6 +166,44 @@ class _Worker:
             self.kill()
 
 
+class _Spawner:
+    """The one thread that starts a function's workers (why one, and why it lives on: the module doc).
+
+    ``spawn`` runs the start in this thread and hands back the worker, or what starting raised.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._requests: SimpleQueue[tuple[Callable[[], _Worker], Future[_Worker]] | None] = SimpleQueue()
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def spawn(self, start: Callable[[], _Worker]) -> _Worker:
+        started: Future[_Worker] = Future()
+        with self._lock:
+            if self._stopped:
+                raise RuntimeError("the function's workers are stopped")
+            self._requests.put((start, started))
+        return started.result()
+
+    def stop(self) -> None:
+        """End the thread once it has started what it was asked to; the workers it started, if any
+        are still alive, die with it."""
+        with self._lock:
+            if not self._stopped:
+                self._stopped = True
+                self._requests.put(None)
+
+    def _run(self) -> None:
+        while (request := self._requests.get()) is not None:
+            start, started = request
+            try:
+                started.set_result(start())
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller, raised there
+                started.set_exception(exc)
+
+
 class WorkerFunction(LocalFunction):
     """A template function whose invocations run in warm worker processes (see the module doc)."""
 
@@ -192,6 +238,7 @@ class WorkerFunction(LocalFunction):
         self._spawning = 0
         self._closed = False
         self._lock = threading.Condition()
+        self._spawner = _Spawner(f"worker-spawner-{spec.logical_id}")
 
     @classmethod
     def from_template(  # type: ignore[override]
@@ -275,10 +322,11 @@ class WorkerFunction(LocalFunction):
                 self._lock.wait()
         if worker is None:
             try:
-                worker = _Worker(self.spec, self.output, self.environment)
+                worker = self._spawner.spawn(self._new_worker)
             finally:
                 with self._lock:
                     self._spawning -= 1
+                    self._stop_spawner_when_done()
             with self._lock:
                 self.stats.cold_starts += 1
         with self._lock:
@@ -289,6 +337,9 @@ class WorkerFunction(LocalFunction):
                 self.stats.max_workers_alive, len(self._busy) + len(self._idle)
             )
         return worker
+
+    def _new_worker(self) -> _Worker:
+        return _Worker(self.spec, self.output, self.environment)
 
     def _release(self, worker: _Worker, *, keep: bool) -> None:
         with self._lock:
@@ -301,6 +352,14 @@ class WorkerFunction(LocalFunction):
         if not alive:
             worker.kill()
             worker.close()
+            with self._lock:
+                self._stop_spawner_when_done()
+
+    def _stop_spawner_when_done(self) -> None:
+        """Once closed, with no invocation running and none starting, the spawner's thread may end:
+        no worker it started is left to keep alive. Called holding the lock."""
+        if self._closed and not self._busy and not self._spawning:
+            self._spawner.stop()
 
     def prewarm(self, count: int) -> int:
         """Start up to ``count`` more containers now and keep them warm, so that their cold starts
@@ -311,7 +370,7 @@ class WorkerFunction(LocalFunction):
             self._spawning += wanted
         started: list[_Worker] = []
         try:
-            started = [_Worker(self.spec, self.output, self.environment) for _ in range(wanted)]
+            started = [self._spawner.spawn(self._new_worker) for _ in range(wanted)]
             for worker in started:
                 worker.wait_ready()
         except WorkerDied:
@@ -322,6 +381,7 @@ class WorkerFunction(LocalFunction):
         finally:
             with self._lock:
                 self._spawning -= wanted
+                self._stop_spawner_when_done()
         with self._lock:
             self.stats.cold_starts += len(started)
             self._idle.extend(started)
@@ -373,13 +433,16 @@ class WorkerFunction(LocalFunction):
             return [w.pid for w in (*self._idle, *self._busy.values())]
 
     def close(self) -> None:
-        """Stop every idle worker; busy ones stop when their invocation ends."""
+        """Stop every idle worker; busy ones stop when their invocation ends, and the thread that
+        started them once the last has."""
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
             self._lock.notify_all()
         for worker in idle:
             worker.close()
+        with self._lock:
+            self._stop_spawner_when_done()
 
 
 def serve(argv: list[str]) -> None:

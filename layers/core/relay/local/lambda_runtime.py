@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import logging
 import sys
 import threading
 import time
@@ -29,12 +28,12 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+from relay.local.log import log
 from relay.local.template import FunctionSpec, Template
 from relay.settings import Settings, settings_scope
 
 Handler = Callable[[dict[str, Any], Any], Any]
 
-log = logging.getLogger("relay.local")
 _import_lock = threading.Lock()
 # One lock per imported handler module: its one in-process "container" (see the module docstring).
 _container_locks: dict[str, threading.Lock] = {}

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import logging
 import math
 import threading
 import time
@@ -36,9 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relay.local.lambda_runtime import LocalFunction
+from relay.local.log import log
 from relay.local.template import Template
-
-log = logging.getLogger("relay.local")
 
 MAX_RECEIVE = 10  # ReceiveMessage's MaxNumberOfMessages ceiling
 # Told the messages one ReceiveMessage returned and when (time.time()).
@@ -153,8 +151,9 @@ class SqsPoller:
             raise RuntimeError(f"poller threads still running after {wait:.0f} s: {alive}")
 
     def pause(self, timeout: float = 60.0) -> None:
-        """Stop receiving, keep the slots' threads (and so the warm workers they started: a worker
-        dies with the thread that spawned it), and wait for the invocations in flight."""
+        """Stop receiving until ``resume()``, and wait for the invocations in flight. The slots' threads
+        stay, only idle; the function's warm workers stay warm either way (they belong to the function,
+        not to the thread that first needed one: relay.local.function_worker)."""
         self._paused.set()
         if not self.wait_idle(timeout):
             raise RuntimeError(f"invocations still running after {timeout:.0f} s")

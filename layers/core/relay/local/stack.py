@@ -224,6 +224,14 @@ class LocalStack:
         for poller in self.pollers:
             poller.stop_receiving()
 
+    def stop_pollers(self) -> None:
+        """Every poller stops receiving (all told first: each may be in a long poll of its own), then
+        waits for its invocations in flight: what ``pending()`` shows afterwards stays in the queues.
+        ``stop()`` does this first anyway; `relay local serve` does it early, to report what is left."""
+        self._tell_pollers_to_stop()
+        for poller in self.pollers:
+            poller.stop()
+
     def _start_consumer(
         self, template: Template, logical_id: str, *, workers: bool = False
     ) -> tuple[LocalFunction, SqsPoller]:
