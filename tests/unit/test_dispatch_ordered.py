@@ -285,6 +285,28 @@ def test_a_target_that_blocks_holds_the_conversation_behind_an_exhausted_record(
     assert outcomes == [("g-0", "blocked"), ("g-1", "held")]
 
 
+@pytest.mark.parametrize(("age_days", "held"), [(13.0, True), (13.99, False)], ids=["in-time", "expiring"])
+def test_a_blocked_record_whose_next_look_would_come_after_its_retention_is_dead_lettered_instead(
+    relays: list[OrderedRelay], age_days: float, held: bool
+) -> None:
+    # Given a target that blocks, refusing a record SQS took age_days ago (it deletes it at 14 days)
+    r = ordered_relay(relays, ordered_target(on_exhausted=OnExhausted.BLOCK), answers={"g-0": 400})
+    refused = fifo_record("g", 0, sent_at=NOW - age_days * 86_400)
+    then = fifo_record("g", 1)
+
+    failed = r.batch(refused, then)
+
+    # Then it is held for the next look while that look comes in time; past that, it is dead-lettered
+    # in its conversation (explained, and kept by the FIFO DLQ) rather than deleted by SQS unseen
+    if held:
+        assert failed == ids(refused, then) and r.ordered.dead_letters == []
+    else:
+        assert [(d["reason"], d["group_id"]) for d in r.ordered.dead_letters] == [
+            (DlqReason.PERMANENT_STATUS, "g")
+        ]
+        assert r.sent() == ["g-0", "g-1"] and failed == []
+
+
 def test_a_target_that_blocks_and_answers_410_holds_the_conversation_until_it_is_enabled_again(
     relays: list[OrderedRelay],
 ) -> None:

@@ -144,7 +144,10 @@ class OrderedSettler(Settler):
 
     def _retry_delay(self, item: Item, outcome: Outcome, batch: Batch) -> int | None:
         delay = super()._retry_delay(item, outcome, batch)
-        return None if delay is None else self._group.lasting(delay)
+        if delay is None:
+            return None
+        lasting = self._group.lasting(delay)
+        return None if self._outlives_retention(item, lasting) else lasting
 
     def _dead_letter(
         self, item: Item, reason: DlqReason, outcome: Outcome, batch: Batch, line: dict[str, Any]
@@ -154,6 +157,11 @@ class OrderedSettler(Settler):
             super()._dead_letter(item, reason, outcome, batch, line)
             return
         wanted = self._group.lasting(wanted)
+        if self._outlives_retention(item, wanted):
+            # Held again, SQS would delete it before the next look: dead-lettered in its conversation
+            # instead, explained (a FIFO DLQ keeps it another 14 days), rather than lost unseen.
+            super()._dead_letter(item, reason, outcome, batch, line)
+            return
         hold: int | None = wanted
         try:
             self._queue.schedule_retry(item.record.receipt_handle, wanted)
@@ -166,3 +174,6 @@ class OrderedSettler(Settler):
             extra={"targetId": item.target.target_id, "messageId": item.record.message_id, "reason": reason},
         )
         batch.fail(item.record)
+
+    def _outlives_retention(self, item: Item, seconds: int) -> bool:
+        return retry.outlives_retention(item.record.sent_at, seconds, self._now().timestamp())
