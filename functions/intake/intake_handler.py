@@ -8,10 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 from relay.observability import logger, metrics
-from relay.wiring.intake import container_intake
+from relay.wiring.intake import answering_in_time, container_intake
 
 
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return container_intake().handle(event)
+    with answering_in_time(context):
+        return container_intake().handle(event)

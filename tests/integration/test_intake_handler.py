@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+import requests
 from misbehaving_peer import Answer, misbehaving_peer
 from support.events import api_gateway_event, sample, sqs_record
 from support.handlers import Handler, load_handler
@@ -204,6 +206,80 @@ def test_aws_that_hangs_is_503_with_retry_after_inside_the_functions_timeout(
     assert int(response["headers"]["retry-after"]) > 0
     assert took < template.function("IntakeFunction").timeout_seconds
     assert silent.connections >= 1  # it did wait on the silent endpoint
+
+
+class SlowAws:
+    """A loopback HTTP server in front of moto that answers each request ``delay`` seconds late (each
+    call well inside the intake's read timeout, so no call times out)."""
+
+    def __init__(self, target: str, delay: float) -> None:
+        forwarder = self
+
+        class Forward(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                time.sleep(forwarder.delay)  # not a wait: the slow dependency under test
+                skip = {"host", "content-length", "connection"}
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
+                answer = requests.post(
+                    f"{forwarder.target}{self.path}", data=body, headers=headers, timeout=30
+                )
+                self.send_response(answer.status_code)
+                for name, value in answer.headers.items():
+                    if name.lower() not in {
+                        "content-length",
+                        "transfer-encoding",
+                        "connection",
+                        "content-encoding",
+                    }:
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.target, self.delay = target, delay
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_aws_that_answers_each_call_slowly_is_503_before_the_calls_add_up_past_the_timeout(
+    aws_stack: LocalResources, intake_handler: Handler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the intake's function settings from template.yaml, and AWS answering every call 2.5 s late:
+    # each call fits its 3 s read timeout, but the intake's calls together do not fit its 8 s
+    seed_fixture_integrations()
+    template = load_template()
+    environment = template.function("IntakeFunction").environment
+    for name in ("AWS_CONNECT_TIMEOUT_SECONDS", "AWS_READ_TIMEOUT_SECONDS", "AWS_MAX_ATTEMPTS"):
+        monkeypatch.setenv(name, environment[name])
+    slow = SlowAws(aws_stack.endpoint_url, delay=2.5)
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", slow.url)
+        forget_cached_configuration()
+
+        # When Genesys posts
+        started = time.monotonic()
+        response = intake_handler(sample("apigw_text.json"), lambda_context("intake"))
+        took = time.monotonic() - started
+    finally:
+        slow.close()
+
+    # Then no call starts that could end past the function's timeout: the answer is the documented 503
+    # with Retry-After, in time, and nothing was queued
+    assert response["statusCode"] == 503, response
+    assert int(response["headers"]["retry-after"]) > 0
+    assert took < template.function("IntakeFunction").timeout_seconds
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws_stack.endpoint_url)
+    forget_cached_configuration()
+    assert drain(aws_stack.delivery_queue_url) == []
 
 
 def test_bodies_too_large_for_sqs_are_claim_checked_in_the_audit_bucket(

@@ -12,10 +12,16 @@ from a session of its own.
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from functools import partial
 from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import BotoCoreError
 
 from relay.settings import Settings
 
@@ -29,6 +35,36 @@ def client_config(settings: Settings) -> Config:
         retries={"total_max_attempts": settings.aws_max_attempts, "mode": "standard"},
         max_pool_connections=50,
     )
+
+
+class OutOfTime(BotoCoreError):  # type: ignore[misc]  # botocore ships no type hints
+    """An AWS call not started: its worst case (connect + read timeout) would end past the deadline
+    ``calls_until`` set. Adapters map it as any BotoCoreError: the dependency is unavailable."""
+
+    fmt = "no time left in this invocation for another AWS call"
+
+
+# When the AWS calls of the invocation running on this thread must have ended (time.monotonic()).
+_deadline: ContextVar[float | None] = ContextVar("aws_calls_deadline", default=None)
+
+
+@contextmanager
+def calls_until(deadline: float | None) -> Iterator[None]:
+    """Inside, on this thread, an AWS call (each try of it) starts only if it cannot end past
+    ``deadline``: a function then answers inside its own timeout, as a dependency failure, where calls
+    that each fit would add up past it (the intake: a claim, a send and an answer, several tries each)."""
+    token = _deadline.set(deadline)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def _refuse_past_deadline(worst_seconds: float, **_event: Any) -> None:
+    """botocore's before-send hook, called before each try of each call."""
+    deadline = _deadline.get()
+    if deadline is not None and time.monotonic() + worst_seconds > deadline:
+        raise OutOfTime()
 
 
 class AwsClients:
@@ -61,13 +97,16 @@ class AwsClients:
             }
             if settings.aws_session_token:
                 credentials["aws_session_token"] = settings.aws_session_token.get_secret_value()
-        return new_client(
+        client = new_client(
             service,
             region_name=settings.region,
             endpoint_url=settings.aws_endpoint_url,
             config=self._config,
             **credentials,
         )
+        worst = settings.aws_connect_timeout_seconds + settings.aws_read_timeout_seconds
+        client.meta.events.register("before-send", partial(_refuse_past_deadline, worst))
+        return client
 
 
 _session: boto3.session.Session | None = None

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import time
+from contextlib import AbstractContextManager
+from typing import Any
+
+from relay.adapters.aws import calls_until
 from relay.adapters.idempotency import DynamoDBIdempotencyStore
 from relay.adapters.sqs import SqsQueues
 from relay.logic.intake import Intake, PowertoolsMetrics
@@ -63,6 +68,17 @@ def build_intake(
 
 
 _intakes: PerSettings[Intake] = PerSettings(1)
+
+# Kept after the intake's last AWS call, to build its answer and return it.
+ANSWER_SECONDS = 0.5
+
+
+def answering_in_time(context: Any) -> AbstractContextManager[None]:
+    """The invocation's AWS calls must end ANSWER_SECONDS before its timeout (``context``'s remaining
+    time): a dependency that keeps answering slowly ends as the documented 503, not as API Gateway's
+    500 after the function's timeout."""
+    remaining = context.get_remaining_time_in_millis() / 1000
+    return calls_until(time.monotonic() + remaining - ANSWER_SECONDS)
 
 
 def container_intake() -> Intake:
