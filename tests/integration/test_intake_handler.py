@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-import requests
 from misbehaving_peer import Answer, misbehaving_peer
+from support.aws_proxy import answer, forward
 from support.events import api_gateway_event, sample, sqs_record
 from support.handlers import Handler, load_handler
 from support.lambda_context import lambda_context
@@ -217,25 +217,8 @@ class SlowAws:
 
         class Forward(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 time.sleep(forwarder.delay)  # not a wait: the slow dependency under test
-                skip = {"host", "content-length", "connection"}
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
-                answer = requests.post(
-                    f"{forwarder.target}{self.path}", data=body, headers=headers, timeout=30
-                )
-                self.send_response(answer.status_code)
-                for name, value in answer.headers.items():
-                    if name.lower() not in {
-                        "content-length",
-                        "transfer-encoding",
-                        "connection",
-                        "content-encoding",
-                    }:
-                        self.send_header(name, value)
-                self.send_header("Content-Length", str(len(answer.content)))
-                self.end_headers()
-                self.wfile.write(answer.content)
+                answer(self, forward(self, forwarder.target, timeout=30))
 
             def log_message(self, *args: Any) -> None:
                 pass

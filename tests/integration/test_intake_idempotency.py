@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
-import requests
+from support.aws_proxy import answer, forward
 from support.events import api_gateway_event, sample
 from support.handlers import load_handler
 from support.lambda_context import lambda_context
@@ -129,27 +129,12 @@ class LosesFirstAnswer:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                headers = {
-                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")
-                }
-                answer = requests.post(upstream + self.path, data=body, headers=headers, timeout=10)
+                response = forward(self, upstream, timeout=10)
                 if self.headers.get("X-Amz-Target") == target and not proxy.lost:
                     proxy.lost.append(target)
                     self.close_connection = True  # the write is done; its answer never arrives
                     return
-                self.send_response(answer.status_code)
-                for name, value in answer.headers.items():
-                    if name.lower() not in (
-                        "content-length",
-                        "transfer-encoding",
-                        "connection",
-                        "content-encoding",
-                    ):
-                        self.send_header(name, value)
-                self.send_header("Content-Length", str(len(answer.content)))
-                self.end_headers()
-                self.wfile.write(answer.content)
+                answer(self, response)
 
             def log_message(self, *args: Any) -> None:
                 pass
