@@ -560,6 +560,20 @@ def test_a_record_whose_target_is_unknown_is_dead_lettered_in_order_and_the_grou
     assert r.sent() == ["g-1"]
 
 
+def test_a_record_dead_lettered_without_an_attempt_says_the_attempts_made_not_its_receives(
+    relays: list[OrderedRelay],
+) -> None:
+    # Given a record received for the fifth time (held four times, never attempted: the attempts
+    # table has no failure for it), whose target is unknown
+    r = ordered_relay(relays)
+    lost = fifo_record("g", 0, target_id="nobody", receive_count=5)
+
+    r.batch(lost)
+
+    # Then its letter says 0 attempts, as the ordered lane counts them
+    assert [(d["reason"], d["attempts"]) for d in r.ordered.dead_letters] == [(DlqReason.UNKNOWN_TARGET, 0)]
+
+
 def test_the_targets_table_down_holds_the_conversation_from_the_record_it_could_not_resolve(
     relays: list[OrderedRelay],
 ) -> None:

@@ -243,8 +243,16 @@ class OrderedDelivery:
             # Counted as blocked (the alarm): the ordered queue keeps them 14 days, not for ever.
             batch.metrics.service_count(Metric.ORDERED_GROUP_BLOCKED)
             return Hold(hold, step.reason.value)
-        settler.unattempted(step, batch)
+        settler.unattempted(step, batch, attempts=self._attempts_made(step.record))
         return None
+
+    def _attempts_made(self, record: SqsRecord) -> int:
+        """What a letter says was attempted: the attempts table's count, not the receive count (a held
+        record is received again without an attempt); the message's own count if the table is down."""
+        try:
+            return self._attempt_number(record) - 1
+        except DependencyUnavailable:
+            return retry.attempts_before(record.message_attributes)
 
     def _attempt_number(self, record: SqsRecord) -> int:
         """The attempt this receive makes: attempts before the message (a redrive's are 0) plus its

@@ -87,8 +87,9 @@ class Settler:
                 self._dead_letter(item, _FINAL_REASONS[outcome.verdict], outcome, batch, line)
         batch.log(target_id, line)
 
-    def unattempted(self, unattempted: Unattempted, batch: Batch) -> None:
-        """Dead-letter a record without an attempt (its attempts stay as they were)."""
+    def unattempted(self, unattempted: Unattempted, batch: Batch, *, attempts: int | None = None) -> None:
+        """Dead-letter a record without an attempt (its attempts stay as they were: ``attempts``, or
+        what the message's receive count says)."""
         record, task, reason = unattempted.record, unattempted.task, unattempted.reason
         target_id = task.target_id if task else None
         try:
@@ -97,7 +98,7 @@ class Settler:
                 record.message_attributes,
                 DeadLetterNote(
                     reason,
-                    record.attempts_before,
+                    record.attempts_before if attempts is None else attempts,
                     integration_id=task.integration_id if task else None,
                     target_id=target_id,
                     last_error=unattempted.why,
