@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -20,6 +20,7 @@ from test_dispatch_support import put_secret, secret_name
 from relay.errors import ConfigurationError
 from relay.local.aws_stack import LocalResources, forget_cached_configuration
 from relay.local.fixtures import Fixtures
+from relay.local.loopback import LoopbackServer
 from relay.local.template import load_template
 from relay.models.delivery import DeliveryTask
 from relay.models.secrets import RotatingSecret, SecretKind
@@ -181,15 +182,21 @@ def test_sqs_unavailable_is_503_with_retry_after_and_the_retry_queues(
     assert len(drain(aws_stack.delivery_queue_url)) == 2
 
 
+def with_the_intakes_aws_bounds(monkeypatch: pytest.MonkeyPatch) -> float:
+    """The AWS call bounds template.yaml gives the IntakeFunction, set as its environment sets them;
+    the function's Timeout."""
+    intake = load_template().function("IntakeFunction")
+    for name in ("AWS_CONNECT_TIMEOUT_SECONDS", "AWS_READ_TIMEOUT_SECONDS", "AWS_MAX_ATTEMPTS"):
+        monkeypatch.setenv(name, intake.environment[name])
+    return intake.timeout_seconds
+
+
 def test_aws_that_hangs_is_503_with_retry_after_inside_the_functions_timeout(
     aws_stack: LocalResources, intake_handler: Handler, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given the intake's function settings from template.yaml, and every AWS endpoint accepting
     # connections but never answering (a hung dependency, not a refusing one)
-    template = load_template()
-    environment = template.function("IntakeFunction").environment
-    for name in ("AWS_CONNECT_TIMEOUT_SECONDS", "AWS_READ_TIMEOUT_SECONDS", "AWS_MAX_ATTEMPTS"):
-        monkeypatch.setenv(name, environment[name])
+    timeout_seconds = with_the_intakes_aws_bounds(monkeypatch)
     with misbehaving_peer(lambda *_: Answer(after="hold")) as silent:
         monkeypatch.setenv("AWS_ENDPOINT_URL", silent.url)
         forget_cached_configuration()
@@ -204,7 +211,7 @@ def test_aws_that_hangs_is_503_with_retry_after_inside_the_functions_timeout(
     assert response["statusCode"] == 503, response
     assert json.loads(response["body"])["error"] == "service_unavailable"
     assert int(response["headers"]["retry-after"]) > 0
-    assert took < template.function("IntakeFunction").timeout_seconds
+    assert took < timeout_seconds
     assert silent.connections >= 1  # it did wait on the silent endpoint
 
 
@@ -224,13 +231,11 @@ class SlowAws:
                 pass
 
         self.target, self.delay = target, delay
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Forward)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = LoopbackServer(Forward, name="slow-aws")
+        self.url = f"http://127.0.0.1:{self.server.start()}"
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
 
 
 def test_aws_that_answers_each_call_slowly_is_503_before_the_calls_add_up_past_the_timeout(
@@ -239,10 +244,7 @@ def test_aws_that_answers_each_call_slowly_is_503_before_the_calls_add_up_past_t
     # Given the intake's function settings from template.yaml, and AWS answering every call 2.5 s late:
     # each call fits its 3 s read timeout, but the intake's calls together do not fit its 8 s
     seed_fixture_integrations()
-    template = load_template()
-    environment = template.function("IntakeFunction").environment
-    for name in ("AWS_CONNECT_TIMEOUT_SECONDS", "AWS_READ_TIMEOUT_SECONDS", "AWS_MAX_ATTEMPTS"):
-        monkeypatch.setenv(name, environment[name])
+    timeout_seconds = with_the_intakes_aws_bounds(monkeypatch)
     slow = SlowAws(aws_stack.endpoint_url, delay=2.5)
     try:
         monkeypatch.setenv("AWS_ENDPOINT_URL", slow.url)
@@ -259,7 +261,7 @@ def test_aws_that_answers_each_call_slowly_is_503_before_the_calls_add_up_past_t
     # with Retry-After, in time, and nothing was queued
     assert response["statusCode"] == 503, response
     assert int(response["headers"]["retry-after"]) > 0
-    assert took < template.function("IntakeFunction").timeout_seconds
+    assert took < timeout_seconds
     monkeypatch.setenv("AWS_ENDPOINT_URL", aws_stack.endpoint_url)
     forget_cached_configuration()
     assert drain(aws_stack.delivery_queue_url) == []

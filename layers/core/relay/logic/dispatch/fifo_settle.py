@@ -85,7 +85,7 @@ class GroupQueue:
         self,
         ordered: OrderedQueueOps,
         group_id: str,
-        lasting: Callable[[int, Sequence[SqsRecord]], int] = lambda seconds, _records: seconds,
+        lasting: Callable[[int, Sequence[SqsRecord]], int],
     ) -> None:
         """``lasting``: the delay a hold of these records asks for (hold_within_backstop, bound to the
         batch and the queue's maxReceiveCount)."""
@@ -142,12 +142,8 @@ class OrderedSettler(Settler):
         self._group = queue
         self._block_hold_seconds = block_hold_seconds
 
-    def _retry_delay(self, item: Item, outcome: Outcome, batch: Batch) -> int | None:
-        delay = super()._retry_delay(item, outcome, batch)
-        if delay is None:
-            return None
-        lasting = self._group.lasting(delay)
-        return None if self._outlives_retention(item, lasting) else lasting
+    def _held_for(self, item: Item, seconds: int) -> int:
+        return self._group.lasting(seconds)
 
     def _dead_letter(
         self, item: Item, reason: DlqReason, outcome: Outcome, batch: Batch, line: dict[str, Any]
@@ -156,7 +152,7 @@ class OrderedSettler(Settler):
         if wanted is None:
             super()._dead_letter(item, reason, outcome, batch, line)
             return
-        wanted = self._group.lasting(wanted)
+        wanted = self._held_for(item, wanted)
         if self._outlives_retention(item, wanted):
             # Held again, SQS would delete it before the next look: dead-lettered in its conversation
             # instead, explained (a FIFO DLQ keeps it another 14 days), rather than lost unseen.
@@ -174,6 +170,3 @@ class OrderedSettler(Settler):
             extra={"targetId": item.target.target_id, "messageId": item.record.message_id, "reason": reason},
         )
         batch.fail(item.record)
-
-    def _outlives_retention(self, item: Item, seconds: int) -> bool:
-        return retry.outlives_retention(item.record.sent_at, seconds, self._now().timestamp())

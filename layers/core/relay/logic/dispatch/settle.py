@@ -184,21 +184,31 @@ class Settler:
             item.target.retry_matrix, item.attempt, max_receive_count=self._settings.max_receive_count
         ):
             return None
-        now = self._now()
-        delay = retry.retry_delay_seconds(
+        backoff = retry.retry_delay_seconds(
             item.target.retry_matrix,
             item.attempt,
             rng=self._rng,
             retry_after_seconds=outcome.retry_after_seconds,
-            max_delay_seconds=min(self._settings.max_retry_delay_seconds, batch.visibility_left_seconds(now)),
+            max_delay_seconds=min(
+                self._settings.max_retry_delay_seconds, batch.visibility_left_seconds(self._now())
+            ),
         )
-        if retry.outlives_retention(item.record.sent_at, delay, now.timestamp()):
+        delay = self._held_for(item, backoff)
+        if self._outlives_retention(item, delay):
             logger.warning(
                 "no retry before the queue's retention ends",
                 extra={"messageId": item.record.message_id, "retryInSeconds": delay},
             )
             return None
         return delay
+
+    def _held_for(self, item: Item, seconds: int) -> int:
+        """The delay SQS is asked for to hold ``item`` back ``seconds`` (the ordered lane spreads holds)."""
+        return seconds
+
+    def _outlives_retention(self, item: Item, seconds: int) -> bool:
+        """True when ``item`` shown again in ``seconds`` would come too late: SQS deletes it first."""
+        return retry.outlives_retention(item.record.sent_at, seconds, self._now().timestamp())
 
     def _schedule_retry(self, item: Item, delay: int, batch: Batch, line: dict[str, Any]) -> None:
         try:
