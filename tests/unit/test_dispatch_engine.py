@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -422,7 +423,7 @@ def test_the_target_secrets_sign_and_authorise_and_never_reach_the_audit(running
     [
         (lambda encoded: encoded, "Authorization: Basic [redacted]"),
         # its padding JSON-escaped (\u003d), as some JSON writers do
-        (lambda encoded: encoded.replace("=", "\\u003d"), "[not kept: the answer holds a secret]"),
+        (lambda encoded: encoded.replace("=", "\\u003d"), "Authorization: Basic [redacted]Q\\u003d\\u003d"),
     ],
     ids=["as-sent", "padding-json-escaped"],
 )
@@ -513,6 +514,60 @@ def test_a_token_echoed_escaped_or_encoded_never_reaches_the_audit(
         "[redacted]" in line["responseBody"]
         or line["responseBody"] == "[not kept: the answer holds a secret]"
     )
+
+
+def _b64(text: str, encode: Callable[[bytes], bytes] = base64.b64encode) -> str:
+    return encode(text.encode()).decode()
+
+
+def _decodes_to(text: str, secret: str, depth: int = 2) -> bool:
+    """Whether any run of base64 characters in ``text``, read from any of its first four characters
+    on, in either alphabet, decodes (once, or ``depth`` times over) to text that holds ``secret``."""
+    for run in re.findall(r"[A-Za-z0-9+/_=-]{4,}", text):
+        standard = run.replace("-", "+").replace("_", "/").rstrip("=")
+        for start_at in range(4):
+            chunk = standard[start_at:]
+            chunk = chunk[: len(chunk) - 1] if len(chunk) % 4 == 1 else chunk
+            decoded = base64.b64decode(chunk + "=" * (-len(chunk) % 4)).decode("latin-1")
+            if secret in decoded or (depth > 1 and _decodes_to(decoded, secret, depth - 1)):
+                return True
+    return False
+
+
+@pytest.mark.parametrize(
+    ("security", "credential", "echo"),
+    [
+        # the Authorization header the target got, echoed base64-encoded whole: the token sits inside
+        # the encoded text at an offset of its own, so its base64 on its own is not in the answer
+        (SecurityType.BEARER, "probe-bearer-token-xyz", lambda header: _b64(header)),
+        (SecurityType.BEARER, "probe-bearer-token-xyz", lambda header: _b64(f'{{"a": "{header}"}}')),
+        (SecurityType.BEARER, "probe-bearer-token-xyz", lambda h: _b64(h + "!", base64.urlsafe_b64encode)),
+        (SecurityType.BASIC, "archive:basic-password-01", lambda header: _b64(header)),  # base64 twice
+    ],
+    ids=["bearer-header-base64", "inside-base64-json", "url-safe-base64", "basic-header-base64"],
+)
+def test_a_credential_echoed_inside_longer_base64_text_never_reaches_the_audit(
+    running: list[Relay], security: SecurityType, credential: str, echo: Callable[[str], str]
+) -> None:
+    # Given a target whose endpoint answers with base64 of text that holds the credential it was sent
+    target = make_target(security=TargetSecurity(type=security, secret_name="auth"))
+    r = relay(
+        target,
+        answer_with=lambda method, url, headers, body: answer(
+            200, body=echo(headers["Authorization"]).encode()
+        ),
+    )
+    r.secrets.secrets.update(auth=RotatingSecret(current=credential))
+    start(running, r)
+
+    r.batch(record())
+
+    # Then the audit keeps the answer, but nothing in it decodes to the credential
+    ((_, _, headers, _),) = r.http.requests
+    assert _decodes_to(echo(headers["Authorization"]), credential)  # the echo did hold it
+    (line,) = r.audit_lines()
+    assert "[redacted]" in line["responseBody"]
+    assert not _decodes_to(line["responseBody"], credential)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -123,11 +123,29 @@ def echo_forms(value: str) -> set[str]:
 
 
 def secret_forms(value: str) -> set[str]:
-    """A secret's echo forms, and base64 as a Basic ``Authorization`` header carries ``user:password``.
-    Values under 4 characters are too short to tell from other text."""
+    """A secret's echo forms, its base64 (as a Basic ``Authorization`` header carries ``user:password``),
+    and both wherever they stand inside longer base64 text: a header echoed base64-encoded whole
+    (``Bearer <token>``, or ``Basic <base64>``, base64 twice over). Values under 4 characters are too
+    short to tell from other text."""
     if len(value) < 4:
         return set()
-    return echo_forms(value) | {base64.b64encode(value.encode()).decode()}
+    encoded = base64.b64encode(value.encode())
+    return echo_forms(value) | {encoded.decode(), *_base64_cores(value.encode()), *_base64_cores(encoded)}
+
+
+def _base64_cores(secret: bytes) -> Iterator[str]:
+    """The base64 characters that ``secret`` alone decides, for each of the three offsets (modulo 3)
+    it can start at in longer text; standard and URL-safe alphabets. A character spans 6 bits, so
+    the one or two at each end that share bits with the neighbouring bytes are left out."""
+    for offset in range(3):
+        encoded = base64.b64encode(bytes(offset) + secret + bytes(2)).decode()
+        first, end = -(-8 * offset // 6), 8 * (offset + len(secret)) // 6
+        core = encoded[first:end]
+        yield core
+        yield core.translate(_URL_SAFE)
+
+
+_URL_SAFE = str.maketrans("+/", "-_")
 
 
 @lru_cache(maxsize=256)
