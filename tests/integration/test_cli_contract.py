@@ -137,10 +137,32 @@ CASES = {
         "--key-env: environment variable UNSET_KEY is not set",
     ),
     "signing variable not set": Case(
-        ("decrypt", "{envelope}", "--key-env", "KEY", "--verify-with-env", "UNSET_WHSEC"),
+        (
+            "decrypt",
+            "{envelope}",
+            "--key-env",
+            "KEY",
+            "--verify-with-env",
+            "UNSET_WHSEC",
+            "--headers",
+            "{headers}",
+        ),
         USAGE,
         "relay decrypt",
         "--verify-with-env: environment variable UNSET_WHSEC is not set",
+    ),
+    "verify without the headers to verify": Case(
+        ("decrypt", "{envelope}", "--key-env", "KEY", "--verify-with-env", "KEY"),
+        USAGE,
+        "relay decrypt",
+        "^--verify-with-env needs --headers: the request's headers, as a JSON object$",
+        env={"KEY": "k"},
+    ),
+    "headers without verify": Case(
+        ("decrypt", "{envelope}", "--headers", "{not_json}"),
+        USAGE,
+        "relay decrypt",
+        "^--headers is read only to verify the signature: add --verify-with-env VAR$",
     ),
     "headers not JSON": Case(
         ("decrypt", "{envelope}", "--key-env", "KEY", "--verify-with-env", "KEY", "--headers", "{not_json}"),
@@ -415,6 +437,7 @@ def files(tmp_path: Path) -> Iterator[dict[str, str]]:
     target = {"id": "t-1", "name": "t", "url": "http://127.0.0.1:0/hook"}
     contents = {
         "envelope": {"deliveryId": "d-1", "sourceEvent": {"id": "e-1"}},
+        "headers": {"webhook-id": "d-1", "webhook-timestamp": "1764000000", "webhook-signature": "v1,x"},
         "sealed": sealed,
         "event": {"source": "s", "detail-type": "t", "detail": {}},
         "no_events": [],

@@ -317,3 +317,65 @@ def test_concurrent_first_requests_for_a_key_run_scrypt_once() -> None:
     # Then one derivation served them all, and all got the same key
     assert cache.derivations == 1
     assert len(set(keys)) == 1 and len(keys) == 8
+
+
+SIGNING_SECRET = "whsec_" + "c2lnbmluZy1rZXktZm9yLXRoZS10ZXJtaW5hbC0wMQ=="
+
+
+def _stored_signed_delivery(tmp_path: Path, *, body_changed: bool = False) -> list[str]:
+    """An encrypted delivery signed at NOW (days before the test runs), stored as a receiver keeps it:
+    its body in one file, its headers in another; the arguments that check and open it."""
+    text = '{"id": "e-1", "text": "hi there"}'
+    request = build_request(
+        _task(text),
+        text,
+        TARGET,
+        TargetSecrets(encryption=SECRET, signing=RotatingSecret(current=SIGNING_SECRET)),
+        key_cache=KEYS,
+        now=NOW,
+    )
+    body = request.body.replace(b'"formatVersion"', b' "formatVersion"') if body_changed else request.body
+    (tmp_path / "envelope.json").write_bytes(body)
+    (tmp_path / "headers.json").write_text(json.dumps(dict(request.headers)))
+    return [
+        "decrypt",
+        str(tmp_path / "envelope.json"),
+        "--key-env",
+        "ARCHIVE_KEY",
+        "--verify-with-env",
+        "WHSEC",
+        "--headers",
+        str(tmp_path / "headers.json"),
+    ]
+
+
+def test_relay_decrypt_verifies_a_stored_delivery_whatever_its_age_and_says_how_old_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a delivery signed days ago, kept with its headers, and its target's keys
+    monkeypatch.setenv("ARCHIVE_KEY", "enc-secret-v2")
+    monkeypatch.setenv("WHSEC", SIGNING_SECRET)
+    argv = _stored_signed_delivery(tmp_path)
+
+    # When `relay decrypt --verify-with-env` checks it
+    code = main(argv)
+
+    # Then the signature verifies (a receiver's 5-minute window is for live requests), the event prints,
+    # and stderr says a receiver checking it now would refuse it
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert json.loads(captured.out) == {"id": "e-1", "text": "hi there"}
+    assert "the signature verifies; it was made" in captured.err and "would refuse it" in captured.err
+
+
+def test_relay_decrypt_refuses_a_stored_delivery_whose_body_changed_since_it_was_signed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ARCHIVE_KEY", "enc-secret-v2")
+    monkeypatch.setenv("WHSEC", SIGNING_SECRET)
+    argv = _stored_signed_delivery(tmp_path, body_changed=True)
+
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "cannot open the envelope: no matching v1 signature" in captured.err

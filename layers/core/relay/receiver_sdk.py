@@ -69,10 +69,12 @@ def verify_signature(
     body: bytes,
     signing_secrets: str | Iterable[str],
     *,
-    tolerance_seconds: int = 300,
+    tolerance_seconds: int | None = 300,
     now: float | None = None,
 ) -> str:
-    """Verify the Standard Webhooks headers; return the ``webhook-id`` (= deliveryId)."""
+    """Verify the Standard Webhooks headers; return the ``webhook-id`` (= deliveryId).
+    ``tolerance_seconds=None``: whatever the ``webhook-timestamp``'s age (a delivery checked after the
+    fact, from a file or a log; a live receiver keeps the window, which refuses replays)."""
     try:
         return webhook_signing.verify(
             headers,

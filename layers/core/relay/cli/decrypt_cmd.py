@@ -12,7 +12,9 @@ added: the plaintext's bytes, or, for an envelope that is not encrypted (no key 
 into ``100.0``). A re-formatted copy of a plain envelope, whose text no longer holds the event's own,
 prints its ``sourceEvent`` as indented JSON, with a warning on stderr. Exit codes as for every
 command (relay.cli.exit_codes): 1 when the envelope does not open or verify; 2 for a file that cannot be
-read, a variable that is not set or a secret that does not exist; 3 when Secrets Manager cannot be read.
+read, a variable that is not set, a secret that does not exist, or --verify-with-env without --headers
+(or the other way round); 3 when Secrets Manager cannot be read. A signature is verified whatever its
+age (the envelope comes from a file); one older than a receiver's 5-minute window is said on stderr.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -106,13 +109,21 @@ def _headers(path: str | None) -> dict[str, str]:
 def _decrypt(args: argparse.Namespace) -> int:
     from relay.receiver_sdk import InvalidDelivery, verify_signature
 
+    # One without the other verifies nothing: say so rather than report the envelope or pass silently.
+    if args.verify_with_env and not args.headers:
+        raise UsageError("--verify-with-env needs --headers: the request's headers, as a JSON object")
+    if args.headers and not args.verify_with_env:
+        raise UsageError("--headers is read only to verify the signature: add --verify-with-env VAR")
     raw = sys.stdin.buffer.read() if args.envelope == "-" else Path(args.envelope).read_bytes()
     keys = _keys(args) if args.key_file or args.key_env or args.secret else None
     headers = _headers(args.headers)
     signing_secret = args.verify_with_env and _environment_value(args.verify_with_env, "--verify-with-env")
     try:
         if signing_secret:
-            verify_signature(headers, raw, signing_secret)
+            # A stored delivery is checked whatever its age: the 5-minute window is a live receiver's
+            # defence against replays, not a property of the signature.
+            verify_signature(headers, raw, signing_secret, tolerance_seconds=None)
+            _say_if_stale(headers)
         envelope = load_json(raw)
         if not isinstance(envelope, dict):
             raise InvalidDelivery("not a JSON object")
@@ -123,6 +134,20 @@ def _decrypt(args: argparse.Namespace) -> int:
     sys.stdout.buffer.write(event)
     sys.stdout.buffer.flush()
     return ExitCode.OK
+
+
+def _say_if_stale(headers: dict[str, str]) -> None:
+    from relay.logic.webhook_signing import DEFAULT_TOLERANCE_SECONDS
+
+    signed_at = int(next(v for k, v in headers.items() if k.lower() == "webhook-timestamp"))
+    age = int(time.time()) - signed_at
+    if abs(age) > DEFAULT_TOLERANCE_SECONDS:
+        when = f"{age} s ago" if age > 0 else f"{-age} s ahead of this clock"
+        print(
+            f"relay decrypt: the signature verifies; it was made {when}, so a receiver checking it now "
+            f"would refuse it (more than {DEFAULT_TOLERANCE_SECONDS} s from its clock)",
+            file=sys.stderr,
+        )
 
 
 def _event_bytes(raw: bytes, envelope: dict[str, Any], keys: list[str] | None) -> bytes:
