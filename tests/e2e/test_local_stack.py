@@ -253,6 +253,9 @@ def test_serve_prints_ready_delivers_a_signed_post_and_stops_cleanly(
     assert "Traceback" not in logged and '"level":"ERROR"' not in logged.replace(" ", ""), logged[-3000:]
     assert "integrations.0.targets.0.onExhaustd (did you mean onExhausted?) is not a fixtures field" in logged
     assert sum(1 for line in stdout.lines if '"ready"' in line) == 1
+    # and its last word on stopping says that nothing it accepted was left behind
+    stop_lines = [line for line in logged.splitlines() if line.startswith("relay local serve: stopping")]
+    assert stop_lines[-1].endswith("every invocation finished, nothing left in the queues"), stop_lines
     assert children, "serve should have started moto's server as a child process"
     assert [pid for pid in children if alive(pid)] == []
 

@@ -135,6 +135,8 @@ STOP_SETTLE_SECONDS = 10.0
 # What a queue's counts (LocalStack.pending()) mean once its poller has stopped: a message not visible
 # then is one whose delivery failed and that waits for its retry.
 _LEFT_IN_QUEUE = {"visible": "visible", "in_flight": "waiting_for_retry", "delayed": "delayed"}
+# A stop's last line when what was accepted has all been handled (in the settle wait or after it).
+_NOTHING_LEFT = "stopping: every invocation finished, nothing left in the queues"
 
 
 def _stop_and_report_what_is_left(stack: LocalStack) -> None:
@@ -161,10 +163,7 @@ def _stop_and_report_what_is_left(stack: LocalStack) -> None:
             file=sys.stderr,
         )
     else:
-        print(
-            "relay local serve: stopping: every invocation finished, nothing left in the queues",
-            file=sys.stderr,
-        )
+        print(f"relay local serve: {_NOTHING_LEFT}", file=sys.stderr)
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -196,7 +195,9 @@ def serve_command(args: argparse.Namespace) -> int:
             print("relay local serve: stopping: no longer accepting events", file=sys.stderr)
             if stack.api is not None:
                 stack.api.stop()
-            if not stack.wait_settled(STOP_SETTLE_SECONDS):
+            if stack.wait_settled(STOP_SETTLE_SECONDS):
+                print(f"relay local serve: {_NOTHING_LEFT}", file=sys.stderr)
+            else:
                 _stop_and_report_what_is_left(stack)
     except LocalStackError as exc:
         raise _stack_failed(exc) from None
