@@ -25,6 +25,21 @@ EVENTS = ROOT / "events"
 _prefixes = itertools.count(1)
 
 
+# `make test` hands whole files to two workers in collection order (--dist loadfile
+# --no-loadscope-reorder). End-to-end files take a minute or more each and unit files a second or two,
+# so the long ones go first and the short ones even out the end: taken the other way round, the
+# longest file of all can start last, while the other worker sits idle.
+_FIRST_TO_LAST = ("e2e", "integration", "build", "unit")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def kind(item: pytest.Item) -> int:
+        folder = item.path.relative_to(ROOT / "tests").parts[0]
+        return _FIRST_TO_LAST.index(folder) if folder in _FIRST_TO_LAST else len(_FIRST_TO_LAST)
+
+    items.sort(key=kind)  # stable: each file's tests keep their order
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     with MotoServer() as server:
