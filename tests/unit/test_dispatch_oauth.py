@@ -120,15 +120,34 @@ def test_no_fresh_token_after_a_401_is_retried_later_not_dead_lettered(running: 
     # When a record goes out
     assert r.batch(rec) == [rec["messageId"]]
 
-    # Then the 401 is not taken as the target's verdict: retried later, with the token failure's code
+    # Then the 401 is not taken as the target's verdict: retried later, with the token failure's code;
+    # but what the endpoint answered is on record: its status, its time and its body (the token in it
+    # redacted)
     assert sent_authorizations(r) == ["Bearer token-1"]
     (line,) = r.audit_lines()
     assert (line["outcome"], line["errorCode"], line["status"]) == (
         "retry-scheduled",
         "oauth-token-failed",
-        None,
+        401,
     )
+    assert line["latencyMs"] is not None and line["responseBody"] == "Bearer [redacted]"
     assert r.queue.dead_letters == []
+
+
+def test_401s_with_no_fresh_token_to_follow_do_not_open_the_breaker(running: list[Relay]) -> None:
+    # Given a target that refuses its token, a token endpoint that fails when asked for a new one, and
+    # as many such attempts as open a breaker when they are the target's failures
+    r = oauth_relay(running, statuses={"token-1": 401})
+    r.tokens.refresh_failure = "token endpoint idp.example.com answered 500"
+    threshold = r.settings.breaker_failure_threshold
+
+    # When they go out, then one more
+    r.batch(*(record() for _ in range(threshold)))
+    r.batch(record())
+
+    # Then the last one was sent too (a 401 says the endpoint is up; the token endpoint failed)
+    assert len(r.http.requests) == threshold + 1
+    assert {line["breakerState"] for line in r.audit_lines()} == {"closed"}
 
 
 def test_a_bearer_target_answering_401_is_not_retried(running: list[Relay]) -> None:

@@ -130,10 +130,16 @@ class Attempter:
                 item.task, event_json, target, secrets, key_cache=self._keys, now=started, access_token=token
             )
             result, tokens = self._send(target, request, secrets, token, budget)
+            outcome, error = None, result.error
         except ClaimCheckMissing as exc:  # the event text is gone: no retry can bring it back
             return Unattempted(item.record, item.task, DlqReason.CLAIM_CHECK_MISSING, str(exc))
         except UnreadableEvent:
             return Unattempted(item.record, item.task, DlqReason.POISON, "event unreadable")
+        except _NoFreshToken as exc:
+            # The endpoint answered 401 and no fresh token came: its answer goes on record (status,
+            # latency, body), but it is not the verdict: the attempt is retried once a token can be had.
+            result, tokens = exc.answer, [exc.token]
+            outcome, error = Outcome(Verdict.RETRYABLE, None, OAUTH_TOKEN_FAILED), str(exc)
         except (ConfigurationError, DependencyUnavailable, TokenUnavailable) as exc:
             # Not the endpoint's fault, and no answer counts (never sent in clear): try again later.
             return Attempt(Outcome(Verdict.RETRYABLE, None, _code(exc)), started, self._now(), str(exc))
@@ -145,10 +151,10 @@ class Attempter:
                 result.body, event_json=event_json, event_id=item.task.event_id, secrets=sent
             )
         return Attempt(
-            classify(result, now=finished),
+            outcome or classify(result, now=finished),
             started,
             finished,
-            result.error,
+            error,
             result,
             encrypted=request.encrypted,
             response_body=body,
@@ -207,7 +213,10 @@ class Attempter:
         result = self._post(request, secrets, budget)
         if token is None or (result.status, result.error_code) != (401, None):
             return result, [token] if token else []
-        fresh = self._token(target, secrets, budget, refused=token)
+        try:
+            fresh = self._token(target, secrets, budget, refused=token)
+        except TokenUnavailable as exc:
+            raise _NoFreshToken(exc, result, token) from None
         return self._post(with_access_token(request, fresh), secrets, budget), [token, fresh]
 
     def _post(self, request: OutboundRequest, secrets: TargetSecrets, budget: _Budget) -> HttpResult:
@@ -223,6 +232,15 @@ class Attempter:
             total_timeout=left,
             client_certificate=certificate.current if certificate else None,
         )
+
+
+class _NoFreshToken(TokenUnavailable):
+    """A 401 to the token sent, and no fresh token to send again: the 401 is the answer on record."""
+
+    def __init__(self, cause: TokenUnavailable, answer: HttpResult, token: SecretStr) -> None:
+        super().__init__(str(cause))
+        self.answer = answer
+        self.token = token
 
 
 def _code(exc: Exception) -> str:

@@ -254,8 +254,9 @@ class Settler:
 def _attempt_line(item: Item, attempt: Attempt, batch: Batch) -> dict[str, Any]:
     line = audit.item_line(item, batch, attempt.started, attempt.finished, error=attempt.error)
     result = attempt.result
-    if result is not None:
+    if result is not None:  # what the endpoint answered, even when something else decided the outcome
         line.update(
+            status=result.status,
             latencyMs=round(result.elapsed_ms, 3),
             encrypted=attempt.encrypted,
             responseBytes=len(result.body),
