@@ -23,6 +23,7 @@ from relay.cli import main
 from relay.local.aws_stack import LocalResources, forget_cached_configuration, local_client, register_stack
 from relay.local.receiver import Receiver
 from relay.logic.dispatch import Dispatcher
+from relay.models.targets import Ordering
 from relay.settings import get_settings
 from relay.wiring import aws_client, target_store
 from relay.wiring.dispatcher import build_dispatcher
@@ -170,6 +171,40 @@ def test_show_finds_an_events_attempts_by_event_delivery_and_conversation_id(
     assert code == 0
     assert "retry-scheduled" in out and "delivered" in out and f"deliveryId {delivery_id}" in out
     assert "sourceEvent" not in out and "Hi, how can I help" not in out  # never the event's text
+
+
+def test_show_names_an_ordered_target_with_no_record_for_the_event_as_possibly_waiting(
+    aws_stack: LocalResources,
+    stack: str,
+    receiver: Receiver,
+    dispatcher: Dispatcher,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given an event delivered to a plain target, whose integration also has an ordered target that has
+    # no record of it (its delivery waits in its conversation: the audit knows nothing of it yet)
+    ordered = seed_target(aws_stack, f"{receiver.url}/hooks/ordered", target_id="t-ordered")
+    target_store(get_settings()).put_target(ordered.model_copy(update={"ordering": Ordering.CONVERSATION}))
+    dispatcher.handle_batch([event_record("e-waits")])
+
+    # When the event is shown, as a table and as JSON
+    for output in ("table", "json"):
+        code, out, err = relay(
+            capsys, "deliveries", "show", "e-waits", "--format", output, "--stack-name", stack
+        )
+
+        # Then the plain target's delivery is listed, and stderr names the ordered target as one whose
+        # delivery may be waiting, without touching stdout
+        assert code == 0 and PLAIN_TARGET in out and "t-ordered" not in out
+        assert err.startswith(
+            "relay deliveries show: event e-waits has no record for ordered target t-ordered"
+        )
+        assert "held or blocked" in err and len(err.splitlines()) == 1
+
+    # And with --target, which leaves the other targets' lines out on purpose, nothing is said
+    code, _, err = relay(
+        capsys, "deliveries", "show", "e-waits", "--target", PLAIN_TARGET, "--stack-name", stack
+    )
+    assert (code, err) == (0, "")
 
 
 def test_show_of_an_id_nothing_names_fails_saying_where_it_looked(

@@ -112,6 +112,18 @@ def test_a_conversation_id_shows_every_event_of_the_conversation(history: Archiv
     }
 
 
+def test_an_event_id_shows_its_own_event_even_when_it_is_also_another_events_conversation_id(
+    history: Archiving,
+) -> None:
+    # Given another event whose conversation id is the text of e-2's event id
+    history.batch(task_record("e-9", "crm", conversation_id="e-2"), invocation_id="inv-4")
+
+    # Then `show e-2` is e-2's timeline alone, as `replay e-2` reads the id; and the other event's own
+    # id still shows it
+    assert {line["eventId"] for line in show(history, "e-2").attempts} == {"e-2"}
+    assert {line["eventId"] for line in show(history, "e-9").attempts} == {"e-9"}
+
+
 def test_a_timeline_shows_dead_letter_reasons_and_never_a_response_body() -> None:
     a = Archiving(always(400))
     try:
@@ -268,7 +280,9 @@ def test_a_claim_checked_event_whose_claim_check_expired_is_refused() -> None:
         a.batch(task_record("big", event_ref=ref))
         assert [t.event_ref for t in plan(a, "big").tasks] == [ref]  # still there: replayed by reference
         a.archive.expired.add(ref)
-        with pytest.raises(ReplayRefused, match="claim check .* has expired"):
+        with pytest.raises(
+            ReplayRefused, match="claim check .* is gone: .* ExpireClaimChecks lifecycle rule"
+        ):
             plan(a, "big")
     finally:
         a.dispatcher.close()

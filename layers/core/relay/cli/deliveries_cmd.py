@@ -26,7 +26,7 @@ from typing import IO, TYPE_CHECKING, Any
 from relay.cli.arguments import duration, positive_seconds
 from relay.cli.exit_codes import CommandFailed, ExitCode, NeedsAttention
 from relay.cli.stack_option import STACK_OPTION, stack_output
-from relay.cli.targets_cmd import format_table
+from relay.cli.targets_cmd import format_table, visible
 
 if TYPE_CHECKING:
     from relay.logic.deliveries.replay import Replay
@@ -121,7 +121,33 @@ def _show(args: Any, out: IO[str] | None = None) -> int:
         print(json.dumps(found.to_json(), indent=2), file=out)
     else:
         print(format_timeline(found), file=out)
+    if not args.target:  # with --target, the other targets' lines were left out on purpose
+        _say_what_may_wait(found)
     return ExitCode.OK
+
+
+def _say_what_may_wait(found: Timeline) -> None:
+    """Name, on stderr, each ordered target that has no line for an event shown: its delivery may be
+    waiting in its conversation, which the audit cannot show yet."""
+    from relay.errors import DependencyUnavailable
+    from relay.logic.deliveries.timeline import unaudited_ordered
+    from relay.settings import get_settings
+    from relay.wiring import target_store
+
+    store = target_store(get_settings(), cache_ttl_seconds=0)
+    try:
+        entries = {i: store.get(i) for i in {line["integrationId"] for line in found.attempts} if i}
+    except DependencyUnavailable:
+        return  # the timeline stands on its own; the note is a courtesy
+    targets = {i: entry.targets for i, entry in entries.items() if entry is not None}
+    for event_id, target in unaudited_ordered(found, targets):
+        print(
+            f"relay deliveries show: event {event_id} has no record for ordered target {target.target_id} "
+            f"({visible(target.name)}): one waiting behind a held or blocked record of its conversation "
+            "has none until a dispatcher receives it (relay dlq list --queue ordered; "
+            "OrderedGroupBlocked), unless the target's filters left the event out",
+            file=sys.stderr,
+        )
 
 
 def _audit_lines(ident: str, dates: list[str]) -> list[dict[str, Any]]:

@@ -45,7 +45,7 @@ class ArchiveRecord(CamelModel):
     event_source: EventSource = "open-messaging"
     received_at: datetime
     # The event's text exactly as the intake queued it; or, for an event too large for SQS, where its
-    # claim check is (it lives as long as the events/ lifecycle rule keeps it: 15 days).
+    # claim check is (it lives as long as the audit bucket's ExpireClaimChecks rule keeps it).
     event_json: str | None = None
     event_ref: S3Ref | None = None
     deliveries: list[ArchivedDelivery] = Field(default_factory=list)

@@ -78,7 +78,7 @@ def plan_replay(
     if event.event_ref is not None and not archive.claim_check_exists(event.event_ref):
         raise ReplayRefused(
             f"event {event.event_id} was too large for SQS and its claim check ({event.event_ref.key}) "
-            "has expired (the events/ prefix keeps them 15 days)"
+            "is gone: the audit bucket's ExpireClaimChecks lifecycle rule expired it, or it was deleted"
         )
     if event.event_ref is None and event.event_json is None:
         raise ReplayRefused(f"event {event.event_id} was archived without its text: nothing to send")

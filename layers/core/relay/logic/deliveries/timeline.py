@@ -3,10 +3,12 @@ for every target, in time order, with a summary of where each delivery stands.""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+
+from relay.models.targets import Ordering, Target
 
 # What a timeline shows of an audit line (never a response body: `relay deliveries show` prints to a
 # terminal, and the body is the target's text).
@@ -34,6 +36,8 @@ FIELDS = (
 # A line is about an id it names here; ``replayOf`` leads from a delivery id to the replay that
 # replaced it (`relay deliveries replay --new-id`), whose line names the new id to follow.
 IDS = ("eventId", "deliveryId", "conversationId", "replayOf")
+# The ids that name one event; a conversation id names each of its events.
+_EXACT = ("eventId", "deliveryId", "replayOf")
 _INTEGERS = ("attempt", "status", "retryInSeconds", "deferredSeconds")
 _NUMBERS = ("latencyMs",)
 
@@ -111,8 +115,14 @@ def from_table_row(row: Mapping[str, str | None]) -> dict[str, Any]:
 
 
 def timeline(lines: Iterable[Mapping[str, Any]], ident: str, dates: Iterable[str]) -> Timeline:
-    """The lines about ``ident``, reduced to FIELDS and sorted by start (then end, target, attempt)."""
-    chosen = [{key: line.get(key) for key in FIELDS} for line in lines if names(line, ident)]
+    """The lines about ``ident``, reduced to FIELDS and sorted by start (then end, target, attempt).
+    An event or delivery id names its own event only, even if another event's conversation id happens
+    to be the same text (as ``relay deliveries replay`` reads it: relay.logic.deliveries.lookup)."""
+    about = [line for line in lines if names(line, ident)]
+    own_events = {line.get("eventId") for line in about if any(line.get(key) == ident for key in _EXACT)}
+    if own_events:
+        about = [line for line in about if line.get("eventId") in own_events]
+    chosen = [{key: line.get(key) for key in FIELDS} for line in about]
     chosen.sort(
         key=lambda line: (
             str(line["startedAt"] or ""),
@@ -122,3 +132,19 @@ def timeline(lines: Iterable[Mapping[str, Any]], ident: str, dates: Iterable[str
         )
     )
     return Timeline(ident=ident, dates=tuple(dates), attempts=tuple(chosen))
+
+
+def unaudited_ordered(found: Timeline, targets: Mapping[str, Sequence[Target]]) -> list[tuple[str, Target]]:
+    """The (event id, ordered target) pairs of the events ``found`` shows that have no line: an event of
+    an ordered conversation is audited only once a dispatcher receives it, so one waiting behind a held
+    or blocked record has none yet. ``targets``: each integration's targets (its filters may also have
+    left the event out, which the audit does not record)."""
+    seen: dict[tuple[str, str], set[str]] = {}
+    for line in found.attempts:
+        seen.setdefault((line["integrationId"], line["eventId"]), set()).add(line["targetId"])
+    return [
+        (event_id, target)
+        for (integration_id, event_id), audited in seen.items()
+        for target in targets.get(integration_id, ())
+        if target.ordering is Ordering.CONVERSATION and target.target_id not in audited
+    ]
