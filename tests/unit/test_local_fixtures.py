@@ -192,3 +192,33 @@ def test_a_timeout_of_true_in_the_fixtures_file_is_refused_not_read_as_one_secon
     doc["integrations"][0]["targets"][0][field] = True
     with pytest.raises(ValidationError, match="must be a number, not true or false"):
         Fixtures.model_validate(doc)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[::1]:0/hooks/v6",
+        "http://127.0.0.2:0/hooks/x",
+        "https://127.0.0.1:0/hooks/x",
+        "http://localhost:0/hooks/x",
+        "http://crm.example.com:0/hooks/x",
+    ],
+)
+def test_port_0_anywhere_but_the_demo_receivers_form_is_refused(url: str) -> None:
+    # Nothing listens on port 0: only http://127.0.0.1:0/<path> means "start a demo receiver"; any other
+    # URL with port 0 would start a stack whose deliveries can never arrive
+    doc = fixtures_doc()
+    doc["integrations"][0]["targets"][0]["url"] = url
+    with pytest.raises(
+        ValidationError, match="port 0 asks for a demo receiver, which only http://127.0.0.1:0"
+    ):
+        Fixtures.model_validate(doc)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:0/hooks/x", "HTTP://127.0.0.1:00", "http://127.0.0.1:0/h?a=1"]
+)
+def test_the_demo_receivers_form_of_port_0_is_accepted(url: str) -> None:
+    doc = fixtures_doc()
+    doc["integrations"][0]["targets"][0]["url"] = url
+    assert Fixtures.model_validate(doc).integrations[0].targets[0].url == url

@@ -95,12 +95,17 @@ class FixtureTarget(_FixtureModel):
 
     @field_validator("url")
     @classmethod
-    def _port_is_readable(cls, url: str) -> str:
+    def _port_is_usable(cls, url: str) -> str:
         # The stack reads the port (0 asks for a demo receiver) before config sync checks the rest.
         try:
-            _ = urlsplit(url).port  # raises for 65536, -1 or a word
+            port = urlsplit(url).port  # raises for 65536, -1 or a word
         except ValueError:
             raise ValueError("the URL's port is not a number from 0 to 65535") from None
+        if port == 0 and not wants_demo_receiver(url):  # nothing ever listens on port 0
+            raise ValueError(
+                "port 0 asks for a demo receiver, which only http://127.0.0.1:0/<path> gets; "
+                "give the port your receiver listens on"
+            )
         return url
 
 
@@ -186,3 +191,9 @@ def _refuse_repeats(kind: str, ids_and_places: Iterable[tuple[str, str]]) -> Non
         if ident in first_place:
             raise ValueError(f"{kind} id {ident} is used twice, at {first_place[ident]} and {place}")
         first_place[ident] = place
+
+
+def wants_demo_receiver(url: str) -> bool:
+    """``http://127.0.0.1:0/...``: the fixtures ask the stack for a receiver on a free port."""
+    parts = urlsplit(url)
+    return parts.scheme == "http" and parts.hostname == "127.0.0.1" and parts.port == 0

@@ -63,7 +63,7 @@ from relay.local.aws_stack import (
 )
 from relay.local.eventbridge import LOCAL_RETRY_DELAYS_SECONDS, PUT_EVENTS_PATH, LocalEventBridge
 from relay.local.fake_genesys import FakeGenesys
-from relay.local.fixtures import Fixtures, FixtureTarget
+from relay.local.fixtures import Fixtures, FixtureTarget, wants_demo_receiver
 from relay.local.function_worker import WorkerFunction
 from relay.local.lambda_runtime import LocalFunction
 from relay.local.poller import SqsEventSource, SqsPoller
@@ -447,12 +447,6 @@ def _last_json_line(text: str) -> dict[str, Any] | None:
         if isinstance(doc, dict):
             return doc
     return None
-
-
-def wants_demo_receiver(url: str) -> bool:
-    """``http://127.0.0.1:0/...``: the fixtures ask the stack for a receiver on a free port."""
-    parts = urlsplit(url)
-    return parts.scheme == "http" and parts.hostname == "127.0.0.1" and parts.port == 0
 
 
 def with_port(url: str, port: int) -> str:
