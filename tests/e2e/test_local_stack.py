@@ -459,10 +459,12 @@ def test_a_target_config_sync_refuses_stops_serve_before_it_is_ready_naming_the_
     with serving(written(doc, tmp_path), tmp_path / "serve.stderr") as (process, stdout):
         code = process.wait(timeout=120)
 
-    # Then it fails as a stack that cannot start, never says ready, and says which target and why
+    # Then it refuses the file as it refuses any other mistake in it (exit 2: the file is wrong, not the
+    # stack), never says ready, and says which file, which target and why
     errors = (tmp_path / "serve.stderr").read_text()
-    assert code == 3, errors
+    assert code == 2, errors
     assert not any('"ready"' in line for line in stdout.lines)
+    assert "fixtures.json: not a valid fixtures file: config sync refused target " in errors
     assert f"target {refused['id']}: URL refused" in errors
     assert "link-local cloud metadata address" in errors
 

@@ -246,6 +246,11 @@ class LocalStackError(RelayError):
     """The local stack could not start or run as configured (developer side only)."""
 
 
+class FixturesRejected(LocalStackError):
+    """Config sync, which checks each target as Genesys Cloud's would be checked, refused part of the
+    fixtures file: the file is wrong, not the stack. The message names each item and why."""
+
+
 class GenesysError(RelayError):
     """Talking to Genesys Cloud failed; always raised as a GenesysRunError or a GenesysItemError."""
 

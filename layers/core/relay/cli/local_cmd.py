@@ -98,7 +98,6 @@ def _fixtures(path: Path | None) -> Fixtures:
     from pydantic import ValidationError
 
     from relay.local.fixtures import DEFAULT_FIXTURES, Fixtures
-    from relay.observability import logger
 
     where = path or DEFAULT_FIXTURES
     try:
@@ -111,9 +110,16 @@ def _fixtures(path: Path | None) -> Fixtures:
         ) from None
     except ValueError as exc:  # not JSON, or not UTF-8
         raise UsageError(f"{where}: not a valid fixtures file: {exc}") from None
-    for key in fixtures.unknown_keys():
-        logger.warning(f"{where}: {key} is not a fixtures field; ignored")
+    for key in fixtures.unknown_keys():  # a note to the person who wrote the file, not a log record
+        print(f"{where}: {key} is not a fixtures field; ignored", file=sys.stderr)
     return fixtures
+
+
+def _fixtures_refused(path: Path | None, exc: Exception) -> UsageError:
+    """Config sync refused part of the fixtures file: the file is wrong (2), like any other check of it."""
+    from relay.local.fixtures import DEFAULT_FIXTURES
+
+    return UsageError(f"{path or DEFAULT_FIXTURES}: not a valid fixtures file: {exc}")
 
 
 # Settings the stack's functions take from this command's environment: they otherwise see only their
@@ -173,7 +179,7 @@ def serve_command(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
 
-    from relay.errors import LocalStackError
+    from relay.errors import FixturesRejected, LocalStackError
     from relay.local.stack import LocalStack
 
     try:
@@ -199,6 +205,8 @@ def serve_command(args: argparse.Namespace) -> int:
                 print(f"relay local serve: {_NOTHING_LEFT}", file=sys.stderr)
             else:
                 _stop_and_report_what_is_left(stack)
+    except FixturesRejected as exc:
+        raise _fixtures_refused(args.fixtures, exc) from None
     except LocalStackError as exc:
         raise _stack_failed(exc) from None
     return ExitCode.OK  # stopping is what Ctrl-C and SIGTERM are for here
@@ -218,7 +226,7 @@ def demo_command(args: argparse.Namespace) -> int:
     out = _divert_stdout(log_file)
     print(f"relay local demo: function output goes to {log_path}", file=sys.stderr)
 
-    from relay.errors import LocalStackError
+    from relay.errors import FixturesRejected, LocalStackError
     from relay.local.demo import run_demo
     from relay.local.stack import LocalStack
 
@@ -226,6 +234,8 @@ def demo_command(args: argparse.Namespace) -> int:
         with LocalStack(args.fixtures, function_output=log_file, environment=_caller_settings()) as stack:
             print(f"relay local demo: stack up, sending {args.events} events", file=sys.stderr)
             report = run_demo(stack, args.events, timeout_seconds=args.timeout, rate=args.rate)
+    except FixturesRejected as exc:
+        raise _fixtures_refused(args.fixtures, exc) from None
     except LocalStackError as exc:
         raise _stack_failed(exc) from None
     finally:

@@ -50,7 +50,7 @@ from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from relay.cli.exit_codes import ExitCode
-from relay.errors import LocalStackError
+from relay.errors import FixturesRejected, LocalStackError
 from relay.local.api_adapter import ApiAdapter
 from relay.local.aws_stack import (
     LocalResources,
@@ -334,12 +334,12 @@ class LocalStack:
         disabled = {t.id for i in self.fixtures.integrations for t in i.targets if not t.enabled}
         unexpected = [r for r in rejected if not (r.get("kind") == "target" and r.get("id") in disabled)]
         expected_exit = ExitCode.ATTENTION if rejected else ExitCode.OK
-        if report is None or unexpected or process.returncode != expected_exit:
+        if report is not None and unexpected and process.returncode == expected_exit:
             reasons = "; ".join(f"{r.get('kind')} {r.get('id')}: {r.get('reason')}" for r in unexpected)
-            detail = reasons or stderr.strip().splitlines()[-1:] or ["no output"]
-            raise LocalStackError(
-                f"config sync did not accept the fixtures (exit {process.returncode}): {detail}"
-            )
+            raise FixturesRejected(f"config sync refused {reasons}")
+        if report is None or process.returncode != expected_exit:
+            detail = stderr.strip().splitlines()[-1:] or ["no output"]
+            raise LocalStackError(f"config sync failed (exit {process.returncode}): {detail}")
         self.sync_report = report
 
     # --- what the stack serves -------------------------------------------------------------------
