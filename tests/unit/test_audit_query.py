@@ -36,8 +36,8 @@ from relay.testing.fakes import InMemoryAuditSink, InMemoryDeliveryQueue, InMemo
 
 AUDIT_TABLES = ("AuditTable", "AuditByTargetTable")
 NAMED_QUERIES = ("EventTimelineQuery", "FailuresByTargetQuery", "LatencyByTargetQuery")
-# Over the log groups, which hold no delivered attempt (S3 does): no latency query there.
-QUERY_DEFINITIONS = ("EventTimelineLogsQuery", "FailuresByTargetLogsQuery")
+# Every Logs Insights query the stack saves (over the log groups, which hold no delivered attempt).
+QUERY_DEFINITIONS = tuple(BASE.resources_of_type("AWS::Logs::QueryDefinition"))
 
 
 def table(logical_id: str) -> dict[str, Any]:
