@@ -256,7 +256,12 @@ def test_new_id_gives_each_replayed_delivery_a_fresh_id_and_remembers_the_old(hi
     [
         ("e-404", {}, "is in no archived event of 2026-03-25"),
         ("conv-1", {}, "names 2 events (e-1, e-2)"),
-        ("e-3", {"target_id": "erp"}, "had no delivery to target erp (its targets: crm)"),
+        (
+            "e-3",
+            {"target_id": "erp"},
+            "had no delivery to target erp (its targets: crm); an ordered target's delivery is archived "
+            "only once a dispatcher receives it",
+        ),
         (ids("e-1", "erp"), {"target_id": "crm"}, "went to target erp, not crm"),
         ("e-1", {"targets": InMemoryTargets(make_target("crm"))}, "target erp is unknown"),
         (

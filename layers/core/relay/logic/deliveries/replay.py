@@ -157,7 +157,8 @@ def _targets(event: ArchivedEvent, target_id: str | None) -> list[str]:
     if target_id not in event.deliveries:
         raise ReplayRefused(
             f"event {event.event_id} had no delivery to target {target_id} "
-            f"(its targets: {', '.join(event.targets)})"
+            f"(its targets: {', '.join(event.targets)}); an ordered target's delivery is archived only "
+            "once a dispatcher receives it, so one still waiting in its conversation has none yet"
         )
     if named and named[0] != target_id:
         raise ReplayRefused(f"delivery {named[1]} went to target {named[0]}, not {target_id}")
