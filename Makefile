@@ -101,8 +101,8 @@ e2e: $(VENV)/.synced
 # deployable build (ARCH, arm64 by default) cannot be imported on an x86_64 machine, so an x86_64 twin
 # is built too and imported the way Lambda loads it; the arm64 build is checked by wheel tags and ELF
 # headers. Checks and builds run two at a time (they share nothing but the environments, each made
-# once): a minute less on two cores. Then the tests: two workers, whole files each, in the order
-# tests/conftest.py gives them.
+# once; mostly CPU-bound, so this gains seconds, not minutes, on two cores). Then the tests: two
+# workers, whole files each, in the order tests/conftest.py gives them.
 CHECKS := lint typecheck template-check build build-x86_64
 test:
 	$(MAKE) --no-print-directory -j2 --output-sync=target $(CHECKS)
