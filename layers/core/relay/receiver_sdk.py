@@ -69,7 +69,7 @@ def verify_signature(
     body: bytes,
     signing_secrets: str | Iterable[str],
     *,
-    tolerance_seconds: int | None = 300,
+    tolerance_seconds: int | None = webhook_signing.DEFAULT_TOLERANCE_SECONDS,
     now: float | None = None,
 ) -> str:
     """Verify the Standard Webhooks headers; return the ``webhook-id`` (= deliveryId).
