@@ -15,7 +15,10 @@ VENV := .venv
 SAMVENV := .venv-sam
 CHECKOVVENV := .venv-checkov
 PY := $(VENV)/bin/python
-export UV_COMPILE_BYTECODE := 1
+# Bytecode is cached as Python does by default, whatever the caller's environment says: with
+# PYTHONDONTWRITEBYTECODE set, every test worker rewrote every test file's assertions (12 s of CPU to
+# collect instead of 4) and every process the tests start compiled the relay afresh.
+unexport PYTHONDONTWRITEBYTECODE
 export SAM_CLI_TELEMETRY := 0
 export AWS_EC2_METADATA_DISABLED := true
 export AWS_DEFAULT_REGION ?= us-east-1
@@ -49,9 +52,12 @@ $(UV): tools/boot/requirements.txt
 	@touch $@
 
 # The app environment: pinned by uv.lock, Genesys SDK included (config sync and its tests need it).
+# All its bytecode compiled at once, on every core: the SDK alone is 6,700 modules, which every
+# config-sync process imports (16 s compiled at import, 4 s precompiled), several of them at once as
+# the tests start. The tools' environments below compile what they import, when they first do.
 $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 	$(REQUIRE_PYTHON)
-	$(UV) sync --frozen --extra genesys --python $(PYTHON)
+	$(UV) sync --frozen --compile-bytecode --extra genesys --python $(PYTHON)
 	@touch $@
 
 # SAM CLI in its own environment: it pins click/watchdog versions that clash with the Genesys SDK.
@@ -101,12 +107,16 @@ e2e: $(VENV)/.synced
 # deployable build (ARCH, arm64 by default) cannot be imported on an x86_64 machine, so an x86_64 twin
 # is built too and imported the way Lambda loads it; the arm64 build is checked by wheel tags and ELF
 # headers. Checks and builds run two at a time (they share nothing but the environments, each made
-# once; mostly CPU-bound, so this gains seconds, not minutes, on two cores). Then the tests: two
-# workers, whole files each, in the order tests/conftest.py gives them.
+# once; mostly CPU-bound, so this gains seconds, not minutes, on two cores). Then the tests: three
+# workers on two cores, whole files each, in the order tests/conftest.py gives them (the end-to-end
+# files spend much of their time waiting on subprocesses, queues and retry delays: two workers left
+# a third of the CPU idle). A test marked `alone` measures a rate against the clock, which a third
+# worker's load would skew: it runs by itself afterwards.
 CHECKS := lint typecheck template-check build build-x86_64
 test:
 	$(MAKE) --no-print-directory -j2 --output-sync=target $(CHECKS)
-	RELAY_BUILD_ARCH=$(ARCH) $(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
+	RELAY_BUILD_ARCH=$(ARCH) $(PY) -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder -m "not alone" --durations=15
+	$(PY) -m pytest -q -m alone
 
 # The layers' Makefiles read PYTHON, PIP and ARCH from the environment (layers/wheels.mk): wheels for
 # that architecture and cp313 fetched by the bootstrap environment's pip, bytecode compiled by PYTHON.
