@@ -1478,6 +1478,53 @@ def test_a_throttle_one_dispatcher_met_holds_an_unlimited_target_back_in_every_d
     assert first.lane().retry_after_until == pytest.approx(NOW + 30)  # the quiet the target asked for
 
 
+def test_a_retry_after_holds_back_the_targets_later_records_of_the_same_batch(running: list[Relay]) -> None:
+    # Given a target that answers its first request 429 asking for 30 s of quiet, then 200
+    statuses = [429]
+
+    def scripted(method: str, url: str, headers: Mapping[str, str], body: bytes) -> HttpResult:
+        return answer(statuses.pop(0), headers={"retry-after": "30"}) if statuses else answer(200)
+
+    r = start(running, relay(answer_with=scripted, PER_TARGET_CONCURRENCY="1", DELIVERY_CONCURRENCY="1"))
+
+    # When one batch brings five of its records, sent one after another
+    failed = r.batch(*(record() for _ in range(5)))
+
+    # Then the four after the 429 are not sent within the quiet: deferred without an attempt, about when
+    # it ends, and the throttled one is retried after it
+    assert len(r.http.requests) == 1 and len(failed) == 1
+    assert [delay for _, delay in r.queue.retries] == [30]
+    assert [(d["attempts"], d["deferrals"]) for d in r.queue.deferrals] == [(0, 1)] * 4
+    assert all(30 <= d["delay_seconds"] <= 32 for d in r.queue.deferrals)  # + 0-2 s jitter
+    held = [line for line in r.audit_lines() if line["outcome"] == "deferred"]
+    assert [(line["errorCode"], line["attempt"]) for line in held] == [("rate-limited", None)] * 4
+
+
+@pytest.mark.parametrize("limit", [None, RateLimit(per_second=10)], ids=["unlimited", "limited"])
+def test_a_retry_after_is_stored_for_every_dispatcher_when_it_is_answered_not_when_the_batch_ends(
+    running: list[Relay], limit: RateLimit | None
+) -> None:
+    # Given a batch holding a record for a target that answers 429 with Retry-After: 30, then one for
+    # another target, sent after it; while the batch is still running (the second request), what
+    # every other dispatcher would read about the first target is looked at
+    floors_seen: list[float | None] = []
+
+    def scripted(method: str, url: str, headers: Mapping[str, str], body: bytes) -> HttpResult:
+        if "busy" in url:
+            return answer(429, headers={"retry-after": "30"})
+        bucket_floor = (bucket(r, "busy") or BucketState()).floor_until
+        floors_seen.append(r.lane("busy").retry_after_until if limit is None else bucket_floor)
+        return answer(200)
+
+    targets = (make_target("busy", rate_limit=limit), make_target("other"))
+    r = start(running, relay(*targets, answer_with=scripted, DELIVERY_CONCURRENCY="1"))
+
+    r.batch(record("busy"), record("other"))
+
+    # Then the quiet it asked for was stored before the batch went on to the other target
+    assert floors_seen == [pytest.approx(NOW + 30)]
+
+
 def test_when_the_bucket_store_is_down_records_go_anyway(running: list[Relay]) -> None:
     r = start(running, relay(limited(1, burst=1)))
     r.rate_limits.unavailable = True

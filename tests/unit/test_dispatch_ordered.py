@@ -109,6 +109,7 @@ class OrderedRelay:
     environment: dict[str, str] = field(default_factory=dict)  # the dispatcher's settings
     # Called with each request's event id before it is answered (on the dispatcher's thread).
     on_request: Callable[[str], None] = lambda event: None
+    answer_headers: dict[str, str] = field(default_factory=dict)  # on every answer
     http: ScriptedHttp = field(init=False)
     dispatcher: Dispatcher = field(init=False)
 
@@ -134,7 +135,7 @@ class OrderedRelay:
 
     def _answer(self, method: str, url: str, headers: Mapping[str, str], body: bytes) -> HttpResult:
         self.on_request(event_id(body))
-        return HttpResult(self.answers.get(event_id(body), 200), 5.0)
+        return HttpResult(self.answers.get(event_id(body), 200), 5.0, headers=self.answer_headers)
 
     def batch(self, *records: dict[str, Any], remaining_ms: int | None = None) -> list[str]:
         response = self.dispatcher.handle_batch(
@@ -453,6 +454,29 @@ def test_a_rate_limit_holds_the_conversation_from_the_first_record_without_a_tok
     assert {f"receipt-{message_id}" for message_id in failed} == held
     rate_held = [line for line in r.audit_lines() if line.get("errorCode") == "rate-limited"]
     assert rate_held and all(line["outcome"] == "held" and line["retryInSeconds"] >= 1 for line in rate_held)
+
+
+def test_a_retry_after_holds_the_targets_other_conversations_of_the_batch_without_a_request(
+    relays: list[OrderedRelay],
+) -> None:
+    # Given a target that answers conversation a's first record 429 asking for 30 s of quiet, and a
+    # dispatcher taking one conversation at a time (a, then b)
+    r = ordered_relay(
+        relays,
+        answers={"a-0": 429},
+        answer_headers={"retry-after": "30"},
+        environment={"DELIVERY_CONCURRENCY": "1"},
+    )
+
+    # When a batch brings conversations a and b
+    failed = r.batch(fifo_record("a", 0), fifo_record("a", 1), fifo_record("b", 0))
+
+    # Then b is not sent within the quiet either: held with its group, with no request and no re-send
+    assert r.sent() == ["a-0"] and r.nothing_resent()
+    assert set(failed) == {"m-a-0", "m-a-1", "m-b-0"}
+    (b_held,) = [line for line in r.audit_lines() if line.get("eventId") == "b-0"]
+    assert (b_held["outcome"], b_held["errorCode"]) == ("held", "rate-limited")
+    assert b_held["retryInSeconds"] >= 30
 
 
 def test_a_hold_asks_sqs_for_no_more_than_12_hours_from_the_receive(relays: list[OrderedRelay]) -> None:

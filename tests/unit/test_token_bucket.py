@@ -70,9 +70,9 @@ def test_nothing_is_taken_before_a_retry_after_floor() -> None:
     plan = plan_take(floored, 2, NOW, 10.0, 1.0)
 
     assert plan.count == 0 and plan.waits[0] == pytest.approx(3.0)
-    assert floor_after(floored, NOW, 1.0) == NOW + 3  # a shorter Retry-After never lowers it
-    assert floor_after(floored, NOW, 10.0) == NOW + 10
-    assert floor_after(floored, NOW, None) == NOW + 3
+    assert floor_after(floored, NOW + 1) == NOW + 3  # a shorter Retry-After never lowers it
+    assert floor_after(floored, NOW + 10) == NOW + 10
+    assert floor_after(floored, None) == NOW + 3
 
 
 @settings(max_examples=300, deadline=None)

@@ -127,8 +127,9 @@ def cut_rate(rate: float, policy: AimdPolicy) -> float:
     return max(policy.min_per_second, rate * policy.decrease)
 
 
-def floor_after(state: BucketState, now: float, retry_after_seconds: float | None) -> float:
-    """The Retry-After floor after a throttle: never earlier than the one stored."""
-    if retry_after_seconds is None:
+def floor_after(state: BucketState, asked_until: float | None) -> float:
+    """The Retry-After floor after a throttle that asked for quiet until ``asked_until``: never
+    earlier than the one stored."""
+    if asked_until is None:
         return state.floor_until
-    return max(state.floor_until, now + retry_after_seconds)
+    return max(state.floor_until, asked_until)

@@ -29,6 +29,9 @@ class Batch:
     failures: list[str] = field(default_factory=list)
     # Targets that answered 410 in this batch: no further request to them starts.
     gone: set[str] = field(default_factory=set)
+    # Targets that asked for quiet (Retry-After) in this batch, until when (epoch seconds): no further
+    # request to them starts before then.
+    floors: dict[str, float] = field(default_factory=dict)
     audit: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
     # Every task the batch read, by message id: the event archive keeps those it attempted or
     # dead-lettered (relay.logic.dispatch.audit.write_archive).
@@ -60,6 +63,19 @@ class Batch:
     def is_gone(self, key: str) -> bool:
         with self.lock:
             return key in self.gone
+
+    def raise_floor(self, key: str, until: float) -> bool:
+        """Hold the target's later records of this batch until ``until``; False if a floor at least as
+        late was held already."""
+        with self.lock:
+            if until <= self.floors.get(key, 0.0):
+                return False
+            self.floors[key] = until
+            return True
+
+    def floor(self, key: str) -> float | None:
+        with self.lock:
+            return self.floors.get(key)
 
     def log(self, target_id: str, line: dict[str, Any]) -> None:
         """One audit line, kept for the target's audit object. Only a record that was not delivered is

@@ -265,6 +265,9 @@ class Dispatcher:
             if batch.is_gone(item.key):
                 self._settle.unattempted(Unattempted.gone(item), batch)  # 410 while this record waited
                 return
+            if (quiet := self._limits.floor_wait(item, batch)) is not None:  # a Retry-After meanwhile
+                self._settle.deferred(item, quiet, batch, error_code="rate-limited")
+                return
             if self._out_of_time(item, batch):
                 # A Lambda timeout would fail the whole batch and cost every record a receive:
                 # hand this one back untouched instead (no attempt used).
@@ -283,6 +286,7 @@ class Dispatcher:
             if isinstance(attempt, Unattempted):
                 self._settle.unattempted(attempt, batch)
                 return
+            self._limits.answered(item, attempt.outcome, batch)
             if attempt.result is not None:
                 self._answer_times.record(item.key, attempt.result.elapsed_ms, lane_version=0)
                 if attempt.outcome.reached_endpoint:

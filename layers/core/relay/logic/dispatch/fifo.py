@@ -164,6 +164,8 @@ class OrderedDelivery:
                 return Hold(delay, BREAKER_OPEN)
         if rate_held is not None:
             return Hold(math.ceil(rate_held.wait_seconds), RATE_LIMITED)
+        if (quiet := self._limits.floor_wait(item, batch)) is not None:  # a Retry-After in this batch
+            return Hold(math.ceil(quiet), RATE_LIMITED)
         if self._out_of_time(item, batch):
             return Hold(0, OUT_OF_TIME)
         return None
@@ -229,6 +231,7 @@ class OrderedDelivery:
             attempt = self._attempter.run(item)
             if isinstance(attempt, Unattempted):
                 return self._unattempted(attempt, settler, batch)
+            self._limits.answered(item, attempt.outcome, batch)
             if attempt.outcome.verdict is not Verdict.DELIVERED:
                 self._count_failure(item.record)
             settler.attempted(item, attempt, batch)

@@ -11,16 +11,19 @@ relay.ports.RateLimitStore, one item per target in the BreakerTable).
   deferral (SQS delays come in whole seconds) and spaces them for the receiver. Records beyond that
   are held back: deferred without an attempt, until about when they would fit. A target without a
   limit costs no call.
+- **A Retry-After**, as soon as it is answered: the batch starts no further request to the target
+  before it, and the floor is stored at once for every dispatcher (the bucket's ``floorUntil`` for a
+  metered target, the breaker item's mark for an unlimited one), not when the batch ends: a batch can
+  run on for seconds after the answer, while other dispatchers start batches of their own.
 - **Feedback**, after the batch: throttle answers (429, 503 + Retry-After) cut the target's rate
-  (multiplicative decrease, at most once per cooldown, over the cut this container saw) and raise the
-  Retry-After floor. A target without a configured limit gets an implicit one: each dispatcher that
-  sees it throttled adds its share (``decrease`` times the deliveries per second it was getting
-  through, or half what it sent when nothing got through) and meters the target from then on,
-  until the limit is released. A Retry-After it answered is also marked on the target's breaker item
-  (``LaneState.retry_after_until``), which every dispatcher reads with the breaker each batch: one that
-  has not joined holds the target's records back until then, so the floor holds fleet-wide (at one
-  write per later floor, and no read) while each dispatcher still joins the implicit limit with its own
-  share when it is throttled itself.
+  (multiplicative decrease, at most once per cooldown, over the cut this container saw; sized from all
+  the lane's answers) and keep the floor. A target without a configured limit gets an implicit one:
+  each dispatcher that sees it throttled adds its share (``decrease`` times the deliveries per second
+  it was getting through, or half what it sent when nothing got through) and meters the target from
+  then on, until the limit is released. The breaker item's mark (``LaneState.retry_after_until``) is
+  read by every dispatcher with the breaker each batch: one that has not joined holds the target's
+  records back until then, so the floor holds fleet-wide (at one write per later floor, and no read)
+  while each dispatcher still joins the implicit limit with its own share when it is throttled itself.
 - **Store down**: fail open (deliver as if unlimited), counted in ``RateLimitStoreUnavailable``.
 """
 
@@ -37,8 +40,7 @@ from relay.logic.dispatch.batch import Batch
 from relay.logic.dispatch.lanes import Lane
 from relay.logic.dispatch.metrics import Metric
 from relay.logic.dispatch.records import Item
-from relay.logic.outcomes import Verdict
-from relay.models.breaker import target_key
+from relay.logic.outcomes import Outcome, Verdict
 from relay.models.rate_limit import BucketAnswer, BucketState, RateLimit, rate_key
 from relay.observability import logger
 from relay.ports import BreakerStore, Clock, RateLimitStore
@@ -183,9 +185,40 @@ class RateLimits:
         fresh = token_bucket.plan_take(state, wanted, now, rate, ahead)
         return replace(fresh, count=0, waits=(0.0,) * fresh.count + fresh.waits)
 
+    # --- a Retry-After, at once ----------------------------------------------------------------------
+    def floor_wait(self, item: Item, batch: Batch) -> float | None:
+        """Seconds until the quiet its target asked for earlier in this batch is over, if it is not."""
+        floor = batch.floor(item.key)
+        wait = floor - self._clock() if floor is not None else 0.0
+        if wait <= 0:
+            return None
+        batch.metrics.count(Metric.RATE_LIMITED, item.target.target_id)
+        return wait
+
+    def answered(self, item: Item, outcome: Outcome, batch: Batch) -> None:
+        """A throttle that says how long to keep quiet holds the target back from now on: in this batch,
+        and in every dispatcher through the stored floor."""
+        if not outcome.throttled or not outcome.retry_after_seconds:
+            return
+        until = self._clock() + min(outcome.retry_after_seconds, self._max_floor_seconds)
+        if not batch.raise_floor(item.key, until):
+            return  # an answer in this batch asked for as long or longer: stored then
+        target = item.target
+        key = rate_key(target.integration_id, target.target_id)
+        with self._lock:
+            metered = target.rate_limit is not None or key in self._metered
+        if metered:
+            try:
+                self._remember(key, self._store.raise_floor(key, floor_until=until))
+            except RateLimitStoreUnavailable as exc:
+                self._store_down(batch, key, exc)
+        if target.rate_limit is None:
+            self._mark_retry_after(item.key, until)
+
     # --- feedback -----------------------------------------------------------------------------------
     def feedback(self, lane: Lane, batch: Batch) -> None:
-        """Fold the lane's answers into the bucket: throttles cut the rate and raise the floor."""
+        """Fold the lane's answers into the bucket: throttles cut the rate (the floor they asked for is
+        stored already, by ``answered``)."""
         target = lane.target
         key = rate_key(target.integration_id, target.target_id)
         outcomes = [item.outcome for item in lane.items if item.outcome is not None]
@@ -197,20 +230,16 @@ class RateLimits:
         if not throttles:
             return
         batch.metrics.count(Metric.THROTTLED, target.target_id, len(throttles))
-        asked = max((o.retry_after_seconds or 0.0 for o in throttles), default=0.0)
-        retry_after = min(asked, self._max_floor_seconds) or None
+        floor = batch.floor(lane.key)
         try:
             with self._lock:
                 joined = target.rate_limit is not None or key in self._metered
             if joined:
-                self._cut(key, target.rate_limit, retry_after, now)
+                self._cut(key, target.rate_limit, floor, now)
             else:
-                self._join(key, retry_after, now)
+                self._join(key, floor, now)
         except RateLimitStoreUnavailable as exc:
             self._store_down(batch, key, exc)
-            return
-        if target.rate_limit is None and retry_after:
-            self._mark_retry_after(target_key(target.integration_id, target.target_id), now + retry_after)
 
     def _mark_retry_after(self, key: str, until: float) -> None:
         """Tell every dispatcher to send the target nothing before ``until`` (a configured limit's
@@ -228,11 +257,11 @@ class RateLimits:
                 "could not mark a target's Retry-After", extra={"targetKey": key, "error": str(exc)}
             )
 
-    def _cut(self, key: str, limit: RateLimit | None, retry_after: float | None, now: float) -> None:
+    def _cut(self, key: str, limit: RateLimit | None, asked_until: float | None, now: float) -> None:
         """Multiplicative decrease over the cut this container saw; within the cooldown only the floor."""
         state = self._last_seen(key)
         for _ in range(MAX_WRITES):
-            floor = token_bucket.floor_after(state, now, retry_after)
+            floor = token_bucket.floor_after(state, asked_until)
             rate = token_bucket.current_rate(state, limit, now, self._policy)
             if not token_bucket.may_cut(state, now, self._policy) or rate is None:
                 if floor > state.floor_until:
@@ -246,13 +275,13 @@ class RateLimits:
                 logger.info("target throttled: rate cut", extra={"targetKey": key, "perSecond": new_rate})
                 return
 
-    def _join(self, key: str, retry_after: float | None, now: float) -> None:
+    def _join(self, key: str, asked_until: float | None, now: float) -> None:
         """A target without a configured limit throttled this dispatcher: add its share to the implicit
         limit (starting one where there is none, or only a released one), and meter the target."""
         share = self._policy.decrease * self._share_basis(key, now)
         state = self._last_seen(key)
         for _ in range(MAX_WRITES):
-            floor = token_bucket.floor_after(state, now, retry_after)
+            floor = token_bucket.floor_after(state, asked_until)
             answer = self._store.join(
                 key,
                 now=now,
