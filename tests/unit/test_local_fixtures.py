@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from pydantic import ValidationError
+from support.secure_peers import Pki, key_body
 
 from relay.local.fixtures import DEFAULT_FIXTURES, Fixtures
 from relay.local.stack import with_port
@@ -222,3 +229,121 @@ def test_the_demo_receivers_form_of_port_0_is_accepted(url: str) -> None:
     doc = fixtures_doc()
     doc["integrations"][0]["targets"][0]["url"] = url
     assert Fixtures.model_validate(doc).integrations[0].targets[0].url == url
+
+
+def _load(doc: dict[str, Any], directory: Path) -> Fixtures:
+    path = directory / "fixtures.json"
+    path.write_text(json.dumps(doc))
+    return Fixtures.load(path)
+
+
+def _only_error(caught: pytest.ExceptionInfo[ValidationError]) -> tuple[str, str]:
+    """(place, message) of the one error, as ``relay local serve`` shows it (never the value)."""
+    [error] = caught.value.errors(include_input=False)
+    return ".".join(str(part) for part in error["loc"]), error["msg"]
+
+
+@pytest.mark.parametrize(
+    "token_url", ["http://127.0.0.1:0/token", "https://127.0.0.1:0/token", "https://idp.example.com:0/t"]
+)
+def test_a_token_url_on_port_0_is_refused_when_the_file_is_read(token_url: str, tmp_path: Path) -> None:
+    # Given an oauth2 target whose token endpoint is on port 0 (the stack starts no token endpoint, so
+    # serve would start and every delivery fail oauth-token-failed)
+    doc = fixtures_doc()
+    doc["integrations"][0]["targets"][1]["security"] = {
+        "type": "oauth2",
+        "value": "client-secret",
+        "oauth2": {"tokenUrl": token_url, "clientId": "relay"},
+    }
+
+    # Then reading the file fails, naming the field
+    with pytest.raises(ValidationError) as caught:
+        _load(doc, tmp_path)
+    place, message = _only_error(caught)
+    assert place == "integrations.0.targets.1.security.oauth2.tokenUrl"
+    assert "port 0: nothing listens there" in message
+
+
+def test_a_token_url_with_a_port_of_its_own_is_accepted(tmp_path: Path) -> None:
+    doc = fixtures_doc()
+    oauth2 = {"tokenUrl": "http://127.0.0.1:8089/token", "clientId": "relay"}
+    doc["integrations"][0]["targets"][1]["security"] = {"type": "oauth2", "value": "s", "oauth2": oauth2}
+    security = _load(doc, tmp_path).integrations[0].targets[1].security
+    assert security.oauth2 is not None and security.oauth2.token_url == oauth2["tokenUrl"]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki.create(tmp_path_factory.mktemp("pki"))
+
+
+def _not_valid_until_tomorrow() -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relay")])
+    tomorrow = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(tomorrow)
+        .not_valid_after(tomorrow + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return (certificate.public_bytes(serialization.Encoding.PEM) + key_pem).decode()
+
+
+def _certificate_of(bundle: str) -> str:
+    return bundle.split("-----BEGIN PRIVATE KEY-----")[0]
+
+
+def _key_of(bundle: str) -> str:
+    return bundle[bundle.index("-----BEGIN PRIVATE KEY-----") :]
+
+
+@pytest.mark.parametrize(
+    ("build", "reason"),
+    [
+        (lambda pki: pki.client_bundle(valid_days=-1), "the client certificate expired at "),
+        (lambda pki: _not_valid_until_tomorrow(), "the client certificate is not valid before "),
+        (
+            lambda pki: _certificate_of(pki.client_bundle()) + _key_of(pki.client_bundle()),
+            "no certificate in the PEM bundle matches its private key",
+        ),
+        (
+            lambda pki: (
+                _certificate_of(pki.client_bundle()) + "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n"
+                "-----END PRIVATE KEY-----\n"
+            ),
+            "the PEM bundle holds a certificate or key that does not parse",
+        ),
+    ],
+    ids=["expired", "not-valid-yet", "key-of-another-certificate", "unparsable"],
+)
+def test_an_unusable_client_certificate_is_refused_at_its_place_in_the_file_without_quoting_it(
+    pki: Pki, build: Callable[[Pki], str], reason: str, tmp_path: Path
+) -> None:
+    # Given a target whose clientCertificate config sync would refuse (naming its own field,
+    # security.clientCertificate, which the fixtures file does not have)
+    bundle = build(pki)
+    doc = fixtures_doc()
+    doc["integrations"][0]["targets"][1]["clientCertificate"] = bundle
+
+    # Then reading the file fails, naming the fixtures field and the reason, and never the bundle
+    with pytest.raises(ValidationError) as caught:
+        _load(doc, tmp_path)
+    place, message = _only_error(caught)
+    assert place == "integrations.0.targets.1.clientCertificate"
+    assert message.startswith(f"Value error, {reason}")
+    assert "-----BEGIN" not in message and key_body(bundle) not in str(caught.value)
+
+
+def test_a_usable_client_certificate_is_accepted(pki: Pki, tmp_path: Path) -> None:
+    bundle = pki.client_bundle()
+    doc = fixtures_doc()
+    doc["integrations"][0]["targets"][1]["clientCertificate"] = bundle
+    assert _load(doc, tmp_path).integrations[0].targets[1].client_certificate == bundle

@@ -2,7 +2,8 @@
 
 A target whose URL is ``http://127.0.0.1:0/...`` (port 0) gets a demo receiver started by the local
 stack on a free port, and its URL rewritten to that port; any other URL is used as it is (your own
-receiver). Only the local stack allows http://127.0.0.1 targets. ``eventBridgeIntegrationId`` (optional)
+receiver), but port 0 anywhere else, an OAuth ``tokenUrl`` included, is refused: nothing listens there.
+Only the local stack allows http://127.0.0.1 targets. ``eventBridgeIntegrationId`` (optional)
 names the integration whose targets Genesys EventBridge events go to; by default the first one.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -17,6 +19,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from relay.json_input import load_json
+from relay.models.client_certificate import parse_client_certificate
 from relay.models.event_filters import EventFilters
 from relay.models.numbers import ConfigFloat
 from relay.models.rate_limit import RateLimit
@@ -64,6 +67,18 @@ FixtureRetryMatrix = Annotated[_FixtureRetryMatrix, AfterValidator(sensible_retr
 class FixtureOAuth2Client(OAuth2Client):
     model_config = ConfigDict(extra="allow")
 
+    @field_validator("token_url")
+    @classmethod
+    def _token_endpoint_can_listen(cls, url: str) -> str:
+        # The stack starts no demo token endpoint: with port 0 serve would start, then every delivery
+        # would fail to get a token and be dead-lettered.
+        if _port(url) == 0:
+            raise ValueError(
+                "port 0: nothing listens there (the local stack starts no token endpoint); "
+                "give the port your token endpoint listens on"
+            )
+        return url
+
 
 class FixtureSecurity(_FixtureModel):
     type: SecurityType = SecurityType.NONE
@@ -97,16 +112,21 @@ class FixtureTarget(_FixtureModel):
     @classmethod
     def _port_is_usable(cls, url: str) -> str:
         # The stack reads the port (0 asks for a demo receiver) before config sync checks the rest.
-        try:
-            port = urlsplit(url).port  # raises for 65536, -1 or a word
-        except ValueError:
-            raise ValueError("the URL's port is not a number from 0 to 65535") from None
-        if port == 0 and not wants_demo_receiver(url):  # nothing ever listens on port 0
+        if _port(url) == 0 and not wants_demo_receiver(url):  # nothing ever listens on port 0
             raise ValueError(
                 "port 0 asks for a demo receiver, which only http://127.0.0.1:0/<path> gets; "
                 "give the port your receiver listens on"
             )
         return url
+
+    @field_validator("client_certificate")
+    @classmethod
+    def _usable_client_certificate(cls, bundle: str | None) -> str | None:
+        # Config sync makes the same check, but its error names its own field
+        # (security.clientCertificate), not this file's; the reason never quotes the bundle.
+        if bundle is not None:
+            parse_client_certificate(bundle, now=datetime.now(UTC))
+        return bundle
 
 
 class FixtureIntegration(_FixtureModel):
@@ -191,6 +211,14 @@ def _refuse_repeats(kind: str, ids_and_places: Iterable[tuple[str, str]]) -> Non
         if ident in first_place:
             raise ValueError(f"{kind} id {ident} is used twice, at {first_place[ident]} and {place}")
         first_place[ident] = place
+
+
+def _port(url: str) -> int | None:
+    """The URL's port, None when it names none; a ValueError for one that is not a usable number."""
+    try:
+        return urlsplit(url).port  # raises for 65536, -1 or a word
+    except ValueError:
+        raise ValueError("the URL's port is not a number from 0 to 65535") from None
 
 
 def wants_demo_receiver(url: str) -> bool:
