@@ -83,18 +83,28 @@ class Pki:
 
     @staticmethod
     def _builder(
-        subject: x509.Name, public_key: Any, issuer: x509.Name, *, valid_days: float = 1.0
+        subject: x509.Name,
+        public_key: Any,
+        issuer: x509.Name,
+        *,
+        valid_days: float = 1.0,
+        starts_in_days: float = 0.0,
     ) -> x509.CertificateBuilder:
         now = datetime.datetime.now(datetime.UTC)
         ends = now + datetime.timedelta(days=valid_days)  # valid_days < 0: expired already
+        starts = (
+            now + datetime.timedelta(days=starts_in_days)  # > 0: not valid yet
+            if starts_in_days > 0
+            else min(now - datetime.timedelta(minutes=5), ends - datetime.timedelta(days=1))
+        )
         return (
             x509.CertificateBuilder()
             .subject_name(subject)
             .issuer_name(issuer)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(min(now - datetime.timedelta(minutes=5), ends - datetime.timedelta(days=1)))
-            .not_valid_after(ends)
+            .not_valid_before(starts)
+            .not_valid_after(max(ends, starts + datetime.timedelta(days=1)))
         )
 
     @property
@@ -113,12 +123,17 @@ class Pki:
         usage: x509.ObjectIdentifier,
         *,
         valid_days: float = 1.0,
+        starts_in_days: float = 0.0,
         sans: list[x509.GeneralName] | None = None,
     ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
         key = ec.generate_private_key(ec.SECP256R1())
         builder = (
             self._builder(
-                _name(common_name), key.public_key(), self.ca_certificate.subject, valid_days=valid_days
+                _name(common_name),
+                key.public_key(),
+                self.ca_certificate.subject,
+                valid_days=valid_days,
+                starts_in_days=starts_in_days,
             )
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .add_extension(
@@ -131,9 +146,14 @@ class Pki:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         return key, builder.sign(self.ca_key, hashes.SHA256())
 
-    def client_bundle(self, common_name: str = "relay", *, valid_days: float = 1.0) -> str:
-        """A client certificate (clientAuth) signed by the CA, and its key: one PEM bundle."""
-        key, certificate = self._issue(common_name, ExtendedKeyUsageOID.CLIENT_AUTH, valid_days=valid_days)
+    def client_bundle(
+        self, common_name: str = "relay", *, valid_days: float = 1.0, starts_in_days: float = 0.0
+    ) -> str:
+        """A client certificate (clientAuth) signed by the CA, and its key: one PEM bundle
+        (``valid_days`` < 0: expired; ``starts_in_days`` > 0: not valid yet)."""
+        key, certificate = self._issue(
+            common_name, ExtendedKeyUsageOID.CLIENT_AUTH, valid_days=valid_days, starts_in_days=starts_in_days
+        )
         return _pem(certificate) + _pem_key(key)
 
     def server_context(self, *, client_certificates: ssl.VerifyMode = ssl.CERT_NONE) -> ssl.SSLContext:

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from pydantic import ValidationError
 from support.secure_peers import Pki, key_body
 
@@ -277,26 +272,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki.create(tmp_path_factory.mktemp("pki"))
 
 
-def _not_valid_until_tomorrow() -> str:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relay")])
-    tomorrow = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(tomorrow)
-        .not_valid_after(tomorrow + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return (certificate.public_bytes(serialization.Encoding.PEM) + key_pem).decode()
-
-
 def _certificate_of(bundle: str) -> str:
     return bundle.split("-----BEGIN PRIVATE KEY-----")[0]
 
@@ -309,7 +284,7 @@ def _key_of(bundle: str) -> str:
     ("build", "reason"),
     [
         (lambda pki: pki.client_bundle(valid_days=-1), "the client certificate expired at "),
-        (lambda pki: _not_valid_until_tomorrow(), "the client certificate is not valid before "),
+        (lambda pki: pki.client_bundle(starts_in_days=1), "the client certificate is not valid before "),
         (
             lambda pki: _certificate_of(pki.client_bundle()) + _key_of(pki.client_bundle()),
             "no certificate in the PEM bundle matches its private key",
