@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -211,9 +212,11 @@ def test_serve_prints_ready_delivers_a_signed_post_and_stops_cleanly(
     assert [pid for pid in children if alive(pid)] == []
 
 
+@pytest.mark.parametrize("presses", [1, 2], ids=["Ctrl-C", "Ctrl-C-twice"])
 def test_a_stop_that_outlasts_the_settle_wait_finishes_the_running_deliveries_and_calls_none_dropped(
-    own_receiver: Receiver, tmp_path: Path
+    own_receiver: Receiver, tmp_path: Path, presses: int
 ) -> None:
+    from relay.cli.local_cmd import STOP_SETTLE_SECONDS
     from relay.local.receiver import Behaviour
 
     # Given serve delivering to our receiver, which holds every request until told (a slow target;
@@ -239,14 +242,22 @@ def test_a_stop_that_outlasts_the_settle_wait_finishes_the_running_deliveries_an
             assert post_signed(ready["api"], integration, {**event, "id": event_id}).status_code == 202
         wait_until(lambda: own_receiver.held == len(sent), what="the receiver holding every delivery")
 
-        # When Ctrl-C is pressed while they are under way, and the receiver answers only once serve
-        # has given up waiting for the queues to settle
+        # When Ctrl-C is pressed while they are under way (pressed again once serve stops accepting: a
+        # second press ends the wait for the queues to settle), and the receiver answers only once
+        # serve has given up waiting for them
         os.killpg(process.pid, signal.SIGINT)
+        if presses == 2:
+            wait_until(lambda: "no longer accepting" in stderr_path.read_text(), what="serve stopping")
+            pressed_again = time.monotonic()
+            os.killpg(process.pid, signal.SIGINT)
         wait_until(
             lambda: re.search(r"waiting for \d+ running|dropped with the stack", stderr_path.read_text()),
             what="serve done waiting for the queues to settle",
             timeout=40,
         )
+        if presses == 2:  # at the second press, not after the settle wait's 10 s
+            assert time.monotonic() - pressed_again < STOP_SETTLE_SECONDS
+            assert "second signal: no longer waiting for the queues to settle" in stderr_path.read_text()
         answer.set()
         code = process.wait(timeout=60)
 

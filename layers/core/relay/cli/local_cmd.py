@@ -175,9 +175,13 @@ def _stop_and_report_what_is_left(stack: LocalStack) -> None:
 def serve_command(args: argparse.Namespace) -> int:
     _fixtures(args.fixtures)
     out = _divert_stdout(sys.stderr)
-    stop = threading.Event()
+    stop, hurry = threading.Event(), threading.Event()
+
+    def stop_then_hurry(*_: object) -> None:
+        (hurry if stop.is_set() else stop).set()  # a second signal: stop waiting for the queues to settle
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, stop_then_hurry)
 
     from relay.errors import FixturesRejected, LocalStackError
     from relay.local.stack import LocalStack
@@ -201,9 +205,14 @@ def serve_command(args: argparse.Namespace) -> int:
             print("relay local serve: stopping: no longer accepting events", file=sys.stderr)
             if stack.api is not None:
                 stack.api.stop()
-            if stack.wait_settled(STOP_SETTLE_SECONDS):
+            if stack.wait_settled(STOP_SETTLE_SECONDS, give_up=hurry):
                 print(f"relay local serve: {_NOTHING_LEFT}", file=sys.stderr)
             else:
+                if hurry.is_set():
+                    print(
+                        "relay local serve: second signal: no longer waiting for the queues to settle",
+                        file=sys.stderr,
+                    )
                 _stop_and_report_what_is_left(stack)
     except FixturesRejected as exc:
         raise _fixtures_refused(args.fixtures, exc) from None

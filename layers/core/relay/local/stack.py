@@ -41,6 +41,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -376,17 +377,18 @@ class LocalStack:
             }
         return found
 
-    def wait_settled(self, timeout_seconds: float) -> bool:
+    def wait_settled(self, timeout_seconds: float, give_up: threading.Event | None = None) -> bool:
         """Until ``deliveries_pending`` is false at three looks in a row, half a second apart (True), or
-        ``timeout_seconds`` pass (False): a single quiet look can fall between a receive and its
-        invocation."""
+        ``timeout_seconds`` pass or ``give_up`` is set (False): a single quiet look can fall between a
+        receive and its invocation."""
+        give_up = give_up or threading.Event()
         deadline = time.monotonic() + timeout_seconds
         quiet = 0
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not give_up.is_set():
             quiet = 0 if self.deliveries_pending() else quiet + 1
             if quiet >= 3:
                 return True
-            time.sleep(0.5)  # the interval between looks at the queues, not a synchronisation
+            give_up.wait(0.5)  # the interval between looks at the queues, not a synchronisation
         return False
 
     def webhook_url(self, integration_id: str) -> str:
