@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -216,7 +215,6 @@ def test_serve_prints_ready_delivers_a_signed_post_and_stops_cleanly(
 def test_a_stop_that_outlasts_the_settle_wait_finishes_the_running_deliveries_and_calls_none_dropped(
     own_receiver: Receiver, tmp_path: Path, presses: int
 ) -> None:
-    from relay.cli.local_cmd import STOP_SETTLE_SECONDS
     from relay.local.receiver import Behaviour
 
     # Given serve delivering to our receiver, which holds every request until told (a slow target;
@@ -248,15 +246,13 @@ def test_a_stop_that_outlasts_the_settle_wait_finishes_the_running_deliveries_an
         os.killpg(process.pid, signal.SIGINT)
         if presses == 2:
             wait_until(lambda: "no longer accepting" in stderr_path.read_text(), what="serve stopping")
-            pressed_again = time.monotonic()
             os.killpg(process.pid, signal.SIGINT)
         wait_until(
             lambda: re.search(r"waiting for \d+ running|dropped with the stack", stderr_path.read_text()),
             what="serve done waiting for the queues to settle",
             timeout=40,
         )
-        if presses == 2:  # at the second press, not after the settle wait's 10 s
-            assert time.monotonic() - pressed_again < STOP_SETTLE_SECONDS
+        if presses == 2:  # it gave up at the second press, and said so
             assert "second signal: no longer waiting for the queues to settle" in stderr_path.read_text()
         answer.set()
         code = process.wait(timeout=60)
