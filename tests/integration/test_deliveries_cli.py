@@ -199,6 +199,11 @@ def test_show_names_an_ordered_target_with_no_record_for_the_event_as_possibly_w
             "relay deliveries show: event e-waits has no record for ordered target t-ordered"
         )
         assert "held or blocked" in err and len(err.splitlines()) == 1
+        # and points where a waiting conversation shows: not `relay dlq list --queue ordered` (that lists
+        # the ordered dead-letter queue only), but its own timeline and the ordered lane's alarm
+        assert "dlq list" not in err
+        assert f"relay deliveries show {CONVERSATION} lists the records of the conversation" in err
+        assert "OrderedGroupBlocked" in err
 
     # And with --target, which leaves the other targets' lines out on purpose, nothing is said
     code, _, err = relay(
@@ -214,6 +219,34 @@ def test_show_of_an_id_nothing_names_fails_saying_where_it_looked(
     assert (code, out) == (3, "")
     assert err.startswith("relay deliveries show: no audit record names e-never from ")
     assert "look further back with --since" in err
+    # an event waiting in an ordered conversation is not in the ordered dead-letter queue `dlq list` reads
+    assert "dlq list" not in err
+    assert "relay deliveries show CONVERSATION_ID lists the records of the conversation" in err
+    assert "OrderedGroupBlocked" in err
+
+
+def test_show_gives_the_text_of_an_attempts_error_as_well_as_its_code(
+    aws_stack: LocalResources,
+    stack: str,
+    receiver: Receiver,
+    dispatcher: Dispatcher,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given a receiver that drops every connection without an answer
+    receiver.behaviour.up = False
+    dispatcher.handle_batch([event_record("e-dropped")])
+
+    # When the event is shown, as JSON and as a table
+    code, out, _ = relay(capsys, "deliveries", "show", "e-dropped", "--format", "json", "--stack-name", stack)
+    assert code == 0
+    (attempt,) = json.loads(out)["attempts"]
+    code, table, _ = relay(capsys, "deliveries", "show", "e-dropped", "--stack-name", stack)
+    assert code == 0
+
+    # Then both carry the audit's text for the error next to its code
+    assert attempt["errorCode"] == "connection-error" and attempt["error"]
+    header, row = table.splitlines()[:2]
+    assert row[header.index("ERROR_DETAIL") :] == attempt["error"]
 
 
 # --- deliveries replay --------------------------------------------------------------------------------

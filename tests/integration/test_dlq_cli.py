@@ -32,7 +32,9 @@ from relay.models.delivery import (
     ATTR_LAST_ERROR,
     ATTR_LAST_STATUS,
     ATTR_TARGET_ID,
+    DeadLetterNote,
     DeliveryTask,
+    DlqReason,
 )
 from relay.settings import get_settings
 from relay.wiring import aws_client, sqs_queues
@@ -68,7 +70,7 @@ def dead_letter_attributes(reason: str, integration_id: str, target_id: str, sta
         ATTR_DEFERRALS: {"DataType": "Number", "StringValue": "1"},
         ATTR_DLQ_REASON: {"DataType": "String", "StringValue": reason},
         ATTR_LAST_STATUS: {"DataType": "Number", "StringValue": status},
-        ATTR_LAST_ERROR: {"DataType": "String", "StringValue": f"http_{status}"},
+        ATTR_LAST_ERROR: {"DataType": "String", "StringValue": f"http-{status}"},
         ATTR_TARGET_ID: {"DataType": "String", "StringValue": target_id},
         ATTR_INTEGRATION_ID: {"DataType": "String", "StringValue": integration_id},
     }
@@ -136,6 +138,8 @@ def test_list_groups_by_reason_and_target_and_puts_every_message_back(
         assert group["sampleDeliveryId"] in ids
         assert group["oldestAgeSeconds"] is not None and group["oldestAgeSeconds"] >= 0
     assert groups[("permanent-status", "int-1", "target-b")]["lastStatuses"] == ["400"]
+    assert groups[("permanent-status", "int-1", "target-b")]["lastErrors"] == ["http-400"]
+    assert groups[("redrive-backstop", "int-1", "target-a")]["lastErrors"] == []
     # ids only: no event text, no raw body
     assert CUSTOMER_TEXT not in out + err and "card number" not in out + err
     # and nothing was removed: all 8 are visible again at once (released, not left to time out)
@@ -152,6 +156,45 @@ def test_list_prints_a_readable_table(seeded: list[Seeded], capsys: pytest.Captu
     assert exhausted.split()[:4] == ["exhausted", "int-1", "target-a", "3"]
     assert "8 messages scanned" in out
     assert CUSTOMER_TEXT not in out
+
+
+def test_list_says_why_an_exhausted_delivery_failed_when_it_got_no_status(
+    aws_stack: LocalResources, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a delivery the dispatcher dead-lettered because its target's token endpoint kept failing
+    # (no HTTP status from the target), and one whose record was dead-lettered without an attempt (its
+    # relay-last-error is a sentence, not a code)
+    queues = sqs_queues(get_settings())
+    body, _ = task_body("int-1", "crm-hook")
+    note = DeadLetterNote(
+        DlqReason.EXHAUSTED, 5, integration_id="int-1", target_id="crm-hook", last_error="oauth-token-failed"
+    )
+    queues.dead_letter(body, {}, note)
+    body, _ = task_body("int-1", "gone-hook")
+    why = "target answered 410 Gone earlier in this batch"
+    note = DeadLetterNote(
+        DlqReason.TARGET_GONE, 0, integration_id="int-1", target_id="gone-hook", last_error=why
+    )
+    queues.dead_letter(body, {}, note)
+
+    # When an operator lists the DLQ, as JSON and as a table
+    code, out, _ = run_cli(capsys, "list", "--format", "json")
+    assert code == 0
+    groups = {g["targetId"]: g for g in json.loads(out)["groups"]}
+    code, table, _ = run_cli(capsys, "list")
+    assert code == 0
+
+    # Then the token endpoint's failure is named where no status is, and the sentence is not shown
+    assert (groups["crm-hook"]["lastStatuses"], groups["crm-hook"]["lastErrors"]) == (
+        [],
+        ["oauth-token-failed"],
+    )
+    assert groups["gone-hook"]["lastErrors"] == []
+    header, *rows = table.splitlines()
+    row = next(line for line in rows if line.startswith("exhausted"))
+    assert header.index("LAST STATUS") < header.index("LAST ERROR")
+    assert row[header.index("LAST STATUS") :].split()[:2] == ["-", "oauth-token-failed"]
+    assert why not in table
 
 
 def test_redrive_all_falls_back_to_resend_and_moves_every_body_unchanged(

@@ -136,3 +136,35 @@ def test_listing_an_ordered_dlq_says_how_many_letters_wait_behind_those_it_could
     assert f"about {behind} more wait behind them in their conversations" in table
     assert f"about {behind} more wait behind them in their conversations" in dry_run
     assert len(drain(aws_stack.ordered_dead_letter_queue_url)) == 16  # nothing moved or lost
+
+
+def test_listing_an_ordered_dlq_names_the_last_error_of_its_letters(
+    aws_stack: LocalResources, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given an ordered letter dead-lettered because its target's token endpoint kept failing (no status)
+    queues = SqsQueues(
+        aws_client("sqs"), ordered_dead_letter_queue_url=aws_stack.ordered_dead_letter_queue_url
+    )
+    task = DeliveryTask(
+        delivery_id=uuid.uuid4(),
+        integration_id="i-1",
+        target_id="t-1",
+        event_id="a-0",
+        received_at=datetime.now(UTC),
+        event_json="{}",
+    )
+    note = DeadLetterNote(
+        DlqReason.EXHAUSTED, 3, integration_id="i-1", target_id="t-1", last_error="oauth-token-failed"
+    )
+    queues.dead_letter_in_order(GroupPlacement("a", "m-a-0"), task.model_dump_json(by_alias=True), {}, note)
+
+    # When an operator lists the ordered DLQ, as JSON and as a table
+    assert main(["dlq", "list", "--queue", "ordered", "--format", "json", "--no-progress"]) == 0
+    (group,) = json.loads(capsys.readouterr().out)["groups"]
+    assert main(["dlq", "list", "--queue", "ordered", "--no-progress"]) == 0
+    header, row = capsys.readouterr().out.splitlines()[:2]
+
+    # Then both say what failed, where the status says nothing
+    assert (group["lastStatuses"], group["lastErrors"]) == ([], ["oauth-token-failed"])
+    assert row[header.index("LAST STATUS") :].split()[:2] == ["-", "oauth-token-failed"]
+    assert len(drain(aws_stack.ordered_dead_letter_queue_url)) == 1  # put back, not moved

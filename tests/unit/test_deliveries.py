@@ -139,6 +139,24 @@ def test_a_timeline_shows_dead_letter_reasons_and_never_a_response_body() -> Non
     assert "responseBody" not in line
 
 
+def test_a_timeline_carries_the_errors_text_which_says_what_the_code_does_not() -> None:
+    # Given an attempt whose TLS handshake was refused: its code is a connection error like any other
+    tls_refused = "SSLError(CERTIFICATE_VERIFY_FAILED)"
+    a = Archiving(always(None, error_code="connection-error", error=tls_refused))
+    try:
+        a.batch(task_record("e-tls"))
+        (line,) = show(a, "e-tls").attempts
+    finally:
+        a.dispatcher.close()
+
+    # Then the timeline says which: the code, and the relay's text for it
+    assert (line["outcome"], line["errorCode"], line["error"]) == (
+        "retry-scheduled",
+        "connection-error",
+        tls_refused,
+    )
+
+
 def test_an_unknown_id_has_an_empty_timeline(history: Archiving) -> None:
     assert not show(history, "nothing-like-it").found
 
@@ -444,7 +462,25 @@ def test_the_table_names_the_event_only_when_it_shows_several(history: Archiving
         "DLQ_REASON",
         "BREAKER",
         "NOTE",
+        "ERROR_DETAIL",
     ]
     assert several[0].split()[:3] == ["TIME", "EVENT", "TARGET"]
     assert "retry-scheduled" in one[1] + one[2] and "retry in " in one[1] + one[2]
     assert f"event e-1 to erp: delivered after 2 attempts; deliveryId {ids('e-1', 'erp')}" in one
+
+
+def test_the_table_shows_the_errors_text_last_with_control_characters_escaped() -> None:
+    from relay.cli.deliveries_cmd import format_timeline
+
+    a = Archiving(
+        always(None, error_code="connection-error", error="SSLError(CERTIFICATE_VERIFY_FAILED)\x1b[2J")
+    )
+    try:
+        a.batch(task_record("e-tls"))
+        header, row, *_ = format_timeline(show(a, "e-tls")).splitlines()
+    finally:
+        a.dispatcher.close()
+
+    assert header.split()[-2:] == ["NOTE", "ERROR_DETAIL"]
+    assert row[header.index("ERROR_DETAIL") :] == "SSLError(CERTIFICATE_VERIFY_FAILED)\\x1b[2J"
+    assert "connection-error" in row[: header.index("DLQ_REASON")]

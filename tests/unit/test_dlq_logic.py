@@ -134,6 +134,35 @@ def test_a_last_status_that_is_not_a_number_is_not_shown() -> None:
     assert letter.last_status is None
 
 
+@pytest.mark.parametrize("code", ["oauth-token-failed", "http-500", "connect-timeout", "connection-error"])
+def test_the_last_error_code_is_read_so_a_letter_without_a_status_says_why(code: str) -> None:
+    # An exhausted letter whose token endpoint failed (or whose TLS handshake was refused) has no status
+    text, _ = body()
+
+    letter = classify(message(text, {ATTR_DLQ_REASON: string("exhausted"), ATTR_LAST_ERROR: string(code)}))
+
+    assert (letter.last_status, letter.last_error) == (None, code)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "target answered 410 Gone earlier in this batch",  # an unattempted record's sentence
+        "<html>secret page</html>",
+        "HTTP-500",
+        "-starts-with-a-dash",
+        "oauth-token-failed\n\x1b[2J",
+        "a" * 65,
+    ],
+)
+def test_a_last_error_that_is_not_an_error_code_is_not_shown(value: str) -> None:
+    text, _ = body()
+
+    letter = classify(message(text, {ATTR_LAST_ERROR: string(value)}))
+
+    assert letter.last_error is None
+
+
 # --- grouping -----------------------------------------------------------------------------------
 
 
@@ -155,6 +184,18 @@ def test_groups_count_keep_the_oldest_and_a_sample_from_their_own_messages() -> 
     ]
     assert groups[0].sample_delivery_id == letters[0].delivery_id
     assert groups[0].oldest_age_seconds(now_ms=62_000) == 60
+
+
+def test_groups_name_every_last_status_and_last_error_of_their_letters() -> None:
+    def failed(status: str | None, error: str | None) -> DeadLetter:
+        return DeadLetter(str(uuid4()), "exhausted", "int-1", "t", str(uuid4()), status, 1, error)
+
+    (group,) = group_dead_letters(
+        [failed(None, "oauth-token-failed"), failed("503", "http-503"), failed(None, "oauth-token-failed")]
+    )
+
+    document = group.to_json(now_ms=1_000)
+    assert (document["lastStatuses"], document["lastErrors"]) == (["503"], ["http-503", "oauth-token-failed"])
 
 
 def test_the_same_target_id_under_two_integrations_is_two_groups() -> None:
@@ -296,6 +337,23 @@ def test_the_table_shows_ids_counts_and_ages() -> None:
     header, row = table.splitlines()
     assert header.split()[:5] == ["REASON", "INTEGRATION", "TARGET", "COUNT", "OLDEST"]
     assert row.split()[:6] == ["exhausted", "int-1", "target-a", "2", "2h05m", "-"]
+
+
+def test_the_table_shows_the_last_error_after_the_last_status() -> None:
+    letters = [
+        DeadLetter(str(uuid4()), "exhausted", "int-1", "crm", str(uuid4()), None, 0, "oauth-token-failed"),
+        DeadLetter(str(uuid4()), "exhausted", "int-1", "erp", str(uuid4()), "503", 0, "http-503"),
+        DeadLetter(str(uuid4()), "exhausted", "int-1", "erp", str(uuid4()), "500", 0, "http-500"),
+    ]
+
+    table = format_groups([g.to_json(now_ms=0) for g in group_dead_letters(letters)])
+
+    header, erp, crm = table.splitlines()
+    assert header.index("LAST STATUS") < header.index("LAST ERROR") < header.index("SAMPLE DELIVERY ID")
+    column = header.index("LAST ERROR")
+    assert crm.split()[:6] == ["exhausted", "int-1", "crm", "1", "0s", "-"]
+    assert crm[column:].split()[0] == "oauth-token-failed"
+    assert erp[column:].split()[0] == "http-500,http-503"
 
 
 def test_a_dry_run_summary_says_would_move() -> None:

@@ -1,9 +1,9 @@
 """``relay deliveries show ID | replay ID``: what happened to an event, and send it again.
 
-- ``show`` prints every attempt for every target, in time order (status, latency, outcome, DLQ reason,
-  breaker state), from the audit objects of the days ``--since`` reaches into (default 24 h); ID is an
-  event id, a delivery id or a conversation id. ``--athena`` runs the stack's saved timeline query in
-  Athena instead, for long ranges.
+- ``show`` prints every attempt for every target, in time order (status, latency, outcome, error code
+  and text, DLQ reason, breaker state), from the audit objects of the days ``--since`` reaches into
+  (default 24 h); ID is an event id, a delivery id or a conversation id. ``--athena`` runs the stack's
+  saved timeline query in Athena instead, for long ranges.
 - ``replay`` queues the archived event again, for one target or every target it had, through the
   normal delivery path (fresh attempt counters, the same ``deliveryId`` unless ``--new-id``); every
   replay is audited. ``--dry-run`` shows what would be queued.
@@ -35,6 +35,22 @@ if TYPE_CHECKING:
 # Stack outputs naming the Athena workgroup and the saved timeline query (template.yaml).
 WORKGROUP_OUTPUT = "AthenaWorkGroupName"
 TIMELINE_QUERY_OUTPUT = "EventTimelineQueryId"
+
+
+def where_a_conversation_waits(conversation_id: str | None = None) -> str:
+    """What tells that an ordered conversation waits. Not ``relay dlq list --queue ordered``: that lists
+    the ordered dead-letter queue only, and the OrderedDeliveryQueue, where a held or blocked
+    conversation sits, is FIFO: listing it would receive its messages and hold their groups."""
+    show = (
+        f"relay deliveries show {conversation_id}"
+        if conversation_id
+        else "relay deliveries show CONVERSATION_ID"
+    )
+    return (
+        f"{show} lists the records of the conversation a dispatcher has received (outcome held or "
+        "blocked), and the OrderedGroupBlocked alarm and the OrderedHeld metric tell that a conversation "
+        "waits"
+    )
 
 
 def register(subparsers: Any) -> None:
@@ -115,7 +131,7 @@ def _show(args: Any, out: IO[str] | None = None) -> int:
             f"no audit record names {args.ident}{where} from {dates[0]} to {dates[-1]}: "
             "look further back with --since (or --athena for long ranges); an accepted event of an ordered "
             "conversation is audited only once a dispatcher receives it, so one waiting behind a held or "
-            "blocked record has no record yet (relay dlq list --queue ordered, OrderedGroupBlocked)"
+            f"blocked record has no record yet: {where_a_conversation_waits()}"
         )
     if args.format == "json":
         print(json.dumps(found.to_json(), indent=2), file=out)
@@ -140,12 +156,14 @@ def _say_what_may_wait(found: Timeline) -> None:
     except DependencyUnavailable:
         return  # the timeline stands on its own; the note is a courtesy
     targets = {i: entry.targets for i, entry in entries.items() if entry is not None}
+    conversations = {line["eventId"]: line["conversationId"] for line in found.attempts}
     for event_id, target in unaudited_ordered(found, targets):
+        conversation = conversations.get(event_id)
         print(
             f"relay deliveries show: event {event_id} has no record for ordered target {target.target_id} "
             f"({visible(target.name)}): one waiting behind a held or blocked record of its conversation "
-            "has none until a dispatcher receives it (relay dlq list --queue ordered; "
-            "OrderedGroupBlocked), unless the target's filters left the event out",
+            "has none until a dispatcher receives it, unless the target's filters left the event out; "
+            + where_a_conversation_waits(visible(conversation) if conversation else None),
             file=sys.stderr,
         )
 
@@ -173,8 +191,8 @@ def _athena_lines(args: Any, dates: list[str]) -> list[dict[str, Any]]:
 
 
 def format_timeline(found: Timeline) -> str:
-    """The attempts as a table (an EVENT column when several events are shown), then one line per
-    delivery: where it stands and its delivery id."""
+    """The attempts as a table (an EVENT column when several events are shown; the error's text last),
+    then one line per delivery: where it stands and its delivery id."""
     several = len({a["eventId"] for a in found.attempts}) > 1
     header = (
         "TIME",
@@ -187,6 +205,7 @@ def format_timeline(found: Timeline) -> str:
         "DLQ_REASON",
         "BREAKER",
         "NOTE",
+        "ERROR_DETAIL",
     )
     rows: list[tuple[str, ...]] = [("TIME", "EVENT", *header[1:]) if several else header]
     for a in found.attempts:
@@ -203,7 +222,10 @@ def format_timeline(found: Timeline) -> str:
                 "breakerState",
             )
         ]
-        rows.append((_text(a["startedAt"]), *([_text(a["eventId"])] if several else []), *cells, _note(a)))
+        event = [_text(a["eventId"])] if several else []
+        # The error's text last: it is the longest cell, and it says what to fix (which token endpoint
+        # answered what, which TLS failure) where the code only names the kind.
+        rows.append((_text(a["startedAt"]), *event, *cells, _note(a), _text(a["error"])))
     summary = [format_table(rows), ""]
     for d in found.deliveries():
         tried = f"{d['attempts']} attempt{'s' if d['attempts'] != 1 else ''}"

@@ -6,7 +6,7 @@ in order), ``eventbridge`` (the Genesys rule's dead-letter queue) or ``intake-fa
 on-failure destination); the events of those two go back through the intake's EventBridge path,
 in-process.
 
-Only ids, reasons and counts are printed: event bodies may hold customer messages.
+Only ids, reasons, counts, and status and error codes are printed: event bodies may hold customer messages.
 
 Exit codes (relay.cli.exit_codes): 1 when something was left behind or failed (send failures, a failed
 move task, events the intake still refuses: read the summary); 3 when the queues cannot be read at all;
@@ -354,7 +354,16 @@ def _resubmit(args: argparse.Namespace) -> int:
 def format_groups(groups: Sequence[dict[str, Any]]) -> str:
     """A plain-text table of delivery DLQ group documents (``DeadLetterGroup.to_json``)."""
     return _table(
-        ("REASON", "INTEGRATION", "TARGET", "COUNT", "OLDEST", "LAST STATUS", "SAMPLE DELIVERY ID"),
+        (
+            "REASON",
+            "INTEGRATION",
+            "TARGET",
+            "COUNT",
+            "OLDEST",
+            "LAST STATUS",
+            "LAST ERROR",
+            "SAMPLE DELIVERY ID",
+        ),
         [
             (
                 g["reason"],
@@ -363,6 +372,7 @@ def format_groups(groups: Sequence[dict[str, Any]]) -> str:
                 str(g["count"]),
                 _age(g["oldestAgeSeconds"]),
                 ",".join(g["lastStatuses"]) or "-",
+                ",".join(g["lastErrors"]) or "-",
                 g["sampleDeliveryId"] or f"(message {g['sampleMessageId']})",
             )
             for g in groups

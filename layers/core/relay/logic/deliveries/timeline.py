@@ -11,7 +11,8 @@ from typing import Any
 from relay.models.targets import Ordering, Target
 
 # What a timeline shows of an audit line (never a response body: `relay deliveries show` prints to a
-# terminal, and the body is the target's text).
+# terminal, and the body is the target's text). ``error`` is the relay's own sentence for ``errorCode``
+# (which token endpoint answered what, which TLS failure): the code alone does not say what to fix.
 FIELDS = (
     "startedAt",
     "finishedAt",
@@ -25,6 +26,7 @@ FIELDS = (
     "status",
     "latencyMs",
     "errorCode",
+    "error",
     "dlqReason",
     "breakerState",
     "retryInSeconds",

@@ -3,6 +3,7 @@ integration and target; the filter ``relay dlq redrive`` chooses by; a redriven 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,7 @@ from relay.models.delivery import (
     ATTR_DEFERRALS,
     ATTR_DLQ_REASON,
     ATTR_INTEGRATION_ID,
+    ATTR_LAST_ERROR,
     ATTR_LAST_STATUS,
     ATTR_TARGET_ID,
     BACKSTOP_REASON,
@@ -27,6 +29,9 @@ from relay.models.queue import ReceivedMessage
 UNPARSEABLE = "unparseable"
 # What ``relay dlq`` lists and filters by: the relay's own reasons, and the backstop's pseudo reason.
 DLQ_REASONS = (*(reason.value for reason in DlqReason), BACKSTOP_REASON)
+# What the dispatcher's error codes look like (oauth-token-failed, http-503, connect-timeout): only such
+# a token is shown. The attribute is not ours to trust, and an unattempted record's is a sentence.
+_ERROR_CODE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,7 @@ class DeadLetter:
     delivery_id: str | None
     last_status: str | None
     sent_timestamp_ms: int | None
+    last_error: str | None = None  # the error code of the last attempt (relay-last-error)
 
 
 def _string_attribute(attributes: Mapping[str, Mapping[str, Any]], name: str) -> str | None:
@@ -55,6 +61,7 @@ def classify(message: ReceivedMessage) -> DeadLetter:
     except ValidationError:
         task = None
     last_status = _string_attribute(attributes, ATTR_LAST_STATUS)
+    last_error = _string_attribute(attributes, ATTR_LAST_ERROR)
     return DeadLetter(
         message_id=message.message_id,
         reason=_string_attribute(attributes, ATTR_DLQ_REASON) or BACKSTOP_REASON,
@@ -65,6 +72,7 @@ def classify(message: ReceivedMessage) -> DeadLetter:
         # A status is a number; anything else is not shown (it is not ours to trust).
         last_status=last_status if last_status and last_status.isdigit() else None,
         sent_timestamp_ms=message.sent_timestamp_ms,
+        last_error=last_error if last_error and _ERROR_CODE.fullmatch(last_error) else None,
     )
 
 
@@ -107,6 +115,7 @@ class DeadLetterGroup:
     sample_delivery_id: str | None = None
     sample_message_id: str | None = None
     last_statuses: set[str] = field(default_factory=set)
+    last_errors: set[str] = field(default_factory=set)
 
     def add(self, letter: DeadLetter) -> None:
         self.count += 1
@@ -120,6 +129,8 @@ class DeadLetterGroup:
             self.sample_message_id = letter.message_id
         if letter.last_status:
             self.last_statuses.add(letter.last_status)
+        if letter.last_error:
+            self.last_errors.add(letter.last_error)
 
     def oldest_age_seconds(self, now_ms: int) -> int | None:
         return None if self.oldest_sent_ms is None else max(0, (now_ms - self.oldest_sent_ms) // 1000)
@@ -134,6 +145,7 @@ class DeadLetterGroup:
             "sampleDeliveryId": self.sample_delivery_id,
             "sampleMessageId": self.sample_message_id,
             "lastStatuses": sorted(self.last_statuses),
+            "lastErrors": sorted(self.last_errors),
         }
 
 
