@@ -30,7 +30,7 @@ All functions are pure: times are epoch seconds passed in.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from relay.models.rate_limit import BucketState, RateLimit
 
@@ -133,3 +133,27 @@ def floor_after(state: BucketState, asked_until: float | None) -> float:
     if asked_until is None:
         return state.floor_until
     return max(state.floor_until, asked_until)
+
+
+# A record held back again waits at least 2^(deferrals so far) seconds, up to this many doublings
+# (32 s): enough to keep a flooded target's backlog from cycling through the queue every second, and
+# never minutes for a record whose target could take it by then (at 9 doublings a record could wait
+# 512 s long after the flood was over).
+HOLD_BACKOFF_DOUBLINGS = 5
+
+
+def hold_wait(deferrals_before: int, bucket_wait: float) -> float:
+    """About when a held-back record would fit; one held back before waits longer each time (2, 4, 8,
+    16, 32 s), so a target flooded far beyond its limit does not cycle its whole backlog through the
+    queue every second (each cycle is a SendMessage and a receive per record)."""
+    backoff = 2.0 ** min(deferrals_before, HOLD_BACKOFF_DOUBLINGS) if deferrals_before else 0.0
+    return max(bucket_wait, backoff)
+
+
+def booked_where_stored(plan: TakePlan, stored: BucketState) -> TakePlan:
+    """The plan with its bookings where the store put them: a busy take books on from the stored
+    ``booked_until``, which another dispatcher may have moved on (within the plan's condition) since
+    this one last saw it. Paced records and held ones are timed from there."""
+    start = stored.booked_until - plan.count * plan.cost
+    shift = max(0.0, start - plan.start)
+    return replace(plan, start=plan.start + shift, waits=tuple(wait + shift for wait in plan.waits))

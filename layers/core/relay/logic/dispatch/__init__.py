@@ -4,10 +4,11 @@
     lanes     one target's records in a batch and its breaker's admission (deliver/probe/defer)
     isolation slow targets: latency per target, routing to the slow lane, lane moves
     rate_limit  a lane's admission by its target's shared token bucket, and throttles' feedback (AIMD)
+    bucket_views  what a container knows of the buckets without asking (last state, recent deliveries)
     attempt   one attempt: event, secrets, request, send, classify -> Attempt
     settle    the one place a verdict becomes an action (delivered, retry, DLQ, deferred)
     audit     audit lines and objects, scrubbing
-    batch     what an invocation accumulates (failures, 410s, audit lines, metrics)
+    batch     what an invocation accumulates (failures, 410s, Retry-After floors, audit lines, metrics)
     metrics   the dispatcher's EMF metrics
     engine    the batch flow: thread pool, per-target slots, time budget
 

@@ -30,32 +30,25 @@ relay.ports.RateLimitStore, one item per target in the BreakerTable).
 from __future__ import annotations
 
 import threading
-from collections import deque
 from dataclasses import dataclass, replace
 
 from relay.errors import BreakerStoreUnavailable, RateLimitStoreUnavailable
 from relay.logic import token_bucket
 from relay.logic.breaker import Admission
 from relay.logic.dispatch.batch import Batch
+from relay.logic.dispatch.bucket_views import BucketViews
 from relay.logic.dispatch.lanes import Lane
 from relay.logic.dispatch.metrics import Metric
 from relay.logic.dispatch.records import Item
 from relay.logic.outcomes import Outcome, Verdict
-from relay.models.rate_limit import BucketAnswer, BucketState, RateLimit, rate_key
+from relay.models.rate_limit import BucketState, RateLimit, rate_key
 from relay.observability import logger
 from relay.ports import BreakerStore, Clock, RateLimitStore
 
 # Conditional writes one admission or one throttle may make before it settles for what it knows.
 MAX_WRITES = 3
-# How far back a dispatcher looks at its own deliveries to an unlimited target to size its share.
-OBSERVE_SECONDS = 5.0
 # How far past what may go at once a batch books, sending those records at their booked times.
 PACE_SECONDS = 1.0
-# A record held back again waits at least 2^(deferrals so far) seconds, up to this many doublings
-# (32 s): enough to keep a flooded target's backlog from cycling through the queue every second, and
-# never minutes for a record whose target could take it by then (at 9 doublings a record could wait
-# 512 s long after the flood was over).
-HOLD_BACKOFF_DOUBLINGS = 5
 
 
 @dataclass(frozen=True)
@@ -86,12 +79,10 @@ class RateLimits:
         # A Retry-After holds the target back no longer than it holds a retry (MAX_RETRY_DELAY_SECONDS).
         self._max_floor_seconds = max_floor_seconds
         self._policy = policy or token_bucket.AimdPolicy()
+        self._views = BucketViews()
         self._lock = threading.Lock()
-        self._seen: dict[str, BucketState] = {}
         self._metered: set[str] = set()
         self._marked: dict[str, float] = {}  # target key -> the latest Retry-After this container marked
-        # Unlimited targets: (when, delivered, sent) per batch, for the share of an implicit limit.
-        self._recent: dict[str, deque[tuple[float, int, int]]] = {}
 
     # --- admission ----------------------------------------------------------------------------------
     def admit(self, lane: Lane, batch: Batch) -> list[Held]:
@@ -108,7 +99,7 @@ class RateLimits:
             self._store_down(batch, key, exc)
             return []
         held = [
-            Held(item, _hold_wait(item, wait))
+            Held(item, token_bucket.hold_wait(item.record.deferrals_before, wait))
             for item, wait in zip(lane.items[plan.count :], plan.waits, strict=True)
         ]
         del lane.items[plan.count :]
@@ -124,7 +115,7 @@ class RateLimits:
         wait = (read.retry_after_until if read is not None else 0.0) - self._clock()
         if wait <= 0:
             return []
-        held = [Held(item, _hold_wait(item, wait)) for item in lane.items]
+        held = [Held(item, token_bucket.hold_wait(item.record.deferrals_before, wait)) for item in lane.items]
         del lane.items[:]
         batch.metrics.count(Metric.RATE_LIMITED, lane.target.target_id, len(held))
         return held
@@ -135,7 +126,7 @@ class RateLimits:
         with self._lock:
             if key not in self._metered:
                 return False
-            seen = self._seen.get(key, BucketState())
+        seen = self._views.last_seen(key)
         if token_bucket.current_rate(seen, None, self._clock(), self._policy) is not None:
             return True
         # The implicit limit looks released; another dispatcher may have cut it since: look once.
@@ -144,8 +135,8 @@ class RateLimits:
         except RateLimitStoreUnavailable:
             fresh = seen
         released = token_bucket.current_rate(fresh, None, self._clock(), self._policy) is None
+        self._views.keep(key, fresh)
         with self._lock:
-            self._seen[key] = fresh
             if released:
                 self._metered.discard(key)
         return not released
@@ -164,7 +155,7 @@ class RateLimits:
     def _take(self, key: str, wanted: int, limit: RateLimit | None) -> token_bucket.TakePlan:
         now = self._clock()
         ahead = token_bucket.tolerance(limit, self._policy) + PACE_SECONDS
-        state = self._last_seen(key)
+        state = self._views.last_seen(key)
         for _ in range(MAX_WRITES):
             rate = token_bucket.current_rate(state, limit, now, self._policy)
             if rate is None:  # an implicit limit just released: everything may go
@@ -177,9 +168,9 @@ class RateLimits:
             answer = self._store.take(
                 key, now=now, count=plan.count, cost=plan.cost, idle=plan.idle, latest=plan.latest
             )
-            state = self._remember(key, answer)
+            state = self._views.remember(key, answer)
             if answer.written:
-                return _booked_where_stored(plan, state)
+                return token_bucket.booked_where_stored(plan, state)
         # Lost every race: hold the lane back (the records that looked as if they fit come back soonest).
         rate = token_bucket.current_rate(state, limit, now, self._policy) or 1.0
         fresh = token_bucket.plan_take(state, wanted, now, rate, ahead)
@@ -209,7 +200,7 @@ class RateLimits:
             metered = target.rate_limit is not None or key in self._metered
         if metered:
             try:
-                self._remember(key, self._store.raise_floor(key, floor_until=until))
+                self._views.remember(key, self._store.raise_floor(key, floor_until=until))
             except RateLimitStoreUnavailable as exc:
                 self._store_down(batch, key, exc)
         if target.rate_limit is None:
@@ -225,7 +216,7 @@ class RateLimits:
         now = self._clock()
         if target.rate_limit is None:
             delivered = sum(o.verdict is Verdict.DELIVERED for o in outcomes)
-            self._note(key, now, delivered, sum(o.reached_endpoint for o in outcomes))
+            self._views.note(key, now, delivered, sum(o.reached_endpoint for o in outcomes))
         throttles = [o for o in outcomes if o.throttled]
         if not throttles:
             return
@@ -259,18 +250,18 @@ class RateLimits:
 
     def _cut(self, key: str, limit: RateLimit | None, asked_until: float | None, now: float) -> None:
         """Multiplicative decrease over the cut this container saw; within the cooldown only the floor."""
-        state = self._last_seen(key)
+        state = self._views.last_seen(key)
         for _ in range(MAX_WRITES):
             floor = token_bucket.floor_after(state, asked_until)
             rate = token_bucket.current_rate(state, limit, now, self._policy)
             if not token_bucket.may_cut(state, now, self._policy) or rate is None:
                 if floor > state.floor_until:
-                    self._remember(key, self._store.raise_floor(key, floor_until=floor))
+                    self._views.remember(key, self._store.raise_floor(key, floor_until=floor))
                 return
             seen_cut_at = state.cut_at if state.cut_rate is not None else None
             new_rate = token_bucket.cut_rate(rate, self._policy)
             answer = self._store.cut(key, now=now, rate=new_rate, floor_until=floor, seen_cut_at=seen_cut_at)
-            state = self._remember(key, answer)
+            state = self._views.remember(key, answer)
             if answer.written:
                 logger.info("target throttled: rate cut", extra={"targetKey": key, "perSecond": new_rate})
                 return
@@ -278,8 +269,8 @@ class RateLimits:
     def _join(self, key: str, asked_until: float | None, now: float) -> None:
         """A target without a configured limit throttled this dispatcher: add its share to the implicit
         limit (starting one where there is none, or only a released one), and meter the target."""
-        share = self._policy.decrease * self._share_basis(key, now)
-        state = self._last_seen(key)
+        share = self._policy.decrease * self._views.share_basis(key, now)
+        state = self._views.last_seen(key)
         for _ in range(MAX_WRITES):
             floor = token_bucket.floor_after(state, asked_until)
             answer = self._store.join(
@@ -289,68 +280,20 @@ class RateLimits:
                 floor_until=floor,
                 fresh_since=now - self._policy.release_seconds,
             )
-            state = self._remember(key, answer)
+            state = self._views.remember(key, answer)
             if not answer.written:  # a released limit: start afresh from this share
                 answer = self._store.cut(
                     key, now=now, rate=share, floor_until=floor, seen_cut_at=state.cut_at
                 )
-                state = self._remember(key, answer)
+                state = self._views.remember(key, answer)
             if answer.written:
                 with self._lock:
                     self._metered.add(key)
                 logger.info("target throttled: implicit limit", extra={"targetKey": key, "share": share})
                 return
 
-    # --- this container's view ------------------------------------------------------------------------
-    def _last_seen(self, key: str) -> BucketState:
-        with self._lock:
-            return self._seen.get(key, BucketState())
-
-    def _remember(self, key: str, answer: BucketAnswer) -> BucketState:
-        state = answer.state or BucketState()
-        with self._lock:
-            self._seen[key] = state
-        return state
-
-    def _note(self, key: str, now: float, delivered: int, sent: int) -> None:
-        with self._lock:
-            recent = self._recent.setdefault(key, deque())
-            recent.append((now, delivered, sent))
-            while recent and recent[0][0] < now - OBSERVE_SECONDS:
-                recent.popleft()
-
-    def _share_basis(self, key: str, now: float) -> float:
-        """Deliveries per second this dispatcher got through to the target lately; when none got
-        through, half the requests per second it sent (what the receiver could not take)."""
-        with self._lock:
-            recent = [entry for entry in self._recent.get(key, ()) if entry[0] >= now - OBSERVE_SECONDS]
-        if not recent:
-            return 0.0
-        # Over the time actually observed (a dispatcher that just started has seen less than the window).
-        span = max(1.0, now - recent[0][0])
-        delivered, sent = sum(entry[1] for entry in recent), sum(entry[2] for entry in recent)
-        return (delivered or sent / 2) / span
-
     def _store_down(self, batch: Batch, key: str, exc: RateLimitStoreUnavailable) -> None:
         logger.warning(
             "rate-limit store unavailable: failing open", extra={"targetKey": key, "error": str(exc)}
         )
         batch.metrics.service_count(Metric.RATE_LIMIT_STORE_UNAVAILABLE)
-
-
-def _hold_wait(item: Item, bucket_wait: float) -> float:
-    """About when the record would fit; one held back before waits longer each time (2, 4, 8, 16, 32 s),
-    so a target flooded far beyond its limit does not cycle its whole backlog through the queue every
-    second (each cycle is a SendMessage and a receive per record)."""
-    again = item.record.deferrals_before
-    backoff = 2.0 ** min(again, HOLD_BACKOFF_DOUBLINGS) if again else 0.0
-    return max(bucket_wait, backoff)
-
-
-def _booked_where_stored(plan: token_bucket.TakePlan, stored: BucketState) -> token_bucket.TakePlan:
-    """The plan with its bookings where the store put them: a busy take books on from the stored
-    ``booked_until``, which another dispatcher may have moved on (within the plan's condition) since
-    this one last saw it. Paced records and held ones are timed from there."""
-    start = stored.booked_until - plan.count * plan.cost
-    shift = max(0.0, start - plan.start)
-    return replace(plan, start=plan.start + shift, waits=tuple(wait + shift for wait in plan.waits))
