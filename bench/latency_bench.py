@@ -14,7 +14,8 @@ window. Per delivery (relay.local.latency):
                   negative when the dispatcher had it before the sender had its 202)
     dispatch      received -> first byte (invoke, breaker read, envelope, connect, send)
     intake        POST -> 202 at the sender (includes the local API adapter)
-    relay_own     intake + dispatch: the relay's own code, without the queue between its halves
+    relay_own     POST -> first byte, less the queue's wait after the 202: intake + dispatch, their
+                  overlap counted once (the relay's own code, without the queue between its halves)
 
 and the dispatcher's invocations: how many, records per invocation, and their summed duration, with
 what that costs in Lambda terms per million deliveries (arm64, 512 MB; list prices in

@@ -10,11 +10,15 @@ For one delivery (an event's task for one target) four instants are known on thi
 and the figures are
 
     relay_added = arrived - accepted      what the relay adds after Genesys got its 202
-      queue     = polled - accepted       SQS (moto here) and the event source's long poll
+      queue     = polled - accepted       SQS (moto here) and the event source's long poll; negative
+                                          when the dispatcher had the task before the sender had its
+                                          202 (the intake queues, records its answer, then answers)
       dispatch  = arrived - polled        the dispatcher: invoke, breaker read, envelope, connect, send
     intake      = accepted - sent         the intake's answer, as the sender sees it (an upper bound of
                                           the handler's own time: the local API adapter is in it)
-    relay_own   = intake + dispatch       the relay's code, without the queue between its two halves
+    relay_own   = arrived - sent          the relay's code, without the queue between its two halves:
+                  - max(0, queue)         intake + dispatch, except that where they overlap (a negative
+                                          queue) that time is counted once, never more than end to end
 
 Locally the queue share is moto's (a Python process scanning its queue on every receive) and the poll;
 in AWS it is SQS's and the event source mapping's, so ``relay_own`` is the figure that carries over.
@@ -83,6 +87,10 @@ def latency_report(timings: Iterable[Timing]) -> dict[str, dict[str, float | int
         "dispatch_ms": summary([(t.arrived - t.polled) * ms for t in polled if t.polled is not None]),
         "intake_ms": summary([(t.accepted - t.sent) * ms for t in measured]),
         "relay_own_ms": summary(
-            [(t.accepted - t.sent + t.arrived - t.polled) * ms for t in polled if t.polled is not None]
+            [
+                (t.arrived - t.sent - max(0.0, t.polled - t.accepted)) * ms
+                for t in polled
+                if t.polled is not None
+            ]
         ),
     }
