@@ -136,6 +136,13 @@ CASES = {
         "relay decrypt",
         "--key-env: environment variable UNSET_KEY is not set",
     ),
+    "key variable empty": Case(
+        ("decrypt", "{envelope}", "--key-env", "EMPTY_KEY"),
+        USAGE,
+        "relay decrypt",
+        "^--key-env: environment variable EMPTY_KEY is empty$",
+        env={"EMPTY_KEY": ""},
+    ),
     "signing variable not set": Case(
         (
             "decrypt",
@@ -373,6 +380,18 @@ CASES = {
         "relay decrypt",
         "cannot open the envelope: no key decrypts this envelope",
     ),
+    "not a relay envelope: another format": Case(
+        ("decrypt", "{old_format}"),
+        ATTENTION,
+        "relay decrypt",
+        "^cannot open the envelope: not a relay 2.1 envelope ",
+    ),
+    "not a relay envelope: no deliveryId": Case(
+        ("decrypt", "{log_line}"),
+        ATTENTION,
+        "relay decrypt",
+        "^cannot open the envelope: not a relay 2.1 envelope ",
+    ),
     "envelope not JSON": Case(
         ("decrypt", "{not_json}", "--key-env", "KEY"), ATTENTION, "relay decrypt", "cannot open the envelope"
     ),
@@ -423,6 +442,8 @@ def files(tmp_path: Path) -> Iterator[dict[str, str]]:
     """The files and addresses the cases name; a port that refuses connections while the test runs."""
     sealed = {
         "deliveryId": "d-1",
+        "sourceEvent": {},
+        "formatVersion": "2.1",
         "encryptionDirective": {
             "algorithm": "aes-256-gcm",
             "keyDerivation": "scrypt",
@@ -436,7 +457,9 @@ def files(tmp_path: Path) -> Iterator[dict[str, str]]:
     integration = {"id": "i-1", "name": "i", "signatureSecret": FIXTURE_SECRET, "targets": []}
     target = {"id": "t-1", "name": "t", "url": "http://127.0.0.1:0/hook"}
     contents = {
-        "envelope": {"deliveryId": "d-1", "sourceEvent": {"id": "e-1"}},
+        "envelope": {"deliveryId": "d-1", "sourceEvent": {"id": "e-1"}, "formatVersion": "2.1"},
+        "old_format": {"deliveryId": "d-1", "sourceEvent": {"id": "e-1"}, "formatVersion": "1.0"},
+        "log_line": {"sourceEvent": {"id": "e-1"}},
         "headers": {"webhook-id": "d-1", "webhook-timestamp": "1764000000", "webhook-signature": "v1,x"},
         "sealed": sealed,
         "event": {"source": "s", "detail-type": "t", "detail": {}},

@@ -89,8 +89,10 @@ def _environment_value(name: str, option: str) -> str:
     from relay.settings import environment_variable
 
     value = environment_variable(name)  # an operator's shell, not the relay's settings
-    if not value:
+    if value is None:
         raise UsageError(f"{option}: environment variable {name} is not set")
+    if not value:
+        raise UsageError(f"{option}: environment variable {name} is empty")
     return value
 
 
@@ -107,6 +109,7 @@ def _headers(path: str | None) -> dict[str, str]:
 
 
 def _decrypt(args: argparse.Namespace) -> int:
+    from relay.models.envelope import FORMAT_VERSION
     from relay.receiver_sdk import InvalidDelivery, verify_signature
 
     # One without the other verifies nothing: say so rather than report the envelope or pass silently.
@@ -125,8 +128,11 @@ def _decrypt(args: argparse.Namespace) -> int:
             verify_signature(headers, raw, signing_secret, tolerance_seconds=None)
             _say_if_stale(headers)
         envelope = load_json(raw)
-        if not isinstance(envelope, dict):
-            raise InvalidDelivery("not a JSON object")
+        if not _is_envelope(envelope):
+            raise InvalidDelivery(
+                f"not a relay {FORMAT_VERSION} envelope (a JSON object with a deliveryId, a sourceEvent "
+                f'object and "formatVersion": "{FORMAT_VERSION}")'
+            )
         event = _event_bytes(raw, envelope, keys)
     except (InvalidDelivery, ValueError) as exc:
         raise NeedsAttention(f"cannot open the envelope: {exc}") from None
@@ -134,6 +140,19 @@ def _decrypt(args: argparse.Namespace) -> int:
     sys.stdout.buffer.write(event)
     sys.stdout.buffer.flush()
     return ExitCode.OK
+
+
+def _is_envelope(document: Any) -> bool:
+    """Laid out as the relay writes an envelope, whatever the spacing: anything else (a log line, an
+    old format) is refused rather than printed as if it were the event."""
+    from relay.models.envelope import FORMAT_VERSION
+
+    return (
+        isinstance(document, dict)
+        and document.get("formatVersion") == FORMAT_VERSION
+        and isinstance(document.get("deliveryId"), str)
+        and isinstance(document.get("sourceEvent"), dict)
+    )
 
 
 def _say_if_stale(headers: dict[str, str]) -> None:

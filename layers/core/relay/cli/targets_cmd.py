@@ -353,9 +353,10 @@ def check_target(target: Any, *, timeout: float, policy: UrlPolicy, sender: Http
     return {
         **result,
         # Any complete HTTP answer means the endpoint is there (a 405 to HEAD is common for POST-only
-        # receivers); one cut off or past the deadline does not.
+        # receivers); one cut off or past the deadline does not, and has no status to show (a status
+        # line that came before the rest never did would read as a healthy target to a script).
         "reachable": answer.status is not None and answer.error_code is None,
-        "status": answer.status,
+        "status": answer.status if answer.error_code is None else None,
         "latencyMs": round(answer.elapsed_ms, 1),
         "error": _check_error(answer),
     }
