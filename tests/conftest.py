@@ -25,10 +25,10 @@ EVENTS = ROOT / "events"
 _prefixes = itertools.count(1)
 
 
-# `make test` hands whole files to two workers in collection order (--dist loadfile
+# `make test` hands whole files to its workers in collection order (--dist loadfile
 # --no-loadscope-reorder). End-to-end files take a minute or more each and unit files a second or two,
 # so the long ones go first and the short ones even out the end: taken the other way round, the
-# longest file of all can start last, while the other worker sits idle.
+# longest file of all can start last, while the other workers sit idle.
 _FIRST_TO_LAST = ("e2e", "integration", "build", "unit")
 
 
