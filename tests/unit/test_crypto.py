@@ -173,8 +173,15 @@ def test_open_delivery_parses_and_decrypts_without_signature_check_when_asked() 
 
 @pytest.mark.parametrize(
     "body",
-    [b"not json", DEEP.encode(), b"[]", b'{"formatVersion": "2.0"}'],
-    ids=["text", "deep", "list", "v2.0"],
+    [
+        b"not json",
+        DEEP.encode(),
+        b"[]",
+        b'{"formatVersion": "2.0"}',
+        b'{"sourceEvent": {"id": "e-1"}, "formatVersion": "2.1"}',
+        b'{"deliveryId": "d-1", "sourceEvent": "e-1", "formatVersion": "2.1"}',
+    ],
+    ids=["text", "deep", "list", "v2.0", "no-delivery-id", "source-event-not-an-object"],
 )
 def test_a_body_that_is_no_envelope_is_an_invalid_delivery(body: bytes) -> None:
     with pytest.raises(InvalidDelivery):

@@ -36,6 +36,7 @@ from relay.logic import crypto, webhook_signing
 __all__ = [
     "Delivery",
     "InvalidDelivery",
+    "as_envelope",
     "decrypt_event",
     "decrypt_event_bytes",
     "open_delivery",
@@ -43,9 +44,11 @@ __all__ = [
     "verify_signature",
 ]
 
+# relay.models.envelope.FORMAT_VERSION, not imported: this module needs nothing but cryptography.
+_FORMAT_VERSION = "2.1"
 # The relay writes ``sourceEvent`` last but one, then this: the event's text is what lies between.
 _SOURCE_EVENT_OPENS = b',"sourceEvent":'
-_ENVELOPE_CLOSES = b',"formatVersion":"2.1"}'
+_ENVELOPE_CLOSES = f',"formatVersion":"{_FORMAT_VERSION}"}}'.encode()
 
 
 _keys = crypto.KeyCache()
@@ -85,6 +88,23 @@ def verify_signature(
         )
     except InvalidSignature as exc:
         raise InvalidDelivery(str(exc)) from None
+
+
+def as_envelope(document: Any) -> dict[str, Any]:
+    """``document`` (parsed JSON) if it is laid out as the relay writes an envelope, whatever its
+    spacing: a ``deliveryId``, a ``sourceEvent`` object and ``formatVersion`` 2.1. Anything else (a log
+    line, another format) raises InvalidDelivery rather than be read as if it held an event."""
+    if (
+        isinstance(document, dict)
+        and document.get("formatVersion") == _FORMAT_VERSION
+        and isinstance(document.get("deliveryId"), str)
+        and isinstance(document.get("sourceEvent"), dict)
+    ):
+        return document
+    raise InvalidDelivery(
+        f"not a relay {_FORMAT_VERSION} envelope (a JSON object with a deliveryId, a sourceEvent object "
+        f'and "formatVersion": "{_FORMAT_VERSION}")'
+    )
 
 
 def decrypt_event(envelope: Mapping[str, Any], encryption_secrets: str | Iterable[str]) -> dict[str, Any]:
@@ -170,21 +190,20 @@ def open_delivery(
     *,
     signing_secrets: str | Iterable[str] | None,
     encryption_secrets: str | Iterable[str] = (),
-    tolerance_seconds: int = 300,
+    tolerance_seconds: int = webhook_signing.DEFAULT_TOLERANCE_SECONDS,
     now: float | None = None,
 ) -> Delivery:
     """Verify (unless ``signing_secrets`` is None), parse and, if needed, decrypt one delivery."""
     if signing_secrets is not None:
         verify_signature(headers, body, signing_secrets, tolerance_seconds=tolerance_seconds, now=now)
     try:
-        envelope = load_json(body)
+        document = load_json(body)
     except ValueError:  # JsonTooDeep too
         raise InvalidDelivery("body is not JSON") from None
-    if not isinstance(envelope, dict) or envelope.get("formatVersion") != "2.1":
-        raise InvalidDelivery("not a formatVersion 2.1 envelope")
+    envelope = as_envelope(document)
     directive = envelope.get("encryptionDirective") or {}
     return Delivery(
-        delivery_id=str(envelope.get("deliveryId", "")),
+        delivery_id=envelope["deliveryId"],
         envelope=envelope,
         event=decrypt_event(envelope, encryption_secrets),
         encrypted=bool(directive),

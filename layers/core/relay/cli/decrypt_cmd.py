@@ -109,8 +109,7 @@ def _headers(path: str | None) -> dict[str, str]:
 
 
 def _decrypt(args: argparse.Namespace) -> int:
-    from relay.models.envelope import FORMAT_VERSION
-    from relay.receiver_sdk import InvalidDelivery, verify_signature
+    from relay.receiver_sdk import InvalidDelivery, as_envelope, verify_signature
 
     # One without the other verifies nothing: say so rather than report the envelope or pass silently.
     if args.verify_with_env and not args.headers:
@@ -127,32 +126,13 @@ def _decrypt(args: argparse.Namespace) -> int:
             # defence against replays, not a property of the signature.
             verify_signature(headers, raw, signing_secret, tolerance_seconds=None)
             _say_if_stale(headers)
-        envelope = load_json(raw)
-        if not _is_envelope(envelope):
-            raise InvalidDelivery(
-                f"not a relay {FORMAT_VERSION} envelope (a JSON object with a deliveryId, a sourceEvent "
-                f'object and "formatVersion": "{FORMAT_VERSION}")'
-            )
-        event = _event_bytes(raw, envelope, keys)
+        event = _event_bytes(raw, as_envelope(load_json(raw)), keys)
     except (InvalidDelivery, ValueError) as exc:
         raise NeedsAttention(f"cannot open the envelope: {exc}") from None
     sys.stdout.flush()
     sys.stdout.buffer.write(event)
     sys.stdout.buffer.flush()
     return ExitCode.OK
-
-
-def _is_envelope(document: Any) -> bool:
-    """Laid out as the relay writes an envelope, whatever the spacing: anything else (a log line, an
-    old format) is refused rather than printed as if it were the event."""
-    from relay.models.envelope import FORMAT_VERSION
-
-    return (
-        isinstance(document, dict)
-        and document.get("formatVersion") == FORMAT_VERSION
-        and isinstance(document.get("deliveryId"), str)
-        and isinstance(document.get("sourceEvent"), dict)
-    )
 
 
 def _say_if_stale(headers: dict[str, str]) -> None:
