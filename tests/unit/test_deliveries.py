@@ -72,6 +72,17 @@ def show(a: Archiving, ident: str) -> Any:
     return timeline(a.audit.lines([DAY], containing=ident), ident, [DAY])
 
 
+def only_attempt(answer_with: Any, event_id: str) -> dict[str, Any]:
+    """The one timeline line of ``event_id``, sent once to a target answering with ``answer_with``."""
+    a = Archiving(answer_with)
+    try:
+        a.batch(task_record(event_id))
+        (line,) = show(a, event_id).attempts
+    finally:
+        a.dispatcher.close()
+    return line
+
+
 # --- timeline -------------------------------------------------------------------------------------------
 
 
@@ -125,12 +136,7 @@ def test_an_event_id_shows_its_own_event_even_when_it_is_also_another_events_con
 
 
 def test_a_timeline_shows_dead_letter_reasons_and_never_a_response_body() -> None:
-    a = Archiving(always(400))
-    try:
-        a.batch(task_record("e-9"))
-        (line,) = show(a, "e-9").attempts
-    finally:
-        a.dispatcher.close()
+    line = only_attempt(always(400), "e-9")
     assert (line["outcome"], line["dlqReason"], line["errorCode"]) == (
         "dead-lettered",
         "permanent-status",
@@ -142,12 +148,7 @@ def test_a_timeline_shows_dead_letter_reasons_and_never_a_response_body() -> Non
 def test_a_timeline_carries_the_errors_text_which_says_what_the_code_does_not() -> None:
     # Given an attempt whose TLS handshake was refused: its code is a connection error like any other
     tls_refused = "SSLError(CERTIFICATE_VERIFY_FAILED)"
-    a = Archiving(always(None, error_code="connection-error", error=tls_refused))
-    try:
-        a.batch(task_record("e-tls"))
-        (line,) = show(a, "e-tls").attempts
-    finally:
-        a.dispatcher.close()
+    line = only_attempt(always(None, error_code="connection-error", error=tls_refused), "e-tls")
 
     # Then the timeline says which: the code, and the relay's text for it
     assert (line["outcome"], line["errorCode"], line["error"]) == (
