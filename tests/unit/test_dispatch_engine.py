@@ -24,7 +24,8 @@ from urllib.parse import quote, quote_plus
 import pytest
 from support.waiting import wait_until
 
-from relay.logic.dispatch import SETTLE_MARGIN_SECONDS, Dispatcher
+from relay.logic.dispatch import Dispatcher
+from relay.logic.dispatch.attempt import settle_margin_seconds
 from relay.logic.dispatch.isolation import EWMA_ALPHA, FORGET_AFTER_SECONDS, LatencyTracker
 from relay.models.breaker import BreakerState, DeliveryLane, LaneState, Phase, target_key
 from relay.models.delivery import ATTR_ATTEMPTS, ATTR_DEFERRALS, DeliveryTask, DlqReason, S3Ref
@@ -833,8 +834,10 @@ def test_a_record_that_could_not_finish_before_the_timeout_is_deferred_untouched
     running: list[Relay],
 ) -> None:
     r = start(running, relay())
-    # One request may take connect + read timeout (3 + 10 s); settling needs SETTLE_MARGIN_SECONDS more.
-    just_short = (3 + 10 + SETTLE_MARGIN_SECONDS) * 1000 - 1
+    # One request may take connect + read timeout (3 + 10 s); settling needs the margin more: at least
+    # one try of an AWS call (2 + 5 s by default) and the answer's half second.
+    assert settle_margin_seconds(r.settings) == 7.5
+    just_short = (3 + 10 + 7.5) * 1000 - 1
 
     assert r.batch(record(receive_count=2), remaining_ms=lambda: just_short) == []
 
@@ -846,7 +849,7 @@ def test_a_record_that_could_not_finish_before_the_timeout_is_deferred_untouched
 
 def test_a_record_with_time_for_one_whole_request_is_sent(running: list[Relay]) -> None:
     r = start(running, relay())
-    enough = (3 + 10 + SETTLE_MARGIN_SECONDS) * 1000
+    enough = (3 + 10 + settle_margin_seconds(r.settings)) * 1000
 
     assert r.batch(record(), remaining_ms=lambda: enough) == []
     assert len(r.http.requests) == 1
@@ -855,9 +858,9 @@ def test_a_record_with_time_for_one_whole_request_is_sent(running: list[Relay]) 
 @pytest.mark.parametrize(
     ("function_seconds", "target_timeouts", "sent_with"),
     [
-        ("15", {}, (3.0, 7.0)),  # the deployment's 3 + 10 s in the template's shortest function
-        ("60", {"read_timeout_seconds": 60}, (3.0, 52.0)),  # what config sync accepts, per target
-        ("60", {"connect_timeout_seconds": 30, "read_timeout_seconds": 30}, (27.5, 27.5)),
+        ("15", {}, (3.0, 6.5)),  # the deployment's 3 + 10 s in the template's shortest function
+        ("60", {"read_timeout_seconds": 60}, (3.0, 51.5)),  # what config sync accepts, per target
+        ("60", {"connect_timeout_seconds": 30, "read_timeout_seconds": 30}, (27.25, 27.25)),
         ("60", {"read_timeout_seconds": 20}, (3.0, 20.0)),  # fits: untouched
     ],
 )
@@ -867,9 +870,18 @@ def test_a_target_whose_timeouts_do_not_fit_in_the_function_is_attempted_with_th
     target_timeouts: dict[str, float],
     sent_with: tuple[float, float],
 ) -> None:
-    # Given a target whose connect + read timeouts (and the margin to settle) exceed the function's timeout
+    # Given a target whose connect + read timeouts (and the margin to settle: 3.5 s with the AWS call
+    # bounds the template gives the dispatchers) exceed the function's timeout
     target = make_target(**target_timeouts)
-    r = start(running, relay(target, DISPATCHER_TIMEOUT_SECONDS=function_seconds))
+    r = start(
+        running,
+        relay(
+            target,
+            DISPATCHER_TIMEOUT_SECONDS=function_seconds,
+            AWS_CONNECT_TIMEOUT_SECONDS="1",
+            AWS_READ_TIMEOUT_SECONDS="2",
+        ),
+    )
     fresh_invocation = int(function_seconds) * 1000 - 500  # what Lambda reports as the batch starts
 
     # When a fresh invocation gets its record

@@ -11,6 +11,7 @@ never a boto error; other errors are named where they can occur.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from pydantic import SecretStr
@@ -237,6 +238,14 @@ class EventArchive(Protocol):
     """The event archive: one object per invocation (relay.models.archive)."""
 
     def write(self, date: str, invocation_id: str, records: Sequence[ArchiveRecord]) -> None: ...
+
+
+class AwsCallDeadline(Protocol):
+    def __call__(self, deadline: float | None) -> AbstractContextManager[None]:
+        """Inside, on this thread and the threads its work is handed to (a ContextPool), no try of an
+        AWS call starts that could end past ``deadline`` (time.monotonic()); one refused raises as the
+        service failing (``DependencyUnavailable`` from the port)."""
+        ...
 
 
 class ClaimCheckReader(Protocol):

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from relay.adapters.archive import S3EventArchive
 from relay.adapters.attempt_counter import DynamoAttemptCounter
 from relay.adapters.audit import S3AuditSink
+from relay.adapters.aws import calls_until
 from relay.adapters.http import HttpSender
 from relay.adapters.oauth import ClientCredentialsTokens
 from relay.adapters.sqs import SqsQueues
@@ -133,6 +134,7 @@ def build_dispatcher(
         ordered_queue=ordered_queue,
         attempts=attempts,
         archive=archive,
+        aws_deadline=calls_until,
     )
 
 

@@ -10,12 +10,12 @@
     audit     audit lines and objects, scrubbing
     batch     what an invocation accumulates (failures, 410s, Retry-After floors, audit lines, metrics)
     metrics   the dispatcher's EMF metrics
-    engine    the batch flow: thread pool, per-target slots, time budget
+    runners   how a batch's steps share the pool (one thread or all), in the caller's context
+    engine    the batch flow: thread pool, per-target slots, time budget, the AWS calls' deadline
 
 Everything from outside comes through relay.ports; relay.wiring builds a ``Dispatcher``.
 """
 
-from relay.logic.dispatch.attempt import SETTLE_MARGIN_SECONDS
 from relay.logic.dispatch.engine import Dispatcher
 
-__all__ = ["SETTLE_MARGIN_SECONDS", "Dispatcher"]
+__all__ = ["Dispatcher"]

@@ -57,12 +57,24 @@ class Attempt:
     response_body: str | None = None
 
 
-# A request starts only with its connect + read timeouts and this margin (to settle the record) left
-# in the invocation (the engine's out-of-time rule).
+# A request starts only with its connect + read timeouts and a margin to settle the record left in the
+# invocation (the engine's out-of-time rule): this much at least, and room for one try of an AWS call
+# (settle_margin_seconds).
 SETTLE_MARGIN_SECONDS = 3.0
+# What an invocation keeps after its last AWS call, to flush its metrics and answer.
+ANSWER_SECONDS = 0.5
 # What an invocation may have spent before its first request starts (reading the batch, its targets
 # and breakers): a request's timeouts are cut so that it fits in a fresh invocation with this to spare.
 START_ALLOWANCE_SECONDS = 2.0
+
+
+def settle_margin_seconds(settings: Settings) -> float:
+    """What a request must leave of the invocation after its own timeouts. An AWS call's try starts only
+    if its worst case (connect + read timeout) ends before the invocation must answer (the engine sets
+    that deadline), so settling after the last request needs room for at least one try, else every
+    audit object and dead letter of a batch that used its time would be refused."""
+    one_try = settings.aws_connect_timeout_seconds + settings.aws_read_timeout_seconds
+    return max(SETTLE_MARGIN_SECONDS, one_try + ANSWER_SECONDS)
 
 
 def timeouts(settings: Settings, target: Target) -> tuple[float, float]:
@@ -73,7 +85,7 @@ def timeouts(settings: Settings, target: Target) -> tuple[float, float]:
     read = target.read_timeout_seconds or settings.read_timeout_seconds
     if settings.dispatcher_timeout_seconds is None:
         return connect, read
-    fits = settings.dispatcher_timeout_seconds - SETTLE_MARGIN_SECONDS - START_ALLOWANCE_SECONDS
+    fits = settings.dispatcher_timeout_seconds - settle_margin_seconds(settings) - START_ALLOWANCE_SECONDS
     if connect + read <= fits:
         return connect, read
     connect = min(connect, fits / 2)

@@ -29,13 +29,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
 from relay.errors import DependencyUnavailable
-from relay.logic.dispatch.attempt import SETTLE_MARGIN_SECONDS, Attempter, timeouts
+from relay.logic.dispatch.attempt import ANSWER_SECONDS, Attempter, settle_margin_seconds, timeouts
 from relay.logic.dispatch.audit import (
     INTERNAL_ERROR,
     LEFT_FOR_REDELIVERY,
@@ -51,13 +50,14 @@ from relay.logic.dispatch.lanes import Lane, Lanes, group, interleave
 from relay.logic.dispatch.metrics import BatchMetrics, Metric
 from relay.logic.dispatch.rate_limit import Held, RateLimits
 from relay.logic.dispatch.records import Item, SqsRecord, Unattempted, resolve
-from relay.logic.dispatch.runners import run_steps
+from relay.logic.dispatch.runners import ContextPool, run_steps
 from relay.logic.dispatch.settle import Settler
 from relay.observability import logger
 from relay.ports import (
     AccessTokens,
     AttemptCounter,
     AuditSink,
+    AwsCallDeadline,
     BreakerStore,
     ClaimCheckReader,
     Clock,
@@ -98,11 +98,15 @@ class Dispatcher:
         ordered_queue: OrderedQueueOps | None = None,
         attempts: AttemptCounter | None = None,
         archive: EventArchive | None = None,
+        aws_deadline: AwsCallDeadline | None = None,
     ) -> None:
         """``tokens``: OAuth access tokens for oauth2 targets (without it, their attempts fail as a
         configuration problem). ``ordered_queue`` and ``attempts``: the ordered path's queue and attempt
-        counter (the ordered dispatcher's; without them, an ordered record is left on its queue)."""
+        counter (the ordered dispatcher's; without them, an ordered record is left on its queue).
+        ``aws_deadline``: bounds the AWS calls of a batch whose remaining time is known (without it,
+        they are not bounded)."""
         self._settings = settings
+        self._aws_deadline = aws_deadline
         self._archive = archive
         self._targets = targets
         self._http = http
@@ -131,9 +135,7 @@ class Dispatcher:
         )
         rng = rng or random.Random()
         self._settle = Settler(settings=settings, queue=queue, targets=targets, now=self._now, rng=rng)
-        self._pool = ThreadPoolExecutor(
-            max_workers=settings.delivery_concurrency, thread_name_prefix="deliver"
-        )
+        self._pool = ContextPool(max_workers=settings.delivery_concurrency, thread_name_prefix="deliver")
         self._target_slots: dict[str, threading.BoundedSemaphore] = {}
         self._slots_lock = threading.Lock()
         self._ordered: OrderedDelivery | None = None
@@ -169,7 +171,21 @@ class Dispatcher:
         remaining_ms: Callable[[], int] | None = None,
     ) -> dict[str, list[dict[str, str]]]:
         """Deliver a batch; ``remaining_ms`` (the Lambda context's clock) lets records that could not
-        finish before the function times out be deferred instead of cut off mid-request."""
+        finish before the function times out be deferred instead of cut off mid-request, and no AWS
+        call start that could end past the answer: a function that times out has its whole batch
+        delivered again, the records it delivered included. A call refused is a dependency failure:
+        its record is shown again, or its audit lines logged instead of written."""
+        if remaining_ms is None or self._aws_deadline is None:
+            return self._handle_batch(records, invocation_id, remaining_ms)
+        with self._aws_deadline(time.monotonic() + remaining_ms() / 1000 - ANSWER_SECONDS):
+            return self._handle_batch(records, invocation_id, remaining_ms)
+
+    def _handle_batch(
+        self,
+        records: Sequence[Mapping[str, Any]],
+        invocation_id: str | None,
+        remaining_ms: Callable[[], int] | None,
+    ) -> dict[str, list[dict[str, str]]]:
         batch = Batch(
             invocation_id=invocation_id or str(uuid.uuid4()),
             started=self._now(),
@@ -340,8 +356,8 @@ class Dispatcher:
 
     def _out_of_time(self, item: Item, batch: Batch) -> bool:
         """Too little time left for one request: its total deadline (the HTTP client's default budget,
-        connect + read timeout) plus the margin to settle."""
+        connect + read timeout) plus the margin to settle (attempt.settle_margin_seconds)."""
         if batch.remaining_ms is None:
             return False
         connect, read = timeouts(self._settings, item.target)
-        return batch.remaining_ms() < (connect + read + SETTLE_MARGIN_SECONDS) * 1000
+        return batch.remaining_ms() < (connect + read + settle_margin_seconds(self._settings)) * 1000

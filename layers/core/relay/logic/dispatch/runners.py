@@ -15,13 +15,27 @@ that turns slow costs its batch that budget, once.
 
 from __future__ import annotations
 
+import contextvars
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import ParamSpec, TypeVar
 
 Step = Callable[[], None]
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 # How often a run that is still going calls its ``while_waiting``.
 WAITING_TICK_SECONDS = 0.25
+
+
+class ContextPool(ThreadPoolExecutor):
+    """A pool whose work runs in the context (contextvars) of the thread that handed it over: what an
+    invocation set for its own calls, such as the deadline of its AWS calls
+    (relay.adapters.aws.calls_until), holds for every thread that works on its batch."""
+
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
+        context = contextvars.copy_context()
+        return super().submit(lambda: context.run(fn, *args, **kwargs))
 
 
 class _Run:
