@@ -6,6 +6,7 @@
     rate_limit  a lane's admission by its target's shared token bucket, and throttles' feedback (AIMD)
     bucket_views  what a container knows of the buckets without asking (last state, recent deliveries)
     attempt   one attempt: event, secrets, request, send, classify -> Attempt
+    deliver   one record's step in the pool: its target's slot, then deliver it or settle it unattempted
     settle    the one place a verdict becomes an action (delivered, retry, DLQ, deferred)
     audit     audit lines and objects, scrubbing
     batch     what an invocation accumulates (failures, 410s, Retry-After floors, audit lines, metrics)

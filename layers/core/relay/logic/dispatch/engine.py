@@ -11,7 +11,7 @@
    PER_TARGET_CONCURRENCY in flight per target, records queued round-robin across targets; a
    record starts only with its target's slot in hand, only if its target has not answered 410 in this
    batch, only if the invocation has time left for one whole request, and (fast lane) only if this
-   container does not measure its target slow by then, else it is routed too (attempt); a record its
+   container does not measure its target slow by then, else it is routed too (deliver); a record its
    rate limit paces goes last and starts at its booked time (the thread that takes it waits);
 4. settle each record from what happened (settle: the one place a verdict becomes an action);
 5. fold each lane's results into its breaker and its rate limit (throttles), move a target back from
@@ -25,7 +25,6 @@ time per conversation, held with their conversation rather than deferred, never 
 from __future__ import annotations
 
 import random
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -34,20 +33,18 @@ from functools import partial
 from typing import Any
 
 from relay.errors import DependencyUnavailable
-from relay.logic.dispatch.attempt import ANSWER_SECONDS, Attempter, settle_margin_seconds, timeouts
+from relay.logic.dispatch.attempt import ANSWER_SECONDS, Attempter
 from relay.logic.dispatch.audit import (
-    INTERNAL_ERROR,
-    LEFT_FOR_REDELIVERY,
-    item_line,
     write_archive,
     write_audit,
     write_early,
 )
 from relay.logic.dispatch.batch import Batch
+from relay.logic.dispatch.deliver import Deliverer
 from relay.logic.dispatch.fifo import OrderedDelivery
-from relay.logic.dispatch.isolation import Isolation, LatencyTracker
+from relay.logic.dispatch.isolation import Isolation
 from relay.logic.dispatch.lanes import Lane, Lanes, group, interleave
-from relay.logic.dispatch.metrics import BatchMetrics, Metric
+from relay.logic.dispatch.metrics import BatchMetrics
 from relay.logic.dispatch.rate_limit import Held, RateLimits
 from relay.logic.dispatch.records import Item, SqsRecord, Unattempted, resolve
 from relay.logic.dispatch.runners import ContextPool, run_steps
@@ -114,8 +111,6 @@ class Dispatcher:
         self._clock = clock = clock or time.time
         self._sleep = sleep or time.sleep
         self._isolation = Isolation(settings=settings, breakers=breakers, clock=clock)
-        # How long each target's requests take here, lately (one lane: samples are never reset by a move).
-        self._answer_times = LatencyTracker(clock, min_samples=1)
         self._lanes = Lanes(
             settings=settings, breakers=breakers, clock=clock, routes_away=self._isolation.routes_away
         )
@@ -136,8 +131,15 @@ class Dispatcher:
         rng = rng or random.Random()
         self._settle = Settler(settings=settings, queue=queue, targets=targets, now=self._now, rng=rng)
         self._pool = ContextPool(max_workers=settings.delivery_concurrency, thread_name_prefix="deliver")
-        self._target_slots: dict[str, threading.BoundedSemaphore] = {}
-        self._slots_lock = threading.Lock()
+        self._deliver = Deliverer(
+            settings=settings,
+            settle=self._settle,
+            limits=self._limits,
+            isolation=self._isolation,
+            attempter=self._attempter,
+            clock=clock,
+            sleep=self._sleep,
+        )
         self._ordered: OrderedDelivery | None = None
         if ordered_queue is not None and attempts is not None:
             self._ordered = OrderedDelivery(
@@ -150,12 +152,9 @@ class Dispatcher:
                 limits=self._limits,
                 attempter=self._attempter,
                 pool=self._pool,
-                slot=self._slot,
-                out_of_time=self._out_of_time,
+                deliverer=self._deliver,
                 now=self._now,
                 rng=rng,
-                clock=clock,
-                sleep=self._sleep,
                 write_early=lambda batch, message_ids: write_early(batch, message_ids, audit, archive),
             )
 
@@ -276,39 +275,6 @@ class Dispatcher:
             return lane, []  # bound for the slow lane, whose dispatcher takes its tokens
         return lane, self._limits.admit(lane, batch)
 
-    def _deliver(self, item: Item, batch: Batch, *, may_route: bool = True) -> None:
-        with self._slot(item.key):
-            if batch.is_gone(item.key):
-                self._settle.unattempted(Unattempted.gone(item), batch)  # 410 while this record waited
-                return
-            if (quiet := self._limits.floor_wait(item, batch)) is not None:  # a Retry-After meanwhile
-                self._settle.deferred(item, quiet, batch, error_code="rate-limited")
-                return
-            if self._out_of_time(item, batch):
-                # A Lambda timeout would fail the whole batch and cost every record a receive:
-                # hand this one back untouched instead (no attempt used).
-                self._settle.deferred(item, 0, batch, error_code="out-of-time")
-                return
-            if may_route and self._isolation.turned_slow(item):
-                # Its target turned out slow while this record waited: the slow lane takes it, unless
-                # its queue refused it (then it is delivered here, as without isolation).
-                if not self._settle.routed([item], batch):
-                    return
-            self._isolation.begin(item)
-            try:
-                attempt = self._attempter.run(item)
-            finally:
-                self._isolation.end(item)
-            if isinstance(attempt, Unattempted):
-                self._settle.unattempted(attempt, batch)
-                return
-            self._limits.answered(item, attempt.outcome, batch)
-            if attempt.result is not None:
-                self._answer_times.record(item.key, attempt.result.elapsed_ms, lane_version=0)
-                if attempt.outcome.reached_endpoint:
-                    self._isolation.observe(item, attempt.result.elapsed_ms, batch)
-            self._settle.attempted(item, attempt, batch)
-
     def _run(self, work: list[Work], batch: Batch) -> None:
         """Run each item's step in the pool and wait for all of them. A step that raised is a bug, not
         an outcome: it is logged and its record reported failed, so SQS shows it again."""
@@ -316,48 +282,11 @@ class Dispatcher:
         ordered = sorted(work, key=lambda each: each[0].not_before or 0.0)
         crashed = run_steps(
             self._pool,
-            [partial(self._when_booked, item, step) for item, step in ordered],
+            [partial(self._deliver.when_booked, item, step) for item, step in ordered],
             width=self._settings.delivery_concurrency,
-            wide=not all(self._answers_quickly(key) for key in {item.key for item, _ in ordered}),
+            wide=not all(self._deliver.answers_quickly(key) for key in {item.key for item, _ in ordered}),
             serial_budget_seconds=self._settings.serial_budget_ms / 1000,
             while_waiting=partial(self._isolation.check_in_flight, batch),
         )
         for index, exc in crashed:
-            item = ordered[index][0]
-            logger.exception("delivery crashed", exc_info=exc)
-            batch.metrics.service_count(Metric.DELIVERY_CRASHED)
-            batch.fail(item.record)
-            # The audit says so too, so `relay deliveries show` finds the record SQS shows again.
-            now = self._now()
-            line = item_line(item, batch, now, now, error=f"internal error: {type(exc).__name__}")
-            batch.log(
-                item.target.target_id, {**line, "outcome": LEFT_FOR_REDELIVERY, "errorCode": INTERNAL_ERROR}
-            )
-
-    def _when_booked(self, item: Item, step: Callable[[], None]) -> None:
-        if item.not_before is not None and (early := item.not_before - self._clock()) > 0:
-            self._sleep(early)
-        step()
-
-    def _answers_quickly(self, key: str) -> bool:
-        """The target's requests took less than the serial budget here lately. Not yet measured in this
-        container: not known to be quick (a batch of a target it has not seen starts side by side)."""
-        latency = self._answer_times.latency_ms(key, lane_version=0)
-        return latency is not None and latency < self._settings.serial_budget_ms
-
-    def _slot(self, key: str) -> threading.BoundedSemaphore:
-        with self._slots_lock:
-            slot = self._target_slots.get(key)
-            if slot is None:
-                slot = self._target_slots[key] = threading.BoundedSemaphore(
-                    self._settings.per_target_concurrency
-                )
-            return slot
-
-    def _out_of_time(self, item: Item, batch: Batch) -> bool:
-        """Too little time left for one request: its total deadline (the HTTP client's default budget,
-        connect + read timeout) plus the margin to settle (attempt.settle_margin_seconds)."""
-        if batch.remaining_ms is None:
-            return False
-        connect, read = timeouts(self._settings, item.target)
-        return batch.remaining_ms() < (connect + read + settle_margin_seconds(self._settings)) * 1000
+            self._settle.crashed(ordered[index][0], exc, batch)

@@ -29,7 +29,6 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -38,6 +37,8 @@ from relay.logic import breaker, retry
 from relay.logic.dispatch import audit
 from relay.logic.dispatch.attempt import Attempter
 from relay.logic.dispatch.batch import Batch
+from relay.logic.dispatch.deliver import Deliverer
+from relay.logic.dispatch.fifo_attempts import OrderedAttempts
 from relay.logic.dispatch.fifo_groups import GroupReleaser, fail_behind_failures, message_groups, probe_first
 from relay.logic.dispatch.fifo_settle import GroupQueue, OrderedSettler, hold_within_backstop, holds_for
 from relay.logic.dispatch.lanes import Lane, Lanes, group
@@ -46,7 +47,7 @@ from relay.logic.dispatch.rate_limit import Held, RateLimits
 from relay.logic.dispatch.records import Item, SqsRecord, Unattempted, resolve
 from relay.logic.outcomes import Verdict
 from relay.observability import logger
-from relay.ports import AttemptCounter, Clock, OrderedQueueOps, TargetDirectory
+from relay.ports import AttemptCounter, OrderedQueueOps, TargetDirectory
 from relay.settings import Settings
 
 # Audit error codes of held records.
@@ -77,8 +78,8 @@ Step = Item | Unattempted | Unresolved
 
 
 class OrderedDelivery:
-    """The ordered path of a Dispatcher; it shares the engine's pool, per-target slots, attempter and
-    breaker lanes."""
+    """The ordered path of a Dispatcher; it shares the engine's pool, per-target slots and time budget
+    (``deliverer``), attempter and rate limits."""
 
     def __init__(
         self,
@@ -91,28 +92,22 @@ class OrderedDelivery:
         limits: RateLimits,
         attempter: Attempter,
         pool: ThreadPoolExecutor,
-        slot: Callable[[str], AbstractContextManager[object]],
-        out_of_time: Callable[[Item, Batch], bool],
+        deliverer: Deliverer,
         now: Callable[[], datetime],
         rng: random.Random,
-        clock: Clock,
-        sleep: Callable[[float], None],
         write_early: Callable[[Batch, set[str]], None],
     ) -> None:
         self._settings = settings
         self._targets = targets
         self._queue = queue
-        self._attempts = attempts
+        self._attempts = OrderedAttempts(attempts)
         self._lanes = lanes
         self._limits = limits
         self._attempter = attempter
         self._pool = pool
-        self._slot = slot
-        self._out_of_time = out_of_time
+        self._deliverer = deliverer
         self._now = now
         self._rng = rng
-        self._clock = clock
-        self._sleep = sleep
         self._releaser = GroupReleaser(settings=settings, queue=queue, write_early=write_early)
 
     def run(self, records: list[SqsRecord], batch: Batch) -> None:
@@ -166,7 +161,7 @@ class OrderedDelivery:
             return Hold(math.ceil(rate_held.wait_seconds), RATE_LIMITED)
         if (quiet := self._limits.floor_wait(item, batch)) is not None:  # a Retry-After in this batch
             return Hold(math.ceil(quiet), RATE_LIMITED)
-        if self._out_of_time(item, batch):
+        if self._deliverer.out_of_time(item, batch):
             return Hold(0, OUT_OF_TIME)
         return None
 
@@ -215,16 +210,15 @@ class OrderedDelivery:
         if isinstance(step, Unattempted):
             return self._unattempted(step, settler, batch)
         item = step
-        if item.not_before is not None and (early := item.not_before - self._clock()) > 0:
-            self._sleep(early)  # paced by its rate limit: its group waits for its booked time
-        with self._slot(item.key):
+        self._deliverer.wait_until_booked(item)  # paced by its rate limit: its group waits for it
+        with self._deliverer.slot(item.key):
             if batch.is_gone(item.key):
                 return self._unattempted(Unattempted.gone(item), settler, batch)
             hold = self.admit(item, lanes[item.key], rate_held.get(id(item)), batch)
             if hold is not None:
                 return hold
             try:
-                item.attempt = self._attempt_number(item.record)
+                item.attempt = self._attempts.number(item.record)
             except DependencyUnavailable as exc:
                 _warn("attempts table unavailable", item.record, exc)
                 return Hold(None, DEPENDENCY_UNAVAILABLE)
@@ -233,7 +227,7 @@ class OrderedDelivery:
                 return self._unattempted(attempt, settler, batch)
             self._limits.answered(item, attempt.outcome, batch)
             if attempt.outcome.verdict is not Verdict.DELIVERED:
-                self._count_failure(item.record)
+                self._attempts.count_failure(item.record)
             settler.attempted(item, attempt, batch)
         return None
 
@@ -246,30 +240,8 @@ class OrderedDelivery:
             # Counted as blocked (the alarm): the ordered queue keeps them 14 days, not for ever.
             batch.metrics.service_count(Metric.ORDERED_GROUP_BLOCKED)
             return Hold(hold, step.reason.value)
-        settler.unattempted(step, batch, attempts=self._attempts_made(step.record))
+        settler.unattempted(step, batch, attempts=self._attempts.made(step.record))
         return None
-
-    def _attempts_made(self, record: SqsRecord) -> int:
-        """What a letter says was attempted: the attempts table's count, not the receive count (a held
-        record is received again without an attempt); the message's own count if the table is down."""
-        try:
-            return self._attempt_number(record) - 1
-        except DependencyUnavailable:
-            return retry.attempts_before(record.message_attributes)
-
-    def _attempt_number(self, record: SqsRecord) -> int:
-        """The attempt this receive makes: attempts before the message (a redrive's are 0) plus its
-        failures so far, read only when it was received before (a first receive has none)."""
-        before = retry.attempts_before(record.message_attributes)
-        if record.receive_count > 1:
-            before += self._attempts.failures(record.message_id)
-        return before + 1
-
-    def _count_failure(self, record: SqsRecord) -> None:
-        try:
-            self._attempts.add_failure(record.message_id)
-        except DependencyUnavailable as exc:  # at worst one attempt more than planned
-            _warn("failed attempt not counted", record, exc)
 
     def _hold(self, steps: list[Step], hold: Hold, batch: Batch) -> None:
         """Show ``steps`` again together after the hold (when it names a delay) and report them failed."""

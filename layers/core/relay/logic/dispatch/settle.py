@@ -176,6 +176,17 @@ class Settler:
             logger.warning("slow lane unavailable: delivering here", extra={"records": len(kept)})
         return kept
 
+    def crashed(self, item: Item, exc: Exception, batch: Batch) -> None:
+        """The record's step raised: a bug, not an outcome. Logged and reported failed, so SQS shows it
+        again; the audit says so too, so `relay deliveries show` finds the record SQS shows again."""
+        logger.exception("delivery crashed", exc_info=exc)
+        batch.metrics.service_count(Metric.DELIVERY_CRASHED)
+        batch.fail(item.record)
+        now = self._now()
+        line = audit.item_line(item, batch, now, now, error=f"internal error: {type(exc).__name__}")
+        line.update(outcome=audit.LEFT_FOR_REDELIVERY, errorCode=audit.INTERNAL_ERROR)
+        batch.log(item.target.target_id, line)
+
     def _retry_delay(self, item: Item, outcome: Outcome, batch: Batch) -> int | None:
         """Seconds until the failed record's next attempt; None when it has none: not retryable, its
         attempts are used up, or the next one would come after SQS deletes the message (dead-lettered
