@@ -339,6 +339,23 @@ def test_move_task_method_says_when_sqs_lacks_it(aws_stack: LocalResources, seed
     assert len(drain(aws_stack.dead_letter_queue_url)) == 8
 
 
+@pytest.mark.parametrize("narrowing", [["--dry-run"], ["--max", "1"], ["--target", "target-a"]])
+def test_move_task_method_with_a_dry_run_bound_or_filter_is_a_usage_error_and_moves_nothing(
+    aws_stack: LocalResources,
+    seeded: list[Seeded],
+    capsys: pytest.CaptureFixture[str],
+    narrowing: list[str],
+) -> None:
+    # When an operator asks for the move task and narrows the run (which the move task cannot do)
+    code, out, err = run_cli(capsys, "redrive", "--method", "move-task", *narrowing)
+
+    # Then the command line is refused before anything is moved: every letter is still in the DLQ
+    assert code == 2, err
+    assert out == ""
+    assert "--method move-task moves every message of the queue" in err
+    assert len(drain(aws_stack.dead_letter_queue_url)) == len(seeded)
+
+
 def test_ctrl_c_stops_a_redrive_after_its_batch_in_hand_leaving_nothing_hidden_or_doubled(
     aws_stack: LocalResources, capsys: pytest.CaptureFixture[str]
 ) -> None:

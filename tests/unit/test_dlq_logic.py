@@ -281,6 +281,23 @@ def test_only_an_unfiltered_unbounded_real_run_uses_the_move_task(
     assert options.wants_move_task() is move_task
 
 
+@pytest.mark.parametrize(
+    "narrowed",
+    [
+        {"dry_run": True},
+        {"max_messages": 5},
+        {"filter": RedriveFilter.of(targets=["t-1"])},
+        {"filter": RedriveFilter.of(reasons=["exhausted"])},
+    ],
+)
+def test_the_move_task_asked_for_with_a_dry_run_a_bound_or_a_filter_is_refused(
+    narrowed: dict[str, Any],
+) -> None:
+    # SQS's move task moves the whole queue: with any of these it would move what was left out.
+    with pytest.raises(ValueError, match="moves every message of the queue"):
+        RedriveOptions(method="move-task", **narrowed)
+
+
 # --- the re-sent copy ---------------------------------------------------------------------------
 
 

@@ -291,13 +291,16 @@ def _redrive(args: argparse.Namespace) -> int:
     unknown = sorted(set(args.reason or ()) - set(DLQ_REASONS))
     if unknown:
         raise UsageError(f"unknown reason {', '.join(unknown)}; one of {', '.join(DLQ_REASONS)}")
-    options = RedriveOptions(
-        filter=RedriveFilter.of(args.target, args.integration, args.reason),
-        max_messages=args.max,
-        dry_run=args.dry_run,
-        method=args.method,
-        max_per_second=args.rate,
-    )
+    try:
+        options = RedriveOptions(
+            filter=RedriveFilter.of(args.target, args.integration, args.reason),
+            max_messages=args.max,
+            dry_run=args.dry_run,
+            method=args.method,
+            max_per_second=args.rate,
+        )
+    except ValueError as refused:
+        raise UsageError(str(refused)) from None
 
     def work(line: ProgressLine, stop: Callable[[], bool]) -> Outcome:
         result = redrive(

@@ -44,13 +44,23 @@ class RedriveOptions:
     wait_seconds: int = 1
     poll_seconds: float = 2.0
 
+    def __post_init__(self) -> None:
+        if self.method == "move-task" and self._narrowed():
+            # SQS's move task cannot filter, count or pretend: asked for with any of these it would
+            # move the whole queue.
+            raise ValueError(
+                "--method move-task moves every message of the queue: it takes no --dry-run, --max, "
+                "--target, --integration or --reason (leave --method out, or use --method resend)"
+            )
+
     def wants_move_task(self) -> bool:
         """The move task moves everything, unchanged: only for an unfiltered, unbounded, real run."""
         if self.method == "resend":
             return False
-        return self.method == "move-task" or not (
-            self.filter.active or self.max_messages is not None or self.dry_run
-        )
+        return not self._narrowed()
+
+    def _narrowed(self) -> bool:
+        return self.filter.active or self.max_messages is not None or self.dry_run
 
 
 @dataclass
