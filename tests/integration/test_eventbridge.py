@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from relay.cli import main as relay_main
 from relay.local.api_adapter import ApiAdapter
 from relay.local.aws_stack import LocalResources, local_client
 from relay.local.eventbridge import PUT_EVENTS_PATH, LocalEventBridge
+from relay.local.loopback import LoopbackServer
 
 pytestmark = pytest.mark.integration
 
@@ -336,6 +338,53 @@ def test_put_event_exits_1_when_an_entry_fails_and_2_without_an_api(
     monkeypatch.delenv("RELAY_LOCAL_API", raising=False)
     assert relay_main(["local", "put-event", str(request)]) == 2
     assert "--api" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (200, b"[1, 2]"),
+        (200, b'{"ok": true}'),
+        (404, b"Not Found"),
+        (500, b"<!doctype html><title>500</title>"),
+    ],
+    ids=["json-list", "another-service", "no-route", "html-error"],
+)
+def test_put_event_to_a_url_that_is_not_put_events_could_not_run_and_names_no_entry(
+    capsys: pytest.CaptureFixture[str], status: int, body: bytes
+) -> None:
+    # Given an HTTP service that is not the local stack's PutEvents (a wrong --api)
+    class NotPutEvents(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = LoopbackServer(NotPutEvents, name="not-put-events")
+    url = f"http://127.0.0.1:{server.start()}"
+    try:
+        # When the CLI sends the sample event there
+        code = relay_main(["local", "put-event", str(EVENTS / CONVERSATION_START_SAMPLE), "--api", url])
+    finally:
+        server.stop()
+
+    # Then the command could not run (3), says why in one line, and prints no made-up PutEvents answer
+    captured = capsys.readouterr()
+    assert code == 3, captured.err
+    assert captured.out == ""
+    assert f"{url} did not answer as the local stack's PutEvents (HTTP {status})" in captured.err
+
+
+def test_put_event_to_an_api_that_is_not_a_url_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code = relay_main(["local", "put-event", str(EVENTS / CONVERSATION_START_SAMPLE), "--api", "notaurl"])
+
+    assert code == 2
+    assert "--api notaurl: not an http URL" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,8 @@ from relay.cli.exit_codes import CommandFailed, ExitCode, UsageError
 from relay.cli.logs import stdout_log_handlers
 
 if TYPE_CHECKING:
+    from requests import Response
+
     from relay.local.fixtures import Fixtures
     from relay.local.stack import LocalStack
 
@@ -286,24 +288,44 @@ def put_event_command(args: argparse.Namespace) -> int:
     for request in requests_to_send:
         try:
             response = requests.post(f"{api.rstrip('/')}{PUT_EVENTS_PATH}", json=request, timeout=30)
+        except (
+            requests.exceptions.MissingSchema,
+            requests.exceptions.InvalidSchema,
+            requests.exceptions.InvalidURL,
+        ):
+            raise UsageError(
+                f"--api {api}: not an http URL (the api URL `relay local serve` printed)"
+            ) from None
         except requests.RequestException as exc:
             raise CommandFailed(f"cannot reach {api}: {type(exc).__name__}") from None
-        try:
-            answer = response.json()
-        except ValueError:
-            answer = {"message": response.text[:500]}
-        if response.ok and isinstance(answer.get("Entries"), list):
+        answer = _put_events_answer(response, api)
+        if "Entries" in answer:
             merged["FailedEntryCount"] += int(answer.get("FailedEntryCount", 0))
             merged["Entries"] += answer["Entries"]
             continue
-        refusal = {
-            "ErrorCode": str(answer.get("__type") or f"HTTP {response.status_code}"),
-            "ErrorMessage": str(answer.get("message") or answer),
-        }
+        refusal = {"ErrorCode": str(answer["__type"]), "ErrorMessage": str(answer.get("message", ""))}
         merged["FailedEntryCount"] += len(request["Entries"])
         merged["Entries"] += [dict(refusal) for _ in request["Entries"]]
     _emit(sys.stdout, merged)
     return ExitCode.OK if merged["FailedEntryCount"] == 0 else ExitCode.ATTENTION
+
+
+def _put_events_answer(response: Response, api: str) -> dict[str, Any]:
+    """PutEvents' answer: its entries (2xx), or its refusal of the whole request (4xx with ``__type``).
+    Anything else is not the local stack's PutEvents (a wrong --api): the command could not run."""
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if isinstance(answer, dict):
+        if response.ok and isinstance(answer.get("Entries"), list):
+            return answer
+        if not response.ok and isinstance(answer.get("__type"), str):
+            return answer
+    raise CommandFailed(
+        f"{api} did not answer as the local stack's PutEvents (HTTP {response.status_code}): "
+        "pass the api URL `relay local serve` printed"
+    )
 
 
 _EVENT_FIELDS = {"source": "Source", "detail-type": "DetailType", "detail": "Detail", "time": "Time"}
