@@ -339,6 +339,22 @@ def test_move_task_method_says_when_sqs_lacks_it(aws_stack: LocalResources, seed
     assert len(drain(aws_stack.dead_letter_queue_url)) == 8
 
 
+def test_a_filter_value_no_letter_carries_needs_attention_and_moves_nothing(
+    aws_stack: LocalResources, seeded: list[Seeded], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # When an operator filters on a target by its name (or mistypes its id) with another that matches
+    code, out, err = run_cli(
+        capsys, "redrive", "--dry-run", "--target", "crm-hook", "--target", "target-a", "--format", "json"
+    )
+
+    # Then the run goes on for what matches, and the command says which value matched no letter (exit 1)
+    assert code == 1, err
+    result = json.loads(out)
+    assert result["matched"] == 5 and result["unmatchedFilters"] == ["--target crm-hook"]
+    assert "no letter in the DLQ has --target crm-hook" in err
+    assert len(drain(aws_stack.dead_letter_queue_url)) == len(seeded)
+
+
 @pytest.mark.parametrize("narrowing", [["--dry-run"], ["--max", "1"], ["--target", "target-a"]])
 def test_move_task_method_with_a_dry_run_bound_or_filter_is_a_usage_error_and_moves_nothing(
     aws_stack: LocalResources,

@@ -79,6 +79,8 @@ class RedriveResult:
     error: str | None = None
     now_ms: int = 0
     depth: int = 0  # SQS's approximate depth when the run started
+    # Filter values no letter of the whole DLQ carried ("--target X"): a typo, or a name for an id.
+    unmatched_filters: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -91,6 +93,11 @@ class RedriveResult:
         """What the operator must look at after the run (None: nothing)."""
         if not self.ok:
             return "not everything was moved: read the summary"
+        if self.unmatched_filters:
+            return (
+                f"no letter in the DLQ has {', '.join(self.unmatched_filters)} "
+                "(filters take the ids `relay dlq list` shows, not names)"
+            )
         if self.arrived_during_run and self.mode == "resend":
             # Often the very messages just moved, failing again: the target still refuses them.
             return (
@@ -122,6 +129,7 @@ class RedriveResult:
                 "failureReason": task.failure_reason,
             },
             "groups": [group.to_json(self.now_ms) for group in self.groups],
+            "unmatchedFilters": self.unmatched_filters,
             "error": self.error,
         }
 
@@ -192,9 +200,10 @@ def _resend(
     depth = result.depth = queues.approximate_depth(dlq_url)
     groups = DeadLetterGroups()
     stopped: set[str] = set()  # ordered DLQ: conversations with a letter left behind in this run
+    carried: set[tuple[str, str]] = set()  # ("--target", id) and ("--integration", id) of every letter
 
     def move(batch: list[ReceivedMessage], scan: Scan) -> bool:
-        chosen = _choose(batch, options, groups, result, started_ms, stopped)
+        chosen = _choose(batch, options, groups, result, started_ms, stopped, carried)
         moved = options.dry_run or _move(queues, dlq_url, queue_url, chosen, scan, result, stopped)
         if chosen and not moved:
             return False  # the delivery queue or the DLQ stopped answering: keep what was not moved
@@ -211,6 +220,10 @@ def _resend(
     )
     result.groups = groups.sorted()
     result.now_ms = now_ms(now)
+    if options.max_messages is None or result.matched < options.max_messages:  # the whole DLQ was read
+        wanted = {("--target", t) for t in options.filter.targets}
+        wanted |= {("--integration", i) for i in options.filter.integrations}
+        result.unmatched_filters = [f"{flag} {value}" for flag, value in sorted(wanted - carried)]
     return result
 
 
@@ -221,17 +234,19 @@ def _choose(
     result: RedriveResult,
     started_ms: int,
     stopped: set[str],
+    carried: set[tuple[str, str]],
 ) -> list[ReceivedMessage]:
     """The messages of ``batch`` to move, counting the others in ``result``; a letter left behind stops
-    its conversation (``stopped``) for the rest of the run."""
+    its conversation (``stopped``) for the rest of the run. ``carried`` gathers every letter's ids."""
     chosen = []
     for message in batch:
         result.scanned += 1
+        letter = classify(message)
+        carried |= {("--target", letter.target_id), ("--integration", letter.integration_id)}
         if message.sent_timestamp_ms is not None and message.sent_timestamp_ms > started_ms:
             result.arrived_during_run += 1
             _stop(message, stopped)
             continue
-        letter = classify(message)
         full = options.max_messages is not None and result.matched >= options.max_messages
         if full or message.group_id in stopped or not options.filter.matches(letter):
             result.skipped += 1
