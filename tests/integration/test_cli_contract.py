@@ -428,6 +428,29 @@ CASES = {
         "DependencyUnavailable: SQS ",
         aws=True,
     ),
+    "dlq redrive to a queue that does not exist": Case(
+        ("dlq", "redrive", "--max", "2", "--dlq-url", "{dlq}", "--queue-url", "{missing_queue}"),
+        FAILED,
+        "relay dlq redrive",
+        "DependencyUnavailable: SQS ",
+        aws=True,
+    ),
+    "dlq redrive dry run to a queue that does not exist": Case(
+        (
+            "dlq",
+            "redrive",
+            "--dry-run",
+            "--no-progress",
+            "--dlq-url",
+            "{dlq}",
+            "--queue-url",
+            "{missing_queue}",
+        ),
+        FAILED,
+        "relay dlq redrive",
+        "DependencyUnavailable: SQS ",
+        aws=True,
+    ),
     "API not reachable": Case(
         ("local", "put-event", "{event}", "--api", "{refusing_api}"),
         FAILED,
@@ -538,7 +561,11 @@ def test_every_failure_is_its_exit_code_and_one_error_line(
     # Given the case's settings and files (and moto, for the cases that reach AWS)
     if case.aws:
         stack = request.getfixturevalue("aws_stack")
-        files = {**files, "missing_queue": f"{stack.dead_letter_queue_url}-gone"}
+        files = {
+            **files,
+            "missing_queue": f"{stack.dead_letter_queue_url}-gone",
+            "dlq": stack.dead_letter_queue_url,
+        }
     for name, value in case.env.items():
         monkeypatch.setenv(name, value)
     forget_cached_configuration()

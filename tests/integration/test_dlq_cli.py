@@ -289,13 +289,16 @@ def test_dry_run_without_filters_prints_what_would_move(
 def test_a_failed_send_deletes_nothing_from_the_dlq(
     aws_stack: LocalResources, seeded: list[Seeded], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Given: a delivery queue URL whose queue no longer exists
+    # Given: a destination queue that refuses the copies (a FIFO queue: each needs a message group)
     sqs = aws_client("sqs")
-    gone = sqs.create_queue(QueueName=f"{aws_stack.prefix}-gone")["QueueUrl"]
-    sqs.delete_queue(QueueUrl=gone)
+    refusing = sqs.create_queue(
+        QueueName=f"{aws_stack.prefix}-refusing.fifo", Attributes={"FifoQueue": "true"}
+    )["QueueUrl"]
 
     # When (re-sending: the move task would already refuse a destination it cannot resolve)
-    code, out, _ = run_cli(capsys, "redrive", "--queue-url", gone, "--method", "resend", "--format", "json")
+    code, out, _ = run_cli(
+        capsys, "redrive", "--queue-url", refusing, "--method", "resend", "--format", "json"
+    )
 
     # Then: the run says it failed, and every message is still in the DLQ (visible again at once)
     assert code == 1

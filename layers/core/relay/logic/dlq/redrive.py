@@ -198,6 +198,9 @@ def _resend(
     result = RedriveResult(mode="dry-run" if options.dry_run else "resend")
     started_ms = now_ms(now)
     depth = result.depth = queues.approximate_depth(dlq_url)
+    # The queue it moves to exists and answers, before any letter is received (a dry run says so too):
+    # DependencyUnavailable, the command could not run.
+    queues.approximate_depth(queue_url)
     groups = DeadLetterGroups()
     stopped: set[str] = set()  # ordered DLQ: conversations with a letter left behind in this run
     carried: set[tuple[str, str]] = set()  # ("--target", id) and ("--integration", id) of every letter
