@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from relay import __version__
-from relay.cli import CommandParser, main, run
+from relay.cli import CommandParser, build_parser, main, run
 from relay.local.aws_stack import LOCAL_CREDENTIALS, forget_cached_configuration
 from relay.local.loopback import SHUTDOWN_POLL_SECONDS
 
@@ -69,7 +69,22 @@ CASES = {
         ("targets", "sync", "--bogus"), USAGE, "relay targets sync", "unrecognized arguments: --bogus"
     ),
     "timeout nan": Case(
-        ("targets", "check", "--timeout", "nan"), USAGE, "relay targets check", "argument --timeout: must be"
+        ("targets", "check", "--timeout", "nan"),
+        USAGE,
+        "relay targets check",
+        "argument --timeout: must be a finite number of seconds, not nan",
+    ),
+    "timeout inf": Case(
+        ("targets", "check", "--timeout", "inf"),
+        USAGE,
+        "relay targets check",
+        "argument --timeout: must be a finite number of seconds, not inf",
+    ),
+    "show timeout without athena": Case(
+        ("deliveries", "show", "some-event", "--timeout", "5"),
+        USAGE,
+        "relay deliveries show",
+        "--timeout applies only with --athena",
     ),
     # Past about 1e9 s a socket or thread wait overflows: every --timeout stops at one day.
     "check timeout 1e10": Case(
@@ -592,6 +607,28 @@ def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> No
     help_text = capsys.readouterr().out
     for code in (0, 1, 2, 3, 70, 130):
         assert re.search(rf"^  {code}\s+\S", help_text, re.MULTILINE), code
+
+
+def _commands(parser: argparse.ArgumentParser, words: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """Every command line's words that reach a command of its own (``("dlq", "redrive")``)."""
+    groups = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not groups:
+        yield words
+    for group in groups:
+        for name, child in group.choices.items():
+            yield from _commands(child, (*words, name))
+
+
+def test_every_commands_help_opens_with_what_it_does(capsys: pytest.CaptureFixture[str]) -> None:
+    commands = list(_commands(build_parser()))
+    assert ("dlq", "redrive") in commands and ("breaker", "reset") in commands
+
+    for words in commands:
+        assert main([*words, "--help"]) == 0
+        text = capsys.readouterr().out
+        # argparse prints the usage block, a blank line, then the description when there is one
+        after_usage = text.split("\n\n", 1)[1]
+        assert not after_usage.startswith(("positional arguments", "options")), (words, text)
 
 
 # --- the boundary itself: an error nobody planned for, Ctrl-C ------------------------------------------

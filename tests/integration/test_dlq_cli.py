@@ -203,11 +203,12 @@ def test_redrive_all_falls_back_to_resend_and_moves_every_body_unchanged(
     # When: no filter, so the move task is tried first; moto answers 500 NotImplementedError
     code, out, err = run_cli(capsys, "redrive", "--format", "json")
 
-    # Then
+    # Then (the fallback told on stderr as a notice, and in the JSON; stdout is the JSON alone)
     assert code == 0, out + err
     result = json.loads(out)
     assert result["mode"] == "resend"
     assert "StartMessageMoveTask is not available" in result["fallbackReason"]
+    assert "relay dlq redrive: note: StartMessageMoveTask is not available" in err
     assert result["moved"] == 8 and result["sendFailed"] == 0 and result["notDeleted"] == 0
     moved = drain(aws_stack.delivery_queue_url)
     assert sorted(m["body"] for m in moved) == sorted(s.body for s in seeded)  # byte for byte

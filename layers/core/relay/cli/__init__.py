@@ -26,9 +26,24 @@ COMMAND_MODULES = ("local_cmd", "targets_cmd", "decrypt_cmd", "dlq_cmd", "breake
 COMMAND = "relay_command"  # the namespace attribute naming the command that runs: "relay targets sync"
 
 
+class _DescribedCommands(argparse._SubParsersAction):  # type: ignore[type-arg]  # argparse's own
+    """Subcommands whose ``--help`` opens with what the command does: its one line in the parent's list
+    (``help``), unless it has a description of its own."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        if kwargs.get("help") and not kwargs.get("description"):
+            kwargs["description"] = kwargs["help"]
+        parser: argparse.ArgumentParser = super().add_parser(name, **kwargs)
+        return parser
+
+
 class CommandParser(argparse.ArgumentParser):
     """argparse held to the CLI's contract: a refused command line is raised as a UsageError (one line
     from ``run``, instead of argparse's usage block and its own exit), and a command records its name."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", "parsers", _DescribedCommands)
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see --help)", command=self.prog)

@@ -42,7 +42,9 @@ MAX_WAIT = timedelta(days=1)
 
 def positive_seconds(text: str) -> float:
     value = _parse(text, float, "a number of seconds")
-    if not (math.isfinite(value) and value > 0):  # a socket or wait timeout takes neither nan nor inf
+    if not math.isfinite(value):  # a socket or wait timeout takes neither nan nor inf
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, not {text}")
+    if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text}")
     if value > MAX_WAIT.total_seconds():
         raise argparse.ArgumentTypeError(

@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import IO, TYPE_CHECKING, Any
 
 from relay.cli.arguments import duration, positive_seconds
-from relay.cli.exit_codes import CommandFailed, ExitCode, NeedsAttention
+from relay.cli.exit_codes import CommandFailed, ExitCode, NeedsAttention, UsageError
 from relay.cli.stack_option import STACK_OPTION, stack_output
 from relay.cli.targets_cmd import format_table, visible
 
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 # Stack outputs naming the Athena workgroup and the saved timeline query (template.yaml).
 WORKGROUP_OUTPUT = "AthenaWorkGroupName"
 TIMELINE_QUERY_OUTPUT = "EventTimelineQueryId"
+ATHENA_TIMEOUT_SECONDS = 300.0  # how long `show --athena` lets its query run unless --timeout says
 
 
 def where_a_conversation_waits(conversation_id: str | None = None) -> str:
@@ -83,9 +84,8 @@ def register(subparsers: Any) -> None:
     show.add_argument(
         "--timeout",
         type=positive_seconds,
-        default=300.0,
         metavar="SECONDS",
-        help="with --athena: the longest the query may run (default 300)",
+        help=f"with --athena: the longest the query may run (default {ATHENA_TIMEOUT_SECONDS:g})",
     )
     show.set_defaults(func=_show)
 
@@ -120,6 +120,8 @@ def _show(args: Any, out: IO[str] | None = None) -> int:
     from relay.logic.deliveries.timeline import days_back, timeline
 
     out = out or sys.stdout
+    if args.timeout is not None and not args.athena:
+        raise UsageError("--timeout applies only with --athena (the audit objects are read without a query)")
     dates = days_back(datetime.now(UTC), args.since)
     lines = _athena_lines(args, dates) if args.athena else _audit_lines(args.ident, dates)
     if args.target:
@@ -185,7 +187,7 @@ def _athena_lines(args: Any, dates: list[str]) -> list[dict[str, Any]]:
     query_id = stack_output(args, TIMELINE_QUERY_OUTPUT, why=why)
     # The saved query's parameters, in order: the first day to read, then the id.
     rows = athena_queries(get_settings()).run_named(
-        query_id, workgroup, [dates[0], args.ident], timeout_seconds=args.timeout
+        query_id, workgroup, [dates[0], args.ident], timeout_seconds=args.timeout or ATHENA_TIMEOUT_SECONDS
     )
     return [from_table_row(row) for row in rows]
 

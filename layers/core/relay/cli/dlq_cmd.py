@@ -270,9 +270,10 @@ def _list(args: argparse.Namespace) -> int:
         document = report.to_json()
         table = format_groups if args.queue in TASK_QUEUES else format_failed_groups
         limited = " (stopped at --max)" if report.limited else ""
+        scanned = _count(report.scanned, "message")
         text = (
             f"{table(document['groups'])}\n\n"
-            f"{report.scanned} messages scanned{limited}; SQS reports about {report.depth} in the queue."
+            f"{scanned} scanned{limited}; SQS reports about {report.depth} in the queue."
         )
         if args.queue == ORDERED and not report.limited:
             text += _behind_shown(document, report.depth, report.scanned)
@@ -312,6 +313,8 @@ def _redrive(args: argparse.Namespace) -> int:
             stop=stop,
         )
         document = result.to_json()
+        if document["fallbackReason"]:  # a notice, not the command's output (also in the JSON)
+            print(f"relay dlq redrive: note: {document['fallbackReason']}", file=sys.stderr)
         attention = result.attention
         text = format_redrive(document)
         if args.queue == ORDERED and args.dry_run and args.max is None:
@@ -331,7 +334,8 @@ def _resubmit(args: argparse.Namespace) -> int:
     given = [flag for name, flag in DELIVERY_ONLY.items() if getattr(args, name)]
     given += ["--method"] if args.method != "auto" else []
     if given:
-        raise UsageError(f"{', '.join(given)} only apply to --queue {DELIVERY} or {ORDERED}")
+        verb = "applies" if len(given) == 1 else "apply"
+        raise UsageError(f"{', '.join(given)} {verb} only to --queue {DELIVERY} or {ORDERED}")
     settings = get_settings()
     if args.queue_url:
         settings = settings.model_copy(update={"delivery_queue_url": args.queue_url})
@@ -346,7 +350,8 @@ def _resubmit(args: argparse.Namespace) -> int:
         document = result.to_json()
         attention = None
         if not result.ok:
-            attention = f"{len(result.refused)} events stay in their queue (the intake refuses them)" + (
+            stay = f"{_count(len(result.refused), 'event')} {'stays' if len(result.refused) == 1 else 'stay'}"
+            attention = f"{stay} in their queue (the intake refuses them)" + (
                 f"; {result.error}" if result.error else ""
             )
         return document, format_resubmit(document), attention
@@ -438,10 +443,12 @@ def _behind_shown(document: dict[str, Any], depth: int, scanned: int) -> str:
     )
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def format_redrive(document: dict[str, Any]) -> str:
     lines = []
-    if document["fallbackReason"]:
-        lines.append(f"note: {document['fallbackReason']}")
     mode = document["mode"]
     task = document["task"]
     if mode == "move-task" and task is not None:
