@@ -11,8 +11,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from botocore.config import Config
 from support.waiting import wait_until
 
+from relay.adapters.aws import new_client
 from relay.local.aws_stack import LocalResources
 from relay.local.lambda_runtime import LocalFunction
 from relay.local.poller import SqsEventSource, SqsPoller
@@ -207,6 +209,45 @@ def test_the_batching_window_gathers_messages_sent_apart(aws_stack: LocalResourc
 
     # Then they reach the function as one batch
     assert [[r["body"] for r in batch] for batch in consumer.batches] == [["w1", "w2", "w3"]]
+
+
+def test_a_window_longer_than_the_clients_read_timeout_still_hands_the_batch(
+    aws_stack: LocalResources,
+) -> None:
+    # Given a poller whose SQS client gives up reading after 2 s, gathering for 5 s
+    sqs = new_client(
+        "sqs",
+        endpoint_url=aws_stack.endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+        config=Config(read_timeout=2, retries={"max_attempts": 1}),
+    )
+    source = dataclasses.replace(
+        SqsEventSource.from_template(aws_stack.template), batch_size=10, batching_window_seconds=5
+    )
+    consumer = Consumer()
+    function = LocalFunction.from_template(aws_stack.template, "DispatcherFunction", handler=consumer)
+
+    # When one message arrives and nothing follows it while the window is open
+    with SqsPoller(source, function, sqs):
+        send(aws_stack.delivery_queue_url, "alone")
+
+        # Then no receive outwaits the client (its messages would stay hidden, invoked by no one)
+        wait_until(lambda: consumer.bodies == ["alone"], what="the message handed to the function")
+
+
+def test_a_client_too_impatient_to_long_poll_is_refused(aws_stack: LocalResources) -> None:
+    sqs = new_client(
+        "sqs",
+        endpoint_url=aws_stack.endpoint_url,
+        region_name="us-east-1",
+        config=Config(read_timeout=1),
+    )
+    function = LocalFunction.from_template(aws_stack.template, "DispatcherFunction", handler=Consumer())
+
+    with pytest.raises(ValueError, match=r"read timeout \(1 s\) is too short to long-poll"):
+        SqsPoller(SqsEventSource.from_template(aws_stack.template), function, sqs)
 
 
 def test_maximum_concurrency_is_never_exceeded(aws_stack: LocalResources, make_poller: Any) -> None:

@@ -113,8 +113,11 @@ class SqsPoller:
         self.source = source
         self.function = function
         self.sqs = sqs
+        # A long poll must answer inside the client's read timeout: one that times out has still taken
+        # its messages, and they stay hidden until their visibility timeout, invoked by no one.
+        self.longest_wait_seconds = longest_wait_seconds(sqs)
         # Long-poll wait while a batch is empty; short so that stop() is prompt.
-        self.poll_wait_seconds = max(1, min(20, poll_wait_seconds))
+        self.poll_wait_seconds = max(1, min(self.longest_wait_seconds, poll_wait_seconds))
         self._stopping = threading.Event()
         self._paused = threading.Event()
         self._lock = threading.Condition()
@@ -212,7 +215,8 @@ class SqsPoller:
                 self._stopping.wait(remaining)
                 batch += self._receive(want, 0, turn_timeout=0)
                 break
-            batch += self._receive(want, min(20, math.floor(remaining)), turn_timeout=remaining)
+            wait = min(self.longest_wait_seconds, math.floor(remaining))
+            batch += self._receive(want, wait, turn_timeout=remaining)
         return batch
 
     def _receive(
@@ -318,6 +322,17 @@ class SqsPoller:
                     for i, m in enumerate(chunk)
                 ],
             )
+
+
+def longest_wait_seconds(sqs: Any) -> int:
+    """The longest ReceiveMessage wait (whole seconds, at most SQS's 20) that still leaves ``sqs``'s
+    client a second of its read timeout for the answer to arrive."""
+    read_timeout = float(sqs.meta.config.read_timeout)
+    if read_timeout < 2:
+        raise ValueError(
+            f"the SQS client's read timeout ({read_timeout:g} s) is too short to long-poll (2 s or more)"
+        )
+    return min(20, math.floor(read_timeout) - 1)
 
 
 def lambda_record(message: Mapping[str, Any], queue_arn: str, region: str) -> dict[str, Any]:
