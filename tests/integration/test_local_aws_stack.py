@@ -11,7 +11,7 @@ from pathlib import Path
 from support.waiting import wait_until
 
 from relay.local.aws_stack import LocalResources
-from relay.settings import get_settings
+from relay.settings import Settings, get_settings
 from relay.wiring import aws_client, aws_clients
 
 
@@ -70,6 +70,24 @@ def test_function_environment_resolves_to_the_created_resources(aws_stack: Local
         .head_bucket(Bucket=aws_stack.audit_bucket)["ResponseMetadata"]["HTTPStatusCode"]
         == 200
     )
+
+
+def test_operator_tools_keep_the_default_aws_call_bounds_not_a_functions(aws_stack: LocalResources) -> None:
+    # Given a template whose functions each bound their AWS calls to fit their own timeouts
+    functions = [
+        aws_stack.template.function(logical_id).environment
+        for logical_id in aws_stack.template.resources_of_type("AWS::Serverless::Function")
+    ]
+    assert any("AWS_READ_TIMEOUT_SECONDS" in environment for environment in functions)
+
+    # When the tests and operator tools read the deployment's settings
+    settings = get_settings()
+
+    # Then they have the defaults, as against AWS, where no Lambda timeout limits them
+    defaults = Settings.model_validate({})
+    assert settings.aws_read_timeout_seconds == defaults.aws_read_timeout_seconds
+    assert settings.aws_connect_timeout_seconds == defaults.aws_connect_timeout_seconds
+    assert settings.aws_max_attempts == defaults.aws_max_attempts
 
 
 def test_the_moto_server_dies_with_its_parent_even_on_sigkill(tmp_path: Path) -> None:

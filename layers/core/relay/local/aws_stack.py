@@ -23,6 +23,10 @@ from relay.adapters.aws import new_client
 from relay.local.template import FunctionSpec, PhysicalResource, Template
 
 REGION = "us-east-1"
+# Settings a function tunes to its own timeout (relay.settings), never the deployment's.
+FUNCTION_AWS_CALL_BOUNDS = frozenset(
+    {"AWS_CONNECT_TIMEOUT_SECONDS", "AWS_READ_TIMEOUT_SECONDS", "AWS_MAX_ATTEMPTS"}
+)
 SLOW_QUEUE = "SlowDeliveryQueue"
 # Dummy credentials: moto accepts anything, and real AWS must never be reached from local mode.
 LOCAL_CREDENTIALS = {
@@ -193,13 +197,17 @@ def deployment_environment(template: Template) -> dict[str, str]:
 
     The slow lane's dispatcher is left out: its ``DELIVERY_QUEUE_URL`` (its own queue) and
     ``DISPATCH_LANE`` describe its lane, not the deployment; the intake and the fast lane name the
-    DeliveryQueue."""
+    DeliveryQueue. So are the AWS call bounds (``FUNCTION_AWS_CALL_BOUNDS``): each function sets its
+    own to fit its timeout, and an operator tool, which no Lambda timeout limits, runs on the defaults
+    locally as it does against AWS (its long polls need a read timeout longer than their wait)."""
     env: dict[str, str] = {}
     for logical_id in template.resources_of_type("AWS::Serverless::Function"):
         environment = template.function(logical_id).environment
         if environment.get("DISPATCH_LANE", "fast") != "fast":
             continue
         for name, value in environment.items():
+            if name in FUNCTION_AWS_CALL_BOUNDS:
+                continue
             if value or name not in env:
                 env[name] = value
     return env
