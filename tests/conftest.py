@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support.handlers import Handler, load_handler
+from support.lambda_context import own_call_bounds
 
 from relay.local.aws_stack import LocalResources, MotoServer, create_resources, forget_cached_configuration
 from relay.local.template import load_template
@@ -56,6 +58,21 @@ def aws_stack(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[L
     forget_cached_configuration()
     yield resources
     forget_cached_configuration()
+
+
+@pytest.fixture
+def function_handler(aws_stack: LocalResources, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], Handler]:
+    """Loads functions/<name>'s handler to run as in Lambda: in ``aws_stack``'s environment plus the
+    function's own AWS call bounds, without which it would run on the operator tools' defaults, whose
+    worst case (connect + read timeout) is sized for no Lambda timeout (the intake's 8 s holds one)."""
+
+    def load(name: str) -> Handler:
+        for key, value in own_call_bounds(name).items():
+            monkeypatch.setenv(key, value)
+        forget_cached_configuration()
+        return load_handler(name)
+
+    return load
 
 
 @pytest.fixture(autouse=True)

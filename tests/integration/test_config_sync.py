@@ -9,12 +9,13 @@ import json
 import re
 import secrets
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
 from support.events import api_gateway_event, eventbridge_event
-from support.handlers import load_handler
+from support.handlers import Handler
 from support.lambda_context import lambda_context
 from support.queues import drain
 from support.waiting import wait_until
@@ -393,7 +394,7 @@ def test_a_target_of_a_rejected_integration_is_not_stored_for_the_first_time(gen
 
 
 def test_the_eventbridge_integration_gets_its_own_record_and_its_targets_receive_its_events(
-    genesys: FakeGenesys, monkeypatch: pytest.MonkeyPatch
+    genesys: FakeGenesys, monkeypatch: pytest.MonkeyPatch, function_handler: Callable[[str], Handler]
 ) -> None:
     # Given the EventBridge path's integration, which is not an Open Messaging integration (Genesys has
     # none to read for it), and a target that receives its events
@@ -413,7 +414,7 @@ def test_the_eventbridge_integration_gets_its_own_record_and_its_targets_receive
 
     # And a Genesys EventBridge event fans out to that target, while a webhook naming it is refused
     # (through the handler, as Lambda calls it: its metrics are flushed, not left for the next test)
-    intake = load_handler("intake")
+    intake = function_handler("intake")
     assert intake(eventbridge_event(), lambda_context("intake"))["status"] == "accepted"
     queued = drain(get_settings().need("delivery_queue_url"))
     assert [json.loads(record["body"])["targetId"] for record in queued] == [CRM.id]
@@ -432,7 +433,7 @@ def _synced_then_crm_moved(genesys: FakeGenesys, monkeypatch: pytest.MonkeyPatch
 
 
 def test_a_target_moved_to_another_integration_no_longer_receives_the_old_ones_events(
-    genesys: FakeGenesys, monkeypatch: pytest.MonkeyPatch
+    genesys: FakeGenesys, monkeypatch: pytest.MonkeyPatch, function_handler: Callable[[str], Handler]
 ) -> None:
     # Given both targets synced, then the CRM target pointed at the EventBridge integration in Genesys
     eventbridge_id = _synced_then_crm_moved(genesys, monkeypatch)
@@ -449,7 +450,7 @@ def test_a_target_moved_to_another_integration_no_longer_receives_the_old_ones_e
     assert new is not None and new.target(CRM.id) is not None
 
     # And a webhook event of the old integration fans out to the target that stayed, not the moved one
-    intake = load_handler("intake")
+    intake = function_handler("intake")
     assert intake(api_gateway_event(), lambda_context("intake"))["statusCode"] == 202
     queued = drain(get_settings().need("delivery_queue_url"))
     assert [json.loads(record["body"])["targetId"] for record in queued] == [ARCHIVE.id]

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 from support.aws_proxy import answer, forward
-from support.handlers import load_handler
+from support.handlers import Handler
 from support.lambda_context import lambda_context
 from test_dispatch_support import PLAIN_TARGET, seed_target, task_record
 
 from relay.local.aws_stack import LocalResources, forget_cached_configuration
 from relay.local.loopback import LoopbackServer
 from relay.local.receiver import Receiver
-from relay.local.template import load_template
 
 pytestmark = pytest.mark.integration
 
@@ -53,20 +53,15 @@ class S3ThatHangs:
         self._server.stop()
 
 
-def with_the_dispatchers_aws_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The AWS call bounds template.yaml gives the DispatcherFunction, set as its environment sets them."""
-    dispatcher = load_template().function("DispatcherFunction")
-    for name in ("AWS_CONNECT_TIMEOUT_SECONDS", "AWS_READ_TIMEOUT_SECONDS", "AWS_MAX_ATTEMPTS"):
-        monkeypatch.setenv(name, dispatcher.environment[name])
-
-
 def test_an_audit_write_that_hangs_ends_inside_the_timeout_and_the_delivery_is_not_sent_again(
-    aws_stack: LocalResources, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+    aws_stack: LocalResources,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+    function_handler: Callable[[str], Handler],
 ) -> None:
     # Given the dispatcher's AWS bounds from template.yaml, a target that answers at once, and S3 (the
     # audit and archive objects) stalling on every PUT, in an invocation given 8 s: each PUT's tries
     # (3 of up to 3 s) would add up past it
-    with_the_dispatchers_aws_bounds(monkeypatch)
     monkeypatch.setenv("CONNECT_TIMEOUT_SECONDS", "0.5")
     monkeypatch.setenv("READ_TIMEOUT_SECONDS", "1")
     seed_target(aws_stack, f"{receiver.url}/hooks/crm", target_id=PLAIN_TARGET)
@@ -78,7 +73,7 @@ def test_an_audit_write_that_hangs_ends_inside_the_timeout_and_the_delivery_is_n
 
         # When the handler gets a batch of one task
         started = time.monotonic()
-        response = load_handler("dispatcher")({"Records": [task_record(PLAIN_TARGET)]}, context)
+        response = function_handler("dispatcher")({"Records": [task_record(PLAIN_TARGET)]}, context)
         took = time.monotonic() - started
     finally:
         s3.close()

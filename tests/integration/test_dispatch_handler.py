@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from support.events import sample
-from support.handlers import load_handler
+from support.handlers import Handler
 from support.lambda_context import lambda_context
 from support.queues import drain
 from test_dispatch_support import (
@@ -23,6 +24,7 @@ from test_dispatch_support import (
 )
 
 from relay.local.aws_stack import LocalResources
+from relay.local.lambda_runtime import LambdaContext
 from relay.local.receiver import Behaviour, Receiver
 from relay.observability import logger
 from relay.wiring import aws_client
@@ -30,14 +32,24 @@ from relay.wiring import aws_client
 pytestmark = pytest.mark.integration
 
 
-def invoke(event: dict[str, Any]) -> dict[str, Any]:
-    """The template's dispatcher handler, freshly loaded, called as Lambda calls it."""
-    response: dict[str, Any] = load_handler("dispatcher")(event, lambda_context("dispatcher"))
-    return response
+Invoke = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture
+def invoke(function_handler: Callable[[str], Handler]) -> Invoke:
+    """Calls the template's dispatcher handler, freshly loaded, as Lambda calls it (with ``context``,
+    or a fresh one)."""
+
+    def call(event: dict[str, Any], context: LambdaContext | None = None) -> dict[str, Any]:
+        handler = function_handler("dispatcher")
+        response: dict[str, Any] = handler(event, context or lambda_context("dispatcher"))
+        return response
+
+    return call
 
 
 def test_a_batch_reaches_the_receiver_as_signed_2_1_envelopes(
-    aws_stack: LocalResources, receiver: Receiver
+    aws_stack: LocalResources, receiver: Receiver, invoke: Invoke
 ) -> None:
     # Given both sample targets pointing at a loopback receiver, one of them encrypting
     seed_target(aws_stack, f"{receiver.url}/hooks/crm", target_id=PLAIN_TARGET)
@@ -58,7 +70,7 @@ def test_a_batch_reaches_the_receiver_as_signed_2_1_envelopes(
 
 
 def test_every_log_line_of_an_invocation_carries_its_request_id(
-    aws_stack: LocalResources, receiver: Receiver, caplog: pytest.LogCaptureFixture
+    aws_stack: LocalResources, receiver: Receiver, invoke: Invoke, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given a target that fails, so the dispatcher logs its attempts
     receiver.behaviour = Behaviour(status=503)
@@ -66,7 +78,7 @@ def test_every_log_line_of_an_invocation_carries_its_request_id(
     context = lambda_context("dispatcher")
 
     # When the handler gets a batch
-    load_handler("dispatcher")({"Records": [task_record(PLAIN_TARGET)]}, context)
+    invoke({"Records": [task_record(PLAIN_TARGET)]}, context)
 
     # Then each line it logged, as powertools prints it, names the invocation and the cold start
     printed = [
@@ -79,7 +91,7 @@ def test_every_log_line_of_an_invocation_carries_its_request_id(
 
 
 def test_failed_records_are_reported_as_batch_item_failures(
-    aws_stack: LocalResources, receiver: Receiver
+    aws_stack: LocalResources, receiver: Receiver, invoke: Invoke
 ) -> None:
     # Given a receiver that answers 503 to every request
     receiver.behaviour = Behaviour(status=503)
@@ -98,7 +110,7 @@ def test_failed_records_are_reported_as_batch_item_failures(
 
 
 def test_a_claim_checked_event_is_read_from_s3_and_delivered(
-    aws_stack: LocalResources, receiver: Receiver
+    aws_stack: LocalResources, receiver: Receiver, invoke: Invoke
 ) -> None:
     # Given an event the intake stored in the audit bucket (too large for SQS) and a task referring to it
     seed_target(aws_stack, f"{receiver.url}/hooks/crm", target_id=PLAIN_TARGET)
@@ -136,7 +148,7 @@ def _claim_checked_record(resources: LocalResources, stored: bytes) -> dict[str,
     "stored", [b"[1, 2]", b'"text"', b"{not json", b"\xff\xfe{}", b'{"f": 1e400}', b'{"f": NaN}', b""]
 )
 def test_a_claim_checked_event_that_is_not_a_json_object_is_dead_lettered_as_poison(
-    aws_stack: LocalResources, receiver: Receiver, stored: bytes
+    aws_stack: LocalResources, receiver: Receiver, invoke: Invoke, stored: bytes
 ) -> None:
     # Given a task whose claim-checked object is not a JSON object a receiver could read
     seed_target(aws_stack, f"{receiver.url}/hooks/crm", target_id=PLAIN_TARGET)
@@ -164,7 +176,7 @@ def _expire(resources: LocalResources, record: dict[str, Any]) -> str:
 
 @pytest.mark.parametrize("gone", ["expired", "never-stored"])
 def test_a_task_whose_claim_check_is_gone_is_dead_lettered_at_once_as_claim_check_missing(
-    aws_stack: LocalResources, receiver: Receiver, gone: str
+    aws_stack: LocalResources, receiver: Receiver, invoke: Invoke, gone: str
 ) -> None:
     # Given a redriven task (a fresh try, attempts 0) whose claim-check object expired under it, or
     # was never there
@@ -194,7 +206,7 @@ def test_a_task_whose_claim_check_is_gone_is_dead_lettered_at_once_as_claim_chec
 
 
 def test_a_claim_check_s3_cannot_read_is_retried_as_a_dependency_failure(
-    aws_stack: LocalResources, receiver: Receiver
+    aws_stack: LocalResources, receiver: Receiver, invoke: Invoke
 ) -> None:
     # Given a task pointing at a bucket that does not exist (S3 answers 404 NoSuchBucket: the deployment,
     # not the event, is wrong)
@@ -216,7 +228,7 @@ def test_a_claim_check_s3_cannot_read_is_retried_as_a_dependency_failure(
 
 @pytest.mark.parametrize("event_json", ["[1, 2]", "{not json", '{"f": 1e400}', '{"a": 1} {"b": 2}'])
 def test_an_inline_event_that_is_not_a_json_object_is_dead_lettered_as_poison(
-    aws_stack: LocalResources, receiver: Receiver, event_json: str
+    aws_stack: LocalResources, receiver: Receiver, invoke: Invoke, event_json: str
 ) -> None:
     seed_target(aws_stack, f"{receiver.url}/hooks/crm", target_id=PLAIN_TARGET)
     record = task_record(PLAIN_TARGET)
@@ -227,7 +239,7 @@ def test_an_inline_event_that_is_not_a_json_object_is_dead_lettered_as_poison(
 
 
 def test_a_task_of_the_earlier_shape_is_still_delivered(
-    aws_stack: LocalResources, receiver: Receiver
+    aws_stack: LocalResources, receiver: Receiver, invoke: Invoke
 ) -> None:
     # Given a message queued before eventJson: schemaVersion 1, the event as an object
     seed_target(aws_stack, f"{receiver.url}/hooks/crm", target_id=PLAIN_TARGET)

@@ -15,14 +15,14 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.events import api_gateway_event, sample, sqs_batch, sqs_record
-from support.handlers import load_handler
+from support.handlers import Handler
 from support.lambda_context import lambda_context
 from support.queues import drain
 from test_dispatch_support import (
@@ -328,10 +328,19 @@ def both_targets(aws_stack: LocalResources, receiver: Receiver) -> None:
     put_secret(secret_name(SecretKind.SIGNATURE, INTEGRATION_ID), RotatingSecret(current=SIGNATURE_SECRET))
 
 
-def _post(body: str) -> dict[str, Any]:
-    event = api_gateway_event(body, sign_with=SIGNATURE_SECRET)
-    response: dict[str, Any] = load_handler("intake")(event, lambda_context("intake"))
-    return response
+Post = Callable[[str], dict[str, Any]]
+
+
+@pytest.fixture
+def post(function_handler: Callable[[str], Handler]) -> Post:
+    """Posts a body to the template's intake handler, signed as Genesys signs it."""
+
+    def call(body: str) -> dict[str, Any]:
+        event = api_gateway_event(body, sign_with=SIGNATURE_SECRET)
+        response: dict[str, Any] = function_handler("intake")(event, lambda_context("intake"))
+        return response
+
+    return call
 
 
 def _with_field(value: str, *, padding: int = 0) -> str:
@@ -341,9 +350,9 @@ def _with_field(value: str, *, padding: int = 0) -> str:
 
 @pytest.mark.parametrize("number", ["1e400", "-1e400", "NaN", "-Infinity"])
 def test_a_number_no_float_holds_is_400_at_the_intake_and_nothing_is_queued(
-    aws_stack: LocalResources, both_targets: None, number: str
+    aws_stack: LocalResources, both_targets: None, post: Post, number: str
 ) -> None:
-    response = _post(_with_field(number))
+    response = post(_with_field(number))
     assert response["statusCode"] == 400
     answer = json.loads(response["body"])
     assert answer["error"] == "bad_request" and number in answer["message"] and "finite" in answer["message"]
@@ -352,7 +361,12 @@ def test_a_number_no_float_holds_is_400_at_the_intake_and_nothing_is_queued(
 
 @pytest.mark.parametrize("claim_checked", [False, True])
 def test_1e2_and_a_long_decimal_arrive_unchanged_plain_and_encrypted(
-    aws_stack: LocalResources, both_targets: None, receiver: Receiver, claim_checked: bool
+    aws_stack: LocalResources,
+    both_targets: None,
+    post: Post,
+    function_handler: Callable[[str], Handler],
+    receiver: Receiver,
+    claim_checked: bool,
 ) -> None:
     # Given a signed message with numbers a re-encoding would respell (large enough for S3 if asked)
     body = _with_field(
@@ -360,13 +374,13 @@ def test_1e2_and_a_long_decimal_arrive_unchanged_plain_and_encrypted(
     )
 
     # When the intake accepts it and the dispatcher delivers what it queued
-    response = _post(body)
+    response = post(body)
     assert response["statusCode"] == 202, response
     answer = json.loads(response["body"])
     assert answer["claimCheck"] is claim_checked
     records = drain(aws_stack.delivery_queue_url)
     assert len(records) == 2
-    dispatcher = load_handler("dispatcher")
+    dispatcher = function_handler("dispatcher")
     assert dispatcher(sqs_batch(*records), lambda_context("dispatcher")) == {"batchItemFailures": []}
 
     # Then both targets hold exactly the bytes Genesys sent

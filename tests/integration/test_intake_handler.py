@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from misbehaving_peer import Answer, misbehaving_peer
 from support.aws_proxy import answer, forward
 from support.events import api_gateway_event, sample, sqs_record
-from support.handlers import Handler, load_handler
+from support.handlers import Handler
 from support.lambda_context import lambda_context
 from support.queues import drain
 from test_dispatch_support import put_secret, secret_name
@@ -57,8 +58,8 @@ def queued_tasks(queue_url: str) -> list[DeliveryTask]:
 
 
 @pytest.fixture
-def intake_handler(aws_stack: LocalResources) -> Handler:
-    return load_handler("intake")
+def intake_handler(function_handler: Callable[[str], Handler]) -> Handler:
+    return function_handler("intake")
 
 
 def test_signed_text_event_is_queued_once_per_target(

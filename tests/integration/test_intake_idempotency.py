@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 from support.aws_proxy import answer, forward
 from support.events import api_gateway_event, sample
-from support.handlers import load_handler
+from support.handlers import Handler
 from support.lambda_context import lambda_context
 from support.queues import drain
 from test_dispatch_support import ManualClock
@@ -185,10 +186,12 @@ def test_an_unreachable_table_is_dependency_unavailable(
     assert "ResourceNotFoundException" in str(caught.value)
 
 
-def test_one_instant_spelled_three_ways_is_queued_once_through_dynamodb(aws_stack: LocalResources) -> None:
+def test_one_instant_spelled_three_ways_is_queued_once_through_dynamodb(
+    aws_stack: LocalResources, function_handler: Callable[[str], Handler]
+) -> None:
     # Given the intake handler with the fixtures' integration, and a message accepted once
     seed_fixture_integrations()
-    handler = load_handler("intake")
+    handler = function_handler("intake")
     message = sample("openmessaging_text.json")
     message["channel"]["time"] = "2026-03-25T10:00:00Z"
     first = handler(api_gateway_event(message), lambda_context("intake"))

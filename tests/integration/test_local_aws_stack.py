@@ -6,8 +6,11 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+from support.handlers import Handler
 from support.waiting import wait_until
 
 from relay.local.aws_stack import LocalResources
@@ -88,6 +91,31 @@ def test_operator_tools_keep_the_default_aws_call_bounds_not_a_functions(aws_sta
     assert settings.aws_read_timeout_seconds == defaults.aws_read_timeout_seconds
     assert settings.aws_connect_timeout_seconds == defaults.aws_connect_timeout_seconds
     assert settings.aws_max_attempts == defaults.aws_max_attempts
+
+
+@pytest.mark.parametrize("function", ["intake", "dispatcher"])
+def test_a_handler_a_test_loads_runs_on_its_functions_own_aws_call_bounds(
+    aws_stack: LocalResources, function_handler: Callable[[str], Handler], function: str
+) -> None:
+    # Given the template's bounds for the function, sized to fit its timeout
+    (logical_id,) = [
+        logical_id
+        for logical_id in aws_stack.template.resources_of_type("AWS::Serverless::Function")
+        if aws_stack.template.function(logical_id).code_dir.name == function
+        and aws_stack.template.function(logical_id).environment.get("DISPATCH_LANE", "fast") == "fast"
+    ]
+    own = aws_stack.template.function(logical_id).environment
+
+    # When a test loads the function's handler
+    function_handler(function)
+
+    # Then the settings it runs on are the function's, not the operator tools' defaults: with those
+    # (2 s to connect, 5 s to read) a single intake call's worst case leaves no room for a second one
+    # inside its 8 s timeout, and a slow moto turned a valid post into a 503
+    settings = get_settings()
+    assert settings.aws_connect_timeout_seconds == float(own["AWS_CONNECT_TIMEOUT_SECONDS"])
+    assert settings.aws_read_timeout_seconds == float(own["AWS_READ_TIMEOUT_SECONDS"])
+    assert settings.aws_max_attempts == int(own["AWS_MAX_ATTEMPTS"])
 
 
 def test_the_moto_server_dies_with_its_parent_even_on_sigkill(tmp_path: Path) -> None:

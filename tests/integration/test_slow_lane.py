@@ -5,9 +5,10 @@ and the lane itself lives in the target's BreakerTable item."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
-from support.handlers import load_handler
+from support.handlers import Handler
 from support.lambda_context import lambda_context
 from support.queues import drain
 from test_dispatch_support import INTEGRATION_ID, PLAIN_TARGET, attr, seed_target, task_record
@@ -65,7 +66,7 @@ def test_a_slow_lane_that_cannot_be_reached_keeps_the_records_with_the_caller(
 
 
 def test_the_fast_lane_routes_a_slow_target_and_the_slow_lane_delivers_it(
-    aws_stack: LocalResources, receiver: Receiver
+    aws_stack: LocalResources, receiver: Receiver, function_handler: Callable[[str], Handler]
 ) -> None:
     # Given a target whose lane is slow in the BreakerTable
     seed_target(aws_stack, f"{receiver.url}/hooks/crm")
@@ -76,7 +77,7 @@ def test_the_fast_lane_routes_a_slow_target_and_the_slow_lane_delivers_it(
     record = task_record(attempts=1, receive_count=1)
 
     # When the fast lane's handler (the template's DispatcherFunction) gets one of its records
-    response = load_handler("dispatcher")({"Records": [record]}, lambda_context("dispatcher"))
+    response = function_handler("dispatcher")({"Records": [record]}, lambda_context("dispatcher"))
 
     # Then nothing was sent to the target, the record is done here and waits in the slow lane's queue
     assert response == {"batchItemFailures": []}

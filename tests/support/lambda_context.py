@@ -1,7 +1,8 @@
 """The context object Lambda passes a handler, for tests that call a handler themselves.
 
 The same class the local stack passes (relay.local.lambda_runtime.LambdaContext), filled in from the
-function's template.yaml entry: its name, memory, and a deadline of its Timeout from now.
+function's template.yaml entry: its name, memory, and a deadline of its Timeout from now. Also that
+entry's AWS call bounds (``own_call_bounds``), which a function sets for itself to fit its Timeout.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
+from relay.local.aws_stack import FUNCTION_AWS_CALL_BOUNDS
 from relay.local.lambda_runtime import LambdaContext
 from relay.local.template import load_template
 from support.handlers import FUNCTIONS
@@ -21,6 +23,7 @@ class _Function:
     timeout_seconds: float
     region: str
     account_id: str
+    call_bounds: tuple[tuple[str, str], ...]
 
 
 @cache
@@ -40,7 +43,18 @@ def _function(name: str) -> _Function:
         timeout_seconds=template.function(logical_id).timeout_seconds,
         region=template.pseudo["AWS::Region"],
         account_id=template.pseudo["AWS::AccountId"],
+        call_bounds=tuple(
+            (key, value)
+            for key, value in template.function(logical_id).environment.items()
+            if key in FUNCTION_AWS_CALL_BOUNDS
+        ),
     )
+
+
+def own_call_bounds(name: str) -> dict[str, str]:
+    """functions/<name>'s AWS call bounds (timeouts, tries) from its template environment: the one part
+    of a function's environment the deployment's (``aws_stack``'s) leaves out, for it is the function's."""
+    return dict(_function(name).call_bounds)
 
 
 def lambda_context(name: str, *, timeout_seconds: float | None = None) -> LambdaContext:
