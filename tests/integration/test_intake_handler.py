@@ -183,13 +183,10 @@ def test_sqs_unavailable_is_503_with_retry_after_and_the_retry_queues(
     assert len(drain(aws_stack.delivery_queue_url)) == 2
 
 
-def with_the_intakes_aws_bounds(monkeypatch: pytest.MonkeyPatch) -> float:
-    """The AWS call bounds template.yaml gives the IntakeFunction, set as its environment sets them;
-    the function's Timeout."""
-    intake = load_template().function("IntakeFunction")
-    for name in ("AWS_CONNECT_TIMEOUT_SECONDS", "AWS_READ_TIMEOUT_SECONDS", "AWS_MAX_ATTEMPTS"):
-        monkeypatch.setenv(name, intake.environment[name])
-    return intake.timeout_seconds
+def intake_timeout_seconds() -> float:
+    """The IntakeFunction's Timeout in template.yaml (its AWS call bounds, which must fit inside it, are
+    set by the ``intake_handler`` fixture)."""
+    return load_template().function("IntakeFunction").timeout_seconds
 
 
 def test_aws_that_hangs_is_503_with_retry_after_inside_the_functions_timeout(
@@ -197,7 +194,7 @@ def test_aws_that_hangs_is_503_with_retry_after_inside_the_functions_timeout(
 ) -> None:
     # Given the intake's function settings from template.yaml, and every AWS endpoint accepting
     # connections but never answering (a hung dependency, not a refusing one)
-    timeout_seconds = with_the_intakes_aws_bounds(monkeypatch)
+    timeout_seconds = intake_timeout_seconds()
     with misbehaving_peer(lambda *_: Answer(after="hold")) as silent:
         monkeypatch.setenv("AWS_ENDPOINT_URL", silent.url)
         forget_cached_configuration()
@@ -245,7 +242,7 @@ def test_aws_that_answers_each_call_slowly_is_503_before_the_calls_add_up_past_t
     # Given the intake's function settings from template.yaml, and AWS answering every call 2.5 s late:
     # each call fits its 3 s read timeout, but the intake's calls together do not fit its 8 s
     seed_fixture_integrations()
-    timeout_seconds = with_the_intakes_aws_bounds(monkeypatch)
+    timeout_seconds = intake_timeout_seconds()
     slow = SlowAws(aws_stack.endpoint_url, delay=2.5)
     try:
         monkeypatch.setenv("AWS_ENDPOINT_URL", slow.url)
