@@ -13,16 +13,19 @@ import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from uuid import uuid4
 
 import pytest
+from support.aws_proxy import answer, forward
 from support.queues import drain
 from support.waiting import wait_until
 
 from relay.cli import main
 from relay.errors import MoveTaskUnavailable
-from relay.local.aws_stack import LocalResources
+from relay.local.aws_stack import LocalResources, forget_cached_configuration
+from relay.local.loopback import LoopbackServer
 from relay.logic.dlq import RedriveOptions, redrive
 from relay.models.delivery import (
     ATTR_ATTEMPTS,
@@ -287,26 +290,64 @@ def test_dry_run_without_filters_prints_what_would_move(
     assert len(drain(aws_stack.dead_letter_queue_url)) == 8
 
 
-def test_a_failed_send_deletes_nothing_from_the_dlq(
-    aws_stack: LocalResources, seeded: list[Seeded], capsys: pytest.CaptureFixture[str]
-) -> None:
-    # Given: a destination queue that refuses the copies (a FIFO queue: each needs a message group)
-    sqs = aws_client("sqs")
-    refusing = sqs.create_queue(
-        QueueName=f"{aws_stack.prefix}-refusing.fifo", Attributes={"FifoQueue": "true"}
-    )["QueueUrl"]
+class SqsRefusingSends:
+    """A loopback endpoint in front of moto that answers every SendMessageBatch with an error (as SQS
+    does to a request it refuses) and forwards every other call."""
 
-    # When (re-sending: the move task would already refuse a destination it cannot resolve)
-    code, out, _ = run_cli(
-        capsys, "redrive", "--queue-url", refusing, "--method", "resend", "--format", "json"
-    )
+    def __init__(self, upstream: str) -> None:
+        endpoint = self
+        self.refused = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                if self.headers.get("X-Amz-Target") != "AmazonSQS.SendMessageBatch":
+                    answer(self, forward(self, upstream, timeout=30))
+                    return
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                endpoint.refused += 1
+                refusal = b'{"__type": "com.amazonaws.sqs#InvalidParameterValue", "message": "refused"}'
+                self.send_response(400)
+                self.send_header("Content-Type", "application/x-amz-json-1.0")
+                self.send_header("Content-Length", str(len(refusal)))
+                self.end_headers()
+                self.wfile.write(refusal)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = LoopbackServer(Handler, name="sqs-refusing-sends")
+        self.url = f"http://127.0.0.1:{self._server.start()}"
+
+    def __enter__(self) -> SqsRefusingSends:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.stop()
+
+
+def test_a_failed_send_deletes_nothing_from_the_dlq(
+    aws_stack: LocalResources,
+    seeded: list[Seeded],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given: SQS refusing the copies sent to the delivery queue
+    with SqsRefusingSends(aws_stack.endpoint_url) as sqs:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", sqs.url)
+        forget_cached_configuration()
+
+        # When (re-sending: the move task would send nothing itself)
+        code, out, _ = run_cli(capsys, "redrive", "--method", "resend", "--format", "json")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws_stack.endpoint_url)
+    forget_cached_configuration()
 
     # Then: the run says it failed, and every message is still in the DLQ (visible again at once)
-    assert code == 1
+    assert code == 1 and sqs.refused >= 1
     result = json.loads(out)
     assert result["moved"] == 0 and result["sendFailed"] > 0
     assert "nothing unsent was deleted" in result["error"]
     assert sorted(m["body"] for m in drain(aws_stack.dead_letter_queue_url)) == sorted(s.body for s in seeded)
+    assert drain(aws_stack.delivery_queue_url) == []
 
 
 def test_messages_that_arrive_after_the_run_started_are_left_for_the_next_run(

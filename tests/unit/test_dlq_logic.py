@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -27,6 +27,7 @@ from relay.logic.dlq import (
     RedriveResult,
     classify,
     group_dead_letters,
+    in_acceptance_order,
     redrive_attributes,
 )
 from relay.models.delivery import (
@@ -264,6 +265,63 @@ def test_an_empty_filter_matches_everything() -> None:
     assert not RedriveFilter.of().active
 
 
+def ordered_letter(group: str | None, accepted_minute: int | None) -> ReceivedMessage:
+    """A letter of ``group`` whose event the intake accepted at that minute (None: a body no task)."""
+    text = "not a task"
+    if accepted_minute is not None:
+        text = DeliveryTask(
+            delivery_id=uuid4(),
+            integration_id="int-1",
+            target_id="target-a",
+            event_id=f"{group}-{accepted_minute}",
+            received_at=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=accepted_minute),
+            event_json="{}",
+        ).model_dump_json(by_alias=True)
+    return ReceivedMessage(str(uuid4()), "rh", text, {}, 1_000, group_id=group)
+
+
+def test_a_conversations_letters_are_put_in_the_order_their_events_were_accepted() -> None:
+    # Given a batch as a FIFO DLQ hands it out: conversation a's first letter was redriven alone and
+    # failed again, so it came back behind a's second; b's and an ungrouped letter are between them
+    batch = [
+        ordered_letter("a", 2),
+        ordered_letter("b", 1),
+        ordered_letter(None, 9),
+        ordered_letter("a", 1),
+        ordered_letter("b", 5),
+    ]
+
+    # Then a's letters swap places, and everything else stays where it was
+    assert in_acceptance_order(batch) == [batch[3], batch[1], batch[2], batch[0], batch[4]]
+
+
+def test_a_conversation_with_a_letter_that_is_not_a_task_keeps_its_order() -> None:
+    batch = [ordered_letter("a", 2), ordered_letter("a", None), ordered_letter("a", 1)]
+    assert in_acceptance_order(batch) == batch
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["a", "b", "c", None]), st.integers(min_value=0, max_value=5)),
+        max_size=10,
+    )
+)
+def test_reordering_only_moves_letters_within_their_conversation_and_sorts_each_one(
+    letters: list[tuple[str | None, int]],
+) -> None:
+    batch = [ordered_letter(group, minute) for group, minute in letters]
+    reordered = in_acceptance_order(batch)
+    # Every place keeps its conversation, nothing is lost or doubled, letters without one stay
+    assert [m.group_id for m in reordered] == [m.group_id for m in batch]
+    assert sorted(m.message_id for m in reordered) == sorted(m.message_id for m in batch)
+    assert all(r is m for r, m in zip(reordered, batch, strict=True) if m.group_id is None)
+    # and each conversation reads in acceptance order, ties in the DLQ's order
+    for group in ("a", "b", "c"):
+        mine = [m for m in reordered if m.group_id == group]
+        keys = [(DeliveryTask.model_validate_json(m.body).received_at, batch.index(m)) for m in mine]
+        assert keys == sorted(keys)
+
+
 @pytest.mark.parametrize(
     ("options", "move_task"),
     [
@@ -279,6 +337,8 @@ def test_only_an_unfiltered_unbounded_real_run_uses_the_move_task(
     options: RedriveOptions, move_task: bool
 ) -> None:
     assert options.wants_move_task() is move_task
+    # An ordered (FIFO) DLQ is re-sent, in acceptance order, unless the move task is asked for by name
+    assert options.wants_move_task(ordered=True) is (move_task and options.method == "move-task")
 
 
 @pytest.mark.parametrize(

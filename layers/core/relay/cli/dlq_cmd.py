@@ -115,7 +115,8 @@ def register(subparsers: Any) -> None:
         "--method",
         choices=("auto", "move-task", "resend"),
         default="auto",
-        help="delivery: auto: SQS move task when nothing is filtered or bounded, else re-send; "
+        help="delivery: auto: SQS move task when nothing is filtered or bounded, else re-send "
+        "(ordered: always re-send, each conversation in the order it was accepted); "
         "resend: always re-send (fresh attempt counters); move-task: fail if SQS lacks it",
     )
     redrive.add_argument(

@@ -28,6 +28,7 @@ from relay.logic.dlq.letters import (
     RedriveFilter,
     classify,
     group_dead_letters,
+    in_acceptance_order,
     redrive_attributes,
 )
 from relay.logic.dlq.redrive import RedriveOptions, RedriveResult, redrive
@@ -57,6 +58,7 @@ __all__ = [
     "ResubmitOptions",
     "ResubmitResult",
     "classify",
+    "in_acceptance_order",
     "group_dead_letters",
     "list_dead_letters",
     "read_failed_event",

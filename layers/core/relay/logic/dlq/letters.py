@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -74,6 +75,36 @@ def classify(message: ReceivedMessage) -> DeadLetter:
         sent_timestamp_ms=message.sent_timestamp_ms,
         last_error=last_error if last_error and _ERROR_CODE.fullmatch(last_error) else None,
     )
+
+
+def in_acceptance_order(batch: Sequence[ReceivedMessage]) -> list[ReceivedMessage]:
+    """``batch`` with each conversation's letters (an ordered DLQ's message group) in the order the
+    intake accepted their events (the task's ``receivedAt``), in the places the group's letters held.
+
+    A FIFO DLQ holds a conversation's letters in the order they were dead-lettered, not accepted: a
+    letter redriven alone (``--max``, a filter) that fails again sits behind later letters of its
+    conversation. Letters without a group keep their places, and so does a group with a letter whose
+    body is not a task (its place in the conversation is unknown)."""
+    places: dict[str, list[int]] = {}
+    for index, message in enumerate(batch):
+        if message.group_id:
+            places.setdefault(message.group_id, []).append(index)
+    ordered = list(batch)
+    for indexes in places.values():
+        accepted = [_accepted_at(batch[i]) for i in indexes]
+        if len(indexes) < 2 or any(at is None for at in accepted):
+            continue
+        by_acceptance = sorted(zip(accepted, indexes, strict=True), key=lambda pair: (pair[0], pair[1]))
+        for place, (_, index) in zip(indexes, by_acceptance, strict=True):
+            ordered[place] = batch[index]
+    return ordered
+
+
+def _accepted_at(message: ReceivedMessage) -> datetime | None:
+    try:
+        return DeliveryTask.model_validate_json(message.body).received_at
+    except ValidationError:
+        return None
 
 
 @dataclass(frozen=True)

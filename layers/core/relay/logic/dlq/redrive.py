@@ -4,10 +4,14 @@ Either SQS moves everything (StartMessageMoveTask, polled until it ends) or the 
 re-sent and deleted here. The rule that keeps redrive lossless: a DLQ message is deleted only after SQS
 accepted its copy on the delivery queue; a failed send leaves it where it is and ends the run.
 
-The ordered DLQ (FIFO) hands out a conversation's letters in order; the re-send keeps it: each copy goes
-to the ordered queue in the letter's message group, one at a time, deduplicated on the letter's message
-id (a repeated run does not queue it twice), and a conversation stops at its first letter that stays
-behind (filtered out, arrived during the run, past --max, or refused), so no letter overtakes another.
+The ordered DLQ (FIFO) hands out a conversation's letters in the order they were dead-lettered; the
+re-send puts those it receives together back in the order the intake accepted them
+(``in_acceptance_order``: a letter redriven alone that failed again sits behind later ones). Each copy
+goes to the ordered queue in the letter's message group, one at a time, deduplicated on the letter's
+message id (a repeated run does not queue it twice), and a conversation stops at its first letter that
+stays behind (filtered out, arrived during the run, past --max, or refused), so no letter overtakes
+another. For the same reason an ordered DLQ is re-sent, not moved by SQS's move task, unless that is
+asked for (``--method move-task``: it keeps the DLQ's order), and its letters go only to a FIFO queue.
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from relay.errors import DependencyUnavailable, MoveTaskUnavailable
+from relay.errors import ConfigurationError, DependencyUnavailable, MoveTaskUnavailable
 from relay.logic.dlq import scan as scans
 from relay.logic.dlq.letters import (
     DeadLetterGroup,
     DeadLetterGroups,
     RedriveFilter,
     classify,
+    in_acceptance_order,
     redrive_attributes,
 )
 from relay.logic.dlq.scan import Progress, ProgressSink, Scan, no_progress, now_ms, work_through
@@ -53,9 +58,11 @@ class RedriveOptions:
                 "--target, --integration or --reason (leave --method out, or use --method resend)"
             )
 
-    def wants_move_task(self) -> bool:
-        """The move task moves everything, unchanged: only for an unfiltered, unbounded, real run."""
-        if self.method == "resend":
+    def wants_move_task(self, *, ordered: bool = False) -> bool:
+        """The move task moves everything, unchanged: only for an unfiltered, unbounded, real run. It
+        keeps a FIFO DLQ's order, the order its letters failed in: an ``ordered`` DLQ uses it only when
+        asked to (the re-send puts each conversation's letters back in the order they were accepted)."""
+        if self.method == "resend" or (ordered and self.method == "auto"):
             return False
         return not self._narrowed()
 
@@ -146,8 +153,16 @@ def redrive(
     stop: scans.StopRequested = scans.never,
 ) -> RedriveResult:
     """Move DLQ messages back to the delivery queue (see the module docstring for the rules)."""
+    ordered = _fifo(dlq_url)
+    if _fifo(queue_url) != ordered:
+        raise ConfigurationError(
+            f"an ordered DLQ's letters go back only to a FIFO queue (their conversation is its message "
+            f"group); {queue_url} is a standard queue"
+            if ordered
+            else f"a standard DLQ's letters go back only to a standard queue; {queue_url} is a FIFO queue"
+        )
     fallback_reason = None
-    if options.wants_move_task():
+    if options.wants_move_task(ordered=ordered):
         try:
             return _run_move_task(queues, dlq_url, queue_url, options, progress, sleep)
         except MoveTaskUnavailable as exc:
@@ -206,7 +221,7 @@ def _resend(
     carried: set[tuple[str, str]] = set()  # ("--target", id) and ("--integration", id) of every letter
 
     def move(batch: list[ReceivedMessage], scan: Scan) -> bool:
-        chosen = _choose(batch, options, groups, result, started_ms, stopped, carried)
+        chosen = _choose(in_acceptance_order(batch), options, groups, result, started_ms, stopped, carried)
         moved = options.dry_run or _move(queues, dlq_url, queue_url, chosen, scan, result, stopped)
         if chosen and not moved:
             return False  # the delivery queue or the DLQ stopped answering: keep what was not moved
@@ -310,6 +325,11 @@ def _move(
         result.moved += len(deleted)
         result.not_deleted += len(sent) - len(deleted)
     return True
+
+
+def _fifo(queue_url: str) -> bool:
+    """SQS names every FIFO queue, and so its URL, with the suffix .fifo (and no standard queue)."""
+    return queue_url.endswith(".fifo")
 
 
 def _stop(message: ReceivedMessage, stopped: set[str]) -> None:
