@@ -69,6 +69,7 @@ def fifo_record(
         event_id=f"{group}-{seq}",
         received_at=datetime.now(UTC),
         event_json=json.dumps({"id": f"{group}-{seq}", "seq": seq}),
+        conversation_id=f"conversation-{group}",
     )
     message_id = f"m-{group}-{seq}"
     return {
@@ -272,7 +273,7 @@ def test_the_last_attempt_failing_dead_letters_it_in_its_group_and_the_conversat
 
 
 def test_a_target_that_blocks_holds_the_conversation_behind_an_exhausted_record(
-    relays: list[OrderedRelay],
+    relays: list[OrderedRelay], caplog: pytest.LogCaptureFixture
 ) -> None:
     r = ordered_relay(relays, ordered_target(on_exhausted=OnExhausted.BLOCK), answers={"g-0": 400})
     refused, then = fifo_record("g", 0), fifo_record("g", 1)
@@ -284,6 +285,16 @@ def test_a_target_that_blocks_holds_the_conversation_behind_an_exhausted_record(
     assert r.ordered.holds == [(handles(refused, then), 3_600)]  # ORDERED_BLOCK_HOLD_SECONDS
     outcomes = [(line["eventId"], line["outcome"]) for line in r.audit_lines()]
     assert outcomes == [("g-0", "blocked"), ("g-1", "held")]
+    # and the warning behind the alarm names what an operator looks up: the delivery (`relay deliveries
+    # show` takes its id), its event and conversation, and when it is tried again
+    (warning,) = [log for log in caplog.records if log.getMessage() == "ordered conversation blocked"]
+    blocked = json.loads(refused["body"])
+    assert (warning.deliveryId, warning.eventId, warning.conversationId, warning.retryInSeconds) == (
+        blocked["deliveryId"],
+        "g-0",
+        "conversation-g",
+        3_600,
+    )
 
 
 @pytest.mark.parametrize(("age_days", "held"), [(13.0, True), (13.99, False)], ids=["in-time", "expiring"])

@@ -165,8 +165,17 @@ class OrderedSettler(Settler):
             hold = None
         line.update(outcome=audit.BLOCKED, dlqReason=reason.value, retryInSeconds=hold)
         batch.metrics.service_count(Metric.ORDERED_GROUP_BLOCKED)
+        task = item.task
         logger.warning(
             "ordered conversation blocked",
-            extra={"targetId": item.target.target_id, "messageId": item.record.message_id, "reason": reason},
+            extra={
+                "targetId": item.target.target_id,
+                "deliveryId": str(task.delivery_id),  # what `relay deliveries show` finds
+                "eventId": task.event_id,
+                "conversationId": task.conversation_id,
+                "messageId": item.record.message_id,
+                "reason": reason,
+                "retryInSeconds": hold,
+            },
         )
         batch.fail(item.record)
