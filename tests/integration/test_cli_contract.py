@@ -440,14 +440,14 @@ CASES = {
         ("dlq", "list", "--dlq-url", "{missing_queue}"),
         FAILED,
         "relay dlq list",
-        "DependencyUnavailable: SQS ",
+        r"DependencyUnavailable: SQS \w+ failed: no queue http://\S+-gone \(",
         aws=True,
     ),
     "dlq redrive to a queue that does not exist": Case(
         ("dlq", "redrive", "--max", "2", "--dlq-url", "{dlq}", "--queue-url", "{missing_queue}"),
         FAILED,
         "relay dlq redrive",
-        "DependencyUnavailable: SQS ",
+        r"DependencyUnavailable: SQS \w+ failed: no queue http://\S+-gone \(",
         aws=True,
     ),
     "dlq redrive dry run to a queue that does not exist": Case(
@@ -463,7 +463,7 @@ CASES = {
         ),
         FAILED,
         "relay dlq redrive",
-        "DependencyUnavailable: SQS ",
+        r"DependencyUnavailable: SQS \w+ failed: no queue http://\S+-gone \(",
         aws=True,
     ),
     "API not reachable": Case(

@@ -315,7 +315,12 @@ class SqsQueues:
         try:
             return getattr(self._sqs, operation)(**kwargs)
         except (ClientError, BotoCoreError) as exc:
-            raise DependencyUnavailable(f"SQS {operation} failed ({_code(exc)})") from None
+            code = _code(exc)
+            if code in _NO_SUCH_QUEUE:  # a setting or an argument naming the wrong queue, not an outage
+                raise DependencyUnavailable(
+                    f"SQS {operation} failed: no queue {kwargs.get('QueueUrl', '')} ({code})"
+                ) from None
+            raise DependencyUnavailable(f"SQS {operation} failed ({code})") from None
 
     def _delivery_queue(self) -> str:
         return _required(self._delivery_queue_url, "DELIVERY_QUEUE_URL")
@@ -410,6 +415,10 @@ def _number(value: int) -> dict[str, str]:
 
 def _string(value: str) -> dict[str, str]:
     return {"DataType": "String", "StringValue": value[:MAX_ATTRIBUTE_TEXT] or "-"}
+
+
+# The codes SQS answers a call on a queue that does not exist with (query and JSON protocols).
+_NO_SUCH_QUEUE = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
 
 
 def _code(exc: ClientError | BotoCoreError) -> str:
