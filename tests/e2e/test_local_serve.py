@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import threading
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -29,7 +30,7 @@ from support.local_cli import (
 from support.secure_peers import HttpsReceiver, Pki
 from support.waiting import wait_until
 
-from relay.local.receiver import Receiver
+from relay.local.receiver import Behaviour, Receiver
 from relay.logic.signature import sign
 
 pytestmark = pytest.mark.e2e
@@ -326,6 +327,47 @@ def test_serve_presents_the_client_certificate_to_an_https_target_trusted_throug
             assert receiver.refused_handshakes == 0
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=60) == 0
+
+
+def test_a_blocked_conversation_moves_on_within_the_block_hold_serve_was_given(
+    own_receiver: Receiver, tmp_path: Path
+) -> None:
+    # Given an ordered target that blocks, whose receiver refuses the first delivery it gets (a 400, a
+    # permanent failure: no retry), and serve given a 2 s block hold in its environment, as the docs say
+    # (on AWS, the OrderedBlockHoldSeconds parameter; the template's default is an hour)
+    own_receiver.behaviour = Behaviour(status_sequence=deque([400]))
+    doc = with_only_target(
+        {
+            "id": "b10cb10c-1111-4222-8333-944455556666",
+            "name": "blocks",
+            "url": f"{own_receiver.url}/hooks/e2e",
+            "signingSecret": SIGNING_SECRET,
+            "ordering": "conversation",
+            "onExhausted": "block",
+        }
+    )
+    integration = doc["integrations"][0]
+    env = {**os.environ, "ORDERED_BLOCK_HOLD_SECONDS": "2"}
+    with serving(written(doc, tmp_path), tmp_path / "serve.stderr", env) as (process, stdout):
+        ready = stdout.wait_for_json("ready", timeout=90)
+
+        # When three messages of one conversation are posted, one after the other
+        sent = []
+        for n in range(3):
+            event = {**sample("openmessaging_text.json"), "id": f"blocked-{n}", "text": f"message {n}"}
+            event["channel"] = {**event["channel"], "messageId": f"blocked-{n}"}
+            assert post_signed(ready["api"], integration, event).status_code == 202
+            sent.append(event["id"])
+
+        # Then the first is refused and holds its conversation, and once its hold ends the receiver
+        # (refusing no more) gets all three, in order, each accepted once
+        wait_until(
+            lambda: len(own_receiver.deliveries) == 3, what="the conversation moving on after its hold"
+        )
+        assert [d.event["id"] for d in own_receiver.deliveries if d.event is not None] == sent
+        assert [r.answered for r in own_receiver.requests][:2] == [400, 200]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
 
 
 def test_a_target_config_sync_refuses_stops_serve_before_it_is_ready_naming_the_target_and_why(

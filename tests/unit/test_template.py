@@ -22,6 +22,7 @@ import pytest
 from relay.local.template import Template, load_template
 from relay.models.secrets import SecretKind
 from relay.models.targets import RetryMatrix
+from relay.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 # A mutated copy can be pointed at to watch these tests fail (docs/operations-template.md, "Tests").
@@ -190,6 +191,21 @@ def test_the_fleet_is_bounded_by_every_lanes_maximum_concurrency(template: Templ
         scaling = [e["Properties"]["ScalingConfig"] for e in props["Events"].values() if e["Type"] == "SQS"]
         assert props["ReservedConcurrentExecutions"] == {"Ref": parameter}, dispatcher
         assert scaling == [{"MaximumConcurrency": {"Ref": parameter}}], dispatcher
+
+
+def test_the_block_hold_is_a_parameter_the_ordered_dispatchers_settings_and_sqs_both_accept(
+    raw: Template,
+) -> None:
+    # The hold is a visibility change: SQS takes at most 12 hours, and the setting refuses what it cannot
+    # hold, so every value the parameter allows must pass both, and the default must reach the function
+    declared = raw.document["Parameters"]["OrderedBlockHoldSeconds"]
+    environment = raw.properties("OrderedDispatcherFunction")["Environment"]["Variables"]
+    assert environment["ORDERED_BLOCK_HOLD_SECONDS"] == {"Ref": "OrderedBlockHoldSeconds"}
+    for seconds in (declared["MinValue"], declared["Default"], declared["MaxValue"]):
+        held = with_parameters({"OrderedBlockHoldSeconds": str(seconds)})
+        value = held.function("OrderedDispatcherFunction").environment["ORDERED_BLOCK_HOLD_SECONDS"]
+        settings = Settings.model_validate({"ORDERED_BLOCK_HOLD_SECONDS": value})
+        assert settings.ordered_block_hold_seconds == int(seconds) <= 43_200
 
 
 @pytest.mark.parametrize(("dispatcher", "queue"), DISPATCHERS.items())

@@ -124,10 +124,11 @@ def _fixtures_refused(path: Path | None, exc: Exception) -> UsageError:
     return UsageError(f"{path or DEFAULT_FIXTURES}: not a valid fixtures file: {exc}")
 
 
-# Settings the stack's functions take from this command's environment: they otherwise see only their
-# template's environment and the local mode's (moto, loopback targets). The docs tell a local user to
-# export these (a loopback HTTPS receiver's CA, docs/local-stack.md).
-CALLER_SETTINGS = ("RELAY_LOCAL_TRUSTED_CAS",)
+# Settings the stack's functions take from this command's environment, over their template's: they
+# otherwise see only that and the local mode's (moto, loopback targets). The docs tell a local user to
+# export these (docs/local-stack.md): a loopback HTTPS receiver's CA, and a block hold short enough to
+# watch a blocked conversation move on (the OrderedBlockHoldSeconds parameter on AWS).
+CALLER_SETTINGS = ("RELAY_LOCAL_TRUSTED_CAS", "ORDERED_BLOCK_HOLD_SECONDS")
 
 
 def _caller_settings() -> dict[str, str]:
