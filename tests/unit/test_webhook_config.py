@@ -253,6 +253,31 @@ def test_without_filters_or_limit_every_event_goes_at_any_rate() -> None:
     assert config.rate_limit is None
 
 
+@pytest.mark.parametrize(
+    "values",
+    [["Text"] * 51, [f"v2.detail.events.{n}.*" for n in range(50)] + ["v2.detail.events.0.*"]],
+    ids=["types", "detailTypes"],
+)
+def test_repeated_filter_values_count_once_towards_the_limit(values: list[str]) -> None:
+    # Given a filter listing at most 50 different values, one of them twice (51 in all)
+    name = "detailTypes" if values[0].startswith("v2") else "types"
+    config = webhook_config_from_genesys(_integration(), _config(filters={name: values}), _secrets())
+
+    # Then it is accepted, each value kept once
+    kept = config.filters.detail_types if name == "detailTypes" else config.filters.types
+    assert kept is not None and len(kept) == len(set(values))
+
+
+def test_more_than_fifty_different_detail_type_globs_are_refused_saying_how_many() -> None:
+    globs = [f"v2.detail.events.{n}.*" for n in range(51)]
+    with pytest.raises(ValidationError) as caught:
+        webhook_config_from_genesys(_integration(), _config(filters={"detailTypes": globs}), _secrets())
+
+    message = safe_errors(caught.value)
+    assert message.startswith("filters.detailTypes")
+    assert "at most 50 detail-type globs (repeats count once), not 51" in message
+
+
 def test_an_unknown_filter_value_is_named_with_the_known_ones() -> None:
     with pytest.raises(ValidationError) as caught:
         webhook_config_from_genesys(_integration(), _config(filters={"directions": ["Sideways"]}), _secrets())

@@ -75,9 +75,17 @@ def _one_of[E: StrEnum](kind: type[E], what: str) -> Any:
 
 
 def _globs(values: Any) -> Any:
-    if isinstance(values, list | tuple) and not values:
+    """Detail-type globs, each once: repeats count once towards the limit, as in the other filters."""
+    if not isinstance(values, list | tuple) or not all(isinstance(value, str) for value in values):
+        return values  # pydantic says what is wrong with it
+    if not values:
         raise ValueError("an empty list of detail-type globs lets no event through; leave the filter out")
-    return values
+    distinct = tuple(dict.fromkeys(values))
+    if len(distinct) > MAX_FILTER_VALUES:
+        raise ValueError(
+            f"at most {MAX_FILTER_VALUES} detail-type globs (repeats count once), not {len(distinct)}"
+        )
+    return distinct
 
 
 _Glob = Annotated[str, StringConstraints(min_length=1, max_length=MAX_GLOB_CHARS)]
