@@ -18,10 +18,13 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
+from botocore.config import Config
 from support.aws_proxy import answer, forward
 from support.queues import drain
 from support.waiting import wait_until
 
+from relay.adapters.aws import new_client
+from relay.adapters.sqs import SqsQueues
 from relay.cli import main
 from relay.errors import MoveTaskUnavailable
 from relay.local.aws_stack import LocalResources, forget_cached_configuration
@@ -348,6 +351,26 @@ def test_a_failed_send_deletes_nothing_from_the_dlq(
     assert "nothing unsent was deleted" in result["error"]
     assert sorted(m["body"] for m in drain(aws_stack.dead_letter_queue_url)) == sorted(s.body for s in seeded)
     assert drain(aws_stack.delivery_queue_url) == []
+
+
+def test_a_scan_never_waits_longer_than_its_client_would_read(aws_stack: LocalResources) -> None:
+    # Given an SQS client that gives up reading after 2 s and does not retry, and an empty DLQ
+    client = new_client(
+        "sqs",
+        endpoint_url=aws_stack.endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+        config=Config(read_timeout=2, retries={"total_max_attempts": 1}),
+    )
+    queues = SqsQueues(client, dead_letter_queue_url=aws_stack.dead_letter_queue_url)
+
+    # When a scan asks for a 5 s long poll
+    received = queues.receive(aws_stack.dead_letter_queue_url, visibility_seconds=30, wait_seconds=5)
+
+    # Then it waits only as long as the client reads, and gets the empty answer (not a read timeout,
+    # which an operator would see as "SQS unavailable")
+    assert received == []
 
 
 def test_messages_that_arrive_after_the_run_started_are_left_for_the_next_run(

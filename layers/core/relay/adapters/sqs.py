@@ -23,6 +23,7 @@ code only: SQS error messages can quote request content, and nothing here may ec
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -231,12 +232,14 @@ class SqsQueues:
         )
 
     def receive(self, queue_url: str, *, visibility_seconds: int, wait_seconds: int) -> list[ReceivedMessage]:
+        """Up to 10 messages, waiting at most ``wait_seconds`` (less where the client's read timeout is
+        too short to outlast that wait: ``longest_wait_seconds``)."""
         answer = self._call(
             "receive_message",
             QueueUrl=queue_url,
             MaxNumberOfMessages=MAX_BATCH_ENTRIES,
             VisibilityTimeout=visibility_seconds,
-            WaitTimeSeconds=wait_seconds,
+            WaitTimeSeconds=min(wait_seconds, longest_wait_seconds(self._sqs)),
             MessageAttributeNames=["All"],
             MessageSystemAttributeNames=["SentTimestamp", "MessageGroupId"],
         )
@@ -419,6 +422,13 @@ def _string(value: str) -> dict[str, str]:
 
 # The codes SQS answers a call on a queue that does not exist with (query and JSON protocols).
 _NO_SUCH_QUEUE = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
+
+
+def longest_wait_seconds(sqs: Any) -> int:
+    """The longest ReceiveMessage wait (whole seconds, at most SQS's 20) that leaves ``sqs``'s client a
+    second of its read timeout for the answer: a longer one would end in a read timeout and its retries,
+    not an empty answer, when the queue stays empty (0 for a client with 1 s or less: no long poll)."""
+    return max(0, min(20, math.floor(float(sqs.meta.config.read_timeout)) - 1))
 
 
 def _code(exc: ClientError | BotoCoreError) -> str:

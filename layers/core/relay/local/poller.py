@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from relay.adapters import sqs as sqs_adapter
 from relay.local.lambda_runtime import LocalFunction
 from relay.local.log import log
 from relay.local.template import Template
@@ -325,14 +326,15 @@ class SqsPoller:
 
 
 def longest_wait_seconds(sqs: Any) -> int:
-    """The longest ReceiveMessage wait (whole seconds, at most SQS's 20) that still leaves ``sqs``'s
-    client a second of its read timeout for the answer to arrive."""
-    read_timeout = float(sqs.meta.config.read_timeout)
-    if read_timeout < 2:
+    """The adapter's rule (relay.adapters.sqs.longest_wait_seconds), and at least a second: a poller
+    that could not long-poll would spin on empty answers."""
+    wait = sqs_adapter.longest_wait_seconds(sqs)
+    if wait < 1:
+        read_timeout = float(sqs.meta.config.read_timeout)
         raise ValueError(
             f"the SQS client's read timeout ({read_timeout:g} s) is too short to long-poll (2 s or more)"
         )
-    return min(20, math.floor(read_timeout) - 1)
+    return wait
 
 
 def lambda_record(message: Mapping[str, Any], queue_arn: str, region: str) -> dict[str, Any]:
