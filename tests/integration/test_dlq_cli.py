@@ -23,11 +23,10 @@ from support.aws_proxy import answer, forward
 from support.queues import drain
 from support.waiting import wait_until
 
-from relay.adapters.aws import new_client
 from relay.adapters.sqs import SqsQueues
 from relay.cli import main
 from relay.errors import MoveTaskUnavailable
-from relay.local.aws_stack import LocalResources, forget_cached_configuration
+from relay.local.aws_stack import LocalResources, forget_cached_configuration, local_client
 from relay.local.loopback import LoopbackServer
 from relay.logic.dlq import RedriveOptions, redrive
 from relay.models.delivery import (
@@ -355,14 +354,8 @@ def test_a_failed_send_deletes_nothing_from_the_dlq(
 
 def test_a_scan_never_waits_longer_than_its_client_would_read(aws_stack: LocalResources) -> None:
     # Given an SQS client that gives up reading after 2 s and does not retry, and an empty DLQ
-    client = new_client(
-        "sqs",
-        endpoint_url=aws_stack.endpoint_url,
-        region_name="us-east-1",
-        aws_access_key_id="local",
-        aws_secret_access_key="local",
-        config=Config(read_timeout=2, retries={"total_max_attempts": 1}),
-    )
+    config = Config(read_timeout=2, retries={"total_max_attempts": 1})
+    client = local_client("sqs", aws_stack.endpoint_url, config)
     queues = SqsQueues(client, dead_letter_queue_url=aws_stack.dead_letter_queue_url)
 
     # When a scan asks for a 5 s long poll

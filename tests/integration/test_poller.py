@@ -14,8 +14,7 @@ import pytest
 from botocore.config import Config
 from support.waiting import wait_until
 
-from relay.adapters.aws import new_client
-from relay.local.aws_stack import LocalResources
+from relay.local.aws_stack import LocalResources, local_client
 from relay.local.lambda_runtime import LocalFunction
 from relay.local.poller import SqsEventSource, SqsPoller
 from relay.wiring import aws_client, aws_clients
@@ -215,14 +214,7 @@ def test_a_window_longer_than_the_clients_read_timeout_still_hands_the_batch(
     aws_stack: LocalResources,
 ) -> None:
     # Given a poller whose SQS client gives up reading after 2 s, gathering for 5 s
-    sqs = new_client(
-        "sqs",
-        endpoint_url=aws_stack.endpoint_url,
-        region_name="us-east-1",
-        aws_access_key_id="local",
-        aws_secret_access_key="local",
-        config=Config(read_timeout=2, retries={"max_attempts": 1}),
-    )
+    sqs = local_client("sqs", aws_stack.endpoint_url, Config(read_timeout=2, retries={"max_attempts": 1}))
     source = dataclasses.replace(
         SqsEventSource.from_template(aws_stack.template), batch_size=10, batching_window_seconds=5
     )
@@ -238,12 +230,7 @@ def test_a_window_longer_than_the_clients_read_timeout_still_hands_the_batch(
 
 
 def test_a_client_too_impatient_to_long_poll_is_refused(aws_stack: LocalResources) -> None:
-    sqs = new_client(
-        "sqs",
-        endpoint_url=aws_stack.endpoint_url,
-        region_name="us-east-1",
-        config=Config(read_timeout=1),
-    )
+    sqs = local_client("sqs", aws_stack.endpoint_url, Config(read_timeout=1))
     function = LocalFunction.from_template(aws_stack.template, "DispatcherFunction", handler=Consumer())
 
     with pytest.raises(ValueError, match=r"read timeout \(1 s\) is too short to long-poll"):

@@ -147,14 +147,16 @@ class LocalResources:
         return self.template.function(logical_id)
 
 
-def local_client(service: str, endpoint_url: str) -> Any:
+def local_client(service: str, endpoint_url: str, config: Config | None = None) -> Any:
+    """A client for moto's server at ``endpoint_url``, with dummy credentials (``config``: its own
+    timeouts and retries, instead of two tries)."""
     return new_client(
         service,
         aws_access_key_id="local",
         aws_secret_access_key="local",
         region_name=REGION,
         endpoint_url=endpoint_url,
-        config=Config(retries={"max_attempts": 2}),
+        config=config or Config(retries={"max_attempts": 2}),
     )
 
 
