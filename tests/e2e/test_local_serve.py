@@ -292,7 +292,7 @@ def test_ctrl_c_while_serve_starts_stops_it_without_saying_ready(fixtures_file: 
 
     # Then it never says ready, exits as interrupted, and leaves no child process behind
     assert not any('"ready"' in line for line in stdout.lines), stdout.lines
-    assert code == 130
+    assert code == 130, (tmp_path / "serve.stderr").read_text()[-3000:]
     assert [pid for pid in children if alive(pid)] == []
 
 

@@ -179,6 +179,7 @@ def serve_command(args: argparse.Namespace) -> int:
     _fixtures(args.fixtures)
     out = _divert_stdout(sys.stderr)
     stop, hurry = threading.Event(), threading.Event()
+    ready = False
 
     def stop_then_hurry(*_: object) -> None:
         (hurry if stop.is_set() else stop).set()  # a second signal: stop waiting for the queues to settle
@@ -186,7 +187,7 @@ def serve_command(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, stop_then_hurry)
 
-    from relay.errors import FixturesRejected, LocalStackError
+    from relay.errors import FixturesRejected, LocalStackError, RelayError
     from relay.local.stack import LocalStack
 
     try:
@@ -201,6 +202,7 @@ def serve_command(args: argparse.Namespace) -> int:
                 print("relay local serve: interrupted before it was ready; stopping", file=sys.stderr)
                 return ExitCode.INTERRUPTED
             _emit(out, {"ready": True, **stack.describe()})
+            ready = True
             while not stop.wait(1.0):
                 pass
             # Accept nothing more (requests in flight finish), then let what was accepted be delivered:
@@ -219,8 +221,18 @@ def serve_command(args: argparse.Namespace) -> int:
                 _stop_and_report_what_is_left(stack)
     except FixturesRejected as exc:
         raise _fixtures_refused(args.fixtures, exc) from None
-    except LocalStackError as exc:
-        raise _stack_failed(exc) from None
+    except (RelayError, OSError) as exc:
+        if stop.is_set() and not ready:
+            # Stopped while it started: a step that failed on the way down does not change what the
+            # user asked for (the error is still shown).
+            print(
+                f"relay local serve: interrupted before it was ready ({type(exc).__name__}: {exc})",
+                file=sys.stderr,
+            )
+            return ExitCode.INTERRUPTED
+        if isinstance(exc, LocalStackError):
+            raise _stack_failed(exc) from None
+        raise
     return ExitCode.OK  # stopping is what Ctrl-C and SIGTERM are for here
 
 
