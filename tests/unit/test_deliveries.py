@@ -381,6 +381,31 @@ def test_a_replay_under_a_new_id_is_summarised_as_its_own_delivery(history: Arch
     ]
 
 
+def test_a_replay_under_the_same_id_counts_its_attempts_afresh(history: Archiving) -> None:
+    from relay.cli.deliveries_cmd import format_timeline
+
+    # Given erp's delivery of e-1 (two attempts) replayed under the same id, and the replay delivered
+    replay = plan(history, "e-1", target_id="erp")
+    queue = InMemoryDeliveryQueue()
+    run_replay(replay, queue=queue, audit=history.audit, actor="ops", now=WHEN + timedelta(minutes=1))
+    history.clock.sleep(120)  # not a wait: moves the manual clock past the replay
+    (body,) = queue.bodies
+    history.batch({**task_record("e-1", "erp"), "body": body}, invocation_id="inv-replay")
+
+    # When the event is looked up
+    found = show(history, "e-1")
+    (erp,) = [s for s in found.deliveries() if s["targetId"] == "erp"]
+
+    # Then the summary counts the replay's attempt as its first, as the dispatcher did (fresh counters),
+    # and says how many there were in all
+    summary = (erp["attempts"], erp["attemptsInAll"], erp["replays"], erp["lastOutcome"])
+    assert summary == (1, 3, 1, "delivered")
+    assert (
+        f"event e-1 to erp: delivered after 1 attempt since its last replay (3 in all); "
+        f"deliveryId {ids('e-1', 'erp')}"
+    ) in format_timeline(found).splitlines()
+
+
 def test_a_replayed_task_is_delivered_with_the_same_webhook_id_and_text(history: Archiving) -> None:
     replay = plan(history, "e-1", target_id="crm")
     queue = InMemoryDeliveryQueue()

@@ -231,6 +231,8 @@ def format_timeline(found: Timeline) -> str:
     summary = [format_table(rows), ""]
     for d in found.deliveries():
         tried = f"{d['attempts']} attempt{'s' if d['attempts'] != 1 else ''}"
+        if d["attemptsInAll"] != d["attempts"]:
+            tried += f" since its last replay ({d['attemptsInAll']} in all)"
         summary.append(
             f"event {d['eventId']} to {d['targetId']}: {d['lastOutcome']} after {tried}; "
             f"deliveryId {', '.join(d['deliveryIds']) or '-'}"

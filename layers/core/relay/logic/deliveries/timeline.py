@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from relay.logic.deliveries.operator import REPLAYED
 from relay.models.targets import Ordering, Target
 
 # What a timeline shows of an audit line (never a response body: `relay deliveries show` prints to a
@@ -69,7 +70,9 @@ class Timeline:
         """One summary per delivery of an event to a target: its ids, attempts and latest outcome.
 
         A replay under a fresh id (``--new-id``) is a delivery of its own, naming the one it replaced,
-        so its attempts are not counted as the original's."""
+        so its attempts are not counted as the original's. A replay under the same id starts its
+        attempts afresh (as the dispatcher counts them): ``attempts`` are those since the delivery's
+        last replay, ``attemptsInAll`` every one, ``replays`` how often it was replayed."""
         summaries: dict[tuple[Any, Any, Any], dict[str, Any]] = {}
         for line in self.attempts:
             key = (line.get("eventId"), line.get("targetId"), line.get("deliveryId"))
@@ -83,13 +86,19 @@ class Timeline:
                     "deliveryIds": [line["deliveryId"]] if line.get("deliveryId") else [],
                     "replayOf": None,
                     "attempts": 0,
+                    "attemptsInAll": 0,
+                    "replays": 0,
                     "lastOutcome": None,
                     "lastStatus": None,
                 },
             )
             summary["replayOf"] = summary["replayOf"] or line.get("replayOf")
+            if line.get("outcome") == REPLAYED:
+                summary["replays"] += 1
+                summary["attempts"] = 0  # a replay's task carries fresh attempt counters
             if line.get("attempt") is not None:
                 summary["attempts"] += 1
+                summary["attemptsInAll"] += 1
             summary["lastOutcome"] = line.get("outcome")
             summary["lastStatus"] = line.get("status")
         return list(summaries.values())
