@@ -292,6 +292,18 @@ def test_dry_run_without_filters_prints_what_would_move(
     assert len(drain(aws_stack.dead_letter_queue_url)) == 8
 
 
+def test_a_rate_the_fallback_cannot_keep_is_named_not_ignored(
+    aws_stack: LocalResources, seeded: list[Seeded], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # When an operator caps the move task's rate where SQS has no move task (moto, the local stack)
+    code, out, err = run_cli(capsys, "redrive", "--rate", "5", "--format", "json")
+
+    # Then the notice says the re-send it falls back to is not paced
+    assert code == 0, out + err
+    assert "--rate paces only the move task" in json.loads(out)["fallbackReason"]
+    assert "--rate paces only the move task" in err
+
+
 class SqsRefusingSends:
     """A loopback endpoint in front of moto that answers every SendMessageBatch with an error (as SQS
     does to a request it refuses) and forwards every other call."""

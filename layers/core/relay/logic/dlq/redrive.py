@@ -169,6 +169,8 @@ def redrive(
             if options.method == "move-task":
                 raise
             fallback_reason = f"{exc}; re-sending message by message instead"
+            if options.max_per_second is not None:  # the re-send is not paced: say so, not ignore it
+                fallback_reason += " (--rate paces only the move task; the re-send is not paced)"
     result = _resend(queues, dlq_url, queue_url, options, progress, now, stop)
     result.fallback_reason = fallback_reason
     return result
