@@ -19,7 +19,7 @@ from uuid import uuid4
 
 import pytest
 from botocore.config import Config
-from support.aws_proxy import answer, forward
+from support.aws_proxy import answer, answer_json, forward
 from support.queues import drain
 from support.waiting import wait_until
 
@@ -319,12 +319,8 @@ class SqsRefusingSends:
                     return
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 endpoint.refused += 1
-                refusal = b'{"__type": "com.amazonaws.sqs#InvalidParameterValue", "message": "refused"}'
-                self.send_response(400)
-                self.send_header("Content-Type", "application/x-amz-json-1.0")
-                self.send_header("Content-Length", str(len(refusal)))
-                self.end_headers()
-                self.wfile.write(refusal)
+                refusal = {"__type": "com.amazonaws.sqs#InvalidParameterValue", "message": "refused"}
+                answer_json(self, 400, refusal)
 
             def log_message(self, *args: Any) -> None:
                 pass

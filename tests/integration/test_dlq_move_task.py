@@ -16,6 +16,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
+from support.aws_proxy import answer_json
 
 from relay.adapters.sqs import SqsQueues
 from relay.cli import main
@@ -56,15 +57,7 @@ class FakeSqs:
                 operation = self.headers["X-Amz-Target"].split(".", 1)[1]
                 request = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
                 fake.requests.append((operation, request))
-                self._answer(200, fake.answer(operation, request))
-
-            def _answer(self, status: int, document: dict[str, Any]) -> None:
-                body = json.dumps(document).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/x-amz-json-1.0")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                answer_json(self, 200, fake.answer(operation, request))
 
             def log_message(self, *args: Any) -> None:
                 pass

@@ -46,7 +46,7 @@ def letter(
     )
 
 
-def drain(queue_url: str, *, ordered: bool = True) -> list[tuple[str, str]]:
+def drain(queue_url: str) -> list[tuple[str, str]]:
     """(group, event id) of every message, in the order SQS hands them out, deleting each (group "" in
     a standard queue)."""
     sqs, found = aws_client("sqs"), []
@@ -57,9 +57,8 @@ def drain(queue_url: str, *, ordered: bool = True) -> list[tuple[str, str]]:
         if not messages:
             return found
         for message in messages:
-            task = DeliveryTask.model_validate_json(message["Body"])
-            group = message["Attributes"]["MessageGroupId"] if ordered else ""
-            found.append((group, task.event_id))
+            event_id = DeliveryTask.model_validate_json(message["Body"]).event_id
+            found.append((message["Attributes"].get("MessageGroupId", ""), event_id))
             sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
 
 
@@ -145,9 +144,9 @@ def test_redriving_into_a_queue_of_the_other_kind_is_refused_before_anything_mov
     assert "only to a FIFO queue" in into_standard.err and aws_stack.delivery_queue_url in into_standard.err
     assert "only to a standard queue" in into_fifo.err and aws_stack.ordered_queue_url in into_fifo.err
     assert [event for _, event in drain(aws_stack.ordered_dead_letter_queue_url)] == ["a-0"]
-    assert len(drain(aws_stack.dead_letter_queue_url, ordered=False)) == 1
+    assert len(drain(aws_stack.dead_letter_queue_url)) == 1
     assert drain(aws_stack.ordered_queue_url) == []
-    assert drain(aws_stack.delivery_queue_url, ordered=False) == []
+    assert drain(aws_stack.delivery_queue_url) == []
 
 
 def test_a_repeated_redrive_of_a_letter_not_yet_deleted_does_not_queue_it_twice(

@@ -3,7 +3,9 @@ lost): a request is forwarded as it came, and the answer written back without it
 
 from __future__ import annotations
 
+import json
 from http.server import BaseHTTPRequestHandler
+from typing import Any
 
 import requests
 
@@ -27,3 +29,14 @@ def answer(request: BaseHTTPRequestHandler, response: requests.Response) -> None
     request.send_header("Content-Length", str(len(response.content)))
     request.end_headers()
     request.wfile.write(response.content)
+
+
+def answer_json(request: BaseHTTPRequestHandler, status: int, document: dict[str, Any]) -> None:
+    """Answer ``request`` as an AWS JSON-protocol service does (SQS, DynamoDB): ``document`` as the body,
+    an error's ``__type`` and ``message`` included, with ``status``."""
+    body = json.dumps(document).encode()
+    request.send_response(status)
+    request.send_header("Content-Type", "application/x-amz-json-1.0")
+    request.send_header("Content-Length", str(len(body)))
+    request.end_headers()
+    request.wfile.write(body)
