@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.handlers import Handler, load_handler
+from support.handlers import Handler, LoadHandler, load_handler
 from support.lambda_context import own_call_bounds
 
 from relay.local.aws_stack import LocalResources, MotoServer, create_resources, forget_cached_configuration
@@ -61,7 +61,7 @@ def aws_stack(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[L
 
 
 @pytest.fixture
-def function_handler(aws_stack: LocalResources, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], Handler]:
+def function_handler(aws_stack: LocalResources, monkeypatch: pytest.MonkeyPatch) -> LoadHandler:
     """Loads functions/<name>'s handler to run as in Lambda: in ``aws_stack``'s environment plus the
     function's own AWS call bounds, without which it would run on the operator tools' defaults, whose
     worst case (connect + read timeout) is sized for no Lambda timeout (the intake's 8 s holds one)."""

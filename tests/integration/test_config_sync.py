@@ -9,13 +9,12 @@ import json
 import re
 import secrets
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
 from support.events import api_gateway_event, eventbridge_event
-from support.handlers import Handler
+from support.handlers import LoadHandler
 from support.lambda_context import lambda_context
 from support.queues import drain
 from support.waiting import wait_until
@@ -394,7 +393,7 @@ def test_a_target_of_a_rejected_integration_is_not_stored_for_the_first_time(gen
 
 
 def test_the_eventbridge_integration_gets_its_own_record_and_its_targets_receive_its_events(
-    genesys: FakeGenesys, monkeypatch: pytest.MonkeyPatch, function_handler: Callable[[str], Handler]
+    genesys: FakeGenesys, monkeypatch: pytest.MonkeyPatch, function_handler: LoadHandler
 ) -> None:
     # Given the EventBridge path's integration, which is not an Open Messaging integration (Genesys has
     # none to read for it), and a target that receives its events
@@ -433,7 +432,7 @@ def _synced_then_crm_moved(genesys: FakeGenesys, monkeypatch: pytest.MonkeyPatch
 
 
 def test_a_target_moved_to_another_integration_no_longer_receives_the_old_ones_events(
-    genesys: FakeGenesys, monkeypatch: pytest.MonkeyPatch, function_handler: Callable[[str], Handler]
+    genesys: FakeGenesys, monkeypatch: pytest.MonkeyPatch, function_handler: LoadHandler
 ) -> None:
     # Given both targets synced, then the CRM target pointed at the EventBridge integration in Genesys
     eventbridge_id = _synced_then_crm_moved(genesys, monkeypatch)

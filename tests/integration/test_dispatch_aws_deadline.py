@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 from support.aws_proxy import answer, forward
-from support.handlers import Handler
+from support.handlers import LoadHandler
 from support.lambda_context import lambda_context
 from test_dispatch_support import PLAIN_TARGET, seed_target, task_record
 
@@ -57,7 +56,7 @@ def test_an_audit_write_that_hangs_ends_inside_the_timeout_and_the_delivery_is_n
     aws_stack: LocalResources,
     receiver: Receiver,
     monkeypatch: pytest.MonkeyPatch,
-    function_handler: Callable[[str], Handler],
+    function_handler: LoadHandler,
 ) -> None:
     # Given the dispatcher's AWS bounds from template.yaml, a target that answers at once, and S3 (the
     # audit and archive objects) stalling on every PUT, in an invocation given 8 s: each PUT's tries

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from support.events import sample
-from support.handlers import Handler
+from support.handlers import LoadHandler
 from support.lambda_context import lambda_context
 from support.queues import drain
 from test_dispatch_support import (
@@ -36,7 +36,7 @@ Invoke = Callable[..., dict[str, Any]]
 
 
 @pytest.fixture
-def invoke(function_handler: Callable[[str], Handler]) -> Invoke:
+def invoke(function_handler: LoadHandler) -> Invoke:
     """Calls the template's dispatcher handler, freshly loaded, as Lambda calls it (with ``context``,
     or a fresh one)."""
 

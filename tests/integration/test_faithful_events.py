@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.events import api_gateway_event, sample, sqs_batch, sqs_record
-from support.handlers import Handler
+from support.handlers import LoadHandler
 from support.lambda_context import lambda_context
 from support.queues import drain
 from test_dispatch_support import (
@@ -332,7 +332,7 @@ Post = Callable[[str], dict[str, Any]]
 
 
 @pytest.fixture
-def post(function_handler: Callable[[str], Handler]) -> Post:
+def post(function_handler: LoadHandler) -> Post:
     """Posts a body to the template's intake handler, signed as Genesys signs it."""
 
     def call(body: str) -> dict[str, Any]:
@@ -364,7 +364,7 @@ def test_1e2_and_a_long_decimal_arrive_unchanged_plain_and_encrypted(
     aws_stack: LocalResources,
     both_targets: None,
     post: Post,
-    function_handler: Callable[[str], Handler],
+    function_handler: LoadHandler,
     receiver: Receiver,
     claim_checked: bool,
 ) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.events import INTEGRATION_ID, SIGNATURE_SECRET, api_gateway_event, genesys_signature, sample
-from support.handlers import Handler
+from support.handlers import LoadHandler
 from support.lambda_context import lambda_context
 from support.queues import drain
 from test_intake_handler import queued_tasks, seed_fixture_integrations
@@ -173,7 +172,7 @@ def genuine(event: dict[str, Any]) -> dict[str, Any] | None:
 
 @pytest.mark.slow
 def test_fuzzed_requests_never_get_a_5xx_and_never_queue_an_invalid_event(
-    aws_stack: LocalResources, monkeypatch: pytest.MonkeyPatch, function_handler: Callable[[str], Handler]
+    aws_stack: LocalResources, monkeypatch: pytest.MonkeyPatch, function_handler: LoadHandler
 ) -> None:
     # Given the fixtures' integration (two targets) and a small body limit
     monkeypatch.setenv("MAX_BODY_BYTES", str(MAX_BODY_BYTES))

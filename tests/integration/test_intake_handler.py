@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 from misbehaving_peer import Answer, misbehaving_peer
 from support.aws_proxy import answer, forward
 from support.events import api_gateway_event, sample, sqs_record
-from support.handlers import Handler
+from support.handlers import Handler, LoadHandler
 from support.lambda_context import lambda_context
 from support.queues import drain
 from test_dispatch_support import put_secret, secret_name
@@ -58,7 +57,7 @@ def queued_tasks(queue_url: str) -> list[DeliveryTask]:
 
 
 @pytest.fixture
-def intake_handler(function_handler: Callable[[str], Handler]) -> Handler:
+def intake_handler(function_handler: LoadHandler) -> Handler:
     return function_handler("intake")
 
 

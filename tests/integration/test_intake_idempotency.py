@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 from support.aws_proxy import answer, forward
 from support.events import api_gateway_event, sample
-from support.handlers import Handler
+from support.handlers import LoadHandler
 from support.lambda_context import lambda_context
 from support.queues import drain
 from test_dispatch_support import ManualClock
@@ -187,7 +186,7 @@ def test_an_unreachable_table_is_dependency_unavailable(
 
 
 def test_one_instant_spelled_three_ways_is_queued_once_through_dynamodb(
-    aws_stack: LocalResources, function_handler: Callable[[str], Handler]
+    aws_stack: LocalResources, function_handler: LoadHandler
 ) -> None:
     # Given the intake handler with the fixtures' integration, and a message accepted once
     seed_fixture_integrations()

@@ -6,11 +6,10 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support.handlers import Handler
+from support.handlers import LoadHandler
 from support.waiting import wait_until
 
 from relay.local.aws_stack import LocalResources
@@ -95,7 +94,7 @@ def test_operator_tools_keep_the_default_aws_call_bounds_not_a_functions(aws_sta
 
 @pytest.mark.parametrize("function", ["intake", "dispatcher"])
 def test_a_handler_a_test_loads_runs_on_its_functions_own_aws_call_bounds(
-    aws_stack: LocalResources, function_handler: Callable[[str], Handler], function: str
+    aws_stack: LocalResources, function_handler: LoadHandler, function: str
 ) -> None:
     # Given the template's bounds for the function, sized to fit its timeout
     (logical_id,) = [

@@ -5,10 +5,9 @@ and the lane itself lives in the target's BreakerTable item."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
 import pytest
-from support.handlers import Handler
+from support.handlers import LoadHandler
 from support.lambda_context import lambda_context
 from support.queues import drain
 from test_dispatch_support import INTEGRATION_ID, PLAIN_TARGET, attr, seed_target, task_record
@@ -66,7 +65,7 @@ def test_a_slow_lane_that_cannot_be_reached_keeps_the_records_with_the_caller(
 
 
 def test_the_fast_lane_routes_a_slow_target_and_the_slow_lane_delivers_it(
-    aws_stack: LocalResources, receiver: Receiver, function_handler: Callable[[str], Handler]
+    aws_stack: LocalResources, receiver: Receiver, function_handler: LoadHandler
 ) -> None:
     # Given a target whose lane is slow in the BreakerTable
     seed_target(aws_stack, f"{receiver.url}/hooks/crm")

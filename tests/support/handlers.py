@@ -19,6 +19,8 @@ FUNCTIONS = ROOT / "functions"
 HANDLER_FUNCTION = "lambda_handler"
 
 Handler = Callable[[dict[str, Any], Any], Any]
+# What the ``function_handler`` fixture (tests/conftest.py) gives: functions/<name>'s handler by name.
+LoadHandler = Callable[[str], Handler]
 
 
 def load_handler(name: str) -> Handler:

@@ -91,11 +91,11 @@ def in_acceptance_order(batch: Sequence[ReceivedMessage]) -> list[ReceivedMessag
             places.setdefault(message.group_id, []).append(index)
     ordered = list(batch)
     for indexes in places.values():
-        accepted = [_accepted_at(batch[i]) for i in indexes]
-        if len(indexes) < 2 or any(at is None for at in accepted):
+        accepted = [(_accepted_at(batch[i]), i) for i in indexes]
+        if len(indexes) < 2 or any(at is None for at, _ in accepted):
             continue
-        by_acceptance = sorted(zip(accepted, indexes, strict=True), key=lambda pair: (pair[0], pair[1]))
-        for place, (_, index) in zip(indexes, by_acceptance, strict=True):
+        # Ties (one instant) keep the DLQ's order: the index is the second key.
+        for place, (_, index) in zip(indexes, sorted(accepted), strict=True):
             ordered[place] = batch[index]
     return ordered
 
