@@ -2,7 +2,10 @@
 
     letters        what may be shown about a DLQ message, groups, the redrive filter, redriven attributes
     scan           receive every message once without deleting; ``list_dead_letters`` (any queue)
-    redrive        the move task, or re-send then delete (a message leaves the DLQ only once its copy is in)
+    redrive        the move task, or the re-send: which one a run takes (a message leaves the DLQ only once
+                   its copy is in)
+    redrive_options  what a redrive is asked to do and what it did
+    resend         receive, send copies, delete what SQS accepted; ordered letters in acceptance order
     failed_events  the EventBridge path's failure queues: the event each message holds, why it is
                    there, grouped for ``list_dead_letters``
     resubmit       their events back through the intake's EventBridge path (deleted once accepted)
