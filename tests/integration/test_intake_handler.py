@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from misbehaving_peer import Answer, misbehaving_peer
 from support.aws_proxy import answer, forward
-from support.events import api_gateway_event, sample, sqs_record
+from support.events import api_gateway_event, sample, sqs_record, with_member_twice
 from support.handlers import Handler, LoadHandler
 from support.lambda_context import lambda_context
 from support.queues import drain
@@ -297,6 +297,26 @@ def test_a_body_over_the_limit_is_413_from_the_handler(
     assert response["statusCode"] == 413
     assert json.loads(response["body"])["error"] == "payload_too_large"
     assert drain(aws_stack.delivery_queue_url) == []
+
+
+def test_a_member_the_relay_reads_written_twice_is_400_and_an_unknown_one_is_queued_as_sent(
+    aws_stack: LocalResources, intake_handler: Handler
+) -> None:
+    seed_fixture_integrations()
+    message = sample("openmessaging_text.json")
+
+    # A channel.id written twice: which integration the message is for depends on the reader's parser
+    body = with_member_twice(message, ("channel", "id"), "another-integration")
+    response = intake_handler(api_gateway_event(body), lambda_context("intake"))
+    assert response["statusCode"] == 400
+    assert json.loads(response["body"])["error"] == "repeated_member"
+    assert drain(aws_stack.delivery_queue_url) == []
+
+    # A member the relay neither reads nor checks, written twice: queued for both targets as sent
+    message["x"] = 2
+    body = with_member_twice(message, ("x",), 1)
+    assert intake_handler(api_gateway_event(body), lambda_context("intake"))["statusCode"] == 202
+    assert [t.event_json for t in queued_tasks(aws_stack.delivery_queue_url)] == [body, body]
 
 
 def test_a_wrong_signature_is_401_json_and_nothing_is_queued(

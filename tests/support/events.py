@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from support import ROOT
@@ -57,7 +57,7 @@ def genesys_signature(body: bytes, secret: str = SIGNATURE_SECRET, *, encoding: 
 
 def _raw(body: Mapping[str, Any] | str | bytes) -> bytes:
     if isinstance(body, Mapping):
-        return json.dumps(body, separators=(",", ":")).encode()
+        return _compact(body).encode()
     return body.encode() if isinstance(body, str) else body
 
 
@@ -97,6 +97,31 @@ def api_gateway_event(
         event["body"] = base64.b64encode(raw).decode()
     event["isBase64Encoded"] = base64_body
     return event
+
+
+def with_member_twice(value: Any, path: Sequence[str | int], first: Any) -> str:
+    """``value`` as compact JSON text in which the member at ``path`` (``("channel", "id")``,
+    ``("events", 0, "eventType")``) is written twice: ``first``, then its own value. Python's json (the
+    last one counts) reads it back as ``value``; a parser that keeps the first one reads ``first``."""
+    if not path:
+        return _compact(value)
+    step, rest = path[0], path[1:]
+    if isinstance(value, list):
+        items = (
+            with_member_twice(item, rest, first) if i == step else _compact(item)
+            for i, item in enumerate(value)
+        )
+        return "[" + ",".join(items) + "]"
+    members = [_compact(step) + ":" + _compact(first)] if not rest else []
+    members += (
+        _compact(name) + ":" + (with_member_twice(item, rest, first) if name == step else _compact(item))
+        for name, item in value.items()
+    )
+    return "{" + ",".join(members) + "}"
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 # --- SQS (the dispatcher's event source) ---------------------------------------------------------------

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from support.events import INTEGRATION_ID, SIGNATURE_SECRET, api_gateway_event, sample
+from support.events import INTEGRATION_ID, SIGNATURE_SECRET, api_gateway_event, sample, with_member_twice
 from test_intake_fakes import (
     PREVIOUS_SECRET,
     Integrations,
@@ -325,6 +325,82 @@ def test_a_message_for_another_integration_is_400_integration_mismatch() -> None
     assert queue.bodies == []
     # and the signature comes first: unsigned, the same message is a 401
     assert refusal(intake.handle(api_gateway_event(message, sign_with=None))) == (401, "signature_missing")
+
+
+# A member written twice: the relay's json reads the last one, a target's parser may keep the first. Each
+# case: the sample, the member the relay reads (or the schema checks), and the value written first.
+MEMBERS_READ = [
+    ("openmessaging_text.json", ("id",), "another-event"),
+    ("openmessaging_text.json", ("channel", "id"), "another-integration"),
+    ("openmessaging_text.json", ("channel", "time"), "2026-03-25T13:20:06.000Z"),
+    ("openmessaging_text.json", ("type",), "Receipt"),
+    ("openmessaging_text.json", ("direction",), "Inbound"),
+    ("openmessaging_text.json", ("originatingEntity",), "Bot"),
+    ("openmessaging_text.json", ("conversationId",), "another-conversation"),
+    ("openmessaging_text.json", ("channel", "to", "id"), "another-customer"),
+    ("openmessaging_text.json", ("channel", "from", "id"), "another-customer"),
+    ("openmessaging_typing.json", ("events", 0, "eventType"), "Other"),
+    # not read by the relay, but checked by the schema
+    ("openmessaging_text.json", ("channel",), {}),
+    ("openmessaging_text.json", ("content", 0, "attachment", "mediaType"), "Video"),
+    ("openmessaging_typing.json", ("events", 0, "typing", "duration"), "5000"),
+    ("openmessaging_receipt.json", ("status",), "Read"),
+    ("openmessaging_receipt.json", ("isFinalReceipt",), True),
+]
+
+
+@pytest.mark.parametrize(
+    ("sample_name", "path", "first"), MEMBERS_READ, ids=[".".join(map(str, p)) for _, p, _ in MEMBERS_READ]
+)
+def test_a_member_the_relay_reads_written_twice_is_400_repeated_member(
+    sample_name: str, path: tuple[str | int, ...], first: Any
+) -> None:
+    # Given a signed message that names the member twice, another value first
+    body = with_member_twice(sample(sample_name), path, first)
+    intake, queue = make_intake()
+
+    # When it arrives
+    response = intake.handle(api_gateway_event(body))
+
+    # Then it is refused, naming the member's path but no value, and nothing is queued
+    assert refusal(response) == (400, "repeated_member")
+    said = answer(response)["message"]
+    assert f'the member "{".".join(map(str, path))}" appears more than once' in said
+    assert (first if isinstance(first, str) else json.dumps(first)) not in said
+    assert queue.bodies == []
+
+
+# Each case: the sample, and a member the relay neither reads nor checks there.
+MEMBERS_NOT_READ = [
+    ("openmessaging_text.json", ("x",)),
+    ("openmessaging_text.json", ("channel", "x")),
+    ("openmessaging_text.json", ("channel", "to", "x")),
+    # a dict whose members the schema does not check
+    ("openmessaging_text.json", ("channel", "metadata", "subType")),
+    ("openmessaging_text.json", ("content", 0, "attachment", "x")),
+    ("openmessaging_text.json", ("status",)),  # a Receipt's member, unknown to a Text message
+    ("openmessaging_typing.json", ("events", 0, "x")),
+]
+
+
+@pytest.mark.parametrize(
+    ("sample_name", "path"), MEMBERS_NOT_READ, ids=[".".join(map(str, p)) for _, p in MEMBERS_NOT_READ]
+)
+def test_a_member_the_relay_neither_reads_nor_checks_may_be_written_twice_and_is_queued_as_sent(
+    sample_name: str, path: tuple[str | int, ...]
+) -> None:
+    # Given a signed message that names an unknown member twice
+    message = sample(sample_name)
+    parent: Any = message
+    for step in path[:-1]:
+        parent = parent[step]
+    parent[path[-1]] = 2
+    body = with_member_twice(message, path, 1)
+    intake, queue = make_intake()
+
+    # When it arrives, it is accepted and the targets get the text as sent, both members in it
+    assert intake.handle(api_gateway_event(body))["statusCode"] == 202
+    assert [t.event_json for t in tasks(queue)] == [body, body]
 
 
 @pytest.mark.parametrize("separator", [",", ", ", " , "])

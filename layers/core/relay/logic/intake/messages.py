@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from typing import Any
+from functools import cache, partial
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from relay.errors import BadRequest, NonFiniteNumber
 from relay.models.delivery import event_json_of, load_finite_json
@@ -27,8 +29,9 @@ def parse_open_message(body: bytes) -> tuple[str, dict[str, Any]]:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("the body is not UTF-8 text") from None
+    repeating: list[_Repeated] = []
     try:
-        message = load_finite_json(text, object_pairs_hook=_object)
+        message = load_finite_json(text, object_pairs_hook=partial(_object, repeating))
     except NonFiniteNumber as refused:
         # 1e400 would reach the targets as Infinity or null: refused, like NaN and Infinity.
         raise BadRequest(f"the body is not valid JSON for the relay: {refused}") from None
@@ -41,13 +44,22 @@ def parse_open_message(body: bytes) -> tuple[str, dict[str, Any]]:
     if not isinstance(message, dict):
         raise BadRequest("the body must be a JSON object (an Open Messaging message)")
     try:
-        OPEN_MESSAGE.validate_python(message)
+        validated = OPEN_MESSAGE.validate_python(message)
     except ValidationError as invalid:
         detail = describe_validation_error(invalid)
         raise BadRequest(
             f"the message does not match the Open Messaging schema: {detail}",
             code="invalid_message",
         ) from None
+    # Only a body that names a member twice somewhere gets looked at again.
+    if repeating and (path := _repeated_member(message, type(validated))) is not None:
+        # The relay decides on the last one (identity, filters, ordering), a target's parser may keep the
+        # first: the event must mean one thing to both.
+        raise BadRequest(
+            f'the member "{path}" appears more than once, and JSON parsers differ on which one counts: '
+            "send it once",
+            code="repeated_member",
+        )
     return text, message
 
 
@@ -96,13 +108,69 @@ class _Repeated(dict[str, Any]):
     written: list[tuple[str, Any]]
 
 
-def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def _object(repeating: list[_Repeated], pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object_pairs_hook: a dict, or a _Repeated, which it also adds to ``repeating``."""
     parsed = dict(pairs)
     if len(parsed) == len(pairs):
         return parsed
     repeated = _Repeated(parsed)
     repeated.written = pairs
+    repeating.append(repeated)
     return repeated
+
+
+def _repeated_member(item: dict[str, Any], model: type[BaseModel], path: str = "") -> str | None:
+    """The path of the first member that ``model`` validates (so the relay may read it) and ``item``
+    names twice, looking into the objects the schema's models validate in turn; else None."""
+    members = _validated_members(model)
+    if isinstance(item, _Repeated):
+        seen: set[str] = set()
+        for name, _ in item.written:
+            if name in seen and name in members:
+                return path + name
+            seen.add(name)
+    for name, inner in members.items():
+        child = item.get(name)
+        if inner is None or child is None:
+            continue
+        # A list's items, each at its index (events.0.eventType), or the one object (channel.id). Only
+        # objects: a field name that its alias overrides (from_ beside from) was not validated.
+        found = enumerate(child) if isinstance(child, list) else [(None, child)]
+        for index, value in found:
+            where = f"{path}{name}." if index is None else f"{path}{name}.{index}."
+            if isinstance(value, dict) and (repeated := _repeated_member(value, inner, where)) is not None:
+                return repeated
+    return None
+
+
+@cache
+def _validated_members(model: type[BaseModel]) -> dict[str, type[BaseModel] | None]:
+    """Every member name ``model`` validates (its alias, and its field name when it validates by name),
+    with the model that validates what the member holds (an object, or each item of a list), if any."""
+    config = model.model_config
+    by_name = config.get("validate_by_name") or config.get("populate_by_name")
+    members: dict[str, type[BaseModel] | None] = {}
+    for name, field in model.model_fields.items():
+        inner = _model_of(field.annotation)
+        members[field.alias or name] = inner
+        if by_name:
+            members[name] = inner
+    return members
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The model inside a field's type (``Participant | None``, ``list[Content]``), if any: str,
+    ``dict[str, Any]`` or ``list[dict[str, Any]]`` hold no member the schema checks."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = get_origin(annotation)
+    inner = {model for arg in get_args(annotation) if (model := _model_of(arg)) is not None}
+    if not inner:
+        return None
+    if origin not in (list, Union, UnionType, Annotated) or len(inner) > 1:
+        # A model inside a dict, or a union of models, is not followed here: say so rather than miss it.
+        raise TypeError(f"the repeated-member check cannot follow {annotation!r}")
+    return inner.pop()
 
 
 def _members(item: dict[str, Any]) -> list[tuple[str, Any]]:
