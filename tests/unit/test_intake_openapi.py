@@ -9,7 +9,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from support.events import SIGNATURE_SECRET, api_gateway_event, sample
+from support.events import SIGNATURE_SECRET, api_gateway_event, sample, with_member_twice
 from test_intake_fakes import Secrets, answer, make_intake
 
 from relay.errors import ConfigurationError, DependencyUnavailable
@@ -52,12 +52,17 @@ def message_for_another_integration() -> dict[str, Any]:
     return message
 
 
+def message_with_its_id_twice() -> str:
+    return with_member_twice(sample("openmessaging_text.json"), ("id",), "another-event")
+
+
 # Each case: the intake's collaborators, the request, and the answer it must get.
 CASES: list[tuple[dict[str, Any], dict[str, Any], int, str | None]] = [
     ({}, api_gateway_event(), 202, None),
     ({}, api_gateway_event("{nope"), 400, "bad_request"),
     ({}, api_gateway_event(broken_message()), 400, "invalid_message"),
     ({}, api_gateway_event(message_for_another_integration()), 400, "integration_mismatch"),
+    ({}, api_gateway_event(message_with_its_id_twice()), 400, "repeated_member"),
     ({}, api_gateway_event(sign_with=None), 401, "signature_missing"),
     ({}, api_gateway_event(headers={"x-hub-signature-256": "sha256=xyz"}), 401, "signature_malformed"),
     ({}, api_gateway_event(sign_with="wrong-secret-0000000"), 401, "signature_mismatch"),
