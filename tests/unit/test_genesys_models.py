@@ -77,6 +77,44 @@ def test_invalid_messages_name_the_failing_field(change: Any, field: str) -> Non
     assert field in str(caught.value)
 
 
+def _renamed(data: dict[str, Any], path: tuple[str | int, ...], name: str) -> None:
+    """Move the member at ``path`` to ``name`` in the same object."""
+    *parents, last = path
+    holder: Any = data
+    for step in parents:
+        holder = holder[step]
+    holder[name] = holder.pop(last)
+
+
+@pytest.mark.parametrize(
+    ("sample_name", "path", "python_name", "missing"),
+    [
+        ("openmessaging_typing.json", ("events", 0, "eventType"), "event_type", "events.0.eventType"),
+        (
+            "openmessaging_text.json",
+            ("content", 0, "attachment", "mediaType"),
+            "media_type",
+            "content.0.attachment.mediaType",
+        ),
+        ("eventbridge_conversation_start.json", ("detail-type",), "detail_type", "detail-type"),
+        ("eventbridge_conversation_start.json", ("detail", "eventBody"), "event_body", "detail.eventBody"),
+    ],
+)
+def test_a_field_under_its_python_name_is_not_the_genesys_field(
+    sample_name: str, path: tuple[str | int, ...], python_name: str, missing: str
+) -> None:
+    # A target reads Genesys' name: the same value under another name must not pass for it.
+    data = sample(sample_name)
+    _renamed(data, path, python_name)
+    with pytest.raises(ValidationError) as caught:
+        if sample_name.startswith("eventbridge"):
+            GenesysEventBridgeEvent.model_validate(data)
+        else:
+            OPEN_MESSAGE.validate_python(data)
+    assert missing in str(caught.value)
+    assert "Field required" in str(caught.value)
+
+
 def test_an_event_message_needs_events() -> None:
     data = sample("openmessaging_typing.json")
     data["events"] = []

@@ -87,9 +87,11 @@ Rfc3339DateTime = Annotated[str, BeforeValidator(_rfc3339)]
 
 
 class GenesysModel(BaseModel):
-    """Tolerant of new fields and keeps them (they reach the targets untouched)."""
+    """Tolerant of new fields and keeps them (they reach the targets untouched). A field is read only
+    under Genesys' own name (its alias where it has one): ``event_type`` or ``detail_type`` is not
+    ``eventType`` or ``detail-type`` to a target, so it must not satisfy the schema either."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    model_config = ConfigDict(extra="allow")
 
 
 # --- Open Messaging outbound notification -------------------------------------------------------------

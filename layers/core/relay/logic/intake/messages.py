@@ -133,8 +133,8 @@ def _repeated_member(item: dict[str, Any], model: type[BaseModel], path: str = "
         child = item.get(name)
         if inner is None or child is None:
             continue
-        # A list's items, each at its index (events.0.eventType), or the one object (channel.id). Only
-        # objects: a field name that its alias overrides (from_ beside from) was not validated.
+        # A list's items, each at its index (events.0.eventType), or the one object (channel.id); only
+        # objects hold members.
         found = enumerate(child) if isinstance(child, list) else [(None, child)]
         for index, value in found:
             where = f"{path}{name}." if index is None else f"{path}{name}.{index}."
@@ -145,17 +145,9 @@ def _repeated_member(item: dict[str, Any], model: type[BaseModel], path: str = "
 
 @cache
 def _validated_members(model: type[BaseModel]) -> dict[str, type[BaseModel] | None]:
-    """Every member name ``model`` validates (its alias, and its field name when it validates by name),
-    with the model that validates what the member holds (an object, or each item of a list), if any."""
-    config = model.model_config
-    by_name = config.get("validate_by_name") or config.get("populate_by_name")
-    members: dict[str, type[BaseModel] | None] = {}
-    for name, field in model.model_fields.items():
-        inner = _model_of(field.annotation)
-        members[field.alias or name] = inner
-        if by_name:
-            members[name] = inner
-    return members
+    """Every member name ``model`` validates (Genesys models read a field only by its alias), with the
+    model that validates what the member holds (an object, or each item of a list), if any."""
+    return {field.alias or name: _model_of(field.annotation) for name, field in model.model_fields.items()}
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:
