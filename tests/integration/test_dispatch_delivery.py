@@ -62,6 +62,7 @@ def test_deliveries_verify_with_the_standardwebhooks_package_even_while_rotating
         envelope = request.json()
         assert request.headers["webhook-id"] == request.headers["x-delivery-id"] == envelope["deliveryId"]
         assert request.headers["x-format-version"] == "2.1"
+        assert request.headers["x-integration-id"] == PLAIN_TARGET
         assert request.headers["authorization"] == f"Bearer {BEARER}"
         assert request.headers["user-agent"].startswith("genesys-relay/")
         assert request.headers["content-type"] == "application/json"

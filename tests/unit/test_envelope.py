@@ -182,6 +182,7 @@ def test_headers_carry_ids_version_signature_auth_and_user_agent() -> None:
     assert headers["Content-Type"] == "application/json"
     assert headers["X-Delivery-Id"] == headers["webhook-id"] == "5f0c2b8e-9a41-4d3e-8b6f-1c2d3e4f5a61"
     assert headers["X-Format-Version"] == "2.1"
+    assert headers["X-Integration-Id"] == "t-1"
     assert headers["webhook-timestamp"] == str(int(NOW.timestamp()))
     assert headers["webhook-signature"].startswith("v1,")
     assert headers["Authorization"] == "Bearer tok-123"

@@ -84,6 +84,7 @@ def test_secret_values_stay_hidden_in_repr() -> None:
         ({}, {"headers": {"User-Agent": "mine"}}, {}, "headers"),
         ({}, {"headers": {"x-delivery-id": "1"}}, {}, "headers"),
         ({}, {"headers": {"X-Format-Version": "9"}}, {}, "headers"),
+        ({}, {"headers": {"x-integration-id": "another"}}, {}, "headers"),
         ({}, {"headers": {"Expect": "100-continue"}}, {}, "headers"),
         ({}, {"headers": {"Webhook-Anything": "x"}}, {}, "headers"),
         # Values HTTP cannot carry: beyond Latin-1, or control characters (HTAB is allowed)

@@ -127,6 +127,8 @@ def build_headers(
             "User-Agent": USER_AGENT,
             "X-Delivery-Id": msg_id,
             "X-Format-Version": envelope.format_version,
+            # The seed's header: the Genesys webhook integration that configures the target (its id).
+            "X-Integration-Id": target.target_id,
             "webhook-id": msg_id,
             "webhook-timestamp": str(timestamp),
         }

@@ -49,6 +49,7 @@ RESERVED_HEADERS = frozenset(
         "user-agent",
         "x-delivery-id",
         "x-format-version",
+        "x-integration-id",
         "connection",
         "content-length",
         "expect",
