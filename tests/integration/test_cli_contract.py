@@ -237,6 +237,14 @@ CASES = {
         "relay local demo",
         r"not a valid fixtures file: integrations\.0\.signatureSecret: String should have at least 16",
     ),
+    "fixtures with two mistakes": Case(
+        ("local", "serve", "--fixtures", "{two_mistakes_fixtures}"),
+        USAGE,
+        "relay local serve",
+        # Both named in one run, each where it is.
+        r"not a valid fixtures file: integrations\.0\.signatureSecret: String should have at least 16 "
+        r"characters; integrations\.0\.targets\.0\.method: Input should be 'POST' or 'PUT' \(2 problems\)$",
+    ),
     "fixtures with a target id twice": Case(
         ("local", "serve", "--fixtures", "{repeated_target_fixtures}"),
         USAGE,
@@ -504,6 +512,9 @@ def files(tmp_path: Path) -> Iterator[dict[str, str]]:
         "no_events": [],
         "no_entries": {"Entries": []},
         "short_secret_fixtures": {"integrations": [integration]},
+        "two_mistakes_fixtures": {
+            "integrations": [{**integration, "targets": [{**target, "method": "GET"}]}]
+        },
         "no_targets_fixtures": {"integrations": [{**integration, "signatureSecret": "s" * 16}]},
         "port_65536_fixtures": {
             "integrations": [

@@ -26,6 +26,7 @@ from relay.cli.exit_codes import CommandFailed, ExitCode, UsageError
 from relay.cli.logs import stdout_log_handlers
 
 if TYPE_CHECKING:
+    from pydantic import ValidationError
     from requests import Response
 
     from relay.local.fixtures import Fixtures
@@ -105,16 +106,27 @@ def _fixtures(path: Path | None) -> Fixtures:
     try:
         fixtures = Fixtures.load(where)
     except ValidationError as exc:
-        first = exc.errors(include_input=False)[0]
-        location = ".".join(str(part) for part in first["loc"]) or "(top level)"
-        raise UsageError(
-            f"{where}: not a valid fixtures file: {location}: {first['msg']} ({exc.error_count()} error(s))"
-        ) from None
+        raise UsageError(f"{where}: not a valid fixtures file: {_problems(exc)}") from None
     except ValueError as exc:  # not JSON, or not UTF-8
         raise UsageError(f"{where}: not a valid fixtures file: {exc}") from None
     for key in fixtures.unknown_keys():  # a note to the person who wrote the file, not a log record
         print(f"{where}: {key} is not a fixtures field; ignored", file=sys.stderr)
     return fixtures
+
+
+# Enough to fix a file in one go; a file wrong everywhere is named by its first few problems.
+_PROBLEMS_SHOWN = 10
+
+
+def _problems(exc: ValidationError) -> str:
+    """Each problem of a refused fixtures file (a pydantic ValidationError), located: every one, so
+    fixing the file takes one run, not one run per mistake."""
+    errors = exc.errors(include_input=False)
+    shown = [f"{'.'.join(str(part) for part in e['loc']) or '(top level)'}: {e['msg']}" for e in errors]
+    text = "; ".join(shown[:_PROBLEMS_SHOWN])
+    if len(shown) > _PROBLEMS_SHOWN:
+        text += f"; and {len(shown) - _PROBLEMS_SHOWN} more"
+    return text if len(shown) == 1 else f"{text} ({len(shown)} problems)"
 
 
 def _fixtures_refused(path: Path | None, exc: Exception) -> UsageError:
