@@ -6,6 +6,7 @@ import math
 import random
 import sys
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -37,7 +38,7 @@ def test_exhausted_after_the_matrix_attempts() -> None:
 def test_full_jitter_stays_within_the_growing_capped_ceiling(attempt: int, seed: int) -> None:
     ceiling = min(30.0, 1.0 * 2 ** (attempt - 1)) if attempt < 60 else 30.0
     delay = retry.retry_delay_seconds(MATRIX, attempt, rng=random.Random(seed))
-    assert 0 <= delay <= ceiling + 1  # whole seconds, rounded up
+    assert 0 <= delay <= ceiling  # whole seconds, never past the ceiling
 
 
 # Every matrix the model accepts: intervals of any size, multipliers up to infinity.
@@ -58,15 +59,15 @@ def test_any_matrix_and_attempt_give_a_finite_delay_within_its_cap(
     ceiling = retry.backoff_ceiling_seconds(matrix, attempt)
     assert math.isfinite(ceiling) and 0 <= ceiling <= cap_seconds
     delay = retry.retry_delay_seconds(matrix, attempt, rng=random.Random(seed))
-    # Whole seconds, rounded up, and never past SQS's longest visibility timeout
-    assert 0 <= delay <= min(retry.SQS_MAX_VISIBILITY_SECONDS, -(-matrix.max_interval_ms // 1000))
+    # Whole seconds, never past the ceiling nor SQS's longest visibility timeout
+    assert 0 <= delay <= min(retry.SQS_MAX_VISIBILITY_SECONDS, math.floor(ceiling))
 
 
 def test_a_huge_multiplier_saturates_at_the_cap_instead_of_overflowing() -> None:
     # The probe's matrix: 1e200 squared is past what a float holds
     matrix = RetryMatrix(attempts=4, base_interval_ms=100, max_interval_ms=200, multiplier=1e200)
     assert retry.backoff_ceiling_seconds(matrix, 3) == 0.2
-    assert retry.retry_delay_seconds(matrix, 3, rng=random.Random(5)) in (0, 1)
+    assert retry.retry_delay_seconds(matrix, 3, rng=random.Random(5)) == 0  # 0.2 s: at once
 
 
 def test_a_multiplier_of_one_keeps_the_base_interval_at_any_attempt() -> None:
@@ -79,6 +80,30 @@ def test_jitter_actually_spreads_retries() -> None:
     rng = random.Random(7)
     delays = {retry.retry_delay_seconds(MATRIX, 6, rng=rng) for _ in range(200)}
     assert len(delays) > 10
+
+
+@pytest.mark.parametrize(
+    ("base_ms", "max_ms", "attempt", "most"),
+    [
+        (1000, 30_000, 1, 1),  # the default matrix's first retry: a ceiling of 1 s
+        (200, 1500, 3, 0),  # 0.8 s: under a second, so at once (never past maxIntervalMs)
+        (1500, 1500, 3, 1),  # 1.5 s: 0 or 1, never 2
+        (3000, 5000, 2, 5),  # 5 s
+    ],
+)
+def test_whole_second_waits_keep_full_jitters_spread_and_average_within_the_ceiling(
+    base_ms: int, max_ms: int, attempt: int, most: int
+) -> None:
+    # SQS takes whole seconds: rounding every draw up made the default first retry always exactly 1 s
+    # (one wave after an outage) and let a wait pass a sub-second or fractional maxIntervalMs.
+    matrix = RetryMatrix(attempts=5, base_interval_ms=base_ms, max_interval_ms=max_ms, multiplier=2)
+    ceiling = retry.backoff_ceiling_seconds(matrix, attempt)
+    rng = random.Random(11)
+    waits = [retry.retry_delay_seconds(matrix, attempt, rng=rng) for _ in range(4000)]
+    assert max(waits) == most
+    assert set(waits) == set(range(most + 1))  # every whole second up to the ceiling's
+    if most == math.floor(ceiling) == ceiling:  # a whole-second ceiling: the average is full jitter's
+        assert abs(sum(waits) / len(waits) - ceiling / 2) < 0.05 * max(1.0, ceiling)
 
 
 def test_retry_after_is_a_floor_and_is_clamped() -> None:

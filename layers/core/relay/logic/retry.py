@@ -12,7 +12,11 @@ move task (which cannot change attributes): a redrive is a fresh try, so its cou
 The attempts a target may plan are capped one below the queue's ``maxReceiveCount``: the redrive
 policy is a backstop for crashes, and must never pre-empt the relay's own, explained dead-lettering.
 
-Backoff for the n-th failed attempt ("full jitter"): uniform(0, min(maxInterval, base * multiplier^(n-1))).
+Backoff for the n-th failed attempt ("full jitter"): uniform(0, min(maxInterval, base * multiplier^(n-1))),
+in whole seconds (what SQS's visibility timeout takes), rounded down or up at random in proportion to
+the fraction: the waits keep full jitter's average and spread, and never pass the ceiling's whole
+seconds (a ceiling under 1 s retries at once). Rounding up instead made every wait of the default matrix's
+first retry exactly 1 s: one wave of retries after an outage, and waits above a sub-second maxInterval.
 A receiver's Retry-After is honoured as a floor, clamped to ``max_delay_seconds`` (SQS allows a
 visibility timeout of at most 12 h).
 """
@@ -131,10 +135,13 @@ def retry_delay_seconds(
 ) -> int:
     """Whole seconds until the next attempt after attempt ``attempt`` failed (a visibility timeout)."""
     cap = min(max_delay_seconds, SQS_MAX_VISIBILITY_SECONDS)
-    delay = rng.uniform(0.0, backoff_ceiling_seconds(matrix, attempt))
-    if retry_after_seconds is not None:
-        delay = max(delay, min(retry_after_seconds, cap))
-    return min(cap, max(0, math.ceil(delay)))
+    ceiling = backoff_ceiling_seconds(matrix, attempt)
+    drawn = rng.uniform(0.0, ceiling)
+    whole = math.floor(drawn)
+    delay = min(whole + (rng.random() < drawn - whole), math.floor(ceiling))
+    if retry_after_seconds is not None:  # a floor: never sooner than the receiver asked
+        delay = max(delay, math.ceil(min(retry_after_seconds, cap)))
+    return min(cap, max(0, delay))
 
 
 def deferral_delay_seconds(seconds_until_probe: float, *, rng: random.Random) -> int:
