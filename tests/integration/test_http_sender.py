@@ -136,6 +136,27 @@ def test_a_2xx_cut_off_by_the_peer_is_incomplete_and_retried(
     assert outcome.verdict is Verdict.RETRYABLE and outcome.endpoint_unhealthy
 
 
+@pytest.mark.parametrize(
+    ("extra_headers", "why"),
+    [
+        (b"".join(b"X-H%d: v\r\n" % n for n in range(120)), "got more than 100 headers"),
+        (b"X-Long: " + b"v" * 70_000 + b"\r\n", "got more than 65536 bytes when reading header line"),
+    ],
+    ids=["120-header-fields", "a-70-KB-header-line"],
+)
+def test_a_2xx_past_the_header_limits_is_not_read_and_says_why(
+    sender: HttpSender, extra_headers: bytes, why: str
+) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" + extra_headers + b"\r\n"
+    with misbehaving_peer(lambda *_: Answer(head=head, after="keep-alive")) as peer:
+        result, _ = _post(sender, peer.url)
+
+    # Not a delivery (the relay could not read the answer), retried, and the audit says why
+    assert (result.status, result.error_code) == (None, "connection-error")
+    assert result.error == f"answer not read, past http.client's limits: {why}"
+    assert _verdict(result) is Verdict.RETRYABLE
+
+
 def test_a_body_longer_than_our_read_bound_is_complete_and_not_waited_for(sender: HttpSender) -> None:
     # Given a 200 announcing 5000 bytes that sends 300 (more than our 100-byte bound) and then stalls
     head = b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + b"x" * 300

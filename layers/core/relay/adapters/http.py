@@ -29,7 +29,7 @@ import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from http.client import HTTPException
+from http.client import HTTPException, LineTooLong
 from typing import Any
 
 from pydantic import SecretStr
@@ -261,11 +261,23 @@ def _no_response(exc: Exception) -> tuple[str, str]:
         return CONNECT_TIMEOUT, "connect timed out"
     if isinstance(exc, ReadTimeoutError):
         return READ_TIMEOUT, "read timed out"
+    if (oversized := _oversized_answer(exc)) is not None:
+        return CONNECTION_ERROR, oversized
     if isinstance(exc, ProtocolError | SSLError | OSError):
         return CONNECTION_ERROR, _short(exc)
     if isinstance(exc, LocationValueError | ValueError):
         return INVALID_REQUEST, _short(exc)
     return CONNECTION_ERROR, _short(exc)
+
+
+def _oversized_answer(exc: Exception) -> str | None:
+    """Why an answer past http.client's limits (100 header fields, 64 KiB a line) was not read, or None.
+    Its status line may have said 200, but an answer the relay cannot read is not a delivery."""
+    reason = exc.args[1] if isinstance(exc, ProtocolError) and len(exc.args) > 1 else None
+    # http.client's own words name the limit ("got more than 100 headers"), never a header's content.
+    if isinstance(reason, LineTooLong) or (type(reason) is HTTPException and "headers" in str(reason)):
+        return f"answer not read, past http.client's limits: {reason}"
+    return None
 
 
 def _body_failure(exc: Exception, deadline: Deadline) -> tuple[str, str]:
