@@ -85,6 +85,9 @@ def test_secret_values_stay_hidden_in_repr() -> None:
         ({}, {"headers": {"x-delivery-id": "1"}}, {}, "headers"),
         ({}, {"headers": {"X-Format-Version": "9"}}, {}, "headers"),
         ({}, {"headers": {"x-integration-id": "another"}}, {}, "headers"),
+        # Headers that describe the body the relay writes: a receiver would read it wrong
+        ({}, {"headers": {"Content-Encoding": "gzip"}}, {}, "headers"),
+        ({}, {"headers": {"content-digest": "sha-256=:x:"}}, {}, "headers"),
         ({}, {"headers": {"Expect": "100-continue"}}, {}, "headers"),
         ({}, {"headers": {"Webhook-Anything": "x"}}, {}, "headers"),
         # Values HTTP cannot carry: beyond Latin-1, or control characters (HTAB is allowed)

@@ -40,12 +40,19 @@ from relay.models.targets import (
     SecurityType,
 )
 
-# Headers the relay sets itself (or that the connection and framing depend on), compared lower-cased,
-# and every ``webhook-*`` header (Standard Webhooks'): a config must not set them.
+# Headers the relay sets itself, that describe the body it writes (a Content-Encoding: gzip on a plain
+# body makes it unreadable to the receiver), or that the connection and framing depend on, compared
+# lower-cased, and every ``webhook-*`` header (Standard Webhooks'): a config must not set them.
 RESERVED_HEADERS = frozenset(
     {
         "authorization",
         "content-type",
+        "content-encoding",
+        "content-range",
+        "content-md5",
+        "content-digest",
+        "repr-digest",
+        "digest",
         "user-agent",
         "x-delivery-id",
         "x-format-version",
@@ -177,7 +184,10 @@ class WebhookConfig(BaseModel):
             if not _HEADER_NAME.match(name):
                 raise ValueError(f"header name {name!r} is not a valid HTTP token")
             if is_reserved_header(name):
-                raise ValueError(f"header {name} is set by the relay and cannot be configured")
+                raise ValueError(
+                    f"header {name} is the relay's to set (it sets it, it describes the body the relay "
+                    "writes, or the connection depends on it) and cannot be configured"
+                )
             if "\r" in value or "\n" in value:
                 raise ValueError(f"header {name} has a line break in its value")
             if not _HEADER_VALUE.match(value):
