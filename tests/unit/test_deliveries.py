@@ -495,6 +495,25 @@ def test_the_table_names_the_event_only_when_it_shows_several(history: Archiving
     assert f"event e-1 to erp: delivered after 2 attempts; deliveryId {ids('e-1', 'erp')}" in one
 
 
+@pytest.mark.parametrize(("seconds", "note"), [(0, "retry at once"), (3, "retry in 3 s")])
+def test_the_note_says_when_a_retry_comes(seconds: int, note: str) -> None:
+    from relay.cli.deliveries_cmd import format_timeline
+
+    line = {
+        "startedAt": "2026-12-02T10:00:00.000Z",
+        "eventId": "e-1",
+        "deliveryId": "d-1",
+        "integrationId": INTEGRATION,
+        "targetId": "erp",
+        "attempt": 1,
+        "outcome": "retry-scheduled",
+        "status": 503,
+        "retryInSeconds": seconds,
+    }
+    header, row, *_ = format_timeline(timeline([line], "e-1", ["2026-12-02"])).splitlines()
+    assert row[header.index("NOTE") : header.index("ERROR_DETAIL")].strip() == note
+
+
 def test_the_table_shows_the_errors_text_last_with_control_characters_escaped() -> None:
     from relay.cli.deliveries_cmd import format_timeline
 

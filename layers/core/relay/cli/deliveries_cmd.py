@@ -245,8 +245,8 @@ def _note(attempt: dict[str, Any]) -> str:
     if attempt["actor"]:
         replaces = f", replacing {attempt['replayOf']}" if attempt["replayOf"] else ""
         return f"by {attempt['actor']}{replaces}"
-    if attempt["retryInSeconds"] is not None:
-        return f"retry in {attempt['retryInSeconds']} s"
+    if attempt["retryInSeconds"] is not None:  # 0: the wait rounded down to none
+        return f"retry in {attempt['retryInSeconds']} s" if attempt["retryInSeconds"] else "retry at once"
     if attempt["deferredSeconds"] is not None:
         return f"back in {attempt['deferredSeconds']} s"
     return "-"
