@@ -178,7 +178,7 @@ def _rejected_ids(report_rejected: list[dict[str, str]]) -> list[str]:
         ({"url": "https://93.184.216.34:6379/hook"}, "port 6379 is not allowed"),
         ({"url": "https://hooks..example.com/hook"}, "not a valid host name"),
         ({"url": "https://" + "a" * 64 + ".example.com/hook"}, "not a valid host name"),
-        ({"headers": {"Authorization": "Bearer sneaky"}}, "set by the relay"),
+        ({"headers": {"Authorization": "Bearer sneaky"}}, "is the relay's to set"),
         ({"securityType": "basic"}, "user:password"),
         (
             {"openMessagingIntegrationId": "not-a-configured-integration"},
