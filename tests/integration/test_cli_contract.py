@@ -37,6 +37,7 @@ KEY = "enc-key-for-the-contract-test"  # the --key-env value: must never be prin
 WRONG_KEY = "wrong-key-never-printed"
 FIXTURE_SECRET = "whsec-too-short"  # fails signatureSecret's min_length: must not be echoed
 WAIT = 30.0  # bound on waiting for a subprocess: generous, proves no hang
+UUID_1, UUID_2 = "0b7f0d8e-1c2a-4e3b-9f4d-5a6b7c8d9e01", "0b7f0d8e-1c2a-4e3b-9f4d-5a6b7c8d9e02"
 
 
 @dataclass(frozen=True)
@@ -244,6 +245,15 @@ CASES = {
         # Both named in one run, each where it is.
         r"not a valid fixtures file: integrations\.0\.signatureSecret: String should have at least 16 "
         r"characters; integrations\.0\.targets\.0\.method: Input should be 'POST' or 'PUT' \(2 problems\)$",
+    ),
+    "fixtures config sync would refuse": Case(
+        ("local", "serve", "--fixtures", "{sync_refuses_fixtures}"),
+        USAGE,
+        "relay local serve",
+        # Before anything starts (a start each cost before), every target's problems in one line.
+        rf"not a valid fixtures file: config sync would refuse target {UUID_1}: invalid config: headers: "
+        rf".*Content-Encoding is the relay's to set.*; target {UUID_2}: invalid config: encryptionKey: "
+        r".*at least 16",
     ),
     "fixtures with a target id twice": Case(
         ("local", "serve", "--fixtures", "{repeated_target_fixtures}"),
@@ -514,6 +524,18 @@ def files(tmp_path: Path) -> Iterator[dict[str, str]]:
         "short_secret_fixtures": {"integrations": [integration]},
         "two_mistakes_fixtures": {
             "integrations": [{**integration, "targets": [{**target, "method": "GET"}]}]
+        },
+        "sync_refuses_fixtures": {
+            "integrations": [
+                {
+                    **integration,
+                    "signatureSecret": "s" * 16,
+                    "targets": [  # config sync takes UUIDs only
+                        {**target, "id": UUID_1, "headers": {"Content-Encoding": "gzip"}},
+                        {**target, "id": UUID_2, "encryptionKey": "fifteen-chars!!"},
+                    ],
+                }
+            ]
         },
         "no_targets_fixtures": {"integrations": [{**integration, "signatureSecret": "s" * 16}]},
         "port_65536_fixtures": {

@@ -109,6 +109,12 @@ def _fixtures(path: Path | None) -> Fixtures:
         raise UsageError(f"{where}: not a valid fixtures file: {_problems(exc)}") from None
     except ValueError as exc:  # not JSON, or not UTF-8
         raise UsageError(f"{where}: not a valid fixtures file: {exc}") from None
+    from relay.local.fake_genesys import config_problems
+
+    # Config sync's own rules too, now: found only once the stack ran it, they cost a start each.
+    if problems := config_problems(fixtures):
+        refused = "; ".join(problems)
+        raise UsageError(f"{where}: not a valid fixtures file: config sync would refuse {refused}")
     for key in fixtures.unknown_keys():  # a note to the person who wrote the file, not a log record
         print(f"{where}: {key} is not a fixtures field; ignored", file=sys.stderr)
     return fixtures

@@ -32,8 +32,11 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
+from pydantic import ValidationError
+
 from relay.local.fixtures import FixtureIntegration, Fixtures, FixtureTarget
 from relay.local.loopback import LoopbackServer
+from relay.models.webhook_config import safe_errors, webhook_config_from_genesys
 
 FaultKind = Literal["status", "slow", "malformed", "no-expires-in"]
 FAULT_KINDS: tuple[FaultKind, ...] = ("status", "slow", "malformed", "no-expires-in")
@@ -193,6 +196,25 @@ def webhook_docs(
         "selfUri": f"/api/v2/integrations/{target.id}/config/current",
     }
     return integration, config, credentials
+
+
+def config_problems(fixtures: Fixtures) -> list[str]:
+    """What config sync would refuse in ``fixtures``, found before anything starts: each enabled target
+    as this fake serves it, validated as config sync validates it. Its URL's address checks are left to
+    config sync (they resolve the host); a disabled target is not stored at all."""
+    problems = []
+    for integration in fixtures.integrations:
+        for target in (t for t in integration.targets if t.enabled):
+            doc, config, credentials = webhook_docs(integration.id, target)
+            values = {
+                key: credentials[ref["id"]]["credentialFields"]["value"]
+                for key, ref in config["credentials"].items()
+            }
+            try:
+                webhook_config_from_genesys(doc, config, values)
+            except ValidationError as exc:
+                problems.append(f"target {target.id}: invalid config: {safe_errors(exc)}")
+    return problems
 
 
 class FakeGenesys:
