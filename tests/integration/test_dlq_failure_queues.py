@@ -282,10 +282,11 @@ def test_redrive_while_the_integration_is_still_unknown_leaves_every_event_and_s
     fail_in_the_intake(aws_stack, genesys_event())
 
     # When
-    code, out, _ = run_cli(capsys, "redrive", "--queue", "intake-failures")
+    code, out, err = run_cli(capsys, "redrive", "--queue", "intake-failures")
 
     # Then it stays, and the table names the reason
     assert code == 1
+    assert err.splitlines()[-1] == "relay dlq redrive: 1 event stays in its queue (the intake refuses it)"
     assert f"ConfigurationError: EventBridge integration {EVENTBRIDGE_INTEGRATION} is unknown" in out
     assert "sent 0 of 1 scanned" in out
     assert queued(queues.delivery) == []

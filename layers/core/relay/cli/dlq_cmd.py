@@ -351,10 +351,12 @@ def _resubmit(args: argparse.Namespace) -> int:
         document = result.to_json()
         attention = None
         if not result.ok:
-            stay = f"{_count(len(result.refused), 'event')} {'stays' if len(result.refused) == 1 else 'stay'}"
-            attention = f"{stay} in their queue (the intake refuses them)" + (
-                f"; {result.error}" if result.error else ""
-            )
+            refused = len(result.refused)
+            attention = (
+                "1 event stays in its queue (the intake refuses it)"
+                if refused == 1
+                else f"{refused} events stay in their queue (the intake refuses them)"
+            ) + (f"; {result.error}" if result.error else "")
         return document, format_resubmit(document), attention
 
     return _run(args, work)
