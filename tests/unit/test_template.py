@@ -111,7 +111,7 @@ def largest_planned_attempts() -> int:
     return max([RetryMatrix().attempts, *attempts])
 
 
-# --- SQS consumer invariants (../shared/reference/delivery-anchors.md) ---------------------------------
+# --- SQS consumer invariants (AWS's documentation for SQS event sources) ---------------------------------
 
 
 def test_every_environment_is_checked() -> None:
