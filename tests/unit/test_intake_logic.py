@@ -86,6 +86,22 @@ def test_tasks_carry_the_conversation_id_the_event_names_for_the_audit() -> None
     assert by_event == {named["id"]: named["conversationId"], unnamed["id"]: None}
 
 
+def test_a_long_conversation_id_is_kept_whole_up_to_the_ids_bound_and_refused_past_it() -> None:
+    # A 129-character conversation was accepted and delivered but left out of its tasks, so `relay
+    # deliveries show CONVERSATION_ID` could not find it: now bounded like the ids, and kept.
+    intake, queue = make_intake()
+    longest = sample("openmessaging_text.json") | {"conversationId": "c" * 1024}
+    too_long = sample("openmessaging_typing.json") | {"conversationId": "c" * 1025}
+
+    kept = intake.handle(api_gateway_event(longest))
+    refused = intake.handle(api_gateway_event(too_long))
+
+    assert kept["statusCode"] == 202
+    assert {t.conversation_id for t in tasks(queue)} == {"c" * 1024}
+    assert refused["statusCode"] == 400 and answer(refused)["error"] == "invalid_message"
+    assert "conversationId" in answer(refused)["message"]
+
+
 def test_eventbridge_tasks_carry_the_event_bodys_conversation_id() -> None:
     intake, queue = make_intake(eventbridge_integration_id=INTEGRATION_ID)
     event = sample("eventbridge_conversation_start.json")

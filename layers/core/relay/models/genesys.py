@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, TypeAdapter, model_validator
 
-NonEmpty = Annotated[str, Field(min_length=1, max_length=1024)]
+ID_MAX_LENGTH = 1024
+NonEmpty = Annotated[str, Field(min_length=1, max_length=ID_MAX_LENGTH)]
 
 
 def _json_integer(value: Any) -> Any:
@@ -147,7 +148,8 @@ class _OpenMessageBase(GenesysModel):
     channel: Channel
     direction: str | None = None
     originating_entity: str | None = Field(None, alias="originatingEntity")
-    conversation_id: str | None = Field(None, alias="conversationId")
+    # Bounded like the ids: an accepted event's conversation is kept whole (the audit, `deliveries show`).
+    conversation_id: str | None = Field(None, alias="conversationId", max_length=ID_MAX_LENGTH)
 
 
 class TextMessage(_OpenMessageBase):

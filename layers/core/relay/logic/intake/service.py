@@ -60,7 +60,7 @@ from relay.logic.intake.messages import parse_eventbridge_event, parse_open_mess
 from relay.logic.intake.metrics import NoMetrics
 from relay.logic.intake.ordering import eventbridge_key, open_messaging_key
 from relay.logic.signature import CODE_MISMATCH, SIGNATURE_HEADER, verify_signature
-from relay.models.genesys import utc_instant
+from relay.models.genesys import ID_MAX_LENGTH, utc_instant
 from relay.models.queue import MAX_INLINE_BODY_BYTES
 from relay.models.secrets import RotatingSecret
 from relay.observability import logger
@@ -285,5 +285,6 @@ class Intake:
 
 
 def _text_or_none(value: object) -> str | None:
-    """A conversation id as the audit keeps it: a short non-empty string, else none."""
-    return value if isinstance(value, str) and 0 < len(value) <= 128 else None
+    """A conversation id as the audit keeps it: a non-empty string within the ids' bound, else none
+    (an EventBridge body is not schema-checked; an Open Messaging message's is refused beyond it)."""
+    return value if isinstance(value, str) and 0 < len(value) <= ID_MAX_LENGTH else None
