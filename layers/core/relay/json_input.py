@@ -14,6 +14,13 @@ from typing import Any
 from relay.errors import JsonTooDeep
 
 
+def json_spellings(text: str) -> frozenset[str]:
+    """How ``text`` may stand in a JSON line the relay wrote: as it is, or escaped as Python's json
+    escapes a string (quotes, backslashes and control characters always; non-ASCII as \\uXXXX or not).
+    A search of written lines for an id looks for each spelling; the lines found are parsed and compared."""
+    return frozenset({text, json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1]})
+
+
 def load_json(text: str | bytes | bytearray, **options: Any) -> Any:
     """``json.loads(text, **options)``, with nesting too deep to parse a ``JsonTooDeep`` (a ValueError)."""
     try:

@@ -353,7 +353,8 @@ class AuditReader(Protocol):
     """The audit objects of some days (``relay deliveries show``)."""
 
     def lines(self, dates: Sequence[str], *, containing: str) -> list[dict[str, Any]]:
-        """Every audit line under ``audit/date=<date>/`` for those dates whose text holds ``containing``."""
+        """Every audit line under ``audit/date=<date>/`` for those dates whose text holds ``containing``
+        (as it is or JSON-escaped)."""
         ...
 
 
@@ -361,7 +362,7 @@ class ArchiveReader(Protocol):
     """The event archive of some days (``relay deliveries replay``)."""
 
     def records(self, dates: Sequence[str], *, containing: str) -> list[ArchiveRecord]:
-        """Every archive record of those dates whose line holds ``containing``."""
+        """Every archive record of those dates whose line holds ``containing`` (as it is or JSON-escaped)."""
         ...
 
     def claim_check_exists(self, ref: S3Ref) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from relay.errors import DependencyUnavailable
-from relay.json_input import load_json
+from relay.json_input import json_spellings, load_json
 
 AUDIT_PREFIX = "audit/"
 READERS = 16  # objects fetched at once by an operator command
@@ -76,16 +76,17 @@ def put_jsonl(s3: Any, bucket: str, key: str, body: bytes) -> None:
 
 
 def matching_lines(s3: Any, bucket: str, prefixes: Sequence[str], containing: str) -> Iterator[str]:
-    """The lines of every object under ``prefixes`` that contain ``containing``, object by object in key
+    """The lines of every object under ``prefixes`` that contain ``containing`` (as it is or JSON-escaped:
+    an id with non-ASCII, quotes or control characters is written escaped), object by object in key
     order. DependencyUnavailable when the bucket cannot be listed or read."""
     keys = [key for prefix in prefixes for key in _keys(s3, bucket, prefix)]
-    needle = containing.encode()
+    needles = [spelling.encode() for spelling in json_spellings(containing)]
     with ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="audit-read") as pool:
         for chunk in batched(keys, CHUNK, strict=False):
             for body in pool.map(lambda key: _get(s3, bucket, key), chunk):
-                if needle in body:
+                if any(needle in body for needle in needles):
                     for raw in body.splitlines():
-                        if needle in raw:
+                        if any(needle in raw for needle in needles):
                             yield raw.decode("utf-8", "replace")
 
 

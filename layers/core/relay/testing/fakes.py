@@ -24,6 +24,7 @@ from relay.errors import (
     TokenUnavailable,
     UnreadableEvent,
 )
+from relay.json_input import json_spellings
 from relay.models.archive import ArchiveRecord, archive_key
 from relay.models.breaker import BreakerState, LaneState
 from relay.models.delivery import DeadLetterNote, S3Ref
@@ -332,13 +333,15 @@ class InMemoryEventArchive:
 def _lines_under(
     objects: Mapping[str, bytes], prefix: str, dates: Sequence[str], containing: str
 ) -> list[str]:
-    """The lines holding ``containing`` of the objects under ``<prefix>/date=<date>/``, in key order."""
+    """The lines holding ``containing`` (as it is or JSON-escaped, as the S3 readers search) of the
+    objects under ``<prefix>/date=<date>/``, in key order."""
+    spellings = json_spellings(containing)
     return [
         line
         for key, body in sorted(objects.items())
         if any(key.startswith(f"{prefix}/date={date}/") for date in dates)
         for line in body.decode().splitlines()
-        if containing in line
+        if any(spelling in line for spelling in spellings)
     ]
 
 
