@@ -361,6 +361,14 @@ CASES = {
         "relay decrypt",
         "/nonexistent/envelope.json: No such file or directory",
     ),
+    "a path with a line break and an escape sequence": Case(
+        # One line, escaped: the message quotes what was typed, and must not split or drive the terminal
+        ("decrypt", "/nonexistent/x\nforged: 1\x1b[2J", "--key-env", "KEY"),
+        USAGE,
+        "relay decrypt",
+        # (outcome() already joins a message's lines with "; ")
+        r"/nonexistent/x; forged: 1\\x1b\[2J: No such file or directory$",
+    ),
     "envelope is a directory": Case(
         ("decrypt", "{directory}", "--key-env", "KEY"), USAGE, "relay decrypt", ": Is a directory$"
     ),

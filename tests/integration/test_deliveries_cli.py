@@ -184,7 +184,8 @@ def test_show_names_an_ordered_target_with_no_record_for_the_event_as_possibly_w
     # no record of it (its delivery waits in its conversation: the audit knows nothing of it yet)
     ordered = seed_target(aws_stack, f"{receiver.url}/hooks/ordered", target_id="t-ordered")
     target_store(get_settings()).put_target(ordered.model_copy(update={"ordering": Ordering.CONVERSATION}))
-    dispatcher.handle_batch([event_record("e-waits")])
+    plain_delivery = str(uuid.uuid4())
+    dispatcher.handle_batch([event_record("e-waits", delivery_id=plain_delivery)])
 
     # When the event is shown, as a table and as JSON
     for output in ("table", "json"):
@@ -205,11 +206,42 @@ def test_show_names_an_ordered_target_with_no_record_for_the_event_as_possibly_w
         assert f"relay deliveries show {CONVERSATION} lists the records of the conversation" in err
         assert "OrderedGroupBlocked" in err
 
-    # And with --target, which leaves the other targets' lines out on purpose, nothing is said
-    code, _, err = relay(
-        capsys, "deliveries", "show", "e-waits", "--target", PLAIN_TARGET, "--stack-name", stack
-    )
+    # And with --target, which leaves the other targets' lines out on purpose, nothing is said; nor for
+    # the plain target's delivery id, which names that delivery's lines only
+    for narrowed in (["e-waits", "--target", PLAIN_TARGET], [plain_delivery]):
+        code, _, err = relay(capsys, "deliveries", "show", *narrowed, "--stack-name", stack)
+        assert (code, err) == (0, "")
+
+
+# Ids a sender chose, as the intake accepts them: non-ASCII (escaped in the audit's JSON), quotes and
+# backslashes, control characters, line separators and bidi controls.
+HOSTILE_IDS = [
+    "e-café-😀",
+    'e-"quoted"\\x',
+    "e-bell\u0007\u001b[2J",
+    "e-line\nX-Forged: 1",
+    "e-rtl\u202egnp.exe",
+]
+
+
+@pytest.mark.parametrize("event_id", HOSTILE_IDS, ids=["non-ascii", "quote", "escape", "newline", "bidi"])
+def test_an_event_id_a_sender_chose_is_found_shown_and_replayed_without_reaching_the_terminal_raw(
+    event_id: str, stack: str, dispatcher: Dispatcher, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given an event delivered under that id
+    dispatcher.handle_batch([event_record(event_id)])
+
+    # Then show finds it (as JSON, the id exactly), and the table and replay's dry run print it escaped
+    code, out, err = relay(capsys, "deliveries", "show", event_id, "--format", "json", "--stack-name", stack)
     assert (code, err) == (0, "")
+    assert {a["eventId"] for a in json.loads(out)["attempts"]} == {event_id}
+    for command in (["show", event_id], ["replay", event_id, "--dry-run"]):
+        code, out, err = relay(capsys, "deliveries", *command, "--stack-name", stack)
+        assert (code, err) == (0, ""), command
+        assert not any(c in out for c in "\x07\x1b\u202e") and "\nX-Forged" not in out, command
+        # every line is one the command writes: the id split none and forged none
+        expected_starts = ("TIME", "20", "event ", "  would queue")
+        assert all(not line or line.startswith(expected_starts) for line in out.splitlines()), command
 
 
 def test_show_of_an_id_nothing_names_fails_saying_where_it_looked(

@@ -20,6 +20,7 @@ from relay import __version__
 from relay.cli.exit_codes import CommandError, ExitCode, UsageError, describe, outcome
 from relay.cli.logs import logs_to_stderr
 from relay.cli.stack_option import stack_settings
+from relay.cli.terminal import visible
 
 # Modules under relay.cli that register a command group.
 COMMAND_MODULES = ("local_cmd", "targets_cmd", "decrypt_cmd", "dlq_cmd", "breaker_cmd", "deliveries_cmd")
@@ -135,7 +136,8 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
         command = named or getattr(args, COMMAND, None) or parser.prog
         if getattr(args, "debug", False):
             traceback.print_exception(exc, file=sys.stderr)
-        print(f"{command}: {message}", file=sys.stderr)
+        # One line whatever the message quotes (an id a sender chose, an argument): escaped, not run.
+        print(visible(f"{command}: {message}"), file=sys.stderr)
         return int(code)
 
 

@@ -26,7 +26,8 @@ from typing import IO, TYPE_CHECKING, Any
 from relay.cli.arguments import duration, positive_seconds
 from relay.cli.exit_codes import CommandFailed, ExitCode, NeedsAttention, UsageError
 from relay.cli.stack_option import STACK_OPTION, stack_output
-from relay.cli.targets_cmd import format_table, visible
+from relay.cli.targets_cmd import format_table
+from relay.cli.terminal import visible
 
 if TYPE_CHECKING:
     from relay.logic.deliveries.replay import Replay
@@ -139,7 +140,9 @@ def _show(args: Any, out: IO[str] | None = None) -> int:
         print(json.dumps(found.to_json(), indent=2), file=out)
     else:
         print(format_timeline(found), file=out)
-    if not args.target:  # with --target, the other targets' lines were left out on purpose
+    # With --target the other targets' lines were left out on purpose, and a delivery id names one
+    # target's lines only: either way a target without a line is no sign of a wait.
+    if not args.target and not any(a["deliveryId"] == args.ident for a in found.attempts):
         _say_what_may_wait(found)
     return ExitCode.OK
 
@@ -162,10 +165,12 @@ def _say_what_may_wait(found: Timeline) -> None:
     for event_id, target in unaudited_ordered(found, targets):
         conversation = conversations.get(event_id)
         print(
-            f"relay deliveries show: event {event_id} has no record for ordered target {target.target_id} "
-            f"({visible(target.name)}): one waiting behind a held or blocked record of its conversation "
-            "has none until a dispatcher receives it, unless the target's filters left the event out; "
-            + where_a_conversation_waits(visible(conversation) if conversation else None),
+            visible(
+                f"relay deliveries show: event {event_id} has no record for ordered target "
+                f"{target.target_id} ({target.name}): one waiting behind a held or blocked record of its "
+                "conversation has none until a dispatcher receives it, unless the target's filters left "
+                "the event out; " + where_a_conversation_waits(conversation)
+            ),
             file=sys.stderr,
         )
 
@@ -234,9 +239,11 @@ def format_timeline(found: Timeline) -> str:
         if d["attemptsInAll"] != d["attempts"]:
             tried += f" since its last replay ({d['attemptsInAll']} in all)"
         summary.append(
-            f"event {d['eventId']} to {d['targetId']}: {d['lastOutcome']} after {tried}; "
-            f"deliveryId {', '.join(d['deliveryIds']) or '-'}"
-            + (f", replacing {d['replayOf']}" if d["replayOf"] else "")
+            visible(
+                f"event {d['eventId']} to {d['targetId']}: {d['lastOutcome']} after {tried}; "
+                f"deliveryId {', '.join(d['deliveryIds']) or '-'}"
+                + (f", replacing {d['replayOf']}" if d["replayOf"] else "")
+            )
         )
     return "\n".join(summary)
 
@@ -321,7 +328,7 @@ def _print_replay(args: Any, replay: Replay, out: IO[str], *, verb: str, actor: 
         )
         return
     conversation = f", conversation {doc['conversationId']}" if doc["conversationId"] else ""
-    print(f"event {doc['eventId']} (integration {doc['integrationId']}{conversation})", file=out)
+    print(visible(f"event {doc['eventId']} (integration {doc['integrationId']}{conversation})"), file=out)
     for d in doc["deliveries"]:
         replacing = f" (replacing {d['replayOf']})" if d["replayOf"] else ""
         print(f"  {verb} for {d['targetId']}: deliveryId {d['deliveryId']}{replacing}", file=out)

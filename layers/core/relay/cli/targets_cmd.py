@@ -24,7 +24,6 @@ AWS failing, 3.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import closing
@@ -35,6 +34,7 @@ from urllib.parse import unquote
 from relay.cli.arguments import positive_seconds
 from relay.cli.exit_codes import CommandFailed, ExitCode, NeedsAttention
 from relay.cli.stack_option import STACK_OPTION
+from relay.cli.terminal import visible
 
 if TYPE_CHECKING:
     from relay.logic.url_policy import UrlPolicy
@@ -476,14 +476,3 @@ def format_table(rows: Sequence[tuple[str, ...]]) -> str:
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in cells
     )
-
-
-# C0 and C1 controls (line breaks, ESC), DEL, Unicode line and paragraph separators, bidi controls.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
-
-
-def visible(text: str) -> str:
-    """``text`` for a terminal, each control character escaped as Python writes it (``\\n``, ``\\x1b``):
-    text from Genesys (a target's name) must not split a row, fake one, or drive the terminal. JSON
-    output needs none of this (json.dumps escapes them)."""
-    return _CONTROL.sub(lambda found: found.group().encode("unicode_escape").decode("ascii"), text)
