@@ -141,6 +141,13 @@ def test_invalid_configs_are_refused_naming_the_field_not_the_value(
         assert value not in message
 
 
+def test_every_reserved_header_of_a_config_is_named_in_one_refusal() -> None:
+    headers = {"Digest": "x", "X-Team": "crm", "Host": "h", "Content-MD5": "m"}
+    with pytest.raises(ValidationError) as caught:
+        webhook_config_from_genesys(_integration(), _config(headers=headers), _secrets())
+    assert "headers Digest, Host, Content-MD5 are the relay's to set" in safe_errors(caught.value)
+
+
 @pytest.mark.parametrize(
     ("properties", "secrets", "where"),
     [

@@ -271,8 +271,8 @@ def _no_response(exc: Exception) -> tuple[str, str]:
 
 
 def _oversized_answer(exc: Exception) -> str | None:
-    """Why an answer past http.client's limits (100 header fields, 64 KiB a line) was not read, or None.
-    Its status line may have said 200, but an answer the relay cannot read is not a delivery."""
+    """Why an answer past http.client's limits (fewer than 100 header fields, 64 KiB a line) was not read,
+    or None. Its status line may have said 200, but an answer the relay cannot read is not a delivery."""
     reason = exc.args[1] if isinstance(exc, ProtocolError) and len(exc.args) > 1 else None
     # http.client's own words name the limit ("got more than 100 headers"), never a header's content.
     if isinstance(reason, LineTooLong) or (type(reason) is HTTPException and "headers" in str(reason)):

@@ -14,9 +14,10 @@ policy is a backstop for crashes, and must never pre-empt the relay's own, expla
 
 Backoff for the n-th failed attempt ("full jitter"): uniform(0, min(maxInterval, base * multiplier^(n-1))),
 in whole seconds (what SQS's visibility timeout takes), rounded down or up at random in proportion to
-the fraction: the waits keep full jitter's average and spread, and never pass the ceiling's whole
-seconds (a ceiling under 1 s retries at once). Rounding up instead made every wait of the default matrix's
-first retry exactly 1 s: one wave of retries after an outage, and waits above a sub-second maxInterval.
+the fraction: the waits keep full jitter's spread (and its average for a whole-second ceiling), and
+never pass the ceiling's whole seconds (a ceiling under 1 s retries at once). Rounding up instead
+made every default first retry exactly 1 s: one wave of retries after an outage, and waits above a
+sub-second maxInterval.
 A receiver's Retry-After is honoured as a floor, clamped to ``max_delay_seconds`` (SQS allows a
 visibility timeout of at most 12 h).
 """

@@ -179,15 +179,18 @@ class WebhookConfig(BaseModel):
     @field_validator("headers")
     @classmethod
     def _safe_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        reserved = [name for name in headers if _HEADER_NAME.match(name) and is_reserved_header(name)]
+        if reserved:  # all of them at once: one fix, not one per run
+            named = ", ".join(reserved)
+            raise ValueError(
+                f"header{'s' if len(reserved) > 1 else ''} {named} {'are' if len(reserved) > 1 else 'is'} "
+                "the relay's to set (it sets it, it describes the body the relay writes, or the connection "
+                "depends on it) and cannot be configured"
+            )
         seen: dict[str, str] = {}
         for name, value in headers.items():
             if not _HEADER_NAME.match(name):
                 raise ValueError(f"header name {name!r} is not a valid HTTP token")
-            if is_reserved_header(name):
-                raise ValueError(
-                    f"header {name} is the relay's to set (it sets it, it describes the body the relay "
-                    "writes, or the connection depends on it) and cannot be configured"
-                )
             if "\r" in value or "\n" in value:
                 raise ValueError(f"header {name} has a line break in its value")
             if not _HEADER_VALUE.match(value):
