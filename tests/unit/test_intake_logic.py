@@ -991,6 +991,25 @@ def test_bodies_too_large_for_one_sqs_message_are_claim_checked() -> None:
     assert all(t.event is None and t.event_ref is not None and t.event_ref.key == key for t in queued)
 
 
+def test_long_escaped_ids_count_toward_the_inline_limit() -> None:
+    # Given ids as long as the schema allows, each character 12 bytes once ASCII-escaped, and an event
+    # that fits the inline limit with 1 KiB to spare but not with those ids beside it
+    limit = 40_000
+    store = InMemoryClaimCheckStore(bucket="audit")
+    intake, queue = make_intake(claim_checks=store, max_inline_body_bytes=limit)
+    message = sample("openmessaging_text.json") | {"id": "😀" * 1024, "conversationId": "😀" * 1024}
+    message["text"] = ""
+    spare = limit - 1_024 - len(json.dumps(json.dumps(message, separators=(",", ":"))))
+    message["text"] = "y" * (spare - 100)
+
+    # When it arrives
+    response = intake.handle(api_gateway_event(message))
+
+    # Then it is claim-checked: no task is larger than the limit (SQS would refuse it: 503 for good)
+    assert response["statusCode"] == 202 and answer(response)["claimCheck"] is True
+    assert queue.bodies and all(len(body) <= limit for body in queue.bodies)
+
+
 def test_without_a_claim_check_store_large_bodies_are_413() -> None:
     intake, queue = make_intake(claim_checks=None, max_inline_body_bytes=2_000)
     message = sample("openmessaging_text.json")

@@ -139,7 +139,12 @@ class FanOut:
         # The text as a JSON string: ASCII, and json.loads gives back the identical text.
         event_field = json.dumps(incoming.event_json, ensure_ascii=True)
         event_ref: S3Ref | None = None
-        if len(event_field) + 1_024 > self._max_inline_body_bytes:
+        # The task around the event: its fixed fields fit in 1 KiB, and the ids a sender or a config
+        # chose count as they are written (ASCII-escaped: an emoji is 12 bytes, 1,024 of them 12 KiB).
+        chosen = (incoming.event_id, incoming.conversation_id or "", integration_id)
+        head = 1_024 + sum(len(json.dumps(text)) for text in chosen)
+        head += max((len(json.dumps(target.target_id)) for target in targets), default=0)
+        if head + len(event_field) > self._max_inline_body_bytes:
             event_ref = self._claim_check(incoming.key, integration_id, incoming.event_json.encode())
         bodies: list[str] = []
         ordered: list[OrderedTask] = []
