@@ -38,7 +38,7 @@ def test_exhausted_after_the_matrix_attempts() -> None:
 def test_full_jitter_stays_within_the_growing_capped_ceiling(attempt: int, seed: int) -> None:
     ceiling = min(30.0, 1.0 * 2 ** (attempt - 1)) if attempt < 60 else 30.0
     delay = retry.retry_delay_seconds(MATRIX, attempt, rng=random.Random(seed))
-    assert 0 <= delay <= ceiling  # whole seconds, never past the ceiling
+    assert 1 <= delay <= ceiling  # whole seconds, at least one, never past the ceiling
 
 
 # Every matrix the model accepts: intervals of any size, multipliers up to infinity.
@@ -59,15 +59,19 @@ def test_any_matrix_and_attempt_give_a_finite_delay_within_its_cap(
     ceiling = retry.backoff_ceiling_seconds(matrix, attempt)
     assert math.isfinite(ceiling) and 0 <= ceiling <= cap_seconds
     delay = retry.retry_delay_seconds(matrix, attempt, rng=random.Random(seed))
-    # Whole seconds, never past the ceiling nor SQS's longest visibility timeout
-    assert 0 <= delay <= min(retry.SQS_MAX_VISIBILITY_SECONDS, math.floor(ceiling))
+    # Whole seconds: none for a matrix that asks for none, else at least one and never past the
+    # ceiling's whole seconds (when it has one) nor SQS's longest visibility timeout
+    if ceiling == 0:
+        assert delay == 0
+    else:
+        assert 1 <= delay <= min(retry.SQS_MAX_VISIBILITY_SECONDS, max(1, math.floor(ceiling)))
 
 
 def test_a_huge_multiplier_saturates_at_the_cap_instead_of_overflowing() -> None:
     # The probe's matrix: 1e200 squared is past what a float holds
     matrix = RetryMatrix(attempts=4, base_interval_ms=100, max_interval_ms=200, multiplier=1e200)
     assert retry.backoff_ceiling_seconds(matrix, 3) == 0.2
-    assert retry.retry_delay_seconds(matrix, 3, rng=random.Random(5)) == 0  # 0.2 s: at once
+    assert retry.retry_delay_seconds(matrix, 3, rng=random.Random(5)) == 1  # 0.2 s: SQS's least, 1 s
 
 
 def test_a_multiplier_of_one_keeps_the_base_interval_at_any_attempt() -> None:
@@ -83,27 +87,25 @@ def test_jitter_actually_spreads_retries() -> None:
 
 
 @pytest.mark.parametrize(
-    ("base_ms", "max_ms", "attempt", "most"),
+    ("base_ms", "max_ms", "attempt", "waits_seen"),
     [
-        (1000, 30_000, 1, 1),  # the default matrix's first retry: a ceiling of 1 s
-        (200, 1500, 3, 0),  # 0.8 s: under a second, so at once (never past maxIntervalMs)
-        (1500, 1500, 3, 1),  # 1.5 s: 0 or 1, never 2
-        (3000, 5000, 2, 5),  # 5 s
+        (1000, 30_000, 1, {1}),  # the default matrix's first retry: a ceiling of 1 s
+        (1000, 30_000, 2, {1, 2}),  # its second: 2 s
+        (200, 1500, 3, {1}),  # 0.8 s: SQS's least wait, 1 s (never 0: a blip would use up the attempts)
+        (1500, 1500, 3, {1}),  # 1.5 s: never 2, past maxIntervalMs
+        (3000, 5000, 2, {1, 2, 3, 4, 5}),  # 5 s: spread over every whole second
+        (0, 5000, 3, {0}),  # a matrix that asks for no wait gets none
     ],
 )
-def test_whole_second_waits_keep_full_jitters_spread_and_average_within_the_ceiling(
-    base_ms: int, max_ms: int, attempt: int, most: int
+def test_whole_second_waits_are_spread_within_the_ceiling_and_never_zero_unless_asked(
+    base_ms: int, max_ms: int, attempt: int, waits_seen: set[int]
 ) -> None:
-    # SQS takes whole seconds: rounding every draw up made the default first retry always exactly 1 s
-    # (one wave after an outage) and let a wait pass a sub-second or fractional maxIntervalMs.
+    # SQS takes whole seconds: rounding every draw up let a wait pass a fractional maxIntervalMs (2 s
+    # under 1.5 s); rounding to the nearest would retry at once half the time under a 1 s ceiling.
     matrix = RetryMatrix(attempts=5, base_interval_ms=base_ms, max_interval_ms=max_ms, multiplier=2)
-    ceiling = retry.backoff_ceiling_seconds(matrix, attempt)
     rng = random.Random(11)
     waits = [retry.retry_delay_seconds(matrix, attempt, rng=rng) for _ in range(4000)]
-    assert max(waits) == most
-    assert set(waits) == set(range(most + 1))  # every whole second up to the ceiling's
-    if most == math.floor(ceiling) == ceiling:  # a whole-second ceiling: the average is full jitter's
-        assert abs(sum(waits) / len(waits) - ceiling / 2) < 0.05 * max(1.0, ceiling)
+    assert set(waits) == waits_seen
 
 
 def test_retry_after_is_a_floor_and_is_clamped() -> None:

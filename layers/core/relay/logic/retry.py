@@ -14,10 +14,11 @@ policy is a backstop for crashes, and must never pre-empt the relay's own, expla
 
 Backoff for the n-th failed attempt ("full jitter"): uniform(0, min(maxInterval, base * multiplier^(n-1))),
 in whole seconds (what SQS's visibility timeout takes), rounded down or up at random in proportion to
-the fraction: the waits keep full jitter's spread (and its average for a whole-second ceiling), and
-never pass the ceiling's whole seconds (a ceiling under 1 s retries at once). Rounding up instead
-made every default first retry exactly 1 s: one wave of retries after an outage, and waits above a
-sub-second maxInterval.
+the fraction, at least 1 s and at most the ceiling's whole seconds (when it is 1 s or more). The floor
+keeps a blip from using up a target's attempts in a moment (a draw rounded to 0 would retry at once);
+the rounding keeps the spread above it. Rounding every draw up, as before, sent every wait under 1 s
+to exactly 1 s and let a wait pass a fractional maxInterval (2 s under 1.5 s). A matrix whose base is 0
+asks for no wait, and gets none.
 A receiver's Retry-After is honoured as a floor, clamped to ``max_delay_seconds`` (SQS allows a
 visibility timeout of at most 12 h).
 """
@@ -139,7 +140,9 @@ def retry_delay_seconds(
     ceiling = backoff_ceiling_seconds(matrix, attempt)
     drawn = rng.uniform(0.0, ceiling)
     whole = math.floor(drawn)
-    delay = min(whole + (rng.random() < drawn - whole), math.floor(ceiling))
+    delay = whole + (rng.random() < drawn - whole)
+    if ceiling > 0:
+        delay = min(max(delay, 1), max(1, math.floor(ceiling)))
     if retry_after_seconds is not None:  # a floor: never sooner than the receiver asked
         delay = max(delay, math.ceil(min(retry_after_seconds, cap)))
     return min(cap, max(0, delay))
