@@ -28,6 +28,7 @@ from typing import IO, TYPE_CHECKING, Any
 from relay.cli.arguments import positive_int, whole_number_up_to
 from relay.cli.exit_codes import ExitCode, Interrupted, NeedsAttention, UsageError
 from relay.cli.stack_option import STACK_OPTION
+from relay.cli.terminal import visible
 
 if TYPE_CHECKING:
     from relay.logic.dlq import Progress
@@ -489,7 +490,7 @@ def format_resubmit(document: dict[str, Any]) -> str:
         )
     for refusal in document["refused"]:
         event = refusal["eventId"] or "(no event)"
-        lines.append(f"refused: event {event}, message {refusal['messageId']}: {refusal['reason']}")
+        lines.append(visible(f"refused: event {event}, message {refusal['messageId']}: {refusal['reason']}"))
     if document["error"]:
         lines.append(f"error: {document['error']}")
     return "\n".join(lines)

@@ -184,6 +184,7 @@ class StructuredMessage(_OpenMessageBase):
     content: list[Content] = Field(default_factory=list)
 
 
+OPEN_MESSAGE_MODELS = (TextMessage, EventMessage, ReceiptMessage, StructuredMessage)
 OpenMessage = Annotated[
     TextMessage | EventMessage | ReceiptMessage | StructuredMessage, Field(discriminator="type")
 ]

@@ -184,8 +184,8 @@ class WebhookConfig(BaseModel):
             named = ", ".join(reserved)
             raise ValueError(
                 f"header{'s' if len(reserved) > 1 else ''} {named} {'are' if len(reserved) > 1 else 'is'} "
-                "the relay's to set (it sets it, it describes the body the relay writes, or the connection "
-                "depends on it) and cannot be configured"
+                "the relay's to set (set by the relay, describing the body it writes, or needed by the "
+                "connection) and cannot be configured"
             )
         seen: dict[str, str] = {}
         for name, value in headers.items():
