@@ -429,3 +429,16 @@ def test_what_http_can_carry_is_accepted(headers: dict[str, str], security: str)
         _integration(), _config(headers=headers, securityType=kind), _secrets(security=security)
     )
     assert config.headers == headers
+
+
+def test_safe_errors_names_each_problem_up_to_a_bound_and_counts_the_rest() -> None:
+    with pytest.raises(ValidationError) as caught:
+        webhook_config_from_genesys(
+            _integration(),
+            _config(method="GET", readTimeoutSeconds=61, retryMatrix={"attempts": 0}),
+            _secrets(),
+        )
+    every = safe_errors(caught.value)
+    assert every.count(": ") == caught.value.error_count() >= 3
+    first_two = "; ".join(every.split("; ")[:2])
+    assert safe_errors(caught.value, most=2) == f"{first_two}; and {caught.value.error_count() - 2} more"

@@ -127,12 +127,10 @@ _PROBLEMS_SHOWN = 10
 def _problems(exc: ValidationError) -> str:
     """Each problem of a refused fixtures file (a pydantic ValidationError), located: every one, so
     fixing the file takes one run, not one run per mistake."""
-    errors = exc.errors(include_input=False)
-    shown = [f"{'.'.join(str(part) for part in e['loc']) or '(top level)'}: {e['msg']}" for e in errors]
-    text = "; ".join(shown[:_PROBLEMS_SHOWN])
-    if len(shown) > _PROBLEMS_SHOWN:
-        text += f"; and {len(shown) - _PROBLEMS_SHOWN} more"
-    return text if len(shown) == 1 else f"{text} ({len(shown)} problems)"
+    from relay.models.webhook_config import safe_errors
+
+    text = safe_errors(exc, whole="(top level)", most=_PROBLEMS_SHOWN)
+    return text if exc.error_count() == 1 else f"{text} ({exc.error_count()} problems)"
 
 
 def _fixtures_refused(path: Path | None, exc: Exception) -> UsageError:

@@ -250,12 +250,15 @@ def _unpaired_surrogate_at(data: Any) -> str | None:
     return None
 
 
-def safe_errors(exc: ValidationError) -> str:
-    """A validation error as 'field: problem; ...' without the offending input (it may be a secret)."""
+def safe_errors(exc: ValidationError, *, whole: str = "config", most: int | None = None) -> str:
+    """A validation error as 'field: problem; ...' without the offending input (it may be a secret);
+    ``whole`` names a problem of the whole document, and past ``most`` problems the rest are counted."""
     parts = []
     for error in exc.errors(include_url=False, include_input=False):
-        where = ".".join(str(part) for part in error["loc"]) or "config"
+        where = ".".join(str(part) for part in error["loc"]) or whole
         parts.append(f"{where}: {error['msg']}")
+    if most is not None and len(parts) > most:
+        parts[most:] = [f"and {len(parts) - most} more"]
     return "; ".join(parts)
 
 
