@@ -47,6 +47,7 @@ class DeadLetter:
     last_status: str | None
     sent_timestamp_ms: int | None
     last_error: str | None = None  # the error code of the last attempt (relay-last-error)
+    accepted_at: datetime | None = None  # when the intake accepted its event (None: the body is no task)
 
 
 def _string_attribute(attributes: Mapping[str, Mapping[str, Any]], name: str) -> str | None:
@@ -74,37 +75,34 @@ def classify(message: ReceivedMessage) -> DeadLetter:
         last_status=last_status if last_status and last_status.isdigit() else None,
         sent_timestamp_ms=message.sent_timestamp_ms,
         last_error=last_error if last_error and _ERROR_CODE.fullmatch(last_error) else None,
+        accepted_at=task.received_at if task else None,
     )
 
 
-def in_acceptance_order(batch: Sequence[ReceivedMessage]) -> list[ReceivedMessage]:
-    """``batch`` with each conversation's letters (an ordered DLQ's message group) in the order the
-    intake accepted their events (the task's ``receivedAt``), in the places the group's letters held.
+def in_acceptance_order(
+    letters: Sequence[tuple[ReceivedMessage, DeadLetter]],
+) -> list[tuple[ReceivedMessage, DeadLetter]]:
+    """``letters`` (each message with what ``classify`` read of it) with each conversation's letters (an
+    ordered DLQ's message group) in the order the intake accepted their events, in the places the
+    group's letters held.
 
     A FIFO DLQ holds a conversation's letters in the order they were dead-lettered, not accepted: a
     letter redriven alone (``--max``, a filter) that fails again sits behind later letters of its
     conversation. Letters without a group keep their places, and so does a group with a letter whose
     body is not a task (its place in the conversation is unknown)."""
     places: dict[str, list[int]] = {}
-    for index, message in enumerate(batch):
+    for index, (message, _) in enumerate(letters):
         if message.group_id:
             places.setdefault(message.group_id, []).append(index)
-    ordered = list(batch)
+    ordered = list(letters)
     for indexes in places.values():
-        accepted = [(_accepted_at(batch[i]), i) for i in indexes]
+        accepted = [(letters[i][1].accepted_at, i) for i in indexes]
         if len(indexes) < 2 or any(at is None for at, _ in accepted):
             continue
         # Ties (one instant) keep the DLQ's order: the index is the second key.
         for place, (_, index) in zip(indexes, sorted(accepted), strict=True):
-            ordered[place] = batch[index]
+            ordered[place] = letters[index]
     return ordered
-
-
-def _accepted_at(message: ReceivedMessage) -> datetime | None:
-    try:
-        return DeliveryTask.model_validate_json(message.body).received_at
-    except ValidationError:
-        return None
 
 
 @dataclass(frozen=True)

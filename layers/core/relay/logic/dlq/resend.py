@@ -13,7 +13,13 @@ from collections.abc import Callable, Sequence
 
 from relay.errors import DependencyUnavailable
 from relay.logic.dlq import scan as scans
-from relay.logic.dlq.letters import DeadLetterGroups, classify, in_acceptance_order, redrive_attributes
+from relay.logic.dlq.letters import (
+    DeadLetter,
+    DeadLetterGroups,
+    classify,
+    in_acceptance_order,
+    redrive_attributes,
+)
 from relay.logic.dlq.redrive_options import RedriveOptions, RedriveResult
 from relay.logic.dlq.scan import Progress, ProgressSink, Scan, now_ms, work_through
 from relay.models.queue import GroupPlacement, OutgoingMessage, ReceivedMessage, plan_batches
@@ -41,7 +47,8 @@ def resend(
     carried: set[tuple[str, str]] = set()  # ("--target", id) and ("--integration", id) of every letter
 
     def move(batch: list[ReceivedMessage], scan: Scan) -> bool:
-        chosen = _choose(in_acceptance_order(batch), options, groups, result, started_ms, stopped, carried)
+        letters = in_acceptance_order([(message, classify(message)) for message in batch])
+        chosen = _choose(letters, options, groups, result, started_ms, stopped, carried)
         moved = options.dry_run or _move(queues, dlq_url, queue_url, chosen, scan, result, stopped)
         if chosen and not moved:
             return False  # the delivery queue or the DLQ stopped answering: keep what was not moved
@@ -66,7 +73,7 @@ def resend(
 
 
 def _choose(
-    batch: Sequence[ReceivedMessage],
+    letters: Sequence[tuple[ReceivedMessage, DeadLetter]],
     options: RedriveOptions,
     groups: DeadLetterGroups,
     result: RedriveResult,
@@ -74,12 +81,11 @@ def _choose(
     stopped: set[str],
     carried: set[tuple[str, str]],
 ) -> list[ReceivedMessage]:
-    """The messages of ``batch`` to move, counting the others in ``result``; a letter left behind stops
-    its conversation (``stopped``) for the rest of the run. ``carried`` gathers every letter's ids."""
+    """The messages of ``letters`` to move, counting the others in ``result``; a letter left behind
+    stops its conversation (``stopped``) for the rest of the run. ``carried`` gathers every letter's ids."""
     chosen = []
-    for message in batch:
+    for message, letter in letters:
         result.scanned += 1
-        letter = classify(message)
         carried |= {("--target", letter.target_id), ("--integration", letter.integration_id)}
         if message.sent_timestamp_ms is not None and message.sent_timestamp_ms > started_ms:
             result.arrived_during_run += 1
