@@ -99,6 +99,13 @@ def api_gateway_event(
     return event
 
 
+def holder_of(value: Any, path: Sequence[str | int]) -> Any:
+    """The object or list that holds the member at ``path`` (``("channel", "id")``: the channel)."""
+    for step in path[:-1]:
+        value = value[step]
+    return value
+
+
 def with_member_twice(value: Any, path: Sequence[str | int], first: Any) -> str:
     """``value`` as compact JSON text in which the member at ``path`` (``("channel", "id")``,
     ``("events", 0, "eventType")``) is written twice: ``first``, then its own value. Python's json (the

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from support.events import sample
+from support.events import holder_of, sample
 
 from relay.models.genesys import (
     OPEN_MESSAGE,
@@ -79,11 +79,8 @@ def test_invalid_messages_name_the_failing_field(change: Any, field: str) -> Non
 
 def _renamed(data: dict[str, Any], path: tuple[str | int, ...], name: str) -> None:
     """Move the member at ``path`` to ``name`` in the same object."""
-    *parents, last = path
-    holder: Any = data
-    for step in parents:
-        holder = holder[step]
-    holder[name] = holder.pop(last)
+    holder = holder_of(data, path)
+    holder[name] = holder.pop(path[-1])
 
 
 @pytest.mark.parametrize(

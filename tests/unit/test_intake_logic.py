@@ -10,7 +10,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from support.events import INTEGRATION_ID, SIGNATURE_SECRET, api_gateway_event, sample, with_member_twice
+from support.events import (
+    INTEGRATION_ID,
+    SIGNATURE_SECRET,
+    api_gateway_event,
+    holder_of,
+    sample,
+    with_member_twice,
+)
 from test_intake_fakes import (
     PREVIOUS_SECRET,
     Integrations,
@@ -407,10 +414,7 @@ def test_a_member_the_relay_neither_reads_nor_checks_may_be_written_twice_and_is
 ) -> None:
     # Given a signed message that names an unknown member twice
     message = sample(sample_name)
-    parent: Any = message
-    for step in path[:-1]:
-        parent = parent[step]
-    parent[path[-1]] = 2
+    holder_of(message, path)[path[-1]] = 2
     body = with_member_twice(message, path, 1)
     intake, queue = make_intake()
 
@@ -510,10 +514,7 @@ def test_a_value_of_the_wrong_json_type_is_400_not_read_leniently(
     # Given a message whose integer or boolean field holds text (or another JSON type): the targets
     # would get it as sent, so it must not pass for the type the schema names
     message = sample(sample_name)
-    parent: Any = message
-    for step in path[:-1]:
-        parent = parent[step]
-    parent[path[-1]] = value
+    holder_of(message, path)[path[-1]] = value
     intake, queue = make_intake()
 
     response = intake.handle(api_gateway_event(message))
