@@ -495,22 +495,49 @@ def test_the_table_names_the_event_only_when_it_shows_several(history: Archiving
     assert f"event e-1 to erp: delivered after 2 attempts; deliveryId {ids('e-1', 'erp')}" in one
 
 
-@pytest.mark.parametrize(("seconds", "note"), [(0, "retry at once"), (3, "retry in 3 s")])
-def test_the_note_says_when_a_retry_comes(seconds: int, note: str) -> None:
-    from relay.cli.deliveries_cmd import format_timeline
-
-    line = {
+def _audit_line(**fields: Any) -> dict[str, Any]:
+    """One audit line of event e-1 to target erp; ``fields`` say what happened."""
+    return {
         "startedAt": "2026-12-02T10:00:00.000Z",
         "eventId": "e-1",
         "deliveryId": "d-1",
         "integrationId": INTEGRATION,
         "targetId": "erp",
         "attempt": 1,
-        "outcome": "retry-scheduled",
-        "status": 503,
-        "retryInSeconds": seconds,
+        **fields,
     }
+
+
+@pytest.mark.parametrize(("seconds", "note"), [(0, "retry at once"), (3, "retry in 3 s")])
+def test_the_note_says_when_a_retry_comes(seconds: int, note: str) -> None:
+    from relay.cli.deliveries_cmd import format_timeline
+
+    line = _audit_line(outcome="retry-scheduled", status=503, retryInSeconds=seconds)
     header, row, *_ = format_timeline(timeline([line], "e-1", ["2026-12-02"])).splitlines()
+    assert row[header.index("NOTE") : header.index("ERROR_DETAIL")].strip() == note
+
+
+@pytest.mark.parametrize(
+    ("outcome", "note"),
+    [
+        ("blocked", "blocked in its conversation, in no DLQ; retry in 3600 s"),
+        ("left-for-redelivery", "left in its queue, in no DLQ"),
+        ("dead-lettered", "-"),
+    ],
+)
+def test_the_note_says_a_record_with_a_dlq_reason_is_in_no_dlq_unless_dead_lettered(
+    outcome: str, note: str
+) -> None:
+    from relay.cli.deliveries_cmd import format_timeline
+
+    line = _audit_line(
+        outcome=outcome,
+        status=400,
+        dlqReason="permanent-status",
+        retryInSeconds=3600 if outcome == "blocked" else None,
+    )
+    header, row, *_ = format_timeline(timeline([line], "e-1", ["2026-12-02"])).splitlines()
+    assert row[header.index("DLQ_REASON") : header.index("BREAKER")].strip() == "permanent-status"
     assert row[header.index("NOTE") : header.index("ERROR_DETAIL")].strip() == note
 
 

@@ -248,15 +248,25 @@ def format_timeline(found: Timeline) -> str:
     return "\n".join(summary)
 
 
+# Outcomes whose DLQ reason is what the record would have been dead-lettered for: it is in no DLQ, and
+# the note says where it is, so nobody looks for a letter that does not exist.
+_IN_NO_DLQ = {
+    "blocked": "blocked in its conversation, in no DLQ",
+    "left-for-redelivery": "left in its queue, in no DLQ",
+}
+
+
 def _note(attempt: dict[str, Any]) -> str:
     if attempt["actor"]:
         replaces = f", replacing {attempt['replayOf']}" if attempt["replayOf"] else ""
         return f"by {attempt['actor']}{replaces}"
-    if attempt["retryInSeconds"] is not None:  # 0: the wait rounded down to none
-        return f"retry in {attempt['retryInSeconds']} s" if attempt["retryInSeconds"] else "retry at once"
-    if attempt["deferredSeconds"] is not None:
-        return f"back in {attempt['deferredSeconds']} s"
-    return "-"
+    outcome, retry_in, back_in = attempt["outcome"], attempt["retryInSeconds"], attempt["deferredSeconds"]
+    notes = [_IN_NO_DLQ[outcome]] if attempt["dlqReason"] and outcome in _IN_NO_DLQ else []
+    if retry_in is not None:  # 0: the wait rounded down to none
+        notes.append(f"retry in {retry_in} s" if retry_in else "retry at once")
+    elif back_in is not None:
+        notes.append(f"back in {back_in} s")
+    return "; ".join(notes) or "-"
 
 
 def _text(value: Any) -> str:
