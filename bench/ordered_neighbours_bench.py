@@ -9,10 +9,12 @@ Reported per target: when its last event arrived, and each event's wait from the
 (p50, max; the sluggish target's include its own answer time). The ordered lane runs in worker
 processes (one container per concurrent invocation, as in AWS), with the template's concurrency settings.
 
-Two stacks, side by side in one run: the relay as it is (settled conversations released once a batch has
-run ``ORDERED_RELEASE_AFTER_MS``, 500), and the baseline with the release turned off (a batch's records
-are deleted only when it ends, as before). The brisk target's figures are the point; the sluggish one's
-must not change (it is paced by its receiver: one round trip per event).
+Three stacks, side by side in one run: the relay as it is (settled conversations released once a batch
+has run ``ORDERED_RELEASE_AFTER_MS``, 500), the baseline with the release turned off (a batch's records
+are deleted only when it ends, as before), and the relay with both targets answering at once (what the
+brisk target gets when no neighbour is slow: ``brisk_share_of_unslowed`` compares its last arrival with
+that). The brisk target's figures are the point; the sluggish one's must not change (it is paced by its
+receiver: one round trip per event).
 
     .venv/bin/python bench/ordered_neighbours_bench.py [--conversations N] [--messages N] [--slow-seconds S]
 """
@@ -105,7 +107,9 @@ def figures(receiver: Receiver, sent: dict[str, list[str]], resumed: float) -> d
     }
 
 
-def scenario(workdir: Path, log: Any, release_after_ms: str, args: argparse.Namespace) -> dict[str, Any]:
+def scenario(
+    workdir: Path, log: Any, release_after_ms: str, slow_seconds: float, args: argparse.Namespace
+) -> dict[str, Any]:
     environment = {"ORDERED_RELEASE_AFTER_MS": release_after_ms}
     with (
         LocalStack(
@@ -115,7 +119,7 @@ def scenario(workdir: Path, log: Any, release_after_ms: str, args: argparse.Name
     ):
         assert stack.ordered_poller is not None
         brisk, sluggish = stack.receivers[BRISK].receiver, stack.receivers[SLUGGISH].receiver
-        sluggish.behaviour = Behaviour(latency_seconds=args.slow_seconds)
+        sluggish.behaviour = Behaviour(latency_seconds=slow_seconds)
         stack.ordered_poller.pause()
         conversations = [f"c{n:03d}-{uuid.uuid4().hex[:6]}" for n in range(args.conversations)]
         sent: dict[str, list[str]] = {c: [] for c in conversations}
@@ -127,6 +131,7 @@ def scenario(workdir: Path, log: Any, release_after_ms: str, args: argparse.Name
         settled = stack.wait_settled(SETTLE_SECONDS)
         return {
             "release_after_ms": int(release_after_ms),
+            "sluggish_answer_s": slow_seconds,
             "settled": settled,
             "brisk": figures(brisk, sent, resumed),
             "sluggish": figures(sluggish, sent, resumed),
@@ -142,14 +147,20 @@ def main(argv: list[str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="relay-ordered-neighbours-") as tmp:
         workdir = Path(tmp)
         with (workdir / "functions.log").open("a") as log:
-            baseline = scenario(workdir, log, RELEASE_OFF_MS, args)
-            relay = scenario(workdir, log, "500", args)
+            baseline = scenario(workdir, log, RELEASE_OFF_MS, args.slow_seconds, args)
+            relay = scenario(workdir, log, "500", args.slow_seconds, args)
+            unslowed = scenario(workdir, log, "500", 0.0, args)
+    beside, alone = relay["brisk"]["last_arrival_s"], unslowed["brisk"]["last_arrival_s"]
     return {
         "conversations": args.conversations,
         "messages_per_conversation": args.messages,
         "sluggish_answer_s": args.slow_seconds,
         "baseline_release_off": baseline,
         "relay": relay,
+        "relay_no_slow_neighbour": unslowed,
+        # How much of the ordered lane's pace the brisk target keeps beside a slow ordered target: its
+        # invocations are shared (docs/dispatcher.md, "Ordering", "What the release does not do").
+        "brisk_share_of_unslowed": round(alone / beside, 3) if beside and alone else None,
         "machine_load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
