@@ -478,11 +478,19 @@ def test_list_shows_filters_rate_limit_rate_now_and_auth_type_never_a_secret(
     assert "relay/x/auth" not in table + json.dumps(entry)  # not even the secret's name
 
 
-def stored_alone(*, target_id: str, name: str, url: str) -> None:
+def stored_alone(*, target_id: str, name: str, url: str, security: TargetSecurity | None = None) -> None:
     """One integration in the TargetsTable, with this one target."""
     store = target_store(get_settings(), cache_ttl_seconds=0)
     store.put_integration(Integration(integration_id=INTEGRATION_ID, name="one target"))
-    store.put_target(Target(integration_id=INTEGRATION_ID, target_id=target_id, name=name, url=url))
+    store.put_target(
+        Target(
+            integration_id=INTEGRATION_ID,
+            target_id=target_id,
+            name=name,
+            url=url,
+            security=security or TargetSecurity(),
+        )
+    )
 
 
 def test_list_shows_control_characters_in_a_name_escaped_in_the_table_and_as_they_are_in_json(
@@ -529,3 +537,27 @@ def test_list_and_check_mask_a_token_in_the_urls_query(
     shown = "https://x.example.com/hook?api_key=****&v=2"
     assert token not in table + json.dumps(entry) + json.dumps(checked)
     assert shown in table and entry["targets"][0]["url"] == shown and checked["url"] == shown
+
+
+def test_list_masks_a_token_in_the_oauth_token_urls_query(
+    local_settings: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given an OAuth target whose token URL carries a secret in its query, as a target URL may
+    secret = "TokenUrlQuerySecret-5566"
+    oauth2 = OAuth2Client(
+        token_url=f"https://idp.example.com/token?client_assertion={secret}&v=2", client_id="relay"
+    )
+    security = TargetSecurity(type=SecurityType.OAUTH2, secret_name="relay/x/auth/t-q", oauth2=oauth2)
+    stored_alone(target_id="t-q", name="oauth query", url="https://x.example.com/hook", security=security)
+
+    # When it is listed as a table and as JSON
+    assert main(["targets", "list"]) == 0
+    table = capsys.readouterr().out
+    assert main(["targets", "list", "--format", "json"]) == 0
+    [entry] = _json_lines(capsys.readouterr().out)
+
+    # Then the secret shows nowhere, and the token URL is shown masked as a target URL is
+    assert secret not in table + json.dumps(entry)
+    assert (
+        entry["targets"][0]["oauth2"]["tokenUrl"] == "https://idp.example.com/token?client_assertion=****&v=2"
+    )

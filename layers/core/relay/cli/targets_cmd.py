@@ -184,8 +184,7 @@ def target_view(
         "security": target.security.type.value,
         "authType": auth_type(target),
         "auth": _masked(target.security.secret_name),
-        # The token endpoint and client are configuration, not secrets (the client secret is ``auth``).
-        "oauth2": oauth2.model_dump(mode="json", by_alias=True, exclude_none=True) if oauth2 else None,
+        "oauth2": _oauth2_view(oauth2) if oauth2 else None,
         "clientCertificate": _masked(target.security.client_certificate_name),
         "signingSecret": _masked(target.signing_secret_name),
         "encryptionKey": _masked(target.encryption_key_name),
@@ -199,6 +198,14 @@ def target_view(
         "version": target.version,
         "syncedAt": target.synced_at,
     }
+
+
+def _oauth2_view(oauth2: Any) -> dict[str, Any]:
+    """The token endpoint and client are configuration, not secrets (the client secret is ``auth``), but
+    the token URL's query may carry one, as a target URL's may: masked the same way."""
+    view: dict[str, Any] = oauth2.model_dump(mode="json", by_alias=True, exclude_none=True)
+    view["tokenUrl"] = shown_url(oauth2.token_url)
+    return view
 
 
 def _rate_now(target: Any, bucket: BucketState | None, now: float | None) -> dict[str, Any]:
