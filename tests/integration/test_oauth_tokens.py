@@ -5,6 +5,7 @@ TokenUnavailable that never carries the client secret or a token."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -150,7 +151,7 @@ def test_a_failed_token_request_is_not_remembered(sender: HttpSender, endpoint: 
         ({"body": b'{"token_type":"Bearer","expires_in":60}'}, "without a usable access_token"),
         ({"body": b'{"access_token":"a b","token_type":"Bearer"}'}, "without a usable access_token"),
         ({"body": b'{"access_token":"abc","token_type":"mac"}'}, "not a bearer token"),
-        ({"body": b'{"access_token":"abc","token_type":"Bearer","expires_in":-5}'}, "not a positive number"),
+        ({"body": b'{"access_token":"abc","token_type":"Bearer","expires_in":-5}'}, "not a count of seconds"),
         ({"body": b"<html>sign in</html>"}, "without a usable access_token"),
         # within the answer's size limit, and nested deeper than Python's json parser goes
         ({"body": b"[" * 16_000}, "without a usable access_token"),
@@ -182,6 +183,62 @@ def test_an_unusable_answer_is_a_clear_token_failure_without_secrets(
     message = str(failed.value)
     assert message.startswith("token endpoint 127.0.0.1")
     assert secret not in message and endpoint.client_secret not in message and "abc" not in message
+
+
+def test_a_token_without_a_type_or_with_a_null_one_is_taken_as_bearer(
+    sender: HttpSender, endpoint: TokenEndpoint
+) -> None:
+    crm, secret = target(endpoint.url), SecretStr(endpoint.client_secret)
+    for answer in (b'{"access_token":"tok-a"}', b'{"access_token":"tok-b","token_type":null}'):
+        endpoint.body = answer
+        token = ClientCredentialsTokens(sender).token(crm, secret, **TIMEOUTS)
+        assert token.get_secret_value() == json.loads(answer)["access_token"]
+
+
+def test_a_token_that_expires_at_once_serves_only_the_request_that_fetched_it(
+    sender: HttpSender, endpoint: TokenEndpoint
+) -> None:
+    endpoint.expires_in = 0
+    tokens = ClientCredentialsTokens(sender, clock=ManualClock(1_000.0))
+    crm, secret = target(endpoint.url), SecretStr(endpoint.client_secret)
+
+    used = [tokens.token(crm, secret, **TIMEOUTS).get_secret_value() for _ in range(2)]
+
+    assert used == endpoint.issued[:2] and len(endpoint.requests) == 2
+
+
+@pytest.mark.parametrize("expires_in", [b"1" + b"0" * 400, b"1e300"], ids=["past-a-float", "1e300"])
+def test_a_lifetime_beyond_a_day_is_kept_a_day(
+    sender: HttpSender, endpoint: TokenEndpoint, expires_in: bytes
+) -> None:
+    # Given a token answer whose expires_in is past a day (an integer too large for a float, even)
+    endpoint.body = b'{"access_token":"tok-long","token_type":"Bearer","expires_in":' + expires_in + b"}"
+    clock = ManualClock(1_000.0)
+    tokens = ClientCredentialsTokens(sender, clock=clock)
+    crm, secret = target(endpoint.url), SecretStr(endpoint.client_secret)
+
+    # When it is used, then again late on the same day, then after a day
+    tokens.token(crm, secret, **TIMEOUTS)
+    clock.now += 86_400 * 0.85
+    tokens.token(crm, secret, **TIMEOUTS)
+    clock.now += 86_400 * 0.2
+    tokens.token(crm, secret, **TIMEOUTS)
+
+    # Then it served the day (its renewal margin is 10 % of it) and was fetched again after it
+    assert len(endpoint.requests) == 2
+
+
+def test_a_refusal_carries_the_token_endpoints_retry_after(
+    sender: HttpSender, endpoint: TokenEndpoint
+) -> None:
+    endpoint.status, endpoint.retry_after = 429, "30"
+    tokens = ClientCredentialsTokens(sender)
+    crm, secret = target(endpoint.url), SecretStr(endpoint.client_secret)
+
+    with pytest.raises(TokenUnavailable, match="answered 429") as refused:
+        tokens.token(crm, secret, **TIMEOUTS)
+
+    assert refused.value.retry_after == "30"
 
 
 def test_a_redirect_is_not_followed(sender: HttpSender) -> None:

@@ -205,9 +205,13 @@ class _Served:
         self._thread.join(timeout=10)
 
 
-def _reply(handler: BaseHTTPRequestHandler, status: int, body: bytes) -> None:
+def _reply(
+    handler: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict[str, str] | None = None
+) -> None:
     handler.send_response(status)
     handler.send_header("Content-Type", "application/json")
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
     handler.send_header("Content-Length", str(len(body)))
     handler.end_headers()
     handler.wfile.write(body)
@@ -346,13 +350,15 @@ class TokenEndpoint(_Served):
     http). Issues ``tok-<n>-<random>`` tokens to ``client_id``/``client_secret`` (Basic or form),
     counts requests, and says whether a token it issued is still good (``valid``).
 
-    ``expires_in`` (None: left out of the answer), ``status`` (answer this instead of a token) and
-    ``body`` (answer this 200 body instead) script it."""
+    ``expires_in`` (None: left out of the answer), ``status`` (answer this instead of a token, with
+    ``retry_after`` as its Retry-After header when set) and ``body`` (answer this 200 body instead)
+    script it."""
 
     client_id: str = "relay-client"
     client_secret: str = field(default_factory=lambda: "cs-" + secrets.token_urlsafe(18))
     expires_in: float | None = 3600
     status: int | None = None
+    retry_after: str | None = None
     body: bytes | None = None
     requests: list[TokenRequest] = field(default_factory=list)
     issued: list[str] = field(default_factory=list)
@@ -366,7 +372,9 @@ class TokenEndpoint(_Served):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length).decode()
-                _reply(self, *endpoint._answer(raw, self.headers.get("Authorization")))
+                status, body = endpoint._answer(raw, self.headers.get("Authorization"))
+                asked = endpoint.retry_after if endpoint.status is not None else None
+                _reply(self, status, body, {"Retry-After": asked} if asked else None)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

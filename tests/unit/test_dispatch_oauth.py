@@ -99,6 +99,21 @@ def test_a_failing_token_endpoint_sends_nothing_and_is_retried_with_a_clear_code
     assert line["error"] == "token endpoint idp.example.com answered 503"
 
 
+def test_a_token_endpoints_retry_after_is_the_retrys_floor(running: list[Relay]) -> None:
+    # Given a token endpoint that answers 429 and asks for 30 s of quiet
+    r = oauth_relay(running)
+    r.tokens.failure, r.tokens.retry_after = "token endpoint idp.example.com answered 429", "30"
+
+    # When a record's attempt needs a token
+    r.batch(record())
+
+    # Then nothing is sent, and the retry waits at least the 30 s asked (the default first wait is 1 s)
+    assert r.http.requests == []
+    (line,) = r.audit_lines()
+    assert (line["outcome"], line["errorCode"]) == ("retry-scheduled", "oauth-token-failed")
+    assert line["retryInSeconds"] >= 30
+
+
 def test_a_failing_token_endpoint_on_the_last_attempt_dead_letters_it_as_exhausted(
     running: list[Relay],
 ) -> None:

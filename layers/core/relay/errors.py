@@ -152,7 +152,12 @@ class UnsafeUrl(RelayError):
 class TokenUnavailable(RelayError):
     """A target's OAuth token endpoint gave no usable access token: unreachable, timed out, refused
     the client (4xx), failed (5xx), or answered something that is not a bearer token. The message
-    names the endpoint's host and what happened, never the client secret, a token or the answer."""
+    names the endpoint's host and what happened, never the client secret, a token or the answer.
+    ``retry_after``: the endpoint's Retry-After header as it came (parsed where the retry is planned)."""
+
+    def __init__(self, message: str, *, retry_after: str | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class BreakerStoreUnavailable(DependencyUnavailable):

@@ -9,15 +9,17 @@
   ``audience`` go in the form when configured.
 - **Cached per container per target** until ``expires_in`` less a margin: 10 % of the lifetime, at
   least 30 s, at most half of it (the Genesys client's rule, ``refresh_margin``). A token answer
-  without ``expires_in`` is kept ``DEFAULT_LIFETIME_SECONDS``. A changed token URL, client, scope,
-  audience or client secret is a new cache entry.
+  without ``expires_in`` is kept ``DEFAULT_LIFETIME_SECONDS``, none longer than
+  ``MAX_LIFETIME_SECONDS``; ``expires_in`` 0 serves the request that fetched it only. A changed token
+  URL, client, scope, audience or client secret is a new cache entry.
 - **One token request per target at a time.** Threads that need the target's token meanwhile wait
   for that request and share its outcome, a failure included: a batch for a target whose token
   endpoint is down makes one token request, not one per record.
 - **refused**: the token the target just answered 401 to is never handed out again; a fresh one is
   fetched, unless another thread has fetched one meanwhile.
 - **Errors** are ``TokenUnavailable``: the token endpoint's host and what happened (its status and
-  OAuth ``error`` code, a timeout, an unusable answer), never the client secret, a token or the body.
+  OAuth ``error`` code, a timeout, an unusable answer), never the client secret, a token or the body;
+  with the endpoint's Retry-After, so that the delivery's retry waits as long as it asked.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ _REFRESH_MARGIN_MIN_SECONDS = 30.0
 _REFRESH_MARGIN_MAX_RATIO = 0.5
 # A token answer without expires_in (RFC 6749 only recommends it) is reused this long.
 DEFAULT_LIFETIME_SECONDS = 300.0
+# A longer expires_in (a day and more, or an integer too large for a float) is cut to this: a cached
+# token is fetched again at least daily, whatever the endpoint promised.
+MAX_LIFETIME_SECONDS = 86_400.0
 # A token answer is a small JSON object; more than this is not one.
 TOKEN_ANSWER_LIMIT_BYTES = 16_384
 # An OAuth error code (RFC 6749 §5.2) is quoted in errors only when it looks like one.
@@ -76,7 +81,7 @@ class _Slot:
     token: SecretStr | None = None
     renew_at: float = 0.0
     fetches: int = 0  # token requests finished, successful or not
-    failure: str | None = None  # why the last one failed, if it did
+    failure: TokenUnavailable | None = None  # why the last one failed, if it did
 
 
 class ClientCredentialsTokens:
@@ -112,8 +117,9 @@ class ClientCredentialsTokens:
             raise TokenUnavailable(f"token endpoint {_host(client)}: no time left in the attempt for a token")
         try:
             if slot.client == identity:
-                if slot.fetches != finished_before and slot.failure is not None:
-                    raise TokenUnavailable(slot.failure)  # the request this thread waited for failed
+                if slot.fetches != finished_before and (failed := slot.failure) is not None:
+                    # the request this thread waited for failed
+                    raise TokenUnavailable(str(failed), retry_after=failed.retry_after)
                 if (
                     slot.token is not None
                     and self._clock() < slot.renew_at
@@ -156,7 +162,7 @@ class ClientCredentialsTokens:
         try:
             token, lifetime = _read_answer(result, _host(client))
         except TokenUnavailable as exc:
-            slot.failure = str(exc)
+            slot.failure = exc
             raise
         slot.token, slot.failure = token, None
         slot.renew_at = started + lifetime - refresh_margin(lifetime)
@@ -190,14 +196,16 @@ def _read_answer(result: HttpResult, host: str) -> tuple[SecretStr, float]:
     if status is None or not 200 <= status < 300:
         code = doc.get("error") if isinstance(doc.get("error"), str) else None
         named = f" ({code})" if code and _OAUTH_ERROR_CODE.match(code) else ""
-        raise TokenUnavailable(f"token endpoint {host} answered {status}{named}")
+        raise TokenUnavailable(
+            f"token endpoint {host} answered {status}{named}", retry_after=result.headers.get("retry-after")
+        )
     if result.body_truncated:
         raise TokenUnavailable(f"token endpoint {host} answered more than {TOKEN_ANSWER_LIMIT_BYTES} bytes")
     token = doc.get("access_token")
     if not isinstance(token, str) or not _HEADER_SAFE.match(token):
         raise TokenUnavailable(f"token endpoint {host} answered without a usable access_token")
-    token_type = doc.get("token_type", "Bearer")
-    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+    token_type = doc.get("token_type")  # left out or null: taken as Bearer, as some servers answer
+    if token_type is not None and (not isinstance(token_type, str) or token_type.lower() != "bearer"):
         raise TokenUnavailable(f"token endpoint {host} issued a token that is not a bearer token")
     return SecretStr(token), _lifetime(doc.get("expires_in"), host)
 
@@ -207,11 +215,13 @@ def _lifetime(expires_in: Any, host: str) -> float:
         return DEFAULT_LIFETIME_SECONDS
     try:
         lifetime = float(expires_in) if not isinstance(expires_in, bool) else math.nan
+    except OverflowError:  # an integer past a float's range: longer than any lifetime kept
+        lifetime = MAX_LIFETIME_SECONDS if expires_in > 0 else math.nan
     except (TypeError, ValueError):
         lifetime = math.nan
-    if not math.isfinite(lifetime) or lifetime <= 0:
-        raise TokenUnavailable(f"token endpoint {host} answered an expires_in that is not a positive number")
-    return lifetime
+    if math.isnan(lifetime) or lifetime < 0:
+        raise TokenUnavailable(f"token endpoint {host} answered an expires_in that is not a count of seconds")
+    return min(lifetime, MAX_LIFETIME_SECONDS)
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

@@ -442,9 +442,9 @@ class ScriptedHttp:
 
 class ScriptedTokens:
     """OAuth access tokens in memory: ``token-1``, ``token-2``, ... per target, a new one only when
-    the current one is refused. ``failure`` (a message) makes every call raise TokenUnavailable,
-    ``refresh_failure`` only the calls that refuse a token; ``calls`` records (target id, the refused
-    token or None) in order."""
+    the current one is refused. ``failure`` (a message) makes every call raise TokenUnavailable (with
+    ``retry_after`` as the endpoint's Retry-After), ``refresh_failure`` only the calls that refuse a
+    token; ``calls`` records (target id, the refused token or None) in order."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -452,6 +452,7 @@ class ScriptedTokens:
         self.current: dict[str, str] = {}
         self.calls: list[tuple[str, str | None]] = []
         self.failure: str | None = None
+        self.retry_after: str | None = None
         self.refresh_failure: str | None = None
 
     def token(
@@ -469,7 +470,7 @@ class ScriptedTokens:
             self.calls.append((target.target_id, refused_value))
             failure = self.refresh_failure if refused is not None else None
             if self.failure is not None or failure is not None:
-                raise TokenUnavailable(self.failure or failure or "")
+                raise TokenUnavailable(self.failure or failure or "", retry_after=self.retry_after)
             current = self.current.get(target.target_id)
             if current is None or current == refused_value:
                 self._issued += 1

@@ -26,7 +26,7 @@ from relay.logic import crypto
 from relay.logic.dispatch.audit import response_for_audit, target_secret_values
 from relay.logic.dispatch.records import Item, Unattempted
 from relay.logic.envelope import TargetSecrets, build_request, with_access_token
-from relay.logic.outcomes import Outcome, Verdict, classify
+from relay.logic.outcomes import Outcome, Verdict, classify, parse_retry_after
 from relay.models.delivery import DlqReason, check_event_json
 from relay.models.http import HttpResult, OutboundRequest
 from relay.models.secrets import RotatingSecret
@@ -151,8 +151,10 @@ class Attempter:
             # The endpoint answered 401 and no fresh token came: its answer goes on record (status,
             # latency, body), but it is not the verdict: the attempt is retried once a token can be had.
             result, tokens = exc.answer, [exc.token]
-            outcome, error = Outcome(Verdict.RETRYABLE, None, OAUTH_TOKEN_FAILED), str(exc)
-        except (ConfigurationError, DependencyUnavailable, TokenUnavailable) as exc:
+            outcome, error = self._token_failed(exc), str(exc)
+        except TokenUnavailable as exc:  # not the endpoint's fault, and nothing was sent: try again later
+            return Attempt(self._token_failed(exc), started, self._now(), str(exc))
+        except (ConfigurationError, DependencyUnavailable) as exc:
             # Not the endpoint's fault, and no answer counts (never sent in clear): try again later.
             return Attempt(Outcome(Verdict.RETRYABLE, None, _code(exc)), started, self._now(), str(exc))
         finished = self._now()
@@ -171,6 +173,11 @@ class Attempter:
             encrypted=request.encrypted,
             response_body=body,
         )
+
+    def _token_failed(self, exc: TokenUnavailable) -> Outcome:
+        """Retried, no sooner than the token endpoint's Retry-After asked (a floor, as a target's is)."""
+        wait = parse_retry_after(exc.retry_after, now=self._now())
+        return Outcome(Verdict.RETRYABLE, None, OAUTH_TOKEN_FAILED, retry_after_seconds=wait)
 
     def _event_json(self, item: Item) -> str:
         task = item.task
@@ -250,12 +257,10 @@ class _NoFreshToken(TokenUnavailable):
     """A 401 to the token sent, and no fresh token to send again: the 401 is the answer on record."""
 
     def __init__(self, cause: TokenUnavailable, answer: HttpResult, token: SecretStr) -> None:
-        super().__init__(str(cause))
+        super().__init__(str(cause), retry_after=cause.retry_after)
         self.answer = answer
         self.token = token
 
 
 def _code(exc: Exception) -> str:
-    if isinstance(exc, TokenUnavailable):
-        return OAUTH_TOKEN_FAILED
     return CONFIGURATION if isinstance(exc, ConfigurationError) else DEPENDENCY_UNAVAILABLE
