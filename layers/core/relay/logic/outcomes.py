@@ -56,11 +56,15 @@ class Outcome:
     status: int | None
     error_code: str | None
     retry_after_seconds: float | None = None
+    # A time-out of a request whose time the attempt had mostly spent before it (a slow token request,
+    # a 401's first try): the relay cut it, so it says nothing about the endpoint.
+    cut_short: bool = False
 
     @property
     def reached_endpoint(self) -> bool:
-        """An HTTP answer or a network failure; not a local problem (secrets, policy) before sending."""
-        return self.status is not None or self.error_code in RETRYABLE_ERRORS
+        """An HTTP answer or a network failure; not a local problem (secrets, policy) before sending,
+        nor a request the attempt cut short: what the breaker judges."""
+        return not self.cut_short and (self.status is not None or self.error_code in RETRYABLE_ERRORS)
 
     @property
     def throttled(self) -> bool:

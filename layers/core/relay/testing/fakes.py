@@ -454,6 +454,8 @@ class ScriptedTokens:
         self.failure: str | None = None
         self.retry_after: str | None = None
         self.refresh_failure: str | None = None
+        # Called with each token request, before it answers: a test's clock moved by what it took.
+        self.before_answer: Callable[[], None] = lambda: None
 
     def token(
         self,
@@ -465,6 +467,7 @@ class ScriptedTokens:
         total_timeout: float,
         refused: SecretStr | None = None,
     ) -> SecretStr:
+        self.before_answer()
         with self._lock:
             refused_value = refused.get_secret_value() if refused is not None else None
             self.calls.append((target.target_id, refused_value))

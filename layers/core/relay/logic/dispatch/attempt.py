@@ -4,13 +4,15 @@ about it is settling's job (relay.logic.dispatch.settle).
 
 An oauth2 target that answers 401 gets the same request once more with a fresh token, in the same
 attempt. Everything on the target's side (the token request, the delivery, that one retry) fits in
-one request's budget, connect + read timeout: the time the engine plans each attempt with."""
+one request's budget, connect + read timeout: the time the engine plans each attempt with. A request
+that starts with less than ``CUT_SHORT_SHARE`` of that budget left and times out was cut by the relay,
+not by the endpoint: retried, and not counted against the endpoint (``Outcome.cut_short``)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from pydantic import SecretStr
@@ -28,7 +30,7 @@ from relay.logic.dispatch.records import Item, Unattempted
 from relay.logic.envelope import TargetSecrets, build_request, with_access_token
 from relay.logic.outcomes import Outcome, Verdict, classify, parse_retry_after
 from relay.models.delivery import DlqReason, check_event_json
-from relay.models.http import HttpResult, OutboundRequest
+from relay.models.http import CONNECT_TIMEOUT, DEADLINE_EXCEEDED, READ_TIMEOUT, HttpResult, OutboundRequest
 from relay.models.secrets import RotatingSecret
 from relay.models.targets import SecurityType, Target
 from relay.ports import AccessTokens, ClaimCheckReader, HttpClient, SecretReader
@@ -38,6 +40,10 @@ from relay.settings import Settings
 CONFIGURATION = "configuration"
 DEPENDENCY_UNAVAILABLE = "dependency-unavailable"
 OAUTH_TOKEN_FAILED = "oauth-token-failed"
+# A request that starts with less than this share of the attempt's budget left has had its time cut by
+# what came before it in the attempt; if it then times out, that is not the endpoint's failure.
+CUT_SHORT_SHARE = 0.9
+_TIME_OUTS = frozenset({CONNECT_TIMEOUT, READ_TIMEOUT, DEADLINE_EXCEEDED})
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,14 @@ class _Budget:
     def left(self) -> float:
         return self._ends - self._clock()
 
+    @property
+    def total(self) -> float:
+        return self.connect + self.read
+
+    def cut(self, left: float) -> bool:
+        """A request given ``left`` seconds has had its time cut by what the attempt did before it."""
+        return left < self.total * CUT_SHORT_SHARE
+
 
 class Attempter:
     def __init__(
@@ -141,7 +155,7 @@ class Attempter:
             request = build_request(
                 item.task, event_json, target, secrets, key_cache=self._keys, now=started, access_token=token
             )
-            result, tokens = self._send(target, request, secrets, token, budget)
+            result, tokens, given = self._send(target, request, secrets, token, budget)
             outcome, error = None, result.error
         except ClaimCheckMissing as exc:  # the event text is gone: no retry can bring it back
             return Unattempted(item.record, item.task, DlqReason.CLAIM_CHECK_MISSING, str(exc))
@@ -164,8 +178,13 @@ class Attempter:
             body = response_for_audit(
                 result.body, event_json=event_json, event_id=item.task.event_id, secrets=sent
             )
+        if outcome is None:
+            outcome = classify(result, now=finished)
+            if outcome.error_code in _TIME_OUTS and budget.cut(given):
+                outcome = replace(outcome, cut_short=True)
+                error = f"{error}; cut short: {given:.2f} s of the attempt's {budget.total:.2f} s were left"
         return Attempt(
-            outcome or classify(result, now=finished),
+            outcome,
             started,
             finished,
             error,
@@ -226,19 +245,23 @@ class Attempter:
         secrets: TargetSecrets,
         token: SecretStr | None,
         budget: _Budget,
-    ) -> tuple[HttpResult, list[SecretStr]]:
-        """The answer, and the tokens sent. A 401 to an OAuth token: once more with a fresh one
-        (TokenUnavailable if there is none; a second 401 is the answer)."""
-        result = self._post(request, secrets, budget)
+    ) -> tuple[HttpResult, list[SecretStr], float]:
+        """The answer, the tokens sent, and the seconds the answering request was given. A 401 to an
+        OAuth token: once more with a fresh one (TokenUnavailable if there is none; a second 401 is
+        the answer)."""
+        result, given = self._post(request, secrets, budget)
         if token is None or (result.status, result.error_code) != (401, None):
-            return result, [token] if token else []
+            return result, [token] if token else [], given
         try:
             fresh = self._token(target, secrets, budget, refused=token)
         except TokenUnavailable as exc:
             raise _NoFreshToken(exc, result, token) from None
-        return self._post(with_access_token(request, fresh), secrets, budget), [token, fresh]
+        again, given = self._post(with_access_token(request, fresh), secrets, budget)
+        return again, [token, fresh], given
 
-    def _post(self, request: OutboundRequest, secrets: TargetSecrets, budget: _Budget) -> HttpResult:
+    def _post(
+        self, request: OutboundRequest, secrets: TargetSecrets, budget: _Budget
+    ) -> tuple[HttpResult, float]:
         left = budget.left()
         certificate = secrets.client_certificate
         return self._http.send(
@@ -250,7 +273,7 @@ class Attempter:
             read_timeout=min(budget.read, left),
             total_timeout=left,
             client_certificate=certificate.current if certificate else None,
-        )
+        ), left
 
 
 class _NoFreshToken(TokenUnavailable):

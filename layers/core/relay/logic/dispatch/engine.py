@@ -127,6 +127,7 @@ class Dispatcher:
             claim_checks=claim_checks,
             now=self._now,
             tokens=tokens,
+            monotonic=clock,  # the attempt's budget on the engine's one clock (a test moves it)
         )
         rng = rng or random.Random()
         self._settle = Settler(settings=settings, queue=queue, targets=targets, now=self._now, rng=rng)
