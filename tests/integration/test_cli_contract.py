@@ -638,6 +638,72 @@ def test_every_failure_is_its_exit_code_and_one_error_line(
         assert secret not in out + err
 
 
+class HtmlEndpoint:
+    """A loopback 'AWS endpoint' answering every request with an HTML error page, as a proxy or a
+    captive portal does: botocore cannot parse it as AWS's (ResponseParserError)."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = (
+                    b"<!doctype html>\n<html><title>500 Internal Server Error</title><h1>oops</h1></html>\n"
+                )
+                self.send_response(500)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(SHUTDOWN_POLL_SECONDS,), daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (("targets", "list", "--stack-name", "relay"), "relay targets list"),
+        (("dlq", "list", "--stack-name", "relay"), "relay dlq list"),
+    ],
+)
+def test_an_endpoint_answering_something_other_than_aws_is_aws_unavailable(
+    argv: tuple[str, ...],
+    command: str,
+    settings_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given every AWS call answered by an HTML page (one try each: the answer does not change)
+    endpoint = HtmlEndpoint()
+    for name, value in {
+        **LOCAL_CREDENTIALS,
+        "AWS_ENDPOINT_URL": endpoint.url,
+        "AWS_MAX_ATTEMPTS": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    forget_cached_configuration()
+    try:
+        # When a command needs the stack's outputs
+        code = main(list(argv))
+    finally:
+        endpoint.close()
+
+    # Then AWS is unavailable (3), not a bug in the relay (70)
+    out, err = capsys.readouterr()
+    assert (code, out) == (FAILED, ""), err
+    assert_one_error_line(
+        err, command, r"^DependencyUnavailable: CloudFormation unavailable \(ResponseParserError\)$"
+    )
+
+
 def test_version_prints_the_relays_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--version"]) == 0
     assert capsys.readouterr().out == f"relay {__version__}\n"
