@@ -347,6 +347,43 @@ CASES = {
         "no target no-such-target in the TargetsTable",
         aws=True,
     ),
+    # --- an AWS setting botocore cannot use: a setting to fix (3), named, its value never quoted ---------
+    "endpoint not a URL": Case(
+        ("targets", "list", "--stack-name", "relay"),
+        FAILED,
+        "relay targets list",
+        "^ConfigurationError: invalid settings: AWS_ENDPOINT_URL$",
+        env={"AWS_ENDPOINT_URL": "notaurl"},
+    ),
+    "endpoint with credentials, cut short": Case(
+        ("breaker", "status", "--stack-name", "relay"),
+        FAILED,
+        "relay breaker status",
+        "^ConfigurationError: invalid settings: AWS_ENDPOINT_URL$",
+        env={"AWS_ENDPOINT_URL": f"http://ops:{KEY}@[::1"},
+    ),
+    "empty endpoint": Case(
+        ("dlq", "list"),
+        FAILED,
+        "relay dlq list",
+        "^ConfigurationError: invalid settings: AWS_ENDPOINT_URL$",
+        env={"AWS_ENDPOINT_URL": "", "DEAD_LETTER_QUEUE_URL": "http://sqs.local/1/dlq"},
+    ),
+    "empty region": Case(
+        ("targets", "list"),
+        FAILED,
+        "relay targets list",
+        "^ConfigurationError: invalid settings: AWS_REGION$",
+        env={"AWS_REGION": "", "TARGETS_TABLE": "targets"},
+    ),
+    "a service's endpoint not a URL": Case(
+        ("targets", "list", "--stack-name", "relay"),
+        FAILED,
+        "relay targets list",
+        r"^ConfigurationError: no AWS cloudformation client: its endpoint is not a valid URL "
+        r"\(AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_CLOUDFORMATION or the AWS config file\)$",
+        env={"AWS_ENDPOINT_URL_CLOUDFORMATION": "notaurl"},
+    ),
     "secret that does not exist": Case(
         ("decrypt", "{envelope}", "--secret", "relay/local/encryption/nope"),
         USAGE,
@@ -587,7 +624,7 @@ def files(tmp_path: Path) -> Iterator[dict[str, str]]:
 @pytest.fixture
 def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """An operator's shell without the relay's resource settings (a case asks for aws_stack to get them)."""
-    for name in (*SETTINGS, "RELAY_LOCAL_API", "UNSET_KEY", "UNSET_WHSEC"):
+    for name in (*SETTINGS, "AWS_ENDPOINT_URL", "RELAY_LOCAL_API", "UNSET_KEY", "UNSET_WHSEC"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("KEY", KEY)
     monkeypatch.setenv("WRONG_KEY", WRONG_KEY)
