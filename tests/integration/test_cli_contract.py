@@ -28,6 +28,7 @@ import pytest
 
 from relay import __version__
 from relay.cli import CommandParser, build_parser, main, run
+from relay.cli.exit_codes import NeedsAttention
 from relay.local.aws_stack import LOCAL_CREDENTIALS, forget_cached_configuration
 from relay.local.loopback import SHUTDOWN_POLL_SECONDS
 
@@ -829,6 +830,27 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly(
 
     # Then it ends as a command whose output fit the pipe does: exit 0, nothing on stderr
     assert (code, capsys.readouterr().err) == (0, "")
+
+
+def _many_lines_then_attention(args: argparse.Namespace) -> int:
+    _many_lines(args)
+    raise NeedsAttention("3 messages left in the DLQ")
+
+
+def test_a_reader_that_leaves_early_keeps_the_commands_status_and_its_error_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given stdout a pipe whose reader has left (`relay dlq redrive ... | head -1` under pipefail)
+    reader, writer = os.pipe()
+    os.close(reader)
+    with open(writer, "w") as left_pipe:
+        monkeypatch.setattr(sys, "stdout", left_pipe)
+
+        # When a command writes its output there, then finds that something needs attention
+        code = run(_parser_with(_many_lines_then_attention), ["explode"])
+
+    # Then its status and its line on stderr (not the pipe that broke) are what a full read gets
+    assert (code, capsys.readouterr().err) == (1, "relay explode: 3 messages left in the DLQ\n")
 
 
 def test_ctrl_c_in_any_command_is_130(capsys: pytest.CaptureFixture[str]) -> None:
