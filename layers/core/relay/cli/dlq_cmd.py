@@ -28,7 +28,7 @@ from typing import IO, TYPE_CHECKING, Any
 from relay.cli.arguments import positive_int, whole_number_up_to
 from relay.cli.exit_codes import ExitCode, Interrupted, NeedsAttention, UsageError
 from relay.cli.stack_option import STACK_OPTION
-from relay.cli.terminal import visible
+from relay.cli.terminal import format_table, visible, visible_lines
 
 if TYPE_CHECKING:
     from relay.logic.dlq import Progress
@@ -243,7 +243,9 @@ def _run(args: argparse.Namespace, work: Callable[[ProgressLine, Callable[[], bo
         ) from None
     finally:
         line.close()
-    print(json.dumps(document, indent=2) if args.format == "json" else text)
+    # The text quotes message attributes (anyone with SendMessage on the DLQ writes them), SQS's
+    # failure reasons and errors: escaped line by line, whatever part of it forgot to.
+    print(json.dumps(document, indent=2) if args.format == "json" else visible_lines(text))
     if ctrl_c.requested():
         raise Interrupted(
             "interrupted: stopped after the batch in hand; the summary above is what was done, and every "
@@ -410,13 +412,7 @@ def format_failed_groups(groups: Sequence[dict[str, Any]]) -> str:
 
 
 def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
-    if not rows:
-        return "no messages"
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in (header, *rows)
-    )
+    return format_table([header, *rows]) if rows else "no messages"
 
 
 def _age(seconds: int | None) -> str:
