@@ -879,6 +879,33 @@ def test_the_process_answers_version_and_a_missing_envelope_without_a_traceback(
     assert missing.stderr == "relay decrypt: /nonexistent: No such file or directory\n"
 
 
+def _stdin_closed() -> None:
+    """In the command's process before it starts: no stdin at all, as `relay ... <&-` leaves it."""
+    os.close(0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (("decrypt", "-", "--key-env", "KEY"), "relay decrypt"),
+        (("local", "put-event", "-", "--api", "http://127.0.0.1:9"), "relay local put-event"),
+    ],
+)
+def test_stdin_closed_is_a_file_that_cannot_be_read(argv: tuple[str, ...], command: str) -> None:
+    # `relay <command> - <&-`: every command reading `-` reads it in one place
+    process = subprocess.run(
+        [sys.executable, "-m", "relay", *argv],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+        preexec_fn=_stdin_closed,
+    )
+
+    assert (process.returncode, process.stdout) == (USAGE, ""), process.stderr
+    assert_one_error_line(process.stderr, command, "^-: cannot be read: stdin is closed$")
+
+
 class StallingSqs:
     """A loopback 'SQS' that holds every request until the test ends: the command waits in a call."""
 

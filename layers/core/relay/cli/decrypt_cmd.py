@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from relay.cli.arguments import file_or_stdin
 from relay.cli.exit_codes import ExitCode, NeedsAttention, UsageError
 from relay.json_input import load_json
 
@@ -116,7 +117,7 @@ def _decrypt(args: argparse.Namespace) -> int:
         raise UsageError("--verify-with-env needs --headers: the request's headers, as a JSON object")
     if args.headers and not args.verify_with_env:
         raise UsageError("--headers is read only to verify the signature: add --verify-with-env VAR")
-    raw = sys.stdin.buffer.read() if args.envelope == "-" else Path(args.envelope).read_bytes()
+    raw = file_or_stdin(args.envelope)
     keys = _keys(args) if args.key_file or args.key_env or args.secret else None
     headers = _headers(args.headers)
     signing_secret = args.verify_with_env and _environment_value(args.verify_with_env, "--verify-with-env")
