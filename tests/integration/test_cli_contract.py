@@ -335,6 +335,25 @@ CASES = {
         "relay dlq redrive",
         r"argument --rate: must be at most 500 \(SQS moves at most 500 messages a second\), not 501",
     ),
+    # --rate paces SQS's move task: where the redrive can never start one, it is refused, not ignored
+    "rate on the ordered queue": Case(
+        ("dlq", "redrive", "--queue", "ordered", "--rate", "5", "--dry-run"),
+        USAGE,
+        "relay dlq redrive",
+        r"^--rate paces only SQS's move task, which this redrive never starts \(--queue ordered re-sends",
+    ),
+    "rate with resend": Case(
+        ("dlq", "redrive", "--method", "resend", "--rate", "5"),
+        USAGE,
+        "relay dlq redrive",
+        r"never starts \(--method resend re-sends every message\)$",
+    ),
+    "rate with a filter": Case(
+        ("dlq", "redrive", "--target", "t-1", "--rate", "5"),
+        USAGE,
+        "relay dlq redrive",
+        r"never starts \(a filter or --max re-sends the messages it picks\)$",
+    ),
     "visibility above what SQS takes": Case(
         ("dlq", "list", "--visibility", "43201"),
         USAGE,
