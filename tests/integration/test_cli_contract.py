@@ -898,6 +898,41 @@ def test_the_process_answers_version_and_a_missing_envelope_without_a_traceback(
     assert missing.stderr == "relay decrypt: /nonexistent: No such file or directory\n"
 
 
+# Loaded by the interpreter at start-up (site.py imports sitecustomize from PYTHONPATH): the moment
+# relay.cli starts to load, Ctrl-C arrives, a real SIGINT, as from an operator who pressed it at once.
+CTRL_C_WHILE_IMPORTING = """
+import os, signal, sys
+
+class CtrlCWhenImporting:
+    def find_spec(self, name, path=None, target=None):
+        if name == "relay.cli":
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, CtrlCWhenImporting())
+"""
+
+
+def test_ctrl_c_while_the_console_command_loads_is_130_without_a_traceback(tmp_path: Path) -> None:
+    # Given the `relay` console script, about to import the CLI
+    (tmp_path / "sitecustomize.py").write_text(CTRL_C_WHILE_IMPORTING)
+    script = Path(sys.executable).parent / "relay"
+
+    # When Ctrl-C arrives while it imports
+    process = subprocess.run(
+        [str(script), "targets", "list"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        timeout=WAIT,
+        check=False,
+        preexec_fn=_ctrl_c_as_in_a_terminal,
+    )
+
+    # Then it exits 130 with one line, as Ctrl-C during a command does
+    assert (process.returncode, process.stdout, process.stderr) == (130, "", "relay: interrupted\n")
+
+
 def _stdin_closed() -> None:
     """In the command's process before it starts: no stdin at all, as `relay ... <&-` leaves it."""
     os.close(0)
