@@ -55,6 +55,20 @@ SETTINGS = ("TARGETS_TABLE", "BREAKER_TABLE", "DEAD_LETTER_QUEUE_URL", "DELIVERY
 USAGE, ATTENTION, FAILED = 2, 1, 3
 
 
+INVALID_EVENTS = {
+    "nan_event": '{"deliveryId":"d","formatVersion":"2.1","sourceEvent":{"a":NaN}}',
+    "huge_number_event": '{"deliveryId": "d", "formatVersion": "2.1", "sourceEvent": {"a": 1e400}}',
+    "lone_surrogate_event": '{"deliveryId":"d","formatVersion":"2.1","sourceEvent":{"a":"\\ud800"}}',
+    "infinity_as_written": '{"deliveryId":"d","sourceEvent":{"a":Infinity},"formatVersion":"2.1"}',
+}
+
+
+def decrypt_refused(file: str, says: str) -> Case:
+    """``relay decrypt FILE`` of a plain envelope whose event it cannot print as JSON: nothing printed,
+    nothing announced, one line saying why (exit 1, an envelope that does not open)."""
+    return Case(("decrypt", file), ATTENTION, "relay decrypt", f"^cannot open the envelope: its {says}")
+
+
 def put_event_refused(file: str, says: str) -> Case:
     """``relay local put-event FILE`` refusing the file as a usage error, before sending anything."""
     return Case(
@@ -199,6 +213,12 @@ CASES = {
         USAGE,
         "relay decrypt",
         r"--headers .*deep\.json: not JSON: JSON nested too deeply to read$",
+    ),
+    "event with NaN": decrypt_refused("{nan_event}", "sourceEvent holds NaN or Infinity"),
+    "event with 1e400": decrypt_refused("{huge_number_event}", "sourceEvent holds NaN or Infinity"),
+    "event with a lone surrogate": decrypt_refused("{lone_surrogate_event}", "sourceEvent holds a lone"),
+    "event with Infinity as the relay lays it out": decrypt_refused(
+        "{infinity_as_written}", "event holds Infinity, which is not JSON$"
     ),
     "key file not UTF-8": Case(
         ("decrypt", "{sealed}", "--key-file", "{latin1}"),
@@ -623,6 +643,11 @@ def files(tmp_path: Path) -> Iterator[dict[str, str]]:
     for name, document in contents.items():
         paths[name] = tmp_path / f"{name}.json"
         paths[name].write_text(json.dumps(document))
+    # Envelopes whose event JSON cannot carry: NaN or Infinity (Python reads them, 1e400 becomes one),
+    # a lone surrogate; re-formatted (the parsed event is written again) or laid out as the relay writes
+    paths |= {name: tmp_path / f"{name}.json" for name in INVALID_EVENTS}
+    for name, text in INVALID_EVENTS.items():
+        paths[name].write_text(text)
     paths["not_json"] = tmp_path / "not_json.txt"
     paths["not_json"].write_text("not json")
     paths["deep"] = tmp_path / "deep.json"
