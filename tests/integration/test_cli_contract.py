@@ -28,6 +28,7 @@ import pytest
 
 from relay import __version__
 from relay.cli import CommandParser, build_parser, main, run
+from relay.cli.exit_codes import NeedsAttention
 from relay.local.aws_stack import LOCAL_CREDENTIALS, forget_cached_configuration
 from relay.local.loopback import SHUTDOWN_POLL_SECONDS
 
@@ -52,6 +53,20 @@ class Case:
 
 SETTINGS = ("TARGETS_TABLE", "BREAKER_TABLE", "DEAD_LETTER_QUEUE_URL", "DELIVERY_QUEUE_URL")
 USAGE, ATTENTION, FAILED = 2, 1, 3
+
+
+INVALID_EVENTS = {
+    "nan_event": '{"deliveryId":"d","formatVersion":"2.1","sourceEvent":{"a":NaN}}',
+    "huge_number_event": '{"deliveryId": "d", "formatVersion": "2.1", "sourceEvent": {"a": 1e400}}',
+    "lone_surrogate_event": '{"deliveryId":"d","formatVersion":"2.1","sourceEvent":{"a":"\\ud800"}}',
+    "infinity_as_written": '{"deliveryId":"d","sourceEvent":{"a":Infinity},"formatVersion":"2.1"}',
+}
+
+
+def decrypt_refused(file: str, says: str) -> Case:
+    """``relay decrypt FILE`` of a plain envelope whose event it cannot print as JSON: nothing printed,
+    nothing announced, one line saying why (exit 1, an envelope that does not open)."""
+    return Case(("decrypt", file), ATTENTION, "relay decrypt", f"^cannot open the envelope: its {says}")
 
 
 def put_event_refused(file: str, says: str) -> Case:
@@ -199,6 +214,12 @@ CASES = {
         "relay decrypt",
         r"--headers .*deep\.json: not JSON: JSON nested too deeply to read$",
     ),
+    "event with NaN": decrypt_refused("{nan_event}", "sourceEvent holds NaN or Infinity"),
+    "event with 1e400": decrypt_refused("{huge_number_event}", "sourceEvent holds NaN or Infinity"),
+    "event with a lone surrogate": decrypt_refused("{lone_surrogate_event}", "sourceEvent holds a lone"),
+    "event with Infinity as the relay lays it out": decrypt_refused(
+        "{infinity_as_written}", "event holds Infinity, which is not JSON$"
+    ),
     "key file not UTF-8": Case(
         ("decrypt", "{sealed}", "--key-file", "{latin1}"),
         USAGE,
@@ -334,6 +355,25 @@ CASES = {
         "relay dlq redrive",
         r"argument --rate: must be at most 500 \(SQS moves at most 500 messages a second\), not 501",
     ),
+    # --rate paces SQS's move task: where the redrive can never start one, it is refused, not ignored
+    "rate on the ordered queue": Case(
+        ("dlq", "redrive", "--queue", "ordered", "--rate", "5", "--dry-run"),
+        USAGE,
+        "relay dlq redrive",
+        r"^--rate paces only SQS's move task, which this redrive never starts \(--queue ordered re-sends",
+    ),
+    "rate with resend": Case(
+        ("dlq", "redrive", "--method", "resend", "--rate", "5"),
+        USAGE,
+        "relay dlq redrive",
+        r"never starts \(--method resend re-sends every message\)$",
+    ),
+    "rate with a filter": Case(
+        ("dlq", "redrive", "--target", "t-1", "--rate", "5"),
+        USAGE,
+        "relay dlq redrive",
+        r"never starts \(a filter or --max re-sends the messages it picks\)$",
+    ),
     "visibility above what SQS takes": Case(
         ("dlq", "list", "--visibility", "43201"),
         USAGE,
@@ -346,6 +386,43 @@ CASES = {
         "relay breaker reset",
         "no target no-such-target in the TargetsTable",
         aws=True,
+    ),
+    # --- an AWS setting botocore cannot use: a setting to fix (3), named, its value never quoted ---------
+    "endpoint not a URL": Case(
+        ("targets", "list", "--stack-name", "relay"),
+        FAILED,
+        "relay targets list",
+        "^ConfigurationError: invalid settings: AWS_ENDPOINT_URL$",
+        env={"AWS_ENDPOINT_URL": "notaurl"},
+    ),
+    "endpoint with credentials, cut short": Case(
+        ("breaker", "status", "--stack-name", "relay"),
+        FAILED,
+        "relay breaker status",
+        "^ConfigurationError: invalid settings: AWS_ENDPOINT_URL$",
+        env={"AWS_ENDPOINT_URL": f"http://ops:{KEY}@[::1"},
+    ),
+    "empty endpoint": Case(
+        ("dlq", "list"),
+        FAILED,
+        "relay dlq list",
+        "^ConfigurationError: invalid settings: AWS_ENDPOINT_URL$",
+        env={"AWS_ENDPOINT_URL": "", "DEAD_LETTER_QUEUE_URL": "http://sqs.local/1/dlq"},
+    ),
+    "empty region": Case(
+        ("targets", "list"),
+        FAILED,
+        "relay targets list",
+        "^ConfigurationError: invalid settings: AWS_REGION$",
+        env={"AWS_REGION": "", "TARGETS_TABLE": "targets"},
+    ),
+    "a service's endpoint not a URL": Case(
+        ("targets", "list", "--stack-name", "relay"),
+        FAILED,
+        "relay targets list",
+        r"^ConfigurationError: no AWS cloudformation client: its endpoint is not a valid URL "
+        r"\(AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_CLOUDFORMATION or the AWS config file\)$",
+        env={"AWS_ENDPOINT_URL_CLOUDFORMATION": "notaurl"},
     ),
     "secret that does not exist": Case(
         ("decrypt", "{envelope}", "--secret", "relay/local/encryption/nope"),
@@ -566,6 +643,11 @@ def files(tmp_path: Path) -> Iterator[dict[str, str]]:
     for name, document in contents.items():
         paths[name] = tmp_path / f"{name}.json"
         paths[name].write_text(json.dumps(document))
+    # Envelopes whose event JSON cannot carry: NaN or Infinity (Python reads them, 1e400 becomes one),
+    # a lone surrogate; re-formatted (the parsed event is written again) or laid out as the relay writes
+    paths |= {name: tmp_path / f"{name}.json" for name in INVALID_EVENTS}
+    for name, text in INVALID_EVENTS.items():
+        paths[name].write_text(text)
     paths["not_json"] = tmp_path / "not_json.txt"
     paths["not_json"].write_text("not json")
     paths["deep"] = tmp_path / "deep.json"
@@ -587,7 +669,7 @@ def files(tmp_path: Path) -> Iterator[dict[str, str]]:
 @pytest.fixture
 def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """An operator's shell without the relay's resource settings (a case asks for aws_stack to get them)."""
-    for name in (*SETTINGS, "RELAY_LOCAL_API", "UNSET_KEY", "UNSET_WHSEC"):
+    for name in (*SETTINGS, "AWS_ENDPOINT_URL", "RELAY_LOCAL_API", "UNSET_KEY", "UNSET_WHSEC"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("KEY", KEY)
     monkeypatch.setenv("WRONG_KEY", WRONG_KEY)
@@ -636,6 +718,72 @@ def test_every_failure_is_its_exit_code_and_one_error_line(
     assert_one_error_line(err, case.command, case.says)
     for secret in (KEY, WRONG_KEY, FIXTURE_SECRET):
         assert secret not in out + err
+
+
+class HtmlEndpoint:
+    """A loopback 'AWS endpoint' answering every request with an HTML error page, as a proxy or a
+    captive portal does: botocore cannot parse it as AWS's (ResponseParserError)."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = (
+                    b"<!doctype html>\n<html><title>500 Internal Server Error</title><h1>oops</h1></html>\n"
+                )
+                self.send_response(500)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(SHUTDOWN_POLL_SECONDS,), daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (("targets", "list", "--stack-name", "relay"), "relay targets list"),
+        (("dlq", "list", "--stack-name", "relay"), "relay dlq list"),
+    ],
+)
+def test_an_endpoint_answering_something_other_than_aws_is_aws_unavailable(
+    argv: tuple[str, ...],
+    command: str,
+    settings_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given every AWS call answered by an HTML page (one try each: the answer does not change)
+    endpoint = HtmlEndpoint()
+    for name, value in {
+        **LOCAL_CREDENTIALS,
+        "AWS_ENDPOINT_URL": endpoint.url,
+        "AWS_MAX_ATTEMPTS": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    forget_cached_configuration()
+    try:
+        # When a command needs the stack's outputs
+        code = main(list(argv))
+    finally:
+        endpoint.close()
+
+    # Then AWS is unavailable (3), not a bug in the relay (70)
+    out, err = capsys.readouterr()
+    assert (code, out) == (FAILED, ""), err
+    assert_one_error_line(
+        err, command, r"^DependencyUnavailable: CloudFormation unavailable \(ResponseParserError\)$"
+    )
 
 
 def test_version_prints_the_relays_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -728,6 +876,27 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly(
     assert (code, capsys.readouterr().err) == (0, "")
 
 
+def _many_lines_then_attention(args: argparse.Namespace) -> int:
+    _many_lines(args)
+    raise NeedsAttention("3 messages left in the DLQ")
+
+
+def test_a_reader_that_leaves_early_keeps_the_commands_status_and_its_error_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given stdout a pipe whose reader has left (`relay dlq redrive ... | head -1` under pipefail)
+    reader, writer = os.pipe()
+    os.close(reader)
+    with open(writer, "w") as left_pipe:
+        monkeypatch.setattr(sys, "stdout", left_pipe)
+
+        # When a command writes its output there, then finds that something needs attention
+        code = run(_parser_with(_many_lines_then_attention), ["explode"])
+
+    # Then its status and its line on stderr (not the pipe that broke) are what a full read gets
+    assert (code, capsys.readouterr().err) == (1, "relay explode: 3 messages left in the DLQ\n")
+
+
 def test_ctrl_c_in_any_command_is_130(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(_parser_with(_ctrl_c), ["explode"]) == 130
     assert capsys.readouterr().err == "relay explode: interrupted\n"
@@ -752,6 +921,68 @@ def test_the_process_answers_version_and_a_missing_envelope_without_a_traceback(
     missing = _relay("decrypt", "/nonexistent", "--key-env", "KEY")
     assert (missing.returncode, missing.stdout) == (2, "")
     assert missing.stderr == "relay decrypt: /nonexistent: No such file or directory\n"
+
+
+# Loaded by the interpreter at start-up (site.py imports sitecustomize from PYTHONPATH): the moment
+# relay.cli starts to load, Ctrl-C arrives, a real SIGINT, as from an operator who pressed it at once.
+CTRL_C_WHILE_IMPORTING = """
+import os, signal, sys
+
+class CtrlCWhenImporting:
+    def find_spec(self, name, path=None, target=None):
+        if name == "relay.cli":
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, CtrlCWhenImporting())
+"""
+
+
+def test_ctrl_c_while_the_console_command_loads_is_130_without_a_traceback(tmp_path: Path) -> None:
+    # Given the `relay` console script, about to import the CLI
+    (tmp_path / "sitecustomize.py").write_text(CTRL_C_WHILE_IMPORTING)
+    script = Path(sys.executable).parent / "relay"
+
+    # When Ctrl-C arrives while it imports
+    process = subprocess.run(
+        [str(script), "targets", "list"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        timeout=WAIT,
+        check=False,
+        preexec_fn=_ctrl_c_as_in_a_terminal,
+    )
+
+    # Then it exits 130 with one line, as Ctrl-C during a command does
+    assert (process.returncode, process.stdout, process.stderr) == (130, "", "relay: interrupted\n")
+
+
+def _stdin_closed() -> None:
+    """In the command's process before it starts: no stdin at all, as `relay ... <&-` leaves it."""
+    os.close(0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (("decrypt", "-", "--key-env", "KEY"), "relay decrypt"),
+        (("local", "put-event", "-", "--api", "http://127.0.0.1:9"), "relay local put-event"),
+    ],
+)
+def test_stdin_closed_is_a_file_that_cannot_be_read(argv: tuple[str, ...], command: str) -> None:
+    # `relay <command> - <&-`: every command reading `-` reads it in one place
+    process = subprocess.run(
+        [sys.executable, "-m", "relay", *argv],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+        preexec_fn=_stdin_closed,
+    )
+
+    assert (process.returncode, process.stdout) == (USAGE, ""), process.stderr
+    assert_one_error_line(process.stderr, command, "^-: cannot be read: stdin is closed$")
 
 
 class StallingSqs:

@@ -264,6 +264,35 @@ def test_max_bounds_how_many_move(
     assert len(drain(aws_stack.dead_letter_queue_url)) == 5
 
 
+# Anyone with SendMessage on the DLQ writes its attributes: a line break, an escape sequence, a bidi
+# override must not fake a row, drive the terminal or reorder what the operator reads.
+FORGED_TARGET = "t\x1b[31mRED\x1b[0m\nFAKE-LINE 99 1s"
+FORGED_REASON = "exhausted\x1b[2J\u202e"
+
+
+@pytest.mark.parametrize("argv", [("list",), ("redrive", "--dry-run")], ids=["list", "redrive"])
+def test_tables_show_control_characters_from_message_attributes_escaped(
+    aws_stack: LocalResources, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...]
+) -> None:
+    # Given a letter whose target id and reason hold control characters
+    body, _ = task_body("int-1", "target-a")
+    put(
+        aws_stack.dead_letter_queue_url,
+        body,
+        dead_letter_attributes(FORGED_REASON, "int-1", FORGED_TARGET, "503"),
+    )
+
+    # When the table is printed
+    code, out, _ = run_cli(capsys, *argv)
+
+    # Then each shows escaped, within its own row
+    assert code == 0, out
+    assert "\x1b" not in out and "\u202e" not in out
+    assert not any(line.startswith("FAKE-LINE") for line in out.splitlines())
+    row = next(line for line in out.splitlines() if "FAKE-LINE" in line)
+    assert "t\\x1b[31mRED\\x1b[0m\\nFAKE-LINE" in row and row.startswith("exhausted\\x1b[2J\\u202e")
+
+
 def test_dry_run_shows_what_would_move_and_moves_nothing(
     aws_stack: LocalResources, seeded: list[Seeded], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -10,10 +10,18 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
+from botocore.parsers import ResponseParserError
+from support import ROOT
 
+from relay.adapters.archive import S3EventArchive
+from relay.adapters.attempt_counter import DynamoAttemptCounter
 from relay.adapters.audit import S3AuditSink
 from relay.adapters.breaker_store import DynamoBreakerStore
 from relay.adapters.claim_checks import S3ClaimChecks
+from relay.adapters.cloudformation import stack_outputs
+from relay.adapters.idempotency import DynamoDBIdempotencyStore
+from relay.adapters.identity import caller_identity
+from relay.adapters.rate_limit_store import DynamoRateLimitStore
 from relay.adapters.secrets import SecretsManagerSecrets
 from relay.adapters.sqs import SqsQueues
 from relay.adapters.target_store import TargetStore
@@ -87,14 +95,24 @@ WRITES: list[tuple[str, Callable[[Any], object]]] = [
     ("claim check put", lambda c: S3ClaimChecks(c, "bucket").put("events/k.json", b"{}")),
     ("claim check load", lambda c: S3ClaimChecks(c).load(S3Ref(bucket="b", key="k"))),
     ("audit write", lambda c: S3AuditSink(c, "bucket").write("2026-03-25", "t-1", "inv", [{"a": 1}])),
+    ("stack outputs", lambda c: stack_outputs(c, "relay")),
+    ("attempts read", lambda c: DynamoAttemptCounter(c, "attempts").failures("m-1")),
+    ("attempts write", lambda c: DynamoAttemptCounter(c, "attempts").add_failure("m-1")),
+    ("rate-limit read", lambda c: DynamoRateLimitStore(c, "breakers").load("int-1#t-1")),
+    ("idempotency claim", lambda c: DynamoDBIdempotencyStore(c, "idempotency", ttl_seconds=60).claim("k")),
+    ("archive lookup", lambda c: S3EventArchive(c, "bucket").claim_check_exists(S3Ref(bucket="b", key="k"))),
 ]
+
+# What botocore raises when the answer is not AWS's (an HTML page from a proxy): neither a ClientError
+# nor a BotoCoreError, and still only the dependency being unavailable.
+NOT_AWS = ResponseParserError("Unable to parse response, invalid XML received: b'<html>'")
 
 
 @pytest.mark.parametrize(("name", "use"), WRITES, ids=[name for name, _ in WRITES])
 @pytest.mark.parametrize(
     "error",
-    [None, EndpointConnectionError(endpoint_url="https://aws.example")],
-    ids=["client-error", "connection-error"],
+    [None, EndpointConnectionError(endpoint_url="https://aws.example"), NOT_AWS],
+    ids=["client-error", "connection-error", "not-an-aws-answer"],
 )
 def test_aws_failures_become_dependency_unavailable_without_quoting_aws(
     name: str, use: Callable[[Any], object], error: Exception | None
@@ -116,9 +134,17 @@ def test_aws_failures_become_dependency_unavailable_without_quoting_aws(
     ],
     ids=["load", "save"],
 )
-def test_breaker_store_failures_are_breaker_store_unavailable(use: Callable[[Any], object]) -> None:
+@pytest.mark.parametrize("error", [None, NOT_AWS], ids=["client-error", "not-an-aws-answer"])
+def test_breaker_store_failures_are_breaker_store_unavailable(
+    use: Callable[[Any], object], error: Exception | None
+) -> None:
     with pytest.raises(BreakerStoreUnavailable):
-        use(FailingClient())
+        use(FailingClient(error))
+
+
+def test_an_identity_sts_cannot_give_is_the_os_user_alone() -> None:
+    # STS answering something that is not AWS's: the audit record still names the OS user
+    assert caller_identity(FailingClient(NOT_AWS)).startswith("os user ")
 
 
 def test_a_claim_checked_event_that_is_not_utf8_is_unreadable_not_a_dependency_failure() -> None:
@@ -186,3 +212,13 @@ def test_every_relay_error_is_rooted_in_relay_errors() -> None:
         value for value in vars(errors).values() if isinstance(value, type) and issubclass(value, Exception)
     ]
     assert defined and all(issubclass(cls, RelayError) for cls in defined)
+
+
+def test_adapters_catch_aws_failures_through_the_shared_tuples() -> None:
+    # Catching botocore's classes one by one is how ResponseParserError escaped as a bug (exit 70)
+    adapters = ROOT / "layers" / "core" / "relay" / "adapters"
+    shared = {"aws_errors.py", "aws.py"}  # the tuples; OutOfTime is a BotoCoreError
+    naming = [
+        p.name for p in adapters.glob("*.py") if p.name not in shared and "BotoCoreError" in p.read_text()
+    ]
+    assert (adapters / "aws_errors.py").exists() and naming == []

@@ -16,8 +16,9 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import lru_cache
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 
 from relay.errors import ConfigurationError
 from relay.models.breaker import DeliveryLane
@@ -33,6 +34,28 @@ def _csv(value: object) -> object:
 CsvList = Annotated[list[str], BeforeValidator(_csv)]
 Port = Annotated[int, Field(ge=1, le=65_535)]
 CsvPorts = Annotated[list[Port], BeforeValidator(_csv), Field(min_length=1)]
+# What botocore accepts as a region name. Refused here, naming the setting: an empty one
+# (`AWS_REGION=$UNSET`) would otherwise reach botocore as an endpoint https://sqs..amazonaws.com, a
+# ValueError that the CLI could only call a bug.
+AwsRegion = Annotated[str, Field(pattern=r"^[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")]
+
+
+def _endpoint_url(value: str | None) -> str | None:
+    """An http(s) URL with a host, as botocore takes an endpoint (else its ValueError, a bug to the CLI).
+    The message never quotes the value: a URL can carry credentials."""
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - read to check it: a port out of range or not a number raises
+    except ValueError:
+        raise ValueError("not a URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return value
+
+
+EndpointUrl = Annotated[str | None, AfterValidator(_endpoint_url)]
 
 
 class Settings(BaseModel):
@@ -42,9 +65,9 @@ class Settings(BaseModel):
 
     # --- deployment -------------------------------------------------------------------------------
     stage: Literal["local", "dev", "prod"] = Field("local", alias="RELAY_STAGE")
-    region: str = Field("us-east-1", alias="AWS_REGION")
+    region: AwsRegion = Field("us-east-1", alias="AWS_REGION")
     # Where every AWS client connects (moto's server in the local stack and the tests); None: AWS.
-    aws_endpoint_url: str | None = Field(None, alias="AWS_ENDPOINT_URL")
+    aws_endpoint_url: EndpointUrl = Field(None, alias="AWS_ENDPOINT_URL")
     # Explicit credentials for the clients (the local stack's dummy ones). None: boto3's own chain.
     aws_access_key_id: str | None = Field(None, alias="AWS_ACCESS_KEY_ID")
     aws_secret_access_key: SecretStr | None = Field(None, alias="AWS_SECRET_ACCESS_KEY")

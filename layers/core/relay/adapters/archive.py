@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from relay.adapters.audit import matching_lines, put_jsonl
+from relay.adapters.aws_errors import NO_AWS_ANSWER
 from relay.errors import DependencyUnavailable
 from relay.models.archive import ARCHIVE_PREFIX, ArchiveRecord, archive_key
 from relay.models.delivery import S3Ref
@@ -48,6 +49,6 @@ class S3EventArchive:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return False
             raise DependencyUnavailable("claim check unreadable (ClientError)") from None
-        except BotoCoreError as exc:
+        except NO_AWS_ANSWER as exc:
             raise DependencyUnavailable(f"claim check unreadable ({type(exc).__name__})") from None
         return True

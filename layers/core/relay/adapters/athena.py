@@ -8,8 +8,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
+from relay.adapters.aws_errors import AWS_ERRORS
 from relay.errors import DependencyUnavailable
 
 DONE = ("SUCCEEDED", "FAILED", "CANCELLED")
@@ -96,6 +97,6 @@ class AthenaQueries:
     def _call(self, operation: str, **kwargs: Any) -> Any:
         try:
             return getattr(self._athena, operation)(**kwargs)
-        except (ClientError, BotoCoreError) as exc:
+        except AWS_ERRORS as exc:
             code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
             raise DependencyUnavailable(f"Athena unavailable ({code or type(exc).__name__})") from None

@@ -13,8 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
+from relay.adapters.aws_errors import AWS_ERRORS
 from relay.errors import DependencyUnavailable
 
 RECORD_TTL_SECONDS = 15 * 24 * 3600
@@ -31,7 +30,7 @@ class DynamoAttemptCounter:
             item = self._ddb.get_item(
                 TableName=self._table, Key={"messageId": {"S": message_id}}, ConsistentRead=True
             ).get("Item")
-        except (ClientError, BotoCoreError) as exc:
+        except AWS_ERRORS as exc:
             raise DependencyUnavailable(f"attempts table unreadable ({type(exc).__name__})") from None
         return int(item["failures"]["N"]) if item and "failures" in item else 0
 
@@ -47,6 +46,6 @@ class DynamoAttemptCounter:
                 },
                 ReturnValues="UPDATED_NEW",
             )
-        except (ClientError, BotoCoreError) as exc:
+        except AWS_ERRORS as exc:
             raise DependencyUnavailable(f"attempts table unwritable ({type(exc).__name__})") from None
         return int(answer["Attributes"]["failures"]["N"])

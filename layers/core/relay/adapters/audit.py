@@ -17,8 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import batched
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
+from relay.adapters.aws_errors import AWS_ERRORS
 from relay.errors import DependencyUnavailable
 from relay.json_input import json_spellings, load_json
 
@@ -71,7 +72,7 @@ class S3AuditReader:
 def put_jsonl(s3: Any, bucket: str, key: str, body: bytes) -> None:
     try:
         s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/x-ndjson")
-    except (ClientError, BotoCoreError) as exc:
+    except AWS_ERRORS as exc:
         raise DependencyUnavailable(f"audit bucket unwritable ({type(exc).__name__})") from None
 
 
@@ -95,14 +96,14 @@ def _keys(s3: Any, bucket: str, prefix: str) -> Iterator[str]:
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for entry in page.get("Contents", []):
                 yield str(entry["Key"])
-    except (ClientError, BotoCoreError) as exc:
+    except AWS_ERRORS as exc:
         raise DependencyUnavailable(f"audit bucket unreadable ({_code(exc)})") from None
 
 
 def _get(s3: Any, bucket: str, key: str) -> bytes:
     try:
         body: bytes = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except (ClientError, BotoCoreError) as exc:
+    except AWS_ERRORS as exc:
         raise DependencyUnavailable(f"audit object unreadable ({_code(exc)})") from None
     return body
 
@@ -114,7 +115,7 @@ def _json(text: str) -> Any:
         return None  # not a line the relay wrote: nothing to show
 
 
-def _code(exc: ClientError | BotoCoreError) -> str:
+def _code(exc: Exception) -> str:
     if isinstance(exc, ClientError):
         return str(exc.response.get("Error", {}).get("Code") or type(exc).__name__)
     return type(exc).__name__

@@ -23,6 +23,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError
 
+from relay.errors import ConfigurationError
 from relay.settings import Settings
 
 
@@ -97,13 +98,22 @@ class AwsClients:
             }
             if settings.aws_session_token:
                 credentials["aws_session_token"] = settings.aws_session_token.get_secret_value()
-        client = new_client(
-            service,
-            region_name=settings.region,
-            endpoint_url=settings.aws_endpoint_url,
-            config=self._config,
-            **credentials,
-        )
+        try:
+            client = new_client(
+                service,
+                region_name=settings.region,
+                endpoint_url=settings.aws_endpoint_url,
+                config=self._config,
+                **credentials,
+            )
+        except ValueError:
+            # botocore's "Invalid endpoint": Settings checks its own, but botocore also reads
+            # AWS_ENDPOINT_URL_<SERVICE> and the AWS config file. The value is not quoted (a URL can
+            # carry credentials).
+            raise ConfigurationError(
+                f"no AWS {service} client: its endpoint is not a valid URL (AWS_ENDPOINT_URL, "
+                f"AWS_ENDPOINT_URL_{service.upper()} or the AWS config file)"
+            ) from None
         worst = settings.aws_connect_timeout_seconds + settings.aws_read_timeout_seconds
         client.meta.events.register("before-send", partial(_refuse_past_deadline, worst))
         return client

@@ -25,8 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
+from relay.adapters.aws_errors import AWS_ERRORS
 from relay.adapters.dynamodb import lost_race
 from relay.errors import BreakerStoreUnavailable
 from relay.models.breaker import BreakerState, DeliveryLane, LaneState, Phase
@@ -50,7 +49,7 @@ class DynamoBreakerStore:
             item = self._ddb.get_item(
                 TableName=self._table, Key={"targetKey": {"S": key}}, ConsistentRead=True
             ).get("Item")
-        except (ClientError, BotoCoreError) as exc:
+        except AWS_ERRORS as exc:
             raise BreakerStoreUnavailable(f"breaker table unreadable ({type(exc).__name__})") from None
         if not item:
             return BreakerState(), LaneState()
@@ -95,7 +94,7 @@ class DynamoBreakerStore:
                     ":expires": {"N": str(now + RECORD_TTL_SECONDS)},
                 },
             )
-        except (ClientError, BotoCoreError) as exc:
+        except AWS_ERRORS as exc:
             if lost_race(exc):
                 return  # a later time is stored already
             raise BreakerStoreUnavailable(f"breaker table unwritable ({type(exc).__name__})") from None
@@ -128,7 +127,7 @@ class DynamoBreakerStore:
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=attribute_values,
             )
-        except (ClientError, BotoCoreError) as exc:
+        except AWS_ERRORS as exc:
             if lost_race(exc):
                 return False
             raise BreakerStoreUnavailable(f"breaker table unwritable ({type(exc).__name__})") from None

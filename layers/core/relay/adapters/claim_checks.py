@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
+from relay.adapters.aws_errors import AWS_ERRORS, NO_AWS_ANSWER
 from relay.errors import ClaimCheckMissing, ConfigurationError, DependencyUnavailable, UnreadableEvent
 from relay.models.delivery import S3Ref
 
@@ -35,7 +36,7 @@ class S3ClaimChecks:
             raise ConfigurationError("setting AUDIT_BUCKET is required here but not set")
         try:
             self._s3.put_object(Bucket=self._bucket, Key=key, Body=body, ContentType="application/json")
-        except (ClientError, BotoCoreError) as exc:
+        except AWS_ERRORS as exc:
             raise DependencyUnavailable(f"audit bucket unavailable ({type(exc).__name__})") from None
         return S3Ref(bucket=self._bucket, key=key)
 
@@ -52,7 +53,7 @@ class S3ClaimChecks:
                     "the event text is no longer stored"
                 ) from None
             raise DependencyUnavailable(f"claim check unreadable ({type(exc).__name__})") from None
-        except BotoCoreError as exc:
+        except NO_AWS_ANSWER as exc:
             raise DependencyUnavailable(f"claim check unreadable ({type(exc).__name__})") from None
         try:
             return body.decode("utf-8")

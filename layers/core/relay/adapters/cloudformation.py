@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
+from relay.adapters.aws_errors import NO_AWS_ANSWER
 from relay.errors import DependencyUnavailable, UnknownStack
 
 
@@ -20,7 +21,7 @@ def stack_outputs(cloudformation: Any, stack_name: str) -> dict[str, str]:
         raise DependencyUnavailable(
             f"CloudFormation unavailable ({error.get('Code') or 'ClientError'})"
         ) from None
-    except BotoCoreError as exc:
+    except NO_AWS_ANSWER as exc:
         raise DependencyUnavailable(f"CloudFormation unavailable ({type(exc).__name__})") from None
     if not stacks:
         raise UnknownStack(f"no stack {stack_name} in this account and region")

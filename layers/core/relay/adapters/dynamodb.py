@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 LOST_RACE_CODE = "ConditionalCheckFailedException"
 
@@ -21,6 +21,6 @@ def version_condition(key_attribute: str, expected_version: int | None) -> dict[
     }
 
 
-def lost_race(exc: ClientError | BotoCoreError) -> bool:
+def lost_race(exc: Exception) -> bool:
     """Whether ``exc`` is DynamoDB refusing a conditional write because the item changed meanwhile."""
     return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") == LOST_RACE_CODE

@@ -24,8 +24,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
+from relay.adapters.aws_errors import AWS_ERRORS, NO_AWS_ANSWER
 from relay.errors import DependencyUnavailable
 from relay.models.idempotency import Claim
 
@@ -87,7 +88,7 @@ class DynamoDBIdempotencyStore:
             if not _condition_failed(exc):
                 raise _unavailable(exc) from None
             return self._existing(key, exc.response.get("Item"), token)
-        except BotoCoreError as exc:
+        except NO_AWS_ANSWER as exc:
             raise _unavailable(exc) from None
         return Claim(key=key, state="acquired", token=token)
 
@@ -96,7 +97,7 @@ class DynamoDBIdempotencyStore:
             try:
                 found = self._ddb.get_item(TableName=self._table, Key={"id": {"S": key}}, ConsistentRead=True)
                 item = found.get("Item")
-            except (ClientError, BotoCoreError) as exc:
+            except AWS_ERRORS as exc:
                 raise _unavailable(exc) from None
         if item is None:  # released between our write and our read: the next attempt will win it
             return Claim(key=key, state="in_progress")
@@ -130,7 +131,7 @@ class DynamoDBIdempotencyStore:
         except ClientError as exc:
             if not _condition_failed(exc):  # else the lease ran out and another attempt took over
                 raise _unavailable(exc) from None
-        except BotoCoreError as exc:
+        except NO_AWS_ANSWER as exc:
             raise _unavailable(exc) from None
 
     def release(self, claim: Claim) -> None:
@@ -145,7 +146,7 @@ class DynamoDBIdempotencyStore:
         except ClientError as exc:
             if not _condition_failed(exc):  # else a newer attempt holds the claim: leave it
                 raise _unavailable(exc) from None
-        except BotoCoreError as exc:
+        except NO_AWS_ANSWER as exc:
             raise _unavailable(exc) from None
 
 
@@ -153,7 +154,7 @@ def _condition_failed(exc: ClientError) -> bool:
     return bool(exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException")
 
 
-def _unavailable(exc: ClientError | BotoCoreError) -> DependencyUnavailable:
+def _unavailable(exc: Exception) -> DependencyUnavailable:
     if isinstance(exc, ClientError):
         reason = str(exc.response.get("Error", {}).get("Code", "ClientError"))
     else:

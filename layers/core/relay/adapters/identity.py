@@ -6,7 +6,7 @@ from __future__ import annotations
 import getpass
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from relay.adapters.aws_errors import AWS_ERRORS
 
 
 def caller_identity(sts: Any) -> str:
@@ -17,6 +17,6 @@ def caller_identity(sts: Any) -> str:
         user = "unknown"
     try:
         arn = str(sts.get_caller_identity()["Arn"])
-    except (ClientError, BotoCoreError):
+    except AWS_ERRORS:
         return f"os user {user}"
     return f"{arn} (os user {user})"

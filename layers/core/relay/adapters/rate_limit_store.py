@@ -18,8 +18,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
+from relay.adapters.aws_errors import AWS_ERRORS, NO_AWS_ANSWER
 from relay.errors import RateLimitStoreUnavailable
 from relay.models.rate_limit import BucketAnswer, BucketState
 
@@ -48,7 +49,7 @@ class DynamoRateLimitStore:
             item = self._ddb.get_item(
                 TableName=self._table, Key={"targetKey": {"S": key}}, ConsistentRead=True
             ).get("Item")
-        except (ClientError, BotoCoreError) as exc:
+        except AWS_ERRORS as exc:
             raise RateLimitStoreUnavailable(f"rate-limit bucket unreadable ({type(exc).__name__})") from None
         return _state(item)
 
@@ -123,7 +124,7 @@ class DynamoRateLimitStore:
             if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
                 return BucketAnswer(False, _state(exc.response.get("Item")))
             raise RateLimitStoreUnavailable(f"rate-limit bucket unwritable ({type(exc).__name__})") from None
-        except BotoCoreError as exc:
+        except NO_AWS_ANSWER as exc:
             raise RateLimitStoreUnavailable(f"rate-limit bucket unwritable ({type(exc).__name__})") from None
         return BucketAnswer(True, _state(answer.get("Attributes")))
 

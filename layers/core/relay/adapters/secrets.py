@@ -11,9 +11,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
+from relay.adapters.aws_errors import AWS_ERRORS
 from relay.errors import ConfigurationError, DependencyUnavailable
 from relay.models.secrets import RotatingSecret
 
@@ -59,7 +60,7 @@ class SecretsManagerSecrets:
                 if exc.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
                     raise
                 self._client.create_secret(Name=name, SecretString=secret.to_json())
-        except (ClientError, BotoCoreError) as exc:
+        except AWS_ERRORS as exc:
             raise DependencyUnavailable(
                 f"Secrets Manager unavailable writing {name} ({type(exc).__name__})"
             ) from None

@@ -28,8 +28,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
+from relay.adapters.aws_errors import AWS_ERRORS
 from relay.errors import ConfigurationError, DependencyUnavailable, MoveTaskUnavailable
 from relay.models.delivery import (
     ATTR_ATTEMPTS,
@@ -112,7 +113,7 @@ class SqsQueues:
                 self._sleep(self._backoff * (2 ** (attempt - 1)))
             try:
                 answer = self._sqs.send_message_batch(QueueUrl=queue_url, Entries=_entries(pending))
-            except (ClientError, BotoCoreError) as exc:
+            except AWS_ERRORS as exc:
                 last_error = type(exc).__name__
                 continue
             failed = answer.get("Failed", [])
@@ -291,7 +292,7 @@ class SqsQueues:
             kwargs["MaxNumberOfMessagesPerSecond"] = max_per_second
         try:
             answer = self._sqs.start_message_move_task(**kwargs)
-        except (ClientError, BotoCoreError) as exc:
+        except AWS_ERRORS as exc:
             code = _code(exc)
             if code in _MOVE_TASK_MISSING:
                 raise MoveTaskUnavailable(f"StartMessageMoveTask is not available here ({code})") from None
@@ -317,7 +318,7 @@ class SqsQueues:
     def _call(self, operation: str, **kwargs: Any) -> Any:
         try:
             return getattr(self._sqs, operation)(**kwargs)
-        except (ClientError, BotoCoreError) as exc:
+        except AWS_ERRORS as exc:
             code = _code(exc)
             if code in _NO_SUCH_QUEUE:  # a setting or an argument naming the wrong queue, not an outage
                 raise DependencyUnavailable(
@@ -431,7 +432,7 @@ def longest_wait_seconds(sqs: Any) -> int:
     return max(0, min(20, math.floor(float(sqs.meta.config.read_timeout)) - 1))
 
 
-def _code(exc: ClientError | BotoCoreError) -> str:
+def _code(exc: Exception) -> str:
     if isinstance(exc, ClientError):
         return str(exc.response.get("Error", {}).get("Code", "ClientError"))
     return type(exc).__name__

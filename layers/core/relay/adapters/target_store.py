@@ -20,8 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
+from relay.adapters.aws_errors import AWS_ERRORS
 from relay.adapters.dynamodb import lost_race, version_condition
 from relay.errors import DependencyUnavailable, TargetWriteConflict
 from relay.models.targets import Integration, IntegrationEntry, Target
@@ -149,7 +148,7 @@ class TargetStore:
         condition = version_condition("targetId", expected_version)
         try:
             self._ddb.put_item(TableName=self._table, Item=_item(record), **condition)
-        except (ClientError, BotoCoreError) as exc:
+        except AWS_ERRORS as exc:
             if lost_race(exc):
                 return False
             raise DependencyUnavailable(f"targets table unavailable ({type(exc).__name__})") from None
@@ -174,7 +173,7 @@ class TargetStore:
                 Key={"integrationId": {"S": target.integration_id}, "targetId": {"S": target.target_id}},
                 **version_condition("targetId", target.version),
             )
-        except (ClientError, BotoCoreError) as exc:
+        except AWS_ERRORS as exc:
             if lost_race(exc):
                 return False
             raise DependencyUnavailable(f"targets table unavailable ({type(exc).__name__})") from None
@@ -218,7 +217,7 @@ class TargetStore:
     def _call(self, operation: str, **kwargs: Any) -> Any:
         try:
             return getattr(self._ddb, operation)(**kwargs)
-        except (ClientError, BotoCoreError) as exc:
+        except AWS_ERRORS as exc:
             raise DependencyUnavailable(f"targets table unavailable ({type(exc).__name__})") from None
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from typing import Any, NoReturn
 from relay import __version__
 from relay.cli.exit_codes import CommandError, ExitCode, UsageError, describe, outcome
 from relay.cli.logs import logs_to_stderr
+from relay.cli.reader import reader_may_leave
 from relay.cli.stack_option import stack_settings
 from relay.cli.terminal import visible
 
@@ -119,17 +119,16 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
     args = None
     try:
         try:
-            args = parser.parse_args(argv)
+            with reader_may_leave():  # --help, --version
+                args = parser.parse_args(argv)
         except SystemExit as done:  # --help, --version: argparse printed them
             return done.code if isinstance(done.code, int) else ExitCode.OK
         # Log lines go to stderr: stdout carries only the command's own output (README, section 8).
-        with logs_to_stderr(), stack_settings(args):  # --stack-name: the stack's names as settings
+        # A reader that leaves early (`| head -1`) changes only where the rest of the output goes:
+        # the command's own status and stderr line stand (relay.cli.reader). Inside logs_to_stderr,
+        # which finds the log handlers writing to the real stdout.
+        with logs_to_stderr(), stack_settings(args), reader_may_leave():  # --stack-name: its names
             return int(args.func(args))
-    except BrokenPipeError:
-        # The reader left before the output ended (`| head -1`). Commands write their output after
-        # their work, so the work is done: end quietly, as a command whose output fit the pipe does.
-        _discard_stdout()
-        return ExitCode.OK
     except (Exception, KeyboardInterrupt) as exc:
         code, message = outcome(exc)
         named = exc.command if isinstance(exc, CommandError) else None  # argparse's, before args exist
@@ -139,20 +138,6 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
         # One line whatever the message quotes (an id a sender chose, an argument): escaped, not run.
         print(visible(f"{command}: {message}"), file=sys.stderr)
         return int(code)
-
-
-def _discard_stdout() -> None:
-    """Point stdout's descriptor at /dev/null, so what is still buffered for the reader that left does
-    not fail again when Python flushes it on the way out."""
-    try:
-        descriptor = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):  # not a real file (a test's capture)
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, descriptor)
-    finally:
-        os.close(devnull)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

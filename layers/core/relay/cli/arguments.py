@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
+
+from relay.cli.exit_codes import UsageError
 
 
 def _parse[Number: (int, float)](text: str, parse: Callable[[str], Number], what: str) -> Number:
@@ -90,3 +94,19 @@ def duration(text: str) -> timedelta:
             f"must be at most {MAX_LOOKBACK.days}d (nothing is kept longer), not {text}"
         )
     return timedelta(seconds=seconds)
+
+
+def file_or_stdin(path: str | Path) -> bytes:
+    """The bytes of a file named on the command line, ``-`` for stdin: every command reading ``-`` reads
+    it here. A closed stdin (``<&-``: Python's sys.stdin is then None) is a file that cannot be read."""
+    if str(path) != "-":
+        return Path(path).read_bytes()
+    stdin = getattr(sys.stdin, "buffer", None)
+    if stdin is None:
+        raise UsageError("-: cannot be read: stdin is closed")
+    try:
+        return bytes(stdin.read())
+    except (OSError, ValueError) as exc:  # a descriptor closed under it, or a stream closed already
+        raise UsageError(
+            f"-: cannot be read: {getattr(exc, 'strerror', None) or type(exc).__name__}"
+        ) from None

@@ -20,6 +20,7 @@ from typing import IO, Any
 from relay.cli.exit_codes import CommandFailed, ExitCode, NeedsAttention, UsageError
 from relay.cli.stack_option import STACK_OPTION
 from relay.cli.targets_cmd import _print_table  # one table layout for the relay's commands
+from relay.cli.terminal import visible
 
 
 def register(subparsers: Any) -> None:
@@ -178,12 +179,14 @@ def _reset(args: Any, out: IO[str] | None = None) -> int:
         )
     _print_table(rows, out)
     if not result.written:
-        print(f"breaker of {target.target_id} was closed with no failures: nothing written", file=out)
+        print(
+            visible(f"breaker of {target.target_id} was closed with no failures: nothing written"), file=out
+        )
     else:
         retried = (
             f" (re-read after {result.concurrent_changes} concurrent change(s) by a dispatcher)"
             if result.concurrent_changes
             else ""
         )
-        print(f"breaker of {target.target_id} reset to closed{retried}", file=out)
+        print(visible(f"breaker of {target.target_id} reset to closed{retried}"), file=out)
     return ExitCode.OK

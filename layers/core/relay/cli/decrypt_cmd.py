@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from relay.cli.arguments import file_or_stdin
 from relay.cli.exit_codes import ExitCode, NeedsAttention, UsageError
 from relay.json_input import load_json
 
@@ -116,7 +117,7 @@ def _decrypt(args: argparse.Namespace) -> int:
         raise UsageError("--verify-with-env needs --headers: the request's headers, as a JSON object")
     if args.headers and not args.verify_with_env:
         raise UsageError("--headers is read only to verify the signature: add --verify-with-env VAR")
-    raw = sys.stdin.buffer.read() if args.envelope == "-" else Path(args.envelope).read_bytes()
+    raw = file_or_stdin(args.envelope)
     keys = _keys(args) if args.key_file or args.key_env or args.secret else None
     headers = _headers(args.headers)
     signing_secret = args.verify_with_env and _environment_value(args.verify_with_env, "--verify-with-env")
@@ -127,6 +128,7 @@ def _decrypt(args: argparse.Namespace) -> int:
             verify_signature(headers, raw, signing_secret, tolerance_seconds=None)
             _say_if_stale(headers)
         event = _event_bytes(raw, as_envelope(load_json(raw)), keys)
+        _refuse_what_json_has_not(event)
     except (InvalidDelivery, ValueError) as exc:
         raise NeedsAttention(f"cannot open the envelope: {exc}") from None
     sys.stdout.flush()
@@ -161,9 +163,35 @@ def _event_bytes(raw: bytes, envelope: dict[str, Any], keys: list[str] | None) -
     try:
         return source_event_bytes(raw)
     except InvalidDelivery:  # a copy re-formatted since: its own text is gone
+        event = _written_again(decrypt_event(envelope, ()))  # first: announce only what will follow
         print(
             "relay decrypt: the envelope is not laid out as the relay writes it (re-formatted?): "
             "its sourceEvent as parsed JSON follows, not Genesys' own text",
             file=sys.stderr,
         )
-        return json.dumps(decrypt_event(envelope, ()), indent=2, ensure_ascii=False).encode() + b"\n"
+        return event
+
+
+def _refuse_what_json_has_not(event: bytes) -> None:
+    """ValueError if the event's own text spells NaN or Infinity, which Python reads but JSON has not:
+    what is printed is JSON, whichever way the event came (the relay itself never accepts them)."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"its event holds {constant}, which is not JSON")
+
+    json.loads(event, parse_constant=refuse)
+
+
+def _written_again(event: dict[str, Any]) -> bytes:
+    """A parsed event as strict JSON in UTF-8, or ValueError saying why it cannot be: NaN and Infinity
+    (1e400 parses as one) are not JSON, and a lone surrogate (\\ud800) is not UTF-8."""
+    try:
+        text = json.dumps(event, indent=2, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise ValueError("its sourceEvent holds NaN or Infinity, which JSON cannot write") from None
+    try:
+        return text.encode() + b"\n"
+    except UnicodeEncodeError:
+        raise ValueError(
+            "its sourceEvent holds a lone surrogate (\\ud800-\\udfff), not Unicode text"
+        ) from None

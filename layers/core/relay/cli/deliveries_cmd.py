@@ -26,8 +26,7 @@ from typing import IO, TYPE_CHECKING, Any
 from relay.cli.arguments import duration, positive_seconds
 from relay.cli.exit_codes import CommandFailed, ExitCode, NeedsAttention, UsageError
 from relay.cli.stack_option import STACK_OPTION, stack_output
-from relay.cli.targets_cmd import format_table
-from relay.cli.terminal import visible
+from relay.cli.terminal import format_table, visible
 
 if TYPE_CHECKING:
     from relay.logic.deliveries.replay import Replay

@@ -23,15 +23,16 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import IO, TYPE_CHECKING, Any
 
 from relay.cli.arguments import positive_int, whole_number_up_to
 from relay.cli.exit_codes import ExitCode, Interrupted, NeedsAttention, UsageError
 from relay.cli.stack_option import STACK_OPTION
-from relay.cli.terminal import visible
+from relay.cli.terminal import format_table, visible, visible_lines
 
 if TYPE_CHECKING:
-    from relay.logic.dlq import Progress
+    from relay.logic.dlq import Progress, RedriveOptions
 
 DELIVERY = "delivery"
 ORDERED = "ordered"
@@ -124,7 +125,8 @@ def register(subparsers: Any) -> None:
         "--rate",
         type=whole_number_up_to(500, "SQS moves at most 500 messages a second"),
         metavar="PER_SECOND",
-        help="move task rate limit (max 500; delivery)",
+        help="move task rate limit (max 500): only where a move task may run, unfiltered and unbounded "
+        "(delivery; ordered with --method move-task); refused where the redrive re-sends",
     )
     redrive.set_defaults(func=_redrive)
 
@@ -243,7 +245,9 @@ def _run(args: argparse.Namespace, work: Callable[[ProgressLine, Callable[[], bo
         ) from None
     finally:
         line.close()
-    print(json.dumps(document, indent=2) if args.format == "json" else text)
+    # The text quotes message attributes (anyone with SendMessage on the DLQ writes them), SQS's
+    # failure reasons and errors: escaped line by line, whatever part of it forgot to.
+    print(json.dumps(document, indent=2) if args.format == "json" else visible_lines(text))
     if ctrl_c.requested():
         raise Interrupted(
             "interrupted: stopped after the batch in hand; the summary above is what was done, and every "
@@ -304,6 +308,7 @@ def _redrive(args: argparse.Namespace) -> int:
         )
     except ValueError as refused:
         raise UsageError(str(refused)) from None
+    _refuse_a_rate_nothing_paces(args, options)
 
     def work(line: ProgressLine, stop: Callable[[], bool]) -> Outcome:
         result = redrive(
@@ -324,6 +329,21 @@ def _redrive(args: argparse.Namespace) -> int:
         return document, text, attention
 
     return _run(args, work)
+
+
+def _refuse_a_rate_nothing_paces(args: argparse.Namespace, options: RedriveOptions) -> None:
+    """--rate paces SQS's move task only. Where the run can never start one, accepting it would let the
+    operator believe the re-send is paced: a usage error. (Where it may start one but SQS lacks it, the
+    fallback's notice says the re-send is not paced.) A dry run is judged as the run it rehearses."""
+    if args.rate is None or replace(options, dry_run=False).wants_move_task(ordered=args.queue == ORDERED):
+        return
+    if options.method == "resend":
+        why = "--method resend re-sends every message"
+    elif args.queue == ORDERED:
+        why = f"--queue {ORDERED} re-sends, in each conversation's order, unless --method move-task"
+    else:
+        why = "a filter or --max re-sends the messages it picks"
+    raise UsageError(f"--rate paces only SQS's move task, which this redrive never starts ({why})")
 
 
 def _resubmit(args: argparse.Namespace) -> int:
@@ -410,13 +430,7 @@ def format_failed_groups(groups: Sequence[dict[str, Any]]) -> str:
 
 
 def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
-    if not rows:
-        return "no messages"
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in (header, *rows)
-    )
+    return format_table([header, *rows]) if rows else "no messages"
 
 
 def _age(seconds: int | None) -> str:

@@ -53,8 +53,9 @@ MEANINGS = {
     "could not be written (the output or the error line says what)",
     ExitCode.USAGE: "usage: a bad argument or option (an empty one too), a file that does not exist or "
     "cannot be read, a target id that names several targets (choose with --integration)",
-    ExitCode.FAILED: "failed: the command could not run (settings, a --stack-name that names no stack, "
-    "AWS, Genesys Cloud, the local stack, a target id that names no target in the TargetsTable, an id "
+    ExitCode.FAILED: "failed: the command could not run (settings, AWS_REGION or AWS_ENDPOINT_URL too, a "
+    "--stack-name that names no stack, AWS or an endpoint answering something else, Genesys Cloud, the "
+    "local stack, a target id that names no target in the TargetsTable, an id "
     "that names nothing in the audit or the archive, a replay refused)",
     ExitCode.INTERNAL: "internal error: a bug in the relay; `relay --debug ...` shows the traceback",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
@@ -64,7 +65,13 @@ MEANINGS = {
 def describe() -> str:
     """The exit status table, as ``relay --help`` ends."""
     rows = (
-        textwrap.fill(meaning, width=100, initial_indent=f"  {int(code):<5}", subsequent_indent=" " * 7)
+        textwrap.fill(
+            meaning,
+            width=100,
+            initial_indent=f"  {int(code):<5}",
+            subsequent_indent=" " * 7,
+            break_on_hyphens=False,  # an option (--stack-name) stays whole
+        )
         for code, meaning in MEANINGS.items()
     )
     return "exit status, the same for every command:\n" + "\n".join(rows)

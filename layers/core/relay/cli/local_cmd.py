@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from relay.cli.arguments import per_second, port, positive_int, positive_seconds
+from relay.cli.arguments import file_or_stdin, per_second, port, positive_int, positive_seconds
 from relay.cli.exit_codes import CommandFailed, ExitCode, UsageError
 from relay.cli.logs import stdout_log_handlers
 
@@ -307,7 +307,7 @@ def put_event_command(args: argparse.Namespace) -> int:
     if not api:
         raise UsageError(f"no API: pass --api <the api URL serve printed> or set {API_ENV}")
     try:
-        text = sys.stdin.read() if str(args.file) == "-" else args.file.read_text(encoding="utf-8")
+        text = file_or_stdin(args.file).decode("utf-8")
         requests_to_send = put_events_requests(load_json(text), args.event_bus)
     except ValueError as exc:  # not JSON (or not UTF-8), or not events
         raise UsageError(f"{args.file}: {exc}") from None

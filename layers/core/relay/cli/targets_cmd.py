@@ -34,7 +34,7 @@ from urllib.parse import unquote
 from relay.cli.arguments import positive_seconds
 from relay.cli.exit_codes import CommandFailed, ExitCode, NeedsAttention
 from relay.cli.stack_option import STACK_OPTION
-from relay.cli.terminal import visible
+from relay.cli.terminal import format_table, visible
 
 if TYPE_CHECKING:
     from relay.logic.url_policy import UrlPolicy
@@ -440,9 +440,9 @@ def _switch(args: Any, out: IO[str] | None = None) -> int:
     store = target_store(settings, cache_ttl_seconds=0)
     target = _find_target(store, args)
     state = "enabled" if args.enabled else "disabled"
-    named = f"target {target.target_id} ({visible(target.name)})"
+    named = f"target {target.target_id} ({target.name})"
     if target.enabled == args.enabled:
-        print(f"{named} is already {state}: nothing changed", file=out)
+        print(visible(f"{named} is already {state}: nothing changed"), file=out)
         return ExitCode.OK
     audited = switch_target(
         store,
@@ -459,10 +459,7 @@ def _switch(args: Any, out: IO[str] | None = None) -> int:
         if not args.enabled
         else f"dispatchers send to it again within about {DISABLED_RECHECK_SECONDS:g} s"
     )
-    print(
-        f"{named} {state}; {reaches}; audited as {audited.records[0]['actor']}",
-        file=out,
-    )
+    print(visible(f"{named} {state}; {reaches}; audited as {audited.records[0]['actor']}"), file=out)
     if audited.unwritten:
         raise NeedsAttention(
             f"target {state}, but its audit record could not be written (it is in the log output)"
@@ -472,14 +469,3 @@ def _switch(args: Any, out: IO[str] | None = None) -> int:
 
 def _print_table(rows: Sequence[tuple[str, ...]], out: IO[str]) -> None:
     print(format_table(rows), file=out)
-
-
-def format_table(rows: Sequence[tuple[str, ...]]) -> str:
-    """Columns padded to their widest cell, two spaces apart (the relay's one table layout); control
-    characters in a cell shown escaped (``visible``)."""
-    cells = [[visible(cell) for cell in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in cells
-    )
