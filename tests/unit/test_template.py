@@ -136,22 +136,33 @@ def test_samconfig_values_satisfy_the_parameter_constraints(environment: str) ->
             assert re.fullmatch(spec["AllowedPattern"], value), where
 
 
+def longest_batching_window(raw: Template) -> int:
+    """The longest batching window any dispatcher's event source may be given: a record's visibility
+    runs from its receive, which comes up to that long before the invocation."""
+    windows = ("DispatcherBatchingWindowSeconds", "SlowDispatcherBatchingWindowSeconds")
+    return max(int(raw.document["Parameters"][name]["MaxValue"]) for name in windows)
+
+
 @pytest.mark.parametrize(("dispatcher", "queue"), DISPATCHERS.items())
-def test_queue_visibility_is_at_least_six_times_the_dispatcher_timeout(
-    template: Template, dispatcher: str, queue: str
+def test_queue_visibility_is_at_least_six_times_the_dispatcher_timeout_plus_the_longest_window(
+    raw: Template, template: Template, dispatcher: str, queue: str
 ) -> None:
     timeout = int(resolved(template, dispatcher)["Timeout"])
     visibility = int(resolved(template, queue)["VisibilityTimeout"])
-    assert visibility >= 6 * timeout, f"visibility {visibility}s < 6 x dispatcher timeout {timeout}s"
+    wanted = 6 * timeout + longest_batching_window(raw)
+    assert visibility >= wanted, f"visibility {visibility}s < 6 x timeout {timeout}s + the longest window"
 
 
 @pytest.mark.parametrize("queue", DISPATCHERS.values())
-def test_every_allowed_dispatcher_timeout_has_a_visibility_of_six_times_it(raw: Template, queue: str) -> None:
+def test_every_allowed_dispatcher_timeout_has_a_visibility_of_six_times_it_and_the_window(
+    raw: Template, queue: str
+) -> None:
     # The mapping is the template's arithmetic: a missing or wrong row would deploy a short visibility.
     allowed = raw.document["Parameters"]["DispatcherTimeoutSeconds"]["AllowedValues"]
     for timeout in allowed:
         visibility = with_parameters({"DispatcherTimeoutSeconds": str(timeout)})
-        assert int(resolved(visibility, queue)["VisibilityTimeout"]) >= 6 * int(timeout)
+        wanted = 6 * int(timeout) + longest_batching_window(raw)
+        assert int(resolved(visibility, queue)["VisibilityTimeout"]) >= wanted
 
 
 @pytest.mark.parametrize(("dispatcher", "queue"), DISPATCHERS.items())
@@ -618,6 +629,8 @@ def test_every_function_and_the_api_log_to_a_group_with_retention(raw: Template)
         assert raw.properties(group)["RetentionInDays"] == {"Ref": "LogRetentionDays"}, group
         # The audit trail outlives a rename of the group or the stack (retention still expires it).
         assert raw.resources[group].get("UpdateReplacePolicy") == "Retain", group
+        # ...but not a group whose create was rolled back: its name would stop the next deploy.
+        assert raw.resources[group].get("DeletionPolicy") == "RetainExceptOnCreate", group
         groups.add(group)
     assert len(groups) == len(FUNCTIONS), "each function logs to its own group"
     destination = raw.properties("HttpApi")["AccessLogSettings"]["DestinationArn"]
