@@ -891,6 +891,17 @@ def test_prod_refuses_to_deploy_without_an_alarm_topic() -> None:
     assert failed_rules(with_parameters({"Stage": "dev"})) == []
 
 
+def test_a_partner_event_bus_without_its_integration_id_refuses_to_deploy() -> None:
+    bus = "aws.partner/genesys.com/cloud/0000/relay"
+    integration = "6685901b-6d0e-43db-95ff-d64406e9dce2"
+    assert failed_rules(with_parameters({"GenesysPartnerEventBusName": bus})) == [
+        "PartnerEventBusNeedsItsIntegration"
+    ]
+    chosen = {"GenesysPartnerEventBusName": bus, "EventBridgeIntegrationId": integration}
+    assert failed_rules(with_parameters(chosen)) == []
+    assert failed_rules(with_parameters({})) == []  # the default bus: no partner events reach it
+
+
 def failed_rules(template: Template) -> list[str]:
     """Names of the template's Rules whose assertions fail for these parameters, as CloudFormation checks."""
     failed = []
