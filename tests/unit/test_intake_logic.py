@@ -1062,6 +1062,24 @@ def test_eventbridge_events_with_non_finite_numbers_raise_and_queue_nothing(numb
     assert queue.bodies == []
 
 
+@pytest.mark.parametrize("digits", [310, 400])
+def test_eventbridge_events_with_an_integer_no_float_holds_raise_and_queue_nothing(digits: int) -> None:
+    # json.dumps writes such an integer as it is; the dispatcher would refuse it as poison for every target
+    event = sample("eventbridge_conversation_start.json")
+    event["detail"]["eventBody"]["score"] = 10 ** (digits - 1)
+    intake, queue = make_intake(eventbridge_integration_id=INTEGRATION_ID)
+    with pytest.raises(BadRequest, match="cannot be delivered: 1000.* is not a finite number"):
+        intake.handle(event)
+    assert queue.bodies == []
+
+
+def test_eventbridge_events_with_the_largest_integers_a_float_holds_are_queued() -> None:
+    event = sample("eventbridge_conversation_start.json")
+    event["detail"]["eventBody"]["score"] = 10**300
+    intake, queue = make_intake(eventbridge_integration_id=INTEGRATION_ID)
+    assert len(intake.handle(event)["deliveryIds"]) == len(queue.bodies) > 0
+
+
 def test_an_event_that_is_neither_http_nor_eventbridge_raises() -> None:
     intake, _ = make_intake()
     with pytest.raises(ConfigurationError):

@@ -12,8 +12,8 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from relay.errors import BadRequest, NonFiniteNumber
-from relay.models.delivery import event_json_of, load_finite_json
+from relay.errors import BadRequest, NonFiniteNumber, UnreadableEvent
+from relay.models.delivery import check_event_json, event_json_of, load_finite_json
 from relay.models.genesys import OPEN_MESSAGE, OPEN_MESSAGE_MODELS, GenesysEventBridgeEvent
 
 # Genesys messages nest a few levels; a limit far above that keeps every later (recursive) serializer,
@@ -77,6 +77,12 @@ def parse_eventbridge_event(event: Mapping[str, Any]) -> tuple[GenesysEventBridg
         raise BadRequest("the EventBridge event contains NaN or Infinity, which JSON cannot carry") from None
     if _lone_surrogates(event_json):
         raise BadRequest("the EventBridge event contains an unpaired UTF-16 surrogate")
+    try:
+        # What the dispatcher reads before it sends: an integer no 64-bit float holds passes the
+        # runtime's json and json.dumps, and would be dead-lettered there as poison for every target.
+        check_event_json(event_json)
+    except UnreadableEvent as unreadable:
+        raise BadRequest(f"the EventBridge event cannot be delivered: {unreadable}") from None
     return parsed, event_json
 
 
