@@ -4,7 +4,6 @@ checks, a detail-type glob list is compiled once and cached."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -75,14 +74,33 @@ def filtered_out(filters: EventFilters, facts: EventFacts) -> FilterReason | Non
     ):
         return FilterReason.ORIGINATING_ENTITY
     if filters.detail_types is not None and (
-        facts.detail_type is None or not _glob_pattern(filters.detail_types).fullmatch(facts.detail_type)
+        facts.detail_type is None
+        or not any(_glob_matches(parts, facts.detail_type) for parts in _glob_parts(filters.detail_types))
     ):
         return FilterReason.DETAIL_TYPE
     return None
 
 
 @lru_cache(maxsize=1024)
-def _glob_pattern(globs: tuple[str, ...]) -> re.Pattern[str]:
-    """One pattern for a list of globs: ``*`` is any run of characters, the rest is literal."""
-    alternatives = (".*".join(re.escape(part) for part in glob.split("*")) for glob in globs)
-    return re.compile("|".join(f"(?:{alternative})" for alternative in alternatives), re.DOTALL)
+def _glob_parts(globs: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """Each glob as its literal parts, which the ``*`` between them join."""
+    return tuple(tuple(glob.split("*")) for glob in globs)
+
+
+def _glob_matches(parts: tuple[str, ...], text: str) -> bool:
+    """Whether ``text`` is the parts in order with anything (``*``) between them. Each inner part is
+    taken at its first place after the last one: that leftmost choice is never worse, so one pass
+    decides, in linear time. (A regular expression of ``.*`` runs backtracks: a 17-character glob of
+    8 stars took seconds against a 63-character detail-type.)"""
+    if len(parts) == 1:
+        return text == parts[0]
+    first, *inner, last = parts
+    if len(first) + len(last) > len(text) or not text.startswith(first) or not text.endswith(last):
+        return False
+    position, end = len(first), len(text) - len(last)
+    for part in inner:
+        found = text.find(part, position, end)
+        if found < 0:
+            return False
+        position = found + len(part)
+    return True
