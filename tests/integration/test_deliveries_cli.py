@@ -252,8 +252,10 @@ def test_show_of_an_id_nothing_names_fails_saying_where_it_looked(
     assert err.startswith("relay deliveries show: no audit record names e-never from ")
     assert "look further back with --since" in err
     # an event waiting in an ordered conversation is not in the ordered dead-letter queue `dlq list` reads
-    assert "dlq list" not in err
+    assert "--queue ordered" not in err
     assert "relay deliveries show CONVERSATION_ID lists the records of the conversation" in err
+    # an EventBridge event the intake refused waits in the intake's failure queues, never audited
+    assert "relay dlq list --queue intake-failures (and --queue eventbridge) lists those" in err
     assert "OrderedGroupBlocked" in err
 
 

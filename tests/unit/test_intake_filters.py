@@ -219,7 +219,10 @@ def test_a_signed_message_with_odd_unchecked_fields_is_filtered_not_a_500() -> N
 
 
 @settings(max_examples=400, deadline=None)
-@given(glob=st.text(alphabet="ab.*", min_size=1, max_size=8), detail_type=st.text(alphabet="ab.", max_size=10))
+@given(
+    glob=st.text(alphabet="ab.*", min_size=1, max_size=8),
+    detail_type=st.text(alphabet="ab.", max_size=10),
+)
 def test_a_detail_type_glob_matches_as_its_spec_says(glob: str, detail_type: str) -> None:
     # The spec (docs/config-sync.md): "*" is any run of characters, dots included; the rest is literal.
     spec = re.compile(".*".join(re.escape(part) for part in glob.split("*")), re.DOTALL)

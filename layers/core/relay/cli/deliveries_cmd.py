@@ -133,7 +133,9 @@ def _show(args: Any, out: IO[str] | None = None) -> int:
             f"no audit record names {args.ident}{where} from {dates[0]} to {dates[-1]}: "
             "look further back with --since (or --athena for long ranges); an accepted event of an ordered "
             "conversation is audited only once a dispatcher receives it, so one waiting behind a held or "
-            f"blocked record has no record yet: {where_a_conversation_waits()}"
+            f"blocked record has no record yet: {where_a_conversation_waits()}; and a Genesys EventBridge "
+            "event the intake refused never became a delivery: relay dlq list --queue intake-failures "
+            "(and --queue eventbridge) lists those"
         )
     if args.format == "json":
         print(json.dumps(found.to_json(), indent=2), file=out)
