@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,11 +182,25 @@ def test_pinned_service_and_namespace_are_what_the_functions_emit() -> None:
 
     environment = function_environment()
     assert environment["POWERTOOLS_METRICS_NAMESPACE"] == NAMESPACE == metrics.namespace
+    # The service is the stack's name: two stacks in one account never share a metric or an alarm.
+    assert environment["POWERTOOLS_SERVICE_NAME"] == BASE.pseudo["AWS::StackName"]
     for metric in relay_metrics():
         for key, value in metric.pinned:
-            assert key != "service" or value == environment["POWERTOOLS_SERVICE_NAME"] == metrics.service, (
+            assert key != "service" or value == environment["POWERTOOLS_SERVICE_NAME"], (
                 f"{metric.where}: {metric.name} pinned to service={value!r}"
             )
+
+
+def test_both_metric_emitters_take_their_service_from_the_functions_environment() -> None:
+    # The intake's metrics (relay.observability) and the dispatcher's (Settings.service_name) carry the
+    # service the template sets, the dimension the alarms and the dashboard pin.
+    script = (
+        "from relay.observability import logger, metrics; from relay.settings import get_settings; "
+        "print(metrics.service, logger.service, get_settings().service_name)"
+    )
+    environment = {**os.environ, "POWERTOOLS_SERVICE_NAME": "relay-dev-stack"}
+    shown = subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True)
+    assert shown.stdout.split() == ["relay-dev-stack"] * 3, shown.stderr
 
 
 def test_no_other_namespace_is_invented() -> None:

@@ -767,7 +767,8 @@ def test_a_release_rolls_back_on_the_errors_of_the_version_being_deployed(
         "ExecutedVersion": {"Fn::GetAtt": [logical_id, "Version.Version"]},
     }
     # ... and the bugs it answers for instead of raising, as the code emits them (service only)
-    assert watched == {("GenesysRelay", CRASH_METRIC[logical_id]): {"service": "relay"}}
+    # (service: the stack's name, so another stack's crashes in the same account roll nothing back here)
+    assert watched == {("GenesysRelay", CRASH_METRIC[logical_id]): {"service": {"Ref": "AWS::StackName"}}}
 
 
 # --- logging and tracing -------------------------------------------------------------------------------

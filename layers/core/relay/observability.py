@@ -1,12 +1,21 @@
 """The one Logger and the one Metrics object every module shares (powertools; EMF for metrics).
 
-powertools reads POWERTOOLS_SERVICE_NAME / POWERTOOLS_METRICS_NAMESPACE itself; the template sets them.
+Their service is POWERTOOLS_SERVICE_NAME, which the template sets to the stack's name: the ``service``
+dimension of every metric, so the alarms of two stacks in one account (dev beside prod) never watch
+each other's metrics. powertools reads the variable itself; without it (tests, tools) it is "relay".
 Nothing here ever logs a secret: secret values are SecretStr until the moment they are used.
 """
 
 from __future__ import annotations
 
+import os
+
 from aws_lambda_powertools import Logger, Metrics
 
-logger = Logger(service="relay")
-metrics = Metrics(namespace="GenesysRelay", service="relay")
+# Read here, not through relay.settings (the one reader otherwise): these objects exist from import
+# on, before any Settings. It is the variable Settings.service_name reads, with the same default, so
+# the intake's metrics and the dispatcher's (relay.logic.dispatch.metrics) carry one service.
+SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME") or "relay"
+
+logger = Logger(service=SERVICE)
+metrics = Metrics(namespace="GenesysRelay", service=SERVICE)
