@@ -62,9 +62,14 @@ class Outcome:
 
     @property
     def reached_endpoint(self) -> bool:
-        """An HTTP answer or a network failure; not a local problem (secrets, policy) before sending,
-        nor a request the attempt cut short: what the breaker judges."""
-        return not self.cut_short and (self.status is not None or self.error_code in RETRYABLE_ERRORS)
+        """An HTTP answer or a network failure; not a local problem (secrets, policy) before sending."""
+        return self.status is not None or self.error_code in RETRYABLE_ERRORS
+
+    @property
+    def judges_endpoint(self) -> bool:
+        """What the breaker counts: the endpoint's own answer or failure, not a request the attempt cut
+        short. (A cut-short request still reached the endpoint: it took that long, and was sent.)"""
+        return self.reached_endpoint and not self.cut_short
 
     @property
     def throttled(self) -> bool:
@@ -79,7 +84,7 @@ class Outcome:
         A 4xx or 3xx answer means the endpoint is up (the request was wrong), so it counts as healthy;
         so does a throttle (429, 503 with Retry-After): the endpoint is up and asks for less, which the
         rate limiter gives it, so a burst of 429s does not open the breaker."""
-        return self.verdict is Verdict.RETRYABLE and self.reached_endpoint and not self.throttled
+        return self.verdict is Verdict.RETRYABLE and self.judges_endpoint and not self.throttled
 
 
 def parse_retry_after(value: str | None, *, now: datetime) -> float | None:

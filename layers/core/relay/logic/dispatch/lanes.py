@@ -127,12 +127,12 @@ class Lanes:
         if lane.gate is None:
             return
         probe = lane.probe
-        if probe is not None and not probe.reached_endpoint:
-            return  # the probe never reached the endpoint; its lease will lapse
+        if probe is not None and not probe.judges_endpoint:
+            return  # the probe never reached the endpoint (or was cut short); its lease will lapse
         healthy = [
             not item.outcome.endpoint_unhealthy
             for item in lane.items
-            if item.outcome is not None and item.reached_endpoint
+            if item.outcome is not None and item.judges_endpoint
         ]
         now, policy = self._clock(), self.policy(lane.target)
         try:

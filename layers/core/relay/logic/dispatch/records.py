@@ -85,9 +85,9 @@ class Item:
     not_before: float | None = None
 
     @property
-    def reached_endpoint(self) -> bool:
-        """The attempt got as far as an HTTP answer or a network failure: what the breaker judges."""
-        return self.outcome is not None and self.outcome.reached_endpoint
+    def judges_endpoint(self) -> bool:
+        """The attempt got as far as the endpoint's own answer or failure: what the breaker judges."""
+        return self.outcome is not None and self.outcome.judges_endpoint
 
 
 @dataclass(frozen=True)
