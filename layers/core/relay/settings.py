@@ -18,6 +18,7 @@ from functools import lru_cache
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
+from botocore.utils import validate_region_name
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 
 from relay.errors import ConfigurationError
@@ -34,10 +35,19 @@ def _csv(value: object) -> object:
 CsvList = Annotated[list[str], BeforeValidator(_csv)]
 Port = Annotated[int, Field(ge=1, le=65_535)]
 CsvPorts = Annotated[list[Port], BeforeValidator(_csv), Field(min_length=1)]
-# What botocore accepts as a region name. Refused here, naming the setting: an empty one
-# (`AWS_REGION=$UNSET`) would otherwise reach botocore as an endpoint https://sqs..amazonaws.com, a
-# ValueError that the CLI could only call a bug.
-AwsRegion = Annotated[str, Field(pattern=r"^[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")]
+
+
+def _region(value: str) -> str:
+    """A region name as botocore checks it (its own rule: a host label; InvalidRegionError is a
+    ValueError, so the setting is named). Refused here, not when a client is made: there it is a
+    ValueError that the CLI could only call a bug."""
+    validate_region_name(value)
+    return value
+
+
+# Not empty either, which botocore's rule lets through: `AWS_REGION=$UNSET` would reach it as the
+# endpoint https://sqs..amazonaws.com.
+AwsRegion = Annotated[str, Field(min_length=1), AfterValidator(_region)]
 
 
 def _endpoint_url(value: str | None) -> str | None:
