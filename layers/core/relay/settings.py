@@ -24,6 +24,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from relay.errors import ConfigurationError
 from relay.models.breaker import DeliveryLane
 from relay.models.http import RETRY_AFTER_CEILING_SECONDS
+from relay.observability import DEFAULT_SERVICE
 
 
 def _csv(value: object) -> object:
@@ -89,7 +90,7 @@ class Settings(BaseModel):
     aws_read_timeout_seconds: float = Field(5.0, alias="AWS_READ_TIMEOUT_SECONDS", gt=0, le=60)
     aws_max_attempts: int = Field(4, alias="AWS_MAX_ATTEMPTS", ge=1, le=10)
     metrics_namespace: str = Field("GenesysRelay", alias="POWERTOOLS_METRICS_NAMESPACE")
-    service_name: str = Field("relay", alias="POWERTOOLS_SERVICE_NAME")
+    service_name: str = Field(DEFAULT_SERVICE, alias="POWERTOOLS_SERVICE_NAME")  # as relay.observability
 
     # --- resources (set by template.yaml; None where a function does not need them) ------------------
     targets_table: str | None = Field(None, alias="TARGETS_TABLE")
