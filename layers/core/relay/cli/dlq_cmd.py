@@ -29,7 +29,7 @@ from typing import IO, TYPE_CHECKING, Any
 from relay.cli.arguments import positive_int, whole_number_up_to
 from relay.cli.exit_codes import ExitCode, Interrupted, NeedsAttention, UsageError
 from relay.cli.stack_option import STACK_OPTION
-from relay.cli.terminal import format_table, visible, visible_lines
+from relay.cli.terminal import format_table, visible_lines
 
 if TYPE_CHECKING:
     from relay.logic.dlq import Progress, RedriveOptions
@@ -491,7 +491,8 @@ def format_redrive(document: dict[str, Any]) -> str:
 
 
 def format_resubmit(document: dict[str, Any]) -> str:
-    """The summary of ``redrive --queue eventbridge|intake-failures`` (``ResubmitResult.to_json``)."""
+    """The summary of ``redrive --queue eventbridge|intake-failures`` (``ResubmitResult.to_json``); its
+    lines quote event ids a sender chose, escaped where every dlq summary is (``_run``)."""
     dry_run = document["mode"] == "dry-run"
     lines = [format_failed_groups(document["groups"]), ""]
     if dry_run:
@@ -504,7 +505,7 @@ def format_resubmit(document: dict[str, Any]) -> str:
         )
     for refusal in document["refused"]:
         event = refusal["eventId"] or "(no event)"
-        lines.append(visible(f"refused: event {event}, message {refusal['messageId']}: {refusal['reason']}"))
+        lines.append(f"refused: event {event}, message {refusal['messageId']}: {refusal['reason']}")
     if document["error"]:
         lines.append(f"error: {document['error']}")
     return "\n".join(lines)
