@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -860,17 +860,23 @@ def _many_lines(args: argparse.Namespace) -> int:
     return 0
 
 
-def test_a_reader_that_leaves_early_ends_the_command_quietly(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Given stdout a pipe whose reader has left, as `relay breaker status --format json | head -1` leaves
+def _run_into_a_pipe_its_reader_left(
+    command: Callable[[argparse.Namespace], int], monkeypatch: pytest.MonkeyPatch
+) -> int:
+    """``command`` run with stdout a pipe whose reader has left (`relay ... | head -1`)."""
     reader, writer = os.pipe()
     os.close(reader)
     with open(writer, "w") as left_pipe:
         monkeypatch.setattr(sys, "stdout", left_pipe)
+        return run(_parser_with(command), ["explode"])
 
-        # When a command writes its output there
-        code = run(_parser_with(_many_lines), ["explode"])
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # When a command writes its output into a pipe whose reader has left, as
+    # `relay breaker status --format json | head -1` leaves
+    code = _run_into_a_pipe_its_reader_left(_many_lines, monkeypatch)
 
     # Then it ends as a command whose output fit the pipe does: exit 0, nothing on stderr
     assert (code, capsys.readouterr().err) == (0, "")
@@ -884,14 +890,9 @@ def _many_lines_then_attention(args: argparse.Namespace) -> int:
 def test_a_reader_that_leaves_early_keeps_the_commands_status_and_its_error_line(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given stdout a pipe whose reader has left (`relay dlq redrive ... | head -1` under pipefail)
-    reader, writer = os.pipe()
-    os.close(reader)
-    with open(writer, "w") as left_pipe:
-        monkeypatch.setattr(sys, "stdout", left_pipe)
-
-        # When a command writes its output there, then finds that something needs attention
-        code = run(_parser_with(_many_lines_then_attention), ["explode"])
+    # When a command writes its output into a pipe whose reader has left (`relay dlq redrive ... | head -1`
+    # under pipefail), then finds that something needs attention
+    code = _run_into_a_pipe_its_reader_left(_many_lines_then_attention, monkeypatch)
 
     # Then its status and its line on stderr (not the pipe that broke) are what a full read gets
     assert (code, capsys.readouterr().err) == (1, "relay explode: 3 messages left in the DLQ\n")
