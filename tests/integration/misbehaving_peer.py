@@ -46,6 +46,7 @@ class MisbehavingPeer:
     tls: ssl.SSLContext | None = None  # serve https with this server context
     requests: list[tuple[str, str]] = field(default_factory=list)
     connections: int = 0
+    closed: int = 0  # connections this peer has closed (or seen closed)
 
     def __post_init__(self) -> None:
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -53,6 +54,7 @@ class MisbehavingPeer:
         self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
         self._stopping = threading.Event()
         self._lock = threading.Lock()
+        self._closed_changed = threading.Condition(self._lock)
         self._threads: list[threading.Thread] = []
         self._open: list[socket.socket] = []
 
@@ -69,6 +71,11 @@ class MisbehavingPeer:
                 _quietly(lambda conn=conn: conn.shutdown(socket.SHUT_RDWR))
         for thread in self._threads:
             thread.join(timeout=10)
+
+    def wait_closed(self, count: int, timeout: float = 10.0) -> bool:
+        """Wait until this peer has closed ``count`` connections."""
+        with self._closed_changed:
+            return self._closed_changed.wait_for(lambda: self.closed >= count, timeout)
 
     def _spawn(self, target: Callable[..., None], *args: object) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True)
@@ -88,6 +95,14 @@ class MisbehavingPeer:
             self._spawn(self._serve, conn)
 
     def _serve(self, conn: socket.socket) -> None:
+        try:
+            self._converse(conn)
+        finally:
+            with self._closed_changed:
+                self.closed += 1
+                self._closed_changed.notify_all()
+
+    def _converse(self, conn: socket.socket) -> None:
         if self.tls is not None:
             try:
                 conn = self.tls.wrap_socket(conn, server_side=True)

@@ -287,3 +287,104 @@ def test_a_gzip_body_is_kept_decoded_and_bounded(sender: HttpSender) -> None:
 
     assert (result.status, result.error_code, result.body_truncated) == (200, None, True)
     assert result.body == (b'{"echo":"' + b"y" * 5000)[:100]  # the bound (100 bytes) is on what we keep
+
+
+# --- framing and kept connections (relay.adapters.http_exchange) -----------------------------------------
+
+
+def test_a_kept_connection_the_peer_closed_while_idle_is_replaced_not_failed(sender: HttpSender) -> None:
+    # Given a peer that answers without "Connection: close" and then closes the connection anyway
+    with misbehaving_peer(lambda *_: complete(200, after="close")) as peer:
+        first, _ = _post(sender, peer.url)
+        assert peer.wait_closed(1)
+        # When the next request comes for the same target
+        second, _ = _post(sender, peer.url)
+        connections = peer.connections
+
+    # Then it goes out on a new connection and is delivered: a peer's idle timeout costs no attempt
+    assert [(r.status, r.error_code) for r in (first, second)] == [(200, None), (200, None)]
+    assert connections == 2
+
+
+def test_bytes_no_request_asked_for_never_pass_for_the_next_answer(sender: HttpSender) -> None:
+    # Given a peer whose first answer is followed by a second, unsolicited one on the same connection
+    stray = Answer(head=complete(200, b"a").head + complete(500).head, after="keep-alive")
+    answers = iter([stray, complete(201)])
+    with misbehaving_peer(lambda *_: next(answers)) as peer:
+        first, _ = _post(sender, peer.url)
+        second, _ = _post(sender, peer.url)
+        connections = peer.connections
+
+    # Then the next request does not take the stray 500 for its answer: it gets its own, on a new connection
+    assert [(r.status, r.body) for r in (first, second)] == [(200, b"a"), (201, b"")]
+    assert connections == 2
+
+
+def test_a_chunked_answer_with_trailers_is_read_whole_and_its_connection_kept(sender: HttpSender) -> None:
+    head = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+    )
+    with misbehaving_peer(lambda *_: Answer(head=head, after="keep-alive")) as peer:
+        results = [_post(sender, peer.url)[0] for _ in range(3)]
+        connections = peer.connections
+
+    assert [(r.status, r.error_code, r.body) for r in results] == [(200, None, b"hello world")] * 3
+    assert connections == 1
+
+
+def test_an_http_1_0_answer_without_keep_alive_is_not_reused(sender: HttpSender) -> None:
+    # Given an HTTP/1.0 peer that leaves the connection open after answering (but never said keep-alive)
+    head = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    with misbehaving_peer(lambda *_: Answer(head=head, after="keep-alive")) as peer:
+        results = [_post(sender, peer.url)[0] for _ in range(2)]
+        connections = peer.connections
+
+    # Then each request gets a connection of its own (HTTP/1.0 closes by default), and both are delivered
+    assert [(r.status, r.body) for r in results] == [(200, b"ok")] * 2
+    assert connections == 2
+
+
+@pytest.mark.parametrize(
+    ("head", "why"),
+    [
+        (b"ICY 200 OK\r\n\r\n", "answer is not HTTP: no status line"),
+        (b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n", "its status is not a number from 100 to 999"),
+        (b"HTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n", "answer is not HTTP/1.x"),
+        (b"", "connection closed before an answer"),
+    ],
+    ids=["not-http", "four-digit-status", "http-2-status-line", "closed-at-once"],
+)
+def test_an_answer_the_relay_cannot_read_is_a_connection_error_that_says_why(
+    sender: HttpSender, head: bytes, why: str
+) -> None:
+    with misbehaving_peer(lambda *_: Answer(head=head)) as peer:
+        result, _ = _post(sender, peer.url)
+
+    assert (result.status, result.error_code) == (None, "connection-error")
+    assert why in (result.error or "")
+    assert _verdict(result) is Verdict.RETRYABLE
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Token": "s3cret-value\r\nInjected: yes"},
+        {"X-Token\r\nInjected": "s3cret-value"},
+        {"X-Nul": "s3cret-value\x00"},
+    ],
+    ids=["line-break-in-value", "line-break-in-name", "nul-in-value"],
+)
+def test_a_header_http_cannot_carry_is_refused_before_anything_is_sent(
+    sender: HttpSender, headers: dict[str, str]
+) -> None:
+    with misbehaving_peer(lambda *_: complete(200)) as peer:
+        result = sender.send(
+            "POST", f"{peer.url}/hook", body=b"{}", headers=headers, connect_timeout=1.0, read_timeout=1.0
+        )
+        connections = peer.connections
+
+    # Refused as a request HTTP cannot carry, without a connection, and without quoting the value
+    assert (result.status, result.error_code) == (None, "invalid-request")
+    assert "s3cret" not in (result.error or "")
+    assert connections == 0

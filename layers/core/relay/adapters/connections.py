@@ -15,7 +15,8 @@ They add three things to urllib3's own connections:
   from a complete one without a body.
 
 ``pool_classes(check)`` gives the classes to install in a urllib3 ``PoolManager``
-(``pool_classes_by_scheme``), before its first request.
+(``pool_classes_by_scheme``), before its first request (the Genesys client); relay.adapters.http_exchange
+opens ``connection_classes(check)`` itself (deliveries).
 """
 
 from __future__ import annotations
@@ -237,13 +238,22 @@ class GuardedHTTPSConnection(GuardedHTTPConnection, HTTPSConnection):
     """The same for https: the check and the deadline's watch come before the TLS handshake."""
 
 
-def pool_classes(check: EndpointCheck | None) -> dict[str, type[HTTPConnectionPool]]:
-    """Pool classes whose connections carry the deadline, FramedResponse and ``check`` (None: no
+def connection_classes(check: EndpointCheck | None) -> dict[str, type[GuardedHTTPConnection]]:
+    """Connection classes (by scheme) that carry the deadline, FramedResponse and ``check`` (None: no
     endpoint check, e.g. for Genesys Cloud, whose host is configuration, not input)."""
     # A staticmethod: a plain function stored on the class would be bound to each connection.
     attributes: dict[str, Any] = {"endpoint_check": staticmethod(check) if check is not None else None}
-    http_conn = type("GuardedHTTPConnection", (GuardedHTTPConnection,), attributes)
-    https_conn = type("GuardedHTTPSConnection", (GuardedHTTPSConnection,), attributes)
-    http_pool = type("GuardedHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": http_conn})
-    https_pool = type("GuardedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": https_conn})
-    return {"http": http_pool, "https": https_pool}
+    return {
+        "http": type("GuardedHTTPConnection", (GuardedHTTPConnection,), attributes),
+        "https": type("GuardedHTTPSConnection", (GuardedHTTPSConnection,), attributes),
+    }
+
+
+def pool_classes(check: EndpointCheck | None) -> dict[str, type[HTTPConnectionPool]]:
+    """urllib3 pool classes whose connections are ``connection_classes(check)``."""
+    connections = connection_classes(check)
+    http, https = connections["http"], connections["https"]
+    return {
+        "http": type("GuardedHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": http}),
+        "https": type("GuardedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": https}),
+    }

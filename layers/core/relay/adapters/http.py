@@ -1,8 +1,9 @@
-"""Outbound HTTP for deliveries: urllib3 connection pools kept per container, one per route.
+"""Outbound HTTP for deliveries: connections kept per container, one route per target URL.
 
-- pool sized to the dispatcher's concurrency, no urllib3 retries (retries are the queue's job);
-- urllib3 itself, not requests on top of it: requests' request preparation, adapter and response
-  objects cost about a third of the dispatcher's CPU per delivery and add nothing used here;
+- up to the dispatcher's concurrency kept per route, no retries here (retries are the queue's job);
+- one request and its answer read by relay.adapters.http_exchange on connections urllib3's classes
+  open, not requests or urllib3's pool on top: their request preparation and response objects cost
+  most of the dispatcher's CPU per delivery and add nothing used here;
 - a **total deadline** on every request (connect, TLS, request, response: relay.adapters.deadline),
   besides the connect timeout and the per-read timeout; redirects never followed (3xx is an answer);
 - the response body read only up to a bound (for the audit), never whole;
@@ -29,11 +30,8 @@ import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from http.client import HTTPException, LineTooLong
-from typing import Any
 
 from pydantic import SecretStr
-from urllib3 import HTTPConnectionPool, Timeout
 from urllib3.connectionpool import port_by_scheme
 from urllib3.exceptions import (
     ConnectTimeoutError,
@@ -41,31 +39,27 @@ from urllib3.exceptions import (
     LocationValueError,
     NewConnectionError,
     ProtocolError,
-    ReadTimeoutError,
     SSLError,
 )
-from urllib3.response import BaseHTTPResponse
 from urllib3.util import parse_url
 
-from relay.adapters.connections import EndpointCheck, headers_complete, pool_classes
+from relay.adapters.connections import EndpointCheck, connection_classes
 from relay.adapters.deadline import Deadline, request_deadline
+from relay.adapters.http_exchange import NoAnswer, ReadTimedOut, Route
 from relay.adapters.tls import TlsContexts, TlsTrust
 from relay.errors import UnsafeUrl
 from relay.models.http import (
     CONNECT_TIMEOUT,
     CONNECTION_ERROR,
     DEADLINE_EXCEEDED,
-    INCOMPLETE_RESPONSE,
     INVALID_REQUEST,
     READ_TIMEOUT,
     UNSAFE_ADDRESS,
     HttpResult,
 )
 
-_CHUNK_BYTES = 8192
-# Routes whose connection pools a sender keeps (each holds at most ``pool_size`` connections).
+# Routes a sender keeps (each keeps at most ``pool_size`` idle connections).
 _MAX_ROUTES = 64
-Route = tuple[HTTPConnectionPool, str]  # the pool, and the request target to send on it
 
 
 class HttpSender:
@@ -85,11 +79,9 @@ class HttpSender:
         self._clock = clock
         self._pool_size = pool_size
         self._tls = TlsContexts(trust)
-        self._pool_classes = pool_classes(endpoint_check)
-        # (URL, TLS context) -> its connection pool and request target. Kept here rather than in a
-        # urllib3 PoolManager: its per-request URL parsing, pool-key building and locking were a tenth
-        # of the CPU per delivery, and it evicts pools beyond ``num_pools`` hosts. No proxies either
-        # way: neither reads the environment.
+        self._connection_classes = connection_classes(endpoint_check)
+        # (URL, TLS context) -> its route: the URL parsed once, and its kept connections. No proxies:
+        # nothing here reads the environment.
         self._routes: OrderedDict[tuple[str, ssl.SSLContext], Route] = OrderedDict()
         self._routes_lock = threading.Lock()
 
@@ -139,41 +131,34 @@ class HttpSender:
         elapsed: Callable[[], float],
     ) -> HttpResult:
         try:
-            pool, target = self._route(url, tls)
-            response = pool.urlopen(
+            answer = self._route(url, tls).exchange(
                 method,
-                target,
-                # No body at all rather than an empty one: a HEAD then carries no Content-Length.
-                body=body or None,
-                headers=headers,
-                redirect=False,
-                assert_same_host=False,
-                preload_content=False,
-                timeout=Timeout(connect=timeouts[0], read=timeouts[1]),
+                body,
+                headers,
+                connect_timeout=timeouts[0],
+                read_timeout=timeouts[1],
+                deadline=deadline,
+                body_limit=body_limit,
             )
         except UnsafeUrl as exc:
             return HttpResult(None, elapsed(), error_code=UNSAFE_ADDRESS, error=str(exc))
-        except (HTTPError, OSError, ValueError) as exc:
+        except (NoAnswer, HTTPError, OSError, ValueError) as exc:
             code, why = (DEADLINE_EXCEEDED, _past(deadline)) if deadline.exceeded else _no_response(exc)
             return HttpResult(None, elapsed(), error_code=code, error=why)
-        status, answer = response.status, _retry_headers(response)
-        try:
-            body_read, truncated = _read_bounded(response, body_limit)
-        except (HTTPError, HTTPException, OSError) as exc:
-            code, why = _body_failure(exc, deadline)
-            return HttpResult(status, elapsed(), b"", True, answer, code, why)
-        finally:
-            response.close()  # a body read to its end has already given its connection back
+        status, retry = answer.status, _retry_headers(answer.headers)
+        if answer.error_code is not None:  # cut off in its headers or body, or a read timeout in its body
+            if deadline.exceeded:
+                return HttpResult(status, elapsed(), b"", True, retry, DEADLINE_EXCEEDED, _past(deadline))
+            cut = answer.error_code, answer.error
+            return HttpResult(status, elapsed(), answer.body, answer.truncated, retry, *cut)
+        body_read, truncated = _bounded(answer.body, answer.headers.get("content-encoding"), body_limit)
         if deadline.fired and not truncated:  # a close-delimited body ends "cleanly" when cut
-            return HttpResult(status, elapsed(), body_read, True, answer, DEADLINE_EXCEEDED, _past(deadline))
-        if not headers_complete(response):
-            why = "connection closed inside the response headers"
-            return HttpResult(status, elapsed(), body_read, truncated, answer, INCOMPLETE_RESPONSE, why)
-        return HttpResult(status, elapsed(), body_read, truncated, answer)
+            return HttpResult(status, elapsed(), body_read, True, retry, DEADLINE_EXCEEDED, _past(deadline))
+        return HttpResult(status, elapsed(), body_read, truncated, retry)
 
     def _route(self, url: str, tls: ssl.SSLContext) -> Route:
-        """The pool for ``url``'s origin made with ``tls``, and the request target to send; raises
-        ValueError for a URL that names no http(s) origin."""
+        """The route for ``url`` made with ``tls``; raises ValueError for a URL that names no http(s)
+        origin, or one HTTP cannot carry."""
         key = (url, tls)
         with self._routes_lock:
             route = self._routes.get(key)
@@ -182,49 +167,39 @@ class HttpSender:
                 return route
         parsed = parse_url(url)
         scheme = (parsed.scheme or "").lower()
-        if scheme not in self._pool_classes or not parsed.host:
+        if scheme not in self._connection_classes or not parsed.host:
             raise LocationValueError("not an http(s) URL")
-        options: dict[str, Any] = {"maxsize": self._pool_size, "block": False, "retries": False}
-        if scheme == "https":
-            # The context carries the trusted CAs (and the client certificate): verification is on.
-            options.update(cert_reqs="CERT_REQUIRED", ssl_context=tls)
-        pool = self._pool_classes[scheme](parsed.host, parsed.port or port_by_scheme[scheme], **options)
+        # https: the context carries the trusted CAs (and the client certificate); verification is on.
+        options = {"cert_reqs": "CERT_REQUIRED", "ssl_context": tls} if scheme == "https" else {}
+        made = Route(
+            self._connection_classes[scheme],
+            parsed.host,
+            parsed.port or port_by_scheme[scheme],
+            default_port=port_by_scheme[scheme],
+            request_target=parsed.request_uri,
+            keep=self._pool_size,
+            options=options,
+        )
         with self._routes_lock:
-            route = self._routes.setdefault(key, (pool, parsed.request_uri))
-            if route[0] is not pool:  # another thread made it first
-                pool.close()
+            route = self._routes.setdefault(key, made)
             while len(self._routes) > _MAX_ROUTES:  # targets come and go: forget the least recent
-                self._routes.popitem(last=False)[1][0].close()
+                self._routes.popitem(last=False)[1].close()
         return route
 
     def close(self) -> None:
         with self._routes_lock:
             routes, self._routes = list(self._routes.values()), OrderedDict()
-        for pool, _ in routes:
-            pool.close()
+        for route in routes:
+            route.close()
 
 
-def _read_bounded(raw: BaseHTTPResponse, limit: int) -> tuple[bytes, bool]:
-    """The body up to ``limit`` bytes, decoded when it is gzip or deflate, and whether there was more.
-
-    Reads the bytes as they came, never more than one past the bound, so a peer that stalls after
-    sending enough is not waited for (and a small gzip cannot make us read a large one). A body that
-    does not decode is kept as it came: the answer arrived whole, and its body only feeds the audit
-    and a token answer's JSON, so it never turns a complete answer into a cut-off one."""
-    chunks: list[bytes] = []
-    size = 0
-    truncated = False
-    while True:
-        chunk = raw.read(min(_CHUNK_BYTES, limit + 1 - size), decode_content=False)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            truncated = True
-            break
-    body = b"".join(chunks)
-    decoded = _decoded(body, raw.headers.get("Content-Encoding"), limit + 1)
+def _bounded(body: bytes, coding: str | None, limit: int) -> tuple[bytes, bool]:
+    """The body (at most ``limit + 1`` bytes as it came) decoded when it is gzip or deflate, cut to
+    ``limit``, and whether there was more. A body that does not decode is kept as it came: the answer
+    arrived whole, and its body only feeds the audit and a token answer's JSON, so it never turns a
+    complete answer into a cut-off one (and a small gzip cannot make us keep a large one)."""
+    truncated = len(body) > limit
+    decoded = _decoded(body, coding, limit + 1)
     if decoded is not None:
         body, truncated = decoded, truncated or len(decoded) > limit
     return body[:limit], truncated
@@ -259,10 +234,10 @@ def _no_response(exc: Exception) -> tuple[str, str]:
         return CONNECTION_ERROR, _short(exc)
     if isinstance(exc, ConnectTimeoutError):
         return CONNECT_TIMEOUT, "connect timed out"
-    if isinstance(exc, ReadTimeoutError):
+    if isinstance(exc, ReadTimedOut):
         return READ_TIMEOUT, "read timed out"
-    if (oversized := _oversized_answer(exc)) is not None:
-        return CONNECTION_ERROR, oversized
+    if isinstance(exc, NoAnswer):  # closed, not HTTP, or past the limits: its message says which
+        return CONNECTION_ERROR, str(exc)
     if isinstance(exc, ProtocolError | SSLError | OSError):
         return CONNECTION_ERROR, _short(exc)
     if isinstance(exc, LocationValueError | ValueError):
@@ -270,28 +245,8 @@ def _no_response(exc: Exception) -> tuple[str, str]:
     return CONNECTION_ERROR, _short(exc)
 
 
-def _oversized_answer(exc: Exception) -> str | None:
-    """Why an answer past http.client's limits (fewer than 100 header fields, 64 KiB a line) was not read,
-    or None. Its status line may have said 200, but an answer the relay cannot read is not a delivery."""
-    reason = exc.args[1] if isinstance(exc, ProtocolError) and len(exc.args) > 1 else None
-    # http.client's own words name the limit ("got more than 100 headers"), never a header's content.
-    if isinstance(reason, LineTooLong) or (type(reason) is HTTPException and "headers" in str(reason)):
-        return f"answer not read, past http.client's limits: {reason}"
-    return None
-
-
-def _body_failure(exc: Exception, deadline: Deadline) -> tuple[str, str]:
-    """(error code, message) for a response whose body could not be read to its end."""
-    if deadline.exceeded:
-        return DEADLINE_EXCEEDED, _past(deadline)
-    if isinstance(exc, ReadTimeoutError):
-        return READ_TIMEOUT, "read timed out in the response body"
-    # The peer closed before the body's end (Content-Length, last chunk), or garbled it.
-    return INCOMPLETE_RESPONSE, f"response body cut off ({type(exc).__name__})"
-
-
-def _retry_headers(response: BaseHTTPResponse) -> dict[str, str]:
-    value = response.headers.get("Retry-After")
+def _retry_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    value = headers.get("retry-after")
     return {"retry-after": value} if value is not None else {}
 
 

@@ -8,8 +8,9 @@ besides certifi's; set anywhere else it is a ConfigurationError.
 
 **Client certificates.** One context per client certificate, built the first time it is needed and
 kept (``TlsContexts``, keyed by a digest of the PEM bundle: a rotated certificate gets a new context).
-urllib3 keys its connection pools by context too, so a target's certificate is presented only on
-connections made for it, and a connection made without it is never reused for it.
+The HTTP sender keys its routes (and so its kept connections) by context too, so a target's
+certificate is presented only on connections made for it, and a connection made without it is never
+reused for it.
 
 **The key never reaches a file system.** ``SSLContext.load_cert_chain`` reads only from a path. The
 bundle is written to an anonymous memory file (``memfd_create``: Linux, so Lambda) and loaded through
