@@ -42,7 +42,7 @@ DEFAULT_USER_AGENT = f"genesys-relay/{__version__}"
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 5.6.2
 _NOT_IN_VALUE = re.compile(r"[\r\n\x00]")
-_NOT_IN_TARGET = re.compile(r"[\x00-\x20\x7f-\uffff]")
+_NOT_IN_TARGET = re.compile(r"[\x00-\x20\x7f]")
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})  # an empty body is still announced: Content-Length: 0
 _RECV_BYTES = 65536
 
@@ -134,8 +134,8 @@ class Route:
         keep: int,
         options: Mapping[str, Any],
     ) -> None:
-        if _NOT_IN_TARGET.search(request_target):
-            raise ValueError("URL can't contain control characters or spaces")
+        if not request_target.isascii() or _NOT_IN_TARGET.search(request_target):
+            raise ValueError("URL can't contain control characters, spaces or non-ASCII characters")
         self._connection_class = connection_class
         self._host, self._port = host, port
         self._options = dict(options)
@@ -210,8 +210,7 @@ class Route:
             if connection is None:
                 return self._connect(connect_timeout)
             sock = connection.http.sock
-            # Readable while idle: the peer closed it, or sent what no request asked for.
-            if sock is None or connection.reader.holds_bytes or wait_for_read(sock, timeout=0.0):
+            if sock is None or _stale(connection):
                 connection.close()
                 continue
             if getattr(connection.http, "_watched_by", None) is not deadline:
@@ -240,6 +239,14 @@ class Route:
                 self._idle.append(connection)
                 return
         connection.close()
+
+
+def _stale(connection: _Connection) -> bool:
+    """Bytes arrived on a kept connection while it was idle: the peer closed it, or sent what no
+    request asked for (kept in our reader, in TLS's decrypted buffer, or still in the socket)."""
+    sock = connection.http.sock
+    pending = getattr(sock, "pending", None)  # an SSLSocket's
+    return connection.reader.holds_bytes or bool(pending and pending()) or wait_for_read(sock, timeout=0.0)
 
 
 def _exchange(reader: _Reader, sock: Any, request: bytes, method: str, limit: int) -> Answer:
