@@ -184,11 +184,13 @@ class Route:
     def _request_bytes(self, method: str, body: bytes, headers: Mapping[str, str]) -> bytes:
         if not _TOKEN.fullmatch(method):
             raise ValueError("the method is not an HTTP token")
-        lines = [f"{method} {self._target} HTTP/1.1", f"Host: {self._host_header}"]
+        lines = [f"{method} {self._target} HTTP/1.1"]
         names = {name.lower() for name in headers}
+        if "host" not in names:  # a caller's own framing and Host win, as they did with urllib3
+            lines.append(f"Host: {self._host_header}")
         if "accept-encoding" not in names:
             lines.append("Accept-Encoding: identity")
-        if body or method in _WITH_BODY:
+        if (body or method in _WITH_BODY) and not names & {"content-length", "transfer-encoding"}:
             lines.append(f"Content-Length: {len(body)}")
         if "user-agent" not in names:
             lines.append(f"User-Agent: {DEFAULT_USER_AGENT}")
