@@ -429,6 +429,12 @@ def test_an_event_id_two_integrations_received_is_replayed_by_choosing_its_copy_
         )
         assert (code, err) == (0, "")
         assert f"(integration {integration}," in out and f"would queue for {target}:" in out
+    # ... and a target neither copy had is named as such
+    code, out, err = relay(
+        capsys, "deliveries", "replay", "e-twice", "--target", "t-none", "--dry-run", "--stack-name", stack
+    )
+    assert (code, out) == (3, "")
+    assert "e-twice had no delivery to target t-none under any of the 2 integrations" in err
 
 
 def test_enabling_a_target_that_is_enabled_changes_and_audits_nothing(

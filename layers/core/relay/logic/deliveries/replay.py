@@ -162,7 +162,14 @@ def _of_target(events: Sequence[ArchivedEvent], ident: str, target_id: str | Non
     own targets and delivery ids): ``--target`` picks the one that had a delivery to that target."""
     if target_id is None or len(events) < 2 or any(e.event_id != ident for e in events):
         return events
-    return [e for e in events if target_id in e.deliveries] or events
+    chosen = [e for e in events if target_id in e.deliveries]
+    if not chosen:
+        targets = ", ".join(t for e in events for t in e.targets)
+        raise ReplayRefused(
+            f"event {ident} had no delivery to target {target_id} under any of the {len(events)} "
+            f"integrations that received it (their targets: {targets})"
+        )
+    return chosen
 
 
 def _targets(event: ArchivedEvent, target_id: str | None) -> list[str]:
