@@ -23,7 +23,7 @@ from relay.cli import main
 from relay.local.aws_stack import LocalResources, forget_cached_configuration, local_client, register_stack
 from relay.local.receiver import Receiver
 from relay.logic.dispatch import Dispatcher
-from relay.models.targets import Ordering
+from relay.models.targets import Integration, Ordering
 from relay.settings import get_settings
 from relay.wiring import aws_client, target_store
 from relay.wiring.dispatcher import build_dispatcher
@@ -390,6 +390,51 @@ def test_replay_of_an_id_not_in_the_archive_is_refused(
     code, out, err = relay(capsys, "deliveries", "replay", "e-gone", "--stack-name", stack)
     assert (code, out) == (3, "")
     assert "e-gone is in no archived event of " in err and "ArchiveRetentionDays" in err
+
+
+def test_an_event_id_two_integrations_received_is_replayed_by_choosing_its_copy_with_a_target(
+    aws_stack: LocalResources,
+    stack: str,
+    receiver: Receiver,
+    dispatcher: Dispatcher,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given one event id delivered under two integrations, each to a target of its own
+    store = target_store(get_settings(), cache_ttl_seconds=0)
+    plain = store.get_target(INTEGRATION_ID, PLAIN_TARGET)
+    assert plain is not None
+    other_integration, other_target = "0e1d2c3b-4a59-4687-9a1b-2c3d4e5f6a7b", str(uuid.uuid4())
+    store.put_integration(Integration(integration_id=other_integration, name="Second channel"))
+    copy = {"integration_id": other_integration, "target_id": other_target}
+    store.put_target(plain.model_copy(update=copy))
+    first = event_record("e-twice")
+    body = json.loads(first["body"]) | {
+        "integrationId": other_integration,
+        "targetId": other_target,
+        "deliveryId": str(uuid.uuid4()),
+    }
+    dispatcher.handle_batch([first, sqs_record(body)])
+    assert len(receiver.deliveries) == 2
+
+    # When the operator replays it by its event id alone, the refusal says how to choose a copy
+    code, out, err = relay(capsys, "deliveries", "replay", "e-twice", "--dry-run", "--stack-name", stack)
+    assert (code, out) == (3, "")
+    assert "e-twice was received by 2 integrations (" in err and "--target" in err
+    assert INTEGRATION_ID in err and other_integration in err
+
+    # ... and --target picks the copy of the integration that target belongs to
+    for integration, target in ((other_integration, other_target), (INTEGRATION_ID, PLAIN_TARGET)):
+        code, out, err = relay(
+            capsys, "deliveries", "replay", "e-twice", "--target", target, "--dry-run", "--stack-name", stack
+        )
+        assert (code, err) == (0, "")
+        assert f"(integration {integration}," in out and f"would queue for {target}:" in out
+    # ... and a target neither copy had is named as such
+    code, out, err = relay(
+        capsys, "deliveries", "replay", "e-twice", "--target", "t-none", "--dry-run", "--stack-name", stack
+    )
+    assert (code, out) == (3, "")
+    assert "e-twice had no delivery to target t-none under any of the 2 integrations" in err
 
 
 def test_enabling_a_target_that_is_enabled_changes_and_audits_nothing(

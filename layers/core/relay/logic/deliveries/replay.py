@@ -70,7 +70,7 @@ def plan_replay(
     """The replay of the one event ``ident`` names (``events``: relay.logic.deliveries.lookup), to
     ``target_id`` or to every target it had; ReplayRefused saying why not. ``searched`` names the days
     looked at, for the refusal."""
-    event = _one_event(events, ident, searched)
+    event = _one_event(_of_target(events, ident, target_id), ident, searched)
     chosen = _targets(event, target_id)
     ordered = tuple(
         c for c in chosen if _check_target(targets, event.integration_id, c).ordering is Ordering.CONVERSATION
@@ -142,12 +142,34 @@ def _one_event(events: Sequence[ArchivedEvent], ident: str, searched: str) -> Ar
             "(ArchiveRetentionDays), not yet handled by the dispatcher, or archiving is off "
             "(ArchiveEnabled); look further back with --since"
         )
+    if len(events) > 1 and all(e.event_id == ident for e in events):
+        integrations = ", ".join(e.integration_id for e in events)
+        raise ReplayRefused(
+            f"event {ident} was received by {len(events)} integrations ({integrations}): choose its copy "
+            "with --target (one of that integration's targets) or replay by delivery id "
+            f"(relay deliveries show {ident} lists them)"
+        )
     if len(events) > 1:
         ids = ", ".join(e.event_id for e in events[:5]) + (", ..." if len(events) > 5 else "")
         raise ReplayRefused(
             f"{ident} names {len(events)} events ({ids}): replay them one at a time by event id"
         )
     return events[0]
+
+
+def _of_target(events: Sequence[ArchivedEvent], ident: str, target_id: str | None) -> Sequence[ArchivedEvent]:
+    """An event id that several integrations received names one event per integration (each with its
+    own targets and delivery ids): ``--target`` picks the one that had a delivery to that target."""
+    if target_id is None or len(events) < 2 or any(e.event_id != ident for e in events):
+        return events
+    chosen = [e for e in events if target_id in e.deliveries]
+    if not chosen:
+        targets = ", ".join(t for e in events for t in e.targets)
+        raise ReplayRefused(
+            f"event {ident} had no delivery to target {target_id} under any of the {len(events)} "
+            f"integrations that received it (their targets: {targets})"
+        )
+    return chosen
 
 
 def _targets(event: ArchivedEvent, target_id: str | None) -> list[str]:
