@@ -42,6 +42,30 @@ def test_an_eventbridge_integration_id_that_is_not_listed_is_refused() -> None:
         Fixtures.model_validate(doc)
 
 
+@pytest.mark.parametrize(
+    "integration_id", ["-abc", "_int", "a" * 129, "a b", "a/b", "int\u00e9gration", " int-1"]
+)
+def test_an_integration_id_no_webhook_url_can_name_is_refused_at_its_place(integration_id: str) -> None:
+    # Given an integration id outside what the intake takes as {integrationId} (it answers 404 to it):
+    # config sync takes any id, so serve would start and list a webhook URL no event can ever reach
+    doc = fixtures_doc()
+    doc["integrations"][1]["id"] = integration_id
+
+    # Then the file is refused, naming the field and why, not the id
+    with pytest.raises(ValidationError) as caught:
+        Fixtures.model_validate(doc)
+    place, message = _only_error(caught)
+    assert place == "integrations.1.id"
+    assert "not an integration id a webhook URL can name" in message
+
+
+@pytest.mark.parametrize("integration_id", ["0c3f6a1e-2b4d-4e5f-8a9b-1c2d3e4f5a6b", "a.b_c:d-E9", "a" * 128])
+def test_an_integration_id_a_webhook_url_can_name_is_accepted(integration_id: str) -> None:
+    doc = fixtures_doc()
+    doc["integrations"][1]["id"] = integration_id
+    assert Fixtures.model_validate(doc).integrations[1].id == integration_id
+
+
 def test_a_fixture_targets_filters_and_rate_limit_are_served_as_genesys_config_properties() -> None:
     from relay.local.fake_genesys import webhook_docs
     from relay.models.webhook_config import webhook_config_from_genesys

@@ -21,6 +21,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from relay.json_input import load_json
 from relay.models.client_certificate import parse_client_certificate
 from relay.models.event_filters import EventFilters
+from relay.models.genesys import INTEGRATION_ID
 from relay.models.numbers import ConfigFloat
 from relay.models.rate_limit import RateLimit
 from relay.models.targets import (
@@ -134,6 +135,18 @@ class FixtureIntegration(_FixtureModel):
     name: str
     signature_secret: str = Field(alias="signatureSecret", min_length=16)
     targets: list[FixtureTarget] = Field(default_factory=list)
+
+    @field_validator("id")
+    @classmethod
+    def _id_can_be_posted_to(cls, ident: str) -> str:
+        # Config sync takes any id, but the intake answers 404 to a webhook URL naming one outside its
+        # pattern: serve would start and list a URL that can never take an event.
+        if not INTEGRATION_ID.fullmatch(ident):
+            raise ValueError(
+                "not an integration id a webhook URL can name: a letter or digit, then at most 127 "
+                "letters, digits, '.', '_', ':' or '-' (Genesys' ids are UUIDs)"
+            )
+        return ident
 
 
 class Fixtures(_FixtureModel):
