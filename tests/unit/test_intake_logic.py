@@ -280,7 +280,10 @@ def test_signature_missing_malformed_and_mismatched_are_told_apart() -> None:
         ('{"id": NaN}', "not valid JSON"),
         ('{"id": -Infinity}', "not valid JSON"),
         ('{"id": ' + "9" * 5000 + "}", "not valid JSON"),
-        ("[" * 100_000 + "]" * 100_000, "not valid JSON"),
+        # Deeper than Python's parser follows: valid JSON, or not, it is refused for its depth.
+        ("[" * 100_000 + "]" * 100_000, "nested deeper than 64"),
+        ('{"id": ' + '{"a": ' * 20_000 + "1" + "}" * 20_000 + "}", "nested deeper than 64"),
+        ('{"id": ' + "[" * 50_000, "nested deeper than 64"),
         ('{"id": ' + "[" * 65 + "]" * 65 + "}", "nested deeper than 64"),
         # A repeated name hides the member before it from the parsed object, not from the text the
         # targets get: the limits hold for every member as written.
