@@ -42,6 +42,14 @@ def test_an_eventbridge_integration_id_that_is_not_listed_is_refused() -> None:
         Fixtures.model_validate(doc)
 
 
+def test_a_file_without_integrations_is_refused_naming_the_list() -> None:
+    # With none, serve would start a stack answering every webhook 404 and failing every EventBridge event
+    with pytest.raises(ValidationError) as caught:
+        Fixtures.model_validate({"integrations": []})
+    place, message = _only_error(caught)
+    assert (place, message) == ("integrations", "List should have at least 1 item after validation, not 0")
+
+
 @pytest.mark.parametrize(
     "integration_id", ["-abc", "_int", "a" * 129, "a b", "a/b", "int\u00e9gration", " int-1"]
 )

@@ -150,7 +150,9 @@ class FixtureIntegration(_FixtureModel):
 
 
 class Fixtures(_FixtureModel):
-    integrations: list[FixtureIntegration]
+    # At least one: with none, serve would start a stack that answers every webhook 404 and fails every
+    # EventBridge event (no integration for them), with nothing in the file to say why.
+    integrations: list[FixtureIntegration] = Field(min_length=1)
     # Which integration's targets Genesys EventBridge events fan out to (EVENTBRIDGE_INTEGRATION_ID);
     # the first integration when absent.
     eventbridge_integration_id: str | None = Field(None, alias="eventBridgeIntegrationId")
