@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,44 @@ def test_an_eventbridge_integration_id_that_is_not_listed_is_refused() -> None:
     doc["eventBridgeIntegrationId"] = "not-an-integration"
     with pytest.raises(ValidationError, match="eventBridgeIntegrationId"):
         Fixtures.model_validate(doc)
+
+
+def test_the_file_is_read_as_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    # Given a UTF-8 file with text beyond ASCII, read by a process whose locale is not UTF-8 (POSIX, with
+    # Python's coercion to UTF-8 turned off: the locale's encoding is ASCII)
+    doc = fixtures_doc()
+    doc["integrations"][0]["name"] = "Acm\u00e9 \u2013 \u00fcber"
+    doc["integrations"][0]["signatureSecret"] = "s\u00e9cret-\u00e9t\u00e9-0001-long"
+    path = tmp_path / "fixtures.json"
+    path.write_bytes(json.dumps(doc, ensure_ascii=False).encode("utf-8"))
+    read = (
+        "import json, sys; from relay.local.fixtures import Fixtures; "
+        "i = Fixtures.load(sys.argv[1]).integrations[0]; print(json.dumps([i.name, i.signature_secret]))"
+    )
+    environment = {
+        **os.environ,
+        "LC_ALL": "POSIX",
+        "PYTHONCOERCECLOCALE": "0",
+        "PYTHONUTF8": "0",
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", read, str(path)], env=environment, capture_output=True, text=True, check=False
+    )
+
+    # Then it holds what was written, not a refusal as ASCII (nor, in a Latin-1 locale, other characters)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [
+        doc["integrations"][0]["name"],
+        doc["integrations"][0]["signatureSecret"],
+    ]
+
+
+def test_a_file_that_is_not_utf8_is_refused_as_such(tmp_path: Path) -> None:
+    path = tmp_path / "fixtures.json"
+    path.write_bytes(json.dumps(fixtures_doc()).replace("Acme", "Acm\u00e9").encode("latin-1"))
+    with pytest.raises(ValueError, match=r"^not UTF-8 text \(byte \d+ is not UTF-8\)$"):
+        Fixtures.load(path)
 
 
 def test_a_file_without_integrations_is_refused_naming_the_list() -> None:

@@ -202,7 +202,13 @@ class Fixtures(_FixtureModel):
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Fixtures:
-        text = Path(path or DEFAULT_FIXTURES).read_text()
+        """The file read as UTF-8 (JSON's encoding), whatever the locale: read in the locale's, a valid
+        file was refused as not ASCII, or its secrets misread as other characters (Latin-1)."""
+        raw = Path(path or DEFAULT_FIXTURES).read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"not UTF-8 text (byte {exc.start} is not UTF-8)") from None
         return cls.model_validate(load_json(text, object_pairs_hook=_no_repeated_keys))
 
     def to_json(self) -> dict[str, Any]:
