@@ -83,6 +83,28 @@ def test_a_file_that_is_not_utf8_is_refused_as_such(tmp_path: Path) -> None:
         Fixtures.load(path)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("name", "", "integration has no name"),
+        ("name", "   ", "integration has no name"),
+        ("signatureSecret", "*" * 20, "all '*' is how Genesys redacts a secret"),
+    ],
+)
+def test_an_integration_config_sync_would_refuse_is_refused_when_the_file_is_read(
+    field: str, value: str, reason: str
+) -> None:
+    # Found by the stack's config-sync run, each such mistake cost a whole start (about 17 s)
+    doc = fixtures_doc()
+    doc["integrations"][1][field] = value
+    with pytest.raises(ValidationError) as caught:
+        Fixtures.model_validate(doc)
+    place, message = _only_error(caught)
+    assert place == f"integrations.1.{field}"
+    assert reason in message
+    assert "****" not in message
+
+
 def test_a_file_without_integrations_is_refused_naming_the_list() -> None:
     # With none, serve would start a stack answering every webhook 404 and failing every EventBridge event
     with pytest.raises(ValidationError) as caught:

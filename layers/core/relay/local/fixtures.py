@@ -136,6 +136,22 @@ class FixtureIntegration(_FixtureModel):
     signature_secret: str = Field(alias="signatureSecret", min_length=16)
     targets: list[FixtureTarget] = Field(default_factory=list)
 
+    # Config sync's own checks of an integration (logic.config_sync.reading.open_integration), made when
+    # the file is read: found by its run, each cost a whole start.
+    @field_validator("name")
+    @classmethod
+    def _has_a_name(cls, name: str) -> str:
+        if not name.strip():
+            raise ValueError("integration has no name (config sync refuses it)")
+        return name
+
+    @field_validator("signature_secret")
+    @classmethod
+    def _is_not_redacted(cls, secret: str) -> str:
+        if set(secret) == {"*"}:
+            raise ValueError("all '*' is how Genesys redacts a secret: config sync would take it for none")
+        return secret
+
     @field_validator("id")
     @classmethod
     def _id_can_be_posted_to(cls, ident: str) -> str:
