@@ -313,6 +313,29 @@ def test_port_0_anywhere_but_the_demo_receivers_form_is_refused(url: str) -> Non
 
 
 @pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://[::1:8080/hooks/x", "not a URL that can be read: Invalid IPv6 URL"),
+        (
+            "http://[crm]:8080/hooks/x",
+            "not a URL that can be read: 'crm' does not appear to be an IPv4 or IPv6",
+        ),
+        ("http://127.0.0.1:65536/hooks/x", "the URL's port is not a number from 0 to 65535"),
+        ("http://127.0.0.1:http/hooks/x", "the URL's port is not a number from 0 to 65535"),
+    ],
+)
+def test_a_url_that_does_not_split_is_named_as_such_not_as_a_bad_port(url: str, reason: str) -> None:
+    # An unclosed bracket was refused as "the URL's port is not a number", sending the reader to the port
+    doc = fixtures_doc()
+    doc["integrations"][0]["targets"][0]["url"] = url
+    with pytest.raises(ValidationError) as caught:
+        Fixtures.model_validate(doc)
+    place, message = _only_error(caught)
+    assert place == "integrations.0.targets.0.url"
+    assert reason in message
+
+
+@pytest.mark.parametrize(
     "url", ["http://127.0.0.1:0/hooks/x", "HTTP://127.0.0.1:00", "http://127.0.0.1:0/h?a=1"]
 )
 def test_the_demo_receivers_form_of_port_0_is_accepted(url: str) -> None:

@@ -251,9 +251,16 @@ def _refuse_repeats(kind: str, ids_and_places: Iterable[tuple[str, str]]) -> Non
 
 
 def _port(url: str) -> int | None:
-    """The URL's port, None when it names none; a ValueError for one that is not a usable number."""
+    """The URL's port, None when it names none; a ValueError for one that is not a usable number, or a
+    URL that does not split (a bracket that does not close, brackets around no IP address)."""
     try:
-        return urlsplit(url).port  # raises for 65536, -1 or a word
+        parts = urlsplit(url)
+    except (
+        ValueError
+    ) as unreadable:  # "Invalid IPv6 URL", "'zz' does not appear to be an IPv4 or IPv6 address"
+        raise ValueError(f"not a URL that can be read: {unreadable}") from None
+    try:
+        return parts.port  # raises for 65536, -1 or a word
     except ValueError:
         raise ValueError("the URL's port is not a number from 0 to 65535") from None
 
