@@ -396,6 +396,27 @@ def test_a_member_the_relay_reads_written_twice_is_400_repeated_member(
     assert queue.bodies == []
 
 
+@pytest.mark.parametrize(("first", "last"), [("Text", "Event"), ("Event", "Receipt"), ("Receipt", "Text")])
+def test_a_type_written_twice_is_400_repeated_member_even_when_the_last_fails_the_schema(
+    first: str, last: str
+) -> None:
+    # Given a Text message whose "type" is written twice, the one Python's json keeps (the last) naming
+    # a model the rest does not fit (an Event without events, a Receipt without status)
+    message = sample("openmessaging_text.json")
+    message["type"] = last
+    body = with_member_twice(message, ("type",), first)
+    intake, queue = make_intake()
+
+    # When it arrives
+    response = intake.handle(api_gateway_event(body))
+
+    # Then it is refused for the repeated "type" (which model applies depends on the parser), not for
+    # the last model's missing field, and nothing is queued
+    assert refusal(response) == (400, "repeated_member")
+    assert 'the member "type" appears more than once' in answer(response)["message"]
+    assert queue.bodies == []
+
+
 # Each case: the sample, and a member the relay neither reads nor checks there.
 MEMBERS_NOT_READ = [
     ("openmessaging_text.json", ("x",)),
