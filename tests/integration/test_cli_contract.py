@@ -276,6 +276,15 @@ CASES = {
         rf".*Content-Encoding is the relay's to set.*; target {UUID_2}: invalid config: encryptionKey: "
         r".*at least 16",
     ),
+    "fixtures with URLs config sync refuses before any lookup": Case(
+        ("local", "serve", "--fixtures", "{url_refused_fixtures}"),
+        USAGE,
+        "relay local serve",
+        # Found by the stack's config-sync run, each cost a whole start before; the password is not shown.
+        rf"not a valid fixtures file: config sync would refuse target {UUID_1}: URL refused: URL must not "
+        rf"carry credentials; use the target's security settings; target {UUID_2}: URL refused: only https "
+        r"URLs are allowed, or http to a loopback address such as 127\.0\.0\.1, not http$",
+    ),
     "fixtures with a target id twice": Case(
         ("local", "serve", "--fixtures", "{repeated_target_fixtures}"),
         USAGE,
@@ -623,6 +632,18 @@ def files(tmp_path: Path) -> Iterator[dict[str, str]]:
             ]
         },
         "no_targets_fixtures": {"integrations": [{**integration, "signatureSecret": "s" * 16}]},
+        "url_refused_fixtures": {
+            "integrations": [
+                {
+                    **integration,
+                    "signatureSecret": "s" * 16,
+                    "targets": [
+                        {**target, "id": UUID_1, "url": "http://user:pass-word@127.0.0.1:8/hook"},
+                        {**target, "id": UUID_2, "url": "http://crm.example.com/hook"},
+                    ],
+                }
+            ]
+        },
         "port_65536_fixtures": {
             "integrations": [
                 {

@@ -280,7 +280,10 @@ def test_signature_missing_malformed_and_mismatched_are_told_apart() -> None:
         ('{"id": NaN}', "not valid JSON"),
         ('{"id": -Infinity}', "not valid JSON"),
         ('{"id": ' + "9" * 5000 + "}", "not valid JSON"),
-        ("[" * 100_000 + "]" * 100_000, "not valid JSON"),
+        # Deeper than Python's parser follows: valid JSON, or not, it is refused for its depth.
+        ("[" * 100_000 + "]" * 100_000, "nested deeper than 64"),
+        ('{"id": ' + '{"a": ' * 20_000 + "1" + "}" * 20_000 + "}", "nested deeper than 64"),
+        ('{"id": ' + "[" * 50_000, "nested deeper than 64"),
         ('{"id": ' + "[" * 65 + "]" * 65 + "}", "nested deeper than 64"),
         # A repeated name hides the member before it from the parsed object, not from the text the
         # targets get: the limits hold for every member as written.
@@ -390,6 +393,27 @@ def test_a_member_the_relay_reads_written_twice_is_400_repeated_member(
     said = answer(response)["message"]
     assert f'the member "{".".join(map(str, path))}" appears more than once' in said
     assert (first if isinstance(first, str) else json.dumps(first)) not in said
+    assert queue.bodies == []
+
+
+@pytest.mark.parametrize(("first", "last"), [("Text", "Event"), ("Event", "Receipt"), ("Receipt", "Text")])
+def test_a_type_written_twice_is_400_repeated_member_even_when_the_last_fails_the_schema(
+    first: str, last: str
+) -> None:
+    # Given a Text message whose "type" is written twice, the one Python's json keeps (the last) naming
+    # a model the rest does not fit (an Event without events, a Receipt without status)
+    message = sample("openmessaging_text.json")
+    message["type"] = last
+    body = with_member_twice(message, ("type",), first)
+    intake, queue = make_intake()
+
+    # When it arrives
+    response = intake.handle(api_gateway_event(body))
+
+    # Then it is refused for the repeated "type" (which model applies depends on the parser), not for
+    # the last model's missing field, and nothing is queued
+    assert refusal(response) == (400, "repeated_member")
+    assert 'the member "type" appears more than once' in answer(response)["message"]
     assert queue.bodies == []
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,98 @@ def test_an_eventbridge_integration_id_that_is_not_listed_is_refused() -> None:
     doc["eventBridgeIntegrationId"] = "not-an-integration"
     with pytest.raises(ValidationError, match="eventBridgeIntegrationId"):
         Fixtures.model_validate(doc)
+
+
+def test_the_file_is_read_as_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    # Given a UTF-8 file with text beyond ASCII, read by a process whose locale is not UTF-8 (POSIX, with
+    # Python's coercion to UTF-8 turned off: the locale's encoding is ASCII)
+    doc = fixtures_doc()
+    doc["integrations"][0]["name"] = "Acm\u00e9 \u2013 \u00fcber"
+    doc["integrations"][0]["signatureSecret"] = "s\u00e9cret-\u00e9t\u00e9-0001-long"
+    path = tmp_path / "fixtures.json"
+    path.write_bytes(json.dumps(doc, ensure_ascii=False).encode("utf-8"))
+    read = (
+        "import json, sys; from relay.local.fixtures import Fixtures; "
+        "i = Fixtures.load(sys.argv[1]).integrations[0]; print(json.dumps([i.name, i.signature_secret]))"
+    )
+    environment = {
+        **os.environ,
+        "LC_ALL": "POSIX",
+        "PYTHONCOERCECLOCALE": "0",
+        "PYTHONUTF8": "0",
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", read, str(path)], env=environment, capture_output=True, text=True, check=False
+    )
+
+    # Then it holds what was written, not a refusal as ASCII (nor, in a Latin-1 locale, other characters)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [
+        doc["integrations"][0]["name"],
+        doc["integrations"][0]["signatureSecret"],
+    ]
+
+
+def test_a_file_that_is_not_utf8_is_refused_as_such(tmp_path: Path) -> None:
+    path = tmp_path / "fixtures.json"
+    path.write_bytes(json.dumps(fixtures_doc()).replace("Acme", "Acm\u00e9").encode("latin-1"))
+    with pytest.raises(ValueError, match=r"^not UTF-8 text \(byte \d+ is not UTF-8\)$"):
+        Fixtures.load(path)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("name", "", "integration has no name"),
+        ("name", "   ", "integration has no name"),
+        ("signatureSecret", "*" * 20, "all '*' is how Genesys redacts a secret"),
+    ],
+)
+def test_an_integration_config_sync_would_refuse_is_refused_when_the_file_is_read(
+    field: str, value: str, reason: str
+) -> None:
+    # Found by the stack's config-sync run, each such mistake cost a whole start (about 17 s)
+    doc = fixtures_doc()
+    doc["integrations"][1][field] = value
+    with pytest.raises(ValidationError) as caught:
+        Fixtures.model_validate(doc)
+    place, message = _only_error(caught)
+    assert place == f"integrations.1.{field}"
+    assert reason in message
+    assert "****" not in message
+
+
+def test_a_file_without_integrations_is_refused_naming_the_list() -> None:
+    # With none, serve would start a stack answering every webhook 404 and failing every EventBridge event
+    with pytest.raises(ValidationError) as caught:
+        Fixtures.model_validate({"integrations": []})
+    place, message = _only_error(caught)
+    assert (place, message) == ("integrations", "List should have at least 1 item after validation, not 0")
+
+
+@pytest.mark.parametrize(
+    "integration_id", ["-abc", "_int", "a" * 129, "a b", "a/b", "int\u00e9gration", " int-1"]
+)
+def test_an_integration_id_no_webhook_url_can_name_is_refused_at_its_place(integration_id: str) -> None:
+    # Given an integration id outside what the intake takes as {integrationId} (it answers 404 to it):
+    # config sync takes any id, so serve would start and list a webhook URL no event can ever reach
+    doc = fixtures_doc()
+    doc["integrations"][1]["id"] = integration_id
+
+    # Then the file is refused, naming the field and why, not the id
+    with pytest.raises(ValidationError) as caught:
+        Fixtures.model_validate(doc)
+    place, message = _only_error(caught)
+    assert place == "integrations.1.id"
+    assert "not an integration id a webhook URL can name" in message
+
+
+@pytest.mark.parametrize("integration_id", ["0c3f6a1e-2b4d-4e5f-8a9b-1c2d3e4f5a6b", "a.b_c:d-E9", "a" * 128])
+def test_an_integration_id_a_webhook_url_can_name_is_accepted(integration_id: str) -> None:
+    doc = fixtures_doc()
+    doc["integrations"][1]["id"] = integration_id
+    assert Fixtures.model_validate(doc).integrations[1].id == integration_id
 
 
 def test_a_fixture_targets_filters_and_rate_limit_are_served_as_genesys_config_properties() -> None:
@@ -215,6 +310,29 @@ def test_port_0_anywhere_but_the_demo_receivers_form_is_refused(url: str) -> Non
         ValidationError, match="port 0 asks for a demo receiver, which only http://127.0.0.1:0"
     ):
         Fixtures.model_validate(doc)
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://[::1:8080/hooks/x", "not a URL that can be read: Invalid IPv6 URL"),
+        (
+            "http://[crm]:8080/hooks/x",
+            "not a URL that can be read: 'crm' does not appear to be an IPv4 or IPv6",
+        ),
+        ("http://127.0.0.1:65536/hooks/x", "the URL's port is not a number from 0 to 65535"),
+        ("http://127.0.0.1:http/hooks/x", "the URL's port is not a number from 0 to 65535"),
+    ],
+)
+def test_a_url_that_does_not_split_is_named_as_such_not_as_a_bad_port(url: str, reason: str) -> None:
+    # An unclosed bracket was refused as "the URL's port is not a number", sending the reader to the port
+    doc = fixtures_doc()
+    doc["integrations"][0]["targets"][0]["url"] = url
+    with pytest.raises(ValidationError) as caught:
+        Fixtures.model_validate(doc)
+    place, message = _only_error(caught)
+    assert place == "integrations.0.targets.0.url"
+    assert reason in message
 
 
 @pytest.mark.parametrize(

@@ -34,8 +34,10 @@ from urllib.parse import parse_qs, urlsplit
 
 from pydantic import ValidationError
 
+from relay.errors import UnsafeUrl
 from relay.local.fixtures import FixtureIntegration, Fixtures, FixtureTarget
 from relay.local.loopback import LoopbackServer
+from relay.logic.url_policy import UrlPolicy
 from relay.models.webhook_config import safe_errors, webhook_config_from_genesys
 
 FaultKind = Literal["status", "slow", "malformed", "no-expires-in"]
@@ -200,8 +202,9 @@ def webhook_docs(
 
 def config_problems(fixtures: Fixtures) -> list[str]:
     """What config sync would refuse in ``fixtures``, found before anything starts: each enabled target
-    as this fake serves it, validated as config sync validates it. Its URL's address checks are left to
-    config sync (they resolve the host); a disabled target is not stored at all."""
+    as this fake serves it, validated as config sync validates it, and its URLs checked by the URL
+    policy up to the host's lookup (form, credentials, scheme); the address checks, which resolve the
+    host, are left to config sync. A disabled target is not stored at all."""
     problems = []
     for integration in fixtures.integrations:
         for target in (t for t in integration.targets if t.enabled):
@@ -211,10 +214,38 @@ def config_problems(fixtures: Fixtures) -> list[str]:
                 for key, ref in config["credentials"].items()
             }
             try:
-                webhook_config_from_genesys(doc, config, values)
+                checked = webhook_config_from_genesys(doc, config, values)
             except ValidationError as exc:
                 problems.append(f"target {target.id}: invalid config: {safe_errors(exc)}")
+                continue
+            oauth2 = checked.security.oauth2
+            urls = [("URL", checked.url)] + ([("OAuth token URL", oauth2.token_url)] if oauth2 else [])
+            problems += [
+                f"target {target.id}: {what} refused: {reason}"
+                for what, url in urls
+                if (reason := _url_problem(url)) is not None
+            ]
     return problems
+
+
+class _LookupNeeded(Exception):
+    """The URL policy got as far as resolving the host: what is left needs the network."""
+
+
+def _no_lookup(host: str, port: int) -> list[str]:
+    raise _LookupNeeded
+
+
+def _url_problem(url: str) -> str | None:
+    """Why config sync's URL policy (the local stack's: loopback allowed) refuses ``url`` before it
+    resolves the host, else None."""
+    try:
+        UrlPolicy(allow_loopback=True).check_url(url, resolve=_no_lookup)
+    except UnsafeUrl as refused:
+        return str(refused)
+    except _LookupNeeded:
+        pass
+    return None
 
 
 class FakeGenesys:

@@ -21,6 +21,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from relay.json_input import load_json
 from relay.models.client_certificate import parse_client_certificate
 from relay.models.event_filters import EventFilters
+from relay.models.genesys import INTEGRATION_ID
 from relay.models.numbers import ConfigFloat
 from relay.models.rate_limit import RateLimit
 from relay.models.targets import (
@@ -135,9 +136,39 @@ class FixtureIntegration(_FixtureModel):
     signature_secret: str = Field(alias="signatureSecret", min_length=16)
     targets: list[FixtureTarget] = Field(default_factory=list)
 
+    # Config sync's own checks of an integration (logic.config_sync.reading.open_integration), made when
+    # the file is read: found by its run, each cost a whole start.
+    @field_validator("name")
+    @classmethod
+    def _has_a_name(cls, name: str) -> str:
+        if not name.strip():
+            raise ValueError("integration has no name (config sync refuses it)")
+        return name
+
+    @field_validator("signature_secret")
+    @classmethod
+    def _is_not_redacted(cls, secret: str) -> str:
+        if set(secret) == {"*"}:
+            raise ValueError("all '*' is how Genesys redacts a secret: config sync would take it for none")
+        return secret
+
+    @field_validator("id")
+    @classmethod
+    def _id_can_be_posted_to(cls, ident: str) -> str:
+        # Config sync takes any id, but the intake answers 404 to a webhook URL naming one outside its
+        # pattern: serve would start and list a URL that can never take an event.
+        if not INTEGRATION_ID.fullmatch(ident):
+            raise ValueError(
+                "not an integration id a webhook URL can name: a letter or digit, then at most 127 "
+                "letters, digits, '.', '_', ':' or '-' (Genesys' ids are UUIDs)"
+            )
+        return ident
+
 
 class Fixtures(_FixtureModel):
-    integrations: list[FixtureIntegration]
+    # At least one: with none, serve would start a stack that answers every webhook 404 and fails every
+    # EventBridge event (no integration for them), with nothing in the file to say why.
+    integrations: list[FixtureIntegration] = Field(min_length=1)
     # Which integration's targets Genesys EventBridge events fan out to (EVENTBRIDGE_INTEGRATION_ID);
     # the first integration when absent.
     eventbridge_integration_id: str | None = Field(None, alias="eventBridgeIntegrationId")
@@ -187,7 +218,13 @@ class Fixtures(_FixtureModel):
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Fixtures:
-        text = Path(path or DEFAULT_FIXTURES).read_text()
+        """The file read as UTF-8 (JSON's encoding), whatever the locale: read in the locale's, a valid
+        file was refused as not ASCII, or its secrets misread as other characters (Latin-1)."""
+        raw = Path(path or DEFAULT_FIXTURES).read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"not UTF-8 text (byte {exc.start} is not UTF-8)") from None
         return cls.model_validate(load_json(text, object_pairs_hook=_no_repeated_keys))
 
     def to_json(self) -> dict[str, Any]:
@@ -214,9 +251,16 @@ def _refuse_repeats(kind: str, ids_and_places: Iterable[tuple[str, str]]) -> Non
 
 
 def _port(url: str) -> int | None:
-    """The URL's port, None when it names none; a ValueError for one that is not a usable number."""
+    """The URL's port, None when it names none; a ValueError for one that is not a usable number, or a
+    URL that does not split (a bracket that does not close, brackets around no IP address)."""
     try:
-        return urlsplit(url).port  # raises for 65536, -1 or a word
+        parts = urlsplit(url)
+    except (
+        ValueError
+    ) as unreadable:  # "Invalid IPv6 URL", "'zz' does not appear to be an IPv4 or IPv6 address"
+        raise ValueError(f"not a URL that can be read: {unreadable}") from None
+    try:
+        return parts.port  # raises for 65536, -1 or a word
     except ValueError:
         raise ValueError("the URL's port is not a number from 0 to 65535") from None
 

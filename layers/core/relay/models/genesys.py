@@ -16,6 +16,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 ID_MAX_LENGTH = 1024
 NonEmpty = Annotated[str, Field(min_length=1, max_length=ID_MAX_LENGTH)]
 
+# What the intake takes for the {integrationId} of a webhook URL (docs/openapi.yaml): Genesys' ids are
+# UUIDs, and anything far from one is refused before it reaches DynamoDB (whose keys are limited to
+# 2 KiB: a longer one would fail the Query and turn client input into a 5xx). An integration named by
+# an id outside it could never be posted to.
+INTEGRATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
 
 def _json_integer(value: Any) -> Any:
     # Lax validation would read "5000" (or true) as an integer and let the text through to the

@@ -12,13 +12,16 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from relay.errors import BadRequest, NonFiniteNumber, UnreadableEvent
+from relay.errors import BadRequest, JsonTooDeep, NonFiniteNumber, UnreadableEvent
 from relay.models.delivery import check_event_json, event_json_of, load_finite_json
 from relay.models.genesys import OPEN_MESSAGE, OPEN_MESSAGE_MODELS, GenesysEventBridgeEvent
 
 # Genesys messages nest a few levels; a limit far above that keeps every later (recursive) serializer,
 # here and in the dispatcher, away from Python's recursion limit.
 MAX_NESTING = 64
+_TOO_DEEP = f"the body is nested deeper than {MAX_NESTING} levels"
+# The member whose value chooses the Open Messaging model (OPEN_MESSAGE's discriminator).
+_TAG = "type"
 # A JSON escape of a UTF-16 surrogate: only then is the costlier lone-surrogate check needed.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
@@ -35,14 +38,21 @@ def parse_open_message(body: bytes) -> tuple[str, dict[str, Any]]:
     except NonFiniteNumber as refused:
         # 1e400 would reach the targets as Infinity or null: refused, like NaN and Infinity.
         raise BadRequest(f"the body is not valid JSON for the relay: {refused}") from None
-    except ValueError:  # JsonTooDeep too
+    except JsonTooDeep:
+        # Deeper than Python's parser follows: far beyond the limit, whether or not the rest is JSON.
+        raise BadRequest(_TOO_DEEP) from None
+    except ValueError:
         raise BadRequest("the body is not valid JSON") from None
     if _nested_deeper_than(message, MAX_NESTING):
-        raise BadRequest(f"the body is nested deeper than {MAX_NESTING} levels")
+        raise BadRequest(_TOO_DEEP)
     if _SURROGATE_ESCAPE.search(text) and any(_lone_surrogates(s) for s in _strings(message)):
         raise BadRequest("the body contains an unpaired UTF-16 surrogate escape")
     if not isinstance(message, dict):
         raise BadRequest("the body must be a JSON object (an Open Messaging message)")
+    if isinstance(message, _Repeated) and [name for name, _ in message.written].count(_TAG) > 1:
+        # Which model checks the message depends on which "type" a parser keeps: named before the
+        # schema, or the answer is the last one's complaint ("events: Field required" for a Text message).
+        raise _repeated_member_refused(_TAG)
     try:
         validated = OPEN_MESSAGE.validate_python(message)
     except ValidationError as invalid:
@@ -55,12 +65,16 @@ def parse_open_message(body: bytes) -> tuple[str, dict[str, Any]]:
     if repeating and (path := _repeated_member(message, type(validated))) is not None:
         # The relay decides on the last one (identity, filters, ordering), a target's parser may keep the
         # first: the event must mean one thing to both.
-        raise BadRequest(
-            f'the member "{path}" appears more than once, and JSON parsers differ on which one counts: '
-            "send it once",
-            code="repeated_member",
-        )
+        raise _repeated_member_refused(path)
     return text, message
+
+
+def _repeated_member_refused(path: str) -> BadRequest:
+    return BadRequest(
+        f'the member "{path}" appears more than once, and JSON parsers differ on which one counts: '
+        "send it once",
+        code="repeated_member",
+    )
 
 
 def parse_eventbridge_event(event: Mapping[str, Any]) -> tuple[GenesysEventBridgeEvent, str]:

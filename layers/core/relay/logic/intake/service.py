@@ -27,7 +27,6 @@ and the benchmark run this with in-memory fakes.
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -60,7 +59,7 @@ from relay.logic.intake.messages import parse_eventbridge_event, parse_open_mess
 from relay.logic.intake.metrics import NoMetrics
 from relay.logic.intake.ordering import eventbridge_key, open_messaging_key
 from relay.logic.signature import CODE_MISMATCH, SIGNATURE_HEADER, verify_signature
-from relay.models.genesys import ID_MAX_LENGTH, utc_instant
+from relay.models.genesys import ID_MAX_LENGTH, INTEGRATION_ID, utc_instant
 from relay.models.queue import MAX_INLINE_BODY_BYTES
 from relay.models.secrets import RotatingSecret
 from relay.observability import logger
@@ -74,9 +73,6 @@ from relay.ports import (
 )
 
 _JSON_TYPES = ("application/json",)
-# Integration ids are Genesys UUIDs; anything far from an id is refused before it reaches DynamoDB (whose
-# keys are limited to 2 KiB: a longer one would fail the Query and turn client input into a 5xx).
-_INTEGRATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
 class Intake:
@@ -202,7 +198,7 @@ class Intake:
             raise UnsupportedMediaType(
                 f"Content-Encoding {coding[:40]} is not accepted: send the body uncompressed"
             )
-        if not _INTEGRATION_ID.fullmatch(request.integration_id):
+        if not INTEGRATION_ID.fullmatch(request.integration_id):
             raise UnknownIntegration("the path does not name an integration")
         entry = self._integrations.get(request.integration_id)
         secret_name = entry.integration.signature_secret_name if entry else None
