@@ -255,9 +255,8 @@ def _port(url: str) -> int | None:
     URL that does not split (a bracket that does not close, brackets around no IP address)."""
     try:
         parts = urlsplit(url)
-    except (
-        ValueError
-    ) as unreadable:  # "Invalid IPv6 URL", "'zz' does not appear to be an IPv4 or IPv6 address"
+    except ValueError as unreadable:
+        # "Invalid IPv6 URL", "'zz' does not appear to be an IPv4 or IPv6 address"
         raise ValueError(f"not a URL that can be read: {unreadable}") from None
     try:
         return parts.port  # raises for 65536, -1 or a word
