@@ -145,19 +145,20 @@ def _masked(name: str | None) -> str | None:
 
 
 def shown_url(url: str) -> str:
-    """A target's URL for display: a query value long enough to be a token (``api_key=...``) masked,
-    names and short values ("v=2") kept."""
-    from relay.models.targets import CREDENTIAL_LIKE_LENGTH
+    """A target's URL for display: a query value long enough to be a token (``api_key=...``, or a
+    bare ``?<token>``) masked, names and short values ("v=2") kept; the fragment likewise."""
+    base, hash_mark, fragment = url.partition("#")
+    base, mark, query = base.partition("?")
+    return f"{base}{mark}{_masked_query(query)}{hash_mark}{_masked_query(fragment)}"
 
-    base, mark, query = url.partition("?")
-    if not mark:
-        return url
-    query, hash_mark, fragment = query.partition("#")
-    pairs = [
-        f"{name}={MASK}" if len(unquote(value)) >= CREDENTIAL_LIKE_LENGTH else f"{name}{eq}{value}"
-        for name, eq, value in (pair.partition("=") for pair in query.split("&"))
-    ]
-    return f"{base}?{'&'.join(pairs)}{hash_mark}{fragment}"
+
+def _masked_query(query: str) -> str:
+    from relay.models.targets import CREDENTIAL_LIKE_LENGTH, query_parts
+
+    return "&".join(
+        f"{name}{eq}{MASK}" if len(unquote(value)) >= CREDENTIAL_LIKE_LENGTH else f"{name}{eq}{value}"
+        for name, eq, value in query_parts(query)
+    )
 
 
 def auth_type(target: Any) -> str:

@@ -23,6 +23,17 @@ from relay.models.rate_limit import RateLimit
 CREDENTIAL_LIKE_LENGTH = 8
 
 
+def query_parts(query: str) -> list[tuple[str, str, str]]:
+    """A URL query (or fragment) split as written: ``(name, "=", value)`` per ``&``-separated part. A
+    part without ``=`` is all value, ``("", "", part)``: ``?<token>`` carries a credential as surely as
+    ``?token=<token>`` does (``parse_qsl`` drops such a part)."""
+    parts = []
+    for part in query.split("&"):
+        name, eq, value = part.partition("=")
+        parts.append((name, eq, value) if eq else ("", "", part))
+    return parts
+
+
 class CamelModel(BaseModel):
     """camelCase on the wire and in DynamoDB, snake_case in Python."""
 
