@@ -55,7 +55,8 @@ MAX_RETRY_MULTIPLIER = 100
 
 def sensible_retry_matrix[M: RetryMatrix](matrix: M) -> M:
     if matrix.multiplier > MAX_RETRY_MULTIPLIER:
-        raise ValueError(f"multiplier must be at most {MAX_RETRY_MULTIPLIER} (got {matrix.multiplier:g})")
+        # As given (the shortest repr): "got 100" would not say what is wrong with 100.0001.
+        raise ValueError(f"multiplier must be at most {MAX_RETRY_MULTIPLIER} (got {matrix.multiplier!r})")
     if matrix.base_interval_ms > matrix.max_interval_ms:
         # Most likely the two swapped: every retry would wait maxIntervalMs, not what was meant.
         raise ValueError(
