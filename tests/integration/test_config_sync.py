@@ -559,6 +559,22 @@ def test_redacted_credentials_keep_the_value_secrets_manager_holds(genesys: Fake
     assert token.values() == [CRM.security.value]
 
 
+def test_a_basic_credential_whose_password_comes_back_redacted_keeps_the_stored_one(
+    genesys: FakeGenesys,
+) -> None:
+    # Given a first sync stored the Basic credentials
+    run_config_sync(get_settings())
+
+    # When Genesys answers the credential as user name and password fields, the password redacted
+    genesys.set_credential_fields(ARCHIVE.id, "security", {"userName": "archive", "password": "********"})
+    report = run_config_sync(get_settings())
+
+    # Then the stored user:password is unchanged, not replaced by "archive:********"
+    assert ARCHIVE.id in report.targets and report.rejected == []
+    stored = get_secret(secret_name(SecretKind.AUTH, ARCHIVE.id), force_fetch=True)
+    assert stored.values() == [ARCHIVE.security.value]
+
+
 @pytest.mark.parametrize("redacted", ["*" * 20, ""])
 def test_a_redacted_signature_secret_keeps_the_one_secrets_manager_holds(
     genesys: FakeGenesys, redacted: str
