@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Literal
+from urllib.parse import unquote
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -32,6 +33,26 @@ def query_parts(query: str) -> list[tuple[str, str, str]]:
         name, eq, value = part.partition("=")
         parts.append((name, eq, value) if eq else ("", "", part))
     return parts
+
+
+CREDENTIAL_MASK = "****"
+
+
+def masked_url(url: str) -> str:
+    """A target's URL for display: a query value long enough to be a token (``api_key=...``, or a
+    bare ``?<token>``) masked, names and short values ("v=2") kept; the fragment likewise."""
+    base, hash_mark, fragment = url.partition("#")
+    base, mark, query = base.partition("?")
+    return f"{base}{mark}{_masked_query(query)}{hash_mark}{_masked_query(fragment)}"
+
+
+def _masked_query(query: str) -> str:
+    return "&".join(
+        f"{name}{eq}{CREDENTIAL_MASK}"
+        if len(unquote(value)) >= CREDENTIAL_LIKE_LENGTH
+        else f"{name}{eq}{value}"
+        for name, eq, value in query_parts(query)
+    )
 
 
 class CamelModel(BaseModel):
