@@ -350,6 +350,30 @@ def test_an_unexpected_error_in_one_item_rejects_it_and_the_run_goes_on(
     assert entry is not None and sorted(t.target_id for t in entry.targets) == sorted([CRM.id, ARCHIVE.id])
 
 
+def test_a_config_too_large_to_store_is_rejected_and_the_run_goes_on(
+    genesys: FakeGenesys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a target read first whose custom headers (450 KB) would not fit in a TargetsTable item
+    headers = {f"X-Part-{n}": "v" * 5000 for n in range(90)}
+    big = FixtureTarget(
+        id="0c0c0c0c-0000-4000-8000-000000000002", name="big", url="https://big.example.com/", headers=headers
+    )
+    _serve_targets_first(genesys, monkeypatch, big)
+
+    # When the sync runs
+    report = run_config_sync(get_settings(), resolve=lambda host, port: ["93.184.216.34"])
+
+    # Then that target is rejected with the limit as its reason, and the good ones after it synced
+    assert [(r.id, r.reason) for r in report.rejected] == [
+        (
+            big.id,
+            "invalid config: headers: Value error, headers take 450800 bytes in all (names and values); "
+            "at most 16384",
+        )
+    ]
+    assert report.targets == [CRM.id, ARCHIVE.id]
+
+
 @pytest.mark.parametrize(
     ("break_integration", "reason"),
     [
@@ -533,6 +557,22 @@ def test_redacted_credentials_keep_the_value_secrets_manager_holds(genesys: Fake
     assert CRM.id in report.targets and report.rejected == []
     token = get_secret(secret_name(SecretKind.AUTH, CRM.id), force_fetch=True)
     assert token.values() == [CRM.security.value]
+
+
+def test_a_basic_credential_whose_password_comes_back_redacted_keeps_the_stored_one(
+    genesys: FakeGenesys,
+) -> None:
+    # Given a first sync stored the Basic credentials
+    run_config_sync(get_settings())
+
+    # When Genesys answers the credential as user name and password fields, the password redacted
+    genesys.set_credential_fields(ARCHIVE.id, "security", {"userName": "archive", "password": "********"})
+    report = run_config_sync(get_settings())
+
+    # Then the stored user:password is unchanged, not replaced by "archive:********"
+    assert ARCHIVE.id in report.targets and report.rejected == []
+    stored = get_secret(secret_name(SecretKind.AUTH, ARCHIVE.id), force_fetch=True)
+    assert stored.values() == [ARCHIVE.security.value]
 
 
 @pytest.mark.parametrize("redacted", ["*" * 20, ""])

@@ -518,12 +518,27 @@ def test_list_shows_control_characters_in_a_name_escaped_in_the_table_and_as_the
     assert entry["targets"][0]["name"] == name
 
 
+@pytest.mark.parametrize(
+    ("url", "tokens", "shown"),
+    [
+        (
+            "https://x.example.com/hook?api_key=QTOKEN-0123456789&v=2",
+            ["QTOKEN-0123456789"],
+            "https://x.example.com/hook?api_key=****&v=2",
+        ),
+        (  # a token as a query part without a name, and one in the fragment
+            "https://x.example.com/hook?v=2&BARETOKEN-0123456789#access_token=FRAGTOKEN-0123456789",
+            ["BARETOKEN-0123456789", "FRAGTOKEN-0123456789"],
+            "https://x.example.com/hook?v=2&****#access_token=****",
+        ),
+    ],
+    ids=["named", "bare-and-fragment"],
+)
 def test_list_and_check_mask_a_token_in_the_urls_query(
-    local_settings: None, capsys: pytest.CaptureFixture[str]
+    local_settings: None, capsys: pytest.CaptureFixture[str], url: str, tokens: list[str], shown: str
 ) -> None:
     # Given a target whose URL carries a token in its query (and a short, plain value beside it)
-    token = "QTOKEN-0123456789"
-    stored_alone(target_id="t-query", name="query", url=f"https://x.example.com/hook?api_key={token}&v=2")
+    stored_alone(target_id="t-query", name="query", url=url)
 
     # When it is listed as a table and as JSON, and checked (its URL is refused here: no network)
     assert main(["targets", "list"]) == 0
@@ -534,8 +549,7 @@ def test_list_and_check_mask_a_token_in_the_urls_query(
     [checked] = _json_lines(capsys.readouterr().out)
 
     # Then the token is masked everywhere and the rest of the URL is as stored
-    shown = "https://x.example.com/hook?api_key=****&v=2"
-    assert token not in table + json.dumps(entry) + json.dumps(checked)
+    assert not [token for token in tokens if token in table + json.dumps(entry) + json.dumps(checked)]
     assert shown in table and entry["targets"][0]["url"] == shown and checked["url"] == shown
 
 

@@ -452,19 +452,28 @@ def test_a_basic_credential_echoed_in_its_header_form_never_reaches_the_audit(
     [
         ("password={}", "basic-password-01"),  # a Basic password on its own, not the whole credential
         ("query api_key={}", "qs-token-0123456789"),  # a token the URL carries in its query
+        ("no route for /hook?{}", "bare-token-0123456789"),  # ... or as a query part without a name
         ("header X-Api-Key: {}", "hdr-key-0123456789"),  # a configured header's value
         ("header b64 {}", base64.b64encode(b"hdr-key-0123456789").decode()),
     ],
-    ids=["basic-password-alone", "url-query-token", "header-value", "header-value-base64"],
+    ids=[
+        "basic-password-alone",
+        "url-query-token",
+        "url-query-bare-token",
+        "header-value",
+        "header-value-base64",
+    ],
 )
 def test_what_a_target_is_sent_as_credentials_never_reaches_the_audit_when_echoed(
     running: list[Relay], echoed: str, secret: str
 ) -> None:
-    # Given a target with Basic credentials, a token in its URL's query and an API key header
+    # Given a target with Basic credentials, tokens in its URL's query and an API key header
     target = make_target(
         headers={"X-Api-Key": "hdr-key-0123456789", "X-Team": "crm"},
         security=TargetSecurity(type=SecurityType.BASIC, secret_name="auth"),
-    ).model_copy(update={"url": "https://crm.example.com/hook?api_key=qs-token-0123456789&v=2"})
+    ).model_copy(
+        update={"url": "https://crm.example.com/hook?api_key=qs-token-0123456789&v=2&bare-token-0123456789"}
+    )
     r = relay(target, answer_with=always(200, body=echoed.format(secret).encode()))
     r.secrets.secrets.update(auth=RotatingSecret(current="archive:basic-password-01"))
     start(running, r)

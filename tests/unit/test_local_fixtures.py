@@ -15,7 +15,8 @@ from pydantic import ValidationError
 from support.secure_peers import Pki, key_body
 
 from relay.local.fixtures import DEFAULT_FIXTURES, Fixtures
-from relay.local.stack import with_port
+from relay.local.receiver import Receiver
+from relay.local.stack import DemoReceiver, receivers_by_name, with_port
 
 
 def fixtures_doc() -> dict[str, Any]:
@@ -281,6 +282,15 @@ def test_a_demo_receivers_port_replaces_only_the_port_so_credentials_in_the_url_
         == "http://user:pw@127.0.0.1:43210/hooks/x?a=1"
     )
     assert with_port("http://127.0.0.1:0/hooks/x", 43210) == "http://127.0.0.1:43210/hooks/x"
+
+
+def test_the_ready_line_shows_a_receivers_url_with_the_token_in_its_query_masked() -> None:
+    # Given a demo receiver whose target URL carries a token in its query, as a fixtures file may
+    url = "http://127.0.0.1:43210/hooks/x?token=FIXTURE-TOKEN-0123&v=2"
+    receiver = DemoReceiver("i-1", "t-1", "crm", url, Receiver())
+
+    # Then the ready line names it with the token masked (it carries no secrets)
+    assert receivers_by_name([receiver]) == {"crm": "http://127.0.0.1:43210/hooks/x?token=****&v=2"}
 
 
 @pytest.mark.parametrize("field", ["connectTimeoutSeconds", "readTimeoutSeconds"])

@@ -188,7 +188,7 @@ def test_a_name_resolving_to_a_private_address_is_refused() -> None:
         UrlPolicy().check_url("https://rebind.example.com/", resolve=Resolver(PUBLIC, "169.254.169.254"))
 
 
-@pytest.mark.parametrize("port", [22, 80, 6379, 8443])
+@pytest.mark.parametrize("port", [0, 22, 80, 6379, 8443])
 def test_only_allowed_ports_pass(port: int) -> None:
     resolver = Resolver()
     with pytest.raises(UnsafeUrl, match=f"port {port} is not allowed"):

@@ -180,6 +180,7 @@ def test_text_utf8_cannot_carry_is_refused_naming_where_it_is(
             "multiplier must be at most 100 (got 1e+200)",
         ),
         ({"multiplier": float("inf")}, "multiplier must be at most 100 (got inf)"),
+        ({"multiplier": 100.0001}, "multiplier must be at most 100 (got 100.0001)"),
         (
             {"baseIntervalMs": 5000, "maxIntervalMs": 200},
             "baseIntervalMs (5000) must not be larger than maxIntervalMs (200)",

@@ -29,7 +29,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import closing
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
-from urllib.parse import unquote
 
 from relay.cli.arguments import positive_seconds
 from relay.cli.exit_codes import CommandFailed, ExitCode, NeedsAttention
@@ -41,8 +40,6 @@ if TYPE_CHECKING:
     from relay.models.http import HttpResult
     from relay.models.rate_limit import BucketState
     from relay.ports import HttpClient
-
-MASK = "****"
 
 
 def register(subparsers: Any) -> None:
@@ -141,23 +138,16 @@ def _entries(integration_id: str | None) -> Iterator[Any]:
 
 
 def _masked(name: str | None) -> str | None:
-    return MASK if name else None
+    from relay.models.targets import CREDENTIAL_MASK
+
+    return CREDENTIAL_MASK if name else None
 
 
 def shown_url(url: str) -> str:
-    """A target's URL for display: a query value long enough to be a token (``api_key=...``) masked,
-    names and short values ("v=2") kept."""
-    from relay.models.targets import CREDENTIAL_LIKE_LENGTH
+    """A target's URL for display (relay.models.targets.masked_url: tokens in its query masked)."""
+    from relay.models.targets import masked_url
 
-    base, mark, query = url.partition("?")
-    if not mark:
-        return url
-    query, hash_mark, fragment = query.partition("#")
-    pairs = [
-        f"{name}={MASK}" if len(unquote(value)) >= CREDENTIAL_LIKE_LENGTH else f"{name}{eq}{value}"
-        for name, eq, value in (pair.partition("=") for pair in query.split("&"))
-    ]
-    return f"{base}?{'&'.join(pairs)}{hash_mark}{fragment}"
+    return masked_url(url)
 
 
 def auth_type(target: Any) -> str:

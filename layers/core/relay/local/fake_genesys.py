@@ -321,9 +321,13 @@ class FakeGenesys:
 
     def set_credential(self, integration_id: str, key: str, value: str) -> None:
         """Change one secret value of a webhook integration (e.g. rotate its encryption key)."""
+        self.set_credential_fields(integration_id, key, {"value": value})
+
+    def set_credential_fields(self, integration_id: str, key: str, fields: dict[str, str]) -> None:
+        """Serve one credential's fields as given, e.g. ``{"userName": ..., "password": "****"}``."""
         with self._lock:
             cred_id = self._state.configs[integration_id]["credentials"][key]["id"]
-            self._state.credentials[cred_id]["credentialFields"] = {"value": value}
+            self._state.credentials[cred_id]["credentialFields"] = dict(fields)
 
     def settings_env(self) -> dict[str, str]:
         """The environment variables that point config sync at this fake (local mode)."""

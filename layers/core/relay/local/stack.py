@@ -70,6 +70,7 @@ from relay.local.lambda_runtime import LocalFunction
 from relay.local.poller import SqsEventSource, SqsPoller
 from relay.local.receiver import Receiver
 from relay.local.template import Template, load_template
+from relay.models.targets import masked_url
 from relay.settings import Settings, load_settings
 
 STAGE = "local"
@@ -424,12 +425,12 @@ class LocalStack:
 
 
 def receivers_by_name(receivers: Iterable[DemoReceiver]) -> dict[str, str]:
-    """Each receiver's URL under its target's name; a name several targets share (Genesys allows it)
+    """Each receiver's URL (masked) under its target's name; a name several targets share (Genesys allows it)
     gets each one's target id appended, ``dup (0a0a...)``, so that every receiver shows."""
     receivers = list(receivers)
     shared = Counter(r.target_name for r in receivers)
-    return {
-        r.target_name if shared[r.target_name] == 1 else f"{r.target_name} ({r.target_id})": r.url
+    return {  # the ready line carries no secrets: a token in a URL's query is masked, as targets list does
+        r.target_name if shared[r.target_name] == 1 else f"{r.target_name} ({r.target_id})": masked_url(r.url)
         for r in receivers
     }
 

@@ -211,7 +211,8 @@ class UrlPolicy:
             # http://localhost:... reads as if http were refused outright.
             also = ", or http to a loopback address such as 127.0.0.1" if self.allow_loopback else ""
             raise UnsafeUrl(f"only https URLs are allowed{also}, not {parts.scheme or 'no scheme'}")
-        port = parts.port or DEFAULT_PORTS["https"]
+        # Port 0 is no port a server listens on; urllib3 would quietly connect to 443 instead.
+        port = DEFAULT_PORTS["https"] if parts.port is None else parts.port
         if not self.allow_loopback:
             self._check_port(port)  # before any DNS lookup: no address can make it allowed
         addresses = resolve(host, port)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Literal
+from urllib.parse import unquote
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -21,6 +22,37 @@ from relay.models.rate_limit import RateLimit
 # token): scrubbed from the audit's answers, masked where the URL is shown. Shorter ones ("json",
 # "v=2") are plain configuration, and redacting them would mangle ordinary text.
 CREDENTIAL_LIKE_LENGTH = 8
+
+
+def query_parts(query: str) -> list[tuple[str, str, str]]:
+    """A URL query (or fragment) split as written: ``(name, "=", value)`` per ``&``-separated part. A
+    part without ``=`` is all value, ``("", "", part)``: ``?<token>`` carries a credential as surely as
+    ``?token=<token>`` does (``parse_qsl`` drops such a part)."""
+    parts = []
+    for part in query.split("&"):
+        name, eq, value = part.partition("=")
+        parts.append((name, eq, value) if eq else ("", "", part))
+    return parts
+
+
+CREDENTIAL_MASK = "****"
+
+
+def masked_url(url: str) -> str:
+    """A target's URL for display: a query value long enough to be a token (``api_key=...``, or a
+    bare ``?<token>``) masked, names and short values ("v=2") kept; the fragment likewise."""
+    base, hash_mark, fragment = url.partition("#")
+    base, mark, query = base.partition("?")
+    return f"{base}{mark}{_masked_query(query)}{hash_mark}{_masked_query(fragment)}"
+
+
+def _masked_query(query: str) -> str:
+    return "&".join(
+        f"{name}{eq}{CREDENTIAL_MASK}"
+        if len(unquote(value)) >= CREDENTIAL_LIKE_LENGTH
+        else f"{name}{eq}{value}"
+        for name, eq, value in query_parts(query)
+    )
 
 
 class CamelModel(BaseModel):
@@ -44,7 +76,8 @@ MAX_RETRY_MULTIPLIER = 100
 
 def sensible_retry_matrix[M: RetryMatrix](matrix: M) -> M:
     if matrix.multiplier > MAX_RETRY_MULTIPLIER:
-        raise ValueError(f"multiplier must be at most {MAX_RETRY_MULTIPLIER} (got {matrix.multiplier:g})")
+        # As given (the shortest repr): "got 100" would not say what is wrong with 100.0001.
+        raise ValueError(f"multiplier must be at most {MAX_RETRY_MULTIPLIER} (got {matrix.multiplier!r})")
     if matrix.base_interval_ms > matrix.max_interval_ms:
         # Most likely the two swapped: every retry would wait maxIntervalMs, not what was meant.
         raise ValueError(

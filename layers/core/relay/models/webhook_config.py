@@ -92,6 +92,10 @@ def is_custom_header(name: str, value: str) -> bool:
 
 MIN_ENCRYPTION_KEY_CHARS = 16
 MIN_SIGNING_SECRET_BYTES = 16
+# The most a target's custom headers may take in all (names and values, as sent): common servers refuse
+# a larger header section (Node.js's default limit is 16 KiB for all of it), and the target's record,
+# which holds them, must fit in one TargetsTable item (400 KB): a larger one failed the whole sync run.
+MAX_CUSTOM_HEADER_BYTES = 16 * 1024
 
 
 class WebhookSecurity(BaseModel):
@@ -203,6 +207,11 @@ class WebhookConfig(BaseModel):
                     f"header {name} is also configured as {seen[name.lower()]}: both would be sent"
                 )
             seen[name.lower()] = name
+        size = sum(len(name) + len(value.encode("latin-1")) for name, value in headers.items())
+        if size > MAX_CUSTOM_HEADER_BYTES:
+            raise ValueError(
+                f"headers take {size} bytes in all (names and values); at most {MAX_CUSTOM_HEADER_BYTES}"
+            )
         return headers
 
     @field_validator("signing_secret")

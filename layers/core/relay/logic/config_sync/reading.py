@@ -114,7 +114,8 @@ class ConfigReader:
         if not isinstance(fields, dict):
             return None
         value = fields.get("value") or fields.get("token")
-        if value is None and fields.get("userName") and fields.get("password"):
+        # A redacted password with its user name is still redacted: "user:****" is no credential.
+        if value is None and fields.get("userName") and _present(fields.get("password")):
             value = f"{fields['userName']}:{fields['password']}"
         if value is None and _present(fields.get("certificate")) and _present(fields.get("privateKey")):
             value = f"{fields['certificate'].strip()}\n{fields['privateKey'].strip()}\n"  # one PEM bundle

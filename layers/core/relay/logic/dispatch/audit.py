@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, unquote_plus, urlsplit
+from urllib.parse import quote, unquote, unquote_plus, urlsplit
 
 from relay.errors import DependencyUnavailable
 from relay.logic.dispatch.batch import DELIVERED as DELIVERED  # re-exported: one of the outcomes below
@@ -25,7 +25,7 @@ from relay.logic.envelope import TargetSecrets
 from relay.models.archive import records_of
 from relay.models.breaker import Phase
 from relay.models.delivery import DeliveryTask
-from relay.models.targets import CREDENTIAL_LIKE_LENGTH, Target
+from relay.models.targets import CREDENTIAL_LIKE_LENGTH, Target, query_parts
 from relay.models.timestamps import iso_utc
 from relay.observability import logger
 from relay.ports import AuditSink, EventArchive
@@ -109,7 +109,8 @@ def target_secret_values(secrets: TargetSecrets | None, target: Target | None = 
     values = [value for secret in kinds if secret is not None for value in secret.values()]
     values += [value.split(":", 1)[1] for value in values if ":" in value]  # user:password's password
     if target is not None:
-        configured = [*target.headers.values(), *(v for _, v in parse_qsl(urlsplit(target.url).query))]
+        query = urlsplit(target.url).query
+        configured = [*target.headers.values(), *(unquote_plus(v) for _, _, v in query_parts(query))]
         values += [value for value in configured if len(value) >= CREDENTIAL_LIKE_LENGTH]
     return values
 
