@@ -443,3 +443,23 @@ def test_safe_errors_names_each_problem_up_to_a_bound_and_counts_the_rest() -> N
     assert every.count(": ") == caught.value.error_count() >= 3
     first_two = "; ".join(every.split("; ")[:2])
     assert safe_errors(caught.value, most=2) == f"{first_two}; and {caught.value.error_count() - 2} more"
+
+
+@pytest.mark.parametrize("field", ["baseIntervalMs", "maxIntervalMs"])
+@pytest.mark.parametrize("value", [43_200_001, 10**400])
+def test_a_retry_interval_past_what_sqs_can_wait_is_refused_with_the_field(field: str, value: int) -> None:
+    # Past 12 h no retry can wait longer; 10**400 would reach every envelope as a number JSON parsers
+    # read as Infinity
+    matrix = {"baseIntervalMs": 1000, "maxIntervalMs": 43_200_000, field: value}
+    with pytest.raises(ValidationError) as caught:
+        webhook_config_from_genesys(_integration(), _config(retryMatrix=matrix), _secrets())
+
+    message = safe_errors(caught.value)
+    assert f"retryMatrix.{field}" in message and "43200000" in message
+
+
+def test_a_retry_interval_of_twelve_hours_is_accepted() -> None:
+    matrix = {"baseIntervalMs": 43_200_000, "maxIntervalMs": 43_200_000}
+    config = webhook_config_from_genesys(_integration(), _config(retryMatrix=matrix), _secrets())
+
+    assert config.retry_matrix.max_interval_ms == 43_200_000

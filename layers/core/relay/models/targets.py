@@ -61,12 +61,17 @@ class CamelModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
 
 
+MAX_INTERVAL_MS = 43_200_000
+
+
 class RetryMatrix(CamelModel):
     """The seed's retry matrix; the defaults are the seed's. Configs set one as ``ConfiguredRetryMatrix``."""
 
     attempts: ConfigInt = Field(3, ge=1, le=50)
-    base_interval_ms: ConfigInt = Field(1_000, ge=0)
-    max_interval_ms: ConfigInt = Field(30_000, ge=0)
+    # At most 12 h, the longest SQS keeps a message hidden (no retry can wait longer); the bound also
+    # keeps every envelope's retryMatrix to numbers a receiver's JSON parser reads as written.
+    base_interval_ms: ConfigInt = Field(1_000, ge=0, le=MAX_INTERVAL_MS)
+    max_interval_ms: ConfigInt = Field(30_000, ge=0, le=MAX_INTERVAL_MS)
     multiplier: ConfigFloat = Field(2.0, ge=1.0)
 
 
