@@ -572,3 +572,28 @@ def _audit_bodies(resources: LocalResources, containing: str) -> list[str]:
             body = s3.get_object(Bucket=resources.audit_bucket, Key=obj["Key"])["Body"].read().decode()
             lines.extend(line for line in body.splitlines() if line)
     return lines
+
+
+def test_a_delivery_id_written_in_upper_case_is_found_and_replayed(
+    aws_stack: LocalResources,
+    stack: str,
+    receiver: Receiver,
+    dispatcher: Dispatcher,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given a delivered event, and its delivery id as a receiver's database may hand it back (upper case)
+    delivery_id = str(uuid.uuid4())
+    dispatcher.handle_batch([event_record("e-upper", delivery_id=delivery_id)])
+    shouted = delivery_id.upper()
+
+    # When the operator looks it up and replays it by that id
+    code, out, err = relay(capsys, "deliveries", "show", shouted, "--format", "json", "--stack-name", stack)
+    assert (code, err) == (0, "")
+    assert [a["deliveryId"] for a in json.loads(out)["attempts"]] == [delivery_id]
+    code, out, _ = relay(capsys, "deliveries", "replay", shouted, "--format", "json", "--stack-name", stack)
+
+    # Then it is the same delivery: found, and queued again under its own id
+    assert code == 0
+    assert [d["deliveryId"] for d in json.loads(out)["deliveries"]] == [delivery_id]
+    (record,) = drain(aws_stack.delivery_queue_url)
+    assert json.loads(record["body"])["deliveryId"] == delivery_id

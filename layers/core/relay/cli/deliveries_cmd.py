@@ -123,10 +123,14 @@ def _show(args: Any, out: IO[str] | None = None) -> int:
     if args.timeout is not None and not args.athena:
         raise UsageError("--timeout applies only with --athena (the audit objects are read without a query)")
     dates = days_back(datetime.now(UTC), args.since)
-    lines = _athena_lines(args, dates) if args.athena else _audit_lines(args.ident, dates)
-    if args.target:
-        lines = [line for line in lines if line.get("targetId") == args.target]
-    found = timeline(lines, args.ident, dates)
+    for spelling in spellings(args.ident):
+        args.ident = spelling  # what the messages below name: the form that was found
+        lines = _athena_lines(args, dates) if args.athena else _audit_lines(args.ident, dates)
+        if args.target:
+            lines = [line for line in lines if line.get("targetId") == args.target]
+        found = timeline(lines, args.ident, dates)
+        if found.found:
+            break
     if not found.found:
         where = f" to target {args.target}" if args.target else ""
         raise CommandFailed(
@@ -146,6 +150,17 @@ def _show(args: Any, out: IO[str] | None = None) -> int:
     if not args.target and not any(a["deliveryId"] == args.ident for a in found.attempts):
         _say_what_may_wait(found)
     return ExitCode.OK
+
+
+def spellings(ident: str) -> list[str]:
+    """``ident`` as given, then, for a UUID written otherwise (upper case, braces), its canonical form:
+    the relay writes delivery ids that way, and so does Genesys its ids, but a receiver's database may
+    hand one back in upper case. The form given comes first: an id a sender chose is kept as written."""
+    try:
+        canonical = str(uuid.UUID(ident))
+    except ValueError:
+        return [ident]
+    return [ident] if canonical == ident else [ident, canonical]
 
 
 def _say_what_may_wait(found: Timeline) -> None:
@@ -289,7 +304,11 @@ def _replay(args: Any, out: IO[str] | None = None) -> int:
     now = datetime.now(UTC)
     dates = days_back(now, args.since)
     archive = event_archive(settings)
-    events = find_events(archive.records(dates, containing=args.ident), args.ident)
+    for spelling in spellings(args.ident):
+        args.ident = spelling
+        events = find_events(archive.records(dates, containing=args.ident), args.ident)
+        if events:
+            break
     try:
         replay = plan_replay(
             events,
