@@ -388,3 +388,36 @@ def test_a_header_http_cannot_carry_is_refused_before_anything_is_sent(
     assert (result.status, result.error_code) == (None, "invalid-request")
     assert "s3cret" not in (result.error or "")
     assert connections == 0
+
+
+# --- what the code before the review got wrong (probe-http) ----------------------------------------------
+
+# More than the kernel's socket buffers hold on loopback (4 MiB to send, a 128 KiB window), so the peer's
+# answer and its close come while the request body is still going out.
+BODY_LARGER_THAN_THE_BUFFERS = b"e" * (8 * 1024 * 1024)
+
+
+@pytest.mark.parametrize(("status", "verdict"), [(413, Verdict.PERMANENT), (200, Verdict.DELIVERED)])
+def test_an_answer_sent_before_the_request_body_was_read_is_the_answer(
+    sender: HttpSender, status: int, verdict: Verdict
+) -> None:
+    # Given a receiver that answers on the request's head alone and closes without reading the body
+    # (a 413 from a body limit, a 401 from a header check: RFC 9112 9.6 lets a server close early)
+    answer = Answer(head=f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
+    with misbehaving_peer(lambda *_: answer, read_bodies=False) as peer:
+        results = [
+            sender.send(
+                "POST",
+                f"{peer.url}/hook",
+                body=BODY_LARGER_THAN_THE_BUFFERS,
+                headers={},
+                connect_timeout=5.0,
+                read_timeout=5.0,
+            )
+            for _ in range(3)
+        ]
+
+    # Then the write fails, but the answer that arrived is read and judged (as urllib3 did): not a
+    # dropped connection, retried and counted against the endpoint
+    assert [(r.status, r.error_code) for r in results] == [(status, None)] * 3
+    assert {_verdict(r) for r in results} == {verdict}

@@ -251,9 +251,20 @@ def _stale(connection: _Connection) -> bool:
     return connection.reader.holds_bytes or bool(pending and pending()) or wait_for_read(sock, timeout=0.0)
 
 
-def _exchange(reader: _Reader, sock: Any, request: bytes, method: str, limit: int) -> Answer:
+def _send(sock: Any, request: bytes) -> bool:
+    """Whether the whole request went out. A peer may answer before it has read the request's body
+    and close (a 401 on the headers, a 413 on the length: RFC 9112 9.6), which fails the write with
+    its answer already waiting to be read: urllib3 read it, and so do we (the connection is not kept)."""
     try:
         sock.sendall(request)
+    except (BrokenPipeError, ConnectionResetError):
+        return False
+    return True
+
+
+def _exchange(reader: _Reader, sock: Any, request: bytes, method: str, limit: int) -> Answer:
+    try:
+        sent = _send(sock, request)
         status, version, headers = _read_head(reader)
     except ssl.SSLError as exc:  # a TLS alert (a client certificate refused) arrives on the first read
         raise SSLError(exc) from exc
@@ -275,7 +286,7 @@ def _exchange(reader: _Reader, sock: Any, request: bytes, method: str, limit: in
     if answer.error_code is not None:
         answer.body, answer.truncated, answer.reusable = b"", True, False
         return answer
-    answer.reusable = answer.reusable and not answer.truncated and _keeps_alive(version, headers)
+    answer.reusable = answer.reusable and sent and not answer.truncated and _keeps_alive(version, headers)
     return answer
 
 
