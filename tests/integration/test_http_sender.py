@@ -421,3 +421,27 @@ def test_an_answer_sent_before_the_request_body_was_read_is_the_answer(
     # dropped connection, retried and counted against the endpoint
     assert [(r.status, r.error_code) for r in results] == [(status, None)] * 3
     assert {_verdict(r) for r in results} == {verdict}
+
+
+def test_a_status_of_digits_that_are_not_ascii_is_a_broken_answer_retried(sender: HttpSender) -> None:
+    # Given a peer whose status is "²²²" (str.isdigit() says digits, int() refuses them)
+    head = b"HTTP/1.1 \xb2\xb2\xb2 OK\r\nContent-Length: 0\r\n\r\n"
+    with misbehaving_peer(lambda *_: Answer(head=head)) as peer:
+        result, _ = _post(sender, peer.url)
+
+    # Then it is a status line the relay cannot parse (retried), not a request HTTP cannot carry
+    # (invalid-request: dead-lettered at once, as if the relay's own request were at fault)
+    assert (result.status, result.error_code) == (None, "connection-error")
+    assert "its status is not a number from 100 to 999" in (result.error or "")
+    assert _verdict(result) is Verdict.RETRYABLE
+
+
+def test_a_content_length_of_digits_that_are_not_ascii_is_no_length(sender: HttpSender) -> None:
+    # Given a 200 whose Content-Length is "²", whose body ends when the peer closes
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\nConnection: close\r\n\r\nok"
+    with misbehaving_peer(lambda *_: Answer(head=head)) as peer:
+        result, _ = _post(sender, peer.url)
+
+    # Then it is read as any invalid length is (to the close, as http.client did): delivered
+    assert (result.status, result.error_code, result.body) == (200, None, b"ok")
+    assert _verdict(result) is Verdict.DELIVERED

@@ -43,6 +43,7 @@ DEFAULT_USER_AGENT = f"genesys-relay/{__version__}"
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 5.6.2
 _NOT_IN_VALUE = re.compile(r"[\r\n\x00]")
 _NOT_IN_TARGET = re.compile(r"[\x00-\x20\x7f]")
+_DIGITS = re.compile("[0-9]+")  # str.isdigit() also takes "²", which int() refuses
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})  # an empty body is still announced: Content-Length: 0
 _RECV_BYTES = 65536
 
@@ -314,7 +315,7 @@ def _read_status(reader: _Reader) -> tuple[int, int]:
     if len(parts) < 2 or not parts[0].startswith("HTTP/"):
         raise NoAnswer("answer is not HTTP: no status line")
     version, code = parts[0], parts[1]
-    if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 999:
+    if len(code) != 3 or not _DIGITS.fullmatch(code) or not 100 <= int(code) <= 999:
         raise NoAnswer("answer is not HTTP: its status is not a number from 100 to 999")
     if version == "HTTP/1.0":
         return int(code), 0
@@ -380,7 +381,7 @@ def _content_length(value: str | None) -> int | None:
     if len(values) != 1:
         return None
     (single,) = values
-    return int(single) if single.isdigit() else None
+    return int(single) if _DIGITS.fullmatch(single) else None
 
 
 def _read_chunked(reader: _Reader, answer: Answer, limit: int) -> None:
