@@ -445,3 +445,46 @@ def test_a_content_length_of_digits_that_are_not_ascii_is_no_length(sender: Http
     # Then it is read as any invalid length is (to the close, as http.client did): delivered
     assert (result.status, result.error_code, result.body) == (200, None, b"ok")
     assert _verdict(result) is Verdict.DELIVERED
+
+
+@pytest.mark.parametrize(
+    "lengths",
+    [b"Content-Length: 2\r\nContent-Length: 40\r\n", b"Content-Length: 2, 40\r\n"],
+    ids=["two-lines", "one-list"],
+)
+def test_content_lengths_that_disagree_are_no_answer_and_the_connection_is_not_kept(
+    sender: HttpSender, lengths: bytes
+) -> None:
+    # Given a keep-alive peer whose 200 gives two different lengths (RFC 9112 6.3: the framing is
+    # invalid, the client must close the connection and discard the answer)
+    head = b"HTTP/1.1 200 OK\r\n" + lengths + b"\r\nok"
+    answers = iter([Answer(head=head, after="keep-alive"), complete(201)])
+    with misbehaving_peer(lambda *_: next(answers)) as peer:
+        first, _ = _post(sender, peer.url, total=10.0)
+        second, _ = _post(sender, peer.url)
+        connections = peer.connections
+
+    # Then the first is not taken as delivered by picking one of the lengths (nor waited on until the
+    # read timeout): it is a broken answer, retried, as urllib3 refused it; the next request has a
+    # connection of its own
+    assert (first.status, first.error_code) == (None, "connection-error")
+    assert "Content-Length" in (first.error or "")
+    assert _verdict(first) is Verdict.RETRYABLE
+    assert (second.status, second.error_code) == (201, None)
+    assert connections == 2
+
+
+def test_transfer_encoding_on_two_lines_is_one_list(sender: HttpSender) -> None:
+    # Given a keep-alive peer whose chunked 200 says its codings on two field lines (RFC 9110 5.3)
+    head = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\nok\r\n0\r\n\r\n"
+    )
+    with misbehaving_peer(lambda *_: Answer(head=head, after="keep-alive")) as peer:
+        results = [_post(sender, peer.url, total=10.0)[0] for _ in range(2)]
+        connections = peer.connections
+
+    # Then the body is framed by its chunks (not read until a close that never comes), and the
+    # connection is kept
+    assert [(r.status, r.error_code) for r in results] == [(200, None)] * 2
+    assert connections == 1

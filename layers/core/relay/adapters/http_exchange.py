@@ -46,6 +46,8 @@ _NOT_IN_TARGET = re.compile(r"[\x00-\x20\x7f]")
 _DIGITS = re.compile("[0-9]+")  # str.isdigit() also takes "²", which int() refuses
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})  # an empty body is still announced: Content-Length: 0
 _RECV_BYTES = 65536
+# The fields that frame the body: lists, all of whose lines count (RFC 9110 5.3), never only the first.
+_FRAMING = frozenset({"content-length", "transfer-encoding"})
 
 
 class NoAnswer(Exception):
@@ -65,7 +67,7 @@ class Answer:
     (cut off in its headers or body, or a read timeout in its body), else None."""
 
     status: int
-    headers: dict[str, str]  # lower-case names, the first value of each
+    headers: dict[str, str]  # lower-case names, the first value of each (framing fields: all, one list)
     body: bytes = b""
     truncated: bool = False
     error_code: str | None = None
@@ -342,8 +344,11 @@ def _read_headers(reader: _Reader) -> dict[str, str] | None:
         name, colon, value = text.partition(":")
         if not colon:
             continue  # not a header field: http.client keeps it out of the headers too
-        last = name.strip().lower()
-        headers.setdefault(last, value.strip())
+        last, value = name.strip().lower(), value.strip()
+        if last in _FRAMING and last in headers:
+            headers[last] = f"{headers[last]}, {value}"
+        else:
+            headers.setdefault(last, value)
     raise NoAnswer(_past_limits(f"got more than {MAX_HEADER_LINES} headers"))
 
 
@@ -374,12 +379,14 @@ def _read_body(reader: _Reader, answer: Answer, method: str, limit: int) -> None
 
 
 def _content_length(value: str | None) -> int | None:
-    """The length a Content-Length gives (a list of one repeated value included), or None."""
+    """The length a Content-Length gives (a list of one repeated value included), or None. Raises
+    NoAnswer when it gives different lengths: RFC 9112 6.3 has the answer discarded, and its
+    connection closed (urllib3 refused it too)."""
     if value is None:
         return None
     values = {part.strip() for part in value.split(",")}
     if len(values) != 1:
-        return None
+        raise NoAnswer("answer's framing is invalid: its Content-Length values differ")
     (single,) = values
     return int(single) if _DIGITS.fullmatch(single) else None
 
