@@ -140,9 +140,11 @@ def test_a_2xx_cut_off_by_the_peer_is_incomplete_and_retried(
     ("extra_headers", "why"),
     [
         (b"".join(b"X-H%d: v\r\n" % n for n in range(120)), "got more than 100 headers"),
+        # http.client counts the empty line that ends the block: 100 fields are already too many
+        (b"".join(b"X-H%d: v\r\n" % n for n in range(99)), "got more than 100 headers"),
         (b"X-Long: " + b"v" * 70_000 + b"\r\n", "got more than 65536 bytes when reading header line"),
     ],
-    ids=["120-header-fields", "a-70-KB-header-line"],
+    ids=["120-header-fields", "100-header-fields", "a-70-KB-header-line"],
 )
 def test_a_2xx_past_the_header_limits_is_not_read_and_says_why(
     sender: HttpSender, extra_headers: bytes, why: str
@@ -155,6 +157,14 @@ def test_a_2xx_past_the_header_limits_is_not_read_and_says_why(
     assert (result.status, result.error_code) == (None, "connection-error")
     assert result.error == f"answer not read, past http.client's limits: {why}"
     assert _verdict(result) is Verdict.RETRYABLE
+
+
+def test_99_header_fields_are_within_the_limits(sender: HttpSender) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" + b"".join(b"X-H%d: v\r\n" % n for n in range(98))
+    with misbehaving_peer(lambda *_: Answer(head=head + b"\r\n", after="keep-alive")) as peer:
+        result, _ = _post(sender, peer.url)
+
+    assert (result.status, result.error_code) == (200, None)
 
 
 def test_a_body_longer_than_our_read_bound_is_complete_and_not_waited_for(sender: HttpSender) -> None:

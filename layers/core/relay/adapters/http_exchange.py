@@ -329,7 +329,7 @@ def _read_status(reader: _Reader) -> tuple[int, int]:
 def _read_headers(reader: _Reader) -> dict[str, str] | None:
     headers: dict[str, str] = {}
     last = ""
-    for _ in range(MAX_HEADER_LINES + 1):
+    for _ in range(MAX_HEADER_LINES):  # the empty line that ends the block counts, as for http.client
         line = reader.readline(MAX_LINE_BYTES + 1)
         if len(line) > MAX_LINE_BYTES:
             raise NoAnswer(_past_limits(f"got more than {MAX_LINE_BYTES} bytes when reading header line"))
