@@ -44,6 +44,8 @@ class MisbehavingPeer:
 
     answer: Callable[[str, str], Answer]
     tls: ssl.SSLContext | None = None  # serve https with this server context
+    # False: answer on the request's head alone, its body left unread (a 401 or 413 before the body)
+    read_bodies: bool = True
     requests: list[tuple[str, str]] = field(default_factory=list)
     connections: int = 0
     closed: int = 0  # connections this peer has closed (or seen closed)
@@ -111,7 +113,7 @@ class MisbehavingPeer:
         with conn:
             reader = conn.makefile("rb")
             while not self._stopping.is_set():
-                request = _read_request(reader)
+                request = _read_request(reader, self.read_bodies)
                 if request is None:
                     return
                 with self._lock:
@@ -137,7 +139,7 @@ class MisbehavingPeer:
         return True
 
 
-def _read_request(reader: io.BufferedReader) -> tuple[str, str] | None:
+def _read_request(reader: io.BufferedReader, read_body: bool = True) -> tuple[str, str] | None:
     try:
         line = reader.readline()
         if not line:
@@ -151,7 +153,7 @@ def _read_request(reader: io.BufferedReader) -> tuple[str, str] | None:
             name, _, value = header.decode("latin-1").partition(":")
             if name.strip().lower() == "content-length":
                 length = int(value)
-        if length:
+        if length and read_body:
             reader.read(length)
     except (OSError, ValueError):
         return None
@@ -167,9 +169,9 @@ def _quietly(action: Callable[[], object]) -> None:
 
 @contextmanager
 def misbehaving_peer(
-    answer: Callable[[str, str], Answer], *, tls: ssl.SSLContext | None = None
+    answer: Callable[[str, str], Answer], *, tls: ssl.SSLContext | None = None, read_bodies: bool = True
 ) -> Iterator[MisbehavingPeer]:
-    peer = MisbehavingPeer(answer, tls).start()
+    peer = MisbehavingPeer(answer, tls, read_bodies).start()
     try:
         yield peer
     finally:

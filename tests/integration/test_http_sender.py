@@ -140,9 +140,11 @@ def test_a_2xx_cut_off_by_the_peer_is_incomplete_and_retried(
     ("extra_headers", "why"),
     [
         (b"".join(b"X-H%d: v\r\n" % n for n in range(120)), "got more than 100 headers"),
+        # http.client counts the empty line that ends the block: 100 fields are already too many
+        (b"".join(b"X-H%d: v\r\n" % n for n in range(99)), "got more than 100 headers"),
         (b"X-Long: " + b"v" * 70_000 + b"\r\n", "got more than 65536 bytes when reading header line"),
     ],
-    ids=["120-header-fields", "a-70-KB-header-line"],
+    ids=["120-header-fields", "100-header-fields", "a-70-KB-header-line"],
 )
 def test_a_2xx_past_the_header_limits_is_not_read_and_says_why(
     sender: HttpSender, extra_headers: bytes, why: str
@@ -155,6 +157,14 @@ def test_a_2xx_past_the_header_limits_is_not_read_and_says_why(
     assert (result.status, result.error_code) == (None, "connection-error")
     assert result.error == f"answer not read, past http.client's limits: {why}"
     assert _verdict(result) is Verdict.RETRYABLE
+
+
+def test_99_header_fields_are_within_the_limits(sender: HttpSender) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" + b"".join(b"X-H%d: v\r\n" % n for n in range(98))
+    with misbehaving_peer(lambda *_: Answer(head=head + b"\r\n", after="keep-alive")) as peer:
+        result, _ = _post(sender, peer.url)
+
+    assert (result.status, result.error_code) == (200, None)
 
 
 def test_a_body_longer_than_our_read_bound_is_complete_and_not_waited_for(sender: HttpSender) -> None:
@@ -320,10 +330,17 @@ def test_bytes_no_request_asked_for_never_pass_for_the_next_answer(sender: HttpS
     assert connections == 2
 
 
-def test_a_chunked_answer_with_trailers_is_read_whole_and_its_connection_kept(sender: HttpSender) -> None:
+@pytest.mark.parametrize(
+    "codings",
+    # On two field lines, Transfer-Encoding is still one list (RFC 9110 5.3) whose last coding is chunked
+    [b"Transfer-Encoding: chunked\r\n", b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n"],
+    ids=["one-line", "two-lines"],
+)
+def test_a_chunked_answer_with_trailers_is_read_whole_and_its_connection_kept(
+    sender: HttpSender, codings: bytes
+) -> None:
     head = (
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-        b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\n" + codings + b"\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
     )
     with misbehaving_peer(lambda *_: Answer(head=head, after="keep-alive")) as peer:
         results = [_post(sender, peer.url)[0] for _ in range(3)]
@@ -388,3 +405,87 @@ def test_a_header_http_cannot_carry_is_refused_before_anything_is_sent(
     assert (result.status, result.error_code) == (None, "invalid-request")
     assert "s3cret" not in (result.error or "")
     assert connections == 0
+
+
+# --- what the code before the review got wrong (probe-http) ----------------------------------------------
+
+# More than the kernel's socket buffers hold on loopback (4 MiB to send, a 128 KiB window), so the peer's
+# answer and its close come while the request body is still going out.
+BODY_LARGER_THAN_THE_BUFFERS = b"e" * (8 * 1024 * 1024)
+
+
+@pytest.mark.parametrize(("status", "verdict"), [(413, Verdict.PERMANENT), (200, Verdict.DELIVERED)])
+def test_an_answer_sent_before_the_request_body_was_read_is_the_answer(
+    sender: HttpSender, status: int, verdict: Verdict
+) -> None:
+    # Given a receiver that answers on the request's head alone and closes without reading the body
+    # (a 413 from a body limit, a 401 from a header check: RFC 9112 9.6 lets a server close early)
+    answer = Answer(head=f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
+    with misbehaving_peer(lambda *_: answer, read_bodies=False) as peer:
+        results = [
+            sender.send(
+                "POST",
+                f"{peer.url}/hook",
+                body=BODY_LARGER_THAN_THE_BUFFERS,
+                headers={},
+                connect_timeout=5.0,
+                read_timeout=5.0,
+            )
+            for _ in range(3)
+        ]
+
+    # Then the write fails, but the answer that arrived is read and judged (as urllib3 did): not a
+    # dropped connection, retried and counted against the endpoint
+    assert [(r.status, r.error_code) for r in results] == [(status, None)] * 3
+    assert {_verdict(r) for r in results} == {verdict}
+
+
+def test_a_status_of_digits_that_are_not_ascii_is_a_broken_answer_retried(sender: HttpSender) -> None:
+    # Given a peer whose status is "²²²" (str.isdigit() says digits, int() refuses them)
+    head = b"HTTP/1.1 \xb2\xb2\xb2 OK\r\nContent-Length: 0\r\n\r\n"
+    with misbehaving_peer(lambda *_: Answer(head=head)) as peer:
+        result, _ = _post(sender, peer.url)
+
+    # Then it is a status line the relay cannot parse (retried), not a request HTTP cannot carry
+    # (invalid-request: dead-lettered at once, as if the relay's own request were at fault)
+    assert (result.status, result.error_code) == (None, "connection-error")
+    assert "its status is not a number from 100 to 999" in (result.error or "")
+    assert _verdict(result) is Verdict.RETRYABLE
+
+
+def test_a_content_length_of_digits_that_are_not_ascii_is_no_length(sender: HttpSender) -> None:
+    # Given a 200 whose Content-Length is "²", whose body ends when the peer closes
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\nConnection: close\r\n\r\nok"
+    with misbehaving_peer(lambda *_: Answer(head=head)) as peer:
+        result, _ = _post(sender, peer.url)
+
+    # Then it is read as any invalid length is (to the close, as http.client did): delivered
+    assert (result.status, result.error_code, result.body) == (200, None, b"ok")
+    assert _verdict(result) is Verdict.DELIVERED
+
+
+@pytest.mark.parametrize(
+    "lengths",
+    [b"Content-Length: 2\r\nContent-Length: 40\r\n", b"Content-Length: 2, 40\r\n"],
+    ids=["two-lines", "one-list"],
+)
+def test_content_lengths_that_disagree_are_no_answer_and_the_connection_is_not_kept(
+    sender: HttpSender, lengths: bytes
+) -> None:
+    # Given a keep-alive peer whose 200 gives two different lengths (RFC 9112 6.3: the framing is
+    # invalid, the client must close the connection and discard the answer)
+    head = b"HTTP/1.1 200 OK\r\n" + lengths + b"\r\nok"
+    answers = iter([Answer(head=head, after="keep-alive"), complete(201)])
+    with misbehaving_peer(lambda *_: next(answers)) as peer:
+        first, _ = _post(sender, peer.url, total=10.0)
+        second, _ = _post(sender, peer.url)
+        connections = peer.connections
+
+    # Then the first is not taken as delivered by picking one of the lengths (nor waited on until the
+    # read timeout): it is a broken answer, retried, as urllib3 refused it; the next request has a
+    # connection of its own
+    assert (first.status, first.error_code) == (None, "connection-error")
+    assert "Content-Length" in (first.error or "")
+    assert _verdict(first) is Verdict.RETRYABLE
+    assert (second.status, second.error_code) == (201, None)
+    assert connections == 2

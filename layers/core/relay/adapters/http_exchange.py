@@ -43,8 +43,11 @@ DEFAULT_USER_AGENT = f"genesys-relay/{__version__}"
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 5.6.2
 _NOT_IN_VALUE = re.compile(r"[\r\n\x00]")
 _NOT_IN_TARGET = re.compile(r"[\x00-\x20\x7f]")
+_DIGITS = re.compile("[0-9]+")  # str.isdigit() also takes "²", which int() refuses
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})  # an empty body is still announced: Content-Length: 0
 _RECV_BYTES = 65536
+# The fields that frame the body: lists, all of whose lines count (RFC 9110 5.3), never only the first.
+_FRAMING = frozenset({"content-length", "transfer-encoding"})
 
 
 class NoAnswer(Exception):
@@ -64,7 +67,7 @@ class Answer:
     (cut off in its headers or body, or a read timeout in its body), else None."""
 
     status: int
-    headers: dict[str, str]  # lower-case names, the first value of each
+    headers: dict[str, str]  # lower-case names, the first value of each (framing fields: all, one list)
     body: bytes = b""
     truncated: bool = False
     error_code: str | None = None
@@ -251,9 +254,20 @@ def _stale(connection: _Connection) -> bool:
     return connection.reader.holds_bytes or bool(pending and pending()) or wait_for_read(sock, timeout=0.0)
 
 
-def _exchange(reader: _Reader, sock: Any, request: bytes, method: str, limit: int) -> Answer:
+def _send(sock: Any, request: bytes) -> bool:
+    """Whether the whole request went out. A peer may answer before it has read the request's body
+    and close (a 401 on the headers, a 413 on the length: RFC 9112 9.6), which fails the write with
+    its answer already waiting to be read: urllib3 read it, and so do we (the connection is not kept)."""
     try:
         sock.sendall(request)
+    except (BrokenPipeError, ConnectionResetError):
+        return False
+    return True
+
+
+def _exchange(reader: _Reader, sock: Any, request: bytes, method: str, limit: int) -> Answer:
+    try:
+        sent = _send(sock, request)
         status, version, headers = _read_head(reader)
     except ssl.SSLError as exc:  # a TLS alert (a client certificate refused) arrives on the first read
         raise SSLError(exc) from exc
@@ -275,7 +289,7 @@ def _exchange(reader: _Reader, sock: Any, request: bytes, method: str, limit: in
     if answer.error_code is not None:
         answer.body, answer.truncated, answer.reusable = b"", True, False
         return answer
-    answer.reusable = answer.reusable and not answer.truncated and _keeps_alive(version, headers)
+    answer.reusable = answer.reusable and sent and not answer.truncated and _keeps_alive(version, headers)
     return answer
 
 
@@ -303,7 +317,7 @@ def _read_status(reader: _Reader) -> tuple[int, int]:
     if len(parts) < 2 or not parts[0].startswith("HTTP/"):
         raise NoAnswer("answer is not HTTP: no status line")
     version, code = parts[0], parts[1]
-    if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 999:
+    if len(code) != 3 or not _DIGITS.fullmatch(code) or not 100 <= int(code) <= 999:
         raise NoAnswer("answer is not HTTP: its status is not a number from 100 to 999")
     if version == "HTTP/1.0":
         return int(code), 0
@@ -315,7 +329,7 @@ def _read_status(reader: _Reader) -> tuple[int, int]:
 def _read_headers(reader: _Reader) -> dict[str, str] | None:
     headers: dict[str, str] = {}
     last = ""
-    for _ in range(MAX_HEADER_LINES + 1):
+    for _ in range(MAX_HEADER_LINES):  # the empty line that ends the block counts, as for http.client
         line = reader.readline(MAX_LINE_BYTES + 1)
         if len(line) > MAX_LINE_BYTES:
             raise NoAnswer(_past_limits(f"got more than {MAX_LINE_BYTES} bytes when reading header line"))
@@ -330,8 +344,11 @@ def _read_headers(reader: _Reader) -> dict[str, str] | None:
         name, colon, value = text.partition(":")
         if not colon:
             continue  # not a header field: http.client keeps it out of the headers too
-        last = name.strip().lower()
-        headers.setdefault(last, value.strip())
+        last, value = name.strip().lower(), value.strip()
+        if last in _FRAMING and last in headers:
+            headers[last] = f"{headers[last]}, {value}"
+        else:
+            headers.setdefault(last, value)
     raise NoAnswer(_past_limits(f"got more than {MAX_HEADER_LINES} headers"))
 
 
@@ -362,14 +379,16 @@ def _read_body(reader: _Reader, answer: Answer, method: str, limit: int) -> None
 
 
 def _content_length(value: str | None) -> int | None:
-    """The length a Content-Length gives (a list of one repeated value included), or None."""
+    """The length a Content-Length gives (a list of one repeated value included), or None. Raises
+    NoAnswer when it gives different lengths: RFC 9112 6.3 has the answer discarded, and its
+    connection closed (urllib3 refused it too)."""
     if value is None:
         return None
     values = {part.strip() for part in value.split(",")}
     if len(values) != 1:
-        return None
+        raise NoAnswer("answer's framing is invalid: its Content-Length values differ")
     (single,) = values
-    return int(single) if single.isdigit() else None
+    return int(single) if _DIGITS.fullmatch(single) else None
 
 
 def _read_chunked(reader: _Reader, answer: Answer, limit: int) -> None:
