@@ -489,3 +489,29 @@ def test_content_lengths_that_disagree_are_no_answer_and_the_connection_is_not_k
     assert _verdict(first) is Verdict.RETRYABLE
     assert (second.status, second.error_code) == (201, None)
     assert connections == 2
+
+
+def test_a_kept_connection_closed_as_the_request_goes_out_is_retried_once_on_a_new_one(
+    sender: HttpSender,
+) -> None:
+    # Given a peer that answers, keeps the connection, then closes it on the next request without a
+    # byte of answer (its idle timeout firing as the request arrives), and answers on a new connection
+    answers = iter([complete(200), Answer(head=b"", after="close"), complete(201)])
+    with misbehaving_peer(lambda *_: next(answers)) as peer:
+        first, _ = _post(sender, peer.url)
+        second, _ = _post(sender, peer.url)
+        requests, connections = len(peer.requests), peer.connections
+
+    # Then the second delivery is answered: sent again at once on a new connection, no attempt spent
+    assert [(r.status, r.error_code) for r in (first, second)] == [(200, None), (201, None)]
+    assert (requests, connections) == (3, 2)
+
+
+def test_a_new_connection_closed_unanswered_is_not_retried(sender: HttpSender) -> None:
+    # A fresh connection closed before any answer is the receiver's failure, not a stale one
+    with misbehaving_peer(lambda *_: Answer(head=b"", after="close")) as peer:
+        result, _ = _post(sender, peer.url)
+        requests = len(peer.requests)
+
+    assert (result.status, result.error_code) == (None, "connection-error")
+    assert requests == 1

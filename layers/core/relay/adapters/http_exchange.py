@@ -58,6 +58,10 @@ class ReadTimedOut(NoAnswer):
     """No byte for the read timeout, before the answer's headers ended."""
 
 
+class ClosedUnanswered(NoAnswer):
+    """The connection closed (or was reset) before any byte of an answer."""
+
+
 @dataclass(slots=True)
 class Answer:
     """A status that arrived, and what came of the rest.
@@ -164,12 +168,31 @@ class Route:
         """Send one request and read its answer. Raises NoAnswer, ValueError (a request HTTP cannot
         carry: nothing was sent), urllib3's connection errors and OSError when no answer arrived."""
         request = self._request_bytes(method, body, headers)
-        connection = self._connection(connect_timeout, deadline)
-        sock = connection.http.sock
-        sock.settimeout(read_timeout)
+        connection, kept = self._connection(connect_timeout, deadline)
+        try:
+            return self._on(connection, request, method, read_timeout, deadline, body_limit)
+        except ClosedUnanswered:
+            # A kept connection the peer closed as the request went out (its idle timeout, a restart):
+            # once more on a new one, as browsers do, rather than spend an attempt and a breaker failure.
+            # The peer may have read the request: the resend is an at-least-once repeat, same webhook-id.
+            if not kept or deadline.exceeded:
+                raise
+        connection = self._connect(connect_timeout)
+        return self._on(connection, request, method, read_timeout, deadline, body_limit)
+
+    def _on(
+        self,
+        connection: _Connection,
+        request: bytes,
+        method: str,
+        read_timeout: float,
+        deadline: Deadline,
+        body_limit: int,
+    ) -> Answer:
+        connection.http.sock.settimeout(read_timeout)
         answer: Answer | None = None
         try:
-            answer = _exchange(connection.reader, sock, request, method, body_limit)
+            answer = _exchange(connection.reader, connection.http.sock, request, method, body_limit)
         finally:
             if answer is not None and answer.reusable and not deadline.fired:
                 self._put_back(connection)
@@ -207,13 +230,14 @@ class Route:
         lines.append("\r\n")
         return "\r\n".join(lines).encode("latin-1") + body
 
-    def _connection(self, connect_timeout: float, deadline: Deadline) -> _Connection:
-        """A kept connection still open (watched by this request's deadline), or a new one."""
+    def _connection(self, connect_timeout: float, deadline: Deadline) -> tuple[_Connection, bool]:
+        """A kept connection still open (watched by this request's deadline), or a new one; and
+        whether it was kept."""
         while True:
             with self._lock:
                 connection = self._idle.pop() if self._idle else None
             if connection is None:
-                return self._connect(connect_timeout)
+                return self._connect(connect_timeout), False
             sock = connection.http.sock
             if sock is None or _stale(connection):
                 connection.close()
@@ -221,7 +245,7 @@ class Route:
             if getattr(connection.http, "_watched_by", None) is not deadline:
                 deadline.watch(sock)
                 connection.http._watched_by = deadline  # type: ignore[attr-defined]
-            return connection
+            return connection, True
 
     def _connect(self, connect_timeout: float) -> _Connection:
         http = self._connection_class(self._host, self._port, timeout=connect_timeout, **self._options)
@@ -274,7 +298,7 @@ def _exchange(reader: _Reader, sock: Any, request: bytes, method: str, limit: in
     except TimeoutError:
         raise ReadTimedOut("read timed out") from None
     except OSError as exc:
-        raise NoAnswer(f"connection lost before the answer ({type(exc).__name__})") from None
+        raise ClosedUnanswered(f"connection lost before the answer ({type(exc).__name__})") from None
     if headers is None:
         why = "connection closed inside the response headers"
         return Answer(status, {}, error_code=INCOMPLETE_RESPONSE, error=why)
@@ -310,7 +334,7 @@ def _read_head(reader: _Reader) -> tuple[int, int, dict[str, str] | None]:
 def _read_status(reader: _Reader) -> tuple[int, int]:
     line = reader.readline(MAX_LINE_BYTES + 1)
     if not line:
-        raise NoAnswer("connection closed before an answer")
+        raise ClosedUnanswered("connection closed before an answer")
     if len(line) > MAX_LINE_BYTES:
         raise NoAnswer(_past_limits(f"got more than {MAX_LINE_BYTES} bytes when reading status line"))
     parts = line.decode("iso-8859-1").split(None, 2)
