@@ -620,6 +620,31 @@ def test_the_targets_table_down_holds_the_conversation_from_the_record_it_could_
     assert r.sent() == [] and r.ordered.holds == [] and r.nothing_resent()
 
 
+def test_a_record_whose_target_record_is_unreadable_holds_its_conversation_until_it_is_fixed(
+    relays: list[OrderedRelay],
+) -> None:
+    # Given a conversation of a target whose record this release cannot read, and another target's
+    r = ordered_relay(relays, ordered_target(), ordered_target("erp"))
+    r.targets.unreadable[(INTEGRATION, "crm")] = "method: Input should be 'POST' or 'PUT'"
+    a0, a1, b0 = fifo_record("a", 0), fifo_record("a", 1), fifo_record("b", 0, target_id="erp")
+
+    # When the batch runs
+    failed = r.batch(a0, a1, b0)
+
+    # Then nothing goes to it, and its conversation is held together (not dropped, not dead-lettered),
+    # saying why; the other target's conversation is delivered
+    assert failed == ids(a0, a1) and r.sent() == ["b-0"]
+    assert r.ordered.holds == [(handles(a0, a1), 60)] and r.ordered.dead_letters == []
+    first, second = (line for line in r.audit_lines() if line["targetId"] == "crm")
+    assert (first["outcome"], first["errorCode"]) == ("held", "configuration")
+    assert first["error"] == "target record unreadable: method: Input should be 'POST' or 'PUT'"
+    assert (second["errorCode"], second["error"]) == ("configuration", None)
+
+    # When the record is fixed, the conversation goes on in order
+    del r.targets.unreadable[(INTEGRATION, "crm")]
+    assert r.batch(a0, a1) == [] and r.sent() == ["b-0", "a-0", "a-1"]
+
+
 def test_ordered_records_reaching_a_dispatcher_without_the_ordered_path_are_left_on_their_queue(
     relays: list[OrderedRelay],
 ) -> None:

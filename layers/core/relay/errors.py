@@ -10,7 +10,9 @@
     │   │                             the dispatcher leaves the record for SQS to show again
     │   ├── BreakerStoreUnavailable   the breaker table failed: the dispatcher fails open
     │   ├── RateLimitStoreUnavailable the rate-limit buckets (same table) failed: it fails open too
-    │   └── TargetWriteConflict       a target changed under every try of a read-modify-write
+    │   ├── TargetWriteConflict       a target changed under every try of a read-modify-write
+    │   └── UnreadableRecord          a TargetsTable record this release cannot read (a newer release's,
+    │                                 a hand edit): retried until it is fixed, never a crash
     ├── RetryShortly                  the request cannot be settled yet: 429 + Retry-After (Genesys retries)
     │   ├── RequestInProgress         the same event is being accepted right now
     │   └── SignatureRecheckPending   a mismatch the secret cannot be re-read for yet (rotation)
@@ -171,6 +173,20 @@ class RateLimitStoreUnavailable(DependencyUnavailable):
 class TargetWriteConflict(DependencyUnavailable):
     """A target's record changed between every read and conditional write of a read-modify-write (the
     dispatcher's disable on 410): nothing was written over the other writers' changes."""
+
+
+class UnreadableRecord(DependencyUnavailable):
+    """A TargetsTable record this release cannot validate: written by a newer release before a rollback,
+    or by hand. The table answered, but what it holds is unusable until the record is fixed (a deploy,
+    config sync rewriting it), so it is retried like an unavailable dependency: the intake answers 503
+    for an unreadable integration record, the dispatcher retries a task whose target's record is
+    unreadable as a ``configuration`` failure (relay.logic.dispatch.records). The message names the
+    record and the fields at fault, never a value (a record may hold a secret); ``why`` is the same
+    without the record's name (``target record unreadable: <fields and problems>``)."""
+
+    def __init__(self, record: str, why: str) -> None:
+        super().__init__(f"{record}: {why}")
+        self.why = why
 
 
 class UnreadableEvent(RelayError):

@@ -31,7 +31,7 @@ from relay.models.queue import (
 )
 from relay.models.rate_limit import BucketAnswer, BucketState
 from relay.models.secrets import RotatingSecret
-from relay.models.targets import Integration, IntegrationEntry, Target
+from relay.models.targets import Integration, IntegrationEntry, Target, UnreadableTarget
 
 # Epoch seconds now (time.time in production, a manual clock in tests).
 Clock = Callable[[], float]
@@ -46,7 +46,9 @@ SecretReader = Callable[[str], RotatingSecret]
 class TargetDirectory(Protocol):
     """Targets by id (cached per container), and the one write the dispatcher makes: disable on 410."""
 
-    def get_target(self, integration_id: str, target_id: str) -> Target | None: ...
+    def get_target(self, integration_id: str, target_id: str) -> Target | None:
+        """The target, None if there is none; UnreadableRecord when its record cannot be validated."""
+        ...
 
     def set_target_enabled(self, integration_id: str, target_id: str, enabled: bool) -> None: ...
 
@@ -323,7 +325,7 @@ class TargetRecords(IntegrationLookup, Protocol):
         False, with nothing written, when another writer changed it first."""
         ...
 
-    def delete(self, target: Target) -> bool:
+    def delete(self, target: Target | UnreadableTarget) -> bool:
         """Delete the target's record if it is still at ``target.version``; False, with nothing deleted,
         when another writer changed it first."""
         ...

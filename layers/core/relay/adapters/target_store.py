@@ -9,6 +9,13 @@ Writers that read a record first write it back only if it is still the version t
 ``attribute_not_exists`` for a record that was not there, else ``version = <read>``): config sync, and
 the dispatcher disabling a target that answered 410. A writer that read an older state can never
 overwrite a newer one; it learns that it lost (``save`` answers False) and leaves the record alone.
+
+A record this release cannot validate (written by a newer release before a rollback, or by hand) never
+takes its neighbours down: each target is validated on its own, and one that fails is kept apart in
+``IntegrationEntry.unreadable`` with the fields at fault (never a value: a record may hold a secret)
+and its item's version, logged at error level once per load. The intake still queues its tasks, the
+dispatcher retries them until the record is fixed (``get_target`` raises ``UnreadableRecord``), and
+config sync can overwrite it. An unreadable integration record raises ``UnreadableRecord``.
 """
 
 from __future__ import annotations
@@ -20,10 +27,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import ValidationError
+
 from relay.adapters.aws_errors import AWS_ERRORS
 from relay.adapters.dynamodb import lost_race, version_condition
-from relay.errors import DependencyUnavailable, TargetWriteConflict
-from relay.models.targets import Integration, IntegrationEntry, Target
+from relay.errors import DependencyUnavailable, TargetWriteConflict, UnreadableRecord
+from relay.models.targets import Integration, IntegrationEntry, Target, UnreadableTarget
+from relay.models.webhook_config import safe_errors
+from relay.observability import logger
 
 INTEGRATION_SORT_KEY = "#integration"
 # Bounded so that requests naming random integration ids (negative answers are cached too) cannot
@@ -79,6 +90,8 @@ class TargetStore:
         return entry
 
     def get_target(self, integration_id: str, target_id: str) -> Target | None:
+        """The target, or None if there is none; ``UnreadableRecord`` when its record (or its
+        integration's) cannot be validated."""
         entry = self.get(integration_id)
         target = entry.target(target_id) if entry else None
         if (
@@ -89,6 +102,8 @@ class TargetStore:
             self.invalidate(integration_id)
             entry = self.get(integration_id)
             target = entry.target(target_id) if entry else None
+        if target is None and entry is not None and target_id in entry.unreadable:
+            raise entry.unreadable[target_id].error()
         return target
 
     def _age(self, integration_id: str) -> float:
@@ -120,15 +135,25 @@ class TargetStore:
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
         integration: Integration | None = None
         targets: list[Target] = []
+        unreadable: dict[str, UnreadableTarget] = {}
         for item in items:
-            doc = json.loads(item["doc"]["S"])
-            if item["targetId"]["S"] == INTEGRATION_SORT_KEY:
-                integration = Integration.model_validate(doc)
-            else:
-                targets.append(Target.model_validate(doc))
+            sort_key = item["targetId"]["S"]
+            if sort_key == INTEGRATION_SORT_KEY:
+                integration = _integration(integration_id, item)
+                continue
+            try:
+                targets.append(_validated(Target, item))
+            except _Unreadable as exc:
+                unreadable[sort_key] = UnreadableTarget(integration_id, sort_key, exc.reason, _version(item))
+                logger.error(
+                    "target record unreadable: its tasks are retried until the record is fixed",
+                    extra={"integrationId": integration_id, "targetId": sort_key, "reason": exc.reason},
+                )
         if integration is None:
             return None
-        return IntegrationEntry(integration, tuple(sorted(targets, key=lambda t: t.target_id)))
+        return IntegrationEntry(
+            integration, tuple(sorted(targets, key=lambda t: t.target_id)), unreadable=unreadable
+        )
 
     def list_integration_ids(self) -> list[str]:
         """Every integration id in the table (operator commands only: this scans)."""
@@ -164,9 +189,10 @@ class TargetStore:
         """Unconditional: for seeding a table (tests). Writers that read first use ``save``."""
         self._put(target)
 
-    def delete(self, target: Target) -> bool:
+    def delete(self, target: Target | UnreadableTarget) -> bool:
         """Delete the target's record if it is still the version ``target`` holds; False, with nothing
-        deleted, when another writer changed it since (config sync then leaves it for the next run)."""
+        deleted, when another writer changed it since (config sync then leaves it for the next run).
+        An unreadable record is deleted at the version its item holds."""
         try:
             self._ddb.delete_item(
                 TableName=self._table,
@@ -208,7 +234,13 @@ class TargetStore:
             Key={"integrationId": {"S": integration_id}, "targetId": {"S": target_id}},
             ConsistentRead=True,
         ).get("Item")
-        return Target.model_validate_json(item["doc"]["S"]) if item else None
+        if not item:
+            return None
+        try:
+            return _validated(Target, item)
+        except _Unreadable as exc:
+            bad = UnreadableTarget(integration_id, target_id, exc.reason, _version(item))
+            raise bad.error() from None
 
     def _put(self, record: Integration | Target) -> None:
         self._call("put_item", TableName=self._table, Item=_item(record))
@@ -219,6 +251,49 @@ class TargetStore:
             return getattr(self._ddb, operation)(**kwargs)
         except AWS_ERRORS as exc:
             raise DependencyUnavailable(f"targets table unavailable ({type(exc).__name__})") from None
+
+
+class _Unreadable(Exception):
+    """An item whose ``doc`` is not a valid record; ``reason`` is safe to show (no value)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _validated[R: (Integration, Target)](model: type[R], item: dict[str, Any]) -> R:
+    """The item's record, or _Unreadable saying which fields are at fault (pydantic's locations and
+    messages, never the input: a record may hold a secret)."""
+    try:
+        doc = json.loads(item["doc"]["S"])
+    except (KeyError, TypeError, ValueError, RecursionError):
+        raise _Unreadable("doc: not a JSON document") from None
+    try:
+        return model.model_validate(doc)
+    except ValidationError as exc:
+        raise _Unreadable(safe_errors(exc, whole="record", most=5)) from None
+
+
+def _integration(integration_id: str, item: dict[str, Any]) -> Integration:
+    """The integration's own record; UnreadableRecord if it cannot be validated (logged)."""
+    try:
+        return _validated(Integration, item)
+    except _Unreadable as exc:
+        logger.error(
+            "integration record unreadable: its events are refused (503) until the record is fixed",
+            extra={"integrationId": integration_id, "reason": exc.reason},
+        )
+        raise UnreadableRecord(
+            f"integration {integration_id}", f"integration record unreadable: {exc.reason}"
+        ) from None
+
+
+def _version(item: dict[str, Any]) -> int | None:
+    """The item's ``version`` attribute (what a conditional write compares), None if unreadable."""
+    try:
+        return int(item["version"]["N"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _item(record: Integration | Target) -> dict[str, Any]:

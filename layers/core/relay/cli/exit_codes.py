@@ -47,7 +47,8 @@ class ExitCode(IntEnum):
 
 MEANINGS = {
     ExitCode.OK: "ok: the command did what was asked",
-    ExitCode.ATTENTION: "done, but something needs attention: configs rejected, targets unreachable, "
+    ExitCode.ATTENTION: "done, but something needs attention: configs rejected, target records "
+    "unreadable, targets unreachable, "
     "messages left in the DLQ or events the intake still refuses, an envelope that does not open, a "
     "breaker reset that kept losing to the dispatchers, a replay or target switch whose audit record "
     "could not be written (the output or the error line says what)",
@@ -55,7 +56,8 @@ MEANINGS = {
     "cannot be read, a target id that names several targets (choose with --integration)",
     ExitCode.FAILED: "failed: the command could not run (settings, AWS_REGION or AWS_ENDPOINT_URL too, a "
     "--stack-name that names no stack, AWS or an endpoint answering something else, Genesys Cloud, the "
-    "local stack, a target id that names no target in the TargetsTable, an id "
+    "local stack, a target id that names no target in the TargetsTable, an integration record this "
+    "release cannot read, an id "
     "that names nothing in the audit or the archive, a replay refused)",
     ExitCode.INTERNAL: "internal error: a bug in the relay; `relay --debug ...` shows the traceback",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",

@@ -15,7 +15,11 @@ stored, reachability, and switching a target on or off.
   a 410 comes back without waiting for its config to change in Genesys; config sync keeps the flag while
   the config is unchanged); the change is audited (an S3 audit record and a log line: who, when).
 
-Exit codes (relay.cli.exit_codes): sync 1 when some configs were rejected, check 1 when some targets are
+A target record this release cannot read (a newer release's, a hand edit) is listed as such, with the
+fields at fault (never a value), and ``list`` exits 1.
+
+Exit codes (relay.cli.exit_codes): sync 1 when some configs were rejected, list 1 when some target
+records are unreadable, check 1 when some targets are
 unreachable or refused, enable/disable 1 when the change was made but its audit record could not be
 written; a TARGET_ID naming several targets is a usage error (2); one naming none, settings, Genesys or
 AWS failing, 3.
@@ -270,9 +274,10 @@ def _list(args: Any, out: IO[str] | None = None) -> int:
                 "version": integration.version,
                 "syncedAt": integration.synced_at,
                 "targets": [view(t) for t in entry.targets],
+                "unreadableTargets": [_unreadable_view(bad) for _, bad in sorted(entry.unreadable.items())],
             }
             print(json.dumps(doc), file=out)
-        return ExitCode.OK
+        return _list_code(entries)
     rows = [
         (
             "INTEGRATION",
@@ -311,8 +316,27 @@ def _list(args: Any, out: IO[str] | None = None) -> int:
                     t["syncedAt"] or "-",
                 )
             )
+        for _, bad in sorted(entry.unreadable.items()):
+            version = "-" if bad.version is None else str(bad.version)
+            unknown = ("?", "?", "?", "?", "?", "?", "?", "?", "?")
+            rows.append((bad.integration_id, bad.target_id, bad.why, *unknown, version, "-"))
     _print_table(rows, out)
-    return ExitCode.OK
+    return _list_code(entries)
+
+
+def _unreadable_view(bad: Any) -> dict[str, Any]:
+    """A target record that cannot be read: its ids, why (fields at fault, no value) and its version."""
+    return {
+        "integrationId": bad.integration_id,
+        "targetId": bad.target_id,
+        "error": bad.why,
+        "version": bad.version,
+    }
+
+
+def _list_code(entries: list[Any]) -> int:
+    """1 (needs attention) when a target record cannot be read: its tasks are retried, not delivered."""
+    return ExitCode.ATTENTION if any(entry.unreadable for entry in entries) else ExitCode.OK
 
 
 # --- check ------------------------------------------------------------------------------------------

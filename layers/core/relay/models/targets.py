@@ -6,7 +6,8 @@ Secret *values* never live here: a target names the Secrets Manager secret that 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Annotated, Literal
 from urllib.parse import unquote
@@ -14,6 +15,7 @@ from urllib.parse import unquote
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from relay.errors import UnreadableRecord
 from relay.models.event_filters import EventFilters
 from relay.models.numbers import ConfigFloat, ConfigInt
 from relay.models.rate_limit import RateLimit
@@ -195,11 +197,35 @@ class Target(CamelModel):
 
 
 @dataclass(frozen=True)
+class UnreadableTarget:
+    """A target record this release cannot validate (a newer release's, a hand edit): what its raw item
+    still tells. ``reason`` names the fields at fault and what is wrong with them, never a value (a
+    record may hold a secret); ``version`` is the item's own attribute (None if that is unreadable too),
+    so that config sync can overwrite the record with a conditional write."""
+
+    integration_id: str
+    target_id: str
+    reason: str
+    version: int | None
+
+    @property
+    def why(self) -> str:
+        """What the audit, the DLQ and the operator are told."""
+        return f"target record unreadable: {self.reason}"
+
+    def error(self) -> UnreadableRecord:
+        return UnreadableRecord(f"target {self.target_id} of integration {self.integration_id}", self.why)
+
+
+@dataclass(frozen=True)
 class IntegrationEntry:
-    """An integration with its targets, as one TargetsTable Query returns them."""
+    """An integration with its targets, as one TargetsTable Query returns them. A target whose record
+    cannot be validated is in ``unreadable`` (by target id), not in ``targets``: one bad record never
+    hides its neighbours."""
 
     integration: Integration
     targets: tuple[Target, ...]
+    unreadable: Mapping[str, UnreadableTarget] = field(default_factory=dict)
 
     def target(self, target_id: str) -> Target | None:
         return next((t for t in self.targets if t.target_id == target_id), None)

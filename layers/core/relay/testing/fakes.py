@@ -41,7 +41,7 @@ from relay.models.queue import (
 )
 from relay.models.rate_limit import BucketAnswer, BucketState
 from relay.models.secrets import RotatingSecret
-from relay.models.targets import Target
+from relay.models.targets import Target, UnreadableTarget
 
 
 class InMemoryDeliveryQueue:
@@ -361,17 +361,22 @@ class ManualClock:
 
 class InMemoryTargets:
     """The dispatcher's target directory over a dict; ``unavailable`` fails reads as DynamoDB down
-    would, ``writes_unavailable`` fails the disable write."""
+    would, ``writes_unavailable`` fails the disable write; ``unreadable`` maps (integration, target)
+    to a record's fields at fault, read as a record this release cannot validate."""
 
     def __init__(self, *targets: Target) -> None:
         self.targets = {(t.integration_id, t.target_id): t for t in targets}
         self.unavailable = False
         self.writes_unavailable = False
         self.disabled: list[tuple[str, str]] = []
+        self.unreadable: dict[tuple[str, str], str] = {}
 
     def get_target(self, integration_id: str, target_id: str) -> Target | None:
         if self.unavailable:
             raise DependencyUnavailable("targets table unavailable (in-memory targets set unavailable)")
+        reason = self.unreadable.get((integration_id, target_id))
+        if reason is not None:
+            raise UnreadableTarget(integration_id, target_id, reason, None).error()
         return self.targets.get((integration_id, target_id))
 
     def set_target_enabled(self, integration_id: str, target_id: str, enabled: bool) -> None:

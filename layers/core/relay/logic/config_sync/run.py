@@ -35,10 +35,10 @@ from relay.errors import (
 )
 from relay.logic.config_sync.reading import ConfigReader
 from relay.logic.config_sync.report import Conflict, ItemKind, Moved, Rejection, SyncReport
-from relay.logic.config_sync.storage import RecordWriter, Written
+from relay.logic.config_sync.storage import RecordWriter, Written, previous_target
 from relay.logic.url_policy import Resolver, UrlPolicy, system_resolver
 from relay.models.secrets import SecretKind
-from relay.models.targets import Integration, SecurityType, Target, TargetSecurity
+from relay.models.targets import Integration, SecurityType, Target, TargetSecurity, UnreadableTarget
 from relay.models.timestamps import iso_utc
 from relay.models.webhook_config import WebhookSecurity
 from relay.observability import logger
@@ -155,7 +155,7 @@ class _SyncRun:
         self,
         kind: ItemKind,
         record: Integration | Target,
-        previous: Integration | Target | None,
+        previous: Integration | Target | UnreadableTarget | None,
         *,
         secrets_changed: bool = False,
     ) -> bool:
@@ -261,8 +261,7 @@ class _SyncRun:
             filters=config.filters,
             rate_limit=config.rate_limit,
         )
-        stored = writer.stored(config.integration_id)
-        previous = stored.target(target_id) if stored else None
+        previous = previous_target(writer.stored(config.integration_id), target_id)
         if self._store("target", record, previous, secrets_changed=secrets_changed):
             self._delete_moved_from(record)
 

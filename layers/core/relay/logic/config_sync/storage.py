@@ -12,7 +12,7 @@ from pydantic import SecretStr
 
 from relay.errors import ConfigurationError
 from relay.models.secrets import RotatingSecret, SecretKind, secret_name
-from relay.models.targets import Integration, IntegrationEntry, Target
+from relay.models.targets import Integration, IntegrationEntry, Target, UnreadableTarget
 from relay.ports import SecretStore, TargetRecords
 
 
@@ -46,32 +46,39 @@ class RecordWriter:
             self._stored_entries[integration_id] = self._store.get(integration_id)
         return self._stored_entries[integration_id]
 
-    def copies_elsewhere(self, target: Target) -> list[Target]:
+    def copies_elsewhere(self, target: Target) -> list[Target | UnreadableTarget]:
         """Records of ``target`` under other integrations, as this run read them (the table is scanned
-        for its integration ids once per run, when the first target is written)."""
+        for its integration ids once per run, when the first target is written); unreadable ones too."""
         if self._all_integration_ids is None:
             self._all_integration_ids = self._store.list_integration_ids()
         copies = []
         for integration_id in self._all_integration_ids:
             entry = self.stored(integration_id) if integration_id != target.integration_id else None
-            copy = entry.target(target.target_id) if entry else None
+            copy = previous_target(entry, target.target_id)
             if copy is not None:
                 copies.append(copy)
         return copies
 
-    def delete(self, target: Target) -> bool:
+    def delete(self, target: Target | UnreadableTarget) -> bool:
         """Delete ``target``'s record if it is still as this run read it."""
         return self._store.delete(target)
 
-    def write(self, record: Integration | Target, previous: Integration | Target | None) -> Written:
+    def write(
+        self, record: Integration | Target, previous: Integration | Target | UnreadableTarget | None
+    ) -> Written:
         """Write ``record`` with a version (bumped only when its content changed) and syncedAt, if the
         table still holds ``previous`` (what this run read): a run that read an older state never
         overwrites a newer write (another sync, the dispatcher disabling a target, an operator).
 
         ``enabled`` belongs to the relay once a record exists (the dispatcher disables a target that
         answers 410; an operator may disable one): an unchanged config keeps it, a changed one (say, a
-        new URL) enables the record again.
+        new URL) enables the record again. A record this release cannot read is replaced whole (a
+        change), at the version its item holds.
         """
+        if isinstance(previous, UnreadableTarget):
+            fresh = {"synced_at": self._synced_at, "version": (previous.version or 0) + 1}
+            replaced = self._store.save(record.model_copy(update=fresh), expected_version=previous.version)
+            return Written.CHANGED if replaced else Written.CONFLICT
         ignore = {"version", "synced_at", "enabled"}
         changed = previous is None or previous.model_dump(exclude=ignore) != record.model_dump(exclude=ignore)
         update: dict[str, object] = {"synced_at": self._synced_at}
@@ -125,3 +132,10 @@ class RecordWriter:
         self._secrets.put(name, secret)
         self.secrets_written += 1
         return True
+
+
+def previous_target(entry: IntegrationEntry | None, target_id: str) -> Target | UnreadableTarget | None:
+    """The target's record in ``entry`` as read, readable or not; None when there is none."""
+    if entry is None:
+        return None
+    return entry.target(target_id) or entry.unreadable.get(target_id)

@@ -1,7 +1,7 @@
 """The batch engine: deliver one SQS batch of DeliveryTasks concurrently and settle every record.
 
 1. resolve each record (relay.logic.dispatch.records); poison, unknown and disabled targets go to
-   the DLQ at once;
+   the DLQ at once; a record whose target's record cannot be read is retried (settle.unusable);
 2. group the records by target into lanes and read each lane's breaker (and delivery lane) once
    (lanes); in the fast lane, a slow target's records are routed to the slow lane (isolation); take
    the tokens any other rate-limited lane needs from its target's bucket: what does not fit is
@@ -46,7 +46,7 @@ from relay.logic.dispatch.isolation import Isolation
 from relay.logic.dispatch.lanes import Lane, Lanes, group, interleave
 from relay.logic.dispatch.metrics import BatchMetrics
 from relay.logic.dispatch.rate_limit import Held, RateLimits
-from relay.logic.dispatch.records import Item, SqsRecord, Unattempted, resolve
+from relay.logic.dispatch.records import Item, SqsRecord, Unattempted, Unusable, resolve
 from relay.logic.dispatch.runners import ContextPool, run_steps
 from relay.logic.dispatch.settle import Settler
 from relay.observability import logger
@@ -257,6 +257,8 @@ class Dispatcher:
                 continue
             if isinstance(resolved, Unattempted):
                 self._settle.unattempted(resolved, batch)
+            elif isinstance(resolved, Unusable):
+                self._settle.unusable(resolved, batch)
             else:
                 items.append(resolved)
         # One breaker read (and for a rate-limited target one bucket write) per target, side by side;

@@ -14,6 +14,9 @@ Nothing here ever re-sends a record (a re-send would put it behind later ones).
     out of time                 0 s: at once, with its group    (``admit``)
     targets or attempts table   the queue's own visibility timeout
     unavailable
+    target record unreadable    ENABLE_RECHECK_SECONDS, until the record is fixed; OrderedGroupBlocked
+                                (its onExhausted and matrix are part of what cannot be read: the
+                                conversation waits, as for a disabled target, never overtaken)
 
 The group holding a lane's half-open probe runs before that target's other groups, which meet the
 probe's answer (fifo_groups.probe_first). ``admit`` is the one place an ordered record is held instead
@@ -35,16 +38,22 @@ from datetime import datetime
 from relay.errors import DependencyUnavailable
 from relay.logic import breaker, retry
 from relay.logic.dispatch import audit
-from relay.logic.dispatch.attempt import Attempter
+from relay.logic.dispatch.attempt import CONFIGURATION, Attempter
 from relay.logic.dispatch.batch import Batch
 from relay.logic.dispatch.deliver import Deliverer
 from relay.logic.dispatch.fifo_attempts import OrderedAttempts
 from relay.logic.dispatch.fifo_groups import GroupReleaser, fail_behind_failures, message_groups, probe_first
-from relay.logic.dispatch.fifo_settle import GroupQueue, OrderedSettler, hold_within_backstop, holds_for
+from relay.logic.dispatch.fifo_settle import (
+    ENABLE_RECHECK_SECONDS,
+    GroupQueue,
+    OrderedSettler,
+    hold_within_backstop,
+    holds_for,
+)
 from relay.logic.dispatch.lanes import Lane, Lanes, group
 from relay.logic.dispatch.metrics import Metric
 from relay.logic.dispatch.rate_limit import Held, RateLimits
-from relay.logic.dispatch.records import Item, SqsRecord, Unattempted, resolve
+from relay.logic.dispatch.records import Item, SqsRecord, Unattempted, Unusable, resolve
 from relay.logic.outcomes import Verdict
 from relay.observability import logger
 from relay.ports import AttemptCounter, OrderedQueueOps, TargetDirectory
@@ -65,6 +74,7 @@ class Hold:
 
     seconds: int | None
     reason: str
+    error: str | None = None  # the audit's ``error`` of the record that holds the group
 
 
 @dataclass(frozen=True)
@@ -74,7 +84,7 @@ class Unresolved:
     record: SqsRecord
 
 
-Step = Item | Unattempted | Unresolved
+Step = Item | Unattempted | Unresolved | Unusable
 
 
 class OrderedDelivery:
@@ -209,6 +219,9 @@ class OrderedDelivery:
             return Hold(None, DEPENDENCY_UNAVAILABLE)
         if isinstance(step, Unattempted):
             return self._unattempted(step, settler, batch)
+        if isinstance(step, Unusable):
+            batch.metrics.service_count(Metric.ORDERED_GROUP_BLOCKED)
+            return Hold(ENABLE_RECHECK_SECONDS, CONFIGURATION, step.why)
         item = step
         self._deliverer.wait_until_booked(item)  # paced by its rate limit: its group waits for it
         with self._deliverer.slot(item.key):
@@ -255,15 +268,20 @@ class OrderedDelivery:
                 self._queue.hold([step.record.receipt_handle for step in steps], seconds)
             except DependencyUnavailable as exc:  # the queue's own visibility timeout brings them back
                 logger.warning("could not hold an ordered group", extra={"error": str(exc)})
-        for step in steps:
+        for index, step in enumerate(steps):
             batch.fail(step.record)
             item = _held_item(step)
+            error = hold.error if index == 0 else None
             if item is not None:
-                line = audit.item_line(item, batch, now, now, error=None)
-                line.update(attempt=None, outcome=audit.HELD, errorCode=hold.reason)
-                line["retryInSeconds"] = hold.seconds
-                batch.metrics.count(Metric.ORDERED_HELD, item.target.target_id)
-                batch.log(item.target.target_id, line)
+                line = audit.item_line(item, batch, now, now, error=error)
+            elif isinstance(step, Unusable):
+                line = {**audit.base_line(step.record, step.task, batch, now, now), "error": error}
+            else:
+                continue
+            line.update(attempt=None, outcome=audit.HELD, errorCode=hold.reason)
+            line["retryInSeconds"] = hold.seconds
+            batch.metrics.count(Metric.ORDERED_HELD, line["targetId"])
+            batch.log(line["targetId"], line)
 
     def _lasting(self, seconds: int, records: Sequence[SqsRecord], batch: Batch) -> int:
         """How long a hold of ``records`` asks for: ``seconds``, spread out as the queue's redrive backstop

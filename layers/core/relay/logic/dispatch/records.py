@@ -1,5 +1,6 @@
 """From an SQS event record to what the dispatcher can attempt: the task, its target and the attempt
-number, or the reason it cannot be attempted at all (dead-lettered without an attempt)."""
+number, the reason it cannot be attempted at all (dead-lettered without an attempt), or that its
+target's record cannot be read (retried as a configuration failure until it is fixed)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from relay.errors import UnreadableRecord
 from relay.logic import retry
 from relay.logic.outcomes import Outcome
 from relay.models.breaker import LaneState, target_key
@@ -113,7 +115,21 @@ class Unattempted:
         return _item(self.record, self.task, self.target)
 
 
-def resolve(record: SqsRecord, targets: TargetDirectory, read: dict[str, DeliveryTask]) -> Item | Unattempted:
+@dataclass(frozen=True)
+class Unusable:
+    """A record whose target's record (or its integration's) cannot be validated: nothing can be sent,
+    and nothing says the target is gone, so it fails as a retryable ``configuration`` problem (settle:
+    ``Settler.unusable``; the ordered path holds its conversation) until the record is fixed. ``why``:
+    "target record unreadable: <fields at fault>", for the audit and the DLQ."""
+
+    record: SqsRecord
+    task: DeliveryTask
+    why: str
+
+
+def resolve(
+    record: SqsRecord, targets: TargetDirectory, read: dict[str, DeliveryTask]
+) -> Item | Unattempted | Unusable:
     """The record's task and target, or why it cannot be attempted; the task is kept in ``read`` by
     message id (the batch's: the event archive keeps the events of both lanes from there). Raises
     DependencyUnavailable when the targets table cannot be read (the record is then left for SQS to
@@ -123,7 +139,10 @@ def resolve(record: SqsRecord, targets: TargetDirectory, read: dict[str, Deliver
     except ValidationError:
         return Unattempted(record, None, DlqReason.POISON, "body is not a DeliveryTask")
     read[record.message_id] = task
-    target = targets.get_target(task.integration_id, task.target_id)
+    try:
+        target = targets.get_target(task.integration_id, task.target_id)
+    except UnreadableRecord as exc:
+        return Unusable(record, task, exc.why)
     if target is None:
         return Unattempted(record, task, DlqReason.UNKNOWN_TARGET, "no such target")
     if not target.enabled:

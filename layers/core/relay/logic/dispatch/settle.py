@@ -7,6 +7,8 @@
     permanent                      -> DLQ permanent-status
     not attempted (poison, unknown or disabled target, 410 earlier in the batch)
                                    -> DLQ with its reason, attempts unchanged
+    target record unreadable       -> nothing sent; retried as a configuration failure on
+                                      UNREADABLE_RETRY's schedule, then DLQ exhausted with the reason
     held back (breaker open, out of time)
                                    -> deferred: re-sent with DelaySeconds, attempts unchanged
     a slow target in the fast lane -> routed: re-sent to the slow lane's queue, attempts unchanged
@@ -26,13 +28,14 @@ from typing import Any
 from relay.errors import DependencyUnavailable
 from relay.logic import retry
 from relay.logic.dispatch import audit
-from relay.logic.dispatch.attempt import Attempt
+from relay.logic.dispatch.attempt import CONFIGURATION, Attempt
 from relay.logic.dispatch.batch import Batch
 from relay.logic.dispatch.metrics import Metric
-from relay.logic.dispatch.records import Item, Unattempted
+from relay.logic.dispatch.records import Item, Unattempted, Unusable
 from relay.logic.outcomes import Outcome, Verdict
 from relay.models.delivery import DeadLetterNote, DlqReason
 from relay.models.queue import Requeue
+from relay.models.targets import RetryMatrix
 from relay.observability import logger
 from relay.ports import DeliveryQueueOps, TargetDirectory
 from relay.settings import Settings
@@ -44,6 +47,11 @@ _FINAL_REASONS = {
     Verdict.GONE: DlqReason.TARGET_GONE,
     Verdict.PERMANENT: DlqReason.PERMANENT_STATUS,
 }
+
+# The retries of a task whose target's record cannot be read (its own matrix is part of what cannot be
+# read): spread over about half an hour, several config sync runs (every 5 minutes) and time for a
+# deploy to fix the record, and capped below the redrive backstop like any target's.
+UNREADABLE_RETRY = RetryMatrix(attempts=9, base_interval_ms=60_000, max_interval_ms=900_000, multiplier=2.0)
 
 
 class Settler:
@@ -123,6 +131,60 @@ class Settler:
                     "errorCode": reason.value,
                 },
             )
+
+    def unusable(self, step: Unusable, batch: Batch) -> None:
+        """A record whose target's record cannot be read: nothing was sent. Retried (an attempt used, as
+        for any configuration failure) until the record is fixed, then dead-lettered ``exhausted`` with
+        ``step.why`` as its last error; its audit line says why too."""
+        record, task = step.record, step.task
+        target_id = task.target_id
+        now = self._now()
+        line = {
+            **audit.base_line(record, task, batch, now, now),
+            "attempt": record.attempt,
+            "status": None,
+            "errorCode": CONFIGURATION,
+            "error": step.why,
+        }
+        batch.metrics.count(Metric.DELIVERY_FAILED, target_id)
+        delay = None
+        if not retry.exhausted(
+            UNREADABLE_RETRY, record.attempt, max_receive_count=self._settings.max_receive_count
+        ):
+            delay = retry.retry_delay_seconds(
+                UNREADABLE_RETRY,
+                record.attempt,
+                rng=self._rng,
+                max_delay_seconds=min(
+                    self._settings.max_retry_delay_seconds, batch.visibility_left_seconds(now)
+                ),
+            )
+            if retry.outlives_retention(record.sent_at, delay, now.timestamp()):
+                delay = None
+        if delay is not None:
+            try:
+                self._queue.schedule_retry(record.receipt_handle, delay)
+                line.update(outcome=audit.RETRY_SCHEDULED, retryInSeconds=delay)
+            except DependencyUnavailable:  # the queue's own visibility timeout brings it back
+                line.update(outcome=audit.RETRY_SCHEDULED, retryInSeconds=None)
+            batch.metrics.count(Metric.RETRIED, target_id)
+            batch.fail(record)
+        else:
+            note = DeadLetterNote(
+                DlqReason.EXHAUSTED,
+                record.attempt,
+                integration_id=task.integration_id,
+                target_id=target_id,
+                last_error=step.why,
+            )
+            try:
+                self._queue.dead_letter(record.body, record.message_attributes, note)
+                line.update(outcome=audit.DEAD_LETTERED, dlqReason=DlqReason.EXHAUSTED.value)
+                batch.metrics.count(Metric.DEAD_LETTERED, target_id)
+            except DependencyUnavailable:
+                line.update(outcome=audit.LEFT_FOR_REDELIVERY, dlqReason=DlqReason.EXHAUSTED.value)
+                batch.fail(record)
+        batch.log(target_id, line)
 
     def deferred(
         self, item: Item, seconds_until_probe: float, batch: Batch, *, error_code: str = "breaker-open"

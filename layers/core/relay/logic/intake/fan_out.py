@@ -2,7 +2,10 @@
 event identity. A filtered (event, target) pair costs no queue message; an event no target takes is
 accepted all the same, and counted. A disabled target's task is queued too: the dispatcher
 dead-letters it ``target-disabled`` without an attempt, so the event can be redriven or replayed to
-the target once it is enabled again, and is never silently dropped (docs/operations-dlq.md).
+the target once it is enabled again, and is never silently dropped (docs/operations-dlq.md). So is the
+task of a target whose record cannot be read (``IntegrationEntry.unreadable``): its filters and flag are
+unknown, so it takes every event, on the standard queue; the dispatcher retries it until the record is
+fixed, then dead-letters it explained (docs/dispatcher.md), never loses it.
 
 The idempotency store decides who queues: the attempt that claims the event's key queues, then records
 its answer (two writes per accepted event); a repeat gets that answer and queues nothing, however late
@@ -82,7 +85,8 @@ class FanOut:
 
     def __call__(self, entry: IntegrationEntry, incoming: IncomingEvent) -> dict[str, Any]:
         """Queue one task per target, once per event identity; repeats get the first answer."""
-        targets = self._matching(list(entry.targets), incoming.facts)
+        targets: list[Target | str] = [*self._matching(list(entry.targets), incoming.facts)]
+        targets += sorted(entry.unreadable)  # by id alone: nothing else of them can be read
         if not targets:
             # Nothing to queue, so nothing to queue twice: no idempotency writes (a repeat gets the
             # same answer the same way).
@@ -132,8 +136,9 @@ class FanOut:
             logger.warning("could not release the idempotency claim")
 
     def _queue_tasks(
-        self, entry: IntegrationEntry, incoming: IncomingEvent, targets: list[Target]
+        self, entry: IntegrationEntry, incoming: IncomingEvent, targets: list[Target | str]
     ) -> dict[str, Any]:
+        """One task per target: a Target, or the id of one whose record is unreadable."""
         integration_id = entry.integration.integration_id
         received_at = self._now()
         # The text as a JSON string: ASCII, and json.loads gives back the identical text.
@@ -143,18 +148,19 @@ class FanOut:
         # chose count as they are written (ASCII-escaped: an emoji is 12 bytes, 1,024 of them 12 KiB).
         chosen = (incoming.event_id, incoming.conversation_id or "", integration_id)
         head = 1_024 + sum(len(json.dumps(text)) for text in chosen)
-        head += max((len(json.dumps(target.target_id)) for target in targets), default=0)
+        target_ids = [target if isinstance(target, str) else target.target_id for target in targets]
+        head += max((len(json.dumps(target_id)) for target_id in target_ids), default=0)
         if head + len(event_field) > self._max_inline_body_bytes:
             event_ref = self._claim_check(incoming.key, integration_id, incoming.event_json.encode())
         bodies: list[str] = []
         ordered: list[OrderedTask] = []
         delivery_ids: list[str] = []
-        for target in targets:
-            delivery_id = uuid.uuid5(DELIVERY_ID_NAMESPACE, f"{incoming.key}\n{target.target_id}")
+        for target_id, target in zip(target_ids, targets, strict=True):
+            delivery_id = uuid.uuid5(DELIVERY_ID_NAMESPACE, f"{incoming.key}\n{target_id}")
             task = DeliveryTask(
                 delivery_id=delivery_id,
                 integration_id=integration_id,
-                target_id=target.target_id,
+                target_id=target_id,
                 event_id=incoming.event_id,
                 conversation_id=incoming.conversation_id,
                 event_source=incoming.source,
@@ -190,13 +196,14 @@ class FanOut:
         return _answer(entry, incoming, delivery_ids, claim_check=event_ref is not None)
 
     def _placement(
-        self, incoming: IncomingEvent, integration_id: str, target: Target, delivery_id: str
+        self, incoming: IncomingEvent, integration_id: str, target: Target | str, delivery_id: str
     ) -> GroupPlacement | None:
         """Where an ordered target's task goes in the FIFO queue: its conversation's message group,
         deduplicated on the delivery id (a repeat of this send, a retried webhook, is dropped). None:
         the standard queue (an unordered target; or an ordered one's task that cannot keep an order,
-        counted and logged: an event without a conversation, or no ordered queue here)."""
-        if target.ordering is not Ordering.CONVERSATION:
+        counted and logged: an event without a conversation, or no ordered queue here; a target whose
+        record is unreadable, ``str``, whose ordering is unknown)."""
+        if isinstance(target, str) or target.ordering is not Ordering.CONVERSATION:
             return None
         if incoming.ordering_key is not None and self._ordered_queue is not None:
             group = message_group(integration_id, target.target_id, incoming.ordering_key)

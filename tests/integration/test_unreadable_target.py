@@ -1,0 +1,193 @@
+"""A target record this release cannot validate (a newer release's ``"method": "PATCH"``, a hand edit),
+against moto, the intake and dispatcher handlers, a loopback receiver and the fake Genesys API: it never
+takes its integration's other targets down, and its own events are retried, never lost."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+from support.events import sample
+from support.handlers import LoadHandler
+from support.lambda_context import lambda_context
+from support.queues import drain, receive
+from test_dispatch_support import (
+    INTEGRATION_ID,
+    attr,
+    audit_lines,
+    put_secret,
+    secret_name,
+    seed_target,
+    task_record,
+)
+
+from relay.cli import main
+from relay.local.aws_stack import LocalResources
+from relay.local.fake_genesys import FakeGenesys
+from relay.local.fixtures import Fixtures
+from relay.local.receiver import Receiver
+from relay.models.delivery import DeliveryTask
+from relay.models.secrets import RotatingSecret, SecretKind
+from relay.models.targets import Target
+from relay.settings import get_settings
+from relay.wiring import aws_client, target_store
+
+pytestmark = pytest.mark.integration
+
+FIXTURES = Fixtures.load()
+INTEGRATION = FIXTURES.integrations[0]
+HEALTHY, UNREADABLE = (target.id for target in INTEGRATION.targets[:2])
+# In the bad record's rejected field: it must never show anywhere (records may hold secrets).
+SECRETISH = "PATCH-s3cr3t-4f9a"
+WHY = "target record unreadable: method: Input should be 'POST' or 'PUT'"
+
+
+def seed(resources: LocalResources, healthy_url: str) -> None:
+    """The fixtures' first integration (its signature secret too), its first target healthy at
+    ``healthy_url`` and its second written by a newer release: a method this one does not know."""
+    assert INTEGRATION.id == INTEGRATION_ID  # the samples' integration: its events, its tasks
+    seed_target(resources, healthy_url, target_id=HEALTHY)
+    name = secret_name(SecretKind.SIGNATURE, INTEGRATION.id)
+    put_secret(name, RotatingSecret(current=INTEGRATION.signature_secret))
+    write_unreadable(UNREADABLE, version=4)
+
+
+def write_unreadable(target_id: str, *, version: int) -> None:
+    """A raw item as a newer release would store it (relay.adapters.target_store's layout)."""
+    doc = Target(
+        integration_id=INTEGRATION.id, target_id=target_id, name="newer", url="https://example.com/hook"
+    ).model_dump(mode="json", by_alias=True)
+    doc.update(method=SECRETISH, version=version)
+    aws_client("dynamodb").put_item(
+        TableName=get_settings().targets_table,
+        Item={
+            "integrationId": {"S": INTEGRATION.id},
+            "targetId": {"S": target_id},
+            "doc": {"S": json.dumps(doc)},
+            "version": {"N": str(version)},
+            "enabled": {"BOOL": True},
+        },
+    )
+
+
+def test_the_intake_queues_for_both_and_the_dispatcher_delivers_one_and_retries_the_other(
+    aws_stack: LocalResources,
+    receiver: Receiver,
+    function_handler: LoadHandler,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given an integration with one healthy target and one whose record this release cannot read
+    seed(aws_stack, f"{receiver.url}/hooks/ok")
+
+    # When Genesys posts a signed event
+    response = function_handler("intake")(sample("apigw_text.json"), lambda_context("intake"))
+
+    # Then it is accepted, and a task is queued for each target, the unreadable one's too
+    assert response["statusCode"] == 202, response
+    records = receive(aws_stack.delivery_queue_url)
+    tasks = {DeliveryTask.model_validate_json(r["body"]).target_id: r for r in records}
+    assert sorted(tasks) == sorted([HEALTHY, UNREADABLE])
+
+    # When the dispatcher gets them
+    result = function_handler("dispatcher")({"Records": records}, lambda_context("dispatcher"))
+
+    # Then the healthy target got its event, and the other task is retried: not sent, not dropped
+    assert [r.path for r in receiver.deliveries] == ["/hooks/ok"]
+    assert result == {"batchItemFailures": [{"itemIdentifier": tasks[UNREADABLE]["messageId"]}]}
+    assert drain(aws_stack.dead_letter_queue_url) == []
+    [line] = [line for line in audit_lines(aws_stack) if line["targetId"] == UNREADABLE]
+    assert (line["outcome"], line["errorCode"], line["error"]) == ("retry-scheduled", "configuration", WHY)
+    assert line["attempt"] == 1 and line["retryInSeconds"] >= 1
+    # And the store logged the bad record at error level, naming it and why, never its values
+    logged = [r for r in caplog.records if r.getMessage().startswith("target record unreadable")]
+    assert logged and all(r.levelno == logging.ERROR for r in logged)
+    assert getattr(logged[0], "targetId", None) == UNREADABLE
+    assert SECRETISH not in caplog.text and SECRETISH not in json.dumps(audit_lines(aws_stack))
+
+
+def test_its_last_attempt_is_dead_lettered_saying_why(
+    aws_stack: LocalResources, receiver: Receiver, function_handler: LoadHandler
+) -> None:
+    # Given the unreadable target's task on its last attempt
+    seed(aws_stack, f"{receiver.url}/hooks/ok")
+    sent = task_record(UNREADABLE, receive_count=50)
+
+    # When the dispatcher gets it
+    result = function_handler("dispatcher")({"Records": [sent]}, lambda_context("dispatcher"))
+
+    # Then it is dead-lettered as exhausted, the DLQ saying why; nothing was sent
+    assert result == {"batchItemFailures": []}
+    [letter] = drain(aws_stack.dead_letter_queue_url)
+    assert attr(letter, "relay-dlq-reason") == "exhausted"
+    assert attr(letter, "relay-last-error") == WHY
+    assert attr(letter, "relay-target-id") == UNREADABLE
+    assert receiver.deliveries == []
+
+
+def test_targets_list_shows_the_unreadable_record_and_needs_attention(
+    aws_stack: LocalResources, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given the integration with one unreadable target record
+    seed(aws_stack, "https://example.com/ok")
+
+    # When the operator lists the targets, as a table and as JSON
+    table_code = main(["targets", "list"])
+    table = capsys.readouterr().out
+    json_code = main(["targets", "list", "--format", "json"])
+    [listed] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    # Then both list the healthy target and a row for the unreadable one saying why, and exit 1
+    assert table_code == json_code == 1
+    [row] = [line for line in table.splitlines() if UNREADABLE in line]
+    assert WHY in row
+    assert HEALTHY in table and SECRETISH not in table
+    assert [t["targetId"] for t in listed["targets"]] == [HEALTHY]
+    assert listed["unreadableTargets"] == [
+        {"integrationId": INTEGRATION.id, "targetId": UNREADABLE, "error": WHY, "version": 4}
+    ]
+
+
+def test_sync_rewrites_an_unreadable_record_with_the_config_genesys_holds(
+    genesys: FakeGenesys, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a synced table, then one target's record rewritten by a newer release
+    assert main(["targets", "sync"]) == 0
+    capsys.readouterr()
+    write_unreadable(UNREADABLE, version=7)
+
+    # When the operator syncs again
+    code = main(["targets", "sync"])
+
+    # Then the record is stored afresh from Genesys' config (the next version), the rest as before
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0, report
+    assert sorted(report["targets"]) == sorted(t.id for t in INTEGRATION.targets)
+    assert report["changed"] == [UNREADABLE] and report["conflicts"] == []
+    entry = target_store(get_settings(), cache_ttl_seconds=0).get(INTEGRATION.id)
+    assert entry is not None and dict(entry.unreadable) == {}
+    stored = entry.target(UNREADABLE)
+    assert stored is not None and stored.method == "POST" and stored.version == 8
+
+
+def test_an_unreadable_integration_record_is_a_clear_retryable_failure(
+    aws_stack: LocalResources, function_handler: LoadHandler, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given the integration's own record written by a newer release (a field this one requires gone)
+    seed(aws_stack, "https://example.com/ok")
+    table = aws_client("dynamodb")
+    key = {"integrationId": {"S": INTEGRATION.id}, "targetId": {"S": "#integration"}}
+    item: dict[str, Any] = table.get_item(TableName=get_settings().targets_table, Key=key)["Item"]
+    doc = json.loads(item["doc"]["S"])
+    del doc["name"]
+    table.put_item(TableName=get_settings().targets_table, Item={**item, "doc": {"S": json.dumps(doc)}})
+
+    # When Genesys posts an event, and the operator lists the targets
+    response = function_handler("intake")(sample("apigw_text.json"), lambda_context("intake"))
+    code = main(["targets", "list"])
+
+    # Then Genesys is asked to retry (503), and the command fails saying why (3, not a crash)
+    assert response["statusCode"] == 503, response
+    assert code == 3
+    assert "integration record unreadable: name: Field required" in capsys.readouterr().err
