@@ -191,3 +191,31 @@ def test_an_unreadable_integration_record_is_a_clear_retryable_failure(
     assert response["statusCode"] == 503, response
     assert code == 3
     assert "integration record unreadable: name: Field required" in capsys.readouterr().err
+
+
+def test_sync_rewrites_an_unreadable_integration_record_and_goes_on_with_its_targets(
+    genesys: FakeGenesys, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a synced table, then the integration's own record rewritten by a newer release
+    assert main(["targets", "sync"]) == 0
+    capsys.readouterr()
+    table = aws_client("dynamodb")
+    key = {"integrationId": {"S": INTEGRATION.id}, "targetId": {"S": "#integration"}}
+    item: dict[str, Any] = table.get_item(TableName=get_settings().targets_table, Key=key)["Item"]
+    doc = json.loads(item["doc"]["S"])
+    del doc["name"]
+    table.put_item(TableName=get_settings().targets_table, Item={**item, "doc": {"S": json.dumps(doc)}})
+    before = int(item["version"]["N"])
+
+    # When the operator syncs again
+    code = main(["targets", "sync"])
+
+    # Then the run does not end there: the record is stored afresh (the next version) and every
+    # target is synced as before
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0, report
+    assert INTEGRATION.id in report["changed"] and report["conflicts"] == []
+    assert sorted(report["targets"]) == sorted(t.id for t in INTEGRATION.targets)
+    entry = target_store(get_settings(), cache_ttl_seconds=0).get(INTEGRATION.id)
+    assert entry is not None and entry.integration.name == INTEGRATION.name
+    assert entry.integration.version == before + 1

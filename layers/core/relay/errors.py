@@ -184,9 +184,10 @@ class UnreadableRecord(DependencyUnavailable):
     record and the fields at fault, never a value (a record may hold a secret); ``why`` is the same
     without the record's name (``target record unreadable: <fields and problems>``)."""
 
-    def __init__(self, record: str, why: str) -> None:
+    def __init__(self, record: str, why: str, *, version: int | None = None) -> None:
         super().__init__(f"{record}: {why}")
         self.why = why
+        self.version = version  # the item's own version attribute (what a conditional rewrite compares)
 
 
 class UnreadableEvent(RelayError):

@@ -283,9 +283,8 @@ def _integration(integration_id: str, item: dict[str, Any]) -> Integration:
             "integration record unreadable: its events are refused (503) until the record is fixed",
             extra={"integrationId": integration_id, "reason": exc.reason},
         )
-        raise UnreadableRecord(
-            f"integration {integration_id}", f"integration record unreadable: {exc.reason}"
-        ) from None
+        why = f"integration record unreadable: {exc.reason}"
+        raise UnreadableRecord(f"integration {integration_id}", why, version=_version(item)) from None
 
 
 def _version(item: dict[str, Any]) -> int | None:

@@ -32,6 +32,7 @@ from relay.errors import (
     DependencyUnavailable,
     GenesysError,
     GenesysItemError,
+    UnreadableRecord,
 )
 from relay.logic.config_sync.reading import ConfigReader
 from relay.logic.config_sync.report import Conflict, ItemKind, Moved, Rejection, SyncReport
@@ -155,7 +156,7 @@ class _SyncRun:
         self,
         kind: ItemKind,
         record: Integration | Target,
-        previous: Integration | Target | UnreadableTarget | None,
+        previous: Integration | Target | UnreadableTarget | UnreadableRecord | None,
         *,
         secrets_changed: bool = False,
     ) -> bool:
@@ -208,10 +209,8 @@ class _SyncRun:
         record = Integration(
             integration_id=integration_id, name=name, enabled=True, signature_secret_name=secret_ref
         )
-        stored = writer.stored(integration_id)
-        self._store(
-            "integration", record, stored.integration if stored else None, secrets_changed=secret_changed
-        )
+        previous = self._stored_integration(integration_id)
+        self._store("integration", record, previous, secrets_changed=secret_changed)
         # Genesys confirmed it this run, so its targets may be stored even if its own record was changed
         # concurrently: their writes are conditional too.
         self._accepted.add(integration_id)
@@ -224,9 +223,17 @@ class _SyncRun:
         integration_id = self._settings.eventbridge_integration_id
         if not integration_id or integration_id in self._settings.genesys_open_messaging_integration_ids:
             return
-        stored = self._writer.stored(integration_id)
         record = Integration(integration_id=integration_id, name="Genesys EventBridge", enabled=True)
-        self._store("integration", record, stored.integration if stored else None)
+        self._store("integration", record, self._stored_integration(integration_id))
+
+    def _stored_integration(self, integration_id: str) -> Integration | UnreadableRecord | None:
+        """The integration's record as the table holds it; one this release cannot read comes back as
+        its error (with the item's version), so that the run replaces it instead of ending there."""
+        try:
+            stored = self._writer.stored(integration_id)
+        except UnreadableRecord as unreadable:
+            return unreadable
+        return stored.integration if stored else None
 
     # --- webhook targets ---------------------------------------------------------------------------
     def sync_target(self, target_id: str) -> None:
@@ -261,7 +268,11 @@ class _SyncRun:
             filters=config.filters,
             rate_limit=config.rate_limit,
         )
-        previous = previous_target(writer.stored(config.integration_id), target_id)
+        try:
+            previous = previous_target(writer.stored(config.integration_id), target_id)
+        except UnreadableRecord as exc:  # its integration's record was not rewritten this run (a conflict)
+            self._reject("target", target_id, f"its integration's record cannot be read ({exc.why})")
+            return
         if self._store("target", record, previous, secrets_changed=secrets_changed):
             self._delete_moved_from(record)
 

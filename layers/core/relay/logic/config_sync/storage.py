@@ -10,9 +10,10 @@ from enum import Enum
 
 from pydantic import SecretStr
 
-from relay.errors import ConfigurationError
+from relay.errors import ConfigurationError, UnreadableRecord
 from relay.models.secrets import RotatingSecret, SecretKind, secret_name
 from relay.models.targets import Integration, IntegrationEntry, Target, UnreadableTarget
+from relay.observability import logger
 from relay.ports import SecretStore, TargetRecords
 
 
@@ -40,7 +41,8 @@ class RecordWriter:
         return secret_name(self._prefix, kind, ident)
 
     def stored(self, integration_id: str) -> IntegrationEntry | None:
-        """What the table held for this integration when the run first looked (one Query per integration)."""
+        """What the table held for this integration when the run first looked (one Query per integration).
+        UnreadableRecord when its integration record cannot be read (not kept: read again once rewritten)."""
         if integration_id not in self._stored_entries:
             self._store.invalidate(integration_id)
             self._stored_entries[integration_id] = self._store.get(integration_id)
@@ -53,7 +55,14 @@ class RecordWriter:
             self._all_integration_ids = self._store.list_integration_ids()
         copies = []
         for integration_id in self._all_integration_ids:
-            entry = self.stored(integration_id) if integration_id != target.integration_id else None
+            try:
+                entry = self.stored(integration_id) if integration_id != target.integration_id else None
+            except UnreadableRecord as exc:  # a stale integration's record: its copies cannot be seen
+                logger.warning(
+                    "integration record unreadable: the target's copies under it are not looked for",
+                    extra={"integrationId": integration_id, "id": target.target_id, "reason": exc.why},
+                )
+                continue
             copy = previous_target(entry, target.target_id)
             if copy is not None:
                 copies.append(copy)
@@ -64,7 +73,9 @@ class RecordWriter:
         return self._store.delete(target)
 
     def write(
-        self, record: Integration | Target, previous: Integration | Target | UnreadableTarget | None
+        self,
+        record: Integration | Target,
+        previous: Integration | Target | UnreadableTarget | UnreadableRecord | None,
     ) -> Written:
         """Write ``record`` with a version (bumped only when its content changed) and syncedAt, if the
         table still holds ``previous`` (what this run read): a run that read an older state never
@@ -75,7 +86,7 @@ class RecordWriter:
         new URL) enables the record again. A record this release cannot read is replaced whole (a
         change), at the version its item holds.
         """
-        if isinstance(previous, UnreadableTarget):
+        if isinstance(previous, UnreadableTarget | UnreadableRecord):
             fresh = {"synced_at": self._synced_at, "version": (previous.version or 0) + 1}
             replaced = self._store.save(record.model_copy(update=fresh), expected_version=previous.version)
             return Written.CHANGED if replaced else Written.CONFLICT
