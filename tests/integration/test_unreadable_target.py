@@ -72,6 +72,18 @@ def write_unreadable(target_id: str, *, version: int) -> None:
     )
 
 
+def make_integration_record_unreadable() -> int:
+    """Rewrite the integration's own record as a newer release might (a field this one requires gone);
+    its item's version, which stays."""
+    table = aws_client("dynamodb")
+    key = {"integrationId": {"S": INTEGRATION.id}, "targetId": {"S": "#integration"}}
+    item: dict[str, Any] = table.get_item(TableName=get_settings().targets_table, Key=key)["Item"]
+    doc = json.loads(item["doc"]["S"])
+    del doc["name"]
+    table.put_item(TableName=get_settings().targets_table, Item={**item, "doc": {"S": json.dumps(doc)}})
+    return int(item["version"]["N"])
+
+
 def test_the_intake_queues_for_both_and_the_dispatcher_delivers_one_and_retries_the_other(
     aws_stack: LocalResources,
     receiver: Receiver,
@@ -176,12 +188,7 @@ def test_an_unreadable_integration_record_is_a_clear_retryable_failure(
 ) -> None:
     # Given the integration's own record written by a newer release (a field this one requires gone)
     seed(aws_stack, "https://example.com/ok")
-    table = aws_client("dynamodb")
-    key = {"integrationId": {"S": INTEGRATION.id}, "targetId": {"S": "#integration"}}
-    item: dict[str, Any] = table.get_item(TableName=get_settings().targets_table, Key=key)["Item"]
-    doc = json.loads(item["doc"]["S"])
-    del doc["name"]
-    table.put_item(TableName=get_settings().targets_table, Item={**item, "doc": {"S": json.dumps(doc)}})
+    make_integration_record_unreadable()
 
     # When Genesys posts an event, and the operator lists the targets
     response = function_handler("intake")(sample("apigw_text.json"), lambda_context("intake"))
@@ -199,13 +206,7 @@ def test_sync_rewrites_an_unreadable_integration_record_and_goes_on_with_its_tar
     # Given a synced table, then the integration's own record rewritten by a newer release
     assert main(["targets", "sync"]) == 0
     capsys.readouterr()
-    table = aws_client("dynamodb")
-    key = {"integrationId": {"S": INTEGRATION.id}, "targetId": {"S": "#integration"}}
-    item: dict[str, Any] = table.get_item(TableName=get_settings().targets_table, Key=key)["Item"]
-    doc = json.loads(item["doc"]["S"])
-    del doc["name"]
-    table.put_item(TableName=get_settings().targets_table, Item={**item, "doc": {"S": json.dumps(doc)}})
-    before = int(item["version"]["N"])
+    before = make_integration_record_unreadable()
 
     # When the operator syncs again
     code = main(["targets", "sync"])
