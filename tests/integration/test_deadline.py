@@ -48,6 +48,26 @@ def test_a_finished_request_leaves_its_socket_alone() -> None:
     _assert_works(kept, kept_peer)
 
 
+def test_a_socket_unwatched_before_the_deadline_is_left_alone_when_it_fires() -> None:
+    # Given a request that watched three connections and let one go before its end (a kept connection
+    # going back to its pool, where another request may take it at once)
+    kept, kept_peer = socket.socketpair()
+    blocker, blocker_peer = socket.socketpair()
+    late, late_peer = socket.socketpair()
+    with kept, kept_peer, blocker, blocker_peer, late, late_peer:
+        with request_deadline(0.3) as deadline:
+            for sock in (kept, blocker, late):
+                deadline.watch(sock)
+            assert deadline.unwatch(kept) is True
+            # When its deadline fires while the request is still open
+            assert blocker.recv(1) == b""
+            # Then one let go only now is said to have been shut down
+            assert deadline.unwatch(late) is False
+
+        # ... and the one let go in time still works both ways
+        _assert_works(kept, kept_peer)
+
+
 def test_a_descriptor_number_reused_during_a_request_is_not_shut_down() -> None:
     # Given a request that watched a socket which was then closed (as urllib3 closes a failed
     # connection), and an unrelated connection that got the very same descriptor number

@@ -40,7 +40,8 @@ class Deadline:
         self.at = at  # time.monotonic() value
         self.seconds = seconds  # the budget asked for, for messages
         self.fired = False  # the watchdog shut this request's sockets down
-        self._fds: list[int] = []  # duplicates of the watched sockets' descriptors
+        # (the watched socket's descriptor, our duplicate of it), per watched socket
+        self._fds: list[tuple[int, int]] = []
         self._queued = False
         self._released = False
 
@@ -55,6 +56,11 @@ class Deadline:
     def watch(self, sock: socket.socket) -> None:
         """Shut ``sock`` down when the deadline passes (at once, if it already has)."""
         _watchdog.watch(self, sock)
+
+    def unwatch(self, sock: socket.socket) -> bool:
+        """Stop watching ``sock``, which outlives this request (a kept connection going back to its pool,
+        where another request may take it at once); False when the deadline already shut it down."""
+        return _watchdog.unwatch(self, sock)
 
 
 _local = threading.local()
@@ -102,7 +108,7 @@ class _Watchdog:
             if deadline._released:  # not expected: a socket used after its request ended
                 os.close(fd)
                 return
-            deadline._fds.append(fd)
+            deadline._fds.append((sock.fileno(), fd))
             if deadline.fired:
                 _shut_down(fd)
                 return
@@ -118,6 +124,17 @@ class _Watchdog:
                 elif self._heap[0] is entry:  # earlier than what the thread waits for
                     self._cond.notify()
 
+    def unwatch(self, deadline: Deadline, sock: socket.socket) -> bool:
+        original = sock.fileno()
+        with self._cond:  # the thread shuts sockets down holding it: after this, never this one
+            kept = [(watched, fd) for watched, fd in deadline._fds if watched != original]
+            dropped = [fd for watched, fd in deadline._fds if watched == original]
+            deadline._fds = kept
+            fired = deadline.fired
+        for fd in dropped:
+            os.close(fd)
+        return not fired
+
     def release(self, deadline: Deadline) -> None:
         if not deadline._queued and not deadline._fds:
             deadline._released = True  # nothing was watched: no lock, no syscall
@@ -125,7 +142,7 @@ class _Watchdog:
         with self._cond:
             deadline._released = True
             fds, deadline._fds = deadline._fds, []
-        for fd in fds:
+        for _, fd in fds:
             os.close(fd)
 
     def _run(self) -> None:
@@ -143,7 +160,7 @@ class _Watchdog:
                     continue
                 deadline = heapq.heappop(heap)[2]
                 deadline.fired = True
-                for fd in deadline._fds:
+                for _, fd in deadline._fds:
                     _shut_down(fd)
 
 

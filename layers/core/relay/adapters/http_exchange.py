@@ -194,7 +194,10 @@ class Route:
         try:
             answer = _exchange(connection.reader, connection.http.sock, request, method, body_limit)
         finally:
-            if answer is not None and answer.reusable and not deadline.fired:
+            # Unwatched before it is kept: this request's deadline passing later must never shut down
+            # a connection another request has taken from the route meanwhile.
+            if answer is not None and answer.reusable and deadline.unwatch(connection.http.sock):
+                connection.http._watched_by = None  # type: ignore[attr-defined]
                 self._put_back(connection)
             else:
                 connection.close()
