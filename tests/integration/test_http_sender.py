@@ -350,6 +350,27 @@ def test_a_chunked_answer_with_trailers_is_read_whole_and_its_connection_kept(
     assert connections == 1
 
 
+@pytest.mark.parametrize("coding", [b"identity", b"gzip"])
+def test_a_transfer_coding_other_than_chunked_beside_a_content_length_is_read_by_its_length(
+    sender: HttpSender, coding: bytes
+) -> None:
+    # Given a peer that keeps the connection open after an answer framed by Content-Length but also
+    # carrying a Transfer-Encoding that is not chunked (older servers send "identity"): http.client, and
+    # so urllib3, read such an answer by its length
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + coding + b"\r\nContent-Length: 2\r\n\r\nok"
+    with misbehaving_peer(lambda *_: Answer(head=head, after="keep-alive")) as peer:
+        results = [_post(sender, peer.url) for _ in range(2)]
+        connections = peer.connections
+
+    # Then each is delivered at once, not taken for a read timeout after waiting for a close that never
+    # comes (the receiver had the event; the relay retried it until it was dead-lettered)
+    assert [(r.status, r.error_code, r.body) for r, _ in results] == [(200, None, b"ok")] * 2
+    assert all(took < DEADLINE / 2 for _, took in results)
+    assert [_verdict(r) for r, _ in results] == [Verdict.DELIVERED] * 2
+    # ... and the connection, whose framing HTTP/1.1 leaves in doubt (RFC 9112 6.3), is not reused
+    assert connections == 2
+
+
 def test_an_http_1_0_answer_without_keep_alive_is_not_reused(sender: HttpSender) -> None:
     # Given an HTTP/1.0 peer that leaves the connection open after answering (but never said keep-alive)
     head = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"

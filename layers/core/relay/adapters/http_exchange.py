@@ -393,7 +393,7 @@ def _read_body(reader: _Reader, answer: Answer, method: str, limit: int) -> None
     if codings is not None and codings.rsplit(",", 1)[-1].strip().lower() == "chunked":
         _read_chunked(reader, answer, limit)
         return
-    length = None if codings is not None else _content_length(headers.get("content-length"))
+    length = _content_length(headers.get("content-length"))
     if length is None:  # the body ends when the connection does
         answer.body = reader.read(limit + 1)
         answer.truncated = len(answer.body) > limit
@@ -402,7 +402,11 @@ def _read_body(reader: _Reader, answer: Answer, method: str, limit: int) -> None
     if len(answer.body) < min(length, limit + 1):
         raise _CutOff("IncompleteRead")
     answer.truncated = length > limit
-    answer.reusable = True
+    # A Transfer-Encoding other than chunked beside a Content-Length (older servers send "identity"):
+    # read by its length, as http.client did (RFC 9112 6.3 would wait for a close that a keep-alive
+    # server never makes: a delivered event taken for a read timeout), but the connection is not kept,
+    # its framing being in doubt.
+    answer.reusable = codings is None
 
 
 def _content_length(value: str | None) -> int | None:
