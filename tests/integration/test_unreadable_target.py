@@ -54,12 +54,13 @@ def seed(resources: LocalResources, healthy_url: str) -> None:
     write_unreadable(UNREADABLE, version=4)
 
 
-def write_unreadable(target_id: str, *, version: int) -> None:
-    """A raw item as a newer release would store it (relay.adapters.target_store's layout)."""
+def write_unreadable(target_id: str, *, version: int, **fields: Any) -> None:
+    """A raw item as a newer release would store it (relay.adapters.target_store's layout): its doc
+    holds ``fields`` (default: a method this release does not know)."""
     doc = Target(
         integration_id=INTEGRATION.id, target_id=target_id, name="newer", url="https://example.com/hook"
     ).model_dump(mode="json", by_alias=True)
-    doc.update(method=SECRETISH, version=version)
+    doc.update(fields or {"method": SECRETISH}, version=version)
     aws_client("dynamodb").put_item(
         TableName=get_settings().targets_table,
         Item={
@@ -220,3 +221,51 @@ def test_sync_rewrites_an_unreadable_integration_record_and_goes_on_with_its_tar
     entry = target_store(get_settings(), cache_ttl_seconds=0).get(INTEGRATION.id)
     assert entry is not None and entry.integration.name == INTEGRATION.name
     assert entry.integration.version == before + 1
+
+
+def test_a_bad_value_a_validator_would_quote_is_never_shown(
+    aws_stack: LocalResources, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a target record whose filter holds a value this release does not know (its validator's
+    # message would quote it)
+    seed(aws_stack, "https://example.com/ok")
+    write_unreadable(UNREADABLE, version=4, filters={"types": [SECRETISH]})
+
+    # When the operator lists the targets
+    code = main(["targets", "list", "--format", "json"])
+
+    # Then the record is unreadable, saying which field, and the value shows nowhere
+    [listed] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 1
+    [bad] = listed["unreadableTargets"]
+    assert bad["targetId"] == UNREADABLE and bad["error"].startswith(
+        "target record unreadable: filters.types"
+    )
+    assert SECRETISH not in json.dumps(listed) and SECRETISH not in caplog.text
+
+
+@pytest.mark.parametrize("key", ["targetId", "integrationId"])
+def test_a_record_whose_doc_names_another_target_is_unreadable(
+    aws_stack: LocalResources, receiver: Receiver, function_handler: LoadHandler, key: str
+) -> None:
+    # Given a target record (a hand edit) whose doc names the healthy target, or another integration
+    seed(aws_stack, f"{receiver.url}/hooks/ok")
+    other = {"targetId": HEALTHY, "integrationId": "another-integration"}[key]
+    write_unreadable(UNREADABLE, version=4, **{key: other})
+
+    # When Genesys posts an event
+    response = function_handler("intake")(sample("apigw_text.json"), lambda_context("intake"))
+
+    # Then each stored record gets its own task: the healthy target once, the bad record's kept apart
+    # (never read as, nor fanned out as, the target its doc names)
+    assert response["statusCode"] == 202, response
+    records = receive(aws_stack.delivery_queue_url)
+    assert sorted(DeliveryTask.model_validate_json(r["body"]).target_id for r in records) == sorted(
+        [HEALTHY, UNREADABLE]
+    )
+    entry = target_store(get_settings(), cache_ttl_seconds=0).get(INTEGRATION.id)
+    assert entry is not None and [t.target_id for t in entry.targets] == [HEALTHY]
+    assert (
+        entry.unreadable[UNREADABLE].why
+        == f"target record unreadable: {key}: does not match the record's key"
+    )

@@ -269,9 +269,18 @@ def _validated[R: (Integration, Target)](model: type[R], item: dict[str, Any]) -
     except (KeyError, TypeError, ValueError, RecursionError):
         raise _Unreadable("doc: not a JSON document") from None
     try:
-        return model.model_validate(doc)
+        record = model.model_validate(doc)
     except ValidationError as exc:
-        raise _Unreadable(safe_errors(exc, whole="record", most=5)) from None
+        raise _Unreadable(safe_errors(exc, whole="record", most=5, quoting=False)) from None
+    # A doc naming another record (a hand edit, a copied item) is not read as that one: it would
+    # shadow it and its own target would get no task.
+    keys = {"integrationId": record.integration_id}
+    if isinstance(record, Target):
+        keys["targetId"] = record.target_id
+    for key, named in keys.items():
+        if item.get(key, {}).get("S") != named:
+            raise _Unreadable(f"{key}: does not match the record's key")
+    return record
 
 
 def _integration(integration_id: str, item: dict[str, Any]) -> Integration:
