@@ -269,3 +269,29 @@ def test_a_record_whose_doc_names_another_target_is_unreadable(
         entry.unreadable[UNREADABLE].why
         == f"target record unreadable: {key}: does not match the record's key"
     )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["targets", "check"],
+        ["targets", "enable"],
+        ["targets", "disable"],
+        ["breaker", "status"],
+        ["breaker", "reset"],
+    ],
+)
+def test_a_command_naming_an_unreadable_target_says_so(
+    aws_stack: LocalResources, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    # Given the integration with one unreadable target record
+    seed(aws_stack, "https://example.com/ok")
+
+    # When the operator names that target
+    code = main([*command, UNREADABLE])
+
+    # Then the command fails (3) saying the record is there but unreadable, and why: not "no target"
+    err = capsys.readouterr().err
+    assert code == 3
+    assert f"target {UNREADABLE} of integration {INTEGRATION.id}: {WHY}" in err, err
+    assert SECRETISH not in err

@@ -49,11 +49,21 @@ def find_target(targets: TargetRecords, target_id: str, integration_id: str | No
     hold it and none was chosen."""
     matches = [t for t in known_targets(targets, integration_id) if t.target_id == target_id]
     if not matches:
+        _raise_if_unreadable(targets, target_id, integration_id)
         under = f" under integration {integration_id}" if integration_id else ""
         raise UnknownTarget(f"no target {target_id}{under} in the TargetsTable")
     if len(matches) > 1:
         raise AmbiguousTarget(target_id, (t.integration_id for t in matches))
     return matches[0]
+
+
+def _raise_if_unreadable(targets: TargetRecords, target_id: str, integration_id: str | None) -> None:
+    """UnreadableRecord (saying why, never a value) when the id names a record this release cannot
+    read: it is there, so "no target" would send the operator looking in the wrong place."""
+    for ident in [integration_id] if integration_id else targets.list_integration_ids():
+        entry = targets.get(ident)
+        if entry is not None and target_id in entry.unreadable:
+            raise entry.unreadable[target_id].error()
 
 
 # A target whose lane was never written: the fast lane.
