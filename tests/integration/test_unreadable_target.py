@@ -295,3 +295,28 @@ def test_a_command_naming_an_unreadable_target_says_so(
     assert code == 3
     assert f"target {UNREADABLE} of integration {INTEGRATION.id}: {WHY}" in err, err
     assert SECRETISH not in err
+
+
+def test_a_target_id_unreadable_under_one_integration_and_held_by_another_is_ambiguous(
+    aws_stack: LocalResources, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given the unreadable target's id also stored (readable) under a second integration
+    seed(aws_stack, "https://example.com/ok")
+    other = "22222222-2222-4222-8222-222222222222"
+    store = target_store(get_settings(), cache_ttl_seconds=0)
+    entry = store.get(INTEGRATION.id)
+    assert entry is not None
+    store.put_integration(entry.integration.model_copy(update={"integration_id": other}))
+    store.put_target(
+        Target(integration_id=other, target_id=UNREADABLE, name="twin", url="https://example.com/t")
+    )
+
+    # When the operator names the target without --integration, then with the unreadable one's
+    code = main(["breaker", "status", UNREADABLE])
+    ambiguous = capsys.readouterr().err
+    chosen = main(["breaker", "status", UNREADABLE, "--integration", INTEGRATION.id])
+
+    # Then the first is a usage error naming both integrations (not the readable one acted on), the
+    # second says the record is unreadable
+    assert code == 2 and other in ambiguous and INTEGRATION.id in ambiguous, ambiguous
+    assert chosen == 3 and WHY in capsys.readouterr().err
