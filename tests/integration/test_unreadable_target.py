@@ -320,3 +320,30 @@ def test_a_target_id_unreadable_under_one_integration_and_held_by_another_is_amb
     # second says the record is unreadable
     assert code == 2 and other in ambiguous and INTEGRATION.id in ambiguous, ambiguous
     assert chosen == 3 and WHY in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("version", [None, {"S": "7"}])
+def test_sync_rewrites_an_unreadable_record_whose_version_cannot_be_read(
+    genesys: FakeGenesys, capsys: pytest.CaptureFixture[str], version: dict[str, str] | None
+) -> None:
+    # Given a synced table, then one target's record rewritten by hand: its version attribute gone or odd
+    assert main(["targets", "sync"]) == 0
+    capsys.readouterr()
+    write_unreadable(UNREADABLE, version=7)
+    table, key = (
+        get_settings().targets_table,
+        {"integrationId": {"S": INTEGRATION.id}, "targetId": {"S": UNREADABLE}},
+    )
+    item = aws_client("dynamodb").get_item(TableName=table, Key=key)["Item"]
+    del item["version"]
+    aws_client("dynamodb").put_item(TableName=table, Item=item | ({"version": version} if version else {}))
+
+    # When the operator syncs again
+    code = main(["targets", "sync"])
+
+    # Then the record is stored afresh from Genesys' config (it never stays unrepairable)
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0, report
+    assert report["changed"] == [UNREADABLE] and report["conflicts"] == []
+    entry = target_store(get_settings(), cache_ttl_seconds=0).get(INTEGRATION.id)
+    assert entry is not None and dict(entry.unreadable) == {}

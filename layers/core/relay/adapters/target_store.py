@@ -167,10 +167,13 @@ class TargetStore:
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     # --- writes (config sync, the dispatcher, operator commands) ----------------------------------------
-    def save(self, record: Integration | Target, *, expected_version: int | None) -> bool:
-        """Store ``record`` if the stored one is still at ``expected_version`` (None: there is none);
-        False, with nothing written, when another writer got there first."""
-        condition = version_condition("targetId", expected_version)
+    def save(
+        self, record: Integration | Target, *, expected_version: int | None, unreadable: bool = False
+    ) -> bool:
+        """Store ``record`` if the stored one is still at ``expected_version`` (None: there is none;
+        with ``unreadable``: an unreadable item whose version could not be read either); False, with
+        nothing written, when another writer got there first."""
+        condition = version_condition("targetId", expected_version, unversioned=unreadable)
         try:
             self._ddb.put_item(TableName=self._table, Item=_item(record), **condition)
         except AWS_ERRORS as exc:
@@ -197,7 +200,9 @@ class TargetStore:
             self._ddb.delete_item(
                 TableName=self._table,
                 Key={"integrationId": {"S": target.integration_id}, "targetId": {"S": target.target_id}},
-                **version_condition("targetId", target.version),
+                **version_condition(
+                    "targetId", target.version, unversioned=isinstance(target, UnreadableTarget)
+                ),
             )
         except AWS_ERRORS as exc:
             if lost_race(exc):
