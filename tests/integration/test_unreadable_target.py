@@ -54,12 +54,13 @@ def seed(resources: LocalResources, healthy_url: str) -> None:
     write_unreadable(UNREADABLE, version=4)
 
 
-def write_unreadable(target_id: str, *, version: int) -> None:
-    """A raw item as a newer release would store it (relay.adapters.target_store's layout)."""
+def write_unreadable(target_id: str, *, version: int, **fields: Any) -> None:
+    """A raw item as a newer release would store it (relay.adapters.target_store's layout): its doc
+    holds ``fields`` (default: a method this release does not know)."""
     doc = Target(
         integration_id=INTEGRATION.id, target_id=target_id, name="newer", url="https://example.com/hook"
     ).model_dump(mode="json", by_alias=True)
-    doc.update(method=SECRETISH, version=version)
+    doc.update(fields or {"method": SECRETISH}, version=version)
     aws_client("dynamodb").put_item(
         TableName=get_settings().targets_table,
         Item={
@@ -220,3 +221,129 @@ def test_sync_rewrites_an_unreadable_integration_record_and_goes_on_with_its_tar
     entry = target_store(get_settings(), cache_ttl_seconds=0).get(INTEGRATION.id)
     assert entry is not None and entry.integration.name == INTEGRATION.name
     assert entry.integration.version == before + 1
+
+
+def test_a_bad_value_a_validator_would_quote_is_never_shown(
+    aws_stack: LocalResources, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a target record whose filter holds a value this release does not know (its validator's
+    # message would quote it)
+    seed(aws_stack, "https://example.com/ok")
+    write_unreadable(UNREADABLE, version=4, filters={"types": [SECRETISH]})
+
+    # When the operator lists the targets
+    code = main(["targets", "list", "--format", "json"])
+
+    # Then the record is unreadable, saying which field, and the value shows nowhere
+    [listed] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 1
+    [bad] = listed["unreadableTargets"]
+    assert bad["targetId"] == UNREADABLE and bad["error"].startswith(
+        "target record unreadable: filters.types"
+    )
+    assert SECRETISH not in json.dumps(listed) and SECRETISH not in caplog.text
+
+
+@pytest.mark.parametrize("key", ["targetId", "integrationId"])
+def test_a_record_whose_doc_names_another_target_is_unreadable(
+    aws_stack: LocalResources, receiver: Receiver, function_handler: LoadHandler, key: str
+) -> None:
+    # Given a target record (a hand edit) whose doc names the healthy target, or another integration
+    seed(aws_stack, f"{receiver.url}/hooks/ok")
+    other = {"targetId": HEALTHY, "integrationId": "another-integration"}[key]
+    write_unreadable(UNREADABLE, version=4, **{key: other})
+
+    # When Genesys posts an event
+    response = function_handler("intake")(sample("apigw_text.json"), lambda_context("intake"))
+
+    # Then each stored record gets its own task: the healthy target once, the bad record's kept apart
+    # (never read as, nor fanned out as, the target its doc names)
+    assert response["statusCode"] == 202, response
+    records = receive(aws_stack.delivery_queue_url)
+    assert sorted(DeliveryTask.model_validate_json(r["body"]).target_id for r in records) == sorted(
+        [HEALTHY, UNREADABLE]
+    )
+    entry = target_store(get_settings(), cache_ttl_seconds=0).get(INTEGRATION.id)
+    assert entry is not None and [t.target_id for t in entry.targets] == [HEALTHY]
+    assert (
+        entry.unreadable[UNREADABLE].why
+        == f"target record unreadable: {key}: does not match the record's key"
+    )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["targets", "check"],
+        ["targets", "enable"],
+        ["targets", "disable"],
+        ["breaker", "status"],
+        ["breaker", "reset"],
+    ],
+)
+def test_a_command_naming_an_unreadable_target_says_so(
+    aws_stack: LocalResources, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    # Given the integration with one unreadable target record
+    seed(aws_stack, "https://example.com/ok")
+
+    # When the operator names that target
+    code = main([*command, UNREADABLE])
+
+    # Then the command fails (3) saying the record is there but unreadable, and why: not "no target"
+    err = capsys.readouterr().err
+    assert code == 3
+    assert f"target {UNREADABLE} of integration {INTEGRATION.id}: {WHY}" in err, err
+    assert SECRETISH not in err
+
+
+def test_a_target_id_unreadable_under_one_integration_and_held_by_another_is_ambiguous(
+    aws_stack: LocalResources, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given the unreadable target's id also stored (readable) under a second integration
+    seed(aws_stack, "https://example.com/ok")
+    other = "22222222-2222-4222-8222-222222222222"
+    store = target_store(get_settings(), cache_ttl_seconds=0)
+    entry = store.get(INTEGRATION.id)
+    assert entry is not None
+    store.put_integration(entry.integration.model_copy(update={"integration_id": other}))
+    store.put_target(
+        Target(integration_id=other, target_id=UNREADABLE, name="twin", url="https://example.com/t")
+    )
+
+    # When the operator names the target without --integration, then with the unreadable one's
+    code = main(["breaker", "status", UNREADABLE])
+    ambiguous = capsys.readouterr().err
+    chosen = main(["breaker", "status", UNREADABLE, "--integration", INTEGRATION.id])
+
+    # Then the first is a usage error naming both integrations (not the readable one acted on), the
+    # second says the record is unreadable
+    assert code == 2 and other in ambiguous and INTEGRATION.id in ambiguous, ambiguous
+    assert chosen == 3 and WHY in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("version", [None, {"S": "7"}])
+def test_sync_rewrites_an_unreadable_record_whose_version_cannot_be_read(
+    genesys: FakeGenesys, capsys: pytest.CaptureFixture[str], version: dict[str, str] | None
+) -> None:
+    # Given a synced table, then one target's record rewritten by hand: its version attribute gone or odd
+    assert main(["targets", "sync"]) == 0
+    capsys.readouterr()
+    write_unreadable(UNREADABLE, version=7)
+    table, key = (
+        get_settings().targets_table,
+        {"integrationId": {"S": INTEGRATION.id}, "targetId": {"S": UNREADABLE}},
+    )
+    item = aws_client("dynamodb").get_item(TableName=table, Key=key)["Item"]
+    del item["version"]
+    aws_client("dynamodb").put_item(TableName=table, Item=item | ({"version": version} if version else {}))
+
+    # When the operator syncs again
+    code = main(["targets", "sync"])
+
+    # Then the record is stored afresh from Genesys' config (it never stays unrepairable)
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0, report
+    assert report["changed"] == [UNREADABLE] and report["conflicts"] == []
+    entry = target_store(get_settings(), cache_ttl_seconds=0).get(INTEGRATION.id)
+    assert entry is not None and dict(entry.unreadable) == {}

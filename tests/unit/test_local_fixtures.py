@@ -450,3 +450,12 @@ def test_a_usable_client_certificate_is_accepted(pki: Pki, tmp_path: Path) -> No
     doc = fixtures_doc()
     doc["integrations"][0]["targets"][1]["clientCertificate"] = bundle
     assert _load(doc, tmp_path).integrations[0].targets[1].client_certificate == bundle
+
+
+def test_the_ready_line_masks_a_password_in_a_receivers_url() -> None:
+    # Given a demo receiver whose target URL carries credentials before its host
+    url = "http://user:FIXTURE-PASSWORD-0123@127.0.0.1:43210/hooks/x?v=2"
+    receiver = DemoReceiver("i-1", "t-1", "crm", url, Receiver())
+
+    # Then the ready line names it with the password masked, the user and the rest kept
+    assert receivers_by_name([receiver]) == {"crm": "http://user:****@127.0.0.1:43210/hooks/x?v=2"}

@@ -320,9 +320,12 @@ class TargetRecords(IntegrationLookup, Protocol):
 
     def list_integration_ids(self) -> list[str]: ...
 
-    def save(self, record: Integration | Target, *, expected_version: int | None) -> bool:
-        """Store ``record`` if the stored one is still at ``expected_version`` (None: there is none);
-        False, with nothing written, when another writer changed it first."""
+    def save(
+        self, record: Integration | Target, *, expected_version: int | None, unreadable: bool = False
+    ) -> bool:
+        """Store ``record`` if the stored one is still at ``expected_version`` (None: there is none;
+        with ``unreadable``: an unreadable item whose version could not be read either); False, with
+        nothing written, when another writer changed it first."""
         ...
 
     def delete(self, target: Target | UnreadableTarget) -> bool:

@@ -10,8 +10,19 @@ from botocore.exceptions import ClientError
 LOST_RACE_CODE = "ConditionalCheckFailedException"
 
 
-def version_condition(key_attribute: str, expected_version: int | None) -> dict[str, Any]:
-    """PutItem's condition: no item yet (``expected_version`` None), or the item still at that version."""
+def version_condition(
+    key_attribute: str, expected_version: int | None, *, unversioned: bool = False
+) -> dict[str, Any]:
+    """PutItem's condition: no item yet (``expected_version`` None), or the item still at that version.
+    ``unversioned``: an item whose version attribute was read missing or not a number (a hand edit),
+    still so (``expected_version`` None): without it such an item could never be replaced."""
+    if expected_version is None and unversioned:
+        return {
+            "ConditionExpression": f"attribute_exists({key_attribute}) AND "
+            "(attribute_not_exists(#version) OR NOT attribute_type(#version, :number))",
+            "ExpressionAttributeNames": {"#version": "version"},
+            "ExpressionAttributeValues": {":number": {"S": "N"}},
+        }
     if expected_version is None:
         return {"ConditionExpression": f"attribute_not_exists({key_attribute})"}
     return {

@@ -167,10 +167,13 @@ class TargetStore:
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     # --- writes (config sync, the dispatcher, operator commands) ----------------------------------------
-    def save(self, record: Integration | Target, *, expected_version: int | None) -> bool:
-        """Store ``record`` if the stored one is still at ``expected_version`` (None: there is none);
-        False, with nothing written, when another writer got there first."""
-        condition = version_condition("targetId", expected_version)
+    def save(
+        self, record: Integration | Target, *, expected_version: int | None, unreadable: bool = False
+    ) -> bool:
+        """Store ``record`` if the stored one is still at ``expected_version`` (None: there is none;
+        with ``unreadable``: an unreadable item whose version could not be read either); False, with
+        nothing written, when another writer got there first."""
+        condition = version_condition("targetId", expected_version, unversioned=unreadable)
         try:
             self._ddb.put_item(TableName=self._table, Item=_item(record), **condition)
         except AWS_ERRORS as exc:
@@ -197,7 +200,9 @@ class TargetStore:
             self._ddb.delete_item(
                 TableName=self._table,
                 Key={"integrationId": {"S": target.integration_id}, "targetId": {"S": target.target_id}},
-                **version_condition("targetId", target.version),
+                **version_condition(
+                    "targetId", target.version, unversioned=isinstance(target, UnreadableTarget)
+                ),
             )
         except AWS_ERRORS as exc:
             if lost_race(exc):
@@ -269,9 +274,18 @@ def _validated[R: (Integration, Target)](model: type[R], item: dict[str, Any]) -
     except (KeyError, TypeError, ValueError, RecursionError):
         raise _Unreadable("doc: not a JSON document") from None
     try:
-        return model.model_validate(doc)
+        record = model.model_validate(doc)
     except ValidationError as exc:
-        raise _Unreadable(safe_errors(exc, whole="record", most=5)) from None
+        raise _Unreadable(safe_errors(exc, whole="record", most=5, quoting=False)) from None
+    # A doc naming another record (a hand edit, a copied item) is not read as that one: it would
+    # shadow it and its own target would get no task.
+    keys = {"integrationId": record.integration_id}
+    if isinstance(record, Target):
+        keys["targetId"] = record.target_id
+    for key, named in keys.items():
+        if item.get(key, {}).get("S") != named:
+            raise _Unreadable(f"{key}: does not match the record's key")
+    return record
 
 
 def _integration(integration_id: str, item: dict[str, Any]) -> Integration:

@@ -57,7 +57,7 @@ MEANINGS = {
     ExitCode.FAILED: "failed: the command could not run (settings, AWS_REGION or AWS_ENDPOINT_URL too, a "
     "--stack-name that names no stack, AWS or an endpoint answering something else, Genesys Cloud, the "
     "local stack, a target id that names no target in the TargetsTable, an integration record this "
-    "release cannot read, an id "
+    "release cannot read (or a target record a command names), an id "
     "that names nothing in the audit or the archive, a replay refused)",
     ExitCode.INTERNAL: "internal error: a bug in the relay; `relay --debug ...` shows the traceback",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",

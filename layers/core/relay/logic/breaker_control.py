@@ -45,14 +45,25 @@ def known_targets(targets: TargetRecords, integration_id: str | None = None) -> 
 
 
 def find_target(targets: TargetRecords, target_id: str, integration_id: str | None = None) -> Target:
-    """The one target with this id; raises UnknownTarget, or AmbiguousTarget if several integrations
-    hold it and none was chosen."""
-    matches = [t for t in known_targets(targets, integration_id) if t.target_id == target_id]
+    """The one target with this id; raises UnknownTarget, AmbiguousTarget if several integrations
+    hold it and none was chosen, or UnreadableRecord (saying why, never a value) when the id names a
+    record this release cannot read: it is there, so "no target" would send the operator astray."""
+    matches: list[Target] = []
+    unreadable = []
+    for ident in [integration_id] if integration_id else targets.list_integration_ids():
+        entry = targets.get(ident)
+        if entry is not None:
+            matches.extend(t for t in entry.targets if t.target_id == target_id)
+            if target_id in entry.unreadable:
+                unreadable.append(entry.unreadable[target_id])
+    held_by = [t.integration_id for t in matches] + [bad.integration_id for bad in unreadable]
+    if len(held_by) > 1:
+        raise AmbiguousTarget(target_id, sorted(held_by))
+    if unreadable:
+        raise unreadable[0].error()
     if not matches:
         under = f" under integration {integration_id}" if integration_id else ""
         raise UnknownTarget(f"no target {target_id}{under} in the TargetsTable")
-    if len(matches) > 1:
-        raise AmbiguousTarget(target_id, (t.integration_id for t in matches))
     return matches[0]
 
 

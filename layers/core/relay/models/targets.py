@@ -41,10 +41,16 @@ CREDENTIAL_MASK = "****"
 
 
 def masked_url(url: str) -> str:
-    """A target's URL for display: a query value long enough to be a token (``api_key=...``, or a
-    bare ``?<token>``) masked, names and short values ("v=2") kept; the fragment likewise."""
+    """A target's URL for display: a password before its host (``user:<password>@``) and a query
+    value long enough to be a token (``api_key=...``, or a bare ``?<token>``) masked, names and short
+    values ("v=2") kept; the fragment likewise."""
     base, hash_mark, fragment = url.partition("#")
     base, mark, query = base.partition("?")
+    scheme, slashes, rest = base.partition("://")
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if slashes and at and ":" in userinfo:
+        base = f"{scheme}{slashes}{userinfo.partition(':')[0]}:****@{host}{slash}{path}"
     return f"{base}{mark}{_masked_query(query)}{hash_mark}{_masked_query(fragment)}"
 
 

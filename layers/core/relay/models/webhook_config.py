@@ -259,13 +259,21 @@ def _unpaired_surrogate_at(data: Any) -> str | None:
     return None
 
 
-def safe_errors(exc: ValidationError, *, whole: str = "config", most: int | None = None) -> str:
+def safe_errors(
+    exc: ValidationError, *, whole: str = "config", most: int | None = None, quoting: bool = True
+) -> str:
     """A validation error as 'field: problem; ...' without the offending input (it may be a secret);
-    ``whole`` names a problem of the whole document, and past ``most`` problems the rest are counted."""
+    ``whole`` names a problem of the whole document, and past ``most`` problems the rest are counted.
+    A validator of ours may quote the value it refuses (``unknown message type 'Txt'``): with
+    ``quoting=False`` such a message is not shown either (for a stored record: any field may hold a
+    secret)."""
     parts = []
     for error in exc.errors(include_url=False, include_input=False):
         where = ".".join(str(part) for part in error["loc"]) or whole
-        parts.append(f"{where}: {error['msg']}")
+        message = error["msg"]
+        if not quoting and error["type"] in ("value_error", "assertion_error"):
+            message = "Value error, not shown (it may quote the value)"
+        parts.append(f"{where}: {message}")
     if most is not None and len(parts) > most:
         parts[most:] = [f"and {len(parts) - most} more"]
     return "; ".join(parts)

@@ -88,7 +88,9 @@ class RecordWriter:
         """
         if isinstance(previous, UnreadableTarget | UnreadableRecord):
             fresh = {"synced_at": self._synced_at, "version": (previous.version or 0) + 1}
-            replaced = self._store.save(record.model_copy(update=fresh), expected_version=previous.version)
+            replaced = self._store.save(
+                record.model_copy(update=fresh), expected_version=previous.version, unreadable=True
+            )
             return Written.CHANGED if replaced else Written.CONFLICT
         ignore = {"version", "synced_at", "enabled"}
         changed = previous is None or previous.model_dump(exclude=ignore) != record.model_dump(exclude=ignore)
