@@ -31,7 +31,7 @@ from relay.logic.dispatch import audit
 from relay.logic.dispatch.attempt import CONFIGURATION, Attempt
 from relay.logic.dispatch.batch import Batch
 from relay.logic.dispatch.metrics import Metric
-from relay.logic.dispatch.records import Item, Unattempted, Unusable
+from relay.logic.dispatch.records import Item, SqsRecord, Unattempted, Unusable
 from relay.logic.outcomes import Outcome, Verdict
 from relay.models.delivery import DeadLetterNote, DlqReason
 from relay.models.queue import Requeue
@@ -88,7 +88,7 @@ class Settler:
             batch.metrics.count(Metric.DELIVERY_FAILED, target_id)
             delay = self._retry_delay(item, outcome, batch)
             if delay is not None:
-                self._schedule_retry(item, delay, batch, line)
+                self._schedule_retry(item.record, target_id, delay, batch, line)
             else:
                 if outcome.verdict is Verdict.GONE:
                     self._disable(item)
@@ -147,28 +147,11 @@ class Settler:
             "error": step.why,
         }
         batch.metrics.count(Metric.DELIVERY_FAILED, target_id)
-        delay = None
-        if not retry.exhausted(
-            UNREADABLE_RETRY, record.attempt, max_receive_count=self._settings.max_receive_count
-        ):
-            delay = retry.retry_delay_seconds(
-                UNREADABLE_RETRY,
-                record.attempt,
-                rng=self._rng,
-                max_delay_seconds=min(
-                    self._settings.max_retry_delay_seconds, batch.visibility_left_seconds(now)
-                ),
-            )
-            if retry.outlives_retention(record.sent_at, delay, now.timestamp()):
-                delay = None
+        delay = self._backoff(UNREADABLE_RETRY, record.attempt, batch)
+        if delay is not None and retry.outlives_retention(record.sent_at, delay, now.timestamp()):
+            delay = None
         if delay is not None:
-            try:
-                self._queue.schedule_retry(record.receipt_handle, delay)
-                line.update(outcome=audit.RETRY_SCHEDULED, retryInSeconds=delay)
-            except DependencyUnavailable:  # the queue's own visibility timeout brings it back
-                line.update(outcome=audit.RETRY_SCHEDULED, retryInSeconds=None)
-            batch.metrics.count(Metric.RETRIED, target_id)
-            batch.fail(record)
+            self._schedule_retry(record, target_id, delay, batch, line)
         else:
             note = DeadLetterNote(
                 DlqReason.EXHAUSTED,
@@ -253,19 +236,11 @@ class Settler:
         """Seconds until the failed record's next attempt; None when it has none: not retryable, its
         attempts are used up, or the next one would come after SQS deletes the message (dead-lettered
         as exhausted rather than lost)."""
-        if outcome.verdict is not Verdict.RETRYABLE or retry.exhausted(
-            item.target.retry_matrix, item.attempt, max_receive_count=self._settings.max_receive_count
-        ):
+        if outcome.verdict is not Verdict.RETRYABLE:
             return None
-        backoff = retry.retry_delay_seconds(
-            item.target.retry_matrix,
-            item.attempt,
-            rng=self._rng,
-            retry_after_seconds=outcome.retry_after_seconds,
-            max_delay_seconds=min(
-                self._settings.max_retry_delay_seconds, batch.visibility_left_seconds(self._now())
-            ),
-        )
+        backoff = self._backoff(item.target.retry_matrix, item.attempt, batch, outcome.retry_after_seconds)
+        if backoff is None:
+            return None
         delay = self._held_for(item, backoff)
         if self._outlives_retention(item, delay):
             logger.warning(
@@ -275,6 +250,23 @@ class Settler:
             return None
         return delay
 
+    def _backoff(
+        self, matrix: RetryMatrix, attempt: int, batch: Batch, retry_after_seconds: float | None = None
+    ) -> int | None:
+        """The matrix's delay before attempt ``attempt + 1`` (within the batch's visibility and the
+        delay cap), or None when ``attempt`` was its last."""
+        if retry.exhausted(matrix, attempt, max_receive_count=self._settings.max_receive_count):
+            return None
+        return retry.retry_delay_seconds(
+            matrix,
+            attempt,
+            rng=self._rng,
+            retry_after_seconds=retry_after_seconds,
+            max_delay_seconds=min(
+                self._settings.max_retry_delay_seconds, batch.visibility_left_seconds(self._now())
+            ),
+        )
+
     def _held_for(self, item: Item, seconds: int) -> int:
         """The delay SQS is asked for to hold ``item`` back ``seconds`` (the ordered lane spreads holds)."""
         return seconds
@@ -283,14 +275,16 @@ class Settler:
         """True when ``item`` shown again in ``seconds`` would come too late: SQS deletes it first."""
         return retry.outlives_retention(item.record.sent_at, seconds, self._now().timestamp())
 
-    def _schedule_retry(self, item: Item, delay: int, batch: Batch, line: dict[str, Any]) -> None:
+    def _schedule_retry(
+        self, record: SqsRecord, target_id: str, delay: int, batch: Batch, line: dict[str, Any]
+    ) -> None:
         try:
-            self._queue.schedule_retry(item.record.receipt_handle, delay)
+            self._queue.schedule_retry(record.receipt_handle, delay)
             line.update(outcome=audit.RETRY_SCHEDULED, retryInSeconds=delay)
         except DependencyUnavailable:  # the queue's own visibility timeout brings it back
             line.update(outcome=audit.RETRY_SCHEDULED, retryInSeconds=None)
-        batch.metrics.count(Metric.RETRIED, item.target.target_id)
-        batch.fail(item.record)
+        batch.metrics.count(Metric.RETRIED, target_id)
+        batch.fail(record)
 
     def _disable(self, item: Item) -> None:
         target_id = item.target.target_id
