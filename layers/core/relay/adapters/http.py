@@ -38,8 +38,6 @@ from urllib3.exceptions import (
     HTTPError,
     LocationValueError,
     NewConnectionError,
-    ProtocolError,
-    SSLError,
 )
 from urllib3.util import parse_url
 
@@ -238,9 +236,7 @@ def _no_response(exc: Exception) -> tuple[str, str]:
         return READ_TIMEOUT, "read timed out"
     if isinstance(exc, NoAnswer):  # closed, not HTTP, or past the limits: its message says which
         return CONNECTION_ERROR, str(exc)
-    if isinstance(exc, ProtocolError | SSLError | OSError):
-        return CONNECTION_ERROR, _short(exc)
-    if isinstance(exc, LocationValueError | ValueError):
+    if isinstance(exc, ValueError):  # a request HTTP cannot carry (LocationValueError too): nothing sent
         return INVALID_REQUEST, _short(exc)
     return CONNECTION_ERROR, _short(exc)
 
@@ -256,9 +252,6 @@ def _short(exc: Exception) -> str:
     tls = _tls_failure(exc)
     if tls is not None:
         return f"{type(exc).__name__}({_tls_reason(tls)})"
-    reason: object = exc.args[1] if isinstance(exc, ProtocolError) and len(exc.args) > 1 else None
-    if isinstance(reason, BaseException):
-        return f"{type(exc).__name__}({type(reason).__name__})"
     if isinstance(exc, NewConnectionError) and isinstance(exc.__cause__, OSError):
         # Refused, unreachable, reset: the socket error says which (its class, or its errno's name).
         return f"{type(exc).__name__}({_os_reason(exc.__cause__)})"
