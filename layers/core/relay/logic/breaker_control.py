@@ -8,14 +8,14 @@ between our read and our write, the write loses, we read again and reset what is
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from relay.errors import AmbiguousTarget, ResetConflict, UnknownTarget
 from relay.logic import breaker
 from relay.models.breaker import BreakerState, LaneState, Phase, endpoint_digest, target_key
-from relay.models.targets import Ordering, Target
+from relay.models.targets import IntegrationEntry, Ordering, Target
 from relay.models.timestamps import iso_utc_from_epoch
 from relay.ports import BreakerStore, TargetRecords
 from relay.settings import Settings
@@ -35,13 +35,15 @@ def policy_from(settings: Settings) -> breaker.BreakerPolicy:
 # --- which targets -----------------------------------------------------------------------------------
 def known_targets(targets: TargetRecords, integration_id: str | None = None) -> list[Target]:
     """Every target in the TargetsTable (or one integration's), ordered by integration and target."""
-    ids = [integration_id] if integration_id else targets.list_integration_ids()
-    found: list[Target] = []
-    for ident in ids:
+    return [target for entry in _entries(targets, integration_id) for target in entry.targets]
+
+
+def _entries(targets: TargetRecords, integration_id: str | None) -> Iterator[IntegrationEntry]:
+    """Every integration's entry (or the one named), in integration order."""
+    for ident in [integration_id] if integration_id else targets.list_integration_ids():
         entry = targets.get(ident)
         if entry is not None:
-            found.extend(entry.targets)
-    return found
+            yield entry
 
 
 def find_target(targets: TargetRecords, target_id: str, integration_id: str | None = None) -> Target:
@@ -50,12 +52,10 @@ def find_target(targets: TargetRecords, target_id: str, integration_id: str | No
     record this release cannot read: it is there, so "no target" would send the operator astray."""
     matches: list[Target] = []
     unreadable = []
-    for ident in [integration_id] if integration_id else targets.list_integration_ids():
-        entry = targets.get(ident)
-        if entry is not None:
-            matches.extend(t for t in entry.targets if t.target_id == target_id)
-            if target_id in entry.unreadable:
-                unreadable.append(entry.unreadable[target_id])
+    for entry in _entries(targets, integration_id):
+        matches.extend(t for t in entry.targets if t.target_id == target_id)
+        if target_id in entry.unreadable:
+            unreadable.append(entry.unreadable[target_id])
     held_by = [t.integration_id for t in matches] + [bad.integration_id for bad in unreadable]
     if len(held_by) > 1:
         raise AmbiguousTarget(target_id, sorted(held_by))
