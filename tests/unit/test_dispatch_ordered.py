@@ -798,9 +798,12 @@ def test_a_held_conversation_is_never_released(relays: list[OrderedRelay]) -> No
 
     failed = r.batch(slow, held0, held1, settled)
 
-    # Then the held conversation stays on the queue, in order, and nothing of it was deleted
+    # Then the held conversation stays on the queue, in order, and nothing of it was deleted (the slow
+    # one may be released early too, if the held conversation's run is still finishing when it ends)
     assert sorted(failed) == sorted(ids(held0, held1))
-    assert all_deleted(r) == handles(settled)
+    deleted = all_deleted(r)
+    assert set(handles(settled)) <= set(deleted) <= set(handles(settled, slow))
+    assert set(handles(held0, held1)).isdisjoint(deleted)
 
 
 def test_sqs_refusing_the_early_delete_loses_nothing(relays: list[OrderedRelay]) -> None:
