@@ -111,6 +111,19 @@ def test_reads_deserialize_through_the_sdk_models(genesys: FakeGenesys) -> None:
     assert client.logins == 1
 
 
+def test_an_integration_id_the_sdk_percent_encodes_is_found() -> None:
+    # Given a fixtures file whose integration id holds a ":" (the fixtures allow it, as the intake does)
+    raw = json.loads(json.dumps(FIXTURES.model_dump(by_alias=True, mode="json")))
+    raw["integrations"][0]["id"] = "open:channel.1"
+    fixtures = Fixtures.model_validate(raw)
+    with FakeGenesys(fixtures) as server:
+        # When the SDK reads it (it sends the ":" as %3A, as it does for Genesys)
+        found = _client(server).get_open_integration("open:channel.1")
+
+    # Then the fake decodes the path as Genesys does, instead of answering 404
+    assert found["id"] == "open:channel.1"
+
+
 def test_logs_in_again_before_the_token_expires(genesys: FakeGenesys) -> None:
     # Given a client logged in with a one-hour token
     clock = FakeClock()

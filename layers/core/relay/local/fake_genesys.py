@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import ValidationError
 
@@ -453,7 +453,8 @@ class FakeGenesys:
             for pattern, table in routes:
                 found = pattern.match(path)
                 if found:
-                    doc = table.get(found.group(1))
+                    # The SDK percent-encodes path parameters (":" arrives as %3A); Genesys decodes them.
+                    doc = table.get(unquote(found.group(1)))
                     return json.loads(json.dumps(doc)) if doc is not None else None
         return None
 
