@@ -741,22 +741,26 @@ def test_every_failure_is_its_exit_code_and_one_error_line(
         assert secret not in out + err
 
 
-class HtmlEndpoint:
-    """A loopback 'AWS endpoint' answering every request with an HTML error page, as a proxy or a
-    captive portal does: botocore cannot parse it as AWS's (ResponseParserError)."""
+HTML_ERROR_PAGE = b"<!doctype html>\n<html><title>500 Internal Server Error</title><h1>oops</h1></html>\n"
+# A captive portal's or proxy's sign-in page: 200, and well-formed enough for an XML parser
+HTML_SIGN_IN_PAGE = b"<html><body><h1>Sign in to continue</h1></body></html>"
 
-    def __init__(self) -> None:
+
+class HtmlEndpoint:
+    """A loopback 'AWS endpoint' answering every request with an HTML page, as a proxy or a captive
+    portal does: not AWS's answer (ResponseParserError)."""
+
+    def __init__(self, status: int = 500, body: bytes = HTML_ERROR_PAGE) -> None:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                body = (
-                    b"<!doctype html>\n<html><title>500 Internal Server Error</title><h1>oops</h1></html>\n"
-                )
-                self.send_response(500)
+                self.send_response(status)
                 self.send_header("Content-Type", "text/html")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            do_GET = do_PUT = do_POST  # S3 reads with GET
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -805,6 +809,48 @@ def test_an_endpoint_answering_something_other_than_aws_is_aws_unavailable(
     assert_one_error_line(
         err, command, r"^DependencyUnavailable: CloudFormation unavailable \(ResponseParserError\)$"
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "command", "says"),
+    [
+        (("targets", "list", "--stack-name", "relay"), "relay targets list", "CloudFormation unavailable"),
+        (("targets", "list"), "relay targets list", "targets table unavailable"),
+        (("breaker", "status"), "relay breaker status", "targets table unavailable"),
+        (("dlq", "list"), "relay dlq list", "SQS get_queue_attributes failed"),
+        (("deliveries", "show", "e-1"), "relay deliveries show", "audit bucket unreadable"),
+    ],
+)
+def test_a_sign_in_page_answering_200_is_aws_unavailable_not_an_empty_answer(
+    argv: tuple[str, ...],
+    command: str,
+    says: str,
+    settings_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given every AWS call answered 200 with a captive portal's page (the resources named as usual)
+    endpoint = HtmlEndpoint(200, HTML_SIGN_IN_PAGE)
+    for name, value in {
+        **LOCAL_CREDENTIALS,
+        "AWS_ENDPOINT_URL": endpoint.url,
+        "AWS_MAX_ATTEMPTS": "1",
+        "TARGETS_TABLE": "relay-TargetsTable",
+        "BREAKER_TABLE": "relay-BreakerTable",
+        "DEAD_LETTER_QUEUE_URL": f"{endpoint.url}/123456789012/relay-DeadLetterQueue",
+        "AUDIT_BUCKET": "relay-auditbucket",
+    }.items():
+        monkeypatch.setenv(name, value)
+    forget_cached_configuration()
+    try:
+        code = main(list(argv))
+    finally:
+        endpoint.close()
+
+    # Then AWS is unavailable (3): not an empty table or queue (0), nor a bug (70)
+    out, err = capsys.readouterr()
+    assert (code, out) == (FAILED, ""), out + err
+    assert_one_error_line(err, command, rf"^DependencyUnavailable: {says}.*\(ResponseParserError\)$")
 
 
 def test_version_prints_the_relays_version(capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -498,6 +500,44 @@ def test_ctrl_c_stops_a_redrive_after_its_batch_in_hand_leaving_nothing_hidden_o
     moved = json.loads(out)["moved"]
     # and every message is in exactly one queue, visible now: none hidden for the visibility timeout,
     # none left behind in the DLQ after its copy was sent
+    delivered = [m["body"] for m in drain(aws_stack.delivery_queue_url)]
+    left = [m["body"] for m in drain(aws_stack.dead_letter_queue_url)]
+    assert len(delivered) == moved and 0 < moved < 300
+    assert sorted(delivered + left) == sorted(bodies)
+
+
+def test_sigterm_stops_a_redrive_like_ctrl_c_leaving_nothing_hidden_or_doubled(
+    aws_stack: LocalResources,
+) -> None:
+    # Given a DLQ of 300 dead letters
+    sqs = aws_client("sqs")
+    bodies = {task_body("i-1", "t-1")[0] for _ in range(300)}
+    for chunk in [sorted(bodies)[n : n + 10] for n in range(0, 300, 10)]:
+        sqs.send_message_batch(
+            QueueUrl=aws_stack.dead_letter_queue_url,
+            Entries=[{"Id": str(i), "MessageBody": body} for i, body in enumerate(chunk)],
+        )
+
+    # When a redrive run as its own process (the environment names the queues) gets SIGTERM mid-run,
+    # as from `kill`, `timeout` or a supervisor
+    process = subprocess.Popen(
+        [sys.executable, "-m", "relay", "dlq", "redrive", "--method", "resend", "--format", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: _depth(aws_stack.delivery_queue_url) >= 20, what="a redrive under way", timeout=60)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+
+    # Then it stopped as after a first Ctrl-C: its batch in hand finished, what it did printed, 130
+    assert process.returncode == 130, out + err
+    assert "stopped after the batch in hand" in err and "Traceback" not in err
+    moved = json.loads(out)["moved"]
+    # and every message is in exactly one queue, visible now: none hidden for the visibility timeout
     delivered = [m["body"] for m in drain(aws_stack.delivery_queue_url)]
     left = [m["body"] for m in drain(aws_stack.dead_letter_queue_url)]
     assert len(delivered) == moved and 0 < moved < 300

@@ -22,6 +22,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError
+from botocore.parsers import ResponseParserError
 
 from relay.errors import ConfigurationError
 from relay.settings import Settings
@@ -59,6 +60,21 @@ def calls_until(deadline: float | None) -> Iterator[None]:
         yield
     finally:
         _deadline.reset(token)
+
+
+def _refuse_html(operation_model: Any, response_dict: dict[str, Any], **_event: Any) -> None:
+    """botocore's before-parse hook: an HTML page answered 200 (a proxy's, a captive portal's) is not
+    AWS's answer. botocore's JSON parser reads one as an empty result (a DynamoDB scan of no items, an
+    empty queue) and its XML parser fails with a KeyError; raised here, it is AWS unavailable, as
+    adapters map it. An error status is left to botocore: it already makes that an error."""
+    body = response_dict.get("body")
+    status = response_dict.get("status_code")
+    if not isinstance(status, int) or status >= 300:
+        return
+    if operation_model.has_streaming_output or not isinstance(body, bytes):
+        return  # an object's own bytes (S3 GetObject) may be anything
+    if body[:512].lstrip().lower().startswith((b"<!doctype html", b"<html")):
+        raise ResponseParserError(f"an HTML page answered HTTP {status}, not AWS")
 
 
 def _refuse_past_deadline(worst_seconds: float, **_event: Any) -> None:
@@ -116,6 +132,7 @@ class AwsClients:
             ) from None
         worst = settings.aws_connect_timeout_seconds + settings.aws_read_timeout_seconds
         client.meta.events.register("before-send", partial(_refuse_past_deadline, worst))
+        client.meta.events.register("before-parse", _refuse_html)
         return client
 
 

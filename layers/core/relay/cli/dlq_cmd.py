@@ -207,20 +207,24 @@ class StopOnCtrlC:
     """While a run lasts, a first Ctrl-C asks it to stop after the batch in hand (``requested``): a
     KeyboardInterrupt in the middle of a receive would leave its messages hidden for the visibility
     timeout, and one between a re-send and its delete would leave the original behind to be sent again.
-    A second Ctrl-C interrupts at once."""
+    A second Ctrl-C interrupts at once. SIGTERM (``kill``, ``timeout``, a supervisor) counts as a
+    Ctrl-C: its default would end the process mid-batch, with no summary."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self._requested = False
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopOnCtrlC:
         if threading.current_thread() is threading.main_thread():  # only there can a handler be set
-            self._previous = signal.signal(signal.SIGINT, self._interrupt)
+            self._previous = {signum: signal.signal(signum, self._interrupt) for signum in self.SIGNALS}
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            if previous is not None:  # None: a handler not set from Python, which cannot be put back
+                signal.signal(signum, previous)
 
     def _interrupt(self, signum: int, frame: object) -> None:
         if self._requested:
