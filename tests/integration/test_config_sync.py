@@ -545,6 +545,30 @@ def test_a_second_sync_leaves_the_eventbridge_record_unchanged(
     assert "0e0e0e0e-0000-4000-8000-000000000000" not in second.changed
 
 
+def test_a_run_without_the_open_messaging_ids_never_replaces_that_integration_with_the_eventbridge_record(
+    genesys: FakeGenesys, monkeypatch: pytest.MonkeyPatch, function_handler: LoadHandler
+) -> None:
+    # Given the EventBridge integration is also an Open Messaging one (the local stack's default), synced
+    monkeypatch.setenv("EVENTBRIDGE_INTEGRATION_ID", INTEGRATION.id)
+    forget_cached_configuration()
+    assert run_config_sync(get_settings()).rejected == []
+
+    # When a run with other settings syncs (a terminal sync, the Open Messaging ids not set)
+    monkeypatch.setenv("GENESYS_OPEN_MESSAGING_INTEGRATION_IDS", "")
+    forget_cached_configuration()
+    report = run_config_sync(get_settings())
+
+    # Then the integration keeps its record and its signature secret: its webhooks are still taken
+    assert INTEGRATION.id not in report.changed
+    entry = _store().get(INTEGRATION.id)
+    assert entry is not None
+    assert entry.integration.name == INTEGRATION.name
+    assert entry.integration.signature_secret_name == secret_name(SecretKind.SIGNATURE, INTEGRATION.id)
+    intake = function_handler("intake")
+    webhook = api_gateway_event(integration_id=INTEGRATION.id)
+    assert intake(webhook, lambda_context("intake"))["statusCode"] == 202
+
+
 def test_redacted_credentials_keep_the_value_secrets_manager_holds(genesys: FakeGenesys) -> None:
     # Given a first sync stored the bearer token
     run_config_sync(get_settings())

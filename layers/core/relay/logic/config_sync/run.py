@@ -223,8 +223,20 @@ class _SyncRun:
         integration_id = self._settings.eventbridge_integration_id
         if not integration_id or integration_id in self._settings.genesys_open_messaging_integration_ids:
             return
+        previous = self._stored_integration(integration_id)
+        if isinstance(previous, Integration) and previous.signature_secret_name is not None:
+            # An Open Messaging integration's record, which a run with other settings stored (a terminal
+            # sync without GENESYS_OPEN_MESSAGING_INTEGRATION_IDS, say). Replacing it would close its
+            # webhook path: 404 to every event, which Genesys never retries. Left as it is, like any
+            # integration a run does not sync.
+            logger.warning(
+                "the EventBridge integration is stored as an Open Messaging integration, which this run "
+                "does not sync (is GENESYS_OPEN_MESSAGING_INTEGRATION_IDS set?): its record is left as it is",
+                extra={"id": integration_id},
+            )
+            return
         record = Integration(integration_id=integration_id, name="Genesys EventBridge", enabled=True)
-        self._store("integration", record, self._stored_integration(integration_id))
+        self._store("integration", record, previous)
 
     def _stored_integration(self, integration_id: str) -> Integration | UnreadableRecord | None:
         """The integration's record as the table holds it; one this release cannot read comes back as
