@@ -162,6 +162,26 @@ def test_targets_list_shows_the_unreadable_record_and_needs_attention(
     ]
 
 
+def test_targets_check_of_every_target_shows_the_unreadable_record_and_needs_attention(
+    aws_stack: LocalResources, receiver: Receiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given the integration with one reachable target and one unreadable target record
+    seed(aws_stack, f"{receiver.url}/hooks/ok")
+
+    # When the operator checks every target, as a table and as JSON
+    table_code = main(["targets", "check"])
+    table = capsys.readouterr().out
+    json_code = main(["targets", "check", "--format", "json"])
+    rows = {row["targetId"]: row for row in map(json.loads, capsys.readouterr().out.splitlines())}
+
+    # Then the unreadable one is a row saying why (not left out), and the check needs attention (1)
+    assert table_code == json_code == 1
+    assert rows[HEALTHY]["reachable"] is True
+    assert rows[UNREADABLE] | {"reachable": False, "error": WHY} == rows[UNREADABLE]
+    [row] = [line for line in table.splitlines() if UNREADABLE in line]
+    assert WHY in row and SECRETISH not in table
+
+
 def test_sync_rewrites_an_unreadable_record_with_the_config_genesys_holds(
     genesys: FakeGenesys, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from relay.logic.url_policy import UrlPolicy
     from relay.models.http import HttpResult
     from relay.models.rate_limit import BucketState
+    from relay.models.targets import UnreadableTarget
     from relay.ports import HttpClient
 
 
@@ -383,6 +384,21 @@ def check_target(target: Any, *, timeout: float, policy: UrlPolicy, sender: Http
     }
 
 
+def _unreadable_result(bad: UnreadableTarget) -> dict[str, Any]:
+    """``check_target``'s row for a target record this release cannot read: not reachable, saying why
+    (its URL is not read either)."""
+    return {
+        "integrationId": bad.integration_id,
+        "targetId": bad.target_id,
+        "url": None,
+        "method": "HEAD",
+        "reachable": False,
+        "status": None,
+        "latencyMs": None,
+        "error": bad.why,
+    }
+
+
 def _check_error(answer: HttpResult) -> str | None:
     """Why a delivery given this answer would not count as delivered (relay.logic.outcomes decides,
     as for deliveries); None when it would."""
@@ -406,16 +422,20 @@ def _check(args: Any, out: IO[str] | None = None) -> int:
 
     out = out or sys.stdout
     settings = get_settings()
+    results = []
     if args.target_id is not None:  # one target, as every command names one (several: --integration)
         targets = [_find_target(target_store(settings, cache_ttl_seconds=0), args)]
     else:
-        targets = [t for entry in _entries(args.integration) for t in entry.targets]
+        entries = list(_entries(args.integration))
+        targets = [t for entry in entries for t in entry.targets]
+        # A record this release cannot read is not checked, but shown: "every target" must not hide it.
+        results += [_unreadable_result(bad) for entry in entries for bad in entry.unreadable.values()]
     policy = UrlPolicy.from_settings(settings)
-    results = []
     for target in targets:
         # A sender per target: each check makes its own connection (its latency includes connect and TLS).
         with closing(http_sender(settings, pool_size=1, body_limit_bytes=0)) as sender:
             results.append(check_target(target, timeout=args.timeout, policy=policy, sender=sender))
+    results.sort(key=lambda r: (r["integrationId"], r["targetId"]))
     if args.format == "json":
         for result in results:
             print(json.dumps(result), file=out)
@@ -426,7 +446,7 @@ def _check(args: Any, out: IO[str] | None = None) -> int:
                 (
                     r["integrationId"],
                     r["targetId"],
-                    r["url"],
+                    r["url"] or "-",
                     "yes" if r["reachable"] else "no",
                     str(r["status"] or "-"),
                     str(r["latencyMs"] if r["latencyMs"] is not None else "-"),
