@@ -597,3 +597,20 @@ def test_a_delivery_id_written_in_upper_case_is_found_and_replayed(
     assert [d["deliveryId"] for d in json.loads(out)["deliveries"]] == [delivery_id]
     (record,) = drain(aws_stack.delivery_queue_url)
     assert json.loads(record["body"])["deliveryId"] == delivery_id
+
+
+def test_show_with_another_target_names_the_id_as_typed_and_the_targets_its_records_name(
+    aws_stack: LocalResources, stack: str, dispatcher: Dispatcher, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a delivered event, and an operator who names it as typed elsewhere, with the wrong target
+    delivery_id = str(uuid.uuid4())
+    dispatcher.handle_batch([event_record("e-one-target", delivery_id=delivery_id)])
+    typed = delivery_id.upper()
+
+    # When they look it up for that target
+    code, out, err = relay(capsys, "deliveries", "show", typed, "--target", "t-none", "--stack-name", stack)
+
+    # Then the answer names the id as typed, and says the event is there for another target
+    assert (code, out) == (3, "")
+    assert err.startswith(f"relay deliveries show: no audit record names {typed} to target t-none from "), err
+    assert err.rstrip().endswith(f"its records name other targets: {PLAIN_TARGET}"), err

@@ -123,18 +123,26 @@ def _show(args: Any, out: IO[str] | None = None) -> int:
     if args.timeout is not None and not args.athena:
         raise UsageError("--timeout applies only with --athena (the audit objects are read without a query)")
     dates = days_back(datetime.now(UTC), args.since)
-    for spelling in spellings(args.ident):
+    typed, other_targets = args.ident, set()
+    for spelling in spellings(typed):
         args.ident = spelling  # what the messages below name: the form that was found
         lines = _athena_lines(args, dates) if args.athena else _audit_lines(args.ident, dates)
-        if args.target:
-            lines = [line for line in lines if line.get("targetId") == args.target]
         found = timeline(lines, args.ident, dates)
+        if args.target:
+            other_targets |= {str(line["targetId"]) for line in found.attempts}
+            lines = [line for line in lines if line.get("targetId") == args.target]
+            found = timeline(lines, args.ident, dates)
         if found.found:
             break
+    if not found.found and other_targets:  # the event is there, for other targets only
+        raise CommandFailed(
+            f"no audit record names {typed} to target {args.target} from {dates[0]} to {dates[-1]}; "
+            f"its records name other targets: {', '.join(sorted(other_targets))}"
+        )
     if not found.found:
         where = f" to target {args.target}" if args.target else ""
         raise CommandFailed(
-            f"no audit record names {args.ident}{where} from {dates[0]} to {dates[-1]}: "
+            f"no audit record names {typed}{where} from {dates[0]} to {dates[-1]}: "
             "look further back with --since (or --athena for long ranges); an accepted event of an ordered "
             "conversation is audited only once a dispatcher receives it, so one waiting behind a held or "
             f"blocked record has no record yet: {where_a_conversation_waits()}; and a Genesys EventBridge "
