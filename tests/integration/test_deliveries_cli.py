@@ -83,6 +83,13 @@ def event_record(event_id: str, *, delivery_id: str | None = None) -> dict[str, 
     return sqs_record(body)
 
 
+def delivered(dispatcher: Dispatcher, event_id: str) -> str:
+    """Dispatch one event to the plain target; its delivery id."""
+    delivery_id = str(uuid.uuid4())
+    dispatcher.handle_batch([event_record(event_id, delivery_id=delivery_id)])
+    return delivery_id
+
+
 def relay(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     capsys.readouterr()  # drop what the dispatcher logged before the command
     code = main(list(argv))
@@ -582,8 +589,7 @@ def test_a_delivery_id_written_in_upper_case_is_found_and_replayed(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # Given a delivered event, and its delivery id as a receiver's database may hand it back (upper case)
-    delivery_id = str(uuid.uuid4())
-    dispatcher.handle_batch([event_record("e-upper", delivery_id=delivery_id)])
+    delivery_id = delivered(dispatcher, "e-upper")
     shouted = delivery_id.upper()
 
     # When the operator looks it up and replays it by that id
@@ -603,9 +609,7 @@ def test_show_with_another_target_names_the_id_as_typed_and_the_targets_its_reco
     aws_stack: LocalResources, stack: str, dispatcher: Dispatcher, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Given a delivered event, and an operator who names it as typed elsewhere, with the wrong target
-    delivery_id = str(uuid.uuid4())
-    dispatcher.handle_batch([event_record("e-one-target", delivery_id=delivery_id)])
-    typed = delivery_id.upper()
+    typed = delivered(dispatcher, "e-one-target").upper()
 
     # When they look it up for that target
     code, out, err = relay(capsys, "deliveries", "show", typed, "--target", "t-none", "--stack-name", stack)
