@@ -1546,6 +1546,28 @@ def test_a_retry_after_is_stored_for_every_dispatcher_when_it_is_answered_not_wh
     assert floors_seen == [pytest.approx(NOW + 30)]
 
 
+def test_a_paced_record_keeps_the_quiet_another_dispatcher_was_asked_for_while_it_waited(
+    running: list[Relay],
+) -> None:
+    # Given a target limited to 2 requests per second, one at once: of two records, the second is paced
+    # half a second on; while the first is under way, another dispatcher gets a Retry-After of 5 s and
+    # stores its floor
+    def scripted(method: str, url: str, headers: Mapping[str, str], body: bytes) -> HttpResult:
+        r.rate_limits.raise_floor(rate_key(INTEGRATION, "crm"), floor_until=r.clock.now + 5)
+        return answer(200)
+
+    r = start(running, relay(limited(2, burst=1), answer_with=scripted, DELIVERY_CONCURRENCY="1"))
+
+    failed = r.batch(record(), record())
+
+    # Then the paced one, once its time came, is not sent inside that quiet: it is deferred past it
+    assert failed == [] and len(r.http.requests) == 1
+    (deferral,) = r.queue.deferrals
+    assert deferral["delay_seconds"] >= 4  # the floor, 4.5 s away when it woke
+    held = [line for line in r.audit_lines() if line["outcome"] == "deferred"]
+    assert [line["errorCode"] for line in held] == ["rate-limited"]
+
+
 def test_when_the_bucket_store_is_down_records_go_anyway(running: list[Relay]) -> None:
     r = start(running, relay(limited(1, burst=1)))
     r.rate_limits.unavailable = True

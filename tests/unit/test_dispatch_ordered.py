@@ -490,6 +490,26 @@ def test_a_retry_after_holds_the_targets_other_conversations_of_the_batch_withou
     assert b_held["retryInSeconds"] >= 30
 
 
+def test_a_paced_record_keeps_the_quiet_another_dispatcher_was_asked_for_while_it_waited(
+    relays: list[OrderedRelay],
+) -> None:
+    # Given a target limited to 2 requests a second, one at once: a conversation's second record is
+    # paced half a second on; while the first is under way, another dispatcher gets a Retry-After of
+    # 5 s and stores its floor
+    r = ordered_relay(relays, ordered_target(rate_limit=RateLimit(per_second=2, burst=1)))
+    r.on_request = lambda event: r.rate_limits.raise_floor(
+        rate_key(INTEGRATION, "crm"), floor_until=r.clock() + 5
+    )
+
+    failed = r.batch(fifo_record("a", 0), fifo_record("a", 1))
+
+    # Then the paced one, once its time came, is not sent inside that quiet: held with its group
+    assert r.sent() == ["a-0"] and failed == ["m-a-1"] and r.nothing_resent()
+    (held,) = [line for line in r.audit_lines() if line.get("eventId") == "a-1"]
+    assert (held["outcome"], held["errorCode"]) == ("held", "rate-limited")
+    assert held["retryInSeconds"] >= 4
+
+
 def test_a_hold_asks_sqs_for_no_more_than_12_hours_from_the_receive(relays: list[OrderedRelay]) -> None:
     # Given a target whose rate limit holds everything for a day (a Retry-After floor)
     r = ordered_relay(relays, ordered_target(rate_limit=RateLimit(per_second=1, burst=1)))

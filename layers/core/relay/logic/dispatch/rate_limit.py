@@ -186,6 +186,21 @@ class RateLimits:
         batch.metrics.count(Metric.RATE_LIMITED, item.target.target_id)
         return wait
 
+    def recheck_floor(self, item: Item, batch: Batch) -> None:
+        """A record paced to a later booking, once its time has come: a Retry-After another dispatcher
+        got while it waited raised the stored floor, and the quiet the receiver asked for holds for
+        bookings made before it asked (one consistent read; unreadable: it goes as booked)."""
+        target = item.target
+        key = rate_key(target.integration_id, target.target_id)
+        try:
+            stored = self._store.load(key)
+        except RateLimitStoreUnavailable:
+            return
+        if stored is not None:
+            self._views.keep(key, stored)
+            if stored.floor_until > self._clock():
+                batch.raise_floor(item.key, stored.floor_until)
+
     def answered(self, item: Item, outcome: Outcome, batch: Batch) -> None:
         """A throttle that says how long to keep quiet holds the target back from now on: in this batch,
         and in every dispatcher through the stored floor."""
