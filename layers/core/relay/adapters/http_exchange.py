@@ -46,8 +46,9 @@ _NOT_IN_TARGET = re.compile(r"[\x00-\x20\x7f]")
 _DIGITS = re.compile("[0-9]+")  # str.isdigit() also takes "²", which int() refuses
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})  # an empty body is still announced: Content-Length: 0
 _RECV_BYTES = 65536
-# The fields that frame the body: lists, all of whose lines count (RFC 9110 5.3), never only the first.
-_FRAMING = frozenset({"content-length", "transfer-encoding"})
+# The fields that frame the body or end the connection: lists, all of whose lines count (RFC 9110 5.3),
+# never only the first.
+_LISTS = frozenset({"content-length", "transfer-encoding", "connection"})
 
 
 class NoAnswer(Exception):
@@ -71,7 +72,7 @@ class Answer:
     (cut off in its headers or body, or a read timeout in its body), else None."""
 
     status: int
-    headers: dict[str, str]  # lower-case names, the first value of each (framing fields: all, one list)
+    headers: dict[str, str]  # lower-case names, the first value of each (_LISTS: all, one list)
     body: bytes = b""
     truncated: bool = False
     error_code: str | None = None
@@ -372,7 +373,7 @@ def _read_headers(reader: _Reader) -> dict[str, str] | None:
         if not colon:
             continue  # not a header field: http.client keeps it out of the headers too
         last, value = name.strip().lower(), value.strip()
-        if last in _FRAMING and last in headers:
+        if last in _LISTS and last in headers:
             headers[last] = f"{headers[last]}, {value}"
         else:
             headers.setdefault(last, value)
