@@ -371,27 +371,24 @@ def test_a_transfer_coding_other_than_chunked_beside_a_content_length_is_read_by
     assert connections == 2
 
 
-def test_a_close_on_a_second_connection_line_is_heard(sender: HttpSender) -> None:
-    # Given a peer whose answer says "Connection: close" on a second Connection line (RFC 9110 5.3: one
-    # list across its lines), though it leaves the connection open
-    head = b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+@pytest.mark.parametrize(
+    "head",
+    [
+        # HTTP/1.0 closes by default, unless it says keep-alive
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        # a close on a second Connection line: one list across its lines (RFC 9110 5.3)
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+    ],
+    ids=["http-1.0", "close-on-a-second-connection-line"],
+)
+def test_an_answer_that_ends_its_connection_is_heard_though_the_peer_leaves_it_open(
+    sender: HttpSender, head: bytes
+) -> None:
     with misbehaving_peer(lambda *_: Answer(head=head, after="keep-alive")) as peer:
         results = [_post(sender, peer.url)[0] for _ in range(2)]
         connections = peer.connections
 
-    # Then the connection is not reused: each request gets its own, and both are delivered
-    assert [(r.status, r.body) for r in results] == [(200, b"ok")] * 2
-    assert connections == 2
-
-
-def test_an_http_1_0_answer_without_keep_alive_is_not_reused(sender: HttpSender) -> None:
-    # Given an HTTP/1.0 peer that leaves the connection open after answering (but never said keep-alive)
-    head = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"
-    with misbehaving_peer(lambda *_: Answer(head=head, after="keep-alive")) as peer:
-        results = [_post(sender, peer.url)[0] for _ in range(2)]
-        connections = peer.connections
-
-    # Then each request gets a connection of its own (HTTP/1.0 closes by default), and both are delivered
+    # Then each request gets a connection of its own, and both are delivered
     assert [(r.status, r.body) for r in results] == [(200, b"ok")] * 2
     assert connections == 2
 
