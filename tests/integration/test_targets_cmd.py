@@ -357,12 +357,32 @@ def test_list_shows_each_targets_auth_type_and_never_a_secret(
 
 
 def test_sync_without_credentials_fails_with_a_clear_message(
-    local_settings: None, capsys: pytest.CaptureFixture[str]
+    local_settings: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    monkeypatch.setenv("GENESYS_OPEN_MESSAGING_INTEGRATION_IDS", INTEGRATION_ID)
+    forget_cached_configuration()
+
     code = main(["targets", "sync"])
 
     assert code == 3
     assert "GENESYS_CREDENTIALS_SECRET" in capsys.readouterr().err
+
+
+def test_a_terminal_sync_with_nothing_to_read_is_refused_and_writes_nothing(
+    local_settings: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given an operator's shell with credentials and the EventBridge integration, but no integration ids
+    monkeypatch.setenv("GENESYS_CLIENT_ID", "client")
+    monkeypatch.setenv("GENESYS_CLIENT_SECRET", "secret-of-the-client")
+    monkeypatch.setenv("EVENTBRIDGE_INTEGRATION_ID", INTEGRATION_ID)
+    forget_cached_configuration()
+
+    code = main(["targets", "sync"])
+
+    # Then the sync says what is missing, exits 3, and stores nothing
+    err = capsys.readouterr().err
+    assert code == 3 and "nothing to sync: GENESYS_OPEN_MESSAGING_INTEGRATION_IDS" in err, err
+    assert target_store(get_settings(), cache_ttl_seconds=0).list_integration_ids() == []
 
 
 def test_sync_rejects_unusable_urls_and_syncs_the_targets_after_them(

@@ -122,7 +122,14 @@ def _sync(args: Any, out: IO[str] | None = None) -> int:
     from relay.wiring.config_sync import run_config_sync
 
     out = out or sys.stdout
-    report = run_config_sync(get_settings())
+    settings = get_settings()
+    if not settings.genesys_open_messaging_integration_ids and not settings.genesys_webhook_integration_ids:
+        # The scheduled function only warns (a stack not configured yet); from a terminal it is a slip.
+        raise CommandFailed(
+            "nothing to sync: GENESYS_OPEN_MESSAGING_INTEGRATION_IDS and GENESYS_WEBHOOK_INTEGRATION_IDS "
+            "are both empty (set them as ConfigSyncFunction has them: docs/config-sync.md, Settings)"
+        )
+    report = run_config_sync(settings)
     print(json.dumps(report.to_dict()), file=out)
     return ExitCode.ATTENTION if report.rejected else ExitCode.OK
 
