@@ -646,6 +646,25 @@ def test_a_basic_credential_whose_password_comes_back_redacted_keeps_the_stored_
     assert stored.values() == [ARCHIVE.security.value]
 
 
+def test_an_encryption_key_provisioned_by_hand_without_its_version_gets_one_from_the_next_sync(
+    genesys: FakeGenesys,
+) -> None:
+    # Given Genesys answers the key redacted, and the operator provisioned it as the README says,
+    # {"current": ..., "previous": null}: no keyId or salt, which the dispatcher refuses to seal without
+    genesys.set_credential(ARCHIVE.id, "encryptionKey", "********")
+    name = secret_name(SecretKind.ENCRYPTION, ARCHIVE.id)
+    put_secret(name, RotatingSecret(current=SecretStr(ARCHIVE.encryption_key)))
+
+    # When the sync runs
+    report = run_config_sync(get_settings())
+
+    # Then the key is kept, with a key version added
+    assert report.rejected == []
+    stored = get_secret(name, force_fetch=True)
+    assert stored.values() == [ARCHIVE.encryption_key]
+    assert stored.key_id and stored.salt and len(bytes.fromhex(stored.salt)) == 16
+
+
 @pytest.mark.parametrize("redacted", ["*" * 20, ""])
 def test_a_redacted_signature_secret_keeps_the_one_secrets_manager_holds(
     genesys: FakeGenesys, redacted: str
