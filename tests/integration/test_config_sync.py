@@ -9,6 +9,9 @@ import json
 import re
 import secrets
 import threading
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,11 +25,15 @@ from test_dispatch_support import ManualClock, get_secret, put_secret, secret_na
 
 from relay.adapters.genesys import GenesysClient
 from relay.adapters.target_store import TargetStore
+from relay.cli import main
 from relay.errors import GenesysDeadlineExceeded, GenesysLoginError, GenesysRateLimited, GenesysTimeout
 from relay.local.aws_stack import forget_cached_configuration
 from relay.local.fake_genesys import FakeGenesys, Fault
 from relay.local.fixtures import Fixtures, FixtureTarget
 from relay.logic.config_sync.report import Moved
+from relay.logic.crypto import KeyCache
+from relay.logic.envelope import TargetSecrets, build_request
+from relay.models.delivery import DeliveryTask
 from relay.models.secrets import RotatingSecret, SecretKind
 from relay.models.targets import SecurityType
 from relay.settings import get_settings
@@ -123,6 +130,46 @@ def test_changed_encryption_key_gets_a_new_salt_and_key_id(genesys: FakeGenesys)
     assert after.salt != before.salt and after.key_id != before.key_id
     assert after.salt is not None and len(bytes.fromhex(after.salt)) == 16
     assert ARCHIVE.id in report.changed
+
+
+def test_a_changed_encryption_key_keeps_the_old_one_so_relay_decrypt_opens_earlier_envelopes(
+    genesys: FakeGenesys, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given an envelope a receiver got under the key of a first sync
+    run_config_sync(get_settings())
+    name = secret_name(SecretKind.ENCRYPTION, ARCHIVE.id)
+    envelope = tmp_path / "envelope.json"
+    envelope.write_bytes(
+        _sealed_event_body('{"id": "before the change"}', get_secret(name, force_fetch=True))
+    )
+
+    # When the key is changed in Genesys and the sync runs again
+    genesys.set_credential(ARCHIVE.id, "encryptionKey", "a-brand-new-encryption-key-0002")
+    run_config_sync(get_settings())
+
+    # Then the secret keeps the old key as previous, and `relay decrypt --secret` still opens the envelope
+    after = get_secret(name, force_fetch=True)
+    assert after.values() == ["a-brand-new-encryption-key-0002", ARCHIVE.encryption_key]
+    capsys.readouterr()
+    assert main(["decrypt", str(envelope), "--secret", name]) == 0
+    assert capsys.readouterr().out == '{"id": "before the change"}'
+
+
+def _sealed_event_body(event_json: str, secret: RotatingSecret) -> bytes:
+    """The body the dispatcher sends ARCHIVE for ``event_json``, sealed with ``secret``."""
+    target = _store().get_target(INTEGRATION.id, ARCHIVE.id)
+    assert target is not None
+    task = DeliveryTask(
+        delivery_id=uuid.uuid4(),
+        integration_id=INTEGRATION.id,
+        target_id=ARCHIVE.id,
+        event_id="e-1",
+        received_at=datetime.now(UTC),
+        event_json=event_json,
+    )
+    assert target.security.secret_name is not None
+    secrets_ = TargetSecrets(encryption=secret, auth=get_secret(target.security.secret_name))
+    return build_request(task, event_json, target, secrets_, key_cache=KeyCache(), now=datetime.now(UTC)).body
 
 
 def test_changed_config_bumps_the_target_version(genesys: FakeGenesys) -> None:
@@ -597,6 +644,25 @@ def test_a_basic_credential_whose_password_comes_back_redacted_keeps_the_stored_
     assert ARCHIVE.id in report.targets and report.rejected == []
     stored = get_secret(secret_name(SecretKind.AUTH, ARCHIVE.id), force_fetch=True)
     assert stored.values() == [ARCHIVE.security.value]
+
+
+def test_an_encryption_key_provisioned_by_hand_without_its_version_gets_one_from_the_next_sync(
+    genesys: FakeGenesys,
+) -> None:
+    # Given Genesys answers the key redacted, and the operator provisioned it as the README says,
+    # {"current": ..., "previous": null}: no keyId or salt, which the dispatcher refuses to seal without
+    genesys.set_credential(ARCHIVE.id, "encryptionKey", "********")
+    name = secret_name(SecretKind.ENCRYPTION, ARCHIVE.id)
+    put_secret(name, RotatingSecret(current=SecretStr(ARCHIVE.encryption_key)))
+
+    # When the sync runs
+    report = run_config_sync(get_settings())
+
+    # Then the key is kept, with a key version added
+    assert report.rejected == []
+    stored = get_secret(name, force_fetch=True)
+    assert stored.values() == [ARCHIVE.encryption_key]
+    assert stored.key_id and stored.salt and len(bytes.fromhex(stored.salt)) == 16
 
 
 @pytest.mark.parametrize("redacted", ["*" * 20, ""])

@@ -59,6 +59,25 @@ def test_tables_have_the_template_keys_and_ttl(aws_stack: LocalResources) -> Non
     )
 
 
+def test_the_audit_bucket_is_versioned_as_the_template_says(aws_stack: LocalResources) -> None:
+    # Given the template's AuditBucket versioning
+    template = aws_stack.template
+    assert template.properties("AuditBucket")["VersioningConfiguration"]["Status"] == "Enabled"
+
+    # When a claim check is deleted
+    s3 = aws_clients().client("s3")
+    key = "events/versioning-probe/claim-check.json"
+    s3.put_object(Bucket=aws_stack.audit_bucket, Key=key, Body=b'{"id": "e-1"}')
+    s3.delete_object(Bucket=aws_stack.audit_bucket, Key=key)
+
+    # Then its text is still there as a noncurrent version, as docs/operations-dlq.md's recovery needs
+    versions = s3.list_object_versions(Bucket=aws_stack.audit_bucket, Prefix=key)
+    assert [m["Key"] for m in versions.get("DeleteMarkers", [])] == [key]
+    (version,) = versions["Versions"]
+    body = s3.get_object(Bucket=aws_stack.audit_bucket, Key=key, VersionId=version["VersionId"])["Body"]
+    assert body.read() == b'{"id": "e-1"}'
+
+
 def test_function_environment_resolves_to_the_created_resources(aws_stack: LocalResources) -> None:
     settings = get_settings()
     assert settings.stage == "local"

@@ -295,6 +295,11 @@ def _create_buckets(template: Template, endpoint_url: str, prefix: str) -> None:
     for logical_id in template.resources_of_type("AWS::S3::Bucket"):
         name = f"{prefix}-{logical_id}".lower()
         s3.create_bucket(Bucket=name)
+        # Versioning as the template has it: a deleted or expired claim check is then recoverable as a
+        # noncurrent version locally too (docs/operations-dlq.md, claim-check-missing).
+        versioning = template.properties(logical_id).get("VersioningConfiguration") or {}
+        if versioning.get("Status") == "Enabled":
+            s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
         template.physical[logical_id] = PhysicalResource(name, {"Arn": f"arn:aws:s3:::{name}"})
 
 

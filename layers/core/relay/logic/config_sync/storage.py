@@ -121,8 +121,10 @@ class RecordWriter:
     def store_secret(self, kind: SecretKind, ident: str, value: SecretStr) -> bool:
         """Put ``value`` under the secret's name unless it is already current; True if written.
 
-        Rotation: a changed signature/signing/auth value keeps the old one as ``previous``. An encryption
-        key gets a fresh random 16-byte salt and a new keyId per key version; unchanged keys keep theirs.
+        Rotation: a changed value keeps the old one as ``previous``. An encryption key also gets a fresh
+        random 16-byte salt and a new keyId per key version; unchanged keys keep theirs (and their
+        ``previous``). The dispatcher seals with ``current`` only; ``previous`` is for ``relay decrypt
+        --secret``, since an envelope sealed before the change carries its own salt.
         """
         name = self.secret_name(kind, ident)
         existing = self._existing(name)
@@ -135,6 +137,7 @@ class RecordWriter:
                 return False
             secret = RotatingSecret(
                 current=value,
+                previous=kept.previous if kept else existing.current if existing else None,
                 key_id=(kept.key_id if kept else None) or secrets.token_hex(8),
                 salt=(kept.salt if kept else None) or secrets.token_hex(16),  # 16 random bytes, hex
             )
