@@ -102,7 +102,9 @@ def test_the_ciphertext_is_bound_to_its_delivery_id() -> None:
 
 def test_tampering_and_wrong_keys_are_refused() -> None:
     envelope = _sealed_envelope({"a": 1})
-    with pytest.raises(InvalidDelivery):
+    key_id = envelope["encryptionDirective"]["keyId"]
+    # a wrong key is told which key version sealed the envelope (a key id, never key material)
+    with pytest.raises(InvalidDelivery, match=f"sealed with keyId '{key_id}'"):
         decrypt_event(envelope, "some-other-secret")
     payload = envelope["encryptionDirective"]["encryptedPayload"]
     envelope["encryptionDirective"]["encryptedPayload"] = ("1" if payload[0] != "1" else "2") + payload[1:]

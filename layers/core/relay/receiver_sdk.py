@@ -181,7 +181,11 @@ def _decrypt(
         if not isinstance(event, dict):
             raise InvalidDelivery("decrypted payload is not a JSON object")
         return plaintext, event
-    raise InvalidDelivery("no key decrypts this envelope (wrong key, wrong deliveryId or tampered)")
+    # The key version is no secret, and tells an operator holding only newer keys which one is missing.
+    raise InvalidDelivery(
+        f"no key decrypts this envelope, sealed with keyId {key_id!r} "
+        "(wrong key or key version, wrong deliveryId, or tampered)"
+    )
 
 
 def open_delivery(
