@@ -1568,6 +1568,28 @@ def test_a_paced_record_keeps_the_quiet_another_dispatcher_was_asked_for_while_i
     assert [line["errorCode"] for line in held] == ["rate-limited"]
 
 
+def test_a_record_that_waited_for_its_turn_keeps_the_quiet_another_dispatcher_was_asked_for(
+    running: list[Relay],
+) -> None:
+    # Given an unlimited target answering each request in 0.6 s, one request at a time; while the
+    # first is under way, another dispatcher gets a Retry-After of 5 s and marks it on the breaker item
+    def scripted(method: str, url: str, headers: Mapping[str, str], body: bytes) -> HttpResult:
+        r.clock.now += 0.6
+        r.breakers.mark_retry_after(target_key(INTEGRATION, "crm"), r.clock.now + 5)
+        return answer(200)
+
+    r = start(running, relay(answer_with=scripted, DELIVERY_CONCURRENCY="1"))
+
+    failed = r.batch(record(), record())
+
+    # Then the second, whose turn came inside that quiet, is deferred past it, not sent
+    assert failed == [] and len(r.http.requests) == 1
+    (deferral,) = r.queue.deferrals
+    assert deferral["delay_seconds"] >= 4
+    held = [line for line in r.audit_lines() if line["outcome"] == "deferred"]
+    assert [line["errorCode"] for line in held] == ["rate-limited"]
+
+
 def test_when_the_bucket_store_is_down_records_go_anyway(running: list[Relay]) -> None:
     r = start(running, relay(limited(1, burst=1)))
     r.rate_limits.unavailable = True

@@ -510,6 +510,29 @@ def test_a_paced_record_keeps_the_quiet_another_dispatcher_was_asked_for_while_i
     assert held["retryInSeconds"] >= 4
 
 
+def test_a_conversation_under_way_keeps_the_quiet_another_dispatcher_was_asked_for(
+    relays: list[OrderedRelay],
+) -> None:
+    # Given an unlimited ordered target answering each request in 0.6 s; while a conversation's first
+    # record is under way, another dispatcher gets a Retry-After of 5 s and marks it on the breaker item
+    r = ordered_relay(relays)
+
+    def answer(event: str) -> None:
+        r.clock.now += 0.6
+        if event == "a-0":
+            r.breakers.mark_retry_after(target_key(INTEGRATION, "crm"), r.clock() + 5)
+
+    r.on_request = answer
+
+    failed = r.batch(*(fifo_record("a", n) for n in range(3)))
+
+    # Then the conversation's next record does not start inside that quiet: held with the rest
+    assert r.sent() == ["a-0"] and failed == ["m-a-1", "m-a-2"] and r.nothing_resent()
+    (held,) = [line for line in r.audit_lines() if line.get("eventId") == "a-1"]
+    assert (held["outcome"], held["errorCode"]) == ("held", "rate-limited")
+    assert held["retryInSeconds"] >= 4
+
+
 def test_a_hold_asks_sqs_for_no_more_than_12_hours_from_the_receive(relays: list[OrderedRelay]) -> None:
     # Given a target whose rate limit holds everything for a day (a Retry-After floor)
     r = ordered_relay(relays, ordered_target(rate_limit=RateLimit(per_second=1, burst=1)))

@@ -32,6 +32,9 @@ class Batch:
     # Targets that asked for quiet (Retry-After) in this batch, until when (epoch seconds): no further
     # request to them starts before then.
     floors: dict[str, float] = field(default_factory=dict)
+    # When this batch last read each target's stored floor (epoch seconds; unset: when it started, as
+    # opening the lanes read it then): another dispatcher's Retry-After reaches a batch still running.
+    floors_read: dict[str, float] = field(default_factory=dict)
     audit: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
     # Every task the batch read, by message id: the event archive keeps those it attempted or
     # dead-lettered (relay.logic.dispatch.audit.write_archive).
@@ -71,6 +74,15 @@ class Batch:
             if until <= self.floors.get(key, 0.0):
                 return False
             self.floors[key] = until
+            return True
+
+    def floor_read_due(self, key: str, now: float, every: float) -> bool:
+        """Whether the target's stored floor was last read ``every`` seconds ago or more; if so, the
+        caller reads it now (no other thread of the batch does)."""
+        with self.lock:
+            if now - self.floors_read.get(key, self.started.timestamp()) < every:
+                return False
+            self.floors_read[key] = now
             return True
 
     def floor(self, key: str) -> float | None:

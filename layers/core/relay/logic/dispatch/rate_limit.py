@@ -41,6 +41,7 @@ from relay.logic.dispatch.lanes import Lane
 from relay.logic.dispatch.metrics import Metric
 from relay.logic.dispatch.records import Item
 from relay.logic.outcomes import Outcome, Verdict
+from relay.models.breaker import target_key
 from relay.models.rate_limit import BucketState, RateLimit, rate_key
 from relay.observability import logger
 from relay.ports import BreakerStore, Clock, RateLimitStore
@@ -49,6 +50,11 @@ from relay.ports import BreakerStore, Clock, RateLimitStore
 MAX_WRITES = 3
 # How far past what may go at once a batch books, sending those records at their booked times.
 PACE_SECONDS = 1.0
+# How often a running batch reads a target's stored Retry-After floor again before starting a request to
+# it: a quiet another dispatcher was asked for reaches requests started here within this (plus a read),
+# at one read per target per interval. Ordered conversations send one record after another, so their
+# later records start long after the batch read the floor at its start.
+FLOOR_LOOK_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -178,7 +184,10 @@ class RateLimits:
 
     # --- a Retry-After, at once ----------------------------------------------------------------------
     def floor_wait(self, item: Item, batch: Batch) -> float | None:
-        """Seconds until the quiet its target asked for earlier in this batch is over, if it is not."""
+        """Seconds until the quiet its target asked for is over, if it is not: asked for earlier in this
+        batch, or of another dispatcher, as stored (read again when the batch has run
+        ``FLOOR_LOOK_SECONDS`` since it last looked)."""
+        self._look_at_stored_floor(item, batch, every=FLOOR_LOOK_SECONDS)
         floor = batch.floor(item.key)
         wait = floor - self._clock() if floor is not None else 0.0
         if wait <= 0:
@@ -189,17 +198,31 @@ class RateLimits:
     def recheck_floor(self, item: Item, batch: Batch) -> None:
         """A record paced to a later booking, once its time has come: a Retry-After another dispatcher
         got while it waited raised the stored floor, and the quiet the receiver asked for holds for
-        bookings made before it asked (one consistent read; unreadable: it goes as booked)."""
-        target = item.target
-        key = rate_key(target.integration_id, target.target_id)
-        try:
-            stored = self._store.load(key)
-        except RateLimitStoreUnavailable:
+        bookings made before it asked."""
+        self._look_at_stored_floor(item, batch, every=0.0)
+
+    def _look_at_stored_floor(self, item: Item, batch: Batch, *, every: float) -> None:
+        """Raise the batch's floor for the target to the stored one, if it is later, reading it (one
+        consistent read) only when due. Where it is stored: a configured limit's bucket, else the breaker
+        item's mark (``answered``). Unreadable: the batch goes on with what it knows."""
+        now = self._clock()
+        if not batch.floor_read_due(item.key, now, every):
             return
-        if stored is not None:
-            self._views.keep(key, stored)
-            if stored.floor_until > self._clock():
-                batch.raise_floor(item.key, stored.floor_until)
+        target = item.target
+        try:
+            if target.rate_limit is not None:
+                key = rate_key(target.integration_id, target.target_id)
+                stored = self._store.load(key)
+                until = self._views.keep(key, stored).floor_until if stored is not None else 0.0
+            elif self._breakers is not None:
+                _, lane = self._breakers.load_with_lane(target_key(target.integration_id, target.target_id))
+                until = lane.retry_after_until
+            else:
+                return
+        except (RateLimitStoreUnavailable, BreakerStoreUnavailable):
+            return
+        if until > now:
+            batch.raise_floor(item.key, until)
 
     def answered(self, item: Item, outcome: Outcome, batch: Batch) -> None:
         """A throttle that says how long to keep quiet holds the target back from now on: in this batch,
