@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -35,6 +36,7 @@ class Batch:
     # When this batch last read each target's stored floor (epoch seconds; unset: when it started, as
     # opening the lanes read it then): another dispatcher's Retry-After reaches a batch still running.
     floors_read: dict[str, float] = field(default_factory=dict)
+    floor_read_locks: dict[str, threading.Lock] = field(default_factory=dict)
     audit: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
     # Every task the batch read, by message id: the event archive keeps those it attempted or
     # dead-lettered (relay.logic.dispatch.audit.write_archive).
@@ -76,14 +78,19 @@ class Batch:
             self.floors[key] = until
             return True
 
-    def floor_read_due(self, key: str, now: float, every: float) -> bool:
-        """Whether the target's stored floor was last read ``every`` seconds ago or more; if so, the
-        caller reads it now (no other thread of the batch does)."""
+    @contextmanager
+    def floor_read(self, key: str, now: float, every: float) -> Iterator[bool]:
+        """Whether the target's stored floor was last read ``every`` seconds ago or more: if so, the
+        caller reads it (and raises the batch's floor) inside this block. The batch's other threads
+        wait at the block's start meanwhile: a thread that went on without the read could start a
+        request inside a quiet the read is about to find."""
         with self.lock:
-            if now - self.floors_read.get(key, self.started.timestamp()) < every:
-                return False
-            self.floors_read[key] = now
-            return True
+            guard = self.floor_read_locks.setdefault(key, threading.Lock())
+        with guard:
+            due = now - self.floors_read.get(key, self.started.timestamp()) >= every
+            if due:
+                self.floors_read[key] = now
+            yield due
 
     def floor(self, key: str) -> float | None:
         with self.lock:

@@ -43,6 +43,7 @@ from relay.logic.dispatch.records import Item
 from relay.logic.outcomes import Outcome, Verdict
 from relay.models.breaker import target_key
 from relay.models.rate_limit import BucketState, RateLimit, rate_key
+from relay.models.targets import Target
 from relay.observability import logger
 from relay.ports import BreakerStore, Clock, RateLimitStore
 
@@ -206,23 +207,23 @@ class RateLimits:
         consistent read) only when due. Where it is stored: a configured limit's bucket, else the breaker
         item's mark (``answered``). Unreadable: the batch goes on with what it knows."""
         now = self._clock()
-        if not batch.floor_read_due(item.key, now, every):
-            return
-        target = item.target
+        with batch.floor_read(item.key, now, every) as due:
+            if due and (until := self._stored_floor(item.target)) > now:
+                batch.raise_floor(item.key, until)
+
+    def _stored_floor(self, target: Target) -> float:
+        """The target's stored Retry-After floor (epoch seconds; 0.0: none, or unreadable)."""
         try:
             if target.rate_limit is not None:
                 key = rate_key(target.integration_id, target.target_id)
                 stored = self._store.load(key)
-                until = self._views.keep(key, stored).floor_until if stored is not None else 0.0
-            elif self._breakers is not None:
+                return self._views.keep(key, stored).floor_until if stored is not None else 0.0
+            if self._breakers is not None:
                 _, lane = self._breakers.load_with_lane(target_key(target.integration_id, target.target_id))
-                until = lane.retry_after_until
-            else:
-                return
+                return lane.retry_after_until
         except (RateLimitStoreUnavailable, BreakerStoreUnavailable):
-            return
-        if until > now:
-            batch.raise_floor(item.key, until)
+            pass
+        return 0.0
 
     def answered(self, item: Item, outcome: Outcome, batch: Batch) -> None:
         """A throttle that says how long to keep quiet holds the target back from now on: in this batch,
