@@ -78,17 +78,14 @@ class Deliverer:
                     self._isolation.observe(item, attempt.result.elapsed_ms, batch)
             self._settle.attempted(item, attempt, batch)
 
-    def when_booked(self, item: Item, batch: Batch, step: Callable[[], None]) -> None:
+    def when_booked(self, item: Item, step: Callable[[], None]) -> None:
         """Run ``step`` at the record's booked time (its rate limit paced it), or now."""
-        self.wait_until_booked(item, batch)
+        self.wait_until_booked(item)
         step()
 
-    def wait_until_booked(self, item: Item, batch: Batch) -> None:
-        """Wait for the record's booked time; a record that waited looks at the stored floor again
-        (``floor_wait`` then holds it back if a Retry-After came meanwhile)."""
+    def wait_until_booked(self, item: Item) -> None:
         if item.not_before is not None and (early := item.not_before - self._clock()) > 0:
             self._sleep(early)
-            self._limits.recheck_floor(item, batch)
 
     def answers_quickly(self, key: str) -> bool:
         """The target's requests took less than the serial budget here lately. Not yet measured in this

@@ -285,7 +285,7 @@ class Dispatcher:
         ordered = sorted(work, key=lambda each: each[0].not_before or 0.0)
         crashed = run_steps(
             self._pool,
-            [partial(self._deliver.when_booked, item, batch, step) for item, step in ordered],
+            [partial(self._deliver.when_booked, item, step) for item, step in ordered],
             width=self._settings.delivery_concurrency,
             wide=not all(self._deliver.answers_quickly(key) for key in {item.key for item, _ in ordered}),
             serial_budget_seconds=self._settings.serial_budget_ms / 1000,

@@ -223,7 +223,7 @@ class OrderedDelivery:
             batch.metrics.service_count(Metric.ORDERED_GROUP_BLOCKED)
             return Hold(ENABLE_RECHECK_SECONDS, CONFIGURATION, step.why)
         item = step
-        self._deliverer.wait_until_booked(item, batch)  # paced by its rate limit: its group waits for it
+        self._deliverer.wait_until_booked(item)  # paced by its rate limit: its group waits for it
         with self._deliverer.slot(item.key):
             if batch.is_gone(item.key):
                 return self._unattempted(Unattempted.gone(item), settler, batch)

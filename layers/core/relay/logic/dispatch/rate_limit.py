@@ -53,8 +53,8 @@ MAX_WRITES = 3
 PACE_SECONDS = 1.0
 # How often a running batch reads a target's stored Retry-After floor again before starting a request to
 # it: a quiet another dispatcher was asked for reaches requests started here within this (plus a read),
-# at one read per target per interval. Ordered conversations send one record after another, so their
-# later records start long after the batch read the floor at its start.
+# at one read per target per interval. Ordered conversations send one record after another, records
+# paced by a rate limit go at their booked times: both start long after the batch read the floor.
 FLOOR_LOOK_SECONDS = 0.5
 
 
@@ -188,7 +188,7 @@ class RateLimits:
         """Seconds until the quiet its target asked for is over, if it is not: asked for earlier in this
         batch, or of another dispatcher, as stored (read again when the batch has run
         ``FLOOR_LOOK_SECONDS`` since it last looked)."""
-        self._look_at_stored_floor(item, batch, every=FLOOR_LOOK_SECONDS)
+        self._look_at_stored_floor(item, batch)
         floor = batch.floor(item.key)
         wait = floor - self._clock() if floor is not None else 0.0
         if wait <= 0:
@@ -196,18 +196,13 @@ class RateLimits:
         batch.metrics.count(Metric.RATE_LIMITED, item.target.target_id)
         return wait
 
-    def recheck_floor(self, item: Item, batch: Batch) -> None:
-        """A record paced to a later booking, once its time has come: a Retry-After another dispatcher
-        got while it waited raised the stored floor, and the quiet the receiver asked for holds for
-        bookings made before it asked."""
-        self._look_at_stored_floor(item, batch, every=0.0)
-
-    def _look_at_stored_floor(self, item: Item, batch: Batch, *, every: float) -> None:
+    def _look_at_stored_floor(self, item: Item, batch: Batch) -> None:
         """Raise the batch's floor for the target to the stored one, if it is later, reading it (one
-        consistent read) only when due. Where it is stored: a configured limit's bucket, else the breaker
-        item's mark (``answered``). Unreadable: the batch goes on with what it knows."""
+        consistent read) when ``FLOOR_LOOK_SECONDS`` have passed since the batch last did. Where it is
+        stored: a configured limit's bucket, else the breaker item's mark (``answered``). Unreadable:
+        the batch goes on with what it knows."""
         now = self._clock()
-        with batch.floor_read(item.key, now, every) as due:
+        with batch.floor_read(item.key, now, FLOOR_LOOK_SECONDS) as due:
             if due and (until := self._stored_floor(item.target)) > now:
                 batch.raise_floor(item.key, until)
 
@@ -216,8 +211,7 @@ class RateLimits:
         try:
             if target.rate_limit is not None:
                 key = rate_key(target.integration_id, target.target_id)
-                stored = self._store.load(key)
-                return self._views.keep(key, stored).floor_until if stored is not None else 0.0
+                return self._views.keep(key, self._store.load(key) or BucketState()).floor_until
             if self._breakers is not None:
                 _, lane = self._breakers.load_with_lane(target_key(target.integration_id, target.target_id))
                 return lane.retry_after_until
