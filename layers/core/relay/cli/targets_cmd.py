@@ -354,22 +354,11 @@ def check_target(target: Any, *, timeout: float, policy: UrlPolicy, sender: Http
     (``sender``, the deliveries' own, applies it again before connecting, to every address)."""
     from relay.errors import UnsafeUrl
 
-    result: dict[str, Any] = {
-        "integrationId": target.integration_id,
-        "targetId": target.target_id,
-        "url": shown_url(target.url),
-        "method": "HEAD",
-    }
+    result = _check_row(target.integration_id, target.target_id, shown_url(target.url))
     try:
         url = policy.check_url(target.url)
     except UnsafeUrl as exc:
-        return {
-            **result,
-            "reachable": False,
-            "status": None,
-            "latencyMs": None,
-            "error": f"URL refused: {exc}",
-        }
+        return _not_reached(result, f"URL refused: {exc}")
     answer = sender.send(
         "HEAD",
         url,
@@ -391,19 +380,18 @@ def check_target(target: Any, *, timeout: float, policy: UrlPolicy, sender: Http
     }
 
 
+def _check_row(integration_id: str, target_id: str, url: str | None) -> dict[str, Any]:
+    return {"integrationId": integration_id, "targetId": target_id, "url": url, "method": "HEAD"}
+
+
+def _not_reached(row: dict[str, Any], error: str) -> dict[str, Any]:
+    """A check's row for a target no request was sent to, saying why."""
+    return {**row, "reachable": False, "status": None, "latencyMs": None, "error": error}
+
+
 def _unreadable_result(bad: UnreadableTarget) -> dict[str, Any]:
-    """``check_target``'s row for a target record this release cannot read: not reachable, saying why
-    (its URL is not read either)."""
-    return {
-        "integrationId": bad.integration_id,
-        "targetId": bad.target_id,
-        "url": None,
-        "method": "HEAD",
-        "reachable": False,
-        "status": None,
-        "latencyMs": None,
-        "error": bad.why,
-    }
+    """The row of a target record this release cannot read (its URL is not read either)."""
+    return _not_reached(_check_row(bad.integration_id, bad.target_id, None), bad.why)
 
 
 def _check_error(answer: HttpResult) -> str | None:
