@@ -774,6 +774,21 @@ class HtmlEndpoint:
         self.server.server_close()
 
 
+def every_aws_call_answered_by(
+    endpoint: HtmlEndpoint, monkeypatch: pytest.MonkeyPatch, **settings: str
+) -> None:
+    """Point the relay's AWS clients at ``endpoint``, one try per call (its answer does not change),
+    with ``settings`` as further environment variables."""
+    for name, value in {
+        **LOCAL_CREDENTIALS,
+        "AWS_ENDPOINT_URL": endpoint.url,
+        "AWS_MAX_ATTEMPTS": "1",
+        **settings,
+    }.items():
+        monkeypatch.setenv(name, value)
+    forget_cached_configuration()
+
+
 @pytest.mark.parametrize(
     ("argv", "command"),
     [
@@ -790,13 +805,7 @@ def test_an_endpoint_answering_something_other_than_aws_is_aws_unavailable(
 ) -> None:
     # Given every AWS call answered by an HTML page (one try each: the answer does not change)
     endpoint = HtmlEndpoint()
-    for name, value in {
-        **LOCAL_CREDENTIALS,
-        "AWS_ENDPOINT_URL": endpoint.url,
-        "AWS_MAX_ATTEMPTS": "1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    forget_cached_configuration()
+    every_aws_call_answered_by(endpoint, monkeypatch)
     try:
         # When a command needs the stack's outputs
         code = main(list(argv))
@@ -831,17 +840,14 @@ def test_a_sign_in_page_answering_200_is_aws_unavailable_not_an_empty_answer(
 ) -> None:
     # Given every AWS call answered 200 with a captive portal's page (the resources named as usual)
     endpoint = HtmlEndpoint(200, HTML_SIGN_IN_PAGE)
-    for name, value in {
-        **LOCAL_CREDENTIALS,
-        "AWS_ENDPOINT_URL": endpoint.url,
-        "AWS_MAX_ATTEMPTS": "1",
-        "TARGETS_TABLE": "relay-TargetsTable",
-        "BREAKER_TABLE": "relay-BreakerTable",
-        "DEAD_LETTER_QUEUE_URL": f"{endpoint.url}/123456789012/relay-DeadLetterQueue",
-        "AUDIT_BUCKET": "relay-auditbucket",
-    }.items():
-        monkeypatch.setenv(name, value)
-    forget_cached_configuration()
+    every_aws_call_answered_by(
+        endpoint,
+        monkeypatch,
+        TARGETS_TABLE="relay-TargetsTable",
+        BREAKER_TABLE="relay-BreakerTable",
+        DEAD_LETTER_QUEUE_URL=f"{endpoint.url}/123456789012/relay-DeadLetterQueue",
+        AUDIT_BUCKET="relay-auditbucket",
+    )
     try:
         code = main(list(argv))
     finally:

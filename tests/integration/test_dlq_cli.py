@@ -476,13 +476,7 @@ def test_ctrl_c_stops_a_redrive_after_its_batch_in_hand_leaving_nothing_hidden_o
     aws_stack: LocalResources, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Given a DLQ of 300 dead letters
-    sqs = aws_client("sqs")
-    bodies = {task_body("i-1", "t-1")[0] for _ in range(300)}
-    for chunk in [sorted(bodies)[n : n + 10] for n in range(0, 300, 10)]:
-        sqs.send_message_batch(
-            QueueUrl=aws_stack.dead_letter_queue_url,
-            Entries=[{"Id": str(i), "MessageBody": body} for i, body in enumerate(chunk)],
-        )
+    bodies = _dead_letters(aws_stack, 300)
 
     # When the operator presses Ctrl-C once some have moved (a receive, a re-send or a delete in flight)
     def press_ctrl_c_mid_run() -> None:
@@ -500,23 +494,14 @@ def test_ctrl_c_stops_a_redrive_after_its_batch_in_hand_leaving_nothing_hidden_o
     moved = json.loads(out)["moved"]
     # and every message is in exactly one queue, visible now: none hidden for the visibility timeout,
     # none left behind in the DLQ after its copy was sent
-    delivered = [m["body"] for m in drain(aws_stack.delivery_queue_url)]
-    left = [m["body"] for m in drain(aws_stack.dead_letter_queue_url)]
-    assert len(delivered) == moved and 0 < moved < 300
-    assert sorted(delivered + left) == sorted(bodies)
+    assert_each_in_one_queue(aws_stack, bodies, moved=moved)
 
 
 def test_sigterm_stops_a_redrive_like_ctrl_c_leaving_nothing_hidden_or_doubled(
     aws_stack: LocalResources,
 ) -> None:
     # Given a DLQ of 300 dead letters
-    sqs = aws_client("sqs")
-    bodies = {task_body("i-1", "t-1")[0] for _ in range(300)}
-    for chunk in [sorted(bodies)[n : n + 10] for n in range(0, 300, 10)]:
-        sqs.send_message_batch(
-            QueueUrl=aws_stack.dead_letter_queue_url,
-            Entries=[{"Id": str(i), "MessageBody": body} for i, body in enumerate(chunk)],
-        )
+    bodies = _dead_letters(aws_stack, 300)
 
     # When a redrive run as its own process (the environment names the queues) gets SIGTERM mid-run,
     # as from `kill`, `timeout` or a supervisor
@@ -537,10 +522,28 @@ def test_sigterm_stops_a_redrive_like_ctrl_c_leaving_nothing_hidden_or_doubled(
     assert process.returncode == 130, out + err
     assert "stopped after the batch in hand" in err and "Traceback" not in err
     moved = json.loads(out)["moved"]
-    # and every message is in exactly one queue, visible now: none hidden for the visibility timeout
+    # and every message is in exactly one queue, visible now: none hidden for the visibility timeout,
+    # none left behind in the DLQ after its copy was sent
+    assert_each_in_one_queue(aws_stack, bodies, moved=moved)
+
+
+def _dead_letters(aws_stack: LocalResources, count: int) -> set[str]:
+    """``count`` task bodies put in the DLQ; the bodies."""
+    bodies = {task_body("i-1", "t-1")[0] for _ in range(count)}
+    for chunk in [sorted(bodies)[n : n + 10] for n in range(0, count, 10)]:
+        aws_client("sqs").send_message_batch(
+            QueueUrl=aws_stack.dead_letter_queue_url,
+            Entries=[{"Id": str(i), "MessageBody": body} for i, body in enumerate(chunk)],
+        )
+    return bodies
+
+
+def assert_each_in_one_queue(aws_stack: LocalResources, bodies: set[str], *, moved: int) -> None:
+    """An interrupted redrive moved ``moved`` of ``bodies`` (some, not all) and left the rest in the
+    DLQ, every one visible: drained from one queue or the other, none twice."""
     delivered = [m["body"] for m in drain(aws_stack.delivery_queue_url)]
     left = [m["body"] for m in drain(aws_stack.dead_letter_queue_url)]
-    assert len(delivered) == moved and 0 < moved < 300
+    assert len(delivered) == moved and 0 < moved < len(bodies)
     assert sorted(delivered + left) == sorted(bodies)
 
 

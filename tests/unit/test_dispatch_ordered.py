@@ -467,6 +467,14 @@ def test_a_rate_limit_holds_the_conversation_from_the_first_record_without_a_tok
     assert rate_held and all(line["outcome"] == "held" and line["retryInSeconds"] >= 1 for line in rate_held)
 
 
+def assert_held_for_quiet(r: OrderedRelay, event: str, *, at_least_seconds: float) -> None:
+    """``event``'s record was held with its conversation for a target's quiet (rate-limited), to come
+    back no sooner than ``at_least_seconds``."""
+    (held,) = [line for line in r.audit_lines() if line.get("eventId") == event]
+    assert (held["outcome"], held["errorCode"]) == ("held", "rate-limited")
+    assert held["retryInSeconds"] >= at_least_seconds
+
+
 def test_a_retry_after_holds_the_targets_other_conversations_of_the_batch_without_a_request(
     relays: list[OrderedRelay],
 ) -> None:
@@ -485,9 +493,7 @@ def test_a_retry_after_holds_the_targets_other_conversations_of_the_batch_withou
     # Then b is not sent within the quiet either: held with its group, with no request and no re-send
     assert r.sent() == ["a-0"] and r.nothing_resent()
     assert set(failed) == {"m-a-0", "m-a-1", "m-b-0"}
-    (b_held,) = [line for line in r.audit_lines() if line.get("eventId") == "b-0"]
-    assert (b_held["outcome"], b_held["errorCode"]) == ("held", "rate-limited")
-    assert b_held["retryInSeconds"] >= 30
+    assert_held_for_quiet(r, "b-0", at_least_seconds=30)
 
 
 def test_a_paced_record_keeps_the_quiet_another_dispatcher_was_asked_for_while_it_waited(
@@ -505,9 +511,7 @@ def test_a_paced_record_keeps_the_quiet_another_dispatcher_was_asked_for_while_i
 
     # Then the paced one, once its time came, is not sent inside that quiet: held with its group
     assert r.sent() == ["a-0"] and failed == ["m-a-1"] and r.nothing_resent()
-    (held,) = [line for line in r.audit_lines() if line.get("eventId") == "a-1"]
-    assert (held["outcome"], held["errorCode"]) == ("held", "rate-limited")
-    assert held["retryInSeconds"] >= 4
+    assert_held_for_quiet(r, "a-1", at_least_seconds=4)
 
 
 def test_a_conversation_under_way_keeps_the_quiet_another_dispatcher_was_asked_for(
@@ -528,9 +532,7 @@ def test_a_conversation_under_way_keeps_the_quiet_another_dispatcher_was_asked_f
 
     # Then the conversation's next record does not start inside that quiet: held with the rest
     assert r.sent() == ["a-0"] and failed == ["m-a-1", "m-a-2"] and r.nothing_resent()
-    (held,) = [line for line in r.audit_lines() if line.get("eventId") == "a-1"]
-    assert (held["outcome"], held["errorCode"]) == ("held", "rate-limited")
-    assert held["retryInSeconds"] >= 4
+    assert_held_for_quiet(r, "a-1", at_least_seconds=4)
 
 
 def test_a_hold_asks_sqs_for_no_more_than_12_hours_from_the_receive(relays: list[OrderedRelay]) -> None:
