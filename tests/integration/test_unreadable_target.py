@@ -182,6 +182,26 @@ def test_targets_check_of_every_target_shows_the_unreadable_record_and_needs_att
     assert WHY in row and SECRETISH not in table
 
 
+def test_breaker_status_of_every_target_shows_the_unreadable_record_and_needs_attention(
+    aws_stack: LocalResources, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given the integration with one healthy and one unreadable target record
+    seed(aws_stack, "https://example.com/ok")
+
+    # When the operator reads every breaker, and the integration's, as a table and as JSON
+    table_code = main(["breaker", "status"])
+    table = capsys.readouterr().out
+    json_code = main(["breaker", "status", "--integration", INTEGRATION.id, "--format", "json"])
+    rows = {row["targetId"]: row for row in map(json.loads, capsys.readouterr().out.splitlines())}
+
+    # Then the unreadable one is a row saying why (not left out), and the status needs attention (1)
+    assert table_code == json_code == 1
+    assert rows[HEALTHY]["phase"] == "closed"
+    assert rows[UNREADABLE] == {"integrationId": INTEGRATION.id, "targetId": UNREADABLE, "error": WHY}
+    [row] = [line for line in table.splitlines() if UNREADABLE in line]
+    assert WHY in row and HEALTHY in table and SECRETISH not in table
+
+
 def test_sync_rewrites_an_unreadable_record_with_the_config_genesys_holds(
     genesys: FakeGenesys, capsys: pytest.CaptureFixture[str]
 ) -> None:

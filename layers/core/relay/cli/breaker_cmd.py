@@ -5,7 +5,8 @@ so what they show and write is exactly what every dispatcher reads. A reset is a
 write: a transition a dispatcher makes meanwhile is never overwritten blindly (the reset re-reads and
 retries, and says so).
 
-Exit codes (relay.cli.exit_codes): 1 when a reset kept losing to concurrent changes (nothing written);
+Exit codes (relay.cli.exit_codes): 1 when a reset kept losing to concurrent changes (nothing written),
+or when ``status`` of every target shows a record this release cannot read (a row saying why);
 2 when TARGET_ID names several targets (choose with --integration); 3 when it names none, or settings
 or DynamoDB fail.
 """
@@ -77,19 +78,24 @@ def _find_target(targets: Any, args: Any) -> Any:
 
 # --- status -----------------------------------------------------------------------------------------
 def _status(args: Any, out: IO[str] | None = None) -> int:
-    from relay.logic.breaker_control import breaker_views, known_targets, policy_from
+    from relay.logic.breaker_control import breaker_views, known_targets, policy_from, unreadable_view
 
     out = out or sys.stdout
     settings, targets, breakers = _stores()
-    named = args.target_id is not None  # "" names no target (exit 3); it does not mean all of them
-    chosen = [_find_target(targets, args)] if named else known_targets(targets, args.integration)
-    if not named and args.integration and not chosen:
-        raise CommandFailed(f"integration {args.integration} has no targets in the TargetsTable")
+    if args.target_id is not None:  # "" names no target (exit 3); it does not mean all of them
+        chosen, unreadable = [_find_target(targets, args)], []
+    else:  # "every target" must not hide a record this release cannot read: a row saying why, exit 1
+        chosen, bad = known_targets(targets, args.integration)
+        unreadable = [unreadable_view(record) for record in bad]
+        if args.integration and not chosen and not unreadable:
+            raise CommandFailed(f"integration {args.integration} has no targets in the TargetsTable")
     views = [v.to_json() for v in breaker_views(breakers, chosen, time.time(), policy_from(settings))]
+    views = sorted(views + unreadable, key=lambda v: (v["integrationId"], v["targetId"]))
+    code = ExitCode.ATTENTION if unreadable else ExitCode.OK
     if args.format == "json":
         for doc in views:
             print(json.dumps(doc), file=out)
-        return ExitCode.OK
+        return code
     if not views:
         print("no targets in the TargetsTable", file=out)
         return ExitCode.OK
@@ -111,10 +117,12 @@ def _status(args: Any, out: IO[str] | None = None) -> int:
     ]
     rows.extend(_row(v) for v in views)
     _print_table(rows, out)
-    return ExitCode.OK
+    return code
 
 
 def _row(v: dict[str, Any]) -> tuple[str, ...]:
+    if v.get("error"):
+        return (v["integrationId"], v["targetId"], v["error"], *["?"] * 9)
     until = v["openUntil"] or v["probeLeaseUntil"]
     probe_in = v["secondsUntilProbe"]
     return (

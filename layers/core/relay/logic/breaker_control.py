@@ -15,7 +15,7 @@ from typing import Any
 from relay.errors import AmbiguousTarget, ResetConflict, UnknownTarget
 from relay.logic import breaker
 from relay.models.breaker import BreakerState, LaneState, Phase, endpoint_digest, target_key
-from relay.models.targets import IntegrationEntry, Ordering, Target
+from relay.models.targets import IntegrationEntry, Ordering, Target, UnreadableTarget
 from relay.models.timestamps import iso_utc_from_epoch
 from relay.ports import BreakerStore, TargetRecords
 from relay.settings import Settings
@@ -33,9 +33,14 @@ def policy_from(settings: Settings) -> breaker.BreakerPolicy:
 
 
 # --- which targets -----------------------------------------------------------------------------------
-def known_targets(targets: TargetRecords, integration_id: str | None = None) -> list[Target]:
-    """Every target in the TargetsTable (or one integration's), ordered by integration and target."""
-    return [target for entry in _entries(targets, integration_id) for target in entry.targets]
+def known_targets(
+    targets: TargetRecords, integration_id: str | None = None
+) -> tuple[list[Target], list[UnreadableTarget]]:
+    """Every target in the TargetsTable (or one integration's), ordered by integration and target, and
+    every record there this release cannot read (one read of each integration)."""
+    entries = list(_entries(targets, integration_id))
+    readable = [target for entry in entries for target in entry.targets]
+    return readable, [bad for entry in entries for _, bad in sorted(entry.unreadable.items())]
 
 
 def _entries(targets: TargetRecords, integration_id: str | None) -> Iterator[IntegrationEntry]:
@@ -125,6 +130,12 @@ class BreakerView:
             "lane": "ordered" if self.ordered else self.lane.lane.value,
             "laneChangedAt": _iso(self.lane.changed_at) if self.lane.version else None,
         }
+
+
+def unreadable_view(bad: UnreadableTarget) -> dict[str, Any]:
+    """The status of a target record this release cannot read: its ids and why, no breaker fields (a
+    breaker is judged against the target's URL, which cannot be read either)."""
+    return {"integrationId": bad.integration_id, "targetId": bad.target_id, "error": bad.why}
 
 
 def _iso(epoch: float | None) -> str | None:
