@@ -491,7 +491,9 @@ def test_ctrl_c_stops_a_redrive_after_its_batch_in_hand_leaving_nothing_hidden_o
     # Then the run stopped early (130) after finishing its batch, said so, and printed what it did
     assert code == 130, out + err
     assert "stopping after the batch in hand" in err and "stopped after the batch in hand" in err
-    moved = json.loads(out)["moved"]
+    summary = json.loads(out)
+    assert summary["ok"] is False and summary["interrupted"] is True  # not "all done" to a script
+    moved = summary["moved"]
     # and every message is in exactly one queue, visible now: none hidden for the visibility timeout,
     # none left behind in the DLQ after its copy was sent
     assert_each_in_one_queue(aws_stack, bodies, moved=moved)
@@ -521,7 +523,9 @@ def test_sigterm_stops_a_redrive_like_ctrl_c_leaving_nothing_hidden_or_doubled(
     # Then it stopped as after a first Ctrl-C: its batch in hand finished, what it did printed, 130
     assert process.returncode == 130, out + err
     assert "stopped after the batch in hand" in err and "Traceback" not in err
-    moved = json.loads(out)["moved"]
+    summary = json.loads(out)
+    assert summary["ok"] is False and summary["interrupted"] is True
+    moved = summary["moved"]
     # and every message is in exactly one queue, visible now: none hidden for the visibility timeout,
     # none left behind in the DLQ after its copy was sent
     assert_each_in_one_queue(aws_stack, bodies, moved=moved)

@@ -249,6 +249,8 @@ def _run(args: argparse.Namespace, work: Callable[[ProgressLine, Callable[[], bo
         ) from None
     finally:
         line.close()
+    if ctrl_c.requested() and "ok" in document:  # a script reading only the JSON must not see "all done"
+        document = {**document, "ok": False, "interrupted": True}
     # The text quotes message attributes (anyone with SendMessage on the DLQ writes them), SQS's
     # failure reasons and errors: escaped line by line, whatever part of it forgot to.
     print(json.dumps(document, indent=2) if args.format == "json" else visible_lines(text))
