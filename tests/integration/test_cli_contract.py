@@ -358,6 +358,19 @@ CASES = {
         "relay targets list",
         "argument --integration: must not be empty",
     ),
+    # A value pasted whole (a file, a log) is refused without the error line echoing all of it
+    "an id longer than any": Case(
+        ("deliveries", "show", "9f0c" * 25_000),
+        USAGE,
+        "relay deliveries show",
+        r"^argument ID: 100000 characters, more than any id, name, URL or path relay takes \(at most 4096\)$",
+    ),
+    "a duration pasted whole": Case(
+        ("deliveries", "show", "9f0c", "--since", "x" * 5_000),
+        USAGE,
+        "relay deliveries show",
+        r"^argument --since: not a duration: 'x{40}\.\.\. \(5000 characters\)' \(e\.g\. 90m",
+    ),
     "redrive rate above what SQS takes": Case(
         ("dlq", "redrive", "--rate", "501", "--dry-run"),
         USAGE,

@@ -25,6 +25,7 @@ from relay.cli.terminal import visible
 # Modules under relay.cli that register a command group.
 COMMAND_MODULES = ("local_cmd", "targets_cmd", "decrypt_cmd", "dlq_cmd", "breaker_cmd", "deliveries_cmd")
 COMMAND = "relay_command"  # the namespace attribute naming the command that runs: "relay targets sync"
+MAX_ARGUMENT_CHARS = 4096  # Linux's PATH_MAX; ids are at most 1,024 (relay.models.genesys.ID_MAX_LENGTH)
 
 
 class _DescribedCommands(argparse._SubParsersAction):  # type: ignore[type-arg]  # argparse's own
@@ -62,6 +63,14 @@ class CommandParser(argparse.ArgumentParser):
             values = value if isinstance(value, list) else [value]
             if any(isinstance(each, str) and not each.strip() for each in values):
                 raise UsageError(f"argument {_shown_as(self, dest)}: must not be empty", command=command)
+            # Far longer than any id, name, URL or path: refused before a message could echo it whole.
+            longest = max((len(each) for each in values if isinstance(each, str)), default=0)
+            if longest > MAX_ARGUMENT_CHARS:
+                raise UsageError(
+                    f"argument {_shown_as(self, dest)}: {longest} characters, more than any id, name, "
+                    f"URL or path relay takes (at most {MAX_ARGUMENT_CHARS})",
+                    command=command,
+                )
         return parsed
 
     def set_defaults(self, **kwargs: Any) -> None:

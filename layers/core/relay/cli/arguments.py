@@ -13,11 +13,16 @@ from pathlib import Path
 from relay.cli.exit_codes import UsageError
 
 
+def _shown(text: str) -> str:
+    """The value as a message quotes it: a long one cut (a pasted file must not become the error line)."""
+    return text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
+
+
 def _parse[Number: (int, float)](text: str, parse: Callable[[str], Number], what: str) -> Number:
     try:
         return parse(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not {what}: {_shown(text)!r}") from None
 
 
 def positive_int(text: str) -> int:
@@ -47,12 +52,12 @@ MAX_WAIT = timedelta(days=1)
 def positive_seconds(text: str) -> float:
     value = _parse(text, float, "a number of seconds")
     if not math.isfinite(value):  # a socket or wait timeout takes neither nan nor inf
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, not {text}")
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, not {_shown(text)}")
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text}")
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {_shown(text)}")
     if value > MAX_WAIT.total_seconds():
         raise argparse.ArgumentTypeError(
-            f"must be at most {MAX_WAIT.total_seconds():g} seconds (one day), not {text}"
+            f"must be at most {MAX_WAIT.total_seconds():g} seconds (one day), not {_shown(text)}"
         )
     return value
 
@@ -60,7 +65,7 @@ def positive_seconds(text: str) -> float:
 def per_second(text: str) -> float:
     value = _parse(text, float, "a rate per second")
     if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a rate per second above 0, not {text}")
+        raise argparse.ArgumentTypeError(f"must be a rate per second above 0, not {_shown(text)}")
     return value
 
 
@@ -85,13 +90,13 @@ def duration(text: str) -> timedelta:
     except ValueError:
         value = math.nan
     if unit not in _UNITS or math.isnan(value):  # the message quotes what was typed, whole
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90m, 24h, 7d, 2w)")
+        raise argparse.ArgumentTypeError(f"not a duration: {_shown(text)!r} (e.g. 90m, 24h, 7d, 2w)")
     if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a duration above 0, not {text}")
+        raise argparse.ArgumentTypeError(f"must be a duration above 0, not {_shown(text)}")
     seconds = value * _UNITS[unit]
     if seconds > MAX_LOOKBACK.total_seconds():
         raise argparse.ArgumentTypeError(
-            f"must be at most {MAX_LOOKBACK.days}d (nothing is kept longer), not {text}"
+            f"must be at most {MAX_LOOKBACK.days}d (nothing is kept longer), not {_shown(text)}"
         )
     return timedelta(seconds=seconds)
 
