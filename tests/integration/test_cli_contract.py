@@ -226,6 +226,12 @@ CASES = {
         "relay decrypt",
         "latin1.txt: not UTF-8 text$",
     ),
+    "key file a directory": Case(
+        ("decrypt", "{sealed}", "--key-file", "{directory}"),
+        USAGE,
+        "relay decrypt",
+        r"^--key-file .*a-directory: Is a directory$",
+    ),
     "empty key file": Case(
         ("decrypt", "{envelope}", "--key-file", "{empty}"), USAGE, "relay decrypt", "the file is empty"
     ),
@@ -475,7 +481,7 @@ CASES = {
         ("decrypt", "{envelope}", "--key-file", "/nonexistent/key"),
         USAGE,
         "relay decrypt",
-        "/nonexistent/key: No such file or directory",
+        "^--key-file /nonexistent/key: No such file or directory$",  # named by its option
     ),
     "headers file missing": Case(
         (
@@ -490,7 +496,7 @@ CASES = {
         ),
         USAGE,
         "relay decrypt",
-        "/nonexistent/h: No such file or directory",
+        "^--headers /nonexistent/h: No such file or directory$",
     ),
     "serve fixtures missing": Case(
         ("local", "serve", "--fixtures", "/nonexistent/fixtures.json"),

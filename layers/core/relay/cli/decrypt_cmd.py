@@ -66,6 +66,8 @@ def _keys(args: argparse.Namespace) -> list[str]:
             text = Path(args.key_file).read_text(encoding="utf-8-sig")  # a BOM (Notepad) is no part of a key
         except UnicodeDecodeError:
             raise UsageError(f"--key-file {args.key_file}: not UTF-8 text") from None
+        except OSError as exc:  # named by its option: the envelope is a file too
+            raise UsageError(f"--key-file {args.key_file}: {exc.strerror or exc}") from None
         if not text.strip():
             raise UsageError(f"--key-file {args.key_file}: the file is empty")
         # A key may begin or end with blanks (config sync takes it as given); an editor adds a line
@@ -101,7 +103,9 @@ def _headers(path: str | None) -> dict[str, str]:
     if path is None:
         return {}
     try:
-        headers = load_json(Path(path).read_text())
+        headers = load_json(Path(path).read_bytes())
+    except OSError as exc:
+        raise UsageError(f"--headers {path}: {exc.strerror or exc}") from None
     except ValueError as exc:  # json's message gives the position, never the text
         raise UsageError(f"--headers {path}: not JSON: {exc}") from None
     if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
