@@ -112,6 +112,14 @@ def test_tampering_and_wrong_keys_are_refused() -> None:
         decrypt_event(envelope, "enc-secret-v2")
 
 
+@pytest.mark.parametrize("field", ["iv", "authTag"])
+def test_an_iv_or_tag_of_the_wrong_length_is_malformed_not_a_wrong_key(field: str) -> None:
+    envelope = _sealed_envelope({"a": 1})
+    envelope["encryptionDirective"][field] = envelope["encryptionDirective"][field][:-2]  # a byte short
+    with pytest.raises(InvalidDelivery, match="^malformed encryptionDirective: iv must be 12 bytes"):
+        decrypt_event(envelope, "enc-secret-v2")
+
+
 def test_a_receiver_holding_old_and_new_keys_reads_both_versions() -> None:
     old = _sealed_envelope({"v": 1}, RotatingSecret(current="enc-secret-v1", key_id="k1", salt="aa" * 16))
     new = _sealed_envelope({"v": 2})
