@@ -1052,7 +1052,7 @@ def test_a_record_whose_delivery_crashes_is_reported_failed_and_the_rest_still_g
     emitted = emf_blobs(capsys.readouterr().out)
     crashes = [doc for doc in emitted if "DeliveryCrashed" in doc]
     assert [(doc["DeliveryCrashed"], doc.get("target")) for doc in crashes] == [([1.0], None)]
-    # per service (the dashboard), and in Lambda per release as well: the alarm of this function's
+    # per service, and in Lambda per release as well: the alarm of this function's
     # deploy watches its new version only, never the crashes of the old one it replaces
     release = [{"service": "relay", "function": function_name, "version": "7"}] if function_name else []
     assert dimension_sets(crashes[0]) == [{"service": "relay"}, *release]
