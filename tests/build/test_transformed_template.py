@@ -154,9 +154,9 @@ def test_a_release_shifts_per_stage_and_rolls_back_on_its_error_alarm(stage: str
     groups = of_type(resources, "AWS::CodeDeploy::DeploymentGroup")
     for function, alarm, crashes in (
         ("IntakeFunction", "IntakeErrorsAlarm", "IntakeInternalErrorsAlarm"),
-        ("DispatcherFunction", "DispatcherErrorsAlarm", "DeliveryCrashedAlarm"),
-        ("SlowDispatcherFunction", "SlowDispatcherErrorsAlarm", "DeliveryCrashedAlarm"),
-        ("OrderedDispatcherFunction", "OrderedDispatcherErrorsAlarm", "DeliveryCrashedAlarm"),
+        ("DispatcherFunction", "DispatcherErrorsAlarm", "DispatcherCrashedAlarm"),
+        ("SlowDispatcherFunction", "SlowDispatcherErrorsAlarm", "SlowDispatcherCrashedAlarm"),
+        ("OrderedDispatcherFunction", "OrderedDispatcherErrorsAlarm", "OrderedDispatcherCrashedAlarm"),
     ):
         group = groups[f"{function}DeploymentGroup"]
         # The stage picks the branch (Condition IsProd) when CloudFormation resolves it.
@@ -173,10 +173,16 @@ def test_a_release_shifts_per_stage_and_rolls_back_on_its_error_alarm(stage: str
         assert "DEPLOYMENT_STOP_ON_ALARM" in group["AutoRollbackConfiguration"]["Events"]
         update = resources[f"{function}Alias{ALIAS}"]["UpdatePolicy"]["CodeDeployLambdaAliasUpdate"]
         assert update["DeploymentGroupName"] == {"Ref": f"{function}DeploymentGroup"}
-        # The alarm watches the version this deploy publishes (SAM resolves Version.Version to it).
-        dimensions = {d["Name"]: d["Value"] for d in resources[alarm]["Properties"]["Dimensions"]}
+        # Both alarms watch the version this deploy publishes (SAM resolves Version.Version to it), the
+        # crash count in the function and version the code names in Lambda: an old version's crashes
+        # during the canary never roll back its fix
         version = resources[f"{function}Alias{ALIAS}"]["Properties"]["FunctionVersion"]
-        assert dimensions["ExecutedVersion"] == version
+        errors, crashed = (
+            {d["Name"]: d["Value"] for d in resources[logical_id]["Properties"]["Dimensions"]}
+            for logical_id in (alarm, crashes)
+        )
+        assert errors["ExecutedVersion"] == version
+        assert (crashed["function"], crashed["version"]) == ({"Ref": function}, version)
 
 
 def test_the_schedule_name_cannot_collide_with_another_stacks() -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.emf import in_lambda
 
 from relay.local.template import PhysicalResource, Template, load_template
 
@@ -46,12 +47,17 @@ class Plotted:
 
 @dataclass(frozen=True)
 class Contract:
-    dimensions: frozenset[str]
+    # The metric's dimension sets, ";" apart in the table: the first on every data point, the others
+    # only in Lambda (a crash metric's release, ``function`` and ``version``: nothing names it elsewhere).
+    dimensions: tuple[frozenset[str], ...]
     emitted_by: str
+
+    def sets(self, *, in_lambda: bool) -> frozenset[frozenset[str]]:
+        return frozenset(self.dimensions if in_lambda else self.dimensions[:1])
 
 
 def metrics_table() -> dict[str, Contract]:
-    """docs/architecture.md's metrics table: {metric name: (dimensions, emitter)}."""
+    """docs/architecture.md's metrics table: {metric name: (dimension sets, emitter)}."""
     text = ARCHITECTURE.read_text()
     section = text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
     table: dict[str, Contract] = {}
@@ -60,7 +66,7 @@ def metrics_table() -> dict[str, Contract]:
         if len(cells) != 4 or not cells[0].startswith("`"):
             continue
         names = re.findall(r"`([A-Za-z]+)`", cells[0])
-        dimensions = frozenset(re.findall(r"`([A-Za-z]+)`", cells[2]))
+        dimensions = tuple(frozenset(re.findall(r"`([A-Za-z]+)`", part)) for part in cells[2].split(";"))
         for name in names:
             table[name] = Contract(dimensions, cells[3])
     return table
@@ -161,8 +167,9 @@ def function_environment() -> dict[str, str]:
 
 def test_the_contract_table_is_read() -> None:
     # Guards the parser: an empty table would make every check below pass vacuously.
-    assert TABLE["Delivered"] == Contract(frozenset({"service", "target"}), "dispatcher")
-    assert TABLE["EventsRejected"].dimensions == {"service", "reason"}
+    assert TABLE["Delivered"] == Contract((frozenset({"service", "target"}),), "dispatcher")
+    assert TABLE["EventsRejected"].dimensions == ({"service", "reason"},)
+    assert TABLE["DeliveryCrashed"].dimensions == ({"service"}, {"service", "function", "version"})
     assert {"BreakerOpened", "BreakerHalfOpened", "BreakerClosed"} <= set(TABLE)
 
 
@@ -171,9 +178,9 @@ def test_every_relay_metric_on_the_dashboard_and_alarms_is_in_the_contract() -> 
     assert plotted, "the dashboard plots no GenesysRelay metric at all"
     for metric in plotted:
         assert metric.name in TABLE, f"{metric.where}: {metric.name} is not in docs/architecture.md"
-        assert metric.dimensions == TABLE[metric.name].dimensions, (
+        assert metric.dimensions in TABLE[metric.name].dimensions, (
             f"{metric.where}: {metric.name} plotted with {sorted(metric.dimensions)}, "
-            f"emitted with {sorted(TABLE[metric.name].dimensions)}"
+            f"emitted with {[sorted(d) for d in TABLE[metric.name].dimensions]}"
         )
 
 
@@ -346,27 +353,39 @@ def _emf_lines(text: str) -> list[dict[str, Any]]:
     return blobs
 
 
-def _emitted(blobs: list[dict[str, Any]]) -> dict[str, frozenset[str]]:
-    """{metric name: dimension names} from EMF blobs (one dimension set per blob, as powertools writes)."""
-    found: dict[str, frozenset[str]] = {}
+def _emitted(blobs: list[dict[str, Any]]) -> dict[str, frozenset[frozenset[str]]]:
+    """{metric name: its dimension sets} from EMF blobs (each blob's dimension sets apply to each of
+    its metrics)."""
+    found: dict[str, frozenset[frozenset[str]]] = {}
     for blob in blobs:
         for directive in blob["_aws"]["CloudWatchMetrics"]:
             assert directive["Namespace"] == NAMESPACE
-            (dimensions,) = directive["Dimensions"]
+            dimension_sets = frozenset(frozenset(dimensions) for dimensions in directive["Dimensions"])
             for metric in directive["Metrics"]:
-                found[metric["Name"]] = frozenset(dimensions)
+                found[metric["Name"]] = found.get(metric["Name"], frozenset()) | dimension_sets
     return found
 
 
+# Outside Lambda (tests, the local stack, tools) and in it, where the crash metrics name the release.
+IN_OR_OUT_OF_LAMBDA = pytest.mark.parametrize(
+    "function_name", [None, "relay-prod-DispatcherFunction-x1"], ids=["local", "lambda"]
+)
+
+
+@IN_OR_OUT_OF_LAMBDA
 def test_dispatcher_emits_its_metrics_with_the_contract_dimensions(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], function_name: str | None
 ) -> None:
     from relay.logic.dispatch.metrics import SERVICE_METRICS, BatchMetrics, Metric
+    from relay.settings import load_settings
 
-    # Given a batch that touched every dispatcher metric
-    environment = function_environment()
+    # Given a batch that touched every dispatcher metric, in the function's environment (as the engine
+    # builds it)
+    settings = load_settings({**function_environment(), **in_lambda(function_name)})
     batch = BatchMetrics(
-        namespace=environment["POWERTOOLS_METRICS_NAMESPACE"], service=environment["POWERTOOLS_SERVICE_NAME"]
+        namespace=settings.metrics_namespace,
+        service=settings.service_name,
+        release=settings.release_dimensions(),
     )
     for metric in Metric:
         if metric in SERVICE_METRICS:
@@ -382,15 +401,23 @@ def test_dispatcher_emits_its_metrics_with_the_contract_dimensions(
     emitted = _emitted(_emf_lines(capsys.readouterr().out))
     for metric in relay_metrics():
         if TABLE[metric.name].emitted_by == "dispatcher":
-            assert emitted.get(metric.name) == TABLE[metric.name].dimensions, metric.name
+            expected = TABLE[metric.name].sets(in_lambda=function_name is not None)
+            assert emitted.get(metric.name) == expected, metric.name
 
 
-def test_intake_emits_its_metrics_with_the_contract_dimensions(capsys: pytest.CaptureFixture[str]) -> None:
+@IN_OR_OUT_OF_LAMBDA
+def test_intake_emits_its_metrics_with_the_contract_dimensions(
+    capsys: pytest.CaptureFixture[str], function_name: str | None
+) -> None:
     from relay.logic.intake import PowertoolsMetrics
+    from relay.logic.intake.metrics import RELEASE_METRICS
     from relay.observability import metrics
+    from relay.settings import load_settings
 
-    # Given the intake's metrics, one invocation each (a rejection is its invocation's only metric)
-    recorder = PowertoolsMetrics()
+    # Given the intake's metrics, one invocation each (a rejection is its invocation's only metric),
+    # recorded as relay.wiring.intake builds the recorder
+    settings = load_settings({**BASE.function("IntakeFunction").environment, **in_lambda(function_name)})
+    recorder = PowertoolsMetrics(settings.release_dimensions())
     blobs: list[dict[str, Any]] = []
     counted: list[tuple[str, str | None, str | None]] = [
         ("EventsAccepted", None, None),
@@ -404,7 +431,7 @@ def test_intake_emits_its_metrics_with_the_contract_dimensions(capsys: pytest.Ca
     ]
     for name, reason, target in counted:
         recorder.count(name, reason=reason, target=target)
-        if target is None:  # a per-target count is written at once
+        if target is None and name not in RELEASE_METRICS:  # a per-target count or a crash is written at once
             # When the invocation ends (log_metrics flushes the shared Metrics)
             metrics.flush_metrics()
         blobs += _emf_lines(capsys.readouterr().out)
@@ -412,4 +439,4 @@ def test_intake_emits_its_metrics_with_the_contract_dimensions(capsys: pytest.Ca
     # Then each carries the contract's dimensions
     emitted = _emitted(blobs)
     for name, _, _ in counted:
-        assert emitted.get(name) == TABLE[name].dimensions, name
+        assert emitted.get(name) == TABLE[name].sets(in_lambda=function_name is not None), name

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import quote, quote_plus
 
 import pytest
+from support.emf import dimension_sets, emf_blobs, in_lambda
 from support.waiting import wait_until
 
 from relay.logic.dispatch import Dispatcher
@@ -1026,8 +1027,10 @@ def test_a_target_not_known_to_answer_quickly_gets_its_records_side_by_side_from
     assert http.peak == 4 and len(http.threads) == 4 and len(r.http.requests) == measured + 4
 
 
+# In Lambda (AWS_LAMBDA_FUNCTION_NAME/VERSION set) the crash names the release too; elsewhere it cannot.
+@pytest.mark.parametrize("function_name", [None, "relay-prod-DispatcherFunction-x1"], ids=["local", "lambda"])
 def test_a_record_whose_delivery_crashes_is_reported_failed_and_the_rest_still_go(
-    running: list[Relay], capsys: pytest.CaptureFixture[str]
+    running: list[Relay], capsys: pytest.CaptureFixture[str], function_name: str | None
 ) -> None:
     # Given an HTTP port with a bug for target b (it raises instead of answering)
     def buggy(method: str, url: str, headers: Mapping[str, str], body: bytes) -> HttpResult:
@@ -1035,7 +1038,8 @@ def test_a_record_whose_delivery_crashes_is_reported_failed_and_the_rest_still_g
             raise RuntimeError("bug")
         return answer(200)
 
-    r = start(running, relay(make_target("a"), make_target("b"), answer_with=buggy))
+    targets = (make_target("a"), make_target("b"))
+    r = start(running, relay(*targets, answer_with=buggy, **in_lambda(function_name)))
     crashing = record("b")
 
     # When b's record comes first in a batch run on one thread
@@ -1045,9 +1049,15 @@ def test_a_record_whose_delivery_crashes_is_reported_failed_and_the_rest_still_g
     assert failed == [crashing["messageId"]]
     assert [url for _, url, _, _ in r.http.requests].count("https://a.example.com/hook") == 2
     # And the crash is counted for the rollback alarm: the invocation itself returns normally
-    emitted = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    emitted = emf_blobs(capsys.readouterr().out)
     crashes = [doc for doc in emitted if "DeliveryCrashed" in doc]
     assert [(doc["DeliveryCrashed"], doc.get("target")) for doc in crashes] == [([1.0], None)]
+    # per service, and in Lambda per release as well: the alarm of this function's
+    # deploy watches its new version only, never the crashes of the old one it replaces
+    release = [{"service": "relay", "function": function_name, "version": "7"}] if function_name else []
+    assert dimension_sets(crashes[0]) == [{"service": "relay"}, *release]
+    # and no other metric carries the release (each dimension set is one more metric billed)
+    assert all(dimension_sets(doc)[1:] == [] for doc in emitted if doc not in crashes)
 
 
 # --- slow-target isolation (relay.logic.dispatch.isolation) ------------------------------------------------

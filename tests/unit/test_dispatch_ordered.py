@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from support.emf import dimension_sets, emf_blobs, in_lambda
 from support.waiting import wait_until
 
 from relay.logic.dispatch import Dispatcher
@@ -341,15 +342,17 @@ def test_a_target_that_blocks_and_answers_410_holds_the_conversation_until_it_is
     assert r.targets.get_target(INTEGRATION, "crm").enabled is False
 
 
+# In Lambda (AWS_LAMBDA_FUNCTION_NAME/VERSION set) the crash names the release too; elsewhere it cannot.
+@pytest.mark.parametrize("function_name", [None, "relay-prod-OrderedDispatcher-x1"], ids=["local", "lambda"])
 def test_a_crashed_conversation_is_left_for_redelivery_and_counted_for_the_rollback(
-    relays: list[OrderedRelay], capsys: pytest.CaptureFixture[str]
+    relays: list[OrderedRelay], capsys: pytest.CaptureFixture[str], function_name: str | None
 ) -> None:
     # Given a release with a bug on conversation g's path (the HTTP port raises on its first event)
     def bug(event: str) -> None:
         if event == "g-0":
             raise RuntimeError("bug")
 
-    r = ordered_relay(relays, on_request=bug)
+    r = ordered_relay(relays, on_request=bug, environment=in_lambda(function_name))
     crashing, behind, other = fifo_record("g", 0), fifo_record("g", 1), fifo_record("h", 0)
 
     failed = r.batch(crashing, behind, other)
@@ -357,9 +360,12 @@ def test_a_crashed_conversation_is_left_for_redelivery_and_counted_for_the_rollb
     # Then g's records come back (SQS shows them again, in order; g-1 was never sent), h is delivered,
     # and the crash is counted once, service level: the invocation returns normally (Errors stays 0)
     assert failed == ids(crashing, behind) and sorted(r.sent()) == ["g-0", "h-0"]
-    emitted = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    emitted = emf_blobs(capsys.readouterr().out)
     crashes = [doc for doc in emitted if "DeliveryCrashed" in doc]
     assert [(doc["DeliveryCrashed"], doc.get("target")) for doc in crashes] == [([1.0], None)]
+    # In Lambda per release as well: the ordered dispatcher's deploy rolls back on its own version's crashes
+    release = [{"service": "relay", "function": function_name, "version": "7"}] if function_name else []
+    assert dimension_sets(crashes[0]) == [{"service": "relay"}, *release]
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from support.emf import dimension_sets, emf_blobs, in_lambda
 from support.events import (
     INTEGRATION_ID,
     SIGNATURE_SECRET,
@@ -32,12 +33,14 @@ from relay.errors import BadRequest, ConfigurationError, DependencyUnavailable
 from relay.models.delivery import DeliveryTask
 from relay.models.genesys import OPEN_MESSAGE
 from relay.models.queue import MAX_BATCH_BYTES, OutgoingMessage, plan_batches
+from relay.settings import Settings
 from relay.testing.fakes import (
     CountingMetrics,
     InMemoryClaimCheckStore,
     InMemoryDeliveryQueue,
     InMemoryIdempotencyStore,
 )
+from relay.wiring.intake import build_intake
 
 
 def tasks(queue: InMemoryDeliveryQueue) -> list[DeliveryTask]:
@@ -821,7 +824,11 @@ class BuggyQueue(InMemoryDeliveryQueue):
         raise RuntimeError("a bug in the release, not a dependency")
 
 
-def test_a_bug_is_a_500_counted_for_the_rollback_and_a_dependency_outage_is_not() -> None:
+# In Lambda (AWS_LAMBDA_FUNCTION_NAME/VERSION set) the count names the release too; elsewhere it cannot.
+@pytest.mark.parametrize("function_name", [None, "relay-prod-IntakeFunction-x1"], ids=["local", "lambda"])
+def test_a_bug_is_a_500_counted_for_the_rollback_and_a_dependency_outage_is_not(
+    capsys: pytest.CaptureFixture[str], function_name: str | None
+) -> None:
     # A 500 is a normal return, not a Lambda error: the count is what a canary's rollback watches.
     metrics = CountingMetrics()
     intake, _ = make_intake(queue=BuggyQueue(), metrics=metrics)
@@ -831,6 +838,23 @@ def test_a_bug_is_a_500_counted_for_the_rollback_and_a_dependency_outage_is_not(
     intake, _ = make_intake(queue=FlakyQueue(failures=1), metrics=unavailable)
     assert intake.handle(api_gateway_event())["statusCode"] == 503
     assert ("InternalErrors", None) not in unavailable.counts
+
+    # As the function counts it (the recorder relay.wiring builds from its settings): written at once,
+    # per service, and in Lambda per release as well, so that the intake's deploy rolls back on its new
+    # version's 500s only, never on those of the old version it replaces
+    capsys.readouterr()
+    wired = build_intake(
+        Settings.model_validate(in_lambda(function_name)),
+        integrations=Integrations(make_entry()),
+        secrets=Secrets(),
+        queue=BuggyQueue(),
+        idempotency=InMemoryIdempotencyStore(),
+        claim_checks=InMemoryClaimCheckStore(),
+    )
+    assert refusal(wired.handle(api_gateway_event())) == (500, "internal_error")
+    (counted,) = [doc for doc in emf_blobs(capsys.readouterr().out) if "InternalErrors" in doc]
+    release = [{"service": "relay", "function": function_name, "version": "7"}] if function_name else []
+    assert dimension_sets(counted) == [{"service": "relay"}, *release]
 
 
 class BlockingQueue(InMemoryDeliveryQueue):

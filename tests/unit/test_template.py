@@ -714,7 +714,7 @@ SHIFTED_RELEASES = (
     "OrderedDispatcherFunction",
 )
 # The bugs each handler turns into an answer (a 500, a batch item failure) instead of a Lambda error:
-# the service-level count (relay.logic.intake.service, relay.logic.dispatch.metrics) that rolls back.
+# the count (relay.logic.intake.metrics, relay.logic.dispatch.metrics) that rolls back, per release.
 CRASH_METRIC = {
     "IntakeFunction": "InternalErrors",
     "DispatcherFunction": "DeliveryCrashed",
@@ -752,23 +752,34 @@ def test_a_release_rolls_back_on_the_errors_of_the_version_being_deployed(
     prod_type = resolved(with_parameters({"Stage": "prod"}), logical_id)["DeploymentPreference"]["Type"]
     bake_seconds = int(GRADUAL.fullmatch(prod_type)[3]) * 60  # type: ignore[index]
     watched = {}
+    version = {"Fn::GetAtt": [logical_id, "Version.Version"]}
     for reference in alarms:
         alarm = raw.properties(reference["Ref"])
-        watched[(alarm["Namespace"], alarm["MetricName"])] = {
-            d["Name"]: d["Value"] for d in alarm["Dimensions"]
-        }
+        dimensions = {d["Name"]: d["Value"] for d in alarm["Dimensions"]}
+        watched[(alarm["Namespace"], alarm["MetricName"])] = dimensions
         # It can fire while the canary still takes only part of the traffic, on the first bug.
         assert int(alarm["Period"]) * int(alarm["EvaluationPeriods"]) < bake_seconds
         assert (alarm["ComparisonOperator"], int(alarm["Threshold"])) == ("GreaterThanOrEqualToThreshold", 1)
-    # The new version's own errors: an old version's failures must not block the deploy of its fix.
+        # Every trigger watches this deploy's own new version: during a canary most traffic still runs
+        # the old one, whose failures (maybe the very bug this release fixes, crashing on every
+        # redelivery) must never roll its fix back
+        assert version in (dimensions.get("ExecutedVersion"), dimensions.get("version")), reference["Ref"]
+    assert len(watched) == len(alarms), f"{logical_id}: two triggers watch one metric"
+    # Its own errors ...
     assert watched.pop(("AWS/Lambda", "Errors")) == {
         "FunctionName": {"Ref": logical_id},
         "Resource": {"Fn::Sub": f"${{{logical_id}}}:{props['AutoPublishAlias']}"},
-        "ExecutedVersion": {"Fn::GetAtt": [logical_id, "Version.Version"]},
+        "ExecutedVersion": version,
     }
-    # ... and the bugs it answers for instead of raising, as the code emits them (service only)
-    # (service: the stack's name, so another stack's crashes in the same account roll nothing back here)
-    assert watched == {("GenesysRelay", CRASH_METRIC[logical_id]): {"service": {"Ref": "AWS::StackName"}}}
+    # ... and the bugs it answers for instead of raising, in the release's dimension set the code adds in
+    # Lambda (function, version; service: the stack's name, so no other stack's crashes roll back here)
+    assert watched == {
+        ("GenesysRelay", CRASH_METRIC[logical_id]): {
+            "service": {"Ref": "AWS::StackName"},
+            "function": {"Ref": logical_id},
+            "version": version,
+        }
+    }
 
 
 # --- logging and tracing -------------------------------------------------------------------------------

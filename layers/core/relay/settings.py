@@ -91,6 +91,10 @@ class Settings(BaseModel):
     aws_max_attempts: int = Field(4, alias="AWS_MAX_ATTEMPTS", ge=1, le=10)
     metrics_namespace: str = Field("GenesysRelay", alias="POWERTOOLS_METRICS_NAMESPACE")
     service_name: str = Field(DEFAULT_SERVICE, alias="POWERTOOLS_SERVICE_NAME")  # as relay.observability
+    # Set by Lambda, never by the template: this function's name and the version running here (the
+    # published version's number when invoked through the alias `live`). None outside Lambda.
+    lambda_function_name: str | None = Field(None, alias="AWS_LAMBDA_FUNCTION_NAME")
+    lambda_function_version: str | None = Field(None, alias="AWS_LAMBDA_FUNCTION_VERSION")
 
     # --- resources (set by template.yaml; None where a function does not need them) ------------------
     targets_table: str | None = Field(None, alias="TARGETS_TABLE")
@@ -200,6 +204,14 @@ class Settings(BaseModel):
     # One sync run ends with GenesysDeadlineExceeded rather than wait or request past this many seconds
     # from its start; template.yaml keeps it below ConfigSyncFunction's Timeout so the run ends cleanly.
     genesys_sync_deadline_seconds: float = Field(100.0, alias="GENESYS_SYNC_DEADLINE_SECONDS", gt=0, le=900)
+
+    def release_dimensions(self) -> dict[str, str]:
+        """The dimensions naming the release that runs here, ``function`` and ``version``, which the
+        crash metrics carry in a dimension set of their own so that a deploy's rollback alarms watch
+        only the version being deployed (docs/architecture.md, "Metrics"); empty outside Lambda."""
+        if not self.lambda_function_name or not self.lambda_function_version:
+            return {}
+        return {"function": self.lambda_function_name, "version": self.lambda_function_version}
 
     def need(self, field: str) -> str:
         """The value of an optional resource setting that this caller cannot run without."""

@@ -62,7 +62,7 @@ def build_intake(
         claim_checks=claim_checks or (s3_claim_checks(settings) if settings.audit_bucket else None),
         max_body_bytes=settings.max_body_bytes,
         eventbridge_integration_id=settings.eventbridge_integration_id,
-        metrics=metrics or PowertoolsMetrics(),
+        metrics=metrics or PowertoolsMetrics(settings.release_dimensions()),
         ordered_queue=ordered_queue,
     )
 

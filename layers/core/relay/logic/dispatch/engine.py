@@ -190,7 +190,9 @@ class Dispatcher:
             invocation_id=invocation_id or str(uuid.uuid4()),
             started=self._now(),
             metrics=BatchMetrics(
-                namespace=self._settings.metrics_namespace, service=self._settings.service_name
+                namespace=self._settings.metrics_namespace,
+                service=self._settings.service_name,
+                release=self._settings.release_dimensions(),
             ),
             remaining_ms=remaining_ms,
         )

@@ -2,16 +2,20 @@
 docs/architecture.md: per-target counts carry the dimensions ``service`` and ``target``;
 ``BreakerStoreUnavailable``, ``RateLimitStoreUnavailable``, ``OrderedGroupBlocked``,
 ``OrderedReleasedEarly`` and ``DeliveryCrashed`` carry ``service`` only (alarms watch them, and an alarm
-cannot search across targets).
+cannot search across targets). ``DeliveryCrashed`` has, in Lambda, a second dimension set naming the
+release, ``service``, ``function``, ``version``: each dispatcher's deploy rolls back on its own new
+version's crashes, never on those of the old version it replaces (which may be the very bug it fixes).
 
 A batch accumulates here and is flushed once at the end: one EMF object per target (so each target's
-values sit under its own dimension), plus one service-level object for the service-level counts.
+values sit under its own dimension), plus one service-level object for the service-level counts and
+one for the crashes (so the release's dimension set reaches no other metric: each set is a metric billed).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from collections.abc import Mapping
 from enum import StrEnum
 
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
@@ -59,12 +63,15 @@ SERVICE_METRICS = frozenset(
         Metric.DELIVERY_CRASHED,
     }
 )
+# Service-level metrics also written per release (Settings.release_dimensions): the rollback triggers.
+RELEASE_METRICS = frozenset({Metric.DELIVERY_CRASHED})
 
 
 class BatchMetrics:
-    def __init__(self, *, namespace: str, service: str) -> None:
+    def __init__(self, *, namespace: str, service: str, release: Mapping[str, str] | None = None) -> None:
         self._namespace = namespace
         self._service = service
+        self._release = dict(release or {})
         self._lock = threading.Lock()
         self._counts: dict[str, dict[Metric, float]] = defaultdict(lambda: defaultdict(float))
         self._latencies: dict[str, list[float]] = defaultdict(list)
@@ -100,8 +107,18 @@ class BatchMetrics:
             for value in latencies.get(target_id, []):
                 emf.add_metric(Metric.DELIVERY_LATENCY.value, MetricUnit.Milliseconds, value)
             emf.flush_metrics()
-        if service_counts:
-            emf = EphemeralMetrics(namespace=self._namespace, service=self._service)
-            for metric, value in service_counts.items():
-                emf.add_metric(metric.value, MetricUnit.Count, value)
-            emf.flush_metrics()
+        crashes = {m: v for m, v in service_counts.items() if m in RELEASE_METRICS}
+        self._flush_service({m: v for m, v in service_counts.items() if m not in crashes})
+        self._flush_service(crashes, per_release=True)
+
+    def _flush_service(self, counts: Mapping[Metric, float], *, per_release: bool = False) -> None:
+        """One EMF object with the ``service`` dimension set, and the release's set too if ``per_release``
+        (in Lambda: outside it there is no release to name)."""
+        if not counts:
+            return
+        emf = EphemeralMetrics(namespace=self._namespace, service=self._service)
+        if per_release and self._release:
+            emf.add_dimensions(service=self._service, **self._release)
+        for metric, value in counts.items():
+            emf.add_metric(metric.value, MetricUnit.Count, value)
+        emf.flush_metrics()
