@@ -698,6 +698,21 @@ def test_a_configured_signing_secret_that_comes_back_redacted_with_none_stored_r
     assert _store().get_target(INTEGRATION.id, CRM.id) is None
 
 
+def test_a_bearer_token_that_comes_back_redacted_with_none_stored_is_said_to_be_redacted(
+    genesys: FakeGenesys,
+) -> None:
+    # Given Genesys answers the CRM target's bearer token redacted before anything was stored
+    genesys.set_credential(CRM.id, "security", "********")
+
+    # When the sync runs
+    report = run_config_sync(get_settings())
+
+    # Then the reason says what to do (provision it), not that the config lacks a token Genesys holds
+    assert [r.id for r in report.rejected] == [CRM.id]
+    assert "credential security came back redacted" in report.rejected[0].reason
+    assert _store().get_target(INTEGRATION.id, CRM.id) is None
+
+
 def test_rotated_signing_secret_keeps_the_old_one_as_previous(genesys: FakeGenesys) -> None:
     run_config_sync(get_settings())
     new_secret = "whsec_bmV3LXNpZ25pbmctc2VjcmV0LWZvci1yb3RhdGlvbg=="

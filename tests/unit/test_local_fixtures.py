@@ -106,6 +106,26 @@ def test_an_integration_config_sync_would_refuse_is_refused_when_the_file_is_rea
     assert "****" not in message
 
 
+@pytest.mark.parametrize(
+    ("place", "change"),
+    [
+        ("security.value", {"security": {"type": "bearer", "value": "*" * 8}}),
+        ("encryptionKey", {"encryptionKey": "*" * 20}),
+    ],
+)
+def test_a_target_secret_written_as_genesys_redacts_one_is_refused_when_the_file_is_read(
+    place: str, change: dict[str, Any]
+) -> None:
+    # config sync would take it for a redacted value and refuse the target, once the stack had started
+    doc = fixtures_doc()
+    doc["integrations"][0]["targets"][0].update(change)
+    with pytest.raises(ValidationError) as caught:
+        Fixtures.model_validate(doc)
+    where, message = _only_error(caught)
+    assert where == f"integrations.0.targets.0.{place}"
+    assert "all '*' is how Genesys redacts a secret" in message
+
+
 def test_a_file_without_integrations_is_refused_naming_the_list() -> None:
     # With none, serve would start a stack answering every webhook 404 and failing every EventBridge event
     with pytest.raises(ValidationError) as caught:

@@ -73,6 +73,11 @@ def test_secret_values_stay_hidden_in_repr() -> None:
     ("integration", "properties", "secrets", "field"),
     [
         ({"id": "not-a-uuid"}, {}, {}, "id"),
+        # Forms UUID() reads but the seed's schema refuses; the id is used as written (Secrets Manager names)
+        ({"id": "{" + TARGET_ID + "}"}, {}, {}, "id"),
+        ({"id": "urn:uuid:" + TARGET_ID}, {}, {}, "id"),
+        ({"id": TARGET_ID.replace("-", "")}, {}, {}, "id"),
+        ({"id": TARGET_ID + "\n"}, {}, {}, "id"),
         ({"name": ""}, {}, {}, "name"),
         ({}, {"method": "GET"}, {}, "method"),
         ({}, {"url": None}, {}, "url"),
@@ -139,6 +144,12 @@ def test_invalid_configs_are_refused_naming_the_field_not_the_value(
         "two words",
     ):
         assert value not in message
+
+
+@pytest.mark.parametrize("ident", [TARGET_ID.upper(), "00000000-0000-0000-0000-000000000000"])
+def test_an_id_the_seeds_uuid_rule_takes_is_taken_as_written(ident: str) -> None:
+    config = webhook_config_from_genesys(_integration(id=ident), _config(), _secrets())
+    assert str(config.id) == ident.lower()
 
 
 def test_every_reserved_header_of_a_config_is_named_in_one_refusal() -> None:

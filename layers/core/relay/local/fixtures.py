@@ -81,9 +81,17 @@ class FixtureOAuth2Client(OAuth2Client):
         return url
 
 
+def _not_redacted(secret: str | None) -> str | None:
+    # The fake serves the value as Genesys would; config sync takes all '*' for a redacted one and, with
+    # nothing in Secrets Manager yet, refuses the target only once the whole stack has started.
+    if secret and set(secret) == {"*"}:
+        raise ValueError("all '*' is how Genesys redacts a secret: config sync would take it for none")
+    return secret
+
+
 class FixtureSecurity(_FixtureModel):
     type: SecurityType = SecurityType.NONE
-    value: str | None = None  # for oauth2: the client secret
+    value: Annotated[str | None, AfterValidator(_not_redacted)] = None  # for oauth2: the client secret
     oauth2: FixtureOAuth2Client | None = (
         None  # {tokenUrl, clientId, scope?, audience?, tokenEndpointAuthMethod?}
     )
@@ -98,7 +106,7 @@ class FixtureTarget(_FixtureModel):
     headers: dict[str, str] = Field(default_factory=dict)
     security: FixtureSecurity = Field(default_factory=FixtureSecurity)
     signing_secret: str | None = Field(None, alias="signingSecret")
-    encryption_key: str | None = Field(None, alias="encryptionKey")
+    encryption_key: Annotated[str | None, AfterValidator(_not_redacted)] = Field(None, alias="encryptionKey")
     # mTLS: the client certificate, its chain and its key, one PEM bundle.
     client_certificate: str | None = Field(None, alias="clientCertificate")
     retry_matrix: FixtureRetryMatrix | None = Field(None, alias="retryMatrix")
@@ -148,8 +156,7 @@ class FixtureIntegration(_FixtureModel):
     @field_validator("signature_secret")
     @classmethod
     def _is_not_redacted(cls, secret: str) -> str:
-        if set(secret) == {"*"}:
-            raise ValueError("all '*' is how Genesys redacts a secret: config sync would take it for none")
+        _not_redacted(secret)
         return secret
 
     @field_validator("id")

@@ -74,6 +74,9 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _HEADER_VALUE = re.compile(r"^[\t\x20-\x7e\x80-\xff]*$")
 # A bearer token goes into Authorization as it is: visible ASCII, no space (RFC 6750's b64token and more).
 _BEARER_TOKEN = re.compile(r"^[\x21-\x7e]+$")
+# The seed's z.string().uuid(): 8-4-4-4-12 hex digits. UUID() also reads "{...}", "urn:uuid:..." and 32 bare
+# digits, but the id is used as written (table keys, Secrets Manager names, which take no "{" or ":").
+_UUID_FORM = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 def is_reserved_header(name: str) -> bool:
@@ -173,6 +176,13 @@ class WebhookConfig(BaseModel):
         if where is not None:
             raise ValueError(f"{where or 'config'} holds text UTF-8 cannot carry (an unpaired surrogate)")
         return data
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _written_as_a_uuid(cls, ident: Any) -> Any:
+        if isinstance(ident, str) and not _UUID_FORM.fullmatch(ident):
+            raise ValueError("must be a UUID written as 8-4-4-4-12 hex digits, as Genesys writes its ids")
+        return ident
 
     @model_validator(mode="after")
     def _blocking_needs_ordering(self) -> WebhookConfig:

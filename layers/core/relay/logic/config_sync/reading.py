@@ -13,6 +13,7 @@ from pydantic import SecretStr, ValidationError
 from relay.errors import ConfigRejected, UnsafeUrl
 from relay.logic.url_policy import Resolver, UrlPolicy
 from relay.models.secrets import RotatingSecret, SecretKind
+from relay.models.targets import SecurityType
 from relay.models.webhook_config import WebhookConfig, safe_errors, webhook_config_from_genesys
 from relay.ports import GenesysReader
 
@@ -96,7 +97,7 @@ class ConfigReader:
                 # Genesys redacts credential fields for some clients: keep what Secrets Manager holds.
                 existing = self._existing_secret(kind, target_id)
                 value = existing.current.get_secret_value() if existing else None
-                if value is None and key != "security":  # security's type says whether it needs one
+                if value is None and (key != "security" or _takes_a_credential(config)):
                     # A configured signing secret, key or certificate that cannot be read: storing the
                     # target without it would sign nothing, send in clear or skip the certificate.
                     raise ConfigRejected(
@@ -142,6 +143,14 @@ class ConfigReader:
             return self._policy.check_url(url, resolve=self._resolve)
         except UnsafeUrl as exc:
             raise ConfigRejected(f"{what} refused: {exc}") from None
+
+
+def _takes_a_credential(config: dict[str, object]) -> bool:
+    """Whether the config's security type needs its ``security`` credential (none does not): a redacted
+    one is then said to be redacted, not missing from a config Genesys holds it for."""
+    properties = config.get("properties")
+    kind = properties.get("securityType") if isinstance(properties, dict) else None
+    return kind in {t.value for t in SecurityType if t is not SecurityType.NONE}
 
 
 def _present(value: object) -> TypeGuard[str]:
