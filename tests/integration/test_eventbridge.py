@@ -310,13 +310,16 @@ def test_an_event_that_succeeds_on_a_retry_leaves_no_failure_record(
 
 def test_put_event_sends_a_sample_file_and_prints_the_answer(
     api: str,
+    tmp_path: Path,
     eventbridge: LocalEventBridge,
     intake: Intake,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # When the CLI sends the sample event to the API
+    # When the CLI sends the sample event to the API, from a copy a Windows editor saved (a BOM first)
     api_url = api.removesuffix(PUT_EVENTS_PATH)
-    code = relay_main(["local", "put-event", str(EVENTS / CONVERSATION_START_SAMPLE), "--api", api_url])
+    saved = tmp_path / "event.json"
+    saved.write_bytes(b"\xef\xbb\xbf" + (EVENTS / CONVERSATION_START_SAMPLE).read_bytes())
+    code = relay_main(["local", "put-event", str(saved), "--api", api_url])
 
     # Then it prints PutEvents' answer, exits 0, and the function got the event
     assert code == 0

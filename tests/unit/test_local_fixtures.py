@@ -77,6 +77,12 @@ def test_the_file_is_read_as_utf8_whatever_the_locale(tmp_path: Path) -> None:
     ]
 
 
+def test_a_byte_order_mark_a_windows_editor_wrote_is_no_content(tmp_path: Path) -> None:
+    path = tmp_path / "fixtures.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(fixtures_doc()).encode())
+    assert Fixtures.load(path) == Fixtures.model_validate(fixtures_doc())
+
+
 def test_a_file_that_is_not_utf8_is_refused_as_such(tmp_path: Path) -> None:
     path = tmp_path / "fixtures.json"
     path.write_bytes(json.dumps(fixtures_doc()).replace("Acme", "Acm\u00e9").encode("latin-1"))

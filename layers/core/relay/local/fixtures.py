@@ -226,10 +226,11 @@ class Fixtures(_FixtureModel):
     @classmethod
     def load(cls, path: str | Path | None = None) -> Fixtures:
         """The file read as UTF-8 (JSON's encoding), whatever the locale: read in the locale's, a valid
-        file was refused as not ASCII, or its secrets misread as other characters (Latin-1)."""
+        file was refused as not ASCII, or its secrets misread as other characters (Latin-1). A leading
+        byte order mark (Windows editors write one; RFC 8259 lets a parser ignore it) is no content."""
         raw = Path(path or DEFAULT_FIXTURES).read_bytes()
         try:
-            text = raw.decode("utf-8")
+            text = raw.decode("utf-8").removeprefix("\ufeff")
         except UnicodeDecodeError as exc:
             raise ValueError(f"not UTF-8 text (byte {exc.start} is not UTF-8)") from None
         return cls.model_validate(load_json(text, object_pairs_hook=_no_repeated_keys))
