@@ -218,8 +218,11 @@ def test_requests_in_flight_when_a_410_arrives_finish_and_nothing_starts_after_i
     # Then the three in flight were answered 410 and settled by it; none of the other three started
     assert result == {"batchItemFailures": []}
     assert len(receiver.requests) == 3
-    first_answer = min(r.received_at for r in receiver.requests) + 0.3
-    assert all(r.received_at < first_answer for r in receiver.requests)
+    # as the dispatcher timed them (the receiver's own clock shows when its busy threads got round
+    # to a request, later than it was sent on a loaded machine): every start before the first answer
+    attempts = [line for line in audit_lines(aws_stack) if line.get("status") == 410]
+    assert len(attempts) == 3
+    assert max(line["startedAt"] for line in attempts) < min(line["finishedAt"] for line in attempts)
     dead = drain(aws_stack.dead_letter_queue_url)
     assert {attr(d, "relay-dlq-reason") for d in dead} == {"target-gone"} and len(dead) == 6
     assert sorted(attr(d, "relay-last-status") or "-" for d in dead) == ["-"] * 3 + ["410"] * 3
