@@ -24,7 +24,16 @@ from relay.local.fixtures import Fixtures, FixtureTarget
 from relay.local.loopback import SHUTDOWN_POLL_SECONDS
 from relay.models.event_filters import EventFilters
 from relay.models.rate_limit import RateLimit, rate_key
-from relay.models.targets import Integration, OAuth2Client, SecurityType, Target, TargetSecurity
+from relay.models.targets import (
+    Integration,
+    OAuth2Client,
+    OnExhausted,
+    Ordering,
+    RetryMatrix,
+    SecurityType,
+    Target,
+    TargetSecurity,
+)
 from relay.settings import get_settings
 from relay.wiring import rate_limit_store, target_store
 
@@ -496,6 +505,41 @@ def test_list_shows_filters_rate_limit_rate_now_and_auth_type_never_a_secret(
     assert "types=Text directions=Outbound" in limited_row and "20/s burst 40" in limited_row
     assert "(429: cut)" in limited_row and "bearer ****" in limited_row
     assert "relay/x/auth" not in table + json.dumps(entry)  # not even the secret's name
+
+
+def test_list_json_shows_how_each_target_is_delivered(
+    local_settings: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given an ordered target that blocks when exhausted, with its own retry matrix and timeouts
+    store = target_store(get_settings(), cache_ttl_seconds=0)
+    store.put_integration(Integration(integration_id=INTEGRATION_ID, name="list"))
+    store.put_target(
+        Target(
+            integration_id=INTEGRATION_ID,
+            target_id="t-ordered",
+            name="ordered",
+            url="https://ordered.example.com/hook",
+            ordering=Ordering.CONVERSATION,
+            on_exhausted=OnExhausted.BLOCK,
+            retry_matrix=RetryMatrix(attempts=5, base_interval_ms=500, max_interval_ms=8_000, multiplier=3),
+            connect_timeout_seconds=2.5,
+        )
+    )
+
+    # When the operator lists it as JSON
+    assert main(["targets", "list", "--format", "json"]) == 0
+    [entry] = _json_lines(capsys.readouterr().out)
+
+    # Then the list says how it is delivered, as configured (no timeout set: null, the default)
+    [shown] = entry["targets"]
+    assert (shown["ordering"], shown["onExhausted"]) == ("conversation", "block")
+    assert shown["retryMatrix"] == {
+        "attempts": 5,
+        "baseIntervalMs": 500,
+        "maxIntervalMs": 8_000,
+        "multiplier": 3.0,
+    }
+    assert (shown["connectTimeoutSeconds"], shown["readTimeoutSeconds"]) == (2.5, None)
 
 
 def stored_alone(*, target_id: str, name: str, url: str, security: TargetSecurity | None = None) -> None:

@@ -197,6 +197,12 @@ def target_view(
             else None
         ),
         **_rate_now(target, bucket, now),
+        # How it is delivered: an operator confirms here that a config change took (ordering above all)
+        "ordering": target.ordering.value,
+        "onExhausted": target.on_exhausted.value,
+        "retryMatrix": target.retry_matrix.model_dump(mode="json", by_alias=True),
+        "connectTimeoutSeconds": target.connect_timeout_seconds,  # null: the dispatcher's default
+        "readTimeoutSeconds": target.read_timeout_seconds,
         "version": target.version,
         "syncedAt": target.synced_at,
     }
