@@ -511,19 +511,14 @@ def test_list_json_shows_how_each_target_is_delivered(
     local_settings: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Given an ordered target that blocks when exhausted, with its own retry matrix and timeouts
-    store = target_store(get_settings(), cache_ttl_seconds=0)
-    store.put_integration(Integration(integration_id=INTEGRATION_ID, name="list"))
-    store.put_target(
-        Target(
-            integration_id=INTEGRATION_ID,
-            target_id="t-ordered",
-            name="ordered",
-            url="https://ordered.example.com/hook",
-            ordering=Ordering.CONVERSATION,
-            on_exhausted=OnExhausted.BLOCK,
-            retry_matrix=RetryMatrix(attempts=5, base_interval_ms=500, max_interval_ms=8_000, multiplier=3),
-            connect_timeout_seconds=2.5,
-        )
+    stored_alone(
+        target_id="t-ordered",
+        name="ordered",
+        url="https://ordered.example.com/hook",
+        ordering=Ordering.CONVERSATION,
+        on_exhausted=OnExhausted.BLOCK,
+        retry_matrix=RetryMatrix(attempts=5, base_interval_ms=500, max_interval_ms=8_000, multiplier=3),
+        connect_timeout_seconds=2.5,
     )
 
     # When the operator lists it as JSON
@@ -542,19 +537,11 @@ def test_list_json_shows_how_each_target_is_delivered(
     assert (shown["connectTimeoutSeconds"], shown["readTimeoutSeconds"]) == (2.5, None)
 
 
-def stored_alone(*, target_id: str, name: str, url: str, security: TargetSecurity | None = None) -> None:
-    """One integration in the TargetsTable, with this one target."""
+def stored_alone(*, target_id: str, name: str, url: str, **fields: Any) -> None:
+    """One integration in the TargetsTable, with this one target (``fields``: its other settings)."""
     store = target_store(get_settings(), cache_ttl_seconds=0)
     store.put_integration(Integration(integration_id=INTEGRATION_ID, name="one target"))
-    store.put_target(
-        Target(
-            integration_id=INTEGRATION_ID,
-            target_id=target_id,
-            name=name,
-            url=url,
-            security=security or TargetSecurity(),
-        )
-    )
+    store.put_target(Target(integration_id=INTEGRATION_ID, target_id=target_id, name=name, url=url, **fields))
 
 
 def test_list_shows_control_characters_in_a_name_escaped_in_the_table_and_as_they_are_in_json(
