@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -73,6 +74,34 @@ def test_consecutive_failures_open_the_breaker_and_later_records_are_deferred_no
     assert {s["MessageAttributes"]["relay-deferrals"]["StringValue"] for s in sends} == {"1"}
     assert all(1 <= s["DelaySeconds"] <= 900 and s["QueueUrl"] == aws_stack.delivery_queue_url for s in sends)
     assert drain(aws_stack.dead_letter_queue_url) == []
+
+
+def test_a_targets_failure_reaches_its_breaker_while_a_slow_neighbour_still_holds_the_batch(
+    aws_stack: LocalResources, receiver: Receiver, dispatcher: Dispatcher
+) -> None:
+    # Given one batch for two targets: crm fails at once, archive's answer is held until released
+    released = threading.Event()
+    receiver.behaviour = Behaviour(status=500)
+    receiver.path_behaviours["/hooks/archive"] = Behaviour(gate=released)
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm", attempts=10)
+    seed_target(aws_stack, f"{receiver.url}/hooks/archive", target_id=ENCRYPTED_TARGET)
+    records = [task_record(), task_record(ENCRYPTED_TARGET)]
+    batch = threading.Thread(target=dispatcher.handle_batch, args=(records,))
+    batch.start()
+    try:
+        # Then crm's failure is in its breaker while archive's request is still held
+        wait_until(
+            lambda: receiver.held == 1 and _store(aws_stack).load(KEY).consecutive_failures == 1,
+            what="crm's failure folded while archive is held",
+            timeout=10,
+        )
+    finally:
+        released.set()
+        batch.join(timeout=30)
+
+    # And folded once: the batch's end adds nothing
+    assert not batch.is_alive()
+    assert _store(aws_stack).load(KEY).consecutive_failures == 1
 
 
 def test_deferred_records_come_back_to_the_queue(

@@ -10,12 +10,14 @@ breaker store's state, the audit lines and ``batchItemFailures``.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import random
 import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -791,6 +793,88 @@ def test_consecutive_failures_open_the_breaker(running: list[Relay]) -> None:
 
     state = r.breaker()
     assert (state.phase, state.consecutive_failures, state.trips) == (Phase.OPEN, 5, 1)
+
+
+@contextmanager
+def beside_a_held_neighbour(running: list[Relay]) -> Iterator[Relay]:
+    """A batch running on a thread of its own while inside: one record for crm, answered 500 at once,
+    and one for slow, whose answer is held (a neighbour that holds the batch) until the block is left;
+    the batch has ended then."""
+    released = threading.Event()
+
+    def respond(method: str, url: str, headers: Mapping[str, str], body: bytes) -> HttpResult:
+        if url.startswith("https://slow."):
+            released.wait(timeout=30)
+            return answer(200)
+        return answer(500)
+
+    r = start(running, relay(make_target("crm"), make_target("slow"), answer_with=respond))
+    batch = threading.Thread(target=r.batch, args=(record("crm"), record("slow")))
+    batch.start()
+    try:
+        yield r
+    finally:
+        released.set()
+        batch.join(timeout=30)
+    assert not batch.is_alive()
+
+
+def test_a_lane_reports_to_its_breaker_once_its_records_are_done_not_when_the_batch_ends(
+    running: list[Relay],
+) -> None:
+    # Given one batch with a failing target and a neighbour whose answer is held
+    with beside_a_held_neighbour(running) as r:
+        # Then the failure is in the breaker while the neighbour's request is still held
+        wait_until(lambda: r.breaker().consecutive_failures == 1, what="crm's failure folded", timeout=10)
+
+    # And the batch's end does not fold it a second time
+    assert r.breaker().consecutive_failures == 1
+
+
+def test_a_success_another_batch_folds_meanwhile_is_not_undone_by_a_slow_neighbours_batch(
+    running: list[Relay],
+) -> None:
+    # Given a batch whose crm record failed, held by its slow neighbour, and the failure folded
+    with beside_a_held_neighbour(running) as first:
+        wait_until(lambda: first.breaker().consecutive_failures == 1, what="crm's failure folded", timeout=10)
+
+        # When another invocation delivers crm's retry meanwhile, then the held batch ends
+        other = Relay(InMemoryTargets(make_target("crm")), ScriptedHttp(), breakers=first.breakers)
+        assert start(running, other).batch(record("crm")) == []
+
+    # Then the breaker shows the target as it is now, recovered: the old failure came first
+    assert first.breaker().consecutive_failures == 0
+
+
+def test_after_a_successful_probe_its_lane_reports_the_rest_of_its_records_too(running: list[Relay]) -> None:
+    # Given an open breaker past its reset timeout, and an endpoint that answers the probe, then fails
+    statuses = iter([200, 500, 500])
+    r = start(running, relay(answer_with=lambda method, url, headers, body: answer(next(statuses))))
+    r.set_breaker(BreakerState(Phase.OPEN, 5, 1, NOW - 1, 1))
+
+    r.batch(record(), record(), record())
+
+    # Then the breaker folded the probe and both failures after it
+    state = r.breaker()
+    assert (state.phase, state.consecutive_failures) == (Phase.CLOSED, 2)
+
+
+def test_a_lane_whose_delivery_crashes_still_reports_its_other_results(running: list[Relay]) -> None:
+    # Given an HTTP port with a bug for the first request (it raises), and an endpoint failing the rest
+    calls = itertools.count()
+
+    def buggy(method: str, url: str, headers: Mapping[str, str], body: bytes) -> HttpResult:
+        if next(calls) == 0:
+            raise RuntimeError("bug")
+        return answer(500)
+
+    r = start(running, relay(answer_with=buggy))
+
+    # When a batch of two is delivered, both are shown again (the crash, the retry)
+    assert len(r.batch(record(), record())) == 2
+
+    # Then the failure the endpoint answered is in the breaker
+    assert r.breaker().consecutive_failures == 1
 
 
 def test_a_breaker_opened_at_an_old_url_does_not_hold_back_the_new_one(running: list[Relay]) -> None:

@@ -609,6 +609,35 @@ def test_a_probe_holds_back_only_its_own_targets_conversations_not_another_targe
     assert r.sent().index("a-0") < r.sent().index("a-1")
 
 
+def test_a_targets_failure_reaches_its_breaker_while_another_targets_conversation_still_runs(
+    relays: list[OrderedRelay],
+) -> None:
+    # Given a batch with a failing conversation of crm and one of erp that answers only once crm's
+    # failure is in crm's breaker (or after 5 s)
+    r = ordered_relay(relays, ordered_target("crm"), ordered_target("erp"), answers={"a-0": 500})
+    crm = target_key(INTEGRATION, "crm")
+    folded_while_erp_ran: list[object] = []
+
+    def crm_failures() -> int:
+        return r.breakers.load(crm).consecutive_failures
+
+    def erp_answers_late(event: str) -> None:
+        if event == "x-0":
+            try:
+                folded_while_erp_ran.append(wait_until(crm_failures, what="crm's fold", timeout=5))
+            except AssertionError:
+                folded_while_erp_ran.append(0)
+
+    r.on_request = erp_answers_late
+
+    # When the batch runs
+    r.batch(fifo_record("a", 0), fifo_record("x", 0, target_id="erp"))
+
+    # Then crm's failure was folded while erp's conversation ran, and only then
+    assert folded_while_erp_ran == [1]
+    assert r.breakers.load(crm).consecutive_failures == 1
+
+
 def test_out_of_time_holds_the_conversation_at_once_instead_of_re_sending_it(
     relays: list[OrderedRelay],
 ) -> None:

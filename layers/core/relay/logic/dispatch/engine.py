@@ -13,10 +13,10 @@
    batch, only if the invocation has time left for one whole request, and (fast lane) only if this
    container does not measure its target slow by then, else it is routed too (deliver); a record its
    rate limit paces goes last and starts at its booked time (the thread that takes it waits);
-4. settle each record from what happened (settle: the one place a verdict becomes an action);
-5. fold each lane's results into its breaker and its rate limit (throttles), move a target back from
-   the slow lane if measured so, write one audit object per target, flush the metrics, return
-   ``batchItemFailures``: only the records SQS should show again.
+4. settle each record from what happened (settle: the one place a verdict becomes an action); the
+   thread that settles a lane's last record folds the lane's results into its breaker (LaneReports);
+5. fold each lane's throttles into its rate limit, move a target back from the slow lane if measured
+   so, write one audit object per target, flush the metrics, return ``batchItemFailures``.
 
 Records of the ordered (FIFO) queue take the ordered path instead (relay.logic.dispatch.fifo): one at a
 time per conversation, held with their conversation rather than deferred, never routed to the slow lane.
@@ -43,7 +43,7 @@ from relay.logic.dispatch.batch import Batch
 from relay.logic.dispatch.deliver import Deliverer
 from relay.logic.dispatch.fifo import OrderedDelivery
 from relay.logic.dispatch.isolation import Isolation
-from relay.logic.dispatch.lanes import Lane, Lanes, group, interleave
+from relay.logic.dispatch.lanes import Lane, LaneReports, Lanes, group, interleave
 from relay.logic.dispatch.metrics import BatchMetrics
 from relay.logic.dispatch.rate_limit import Held, RateLimits
 from relay.logic.dispatch.records import Item, SqsRecord, Unattempted, Unusable, resolve
@@ -202,12 +202,14 @@ class Dispatcher:
         # A slow target's records go to the slow lane first (batched); any SQS did not take go here.
         kept = self._settle.routed([item for lane in lanes if lane.routed for item in lane.items], batch)
         here = [lane for lane in lanes if not lane.routed]
+        reports = LaneReports(self._lanes, lanes, batch)  # each lane's breaker, once its records are done
+        reports.expect_lanes(here)
+        reports.expect(item.key for item in kept)
+        deliver = partial(self._deliver, batch=batch)
         probes = [lane.probe for lane in here if lane.probe is not None]
-        self._run([(item, partial(self._deliver, item, batch)) for item in probes], batch)
+        self._run(reports.steps(probes, deliver), batch)
         deliveries: list[list[Item]] = []
-        held_back: list[Work] = [
-            (item, partial(self._deliver, item, batch, may_route=False)) for item in kept
-        ]
+        held_back = reports.steps(kept, partial(self._deliver, batch=batch, may_route=False))
         held_back.extend(
             (h.item, partial(self._settle.deferred, h.item, h.wait_seconds, batch, error_code="rate-limited"))
             for h in held
@@ -219,12 +221,8 @@ class Dispatcher:
             held_back.extend(
                 (item, partial(self._settle.deferred, item, wait_seconds, batch)) for item in after.defer
             )
-        self._run(
-            [(item, partial(self._deliver, item, batch)) for item in interleave(deliveries)] + held_back,
-            batch,
-        )
+        self._run(reports.steps(interleave(deliveries), deliver) + held_back, batch)
         for lane in lanes:
-            self._lanes.report(lane, batch)
             self._limits.feedback(lane, batch)
             self._isolation.report(lane.key, lane.target.target_id, lane.delivery_lane, batch)
         self._isolation.end_invocation()

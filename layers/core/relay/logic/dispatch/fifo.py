@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import partial
 
 from relay.errors import DependencyUnavailable
 from relay.logic import breaker, retry
@@ -50,7 +51,7 @@ from relay.logic.dispatch.fifo_settle import (
     hold_within_backstop,
     holds_for,
 )
-from relay.logic.dispatch.lanes import Lane, Lanes, group
+from relay.logic.dispatch.lanes import Lane, LaneReports, Lanes, group
 from relay.logic.dispatch.metrics import Metric
 from relay.logic.dispatch.rate_limit import Held, RateLimits
 from relay.logic.dispatch.records import Item, SqsRecord, Unattempted, Unusable, resolve
@@ -132,18 +133,21 @@ class OrderedDelivery:
         rate_held = {
             id(held.item): held for lane in lanes.values() for held in self._limits.admit(lane, batch)
         }
-        keys = {
-            gid: next((s.key for s in members if isinstance(s, Item)), None) for gid, members in steps.items()
-        }
+        targets = {gid: {s.key for s in members if isinstance(s, Item)} for gid, members in steps.items()}
+        keys = {gid: next(iter(each), None) for gid, each in targets.items()}  # a group is one target's
         probing = {
             gid for gid, members in steps.items() if any(isinstance(s, Item) and s.probe for s in members)
         }
         reached: dict[str, int] = {}  # group -> index of the step it is at (a crash leaves it there)
+        reports = LaneReports(self._lanes, lanes.values(), batch)
+        reports.expect(key for each in targets.values() for key in each)
+
+        def run_group(gid: str) -> None:  # a lane reports once its groups have run, not at the batch's end
+            group = partial(self._run_group, gid, steps[gid], lanes, rate_held, batch, reached)
+            reports.run(group, *targets[gid])
+
         for phase in probe_first(keys, probing):
-            futures = {
-                self._pool.submit(self._run_group, gid, steps[gid], lanes, rate_held, batch, reached): gid
-                for gid in phase
-            }
+            futures = {self._pool.submit(run_group, gid): gid for gid in phase}
             self._releaser.wait(futures, groups, batch)
             for future, gid in futures.items():
                 if future.exception() is not None:
@@ -152,7 +156,6 @@ class OrderedDelivery:
                     for step in steps[gid][reached.get(gid, 0) :]:
                         batch.fail(step.record)
         for lane in lanes.values():
-            self._lanes.report(lane, batch)
             self._limits.feedback(lane, batch)
         fail_behind_failures(groups, batch)
 

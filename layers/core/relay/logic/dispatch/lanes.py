@@ -3,8 +3,8 @@
 Each lane reads its breaker once (relay.logic.breaker.open_gate): closed, deliver; open, defer;
 open past its reset timeout, the single half-open probe (claimed with a conditional write) goes
 first and the rest wait for its answer. If the breaker store fails the lane delivers anyway (fail
-open) and writes nothing. After the batch, the lane's results are folded into its breaker with one
-conditional write, only when something changed.
+open) and writes nothing. Once the lane's records in the batch are done, its results are folded into
+its breaker with one conditional write, only when something changed (``LaneReports``).
 
 The same read gives the target's delivery lane (relay.logic.dispatch.isolation): a lane the fast
 lane's dispatcher routes to the slow lane is ``routed`` and claims no probe (none of its records is
@@ -13,8 +13,11 @@ attempted here).
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from itertools import chain, zip_longest
 
 from relay.errors import BreakerStoreUnavailable
@@ -28,6 +31,8 @@ from relay.models.targets import Target
 from relay.observability import logger
 from relay.ports import BreakerStore, Clock
 from relay.settings import Settings
+
+Step = Callable[[], None]
 
 
 @dataclass
@@ -142,6 +147,51 @@ class Lanes:
             return
         if written is not None:
             _count_transition(*written, lane.target.target_id, batch)
+
+
+class LaneReports:
+    """Each lane's report to its breaker, made once, as soon as the lane's steps in this batch have
+    ended: by the thread that ends the last one. Held until the batch's end, behind a slow neighbour,
+    a lane's results were folded after newer ones other batches had folded meanwhile, and the breaker
+    counts consecutive failures. A lane with no step has no result to fold and is not reported."""
+
+    def __init__(self, lanes: Lanes, opened: Iterable[Lane], batch: Batch) -> None:
+        self._lanes, self._batch = lanes, batch
+        self._by_key = {lane.key: lane for lane in opened}
+        self._left: Counter[str] = Counter()  # steps not ended yet, by lane key
+        self._lock = threading.Lock()
+
+    def expect(self, keys: Iterable[str]) -> None:
+        """Before any of them starts: one step more for each key's lane."""
+        with self._lock:
+            self._left.update(keys)
+
+    def expect_lanes(self, lanes: Iterable[Lane]) -> None:
+        """Every record of these lanes that their breaker lets go: a probe that fails takes the rest of
+        its lane off (``run``)."""
+        deferred = breaker.Admission.DEFER
+        self.expect(item.key for lane in lanes if lane.admission is not deferred for item in lane.items)
+
+    def steps(self, items: Iterable[Item], deliver: Callable[[Item], None]) -> list[tuple[Item, Step]]:
+        """Each record's step in the pool: ``deliver`` it, then report its lane if it was the last."""
+        return [(i, partial(self.run, partial(deliver, i), i.key, probe=i.probe)) for i in items]
+
+    def run(self, step: Step, *keys: str, probe: bool = False) -> None:
+        """Run one step of the ``keys``' lanes (``probe``: its lane's half-open probe); after a lane's
+        last one, however it ended, the lane reports."""
+        try:
+            step()
+        finally:
+            for key in keys:
+                lane = self._by_key[key]
+                ended = 1
+                if probe:  # the records of its lane it did not let go are not delivered in this batch
+                    ended += len(lane.items) - 1 - len(self._lanes.after_probe(lane).deliver)
+                with self._lock:
+                    self._left[key] -= ended
+                    last = self._left[key] == 0
+                if last:
+                    self._lanes.report(lane, self._batch)
 
 
 def interleave(per_lane: Iterable[list[Item]]) -> list[Item]:
