@@ -877,6 +877,29 @@ def test_a_lane_whose_delivery_crashes_still_reports_its_other_results(running: 
     assert r.breaker().consecutive_failures == 1
 
 
+class BreakerStoreWithABug(InMemoryBreakerStore):
+    """A store whose writes raise what no store should (not BreakerStoreUnavailable): a bug."""
+
+    def save(self, key: str, state: BreakerState, *, expected_version: int) -> bool:
+        raise RuntimeError("bug")
+
+
+def test_a_bug_in_the_breaker_report_never_sends_a_delivered_record_again(running: list[Relay]) -> None:
+    # Given a target with two failures counted, whose breaker store has a bug in its writes
+    r = relay()
+    r.breakers = BreakerStoreWithABug()
+    counted = BreakerState(consecutive_failures=2, version=1)
+    InMemoryBreakerStore.save(r.breakers, target_key(INTEGRATION, "crm"), counted, expected_version=0)
+    start(running, r)
+
+    # When a record is delivered (the report then writes the failures back to 0, and raises)
+    failed = r.batch(record())
+
+    # Then the record is done, not shown again to be delivered twice
+    assert failed == []
+    assert [line["outcome"] for line in r.audit_lines()] == ["delivered"]
+
+
 def test_a_breaker_opened_at_an_old_url_does_not_hold_back_the_new_one(running: list[Relay]) -> None:
     # Given a target whose breaker opened on failures at its URL (far from its next probe)
     old = make_target()

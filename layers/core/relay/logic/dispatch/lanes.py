@@ -191,7 +191,14 @@ class LaneReports:
                     self._left[key] -= ended
                     last = self._left[key] == 0
                 if last:
-                    self._lanes.report(lane, self._batch)
+                    self._report(lane)
+
+    def _report(self, lane: Lane) -> None:
+        try:
+            self._lanes.report(lane, self._batch)
+        except Exception:  # a bug: the step's record is settled already, and failing it would send it twice
+            logger.exception("breaker report crashed", extra={"targetKey": lane.key})
+            self._batch.metrics.service_count(Metric.DELIVERY_CRASHED)
 
 
 def interleave(per_lane: Iterable[list[Item]]) -> list[Item]:
