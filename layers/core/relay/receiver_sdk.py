@@ -168,7 +168,7 @@ def _decrypt(
         if isinstance(exc, InvalidDelivery):
             raise
         raise InvalidDelivery("malformed encryptionDirective") from None
-    if len(sealed.iv) != crypto.IV_BYTES or len(sealed.tag) != crypto.TAG_BYTES:  # no key could open it
+    if not sealed.well_formed:  # no key could open it: not a matter of the keys
         raise InvalidDelivery(
             f"malformed encryptionDirective: iv must be {crypto.IV_BYTES} bytes and authTag "
             f"{crypto.TAG_BYTES} ({2 * crypto.IV_BYTES} and {2 * crypto.TAG_BYTES} hex digits)"

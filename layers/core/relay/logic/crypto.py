@@ -48,6 +48,11 @@ class Sealed:
     ciphertext: bytes
     tag: bytes
 
+    @property
+    def well_formed(self) -> bool:
+        """The lengths ``seal`` writes: with any other, no key opens it."""
+        return len(self.iv) == IV_BYTES and len(self.tag) == TAG_BYTES
+
 
 def derive_key(secret: str, salt: bytes) -> bytes:
     kdf = Scrypt(salt=salt, length=KEY_BYTES, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P)
@@ -117,7 +122,7 @@ def seal(plaintext: bytes, key: bytes, *, associated_data: bytes) -> Sealed:
 
 
 def unseal(sealed: Sealed, key: bytes, *, associated_data: bytes) -> bytes:
-    if len(sealed.iv) != IV_BYTES or len(sealed.tag) != TAG_BYTES:
+    if not sealed.well_formed:
         raise DecryptionFailed("iv or authTag has the wrong length")
     try:
         return AESGCM(key).decrypt(sealed.iv, sealed.ciphertext + sealed.tag, associated_data)
