@@ -307,7 +307,7 @@ def put_event_command(args: argparse.Namespace) -> int:
     if not api:
         raise UsageError(f"no API: pass --api <the api URL serve printed> or set {API_ENV}")
     try:
-        text = file_or_stdin(args.file).decode("utf-8").removeprefix("\ufeff")  # a BOM is no content
+        text = file_or_stdin(args.file).decode("utf-8-sig")  # a BOM is no content
         requests_to_send = put_events_requests(load_json(text), args.event_bus)
     except ValueError as exc:  # not JSON (or not UTF-8), or not events
         raise UsageError(f"{args.file}: {exc}") from None

@@ -230,7 +230,7 @@ class Fixtures(_FixtureModel):
         byte order mark (Windows editors write one; RFC 8259 lets a parser ignore it) is no content."""
         raw = Path(path or DEFAULT_FIXTURES).read_bytes()
         try:
-            text = raw.decode("utf-8").removeprefix("\ufeff")
+            text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise ValueError(f"not UTF-8 text (byte {exc.start} is not UTF-8)") from None
         return cls.model_validate(load_json(text, object_pairs_hook=_no_repeated_keys))
