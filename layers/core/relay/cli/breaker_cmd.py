@@ -77,6 +77,22 @@ def _find_target(targets: Any, args: Any) -> Any:
 
 
 # --- status -----------------------------------------------------------------------------------------
+STATUS_COLUMNS = (
+    "INTEGRATION",
+    "TARGET",
+    "NAME",
+    "PHASE",
+    "FAILS",
+    "TRIPS",
+    "OPENED",
+    "UNTIL",
+    "PROBE IN",
+    "PROBE",
+    "V",
+    "LANE",
+)
+
+
 def _status(args: Any, out: IO[str] | None = None) -> int:
     from relay.logic.breaker_control import breaker_views, known_targets, policy_from, unreadable_view
 
@@ -99,22 +115,7 @@ def _status(args: Any, out: IO[str] | None = None) -> int:
     if not views:
         print("no targets in the TargetsTable", file=out)
         return ExitCode.OK
-    rows: list[tuple[str, ...]] = [
-        (
-            "INTEGRATION",
-            "TARGET",
-            "NAME",
-            "PHASE",
-            "FAILS",
-            "TRIPS",
-            "OPENED",
-            "UNTIL",
-            "PROBE IN",
-            "PROBE",
-            "V",
-            "LANE",
-        )
-    ]
+    rows: list[tuple[str, ...]] = [STATUS_COLUMNS]
     rows.extend(_row(v) for v in views)
     _print_table(rows, out)
     return code
@@ -122,7 +123,8 @@ def _status(args: Any, out: IO[str] | None = None) -> int:
 
 def _row(v: dict[str, Any]) -> tuple[str, ...]:
     if v.get("error"):
-        return (v["integrationId"], v["targetId"], v["error"], *["?"] * 9)
+        unknown = ("?",) * (len(STATUS_COLUMNS) - 3)  # its breaker is judged against a URL not read
+        return (v["integrationId"], v["targetId"], v["error"], *unknown)
     until = v["openUntil"] or v["probeLeaseUntil"]
     probe_in = v["secondsUntilProbe"]
     return (
