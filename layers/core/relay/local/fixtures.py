@@ -89,9 +89,12 @@ def _not_redacted(secret: str | None) -> str | None:
     return secret
 
 
+UNREDACTED = AfterValidator(_not_redacted)  # a secret the fixtures give must not read as redacted
+
+
 class FixtureSecurity(_FixtureModel):
     type: SecurityType = SecurityType.NONE
-    value: Annotated[str | None, AfterValidator(_not_redacted)] = None  # for oauth2: the client secret
+    value: Annotated[str | None, UNREDACTED] = None  # for oauth2: the client secret
     oauth2: FixtureOAuth2Client | None = (
         None  # {tokenUrl, clientId, scope?, audience?, tokenEndpointAuthMethod?}
     )
@@ -106,7 +109,7 @@ class FixtureTarget(_FixtureModel):
     headers: dict[str, str] = Field(default_factory=dict)
     security: FixtureSecurity = Field(default_factory=FixtureSecurity)
     signing_secret: str | None = Field(None, alias="signingSecret")
-    encryption_key: Annotated[str | None, AfterValidator(_not_redacted)] = Field(None, alias="encryptionKey")
+    encryption_key: Annotated[str | None, UNREDACTED] = Field(None, alias="encryptionKey")
     # mTLS: the client certificate, its chain and its key, one PEM bundle.
     client_certificate: str | None = Field(None, alias="clientCertificate")
     retry_matrix: FixtureRetryMatrix | None = Field(None, alias="retryMatrix")
@@ -141,7 +144,7 @@ class FixtureTarget(_FixtureModel):
 class FixtureIntegration(_FixtureModel):
     id: str
     name: str
-    signature_secret: str = Field(alias="signatureSecret", min_length=16)
+    signature_secret: Annotated[str, UNREDACTED] = Field(alias="signatureSecret", min_length=16)
     targets: list[FixtureTarget] = Field(default_factory=list)
 
     # Config sync's own checks of an integration (logic.config_sync.reading.open_integration), made when
@@ -152,12 +155,6 @@ class FixtureIntegration(_FixtureModel):
         if not name.strip():
             raise ValueError("integration has no name (config sync refuses it)")
         return name
-
-    @field_validator("signature_secret")
-    @classmethod
-    def _is_not_redacted(cls, secret: str) -> str:
-        _not_redacted(secret)
-        return secret
 
     @field_validator("id")
     @classmethod
