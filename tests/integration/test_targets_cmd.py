@@ -18,10 +18,17 @@ from misbehaving_peer import Answer, misbehaving_peer
 from support.secure_peers import HttpsReceiver, Pki
 
 from relay.cli import main
-from relay.local.aws_stack import LocalResources, forget_cached_configuration
+from relay.local.aws_stack import (
+    LocalResources,
+    create_resources,
+    forget_cached_configuration,
+    local_client,
+    register_stack,
+)
 from relay.local.fake_genesys import FakeGenesys
 from relay.local.fixtures import Fixtures, FixtureTarget
 from relay.local.loopback import SHUTDOWN_POLL_SECONDS
+from relay.local.template import load_template
 from relay.models.event_filters import EventFilters
 from relay.models.rate_limit import RateLimit, rate_key
 from relay.models.targets import (
@@ -41,6 +48,7 @@ pytestmark = pytest.mark.integration
 
 FIXTURES = Fixtures.load()
 INTEGRATION_ID = "11111111-2222-4333-8444-555555555555"
+GENESYS_IDS = ("GENESYS_OPEN_MESSAGING_INTEGRATION_IDS", "GENESYS_WEBHOOK_INTEGRATION_IDS")
 
 
 class RecordingReceiver:
@@ -392,6 +400,47 @@ def test_a_terminal_sync_with_nothing_to_read_is_refused_and_writes_nothing(
     err = capsys.readouterr().err
     assert code == 3 and "nothing to sync: GENESYS_OPEN_MESSAGING_INTEGRATION_IDS" in err, err
     assert target_store(get_settings(), cache_ttl_seconds=0).list_integration_ids() == []
+
+
+def test_a_terminal_sync_with_stack_name_reads_what_to_sync_from_the_stacks_outputs(
+    genesys: FakeGenesys,
+    aws_stack: LocalResources,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given a deployed stack configured with the fake's integrations and a credentials secret holding its
+    # OAuth client, and an operator's shell that names none of them (only the fake's address: local mode)
+    credentials = f"relay/test-{secrets.token_hex(4)}/genesys-client"
+    parameters = {
+        "Stage": "local",
+        "GenesysOpenMessagingIntegrationIds": ",".join(genesys.open_messaging_integration_ids),
+        "GenesysWebhookIntegrationIds": ",".join(genesys.webhook_integration_ids),
+        "GenesysCredentialsSecretName": credentials,
+    }
+    endpoint = aws_stack.endpoint_url
+    deployed = create_resources(load_template(parameters=parameters), endpoint, f"{aws_stack.prefix}g")
+    stack = f"{deployed.prefix}-stack"
+    register_stack(deployed, stack)
+    client = {"current": genesys.client_secret, "keyId": genesys.client_id}
+    local_client("secretsmanager", endpoint).create_secret(Name=credentials, SecretString=json.dumps(client))
+    for name in ("GENESYS_CLIENT_ID", "GENESYS_CLIENT_SECRET", *GENESYS_IDS):
+        monkeypatch.delenv(name)
+    forget_cached_configuration()
+
+    # When the operator syncs naming only the stack
+    code = main(["targets", "sync", "--stack-name", stack])
+    out = capsys.readouterr().out
+
+    # Then the stack's integrations were read with the stack's credentials, into the stack's table
+    integration = FIXTURES.integrations[0]
+    report = json.loads(out)
+    assert code == 0
+    assert report["integrations"] == [integration.id]
+    assert sorted(report["targets"]) == sorted(t.id for t in integration.targets)
+    assert target_store(get_settings(), cache_ttl_seconds=0).list_integration_ids() == []  # not the shell's
+    assert main(["targets", "list", "--format", "json", "--stack-name", stack]) == 0
+    (entry,) = _json_lines(capsys.readouterr().out)
+    assert sorted(t["targetId"] for t in entry["targets"]) == sorted(t.id for t in integration.targets)
 
 
 def test_sync_rejects_unusable_urls_and_syncs_the_targets_after_them(

@@ -271,5 +271,13 @@ def load_settings(environment: Mapping[str, str]) -> Settings:
         raise ConfigurationError(f"invalid settings: {fields or exc.__class__.__name__}") from None
 
 
+def with_values(settings: Settings, values: Mapping[str, str]) -> Settings:
+    """``settings`` with these fields (field name -> text, as its environment variable would hold it)
+    read in their place and validated as the environment is (a list from comma-separated text);
+    ConfigurationError naming the bad fields."""
+    read = load_settings({Settings.model_fields[name].alias or name: text for name, text in values.items()})
+    return settings.model_copy(update={name: getattr(read, name) for name in values})
+
+
 get_settings = _SettingsLoader()
 settings_scope = get_settings.scope

@@ -1,5 +1,6 @@
-"""``--stack-name NAME`` on every operator command: the table, queue and bucket names come from the
-deployed stack's outputs (CloudFormation DescribeStacks) instead of environment variables.
+"""``--stack-name NAME`` on every operator command: the table, queue and bucket names, and config sync's
+Genesys settings, come from the deployed stack's outputs (CloudFormation DescribeStacks) instead of
+environment variables.
 
 Each command adds the option by taking ``STACK_OPTION`` as an argparse parent; ``relay.cli.run`` runs
 the command inside ``stack_settings(args)``, where ``get_settings()`` returns the environment's settings
@@ -31,6 +32,11 @@ OUTPUT_SETTINGS = {
     "EventBridgeIntegrationId": "eventbridge_integration_id",
     "AuditBucketName": "audit_bucket",
     "SecretsPrefix": "secrets_prefix",
+    # What config sync reads from Genesys Cloud: `relay targets sync` runs as the function does.
+    "GenesysRegion": "genesys_region",
+    "GenesysCredentialsSecretName": "genesys_credentials_secret",
+    "GenesysOpenMessagingIntegrationIds": "genesys_open_messaging_integration_ids",
+    "GenesysWebhookIntegrationIds": "genesys_webhook_integration_ids",
 }
 OUTPUTS = "stack_outputs"  # the namespace attribute holding the stack's outputs, once read
 
@@ -40,7 +46,8 @@ def _parent() -> argparse.ArgumentParser:
     parent.add_argument(
         "--stack-name",
         metavar="NAME",
-        help="read table, queue and bucket names from this deployed stack's outputs "
+        help="read table, queue and bucket names (and config sync's Genesys settings) from this deployed "
+        "stack's outputs "
         "(default: the environment variables TARGETS_TABLE, BREAKER_TABLE, DELIVERY_QUEUE_URL, ...)",
     )
     return parent
@@ -56,14 +63,19 @@ def stack_settings(args: argparse.Namespace) -> Iterator[None]:
     if not name:
         yield
         return
-    from relay.settings import get_settings, settings_scope
+    from relay.errors import ConfigurationError
+    from relay.settings import get_settings, settings_scope, with_values
     from relay.wiring.operator import outputs_of
 
     base = get_settings()
     outputs = outputs_of(base, name)
     setattr(args, OUTPUTS, outputs)
     named = {field: outputs[key] for key, field in OUTPUT_SETTINGS.items() if outputs.get(key)}
-    with settings_scope(base.model_copy(update=named)):
+    try:
+        settings = with_values(base, named)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"the stack {name}'s outputs: {exc}") from None
+    with settings_scope(settings):
         yield
 
 
