@@ -456,6 +456,8 @@ def test_a_basic_credential_echoed_in_its_header_form_never_reaches_the_audit(
         ("password={}", "basic-password-01"),  # a Basic password on its own, not the whole credential
         ("query api_key={}", "qs-token-0123456789"),  # a token the URL carries in its query
         ("no route for /hook?{}", "bare-token-0123456789"),  # ... or as a query part without a name
+        # ... or with a literal '+' (raw base64), echoed as it was sent, not as the space it decodes to
+        ("no route for /hook?sig={}", "qs+plus/token+0123"),
         ("header X-Api-Key: {}", "hdr-key-0123456789"),  # a configured header's value
         ("header b64 {}", base64.b64encode(b"hdr-key-0123456789").decode()),
     ],
@@ -463,6 +465,7 @@ def test_a_basic_credential_echoed_in_its_header_form_never_reaches_the_audit(
         "basic-password-alone",
         "url-query-token",
         "url-query-bare-token",
+        "url-query-token-with-plus",
         "header-value",
         "header-value-base64",
     ],
@@ -475,7 +478,10 @@ def test_what_a_target_is_sent_as_credentials_never_reaches_the_audit_when_echoe
         headers={"X-Api-Key": "hdr-key-0123456789", "X-Team": "crm"},
         security=TargetSecurity(type=SecurityType.BASIC, secret_name="auth"),
     ).model_copy(
-        update={"url": "https://crm.example.com/hook?api_key=qs-token-0123456789&v=2&bare-token-0123456789"}
+        update={
+            "url": "https://crm.example.com/hook?api_key=qs-token-0123456789&v=2&bare-token-0123456789"
+            "&sig=qs+plus/token+0123"
+        }
     )
     r = relay(target, answer_with=always(200, body=echoed.format(secret).encode()))
     r.secrets.secrets.update(auth=RotatingSecret(current="archive:basic-password-01"))

@@ -110,7 +110,9 @@ def target_secret_values(secrets: TargetSecrets | None, target: Target | None = 
     values += [value.split(":", 1)[1] for value in values if ":" in value]  # user:password's password
     if target is not None:
         query = urlsplit(target.url).query
-        configured = [*target.headers.values(), *(unquote_plus(v) for _, _, v in query_parts(query))]
+        # A query value as written (a raw '+' echoed back as sent) and decoded (as a server reads it).
+        queried = dict.fromkeys(form for _, _, v in query_parts(query) for form in (v, unquote_plus(v)))
+        configured = [*target.headers.values(), *queried]
         values += [value for value in configured if len(value) >= CREDENTIAL_LIKE_LENGTH]
     return values
 
