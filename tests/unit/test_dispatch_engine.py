@@ -495,6 +495,25 @@ def test_what_a_target_is_sent_as_credentials_never_reaches_the_audit_when_echoe
     assert secret not in line["responseBody"] and "[redacted]" in line["responseBody"]
 
 
+def test_a_header_value_echoed_in_the_latin1_bytes_it_was_sent_in_never_reaches_the_audit(
+    running: list[Relay],
+) -> None:
+    # Given a target with an API key header holding a Latin-1 letter, sent as Latin-1 (HTTP's header
+    # charset), and an endpoint echoing the bytes it got: read as UTF-8 the letter is U+FFFD, and the
+    # rest of the key would be kept
+    key = "hdr-key-\u00e9-0123456789"
+    target = make_target(headers={"X-Api-Key": key})
+    r = relay(target, answer_with=always(200, body=b"X-Api-Key was: " + key.encode("latin-1")))
+    start(running, r)
+
+    r.batch(record())
+
+    ((_, _, headers, _),) = r.http.requests
+    assert headers["X-Api-Key"] == key
+    (line,) = r.audit_lines()
+    assert line["responseBody"] == "[not kept: the answer holds a secret]"
+
+
 @pytest.mark.parametrize(
     "echo",
     [

@@ -96,7 +96,7 @@ def response_for_audit(body: bytes, *, event_json: str, event_id: str, secrets: 
     for form in _redacted_forms(sent):
         if form in text:
             text = text.replace(form, REDACTED)
-    if _still_holds(text, sent):  # escaped some other way: not kept at all
+    if _still_holds(text, sent) or _echoes_latin1(body, sent):  # escaped some other way: not kept at all
         return ECHOED_SECRET
     return text
 
@@ -176,6 +176,19 @@ def _still_holds(text: str, secrets: tuple[str, ...]) -> bool:
     unescaped = _json_unescaped(text)
     readings = {unquote(unescaped), unquote_plus(unescaped), _json_unescaped(unquote(text))}
     return any(form in reading for form in _redacted_forms(secrets) for reading in readings)
+
+
+def _echoes_latin1(body: bytes, secrets: tuple[str, ...]) -> bool:
+    """Whether ``body`` holds a non-ASCII secret's bytes as the relay sent them: header values go out in
+    Latin-1, which the UTF-8 reading of the answer turns into U+FFFD, so its forms no longer match."""
+    for secret in secrets:
+        if not secret.isascii():
+            try:
+                if secret.encode("latin-1") in body:
+                    return True
+            except UnicodeEncodeError:
+                continue  # not a value HTTP can carry in a header: never sent as Latin-1
+    return False
 
 
 # An event id this long is not found in an answer by chance: an answer that holds it echoes the event,
