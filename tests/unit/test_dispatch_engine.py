@@ -495,6 +495,23 @@ def test_what_a_target_is_sent_as_credentials_never_reaches_the_audit_when_echoe
     assert secret not in line["responseBody"] and "[redacted]" in line["responseBody"]
 
 
+def test_a_token_cut_off_where_the_answer_was_truncated_never_reaches_the_audit(running: list[Relay]) -> None:
+    # Given a target whose answer echoes its bearer token just where the body read stops (64 KiB): the
+    # body kept ends in the token's first characters, which no whole form of the token matches
+    token = "probe-bearer-token-0123456789"
+    target = make_target(security=TargetSecurity(type=SecurityType.BEARER, secret_name="auth"))
+    kept = b"x" * 100 + f"Authorization: Bearer {token[:15]}".encode()
+    r = relay(target, answer_with=always(200, body=kept, body_truncated=True))
+    r.secrets.secrets.update(auth=RotatingSecret(current=token))
+    start(running, r)
+
+    r.batch(record())
+
+    (line,) = r.audit_lines()
+    assert line["responseBody"].endswith("Authorization: Bearer [redacted]")
+    assert token[:15] not in line["responseBody"]
+
+
 def test_a_header_value_echoed_in_the_latin1_bytes_it_was_sent_in_never_reaches_the_audit(
     running: list[Relay],
 ) -> None:

@@ -84,9 +84,12 @@ def item_line(
     }
 
 
-def response_for_audit(body: bytes, *, event_json: str, event_id: str, secrets: Iterable[str]) -> str:
+def response_for_audit(
+    body: bytes, *, event_json: str, event_id: str, secrets: Iterable[str], truncated: bool = False
+) -> str:
     """A response body as the audit keeps it: ECHOED_EVENT if it holds the event (the event's text goes
-    to the archive only), else the text with every secret sent to the target redacted."""
+    to the archive only), else the text with every secret sent to the target redacted. ``truncated``:
+    the body was cut at the read limit, perhaps inside an echoed secret, whose start is redacted too."""
     if not body:
         return ""
     text = body.decode("utf-8", "replace")
@@ -96,6 +99,8 @@ def response_for_audit(body: bytes, *, event_json: str, event_id: str, secrets: 
     for form in _redacted_forms(sent):
         if form in text:
             text = text.replace(form, REDACTED)
+    if truncated:
+        text = _without_cut_secret(text, _redacted_forms(sent))
     if _still_holds(text, sent) or _echoes_latin1(body, sent):  # escaped some other way: not kept at all
         return ECHOED_SECRET
     return text
@@ -176,6 +181,15 @@ def _still_holds(text: str, secrets: tuple[str, ...]) -> bool:
     unescaped = _json_unescaped(text)
     readings = {unquote(unescaped), unquote_plus(unescaped), _json_unescaped(unquote(text))}
     return any(form in reading for form in _redacted_forms(secrets) for reading in readings)
+
+
+def _without_cut_secret(text: str, forms: tuple[str, ...]) -> str:
+    """``text`` less a start of a secret's form it ends with (at least 4 characters, as secret_forms)."""
+    for form in forms:
+        for length in range(len(form) - 1, 3, -1):
+            if text.endswith(form[:length]):
+                return text[:-length] + REDACTED
+    return text
 
 
 def _echoes_latin1(body: bytes, secrets: tuple[str, ...]) -> bool:
