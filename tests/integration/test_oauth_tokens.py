@@ -185,6 +185,23 @@ def test_an_unusable_answer_is_a_clear_token_failure_without_secrets(
     assert secret not in message and endpoint.client_secret not in message and "abc" not in message
 
 
+@pytest.mark.parametrize(
+    "error",
+    ["cs-Echoed_secret-0001", "cs-Echoed_secret", "x-cs-Echoed_secret-0001-y"],
+    ids=["whole", "part", "inside"],
+)
+def test_a_client_secret_echoed_as_the_error_code_is_not_quoted(sender: HttpSender, error: str) -> None:
+    # Given a token endpoint that answers 400 with the client secret (or part of it) where the OAuth
+    # error code belongs: it looks like a code ([\w.-]), and the error goes to the audit and the log
+    secret = "cs-Echoed_secret-0001"
+    answer = complete(400, json.dumps({"error": error}).encode())
+    with misbehaving_peer(lambda *_: answer) as peer:
+        with pytest.raises(TokenUnavailable, match="answered 400") as refused:
+            ClientCredentialsTokens(sender).token(target(f"{peer.url}/token"), SecretStr(secret), **TIMEOUTS)
+
+    assert str(refused.value) == "token endpoint 127.0.0.1 answered 400"
+
+
 def test_a_token_without_a_type_or_with_a_null_one_is_taken_as_bearer(
     sender: HttpSender, endpoint: TokenEndpoint
 ) -> None:

@@ -456,6 +456,8 @@ def test_a_basic_credential_echoed_in_its_header_form_never_reaches_the_audit(
         ("password={}", "basic-password-01"),  # a Basic password on its own, not the whole credential
         ("query api_key={}", "qs-token-0123456789"),  # a token the URL carries in its query
         ("no route for /hook?{}", "bare-token-0123456789"),  # ... or as a query part without a name
+        # ... or with a literal '+' (raw base64), echoed as it was sent, not as the space it decodes to
+        ("no route for /hook?sig={}", "qs+plus/token+0123"),
         ("header X-Api-Key: {}", "hdr-key-0123456789"),  # a configured header's value
         ("header b64 {}", base64.b64encode(b"hdr-key-0123456789").decode()),
     ],
@@ -463,6 +465,7 @@ def test_a_basic_credential_echoed_in_its_header_form_never_reaches_the_audit(
         "basic-password-alone",
         "url-query-token",
         "url-query-bare-token",
+        "url-query-token-with-plus",
         "header-value",
         "header-value-base64",
     ],
@@ -475,7 +478,10 @@ def test_what_a_target_is_sent_as_credentials_never_reaches_the_audit_when_echoe
         headers={"X-Api-Key": "hdr-key-0123456789", "X-Team": "crm"},
         security=TargetSecurity(type=SecurityType.BASIC, secret_name="auth"),
     ).model_copy(
-        update={"url": "https://crm.example.com/hook?api_key=qs-token-0123456789&v=2&bare-token-0123456789"}
+        update={
+            "url": "https://crm.example.com/hook?api_key=qs-token-0123456789&v=2&bare-token-0123456789"
+            "&sig=qs+plus/token+0123"
+        }
     )
     r = relay(target, answer_with=always(200, body=echoed.format(secret).encode()))
     r.secrets.secrets.update(auth=RotatingSecret(current="archive:basic-password-01"))
@@ -487,6 +493,42 @@ def test_what_a_target_is_sent_as_credentials_never_reaches_the_audit_when_echoe
     # Then the audit keeps the answer without it
     (line,) = r.audit_lines()
     assert secret not in line["responseBody"] and "[redacted]" in line["responseBody"]
+
+
+def test_a_token_cut_off_where_the_answer_was_truncated_never_reaches_the_audit(running: list[Relay]) -> None:
+    # Given a target whose answer echoes its bearer token just where the body read stops (64 KiB): the
+    # body kept ends in the token's first characters, which no whole form of the token matches
+    token = "probe-bearer-token-0123456789"
+    target = make_target(security=TargetSecurity(type=SecurityType.BEARER, secret_name="auth"))
+    kept = b"x" * 100 + f"Authorization: Bearer {token[:15]}".encode()
+    r = relay(target, answer_with=always(200, body=kept, body_truncated=True))
+    r.secrets.secrets.update(auth=RotatingSecret(current=token))
+    start(running, r)
+
+    r.batch(record())
+
+    (line,) = r.audit_lines()
+    assert line["responseBody"].endswith("Authorization: Bearer [redacted]")
+    assert token[:15] not in line["responseBody"]
+
+
+def test_a_header_value_echoed_in_the_latin1_bytes_it_was_sent_in_never_reaches_the_audit(
+    running: list[Relay],
+) -> None:
+    # Given a target with an API key header holding a Latin-1 letter, sent as Latin-1 (HTTP's header
+    # charset), and an endpoint echoing the bytes it got: read as UTF-8 the letter is U+FFFD, and the
+    # rest of the key would be kept
+    key = "hdr-key-\u00e9-0123456789"
+    target = make_target(headers={"X-Api-Key": key})
+    r = relay(target, answer_with=always(200, body=b"X-Api-Key was: " + key.encode("latin-1")))
+    start(running, r)
+
+    r.batch(record())
+
+    ((_, _, headers, _),) = r.http.requests
+    assert headers["X-Api-Key"] == key
+    (line,) = r.audit_lines()
+    assert line["responseBody"] == "[not kept: the answer holds a secret]"
 
 
 @pytest.mark.parametrize(

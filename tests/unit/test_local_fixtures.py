@@ -371,6 +371,26 @@ def test_a_url_that_does_not_split_is_named_as_such_not_as_a_bad_port(url: str, 
     assert reason in message
 
 
+@pytest.mark.parametrize("field", ["url", "tokenUrl"])
+def test_a_url_that_does_not_split_is_refused_without_quoting_its_password(field: str) -> None:
+    # urlsplit's NFKC check quotes the whole netloc, a password before the host included
+    url = "https://user:pass-SECRET\u2100word@example.com/hook"
+    doc = fixtures_doc()
+    target = doc["integrations"][0]["targets"][0]
+    if field == "url":
+        target["url"] = url
+    else:
+        target["security"] = {
+            "type": "oauth2",
+            "value": "client-secret-01",
+            "oauth2": {"tokenUrl": url, "clientId": "c"},
+        }
+    with pytest.raises(ValidationError) as caught:
+        Fixtures.model_validate(doc)
+    _, message = _only_error(caught)
+    assert "not a URL that can be read" in message and "SECRET" not in message
+
+
 @pytest.mark.parametrize(
     "url", ["http://127.0.0.1:0/hooks/x", "HTTP://127.0.0.1:00", "http://127.0.0.1:0/h?a=1"]
 )

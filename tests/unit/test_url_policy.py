@@ -161,6 +161,13 @@ def test_every_malformed_url_is_an_unsafe_url_never_a_unicode_or_value_error(url
         UrlPolicy().check_url(url, resolve=Resolver())
 
 
+def test_a_url_urlsplit_refuses_is_refused_without_quoting_its_password() -> None:
+    # urlsplit's NFKC check quotes the whole netloc: "u:<password>@host" would reach config sync's report
+    with pytest.raises(UnsafeUrl, match="NFKC") as refused:
+        UrlPolicy().check_url("https://u:pass-SECRET\u2100word@example.com/", resolve=Resolver())
+    assert "SECRET" not in str(refused.value)
+
+
 @given(st.text(max_size=80))
 def test_any_host_text_is_normalised_or_refused_cleanly(host: str) -> None:
     try:

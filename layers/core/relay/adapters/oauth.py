@@ -160,7 +160,7 @@ class ClientCredentialsTokens:
         )
         slot.client, slot.token, slot.fetches = identity, None, slot.fetches + 1
         try:
-            token, lifetime = _read_answer(result, _host(client))
+            token, lifetime = _read_answer(result, _host(client), client_secret)
         except TokenUnavailable as exc:
             slot.failure = exc
             raise
@@ -187,7 +187,7 @@ def _grant(client: OAuth2Client, client_secret: SecretStr) -> tuple[bytes, dict[
     return urlencode(form).encode(), headers
 
 
-def _read_answer(result: HttpResult, host: str) -> tuple[SecretStr, float]:
+def _read_answer(result: HttpResult, host: str, client_secret: SecretStr) -> tuple[SecretStr, float]:
     """(access token, lifetime in seconds) from the token endpoint's answer, or TokenUnavailable."""
     if result.error_code is not None:
         raise TokenUnavailable(f"token endpoint {host}: {result.error_code} ({result.error})")
@@ -195,7 +195,7 @@ def _read_answer(result: HttpResult, host: str) -> tuple[SecretStr, float]:
     doc = _json_object(result.body)
     if status is None or not 200 <= status < 300:
         code = doc.get("error") if isinstance(doc.get("error"), str) else None
-        named = f" ({code})" if code and _OAUTH_ERROR_CODE.match(code) else ""
+        named = f" ({code})" if code and _quotable(code, client_secret) else ""
         raise TokenUnavailable(
             f"token endpoint {host} answered {status}{named}", retry_after=result.headers.get("retry-after")
         )
@@ -208,6 +208,14 @@ def _read_answer(result: HttpResult, host: str) -> tuple[SecretStr, float]:
     if token_type is not None and (not isinstance(token_type, str) or token_type.lower() != "bearer"):
         raise TokenUnavailable(f"token endpoint {host} issued a token that is not a bearer token")
     return SecretStr(token), _lifetime(doc.get("expires_in"), host)
+
+
+def _quotable(code: str, client_secret: SecretStr) -> bool:
+    """Whether an answer's ``error`` may be quoted: it looks like an OAuth error code and is not the
+    client secret, or a part of it, echoed back where the code belongs (a secret can look like a code,
+    and the error goes to the audit, the log and ``relay deliveries show``)."""
+    secret = client_secret.get_secret_value()
+    return bool(_OAUTH_ERROR_CODE.match(code)) and code not in secret and secret not in code
 
 
 def _lifetime(expires_in: Any, host: str) -> float:

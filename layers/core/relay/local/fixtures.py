@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from relay.json_input import load_json
+from relay.logic.url_policy import unreadable_reason
 from relay.models.client_certificate import parse_client_certificate
 from relay.models.event_filters import EventFilters
 from relay.models.genesys import INTEGRATION_ID
@@ -262,7 +263,7 @@ def _port(url: str) -> int | None:
         parts = urlsplit(url)
     except ValueError as unreadable:
         # "Invalid IPv6 URL", "'zz' does not appear to be an IPv4 or IPv6 address"
-        raise ValueError(f"not a URL that can be read: {unreadable}") from None
+        raise ValueError(f"not a URL that can be read: {unreadable_reason(unreadable)}") from None
     try:
         return parts.port  # raises for 65536, -1 or a word
     except ValueError:

@@ -147,11 +147,19 @@ def normalize_url(url: str) -> str:
     return urlunsplit((scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+def unreadable_reason(exc: ValueError) -> str:
+    """Why ``urlsplit`` refused a URL, without the URL: its NFKC check quotes the whole netloc, a
+    password before the host included (the others quote no more than a bracketed host)."""
+    if "NFKC" in str(exc):
+        return "its host part holds characters that NFKC normalization turns into '/', '?', '#', '@' or ':'"
+    return str(exc)
+
+
 def _split(url: str) -> SplitResult:
     try:
         parts = urlsplit(url.strip())
     except ValueError as exc:
-        raise UnsafeUrl(f"malformed URL: {exc}") from None
+        raise UnsafeUrl(f"malformed URL: {unreadable_reason(exc)}") from None
     if not parts.hostname:
         raise UnsafeUrl("URL has no host")
     if parts.username is not None or parts.password is not None:

@@ -176,7 +176,11 @@ class Attempter:
         if not request.encrypted:
             sent = [*target_secret_values(secrets, target), *(token.get_secret_value() for token in tokens)]
             body = response_for_audit(
-                result.body, event_json=event_json, event_id=item.task.event_id, secrets=sent
+                result.body,
+                event_json=event_json,
+                event_id=item.task.event_id,
+                secrets=sent,
+                truncated=result.body_truncated,
             )
         if outcome is None:
             outcome = classify(result, now=finished)

@@ -84,9 +84,12 @@ def item_line(
     }
 
 
-def response_for_audit(body: bytes, *, event_json: str, event_id: str, secrets: Iterable[str]) -> str:
+def response_for_audit(
+    body: bytes, *, event_json: str, event_id: str, secrets: Iterable[str], truncated: bool = False
+) -> str:
     """A response body as the audit keeps it: ECHOED_EVENT if it holds the event (the event's text goes
-    to the archive only), else the text with every secret sent to the target redacted."""
+    to the archive only), else the text with every secret sent to the target redacted. ``truncated``:
+    the body was cut at the read limit, perhaps inside an echoed secret, whose start is redacted too."""
     if not body:
         return ""
     text = body.decode("utf-8", "replace")
@@ -96,7 +99,9 @@ def response_for_audit(body: bytes, *, event_json: str, event_id: str, secrets: 
     for form in _redacted_forms(sent):
         if form in text:
             text = text.replace(form, REDACTED)
-    if _still_holds(text, sent):  # escaped some other way: not kept at all
+    if truncated:
+        text = _without_cut_secret(text, _redacted_forms(sent))
+    if _still_holds(text, sent) or _echoes_latin1(body, sent):  # escaped some other way: not kept at all
         return ECHOED_SECRET
     return text
 
@@ -110,7 +115,9 @@ def target_secret_values(secrets: TargetSecrets | None, target: Target | None = 
     values += [value.split(":", 1)[1] for value in values if ":" in value]  # user:password's password
     if target is not None:
         query = urlsplit(target.url).query
-        configured = [*target.headers.values(), *(unquote_plus(v) for _, _, v in query_parts(query))]
+        # A query value as written (a raw '+' echoed back as sent) and decoded (as a server reads it).
+        queried = dict.fromkeys(form for _, _, v in query_parts(query) for form in (v, unquote_plus(v)))
+        configured = [*target.headers.values(), *queried]
         values += [value for value in configured if len(value) >= CREDENTIAL_LIKE_LENGTH]
     return values
 
@@ -174,6 +181,28 @@ def _still_holds(text: str, secrets: tuple[str, ...]) -> bool:
     unescaped = _json_unescaped(text)
     readings = {unquote(unescaped), unquote_plus(unescaped), _json_unescaped(unquote(text))}
     return any(form in reading for form in _redacted_forms(secrets) for reading in readings)
+
+
+def _without_cut_secret(text: str, forms: tuple[str, ...]) -> str:
+    """``text`` less a start of a secret's form it ends with (at least 4 characters, as secret_forms)."""
+    for form in forms:
+        for length in range(len(form) - 1, 3, -1):
+            if text.endswith(form[:length]):
+                return text[:-length] + REDACTED
+    return text
+
+
+def _echoes_latin1(body: bytes, secrets: tuple[str, ...]) -> bool:
+    """Whether ``body`` holds a non-ASCII secret's bytes as the relay sent them: header values go out in
+    Latin-1, which the UTF-8 reading of the answer turns into U+FFFD, so its forms no longer match."""
+    for secret in secrets:
+        if not secret.isascii():
+            try:
+                if secret.encode("latin-1") in body:
+                    return True
+            except UnicodeEncodeError:
+                continue  # not a value HTTP can carry in a header: never sent as Latin-1
+    return False
 
 
 # An event id this long is not found in an answer by chance: an answer that holds it echoes the event,
