@@ -424,7 +424,8 @@ def test_messages_that_arrive_after_the_run_started_are_left_for_the_next_run(
     assert result.moved == 0 and result.arrived_during_run == 8
     assert len(drain(aws_stack.dead_letter_queue_url)) == 8
     # and the run says they are still there, so `relay dlq redrive` exits 1, not 0
-    assert result.ok and result.attention is not None
+    assert result.completed and result.attention is not None
+    assert result.to_json()["ok"] is False and result.to_json()["attention"] == result.attention
     assert result.attention.startswith("8 messages arrived in the DLQ during the run and are still there")
 
 
@@ -451,6 +452,9 @@ def test_a_filter_value_no_letter_carries_needs_attention_and_moves_nothing(
     assert code == 1, err
     result = json.loads(out)
     assert result["matched"] == 5 and result["unmatchedFilters"] == ["--target crm-hook"]
+    assert result["ok"] is False and result["attention"].startswith(
+        "no letter in the DLQ has --target crm-hook"
+    )
     assert "no letter in the DLQ has --target crm-hook" in err
     assert len(drain(aws_stack.dead_letter_queue_url)) == len(seeded)
 

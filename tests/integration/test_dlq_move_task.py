@@ -136,7 +136,7 @@ def test_unfiltered_redrive_starts_the_move_task_and_polls_it_until_done(fake_sq
         ("move task running", 3, 5),
         ("move task completed", 5, 5),
     ]
-    assert result.mode == "move-task" and result.ok and result.moved == 5
+    assert result.mode == "move-task" and result.completed and result.moved == 5
     assert "ReceiveMessage" not in fake_sqs.operations()  # SQS moved them; nothing received here
 
 

@@ -83,7 +83,7 @@ def test_redrive_keeps_each_conversations_order_and_stops_at_a_letter_left_behin
         RedriveOptions(filter=RedriveFilter.of(reasons=["exhausted"]), wait_seconds=0),
     )
 
-    assert result.ok and result.moved == 4
+    assert result.completed and result.moved == 4
     moved = drain(aws_stack.ordered_queue_url)
     assert [event for group, event in moved if group == "a"] == ["a-0"]
     assert [event for group, event in moved if group == "b"] == ["b-0", "b-1", "b-2"]
@@ -170,7 +170,7 @@ def test_a_repeated_redrive_of_a_letter_not_yet_deleted_does_not_queue_it_twice(
         aws_stack.ordered_queue_url,
         RedriveOptions(wait_seconds=0),
     )
-    assert result.ok and result.moved == 1
+    assert result.completed and result.moved == 1
     assert drain(aws_stack.ordered_queue_url) == [("a", "a-0")]
 
 

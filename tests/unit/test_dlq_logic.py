@@ -444,12 +444,12 @@ def test_a_dry_run_summary_says_would_move() -> None:
     text = format_redrive(result.to_json())
 
     assert "would move 3 of 8 scanned" in text
-    assert result.ok
+    assert result.completed
 
 
 def test_a_result_with_a_failed_send_is_not_ok() -> None:
-    assert not RedriveResult(mode="resend", moved=2, send_failed=1).ok
-    assert not RedriveResult(mode="resend", not_deleted=1).ok
+    assert not RedriveResult(mode="resend", moved=2, send_failed=1).completed
+    assert not RedriveResult(mode="resend", not_deleted=1).completed
 
 
 class FakeTerminal(io.StringIO):

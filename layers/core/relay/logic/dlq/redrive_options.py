@@ -63,7 +63,8 @@ class RedriveResult:
     unmatched_filters: list[str] = field(default_factory=list)
 
     @property
-    def ok(self) -> bool:
+    def completed(self) -> bool:
+        """Everything the run set out to move was moved (or, in a dry run, read)."""
         if self.error or self.send_failed or self.not_deleted:
             return False
         return self.task is None or self.task.status == "COMPLETED"
@@ -71,7 +72,7 @@ class RedriveResult:
     @property
     def attention(self) -> str | None:
         """What the operator must look at after the run (None: nothing)."""
-        if not self.ok:
+        if not self.completed:
             return "not everything was moved: read the summary"
         if self.unmatched_filters:
             return (
@@ -90,7 +91,10 @@ class RedriveResult:
         task = self.task
         return {
             "mode": self.mode,
-            "ok": self.ok,
+            # What the exit code says (0, or 1 with the reason in ``attention``), for a script that reads
+            # only the JSON: moved all but with letters back in the DLQ is not "all done".
+            "ok": self.attention is None,
+            "attention": self.attention,
             "fallbackReason": self.fallback_reason,
             "scanned": self.scanned,
             "matched": self.matched,
