@@ -406,6 +406,31 @@ def test_a_replay_under_the_same_id_counts_its_attempts_afresh(history: Archivin
     ) in format_timeline(found).splitlines()
 
 
+def test_two_replays_delivered_side_by_side_are_one_attempt_since_the_last_replay(history: Archiving) -> None:
+    # Given erp's delivery of e-1 (two attempts) replayed twice under the same id, both replays queued
+    # before either is delivered (two operators, or a command run twice)
+    queue = InMemoryDeliveryQueue()
+    for minute in (1, 2):
+        replay = plan(history, "e-1", target_id="erp")
+        run_replay(
+            replay, queue=queue, audit=history.audit, actor="ops", now=WHEN + timedelta(minutes=minute)
+        )
+    history.clock.sleep(180)  # not a wait: moves the manual clock past both replays
+    for n, body in enumerate(queue.bodies):
+        history.batch({**task_record("e-1", "erp"), "body": body}, invocation_id=f"inv-replay-{n}")
+
+    # When the event is looked up
+    (erp,) = [s for s in show(history, "e-1").deliveries() if s["targetId"] == "erp"]
+
+    # Then each replay's copy was the dispatcher's attempt 1: the last one took 1 attempt, not 2
+    assert (erp["attempts"], erp["attemptsInAll"], erp["replays"], erp["lastOutcome"]) == (
+        1,
+        4,
+        2,
+        "delivered",
+    )
+
+
 def test_a_replayed_task_is_delivered_with_the_same_webhook_id_and_text(history: Archiving) -> None:
     replay = plan(history, "e-1", target_id="crm")
     queue = InMemoryDeliveryQueue()

@@ -72,7 +72,8 @@ class Timeline:
         A replay under a fresh id (``--new-id``) is a delivery of its own, naming the one it replaced,
         so its attempts are not counted as the original's. A replay under the same id starts its
         attempts afresh (as the dispatcher counts them): ``attempts`` are those since the delivery's
-        last replay, ``attemptsInAll`` every one, ``replays`` how often it was replayed."""
+        last replay (the latest attempt's number), ``attemptsInAll`` every one, ``replays`` how often it
+        was replayed."""
         summaries: dict[tuple[Any, Any, Any], dict[str, Any]] = {}
         for line in self.attempts:
             key = (line.get("eventId"), line.get("targetId"), line.get("deliveryId"))
@@ -97,7 +98,10 @@ class Timeline:
                 summary["replays"] += 1
                 summary["attempts"] = 0  # a replay's task carries fresh attempt counters
             if line.get("attempt") is not None:
-                summary["attempts"] += 1
+                # Since a replay, the dispatcher's own number: two replays (or a replay and a redrive)
+                # running side by side each make an attempt 1, which is not 2 attempts since the replay.
+                replayed = summary["replays"] > 0
+                summary["attempts"] = int(line["attempt"]) if replayed else summary["attempts"] + 1
                 summary["attemptsInAll"] += 1
             summary["lastOutcome"] = line.get("outcome")
             summary["lastStatus"] = line.get("status")
