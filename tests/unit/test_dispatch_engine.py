@@ -647,6 +647,42 @@ def test_an_answer_that_echoes_the_event_is_not_kept(
     assert line["responseBody"] == "[not kept: the answer holds the event]" and line["responseBytes"] > 0
 
 
+@pytest.mark.parametrize(
+    "answered",
+    [
+        lambda text: json.dumps({"got": text}).encode(),  # JSON-escaped, non-ASCII as \uXXXX
+        lambda text: json.dumps({"got": text}, ensure_ascii=False).encode(),
+        lambda text: f"received: {text}".encode(),
+    ],
+    ids=["json-ascii", "json-utf8", "plain"],
+)
+def test_an_answer_that_echoes_the_customers_message_alone_is_not_kept(
+    running: list[Relay], answered: Callable[[str], bytes]
+) -> None:
+    # Given an endpoint that answers with the message's text only (not the whole event, nor its id)
+    text = "Mein Passwort ist hunter2 und IBAN DE89370400440532013000 – ü"
+    event_json = json.dumps({"id": "e-1", "type": "Text", "text": text, "channel": {"text": "short"}})
+    r = start(running, relay(answer_with=lambda method, url, headers, body: answer(200, body=answered(text))))
+
+    r.batch(record(event_json=event_json, event_id="e-1"))
+
+    # Then the customer's words stay in the archive: the audit keeps the answer's size, not its text
+    (line,) = r.audit_lines()
+    assert line["responseBody"] == "[not kept: the answer holds the event]" and line["responseBytes"] > 0
+
+
+def test_an_answer_that_holds_only_a_short_text_of_the_event_is_kept(running: list[Relay]) -> None:
+    # Given a message too short to tell from any answer ("ok"), which the endpoint's answer holds
+    event_json = json.dumps({"id": "e-1", "type": "Text", "text": "ok"})
+    body = json.dumps({"status": "ok"}).encode()
+    r = start(running, relay(answer_with=lambda method, url, headers, _: answer(200, body=body)))
+
+    r.batch(record(event_json=event_json, event_id="e-1"))
+
+    (line,) = r.audit_lines()
+    assert line["responseBody"] == '{"status": "ok"}'
+
+
 def test_a_delivery_step_that_raises_is_left_for_redelivery_and_says_so_in_the_audit(
     running: list[Relay],
 ) -> None:

@@ -214,7 +214,27 @@ def _echoes_event(text: str, event_json: str, event_id: str) -> bool:
     if len(event_id) >= _DISTINCT_ID and event_id in text:
         return True
     # Every echo form of the event is at least as long as its text.
-    return len(text) >= len(event_json) and any(form in text for form in echo_forms(event_json))
+    if len(text) >= len(event_json) and any(form in text for form in echo_forms(event_json)):
+        return True
+    # A receiver answering with the customer's message alone ({"got": "<text>"}) echoes the event too.
+    return any(form in text for message in _message_texts(event_json) for form in echo_forms(message))
+
+
+def _message_texts(event_json: str) -> list[str]:
+    """The event's message texts (every ``text`` field, at any depth: Open Messaging's, or inside an
+    EventBridge event's body) long enough not to be found in an answer by chance."""
+    found: list[str] = []
+    pending: list[Any] = [json.loads(event_json)]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            text = node.get("text")
+            if isinstance(text, str) and len(text) >= _DISTINCT_ID:
+                found.append(text)
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return found
 
 
 def write_audit(batch: Batch, sink: AuditSink | None) -> None:
