@@ -9,6 +9,8 @@ message carries a value.
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -18,16 +20,29 @@ from relay.adapters.aws_errors import AWS_ERRORS
 from relay.errors import ConfigurationError, DependencyUnavailable
 from relay.models.secrets import RotatingSecret
 
+# A value not in the relay's shape stays in the cache like any other read, so its errors cost no
+# Secrets Manager call each; but it is read again this often, so that a value fixed by hand is taken
+# within seconds, not after the cache's TTL (5 minutes of refused webhooks).
+UNUSABLE_RECHECK_SECONDS = 10.0
+
 
 class SecretsManagerSecrets:
     """``secretsmanager`` is a boto3 client; reads are cached for ``cache_ttl_seconds``
     (SECRET_CACHE_TTL_SECONDS). The object is the dispatcher's and the intake's secret reader."""
 
-    def __init__(self, secretsmanager: Any, *, cache_ttl_seconds: int) -> None:
+    def __init__(
+        self,
+        secretsmanager: Any,
+        *,
+        cache_ttl_seconds: int,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._client = secretsmanager
         self._ttl = cache_ttl_seconds
         self._provider: Any = None
         self._lock = threading.Lock()
+        self._monotonic = monotonic
+        self._unusable_since: dict[str, float] = {}  # name -> when a value not in the shape was read
 
     def __call__(self, name: str) -> RotatingSecret:
         return self.get(name)
@@ -36,6 +51,9 @@ class SecretsManagerSecrets:
         """The secret called ``name``, from the cache unless ``force_fetch``."""
         from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
 
+        unusable_since = self._unusable_since.get(name)
+        if unusable_since is not None and self._monotonic() - unusable_since >= UNUSABLE_RECHECK_SECONDS:
+            force_fetch = True
         try:
             raw = self._cached_provider().get(name, max_age=self._ttl, force_fetch=force_fetch)
         except GetParameterError as exc:
@@ -43,9 +61,13 @@ class SecretsManagerSecrets:
                 raise ConfigurationError(f"secret {name} does not exist") from None
             raise DependencyUnavailable(f"Secrets Manager unavailable reading {name}") from None
         try:
-            return RotatingSecret.from_json(str(raw))
+            secret = RotatingSecret.from_json(str(raw))
         except (ValueError, KeyError, TypeError, ValidationError):
+            if force_fetch or unusable_since is None:
+                self._unusable_since[name] = self._monotonic()
             raise ConfigurationError(f"secret {name} is not in the relay's JSON shape") from None
+        self._unusable_since.pop(name, None)
+        return secret
 
     def refresh(self, name: str) -> RotatingSecret:
         """The secret read afresh (the intake re-reads a signature secret that may have rotated)."""
