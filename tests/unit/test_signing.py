@@ -88,3 +88,19 @@ def test_a_secret_that_is_not_base64_is_a_configuration_error_without_its_value(
     with pytest.raises(ConfigurationError) as caught:
         webhook_signing.sign("d-1", 1, BODY, ["whsec_not base64 at all!"])
     assert "not base64 at all" not in str(caught.value)
+
+
+def test_a_receiver_whose_secrets_are_all_malformed_is_told_so_not_that_the_signature_differs() -> None:
+    # Given a genuine delivery, and a receiver holding only a secret that is not whsec_ + base64
+    headers = _headers([CURRENT])
+    malformed = "whsec_pasted wrong!"
+
+    # Then the refusal names the receiver's secret as the problem, never its value
+    with pytest.raises(InvalidDelivery) as caught:
+        verify_signature(headers, BODY, [malformed])
+    assert "no signing secret given is whsec_ + base64" in str(caught.value)
+    assert "pasted wrong" not in str(caught.value)
+    # ... while one good secret beside it still verifies, and a wrong good one is a plain mismatch
+    assert verify_signature(headers, BODY, [malformed, CURRENT]) == "d-1"
+    with pytest.raises(InvalidDelivery, match="no matching v1 signature"):
+        verify_signature(headers, BODY, [malformed, PREVIOUS])

@@ -73,11 +73,17 @@ def verify(
     if tolerance_seconds is not None and abs(now - timestamp) > tolerance_seconds:
         raise InvalidSignature("webhook-timestamp outside the tolerance")
     offered = [part[3:] for part in raw_sig.split() if part.startswith("v1,")]
+    usable = 0
     for secret in secrets:
         try:
             expected = _signature(secret_key(secret), msg_id, timestamp, body)
         except ConfigurationError:
             continue
+        usable += 1
         if any(hmac.compare_digest(expected.encode(), sig.encode()) for sig in offered):
             return msg_id
+    if not usable:  # the receiver's own setting, not the request, is wrong: say so
+        raise InvalidSignature(
+            "no signing secret given is whsec_ + base64: nothing to check the signature with"
+        )
     raise InvalidSignature("no matching v1 signature")
