@@ -10,6 +10,7 @@ breaker store's state, the audit lines and ``batchItemFailures``.
 from __future__ import annotations
 
 import base64
+import html
 import itertools
 import json
 import random
@@ -565,6 +566,41 @@ def test_a_token_echoed_escaped_or_encoded_never_reaches_the_audit(
     assert "SECRET" not in line["responseBody"] and "SECRET" not in json.dumps(line).encode().decode(
         "unicode_escape"
     )
+    assert (
+        "[redacted]" in line["responseBody"]
+        or line["responseBody"] == "[not kept: the answer holds a secret]"
+    )
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        lambda header: f"<p>Refused: {html.escape(header)}</p>",
+        lambda header: f"<p>Refused: {html.escape(header, quote=False)}</p>",
+        lambda header: "<p>" + "".join(f"&#{ord(c)};" for c in header) + "</p>",  # every character
+    ],
+    ids=["html-escaped", "html-escaped-no-quotes", "numeric-references"],
+)
+def test_a_credential_echoed_in_an_html_error_page_never_reaches_the_audit(
+    running: list[Relay], page: Callable[[str], str]
+) -> None:
+    # Given a bearer token holding characters HTML escapes, and an endpoint whose error page quotes the
+    # Authorization header it got
+    target = make_target(security=TargetSecurity(type=SecurityType.BEARER, secret_name="auth"))
+    token = "tok&<SECRET>\"quoted'-0123"
+    r = relay(
+        target,
+        answer_with=lambda method, url, headers, body: answer(
+            400, body=page(headers["Authorization"]).encode()
+        ),
+    )
+    r.secrets.secrets.update(auth=RotatingSecret(current=token))
+    start(running, r)
+
+    r.batch(record())
+
+    (line,) = r.audit_lines()
+    assert "SECRET" not in line["responseBody"]
     assert (
         "[redacted]" in line["responseBody"]
         or line["responseBody"] == "[not kept: the answer holds a secret]"

@@ -9,6 +9,7 @@ is not kept, and its text goes to the event archive, one object per invocation u
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -124,10 +125,11 @@ def target_secret_values(secrets: TargetSecrets | None, target: Target | None = 
 
 def echo_forms(value: str) -> set[str]:
     """How an endpoint may echo text it was sent: as it is, escaped as JSON writers escape a string
-    (non-ASCII as \\uXXXX or not; ``/`` as ``\\/`` or not, as PHP's json_encode does) or
-    percent-encoded."""
+    (non-ASCII as \\uXXXX or not; ``/`` as ``\\/`` or not, as PHP's json_encode does),
+    percent-encoded, or HTML-escaped (an error page quoting the request)."""
     escaped = {json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
-    return {value, quote(value, safe=""), *escaped, *(form.replace("/", "\\/") for form in escaped)}
+    in_html = {html.escape(value, quote=False), html.escape(value)}
+    return {value, quote(value, safe=""), *escaped, *(form.replace("/", "\\/") for form in escaped), *in_html}
 
 
 def secret_forms(value: str) -> set[str]:
@@ -174,12 +176,18 @@ def _json_unescaped(text: str) -> str:
 
 
 def _still_holds(text: str, secrets: tuple[str, ...]) -> bool:
-    """Whether ``text`` still holds a secret (in one of its forms, base64 included) once JSON escapes
-    and percent-encoding, in any mix, are undone: redaction in place catches only the common forms."""
-    if "\\" not in text and "%" not in text:
+    """Whether ``text`` still holds a secret (in one of its forms, base64 included) once JSON escapes,
+    percent-encoding and HTML character references, in any mix, are undone: redaction in place catches
+    only the common forms."""
+    if "\\" not in text and "%" not in text and "&" not in text:
         return False  # nothing escaped: redaction saw the text as it is
     unescaped = _json_unescaped(text)
-    readings = {unquote(unescaped), unquote_plus(unescaped), _json_unescaped(unquote(text))}
+    readings = {
+        unquote(unescaped),
+        unquote_plus(unescaped),
+        _json_unescaped(unquote(text)),
+        html.unescape(text),
+    }
     return any(form in reading for form in _redacted_forms(secrets) for reading in readings)
 
 
