@@ -13,6 +13,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -31,7 +32,7 @@ from relay.models.breaker import DeliveryLane, LaneState, endpoint_digest
 from relay.ports import BreakerStore
 from relay.settings import get_settings
 from relay.testing.fakes import InMemoryBreakerStore
-from relay.wiring import breaker_store
+from relay.wiring import aws_client, breaker_store
 
 pytestmark = pytest.mark.integration
 
@@ -229,3 +230,76 @@ def test_a_metered_mark_only_moves_later_and_lives_beside_breaker_and_lane(
     assert lane == LaneState(DeliveryLane.SLOW, 1, 10.0, retry_after_until=500.0) and breaker.version == 1
     store.mark_retry_after(key, 900.0)
     assert store.load_with_lane(key)[1].retry_after_until == 900.0
+
+
+# --- the failures' answer times, and items written by the release before -------------------------------
+
+
+def _item(aws_stack: LocalResources, key: str) -> dict[str, Any]:
+    item: dict[str, Any] = aws_client("dynamodb").get_item(
+        TableName=aws_stack.breaker_table, Key={"targetKey": {"S": key}}, ConsistentRead=True
+    )["Item"]
+    return item
+
+
+def _write_as_the_release_before(aws_stack: LocalResources, key: str, failures: int, version: int) -> None:
+    """The release before's breaker write: it SETs only the attributes it knows."""
+    aws_client("dynamodb").update_item(
+        TableName=aws_stack.breaker_table,
+        Key={"targetKey": {"S": key}},
+        UpdateExpression="SET phase = :phase, consecutiveFailures = :failures, trips = :trips, "
+        "#until = :until, version = :version",
+        ExpressionAttributeNames={"#until": "until"},
+        ExpressionAttributeValues={
+            ":phase": {"S": "closed"},
+            ":failures": {"N": str(failures)},
+            ":trips": {"N": "0"},
+            ":until": {"N": "0.0"},
+            ":version": {"N": str(version)},
+        },
+    )
+
+
+def test_the_failures_answer_times_and_the_last_success_round_trip(aws_stack: LocalResources) -> None:
+    store = breaker_store(get_settings())
+    key = f"integration#{uuid.uuid4()}"
+    times = (1_000_010.25, 1_000_011.5)
+    counted = BreakerState(consecutive_failures=2, version=1, failure_times=times, last_success_at=1e6 + 9)
+
+    assert store.save(key, counted, expected_version=0)
+
+    assert store.load(key) == counted
+    item = _item(aws_stack, key)
+    assert item["failureTimes"] == {"L": [{"N": "1000010.25"}, {"N": "1000011.5"}]}
+    assert item["lastSuccessAt"] == {"N": "1000009.0"}
+
+
+def test_an_item_of_the_release_before_reads_its_count_with_no_times(aws_stack: LocalResources) -> None:
+    # Given an item only the release before ever wrote: three failures counted
+    store = breaker_store(get_settings())
+    key = f"integration#{uuid.uuid4()}"
+    _write_as_the_release_before(aws_stack, key, failures=3, version=1)
+
+    # Then the count is kept, its failures read as answered at the last success (none: 0)
+    state = store.load(key)
+    assert (state.consecutive_failures, state.failure_times, state.last_success_at) == (3, (), 0.0)
+    assert state.failure_run == (0.0, 0.0, 0.0)
+
+
+def test_a_count_the_release_before_wrote_over_stale_times_is_trusted(aws_stack: LocalResources) -> None:
+    # Given failures answered at 10, 11, 12 after a success at 9, written by this release
+    store = breaker_store(get_settings())
+    key = f"integration#{uuid.uuid4()}"
+    counted = BreakerState(consecutive_failures=2, version=1, failure_times=(10.0, 11.0), last_success_at=9.0)
+    assert store.save(key, counted, expected_version=0)
+
+    # When the release before folds a success, then a failure: its count is 1, the times are stale
+    _write_as_the_release_before(aws_stack, key, failures=0, version=2)
+    _write_as_the_release_before(aws_stack, key, failures=1, version=3)
+
+    # Then the count is what is read; of the stored times, only the last one stands for it
+    state = store.load(key)
+    assert (state.consecutive_failures, state.failure_run, state.version) == (1, (11.0,), 3)
+    # and when the release before counted more than were stored, the rest read as at the last success
+    _write_as_the_release_before(aws_stack, key, failures=4, version=4)
+    assert store.load(key).failure_run == (9.0, 9.0, 10.0, 11.0)
