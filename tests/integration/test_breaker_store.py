@@ -1,6 +1,7 @@
 """The shared breaker against its stores: an in-memory store and DynamoDB on a moto server.
 
-A Hypothesis state machine plays several dispatchers opening gates, reporting results, dying
+A Hypothesis state machine plays several dispatchers opening gates, reporting results (answered up
+to a few seconds before they are reported, so reports reach the store out of answer order), dying
 mid-probe, moving the target between delivery lanes (stored in the same item on a version of its own)
 and letting time pass, and checks after every step that the stored state is coherent, that a
 half-open breaker has exactly one live probe, and that lane moves and breaker transitions never undo
@@ -27,7 +28,16 @@ from hypothesis.stateful import (
 )
 
 from relay.local.aws_stack import LocalResources
-from relay.logic.breaker import Admission, BreakerPolicy, BreakerState, Gate, Phase, open_gate, report
+from relay.logic.breaker import (
+    Admission,
+    BreakerPolicy,
+    BreakerState,
+    Gate,
+    Phase,
+    Result,
+    open_gate,
+    report,
+)
 from relay.models.breaker import DeliveryLane, LaneState, endpoint_digest
 from relay.ports import BreakerStore
 from relay.settings import get_settings
@@ -38,6 +48,8 @@ pytestmark = pytest.mark.integration
 
 POLICY = BreakerPolicy(failure_threshold=3, reset_seconds=10, max_reset_seconds=40, probe_lease_seconds=5)
 DISPATCHERS = st.integers(min_value=0, max_value=3)
+# (seconds before the report the endpoint answered, healthy)
+RESULTS = st.lists(st.tuples(st.sampled_from([0.0, 0.3, 1.0, 4.0]), st.booleans()), min_size=1, max_size=4)
 
 
 class LaneMoves(RuleBasedStateMachine):
@@ -78,12 +90,13 @@ def machine_for(make_store: Callable[[], BreakerStore]) -> type[RuleBasedStateMa
             if gate.admission is not Admission.DEFER:
                 self.gates[dispatcher] = gate
 
-        @rule(dispatcher=DISPATCHERS, healthy=st.lists(st.booleans(), min_size=1, max_size=4))
-        def report_results(self, dispatcher: int, healthy: list[bool]) -> None:
+        @rule(dispatcher=DISPATCHERS, answered=RESULTS)
+        def report_results(self, dispatcher: int, answered: list[tuple[float, bool]]) -> None:
             gate = self.gates.pop(dispatcher, None)
             if gate is None:
                 return
-            written = report(self.store, self.key, gate, healthy, self.now, POLICY)
+            results = [Result(self.now - before, healthy) for before, healthy in answered]
+            written = report(self.store, self.key, gate, results, self.now, POLICY)
             if written is not None:
                 old, new = written
                 if new.phase is Phase.OPEN and old.phase is not Phase.OPEN:
@@ -110,6 +123,9 @@ def machine_for(make_store: Callable[[], BreakerStore]) -> type[RuleBasedStateMa
             self.last_version = state.version
             if state.phase is Phase.CLOSED:
                 assert state.consecutive_failures < POLICY.failure_threshold and state.trips == 0
+                # the failures counted, in answer order, all since the last success
+                assert state.failure_times == state.failure_run == tuple(sorted(state.failure_times))
+                assert all(at > state.last_success_at for at in state.failure_times)
             else:
                 assert state.trips >= 1
             live_probes = [
