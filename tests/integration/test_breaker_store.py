@@ -1,6 +1,7 @@
 """The shared breaker against its stores: an in-memory store and DynamoDB on a moto server.
 
-A Hypothesis state machine plays several dispatchers opening gates, reporting results, dying
+A Hypothesis state machine plays several dispatchers opening gates, reporting results (answered up
+to a few seconds before they are reported, so reports reach the store out of answer order), dying
 mid-probe, moving the target between delivery lanes (stored in the same item on a version of its own)
 and letting time pass, and checks after every step that the stored state is coherent, that a
 half-open breaker has exactly one live probe, and that lane moves and breaker transitions never undo
@@ -13,6 +14,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -26,17 +28,28 @@ from hypothesis.stateful import (
 )
 
 from relay.local.aws_stack import LocalResources
-from relay.logic.breaker import Admission, BreakerPolicy, BreakerState, Gate, Phase, open_gate, report
+from relay.logic.breaker import (
+    Admission,
+    BreakerPolicy,
+    BreakerState,
+    Gate,
+    Phase,
+    Result,
+    open_gate,
+    report,
+)
 from relay.models.breaker import DeliveryLane, LaneState, endpoint_digest
 from relay.ports import BreakerStore
 from relay.settings import get_settings
 from relay.testing.fakes import InMemoryBreakerStore
-from relay.wiring import breaker_store
+from relay.wiring import aws_client, breaker_store
 
 pytestmark = pytest.mark.integration
 
 POLICY = BreakerPolicy(failure_threshold=3, reset_seconds=10, max_reset_seconds=40, probe_lease_seconds=5)
 DISPATCHERS = st.integers(min_value=0, max_value=3)
+# (seconds before the report the endpoint answered, healthy)
+RESULTS = st.lists(st.tuples(st.sampled_from([0.0, 0.3, 1.0, 4.0]), st.booleans()), min_size=1, max_size=4)
 
 
 class LaneMoves(RuleBasedStateMachine):
@@ -77,12 +90,13 @@ def machine_for(make_store: Callable[[], BreakerStore]) -> type[RuleBasedStateMa
             if gate.admission is not Admission.DEFER:
                 self.gates[dispatcher] = gate
 
-        @rule(dispatcher=DISPATCHERS, healthy=st.lists(st.booleans(), min_size=1, max_size=4))
-        def report_results(self, dispatcher: int, healthy: list[bool]) -> None:
+        @rule(dispatcher=DISPATCHERS, answered=RESULTS)
+        def report_results(self, dispatcher: int, answered: list[tuple[float, bool]]) -> None:
             gate = self.gates.pop(dispatcher, None)
             if gate is None:
                 return
-            written = report(self.store, self.key, gate, healthy, self.now, POLICY)
+            results = [Result(self.now - before, healthy) for before, healthy in answered]
+            written = report(self.store, self.key, gate, results, self.now, POLICY)
             if written is not None:
                 old, new = written
                 if new.phase is Phase.OPEN and old.phase is not Phase.OPEN:
@@ -109,6 +123,9 @@ def machine_for(make_store: Callable[[], BreakerStore]) -> type[RuleBasedStateMa
             self.last_version = state.version
             if state.phase is Phase.CLOSED:
                 assert state.consecutive_failures < POLICY.failure_threshold and state.trips == 0
+                # the failures counted, in answer order, all since the last success
+                assert state.failure_times == state.failure_run == tuple(sorted(state.failure_times))
+                assert all(at > state.last_success_at for at in state.failure_times)
             else:
                 assert state.trips >= 1
             live_probes = [
@@ -229,3 +246,76 @@ def test_a_metered_mark_only_moves_later_and_lives_beside_breaker_and_lane(
     assert lane == LaneState(DeliveryLane.SLOW, 1, 10.0, retry_after_until=500.0) and breaker.version == 1
     store.mark_retry_after(key, 900.0)
     assert store.load_with_lane(key)[1].retry_after_until == 900.0
+
+
+# --- the failures' answer times, and items written by the release before -------------------------------
+
+
+def _item(aws_stack: LocalResources, key: str) -> dict[str, Any]:
+    item: dict[str, Any] = aws_client("dynamodb").get_item(
+        TableName=aws_stack.breaker_table, Key={"targetKey": {"S": key}}, ConsistentRead=True
+    )["Item"]
+    return item
+
+
+def _write_as_the_release_before(aws_stack: LocalResources, key: str, failures: int, version: int) -> None:
+    """The release before's breaker write: it SETs only the attributes it knows."""
+    aws_client("dynamodb").update_item(
+        TableName=aws_stack.breaker_table,
+        Key={"targetKey": {"S": key}},
+        UpdateExpression="SET phase = :phase, consecutiveFailures = :failures, trips = :trips, "
+        "#until = :until, version = :version",
+        ExpressionAttributeNames={"#until": "until"},
+        ExpressionAttributeValues={
+            ":phase": {"S": "closed"},
+            ":failures": {"N": str(failures)},
+            ":trips": {"N": "0"},
+            ":until": {"N": "0.0"},
+            ":version": {"N": str(version)},
+        },
+    )
+
+
+def test_the_failures_answer_times_and_the_last_success_round_trip(aws_stack: LocalResources) -> None:
+    store = breaker_store(get_settings())
+    key = f"integration#{uuid.uuid4()}"
+    times = (1_000_010.25, 1_000_011.5)
+    counted = BreakerState(consecutive_failures=2, version=1, failure_times=times, last_success_at=1e6 + 9)
+
+    assert store.save(key, counted, expected_version=0)
+
+    assert store.load(key) == counted
+    item = _item(aws_stack, key)
+    assert item["failureTimes"] == {"L": [{"N": "1000010.25"}, {"N": "1000011.5"}]}
+    assert item["lastSuccessAt"] == {"N": "1000009.0"}
+
+
+def test_an_item_of_the_release_before_reads_its_count_with_no_times(aws_stack: LocalResources) -> None:
+    # Given an item only the release before ever wrote: three failures counted
+    store = breaker_store(get_settings())
+    key = f"integration#{uuid.uuid4()}"
+    _write_as_the_release_before(aws_stack, key, failures=3, version=1)
+
+    # Then the count is kept, its failures read as answered at the last success (none: 0)
+    state = store.load(key)
+    assert (state.consecutive_failures, state.failure_times, state.last_success_at) == (3, (), 0.0)
+    assert state.failure_run == (0.0, 0.0, 0.0)
+
+
+def test_a_count_the_release_before_wrote_over_stale_times_is_trusted(aws_stack: LocalResources) -> None:
+    # Given failures answered at 10, 11, 12 after a success at 9, written by this release
+    store = breaker_store(get_settings())
+    key = f"integration#{uuid.uuid4()}"
+    counted = BreakerState(consecutive_failures=2, version=1, failure_times=(10.0, 11.0), last_success_at=9.0)
+    assert store.save(key, counted, expected_version=0)
+
+    # When the release before folds a success, then a failure: its count is 1, the times are stale
+    _write_as_the_release_before(aws_stack, key, failures=0, version=2)
+    _write_as_the_release_before(aws_stack, key, failures=1, version=3)
+
+    # Then the count is what is read; of the stored times, only the last one stands for it
+    state = store.load(key)
+    assert (state.consecutive_failures, state.failure_run, state.version) == (1, (11.0,), 3)
+    # and when the release before counted more than were stored, the rest read as at the last success
+    _write_as_the_release_before(aws_stack, key, failures=4, version=4)
+    assert store.load(key).failure_run == (9.0, 9.0, 10.0, 11.0)

@@ -39,7 +39,7 @@ class DispatcherRacingStore(InMemoryBreakerStore):
             moved = (
                 claim
                 if admission is breaker.Admission.PROBE
-                else breaker.record(current, [False], NOW, POLICY)
+                else breaker.record(current, [breaker.Result(NOW, healthy=False)], NOW, POLICY)
             )
             assert moved is not None and super().save(key, moved, expected_version=current.version)
             self.raced.append(moved)
@@ -49,12 +49,15 @@ class DispatcherRacingStore(InMemoryBreakerStore):
 def test_reset_is_a_versioned_transition_to_the_same_closed_state_a_probe_leaves() -> None:
     opened = BreakerState(Phase.OPEN, 5, 2, NOW + 60, 7)
     assert breaker.reset(opened) == breaker.closed(8) == BreakerState(Phase.CLOSED, 0, 0, 0.0, 8)
-    after_probe = breaker.record(
-        BreakerState(Phase.HALF_OPEN, 5, 2, NOW, 8), [True], NOW, POLICY, holds_probe=True
-    )
-    assert after_probe == breaker.closed(9)
+    probing = BreakerState(Phase.HALF_OPEN, 5, 2, NOW, 8)
+    after_probe = breaker.record(probing, [breaker.Result(NOW, healthy=True)], NOW, POLICY, holds_probe=True)
+    assert after_probe == breaker.closed(9, last_success_at=NOW)
     assert breaker.reset(BreakerState(consecutive_failures=3, version=4)) == breaker.closed(5)
     assert breaker.reset(BreakerState(version=4)) is None  # closed and clean: nothing to write
+    # The last success stays: what the endpoint answered before it is history still
+    counted = BreakerState(consecutive_failures=3, failure_times=(NOW, NOW, NOW), last_success_at=NOW - 1)
+    assert breaker.reset(counted) == breaker.closed(1, last_success_at=NOW - 1)
+    assert breaker.reset(BreakerState(last_success_at=NOW, version=4)) is None
     assert breaker.reset(BreakerState()) is None  # no record at all
 
 

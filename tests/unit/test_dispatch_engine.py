@@ -963,7 +963,12 @@ def test_a_success_another_batch_folds_meanwhile_is_not_undone_by_a_slow_neighbo
 def test_after_a_successful_probe_its_lane_reports_the_rest_of_its_records_too(running: list[Relay]) -> None:
     # Given an open breaker past its reset timeout, and an endpoint that answers the probe, then fails
     statuses = iter([200, 500, 500])
-    r = start(running, relay(answer_with=lambda method, url, headers, body: answer(next(statuses))))
+
+    def endpoint(method: str, url: str, headers: Mapping[str, str], body: bytes) -> HttpResult:
+        r.clock.now += 0.1  # an answer takes a moment: the failures are answered after the probe
+        return answer(next(statuses))
+
+    r = start(running, relay(answer_with=endpoint))
     r.set_breaker(BreakerState(Phase.OPEN, 5, 1, NOW - 1, 1))
 
     r.batch(record(), record(), record())
@@ -971,6 +976,20 @@ def test_after_a_successful_probe_its_lane_reports_the_rest_of_its_records_too(r
     # Then the breaker folded the probe and both failures after it
     state = r.breaker()
     assert (state.phase, state.consecutive_failures) == (Phase.CLOSED, 2)
+
+
+def test_the_breaker_keeps_when_the_endpoint_answered_each_failure(running: list[Relay]) -> None:
+    # Given an endpoint that fails, answering 2 s after it is asked
+    def slow_failure(method: str, url: str, headers: Mapping[str, str], body: bytes) -> HttpResult:
+        r.clock.now += 2
+        return answer(500)
+
+    r = start(running, relay(answer_with=slow_failure))
+
+    r.batch(record())
+
+    # Then the breaker folded the failure at its answer time (another invocation's results merge by it)
+    assert r.breaker().failure_run == (NOW + 2,)
 
 
 def test_a_lane_whose_delivery_crashes_still_reports_its_other_results(running: list[Relay]) -> None:

@@ -4,7 +4,9 @@ updates on its own version.
 Item (key ``targetKey`` = "<integrationId>#<targetId>"):
 
 - the breaker: ``phase``, ``consecutiveFailures``, ``trips``, ``until``, ``version``, ``endpoint``
-  (a digest of the URL its failures were counted at);
+  (a digest of the URL its failures were counted at), ``failureTimes`` (a list of numbers: when the
+  endpoint gave the failures counted, oldest first) and ``lastSuccessAt`` (when it gave the newest
+  success folded), epoch seconds: results are folded in the order the endpoint answered them;
 - the lane (relay.logic.dispatch.isolation): ``lane``, ``laneVersion``, ``laneChangedAt``;
 - ``retryAfterUntil``: until when the target asked for quiet with a Retry-After
   (relay.logic.dispatch.rate_limit), only ever moved later, by a condition on itself;
@@ -17,6 +19,13 @@ for version 0), so concurrent dispatchers never overwrite each other's transitio
 of them wins the half-open probe; ``save_lane`` does the same for the lane on ``laneVersion``. A
 lane move therefore never costs a breaker transition (or a probe's result) its conditional write,
 nor the other way round. relay.testing.fakes.InMemoryBreakerStore has the same semantics.
+
+During a canary deploy the release before still writes the item: it sets ``consecutiveFailures`` but
+neither ``failureTimes`` nor ``lastSuccessAt``, so a stale ``failureTimes`` may stay beside a newer
+count. Read so that this is safe both ways: the count is trusted, and the failures' times are the last
+``consecutiveFailures`` of ``failureTimes``, padded at the front with ``lastSuccessAt`` when fewer are
+stored (``BreakerState.failure_run``, so both stores read alike). Missing (an item written before),
+they read as none and 0. The release before ignores them and counts as it always did.
 """
 
 from __future__ import annotations
@@ -61,12 +70,14 @@ class DynamoBreakerStore:
             ) from None
 
     def save(self, key: str, state: BreakerState, *, expected_version: int) -> bool:
-        values = {
+        values: dict[str, dict[str, Any]] = {
             "phase": {"S": state.phase.value},
             "consecutiveFailures": {"N": str(state.consecutive_failures)},
             "trips": {"N": str(state.trips)},
             "until": {"N": repr(state.until)},
             "version": {"N": str(state.version)},
+            "failureTimes": {"L": [{"N": repr(at)} for at in state.failure_times]},
+            "lastSuccessAt": {"N": repr(state.last_success_at)},
         }
         if state.endpoint is not None:
             values["endpoint"] = {"S": state.endpoint}
@@ -102,7 +113,7 @@ class DynamoBreakerStore:
     def _update(
         self,
         key: str,
-        values: Mapping[str, dict[str, str]],
+        values: Mapping[str, dict[str, Any]],  # DynamoDB attribute values
         *,
         version_attribute: str,
         expected_version: int,
@@ -144,6 +155,8 @@ def _breaker(item: Mapping[str, Any]) -> BreakerState:
         until=float(item["until"]["N"]),
         version=int(item["version"]["N"]),
         endpoint=item["endpoint"]["S"] if "endpoint" in item else None,
+        failure_times=tuple(float(at["N"]) for at in item.get("failureTimes", {}).get("L", ())),
+        last_success_at=float(item["lastSuccessAt"]["N"]) if "lastSuccessAt" in item else 0.0,
     )
 
 

@@ -10,6 +10,9 @@
   conditional, versioned write, and only the writer that wins it sends the probe. The probe holds a
   lease; if its dispatcher dies, another may claim a new probe after the lease.
 - Every state change bumps ``version``; stores write only if the stored version is still the one read.
+- Results are folded in the order the endpoint gave them, not the order dispatchers report them: each
+  carries its answer time (``Result``), and a closed breaker keeps the times of the failures it counts
+  since its last success (``record``).
 
 ``admit``, ``record`` and ``reset`` (the operator's forced close) are pure (no I/O, no clock: callers
 pass ``now`` in epoch seconds);
@@ -21,6 +24,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from itertools import chain
+from operator import attrgetter
 
 from relay.models.breaker import BreakerState, Phase
 from relay.ports import BreakerStore
@@ -31,6 +36,7 @@ __all__ = [
     "BreakerState",
     "Gate",
     "Phase",
+    "Result",
     "admit",
     "closed",
     "open_gate",
@@ -59,6 +65,15 @@ class BreakerPolicy:
         return float(min(self.max_reset_seconds, self.reset_seconds * 2**exponent))
 
 
+@dataclass(frozen=True)
+class Result:
+    """One attempt's verdict on the endpoint and when the endpoint gave it (epoch seconds, the clock the
+    dispatcher passes as ``now``)."""
+
+    at: float
+    healthy: bool
+
+
 def admit(state: BreakerState, now: float, policy: BreakerPolicy) -> tuple[Admission, BreakerState | None]:
     """Whether records for this target may go now; for PROBE, the half-open state to claim."""
     if state.phase is Phase.CLOSED:
@@ -72,19 +87,21 @@ def admit(state: BreakerState, now: float, policy: BreakerPolicy) -> tuple[Admis
     return Admission.PROBE, claimed
 
 
-def closed(version: int, endpoint: str | None = None) -> BreakerState:
+def closed(version: int, endpoint: str | None = None, *, last_success_at: float = 0.0) -> BreakerState:
     """A closed breaker with no failures and no trips: what a successful probe and a reset leave."""
-    return BreakerState(Phase.CLOSED, 0, 0, 0.0, version, endpoint)
+    return BreakerState(Phase.CLOSED, 0, 0, 0.0, version, endpoint, last_success_at=last_success_at)
 
 
 def reset(state: BreakerState) -> BreakerState | None:
     """The operator's forced close (``relay breaker reset``); None when the breaker is closed and clean.
 
     Written like any transition (version + 1, conditional), so it never hides a concurrent one; a probe
-    still in flight then folds its result into the closed state as a plain result."""
-    if state == closed(state.version, state.endpoint):
+    still in flight then folds its result into the closed state as a plain result. The last success
+    stays: results answered before it are history still."""
+    clean = closed(state.version, state.endpoint, last_success_at=state.last_success_at)
+    if state == clean:
         return None
-    return closed(state.version + 1, state.endpoint)
+    return replace(clean, version=state.version + 1)
 
 
 def _opened(state: BreakerState, now: float, policy: BreakerPolicy) -> BreakerState:
@@ -96,39 +113,70 @@ def _opened(state: BreakerState, now: float, policy: BreakerPolicy) -> BreakerSt
 
 def record(
     state: BreakerState,
-    healthy: Sequence[bool],
+    results: Sequence[Result],
     now: float,
     policy: BreakerPolicy,
     *,
     holds_probe: bool = False,
 ) -> BreakerState | None:
-    """Fold a batch's results for one target, in order, into the state; None when nothing changes.
+    """Fold a batch's results for one target into the state, in answer order; None when nothing changes.
 
-    ``healthy[i]`` is False when attempt i found the endpoint failing (timeouts, connection errors,
+    A result is unhealthy when the attempt found the endpoint failing (timeouts, connection errors,
     408/425/5xx; a throttle, 429 or 503 with Retry-After, is healthy: the rate limit answers it).
     With ``holds_probe`` the first result is this dispatcher's half-open probe. Results that arrive
     while the breaker is open or another dispatcher probes change nothing.
     """
-    if not healthy:
+    if not results:
         return None
     if state.phase is Phase.HALF_OPEN:
         if not holds_probe:
             return None
-        if not healthy[0]:
+        probe, rest = results[0], results[1:]
+        if not probe.healthy:
             return _opened(replace(state, consecutive_failures=state.consecutive_failures + 1), now, policy)
-        after_probe = closed(state.version, state.endpoint)
-        folded = record(after_probe, healthy[1:], now, policy) or after_probe
+        after_probe = closed(state.version, state.endpoint, last_success_at=probe.at)
+        folded = record(after_probe, rest, now, policy) or after_probe
         return replace(folded, version=state.version + 1)  # one write, one version
     if state.phase is Phase.OPEN:
         return None
-    failures = state.consecutive_failures
-    for ok in healthy:
-        failures = 0 if ok else failures + 1
-        if failures >= policy.failure_threshold:
-            return _opened(replace(state, consecutive_failures=failures), now, policy)
-    if failures == state.consecutive_failures:
-        return None  # a healthy closed breaker is never written: no hot item
-    return replace(state, consecutive_failures=failures, version=state.version + 1)
+    return _fold_closed(state, results, now, policy)
+
+
+def _fold_closed(
+    state: BreakerState, results: Sequence[Result], now: float, policy: BreakerPolicy
+) -> BreakerState | None:
+    """Merge the stored run of failures with the results answered after the last success, by answer
+    time. Another dispatcher's report may be older or newer than this one: a failure answered at or
+    before the last success is history, an older success does not erase newer failures. Opens when any
+    run of consecutive failures in the merged timeline reaches the threshold."""
+    stored, since = state.failure_run, state.last_success_at
+    newer = (result for result in results if result.at > since)
+    # By answer time; at the same time a failure goes first: an order not known does not count against
+    # the endpoint, and a failure at the time of the last success is history, whichever batch brings it.
+    timeline = sorted(chain((Result(at, False) for at in stored), newer), key=attrgetter("at", "healthy"))
+    run: list[float] = []
+    last_success_at = since
+    for result in timeline:
+        if result.healthy:
+            run, last_success_at = [], result.at
+            continue
+        run.append(result.at)
+        if len(run) >= policy.failure_threshold:
+            counted = replace(
+                state, consecutive_failures=len(run), failure_times=(), last_success_at=last_success_at
+            )
+            return _opened(counted, now, policy)
+    failure_times = tuple(run)
+    if failure_times == stored and (not run or last_success_at == since):
+        # A healthy closed breaker is never written, not even as its last success moves: no hot item.
+        return None
+    return replace(
+        state,
+        consecutive_failures=len(run),
+        failure_times=failure_times,
+        last_success_at=last_success_at,
+        version=state.version + 1,
+    )
 
 
 def seconds_until_probe(state: BreakerState, now: float) -> float:
@@ -170,7 +218,7 @@ def report(
     store: BreakerStore,
     key: str,
     gate: Gate,
-    healthy: Sequence[bool],
+    results: Sequence[Result],
     now: float,
     policy: BreakerPolicy,
     *,
@@ -182,7 +230,7 @@ def report(
     a probe whose half-open state was replaced no longer decides anything)."""
     state, holds_probe = gate.state, gate.admission is Admission.PROBE
     for _ in range(attempts):
-        new = record(state, healthy, now, policy, holds_probe=holds_probe)
+        new = record(state, results, now, policy, holds_probe=holds_probe)
         if new is None:
             return None
         if store.save(key, new, expected_version=state.version):

@@ -152,7 +152,8 @@ class InMemoryIdempotencyStore:
 
 class InMemoryBreakerStore:
     """Same conditional semantics as the DynamoDB store, in one process: the breaker and the lane of a
-    key are versioned and written apart. Counts calls for benchmarks; ``unavailable`` makes every call
+    key are versioned and written apart, and a breaker's failure times are read through the same rule
+    (``BreakerState.failure_run``). Counts calls for benchmarks; ``unavailable`` makes every call
     fail as DynamoDB down would."""
 
     def __init__(self) -> None:

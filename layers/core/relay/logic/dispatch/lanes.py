@@ -134,14 +134,14 @@ class Lanes:
         probe = lane.probe
         if probe is not None and not probe.judges_endpoint:
             return  # the probe never reached the endpoint (or was cut short); its lease will lapse
-        healthy = [
-            not item.outcome.endpoint_unhealthy
+        results = [
+            breaker.Result(item.answered_at, not item.outcome.endpoint_unhealthy)
             for item in lane.items
             if item.outcome is not None and item.judges_endpoint
         ]
         now, policy = self._clock(), self.policy(lane.target)
         try:
-            written = breaker.report(self._breakers, lane.key, lane.gate, healthy, now, policy)
+            written = breaker.report(self._breakers, lane.key, lane.gate, results, now, policy)
         except BreakerStoreUnavailable:
             batch.metrics.breaker_store_unavailable()
             return

@@ -80,6 +80,9 @@ class Item:
     key: str
     attempt: int
     outcome: Outcome | None = None
+    # When the attempt that gave ``outcome`` finished (epoch seconds, the engine's clock): the breaker
+    # folds results in the order the endpoint answered them.
+    answered_at: float = 0.0
     probe: bool = False
     breaker_phase: str = "unknown"  # as read for this batch; "unknown" when the store failed
     lane: LaneState = field(default_factory=LaneState)  # the target's lane as read for this batch
