@@ -134,12 +134,16 @@ class Lanes:
         probe = lane.probe
         if probe is not None and not probe.judges_endpoint:
             return  # the probe never reached the endpoint (or was cut short); its lease will lapse
+        now, policy = self._clock(), self.policy(lane.target)
         results = [
-            breaker.Result(item.answered_at, not item.outcome.endpoint_unhealthy)
+            # An outcome whose time is not known counts as answered now, never as older than every
+            # result folded (which would drop it).
+            breaker.Result(
+                now if item.answered_at is None else item.answered_at, not item.outcome.endpoint_unhealthy
+            )
             for item in lane.items
             if item.outcome is not None and item.judges_endpoint
         ]
-        now, policy = self._clock(), self.policy(lane.target)
         try:
             written = breaker.report(self._breakers, lane.key, lane.gate, results, now, policy)
         except BreakerStoreUnavailable:
@@ -152,8 +156,9 @@ class Lanes:
 class LaneReports:
     """Each lane's report to its breaker, made once, as soon as the lane's steps in this batch have
     ended: by the thread that ends the last one. Held until the batch's end, behind a slow neighbour,
-    a lane's results were folded after newer ones other batches had folded meanwhile, and the breaker
-    counts consecutive failures. A lane with no step has no result to fold and is not reported."""
+    a failing target's breaker opened only when the neighbour was done (and a healthy breaker, which is
+    never written, keeps no time to order a late failure against). A lane with no step has no result to
+    fold and is not reported."""
 
     def __init__(self, lanes: Lanes, opened: Iterable[Lane], batch: Batch) -> None:
         self._lanes, self._batch = lanes, batch

@@ -81,8 +81,8 @@ class Item:
     attempt: int
     outcome: Outcome | None = None
     # When the attempt that gave ``outcome`` finished (epoch seconds, the engine's clock): the breaker
-    # folds results in the order the endpoint answered them.
-    answered_at: float = 0.0
+    # folds results in the order the endpoint answered them. None: not known (reported as of now).
+    answered_at: float | None = None
     probe: bool = False
     breaker_phase: str = "unknown"  # as read for this batch; "unknown" when the store failed
     lane: LaneState = field(default_factory=LaneState)  # the target's lane as read for this batch
