@@ -33,10 +33,10 @@ OUTPUT_SETTINGS = {
     "AuditBucketName": "audit_bucket",
     "SecretsPrefix": "secrets_prefix",
     # What config sync reads from Genesys Cloud: `relay targets sync` runs as the function does.
-    "GenesysRegion": "genesys_region",
-    "GenesysCredentialsSecretName": "genesys_credentials_secret",
-    "GenesysOpenMessagingIntegrationIds": "genesys_open_messaging_integration_ids",
-    "GenesysWebhookIntegrationIds": "genesys_webhook_integration_ids",
+    "ConfigSyncGenesysRegion": "genesys_region",
+    "ConfigSyncCredentialsSecretName": "genesys_credentials_secret",
+    "ConfigSyncOpenMessagingIntegrationIds": "genesys_open_messaging_integration_ids",
+    "ConfigSyncWebhookIntegrationIds": "genesys_webhook_integration_ids",
 }
 OUTPUTS = "stack_outputs"  # the namespace attribute holding the stack's outputs, once read
 
