@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -104,3 +105,29 @@ def test_a_receiver_whose_secrets_are_all_malformed_is_told_so_not_that_the_sign
     assert verify_signature(headers, BODY, [malformed, CURRENT]) == "d-1"
     with pytest.raises(InvalidDelivery, match="no matching v1 signature"):
         verify_signature(headers, BODY, [malformed, PREVIOUS])
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        lambda h: {k: [v] for k, v in h.items()},  # multi-value headers (API Gateway's multiValueHeaders)
+        lambda h: {**h, "webhook-signature": h["webhook-signature"].split()},
+        lambda h: {**h, "webhook-timestamp": int(h["webhook-timestamp"])},
+    ],
+    ids=["lists", "signature-list", "timestamp-int"],
+)
+def test_headers_that_are_not_one_string_each_end_as_our_own_error_naming_the_header(
+    shape: Callable[[dict[str, str]], dict[str, object]],
+) -> None:
+    # Given a genuine delivery's headers as a framework may hand them over: not one string per name
+    headers = shape(_headers([CURRENT]))
+
+    # Then the refusal is the SDK's own error, naming what to pass, not a TypeError from inside it
+    with pytest.raises(InvalidDelivery, match="is not a string .*: pass one string per header"):
+        verify_signature(headers, BODY, [CURRENT])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("secrets", [CURRENT.encode(), [CURRENT.encode()]], ids=["bytes", "list-of-bytes"])
+def test_secrets_given_as_bytes_are_a_receiver_setting_said_as_such(secrets: object) -> None:
+    with pytest.raises(InvalidDelivery, match="no signing secret given is whsec_ \\+ base64"):
+        verify_signature(_headers([CURRENT]), BODY, secrets)  # type: ignore[arg-type]

@@ -23,6 +23,8 @@ DEFAULT_TOLERANCE_SECONDS = 300
 
 def secret_key(secret: str) -> bytes:
     """The HMAC key bytes of a ``whsec_`` secret (the prefix is optional, as in standardwebhooks)."""
+    if not isinstance(secret, str):  # bytes read from a file, say: a receiver's setting, said as such
+        raise ConfigurationError("signing secret is not a string")
     encoded = secret[len(SECRET_PREFIX) :] if secret.startswith(SECRET_PREFIX) else secret
     try:
         return base64.b64decode(encoded, validate=True)
@@ -61,6 +63,12 @@ def verify(
     msg_id = lowered.get("webhook-id", "")
     raw_ts = lowered.get("webhook-timestamp", "")
     raw_sig = lowered.get("webhook-signature", "")
+    # A framework's multi-value headers (a list per name) would otherwise escape as a TypeError.
+    named = (("webhook-id", msg_id), ("webhook-timestamp", raw_ts), ("webhook-signature", raw_sig))
+    for name, value in named:
+        if not isinstance(value, str):
+            kind = type(value).__name__
+            raise InvalidSignature(f"{name} is not a string ({kind}): pass one string per header")
     missing = [name for name, value in (("webhook-id", msg_id), ("webhook-timestamp", raw_ts)) if not value]
     if not raw_sig:
         missing.append("webhook-signature (a target without a signing secret sends none)")
