@@ -396,3 +396,14 @@ def test_relay_decrypt_refuses_a_stored_delivery_whose_body_changed_since_it_was
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "cannot open the envelope: no matching v1 signature" in captured.err
+
+
+def test_an_encryption_key_given_as_bytes_is_refused_as_the_receivers_setting() -> None:
+    envelope = _sealed_envelope({"v": 2})
+    for keys in (b"enc-secret-v2", [b"enc-secret-v2"]):
+        with pytest.raises(InvalidDelivery, match="an encryption key must be a string, not bytes"):
+            decrypt_event(envelope, keys)  # type: ignore[arg-type]
+
+
+def test_a_plain_body_handed_over_as_text_gives_the_events_own_bytes() -> None:
+    assert source_event_bytes(_plain_body(AS_SENT).decode()) == AS_SENT.encode()

@@ -131,3 +131,13 @@ def test_headers_that_are_not_one_string_each_end_as_our_own_error_naming_the_he
 def test_secrets_given_as_bytes_are_a_receiver_setting_said_as_such(secrets: object) -> None:
     with pytest.raises(InvalidDelivery, match="no signing secret given is whsec_ \\+ base64"):
         verify_signature(_headers([CURRENT]), BODY, secrets)  # type: ignore[arg-type]
+
+
+def test_a_body_handed_over_as_text_verifies_as_the_bytes_the_relay_sent() -> None:
+    # Given a receiver whose framework gives the body as str (a Lambda function URL's event["body"])
+    headers = _headers([CURRENT])
+
+    # Then it verifies as the UTF-8 bytes it was, and a changed text still does not
+    assert verify_signature(headers, BODY.decode(), [CURRENT]) == "d-1"
+    with pytest.raises(InvalidDelivery, match="no matching v1 signature"):
+        verify_signature(headers, BODY.decode() + " ", [CURRENT])

@@ -64,12 +64,20 @@ class Delivery:
 
 
 def _as_list(secrets: str | Iterable[str]) -> list[str]:
-    return [secrets] if isinstance(secrets, str) else list(secrets)
+    # One bytes value is one (wrongly typed) secret, not a run of ints: refused as such downstream.
+    return [secrets] if isinstance(secrets, (str, bytes)) else list(secrets)
+
+
+def _as_bytes(body: bytes | str) -> bytes:
+    """The request body as the relay sent it: a framework that hands it over as text (a Lambda
+    function URL's or API Gateway's ``event["body"]``) decoded the relay's UTF-8, so encoding it again
+    gives the same bytes (as the standardwebhooks library does)."""
+    return body.encode() if isinstance(body, str) else body
 
 
 def verify_signature(
     headers: Mapping[str, str],
-    body: bytes,
+    body: bytes | str,
     signing_secrets: str | Iterable[str],
     *,
     tolerance_seconds: int | None = webhook_signing.DEFAULT_TOLERANCE_SECONDS,
@@ -81,7 +89,7 @@ def verify_signature(
     try:
         return webhook_signing.verify(
             headers,
-            body,
+            _as_bytes(body),
             _as_list(signing_secrets),
             now=time.time() if now is None else now,
             tolerance_seconds=tolerance_seconds,
@@ -126,11 +134,12 @@ def decrypt_event_bytes(envelope: Mapping[str, Any], encryption_secrets: str | I
     return _decrypt(envelope, encryption_secrets)[0]
 
 
-def source_event_bytes(body: bytes) -> bytes:
+def source_event_bytes(body: bytes | str) -> bytes:
     """The ``sourceEvent`` of a plain 2.1 envelope exactly as Genesys sent it, cut from the request
     body the relay wrote (parsing and writing it again would turn ``1E+2`` into ``100.0``). Raises
     InvalidDelivery for an encrypted envelope or a body that is not laid out as the relay writes it (a
     re-formatted copy, say)."""
+    body = _as_bytes(body)
     start, closes = body.find(_SOURCE_EVENT_OPENS), body.rstrip().endswith(_ENVELOPE_CLOSES)
     if start < 0 or not closes:
         raise InvalidDelivery("not an envelope as the relay writes it: sourceEvent cannot be cut out")
@@ -174,6 +183,8 @@ def _decrypt(
             f"{crypto.TAG_BYTES} ({2 * crypto.IV_BYTES} and {2 * crypto.TAG_BYTES} hex digits)"
         )
     for secret in _as_list(encryption_secrets):
+        if not isinstance(secret, str):  # bytes read from a file, say: the receiver's setting, said as such
+            raise InvalidDelivery(f"an encryption key must be a string, not {type(secret).__name__}")
         key = _keys.key_for(secret, key_id=key_id, salt=salt)
         try:
             plaintext = crypto.unseal(sealed, key.key, associated_data=aad)
@@ -195,7 +206,7 @@ def _decrypt(
 
 def open_delivery(
     headers: Mapping[str, str],
-    body: bytes,
+    body: bytes | str,
     *,
     signing_secrets: str | Iterable[str] | None,
     encryption_secrets: str | Iterable[str] = (),
@@ -203,6 +214,7 @@ def open_delivery(
     now: float | None = None,
 ) -> Delivery:
     """Verify (unless ``signing_secrets`` is None), parse and, if needed, decrypt one delivery."""
+    body = _as_bytes(body)
     if signing_secrets is not None:
         verify_signature(headers, body, signing_secrets, tolerance_seconds=tolerance_seconds, now=now)
     try:
