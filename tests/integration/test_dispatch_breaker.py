@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -204,3 +205,65 @@ def test_a_closed_breaker_costs_one_read_per_target_per_batch_and_no_write(
     assert len(receiver.unique_delivery_ids) == 10
     breaker_calls = [c for c in calls if c in ("GetItem", "PutItem", "UpdateItem")]
     assert breaker_calls == ["GetItem", "GetItem"]
+
+
+class _FailsAfterTheSuccess(BaseHTTPRequestHandler):
+    """The delivery ``late`` is answered 500 only once a third request has arrived; of the other two,
+    the first to arrive gets 200, the second 500. With two slots per target, a third request starts
+    only after an attempt ended, and ``late`` holds its slot until then: so the dispatcher has read the
+    200 before either 500, whichever records take the slots first."""
+
+    protocol_version = "HTTP/1.1"
+    late: str
+    lock: threading.Lock
+    third: threading.Event
+    arrived: list[str]
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        delivery = self.headers["webhook-id"]
+        with self.lock:
+            self.arrived.append(delivery)
+            others = [seen for seen in self.arrived if seen != self.late]
+            if len(self.arrived) == 3:
+                self.third.set()
+        if delivery == self.late:
+            self.third.wait(timeout=10)
+        status = 200 if delivery != self.late and others == [delivery] else 500
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def test_a_batch_folds_its_answers_in_the_order_they_came_not_the_records_order(
+    aws_stack: LocalResources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a breaker one failure short of opening, and a batch of three whose first record is
+    # answered 500 after another was answered 200 (and the third 500)
+    records = [task_record() for _ in range(3)]
+    late = json.loads(records[0]["body"])["deliveryId"]
+    attributes = {"late": late, "lock": threading.Lock(), "third": threading.Event(), "arrived": []}
+    handler = type("Handler", (_FailsAfterTheSuccess,), attributes)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("PER_TARGET_CONCURRENCY", "2")
+        get_settings.cache_clear()
+        seed_target(aws_stack, f"http://127.0.0.1:{server.server_address[1]}/hooks/crm", attempts=10)
+        assert _store(aws_stack).save(KEY, BreakerState(Phase.CLOSED, 4, 0, 0.0, 1), expected_version=0)
+
+        # When the batch is delivered (the real clock: the answers' times are what is compared)
+        build_dispatcher(get_settings()).handle_batch(records)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    # Then the 200 reset the count before the 500s were counted: still closed (folded in the
+    # records' order, the first record's 500 made five in a row and opened it)
+    assert handler.third.is_set()
+    state = _store(aws_stack).load(KEY)
+    assert (state.phase, state.trips) == (Phase.CLOSED, 0)
+    assert state.consecutive_failures in (1, 2)  # 2 unless the 200's slot went to the late record
