@@ -25,7 +25,7 @@ from relay.errors import (
     UnreadableEvent,
 )
 from relay.logic import crypto
-from relay.logic.dispatch.audit import response_for_audit, target_secret_values
+from relay.logic.dispatch.kept_answers import response_for_audit, target_secret_values
 from relay.logic.dispatch.records import Item, Unattempted
 from relay.logic.envelope import TargetSecrets, build_request, with_access_token
 from relay.logic.outcomes import Outcome, Verdict, classify, parse_retry_after
@@ -58,7 +58,7 @@ class Attempt:
     error: str | None
     result: HttpResult | None = None
     encrypted: bool = False
-    # The response body as the audit keeps it (audit.response_for_audit); None for an encrypting
+    # The response body as the audit keeps it (kept_answers.response_for_audit); None for an encrypting
     # target (it might echo the plaintext).
     response_body: str | None = None
 
