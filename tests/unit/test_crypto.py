@@ -407,3 +407,12 @@ def test_an_encryption_key_given_as_bytes_is_refused_as_the_receivers_setting() 
 
 def test_a_plain_body_handed_over_as_text_gives_the_events_own_bytes() -> None:
     assert source_event_bytes(_plain_body(AS_SENT).decode()) == AS_SENT.encode()
+
+
+@pytest.mark.parametrize("directive", [{}, [], "", 0])
+def test_an_encryption_directive_that_is_neither_an_object_nor_null_is_malformed_not_plain(
+    directive: object,
+) -> None:
+    envelope = {**json.loads(_plain_body(AS_SENT)), "encryptionDirective": directive}
+    with pytest.raises(InvalidDelivery, match="malformed encryptionDirective"):
+        decrypt_event(envelope, "enc-secret-v2")

@@ -141,3 +141,31 @@ def test_a_body_handed_over_as_text_verifies_as_the_bytes_the_relay_sent() -> No
     assert verify_signature(headers, BODY.decode(), [CURRENT]) == "d-1"
     with pytest.raises(InvalidDelivery, match="no matching v1 signature"):
         verify_signature(headers, BODY.decode() + " ", [CURRENT])
+
+
+@pytest.mark.parametrize("written", [" {ts}", "+{ts}", "0{ts}", "{ts_underscored}", "{ts_arabic_indic}"])
+def test_a_timestamp_not_written_as_plain_digits_is_refused(written: str) -> None:
+    # Given a genuine delivery whose webhook-timestamp is rewritten in a form int() would still read
+    headers = _headers([CURRENT])
+    ts = headers["webhook-timestamp"]
+    arabic_indic = ts.translate(str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩"))
+    underscored = f"{ts[:4]}_{ts[4:]}"
+    headers["webhook-timestamp"] = written.format(
+        ts=ts, ts_underscored=underscored, ts_arabic_indic=arabic_indic
+    )
+
+    # (a leading zero is digits, but not the text that was signed)
+    with pytest.raises(InvalidDelivery, match="webhook-timestamp is not an integer|no matching v1 signature"):
+        verify_signature(headers, BODY, [CURRENT])
+
+
+def test_headers_given_as_pairs_are_refused_as_such_and_an_http_message_is_read() -> None:
+    from email.message import Message
+
+    headers = _headers([CURRENT])
+    with pytest.raises(InvalidDelivery, match="headers must be a mapping of name to value, not list"):
+        verify_signature(list(headers.items()), BODY, [CURRENT])  # type: ignore[arg-type]
+    message = Message()
+    for name, value in headers.items():
+        message[name] = value
+    assert verify_signature(message, BODY, [CURRENT]) == "d-1"  # type: ignore[arg-type]

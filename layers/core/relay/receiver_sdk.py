@@ -115,9 +115,21 @@ def as_envelope(document: Any) -> dict[str, Any]:
     )
 
 
+def encrypted(envelope: Mapping[str, Any]) -> bool:
+    """Whether a 2.1 envelope is encrypted: its ``encryptionDirective`` is an object (the relay writes
+    ``null`` for a plain one). Anything else there (``{}``, ``""``, a list) is malformed, never read as
+    plain: InvalidDelivery."""
+    directive = envelope.get("encryptionDirective")
+    if directive is None:
+        return False
+    if not isinstance(directive, dict) or not directive:
+        raise InvalidDelivery("malformed encryptionDirective: an object, or null for a plain envelope")
+    return True
+
+
 def decrypt_event(envelope: Mapping[str, Any], encryption_secrets: str | Iterable[str]) -> dict[str, Any]:
     """The Genesys event of a 2.1 envelope: decrypted if it is encrypted, ``sourceEvent`` otherwise."""
-    if not envelope.get("encryptionDirective"):
+    if not encrypted(envelope):
         event = envelope.get("sourceEvent")
         if not isinstance(event, dict):
             raise InvalidDelivery("envelope has no sourceEvent")
@@ -129,7 +141,7 @@ def decrypt_event_bytes(envelope: Mapping[str, Any], encryption_secrets: str | I
     """The event of an encrypted 2.1 envelope exactly as Genesys sent it: the decrypted plaintext's
     bytes (checked to be one JSON object), for when parsing and writing it again would change it
     (``1E+2`` becomes ``100.0``)."""
-    if not envelope.get("encryptionDirective"):
+    if not encrypted(envelope):
         raise InvalidDelivery("envelope is not encrypted")
     return _decrypt(envelope, encryption_secrets)[0]
 
@@ -150,7 +162,7 @@ def source_event_bytes(body: bytes | str) -> bytes:
         raise InvalidDelivery(
             "not an envelope as the relay writes it: sourceEvent cannot be cut out"
         ) from None
-    if not isinstance(envelope, dict) or envelope.get("encryptionDirective"):
+    if not isinstance(envelope, dict) or encrypted(envelope):
         raise InvalidDelivery("envelope is encrypted: decrypt_event_bytes gives its event")
     if event != envelope.get("sourceEvent") or not isinstance(event, dict):
         raise InvalidDelivery("not an envelope as the relay writes it: sourceEvent cannot be cut out")
@@ -222,11 +234,12 @@ def open_delivery(
     except ValueError:  # JsonTooDeep too
         raise InvalidDelivery("body is not JSON") from None
     envelope = as_envelope(document)
+    is_encrypted = encrypted(envelope)
     directive = envelope.get("encryptionDirective") or {}
     return Delivery(
         delivery_id=envelope["deliveryId"],
         envelope=envelope,
         event=decrypt_event(envelope, encryption_secrets),
-        encrypted=bool(directive),
+        encrypted=is_encrypted,
         key_id=directive.get("keyId") if isinstance(directive, dict) else None,
     )

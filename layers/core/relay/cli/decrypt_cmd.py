@@ -158,9 +158,15 @@ def _say_if_stale(headers: dict[str, str]) -> None:
 def _event_bytes(raw: bytes, envelope: dict[str, Any], keys: list[str] | None) -> bytes:
     """What ``relay decrypt`` prints: the event exactly as Genesys sent it (parsed and written again,
     ``1E+2`` would become ``100.0``)."""
-    from relay.receiver_sdk import InvalidDelivery, decrypt_event, decrypt_event_bytes, source_event_bytes
+    from relay.receiver_sdk import (
+        InvalidDelivery,
+        decrypt_event,
+        decrypt_event_bytes,
+        encrypted,
+        source_event_bytes,
+    )
 
-    if envelope.get("encryptionDirective"):
+    if encrypted(envelope):
         if keys is None:
             raise UsageError("the envelope is encrypted: give its key with --key-file, --key-env or --secret")
         return decrypt_event_bytes(envelope, keys)

@@ -32,7 +32,8 @@ def secret_key(secret: str) -> bytes:
         raise ConfigurationError("signing secret is not whsec_ + base64") from None
 
 
-def _signature(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+def _signature(key: bytes, msg_id: str, timestamp: int | str, body: bytes) -> str:
+    """Over the timestamp as the header carries it: the text is what Standard Webhooks signs."""
     signed = f"{msg_id}.{timestamp}.".encode() + body
     return base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
@@ -59,7 +60,9 @@ def verify(
     input ends as ``InvalidSignature``; nothing else escapes. ``tolerance_seconds=None`` skips the
     timestamp's window (a check after the fact, never a live one).
     """
-    lowered = {k.lower(): v for k, v in headers.items()}
+    if not hasattr(headers, "items"):  # a list of (name, value) pairs, say (an HTTPMessage is fine)
+        raise InvalidSignature(f"headers must be a mapping of name to value, not {type(headers).__name__}")
+    lowered = {str(k).lower(): v for k, v in headers.items()}
     msg_id = lowered.get("webhook-id", "")
     raw_ts = lowered.get("webhook-timestamp", "")
     raw_sig = lowered.get("webhook-signature", "")
@@ -74,17 +77,18 @@ def verify(
         missing.append("webhook-signature (a target without a signing secret sends none)")
     if missing:
         raise InvalidSignature(f"missing {', '.join(missing)}")
-    try:
-        timestamp = int(raw_ts)
-    except ValueError:
-        raise InvalidSignature("webhook-timestamp is not an integer") from None
+    # Digits only, as the relay writes it: int() would also take " 12", "+12", "1_2" or other scripts'
+    # digits, which the signature (over the number) would not tell from the header as sent.
+    if not (raw_ts.isascii() and raw_ts.isdigit()):
+        raise InvalidSignature("webhook-timestamp is not an integer")
+    timestamp = int(raw_ts)
     if tolerance_seconds is not None and abs(now - timestamp) > tolerance_seconds:
         raise InvalidSignature("webhook-timestamp outside the tolerance")
     offered = [part[3:] for part in raw_sig.split() if part.startswith("v1,")]
     usable = 0
     for secret in secrets:
         try:
-            expected = _signature(secret_key(secret), msg_id, timestamp, body)
+            expected = _signature(secret_key(secret), msg_id, raw_ts, body)
         except ConfigurationError:
             continue
         usable += 1
