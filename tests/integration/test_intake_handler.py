@@ -418,6 +418,30 @@ def test_dynamodb_unavailable_is_503_and_nothing_is_queued(
     assert drain(aws_stack.delivery_queue_url) == []
 
 
+def test_a_rotated_secret_pasted_out_of_shape_is_a_500_genesys_retries_not_a_401(
+    aws_stack: LocalResources, intake_handler: Handler
+) -> None:
+    # Given a warm container that cached the integration's secret
+    fixture = seed_fixture_integrations().integrations[0]
+    assert intake_handler(sample("apigw_text.json"), lambda_context("intake"))["statusCode"] == 202
+    drain(aws_stack.delivery_queue_url)
+
+    # When the secret is rotated by pasting the bare new value, and Genesys signs with it at once
+    rotated = "a-rotated-secret-pasted-bare"
+    aws_client("secretsmanager").put_secret_value(
+        SecretId=secret_name(SecretKind.SIGNATURE, fixture.id), SecretString=rotated
+    )
+    message = sample("openmessaging_receipt.json")
+    response = intake_handler(api_gateway_event(message, sign_with=rotated), lambda_context("intake"))
+
+    # Then the answer is one Genesys retries (a 401 it never resends: the event would be lost),
+    # nothing was queued, and the message names no secret value
+    assert response["statusCode"] == 500, response
+    assert json.loads(response["body"])["error"] == "internal_error"
+    assert rotated not in response["body"]
+    assert drain(aws_stack.delivery_queue_url) == []
+
+
 def test_a_rotation_the_secret_cache_has_not_seen_yet_loses_nothing(
     aws_stack: LocalResources, intake_handler: Handler
 ) -> None:

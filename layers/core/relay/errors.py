@@ -2,7 +2,8 @@
 
     RelayError
     ├── ConfigurationError            the deployment is wrong: fix settings, not input
-    │   └── UnknownStack              `--stack-name` names no stack, or one without an output a command needs
+    │   ├── UnknownStack              `--stack-name` names no stack, or one without an output a command needs
+    │   └── UnusableSecret            a secret's value is not in the relay's JSON shape (pasted bare, say)
     ├── RejectedRequest               the client sent something we refuse (maps to a 4xx, never retried)
     │   ├── BadRequest (400)   ├── InvalidSignature (401)   ├── UnknownIntegration (404)
     │   ├── MethodNotAllowed (405)    ├── PayloadTooLarge (413)  └── UnsupportedMediaType (415)
@@ -241,6 +242,11 @@ class ReplayRefused(RelayError):
 class UnknownStack(ConfigurationError):
     """``--stack-name`` names no stack in this account and region, or one lacking an output a command
     needs."""
+
+
+class UnusableSecret(ConfigurationError):
+    """A secret exists but its value is not in the relay's JSON shape: nothing can be checked or
+    signed with it until it is put right (the intake answers 500, which Genesys retries)."""
 
 
 class MoveTaskUnavailable(RelayError):

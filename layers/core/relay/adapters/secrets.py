@@ -1,9 +1,9 @@
 """Secret values in Secrets Manager: reads through powertools Parameters with a per-container cache,
 and the writes config sync makes. The shape and the names are relay.models.secrets.
 
-Every failure is a relay error: a missing secret or one not in the relay's shape is
-``ConfigurationError``, Secrets Manager being unreachable is ``DependencyUnavailable``. Neither
-message carries a value.
+Every failure is a relay error: a missing secret is ``ConfigurationError``, one not in the relay's
+shape ``UnusableSecret`` (a ConfigurationError), Secrets Manager being unreachable is
+``DependencyUnavailable``. Neither message carries a value.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from relay.adapters.aws_errors import AWS_ERRORS
-from relay.errors import ConfigurationError, DependencyUnavailable
+from relay.errors import ConfigurationError, DependencyUnavailable, UnusableSecret
 from relay.models.secrets import RotatingSecret
 
 # A value not in the relay's shape stays in the cache like any other read, so its errors cost no
@@ -65,7 +65,7 @@ class SecretsManagerSecrets:
         except (ValueError, KeyError, TypeError, ValidationError):
             if force_fetch or unusable_since is None:
                 self._unusable_since[name] = self._monotonic()
-            raise ConfigurationError(f"secret {name} is not in the relay's JSON shape") from None
+            raise UnusableSecret(f"secret {name} is not in the relay's JSON shape") from None
         self._unusable_since.pop(name, None)
         return secret
 
