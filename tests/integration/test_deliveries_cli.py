@@ -23,7 +23,7 @@ from relay.cli import main
 from relay.local.aws_stack import LocalResources, forget_cached_configuration, local_client, register_stack
 from relay.local.receiver import Receiver
 from relay.logic.dispatch import Dispatcher
-from relay.models.targets import Integration, Ordering
+from relay.models.targets import Integration, OnExhausted, Ordering
 from relay.settings import get_settings
 from relay.wiring import aws_client, target_store
 from relay.wiring.dispatcher import build_dispatcher
@@ -88,6 +88,21 @@ def delivered(dispatcher: Dispatcher, event_id: str) -> str:
     delivery_id = str(uuid.uuid4())
     dispatcher.handle_batch([event_record(event_id, delivery_id=delivery_id)])
     return delivery_id
+
+
+def delivered_to_the_plain_target_and_a_copy(
+    dispatcher: Dispatcher, receiver: Receiver, event_id: str, integration_id: str, target_id: str
+) -> None:
+    """``event_id`` delivered to the plain target and to a copy of it named ``target_id`` under
+    ``integration_id`` (an integration already in the TargetsTable)."""
+    store = target_store(get_settings(), cache_ttl_seconds=0)
+    plain = store.get_target(INTEGRATION_ID, PLAIN_TARGET)
+    assert plain is not None
+    store.put_target(plain.model_copy(update={"integration_id": integration_id, "target_id": target_id}))
+    first = event_record(event_id)
+    copy = {"integrationId": integration_id, "targetId": target_id, "deliveryId": str(uuid.uuid4())}
+    dispatcher.handle_batch([first, sqs_record(json.loads(first["body"]) | copy)])
+    assert len(receiver.deliveries) == 2
 
 
 def relay(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -391,6 +406,51 @@ def test_replay_is_refused_for_a_disabled_target_until_it_is_enabled_again(
     assert all(s["actor"].startswith("arn:aws:sts::") and s["targetId"] == PLAIN_TARGET for s in switches)
 
 
+def test_replay_to_ordered_targets_names_them_as_delivering_outside_the_conversations_order(
+    aws_stack: LocalResources,
+    stack: str,
+    receiver: Receiver,
+    dispatcher: Dispatcher,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given an event delivered to two targets that now keep conversation order
+    delivered_to_the_plain_target_and_a_copy(dispatcher, receiver, "e-ord", INTEGRATION_ID, "t-second")
+    store = target_store(get_settings(), cache_ttl_seconds=0)
+    for target_id in (PLAIN_TARGET, "t-second"):
+        target = store.get_target(INTEGRATION_ID, target_id)
+        assert target is not None
+        store.put_target(target.model_copy(update={"ordering": Ordering.CONVERSATION}))
+
+    # When it is replayed
+    code, _, err = relay(capsys, "deliveries", "replay", "e-ord", "--dry-run", "--stack-name", stack)
+
+    # Then the replay is planned, and stderr names both in one sentence about them both
+    assert code == 0
+    named = ", ".join(sorted((PLAIN_TARGET, "t-second")))  # the event's targets, as listed everywhere
+    assert f"replay: {named} deliver in conversation order; this replay goes outside it" in err
+
+
+def test_switching_an_ordered_blocking_target_says_when_its_held_conversations_move_again(
+    aws_stack: LocalResources, stack: str, dispatcher: Dispatcher, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a target that keeps conversation order and blocks rather than dead-letters
+    store = target_store(get_settings(), cache_ttl_seconds=0)
+    target = store.get_target(INTEGRATION_ID, PLAIN_TARGET)
+    assert target is not None
+    update = {"ordering": Ordering.CONVERSATION, "on_exhausted": OnExhausted.BLOCK}
+    store.put_target(target.model_copy(update=update))
+
+    # When it is disabled, the operator learns its conversations wait rather than being dead-lettered
+    code, out, _ = relay(capsys, "targets", "disable", PLAIN_TARGET, "--stack-name", stack)
+    assert code == 0 and "its conversations wait, in order, until it is enabled" in out
+
+    # ... and when enabled again, that what it held moves at its next look, not within a second
+    code, out, _ = relay(capsys, "targets", "enable", PLAIN_TARGET, "--stack-name", stack)
+    assert code == 0
+    assert "dispatchers send to it again within about 1 s" in out
+    assert "the conversations it held resume at their next look, within about 60 s" in out
+
+
 def test_replay_of_an_id_not_in_the_archive_is_refused(
     aws_stack: LocalResources, stack: str, dispatcher: Dispatcher, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -407,21 +467,11 @@ def test_an_event_id_two_integrations_received_is_replayed_by_choosing_its_copy_
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # Given one event id delivered under two integrations, each to a target of its own
-    store = target_store(get_settings(), cache_ttl_seconds=0)
-    plain = store.get_target(INTEGRATION_ID, PLAIN_TARGET)
-    assert plain is not None
     other_integration, other_target = "0e1d2c3b-4a59-4687-9a1b-2c3d4e5f6a7b", str(uuid.uuid4())
-    store.put_integration(Integration(integration_id=other_integration, name="Second channel"))
-    copy = {"integration_id": other_integration, "target_id": other_target}
-    store.put_target(plain.model_copy(update=copy))
-    first = event_record("e-twice")
-    body = json.loads(first["body"]) | {
-        "integrationId": other_integration,
-        "targetId": other_target,
-        "deliveryId": str(uuid.uuid4()),
-    }
-    dispatcher.handle_batch([first, sqs_record(body)])
-    assert len(receiver.deliveries) == 2
+    target_store(get_settings()).put_integration(
+        Integration(integration_id=other_integration, name="Second channel")
+    )
+    delivered_to_the_plain_target_and_a_copy(dispatcher, receiver, "e-twice", other_integration, other_target)
 
     # When the operator replays it by its event id alone, the refusal says how to choose a copy
     code, out, err = relay(capsys, "deliveries", "replay", "e-twice", "--dry-run", "--stack-name", stack)

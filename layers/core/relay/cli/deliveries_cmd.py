@@ -354,7 +354,8 @@ def _print_replay(args: Any, replay: Replay, out: IO[str], *, verb: str, actor: 
     doc = replay.to_json()
     if replay.out_of_order:
         print(
-            f"relay deliveries replay: {', '.join(replay.out_of_order)} delivers in conversation order; "
+            f"relay deliveries replay: {', '.join(replay.out_of_order)} "
+            f"{'deliver' if len(replay.out_of_order) > 1 else 'delivers'} in conversation order; "
             "this replay goes outside it, now. If the original is still held behind an earlier record "
             "of its conversation, it arrives again when that one is settled (the same webhook-id unless "
             "--new-id).",

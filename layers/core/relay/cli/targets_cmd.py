@@ -465,6 +465,7 @@ def _switch(args: Any, out: IO[str] | None = None) -> int:
     from relay.adapters.target_store import DISABLED_RECHECK_SECONDS
     from relay.cli.breaker_cmd import _find_target
     from relay.logic.deliveries.operator import switch_target
+    from relay.logic.dispatch.fifo_settle import ENABLE_RECHECK_SECONDS, holds_while_disabled
     from relay.settings import get_settings
     from relay.wiring import target_store
     from relay.wiring.operator import actor, audit_sink
@@ -494,6 +495,15 @@ def _switch(args: Any, out: IO[str] | None = None) -> int:
         if not args.enabled
         else f"dispatchers send to it again within about {DISABLED_RECHECK_SECONDS:g} s"
     )
+    if holds_while_disabled(target):
+        # Its conversations wait in the ordered queue, each looked at again on its own clock.
+        reaches += (
+            "; its conversations wait, in order, until it is enabled"
+            if not args.enabled
+            else "; the conversations it held resume at their next look, within about "
+            f"{ENABLE_RECHECK_SECONDS:g} s (later for any held long enough to near the queue's "
+            "redrive backstop)"
+        )
     print(visible(f"{named} {state}; {reaches}; audited as {audited.records[0]['actor']}"), file=out)
     if audited.unwritten:
         raise NeedsAttention(

@@ -28,7 +28,7 @@ from relay.logic.dispatch.settle import Settler
 from relay.logic.outcomes import Outcome
 from relay.models.delivery import DeadLetterNote, DlqReason
 from relay.models.queue import GroupPlacement, Requeue
-from relay.models.targets import OnExhausted, Target
+from relay.models.targets import OnExhausted, Ordering, Target
 from relay.observability import logger
 from relay.ports import OrderedQueueOps
 
@@ -45,6 +45,11 @@ ENABLE_RECHECK_SECONDS = 60
 # Every hold is one more receive, counted against the queue's redrive backstop (maxReceiveCount): holds
 # stay as asked while the receives left, this far apart, would still outlast the message's retention.
 SPREAD_HOLD_SECONDS = 3_600
+
+
+def holds_while_disabled(target: Target) -> bool:
+    """Whether the target's records wait for it to be enabled again rather than being dead-lettered."""
+    return target.ordering is not Ordering.NONE and target.on_exhausted is OnExhausted.BLOCK
 
 
 def holds_for(target: Target, reason: DlqReason, *, block_hold_seconds: int) -> int | None:
