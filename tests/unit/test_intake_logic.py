@@ -276,7 +276,9 @@ def test_signature_missing_malformed_and_mismatched_are_told_apart() -> None:
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [
-        ("{not json", "not valid JSON"),
+        ("{not json", "not valid JSON: Expecting property name enclosed in double quotes at line 1, col"),
+        ('{"id": "a",\n  "x" 1}', "not valid JSON: Expecting ':' delimiter at line 2, column 7"),
+        ("\ufeff" + '{"id": "a"}', "not valid JSON: it starts with a byte-order mark (U+FEFF)"),
         ("[1, 2]", "JSON object"),
         ('"text"', "JSON object"),
         ('{"text": "\\ud800"}', "surrogate"),

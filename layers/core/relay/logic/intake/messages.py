@@ -4,6 +4,7 @@ problem (never a value that could be a secret)."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator, Mapping
 from functools import cache, partial
@@ -24,6 +25,8 @@ _TOO_DEEP = f"the body is nested deeper than {MAX_NESTING} levels"
 _TAG = "type"
 # A JSON escape of a UTF-16 surrogate: only then is the costlier lone-surrogate check needed.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+# RFC 8259 section 8.1: not added by senders; refused, since stripping it would change what targets get.
+_BYTE_ORDER_MARK = "\ufeff"
 
 
 def parse_open_message(body: bytes) -> tuple[str, dict[str, Any]]:
@@ -41,6 +44,12 @@ def parse_open_message(body: bytes) -> tuple[str, dict[str, Any]]:
     except JsonTooDeep:
         # Deeper than Python's parser follows: far beyond the limit, whether or not the rest is JSON.
         raise BadRequest(_TOO_DEEP) from None
+    except json.JSONDecodeError as refused:
+        # Where it broke, and the parser's fixed wording: never the body's own text.
+        where = f"{refused.msg} at line {refused.lineno}, column {refused.colno}"
+        if text.startswith(_BYTE_ORDER_MARK):
+            where = "it starts with a byte-order mark (U+FEFF), which JSON text sent over HTTP must not"
+        raise BadRequest(f"the body is not valid JSON: {where}") from None
     except ValueError:
         raise BadRequest("the body is not valid JSON") from None
     if _nested_deeper_than(message, MAX_NESTING):
