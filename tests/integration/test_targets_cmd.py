@@ -556,6 +556,41 @@ def test_list_shows_filters_rate_limit_rate_now_and_auth_type_never_a_secret(
     assert "relay/x/auth" not in table + json.dumps(entry)  # not even the secret's name
 
 
+def test_list_table_says_a_target_is_held_quiet_by_a_retry_after(
+    local_settings: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a target whose receiver answered 429 with a Retry-After of an hour, and one it did not
+    for target_id in ("t-quiet", "t-plain"):
+        stored = Target(
+            integration_id=INTEGRATION_ID, target_id=target_id, name=target_id, url="https://x.example.com/"
+        )
+        store = target_store(get_settings(), cache_ttl_seconds=0)
+        store.put_integration(Integration(integration_id=INTEGRATION_ID, name="quiet"))
+        store.put_target(stored)
+    now = time.time()
+    rate_limit_store(get_settings()).join(
+        rate_key(INTEGRATION_ID, "t-quiet"),
+        now=now,
+        contribution=6.0,
+        floor_until=now + 3600,
+        fresh_since=0.0,
+    )
+
+    # When the operator lists the targets as a table
+    assert main(["targets", "list", "--format", "json"]) == 0
+    [entry] = _json_lines(capsys.readouterr().out)
+    assert main(["targets", "list"]) == 0
+    table = capsys.readouterr().out
+
+    # Then the quiet target's row says until when it is sent nothing, not only its rate
+    until = {t["targetId"]: t["retryAfterUntil"] for t in entry["targets"]}
+    assert until["t-quiet"] is not None and until["t-plain"] is None
+    quiet_row = next(line for line in table.splitlines() if "t-quiet" in line)
+    plain_row = next(line for line in table.splitlines() if "t-plain" in line)
+    assert f"quiet until {until['t-quiet']}" in quiet_row
+    assert "quiet" not in plain_row
+
+
 def test_list_json_shows_how_each_target_is_delivered(
     local_settings: None, capsys: pytest.CaptureFixture[str]
 ) -> None:

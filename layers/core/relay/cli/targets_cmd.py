@@ -260,10 +260,15 @@ def _buckets(targets: list[Any]) -> tuple[dict[str, BucketState], float | None]:
 
 
 def _rate_cell(view: dict[str, Any]) -> str:
+    """The rate a target may be sent at now, and a Retry-After quiet still ahead: until then it is sent
+    nothing, whatever its rate (a receiver may ask for up to 12 h)."""
     if view["rateState"] in ("unknown", "unlimited"):
-        return str(view["rateState"])
-    cell = f"{view['effectiveRate']:g}/s"
-    return f"{cell} (429: cut)" if view["rateState"] == "adaptive" else cell
+        cell = str(view["rateState"])
+    else:
+        cell = f"{view['effectiveRate']:g}/s"
+        cell = f"{cell} (429: cut)" if view["rateState"] == "adaptive" else cell
+    quiet = view.get("retryAfterUntil")
+    return f"{cell}; quiet until {quiet} (Retry-After)" if quiet else cell
 
 
 def _list(args: Any, out: IO[str] | None = None) -> int:
