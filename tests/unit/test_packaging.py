@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -165,9 +167,6 @@ def test_the_layers_wheels_come_from_the_pinned_bootstrap_pip_not_the_interprete
 def test_make_demo_and_serve_print_only_what_relay_prints(target: str, tmp_path: Path) -> None:
     # README: `make demo` prints one JSON line; `serve`'s stdout is its ready line alone. make echoed
     # the command line first, so `make demo | jq` read a line that is not JSON.
-    import shutil
-    import subprocess
-
     make = shutil.which("make")
     if make is None:
         pytest.skip("no make on this machine")
