@@ -75,11 +75,12 @@ $(CHECKOVVENV)/.synced: $(UV) tools/checkov/requirements.txt
 	$(UV) pip install --quiet --python $(CHECKOVVENV)/bin/python --require-hashes -r tools/checkov/requirements.txt
 	@touch $@
 
+# Silent (@): stdout is the command's own, one JSON line (demo) or the ready line (serve).
 demo: $(VENV)/.synced
-	$(VENV)/bin/relay local demo
+	@$(VENV)/bin/relay local demo
 
 serve: $(VENV)/.synced
-	$(VENV)/bin/relay local serve
+	@$(VENV)/bin/relay local serve
 
 lint: $(VENV)/.synced
 	$(VENV)/bin/ruff check .

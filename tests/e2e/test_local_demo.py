@@ -133,6 +133,30 @@ def test_the_ready_line_shows_every_receiver_when_targets_share_a_name(
     assert len(set(started.values())) == 2
 
 
+def test_a_receiver_at_a_path_the_relay_percent_encodes_verifies_decrypts_and_counts_what_it_gets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from relay.local.demo import run_demo
+    from relay.local.stack import LocalStack
+
+    # Given the default fixtures with target paths a request line carries percent-encoded
+    doc = default_fixtures()
+    targets = doc["integrations"][0]["targets"]
+    for target, path in zip(targets, ["/hooks/crm ü", "/hooks/archive/集"], strict=True):
+        target["url"] = f"http://127.0.0.1:0{path}"
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+
+    # When the demo sends a few events
+    with LocalStack(written(doc, tmp_path)) as stack:
+        report = run_demo(stack, 3, timeout_seconds=90, rate=None)
+        got = [r for t in targets for r in stack.receivers[t["id"]].receiver.deliveries]
+
+    # Then each receiver checked the signature and opened the envelope, and nothing reads as lost
+    assert report.ok, report.to_dict()
+    assert (report.delivered, report.lost) == (3, 0)
+    assert len(got) == 6 and all(r.signature_valid and r.event for r in got)
+
+
 def test_the_demo_expects_nothing_a_targets_event_filters_leave_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -159,3 +161,32 @@ def test_the_layers_wheels_come_from_the_pinned_bootstrap_pip_not_the_interprete
     assert 'PIP="$(abspath $(BOOT))/bin/python -m pip"' in sam_build
     assert sam_build.startswith('SAM_BUILD = PATH="$(abspath $(BOOT))/bin:')  # sam's own pip lookup
     assert "PIP_INSTALL := $(PIP) install" in (ROOT / "layers" / "wheels.mk").read_text()
+
+
+@pytest.mark.parametrize("target", ["demo", "serve"])
+def test_make_demo_and_serve_print_only_what_relay_prints(target: str, tmp_path: Path) -> None:
+    # README: `make demo` prints one JSON line; `serve`'s stdout is its ready line alone. make echoed
+    # the command line first, so `make demo | jq` read a line that is not JSON.
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("no make on this machine")
+    # Given an environment whose relay prints one JSON line (the environment's own bootstrap left out)
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    relay = venv / "bin" / "relay"
+    relay.write_text("#!/bin/sh\necho '{\"ok\": true}'\n")
+    relay.chmod(0o755)
+    (venv / ".synced").touch()
+
+    # When make runs the target with it
+    result = subprocess.run(
+        [make, "--no-print-directory", "-o", f"{venv}/.synced", f"VENV={venv}", target],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    # Then stdout is the relay's line alone
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == '{"ok": true}\n'

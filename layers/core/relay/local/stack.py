@@ -275,10 +275,12 @@ class LocalStack:
             for target, raw_target in zip(integration.targets, raw_integration["targets"], strict=True):
                 if not wants_demo_receiver(target.url):
                     continue
-                path = urlsplit(target.url).path or "/"
+                # The receiver serves this one target, so its secrets hold for every path: keyed by the
+                # URL's path, a path the request line carries percent-encoded (a space, "ü") matched
+                # none, and its deliveries went unverified, undecrypted and counted lost.
                 receiver = Receiver(
-                    signing_secrets={path: [target.signing_secret]} if target.signing_secret else None,
-                    encryption_secrets={path: [target.encryption_key]} if target.encryption_key else None,
+                    signing_secrets={"*": [target.signing_secret]} if target.signing_secret else None,
+                    encryption_secrets={"*": [target.encryption_key]} if target.encryption_key else None,
                 )
                 base = receiver.start()
                 self._exit.callback(receiver.stop)
