@@ -255,6 +255,12 @@ def test_a_disabled_target_is_dead_lettered_without_an_attempt(
     assert [r.path for r in receiver.deliveries] == ["/hooks/archive"]
     (dead,) = drain(aws_stack.dead_letter_queue_url)
     assert attr(dead, "relay-dlq-reason") == "target-disabled"
+    # ... and its audit line has every field the attempted one has, those of an attempt null
+    lines = {line["targetId"]: line for line in audit_lines(aws_stack)}
+    unattempted, attempted = lines[PLAIN_TARGET], lines[ENCRYPTED_TARGET]
+    assert set(attempted) <= set(unattempted)
+    assert unattempted["outcome"] == "dead-lettered" and unattempted["errorCode"] == "target-disabled"
+    assert [unattempted[k] for k in ("attempt", "urlHost", "status", "probe", "breakerState")] == [None] * 5
 
 
 def test_a_missing_encryption_salt_never_sends_in_clear_and_retries(

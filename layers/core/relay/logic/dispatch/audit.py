@@ -40,7 +40,8 @@ INTERNAL_ERROR = "internal-error"
 def base_line(
     record: SqsRecord, task: DeliveryTask | None, batch: Batch, started: datetime, finished: datetime
 ) -> dict[str, Any]:
-    """The fields every audit line has."""
+    """The fields every audit line has: those of an attempt are null on a line without one, so that
+    every line has one shape (an Athena query filtering on ``attempt`` or ``status`` sees them all)."""
     return {
         "invocationId": batch.invocation_id,
         "messageId": record.message_id,
@@ -50,8 +51,24 @@ def base_line(
         "integrationId": task.integration_id if task else None,
         "targetId": task.target_id if task else None,
         "receivedAt": iso_utc(task.received_at) if task else None,  # when the intake accepted the event
+        "urlHost": None,
+        "attempt": None,
+        "probe": None,
+        "status": None,
+        "latencyMs": None,
+        "outcome": None,
+        "errorCode": None,
+        "error": None,
+        "breakerState": None,
         "startedAt": iso_utc(started),
         "finishedAt": iso_utc(finished),
+        "retryInSeconds": None,
+        "deferredSeconds": None,
+        "dlqReason": None,
+        "encrypted": None,
+        "responseBytes": None,
+        "responseTruncated": None,
+        "responseBody": None,
     }
 
 
