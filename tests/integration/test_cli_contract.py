@@ -444,6 +444,20 @@ CASES = {
         "^ConfigurationError: invalid settings: AWS_REGION$",
         env={"AWS_REGION": "", "TARGETS_TABLE": "targets"},
     ),
+    # The Genesys API host (local mode, tests): the SDK's URL error was "an unreadable body" at login
+    "Genesys API host not an http URL": Case(
+        ("targets", "sync"),
+        FAILED,
+        "relay targets sync",
+        "^ConfigurationError: invalid settings: GENESYS_API_HOST$",
+        env={
+            "GENESYS_API_HOST": "ftp://genesys.local",
+            "GENESYS_CLIENT_ID": "client",
+            "GENESYS_CLIENT_SECRET": "client-secret",
+            "TARGETS_TABLE": "targets",
+            "GENESYS_WEBHOOK_INTEGRATION_IDS": "3f1d2c4b-5a69-4e7f-8a1b-2c3d4e5f6a70",
+        },
+    ),
     "a service's endpoint not a URL": Case(
         ("targets", "list", "--stack-name", "relay"),
         FAILED,

@@ -69,6 +69,15 @@ def _endpoint_url(value: str | None) -> str | None:
 EndpointUrl = Annotated[str | None, AfterValidator(_endpoint_url)]
 
 
+def _api_host(value: str | None) -> str | None:
+    """GENESYS_API_HOST: unset or empty means the region's host; anything else must be an http(s) URL
+    with a host, else the SDK's URL error reached the login as "an unreadable body" from Genesys."""
+    return _endpoint_url(value) if value else None
+
+
+ApiHost = Annotated[str | None, AfterValidator(_api_host)]
+
+
 class Settings(BaseModel):
     """Everything the functions and the CLI read from the environment (names are the env vars)."""
 
@@ -186,7 +195,7 @@ class Settings(BaseModel):
 
     # --- config sync (Genesys Cloud) ----------------------------------------------------------------
     genesys_region: str = Field("mypurecloud.com", alias="GENESYS_REGION")
-    genesys_api_host: str | None = Field(None, alias="GENESYS_API_HOST")
+    genesys_api_host: ApiHost = Field(None, alias="GENESYS_API_HOST")
     genesys_credentials_secret: str | None = Field(None, alias="GENESYS_CREDENTIALS_SECRET")
     genesys_client_id: str | None = Field(None, alias="GENESYS_CLIENT_ID")
     genesys_client_secret: SecretStr | None = Field(None, alias="GENESYS_CLIENT_SECRET")
