@@ -145,6 +145,25 @@ CASES = {
     ),
     "port out of range": Case(("local", "serve", "--port", "70000"), USAGE, "relay local serve", "--port"),
     "events 0": Case(("local", "demo", "--events", "0"), USAGE, "relay local demo", "--events: must be 1"),
+    # A file argument typed as "" (an unset shell variable) names nothing, not the current directory
+    "empty fixtures path": Case(
+        ("local", "serve", "--fixtures", ""),
+        USAGE,
+        "relay local serve",
+        "^argument --fixtures: must not be empty",
+    ),
+    "empty event file": Case(
+        ("local", "put-event", "", "--api", "http://127.0.0.1:9"),
+        USAGE,
+        "relay local put-event",
+        "^argument file: must not be empty",
+    ),
+    "event file path longer than any": Case(
+        ("local", "put-event", "e" * 5000, "--api", "http://127.0.0.1:9"),
+        USAGE,
+        "relay local put-event",
+        r"^argument file: 5000 characters, more than any path relay takes \(at most 4096\)",
+    ),
     # --- a command's own usage errors ----------------------------------------------------------------
     "unknown dlq reason, no queue touched": Case(
         (
