@@ -665,6 +665,25 @@ def test_an_encryption_key_provisioned_by_hand_without_its_version_gets_one_from
     assert stored.key_id and stored.salt and len(bytes.fromhex(stored.salt)) == 16
 
 
+def test_a_redacted_credential_whose_provisioned_secret_is_not_in_the_relays_shape_says_so(
+    genesys: FakeGenesys,
+) -> None:
+    # Given Genesys answers the CRM target's bearer token redacted, and the operator provisioned it in
+    # Secrets Manager as the bare token instead of {"current": ..., "previous": null}
+    genesys.set_credential(CRM.id, "security", "********")
+    name = secret_name(SecretKind.AUTH, CRM.id)
+    aws_client("secretsmanager").create_secret(Name=name, SecretString=CRM.security.value)
+
+    # When the sync runs
+    report = run_config_sync(get_settings())
+
+    # Then the target is refused saying the secret is there but not in the shape, not that there is none
+    assert [r.id for r in report.rejected] == [CRM.id]
+    reason = report.rejected[0].reason
+    assert f"secret {name} is not in the relay's JSON shape" in reason and "holds none" not in reason
+    assert CRM.security.value not in reason
+
+
 @pytest.mark.parametrize("redacted", ["*" * 20, ""])
 def test_a_redacted_signature_secret_keeps_the_one_secrets_manager_holds(
     genesys: FakeGenesys, redacted: str
