@@ -67,6 +67,12 @@ class ConfigReader:
         existing, held = self._kept_secret(SecretKind.SIGNATURE, integration_id)
         if existing is None:
             raise ConfigRejected(f"Genesys returned no signature secret and {held}")
+        if len(existing.current.get_secret_value()) < MIN_SIGNATURE_SECRET_CHARS:
+            # As Genesys' own is refused: a short key is one anyone could guess to sign a webhook with.
+            raise ConfigRejected(
+                "Genesys returned no signature secret and the one Secrets Manager holds is shorter than "
+                f"{MIN_SIGNATURE_SECRET_CHARS} characters: provision the real one there"
+            )
         return name, None
 
     # --- webhook targets ---------------------------------------------------------------------------
@@ -118,6 +124,9 @@ class ConfigReader:
             existing = self._existing_secret(kind, ident)
         except UnusableSecret as exc:
             return None, f'{exc} ({{"current": "...", "previous": null}})'
+        if existing is not None and not _present(existing.current.get_secret_value()):
+            # A redaction (stars pasted from a masked listing, say) is no more a value there than here.
+            return None, "the value Secrets Manager holds is redacted too (empty or all *)"
         return existing, "Secrets Manager holds none"
 
     def _credential_value(self, credential_id: str) -> str | None:
