@@ -477,6 +477,17 @@ CASES = {
             "GENESYS_WEBHOOK_INTEGRATION_IDS": "3f1d2c4b-5a69-4e7f-8a1b-2c3d4e5f6a70",
         },
     ),
+    # An EventBridge integration id with a space around it keyed a record no target names: refused
+    "EventBridge integration id with spaces": Case(
+        ("targets", "list"),
+        FAILED,
+        "relay targets list",
+        "^ConfigurationError: invalid settings: EVENTBRIDGE_INTEGRATION_ID$",
+        env={
+            "EVENTBRIDGE_INTEGRATION_ID": " 6685901b-6d0e-43db-95ff-d64406e9dce2 ",
+            "TARGETS_TABLE": "targets",
+        },
+    ),
     "a service's endpoint not a URL": Case(
         ("targets", "list", "--stack-name", "relay"),
         FAILED,
