@@ -145,6 +145,25 @@ CASES = {
     ),
     "port out of range": Case(("local", "serve", "--port", "70000"), USAGE, "relay local serve", "--port"),
     "events 0": Case(("local", "demo", "--events", "0"), USAGE, "relay local demo", "--events: must be 1"),
+    # A file argument typed as "" (an unset shell variable) names nothing, not the current directory
+    "empty fixtures path": Case(
+        ("local", "serve", "--fixtures", ""),
+        USAGE,
+        "relay local serve",
+        "^argument --fixtures: must not be empty",
+    ),
+    "empty event file": Case(
+        ("local", "put-event", "", "--api", "http://127.0.0.1:9"),
+        USAGE,
+        "relay local put-event",
+        "^argument file: must not be empty",
+    ),
+    "event file path longer than any": Case(
+        ("local", "put-event", "e" * 5000, "--api", "http://127.0.0.1:9"),
+        USAGE,
+        "relay local put-event",
+        r"^argument file: 5000 characters, more than any path relay takes \(at most 4096\)",
+    ),
     # --- a command's own usage errors ----------------------------------------------------------------
     "unknown dlq reason, no queue touched": Case(
         (
@@ -443,6 +462,31 @@ CASES = {
         "relay targets list",
         "^ConfigurationError: invalid settings: AWS_REGION$",
         env={"AWS_REGION": "", "TARGETS_TABLE": "targets"},
+    ),
+    # The Genesys API host (local mode, tests): the SDK's URL error was "an unreadable body" at login
+    "Genesys API host not an http URL": Case(
+        ("targets", "sync"),
+        FAILED,
+        "relay targets sync",
+        "^ConfigurationError: invalid settings: GENESYS_API_HOST$",
+        env={
+            "GENESYS_API_HOST": "ftp://genesys.local",
+            "GENESYS_CLIENT_ID": "client",
+            "GENESYS_CLIENT_SECRET": "client-secret",
+            "TARGETS_TABLE": "targets",
+            "GENESYS_WEBHOOK_INTEGRATION_IDS": "3f1d2c4b-5a69-4e7f-8a1b-2c3d4e5f6a70",
+        },
+    ),
+    # An EventBridge integration id with a space around it keyed a record no target names: refused
+    "EventBridge integration id with spaces": Case(
+        ("targets", "list"),
+        FAILED,
+        "relay targets list",
+        "^ConfigurationError: invalid settings: EVENTBRIDGE_INTEGRATION_ID$",
+        env={
+            "EVENTBRIDGE_INTEGRATION_ID": " 6685901b-6d0e-43db-95ff-d64406e9dce2 ",
+            "TARGETS_TABLE": "targets",
+        },
     ),
     "a service's endpoint not a URL": Case(
         ("targets", "list", "--stack-name", "relay"),

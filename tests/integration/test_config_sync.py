@@ -665,6 +665,60 @@ def test_an_encryption_key_provisioned_by_hand_without_its_version_gets_one_from
     assert stored.key_id and stored.salt and len(bytes.fromhex(stored.salt)) == 16
 
 
+def test_a_redacted_credential_whose_provisioned_secret_is_not_in_the_relays_shape_says_so(
+    genesys: FakeGenesys,
+) -> None:
+    # Given Genesys answers the CRM target's bearer token redacted, and the operator provisioned it in
+    # Secrets Manager as the bare token instead of {"current": ..., "previous": null}
+    genesys.set_credential(CRM.id, "security", "********")
+    name = secret_name(SecretKind.AUTH, CRM.id)
+    aws_client("secretsmanager").create_secret(Name=name, SecretString=CRM.security.value)
+
+    # When the sync runs
+    report = run_config_sync(get_settings())
+
+    # Then the target is refused saying the secret is there but not in the shape, not that there is none
+    assert [r.id for r in report.rejected] == [CRM.id]
+    reason = report.rejected[0].reason
+    assert f"secret {name} is not in the relay's JSON shape" in reason and "holds none" not in reason
+    assert CRM.security.value not in reason
+
+
+@pytest.mark.parametrize("held", ["****", "*" * 20, "short-secret"])
+def test_a_redacted_signature_secret_is_not_kept_when_secrets_manager_holds_stars_or_a_short_one(
+    genesys: FakeGenesys, held: str
+) -> None:
+    # Given Genesys answers the integration's signature secret redacted, and Secrets Manager holds a
+    # redaction too (stars pasted from a masked listing) or a value shorter than Genesys allows
+    genesys.set_signature_secret(INTEGRATION.id, "*" * 20)
+    put_secret(secret_name(SecretKind.SIGNATURE, INTEGRATION.id), RotatingSecret(current=SecretStr(held)))
+
+    # When the sync runs
+    report = run_config_sync(get_settings())
+
+    # Then the integration is refused (its webhooks are not verified with a key anyone could guess),
+    # and so are its targets; nothing is stored under it
+    assert INTEGRATION.id in [r.id for r in report.rejected]
+    reason = next(r.reason for r in report.rejected if r.id == INTEGRATION.id)
+    assert reason.startswith("Genesys returned no signature secret and the")
+    assert ("redacted" in reason or "shorter than 16 characters" in reason) and held not in reason
+    assert _store().get(INTEGRATION.id) is None
+
+
+def test_a_redacted_credential_is_not_kept_when_secrets_manager_holds_stars(genesys: FakeGenesys) -> None:
+    # Given Genesys answers the CRM target's bearer token redacted, and Secrets Manager holds stars too
+    genesys.set_credential(CRM.id, "security", "********")
+    put_secret(secret_name(SecretKind.AUTH, CRM.id), RotatingSecret(current=SecretStr("****")))
+
+    # When the sync runs
+    report = run_config_sync(get_settings())
+
+    # Then the target is refused, not stored to send "Bearer ****"
+    assert [r.id for r in report.rejected] == [CRM.id]
+    assert "the value Secrets Manager holds is redacted too" in report.rejected[0].reason
+    assert _store().get_target(INTEGRATION.id, CRM.id) is None
+
+
 @pytest.mark.parametrize("redacted", ["*" * 20, ""])
 def test_a_redacted_signature_secret_keeps_the_one_secrets_manager_holds(
     genesys: FakeGenesys, redacted: str

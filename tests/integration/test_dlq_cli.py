@@ -30,7 +30,7 @@ from relay.cli import main
 from relay.errors import MoveTaskUnavailable
 from relay.local.aws_stack import LocalResources, forget_cached_configuration, local_client
 from relay.local.loopback import LoopbackServer
-from relay.logic.dlq import RedriveOptions, redrive
+from relay.logic.dlq import RedriveFilter, RedriveOptions, redrive
 from relay.models.delivery import (
     ATTR_ATTEMPTS,
     ATTR_DEFERRALS,
@@ -456,6 +456,25 @@ def test_a_filter_value_no_letter_carries_needs_attention_and_moves_nothing(
         "no letter in the DLQ has --target crm-hook"
     )
     assert "no letter in the DLQ has --target crm-hook" in err
+    assert len(drain(aws_stack.dead_letter_queue_url)) == len(seeded)
+
+
+def test_a_redrive_stopped_before_it_read_the_dlq_does_not_say_no_letter_matches_its_filter(
+    aws_stack: LocalResources, seeded: list[Seeded]
+) -> None:
+    # When a filtered redrive is stopped (the operator's Ctrl-C) before its first receive
+    result = redrive(
+        sqs_queues(get_settings()),
+        aws_stack.dead_letter_queue_url,
+        aws_stack.delivery_queue_url,
+        RedriveOptions(method="resend", filter=RedriveFilter(targets=frozenset({"target-a"}))),
+        stop=lambda: True,
+    )
+
+    # Then nothing moved, and the summary does not claim the DLQ lacks target-a's letters: it never
+    # read them (a script reading the JSON would drop a redrive that was only interrupted)
+    assert result.moved == 0 and result.unmatched_filters == []
+    assert result.attention is None or "no letter" not in result.attention
     assert len(drain(aws_stack.dead_letter_queue_url)) == len(seeded)
 
 

@@ -213,7 +213,7 @@ class Targets:
     def get_target(self, integration_id: str, target_id: str) -> Target | None:
         return self.entry.target(target_id)
 
-    def set_target_enabled(self, integration_id: str, target_id: str, enabled: bool) -> None:
+    def set_target_enabled(self, integration_id: str, target_id: str, enabled: bool) -> bool:
         raise AssertionError("no target answers 410 here")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -22,8 +23,10 @@ from relay.local.aws_stack import LocalResources, local_client
 from relay.local.fake_genesys import FakeGenesys
 from relay.local.fixtures import Fixtures
 from relay.logic.config_sync import Conflict, SyncReport
+from relay.logic.deliveries.operator import switch_target
 from relay.models.targets import Integration, Target
 from relay.settings import Settings, get_settings
+from relay.testing.fakes import InMemoryAuditSink
 from relay.wiring import target_store
 from relay.wiring.config_sync import run_config_sync
 
@@ -231,6 +234,46 @@ def test_disable_that_loses_every_race_writes_nothing_and_says_so(aws_stack: Loc
     assert writer.writes == WRITE_ATTEMPTS
     assert stored is not None
     assert (stored.enabled, stored.version) == (True, 1 + WRITE_ATTEMPTS)
+
+
+class ConcurrentDisable:
+    """Before the first conditional PutItem ``client`` sends, another operator (or the dispatcher, on a
+    410) disables target t-1 first: a hook on the boundary client, nothing of the relay's patched."""
+
+    def __init__(self, aws_stack: LocalResources, client: Any) -> None:
+        self.done = False
+        self._other = fresh_store(aws_stack)
+        client.meta.events.register("before-parameter-build.dynamodb.PutItem", self)
+
+    def __call__(self, params: dict[str, Any], **_: Any) -> None:
+        if "ConditionExpression" not in params or self.done:
+            return
+        self.done = True
+        self._other.set_target_enabled("int-1", "t-1", False)
+
+
+def test_a_switch_another_writer_made_first_is_not_audited_as_this_operators(
+    aws_stack: LocalResources,
+) -> None:
+    # Given an enabled target the operator's command has read, and another writer that disables it
+    # between that read and the command's write (two `relay targets disable` at once)
+    client = local_client("dynamodb", aws_stack.endpoint_url)
+    store = TargetStore(client, aws_stack.targets_table, cache_ttl_seconds=0)
+    seed(store, target(1))
+    read = store.get_target("int-1", "t-1")
+    other = ConcurrentDisable(aws_stack, client)
+    audit = InMemoryAuditSink()
+
+    # When the operator's switch runs on its read
+    assert read is not None
+    audited = switch_target(
+        store, audit, read, enabled=False, actor="me", now=datetime.now(UTC), operation_id="op"
+    )
+
+    # Then it changed nothing and audits nothing: the change is the other writer's
+    stored = store.get_target("int-1", "t-1")
+    assert other.done and audited is None and audit.objects == {}
+    assert stored is not None and (stored.enabled, stored.version) == (False, 2)
 
 
 def test_disabling_a_disabled_target_writes_nothing(aws_stack: LocalResources) -> None:

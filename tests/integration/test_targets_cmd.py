@@ -443,6 +443,51 @@ def test_a_terminal_sync_with_stack_name_reads_what_to_sync_from_the_stacks_outp
     assert sorted(t["targetId"] for t in entry["targets"]) == sorted(t.id for t in integration.targets)
 
 
+def test_a_terminal_sync_and_check_with_stack_name_allow_the_ports_the_stack_allows(
+    genesys: FakeGenesys,
+    aws_stack: LocalResources,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given a deployed stack whose targets may use port 8443 (AllowedTargetPorts), one target on it, and
+    # an operator's shell that does not set ALLOWED_TARGET_PORTS (the default: 443)
+    integration = FIXTURES.integrations[0]
+    on_8443 = FixtureTarget(
+        id="0c0c0c0c-0000-4000-8000-000000008443", name="alt-port", url="https://93.184.216.34:8443/hook"
+    )
+    genesys.load(Fixtures(integrations=[integration.model_copy(update={"targets": [on_8443]})]))
+    credentials = f"relay/test-{secrets.token_hex(4)}/genesys-client"
+    parameters = {
+        "Stage": "local",
+        "GenesysOpenMessagingIntegrationIds": integration.id,
+        "GenesysWebhookIntegrationIds": on_8443.id,
+        "GenesysCredentialsSecretName": credentials,
+        "AllowedTargetPorts": "443,8443",
+    }
+    endpoint = aws_stack.endpoint_url
+    deployed = create_resources(load_template(parameters=parameters), endpoint, f"{aws_stack.prefix}p")
+    stack = f"{deployed.prefix}-stack"
+    register_stack(deployed, stack)
+    client = {"current": genesys.client_secret, "keyId": genesys.client_id}
+    local_client("secretsmanager", endpoint).create_secret(Name=credentials, SecretString=json.dumps(client))
+    for name in ("GENESYS_CLIENT_ID", "GENESYS_CLIENT_SECRET", *GENESYS_IDS, "ALLOWED_TARGET_PORTS"):
+        monkeypatch.delenv(name, raising=False)
+    forget_cached_configuration()
+
+    # When the operator syncs naming only the stack
+    sync_code = main(["targets", "sync", "--stack-name", stack])
+    report = json.loads(capsys.readouterr().out)
+
+    # Then the target is judged by the stack's ports, as its functions judge it: stored
+    assert (sync_code, report["rejected"], report["targets"]) == (0, [], [on_8443.id])
+
+    # And its check gets past the URL policy too (this machine reaches no public address: unreachable,
+    # but not refused)
+    main(["targets", "check", on_8443.id, "--stack-name", stack, "--timeout", "1", "--format", "json"])
+    (checked,) = _json_lines(capsys.readouterr().out)
+    assert "not allowed" not in (checked["error"] or ""), checked
+
+
 def test_sync_rejects_unusable_urls_and_syncs_the_targets_after_them(
     genesys: FakeGenesys, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

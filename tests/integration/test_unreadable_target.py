@@ -337,6 +337,32 @@ def test_a_command_naming_an_unreadable_target_says_so(
     assert SECRETISH not in err
 
 
+def test_a_target_named_by_id_is_found_past_another_integrations_unreadable_record(
+    aws_stack: LocalResources, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a healthy target of a second integration, and the first integration's own record written by
+    # a newer release (before a rollback)
+    seed(aws_stack, "https://example.com/ok")
+    other, healthy = "22222222-2222-4222-8222-222222222222", "33333333-3333-4333-8333-333333333333"
+    store = target_store(get_settings(), cache_ttl_seconds=0)
+    entry = store.get(INTEGRATION.id)
+    assert entry is not None
+    store.put_integration(entry.integration.model_copy(update={"integration_id": other}))
+    store.put_target(Target(integration_id=other, target_id=healthy, name="h", url="https://example.com/h"))
+    make_integration_record_unreadable()
+
+    # When the operator disables that healthy target by its id alone (an incident: stop sending to it)
+    code = main(["targets", "disable", healthy])
+
+    # Then it is disabled: the unrelated unreadable record does not stop the command
+    assert code == 0, capsys.readouterr().err
+    stored = store.get(other)
+    assert stored is not None and not stored.targets[0].enabled
+    # and an id found nowhere else still fails on that record: the target may be one of its own
+    assert main(["targets", "disable", HEALTHY]) == 3
+    assert "integration record unreadable" in capsys.readouterr().err
+
+
 def test_a_target_id_unreadable_under_one_integration_and_held_by_another_is_ambiguous(
     aws_stack: LocalResources, capsys: pytest.CaptureFixture[str]
 ) -> None:

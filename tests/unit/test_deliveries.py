@@ -297,6 +297,22 @@ def test_what_cannot_be_replayed_is_refused_saying_why(
         plan(history, ident, **options)
 
 
+def test_a_delivery_id_and_another_target_are_refused_as_that_deliverys_target() -> None:
+    # An event whose two deliveries went out in different batches (different archive records)
+    a = Archiving(always(200), "crm", "erp")
+    try:
+        a.batch(task_record("e-5", "crm"), invocation_id="inv-a")
+        a.clock.now += 5
+        a.batch(task_record("e-5", "erp"), invocation_id="inv-b")
+
+        # Named by crm's delivery id, with --target erp: the conflict is named, not "no delivery to erp"
+        with pytest.raises(ReplayRefused, match=f"delivery {ids('e-5', 'crm')} went to target crm, not erp"):
+            plan(a, ids("e-5", "crm"), target_id="erp")
+        assert [t.target_id for t in plan(a, "e-5", target_id="erp").tasks] == ["erp"]
+    finally:
+        a.dispatcher.close()
+
+
 def test_a_claim_checked_event_whose_claim_check_expired_is_refused() -> None:
     a = Archiving(always(200))
     try:

@@ -85,6 +85,8 @@ def test_secret_values_stay_hidden_in_repr() -> None:
         ({}, {"headers": {"Content-Type": "text/plain"}}, {}, "headers"),
         ({}, {"headers": {"X-Evil": "a\r\nInjected: yes"}}, {}, "headers"),
         ({}, {"headers": {"bad header": "x"}}, {}, "headers"),
+        ({}, {"headers": {"X-Team\n": "crm"}}, {}, "headers"),
+        ({}, {"headers": {"Authorization\n": "Basic Zm9vOmJhcg=="}}, {}, "headers"),
         # Headers the relay sets, or the connection depends on, whatever their case
         ({}, {"headers": {"User-Agent": "mine"}}, {}, "headers"),
         ({}, {"headers": {"x-delivery-id": "1"}}, {}, "headers"),
@@ -108,6 +110,8 @@ def test_secret_values_stay_hidden_in_repr() -> None:
         ({}, {"securityType": "bearer"}, {"security": "tok\U0001f600"}, "security"),
         ({}, {"securityType": "bearer"}, {"security": "tok\r\nX-Evil: 1"}, "security"),
         ({}, {"securityType": "bearer"}, {"security": "two words"}, "security"),
+        # A trailing line break (a pasted token) passes a "^...$" pattern: every delivery would fail
+        ({}, {"securityType": "bearer"}, {"security": "tok-abc\n"}, "security"),
         ({}, {"securityType": "none"}, {"security": BEARER}, "security"),
         ({}, {"securityType": "digest"}, {}, "security.type"),
         ({}, {}, {"signingSecret": "not-whsec-prefixed"}, "signingSecret"),

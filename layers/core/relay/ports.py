@@ -50,7 +50,10 @@ class TargetDirectory(Protocol):
         """The target, None if there is none; UnreadableRecord when its record cannot be validated."""
         ...
 
-    def set_target_enabled(self, integration_id: str, target_id: str, enabled: bool) -> None: ...
+    def set_target_enabled(self, integration_id: str, target_id: str, enabled: bool) -> bool:
+        """Set ``enabled``; True when this call wrote it, False when the target was already so (or is
+        gone), e.g. because a concurrent writer got there first."""
+        ...
 
 
 class HttpClient(Protocol):

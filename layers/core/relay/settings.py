@@ -69,6 +69,31 @@ def _endpoint_url(value: str | None) -> str | None:
 EndpointUrl = Annotated[str | None, AfterValidator(_endpoint_url)]
 
 
+def _integration_id(value: str | None) -> str | None:
+    """EVENTBRIDGE_INTEGRATION_ID: an id the intake could take (relay.models.genesys.INTEGRATION_ID).
+    One with a space around it would key its own record, which no target names: every EventBridge
+    event accepted and sent nowhere. Empty: unset, as the template's default leaves it."""
+    from relay.models.genesys import INTEGRATION_ID
+
+    if not value:
+        return None
+    if not INTEGRATION_ID.fullmatch(value):
+        raise ValueError("not an integration id (a letter or digit, then letters, digits, . _ : -)")
+    return value
+
+
+IntegrationId = Annotated[str | None, AfterValidator(_integration_id)]
+
+
+def _api_host(value: str | None) -> str | None:
+    """GENESYS_API_HOST: unset or empty means the region's host; anything else must be an http(s) URL
+    with a host, else the SDK's URL error reached the login as "an unreadable body" from Genesys."""
+    return _endpoint_url(value) if value else None
+
+
+ApiHost = Annotated[str | None, AfterValidator(_api_host)]
+
+
 class Settings(BaseModel):
     """Everything the functions and the CLI read from the environment (names are the env vars)."""
 
@@ -139,7 +164,7 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(262_144, alias="MAX_BODY_BYTES", gt=0)
     idempotency_ttl_seconds: int = Field(3_600, alias="IDEMPOTENCY_TTL_SECONDS", gt=0)
     # EventBridge partner events carry no integration id: they fan out to this integration's targets.
-    eventbridge_integration_id: str | None = Field(None, alias="EVENTBRIDGE_INTEGRATION_ID")
+    eventbridge_integration_id: IntegrationId = Field(None, alias="EVENTBRIDGE_INTEGRATION_ID")
 
     # --- dispatcher ---------------------------------------------------------------------------------
     delivery_concurrency: int = Field(10, alias="DELIVERY_CONCURRENCY", ge=1, le=100)
@@ -186,7 +211,7 @@ class Settings(BaseModel):
 
     # --- config sync (Genesys Cloud) ----------------------------------------------------------------
     genesys_region: str = Field("mypurecloud.com", alias="GENESYS_REGION")
-    genesys_api_host: str | None = Field(None, alias="GENESYS_API_HOST")
+    genesys_api_host: ApiHost = Field(None, alias="GENESYS_API_HOST")
     genesys_credentials_secret: str | None = Field(None, alias="GENESYS_CREDENTIALS_SECRET")
     genesys_client_id: str | None = Field(None, alias="GENESYS_CLIENT_ID")
     genesys_client_secret: SecretStr | None = Field(None, alias="GENESYS_CLIENT_SECRET")

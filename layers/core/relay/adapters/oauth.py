@@ -202,7 +202,7 @@ def _read_answer(result: HttpResult, host: str, client_secret: SecretStr) -> tup
     if result.body_truncated:
         raise TokenUnavailable(f"token endpoint {host} answered more than {TOKEN_ANSWER_LIMIT_BYTES} bytes")
     token = doc.get("access_token")
-    if not isinstance(token, str) or not _HEADER_SAFE.match(token):
+    if not isinstance(token, str) or not _HEADER_SAFE.fullmatch(token):
         raise TokenUnavailable(f"token endpoint {host} answered without a usable access_token")
     token_type = doc.get("token_type")  # left out or null: taken as Bearer, as some servers answer
     if token_type is not None and (not isinstance(token_type, str) or token_type.lower() != "bearer"):
@@ -215,7 +215,7 @@ def _quotable(code: str, client_secret: SecretStr) -> bool:
     client secret, or a part of it, echoed back where the code belongs (a secret can look like a code,
     and the error goes to the audit, the log and ``relay deliveries show``)."""
     secret = client_secret.get_secret_value()
-    return bool(_OAUTH_ERROR_CODE.match(code)) and code not in secret and secret not in code
+    return bool(_OAUTH_ERROR_CODE.fullmatch(code)) and code not in secret and secret not in code
 
 
 def _lifetime(expires_in: Any, host: str) -> float:

@@ -212,20 +212,21 @@ class TargetStore:
             self.invalidate(target.integration_id)
         return True
 
-    def set_target_enabled(self, integration_id: str, target_id: str, enabled: bool) -> None:
+    def set_target_enabled(self, integration_id: str, target_id: str, enabled: bool) -> bool:
         """Enable or disable a target in place (the dispatcher disables a target that answers 410).
 
         A conditional read-modify-write: a change made since the read (config sync, an operator) is
         never overwritten; the write is tried again on a fresh read, and after WRITE_ATTEMPTS lost races
-        ``TargetWriteConflict`` says nothing was written. A target already in that state is left as it is.
+        ``TargetWriteConflict`` says nothing was written. A target already in that state is left as it is
+        (False: this call changed nothing, so an operator's switch is not audited as theirs).
         """
         for _ in range(WRITE_ATTEMPTS):
             target = self._read_target(integration_id, target_id)
             if target is None or target.enabled is enabled:
-                return
+                return False
             changed = target.model_copy(update={"enabled": enabled, "version": target.version + 1})
             if self.save(changed, expected_version=target.version):
-                return
+                return True
         raise TargetWriteConflict(
             f"target {target_id} of integration {integration_id} changed under each of "
             f"{WRITE_ATTEMPTS} tries to set enabled={enabled}; nothing written"

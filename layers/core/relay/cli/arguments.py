@@ -101,6 +101,21 @@ def duration(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+def file_path(text: str) -> Path:
+    """A file named on the command line. Held to the checks every other argument gets from the parser
+    (relay.cli.CommandParser), which a Path would escape: "" (an unset shell variable) names nothing,
+    not the current directory, and a path longer than any is refused without being echoed."""
+    from relay.cli import MAX_ARGUMENT_CHARS
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    if len(text) > MAX_ARGUMENT_CHARS:
+        raise argparse.ArgumentTypeError(
+            f"{len(text)} characters, more than any path relay takes (at most {MAX_ARGUMENT_CHARS})"
+        )
+    return Path(text)
+
+
 def file_or_stdin(path: str | Path) -> bytes:
     """The bytes of a file named on the command line, ``-`` for stdin: every command reading ``-`` reads
     it here. A closed stdin (``<&-``: Python's sys.stdin is then None) is a file that cannot be read."""

@@ -21,7 +21,14 @@ import threading
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from relay.cli.arguments import file_or_stdin, per_second, port, positive_int, positive_seconds
+from relay.cli.arguments import (
+    file_or_stdin,
+    file_path,
+    per_second,
+    port,
+    positive_int,
+    positive_seconds,
+)
 from relay.cli.exit_codes import CommandFailed, ExitCode, UsageError
 from relay.cli.logs import stdout_log_handlers
 
@@ -41,7 +48,7 @@ def register(subparsers: Any) -> None:
 
     serve = commands.add_parser("serve", help="run the local stack in the foreground until SIGINT/SIGTERM")
     serve.add_argument(
-        "--fixtures", type=Path, default=None, help="fixtures file (default events/fixtures/local.json)"
+        "--fixtures", type=file_path, default=None, help="fixtures file (default events/fixtures/local.json)"
     )
     serve.add_argument("--port", type=port, default=0, help="API port on 127.0.0.1 (default: a free port)")
     serve.set_defaults(func=serve_command)
@@ -50,7 +57,7 @@ def register(subparsers: Any) -> None:
         "demo", help="send signed sample events through the local stack and tally them"
     )
     demo.add_argument(
-        "--fixtures", type=Path, default=None, help="fixtures file (default events/fixtures/local.json)"
+        "--fixtures", type=file_path, default=None, help="fixtures file (default events/fixtures/local.json)"
     )
     demo.add_argument("--events", type=positive_int, default=30, help="how many events to send (default 30)")
     demo.add_argument(
@@ -62,7 +69,9 @@ def register(subparsers: Any) -> None:
     demo.add_argument(
         "--timeout", type=positive_seconds, default=120.0, help="seconds to wait for the queue to drain"
     )
-    demo.add_argument("--function-logs", type=Path, default=None, help="where the functions' output goes")
+    demo.add_argument(
+        "--function-logs", type=file_path, default=None, help="where the functions' output goes"
+    )
     demo.set_defaults(func=demo_command)
 
     put_event = commands.add_parser(
@@ -74,7 +83,7 @@ def register(subparsers: Any) -> None:
             "was accepted."
         ),
     )
-    put_event.add_argument("file", type=Path, help="the event(s) to send; - for stdin")
+    put_event.add_argument("file", type=file_path, help="the event(s) to send; - for stdin")
     put_event.add_argument("--api", default=None, help=f"the API URL `serve` printed (default: ${API_ENV})")
     put_event.add_argument("--event-bus", default=None, help="EventBusName for events given as events")
     put_event.set_defaults(func=put_event_command)

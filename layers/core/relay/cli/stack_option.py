@@ -32,6 +32,9 @@ OUTPUT_SETTINGS = {
     "EventBridgeIntegrationId": "eventbridge_integration_id",
     "AuditBucketName": "audit_bucket",
     "SecretsPrefix": "secrets_prefix",
+    # The URL policy's ports: without it a terminal sync or check judged a stack allowing 8443 by the
+    # shell's default (443), refusing targets the deployed functions store and deliver to.
+    "AllowedTargetPorts": "allowed_target_ports",
     # What config sync reads from Genesys Cloud: `relay targets sync` runs as the function does.
     "ConfigSyncGenesysRegion": "genesys_region",
     "ConfigSyncCredentialsSecretName": "genesys_credentials_secret",

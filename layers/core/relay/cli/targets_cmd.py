@@ -494,6 +494,9 @@ def _switch(args: Any, out: IO[str] | None = None) -> int:
         now=datetime.now(UTC),
         operation_id=uuid.uuid4().hex,
     )
+    if audited is None:  # changed by another writer since the read above
+        print(visible(f"{named} is already {state}: nothing changed"), file=out)
+        return ExitCode.OK
     # Dispatchers read targets through a per-container cache (relay.adapters.target_store).
     reaches = (
         f"dispatchers stop sending to it within {settings.target_cache_ttl_seconds:g} s"

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from relay.errors import AmbiguousTarget, ResetConflict, UnknownTarget
+from relay.errors import AmbiguousTarget, ResetConflict, UnknownTarget, UnreadableRecord
 from relay.logic import breaker
 from relay.models.breaker import BreakerState, LaneState, Phase, endpoint_digest, target_key
 from relay.models.targets import IntegrationEntry, Ordering, Target, UnreadableTarget
@@ -54,10 +54,25 @@ def _entries(targets: TargetRecords, integration_id: str | None) -> Iterator[Int
 def find_target(targets: TargetRecords, target_id: str, integration_id: str | None = None) -> Target:
     """The one target with this id; raises UnknownTarget, AmbiguousTarget if several integrations
     hold it and none was chosen, or UnreadableRecord (saying why, never a value) when the id names a
-    record this release cannot read: it is there, so "no target" would send the operator astray."""
+    record this release cannot read: it is there, so "no target" would send the operator astray.
+
+    Searched for in every integration, an integration record this release cannot read is passed over
+    while the target is found under another: one stale record (a newer release's, before a rollback)
+    must not stop an operator disabling or resetting a target of a healthy integration. Found under
+    none, that record's UnreadableRecord is raised: the target may be one of its own."""
     matches: list[Target] = []
     unreadable = []
-    for entry in _entries(targets, integration_id):
+    passed_over: list[UnreadableRecord] = []
+    for ident in [integration_id] if integration_id else targets.list_integration_ids():
+        try:
+            entry = targets.get(ident)
+        except UnreadableRecord as exc:
+            if integration_id:
+                raise
+            passed_over.append(exc)
+            continue
+        if entry is None:
+            continue
         matches.extend(t for t in entry.targets if t.target_id == target_id)
         if target_id in entry.unreadable:
             unreadable.append(entry.unreadable[target_id])
@@ -66,6 +81,8 @@ def find_target(targets: TargetRecords, target_id: str, integration_id: str | No
         raise AmbiguousTarget(target_id, sorted(held_by))
     if unreadable:
         raise unreadable[0].error()
+    if not matches and passed_over:
+        raise passed_over[0]
     if not matches:
         under = f" under integration {integration_id}" if integration_id else ""
         raise UnknownTarget(f"no target {target_id}{under} in the TargetsTable")

@@ -68,6 +68,7 @@ RESERVED_HEADERS = frozenset(
         "upgrade",
     }
 )
+# Used with fullmatch: "$" alone also matches before a trailing "\n", which would let "token\n" through.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 # What a header value may hold (RFC 9110 field-value: visible ASCII, space, tab, obs-text); anything
 # else http.client cannot encode (beyond Latin-1) or would be a control character on the wire.
@@ -89,7 +90,9 @@ def is_custom_header(name: str, value: str) -> bool:
     """Whether a config may set header ``name`` to ``value``: a valid name, not reserved, a value HTTP
     can carry (no line break, no control character, nothing beyond Latin-1)."""
     return (
-        bool(_HEADER_NAME.match(name)) and not is_reserved_header(name) and bool(_HEADER_VALUE.match(value))
+        bool(_HEADER_NAME.fullmatch(name))
+        and not is_reserved_header(name)
+        and bool(_HEADER_VALUE.fullmatch(value))
     )
 
 
@@ -133,7 +136,7 @@ class WebhookSecurity(BaseModel):
             raise ValueError(f"security type {self.type.value} needs a value")
         if self.type is SecurityType.BASIC and ":" not in self.value.get_secret_value():
             raise ValueError("basic security value must be 'user:password'")
-        if self.type is SecurityType.BEARER and not _BEARER_TOKEN.match(self.value.get_secret_value()):
+        if self.type is SecurityType.BEARER and not _BEARER_TOKEN.fullmatch(self.value.get_secret_value()):
             raise ValueError("bearer token must be visible ASCII characters without spaces")
         return self
 
@@ -193,7 +196,7 @@ class WebhookConfig(BaseModel):
     @field_validator("headers")
     @classmethod
     def _safe_headers(cls, headers: dict[str, str]) -> dict[str, str]:
-        reserved = [name for name in headers if _HEADER_NAME.match(name) and is_reserved_header(name)]
+        reserved = [name for name in headers if _HEADER_NAME.fullmatch(name) and is_reserved_header(name)]
         if reserved:  # all of them at once: one fix, not one per run
             named = ", ".join(reserved)
             raise ValueError(
@@ -203,11 +206,11 @@ class WebhookConfig(BaseModel):
             )
         seen: dict[str, str] = {}
         for name, value in headers.items():
-            if not _HEADER_NAME.match(name):
+            if not _HEADER_NAME.fullmatch(name):
                 raise ValueError(f"header name {name!r} is not a valid HTTP token")
             if "\r" in value or "\n" in value:
                 raise ValueError(f"header {name} has a line break in its value")
-            if not _HEADER_VALUE.match(value):
+            if not _HEADER_VALUE.fullmatch(value):
                 raise ValueError(
                     f"header {name} has a character HTTP cannot carry in its value (a control character, "
                     "or one beyond Latin-1)"

@@ -380,14 +380,16 @@ class InMemoryTargets:
             raise UnreadableTarget(integration_id, target_id, reason, None).error()
         return self.targets.get((integration_id, target_id))
 
-    def set_target_enabled(self, integration_id: str, target_id: str, enabled: bool) -> None:
+    def set_target_enabled(self, integration_id: str, target_id: str, enabled: bool) -> bool:
         if self.writes_unavailable:
             raise DependencyUnavailable("targets table unwritable (in-memory targets set unavailable)")
         target = self.targets.get((integration_id, target_id))
-        if target is not None:
-            self.targets[(integration_id, target_id)] = target.model_copy(update={"enabled": enabled})
         if not enabled:
             self.disabled.append((integration_id, target_id))
+        if target is None or target.enabled is enabled:
+            return False
+        self.targets[(integration_id, target_id)] = target.model_copy(update={"enabled": enabled})
+        return True
 
 
 class InMemorySecrets:

@@ -10,7 +10,7 @@ from typing import TypeGuard
 
 from pydantic import SecretStr, ValidationError
 
-from relay.errors import ConfigRejected, UnsafeUrl
+from relay.errors import ConfigRejected, UnsafeUrl, UnusableSecret
 from relay.logic.url_policy import Resolver, UrlPolicy
 from relay.models.secrets import RotatingSecret, SecretKind
 from relay.models.targets import SecurityType
@@ -64,8 +64,15 @@ class ConfigReader:
                 raise ConfigRejected(f"signature secret shorter than {MIN_SIGNATURE_SECRET_CHARS} characters")
             return name, SecretStr(token)
         # Genesys may not return the secret in clear: keep the one already in Secrets Manager.
-        if self._existing_secret(SecretKind.SIGNATURE, integration_id) is None:
-            raise ConfigRejected("Genesys returned no signature secret and Secrets Manager holds none")
+        existing, held = self._kept_secret(SecretKind.SIGNATURE, integration_id)
+        if existing is None:
+            raise ConfigRejected(f"Genesys returned no signature secret and {held}")
+        if len(existing.current.get_secret_value()) < MIN_SIGNATURE_SECRET_CHARS:
+            # As Genesys' own is refused: a short key is one anyone could guess to sign a webhook with.
+            raise ConfigRejected(
+                "Genesys returned no signature secret and the one Secrets Manager holds is shorter than "
+                f"{MIN_SIGNATURE_SECRET_CHARS} characters: provision the real one there"
+            )
         return name, None
 
     # --- webhook targets ---------------------------------------------------------------------------
@@ -95,20 +102,32 @@ class ConfigReader:
             value = self._credential_value(ref["id"]) if isinstance(ref, dict) and ref.get("id") else None
             if value is None and isinstance(ref, dict):
                 # Genesys redacts credential fields for some clients: keep what Secrets Manager holds.
-                existing = self._existing_secret(kind, target_id)
+                existing, held = self._kept_secret(kind, target_id)
                 value = existing.current.get_secret_value() if existing else None
                 if value is None and (key != "security" or _takes_a_credential(config)):
                     # A configured signing secret, key or certificate that cannot be read: storing the
                     # target without it would sign nothing, send in clear or skip the certificate.
                     raise ConfigRejected(
-                        f"credential {key} came back redacted (empty or all *) and Secrets Manager holds "
-                        "none: provision it there, or remove the credential in Genesys"
+                        f"credential {key} came back redacted (empty or all *) and {held}: provision it "
+                        "there, or remove the credential in Genesys"
                     )
             values[key] = value
         try:
             return webhook_config_from_genesys(integration, config, values)
         except ValidationError as exc:
             raise ConfigRejected(f"invalid config: {safe_errors(exc)}") from None
+
+    def _kept_secret(self, kind: SecretKind, ident: str) -> tuple[RotatingSecret | None, str]:
+        """What Secrets Manager holds for a value Genesys redacted, and, when that is nothing usable, how
+        to say so: absent, or there but not in the relay's shape (its name, never its value)."""
+        try:
+            existing = self._existing_secret(kind, ident)
+        except UnusableSecret as exc:
+            return None, f'{exc} ({{"current": "...", "previous": null}})'
+        if existing is not None and not _present(existing.current.get_secret_value()):
+            # A redaction (stars pasted from a masked listing, say) is no more a value there than here.
+            return None, "the value Secrets Manager holds is redacted too (empty or all *)"
+        return existing, "Secrets Manager holds none"
 
     def _credential_value(self, credential_id: str) -> str | None:
         fields = self._genesys.get_credential(credential_id).get("credentialFields") or {}

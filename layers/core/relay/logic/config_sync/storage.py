@@ -10,7 +10,7 @@ from enum import Enum
 
 from pydantic import SecretStr
 
-from relay.errors import ConfigurationError, UnreadableRecord
+from relay.errors import ConfigurationError, UnreadableRecord, UnusableSecret
 from relay.models.secrets import RotatingSecret, SecretKind, secret_name
 from relay.models.targets import Integration, IntegrationEntry, Target, UnreadableTarget
 from relay.observability import logger
@@ -109,8 +109,14 @@ class RecordWriter:
         return Written.CHANGED if changed else Written.UNCHANGED
 
     def current_secret(self, kind: SecretKind, ident: str) -> RotatingSecret | None:
-        """What Secrets Manager holds now (read afresh), or None."""
-        return self._existing(self.secret_name(kind, ident))
+        """What Secrets Manager holds now (read afresh), or None; UnusableSecret when it holds a value
+        not in the relay's shape (a value Genesys redacted cannot be kept from it: the reason says so)."""
+        try:
+            return self._secrets.get(self.secret_name(kind, ident), force_fetch=True)
+        except UnusableSecret:
+            raise
+        except ConfigurationError:  # absent
+            return None
 
     def _existing(self, name: str) -> RotatingSecret | None:
         try:

@@ -85,10 +85,13 @@ def switch_target(
     actor: str,
     now: datetime,
     operation_id: str,
-) -> Audited:
+) -> Audited | None:
     """Enable or disable ``target`` (config sync keeps the flag while its config is unchanged), then
-    audit the change."""
-    targets.set_target_enabled(target.integration_id, target.target_id, enabled)
+    audit the change. None, with nothing audited, when the target was already so by the time of the
+    write (``target`` is the caller's earlier read: another operator, or the dispatcher's disable on
+    410, got there first)."""
+    if not targets.set_target_enabled(target.integration_id, target.target_id, enabled):
+        return None
     record = operator_record(
         TARGET_ENABLED if enabled else TARGET_DISABLED,
         operation_id=operation_id,

@@ -176,14 +176,16 @@ def _targets(event: ArchivedEvent, target_id: str | None) -> list[str]:
     named = event.named_delivery
     if target_id is None:
         return [named[0]] if named else event.targets
+    # Before the check below: looked up by delivery id, ``event`` holds only the archive records with
+    # that delivery, so its targets are those of the batches it went in, not every target it had.
+    if named and named[0] != target_id:
+        raise ReplayRefused(f"delivery {named[1]} went to target {named[0]}, not {target_id}")
     if target_id not in event.deliveries:
         raise ReplayRefused(
             f"event {event.event_id} had no delivery to target {target_id} "
             f"(its targets: {', '.join(event.targets)}); an ordered target's delivery is archived only "
             "once a dispatcher receives it, so one still waiting in its conversation has none yet"
         )
-    if named and named[0] != target_id:
-        raise ReplayRefused(f"delivery {named[1]} went to target {named[0]}, not {target_id}")
     return [target_id]
 
 

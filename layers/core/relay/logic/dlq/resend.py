@@ -45,12 +45,15 @@ def resend(
     groups = DeadLetterGroups()
     stopped: set[str] = set()  # ordered DLQ: conversations with a letter left behind in this run
     carried: set[tuple[str, str]] = set()  # ("--target", id) and ("--integration", id) of every letter
+    cut_short = False  # a send or delete failed: the rest of the DLQ was not read
 
     def move(batch: list[ReceivedMessage], scan: Scan) -> bool:
+        nonlocal cut_short
         letters = in_acceptance_order([(message, classify(message)) for message in batch])
         chosen = _choose(letters, options, groups, result, started_ms, stopped, carried)
         moved = options.dry_run or _move(queues, dlq_url, queue_url, chosen, scan, result, stopped)
         if chosen and not moved:
+            cut_short = True
             return False  # the delivery queue or the DLQ stopped answering: keep what was not moved
         progress(Progress("redrive", result.scanned, depth, moved=result.moved, failed=result.send_failed))
         return options.max_messages is None or result.matched < options.max_messages
@@ -65,7 +68,10 @@ def resend(
     )
     result.groups = groups.sorted()
     result.now_ms = now_ms(now)
-    if options.max_messages is None or result.matched < options.max_messages:  # the whole DLQ was read
+    # Only a run that read the whole DLQ can say no letter carries a filter's value: one stopped by
+    # Ctrl-C (perhaps before its first receive), by a failure, or at --max has not seen them all.
+    read_all = not cut_short and not stop()
+    if read_all and (options.max_messages is None or result.matched < options.max_messages):
         wanted = {("--target", t) for t in options.filter.targets}
         wanted |= {("--integration", i) for i in options.filter.integrations}
         result.unmatched_filters = [f"{flag} {value}" for flag, value in sorted(wanted - carried)]
