@@ -9,7 +9,12 @@ from pydantic import ValidationError
 from support.secure_peers import Pki, key_body
 
 from relay.models.targets import OnExhausted, Ordering, SecurityType, TokenEndpointAuthMethod
-from relay.models.webhook_config import WebhookConfig, safe_errors, webhook_config_from_genesys
+from relay.models.webhook_config import (
+    MAX_CUSTOM_HEADERS,
+    WebhookConfig,
+    safe_errors,
+    webhook_config_from_genesys,
+)
 
 TARGET_ID = "3f1d2c4b-5a69-4e7f-8a1b-2c3d4e5f6a70"
 OPEN_ID = "6685901b-6d0e-43db-95ff-d64406e9dce2"
@@ -104,6 +109,8 @@ def test_secret_values_stay_hidden_in_repr() -> None:
         ({}, {"headers": {"X-Del": "a\x7fb"}}, {}, "headers"),
         # The same header twice, in two cases: both would be sent
         ({}, {"headers": {"X-Team": "a", "x-team": "b"}}, {}, "headers"),
+        # More headers than common servers take with the relay's own (more than 100 fields: 431)
+        ({}, {"headers": {f"X-H{n}": "v" for n in range(MAX_CUSTOM_HEADERS + 1)}}, {}, "headers"),
         ({}, {"securityType": "bearer"}, {"security": None}, "security"),
         ({}, {"securityType": "basic"}, {"security": "no-colon-here"}, "security"),
         # A bearer token goes into the Authorization header as it is: visible ASCII only
@@ -436,8 +443,9 @@ def test_an_unknown_ordering_or_a_block_without_ordering_is_refused(
     [
         ({"X-Accent": "café", "X-Tab": "a\tb", "X-Team": "crm"}, "a-bearer-token_with.some~chars+/="),
         ({}, "ünïcode-user:pässwörd"),  # basic: base64 of UTF-8, any text goes
+        ({f"X-H{n}": "v" for n in range(MAX_CUSTOM_HEADERS)}, "a-bearer-token"),
     ],
-    ids=["latin-1 headers, b64token bearer", "unicode basic credentials"],
+    ids=["latin-1 headers, b64token bearer", "unicode basic credentials", "as many headers as allowed"],
 )
 def test_what_http_can_carry_is_accepted(headers: dict[str, str], security: str) -> None:
     kind = "basic" if ":" in security else "bearer"

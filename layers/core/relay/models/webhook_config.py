@@ -102,6 +102,10 @@ MIN_SIGNING_SECRET_BYTES = 16
 # a larger header section (Node.js's default limit is 16 KiB for all of it), and the target's record,
 # which holds them, must fit in one TargetsTable item (400 KB): a larger one failed the whole sync run.
 MAX_CUSTOM_HEADER_BYTES = 16 * 1024
+# ... and how many there may be: common servers refuse a request of more than 100 header fields
+# (Python's http.server, Apache's LimitRequestFields, Tomcat's maxHeaderCount; the relay's own answer
+# reader too), and the relay sends about a dozen of its own. Past that every delivery is refused (431).
+MAX_CUSTOM_HEADERS = 50
 
 
 class WebhookSecurity(BaseModel):
@@ -220,6 +224,8 @@ class WebhookConfig(BaseModel):
                     f"header {name} is also configured as {seen[name.lower()]}: both would be sent"
                 )
             seen[name.lower()] = name
+        if len(headers) > MAX_CUSTOM_HEADERS:
+            raise ValueError(f"{len(headers)} headers configured; at most {MAX_CUSTOM_HEADERS}")
         size = sum(len(name) + len(value.encode("latin-1")) for name, value in headers.items())
         if size > MAX_CUSTOM_HEADER_BYTES:
             raise ValueError(
