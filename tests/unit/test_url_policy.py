@@ -189,6 +189,22 @@ def test_bad_schemes_and_shapes_are_refused(url: str) -> None:
         UrlPolicy().check_url(url, resolve=Resolver())
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://hooks.example.com/x\r\nHost: evil.example.com",
+        "https://hooks.example.com/a\tb",
+        "https://hooks.exa\nmple.com/",
+        "https://hooks.example.com/?token=a\x00b",
+        "https://hooks.example.com/\x7f",
+    ],
+)
+def test_a_control_character_inside_a_url_is_refused_not_dropped(url: str) -> None:
+    # urlsplit drops tabs and line breaks: the URL stored would be one nobody wrote
+    with pytest.raises(UnsafeUrl, match="line break, tab or other control character"):
+        UrlPolicy().check_url(url, resolve=Resolver())
+
+
 def test_a_name_resolving_to_a_private_address_is_refused() -> None:
     # Given a public-looking name that resolves to the metadata service among other addresses
     with pytest.raises(UnsafeUrl, match="link-local"):

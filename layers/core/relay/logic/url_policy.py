@@ -156,8 +156,13 @@ def unreadable_reason(exc: ValueError) -> str:
 
 
 def _split(url: str) -> SplitResult:
+    url = url.strip()
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in url):
+        # urlsplit drops tabs and line breaks silently: "/x\r\nHost: y" would be stored as "/xHost: y",
+        # a URL nobody wrote.
+        raise UnsafeUrl("URL holds a line break, tab or other control character: percent-encode it")
     try:
-        parts = urlsplit(url.strip())
+        parts = urlsplit(url)
     except ValueError as exc:
         raise UnsafeUrl(f"malformed URL: {unreadable_reason(exc)}") from None
     if not parts.hostname:
