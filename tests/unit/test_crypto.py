@@ -296,6 +296,7 @@ def test_source_event_bytes_refuses_an_encrypted_envelope() -> None:
         ("enc-secret-windows", "enc-secret-windows\r\n"),
         ("  spaces around this key  ", "  spaces around this key  \n"),  # config sync accepts it
         ("  spaces around this key  ", "  spaces around this key  "),
+        (" " * 16, " " * 16 + "\n"),  # a key of blanks alone, which config sync takes too
         ("enc-secret-from-notepad", "\ufeffenc-secret-from-notepad\r\n"),  # a byte order mark first
     ],
 )

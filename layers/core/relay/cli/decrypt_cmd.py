@@ -68,13 +68,13 @@ def _keys(args: argparse.Namespace) -> list[str]:
             raise UsageError(f"--key-file {args.key_file}: not UTF-8 text") from None
         except OSError as exc:  # named by its option: the envelope is a file too
             raise UsageError(f"--key-file {args.key_file}: {exc.strerror or exc}") from None
-        if not text.strip():
-            raise UsageError(f"--key-file {args.key_file}: the file is empty")
-        # A key may begin or end with blanks (config sync takes it as given); an editor adds a line
-        # ending. The key as written, less that line ending, first; then stripped, as a key pasted with
-        # blanks around it was meant.
+        # A key may begin or end with blanks, or be blanks (config sync takes it as given); an editor
+        # adds a line ending. The key as written, less that line ending, first; then stripped, as a key
+        # pasted with blanks around it was meant.
         as_written = text.removesuffix("\n").removesuffix("\r")
-        return list(dict.fromkeys((as_written, text.strip())))
+        if not as_written:
+            raise UsageError(f"--key-file {args.key_file}: the file is empty")
+        return [key for key in dict.fromkeys((as_written, text.strip())) if key]
     if args.key_env:
         return [_environment_value(args.key_env, "--key-env")]
     from relay.errors import ConfigurationError
