@@ -84,6 +84,7 @@ def test_secret_values_stay_hidden_in_repr() -> None:
         ({"id": TARGET_ID.replace("-", "")}, {}, {}, "id"),
         ({"id": TARGET_ID + "\n"}, {}, {}, "id"),
         ({"name": ""}, {}, {}, "name"),
+        ({"name": " \t "}, {}, {}, "name"),
         ({}, {"method": "GET"}, {}, "method"),
         ({}, {"url": None}, {}, "url"),
         ({}, {"openMessagingIntegrationId": None}, {}, "openMessagingIntegrationId"),

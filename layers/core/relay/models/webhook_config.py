@@ -197,6 +197,14 @@ class WebhookConfig(BaseModel):
             raise ValueError("onExhausted block applies to ordered targets only (ordering: conversation)")
         return self
 
+    @field_validator("name")
+    @classmethod
+    def _has_a_name(cls, name: str) -> str:
+        # Operators find a target by its name (`relay targets list`, the dashboard): blanks name nothing.
+        if not name.strip():
+            raise ValueError("target name is blank")
+        return name
+
     @field_validator("headers")
     @classmethod
     def _safe_headers(cls, headers: dict[str, str]) -> dict[str, str]:
