@@ -53,10 +53,13 @@ GENESYS_IDS = ("GENESYS_OPEN_MESSAGING_INTEGRATION_IDS", "GENESYS_WEBHOOK_INTEGR
 
 class RecordingReceiver:
     """Loopback server that records every method it is sent; /slow answers late, /post-only refuses HEAD,
-    /moved redirects to /ok."""
+    /moved redirects to /ok, /together* answer 200 once TOGETHER of them wait at once, else 503."""
+
+    TOGETHER = 3
 
     def __init__(self) -> None:
         self.methods: list[tuple[str, str]] = []
+        self.together = threading.Barrier(self.TOGETHER, timeout=5)
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -71,6 +74,11 @@ class RecordingReceiver:
                 if self.path == "/slow":
                     time.sleep(1.0)  # not a wait: a slow endpoint, under test
                 status = 405 if self.path == "/post-only" and self.command != "POST" else 200
+                if self.path.startswith("/together"):
+                    try:  # answered only once every /together target is being checked at the same time
+                        receiver.together.wait()
+                    except threading.BrokenBarrierError:
+                        status = 503
                 status = 301 if self.path == "/moved" else status
                 self.send_response(status)
                 if status == 301:
@@ -232,6 +240,27 @@ def test_check_trusts_the_local_stacks_cas_as_deliveries_do(
         assert (result["reachable"], result["status"], result["error"]) == (True, 200, None)
         assert [(seen.method, seen.path) for seen in https.requests] == [("HEAD", "/hook")]
         assert code == 0
+
+
+def test_check_checks_targets_side_by_side_not_one_timeout_after_another(
+    receiver: RecordingReceiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given an integration whose targets answer only while all of them are being checked at once
+    store = target_store(get_settings(), cache_ttl_seconds=0)
+    store.put_integration(Integration(integration_id="together", name="together"))
+    for n in range(RecordingReceiver.TOGETHER):
+        url = f"{receiver.url}/together/{n}"
+        store.put_target(Target(integration_id="together", target_id=f"t-{n}", name=f"t-{n}", url=url))
+
+    # When they are checked
+    code = main(["targets", "check", "--integration", "together", "--timeout", "10", "--format", "json"])
+
+    # Then each was answered: one at a time, the first would have waited alone and got a 503
+    results = _json_lines(capsys.readouterr().out)
+    assert [(r["targetId"], r["status"]) for r in results] == [
+        (f"t-{n}", 200) for n in range(RecordingReceiver.TOGETHER)
+    ]
+    assert code == 0
 
 
 def test_check_one_target_by_id(receiver: RecordingReceiver, capsys: pytest.CaptureFixture[str]) -> None:

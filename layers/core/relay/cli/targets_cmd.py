@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
@@ -45,6 +46,9 @@ if TYPE_CHECKING:
     from relay.models.rate_limit import BucketState
     from relay.models.targets import UnreadableTarget
     from relay.ports import HttpClient
+
+# How many targets `relay targets check` checks at once (each holds one connection of its own).
+CHECK_CONCURRENCY = 8
 
 
 def register(subparsers: Any) -> None:
@@ -437,10 +441,19 @@ def _check(args: Any, out: IO[str] | None = None) -> int:
         # A record this release cannot read is not checked, but shown: "every target" must not hide it.
         results += [_unreadable_result(bad) for entry in entries for bad in entry.unreadable.values()]
     policy = UrlPolicy.from_settings(settings)
-    for target in targets:
+
+    def check(target: Any) -> dict[str, Any]:
         # A sender per target: each check makes its own connection (its latency includes connect and TLS).
         with closing(http_sender(settings, pool_size=1, body_limit_bytes=0)) as sender:
-            results.append(check_target(target, timeout=args.timeout, policy=policy, sender=sender))
+            return check_target(target, timeout=args.timeout, policy=policy, sender=sender)
+
+    # Side by side: one after another, N targets that hang would take N x --timeout.
+    with ThreadPoolExecutor(max_workers=CHECK_CONCURRENCY, thread_name_prefix="targets-check") as pool:
+        try:
+            results += pool.map(check, targets)
+        except BaseException:  # Ctrl-C: the checks not started yet are not started
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     results.sort(key=lambda r: (r["integrationId"], r["targetId"]))
     if args.format == "json":
         for result in results:
