@@ -238,11 +238,11 @@ class _FailsAfterTheSuccess(BaseHTTPRequestHandler):
         self.end_headers()
 
 
-def test_a_batch_folds_its_answers_in_the_order_they_came_not_the_records_order(
+def test_a_run_of_failures_a_success_sent_after_it_ends_does_not_open_the_breaker(
     aws_stack: LocalResources, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a breaker one failure short of opening, and a batch of three whose first record is
-    # answered 500 after another was answered 200 (and the third 500)
+    # answered 500 after another, sent with it, was answered 200 (and the third 500)
     records = [task_record() for _ in range(3)]
     late = json.loads(records[0]["body"])["deliveryId"]
     attributes = {"late": late, "lock": threading.Lock(), "third": threading.Event(), "arrived": []}
@@ -255,14 +255,15 @@ def test_a_batch_folds_its_answers_in_the_order_they_came_not_the_records_order(
         seed_target(aws_stack, f"http://127.0.0.1:{server.server_address[1]}/hooks/crm", attempts=10)
         assert _store(aws_stack).save(KEY, BreakerState(Phase.CLOSED, 4, 0, 0.0, 1), expected_version=0)
 
-        # When the batch is delivered (the real clock: the answers' times are what is compared)
+        # When the batch is delivered (the real clock: the requests' send times are what is compared)
         build_dispatcher(get_settings()).handle_batch(records)
     finally:
         server.shutdown()
         server.server_close()
 
-    # Then the 200 reset the count before the 500s were counted: still closed (folded in the
-    # records' order, the first record's 500 made five in a row and opened it)
+    # Then the 200 ended the run, whichever of the two sent together went first: still closed, 1 or 2
+    # failures counted after it (folded in the records' order at the batch's end, the first record's
+    # 500 made five in a row and opened it)
     assert handler.third.is_set()
     state = _store(aws_stack).load(KEY)
     assert (state.phase, state.trips) == (Phase.CLOSED, 0)

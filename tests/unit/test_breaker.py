@@ -33,7 +33,7 @@ def success(at: float) -> Result:
     return Result(at, healthy=True)
 
 
-def in_answer_order(healthy: list[bool]) -> list[Result]:
+def in_send_order(healthy: list[bool]) -> list[Result]:
     """One result a second, in the order given."""
     return [Result(NOW + i, ok) for i, ok in enumerate(healthy)]
 
@@ -50,7 +50,7 @@ def test_closed_opens_after_exactly_the_threshold_of_consecutive_failures() -> N
 
 def test_a_success_resets_the_count_and_a_healthy_breaker_is_never_rewritten() -> None:
     state = record(
-        BreakerState(consecutive_failures=2, version=4), in_answer_order([False, False, True]), NOW, POLICY
+        BreakerState(consecutive_failures=2, version=4), in_send_order([False, False, True]), NOW, POLICY
     )
     assert state is not None and state.consecutive_failures == 0 and state.version == 5
     assert record(state, [success(NOW + 5), success(NOW + 6)], NOW, POLICY) is None  # no write: no hot item
@@ -98,14 +98,13 @@ def test_the_reset_timeout_grows_with_trips_and_is_capped(trips: int) -> None:
 
 @given(st.lists(st.booleans(), max_size=40))
 def test_closed_folding_matches_a_running_count(results: list[bool]) -> None:
-    # A reference: walk the results; open at the first run of `threshold` failures.
-    failures, opened = 0, False
+    # A reference: walk the results; open when the failures after the last success reach `threshold`
+    # (a run a later success ends is over: the endpoint answered since, and the report knows it).
+    failures = 0
     for ok in results:
         failures = 0 if ok else failures + 1
-        if failures >= POLICY.failure_threshold:
-            opened = True
-            break
-    new = record(BreakerState(), in_answer_order(results), NOW, POLICY)
+    opened = failures >= POLICY.failure_threshold
+    new = record(BreakerState(), in_send_order(results), NOW, POLICY)
     state = new or BreakerState()
     assert (state.phase is Phase.OPEN) == opened
     if not opened:
@@ -126,7 +125,7 @@ def test_every_write_bumps_the_version_by_one(
     phase: Phase, failures: int, trips: int, offset: float, results: list[bool], probe: bool
 ) -> None:
     state = BreakerState(phase, failures % 5, trips, NOW + offset, 3)
-    new = record(state, in_answer_order(results), NOW, POLICY, holds_probe=probe)
+    new = record(state, in_send_order(results), NOW, POLICY, holds_probe=probe)
     assert new is None or new.version == state.version + 1
     admission, claim = admit(state, NOW + 1000, POLICY)
     assert claim is None or (claim.version == state.version + 1 and claim.phase is Phase.HALF_OPEN)
@@ -137,7 +136,7 @@ def test_every_write_bumps_the_version_by_one(
 
 @given(st.lists(st.booleans(), max_size=12), st.randoms(use_true_random=False))
 def test_one_batch_folds_alike_in_any_report_order(healthy: list[bool], rng: random.Random) -> None:
-    results = in_answer_order(healthy)
+    results = in_send_order(healthy)
     reported = rng.sample(results, len(results))
     stored = BreakerState(consecutive_failures=2, failure_times=(NOW - 2, NOW - 1), version=3)
     assert record(stored, reported, NOW, POLICY) == record(stored, results, NOW, POLICY)
@@ -169,7 +168,7 @@ def test_an_older_success_does_not_erase_newer_failures() -> None:
     assert after.phase is Phase.CLOSED
 
 
-def test_a_run_opens_only_if_it_is_consecutive_in_answer_order() -> None:
+def test_a_run_opens_only_if_it_is_consecutive_in_send_order() -> None:
     # Given failures answered at t=10 and t=11 folded
     counted = BreakerState(consecutive_failures=2, failure_times=(NOW + 10, NOW + 11), version=2)
 

@@ -978,7 +978,7 @@ def test_after_a_successful_probe_its_lane_reports_the_rest_of_its_records_too(r
     assert (state.phase, state.consecutive_failures) == (Phase.CLOSED, 2)
 
 
-def test_the_breaker_keeps_when_the_endpoint_answered_each_failure(running: list[Relay]) -> None:
+def test_the_breaker_keeps_when_each_failed_request_was_sent(running: list[Relay]) -> None:
     # Given an endpoint that fails, answering 2 s after it is asked
     def slow_failure(method: str, url: str, headers: Mapping[str, str], body: bytes) -> HttpResult:
         r.clock.now += 2
@@ -988,8 +988,37 @@ def test_the_breaker_keeps_when_the_endpoint_answered_each_failure(running: list
 
     r.batch(record())
 
-    # Then the breaker folded the failure at its answer time (another invocation's results merge by it)
-    assert r.breaker().failure_run == (NOW + 2,)
+    # Then the breaker folded the failure at its send time (another invocation's results merge by it)
+    assert r.breaker().failure_run == (NOW,)
+
+
+def test_a_timeout_answered_after_a_later_request_succeeded_does_not_count_against_the_endpoint(
+    running: list[Relay],
+) -> None:
+    # Given an endpoint that answers its first request at once and times out its second, answering 5 s
+    # after it was sent
+    answers = iter([200, 504])
+
+    def endpoint(method: str, url: str, headers: Mapping[str, str], body: bytes) -> HttpResult:
+        status = next(answers)
+        if status == 504:
+            r.clock.now = NOW + 5
+        return answer(status)
+
+    r = start(running, relay(answer_with=endpoint))
+    r.set_breaker(BreakerState(Phase.CLOSED, 1, 0, 0.0, 1, failure_times=(NOW - 60,)))
+
+    # When one invocation's request, sent at t=1, succeeds ...
+    r.clock.now = NOW + 1
+    r.batch(record())
+    assert r.breaker().last_success_at == NOW + 1
+    # ... and another's, sent earlier (t=0), times out and is answered last (t=5)
+    r.clock.now = NOW
+    r.batch(record())
+
+    # Then the timeout is history: the endpoint answered a request sent after it. (By answer time,
+    # requests sent together line their timeouts up last, and five in a row opened the breaker.)
+    assert r.breaker().failure_run == ()
 
 
 def test_a_lane_whose_delivery_crashes_still_reports_its_other_results(running: list[Relay]) -> None:

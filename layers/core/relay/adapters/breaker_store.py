@@ -5,8 +5,8 @@ Item (key ``targetKey`` = "<integrationId>#<targetId>"):
 
 - the breaker: ``phase``, ``consecutiveFailures``, ``trips``, ``until``, ``version``, ``endpoint``
   (a digest of the URL its failures were counted at), ``failureTimes`` (a list of numbers: when the
-  endpoint gave the failures counted, oldest first) and ``lastSuccessAt`` (when it gave the newest
-  success folded), epoch seconds: results are folded in the order the endpoint answered them;
+  failures counted were sent, oldest first) and ``lastSuccessAt`` (when the newest success folded
+  was), epoch seconds: results are folded in the order they were sent;
 - the lane (relay.logic.dispatch.isolation): ``lane``, ``laneVersion``, ``laneChangedAt``;
 - ``retryAfterUntil``: until when the target asked for quiet with a Retry-After
   (relay.logic.dispatch.rate_limit), only ever moved later, by a condition on itself;

@@ -10,9 +10,11 @@
   conditional, versioned write, and only the writer that wins it sends the probe. The probe holds a
   lease; if its dispatcher dies, another may claim a new probe after the lease.
 - Every state change bumps ``version``; stores write only if the stored version is still the one read.
-- Results are folded in the order the endpoint gave them, not the order dispatchers report them: each
-  carries its answer time (``Result``), and a closed breaker keeps the times of the failures it counts
-  since its last success (``record``).
+- Results are folded in the order their requests were sent, not the order the endpoint answered
+  them or dispatchers report them: each carries its send time (``Result``), and a closed breaker keeps
+  the times of the failures it counts since its last success (``record``). Sent together, a timeout
+  always answers after the successes sent with it: by answer time, an endpoint timing out one request
+  in five lined its timeouts up at the tail of each wave and opened the breaker while it was up.
 
 ``admit``, ``record`` and ``reset`` (the operator's forced close) are pure (no I/O, no clock: callers
 pass ``now`` in epoch seconds);
@@ -145,13 +147,14 @@ def record(
 def _fold_closed(
     state: BreakerState, results: Sequence[Result], now: float, policy: BreakerPolicy
 ) -> BreakerState | None:
-    """Merge the stored run of failures with the results answered after the last success, by answer
-    time. Another dispatcher's report may be older or newer than this one: a failure answered at or
-    before the last success is history, an older success does not erase newer failures. Opens when any
-    run of consecutive failures in the merged timeline reaches the threshold."""
+    """Merge the stored run of failures with the results sent after the last success, by send time.
+    Another dispatcher's report may be older or newer than this one: a failure sent at or before the
+    last success is history, an older success does not erase newer failures. Opens when the run of
+    failures after the newest success reaches the threshold: a run that a success sent after it ends
+    is over (the endpoint answered since), whichever report brought that success."""
     stored, since = state.failure_run, state.last_success_at
     newer = (result for result in results if result.at > since)
-    # By answer time; at the same time a failure goes first: an order not known does not count against
+    # By send time; at the same time a failure goes first: an order not known does not count against
     # the endpoint, and a failure at the time of the last success is history, whichever batch brings it.
     timeline = sorted(chain((Result(at, False) for at in stored), newer), key=attrgetter("at", "healthy"))
     run: list[float] = []
@@ -161,11 +164,14 @@ def _fold_closed(
             run, last_success_at = [], result.at
             continue
         run.append(result.at)
-        if len(run) >= policy.failure_threshold:
-            counted = replace(
-                state, consecutive_failures=len(run), failure_times=(), last_success_at=last_success_at
-            )
-            return _opened(counted, now, policy)
+    if len(run) >= policy.failure_threshold:
+        counted = replace(
+            state,
+            consecutive_failures=policy.failure_threshold,
+            failure_times=(),
+            last_success_at=last_success_at,
+        )
+        return _opened(counted, now, policy)
     failure_times = tuple(run)
     if failure_times == stored and (not run or last_success_at == since):
         # A healthy closed breaker is never written, not even as its last success moves: no hot item.

@@ -26,15 +26,15 @@ class BreakerState:
     # The endpoint its failures were counted at (``endpoint_digest`` of the target's URL); None: a
     # record written before it was kept.
     endpoint: str | None = None
-    # Closed: when the endpoint gave the failures counted since its last success (epoch seconds, sorted),
-    # and that success's time. Results are folded in the order the endpoint answered, not the order
-    # dispatchers report them (relay.logic.breaker.record). As stored: read them through ``failure_run``.
+    # Closed: when the failures counted since its last success were sent (epoch seconds, sorted), and
+    # that success's. Results are folded in the order they were sent, not the order the endpoint
+    # answered or dispatchers report them (relay.logic.breaker.record). Read through ``failure_run``.
     failure_times: tuple[float, ...] = ()
     last_success_at: float = 0.0
 
     @property
     def failure_run(self) -> tuple[float, ...]:
-        """The answer times of the ``consecutive_failures`` counted. The count is trusted, not the times:
+        """The send times of the ``consecutive_failures`` counted. The count is trusted, not the times:
         a dispatcher of the release before sets only the count, so the times are its last n stored ones,
         padded at the front with ``last_success_at`` when fewer are stored."""
         count = self.consecutive_failures

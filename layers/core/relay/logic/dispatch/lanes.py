@@ -136,11 +136,9 @@ class Lanes:
             return  # the probe never reached the endpoint (or was cut short); its lease will lapse
         now, policy = self._clock(), self.policy(lane.target)
         results = [
-            # An outcome whose time is not known counts as answered now, never as older than every
+            # An outcome whose time is not known counts as sent now, never as older than every
             # result folded (which would drop it).
-            breaker.Result(
-                now if item.answered_at is None else item.answered_at, not item.outcome.endpoint_unhealthy
-            )
+            breaker.Result(now if item.sent_at is None else item.sent_at, not item.outcome.endpoint_unhealthy)
             for item in lane.items
             if item.outcome is not None and item.judges_endpoint
         ]

@@ -80,9 +80,9 @@ class Item:
     key: str
     attempt: int
     outcome: Outcome | None = None
-    # When the attempt that gave ``outcome`` finished (epoch seconds, the engine's clock): the breaker
-    # folds results in the order the endpoint answered them. None: not known (reported as of now).
-    answered_at: float | None = None
+    # When the attempt that gave ``outcome`` was sent (epoch seconds, the engine's clock): the breaker
+    # folds results in the order they were sent. None: not known (reported as of now).
+    sent_at: float | None = None
     probe: bool = False
     breaker_phase: str = "unknown"  # as read for this batch; "unknown" when the store failed
     lane: LaneState = field(default_factory=LaneState)  # the target's lane as read for this batch

@@ -73,7 +73,7 @@ class Settler:
     def attempted(self, item: Item, attempt: Attempt, batch: Batch) -> None:
         """Settle an attempt by its verdict, and log its audit line."""
         outcome = item.outcome = attempt.outcome
-        item.answered_at = attempt.finished.timestamp()
+        item.sent_at = attempt.started.timestamp()
         target_id = item.target.target_id
         if attempt.result is not None:
             batch.metrics.latency(target_id, attempt.result.elapsed_ms)
