@@ -452,6 +452,18 @@ def test_a_result_with_a_failed_send_is_not_ok() -> None:
     assert not RedriveResult(mode="resend", not_deleted=1).completed
 
 
+def test_one_letter_back_in_the_dlq_is_named_in_the_singular() -> None:
+    one = RedriveResult(mode="resend", moved=1, arrived_during_run=1).attention
+    two = RedriveResult(mode="resend", moved=2, arrived_during_run=2).attention
+
+    assert one is not None and one.startswith(
+        "1 message arrived in the DLQ during the run and is still there"
+    )
+    assert two is not None and two.startswith(
+        "2 messages arrived in the DLQ during the run and are still there"
+    )
+
+
 class FakeTerminal(io.StringIO):
     def isatty(self) -> bool:
         return True

@@ -81,8 +81,10 @@ class RedriveResult:
             )
         if self.arrived_during_run and self.mode == "resend":
             # Often the very messages just moved, failing again: the target still refuses them.
+            count = self.arrived_during_run
+            messages, are = ("message", "is") if count == 1 else ("messages", "are")
             return (
-                f"{self.arrived_during_run} messages arrived in the DLQ during the run and are still there "
+                f"{count} {messages} arrived in the DLQ during the run and {are} still there "
                 "(moved ones failing again?): check the target, then redrive again"
             )
         return None
