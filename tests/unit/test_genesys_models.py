@@ -124,7 +124,21 @@ def test_eventbridge_sample_from_the_genesys_partner_source() -> None:
     assert event.detail_type.startswith("v2.detail.events.conversation")
     assert event.detail.topic_name.endswith(".customer.start")
     assert event.detail.event_body["conversationId"] == "1734d888-3c0e-47bc-bacb-e9996a16b682"
-    assert event.detail.metadata["CorrelationId"]
+    assert (event.detail.model_extra or {})["metadata"]["CorrelationId"]
+
+
+@pytest.mark.parametrize(
+    "unread",
+    [{"version": 2}, {"metadata": None}, {"metadata": "x"}, {"timestamp": "Wed, 25 Mar 2026 13:19:58 GMT"}],
+)
+def test_an_eventbridge_detail_member_the_relay_does_not_read_may_hold_any_json_value(
+    unread: dict[str, Any],
+) -> None:
+    # A shape nothing reads must not refuse a genuine event (it could never be redriven either)
+    data = sample("eventbridge_conversation_start.json")
+    data["detail"] |= unread
+    event = GenesysEventBridgeEvent.model_validate(data)
+    assert event.detail.model_dump(by_alias=True) == data["detail"]
 
 
 def test_eventbridge_events_from_other_sources_are_refused() -> None:

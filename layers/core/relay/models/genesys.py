@@ -203,11 +203,12 @@ PARTNER_SOURCE_PREFIX = "aws.partner/genesys.com"
 
 
 class EventBridgeDetail(GenesysModel):
+    """What the relay reads of ``detail``. Its other members (``version``, ``metadata``,
+    ``timestamp``, ...) are kept whatever their JSON value: typed, a shape the relay never reads would
+    refuse a genuine event, and the intake-failures queue could never redrive it."""
+
     topic_name: NonEmpty = Field(alias="topicName")
-    version: str | None = None
     event_body: dict[str, Any] = Field(alias="eventBody")
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    timestamp: datetime | None = None
 
 
 class GenesysEventBridgeEvent(GenesysModel):
