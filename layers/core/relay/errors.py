@@ -3,6 +3,7 @@
     RelayError
     ├── ConfigurationError            the deployment is wrong: fix settings, not input
     │   ├── UnknownStack              `--stack-name` names no stack, or one without an output a command needs
+    │   ├── SecretNotFound            a secret the deployment names does not exist
     │   └── UnusableSecret            a secret's value is not in the relay's JSON shape (pasted bare, say)
     ├── RejectedRequest               the client sent something we refuse (maps to a 4xx, never retried)
     │   ├── BadRequest (400)   ├── InvalidSignature (401)   ├── UnknownIntegration (404)
@@ -242,6 +243,10 @@ class ReplayRefused(RelayError):
 class UnknownStack(ConfigurationError):
     """``--stack-name`` names no stack in this account and region, or one lacking an output a command
     needs."""
+
+
+class SecretNotFound(ConfigurationError):
+    """A secret the deployment names does not exist (config sync has not stored it, or it was deleted)."""
 
 
 class UnusableSecret(ConfigurationError):

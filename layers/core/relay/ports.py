@@ -35,8 +35,8 @@ from relay.models.targets import Integration, IntegrationEntry, Target, Unreadab
 
 # Epoch seconds now (time.time in production, a manual clock in tests).
 Clock = Callable[[], float]
-# A secret by its Secrets Manager name, from a per-container cache. Raises ConfigurationError when it is
-# missing or not in the relay's shape.
+# A secret by its Secrets Manager name, from a per-container cache. Raises SecretNotFound when it is
+# missing, UnusableSecret when it is not in the relay's shape (both ConfigurationErrors).
 SecretReader = Callable[[str], RotatingSecret]
 
 
@@ -341,7 +341,8 @@ class SecretStore(Protocol):
     """Secrets Manager as config sync uses it: fresh reads and writes of the relay's secret shape."""
 
     def get(self, name: str, *, force_fetch: bool = False) -> RotatingSecret:
-        """ConfigurationError when the secret is missing or not in the relay's shape."""
+        """SecretNotFound when the secret is missing, UnusableSecret when it is not in the relay's shape
+        (both ConfigurationErrors)."""
         ...
 
     def put(self, name: str, secret: RotatingSecret) -> None:

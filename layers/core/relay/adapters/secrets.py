@@ -1,8 +1,8 @@
 """Secret values in Secrets Manager: reads through powertools Parameters with a per-container cache,
 and the writes config sync makes. The shape and the names are relay.models.secrets.
 
-Every failure is a relay error: a missing secret is ``ConfigurationError``, one not in the relay's
-shape ``UnusableSecret`` (a ConfigurationError), Secrets Manager being unreachable is
+Every failure is a relay error: a missing secret is ``SecretNotFound``, one not in the relay's shape
+``UnusableSecret`` (both ConfigurationErrors), Secrets Manager being unreachable is
 ``DependencyUnavailable``. Neither message carries a value.
 """
 
@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from relay.adapters.aws_errors import AWS_ERRORS
-from relay.errors import ConfigurationError, DependencyUnavailable, UnusableSecret
+from relay.errors import DependencyUnavailable, SecretNotFound, UnusableSecret
 from relay.models.secrets import RotatingSecret
 
 # A value not in the relay's shape stays in the cache like any other read, so its errors cost no
@@ -58,7 +58,7 @@ class SecretsManagerSecrets:
             raw = self._cached_provider().get(name, max_age=self._ttl, force_fetch=force_fetch)
         except GetParameterError as exc:
             if "ResourceNotFoundException" in str(exc):
-                raise ConfigurationError(f"secret {name} does not exist") from None
+                raise SecretNotFound(f"secret {name} does not exist") from None
             raise DependencyUnavailable(f"Secrets Manager unavailable reading {name}") from None
         try:
             secret = RotatingSecret.from_json(str(raw))

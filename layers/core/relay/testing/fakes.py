@@ -17,10 +17,10 @@ from relay.adapters.idempotency import DEFAULT_LEASE_SECONDS, STATUS_COMPLETED, 
 from relay.errors import (
     BreakerStoreUnavailable,
     ClaimCheckMissing,
-    ConfigurationError,
     DependencyUnavailable,
     MoveTaskUnavailable,
     RateLimitStoreUnavailable,
+    SecretNotFound,
     TokenUnavailable,
     UnreadableEvent,
 )
@@ -393,7 +393,7 @@ class InMemoryTargets:
 
 
 class InMemorySecrets:
-    """A secret reader over a dict: a name it lacks is ConfigurationError (as a missing secret is);
+    """A secret reader over a dict: a name it lacks is SecretNotFound (as a missing secret is);
     ``unavailable`` fails every read as Secrets Manager down would."""
 
     def __init__(self, secrets: Mapping[str, RotatingSecret] | None = None) -> None:
@@ -406,7 +406,7 @@ class InMemorySecrets:
         try:
             return self.secrets[name]
         except KeyError:
-            raise ConfigurationError(f"secret {name} does not exist") from None
+            raise SecretNotFound(f"secret {name} does not exist") from None
 
 
 class ScriptedHttp:

@@ -10,7 +10,7 @@ from enum import Enum
 
 from pydantic import SecretStr
 
-from relay.errors import ConfigurationError, UnreadableRecord, UnusableSecret
+from relay.errors import ConfigurationError, SecretNotFound, UnreadableRecord
 from relay.models.secrets import RotatingSecret, SecretKind, secret_name
 from relay.models.targets import Integration, IntegrationEntry, Target, UnreadableTarget
 from relay.observability import logger
@@ -113,9 +113,7 @@ class RecordWriter:
         not in the relay's shape (a value Genesys redacted cannot be kept from it: the reason says so)."""
         try:
             return self._secrets.get(self.secret_name(kind, ident), force_fetch=True)
-        except UnusableSecret:
-            raise
-        except ConfigurationError:  # absent
+        except SecretNotFound:
             return None
 
     def _existing(self, name: str) -> RotatingSecret | None:

@@ -42,10 +42,10 @@ from relay.errors import (
     RejectedRequest,
     RequestInProgress,
     RetryShortly,
+    SecretNotFound,
     SignatureRecheckPending,
     UnknownIntegration,
     UnsupportedMediaType,
-    UnusableSecret,
 )
 from relay.logic.intake.fan_out import FanOut, IncomingEvent
 from relay.logic.intake.filters import EventFacts
@@ -275,14 +275,11 @@ class Intake:
         self._secret_refreshed_at[secret_name] = self._monotonic()
         try:
             return refresh(secret_name)
-        except UnusableSecret:
-            # A rotation pasted out of shape: the request may be a genuine event signed with the new
-            # value, so it goes on to a 500, which Genesys retries, and is checked once it is put right.
-            raise
-        except ConfigurationError:
+        except SecretNotFound:
             return None  # the secret is gone: nothing could ever check the request, the refusal stands
-        # DependencyUnavailable goes on to a 503 for the same reason as UnusableSecret: Genesys
-        # retries a 503 but never a 401.
+        # The request may be a genuine event signed with a rotated secret, and Genesys retries a 5xx but
+        # never a 401: a value pasted out of shape (UnusableSecret) goes on to a 500, Secrets Manager
+        # unreachable (DependencyUnavailable) to a 503, each checked again once it is put right.
 
 
 def _text_or_none(value: object) -> str | None:
