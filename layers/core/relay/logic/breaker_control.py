@@ -43,10 +43,20 @@ def known_targets(
     return readable, [bad for entry in entries for _, bad in sorted(entry.unreadable.items())]
 
 
-def _entries(targets: TargetRecords, integration_id: str | None) -> Iterator[IntegrationEntry]:
-    """Every integration's entry (or the one named), in integration order."""
+def _entries(
+    targets: TargetRecords, integration_id: str | None, passed_over: list[UnreadableRecord] | None = None
+) -> Iterator[IntegrationEntry]:
+    """Every integration's entry (or the one named), in integration order. With ``passed_over``, an
+    integration record this release cannot read is collected there instead of raised, when every
+    integration is read (the one named is always raised)."""
     for ident in [integration_id] if integration_id else targets.list_integration_ids():
-        entry = targets.get(ident)
+        try:
+            entry = targets.get(ident)
+        except UnreadableRecord as exc:
+            if integration_id or passed_over is None:
+                raise
+            passed_over.append(exc)
+            continue
         if entry is not None:
             yield entry
 
@@ -63,16 +73,7 @@ def find_target(targets: TargetRecords, target_id: str, integration_id: str | No
     matches: list[Target] = []
     unreadable = []
     passed_over: list[UnreadableRecord] = []
-    for ident in [integration_id] if integration_id else targets.list_integration_ids():
-        try:
-            entry = targets.get(ident)
-        except UnreadableRecord as exc:
-            if integration_id:
-                raise
-            passed_over.append(exc)
-            continue
-        if entry is None:
-            continue
+    for entry in _entries(targets, integration_id, passed_over):
         matches.extend(t for t in entry.targets if t.target_id == target_id)
         if target_id in entry.unreadable:
             unreadable.append(entry.unreadable[target_id])
