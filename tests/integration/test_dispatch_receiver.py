@@ -66,3 +66,18 @@ def test_signatures_are_checked_per_path_and_deliveries_deduplicated(receiver: R
     assert receiver.unique_delivery_ids == {"d-1"}
     assert [d.duplicate for d in receiver.deliveries] == [False, True]
     assert receiver.deliveries[0].signature_valid and receiver.deliveries[0].event == {"a": 1}
+
+
+def test_a_path_key_matches_the_request_line_however_it_spells_the_path() -> None:
+    # Given a receiver whose secret is keyed by a path as a target URL writes it
+    with Receiver(signing_secrets={"/hooks/crm ü": [SECRET]}) as running:
+        body = b'{"deliveryId":"d-2","formatVersion":"2.1","sourceEvent":{"a":2}}'
+
+        # When a delivery arrives percent-encoded, with a query
+        answer = requests.post(
+            f"{running.url}/hooks/crm%20%C3%BC?team=crm", data=body, headers=_signed("d-2", body)
+        )
+
+        # Then its signature was checked against that secret (unkeyed, it would not be checked at all)
+        assert answer.status_code == 200
+        assert running.deliveries[0].signature_valid is True

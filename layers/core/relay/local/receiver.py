@@ -33,6 +33,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
 from relay.json_input import load_json
 from relay.local.loopback import LoopbackServer
@@ -260,8 +261,10 @@ class Receiver:
 
     # --- request handling (called by the handler threads) --------------------------------------------
     def _secrets(self, table: dict[str, list[str]], path: str) -> list[str] | None:
+        # Keys are paths as a URL is written; the request line carries it percent-encoded, query and all.
+        written = unquote(urlsplit(path).path)
         with self._lock:
-            found = table.get(path, table.get("*"))
+            found = table.get(written, table.get("*"))
             return list(found) if found is not None else None
 
     def _inspect(self, path: str, headers: dict[str, str], body: bytes) -> dict[str, Any]:
