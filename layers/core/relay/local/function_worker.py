@@ -158,8 +158,14 @@ class _Worker:
         self.process.wait()
 
     def close(self) -> None:
+        self.hang_up()
+        self.wait_exited()
+
+    def hang_up(self) -> None:
         for end in (self.requests, self.answers):
             end.close()  # the worker reads EOF and exits
+
+    def wait_exited(self) -> None:
         try:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -439,8 +445,12 @@ class WorkerFunction(LocalFunction):
             self._closed = True
             idle, self._idle = self._idle, []
             self._lock.notify_all()
+        # All told first, then waited for: each takes a moment to exit (unloading boto3 and the relay),
+        # which one after another added up to over a second of every stack's stop.
         for worker in idle:
-            worker.close()
+            worker.hang_up()
+        for worker in idle:
+            worker.wait_exited()
         with self._lock:
             self._stop_spawner_when_done()
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -171,6 +170,7 @@ class LocalStack:
         self.stop()
 
     def _start(self) -> None:
+        sync = self._launch_sync()
         moto = MotoServer()
         moto.start()
         self._exit.callback(moto.stop)
@@ -186,8 +186,8 @@ class LocalStack:
         self.genesys = FakeGenesys(self.fixtures)
         self.genesys.start()
         self._exit.callback(self.genesys.stop)
-        # Config sync spends seconds importing the Genesys SDK: the stack registers itself meanwhile.
-        sync = self._launch_sync({**self.environment, **self.genesys.settings_env()})
+        # Config sync has been importing the Genesys SDK since the start; it runs once it has the settings.
+        self._give_sync_its_settings(sync, {**self.environment, **self.genesys.settings_env()})
         self.stack_outputs = register_stack(self.resources, self.stack_name)
         self._finish_sync(sync)
 
@@ -308,22 +308,34 @@ class LocalStack:
         """The function's template environment, the local-mode settings, then the caller's overrides."""
         return {**template.function(logical_id).environment, **self._local_mode, **self.extra_environment}
 
-    def _launch_sync(self, environment: dict[str, str]) -> subprocess.Popen[str]:
-        """One config-sync run, in its own process as the scheduled function runs in its own container.
+    def _launch_sync(self) -> subprocess.Popen[str]:
+        """One config-sync run, in its own process as the scheduled function runs in its own container,
+        started before the stack so that it imports the Genesys SDK meanwhile (relay.local.sync_process).
 
-        ``relay targets sync`` is relay.wiring.config_sync.run_config_sync with ``environment``; running
-        it apart keeps the Genesys SDK (seconds to import, 220 MB, watchdog threads) out of the stack's
-        process, as the intake and the dispatcher never load it in AWS either.
+        It is ``relay targets sync`` (relay.wiring.config_sync.run_config_sync) with the environment
+        ``_give_sync_its_settings`` sends; running it apart keeps the Genesys SDK (seconds to import,
+        220 MB, watchdog threads) out of the stack's process, as the intake and the dispatcher never
+        load it in AWS either.
         """
         process = subprocess.Popen(
-            [sys.executable, "-m", "relay", "targets", "sync"],
+            [sys.executable, "-m", "relay.local.sync_process"],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, **environment},  # the run's settings, given at launch
         )
         self._exit.callback(_kill_if_running, process)  # a start that fails before the sync ends
         return process
+
+    @staticmethod
+    def _give_sync_its_settings(process: subprocess.Popen[str], environment: dict[str, str]) -> None:
+        assert process.stdin is not None
+        try:
+            process.stdin.write(json.dumps(environment) + "\n")
+            process.stdin.flush()
+        except OSError:
+            pass  # it has already exited: _finish_sync reports how
+        # stdin stays open until communicate() closes it
 
     def _finish_sync(self, process: subprocess.Popen[str]) -> None:
         """Wait for the config sync and check it took every target the fixtures did not disable."""
