@@ -516,6 +516,18 @@ def test_schema_invalid_message_is_400_naming_the_fields() -> None:
     assert queue.bodies == []
 
 
+def test_a_message_without_a_type_is_400_naming_type_as_the_missing_field() -> None:
+    message = sample("openmessaging_text.json")
+    del message["type"]
+    intake, queue = make_intake()
+    response = intake.handle(api_gateway_event(message))
+    assert refusal(response) == (400, "invalid_message")
+    said = answer(response)["message"]
+    assert said.endswith("type: Field required"), said
+    assert "discriminator" not in said and "(body)" not in said
+    assert queue.bodies == []
+
+
 def test_an_invalid_message_answer_names_the_problem_without_echoing_a_huge_value() -> None:
     message = sample("openmessaging_text.json")
     message["type"] = "T" * 200_000

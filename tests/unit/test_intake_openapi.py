@@ -138,3 +138,15 @@ def test_a_message_the_intake_refuses_is_refused_by_the_document_too(time: Any) 
     assert intake.handle(api_gateway_event(message))["statusCode"] == 400
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(message, schema("OpenMessage"))
+
+
+@pytest.mark.parametrize("member", ["firstName", "lastName", "nickname", "idType"])
+def test_a_participant_member_the_intake_checks_is_in_the_document_too(member: str) -> None:
+    # The intake refuses a participant's name that is not a string: so must the document, or a
+    # message valid by the document would be answered 400.
+    message = sample("openmessaging_text.json")
+    message["channel"]["from"][member] = 5
+    intake, _ = make_intake()
+    assert intake.handle(api_gateway_event(message))["statusCode"] == 400
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(message, schema("OpenMessage"))

@@ -114,6 +114,11 @@ def describe_validation_error(error: ValidationError) -> str:
     for item in error.errors():
         # The discriminator's tag is not a field the sender wrote.
         loc = [str(part) for part in item["loc"] if part not in ("Text", "Event", "Receipt", "Structured")]
+        if item["type"] == "union_tag_not_found":
+            # pydantic words a missing "type" as "(body): Unable to extract tag using discriminator": say
+            # which member is missing, as for any other required field.
+            fields.append(f"{'.'.join([*loc, _TAG])}: Field required")
+            continue
         fields.append(_shortened(f"{'.'.join(loc) or '(body)'}: {item['msg']}"))
     return "; ".join(sorted(set(fields))[:10])
 
