@@ -535,7 +535,23 @@ def test_an_invalid_message_answer_names_the_problem_without_echoing_a_huge_valu
     response = intake.handle(api_gateway_event(message))
     assert refusal(response) == (400, "invalid_message")
     said = answer(response)["message"]
-    assert "found using 'type'" in said and "characters left out" in said and len(said) < 1_000
+    assert "is not one of Text, Event, Receipt, Structured" in said and "characters left out" in said
+    assert len(said) < 1_000
+    assert queue.bodies == []
+
+
+@pytest.mark.parametrize(
+    ("written", "said"), [(None, "null"), ({"a": 1}, '{"a": 1}'), (5, "5"), ("Txt", '"Txt"')]
+)
+def test_a_type_no_model_takes_is_quoted_as_the_sender_wrote_it_in_json(written: object, said: str) -> None:
+    message = sample("openmessaging_text.json")
+    message["type"] = written
+    intake, queue = make_intake()
+    response = intake.handle(api_gateway_event(message))
+    assert refusal(response) == (400, "invalid_message")
+    assert answer(response)["message"].endswith(
+        f"type: {said} is not one of Text, Event, Receipt, Structured"
+    )
     assert queue.bodies == []
 
 

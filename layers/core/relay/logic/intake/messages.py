@@ -23,6 +23,7 @@ MAX_NESTING = 64
 _TOO_DEEP = f"the body is nested deeper than {MAX_NESTING} levels"
 # The member whose value chooses the Open Messaging model (OPEN_MESSAGE's discriminator).
 _TAG = "type"
+_TYPES = ("Text", "Event", "Receipt", "Structured")  # the tag's values, one model each
 # A JSON escape of a UTF-16 surrogate: only then is the costlier lone-surrogate check needed.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 # RFC 8259 section 8.1: not added by senders; refused, since stripping it would change what targets get.
@@ -113,11 +114,17 @@ def describe_validation_error(error: ValidationError) -> str:
     fields = []
     for item in error.errors():
         # The discriminator's tag is not a field the sender wrote.
-        loc = [str(part) for part in item["loc"] if part not in ("Text", "Event", "Receipt", "Structured")]
+        loc = [str(part) for part in item["loc"] if part not in _TYPES]
         if item["type"] == "union_tag_not_found":
             # pydantic words a missing "type" as "(body): Unable to extract tag using discriminator": say
             # which member is missing, as for any other required field.
             fields.append(f"{'.'.join([*loc, _TAG])}: Field required")
+            continue
+        if item["type"] == "union_tag_invalid":
+            # pydantic quotes the tag in Python's spelling ('None', "{'a': 1}"): the sender wrote JSON.
+            written = item["input"].get(_TAG) if isinstance(item["input"], Mapping) else None
+            said = f"{json.dumps(written, ensure_ascii=False)} is not one of {', '.join(_TYPES)}"
+            fields.append(_shortened(f"{'.'.join([*loc, _TAG])}: {said}"))
             continue
         fields.append(_shortened(f"{'.'.join(loc) or '(body)'}: {item['msg']}"))
     return "; ".join(sorted(set(fields))[:10])
