@@ -54,6 +54,10 @@ def _one_value(header_value: str) -> str:
     """The header's one value. API Gateway joins a repeated header with commas: copies of one value
     count as that value, but different values are refused, never accepted because one of them matches."""
     values = {part.strip() for part in header_value.split(",")}
+    if "" in values:  # a stray comma, or an empty copy of the header beside a full one
+        raise InvalidSignature(
+            "the X-Hub-Signature-256 header is malformed: it holds an empty value", code=CODE_MALFORMED
+        )
     if len(values) != 1:
         raise InvalidSignature(
             "the X-Hub-Signature-256 header is malformed: it holds several different values",
