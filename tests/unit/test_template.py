@@ -1189,6 +1189,22 @@ def test_the_intake_may_send_to_the_ordered_queue_and_knows_it(raw: Template) ->
     assert {"Fn::GetAtt": ["OrderedDeliveryQueue", "QueueName"]} in sends
 
 
+def test_the_eventbridge_redrive_permissions_name_every_queue_the_intake_sends_to(raw: Template) -> None:
+    # `relay dlq redrive --queue eventbridge|intake-failures` runs the intake in-process with the
+    # operator's credentials: an ordered target's task goes to the OrderedDeliveryQueue, which the
+    # operator's permission list (docs/operations-dlq.md) once left out.
+    sends = {
+        p["SQSSendMessagePolicy"]["QueueName"]["Fn::GetAtt"][0]
+        for p in raw.properties("IntakeFunction")["Policies"]
+        if "SQSSendMessagePolicy" in p
+    }
+    text = (TEMPLATE.parent / "docs" / "operations-dlq.md").read_text()
+    section = text.split("## 4. Permissions an operator needs", 1)[1].split("\n## ", 1)[0]
+    intake_part = section.split("what the intake", 1)[1]
+    assert sends == {"DeliveryQueue", "OrderedDeliveryQueue"}
+    assert all(re.search(rf"\b{queue}\b", intake_part) for queue in sends), intake_part
+
+
 def test_the_attempts_table_expires_its_counters_after_the_queue_has_let_go(raw: Template) -> None:
     from relay.adapters.attempt_counter import RECORD_TTL_SECONDS
 
