@@ -129,8 +129,10 @@ SAM_BUILD = PATH="$(abspath $(BOOT))/bin:$$(dirname $(PYTHON)):$$PATH" PYTHON=$(
 	ARCH=$(1) $(SAMVENV)/bin/sam build \
 	--no-cached --build-dir $(2) --parameter-overrides Architecture=$(1)
 
-# Deploy what this built with the same architecture: sam deploy --parameter-overrides Architecture=$(ARCH)
-# (arm64 is the template's default, so the default build needs nothing more).
+# Deploy what this built with the same architecture: Architecture="$(ARCH)" in samconfig.toml's
+# parameter_overrides (arm64 is the template's default, so the default build needs nothing more). Not
+# `sam deploy --parameter-overrides Architecture=...`: that replaces the environment's whole list, and a
+# first deploy of prod would get Stage=dev and the other defaults.
 build: $(SAMVENV)/.synced
 	$(REQUIRE_PYTHON)
 	$(call SAM_BUILD,$(ARCH),.aws-sam/build)

@@ -243,6 +243,21 @@ def test_dashboard_has_the_widgets_operators_need() -> None:
     assert re.search(r"\w+ / \(\w+ \+ \w+\)", expressions), "no success-rate expression"
 
 
+@pytest.mark.parametrize(
+    "function", ["DispatcherFunction", "SlowDispatcherFunction", "OrderedDispatcherFunction"]
+)
+def test_every_dispatcher_lane_shows_its_invocations_errors_throttles_and_concurrency(function: str) -> None:
+    # Each lane has a throttles alarm, and docs/operations-template.md ("Dashboard") promises each
+    # lane's invocations, errors, throttles and concurrency: the slow lane's throttles were missing.
+    name = BASE.ref(function)
+    plotted = {
+        p.name
+        for p in dashboard_metrics(BASE)
+        if p.namespace == "AWS/Lambda" and ("FunctionName", name) in p.pinned
+    }
+    assert {"Invocations", "Errors", "Throttles", "ConcurrentExecutions"} <= plotted, function
+
+
 def _queues_by_metric(plotted: list[Plotted]) -> dict[str, set[str]]:
     by_metric: dict[str, set[str]] = {}
     for metric in plotted:

@@ -539,6 +539,25 @@ def test_every_dispatcher_may_list_the_audit_bucket_so_an_expired_claim_check_re
     assert listed == {"${AuditBucket.Arn}"}
 
 
+def test_the_operators_iam_table_names_every_s3_action_the_dispatchers_have(raw: Template) -> None:
+    # docs/operations-template.md, "IAM", is what a security review reads: it once said the dispatchers
+    # "cannot list" the audit bucket while every lane had s3:ListBucket on it (SeeMissingClaimChecks).
+    granted = {
+        action
+        for policy in raw.properties("DispatcherFunction")["Policies"]
+        for statement in policy.get("Statement", [])
+        if statement["Effect"] == "Allow"
+        for action in _as_list(statement["Action"])
+        if action.startswith("s3:")
+    }
+    text = (TEMPLATE.parent / "docs" / "operations-template.md").read_text()
+    section = text.split("## IAM", 1)[1].split("\n## ", 1)[0]
+    rows = [row for row in section.splitlines() if row.startswith("| dispatchers (all three lanes) |")]
+    documented = {action for row in rows for action in re.findall(r"`(s3:\w+)`", row)}
+    assert documented == granted
+    assert not any("cannot list" in row for row in rows) or "s3:ListBucket" not in granted
+
+
 @pytest.mark.parametrize("dispatcher", DISPATCHERS)
 def test_dispatcher_reads_exactly_the_secret_kinds_its_targets_name(raw: Template, dispatcher: str) -> None:
     # A Target names a signing secret, an auth secret (token, user:password, OAuth client secret), an
@@ -1168,6 +1187,22 @@ def test_the_intake_may_send_to_the_ordered_queue_and_knows_it(raw: Template) ->
         if "SQSSendMessagePolicy" in p
     ]
     assert {"Fn::GetAtt": ["OrderedDeliveryQueue", "QueueName"]} in sends
+
+
+def test_the_eventbridge_redrive_permissions_name_every_queue_the_intake_sends_to(raw: Template) -> None:
+    # `relay dlq redrive --queue eventbridge|intake-failures` runs the intake in-process with the
+    # operator's credentials: an ordered target's task goes to the OrderedDeliveryQueue, which the
+    # operator's permission list (docs/operations-dlq.md) once left out.
+    sends = {
+        p["SQSSendMessagePolicy"]["QueueName"]["Fn::GetAtt"][0]
+        for p in raw.properties("IntakeFunction")["Policies"]
+        if "SQSSendMessagePolicy" in p
+    }
+    text = (TEMPLATE.parent / "docs" / "operations-dlq.md").read_text()
+    section = text.split("## 4. Permissions an operator needs", 1)[1].split("\n## ", 1)[0]
+    intake_part = section.split("what the intake", 1)[1]
+    assert sends == {"DeliveryQueue", "OrderedDeliveryQueue"}
+    assert all(re.search(rf"\b{queue}\b", intake_part) for queue in sends), intake_part
 
 
 def test_the_attempts_table_expires_its_counters_after_the_queue_has_let_go(raw: Template) -> None:
