@@ -431,6 +431,24 @@ def test_a_terminal_sync_with_nothing_to_read_is_refused_and_writes_nothing(
     assert target_store(get_settings(), cache_ttl_seconds=0).list_integration_ids() == []
 
 
+def _deployed_with_genesys_client(
+    genesys: FakeGenesys, aws_stack: LocalResources, suffix: str, **parameters: str
+) -> tuple[str, dict[str, str]]:
+    """A stack deployed locally with these parameters and a credentials secret holding the fake's OAuth
+    client: its name and its outputs."""
+    credentials = f"relay/test-{secrets.token_hex(4)}/genesys-client"
+    template = load_template(
+        parameters={"Stage": "local", "GenesysCredentialsSecretName": credentials, **parameters}
+    )
+    deployed = create_resources(template, aws_stack.endpoint_url, f"{aws_stack.prefix}{suffix}")
+    stack = f"{deployed.prefix}-stack"
+    outputs = register_stack(deployed, stack)
+    client = {"current": genesys.client_secret, "keyId": genesys.client_id}
+    secretsmanager = local_client("secretsmanager", aws_stack.endpoint_url)
+    secretsmanager.create_secret(Name=credentials, SecretString=json.dumps(client))
+    return stack, outputs
+
+
 def test_a_terminal_sync_with_stack_name_reads_what_to_sync_from_the_stacks_outputs(
     genesys: FakeGenesys,
     aws_stack: LocalResources,
@@ -439,19 +457,13 @@ def test_a_terminal_sync_with_stack_name_reads_what_to_sync_from_the_stacks_outp
 ) -> None:
     # Given a deployed stack configured with the fake's integrations and a credentials secret holding its
     # OAuth client, and an operator's shell that names none of them (only the fake's address: local mode)
-    credentials = f"relay/test-{secrets.token_hex(4)}/genesys-client"
-    parameters = {
-        "Stage": "local",
-        "GenesysOpenMessagingIntegrationIds": ",".join(genesys.open_messaging_integration_ids),
-        "GenesysWebhookIntegrationIds": ",".join(genesys.webhook_integration_ids),
-        "GenesysCredentialsSecretName": credentials,
-    }
-    endpoint = aws_stack.endpoint_url
-    deployed = create_resources(load_template(parameters=parameters), endpoint, f"{aws_stack.prefix}g")
-    stack = f"{deployed.prefix}-stack"
-    register_stack(deployed, stack)
-    client = {"current": genesys.client_secret, "keyId": genesys.client_id}
-    local_client("secretsmanager", endpoint).create_secret(Name=credentials, SecretString=json.dumps(client))
+    stack, _ = _deployed_with_genesys_client(
+        genesys,
+        aws_stack,
+        "g",
+        GenesysOpenMessagingIntegrationIds=",".join(genesys.open_messaging_integration_ids),
+        GenesysWebhookIntegrationIds=",".join(genesys.webhook_integration_ids),
+    )
     for name in ("GENESYS_CLIENT_ID", "GENESYS_CLIENT_SECRET", *GENESYS_IDS):
         monkeypatch.delenv(name)
     forget_cached_configuration()
@@ -470,6 +482,37 @@ def test_a_terminal_sync_with_stack_name_reads_what_to_sync_from_the_stacks_outp
     assert main(["targets", "list", "--format", "json", "--stack-name", stack]) == 0
     (entry,) = _json_lines(capsys.readouterr().out)
     assert sorted(t["targetId"] for t in entry["targets"]) == sorted(t.id for t in integration.targets)
+
+
+def test_a_terminal_sync_with_stack_name_does_not_take_integrations_the_stack_has_none_of_from_the_shell(
+    genesys: FakeGenesys,
+    aws_stack: LocalResources,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given a stack deployed without webhook integrations (the template then leaves their output out),
+    # and an operator's shell still naming webhook integrations from another stage
+    stack, outputs = _deployed_with_genesys_client(
+        genesys,
+        aws_stack,
+        "w",
+        GenesysOpenMessagingIntegrationIds=",".join(genesys.open_messaging_integration_ids),
+    )
+    assert "ConfigSyncWebhookIntegrationIds" not in outputs
+    monkeypatch.delenv("GENESYS_CLIENT_ID")
+    monkeypatch.delenv("GENESYS_CLIENT_SECRET")
+    monkeypatch.setenv("GENESYS_OPEN_MESSAGING_INTEGRATION_IDS", "stale-open-messaging-id")
+    monkeypatch.setenv("GENESYS_WEBHOOK_INTEGRATION_IDS", ",".join(genesys.webhook_integration_ids))
+    forget_cached_configuration()
+
+    # When the operator syncs naming the stack
+    code = main(["targets", "sync", "--stack-name", stack])
+
+    # Then only the stack's integrations were read: no target from webhook integrations it was not given
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0, report
+    assert report["integrations"] == genesys.open_messaging_integration_ids
+    assert report["targets"] == []
 
 
 def test_a_terminal_sync_and_check_with_stack_name_allow_the_ports_the_stack_allows(

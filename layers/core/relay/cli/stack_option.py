@@ -41,6 +41,15 @@ OUTPUT_SETTINGS = {
     "ConfigSyncOpenMessagingIntegrationIds": "genesys_open_messaging_integration_ids",
     "ConfigSyncWebhookIntegrationIds": "genesys_webhook_integration_ids",
 }
+# Outputs the template leaves out when their parameter is empty (a Condition), each with an output that
+# always comes with it: a stack that has the second and not the first was deployed with none, and the
+# shell's variable must not fill in (a GENESYS_WEBHOOK_INTEGRATION_IDS left from dev synced dev's
+# webhooks into prod's table).
+NONE_WHEN_LEFT_OUT = {
+    "EventBridgeIntegrationId": "EventBridgeDeadLetterQueueUrl",
+    "ConfigSyncOpenMessagingIntegrationIds": "ConfigSyncGenesysRegion",
+    "ConfigSyncWebhookIntegrationIds": "ConfigSyncGenesysRegion",
+}
 OUTPUTS = "stack_outputs"  # the namespace attribute holding the stack's outputs, once read
 
 
@@ -74,6 +83,11 @@ def stack_settings(args: argparse.Namespace) -> Iterator[None]:
     outputs = outputs_of(base, name)
     setattr(args, OUTPUTS, outputs)
     named = {field: outputs[key] for key, field in OUTPUT_SETTINGS.items() if outputs.get(key)}
+    named |= {
+        OUTPUT_SETTINGS[key]: ""
+        for key, companion in NONE_WHEN_LEFT_OUT.items()
+        if not outputs.get(key) and outputs.get(companion)
+    }
     try:
         settings = with_values(base, named)
     except ConfigurationError as exc:
