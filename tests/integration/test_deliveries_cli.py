@@ -459,6 +459,20 @@ def test_replay_of_an_id_not_in_the_archive_is_refused(
     assert "e-gone is in no archived event of " in err and "ArchiveRetentionDays" in err
 
 
+def test_replay_of_a_uuid_like_id_not_in_the_archive_names_it_as_typed(
+    aws_stack: LocalResources, stack: str, dispatcher: Dispatcher, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given an id written as Genesys writes Open Messaging event ids (32 hex digits), or in upper case,
+    # that names nothing in the archive (so its canonical UUID form is looked up too)
+    for typed in ("2e0caedb13954241b98aed0324dde8b4", "2E0CAEDB-1395-4241-B98A-ED0324DDE8B4"):
+        # When the operator replays it
+        code, out, err = relay(capsys, "deliveries", "replay", typed, "--stack-name", stack)
+
+        # Then the refusal names the id as the operator typed it, as `show` does
+        assert (code, out) == (3, "")
+        assert f"replay: {typed} is in no archived event of " in err, err
+
+
 def test_an_event_id_two_integrations_received_is_replayed_by_choosing_its_copy_with_a_target(
     aws_stack: LocalResources,
     stack: str,

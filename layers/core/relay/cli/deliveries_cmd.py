@@ -313,9 +313,9 @@ def _replay(args: Any, out: IO[str] | None = None) -> int:
     dates = days_back(now, args.since)
     archive = event_archive(settings)
     for spelling in spellings(args.ident):
-        args.ident = spelling
-        events = find_events(archive.records(dates, containing=args.ident), args.ident)
+        events = find_events(archive.records(dates, containing=spelling), spelling)
         if events:
+            args.ident = spelling  # a refusal names the id as typed unless another spelling found it
             break
     try:
         replay = plan_replay(
