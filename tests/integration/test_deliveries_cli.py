@@ -234,6 +234,14 @@ def test_show_names_an_ordered_target_with_no_record_for_the_event_as_possibly_w
         code, _, err = relay(capsys, "deliveries", "show", *narrowed, "--stack-name", stack)
         assert (code, err) == (0, "")
 
+    # And asked for the ordered target alone, the refusal says its delivery may be waiting there
+    code, out, err = relay(
+        capsys, "deliveries", "show", "e-waits", "--target", "t-ordered", "--stack-name", stack
+    )
+    assert (code, out) == (3, "")
+    assert "t-ordered is an ordered target: a delivery waiting behind a held or blocked record" in err, err
+    assert f"relay deliveries show {CONVERSATION} lists the records of the conversation" in err
+
 
 # Ids a sender chose, as the intake accepts them: non-ASCII (escaped in the audit's JSON), quotes and
 # backslashes, control characters, line separators and bidi controls.
