@@ -123,13 +123,14 @@ def _show(args: Any, out: IO[str] | None = None) -> int:
     if args.timeout is not None and not args.athena:
         raise UsageError("--timeout applies only with --athena (the audit objects are read without a query)")
     dates = days_back(datetime.now(UTC), args.since)
-    typed, other_targets = args.ident, set()
+    typed, other_targets, waiting_for = args.ident, set(), []
     for spelling in spellings(typed):
         args.ident = spelling  # what the messages below name: the form that was found
         lines = _athena_lines(args, dates) if args.athena else _audit_lines(args.ident, dates)
-        found = whole = timeline(lines, args.ident, dates)
+        found = timeline(lines, args.ident, dates)
         if args.target:
             other_targets |= {str(line["targetId"]) for line in found.attempts}
+            waiting_for += [found] if found.attempts else []  # the spelling the other targets' lines name
             lines = [line for line in lines if line.get("targetId") == args.target]
             found = timeline(lines, args.ident, dates)
         if found.found:
@@ -138,7 +139,7 @@ def _show(args: Any, out: IO[str] | None = None) -> int:
         raise CommandFailed(
             f"no audit record names {typed} to target {args.target} from {dates[0]} to {dates[-1]}; "
             f"its records name other targets: {', '.join(sorted(other_targets))}"
-            + _may_wait_for(whole, args.target)
+            + _may_wait_for(waiting_for[0], args.target)
         )
     if not found.found:
         where = f" to target {args.target}" if args.target else ""
