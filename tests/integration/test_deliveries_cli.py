@@ -234,6 +234,19 @@ def test_show_names_an_ordered_target_with_no_record_for_the_event_as_possibly_w
         code, _, err = relay(capsys, "deliveries", "show", *narrowed, "--stack-name", stack)
         assert (code, err) == (0, "")
 
+    # And asked for the ordered target alone, the refusal says its delivery may be waiting there, for an
+    # event id written as Genesys writes them (32 hex digits, also a UUID's spelling) too
+    dispatcher.handle_batch([event_record("6f2d0c1a9b8e4d7c8a1b2c3d4e5f6a7b")])
+    for event_id in ("e-waits", "6f2d0c1a9b8e4d7c8a1b2c3d4e5f6a7b"):
+        code, out, err = relay(
+            capsys, "deliveries", "show", event_id, "--target", "t-ordered", "--stack-name", stack
+        )
+        assert (code, out) == (3, "")
+        assert "t-ordered is an ordered target: a delivery waiting behind a held or blocked record" in err, (
+            err
+        )
+        assert f"relay deliveries show {CONVERSATION} lists the records of the conversation" in err
+
 
 # Ids a sender chose, as the intake accepts them: non-ASCII (escaped in the audit's JSON), quotes and
 # backslashes, control characters, line separators and bidi controls.
@@ -457,6 +470,20 @@ def test_replay_of_an_id_not_in_the_archive_is_refused(
     code, out, err = relay(capsys, "deliveries", "replay", "e-gone", "--stack-name", stack)
     assert (code, out) == (3, "")
     assert "e-gone is in no archived event of " in err and "ArchiveRetentionDays" in err
+
+
+def test_replay_of_a_uuid_like_id_not_in_the_archive_names_it_as_typed(
+    aws_stack: LocalResources, stack: str, dispatcher: Dispatcher, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given an id written as Genesys writes Open Messaging event ids (32 hex digits), or in upper case,
+    # that names nothing in the archive (so its canonical UUID form is looked up too)
+    for typed in ("2e0caedb13954241b98aed0324dde8b4", "2E0CAEDB-1395-4241-B98A-ED0324DDE8B4"):
+        # When the operator replays it
+        code, out, err = relay(capsys, "deliveries", "replay", typed, "--stack-name", stack)
+
+        # Then the refusal names the id as the operator typed it, as `show` does
+        assert (code, out) == (3, "")
+        assert f"replay: {typed} is in no archived event of " in err, err
 
 
 def test_an_event_id_two_integrations_received_is_replayed_by_choosing_its_copy_with_a_target(

@@ -123,13 +123,14 @@ def _show(args: Any, out: IO[str] | None = None) -> int:
     if args.timeout is not None and not args.athena:
         raise UsageError("--timeout applies only with --athena (the audit objects are read without a query)")
     dates = days_back(datetime.now(UTC), args.since)
-    typed, other_targets = args.ident, set()
+    typed, other_targets, waiting_for = args.ident, set(), []
     for spelling in spellings(typed):
         args.ident = spelling  # what the messages below name: the form that was found
         lines = _athena_lines(args, dates) if args.athena else _audit_lines(args.ident, dates)
         found = timeline(lines, args.ident, dates)
         if args.target:
             other_targets |= {str(line["targetId"]) for line in found.attempts}
+            waiting_for += [found] if found.attempts else []  # the spelling the other targets' lines name
             lines = [line for line in lines if line.get("targetId") == args.target]
             found = timeline(lines, args.ident, dates)
         if found.found:
@@ -138,6 +139,7 @@ def _show(args: Any, out: IO[str] | None = None) -> int:
         raise CommandFailed(
             f"no audit record names {typed} to target {args.target} from {dates[0]} to {dates[-1]}; "
             f"its records name other targets: {', '.join(sorted(other_targets))}"
+            + _may_wait_for(waiting_for[0], args.target)
         )
     if not found.found:
         where = f" to target {args.target}" if args.target else ""
@@ -197,6 +199,33 @@ def _say_what_may_wait(found: Timeline) -> None:
             ),
             file=sys.stderr,
         )
+
+
+def _may_wait_for(whole: Timeline, target_id: str) -> str:
+    """For ``show --target`` naming an ordered target the event has no line for: its delivery may be
+    waiting in its conversation (the audit knows nothing of it yet), so the error says so too."""
+    from relay.errors import DependencyUnavailable
+    from relay.logic.deliveries.timeline import unaudited_ordered
+    from relay.settings import get_settings
+    from relay.wiring import target_store
+
+    store = target_store(get_settings(), cache_ttl_seconds=0)
+    try:
+        entries = {i: store.get(i) for i in {line["integrationId"] for line in whole.attempts} if i}
+    except DependencyUnavailable:
+        return ""  # the error stands on its own; the note is a courtesy
+    targets = {i: entry.targets for i, entry in entries.items() if entry is not None}
+    waiting = [
+        event_id for event_id, target in unaudited_ordered(whole, targets) if target.target_id == target_id
+    ]
+    if not waiting:
+        return ""
+    conversations = {line["eventId"]: line["conversationId"] for line in whole.attempts}
+    return (
+        f"; {target_id} is an ordered target: a delivery waiting behind a held or blocked record of its "
+        "conversation has no record until a dispatcher receives it; "
+        + where_a_conversation_waits(conversations.get(waiting[0]))
+    )
 
 
 def _audit_lines(ident: str, dates: list[str]) -> list[dict[str, Any]]:
@@ -313,9 +342,9 @@ def _replay(args: Any, out: IO[str] | None = None) -> int:
     dates = days_back(now, args.since)
     archive = event_archive(settings)
     for spelling in spellings(args.ident):
-        args.ident = spelling
-        events = find_events(archive.records(dates, containing=args.ident), args.ident)
+        events = find_events(archive.records(dates, containing=spelling), spelling)
         if events:
+            args.ident = spelling  # a refusal names the id as typed unless another spelling found it
             break
     try:
         replay = plan_replay(
