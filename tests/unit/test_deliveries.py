@@ -242,6 +242,18 @@ def test_a_replay_to_an_ordered_target_says_it_goes_outside_the_conversations_or
     assert plan(history, "e-2").out_of_order == ()
 
 
+def test_a_replay_of_an_event_without_a_conversation_goes_outside_no_order(history: Archiving) -> None:
+    # Given an event without a conversation (an EventBridge event may lack one), delivered unordered
+    history.batch(task_record("e-9", "crm", conversation_id=None), invocation_id="inv-9")
+    ordered = make_target("crm", ordering=Ordering.CONVERSATION)
+
+    replay = plan(history, "e-9", targets=InMemoryTargets(ordered))
+
+    # Then its replay is not said to bypass an order it never had
+    assert replay.out_of_order == () and replay.to_json()["outOfOrder"] == []
+    assert [task.target_id for task in replay.tasks] == ["crm"]
+
+
 def test_a_replay_goes_to_every_target_of_the_event_with_its_delivery_ids(history: Archiving) -> None:
     replay = plan(history, "e-1")
 

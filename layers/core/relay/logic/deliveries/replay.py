@@ -72,8 +72,12 @@ def plan_replay(
     looked at, for the refusal."""
     event = _one_event(_of_target(events, ident, target_id), ident, searched)
     chosen = _targets(event, target_id)
+    # An event without a conversation went to its ordered targets unordered: no order to go outside.
     ordered = tuple(
-        c for c in chosen if _check_target(targets, event.integration_id, c).ordering is Ordering.CONVERSATION
+        c
+        for c in chosen
+        if _check_target(targets, event.integration_id, c).ordering is Ordering.CONVERSATION
+        and event.conversation_id
     )
     if event.event_ref is not None and not archive.claim_check_exists(event.event_ref):
         raise ReplayRefused(
