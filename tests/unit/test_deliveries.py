@@ -22,6 +22,7 @@ from relay.logic.deliveries.lookup import find_events
 from relay.logic.deliveries.operator import switch_target
 from relay.logic.deliveries.replay import plan_replay, run_replay
 from relay.logic.deliveries.timeline import days_back, timeline
+from relay.models.archive import archive_key
 from relay.models.delivery import DeliveryTask
 from relay.models.http import HttpResult
 from relay.models.targets import Ordering
@@ -252,6 +253,22 @@ def test_a_replay_of_an_event_without_a_conversation_goes_outside_no_order(histo
     # Then its replay is not said to bypass an order it never had
     assert replay.out_of_order == () and replay.to_json()["outOfOrder"] == []
     assert [task.target_id for task in replay.tasks] == ["crm"]
+
+
+@pytest.mark.parametrize("damaged", ['{"eventId": "e-7", "invoc', '{"schemaVersion": 99, "eventId": "e-7"}'])
+def test_a_replay_of_an_event_only_unreadable_archive_lines_name_says_so(
+    history: Archiving, damaged: str
+) -> None:
+    # Given an archive object holding the event that is damaged, or from a release this one cannot read
+    history.archive.objects[archive_key(DAY, "inv-damaged")] = damaged.encode() + b"\n"
+
+    found = history.archive.records([DAY], containing="e-7")
+
+    # Then the refusal names what was found instead of guessing at retention or archiving being off
+    assert (list(found), found.unreadable) == ([], 1)
+    with pytest.raises(ReplayRefused, match="1 archive line names it but is no archive record") as refused:
+        plan(history, "e-7", unreadable_lines=found.unreadable)
+    assert "ArchiveRetentionDays" not in str(refused.value)
 
 
 def test_a_replay_goes_to_every_target_of_the_event_with_its_delivery_ids(history: Archiving) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from pydantic import SecretStr
 
-from relay.models.archive import ArchiveRecord
+from relay.models.archive import ArchiveRecord, FoundRecords
 from relay.models.breaker import BreakerState, LaneState
 from relay.models.delivery import DeadLetterNote, S3Ref
 from relay.models.http import HttpResult
@@ -370,8 +370,9 @@ class AuditReader(Protocol):
 class ArchiveReader(Protocol):
     """The event archive of some days (``relay deliveries replay``)."""
 
-    def records(self, dates: Sequence[str], *, containing: str) -> list[ArchiveRecord]:
-        """Every archive record of those dates whose line holds ``containing`` (as it is or JSON-escaped)."""
+    def records(self, dates: Sequence[str], *, containing: str) -> FoundRecords:
+        """Every archive record of those dates whose line holds ``containing`` (as it is or JSON-escaped),
+        and how many such lines were no record."""
         ...
 
     def claim_check_exists(self, ref: S3Ref) -> bool:

@@ -12,12 +12,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from botocore.exceptions import ClientError
-from pydantic import ValidationError
 
 from relay.adapters.audit import matching_lines, put_jsonl
 from relay.adapters.aws_errors import NO_AWS_ANSWER
 from relay.errors import DependencyUnavailable
-from relay.models.archive import ARCHIVE_PREFIX, ArchiveRecord, archive_key
+from relay.models.archive import ARCHIVE_PREFIX, ArchiveRecord, FoundRecords, archive_key, read_records
 from relay.models.delivery import S3Ref
 
 
@@ -32,15 +31,9 @@ class S3EventArchive:
         body = b"".join(record.to_line() for record in records)
         put_jsonl(self._s3, self._bucket, archive_key(date, invocation_id), body)
 
-    def records(self, dates: Sequence[str], *, containing: str) -> list[ArchiveRecord]:
+    def records(self, dates: Sequence[str], *, containing: str) -> FoundRecords:
         prefixes = [f"{ARCHIVE_PREFIX}date={date}/" for date in dates]
-        found: list[ArchiveRecord] = []
-        for line in matching_lines(self._s3, self._bucket, prefixes, containing):
-            try:
-                found.append(ArchiveRecord.model_validate_json(line))
-            except ValidationError:
-                continue  # not a line the relay wrote
-        return found
+        return read_records(matching_lines(self._s3, self._bucket, prefixes, containing))
 
     def claim_check_exists(self, ref: S3Ref) -> bool:
         try:

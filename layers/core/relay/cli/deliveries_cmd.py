@@ -341,8 +341,11 @@ def _replay(args: Any, out: IO[str] | None = None) -> int:
     now = datetime.now(UTC)
     dates = days_back(now, args.since)
     archive = event_archive(settings)
+    unreadable = 0
     for spelling in spellings(args.ident):
-        events = find_events(archive.records(dates, containing=spelling), spelling)
+        found = archive.records(dates, containing=spelling)
+        unreadable += found.unreadable
+        events = find_events(found, spelling)
         if events:
             args.ident = spelling  # a refusal names the id as typed unless another spelling found it
             break
@@ -355,6 +358,7 @@ def _replay(args: Any, out: IO[str] | None = None) -> int:
             archive=archive,
             target_id=args.target,
             new_id=args.new_id,
+            unreadable_lines=unreadable,
         )
     except ReplayRefused as exc:
         raise CommandFailed(str(exc)) from None

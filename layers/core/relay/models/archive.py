@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Literal
 from uuid import UUID
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from relay.errors import UnreadableEvent
 from relay.models.delivery import DeliveryTask, EventSource, S3Ref
@@ -52,6 +52,23 @@ class ArchiveRecord(CamelModel):
 
     def to_line(self) -> bytes:
         return self.model_dump_json(by_alias=True).encode() + b"\n"
+
+
+class FoundRecords(list[ArchiveRecord]):
+    """The archive records a search found, and how many of the lines it matched were no record: a
+    damaged object, or a line another release wrote. A replay refused for want of a record says so."""
+
+    unreadable: int = 0
+
+
+def read_records(lines: Iterable[str | bytes]) -> FoundRecords:
+    found = FoundRecords()
+    for line in lines:
+        try:
+            found.append(ArchiveRecord.model_validate_json(line))
+        except ValidationError:
+            found.unreadable += 1
+    return found
 
 
 def records_of(

@@ -25,7 +25,7 @@ from relay.errors import (
     UnreadableEvent,
 )
 from relay.json_input import json_spellings
-from relay.models.archive import ArchiveRecord, archive_key
+from relay.models.archive import ArchiveRecord, FoundRecords, archive_key, read_records
 from relay.models.breaker import BreakerState, LaneState
 from relay.models.delivery import DeadLetterNote, S3Ref
 from relay.models.http import HttpResult
@@ -323,9 +323,8 @@ class InMemoryEventArchive:
             raise DependencyUnavailable("audit bucket unwritable (in-memory archive set unavailable)")
         self.objects[archive_key(date, invocation_id)] = b"".join(r.to_line() for r in records)
 
-    def records(self, dates: Sequence[str], *, containing: str) -> list[ArchiveRecord]:
-        lines = _lines_under(self.objects, "archive", dates, containing)
-        return [ArchiveRecord.model_validate_json(line) for line in lines]
+    def records(self, dates: Sequence[str], *, containing: str) -> FoundRecords:
+        return read_records(_lines_under(self.objects, "archive", dates, containing))
 
     def claim_check_exists(self, ref: S3Ref) -> bool:
         return ref not in self.expired

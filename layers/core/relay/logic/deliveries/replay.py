@@ -66,11 +66,13 @@ def plan_replay(
     target_id: str | None = None,
     new_id: bool = False,
     new_uuid: Callable[[], UUID] = uuid.uuid4,
+    unreadable_lines: int = 0,
 ) -> Replay:
     """The replay of the one event ``ident`` names (``events``: relay.logic.deliveries.lookup), to
     ``target_id`` or to every target it had; ReplayRefused saying why not. ``searched`` names the days
-    looked at, for the refusal."""
-    event = _one_event(_of_target(events, ident, target_id), ident, searched)
+    looked at, and ``unreadable_lines`` the archive lines naming ``ident`` that were no record, for the
+    refusal."""
+    event = _one_event(_of_target(events, ident, target_id), ident, searched, unreadable_lines)
     chosen = _targets(event, target_id)
     # An event without a conversation went to its ordered targets unordered: no order to go outside.
     ordered = tuple(
@@ -139,7 +141,16 @@ def run_replay(
     return write_operator_records(audit, records, now)
 
 
-def _one_event(events: Sequence[ArchivedEvent], ident: str, searched: str) -> ArchivedEvent:
+def _one_event(
+    events: Sequence[ArchivedEvent], ident: str, searched: str, unreadable_lines: int
+) -> ArchivedEvent:
+    if not events and unreadable_lines:
+        raise ReplayRefused(
+            f"{ident} is in no readable archived event of {searched}: {unreadable_lines} archive "
+            f"{'line names' if unreadable_lines == 1 else 'lines name'} it but "
+            f"{'is' if unreadable_lines == 1 else 'are'} no archive record (a damaged object, or one "
+            "another release wrote); nothing to replay from"
+        )
     if not events:
         raise ReplayRefused(
             f"{ident} is in no archived event of {searched}: older than the archive keeps events "
