@@ -378,6 +378,13 @@ def test_replay_with_a_new_id_gets_a_fresh_webhook_id(
     dispatcher.handle_batch(drain(aws_stack.delivery_queue_url))
     assert receiver.deliveries[-1].headers["webhook-id"] == delivery["deliveryId"]
 
+    # ... and the old delivery's story points at the new one, without calling it a delivery of 0 attempts
+    code, out, _ = relay(capsys, "deliveries", "show", delivery["replayOf"], "--stack-name", stack)
+    summary = out.strip().splitlines()[-1]
+    assert code == 0 and "0 attempts" not in summary, summary
+    assert f"replayed as {delivery['deliveryId']}" in summary
+    assert f"relay deliveries show {delivery['deliveryId']}" in summary
+
 
 def test_replay_is_refused_for_a_disabled_target_until_it_is_enabled_again(
     aws_stack: LocalResources,

@@ -288,6 +288,16 @@ def format_timeline(found: Timeline) -> str:
         rows.append((_text(a["startedAt"]), *event, *cells, _note(a), _text(a["error"])))
     summary = [format_table(rows), ""]
     for d in found.deliveries():
+        if d["lastOutcome"] == "replayed" and d["replayOf"] and not d["attempts"]:
+            # A --new-id replay's attempts name the new id, which the old one's lines do not
+            new = ", ".join(d["deliveryIds"])
+            summary.append(
+                visible(
+                    f"event {d['eventId']} to {d['targetId']}: replayed as {new}, replacing {d['replayOf']}; "
+                    f"its attempts are under the new id: relay deliveries show {new}"
+                )
+            )
+            continue
         tried = f"{d['attempts']} attempt{'s' if d['attempts'] != 1 else ''}"
         if d["attemptsInAll"] != d["attempts"]:
             tried += f" since its last replay ({d['attemptsInAll']} in all)"
