@@ -31,6 +31,7 @@ from relay.cli.terminal import format_table, visible
 if TYPE_CHECKING:
     from relay.logic.deliveries.replay import Replay
     from relay.logic.deliveries.timeline import Timeline
+    from relay.models.targets import Target
 
 # Stack outputs naming the Athena workgroup and the saved timeline query (template.yaml).
 WORKGROUP_OUTPUT = "AthenaWorkGroupName"
@@ -123,23 +124,24 @@ def _show(args: Any, out: IO[str] | None = None) -> int:
     if args.timeout is not None and not args.athena:
         raise UsageError("--timeout applies only with --athena (the audit objects are read without a query)")
     dates = days_back(datetime.now(UTC), args.since)
-    typed, other_targets, waiting_for = args.ident, set(), []
+    typed, other_targets = args.ident, set()
+    whole: Timeline | None = None  # every target's lines, of the spelling the other targets' lines name
     for spelling in spellings(typed):
         args.ident = spelling  # what the messages below name: the form that was found
         lines = _athena_lines(args, dates) if args.athena else _audit_lines(args.ident, dates)
         found = timeline(lines, args.ident, dates)
         if args.target:
             other_targets |= {str(line["targetId"]) for line in found.attempts}
-            waiting_for += [found] if found.attempts else []  # the spelling the other targets' lines name
+            whole = whole or (found if found.attempts else None)
             lines = [line for line in lines if line.get("targetId") == args.target]
             found = timeline(lines, args.ident, dates)
         if found.found:
             break
-    if not found.found and other_targets:  # the event is there, for other targets only
+    if not found.found and whole is not None:  # the event is there, for other targets only
         raise CommandFailed(
             f"no audit record names {typed} to target {args.target} from {dates[0]} to {dates[-1]}; "
             f"its records name other targets: {', '.join(sorted(other_targets))}"
-            + _may_wait_for(waiting_for[0], args.target)
+            + _may_wait_for(whole, args.target)
         )
     if not found.found:
         where = f" to target {args.target}" if args.target else ""
@@ -176,20 +178,7 @@ def spellings(ident: str) -> list[str]:
 def _say_what_may_wait(found: Timeline) -> None:
     """Name, on stderr, each ordered target that has no line for an event shown: its delivery may be
     waiting in its conversation, which the audit cannot show yet."""
-    from relay.errors import DependencyUnavailable
-    from relay.logic.deliveries.timeline import unaudited_ordered
-    from relay.settings import get_settings
-    from relay.wiring import target_store
-
-    store = target_store(get_settings(), cache_ttl_seconds=0)
-    try:
-        entries = {i: store.get(i) for i in {line["integrationId"] for line in found.attempts} if i}
-    except DependencyUnavailable:
-        return  # the timeline stands on its own; the note is a courtesy
-    targets = {i: entry.targets for i, entry in entries.items() if entry is not None}
-    conversations = {line["eventId"]: line["conversationId"] for line in found.attempts}
-    for event_id, target in unaudited_ordered(found, targets):
-        conversation = conversations.get(event_id)
+    for event_id, target, conversation in _ordered_without_a_line(found):
         print(
             visible(
                 f"relay deliveries show: event {event_id} has no record for ordered target "
@@ -204,6 +193,20 @@ def _say_what_may_wait(found: Timeline) -> None:
 def _may_wait_for(whole: Timeline, target_id: str) -> str:
     """For ``show --target`` naming an ordered target the event has no line for: its delivery may be
     waiting in its conversation (the audit knows nothing of it yet), so the error says so too."""
+    for _, target, conversation in _ordered_without_a_line(whole):
+        if target.target_id == target_id:
+            return (
+                f"; {target_id} is an ordered target: a delivery waiting behind a held or blocked record "
+                "of its conversation has no record until a dispatcher receives it; "
+                + where_a_conversation_waits(conversation)
+            )
+    return ""
+
+
+def _ordered_without_a_line(found: Timeline) -> list[tuple[str, Target, str | None]]:
+    """(event id, ordered target, conversation id) for each ordered target of the events' integrations
+    that has no line for the event; none when the TargetsTable cannot be read (the notes built on this
+    are a courtesy: what was found stands on its own)."""
     from relay.errors import DependencyUnavailable
     from relay.logic.deliveries.timeline import unaudited_ordered
     from relay.settings import get_settings
@@ -211,21 +214,15 @@ def _may_wait_for(whole: Timeline, target_id: str) -> str:
 
     store = target_store(get_settings(), cache_ttl_seconds=0)
     try:
-        entries = {i: store.get(i) for i in {line["integrationId"] for line in whole.attempts} if i}
+        entries = {i: store.get(i) for i in {line["integrationId"] for line in found.attempts} if i}
     except DependencyUnavailable:
-        return ""  # the error stands on its own; the note is a courtesy
+        return []
     targets = {i: entry.targets for i, entry in entries.items() if entry is not None}
-    waiting = [
-        event_id for event_id, target in unaudited_ordered(whole, targets) if target.target_id == target_id
+    conversations = {line["eventId"]: line["conversationId"] for line in found.attempts}
+    return [
+        (event_id, target, conversations.get(event_id))
+        for event_id, target in unaudited_ordered(found, targets)
     ]
-    if not waiting:
-        return ""
-    conversations = {line["eventId"]: line["conversationId"] for line in whole.attempts}
-    return (
-        f"; {target_id} is an ordered target: a delivery waiting behind a held or blocked record of its "
-        "conversation has no record until a dispatcher receives it; "
-        + where_a_conversation_waits(conversations.get(waiting[0]))
-    )
 
 
 def _audit_lines(ident: str, dates: list[str]) -> list[dict[str, Any]]:
