@@ -677,13 +677,17 @@ def test_list_table_says_a_target_is_held_quiet_by_a_retry_after(
     local_settings: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Given a target whose receiver answered 429 with a Retry-After of an hour, and one it did not
+    store = target_store(get_settings(), cache_ttl_seconds=0)
+    store.put_integration(Integration(integration_id=INTEGRATION_ID, name="quiet"))
     for target_id in ("t-quiet", "t-plain"):
-        stored = Target(
-            integration_id=INTEGRATION_ID, target_id=target_id, name=target_id, url="https://x.example.com/"
+        store.put_target(
+            Target(
+                integration_id=INTEGRATION_ID,
+                target_id=target_id,
+                name=target_id,
+                url="https://x.example.com/",
+            )
         )
-        store = target_store(get_settings(), cache_ttl_seconds=0)
-        store.put_integration(Integration(integration_id=INTEGRATION_ID, name="quiet"))
-        store.put_target(stored)
     now = time.time()
     rate_limit_store(get_settings()).join(
         rate_key(INTEGRATION_ID, "t-quiet"),

@@ -74,12 +74,10 @@ def plan_replay(
     refusal."""
     event = _one_event(_of_target(events, ident, target_id), ident, searched, unreadable_lines)
     chosen = _targets(event, target_id)
+    checked = [_check_target(targets, event.integration_id, c) for c in chosen]  # unknown, disabled: refused
     # An event without a conversation went to its ordered targets unordered: no order to go outside.
     ordered = tuple(
-        c
-        for c in chosen
-        if _check_target(targets, event.integration_id, c).ordering is Ordering.CONVERSATION
-        and event.conversation_id
+        t.target_id for t in checked if t.ordering is Ordering.CONVERSATION and event.conversation_id
     )
     if event.event_ref is not None and not archive.claim_check_exists(event.event_ref):
         raise ReplayRefused(
