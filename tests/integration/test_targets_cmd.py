@@ -627,15 +627,7 @@ def test_list_shows_filters_rate_limit_rate_now_and_auth_type_never_a_secret(
             rate_limit=RateLimit(per_second=20, burst=40),
         )
     )
-    for target_id in ("t-implicit", "t-plain"):
-        store.put_target(
-            Target(
-                integration_id=INTEGRATION_ID,
-                target_id=target_id,
-                name=target_id,
-                url="https://x.example.com/",
-            )
-        )
+    _put_plain_targets(store, "t-implicit", "t-plain")
     buckets = rate_limit_store(get_settings())
     now = time.time()
     buckets.cut(
@@ -673,21 +665,20 @@ def test_list_shows_filters_rate_limit_rate_now_and_auth_type_never_a_secret(
     assert "relay/x/auth" not in table + json.dumps(entry)  # not even the secret's name
 
 
+def _put_plain_targets(store: Any, *target_ids: str) -> None:
+    """Targets of INTEGRATION_ID with a name and a URL, nothing more configured."""
+    for target_id in target_ids:
+        url = "https://x.example.com/"
+        store.put_target(Target(integration_id=INTEGRATION_ID, target_id=target_id, name=target_id, url=url))
+
+
 def test_list_table_says_a_target_is_held_quiet_by_a_retry_after(
     local_settings: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Given a target whose receiver answered 429 with a Retry-After of an hour, and one it did not
     store = target_store(get_settings(), cache_ttl_seconds=0)
     store.put_integration(Integration(integration_id=INTEGRATION_ID, name="quiet"))
-    for target_id in ("t-quiet", "t-plain"):
-        store.put_target(
-            Target(
-                integration_id=INTEGRATION_ID,
-                target_id=target_id,
-                name=target_id,
-                url="https://x.example.com/",
-            )
-        )
+    _put_plain_targets(store, "t-quiet", "t-plain")
     now = time.time()
     rate_limit_store(get_settings()).join(
         rate_key(INTEGRATION_ID, "t-quiet"),
