@@ -7,6 +7,7 @@ answers 503. The commands run through ``relay.cli.main``.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import Any
 
@@ -166,6 +167,54 @@ def test_reset_closes_the_breaker_and_the_next_batch_is_delivered(
     code, out, _ = _run(capsys, "reset", PLAIN_TARGET)
     assert code == 0 and "nothing written" in out
     assert breaker_store(get_settings()).load(KEY).version == opened.version + 1
+
+
+def test_status_shows_a_retry_after_quiet_and_reset_lifts_it_for_the_dispatcher_that_saw_it(
+    aws_stack: LocalResources,
+    receiver: Receiver,
+    dispatcher: Dispatcher,
+    clock: ManualClock,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given a target that answered 429 asking for an hour of quiet: its breaker stays closed, but the
+    # dispatcher holds its next record back
+    seed_target(aws_stack, f"{receiver.url}/hooks/crm", attempts=10)
+    receiver.behaviour = Behaviour(status=429, retry_after_seconds=3600)
+    dispatcher.handle_batch([task_record()])
+    receiver.behaviour = Behaviour(status=200)
+    held_id = str(uuid.uuid4())
+    assert dispatcher.handle_batch([task_record(delivery_id=held_id)]) == {"batchItemFailures": []}
+    assert held_id not in receiver.unique_delivery_ids
+
+    # When an operator reads the breaker, the quiet shows beside its closed phase
+    code, out, _ = _run(capsys, "status", PLAIN_TARGET, "--format", "json")
+    (doc,) = _json_lines(out)
+    assert code == 0 and doc["phase"] == "closed" and doc["retryAfterUntil"] is not None
+    quiet_until = doc["retryAfterUntil"]
+    code, out, _ = _run(capsys, "status", PLAIN_TARGET)
+    header, row = out.splitlines()
+    assert header.split()[-2:] == ["QUIET", "UNTIL"] and row.split()[-1] == quiet_until
+
+    # And the reset lifts it, and says so
+    code, out, _ = _run(capsys, "reset", PLAIN_TARGET, "--format", "json")
+    doc = json.loads(out)
+    assert code == 0 and (doc["retryAfterLifted"], doc["retryAfterUntil"]) == (quiet_until, None)
+    code, out, _ = _run(capsys, "status", PLAIN_TARGET, "--format", "json")
+    assert _json_lines(out)[0]["retryAfterUntil"] is None
+
+    # Then the dispatcher that saw the quiet delivers the target's next record at once
+    delivery_id = str(uuid.uuid4())
+    assert dispatcher.handle_batch([task_record(delivery_id=delivery_id)]) == {"batchItemFailures": []}
+    assert delivery_id in receiver.unique_delivery_ids
+
+    # And a reset with no quiet to lift says nothing of one; one with a quiet names it
+    code, out, _ = _run(capsys, "reset", PLAIN_TARGET)
+    assert code == 0 and "Retry-After" not in out
+    receiver.behaviour = Behaviour(status=429, retry_after_seconds=600)
+    clock.now += 10  # past the bookings of the implicit limit the first 429 started
+    dispatcher.handle_batch([task_record()])
+    code, out, _ = _run(capsys, "reset", PLAIN_TARGET)
+    assert code == 0 and re.search(rf"Retry-After quiet of {PLAIN_TARGET} until \S+ lifted", out)
 
 
 def test_a_dispatcher_transition_between_the_resets_read_and_write_is_not_lost(

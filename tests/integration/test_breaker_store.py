@@ -225,15 +225,18 @@ def test_the_endpoint_a_breaker_counted_at_is_stored_with_it(aws_stack: LocalRes
     assert store.save(key, replace(moved, consecutive_failures=1, version=2), expected_version=1)
 
 
+def _store_on(backend: str, request: pytest.FixtureRequest) -> BreakerStore:
+    if backend == "in-memory":
+        return InMemoryBreakerStore()
+    request.getfixturevalue("aws_stack")
+    return breaker_store(get_settings())
+
+
 @pytest.mark.parametrize("backend", ["in-memory", "dynamodb"])
 def test_a_metered_mark_only_moves_later_and_lives_beside_breaker_and_lane(
     backend: str, request: pytest.FixtureRequest
 ) -> None:
-    store: BreakerStore = (
-        InMemoryBreakerStore()
-        if backend == "in-memory"
-        else breaker_store((request.getfixturevalue("aws_stack"), get_settings())[1])
-    )
+    store = _store_on(backend, request)
     key = f"integration#{uuid.uuid4()}"
 
     # Marked on an item that holds nothing yet, then a lane move and a breaker transition are saved
@@ -246,6 +249,27 @@ def test_a_metered_mark_only_moves_later_and_lives_beside_breaker_and_lane(
     assert lane == LaneState(DeliveryLane.SLOW, 1, 10.0, retry_after_until=500.0) and breaker.version == 1
     store.mark_retry_after(key, 900.0)
     assert store.load_with_lane(key)[1].retry_after_until == 900.0
+
+
+@pytest.mark.parametrize("backend", ["in-memory", "dynamodb"])
+def test_a_mark_is_lifted_only_while_it_is_the_one_read(backend: str, request: pytest.FixtureRequest) -> None:
+    store = _store_on(backend, request)
+    key = f"integration#{uuid.uuid4()}"
+    assert not store.lift_retry_after(key, seen=500.0)  # nothing marked
+    store.mark_retry_after(key, 500.0)
+    assert store.save(key, BreakerState(Phase.OPEN, 3, 1, 60.0, 1), expected_version=0)
+
+    # Marked later since it was read: kept
+    store.mark_retry_after(key, 900.0)
+    assert not store.lift_retry_after(key, seen=500.0)
+    assert store.load_with_lane(key)[1].retry_after_until == 900.0
+
+    # Lifted as read: gone, the breaker beside it untouched, and a shorter mark is taken again
+    assert store.lift_retry_after(key, seen=900.0)
+    breaker, lane = store.load_with_lane(key)
+    assert lane.retry_after_until == 0.0 and breaker.version == 1
+    store.mark_retry_after(key, 100.0)
+    assert store.load_with_lane(key)[1].retry_after_until == 100.0
 
 
 # --- the failures' answer times, and items written by the release before -------------------------------

@@ -81,6 +81,26 @@ def test_a_floor_is_only_ever_raised(store: RateLimitStore) -> None:
     assert not lower.written and store.load(bucket) == BucketState(floor_until=NOW + 30)
 
 
+def test_a_floor_is_lifted_only_while_it_is_the_one_read(store: RateLimitStore) -> None:
+    bucket = key()
+    store.take(bucket, now=NOW, count=2, cost=1.0, idle=True, latest=0.0)
+    store.raise_floor(bucket, floor_until=NOW + 30)
+
+    # A dispatcher raised it since it was read: kept, and the lift answers the stored state
+    store.raise_floor(bucket, floor_until=NOW + 60)
+    stale = store.lift_floor(bucket, seen=NOW + 30)
+    assert not stale.written and stale.state == BucketState(booked_until=NOW + 2, floor_until=NOW + 60)
+
+    # Lifted as read: takes go at once, bookings untouched, and a later Retry-After is stored again
+    lifted = store.lift_floor(bucket, seen=NOW + 60)
+    assert lifted.written and lifted.state == BucketState(booked_until=NOW + 2)
+    assert store.take(bucket, now=NOW + 1, count=1, cost=1.0, idle=False, latest=NOW + 3).written
+    assert store.raise_floor(bucket, floor_until=NOW + 5).written
+
+    # No floor stored (or an absent bucket): nothing to lift, nothing written
+    assert not store.lift_floor(key(), seen=NOW + 60).written
+
+
 def test_a_cut_is_stored_only_over_the_cut_it_saw(store: RateLimitStore) -> None:
     bucket = key()
     first = store.cut(bucket, now=NOW, rate=6.0, floor_until=NOW + 1, seen_cut_at=None)

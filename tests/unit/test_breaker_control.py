@@ -6,9 +6,11 @@ import pytest
 
 from relay.errors import ResetConflict
 from relay.logic import breaker
-from relay.logic.breaker_control import BreakerView, reset_breaker
-from relay.models.breaker import BreakerState, Phase, endpoint_digest
-from relay.testing.fakes import InMemoryBreakerStore
+from relay.logic.breaker_control import BreakerView, QuietLift, lift_quiet, reset_breaker
+from relay.models.breaker import BreakerState, Phase, endpoint_digest, target_key
+from relay.models.rate_limit import BucketAnswer, BucketState, rate_key
+from relay.models.targets import Target
+from relay.testing.fakes import InMemoryBreakerStore, InMemoryRateLimitStore
 
 POLICY = breaker.BreakerPolicy(
     failure_threshold=5, reset_seconds=30, max_reset_seconds=600, probe_lease_seconds=20
@@ -140,3 +142,42 @@ def test_a_breaker_opened_at_an_earlier_url_is_judged_as_the_current_url_sees_it
     assert (result.before.phase, result.written, store.writes) == (Phase.CLOSED, False, 1)
     # And for the old URL it is the open breaker it was, reset as usual
     assert reset_breaker(store, KEY, endpoint=old).after == breaker.closed(4, old)
+
+
+# --- lifting a Retry-After quiet ------------------------------------------------------------------------
+TARGET = Target(integration_id="int-1", target_id="crm", name="crm", url="https://crm.example.com/hook")
+
+
+class ThrottledAgainStore(InMemoryRateLimitStore):
+    """A dispatcher is answered another Retry-After, and raises the floor, just before the lift."""
+
+    def lift_floor(self, key: str, *, seen: float) -> BucketAnswer:
+        self.raise_floor(key, floor_until=seen + 600)
+        return super().lift_floor(key, seen=seen)
+
+
+def test_lifting_removes_the_mark_and_the_floor_and_reports_the_latest() -> None:
+    breakers, buckets = InMemoryBreakerStore(), InMemoryRateLimitStore()
+    breakers.mark_retry_after(target_key("int-1", "crm"), NOW + 30)
+    buckets.raise_floor(rate_key("int-1", "crm"), floor_until=NOW + 3600)
+
+    lifted = lift_quiet(breakers, buckets, TARGET, NOW)
+
+    assert lifted == QuietLift(lifted_until=NOW + 3600, kept_until=0.0)
+    assert breakers.load_with_lane(target_key("int-1", "crm"))[1].retry_after_until == 0.0
+    assert (buckets.load(rate_key("int-1", "crm")) or BucketState()).floor_until == 0.0
+    # A quiet already over is not one to lift: nothing written
+    writes = (breakers.writes, buckets.writes)
+    breakers.mark_retry_after(target_key("int-1", "crm"), NOW - 1)
+    assert lift_quiet(breakers, buckets, TARGET, NOW) == QuietLift(0.0, 0.0)
+    assert (breakers.writes, buckets.writes) == (writes[0] + 1, writes[1])
+
+
+def test_a_retry_after_answered_while_lifting_is_kept_and_reported() -> None:
+    breakers, buckets = InMemoryBreakerStore(), ThrottledAgainStore()
+    buckets.raise_floor(rate_key("int-1", "crm"), floor_until=NOW + 60)
+
+    lifted = lift_quiet(breakers, buckets, TARGET, NOW)
+
+    assert lifted == QuietLift(lifted_until=0.0, kept_until=NOW + 660)
+    assert (buckets.load(rate_key("int-1", "crm")) or BucketState()).floor_until == NOW + 660

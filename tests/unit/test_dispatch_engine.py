@@ -28,6 +28,7 @@ import pytest
 from support.emf import dimension_sets, emf_blobs, in_lambda
 from support.waiting import wait_until
 
+from relay.logic.breaker_control import lift_quiet
 from relay.logic.dispatch import Dispatcher
 from relay.logic.dispatch.attempt import settle_margin_seconds
 from relay.logic.dispatch.isolation import EWMA_ALPHA, FORGET_AFTER_SECONDS, LatencyTracker
@@ -1776,6 +1777,73 @@ def test_a_throttle_one_dispatcher_met_holds_an_unlimited_target_back_in_every_d
     assert len(second.queue.deferrals) == 5
     assert all(d["delay_seconds"] >= 29 for d in second.queue.deferrals)
     assert first.lane().retry_after_until == pytest.approx(NOW + 30)  # the quiet the target asked for
+
+
+@pytest.mark.parametrize("limit", [None, RateLimit(per_second=10)], ids=["unlimited", "limited"])
+def test_a_quiet_lifted_by_an_operator_no_longer_holds_a_dispatcher_that_saw_it(
+    running: list[Relay], limit: RateLimit | None
+) -> None:
+    # Given a target that answered one dispatcher 429 asking for an hour of quiet, then got well
+    statuses = [429]
+
+    def scripted(method: str, url: str, headers: Mapping[str, str], body: bytes) -> HttpResult:
+        return answer(statuses.pop(0), headers={"retry-after": "3600"}) if statuses else answer(200)
+
+    target = make_target(rate_limit=limit)
+    r = start(running, relay(target, answer_with=scripted))
+    r.batch(record())
+    r.clock.now += 1
+    assert r.batch(record()) == [] and len(r.http.requests) == 1  # held back for the hour
+
+    # When an operator lifts the quiet (relay breaker reset)
+    lifted = lift_quiet(r.breakers, r.rate_limits, target, r.clock.now)
+
+    # Then the same dispatcher, which saw the hour's floor, sends the target's next record at once (at
+    # the rate the 429 left it: the quiet is lifted, not the cut)
+    assert (lifted.lifted_until, lifted.kept_until) == (pytest.approx(NOW + 3600), 0.0)
+    r.clock.now += 1
+    assert r.batch(record()) == [] and len(r.http.requests) == 2
+    assert r.queue.deferrals[1:] == []
+
+
+def test_a_quiet_seen_still_holds_when_the_bucket_cannot_be_read_again(running: list[Relay]) -> None:
+    # Given a limited target that asked this dispatcher for an hour of quiet
+    r = start(running, relay(limited(10), answer_with=always(429, headers={"retry-after": "3600"})))
+    r.batch(record())
+
+    # When its bucket cannot be read (DynamoDB down) as the next batch looks whether it was lifted
+    r.rate_limits.unavailable = True
+    r.clock.now += 1
+    assert r.batch(record()) == []
+
+    # Then the quiet it saw still holds: held back, not sent as if the target had no limit
+    assert len(r.http.requests) == 1
+    held = [line["errorCode"] for line in r.audit_lines() if line["outcome"] == "deferred"]
+    assert held == ["rate-limited"]
+
+
+def test_a_shorter_retry_after_after_a_lifted_quiet_still_reaches_every_dispatcher(
+    running: list[Relay],
+) -> None:
+    # Given an unlimited target that asked one dispatcher for an hour of quiet, lifted by an operator
+    statuses = [(429, "3600"), (429, "5")]
+
+    def scripted(method: str, url: str, headers: Mapping[str, str], body: bytes) -> HttpResult:
+        status, retry_after = statuses.pop(0) if statuses else (200, "0")
+        return answer(status, headers={"retry-after": retry_after})
+
+    target = make_target()
+    r = start(running, relay(target, answer_with=scripted))
+    r.batch(record())
+    lift_quiet(r.breakers, r.rate_limits, target, r.clock.now)
+
+    # When the same dispatcher is asked for 5 s of quiet, shorter than the hour it marked before
+    r.clock.now += 3  # past the implicit limit's first second of bookings
+    r.batch(record())
+
+    # Then that quiet is marked for every dispatcher, not taken for one marked already
+    assert len(r.http.requests) == 2
+    assert r.lane().retry_after_until == pytest.approx(r.clock.now + 5)
 
 
 def test_a_retry_after_holds_back_the_targets_later_records_of_the_same_batch(running: list[Relay]) -> None:

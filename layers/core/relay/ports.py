@@ -195,6 +195,11 @@ class BreakerStore(Protocol):
         unless a later time is stored already. Breaker and lane are left as they are."""
         ...
 
+    def lift_retry_after(self, key: str, *, seen: float) -> bool:
+        """Remove the target's Retry-After mark if it is still no later than ``seen`` (the one read);
+        False when a later one was stored meanwhile, or none is."""
+        ...
+
 
 class RateLimitStore(Protocol):
     """Targets' token buckets (relay.logic.token_bucket), one item per target, changed only by
@@ -230,6 +235,11 @@ class RateLimitStore(Protocol):
 
     def raise_floor(self, key: str, *, floor_until: float) -> BucketAnswer:
         """Set the Retry-After floor, if the stored one is earlier."""
+        ...
+
+    def lift_floor(self, key: str, *, seen: float) -> BucketAnswer:
+        """Remove the Retry-After floor if it is still no later than ``seen`` (the one read); not
+        written when a later one was stored meanwhile, or none is."""
         ...
 
 

@@ -9,7 +9,8 @@ Item (key ``targetKey`` = "<integrationId>#<targetId>"):
   was), epoch seconds: results are folded in the order they were sent;
 - the lane (relay.logic.dispatch.isolation): ``lane``, ``laneVersion``, ``laneChangedAt``;
 - ``retryAfterUntil``: until when the target asked for quiet with a Retry-After
-  (relay.logic.dispatch.rate_limit), only ever moved later, by a condition on itself;
+  (relay.logic.dispatch.rate_limit), only ever moved later, by a condition on itself, or removed by
+  an operator's ``relay breaker reset`` (relay.logic.breaker_control.lift_retry_after);
 - ``updatedAt``, ``expiresAt`` (TTL: an idle target's record disappears, which reads as a fresh
   closed breaker in the fast lane).
 
@@ -109,6 +110,21 @@ class DynamoBreakerStore:
             if lost_race(exc):
                 return  # a later time is stored already
             raise BreakerStoreUnavailable(f"breaker table unwritable ({type(exc).__name__})") from None
+
+    def lift_retry_after(self, key: str, *, seen: float) -> bool:
+        try:
+            self._ddb.update_item(
+                TableName=self._table,
+                Key={"targetKey": {"S": key}},
+                UpdateExpression="REMOVE retryAfterUntil",
+                ConditionExpression="retryAfterUntil <= :seen",
+                ExpressionAttributeValues={":seen": {"N": repr(seen)}},
+            )
+        except AWS_ERRORS as exc:
+            if lost_race(exc):
+                return False  # a later quiet was asked for since it was read (or none is stored)
+            raise BreakerStoreUnavailable(f"breaker table unwritable ({type(exc).__name__})") from None
+        return True
 
     def _update(
         self,

@@ -104,6 +104,11 @@ class DynamoRateLimitStore:
             {":floor": _n(floor_until)},
         )
 
+    def lift_floor(self, key: str, *, seen: float) -> BucketAnswer:
+        # 0 reads as no floor everywhere (``_NO_FLOOR``, ``raise_floor``, BucketState).
+        values = {":zero": _n(0.0), ":seen": _n(seen)}
+        return self._update(key, "SET #floor = :zero", "#floor > :zero AND #floor <= :seen", values)
+
     def _update(self, key: str, update: str, condition: str, values: dict[str, Any]) -> BucketAnswer:
         """One conditional UpdateItem, stamping ``updatedAt`` and the TTL."""
         wall = int(self._clock())

@@ -1,4 +1,5 @@
-"""``relay breaker status [TARGET_ID] | reset TARGET_ID``: read and reset the dispatcher's circuit breakers.
+"""``relay breaker status [TARGET_ID] | reset TARGET_ID``: read and reset the dispatcher's circuit breakers,
+and the quiet a receiver asked for with a Retry-After (which holds a target back whatever its breaker).
 
 Both read the BreakerTable through the dispatcher's own store and transitions (relay.logic.breaker_control),
 so what they show and write is exactly what every dispatcher reads. A reset is a conditional, versioned
@@ -22,6 +23,7 @@ from relay.cli.exit_codes import CommandFailed, ExitCode, NeedsAttention, UsageE
 from relay.cli.stack_option import STACK_OPTION
 from relay.cli.targets_cmd import _print_table  # one table layout for the relay's commands
 from relay.cli.terminal import visible
+from relay.models.timestamps import iso_utc_from_epoch
 
 
 def register(subparsers: Any) -> None:
@@ -44,7 +46,9 @@ def register(subparsers: Any) -> None:
     status.set_defaults(func=_status)
 
     reset = sub.add_parser(
-        "reset", parents=[STACK_OPTION], help="force a target's breaker closed (zero failures and trips)"
+        "reset",
+        parents=[STACK_OPTION],
+        help="force a target's breaker closed (zero failures and trips) and lift a Retry-After quiet",
     )
     reset.add_argument("target_id", metavar="TARGET_ID")
     reset.add_argument(
@@ -54,12 +58,13 @@ def register(subparsers: Any) -> None:
     reset.set_defaults(func=_reset)
 
 
-def _stores() -> tuple[Any, Any, Any]:
+def _stores() -> tuple[Any, Any, Any, Any]:
     from relay.settings import get_settings
-    from relay.wiring import breaker_store, target_store
+    from relay.wiring import breaker_store, rate_limit_store, target_store
 
     settings = get_settings()
-    return settings, target_store(settings, cache_ttl_seconds=0), breaker_store(settings)
+    targets = target_store(settings, cache_ttl_seconds=0)
+    return settings, targets, breaker_store(settings), rate_limit_store(settings)
 
 
 def _find_target(targets: Any, args: Any) -> Any:
@@ -90,6 +95,7 @@ STATUS_COLUMNS = (
     "PROBE",
     "V",
     "LANE",
+    "QUIET UNTIL",
 )
 
 
@@ -97,7 +103,7 @@ def _status(args: Any, out: IO[str] | None = None) -> int:
     from relay.logic.breaker_control import breaker_views, known_targets, policy_from, unreadable_view
 
     out = out or sys.stdout
-    settings, targets, breakers = _stores()
+    settings, targets, breakers, buckets = _stores()
     if args.target_id is not None:  # "" names no target (exit 3); it does not mean all of them
         chosen, unreadable = [_find_target(targets, args)], []
     else:  # "every target" must not hide a record this release cannot read: a row saying why, exit 1
@@ -105,7 +111,8 @@ def _status(args: Any, out: IO[str] | None = None) -> int:
         unreadable = [unreadable_view(record) for record in bad]
         if args.integration and not chosen and not unreadable:
             raise CommandFailed(f"integration {args.integration} has no targets in the TargetsTable")
-    views = [v.to_json() for v in breaker_views(breakers, chosen, time.time(), policy_from(settings))]
+    found = breaker_views(breakers, buckets, chosen, time.time(), policy_from(settings))
+    views = [v.to_json() for v in found]
     views = sorted(views + unreadable, key=lambda v: (v["integrationId"], v["targetId"]))
     code = ExitCode.ATTENTION if unreadable else ExitCode.OK
     if args.format == "json":
@@ -140,17 +147,18 @@ def _row(v: dict[str, Any]) -> tuple[str, ...]:
         "claimed" if v["probeClaimed"] else "-",
         str(v["version"]),
         v["lane"],
+        v["retryAfterUntil"] or "-",
     )
 
 
 # --- reset ------------------------------------------------------------------------------------------
 def _reset(args: Any, out: IO[str] | None = None) -> int:
     from relay.errors import ResetConflict
-    from relay.logic.breaker_control import policy_from, reset_breaker, view
+    from relay.logic.breaker_control import lift_quiet, policy_from, reset_breaker, view
     from relay.models.breaker import endpoint_digest, target_key
 
     out = out or sys.stdout
-    settings, targets, breakers = _stores()
+    settings, targets, breakers, buckets = _stores()
     target = _find_target(targets, args)
     try:
         result = reset_breaker(
@@ -161,6 +169,7 @@ def _reset(args: Any, out: IO[str] | None = None) -> int:
     except ResetConflict as exc:
         raise NeedsAttention(str(exc)) from None
     now, policy = time.time(), policy_from(settings)
+    quiet = lift_quiet(breakers, buckets, target, now)
     before = view(target, result.before, now, policy, result.lane).to_json()
     after = view(target, result.after, now, policy, result.lane).to_json()
     if args.format == "json":
@@ -171,6 +180,8 @@ def _reset(args: Any, out: IO[str] | None = None) -> int:
             "attempts": result.attempts,
             "before": before,
             "after": after,
+            "retryAfterLifted": _iso(quiet.lifted_until),
+            "retryAfterUntil": _iso(quiet.kept_until),
         }
         print(json.dumps(doc), file=out)
         return ExitCode.OK
@@ -199,4 +210,21 @@ def _reset(args: Any, out: IO[str] | None = None) -> int:
             else ""
         )
         print(visible(f"breaker of {target.target_id} reset to closed{retried}"), file=out)
+    _say_quiet(target.target_id, quiet, out)
     return ExitCode.OK
+
+
+def _iso(epoch: float) -> str | None:
+    return iso_utc_from_epoch(epoch, "seconds") if epoch else None
+
+
+def _say_quiet(target_id: str, quiet: Any, out: IO[str]) -> None:
+    """What became of a Retry-After quiet (docs/operations-breaker.md, "Lifting a Retry-After")."""
+    if quiet.lifted_until:
+        print(visible(f"Retry-After quiet of {target_id} until {_iso(quiet.lifted_until)} lifted"), file=out)
+    if quiet.kept_until:
+        until = _iso(quiet.kept_until)
+        print(
+            visible(f"{target_id} asked for quiet again meanwhile: kept until {until} (Retry-After)"),
+            file=out,
+        )

@@ -1,4 +1,5 @@
-"""The operator's side of the circuit breakers: read every target's state, and force one closed.
+"""The operator's side of the circuit breakers: read every target's state, and force one closed,
+lifting a quiet its receiver asked for with a Retry-After.
 
 Reads and writes go through the dispatcher's own store (relay.ports.BreakerStore) and transitions
 (relay.logic.breaker), so there is one encoding of the record and one definition of "closed". A reset
@@ -15,9 +16,10 @@ from typing import Any
 from relay.errors import AmbiguousTarget, ResetConflict, UnknownTarget, UnreadableRecord
 from relay.logic import breaker
 from relay.models.breaker import BreakerState, LaneState, Phase, endpoint_digest, target_key
+from relay.models.rate_limit import BucketState, rate_key
 from relay.models.targets import IntegrationEntry, Ordering, Target, UnreadableTarget
 from relay.models.timestamps import iso_utc_from_epoch
-from relay.ports import BreakerStore, TargetRecords
+from relay.ports import BreakerStore, RateLimitStore, TargetRecords
 from relay.settings import Settings
 
 RESET_ATTEMPTS = 5
@@ -108,6 +110,9 @@ class BreakerView:
     policy: breaker.BreakerPolicy
     lane: LaneState = NEVER_MOVED  # which dispatcher delivers its records (stored beside the breaker)
     ordered: bool = False  # ordering: conversation, delivered by the ordered lane's dispatcher
+    # Until when its receiver asked for quiet (a Retry-After; epoch seconds, 0.0: never): nothing is
+    # sent to it before then, whatever the breaker's phase.
+    quiet_until: float = 0.0
 
     @property
     def opened_at(self) -> float | None:
@@ -147,6 +152,7 @@ class BreakerView:
             "version": state.version,
             "lane": "ordered" if self.ordered else self.lane.lane.value,
             "laneChangedAt": _iso(self.lane.changed_at) if self.lane.version else None,
+            "retryAfterUntil": _iso(self.quiet_until) if self.quiet_until > self.now else None,
         }
 
 
@@ -166,6 +172,7 @@ def view(
     now: float,
     policy: breaker.BreakerPolicy,
     lane: LaneState = NEVER_MOVED,
+    quiet_until: float = 0.0,
 ) -> BreakerView:
     return BreakerView(
         target.integration_id,
@@ -177,19 +184,26 @@ def view(
         policy,
         lane,
         ordered=target.ordering is Ordering.CONVERSATION,
+        quiet_until=quiet_until,
     )
 
 
 def breaker_views(
-    breakers: BreakerStore, targets: Iterable[Target], now: float, policy: breaker.BreakerPolicy
+    breakers: BreakerStore,
+    buckets: RateLimitStore,
+    targets: Iterable[Target],
+    now: float,
+    policy: breaker.BreakerPolicy,
 ) -> list[BreakerView]:
-    """Each target's stored breaker and lane (one consistent read each); a target without a record is
-    closed, in the fast lane."""
+    """Each target's stored breaker and lane (one consistent read each) and its Retry-After quiet; a
+    target without a record is closed, in the fast lane."""
     views = []
     for t in targets:
         state, lane = breakers.load_with_lane(target_key(t.integration_id, t.target_id))
+        bucket = buckets.load(rate_key(t.integration_id, t.target_id)) or BucketState()
+        quiet = max(lane.retry_after_until, bucket.floor_until)
         # As the dispatchers see it: failures counted at an earlier URL of the target do not count.
-        views.append(view(t, state.for_endpoint(endpoint_digest(t.url)), now, policy, lane))
+        views.append(view(t, state.for_endpoint(endpoint_digest(t.url)), now, policy, lane, quiet))
     return views
 
 
@@ -224,3 +238,39 @@ def reset_breaker(
         if store.save(key, after, expected_version=before.version):
             return ResetResult(before, after, written=True, attempts=attempt, lane=lane)
     raise ResetConflict(f"breaker {key} changed under each of {attempts} reset attempts; nothing written")
+
+
+# --- lifting a Retry-After ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class QuietLift:
+    """What lifting a target's Retry-After quiet did (epoch seconds; 0.0: none)."""
+
+    lifted_until: float  # the quiet that was ahead and is lifted
+    kept_until: float  # a quiet the receiver asked for again while it was lifted: kept, it is news
+
+
+def lift_quiet(breakers: BreakerStore, buckets: RateLimitStore, target: Target, now: float) -> QuietLift:
+    """Lift the Retry-After quiet stored for ``target``: the breaker item's mark (what dispatchers not
+    metering it read) and its bucket's floor (what metered ones read). Each is removed only if it is
+    still the one read: a dispatcher told to keep quiet again meanwhile wins, and that is reported.
+
+    Raises BreakerStoreUnavailable or RateLimitStoreUnavailable if DynamoDB fails."""
+    breaker_key, bucket_key = (
+        target_key(target.integration_id, target.target_id),
+        rate_key(target.integration_id, target.target_id),
+    )
+    lifted = kept = 0.0
+    mark = breakers.load_with_lane(breaker_key)[1].retry_after_until
+    if mark > now:
+        if breakers.lift_retry_after(breaker_key, seen=mark):
+            lifted = mark
+        else:
+            kept = breakers.load_with_lane(breaker_key)[1].retry_after_until
+    floor = (buckets.load(bucket_key) or BucketState()).floor_until
+    if floor > now:
+        answer = buckets.lift_floor(bucket_key, seen=floor)
+        if answer.written:
+            lifted = max(lifted, floor)
+        else:
+            kept = max(kept, answer.state.floor_until if answer.state else 0.0)
+    return QuietLift(lifted, kept if kept > now else 0.0)

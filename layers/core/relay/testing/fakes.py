@@ -189,6 +189,15 @@ class InMemoryBreakerStore:
             self.writes += 1
             self._retry_after_until[key] = max(until, self._retry_after_until.get(key, 0.0))
 
+    def lift_retry_after(self, key: str, *, seen: float) -> bool:
+        with self._lock:
+            self._check()
+            self.writes += 1
+            if not 0.0 < self._retry_after_until.get(key, 0.0) <= seen:
+                return False
+            del self._retry_after_until[key]
+            return True
+
     def _swap[V: (BreakerState, LaneState)](
         self, stored: dict[str, V], key: str, value: V, expected_version: int
     ) -> bool:
@@ -266,6 +275,13 @@ class InMemoryRateLimitStore:
             key,
             lambda state: state.floor_until < floor_until,
             lambda state: replace(state, floor_until=floor_until),
+        )
+
+    def lift_floor(self, key: str, *, seen: float) -> BucketAnswer:
+        return self._write(
+            key,
+            lambda state: 0.0 < state.floor_until <= seen,
+            lambda state: replace(state, floor_until=0.0),
         )
 
     def _write(

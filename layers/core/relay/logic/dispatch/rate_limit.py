@@ -6,7 +6,8 @@ relay.ports.RateLimitStore, one item per target in the BreakerTable).
   throttle) takes the tokens its records need with one conditional write; a second (rarely a third)
   only when another dispatcher took first and the bucket was nearly full; none when this container's
   last view of the bucket already shows it full (bookings only ever move forward, so that view is a
-  lower bound). It may book up to ``PACE_SECONDS`` beyond what may go at once: those records are
+  lower bound; a Retry-After floor is not: an operator may lift it, so one in view is read again).
+  It may book up to ``PACE_SECONDS`` beyond what may go at once: those records are
   paced, each sent at its booked time within this batch (``Item.not_before``), which spares them a
   deferral (SQS delays come in whole seconds) and spaces them for the receiver. Records beyond that
   are held back: deferred without an attempt, until about when they would fit. A target without a
@@ -96,6 +97,7 @@ class RateLimits:
         """Keep in ``lane.items`` what the bucket lets go now; return the records held back."""
         target = lane.target
         key = rate_key(target.integration_id, target.target_id)
+        self._forget_lifted_mark(lane)
         if lane.admission is Admission.DEFER or not lane.items:
             return []  # the breaker holds them all back already
         if not self._is_metered(key, target.rate_limit):
@@ -126,6 +128,16 @@ class RateLimits:
         del lane.items[:]
         batch.metrics.count(Metric.RATE_LIMITED, lane.target.target_id, len(held))
         return held
+
+    def _forget_lifted_mark(self, lane: Lane) -> None:
+        """A mark read earlier than the one this container wrote was lifted (``relay breaker reset``):
+        the next Retry-After is marked again, even a shorter one."""
+        read = lane.delivery_lane
+        if read is None:
+            return
+        with self._lock:
+            if read.retry_after_until < self._marked.get(lane.key, 0.0):
+                del self._marked[lane.key]
 
     def _is_metered(self, key: str, limit: RateLimit | None) -> bool:
         if limit is not None:
@@ -163,6 +175,8 @@ class RateLimits:
         now = self._clock()
         ahead = token_bucket.tolerance(limit, self._policy) + PACE_SECONDS
         state = self._views.last_seen(key)
+        if state.floor_until > now:
+            state = self._floor_again(key, state)
         for _ in range(MAX_WRITES):
             rate = token_bucket.current_rate(state, limit, now, self._policy)
             if rate is None:  # an implicit limit just released: everything may go
@@ -182,6 +196,15 @@ class RateLimits:
         rate = token_bucket.current_rate(state, limit, now, self._policy) or 1.0
         fresh = token_bucket.plan_take(state, wanted, now, rate, ahead)
         return replace(fresh, count=0, waits=(0.0,) * fresh.count + fresh.waits)
+
+    def _floor_again(self, key: str, seen: BucketState) -> BucketState:
+        """The bucket read again: unlike its bookings, a floor may move back (``relay breaker reset``
+        lifts it), so one this container saw does not hold the records without a look (one read per
+        batch while a floor holds). Unreadable: the floor seen still holds them."""
+        try:
+            return self._views.keep(key, self._store.load(key) or BucketState())
+        except RateLimitStoreUnavailable:
+            return seen
 
     # --- a Retry-After, at once ----------------------------------------------------------------------
     def floor_wait(self, item: Item, batch: Batch) -> float | None:
