@@ -169,3 +169,19 @@ def test_headers_given_as_pairs_are_refused_as_such_and_an_http_message_is_read(
     for name, value in headers.items():
         message[name] = value
     assert verify_signature(message, BODY, [CURRENT]) == "d-1"  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("digits", [400, 5000], ids=["past-a-float", "past-int-max-str-digits"])
+@pytest.mark.parametrize(
+    "tolerance", [webhook_signing.DEFAULT_TOLERANCE_SECONDS, None], ids=["live", "after-the-fact"]
+)
+def test_a_timestamp_of_very_many_digits_is_refused_not_a_crash(digits: int, tolerance: int | None) -> None:
+    # Given a request whose webhook-timestamp is plain ASCII digits, but hundreds or thousands of them
+    # (anyone can send it: the timestamp is read before any signature is checked)
+    headers = _headers([CURRENT])
+    headers["webhook-timestamp"] = "9" * digits
+
+    # Then a receiver doing as documented (`except InvalidDelivery: return 401`) refuses it, with the
+    # clock of the day (a float), rather than an OverflowError or ValueError escaping as a 500
+    with pytest.raises(InvalidDelivery, match="outside the tolerance|no matching v1 signature"):
+        verify_signature(headers, BODY, [CURRENT], tolerance_seconds=tolerance)
