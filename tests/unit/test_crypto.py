@@ -20,7 +20,13 @@ from relay.logic.envelope import TargetSecrets, build_request, encryption_key_fo
 from relay.models.delivery import DeliveryTask
 from relay.models.secrets import RotatingSecret
 from relay.models.targets import Target
-from relay.receiver_sdk import InvalidDelivery, decrypt_event, open_delivery, source_event_bytes
+from relay.receiver_sdk import (
+    InvalidDelivery,
+    decrypt_event,
+    decrypt_event_bytes,
+    open_delivery,
+    source_event_bytes,
+)
 
 NOW = datetime(2026, 11, 28, 17, 30, tzinfo=UTC)
 TARGET = Target(
@@ -441,3 +447,12 @@ def test_a_body_that_is_neither_utf8_text_nor_bytes_is_an_invalid_delivery(body:
 def test_a_body_given_as_a_bytearray_still_opens() -> None:
     body = _plain_body(AS_SENT)
     assert open_delivery({}, bytearray(body), signing_secrets=None).event == json.loads(AS_SENT)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("document", [[], "text", None, 5], ids=["list", "str", "null", "int"])
+def test_decrypting_parsed_json_that_is_no_object_is_an_invalid_delivery(document: object) -> None:
+    # Given a receiver that parses the body itself and hands it to decrypt_event (an unsigned target's
+    # endpoint, say, where anyone can post a JSON list)
+    for decrypt in (decrypt_event, decrypt_event_bytes):
+        with pytest.raises(InvalidDelivery, match="not a relay 2.1 envelope"):
+            decrypt(document, "enc-secret-v2")  # type: ignore[arg-type]

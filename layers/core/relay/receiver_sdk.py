@@ -132,6 +132,10 @@ def encrypted(envelope: Mapping[str, Any]) -> bool:
     """Whether a 2.1 envelope is encrypted: its ``encryptionDirective`` is an object (the relay writes
     ``null`` for a plain one). Anything else there (``{}``, ``""``, a list) is malformed, never read as
     plain: InvalidDelivery."""
+    if not isinstance(envelope, Mapping):  # parsed JSON that is a list, a string...: no envelope at all
+        raise InvalidDelivery(
+            f"not a relay {_FORMAT_VERSION} envelope (a JSON object), but {type(envelope).__name__}"
+        )
     directive = envelope.get("encryptionDirective")
     if directive is None:
         return False
