@@ -185,3 +185,20 @@ def test_a_timestamp_of_very_many_digits_is_refused_not_a_crash(digits: int, tol
     # clock of the day (a float), rather than an OverflowError or ValueError escaping as a 500
     with pytest.raises(InvalidDelivery, match="outside the tolerance|no matching v1 signature"):
         verify_signature(headers, BODY, [CURRENT], tolerance_seconds=tolerance)
+
+
+def test_a_malformed_signing_secret_while_rotating_is_named_current_or_previous() -> None:
+    # Given a rotation written by hand with a typo in one of the two values
+    from relay.models.secrets import RotatingSecret
+
+    typo = "whsec_pasted wrong!"
+    for rotation, which in [
+        (RotatingSecret(current=CURRENT, previous=typo), "previous"),
+        (RotatingSecret(current=typo, previous=PREVIOUS), "current"),
+    ]:
+        # Then the delivery's configuration error says which value to fix, and never shows it
+        with pytest.raises(
+            ConfigurationError, match=f"^the {which} signing secret is not whsec_ \\+ base64$"
+        ) as e:
+            webhook_signing.sign("d-1", 1, BODY, rotation.values())
+        assert "pasted wrong" not in str(e.value)

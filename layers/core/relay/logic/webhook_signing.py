@@ -40,7 +40,16 @@ def _signature(key: bytes, msg_id: str, timestamp: int | str, body: bytes) -> st
 
 def sign(msg_id: str, timestamp: int, body: bytes, secrets: Iterable[str]) -> str:
     """The ``webhook-signature`` header value: one ``v1`` entry per secret, current first."""
-    entries = [f"v1,{_signature(secret_key(s), msg_id, timestamp, body)}" for s in secrets]
+    entries = []
+    for position, secret in enumerate(secrets):
+        try:
+            key = secret_key(secret)
+        except ConfigurationError:
+            # Which value: an operator who has just written {"current": NEW, "previous": OLD} needs to
+            # know which one to fix (never the value itself).
+            which = ("current", "previous")[position] if position < 2 else f"number {position + 1}"
+            raise ConfigurationError(f"the {which} signing secret is not whsec_ + base64") from None
+        entries.append(f"v1,{_signature(key, msg_id, timestamp, body)}")
     if not entries:
         raise ConfigurationError("no signing secret to sign with")
     return " ".join(entries)
