@@ -60,6 +60,7 @@ INVALID_EVENTS = {
     "huge_number_event": '{"deliveryId": "d", "formatVersion": "2.1", "sourceEvent": {"a": 1e400}}',
     "lone_surrogate_event": '{"deliveryId":"d","formatVersion":"2.1","sourceEvent":{"a":"\\ud800"}}',
     "infinity_as_written": '{"deliveryId":"d","sourceEvent":{"a":Infinity},"formatVersion":"2.1"}',
+    "lone_surrogate_as_written": '{"deliveryId":"d","sourceEvent":{"a":"\\ud800"},"formatVersion":"2.1"}',
 }
 
 
@@ -238,6 +239,9 @@ CASES = {
     "event with a lone surrogate": decrypt_refused("{lone_surrogate_event}", "sourceEvent holds a lone"),
     "event with Infinity as the relay lays it out": decrypt_refused(
         "{infinity_as_written}", "event holds Infinity, which is not JSON$"
+    ),
+    "event with a lone surrogate as the relay lays it out": decrypt_refused(
+        "{lone_surrogate_as_written}", r"event holds a lone surrogate \(\\ud800-\\udfff\), not Unicode text$"
     ),
     "key file not UTF-8": Case(
         ("decrypt", "{sealed}", "--key-file", "{latin1}"),

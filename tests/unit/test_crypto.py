@@ -20,7 +20,13 @@ from relay.logic.envelope import TargetSecrets, build_request, encryption_key_fo
 from relay.models.delivery import DeliveryTask
 from relay.models.secrets import RotatingSecret
 from relay.models.targets import Target
-from relay.receiver_sdk import InvalidDelivery, decrypt_event, open_delivery, source_event_bytes
+from relay.receiver_sdk import (
+    InvalidDelivery,
+    decrypt_event,
+    decrypt_event_bytes,
+    open_delivery,
+    source_event_bytes,
+)
 
 NOW = datetime(2026, 11, 28, 17, 30, tzinfo=UTC)
 TARGET = Target(
@@ -417,3 +423,36 @@ def test_an_encryption_directive_that_is_neither_an_object_nor_null_is_malformed
     envelope = {**json.loads(_plain_body(AS_SENT)), "encryptionDirective": directive}
     with pytest.raises(InvalidDelivery, match="malformed encryptionDirective"):
         decrypt_event(envelope, "enc-secret-v2")
+
+
+@pytest.mark.parametrize("keys", [(), [], None], ids=["default", "empty-list", "none"])
+def test_an_encrypted_delivery_opened_without_a_key_says_no_key_was_given(keys: object) -> None:
+    # Given an encrypted delivery, and a receiver that passes no encryption key (forgot the option, or
+    # None as for a plain target, the way signing_secrets=None reads)
+    body = json.dumps(_sealed_envelope({"v": 2})).encode()
+
+    # Then it is an InvalidDelivery naming the receiver's setting, not a TypeError nor "wrong key"
+    with pytest.raises(InvalidDelivery, match="no encryption key was given"):
+        open_delivery({}, body, signing_secrets=None, encryption_secrets=keys)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("body", ["\ud800", None, 12], ids=["lone-surrogate-text", "none", "int"])
+def test_a_body_that_is_neither_utf8_text_nor_bytes_is_an_invalid_delivery(body: object) -> None:
+    with pytest.raises(InvalidDelivery, match="body"):
+        open_delivery({}, body, signing_secrets=None)  # type: ignore[arg-type]
+    with pytest.raises(InvalidDelivery, match="body"):
+        source_event_bytes(body)  # type: ignore[arg-type]
+
+
+def test_a_body_given_as_a_bytearray_still_opens() -> None:
+    body = _plain_body(AS_SENT)
+    assert open_delivery({}, bytearray(body), signing_secrets=None).event == json.loads(AS_SENT)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("document", [[], "text", None, 5], ids=["list", "str", "null", "int"])
+def test_decrypting_parsed_json_that_is_no_object_is_an_invalid_delivery(document: object) -> None:
+    # Given a receiver that parses the body itself and hands it to decrypt_event (an unsigned target's
+    # endpoint, say, where anyone can post a JSON list)
+    for decrypt in (decrypt_event, decrypt_event_bytes):
+        with pytest.raises(InvalidDelivery, match="not a relay 2.1 envelope"):
+            decrypt(document, "enc-secret-v2")  # type: ignore[arg-type]

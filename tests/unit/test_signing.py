@@ -169,3 +169,36 @@ def test_headers_given_as_pairs_are_refused_as_such_and_an_http_message_is_read(
     for name, value in headers.items():
         message[name] = value
     assert verify_signature(message, BODY, [CURRENT]) == "d-1"  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("digits", [400, 5000], ids=["past-a-float", "past-int-max-str-digits"])
+@pytest.mark.parametrize(
+    "tolerance", [webhook_signing.DEFAULT_TOLERANCE_SECONDS, None], ids=["live", "after-the-fact"]
+)
+def test_a_timestamp_of_very_many_digits_is_refused_not_a_crash(digits: int, tolerance: int | None) -> None:
+    # Given a request whose webhook-timestamp is plain ASCII digits, but hundreds or thousands of them
+    # (anyone can send it: the timestamp is read before any signature is checked)
+    headers = _headers([CURRENT])
+    headers["webhook-timestamp"] = "9" * digits
+
+    # Then a receiver doing as documented (`except InvalidDelivery: return 401`) refuses it, with the
+    # clock of the day (a float), rather than an OverflowError or ValueError escaping as a 500
+    with pytest.raises(InvalidDelivery, match="outside the tolerance|no matching v1 signature"):
+        verify_signature(headers, BODY, [CURRENT], tolerance_seconds=tolerance)
+
+
+def test_a_malformed_signing_secret_while_rotating_is_named_current_or_previous() -> None:
+    # Given a rotation written by hand with a typo in one of the two values
+    from relay.models.secrets import RotatingSecret
+
+    typo = "whsec_pasted wrong!"
+    for rotation, which in [
+        (RotatingSecret(current=CURRENT, previous=typo), "previous"),
+        (RotatingSecret(current=typo, previous=PREVIOUS), "current"),
+    ]:
+        # Then the delivery's configuration error says which value to fix, and never shows it
+        with pytest.raises(
+            ConfigurationError, match=f"^the {which} signing secret is not whsec_ \\+ base64$"
+        ) as e:
+            webhook_signing.sign("d-1", 1, BODY, rotation.values())
+        assert "pasted wrong" not in str(e.value)

@@ -63,16 +63,29 @@ class Delivery:
     key_id: str | None
 
 
-def _as_list(secrets: str | Iterable[str]) -> list[str]:
+def _as_list(secrets: str | Iterable[str] | None) -> list[str]:
     # One bytes value is one (wrongly typed) secret, not a run of ints: refused as such downstream.
+    # None is no secret at all (as ``signing_secrets=None`` says for signatures), not a TypeError.
+    if secrets is None:
+        return []
     return [secrets] if isinstance(secrets, (str, bytes)) else list(secrets)
 
 
 def _as_bytes(body: bytes | str) -> bytes:
     """The request body as the relay sent it: a framework that hands it over as text (a Lambda
     function URL's or API Gateway's ``event["body"]``) decoded the relay's UTF-8, so encoding it again
-    gives the same bytes (as the standardwebhooks library does)."""
-    return body.encode() if isinstance(body, str) else body
+    gives the same bytes (as the standardwebhooks library does). A text that UTF-8 cannot encode (a
+    lone surrogate, from bytes a framework decoded with ``surrogateescape``) is not what the relay sent."""
+    if isinstance(body, str):
+        try:
+            return body.encode()
+        except UnicodeEncodeError:
+            raise InvalidDelivery("body is not UTF-8 text (it holds a lone surrogate)") from None
+    if isinstance(body, (bytearray, memoryview)):
+        return bytes(body)
+    if not isinstance(body, bytes):
+        raise InvalidDelivery(f"body must be bytes or str, not {type(body).__name__}")
+    return body
 
 
 def verify_signature(
@@ -119,6 +132,10 @@ def encrypted(envelope: Mapping[str, Any]) -> bool:
     """Whether a 2.1 envelope is encrypted: its ``encryptionDirective`` is an object (the relay writes
     ``null`` for a plain one). Anything else there (``{}``, ``""``, a list) is malformed, never read as
     plain: InvalidDelivery."""
+    if not isinstance(envelope, Mapping):  # parsed JSON that is a list, a string...: no envelope at all
+        raise InvalidDelivery(
+            f"not a relay {_FORMAT_VERSION} envelope (a JSON object), but {type(envelope).__name__}"
+        )
     directive = envelope.get("encryptionDirective")
     if directive is None:
         return False
@@ -127,7 +144,9 @@ def encrypted(envelope: Mapping[str, Any]) -> bool:
     return True
 
 
-def decrypt_event(envelope: Mapping[str, Any], encryption_secrets: str | Iterable[str]) -> dict[str, Any]:
+def decrypt_event(
+    envelope: Mapping[str, Any], encryption_secrets: str | Iterable[str] | None
+) -> dict[str, Any]:
     """The Genesys event of a 2.1 envelope: decrypted if it is encrypted, ``sourceEvent`` otherwise."""
     if not encrypted(envelope):
         event = envelope.get("sourceEvent")
@@ -137,7 +156,7 @@ def decrypt_event(envelope: Mapping[str, Any], encryption_secrets: str | Iterabl
     return _decrypt(envelope, encryption_secrets)[1]
 
 
-def decrypt_event_bytes(envelope: Mapping[str, Any], encryption_secrets: str | Iterable[str]) -> bytes:
+def decrypt_event_bytes(envelope: Mapping[str, Any], encryption_secrets: str | Iterable[str] | None) -> bytes:
     """The event of an encrypted 2.1 envelope exactly as Genesys sent it: the decrypted plaintext's
     bytes (checked to be one JSON object), for when parsing and writing it again would change it
     (``1E+2`` becomes ``100.0``)."""
@@ -170,7 +189,7 @@ def source_event_bytes(body: bytes | str) -> bytes:
 
 
 def _decrypt(
-    envelope: Mapping[str, Any], encryption_secrets: str | Iterable[str]
+    envelope: Mapping[str, Any], encryption_secrets: str | Iterable[str] | None
 ) -> tuple[bytes, dict[str, Any]]:
     """The plaintext of an envelope's ``encryptionDirective`` and the event it holds."""
     directive = envelope["encryptionDirective"]
@@ -194,7 +213,13 @@ def _decrypt(
             f"malformed encryptionDirective: iv must be {crypto.IV_BYTES} bytes and authTag "
             f"{crypto.TAG_BYTES} ({2 * crypto.IV_BYTES} and {2 * crypto.TAG_BYTES} hex digits)"
         )
-    for secret in _as_list(encryption_secrets):
+    keys = _as_list(encryption_secrets)
+    if not keys:  # the receiver's setting, not the envelope: say so rather than "wrong key"
+        raise InvalidDelivery(
+            f"the envelope is encrypted (keyId {key_id!r}) and no encryption key was given: "
+            "pass encryption_secrets"
+        )
+    for secret in keys:
         if not isinstance(secret, str):  # bytes read from a file, say: the receiver's setting, said as such
             raise InvalidDelivery(f"an encryption key must be a string, not {type(secret).__name__}")
         key = _keys.key_for(secret, key_id=key_id, salt=salt)
@@ -221,7 +246,7 @@ def open_delivery(
     body: bytes | str,
     *,
     signing_secrets: str | Iterable[str] | None,
-    encryption_secrets: str | Iterable[str] = (),
+    encryption_secrets: str | Iterable[str] | None = (),
     tolerance_seconds: int = webhook_signing.DEFAULT_TOLERANCE_SECONDS,
     now: float | None = None,
 ) -> Delivery:

@@ -183,13 +183,18 @@ def _event_bytes(raw: bytes, envelope: dict[str, Any], keys: list[str] | None) -
 
 
 def _refuse_what_json_has_not(event: bytes) -> None:
-    """ValueError if the event's own text spells NaN or Infinity, which Python reads but JSON has not:
-    what is printed is JSON, whichever way the event came (the relay itself never accepts them)."""
+    """ValueError if the event's own text spells NaN or Infinity, which Python reads but JSON has not,
+    or escapes a lone surrogate (``\\ud800``), which is no Unicode text: what is printed is JSON,
+    whichever way the event came (the relay itself never accepts either)."""
 
     def refuse(constant: str) -> None:
         raise ValueError(f"its event holds {constant}, which is not JSON")
 
-    json.loads(event, parse_constant=refuse)
+    parsed = json.loads(event, parse_constant=refuse)
+    try:
+        json.dumps(parsed, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise ValueError("its event holds a lone surrogate (\\ud800-\\udfff), not Unicode text") from None
 
 
 def _written_again(event: dict[str, Any]) -> bytes:

@@ -40,10 +40,32 @@ def _signature(key: bytes, msg_id: str, timestamp: int | str, body: bytes) -> st
 
 def sign(msg_id: str, timestamp: int, body: bytes, secrets: Iterable[str]) -> str:
     """The ``webhook-signature`` header value: one ``v1`` entry per secret, current first."""
-    entries = [f"v1,{_signature(secret_key(s), msg_id, timestamp, body)}" for s in secrets]
+    entries = []
+    for position, secret in enumerate(secrets):
+        try:
+            key = secret_key(secret)
+        except ConfigurationError:
+            # Which value: an operator who has just written {"current": NEW, "previous": OLD} needs to
+            # know which one to fix (never the value itself).
+            which = ("current", "previous")[position] if position < 2 else f"number {position + 1}"
+            raise ConfigurationError(f"the {which} signing secret is not whsec_ + base64") from None
+        entries.append(f"v1,{_signature(key, msg_id, timestamp, body)}")
     if not entries:
         raise ConfigurationError("no signing secret to sign with")
     return " ".join(entries)
+
+
+# More digits than any Unix time in seconds a clock will show (10^18 s is beyond any year a float's
+# ``now`` holds to the second): such a timestamp is outside every window.
+_MAX_TIMESTAMP_DIGITS = 18
+
+
+def _within(raw_ts: str, now: float, tolerance_seconds: int) -> bool:
+    """Whether the ASCII-digit timestamp ``raw_ts`` is at most ``tolerance_seconds`` from ``now``.
+    Digits come from the request: int() refuses more than 4,300 of them (ValueError) and a float minus
+    an int past a float's range overflows (OverflowError), so a long one is simply out of the window."""
+    digits = raw_ts.lstrip("0") or "0"
+    return len(digits) <= _MAX_TIMESTAMP_DIGITS and abs(now - int(digits)) <= tolerance_seconds
 
 
 def verify(
@@ -81,8 +103,7 @@ def verify(
     # digits, which the signature (over the number) would not tell from the header as sent.
     if not (raw_ts.isascii() and raw_ts.isdigit()):
         raise InvalidSignature("webhook-timestamp is not an integer")
-    timestamp = int(raw_ts)
-    if tolerance_seconds is not None and abs(now - timestamp) > tolerance_seconds:
+    if tolerance_seconds is not None and not _within(raw_ts, now, tolerance_seconds):
         raise InvalidSignature("webhook-timestamp outside the tolerance")
     offered = [part[3:] for part in raw_sig.split() if part.startswith("v1,")]
     usable = 0
