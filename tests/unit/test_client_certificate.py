@@ -105,6 +105,30 @@ def test_a_certificate_not_valid_yet_is_refused_when_the_time_is_given(pki: Pki)
         parse_client_certificate(bundle, now=earlier)
 
 
+def test_a_bundle_openssl_will_not_load_is_refused_when_checked_for_sync(pki: Pki) -> None:
+    # Given a well-formed, current bundle whose key OpenSSL refuses at its default security level
+    # (RSA under 2048 bits): every delivery would fail to load it and be dead-lettered
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    bundle = pki.client_bundle(key=rsa.generate_private_key(public_exponent=65537, key_size=1024))
+    now = datetime.datetime.now(datetime.UTC)
+
+    # When config sync (or the fixtures file) checks it, it is refused with OpenSSL's reason
+    with pytest.raises(InvalidClientCertificate) as refused:
+        parse_client_certificate(bundle, now=now)
+    assert "OpenSSL" in str(refused.value) and "EE_KEY_TOO_SMALL" in str(refused.value)
+    assert "-----BEGIN" not in str(refused.value) and "MII" not in str(refused.value)
+
+    # and the dispatcher, given it anyway, says why too
+    with pytest.raises(ConfigurationError, match="EE_KEY_TOO_SMALL"):
+        TlsContexts().for_client(SecretStr(bundle))
+
+    # while a 2048-bit RSA key passes both
+    usable = pki.client_bundle(key=rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    parse_client_certificate(usable, now=now)
+    TlsContexts().for_client(SecretStr(usable))
+
+
 class RecordingContext:
     """An SSLContext stand-in that looks at what it is asked to load, while it exists, then loads it
     into a real context (the TLS library is the boundary here)."""

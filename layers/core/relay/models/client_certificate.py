@@ -9,6 +9,10 @@ Manager encrypts it at rest; a passphrase would only move the secret elsewhere.
 or several, whose key matches none of its certificates, or whose certificate has expired or is not
 valid yet) and puts it in the order OpenSSL loads: the certificate that matches the key, the rest of
 the chain, the key.
+Checked for config sync (``now`` given), the bundle is also loaded into an OpenSSL context as the
+dispatcher loads it: a well-formed bundle OpenSSL refuses at its default security level (an RSA key
+under 2048 bits, say) was stored, and every delivery to its target failed to load it and was
+dead-lettered. ``load_client_certificate`` is that loading, which never puts the key on a file system.
 Errors are ``InvalidClientCertificate`` with messages that never quote the bundle.
 
 ``cryptography`` is imported inside the function: only config sync and targets with mTLS need it.
@@ -16,9 +20,14 @@ Errors are ``InvalidClientCertificate`` with messages that never quote the bundl
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import ssl
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
 _KEY_BLOCKS = {b"PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY"}
@@ -37,8 +46,8 @@ class ClientCertificate:
 
 
 def parse_client_certificate(bundle: str, *, now: datetime | None = None) -> ClientCertificate:
-    """The bundle, checked and in load order. ``now``: also refuse a certificate expired by then, or not
-    valid yet."""
+    """The bundle, checked and in load order. ``now`` (config sync's check): also refuse a certificate
+    expired by then, or not valid yet, or a bundle OpenSSL will not load."""
     from cryptography import x509
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
@@ -82,4 +91,67 @@ def parse_client_certificate(bundle: str, *, now: datetime | None = None) -> Cli
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain) + key_pem
+    if now is not None:
+        try:
+            load_client_certificate(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), pem)
+        except ssl.SSLError as exc:
+            raise InvalidClientCertificate(load_refusal(exc)) from None
     return ClientCertificate(pem=pem, not_after=leaf.not_valid_after_utc)
+
+
+def load_refusal(exc: ssl.SSLError) -> str:
+    """Why OpenSSL would not load a bundle: its reason code (``EE_KEY_TOO_SMALL``, ...), never the
+    bundle."""
+    reason = exc.reason if isinstance(exc.reason, str) and exc.reason.isidentifier() else "no reason given"
+    return f"OpenSSL refused the bundle ({reason}; a key or signature too weak for its security level?)"
+
+
+class CertChainLoader(Protocol):
+    """What loading needs of an ``ssl.SSLContext``."""
+
+    def load_cert_chain(self, certfile: str) -> None: ...
+
+
+def load_client_certificate(
+    context: CertChainLoader, pem: bytes, *, use_memfd: bool = True, directory: str | None = None
+) -> None:
+    """Load ``pem`` (certificate, chain and key, in that order) into ``context`` from an anonymous
+    memory file, or, without one, from a private temporary file removed at once (module docstring).
+    ``directory``: where the private file's directory goes (default: the temporary directory)."""
+    if use_memfd and hasattr(os, "memfd_create"):
+        try:
+            fd = os.memfd_create("relay-client-certificate", os.MFD_CLOEXEC)
+        except OSError:  # not allowed here (a seccomp filter, an old kernel): use a private file
+            pass
+        else:
+            try:
+                _write_all(fd, pem)
+                context.load_cert_chain(f"/proc/self/fd/{fd}")
+                return
+            except FileNotFoundError:  # no /proc mounted: use a private file
+                pass
+            finally:
+                os.close(fd)
+    _load_from_private_file(context, pem, directory)
+
+
+def _load_from_private_file(context: CertChainLoader, pem: bytes, directory: str | None) -> None:
+    folder = tempfile.mkdtemp(prefix="relay-mtls-", dir=directory)  # created 0700
+    path = os.path.join(folder, "client.pem")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        try:
+            _write_all(fd, pem)
+        finally:
+            os.close(fd)
+        context.load_cert_chain(path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.rmdir(folder)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
