@@ -154,13 +154,14 @@ class Pki:
         valid_days: float = 1.0,
         starts_in_days: float = 0.0,
         key: Any = None,
+        usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.CLIENT_AUTH,
     ) -> str:
-        """A client certificate (clientAuth) signed by the CA, and its key: one PEM bundle
-        (``valid_days`` < 0: expired; ``starts_in_days`` > 0: not valid yet; ``key``: a private key
-        of this test's choosing, by default a new P-256 one)."""
+        """A client certificate (clientAuth, or ``usage``) signed by the CA, and its key: one PEM
+        bundle (``valid_days`` < 0: expired; ``starts_in_days`` > 0: not valid yet; ``key``: a private
+        key of this test's choosing, by default a new P-256 one)."""
         key, certificate = self._issue(
             common_name,
-            ExtendedKeyUsageOID.CLIENT_AUTH,
+            usage,
             valid_days=valid_days,
             starts_in_days=starts_in_days,
             key=key,

@@ -129,6 +129,25 @@ def test_a_bundle_openssl_will_not_load_is_refused_when_checked_for_sync(pki: Pk
     TlsContexts().for_client(SecretStr(usable))
 
 
+def test_a_certificate_not_for_client_authentication_is_refused_when_checked_for_sync(pki: Pki) -> None:
+    # Given a current, loadable bundle whose certificate's extended key usage is serverAuth only: TLS
+    # terminators refuse it as a client certificate (SSLV3_ALERT_UNSUPPORTED_CERTIFICATE), so every
+    # delivery to its target would fail its handshake and be dead-lettered
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    bundle = pki.client_bundle(usage=ExtendedKeyUsageOID.SERVER_AUTH)
+    now = datetime.datetime.now(datetime.UTC)
+
+    # When config sync (or the fixtures file) checks it, it is refused, saying what it is for instead
+    with pytest.raises(InvalidClientCertificate, match="not for client authentication") as refused:
+        parse_client_certificate(bundle, now=now)
+    assert "serverAuth" in str(refused.value) and "-----BEGIN" not in str(refused.value)
+
+    # while a clientAuth one, or one for any purpose, passes
+    parse_client_certificate(pki.client_bundle(), now=now)
+    parse_client_certificate(pki.client_bundle(usage=ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE), now=now)
+
+
 class RecordingContext:
     """An SSLContext stand-in that looks at what it is asked to load, while it exists, then loads it
     into a real context (the TLS library is the boundary here)."""

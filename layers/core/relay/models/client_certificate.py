@@ -27,7 +27,7 @@ import ssl
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
 _KEY_BLOCKS = {b"PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY"}
@@ -47,10 +47,12 @@ class ClientCertificate:
 
 def parse_client_certificate(bundle: str, *, now: datetime | None = None) -> ClientCertificate:
     """The bundle, checked and in load order. ``now`` (config sync's check): also refuse a certificate
-    expired by then, or not valid yet, or a bundle OpenSSL will not load."""
+    expired by then, or not valid yet, or not for client authentication (an extended key usage without
+    clientAuth), or a bundle OpenSSL will not load."""
     from cryptography import x509
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID
 
     blocks = [(m.group(1), m.group(0)) for m in _PEM_BLOCK.finditer(bundle.encode("utf-8", "replace"))]
     if any(kind == b"ENCRYPTED PRIVATE KEY" or b"Proc-Type: 4,ENCRYPTED" in block for kind, block in blocks):
@@ -86,6 +88,14 @@ def parse_client_certificate(bundle: str, *, now: datetime | None = None) -> Cli
         raise InvalidClientCertificate(
             f"the client certificate is not valid before {leaf.not_valid_before_utc.isoformat()}"
         )
+    if now is not None and (usages := _extended_key_usages(leaf)) is not None:
+        # TLS terminators check a client certificate's purpose: one for servers only is refused in every
+        # handshake (SSLV3_ALERT_UNSUPPORTED_CERTIFICATE), and its target's deliveries dead-lettered.
+        if not {ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE} & set(usages):
+            named = ", ".join(_usage_name(oid) for oid in usages) or "none"
+            raise InvalidClientCertificate(
+                f"the client certificate is not for client authentication (its extended key usage: {named})"
+            )
     chain = [leaf, *(c for c in certificates if c is not leaf)]
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -97,6 +107,24 @@ def parse_client_certificate(bundle: str, *, now: datetime | None = None) -> Cli
         except ssl.SSLError as exc:
             raise InvalidClientCertificate(load_refusal(exc)) from None
     return ClientCertificate(pem=pem, not_after=leaf.not_valid_after_utc)
+
+
+def _extended_key_usages(certificate: Any) -> list[Any] | None:
+    """The purposes (object identifiers) a certificate's extended key usage names, or None without
+    that extension (any purpose) or when its extensions do not parse (the TLS terminator judges it)."""
+    from cryptography import x509
+
+    try:
+        usage = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except (x509.ExtensionNotFound, ValueError):
+        return None
+    return list(usage)
+
+
+def _usage_name(oid: Any) -> str:
+    """``serverAuth``, ``clientAuth``, ...; the dotted form for one cryptography does not name."""
+    name = getattr(oid, "_name", None)
+    return name if isinstance(name, str) and name != "Unknown OID" else str(oid.dotted_string)
 
 
 def load_refusal(exc: ssl.SSLError) -> str:
