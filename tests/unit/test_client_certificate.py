@@ -148,6 +148,34 @@ def test_a_certificate_not_for_client_authentication_is_refused_when_checked_for
     parse_client_certificate(pki.client_bundle(usage=ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE), now=now)
 
 
+def test_a_certificate_whose_key_usage_forbids_signing_is_refused_when_checked_for_sync(pki: Pki) -> None:
+    # Given a clientAuth certificate whose key usage allows key encipherment only: a client proves its
+    # key by signing, and TLS terminators refuse it (SSLV3_ALERT_UNSUPPORTED_CERTIFICATE)
+    from cryptography import x509
+
+    def key_usage(*, digital_signature: bool, key_agreement: bool = False) -> x509.KeyUsage:
+        return x509.KeyUsage(
+            digital_signature=digital_signature,
+            content_commitment=False,
+            key_encipherment=True,
+            data_encipherment=False,
+            key_agreement=key_agreement,
+            key_cert_sign=False,
+            crl_sign=False,
+            encipher_only=False,
+            decipher_only=False,
+        )
+
+    now = datetime.datetime.now(datetime.UTC)
+    bundle = pki.client_bundle(key_usage=key_usage(digital_signature=False))
+
+    with pytest.raises(InvalidClientCertificate, match="key usage does not allow"):
+        parse_client_certificate(bundle, now=now)
+
+    # while one that may sign passes
+    parse_client_certificate(pki.client_bundle(key_usage=key_usage(digital_signature=True)), now=now)
+
+
 class RecordingContext:
     """An SSLContext stand-in that looks at what it is asked to load, while it exists, then loads it
     into a real context (the TLS library is the boundary here)."""

@@ -48,7 +48,7 @@ class ClientCertificate:
 def parse_client_certificate(bundle: str, *, now: datetime | None = None) -> ClientCertificate:
     """The bundle, checked and in load order. ``now`` (config sync's check): also refuse a certificate
     expired by then, or not valid yet, or not for client authentication (an extended key usage without
-    clientAuth), or a bundle OpenSSL will not load."""
+    clientAuth, a key usage without digitalSignature), or a bundle OpenSSL will not load."""
     from cryptography import x509
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
@@ -96,6 +96,13 @@ def parse_client_certificate(bundle: str, *, now: datetime | None = None) -> Cli
             raise InvalidClientCertificate(
                 f"the client certificate is not for client authentication (its extended key usage: {named})"
             )
+    if now is not None and not _may_sign(leaf):
+        # OpenSSL's check of a client certificate's purpose: a key usage without digitalSignature (or
+        # keyAgreement) is refused in the handshake, as above.
+        raise InvalidClientCertificate(
+            "the client certificate's key usage does not allow signing (digitalSignature), which a TLS "
+            "client does to prove its key"
+        )
     chain = [leaf, *(c for c in certificates if c is not leaf)]
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -119,6 +126,18 @@ def _extended_key_usages(certificate: Any) -> list[Any] | None:
     except (x509.ExtensionNotFound, ValueError):
         return None
     return list(usage)
+
+
+def _may_sign(certificate: Any) -> bool:
+    """Whether the key usage, if the certificate has one, has digitalSignature or keyAgreement (what
+    OpenSSL asks of a TLS client's certificate); True when it has none, or it does not parse."""
+    from cryptography import x509
+
+    try:
+        usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+    except (x509.ExtensionNotFound, ValueError):
+        return True
+    return bool(usage.digital_signature or usage.key_agreement)
 
 
 def _usage_name(oid: Any) -> str:
