@@ -307,3 +307,34 @@ def test_an_answer_larger_than_a_token_answer_is_refused(sender: HttpSender) -> 
     with misbehaving_peer(lambda *_: big) as peer:
         with pytest.raises(TokenUnavailable, match="more than 16384 bytes"):
             ClientCredentialsTokens(sender).token(target(f"{peer.url}/token"), SecretStr("s"), **TIMEOUTS)
+
+
+def test_a_token_endpoints_retry_after_is_waited_out_before_it_is_asked_again(
+    sender: HttpSender, endpoint: TokenEndpoint
+) -> None:
+    # Given a token endpoint that answers 429 and asks for 30 s of quiet
+    endpoint.status, endpoint.retry_after = 429, "30"
+    clock = ManualClock(1_000.0)
+    tokens = ClientCredentialsTokens(sender, clock=clock)
+    crm, secret = target(endpoint.url), SecretStr(endpoint.client_secret)
+    with pytest.raises(TokenUnavailable, match="answered 429"):
+        tokens.token(crm, secret, **TIMEOUTS)
+
+    # When more deliveries need a token 10 s later (the next batches)
+    clock.now += 10
+    waits = []
+    for _ in range(3):
+        with pytest.raises(TokenUnavailable, match="Retry-After") as quiet:
+            tokens.token(crm, secret, **TIMEOUTS)
+        waits.append(quiet.value.retry_after)
+
+    # Then the endpoint was not asked again inside its quiet, and each retry waits out the rest of it
+    assert len(endpoint.requests) == 1
+    assert waits == ["20", "20", "20"]
+
+    # and once the quiet is over, a token is fetched again
+    endpoint.status, endpoint.retry_after = None, None
+    clock.now += 20
+    token = tokens.token(crm, secret, **TIMEOUTS)
+    assert endpoint.valid(f"Bearer {token.get_secret_value()}")
+    assert len(endpoint.requests) == 2

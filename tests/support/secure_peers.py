@@ -125,8 +125,10 @@ class Pki:
         valid_days: float = 1.0,
         starts_in_days: float = 0.0,
         sans: list[x509.GeneralName] | None = None,
-    ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-        key = ec.generate_private_key(ec.SECP256R1())
+        key: Any = None,
+        key_usage: x509.KeyUsage | None = None,
+    ) -> tuple[Any, x509.Certificate]:
+        key = key or ec.generate_private_key(ec.SECP256R1())
         builder = (
             self._builder(
                 _name(common_name),
@@ -144,15 +146,31 @@ class Pki:
         )
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        if key_usage is not None:
+            builder = builder.add_extension(key_usage, critical=True)
         return key, builder.sign(self.ca_key, hashes.SHA256())
 
     def client_bundle(
-        self, common_name: str = "relay", *, valid_days: float = 1.0, starts_in_days: float = 0.0
+        self,
+        common_name: str = "relay",
+        *,
+        valid_days: float = 1.0,
+        starts_in_days: float = 0.0,
+        key: Any = None,
+        usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.CLIENT_AUTH,
+        key_usage: x509.KeyUsage | None = None,
     ) -> str:
-        """A client certificate (clientAuth) signed by the CA, and its key: one PEM bundle
-        (``valid_days`` < 0: expired; ``starts_in_days`` > 0: not valid yet)."""
+        """A client certificate (clientAuth, or ``usage``) signed by the CA, and its key: one PEM
+        bundle (``valid_days`` < 0: expired; ``starts_in_days`` > 0: not valid yet; ``key``: a private
+        key of this test's choosing, by default a new P-256 one; ``key_usage``: a KeyUsage extension,
+        by default none)."""
         key, certificate = self._issue(
-            common_name, ExtendedKeyUsageOID.CLIENT_AUTH, valid_days=valid_days, starts_in_days=starts_in_days
+            common_name,
+            usage,
+            key_usage=key_usage,
+            valid_days=valid_days,
+            starts_in_days=starts_in_days,
+            key=key,
         )
         return _pem(certificate) + _pem_key(key)
 

@@ -105,6 +105,77 @@ def test_a_certificate_not_valid_yet_is_refused_when_the_time_is_given(pki: Pki)
         parse_client_certificate(bundle, now=earlier)
 
 
+def test_a_bundle_openssl_will_not_load_is_refused_when_checked_for_sync(pki: Pki) -> None:
+    # Given a well-formed, current bundle whose key OpenSSL refuses at its default security level
+    # (RSA under 2048 bits): every delivery would fail to load it and be dead-lettered
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    bundle = pki.client_bundle(key=rsa.generate_private_key(public_exponent=65537, key_size=1024))
+    now = datetime.datetime.now(datetime.UTC)
+
+    # When config sync (or the fixtures file) checks it, it is refused with OpenSSL's reason
+    with pytest.raises(InvalidClientCertificate) as refused:
+        parse_client_certificate(bundle, now=now)
+    assert "OpenSSL" in str(refused.value) and "EE_KEY_TOO_SMALL" in str(refused.value)
+    assert "-----BEGIN" not in str(refused.value) and "MII" not in str(refused.value)
+
+    # and the dispatcher, given it anyway, says why too
+    with pytest.raises(ConfigurationError, match="EE_KEY_TOO_SMALL"):
+        TlsContexts().for_client(SecretStr(bundle))
+
+    # while a 2048-bit RSA key passes both
+    usable = pki.client_bundle(key=rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    parse_client_certificate(usable, now=now)
+    TlsContexts().for_client(SecretStr(usable))
+
+
+def test_a_certificate_not_for_client_authentication_is_refused_when_checked_for_sync(pki: Pki) -> None:
+    # Given a current, loadable bundle whose certificate's extended key usage is serverAuth only: TLS
+    # terminators refuse it as a client certificate (SSLV3_ALERT_UNSUPPORTED_CERTIFICATE), so every
+    # delivery to its target would fail its handshake and be dead-lettered
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    bundle = pki.client_bundle(usage=ExtendedKeyUsageOID.SERVER_AUTH)
+    now = datetime.datetime.now(datetime.UTC)
+
+    # When config sync (or the fixtures file) checks it, it is refused, saying what it is for instead
+    with pytest.raises(InvalidClientCertificate, match="not for client authentication") as refused:
+        parse_client_certificate(bundle, now=now)
+    assert "serverAuth" in str(refused.value) and "-----BEGIN" not in str(refused.value)
+
+    # while a clientAuth one, or one for any purpose, passes
+    parse_client_certificate(pki.client_bundle(), now=now)
+    parse_client_certificate(pki.client_bundle(usage=ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE), now=now)
+
+
+def test_a_certificate_whose_key_usage_forbids_signing_is_refused_when_checked_for_sync(pki: Pki) -> None:
+    # Given a clientAuth certificate whose key usage allows key encipherment only: a client proves its
+    # key by signing, and TLS terminators refuse it (SSLV3_ALERT_UNSUPPORTED_CERTIFICATE)
+    from cryptography import x509
+
+    def key_usage(*, digital_signature: bool, key_agreement: bool = False) -> x509.KeyUsage:
+        return x509.KeyUsage(
+            digital_signature=digital_signature,
+            content_commitment=False,
+            key_encipherment=True,
+            data_encipherment=False,
+            key_agreement=key_agreement,
+            key_cert_sign=False,
+            crl_sign=False,
+            encipher_only=False,
+            decipher_only=False,
+        )
+
+    now = datetime.datetime.now(datetime.UTC)
+    bundle = pki.client_bundle(key_usage=key_usage(digital_signature=False))
+
+    with pytest.raises(InvalidClientCertificate, match="key usage does not allow"):
+        parse_client_certificate(bundle, now=now)
+
+    # while one that may sign passes
+    parse_client_certificate(pki.client_bundle(key_usage=key_usage(digital_signature=True)), now=now)
+
+
 class RecordingContext:
     """An SSLContext stand-in that looks at what it is asked to load, while it exists, then loads it
     into a real context (the TLS library is the boundary here)."""

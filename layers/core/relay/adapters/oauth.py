@@ -17,6 +17,10 @@
   endpoint is down makes one token request, not one per record.
 - **refused**: the token the target just answered 401 to is never handed out again; a fresh one is
   fetched, unless another thread has fetched one meanwhile.
+- **A Retry-After is waited out.** A failed token request whose answer asked for quiet (a 429 or 503
+  with Retry-After) is not repeated before then: a target's deliveries meanwhile end as
+  ``TokenUnavailable`` at once, carrying the rest of the wait, without a request. Before, every batch
+  asked again: a token endpoint that asked for 30 s got a request per batch and container throughout.
 - **Errors** are ``TokenUnavailable``: the token endpoint's host and what happened (its status and
   OAuth ``error`` code, a timeout, an unusable answer), never the client secret, a token or the body;
   with the endpoint's Retry-After, so that the delivery's retry waits as long as it asked.
@@ -32,6 +36,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -40,7 +45,7 @@ from pydantic import SecretStr
 from relay.adapters.http import HttpSender
 from relay.errors import ConfigurationError, TokenUnavailable
 from relay.json_input import load_json
-from relay.models.http import HttpResult
+from relay.models.http import HttpResult, parse_retry_after
 from relay.models.targets import OAuth2Client, Target, TokenEndpointAuthMethod
 from relay.observability import logger
 
@@ -82,6 +87,7 @@ class _Slot:
     renew_at: float = 0.0
     fetches: int = 0  # token requests finished, successful or not
     failure: TokenUnavailable | None = None  # why the last one failed, if it did
+    quiet_until: float = 0.0  # the failed request's Retry-After: no token request before then
 
 
 class ClientCredentialsTokens:
@@ -126,6 +132,11 @@ class ClientCredentialsTokens:
                     and not _same(slot.token, refused)
                 ):
                     return slot.token
+                if (quiet := slot.quiet_until - self._clock()) > 0 and slot.failure is not None:
+                    raise TokenUnavailable(
+                        f"{slot.failure}; not asked again before its Retry-After",
+                        retry_after=str(math.ceil(quiet)),
+                    )
             return self._fetch(
                 slot, identity, client, client_secret, (connect_timeout, read_timeout, total_timeout)
             )
@@ -163,8 +174,10 @@ class ClientCredentialsTokens:
             token, lifetime = _read_answer(result, _host(client), client_secret)
         except TokenUnavailable as exc:
             slot.failure = exc
+            quiet = parse_retry_after(exc.retry_after, now=datetime.now(UTC))
+            slot.quiet_until = self._clock() + quiet if quiet else 0.0
             raise
-        slot.token, slot.failure = token, None
+        slot.token, slot.failure, slot.quiet_until = token, None, 0.0
         slot.renew_at = started + lifetime - refresh_margin(lifetime)
         logger.info("oauth token issued", extra={"tokenHost": _host(client), "expiresIn": lifetime})
         return token

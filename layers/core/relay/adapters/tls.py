@@ -22,22 +22,21 @@ temporary directory (Lambda's /tmp is the container's own), and both are removed
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import ssl
-import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Protocol
 
 import certifi
 from pydantic import SecretStr
 from urllib3.util.ssl_ import create_urllib3_context
 
 from relay.errors import ConfigurationError
-from relay.models.client_certificate import InvalidClientCertificate, parse_client_certificate
+from relay.models.client_certificate import InvalidClientCertificate, load_refusal, parse_client_certificate
+from relay.models.client_certificate import (
+    load_client_certificate as load_client_certificate,
+)  # its home until now
 from relay.settings import Settings
 
 # Client-certificate contexts kept per sender: far more than a deployment's mTLS targets.
@@ -113,57 +112,6 @@ class TlsContexts:
         context = self._trust.new_context()
         try:
             load_client_certificate(context, certificate.pem)
-        except ssl.SSLError:
-            raise ConfigurationError("client certificate unusable: OpenSSL refused the bundle") from None
+        except ssl.SSLError as exc:
+            raise ConfigurationError(f"client certificate unusable: {load_refusal(exc)}") from None
         return context
-
-
-class CertChainLoader(Protocol):
-    """What loading needs of an ``ssl.SSLContext``."""
-
-    def load_cert_chain(self, certfile: str) -> None: ...
-
-
-def load_client_certificate(
-    context: CertChainLoader, pem: bytes, *, use_memfd: bool = True, directory: str | None = None
-) -> None:
-    """Load ``pem`` (certificate, chain and key, in that order) into ``context`` from an anonymous
-    memory file, or, without one, from a private temporary file removed at once (module docstring).
-    ``directory``: where the private file's directory goes (default: the temporary directory)."""
-    if use_memfd and hasattr(os, "memfd_create"):
-        try:
-            fd = os.memfd_create("relay-client-certificate", os.MFD_CLOEXEC)
-        except OSError:  # not allowed here (a seccomp filter, an old kernel): use a private file
-            pass
-        else:
-            try:
-                _write_all(fd, pem)
-                context.load_cert_chain(f"/proc/self/fd/{fd}")
-                return
-            except FileNotFoundError:  # no /proc mounted: use a private file
-                pass
-            finally:
-                os.close(fd)
-    _load_from_private_file(context, pem, directory)
-
-
-def _load_from_private_file(context: CertChainLoader, pem: bytes, directory: str | None) -> None:
-    folder = tempfile.mkdtemp(prefix="relay-mtls-", dir=directory)  # created 0700
-    path = os.path.join(folder, "client.pem")
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        try:
-            _write_all(fd, pem)
-        finally:
-            os.close(fd)
-        context.load_cert_chain(path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        os.rmdir(folder)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]

@@ -20,10 +20,8 @@ This is the one place HTTP results become outcomes.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 from enum import StrEnum
 
 from relay.models.http import (
@@ -32,9 +30,9 @@ from relay.models.http import (
     DEADLINE_EXCEEDED,
     INCOMPLETE_RESPONSE,
     READ_TIMEOUT,
-    RETRY_AFTER_CEILING_SECONDS,
     HttpResult,
 )
+from relay.models.http import parse_retry_after as parse_retry_after  # read here since the seed
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 # Network failures: the endpoint was reached (or tried) and did not give a complete answer in time.
@@ -85,30 +83,6 @@ class Outcome:
         so does a throttle (429, 503 with Retry-After): the endpoint is up and asks for less, which the
         rate limiter gives it, so a burst of 429s does not open the breaker."""
         return self.verdict is Verdict.RETRYABLE and self.judges_endpoint and not self.throttled
-
-
-def parse_retry_after(value: str | None, *, now: datetime) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds, ASCII digits only, or HTTP-date), at most
-    RETRY_AFTER_CEILING_SECONDS: an endpoint cannot stop its deliveries for longer than SQS keeps a
-    message hidden. None when absent or unreadable."""
-    if value is None:
-        return None
-    value = value.strip()
-    if _DELTA_SECONDS.fullmatch(value):
-        seconds = float(value) if len(value) <= _CEILING_DIGITS else float(RETRY_AFTER_CEILING_SECONDS)
-    else:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - now).total_seconds()
-    return min(max(0.0, seconds), RETRY_AFTER_CEILING_SECONDS)
-
-
-_DELTA_SECONDS = re.compile("[0-9]+")  # RFC 9110 delta-seconds; str.isdigit also takes "²"
-_CEILING_DIGITS = len(str(RETRY_AFTER_CEILING_SECONDS))
 
 
 def classify(result: HttpResult, *, now: datetime) -> Outcome:

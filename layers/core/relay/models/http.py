@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 # Stable error codes for the audit and the outcome mapping (relay.logic.outcomes).
 # The longest wait an endpoint's Retry-After can impose (12 h: SQS keeps a message hidden at most that
@@ -40,3 +43,27 @@ class HttpResult:
     headers: Mapping[str, str] = field(default_factory=dict)
     error_code: str | None = None
     error: str | None = None
+
+
+def parse_retry_after(value: str | None, *, now: datetime) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds, ASCII digits only, or HTTP-date), at most
+    RETRY_AFTER_CEILING_SECONDS: an endpoint cannot stop its deliveries for longer than SQS keeps a
+    message hidden. None when absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if _DELTA_SECONDS.fullmatch(value):
+        seconds = float(value) if len(value) <= _CEILING_DIGITS else float(RETRY_AFTER_CEILING_SECONDS)
+    else:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - now).total_seconds()
+    return min(max(0.0, seconds), RETRY_AFTER_CEILING_SECONDS)
+
+
+_DELTA_SECONDS = re.compile("[0-9]+")  # RFC 9110 delta-seconds; str.isdigit also takes "²"
+_CEILING_DIGITS = len(str(RETRY_AFTER_CEILING_SECONDS))

@@ -28,9 +28,16 @@ from relay.logic import crypto
 from relay.logic.dispatch.kept_answers import response_for_audit, target_secret_values
 from relay.logic.dispatch.records import Item, Unattempted
 from relay.logic.envelope import TargetSecrets, build_request, with_access_token
-from relay.logic.outcomes import Outcome, Verdict, classify, parse_retry_after
+from relay.logic.outcomes import Outcome, Verdict, classify
 from relay.models.delivery import DlqReason, check_event_json
-from relay.models.http import CONNECT_TIMEOUT, DEADLINE_EXCEEDED, READ_TIMEOUT, HttpResult, OutboundRequest
+from relay.models.http import (
+    CONNECT_TIMEOUT,
+    DEADLINE_EXCEEDED,
+    READ_TIMEOUT,
+    HttpResult,
+    OutboundRequest,
+    parse_retry_after,
+)
 from relay.models.secrets import RotatingSecret
 from relay.models.targets import SecurityType, Target
 from relay.ports import AccessTokens, ClaimCheckReader, HttpClient, SecretReader
