@@ -15,9 +15,13 @@ import pytest
 from pydantic import SecretStr
 from support.secure_peers import Pki, key_body
 
-from relay.adapters.tls import TlsContexts, TlsTrust, load_client_certificate
+from relay.adapters.tls import TlsContexts, TlsTrust
 from relay.errors import ConfigurationError
-from relay.models.client_certificate import InvalidClientCertificate, parse_client_certificate
+from relay.models.client_certificate import (
+    InvalidClientCertificate,
+    load_client_certificate,
+    parse_client_certificate,
+)
 from relay.settings import Settings
 
 BEGIN_KEY = "-----BEGIN PRIVATE KEY-----"

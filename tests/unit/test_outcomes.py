@@ -7,7 +7,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from relay.logic.outcomes import Verdict, classify, parse_retry_after
+from relay.logic.outcomes import Verdict, classify
 from relay.models.http import (
     CONNECT_TIMEOUT,
     CONNECTION_ERROR,
@@ -16,6 +16,7 @@ from relay.models.http import (
     READ_TIMEOUT,
     UNSAFE_ADDRESS,
     HttpResult,
+    parse_retry_after,
 )
 
 NOW = datetime(2026, 11, 28, 17, 0, tzinfo=UTC)

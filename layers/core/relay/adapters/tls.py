@@ -12,7 +12,8 @@ The HTTP sender keys its routes (and so its kept connections) by context too, so
 certificate is presented only on connections made for it, and a connection made without it is never
 reused for it.
 
-**The key never reaches a file system.** ``SSLContext.load_cert_chain`` reads only from a path. The
+**The key never reaches a file system** (relay.models.client_certificate.load_client_certificate, which
+config sync's check uses too). ``SSLContext.load_cert_chain`` reads only from a path. The
 bundle is written to an anonymous memory file (``memfd_create``: Linux, so Lambda) and loaded through
 ``/proc/self/fd/<n>``: it lives in this process's memory only, is reachable only through this
 process's descriptor table (other users cannot open it), and is closed as soon as OpenSSL has read
@@ -33,10 +34,12 @@ from pydantic import SecretStr
 from urllib3.util.ssl_ import create_urllib3_context
 
 from relay.errors import ConfigurationError
-from relay.models.client_certificate import InvalidClientCertificate, load_refusal, parse_client_certificate
 from relay.models.client_certificate import (
-    load_client_certificate as load_client_certificate,
-)  # its home until now
+    InvalidClientCertificate,
+    load_client_certificate,
+    load_refusal,
+    parse_client_certificate,
+)
 from relay.settings import Settings
 
 # Client-certificate contexts kept per sender: far more than a deployment's mTLS targets.

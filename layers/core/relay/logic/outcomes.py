@@ -31,8 +31,8 @@ from relay.models.http import (
     INCOMPLETE_RESPONSE,
     READ_TIMEOUT,
     HttpResult,
+    parse_retry_after,
 )
-from relay.models.http import parse_retry_after as parse_retry_after  # read here since the seed
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 # Network failures: the endpoint was reached (or tried) and did not give a complete answer in time.
