@@ -199,6 +199,8 @@ def test_status_shows_a_retry_after_quiet_and_reset_lifts_it_for_the_dispatcher_
     code, out, _ = _run(capsys, "reset", PLAIN_TARGET, "--format", "json")
     doc = json.loads(out)
     assert code == 0 and (doc["retryAfterLifted"], doc["retryAfterUntil"]) == (quiet_until, None)
+    # its before and after are status's objects: the quiet in force before, none after
+    assert (doc["before"]["retryAfterUntil"], doc["after"]["retryAfterUntil"]) == (quiet_until, None)
     code, out, _ = _run(capsys, "status", PLAIN_TARGET, "--format", "json")
     assert _json_lines(out)[0]["retryAfterUntil"] is None
 

@@ -515,6 +515,30 @@ def test_a_terminal_sync_with_stack_name_does_not_take_integrations_the_stack_ha
     assert report["targets"] == []
 
 
+def test_a_terminal_sync_with_stack_name_of_a_stack_without_ids_says_the_shell_does_not_apply(
+    genesys: FakeGenesys,
+    aws_stack: LocalResources,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given a stack deployed without integration ids (the local stack's case), and an operator who set
+    # them in the shell, as the refusal used to tell them to
+    stack, outputs = _deployed_with_genesys_client(genesys, aws_stack, "n")
+    assert "ConfigSyncOpenMessagingIntegrationIds" not in outputs
+    monkeypatch.setenv(
+        "GENESYS_OPEN_MESSAGING_INTEGRATION_IDS", ",".join(genesys.open_messaging_integration_ids)
+    )
+    forget_cached_configuration()
+
+    # When they sync naming the stack
+    code = main(["targets", "sync", "--stack-name", stack])
+
+    # Then it is refused, naming the stack's parameters, and says the shell's variables do not count
+    err = capsys.readouterr().err
+    assert code == 3 and f"the stack {stack} was deployed without integration ids" in err, err
+    assert "GenesysOpenMessagingIntegrationIds" in err and "do not apply with --stack-name" in err, err
+
+
 def test_a_terminal_sync_and_check_with_stack_name_allow_the_ports_the_stack_allows(
     genesys: FakeGenesys,
     aws_stack: LocalResources,

@@ -163,7 +163,7 @@ def test_lifting_removes_the_mark_and_the_floor_and_reports_the_latest() -> None
 
     lifted = lift_quiet(breakers, buckets, TARGET, NOW)
 
-    assert lifted == QuietLift(lifted_until=NOW + 3600, kept_until=0.0)
+    assert lifted == QuietLift(lifted_until=NOW + 3600, kept_until=0.0, seen_until=NOW + 3600)
     assert breakers.load_with_lane(target_key("int-1", "crm"))[1].retry_after_until == 0.0
     assert (buckets.load(rate_key("int-1", "crm")) or BucketState()).floor_until == 0.0
     # A quiet already over is not one to lift: nothing written
@@ -179,5 +179,5 @@ def test_a_retry_after_answered_while_lifting_is_kept_and_reported() -> None:
 
     lifted = lift_quiet(breakers, buckets, TARGET, NOW)
 
-    assert lifted == QuietLift(lifted_until=0.0, kept_until=NOW + 660)
+    assert lifted == QuietLift(lifted_until=0.0, kept_until=NOW + 660, seen_until=NOW + 60)
     assert (buckets.load(rate_key("int-1", "crm")) or BucketState()).floor_until == NOW + 660

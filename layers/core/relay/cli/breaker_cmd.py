@@ -170,8 +170,9 @@ def _reset(args: Any, out: IO[str] | None = None) -> int:
         raise NeedsAttention(str(exc)) from None
     now, policy = time.time(), policy_from(settings)
     quiet = lift_quiet(breakers, buckets, target, now)
-    before = view(target, result.before, now, policy, result.lane).to_json()
-    after = view(target, result.after, now, policy, result.lane).to_json()
+    # The status objects of before and after, their quiet too: the one read, then one kept (if any).
+    before = view(target, result.before, now, policy, result.lane, quiet.seen_until).to_json()
+    after = view(target, result.after, now, policy, result.lane, quiet.kept_until).to_json()
     if args.format == "json":
         doc = {
             "integrationId": target.integration_id,

@@ -129,6 +129,13 @@ def _sync(args: Any, out: IO[str] | None = None) -> int:
     settings = get_settings()
     if not settings.genesys_open_messaging_integration_ids and not settings.genesys_webhook_integration_ids:
         # The scheduled function only warns (a stack not configured yet); from a terminal it is a slip.
+        stack = getattr(args, "stack_name", None)
+        if stack:  # the stack's outputs decide, whatever the shell says: setting the variables won't help
+            raise CommandFailed(
+                f"nothing to sync: the stack {stack} was deployed without integration ids (its parameters "
+                "GenesysOpenMessagingIntegrationIds and GenesysWebhookIntegrationIds are empty); the shell's "
+                "GENESYS_*_INTEGRATION_IDS do not apply with --stack-name (docs/config-sync.md)"
+            )
         raise CommandFailed(
             "nothing to sync: GENESYS_OPEN_MESSAGING_INTEGRATION_IDS and GENESYS_WEBHOOK_INTEGRATION_IDS "
             "are both empty (set them as ConfigSyncFunction has them: docs/config-sync.md, Settings)"

@@ -247,6 +247,7 @@ class QuietLift:
 
     lifted_until: float  # the quiet that was ahead and is lifted
     kept_until: float  # a quiet the receiver asked for again while it was lifted: kept, it is news
+    seen_until: float = 0.0  # the quiet in force when read, before the lift (status's retryAfterUntil)
 
 
 def lift_quiet(breakers: BreakerStore, buckets: RateLimitStore, target: Target, now: float) -> QuietLift:
@@ -273,4 +274,5 @@ def lift_quiet(breakers: BreakerStore, buckets: RateLimitStore, target: Target, 
             lifted = max(lifted, floor)
         else:
             kept = max(kept, answer.state.floor_until if answer.state else 0.0)
-    return QuietLift(lifted, kept if kept > now else 0.0)
+    seen = max(mark, floor)
+    return QuietLift(lifted, kept if kept > now else 0.0, seen if seen > now else 0.0)
