@@ -52,6 +52,7 @@ from relay.testing.fakes import (
     InMemoryDeliveryQueue,
     InMemoryIdempotencyStore,
     InMemoryRateLimitStore,
+    InMemorySecrets,
 )
 from relay.wiring.dispatcher import build_dispatcher
 
@@ -274,7 +275,7 @@ def relay_to() -> Iterator[tuple[Targets, ClaimChecks, Dispatcher, Receiver]]:
             breakers=InMemoryBreakerStore(),
             rate_limits=InMemoryRateLimitStore(),
             audit=None,
-            secrets=SECRETS.__getitem__,
+            secrets=InMemorySecrets(SECRETS),
             claim_checks=claim_checks,
         )
         try:

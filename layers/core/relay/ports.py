@@ -40,6 +40,19 @@ Clock = Callable[[], float]
 SecretReader = Callable[[str], RotatingSecret]
 
 
+class TargetSecretReader(Protocol):
+    """The dispatcher's secret reader: a SecretReader that can also be told a value it handed out
+    proved unusable where it was used (an encryption key without keyId, a client certificate OpenSSL
+    refuses), so that a value fixed by hand is read again within seconds, not at the cache's TTL."""
+
+    def __call__(self, name: str) -> RotatingSecret: ...
+
+    def distrust(self, name: str) -> None:
+        """Read ``name`` again soon (relay.adapters.secrets.UNUSABLE_RECHECK_SECONDS), not from the
+        cache until its TTL."""
+        ...
+
+
 # --- the dispatcher ---------------------------------------------------------------------------------
 
 

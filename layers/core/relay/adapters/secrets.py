@@ -69,6 +69,12 @@ class SecretsManagerSecrets:
         self._unusable_since.pop(name, None)
         return secret
 
+    def distrust(self, name: str) -> None:
+        """A value read under ``name`` parsed but proved unusable where it was used: read it again once
+        UNUSABLE_RECHECK_SECONDS have passed, as a value not in the shape is (one read per interval
+        while it stays unusable)."""
+        self._unusable_since.setdefault(name, self._monotonic())
+
     def refresh(self, name: str) -> RotatingSecret:
         """The secret read afresh (the intake re-reads a signature secret that may have rotated)."""
         return self.get(name, force_fetch=True)

@@ -414,6 +414,10 @@ class InMemorySecrets:
     def __init__(self, secrets: Mapping[str, RotatingSecret] | None = None) -> None:
         self.secrets = dict(secrets or {})
         self.unavailable = False
+        self.distrusted: list[str] = []  # names the dispatcher said proved unusable, in order
+
+    def distrust(self, name: str) -> None:
+        self.distrusted.append(name)  # a dict holds no stale copy: the next read sees any change
 
     def __call__(self, name: str) -> RotatingSecret:
         if self.unavailable:

@@ -27,8 +27,8 @@ from relay.ports import (
     HttpClient,
     OrderedQueueOps,
     RateLimitStore,
-    SecretReader,
     TargetDirectory,
+    TargetSecretReader,
 )
 from relay.settings import Settings, get_settings
 from relay.wiring import (
@@ -63,7 +63,7 @@ def build_dispatcher(
     breakers: BreakerStore | None = None,
     rate_limits: RateLimitStore | None = None,
     audit: AuditSink | None = None,
-    secrets: SecretReader | None = None,
+    secrets: TargetSecretReader | None = None,
     claim_checks: ClaimCheckReader | None = None,
     clock: Clock | None = None,
     rng: random.Random | None = None,

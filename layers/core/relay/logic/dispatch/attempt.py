@@ -40,7 +40,7 @@ from relay.models.http import (
 )
 from relay.models.secrets import RotatingSecret
 from relay.models.targets import SecurityType, Target
-from relay.ports import AccessTokens, ClaimCheckReader, HttpClient, SecretReader
+from relay.ports import AccessTokens, ClaimCheckReader, HttpClient, TargetSecretReader
 from relay.settings import Settings
 
 # Error codes of attempts that sent nothing, or could not finish, for reasons not the endpoint's own.
@@ -132,7 +132,7 @@ class Attempter:
         *,
         settings: Settings,
         http: HttpClient,
-        secrets: SecretReader,
+        secrets: TargetSecretReader,
         claim_checks: ClaimCheckReader,
         now: Callable[[], datetime],
         tokens: AccessTokens | None = None,
@@ -177,6 +177,8 @@ class Attempter:
             return Attempt(self._token_failed(exc), started, self._now(), str(exc))
         except (ConfigurationError, DependencyUnavailable) as exc:
             # Not the endpoint's fault, and no answer counts (never sent in clear): try again later.
+            if isinstance(exc, ConfigurationError):
+                self._distrust_secrets(target)
             return Attempt(Outcome(Verdict.RETRYABLE, None, _code(exc)), started, self._now(), str(exc))
         finished = self._now()
         body = None
@@ -219,6 +221,19 @@ class Attempter:
         # Sent as it is, never re-encoded: it must be what the intake let in, a JSON object.
         check_event_json(event_json)
         return event_json
+
+    def _distrust_secrets(self, target: Target) -> None:
+        """A configuration error may come from any of the target's secret values (a key without keyId, a
+        signing secret not whsec_, a bundle OpenSSL refuses): have each read again soon, so that the one
+        an operator fixes is taken within seconds and a redrive does not dead-letter its records again."""
+        names = (
+            target.signing_secret_name,
+            target.security.secret_name,
+            target.encryption_key_name,
+            target.security.client_certificate_name,
+        )
+        for name in filter(None, names):
+            self._secrets.distrust(name)
 
     def _target_secrets(self, target: Target) -> TargetSecrets:
         def read(name: str | None) -> RotatingSecret | None:

@@ -63,8 +63,8 @@ from relay.ports import (
     HttpClient,
     OrderedQueueOps,
     RateLimitStore,
-    SecretReader,
     TargetDirectory,
+    TargetSecretReader,
 )
 from relay.settings import Settings
 
@@ -86,7 +86,7 @@ class Dispatcher:
         breakers: BreakerStore,
         rate_limits: RateLimitStore,
         audit: AuditSink | None,
-        secrets: SecretReader,
+        secrets: TargetSecretReader,
         claim_checks: ClaimCheckReader,
         clock: Clock | None = None,
         rng: random.Random | None = None,
