@@ -459,6 +459,19 @@ def test_a_filter_value_no_letter_carries_needs_attention_and_moves_nothing(
     assert len(drain(aws_stack.dead_letter_queue_url)) == len(seeded)
 
 
+def test_a_filtered_redrive_of_an_empty_dlq_is_done_not_a_filter_that_matched_nothing(
+    aws_stack: LocalResources, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # When an operator runs the redrive that emptied the DLQ a second time
+    code, out, err = run_cli(capsys, "redrive", "--target", "target-a", "--format", "json")
+
+    # Then there was nothing to move, and nothing suggests a mistyped id
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["scanned"], result["moved"], result["unmatchedFilters"]) == (0, 0, [])
+    assert result["ok"] is True and "no letter" not in err
+
+
 def test_a_redrive_stopped_before_it_read_the_dlq_does_not_say_no_letter_matches_its_filter(
     aws_stack: LocalResources, seeded: list[Seeded]
 ) -> None:

@@ -70,7 +70,8 @@ def resend(
     result.now_ms = now_ms(now)
     # Only a run that read the whole DLQ can say no letter carries a filter's value: one stopped by
     # Ctrl-C (perhaps before its first receive), by a failure, or at --max has not seen them all.
-    read_all = not cut_short and not stop()
+    # An empty DLQ has nothing a filter could have missed (the run that emptied it, run again).
+    read_all = not cut_short and not stop() and result.scanned > 0
     if read_all and (options.max_messages is None or result.matched < options.max_messages):
         wanted = {("--target", t) for t in options.filter.targets}
         wanted |= {("--integration", i) for i in options.filter.integrations}
