@@ -53,6 +53,17 @@ def test_a_bundle_in_any_order_is_loaded_certificate_first_then_chain_then_key(p
     assert key_body(text) == key_body(key)
 
 
+@pytest.mark.parametrize("line_end", ["\r\n", "\r"], ids=["crlf", "cr-only"])
+def test_a_bundle_with_other_line_endings_is_read_as_written(pki: Pki, line_end: str) -> None:
+    # Given a bundle saved with Windows or old Mac line endings
+    bundle = pki.client_bundle("relay")
+
+    parsed = parse_client_certificate(bundle.replace("\n", line_end), now=datetime.datetime.now(datetime.UTC))
+
+    # Then it is the same bundle, in the line endings OpenSSL loads
+    assert parsed.pem == parse_client_certificate(bundle).pem
+
+
 @pytest.mark.parametrize(
     ("build", "reason"),
     [

@@ -54,7 +54,9 @@ def parse_client_certificate(bundle: str, *, now: datetime | None = None) -> Cli
     from cryptography.hazmat.primitives import serialization
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
-    blocks = [(m.group(1), m.group(0)) for m in _PEM_BLOCK.finditer(bundle.encode("utf-8", "replace"))]
+    # Any line ending an editor may have saved (CR-only was read as "found 0" private keys).
+    text = bundle.replace("\r\n", "\n").replace("\r", "\n")
+    blocks = [(m.group(1), m.group(0)) for m in _PEM_BLOCK.finditer(text.encode("utf-8", "replace"))]
     if any(kind == b"ENCRYPTED PRIVATE KEY" or b"Proc-Type: 4,ENCRYPTED" in block for kind, block in blocks):
         raise InvalidClientCertificate(
             "the private key is encrypted: store it unencrypted (Secrets Manager encrypts it at rest)"
