@@ -494,8 +494,23 @@ def test_an_unusable_client_certificate_is_refused_at_its_place_in_the_file_with
 def test_a_usable_client_certificate_is_accepted(pki: Pki, tmp_path: Path) -> None:
     bundle = pki.client_bundle()
     doc = fixtures_doc()
-    doc["integrations"][0]["targets"][1]["clientCertificate"] = bundle
+    doc["integrations"][0]["targets"][1].update(clientCertificate=bundle, url="https://127.0.0.1:8443/hooks")
     assert _load(doc, tmp_path).integrations[0].targets[1].client_certificate == bundle
+
+
+def test_a_client_certificate_on_a_plain_http_target_is_refused(pki: Pki, tmp_path: Path) -> None:
+    # Given a target on http:// with a client certificate, which no TLS handshake would ever present
+    doc = fixtures_doc()
+    doc["integrations"][0]["targets"][1].update(
+        clientCertificate=pki.client_bundle(), url="http://127.0.0.1:8080/hooks"
+    )
+
+    # Then the file is refused at that target, saying why, rather than started with mTLS that never happens
+    with pytest.raises(ValidationError) as caught:
+        _load(doc, tmp_path)
+    place, message = _only_error(caught)
+    assert place == "integrations.0.targets.1"
+    assert "clientCertificate needs an https:// url" in message
 
 
 def test_the_ready_line_masks_a_password_in_a_receivers_url() -> None:

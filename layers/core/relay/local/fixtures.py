@@ -141,6 +141,13 @@ class FixtureTarget(_FixtureModel):
             parse_client_certificate(bundle, now=datetime.now(UTC))
         return bundle
 
+    @model_validator(mode="after")
+    def _certificate_needs_tls(self) -> FixtureTarget:
+        # Presented in the TLS handshake: on http:// there is none, and nothing would ever be presented.
+        if self.client_certificate is not None and urlsplit(self.url).scheme.lower() != "https":
+            raise ValueError("clientCertificate needs an https:// url: it is presented in the TLS handshake")
+        return self
+
 
 class FixtureIntegration(_FixtureModel):
     id: str
