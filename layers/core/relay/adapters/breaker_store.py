@@ -10,7 +10,7 @@ Item (key ``targetKey`` = "<integrationId>#<targetId>"):
 - the lane (relay.logic.dispatch.isolation): ``lane``, ``laneVersion``, ``laneChangedAt``;
 - ``retryAfterUntil``: until when the target asked for quiet with a Retry-After
   (relay.logic.dispatch.rate_limit), only ever moved later, by a condition on itself, or removed by
-  an operator's ``relay breaker reset`` (relay.logic.breaker_control.lift_retry_after);
+  an operator's ``relay breaker reset`` (relay.logic.breaker_control.lift_quiet);
 - ``updatedAt``, ``expiresAt`` (TTL: an idle target's record disappears, which reads as a fresh
   closed breaker in the fast lane).
 
@@ -94,37 +94,24 @@ class DynamoBreakerStore:
 
     def mark_retry_after(self, key: str, until: float) -> None:
         now = int(self._clock())
-        try:
-            self._ddb.update_item(
-                TableName=self._table,
-                Key={"targetKey": {"S": key}},
-                UpdateExpression="SET retryAfterUntil = :until, updatedAt = :now, expiresAt = :expires",
-                ConditionExpression="attribute_not_exists(retryAfterUntil) OR retryAfterUntil < :until",
-                ExpressionAttributeValues={
-                    ":until": {"N": repr(until)},
-                    ":now": {"N": str(now)},
-                    ":expires": {"N": str(now + RECORD_TTL_SECONDS)},
-                },
-            )
-        except AWS_ERRORS as exc:
-            if lost_race(exc):
-                return  # a later time is stored already
-            raise BreakerStoreUnavailable(f"breaker table unwritable ({type(exc).__name__})") from None
+        self._conditional(  # not written: a later time is stored already
+            key,
+            UpdateExpression="SET retryAfterUntil = :until, updatedAt = :now, expiresAt = :expires",
+            ConditionExpression="attribute_not_exists(retryAfterUntil) OR retryAfterUntil < :until",
+            ExpressionAttributeValues={
+                ":until": {"N": repr(until)},
+                ":now": {"N": str(now)},
+                ":expires": {"N": str(now + RECORD_TTL_SECONDS)},
+            },
+        )
 
     def lift_retry_after(self, key: str, *, seen: float) -> bool:
-        try:
-            self._ddb.update_item(
-                TableName=self._table,
-                Key={"targetKey": {"S": key}},
-                UpdateExpression="REMOVE retryAfterUntil",
-                ConditionExpression="retryAfterUntil <= :seen",
-                ExpressionAttributeValues={":seen": {"N": repr(seen)}},
-            )
-        except AWS_ERRORS as exc:
-            if lost_race(exc):
-                return False  # a later quiet was asked for since it was read (or none is stored)
-            raise BreakerStoreUnavailable(f"breaker table unwritable ({type(exc).__name__})") from None
-        return True
+        return self._conditional(  # not written: a later quiet was asked for since (or none is stored)
+            key,
+            UpdateExpression="REMOVE retryAfterUntil",
+            ConditionExpression="retryAfterUntil <= :seen",
+            ExpressionAttributeValues={":seen": {"N": repr(seen)}},
+        )
 
     def _update(
         self,
@@ -145,15 +132,18 @@ class DynamoBreakerStore:
         else:
             condition = "#version = :expected"
             attribute_values[":expected"] = {"N": str(expected_version)}
+        return self._conditional(
+            key,
+            UpdateExpression="SET " + ", ".join(f"#a{i} = :v{i}" for i in range(len(values))),
+            ConditionExpression=condition,
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=attribute_values,
+        )
+
+    def _conditional(self, key: str, **update: Any) -> bool:
+        """One conditional ``UpdateItem`` of the target's item; False when its condition failed."""
         try:
-            self._ddb.update_item(
-                TableName=self._table,
-                Key={"targetKey": {"S": key}},
-                UpdateExpression="SET " + ", ".join(f"#a{i} = :v{i}" for i in range(len(values))),
-                ConditionExpression=condition,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=attribute_values,
-            )
+            self._ddb.update_item(TableName=self._table, Key={"targetKey": {"S": key}}, **update)
         except AWS_ERRORS as exc:
             if lost_race(exc):
                 return False
