@@ -403,6 +403,37 @@ def test_secrets_manager_down_sends_nothing_and_is_retried(running: list[Relay])
     assert [line["errorCode"] for line in r.audit_lines()] == ["dependency-unavailable"]
 
 
+def test_only_a_configuration_error_has_the_targets_secrets_read_again_soon(running: list[Relay]) -> None:
+    # Given an encrypted target whose key has no keyId (written by hand), signed and with a bearer token
+    target = make_target(
+        security=TargetSecurity(type=SecurityType.BEARER, secret_name="auth"),
+        signing_secret_name="signing",
+        encryption_key_name="encryption",
+    )
+    r = start(running, relay(target, answer_with=always(503)))
+    r.secrets.secrets.update(
+        auth=RotatingSecret(current="bearer-token-0123456789"),
+        signing=RotatingSecret(current="whsec_c2lnbmluZy1zZWNyZXQtMDEyMzQ1Njc4OQ=="),
+        encryption=RotatingSecret(current="encryption-key-0123"),
+    )
+
+    # When a delivery fails on it, then (key fixed) one fails at the endpoint, then Secrets Manager is down
+    def failure_and_distrusted() -> tuple[str, list[str]]:
+        r.batch(record())
+        (line,) = r.audit_lines()  # this batch's
+        return line["errorCode"], sorted(r.secrets.distrusted)
+
+    assert failure_and_distrusted() == ("configuration", ["auth", "encryption", "signing"])
+    r.secrets.distrusted.clear()
+    fixed = RotatingSecret(current="encryption-key-0123", key_id="k1", salt="5a" * 16)
+    r.secrets.secrets["encryption"] = fixed
+    assert failure_and_distrusted() == ("http-503", [])
+    r.secrets.unavailable = True
+
+    # Then only the configuration error told the reader to read the target's secrets again soon
+    assert failure_and_distrusted() == ("dependency-unavailable", [])
+
+
 def test_the_target_secrets_sign_and_authorise_and_never_reach_the_audit(running: list[Relay]) -> None:
     # Given a target that echoes its bearer token back in the response body
     target = make_target(

@@ -38,7 +38,6 @@ from relay.models.http import (
     OutboundRequest,
     parse_retry_after,
 )
-from relay.models.secrets import RotatingSecret
 from relay.models.targets import SecurityType, Target
 from relay.ports import AccessTokens, ClaimCheckReader, HttpClient, TargetSecretReader
 from relay.settings import Settings
@@ -226,24 +225,12 @@ class Attempter:
         """A configuration error may come from any of the target's secret values (a key without keyId, a
         signing secret not whsec_, a bundle OpenSSL refuses): have each read again soon, so that the one
         an operator fixes is taken within seconds and a redrive does not dead-letter its records again."""
-        names = (
-            target.signing_secret_name,
-            target.security.secret_name,
-            target.encryption_key_name,
-            target.security.client_certificate_name,
-        )
-        for name in filter(None, names):
+        for name in filter(None, _secret_names(target).values()):
             self._secrets.distrust(name)
 
     def _target_secrets(self, target: Target) -> TargetSecrets:
-        def read(name: str | None) -> RotatingSecret | None:
-            return self._secrets(name) if name else None
-
         return TargetSecrets(
-            signing=read(target.signing_secret_name),
-            auth=read(target.security.secret_name),
-            encryption=read(target.encryption_key_name),
-            client_certificate=read(target.security.client_certificate_name),
+            **{kind: self._secrets(name) if name else None for kind, name in _secret_names(target).items()}
         )
 
     def _token(
@@ -309,6 +296,16 @@ class _NoFreshToken(TokenUnavailable):
         super().__init__(str(cause), retry_after=cause.retry_after)
         self.answer = answer
         self.token = token
+
+
+def _secret_names(target: Target) -> dict[str, str | None]:
+    """The Secrets Manager name of each of the target's secrets, by its TargetSecrets field."""
+    return {
+        "signing": target.signing_secret_name,
+        "auth": target.security.secret_name,
+        "encryption": target.encryption_key_name,
+        "client_certificate": target.security.client_certificate_name,
+    }
 
 
 def _code(exc: Exception) -> str:
