@@ -17,13 +17,15 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from relay.cli.exit_codes import CommandFailed, ExitCode, NeedsAttention, UsageError
 from relay.cli.stack_option import STACK_OPTION
 from relay.cli.targets_cmd import _print_table  # one table layout for the relay's commands
 from relay.cli.terminal import visible
-from relay.models.timestamps import iso_utc_from_epoch
+
+if TYPE_CHECKING:
+    from relay.logic.breaker_control import QuietLift
 
 
 def register(subparsers: Any) -> None:
@@ -181,8 +183,7 @@ def _reset(args: Any, out: IO[str] | None = None) -> int:
             "attempts": result.attempts,
             "before": before,
             "after": after,
-            "retryAfterLifted": _iso(quiet.lifted_until),
-            "retryAfterUntil": _iso(quiet.kept_until),
+            **quiet.to_json(),
         }
         print(json.dumps(doc), file=out)
         return ExitCode.OK
@@ -215,16 +216,13 @@ def _reset(args: Any, out: IO[str] | None = None) -> int:
     return ExitCode.OK
 
 
-def _iso(epoch: float) -> str | None:
-    return iso_utc_from_epoch(epoch, "seconds") if epoch else None
-
-
-def _say_quiet(target_id: str, quiet: Any, out: IO[str]) -> None:
-    """What became of a Retry-After quiet (docs/operations-breaker.md, "Lifting a Retry-After")."""
-    if quiet.lifted_until:
-        print(visible(f"Retry-After quiet of {target_id} until {_iso(quiet.lifted_until)} lifted"), file=out)
-    if quiet.kept_until:
-        until = _iso(quiet.kept_until)
+def _say_quiet(target_id: str, quiet: QuietLift, out: IO[str]) -> None:
+    """What became of a Retry-After quiet (docs/operations-breaker.md, "Reset")."""
+    doc = quiet.to_json()
+    if doc["retryAfterLifted"]:
+        print(visible(f"Retry-After quiet of {target_id} until {doc['retryAfterLifted']} lifted"), file=out)
+    if doc["retryAfterUntil"]:
+        until = doc["retryAfterUntil"]
         print(
             visible(f"{target_id} asked for quiet again meanwhile: kept until {until} (Retry-After)"),
             file=out,

@@ -249,6 +249,12 @@ class QuietLift:
     kept_until: float  # a quiet the receiver asked for again while it was lifted: kept, it is news
     seen_until: float = 0.0  # the quiet in force when read, before the lift (status's retryAfterUntil)
 
+    def to_json(self) -> dict[str, str | None]:
+        return {
+            "retryAfterLifted": _iso(self.lifted_until or None),
+            "retryAfterUntil": _iso(self.kept_until or None),
+        }
+
 
 def lift_quiet(breakers: BreakerStore, buckets: RateLimitStore, target: Target, now: float) -> QuietLift:
     """Lift the Retry-After quiet stored for ``target``: the breaker item's mark (what dispatchers not
