@@ -400,6 +400,19 @@ CASES = {
         "relay deliveries show",
         r"^argument --since: not a duration: 'x{40}\.\.\. \(5000 characters\)' \(e\.g\. 90m",
     ),
+    # argparse alone reads "-1h" as an option and answered "expected one argument"
+    "a duration typed as minus an hour": Case(
+        ("deliveries", "show", "9f0c", "--since", "-1h"),
+        USAGE,
+        "relay deliveries show",
+        r"^argument --since: must be a duration above 0, not -1h",
+    ),
+    "a fractional duration typed negative": Case(
+        ("deliveries", "replay", "9f0c", "--dry-run", "--since", "-.5d"),
+        USAGE,
+        "relay deliveries replay",
+        r"^argument --since: must be a duration above 0, not -\.5d",
+    ),
     "redrive rate above what SQS takes": Case(
         ("dlq", "redrive", "--rate", "501", "--dry-run"),
         USAGE,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -46,6 +47,9 @@ class CommandParser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.register("action", "parsers", _DescribedCommands)
+        # argparse reads only "-1" and "-1.5" as values, so `--since -1h` was refused as "expected one
+        # argument"; a negative duration is passed on for its own clear message (relay.cli.arguments).
+        self._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-\d*\.?\d+[a-zA-Z]$")
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see --help)", command=self.prog)
