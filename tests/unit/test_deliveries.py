@@ -476,6 +476,42 @@ def test_two_replays_delivered_side_by_side_are_one_attempt_since_the_last_repla
     )
 
 
+def test_a_redriven_delivery_counts_its_attempts_afresh_as_the_dispatcher_does() -> None:
+    from relay.cli.deliveries_cmd import format_timeline
+
+    # Given erp answering 503, then 400 (dead-lettered at its second attempt), then 200 to the copy a
+    # DLQ redrive sent back with fresh counters (a redrive writes no audit line of its own)
+    answers = iter((503, 400, 200))
+    a = Archiving(lambda method, url, headers, body: answer(next(answers)), "erp")
+    try:
+        a.batch(task_record("e-1", "erp"), invocation_id="inv-1")
+        a.clock.now += 5
+        a.batch(task_record("e-1", "erp", receive_count=2), invocation_id="inv-2")
+        a.clock.now += 600
+        a.batch(task_record("e-1", "erp"), invocation_id="inv-redriven")
+        found = show(a, "e-1")
+    finally:
+        a.dispatcher.close()
+
+    # Then the table's ATTEMPT column and the summary agree: 1 attempt since the dead letter, 3 in all
+    assert [(line["attempt"], line["outcome"]) for line in found.attempts] == [
+        (1, "retry-scheduled"),
+        (2, "dead-lettered"),
+        (1, "delivered"),
+    ]
+    (erp,) = found.deliveries()
+    assert (erp["attempts"], erp["attemptsInAll"], erp["redrives"], erp["restartedBy"]) == (
+        1,
+        3,
+        1,
+        "redrive",
+    )
+    assert (
+        f"event e-1 to erp: delivered after 1 attempt since it was dead-lettered (3 in all); "
+        f"deliveryId {ids('e-1', 'erp')}"
+    ) in format_timeline(found).splitlines()
+
+
 def test_a_replayed_task_is_delivered_with_the_same_webhook_id_and_text(history: Archiving) -> None:
     replay = plan(history, "e-1", target_id="crm")
     queue = InMemoryDeliveryQueue()

@@ -297,7 +297,8 @@ def format_timeline(found: Timeline) -> str:
             continue
         tried = f"{d['attempts']} attempt{'s' if d['attempts'] != 1 else ''}"
         if d["attemptsInAll"] != d["attempts"]:
-            tried += f" since its last replay ({d['attemptsInAll']} in all)"
+            since = "its last replay" if d["restartedBy"] == "replay" else "it was dead-lettered"
+            tried += f" since {since} ({d['attemptsInAll']} in all)"
         summary.append(
             visible(
                 f"event {d['eventId']} to {d['targetId']}: {d['lastOutcome']} after {tried}; "

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from relay.logic.deliveries.operator import REPLAYED
+from relay.logic.dispatch.audit import DEAD_LETTERED
 from relay.models.targets import Ordering, Target
 
 # What a timeline shows of an audit line (never a response body: `relay deliveries show` prints to a
@@ -70,10 +71,12 @@ class Timeline:
         """One summary per delivery of an event to a target: its ids, attempts and latest outcome.
 
         A replay under a fresh id (``--new-id``) is a delivery of its own, naming the one it replaced,
-        so its attempts are not counted as the original's. A replay under the same id starts its
-        attempts afresh (as the dispatcher counts them): ``attempts`` are those since the delivery's
-        last replay (the latest attempt's number), ``attemptsInAll`` every one, ``replays`` how often it
-        was replayed."""
+        so its attempts are not counted as the original's. A replay under the same id, and a redrive
+        from a dead-letter queue, start its attempts afresh (as the dispatcher counts them):
+        ``attempts`` are those since the delivery's last replay or redrive (the latest attempt's
+        number), ``attemptsInAll`` every one, ``replays`` how often it was replayed, ``redrives`` how
+        often it was attempted again after being dead-lettered (a redrive writes no line of its own:
+        an attempt after a dead-lettered line is one), ``restartedBy`` which of the two came last."""
         summaries: dict[tuple[Any, Any, Any], dict[str, Any]] = {}
         for line in self.attempts:
             key = (line.get("eventId"), line.get("targetId"), line.get("deliveryId"))
@@ -89,6 +92,8 @@ class Timeline:
                     "attempts": 0,
                     "attemptsInAll": 0,
                     "replays": 0,
+                    "redrives": 0,
+                    "restartedBy": None,
                     "lastOutcome": None,
                     "lastStatus": None,
                 },
@@ -96,12 +101,16 @@ class Timeline:
             summary["replayOf"] = summary["replayOf"] or line.get("replayOf")
             if line.get("outcome") == REPLAYED:
                 summary["replays"] += 1
+                summary["restartedBy"] = "replay"
                 summary["attempts"] = 0  # a replay's task carries fresh attempt counters
             if line.get("attempt") is not None:
-                # Since a replay, the dispatcher's own number: two replays (or a replay and a redrive)
+                if summary["lastOutcome"] == DEAD_LETTERED:  # redriven: the copy's counters are fresh
+                    summary["redrives"] += 1
+                    summary["restartedBy"] = "redrive"
+                # Since a restart, the dispatcher's own number: two replays (or a replay and a redrive)
                 # running side by side each make an attempt 1, which is not 2 attempts since the replay.
-                replayed = summary["replays"] > 0
-                summary["attempts"] = int(line["attempt"]) if replayed else summary["attempts"] + 1
+                restarted = summary["restartedBy"] is not None
+                summary["attempts"] = int(line["attempt"]) if restarted else summary["attempts"] + 1
                 summary["attemptsInAll"] += 1
             summary["lastOutcome"] = line.get("outcome")
             summary["lastStatus"] = line.get("status")
