@@ -725,6 +725,10 @@ def test_list_table_says_a_target_is_held_quiet_by_a_retry_after(
     plain_row = next(line for line in table.splitlines() if "t-plain" in line)
     assert f"quiet until {until['t-quiet']}" in quiet_row
     assert "quiet" not in plain_row
+    # spelled as `relay breaker status` spells the same quiet (UTC with a Z, whole seconds)
+    assert main(["breaker", "status", "t-quiet", "--format", "json"]) == 0
+    [status] = _json_lines(capsys.readouterr().out)
+    assert until["t-quiet"] == status["retryAfterUntil"] and until["t-quiet"].endswith("Z")
 
 
 def test_list_json_shows_how_each_target_is_delivered(

@@ -39,6 +39,7 @@ from relay.cli.arguments import positive_seconds
 from relay.cli.exit_codes import CommandFailed, ExitCode, NeedsAttention
 from relay.cli.stack_option import STACK_OPTION
 from relay.cli.terminal import format_table, visible
+from relay.models.timestamps import iso_utc_from_epoch
 
 if TYPE_CHECKING:
     from relay.logic.url_policy import UrlPolicy
@@ -247,9 +248,8 @@ def _rate_now(target: Any, bucket: BucketState | None, now: float | None) -> dic
     return {
         "effectiveRate": round(rate, 2) if rate is not None else None,
         "rateState": state,
-        "retryAfterUntil": datetime.fromtimestamp(floor, UTC).isoformat(timespec="seconds")
-        if floor
-        else None,
+        # Spelled as `relay breaker status` spells it (…Z), so the two can be compared as text
+        "retryAfterUntil": iso_utc_from_epoch(floor, "seconds") if floor else None,
     }
 
 
