@@ -5,6 +5,13 @@ redirects followed, the URL policy applied to the URL and, before the TCP handsh
 connected to, through the dispatcher's own sender (relay.wiring.dispatcher.http_sender: the same
 trusted CAs). The error is any answer a delivery would not count as delivered.
 
+**mTLS.** A target with a client certificate gets it in the handshake, as its deliveries do: read
+from its secret (``<prefix>/mtls/<targetId>``) by the dispatcher's secret reader
+(relay.wiring.secret_store) and loaded by the sender's own TLS contexts (relay.adapters.tls). A
+certificate that cannot be read or used means no request at all: the row is not reached, its error
+``client certificate...`` and why (a secret that does not exist, a bundle with no key...), never the
+bundle.
+
 Up to ``CHECK_CONCURRENCY`` checks run at once, each on a sender of its own (its latency includes
 connect and TLS): one after another, N targets that hang would take N x ``--timeout``.
 """
@@ -24,7 +31,7 @@ if TYPE_CHECKING:
     from relay.logic.url_policy import UrlPolicy
     from relay.models.http import HttpResult
     from relay.models.targets import Target, UnreadableTarget
-    from relay.ports import HttpClient
+    from relay.ports import HttpClient, SecretReader
     from relay.settings import Settings
 
 # How many targets `relay targets check` checks at once (each holds one connection of its own).
@@ -34,14 +41,16 @@ CHECK_CONCURRENCY = 8
 def check_targets(settings: Settings, targets: Iterable[Target], *, timeout: float) -> list[dict[str, Any]]:
     """Each target's row (relay.cli.targets_check.check_target), checked side by side."""
     from relay.logic.url_policy import UrlPolicy
+    from relay.wiring import secret_store
     from relay.wiring.dispatcher import http_sender
 
     policy = UrlPolicy.from_settings(settings)
+    secrets = secret_store(settings)
 
     def check(target: Target) -> dict[str, Any]:
         # A sender per target: each check makes its own connection (its latency includes connect and TLS).
         with closing(http_sender(settings, pool_size=1, body_limit_bytes=0)) as sender:
-            return check_target(target, timeout=timeout, policy=policy, sender=sender)
+            return check_target(target, timeout=timeout, policy=policy, sender=sender, secrets=secrets)
 
     return _side_by_side(check, list(targets))
 
@@ -55,11 +64,14 @@ def _side_by_side[T, R](job: Callable[[T], R], items: list[T]) -> list[R]:
             raise
 
 
-def check_target(target: Any, *, timeout: float, policy: UrlPolicy, sender: HttpClient) -> dict[str, Any]:
+def check_target(
+    target: Target, *, timeout: float, policy: UrlPolicy, sender: HttpClient, secrets: SecretReader
+) -> dict[str, Any]:
     """One HEAD to the target's URL, all of it (connect, TLS, answer) within ``timeout`` seconds:
     status, latency and error. Never a POST; redirects not followed; ``policy`` applied to the URL
-    (``sender``, the deliveries' own, applies it again before connecting, to every address)."""
-    from relay.errors import UnsafeUrl
+    (``sender``, the deliveries' own, applies it again before connecting, to every address); the
+    target's client certificate, if it has one, presented (read through ``secrets``)."""
+    from relay.errors import ConfigurationError, DependencyUnavailable, UnsafeUrl
     from relay.models.targets import masked_url
 
     result = _check_row(target.integration_id, target.target_id, masked_url(target.url))
@@ -67,15 +79,25 @@ def check_target(target: Any, *, timeout: float, policy: UrlPolicy, sender: Http
         url = policy.check_url(target.url)
     except UnsafeUrl as exc:
         return _not_reached(result, f"URL refused: {exc}")
-    answer = sender.send(
-        "HEAD",
-        url,
-        body=b"",
-        headers={},
-        connect_timeout=timeout,
-        read_timeout=timeout,
-        total_timeout=timeout,
-    )
+    certificate = None
+    if name := target.security.client_certificate_name:
+        try:  # the messages name the secret and why, never its value
+            certificate = secrets(name).current
+        except (ConfigurationError, DependencyUnavailable) as exc:
+            return _not_reached(result, f"client certificate: {exc}")
+    try:
+        answer = sender.send(
+            "HEAD",
+            url,
+            body=b"",
+            headers={},
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            total_timeout=timeout,
+            client_certificate=certificate,
+        )
+    except ConfigurationError as exc:  # "client certificate unusable: <why>": nothing was sent
+        return _not_reached(result, str(exc))
     return {
         **result,
         # Any complete HTTP answer means the endpoint is there (a 405 to HEAD is common for POST-only
