@@ -8,7 +8,8 @@ stored, reachability, and switching a target on or off.
   whether a secret is referenced shows; the auth type reads none, basic, bearer or oauth2, ``+mtls``
   with a client certificate.
 - ``check [TARGET_ID]`` sends one HEAD per target within a total timeout and reports status, latency
-  and error (relay.cli.targets_check: the seed's reachability check, done right).
+  and error, presenting an mTLS target's client certificate and asking an OAuth2 target's token
+  endpoint for a token as deliveries do (relay.cli.targets_check).
 - ``enable TARGET_ID`` / ``disable TARGET_ID`` set the target's ``enabled`` flag (a target disabled after
   a 410 comes back without waiting for its config to change in Genesys; config sync keeps the flag while
   the config is unchanged); the change is audited (an S3 audit record and a log line: who, when).
@@ -17,9 +18,9 @@ A target record this release cannot read (a newer release's, a hand edit) is lis
 fields at fault (never a value), and ``list`` exits 1.
 
 Exit codes (relay.cli.exit_codes): sync 1 when some configs were rejected, list 1 when some target
-records are unreadable, check 1 when some targets are
-unreachable or refused, enable/disable 1 when the change was made but its audit record could not be
-written; a TARGET_ID naming several targets is a usage error (2); one naming none, settings, Genesys or
+records are unreadable, check 1 when some targets are unreachable or refused, or got no token from
+their OAuth2 token endpoint, enable/disable 1 when the change was made but its audit record could not
+be written; a TARGET_ID naming several targets is a usage error (2); one naming none, settings, Genesys or
 AWS failing, 3.
 """
 
@@ -68,7 +69,10 @@ def register(subparsers: Any) -> None:
     listing.set_defaults(func=_list)
 
     check = sub.add_parser(
-        "check", parents=[STACK_OPTION], help="HEAD each target (or one) and report status, latency and error"
+        "check",
+        parents=[STACK_OPTION],
+        help="HEAD each target (or one; with its client certificate, and an OAuth2 target's token endpoint "
+        "asked for a token) and report status, latency and error",
     )
     check.add_argument("target_id", nargs="?", metavar="TARGET_ID", help="only this target")
     check.add_argument(
