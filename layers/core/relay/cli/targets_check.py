@@ -21,7 +21,7 @@ token came, the endpoint's status, why not (``token endpoint <host> answered 400
 the HEAD was answered. The HEAD itself never carries the token. The token is dropped unread, and
 neither it nor the client secret is printed or logged.
 
-Up to ``CHECK_CONCURRENCY`` checks run at once, each on a sender of its own (its latency includes
+Up to ``CHECK_CONCURRENCY`` requests run at once, each on a sender of its own (its latency includes
 connect and TLS): one after another, N targets that hang would take N x ``--timeout``.
 """
 
@@ -45,7 +45,8 @@ if TYPE_CHECKING:
     from relay.ports import HttpClient, SecretReader
     from relay.settings import Settings
 
-# How many targets `relay targets check` checks at once (each holds one connection of its own).
+# How many requests (HEADs, token requests) `relay targets check` makes at once, each on a
+# connection of its own.
 CHECK_CONCURRENCY = 8
 
 
