@@ -369,13 +369,14 @@ class TokenEndpoint(_Served):
     counts requests, and says whether a token it issued is still good (``valid``).
 
     ``expires_in`` (None: left out of the answer), ``status`` (answer this instead of a token, with
-    ``retry_after`` as its Retry-After header when set) and ``body`` (answer this 200 body instead)
-    script it."""
+    ``error`` as its OAuth error code and ``retry_after`` as its Retry-After header when set) and
+    ``body`` (answer this 200 body instead) script it."""
 
     client_id: str = "relay-client"
     client_secret: str = field(default_factory=lambda: "cs-" + secrets.token_urlsafe(18))
     expires_in: float | None = 3600
     status: int | None = None
+    error: str = "temporarily_unavailable"
     retry_after: str | None = None
     body: bytes | None = None
     requests: list[TokenRequest] = field(default_factory=list)
@@ -422,7 +423,7 @@ class TokenEndpoint(_Served):
         with self._lock:
             self.requests.append(TokenRequest(form, basic))
             if self.status is not None:
-                return self.status, b'{"error":"temporarily_unavailable"}'
+                return self.status, json.dumps({"error": self.error}).encode()
             if self.body is not None:
                 return 200, self.body
             presented = basic or (form.get("client_id"), form.get("client_secret"))

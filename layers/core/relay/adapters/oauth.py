@@ -91,11 +91,21 @@ class _Slot:
 
 
 class ClientCredentialsTokens:
-    """``http``: the dispatcher's HttpSender; ``clock``: monotonic seconds (a test moves it by hand)."""
+    """``http``: the dispatcher's HttpSender; ``clock``: monotonic seconds (a test moves it by hand);
+    ``on_answer``: sees each token request's result as it came, before it is read (``relay targets
+    check`` reports the endpoint's status and latency; it must not keep or show the body, which holds
+    the token)."""
 
-    def __init__(self, http: HttpSender, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        http: HttpSender,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_answer: Callable[[HttpResult], None] | None = None,
+    ) -> None:
         self._http = http
         self._clock = clock
+        self._on_answer = on_answer
         self._slots: dict[tuple[str, str], _Slot] = {}
         self._slots_lock = threading.Lock()
 
@@ -169,6 +179,8 @@ class ClientCredentialsTokens:
             total_timeout=total,
             body_limit_bytes=TOKEN_ANSWER_LIMIT_BYTES,
         )
+        if self._on_answer is not None:
+            self._on_answer(result)
         slot.client, slot.token, slot.fetches = identity, None, slot.fetches + 1
         try:
             token, lifetime = _read_answer(result, _host(client), client_secret)

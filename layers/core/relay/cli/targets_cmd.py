@@ -8,9 +8,8 @@ stored, reachability, and switching a target on or off.
   whether a secret is referenced shows; the auth type reads none, basic, bearer or oauth2, ``+mtls``
   with a client certificate.
 - ``check [TARGET_ID]`` sends one HEAD per target within a total timeout and reports status, latency
-  and error (the seed's reachability check, done right: never a POST, no redirects followed, the URL
-  policy applied to the URL and, before the TCP handshake, to every address connected to, through the
-  dispatcher's own sender). The error is any answer a delivery would not count as delivered.
+  and error, presenting an mTLS target's client certificate and asking an OAuth2 target's token
+  endpoint for a token as deliveries do (relay.cli.targets_check).
 - ``enable TARGET_ID`` / ``disable TARGET_ID`` set the target's ``enabled`` flag (a target disabled after
   a 410 comes back without waiting for its config to change in Genesys; config sync keeps the flag while
   the config is unchanged); the change is audited (an S3 audit record and a log line: who, when).
@@ -19,9 +18,9 @@ A target record this release cannot read (a newer release's, a hand edit) is lis
 fields at fault (never a value), and ``list`` exits 1.
 
 Exit codes (relay.cli.exit_codes): sync 1 when some configs were rejected, list 1 when some target
-records are unreadable, check 1 when some targets are
-unreachable or refused, enable/disable 1 when the change was made but its audit record could not be
-written; a TARGET_ID naming several targets is a usage error (2); one naming none, settings, Genesys or
+records are unreadable, check 1 when some targets are unreachable or refused, or got no token from
+their OAuth2 token endpoint, enable/disable 1 when the change was made but its audit record could not
+be written; a TARGET_ID naming several targets is a usage error (2); one naming none, settings, Genesys or
 AWS failing, 3.
 """
 
@@ -30,8 +29,6 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
 
@@ -42,14 +39,7 @@ from relay.cli.terminal import format_table, visible
 from relay.models.timestamps import iso_utc_from_epoch
 
 if TYPE_CHECKING:
-    from relay.logic.url_policy import UrlPolicy
-    from relay.models.http import HttpResult
     from relay.models.rate_limit import BucketState
-    from relay.models.targets import UnreadableTarget
-    from relay.ports import HttpClient
-
-# How many targets `relay targets check` checks at once (each holds one connection of its own).
-CHECK_CONCURRENCY = 8
 
 
 def register(subparsers: Any) -> None:
@@ -80,7 +70,10 @@ def register(subparsers: Any) -> None:
     listing.set_defaults(func=_list)
 
     check = sub.add_parser(
-        "check", parents=[STACK_OPTION], help="HEAD each target (or one) and report status, latency and error"
+        "check",
+        parents=[STACK_OPTION],
+        help="HEAD each target (or one; with its client certificate, and an OAuth2 target's token endpoint "
+        "asked for a token) and report status, latency and error",
     )
     check.add_argument("target_id", nargs="?", metavar="TARGET_ID", help="only this target")
     check.add_argument(
@@ -369,73 +362,12 @@ def _list_code(entries: list[Any]) -> int:
     return ExitCode.ATTENTION if any(entry.unreadable for entry in entries) else ExitCode.OK
 
 
-# --- check ------------------------------------------------------------------------------------------
-def check_target(target: Any, *, timeout: float, policy: UrlPolicy, sender: HttpClient) -> dict[str, Any]:
-    """One HEAD to the target's URL, all of it (connect, TLS, answer) within ``timeout`` seconds:
-    status, latency and error. Never a POST; redirects not followed; ``policy`` applied to the URL
-    (``sender``, the deliveries' own, applies it again before connecting, to every address)."""
-    from relay.errors import UnsafeUrl
-
-    result = _check_row(target.integration_id, target.target_id, shown_url(target.url))
-    try:
-        url = policy.check_url(target.url)
-    except UnsafeUrl as exc:
-        return _not_reached(result, f"URL refused: {exc}")
-    answer = sender.send(
-        "HEAD",
-        url,
-        body=b"",
-        headers={},
-        connect_timeout=timeout,
-        read_timeout=timeout,
-        total_timeout=timeout,
-    )
-    return {
-        **result,
-        # Any complete HTTP answer means the endpoint is there (a 405 to HEAD is common for POST-only
-        # receivers); one cut off or past the deadline does not, and has no status to show (a status
-        # line that came before the rest never did would read as a healthy target to a script).
-        "reachable": answer.status is not None and answer.error_code is None,
-        "status": answer.status if answer.error_code is None else None,
-        "latencyMs": round(answer.elapsed_ms, 1),
-        "error": _check_error(answer),
-    }
-
-
-def _check_row(integration_id: str, target_id: str, url: str | None) -> dict[str, Any]:
-    return {"integrationId": integration_id, "targetId": target_id, "url": url, "method": "HEAD"}
-
-
-def _not_reached(row: dict[str, Any], error: str) -> dict[str, Any]:
-    """A check's row for a target no request was sent to, saying why."""
-    return {**row, "reachable": False, "status": None, "latencyMs": None, "error": error}
-
-
-def _unreadable_result(bad: UnreadableTarget) -> dict[str, Any]:
-    """The row of a target record this release cannot read (its URL is not read either)."""
-    return _not_reached(_check_row(bad.integration_id, bad.target_id, None), bad.why)
-
-
-def _check_error(answer: HttpResult) -> str | None:
-    """Why a delivery given this answer would not count as delivered (relay.logic.outcomes decides,
-    as for deliveries); None when it would."""
-    from relay.logic.outcomes import Verdict, classify
-
-    if answer.error_code is not None or answer.status is None:
-        return answer.error or answer.error_code or "no answer"
-    if classify(answer, now=datetime.now(UTC)).verdict is Verdict.DELIVERED:
-        return None
-    if 300 <= answer.status < 400:
-        return f"HTTP {answer.status}: redirects are not followed"
-    return f"HTTP {answer.status}"
-
-
+# --- check (relay.cli.targets_check) ---------------------------------------------------------------
 def _check(args: Any, out: IO[str] | None = None) -> int:
     from relay.cli.breaker_cmd import _find_target
-    from relay.logic.url_policy import UrlPolicy
+    from relay.cli.targets_check import check_targets, needs_attention, print_results, unreadable_result
     from relay.settings import get_settings
     from relay.wiring import target_store
-    from relay.wiring.dispatcher import http_sender
 
     out = out or sys.stdout
     settings = get_settings()
@@ -446,41 +378,11 @@ def _check(args: Any, out: IO[str] | None = None) -> int:
         entries = list(_entries(args.integration))
         targets = [t for entry in entries for t in entry.targets]
         # A record this release cannot read is not checked, but shown: "every target" must not hide it.
-        results += [_unreadable_result(bad) for entry in entries for bad in entry.unreadable.values()]
-    policy = UrlPolicy.from_settings(settings)
-
-    def check(target: Any) -> dict[str, Any]:
-        # A sender per target: each check makes its own connection (its latency includes connect and TLS).
-        with closing(http_sender(settings, pool_size=1, body_limit_bytes=0)) as sender:
-            return check_target(target, timeout=args.timeout, policy=policy, sender=sender)
-
-    # Side by side: one after another, N targets that hang would take N x --timeout.
-    with ThreadPoolExecutor(max_workers=CHECK_CONCURRENCY, thread_name_prefix="targets-check") as pool:
-        try:
-            results += pool.map(check, targets)
-        except BaseException:  # Ctrl-C: the checks not started yet are not started
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+        results += [unreadable_result(bad) for entry in entries for bad in entry.unreadable.values()]
+    results += check_targets(settings, targets, timeout=args.timeout)
     results.sort(key=lambda r: (r["integrationId"], r["targetId"]))
-    if args.format == "json":
-        for result in results:
-            print(json.dumps(result), file=out)
-    else:
-        rows = [("INTEGRATION", "TARGET", "URL", "REACHABLE", "STATUS", "LATENCY_MS", "ERROR")]
-        for r in results:
-            rows.append(
-                (
-                    r["integrationId"],
-                    r["targetId"],
-                    r["url"] or "-",
-                    "yes" if r["reachable"] else "no",
-                    str(r["status"] or "-"),
-                    str(r["latencyMs"] if r["latencyMs"] is not None else "-"),
-                    r["error"] or "-",
-                )
-            )
-        _print_table(rows, out)
-    return ExitCode.OK if all(r["reachable"] for r in results) else ExitCode.ATTENTION
+    print_results(results, out, as_json=args.format == "json")
+    return ExitCode.ATTENTION if needs_attention(results) else ExitCode.OK
 
 
 # --- enable / disable -----------------------------------------------------------------------------

@@ -6,7 +6,8 @@ phase) what its function uses and nothing else:
 
     relay.wiring.intake        build_intake(settings, ...), container_intake()
     relay.wiring.dispatcher    build_dispatcher(settings, ...), container_dispatcher(), and
-                               http_sender(settings, ...): the deliveries' sender (check's too)
+                               http_sender(settings, ...) and token_source(http): the deliveries'
+                               sender and OAuth token client (`relay targets check`'s too)
     relay.wiring.config_sync   run_config_sync(settings, ...), warm_up()
     relay.wiring.dlq           failed_event_intake(settings): the intake `relay dlq redrive` runs in-process
     relay.wiring.operator      the operator commands' audit reader and sink, event archive, Athena,

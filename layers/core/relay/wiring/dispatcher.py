@@ -15,6 +15,7 @@ from relay.adapters.sqs import SqsQueues
 from relay.adapters.tls import TlsTrust
 from relay.logic.dispatch import Dispatcher
 from relay.logic.url_policy import UrlPolicy
+from relay.models.http import HttpResult
 from relay.ports import (
     AccessTokens,
     AttemptCounter,
@@ -52,6 +53,15 @@ def http_sender(settings: Settings, *, pool_size: int, body_limit_bytes: int) ->
         endpoint_check=UrlPolicy.from_settings(settings).check_endpoint,
         trust=TlsTrust.from_settings(settings),
     )
+
+
+def token_source(
+    http: HttpSender, *, on_answer: Callable[[HttpResult], None] | None = None
+) -> ClientCredentialsTokens:
+    """OAuth2 targets' tokens, requested over ``http`` (the deliveries' road: URL policy, deadline,
+    trust, pools). ``relay targets check`` builds its own here too, ``on_answer`` seeing each token
+    endpoint's answer (relay.adapters.oauth.ClientCredentialsTokens)."""
+    return ClientCredentialsTokens(http, on_answer=on_answer)
 
 
 def build_dispatcher(
@@ -115,8 +125,7 @@ def build_dispatcher(
             body_limit_bytes=settings.response_body_limit_bytes,
         )
     if tokens is None and isinstance(http, HttpSender):
-        # Token requests take the deliveries' road: URL policy, deadline, trust, pools.
-        tokens = ClientCredentialsTokens(http)
+        tokens = token_source(http)
     return Dispatcher(
         settings=settings,
         targets=targets or target_store(settings),
