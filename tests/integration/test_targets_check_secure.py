@@ -5,6 +5,7 @@ does, never showing the certificate's key, the client secret or the token."""
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import socket
@@ -119,6 +120,25 @@ def _closed_port() -> int:
         return port
 
 
+@dataclass
+class Checked:
+    row: dict[str, Any]  # the target's JSON row
+    said: str  # everything the JSON check said (output, errors, log records)
+    table: str  # everything the table check said
+    codes: tuple[int, int]  # the JSON check's exit code, the table check's
+
+
+def _checked_both_ways(
+    target_id: str, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> Checked:
+    code = _check(target_id, "--format", "json")
+    said = _everything_said(capfd, caplog)
+    table_code = _check(target_id)
+    table = _everything_said(capfd, caplog)
+    [row] = _json_lines(said.split("\n", 1)[0])
+    return Checked(row, said, table, (code, table_code))
+
+
 def _everything_said(capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> str:
     """Every line the command wrote, and every log record it made (with its extra fields)."""
     output = capfd.readouterr()
@@ -231,13 +251,10 @@ def test_a_token_endpoint_refusing_the_client_makes_the_row_need_attention_namin
     _oauth_target(peers, "t-refused")
 
     # When it is checked
-    code = _check("t-refused", "--format", "json")
-    said = _everything_said(capfd, caplog)
-    table_code = _check("t-refused")
-    table = _everything_said(capfd, caplog)
+    checked = _checked_both_ways("t-refused", capfd, caplog)
 
     # Then the HEAD was answered, but the row says the token endpoint's answer, and the check exits 1
-    [row] = _json_lines(said.split("\n", 1)[0])
+    row, said, table, (code, table_code) = checked.row, checked.said, checked.table, checked.codes
     assert (row["reachable"], row["status"], row["error"]) == (True, 200, None)
     endpoint = row["tokenEndpoint"]
     assert (endpoint["ok"], endpoint["status"]) == (False, 400)
@@ -315,3 +332,88 @@ def test_a_target_without_oauth2_has_no_token_endpoint_in_its_row(
 
     [row] = _json_lines(_everything_said(capfd, caplog).split("\n", 1)[0])
     assert row["tokenEndpoint"] is None and peers.tokens.requests == []
+
+
+# --- configuration: the target's other secrets, as a delivery uses them ---------------------------------
+
+WHSEC = "whsec_" + base64.b64encode(b"k" * 32).decode()
+
+
+def _configured_target(peers: Peers, target_id: str, **secrets_by_kind: RotatingSecret | None) -> None:
+    """An mTLS target on the receiver with the given secrets of kind signing / encryption / auth
+    (bearer) stored (None: named but left missing)."""
+    names = {}
+    for kind, value in secrets_by_kind.items():
+        name = named(get_settings().secrets_prefix, SecretKind(kind), target_id)
+        if value is not None:
+            secret_store(get_settings()).put(name, value)
+        names[kind] = name
+    target_store(get_settings(), cache_ttl_seconds=0).put_target(
+        Target(
+            integration_id=INTEGRATION_ID,
+            target_id=target_id,
+            name=target_id,
+            url=f"{peers.receiver.url}/hook",
+            signing_secret_name=names.get("signing"),
+            encryption_key_name=names.get("encryption"),
+            security=TargetSecurity(
+                type=SecurityType.BEARER if "auth" in names else SecurityType.NONE,
+                secret_name=names.get("auth"),
+                client_certificate_name=_secret(SecretKind.MTLS, target_id, peers.bundle),
+            ),
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("secrets_by_kind", "says", "value"),
+    [
+        ({"signing": RotatingSecret(current="not-a-whsec-value-0123")}, "whsec_", "not-a-whsec-value-0123"),
+        (
+            {"encryption": RotatingSecret(current="an-encryption-passphrase-0123")},
+            "has no keyId",
+            "an-encryption-passphrase-0123",
+        ),
+        ({"auth": None}, "does not exist", None),
+    ],
+    ids=["signing-secret-not-whsec", "encryption-secret-without-keyid", "bearer-secret-missing"],
+)
+def test_a_target_whose_deliveries_could_not_be_built_with_its_secrets_needs_attention(
+    peers: Peers,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    secrets_by_kind: dict[str, RotatingSecret | None],
+    says: str,
+    value: str | None,
+) -> None:
+    # Given a reachable target with a secret its deliveries would fail on as `configuration`
+    _configured_target(peers, "t-misconfigured", **secrets_by_kind)
+
+    # When it is checked
+    checked = _checked_both_ways("t-misconfigured", capfd, caplog)
+
+    # Then the HEAD was answered, but the row says what a delivery would be dead-lettered for, and
+    # the check exits 1; the secret's value shows nowhere
+    row = checked.row
+    assert (row["reachable"], row["status"], row["error"]) == (True, 200, None)
+    assert says in row["configurationError"]
+    assert says in checked.table.splitlines()[1]
+    assert checked.codes == (1, 1)
+    assert value is None or value not in checked.said + checked.table
+
+
+def test_a_target_whose_secrets_build_a_delivery_has_no_configuration_error(
+    peers: Peers, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    _configured_target(
+        peers,
+        "t-configured",
+        signing=RotatingSecret(current=WHSEC),
+        encryption=RotatingSecret(current="an-encryption-passphrase-0123", key_id="k1", salt="ab" * 16),
+        auth=RotatingSecret(current="a-bearer-token-0123"),
+    )
+
+    assert _check("t-configured", "--format", "json") == 0
+
+    [row] = _json_lines(_everything_said(capfd, caplog).split("\n", 1)[0])
+    assert (row["reachable"], row["configurationError"]) == (True, None)

@@ -21,6 +21,12 @@ token came, the endpoint's status, why not (``token endpoint <host> answered 400
 the HEAD was answered. The HEAD itself never carries the token. The token is dropped unread, and
 neither it nor the client secret is printed or logged.
 
+**Configuration.** Every target's secrets are read and a request is built with them for a stand-in
+event, as a delivery builds one (relay.logic.envelope.build_request: its signature, encryption and
+Authorization header): ``configurationError`` says what a delivery would dead-let its records for as
+``configuration`` (a signing secret not ``whsec_``, an encryption secret without ``keyId``, a secret
+that does not exist), never a value; null when a delivery could be built.
+
 Up to ``CHECK_CONCURRENCY`` requests run at once, each on a sender of its own (its latency includes
 connect and TLS): one after another, N targets that hang would take N x ``--timeout``.
 """
@@ -63,7 +69,8 @@ def check_targets(settings: Settings, targets: Iterable[Target], *, timeout: flo
     def head(target: Target) -> dict[str, Any]:
         # A sender per check: each makes its own connection (its latency includes connect and TLS).
         with closing(http_sender(settings, pool_size=1, body_limit_bytes=0)) as sender:
-            return check_target(target, timeout=timeout, policy=policy, sender=sender, secrets=secrets)
+            row = check_target(target, timeout=timeout, policy=policy, sender=sender, secrets=secrets)
+        return {**row, "configurationError": check_configuration(target, secrets)}
 
     def token(target: Target) -> dict[str, Any]:
         with closing(http_sender(settings, pool_size=1, body_limit_bytes=0)) as sender:
@@ -144,6 +151,48 @@ def check_target(
     }
 
 
+def check_configuration(target: Target, secrets: SecretReader) -> str | None:
+    """Why a delivery to ``target`` could not be built with its secrets as they are (the error a
+    delivery would record as ``configuration``), or None: the secrets read and a request built for a
+    stand-in event. The client certificate and an oauth2 client secret are left to the checks that use
+    them (the HEAD, the token request), which name their errors; oauth2 gets a stand-in token."""
+    import uuid
+
+    from pydantic import SecretStr
+
+    from relay.errors import ConfigurationError, DependencyUnavailable
+    from relay.logic import crypto
+    from relay.logic.dispatch.attempt import target_secrets
+    from relay.logic.envelope import build_request
+    from relay.models.delivery import DeliveryTask
+    from relay.models.targets import SecurityType
+
+    now = datetime.now(UTC)
+    stand_in = DeliveryTask(
+        delivery_id=uuid.uuid4(),
+        integration_id=target.integration_id,
+        target_id=target.target_id,
+        event_id="relay-targets-check",
+        received_at=now,
+        event_json="{}",
+    )
+    oauth2 = target.security.type is SecurityType.OAUTH2
+    checked_elsewhere = ("client_certificate", "auth") if oauth2 else ("client_certificate",)
+    try:
+        build_request(
+            stand_in,
+            "{}",
+            target,
+            target_secrets(target, secrets, unread=checked_elsewhere),
+            key_cache=crypto.KeyCache(),
+            now=now,
+            access_token=SecretStr("stand-in") if oauth2 else None,
+        )
+    except (ConfigurationError, DependencyUnavailable) as exc:  # the messages never quote a value
+        return str(exc)
+    return None
+
+
 def check_token_endpoint(
     target: Target,
     *,
@@ -216,6 +265,7 @@ def unreadable_result(bad: UnreadableTarget) -> dict[str, Any]:
     return {
         **_not_reached(_check_row(bad.integration_id, bad.target_id, None), bad.why),
         "tokenEndpoint": None,
+        "configurationError": None,
     }
 
 
@@ -234,8 +284,12 @@ def _check_error(answer: HttpResult) -> str | None:
 
 
 def needs_attention(results: list[dict[str, Any]]) -> bool:
-    """Some target is unreachable or refused, or its token endpoint gave no token (exit 1)."""
-    return not all(r["reachable"] and (r["tokenEndpoint"] or {"ok": True})["ok"] for r in results)
+    """Some target is unreachable or refused, its token endpoint gave no token, or a delivery could not
+    be built with its secrets (exit 1)."""
+    return not all(
+        r["reachable"] and (r["tokenEndpoint"] or {"ok": True})["ok"] and r["configurationError"] is None
+        for r in results
+    )
 
 
 def print_results(results: list[dict[str, Any]], out: IO[str], *, as_json: bool) -> None:
@@ -248,7 +302,7 @@ def print_results(results: list[dict[str, Any]], out: IO[str], *, as_json: bool)
     rows = [("INTEGRATION", "TARGET", "URL", "REACHABLE", "STATUS", "LATENCY_MS", "TOKEN", "ERROR")]
     for r in results:
         endpoint = r["tokenEndpoint"]
-        errors = [r["error"], endpoint and endpoint["error"]]
+        errors = [r["error"], endpoint and endpoint["error"], r["configurationError"]]
         rows.append(
             (
                 r["integrationId"],

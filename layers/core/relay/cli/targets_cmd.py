@@ -8,8 +8,9 @@ stored, reachability, and switching a target on or off.
   whether a secret is referenced shows; the auth type reads none, basic, bearer or oauth2, ``+mtls``
   with a client certificate.
 - ``check [TARGET_ID]`` sends one HEAD per target within a total timeout and reports status, latency
-  and error, presenting an mTLS target's client certificate and asking an OAuth2 target's token
-  endpoint for a token as deliveries do (relay.cli.targets_check).
+  and error, presenting an mTLS target's client certificate, asking an OAuth2 target's token
+  endpoint for a token, and building a delivery with the target's secrets, as deliveries do
+  (relay.cli.targets_check).
 - ``enable TARGET_ID`` / ``disable TARGET_ID`` set the target's ``enabled`` flag (a target disabled after
   a 410 comes back without waiting for its config to change in Genesys; config sync keeps the flag while
   the config is unchanged); the change is audited (an S3 audit record and a log line: who, when).
@@ -18,10 +19,10 @@ A target record this release cannot read (a newer release's, a hand edit) is lis
 fields at fault (never a value), and ``list`` exits 1.
 
 Exit codes (relay.cli.exit_codes): sync 1 when some configs were rejected, list 1 when some target
-records are unreadable, check 1 when some targets are unreachable or refused, or got no token from
-their OAuth2 token endpoint, enable/disable 1 when the change was made but its audit record could not
-be written; a TARGET_ID naming several targets is a usage error (2); one naming none, settings, Genesys or
-AWS failing, 3.
+records are unreadable, check 1 when some targets are unreachable or refused, got no token from their
+OAuth2 token endpoint, or have secrets a delivery could not use, enable/disable 1 when the change was
+made but its audit record could not be written; a TARGET_ID naming several targets is a usage error
+(2); one naming none, settings, Genesys or AWS failing, 3.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ not by the endpoint: retried, and not counted against the endpoint (``Outcome.cu
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -39,7 +39,7 @@ from relay.models.http import (
     parse_retry_after,
 )
 from relay.models.targets import SecurityType, Target
-from relay.ports import AccessTokens, ClaimCheckReader, HttpClient, TargetSecretReader
+from relay.ports import AccessTokens, ClaimCheckReader, HttpClient, SecretReader, TargetSecretReader
 from relay.settings import Settings
 
 # Error codes of attempts that sent nothing, or could not finish, for reasons not the endpoint's own.
@@ -229,9 +229,7 @@ class Attempter:
             self._secrets.distrust(name)
 
     def _target_secrets(self, target: Target) -> TargetSecrets:
-        return TargetSecrets(
-            **{kind: self._secrets(name) if name else None for kind, name in _secret_names(target).items()}
-        )
+        return target_secrets(target, self._secrets)
 
     def _token(
         self, target: Target, secrets: TargetSecrets, budget: _Budget, *, refused: SecretStr | None = None
@@ -296,6 +294,13 @@ class _NoFreshToken(TokenUnavailable):
         super().__init__(str(cause), retry_after=cause.retry_after)
         self.answer = answer
         self.token = token
+
+
+def target_secrets(target: Target, read: SecretReader, *, unread: Iterable[str] = ()) -> TargetSecrets:
+    """Each of the target's secrets as its deliveries read them (None for a kind it has none of, and
+    for the kinds in ``unread``: TargetSecrets' field names)."""
+    names = {kind: name for kind, name in _secret_names(target).items() if kind not in set(unread)}
+    return TargetSecrets(**{kind: read(name) if name else None for kind, name in names.items()})
 
 
 def _secret_names(target: Target) -> dict[str, str | None]:
