@@ -54,6 +54,25 @@ def test_down_drops_connections_and_up_recovers(receiver: Receiver) -> None:
     assert requests.post(f"{receiver.url}/x", data=b"{}", timeout=2).status_code == 200
 
 
+def test_a_head_gets_the_steady_answer_and_is_neither_recorded_nor_takes_a_scripted_status(
+    receiver: Receiver,
+) -> None:
+    # Given a receiver whose next delivery is scripted to get 503
+    receiver.behaviour = Behaviour(status_sequence=[503])
+
+    # When `relay targets check` sends it a HEAD
+    head = requests.head(f"{receiver.url}/x", timeout=5)
+
+    # Then it gets the receiver's steady answer, nothing is recorded, and the 503 is still the next
+    assert (head.status_code, head.content) == (200, b"")
+    assert receiver.requests == []
+    assert requests.post(f"{receiver.url}/x", data=b"{}", timeout=5).status_code == 503
+    # and a receiver that is down drops the HEAD too
+    receiver.behaviour.up = False
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.head(f"{receiver.url}/x", timeout=2)
+
+
 def test_signatures_are_checked_per_path_and_deliveries_deduplicated(receiver: Receiver) -> None:
     body = b'{"deliveryId":"d-1","formatVersion":"2.1","sourceEvent":{"a":1}}'
     forged = requests.post(

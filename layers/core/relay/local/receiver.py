@@ -381,8 +381,25 @@ class Receiver:
         return False
 
 
+class _CheckedHandler(BaseHTTPRequestHandler):
+    receiver: Receiver
+
+    def do_HEAD(self) -> None:  # noqa: N802 - http.server's name
+        """`relay targets check`: the receiver's steady answer (a dropped connection while it is
+        down), without a body and not recorded: a check is not a delivery, and must not use up a
+        status sequence or a fault scripted for deliveries."""
+        behaviour = self.receiver.behaviour_for(self.path.split("?", 1)[0])
+        if not behaviour.up:
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        self.send_response(behaviour.status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
 def _make_handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(_CheckedHandler):
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True
         server_version = "relay-local-receiver"
@@ -453,4 +470,5 @@ def _make_handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
         do_POST = _handle
         do_PUT = _handle
 
+    Handler.receiver = receiver
     return Handler
