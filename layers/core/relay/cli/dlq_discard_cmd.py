@@ -11,8 +11,9 @@ per letter under its target in the audit bucket: who, when, which ids; never a b
 
 As everywhere in ``relay dlq``, only ids, reasons and counts are printed, never a body.
 
-Exit codes (relay.cli.exit_codes): 0 done (or nothing matched); 1 something chosen was left in the
-queue (not saved, not deleted), a filter matched no letter, or the audit record could not be written;
+Exit codes (relay.cli.exit_codes): 0 done, or nothing matched (a filter value no letter carries is
+named in a note on stderr); 1 something chosen was left in the queue (not saved, not deleted), or the
+audit record could not be written;
 2 usage (no filter and no ``--all``, ``--save`` missing or not openable); 3 the queue or the audit
 bucket's settings unreadable; 130 on Ctrl-C (the batch in hand is saved and deleted, or put back: never
 left hidden, never deleted unsaved).
@@ -131,6 +132,8 @@ def _run(args: argparse.Namespace, options: Any) -> int:
             sqs_queues(settings), args.queue, queue_url, options, copies, audit, progress=line, stop=stop
         )
         document = result.to_json()
+        if result.note:  # nothing was left behind by it: a notice, not the command's output
+            print(f"relay dlq discard: note: {result.note}", file=sys.stderr)
         text = format_discard(document, args.queue)
         if args.queue == dlq_cmd.ORDERED:
             text += _behind(document, result.depth, result.scanned, dry_run=args.dry_run)
@@ -209,8 +212,8 @@ def format_discard(document: dict[str, Any], queue: str) -> str:
                 lines.append(f"... and {len(letters) - MAX_IDS_SHOWN} more (--format json lists them all)")
     else:
         lines.append(
-            f"discarded {document['discarded']} of {document['scanned']} scanned, saved to "
-            f"{document['saveFile']}; skipped {document['skipped']}, not saved {document['notSaved']} "
+            f"discarded {document['discarded']} of {document['scanned']} scanned (each saved to "
+            f"{document['saveFile']} first); skipped {document['skipped']}, not saved {document['notSaved']} "
             f"(left in the queue), saved but not deleted {document['notDeleted']} (left in the queue, "
             "and in the file)"
         )

@@ -148,12 +148,17 @@ class DiscardResult:
             return "not everything chosen was discarded: read the summary"
         if self.audited is not None and self.audited.unwritten:
             return "letters discarded, but their audit record could not be written (it is in the log output)"
-        if self.unmatched_filters:
-            return (
-                f"no letter in the queue has {', '.join(self.unmatched_filters)} "
-                "(filters take the ids `relay dlq list` shows, not names)"
-            )
-        return None
+        return None  # a filter value no letter carries discarded nothing: nothing left behind (a note)
+
+    @property
+    def note(self) -> str | None:
+        """A filter value no letter of the whole queue carried: a typo, or a name for an id."""
+        if not self.unmatched_filters:
+            return None
+        return (
+            f"no letter in the queue has {', '.join(self.unmatched_filters)} "
+            "(filters take the ids `relay dlq list` shows, not names)"
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
