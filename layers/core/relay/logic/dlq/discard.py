@@ -367,7 +367,8 @@ def _attributes(attributes: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[s
 
 def record_discard(audit: DiscardAudit, result: DiscardResult) -> Audited:
     """Log the run (who, when, how many, which message ids) and write one audit object per target with a
-    record per discarded letter (its ids and reason, never its body). Targets whose object could not be
+    record per discarded letter (its ids and reason, never its body; the run's records share one
+    ``invocationId``, ``operator-<operationId>``). Targets whose object could not be
     written are in ``unwritten`` (the log line has them all the same)."""
     at = audit.now()
     letters = result.letters
@@ -395,13 +396,9 @@ def record_discard(audit: DiscardAudit, result: DiscardResult) -> Audited:
             target_id=target,
             event_id=letter.event_id,
         )
-        record.update(
-            deliveryId=letter.delivery_id,
-            messageId=letter.message_id,
-            dlqReason=letter.reason,
-            queue=result.queue,
-            discardedInRun=len(letters),
-        )
+        # Only the audit tables' columns (template.yaml): the run is its invocationId, the queue and
+        # the count are in the log line.
+        record.update(deliveryId=letter.delivery_id, messageId=letter.message_id, dlqReason=letter.reason)
         by_target.setdefault(target, []).append(record)
     unwritten = []
     for target, records in by_target.items():
