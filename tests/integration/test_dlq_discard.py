@@ -372,6 +372,11 @@ def test_each_run_is_audited_without_bodies(
         assert "os user" in record["actor"] and record["startedAt"]
         assert record["invocationId"] == records[0]["invocationId"]  # one run, one operation id
         assert CUSTOMER_TEXT not in json.dumps(record) and "body" not in record
+    # and the delivery's timeline says who discarded it
+    gone = next(s for s in seeded if s.reason == "target-gone")
+    assert main(["deliveries", "show", str(gone.delivery_id), "--format", "json"]) == 0
+    (delivery,) = json.loads(capsys.readouterr().out)["deliveries"]
+    assert delivery["lastOutcome"] == "dlq-discarded"
 
 
 def test_the_ordered_dlq_discards_by_reason_and_keeps_the_rest_in_order(

@@ -30,6 +30,23 @@ from relay.cli import dlq_cmd
 from relay.cli.exit_codes import UsageError
 
 MAX_IDS_SHOWN = 50  # a dry run's text lists at most this many letters (the JSON lists them all)
+EPILOG = """\
+Nothing is removed without a copy: each letter is appended to --save FILE as one JSON line (messageId,
+the body exactly as received, messageAttributes, reason, target and ids, discardedAt) and the file is
+fsynced before the letter is deleted; a letter whose line could not be written stays in the queue and
+the run stops (exit 1). FILE is created with mode 0600 and appended to if it exists; it must be a
+regular file. A filter (--reason, --target, --integration, --id) or --all is required. Bodies are never
+printed. Each run is audited: a log line, and an audit record per letter (outcome dlq-discarded: who,
+when, which ids; never a body). Ctrl-C stops after the batch in hand (saved and deleted, or put back).
+
+examples:
+  relay dlq discard --reason poison --dry-run
+  relay dlq discard --reason poison --save poison.jsonl
+  relay dlq discard --target TARGET_ID --save retired.jsonl
+  relay dlq discard --queue ordered --id MESSAGE_ID --save one.jsonl
+  relay dlq discard --queue eventbridge --all --save eventbridge.jsonl
+
+docs/operations-dlq.md, "Discarding", has the details."""
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -37,6 +54,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "discard",
         parents=[common],
         help="delete letters a redrive cannot help (poison, a retired target), each saved to a file first",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--save",
