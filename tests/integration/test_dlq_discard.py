@@ -511,3 +511,51 @@ def test_ctrl_c_stops_after_the_batch_in_hand_every_letter_saved_or_still_in_the
     assert sorted(saved + left) == sorted(bodies)
     # and what it did discard is audited
     assert len(audit_records(aws_stack)) == len(saved)
+
+
+def test_without_an_audit_bucket_a_real_run_does_nothing(
+    aws_stack: LocalResources,
+    seeded: list[Seeded],
+    save: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given settings that name no audit bucket (a dry run needs none)
+    monkeypatch.delenv("AUDIT_BUCKET")
+    forget_cached_configuration()
+    code, _, _ = run_cli(capsys, "discard", "--reason", "poison", "--dry-run")
+    assert code == 0
+
+    # When the operator discards for real
+    code, out, err = run_cli(capsys, "discard", "--reason", "poison", "--save", str(save))
+
+    # Then it could not run: no file, nothing deleted
+    assert code == 3, out + err
+    assert "AUDIT_BUCKET" in err
+    assert not save.exists()
+    assert len(drain(aws_stack.dead_letter_queue_url)) == len(seeded)
+
+
+def test_an_audit_bucket_that_refuses_the_records_needs_attention_and_the_letters_are_in_the_file(
+    aws_stack: LocalResources,
+    seeded: list[Seeded],
+    save: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given an audit bucket that does not exist
+    monkeypatch.setenv("AUDIT_BUCKET", f"{aws_stack.audit_bucket}-missing")
+    forget_cached_configuration()
+
+    # When the operator discards the poison letters
+    code, out, err = run_cli(capsys, "discard", "--reason", "poison", "--save", str(save), "--format", "json")
+
+    # Then they are discarded, saved, and the missing audit record is the operator's to look at
+    assert code == 1, out + err
+    result = json.loads(out)
+    assert result["discarded"] == 2 and result["auditUnwritten"] is True and result["ok"] is False
+    assert "audit record could not be written" in err
+    assert sorted(line["body"] for line in saved_lines(save)) == sorted(
+        s.body for s in seeded if s.reason == "poison"
+    )
+    assert CUSTOMER_TEXT not in out + err
