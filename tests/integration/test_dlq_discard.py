@@ -559,3 +559,20 @@ def test_an_audit_bucket_that_refuses_the_records_needs_attention_and_the_letter
         s.body for s in seeded if s.reason == "poison"
     )
     assert CUSTOMER_TEXT not in out + err
+
+
+def test_max_bounds_how_many_are_discarded_and_is_no_filter(
+    aws_stack: LocalResources, seeded: list[Seeded], save: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --max alone is a bound, not a filter: it does not stand for --all
+    code, _, err = run_cli(capsys, "discard", "--max", "3", "--save", str(save))
+    assert code == 2 and "--all" in err
+
+    code, out, err = run_cli(
+        capsys, "discard", "--all", "--max", "3", "--save", str(save), "--format", "json"
+    )
+
+    assert code == 0, out + err
+    assert json.loads(out)["discarded"] == 3
+    assert len(saved_lines(save)) == 3
+    assert len(drain(aws_stack.dead_letter_queue_url)) == len(seeded) - 3
