@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,9 +26,11 @@ import pytest
 from support.queues import drain
 from support.waiting import wait_until
 
+from relay.adapters.letter_file import LetterFile
 from relay.adapters.sqs import SqsQueues
 from relay.cli import main
 from relay.local.aws_stack import LocalResources, forget_cached_configuration
+from relay.logic.dlq.discard import DiscardOptions, discard
 from relay.models.delivery import (
     ATTR_ATTEMPTS,
     ATTR_DLQ_REASON,
@@ -39,7 +42,8 @@ from relay.models.delivery import (
     DlqReason,
 )
 from relay.models.queue import GroupPlacement
-from relay.wiring import aws_client
+from relay.settings import get_settings
+from relay.wiring import aws_client, sqs_queues
 
 pytestmark = pytest.mark.integration
 
@@ -576,3 +580,29 @@ def test_max_bounds_how_many_are_discarded_and_is_no_filter(
     assert json.loads(out)["discarded"] == 3
     assert len(saved_lines(save)) == 3
     assert len(drain(aws_stack.dead_letter_queue_url)) == len(seeded) - 3
+
+
+def test_letters_that_arrive_during_the_run_are_left_for_the_next_one(
+    aws_stack: LocalResources, seeded: list[Seeded], tmp_path: Path
+) -> None:
+    # Given a run that started before every letter reached the DLQ (its clock says an hour ago)
+    started = time.time() - 3600
+    copies = LetterFile(str(tmp_path / "discarded.jsonl"))
+    try:
+        result = discard(
+            sqs_queues(get_settings()),
+            "delivery",
+            aws_stack.dead_letter_queue_url,
+            DiscardOptions(everything=True),
+            copies,
+            None,
+            now=lambda: started,
+        )
+    finally:
+        copies.close()
+
+    # Then it discards none of them, not even with --all: the operator chose from what was there
+    assert (result.discarded, result.arrived_during_run, result.skipped) == (0, len(seeded), 0)
+    assert result.to_json()["arrivedDuringRun"] == len(seeded)
+    assert result.note is not None and f"{len(seeded)} letters arrived" in result.note
+    assert len(drain(aws_stack.dead_letter_queue_url)) == len(seeded)

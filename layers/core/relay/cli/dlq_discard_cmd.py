@@ -209,7 +209,14 @@ def format_discard(document: dict[str, Any], queue: str) -> str:
     table = dlq_cmd.format_groups if queue in dlq_cmd.TASK_QUEUES else dlq_cmd.format_failed_groups
     lines = [table(document["groups"]), ""]
     if document["mode"] == "dry-run":
-        lines.append(f"would discard {document['matched']} of {document['scanned']} scanned")
+        lines.append(
+            f"would discard {document['matched']} of {document['scanned']} scanned"
+            + (
+                f" ({document['arrivedDuringRun']} arrived during the run)"
+                if document["arrivedDuringRun"]
+                else ""
+            )
+        )
         letters = document["letters"]
         if letters:
             lines.append("")
@@ -232,7 +239,8 @@ def format_discard(document: dict[str, Any], queue: str) -> str:
     else:
         lines.append(
             f"discarded {document['discarded']} of {document['scanned']} scanned (each saved to "
-            f"{document['saveFile']} first); skipped {document['skipped']}, not saved {document['notSaved']} "
+            f"{document['saveFile']} first); skipped {document['skipped']}, arrived during the run "
+            f"{document['arrivedDuringRun']} (left for the next run), not saved {document['notSaved']} "
             f"(left in the queue), saved but not deleted {document['notDeleted']} (left in the queue, "
             "and in the file)"
         )

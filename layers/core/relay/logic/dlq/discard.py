@@ -7,6 +7,8 @@ The rules that make it safe:
   when it was discarded. A letter whose line is not on disk is not deleted, and the run ends there.
 - A run with no filter discards the whole queue: it must say so (``everything``, the CLI's ``--all``).
 - A dry run reads and counts; it writes and deletes nothing.
+- Letters that reach the queue after the run started are left for the next run, as redrive leaves
+  them: the operator chose from what was there (a dry run, ``relay dlq list``), even with ``--all``.
 - The run is audited (``DiscardAudit``): one log line for the run (who, when, how many, which message
   ids) and, for the letters it discarded, audit records in the audit bucket under each target, with
   the letter's ids (never a body); written when the run ends, Ctrl-C and failures too.
@@ -129,6 +131,7 @@ class DiscardResult:
     not_saved: int = 0  # chosen, but their line could not be written: still in the queue
     not_deleted: int = 0  # saved, but SQS did not delete them: still in the queue (and in the file)
     skipped: int = 0  # did not match, or past --max
+    arrived_during_run: int = 0  # left for the next run: not what the operator chose from
     letters: list[Letter] = field(default_factory=list)  # discarded (dry run: would be)
     groups: Sequence[ReportGroup] = ()
     error: str | None = None
@@ -152,13 +155,23 @@ class DiscardResult:
 
     @property
     def note(self) -> str | None:
-        """A filter value no letter of the whole queue carried: a typo, or a name for an id."""
-        if not self.unmatched_filters:
-            return None
-        return (
-            f"no letter in the queue has {', '.join(self.unmatched_filters)} "
-            "(filters take the ids `relay dlq list` shows, not names)"
-        )
+        """What the operator may want to know, though nothing chosen was left behind: letters that
+        arrived during the run, a filter value no letter of the whole queue carried (a typo, or a name
+        for an id)."""
+        notes = []
+        if self.arrived_during_run:
+            count = self.arrived_during_run
+            letters, were = ("letter", "was") if count == 1 else ("letters", "were")
+            notes.append(
+                f"{count} {letters} arrived in the queue during the run and {were} left there "
+                "(a later run takes them)"
+            )
+        if self.unmatched_filters:
+            notes.append(
+                f"no letter in the queue has {', '.join(self.unmatched_filters)} "
+                "(filters take the ids `relay dlq list` shows, not names)"
+            )
+        return "; ".join(notes) or None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -173,6 +186,7 @@ class DiscardResult:
             "notSaved": self.not_saved,
             "notDeleted": self.not_deleted,
             "skipped": self.skipped,
+            "arrivedDuringRun": self.arrived_during_run,
             "approximateDepth": self.depth,
             "groups": [group.to_json(self.now_ms) for group in self.groups],
             "letters": [letter.to_json() for letter in self.letters],
@@ -207,6 +221,7 @@ def discard(
     groups: MessageGroups = DeadLetterGroups() if queue in TASK_QUEUES else FailedEventGroups(_failure(queue))
     carried: set[tuple[str, str]] = set()
     cut_short = False
+    started_ms = to_ms(now)
 
     def handle(batch: list[ReceivedMessage], scan: Scan) -> bool:
         nonlocal cut_short
@@ -215,6 +230,9 @@ def discard(
             letter = _read(queue, message)
             result.scanned += 1
             carried.update(_carried(letter))
+            if message.sent_timestamp_ms is not None and message.sent_timestamp_ms > started_ms:
+                result.arrived_during_run += 1
+                continue
             full = options.max_messages is not None and result.matched >= options.max_messages
             if full or not _matches(options.filter, letter):
                 result.skipped += 1
