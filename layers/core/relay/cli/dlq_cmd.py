@@ -183,6 +183,8 @@ class ProgressLine:
             bar = f"{done}"
         if phase == "discard":
             return f"{phase}: {bar}  discarded {moved}  not saved {failed}"
+        if phase == "would discard":  # a dry run: ``moved`` counts the letters chosen
+            return f"{phase}: {bar}  matched {moved}"
         return f"{phase}: {bar}  moved {moved}  failed {failed}"
 
     def close(self) -> None:

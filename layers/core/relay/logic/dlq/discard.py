@@ -250,7 +250,11 @@ def discard(
             cut_short = True
             return False
         progress(
-            Progress("discard", result.scanned, result.depth, moved=result.discarded, failed=result.not_saved)
+            Progress("would discard", result.scanned, result.depth, moved=result.matched)
+            if options.dry_run
+            else Progress(
+                "discard", result.scanned, result.depth, moved=result.discarded, failed=result.not_saved
+            )
         )
         return options.max_messages is None or result.matched < options.max_messages
 
