@@ -606,3 +606,15 @@ def test_letters_that_arrive_during_the_run_are_left_for_the_next_one(
     assert result.to_json()["arrivedDuringRun"] == len(seeded)
     assert result.note is not None and f"{len(seeded)} letters arrived" in result.note
     assert len(drain(aws_stack.dead_letter_queue_url)) == len(seeded)
+
+
+def test_a_queue_that_cannot_be_read_could_not_run(
+    aws_stack: LocalResources, save: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = f"{aws_stack.dead_letter_queue_url}-missing"
+
+    code, out, err = run_cli(capsys, "discard", "--all", "--dlq-url", missing, "--save", str(save))
+
+    assert code == 3, out + err
+    assert out == "" and err.startswith("relay dlq discard: DependencyUnavailable")
+    assert not save.exists() or save.read_bytes() == b""
