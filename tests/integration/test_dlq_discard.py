@@ -618,3 +618,45 @@ def test_a_queue_that_cannot_be_read_could_not_run(
     assert code == 3, out + err
     assert out == "" and err.startswith("relay dlq discard: DependencyUnavailable")
     assert not save.exists() or save.read_bytes() == b""
+
+
+def test_the_intake_failure_queue_is_discarded_by_event_id(
+    aws_stack: LocalResources, save: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given two Lambda destination records of events the intake failed on
+    url = aws_stack.template.ref("IntakeFailureQueue")
+    monkeypatch.setenv("INTAKE_FAILURE_QUEUE_URL", url)
+    forget_cached_configuration()
+    events = [
+        {
+            "version": "0",
+            "id": str(uuid4()),
+            "detail-type": "x",
+            "source": "y",
+            "detail": {"text": CUSTOMER_TEXT},
+        }
+        for _ in range(2)
+    ]
+    for event in events:
+        record = {
+            "requestContext": {"condition": "RetriesExhausted", "approximateInvokeCount": 3},
+            "responseContext": {"statusCode": 200, "functionError": "Unhandled"},
+            "responsePayload": {"errorType": "ConfigurationError"},
+            "requestPayload": event,
+        }
+        put(url, json.dumps(record))
+
+    # When the operator discards the first by its event id
+    code, out, err = run_cli(
+        capsys, "discard", "--queue", "intake-failures", "--id", events[0]["id"], "--save", str(save)
+    )
+
+    # Then that record alone is saved and gone, the table is the failure queues' own
+    assert code == 0, out + err
+    assert out.splitlines()[0].split()[:3] == ["REASON", "ERROR", "TYPE"]
+    assert "RetriesExhausted/Unhandled" in out
+    (line,) = saved_lines(save)
+    assert json.loads(line["body"])["requestPayload"] == events[0] and line["eventId"] == events[0]["id"]
+    (left,) = drain(url)
+    assert json.loads(left["body"])["requestPayload"] == events[1]
+    assert CUSTOMER_TEXT not in out + err
