@@ -24,10 +24,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relay.cli import dlq_cmd
 from relay.cli.exit_codes import UsageError
+
+if TYPE_CHECKING:
+    from relay.adapters.letter_file import LetterFile
+    from relay.logic.dlq.discard import DiscardOptions
 
 MAX_IDS_SHOWN = 50  # a dry run's text lists at most this many letters (the JSON lists them all)
 EPILOG = """\
@@ -129,7 +133,7 @@ def _discard(args: argparse.Namespace) -> int:
     return _run(args, options)
 
 
-def _run(args: argparse.Namespace, options: Any) -> int:
+def _run(args: argparse.Namespace, options: DiscardOptions) -> int:
     import uuid
 
     from relay.logic.dlq.discard import DiscardAudit, discard
@@ -172,7 +176,7 @@ def _run(args: argparse.Namespace, options: Any) -> int:
             copies.close()
 
 
-def _open(path: str) -> Any:
+def _open(path: str) -> LetterFile:
     from relay.adapters.letter_file import LetterFile
 
     try:
