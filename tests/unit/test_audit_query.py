@@ -28,6 +28,7 @@ from relay.logic.deliveries.lookup import find_events
 from relay.logic.deliveries.operator import switch_target
 from relay.logic.deliveries.replay import plan_replay, run_replay
 from relay.logic.deliveries.timeline import FIELDS, IDS
+from relay.logic.dlq.discard import DiscardAudit, DiscardResult, Letter, record_discard
 from relay.models.archive import ArchiveRecord, archive_key
 from relay.models.breaker import BreakerState, Phase, target_key
 from relay.models.delivery import S3Ref
@@ -38,6 +39,15 @@ AUDIT_TABLES = ("AuditTable", "AuditByTargetTable")
 NAMED_QUERIES = ("EventTimelineQuery", "FailuresByTargetQuery", "LatencyByTargetQuery")
 # Every Logs Insights query the stack saves (over the log groups, which hold no delivered attempt).
 QUERY_DEFINITIONS = tuple(BASE.resources_of_type("AWS::Logs::QueryDefinition"))
+
+
+def poison_letter() -> Letter:
+    """A letter whose body is no task: no delivery or event id."""
+    return Letter("m-poison", "poison", "unparseable", "unparseable", None, None)
+
+
+def gone_letter() -> Letter:
+    return Letter("m-gone", "target-gone", INTEGRATION, "gone", "4b1f0c9e-0000-4000-8000-000000000000", "e-1")
 
 
 def table(logical_id: str) -> dict[str, Any]:
@@ -86,6 +96,8 @@ def written() -> Iterator[list[dict[str, Any]]]:
     switch_target(
         targets, operator, make_target("bad"), enabled=False, actor="me", now=now, operation_id="op"
     )
+    discarded = DiscardResult("delivery", "discard", letters=[poison_letter(), gone_letter()])
+    record_discard(DiscardAudit(operator, "me", "op-discard", lambda: now), discarded)
     lines = [
         json.loads(line)
         for sink in (a.audit, operator)
@@ -105,6 +117,7 @@ def test_the_records_cover_every_kind_of_line(written: list[dict[str, Any]]) -> 
         "deferred",
         "replayed",
         "target-disabled",
+        "dlq-discarded",
     }
 
 

@@ -503,3 +503,16 @@ def test_the_last_progress_is_drawn_when_the_line_closes_so_it_agrees_with_the_s
     line.close()
 
     assert stream.getvalue().splitlines()[-1].endswith("4/~4  moved 4  failed 0")
+
+
+def test_a_discards_progress_line_counts_what_it_discarded_or_on_a_dry_run_what_it_would() -> None:
+    stream = io.StringIO()
+    line = ProgressLine(stream, clock=lambda: 0.0, interval_seconds=0)
+
+    line(Progress("discard", 4, 8, moved=3, failed=1))
+    line(Progress("would discard", 8, 8, moved=5))
+
+    assert stream.getvalue().splitlines() == [
+        "discard: [############............] 4/~8  discarded 3  not saved 1",
+        "would discard: [########################] 8/~8  matched 5",
+    ]

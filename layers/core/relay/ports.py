@@ -431,3 +431,14 @@ class DeadLetterQueues(Protocol):
         ...
 
     def latest_move_task(self, source_arn: str) -> MoveTaskStatus | None: ...
+
+
+class LetterCopies(Protocol):
+    """Where ``relay dlq discard`` keeps a copy of each letter before deleting it (``--save FILE``)."""
+
+    path: str
+
+    def append(self, lines: Sequence[str]) -> tuple[int, str | None]:
+        """Append ``lines`` in order; how many (the first ones) are durably stored, and why not all (None:
+        all are). A letter whose line is not counted must not be deleted."""
+        ...

@@ -1,4 +1,5 @@
-"""``relay dlq list`` and ``relay dlq redrive``: inspect a dead-letter queue and send its messages back.
+"""``relay dlq list`` and ``relay dlq redrive``: inspect a dead-letter queue and send its messages back
+(``relay dlq discard``, which deletes letters after saving them, is relay.cli.dlq_discard_cmd).
 
 ``--queue`` picks the queue: ``delivery`` (the DeadLetterQueue: tasks go back to the delivery queue),
 ``ordered`` (the OrderedDeadLetterQueue, FIFO: tasks go back to the ordered queue, each conversation's
@@ -52,7 +53,7 @@ DELIVERY_ONLY = {"target": "--target", "integration": "--integration", "reason":
 
 
 def register(subparsers: Any) -> None:
-    dlq = subparsers.add_parser("dlq", help="inspect and redrive the dead-letter queue")
+    dlq = subparsers.add_parser("dlq", help="inspect, redrive and discard dead-lettered messages")
     sub = dlq.add_subparsers(dest="dlq_command", metavar="SUBCOMMAND", required=True)
 
     common = argparse.ArgumentParser(add_help=False, parents=[STACK_OPTION])
@@ -71,7 +72,7 @@ def register(subparsers: Any) -> None:
     )
     common.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     common.add_argument(
-        "--max", type=positive_int, metavar="N", help="look at (list) or move (redrive) at most N"
+        "--max", type=positive_int, metavar="N", help="look at (list), move (redrive) or discard at most N"
     )
     common.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
@@ -130,6 +131,10 @@ def register(subparsers: Any) -> None:
     )
     redrive.set_defaults(func=_redrive)
 
+    from relay.cli import dlq_discard_cmd
+
+    dlq_discard_cmd.register(sub, common)
+
 
 class ProgressLine:
     """A one-line progress bar on stderr: redrawn in place on a terminal, an occasional line otherwise."""
@@ -176,6 +181,10 @@ class ProgressLine:
             bar = f"[{'#' * filled}{'.' * (cls.WIDTH - filled)}] {done}/~{total}"
         else:
             bar = f"{done}"
+        if phase == "discard":
+            return f"{phase}: {bar}  discarded {moved}  not saved {failed}"
+        if phase == "would discard":  # a dry run: ``moved`` counts the letters chosen
+            return f"{phase}: {bar}  matched {moved}"
         return f"{phase}: {bar}  moved {moved}  failed {failed}"
 
     def close(self) -> None:
@@ -236,17 +245,31 @@ class StopOnCtrlC:
         return self._requested
 
 
-def _run(args: argparse.Namespace, work: Callable[[ProgressLine, Callable[[], bool]], Outcome]) -> int:
-    """Run one command with a progress line, ended before anything else is printed (the error line too)."""
+INTERRUPTED_NOW = (
+    "interrupted. Messages in hand go back to the DLQ (nothing unsent was deleted); "
+    "a move task already started keeps running in SQS."
+)
+INTERRUPTED_AFTER = (
+    "interrupted: stopped after the batch in hand; the summary above is what was done, and every "
+    "message not moved is back in the queue (a move task already started keeps running in SQS)"
+)
+
+
+def _run(
+    args: argparse.Namespace,
+    work: Callable[[ProgressLine, Callable[[], bool]], Outcome],
+    *,
+    interrupted_now: str = INTERRUPTED_NOW,
+    interrupted_after: str = INTERRUPTED_AFTER,
+) -> int:
+    """Run one command with a progress line, ended before anything else is printed (the error line too).
+    ``interrupted_now`` / ``interrupted_after``: what a second / a first Ctrl-C left behind."""
     line = ProgressLine(enabled=not args.no_progress)
     try:
         with StopOnCtrlC() as ctrl_c:
             document, text, attention = work(line, ctrl_c.requested)
     except KeyboardInterrupt:
-        raise Interrupted(
-            "interrupted. Messages in hand go back to the DLQ (nothing unsent was deleted); "
-            "a move task already started keeps running in SQS."
-        ) from None
+        raise Interrupted(interrupted_now) from None
     finally:
         line.close()
     if ctrl_c.requested() and "ok" in document:  # a script reading only the JSON must not see "all done"
@@ -255,10 +278,7 @@ def _run(args: argparse.Namespace, work: Callable[[ProgressLine, Callable[[], bo
     # failure reasons and errors: escaped line by line, whatever part of it forgot to.
     print(json.dumps(document, indent=2) if args.format == "json" else visible_lines(text))
     if ctrl_c.requested():
-        raise Interrupted(
-            "interrupted: stopped after the batch in hand; the summary above is what was done, and every "
-            "message not moved is back in the queue (a move task already started keeps running in SQS)"
-        )
+        raise Interrupted(interrupted_after)
     if attention:
         raise NeedsAttention(attention)
     return ExitCode.OK

@@ -49,11 +49,13 @@ MEANINGS = {
     ExitCode.OK: "ok: the command did what was asked",
     ExitCode.ATTENTION: "done, but something needs attention: configs rejected, target records "
     "unreadable, targets unreachable, "
-    "messages left in the DLQ or events the intake still refuses, an envelope that does not open, a "
-    "breaker reset that kept losing to the dispatchers, a replay or target switch whose audit record "
-    "could not be written (the output or the error line says what)",
+    "messages left in the DLQ or events the intake still refuses, letters a discard chose but could not "
+    "save or delete, an envelope that does not open, a breaker reset that kept losing to the "
+    "dispatchers, a replay, target switch or discard whose audit record could not be written (the "
+    "output or the error line says what)",
     ExitCode.USAGE: "usage: a bad argument or option (an empty one too), a file that does not exist or "
-    "cannot be read, a target id that names several targets (choose with --integration)",
+    "cannot be read (or, for dlq discard --save, written), a target id that names several targets "
+    "(choose with --integration)",
     ExitCode.FAILED: "failed: the command could not run (settings, AWS_REGION or AWS_ENDPOINT_URL too, a "
     "--stack-name that names no stack, AWS or an endpoint answering something else, Genesys Cloud, the "
     "local stack, a target id that names no target in the TargetsTable, an integration record this "

@@ -3,7 +3,8 @@
 It is written like the dispatcher's lines, one object per action and target under
 ``audit/date=YYYY-MM-DD/target=<targetId>/operator-<operationId>.jsonl``, with the audit record's own
 field names (the Glue table reads them alongside the dispatcher's), and logged. ``outcome`` says
-what was done: ``replayed``, ``target-enabled``, ``target-disabled``.
+what was done: ``replayed``, ``target-enabled``, ``target-disabled`` (and ``dlq-discarded``, written by
+relay.logic.dlq.discard, one record per letter of a ``relay dlq discard`` run).
 """
 
 from __future__ import annotations

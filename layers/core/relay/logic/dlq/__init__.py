@@ -1,4 +1,4 @@
-"""Dead-letter queue inspection and redrive (``relay dlq list`` / ``relay dlq redrive``).
+"""Dead-letter queue inspection, redrive and discard (``relay dlq list`` / ``redrive`` / ``discard``).
 
     letters        what may be shown about a DLQ message, groups, the redrive filter, redriven attributes
     scan           receive every message once without deleting; ``list_dead_letters`` (any queue)
@@ -9,11 +9,14 @@
     failed_events  the EventBridge path's failure queues: the event each message holds, why it is
                    there, grouped for ``list_dead_letters``
     resubmit       their events back through the intake's EventBridge path (deleted once accepted)
+    discard        delete the letters a redrive cannot help, each saved (fsynced) first, the run audited
 
-Only ids ever leave this package: event bodies may hold customer messages. SQS comes through
+Only ids ever leave this package (but for discard's save file, which the operator names): event
+bodies may hold customer messages. SQS comes through
 relay.ports.DeadLetterQueues, the intake through relay.ports.EventBridgeIntake.
 """
 
+from relay.logic.dlq.discard import DiscardAudit, DiscardFilter, DiscardOptions, DiscardResult, discard
 from relay.logic.dlq.failed_events import (
     FAILURE_QUEUES,
     FailedEvent,
@@ -48,6 +51,10 @@ __all__ = [
     "DeadLetterGroup",
     "DeadLetterGroups",
     "DeadLetterReport",
+    "DiscardAudit",
+    "DiscardFilter",
+    "DiscardOptions",
+    "DiscardResult",
     "FailedEvent",
     "FailedEventGroup",
     "FailedEventGroups",
@@ -61,6 +68,7 @@ __all__ = [
     "ResubmitOptions",
     "ResubmitResult",
     "classify",
+    "discard",
     "in_acceptance_order",
     "group_dead_letters",
     "list_dead_letters",

@@ -48,6 +48,7 @@ class DeadLetter:
     sent_timestamp_ms: int | None
     last_error: str | None = None  # the error code of the last attempt (relay-last-error)
     accepted_at: datetime | None = None  # when the intake accepted its event (None: the body is no task)
+    event_id: str | None = None  # the task's event id (None: the body is no task)
 
 
 def _string_attribute(attributes: Mapping[str, Mapping[str, Any]], name: str) -> str | None:
@@ -76,6 +77,7 @@ def classify(message: ReceivedMessage) -> DeadLetter:
         sent_timestamp_ms=message.sent_timestamp_ms,
         last_error=last_error if last_error and _ERROR_CODE.fullmatch(last_error) else None,
         accepted_at=task.received_at if task else None,
+        event_id=task.event_id if task else None,
     )
 
 
