@@ -331,7 +331,7 @@ def test_dry_run_lists_ids_and_counts_and_writes_and_deletes_nothing(
     assert CUSTOMER_TEXT not in out + err + out_json
 
 
-def test_discard_by_id_and_an_id_no_letter_has_is_named_in_a_note(
+def test_discard_by_id_and_an_id_no_letter_has_needs_attention_as_in_redrive(
     aws_stack: LocalResources, seeded: list[Seeded], save: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     one = next(s for s in seeded if s.target_id == "target-a")
@@ -339,9 +339,9 @@ def test_discard_by_id_and_an_id_no_letter_has_is_named_in_a_note(
         capsys, "discard", "--id", str(one.delivery_id), "--id", "no-such-id", "--save", str(save)
     )
 
-    # Then the letter named is gone, and the id that named nothing is noted: nothing was left behind
-    assert code == 0, out + err
-    assert "relay dlq discard: note: no letter in the queue has --id no-such-id" in err
+    # Then the letter named is gone, and the id that named nothing (a typo?) is exit 1, as in redrive
+    assert code == 1, out + err
+    assert "relay dlq discard: no letter in the queue has --id no-such-id" in err
     assert [line["body"] for line in saved_lines(save)] == [one.body]
     assert one.body not in left_in(aws_stack.dead_letter_queue_url)
 

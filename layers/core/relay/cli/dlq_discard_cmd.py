@@ -11,9 +11,9 @@ per letter under its target in the audit bucket: who, when, which ids; never a b
 
 As everywhere in ``relay dlq``, only ids, reasons and counts are printed, never a body.
 
-Exit codes (relay.cli.exit_codes): 0 done, or nothing matched (a filter value no letter carries is
-named in a note on stderr); 1 something chosen was left in the queue (not saved, not deleted), or the
-audit record could not be written;
+Exit codes (relay.cli.exit_codes): 0 done, or an empty queue; 1 something chosen was left in the
+queue (not saved, not deleted), a filter value no letter of the queue carries (a typo, or a name for
+an id: as in redrive), or the audit record could not be written;
 2 usage (no filter and no ``--all``, ``--save`` missing or not openable); 3 the queue or the audit
 bucket's settings unreadable; 130 on Ctrl-C (the batch in hand is saved and deleted, or put back: never
 left hidden, never deleted unsaved).

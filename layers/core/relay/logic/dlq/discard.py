@@ -151,27 +151,25 @@ class DiscardResult:
             return "not everything chosen was discarded: read the summary"
         if self.audited is not None and self.audited.unwritten:
             return "letters discarded, but their audit record could not be written (it is in the log output)"
-        return None  # a filter value no letter carries discarded nothing: nothing left behind (a note)
+        if self.unmatched_filters:  # as redrive says it: a typo must not pass for "done"
+            return (
+                f"no letter in the queue has {', '.join(self.unmatched_filters)} "
+                "(filters take the ids `relay dlq list` shows, not names)"
+            )
+        return None
 
     @property
     def note(self) -> str | None:
         """What the operator may want to know, though nothing chosen was left behind: letters that
-        arrived during the run, a filter value no letter of the whole queue carried (a typo, or a name
-        for an id)."""
-        notes = []
-        if self.arrived_during_run:
-            count = self.arrived_during_run
-            letters, were = ("letter", "was") if count == 1 else ("letters", "were")
-            notes.append(
-                f"{count} {letters} arrived in the queue during the run and {were} left there "
-                "(a later run takes them)"
-            )
-        if self.unmatched_filters:
-            notes.append(
-                f"no letter in the queue has {', '.join(self.unmatched_filters)} "
-                "(filters take the ids `relay dlq list` shows, not names)"
-            )
-        return "; ".join(notes) or None
+        arrived during the run."""
+        if not self.arrived_during_run:
+            return None
+        count = self.arrived_during_run
+        letters, were = ("letter", "was") if count == 1 else ("letters", "were")
+        return (
+            f"{count} {letters} arrived in the queue during the run and {were} left there "
+            "(a later run takes them)"
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
