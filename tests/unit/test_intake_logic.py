@@ -278,6 +278,9 @@ def test_signature_missing_malformed_and_mismatched_are_told_apart() -> None:
     [
         ("{not json", "not valid JSON: Expecting property name enclosed in double quotes at line 1, col"),
         ('{"id": "a",\n  "x" 1}', "not valid JSON: Expecting ':' delimiter at line 2, column 7"),
+        # json's own wording of these two ends in "at": said once, not "starting at at line 1".
+        ('{"text": "abc', "not valid JSON: Unterminated string starting at line 1, column 10"),
+        ('{"text": "a\x01"}', "not valid JSON: Invalid control character at line 1, column 12"),
         ("\ufeff" + '{"id": "a"}', "not valid JSON: it starts with a byte-order mark (U+FEFF)"),
         ("[1, 2]", "JSON object"),
         ('"text"', "JSON object"),

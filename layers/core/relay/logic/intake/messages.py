@@ -47,7 +47,9 @@ def parse_open_message(body: bytes) -> tuple[str, dict[str, Any]]:
         raise BadRequest(_TOO_DEEP) from None
     except json.JSONDecodeError as refused:
         # Where it broke, and the parser's fixed wording: never the body's own text.
-        where = f"{refused.msg} at line {refused.lineno}, column {refused.colno}"
+        # Two of json's wordings end in "at" ("Unterminated string starting at"): said once.
+        wording = refused.msg.removesuffix(" at")
+        where = f"{wording} at line {refused.lineno}, column {refused.colno}"
         if text.startswith(_BYTE_ORDER_MARK):
             where = "it starts with a byte-order mark (U+FEFF), which JSON text sent over HTTP must not"
         raise BadRequest(f"the body is not valid JSON: {where}") from None
