@@ -559,6 +559,36 @@ def test_a_type_no_model_takes_is_quoted_as_the_sender_wrote_it_in_json(written:
 
 
 @pytest.mark.parametrize(
+    ("sample_name", "path", "value", "said"),
+    [
+        ("openmessaging_text.json", ("channel",), None, "channel: Input should be a JSON object"),
+        ("openmessaging_text.json", ("channel", "to"), [], "channel.to: Input should be a JSON object"),
+        ("openmessaging_text.json", ("content", 0), "x", "content.0: Input should be a JSON object"),
+        ("openmessaging_text.json", ("channel", "metadata"), [], "metadata: Input should be a JSON object"),
+        ("openmessaging_typing.json", ("events", 0), 5, "events.0: Input should be a JSON object"),
+        ("openmessaging_typing.json", ("events",), {}, "events: Input should be a JSON array"),
+        ("openmessaging_receipt.json", ("reasons",), None, "reasons: Input should be a JSON array"),
+    ],
+)
+def test_a_member_that_should_be_an_object_or_array_is_named_in_json_terms(
+    sample_name: str, path: tuple[str | int, ...], value: Any, said: str
+) -> None:
+    # The sender wrote JSON: pydantic's "valid dictionary or instance of Content" names a Python type
+    # and a class of the relay's own that Genesys never heard of.
+    message = sample(sample_name)
+    holder_of(message, path)[path[-1]] = value
+    intake, queue = make_intake()
+
+    response = intake.handle(api_gateway_event(message))
+
+    assert refusal(response) == (400, "invalid_message")
+    message_text = answer(response)["message"]
+    assert message_text.endswith(said), message_text
+    assert "instance of" not in message_text and "dictionary" not in message_text
+    assert queue.bodies == []
+
+
+@pytest.mark.parametrize(
     ("sample_name", "path", "value"),
     [
         ("openmessaging_typing.json", ("events", 0, "typing", "duration"), "5000"),
