@@ -184,6 +184,12 @@ def test_the_rule_is_the_templates_pattern_and_bus(aws_stack: LocalResources, in
             {"Source": "s", "DetailType": "x", "Detail": '{"n": NaN}'}, "MalformedDetail", id="detail-nan"
         ),
         pytest.param(
+            # PutEvents "will only process nested JSON up to 1000 levels deep" (its API reference)
+            {"Source": "s", "DetailType": "x", "Detail": '{"a":' * 1001 + "1" + "}" * 1001},
+            "MalformedDetail",
+            id="detail-deeper-than-1000-levels",
+        ),
+        pytest.param(
             {"Source": "s", "DetailType": "x", "Detail": "{}", "Time": "yesterday"},
             "InvalidArgument",
             id="bad-time",
@@ -293,6 +299,25 @@ def test_a_failing_event_is_retried_then_recorded_on_the_failure_queue(
         "errorType": "ValueError",
         "errorMessage": f"refused event {event_id}",
     }
+
+
+def test_an_event_as_deep_as_put_events_takes_is_recorded_when_it_fails(
+    api: str, eventbridge: LocalEventBridge, intake: Intake, aws_stack: LocalResources
+) -> None:
+    # Given a function that fails every time, and an event whose detail nests as deep as PutEvents
+    # takes (1000 levels): accepted, it must end on the failure queue, never be lost
+    intake.failures = 100
+    published = eventbridge_event(detail=json.loads('{"a":' * 999 + "{}" + "}" * 999))
+
+    # When the event is published and every try is done
+    answer = requests.post(api, json={"Entries": [put_events_entry(published)]}, timeout=10).json()
+    assert answer["FailedEntryCount"] == 0
+    assert eventbridge.wait_idle(WAIT)
+
+    # Then the on-failure queue holds its record, the event as it was delivered
+    (record,) = failure_records(aws_stack)
+    assert record["requestPayload"]["id"] == answer["Entries"][0]["EventId"]
+    assert record["requestPayload"]["detail"] == published["detail"]
 
 
 def test_an_event_that_succeeds_on_a_retry_leaves_no_failure_record(

@@ -278,6 +278,9 @@ def test_signature_missing_malformed_and_mismatched_are_told_apart() -> None:
     [
         ("{not json", "not valid JSON: Expecting property name enclosed in double quotes at line 1, col"),
         ('{"id": "a",\n  "x" 1}', "not valid JSON: Expecting ':' delimiter at line 2, column 7"),
+        # json's own wording of these two ends in "at": said once, not "starting at at line 1".
+        ('{"text": "abc', "not valid JSON: Unterminated string starting at line 1, column 10"),
+        ('{"text": "a\x01"}', "not valid JSON: Invalid control character at line 1, column 12"),
         ("\ufeff" + '{"id": "a"}', "not valid JSON: it starts with a byte-order mark (U+FEFF)"),
         ("[1, 2]", "JSON object"),
         ('"text"', "JSON object"),
@@ -552,6 +555,36 @@ def test_a_type_no_model_takes_is_quoted_as_the_sender_wrote_it_in_json(written:
     assert answer(response)["message"].endswith(
         f"type: {said} is not one of Text, Event, Receipt, Structured"
     )
+    assert queue.bodies == []
+
+
+@pytest.mark.parametrize(
+    ("sample_name", "path", "value", "said"),
+    [
+        ("openmessaging_text.json", ("channel",), None, "channel: Input should be a JSON object"),
+        ("openmessaging_text.json", ("channel", "to"), [], "channel.to: Input should be a JSON object"),
+        ("openmessaging_text.json", ("content", 0), "x", "content.0: Input should be a JSON object"),
+        ("openmessaging_text.json", ("channel", "metadata"), [], "metadata: Input should be a JSON object"),
+        ("openmessaging_typing.json", ("events", 0), 5, "events.0: Input should be a JSON object"),
+        ("openmessaging_typing.json", ("events",), {}, "events: Input should be a JSON array"),
+        ("openmessaging_receipt.json", ("reasons",), None, "reasons: Input should be a JSON array"),
+    ],
+)
+def test_a_member_that_should_be_an_object_or_array_is_named_in_json_terms(
+    sample_name: str, path: tuple[str | int, ...], value: Any, said: str
+) -> None:
+    # The sender wrote JSON: pydantic's "valid dictionary or instance of Content" names a Python type
+    # and a class of the relay's own that Genesys never heard of.
+    message = sample(sample_name)
+    holder_of(message, path)[path[-1]] = value
+    intake, queue = make_intake()
+
+    response = intake.handle(api_gateway_event(message))
+
+    assert refusal(response) == (400, "invalid_message")
+    message_text = answer(response)["message"]
+    assert message_text.endswith(said), message_text
+    assert "instance of" not in message_text and "dictionary" not in message_text
     assert queue.bodies == []
 
 

@@ -43,6 +43,10 @@ PUT_EVENTS_PATH = "/eventbridge/events"  # under the local API's base URL
 DEFAULT_BUS = "default"
 MAX_ENTRIES = 10  # PutEvents: 1 to 10 entries per request
 MAX_ENTRIES_BYTES = 256 * 1024  # PutEvents: total size of the entries in one request
+# PutEvents "will only process nested JSON up to 1000 levels deep". Within 256 KiB a detail can nest
+# some 10,000 levels, which Python parses but no longer writes: accepted, such an event failed in the
+# intake and then was lost, its failure record (the event inside) too deep for json.dumps.
+MAX_DETAIL_DEPTH = 1000
 LOCAL_RETRY_DELAYS_SECONDS = (1.0, 2.0)  # AWS: about 60 s, then about 120 s
 LAMBDA_DEFAULT_RETRY_ATTEMPTS = 2
 LAMBDA_DEFAULT_EVENT_AGE_SECONDS = 21600
@@ -303,7 +307,7 @@ class LocalEventBridge:
             detail = load_json(entry["Detail"], parse_constant=_not_json)
         except ValueError:
             detail = None
-        if not isinstance(detail, dict):
+        if not isinstance(detail, dict) or _deeper_than(detail, MAX_DETAIL_DEPTH):
             raise _EntryRefused("MalformedDetail", "Detail is malformed.")
         resources = entry.get("Resources", [])
         if not isinstance(resources, list) or not all(isinstance(r, str) for r in resources):
@@ -439,3 +443,17 @@ def _event_time(value: Any) -> str:
 
 def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether objects and arrays nest in ``value`` more than ``limit`` levels (iteratively)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False

@@ -47,7 +47,9 @@ def parse_open_message(body: bytes) -> tuple[str, dict[str, Any]]:
         raise BadRequest(_TOO_DEEP) from None
     except json.JSONDecodeError as refused:
         # Where it broke, and the parser's fixed wording: never the body's own text.
-        where = f"{refused.msg} at line {refused.lineno}, column {refused.colno}"
+        # Two of json's wordings end in "at" ("Unterminated string starting at"): said once.
+        wording = refused.msg.removesuffix(" at")
+        where = f"{wording} at line {refused.lineno}, column {refused.colno}"
         if text.startswith(_BYTE_ORDER_MARK):
             where = "it starts with a byte-order mark (U+FEFF), which JSON text sent over HTTP must not"
         raise BadRequest(f"the body is not valid JSON: {where}") from None
@@ -126,8 +128,19 @@ def describe_validation_error(error: ValidationError) -> str:
             said = f"{json.dumps(written, ensure_ascii=False)} is not one of {', '.join(_TYPES)}"
             fields.append(_shortened(f"{'.'.join([*loc, _TAG])}: {said}"))
             continue
-        fields.append(_shortened(f"{'.'.join(loc) or '(body)'}: {item['msg']}"))
+        said = _JSON_TERMS.get(item["type"], item["msg"])
+        fields.append(_shortened(f"{'.'.join(loc) or '(body)'}: {said}"))
     return "; ".join(sorted(set(fields))[:10])
+
+
+# pydantic words a wrong container in Python's terms, naming the relay's own model ("Input should be
+# a valid dictionary or instance of MessageEvent"): the sender wrote JSON, and knows no such class.
+_JSON_TERMS = {
+    "model_type": "Input should be a JSON object",
+    "model_attributes_type": "Input should be a JSON object",
+    "dict_type": "Input should be a JSON object",
+    "list_type": "Input should be a JSON array",
+}
 
 
 # A message quotes what was sent (a tag, a key): an answer should name the problem, not echo 200 KB.
