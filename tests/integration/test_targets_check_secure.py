@@ -375,8 +375,14 @@ def _configured_target(peers: Peers, target_id: str, **secrets_by_kind: Rotating
             "an-encryption-passphrase-0123",
         ),
         ({"auth": None}, "does not exist", None),
+        ({"auth": RotatingSecret(current="a-bearer-token-0123\n")}, "bearer token", "a-bearer-token-0123"),
     ],
-    ids=["signing-secret-not-whsec", "encryption-secret-without-keyid", "bearer-secret-missing"],
+    ids=[
+        "signing-secret-not-whsec",
+        "encryption-secret-without-keyid",
+        "bearer-secret-missing",
+        "bearer-secret-with-a-line-break",
+    ],
 )
 def test_a_target_whose_deliveries_could_not_be_built_with_its_secrets_needs_attention(
     peers: Peers,

@@ -392,6 +392,31 @@ def test_a_missing_secret_sends_nothing_and_is_retried(running: list[Relay]) -> 
     assert (line["errorCode"], line["status"], line["outcome"]) == ("configuration", None, "retry-scheduled")
 
 
+@pytest.mark.parametrize(
+    "token", ["bearer-token-0123\n", "bearer-token-0123\r\nX-Extra: 1", "bearer-\u20ac-0123"]
+)
+def test_a_bearer_secret_no_authorization_header_can_carry_is_a_configuration_error(
+    running: list[Relay], token: str
+) -> None:
+    # Given a bearer target whose token was provisioned by hand with a line break (a pasted value's
+    # last one, too) or a character no header can carry (config sync refuses these; Secrets
+    # Manager takes anything)
+    target = make_target(security=TargetSecurity(type=SecurityType.BEARER, secret_name="auth"))
+    r = start(running, relay(target))
+    r.secrets.secrets["auth"] = RotatingSecret(current=token)
+    rec = record()
+
+    # When a delivery is made
+    assert r.batch(rec) == [rec["messageId"]]
+
+    # Then nothing is sent and it is retried as a configuration error, not dead-lettered as if the
+    # target had answered a permanent status; the token is named by its place, never quoted
+    assert r.http.requests == []
+    (line,) = r.audit_lines()
+    assert (line["errorCode"], line["status"], line["outcome"]) == ("configuration", None, "retry-scheduled")
+    assert "bearer" in line["error"] and token.strip() not in json.dumps(line)
+
+
 def test_secrets_manager_down_sends_nothing_and_is_retried(running: list[Relay]) -> None:
     target = make_target(signing_secret_name="relay/signing/crm")
     r = start(running, relay(target))

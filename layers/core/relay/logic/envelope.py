@@ -21,7 +21,7 @@ from relay.models.http import OutboundRequest
 from relay.models.secrets import RotatingSecret
 from relay.models.targets import SecurityType, Target
 from relay.models.timestamps import iso_utc
-from relay.models.webhook_config import is_custom_header
+from relay.models.webhook_config import is_custom_header, is_header_value
 
 USER_AGENT = f"genesys-relay/{__version__} (+formatVersion {FORMAT_VERSION})"
 
@@ -87,6 +87,13 @@ def _authorization(target: Target, auth: RotatingSecret | None, access_token: Se
         )
     value = auth.current.get_secret_value()
     if target.security.type is SecurityType.BEARER:
+        if not is_header_value(value):
+            # Config sync refuses such a token, but one provisioned by hand ("token\n") would fail on
+            # the wire and be dead-lettered permanent-status, as if the target had refused it.
+            raise ConfigurationError(
+                f"the bearer token of target {target.target_id} holds a line break or another character "
+                "an Authorization header cannot carry"
+            )
         return f"Bearer {value}"
     return "Basic " + base64.b64encode(value.encode()).decode()
 

@@ -80,6 +80,11 @@ _BEARER_TOKEN = re.compile(r"^[\x21-\x7e]+$")
 _UUID_FORM = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
+def is_header_value(value: str) -> bool:
+    """Whether ``value`` can go on the wire as a header's value (visible ASCII, space, tab, obs-text)."""
+    return bool(_HEADER_VALUE.fullmatch(value))
+
+
 def is_reserved_header(name: str) -> bool:
     """Whether ``name`` is a header only the relay (or HTTP itself) sets."""
     lowered = name.lower()
