@@ -120,6 +120,19 @@ def test_a_certificate_not_valid_yet_is_refused_when_the_time_is_given(pki: Pki)
         parse_client_certificate(bundle, now=earlier)
 
 
+@pytest.mark.parametrize(("days", "says"), [(2, "expired at"), (-1, "not valid before")])
+def test_a_refused_validity_spells_its_time_in_utc_with_z_as_every_operator_output_does(
+    pki: Pki, days: int, says: str
+) -> None:
+    # Given a certificate judged after it expired, or before it is valid
+    bundle = pki.client_bundle(valid_days=1)
+    judged = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=days)
+
+    # Then the refusal names the time as relay list and status outputs do: "2026-12-03T15:12:38Z"
+    with pytest.raises(InvalidClientCertificate, match=rf"{says} \d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ$"):
+        parse_client_certificate(bundle, now=judged)
+
+
 def test_a_bundle_openssl_will_not_load_is_refused_when_checked_for_sync(pki: Pki) -> None:
     # Given a well-formed, current bundle whose key OpenSSL refuses at its default security level
     # (RSA under 2048 bits): every delivery would fail to load it and be dead-lettered

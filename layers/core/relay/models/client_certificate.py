@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from relay.models.timestamps import iso_utc
+
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
 _KEY_BLOCKS = {b"PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY"}
 
@@ -83,12 +85,12 @@ def parse_client_certificate(bundle: str, *, now: datetime | None = None) -> Cli
         raise InvalidClientCertificate("no certificate in the PEM bundle matches its private key")
     if now is not None and leaf.not_valid_after_utc <= now:
         raise InvalidClientCertificate(
-            f"the client certificate expired at {leaf.not_valid_after_utc.isoformat()}"
+            f"the client certificate expired at {iso_utc(leaf.not_valid_after_utc, 'seconds')}"
         )
     if now is not None and leaf.not_valid_before_utc > now:
         # Presented now, every handshake would fail; refused, the last good config stays until then.
         raise InvalidClientCertificate(
-            f"the client certificate is not valid before {leaf.not_valid_before_utc.isoformat()}"
+            f"the client certificate is not valid before {iso_utc(leaf.not_valid_before_utc, 'seconds')}"
         )
     if now is not None and (usages := _extended_key_usages(leaf)) is not None:
         # TLS terminators check a client certificate's purpose: one for servers only is refused in every
