@@ -209,6 +209,23 @@ CASES = {
         "relay decrypt",
         "--verify-with-env: environment variable UNSET_WHSEC is not set",
     ),
+    # The variable's value, not the envelope, is wrong: a usage error (it was 1, "cannot open the envelope")
+    "signing variable not a whsec secret": Case(
+        (
+            "decrypt",
+            "{envelope}",
+            "--key-env",
+            "KEY",
+            "--verify-with-env",
+            "NOT_WHSEC",
+            "--headers",
+            "{headers}",
+        ),
+        USAGE,
+        "relay decrypt",
+        "^--verify-with-env: environment variable NOT_WHSEC: signing secret is not whsec_ \\+ base64$",
+        env={"NOT_WHSEC": "not-a-signing-secret!"},
+    ),
     "verify without the headers to verify": Case(
         ("decrypt", "{envelope}", "--key-env", "KEY", "--verify-with-env", "KEY"),
         USAGE,

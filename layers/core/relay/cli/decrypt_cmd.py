@@ -12,7 +12,8 @@ added: the plaintext's bytes, or, for an envelope that is not encrypted (no key 
 into ``100.0``). A re-formatted copy of a plain envelope, whose text no longer holds the event's own,
 prints its ``sourceEvent`` as indented JSON, with a warning on stderr. Exit codes as for every
 command (relay.cli.exit_codes): 1 when the envelope does not open or verify; 2 for a file that cannot be
-read, a variable that is not set, a secret that does not exist, or --verify-with-env without --headers
+read, a variable that is not set (or, for --verify-with-env, holds no whsec_ secret), a secret that
+does not exist, or --verify-with-env without --headers
 (or the other way round); 3 when Secrets Manager cannot be read. A signature is verified whatever its
 age (the envelope comes from a file); one older than a receiver's 5-minute window is said on stderr.
 """
@@ -113,6 +114,17 @@ def _headers(path: str | None) -> dict[str, str]:
     return headers
 
 
+def _refuse_unless_signing_secret(value: str, name: str) -> None:
+    """A variable that holds no whsec_ secret is the command line's fault, not the envelope's (exit 2)."""
+    from relay.errors import ConfigurationError
+    from relay.logic.webhook_signing import secret_key
+
+    try:
+        secret_key(value)
+    except ConfigurationError as exc:
+        raise UsageError(f"--verify-with-env: environment variable {name}: {exc}") from None
+
+
 def _decrypt(args: argparse.Namespace) -> int:
     from relay.receiver_sdk import InvalidDelivery, as_envelope, verify_signature
 
@@ -125,6 +137,8 @@ def _decrypt(args: argparse.Namespace) -> int:
     keys = _keys(args) if args.key_file or args.key_env or args.secret else None
     headers = _headers(args.headers)
     signing_secret = args.verify_with_env and _environment_value(args.verify_with_env, "--verify-with-env")
+    if signing_secret:
+        _refuse_unless_signing_secret(signing_secret, args.verify_with_env)
     try:
         if signing_secret:
             # A stored delivery is checked whatever its age: the 5-minute window is a live receiver's
