@@ -307,8 +307,8 @@ def test_new_id_gives_each_replayed_delivery_a_fresh_id_and_remembers_the_old(hi
         (
             "e-3",
             {"target_id": "erp"},
-            "had no delivery to target erp (its targets: crm); an ordered target's delivery is archived "
-            "only once a dispatcher receives it",
+            "had no delivery to target erp (its targets: crm); a delivery is archived once a dispatcher "
+            "attempts or dead-letters it, so one still held back (breaker open, rate limit",
         ),
         (ids("e-1", "erp"), {"target_id": "crm"}, "went to target erp, not crm"),
         ("e-1", {"targets": InMemoryTargets(make_target("crm"))}, "target erp is unknown"),

@@ -196,8 +196,9 @@ def _targets(event: ArchivedEvent, target_id: str | None) -> list[str]:
     if target_id not in event.deliveries:
         raise ReplayRefused(
             f"event {event.event_id} had no delivery to target {target_id} "
-            f"(its targets: {', '.join(event.targets)}); an ordered target's delivery is archived only "
-            "once a dispatcher receives it, so one still waiting in its conversation has none yet"
+            f"(its targets: {', '.join(event.targets)}); a delivery is archived once a dispatcher "
+            "attempts or dead-letters it, so one still held back (breaker open, rate limit, Retry-After "
+            "quiet, or waiting in its conversation) has none yet: relay deliveries show says where it is"
         )
     return [target_id]
 
