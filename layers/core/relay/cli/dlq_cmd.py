@@ -181,6 +181,8 @@ class ProgressLine:
             bar = f"[{'#' * filled}{'.' * (cls.WIDTH - filled)}] {done}/~{total}"
         else:
             bar = f"{done}"
+        if phase == "scan":  # `relay dlq list`: reads only, moves nothing
+            return f"{phase}: {bar}"
         if phase == "discard":
             return f"{phase}: {bar}  discarded {moved}  not saved {failed}"
         if phase == "would discard":  # a dry run: ``moved`` counts the letters chosen
@@ -254,6 +256,12 @@ INTERRUPTED_AFTER = (
     "message not moved is back in the queue (a move task already started keeps running in SQS)"
 )
 
+LIST_INTERRUPTED_NOW = "interrupted. The messages read go back to the queue as they were: nothing was moved."
+LIST_INTERRUPTED_AFTER = (
+    "interrupted: stopped after the batch in hand; the summary above counts what was read, and every "
+    "message read is back in the queue (nothing was moved)"
+)
+
 
 def _run(
     args: argparse.Namespace,
@@ -311,7 +319,8 @@ def _list(args: argparse.Namespace) -> int:
             text += _behind_shown(document, report.depth, report.scanned)
         return document, text, None
 
-    return _run(args, work)
+    # A list moves nothing: its Ctrl-C says only that what it read is visible again.
+    return _run(args, work, interrupted_now=LIST_INTERRUPTED_NOW, interrupted_after=LIST_INTERRUPTED_AFTER)
 
 
 def _redrive(args: argparse.Namespace) -> int:
