@@ -100,6 +100,29 @@ def test_the_idempotency_table_has_the_layout_the_store_writes() -> None:
     assert env["AUDIT_BUCKET"] == {"Ref": "AuditBucket"}
 
 
+def test_unknown_integration_rejections_raise_an_alarm_the_operator_docs_name() -> None:
+    # Genesys does not retry a 404 either: a webhook URL naming an id the relay does not hold loses
+    # every event it carries.
+    from relay.errors import UnknownIntegration
+
+    alarms = [
+        resource["Properties"]
+        for resource in RESOURCES.values()
+        if resource["Type"] == "AWS::CloudWatch::Alarm"
+        and resource["Properties"].get("MetricName") == "EventsRejected"
+        and {"Name": "reason", "Value": UnknownIntegration.code} in resource["Properties"]["Dimensions"]
+    ]
+    assert len(alarms) == 1, f"no alarm on EventsRejected reason={UnknownIntegration.code}"
+    (alarm,) = alarms
+    assert alarm["Namespace"] == "GenesysRelay" and alarm["Statistic"] == "Sum"
+    assert alarm["Threshold"] == {"Ref": "UnknownIntegrationAlarmThreshold"}
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    assert PARAMETERS["UnknownIntegrationAlarmThreshold"]["Default"] == 1
+    name = TEMPLATE.resolve(alarm["AlarmName"]).removeprefix(TEMPLATE.pseudo["AWS::StackName"])
+    alarms_doc = (ROOT / "docs" / "operations-template.md").read_text().split("## Alarms", 1)[1]
+    assert f"`<stack>{name}`" in alarms_doc, f"docs/operations-template.md does not name <stack>{name}"
+
+
 def test_signature_mismatch_rejections_raise_an_alarm_the_rotation_runbook_names() -> None:
     # Genesys does not retry a 401: a signature-secret rotation done in the wrong order loses every event.
     from relay.logic.signature import CODE_MISMATCH
