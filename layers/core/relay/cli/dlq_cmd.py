@@ -205,7 +205,7 @@ def _settings_url(explicit: str | None, field: str) -> str:
     return get_settings().need(field)
 
 
-def _queue_url(args: argparse.Namespace) -> str:
+def queue_url_of(args: argparse.Namespace) -> str:
     """The URL of the queue ``--queue`` names: ``--dlq-url``, or its setting."""
     return _settings_url(args.dlq_url, QUEUE_URL_SETTINGS[args.queue])
 
@@ -263,7 +263,7 @@ LIST_INTERRUPTED_AFTER = (
 )
 
 
-def _run(
+def run_with_progress(
     args: argparse.Namespace,
     work: Callable[[ProgressLine, Callable[[], bool]], Outcome],
     *,
@@ -300,7 +300,7 @@ def _list(args: argparse.Namespace) -> int:
     def work(line: ProgressLine, stop: Callable[[], bool]) -> Outcome:
         report = list_dead_letters(
             sqs_queues(get_settings()),
-            _queue_url(args),
+            queue_url_of(args),
             groups=None if args.queue in TASK_QUEUES else FailedEventGroups(args.queue),
             max_messages=args.max,
             visibility_seconds=args.visibility,
@@ -320,7 +320,9 @@ def _list(args: argparse.Namespace) -> int:
         return document, text, None
 
     # A list moves nothing: its Ctrl-C says only that what it read is visible again.
-    return _run(args, work, interrupted_now=LIST_INTERRUPTED_NOW, interrupted_after=LIST_INTERRUPTED_AFTER)
+    return run_with_progress(
+        args, work, interrupted_now=LIST_INTERRUPTED_NOW, interrupted_after=LIST_INTERRUPTED_AFTER
+    )
 
 
 def _redrive(args: argparse.Namespace) -> int:
@@ -348,7 +350,7 @@ def _redrive(args: argparse.Namespace) -> int:
     def work(line: ProgressLine, stop: Callable[[], bool]) -> Outcome:
         result = redrive(
             sqs_queues(get_settings()),
-            _queue_url(args),
+            queue_url_of(args),
             _settings_url(args.queue_url, TASK_QUEUES[args.queue]),
             options,
             progress=line,
@@ -363,7 +365,7 @@ def _redrive(args: argparse.Namespace) -> int:
             text += _behind_shown(document, result.depth, result.scanned)
         return document, text, attention
 
-    return _run(args, work)
+    return run_with_progress(args, work)
 
 
 def _refuse_a_rate_nothing_paces(args: argparse.Namespace, options: RedriveOptions) -> None:
@@ -399,7 +401,7 @@ def _resubmit(args: argparse.Namespace) -> int:
     options = ResubmitOptions(max_messages=args.max, dry_run=args.dry_run)
 
     def work(line: ProgressLine, stop: Callable[[], bool]) -> Outcome:
-        queue_url = _queue_url(args)
+        queue_url = queue_url_of(args)
         intake = failed_event_intake(settings)
         result = resubmit(
             sqs_queues(settings), args.queue, queue_url, intake, options, progress=line, stop=stop
@@ -415,7 +417,7 @@ def _resubmit(args: argparse.Namespace) -> int:
             ) + (f"; {result.error}" if result.error else "")
         return document, format_resubmit(document), attention
 
-    return _run(args, work)
+    return run_with_progress(args, work)
 
 
 def format_groups(groups: Sequence[dict[str, Any]]) -> str:

@@ -130,10 +130,10 @@ def _discard(args: argparse.Namespace) -> int:
         raise UsageError(
             "--save FILE is required: every letter is saved there before it is deleted; nothing was discarded"
         )
-    return _run(args, options)
+    return _discard_with(args, options)
 
 
-def _run(args: argparse.Namespace, options: DiscardOptions) -> int:
+def _discard_with(args: argparse.Namespace, options: DiscardOptions) -> int:
     import uuid
 
     from relay.logic.dlq.discard import DiscardAudit, discard
@@ -141,7 +141,7 @@ def _run(args: argparse.Namespace, options: DiscardOptions) -> int:
     from relay.wiring import sqs_queues
 
     settings = get_settings()
-    queue_url = dlq_cmd._queue_url(args)  # a queue URL setting missing: nothing opened yet
+    queue_url = dlq_cmd.queue_url_of(args)  # a queue URL setting missing: nothing opened yet
     copies, audit = None, None
     if not args.dry_run:
         from relay.wiring.operator import actor, audit_sink
@@ -163,7 +163,7 @@ def _run(args: argparse.Namespace, options: DiscardOptions) -> int:
         return document, text, result.attention
 
     try:
-        return dlq_cmd._run(
+        return dlq_cmd.run_with_progress(
             args,
             work,
             interrupted_now="interrupted. Letters in hand go back to the queue (nothing unsaved was deleted)",
