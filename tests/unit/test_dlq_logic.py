@@ -447,6 +447,17 @@ def test_a_dry_run_summary_says_would_move() -> None:
     assert result.completed
 
 
+def test_a_summary_of_a_run_whose_filters_chose_nothing_does_not_say_the_queue_was_empty() -> None:
+    chose_nothing = RedriveResult(mode="dry-run", scanned=66, matched=0, skipped=66)
+    empty = RedriveResult(mode="dry-run", scanned=0)
+
+    assert (
+        format_redrive(chose_nothing.to_json()).splitlines()[0]
+        == "none of the 66 messages scanned was chosen"
+    )
+    assert format_redrive(empty.to_json()).splitlines()[0] == "no messages"
+
+
 def test_a_result_with_a_failed_send_is_not_ok() -> None:
     assert not RedriveResult(mode="resend", moved=2, send_failed=1).completed
     assert not RedriveResult(mode="resend", not_deleted=1).completed

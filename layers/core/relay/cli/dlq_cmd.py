@@ -466,6 +466,14 @@ def format_failed_groups(groups: Sequence[dict[str, Any]]) -> str:
     )
 
 
+def chosen_groups(document: dict[str, Any], table: Callable[[Sequence[dict[str, Any]]], str]) -> str:
+    """The table of the groups a run chose (moved, or would discard...): a queue that had messages, of
+    which the filters chose none, is not shown as "no messages"."""
+    if document["groups"] or not document["scanned"]:
+        return table(document["groups"])
+    return f"none of the {_count(document['scanned'], 'message')} scanned was chosen"
+
+
 def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
     return format_table([header, *rows]) if rows else "no messages"
 
@@ -513,7 +521,7 @@ def format_redrive(document: dict[str, Any]) -> str:
             lines.append(f"failure reason: {task['failureReason']}")
     else:
         verb = "would move" if mode == "dry-run" else "moved"
-        lines.append(format_groups(document["groups"]))
+        lines.append(chosen_groups(document, format_groups))
         lines.append("")
         count = document["matched"] if mode == "dry-run" else document["moved"]
         lines.append(

@@ -211,7 +211,7 @@ def _behind(document: dict[str, Any], depth: int, scanned: int, *, dry_run: bool
 def format_discard(document: dict[str, Any], queue: str) -> str:
     """The summary of ``relay dlq discard`` (``DiscardResult.to_json``): ids, reasons and counts only."""
     table = dlq_cmd.format_groups if queue in dlq_cmd.TASK_QUEUES else dlq_cmd.format_failed_groups
-    lines = [table(document["groups"]), ""]
+    lines = [dlq_cmd.chosen_groups(document, table), ""]
     if document["mode"] == "dry-run":
         lines.append(
             f"would discard {document['matched']} of {document['scanned']} scanned"
