@@ -373,9 +373,13 @@ def _is_event(document: Any) -> bool:
     return isinstance(document, dict) and {"source", "detail-type", "detail"} <= set(document)
 
 
-def _entry(event: Any, event_bus: str | None) -> dict[str, Any]:
-    """The PutEvents entry of an EventBridge event (of what it has, when it is not one)."""
-    fields = event if isinstance(event, dict) else {}
+def _entry(event: Any, event_bus: str | None) -> Any:
+    """The PutEvents entry of an EventBridge event (of what it has, when it is not one; a value that
+    is no JSON object goes as it is, for PutEvents to refuse as no entry rather than as one without
+    a Source)."""
+    if not isinstance(event, dict):
+        return event
+    fields = event
     entry: dict[str, Any] = {
         key: fields[name] for name, key in _EVENT_FIELDS.items() if fields.get(name) is not None
     }
@@ -416,7 +420,7 @@ def put_events_requests(document: Any, event_bus: str | None = None) -> list[dic
     entries = [_entry(event, event_bus) for event in events]
     # Requests as full as PutEvents takes: ten entries, 256 KB of them (an entry over it goes alone,
     # and is refused by itself).
-    batches: list[list[dict[str, Any]]] = []
+    batches: list[list[Any]] = []
     size = 0
     for entry in entries:
         entry_bytes = entry_size(entry)
