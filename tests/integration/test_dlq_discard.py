@@ -306,6 +306,26 @@ def test_a_letter_whose_line_cannot_be_written_whole_is_not_deleted_and_the_part
     assert CUSTOMER_TEXT not in done.stdout + done.stderr
 
 
+def test_a_save_file_ending_in_a_partial_line_does_not_swallow_the_next_letter(
+    aws_stack: LocalResources, seeded: list[Seeded], save: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a save file whose last line was never finished (a run killed while writing it, a part that
+    # could not be cut back, an editor that dropped the final newline)
+    save.write_bytes(b'{"messageId":"m-1","body":"whole"}\n{"messageId":"m-2","bo')
+    save.chmod(0o600)
+
+    # When the operator discards the poison letters into it
+    code, out, err = run_cli(capsys, "discard", "--reason", "poison", "--save", str(save))
+
+    # Then each discarded letter has a line of its own that parses: none is glued onto the fragment
+    assert code == 0, out + err
+    lines = save.read_text(encoding="utf-8").splitlines()
+    assert lines[:2] == ['{"messageId":"m-1","body":"whole"}', '{"messageId":"m-2","bo']
+    assert sorted(json.loads(line)["body"] for line in lines[2:]) == sorted(
+        s.body for s in seeded if s.reason == "poison"
+    )
+
+
 def test_dry_run_lists_ids_and_counts_and_writes_and_deletes_nothing(
     aws_stack: LocalResources, seeded: list[Seeded], save: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

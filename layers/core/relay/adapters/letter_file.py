@@ -3,7 +3,9 @@
 One JSON line per letter, appended; ``append`` returns only once the lines it counts are on disk
 (written whole, then fsynced), so the caller deletes a letter only after its copy is safe. A new file
 is created with mode 0600 (the lines hold message bodies, which may hold customer messages) and its
-directory entry is fsynced too; an existing file is appended to, its mode left as it is. Only a regular
+directory entry is fsynced too; an existing file is appended to, its mode left as it is (one that ends
+in an unfinished line, from a run killed while writing or a part that could not be cut back, gets a
+newline first, so the next letter's line is not glued onto it and lost to a reader). Only a regular
 file will do: ``/dev/null`` would take every line and keep none, ``/dev/stdout`` would print the bodies,
 a FIFO would block the open until something reads it.
 """
@@ -36,6 +38,7 @@ class LetterFile:
         # An existing file others may read: said, not changed (it is the operator's file).
         self.readable_by_others = existed and bool(mode & 0o077)
         self.mode = stat.S_IMODE(mode)
+        self._unterminated = existed and _ends_unterminated(path)
         if not existed:
             _sync_directory(path)
 
@@ -46,7 +49,7 @@ class LetterFile:
         counts as written (which reached the disk is unknown)."""
         written, error = 0, None
         for line in lines:
-            data = (line + "\n").encode("utf-8")
+            data = ("\n" if self._unterminated else "").encode() + (line + "\n").encode("utf-8")
             try:
                 start = os.lseek(self._fd, 0, os.SEEK_END)
             except OSError:
@@ -58,6 +61,7 @@ class LetterFile:
                 if start is not None:
                     _cut_back(self._fd, start)
                 break
+            self._unterminated = False
             written += 1
         if written:
             try:
@@ -77,6 +81,21 @@ def _refuse_unless_regular(mode: int, path: str) -> bool:
     if not stat.S_ISREG(mode):
         raise OSError(errno.EINVAL, "not a regular file, where the copies would be kept", path)
     return False
+
+
+def _ends_unterminated(path: str) -> bool:
+    """Whether the file's last byte is other than a newline (False for an empty or unreadable file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False  # write-only for us: nothing to check, nothing added
+    try:
+        size = os.fstat(fd).st_size
+        return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
