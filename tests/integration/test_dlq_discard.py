@@ -448,6 +448,36 @@ def test_the_ordered_dlq_discards_by_reason_and_keeps_the_rest_in_order(
     assert CUSTOMER_TEXT not in out + err
 
 
+def test_an_ordered_letter_not_looked_at_is_not_said_to_be_missing_from_the_queue(
+    aws_stack: LocalResources, save: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a conversation of 12 letters in the ordered DLQ: SQS shows its first 10 while a scan holds them
+    queues = SqsQueues(
+        aws_client("sqs"),
+        ordered_queue_url=aws_stack.ordered_queue_url,
+        ordered_dead_letter_queue_url=aws_stack.ordered_dead_letter_queue_url,
+    )
+    delivery_ids = []
+    for seq in range(12):
+        body, delivery_id = task_body("i-1", "t-1")
+        delivery_ids.append(delivery_id)
+        queues.dead_letter_in_order(
+            GroupPlacement("a", f"m-a-{seq}"), body, {}, DeadLetterNote(DlqReason.EXHAUSTED, 3, "i-1", "t-1")
+        )
+
+    # When the operator asks for the last letter by its delivery id
+    code, out, err = run_cli(
+        capsys, "discard", "--queue", "ordered", "--id", delivery_ids[-1], "--dry-run", "--format", "json"
+    )
+
+    # Then the run needs attention, but does not say the letter is not in the queue: it was not looked at
+    assert code == 1, out + err
+    result = json.loads(out)
+    assert result["behindShown"] == 2
+    assert "no letter in the queue has" not in result["attention"] + err
+    assert f"--id {delivery_ids[-1]}" in err and "2 more wait behind" in err
+
+
 @pytest.fixture
 def eventbridge_dlq(aws_stack: LocalResources, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     url = aws_stack.template.ref("EventBridgeDeadLetterQueue")
