@@ -13,6 +13,7 @@ a FIFO would block the open until something reads it.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 from collections.abc import Sequence
@@ -46,7 +47,21 @@ class LetterFile:
         """Write ``lines`` (each without its newline) in order, then fsync: how many of them (the first
         ones) are on disk, and why not all (None: all are). A line that cannot be written
         whole is cut back off the file (best effort) and the rest are not tried; when fsync fails, none
-        counts as written (which reached the disk is unknown)."""
+        counts as written (which reached the disk is unknown). Runs appending to one file take turns (an
+        exclusive ``flock`` for each call)."""
+        # Another run may append to the same file: the lock keeps its lines out of the span a failed
+        # write of ours cuts back (without it, the cut would take lines that run had synced and whose
+        # letters it had deleted).
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without flock: append as before
+            return self._append(lines)
+        try:
+            return self._append(lines)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _append(self, lines: Sequence[str]) -> tuple[int, str | None]:
         written, error = 0, None
         for line in lines:
             data = ("\n" if self._unterminated else "").encode() + (line + "\n").encode("utf-8")
