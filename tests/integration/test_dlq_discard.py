@@ -306,6 +306,26 @@ def test_a_letter_whose_line_cannot_be_written_whole_is_not_deleted_and_the_part
     assert CUSTOMER_TEXT not in done.stdout + done.stderr
 
 
+def test_a_save_file_ending_in_a_partial_line_does_not_swallow_the_next_letter(
+    aws_stack: LocalResources, seeded: list[Seeded], save: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a save file whose last line was never finished (a run killed while writing it, a part that
+    # could not be cut back, an editor that dropped the final newline)
+    save.write_bytes(b'{"messageId":"m-1","body":"whole"}\n{"messageId":"m-2","bo')
+    save.chmod(0o600)
+
+    # When the operator discards the poison letters into it
+    code, out, err = run_cli(capsys, "discard", "--reason", "poison", "--save", str(save))
+
+    # Then each discarded letter has a line of its own that parses: none is glued onto the fragment
+    assert code == 0, out + err
+    lines = save.read_text(encoding="utf-8").splitlines()
+    assert lines[:2] == ['{"messageId":"m-1","body":"whole"}', '{"messageId":"m-2","bo']
+    assert sorted(json.loads(line)["body"] for line in lines[2:]) == sorted(
+        s.body for s in seeded if s.reason == "poison"
+    )
+
+
 def test_dry_run_lists_ids_and_counts_and_writes_and_deletes_nothing(
     aws_stack: LocalResources, seeded: list[Seeded], save: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -426,6 +446,36 @@ def test_the_ordered_dlq_discards_by_reason_and_keeps_the_rest_in_order(
         bodies[("a", 2)],
     ]
     assert CUSTOMER_TEXT not in out + err
+
+
+def test_an_ordered_letter_not_looked_at_is_not_said_to_be_missing_from_the_queue(
+    aws_stack: LocalResources, save: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a conversation of 12 letters in the ordered DLQ: SQS shows its first 10 while a scan holds them
+    queues = SqsQueues(
+        aws_client("sqs"),
+        ordered_queue_url=aws_stack.ordered_queue_url,
+        ordered_dead_letter_queue_url=aws_stack.ordered_dead_letter_queue_url,
+    )
+    delivery_ids = []
+    for seq in range(12):
+        body, delivery_id = task_body("i-1", "t-1")
+        delivery_ids.append(delivery_id)
+        queues.dead_letter_in_order(
+            GroupPlacement("a", f"m-a-{seq}"), body, {}, DeadLetterNote(DlqReason.EXHAUSTED, 3, "i-1", "t-1")
+        )
+
+    # When the operator asks for the last letter by its delivery id
+    code, out, err = run_cli(
+        capsys, "discard", "--queue", "ordered", "--id", delivery_ids[-1], "--dry-run", "--format", "json"
+    )
+
+    # Then the run needs attention, but does not say the letter is not in the queue: it was not looked at
+    assert code == 1, out + err
+    result = json.loads(out)
+    assert result["behindShown"] == 2
+    assert "no letter in the queue has" not in result["attention"] + err
+    assert f"--id {delivery_ids[-1]}" in err and "2 more wait behind" in err
 
 
 @pytest.fixture

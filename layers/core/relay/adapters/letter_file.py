@@ -3,7 +3,9 @@
 One JSON line per letter, appended; ``append`` returns only once the lines it counts are on disk
 (written whole, then fsynced), so the caller deletes a letter only after its copy is safe. A new file
 is created with mode 0600 (the lines hold message bodies, which may hold customer messages) and its
-directory entry is fsynced too; an existing file is appended to, its mode left as it is. Only a regular
+directory entry is fsynced too; an existing file is appended to, its mode left as it is (one that ends
+in an unfinished line, from a run killed while writing or a part that could not be cut back, gets a
+newline first, so the next letter's line is not glued onto it and lost to a reader). Only a regular
 file will do: ``/dev/null`` would take every line and keep none, ``/dev/stdout`` would print the bodies,
 a FIFO would block the open until something reads it.
 """
@@ -11,6 +13,7 @@ a FIFO would block the open until something reads it.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 from collections.abc import Sequence
@@ -36,6 +39,7 @@ class LetterFile:
         # An existing file others may read: said, not changed (it is the operator's file).
         self.readable_by_others = existed and bool(mode & 0o077)
         self.mode = stat.S_IMODE(mode)
+        self._unterminated = existed and _ends_unterminated(path)
         if not existed:
             _sync_directory(path)
 
@@ -43,10 +47,24 @@ class LetterFile:
         """Write ``lines`` (each without its newline) in order, then fsync: how many of them (the first
         ones) are on disk, and why not all (None: all are). A line that cannot be written
         whole is cut back off the file (best effort) and the rest are not tried; when fsync fails, none
-        counts as written (which reached the disk is unknown)."""
+        counts as written (which reached the disk is unknown). Runs appending to one file take turns (an
+        exclusive ``flock`` for each call)."""
+        # Another run may append to the same file: the lock keeps its lines out of the span a failed
+        # write of ours cuts back (without it, the cut would take lines that run had synced and whose
+        # letters it had deleted).
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without flock: append as before
+            return self._append(lines)
+        try:
+            return self._append(lines)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _append(self, lines: Sequence[str]) -> tuple[int, str | None]:
         written, error = 0, None
         for line in lines:
-            data = (line + "\n").encode("utf-8")
+            data = ("\n" if self._unterminated else "").encode() + (line + "\n").encode("utf-8")
             try:
                 start = os.lseek(self._fd, 0, os.SEEK_END)
             except OSError:
@@ -58,6 +76,7 @@ class LetterFile:
                 if start is not None:
                     _cut_back(self._fd, start)
                 break
+            self._unterminated = False
             written += 1
         if written:
             try:
@@ -77,6 +96,21 @@ def _refuse_unless_regular(mode: int, path: str) -> bool:
     if not stat.S_ISREG(mode):
         raise OSError(errno.EINVAL, "not a regular file, where the copies would be kept", path)
     return False
+
+
+def _ends_unterminated(path: str) -> bool:
+    """Whether the file's last byte is other than a newline (False for an empty or unreadable file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False  # write-only for us: nothing to check, nothing added
+    try:
+        size = os.fstat(fd).st_size
+        return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:

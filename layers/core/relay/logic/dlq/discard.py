@@ -152,6 +152,13 @@ class DiscardResult:
         if self.audited is not None and self.audited.unwritten:
             return "letters discarded, but their audit record could not be written (it is in the log output)"
         if self.unmatched_filters:  # as redrive says it: a typo must not pass for "done"
+            unseen = self.depth - self.scanned if self.queue == "ordered" else 0
+            if unseen > 0:  # the FIFO hid letters behind those held: the value may be on one of them
+                return (
+                    f"no letter looked at has {', '.join(self.unmatched_filters)}: about {unseen} more wait "
+                    "behind letters of their conversation and were not looked at (filters take the ids "
+                    "`relay dlq list` shows, not names)"
+                )
             return (
                 f"no letter in the queue has {', '.join(self.unmatched_filters)} "
                 "(filters take the ids `relay dlq list` shows, not names)"
