@@ -299,7 +299,8 @@ class _NoFreshToken(TokenUnavailable):
 def target_secrets(target: Target, read: SecretReader, *, unread: Iterable[str] = ()) -> TargetSecrets:
     """Each of the target's secrets as its deliveries read them (None for a kind it has none of, and
     for the kinds in ``unread``: TargetSecrets' field names)."""
-    names = {kind: name for kind, name in _secret_names(target).items() if kind not in set(unread)}
+    skipped = set(unread)
+    names = {kind: name for kind, name in _secret_names(target).items() if kind not in skipped}
     return TargetSecrets(**{kind: read(name) if name else None for kind, name in names.items()})
 
 

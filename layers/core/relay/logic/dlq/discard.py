@@ -32,7 +32,7 @@ from relay.errors import DependencyUnavailable
 from relay.logic.deliveries.operator import Audited, operator_record
 from relay.logic.dlq import scan as scans
 from relay.logic.dlq.failed_events import FailedEventGroups, FailureQueue, read_failed_event
-from relay.logic.dlq.letters import DeadLetterGroups, RedriveFilter, classify
+from relay.logic.dlq.letters import DeadLetterGroups, Named, RedriveFilter, classify, named_by, unmatched
 from relay.logic.dlq.scan import (
     MessageGroups,
     Progress,
@@ -63,6 +63,12 @@ class DiscardFilter:
     @property
     def active(self) -> bool:
         return self.letters.active or bool(self.ids)
+
+    def matches(self, letter: Letter) -> bool:
+        return self.letters.matches(letter) and (not self.ids or bool(letter.ids & self.ids))
+
+    def named(self) -> set[Named]:
+        return self.letters.named() | {("--id", i) for i in self.ids}
 
 
 @dataclass(frozen=True)
@@ -224,7 +230,7 @@ def discard(
     result = DiscardResult(queue, mode, copies.path if copies is not None else None)
     result.depth = queues.approximate_depth(queue_url)
     groups: MessageGroups = DeadLetterGroups() if queue in TASK_QUEUES else FailedEventGroups(_failure(queue))
-    carried: set[tuple[str, str]] = set()
+    carried: set[Named] = set()
     cut_short = False
     started_ms = to_ms(now)
 
@@ -239,7 +245,7 @@ def discard(
                 result.arrived_during_run += 1
                 continue
             full = options.max_messages is not None and result.matched >= options.max_messages
-            if full or not _matches(options.filter, letter):
+            if full or not options.filter.matches(letter):
                 result.skipped += 1
                 continue
             result.matched += 1
@@ -279,10 +285,7 @@ def discard(
     result.now_ms = to_ms(now)
     read_all = not cut_short and not stop() and result.scanned > 0
     if read_all and (options.max_messages is None or result.matched < options.max_messages):
-        wanted = {("--target", t) for t in options.filter.letters.targets}
-        wanted |= {("--integration", i) for i in options.filter.letters.integrations}
-        wanted |= {("--id", i) for i in options.filter.ids}
-        result.unmatched_filters = [f"{flag} {value}" for flag, value in sorted(wanted - carried)]
+        result.unmatched_filters = unmatched(options.filter.named(), carried)
     return result
 
 
@@ -305,23 +308,8 @@ def _read(queue: str, message: ReceivedMessage) -> Letter:
     return Letter(message.message_id, failed.reason, None, None, None, failed.event_id)
 
 
-def _carried(letter: Letter) -> set[tuple[str, str]]:
-    carried = {("--id", i) for i in letter.ids}
-    if letter.target_id is not None:
-        carried.add(("--target", letter.target_id))
-    if letter.integration_id is not None:
-        carried.add(("--integration", letter.integration_id))
-    return carried
-
-
-def _matches(chosen: DiscardFilter, letter: Letter) -> bool:
-    letters = chosen.letters
-    return (
-        (not letters.targets or letter.target_id in letters.targets)
-        and (not letters.integrations or letter.integration_id in letters.integrations)
-        and (not letters.reasons or letter.reason in letters.reasons)
-        and (not chosen.ids or bool(letter.ids & chosen.ids))
-    )
+def _carried(letter: Letter) -> set[Named]:
+    return named_by(letter) | {("--id", i) for i in letter.ids}
 
 
 def _discard(

@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -128,12 +128,42 @@ class RedriveFilter:
     def active(self) -> bool:
         return bool(self.targets or self.integrations or self.reasons)
 
-    def matches(self, letter: DeadLetter) -> bool:
+    def matches(self, letter: Filtered) -> bool:
         return (
             (not self.targets or letter.target_id in self.targets)
             and (not self.integrations or letter.integration_id in self.integrations)
             and (not self.reasons or letter.reason in self.reasons)
         )
+
+    def named(self) -> set[Named]:
+        """Its target and integration values as the command line names them (``("--target", id)``)."""
+        return {("--target", t) for t in self.targets} | {("--integration", i) for i in self.integrations}
+
+
+# A filter value as the command line names it: ("--target", "crm").
+Named = tuple[str, str]
+
+
+class Filtered(Protocol):
+    """What a filter reads of a letter (a DeadLetter, or a letter relay dlq discard reads)."""
+
+    @property
+    def target_id(self) -> str | None: ...
+    @property
+    def integration_id(self) -> str | None: ...
+    @property
+    def reason(self) -> str: ...
+
+
+def named_by(letter: Filtered) -> set[Named]:
+    """The filter values ``letter`` carries, as the command line names them."""
+    named = {("--target", letter.target_id), ("--integration", letter.integration_id)}
+    return {(flag, value) for flag, value in named if value is not None}
+
+
+def unmatched(wanted: set[Named], carried: set[Named]) -> list[str]:
+    """The filter values no letter read carried (a typo, or a name for an id), as typed."""
+    return [f"{flag} {value}" for flag, value in sorted(wanted - carried)]
 
 
 @dataclass

@@ -18,7 +18,9 @@ from relay.logic.dlq.letters import (
     DeadLetterGroups,
     classify,
     in_acceptance_order,
+    named_by,
     redrive_attributes,
+    unmatched,
 )
 from relay.logic.dlq.redrive_options import RedriveOptions, RedriveResult
 from relay.logic.dlq.scan import Progress, ProgressSink, Scan, now_ms, work_through
@@ -73,9 +75,7 @@ def resend(
     # An empty DLQ has nothing a filter could have missed (the run that emptied it, run again).
     read_all = not cut_short and not stop() and result.scanned > 0
     if read_all and (options.max_messages is None or result.matched < options.max_messages):
-        wanted = {("--target", t) for t in options.filter.targets}
-        wanted |= {("--integration", i) for i in options.filter.integrations}
-        result.unmatched_filters = [f"{flag} {value}" for flag, value in sorted(wanted - carried)]
+        result.unmatched_filters = unmatched(options.filter.named(), carried)
     return result
 
 
@@ -93,7 +93,7 @@ def _choose(
     chosen = []
     for message, letter in letters:
         result.scanned += 1
-        carried |= {("--target", letter.target_id), ("--integration", letter.integration_id)}
+        carried |= named_by(letter)
         if message.sent_timestamp_ms is not None and message.sent_timestamp_ms > started_ms:
             result.arrived_during_run += 1
             _stop(message, stopped)
