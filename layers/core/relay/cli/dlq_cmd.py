@@ -316,7 +316,7 @@ def _list(args: argparse.Namespace) -> int:
             f"{scanned} scanned{limited}; SQS reports about {report.depth} in the queue."
         )
         if args.queue == ORDERED and not report.limited:
-            text += _behind_shown(document, report.depth, report.scanned)
+            text += behind_shown(document, report.depth, report.scanned)
         return document, text, None
 
     # A list moves nothing: its Ctrl-C says only that what it read is visible again.
@@ -362,7 +362,7 @@ def _redrive(args: argparse.Namespace) -> int:
         attention = result.attention
         text = format_redrive(document)
         if args.queue == ORDERED and args.dry_run and args.max is None:
-            text += _behind_shown(document, result.depth, result.scanned)
+            text += behind_shown(document, result.depth, result.scanned)
         return document, text, attention
 
     return run_with_progress(args, work)
@@ -492,17 +492,21 @@ def _age(seconds: int | None) -> str:
     return f"{seconds}s"
 
 
-def _behind_shown(document: dict[str, Any], depth: int, scanned: int) -> str:
+def behind_shown(
+    document: dict[str, Any],
+    depth: int,
+    scanned: int,
+    then: str = "in their conversations, not counted above (a redrive moves them too, in order).",
+) -> str:
     """What a scan of the ordered (FIFO) DLQ cannot see (``behindShown`` in ``document``, and a note for
-    the text): SQS hands out no more of a conversation while some of its letters are in flight, and a
-    scan that moves nothing holds them until it ends."""
+    the text ending in ``then``): SQS hands out no more of a conversation while some of its letters are
+    in flight, and a scan that moves nothing holds them until it ends."""
     document["behindShown"] = behind = max(0, depth - scanned)
     if not behind:
         return ""
     return (
         "\nA FIFO queue shows no more of a conversation while a scan holds some of its letters: about"
-        f" {behind} more wait behind them in their conversations, not counted above (a redrive moves"
-        " them too, in order)."
+        f" {behind} more wait behind them {then}"
     )
 
 

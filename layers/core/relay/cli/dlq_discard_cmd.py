@@ -159,7 +159,10 @@ def _discard_with(args: argparse.Namespace, options: DiscardOptions) -> int:
             print(f"relay dlq discard: note: {result.note}", file=sys.stderr)
         text = format_discard(document, args.queue)
         if args.queue == dlq_cmd.ORDERED:
-            text += _behind(document, result.depth, result.scanned, dry_run=args.dry_run)
+            seen_later = " (a real run sees those behind the letters it discards)" if args.dry_run else ""
+            text += dlq_cmd.behind_shown(
+                document, result.depth, result.scanned, then=f"not looked at{seen_later}."
+            )
         return document, text, result.attention
 
     try:
@@ -193,19 +196,6 @@ def _open(path: str) -> LetterFile:
             file=sys.stderr,
         )
     return copies
-
-
-def _behind(document: dict[str, Any], depth: int, scanned: int, *, dry_run: bool) -> str:
-    """The ordered DLQ (FIFO) hides the rest of a conversation while a scan holds a letter of it: letters
-    behind one left in the queue were not seen."""
-    document["behindShown"] = behind = max(0, depth - scanned)
-    if not behind:
-        return ""
-    return (
-        "\nA FIFO queue shows no more of a conversation while a scan holds some of its letters: about"
-        f" {behind} more wait behind them, not looked at"
-        + (" (a real run sees those behind the letters it discards)." if dry_run else ".")
-    )
 
 
 def format_discard(document: dict[str, Any], queue: str) -> str:

@@ -165,7 +165,6 @@ def check_configuration(target: Target, secrets: SecretReader) -> str | None:
     from relay.logic.dispatch.attempt import target_secrets
     from relay.logic.envelope import build_request
     from relay.models.delivery import DeliveryTask
-    from relay.models.targets import SecurityType
 
     now = datetime.now(UTC)
     stand_in = DeliveryTask(
@@ -176,7 +175,7 @@ def check_configuration(target: Target, secrets: SecretReader) -> str | None:
         received_at=now,
         event_json="{}",
     )
-    oauth2 = target.security.type is SecurityType.OAUTH2
+    oauth2 = _has_oauth2(target)
     checked_elsewhere = ("client_certificate", "auth") if oauth2 else ("client_certificate",)
     try:
         build_request(
