@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from uuid import uuid4
 import pytest
 from support.queues import drain
 from support.waiting import wait_until
+from test_dlq_cli import CUSTOMER_TEXT, Seeded, task_body
 
 from relay.adapters.letter_file import LetterFile
 from relay.adapters.sqs import SqsQueues
@@ -38,7 +38,6 @@ from relay.models.delivery import (
     ATTR_LAST_STATUS,
     ATTR_TARGET_ID,
     DeadLetterNote,
-    DeliveryTask,
     DlqReason,
 )
 from relay.models.queue import GroupPlacement
@@ -46,28 +45,6 @@ from relay.settings import get_settings
 from relay.wiring import aws_client, sqs_queues
 
 pytestmark = pytest.mark.integration
-
-CUSTOMER_TEXT = "customer says: my card number is 4111"  # must never be printed
-
-
-@dataclass(frozen=True)
-class Seeded:
-    body: str
-    delivery_id: str | None
-    reason: str
-    target_id: str
-
-
-def task_body(integration_id: str, target_id: str) -> tuple[str, str]:
-    task = DeliveryTask(
-        delivery_id=uuid4(),
-        integration_id=integration_id,
-        target_id=target_id,
-        event_id=str(uuid4()),
-        received_at=datetime.now(UTC),
-        event={"channel": {"id": "c1"}, "text": CUSTOMER_TEXT},
-    )
-    return task.model_dump_json(by_alias=True), str(task.delivery_id)
 
 
 def attributes(reason: str, target_id: str) -> dict[str, Any]:
@@ -87,6 +64,15 @@ def put(queue_url: str, body: str, message_attributes: Mapping[str, Any] | None 
     aws_client("sqs").send_message(**kwargs)
 
 
+def ordered_queues(aws_stack: LocalResources) -> SqsQueues:
+    """The stack's ordered queue and its DLQ, to put letters in the ordered DLQ as the dispatcher does."""
+    return SqsQueues(
+        aws_client("sqs"),
+        ordered_queue_url=aws_stack.ordered_queue_url,
+        ordered_dead_letter_queue_url=aws_stack.ordered_dead_letter_queue_url,
+    )
+
+
 POISON_BODIES = (
     json.dumps({"deliveryId": "not-a-uuid", "event": {"text": CUSTOMER_TEXT}}),
     f"not json at all: {CUSTOMER_TEXT} \u00e9\u2603",
@@ -100,10 +86,10 @@ def seed(dlq_url: str) -> list[Seeded]:
         for _ in range(count):
             body, delivery_id = task_body("int-1", target)
             put(dlq_url, body, attributes(reason, target))
-            seeded.append(Seeded(body, delivery_id, reason, target))
+            seeded.append(Seeded(body, delivery_id, reason, "int-1", target))
     for body in POISON_BODIES:
         put(dlq_url, body, {ATTR_DLQ_REASON: {"DataType": "String", "StringValue": "poison"}})
-        seeded.append(Seeded(body, None, "poison", "unparseable"))
+        seeded.append(Seeded(body, None, "poison", "unparseable", "unparseable"))
     return seeded
 
 
@@ -407,11 +393,7 @@ def test_the_ordered_dlq_discards_by_reason_and_keeps_the_rest_in_order(
     aws_stack: LocalResources, save: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Given an ordered DLQ: conversation a with a poison letter between two exhausted ones, and b
-    queues = SqsQueues(
-        aws_client("sqs"),
-        ordered_queue_url=aws_stack.ordered_queue_url,
-        ordered_dead_letter_queue_url=aws_stack.ordered_dead_letter_queue_url,
-    )
+    queues = ordered_queues(aws_stack)
     bodies = {}
     for group, seq, reason in (
         ("a", 0, DlqReason.EXHAUSTED),
@@ -452,11 +434,7 @@ def test_an_ordered_letter_not_looked_at_is_not_said_to_be_missing_from_the_queu
     aws_stack: LocalResources, save: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Given a conversation of 12 letters in the ordered DLQ: SQS shows its first 10 while a scan holds them
-    queues = SqsQueues(
-        aws_client("sqs"),
-        ordered_queue_url=aws_stack.ordered_queue_url,
-        ordered_dead_letter_queue_url=aws_stack.ordered_dead_letter_queue_url,
-    )
+    queues = ordered_queues(aws_stack)
     delivery_ids = []
     for seq in range(12):
         body, delivery_id = task_body("i-1", "t-1")

@@ -558,6 +558,14 @@ def test_a_type_no_model_takes_is_quoted_as_the_sender_wrote_it_in_json(written:
     assert queue.bodies == []
 
 
+def _sent_with(sample_name: str, path: tuple[str | int, ...], value: Any) -> tuple[dict[str, Any], Any]:
+    """The intake's answer to a sample message whose member at ``path`` holds ``value``, and its queue."""
+    message = sample(sample_name)
+    holder_of(message, path)[path[-1]] = value
+    intake, queue = make_intake()
+    return intake.handle(api_gateway_event(message)), queue
+
+
 @pytest.mark.parametrize(
     ("sample_name", "path", "value", "said"),
     [
@@ -575,11 +583,7 @@ def test_a_member_that_should_be_an_object_or_array_is_named_in_json_terms(
 ) -> None:
     # The sender wrote JSON: pydantic's "valid dictionary or instance of Content" names a Python type
     # and a class of the relay's own that Genesys never heard of.
-    message = sample(sample_name)
-    holder_of(message, path)[path[-1]] = value
-    intake, queue = make_intake()
-
-    response = intake.handle(api_gateway_event(message))
+    response, queue = _sent_with(sample_name, path, value)
 
     assert refusal(response) == (400, "invalid_message")
     message_text = answer(response)["message"]
@@ -603,11 +607,7 @@ def test_a_value_of_the_wrong_json_type_is_400_not_read_leniently(
 ) -> None:
     # Given a message whose integer or boolean field holds text (or another JSON type): the targets
     # would get it as sent, so it must not pass for the type the schema names
-    message = sample(sample_name)
-    holder_of(message, path)[path[-1]] = value
-    intake, queue = make_intake()
-
-    response = intake.handle(api_gateway_event(message))
+    response, queue = _sent_with(sample_name, path, value)
 
     assert refusal(response) == (400, "invalid_message")
     assert ".".join(str(step) for step in path) in answer(response)["message"]
