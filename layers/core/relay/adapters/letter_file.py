@@ -26,7 +26,8 @@ class LetterFile:
     def __init__(self, path: str) -> None:
         self.path = path
         try:
-            existed = not _refuse_unless_regular(os.stat(path).st_mode, path)
+            _refuse_unless_regular(os.stat(path).st_mode, path)
+            existed = True
         except FileNotFoundError:
             existed = False
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -92,10 +93,9 @@ class LetterFile:
         return f"{what} {self.path} ({exc.strerror or type(exc).__name__})"
 
 
-def _refuse_unless_regular(mode: int, path: str) -> bool:
+def _refuse_unless_regular(mode: int, path: str) -> None:
     if not stat.S_ISREG(mode):
         raise OSError(errno.EINVAL, "not a regular file, where the copies would be kept", path)
-    return False
 
 
 def _ends_unterminated(path: str) -> bool:
