@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from relay.local.aws_stack import LocalResources, forget_cached_configuration, l
 from relay.local.receiver import Receiver
 from relay.logic.dispatch import Dispatcher
 from relay.models.targets import Integration, OnExhausted, Ordering
+from relay.models.timestamps import iso_utc
 from relay.settings import get_settings
 from relay.wiring import aws_client, target_store
 from relay.wiring.dispatcher import build_dispatcher
@@ -356,6 +358,33 @@ def test_replay_sends_the_archived_event_again_with_the_same_webhook_id_and_audi
     assert outcomes[0] == ("delivered", None)
     assert outcomes[1][0] == "replayed" and outcomes[1][1] == replayed["actor"]
     assert outcomes[2] == ("delivered", None)
+
+
+def test_a_replays_audit_record_says_when_it_was_queued_not_when_the_command_started(
+    aws_stack: LocalResources,
+    stack: str,
+    receiver: Receiver,
+    dispatcher: Dispatcher,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given an archived event, and the time S3 last answered a read (the archive search ends there;
+    # in a real bucket it takes as long as there are objects to read)
+    dispatcher.handle_batch([event_record("e-replay-when")])
+    read_at: list[datetime] = []
+    s3 = aws_client("s3")
+    s3.meta.events.register("after-call.s3.GetObject", lambda **_: read_at.append(datetime.now(UTC)))
+
+    # When the operator replays it (the environment's settings: the S3 client above is theirs)
+    code, _, _ = relay(capsys, "deliveries", "replay", "e-replay-when")
+
+    # Then the replay's audit record is timed when the task was queued, after the search, so the
+    # timeline never puts an attempt made while the command searched after the replay
+    assert code == 0 and read_at
+    code, out, _ = relay(
+        capsys, "deliveries", "show", "e-replay-when", "--format", "json", "--stack-name", stack
+    )
+    (replayed,) = [a for a in json.loads(out)["attempts"] if a["outcome"] == "replayed"]
+    assert replayed["startedAt"] >= iso_utc(max(read_at))
 
 
 def test_replay_with_a_new_id_gets_a_fresh_webhook_id(

@@ -379,7 +379,9 @@ def _replay(args: Any, out: IO[str] | None = None) -> int:
         queue=sqs_queues(settings),
         audit=audit_sink(settings),
         actor=actor(settings),
-        now=now,
+        # When it is queued, not when the command started: the archive search before it takes as long
+        # as there are objects to read (a minute and more), and the timeline orders the replay by it.
+        now=datetime.now(UTC),
         operation_id=uuid.uuid4().hex,
     )
     _print_replay(args, replay, out, verb="queued", actor=audited.records[0]["actor"])
