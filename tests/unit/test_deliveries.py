@@ -326,6 +326,22 @@ def test_what_cannot_be_replayed_is_refused_saying_why(
         plan(history, ident, **options)
 
 
+def test_a_whole_event_replay_refused_for_one_target_names_the_others_to_replay_with_target(
+    history: Archiving,
+) -> None:
+    # An event with two targets, one of them disabled (after a 410, say): the replay to both is
+    # refused, and the refusal says how to send it to the one that can take it
+    targets = InMemoryTargets(make_target("crm"), make_target("erp", enabled=False))
+
+    with pytest.raises(ReplayRefused) as refused:
+        plan(history, "e-1", targets=targets)
+
+    assert str(refused.value) == (
+        "target erp is disabled: enable it first (relay targets enable erp), "
+        "or replay to the event's other targets one at a time with --target (crm)"
+    )
+
+
 def test_a_delivery_id_and_another_target_are_refused_as_that_deliverys_target() -> None:
     # An event whose two deliveries went out in different batches (different archive records)
     a = Archiving(always(200), "crm", "erp")

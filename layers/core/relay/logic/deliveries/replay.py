@@ -74,7 +74,13 @@ def plan_replay(
     refusal."""
     event = _one_event(_of_target(events, ident, target_id), ident, searched, unreadable_lines)
     chosen = _targets(event, target_id)
-    checked = [_check_target(targets, event.integration_id, c) for c in chosen]  # unknown, disabled: refused
+    # Unknown, disabled: refused; a replay to every target names the others, which --target can reach.
+    checked = [
+        _check_target(
+            targets, event.integration_id, c, others=[] if target_id else [o for o in chosen if o != c]
+        )
+        for c in chosen
+    ]
     # An event without a conversation went to its ordered targets unordered: no order to go outside.
     ordered = tuple(
         t.target_id for t in checked if t.ordering is Ordering.CONVERSATION and event.conversation_id
@@ -203,13 +209,22 @@ def _targets(event: ArchivedEvent, target_id: str | None) -> list[str]:
     return [target_id]
 
 
-def _check_target(targets: TargetDirectory, integration_id: str, target_id: str) -> Target:
+def _check_target(
+    targets: TargetDirectory, integration_id: str, target_id: str, *, others: Sequence[str] = ()
+) -> Target:
+    """The target a replay goes to; ReplayRefused when it is unknown or disabled. ``others``: the
+    event's other targets of a replay to all of them, named so that they can be replayed to alone."""
+    alone = (
+        f", or replay to the event's other targets one at a time with --target ({', '.join(others)})"
+        if others
+        else ""
+    )
     target = targets.get_target(integration_id, target_id)
     if target is None:
-        raise ReplayRefused(f"target {target_id} is unknown: it is no longer in the TargetsTable")
+        raise ReplayRefused(f"target {target_id} is unknown: it is no longer in the TargetsTable{alone}")
     if not target.enabled:
         raise ReplayRefused(
-            f"target {target_id} is disabled: enable it first (relay targets enable {target_id})"
+            f"target {target_id} is disabled: enable it first (relay targets enable {target_id}){alone}"
         )
     return target
 
