@@ -718,6 +718,31 @@ def test_a_delivery_id_written_in_upper_case_is_found_and_replayed(
     assert json.loads(record["body"])["deliveryId"] == delivery_id
 
 
+def test_an_event_id_of_32_hex_digits_written_in_upper_case_is_found_and_replayed(
+    aws_stack: LocalResources,
+    stack: str,
+    receiver: Receiver,
+    dispatcher: Dispatcher,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given an event whose id is written as Genesys writes Open Messaging event ids (32 hex digits),
+    # and that id as a receiver's database may hand it back (upper case)
+    event_id = "7922b440e0f1e44cefd1b5881054b2d5"
+    delivered(dispatcher, event_id)
+    shouted = event_id.upper()
+
+    # When the operator looks it up and replays it by that id
+    code, out, err = relay(capsys, "deliveries", "show", shouted, "--format", "json", "--stack-name", stack)
+    assert (code, err) == (0, "")
+    assert [a["eventId"] for a in json.loads(out)["attempts"]] == [event_id]
+    code, out, _ = relay(capsys, "deliveries", "replay", shouted, "--format", "json", "--stack-name", stack)
+
+    # Then it is the same event, found as the relay wrote its id, and queued again
+    assert code == 0 and json.loads(out)["eventId"] == event_id
+    (record,) = drain(aws_stack.delivery_queue_url)
+    assert json.loads(record["body"])["eventId"] == event_id
+
+
 def test_show_with_another_target_names_the_id_as_typed_and_the_targets_its_records_name(
     aws_stack: LocalResources, stack: str, dispatcher: Dispatcher, capsys: pytest.CaptureFixture[str]
 ) -> None:

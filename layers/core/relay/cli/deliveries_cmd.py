@@ -165,14 +165,17 @@ def _show(args: Any, out: IO[str] | None = None) -> int:
 
 
 def spellings(ident: str) -> list[str]:
-    """``ident`` as given, then, for a UUID written otherwise (upper case, braces), its canonical form:
-    the relay writes delivery ids that way, and so does Genesys its ids, but a receiver's database may
-    hand one back in upper case. The form given comes first: an id a sender chose is kept as written."""
+    """``ident`` as given, then, for a UUID written otherwise (upper case, braces), its lower-case forms:
+    the canonical one (the relay writes delivery ids that way, and so does Genesys its ids) and, for 32
+    hex digits without hyphens, those digits (how Genesys writes Open Messaging event ids); a
+    receiver's database may hand either back in upper case. The form given comes first: an id a sender
+    chose is kept as written."""
     try:
-        canonical = str(uuid.UUID(ident))
+        parsed = uuid.UUID(ident)
     except ValueError:
         return [ident]
-    return [ident] if canonical == ident else [ident, canonical]
+    forms = [ident, str(parsed)] if "-" in ident else [ident, parsed.hex, str(parsed)]
+    return list(dict.fromkeys(forms))
 
 
 def _say_what_may_wait(found: Timeline) -> None:
