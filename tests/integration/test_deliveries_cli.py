@@ -743,6 +743,43 @@ def test_an_event_id_of_32_hex_digits_written_in_upper_case_is_found_and_replaye
     assert json.loads(record["body"])["eventId"] == event_id
 
 
+def test_an_id_typed_otherwise_is_looked_for_in_one_read_of_the_audit_and_of_the_archive(
+    aws_stack: LocalResources,
+    receiver: Receiver,
+    dispatcher: Dispatcher,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given four delivered events (four audit objects, four archive objects), and the S3 reads
+    # counted where they leave for S3
+    for number in range(3):
+        delivered(dispatcher, f"{number:032x}")
+    event_id = "c0ffee" + "0" * 26
+    delivered(dispatcher, event_id)
+    reads: list[str] = []
+    s3 = aws_client("s3")
+    s3.meta.events.register(
+        "before-parameter-build.s3.GetObject", lambda params, **_: reads.append(params["Key"])
+    )
+    audit_objects = [
+        k["Key"] for k in s3.list_objects_v2(Bucket=aws_stack.audit_bucket, Prefix="audit/")["Contents"]
+    ]
+    archive_objects = [
+        k["Key"] for k in s3.list_objects_v2(Bucket=aws_stack.audit_bucket, Prefix="archive/")["Contents"]
+    ]
+
+    # When the operator looks up and replays an event by its id in upper case, which names nothing as
+    # typed (three spellings to look for: as typed, the 32 digits in lower case, the dashed UUID)
+    code, out, _ = relay(capsys, "deliveries", "show", event_id.upper(), "--format", "json")
+    assert code == 0 and [a["eventId"] for a in json.loads(out)["attempts"]] == [event_id]
+    shown, reads[:] = list(reads), []
+    code, out, _ = relay(capsys, "deliveries", "replay", event_id.upper(), "--dry-run")
+
+    # Then each object was read once, not once per spelling
+    assert code == 0
+    assert sorted(shown) == sorted(audit_objects)
+    assert sorted(reads) == sorted(archive_objects)
+
+
 def test_show_with_another_target_names_the_id_as_typed_and_the_targets_its_records_name(
     aws_stack: LocalResources, stack: str, dispatcher: Dispatcher, capsys: pytest.CaptureFixture[str]
 ) -> None:

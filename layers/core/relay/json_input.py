@@ -21,6 +21,13 @@ def json_spellings(text: str) -> frozenset[str]:
     return frozenset({text, json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1]})
 
 
+def json_spellings_of(containing: str | tuple[str, ...]) -> frozenset[str]:
+    """``json_spellings`` of one text, or of several (the forms one id may be typed in: a line holding
+    any of them is found, so that one read of the objects serves them all)."""
+    texts = (containing,) if isinstance(containing, str) else containing
+    return frozenset(spelling for text in texts for spelling in json_spellings(text))
+
+
 def load_json(text: str | bytes | bytearray, **options: Any) -> Any:
     """``json.loads(text, **options)``, with nesting too deep to parse a ``JsonTooDeep`` (a ValueError)."""
     try:

@@ -384,18 +384,18 @@ class GenesysReader(Protocol):
 class AuditReader(Protocol):
     """The audit objects of some days (``relay deliveries show``)."""
 
-    def lines(self, dates: Sequence[str], *, containing: str) -> list[dict[str, Any]]:
+    def lines(self, dates: Sequence[str], *, containing: str | tuple[str, ...]) -> list[dict[str, Any]]:
         """Every audit line under ``audit/date=<date>/`` for those dates whose text holds ``containing``
-        (as it is or JSON-escaped)."""
+        (or any of several texts; as it is or JSON-escaped)."""
         ...
 
 
 class ArchiveReader(Protocol):
     """The event archive of some days (``relay deliveries replay``)."""
 
-    def records(self, dates: Sequence[str], *, containing: str) -> FoundRecords:
-        """Every archive record of those dates whose line holds ``containing`` (as it is or JSON-escaped),
-        and how many such lines were no record."""
+    def records(self, dates: Sequence[str], *, containing: str | tuple[str, ...]) -> FoundRecords:
+        """Every archive record of those dates whose line holds ``containing`` (or any of several texts;
+        as it is or JSON-escaped), and how many such lines were no record."""
         ...
 
     def claim_check_exists(self, ref: S3Ref) -> bool:

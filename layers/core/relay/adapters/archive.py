@@ -31,7 +31,7 @@ class S3EventArchive:
         body = b"".join(record.to_line() for record in records)
         put_jsonl(self._s3, self._bucket, archive_key(date, invocation_id), body)
 
-    def records(self, dates: Sequence[str], *, containing: str) -> FoundRecords:
+    def records(self, dates: Sequence[str], *, containing: str | tuple[str, ...]) -> FoundRecords:
         prefixes = [f"{ARCHIVE_PREFIX}date={date}/" for date in dates]
         return read_records(matching_lines(self._s3, self._bucket, prefixes, containing))
 

@@ -21,7 +21,7 @@ from botocore.exceptions import ClientError
 
 from relay.adapters.aws_errors import AWS_ERRORS
 from relay.errors import DependencyUnavailable
-from relay.json_input import json_spellings, load_json
+from relay.json_input import json_spellings_of, load_json
 
 AUDIT_PREFIX = "audit/"
 READERS = 16  # objects fetched at once by an operator command
@@ -60,7 +60,7 @@ class S3AuditReader:
         self._s3 = s3
         self._bucket = bucket
 
-    def lines(self, dates: Sequence[str], *, containing: str) -> list[dict[str, Any]]:
+    def lines(self, dates: Sequence[str], *, containing: str | tuple[str, ...]) -> list[dict[str, Any]]:
         prefixes = [f"{AUDIT_PREFIX}date={date}/" for date in dates]
         return [
             line
@@ -76,12 +76,15 @@ def put_jsonl(s3: Any, bucket: str, key: str, body: bytes) -> None:
         raise DependencyUnavailable(f"audit bucket unwritable ({type(exc).__name__})") from None
 
 
-def matching_lines(s3: Any, bucket: str, prefixes: Sequence[str], containing: str) -> Iterator[str]:
-    """The lines of every object under ``prefixes`` that contain ``containing`` (as it is or JSON-escaped:
-    an id with non-ASCII, quotes or control characters is written escaped), object by object in key
-    order. DependencyUnavailable when the bucket cannot be listed or read."""
+def matching_lines(
+    s3: Any, bucket: str, prefixes: Sequence[str], containing: str | tuple[str, ...]
+) -> Iterator[str]:
+    """The lines of every object under ``prefixes`` that contain ``containing`` (or any of several
+    texts; each as it is or JSON-escaped: an id with non-ASCII, quotes or control characters is written
+    escaped), object by object in key order. DependencyUnavailable when the bucket cannot be listed or
+    read."""
     keys = [key for prefix in prefixes for key in _keys(s3, bucket, prefix)]
-    needles = [spelling.encode() for spelling in json_spellings(containing)]
+    needles = [spelling.encode() for spelling in json_spellings_of(containing)]
     with ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="audit-read") as pool:
         for chunk in batched(keys, CHUNK, strict=False):
             for body in pool.map(lambda key: _get(s3, bucket, key), chunk):

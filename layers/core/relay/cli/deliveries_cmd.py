@@ -126,9 +126,13 @@ def _show(args: Any, out: IO[str] | None = None) -> int:
     dates = days_back(datetime.now(UTC), args.since)
     typed, other_targets = args.ident, set()
     whole: Timeline | None = None  # every target's lines, of the spelling the other targets' lines name
-    for spelling in spellings(typed):
+    forms = spellings(typed)
+    # The audit objects are read once for every spelling (each read is one GET per object of the
+    # range); the saved Athena query takes one id, so it runs once per spelling.
+    read_once = None if args.athena else _audit_lines(tuple(forms), dates)
+    for spelling in forms:
         args.ident = spelling  # what the messages below name: the form that was found
-        lines = _athena_lines(args, dates) if args.athena else _audit_lines(args.ident, dates)
+        lines = _athena_lines(args, dates) if read_once is None else read_once
         found = timeline(lines, args.ident, dates)
         if args.target:
             other_targets |= {str(line["targetId"]) for line in found.attempts}
@@ -228,11 +232,11 @@ def _ordered_without_a_line(found: Timeline) -> list[tuple[str, Target, str | No
     ]
 
 
-def _audit_lines(ident: str, dates: list[str]) -> list[dict[str, Any]]:
+def _audit_lines(forms: tuple[str, ...], dates: list[str]) -> list[dict[str, Any]]:
     from relay.settings import get_settings
     from relay.wiring.operator import audit_reader
 
-    return audit_reader(get_settings()).lines(dates, containing=ident)
+    return audit_reader(get_settings()).lines(dates, containing=forms)
 
 
 def _athena_lines(args: Any, dates: list[str]) -> list[dict[str, Any]]:
@@ -352,10 +356,10 @@ def _replay(args: Any, out: IO[str] | None = None) -> int:
     now = datetime.now(UTC)
     dates = days_back(now, args.since)
     archive = event_archive(settings)
-    unreadable = 0
-    for spelling in spellings(args.ident):
-        found = archive.records(dates, containing=spelling)
-        unreadable += found.unreadable
+    forms = spellings(args.ident)
+    found = archive.records(dates, containing=tuple(forms))  # one read for every spelling
+    unreadable = found.unreadable
+    for spelling in forms:
         events = find_events(found, spelling)
         if events:
             args.ident = spelling  # a refusal names the id as typed unless another spelling found it

@@ -24,7 +24,7 @@ from relay.errors import (
     TokenUnavailable,
     UnreadableEvent,
 )
-from relay.json_input import json_spellings
+from relay.json_input import json_spellings_of
 from relay.models.archive import ArchiveRecord, FoundRecords, archive_key, read_records
 from relay.models.breaker import BreakerState, LaneState
 from relay.models.delivery import DeadLetterNote, S3Ref
@@ -319,7 +319,7 @@ class InMemoryAuditSink:
             raise DependencyUnavailable("audit bucket unwritable (in-memory sink set unavailable)")
         self.objects[audit_key(date, target_id, invocation_id)] = to_jsonl(records)
 
-    def lines(self, dates: Sequence[str], *, containing: str) -> list[dict[str, Any]]:
+    def lines(self, dates: Sequence[str], *, containing: str | tuple[str, ...]) -> list[dict[str, Any]]:
         if self.unavailable:
             raise DependencyUnavailable("audit bucket unreadable (in-memory sink set unavailable)")
         return [json.loads(line) for line in _lines_under(self.objects, "audit", dates, containing)]
@@ -339,7 +339,7 @@ class InMemoryEventArchive:
             raise DependencyUnavailable("audit bucket unwritable (in-memory archive set unavailable)")
         self.objects[archive_key(date, invocation_id)] = b"".join(r.to_line() for r in records)
 
-    def records(self, dates: Sequence[str], *, containing: str) -> FoundRecords:
+    def records(self, dates: Sequence[str], *, containing: str | tuple[str, ...]) -> FoundRecords:
         return read_records(_lines_under(self.objects, "archive", dates, containing))
 
     def claim_check_exists(self, ref: S3Ref) -> bool:
@@ -347,11 +347,11 @@ class InMemoryEventArchive:
 
 
 def _lines_under(
-    objects: Mapping[str, bytes], prefix: str, dates: Sequence[str], containing: str
+    objects: Mapping[str, bytes], prefix: str, dates: Sequence[str], containing: str | tuple[str, ...]
 ) -> list[str]:
     """The lines holding ``containing`` (as it is or JSON-escaped, as the S3 readers search) of the
     objects under ``<prefix>/date=<date>/``, in key order."""
-    spellings = json_spellings(containing)
+    spellings = json_spellings_of(containing)
     return [
         line
         for key, body in sorted(objects.items())
