@@ -24,6 +24,7 @@ from relay.cli import main
 from relay.local.aws_stack import LocalResources, forget_cached_configuration, local_client, register_stack
 from relay.local.receiver import Receiver
 from relay.logic.dispatch import Dispatcher
+from relay.models.event_filters import EventFilters, MessageType
 from relay.models.targets import Integration, OnExhausted, Ordering
 from relay.models.timestamps import iso_utc
 from relay.settings import get_settings
@@ -778,6 +779,29 @@ def test_an_id_typed_otherwise_is_looked_for_in_one_read_of_the_audit_and_of_the
     assert code == 0
     assert sorted(shown) == sorted(audit_objects)
     assert sorted(reads) == sorted(archive_objects)
+
+
+def test_show_for_a_target_whose_filters_left_the_event_out_says_its_filters_may_have(
+    aws_stack: LocalResources, stack: str, dispatcher: Dispatcher, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a target that takes receipts only, beside the plain target, and a text event the plain
+    # target got (the intake never queued it for the other: no task, no audit line)
+    store = target_store(get_settings(), cache_ttl_seconds=0)
+    plain = store.get_target(INTEGRATION_ID, PLAIN_TARGET)
+    assert plain is not None
+    receipts_only = EventFilters(types=(MessageType.RECEIPT,))
+    store.put_target(plain.model_copy(update={"target_id": "t-receipts", "filters": receipts_only}))
+    delivered(dispatcher, "e-text-only")
+
+    # When the operator looks the event up for the receipts-only target
+    code, _, err = relay(
+        capsys, "deliveries", "show", "e-text-only", "--target", "t-receipts", "--stack-name", stack
+    )
+
+    # Then the answer says the target's filters may have left it out, and where to see them
+    assert code == 3
+    assert f"its records name other targets: {PLAIN_TARGET}; t-receipts has event filters" in err, err
+    assert "relay targets list" in err
 
 
 def test_show_with_another_target_names_the_id_as_typed_and_the_targets_its_records_name(

@@ -145,7 +145,7 @@ def _show(args: Any, out: IO[str] | None = None) -> int:
         raise CommandFailed(
             f"no audit record names {typed} to target {args.target} from {dates[0]} to {dates[-1]}; "
             f"its records name other targets: {', '.join(sorted(other_targets))}"
-            + _may_wait_for(whole, args.target)
+            + (_may_wait_for(whole, args.target) or _may_have_filtered(whole, args.target))
         )
     if not found.found:
         where = f" to target {args.target}" if args.target else ""
@@ -207,6 +207,31 @@ def _may_wait_for(whole: Timeline, target_id: str) -> str:
                 "of its conversation has no record until a dispatcher receives it; "
                 + where_a_conversation_waits(conversation)
             )
+    return ""
+
+
+def _may_have_filtered(whole: Timeline, target_id: str) -> str:
+    """For ``show --target`` naming a target with event filters that has no line for the event: the
+    filters may have left it out at the intake, which the audit does not record (no task, no line)."""
+    from relay.errors import DependencyUnavailable
+    from relay.models.event_filters import EventFilters
+    from relay.settings import get_settings
+    from relay.wiring import target_store
+
+    store = target_store(get_settings(), cache_ttl_seconds=0)
+    try:
+        targets = [
+            store.get_target(integration_id, target_id)
+            for integration_id in {line["integrationId"] for line in whole.attempts}
+            if integration_id
+        ]
+    except DependencyUnavailable:
+        return ""
+    if any(target is not None and target.filters != EventFilters() for target in targets):
+        return (
+            f"; {target_id} has event filters, which may have left the event out: a filtered event is "
+            "never queued for that target and has no record (relay targets list shows its filters)"
+        )
     return ""
 
 
