@@ -168,6 +168,10 @@ def test_an_unknown_id_has_an_empty_timeline(history: Archiving) -> None:
     [
         (datetime(2026, 3, 25, 1, 0, tzinfo=UTC), timedelta(hours=24), ["2026-03-24", "2026-03-25"]),
         (datetime(2026, 3, 25, 1, 0, tzinfo=UTC), timedelta(minutes=30), ["2026-03-25"]),
+        # A batch that started before midnight files its lines under the day before, however late
+        # within its run (up to 15 minutes) they were written.
+        (datetime(2026, 3, 25, 0, 10, tzinfo=UTC), timedelta(minutes=5), ["2026-03-24", "2026-03-25"]),
+        (datetime(2026, 3, 25, 0, 21, tzinfo=UTC), timedelta(minutes=5), ["2026-03-25"]),
         (
             datetime(2026, 3, 2, 12, 0, tzinfo=UTC),
             timedelta(days=3),

@@ -46,9 +46,16 @@ _INTEGERS = ("attempt", "status", "retryInSeconds", "deferredSeconds")
 _NUMBERS = ("latencyMs",)
 
 
+# A dispatcher files an invocation's audit and archive objects under the UTC day its batch started, and
+# an invocation runs up to Lambda's 15 minutes: a line written just after midnight may sit under the day
+# before.
+BATCH_SPAN = timedelta(minutes=15)
+
+
 def days_back(now: datetime, since: timedelta) -> list[str]:
-    """The audit's date partitions (UTC days, oldest first) from ``now - since`` to ``now``."""
-    first, last = (now - since).date(), now.date()
+    """The audit's date partitions (UTC days, oldest first) that hold what was written from
+    ``now - since`` to ``now``: from the day a batch running then may have started (BATCH_SPAN)."""
+    first, last = (now - since - BATCH_SPAN).date(), now.date()
     return [(first + timedelta(days=n)).isoformat() for n in range((last - first).days + 1)]
 
 
