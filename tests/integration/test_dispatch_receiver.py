@@ -100,3 +100,23 @@ def test_a_path_key_matches_the_request_line_however_it_spells_the_path() -> Non
         # Then its signature was checked against that secret (unkeyed, it would not be checked at all)
         assert answer.status_code == 200
         assert running.deliveries[0].signature_valid is True
+
+
+def test_a_receiver_that_keeps_no_requests_still_verifies_and_counts_what_it_accepted() -> None:
+    # Given a receiver like relay local serve's, which runs for hours and whose records nobody reads
+    with Receiver(signing_secrets={"/signed": [SECRET]}, keep_requests=False) as lean:
+        body = b'{"deliveryId": "d"}'
+        # When it gets valid deliveries (one of them twice) and one with a wrong signature
+        url = f"{lean.url}/signed"
+        answers = [
+            requests.post(url, data=body, headers=_signed(msg_id, body), timeout=5).status_code
+            for msg_id in ("msg_1", "msg_2", "msg_2")
+        ]
+        wrong_key = _signed("msg_3", body, secret=SECRET[:-4] + "AAA=")
+        forged = requests.post(url, data=body, headers=wrong_key, timeout=5)
+        # Then it answers as a keeping receiver does and counts the accepted webhook-ids...
+        assert answers == [200, 200, 200]
+        assert forged.status_code == 401
+        assert lean.unique_delivery_ids == {"msg_1", "msg_2"}
+        # ...but keeps none of the requests (each kept one costs ~7 kB for the receiver's lifetime)
+        assert lean.requests == []

@@ -168,13 +168,17 @@ class Receiver:
         signing_secrets: Mapping[str, Iterable[str]] | None = None,
         encryption_secrets: Mapping[str, Iterable[str]] | None = None,
         reject_invalid_signatures: bool = True,
+        keep_requests: bool = True,
     ) -> None:
-        """``signing_secrets`` / ``encryption_secrets`` map a request path (or "*" for any) to secrets."""
+        """``signing_secrets`` / ``encryption_secrets`` map a request path (or "*" for any) to secrets.
+        ``keep_requests=False``: a receiver nobody reads (``relay local serve``'s) keeps no request, only
+        the webhook-ids it accepted; kept, each costs about 7 kB for as long as the receiver runs."""
         self.behaviour = behaviour or Behaviour()
         self.path_behaviours: dict[str, Behaviour] = {}
         self._signing = {path: list(values) for path, values in (signing_secrets or {}).items()}
         self._encryption = {path: list(values) for path, values in (encryption_secrets or {}).items()}
         self._reject_invalid = reject_invalid_signatures
+        self._keep_requests = keep_requests
         self._lock = threading.Lock()
         self._requests: list[ReceivedRequest] = []
         self._accepted_ids: set[str] = set()
@@ -346,6 +350,8 @@ class Receiver:
             duplicate = webhook_id is not None and webhook_id in self._accepted_ids
             if answered is not None and 200 <= answered < 300 and webhook_id and not lost:
                 self._accepted_ids.add(webhook_id)
+            if not self._keep_requests:
+                return duplicate
             self._requests.append(
                 ReceivedRequest(
                     method=method,

@@ -109,16 +109,20 @@ class LocalStack:
         dispatcher_workers: bool = False,
         function_output: IO[str] | None = None,
         eventbridge_retry_delays: tuple[float, ...] = LOCAL_RETRY_DELAYS_SECONDS,
+        keep_received: bool = True,
     ) -> None:
         """``parameters``: template parameter overrides (e.g. DispatcherTimeoutSeconds); ``environment``:
         extra function environment set after the template's; ``dispatcher_workers``: run the dispatcher in
         warm worker processes (function_worker.WorkerFunction) writing to ``function_output``;
-        ``eventbridge_retry_delays``: the waits between tries of a failed asynchronous invocation."""
+        ``eventbridge_retry_delays``: the waits between tries of a failed asynchronous invocation;
+        ``keep_received=False``: the demo receivers keep no request (``Receiver(keep_requests=False)``),
+        for a stack that runs for hours and never reads them (``relay local serve``)."""
         self.fixtures_path = fixtures_path
         self.parameters = dict(parameters or {})
         self.extra_environment = dict(environment or {})
         self.dispatcher_workers = dispatcher_workers
         self.function_output = function_output
+        self.keep_received = keep_received
         self.dispatcher: LocalFunction | None = None
         self.slow_dispatcher: LocalFunction | None = None  # always in worker processes (see above)
         self.api_port = api_port
@@ -281,6 +285,7 @@ class LocalStack:
                 receiver = Receiver(
                     signing_secrets={"*": [target.signing_secret]} if target.signing_secret else None,
                     encryption_secrets={"*": [target.encryption_key]} if target.encryption_key else None,
+                    keep_requests=self.keep_received,
                 )
                 base = receiver.start()
                 self._exit.callback(receiver.stop)
