@@ -781,6 +781,38 @@ def test_an_id_typed_otherwise_is_looked_for_in_one_read_of_the_audit_and_of_the
     assert sorted(reads) == sorted(archive_objects)
 
 
+def test_show_for_one_target_reads_that_targets_audit_objects_only(
+    aws_stack: LocalResources,
+    receiver: Receiver,
+    dispatcher: Dispatcher,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given an event delivered to the plain target and to a second one (an audit object each), and the
+    # S3 reads counted where they leave for S3
+    store = target_store(get_settings(), cache_ttl_seconds=0)
+    plain = store.get_target(INTEGRATION_ID, PLAIN_TARGET)
+    assert plain is not None
+    store.put_target(plain.model_copy(update={"target_id": "t-second"}))
+    first = event_record("e-two-targets")
+    second = json.loads(first["body"]) | {"targetId": "t-second", "deliveryId": str(uuid.uuid4())}
+    dispatcher.handle_batch([first, sqs_record(second)])
+    reads: list[str] = []
+    s3 = aws_client("s3")
+    s3.meta.events.register(
+        "before-parameter-build.s3.GetObject", lambda params, **_: reads.append(params["Key"])
+    )
+
+    # When the operator looks the event up for the second target
+    code, out, _ = relay(
+        capsys, "deliveries", "show", "e-two-targets", "--target", "t-second", "--format", "json"
+    )
+
+    # Then they see its attempt there, read from that target's objects only (the audit is partitioned
+    # by target)
+    assert code == 0 and [a["targetId"] for a in json.loads(out)["attempts"]] == ["t-second"]
+    assert reads and all("/target=t-second/" in key for key in reads), reads
+
+
 def test_show_for_a_target_whose_filters_left_the_event_out_says_its_filters_may_have(
     aws_stack: LocalResources, stack: str, dispatcher: Dispatcher, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -384,9 +384,12 @@ class GenesysReader(Protocol):
 class AuditReader(Protocol):
     """The audit objects of some days (``relay deliveries show``)."""
 
-    def lines(self, dates: Sequence[str], *, containing: str | tuple[str, ...]) -> list[dict[str, Any]]:
-        """Every audit line under ``audit/date=<date>/`` for those dates whose text holds ``containing``
-        (or any of several texts; as it is or JSON-escaped)."""
+    def lines(
+        self, dates: Sequence[str], *, containing: str | tuple[str, ...], target: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Every audit line under ``audit/date=<date>/`` for those dates (``target``: under that
+        target's ``target=<id>/`` only) whose text holds ``containing`` (or any of several texts; as it
+        is or JSON-escaped)."""
         ...
 
 

@@ -29,7 +29,13 @@ CHUNK = 256  # objects held in memory at most while they are searched
 
 
 def audit_key(date: str, target_id: str, invocation_id: str) -> str:
-    return f"{AUDIT_PREFIX}date={date}/target={target_id}/{invocation_id}.jsonl"
+    return f"{audit_prefix(date, target_id)}{invocation_id}.jsonl"
+
+
+def audit_prefix(date: str, target_id: str | None = None) -> str:
+    """Where a day's audit objects are, or one target's of that day."""
+    day = f"{AUDIT_PREFIX}date={date}/"
+    return day if target_id is None else f"{day}target={target_id}/"
 
 
 # One encoder for every line: json.dumps with options builds a new encoder per call.
@@ -60,8 +66,10 @@ class S3AuditReader:
         self._s3 = s3
         self._bucket = bucket
 
-    def lines(self, dates: Sequence[str], *, containing: str | tuple[str, ...]) -> list[dict[str, Any]]:
-        prefixes = [f"{AUDIT_PREFIX}date={date}/" for date in dates]
+    def lines(
+        self, dates: Sequence[str], *, containing: str | tuple[str, ...], target: str | None = None
+    ) -> list[dict[str, Any]]:
+        prefixes = [audit_prefix(date, target) for date in dates]
         return [
             line
             for text in matching_lines(self._s3, self._bucket, prefixes, containing)

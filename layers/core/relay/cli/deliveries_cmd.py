@@ -129,7 +129,13 @@ def _show(args: Any, out: IO[str] | None = None) -> int:
     forms = spellings(typed)
     # The audit objects are read once for every spelling (each read is one GET per object of the
     # range); the saved Athena query takes one id, so it runs once per spelling.
-    read_once = None if args.athena else _audit_lines(tuple(forms), dates)
+    read_once = None
+    if not args.athena:
+        # With --target, that target's objects only (the audit is partitioned by target); every target's
+        # are read only when those hold nothing, to say which targets the event went to.
+        read_once = _audit_lines(tuple(forms), dates, target=args.target)
+        if args.target and not any(timeline(read_once, form, dates).found for form in forms):
+            read_once = _audit_lines(tuple(forms), dates)
     for spelling in forms:
         args.ident = spelling  # what the messages below name: the form that was found
         lines = _athena_lines(args, dates) if read_once is None else read_once
@@ -257,11 +263,13 @@ def _ordered_without_a_line(found: Timeline) -> list[tuple[str, Target, str | No
     ]
 
 
-def _audit_lines(forms: tuple[str, ...], dates: list[str]) -> list[dict[str, Any]]:
+def _audit_lines(
+    forms: tuple[str, ...], dates: list[str], *, target: str | None = None
+) -> list[dict[str, Any]]:
     from relay.settings import get_settings
     from relay.wiring.operator import audit_reader
 
-    return audit_reader(get_settings()).lines(dates, containing=forms)
+    return audit_reader(get_settings()).lines(dates, containing=forms, target=target)
 
 
 def _athena_lines(args: Any, dates: list[str]) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from relay.adapters.audit import audit_key, to_jsonl
+from relay.adapters.audit import audit_key, audit_prefix, to_jsonl
 from relay.adapters.idempotency import DEFAULT_LEASE_SECONDS, STATUS_COMPLETED, STATUS_IN_PROGRESS
 from relay.errors import (
     BreakerStoreUnavailable,
@@ -319,10 +319,14 @@ class InMemoryAuditSink:
             raise DependencyUnavailable("audit bucket unwritable (in-memory sink set unavailable)")
         self.objects[audit_key(date, target_id, invocation_id)] = to_jsonl(records)
 
-    def lines(self, dates: Sequence[str], *, containing: str | tuple[str, ...]) -> list[dict[str, Any]]:
+    def lines(
+        self, dates: Sequence[str], *, containing: str | tuple[str, ...], target: str | None = None
+    ) -> list[dict[str, Any]]:
         if self.unavailable:
             raise DependencyUnavailable("audit bucket unreadable (in-memory sink set unavailable)")
-        return [json.loads(line) for line in _lines_under(self.objects, "audit", dates, containing)]
+        prefixes = tuple(audit_prefix(date, target) for date in dates)
+        objects = {key: body for key, body in self.objects.items() if key.startswith(prefixes)}
+        return [json.loads(line) for line in _lines_under(objects, "audit", dates, containing)]
 
 
 class InMemoryEventArchive:
