@@ -14,18 +14,18 @@ from typing import Any
 from relay.errors import JsonTooDeep
 
 
-def json_spellings(text: str) -> frozenset[str]:
-    """How ``text`` may stand in a JSON line the relay wrote: as it is, or escaped as Python's json
-    escapes a string (quotes, backslashes and control characters always; non-ASCII as \\uXXXX or not).
-    A search of written lines for an id looks for each spelling; the lines found are parsed and compared."""
-    return frozenset({text, json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1]})
-
-
-def json_spellings_of(containing: str | tuple[str, ...]) -> frozenset[str]:
-    """``json_spellings`` of one text, or of several (the forms one id may be typed in: a line holding
-    any of them is found, so that one read of the objects serves them all)."""
+def json_spellings(containing: str | tuple[str, ...]) -> frozenset[str]:
+    """How ``containing`` (a text, or several: the forms one id may be typed in) may stand in a JSON line
+    the relay wrote: as it is, or escaped as Python's json escapes a string (quotes, backslashes and
+    control characters always; non-ASCII as \\uXXXX or not). A search of written lines for an id looks
+    for each spelling, so one read of the objects serves every form; the lines found are parsed and
+    compared."""
     texts = (containing,) if isinstance(containing, str) else containing
-    return frozenset(spelling for text in texts for spelling in json_spellings(text))
+    return frozenset(
+        spelling
+        for text in texts
+        for spelling in (text, json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1])
+    )
 
 
 def load_json(text: str | bytes | bytearray, **options: Any) -> Any:

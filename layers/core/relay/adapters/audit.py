@@ -21,7 +21,7 @@ from botocore.exceptions import ClientError
 
 from relay.adapters.aws_errors import AWS_ERRORS
 from relay.errors import DependencyUnavailable
-from relay.json_input import json_spellings_of, load_json
+from relay.json_input import json_spellings, load_json
 
 AUDIT_PREFIX = "audit/"
 READERS = 16  # objects fetched at once by an operator command
@@ -92,7 +92,7 @@ def matching_lines(
     escaped), object by object in key order. DependencyUnavailable when the bucket cannot be listed or
     read."""
     keys = [key for prefix in prefixes for key in _keys(s3, bucket, prefix)]
-    needles = [spelling.encode() for spelling in json_spellings_of(containing)]
+    needles = [spelling.encode() for spelling in json_spellings(containing)]
     with ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="audit-read") as pool:
         for chunk in batched(keys, CHUNK, strict=False):
             for body in pool.map(lambda key: _get(s3, bucket, key), chunk):

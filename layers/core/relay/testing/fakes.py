@@ -24,8 +24,8 @@ from relay.errors import (
     TokenUnavailable,
     UnreadableEvent,
 )
-from relay.json_input import json_spellings_of
-from relay.models.archive import ArchiveRecord, FoundRecords, archive_key, read_records
+from relay.json_input import json_spellings
+from relay.models.archive import ARCHIVE_PREFIX, ArchiveRecord, FoundRecords, archive_key, read_records
 from relay.models.breaker import BreakerState, LaneState
 from relay.models.delivery import DeadLetterNote, S3Ref
 from relay.models.http import HttpResult
@@ -325,8 +325,7 @@ class InMemoryAuditSink:
         if self.unavailable:
             raise DependencyUnavailable("audit bucket unreadable (in-memory sink set unavailable)")
         prefixes = tuple(audit_prefix(date, target) for date in dates)
-        objects = {key: body for key, body in self.objects.items() if key.startswith(prefixes)}
-        return [json.loads(line) for line in _lines_under(objects, "audit", dates, containing)]
+        return [json.loads(line) for line in _lines_under(self.objects, prefixes, containing)]
 
 
 class InMemoryEventArchive:
@@ -344,22 +343,23 @@ class InMemoryEventArchive:
         self.objects[archive_key(date, invocation_id)] = b"".join(r.to_line() for r in records)
 
     def records(self, dates: Sequence[str], *, containing: str | tuple[str, ...]) -> FoundRecords:
-        return read_records(_lines_under(self.objects, "archive", dates, containing))
+        prefixes = tuple(f"{ARCHIVE_PREFIX}date={date}/" for date in dates)
+        return read_records(_lines_under(self.objects, prefixes, containing))
 
     def claim_check_exists(self, ref: S3Ref) -> bool:
         return ref not in self.expired
 
 
 def _lines_under(
-    objects: Mapping[str, bytes], prefix: str, dates: Sequence[str], containing: str | tuple[str, ...]
+    objects: Mapping[str, bytes], prefixes: tuple[str, ...], containing: str | tuple[str, ...]
 ) -> list[str]:
     """The lines holding ``containing`` (as it is or JSON-escaped, as the S3 readers search) of the
-    objects under ``<prefix>/date=<date>/``, in key order."""
-    spellings = json_spellings_of(containing)
+    objects under ``prefixes``, in key order."""
+    spellings = json_spellings(containing)
     return [
         line
         for key, body in sorted(objects.items())
-        if any(key.startswith(f"{prefix}/date={date}/") for date in dates)
+        if key.startswith(prefixes)
         for line in body.decode().splitlines()
         if any(spelling in line for spelling in spellings)
     ]
