@@ -108,6 +108,23 @@ def delivered_to_the_plain_target_and_a_copy(
     assert len(receiver.deliveries) == 2
 
 
+def beside_the_plain_target(target_id: str, **changes: Any) -> None:
+    """A copy of the plain target under ``target_id`` in the same integration, with ``changes``."""
+    store = target_store(get_settings(), cache_ttl_seconds=0)
+    plain = store.get_target(INTEGRATION_ID, PLAIN_TARGET)
+    assert plain is not None
+    store.put_target(plain.model_copy(update={"target_id": target_id, **changes}))
+
+
+def keys_read_from_s3() -> list[str]:
+    """The key of every S3 GetObject the relay's own client makes from now on, as it leaves for S3."""
+    reads: list[str] = []
+    aws_client("s3").meta.events.register(
+        "before-parameter-build.s3.GetObject", lambda params, **_: reads.append(params["Key"])
+    )
+    return reads
+
+
 def relay(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     capsys.readouterr()  # drop what the dispatcher logged before the command
     code = main(list(argv))
@@ -756,11 +773,8 @@ def test_an_id_typed_otherwise_is_looked_for_in_one_read_of_the_audit_and_of_the
         delivered(dispatcher, f"{number:032x}")
     event_id = "c0ffee" + "0" * 26
     delivered(dispatcher, event_id)
-    reads: list[str] = []
+    reads = keys_read_from_s3()
     s3 = aws_client("s3")
-    s3.meta.events.register(
-        "before-parameter-build.s3.GetObject", lambda params, **_: reads.append(params["Key"])
-    )
     audit_objects = [
         k["Key"] for k in s3.list_objects_v2(Bucket=aws_stack.audit_bucket, Prefix="audit/")["Contents"]
     ]
@@ -789,18 +803,11 @@ def test_show_for_one_target_reads_that_targets_audit_objects_only(
 ) -> None:
     # Given an event delivered to the plain target and to a second one (an audit object each), and the
     # S3 reads counted where they leave for S3
-    store = target_store(get_settings(), cache_ttl_seconds=0)
-    plain = store.get_target(INTEGRATION_ID, PLAIN_TARGET)
-    assert plain is not None
-    store.put_target(plain.model_copy(update={"target_id": "t-second"}))
+    beside_the_plain_target("t-second")
     first = event_record("e-two-targets")
     second = json.loads(first["body"]) | {"targetId": "t-second", "deliveryId": str(uuid.uuid4())}
     dispatcher.handle_batch([first, sqs_record(second)])
-    reads: list[str] = []
-    s3 = aws_client("s3")
-    s3.meta.events.register(
-        "before-parameter-build.s3.GetObject", lambda params, **_: reads.append(params["Key"])
-    )
+    reads = keys_read_from_s3()
 
     # When the operator looks the event up for the second target
     code, out, _ = relay(
@@ -818,11 +825,7 @@ def test_show_for_a_target_whose_filters_left_the_event_out_says_its_filters_may
 ) -> None:
     # Given a target that takes receipts only, beside the plain target, and a text event the plain
     # target got (the intake never queued it for the other: no task, no audit line)
-    store = target_store(get_settings(), cache_ttl_seconds=0)
-    plain = store.get_target(INTEGRATION_ID, PLAIN_TARGET)
-    assert plain is not None
-    receipts_only = EventFilters(types=(MessageType.RECEIPT,))
-    store.put_target(plain.model_copy(update={"target_id": "t-receipts", "filters": receipts_only}))
+    beside_the_plain_target("t-receipts", filters=EventFilters(types=(MessageType.RECEIPT,)))
     delivered(dispatcher, "e-text-only")
 
     # When the operator looks the event up for the receipts-only target

@@ -118,35 +118,24 @@ def register(subparsers: Any) -> None:
 
 # --- show -------------------------------------------------------------------------------------------
 def _show(args: Any, out: IO[str] | None = None) -> int:
-    from relay.logic.deliveries.timeline import days_back, timeline
+    from relay.logic.deliveries.timeline import days_back
 
     out = out or sys.stdout
     if args.timeout is not None and not args.athena:
         raise UsageError("--timeout applies only with --athena (the audit objects are read without a query)")
     dates = days_back(datetime.now(UTC), args.since)
-    typed, other_targets = args.ident, set()
-    whole: Timeline | None = None  # every target's lines, of the spelling the other targets' lines name
-    forms = spellings(typed)
-    # The audit objects are read once for every spelling (each read is one GET per object of the
-    # range); the saved Athena query takes one id, so it runs once per spelling.
-    read_once = None
-    if not args.athena:
-        # With --target, that target's objects only (the audit is partitioned by target); every target's
-        # are read only when those hold nothing, to say which targets the event went to.
-        read_once = _audit_lines(tuple(forms), dates, target=args.target)
-        if args.target and not any(timeline(read_once, form, dates).found for form in forms):
-            read_once = _audit_lines(tuple(forms), dates)
-    for spelling in forms:
-        args.ident = spelling  # what the messages below name: the form that was found
-        lines = _athena_lines(args, dates) if read_once is None else read_once
-        found = timeline(lines, args.ident, dates)
-        if args.target:
-            other_targets |= {str(line["targetId"]) for line in found.attempts}
-            whole = whole or (found if found.attempts else None)
-            lines = [line for line in lines if line.get("targetId") == args.target]
-            found = timeline(lines, args.ident, dates)
-        if found.found:
-            break
+    typed, forms = args.ident, tuple(spellings(args.ident))
+    if args.athena:  # the saved query takes one id: it runs once per spelling
+        found, whole, other_targets = _look_up(args, forms, dates, read=None)
+    else:
+        # The audit objects are read once for every spelling (a read is one GET per object of the
+        # range); with --target, that target's objects only (the audit is partitioned by target), and
+        # every target's only when those hold nothing, to say which targets the event went to.
+        found, whole, other_targets = _look_up(
+            args, forms, dates, _audit_lines(forms, dates, target=args.target)
+        )
+        if args.target and not found.found:
+            found, whole, other_targets = _look_up(args, forms, dates, _audit_lines(forms, dates))
     if not found.found and whole is not None:  # the event is there, for other targets only
         raise CommandFailed(
             f"no audit record names {typed} to target {args.target} from {dates[0]} to {dates[-1]}; "
@@ -172,6 +161,30 @@ def _show(args: Any, out: IO[str] | None = None) -> int:
     if not args.target and not any(a["deliveryId"] == args.ident for a in found.attempts):
         _say_what_may_wait(found)
     return ExitCode.OK
+
+
+def _look_up(
+    args: Any, forms: tuple[str, ...], dates: list[str], read: list[dict[str, Any]] | None
+) -> tuple[Timeline, Timeline | None, set[str]]:
+    """The timeline of the first spelling in ``forms`` that names something in ``read`` (the audit lines
+    read; None: the Athena query's, per spelling), for ``--target`` only if given; then, when that
+    target has none, every target's (``whole``) and the targets they name. ``args.ident`` becomes the
+    spelling looked at last, which the messages name."""
+    from relay.logic.deliveries.timeline import timeline
+
+    whole: Timeline | None = None  # every target's lines, of the spelling the other targets' lines name
+    other_targets: set[str] = set()
+    for spelling in forms:
+        args.ident = spelling
+        lines = _athena_lines(args, dates) if read is None else read
+        found = timeline(lines, spelling, dates)
+        if args.target:
+            other_targets |= {str(line["targetId"]) for line in found.attempts}
+            whole = whole or (found if found.attempts else None)
+            found = timeline([line for line in lines if line.get("targetId") == args.target], spelling, dates)
+        if found.found:
+            break
+    return found, whole, other_targets
 
 
 def spellings(ident: str) -> list[str]:
@@ -219,21 +232,10 @@ def _may_wait_for(whole: Timeline, target_id: str) -> str:
 def _may_have_filtered(whole: Timeline, target_id: str) -> str:
     """For ``show --target`` naming a target with event filters that has no line for the event: the
     filters may have left it out at the intake, which the audit does not record (no task, no line)."""
-    from relay.errors import DependencyUnavailable
     from relay.models.event_filters import EventFilters
-    from relay.settings import get_settings
-    from relay.wiring import target_store
 
-    store = target_store(get_settings(), cache_ttl_seconds=0)
-    try:
-        targets = [
-            store.get_target(integration_id, target_id)
-            for integration_id in {line["integrationId"] for line in whole.attempts}
-            if integration_id
-        ]
-    except DependencyUnavailable:
-        return ""
-    if any(target is not None and target.filters != EventFilters() for target in targets):
+    targets = [t for ts in _targets_of(whole).values() for t in ts if t.target_id == target_id]
+    if any(target.filters != EventFilters() for target in targets):
         return (
             f"; {target_id} has event filters, which may have left the event out: a filtered event is "
             "never queued for that target and has no record (relay targets list shows its filters)"
@@ -245,8 +247,19 @@ def _ordered_without_a_line(found: Timeline) -> list[tuple[str, Target, str | No
     """(event id, ordered target, conversation id) for each ordered target of the events' integrations
     that has no line for the event; none when the TargetsTable cannot be read (the notes built on this
     are a courtesy: what was found stands on its own)."""
-    from relay.errors import DependencyUnavailable
     from relay.logic.deliveries.timeline import unaudited_ordered
+
+    conversations = {line["eventId"]: line["conversationId"] for line in found.attempts}
+    return [
+        (event_id, target, conversations.get(event_id))
+        for event_id, target in unaudited_ordered(found, _targets_of(found))
+    ]
+
+
+def _targets_of(found: Timeline) -> dict[str, list[Target]]:
+    """The targets of each integration ``found``'s lines name, as the TargetsTable holds them now; none
+    when it cannot be read (the notes built on them are a courtesy: what was found stands on its own)."""
+    from relay.errors import DependencyUnavailable
     from relay.settings import get_settings
     from relay.wiring import target_store
 
@@ -254,13 +267,8 @@ def _ordered_without_a_line(found: Timeline) -> list[tuple[str, Target, str | No
     try:
         entries = {i: store.get(i) for i in {line["integrationId"] for line in found.attempts} if i}
     except DependencyUnavailable:
-        return []
-    targets = {i: entry.targets for i, entry in entries.items() if entry is not None}
-    conversations = {line["eventId"]: line["conversationId"] for line in found.attempts}
-    return [
-        (event_id, target, conversations.get(event_id))
-        for event_id, target in unaudited_ordered(found, targets)
-    ]
+        return {}
+    return {i: list(entry.targets) for i, entry in entries.items() if entry is not None}
 
 
 def _audit_lines(
