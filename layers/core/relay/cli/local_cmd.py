@@ -384,16 +384,15 @@ def _entry(event: Any, event_bus: str | None) -> Any:
     a Source)."""
     if not isinstance(event, dict):
         return event
-    fields = event
     entry: dict[str, Any] = {
-        key: fields[name] for name, key in _EVENT_FIELDS.items() if fields.get(name) is not None
+        key: event[name] for name, key in _EVENT_FIELDS.items() if event.get(name) is not None
     }
     if "Detail" in entry:
         # Not ASCII-escaped: an emoji stays 4 bytes (escaped, 12), and entries are sized in bytes.
         entry["Detail"] = json.dumps(entry["Detail"], ensure_ascii=False)
     if not entry.get("Time"):  # "time": "" is no time, as EventBridge reads it
         entry.pop("Time", None)
-    entry["Resources"] = fields.get("resources", [])
+    entry["Resources"] = event.get("resources", [])
     if event_bus:
         entry["EventBusName"] = event_bus
     return entry
