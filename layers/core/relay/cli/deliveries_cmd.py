@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import sys
 import uuid
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import IO, TYPE_CHECKING, Any
 
@@ -140,7 +141,7 @@ def _show(args: Any, out: IO[str] | None = None) -> int:
         raise CommandFailed(
             f"no audit record names {typed} to target {args.target} from {dates[0]} to {dates[-1]}; "
             f"its records name other targets: {', '.join(sorted(other_targets))}"
-            + (_may_wait_for(whole, args.target) or _may_have_filtered(whole, args.target))
+            + _why_not_for(whole, args.target)
         )
     if not found.found:
         where = f" to target {args.target}" if args.target else ""
@@ -204,7 +205,7 @@ def spellings(ident: str) -> list[str]:
 def _say_what_may_wait(found: Timeline) -> None:
     """Name, on stderr, each ordered target that has no line for an event shown: its delivery may be
     waiting in its conversation, which the audit cannot show yet."""
-    for event_id, target, conversation in _ordered_without_a_line(found):
+    for event_id, target, conversation in _ordered_without_a_line(found, _targets_of(found)):
         print(
             visible(
                 f"relay deliveries show: event {event_id} has no record for ordered target "
@@ -216,10 +217,17 @@ def _say_what_may_wait(found: Timeline) -> None:
         )
 
 
-def _may_wait_for(whole: Timeline, target_id: str) -> str:
+def _why_not_for(whole: Timeline, target_id: str) -> str:
+    """Why an event audited for other targets may have no line for ``target_id``: a wait in its ordered
+    conversation, or its event filters (one TargetsTable read for both)."""
+    targets = _targets_of(whole)
+    return _may_wait_for(whole, target_id, targets) or _may_have_filtered(target_id, targets)
+
+
+def _may_wait_for(whole: Timeline, target_id: str, targets: Mapping[str, Sequence[Target]]) -> str:
     """For ``show --target`` naming an ordered target the event has no line for: its delivery may be
     waiting in its conversation (the audit knows nothing of it yet), so the error says so too."""
-    for _, target, conversation in _ordered_without_a_line(whole):
+    for _, target, conversation in _ordered_without_a_line(whole, targets):
         if target.target_id == target_id:
             return (
                 f"; {target_id} is an ordered target: a delivery waiting behind a held or blocked record "
@@ -229,13 +237,13 @@ def _may_wait_for(whole: Timeline, target_id: str) -> str:
     return ""
 
 
-def _may_have_filtered(whole: Timeline, target_id: str) -> str:
+def _may_have_filtered(target_id: str, targets: Mapping[str, Sequence[Target]]) -> str:
     """For ``show --target`` naming a target with event filters that has no line for the event: the
     filters may have left it out at the intake, which the audit does not record (no task, no line)."""
     from relay.models.event_filters import EventFilters
 
-    targets = [t for ts in _targets_of(whole).values() for t in ts if t.target_id == target_id]
-    if any(target.filters != EventFilters() for target in targets):
+    named = [t for ts in targets.values() for t in ts if t.target_id == target_id]
+    if any(target.filters != EventFilters() for target in named):
         return (
             f"; {target_id} has event filters, which may have left the event out: a filtered event is "
             "never queued for that target and has no record (relay targets list shows its filters)"
@@ -243,16 +251,17 @@ def _may_have_filtered(whole: Timeline, target_id: str) -> str:
     return ""
 
 
-def _ordered_without_a_line(found: Timeline) -> list[tuple[str, Target, str | None]]:
+def _ordered_without_a_line(
+    found: Timeline, targets: Mapping[str, Sequence[Target]]
+) -> list[tuple[str, Target, str | None]]:
     """(event id, ordered target, conversation id) for each ordered target of the events' integrations
-    that has no line for the event; none when the TargetsTable cannot be read (the notes built on this
-    are a courtesy: what was found stands on its own)."""
+    (``targets``: _targets_of) that has no line for the event."""
     from relay.logic.deliveries.timeline import unaudited_ordered
 
     conversations = {line["eventId"]: line["conversationId"] for line in found.attempts}
     return [
         (event_id, target, conversations.get(event_id))
-        for event_id, target in unaudited_ordered(found, _targets_of(found))
+        for event_id, target in unaudited_ordered(found, targets)
     ]
 
 
