@@ -300,6 +300,12 @@ class OrderedTaskQueue(Protocol):
         """Queue every task in its message group, or raise DependencyUnavailable."""
 
 
+class FirstHopQueue(Protocol):
+    def send_first_hop(self, tasks: Sequence[OrderedTask]) -> None:
+        """Queue every task on the FIFO first hop, each in its own message group and deduplicated on its
+        delivery id, or raise DependencyUnavailable."""
+
+
 class ClaimCheckStore(Protocol):
     def put(self, key: str, body: bytes) -> S3Ref:
         """Store ``body`` under ``key`` (idempotent), or raise DependencyUnavailable."""

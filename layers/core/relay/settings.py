@@ -127,6 +127,15 @@ class Settings(BaseModel):
     idempotency_table: str | None = Field(None, alias="IDEMPOTENCY_TABLE")
     # The queue this function sends tasks to (intake) or consumes (a dispatcher: its own lane's queue).
     delivery_queue_url: str | None = Field(None, alias="DELIVERY_QUEUE_URL")
+    # The intake's FIFO first hop (docs/intake.md, "The first hop"). Set on the intake: tasks for
+    # unordered targets go there, each its own message group, deduplicated by SQS on the delivery id,
+    # and the intake writes no idempotency record (template parameter IntakeDeduplication=queue).
+    first_hop_queue_url: str | None = Field(None, alias="FIRST_HOP_QUEUE_URL")
+    # Set on the dispatcher that consumes the first hop (its DELIVERY_QUEUE_URL): its records' message
+    # groups are single deliveries, not conversations, so they take the standard path; and since a FIFO
+    # queue takes no per-message delay, deferrals are re-sent to REQUEUE_QUEUE_URL (the DeliveryQueue).
+    first_hop: bool = Field(False, alias="FIRST_HOP")
+    requeue_queue_url: str | None = Field(None, alias="REQUEUE_QUEUE_URL")
     # The slow lane's queue, where the fast lane's dispatcher routes a slow target's records.
     slow_delivery_queue_url: str | None = Field(None, alias="SLOW_DELIVERY_QUEUE_URL")
     dead_letter_queue_url: str | None = Field(None, alias="DEAD_LETTER_QUEUE_URL")

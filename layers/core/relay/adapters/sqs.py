@@ -10,6 +10,9 @@ dead-letter queues.
   unchanged, deferrals + 1), ``to_slow_lane`` (re-send to the slow lane's queue, attempts unchanged),
   ``dead_letter`` (to the DLQ with attributes saying why; the caller then reports the original done,
   so SQS deletes it);
+- the first hop's (docs/intake.md, "The first hop"): ``send_first_hop`` (the intake's tasks for
+  unordered targets on the FIFO first hop, each its own message group, deduplicated on the delivery
+  id); a dispatcher reading the first hop re-sends its deferrals to ``requeue_queue_url``;
 - the ordered path's (docs/dispatcher.md, "Ordering"): ``send_ordered`` (the intake's tasks for ordered
   targets, each in its message group, deduplicated on the delivery id), ``hold`` (one group's
   received messages shown again together after a delay: ChangeMessageVisibilityBatch, never a
@@ -75,6 +78,8 @@ class SqsQueues:
         slow_queue_url: str | None = None,
         ordered_queue_url: str | None = None,
         ordered_dead_letter_queue_url: str | None = None,
+        first_hop_queue_url: str | None = None,
+        requeue_queue_url: str | None = None,
         attempts: int = 3,
         backoff_seconds: float = 0.05,
         sleep: Callable[[float], None] = time.sleep,
@@ -85,6 +90,8 @@ class SqsQueues:
         self._slow_queue_url = slow_queue_url
         self._ordered_queue_url = ordered_queue_url
         self._ordered_dead_letter_queue_url = ordered_dead_letter_queue_url
+        self._first_hop_queue_url = first_hop_queue_url
+        self._requeue_queue_url = requeue_queue_url
         self._attempts = attempts
         self._backoff = backoff_seconds
         self._sleep = sleep
@@ -101,7 +108,15 @@ class SqsQueues:
         """Queue every task on the ordered queue in its message group, or raise DependencyUnavailable.
         One event gives each group at most one task, so a batch never holds two of one group and a
         refused entry sent again cannot overtake a later one of its group."""
-        queue_url = _required(self._ordered_queue_url, "ORDERED_QUEUE_URL")
+        self._send_placed(_required(self._ordered_queue_url, "ORDERED_QUEUE_URL"), tasks)
+
+    def send_first_hop(self, tasks: Sequence[OrderedTask]) -> None:
+        """Queue every task on the FIFO first hop, each in its own message group, deduplicated on its
+        delivery id, or raise DependencyUnavailable. A send repeated after SQS applied it (an answer
+        lost on the way back, a retried webhook) is dropped by SQS within its 5-minute window."""
+        self._send_placed(_required(self._first_hop_queue_url, "FIRST_HOP_QUEUE_URL"), tasks)
+
+    def _send_placed(self, queue_url: str, tasks: Sequence[OrderedTask]) -> None:
         messages = [OutgoingMessage(str(i), t.body, placement=t.placement) for i, t in enumerate(tasks)]
         for batch in plan_batches(messages):
             self._send_until_accepted(queue_url, batch)
@@ -142,9 +157,11 @@ class SqsQueues:
         deferrals: int,
         delay_seconds: int,
     ) -> None:
+        # A first-hop dispatcher's own queue is FIFO, which takes no per-message delay: its deferrals
+        # go to the standard queue (REQUEUE_QUEUE_URL).
         self._call(
             "send_message",
-            QueueUrl=self._delivery_queue(),
+            QueueUrl=self._requeue_queue_url or self._delivery_queue(),
             MessageBody=body,
             DelaySeconds=delay_seconds,
             MessageAttributes=requeued_attributes(message_attributes, attempts, deferrals),

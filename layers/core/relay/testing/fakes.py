@@ -64,6 +64,27 @@ class InMemoryOrderedQueue:
         self.tasks.extend(tasks)
 
 
+class InMemoryFirstHop:
+    """The intake's FIFO first hop: every task sent (``sent``, in order) and the ones SQS keeps
+    (``tasks``): a repeat of a deduplication id is dropped, as SQS does within its 5-minute window.
+    ``unavailable``: every send fails as SQS down would."""
+
+    def __init__(self) -> None:
+        self.sent: list[OrderedTask] = []
+        self.tasks: list[OrderedTask] = []
+        self.unavailable = False
+
+    def send_first_hop(self, tasks: Sequence[OrderedTask]) -> None:
+        if self.unavailable:
+            raise DependencyUnavailable("first hop unavailable")
+        kept = {task.placement.deduplication_id for task in self.tasks}
+        for task in tasks:
+            self.sent.append(task)
+            if task.placement.deduplication_id not in kept:
+                kept.add(task.placement.deduplication_id)
+                self.tasks.append(task)
+
+
 class InMemoryClaimCheckStore:
     """Claim checks in process memory: what the intake puts, the dispatcher loads."""
 

@@ -12,6 +12,7 @@ from relay.adapters.sqs import SqsQueues
 from relay.logic.intake import Intake, PowertoolsMetrics
 from relay.ports import (
     ClaimCheckStore,
+    FirstHopQueue,
     IdempotencyStore,
     IntegrationLookup,
     MetricsRecorder,
@@ -34,8 +35,10 @@ def build_intake(
     refresh_secret: SecretReader | None = None,
     metrics: MetricsRecorder | None = None,
     ordered_queue: OrderedTaskQueue | None = None,
+    first_hop: FirstHopQueue | None = None,
 ) -> Intake:
-    """The intake wired to AWS as ``settings`` describe it."""
+    """The intake wired to AWS as ``settings`` describe it. With FIRST_HOP_QUEUE_URL set (template
+    IntakeDeduplication=queue) SQS deduplicates on the first hop, and no idempotency store is used."""
     if secrets is None:
         store = secret_store(settings)
         secrets, refresh_secret = store, refresh_secret or store.refresh
@@ -44,26 +47,31 @@ def build_intake(
             aws_clients(settings).client("sqs"),
             delivery_queue_url=settings.need("delivery_queue_url"),
             ordered_queue_url=settings.ordered_queue_url,
+            first_hop_queue_url=settings.first_hop_queue_url,
         )
         queue = sqs
         if ordered_queue is None and settings.ordered_queue_url:
             ordered_queue = sqs
+        if first_hop is None and settings.first_hop_queue_url:
+            first_hop = sqs
+    if idempotency is None and first_hop is None:
+        idempotency = DynamoDBIdempotencyStore(
+            aws_clients(settings).client("dynamodb"),
+            settings.need("idempotency_table"),
+            ttl_seconds=settings.idempotency_ttl_seconds,
+        )
     return Intake(
         integrations=integrations or target_store(settings),
         get_secret=secrets,
         refresh_secret=refresh_secret,
         queue=queue,
-        idempotency=idempotency
-        or DynamoDBIdempotencyStore(
-            aws_clients(settings).client("dynamodb"),
-            settings.need("idempotency_table"),
-            ttl_seconds=settings.idempotency_ttl_seconds,
-        ),
+        idempotency=idempotency,
         claim_checks=claim_checks or (s3_claim_checks(settings) if settings.audit_bucket else None),
         max_body_bytes=settings.max_body_bytes,
         eventbridge_integration_id=settings.eventbridge_integration_id,
         metrics=metrics or PowertoolsMetrics(settings.release_dimensions()),
         ordered_queue=ordered_queue,
+        first_hop=first_hop,
     )
 
 

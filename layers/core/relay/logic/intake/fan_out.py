@@ -7,12 +7,18 @@ task of a target whose record cannot be read (``IntegrationEntry.unreadable``): 
 unknown, so it takes every event, on the standard queue; the dispatcher retries it until the record is
 fixed, then dead-letters it explained (docs/dispatcher.md), never loses it.
 
-The idempotency store decides who queues: the attempt that claims the event's key queues, then records
-its answer (two writes per accepted event); a repeat gets that answer and queues nothing, however late
-it comes within the record's TTL. A repeat while the claim's lease is live is asked to retry (429). A
-failed attempt releases its claim so that Genesys' retry can queue; an attempt cut off mid-queue
-(timeout, crash) leaves a lease that runs out, and the next repeat queues again with the same
-deterministic deliveryIds, which receivers deduplicate (docs/intake.md, "Exactly once in the queue").
+Who deduplicates depends on the deployment (docs/intake.md, "Exactly once in the queue"):
+
+- with the FIFO first hop (``first_hop``, template IntakeDeduplication=queue, the default), SQS does:
+  every task goes to a FIFO queue deduplicated on its deterministic deliveryId, so any repeat within
+  SQS's 5-minute window (a concurrent one, Genesys' retry after a 503 or a lost 202, a send repeated
+  after its answer was lost) is dropped by SQS and answered with the same 202. No write per event.
+- with the idempotency store (IntakeDeduplication=table), the attempt that claims the event's key
+  queues, then records its answer (two writes per accepted event); a repeat gets that answer and
+  queues nothing, however late it comes within the record's TTL. A repeat while the claim's lease is
+  live is asked to retry (429). A failed attempt releases its claim so that Genesys' retry can queue;
+  an attempt cut off mid-queue (timeout, crash) leaves a lease that runs out, and the next repeat
+  queues again with the same deterministic deliveryIds, which receivers deduplicate.
 """
 
 from __future__ import annotations
@@ -33,7 +39,14 @@ from relay.models.idempotency import Claim
 from relay.models.queue import GroupPlacement, OrderedTask
 from relay.models.targets import IntegrationEntry, Ordering, Target
 from relay.observability import logger
-from relay.ports import ClaimCheckStore, IdempotencyStore, MetricsRecorder, OrderedTaskQueue, TaskQueue
+from relay.ports import (
+    ClaimCheckStore,
+    FirstHopQueue,
+    IdempotencyStore,
+    MetricsRecorder,
+    OrderedTaskQueue,
+    TaskQueue,
+)
 
 # Stable namespace for deterministic delivery ids: the same (integration, event, target) always gets the
 # same deliveryId, so even a re-queue after a partial failure is deduplicated by the receivers.
@@ -74,9 +87,11 @@ class FanOut:
         max_inline_body_bytes: int,
         now: Callable[[], datetime],
         ordered_queue: OrderedTaskQueue | None = None,
+        first_hop: FirstHopQueue | None = None,
     ) -> None:
         self._queue = queue
         self._ordered_queue = ordered_queue
+        self._first_hop = first_hop
         self._idempotency = idempotency
         self._claim_checks = claim_checks
         self._metrics = metrics
@@ -154,6 +169,7 @@ class FanOut:
             event_ref = self._claim_check(incoming.key, integration_id, incoming.event_json.encode())
         bodies: list[str] = []
         ordered: list[OrderedTask] = []
+        first_hop: list[OrderedTask] = []
         delivery_ids: list[str] = []
         for target_id, target in zip(target_ids, targets, strict=True):
             delivery_id = uuid.uuid5(DELIVERY_ID_NAMESPACE, f"{incoming.key}\n{target_id}")
@@ -171,18 +187,24 @@ class FanOut:
             )
             body = task_body(task, None if event_ref else event_field)
             placement = self._placement(incoming, integration_id, target, str(delivery_id))
-            if placement is None:
-                bodies.append(body)
-            else:
+            if placement is not None:
                 ordered.append(OrderedTask(body, placement))
+            elif self._first_hop is not None:
+                # A group of one orders nothing; the deduplication id is what the first hop is for.
+                first_hop.append(OrderedTask(body, GroupPlacement(str(delivery_id), str(delivery_id))))
+            else:
+                bodies.append(body)
             delivery_ids.append(str(delivery_id))
         # The ordered tasks first: a failure after them answers 503, and the retry's ordered sends are
         # then dropped as repeats instead of arriving twice.
         if ordered and self._ordered_queue is not None:
             self._ordered_queue.send_ordered(ordered)
+        if first_hop and self._first_hop is not None:
+            self._first_hop.send_first_hop(first_hop)
         if bodies:
             self._queue.send(bodies)
-        self._metrics.count("TasksQueued", len(bodies) + len(ordered))
+        queued = len(bodies) + len(ordered) + len(first_hop)
+        self._metrics.count("TasksQueued", queued)
         # DEBUG, not INFO: at a million events this line alone was about half the log bytes, and the
         # accepted count is a metric; each delivery's audit line names the event and its receivedAt.
         logger.debug(
@@ -190,7 +212,7 @@ class FanOut:
             extra={
                 "integration_id": integration_id,
                 "event_id": incoming.event_id,
-                "tasks": len(bodies) + len(ordered),
+                "tasks": queued,
             },
         )
         return _answer(entry, incoming, delivery_ids, claim_check=event_ref is not None)

@@ -66,6 +66,7 @@ from relay.models.secrets import RotatingSecret
 from relay.observability import logger
 from relay.ports import (
     ClaimCheckStore,
+    FirstHopQueue,
     IdempotencyStore,
     IntegrationLookup,
     MetricsRecorder,
@@ -94,8 +95,11 @@ class Intake:
         metrics: MetricsRecorder | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         ordered_queue: OrderedTaskQueue | None = None,
+        first_hop: FirstHopQueue | None = None,
     ) -> None:
-        """``ordered_queue``: the FIFO queue for ordered targets' tasks (without it they go unordered)."""
+        """``ordered_queue``: the FIFO queue for ordered targets' tasks (without it they go unordered).
+        ``first_hop``: the FIFO first hop for every other task, deduplicated by SQS (then no
+        ``idempotency`` store is needed; without it they go to ``queue``)."""
         self._integrations = integrations
         self._get_secret = get_secret
         self._refresh_secret = refresh_secret
@@ -113,6 +117,7 @@ class Intake:
             max_inline_body_bytes=max_inline_body_bytes,
             now=now,
             ordered_queue=ordered_queue,
+            first_hop=first_hop,
         )
 
     # --- entry points -----------------------------------------------------------------------------------
