@@ -108,6 +108,8 @@ def build_dispatcher(
             # Only standard records are ever routed there: the ordered path's lanes never route (and
             # the template gives the OrderedDispatcherFunction no slow queue).
             slow_queue_url=settings.slow_delivery_queue_url,
+            # The first hop is FIFO: its dispatcher re-sends deferrals to the standard queue.
+            requeue_queue_url=settings.need("requeue_queue_url") if settings.first_hop else None,
         )
         queue, ordered_queue = queue or sqs, ordered_queue or (sqs if ordered else None)
     if ordered and attempts is None:

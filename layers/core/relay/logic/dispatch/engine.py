@@ -20,6 +20,9 @@
 
 Records of the ordered (FIFO) queue take the ordered path instead (relay.logic.dispatch.fifo): one at a
 time per conversation, held with their conversation rather than deferred, never routed to the slow lane.
+Records of the intake's FIFO first hop (``FIRST_HOP``) carry a message group too, but each is its own
+group: they take the standard path, retried in place by visibility, deferrals re-sent to the standard
+queue (docs/dispatcher.md, "The first hop").
 """
 
 from __future__ import annotations
@@ -197,8 +200,11 @@ class Dispatcher:
             remaining_ms=remaining_ms,
         )
         received = [SqsRecord.from_event(r) for r in records]
-        ordered = [record for record in received if record.group_id is not None]
-        lanes, held = self._open_lanes([record for record in received if record.group_id is None], batch)
+        # The first hop's message groups are single deliveries, not conversations: the standard path.
+        in_order = not self._settings.first_hop
+        ordered = [record for record in received if in_order and record.group_id is not None]
+        standard = [record for record in received if not (in_order and record.group_id is not None)]
+        lanes, held = self._open_lanes(standard, batch)
         # A slow target's records go to the slow lane first (batched); any SQS did not take go here.
         kept = self._settle.routed([item for lane in lanes if lane.routed for item in lane.items], batch)
         here = [lane for lane in lanes if not lane.routed]

@@ -26,7 +26,8 @@ class SqsRecord:
     body: str
     receive_count: int
     message_attributes: Mapping[str, Any]
-    # Set only on records of the ordered (FIFO) queue: their message group (relay.logic.dispatch.fifo).
+    # Set on records of a FIFO queue: a conversation on the ordered queue (relay.logic.dispatch.fifo),
+    # a single delivery on the first hop.
     group_id: str | None = None
     # When SQS first took the message (SentTimestamp, epoch seconds): its retention counts from here.
     sent_at: float | None = None
