@@ -35,18 +35,21 @@ FUNCTIONS = (
     "SlowDispatcherFunction",
     "ConfigSyncFunction",
     "OrderedDispatcherFunction",
+    "FirstHopDispatcherFunction",
 )
-# Each dispatcher (the fast lane, the slow lane, the ordered lane) and the queue it consumes.
+# Each dispatcher (the fast lane, its first hop, the slow lane, the ordered lane) and the queue it consumes.
 DISPATCHERS = {
     "DispatcherFunction": "DeliveryQueue",
     "SlowDispatcherFunction": "SlowDeliveryQueue",
     "OrderedDispatcherFunction": "OrderedDeliveryQueue",
+    "FirstHopDispatcherFunction": "FirstHopQueue",
 }
 # Each consumed queue and the dead-letter queue it redrives to (a FIFO queue needs a FIFO one).
 DEAD_LETTER_QUEUES = {
     "DeliveryQueue": "DeadLetterQueue",
     "SlowDeliveryQueue": "DeadLetterQueue",
     "OrderedDeliveryQueue": "OrderedDeadLetterQueue",
+    "FirstHopQueue": "FirstHopDeadLetterQueue",
 }
 
 
@@ -197,6 +200,7 @@ def test_the_fleet_is_bounded_by_every_lanes_maximum_concurrency(template: Templ
         ("DispatcherFunction", "DispatcherMaximumConcurrency"),
         ("SlowDispatcherFunction", "SlowDispatcherMaximumConcurrency"),
         ("OrderedDispatcherFunction", "OrderedDispatcherMaximumConcurrency"),
+        ("FirstHopDispatcherFunction", "FirstHopDispatcherMaximumConcurrency"),
     ):
         props = raw.properties(dispatcher)
         scaling = [e["Properties"]["ScalingConfig"] for e in props["Events"].values() if e["Type"] == "SQS"]
@@ -394,6 +398,7 @@ def test_audit_bucket_lifecycle_expires_both_prefixes_and_their_old_versions(raw
         ("DeliveryQueue", "DeadLetterQueue"),
         ("SlowDeliveryQueue", "DeadLetterQueue"),
         ("OrderedDeliveryQueue", "OrderedDeadLetterQueue"),
+        ("FirstHopQueue", "FirstHopDeadLetterQueue"),
     ):
         days = sum(int(resolved(raw, q)["MessageRetentionPeriod"]) / 86400 for q in (queue, dead_letters))
         assert int(rules["events/"]["ExpirationInDays"]) >= days + 7, (queue, dead_letters)
@@ -598,10 +603,12 @@ def test_only_the_fast_lane_may_send_to_the_slow_lane(raw: Template) -> None:
         }
 
     assert sends_to("DispatcherFunction") == {"DeliveryQueue", "DeadLetterQueue", "SlowDeliveryQueue"}
+    # The first hop is the fast lane: it re-sends to the DeliveryQueue (a FIFO queue takes no delay).
+    assert sends_to("FirstHopDispatcherFunction") == {"DeliveryQueue", "DeadLetterQueue", "SlowDeliveryQueue"}
     assert sends_to("SlowDispatcherFunction") == {"SlowDeliveryQueue", "DeadLetterQueue"}
     # An ordered record is held, never re-sent: not to the slow lane either.
     assert sends_to("OrderedDispatcherFunction") == {"OrderedDeadLetterQueue"}
-    assert sends_to("IntakeFunction") == {"DeliveryQueue", "OrderedDeliveryQueue"}
+    assert sends_to("IntakeFunction") == {"DeliveryQueue", "OrderedDeliveryQueue", "FirstHopQueue"}
 
 
 # --- API, schedule, logs, alarms --------------------------------------------------------------------
@@ -680,6 +687,8 @@ def test_outputs_name_the_api_queues_tables_and_bucket(raw: Template) -> None:
         "DeadLetterQueue",
         "OrderedDeliveryQueue",
         "OrderedDeadLetterQueue",
+        "FirstHopQueue",
+        "FirstHopDeadLetterQueue",
         "TargetsTable",
         "BreakerTable",
         "IdempotencyTable",
@@ -731,6 +740,7 @@ SHIFTED_RELEASES = (
     "DispatcherFunction",
     "SlowDispatcherFunction",
     "OrderedDispatcherFunction",
+    "FirstHopDispatcherFunction",
 )
 # The bugs each handler turns into an answer (a 500, a batch item failure) instead of a Lambda error:
 # the count (relay.logic.intake.metrics, relay.logic.dispatch.metrics) that rolls back, per release.
@@ -739,6 +749,7 @@ CRASH_METRIC = {
     "DispatcherFunction": "DeliveryCrashed",
     "SlowDispatcherFunction": "DeliveryCrashed",
     "OrderedDispatcherFunction": "DeliveryCrashed",
+    "FirstHopDispatcherFunction": "DeliveryCrashed",
 }
 
 
@@ -972,6 +983,7 @@ PARKING_QUEUES = (
     "IntakeFailureQueue",
     "EventBridgeDeadLetterQueue",
     "OrderedDeadLetterQueue",
+    "FirstHopDeadLetterQueue",
 )
 
 
@@ -1192,7 +1204,7 @@ def test_the_intake_may_send_to_the_ordered_queue_and_knows_it(raw: Template) ->
 def test_the_eventbridge_redrive_permissions_name_every_queue_the_intake_sends_to(raw: Template) -> None:
     # `relay dlq redrive --queue eventbridge|intake-failures` runs the intake in-process with the
     # operator's credentials: an ordered target's task goes to the OrderedDeliveryQueue, which the
-    # operator's permission list (docs/operations-dlq.md) once left out.
+    # operator's permission list (docs/operations-dlq.md) once left out; so is the FirstHopQueue.
     sends = {
         p["SQSSendMessagePolicy"]["QueueName"]["Fn::GetAtt"][0]
         for p in raw.properties("IntakeFunction")["Policies"]
@@ -1201,7 +1213,7 @@ def test_the_eventbridge_redrive_permissions_name_every_queue_the_intake_sends_t
     text = (TEMPLATE.parent / "docs" / "operations-dlq.md").read_text()
     section = text.split("## 4. Permissions an operator needs", 1)[1].split("\n## ", 1)[0]
     intake_part = section.split("what the intake", 1)[1]
-    assert sends == {"DeliveryQueue", "OrderedDeliveryQueue"}
+    assert sends == {"DeliveryQueue", "OrderedDeliveryQueue", "FirstHopQueue"}
     assert all(re.search(rf"\b{queue}\b", intake_part) for queue in sends), intake_part
 
 
