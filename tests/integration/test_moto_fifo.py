@@ -145,3 +145,33 @@ def test_the_redrive_policy_moves_a_message_received_too_often_and_its_group_goe
 
     assert bodies(fifo.receive()) == ["g-1"]
     assert bodies(dead_letters.receive()) == ["g-0"]
+
+
+def sent_again_after_delete(endpoint: str) -> list[str]:
+    """A message received and deleted, then sent again with its deduplication id: what a receive finds."""
+    fifo = Fifo(endpoint, {"DeduplicationScope": "messageGroup", "FifoThroughputLimit": "perMessageGroupId"})
+    fifo.send("d-1", "d-1")
+    (first,) = fifo.receive()
+    fifo.delete(first)
+    fifo.send("d-1", "d-1")  # a retried webhook, after the first was delivered
+    return bodies(fifo.receive())
+
+
+def test_a_repeat_sent_after_the_first_was_deleted_is_dropped_within_the_window(moto_endpoint: str) -> None:
+    assert sent_again_after_delete(moto_endpoint) == []
+
+
+def test_moto_as_it_is_queues_a_repeat_again_once_the_first_was_deleted(moto_as_is: str) -> None:
+    assert sent_again_after_delete(moto_as_is) == ["d-1"]
+
+
+def test_with_message_group_scope_one_id_in_two_groups_is_two_messages(moto_endpoint: str) -> None:
+    fifo = Fifo(
+        moto_endpoint, {"DeduplicationScope": "messageGroup", "FifoThroughputLimit": "perMessageGroupId"}
+    )
+    for group in ("a", "b"):
+        fifo.sqs.send_message(
+            QueueUrl=fifo.url, MessageBody=group, MessageGroupId=group, MessageDeduplicationId="same"
+        )
+
+    assert sorted(bodies(fifo.receive())) == ["a", "b"]

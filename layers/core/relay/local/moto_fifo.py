@@ -12,10 +12,17 @@ head and the messages behind it become visible together, and return a later one 
 ``receive_fifo`` replaces the scan for FIFO queues (standard queues keep moto's): one clock reading per
 scan, and a group stops at its first message that is in flight or delayed. A long poll scans again
 every POLL_SECONDS until something is there or its wait is over.
+
+SQS drops a message whose deduplication id it has accepted in the last 5 minutes, whatever became of
+the first (still queued, received or deleted), within its message group when the queue's
+``DeduplicationScope`` is ``messageGroup``. moto compares it only with the messages still in the queue
+and ignores the scope, so a repeat sent after the first was delivered and deleted was queued again:
+``not_a_repeat`` keeps every accepted id for the window, per queue and scope, as SQS does.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from copy import deepcopy
 from typing import Any
@@ -26,6 +33,8 @@ from moto.sqs import models
 # How often a waiting FIFO long poll looks again: a held group comes back when its visibility runs
 # out, which no request announces.
 POLL_SECONDS = 0.05
+# SQS's deduplication interval.
+DEDUPLICATION_SECONDS = 300
 
 
 def install() -> None:
@@ -50,6 +59,46 @@ def install() -> None:
         )
 
     models.SQSBackend.receive_message = receive_message  # type: ignore[method-assign]
+
+    moto_add = models.Queue.add_message
+
+    def add_message(self: models.Queue, message: models.Message) -> None:
+        if not self.fifo_queue:
+            moto_add(self, message)
+        elif not_a_repeat(self, message):
+            # moto's own add would compare the id again, across groups: appended as it appends. (Its
+            # Lambda event source mappings, which it would also run, are not used here.)
+            with self._messages_lock:
+                self._messages.append(message)
+                self._messages_lock.notify_all()
+
+    models.Queue.add_message = add_message  # type: ignore[method-assign]
+
+
+# Per queue (by ARN): {(group or "", deduplication id): when SQS accepted it, epoch ms}.
+_accepted: dict[str, dict[tuple[str, str], int]] = {}
+_accepted_lock = threading.Lock()
+
+
+def not_a_repeat(queue: models.Queue, message: models.Message) -> bool:
+    """True when ``message`` is to be queued; False when SQS would drop it as a repeat of one it
+    accepted less than DEDUPLICATION_SECONDS ago (its sender is still told it was sent, as by SQS)."""
+    if not message.deduplication_id:
+        return True
+    per_group = queue.attributes.get("DeduplicationScope") == "messageGroup"
+    key = (message.group_id or "" if per_group else "", message.deduplication_id)
+    now = int(unix_time_millis())
+    window_ms = DEDUPLICATION_SECONDS * 1000
+    with _accepted_lock:
+        seen = _accepted.setdefault(queue.queue_arn, {})
+        if len(seen) > 10_000:  # forget ids past the window now and then: a long serve sends many
+            for stale in [k for k, at in seen.items() if now - at >= window_ms]:
+                del seen[stale]
+        first = seen.get(key)
+        if first is not None and now - first < window_ms:
+            return False
+        seen[key] = now
+    return True
 
 
 def receive_fifo(
