@@ -1,11 +1,13 @@
 """``make bench`` (latency): what the relay adds to a live-chat message, and what the batching window
 trades for it (issue 11, point 3).
 
-The local stack with the demo's fixtures (one integration, two targets) and the template's settings but
-for the dispatcher's batching window, which is the variable: 0 (the default) and 1 s (the default
-before); the dispatchers in worker processes, MaximumConcurrency of them, warm before the clock (as
-under steady traffic: each started, invoked once, and past 30 warm-up events; ``relay local demo``
-runs the fast lane in process and counts its cold start).
+The local stack with the demo's fixtures (one integration, two targets) and the template's settings:
+``first_hop``, the default (first attempts on the FIFO first hop, which takes no batching window), then
+the DeliveryQueue as the first attempts' queue (``IntakeDeduplication=table``) with the dispatcher's
+batching window as the variable: 0 and 1 s (the default before issue 11); the dispatchers in worker
+processes, MaximumConcurrency of them, warm before the clock (as under steady traffic: each started,
+invoked once, and past 30 warm-up events; ``relay local demo`` runs the fast lane in process and
+counts its cold start).
 Signed sample events go through the intake at 10 per second (``--rate``), ``--events`` of them per
 window. Per delivery (relay.local.latency):
 
@@ -46,9 +48,15 @@ TARGETS = {"relay_added_p50_ms": 150.0, "relay_added_p99_ms": 1000.0}
 WARM_UP_EVENTS = 30
 
 
-def measure(window: int, events: int, rate: float, log_dir: Path) -> dict[str, Any]:
-    with (log_dir / f"functions-window-{window}.log").open("w", encoding="utf-8") as log:
-        parameters = {"DispatcherBatchingWindowSeconds": str(window)}
+def measure(window: int | None, events: int, rate: float, log_dir: Path) -> dict[str, Any]:
+    """One variant: ``window`` None is the first hop; a number, the DeliveryQueue with that window."""
+    name = "first-hop" if window is None else f"window-{window}"
+    with (log_dir / f"functions-{name}.log").open("w", encoding="utf-8") as log:
+        parameters = (
+            {"IntakeDeduplication": "queue"}
+            if window is None
+            else {"IntakeDeduplication": "table", "DispatcherBatchingWindowSeconds": str(window)}
+        )
         with LocalStack(parameters=parameters, dispatcher_workers=True, function_output=log) as stack:
             stack.warm_up_dispatchers(slow_lane=True)
             # Each container's first deliveries load its targets and secrets (and derive the
@@ -81,14 +89,17 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description="relay-added latency in the local stack")
     parser.add_argument("--events", type=int, default=300, help="events per window (each to two targets)")
     parser.add_argument("--rate", type=float, default=10.0, help="events per second")
-    parser.add_argument("--windows", type=int, nargs="*", default=[0, 1], help="batching windows (s)")
+    parser.add_argument(
+        "--windows", type=int, nargs="*", default=[0, 1], help="DeliveryQueue batching windows (s)"
+    )
     args = parser.parse_args(argv)
     log_dir = Path(tempfile.mkdtemp(prefix="relay-latency-bench-"))
     started = time.time()
-    results: dict[str, Any] = {
-        f"window_{window}s": measure(window, args.events, args.rate, log_dir) for window in args.windows
-    }
-    default = results.get("window_0s")
+    results: dict[str, Any] = {"first_hop": measure(None, args.events, args.rate, log_dir)}
+    results.update(
+        {f"window_{window}s": measure(window, args.events, args.rate, log_dir) for window in args.windows}
+    )
+    default = results["first_hop"]
     if default is not None:
         results["targets"] = {
             **TARGETS,

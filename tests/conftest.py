@@ -50,9 +50,24 @@ def moto_endpoint() -> Iterator[str]:
 
 @pytest.fixture
 def aws_stack(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalResources]:
-    """Fresh queues, tables and bucket (unique prefix) and the functions' environment pointing at them."""
+    """Fresh queues, tables and bucket (unique prefix) and the functions' environment pointing at them,
+    with the intake deduplicating on the IdempotencyTable (IntakeDeduplication=table): its tasks go to
+    the DeliveryQueue, as most adapter tests expect. ``first_hop_stack``: the template's default."""
+    yield from _fresh_stack(moto_endpoint, monkeypatch, {"IntakeDeduplication": "table"})
+
+
+@pytest.fixture
+def first_hop_stack(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalResources]:
+    """As ``aws_stack``, with the intake sending to the FIFO first hop (IntakeDeduplication=queue)."""
+    yield from _fresh_stack(moto_endpoint, monkeypatch, {"IntakeDeduplication": "queue"})
+
+
+def _fresh_stack(
+    moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, parameters: dict[str, str]
+) -> Iterator[LocalResources]:
     prefix = f"t{os.getpid()}-{next(_prefixes)}"
-    resources = create_resources(load_template(parameters={"Stage": "local"}), moto_endpoint, prefix)
+    template = load_template(parameters={"Stage": "local", **parameters})
+    resources = create_resources(template, moto_endpoint, prefix)
     for name, value in resources.env.items():
         monkeypatch.setenv(name, value)
     forget_cached_configuration()

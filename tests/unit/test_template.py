@@ -35,18 +35,21 @@ FUNCTIONS = (
     "SlowDispatcherFunction",
     "ConfigSyncFunction",
     "OrderedDispatcherFunction",
+    "FirstHopDispatcherFunction",
 )
-# Each dispatcher (the fast lane, the slow lane, the ordered lane) and the queue it consumes.
+# Each dispatcher (the fast lane, its first hop, the slow lane, the ordered lane) and the queue it consumes.
 DISPATCHERS = {
     "DispatcherFunction": "DeliveryQueue",
     "SlowDispatcherFunction": "SlowDeliveryQueue",
     "OrderedDispatcherFunction": "OrderedDeliveryQueue",
+    "FirstHopDispatcherFunction": "FirstHopQueue",
 }
 # Each consumed queue and the dead-letter queue it redrives to (a FIFO queue needs a FIFO one).
 DEAD_LETTER_QUEUES = {
     "DeliveryQueue": "DeadLetterQueue",
     "SlowDeliveryQueue": "DeadLetterQueue",
     "OrderedDeliveryQueue": "OrderedDeadLetterQueue",
+    "FirstHopQueue": "FirstHopDeadLetterQueue",
 }
 
 
@@ -197,6 +200,7 @@ def test_the_fleet_is_bounded_by_every_lanes_maximum_concurrency(template: Templ
         ("DispatcherFunction", "DispatcherMaximumConcurrency"),
         ("SlowDispatcherFunction", "SlowDispatcherMaximumConcurrency"),
         ("OrderedDispatcherFunction", "OrderedDispatcherMaximumConcurrency"),
+        ("FirstHopDispatcherFunction", "FirstHopDispatcherMaximumConcurrency"),
     ):
         props = raw.properties(dispatcher)
         scaling = [e["Properties"]["ScalingConfig"] for e in props["Events"].values() if e["Type"] == "SQS"]
@@ -394,6 +398,7 @@ def test_audit_bucket_lifecycle_expires_both_prefixes_and_their_old_versions(raw
         ("DeliveryQueue", "DeadLetterQueue"),
         ("SlowDeliveryQueue", "DeadLetterQueue"),
         ("OrderedDeliveryQueue", "OrderedDeadLetterQueue"),
+        ("FirstHopQueue", "FirstHopDeadLetterQueue"),
     ):
         days = sum(int(resolved(raw, q)["MessageRetentionPeriod"]) / 86400 for q in (queue, dead_letters))
         assert int(rules["events/"]["ExpirationInDays"]) >= days + 7, (queue, dead_letters)
@@ -598,10 +603,12 @@ def test_only_the_fast_lane_may_send_to_the_slow_lane(raw: Template) -> None:
         }
 
     assert sends_to("DispatcherFunction") == {"DeliveryQueue", "DeadLetterQueue", "SlowDeliveryQueue"}
+    # The first hop is the fast lane: it re-sends to the DeliveryQueue (a FIFO queue takes no delay).
+    assert sends_to("FirstHopDispatcherFunction") == {"DeliveryQueue", "DeadLetterQueue", "SlowDeliveryQueue"}
     assert sends_to("SlowDispatcherFunction") == {"SlowDeliveryQueue", "DeadLetterQueue"}
     # An ordered record is held, never re-sent: not to the slow lane either.
     assert sends_to("OrderedDispatcherFunction") == {"OrderedDeadLetterQueue"}
-    assert sends_to("IntakeFunction") == {"DeliveryQueue", "OrderedDeliveryQueue"}
+    assert sends_to("IntakeFunction") == {"DeliveryQueue", "OrderedDeliveryQueue", "FirstHopQueue"}
 
 
 # --- API, schedule, logs, alarms --------------------------------------------------------------------
@@ -680,6 +687,8 @@ def test_outputs_name_the_api_queues_tables_and_bucket(raw: Template) -> None:
         "DeadLetterQueue",
         "OrderedDeliveryQueue",
         "OrderedDeadLetterQueue",
+        "FirstHopQueue",
+        "FirstHopDeadLetterQueue",
         "TargetsTable",
         "BreakerTable",
         "IdempotencyTable",
@@ -731,6 +740,7 @@ SHIFTED_RELEASES = (
     "DispatcherFunction",
     "SlowDispatcherFunction",
     "OrderedDispatcherFunction",
+    "FirstHopDispatcherFunction",
 )
 # The bugs each handler turns into an answer (a 500, a batch item failure) instead of a Lambda error:
 # the count (relay.logic.intake.metrics, relay.logic.dispatch.metrics) that rolls back, per release.
@@ -739,6 +749,7 @@ CRASH_METRIC = {
     "DispatcherFunction": "DeliveryCrashed",
     "SlowDispatcherFunction": "DeliveryCrashed",
     "OrderedDispatcherFunction": "DeliveryCrashed",
+    "FirstHopDispatcherFunction": "DeliveryCrashed",
 }
 
 
@@ -972,6 +983,7 @@ PARKING_QUEUES = (
     "IntakeFailureQueue",
     "EventBridgeDeadLetterQueue",
     "OrderedDeadLetterQueue",
+    "FirstHopDeadLetterQueue",
 )
 
 
@@ -1111,22 +1123,29 @@ def ordered_event(template: Template) -> dict[str, Any]:
     return dict(sqs)
 
 
-def test_the_ordered_queue_is_a_high_throughput_fifo_queue_redriving_to_a_fifo_dlq(
-    template: Template,
-) -> None:
-    queue = resolved(template, "OrderedDeliveryQueue")
-    dlq = resolved(template, "OrderedDeadLetterQueue")
-    for props in (queue, dlq):
-        assert props["FifoQueue"] is True
-        assert (props["DeduplicationScope"], props["FifoThroughputLimit"]) == (
+def high_throughput_fifo_queue(template: Template, queue: str, dead_letter_queue: str) -> dict[str, Any]:
+    """``queue``'s resolved properties, once it and ``dead_letter_queue`` are checked to be high-throughput
+    FIFO queues (deduplication and throughput per message group) kept 14 days, the first redriving to
+    the second (a FIFO queue needs a FIFO dead-letter queue)."""
+    props = resolved(template, queue)
+    for checked in (props, resolved(template, dead_letter_queue)):
+        assert checked["FifoQueue"] is True
+        assert (checked["DeduplicationScope"], checked["FifoThroughputLimit"]) == (
             "messageGroup",
             "perMessageGroupId",
         )
-        assert props["ContentBasedDeduplication"] is False  # deduplicated on the ids the relay sets
-        assert int(props["MessageRetentionPeriod"]) == FOURTEEN_DAYS
-    assert template.properties("OrderedDeliveryQueue")["RedrivePolicy"]["deadLetterTargetArn"] == {
-        "Fn::GetAtt": ["OrderedDeadLetterQueue", "Arn"]
+        assert checked["ContentBasedDeduplication"] is False  # deduplicated on the ids the relay sets
+        assert int(checked["MessageRetentionPeriod"]) == FOURTEEN_DAYS
+    assert template.properties(queue)["RedrivePolicy"]["deadLetterTargetArn"] == {
+        "Fn::GetAtt": [dead_letter_queue, "Arn"]
     }
+    return props
+
+
+def test_the_ordered_queue_is_a_high_throughput_fifo_queue_redriving_to_a_fifo_dlq(
+    template: Template,
+) -> None:
+    queue = high_throughput_fifo_queue(template, "OrderedDeliveryQueue", "OrderedDeadLetterQueue")
     # A held record is received again without an attempt: the backstop sits far above any retry matrix.
     assert int(queue["RedrivePolicy"]["maxReceiveCount"]) >= 100 > largest_planned_attempts()
     timeout = int(resolved(template, ORDERED)["Timeout"])
@@ -1192,7 +1211,7 @@ def test_the_intake_may_send_to_the_ordered_queue_and_knows_it(raw: Template) ->
 def test_the_eventbridge_redrive_permissions_name_every_queue_the_intake_sends_to(raw: Template) -> None:
     # `relay dlq redrive --queue eventbridge|intake-failures` runs the intake in-process with the
     # operator's credentials: an ordered target's task goes to the OrderedDeliveryQueue, which the
-    # operator's permission list (docs/operations-dlq.md) once left out.
+    # operator's permission list (docs/operations-dlq.md) once left out; so is the FirstHopQueue.
     sends = {
         p["SQSSendMessagePolicy"]["QueueName"]["Fn::GetAtt"][0]
         for p in raw.properties("IntakeFunction")["Policies"]
@@ -1201,7 +1220,7 @@ def test_the_eventbridge_redrive_permissions_name_every_queue_the_intake_sends_t
     text = (TEMPLATE.parent / "docs" / "operations-dlq.md").read_text()
     section = text.split("## 4. Permissions an operator needs", 1)[1].split("\n## ", 1)[0]
     intake_part = section.split("what the intake", 1)[1]
-    assert sends == {"DeliveryQueue", "OrderedDeliveryQueue"}
+    assert sends == {"DeliveryQueue", "OrderedDeliveryQueue", "FirstHopQueue"}
     assert all(re.search(rf"\b{queue}\b", intake_part) for queue in sends), intake_part
 
 
@@ -1212,3 +1231,73 @@ def test_the_attempts_table_expires_its_counters_after_the_queue_has_let_go(raw:
     assert props["KeySchema"] == [{"AttributeName": "messageId", "KeyType": "HASH"}]
     assert props["TimeToLiveSpecification"] == {"AttributeName": "expiresAt", "Enabled": True}
     assert RECORD_TTL_SECONDS > int(resolved(raw, "OrderedDeliveryQueue")["MessageRetentionPeriod"])
+
+
+# --- the intake's first hop (IntakeDeduplication queue; docs/intake.md, "No write at all") ---------------
+FIRST_HOP = "FirstHopDispatcherFunction"
+
+
+def test_the_first_hop_is_a_high_throughput_fifo_queue_redriving_to_a_fifo_dlq(template: Template) -> None:
+    # SQS drops a repeat of a delivery id (its deduplication id and its group) within 5 minutes, per group.
+    high_throughput_fifo_queue(template, "FirstHopQueue", "FirstHopDeadLetterQueue")
+    # The DeliveryQueue's backstop: the first hop's records are retried as the DeliveryQueue's are, and
+    # the dispatcher plans its attempts below it (MAX_RECEIVE_COUNT, the same parameter).
+    assert (
+        template.properties("FirstHopQueue")["RedrivePolicy"]["maxReceiveCount"]
+        == template.properties("DeliveryQueue")["RedrivePolicy"]["maxReceiveCount"]
+        == {"Ref": "MaxReceiveCount"}
+    )
+
+
+def test_the_first_hop_event_source_takes_what_a_fifo_event_source_takes(template: Template) -> None:
+    # At most 10 records per batch and no batching window (Lambda refuses both on a FIFO queue).
+    (name,) = [n for n, e in template.properties(FIRST_HOP)["Events"].items() if e["Type"] == "SQS"]
+    assert name == "FirstHopDeliveries"
+    event = sqs_event(template, FIRST_HOP)
+    assert template.properties(FIRST_HOP)["Events"][name]["Properties"]["Queue"] == {
+        "Fn::GetAtt": ["FirstHopQueue", "Arn"]
+    }
+    assert 1 <= int(event["BatchSize"]) <= 10
+    assert "MaximumBatchingWindowInSeconds" not in event
+    assert event["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+
+
+def test_the_intake_sends_to_the_first_hop_only_when_it_deduplicates_there(raw: Template) -> None:
+    declared = raw.document["Parameters"]["IntakeDeduplication"]
+    assert (declared["Default"], sorted(declared["AllowedValues"])) == ("queue", ["queue", "table"])
+    # By default the intake sends first attempts to the FIFO first hop (and may: SQSSendMessagePolicy).
+    assert raw.condition("DeduplicateOnQueue") is True
+    environment = raw.function("IntakeFunction").environment
+    assert environment["FIRST_HOP_QUEUE_URL"] == raw.ref("FirstHopQueue")
+    # In table mode the variable is left out (AWS::NoValue, which the local reader resolves to ""), and
+    # the IdempotencyTable's claim and answer stay what they are.
+    table = with_parameters({"IntakeDeduplication": "table"})
+    assert table.condition("DeduplicateOnQueue") is False
+    assert table.properties("IntakeFunction")["Environment"]["Variables"]["FIRST_HOP_QUEUE_URL"] == {
+        "Fn::If": ["DeduplicateOnQueue", {"Ref": "FirstHopQueue"}, {"Ref": "AWS::NoValue"}]
+    }
+    table_environment = table.function("IntakeFunction").environment
+    assert not table_environment.get("FIRST_HOP_QUEUE_URL")
+    assert table_environment["IDEMPOTENCY_TABLE"] == environment["IDEMPOTENCY_TABLE"]
+    assert table_environment["DELIVERY_QUEUE_URL"] == environment["DELIVERY_QUEUE_URL"]
+
+
+def test_the_first_hop_dispatcher_is_the_fast_lane_receiving_from_the_first_hop(raw: Template) -> None:
+    fast, first_hop = raw.function("DispatcherFunction"), raw.function(FIRST_HOP)
+    handler = (first_hop.code_dir / f"{first_hop.handler_module}.py").read_text()
+    assert "container_dispatcher().handle_batch(" in handler  # the dispatcher's engine, wired the same way
+    assert first_hop.timeout_seconds == fast.timeout_seconds
+    # It receives from the FIFO first hop (retries change visibility there), re-sends deferrals to the
+    # standard DeliveryQueue (a FIFO queue takes no per-message delay), and is marked as the first hop.
+    assert first_hop.environment["DELIVERY_QUEUE_URL"] == raw.ref("FirstHopQueue")
+    assert first_hop.environment["REQUEUE_QUEUE_URL"] == raw.ref("DeliveryQueue")
+    assert first_hop.environment["FIRST_HOP"] == "true"
+    assert first_hop.environment["DISPATCH_LANE"] == fast.environment["DISPATCH_LANE"] == "fast"
+    # Everything else is the fast lane's: the same targets, breaker, audit, slow lane and DLQ.
+    own = {"DELIVERY_QUEUE_URL", "REQUEUE_QUEUE_URL", "FIRST_HOP"}
+    shared = {k: v for k, v in first_hop.environment.items() if k not in own}
+    assert shared == {k: v for k, v in fast.environment.items() if k not in own}, (
+        "the first hop's settings drifted from the fast lane's"
+    )
+    # The DispatcherFunction keeps the DeliveryQueue (retries re-sent, redrives, replays, table mode).
+    assert fast.environment["DELIVERY_QUEUE_URL"] == raw.ref("DeliveryQueue")

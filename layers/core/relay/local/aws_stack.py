@@ -140,6 +140,9 @@ class LocalResources:
     # The ordered lane's FIFO queues ("" when the template has none).
     ordered_queue_url: str = ""
     ordered_dead_letter_queue_url: str = ""
+    # The intake's FIFO first hop and its FIFO dead-letter queue ("" when the template has none).
+    first_hop_queue_url: str = ""
+    first_hop_dead_letter_queue_url: str = ""
 
     def function(self, logical_id: str) -> FunctionSpec:
         return self.template.function(logical_id)
@@ -179,6 +182,8 @@ def create_resources(template: Template, endpoint_url: str, prefix: str) -> Loca
         env=env,
         ordered_queue_url=_ref_if_any(template, "OrderedDeliveryQueue"),
         ordered_dead_letter_queue_url=_ref_if_any(template, "OrderedDeadLetterQueue"),
+        first_hop_queue_url=_ref_if_any(template, "FirstHopQueue"),
+        first_hop_dead_letter_queue_url=_ref_if_any(template, "FirstHopDeadLetterQueue"),
     )
 
 
@@ -195,15 +200,16 @@ def deployment_environment(template: Template) -> dict[str, str]:
     """The union of the functions' environments (they agree on shared names): what the operator tools,
     the tests and the benchmarks see as the deployment's settings.
 
-    The slow lane's dispatcher is left out: its ``DELIVERY_QUEUE_URL`` (its own queue) and
-    ``DISPATCH_LANE`` describe its lane, not the deployment; the intake and the fast lane name the
-    DeliveryQueue. So are the AWS call bounds (``FUNCTION_AWS_CALL_BOUNDS``): each function sets its
-    own to fit its timeout, and an operator tool, which no Lambda timeout limits, runs on the defaults
-    locally as it does against AWS (its long polls need a read timeout longer than their wait)."""
+    The slow lane's and the first hop's dispatchers are left out: their ``DELIVERY_QUEUE_URL`` (their own
+    queue), ``DISPATCH_LANE`` and ``FIRST_HOP`` describe their lane, not the deployment; the intake and
+    the fast lane name the DeliveryQueue. So are the AWS call bounds (``FUNCTION_AWS_CALL_BOUNDS``):
+    each function sets its own to fit its timeout, and an operator tool, which no Lambda timeout
+    limits, runs on the defaults locally as it does against AWS (its long polls need a read timeout
+    longer than their wait)."""
     env: dict[str, str] = {}
     for logical_id in template.resources_of_type("AWS::Serverless::Function"):
         environment = template.function(logical_id).environment
-        if environment.get("DISPATCH_LANE", "fast") != "fast":
+        if environment.get("DISPATCH_LANE", "fast") != "fast" or environment.get("FIRST_HOP") == "true":
             continue
         for name, value in environment.items():
             if name in FUNCTION_AWS_CALL_BOUNDS:

@@ -14,15 +14,16 @@ Genesys Cloud API serving the rewritten fixtures, one config-sync run against it
 DynamoDB and Secrets Manager the way they do in AWS), the EventBridge stand-in (the template's rules and
 Lambda's asynchronous invocation of the intake), the HTTP API adapter (which also serves EventBridge's
 PutEvents at ``<api>/eventbridge/events``), and an SQS poller per dispatcher, each with its event
-source's settings: the fast lane's (DeliveryQueue), the slow lane's (SlowDeliveryQueue) and the ordered
-lane's (OrderedDeliveryQueue, FIFO).
+source's settings: the fast lane's (the FIFO FirstHopQueue, where the intake sends first attempts with
+the template's default IntakeDeduplication=queue, and the DeliveryQueue, where re-sent records go), the
+slow lane's (SlowDeliveryQueue) and the ordered lane's (OrderedDeliveryQueue, FIFO).
 ``stop()`` undoes it in reverse order.
 
 The slow lane's dispatcher always runs in worker processes (relay.local.function_worker), spawned when
 it first has records: it runs the fast lane's handler module, and an in-process handler module is one
 container, so sharing it would make the two lanes wait for each other, the very thing the slow lane
-is for. The fast lane and the ordered lane (its own handler directory, so its own module state) run
-in this process unless ``dispatcher_workers``.
+is for. The fast lane's two and the ordered lane (each its own handler directory, so its own module
+state) run in this process unless ``dispatcher_workers``.
 
 Each function runs with its own ``Settings``, made from its template environment plus the local-mode
 settings (moto's endpoint, dummy credentials, loopback targets) and ``environment`` overrides: in this
@@ -78,6 +79,7 @@ STACK_NAME = "relay-local"  # the CloudFormation stack the local resources are r
 DISPATCHER = "DispatcherFunction"
 SLOW_DISPATCHER = "SlowDispatcherFunction"
 ORDERED_DISPATCHER = "OrderedDispatcherFunction"  # the ordered lane's (FIFO) dispatcher
+FIRST_HOP_DISPATCHER = "FirstHopDispatcherFunction"  # the fast lane's dispatcher on the FIFO first hop
 # SQS's counts of a queue's messages, by what ``pending()`` calls them.
 _PENDING_ATTRIBUTES = {
     "ApproximateNumberOfMessages": "visible",
@@ -123,7 +125,13 @@ class LocalStack:
         self.dispatcher_workers = dispatcher_workers
         self.function_output = function_output
         self.keep_received = keep_received
+        # The dispatcher of the intake's first attempts, and its poller: the first hop's
+        # (FirstHopDispatcherFunction) when the intake sends there (IntakeDeduplication=queue), else the
+        # DeliveryQueue's (DispatcherFunction). What the demo, the benchmarks and the chaos run watch.
         self.dispatcher: LocalFunction | None = None
+        # The DeliveryQueue's, when the first hop takes the first attempts: its re-sent records.
+        self.requeue_dispatcher: LocalFunction | None = None
+        self.requeue_poller: SqsPoller | None = None
         self.slow_dispatcher: LocalFunction | None = None  # always in worker processes (see above)
         self.api_port = api_port
         self.template_path = template_path
@@ -213,7 +221,11 @@ class LocalStack:
         self.api_url = self.api.start()
         self._exit.callback(self.api.stop)
 
-        self.dispatcher, self.poller = self._start_consumer(self.template, DISPATCHER)
+        if self.environment.get("FIRST_HOP_QUEUE_URL") and FIRST_HOP_DISPATCHER in self.template.resources:
+            self.dispatcher, self.poller = self._start_consumer(self.template, FIRST_HOP_DISPATCHER)
+            self.requeue_dispatcher, self.requeue_poller = self._start_consumer(self.template, DISPATCHER)
+        else:
+            self.dispatcher, self.poller = self._start_consumer(self.template, DISPATCHER)
         if SLOW_DISPATCHER in self.template.resources:
             self.slow_dispatcher, self.slow_poller = self._start_consumer(
                 self.template, SLOW_DISPATCHER, workers=True
@@ -366,8 +378,10 @@ class LocalStack:
     # --- what the stack serves -------------------------------------------------------------------
     @property
     def pollers(self) -> list[SqsPoller]:
-        """Every running event source: the fast lane's, the slow lane's, the ordered lane's."""
-        return [p for p in (self.poller, self.slow_poller, self.ordered_poller) if p is not None]
+        """Every running event source: the fast lane's (the first hop's and the DeliveryQueue's), the
+        slow lane's, the ordered lane's."""
+        lanes = (self.poller, self.requeue_poller, self.slow_poller, self.ordered_poller)
+        return [p for p in lanes if p is not None]
 
     def warm_up_dispatchers(self, *, slow_lane: bool = False) -> None:
         """Start every container the fast lane's dispatcher may run (and the slow lane's, if asked)

@@ -153,7 +153,7 @@ def build_dispatcher(
 # ordered lane): on Lambda a container runs one of them, but the local stack runs them in one process,
 # and with room for one each evicted and closed the other's dispatcher while its invocation ran
 # ("cannot schedule new futures after shutdown").
-DISPATCHER_FUNCTIONS = 3
+DISPATCHER_FUNCTIONS = 4
 _dispatchers: PerSettings[Dispatcher] = PerSettings(DISPATCHER_FUNCTIONS, close=Dispatcher.close)
 
 
