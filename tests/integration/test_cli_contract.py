@@ -443,6 +443,19 @@ CASES = {
         "relay dlq redrive",
         r"^--rate paces only SQS's move task, which this redrive never starts \(--queue ordered re-sends",
     ),
+    "rate on the first-hop queue": Case(
+        ("dlq", "redrive", "--queue", "first-hop", "--rate", "5", "--dry-run"),
+        USAGE,
+        "relay dlq redrive",
+        r"never starts \(--queue first-hop re-sends, each letter under a fresh deduplication id, unless "
+        r"--method move-task\)$",
+    ),
+    "task filter on an event queue": Case(
+        ("dlq", "redrive", "--queue", "intake-failures", "--reason", "poison"),
+        USAGE,
+        "relay dlq redrive",
+        r"^--reason applies only to --queue delivery, ordered or first-hop$",
+    ),
     "rate with resend": Case(
         ("dlq", "redrive", "--method", "resend", "--rate", "5"),
         USAGE,
@@ -644,6 +657,12 @@ CASES = {
     ),
     "dlq without its queue": Case(
         ("dlq", "list"), FAILED, "relay dlq list", "ConfigurationError: setting DEAD_LETTER_QUEUE_URL"
+    ),
+    "first-hop dlq without its queue": Case(
+        ("dlq", "list", "--queue", "first-hop"),
+        FAILED,
+        "relay dlq list",
+        "^ConfigurationError: setting FIRST_HOP_DEAD_LETTER_QUEUE_URL is required",
     ),
     "dlq queue that does not exist": Case(
         ("dlq", "list", "--dlq-url", "{missing_queue}"),

@@ -483,7 +483,7 @@ def test_the_eventbridge_dlq_is_discarded_by_event_id_or_all_and_takes_no_task_f
     code, _, err = run_cli(
         capsys, "discard", "--queue", "eventbridge", "--target", "t-1", "--save", str(save)
     )
-    assert code == 2 and "--target applies only to --queue delivery or ordered" in err
+    assert code == 2 and "--target applies only to --queue delivery, ordered or first-hop" in err
 
     # When the operator discards one by its message id, then the rest with --all
     code, out, _ = run_cli(

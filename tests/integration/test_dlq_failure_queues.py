@@ -318,7 +318,9 @@ def test_delivery_only_options_are_refused_for_the_failure_queues(
     code, _, err = run_cli(capsys, "redrive", "--queue", "eventbridge", "--target", "t", "--method", "resend")
 
     assert code == 2
-    assert err == "relay dlq redrive: --target, --method apply only to --queue delivery or ordered\n"
+    assert err == (
+        "relay dlq redrive: --target, --method apply only to --queue delivery, ordered or first-hop\n"
+    )
     assert len(drain(queues.eventbridge)) == 1
 
 

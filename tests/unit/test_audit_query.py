@@ -22,6 +22,7 @@ from test_template import BASE, ROOT, resolved, with_parameters
 
 from relay.adapters.audit import audit_key
 from relay.cli.deliveries_cmd import TIMELINE_QUERY_OUTPUT, WORKGROUP_OUTPUT
+from relay.cli.dlq_cmd import DESTINATION_OUTPUTS
 from relay.cli.stack_option import OUTPUT_SETTINGS
 from relay.local.aws_stack import deployment_environment
 from relay.logic.deliveries.lookup import find_events
@@ -316,7 +317,7 @@ def test_archive_enabled_reaches_the_dispatchers_settings(value: str, enabled: b
 
 def test_every_output_the_operator_commands_read_is_in_the_template() -> None:
     outputs = BASE.document["Outputs"]
-    read = {*OUTPUT_SETTINGS, WORKGROUP_OUTPUT, TIMELINE_QUERY_OUTPUT}
+    read = {*OUTPUT_SETTINGS, *DESTINATION_OUTPUTS.values(), WORKGROUP_OUTPUT, TIMELINE_QUERY_OUTPUT}
     assert read <= set(outputs), f"the CLI reads outputs the template lacks: {read - set(outputs)}"
     # and each names the resource the setting it replaces names for the functions
     functions = deployment_environment(BASE)

@@ -131,6 +131,10 @@ class Settings(BaseModel):
     # unordered targets go there, each its own message group, deduplicated by SQS on the delivery id,
     # and the intake writes no idempotency record (template parameter IntakeDeduplication=queue).
     first_hop_queue_url: str | None = Field(None, alias="FIRST_HOP_QUEUE_URL")
+    # Its FIFO dead-letter queue, where SQS's redrive backstop moves a first-hop record the dispatcher
+    # never finished with (stack output FirstHopDeadLetterQueueUrl): read only by
+    # `relay dlq --queue first-hop`, which redrives its letters to FIRST_HOP_QUEUE_URL.
+    first_hop_dead_letter_queue_url: str | None = Field(None, alias="FIRST_HOP_DEAD_LETTER_QUEUE_URL")
     # Set on the dispatcher that consumes the first hop (its DELIVERY_QUEUE_URL): its records' message
     # groups are single deliveries, not conversations, so they take the standard path; and since a FIFO
     # queue takes no per-message delay, deferrals are re-sent to REQUEUE_QUEUE_URL (the DeliveryQueue).

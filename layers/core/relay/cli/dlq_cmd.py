@@ -3,9 +3,10 @@
 
 ``--queue`` picks the queue: ``delivery`` (the DeadLetterQueue: tasks go back to the delivery queue),
 ``ordered`` (the OrderedDeadLetterQueue, FIFO: tasks go back to the ordered queue, each conversation's
-in order), ``eventbridge`` (the Genesys rule's dead-letter queue) or ``intake-failures`` (the intake's
-on-failure destination); the events of those two go back through the intake's EventBridge path,
-in-process.
+in order), ``first-hop`` (the FirstHopDeadLetterQueue, FIFO, where SQS's redrive backstop moves
+first-hop records: tasks go back to the first hop, each in its own message group), ``eventbridge`` (the
+Genesys rule's dead-letter queue) or ``intake-failures`` (the intake's on-failure destination); the
+events of those two go back through the intake's EventBridge path, in-process.
 
 Only ids, reasons, counts, and status and error codes are printed: event bodies may hold customer messages.
 
@@ -29,7 +30,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from relay.cli.arguments import positive_int, whole_number_up_to
 from relay.cli.exit_codes import ExitCode, Interrupted, NeedsAttention, UsageError
-from relay.cli.stack_option import STACK_OPTION
+from relay.cli.stack_option import STACK_OPTION, stack_output
 from relay.cli.terminal import format_table, visible_lines
 
 if TYPE_CHECKING:
@@ -37,19 +38,29 @@ if TYPE_CHECKING:
 
 DELIVERY = "delivery"
 ORDERED = "ordered"
+FIRST_HOP = "first-hop"
 # The queues whose messages are DeliveryTasks, and the queue each one's tasks go back to.
-TASK_QUEUES = {DELIVERY: "delivery_queue_url", ORDERED: "ordered_queue_url"}
-QUEUES = (DELIVERY, ORDERED, "eventbridge", "intake-failures")
-# The setting naming each queue's URL (the stack outputs DeadLetterQueueUrl, EventBridgeDeadLetterQueueUrl,
-# IntakeFailureQueueUrl).
+TASK_QUEUES = {DELIVERY: "delivery_queue_url", ORDERED: "ordered_queue_url", FIRST_HOP: "first_hop_queue_url"}
+# The FIFO ones among them: a scan holding a letter sees no more of its message group, and a redrive
+# re-sends unless --method move-task. An ordered DLQ's groups are conversations; the first hop's are
+# single deliveries (its letters are listed, filtered and moved like the delivery DLQ's).
+FIFO_QUEUES = (ORDERED, FIRST_HOP)
+QUEUES = (DELIVERY, ORDERED, FIRST_HOP, "eventbridge", "intake-failures")
+# Where --stack-name names a task queue's destination when no setting stands for it (stack_option).
+DESTINATION_OUTPUTS = {FIRST_HOP: "FirstHopQueueUrl"}
+# The setting naming each queue's URL (the stack outputs DeadLetterQueueUrl, OrderedDeadLetterQueueUrl,
+# FirstHopDeadLetterQueueUrl, EventBridgeDeadLetterQueueUrl, IntakeFailureQueueUrl).
 QUEUE_URL_SETTINGS = {
     DELIVERY: "dead_letter_queue_url",
     ORDERED: "ordered_dead_letter_queue_url",
+    FIRST_HOP: "first_hop_dead_letter_queue_url",
     "eventbridge": "eventbridge_dead_letter_queue_url",
     "intake-failures": "intake_failure_queue_url",
 }
-# redrive options that only make sense for DeliveryTask messages (--queue delivery or ordered).
+# redrive options that only make sense for DeliveryTask messages (--queue delivery, ordered or first-hop).
 DELIVERY_ONLY = {"target": "--target", "integration": "--integration", "reason": "--reason", "rate": "--rate"}
+# How a refusal names the queues those options apply to.
+TASK_QUEUES_NAMED = f"--queue {DELIVERY}, {ORDERED} or {FIRST_HOP}"
 
 
 def register(subparsers: Any) -> None:
@@ -62,13 +73,14 @@ def register(subparsers: Any) -> None:
         choices=QUEUES,
         default=DELIVERY,
         help="delivery: the DeadLetterQueue (default); ordered: the OrderedDeadLetterQueue (FIFO); "
+        "first-hop: the FirstHopDeadLetterQueue (FIFO: first-hop records the redrive backstop moved); "
         "eventbridge: the Genesys rule's dead-letter queue; "
         "intake-failures: the intake's on-failure destination",
     )
     common.add_argument(
         "--dlq-url",
         help="URL of the queue --queue names (default: DEAD_LETTER_QUEUE_URL, ORDERED_DEAD_LETTER_QUEUE_URL, "
-        "EVENTBRIDGE_DEAD_LETTER_QUEUE_URL or INTAKE_FAILURE_QUEUE_URL)",
+        "FIRST_HOP_DEAD_LETTER_QUEUE_URL, EVENTBRIDGE_DEAD_LETTER_QUEUE_URL or INTAKE_FAILURE_QUEUE_URL)",
     )
     common.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     common.add_argument(
@@ -91,27 +103,32 @@ def register(subparsers: Any) -> None:
     redrive = sub.add_parser(
         "redrive",
         parents=[common],
-        help="move DLQ messages back to the delivery queue, or failed events back through the intake",
+        help="move DLQ messages back to the queue they came from, or failed events back through the intake",
     )
     redrive.add_argument(
         "--queue-url",
-        help="where tasks are queued (default: DELIVERY_QUEUE_URL, or ORDERED_QUEUE_URL for --queue ordered)",
+        help="where tasks are queued (default: DELIVERY_QUEUE_URL; ORDERED_QUEUE_URL for --queue ordered; "
+        "FIRST_HOP_QUEUE_URL, or the stack's output FirstHopQueueUrl with --stack-name, for --queue "
+        "first-hop)",
     )
     redrive.add_argument(
-        "--target", action="append", metavar="TARGET_ID", help="only this target (repeatable; delivery)"
+        "--target",
+        action="append",
+        metavar="TARGET_ID",
+        help="only this target (repeatable; delivery, ordered, first-hop)",
     )
     redrive.add_argument(
         "--integration",
         action="append",
         metavar="INTEGRATION_ID",
-        help="only this integration (repeatable; delivery)",
+        help="only this integration (repeatable; delivery, ordered, first-hop)",
     )
     redrive.add_argument(
         "--reason",
         action="append",
         metavar="REASON",
-        help="only this reason (repeatable; delivery): exhausted, permanent-status, target-gone, poison, "
-        "unknown-target, target-disabled, claim-check-missing, redrive-backstop",
+        help="only this reason (repeatable; delivery, ordered, first-hop): exhausted, permanent-status, "
+        "target-gone, poison, unknown-target, target-disabled, claim-check-missing, redrive-backstop",
     )
     redrive.add_argument("--dry-run", action="store_true", help="show what would move; move nothing")
     redrive.add_argument(
@@ -119,7 +136,8 @@ def register(subparsers: Any) -> None:
         choices=("auto", "move-task", "resend"),
         default="auto",
         help="delivery: auto: SQS move task when nothing is filtered or bounded, else re-send "
-        "(ordered: always re-send, each conversation in the order it was accepted); "
+        "(ordered: always re-send, each conversation in the order it was accepted; first-hop: always "
+        "re-send, each letter with a fresh deduplication id); "
         "resend: always re-send (fresh attempt counters); move-task: fail if SQS lacks it",
     )
     redrive.add_argument(
@@ -127,7 +145,7 @@ def register(subparsers: Any) -> None:
         type=whole_number_up_to(500, "SQS moves at most 500 messages a second"),
         metavar="PER_SECOND",
         help="move task rate limit (max 500): only where a move task may run, unfiltered and unbounded "
-        "(delivery; ordered with --method move-task); refused where the redrive re-sends",
+        "(delivery; ordered and first-hop with --method move-task); refused where the redrive re-sends",
     )
     redrive.set_defaults(func=_redrive)
 
@@ -208,6 +226,15 @@ def _settings_url(explicit: str | None, field: str) -> str:
 def queue_url_of(args: argparse.Namespace) -> str:
     """The URL of the queue ``--queue`` names: ``--dlq-url``, or its setting."""
     return _settings_url(args.dlq_url, QUEUE_URL_SETTINGS[args.queue])
+
+
+def destination_of(args: argparse.Namespace) -> str:
+    """Where ``redrive`` sends the tasks of the queue ``--queue`` names: ``--queue-url``; with
+    ``--stack-name``, the first hop's from the stack's output; else the setting."""
+    output = DESTINATION_OUTPUTS.get(args.queue)
+    if not args.queue_url and output and getattr(args, "stack_name", None):
+        return stack_output(args, output, why=f"redrive --queue {args.queue}")
+    return _settings_url(args.queue_url, TASK_QUEUES[args.queue])
 
 
 # JSON document, table text, and what needs the operator's attention (None: everything done)
@@ -315,8 +342,8 @@ def _list(args: argparse.Namespace) -> int:
             f"{table(document['groups'])}\n\n"
             f"{scanned} scanned{limited}; SQS reports about {report.depth} in the queue."
         )
-        if args.queue == ORDERED and not report.limited:
-            text += behind_shown(document, report.depth, report.scanned)
+        if args.queue in FIFO_QUEUES and not report.limited:
+            text += behind_shown(document, report.depth, report.scanned, args.queue)
         return document, text, None
 
     # A list moves nothing: its Ctrl-C says only that what it read is visible again.
@@ -351,7 +378,7 @@ def _redrive(args: argparse.Namespace) -> int:
         result = redrive(
             sqs_queues(get_settings()),
             queue_url_of(args),
-            _settings_url(args.queue_url, TASK_QUEUES[args.queue]),
+            destination_of(args),
             options,
             progress=line,
             stop=stop,
@@ -361,8 +388,8 @@ def _redrive(args: argparse.Namespace) -> int:
             print(f"relay dlq redrive: note: {document['fallbackReason']}", file=sys.stderr)
         attention = result.attention
         text = format_redrive(document)
-        if args.queue == ORDERED and args.dry_run and args.max is None:
-            text += behind_shown(document, result.depth, result.scanned)
+        if args.queue in FIFO_QUEUES and args.dry_run and args.max is None:
+            text += behind_shown(document, result.depth, result.scanned, args.queue)
         return document, text, attention
 
     return run_with_progress(args, work)
@@ -372,12 +399,18 @@ def _refuse_a_rate_nothing_paces(args: argparse.Namespace, options: RedriveOptio
     """--rate paces SQS's move task only. Where the run can never start one, accepting it would let the
     operator believe the re-send is paced: a usage error. (Where it may start one but SQS lacks it, the
     fallback's notice says the re-send is not paced.) A dry run is judged as the run it rehearses."""
-    if args.rate is None or replace(options, dry_run=False).wants_move_task(ordered=args.queue == ORDERED):
+    fifo = args.queue in FIFO_QUEUES
+    if args.rate is None or replace(options, dry_run=False).wants_move_task(ordered=fifo):
         return
     if options.method == "resend":
         why = "--method resend re-sends every message"
     elif args.queue == ORDERED:
         why = f"--queue {ORDERED} re-sends, in each conversation's order, unless --method move-task"
+    elif fifo:
+        why = (
+            f"--queue {args.queue} re-sends, each letter under a fresh deduplication id, "
+            "unless --method move-task"
+        )
     else:
         why = "a filter or --max re-sends the messages it picks"
     raise UsageError(f"--rate paces only SQS's move task, which this redrive never starts ({why})")
@@ -394,7 +427,7 @@ def _resubmit(args: argparse.Namespace) -> int:
     given += ["--method"] if args.method != "auto" else []
     if given:
         verb = "applies" if len(given) == 1 else "apply"
-        raise UsageError(f"{', '.join(given)} {verb} only to --queue {DELIVERY} or {ORDERED}")
+        raise UsageError(f"{', '.join(given)} {verb} only to {TASK_QUEUES_NAMED}")
     settings = get_settings()
     if args.queue_url:
         settings = settings.model_copy(update={"delivery_queue_url": args.queue_url})
@@ -493,19 +526,23 @@ def _age(seconds: int | None) -> str:
 
 
 def behind_shown(
-    document: dict[str, Any],
-    depth: int,
-    scanned: int,
-    then: str = "in their conversations, not counted above (a redrive moves them too, in order).",
+    document: dict[str, Any], depth: int, scanned: int, queue: str, then: str | None = None
 ) -> str:
-    """What a scan of the ordered (FIFO) DLQ cannot see (``behindShown`` in ``document``, and a note for
-    the text ending in ``then``): SQS hands out no more of a conversation while some of its letters are
-    in flight, and a scan that moves nothing holds them until it ends."""
+    """What a scan of a FIFO DLQ (``queue``: ordered, first-hop) cannot see (``behindShown`` in
+    ``document``, and a note for the text ending in ``then``): SQS hands out no more of a message group
+    while some of its letters are in flight, and a scan that moves nothing holds them until it ends. An
+    ordered DLQ's groups are conversations; the first hop's are single deliveries, which hold more than
+    one letter only when a redriven copy came back while its original stayed (re-sent, not deleted)."""
+    from relay.logic.dlq.discard import FIFO_GROUPS
+
     document["behindShown"] = behind = max(0, depth - scanned)
     if not behind:
         return ""
+    group = FIFO_GROUPS[queue]
+    if then is None:
+        then = f"in their {group}s, not counted above (a redrive moves them too, in order)."
     return (
-        "\nA FIFO queue shows no more of a conversation while a scan holds some of its letters: about"
+        f"\nA FIFO queue shows no more of a {group} while a scan holds some of its letters: about"
         f" {behind} more wait behind them {then}"
     )
 

@@ -1,9 +1,9 @@
 """``relay dlq discard``: remove the letters a redrive cannot help, never without a copy.
 
 It takes ``redrive``'s queue choice (``--queue``, ``--dlq-url``) and filters (``--target``,
-``--integration``, ``--reason`` on the delivery and ordered DLQs; ``--id`` on every queue: a message id,
-delivery id or event id), ``--max``, ``--dry-run`` and ``--format``. A run with no filter is refused
-unless ``--all`` says the whole queue is meant. Each letter is appended to ``--save FILE`` (one JSON
+``--integration``, ``--reason`` on the delivery, ordered and first-hop DLQs; ``--id`` on every queue: a
+message id, delivery id or event id), ``--max``, ``--dry-run`` and ``--format``. A run with no filter is
+refused unless ``--all`` says the whole queue is meant. Each letter is appended to ``--save FILE`` (one JSON
 line: message id, the body as received, its message attributes, reason, ids, when it was discarded;
 created with mode 0600) and the file fsynced before the letter is deleted; a letter whose line could
 not be written stays in the queue and ends the run. The run is audited (a log line, and an audit record
@@ -71,19 +71,20 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "--target",
         action="append",
         metavar="TARGET_ID",
-        help="only this target (repeatable; delivery, ordered)",
+        help="only this target (repeatable; delivery, ordered, first-hop)",
     )
     parser.add_argument(
         "--integration",
         action="append",
         metavar="INTEGRATION_ID",
-        help="only this integration (repeatable; delivery, ordered)",
+        help="only this integration (repeatable; delivery, ordered, first-hop)",
     )
     parser.add_argument(
         "--reason",
         action="append",
         metavar="REASON",
-        help="only this reason (repeatable; delivery, ordered): poison, target-gone, unknown-target, ...",
+        help="only this reason (repeatable; delivery, ordered, first-hop): poison, target-gone, "
+        "unknown-target, ...",
     )
     parser.add_argument(
         "--id",
@@ -109,8 +110,8 @@ def _discard(args: argparse.Namespace) -> int:
     if args.queue not in dlq_cmd.TASK_QUEUES and given:
         verb = "applies" if len(given) == 1 else "apply"
         raise UsageError(
-            f"{', '.join(given)} {verb} only to --queue {dlq_cmd.DELIVERY} or {dlq_cmd.ORDERED} "
-            f"(--queue {args.queue} is filtered by --id)"
+            f"{', '.join(given)} {verb} only to {dlq_cmd.TASK_QUEUES_NAMED} (--queue {args.queue} is "
+            "filtered by --id)"
         )
     unknown = sorted(set(args.reason or ()) - set(DLQ_REASONS))
     if unknown:
@@ -158,10 +159,10 @@ def _discard_with(args: argparse.Namespace, options: DiscardOptions) -> int:
         if result.note:  # nothing was left behind by it: a notice, not the command's output
             print(f"relay dlq discard: note: {result.note}", file=sys.stderr)
         text = format_discard(document, args.queue)
-        if args.queue == dlq_cmd.ORDERED:
+        if args.queue in dlq_cmd.FIFO_QUEUES:
             seen_later = " (a real run sees those behind the letters it discards)" if args.dry_run else ""
             text += dlq_cmd.behind_shown(
-                document, result.depth, result.scanned, then=f"not looked at{seen_later}."
+                document, result.depth, result.scanned, args.queue, then=f"not looked at{seen_later}."
             )
         return document, text, result.attention
 

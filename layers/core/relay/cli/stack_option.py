@@ -27,6 +27,11 @@ OUTPUT_SETTINGS = {
     "DeadLetterQueueUrl": "dead_letter_queue_url",
     "OrderedDeliveryQueueUrl": "ordered_queue_url",
     "OrderedDeadLetterQueueUrl": "ordered_dead_letter_queue_url",
+    # Not FirstHopQueueUrl: the stack has it whatever its IntakeDeduplication, and FIRST_HOP_QUEUE_URL is
+    # what makes an intake send there (and write no idempotency record): `relay dlq redrive --queue
+    # eventbridge` runs the intake in-process, and on a stack deployed with `table` would have skipped
+    # the IdempotencyTable. `relay dlq redrive --queue first-hop` reads the output itself.
+    "FirstHopDeadLetterQueueUrl": "first_hop_dead_letter_queue_url",
     "IntakeFailureQueueUrl": "intake_failure_queue_url",
     "EventBridgeDeadLetterQueueUrl": "eventbridge_dead_letter_queue_url",
     "EventBridgeIntegrationId": "eventbridge_integration_id",

@@ -13,9 +13,9 @@ The rules that make it safe:
   ids) and, for the letters it discarded, audit records in the audit bucket under each target, with
   the letter's ids (never a body); written when the run ends, Ctrl-C and failures too.
 
-The queues: the delivery DLQ and the ordered (FIFO) DLQ, filtered like ``redrive`` (target,
-integration, reason) or by message/delivery/event id; the EventBridge path's two failure queues by
-message/event id, or ``everything``.
+The queues: the delivery DLQ, the ordered (FIFO) DLQ and the first hop's (FIFO) DLQ, filtered like
+``redrive`` (target, integration, reason) or by message/delivery/event id; the EventBridge path's two
+failure queues by message/event id, or ``everything``.
 """
 
 from __future__ import annotations
@@ -49,7 +49,10 @@ from relay.observability import logger
 from relay.ports import AuditSink, DeadLetterQueues, LetterCopies
 
 DISCARDED = "dlq-discarded"  # the audit records' outcome
-TASK_QUEUES = ("delivery", "ordered")
+TASK_QUEUES = ("delivery", "ordered", "first-hop")
+# The FIFO ones, and what the notes call their message groups: while a run holds a letter, SQS hands out
+# no more of its group (an ordered DLQ's is a conversation; the first hop's, one delivery).
+FIFO_GROUPS = {"ordered": "conversation", "first-hop": "message group"}
 
 
 @dataclass(frozen=True)
@@ -158,12 +161,12 @@ class DiscardResult:
         if self.audited is not None and self.audited.unwritten:
             return "letters discarded, but their audit record could not be written (it is in the log output)"
         if self.unmatched_filters:  # as redrive says it: a typo must not pass for "done"
-            unseen = self.depth - self.scanned if self.queue == "ordered" else 0
+            unseen = self.depth - self.scanned if self.queue in FIFO_GROUPS else 0
             if unseen > 0:  # the FIFO hid letters behind those held: the value may be on one of them
                 return (
                     f"no letter looked at has {', '.join(self.unmatched_filters)}: about {unseen} more wait "
-                    "behind letters of their conversation and were not looked at (filters take the ids "
-                    "`relay dlq list` shows, not names)"
+                    f"behind letters of their {FIFO_GROUPS[self.queue]} and were not looked at (filters "
+                    "take the ids `relay dlq list` shows, not names)"
                 )
             return (
                 f"no letter in the queue has {', '.join(self.unmatched_filters)} "
@@ -219,9 +222,9 @@ def discard(
     now: Callable[[], float] = time.time,
     stop: scans.StopRequested = scans.never,
 ) -> DiscardResult:
-    """Discard the letters of ``queue`` (``delivery``, ``ordered``, ``eventbridge``, ``intake-failures``)
-    that ``options`` choose, each saved to ``copies`` first (None only on a dry run); see the module
-    docstring for the rules."""
+    """Discard the letters of ``queue`` (``delivery``, ``ordered``, ``first-hop``, ``eventbridge``,
+    ``intake-failures``) that ``options`` choose, each saved to ``copies`` first (None only on a dry
+    run); see the module docstring for the rules."""
     if copies is None and not options.dry_run:
         raise ValueError("a discard needs somewhere to save the letters")
     if queue not in TASK_QUEUES and options.filter.letters.active:

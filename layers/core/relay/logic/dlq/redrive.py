@@ -8,6 +8,11 @@ The ordered DLQ (FIFO) hands out a conversation's letters in the order they were
 the move task keeps; the re-send puts them back in the order the intake accepted them. So an ordered
 DLQ is re-sent, not moved by SQS's move task, unless that is asked for (``--method move-task``), and
 its letters go only to a FIFO queue (a standard DLQ's only to a standard one).
+
+The first hop's DLQ (FIFO, each letter its own message group, a single delivery) takes the same path: it
+is re-sent unless ``--method move-task``, each copy deduplicated on the letter's own message id, never on
+the delivery id the intake deduplicated the original on (so a redrive within SQS's 5-minute window of the
+original send is not dropped as its repeat).
 """
 
 from __future__ import annotations
@@ -40,8 +45,8 @@ def redrive(
     ordered = _fifo(dlq_url)
     if _fifo(queue_url) != ordered:
         raise ConfigurationError(
-            f"an ordered DLQ's letters go back only to a FIFO queue (their conversation is its message "
-            f"group); {queue_url} is a standard queue"
+            f"a FIFO DLQ's letters go back only to a FIFO queue (each keeps its message group); {queue_url} "
+            "is a standard queue"
             if ordered
             else f"a standard DLQ's letters go back only to a standard queue; {queue_url} is a FIFO queue"
         )
