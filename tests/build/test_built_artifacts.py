@@ -34,6 +34,7 @@ TEMPLATE = load_template(ROOT / "template.yaml")
 FUNCTIONS = (
     "IntakeFunction",
     "DispatcherFunction",
+    "FirstHopDispatcherFunction",
     "SlowDispatcherFunction",
     "ConfigSyncFunction",
     "OrderedDispatcherFunction",

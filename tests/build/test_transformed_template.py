@@ -86,6 +86,7 @@ def test_every_function_gets_a_version_and_the_alias_serves_it() -> None:
     assert set(functions) == {
         "IntakeFunction",
         "DispatcherFunction",
+        "FirstHopDispatcherFunction",
         "SlowDispatcherFunction",
         "ConfigSyncFunction",
         "OrderedDispatcherFunction",
@@ -111,6 +112,7 @@ def published_versions(resources: dict[str, dict[str, Any]]) -> dict[str, str]:
             {
                 "IntakeFunction",
                 "DispatcherFunction",
+                "FirstHopDispatcherFunction",
                 "SlowDispatcherFunction",
                 "OrderedDispatcherFunction",
                 "ConfigSyncFunction",
@@ -134,7 +136,12 @@ def test_every_event_source_invokes_the_alias() -> None:
     mappings = of_type(resources, "AWS::Lambda::EventSourceMapping").values()
     assert sorted(json.dumps(m["FunctionName"]) for m in mappings) == sorted(
         json.dumps(alias_ref(f))
-        for f in ("DispatcherFunction", "SlowDispatcherFunction", "OrderedDispatcherFunction")
+        for f in (
+            "DispatcherFunction",
+            "FirstHopDispatcherFunction",
+            "SlowDispatcherFunction",
+            "OrderedDispatcherFunction",
+        )
     ), "each lane's queue invokes its own dispatcher's alias"
     (rule,) = of_type(resources, "AWS::Events::Rule").values()
     assert [target["Arn"] for target in rule["Targets"]] == [alias_ref("IntakeFunction")]
@@ -155,6 +162,7 @@ def test_a_release_shifts_per_stage_and_rolls_back_on_its_error_alarm(stage: str
     for function, alarm, crashes in (
         ("IntakeFunction", "IntakeErrorsAlarm", "IntakeInternalErrorsAlarm"),
         ("DispatcherFunction", "DispatcherErrorsAlarm", "DispatcherCrashedAlarm"),
+        ("FirstHopDispatcherFunction", "FirstHopDispatcherErrorsAlarm", "FirstHopDispatcherCrashedAlarm"),
         ("SlowDispatcherFunction", "SlowDispatcherErrorsAlarm", "SlowDispatcherCrashedAlarm"),
         ("OrderedDispatcherFunction", "OrderedDispatcherErrorsAlarm", "OrderedDispatcherCrashedAlarm"),
     ):
