@@ -315,7 +315,7 @@ def deduplication_cpu(settings: Any, count: int, secret: str, integration_id: st
         ),
         "in_memory_store": build_intake(table, idempotency=InMemoryIdempotencyStore()),
     }
-    events = iter(signed_events(2 * (count + 50), secret=secret, integration_id=integration_id))
+    events = iter(signed_events(len(intakes) * (count + 50), secret=secret, integration_id=integration_id))
     spent = dict.fromkeys(intakes, 0.0)
     for turn in range((count + 50) // 50):
         for name, intake in intakes.items():
