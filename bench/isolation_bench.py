@@ -11,9 +11,11 @@ same with or without isolation). Two integrations, one target each, half the tra
               variant "timeout": answers in 2 s, but the first try of one delivery in five hangs past
               the read timeout (10 s) and its retry is answered
 
-Tasks go onto the DeliveryQueue as the intake queues them (one DeliveryTask message per event and
-target, the contract in docs/architecture.md): the in-process intake (one container, tens of events
-per second here) would otherwise be what is measured; its latency is ``latency_bench``'s subject.
+Tasks go onto the queue the intake queues them on (one DeliveryTask message per event and target, the
+contract in docs/architecture.md; the FIFO first hop with the template's default
+IntakeDeduplication=queue, each task its own message group, deduplicated on its delivery id): the
+in-process intake (one container, tens of events per second here) would otherwise be what is
+measured; its latency is ``latency_bench``'s subject.
 
 Two loads, each for ``--seconds``:
 
@@ -178,7 +180,14 @@ class Load:
         assert self.stack.resources is not None
         bodies = {str(uuid.uuid4()): i for i in range(count)}
         entries = [{"Id": str(i), "MessageBody": task(self.target, d)} for d, i in bodies.items()]
-        self.stack.sqs.send_message_batch(QueueUrl=self.stack.resources.delivery_queue_url, Entries=entries)
+        # Where the intake would put them: the first hop (its own group, deduplicated on the delivery
+        # id) with the template's default IntakeDeduplication=queue, else the DeliveryQueue.
+        queue_url = self.stack.resources.delivery_queue_url
+        if self.stack.environment.get("FIRST_HOP_QUEUE_URL"):
+            queue_url = self.stack.resources.first_hop_queue_url
+            for entry, delivery_id in zip(entries, bodies, strict=True):
+                entry.update(MessageGroupId=delivery_id, MessageDeduplicationId=delivery_id)
+        self.stack.sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
         now = time.time()
         self.queued_at.update(dict.fromkeys(bodies, now))
 
