@@ -117,12 +117,16 @@ def fixtures(*targets: tuple[str, str]) -> dict[str, Any]:
 
 @contextmanager
 def local_stack(
-    workdir: Path, log: IO[str], isolate: bool, slow: Behaviour | None, *targets: tuple[str, str]
+    workdir: Path, log: IO[str], scenario: Scenario, *targets: tuple[str, str]
 ) -> Iterator[LocalStack]:
     path = workdir / f"fixtures-{uuid.uuid4().hex[:8]}.json"
     path.write_text(json.dumps(fixtures(*targets)))
-    environment = {"ISOLATE_SLOW_TARGETS": "true" if isolate else "false"}
-    with LocalStack(path, dispatcher_workers=True, function_output=log, environment=environment) as stack:
+    slow = scenario.slow
+    environment = {"ISOLATE_SLOW_TARGETS": "true" if scenario.isolate else "false"}
+    parameters = {"IntakeDeduplication": scenario.deduplication}
+    with LocalStack(
+        path, dispatcher_workers=True, function_output=log, environment=environment, parameters=parameters
+    ) as stack:
         if HEALTHY[1] in stack.receivers:
             stack.receivers[HEALTHY[1]].receiver.behaviour = Behaviour(latency_seconds=HEALTHY_SECONDS)
         if SLOW[1] in stack.receivers and slow is not None:
@@ -271,11 +275,12 @@ class Scenario:
     slow: Behaviour | None
     rate: float | None  # open loop, tasks per second per target
     outstanding: int | None = None  # closed loop
+    deduplication: str = "queue"  # IntakeDeduplication: where the tasks go (the first hop by default)
 
 
 def run(workdir: Path, log: IO[str], scenario: Scenario, seconds: float) -> dict[str, Any]:
     targets = ([HEALTHY] if scenario.healthy else []) + ([SLOW] if scenario.slow is not None else [])
-    with local_stack(workdir, log, scenario.isolate, scenario.slow, *targets) as stack:
+    with local_stack(workdir, log, scenario, *targets) as stack:
         loads = {t: Load(stack, t, rate=scenario.rate, outstanding=scenario.outstanding) for t in targets}
         started = time.time()
         for load in loads.values():
@@ -316,9 +321,19 @@ def compare(
     behaviour = VARIANTS[name]
     figures: dict[str, Any] = {}
     if rate is not None:
-        figures["slow_alone"] = run(workdir, log, Scenario(False, False, behaviour, rate), args.seconds)
+        figures["slow_alone"] = run(
+            workdir,
+            log,
+            Scenario(False, False, behaviour, rate, deduplication=args.deduplication),
+            args.seconds,
+        )
     for label, isolate in (("baseline_isolation_off", False), ("isolation_on", True)):
-        result = run(workdir, log, Scenario(isolate, True, behaviour, rate, outstanding), args.seconds)
+        result = run(
+            workdir,
+            log,
+            Scenario(isolate, True, behaviour, rate, outstanding, deduplication=args.deduplication),
+            args.seconds,
+        )
         result["healthy_ratio_to_solo"] = ratio(result["healthy"], solo)
         if "healthy_after_move" in result:
             result["healthy_after_move_ratio_to_solo"] = ratio(result["healthy_after_move"], solo)
@@ -333,11 +348,19 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--outstanding", type=int, default=40, help="saturation: tasks in flight per target")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--saturation", nargs="*", default=["slow_2s"], choices=list(VARIANTS))
+    parser.add_argument(
+        "--deduplication",
+        choices=("queue", "table"),
+        default="queue",
+        help="IntakeDeduplication: tasks on the first hop (default) or on the DeliveryQueue",
+    )
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="relay-isolation-bench-"))
     log = (workdir / "functions.log").open("w", encoding="utf-8")
     started = time.time()
-    solo = run(workdir, log, Scenario(True, True, None, args.rate), args.seconds)["healthy"]
+    solo = run(
+        workdir, log, Scenario(True, True, None, args.rate, deduplication=args.deduplication), args.seconds
+    )["healthy"]
     results: dict[str, Any] = {"steady": {"healthy_alone": solo}}
     for name in args.variants:
         figures = compare(name, workdir, log, args, solo, rate=args.rate, outstanding=None)
@@ -351,7 +374,12 @@ def main(argv: list[str]) -> dict[str, Any]:
         }
         results["steady"][name] = figures
     if args.saturation:
-        solo = run(workdir, log, Scenario(True, True, None, None, args.outstanding), args.seconds)["healthy"]
+        solo = run(
+            workdir,
+            log,
+            Scenario(True, True, None, None, args.outstanding, deduplication=args.deduplication),
+            args.seconds,
+        )["healthy"]
         results["saturation"] = {"healthy_alone": solo}
         for name in args.saturation:
             results["saturation"][name] = compare(
@@ -360,6 +388,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     results["issue_baseline"] = ISSUE_FIGURES
     results["settings"] = {
         "seconds_per_run": args.seconds,
+        "intake_deduplication": args.deduplication,
         "steady_rate_per_target": args.rate,
         "saturation_outstanding_per_target": args.outstanding,
         "healthy_latency_s": HEALTHY_SECONDS,
