@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import boto3
+import botocore.exceptions
 import pytest
 
 from relay.local.aws_stack import MotoServer
@@ -175,3 +176,21 @@ def test_with_message_group_scope_one_id_in_two_groups_is_two_messages(moto_endp
         )
 
     assert sorted(bodies(fifo.receive())) == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"MessageDeduplicationId": "x"}, "MissingParameter"),  # no group
+        ({"MessageGroupId": "g"}, "InvalidParameterValue"),  # no deduplication id, none content-based
+        ({"MessageGroupId": "g", "MessageDeduplicationId": "x", "DelaySeconds": 5}, "InvalidParameterValue"),
+    ],
+)
+def test_a_fifo_send_missing_what_sqs_requires_is_refused(
+    moto_endpoint: str, fields: dict[str, Any], error: str
+) -> None:
+    fifo = Fifo(moto_endpoint)
+    with pytest.raises(botocore.exceptions.ClientError) as refused:
+        fifo.sqs.send_message(QueueUrl=fifo.url, MessageBody="b", **fields)
+    assert refused.value.response["Error"]["Code"].endswith(error)
+    assert fifo.receive() == []

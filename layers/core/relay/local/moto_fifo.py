@@ -29,6 +29,7 @@ from typing import Any
 
 from moto.core.utils import unix_time_millis
 from moto.sqs import models
+from moto.sqs.exceptions import InvalidParameterValue, MissingParameter
 
 # How often a waiting FIFO long poll looks again: a held group comes back when its visibility runs
 # out, which no request announces.
@@ -74,6 +75,57 @@ def install() -> None:
 
     models.Queue.add_message = add_message  # type: ignore[method-assign]
 
+    moto_validate = models.SQSBackend._validate_message
+
+    def validate_message(
+        self: models.SQSBackend,
+        queue: models.Queue,
+        message_body: str,
+        delay_seconds: int,
+        deduplication_id: str | None = None,
+        group_id: str | None = None,
+        validate_group_id: bool = True,
+    ) -> None:
+        if queue.fifo_queue:
+            _validate_fifo(queue, message_body, delay_seconds, deduplication_id, group_id)
+        else:
+            moto_validate(
+                self, queue, message_body, delay_seconds, deduplication_id, group_id, validate_group_id
+            )
+
+    models.SQSBackend._validate_message = validate_message  # type: ignore[method-assign]
+
+
+def _validate_fifo(
+    queue: models.Queue, body: str, delay_seconds: int, deduplication_id: str | None, group_id: str | None
+) -> None:
+    """moto's checks of a FIFO send, reading the queue's settings directly: moto's own read its
+    ``attributes``, which counts every message in the queue (twice per send): with a backlog of a few
+    hundred, the moto server spent a core on it and the first hop fell behind (bench/isolation_bench.py)."""
+    if not group_id:
+        raise MissingParameter("MessageGroupId")
+    if not deduplication_id and str(getattr(queue, "content_based_deduplication", "false")).lower() != "true":
+        raise InvalidParameterValue(
+            "The queue should either have ContentBasedDeduplication enabled or MessageDeduplicationId "
+            "provided explicitly"
+        )
+    if delay_seconds > 0:
+        raise InvalidParameterValue(
+            f"Value {delay_seconds} for parameter DelaySeconds is invalid. Reason: The request include "
+            "parameter that is not valid for this queue type."
+        )
+    if len(body) > int(queue.maximum_message_size):  # type: ignore[attr-defined]
+        raise InvalidParameterValue(
+            "One or more parameters are invalid. Reason: Message must be shorter than "
+            f"{queue.maximum_message_size} bytes."  # type: ignore[attr-defined]
+        )
+
+
+def _past_retention(queue: models.Queue, message: models.Message, now_ms: float) -> bool:
+    """moto's retention check, without its per-message read of every queue attribute (see above)."""
+    retention_ms = int(queue.message_retention_period) * 1000  # type: ignore[attr-defined]
+    return (message.sent_timestamp or 0) + retention_ms <= now_ms
+
 
 # Per queue (by ARN): {(group or "", deduplication id): when SQS accepted it, epoch ms}.
 _accepted: dict[str, dict[tuple[str, str], int]] = {}
@@ -85,7 +137,7 @@ def not_a_repeat(queue: models.Queue, message: models.Message) -> bool:
     accepted less than DEDUPLICATION_SECONDS ago (its sender is still told it was sent, as by SQS)."""
     if not message.deduplication_id:
         return True
-    per_group = queue.attributes.get("DeduplicationScope") == "messageGroup"
+    per_group = getattr(queue, "deduplication_scope", None) == "messageGroup"
     key = (message.group_id or "" if per_group else "", message.deduplication_id)
     now = int(unix_time_millis())
     window_ms = DEDUPLICATION_SECONDS * 1000
@@ -141,7 +193,7 @@ def _scan(
             if message.approximate_receive_count >= policy["maxReceiveCount"]:
                 exhausted.append(message)  # the redrive policy takes it; its group goes on
                 continue
-        if not backend.is_message_valid_based_on_retention_period(queue.name, message):
+        if _past_retention(queue, message, now):
             break
         queue.pending_messages.add(message)
         message.mark_received(visibility_timeout=visibility_timeout)
